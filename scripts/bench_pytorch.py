@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""Benchmark the PyTorch reference implementations of the MoCo kernels.
+
+Prints one JSON object per line to stdout, with fields:
+  name, params (dict), median_ms, min_ms, iters, torch_version, device, threads
+
+Cases (math identical to facebookresearch/moco and moco-v3 builder.py):
+  moco_head_fwd_bwd     MoCo v1/v2 head: normalize q,k; l_pos/l_neg einsums against a
+                        [C, K] queue; cat; /T; CrossEntropyLoss; backward to q.
+                        N=256, C=128, T=0.2, K in {4096, 65536, 1048576}.
+  moco_v3_loss_fwd_bwd  ctr(q1, k2) + ctr(q2, k1), forward + backward to q1, q2.
+                        N in {1024, 4096}, C=256, T=0.2.
+  ema_official_loop     official per-parameter momentum update over
+                        torchvision resnet50() parameters (25.6M), m=0.999.
+  ema_foreach_lerp      torch._foreach_lerp_(k_params, q_params, 1 - m).
+  ema_flat_lerp         k_flat.lerp_(q_flat, 1 - m) on one flat 25.6M tensor.
+
+Usage (from the repository root):
+    /opt/torchvenv/bin/python scripts/bench_pytorch.py [--device cpu|cuda] [--quick]
+                                                       [--only SUBSTR]
+--quick uses fewer iterations and skips K=1048576. The default CPU run takes a
+few minutes on a 2-core machine.
+"""
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn, device, iters, warmup):
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(iters):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def emit(name, params, times, device):
+    rec = {
+        "name": name,
+        "params": params,
+        "median_ms": round(statistics.median(times), 4),
+        "min_ms": round(min(times), 4),
+        "iters": len(times),
+        "torch_version": torch.__version__,
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "threads": torch.get_num_threads(),
+    }
+    print(json.dumps(rec), flush=True)
+
+
+# ---------------------------------------------------------------- MoCo v2 head
+def bench_moco_head(device, quick, only):
+    name = "moco_head_fwd_bwd"
+    if only and only not in name:
+        return
+    n, c, t = 256, 128, 0.2
+    ks = [4096, 65536] if quick else [4096, 65536, 1048576]
+    criterion = nn.CrossEntropyLoss()
+    for k_len in ks:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        q = torch.randn(n, c, generator=g).to(device).requires_grad_(True)
+        k = torch.randn(n, c, generator=g).to(device)
+        queue = F.normalize(torch.randn(c, k_len, generator=g), dim=0).to(device)
+        labels = torch.zeros(n, dtype=torch.long, device=device)
+
+        def step():
+            q.grad = None
+            qn = F.normalize(q, dim=1)
+            kn = F.normalize(k, dim=1)
+            l_pos = torch.einsum("nc,nc->n", [qn, kn]).unsqueeze(-1)
+            l_neg = torch.einsum("nc,ck->nk", [qn, queue])
+            logits = torch.cat([l_pos, l_neg], dim=1)
+            logits /= t
+            loss = criterion(logits, labels)
+            loss.backward()
+
+        if k_len >= 1 << 20:
+            iters, warmup = (5, 1)
+        elif k_len >= 1 << 16:
+            iters, warmup = (5, 1) if quick else (15, 2)
+        else:
+            iters, warmup = (10, 2) if quick else (50, 5)
+        times = time_fn(step, device, iters, warmup)
+        emit(name, {"N": n, "C": c, "K": k_len, "T": t}, times, device)
+        del q, k, queue, labels
+
+
+# ---------------------------------------------------------------- MoCo v3 loss
+def bench_moco_v3(device, quick, only):
+    name = "moco_v3_loss_fwd_bwd"
+    if only and only not in name:
+        return
+    c, t = 256, 0.2
+    criterion = nn.CrossEntropyLoss()
+
+    def ctr(q, k):
+        q = F.normalize(q, dim=1)
+        k = F.normalize(k, dim=1)
+        logits = torch.einsum("nc,mc->nm", [q, k]) / t
+        labels = torch.arange(logits.shape[0], dtype=torch.long, device=device)
+        return criterion(logits, labels) * (2 * t)
+
+    for n in [1024, 4096]:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        q1 = torch.randn(n, c, generator=g).to(device).requires_grad_(True)
+        q2 = torch.randn(n, c, generator=g).to(device).requires_grad_(True)
+        k1 = torch.randn(n, c, generator=g).to(device)
+        k2 = torch.randn(n, c, generator=g).to(device)
+
+        def step():
+            q1.grad = None
+            q2.grad = None
+            loss = ctr(q1, k2) + ctr(q2, k1)
+            loss.backward()
+
+        if n >= 4096:
+            iters, warmup = (5, 1) if quick else (10, 2)
+        else:
+            iters, warmup = (10, 2) if quick else (30, 3)
+        times = time_fn(step, device, iters, warmup)
+        emit(name, {"N": n, "C": c, "T": t}, times, device)
+
+
+# ---------------------------------------------------------------- EMA
+def bench_ema(device, quick, only):
+    names = ["ema_official_loop", "ema_foreach_lerp", "ema_flat_lerp"]
+    if only and not any(only in nm for nm in names):
+        return
+    import torchvision
+
+    m = 0.999
+    torch.manual_seed(0)
+    encoder_q = torchvision.models.resnet50().to(device)
+    encoder_k = copy.deepcopy(encoder_q)
+    # make q and k differ, as they would during training
+    with torch.no_grad():
+        for p in encoder_q.parameters():
+            p.add_(torch.randn_like(p), alpha=0.01)
+    list_q = [p.data for p in encoder_q.parameters()]
+    list_k = [p.data for p in encoder_k.parameters()]
+    numel = sum(p.numel() for p in list_q)
+    params = {"params": numel, "tensors": len(list_q), "m": m, "model": "resnet50"}
+    iters, warmup = (10, 2) if quick else (30, 3)
+
+    if not only or only in "ema_official_loop":
+
+        @torch.no_grad()
+        def official():
+            for param_q, param_k in zip(encoder_q.parameters(), encoder_k.parameters()):
+                param_k.data = param_k.data * m + param_q.data * (1.0 - m)
+
+        emit("ema_official_loop", params, time_fn(official, device, iters, warmup), device)
+        # the official loop rebinds .data; refresh the key list
+        list_k = [p.data for p in encoder_k.parameters()]
+
+    if not only or only in "ema_foreach_lerp":
+
+        @torch.no_grad()
+        def foreach():
+            torch._foreach_lerp_(list_k, list_q, 1.0 - m)
+
+        emit("ema_foreach_lerp", params, time_fn(foreach, device, iters, warmup), device)
+
+    if not only or only in "ema_flat_lerp":
+        q_flat = torch.cat([p.reshape(-1) for p in list_q])
+        k_flat = torch.cat([p.reshape(-1) for p in list_k])
+        del encoder_q, encoder_k, list_q, list_k
+
+        @torch.no_grad()
+        def flat():
+            k_flat.lerp_(q_flat, 1.0 - m)
+
+        emit("ema_flat_lerp", params, time_fn(flat, device, iters, warmup), device)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--quick", action="store_true", help="fewer iterations, skip K=1048576")
+    ap.add_argument("--only", default=None, help="run only cases whose name contains SUBSTR")
+    args = ap.parse_args()
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda requested but torch.cuda.is_available() is False")
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+    bench_moco_head(device, args.quick, args.only)
+    bench_moco_v3(device, args.quick, args.only)
+    bench_ema(device, args.quick, args.only)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+//! Fused contrastive ops on the CPU: L2-normalised logits, streaming InfoNCE (forward + backward in one pass
+//! over the queue) and MoCo v3's symmetric loss. The algorithm is the one of `kernels/contrastive.cu` and
+//! `shaders/contrastive.wgsl`: normalise q and k, stream key blocks, keep an online log-sum-exp and a rescaled
+//! accumulator `acc = Σ_j exp(s_j - m) key_j` per row, merge the partial states of the key splits, then finish
+//! each row (positive logit, loss, rank, gradient through the normalisation).
+
+use super::gemm::{gemm_nn, gemm_nt};
+use super::queue_view::QueueView;
+use super::softmax::{merge_states, softmax_block, RowState};
+use crate::error::Result;
+use crate::shape::{InfoNceShape, LogitsShape, SymmetricShape};
+use rayon::prelude::*;
+
+/// Epsilon of `F.normalize`: rows are divided by `max(||x||, NORM_EPS)`.
+pub const NORM_EPS: f32 = 1e-12;
+/// Keys per streamed block (the CPU tile along K).
+pub const KEY_BLOCK: usize = 256;
+/// Rows of q per task: bounds the accumulator and logit block a thread keeps in cache.
+pub const ROW_BLOCK: usize = 256;
+
+/// Scalar results of the InfoNCE op.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct InfoNceStats {
+    /// Mean loss over the batch.
+    pub loss: f32,
+    /// Rows whose positive logit ranks first among the 1+K logits (acc@1 count).
+    pub top1: u32,
+    /// Rows whose positive logit ranks in the first five (acc@5 count).
+    pub top5: u32,
+}
+
+/// `out[r, :] = x[r, :] / max(||x[r, :]||, eps)`, `inv_norm[r] = 1 / max(||x[r, :]||, eps)`. `x, out: [rows, c]`.
+pub fn normalize_rows(out: &mut [f32], inv_norm: &mut [f32], x: &[f32], c: usize) {
+    out.par_chunks_mut(c).zip(inv_norm.par_iter_mut()).zip(x.par_chunks(c)).for_each(|((o, inv), xr)| {
+        let ss: f32 = xr.iter().map(|v| v * v).sum();
+        let r = 1.0 / ss.sqrt().max(NORM_EPS);
+        *inv = r;
+        for (ov, xv) in o.iter_mut().zip(xr) {
+            *ov = xv * r;
+        }
+    });
+}
+
+/// Row-wise dot products `out[r] = a[r, :] · b[r, :]`.
+fn row_dots(out: &mut [f32], a: &[f32], b: &[f32], c: usize) {
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = a[r * c..(r + 1) * c].iter().zip(&b[r * c..(r + 1) * c]).map(|(x, y)| x * y).sum();
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: tasks write disjoint regions through it (documented at each use).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// L2-normalised logits, materialised: `l_pos[i] = q̂_i·k̂_i` (`[N]`), `l_neg[i, j] = q̂_i·queue_j` (`[N, K]`).
+/// `q, k: [N, C]`, `queue: [K, C]`. The queue is used as stored (MoCo keeps it normalised).
+pub fn logits(l_pos: &mut [f32], l_neg: &mut [f32], q: &[f32], k: &[f32], queue: QueueView, shape: &LogitsShape) -> Result<()> {
+    shape.check_inputs(q.len(), k.len(), queue.len())?;
+    shape.check_outputs(l_pos.len(), l_neg.len())?;
+    let (n, c, kk) = (shape.n, shape.c, shape.k);
+    let (mut qh, mut kh) = (vec![0.0; n * c], vec![0.0; n * c]);
+    let (mut qi, mut ki) = (vec![0.0; n], vec![0.0; n]);
+    normalize_rows(&mut qh, &mut qi, q, c);
+    normalize_rows(&mut kh, &mut ki, k, c);
+    row_dots(l_pos, &qh, &kh, c);
+    let dst = SendPtr(l_neg.as_mut_ptr());
+    let blocks: Vec<usize> = (0..kk).step_by(KEY_BLOCK).collect();
+    blocks.par_iter().for_each_init(Vec::new, |scratch, &j0| {
+        let nb = KEY_BLOCK.min(kk - j0);
+        let keys = queue.range_f32(j0 * c, nb * c, scratch);
+        let d = dst;
+        // SAFETY: this task writes only columns [j0, j0+nb) of l_neg [N, K]; tasks' column ranges are disjoint.
+        let out = unsafe { std::slice::from_raw_parts_mut(d.0.add(j0), (n - 1) * kk + nb) };
+        gemm_nt(out, kk, &qh, c, keys, c, n, nb, c, 1.0, false);
+    });
+    Ok(())
+}
+
+/// Partial state of a task: rows `[r0, r0+nr)` against keys `[j0, j1)`.
+struct Partial {
+    r0: usize,
+    nr: usize,
+    states: Vec<RowState>,
+    acc: Vec<f32>, // [nr, C]
+}
+
+/// Streams keys `[j0, j1)` for rows `[r0, r0+nr)` of `qh` (`[N, C]`). `s_pos: [N]` positive logits / T.
+/// With `skip_diagonal`, key j == row i is left out (MoCo v3: the positive is inside the key set).
+#[allow(clippy::too_many_arguments)]
+fn stream_keys(qh: &[f32], s_pos: &[f32], keys: QueueView, c: usize, r0: usize, nr: usize, j0: usize, j1: usize, inv_t: f32, skip_diagonal: bool) -> Partial {
+    let mut states = vec![RowState::EMPTY; nr];
+    let mut acc = vec![0.0f32; nr * c];
+    let mut s = vec![0.0f32; nr * KEY_BLOCK];
+    let mut scratch = Vec::new();
+    let q_rows = &qh[r0 * c..(r0 + nr) * c];
+    let mut jb = j0;
+    while jb < j1 {
+        let nb = KEY_BLOCK.min(j1 - jb);
+        let kb = keys.range_f32(jb * c, nb * c, &mut scratch);
+        // s: [nr, nb] = q̂ · keysᵀ / T
+        gemm_nt(&mut s, nb, q_rows, c, kb, c, nr, nb, c, inv_t, false);
+        for r in 0..nr {
+            let row = &mut s[r * nb..(r + 1) * nb];
+            let i = r0 + r;
+            if skip_diagonal && (jb..jb + nb).contains(&i) {
+                row[i - jb] = f32::NEG_INFINITY;
+            }
+            let scale = softmax_block(row, &mut states[r], s_pos[i]);
+            if scale != 1.0 {
+                acc[r * c..(r + 1) * c].iter_mut().for_each(|a| *a *= scale);
+            }
+        }
+        // acc: [nr, C] += p [nr, nb] · keys [nb, C]
+        gemm_nn(&mut acc, c, &s, nb, kb, c, nr, c, nb, 1.0, true);
+        jb += nb;
+    }
+    Partial { r0, nr, states, acc }
+}
+
+/// Runs the key stream over tasks (row blocks x key splits) and merges the splits of each row block.
+/// Returns the merged state per row and `acc: [N, C]`.
+fn stream_all(qh: &[f32], s_pos: &[f32], keys: QueueView, n: usize, c: usize, m_keys: usize, inv_t: f32, skip_diagonal: bool) -> (Vec<RowState>, Vec<f32>) {
+    let threads = rayon::current_num_threads().max(1);
+    let row_blocks = n.div_ceil(ROW_BLOCK);
+    let key_blocks = m_keys.div_ceil(KEY_BLOCK);
+    let splits = (threads.div_ceil(row_blocks)).clamp(1, key_blocks);
+    let per_split = key_blocks.div_ceil(splits) * KEY_BLOCK;
+    let mut tasks = Vec::new();
+    for rb in 0..row_blocks {
+        let r0 = rb * ROW_BLOCK;
+        let nr = ROW_BLOCK.min(n - r0);
+        for sp in 0..splits {
+            let j0 = (sp * per_split).min(m_keys);
+            let j1 = ((sp + 1) * per_split).min(m_keys);
+            if j0 < j1 {
+                tasks.push((r0, nr, j0, j1));
+            }
+        }
+    }
+    let partials: Vec<Partial> = tasks.par_iter().map(|&(r0, nr, j0, j1)| stream_keys(qh, s_pos, keys, c, r0, nr, j0, j1, inv_t, skip_diagonal)).collect();
+    let mut states = vec![RowState::EMPTY; n];
+    let mut acc = vec![0.0f32; n * c];
+    for p in partials {
+        for r in 0..p.nr {
+            let i = p.r0 + r;
+            let (st, fa, fb) = merge_states(states[i], p.states[r]);
+            states[i] = st;
+            for (a, b) in acc[i * c..(i + 1) * c].iter_mut().zip(&p.acc[r * c..(r + 1) * c]) {
+                *a = *a * fa + b * fb;
+            }
+        }
+    }
+    (states, acc)
+}
+
+/// Finishes every row: adds the positive logit to the merged stream state, writes the row loss, and
+/// `dq = scale/(T N) · (I - q̂q̂ᵀ)/||q|| · (Σ_j p_j key_j + (p_pos - 1) k̂)`. Returns (Σ row loss in f64, top1, top5).
+#[allow(clippy::too_many_arguments)]
+fn finish_rows(dq: &mut [f32], row_loss: &mut [f32], qh: &[f32], q_inv_norm: &[f32], kh: &[f32], s_pos: &[f32], states: &[RowState], acc: &[f32], c: usize, grad_scale: f32) -> (f64, u32, u32) {
+    let mut total = 0.0f64;
+    let (mut top1, mut top5) = (0u32, 0u32);
+    for i in 0..states.len() {
+        let st = states[i];
+        let s0 = s_pos[i];
+        let m = st.m.max(s0);
+        let w_stream = if st.m == f32::NEG_INFINITY { 0.0 } else { (st.m - m).exp() };
+        let e0 = (s0 - m).exp();
+        let z = st.l * w_stream + e0;
+        let loss = z.ln() + m - s0;
+        row_loss[i] = loss;
+        total += loss as f64;
+        top1 += (st.rank < 1) as u32;
+        top5 += (st.rank < 5) as u32;
+        let p0 = e0 / z;
+        let w = w_stream / z;
+        let (q_row, k_row, a_row) = (&qh[i * c..(i + 1) * c], &kh[i * c..(i + 1) * c], &acc[i * c..(i + 1) * c]);
+        let d = &mut dq[i * c..(i + 1) * c];
+        let mut dot = 0.0f32;
+        for ch in 0..c {
+            let g = grad_scale * (a_row[ch] * w + (p0 - 1.0) * k_row[ch]);
+            d[ch] = g;
+            dot += g * q_row[ch];
+        }
+        let inv = q_inv_norm[i];
+        let projected = inv < 1.0 / NORM_EPS; // ||q|| > eps: gradient of x/||x||; else of x/eps
+        for ch in 0..c {
+            d[ch] = if projected { (d[ch] - q_row[ch] * dot) * inv } else { d[ch] * inv };
+        }
+    }
+    (total, top1, top5)
+}
+
+/// Fused streaming InfoNCE, forward and backward (MoCo v1/v2).
+///
+/// `q, k: [N, C]` raw (unnormalised) encoder outputs, `queue: [K, C]`. Writes `dq: [N, C]` (gradient of the
+/// mean loss w.r.t. the raw q; k gets none, as in MoCo) and `row_loss: [N]`; returns the mean loss and the
+/// acc@1 / acc@5 counts. Never materialises the `N x (1+K)` logits.
+pub fn infonce(dq: &mut [f32], row_loss: &mut [f32], q: &[f32], k: &[f32], queue: QueueView, shape: &InfoNceShape) -> Result<InfoNceStats> {
+    shape.check_inputs(q.len(), k.len(), queue.len())?;
+    shape.check_outputs(dq.len(), row_loss.len())?;
+    let (n, c) = (shape.n, shape.c);
+    let inv_t = 1.0 / shape.temperature;
+    let (mut qh, mut kh) = (vec![0.0; n * c], vec![0.0; n * c]);
+    let (mut qi, mut ki) = (vec![0.0; n], vec![0.0; n]);
+    normalize_rows(&mut qh, &mut qi, q, c);
+    normalize_rows(&mut kh, &mut ki, k, c);
+    let mut s_pos = vec![0.0; n];
+    row_dots(&mut s_pos, &qh, &kh, c);
+    s_pos.iter_mut().for_each(|s| *s *= inv_t);
+    let (states, acc) = stream_all(&qh, &s_pos, queue, n, c, shape.k, inv_t, false);
+    let (total, top1, top5) = finish_rows(dq, row_loss, &qh, &qi, &kh, &s_pos, &states, &acc, c, inv_t / n as f32);
+    Ok(InfoNceStats { loss: (total / n as f64) as f32, top1, top5 })
+}
+
+/// One half of MoCo v3's loss, `ctr(q, k) = 2T · CE(q̂ k̂ᵀ / T, arange(N))`; writes `dq: [N, C]`, returns the loss.
+fn v3_half(dq: &mut [f32], q: &[f32], k: &[f32], n: usize, c: usize, t: f32) -> f32 {
+    let inv_t = 1.0 / t;
+    let (mut qh, mut kh) = (vec![0.0; n * c], vec![0.0; n * c]);
+    let (mut qi, mut ki) = (vec![0.0; n], vec![0.0; n]);
+    normalize_rows(&mut qh, &mut qi, q, c);
+    normalize_rows(&mut kh, &mut ki, k, c);
+    let mut s_pos = vec![0.0; n];
+    row_dots(&mut s_pos, &qh, &kh, c);
+    s_pos.iter_mut().for_each(|s| *s *= inv_t);
+    let (states, acc) = stream_all(&qh, &s_pos, QueueView::F32(&kh), n, c, n, inv_t, true);
+    let mut row_loss = vec![0.0; n];
+    // d(2T · mean CE)/dq̂ = 2T · (1/(T N)) (...) = (2/N) (...)
+    let (total, _, _) = finish_rows(dq, &mut row_loss, &qh, &qi, &kh, &s_pos, &states, &acc, c, 2.0 / n as f32);
+    (2.0 * t as f64 * total / n as f64) as f32
+}
+
+/// Fused MoCo v3 symmetric loss `ctr(q1, k2) + ctr(q2, k1)`, forward and backward, with no `N x N` buffer.
+///
+/// All inputs `[N, C]` raw. Writes `dq1, dq2: [N, C]` and returns the loss.
+pub fn moco_v3_loss(dq1: &mut [f32], dq2: &mut [f32], q1: &[f32], q2: &[f32], k1: &[f32], k2: &[f32], shape: &SymmetricShape) -> Result<f32> {
+    shape.check(&[("q1", q1.len()), ("q2", q2.len()), ("k1", k1.len()), ("k2", k2.len()), ("dq1", dq1.len()), ("dq2", dq2.len())])?;
+    let (n, c, t) = (shape.n, shape.c, shape.temperature);
+    let a = v3_half(dq1, q1, k2, n, c, t);
+    let b = v3_half(dq2, q2, k1, n, c, t);
+    Ok(a + b)
+}

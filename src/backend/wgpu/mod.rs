@@ -1,0 +1,12 @@
+//! The wgpu backend: host code for `shaders/*.wgsl`. Low-level functions take the caller's `wgpu::Buffer`s
+//! (f32 storage buffers, element counts in the shape types) plus a [`WgpuContext`] wrapping the device and queue.
+
+mod context;
+pub mod contrastive;
+pub mod ema;
+pub mod queue;
+
+pub use context::{sources, WgpuContext};
+pub use contrastive::{infonce, logits, moco_v3_loss, InfoNceBuffers};
+pub use ema::ema_update;
+pub use queue::{enqueue, WgpuQueue};

@@ -1,0 +1,96 @@
+//! Ring-buffer enqueue on wgpu (`shaders/queue.wgsl`) and the queue buffer type.
+
+use super::context::{grid_2d, sources, submit, Dispatch, WgpuContext};
+use crate::error::{Error, Result};
+use crate::shape::{QueueDType, QueueShape};
+
+/// A queue `[K, C]` in a wgpu storage buffer. f16 and bf16 are packed two per u32 word (low half first).
+#[derive(Debug)]
+pub struct WgpuQueue {
+    /// The storage buffer.
+    pub buffer: wgpu::Buffer,
+    /// Storage type of the elements.
+    pub dtype: QueueDType,
+    /// Number of elements (K*C).
+    pub len: usize,
+}
+
+impl WgpuQueue {
+    /// Uploads f32 values, converting to `dtype` (round to nearest even) on the host.
+    pub fn from_f32(ctx: &WgpuContext, values: &[f32], dtype: QueueDType) -> Self {
+        let buffer = match dtype {
+            QueueDType::F32 => ctx.upload("moco queue", values),
+            QueueDType::F16 => ctx.upload("moco queue", &values.iter().map(|&v| half::f16::from_f32(v)).collect::<Vec<_>>()),
+            QueueDType::BF16 => ctx.upload("moco queue", &values.iter().map(|&v| half::bf16::from_f32(v)).collect::<Vec<_>>()),
+        };
+        Self { buffer, dtype, len: values.len() }
+    }
+    /// Reads the queue back as f32.
+    pub fn to_f32(&self, ctx: &WgpuContext) -> Result<Vec<f32>> {
+        Ok(match self.dtype {
+            QueueDType::F32 => ctx.read::<f32>(&self.buffer, self.len)?,
+            QueueDType::F16 => ctx.read_bytes(&self.buffer, self.len as u64 * 2)?.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            QueueDType::BF16 => ctx.read_bytes(&self.buffer, self.len as u64 * 2)?.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        })
+    }
+    /// The dtype code the shaders use (`QUEUE_DTYPE`).
+    pub(crate) fn code(&self) -> u32 {
+        match self.dtype {
+            QueueDType::F32 => 0,
+            QueueDType::F16 => 1,
+            QueueDType::BF16 => 2,
+        }
+    }
+    pub(crate) fn check_bytes(&self, op: &'static str) -> Result<()> {
+        let need = (self.len * self.dtype.size()) as u64;
+        if self.buffer.size() < need {
+            return Err(Error::shape(op, format!("queue buffer of at least {need} bytes"), format!("{} bytes", self.buffer.size())));
+        }
+        Ok(())
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct QueueParams {
+    n: u32,
+    c: u32,
+    k: u32,
+    ptr: u32,
+    dtype: u32,
+    words_a: u32,
+    total: u32,
+    _pad: u32,
+}
+
+/// Writes `keys: [N, C]` (raw; normalised here) into rows `ptr..ptr+N (mod K)` of the queue; returns the new pointer.
+pub fn enqueue(ctx: &WgpuContext, queue: &WgpuQueue, keys: &wgpu::Buffer, shape: &QueueShape) -> Result<usize> {
+    shape.check(shape.n * shape.c, queue.len)?;
+    queue.check_bytes("queue_enqueue")?;
+    if keys.size() < (shape.n * shape.c * 4) as u64 {
+        return Err(Error::shape("queue_enqueue", format!("keys buffer of {} bytes", shape.n * shape.c * 4), format!("{} bytes", keys.size())));
+    }
+    let (n, c, k, ptr) = (shape.n as u32, shape.c as u32, shape.k as u32, shape.ptr as u32);
+    let kh = ctx.storage_buffer("moco k_hat", (shape.n * shape.c * 4) as u64);
+    let inv = ctx.storage_buffer("moco k_inv_norm", (shape.n * 4) as u64);
+    let norm = super::contrastive::normalize_params(n, c);
+    let end_a = (ptr + n).min(k);
+    let words_a = ((end_a * c - 1) / 2) - (ptr * c) / 2 + 1;
+    let words_b = ((ptr + n).saturating_sub(k) * c).div_ceil(2);
+    let (entry, total) = match queue.dtype {
+        QueueDType::F32 => ("enqueue_f32", n * c),
+        _ => ("enqueue_packed16", words_a + words_b),
+    };
+    let p = QueueParams { n, c, k, ptr, dtype: queue.code(), words_a, total, _pad: 0 };
+    let binding = if queue.dtype == QueueDType::F32 { 2 } else { 3 };
+    ctx.scoped(|| {
+        let np = ctx.pipeline("contrastive", sources::CONTRASTIVE, "normalize_rows", Some(0));
+        let ep = ctx.pipeline("queue", sources::QUEUE, entry, None);
+        submit(ctx, &[
+            (bytemuck::bytes_of(&norm), Dispatch { pipeline: np, buffers: vec![(1, keys), (2, &kh), (3, &inv)], grid: grid_2d(n) }),
+            (bytemuck::bytes_of(&p), Dispatch { pipeline: ep, buffers: vec![(1, &kh), (binding, &queue.buffer)], grid: grid_2d(total.div_ceil(256)) }),
+        ]);
+        Ok(())
+    })?;
+    Ok(shape.next_ptr())
+}
