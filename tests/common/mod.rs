@@ -1,0 +1,82 @@
+//! Shared test helpers: random data, the backends under test, and an approximate comparison that names the
+//! index and both values.
+#![allow(dead_code)]
+
+use moco::backend::{Backend, Cpu, Wgpu};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+/// Uniform values in [-1, 1).
+pub fn uniform(rng: &mut StdRng, len: usize) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// `rows` random unit rows of length `c` (what a MoCo queue holds).
+pub fn unit_rows(rng: &mut StdRng, rows: usize, c: usize) -> Vec<f32> {
+    let mut v = uniform(rng, rows * c);
+    for r in v.chunks_mut(c) {
+        let n = r.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        r.iter_mut().for_each(|x| *x /= n);
+    }
+    v
+}
+
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// Proptest case count: `MOCO_PROPTEST_CASES` or the given default (kept small so CI stays fast).
+pub fn cases(default: u32) -> u32 {
+    std::env::var("MOCO_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The wgpu backend on any adapter, lavapipe included. With `MOCO_REQUIRE_WGPU=1` a missing adapter fails the
+/// test instead of skipping it.
+pub fn wgpu_backend() -> Option<Wgpu> {
+    use std::sync::OnceLock;
+    static CTX: OnceLock<Option<Wgpu>> = OnceLock::new();
+    CTX.get_or_init(|| match Wgpu::new(true) {
+        Ok(w) => {
+            eprintln!("wgpu adapter: {}", w.ctx.adapter_name);
+            Some(w)
+        }
+        Err(e) => {
+            if std::env::var("MOCO_REQUIRE_WGPU").as_deref() == Ok("1") {
+                panic!("MOCO_REQUIRE_WGPU=1 but no wgpu adapter: {e}");
+            }
+            eprintln!("skipping wgpu: {e}");
+            None
+        }
+    })
+    .clone()
+}
+
+pub fn cpu() -> Cpu {
+    Cpu
+}
+
+/// Asserts `|got - want| <= atol + rtol * |want|` element-wise, naming the first bad index.
+#[track_caller]
+pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length {} vs {}", got.len(), want.len());
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w).abs();
+        assert!(g.is_finite() && err <= atol + rtol * w.abs(), "{what}[{i}]: got {g}, want {w} (|err| {err:.3e} > atol {atol:.1e} + rtol {rtol:.1e} * |want|)");
+    }
+}
+
+/// Largest absolute value (for scale-relative tolerances).
+pub fn max_abs(v: &[f64]) -> f64 {
+    v.iter().fold(0.0, |a, b| a.max(b.abs()))
+}
+
+/// Runs `f` on the CPU backend and, when present, on wgpu.
+pub fn for_each_backend(mut cpu_f: impl FnMut(&Cpu), mut wgpu_f: impl FnMut(&Wgpu)) {
+    cpu_f(&Cpu);
+    if let Some(w) = wgpu_backend() {
+        wgpu_f(&w);
+    }
+}
+
+pub fn name_of<B: Backend>(b: &B) -> String {
+    b.name()
+}
