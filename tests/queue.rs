@@ -1,0 +1,86 @@
+//! Ring-buffer enqueue: every backend and storage type against the f64 reference, with wrap-around and N = K.
+mod common;
+use common::*;
+use moco::backend::{cpu, Backend};
+use moco::shape::{QueueDType, QueueShape};
+use proptest::prelude::*;
+
+fn round(v: f64, dtype: QueueDType) -> f64 {
+    match dtype {
+        QueueDType::F32 => v as f32 as f64,
+        QueueDType::F16 => half::f16::from_f32(v as f32).to_f64(),
+        QueueDType::BF16 => half::bf16::from_f32(v as f32).to_f64(),
+    }
+}
+
+fn check<B: Backend>(b: &B, n: usize, c: usize, k: usize, ptr: usize, dtype: QueueDType, seed: u64) {
+    let mut r = rng(seed);
+    // start from a queue of arbitrary (already stored) values, then enqueue raw keys
+    let init: Vec<f32> = uniform(&mut r, k * c).iter().map(|&v| round(v as f64, dtype) as f32).collect();
+    let keys: Vec<f32> = uniform(&mut r, n * c).iter().map(|v| v * 3.0).collect();
+    let (want, want_ptr) = cpu::reference::enqueue(&init, &keys, n, c, k, ptr);
+    let shape = QueueShape::new(n, c, k, ptr).unwrap();
+    let mut queue = b.queue_from_f32(&init, dtype).unwrap();
+    let next = b.enqueue(&mut queue, &b.upload(&keys).unwrap(), &shape).unwrap();
+    assert_eq!(next, want_ptr);
+    let got = b.queue_to_f32(&queue).unwrap();
+    // untouched rows must be bit-identical; written rows equal the normalised key to f32 rounding (1e-6 relative)
+    // or, for 16-bit storage, within one ulp (the f32 norm may land on the other side of a rounding boundary)
+    for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+        let row = i / c;
+        let written = (row + k - ptr) % k < n;
+        let expect = round(w, dtype);
+        let tol = if written { match dtype { QueueDType::F32 => 1e-6, QueueDType::F16 => 2e-3, QueueDType::BF16 => 1.6e-2 } } else { 0.0 };
+        assert!((g as f64 - expect).abs() <= tol * expect.abs().max(1e-3), "{} {dtype:?} N={n} C={c} K={k} ptr={ptr}: queue[{i}] (row {row}, written {written}) got {g}, want {expect}", b.name());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases(32)))]
+    #[test]
+    fn enqueue_matches_reference(n in 1usize..20, c in prop_oneof![Just(1usize), 1usize..12, Just(128usize), Just(129usize)], extra in prop_oneof![Just(0usize), 0usize..30], ptr_frac in 0.0f64..1.0, dtype in prop_oneof![Just(QueueDType::F32), Just(QueueDType::F16), Just(QueueDType::BF16)], seed in any::<u64>()) {
+        let k = n + extra;
+        let ptr = ((k as f64 * ptr_frac) as usize).min(k - 1);
+        check(&cpu(), n, c, k, ptr, dtype, seed);
+        if let Some(w) = wgpu_backend() { check(&w, n, c, k, ptr, dtype, seed); }
+    }
+}
+
+#[test]
+fn enqueue_wraps_without_divisibility() {
+    // K = 10, N = 4: pointer goes 0, 4, 8, 2 (wrapped), 6 ...
+    for dtype in [QueueDType::F32, QueueDType::F16, QueueDType::BF16] {
+        let b = cpu();
+        let mut queue = b.queue_from_f32(&vec![0.0; 10 * 3], dtype).unwrap();
+        let mut ptr = 0;
+        for step in 0..5 {
+            let keys: Vec<f32> = (0..12).map(|i| (i + step) as f32 + 1.0).collect();
+            ptr = b.enqueue(&mut queue, &keys, &QueueShape::new(4, 3, 10, ptr).unwrap()).unwrap();
+        }
+        assert_eq!(ptr, 0);
+        if let Some(w) = wgpu_backend() {
+            let mut queue = w.queue_from_f32(&vec![0.0; 10 * 3], dtype).unwrap();
+            let mut p = 0;
+            for step in 0..5 {
+                let keys: Vec<f32> = (0..12).map(|i| (i + step) as f32 + 1.0).collect();
+                p = w.enqueue(&mut queue, &w.upload(&keys).unwrap(), &QueueShape::new(4, 3, 10, p).unwrap()).unwrap();
+            }
+            assert_eq!(p, 0);
+        }
+        check(&cpu(), 4, 3, 10, 8, dtype, 1);
+    }
+}
+
+#[test]
+fn enqueue_rejects_bad_shapes() {
+    assert!(QueueShape::new(0, 3, 10, 0).is_err());
+    assert!(QueueShape::new(11, 3, 10, 0).is_err());
+    assert!(QueueShape::new(4, 0, 10, 0).is_err());
+    assert!(QueueShape::new(4, 3, 10, 10).is_err());
+    let b = cpu();
+    let mut queue = b.queue_from_f32(&vec![0.0; 30], QueueDType::F32).unwrap();
+    let shape = QueueShape::new(4, 3, 10, 0).unwrap();
+    assert!(b.enqueue(&mut queue, &vec![0.0; 11], &shape).is_err());
+    let mut small = b.queue_from_f32(&vec![0.0; 29], QueueDType::F32).unwrap();
+    assert!(b.enqueue(&mut small, &vec![0.0; 12], &shape).is_err());
+}
