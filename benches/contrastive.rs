@@ -1,1 +1,164 @@
-fn main(){}
+//! Criterion benches: each op fused against unfused on each available backend, at MoCo sizes.
+//! N=256, C=128, K in {4096, 65536, 1048576}, T=0.2; v3 at N in {1024, 4096}, C=256; EMA at ResNet-50 size.
+//! `MOCO_BENCH_QUICK=1` skips the largest sizes. GPU benches time with `iter_custom` and sync before the clock stops.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use moco::backend::{cpu, Backend, Wgpu};
+use moco::shape::{InfoNceShape, QueueDType, SymmetricShape};
+use std::time::{Duration, Instant};
+
+/// ResNet-50's parameter count (torchvision), the EMA size.
+const RESNET50_PARAMS: usize = 25_557_032;
+
+fn data(len: usize, seed: u32) -> Vec<f32> {
+    // xorshift: fresh non-zero values without a rand dependency in the bench
+    let mut s = seed.wrapping_mul(2654435761).max(1);
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn unit_rows(rows: usize, c: usize, seed: u32) -> Vec<f32> {
+    let mut v = data(rows * c, seed);
+    for r in v.chunks_mut(c) {
+        let n = r.iter().map(|x| x * x).sum::<f32>().sqrt();
+        r.iter_mut().for_each(|x| *x /= n);
+    }
+    v
+}
+
+fn quick() -> bool {
+    std::env::var("MOCO_BENCH_QUICK").as_deref() == Ok("1")
+}
+
+fn wgpu() -> Option<Wgpu> {
+    Wgpu::new(true).map_err(|e| eprintln!("wgpu benches skipped: {e}")).ok()
+}
+
+fn infonce(c: &mut Criterion) {
+    let (n, ch, t) = (256, 128, 0.2f32);
+    let mut g = c.benchmark_group("infonce_fwd_bwd");
+    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    let ks: &[usize] = if quick() { &[4096, 65536] } else { &[4096, 65536, 1_048_576] };
+    let w = wgpu();
+    for &k in ks {
+        let (q, key, queue) = (data(n * ch, 1), data(n * ch, 2), unit_rows(k, ch, 3));
+        let shape = InfoNceShape::new(n, ch, k, t).unwrap();
+        g.throughput(Throughput::Elements(k as u64));
+        let (mut dq, mut rl) = (vec![0.0; n * ch], vec![0.0; n]);
+        g.bench_function(BenchmarkId::new("cpu_fused", k), |b| b.iter(|| cpu::infonce(&mut dq, &mut rl, &q, &key, cpu::QueueView::F32(&queue), &shape).unwrap()));
+        let bf: Vec<half::bf16> = queue.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        g.bench_function(BenchmarkId::new("cpu_fused_bf16_queue", k), |b| b.iter(|| cpu::infonce(&mut dq, &mut rl, &q, &key, cpu::QueueView::BF16(&bf), &shape).unwrap()));
+        g.bench_function(BenchmarkId::new("cpu_unfused", k), |b| b.iter(|| cpu::unfused::infonce(&mut dq, &mut rl, &q, &key, &queue, &shape).unwrap()));
+        if let (Some(w), true) = (&w, k <= 65536) {
+            let (qb, kb, qu) = (w.upload(&q).unwrap(), w.upload(&key).unwrap(), w.queue_from_f32(&queue, QueueDType::F32).unwrap());
+            let out = moco::backend::wgpu::InfoNceBuffers::new(&w.ctx, n, ch);
+            g.bench_function(BenchmarkId::new(format!("wgpu_fused [{}]", w.ctx.adapter_name), k), |b| {
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        moco::backend::wgpu::contrastive::infonce_async(&w.ctx, &out, &qb.buffer, &kb.buffer, &qu, &shape).unwrap();
+                    }
+                    w.ctx.synchronize().unwrap();
+                    start.elapsed()
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn moco_v3(c: &mut Criterion) {
+    let (ch, t) = (256, 0.2f32);
+    let mut g = c.benchmark_group("moco_v3_loss_fwd_bwd");
+    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    for &n in &[1024usize, 4096] {
+        let (q1, q2, k1, k2) = (data(n * ch, 1), data(n * ch, 2), data(n * ch, 3), data(n * ch, 4));
+        let shape = SymmetricShape::new(n, ch, t).unwrap();
+        let (mut d1, mut d2) = (vec![0.0; n * ch], vec![0.0; n * ch]);
+        g.bench_function(BenchmarkId::new("cpu_fused", n), |b| b.iter(|| cpu::moco_v3_loss(&mut d1, &mut d2, &q1, &q2, &k1, &k2, &shape).unwrap()));
+        g.bench_function(BenchmarkId::new("cpu_unfused", n), |b| b.iter(|| cpu::unfused::moco_v3_loss(&mut d1, &mut d2, &q1, &q2, &k1, &k2, &shape).unwrap()));
+    }
+    g.finish();
+}
+
+/// The official MoCo EMA loop, unfused: per tensor, `k = k*m + q*(1-m)` with the two temporaries PyTorch makes.
+fn ema_official_loop(ks: &mut [Vec<f32>], qs: &[Vec<f32>], m: f32) {
+    for (k, q) in ks.iter_mut().zip(qs) {
+        let a: Vec<f32> = k.iter().map(|v| v * m).collect();
+        let b: Vec<f32> = q.iter().map(|v| v * (1.0 - m)).collect();
+        for ((kv, av), bv) in k.iter_mut().zip(&a).zip(&b) {
+            *kv = av + bv;
+        }
+    }
+}
+
+fn ema(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ema_resnet50");
+    g.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    g.throughput(Throughput::Bytes((RESNET50_PARAMS * 12) as u64));
+    let q = data(RESNET50_PARAMS, 1);
+    let mut k = data(RESNET50_PARAMS, 2);
+    g.bench_function("cpu_fused_flat", |b| b.iter(|| cpu::ema_update(&mut k, &q, 0.999).unwrap()));
+    // ResNet-50-like split: 161 tensors (sizes cycle through a few typical conv/bn shapes)
+    let sizes = resnet50_like_sizes();
+    let qs: Vec<Vec<f32>> = sizes.iter().map(|&s| data(s, 3)).collect();
+    let mut ks: Vec<Vec<f32>> = sizes.iter().map(|&s| data(s, 4)).collect();
+    g.bench_function("cpu_unfused_official_loop", |b| b.iter(|| ema_official_loop(&mut ks, &qs, 0.999)));
+    g.bench_function("cpu_fused_multi_tensor", |b| {
+        b.iter(|| {
+            let mut pairs: Vec<(&mut [f32], &[f32])> = ks.iter_mut().zip(&qs).map(|(k, q)| (&mut k[..], &q[..])).collect();
+            cpu::ema_update_multi(&mut pairs, 0.999).unwrap()
+        })
+    });
+    if let Some(w) = wgpu() {
+        let shape = moco::EmaShape::new(RESNET50_PARAMS, 0.999).unwrap();
+        let (kb, qb) = (w.ctx.upload("k", &k), w.ctx.upload("q", &q));
+        g.bench_function(format!("wgpu_fused_flat [{}]", w.ctx.adapter_name), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    moco::backend::wgpu::ema_update(&w.ctx, &kb, &qb, &shape).unwrap();
+                }
+                w.ctx.synchronize().unwrap();
+                start.elapsed()
+            })
+        });
+    }
+    g.finish();
+}
+
+/// 161 tensor sizes summing to ResNet-50's parameter count, shaped like its conv, bn and fc tensors.
+fn resnet50_like_sizes() -> Vec<usize> {
+    let pattern = [4096usize, 256, 256, 36864, 64, 64, 16384, 256, 256, 147456, 128, 128, 65536, 512, 512, 589824, 256, 256, 262144, 1024, 1024, 2359296, 512, 512];
+    let mut sizes: Vec<usize> = (0..160).map(|i| pattern[i % pattern.len()]).collect();
+    let used: usize = sizes.iter().sum();
+    sizes.push(RESNET50_PARAMS - used.min(RESNET50_PARAMS - 1));
+    sizes
+}
+
+fn logits_and_queue(c: &mut Criterion) {
+    let (n, ch, k) = (256, 128, 65536);
+    let mut g = c.benchmark_group("logits_and_enqueue");
+    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    let (q, key, queue) = (data(n * ch, 1), data(n * ch, 2), unit_rows(k, ch, 3));
+    let shape = moco::LogitsShape::new(n, ch, k).unwrap();
+    let (mut lp, mut ln) = (vec![0.0; n], vec![0.0; n * k]);
+    g.bench_function("cpu_logits_materialised_k65536", |b| b.iter(|| cpu::logits(&mut lp, &mut ln, &q, &key, cpu::QueueView::F32(&queue), &shape).unwrap()));
+    let mut qf = queue.clone();
+    let mut ptr = 0;
+    g.bench_function("cpu_enqueue_f32_n256", |b| {
+        b.iter(|| {
+            ptr = cpu::enqueue(&mut cpu::QueueViewMut::F32(&mut qf), &key, &moco::QueueShape::new(n, ch, k, ptr).unwrap()).unwrap();
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, infonce, moco_v3, ema, logits_and_queue);
+criterion_main!(benches);

@@ -4,9 +4,9 @@
 //! accumulator `acc = Σ_j exp(s_j - m) key_j` per row, merge the partial states of the key splits, then finish
 //! each row (positive logit, loss, rank, gradient through the normalisation).
 
-use super::gemm::{gemm_nn, gemm_nt};
+use super::gemm::{gemm_nn, gemm_nt, gemm_tn};
 use super::queue_view::QueueView;
-use super::softmax::{merge_states, softmax_block, RowState};
+use super::softmax::{merge_row, softmax_block, BlockScratch, RowStates, MASKED, NEG};
 use crate::error::Result;
 use crate::shape::{InfoNceShape, LogitsShape, SymmetricShape};
 use rayon::prelude::*;
@@ -82,46 +82,59 @@ pub fn logits(l_pos: &mut [f32], l_neg: &mut [f32], q: &[f32], k: &[f32], queue:
 struct Partial {
     r0: usize,
     nr: usize,
-    states: Vec<RowState>,
-    acc: Vec<f32>, // [nr, C]
+    states: RowStates,
+    acc_t: Vec<f32>, // [C, nr]: acc transposed
 }
 
 /// Streams keys `[j0, j1)` for rows `[r0, r0+nr)` of `qh` (`[N, C]`). `s_pos: [N]` positive logits / T.
 /// With `skip_diagonal`, key j == row i is left out (MoCo v3: the positive is inside the key set).
+/// Per block of `nb` keys: `s_t [nb, nr] = keys · q̂ᵀ / T`, the online softmax, then `acc_t [C, nr] += keysᵀ · p_t`.
 #[allow(clippy::too_many_arguments)]
 fn stream_keys(qh: &[f32], s_pos: &[f32], keys: QueueView, c: usize, r0: usize, nr: usize, j0: usize, j1: usize, inv_t: f32, skip_diagonal: bool) -> Partial {
-    let mut states = vec![RowState::EMPTY; nr];
-    let mut acc = vec![0.0f32; nr * c];
-    let mut s = vec![0.0f32; nr * KEY_BLOCK];
+    let mut states = RowStates::new(nr);
+    let mut acc_t = vec![0.0f32; c * nr];
+    let mut s_t = vec![0.0f32; KEY_BLOCK * nr];
+    let mut scale = vec![1.0f32; nr];
     let mut scratch = Vec::new();
-    let q_rows = &qh[r0 * c..(r0 + nr) * c];
+    let mut block_scratch = BlockScratch::default();
+    // q̂ rows transposed once: [C, nr]
+    let mut q_t = vec![0.0f32; c * nr];
+    for r in 0..nr {
+        for ch in 0..c {
+            q_t[ch * nr + r] = qh[(r0 + r) * c + ch];
+        }
+    }
+    let s_pos = &s_pos[r0..r0 + nr];
     let mut jb = j0;
     while jb < j1 {
         let nb = KEY_BLOCK.min(j1 - jb);
         let kb = keys.range_f32(jb * c, nb * c, &mut scratch);
-        // s: [nr, nb] = q̂ · keysᵀ / T
-        gemm_nt(&mut s, nb, q_rows, c, kb, c, nr, nb, c, inv_t, false);
-        for r in 0..nr {
-            let row = &mut s[r * nb..(r + 1) * nb];
-            let i = r0 + r;
-            if skip_diagonal && (jb..jb + nb).contains(&i) {
-                row[i - jb] = f32::NEG_INFINITY;
-            }
-            let scale = softmax_block(row, &mut states[r], s_pos[i]);
-            if scale != 1.0 {
-                acc[r * c..(r + 1) * c].iter_mut().for_each(|a| *a *= scale);
+        let s_blk = &mut s_t[..nb * nr];
+        gemm_nn(s_blk, nr, kb, c, &q_t, nr, nb, nr, c, inv_t, false);
+        if skip_diagonal {
+            for j in jb.max(r0)..(jb + nb).min(r0 + nr) {
+                s_blk[(j - jb) * nr + (j - r0)] = NEG;
             }
         }
-        // acc: [nr, C] += p [nr, nb] · keys [nb, C]
-        gemm_nn(&mut acc, c, &s, nb, kb, c, nr, c, nb, 1.0, true);
+        softmax_block(s_blk, nr, &mut states, s_pos, &mut scale, &mut block_scratch);
+        if scale.iter().any(|&f| f != 1.0) {
+            for row in acc_t.chunks_exact_mut(nr) {
+                for (a, f) in row.iter_mut().zip(&scale) {
+                    *a *= f;
+                }
+            }
+        }
+        // acc_t [C, nr] += kbᵀ [C, nb] · p_t [nb, nr]
+        gemm_tn(&mut acc_t, nr, kb, c, s_blk, nr, c, nr, nb);
         jb += nb;
     }
-    Partial { r0, nr, states, acc }
+    Partial { r0, nr, states, acc_t }
 }
 
 /// Runs the key stream over tasks (row blocks x key splits) and merges the splits of each row block.
-/// Returns the merged state per row and `acc: [N, C]`.
-fn stream_all(qh: &[f32], s_pos: &[f32], keys: QueueView, n: usize, c: usize, m_keys: usize, inv_t: f32, skip_diagonal: bool) -> (Vec<RowState>, Vec<f32>) {
+/// Returns the merged states of all N rows and `acc: [N, C]`.
+#[allow(clippy::too_many_arguments)]
+fn stream_all(qh: &[f32], s_pos: &[f32], keys: QueueView, n: usize, c: usize, m_keys: usize, inv_t: f32, skip_diagonal: bool) -> (RowStates, Vec<f32>) {
     let threads = rayon::current_num_threads().max(1);
     let row_blocks = n.div_ceil(ROW_BLOCK);
     let key_blocks = m_keys.div_ceil(KEY_BLOCK);
@@ -140,15 +153,15 @@ fn stream_all(qh: &[f32], s_pos: &[f32], keys: QueueView, n: usize, c: usize, m_
         }
     }
     let partials: Vec<Partial> = tasks.par_iter().map(|&(r0, nr, j0, j1)| stream_keys(qh, s_pos, keys, c, r0, nr, j0, j1, inv_t, skip_diagonal)).collect();
-    let mut states = vec![RowState::EMPTY; n];
+    let mut states = RowStates::new(n);
     let mut acc = vec![0.0f32; n * c];
     for p in partials {
         for r in 0..p.nr {
             let i = p.r0 + r;
-            let (st, fa, fb) = merge_states(states[i], p.states[r]);
-            states[i] = st;
-            for (a, b) in acc[i * c..(i + 1) * c].iter_mut().zip(&p.acc[r * c..(r + 1) * c]) {
-                *a = *a * fa + b * fb;
+            let (m, l, rank, fa, fb) = merge_row(states.m[i], states.l[i], states.rank[i], p.states.m[r], p.states.l[r], p.states.rank[r]);
+            (states.m[i], states.l[i], states.rank[i]) = (m, l, rank);
+            for ch in 0..c {
+                acc[i * c + ch] = acc[i * c + ch] * fa + p.acc_t[ch * p.nr + r] * fb;
             }
         }
     }
@@ -158,21 +171,21 @@ fn stream_all(qh: &[f32], s_pos: &[f32], keys: QueueView, n: usize, c: usize, m_
 /// Finishes every row: adds the positive logit to the merged stream state, writes the row loss, and
 /// `dq = scale/(T N) · (I - q̂q̂ᵀ)/||q|| · (Σ_j p_j key_j + (p_pos - 1) k̂)`. Returns (Σ row loss in f64, top1, top5).
 #[allow(clippy::too_many_arguments)]
-fn finish_rows(dq: &mut [f32], row_loss: &mut [f32], qh: &[f32], q_inv_norm: &[f32], kh: &[f32], s_pos: &[f32], states: &[RowState], acc: &[f32], c: usize, grad_scale: f32) -> (f64, u32, u32) {
+fn finish_rows(dq: &mut [f32], row_loss: &mut [f32], qh: &[f32], q_inv_norm: &[f32], kh: &[f32], s_pos: &[f32], states: &RowStates, acc: &[f32], c: usize, grad_scale: f32) -> (f64, u32, u32) {
     let mut total = 0.0f64;
     let (mut top1, mut top5) = (0u32, 0u32);
-    for i in 0..states.len() {
-        let st = states[i];
+    for i in 0..states.m.len() {
+        let (sm, sl, srank) = (states.m[i], states.l[i], states.rank[i]);
         let s0 = s_pos[i];
-        let m = st.m.max(s0);
-        let w_stream = if st.m == f32::NEG_INFINITY { 0.0 } else { (st.m - m).exp() };
+        let m = sm.max(s0);
+        let w_stream = if sm > MASKED { (sm - m).exp() } else { 0.0 };
         let e0 = (s0 - m).exp();
-        let z = st.l * w_stream + e0;
+        let z = sl * w_stream + e0;
         let loss = z.ln() + m - s0;
         row_loss[i] = loss;
         total += loss as f64;
-        top1 += (st.rank < 1) as u32;
-        top5 += (st.rank < 5) as u32;
+        top1 += (srank < 1) as u32;
+        top5 += (srank < 5) as u32;
         let p0 = e0 / z;
         let w = w_stream / z;
         let (q_row, k_row, a_row) = (&qh[i * c..(i + 1) * c], &kh[i * c..(i + 1) * c], &acc[i * c..(i + 1) * c]);

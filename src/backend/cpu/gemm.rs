@@ -47,3 +47,22 @@ pub fn gemm_nn(dst: &mut [f32], dst_rs: usize, a: &[f32], a_rs: usize, b: &[f32]
         );
     }
 }
+
+/// `dst[m, n] += aᵀ · b` with `a: [k, m]` and `b: [k, n]` row-major (a read transposed).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_tn(dst: &mut [f32], dst_rs: usize, a: &[f32], a_rs: usize, b: &[f32], b_rs: usize, m: usize, n: usize, k: usize) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    assert!(dst.len() >= (m - 1) * dst_rs + n && a.len() >= (k - 1) * a_rs + m && b.len() >= (k - 1) * b_rs + n);
+    // SAFETY: the assert above keeps every index the kernel touches inside the three slices.
+    unsafe {
+        gemm::gemm(
+            m, n, k,
+            dst.as_mut_ptr(), 1, dst_rs as isize, true,
+            a.as_ptr(), a_rs as isize, 1,
+            b.as_ptr(), 1, b_rs as isize,
+            1.0, 1.0, false, false, false, gemm::Parallelism::None,
+        );
+    }
+}

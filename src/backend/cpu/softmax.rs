@@ -1,6 +1,13 @@
-//! Vectorisable exp and the online-softmax step over one block of logits, compiled for AVX-512, AVX2+FMA
-//! and the baseline, picked once at run time.
+//! Vectorisable exp and the online-softmax step over one block of logits, compiled for AVX-512, AVX2+FMA and the
+//! baseline, picked once at run time.
+//!
+//! The block is stored transposed, `s_t: [nb keys, nr rows]`, so every step is element-wise across rows: the
+//! running max, the exp, the sums and the rank counters vectorise without horizontal reductions.
 
+/// "Minus infinity" for masked logits and empty states: finite, so differences never produce NaN.
+pub const NEG: f32 = -1.0e30;
+/// Logits at or below this are masked.
+pub const MASKED: f32 = -1.0e29;
 /// Logits below this give exactly 0 (exp(-87.3) is the smallest normal f32).
 const EXP_MIN: f32 = -87.3;
 
@@ -11,7 +18,7 @@ pub fn fast_exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
-    let xc = x.clamp(EXP_MIN, 88.0);
+    let xc = if x < EXP_MIN { EXP_MIN } else if x > 88.0 { 88.0 } else { x };
     let n = (xc * LOG2E + ROUND) - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO; // |r| <= ln2/2
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
@@ -19,64 +26,80 @@ pub fn fast_exp(x: f32) -> f32 {
     if x < EXP_MIN { 0.0 } else { p * scale }
 }
 
-/// Running state of one row's online log-sum-exp: max `m`, sum `l` of exp(s - m), and the rank counter.
-#[derive(Clone, Copy, Debug)]
-pub struct RowState {
-    /// Running max of the logits seen.
-    pub m: f32,
-    /// Sum of exp(s - m) over the logits seen.
-    pub l: f32,
-    /// Number of logits seen that are greater than the positive logit.
-    pub rank: u32,
+/// Running online-softmax state of `nr` rows: max `m`, sum `l` of exp(s - m), and the rank counters
+/// (logits seen that are greater than the row's positive logit).
+#[derive(Clone, Debug)]
+pub struct RowStates {
+    /// Running max per row ([`NEG`] while empty).
+    pub m: Vec<f32>,
+    /// Sum of exp(s - m) per row.
+    pub l: Vec<f32>,
+    /// Count of logits greater than the positive per row.
+    pub rank: Vec<u32>,
 }
 
-impl RowState {
-    /// The empty state: nothing seen.
-    pub const EMPTY: RowState = RowState { m: f32::NEG_INFINITY, l: 0.0, rank: 0 };
+impl RowStates {
+    /// Empty states for `nr` rows.
+    pub fn new(nr: usize) -> Self {
+        Self { m: vec![NEG; nr], l: vec![0.0; nr], rank: vec![0; nr] }
+    }
 }
 
-/// One block of one row: `s: [B]` logits (already / T) in, `p = exp(s - m_new)` out in place.
-/// Updates the state and returns the factor exp(m_old - m_new) the row's accumulator must be scaled by.
+/// Scratch of [`softmax_block`]: per-row block max and block sum.
+#[derive(Clone, Debug, Default)]
+pub struct BlockScratch {
+    bmax: Vec<f32>,
+    lsum: Vec<f32>,
+}
+
 #[inline(always)]
-fn softmax_block_impl(s: &mut [f32], st: &mut RowState, s_pos: f32) -> f32 {
-    let mut bmax = f32::NEG_INFINITY;
-    let mut rank = 0u32;
-    for &v in s.iter() {
-        bmax = bmax.max(v);
-        rank += (v > s_pos) as u32;
+fn softmax_block_impl(s_t: &mut [f32], nr: usize, st: &mut RowStates, s_pos: &[f32], scale: &mut [f32], sc: &mut BlockScratch) {
+    sc.bmax.clear();
+    sc.bmax.resize(nr, NEG);
+    sc.lsum.clear();
+    sc.lsum.resize(nr, 0.0);
+    let (bmax, lsum) = (&mut sc.bmax[..nr], &mut sc.lsum[..nr]);
+    let (m, l, rank, s_pos, scale) = (&mut st.m[..nr], &mut st.l[..nr], &mut st.rank[..nr], &s_pos[..nr], &mut scale[..nr]);
+    for row in s_t.chunks_exact(nr) {
+        for i in 0..nr {
+            bmax[i] = if row[i] > bmax[i] { row[i] } else { bmax[i] };
+        }
     }
-    let m_new = st.m.max(bmax);
-    if m_new == f32::NEG_INFINITY {
-        s.fill(0.0);
-        return 1.0;
+    for i in 0..nr {
+        let m_new = if bmax[i] > m[i] { bmax[i] } else { m[i] };
+        scale[i] = fast_exp(m[i] - m_new);
+        m[i] = m_new;
     }
-    let mut sum = 0.0f32;
-    for v in s.iter_mut() {
-        let e = fast_exp(*v - m_new);
-        *v = e;
-        sum += e;
+    for row in s_t.chunks_exact_mut(nr) {
+        for i in 0..nr {
+            let v = row[i];
+            rank[i] += (v > s_pos[i]) as u32;
+            let e = if v > MASKED { fast_exp(v - m[i]) } else { 0.0 };
+            row[i] = e;
+            lsum[i] += e;
+        }
     }
-    let scale = if st.m == f32::NEG_INFINITY { 0.0 } else { (st.m - m_new).exp() };
-    st.l = st.l * scale + sum;
-    st.m = m_new;
-    st.rank += rank;
-    scale
+    for i in 0..nr {
+        l[i] = l[i] * scale[i] + lsum[i];
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
-unsafe fn softmax_block_avx512(s: &mut [f32], st: &mut RowState, s_pos: f32) -> f32 {
-    softmax_block_impl(s, st, s_pos)
+unsafe fn softmax_block_avx512(s_t: &mut [f32], nr: usize, st: &mut RowStates, s_pos: &[f32], scale: &mut [f32], sc: &mut BlockScratch) {
+    softmax_block_impl(s_t, nr, st, s_pos, scale, sc)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_block_avx2(s: &mut [f32], st: &mut RowState, s_pos: f32) -> f32 {
-    softmax_block_impl(s, st, s_pos)
+unsafe fn softmax_block_avx2(s_t: &mut [f32], nr: usize, st: &mut RowStates, s_pos: &[f32], scale: &mut [f32], sc: &mut BlockScratch) {
+    softmax_block_impl(s_t, nr, st, s_pos, scale, sc)
 }
 
-/// [`softmax_block_impl`] on the widest vector unit this CPU has.
-pub fn softmax_block(s: &mut [f32], st: &mut RowState, s_pos: f32) -> f32 {
+/// One block: `s_t: [nb, nr]` logits (already / T; masked entries [`NEG`]) in, `p = exp(s - m_new)` out in
+/// place. Updates the states and writes `scale[i] = exp(m_old - m_new)`, the factor row i's accumulator
+/// must be multiplied by before this block's `p · keys` is added. Runs on the widest vector unit present.
+pub fn softmax_block(s_t: &mut [f32], nr: usize, st: &mut RowStates, s_pos: &[f32], scale: &mut [f32], sc: &mut BlockScratch) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::sync::OnceLock;
@@ -93,22 +116,19 @@ pub fn softmax_block(s: &mut [f32], st: &mut RowState, s_pos: f32) -> f32 {
         // SAFETY: the features each variant is compiled for were detected on this CPU.
         unsafe {
             match level {
-                2 => return softmax_block_avx512(s, st, s_pos),
-                1 => return softmax_block_avx2(s, st, s_pos),
+                2 => return softmax_block_avx512(s_t, nr, st, s_pos, scale, sc),
+                1 => return softmax_block_avx2(s_t, nr, st, s_pos, scale, sc),
                 _ => {}
             }
         }
     }
-    softmax_block_impl(s, st, s_pos)
+    softmax_block_impl(s_t, nr, st, s_pos, scale, sc)
 }
 
-/// Merges two partial states of the same row; returns the factors for (a's, b's) accumulators.
-pub fn merge_states(a: RowState, b: RowState) -> (RowState, f32, f32) {
-    let m = a.m.max(b.m);
-    if m == f32::NEG_INFINITY {
-        return (RowState { m, l: 0.0, rank: a.rank + b.rank }, 0.0, 0.0);
-    }
-    let fa = if a.m == f32::NEG_INFINITY { 0.0 } else { (a.m - m).exp() };
-    let fb = if b.m == f32::NEG_INFINITY { 0.0 } else { (b.m - m).exp() };
-    (RowState { m, l: a.l * fa + b.l * fb, rank: a.rank + b.rank }, fa, fb)
+/// Merges the state of one row from two partials; returns (m, l, rank, factor for a's acc, factor for b's acc).
+pub fn merge_row(am: f32, al: f32, ar: u32, bm: f32, bl: f32, br: u32) -> (f32, f32, u32, f32, f32) {
+    let m = am.max(bm);
+    let fa = if am > MASKED { (am - m).exp() } else { 0.0 };
+    let fb = if bm > MASKED { (bm - m).exp() } else { 0.0 };
+    (m, al * fa + bl * fb, ar + br, fa, fb)
 }

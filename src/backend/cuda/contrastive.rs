@@ -1,0 +1,223 @@
+//! Fused contrastive ops on CUDA (`kernels/contrastive.cu`): normalised logits, streaming InfoNCE and MoCo v3.
+//! The steps, the grid (`StreamPlan`) and the partial-buffer layout are those of the wgpu backend.
+
+use super::context::{cfg, function, MAX_GRID_X, MAX_GRID_YZ};
+use super::queue::CudaQueue;
+use crate::backend::cpu::InfoNceStats;
+use crate::backend::plan::{StreamPlan, GPU_TN};
+use crate::error::{Error, Result};
+use crate::shape::{InfoNceShape, LogitsShape, SymmetricShape};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DeviceRepr, DeviceSlice, PushKernelArg};
+use std::sync::Arc;
+
+/// `struct Params` of `kernels/contrastive.cu` (the WGSL uniform block), passed by value to every kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct Params {
+    n: u32,
+    c: u32,
+    m: u32,
+    splits: u32,
+    keys_per_split: u32,
+    skip_diagonal: u32,
+    c_slice: u32,
+    rows: u32,
+    inv_t: f32,
+    grad_scale: f32,
+    loss_scale: f32,
+    _pad: u32,
+}
+
+// SAFETY: #[repr(C)] plain-old-data of 4-byte fields, the layout of `struct Params` in kernels/contrastive.cu.
+unsafe impl DeviceRepr for Params {}
+
+/// Words of the stats buffer written by `infonce_reduce`: loss (f32 bits), top1, top5, padding.
+pub const STATS_WORDS: usize = 4;
+
+fn contrastive(stream: &Arc<CudaStream>, name: &'static str) -> Result<CudaFunction> {
+    function(stream, "contrastive.cu", name)
+}
+
+fn check_len(op: &'static str, name: &str, got: usize, expected: usize) -> Result<()> {
+    if got != expected {
+        return Err(Error::shape(op, format!("{name} of {expected} elements"), format!("{got} elements")));
+    }
+    Ok(())
+}
+
+/// `x_hat[r, :] = x[r, :] / max(||x[r, :]||, 1e-12)` and `inv_norm[r] = 1 / max(||x[r, :]||, 1e-12)`.
+/// `x, x_hat: [rows, C]`, `inv_norm: [rows]`. Launches `normalize_rows`, one 256-thread block per row.
+pub fn normalize_rows(stream: &Arc<CudaStream>, x_hat: &mut CudaSlice<f32>, inv_norm: &mut CudaSlice<f32>, x: &CudaSlice<f32>, rows: usize, c: usize) -> Result<()> {
+    let op = "normalize_rows";
+    let elems = rows.checked_mul(c).filter(|&e| e <= u32::MAX as usize / 2).ok_or_else(|| Error::shape(op, "rows*C <= 2^31", format!("rows = {rows}, C = {c}")))?;
+    check_len(op, "x", x.len(), elems)?;
+    check_len(op, "x_hat", x_hat.len(), elems)?;
+    check_len(op, "inv_norm", inv_norm.len(), rows)?;
+    normalize(stream, x_hat, inv_norm, x, rows, c)
+}
+
+/// [`normalize_rows`] without the length checks (callers have validated).
+pub(crate) fn normalize(stream: &Arc<CudaStream>, x_hat: &mut CudaSlice<f32>, inv_norm: &mut CudaSlice<f32>, x: &CudaSlice<f32>, rows: usize, c: usize) -> Result<()> {
+    if rows == 0 {
+        return Ok(());
+    }
+    let p = Params { n: rows as u32, c: c as u32, rows: rows as u32, ..Default::default() };
+    let f = contrastive(stream, "normalize_rows")?;
+    // SAFETY: normalize_rows(Params, const float* x [rows*C], float* x_hat [rows*C], float* inv_norm [rows]);
+    // block r < rows reads and writes row r only; the lengths were checked by the caller.
+    unsafe { stream.launch_builder(&f).arg(&p).arg(x).arg(x_hat).arg(inv_norm).launch(cfg((rows as u32, 1, 1))) }?;
+    Ok(())
+}
+
+/// Per-call scratch: normalised q and k and their inverse norms.
+struct Scratch {
+    q_hat: CudaSlice<f32>,
+    k_hat: CudaSlice<f32>,
+    q_inv: CudaSlice<f32>,
+    k_inv: CudaSlice<f32>,
+}
+
+impl Scratch {
+    /// Allocates the scratch and normalises `q, k: [N, C]` into it.
+    fn normalized(stream: &Arc<CudaStream>, q: &CudaSlice<f32>, k: &CudaSlice<f32>, n: usize, c: usize) -> Result<Self> {
+        let mut s = Self { q_hat: stream.alloc_zeros(n * c)?, k_hat: stream.alloc_zeros(n * c)?, q_inv: stream.alloc_zeros(n)?, k_inv: stream.alloc_zeros(n)? };
+        normalize(stream, &mut s.q_hat, &mut s.q_inv, q, n, c)?;
+        normalize(stream, &mut s.k_hat, &mut s.k_inv, k, n, c)?;
+        Ok(s)
+    }
+}
+
+/// `s_pos[i] = q̂_i · k̂_i * inv_t`: `positive_logits`, one thread per row.
+fn positive(stream: &Arc<CudaStream>, p: &Params, q_hat: &CudaSlice<f32>, k_hat: &CudaSlice<f32>, s_pos: &mut CudaSlice<f32>, n: usize) -> Result<()> {
+    let f = contrastive(stream, "positive_logits")?;
+    // SAFETY: positive_logits(Params, const float* q_hat [N*C], const float* k_hat [N*C], float* s_pos [N]);
+    // thread i < N reads row i of q_hat and k_hat and writes s_pos[i]; all buffers hold N rows.
+    unsafe { stream.launch_builder(&f).arg(p).arg(q_hat).arg(k_hat).arg(s_pos).launch(cfg((n.div_ceil(256) as u32, 1, 1))) }?;
+    Ok(())
+}
+
+/// Normalised logits: `l_pos: [N]`, `l_neg: [N, K]` from raw `q, k: [N, C]` and the queue `[K, C]` (used as stored).
+/// Runs asynchronously on `stream`.
+///
+/// Launches `normalize_rows` twice (grid N), `positive_logits` (grid ceil(N/256)) and `negative_logits_{f32,f16,bf16}`
+/// (grid (ceil(K/64), ceil(N/16)), a 16 x 64 tile per block), 256 threads per block.
+#[allow(clippy::too_many_arguments)]
+pub fn logits(stream: &Arc<CudaStream>, l_pos: &mut CudaSlice<f32>, l_neg: &mut CudaSlice<f32>, q: &CudaSlice<f32>, k: &CudaSlice<f32>, queue: &CudaQueue, shape: &LogitsShape) -> Result<()> {
+    let op = "logits";
+    shape.check_inputs(q.len(), k.len(), queue.len())?;
+    shape.check_outputs(l_pos.len(), l_neg.len())?;
+    let (n, c, kk) = (shape.n, shape.c, shape.k);
+    if kk.div_ceil(64) > MAX_GRID_X || n.div_ceil(16) > MAX_GRID_YZ {
+        return Err(Error::shape(op, format!("N <= {} for the materialising kernel", MAX_GRID_YZ * 16), format!("N = {n}, K = {kk}")));
+    }
+    let s = Scratch::normalized(stream, q, k, n, c)?;
+    let p = Params { n: n as u32, c: c as u32, m: kk as u32, rows: n as u32, inv_t: 1.0, ..Default::default() };
+    positive(stream, &p, &s.q_hat, &s.k_hat, l_pos, n)?;
+    let grid = cfg((kk.div_ceil(64) as u32, n.div_ceil(16) as u32, 1));
+    match queue {
+        CudaQueue::F32(keys) => {
+            let f = contrastive(stream, "negative_logits_f32")?;
+            // SAFETY: negative_logits_f32(Params, const float* q_hat [N*C], const float* keys [K*C], float* l_neg
+            // [N*K]); reads and writes are guarded by gi < N, gj < K, gc < C; lengths checked above.
+            unsafe { stream.launch_builder(&f).arg(&p).arg(&s.q_hat).arg(keys).arg(l_neg).launch(grid) }?;
+        }
+        CudaQueue::F16(keys) | CudaQueue::BF16(keys) => {
+            let name = if queue.code() == 1 { "negative_logits_f16" } else { "negative_logits_bf16" };
+            let f = contrastive(stream, name)?;
+            // SAFETY: negative_logits_{f16,bf16}(Params, const float* q_hat [N*C], const unsigned short* keys
+            // [K*C], float* l_neg [N*K]); accesses guarded by gi < N, gj < K, gc < C; lengths checked above.
+            unsafe { stream.launch_builder(&f).arg(&p).arg(&s.q_hat).arg(keys).arg(l_neg).launch(grid) }?;
+        }
+    }
+    Ok(())
+}
+
+/// The key set streamed by the loss: the queue (any dtype) or, for MoCo v3, the normalised keys.
+enum Keys<'a> {
+    F32(&'a CudaSlice<f32>),
+    F16(&'a CudaSlice<u16>),
+    BF16(&'a CudaSlice<u16>),
+}
+
+impl<'a> Keys<'a> {
+    fn of(queue: &'a CudaQueue) -> Self {
+        match queue {
+            CudaQueue::F32(b) => Keys::F32(b),
+            CudaQueue::F16(b) => Keys::F16(b),
+            CudaQueue::BF16(b) => Keys::BF16(b),
+        }
+    }
+}
+
+fn check_grid(op: &'static str, n: usize, plan: &StreamPlan) -> Result<()> {
+    if n.div_ceil(GPU_TN) > MAX_GRID_X || plan.splits > MAX_GRID_YZ || plan.slices > MAX_GRID_YZ {
+        return Err(Error::shape(op, format!("C <= {} (channel slices per launch)", MAX_GRID_YZ * plan.c_slice), format!("N = {n}, {} slices", plan.slices)));
+    }
+    Ok(())
+}
+
+/// The streaming loss over prepared q̂, k̂ (positives) and a key set `[m, C]`: `positive_logits`, `infonce_partial_*`
+/// (grid (ceil(N/32), splits, slices) of [`StreamPlan`]), `infonce_combine` (grid N) and `infonce_reduce` (one block).
+#[allow(clippy::too_many_arguments)]
+fn stream_loss(stream: &Arc<CudaStream>, s: &Scratch, keys: Keys, m: usize, n: usize, c: usize, t: f32, loss_scale: f32, skip_diagonal: bool, dq: &mut CudaSlice<f32>, row_loss: &mut CudaSlice<f32>, stats: &mut CudaSlice<u32>) -> Result<()> {
+    let plan = StreamPlan::new(n, m, c);
+    let p = Params {
+        n: n as u32,
+        c: c as u32,
+        m: m as u32,
+        splits: plan.splits as u32,
+        keys_per_split: plan.keys_per_split as u32,
+        skip_diagonal: skip_diagonal as u32,
+        c_slice: plan.c_slice as u32,
+        rows: n as u32,
+        inv_t: 1.0 / t,
+        grad_scale: loss_scale / (t * n as f32),
+        loss_scale,
+        _pad: 0,
+    };
+    let mut s_pos = stream.alloc_zeros::<f32>(n)?;
+    let mut rank = stream.alloc_zeros::<u32>(n)?;
+    let mut partial = stream.alloc_zeros::<f32>(plan.splits * n * (3 + c))?;
+    positive(stream, &p, &s.q_hat, &s.k_hat, &mut s_pos, n)?;
+    let grid = cfg((n.div_ceil(GPU_TN) as u32, plan.splits as u32, plan.slices as u32));
+    let name = match keys {
+        Keys::F32(_) => "infonce_partial_f32",
+        Keys::F16(_) => "infonce_partial_f16",
+        Keys::BF16(_) => "infonce_partial_bf16",
+    };
+    let f = contrastive(stream, name)?;
+    let mut launch = stream.launch_builder(&f);
+    launch.arg(&p).arg(&s.q_hat);
+    match keys {
+        Keys::F32(keys) => launch.arg(keys),
+        Keys::F16(keys) | Keys::BF16(keys) => launch.arg(keys),
+    };
+    launch.arg(&s_pos).arg(&mut partial);
+    // SAFETY: infonce_partial_{f32,f16,bf16}(Params, const float* q_hat [N*C], const T* keys [m*C] (float for f32,
+    // unsigned short for f16/bf16, matching `name`), const float* s_pos [N], float* partial [splits*N*(3+C)]);
+    // key reads are guarded by j < m, row reads by i < N, and block (x, y, z) writes the states and accumulators
+    // of rows < N, split y < splits and channels < C only.
+    unsafe { launch.launch(grid) }?;
+    let f = contrastive(stream, "infonce_combine")?;
+    // SAFETY: infonce_combine(Params, q_hat [N*C], k_hat [N*C], partial [splits*N*(3+C)], s_pos [N], q_inv [N],
+    // dq [N*C], row_loss [N], rank [N]); block i < N touches row i of each and split states s < splits.
+    unsafe {
+        stream
+            .launch_builder(&f)
+            .arg(&p)
+            .arg(&s.q_hat)
+            .arg(&s.k_hat)
+            .arg(&partial)
+            .arg(&s_pos)
+            .arg(&s.q_inv)
+            .arg(dq)
+            .arg(row_loss)
+            .arg(&mut rank)
+            .launch(cfg((n as u32, 1, 1)))
+    }?;
+    let f = contrastive(stream, "infonce_reduce")?;
+    // SAFETY: infonce_reduce(Params, const float* row_loss [N], const unsigned* rank [N], Stats* stats [4 words]);
+    // one block reads indices < N and thread 0 writes the four stats words.
+    unsafe { stream.launch_builder(&f).arg(&p).arg(&*row_loss).arg(&rank).arg(stats).launch(cfg((1, 1, 1))) }?;
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! EMA momentum update on CUDA (`kernels/ema.cu`): one flat buffer, or a whole list of parameter tensors in one
+//! launch (multi-tensor apply).
+
+use super::context::{cfg, function, BLOCK, MAX_GRID_X};
+use crate::error::{Error, Result};
+use crate::shape::EmaShape;
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice, PushKernelArg};
+use std::sync::Arc;
+
+/// `struct EmaParams` of `kernels/ema.cu` (and `shaders/ema.wgsl`), passed by value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct EmaParams {
+    len: u32,
+    stride: u32,
+    momentum: f32,
+    _pad: u32,
+}
+
+// SAFETY: #[repr(C)] plain-old-data (u32, u32, f32, u32), the layout of `struct EmaParams` in kernels/ema.cu.
+unsafe impl DeviceRepr for EmaParams {}
+
+/// Blocks of the grid-stride `ema_update` launch (256 threads each), as in the wgpu backend.
+const EMA_BLOCKS: u32 = 1024;
+
+/// Elements one block of `ema_multi_tensor` updates (`EMA_CHUNK` in `kernels/ema.cu`).
+pub const EMA_CHUNK: usize = 8192;
+
+/// `k = m*k + (1-m)*q` over `shape.len` elements. `k, q: [len]` f32. Runs asynchronously on `stream`.
+///
+/// Launches `ema_update` with `min(ceil(len/256), 1024)` blocks of 256 threads (grid-stride loop).
+pub fn ema_update(stream: &Arc<CudaStream>, k: &mut CudaSlice<f32>, q: &CudaSlice<f32>, shape: &EmaShape) -> Result<()> {
+    shape.check(q.len(), k.len())?;
+    let blocks = (shape.len as u32).div_ceil(BLOCK).clamp(1, EMA_BLOCKS);
+    let p = EmaParams { len: shape.len as u32, stride: blocks * BLOCK, momentum: shape.momentum, _pad: 0 };
+    let f = function(stream, "ema.cu", "ema_update")?;
+    // SAFETY: ema_update(EmaParams, const float* q [len], float* k [len]); both slices hold exactly `len`
+    // elements (shape.check above) and every thread touches only indices < len.
+    unsafe { stream.launch_builder(&f).arg(&p).arg(q).arg(k).launch(cfg((blocks, 1, 1))) }?;
+    Ok(())
+}
+
+/// The multi-tensor form: `k_i = m*k_i + (1-m)*q_i` for every pair `(k_i, q_i)` of `pairs`, of any lengths
+/// (`k_i, q_i: [len_i]`), in one kernel launch. Runs asynchronously on `stream`.
+///
+/// How it works (apex `multi_tensor_apply` style): every tensor is cut into chunks of [`EMA_CHUNK`] elements and
+/// the host uploads one metadata buffer of u64 words, `[k_ptr, q_ptr, len]` per tensor followed by one word per
+/// chunk (`tensor | chunk << 32`); `ema_multi_tensor` runs one 256-thread block per chunk, which reads its chunk
+/// word, then its tensor's pointers and length. Empty pairs are skipped; a length mismatch fails before any work.
+pub fn ema_update_multi(stream: &Arc<CudaStream>, pairs: &mut [(&mut CudaSlice<f32>, &CudaSlice<f32>)], momentum: f32) -> Result<()> {
+    for (i, (k, q)) in pairs.iter().enumerate() {
+        if k.len() != q.len() {
+            return Err(Error::shape("ema_multi", format!("pair {i}: q of length {}", k.len()), format!("length {}", q.len())));
+        }
+    }
+    // Validates m (and the length limit of one tensor) once, with the largest length.
+    let largest = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    EmaShape::new(largest.max(1), momentum).map_err(|e| match e {
+        Error::Shape { expected, got, .. } => Error::shape("ema_multi", expected, got),
+        other => other,
+    })?;
+    let chunk_counts: Vec<usize> = pairs.iter().map(|(k, _)| k.len().div_ceil(EMA_CHUNK)).collect();
+    let n_chunks: usize = chunk_counts.iter().sum();
+    if n_chunks == 0 {
+        return Ok(());
+    }
+    if n_chunks > MAX_GRID_X || pairs.len() > u32::MAX as usize {
+        return Err(Error::shape("ema_multi", format!("at most {MAX_GRID_X} chunks of {EMA_CHUNK}"), format!("{n_chunks} chunks")));
+    }
+    let n_tensors = pairs.len() as u32;
+    let mut meta: Vec<u64> = Vec::with_capacity(3 * pairs.len() + n_chunks);
+    let mut guards = Vec::with_capacity(2 * pairs.len());
+    // The event guards record the kernel's reads and writes of each buffer when dropped after the launch.
+    for (k, q) in pairs.iter_mut() {
+        let len = k.len() as u64;
+        let (kp, kg) = k.device_ptr_mut(stream);
+        let (qp, qg) = q.device_ptr(stream);
+        meta.extend_from_slice(&[kp, qp, len]);
+        guards.push(kg);
+        guards.push(qg);
+    }
+    for (t, &count) in chunk_counts.iter().enumerate() {
+        for ch in 0..count {
+            meta.push(t as u64 | ((ch as u64) << 32));
+        }
+    }
+    let meta_dev = stream.clone_htod(&meta)?;
+    let f = function(stream, "ema.cu", "ema_multi_tensor")?;
+    // SAFETY: ema_multi_tensor(const u64* meta, unsigned n_tensors, float m). meta holds 3*n_tensors tensor words
+    // (live device addresses of the borrowed k (exclusive) and q buffers and their lengths) then exactly one chunk
+    // word per block; block b touches elements [chunk*EMA_CHUNK, min(+EMA_CHUNK, len)) of its tensor only. The
+    // buffers outlive the launch: `guards` (dropped after it) record the stream's use of them.
+    unsafe { stream.launch_builder(&f).arg(&meta_dev).arg(&n_tensors).arg(&momentum).launch(cfg((n_chunks as u32, 1, 1))) }?;
+    drop(guards);
+    Ok(())
+}

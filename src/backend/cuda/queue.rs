@@ -1,0 +1,129 @@
+//! Ring-buffer enqueue on CUDA (`kernels/queue.cu`) and the queue buffer type.
+
+use super::context::{cfg, function, BLOCK, MAX_GRID_X};
+use super::contrastive::normalize;
+use crate::error::{Error, Result};
+use crate::shape::{QueueDType, QueueShape};
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, DeviceSlice, PushKernelArg};
+use std::sync::Arc;
+
+/// A queue `[K, C]` of keys in device memory, one key per row. f16 and bf16 elements are stored as their raw
+/// 16-bit patterns (`half::f16::to_bits` / `half::bf16::to_bits`), one element per `u16`.
+///
+/// The variants are public so a caller can wrap buffers it already owns.
+#[derive(Debug)]
+pub enum CudaQueue {
+    /// f32 storage, `K*C` elements.
+    F32(CudaSlice<f32>),
+    /// IEEE half bit patterns, `K*C` elements.
+    F16(CudaSlice<u16>),
+    /// bfloat16 bit patterns, `K*C` elements.
+    BF16(CudaSlice<u16>),
+}
+
+impl CudaQueue {
+    /// Uploads f32 values `[K*C]`, converting to `dtype` on the host (round to nearest even).
+    pub fn from_f32(stream: &Arc<CudaStream>, values: &[f32], dtype: QueueDType) -> Result<Self> {
+        Ok(match dtype {
+            QueueDType::F32 => CudaQueue::F32(stream.clone_htod(values)?),
+            QueueDType::F16 => CudaQueue::F16(stream.clone_htod(&values.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect::<Vec<u16>>())?),
+            QueueDType::BF16 => CudaQueue::BF16(stream.clone_htod(&values.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect::<Vec<u16>>())?),
+        })
+    }
+    /// Copies the queue back to the host as f32 (waits for the stream).
+    pub fn to_f32(&self, stream: &Arc<CudaStream>) -> Result<Vec<f32>> {
+        let out = match self {
+            CudaQueue::F32(b) => stream.clone_dtoh(b)?,
+            CudaQueue::F16(b) => stream.clone_dtoh(b)?.into_iter().map(|v| half::f16::from_bits(v).to_f32()).collect(),
+            CudaQueue::BF16(b) => stream.clone_dtoh(b)?.into_iter().map(|v| half::bf16::from_bits(v).to_f32()).collect(),
+        };
+        stream.synchronize()?;
+        Ok(out)
+    }
+    /// Storage type.
+    pub fn dtype(&self) -> QueueDType {
+        match self {
+            CudaQueue::F32(_) => QueueDType::F32,
+            CudaQueue::F16(_) => QueueDType::F16,
+            CudaQueue::BF16(_) => QueueDType::BF16,
+        }
+    }
+    /// Number of elements (`K*C`).
+    pub fn len(&self) -> usize {
+        match self {
+            CudaQueue::F32(b) => b.len(),
+            CudaQueue::F16(b) | CudaQueue::BF16(b) => b.len(),
+        }
+    }
+    /// True when the queue holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The dtype code of the kernels (`dtype` of `QueueParams`): 0 f32, 1 f16, 2 bf16.
+    pub(crate) fn code(&self) -> u32 {
+        match self {
+            CudaQueue::F32(_) => 0,
+            CudaQueue::F16(_) => 1,
+            CudaQueue::BF16(_) => 2,
+        }
+    }
+}
+
+/// `struct QueueParams` of `kernels/queue.cu` (and `shaders/queue.wgsl`), passed by value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct QueueParams {
+    n: u32,
+    c: u32,
+    k: u32,
+    ptr: u32,
+    dtype: u32,
+    words_a: u32,
+    total: u32,
+    _pad: u32,
+}
+
+// SAFETY: #[repr(C)] plain-old-data of eight u32, the layout of `struct QueueParams` in kernels/queue.cu.
+unsafe impl DeviceRepr for QueueParams {}
+
+/// Writes `keys: [N, C]` (raw f32; L2-normalised here) into rows `ptr, ptr+1, ... (mod K)` of `queue: [K, C]` and
+/// returns the new pointer `(ptr + N) % K`. Runs asynchronously on `stream`.
+///
+/// Launches `normalize_rows` (grid N) then `enqueue_f32` (one thread per element of the keys) or
+/// `enqueue_packed16` (one thread per element pair of the written range), 256 threads per block.
+pub fn enqueue(stream: &Arc<CudaStream>, queue: &mut CudaQueue, keys: &CudaSlice<f32>, shape: &QueueShape) -> Result<usize> {
+    shape.check(keys.len(), queue.len())?;
+    let (n, c, k, ptr) = (shape.n as u32, shape.c as u32, shape.k as u32, shape.ptr as u32);
+    let mut kh = stream.alloc_zeros::<f32>(shape.n * shape.c)?;
+    let mut inv = stream.alloc_zeros::<f32>(shape.n)?;
+    normalize(stream, &mut kh, &mut inv, keys, shape.n, shape.c)?;
+    let end_a = (ptr + n).min(k);
+    let words_a = ((end_a * c - 1) / 2) - (ptr * c) / 2 + 1;
+    let words_b = ((ptr + n).saturating_sub(k) * c).div_ceil(2);
+    let total = match queue.dtype() {
+        QueueDType::F32 => n * c,
+        _ => words_a + words_b,
+    };
+    let p = QueueParams { n, c, k, ptr, dtype: queue.code(), words_a, total, _pad: 0 };
+    let blocks = (total as usize).div_ceil(BLOCK as usize);
+    if blocks > MAX_GRID_X {
+        return Err(Error::shape("queue_enqueue", format!("at most {} blocks", MAX_GRID_X), format!("{blocks} blocks")));
+    }
+    let grid = cfg((blocks.max(1) as u32, 1, 1));
+    match queue {
+        CudaQueue::F32(q) => {
+            let f = function(stream, "queue.cu", "enqueue_f32")?;
+            // SAFETY: enqueue_f32(QueueParams, const float* kh [N*C], float* queue [K*C]); threads idx < N*C read
+            // kh[idx] and write row (ptr + idx/C) % K < K of the queue, all in bounds (shape.check above).
+            unsafe { stream.launch_builder(&f).arg(&p).arg(&kh).arg(q).launch(grid) }?;
+        }
+        CudaQueue::F16(q) | CudaQueue::BF16(q) => {
+            let f = function(stream, "queue.cu", "enqueue_packed16")?;
+            // SAFETY: enqueue_packed16(QueueParams, const float* kh [N*C], unsigned short* queue [K*C]); thread t
+            // handles elements 2w, 2w+1 of the written range, stores only elements < K*C, and reads kh only at
+            // rows r < N.
+            unsafe { stream.launch_builder(&f).arg(&p).arg(&kh).arg(q).launch(grid) }?;
+        }
+    }
+    Ok(shape.next_ptr())
+}
