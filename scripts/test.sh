@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The test command. Installs what the tests need when it is missing, then runs `cargo test --release`.
+#   - Mesa's lavapipe (a Vulkan driver on the CPU) so the WGSL kernels run without a GPU;
+#   - the NVRTC and ptxas PyPI wheels so every CUDA kernel is compiled for sm_80 and sm_90.
+# Extra arguments go to cargo test. Environment:
+#   MOCO_REQUIRE_WGPU=1          fail (not skip) when no wgpu adapter is found (CI sets it)
+#   MOCO_REQUIRE_CUDA_COMPILE=1  fail when NVRTC/ptxas are missing (default here: 1)
+#   MOCO_PROPTEST_CASES=N        proptest cases per property (default 24)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { echo "[test.sh] $*" >&2; }
+SUDO=""
+if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+
+if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
+    log "installing Mesa lavapipe (mesa-vulkan-drivers, libvulkan1)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+fi
+
+eval "$(scripts/install_cuda_wheels.sh)"
+
+export MOCO_REQUIRE_CUDA_COMPILE="${MOCO_REQUIRE_CUDA_COMPILE:-1}"
+export MOCO_PROPTEST_CASES="${MOCO_PROPTEST_CASES:-24}"
+# lavapipe's loader complains when this is unset
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/moco-xdg-runtime}"
+mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
+
+log "cargo test --release $*"
+cargo test --release "$@"
