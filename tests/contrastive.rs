@@ -128,7 +128,7 @@ fn fused_matches_unfused() {
     let su = cpu::unfused::infonce(&mut dq_u, &mut rl_u, &q, &key, &queue, &shape).unwrap();
     let dq_u64: Vec<f64> = dq_u.iter().map(|&v| v as f64).collect();
     let rl_u64: Vec<f64> = rl_u.iter().map(|&v| v as f64).collect();
-    let mut run = |name: String, stats: moco::InfoNceStats, dq: Vec<f32>, rl: Vec<f32>| {
+    let run = |name: String, stats: moco::InfoNceStats, dq: Vec<f32>, rl: Vec<f32>| {
         assert!((stats.loss - su.loss).abs() <= 1e-5 * su.loss.abs().max(1.0), "{name}: fused loss {} vs unfused {}", stats.loss, su.loss);
         assert_eq!((stats.top1, stats.top5), (su.top1, su.top5), "{name}: acc counts");
         assert_close(&format!("{name} dq fused vs unfused"), &dq, &dq_u64, 1e-4 * max_abs(&dq_u64), 1e-4);

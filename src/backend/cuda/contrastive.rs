@@ -7,7 +7,7 @@ use crate::backend::cpu::InfoNceStats;
 use crate::backend::plan::{StreamPlan, GPU_TN};
 use crate::error::{Error, Result};
 use crate::shape::{InfoNceShape, LogitsShape, SymmetricShape};
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DeviceRepr, DeviceSlice, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DeviceRepr, PushKernelArg};
 use std::sync::Arc;
 
 /// `struct Params` of `kernels/contrastive.cu` (the WGSL uniform block), passed by value to every kernel.
@@ -210,8 +210,8 @@ fn stream_loss(stream: &Arc<CudaStream>, s: &Scratch, keys: Keys, m: usize, n: u
             .arg(&partial)
             .arg(&s_pos)
             .arg(&s.q_inv)
-            .arg(dq)
-            .arg(row_loss)
+            .arg(&mut *dq)
+            .arg(&mut *row_loss)
             .arg(&mut rank)
             .launch(cfg((n as u32, 1, 1)))
     }?;
@@ -220,4 +220,62 @@ fn stream_loss(stream: &Arc<CudaStream>, s: &Scratch, keys: Keys, m: usize, n: u
     // one block reads indices < N and thread 0 writes the four stats words.
     unsafe { stream.launch_builder(&f).arg(&p).arg(&*row_loss).arg(&rank).arg(stats).launch(cfg((1, 1, 1))) }?;
     Ok(())
+}
+
+/// Reads the stats buffer written by [`infonce_async`] (`[loss bits, top1, top5, pad]`); waits for the stream.
+pub fn read_stats(stream: &Arc<CudaStream>, stats: &CudaSlice<u32>) -> Result<InfoNceStats> {
+    check_len("infonce", "stats", stats.len(), STATS_WORDS)?;
+    let raw = stream.clone_dtoh(stats)?;
+    stream.synchronize()?;
+    Ok(InfoNceStats { loss: f32::from_bits(raw[0]), top1: raw[1], top5: raw[2] })
+}
+
+/// Fused streaming InfoNCE forward + backward, asynchronous: writes `dq: [N, C]` (gradient w.r.t. raw q),
+/// `row_loss: [N]` and `stats: [4]` (u32 words: mean loss as f32 bits, acc@1 count, acc@5 count, 0).
+/// `q, k: [N, C]` raw f32, `queue: [K, C]`. Read the scalars with [`read_stats`].
+///
+/// Launches `normalize_rows` x2 (grid N), `positive_logits` (grid ceil(N/256)), `infonce_partial_{f32,f16,bf16}`
+/// (grid (ceil(N/32), splits, ceil(C/256)) of [`StreamPlan`]), `infonce_combine` (grid N) and `infonce_reduce`
+/// (one block), 256 threads per block. Allocates its scratch (q̂, k̂, norms, `[splits, N, 3+C]` partials) per call.
+#[allow(clippy::too_many_arguments)]
+pub fn infonce_async(stream: &Arc<CudaStream>, dq: &mut CudaSlice<f32>, row_loss: &mut CudaSlice<f32>, stats: &mut CudaSlice<u32>, q: &CudaSlice<f32>, k: &CudaSlice<f32>, queue: &CudaQueue, shape: &InfoNceShape) -> Result<()> {
+    let op = "infonce";
+    let (n, c) = (shape.n, shape.c);
+    shape.check_inputs(q.len(), k.len(), queue.len())?;
+    shape.check_outputs(dq.len(), row_loss.len())?;
+    check_len(op, "stats", stats.len(), STATS_WORDS)?;
+    let plan = StreamPlan::new(n, shape.k, c);
+    check_grid(op, n, &plan)?;
+    let s = Scratch::normalized(stream, q, k, n, c)?;
+    stream_loss(stream, &s, Keys::of(queue), shape.k, n, c, shape.temperature, 1.0, false, dq, row_loss, stats)
+}
+
+/// [`infonce_async`], then waits and returns the mean loss and acc@1/acc@5 counts.
+#[allow(clippy::too_many_arguments)]
+pub fn infonce(stream: &Arc<CudaStream>, dq: &mut CudaSlice<f32>, row_loss: &mut CudaSlice<f32>, stats: &mut CudaSlice<u32>, q: &CudaSlice<f32>, k: &CudaSlice<f32>, queue: &CudaQueue, shape: &InfoNceShape) -> Result<InfoNceStats> {
+    infonce_async(stream, dq, row_loss, stats, q, k, queue, shape)?;
+    read_stats(stream, stats)
+}
+
+/// Fused MoCo v3 loss `ctr(q1, k2) + ctr(q2, k1)` with `ctr = 2T · CE(q̂ k̂ᵀ / T, arange(N))`: writes
+/// `dq1, dq2: [N, C]` and returns the loss (waits). `q1, q2, k1, k2: [N, C]` raw f32.
+///
+/// Each half runs the InfoNCE launches of [`infonce_async`] with the normalised keys k̂ as the key set (`m = N`),
+/// the diagonal key j = i (the positive) skipped in `infonce_partial_f32` and added back as the positive logit by
+/// `infonce_combine`; `loss_scale = 2T`.
+#[allow(clippy::too_many_arguments)]
+pub fn moco_v3_loss(stream: &Arc<CudaStream>, dq1: &mut CudaSlice<f32>, dq2: &mut CudaSlice<f32>, q1: &CudaSlice<f32>, q2: &CudaSlice<f32>, k1: &CudaSlice<f32>, k2: &CudaSlice<f32>, shape: &SymmetricShape) -> Result<f32> {
+    let op = "moco_v3_loss";
+    let (n, c, t) = (shape.n, shape.c, shape.temperature);
+    shape.check(&[("q1", q1.len()), ("q2", q2.len()), ("k1", k1.len()), ("k2", k2.len()), ("dq1", dq1.len()), ("dq2", dq2.len())])?;
+    let plan = StreamPlan::new(n, n, c);
+    check_grid(op, n, &plan)?;
+    let mut stats = [stream.alloc_zeros::<u32>(STATS_WORDS)?, stream.alloc_zeros::<u32>(STATS_WORDS)?];
+    let [st1, st2] = &mut stats;
+    for (q, k, dq, st) in [(q1, k2, dq1, st1), (q2, k1, dq2, st2)] {
+        let s = Scratch::normalized(stream, q, k, n, c)?;
+        let mut row_loss = stream.alloc_zeros::<f32>(n)?;
+        stream_loss(stream, &s, Keys::F32(&s.k_hat), n, n, c, t, 2.0 * t, true, dq, &mut row_loss, st)?;
+    }
+    Ok(read_stats(stream, &stats[0])?.loss + read_stats(stream, &stats[1])?.loss)
 }

@@ -4,7 +4,7 @@
 use super::context::{cfg, function, BLOCK, MAX_GRID_X};
 use crate::error::{Error, Result};
 use crate::shape::EmaShape;
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, PushKernelArg};
 use std::sync::Arc;
 
 /// `struct EmaParams` of `kernels/ema.cu` (and `shaders/ema.wgsl`), passed by value.
@@ -48,17 +48,13 @@ pub fn ema_update(stream: &Arc<CudaStream>, k: &mut CudaSlice<f32>, q: &CudaSlic
 /// chunk (`tensor | chunk << 32`); `ema_multi_tensor` runs one 256-thread block per chunk, which reads its chunk
 /// word, then its tensor's pointers and length. Empty pairs are skipped; a length mismatch fails before any work.
 pub fn ema_update_multi(stream: &Arc<CudaStream>, pairs: &mut [(&mut CudaSlice<f32>, &CudaSlice<f32>)], momentum: f32) -> Result<()> {
+    // The validation of the CPU's ema_update_multi: every pair non-empty, of equal lengths, m in [0, 1].
     for (i, (k, q)) in pairs.iter().enumerate() {
-        if k.len() != q.len() {
-            return Err(Error::shape("ema_multi", format!("pair {i}: q of length {}", k.len()), format!("length {}", q.len())));
-        }
+        EmaShape::new(k.len(), momentum).and_then(|s| s.check(q.len(), k.len())).map_err(|e| match e {
+            Error::Shape { expected, got, .. } => Error::shape("ema_multi", format!("pair {i}: {expected}"), got),
+            other => other,
+        })?;
     }
-    // Validates m (and the length limit of one tensor) once, with the largest length.
-    let largest = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    EmaShape::new(largest.max(1), momentum).map_err(|e| match e {
-        Error::Shape { expected, got, .. } => Error::shape("ema_multi", expected, got),
-        other => other,
-    })?;
     let chunk_counts: Vec<usize> = pairs.iter().map(|(k, _)| k.len().div_ceil(EMA_CHUNK)).collect();
     let n_chunks: usize = chunk_counts.iter().sum();
     if n_chunks == 0 {

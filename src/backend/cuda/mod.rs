@@ -1,20 +1,114 @@
-//! The CUDA backend (stub while the kernels land): reports `Unavailable` without touching cudarc.
+//! The CUDA backend: host code for `kernels/*.cu`, launched through `cudarc` (driver API, loaded at run time).
+//!
+//! Kernels are compiled by NVRTC on first use for the device's compute capability and cached per context (one
+//! module per `.cu` file, see [`kernel_sources`]). Nothing here panics on a machine without CUDA: [`Cuda::new`]
+//! checks that libcuda and libnvrtc can be loaded before any cudarc call, and returns [`Error::Unavailable`]
+//! when either is missing or no device is present.
+//!
+//! Low-level functions work on the caller's own buffers (`CudaSlice<f32>`, a [`CudaQueue`]) and stream, and run
+//! asynchronously unless they return a host value: [`ema_update`], [`ema_update_multi`], [`logits`],
+//! [`infonce_async`] / [`infonce`], [`moco_v3_loss`], [`enqueue`], [`normalize_rows`]. Kernel scalars are passed as
+//! one `#[repr(C)]` struct by value (the WGSL uniform block of the same kernel). Every op runs 256-thread blocks.
+//!
+//! [`Error::Unavailable`]: crate::Error::Unavailable
 
-use crate::error::{Error, Result};
+mod context;
+pub mod contrastive;
+pub mod ema;
+pub mod queue;
 
-/// A CUDA device.
+pub use context::{check_driver, check_nvrtc, kernel_entry_points, kernel_sources};
+pub use contrastive::{infonce, infonce_async, logits, moco_v3_loss, normalize_rows, read_stats, STATS_WORDS};
+pub use ema::{ema_update, ema_update_multi, EMA_CHUNK};
+pub use queue::{enqueue, CudaQueue};
+
+use crate::backend::{Backend, InfoNceStats};
+use crate::error::Result;
+use crate::shape::{EmaShape, InfoNceShape, LogitsShape, QueueDType, QueueShape, SymmetricShape};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use std::sync::Arc;
+
+/// A CUDA device: its (primary) context and the stream every op of the [`Backend`] impl runs on. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Cuda {
-    _private: (),
+    /// The device's primary context.
+    pub ctx: Arc<CudaContext>,
+    /// The stream the [`Backend`] methods launch on (the context's default stream).
+    pub stream: Arc<CudaStream>,
+    name: String,
 }
 
 impl Cuda {
-    /// Opens device `ordinal`.
-    pub fn new(_ordinal: usize) -> Result<Self> {
-        Err(Error::Unavailable("CUDA backend not built yet".into()))
+    /// Opens device `ordinal`. Returns [`Error::Unavailable`](crate::Error::Unavailable) when libcuda or libnvrtc cannot be loaded or the
+    /// device does not exist; never panics.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        check_driver()?;
+        check_nvrtc()?;
+        let ctx = context::open_context(ordinal)?;
+        let dev = ctx.name().unwrap_or_else(|_| "unknown device".into());
+        let (major, minor) = ctx.compute_capability()?;
+        let stream = ctx.default_stream();
+        Ok(Self { ctx, stream, name: format!("cuda:{ordinal} {dev} (sm_{major}{minor})") })
     }
-    /// Device name.
+
+    /// Compiles and loads every kernel module now instead of on first use (NVRTC takes a second or two).
+    pub fn warm_up(&self) -> Result<()> {
+        for (file, entries) in kernel_entry_points() {
+            for name in entries.iter() {
+                context::function(&self.stream, file, name)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Device name, e.g. `cuda:0 NVIDIA H100 (sm_90)`.
     pub fn name(&self) -> String {
-        "cuda".into()
+        self.name.clone()
+    }
+
+    /// Waits for all work queued on [`Cuda::stream`].
+    pub fn synchronize(&self) -> Result<()> {
+        Ok(self.stream.synchronize()?)
+    }
+}
+
+impl Backend for Cuda {
+    type Buffer = CudaSlice<f32>;
+    type Queue = CudaQueue;
+    fn name(&self) -> String {
+        Cuda::name(self)
+    }
+    fn upload(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
+        Ok(self.stream.clone_htod(data)?)
+    }
+    fn download(&self, buf: &CudaSlice<f32>) -> Result<Vec<f32>> {
+        let out = self.stream.clone_dtoh(buf)?;
+        self.stream.synchronize()?;
+        Ok(out)
+    }
+    fn queue_from_f32(&self, data: &[f32], dtype: QueueDType) -> Result<CudaQueue> {
+        CudaQueue::from_f32(&self.stream, data, dtype)
+    }
+    fn queue_to_f32(&self, queue: &CudaQueue) -> Result<Vec<f32>> {
+        queue.to_f32(&self.stream)
+    }
+    fn ema_update(&self, k: &mut CudaSlice<f32>, q: &CudaSlice<f32>, momentum: f32) -> Result<()> {
+        let shape = EmaShape::new(k.len(), momentum)?;
+        ema::ema_update(&self.stream, k, q, &shape)
+    }
+    fn logits(&self, l_pos: &mut CudaSlice<f32>, l_neg: &mut CudaSlice<f32>, q: &CudaSlice<f32>, k: &CudaSlice<f32>, queue: &CudaQueue, shape: &LogitsShape) -> Result<()> {
+        contrastive::logits(&self.stream, l_pos, l_neg, q, k, queue, shape)
+    }
+    fn infonce(&self, dq: &mut CudaSlice<f32>, row_loss: &mut CudaSlice<f32>, q: &CudaSlice<f32>, k: &CudaSlice<f32>, queue: &CudaQueue, shape: &InfoNceShape) -> Result<InfoNceStats> {
+        shape.check_inputs(q.len(), k.len(), queue.len())?;
+        shape.check_outputs(dq.len(), row_loss.len())?;
+        let mut stats = self.stream.alloc_zeros::<u32>(STATS_WORDS)?;
+        contrastive::infonce(&self.stream, dq, row_loss, &mut stats, q, k, queue, shape)
+    }
+    fn moco_v3_loss(&self, dq1: &mut CudaSlice<f32>, dq2: &mut CudaSlice<f32>, q1: &CudaSlice<f32>, q2: &CudaSlice<f32>, k1: &CudaSlice<f32>, k2: &CudaSlice<f32>, shape: &SymmetricShape) -> Result<f32> {
+        contrastive::moco_v3_loss(&self.stream, dq1, dq2, q1, q2, k1, k2, shape)
+    }
+    fn enqueue(&self, queue: &mut CudaQueue, keys: &CudaSlice<f32>, shape: &QueueShape) -> Result<usize> {
+        queue::enqueue(&self.stream, queue, keys, shape)
     }
 }

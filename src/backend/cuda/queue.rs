@@ -4,7 +4,7 @@ use super::context::{cfg, function, BLOCK, MAX_GRID_X};
 use super::contrastive::normalize;
 use crate::error::{Error, Result};
 use crate::shape::{QueueDType, QueueShape};
-use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, DeviceSlice, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, PushKernelArg};
 use std::sync::Arc;
 
 /// A queue `[K, C]` of keys in device memory, one key per row. f16 and bf16 elements are stored as their raw

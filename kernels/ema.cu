@@ -1,0 +1,69 @@
+// EMA momentum update of the key encoder: k = m*k + (1-m)*q.
+// Header-free (compiled by NVRTC at run time): no #include.
+//
+// ema_update mirrors shaders/ema.wgsl: one flat buffer, grid-stride loop, the WGSL uniform block `EmaParams` passed
+// by value.
+//
+// ema_multi_tensor (CUDA only) updates a whole list of (k, q) buffer pairs of arbitrary lengths in one launch, in
+// the style of apex's multi_tensor_apply. The host cuts every tensor into chunks of EMA_CHUNK elements and uploads
+// one metadata buffer of 64-bit words:
+//
+//   meta[3*t + 0]            device address of k_t (float*, updated in place)        t in [0, n_tensors)
+//   meta[3*t + 1]            device address of q_t (const float*)
+//   meta[3*t + 2]            len_t, elements of k_t and q_t
+//   meta[3*n_tensors + b]    chunk map of block b: tensor index in the low 32 bits, chunk index in the high 32
+//
+// Block b updates elements [chunk*EMA_CHUNK, min((chunk+1)*EMA_CHUNK, len_t)) of tensor t; the grid has exactly
+// one block per chunk, so every element of every tensor is written once.
+
+#define EMA_CHUNK 8192u // elements per block of ema_multi_tensor (must match EMA_CHUNK in src/backend/cuda/ema.rs)
+
+struct EmaParams {
+    unsigned int len;    // elements in q and k
+    unsigned int stride; // total threads in the launch
+    float momentum;      // m in [0, 1]
+    unsigned int _pad;
+};
+
+// k[i] = k[i] * m + q[i] * (1 - m) for i < len; grid-stride loop, so one launch covers any length.
+extern "C" __global__ void __launch_bounds__(256) ema_update(EmaParams P, const float* __restrict__ q, float* __restrict__ k) {
+    const float one_minus_m = 1.0f - P.momentum;
+    for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < P.len; i += P.stride) {
+        k[i] = k[i] * P.momentum + q[i] * one_minus_m;
+    }
+}
+
+// One block per chunk of one tensor (see the metadata layout above). Vectorised (float4) when both buffers are
+// 16-byte aligned, scalar otherwise; the chunk start is a multiple of 4 elements, so alignment is per tensor.
+extern "C" __global__ void __launch_bounds__(256) ema_multi_tensor(const unsigned long long* __restrict__ meta, unsigned int n_tensors, float momentum) {
+    const unsigned long long map = meta[3ull * n_tensors + blockIdx.x];
+    const unsigned int t = (unsigned int)(map & 0xffffffffull);
+    const unsigned long long chunk = map >> 32;
+    float* k = (float*)meta[3ull * t];
+    const float* q = (const float*)meta[3ull * t + 1ull];
+    const unsigned long long len = meta[3ull * t + 2ull];
+    const unsigned long long start = chunk * EMA_CHUNK;
+    if (start >= len) return;
+    const unsigned int count = (unsigned int)min((unsigned long long)EMA_CHUNK, len - start);
+    const float m = momentum;
+    const float one_minus_m = 1.0f - momentum;
+    float* kc = k + start;
+    const float* qc = q + start;
+    if ((((unsigned long long)kc | (unsigned long long)qc) & 15ull) == 0ull) {
+        const unsigned int n4 = count / 4u;
+        float4* k4 = (float4*)kc;
+        const float4* q4 = (const float4*)qc;
+        for (unsigned int i = threadIdx.x; i < n4; i += blockDim.x) {
+            float4 kv = k4[i];
+            const float4 qv = q4[i];
+            kv.x = kv.x * m + qv.x * one_minus_m;
+            kv.y = kv.y * m + qv.y * one_minus_m;
+            kv.z = kv.z * m + qv.z * one_minus_m;
+            kv.w = kv.w * m + qv.w * one_minus_m;
+            k4[i] = kv;
+        }
+        for (unsigned int i = n4 * 4u + threadIdx.x; i < count; i += blockDim.x) kc[i] = kc[i] * m + qc[i] * one_minus_m;
+    } else {
+        for (unsigned int i = threadIdx.x; i < count; i += blockDim.x) kc[i] = kc[i] * m + qc[i] * one_minus_m;
+    }
+}

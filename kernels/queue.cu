@@ -1,0 +1,95 @@
+// Ring-buffer enqueue of N normalised keys into a queue [K, C] (one key per row) at row ptr, wrapping.
+// Mirrors shaders/queue.wgsl: same kernel names, same parameter block `QueueParams` (passed by value), same
+// thread-to-element mapping. kh holds the keys already normalised by normalize_rows (contrastive.cu).
+// Header-free (compiled by NVRTC at run time): no #include.
+//
+// 16-bit queues are `unsigned short*` (one element per 16-bit word). enqueue_packed16 keeps the WGSL mapping of one
+// thread per pair of elements ("word" w = elements 2w, 2w+1; the first segment starts at the word holding element
+// ptr*C, the second at word 0), but CUDA can store 16 bits, so a thread writes only the elements this enqueue
+// owns instead of read-modify-writing the whole word: the neighbour's element is never touched and nothing past
+// K*C is read or written.
+
+struct QueueParams {
+    unsigned int n;       // keys to write
+    unsigned int c;       // feature dim
+    unsigned int k;       // queue rows
+    unsigned int ptr;     // first row written
+    unsigned int dtype;   // 0 f32, 1 f16, 2 bf16
+    unsigned int words_a; // words of the first segment [ptr*c, min(ptr+n, k)*c)
+    unsigned int total;   // threads with work: elements (f32) or words of both segments (16-bit)
+    unsigned int _pad;
+};
+
+// f32 -> IEEE half bits, round to nearest even (the rounding of half::f16::from_f32).
+__device__ __forceinline__ unsigned int f32_to_f16_bits(float x) {
+    const unsigned int b = __float_as_uint(x);
+    const unsigned int sign = (b >> 16) & 0x8000u;
+    const unsigned int e8 = (b >> 23) & 0xffu;
+    unsigned int mant = b & 0x7fffffu;
+    if (e8 == 0xffu) return sign | 0x7c00u | (mant != 0u ? (0x200u | (mant >> 13)) : 0u);
+    const int e = (int)e8 - 112; // rebias 127 -> 15
+    if (e >= 31) return sign | 0x7c00u;
+    if (e <= 0) {
+        if (e < -10) return sign;
+        mant = mant | 0x800000u;
+        const unsigned int shift = (unsigned int)(14 - e);
+        unsigned int r = mant >> shift;
+        const unsigned int rem = mant & ((1u << shift) - 1u);
+        const unsigned int halfway = 1u << (shift - 1u);
+        if (rem > halfway || (rem == halfway && (r & 1u) == 1u)) r = r + 1u;
+        return sign | r;
+    }
+    unsigned int r = ((unsigned int)e << 10) | (mant >> 13);
+    const unsigned int rem = mant & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (r & 1u) == 1u)) r = r + 1u;
+    return sign | r;
+}
+
+// f32 -> bf16 bits, round to nearest even; NaN stays NaN.
+__device__ __forceinline__ unsigned int f32_to_bf16_bits(float x) {
+    const unsigned int b = __float_as_uint(x);
+    if ((b & 0x7fffffffu) > 0x7f800000u) return (b >> 16) | 0x40u;
+    return (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
+}
+
+__device__ __forceinline__ unsigned int flat_thread() {
+    return (blockIdx.x + blockIdx.y * gridDim.x) * blockDim.x + threadIdx.x;
+}
+
+// Source of queue element e: true and the normalised value when e is written by this enqueue.
+__device__ __forceinline__ bool source_of(const QueueParams& P, const float* __restrict__ kh, unsigned int e, float* value) {
+    const unsigned int row = e / P.c;
+    const unsigned int r = (row + P.k - P.ptr) % P.k; // which key lands on this row
+    if (r < P.n) {
+        *value = kh[r * P.c + e % P.c];
+        return true;
+    }
+    return false;
+}
+
+// queue[(ptr + r) % K, ch] = kh[r, ch]; one thread per element of kh (total = N*C).
+extern "C" __global__ void __launch_bounds__(256) enqueue_f32(QueueParams P, const float* __restrict__ kh, float* __restrict__ queue) {
+    const unsigned int idx = flat_thread();
+    if (idx >= P.total) return;
+    const unsigned int r = idx / P.c;
+    const unsigned int ch = idx % P.c;
+    const unsigned int row = (P.ptr + r) % P.k;
+    queue[row * P.c + ch] = kh[idx];
+}
+
+// 16-bit queue (f16 when dtype == 1, bf16 otherwise); one thread per element pair (total = words of both segments).
+extern "C" __global__ void __launch_bounds__(256) enqueue_packed16(QueueParams P, const float* __restrict__ kh, unsigned short* __restrict__ queue) {
+    const unsigned int t = flat_thread();
+    if (t >= P.total) return;
+    // word index: first segment starts at the word holding element ptr*c, second at word 0
+    unsigned int w = (P.ptr * P.c) / 2u + t;
+    if (t >= P.words_a) w = t - P.words_a;
+    const unsigned int kc = P.k * P.c;
+    float v;
+    if (source_of(P, kh, 2u * w, &v)) {
+        queue[2u * w] = (unsigned short)(P.dtype == 1u ? f32_to_f16_bits(v) : f32_to_bf16_bits(v));
+    }
+    if (2u * w + 1u < kc && source_of(P, kh, 2u * w + 1u, &v)) {
+        queue[2u * w + 1u] = (unsigned short)(P.dtype == 1u ? f32_to_f16_bits(v) : f32_to_bf16_bits(v));
+    }
+}

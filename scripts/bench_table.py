@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""Side-by-side table of the crate's criterion benches and PyTorch's, from one run of each.
+
+    scripts/bench_side_by_side.sh            # runs both, then this script
+    python3 scripts/bench_table.py BENCH_OUT.txt TORCH.jsonl
+
+BENCH_OUT.txt is `cargo bench` stdout (criterion's "name / time: [lo mid hi]" lines);
+TORCH.jsonl is scripts/bench_pytorch.py output. Prints a markdown table with ratios (PyTorch / ours).
+"""
+import json
+import re
+import sys
+
+UNIT = {"ns": 1e-6, "µs": 1e-3, "us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def parse_criterion(path):
+    out, name = {}, None
+    for line in open(path, encoding="utf-8", errors="replace"):
+        line = line.rstrip()
+        m = re.match(r"^(\S.*?)\s*(time:\s*\[.*\])?$", line)
+        t = re.search(r"time:\s*\[\s*([\d.]+)\s*(\S+)\s+([\d.]+)\s*(\S+)\s+([\d.]+)\s*(\S+)\s*\]", line)
+        if t:
+            if name is None and m and m.group(1) and not m.group(1).startswith("time:"):
+                name = m.group(1)
+            out[name] = float(t.group(3)) * UNIT[t.group(4)]
+            name = None
+        elif line and not line.startswith((" ", "Benchmarking", "Found", "Warning", "change", "thrpt", "error", "Gnuplot")):
+            name = line.strip()
+    return out
+
+
+def main():
+    ours = parse_criterion(sys.argv[1])
+    torch = [json.loads(l) for l in open(sys.argv[2]) if l.strip().startswith("{")]
+    tmap = {}
+    for r in torch:
+        p = r["params"]
+        key = r["name"]
+        if "K" in p:
+            key += f"/{p['K']}"
+        elif "N" in p and "v3" in key:
+            key += f"/{p['N']}"
+        tmap[key] = r["median_ms"]
+    pairs = [
+        ("MoCo head fwd+bwd, K=4096", "infonce_fwd_bwd/cpu_fused/4096", "infonce_fwd_bwd/cpu_unfused/4096", "moco_head_fwd_bwd/4096"),
+        ("MoCo head fwd+bwd, K=65536", "infonce_fwd_bwd/cpu_fused/65536", "infonce_fwd_bwd/cpu_unfused/65536", "moco_head_fwd_bwd/65536"),
+        ("MoCo head fwd+bwd, K=1048576", "infonce_fwd_bwd/cpu_fused/1048576", "infonce_fwd_bwd/cpu_unfused/1048576", "moco_head_fwd_bwd/1048576"),
+        ("MoCo v3 loss fwd+bwd, N=1024", "moco_v3_loss_fwd_bwd/cpu_fused/1024", "moco_v3_loss_fwd_bwd/cpu_unfused/1024", "moco_v3_loss_fwd_bwd/1024"),
+        ("MoCo v3 loss fwd+bwd, N=4096", "moco_v3_loss_fwd_bwd/cpu_fused/4096", "moco_v3_loss_fwd_bwd/cpu_unfused/4096", "moco_v3_loss_fwd_bwd/4096"),
+        ("EMA ResNet-50 vs official loop", "ema_resnet50/cpu_fused_flat", "ema_resnet50/cpu_unfused_official_loop", "ema_official_loop"),
+        ("EMA ResNet-50 vs _foreach_lerp_", "ema_resnet50/cpu_fused_multi_tensor", "ema_resnet50/cpu_unfused_official_loop", "ema_foreach_lerp"),
+        ("EMA ResNet-50 vs flat lerp_", "ema_resnet50/cpu_fused_flat", "ema_resnet50/cpu_unfused_official_loop", "ema_flat_lerp"),
+    ]
+    print("| case | moco fused (ms) | moco unfused (ms) | fused speed-up | PyTorch (ms) | PyTorch / moco fused |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for label, f, u, t in pairs:
+        fv, uv, tv = ours.get(f), ours.get(u), tmap.get(t)
+        fmt = lambda v: f"{v:.2f}" if v is not None else "n/a"
+        su = f"{uv / fv:.2f}x" if fv and uv else "n/a"
+        ratio = f"{tv / fv:.2f}x" if fv and tv else "n/a"
+        print(f"| {label} | {fmt(fv)} | {fmt(uv)} | {su} | {fmt(tv)} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+//! Compiles every CUDA kernel of `kernels/` without a GPU: NVRTC to PTX for sm_80 and sm_90, then `ptxas -v` on the
+//! PTX, failing on any compiler error and on any register spill, and printing registers and spills per kernel.
+//!
+//! Needs libnvrtc on the loader path and a ptxas (`MOCO_PTXAS`, `PATH`, or the `nvidia-cuda-nvcc-cu12` wheel);
+//! `eval "$(scripts/install_cuda_wheels.sh)"` provides both. Without them the test prints why and passes, unless
+//! `MOCO_REQUIRE_CUDA_COMPILE=1`, when it fails.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const ARCHS: &[&str] = &["sm_80", "sm_90"];
+
+fn required() -> bool {
+    std::env::var("MOCO_REQUIRE_CUDA_COMPILE").map(|v| v == "1").unwrap_or(false)
+}
+
+/// Skips (prints and returns true) or fails, depending on `MOCO_REQUIRE_CUDA_COMPILE`.
+fn skip(reason: &str) -> bool {
+    assert!(!required(), "MOCO_REQUIRE_CUDA_COMPILE=1 but {reason}");
+    eprintln!("cuda_compile: skipped: {reason} (run `eval \"$(scripts/install_cuda_wheels.sh)\"` to provide it)");
+    true
+}
+
+fn kernel_files() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("cu"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn is_executable(p: &Path) -> bool {
+    p.is_file() && std::fs::metadata(p).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0).unwrap_or(false)
+}
+
+/// ptxas from `MOCO_PTXAS`, then `PATH`, then the pip wheel `nvidia-cuda-nvcc-cu12` (in the venv of
+/// scripts/install_cuda_wheels.sh or the system python).
+fn find_ptxas() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MOCO_PTXAS").map(PathBuf::from) {
+        return is_executable(&p).then_some(p);
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join("ptxas");
+            if is_executable(&p) {
+                return Some(p);
+            }
+        }
+    }
+    let venv = std::env::var_os("MOCO_CUDA_VENV").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/moco-cuda-venv")));
+    let mut pythons: Vec<PathBuf> = venv.map(|v| vec![v.join("bin/python")]).unwrap_or_default();
+    pythons.push(PathBuf::from("python3"));
+    for py in pythons {
+        let out = Command::new(&py).args(["-c", "import nvidia.cuda_nvcc as m; print(list(m.__path__)[0])"]).output();
+        if let Ok(out) = out {
+            if out.status.success() {
+                let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("bin/ptxas");
+                if is_executable(&p) {
+                    return Some(p);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// What `ptxas -v` says about one kernel.
+#[derive(Default)]
+struct Usage {
+    name: String,
+    regs: u32,
+    stack: u32,
+    spill_stores: u32,
+    spill_loads: u32,
+}
+
+/// Per kernel: registers, stack frame (local memory, e.g. an accumulator array that is not in registers) and
+/// spills, parsed from `ptxas -v`.
+fn parse_ptxas(log: &str) -> Vec<Usage> {
+    let mut out: Vec<Usage> = Vec::new();
+    let num_before = |line: &str, word: &str| -> Option<u32> {
+        let idx = line.find(word)?;
+        line[..idx].split(|c: char| !c.is_ascii_digit()).rfind(|s| !s.is_empty())?.parse().ok()
+    };
+    for line in log.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            let name = rest.split('\'').next().unwrap_or("").to_string();
+            out.push(Usage { name, ..Default::default() });
+        } else if let Some(last) = out.last_mut() {
+            if line.contains("bytes spill stores") {
+                last.stack = num_before(line, "bytes stack frame").unwrap_or(0);
+                last.spill_stores = num_before(line, "bytes spill stores").unwrap_or(0);
+                last.spill_loads = num_before(line, "bytes spill loads").unwrap_or(0);
+            } else if line.contains("Used ") && line.contains(" registers") {
+                last.regs = num_before(line, " registers").unwrap_or(0);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_kernel_file_is_embedded() {
+    let on_disk: BTreeSet<String> = kernel_files().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    let embedded: BTreeSet<String> = moco::backend::cuda::kernel_sources().iter().map(|(f, _)| f.to_string()).collect();
+    assert_eq!(on_disk, embedded, "kernels/ and cuda::kernel_sources() disagree");
+    for (file, src) in moco::backend::cuda::kernel_sources() {
+        let disk = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels").join(file)).unwrap();
+        assert_eq!(&disk, src, "{file}: embedded source differs from the file");
+        assert!(!src.lines().any(|l| l.trim_start().starts_with("#include")), "{file}: kernels must be header-free for NVRTC");
+    }
+}
+
+#[test]
+fn kernels_compile_with_nvrtc_and_ptxas() {
+    // SAFETY: only tries to dlopen libnvrtc; no symbol is called when it is absent.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        skip("libnvrtc is not on the loader path");
+        return;
+    }
+    let ptxas = find_ptxas();
+    if ptxas.is_none() {
+        skip("ptxas not found (MOCO_PTXAS, PATH, pip wheel nvidia-cuda-nvcc-cu12)");
+    }
+    let tmp = std::env::temp_dir().join(format!("moco-cuda-compile-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let entry_points = moco::backend::cuda::kernel_entry_points();
+    let mut failures = Vec::new();
+    let mut table = Vec::new();
+    for path in kernel_files() {
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        let src = std::fs::read_to_string(&path).unwrap();
+        for &arch in ARCHS {
+            let opts = cudarc::nvrtc::CompileOptions { arch: Some(arch), name: Some(file.clone()), ..Default::default() };
+            let ptx = match cudarc::nvrtc::compile_ptx_with_opts(&src, opts) {
+                Ok(p) => p.to_src(),
+                Err(cudarc::nvrtc::CompileError::CompileError { log, .. }) => {
+                    failures.push(format!("NVRTC {file} {arch}:\n{}", log.to_string_lossy()));
+                    continue;
+                }
+                Err(e) => {
+                    failures.push(format!("NVRTC {file} {arch}: {e:?}"));
+                    continue;
+                }
+            };
+            if let Some((_, names)) = entry_points.iter().find(|(f, _)| *f == file) {
+                for name in names.iter() {
+                    if !ptx.contains(&format!(".entry {name}(")) {
+                        failures.push(format!("{file} {arch}: the host launches `{name}` but the PTX has no such entry"));
+                    }
+                }
+            }
+            let Some(ptxas) = ptxas.as_ref() else { continue };
+            let ptx_path = tmp.join(format!("{}.{arch}.ptx", file.trim_end_matches(".cu")));
+            std::fs::write(&ptx_path, &ptx).unwrap();
+            let out = Command::new(ptxas).arg("-v").arg("--gpu-name").arg(arch).arg(&ptx_path).arg("-o").arg(tmp.join(format!("{file}.{arch}.cubin"))).output().expect("running ptxas");
+            let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            if !out.status.success() || log.contains("error") {
+                failures.push(format!("ptxas {file} {arch} ({}):\n{log}", out.status));
+                continue;
+            }
+            let usage = parse_ptxas(&log);
+            if usage.is_empty() {
+                failures.push(format!("ptxas {file} {arch}: no entry function in the -v output:\n{log}"));
+            }
+            for u in usage {
+                if u.spill_stores > 0 || u.spill_loads > 0 || u.stack > 0 {
+                    failures.push(format!("{file} {arch} {}: {} bytes stack frame, {} bytes spill stores, {} bytes spill loads (local memory)", u.name, u.stack, u.spill_stores, u.spill_loads));
+                }
+                table.push((arch, file.clone(), u));
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    if !table.is_empty() {
+        println!("{:<6} {:<16} {:<24} {:>5} {:>6} {:>12} {:>11}", "arch", "file", "kernel", "regs", "stack", "spill stores", "spill loads");
+        for (arch, file, u) in &table {
+            println!("{arch:<6} {file:<16} {:<24} {:>5} {:>6} {:>12} {:>11}", u.name, u.regs, u.stack, u.spill_stores, u.spill_loads);
+        }
+    }
+    assert!(failures.is_empty(), "{} CUDA compile failure(s):\n{}", failures.len(), failures.join("\n"));
+}
