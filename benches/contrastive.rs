@@ -160,5 +160,78 @@ fn logits_and_queue(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, infonce, moco_v3, ema, logits_and_queue);
+/// CUDA: every fused op at the MoCo sizes, timed with `iter_custom` and a stream sync before the clock stops.
+/// Skipped with a printed reason when no CUDA device is present.
+fn cuda(c: &mut Criterion) {
+    use moco::backend::cuda::{self as cu, Cuda};
+    let dev = match Cuda::new(0).and_then(|d| d.warm_up().map(|_| d)) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("cuda benches skipped: {e}");
+            return;
+        }
+    };
+    let s = dev.stream.clone();
+    let time = |iters: u64, f: &mut dyn FnMut()| {
+        dev.synchronize().unwrap();
+        let start = Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        dev.synchronize().unwrap();
+        start.elapsed()
+    };
+    let mut g = c.benchmark_group("cuda");
+    g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    let (n, ch, t) = (256, 128, 0.2f32);
+    for &k in &[4096usize, 65536, 1_048_576] {
+        let shape = InfoNceShape::new(n, ch, k, t).unwrap();
+        let (q, key) = (dev.upload(&data(n * ch, 1)).unwrap(), dev.upload(&data(n * ch, 2)).unwrap());
+        let host_queue = unit_rows(k, ch, 3);
+        let (mut dq, mut rl) = (dev.upload(&vec![0.0; n * ch]).unwrap(), dev.upload(&vec![0.0; n]).unwrap());
+        let mut stats = s.alloc_zeros::<u32>(cu::STATS_WORDS).unwrap();
+        for dtype in [QueueDType::F32, QueueDType::BF16] {
+            let queue = dev.queue_from_f32(&host_queue, dtype).unwrap();
+            g.bench_function(BenchmarkId::new(format!("infonce_fused_{}", dtype.name()), k), |b| {
+                b.iter_custom(|iters| time(iters, &mut || cu::infonce_async(&s, &mut dq, &mut rl, &mut stats, &q, &key, &queue, &shape).unwrap()))
+            });
+        }
+        if k <= 65536 {
+            let queue = dev.queue_from_f32(&host_queue, QueueDType::F32).unwrap();
+            let lshape = moco::LogitsShape::new(n, ch, k).unwrap();
+            let (mut lp, mut ln) = (dev.upload(&vec![0.0; n]).unwrap(), dev.upload(&vec![0.0; n * k]).unwrap());
+            g.bench_function(BenchmarkId::new("logits_materialised", k), |b| {
+                b.iter_custom(|iters| time(iters, &mut || cu::logits(&s, &mut lp, &mut ln, &q, &key, &queue, &lshape).unwrap()))
+            });
+        }
+    }
+    for &n3 in &[1024usize, 4096] {
+        let c3 = 256;
+        let shape = SymmetricShape::new(n3, c3, t).unwrap();
+        let up = |seed| dev.upload(&data(n3 * c3, seed)).unwrap();
+        let (q1, q2, k1, k2) = (up(1), up(2), up(3), up(4));
+        let (mut d1, mut d2) = (up(5), up(6));
+        g.bench_function(BenchmarkId::new("moco_v3_fused", n3), |b| {
+            b.iter_custom(|iters| time(iters, &mut || {
+                cu::moco_v3_loss(&s, &mut d1, &mut d2, &q1, &q2, &k1, &k2, &shape).unwrap();
+            }))
+        });
+    }
+    let shape = moco::EmaShape::new(RESNET50_PARAMS, 0.999).unwrap();
+    let (mut kb, qb) = (dev.upload(&data(RESNET50_PARAMS, 1)).unwrap(), dev.upload(&data(RESNET50_PARAMS, 2)).unwrap());
+    g.throughput(Throughput::Bytes((RESNET50_PARAMS * 12) as u64));
+    g.bench_function("ema_flat_resnet50", |b| b.iter_custom(|iters| time(iters, &mut || cu::ema_update(&s, &mut kb, &qb, &shape).unwrap())));
+    let sizes = resnet50_like_sizes();
+    let qs: Vec<_> = sizes.iter().map(|&z| dev.upload(&data(z, 3)).unwrap()).collect();
+    let mut ks: Vec<_> = sizes.iter().map(|&z| dev.upload(&data(z, 4)).unwrap()).collect();
+    g.bench_function("ema_multi_tensor_resnet50", |b| {
+        b.iter_custom(|iters| time(iters, &mut || {
+            let mut pairs: Vec<_> = ks.iter_mut().zip(&qs).map(|(k, q)| (k, q)).collect();
+            cu::ema_update_multi(&s, &mut pairs, 0.999).unwrap()
+        }))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, infonce, moco_v3, ema, logits_and_queue, cuda);
 criterion_main!(benches);

@@ -31,8 +31,10 @@ def parse_criterion(path):
 
 
 def main():
-    ours = parse_criterion(sys.argv[1])
-    torch = [json.loads(l) for l in open(sys.argv[2]) if l.strip().startswith("{")]
+    cuda = "--cuda" in sys.argv
+    args = [a for a in sys.argv[1:] if a != "--cuda"]
+    ours = parse_criterion(args[0])
+    torch = [json.loads(l) for l in open(args[1]) if l.strip().startswith("{")]
     tmap = {}
     for r in torch:
         p = r["params"]
@@ -52,6 +54,24 @@ def main():
         ("EMA ResNet-50 vs _foreach_lerp_", "ema_resnet50/cpu_fused_multi_tensor", "ema_resnet50/cpu_unfused_official_loop", "ema_foreach_lerp"),
         ("EMA ResNet-50 vs flat lerp_", "ema_resnet50/cpu_fused_flat", "ema_resnet50/cpu_unfused_official_loop", "ema_flat_lerp"),
     ]
+    if cuda:
+        pairs = [
+            (f"MoCo head fwd+bwd, K={k}", f"cuda/infonce_fused_f32/{k}", f"cuda/infonce_fused_bf16/{k}", f"moco_head_fwd_bwd/{k}")
+            for k in (4096, 65536, 1048576)
+        ] + [
+            (f"MoCo v3 loss fwd+bwd, N={n}", f"cuda/moco_v3_fused/{n}", None, f"moco_v3_loss_fwd_bwd/{n}") for n in (1024, 4096)
+        ] + [
+            ("EMA ResNet-50 vs official loop", "cuda/ema_flat_resnet50", "cuda/ema_multi_tensor_resnet50", "ema_official_loop"),
+            ("EMA ResNet-50 vs _foreach_lerp_", "cuda/ema_multi_tensor_resnet50", None, "ema_foreach_lerp"),
+            ("EMA ResNet-50 vs flat lerp_", "cuda/ema_flat_resnet50", None, "ema_flat_lerp"),
+        ]
+        print("| case (GPU) | moco fused (ms) | moco variant (bf16 queue / multi-tensor) (ms) | variant / fused | PyTorch (ms) | PyTorch / moco fused |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for label, f, u, t in pairs:
+            fv, uv, tv = ours.get(f), ours.get(u) if u else None, tmap.get(t)
+            fmt = lambda v: f"{v:.3f}" if v is not None else "n/a"
+            print(f"| {label} | {fmt(fv)} | {fmt(uv)} | {f'{uv / fv:.2f}' if fv and uv else 'n/a'} | {fmt(tv)} | {f'{tv / fv:.2f}x' if fv and tv else 'n/a'} |")
+        return
     print("| case | moco fused (ms) | moco unfused (ms) | fused speed-up | PyTorch (ms) | PyTorch / moco fused |")
     print("|---|---:|---:|---:|---:|---:|")
     for label, f, u, t in pairs:

@@ -19,7 +19,8 @@ if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
 fi
 
-eval "$(scripts/install_cuda_wheels.sh)"
+CUDA_ENV="$(bash scripts/install_cuda_wheels.sh)"
+eval "$CUDA_ENV"
 
 export MOCO_REQUIRE_CUDA_COMPILE="${MOCO_REQUIRE_CUDA_COMPILE:-1}"
 export MOCO_PROPTEST_CASES="${MOCO_PROPTEST_CASES:-24}"

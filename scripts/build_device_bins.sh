@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Builds, here, the binaries scripts/device_check.sh runs on a lent GPU machine (which has no cargo), and copies
+# them, stripped, to target/device-bin/. Carry that folder with the device run (carry: ["target/device-bin"]).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEST=target/device-bin
+rm -rf "$DEST" && mkdir -p "$DEST"
+pick() { # $1: cargo subcommand args; prints "name path" for each executable artifact
+    cargo "$@" --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except Exception: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        print(m["target"]["name"], m["executable"])'
+}
+{ pick test --release --test cuda_ops --test cuda_compile; pick bench --bench contrastive; } | while read -r name exe; do
+    cp "$exe" "$DEST/$name"
+    strip "$DEST/$name" 2>/dev/null || true
+    echo "$DEST/$name $(du -h "$DEST/$name" | cut -f1)" >&2
+done

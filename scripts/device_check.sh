@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The GPU check, in one call on a lent GPU machine (torch, nvcc and ncu there; no cargo). Build first, here:
+#     scripts/build_device_bins.sh          # -> target/device-bin/{cuda_ops,cuda_compile,contrastive}
+# then run this script there with carry ["target/device-bin"]. Within ~8 minutes it
+#   1. runs every CUDA op test against the f64 CPU reference (a missing device fails, it does not skip);
+#   2. compiles every kernel with the machine's NVRTC and ptxas (registers, spills);
+#   3. times the CUDA benches and PyTorch's equivalents on the same GPU, in the same run;
+#   4. prints the side-by-side table. Everything also lands in $OUT (default target/device-out).
+# It never changes clocks or other GPU settings.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BIN="${MOCO_DEVICE_BIN:-target/device-bin}"
+OUT="${OUT:-target/device-out}"
+mkdir -p "$OUT"
+status=0
+step() { echo; echo "=== $* ==="; }
+
+# libnvrtc for cudarc: the toolkit's, else the one torch ships; cudarc also wants the unversioned name
+LIBDIR="$(mktemp -d)"
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib $(python3 -c 'import nvidia.cuda_nvrtc as m, os; print(os.path.join(os.path.dirname(m.__file__), "lib"))' 2>/dev/null); do
+    so="$(ls "$d"/libnvrtc.so* 2>/dev/null | head -1)"
+    if [ -n "$so" ]; then ln -sf "$so" "$LIBDIR/libnvrtc.so"; export LD_LIBRARY_PATH="$LIBDIR:$d:${LD_LIBRARY_PATH:-}"; break; fi
+done
+export MOCO_PTXAS="${MOCO_PTXAS:-$(command -v ptxas || echo /usr/local/cuda/bin/ptxas)}"
+
+step "device"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt"
+
+step "CUDA op tests against the CPU reference"
+MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/cuda_ops" --test-threads=1 --nocapture 2>&1 | tee "$OUT/cuda_ops.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+
+step "NVRTC + ptxas compile check (sm_80, sm_90)"
+MOCO_REQUIRE_CUDA_COMPILE=1 timeout 60 "$BIN/cuda_compile" --nocapture 2>&1 | tee "$OUT/cuda_compile.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+
+step "CUDA benches (criterion)"
+timeout 200 "$BIN/contrastive" --bench cuda 2>&1 | tee "$OUT/moco_cuda_bench.txt"
+
+step "PyTorch on the same GPU"
+timeout 150 python3 scripts/bench_pytorch.py --device cuda 2>&1 | tee "$OUT/torch_cuda.jsonl"
+
+step "side by side"
+python3 scripts/bench_table.py --cuda "$OUT/moco_cuda_bench.txt" "$OUT/torch_cuda.jsonl" | tee "$OUT/table.md"
+echo
+[ $status = 0 ] && echo "device_check: PASS" || echo "device_check: FAIL (see above)"
+exit $status
