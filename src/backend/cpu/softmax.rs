@@ -14,15 +14,33 @@ const EXP_MIN: f32 = -87.3;
 /// exp(x) for x <= 88, relative error below 2e-7; exactly 0 below [`EXP_MIN`]. Branch-free so loops vectorise.
 #[inline(always)]
 pub fn fast_exp(x: f32) -> f32 {
+    fast_exp_impl::<false>(x)
+}
+
+/// `a * b + c`, fused where the caller is compiled with FMA.
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
+}
+
+#[inline(always)]
+fn fast_exp_impl<const FMA: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
     let xc = if x < EXP_MIN { EXP_MIN } else if x > 88.0 { 88.0 } else { x };
-    let n = (xc * LOG2E + ROUND) - ROUND;
-    let r = xc - n * LN2_HI - n * LN2_LO; // |r| <= ln2/2
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
+    // t = n + 1.5 * 2^23 holds the integer n = round(x / ln2) in its low mantissa bits: read it with integer ops
+    // (a float-to-int `as` cast would be scalarised for its saturation rules)
+    let t = madd::<FMA>(xc, LOG2E, ROUND);
+    let n = t - ROUND;
+    let n_bits = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    let r = madd::<FMA>(-n, LN2_LO, madd::<FMA>(-n, LN2_HI, xc)); // |r| <= ln2/2
+    let mut p = 1.0 / 5040.0;
+    for coef in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = madd::<FMA>(p, r, coef);
+    }
+    let scale = f32::from_bits((n_bits.wrapping_add(127) << 23) as u32);
     if x < EXP_MIN { 0.0 } else { p * scale }
 }
 
@@ -53,7 +71,7 @@ pub struct BlockScratch {
 }
 
 #[inline(always)]
-fn softmax_block_impl(s_t: &mut [f32], nr: usize, st: &mut RowStates, s_pos: &[f32], scale: &mut [f32], sc: &mut BlockScratch) {
+fn softmax_block_impl<const FMA: bool>(s_t: &mut [f32], nr: usize, st: &mut RowStates, s_pos: &[f32], scale: &mut [f32], sc: &mut BlockScratch) {
     sc.bmax.clear();
     sc.bmax.resize(nr, NEG);
     sc.lsum.clear();
@@ -67,14 +85,14 @@ fn softmax_block_impl(s_t: &mut [f32], nr: usize, st: &mut RowStates, s_pos: &[f
     }
     for i in 0..nr {
         let m_new = if bmax[i] > m[i] { bmax[i] } else { m[i] };
-        scale[i] = fast_exp(m[i] - m_new);
+        scale[i] = fast_exp_impl::<FMA>(m[i] - m_new);
         m[i] = m_new;
     }
     for row in s_t.chunks_exact_mut(nr) {
         for i in 0..nr {
             let v = row[i];
             rank[i] += (v > s_pos[i]) as u32;
-            let e = if v > MASKED { fast_exp(v - m[i]) } else { 0.0 };
+            let e = if v > MASKED { fast_exp_impl::<FMA>(v - m[i]) } else { 0.0 };
             row[i] = e;
             lsum[i] += e;
         }
@@ -87,13 +105,13 @@ fn softmax_block_impl(s_t: &mut [f32], nr: usize, st: &mut RowStates, s_pos: &[f
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
 unsafe fn softmax_block_avx512(s_t: &mut [f32], nr: usize, st: &mut RowStates, s_pos: &[f32], scale: &mut [f32], sc: &mut BlockScratch) {
-    softmax_block_impl(s_t, nr, st, s_pos, scale, sc)
+    softmax_block_impl::<true>(s_t, nr, st, s_pos, scale, sc)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn softmax_block_avx2(s_t: &mut [f32], nr: usize, st: &mut RowStates, s_pos: &[f32], scale: &mut [f32], sc: &mut BlockScratch) {
-    softmax_block_impl(s_t, nr, st, s_pos, scale, sc)
+    softmax_block_impl::<true>(s_t, nr, st, s_pos, scale, sc)
 }
 
 /// One block: `s_t: [nb, nr]` logits (already / T; masked entries [`NEG`]) in, `p = exp(s - m_new)` out in
@@ -122,7 +140,7 @@ pub fn softmax_block(s_t: &mut [f32], nr: usize, st: &mut RowStates, s_pos: &[f3
             }
         }
     }
-    softmax_block_impl(s_t, nr, st, s_pos, scale, sc)
+    softmax_block_impl::<false>(s_t, nr, st, s_pos, scale, sc)
 }
 
 /// Merges the state of one row from two partials; returns (m, l, rank, factor for a's acc, factor for b's acc).
