@@ -38,3 +38,79 @@ impl StreamPlan {
         Self { splits, keys_per_split, slices: c.div_ceil(c_slice), c_slice }
     }
 }
+
+/// The parameter block of every kernel in `contrastive.wgsl` / `contrastive.cu` (`struct Params`, 48 bytes).
+/// WGSL binds it as a uniform; CUDA takes it by value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct KernelParams {
+    pub n: u32,
+    pub c: u32,
+    pub m: u32,
+    pub splits: u32,
+    pub keys_per_split: u32,
+    pub skip_diagonal: u32,
+    pub c_slice: u32,
+    pub rows: u32,
+    pub inv_t: f32,
+    pub grad_scale: f32,
+    pub loss_scale: f32,
+    pub _pad: u32,
+}
+
+impl KernelParams {
+    /// For `normalize_rows` over `rows` rows of `c`.
+    pub fn normalize(rows: usize, c: usize) -> Self {
+        Self { rows: rows as u32, c: c as u32, n: rows as u32, ..Default::default() }
+    }
+    /// For the materialising logits: unscaled cosines of `n` rows against `m` keys.
+    pub fn logits(n: usize, c: usize, m: usize) -> Self {
+        Self { n: n as u32, c: c as u32, m: m as u32, rows: n as u32, inv_t: 1.0, ..Default::default() }
+    }
+    /// For the streaming loss of `n` rows against `m` keys at temperature `t`, scaled by `loss_scale`
+    /// (1 for InfoNCE, 2T for MoCo v3, which also skips the diagonal).
+    pub fn stream(plan: &StreamPlan, n: usize, m: usize, c: usize, t: f32, loss_scale: f32, skip_diagonal: bool) -> Self {
+        Self {
+            n: n as u32,
+            c: c as u32,
+            m: m as u32,
+            splits: plan.splits as u32,
+            keys_per_split: plan.keys_per_split as u32,
+            skip_diagonal: skip_diagonal as u32,
+            c_slice: plan.c_slice as u32,
+            rows: n as u32,
+            inv_t: 1.0 / t,
+            grad_scale: loss_scale / (t * n as f32),
+            loss_scale,
+            _pad: 0,
+        }
+    }
+}
+
+/// The parameter block of `queue.wgsl` / `queue.cu` (`struct QueueParams`, 32 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct QueueParams {
+    pub n: u32,
+    pub c: u32,
+    pub k: u32,
+    pub ptr: u32,
+    pub dtype: u32,
+    pub words_a: u32,
+    pub total: u32,
+    pub _pad: u32,
+}
+
+impl QueueParams {
+    /// The enqueue of `shape` into a queue of dtype code `dtype` (0 f32, 1 f16, 2 bf16). `total` is the number of
+    /// threads with work: elements for f32; for 16-bit storage, the u32 words of the two segments
+    /// `[ptr*C, min(ptr+N, K)*C)` (first `words_a` threads) and `[0, max(ptr+N-K, 0)*C)`.
+    pub fn new(shape: &crate::shape::QueueShape, dtype: u32) -> Self {
+        let (n, c, k, ptr) = (shape.n as u32, shape.c as u32, shape.k as u32, shape.ptr as u32);
+        let end_a = (ptr + n).min(k);
+        let words_a = ((end_a * c - 1) / 2) - (ptr * c) / 2 + 1;
+        let words_b = ((ptr + n).saturating_sub(k) * c).div_ceil(2);
+        let total = if dtype == 0 { n * c } else { words_a + words_b };
+        Self { n, c, k, ptr, dtype, words_a, total, _pad: 0 }
+    }
+}

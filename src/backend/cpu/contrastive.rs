@@ -205,6 +205,25 @@ fn finish_rows(dq: &mut [f32], row_loss: &mut [f32], qh: &[f32], q_inv_norm: &[f
     (total, top1, top5)
 }
 
+/// Normalised q and k of one loss, and the positive logits.
+struct Prepared {
+    qh: Vec<f32>,    // q̂: [N, C]
+    q_inv: Vec<f32>, // 1 / max(||q||, eps): [N]
+    kh: Vec<f32>,    // k̂: [N, C]
+    s_pos: Vec<f32>, // q̂_i · k̂_i / T: [N]
+}
+
+fn prepare(q: &[f32], k: &[f32], n: usize, c: usize, inv_t: f32) -> Prepared {
+    let (mut qh, mut kh) = (vec![0.0; n * c], vec![0.0; n * c]);
+    let (mut q_inv, mut k_inv) = (vec![0.0; n], vec![0.0; n]);
+    normalize_rows(&mut qh, &mut q_inv, q, c);
+    normalize_rows(&mut kh, &mut k_inv, k, c);
+    let mut s_pos = vec![0.0; n];
+    row_dots(&mut s_pos, &qh, &kh, c);
+    s_pos.iter_mut().for_each(|s| *s *= inv_t);
+    Prepared { qh, q_inv, kh, s_pos }
+}
+
 /// Fused streaming InfoNCE, forward and backward (MoCo v1/v2).
 ///
 /// `q, k: [N, C]` raw (unnormalised) encoder outputs, `queue: [K, C]`. Writes `dq: [N, C]` (gradient of the
@@ -215,32 +234,20 @@ pub fn infonce(dq: &mut [f32], row_loss: &mut [f32], q: &[f32], k: &[f32], queue
     shape.check_outputs(dq.len(), row_loss.len())?;
     let (n, c) = (shape.n, shape.c);
     let inv_t = 1.0 / shape.temperature;
-    let (mut qh, mut kh) = (vec![0.0; n * c], vec![0.0; n * c]);
-    let (mut qi, mut ki) = (vec![0.0; n], vec![0.0; n]);
-    normalize_rows(&mut qh, &mut qi, q, c);
-    normalize_rows(&mut kh, &mut ki, k, c);
-    let mut s_pos = vec![0.0; n];
-    row_dots(&mut s_pos, &qh, &kh, c);
-    s_pos.iter_mut().for_each(|s| *s *= inv_t);
+    let Prepared { qh, q_inv, kh, s_pos } = prepare(q, k, n, c, inv_t);
     let (states, acc) = stream_all(&qh, &s_pos, queue, n, c, shape.k, inv_t, false);
-    let (total, top1, top5) = finish_rows(dq, row_loss, &qh, &qi, &kh, &s_pos, &states, &acc, c, inv_t / n as f32);
+    let (total, top1, top5) = finish_rows(dq, row_loss, &qh, &q_inv, &kh, &s_pos, &states, &acc, c, inv_t / n as f32);
     Ok(InfoNceStats { loss: (total / n as f64) as f32, top1, top5 })
 }
 
 /// One half of MoCo v3's loss, `ctr(q, k) = 2T · CE(q̂ k̂ᵀ / T, arange(N))`; writes `dq: [N, C]`, returns the loss.
 fn v3_half(dq: &mut [f32], q: &[f32], k: &[f32], n: usize, c: usize, t: f32) -> f32 {
     let inv_t = 1.0 / t;
-    let (mut qh, mut kh) = (vec![0.0; n * c], vec![0.0; n * c]);
-    let (mut qi, mut ki) = (vec![0.0; n], vec![0.0; n]);
-    normalize_rows(&mut qh, &mut qi, q, c);
-    normalize_rows(&mut kh, &mut ki, k, c);
-    let mut s_pos = vec![0.0; n];
-    row_dots(&mut s_pos, &qh, &kh, c);
-    s_pos.iter_mut().for_each(|s| *s *= inv_t);
+    let Prepared { qh, q_inv, kh, s_pos } = prepare(q, k, n, c, inv_t);
     let (states, acc) = stream_all(&qh, &s_pos, QueueView::F32(&kh), n, c, n, inv_t, true);
     let mut row_loss = vec![0.0; n];
     // d(2T · mean CE)/dq̂ = 2T · (1/(T N)) (...) = (2/N) (...)
-    let (total, _, _) = finish_rows(dq, &mut row_loss, &qh, &qi, &kh, &s_pos, &states, &acc, c, 2.0 / n as f32);
+    let (total, _, _) = finish_rows(dq, &mut row_loss, &qh, &q_inv, &kh, &s_pos, &states, &acc, c, 2.0 / n as f32);
     (2.0 * t as f64 * total / n as f64) as f32
 }
 

@@ -4,29 +4,11 @@
 use super::context::{cfg, function, MAX_GRID_X, MAX_GRID_YZ};
 use super::queue::CudaQueue;
 use crate::backend::cpu::InfoNceStats;
-use crate::backend::plan::{StreamPlan, GPU_TN};
+use crate::backend::plan::{KernelParams as Params, StreamPlan, GPU_TN};
 use crate::error::{Error, Result};
 use crate::shape::{InfoNceShape, LogitsShape, SymmetricShape};
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DeviceRepr, PushKernelArg};
 use std::sync::Arc;
-
-/// `struct Params` of `kernels/contrastive.cu` (the WGSL uniform block), passed by value to every kernel.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct Params {
-    n: u32,
-    c: u32,
-    m: u32,
-    splits: u32,
-    keys_per_split: u32,
-    skip_diagonal: u32,
-    c_slice: u32,
-    rows: u32,
-    inv_t: f32,
-    grad_scale: f32,
-    loss_scale: f32,
-    _pad: u32,
-}
 
 // SAFETY: #[repr(C)] plain-old-data of 4-byte fields, the layout of `struct Params` in kernels/contrastive.cu.
 unsafe impl DeviceRepr for Params {}
@@ -61,7 +43,7 @@ pub(crate) fn normalize(stream: &Arc<CudaStream>, x_hat: &mut CudaSlice<f32>, in
     if rows == 0 {
         return Ok(());
     }
-    let p = Params { n: rows as u32, c: c as u32, rows: rows as u32, ..Default::default() };
+    let p = Params::normalize(rows, c);
     let f = contrastive(stream, "normalize_rows")?;
     // SAFETY: normalize_rows(Params, const float* x [rows*C], float* x_hat [rows*C], float* inv_norm [rows]);
     // block r < rows reads and writes row r only; the lengths were checked by the caller.
@@ -111,7 +93,7 @@ pub fn logits(stream: &Arc<CudaStream>, l_pos: &mut CudaSlice<f32>, l_neg: &mut 
         return Err(Error::shape(op, format!("N <= {} for the materialising kernel", MAX_GRID_YZ * 16), format!("N = {n}, K = {kk}")));
     }
     let s = Scratch::normalized(stream, q, k, n, c)?;
-    let p = Params { n: n as u32, c: c as u32, m: kk as u32, rows: n as u32, inv_t: 1.0, ..Default::default() };
+    let p = Params::logits(n, c, kk);
     positive(stream, &p, &s.q_hat, &s.k_hat, l_pos, n)?;
     let grid = cfg((kk.div_ceil(64) as u32, n.div_ceil(16) as u32, 1));
     match queue {
@@ -161,20 +143,7 @@ fn check_grid(op: &'static str, n: usize, plan: &StreamPlan) -> Result<()> {
 #[allow(clippy::too_many_arguments)]
 fn stream_loss(stream: &Arc<CudaStream>, s: &Scratch, keys: Keys, m: usize, n: usize, c: usize, t: f32, loss_scale: f32, skip_diagonal: bool, dq: &mut CudaSlice<f32>, row_loss: &mut CudaSlice<f32>, stats: &mut CudaSlice<u32>) -> Result<()> {
     let plan = StreamPlan::new(n, m, c);
-    let p = Params {
-        n: n as u32,
-        c: c as u32,
-        m: m as u32,
-        splits: plan.splits as u32,
-        keys_per_split: plan.keys_per_split as u32,
-        skip_diagonal: skip_diagonal as u32,
-        c_slice: plan.c_slice as u32,
-        rows: n as u32,
-        inv_t: 1.0 / t,
-        grad_scale: loss_scale / (t * n as f32),
-        loss_scale,
-        _pad: 0,
-    };
+    let p = Params::stream(&plan, n, m, c, t, loss_scale, skip_diagonal);
     let mut s_pos = stream.alloc_zeros::<f32>(n)?;
     let mut rank = stream.alloc_zeros::<u32>(n)?;
     let mut partial = stream.alloc_zeros::<f32>(plan.splits * n * (3 + c))?;

@@ -3,6 +3,7 @@
 use super::context::{cfg, function, BLOCK, MAX_GRID_X};
 use super::contrastive::normalize;
 use crate::error::{Error, Result};
+use crate::backend::plan::QueueParams;
 use crate::shape::{QueueDType, QueueShape};
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, PushKernelArg};
 use std::sync::Arc;
@@ -69,20 +70,6 @@ impl CudaQueue {
     }
 }
 
-/// `struct QueueParams` of `kernels/queue.cu` (and `shaders/queue.wgsl`), passed by value.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct QueueParams {
-    n: u32,
-    c: u32,
-    k: u32,
-    ptr: u32,
-    dtype: u32,
-    words_a: u32,
-    total: u32,
-    _pad: u32,
-}
-
 // SAFETY: #[repr(C)] plain-old-data of eight u32, the layout of `struct QueueParams` in kernels/queue.cu.
 unsafe impl DeviceRepr for QueueParams {}
 
@@ -93,18 +80,11 @@ unsafe impl DeviceRepr for QueueParams {}
 /// `enqueue_packed16` (one thread per element pair of the written range), 256 threads per block.
 pub fn enqueue(stream: &Arc<CudaStream>, queue: &mut CudaQueue, keys: &CudaSlice<f32>, shape: &QueueShape) -> Result<usize> {
     shape.check(keys.len(), queue.len())?;
-    let (n, c, k, ptr) = (shape.n as u32, shape.c as u32, shape.k as u32, shape.ptr as u32);
     let mut kh = stream.alloc_zeros::<f32>(shape.n * shape.c)?;
     let mut inv = stream.alloc_zeros::<f32>(shape.n)?;
     normalize(stream, &mut kh, &mut inv, keys, shape.n, shape.c)?;
-    let end_a = (ptr + n).min(k);
-    let words_a = ((end_a * c - 1) / 2) - (ptr * c) / 2 + 1;
-    let words_b = ((ptr + n).saturating_sub(k) * c).div_ceil(2);
-    let total = match queue.dtype() {
-        QueueDType::F32 => n * c,
-        _ => words_a + words_b,
-    };
-    let p = QueueParams { n, c, k, ptr, dtype: queue.code(), words_a, total, _pad: 0 };
+    let p = QueueParams::new(shape, queue.code());
+    let total = p.total;
     let blocks = (total as usize).div_ceil(BLOCK as usize);
     if blocks > MAX_GRID_X {
         return Err(Error::shape("queue_enqueue", format!("at most {} blocks", MAX_GRID_X), format!("{blocks} blocks")));

@@ -2,31 +2,13 @@
 
 use super::context::{grid_2d, sources, submit, Dispatch, WgpuContext};
 use super::queue::WgpuQueue;
-use crate::backend::plan::{StreamPlan, GPU_TN};
+use crate::backend::plan::{KernelParams as Params, StreamPlan, GPU_TN};
 use crate::backend::cpu::InfoNceStats;
 use crate::error::{Error, Result};
 use crate::shape::{InfoNceShape, LogitsShape, SymmetricShape};
 
-/// The uniform block of `contrastive.wgsl` (`struct Params`).
-#[repr(C)]
-#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub(crate) struct Params {
-    n: u32,
-    c: u32,
-    m: u32,
-    splits: u32,
-    keys_per_split: u32,
-    skip_diagonal: u32,
-    c_slice: u32,
-    rows: u32,
-    inv_t: f32,
-    grad_scale: f32,
-    loss_scale: f32,
-    _pad: u32,
-}
-
 pub(crate) fn normalize_params(rows: u32, c: u32) -> Params {
-    Params { rows, c, n: rows, ..Default::default() }
+    Params::normalize(rows as usize, c as usize)
 }
 
 fn check_f32(op: &'static str, name: &str, buf: &wgpu::Buffer, elems: usize) -> Result<()> {
@@ -73,7 +55,7 @@ pub fn logits(ctx: &WgpuContext, l_pos: &wgpu::Buffer, l_neg: &wgpu::Buffer, q: 
         return Err(Error::shape(op, "K <= 4194240 and N <= 1048560 for the materialising kernel", format!("N = {n}, K = {kk}")));
     }
     let s = Scratch::new(ctx, n, c);
-    let p = Params { n: n as u32, c: c as u32, m: kk as u32, rows: n as u32, inv_t: 1.0, ..Default::default() };
+    let p = Params::logits(n, c, kk);
     ctx.scoped(|| {
         let dt = Some(queue.code());
         let mut steps = s.normalize_steps(ctx, q, k, n as u32, c as u32);
@@ -120,20 +102,7 @@ fn run(ctx: &WgpuContext, steps: Vec<(Vec<u8>, Dispatch)>) {
 #[allow(clippy::too_many_arguments)]
 fn stream_steps<'a>(ctx: &WgpuContext, s: &'a Scratch, keys: &'a wgpu::Buffer, dtype: u32, m: usize, n: usize, c: usize, t: f32, loss_scale: f32, skip_diagonal: bool, s_pos: &'a wgpu::Buffer, partial: &'a wgpu::Buffer, rank: &'a wgpu::Buffer, out: &'a InfoNceBuffers) -> Vec<(Vec<u8>, Dispatch<'a>)> {
     let plan = StreamPlan::new(n, m, c);
-    let p = Params {
-        n: n as u32,
-        c: c as u32,
-        m: m as u32,
-        splits: plan.splits as u32,
-        keys_per_split: plan.keys_per_split as u32,
-        skip_diagonal: skip_diagonal as u32,
-        c_slice: plan.c_slice as u32,
-        rows: n as u32,
-        inv_t: 1.0 / t,
-        grad_scale: loss_scale / (t * n as f32),
-        loss_scale,
-        _pad: 0,
-    };
+    let p = Params::stream(&plan, n, m, c, t, loss_scale, skip_diagonal);
     let pb = bytemuck::bytes_of(&p).to_vec();
     let pipe = |e| ctx.pipeline("contrastive", sources::CONTRASTIVE, e, Some(dtype));
     vec![

@@ -2,6 +2,7 @@
 
 use super::context::{grid_2d, sources, submit, Dispatch, WgpuContext};
 use crate::error::{Error, Result};
+use crate::backend::plan::QueueParams;
 use crate::shape::{QueueDType, QueueShape};
 
 /// A queue `[K, C]` in a wgpu storage buffer. f16 and bf16 are packed two per u32 word (low half first).
@@ -50,19 +51,6 @@ impl WgpuQueue {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct QueueParams {
-    n: u32,
-    c: u32,
-    k: u32,
-    ptr: u32,
-    dtype: u32,
-    words_a: u32,
-    total: u32,
-    _pad: u32,
-}
-
 /// Writes `keys: [N, C]` (raw; normalised here) into rows `ptr..ptr+N (mod K)` of the queue; returns the new pointer.
 pub fn enqueue(ctx: &WgpuContext, queue: &WgpuQueue, keys: &wgpu::Buffer, shape: &QueueShape) -> Result<usize> {
     shape.check(shape.n * shape.c, queue.len)?;
@@ -70,18 +58,15 @@ pub fn enqueue(ctx: &WgpuContext, queue: &WgpuQueue, keys: &wgpu::Buffer, shape:
     if keys.size() < (shape.n * shape.c * 4) as u64 {
         return Err(Error::shape("queue_enqueue", format!("keys buffer of {} bytes", shape.n * shape.c * 4), format!("{} bytes", keys.size())));
     }
-    let (n, c, k, ptr) = (shape.n as u32, shape.c as u32, shape.k as u32, shape.ptr as u32);
+    let (n, c) = (shape.n as u32, shape.c as u32);
     let kh = ctx.storage_buffer("moco k_hat", (shape.n * shape.c * 4) as u64);
     let inv = ctx.storage_buffer("moco k_inv_norm", (shape.n * 4) as u64);
     let norm = super::contrastive::normalize_params(n, c);
-    let end_a = (ptr + n).min(k);
-    let words_a = ((end_a * c - 1) / 2) - (ptr * c) / 2 + 1;
-    let words_b = ((ptr + n).saturating_sub(k) * c).div_ceil(2);
+    let p = QueueParams::new(shape, queue.code());
     let (entry, total) = match queue.dtype {
-        QueueDType::F32 => ("enqueue_f32", n * c),
-        _ => ("enqueue_packed16", words_a + words_b),
+        QueueDType::F32 => ("enqueue_f32", p.total),
+        _ => ("enqueue_packed16", p.total),
     };
-    let p = QueueParams { n, c, k, ptr, dtype: queue.code(), words_a, total, _pad: 0 };
     let binding = if queue.dtype == QueueDType::F32 { 2 } else { 3 };
     ctx.scoped(|| {
         let np = ctx.pipeline("contrastive", sources::CONTRASTIVE, "normalize_rows", Some(0));
