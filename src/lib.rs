@@ -22,7 +22,10 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod checkpoint;
 pub mod error;
+pub mod nn;
+pub mod optim;
 pub mod shape;
 
 pub use backend::{AnyBackend, Backend, Cpu, InfoNceStats, Wgpu};

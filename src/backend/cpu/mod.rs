@@ -4,6 +4,7 @@
 pub mod contrastive;
 pub mod ema;
 mod gemm;
+pub mod nn;
 pub mod queue;
 pub mod queue_view;
 pub mod reference;

@@ -1,0 +1,2 @@
+//! Optimisers over flat parameter buffers (SGD, LARS, AdamW) and learning-rate / momentum schedules. Work in
+//! progress for the ResNet issue.
