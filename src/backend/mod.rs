@@ -6,7 +6,7 @@
 
 pub mod cpu;
 pub mod cuda;
-pub(crate) mod plan;
+pub mod plan;
 pub mod wgpu;
 
 pub use plan::StreamPlan;

@@ -17,7 +17,7 @@ const TARGET_WORKGROUPS: usize = 512;
 pub struct StreamPlan {
     /// Key splits (grid y).
     pub splits: usize,
-    /// Keys per split, a multiple of [`GPU_TK`].
+    /// Keys per split, a multiple of the key tile (32).
     pub keys_per_split: usize,
     /// Channel slices (grid z); the logits are recomputed per slice when C > 256.
     pub slices: usize,
