@@ -5,9 +5,9 @@
 //
 // 16-bit queues are `unsigned short*` (one element per 16-bit word). enqueue_packed16 keeps the WGSL mapping of one
 // thread per pair of elements ("word" w = elements 2w, 2w+1; the first segment starts at the word holding element
-// ptr*C, the second at word 0), but CUDA can store 16 bits, so a thread writes only the elements this enqueue
-// owns instead of read-modify-writing the whole word: the neighbour's element is never touched and nothing past
-// K*C is read or written.
+// ptr*C, the second at word 0), but CUDA can store 16 bits, so a thread writes only the elements of its own segment
+// instead of read-modify-writing the whole word: the neighbour's element is never touched, nothing past K*C is read
+// or written, and when the two segments share a word (N == K with ptr*C odd) each element still has one writer.
 
 struct QueueParams {
     unsigned int n;       // keys to write
@@ -56,15 +56,11 @@ __device__ __forceinline__ unsigned int flat_thread() {
     return (blockIdx.x + blockIdx.y * gridDim.x) * blockDim.x + threadIdx.x;
 }
 
-// Source of queue element e: true and the normalised value when e is written by this enqueue.
-__device__ __forceinline__ bool source_of(const QueueParams& P, const float* __restrict__ kh, unsigned int e, float* value) {
+// Normalised value stored at queue element e (row e / C, written by key (row - ptr) mod K, which must be < N).
+__device__ __forceinline__ float source_of(const QueueParams& P, const float* __restrict__ kh, unsigned int e) {
     const unsigned int row = e / P.c;
     const unsigned int r = (row + P.k - P.ptr) % P.k; // which key lands on this row
-    if (r < P.n) {
-        *value = kh[r * P.c + e % P.c];
-        return true;
-    }
-    return false;
+    return kh[r * P.c + e % P.c];
 }
 
 // queue[(ptr + r) % K, ch] = kh[r, ch]; one thread per element of kh (total = N*C).
@@ -78,18 +74,26 @@ extern "C" __global__ void __launch_bounds__(256) enqueue_f32(QueueParams P, con
 }
 
 // 16-bit queue (f16 when dtype == 1, bf16 otherwise); one thread per element pair (total = words of both segments).
+// Segment A is elements [ptr*C, min(ptr+N, K)*C), segment B [0, (ptr+N-K)*C) (empty without wrap-around); they are
+// disjoint (N <= K), and a thread stores only the elements of its word that lie in its own segment.
 extern "C" __global__ void __launch_bounds__(256) enqueue_packed16(QueueParams P, const float* __restrict__ kh, unsigned short* __restrict__ queue) {
     const unsigned int t = flat_thread();
     if (t >= P.total) return;
+    const unsigned int end_a = min(P.ptr + P.n, P.k);
     // word index: first segment starts at the word holding element ptr*c, second at word 0
     unsigned int w = (P.ptr * P.c) / 2u + t;
-    if (t >= P.words_a) w = t - P.words_a;
-    const unsigned int kc = P.k * P.c;
-    float v;
-    if (source_of(P, kh, 2u * w, &v)) {
-        queue[2u * w] = (unsigned short)(P.dtype == 1u ? f32_to_f16_bits(v) : f32_to_bf16_bits(v));
+    unsigned int lo = P.ptr * P.c;
+    unsigned int hi = end_a * P.c;
+    if (t >= P.words_a) {
+        w = t - P.words_a;
+        lo = 0u;
+        hi = (P.ptr + P.n - end_a) * P.c;
     }
-    if (2u * w + 1u < kc && source_of(P, kh, 2u * w + 1u, &v)) {
-        queue[2u * w + 1u] = (unsigned short)(P.dtype == 1u ? f32_to_f16_bits(v) : f32_to_bf16_bits(v));
+#pragma unroll
+    for (unsigned int e = 2u * w; e < 2u * w + 2u; ++e) {
+        if (e >= lo && e < hi) {
+            const float v = source_of(P, kh, e);
+            queue[e] = (unsigned short)(P.dtype == 1u ? f32_to_f16_bits(v) : f32_to_bf16_bits(v));
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The CUDA ops against the f64 reference (`moco::backend::cpu::reference`) on random data with awkward shapes:
-//! EMA (flat and multi-tensor), logits, InfoNCE over f32/f16/bf16 queues, MoCo v3, and enqueue with wrap-around.
+//! row normalisation, EMA (flat and multi-tensor), logits, InfoNCE over f32/f16/bf16 queues, MoCo v3, and enqueue
+//! with wrap-around.
 //! Outputs are poisoned with NaN first, so an unwritten element fails.
 //!
 //! Without a CUDA device (or libcuda / libnvrtc) every test prints the reason and passes, unless
@@ -72,15 +73,38 @@ fn ema_matches_reference() {
             let qb = dev.upload(&q).unwrap();
             dev.ema_update(&mut k, &qb, m).unwrap();
             assert_close(&format!("ema len {len} m {m}"), &dev.download(&k).unwrap(), &reference::ema(&k0, &q, m as f64), 1e-6, 1e-6);
-            // the low-level call on the caller's buffers
+            // the low-level call on the caller's buffers, applied to the result of the first
+            let k1 = dev.download(&k).unwrap();
             let shape = EmaShape::new(len, m).unwrap();
             cuda::ema_update(&dev.stream, &mut k, &qb, &shape).unwrap();
+            assert_close(&format!("low-level ema len {len} m {m}"), &dev.download(&k).unwrap(), &reference::ema(&k1, &q, m as f64), 1e-6, 1e-6);
         }
     }
     let mut k = dev.upload(&[1.0; 4]).unwrap();
     let q = dev.upload(&[1.0; 5]).unwrap();
     assert!(dev.ema_update(&mut k, &q, 0.9).is_err(), "length mismatch must be rejected");
     assert!(dev.ema_update(&mut k, &dev.upload(&[1.0; 4]).unwrap(), 1.5).is_err(), "m > 1 must be rejected");
+}
+
+#[test]
+fn normalize_rows_matches_reference() {
+    let Some(dev) = device("normalize_rows_matches_reference") else { return };
+    let mut rng = StdRng::seed_from_u64(7);
+    // C = 1, C not a multiple of 256 and above it (several channels per thread), a zero row (norm clamped to 1e-12)
+    for (rows, c) in [(1usize, 1usize), (3, 10), (5, 256), (7, 700), (300, 33)] {
+        let mut x = random(&mut rng, rows * c);
+        x[..c].iter_mut().for_each(|v| *v = 0.0);
+        let (mut x_hat, mut inv) = (dev.alloc_nan(rows * c).unwrap(), dev.alloc_nan(rows).unwrap());
+        cuda::normalize_rows(&dev.stream, &mut x_hat, &mut inv, &dev.upload(&x).unwrap(), rows, c).unwrap();
+        let norms: Vec<f64> = x.chunks(c).map(|r| r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt().max(1e-12)).collect();
+        let want_hat: Vec<f64> = x.iter().enumerate().map(|(i, &v)| v as f64 / norms[i / c]).collect();
+        let want_inv: Vec<f64> = norms.iter().map(|n| 1.0 / n).collect();
+        assert_close(&format!("normalize_rows rows={rows} C={c} x_hat"), &dev.download(&x_hat).unwrap(), &want_hat, 1e-6, 1e-5);
+        assert_close(&format!("normalize_rows rows={rows} C={c} inv_norm"), &dev.download(&inv).unwrap(), &want_inv, 0.0, 1e-5);
+    }
+    let x = dev.upload(&[1.0; 6]).unwrap();
+    let (mut x_hat, mut inv) = (dev.alloc_nan(6).unwrap(), dev.alloc_nan(2).unwrap());
+    assert!(cuda::normalize_rows(&dev.stream, &mut x_hat, &mut inv, &x, 2, 4).is_err(), "wrong x length must be rejected");
 }
 
 #[test]
@@ -162,7 +186,10 @@ fn infonce_matches_reference() {
                 cuda::infonce_async(&dev.stream, &mut dq2, &mut rl2, &mut stats_buf, &qb, &kb, &queue, &shape).unwrap();
                 let again = cuda::read_stats(&dev.stream, &stats_buf).unwrap();
                 assert_eq!(again.top1, stats.top1, "{what}: deterministic top1");
+                assert_eq!(again.top5, stats.top5, "{what}: deterministic top5");
                 assert!((again.loss - stats.loss).abs() <= 1e-6 * stats.loss.abs().max(1.0), "{what}: repeat loss");
+                assert_close(&format!("{what} low-level row_loss"), &dev.download(&rl2).unwrap(), &r.row_loss, 1e-4, 1e-4);
+                assert_close(&format!("{what} low-level dq"), &dev.download(&dq2).unwrap(), &r.dq, 1e-3 * max_abs(&r.dq) + 1e-5 * natural_grad(&q, n, c, t as f64), 1e-3);
             }
         }
     }
@@ -197,8 +224,9 @@ fn moco_v3_loss_matches_reference() {
 fn enqueue_wraps_and_matches_reference() {
     let Some(dev) = device("enqueue_wraps_and_matches_reference") else { return };
     let mut rng = StdRng::seed_from_u64(6);
-    // (N, C, K, ptr): single row, wrap-around, odd C (16-bit elements sharing a pair across rows), N = K
-    for (n, c, kk, ptr) in [(1usize, 10usize, 1usize, 0usize), (3, 7, 10, 8), (5, 130, 37, 35), (4, 3, 5, 3), (37, 10, 37, 5), (2, 1, 9, 8), (64, 129, 1000, 990)] {
+    // (N, C, K, ptr): single row, wrap-around, odd C (16-bit elements sharing a pair across rows), N = K (also with
+    // ptr*C odd, where both segments touch the pair holding element ptr*C)
+    for (n, c, kk, ptr) in [(1usize, 10usize, 1usize, 0usize), (3, 7, 10, 8), (5, 130, 37, 35), (4, 3, 5, 3), (37, 10, 37, 5), (2, 1, 9, 8), (64, 129, 1000, 990), (5, 3, 5, 3), (3, 5, 4, 1)] {
         for dt in DTYPES {
             let mut queue = dev.queue_from_f32(&random(&mut rng, kk * c), dt).unwrap();
             let before = dev.queue_to_f32(&queue).unwrap();

@@ -1,7 +1,8 @@
 //! Library checks, NVRTC compilation and the per-context module cache of the CUDA backend.
 //!
 //! Every `.cu` file of `kernels/` is embedded at build time and compiled by NVRTC the first time one of its kernels
-//! is launched on a context, for that device's compute capability (`--gpu-architecture=sm_XY`). The module (one per
+//! is launched on a context, for that device's compute capability (`--gpu-architecture=sm_XY`), and loaded as CUBIN
+//! (PTX if the driver rejects the CUBIN). The module (one per
 //! file) and its functions are then cached per CUDA context for the rest of the process; a cached module keeps its
 //! context alive.
 
@@ -96,19 +97,63 @@ fn source(file: &'static str) -> Result<&'static str> {
     SOURCES.iter().find(|(f, _)| *f == file).map(|(_, s)| *s).ok_or_else(|| Error::Compile(format!("no embedded kernel file {file}")))
 }
 
-/// Compiles `file` to PTX with NVRTC for compute capability `(major, minor)`.
-pub(crate) fn compile(file: &'static str, major: i32, minor: i32) -> Result<cudarc::nvrtc::Ptx> {
+/// NVRTC's output for one file: the CUBIN (SASS for the device's architecture) and the PTX of the same compilation.
+pub(crate) struct Compiled {
+    /// The CUBIN; `None` when NVRTC produced none.
+    pub cubin: Option<Vec<u8>>,
+    /// The PTX text.
+    pub ptx: String,
+}
+
+/// Compiles `file` with NVRTC for compute capability `(major, minor)` (`--gpu-architecture=sm_XY`), keeping both
+/// the CUBIN and the PTX. The CUBIN is what gets loaded: a driver older than the NVRTC release cannot JIT the newer
+/// PTX ISA (CUDA_ERROR_UNSUPPORTED_PTX_VERSION) but still loads its SASS; the PTX is the fallback.
+pub(crate) fn compile(file: &'static str, major: i32, minor: i32) -> Result<Compiled> {
+    use cudarc::nvrtc::{result, sys};
+    use std::ffi::{CStr, CString};
     check_nvrtc()?;
     let src = source(file)?;
     no_panic("NVRTC", || {
-        let opts = cudarc::nvrtc::CompileOptions { options: vec![format!("--gpu-architecture=sm_{major}{minor}")], name: Some(file.to_string()), ..Default::default() };
-        cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| match e {
-            cudarc::nvrtc::CompileError::CompileError { nvrtc, options, log } => {
-                Error::Compile(format!("{file} ({nvrtc:?}, options {options:?}):\n{}", log.to_string_lossy()))
-            }
-            other => Error::Compile(format!("{file}: {other:?}")),
-        })
+        let c_src = CString::new(src).map_err(|e| Error::Compile(format!("{file}: {e}")))?;
+        let c_name = CString::new(file).map_err(|e| Error::Compile(format!("{file}: {e}")))?;
+        let options = [format!("--gpu-architecture=sm_{major}{minor}")];
+        let prog = result::create_program(&c_src, Some(&c_name)).map_err(|e| Error::Compile(format!("{file}: {e:?}")))?;
+        // SAFETY: `prog` was created above and is destroyed once, after its last use; `c_src` and `c_name` outlive it.
+        let out = unsafe {
+            (|| {
+                if let Err(e) = result::compile_program(prog, &options) {
+                    let log = result::get_program_log(prog).map(|l| CStr::from_ptr(l.as_ptr()).to_string_lossy().into_owned()).unwrap_or_default();
+                    return Err(Error::Compile(format!("{file} ({e:?}, options {options:?}):\n{log}")));
+                }
+                let ptx = result::get_ptx(prog).map_err(|e| Error::Compile(format!("{file}: PTX: {e:?}")))?;
+                let ptx = CStr::from_ptr(ptx.as_ptr()).to_string_lossy().into_owned();
+                let mut size = 0usize;
+                let cubin = if sys::nvrtcGetCUBINSize(prog, &mut size).result().is_ok() && size > 0 {
+                    let mut buf = vec![0u8; size];
+                    sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr().cast()).result().ok().map(|_| buf)
+                } else {
+                    None
+                };
+                Ok(Compiled { cubin, ptx })
+            })()
+        };
+        // SAFETY: see above; destroyed exactly once.
+        let _ = unsafe { result::destroy_program(prog) };
+        out
     })
+}
+
+/// Loads the CUBIN of `c`, or its PTX when there is no CUBIN or the driver rejects it.
+fn load(ctx: &Arc<CudaContext>, file: &str, major: i32, minor: i32, c: Compiled) -> Result<Arc<CudaModule>> {
+    use cudarc::nvrtc::Ptx;
+    let cubin_err = match c.cubin {
+        Some(bin) => match ctx.load_module(Ptx::from_binary(bin)) {
+            Ok(m) => return Ok(m),
+            Err(e) => format!("{e:?}"),
+        },
+        None => "none produced".to_string(),
+    };
+    ctx.load_module(Ptx::from_src(c.ptx)).map_err(|e| Error::Cuda(format!("loading {file} (sm_{major}{minor}): CUBIN: {cubin_err}; PTX: {e:?}")))
 }
 
 type ModuleKey = (usize, &'static str);
@@ -131,8 +176,8 @@ pub(crate) fn module(ctx: &Arc<CudaContext>, file: &'static str) -> Result<Arc<C
         return Ok(m.clone());
     }
     let (major, minor) = ctx.compute_capability()?;
-    let ptx = compile(file, major, minor)?;
-    let m = no_panic("CUDA module load", || ctx.load_module(ptx).map_err(|e| Error::Cuda(format!("loading {file} (sm_{major}{minor}): {e:?}"))))?;
+    let compiled = compile(file, major, minor)?;
+    let m = no_panic("CUDA module load", || load(ctx, file, major, minor, compiled))?;
     cache.insert(key, m.clone());
     Ok(m)
 }
@@ -162,3 +207,28 @@ pub(crate) fn cfg(grid: (u32, u32, u32)) -> cudarc::driver::LaunchConfig {
 pub(crate) const MAX_GRID_X: usize = i32::MAX as usize;
 /// Largest grid y and z.
 pub(crate) const MAX_GRID_YZ: usize = 65535;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `compile` yields an ELF CUBIN and a PTX with every launched entry point (no GPU needed; skipped without NVRTC).
+    #[test]
+    fn compile_yields_cubin_and_ptx() {
+        if check_nvrtc().is_err() {
+            eprintln!("compile_yields_cubin_and_ptx: skipped: no libnvrtc");
+            return;
+        }
+        for (file, entries) in ENTRY_POINTS {
+            for (major, minor) in [(8, 0), (9, 0)] {
+                let c = compile(file, major, minor).unwrap_or_else(|e| panic!("{file} sm_{major}{minor}: {e}"));
+                let cubin = c.cubin.unwrap_or_else(|| panic!("{file} sm_{major}{minor}: no CUBIN"));
+                assert!(cubin.starts_with(b"\x7fELF"), "{file} sm_{major}{minor}: CUBIN is not ELF");
+                assert!(c.ptx.contains(&format!(".target sm_{major}{minor}")), "{file}: PTX target");
+                for name in entries.iter() {
+                    assert!(c.ptx.contains(&format!(".entry {name}(")), "{file} sm_{major}{minor}: no entry {name}");
+                }
+            }
+        }
+    }
+}

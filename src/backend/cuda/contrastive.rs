@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 // SAFETY: #[repr(C)] plain-old-data of 4-byte fields, the layout of `struct Params` in kernels/contrastive.cu.
 unsafe impl DeviceRepr for Params {}
+const _: () = assert!(std::mem::size_of::<Params>() == 48 && std::mem::align_of::<Params>() == 4);
 
 /// Words of the stats buffer written by `infonce_reduce`: loss (f32 bits), top1, top5, padding.
 pub const STATS_WORDS: usize = 4;

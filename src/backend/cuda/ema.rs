@@ -19,6 +19,7 @@ struct EmaParams {
 
 // SAFETY: #[repr(C)] plain-old-data (u32, u32, f32, u32), the layout of `struct EmaParams` in kernels/ema.cu.
 unsafe impl DeviceRepr for EmaParams {}
+const _: () = assert!(std::mem::size_of::<EmaParams>() == 16);
 
 /// Blocks of the grid-stride `ema_update` launch (256 threads each), as in the wgpu backend.
 const EMA_BLOCKS: u32 = 1024;
@@ -46,7 +47,8 @@ pub fn ema_update(stream: &Arc<CudaStream>, k: &mut CudaSlice<f32>, q: &CudaSlic
 /// How it works (apex `multi_tensor_apply` style): every tensor is cut into chunks of [`EMA_CHUNK`] elements and
 /// the host uploads one metadata buffer of u64 words, `[k_ptr, q_ptr, len]` per tensor followed by one word per
 /// chunk (`tensor | chunk << 32`); `ema_multi_tensor` runs one 256-thread block per chunk, which reads its chunk
-/// word, then its tensor's pointers and length. Empty pairs are skipped; a length mismatch fails before any work.
+/// word, then its tensor's pointers and length. As on the CPU, an empty pair, a length mismatch or m outside
+/// [0, 1] fails before any work.
 pub fn ema_update_multi(stream: &Arc<CudaStream>, pairs: &mut [(&mut CudaSlice<f32>, &CudaSlice<f32>)], momentum: f32) -> Result<()> {
     // The validation of the CPU's ema_update_multi: every pair non-empty, of equal lengths, m in [0, 1].
     for (i, (k, q)) in pairs.iter().enumerate() {

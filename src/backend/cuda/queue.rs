@@ -72,6 +72,7 @@ impl CudaQueue {
 
 // SAFETY: #[repr(C)] plain-old-data of eight u32, the layout of `struct QueueParams` in kernels/queue.cu.
 unsafe impl DeviceRepr for QueueParams {}
+const _: () = assert!(std::mem::size_of::<QueueParams>() == 32 && std::mem::align_of::<QueueParams>() == 4);
 
 /// Writes `keys: [N, C]` (raw f32; L2-normalised here) into rows `ptr, ptr+1, ... (mod K)` of `queue: [K, C]` and
 /// returns the new pointer `(ptr + N) % K`. Runs asynchronously on `stream`.
@@ -100,8 +101,8 @@ pub fn enqueue(stream: &Arc<CudaStream>, queue: &mut CudaQueue, keys: &CudaSlice
         CudaQueue::F16(q) | CudaQueue::BF16(q) => {
             let f = function(stream, "queue.cu", "enqueue_packed16")?;
             // SAFETY: enqueue_packed16(QueueParams, const float* kh [N*C], unsigned short* queue [K*C]); thread t
-            // handles elements 2w, 2w+1 of the written range, stores only elements < K*C, and reads kh only at
-            // rows r < N.
+            // handles elements 2w, 2w+1 and stores only those inside its segment of the written range (< K*C), so
+            // it reads kh only at rows r < N.
             unsafe { stream.launch_builder(&f).arg(&p).arg(&kh).arg(q).launch(grid) }?;
         }
     }
