@@ -66,3 +66,44 @@ pub fn gemm_tn(dst: &mut [f32], dst_rs: usize, a: &[f32], a_rs: usize, b: &[f32]
         );
     }
 }
+
+/// General strided GEMM: `dst[i, j] = (accumulate ? dst[i, j] : 0) + alpha * Σ_p a[i, p] · b[p, j]` for
+/// `i < m, j < n, p < k`, where element `(i, p)` of `a` sits at `a[i * a_rs + p * a_cs]`, `(p, j)` of `b` at
+/// `b[p * b_rs + j * b_cs]` and `(i, j)` of `dst` at `dst[i * dst_rs + j * dst_cs]`. Transposes are strides.
+/// `parallel` lets the `gemm` crate split the product over the rayon pool (for callers that do not parallelise
+/// over their own tiles).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_strided(
+    dst: &mut [f32], dst_rs: usize, dst_cs: usize,
+    a: &[f32], a_rs: usize, a_cs: usize,
+    b: &[f32], b_rs: usize, b_cs: usize,
+    m: usize, n: usize, k: usize, alpha: f32, accumulate: bool, parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst.len() > (m - 1) * dst_rs + (n - 1) * dst_cs);
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                for j in 0..n {
+                    dst[i * dst_rs + j * dst_cs] = 0.0;
+                }
+            }
+        }
+        return;
+    }
+    assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs && b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
+    let par = if parallel && rayon::current_num_threads() > 1 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    // SAFETY: the asserts above keep every index the kernel touches inside the three slices; `dst` is borrowed
+    // mutably, so it does not alias `a` or `b`.
+    unsafe {
+        gemm::gemm(
+            m, n, k,
+            dst.as_mut_ptr(), dst_cs as isize, dst_rs as isize, accumulate,
+            a.as_ptr(), a_cs as isize, a_rs as isize,
+            b.as_ptr(), b_cs as isize, b_rs as isize,
+            1.0, alpha, false, false, false, par,
+        );
+    }
+}

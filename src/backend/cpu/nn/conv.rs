@@ -1,0 +1,277 @@
+//! 2-D convolution without bias, NCHW, weight `[C_out, C_in, KH, KW]` (torch layout), by im2col + GEMM.
+//!
+//! Forward, per image: `col [C_in*KH*KW, OH*OW] = im2col(inp_n)`, then `out_n [C_out, OH*OW] = weight · col`.
+//! Backward, per image: im2col again (recomputing is cheaper than keeping the columns), `dweight += dout_n · colᵀ`,
+//! and `dcol = weightᵀ · dout_n`, scattered back by col2im into `dinp_n`. A 1x1 stride-1 unpadded convolution
+//! skips im2col/col2im (the image is its own column matrix).
+//!
+//! Parallelism: with at least as many images as rayon threads, the batch is split into one contiguous range of
+//! images per thread, each with its own slice of `scratch` (columns, and a partial `dweight` in backward);
+//! otherwise the images run in turn and the GEMM itself is parallel.
+
+use super::check;
+use crate::backend::cpu::gemm::gemm_strided;
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+
+/// A validated 2-D convolution problem: `inp [N, C_in, H, W]`, `weight [C_out, C_in, KH, KW]`,
+/// `out [N, C_out, OH, OW]` with `OH = (H + 2*pad - KH) / stride + 1` (likewise OW). Zero padding, no bias,
+/// no dilation, no groups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dShape {
+    /// Batch N.
+    pub n: usize,
+    /// Input channels C_in.
+    pub c_in: usize,
+    /// Input height H.
+    pub h: usize,
+    /// Input width W.
+    pub w: usize,
+    /// Output channels C_out.
+    pub c_out: usize,
+    /// Kernel height KH.
+    pub kh: usize,
+    /// Kernel width KW.
+    pub kw: usize,
+    /// Stride (both directions).
+    pub stride: usize,
+    /// Zero padding (both directions, both sides).
+    pub pad: usize,
+}
+
+impl Conv2dShape {
+    /// Validates every size >= 1, stride >= 1, an output of at least 1x1, and that no tensor (nor the im2col
+    /// matrix of one image) exceeds `i32::MAX` elements.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(n: usize, c_in: usize, h: usize, w: usize, c_out: usize, kh: usize, kw: usize, stride: usize, pad: usize) -> Result<Self> {
+        let op = "conv2d";
+        for (what, v) in [("N", n), ("C_in", c_in), ("H", h), ("W", w), ("C_out", c_out), ("KH", kh), ("KW", kw), ("stride", stride)] {
+            check::positive(op, what, v)?;
+        }
+        let padded = |x: usize| pad.checked_mul(2).and_then(|p| p.checked_add(x));
+        let (ph, pw) = match (padded(h), padded(w)) {
+            (Some(a), Some(b)) => (a, b),
+            _ => return Err(Error::shape(op, "H + 2*pad without overflow", format!("pad = {pad}"))),
+        };
+        if ph < kh || pw < kw {
+            return Err(Error::shape(op, "kernel no larger than the padded input (output >= 1x1)", format!("{kh}x{kw} kernel on {h}x{w} input with pad {pad}")));
+        }
+        let s = Self { n, c_in, h, w, c_out, kh, kw, stride, pad };
+        let (oh, ow) = (s.out_h(), s.out_w());
+        check::elems(op, "inp", &[n, c_in, h, w])?;
+        check::elems(op, "out", &[n, c_out, oh, ow])?;
+        check::elems(op, "weight", &[c_out, c_in, kh, kw])?;
+        check::elems(op, "im2col columns", &[c_in, kh, kw, oh, ow])?;
+        Ok(s)
+    }
+    /// Output height `(H + 2*pad - KH) / stride + 1`.
+    pub fn out_h(&self) -> usize {
+        (self.h + 2 * self.pad - self.kh) / self.stride + 1
+    }
+    /// Output width `(W + 2*pad - KW) / stride + 1`.
+    pub fn out_w(&self) -> usize {
+        (self.w + 2 * self.pad - self.kw) / self.stride + 1
+    }
+    /// Elements of `inp`: N*C_in*H*W.
+    pub fn inp_len(&self) -> usize {
+        self.n * self.c_in * self.h * self.w
+    }
+    /// Elements of `out`: N*C_out*OH*OW.
+    pub fn out_len(&self) -> usize {
+        self.n * self.c_out * self.out_h() * self.out_w()
+    }
+    /// Elements of `weight`: C_out*C_in*KH*KW.
+    pub fn weight_len(&self) -> usize {
+        self.c_out * self.c_in * self.kh * self.kw
+    }
+    /// Whether the convolution is a 1x1, stride 1, unpadded one (no im2col needed).
+    pub fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+    /// Elements of one image's im2col matrix `[C_in*KH*KW, OH*OW]` (0 for a pointwise convolution).
+    pub fn col_len(&self) -> usize {
+        if self.is_pointwise() {
+            0
+        } else {
+            self.c_in * self.kh * self.kw * self.out_h() * self.out_w()
+        }
+    }
+    fn check(&self, what: &[(&str, usize, usize)]) -> Result<()> {
+        for &(name, expected, got) in what {
+            check::len("conv2d", name, expected, got)?;
+        }
+        Ok(())
+    }
+}
+
+/// How the batch is split: `per` images per task, `tasks` tasks, and whether the GEMM itself runs in parallel.
+fn plan(n: usize) -> (usize, usize, bool) {
+    let t = rayon::current_num_threads().max(1);
+    if n >= t {
+        let per = n.div_ceil(t);
+        (per, n.div_ceil(per), false)
+    } else {
+        (n, 1, t > 1)
+    }
+}
+
+/// The range of output positions `o` for which `o*stride + k_off - pad` lies in `[0, in_len)`, clamped to
+/// `[0, out_len)`.
+fn valid_range(k_off: usize, pad: usize, stride: usize, in_len: usize, out_len: usize) -> (usize, usize) {
+    let lo = if pad > k_off { (pad - k_off).div_ceil(stride) } else { 0 };
+    let hi = if in_len + pad > k_off { (in_len + pad - k_off).div_ceil(stride) } else { 0 };
+    let lo = lo.min(out_len);
+    (lo, hi.min(out_len).max(lo))
+}
+
+/// `col [C_in*KH*KW, OH*OW]` from one image `img [C_in, H, W]`; padding reads as zero.
+fn im2col(col: &mut [f32], img: &[f32], s: &Conv2dShape) {
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let ohw = oh * ow;
+    for c in 0..s.c_in {
+        let plane = &img[c * s.h * s.w..(c + 1) * s.h * s.w];
+        for ki in 0..s.kh {
+            let (ylo, yhi) = valid_range(ki, s.pad, s.stride, s.h, oh);
+            for kj in 0..s.kw {
+                let r = (c * s.kh + ki) * s.kw + kj;
+                let row = &mut col[r * ohw..(r + 1) * ohw];
+                let (xlo, xhi) = valid_range(kj, s.pad, s.stride, s.w, ow);
+                row[..ylo * ow].fill(0.0);
+                row[yhi * ow..].fill(0.0);
+                for oy in ylo..yhi {
+                    let iy = oy * s.stride + ki - s.pad;
+                    let src = &plane[iy * s.w..(iy + 1) * s.w];
+                    let dst = &mut row[oy * ow..(oy + 1) * ow];
+                    dst[..xlo].fill(0.0);
+                    dst[xhi..].fill(0.0);
+                    if s.stride == 1 {
+                        let x0 = xlo + kj - s.pad;
+                        dst[xlo..xhi].copy_from_slice(&src[x0..x0 + (xhi - xlo)]);
+                    } else {
+                        for (ox, d) in dst[xlo..xhi].iter_mut().enumerate() {
+                            *d = src[(ox + xlo) * s.stride + kj - s.pad];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `img [C_in, H, W] += col2im(col)`: the adjoint of [`im2col`] (padding positions are dropped).
+fn col2im_add(img: &mut [f32], col: &[f32], s: &Conv2dShape) {
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let ohw = oh * ow;
+    for c in 0..s.c_in {
+        let plane = &mut img[c * s.h * s.w..(c + 1) * s.h * s.w];
+        for ki in 0..s.kh {
+            let (ylo, yhi) = valid_range(ki, s.pad, s.stride, s.h, oh);
+            for kj in 0..s.kw {
+                let r = (c * s.kh + ki) * s.kw + kj;
+                let row = &col[r * ohw..(r + 1) * ohw];
+                let (xlo, xhi) = valid_range(kj, s.pad, s.stride, s.w, ow);
+                for oy in ylo..yhi {
+                    let iy = oy * s.stride + ki - s.pad;
+                    let dst = &mut plane[iy * s.w..(iy + 1) * s.w];
+                    let src = &row[oy * ow..(oy + 1) * ow];
+                    if s.stride == 1 {
+                        let x0 = xlo + kj - s.pad;
+                        for (d, v) in dst[x0..x0 + (xhi - xlo)].iter_mut().zip(&src[xlo..xhi]) {
+                            *d += v;
+                        }
+                    } else {
+                        for (ox, v) in src[xlo..xhi].iter().enumerate() {
+                            dst[(ox + xlo) * s.stride + kj - s.pad] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Convolution forward: `out [N, C_out, OH, OW] = conv2d(inp [N, C_in, H, W], weight [C_out, C_in, KH, KW])`
+/// (overwrites `out`). `scratch` is grown as needed to hold one im2col matrix per task and may be reused across
+/// calls and layers.
+pub fn conv2d_forward(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weight: &[f32], shape: &Conv2dShape) -> Result<()> {
+    let s = *shape;
+    s.check(&[("inp [N*C_in*H*W]", s.inp_len(), inp.len()), ("weight [C_out*C_in*KH*KW]", s.weight_len(), weight.len()), ("out [N*C_out*OH*OW]", s.out_len(), out.len())])?;
+    let (k, ohw) = (s.c_in * s.kh * s.kw, s.out_h() * s.out_w());
+    let (in_img, out_img, col_len) = (s.c_in * s.h * s.w, s.c_out * ohw, s.col_len().max(1));
+    let (per, tasks, par_gemm) = plan(s.n);
+    if scratch.len() < tasks * col_len {
+        scratch.resize(tasks * col_len, 0.0);
+    }
+    inp.par_chunks(per * in_img).zip(out.par_chunks_mut(per * out_img)).zip(scratch.par_chunks_mut(col_len)).for_each(|((x, y), col)| {
+        for (x_n, y_n) in x.chunks(in_img).zip(y.chunks_mut(out_img)) {
+            let b: &[f32] = if s.is_pointwise() {
+                x_n
+            } else {
+                im2col(col, x_n, &s);
+                col
+            };
+            // y_n [C_out, OHW] = weight [C_out, K] · b [K, OHW]
+            gemm_strided(y_n, ohw, 1, weight, k, 1, b, ohw, 1, s.c_out, ohw, k, 1.0, false, par_gemm);
+        }
+    });
+    Ok(())
+}
+
+/// Convolution backward: `dweight [C_out, C_in, KH, KW] += Σ_n dout_n · im2col(inp_n)ᵀ` and, when given,
+/// `dinp [N, C_in, H, W] += col2im(weightᵀ · dout_n)` (pass `None` for the first layer). `dout: [N, C_out, OH, OW]`.
+/// `scratch` is grown to hold, per task, one im2col matrix and one partial `dweight`.
+pub fn conv2d_backward(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &mut Vec<f32>, dout: &[f32], inp: &[f32], weight: &[f32], shape: &Conv2dShape) -> Result<()> {
+    let s = *shape;
+    s.check(&[
+        ("inp [N*C_in*H*W]", s.inp_len(), inp.len()),
+        ("weight [C_out*C_in*KH*KW]", s.weight_len(), weight.len()),
+        ("dout [N*C_out*OH*OW]", s.out_len(), dout.len()),
+        ("dweight [C_out*C_in*KH*KW]", s.weight_len(), dweight.len()),
+    ])?;
+    check::opt_len("conv2d", "dinp [N*C_in*H*W]", s.inp_len(), dinp.as_ref().map(|d| d.len()))?;
+    let (k, ohw) = (s.c_in * s.kh * s.kw, s.out_h() * s.out_w());
+    let (in_img, out_img, col_len, wl) = (s.c_in * s.h * s.w, s.c_out * ohw, s.col_len().max(1), s.weight_len());
+    let (per, tasks, par_gemm) = plan(s.n);
+    let task_len = col_len + wl;
+    if scratch.len() < tasks * task_len {
+        scratch.resize(tasks * task_len, 0.0);
+    }
+    let dinp_chunks: Vec<Option<&mut [f32]>> = match dinp {
+        Some(d) => d.chunks_mut(per * in_img).map(Some).collect(),
+        None => (0..tasks).map(|_| None).collect(),
+    };
+    let scratch = &mut scratch[..tasks * task_len];
+    inp.par_chunks(per * in_img)
+        .zip(dout.par_chunks(per * out_img))
+        .zip(scratch.par_chunks_mut(task_len))
+        .zip(dinp_chunks.into_par_iter())
+        .for_each(|(((x, dy), buf), mut dx)| {
+            let (col, dw) = buf.split_at_mut(col_len);
+            for (i, (x_n, dy_n)) in x.chunks(in_img).zip(dy.chunks(out_img)).enumerate() {
+                let b: &[f32] = if s.is_pointwise() {
+                    x_n
+                } else {
+                    im2col(col, x_n, &s);
+                    col
+                };
+                // dw [C_out, K] (+)= dy_n [C_out, OHW] · b [K, OHW]ᵀ
+                gemm_strided(dw, k, 1, dy_n, ohw, 1, b, 1, ohw, s.c_out, k, ohw, 1.0, i > 0, par_gemm);
+                if let Some(dx) = dx.as_deref_mut() {
+                    let dx_n = &mut dx[i * in_img..(i + 1) * in_img];
+                    // [K, OHW] = weightᵀ [K, C_out] · dy_n [C_out, OHW]
+                    if s.is_pointwise() {
+                        gemm_strided(dx_n, ohw, 1, weight, 1, k, dy_n, ohw, 1, k, ohw, s.c_out, 1.0, true, par_gemm);
+                    } else {
+                        gemm_strided(col, ohw, 1, weight, 1, k, dy_n, ohw, 1, k, ohw, s.c_out, 1.0, false, par_gemm);
+                        col2im_add(dx_n, col, &s);
+                    }
+                }
+            }
+        });
+    // dweight += Σ_tasks partial dweight (fixed order: deterministic for a given thread count)
+    for t in 0..tasks {
+        let part = &scratch[t * task_len + col_len..(t + 1) * task_len];
+        dweight.par_iter_mut().zip(part.par_iter()).for_each(|(d, p)| *d += p);
+    }
+    Ok(())
+}
