@@ -192,6 +192,32 @@ def bench_ema(device, quick, only):
         emit("ema_flat_lerp", params, time_fn(flat, device, iters, warmup), device)
 
 
+# ---------------------------------------------------------------- ResNet-18
+def bench_resnet18(device, quick, only):
+    """ResNet-18 with the CIFAR stem (conv 3x3/1, no maxpool), 10 classes, batch 64 at 32x32: forward + backward."""
+    name = "resnet18_cifar_fwd_bwd"
+    if only and only not in name:
+        return
+    import torch.nn as nn
+    import torchvision
+
+    torch.manual_seed(0)
+    m = torchvision.models.resnet18(num_classes=10)
+    m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    m.maxpool = nn.Identity()
+    m = m.to(device).train()
+    x = torch.randn(64, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (64,), device=device)
+    crit = nn.CrossEntropyLoss()
+
+    def step():
+        m.zero_grad(set_to_none=False)
+        crit(m(x), y).backward()
+
+    iters, warmup = (3, 1) if quick else (10, 2)
+    emit(name, {"N": 64, "H": 32, "W": 32, "classes": 10}, time_fn(step, device, iters, warmup), device)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -209,6 +235,7 @@ def main():
     bench_moco_head(device, args.quick, args.only)
     bench_moco_v3(device, args.quick, args.only)
     bench_ema(device, args.quick, args.only)
+    bench_resnet18(device, args.quick, args.only)
 
 
 if __name__ == "__main__":
