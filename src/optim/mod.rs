@@ -1,2 +1,193 @@
-//! Optimisers over flat parameter buffers (SGD, LARS, AdamW) and learning-rate / momentum schedules. Work in
-//! progress for the ResNet issue.
+//! Optimisers over flat parameter buffers (SGD, LARS, AdamW) and learning-rate / momentum schedules.
+//!
+//! All parameters of a model live in one flat `f32` buffer `params: [len]`, the gradients in another of the
+//! same layout, and each optimiser keeps its state (momentum buffer, moments) in buffers of that layout too.
+//! A step is then one fused elementwise pass over the flat buffers (LARS adds one per-tensor reduction before
+//! it), which maps 1:1 onto a GPU kernel: the CPU versions here are the reference that the WGSL and CUDA
+//! kernels will be tested against.
+//!
+//! | optimiser | reference | per-tensor information |
+//! |---|---|---|
+//! | [`Sgd`] | `torch.optim.SGD` (momentum, dampening, weight decay, Nesterov) | none |
+//! | [`Lars`] | facebookresearch/moco-v3 `moco/optimizer.py` `LARS` | [`ParamSpans`]: norms per tensor, 1-d tensors excluded |
+//! | [`AdamW`] | `torch.optim.AdamW` (decoupled weight decay, bias correction, no amsgrad) | none |
+//!
+//! Schedules ([`schedule`]) are functions of a (fractional) epoch, as in facebookresearch/moco and moco-v3.
+//!
+//! Hyperparameters are f64, like the Python floats torch receives, and are rounded to f32 where they meet the
+//! tensors, as torch's CPU kernels round their scalar arguments; derived scalars (`1 - beta2`, `1 - lr * wd`,
+//! bias corrections) are computed in f64 first, as in Python. This is what makes `(1 - 0.999)` the f32 nearest
+//! 0.001 rather than `1 - f32(0.999)`.
+//!
+//! ```
+//! use moco::optim::{Optimizer, Sgd, SgdConfig, schedule::LrSchedule};
+//! let (mut params, grads) = (vec![1.0f32; 8], vec![0.5f32; 8]);
+//! let sched = LrSchedule::cosine(0.03, 200.0).unwrap();
+//! let mut opt = Sgd::new(SgdConfig::new(0.03, 0.9, 1e-4), params.len()).unwrap();
+//! for epoch in 0..2 {
+//!     opt.set_lr(sched.lr(epoch as f64).unwrap()).unwrap();
+//!     opt.step(&mut params, &grads).unwrap();
+//! }
+//! assert!(params[0] < 1.0);
+//! ```
+
+pub mod adamw;
+pub mod lars;
+pub mod schedule;
+pub mod sgd;
+
+pub use adamw::{adamw_step, AdamW, AdamWConfig};
+pub use lars::{lars_norms, lars_step, lars_update, trust_ratio, Lars, LarsConfig};
+pub use schedule::{LrSchedule, MomentumSchedule};
+pub use sgd::{sgd_step, Sgd, SgdConfig};
+
+use crate::error::{Error, Result};
+use crate::nn::Layout;
+
+/// Elements per rayon task in the elementwise passes: 128 KiB of each buffer, the analogue of a GPU grid's
+/// block of work.
+pub const OPTIM_CHUNK: usize = 1 << 15;
+
+/// One tensor of a flat parameter buffer: elements `offset..offset + len`, with `ndim` dimensions.
+///
+/// `ndim` matters to LARS only: tensors with `ndim <= 1` (biases, BatchNorm / LayerNorm weights) get neither
+/// weight decay nor the trust ratio, as in moco-v3's `if p.ndim > 1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ParamSpan {
+    /// Offset of the first element in the flat buffer.
+    pub offset: usize,
+    /// Number of elements (the product of the tensor's shape).
+    pub len: usize,
+    /// Number of dimensions of the tensor (1 for a bias, 2 for a linear weight, 4 for a conv weight).
+    pub ndim: usize,
+}
+
+impl ParamSpan {
+    /// The element range in the flat buffer.
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.len
+    }
+    /// True when LARS applies weight decay and the trust ratio (`ndim > 1`).
+    pub fn is_matrix(&self) -> bool {
+        self.ndim > 1
+    }
+}
+
+/// A validated list of [`ParamSpan`]s that tile a flat buffer: back to back from offset 0, each at least one
+/// element, in buffer order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamSpans {
+    spans: Vec<ParamSpan>,
+    len: usize,
+}
+
+impl ParamSpans {
+    /// Validates that `spans` tile `0..total` (each `offset` equals the previous end, each `len >= 1`, at least
+    /// one span) and that the total fits the GPU kernels' 32-bit indexing.
+    pub fn new(spans: Vec<ParamSpan>) -> Result<Self> {
+        let op = "param_spans";
+        if spans.is_empty() {
+            return Err(Error::shape(op, "at least one span", "no spans"));
+        }
+        let mut end = 0usize;
+        for (i, s) in spans.iter().enumerate() {
+            if s.offset != end {
+                return Err(Error::shape(op, format!("span {i} at offset {end} (back to back)"), format!("offset {}", s.offset)));
+            }
+            if s.len == 0 {
+                return Err(Error::shape(op, format!("span {i} with len >= 1"), "len 0"));
+            }
+            end = end.checked_add(s.len).ok_or_else(|| Error::shape(op, "a total length that fits usize", format!("overflow at span {i}")))?;
+        }
+        check_buffer_len(op, end)?;
+        Ok(Self { spans, len: end })
+    }
+    /// Spans from tensor shapes packed back to back (`ndim = shape.len()`, `len = product`).
+    pub fn from_shapes(shapes: &[&[usize]]) -> Result<Self> {
+        let mut offset = 0usize;
+        let mut spans = Vec::with_capacity(shapes.len());
+        for s in shapes {
+            let len = s.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::shape("param_spans", "a shape whose product fits usize", format!("{s:?}")))?;
+            spans.push(ParamSpan { offset, len, ndim: s.len() });
+            offset = offset.saturating_add(len);
+        }
+        Self::new(spans)
+    }
+    /// Spans of every tensor of a model [`Layout`] (which packs its tensors back to back).
+    pub fn from_layout(layout: &Layout) -> Result<Self> {
+        Self::new(layout.tensors.iter().map(|t| ParamSpan { offset: t.offset, len: t.len(), ndim: t.shape.len() }).collect())
+    }
+    /// The spans, in buffer order.
+    pub fn spans(&self) -> &[ParamSpan] {
+        &self.spans
+    }
+    /// Total elements (the flat buffer length).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Always false: a validated list holds at least one element.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// An optimiser that owns its state buffers and updates a flat parameter buffer in place.
+pub trait Optimizer {
+    /// One step: updates `params: [len]` from `grads: [len]` (same layout) and the optimiser state.
+    fn step(&mut self, params: &mut [f32], grads: &[f32]) -> Result<()>;
+    /// The learning rate of the next step.
+    fn lr(&self) -> f64;
+    /// Sets the learning rate of the following steps (what a schedule does every step or epoch); finite, >= 0.
+    fn set_lr(&mut self, lr: f64) -> Result<()>;
+    /// Steps taken so far (torch's `state['step']`; SGD uses it to detect the first step).
+    fn steps(&self) -> u64;
+    /// Sets the step count (when resuming from a checkpoint, together with [`Optimizer::state_mut`]).
+    fn set_steps(&mut self, steps: u64);
+    /// The state buffers by name (torch's names: `momentum_buffer`, `mu`, `exp_avg`, `exp_avg_sq`), each `[len]`.
+    fn state(&self) -> Vec<(&'static str, &[f32])>;
+    /// The state buffers, writable (to restore them from a checkpoint).
+    fn state_mut(&mut self) -> Vec<(&'static str, &mut [f32])>;
+}
+
+/// `len >= 1` and within 32-bit GPU indexing (the bound [`crate::EmaShape`] uses).
+pub(crate) fn check_buffer_len(op: &'static str, len: usize) -> Result<()> {
+    if len == 0 {
+        return Err(Error::shape(op, "len >= 1", "len = 0"));
+    }
+    if len > u32::MAX as usize / 2 {
+        return Err(Error::shape(op, format!("len <= {}", u32::MAX / 2), format!("len = {len}")));
+    }
+    Ok(())
+}
+
+/// A buffer that must hold `expected` elements.
+pub(crate) fn check_len(op: &'static str, what: &str, expected: usize, got: usize) -> Result<()> {
+    if expected != got {
+        return Err(Error::shape(op, format!("{what} of length {expected}"), format!("length {got}")));
+    }
+    Ok(())
+}
+
+/// A hyperparameter `>= 0`, finite in f64 and in f32 (where it meets the tensors).
+pub(crate) fn check_nonneg(op: &'static str, what: &str, v: f64) -> Result<()> {
+    if !(v.is_finite() && (v as f32).is_finite() && v >= 0.0) {
+        return Err(Error::shape(op, format!("finite {what} >= 0"), format!("{what} = {v}")));
+    }
+    Ok(())
+}
+
+/// A finite hyperparameter in `[0, 1)`.
+pub(crate) fn check_unit_open(op: &'static str, what: &str, v: f64) -> Result<()> {
+    if !(v.is_finite() && (0.0..1.0).contains(&v)) {
+        return Err(Error::shape(op, format!("{what} in [0, 1)"), format!("{what} = {v}")));
+    }
+    Ok(())
+}
+
+/// A finite hyperparameter in `[0, 1]`.
+pub(crate) fn check_unit_closed(op: &'static str, what: &str, v: f64) -> Result<()> {
+    if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
+        return Err(Error::shape(op, format!("{what} in [0, 1]"), format!("{what} = {v}")));
+    }
+    Ok(())
+}

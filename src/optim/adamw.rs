@@ -1,0 +1,155 @@
+//! AdamW, exactly `torch.optim.AdamW` without amsgrad (MoCo v3 trains ViTs with it: `lr 1.5e-4 * batch / 256,
+//! weight_decay 0.1`).
+//!
+//! At step `t` (1-based), per element, in f32 and in torch's order (the bias corrections in f64, as torch
+//! computes them from Python floats):
+//!
+//! ```text
+//! p   = p * (1 - lr * wd)                       decoupled weight decay
+//! m   = m + (1 - beta1) * (g - m)               torch's exp_avg.lerp_(g, 1 - beta1)
+//! v   = v * beta2 + (1 - beta2) * g * g
+//! bc1 = 1 - beta1^t,  bc2 = 1 - beta2^t
+//! p   = p - (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
+//! ```
+//!
+//! Weight decay applies to every element (as `torch.optim.AdamW(model.parameters(), ...)` in moco-v3 does).
+
+use super::{check_buffer_len, check_len, check_nonneg, check_unit_open, Optimizer, OPTIM_CHUNK};
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+
+/// Hyperparameters of [`AdamW`] (torch's defaults in [`AdamWConfig::new`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWConfig {
+    /// Learning rate, finite and >= 0.
+    pub lr: f64,
+    /// Decay of the first moment, in [0, 1) (torch default 0.9).
+    pub beta1: f64,
+    /// Decay of the second moment, in [0, 1) (torch default 0.999).
+    pub beta2: f64,
+    /// Added to `sqrt(v_hat)`, finite and > 0 (torch default 1e-8).
+    pub eps: f64,
+    /// Decoupled weight decay, finite and >= 0 (torch default 1e-2).
+    pub weight_decay: f64,
+}
+
+impl AdamWConfig {
+    /// `lr` and `weight_decay` with torch's `betas = (0.9, 0.999)` and `eps = 1e-8`.
+    pub fn new(lr: f64, weight_decay: f64) -> Self {
+        Self { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay }
+    }
+    /// Checks every hyperparameter: finite, `lr >= 0`, betas in [0, 1), `eps > 0`, `weight_decay >= 0`.
+    pub fn validate(&self) -> Result<()> {
+        let op = "adamw";
+        check_nonneg(op, "lr", self.lr)?;
+        check_unit_open(op, "beta1", self.beta1)?;
+        check_unit_open(op, "beta2", self.beta2)?;
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err(Error::shape(op, "finite eps > 0", format!("eps = {}", self.eps)));
+        }
+        check_nonneg(op, "weight_decay", self.weight_decay)
+    }
+}
+
+/// One AdamW step over flat buffers, the kernel of [`AdamW::step`].
+///
+/// `params, exp_avg, exp_avg_sq: [len]` are updated in place; `grads: [len]`. `step` is the 1-based index of
+/// this step (torch's `state['step']` after its increment), used by the bias corrections.
+pub fn adamw_step(params: &mut [f32], exp_avg: &mut [f32], exp_avg_sq: &mut [f32], grads: &[f32], config: &AdamWConfig, step: u64) -> Result<()> {
+    config.validate()?;
+    let op = "adamw";
+    if step == 0 {
+        return Err(Error::shape(op, "1-based step >= 1", "step = 0"));
+    }
+    let len = params.len();
+    check_buffer_len(op, len)?;
+    check_len(op, "grads", len, grads.len())?;
+    check_len(op, "exp_avg", len, exp_avg.len())?;
+    check_len(op, "exp_avg_sq", len, exp_avg_sq.len())?;
+    let AdamWConfig { lr, beta1, beta2, eps, weight_decay: wd } = *config;
+    // torch: Python floats (f64) for the scalars, rounded to f32 where they meet the tensors
+    let t = step.min(i32::MAX as u64) as i32;
+    let bc1 = 1.0 - beta1.powi(t);
+    let bc2 = 1.0 - beta2.powi(t);
+    let step_size = (lr / bc1) as f32;
+    let bc2_sqrt = bc2.sqrt() as f32;
+    let decay = (1.0 - lr * wd) as f32;
+    let decoupled = wd != 0.0;
+    let (one_minus_b1, beta2_f, one_minus_b2, eps) = ((1.0 - beta1) as f32, beta2 as f32, (1.0 - beta2) as f32, eps as f32);
+    params
+        .par_chunks_mut(OPTIM_CHUNK)
+        .zip(exp_avg.par_chunks_mut(OPTIM_CHUNK))
+        .zip(exp_avg_sq.par_chunks_mut(OPTIM_CHUNK))
+        .zip(grads.par_chunks(OPTIM_CHUNK))
+        .for_each(|(((pc, mc), vc), gc)| {
+            for (((p, m), v), &g) in pc.iter_mut().zip(mc.iter_mut()).zip(vc.iter_mut()).zip(gc) {
+                let pd = if decoupled { *p * decay } else { *p };
+                let mn = *m + one_minus_b1 * (g - *m);
+                let vn = *v * beta2_f + one_minus_b2 * g * g;
+                let denom = vn.sqrt() / bc2_sqrt + eps;
+                *m = mn;
+                *v = vn;
+                *p = pd - step_size * (mn / denom);
+            }
+        });
+    Ok(())
+}
+
+/// `torch.optim.AdamW` over one flat parameter buffer, owning its two moment buffers.
+#[derive(Clone, Debug)]
+pub struct AdamW {
+    config: AdamWConfig,
+    exp_avg: Vec<f32>,
+    exp_avg_sq: Vec<f32>,
+    steps: u64,
+}
+
+impl AdamW {
+    /// An optimiser for a flat buffer of `len` parameters; validates the configuration.
+    pub fn new(config: AdamWConfig, len: usize) -> Result<Self> {
+        config.validate()?;
+        check_buffer_len("adamw", len)?;
+        Ok(Self { config, exp_avg: vec![0.0; len], exp_avg_sq: vec![0.0; len], steps: 0 })
+    }
+    /// The hyperparameters.
+    pub fn config(&self) -> &AdamWConfig {
+        &self.config
+    }
+    /// First moment `[len]`.
+    pub fn exp_avg(&self) -> &[f32] {
+        &self.exp_avg
+    }
+    /// Second moment `[len]`.
+    pub fn exp_avg_sq(&self) -> &[f32] {
+        &self.exp_avg_sq
+    }
+}
+
+impl Optimizer for AdamW {
+    fn step(&mut self, params: &mut [f32], grads: &[f32]) -> Result<()> {
+        check_len("adamw", "params", self.exp_avg.len(), params.len())?;
+        adamw_step(params, &mut self.exp_avg, &mut self.exp_avg_sq, grads, &self.config, self.steps + 1)?;
+        self.steps += 1;
+        Ok(())
+    }
+    fn lr(&self) -> f64 {
+        self.config.lr
+    }
+    fn set_lr(&mut self, lr: f64) -> Result<()> {
+        check_nonneg("adamw", "lr", lr)?;
+        self.config.lr = lr;
+        Ok(())
+    }
+    fn steps(&self) -> u64 {
+        self.steps
+    }
+    fn set_steps(&mut self, steps: u64) {
+        self.steps = steps;
+    }
+    fn state(&self) -> Vec<(&'static str, &[f32])> {
+        vec![("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)]
+    }
+    fn state_mut(&mut self) -> Vec<(&'static str, &mut [f32])> {
+        vec![("exp_avg", &mut self.exp_avg), ("exp_avg_sq", &mut self.exp_avg_sq)]
+    }
+}

@@ -1,0 +1,157 @@
+//! SGD with momentum, dampening, weight decay and Nesterov, exactly `torch.optim.SGD` (MoCo v1/v2 train with
+//! `lr 0.03 * batch / 256, momentum 0.9, weight_decay 1e-4`).
+//!
+//! Per element, in f32 and in torch's order:
+//!
+//! ```text
+//! d_p = g + wd * p
+//! buf = d_p                                   (first step)
+//! buf = momentum * buf + (1 - dampening) * d_p (later steps)
+//! d_p = d_p + momentum_f * buf  (Nesterov)  |  d_p = buf  (otherwise)
+//! p   = p - lr * d_p
+//! ```
+//!
+//! With `momentum == 0` there is no buffer and `p -= lr * (g + wd * p)`. Weight decay applies to every element
+//! (as `torch.optim.SGD(model.parameters(), ...)` in MoCo v1/v2 does).
+
+use super::{check_buffer_len, check_len, check_nonneg, check_unit_closed, check_unit_open, Optimizer, OPTIM_CHUNK};
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+
+/// Hyperparameters of [`Sgd`] (torch's names and defaults for those not given to [`SgdConfig::new`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdConfig {
+    /// Learning rate, finite and >= 0.
+    pub lr: f64,
+    /// Momentum in [0, 1); 0 turns the momentum buffer off.
+    pub momentum: f64,
+    /// Dampening in [0, 1] (torch default 0); must be 0 with Nesterov.
+    pub dampening: f64,
+    /// L2 weight decay added to the gradient, finite and >= 0.
+    pub weight_decay: f64,
+    /// Nesterov momentum (needs momentum > 0 and dampening 0, as torch requires).
+    pub nesterov: bool,
+}
+
+impl SgdConfig {
+    /// `lr`, `momentum`, `weight_decay`; no dampening, no Nesterov. Validated by [`SgdConfig::validate`] when used.
+    pub fn new(lr: f64, momentum: f64, weight_decay: f64) -> Self {
+        Self { lr, momentum, dampening: 0.0, weight_decay, nesterov: false }
+    }
+    /// The same with Nesterov momentum on.
+    pub fn with_nesterov(self, nesterov: bool) -> Self {
+        Self { nesterov, ..self }
+    }
+    /// Checks every hyperparameter: finite, `lr >= 0`, `momentum in [0, 1)`, `dampening in [0, 1]`,
+    /// `weight_decay >= 0`, and for Nesterov `momentum > 0` and `dampening == 0`.
+    pub fn validate(&self) -> Result<()> {
+        let op = "sgd";
+        check_nonneg(op, "lr", self.lr)?;
+        check_unit_open(op, "momentum", self.momentum)?;
+        check_unit_closed(op, "dampening", self.dampening)?;
+        check_nonneg(op, "weight_decay", self.weight_decay)?;
+        if self.nesterov && !(self.momentum > 0.0 && self.dampening == 0.0) {
+            return Err(Error::shape(
+                op,
+                "Nesterov with momentum > 0 and dampening = 0",
+                format!("momentum = {}, dampening = {}", self.momentum, self.dampening),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One SGD step over flat buffers, the kernel of [`Sgd::step`].
+///
+/// `params: [len]` is updated in place; `momentum_buf: [len]` (or empty when `momentum == 0`) is the state;
+/// `grads: [len]`. `first_step` says the buffer holds nothing yet (torch's `momentum_buffer is None`): it is
+/// then set to `d_p` instead of being decayed.
+pub fn sgd_step(params: &mut [f32], momentum_buf: &mut [f32], grads: &[f32], config: &SgdConfig, first_step: bool) -> Result<()> {
+    config.validate()?;
+    let len = params.len();
+    check_buffer_len("sgd", len)?;
+    check_len("sgd", "grads", len, grads.len())?;
+    let SgdConfig { lr, momentum, dampening, weight_decay, nesterov } = *config;
+    // torch: Python floats, rounded to f32 where they meet the tensors (`1 - dampening` first, in f64)
+    let (lr, wd, one_minus_damp, momentum_f) = (lr as f32, weight_decay as f32, (1.0 - dampening) as f32, momentum as f32);
+    if momentum == 0.0 {
+        if !momentum_buf.is_empty() {
+            check_len("sgd", "momentum_buf (or empty when momentum = 0)", len, momentum_buf.len())?;
+        }
+        params.par_chunks_mut(OPTIM_CHUNK).zip(grads.par_chunks(OPTIM_CHUNK)).for_each(|(pc, gc)| {
+            for (p, &g) in pc.iter_mut().zip(gc) {
+                let d_p = g + wd * *p;
+                *p -= lr * d_p;
+            }
+        });
+        return Ok(());
+    }
+    check_len("sgd", "momentum_buf", len, momentum_buf.len())?;
+    params.par_chunks_mut(OPTIM_CHUNK).zip(momentum_buf.par_chunks_mut(OPTIM_CHUNK)).zip(grads.par_chunks(OPTIM_CHUNK)).for_each(|((pc, bc), gc)| {
+        for ((p, b), &g) in pc.iter_mut().zip(bc.iter_mut()).zip(gc) {
+            let d_p = g + wd * *p;
+            let buf = if first_step { d_p } else { momentum_f * *b + one_minus_damp * d_p };
+            *b = buf;
+            let upd = if nesterov { d_p + momentum_f * buf } else { buf };
+            *p -= lr * upd;
+        }
+    });
+    Ok(())
+}
+
+/// `torch.optim.SGD` over one flat parameter buffer, owning its momentum buffer.
+#[derive(Clone, Debug)]
+pub struct Sgd {
+    config: SgdConfig,
+    /// Momentum buffer `[len]` (empty when momentum is 0).
+    momentum_buf: Vec<f32>,
+    steps: u64,
+    len: usize,
+}
+
+impl Sgd {
+    /// An optimiser for a flat buffer of `len` parameters; validates the configuration.
+    pub fn new(config: SgdConfig, len: usize) -> Result<Self> {
+        config.validate()?;
+        check_buffer_len("sgd", len)?;
+        let buf_len = if config.momentum == 0.0 { 0 } else { len };
+        Ok(Self { config, momentum_buf: vec![0.0; buf_len], steps: 0, len })
+    }
+    /// The hyperparameters.
+    pub fn config(&self) -> &SgdConfig {
+        &self.config
+    }
+    /// The momentum buffer `[len]` (empty when momentum is 0).
+    pub fn momentum_buffer(&self) -> &[f32] {
+        &self.momentum_buf
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self, params: &mut [f32], grads: &[f32]) -> Result<()> {
+        check_len("sgd", "params", self.len, params.len())?;
+        sgd_step(params, &mut self.momentum_buf, grads, &self.config, self.steps == 0)?;
+        self.steps += 1;
+        Ok(())
+    }
+    fn lr(&self) -> f64 {
+        self.config.lr
+    }
+    fn set_lr(&mut self, lr: f64) -> Result<()> {
+        check_nonneg("sgd", "lr", lr)?;
+        self.config.lr = lr;
+        Ok(())
+    }
+    fn steps(&self) -> u64 {
+        self.steps
+    }
+    fn set_steps(&mut self, steps: u64) {
+        self.steps = steps;
+    }
+    fn state(&self) -> Vec<(&'static str, &[f32])> {
+        vec![("momentum_buffer", &self.momentum_buf)]
+    }
+    fn state_mut(&mut self) -> Vec<(&'static str, &mut [f32])> {
+        vec![("momentum_buffer", &mut self.momentum_buf)]
+    }
+}
