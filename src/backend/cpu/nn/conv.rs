@@ -5,6 +5,11 @@
 //! and `dcol = weightᵀ · dout_n`, scattered back by col2im into `dinp_n`. A 1x1 stride-1 unpadded convolution
 //! skips im2col/col2im (the image is its own column matrix).
 //!
+//! Small output planes (fewer than 256 positions) make the backward GEMMs thin (`dout_n · colᵀ` has inner
+//! dimension OH*OW), so there the backward pass batches a block of images: their columns side by side in one
+//! `col [K, B*OH*OW]`, their output gradients gathered into `[C_out, B*OH*OW]`, one GEMM each for `dweight` and
+//! for the block's `dcol`, then col2im per image.
+//!
 //! Parallelism: with at least as many images as rayon threads, the batch is split into one contiguous range of
 //! images per thread, each with its own slice of `scratch` (columns, and a partial `dweight` in backward);
 //! otherwise the images run in turn and the GEMM itself is parallel.
@@ -115,6 +120,24 @@ fn plan(n: usize) -> (usize, usize, bool) {
     }
 }
 
+/// Output planes smaller than this many positions are batched in the backward pass.
+const BLOCK_BELOW: usize = 256;
+/// Target column count `B*OH*OW` of one batched backward GEMM.
+const BLOCK_COLS: usize = 512;
+
+/// Images per batched backward GEMM for a task of `per` images: 1 (the per-image path) when the output plane has
+/// at least `BLOCK_BELOW` positions, else enough images to reach about `BLOCK_COLS` columns, at most `per`.
+/// (The forward GEMM `[C_out, K] · [K, OH*OW]` is already efficient at these sizes; the backward's
+/// `dout_n · colᵀ` has inner dimension OH*OW, which is what batching fixes.)
+fn block_images(s: &Conv2dShape, per: usize) -> usize {
+    let ohw = s.out_h() * s.out_w();
+    if ohw >= BLOCK_BELOW {
+        1
+    } else {
+        BLOCK_COLS.div_ceil(ohw).min(per).max(1)
+    }
+}
+
 /// The range of output positions `o` for which `o*stride + k_off - pad` lies in `[0, in_len)`, clamped to
 /// `[0, out_len)`.
 fn valid_range(k_off: usize, pad: usize, stride: usize, in_len: usize, out_len: usize) -> (usize, usize) {
@@ -126,6 +149,11 @@ fn valid_range(k_off: usize, pad: usize, stride: usize, in_len: usize, out_len: 
 
 /// `col [C_in*KH*KW, OH*OW]` from one image `img [C_in, H, W]`; padding reads as zero.
 fn im2col(col: &mut [f32], img: &[f32], s: &Conv2dShape) {
+    im2col_ld(col, s.out_h() * s.out_w(), img, s)
+}
+
+/// As [`im2col`], into the first `OH*OW` columns of a column matrix whose rows are `ld` elements apart.
+fn im2col_ld(col: &mut [f32], ld: usize, img: &[f32], s: &Conv2dShape) {
     let (oh, ow) = (s.out_h(), s.out_w());
     let ohw = oh * ow;
     for c in 0..s.c_in {
@@ -134,7 +162,7 @@ fn im2col(col: &mut [f32], img: &[f32], s: &Conv2dShape) {
             let (ylo, yhi) = valid_range(ki, s.pad, s.stride, s.h, oh);
             for kj in 0..s.kw {
                 let r = (c * s.kh + ki) * s.kw + kj;
-                let row = &mut col[r * ohw..(r + 1) * ohw];
+                let row = &mut col[r * ld..r * ld + ohw];
                 let (xlo, xhi) = valid_range(kj, s.pad, s.stride, s.w, ow);
                 row[..ylo * ow].fill(0.0);
                 row[yhi * ow..].fill(0.0);
@@ -160,6 +188,11 @@ fn im2col(col: &mut [f32], img: &[f32], s: &Conv2dShape) {
 
 /// `img [C_in, H, W] += col2im(col)`: the adjoint of [`im2col`] (padding positions are dropped).
 fn col2im_add(img: &mut [f32], col: &[f32], s: &Conv2dShape) {
+    col2im_add_ld(img, col, s.out_h() * s.out_w(), s)
+}
+
+/// As [`col2im_add`], from the first `OH*OW` columns of a column matrix whose rows are `ld` elements apart.
+fn col2im_add_ld(img: &mut [f32], col: &[f32], ld: usize, s: &Conv2dShape) {
     let (oh, ow) = (s.out_h(), s.out_w());
     let ohw = oh * ow;
     for c in 0..s.c_in {
@@ -168,7 +201,7 @@ fn col2im_add(img: &mut [f32], col: &[f32], s: &Conv2dShape) {
             let (ylo, yhi) = valid_range(ki, s.pad, s.stride, s.h, oh);
             for kj in 0..s.kw {
                 let r = (c * s.kh + ki) * s.kw + kj;
-                let row = &col[r * ohw..(r + 1) * ohw];
+                let row = &col[r * ld..r * ld + ohw];
                 let (xlo, xhi) = valid_range(kj, s.pad, s.stride, s.w, ow);
                 for oy in ylo..yhi {
                     let iy = oy * s.stride + ki - s.pad;
@@ -232,6 +265,11 @@ pub fn conv2d_backward(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &
     let (k, ohw) = (s.c_in * s.kh * s.kw, s.out_h() * s.out_w());
     let (in_img, out_img, col_len, wl) = (s.c_in * s.h * s.w, s.c_out * ohw, s.col_len().max(1), s.weight_len());
     let (per, tasks, par_gemm) = plan(s.n);
+    let bl = block_images(&s, per);
+    if bl > 1 {
+        backward_blocked(dinp, dweight, scratch, dout, inp, weight, &s, per, tasks, bl, par_gemm);
+        return Ok(());
+    }
     let task_len = col_len + wl;
     if scratch.len() < tasks * task_len {
         scratch.resize(tasks * task_len, 0.0);
@@ -274,4 +312,57 @@ pub fn conv2d_backward(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &
         dweight.par_iter_mut().zip(part.par_iter()).for_each(|(d, p)| *d += p);
     }
     Ok(())
+}
+
+/// Backward over blocks of `bl` images: the block's columns `col [K, bl*OHW]` and its gathered output gradient
+/// `dyb [C_out, bl*OHW]` give `dw (+)= dyb · colᵀ` in one GEMM and `dcol = weightᵀ · dyb` in another, which is
+/// scattered back per image by col2im.
+#[allow(clippy::too_many_arguments)]
+fn backward_blocked(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &mut Vec<f32>, dout: &[f32], inp: &[f32], weight: &[f32], s: &Conv2dShape, per: usize, tasks: usize, bl: usize, par_gemm: bool) {
+    let (k, ohw) = (s.c_in * s.kh * s.kw, s.out_h() * s.out_w());
+    let (in_img, out_img, wl) = (s.c_in * s.h * s.w, s.c_out * ohw, s.weight_len());
+    let ld = bl * ohw;
+    let (col_len, dy_len) = (k * ld, s.c_out * ld);
+    let task_len = col_len + dy_len + wl;
+    if scratch.len() < tasks * task_len {
+        scratch.resize(tasks * task_len, 0.0);
+    }
+    let dinp_chunks: Vec<Option<&mut [f32]>> = match dinp {
+        Some(d) => d.chunks_mut(per * in_img).map(Some).collect(),
+        None => (0..tasks).map(|_| None).collect(),
+    };
+    let scratch = &mut scratch[..tasks * task_len];
+    inp.par_chunks(per * in_img)
+        .zip(dout.par_chunks(per * out_img))
+        .zip(scratch.par_chunks_mut(task_len))
+        .zip(dinp_chunks.into_par_iter())
+        .for_each(|(((x, dy), buf), mut dx)| {
+            let (col, rest) = buf.split_at_mut(col_len);
+            let (dyb, dw) = rest.split_at_mut(dy_len);
+            for (i, (xb, dyblk)) in x.chunks(bl * in_img).zip(dy.chunks(bl * out_img)).enumerate() {
+                let nb = xb.len() / in_img;
+                let cols = nb * ohw;
+                for (b, (x_n, dy_n)) in xb.chunks(in_img).zip(dyblk.chunks(out_img)).enumerate() {
+                    im2col_ld(&mut col[b * ohw..], ld, x_n, s);
+                    for (c, src) in dy_n.chunks(ohw).enumerate() {
+                        dyb[c * ld + b * ohw..c * ld + (b + 1) * ohw].copy_from_slice(src);
+                    }
+                }
+                // dw [C_out, K] (+)= dyb [C_out, cols] · col [K, cols]ᵀ
+                gemm_strided(dw, k, 1, dyb, ld, 1, col, 1, ld, s.c_out, k, cols, 1.0, i > 0, par_gemm);
+                if let Some(dx) = dx.as_deref_mut() {
+                    // col [K, cols] = weightᵀ [K, C_out] · dyb [C_out, cols]
+                    gemm_strided(col, ld, 1, weight, 1, k, dyb, ld, 1, k, cols, s.c_out, 1.0, false, par_gemm);
+                    let dxb = &mut dx[i * bl * in_img..(i * bl + nb) * in_img];
+                    for (b, dx_n) in dxb.chunks_mut(in_img).enumerate() {
+                        col2im_add_ld(dx_n, &col[b * ohw..], ld, s);
+                    }
+                }
+            }
+        });
+    // dweight += Σ_tasks partial dweight (fixed order: deterministic for a given thread count)
+    for t in 0..tasks {
+        let part = &scratch[t * task_len + col_len + dy_len..(t + 1) * task_len];
+        dweight.par_iter_mut().zip(part.par_iter()).for_each(|(d, p)| *d += p);
+    }
 }
