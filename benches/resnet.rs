@@ -25,5 +25,31 @@ fn resnet18(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, resnet18);
+/// The convolutions of ResNet-18 (CIFAR stem) at batch 64, forward and backward, one by one; and BN + ReLU.
+fn resnet18_layers(c: &mut Criterion) {
+    use moco::backend::cpu::nn as k;
+    let mut g = c.benchmark_group("resnet18_layers_b64");
+    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    let data = |len: usize, seed: usize| (0..len).map(|i| (((i + seed) * 7919) % 1000) as f32 / 500.0 - 1.0).collect::<Vec<f32>>();
+    for (c_in, hw, c_out, kk, st, p) in [(3, 32, 64, 3, 1, 1), (64, 32, 64, 3, 1, 1), (64, 32, 128, 3, 2, 1), (128, 16, 128, 3, 1, 1), (256, 8, 256, 3, 1, 1), (512, 4, 512, 3, 1, 1), (256, 8, 512, 1, 2, 0)] {
+        let s = k::Conv2dShape::new(64, c_in, hw, hw, c_out, kk, kk, st, p).unwrap();
+        let (x, w, dy) = (data(s.inp_len(), 1), data(s.weight_len(), 2), data(s.out_len(), 3));
+        let (mut out, mut dx, mut dw, mut scratch) = (vec![0.0; s.out_len()], vec![0.0; s.inp_len()], vec![0.0; s.weight_len()], Vec::new());
+        let name = format!("conv{kk}x{kk}s{st}_{c_in}to{c_out}_{hw}x{hw}");
+        g.throughput(Throughput::Elements((2 * s.n * s.c_out * s.out_h() * s.out_w() * s.c_in * kk * kk) as u64));
+        g.bench_function(format!("{name}_fwd"), |b| b.iter(|| k::conv2d_forward(&mut out, &mut scratch, &x, &w, &s).unwrap()));
+        g.bench_function(format!("{name}_bwd"), |b| b.iter(|| k::conv2d_backward(Some(&mut dx), &mut dw, &mut scratch, &dy, &x, &w, &s).unwrap()));
+    }
+    let s = k::BatchNormShape::new(64, 64, 32 * 32, 1).unwrap();
+    let (x, gamma, beta) = (data(s.len(), 4), vec![1.1f32; 64], vec![0.1f32; 64]);
+    let (mut out, mut m, mut r, mut rm, mut rv, mut dx) = (vec![0.0; s.len()], vec![0.0; 64], vec![0.0; 64], vec![0.0; 64], vec![1.0; 64], vec![0.0; s.len()]);
+    let (mut dg, mut db) = (vec![0.0; 64], vec![0.0; 64]);
+    g.throughput(Throughput::Elements(s.len() as u64));
+    g.bench_function("bn_relu_64ch_32x32_fwd", |b| b.iter(|| k::batchnorm_relu_forward_train(&mut out, &mut m, &mut r, &mut rm, &mut rv, &x, Some(&gamma), Some(&beta), &s).unwrap()));
+    let dy = data(s.len(), 5);
+    g.bench_function("bn_relu_64ch_32x32_bwd", |b| b.iter(|| k::batchnorm_relu_backward(&mut dx, Some(&mut dg), Some(&mut db), &dy, &out, &x, &m, &r, Some(&gamma), &s).unwrap()));
+    g.finish();
+}
+
+criterion_group!(benches, resnet18, resnet18_layers);
 criterion_main!(benches);
