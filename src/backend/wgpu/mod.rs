@@ -3,7 +3,10 @@
 
 mod context;
 pub mod contrastive;
+pub mod conv;
 pub mod ema;
+pub mod norm;
+pub mod pool;
 pub mod queue;
 
 pub use context::{sources, WgpuContext};

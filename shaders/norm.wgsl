@@ -1,0 +1,255 @@
+// Batch normalisation over [N, C, HW] with G groups (sample n in group n % G, statistic (g, c) at g*C + c), as
+// src/backend/cpu/nn/norm.rs: statistics (one workgroup per (group, channel), two-pass tree reductions),
+// running-statistic update, forward apply (train: batch statistics; eval: running statistics) with epilogues
+// none / relu / add+relu, and backward (per-statistic sums, per-channel coefficients, element-wise dx).
+// Optional tensors (gamma, beta, identity, dgamma, dbeta, didentity) are bound to dummies when absent and
+// gated by FLAG_* bits in P.flags.
+
+const WG: u32 = 256u;
+const FLAG_GAMMA: u32 = 1u;     // gamma given (else 1)
+const FLAG_BETA: u32 = 2u;      // beta given (else 0)
+const FLAG_RELU: u32 = 4u;      // ReLU epilogue (backward: dy masked by out > 0)
+const FLAG_ADD: u32 = 8u;       // + identity before the ReLU (backward: didentity += dy)
+const FLAG_EVAL: u32 = 16u;     // apply: mean/rstd bindings hold running_mean/running_var [C]
+const FLAG_DGAMMA: u32 = 32u;   // dgamma given
+const FLAG_DBETA: u32 = 64u;    // dbeta given
+
+struct Params {
+    n: u32,
+    c: u32,
+    hw: u32,
+    groups: u32,
+    count: u32,    // M = (N/G)*HW elements per statistic
+    len: u32,      // N*C*HW
+    flags: u32,
+    _pad: u32,
+    eps: f32,
+    momentum: f32,
+    _pad2: vec2<f32>,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> inp: array<f32>;                  // [N, C, HW]
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;            // [N, C, HW] (forward)
+@group(0) @binding(3) var<storage, read_write> mean: array<f32>;           // [G, C] (eval apply: running_mean [C])
+@group(0) @binding(4) var<storage, read_write> rstd: array<f32>;           // [G, C] (eval apply: running_var [C])
+@group(0) @binding(5) var<storage, read_write> var_gc: array<f32>;         // biased variance scratch [G, C]
+@group(0) @binding(6) var<storage, read_write> running_mean: array<f32>;   // [C]
+@group(0) @binding(7) var<storage, read_write> running_var: array<f32>;    // [C]
+@group(0) @binding(8) var<storage, read> gamma: array<f32>;                // [C]
+@group(0) @binding(9) var<storage, read> beta: array<f32>;                 // [C]
+@group(0) @binding(10) var<storage, read> identity: array<f32>;            // [N, C, HW]
+@group(0) @binding(11) var<storage, read> dout: array<f32>;                // [N, C, HW]
+@group(0) @binding(12) var<storage, read> y: array<f32>;                   // forward output [N, C, HW]
+@group(0) @binding(13) var<storage, read_write> sums: array<f32>;          // [G, C, 2]: Σdy, Σdy·x̂
+@group(0) @binding(14) var<storage, read_write> coef: array<f32>;          // [G, C, 3]: k1, k2, k3
+@group(0) @binding(15) var<storage, read_write> dinp: array<f32>;          // [N, C, HW]
+@group(0) @binding(16) var<storage, read_write> didentity: array<f32>;     // [N, C, HW]
+@group(0) @binding(17) var<storage, read_write> dgamma: array<f32>;        // [C]
+@group(0) @binding(18) var<storage, read_write> dbeta: array<f32>;         // [C]
+@group(0) @binding(19) var<storage, read> mean_in: array<f32>;             // [G, C] saved by the forward
+@group(0) @binding(20) var<storage, read> rstd_in: array<f32>;             // [G, C] saved by the forward
+
+var<workgroup> red_a: array<f32, 256>;
+var<workgroup> red_b: array<f32, 256>;
+
+fn flat_workgroup(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wg.x + wg.y * nwg.x;
+}
+
+// Offset in [N, C, HW] of element e (0..M) of statistic (g, ch): sample g + (e / HW)*G, pixel e % HW.
+fn stat_offset(g: u32, ch: u32, e: u32) -> u32 {
+    let nn = g + (e / P.hw) * P.groups;
+    return (nn * P.c + ch) * P.hw + e % P.hw;
+}
+
+fn reduce_a(tid: u32) -> f32 {
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+        if (tid < s) {
+            red_a[tid] += red_a[tid + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red_a[0];
+    workgroupBarrier();
+    return r;
+}
+
+// One workgroup per statistic (g, c): mean, then Σ(x - mean)² (two passes); writes mean, rstd, biased var.
+@compute @workgroup_size(256)
+fn bn_stats(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let gc = flat_workgroup(wg, nwg);
+    if (gc >= P.groups * P.c) {
+        return;
+    }
+    let g = gc / P.c;
+    let ch = gc % P.c;
+    var s = 0.0;
+    for (var e = tid; e < P.count; e += WG) {
+        s += inp[stat_offset(g, ch, e)];
+    }
+    red_a[tid] = s;
+    let mu = reduce_a(tid) / f32(P.count);
+    var ss = 0.0;
+    for (var e = tid; e < P.count; e += WG) {
+        let d = inp[stat_offset(g, ch, e)] - mu;
+        ss += d * d;
+    }
+    red_a[tid] = ss;
+    let v = reduce_a(tid) / f32(P.count);
+    if (tid == 0u) {
+        mean[gc] = mu;
+        rstd[gc] = 1.0 / sqrt(v + P.eps);
+        var_gc[gc] = v;
+    }
+}
+
+// One thread per channel: running = (1 - m) running + m mean_g(stat), variance unbiased by M/(M-1).
+@compute @workgroup_size(64)
+fn bn_running(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let ch = gid.x;
+    if (ch >= P.c) {
+        return;
+    }
+    var mu = 0.0;
+    var v = 0.0;
+    for (var g = 0u; g < P.groups; g += 1u) {
+        mu += mean[g * P.c + ch];
+        v += var_gc[g * P.c + ch];
+    }
+    let inv_g = 1.0 / f32(P.groups);
+    let unbias = f32(P.count) / f32(P.count - 1u);
+    let m = P.momentum;
+    running_mean[ch] = (1.0 - m) * running_mean[ch] + m * mu * inv_g;
+    running_var[ch] = (1.0 - m) * running_var[ch] + m * v * inv_g * unbias;
+}
+
+// One thread per element: out = (x - mean)·rstd·gamma + beta (+ identity) (then ReLU).
+@compute @workgroup_size(256)
+fn bn_apply(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_workgroup(wg, nwg) * WG + tid;
+    if (i >= P.len) {
+        return;
+    }
+    let ch = (i / P.hw) % P.c;
+    var mu: f32;
+    var r: f32;
+    if ((P.flags & FLAG_EVAL) != 0u) {
+        mu = mean[ch];
+        r = 1.0 / sqrt(rstd[ch] + P.eps);
+    } else {
+        let gc = ((i / (P.hw * P.c)) % P.groups) * P.c + ch;
+        mu = mean[gc];
+        r = rstd[gc];
+    }
+    var gm = 1.0;
+    if ((P.flags & FLAG_GAMMA) != 0u) {
+        gm = gamma[ch];
+    }
+    var bt = 0.0;
+    if ((P.flags & FLAG_BETA) != 0u) {
+        bt = beta[ch];
+    }
+    let a = gm * r;
+    var v = inp[i] * a + (bt - mu * a);
+    if ((P.flags & FLAG_ADD) != 0u) {
+        v += identity[i];
+    }
+    if ((P.flags & FLAG_RELU) != 0u) {
+        v = max(v, 0.0);
+    }
+    out[i] = v;
+}
+
+fn masked_dy(i: u32) -> f32 {
+    let d = dout[i];
+    if ((P.flags & FLAG_RELU) != 0u) {
+        return select(0.0, d, y[i] > 0.0);
+    }
+    return d;
+}
+
+// One workgroup per statistic (g, c): Σ dy and Σ dy·x̂ over its M elements.
+@compute @workgroup_size(256)
+fn bn_backward_sums(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let gc = flat_workgroup(wg, nwg);
+    if (gc >= P.groups * P.c) {
+        return;
+    }
+    let g = gc / P.c;
+    let ch = gc % P.c;
+    let mu = mean_in[gc];
+    var a = 0.0;
+    var b = 0.0;
+    for (var e = tid; e < P.count; e += WG) {
+        let o = stat_offset(g, ch, e);
+        let d = masked_dy(o);
+        a += d;
+        b += d * (inp[o] - mu);
+    }
+    red_a[tid] = a;
+    red_b[tid] = b;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+        if (tid < s) {
+            red_a[tid] += red_a[tid + s];
+            red_b[tid] += red_b[tid + s];
+        }
+        workgroupBarrier();
+    }
+    if (tid == 0u) {
+        sums[gc * 2u] = red_a[0];
+        sums[gc * 2u + 1u] = red_b[0] * rstd_in[gc];
+    }
+}
+
+// One thread per channel: dx = k1·dy + k2·(x - mean) + k3 per (g, c); dgamma += Σ_g Σdy·x̂, dbeta += Σ_g Σdy.
+@compute @workgroup_size(64)
+fn bn_backward_coef(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let ch = gid.x;
+    if (ch >= P.c) {
+        return;
+    }
+    var gm = 1.0;
+    if ((P.flags & FLAG_GAMMA) != 0u) {
+        gm = gamma[ch];
+    }
+    let inv_m = 1.0 / f32(P.count);
+    var sg = 0.0;
+    var sb = 0.0;
+    for (var g = 0u; g < P.groups; g += 1u) {
+        let gc = g * P.c + ch;
+        let sdy = sums[gc * 2u];
+        let sdyx = sums[gc * 2u + 1u];
+        let r = rstd_in[gc];
+        let a = gm * r;
+        coef[gc * 3u] = a;
+        coef[gc * 3u + 1u] = -a * r * sdyx * inv_m;
+        coef[gc * 3u + 2u] = -a * sdy * inv_m;
+        sg += sdyx;
+        sb += sdy;
+    }
+    if ((P.flags & FLAG_DGAMMA) != 0u) {
+        dgamma[ch] += sg;
+    }
+    if ((P.flags & FLAG_DBETA) != 0u) {
+        dbeta[ch] += sb;
+    }
+}
+
+// One thread per element: dinp += k1·dy + k2·(x - mean) + k3; after add+relu, didentity += dy.
+@compute @workgroup_size(256)
+fn bn_backward_dx(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_workgroup(wg, nwg) * WG + tid;
+    if (i >= P.len) {
+        return;
+    }
+    let ch = (i / P.hw) % P.c;
+    let gc = ((i / (P.hw * P.c)) % P.groups) * P.c + ch;
+    let d = masked_dy(i);
+    dinp[i] += coef[gc * 3u] * d + coef[gc * 3u + 1u] * (inp[i] - mean_in[gc]) + coef[gc * 3u + 2u];
+    if ((P.flags & FLAG_ADD) != 0u) {
+        didentity[i] += d;
+    }
+}
