@@ -17,8 +17,21 @@ pub const EMA_CU: &str = include_str!("../../../kernels/ema.cu");
 pub const CONTRASTIVE_CU: &str = include_str!("../../../kernels/contrastive.cu");
 /// `kernels/queue.cu`
 pub const QUEUE_CU: &str = include_str!("../../../kernels/queue.cu");
+/// `kernels/conv.cu`
+pub const CONV_CU: &str = include_str!("../../../kernels/conv.cu");
+/// `kernels/norm.cu`
+pub const NORM_CU: &str = include_str!("../../../kernels/norm.cu");
+/// `kernels/pool.cu`
+pub const POOL_CU: &str = include_str!("../../../kernels/pool.cu");
 
-const SOURCES: &[(&str, &str)] = &[("contrastive.cu", CONTRASTIVE_CU), ("ema.cu", EMA_CU), ("queue.cu", QUEUE_CU)];
+const SOURCES: &[(&str, &str)] = &[
+    ("contrastive.cu", CONTRASTIVE_CU),
+    ("conv.cu", CONV_CU),
+    ("ema.cu", EMA_CU),
+    ("norm.cu", NORM_CU),
+    ("pool.cu", POOL_CU),
+    ("queue.cu", QUEUE_CU),
+];
 
 const ENTRY_POINTS: &[(&str, &[&str])] = &[
     (
@@ -36,7 +49,26 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
             "infonce_reduce",
         ],
     ),
+    ("conv.cu", &["conv2d_forward", "conv2d_backward_weight", "conv2d_backward_data"]),
     ("ema.cu", &["ema_update", "ema_multi_tensor"]),
+    (
+        "norm.cu",
+        &["bn_stats", "bn_running", "bn_apply", "bn_backward_sums", "bn_backward_coef", "bn_backward_dx"],
+    ),
+    (
+        "pool.cu",
+        &[
+            "maxpool_forward",
+            "maxpool_backward",
+            "avgpool_forward",
+            "avgpool_backward",
+            "gemm",
+            "bias_backward",
+            "relu_forward",
+            "relu_backward",
+            "add_forward",
+        ],
+    ),
     ("queue.cu", &["enqueue_f32", "enqueue_packed16"]),
 ];
 

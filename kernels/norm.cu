@@ -1,0 +1,213 @@
+// Batch normalisation over [N, C, HW] with G groups (sample n in group n % G, statistic (g, c) at g*C + c), as
+// src/backend/cpu/nn/norm.rs: statistics (one block per (group, channel), two-pass block reductions),
+// running-statistic update, forward apply (train: batch statistics; eval: running statistics) with epilogues
+// none / relu / add+relu, and backward (per-statistic sums, per-channel coefficients, element-wise dx).
+// Mirrors shaders/norm.wgsl: same names, same work split. Optional tensors (gamma, beta, identity, dgamma, dbeta,
+// didentity) are dummies when absent and gated by FLAG_* bits in P.flags.
+//
+// Header-free (compiled by NVRTC at run time, and by tests/cuda_compile.rs in CI): no #include at all.
+//
+// Scalars: every kernel takes the WGSL uniform block `Params` by value as its first argument (same fields, same
+// order, 48 bytes); the storage buffers the entry point uses follow in WGSL binding order.
+// Block sizes: bn_stats, bn_apply, bn_backward_sums and bn_backward_dx assume 256 threads (WG); bn_running and
+// bn_backward_coef index by blockIdx.x * blockDim.x + threadIdx.x and so run with the WGSL's 64 (or any size).
+// The WGSL workgroup tree reductions are warp shuffles plus one value per warp here (same sums, different order).
+
+#define WG 256u
+#define FLAG_GAMMA 1u   // gamma given (else 1)
+#define FLAG_BETA 2u    // beta given (else 0)
+#define FLAG_RELU 4u    // ReLU epilogue (backward: dy masked by out > 0)
+#define FLAG_ADD 8u     // + identity before the ReLU (backward: didentity += dy)
+#define FLAG_EVAL 16u   // apply: mean/rstd bindings hold running_mean/running_var [C]
+#define FLAG_DGAMMA 32u // dgamma given
+#define FLAG_DBETA 64u  // dbeta given
+
+struct Params {
+    unsigned int n;
+    unsigned int c;
+    unsigned int hw;
+    unsigned int groups;
+    unsigned int count; // M = (N/G)*HW elements per statistic
+    unsigned int len;   // N*C*HW
+    unsigned int flags;
+    unsigned int _pad;
+    float eps;
+    float momentum;
+    float _pad2[2];
+};
+
+__device__ __forceinline__ unsigned int flat_block() {
+    return blockIdx.x + blockIdx.y * gridDim.x;
+}
+
+// Offset in [N, C, HW] of element e (0..M) of statistic (g, ch): sample g + (e / HW)*G, pixel e % HW.
+__device__ __forceinline__ unsigned int stat_offset(const Params& P, unsigned int g, unsigned int ch, unsigned int e) {
+    const unsigned int nn = g + (e / P.hw) * P.groups;
+    return (nn * P.c + ch) * P.hw + e % P.hw;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Sum of `v` over the 256 threads, returned to every thread. `scratch` holds WG/32 floats.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    const unsigned int tid = threadIdx.x;
+    v = warp_sum(v);
+    __syncthreads(); // scratch may still be read from a previous call
+    if ((tid & 31u) == 0u) scratch[tid >> 5] = v;
+    __syncthreads();
+    float total = 0.0f;
+#pragma unroll
+    for (unsigned int w = 0; w < WG / 32u; ++w) total += scratch[w];
+    return total;
+}
+
+// One block per statistic (g, c): mean, then sum (x - mean)^2 (two passes); writes mean, rstd, biased var.
+extern "C" __global__ void __launch_bounds__(256) bn_stats(Params P, const float* __restrict__ inp, float* __restrict__ mean, float* __restrict__ rstd, float* __restrict__ var_gc) {
+    __shared__ float red_a[WG / 32u];
+    const unsigned int tid = threadIdx.x;
+    const unsigned int gc = flat_block();
+    if (gc >= P.groups * P.c) return;
+    const unsigned int g = gc / P.c;
+    const unsigned int ch = gc % P.c;
+    float s = 0.0f;
+    for (unsigned int e = tid; e < P.count; e += WG) s += inp[stat_offset(P, g, ch, e)];
+    const float mu = block_sum(s, red_a) / (float)P.count;
+    float ss = 0.0f;
+    for (unsigned int e = tid; e < P.count; e += WG) {
+        const float d = inp[stat_offset(P, g, ch, e)] - mu;
+        ss += d * d;
+    }
+    const float v = block_sum(ss, red_a) / (float)P.count;
+    if (tid == 0u) {
+        mean[gc] = mu;
+        rstd[gc] = 1.0f / sqrtf(v + P.eps);
+        var_gc[gc] = v;
+    }
+}
+
+// One thread per channel: running = (1 - m) running + m mean_g(stat), variance unbiased by M/(M-1).
+extern "C" __global__ void __launch_bounds__(256) bn_running(Params P, const float* __restrict__ mean, const float* __restrict__ var_gc, float* __restrict__ running_mean, float* __restrict__ running_var) {
+    const unsigned int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= P.c) return;
+    float mu = 0.0f;
+    float v = 0.0f;
+    for (unsigned int g = 0; g < P.groups; ++g) {
+        mu += mean[g * P.c + ch];
+        v += var_gc[g * P.c + ch];
+    }
+    const float inv_g = 1.0f / (float)P.groups;
+    const float unbias = (float)P.count / (float)(P.count - 1u);
+    const float m = P.momentum;
+    running_mean[ch] = (1.0f - m) * running_mean[ch] + m * mu * inv_g;
+    running_var[ch] = (1.0f - m) * running_var[ch] + m * v * inv_g * unbias;
+}
+
+// One thread per element: out = (x - mean).rstd.gamma + beta (+ identity) (then ReLU).
+extern "C" __global__ void __launch_bounds__(256) bn_apply(Params P, const float* __restrict__ inp, float* __restrict__ out, const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ gamma, const float* __restrict__ beta, const float* __restrict__ identity) {
+    const unsigned int i = flat_block() * WG + threadIdx.x;
+    if (i >= P.len) return;
+    const unsigned int ch = (i / P.hw) % P.c;
+    float mu;
+    float r;
+    if ((P.flags & FLAG_EVAL) != 0u) {
+        mu = mean[ch];
+        r = 1.0f / sqrtf(rstd[ch] + P.eps);
+    } else {
+        const unsigned int gc = ((i / (P.hw * P.c)) % P.groups) * P.c + ch;
+        mu = mean[gc];
+        r = rstd[gc];
+    }
+    float gm = 1.0f;
+    if ((P.flags & FLAG_GAMMA) != 0u) gm = gamma[ch];
+    float bt = 0.0f;
+    if ((P.flags & FLAG_BETA) != 0u) bt = beta[ch];
+    const float a = gm * r;
+    float v = inp[i] * a + (bt - mu * a);
+    if ((P.flags & FLAG_ADD) != 0u) v += identity[i];
+    if ((P.flags & FLAG_RELU) != 0u) v = fmaxf(v, 0.0f);
+    out[i] = v;
+}
+
+__device__ __forceinline__ float masked_dy(const Params& P, const float* __restrict__ dout, const float* __restrict__ y, unsigned int i) {
+    const float d = dout[i];
+    if ((P.flags & FLAG_RELU) != 0u) return (y[i] > 0.0f) ? d : 0.0f;
+    return d;
+}
+
+// One block per statistic (g, c): sum dy and sum dy.x^ over its M elements.
+extern "C" __global__ void __launch_bounds__(256) bn_backward_sums(Params P, const float* __restrict__ inp, const float* __restrict__ dout, const float* __restrict__ y, float* __restrict__ sums, const float* __restrict__ mean_in, const float* __restrict__ rstd_in) {
+    __shared__ float red_a[WG / 32u];
+    __shared__ float red_b[WG / 32u];
+    const unsigned int tid = threadIdx.x;
+    const unsigned int gc = flat_block();
+    if (gc >= P.groups * P.c) return;
+    const unsigned int g = gc / P.c;
+    const unsigned int ch = gc % P.c;
+    const float mu = mean_in[gc];
+    float a = 0.0f;
+    float b = 0.0f;
+    for (unsigned int e = tid; e < P.count; e += WG) {
+        const unsigned int o = stat_offset(P, g, ch, e);
+        const float d = masked_dy(P, dout, y, o);
+        a += d;
+        b += d * (inp[o] - mu);
+    }
+    a = warp_sum(a);
+    b = warp_sum(b);
+    if ((tid & 31u) == 0u) {
+        red_a[tid >> 5] = a;
+        red_b[tid >> 5] = b;
+    }
+    __syncthreads();
+    if (tid == 0u) {
+        float sa = 0.0f;
+        float sb = 0.0f;
+#pragma unroll
+        for (unsigned int w = 0; w < WG / 32u; ++w) {
+            sa += red_a[w];
+            sb += red_b[w];
+        }
+        sums[gc * 2u] = sa;
+        sums[gc * 2u + 1u] = sb * rstd_in[gc];
+    }
+}
+
+// One thread per channel: dx = k1.dy + k2.(x - mean) + k3 per (g, c); dgamma += sum_g sum dy.x^, dbeta += sum_g sum dy.
+extern "C" __global__ void __launch_bounds__(256) bn_backward_coef(Params P, const float* __restrict__ gamma, const float* __restrict__ sums, float* __restrict__ coef, float* __restrict__ dgamma, float* __restrict__ dbeta, const float* __restrict__ rstd_in) {
+    const unsigned int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= P.c) return;
+    float gm = 1.0f;
+    if ((P.flags & FLAG_GAMMA) != 0u) gm = gamma[ch];
+    const float inv_m = 1.0f / (float)P.count;
+    float sg = 0.0f;
+    float sb = 0.0f;
+    for (unsigned int g = 0; g < P.groups; ++g) {
+        const unsigned int gc = g * P.c + ch;
+        const float sdy = sums[gc * 2u];
+        const float sdyx = sums[gc * 2u + 1u];
+        const float r = rstd_in[gc];
+        const float a = gm * r;
+        coef[gc * 3u] = a;
+        coef[gc * 3u + 1u] = -a * r * sdyx * inv_m;
+        coef[gc * 3u + 2u] = -a * sdy * inv_m;
+        sg += sdyx;
+        sb += sdy;
+    }
+    if ((P.flags & FLAG_DGAMMA) != 0u) dgamma[ch] += sg;
+    if ((P.flags & FLAG_DBETA) != 0u) dbeta[ch] += sb;
+}
+
+// One thread per element: dinp += k1.dy + k2.(x - mean) + k3; after add+relu, didentity += dy.
+extern "C" __global__ void __launch_bounds__(256) bn_backward_dx(Params P, const float* __restrict__ inp, const float* __restrict__ dout, const float* __restrict__ y, const float* __restrict__ coef, float* __restrict__ dinp, float* __restrict__ didentity, const float* __restrict__ mean_in) {
+    const unsigned int i = flat_block() * WG + threadIdx.x;
+    if (i >= P.len) return;
+    const unsigned int ch = (i / P.hw) % P.c;
+    const unsigned int gc = ((i / (P.hw * P.c)) % P.groups) * P.c + ch;
+    const float d = masked_dy(P, dout, y, i);
+    dinp[i] += coef[gc * 3u] * d + coef[gc * 3u + 1u] * (inp[i] - mean_in[gc]) + coef[gc * 3u + 2u];
+    if ((P.flags & FLAG_ADD) != 0u) didentity[i] += d;
+}
