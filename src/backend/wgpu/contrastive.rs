@@ -163,20 +163,21 @@ pub fn moco_v3_loss(ctx: &WgpuContext, dq1: &wgpu::Buffer, dq2: &wgpu::Buffer, q
     }
     let plan = StreamPlan::new(n, n, c);
     check_grid(op, n, &plan)?;
-    let mut total = 0.0;
-    for (q, k, dq) in [(q1, k2, dq1), (q2, k1, dq2)] {
-        let s = Scratch::new(ctx, n, c);
-        let s_pos = ctx.storage_buffer("moco s_pos", (n * 4) as u64);
-        let rank = ctx.storage_buffer("moco rank", (n * 4) as u64);
-        let partial = ctx.storage_buffer("moco partial", (plan.splits * n * (3 + c) * 4) as u64);
-        let out = InfoNceBuffers { dq: dq.clone(), row_loss: ctx.storage_buffer("moco row_loss", (n * 4) as u64), stats: ctx.storage_buffer("moco stats", 16) };
-        ctx.scoped(|| {
-            let mut steps = s.normalize_steps(ctx, q, k, n as u32, c as u32);
-            steps.extend(stream_steps(ctx, &s, &s.k_hat, 0, n, n, c, t, 2.0 * t, true, &s_pos, &partial, &rank, &out));
-            run(ctx, steps);
-            Ok(())
-        })?;
-        total += out.read_stats(ctx)?.loss;
-    }
-    Ok(total)
+    // both halves in one submission (dispatches run in order, so they share the scratch), then one wait
+    let s = Scratch::new(ctx, n, c);
+    let s_pos = ctx.storage_buffer("moco s_pos", (n * 4) as u64);
+    let rank = ctx.storage_buffer("moco rank", (n * 4) as u64);
+    let partial = ctx.storage_buffer("moco partial", (plan.splits * n * (3 + c) * 4) as u64);
+    let row_loss = ctx.storage_buffer("moco row_loss", (n * 4) as u64);
+    let outs = [dq1, dq2].map(|dq| InfoNceBuffers { dq: dq.clone(), row_loss: row_loss.clone(), stats: ctx.storage_buffer("moco stats", 16) });
+    ctx.scoped(|| {
+        let mut steps = Vec::new();
+        for ((q, k), out) in [(q1, k2), (q2, k1)].into_iter().zip(&outs) {
+            steps.extend(s.normalize_steps(ctx, q, k, n as u32, c as u32));
+            steps.extend(stream_steps(ctx, &s, &s.k_hat, 0, n, n, c, t, 2.0 * t, true, &s_pos, &partial, &rank, out));
+        }
+        run(ctx, steps);
+        Ok(())
+    })?;
+    Ok(outs[0].read_stats(ctx)?.loss + outs[1].read_stats(ctx)?.loss)
 }
