@@ -38,11 +38,11 @@ const TILE_K: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 // inp: [N, C_in, H, W]
-@group(0) @binding(1) var<storage, read> inp: array<f32>;
+@group(0) @binding(1) var<storage, read_write> inp: array<f32>;
 // weight: [C_out, C_in, KH, KW]
-@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(2) var<storage, read_write> weight: array<f32>;
 // dout: [N, C_out, OH, OW]
-@group(0) @binding(3) var<storage, read> dout: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dout: array<f32>;
 // out (forward) / dweight / dinp, by entry point
 @group(0) @binding(4) var<storage, read_write> result: array<f32>;
 

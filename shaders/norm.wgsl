@@ -29,26 +29,26 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> inp: array<f32>;                  // [N, C, HW]
+@group(0) @binding(1) var<storage, read_write> inp: array<f32>;                  // [N, C, HW]
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;            // [N, C, HW] (forward)
 @group(0) @binding(3) var<storage, read_write> mean: array<f32>;           // [G, C] (eval apply: running_mean [C])
 @group(0) @binding(4) var<storage, read_write> rstd: array<f32>;           // [G, C] (eval apply: running_var [C])
 @group(0) @binding(5) var<storage, read_write> var_gc: array<f32>;         // biased variance scratch [G, C]
 @group(0) @binding(6) var<storage, read_write> running_mean: array<f32>;   // [C]
 @group(0) @binding(7) var<storage, read_write> running_var: array<f32>;    // [C]
-@group(0) @binding(8) var<storage, read> gamma: array<f32>;                // [C]
-@group(0) @binding(9) var<storage, read> beta: array<f32>;                 // [C]
-@group(0) @binding(10) var<storage, read> identity: array<f32>;            // [N, C, HW]
-@group(0) @binding(11) var<storage, read> dout: array<f32>;                // [N, C, HW]
-@group(0) @binding(12) var<storage, read> y: array<f32>;                   // forward output [N, C, HW]
+@group(0) @binding(8) var<storage, read_write> gamma: array<f32>;                // [C]
+@group(0) @binding(9) var<storage, read_write> beta: array<f32>;                 // [C]
+@group(0) @binding(10) var<storage, read_write> identity: array<f32>;            // [N, C, HW]
+@group(0) @binding(11) var<storage, read_write> dout: array<f32>;                // [N, C, HW]
+@group(0) @binding(12) var<storage, read_write> y: array<f32>;                   // forward output [N, C, HW]
 @group(0) @binding(13) var<storage, read_write> sums: array<f32>;          // [G, C, 2]: Σdy, Σdy·x̂
 @group(0) @binding(14) var<storage, read_write> coef: array<f32>;          // [G, C, 3]: k1, k2, k3
 @group(0) @binding(15) var<storage, read_write> dinp: array<f32>;          // [N, C, HW]
 @group(0) @binding(16) var<storage, read_write> didentity: array<f32>;     // [N, C, HW]
 @group(0) @binding(17) var<storage, read_write> dgamma: array<f32>;        // [C]
 @group(0) @binding(18) var<storage, read_write> dbeta: array<f32>;         // [C]
-@group(0) @binding(19) var<storage, read> mean_in: array<f32>;             // [G, C] saved by the forward
-@group(0) @binding(20) var<storage, read> rstd_in: array<f32>;             // [G, C] saved by the forward
+@group(0) @binding(19) var<storage, read_write> mean_in: array<f32>;             // [G, C] saved by the forward
+@group(0) @binding(20) var<storage, read_write> rstd_in: array<f32>;             // [G, C] saved by the forward
 
 var<workgroup> red_a: array<f32, 256>;
 var<workgroup> red_b: array<f32, 256>;

@@ -35,16 +35,16 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;                  // pooling input / element-wise a
+@group(0) @binding(1) var<storage, read_write> x: array<f32>;                  // pooling input / element-wise a
 @group(0) @binding(2) var<storage, read_write> yout: array<f32>;         // pooling output / element-wise out
 @group(0) @binding(3) var<storage, read_write> argmax: array<u32>;       // [N, C, OH, OW] (forward)
-@group(0) @binding(4) var<storage, read> argmax_in: array<u32>;          // [N, C, OH, OW] (backward)
-@group(0) @binding(5) var<storage, read> dy: array<f32>;                 // upstream gradient / element-wise b
+@group(0) @binding(4) var<storage, read_write> argmax_in: array<u32>;          // [N, C, OH, OW] (backward)
+@group(0) @binding(5) var<storage, read_write> dy: array<f32>;                 // upstream gradient / element-wise b
 @group(0) @binding(6) var<storage, read_write> dx: array<f32>;           // accumulated input gradient
-@group(0) @binding(7) var<storage, read> ga: array<f32>;                 // GEMM A
-@group(0) @binding(8) var<storage, read> gb: array<f32>;                 // GEMM B
+@group(0) @binding(7) var<storage, read_write> ga: array<f32>;                 // GEMM A
+@group(0) @binding(8) var<storage, read_write> gb: array<f32>;                 // GEMM B
 @group(0) @binding(9) var<storage, read_write> gc: array<f32>;           // GEMM C
-@group(0) @binding(10) var<storage, read> bias: array<f32>;              // GEMM bias [NC]
+@group(0) @binding(10) var<storage, read_write> bias: array<f32>;              // GEMM bias [NC]
 
 fn flat_index(tid: u32, wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return (wg.x + wg.y * nwg.x) * WG + tid;

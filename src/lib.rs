@@ -23,9 +23,12 @@
 
 pub mod backend;
 pub mod checkpoint;
+pub mod data;
 pub mod error;
+pub mod eval;
 pub mod nn;
 pub mod optim;
+pub mod report;
 pub mod shape;
 
 pub use backend::{AnyBackend, Backend, Cpu, InfoNceStats, Wgpu};

@@ -6,7 +6,7 @@
 mod common;
 use common::*;
 use moco::backend::cpu::nn::{reference as r, BatchNormShape, EltwiseShape, GlobalAvgPoolShape, LinearShape, MaxPool2dShape};
-use moco::backend::wgpu::{norm, pool, WgpuContext};
+use moco::backend::wgpu::{norm, pool, AsGpuSlice, WgpuContext};
 use proptest::prelude::*;
 
 fn ctx() -> Option<WgpuContext> {
@@ -60,7 +60,7 @@ fn bn_case(ctx: &WgpuContext, per_group: usize, groups: usize, c: usize, hw: usi
 
     let xb = ctx.upload("x", &x);
     let (gb, bb, ib) = (ctx.upload("gamma", &gamma), ctx.upload("beta", &beta), ctx.upload("id", &id));
-    let (gopt, bopt) = if affine { (Some(&gb), Some(&bb)) } else { (None, None) };
+    let (gopt, bopt): (Option<&dyn AsGpuSlice>, Option<&dyn AsGpuSlice>) = if affine { (Some(&gb), Some(&bb)) } else { (None, None) };
     let out = nans(ctx, len);
     let (mean, rstd) = (nans(ctx, s.stats_len()), nans(ctx, s.stats_len()));
     let (rm, rv) = (ctx.upload("rm", &rm0), ctx.upload("rv", &rv0));
@@ -105,7 +105,7 @@ fn bn_case(ctx: &WgpuContext, per_group: usize, groups: usize, c: usize, hw: usi
     let (dg0, db0) = (uniform(&mut g, c), uniform(&mut g, c));
     let (dyb, dxb, didb) = (ctx.upload("dy", &dy), ctx.upload("dx", &dx0), ctx.upload("did", &did0));
     let (dgb, dbb) = (ctx.upload("dg", &dg0), ctx.upload("db", &db0));
-    let (dgo, dbo) = if affine { (Some(&dgb), Some(&dbb)) } else { (None, None) };
+    let (dgo, dbo): (Option<&dyn AsGpuSlice>, Option<&dyn AsGpuSlice>) = if affine { (Some(&dgb), Some(&dbb)) } else { (None, None) };
     match epi {
         Epi::None => norm::batchnorm_backward(ctx, &dxb, dgo, dbo, &dyb, &xb, &mean, &rstd, gopt, &s),
         Epi::Relu => norm::batchnorm_relu_backward(ctx, &dxb, dgo, dbo, &dyb, &out, &xb, &mean, &rstd, gopt, &s),

@@ -1,6 +1,6 @@
 //! Fused contrastive ops on wgpu (`shaders/contrastive.wgsl`): normalised logits, streaming InfoNCE and MoCo v3.
 
-use super::context::{grid_2d, sources, submit, Dispatch, WgpuContext};
+use super::context::{GpuSlice, grid_2d, sources, submit, Dispatch, WgpuContext};
 use super::queue::WgpuQueue;
 use crate::backend::plan::{KernelParams as Params, StreamPlan, GPU_TN};
 use crate::backend::cpu::InfoNceStats;
@@ -59,8 +59,8 @@ pub fn logits(ctx: &WgpuContext, l_pos: &wgpu::Buffer, l_neg: &wgpu::Buffer, q: 
     ctx.scoped(|| {
         let dt = Some(queue.code());
         let mut steps = s.normalize_steps(ctx, q, k, n as u32, c as u32);
-        steps.push((bytemuck::bytes_of(&p).to_vec(), Dispatch { pipeline: ctx.pipeline("contrastive", sources::CONTRASTIVE, "positive_logits", dt), buffers: vec![(4, &s.q_hat), (5, &s.k_hat), (9, l_pos)], grid: ((n as u32).div_ceil(256), 1, 1) }));
-        steps.push((bytemuck::bytes_of(&p).to_vec(), Dispatch { pipeline: ctx.pipeline("contrastive", sources::CONTRASTIVE, "negative_logits", dt), buffers: vec![(4, &s.q_hat), (6, &queue.buffer), (7, &queue.buffer), (15, l_neg)], grid: ((kk as u32).div_ceil(64), (n as u32).div_ceil(16), 1) }));
+        steps.push((bytemuck::bytes_of(&p).to_vec(), Dispatch { pipeline: ctx.pipeline("contrastive", sources::CONTRASTIVE, "positive_logits", dt), buffers: vec![(4, GpuSlice::from(&s.q_hat)), (5, GpuSlice::from(&s.k_hat)), (9, GpuSlice::from(l_pos))], grid: ((n as u32).div_ceil(256), 1, 1) }));
+        steps.push((bytemuck::bytes_of(&p).to_vec(), Dispatch { pipeline: ctx.pipeline("contrastive", sources::CONTRASTIVE, "negative_logits", dt), buffers: vec![(4, GpuSlice::from(&s.q_hat)), (6, GpuSlice::from(&queue.buffer)), (7, GpuSlice::from(&queue.buffer)), (15, GpuSlice::from(l_neg))], grid: ((kk as u32).div_ceil(64), (n as u32).div_ceil(16), 1) }));
         run(ctx, steps);
         Ok(())
     })
@@ -87,8 +87,8 @@ impl Scratch {
         let p = bytemuck::bytes_of(&normalize_params(n, c)).to_vec();
         let pipe = ctx.pipeline("contrastive", sources::CONTRASTIVE, "normalize_rows", Some(0));
         vec![
-            (p.clone(), Dispatch { pipeline: pipe.clone(), buffers: vec![(1, q), (2, &self.q_hat), (3, &self.q_inv)], grid: grid_2d(n) }),
-            (p, Dispatch { pipeline: pipe, buffers: vec![(1, k), (2, &self.k_hat), (3, &self.k_inv)], grid: grid_2d(n) }),
+            (p.clone(), Dispatch { pipeline: pipe.clone(), buffers: vec![(1, GpuSlice::from(q)), (2, GpuSlice::from(&self.q_hat)), (3, GpuSlice::from(&self.q_inv))], grid: grid_2d(n) }),
+            (p, Dispatch { pipeline: pipe, buffers: vec![(1, GpuSlice::from(k)), (2, GpuSlice::from(&self.k_hat)), (3, GpuSlice::from(&self.k_inv))], grid: grid_2d(n) }),
         ]
     }
 }
@@ -106,10 +106,10 @@ fn stream_steps<'a>(ctx: &WgpuContext, s: &'a Scratch, keys: &'a wgpu::Buffer, d
     let pb = bytemuck::bytes_of(&p).to_vec();
     let pipe = |e| ctx.pipeline("contrastive", sources::CONTRASTIVE, e, Some(dtype));
     vec![
-        (pb.clone(), Dispatch { pipeline: pipe("positive_logits"), buffers: vec![(4, &s.q_hat), (5, &s.k_hat), (9, s_pos)], grid: ((n as u32).div_ceil(256), 1, 1) }),
-        (pb.clone(), Dispatch { pipeline: pipe("infonce_partial"), buffers: vec![(4, &s.q_hat), (6, keys), (7, keys), (8, partial), (16, s_pos)], grid: (n.div_ceil(GPU_TN) as u32, plan.splits as u32, plan.slices as u32) }),
-        (pb.clone(), Dispatch { pipeline: pipe("infonce_combine"), buffers: vec![(4, &s.q_hat), (5, &s.k_hat), (8, partial), (10, &out.dq), (11, &out.row_loss), (12, rank), (13, &s.q_inv), (16, s_pos)], grid: grid_2d(n as u32) }),
-        (pb, Dispatch { pipeline: pipe("infonce_reduce"), buffers: vec![(11, &out.row_loss), (12, rank), (14, &out.stats)], grid: (1, 1, 1) }),
+        (pb.clone(), Dispatch { pipeline: pipe("positive_logits"), buffers: vec![(4, GpuSlice::from(&s.q_hat)), (5, GpuSlice::from(&s.k_hat)), (9, GpuSlice::from(s_pos))], grid: ((n as u32).div_ceil(256), 1, 1) }),
+        (pb.clone(), Dispatch { pipeline: pipe("infonce_partial"), buffers: vec![(4, GpuSlice::from(&s.q_hat)), (6, GpuSlice::from(keys)), (7, GpuSlice::from(keys)), (8, GpuSlice::from(partial)), (16, GpuSlice::from(s_pos))], grid: (n.div_ceil(GPU_TN) as u32, plan.splits as u32, plan.slices as u32) }),
+        (pb.clone(), Dispatch { pipeline: pipe("infonce_combine"), buffers: vec![(4, GpuSlice::from(&s.q_hat)), (5, GpuSlice::from(&s.k_hat)), (8, GpuSlice::from(partial)), (10, GpuSlice::from(&out.dq)), (11, GpuSlice::from(&out.row_loss)), (12, GpuSlice::from(rank)), (13, GpuSlice::from(&s.q_inv)), (16, GpuSlice::from(s_pos))], grid: grid_2d(n as u32) }),
+        (pb, Dispatch { pipeline: pipe("infonce_reduce"), buffers: vec![(11, GpuSlice::from(&out.row_loss)), (12, GpuSlice::from(rank)), (14, GpuSlice::from(&out.stats))], grid: (1, 1, 1) }),
     ]
 }
 

@@ -3,7 +3,7 @@
 //! on the fly). Same layouts and semantics as [`crate::backend::cpu::nn::conv`]: NCHW, weight
 //! `[C_out, C_in, KH, KW]`, forward overwrites `out`, backward accumulates into `dinp` and `dweight`.
 
-use super::context::{submit, Dispatch, WgpuContext};
+use super::context::{submit, AsGpuSlice, Dispatch, GpuSlice, WgpuContext};
 use crate::backend::cpu::nn::Conv2dShape;
 use crate::error::{Error, Result};
 
@@ -69,7 +69,7 @@ fn revalidate(s: &Conv2dShape) -> Result<Conv2dShape> {
     Ok(v)
 }
 
-fn check_f32(op: &'static str, name: &str, buf: &wgpu::Buffer, elems: usize) -> Result<()> {
+fn check_f32(op: &'static str, name: &str, buf: GpuSlice<'_>, elems: usize) -> Result<()> {
     if buf.size() < (elems * 4) as u64 {
         return Err(Error::shape(op, format!("{name} buffer of at least {} bytes ({elems} f32)", elems * 4), format!("{} bytes", buf.size())));
     }
@@ -89,9 +89,10 @@ fn grid(op: &'static str, gemm_m: usize, gemm_n: usize) -> Result<(u32, u32, u32
 
 /// Conv2d forward: `out [N, C_out, OH, OW] = conv(inp [N, C_in, H, W], weight [C_out, C_in, KH, KW])`.
 /// Overwrites `out`; submits without waiting.
-pub fn conv2d_forward(ctx: &WgpuContext, out: &wgpu::Buffer, inp: &wgpu::Buffer, weight: &wgpu::Buffer, shape: &Conv2dShape) -> Result<()> {
+pub fn conv2d_forward(ctx: &WgpuContext, out: &dyn AsGpuSlice, inp: &dyn AsGpuSlice, weight: &dyn AsGpuSlice, shape: &Conv2dShape) -> Result<()> {
     let op = "conv2d_forward";
     let s = revalidate(shape)?;
+    let (out, inp, weight) = (out.as_gpu_slice(), inp.as_gpu_slice(), weight.as_gpu_slice());
     check_f32(op, "out", out, s.out_len())?;
     check_f32(op, "inp", inp, s.inp_len())?;
     check_f32(op, "weight", weight, s.weight_len())?;
@@ -108,9 +109,11 @@ pub fn conv2d_forward(ctx: &WgpuContext, out: &wgpu::Buffer, inp: &wgpu::Buffer,
 /// Conv2d backward for upstream `dout [N, C_out, OH, OW]`: `dweight [C_out, C_in, KH, KW] += ...` and, when
 /// given, `dinp [N, C_in, H, W] += ...`. Accumulates (zero the gradients once per step); submits without waiting.
 #[allow(clippy::too_many_arguments)]
-pub fn conv2d_backward(ctx: &WgpuContext, dinp: Option<&wgpu::Buffer>, dweight: &wgpu::Buffer, dout: &wgpu::Buffer, inp: &wgpu::Buffer, weight: &wgpu::Buffer, shape: &Conv2dShape) -> Result<()> {
+pub fn conv2d_backward(ctx: &WgpuContext, dinp: Option<&dyn AsGpuSlice>, dweight: &dyn AsGpuSlice, dout: &dyn AsGpuSlice, inp: &dyn AsGpuSlice, weight: &dyn AsGpuSlice, shape: &Conv2dShape) -> Result<()> {
     let op = "conv2d_backward";
     let s = revalidate(shape)?;
+    let (dweight, dout, inp, weight) = (dweight.as_gpu_slice(), dout.as_gpu_slice(), inp.as_gpu_slice(), weight.as_gpu_slice());
+    let dinp = dinp.map(|d| d.as_gpu_slice());
     check_f32(op, "dweight", dweight, s.weight_len())?;
     check_f32(op, "dout", dout, s.out_len())?;
     check_f32(op, "inp", inp, s.inp_len())?;

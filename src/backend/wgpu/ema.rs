@@ -1,6 +1,6 @@
 //! EMA update on wgpu (`shaders/ema.wgsl`).
 
-use super::context::{sources, submit, Dispatch, WgpuContext};
+use super::context::{GpuSlice, sources, submit, Dispatch, WgpuContext};
 use crate::error::{Error, Result};
 use crate::shape::EmaShape;
 
@@ -26,7 +26,7 @@ pub fn ema_update(ctx: &WgpuContext, k: &wgpu::Buffer, q: &wgpu::Buffer, shape: 
     let p = EmaParams { len: shape.len as u32, stride: groups * 256, momentum: shape.momentum, _pad: 0 };
     ctx.scoped(|| {
         let pipeline = ctx.pipeline("ema", sources::EMA, "ema_update", None);
-        submit(ctx, &[(bytemuck::bytes_of(&p), Dispatch { pipeline, buffers: vec![(1, q), (2, k)], grid: (groups, 1, 1) })]);
+        submit(ctx, &[(bytemuck::bytes_of(&p), Dispatch { pipeline, buffers: vec![(1, GpuSlice::from(q)), (2, GpuSlice::from(k))], grid: (groups, 1, 1) })]);
         Ok(())
     })
 }

@@ -9,7 +9,7 @@ pub mod norm;
 pub mod pool;
 pub mod queue;
 
-pub use context::{sources, WgpuContext};
+pub use context::{sources, AsGpuSlice, GpuSlice, WgpuContext, SLICE_ALIGN_BYTES};
 pub use contrastive::{infonce, logits, moco_v3_loss, InfoNceBuffers};
 pub use ema::ema_update;
 pub use queue::{enqueue, WgpuQueue};

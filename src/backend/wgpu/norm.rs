@@ -6,7 +6,7 @@
 //! Buffers are f32 storage buffers of at least the element counts of [`BatchNormShape`]: `inp, out: [N, C, HW]`,
 //! `mean, rstd: [G, C]`, `running_mean, running_var, gamma, beta: [C]`. `None` for `gamma`/`beta` is affine = false.
 
-use super::context::{grid_2d, submit, Dispatch, WgpuContext};
+use super::context::{grid_2d, submit, AsGpuSlice, Dispatch, GpuSlice, WgpuContext};
 use crate::backend::cpu::nn::BatchNormShape;
 use crate::error::{Error, Result};
 
@@ -41,7 +41,7 @@ struct NormParams {
 enum Epilogue<'a> {
     None,
     Relu,
-    AddRelu(&'a wgpu::Buffer),
+    AddRelu(GpuSlice<'a>),
 }
 
 impl Epilogue<'_> {
@@ -56,14 +56,14 @@ impl Epilogue<'_> {
 
 const OP: &str = "batchnorm (wgpu)";
 
-fn check_f32(what: &str, buf: &wgpu::Buffer, elems: usize) -> Result<()> {
+fn check_f32(what: &str, buf: GpuSlice<'_>, elems: usize) -> Result<()> {
     if buf.size() < (elems * 4) as u64 {
         return Err(Error::shape(OP, format!("{what} buffer of at least {} bytes ({elems} f32)", elems * 4), format!("{} bytes", buf.size())));
     }
     Ok(())
 }
 
-fn check_opt(what: &str, buf: Option<&wgpu::Buffer>, elems: usize) -> Result<()> {
+fn check_opt(what: &str, buf: Option<GpuSlice<'_>>, elems: usize) -> Result<()> {
     buf.map_or(Ok(()), |b| check_f32(what, b, elems))
 }
 
@@ -84,7 +84,7 @@ fn params(s: &BatchNormShape, flags: u32) -> NormParams {
     NormParams { n: s.n as u32, c: s.c as u32, hw: s.hw as u32, groups: s.groups as u32, count: s.count() as u32, len: s.len() as u32, flags, _pad: 0, eps: s.eps, momentum: s.momentum, _pad2: [0.0; 2] }
 }
 
-fn affine_flags(gamma: Option<&wgpu::Buffer>, beta: Option<&wgpu::Buffer>) -> u32 {
+fn affine_flags(gamma: Option<GpuSlice<'_>>, beta: Option<GpuSlice<'_>>) -> u32 {
     (if gamma.is_some() { FLAG_GAMMA } else { 0 }) | (if beta.is_some() { FLAG_BETA } else { 0 })
 }
 
@@ -100,7 +100,7 @@ fn dummy(ctx: &WgpuContext) -> wgpu::Buffer {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn apply<'a>(ctx: &WgpuContext, out: &'a wgpu::Buffer, inp: &'a wgpu::Buffer, mean: &'a wgpu::Buffer, rstd: &'a wgpu::Buffer, gamma: &'a wgpu::Buffer, beta: &'a wgpu::Buffer, identity: &'a wgpu::Buffer, s: &BatchNormShape, flags: u32) -> (Vec<u8>, Dispatch<'a>) {
+fn apply<'a>(ctx: &WgpuContext, out: GpuSlice<'a>, inp: GpuSlice<'a>, mean: GpuSlice<'a>, rstd: GpuSlice<'a>, gamma: GpuSlice<'a>, beta: GpuSlice<'a>, identity: GpuSlice<'a>, s: &BatchNormShape, flags: u32) -> (Vec<u8>, Dispatch<'a>) {
     let p = params(s, flags);
     (
         bytemuck::bytes_of(&p).to_vec(),
@@ -109,7 +109,7 @@ fn apply<'a>(ctx: &WgpuContext, out: &'a wgpu::Buffer, inp: &'a wgpu::Buffer, me
 }
 
 #[allow(clippy::too_many_arguments)]
-fn forward_train(ctx: &WgpuContext, out: &wgpu::Buffer, mean: &wgpu::Buffer, rstd: &wgpu::Buffer, running_mean: &wgpu::Buffer, running_var: &wgpu::Buffer, inp: &wgpu::Buffer, gamma: Option<&wgpu::Buffer>, beta: Option<&wgpu::Buffer>, epi: Epilogue, s: &BatchNormShape) -> Result<()> {
+fn forward_train(ctx: &WgpuContext, out: GpuSlice<'_>, mean: GpuSlice<'_>, rstd: GpuSlice<'_>, running_mean: GpuSlice<'_>, running_var: GpuSlice<'_>, inp: GpuSlice<'_>, gamma: Option<GpuSlice<'_>>, beta: Option<GpuSlice<'_>>, epi: Epilogue, s: &BatchNormShape) -> Result<()> {
     check_f32("inp [N*C*HW]", inp, s.len())?;
     check_f32("out [N*C*HW]", out, s.len())?;
     check_f32("mean [G*C]", mean, s.stats_len())?;
@@ -132,12 +132,12 @@ fn forward_train(ctx: &WgpuContext, out: &wgpu::Buffer, mean: &wgpu::Buffer, rst
         let p = bytemuck::bytes_of(&params(s, flags)).to_vec();
         let id = match epi {
             Epilogue::AddRelu(id) => id,
-            _ => &di,
+            _ => GpuSlice::from(&di),
         };
         let steps = vec![
-            (p.clone(), Dispatch { pipeline: ctx.pipeline("norm", SOURCE, "bn_stats", None), buffers: vec![(1, inp), (3, mean), (4, rstd), (5, &var_gc)], grid }),
-            (p.clone(), Dispatch { pipeline: ctx.pipeline("norm", SOURCE, "bn_running", None), buffers: vec![(3, mean), (5, &var_gc), (6, running_mean), (7, running_var)], grid: ((s.c as u32).div_ceil(64), 1, 1) }),
-            apply(ctx, out, inp, mean, rstd, gamma.unwrap_or(&dg), beta.unwrap_or(&db), id, s, flags),
+            (p.clone(), Dispatch { pipeline: ctx.pipeline("norm", SOURCE, "bn_stats", None), buffers: vec![(1, inp), (3, mean), (4, rstd), (5, GpuSlice::from(&var_gc))], grid }),
+            (p.clone(), Dispatch { pipeline: ctx.pipeline("norm", SOURCE, "bn_running", None), buffers: vec![(3, mean), (5, GpuSlice::from(&var_gc)), (6, running_mean), (7, running_var)], grid: ((s.c as u32).div_ceil(64), 1, 1) }),
+            apply(ctx, out, inp, mean, rstd, gamma.unwrap_or(GpuSlice::from(&dg)), beta.unwrap_or(GpuSlice::from(&db)), id, s, flags),
         ];
         run(ctx, steps);
         Ok(())
@@ -145,7 +145,7 @@ fn forward_train(ctx: &WgpuContext, out: &wgpu::Buffer, mean: &wgpu::Buffer, rst
 }
 
 #[allow(clippy::too_many_arguments)]
-fn forward_eval(ctx: &WgpuContext, out: &wgpu::Buffer, inp: &wgpu::Buffer, running_mean: &wgpu::Buffer, running_var: &wgpu::Buffer, gamma: Option<&wgpu::Buffer>, beta: Option<&wgpu::Buffer>, epi: Epilogue, s: &BatchNormShape) -> Result<()> {
+fn forward_eval(ctx: &WgpuContext, out: GpuSlice<'_>, inp: GpuSlice<'_>, running_mean: GpuSlice<'_>, running_var: GpuSlice<'_>, gamma: Option<GpuSlice<'_>>, beta: Option<GpuSlice<'_>>, epi: Epilogue, s: &BatchNormShape) -> Result<()> {
     check_f32("inp [N*C*HW]", inp, s.len())?;
     check_f32("out [N*C*HW]", out, s.len())?;
     check_f32("running_mean [C]", running_mean, s.c)?;
@@ -159,16 +159,16 @@ fn forward_eval(ctx: &WgpuContext, out: &wgpu::Buffer, inp: &wgpu::Buffer, runni
         let (dg, db, di) = (dummy(ctx), dummy(ctx), dummy(ctx));
         let id = match epi {
             Epilogue::AddRelu(id) => id,
-            _ => &di,
+            _ => GpuSlice::from(&di),
         };
         let flags = affine_flags(gamma, beta) | epi.flags() | FLAG_EVAL;
-        run(ctx, vec![apply(ctx, out, inp, running_mean, running_var, gamma.unwrap_or(&dg), beta.unwrap_or(&db), id, s, flags)]);
+        run(ctx, vec![apply(ctx, out, inp, running_mean, running_var, gamma.unwrap_or(GpuSlice::from(&dg)), beta.unwrap_or(GpuSlice::from(&db)), id, s, flags)]);
         Ok(())
     })
 }
 
 #[allow(clippy::too_many_arguments)]
-fn backward(ctx: &WgpuContext, dinp: &wgpu::Buffer, didentity: Option<&wgpu::Buffer>, dgamma: Option<&wgpu::Buffer>, dbeta: Option<&wgpu::Buffer>, dout: &wgpu::Buffer, out: Option<&wgpu::Buffer>, inp: &wgpu::Buffer, mean: &wgpu::Buffer, rstd: &wgpu::Buffer, gamma: Option<&wgpu::Buffer>, s: &BatchNormShape) -> Result<()> {
+fn backward(ctx: &WgpuContext, dinp: GpuSlice<'_>, didentity: Option<GpuSlice<'_>>, dgamma: Option<GpuSlice<'_>>, dbeta: Option<GpuSlice<'_>>, dout: GpuSlice<'_>, out: Option<GpuSlice<'_>>, inp: GpuSlice<'_>, mean: GpuSlice<'_>, rstd: GpuSlice<'_>, gamma: Option<GpuSlice<'_>>, s: &BatchNormShape) -> Result<()> {
     check_f32("dinp [N*C*HW]", dinp, s.len())?;
     check_f32("dout [N*C*HW]", dout, s.len())?;
     check_f32("inp [N*C*HW]", inp, s.len())?;
@@ -198,16 +198,16 @@ fn backward(ctx: &WgpuContext, dinp: &wgpu::Buffer, didentity: Option<&wgpu::Buf
             flags |= FLAG_DBETA;
         }
         let p = bytemuck::bytes_of(&params(s, flags)).to_vec();
-        let y = out.unwrap_or(&d_y);
+        let y = out.unwrap_or(GpuSlice::from(&d_y));
         run(
             ctx,
             vec![
-                (p.clone(), Dispatch { pipeline: ctx.pipeline("norm", SOURCE, "bn_backward_sums", None), buffers: vec![(1, inp), (11, dout), (12, y), (13, &sums), (19, mean), (20, rstd)], grid }),
+                (p.clone(), Dispatch { pipeline: ctx.pipeline("norm", SOURCE, "bn_backward_sums", None), buffers: vec![(1, inp), (11, dout), (12, y), (13, GpuSlice::from(&sums)), (19, mean), (20, rstd)], grid }),
                 (
                     p.clone(),
                     Dispatch {
                         pipeline: ctx.pipeline("norm", SOURCE, "bn_backward_coef", None),
-                        buffers: vec![(8, gamma.unwrap_or(&d_g)), (13, &sums), (14, &coef), (17, dgamma.unwrap_or(&d_dg)), (18, dbeta.unwrap_or(&d_db)), (20, rstd)],
+                        buffers: vec![(8, gamma.unwrap_or(GpuSlice::from(&d_g))), (13, GpuSlice::from(&sums)), (14, GpuSlice::from(&coef)), (17, dgamma.unwrap_or(GpuSlice::from(&d_dg))), (18, dbeta.unwrap_or(GpuSlice::from(&d_db))), (20, rstd)],
                         grid: ((s.c as u32).div_ceil(64), 1, 1),
                     },
                 ),
@@ -215,7 +215,7 @@ fn backward(ctx: &WgpuContext, dinp: &wgpu::Buffer, didentity: Option<&wgpu::Buf
                     p,
                     Dispatch {
                         pipeline: ctx.pipeline("norm", SOURCE, "bn_backward_dx", None),
-                        buffers: vec![(1, inp), (11, dout), (12, y), (14, &coef), (15, dinp), (16, didentity.unwrap_or(&d_di)), (19, mean)],
+                        buffers: vec![(1, inp), (11, dout), (12, y), (14, GpuSlice::from(&coef)), (15, dinp), (16, didentity.unwrap_or(GpuSlice::from(&d_di))), (19, mean)],
                         grid: elem_grid(s.len()),
                     },
                 ),
@@ -228,55 +228,55 @@ fn backward(ctx: &WgpuContext, dinp: &wgpu::Buffer, didentity: Option<&wgpu::Buf
 /// Batch norm forward, training mode (see [`crate::backend::cpu::nn::batchnorm_forward_train`]): writes `out`,
 /// `mean, rstd: [G, C]` and updates `running_mean, running_var: [C]`.
 #[allow(clippy::too_many_arguments)]
-pub fn batchnorm_forward_train(ctx: &WgpuContext, out: &wgpu::Buffer, mean: &wgpu::Buffer, rstd: &wgpu::Buffer, running_mean: &wgpu::Buffer, running_var: &wgpu::Buffer, inp: &wgpu::Buffer, gamma: Option<&wgpu::Buffer>, beta: Option<&wgpu::Buffer>, shape: &BatchNormShape) -> Result<()> {
-    forward_train(ctx, out, mean, rstd, running_mean, running_var, inp, gamma, beta, Epilogue::None, shape)
+pub fn batchnorm_forward_train(ctx: &WgpuContext, out: &dyn AsGpuSlice, mean: &dyn AsGpuSlice, rstd: &dyn AsGpuSlice, running_mean: &dyn AsGpuSlice, running_var: &dyn AsGpuSlice, inp: &dyn AsGpuSlice, gamma: Option<&dyn AsGpuSlice>, beta: Option<&dyn AsGpuSlice>, shape: &BatchNormShape) -> Result<()> {
+    forward_train(ctx, out.as_gpu_slice(), mean.as_gpu_slice(), rstd.as_gpu_slice(), running_mean.as_gpu_slice(), running_var.as_gpu_slice(), inp.as_gpu_slice(), gamma.map(|b| b.as_gpu_slice()), beta.map(|b| b.as_gpu_slice()), Epilogue::None, shape)
 }
 
 /// [`batchnorm_forward_train`] followed by ReLU.
 #[allow(clippy::too_many_arguments)]
-pub fn batchnorm_relu_forward_train(ctx: &WgpuContext, out: &wgpu::Buffer, mean: &wgpu::Buffer, rstd: &wgpu::Buffer, running_mean: &wgpu::Buffer, running_var: &wgpu::Buffer, inp: &wgpu::Buffer, gamma: Option<&wgpu::Buffer>, beta: Option<&wgpu::Buffer>, shape: &BatchNormShape) -> Result<()> {
-    forward_train(ctx, out, mean, rstd, running_mean, running_var, inp, gamma, beta, Epilogue::Relu, shape)
+pub fn batchnorm_relu_forward_train(ctx: &WgpuContext, out: &dyn AsGpuSlice, mean: &dyn AsGpuSlice, rstd: &dyn AsGpuSlice, running_mean: &dyn AsGpuSlice, running_var: &dyn AsGpuSlice, inp: &dyn AsGpuSlice, gamma: Option<&dyn AsGpuSlice>, beta: Option<&dyn AsGpuSlice>, shape: &BatchNormShape) -> Result<()> {
+    forward_train(ctx, out.as_gpu_slice(), mean.as_gpu_slice(), rstd.as_gpu_slice(), running_mean.as_gpu_slice(), running_var.as_gpu_slice(), inp.as_gpu_slice(), gamma.map(|b| b.as_gpu_slice()), beta.map(|b| b.as_gpu_slice()), Epilogue::Relu, shape)
 }
 
 /// [`batchnorm_forward_train`] followed by a residual add and ReLU: `out = relu(bn(inp) + identity)`.
 #[allow(clippy::too_many_arguments)]
-pub fn batchnorm_add_relu_forward_train(ctx: &WgpuContext, out: &wgpu::Buffer, mean: &wgpu::Buffer, rstd: &wgpu::Buffer, running_mean: &wgpu::Buffer, running_var: &wgpu::Buffer, inp: &wgpu::Buffer, identity: &wgpu::Buffer, gamma: Option<&wgpu::Buffer>, beta: Option<&wgpu::Buffer>, shape: &BatchNormShape) -> Result<()> {
-    forward_train(ctx, out, mean, rstd, running_mean, running_var, inp, gamma, beta, Epilogue::AddRelu(identity), shape)
+pub fn batchnorm_add_relu_forward_train(ctx: &WgpuContext, out: &dyn AsGpuSlice, mean: &dyn AsGpuSlice, rstd: &dyn AsGpuSlice, running_mean: &dyn AsGpuSlice, running_var: &dyn AsGpuSlice, inp: &dyn AsGpuSlice, identity: &dyn AsGpuSlice, gamma: Option<&dyn AsGpuSlice>, beta: Option<&dyn AsGpuSlice>, shape: &BatchNormShape) -> Result<()> {
+    forward_train(ctx, out.as_gpu_slice(), mean.as_gpu_slice(), rstd.as_gpu_slice(), running_mean.as_gpu_slice(), running_var.as_gpu_slice(), inp.as_gpu_slice(), gamma.map(|b| b.as_gpu_slice()), beta.map(|b| b.as_gpu_slice()), Epilogue::AddRelu(identity.as_gpu_slice()), shape)
 }
 
 /// Batch norm forward, eval mode (running statistics; groups play no role).
 #[allow(clippy::too_many_arguments)]
-pub fn batchnorm_forward_eval(ctx: &WgpuContext, out: &wgpu::Buffer, inp: &wgpu::Buffer, running_mean: &wgpu::Buffer, running_var: &wgpu::Buffer, gamma: Option<&wgpu::Buffer>, beta: Option<&wgpu::Buffer>, shape: &BatchNormShape) -> Result<()> {
-    forward_eval(ctx, out, inp, running_mean, running_var, gamma, beta, Epilogue::None, shape)
+pub fn batchnorm_forward_eval(ctx: &WgpuContext, out: &dyn AsGpuSlice, inp: &dyn AsGpuSlice, running_mean: &dyn AsGpuSlice, running_var: &dyn AsGpuSlice, gamma: Option<&dyn AsGpuSlice>, beta: Option<&dyn AsGpuSlice>, shape: &BatchNormShape) -> Result<()> {
+    forward_eval(ctx, out.as_gpu_slice(), inp.as_gpu_slice(), running_mean.as_gpu_slice(), running_var.as_gpu_slice(), gamma.map(|b| b.as_gpu_slice()), beta.map(|b| b.as_gpu_slice()), Epilogue::None, shape)
 }
 
 /// [`batchnorm_forward_eval`] followed by ReLU.
 #[allow(clippy::too_many_arguments)]
-pub fn batchnorm_relu_forward_eval(ctx: &WgpuContext, out: &wgpu::Buffer, inp: &wgpu::Buffer, running_mean: &wgpu::Buffer, running_var: &wgpu::Buffer, gamma: Option<&wgpu::Buffer>, beta: Option<&wgpu::Buffer>, shape: &BatchNormShape) -> Result<()> {
-    forward_eval(ctx, out, inp, running_mean, running_var, gamma, beta, Epilogue::Relu, shape)
+pub fn batchnorm_relu_forward_eval(ctx: &WgpuContext, out: &dyn AsGpuSlice, inp: &dyn AsGpuSlice, running_mean: &dyn AsGpuSlice, running_var: &dyn AsGpuSlice, gamma: Option<&dyn AsGpuSlice>, beta: Option<&dyn AsGpuSlice>, shape: &BatchNormShape) -> Result<()> {
+    forward_eval(ctx, out.as_gpu_slice(), inp.as_gpu_slice(), running_mean.as_gpu_slice(), running_var.as_gpu_slice(), gamma.map(|b| b.as_gpu_slice()), beta.map(|b| b.as_gpu_slice()), Epilogue::Relu, shape)
 }
 
 /// [`batchnorm_forward_eval`] followed by a residual add and ReLU.
 #[allow(clippy::too_many_arguments)]
-pub fn batchnorm_add_relu_forward_eval(ctx: &WgpuContext, out: &wgpu::Buffer, inp: &wgpu::Buffer, identity: &wgpu::Buffer, running_mean: &wgpu::Buffer, running_var: &wgpu::Buffer, gamma: Option<&wgpu::Buffer>, beta: Option<&wgpu::Buffer>, shape: &BatchNormShape) -> Result<()> {
-    forward_eval(ctx, out, inp, running_mean, running_var, gamma, beta, Epilogue::AddRelu(identity), shape)
+pub fn batchnorm_add_relu_forward_eval(ctx: &WgpuContext, out: &dyn AsGpuSlice, inp: &dyn AsGpuSlice, identity: &dyn AsGpuSlice, running_mean: &dyn AsGpuSlice, running_var: &dyn AsGpuSlice, gamma: Option<&dyn AsGpuSlice>, beta: Option<&dyn AsGpuSlice>, shape: &BatchNormShape) -> Result<()> {
+    forward_eval(ctx, out.as_gpu_slice(), inp.as_gpu_slice(), running_mean.as_gpu_slice(), running_var.as_gpu_slice(), gamma.map(|b| b.as_gpu_slice()), beta.map(|b| b.as_gpu_slice()), Epilogue::AddRelu(identity.as_gpu_slice()), shape)
 }
 
 /// Backward of [`batchnorm_forward_train`]: `dinp += ...`, `dgamma += Σ dout·x̂`, `dbeta += Σ dout` (`None` skips).
 #[allow(clippy::too_many_arguments)]
-pub fn batchnorm_backward(ctx: &WgpuContext, dinp: &wgpu::Buffer, dgamma: Option<&wgpu::Buffer>, dbeta: Option<&wgpu::Buffer>, dout: &wgpu::Buffer, inp: &wgpu::Buffer, mean: &wgpu::Buffer, rstd: &wgpu::Buffer, gamma: Option<&wgpu::Buffer>, shape: &BatchNormShape) -> Result<()> {
-    backward(ctx, dinp, None, dgamma, dbeta, dout, None, inp, mean, rstd, gamma, shape)
+pub fn batchnorm_backward(ctx: &WgpuContext, dinp: &dyn AsGpuSlice, dgamma: Option<&dyn AsGpuSlice>, dbeta: Option<&dyn AsGpuSlice>, dout: &dyn AsGpuSlice, inp: &dyn AsGpuSlice, mean: &dyn AsGpuSlice, rstd: &dyn AsGpuSlice, gamma: Option<&dyn AsGpuSlice>, shape: &BatchNormShape) -> Result<()> {
+    backward(ctx, dinp.as_gpu_slice(), None, dgamma.map(|b| b.as_gpu_slice()), dbeta.map(|b| b.as_gpu_slice()), dout.as_gpu_slice(), None, inp.as_gpu_slice(), mean.as_gpu_slice(), rstd.as_gpu_slice(), gamma.map(|b| b.as_gpu_slice()), shape)
 }
 
 /// Backward of [`batchnorm_relu_forward_train`]: `dout` masked by `out > 0` (`out` the forward's output).
 #[allow(clippy::too_many_arguments)]
-pub fn batchnorm_relu_backward(ctx: &WgpuContext, dinp: &wgpu::Buffer, dgamma: Option<&wgpu::Buffer>, dbeta: Option<&wgpu::Buffer>, dout: &wgpu::Buffer, out: &wgpu::Buffer, inp: &wgpu::Buffer, mean: &wgpu::Buffer, rstd: &wgpu::Buffer, gamma: Option<&wgpu::Buffer>, shape: &BatchNormShape) -> Result<()> {
-    backward(ctx, dinp, None, dgamma, dbeta, dout, Some(out), inp, mean, rstd, gamma, shape)
+pub fn batchnorm_relu_backward(ctx: &WgpuContext, dinp: &dyn AsGpuSlice, dgamma: Option<&dyn AsGpuSlice>, dbeta: Option<&dyn AsGpuSlice>, dout: &dyn AsGpuSlice, out: &dyn AsGpuSlice, inp: &dyn AsGpuSlice, mean: &dyn AsGpuSlice, rstd: &dyn AsGpuSlice, gamma: Option<&dyn AsGpuSlice>, shape: &BatchNormShape) -> Result<()> {
+    backward(ctx, dinp.as_gpu_slice(), None, dgamma.map(|b| b.as_gpu_slice()), dbeta.map(|b| b.as_gpu_slice()), dout.as_gpu_slice(), Some(out.as_gpu_slice()), inp.as_gpu_slice(), mean.as_gpu_slice(), rstd.as_gpu_slice(), gamma.map(|b| b.as_gpu_slice()), shape)
 }
 
 /// Backward of [`batchnorm_add_relu_forward_train`]: `didentity += dy` with `dy = dout·(out > 0)`, and the
 /// batch-norm backward of `dy`.
 #[allow(clippy::too_many_arguments)]
-pub fn batchnorm_add_relu_backward(ctx: &WgpuContext, dinp: &wgpu::Buffer, didentity: &wgpu::Buffer, dgamma: Option<&wgpu::Buffer>, dbeta: Option<&wgpu::Buffer>, dout: &wgpu::Buffer, out: &wgpu::Buffer, inp: &wgpu::Buffer, mean: &wgpu::Buffer, rstd: &wgpu::Buffer, gamma: Option<&wgpu::Buffer>, shape: &BatchNormShape) -> Result<()> {
-    backward(ctx, dinp, Some(didentity), dgamma, dbeta, dout, Some(out), inp, mean, rstd, gamma, shape)
+pub fn batchnorm_add_relu_backward(ctx: &WgpuContext, dinp: &dyn AsGpuSlice, didentity: &dyn AsGpuSlice, dgamma: Option<&dyn AsGpuSlice>, dbeta: Option<&dyn AsGpuSlice>, dout: &dyn AsGpuSlice, out: &dyn AsGpuSlice, inp: &dyn AsGpuSlice, mean: &dyn AsGpuSlice, rstd: &dyn AsGpuSlice, gamma: Option<&dyn AsGpuSlice>, shape: &BatchNormShape) -> Result<()> {
+    backward(ctx, dinp.as_gpu_slice(), Some(didentity.as_gpu_slice()), dgamma.map(|b| b.as_gpu_slice()), dbeta.map(|b| b.as_gpu_slice()), dout.as_gpu_slice(), Some(out.as_gpu_slice()), inp.as_gpu_slice(), mean.as_gpu_slice(), rstd.as_gpu_slice(), gamma.map(|b| b.as_gpu_slice()), shape)
 }

@@ -1,6 +1,6 @@
 //! Ring-buffer enqueue on wgpu (`shaders/queue.wgsl`) and the queue buffer type.
 
-use super::context::{grid_2d, sources, submit, Dispatch, WgpuContext};
+use super::context::{GpuSlice, grid_2d, sources, submit, Dispatch, WgpuContext};
 use crate::error::{Error, Result};
 use crate::backend::plan::QueueParams;
 use crate::shape::{QueueDType, QueueShape};
@@ -72,8 +72,8 @@ pub fn enqueue(ctx: &WgpuContext, queue: &WgpuQueue, keys: &wgpu::Buffer, shape:
         let np = ctx.pipeline("contrastive", sources::CONTRASTIVE, "normalize_rows", Some(0));
         let ep = ctx.pipeline("queue", sources::QUEUE, entry, None);
         submit(ctx, &[
-            (bytemuck::bytes_of(&norm), Dispatch { pipeline: np, buffers: vec![(1, keys), (2, &kh), (3, &inv)], grid: grid_2d(n) }),
-            (bytemuck::bytes_of(&p), Dispatch { pipeline: ep, buffers: vec![(1, &kh), (binding, &queue.buffer)], grid: grid_2d(total.div_ceil(256)) }),
+            (bytemuck::bytes_of(&norm), Dispatch { pipeline: np, buffers: vec![(1, GpuSlice::from(keys)), (2, GpuSlice::from(&kh)), (3, GpuSlice::from(&inv))], grid: grid_2d(n) }),
+            (bytemuck::bytes_of(&p), Dispatch { pipeline: ep, buffers: vec![(1, GpuSlice::from(&kh)), (binding, GpuSlice::from(&queue.buffer))], grid: grid_2d(total.div_ceil(256)) }),
         ]);
         Ok(())
     })?;

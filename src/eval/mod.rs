@@ -1,0 +1,1 @@
+//! Evaluation of frozen features: the kNN monitor and the linear probe.
