@@ -1,5 +1,6 @@
-"""ResNet-18 (CIFAR stem) fixture for the ResNet issue: torchvision's resnet18 with conv1 = 3x3/1, no maxpool,
-10 classes, batch 4 at 32x32, in training mode (batch-statistics BN) and in eval mode.
+"""ResNet fixtures for the ResNet issue, in training mode (batch-statistics BN) and in eval mode:
+  - resnet18_cifar: torchvision's resnet18 with conv1 = 3x3/1, no maxpool, 10 classes, batch 4 at 32x32;
+  - resnet50_imagenet: torchvision's resnet50 as is (conv 7x7/2 + maxpool, Bottleneck), 7 classes, batch 2 at 128x128 (each Bottleneck's last BN gamma near 0.2: at smaller inputs or with gamma near 1 the network is chaotic at init and torch's own f32 and f64 gradients differ by up to 30 %; here by 7e-6).
 
 The weights and the input are not stored: they come from a counter-based generator (splitmix64 of the tensor's
 name and the element index) that the Rust test reproduces bit for bit, so the fixture stays small. Stored:
@@ -9,7 +10,7 @@ name and the element index) that the Rust test reproduces bit for bit, so the fi
   - "running_mean/L", "running_var/L" for every BN layer after the train-mode forward (momentum 0.1)
   - "logits_eval" [4,10]: eval-mode forward with the updated running statistics
 
-    /opt/torchvenv/bin/python scripts/make_resnet_fixture.py    # writes tests/fixtures/resnet18_cifar.safetensors
+    /opt/torchvenv/bin/python scripts/make_resnet_fixture.py    # writes tests/fixtures/resnet{18_cifar,50_imagenet}.safetensors
 """
 import math
 import os
@@ -49,15 +50,26 @@ def fill(name, shape, scale, shift=0.0):
     return (uniform(name, n) * scale + shift).to(torch.float32).reshape(shape)
 
 
-def model():
-    m = torchvision.models.resnet18(num_classes=10)
-    m.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-    m.maxpool = nn.Identity()
+CONFIGS = {
+    # name: (builder, classes, CIFAR stem, batch, H, W, labels)
+    "resnet18_cifar": (torchvision.models.resnet18, 10, True, 4, 32, 32, [3, 1, 4, 1]),
+    "resnet50_imagenet": (torchvision.models.resnet50, 7, False, 2, 128, 128, [5, 2]),
+}
+
+
+def model(name):
+    build, classes, cifar, *_ = CONFIGS[name]
+    m = build(num_classes=classes)
+    if cifar:
+        m.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        m.maxpool = nn.Identity()
     with torch.no_grad():
         for name, p in m.named_parameters():
             if p.ndim == 4:  # conv: uniform with the std of kaiming-normal fan_out, sqrt(2 / fan_out)
                 fan_out = p.shape[0] * p.shape[2] * p.shape[3]
                 p.copy_(fill(name, p.shape, math.sqrt(2.0 / fan_out) * math.sqrt(3.0)))
+            elif name.endswith("bn3.weight"):  # Bottleneck's last BN gamma near 0.2: keeps ResNet-50 well conditioned
+                p.copy_(fill(name, p.shape, 0.1, 0.2))
             elif name.endswith("weight") and p.ndim == 1:  # BN gamma near 1
                 p.copy_(fill(name, p.shape, 0.2, 1.0))
             elif p.ndim == 1:  # BN beta and fc bias near 0
@@ -67,11 +79,12 @@ def model():
     return m
 
 
-def main():
+def main(arch):
     torch.set_num_threads(2)
-    m = model().train()
-    x = fill("input", (4, 3, 32, 32), 1.0)
-    labels = torch.tensor([3, 1, 4, 1])
+    m = model(arch).train()
+    _, _, _, n, h, w, labels = CONFIGS[arch]
+    x = fill("input", (n, 3, h, w), 1.0)
+    labels = torch.tensor(labels)
     logits = m(x)
     loss = nn.CrossEntropyLoss()(logits, labels)
     loss.backward()
@@ -92,10 +105,11 @@ def main():
     m.eval()
     with torch.no_grad():
         out["logits_eval"] = m(x)
-    path = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "resnet18_cifar.safetensors")
+    path = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", f"{arch}.safetensors")
     save_file({k: v.contiguous() for k, v in out.items()}, path)
     print(f"wrote {path}: {len(out)} tensors, loss {loss.item():.6f}")
 
 
 if __name__ == "__main__":
-    main()
+    for name in CONFIGS:
+        main(name)

@@ -155,6 +155,7 @@ fn resnet18_with_torchvision_state_dict_names() {
         stem: Stem::Cifar,
         num_classes: Some(10),
         zero_init_residual: false,
+        mlp_hidden: None,
     })
     .unwrap();
     let (mut p, mut b) = (vec![0.0; l.params.len], vec![0.0; l.buffers.len]);

@@ -2,21 +2,21 @@
 use moco::nn::{Depth, ResNetConfig, ResNetLayout, Stem};
 
 fn layout(depth: Depth, stem: Stem, classes: Option<usize>) -> ResNetLayout {
-    ResNetLayout::new(ResNetConfig { depth, stem, num_classes: classes, zero_init_residual: false }).unwrap()
+    ResNetLayout::new(ResNetConfig { depth, stem, num_classes: classes, zero_init_residual: false, mlp_hidden: None }).unwrap()
 }
 
 #[test]
 fn parameter_counts_match_torchvision() {
     // torchvision: resnet18() 11,689,512 and resnet50() 25,557,032 parameters (1000 classes)
-    assert_eq!(layout(Depth::R18, Stem::ImageNet, Some(1000)).params.len, 11_689_512);
-    assert_eq!(layout(Depth::R50, Stem::ImageNet, Some(1000)).params.len, 25_557_032);
+    assert_eq!(layout(Depth::R18, Stem::ImageNet, Some(1000)).params.num_elements(), 11_689_512);
+    assert_eq!(layout(Depth::R50, Stem::ImageNet, Some(1000)).params.num_elements(), 25_557_032);
     // CIFAR stem: conv1 3x3 instead of 7x7 (64*3*(49-9) fewer), 10 classes
     let r18c = layout(Depth::R18, Stem::Cifar, Some(10));
-    assert_eq!(r18c.params.len, 11_689_512 - 64 * 3 * 40 - 990 * 512 - 990);
+    assert_eq!(r18c.params.num_elements(), 11_689_512 - 64 * 3 * 40 - 990 * 512 - 990);
     // BN layers and running statistics: 20 BNs in ResNet-18, 53 in ResNet-50
     assert_eq!(r18c.bn_layers.len(), 20);
     assert_eq!(layout(Depth::R50, Stem::ImageNet, None).bn_layers.len(), 53);
-    assert_eq!(r18c.buffers.len, 2 * r18c.bn_layers.iter().map(|b| r18c.params.get(&format!("{b}.weight")).unwrap().len()).sum::<usize>());
+    assert_eq!(r18c.buffers.num_elements(), 2 * r18c.bn_layers.iter().map(|b| r18c.params.get(&format!("{b}.weight")).unwrap().len()).sum::<usize>());
 }
 
 #[test]
@@ -31,18 +31,22 @@ fn names_follow_torchvision_order() {
     assert_eq!(l50.params.get("layer1.0.conv3.weight").unwrap().shape, vec![256, 64, 1, 1]);
     assert_eq!(l50.feature_dim, 2048);
     assert!(l50.params.get("fc.weight").is_err());
-    // offsets are contiguous
-    let mut off = 0;
-    for t in &l50.params.tensors {
-        assert_eq!(t.offset, off);
-        off += t.len();
+    // offsets in order, each the first multiple of TENSOR_ALIGN (64 elements, 256 bytes: a wgpu storage-binding
+    // offset) after the previous tensor's end
+    let mut end = 0usize;
+    for t in l50.params.tensors.iter().chain(&l50.buffers.tensors) {
+        if t.name == "bn1.running_mean" {
+            end = 0;
+        }
+        assert_eq!(t.offset, end.next_multiple_of(moco::nn::layout::TENSOR_ALIGN), "{}", t.name);
+        end = t.offset + t.len();
     }
-    assert_eq!(off, l50.params.len);
+    assert_eq!(end, l50.buffers.len);
 }
 
 #[test]
 fn init_is_torchvision_like() {
-    let l = ResNetLayout::new(ResNetConfig { depth: Depth::R18, stem: Stem::Cifar, num_classes: Some(10), zero_init_residual: true }).unwrap();
+    let l = ResNetLayout::new(ResNetConfig { depth: Depth::R18, stem: Stem::Cifar, num_classes: Some(10), zero_init_residual: true, mlp_hidden: None }).unwrap();
     let (mut p, mut b) = (vec![f32::NAN; l.params.len], vec![f32::NAN; l.buffers.len]);
     l.init(&mut p, &mut b, 0).unwrap();
     assert!(p.iter().chain(&b).all(|v| v.is_finite()));
@@ -55,7 +59,7 @@ fn init_is_torchvision_like() {
     assert!(p[l.params.get("layer1.0.bn1.weight").unwrap().range()].iter().all(|&v| v == 1.0));
     assert!(b[l.buffers.get("bn1.running_var").unwrap().range()].iter().all(|&v| v == 1.0));
     assert!(l.init(&mut p[1..], &mut b, 0).is_err());
-    assert!(ResNetLayout::new(ResNetConfig { depth: Depth::R18, stem: Stem::Cifar, num_classes: Some(0), zero_init_residual: false }).is_err());
+    assert!(ResNetLayout::new(ResNetConfig { depth: Depth::R18, stem: Stem::Cifar, num_classes: Some(0), zero_init_residual: false, mlp_hidden: None }).is_err());
 }
 
 #[test]

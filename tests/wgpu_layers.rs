@@ -253,6 +253,12 @@ fn resnet_shapes() {
     linear_case(&ctx, 33, 70, 17, true, true, 7);
     linear_case(&ctx, 1, 1, 1, false, false, 8);
     avgpool_case(&ctx, 2, 64, 49, 9);
+    // ResNet-18 CIFAR batch-4 BN shapes (layer1, layer2, layer4) and a split BN of the MoCo key encoder
+    for (i, &(n, g, c, hw)) in [(4usize, 1usize, 64usize, 1024usize), (4, 1, 128, 256), (4, 1, 512, 16), (16, 8, 64, 64)].iter().enumerate() {
+        for e in 0..3 {
+            bn_case(&ctx, n / g, g, c, hw, true, epi_of(e), 20 + i as u64);
+        }
+    }
 }
 
 #[test]

@@ -30,21 +30,36 @@ impl ParamInfo {
     }
 }
 
-/// An ordered list of tensors packed back to back in one flat buffer.
+/// Elements between tensor starts in a model layout (256 bytes of f32): the storage-buffer offset alignment a wgpu
+/// kernel needs to bind one tensor of the flat buffer, and a whole number of cache lines everywhere else.
+pub const TENSOR_ALIGN: usize = 64;
+
+/// An ordered list of tensors in one flat buffer, in registration order, each starting at a multiple of `align`
+/// elements (1 packs them back to back). Gaps are zero and stay zero (no gradient reaches them).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Layout {
     /// The tensors, in registration order (torchvision's `named_parameters` order for models).
     pub tensors: Vec<ParamInfo>,
-    /// Total elements.
+    /// Length of the flat buffer: the end of the last tensor.
     pub len: usize,
+    /// Alignment of tensor offsets in elements (0 or 1: packed).
+    pub align: usize,
 }
 
 impl Layout {
+    /// An empty layout whose tensors start at multiples of `align` elements.
+    pub fn aligned(align: usize) -> Self {
+        Self { tensors: Vec::new(), len: 0, align }
+    }
+    /// Elements that belong to tensors (the parameter count; [`Layout::len`] also counts the gaps).
+    pub fn num_elements(&self) -> usize {
+        self.tensors.iter().map(|t| t.len()).sum()
+    }
     /// Appends a tensor and returns its offset.
     pub fn push(&mut self, name: impl Into<String>, shape: &[usize]) -> usize {
-        let offset = self.len;
+        let offset = self.len.next_multiple_of(self.align.max(1));
         let info = ParamInfo { name: name.into(), shape: shape.to_vec(), offset };
-        self.len += info.len();
+        self.len = offset + info.len();
         self.tensors.push(info);
         offset
     }

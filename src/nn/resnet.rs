@@ -3,40 +3,10 @@
 //! batch shape. The network is a fixed list of nodes (conv, BN with its fused epilogue, pooling, fc) run forward in
 //! order and backward in reverse, gradients accumulating into one activation-gradient allocation.
 
-use super::layout::ParamInfo;
-use super::resnet_layout::{ResNetConfig, ResNetLayout, Stem};
+use super::resnet_layout::{ResNetConfig, ResNetLayout};
+use super::resnet_plan::{Act, Epilogue, Node, Plan};
 use crate::backend::cpu::nn as k;
-use crate::error::{Error, Result};
-
-/// A region of the activation allocation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Act {
-    offset: usize,
-    len: usize,
-}
-
-impl Act {
-    fn range(&self) -> std::ops::Range<usize> {
-        self.offset..self.offset + self.len
-    }
-}
-
-/// What a batch-norm node does after normalising.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Epilogue {
-    None,
-    Relu,
-    AddRelu(Act),
-}
-
-#[derive(Clone, Debug)]
-enum Node {
-    Conv { w: ParamInfo, shape: k::Conv2dShape, inp: Act, out: Act },
-    Bn { gamma: ParamInfo, beta: ParamInfo, rm: ParamInfo, rv: ParamInfo, shape: k::BatchNormShape, inp: Act, out: Act, mean: Act, rstd: Act, epi: Epilogue },
-    MaxPool { shape: k::MaxPool2dShape, inp: Act, out: Act, argmax: usize },
-    AvgPool { shape: k::GlobalAvgPoolShape, inp: Act, out: Act },
-    Fc { w: ParamInfo, b: ParamInfo, shape: k::LinearShape, inp: Act, out: Act },
-}
+use crate::error::Result;
 
 /// A ResNet on the CPU, for one batch shape `[N, 3, H, W]`.
 #[derive(Debug)]
@@ -51,65 +21,11 @@ pub struct ResNetCpu {
     pub buffers: Vec<f32>,
     /// Times each BN was run in training mode (torchvision's `num_batches_tracked`, the same for every BN).
     pub num_batches_tracked: i64,
-    nodes: Vec<Node>,
+    plan: Plan,
     acts: Vec<f32>,
     dacts: Vec<f32>,
     argmax: Vec<u32>,
     scratch: Vec<f32>,
-    input: Act,
-    output: Act,
-    n: usize,
-    h: usize,
-    w: usize,
-}
-
-struct Planner<'a> {
-    layout: &'a ResNetLayout,
-    acts: usize,
-    argmax: usize,
-    nodes: Vec<Node>,
-    n: usize,
-    bn_groups: usize,
-}
-
-impl Planner<'_> {
-    fn alloc(&mut self, len: usize) -> Act {
-        let a = Act { offset: self.acts, len };
-        self.acts += len;
-        a
-    }
-    fn p(&self, name: &str) -> Result<ParamInfo> {
-        self.layout.params.get(name).cloned()
-    }
-    fn b(&self, name: &str) -> Result<ParamInfo> {
-        self.layout.buffers.get(name).cloned()
-    }
-    /// conv then BN(+epilogue); returns (BN output, channels, h, w).
-    #[allow(clippy::too_many_arguments)]
-    fn conv_bn(&mut self, conv: &str, bn: &str, inp: Act, c_in: usize, h: usize, w: usize, stride: usize, epi: Epilogue) -> Result<(Act, usize, usize, usize)> {
-        let wt = self.p(&format!("{conv}.weight"))?;
-        let (c_out, kh) = (wt.shape[0], wt.shape[2]);
-        let shape = k::Conv2dShape::new(self.n, c_in, h, w, c_out, kh, kh, stride, kh / 2)?;
-        let (oh, ow) = (shape.out_h(), shape.out_w());
-        let conv_out = self.alloc(shape.out_len());
-        self.nodes.push(Node::Conv { w: wt, shape, inp, out: conv_out });
-        let bshape = k::BatchNormShape::new(self.n, c_out, oh * ow, self.bn_groups)?;
-        let (mean, rstd) = (self.alloc(bshape.stats_len()), self.alloc(bshape.stats_len()));
-        let out = self.alloc(conv_out.len);
-        self.nodes.push(Node::Bn {
-            gamma: self.p(&format!("{bn}.weight"))?,
-            beta: self.p(&format!("{bn}.bias"))?,
-            rm: self.b(&format!("{bn}.running_mean"))?,
-            rv: self.b(&format!("{bn}.running_var"))?,
-            shape: bshape,
-            inp: conv_out,
-            out,
-            mean,
-            rstd,
-            epi,
-        });
-        Ok((out, c_out, oh, ow))
-    }
 }
 
 impl ResNetCpu {
@@ -120,51 +36,10 @@ impl ResNetCpu {
         let mut params = vec![0.0; layout.params.len];
         let mut buffers = vec![0.0; layout.buffers.len];
         layout.init(&mut params, &mut buffers, seed)?;
-        let mut pl = Planner { layout: &layout, acts: 0, argmax: 0, nodes: Vec::new(), n, bn_groups };
-        if n == 0 || h == 0 || w == 0 {
-            return Err(Error::shape("resnet", "input [N, 3, H, W] with N, H, W >= 1", format!("[{n}, 3, {h}, {w}]")));
-        }
-        let input = pl.alloc(n * 3 * h * w);
-        let stride = if config.stem == Stem::ImageNet { 2 } else { 1 };
-        let (mut x, mut c, mut hh, mut ww) = pl.conv_bn("conv1", "bn1", input, 3, h, w, stride, Epilogue::Relu)?;
-        if config.stem == Stem::ImageNet {
-            let shape = k::MaxPool2dShape::resnet(n, c, hh, ww)?;
-            let out = pl.alloc(shape.out_len());
-            pl.nodes.push(Node::MaxPool { shape, inp: x, out, argmax: pl.argmax });
-            pl.argmax += shape.out_len();
-            (x, hh, ww) = (out, shape.out_h(), shape.out_w());
-        }
-        let blocks = layout.blocks.clone();
-        let bottleneck = layout.params.get(&format!("{}.conv3.weight", blocks[0].prefix)).is_ok();
-        for b in &blocks {
-            let identity = if b.downsample {
-                pl.conv_bn(&format!("{}.downsample.0", b.prefix), &format!("{}.downsample.1", b.prefix), x, c, hh, ww, b.stride, Epilogue::None)?.0
-            } else {
-                x
-            };
-            let pre = &b.prefix;
-            if bottleneck {
-                let (y, c1, h1, w1) = pl.conv_bn(&format!("{pre}.conv1"), &format!("{pre}.bn1"), x, c, hh, ww, 1, Epilogue::Relu)?;
-                let (y, c2, h2, w2) = pl.conv_bn(&format!("{pre}.conv2"), &format!("{pre}.bn2"), y, c1, h1, w1, b.stride, Epilogue::Relu)?;
-                (x, c, hh, ww) = pl.conv_bn(&format!("{pre}.conv3"), &format!("{pre}.bn3"), y, c2, h2, w2, 1, Epilogue::AddRelu(identity))?;
-            } else {
-                let (y, c1, h1, w1) = pl.conv_bn(&format!("{pre}.conv1"), &format!("{pre}.bn1"), x, c, hh, ww, b.stride, Epilogue::Relu)?;
-                (x, c, hh, ww) = pl.conv_bn(&format!("{pre}.conv2"), &format!("{pre}.bn2"), y, c1, h1, w1, 1, Epilogue::AddRelu(identity))?;
-            }
-        }
-        let shape = k::GlobalAvgPoolShape::new(n, c, hh * ww)?;
-        let pooled = pl.alloc(n * c);
-        pl.nodes.push(Node::AvgPool { shape, inp: x, out: pooled });
-        let mut output = pooled;
-        if let Some(classes) = config.num_classes {
-            let shape = k::LinearShape::new(n, c, classes)?;
-            let out = pl.alloc(n * classes);
-            pl.nodes.push(Node::Fc { w: pl.p("fc.weight")?, b: pl.p("fc.bias")?, shape, inp: pooled, out });
-            output = out;
-        }
-        let (nodes, acts_len, argmax_len) = (pl.nodes, pl.acts, pl.argmax);
+        let plan = Plan::new(&layout, n, h, w, bn_groups)?;
         let grads = vec![0.0; layout.params.len];
-        Ok(Self { layout, params, grads, buffers, num_batches_tracked: 0, nodes, acts: vec![0.0; acts_len], dacts: vec![0.0; acts_len], argmax: vec![0; argmax_len], scratch: Vec::new(), input, output, n, h, w })
+        let (acts, dacts, argmax) = (vec![0.0; plan.acts_len], vec![0.0; plan.acts_len], vec![0; plan.argmax_len]);
+        Ok(Self { layout, params, grads, buffers, num_batches_tracked: 0, plan, acts, dacts, argmax, scratch: Vec::new() })
     }
 
     /// Elements of the activation allocation (for memory accounting).
@@ -175,31 +50,37 @@ impl ResNetCpu {
     /// Forward `x: [N, 3, H, W]`; returns the output: logits `[N, classes]`, or pooled features `[N, feature_dim]`
     /// without `fc`. `train` uses batch statistics (and updates the running ones); otherwise running statistics.
     pub fn forward(&mut self, x: &[f32], train: bool) -> Result<&[f32]> {
-        if x.len() != self.input.len {
-            return Err(Error::shape("resnet forward", format!("input [{}, 3, {}, {}] ({} elements)", self.n, self.h, self.w, self.input.len), format!("{} elements", x.len())));
-        }
-        self.acts[self.input.range()].copy_from_slice(x);
-        for node in &self.nodes {
+        self.plan.check_input(x.len())?;
+        self.acts[self.plan.input.range()].copy_from_slice(x);
+        for node in &self.plan.nodes {
             run_forward(node, &mut self.acts, &mut self.argmax, &self.params, &mut self.buffers, &mut self.scratch, train)?;
         }
         if train {
             self.num_batches_tracked += 1;
         }
-        Ok(&self.acts[self.output.range()])
+        Ok(&self.acts[self.plan.output.range()])
     }
 
     /// Backward from `dout` (gradient of the loss w.r.t. the output of the last forward, which must have been a
     /// training forward). Accumulates into [`ResNetCpu::grads`]; returns the gradient w.r.t. the input.
     pub fn backward(&mut self, dout: &[f32]) -> Result<&[f32]> {
-        if dout.len() != self.output.len {
-            return Err(Error::shape("resnet backward", format!("dout of {} elements", self.output.len), format!("{} elements", dout.len())));
-        }
+        self.plan.check_dout(dout.len())?;
         self.dacts.fill(0.0);
-        self.dacts[self.output.range()].copy_from_slice(dout);
-        for node in self.nodes.iter().rev() {
+        self.dacts[self.plan.output.range()].copy_from_slice(dout);
+        for node in self.plan.nodes.iter().rev() {
             run_backward(node, &self.acts, &mut self.dacts, &self.argmax, &self.params, &mut self.grads, &mut self.scratch)?;
         }
-        Ok(&self.dacts[self.input.range()])
+        Ok(&self.dacts[self.plan.input.range()])
+    }
+
+    /// Pooled backbone features `[N, feature_dim]` of the last forward (before `fc`).
+    pub fn features(&self) -> &[f32] {
+        &self.acts[self.plan.features.range()]
+    }
+
+    /// Batch shape `(N, H, W)` this network was planned for.
+    pub fn batch_shape(&self) -> (usize, usize, usize) {
+        (self.plan.n, self.plan.h, self.plan.w)
     }
 
     /// Sets every parameter gradient to zero.
@@ -277,6 +158,10 @@ fn run_forward(node: &Node, acts: &mut [f32], argmax: &mut [u32], params: &[f32]
             let (o, i) = split_mut_ref(acts, *out, *inp);
             k::global_avgpool_forward(o, i, shape)
         }
+        Node::Relu { shape, inp, out } => {
+            let (o, i) = split_mut_ref(acts, *out, *inp);
+            k::relu_forward(o, i, shape)
+        }
         Node::Fc { w, b, shape, inp, out } => {
             let (o, i) = split_mut_ref(acts, *out, *inp);
             k::linear_forward(o, i, &params[w.range()], Some(&params[b.range()]), shape)
@@ -320,6 +205,10 @@ fn run_backward(node: &Node, acts: &[f32], dacts: &mut [f32], argmax: &[u32], pa
         Node::AvgPool { shape, inp, out } => {
             let (di, d_o) = split_mut_ref(dacts, *inp, *out);
             k::global_avgpool_backward(di, d_o, shape)
+        }
+        Node::Relu { shape, inp, out } => {
+            let (di, d_o) = split_mut_ref(dacts, *inp, *out);
+            k::relu_backward(di, d_o, &acts[out.range()], shape)
         }
         Node::Fc { w, b, shape, inp, out } => {
             let (wr, brg) = (w.range(), b.range());

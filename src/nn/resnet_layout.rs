@@ -1,7 +1,7 @@
 //! The parameter layout of torchvision's ResNet-18 and ResNet-50 (BasicBlock and Bottleneck), with the ImageNet
 //! stem (conv 7x7/2 + maxpool) or the CIFAR stem (conv 3x3/1, no maxpool), and torchvision's initialisation.
 
-use super::layout::{Layout, SplitMix64};
+use super::layout::{Layout, SplitMix64, TENSOR_ALIGN};
 use crate::error::{Error, Result};
 
 /// Network depth.
@@ -33,6 +33,17 @@ pub struct ResNetConfig {
     pub num_classes: Option<usize>,
     /// Zero-initialise the last BN gamma of each residual branch (torchvision's `zero_init_residual`).
     pub zero_init_residual: bool,
+    /// MoCo v2's MLP head: with `Some(hidden)` (and `num_classes = Some(dim)`), `fc` is
+    /// `Sequential(Linear(feature_dim, hidden), ReLU, Linear(hidden, dim))`, tensors `fc.0.*` and `fc.2.*`, as
+    /// facebookresearch/moco builds it. `None`: one linear `fc`.
+    pub mlp_hidden: Option<usize>,
+}
+
+impl ResNetConfig {
+    /// A plain torchvision ResNet (no MLP head, no zero-init).
+    pub fn new(depth: Depth, stem: Stem, num_classes: Option<usize>) -> Self {
+        Self { depth, stem, num_classes, zero_init_residual: false, mlp_hidden: None }
+    }
 }
 
 /// One residual block's tensors: names of its convs and BNs, and its geometry.
@@ -72,10 +83,10 @@ pub struct ResNetLayout {
 impl ResNetLayout {
     /// Builds the layout of `config`.
     pub fn new(config: ResNetConfig) -> Result<Self> {
-        if config.num_classes == Some(0) {
+        if config.num_classes == Some(0) || config.mlp_hidden == Some(0) {
             return Err(Error::shape("resnet", "num_classes >= 1 (or None for no fc)", "0"));
         }
-        let mut l = ResNetLayout { config, params: Layout::default(), buffers: Layout::default(), bn_layers: Vec::new(), blocks: Vec::new(), feature_dim: 0 };
+        let mut l = ResNetLayout { config, params: Layout::aligned(TENSOR_ALIGN), buffers: Layout::aligned(TENSOR_ALIGN), bn_layers: Vec::new(), blocks: Vec::new(), feature_dim: 0 };
         let (k, stem_ch) = match config.stem {
             Stem::ImageNet => (7, 64),
             Stem::Cifar => (3, 64),
@@ -115,9 +126,19 @@ impl ResNetLayout {
             }
         }
         l.feature_dim = in_ch;
-        if let Some(classes) = config.num_classes {
-            l.params.push("fc.weight", &[classes, in_ch]);
-            l.params.push("fc.bias", &[classes]);
+        match (config.num_classes, config.mlp_hidden) {
+            (Some(classes), None) => {
+                l.params.push("fc.weight", &[classes, in_ch]);
+                l.params.push("fc.bias", &[classes]);
+            }
+            (Some(classes), Some(hidden)) => {
+                l.params.push("fc.0.weight", &[hidden, in_ch]);
+                l.params.push("fc.0.bias", &[hidden]);
+                l.params.push("fc.2.weight", &[classes, hidden]);
+                l.params.push("fc.2.bias", &[classes]);
+            }
+            (None, Some(_)) => return Err(Error::shape("resnet", "mlp_hidden only together with num_classes (the head's output width)", "mlp_hidden without num_classes")),
+            (None, None) => {}
         }
         Ok(l)
     }
@@ -148,8 +169,10 @@ impl ResNetLayout {
                 let fan_out = t.shape[0] * t.shape[2] * t.shape[3];
                 let std = (2.0 / fan_out as f64).sqrt();
                 out.iter_mut().for_each(|v| *v = (rng.normal() * std) as f32);
-            } else if t.name == "fc.weight" || t.name == "fc.bias" {
-                let bound = 1.0 / (self.feature_dim as f64).sqrt();
+            } else if t.name.starts_with("fc.") {
+                // nn.Linear's default: uniform(±1/sqrt(fan_in)) for weight and bias
+                let fan_in = if t.name.starts_with("fc.2.") { self.config.mlp_hidden.unwrap_or(self.feature_dim) } else { self.feature_dim };
+                let bound = 1.0 / (fan_in as f64).sqrt();
                 out.iter_mut().for_each(|v| *v = ((rng.next_f64() * 2.0 - 1.0) * bound) as f32);
             } else if t.name.ends_with(".weight") {
                 let zero = self.config.zero_init_residual && t.name.starts_with("layer") && t.name.ends_with(last_bn);

@@ -113,9 +113,19 @@ impl ParamSpans {
         }
         Self::new(spans)
     }
-    /// Spans of every tensor of a model [`Layout`] (which packs its tensors back to back).
+    /// Spans of every tensor of a model [`Layout`], in buffer order. A tensor's span runs to the next tensor's
+    /// offset, so the alignment gaps (zeros, with zero gradients) belong to the tensor before them and change no
+    /// norm.
     pub fn from_layout(layout: &Layout) -> Result<Self> {
-        Self::new(layout.tensors.iter().map(|t| ParamSpan { offset: t.offset, len: t.len(), ndim: t.shape.len() }).collect())
+        let mut ts: Vec<_> = layout.tensors.iter().filter(|t| !t.is_empty()).collect();
+        ts.sort_by_key(|t| t.offset);
+        let mut spans = Vec::with_capacity(ts.len());
+        for (i, t) in ts.iter().enumerate() {
+            let start = if i == 0 { 0 } else { t.offset };
+            let end = ts.get(i + 1).map_or(layout.len, |n| n.offset);
+            spans.push(ParamSpan { offset: start, len: end.saturating_sub(start), ndim: t.shape.len() });
+        }
+        Self::new(spans)
     }
     /// The spans, in buffer order.
     pub fn spans(&self) -> &[ParamSpan] {

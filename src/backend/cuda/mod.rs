@@ -10,11 +10,19 @@
 //! [`infonce_async`] / [`infonce`], [`moco_v3_loss`], [`enqueue`], [`normalize_rows`]. Kernel scalars are passed as
 //! one `#[repr(C)]` struct by value (the WGSL uniform block of the same kernel). Every op runs 256-thread blocks.
 //!
+//! ResNet layers, with the function names and argument order of the wgpu backend, on views into the caller's
+//! allocations (`&CudaView<f32>` inputs, `&mut CudaViewMut<f32>` outputs): [`conv`] (`conv2d_forward`,
+//! `conv2d_backward`), [`norm`] (`batchnorm_*`: train/eval, plain, ReLU and add + ReLU, backward) and [`pool`]
+//! (`maxpool2d_*`, `global_avgpool_*`, `linear_*`, `relu_*`, `add_forward`).
+//!
 //! [`Error::Unavailable`]: crate::Error::Unavailable
 
 mod context;
 pub mod contrastive;
+pub mod conv;
 pub mod ema;
+pub mod norm;
+pub mod pool;
 pub mod queue;
 
 pub use context::{check_driver, check_nvrtc, kernel_entry_points, kernel_sources};

@@ -1,0 +1,204 @@
+//! PNG training curves: one image, two panels stacked vertically: training loss per step (raw, light, and a
+//! trailing moving average, dark) and kNN top-1 per epoch (in percent).
+//!
+//! plotters is built without system font lookup, so the text is drawn with DejaVu Sans embedded in the binary
+//! (`src/report/DejaVuSans.ttf`, licence in `src/report/DejaVuSans-LICENSE.txt`), registered once with plotters'
+//! `ab_glyph` font table under the family names `"sans-serif"` and [`FONT_FAMILY`]. The picture is rendered into
+//! memory and encoded with `image`; the file is written to a temporary name and renamed, so a reader never sees a
+//! half-written PNG.
+
+use crate::error::{Error, Result};
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// The embedded font file.
+static FONT: &[u8] = include_bytes!("DejaVuSans.ttf");
+
+/// Family name the embedded font is registered under (besides `"sans-serif"`).
+pub const FONT_FAMILY: &str = "DejaVu Sans";
+
+/// Registers the embedded DejaVu Sans with plotters (once per process; later calls return the first outcome).
+/// Errors with [`Error::BadFile`] when ab_glyph cannot parse the font.
+pub fn register_embedded_font() -> Result<()> {
+    static DONE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        for family in ["sans-serif", FONT_FAMILY] {
+            for style in [FontStyle::Normal, FontStyle::Bold] {
+                plotters::style::register_font(family, style, FONT).map_err(|_| "ab_glyph cannot parse the embedded font".to_string())?;
+            }
+        }
+        Ok(())
+    })
+    .clone()
+    .map_err(|reason| Error::BadFile { path: "src/report/DejaVuSans.ttf (embedded)".into(), reason })
+}
+
+/// Size, title and smoothing of [`plot_training`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlotOptions {
+    /// Title over both panels.
+    pub title: String,
+    /// Image width in pixels (200..=8192). Default 1000.
+    pub width: u32,
+    /// Image height in pixels (200..=8192). Default 800.
+    pub height: u32,
+    /// Trailing moving-average window over loss points; 0 picks `len / 50` (at least 1), 1 disables smoothing.
+    pub smooth: usize,
+}
+
+impl Default for PlotOptions {
+    fn default() -> Self {
+        Self { title: "MoCo training".into(), width: 1000, height: 800, smooth: 0 }
+    }
+}
+
+/// Trailing moving average over `w` points (the first points average what exists so far).
+fn moving_average(pts: &[(f64, f64)], w: usize) -> Vec<(f64, f64)> {
+    let w = w.max(1);
+    let mut sum = 0.0;
+    let mut out = Vec::with_capacity(pts.len());
+    for (i, &(x, y)) in pts.iter().enumerate() {
+        sum += y;
+        if i >= w {
+            sum -= pts[i - w].1;
+        }
+        out.push((x, sum / (i + 1).min(w) as f64));
+    }
+    out
+}
+
+/// Axis range over finite values, padded; a default when there are none.
+fn range(vals: impl Iterator<Item = f64>, pad: f64, default: (f64, f64)) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for v in vals {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    if !lo.is_finite() {
+        return default;
+    }
+    if hi - lo < 1e-12 {
+        let p = if lo.abs() > 1e-12 { lo.abs() * 0.05 } else { 1.0 };
+        return (lo - p, hi + p);
+    }
+    let p = (hi - lo) * pad;
+    (lo - p, hi + p)
+}
+
+/// Tick label: integers without a fraction ("50", not "50.0"), other values with what their size needs.
+fn tick(v: &f64) -> String {
+    let integral = (v - v.round()).abs() < 1e-9 * v.abs().max(1.0);
+    if integral || v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn draw(
+    root: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    loss: &[(f64, f64)],
+    knn: &[(f64, f64)],
+    opts: &PlotOptions,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    root.fill(&WHITE)?;
+    let root = root.titled(&opts.title, (FONT_FAMILY, 28).into_font())?;
+    let (top, bottom) = root.split_vertically(root.dim_in_pixel().1 / 2);
+    let light = RGBColor(160, 190, 230);
+    let dark = RGBColor(20, 70, 160);
+    let green = RGBColor(20, 130, 60);
+
+    // Panel 1: loss per step.
+    let pts: Vec<(f64, f64)> = loss.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+    let w = if opts.smooth == 0 { (pts.len() / 50).max(1) } else { opts.smooth };
+    let smooth = moving_average(&pts, w);
+    let (x0, x1) = range(pts.iter().map(|p| p.0), 0.0, (0.0, 1.0));
+    let (y0, y1) = range(pts.iter().map(|p| p.1), 0.05, (0.0, 1.0));
+    let mut chart = ChartBuilder::on(&top)
+        .caption("training loss", (FONT_FAMILY, 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x0..x1, y0..y1)?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .x_label_formatter(&tick)
+        .y_desc("loss")
+        .label_style((FONT_FAMILY, 14))
+        .axis_desc_style((FONT_FAMILY, 16))
+        .draw()?;
+    if pts.is_empty() {
+        chart.draw_series(std::iter::once(Text::new("no data", (0.45, 0.5), (FONT_FAMILY, 18))))?;
+    } else {
+        chart.draw_series(LineSeries::new(pts.iter().copied(), &light))?.label("loss").legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], light));
+        if w > 1 {
+            chart
+                .draw_series(LineSeries::new(smooth.iter().copied(), dark.stroke_width(2)))?
+                .label(format!("moving average ({w})"))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], dark.stroke_width(2)));
+        }
+        chart.configure_series_labels().label_font((FONT_FAMILY, 14)).background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    }
+
+    // Panel 2: kNN top-1 per epoch, in percent.
+    let acc: Vec<(f64, f64)> = knn.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).map(|(x, y)| (x, 100.0 * y)).collect();
+    let (x0, x1) = range(acc.iter().map(|p| p.0), 0.02, (0.0, 1.0));
+    let (y0, y1) = range(acc.iter().map(|p| p.1), 0.1, (0.0, 100.0));
+    let mut chart = ChartBuilder::on(&bottom)
+        .caption("kNN top-1", (FONT_FAMILY, 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x0..x1, y0.max(0.0)..y1.min(100.0).max(y0.max(0.0) + 1e-6))?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .x_label_formatter(&tick)
+        .y_desc("top-1 (%)")
+        .label_style((FONT_FAMILY, 14))
+        .axis_desc_style((FONT_FAMILY, 16))
+        .draw()?;
+    if acc.is_empty() {
+        chart.draw_series(std::iter::once(Text::new("no data", ((x0 + x1) / 2.0, (y0 + y1) / 2.0), (FONT_FAMILY, 18))))?;
+    } else {
+        chart.draw_series(LineSeries::new(acc.iter().copied(), green.stroke_width(2)))?;
+        chart.draw_series(acc.iter().map(|&p| Circle::new(p, 3, green.filled())))?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+/// Writes a PNG of the training curves to `path`: `loss` as `(step, loss)` pairs, `knn` as `(epoch, top-1)` pairs
+/// with top-1 a fraction in [0, 1] (what [`crate::eval::KnnReport::top1`] holds; drawn in percent). Non-finite
+/// points are skipped; an empty series gives an empty panel marked "no data". Creates the parent folder.
+pub fn plot_training(path: impl AsRef<Path>, loss: &[(f64, f64)], knn: &[(f64, f64)], opts: &PlotOptions) -> Result<()> {
+    let path = path.as_ref();
+    for (what, v) in [("width", opts.width), ("height", opts.height)] {
+        if !(200..=8192).contains(&v) {
+            return Err(Error::shape("plot_training", format!("{what} in 200..=8192 pixels"), format!("{what} = {v}")));
+        }
+    }
+    register_embedded_font()?;
+    let io = |e: std::io::Error| Error::Io { path: path.display().to_string(), source: e };
+    let (w, h) = (opts.width, opts.height);
+    let mut buf = vec![0u8; w as usize * h as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        draw(&root, loss, knn, opts)
+            .map_err(|e| io(std::io::Error::other(format!("drawing the plot: {e}"))))?;
+    }
+    let img = image::RgbImage::from_raw(w, h, buf).ok_or_else(|| io(std::io::Error::other("plot buffer size")))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.display().to_string(), source: e })?;
+    }
+    let file_name = path.file_name().ok_or_else(|| io(std::io::Error::other("no file name")))?;
+    let tmp = path.with_file_name(format!(".{}.tmp", file_name.to_string_lossy()));
+    img.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| match e {
+        image::ImageError::IoError(source) => Error::Io { path: tmp.display().to_string(), source },
+        other => io(std::io::Error::other(other.to_string())),
+    })?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
