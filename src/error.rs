@@ -33,6 +33,18 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// Training produced a non-finite loss; the run stopped before applying the step.
+    #[error("non-finite loss {loss} at epoch {epoch}, step {step} (global step {global_step}); the last checkpoint is intact")]
+    NonFinite {
+        /// Epoch of the failing step.
+        epoch: usize,
+        /// Step within the epoch.
+        step: usize,
+        /// Steps since the start of training.
+        global_step: u64,
+        /// The loss value.
+        loss: f32,
+    },
     /// A file exists but its contents are not what was expected (truncated, corrupt, wrong tensors).
     #[error("bad file {path}: {reason}")]
     BadFile {
@@ -58,3 +70,11 @@ impl From<cudarc::driver::DriverError> for Error {
 
 /// The crate's result type.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// `Ok` when a buffer holds `expected` elements, else [`Error::Shape`] naming it.
+pub(crate) fn check_len_eq(op: &'static str, what: &str, expected: usize, got: usize) -> Result<()> {
+    if expected != got {
+        return Err(Error::shape(op, format!("{what} of {expected} elements"), format!("{got} elements")));
+    }
+    Ok(())
+}

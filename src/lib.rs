@@ -30,6 +30,7 @@ pub mod nn;
 pub mod optim;
 pub mod report;
 pub mod shape;
+pub mod train;
 
 pub use backend::{AnyBackend, Backend, Cpu, InfoNceStats, Wgpu};
 pub use error::{Error, Result};

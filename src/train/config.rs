@@ -1,0 +1,173 @@
+//! The training configuration: the defaults of facebookresearch/moco's CIFAR-10 colab, the v1/v2 presets, and
+//! the embedded quick demo; validated once, and written into every checkpoint as metadata.
+
+use crate::error::{Error, Result};
+use crate::shape::QueueDType;
+use std::collections::BTreeMap;
+
+/// MoCo version: heads, temperature and augmentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preset {
+    /// MoCo v1: linear head to `dim`, T = 0.07 in the paper (the colab uses 0.1), v1 augmentation.
+    V1,
+    /// MoCo v2: MLP head (hidden = feature width), T = 0.2, v2 augmentation.
+    V2,
+}
+
+/// Everything that defines a run. Field defaults: [`TrainConfig::colab`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainConfig {
+    /// Preset the run started from (heads and augmentation).
+    pub preset: Preset,
+    /// Output width of the head (`dim`, 128).
+    pub dim: usize,
+    /// MLP head (v2).
+    pub mlp: bool,
+    /// Queue length K.
+    pub queue_len: usize,
+    /// Queue storage.
+    pub queue_dtype: QueueDType,
+    /// Key-encoder momentum m.
+    pub momentum: f64,
+    /// Temperature T.
+    pub temperature: f64,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Learning rate at this batch size (the colab's 0.06 at 512, scaled linearly).
+    pub lr: f64,
+    /// SGD momentum.
+    pub sgd_momentum: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Epochs.
+    pub epochs: usize,
+    /// Cosine schedule (else constant lr).
+    pub cosine: bool,
+    /// SplitBatchNorm groups (1: plain BN).
+    pub bn_splits: usize,
+    /// Symmetric loss (loss_12 + loss_21).
+    pub symmetric: bool,
+    /// Image side (inputs are `[3, S, S]`).
+    pub image_size: usize,
+    /// kNN neighbours and temperature.
+    pub knn_k: usize,
+    /// kNN temperature.
+    pub knn_t: f64,
+    /// Seed of everything random (initialisation, queue, shuffles, augmentations).
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// The official CIFAR-10 colab: ResNet-18 (CIFAR stem), K=4096, m=0.99, T=0.1, lr 0.06 at batch 512, wd 5e-4,
+    /// 200 epochs, cosine, bn-splits 8, not symmetric, linear head to 128, kNN k=200 t=0.1.
+    pub fn colab() -> Self {
+        Self {
+            preset: Preset::V1,
+            dim: 128,
+            mlp: false,
+            queue_len: 4096,
+            queue_dtype: QueueDType::F32,
+            momentum: 0.99,
+            temperature: 0.1,
+            batch_size: 512,
+            lr: 0.06,
+            sgd_momentum: 0.9,
+            weight_decay: 5e-4,
+            epochs: 200,
+            cosine: true,
+            bn_splits: 8,
+            symmetric: false,
+            image_size: 32,
+            knn_k: 200,
+            knn_t: 0.1,
+            seed: 0,
+        }
+    }
+
+    /// A preset on top of the colab defaults: v1 keeps them; v2 adds the MLP head and T = 0.2.
+    pub fn preset(p: Preset) -> Self {
+        let mut c = Self::colab();
+        c.preset = p;
+        if p == Preset::V2 {
+            c.mlp = true;
+            c.temperature = 0.2;
+        }
+        c
+    }
+
+    /// Sets the batch size and scales the learning rate linearly from the colab's 0.06 at 512.
+    pub fn with_batch(mut self, batch: usize) -> Self {
+        self.lr = self.lr * batch as f64 / self.batch_size as f64;
+        self.batch_size = batch;
+        self
+    }
+
+    /// Checks every field; the error names the field, what is allowed and what was given.
+    pub fn validate(&self) -> Result<()> {
+        let op = "train config";
+        let pos = |v: f64| v.is_finite() && v > 0.0;
+        if self.dim == 0 || self.batch_size == 0 || self.epochs == 0 || self.image_size < 8 {
+            return Err(Error::shape(op, "dim, batch size, epochs >= 1 and image size >= 8", format!("dim {}, batch {}, epochs {}, image size {}", self.dim, self.batch_size, self.epochs, self.image_size)));
+        }
+        if self.queue_len < self.batch_size * if self.symmetric { 2 } else { 1 } {
+            return Err(Error::shape(op, "queue length K >= the keys enqueued per step (batch, or 2x batch with --symmetric)", format!("K = {}, batch {}", self.queue_len, self.batch_size)));
+        }
+        if !(0.0..=1.0).contains(&self.momentum) {
+            return Err(Error::shape(op, "momentum m in [0, 1]", format!("{}", self.momentum)));
+        }
+        if !pos(self.temperature) || !pos(self.lr) || !pos(self.knn_t) {
+            return Err(Error::shape(op, "finite temperature, lr and kNN t > 0", format!("T {}, lr {}, knn-t {}", self.temperature, self.lr, self.knn_t)));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) || !(0.0..1.0).contains(&self.sgd_momentum) {
+            return Err(Error::shape(op, "weight decay >= 0 and SGD momentum in [0, 1)", format!("wd {}, momentum {}", self.weight_decay, self.sgd_momentum)));
+        }
+        if self.bn_splits == 0 || self.batch_size % self.bn_splits != 0 || self.batch_size / self.bn_splits < 2 {
+            return Err(Error::shape(op, "bn-splits >= 1 dividing the batch into groups of at least 2", format!("bn-splits {}, batch {}", self.bn_splits, self.batch_size)));
+        }
+        if self.knn_k == 0 {
+            return Err(Error::shape(op, "knn-k >= 1", "0"));
+        }
+        Ok(())
+    }
+
+    /// The fields as strings (checkpoint metadata).
+    pub fn to_metadata(&self) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        let mut put = |k: &str, v: String| {
+            m.insert(format!("config.{k}"), v);
+        };
+        put("preset", format!("{:?}", self.preset));
+        put("dim", self.dim.to_string());
+        put("mlp", self.mlp.to_string());
+        put("queue_len", self.queue_len.to_string());
+        put("queue_dtype", format!("{:?}", self.queue_dtype));
+        put("momentum", self.momentum.to_string());
+        put("temperature", self.temperature.to_string());
+        put("batch_size", self.batch_size.to_string());
+        put("lr", self.lr.to_string());
+        put("sgd_momentum", self.sgd_momentum.to_string());
+        put("weight_decay", self.weight_decay.to_string());
+        put("epochs", self.epochs.to_string());
+        put("cosine", self.cosine.to_string());
+        put("bn_splits", self.bn_splits.to_string());
+        put("symmetric", self.symmetric.to_string());
+        put("image_size", self.image_size.to_string());
+        put("knn_k", self.knn_k.to_string());
+        put("knn_t", self.knn_t.to_string());
+        put("seed", self.seed.to_string());
+        m
+    }
+
+    /// Fields that must agree for a checkpoint to resume this run (everything but `epochs`, which may be extended).
+    pub fn mismatches(&self, meta: &BTreeMap<String, String>) -> Vec<String> {
+        let mine = self.to_metadata();
+        mine.iter()
+            .filter(|(k, _)| k.as_str() != "config.epochs")
+            .filter_map(|(k, v)| match meta.get(k) {
+                Some(o) if o == v => None,
+                Some(o) => Some(format!("{}: checkpoint {o}, this run {v}", &k[7..])),
+                None => Some(format!("{}: missing in the checkpoint", &k[7..])),
+            })
+            .collect()
+    }
+}

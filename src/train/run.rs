@@ -1,0 +1,200 @@
+//! The training loop: epochs of prefetched augmented pairs through an [`Engine`], a cosine learning rate, the
+//! kNN monitor (epoch 0 = random init), metrics (JSONL + CSV), an atomic checkpoint every epoch (and on a stop
+//! request), resume, a PNG plot of the curves and the backbone export.
+
+use super::config::TrainConfig;
+use super::engine::Engine;
+use super::state_file::{self, Progress};
+use crate::data::{eval_batches, AugmentConfig, Dataset, PairLoader};
+use crate::error::{Error, Result};
+use crate::eval::{knn_top1, linear_probe, KnnConfig, ProbeConfig};
+use crate::optim::LrSchedule;
+use crate::report::{plot_training, read_jsonl, series, MetricsWriter, PlotOptions, Record};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// How to run (as opposed to what to train, [`TrainConfig`]).
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Run folder: `checkpoint.safetensors`, `metrics.jsonl`, `metrics.csv`, `curves.png`.
+    pub out_dir: PathBuf,
+    /// Continue from `out_dir/checkpoint.safetensors`.
+    pub resume: bool,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Stop (with a checkpoint) after this many steps in total, as an interruption would.
+    pub max_steps: Option<u64>,
+    /// Set from a Ctrl-C handler: the current step finishes, a checkpoint is written, the run returns.
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Skip the kNN monitor (tests).
+    pub no_knn: bool,
+    /// Write the backbone here at the end.
+    pub export: Option<PathBuf>,
+    /// Print per-epoch lines.
+    pub verbose: bool,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct RunSummary {
+    /// kNN top-1 (percent) per evaluated epoch, epoch 0 being the initialisation.
+    pub knn: Vec<(usize, f64)>,
+    /// Loss of every step run in this call.
+    pub losses: Vec<f32>,
+    /// True when the run stopped early (stop flag or `max_steps`); the checkpoint allows resuming.
+    pub interrupted: bool,
+    /// Training throughput of this call, image pairs per second.
+    pub pairs_per_s: f64,
+    /// Where it stopped.
+    pub global_step: u64,
+}
+
+fn checkpoint_path(dir: &Path) -> PathBuf {
+    dir.join("checkpoint.safetensors")
+}
+
+/// Eval-mode encoder outputs `[len, dim]` and labels of a whole dataset (eval transform, batches of 256).
+pub fn embed_dataset(engine: &mut dyn Engine, ds: &Arc<Dataset>, aug: &AugmentConfig) -> Result<(Vec<f32>, Vec<u32>)> {
+    let eval_aug = AugmentConfig::eval(aug.size).with_normalization(aug.mean, aug.std);
+    let (mut f, mut l) = (Vec::new(), Vec::new());
+    for b in eval_batches(ds.clone(), eval_aug, 256)? {
+        let b = b?;
+        f.extend(engine.embed(&b.x, b.batch_size)?);
+        l.extend(b.labels.iter().map(|&v| v as u32));
+    }
+    Ok((f, l))
+}
+
+/// kNN top-1 (percent) of the engine's current encoder: bank = train set, queries = test set, eval transform.
+pub fn knn_eval(engine: &mut dyn Engine, cfg: &TrainConfig, train: &Arc<Dataset>, test: &Arc<Dataset>, aug: &AugmentConfig) -> Result<f64> {
+    let (bank, bank_l) = embed_dataset(engine, train, aug)?;
+    let (qf, ql) = embed_dataset(engine, test, aug)?;
+    let kc = KnnConfig { k: cfg.knn_k, t: cfg.knn_t as f32, ..KnnConfig::default() };
+    Ok(100.0 * knn_top1(&bank, &bank_l, &qf, &ql, cfg.dim, train.num_classes(), &kc)?)
+}
+
+/// Linear probe on the frozen encoder outputs: (train top-1, test top-1) in percent.
+pub fn linear_probe_on(engine: &mut dyn Engine, cfg: &TrainConfig, train: &Arc<Dataset>, test: &Arc<Dataset>, aug: &AugmentConfig, epochs: usize) -> Result<(f64, f64)> {
+    let (tx, ty) = embed_dataset(engine, train, aug)?;
+    let (vx, vy) = embed_dataset(engine, test, aug)?;
+    let pc = ProbeConfig { epochs, seed: cfg.seed, ..ProbeConfig::default() };
+    let r = linear_probe(&tx, &ty, &vx, &vy, cfg.dim, train.num_classes(), &pc)?;
+    Ok((100.0 * r.train_top1, 100.0 * r.test_top1))
+}
+
+/// Trains `engine` on `train` (kNN on `test`) as `cfg` says, writing into `opts.out_dir`.
+pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, test: Arc<Dataset>, aug: AugmentConfig, opts: &RunOptions) -> Result<RunSummary> {
+    cfg.validate()?;
+    std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::Io { path: opts.out_dir.display().to_string(), source: e })?;
+    let ck_path = checkpoint_path(&opts.out_dir);
+    let loader = PairLoader::new(train.clone(), aug.clone(), cfg.batch_size, cfg.seed)?;
+    let steps_per_epoch = loader.steps_per_epoch();
+    if steps_per_epoch == 0 {
+        return Err(Error::shape("train", format!("a training set of at least one batch ({} images)", cfg.batch_size), format!("{} images", train.len())));
+    }
+    let sched = if cfg.cosine { LrSchedule::cosine(cfg.lr, cfg.epochs as f64)? } else { LrSchedule::constant(cfg.lr)? };
+    let mut prog = Progress { epoch: 0, step: 0, global_step: 0 };
+    let mut metrics;
+    let mut summary = RunSummary::default();
+    let do_knn = !opts.no_knn && !test.is_empty();
+    if opts.resume {
+        let (state, p) = state_file::load(&ck_path, cfg, engine.layout())?;
+        engine.load_state(&state)?;
+        prog = p;
+        metrics = MetricsWriter::resume(&opts.out_dir, "metrics", "global_step", prog.global_step as f64)?;
+    } else {
+        metrics = MetricsWriter::create(&opts.out_dir, "metrics")?;
+        if do_knn {
+            let acc = knn_eval(engine, cfg, &train, &test, &aug)?;
+            summary.knn.push((0, acc));
+            metrics.write(&Record::new().with_str("kind", "epoch").with("epoch", 0.0).with("global_step", 0.0).with("knn_top1", acc))?;
+            if opts.verbose {
+                println!("epoch 0 (random init): kNN top-1 {acc:.2}%");
+            }
+        }
+    }
+    let total = (cfg.epochs * steps_per_epoch) as u64;
+    let bar = opts.progress.then(|| {
+        let b = indicatif::ProgressBar::new(total);
+        b.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  eta {eta}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+        b.set_position(prog.global_step);
+        b
+    });
+    let started = Instant::now();
+    let mut pairs = 0u64;
+    let stop_requested = || opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+    'epochs: while prog.epoch < cfg.epochs {
+        let lr = sched.lr(prog.epoch as f64)?;
+        let mut epoch_loss = (0.0f64, 0usize);
+        for batch in loader.epoch(prog.epoch, prog.step)? {
+            let b = batch?;
+            let t0 = Instant::now();
+            let st = engine.step(&b.x_q, &b.x_k, lr)?;
+            if !st.loss.is_finite() {
+                if let Some(bar) = &bar {
+                    bar.abandon();
+                }
+                return Err(Error::NonFinite { epoch: prog.epoch, step: prog.step, global_step: prog.global_step, loss: st.loss });
+            }
+            let ips = cfg.batch_size as f64 / t0.elapsed().as_secs_f64();
+            prog.step += 1;
+            prog.global_step += 1;
+            pairs += cfg.batch_size as u64;
+            summary.losses.push(st.loss);
+            epoch_loss = (epoch_loss.0 + st.loss as f64, epoch_loss.1 + 1);
+            metrics.write(
+                &Record::new()
+                    .with_str("kind", "step")
+                    .with("epoch", prog.epoch as f64)
+                    .with("step", prog.step as f64)
+                    .with("global_step", prog.global_step as f64)
+                    .with("loss", st.loss as f64)
+                    .with("acc1", st.acc1 as f64)
+                    .with("acc5", st.acc5 as f64)
+                    .with("lr", lr)
+                    .with("pairs_per_s", ips),
+            )?;
+            if let Some(bar) = &bar {
+                bar.set_position(prog.global_step);
+                bar.set_message(format!("epoch {} loss {:.4} acc@1 {:.1}% {:.0} img/s", prog.epoch + 1, st.loss, st.acc1, 2.0 * ips));
+            }
+            if stop_requested() || opts.max_steps.is_some_and(|m| prog.global_step >= m) {
+                let p = if prog.step == steps_per_epoch { Progress { epoch: prog.epoch + 1, step: 0, ..prog } } else { prog };
+                state_file::save(&ck_path, cfg, engine.layout(), &engine.state()?, p)?;
+                summary.interrupted = true;
+                break 'epochs;
+            }
+        }
+        prog = Progress { epoch: prog.epoch + 1, step: 0, global_step: prog.global_step };
+        state_file::save(&ck_path, cfg, engine.layout(), &engine.state()?, prog)?;
+        let mut rec = Record::new().with_str("kind", "epoch").with("epoch", prog.epoch as f64).with("global_step", prog.global_step as f64);
+        if epoch_loss.1 > 0 {
+            rec = rec.with("loss_mean", epoch_loss.0 / epoch_loss.1 as f64);
+        }
+        if do_knn {
+            let acc = knn_eval(engine, cfg, &train, &test, &aug)?;
+            summary.knn.push((prog.epoch, acc));
+            rec = rec.with("knn_top1", acc);
+            if let Some(bar) = &bar {
+                bar.println(format!("epoch {}: loss {:.4}, kNN top-1 {acc:.2}%", prog.epoch, epoch_loss.0 / epoch_loss.1.max(1) as f64));
+            } else if opts.verbose {
+                println!("epoch {}: loss {:.4}, kNN top-1 {acc:.2}%", prog.epoch, epoch_loss.0 / epoch_loss.1.max(1) as f64);
+            }
+        }
+        metrics.write(&rec)?;
+    }
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    summary.pairs_per_s = pairs as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    summary.global_step = prog.global_step;
+    let recs = read_jsonl(metrics.jsonl_path())?;
+    let opts_plot = PlotOptions { title: format!("MoCo {:?} on {}", cfg.preset, engine.name()), ..PlotOptions::default() };
+    plot_training(opts.out_dir.join("curves.png"), &series(&recs, "global_step", "loss"), &series(&recs, "epoch", "knn_top1"), &opts_plot)?;
+    if let Some(path) = &opts.export {
+        state_file::export_backbone(path, engine.layout().config, &engine.state()?)?;
+    }
+    Ok(summary)
+}

@@ -1,0 +1,104 @@
+//! The run checkpoint: query and key encoders (torchvision names under `encoder_q.` / `encoder_k.`, BN statistics
+//! included), the SGD momentum buffer, the queue and its pointer, epoch / step counters and the config, in one
+//! safetensors file written atomically. The augmentation and shuffle randomness is counter-based on
+//! (seed, epoch, index), so (seed, epoch, step) is the whole RNG state.
+
+use super::config::TrainConfig;
+use super::engine::EngineState;
+use crate::checkpoint::{self, LoadOptions, Part, PartMut};
+use crate::error::{Error, Result};
+use crate::nn::{Layout, ResNetConfig, ResNetLayout};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// File format tag in the metadata.
+pub const FORMAT: &str = "moco-train/1";
+
+/// Where the run is: the next step to run is `step` of `epoch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Epoch of the next step.
+    pub epoch: usize,
+    /// Step within that epoch.
+    pub step: usize,
+    /// Steps done since the start.
+    pub global_step: u64,
+}
+
+fn extra_layouts(layout: &ResNetLayout, cfg: &TrainConfig) -> (Layout, Layout) {
+    let mut opt = Layout::default();
+    opt.push("momentum_buffer", &[layout.params.len]);
+    let mut queue = Layout::default();
+    queue.push("queue", &[cfg.queue_len, cfg.dim]);
+    (opt, queue)
+}
+
+const SCALARS: [&str; 6] = ["epoch", "step", "global_step", "queue_ptr", "opt_steps", "q_tracked"];
+
+/// Writes the checkpoint atomically.
+pub fn save(path: &Path, cfg: &TrainConfig, layout: &ResNetLayout, s: &EngineState, p: Progress) -> Result<()> {
+    let (opt, queue) = extra_layouts(layout, cfg);
+    let parts = [
+        Part::new(&layout.params, &s.q_params).with_prefix("encoder_q."),
+        Part::new(&layout.buffers, &s.q_buffers).with_prefix("encoder_q."),
+        Part::new(&layout.params, &s.k_params).with_prefix("encoder_k."),
+        Part::new(&layout.buffers, &s.k_buffers).with_prefix("encoder_k."),
+        Part::new(&opt, &s.momentum_buffer).with_prefix("optimizer."),
+        Part::new(&queue, &s.queue),
+    ];
+    let vals = [p.epoch as i64, p.step as i64, p.global_step as i64, s.queue_ptr as i64, s.opt_steps as i64, s.q_tracked];
+    let mut scalars: Vec<(String, i64)> = SCALARS.iter().zip(vals).map(|(k, v)| (k.to_string(), v)).collect();
+    scalars.push(("k_tracked".into(), s.k_tracked));
+    let mut meta = cfg.to_metadata();
+    meta.insert("format".into(), FORMAT.into());
+    checkpoint::save(path, &parts, &scalars, &meta)
+}
+
+/// Reads a checkpoint of this config: the file must be a run checkpoint whose config matches `cfg` (except the
+/// number of epochs); every problem is an error naming the file.
+pub fn load(path: &Path, cfg: &TrainConfig, layout: &ResNetLayout) -> Result<(EngineState, Progress)> {
+    let ck = checkpoint::load(path)?;
+    let bad = |reason: String| Error::BadFile { path: path.display().to_string(), reason };
+    if ck.meta("format") != Some(FORMAT) {
+        return Err(bad(format!("not a moco training checkpoint (metadata format {:?}, expected {FORMAT:?})", ck.meta("format"))));
+    }
+    let diff = cfg.mismatches(ck.metadata());
+    if !diff.is_empty() {
+        return Err(bad(format!("checkpoint of another config: {}", diff.join("; "))));
+    }
+    let (opt, queue) = extra_layouts(layout, cfg);
+    let (p, b, q) = (layout.params.len, layout.buffers.len, cfg.queue_len * cfg.dim);
+    let mut s = EngineState { q_params: vec![0.0; p], k_params: vec![0.0; p], q_buffers: vec![0.0; b], k_buffers: vec![0.0; b], momentum_buffer: vec![0.0; p], opt_steps: 0, queue: vec![0.0; q], queue_ptr: 0, q_tracked: 0, k_tracked: 0 };
+    let mut names: Vec<String> = SCALARS.iter().map(|s| s.to_string()).collect();
+    names.push("k_tracked".into());
+    let r = {
+        let mut parts = [
+            PartMut::new(&layout.params, &mut s.q_params).with_prefix("encoder_q."),
+            PartMut::new(&layout.buffers, &mut s.q_buffers).with_prefix("encoder_q."),
+            PartMut::new(&layout.params, &mut s.k_params).with_prefix("encoder_k."),
+            PartMut::new(&layout.buffers, &mut s.k_buffers).with_prefix("encoder_k."),
+            PartMut::new(&opt, &mut s.momentum_buffer).with_prefix("optimizer."),
+            PartMut::new(&queue, &mut s.queue),
+        ];
+        ck.restore(&mut parts, &names, &LoadOptions::strict())?
+    };
+    let get = |k: &str| -> Result<i64> { r.scalars.get(k).copied().filter(|v| *v >= 0 || k.ends_with("tracked")).ok_or_else(|| bad(format!("scalar `{k}` missing or negative"))) };
+    s.queue_ptr = get("queue_ptr")? as usize;
+    s.opt_steps = get("opt_steps")? as u64;
+    s.q_tracked = get("q_tracked")?;
+    s.k_tracked = get("k_tracked")?;
+    let prog = Progress { epoch: get("epoch")? as usize, step: get("step")? as usize, global_step: get("global_step")? as u64 };
+    Ok((s, prog))
+}
+
+/// Writes the query encoder's backbone (no head) with torchvision's names and `num_batches_tracked`. It loads
+/// with `strict=True` into `torchvision.models.resnet18()` after `conv1 = Conv2d(3, 64, 3, 1, 1, bias=False)`,
+/// `maxpool = Identity()` (the CIFAR stem) and `fc = Identity()` (the head is not part of the file).
+pub fn export_backbone(path: &Path, config: ResNetConfig, s: &EngineState) -> Result<()> {
+    let bb = ResNetLayout::new(ResNetConfig { num_classes: None, mlp_hidden: None, ..config })?;
+    let parts = [Part::new(&bb.params, &s.q_params[..bb.params.len]), Part::new(&bb.buffers, &s.q_buffers[..bb.buffers.len])];
+    let scalars = checkpoint::num_batches_tracked(&bb.bn_layers, s.q_tracked);
+    let mut meta = BTreeMap::new();
+    meta.insert("format".into(), "pt".into());
+    checkpoint::save(path, &parts, &scalars, &meta)
+}

@@ -1,0 +1,162 @@
+//! End-to-end training on the CPU engine: the loss falls on a fixed batch, an interrupted and resumed run ends
+//! bit-identical to an uninterrupted one, a non-finite loss changes nothing, and bad checkpoints are errors.
+use moco::data::{synthetic, AugmentConfig, SyntheticConfig};
+use moco::train::{self, CpuEngine, Engine, RunOptions, TrainConfig};
+use moco::Error;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A small, fast config: batch 16 in 2 BN groups, K = 64, dim 32.
+fn small() -> TrainConfig {
+    let mut c = TrainConfig::colab().with_batch(16);
+    c.queue_len = 64;
+    c.dim = 32;
+    c.bn_splits = 2;
+    c.epochs = 2;
+    c.lr = 0.05;
+    c.knn_k = 10;
+    c
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("moco-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn views(cfg: &TrainConfig, seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let sc = SyntheticConfig { train: cfg.batch_size, test: 0, seed, ..SyntheticConfig::default() };
+    let (ds, _) = synthetic(&sc).unwrap();
+    let aug = AugmentConfig::v2(32);
+    let loader = moco::data::PairLoader::new(Arc::new(ds), aug, cfg.batch_size, seed).unwrap();
+    let b = loader.batch(0, 0).unwrap();
+    (b.x_q, b.x_k)
+}
+
+/// MoCo on one fixed pair of views, queue K = N: from the second step on the queue holds the batch's own earlier
+/// keys (hard negatives), and training must pull each query to its own key: the loss falls.
+fn loss_falls(e: &mut dyn Engine, cfg: &TrainConfig) {
+    let (xq, xk) = views(cfg, 1);
+    let losses: Vec<f32> = (0..10).map(|_| e.step(&xq, &xk, cfg.lr).unwrap().loss).collect();
+    eprintln!("{}: losses {losses:?}", e.name());
+    assert!(losses.iter().all(|l| l.is_finite()));
+    let (early, late) = ((losses[1] + losses[2]) / 2.0, (losses[8] + losses[9]) / 2.0);
+    assert!(late < early - 0.1, "loss did not fall: {losses:?}");
+}
+
+fn fixed_batch_config() -> TrainConfig {
+    let mut cfg = small();
+    cfg.queue_len = cfg.batch_size;
+    cfg.lr = 0.1;
+    cfg
+}
+
+#[test]
+fn loss_falls_on_a_fixed_batch_cpu() {
+    let cfg = fixed_batch_config();
+    loss_falls(&mut CpuEngine::new(&cfg).unwrap(), &cfg);
+}
+
+/// A NaN in the head's weight makes the features and the loss NaN: the step reports it and changes nothing; the trainer stops with
+/// `Error::NonFinite` and leaves the checkpoint as it was.
+#[test]
+fn non_finite_loss_changes_nothing() {
+    let cfg = small();
+    let mut e = CpuEngine::new(&cfg).unwrap();
+    let (xq, xk) = views(&cfg, 2);
+    let mut s = e.state().unwrap();
+    let fc = e.layout().params.get("fc.weight").unwrap().offset;
+    s.q_params[fc + 3] = f32::NAN;
+    e.load_state(&s).unwrap();
+    let st = e.step(&xq, &xk, cfg.lr).unwrap();
+    assert!(!st.loss.is_finite());
+    let after = e.state().unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>(); // NaN != NaN: compare bits
+    assert!(bits(&after.q_params) == bits(&s.q_params) && after.momentum_buffer == s.momentum_buffer && after.queue == s.queue && after.queue_ptr == s.queue_ptr);
+
+    let (tr, te) = data(&cfg);
+    let d = tmp("nan");
+    std::fs::create_dir_all(&d).unwrap();
+    let ck = d.join("checkpoint.safetensors");
+    let p = train::state_file::Progress { epoch: 0, step: 0, global_step: 0 };
+    train::state_file::save(&ck, &cfg, e.layout(), &s, p).unwrap();
+    let before = std::fs::read(&ck).unwrap();
+    let opts = RunOptions { out_dir: d.clone(), no_knn: true, resume: true, ..RunOptions::default() };
+    let err = train::train(&cfg, &mut CpuEngine::new(&cfg).unwrap(), tr, te, AugmentConfig::v1(32), &opts).unwrap_err();
+    assert!(matches!(err, Error::NonFinite { global_step: 0, .. }), "{err}");
+    assert_eq!(std::fs::read(&ck).unwrap(), before, "the last good checkpoint is intact");
+    let _ = std::fs::remove_dir_all(d);
+}
+
+fn data(cfg: &TrainConfig) -> (Arc<moco::data::Dataset>, Arc<moco::data::Dataset>) {
+    let sc = SyntheticConfig { train: 4 * cfg.batch_size + 5, test: 20, seed: 3, ..SyntheticConfig::default() };
+    let (a, b) = synthetic(&sc).unwrap();
+    (Arc::new(a), Arc::new(b))
+}
+
+#[test]
+fn interrupted_and_resumed_run_is_bit_identical_on_cpu() {
+    let cfg = small();
+    let (tr, te) = data(&cfg);
+    let aug = AugmentConfig::v1(32);
+    // uninterrupted: 2 epochs of 4 steps
+    let d1 = tmp("full");
+    let mut e1 = CpuEngine::new(&cfg).unwrap();
+    let opts = RunOptions { out_dir: d1.clone(), no_knn: true, ..RunOptions::default() };
+    let s1 = train::train(&cfg, &mut e1, tr.clone(), te.clone(), aug.clone(), &opts).unwrap();
+    assert_eq!(s1.global_step, 8);
+    // interrupted after 3 steps (mid-epoch), then resumed in a fresh engine
+    let d2 = tmp("resumed");
+    let mut e2 = CpuEngine::new(&cfg).unwrap();
+    let opts2 = RunOptions { out_dir: d2.clone(), no_knn: true, max_steps: Some(3), ..RunOptions::default() };
+    let s2 = train::train(&cfg, &mut e2, tr.clone(), te.clone(), aug.clone(), &opts2).unwrap();
+    assert!(s2.interrupted && s2.global_step == 3);
+    let mut e3 = CpuEngine::new(&cfg).unwrap();
+    let opts3 = RunOptions { out_dir: d2.clone(), no_knn: true, resume: true, ..RunOptions::default() };
+    let s3 = train::train(&cfg, &mut e3, tr, te, aug, &opts3).unwrap();
+    assert_eq!(s3.global_step, 8);
+    let (a, b) = (e1.state().unwrap(), e3.state().unwrap());
+    assert!(a == b, "resumed run differs from the uninterrupted one");
+    assert_eq!(&s1.losses[3..], &s3.losses[..], "losses after the resume point");
+    // metrics of the resumed run: one record per step, no duplicates
+    let recs = moco::report::read_jsonl(d2.join("metrics.jsonl")).unwrap();
+    assert_eq!(recs.iter().filter(|r| r.get_str("kind") == Some("step")).count(), 8);
+    assert!(d2.join("curves.png").exists());
+    for d in [d1, d2] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[test]
+fn bad_checkpoints_and_configs_are_errors() {
+    let cfg = small();
+    let (tr, te) = data(&cfg);
+    let aug = AugmentConfig::v1(32);
+    let d = tmp("bad");
+    let mut e = CpuEngine::new(&cfg).unwrap();
+    let opts = RunOptions { out_dir: d.clone(), no_knn: true, max_steps: Some(1), ..RunOptions::default() };
+    train::train(&cfg, &mut e, tr.clone(), te.clone(), aug.clone(), &opts).unwrap();
+    let resume = RunOptions { out_dir: d.clone(), no_knn: true, resume: true, ..RunOptions::default() };
+    // another config
+    let mut other = cfg.clone();
+    other.temperature = 0.2;
+    let err = train::train(&other, &mut CpuEngine::new(&other).unwrap(), tr.clone(), te.clone(), aug.clone(), &resume).unwrap_err();
+    assert!(matches!(&err, Error::BadFile { reason, .. } if reason.contains("temperature")), "{err}");
+    // truncated file
+    let ck = d.join("checkpoint.safetensors");
+    let bytes = std::fs::read(&ck).unwrap();
+    std::fs::write(&ck, &bytes[..bytes.len() / 2]).unwrap();
+    let err = train::train(&cfg, &mut CpuEngine::new(&cfg).unwrap(), tr.clone(), te.clone(), aug.clone(), &resume).unwrap_err();
+    assert!(matches!(&err, Error::BadFile { path, .. } if path.contains("checkpoint.safetensors")), "{err}");
+    // bad configs
+    let mut bad = cfg.clone();
+    bad.bn_splits = 3;
+    assert!(CpuEngine::new(&bad).is_err());
+    bad = cfg.clone();
+    bad.queue_len = 8;
+    assert!(bad.validate().is_err());
+    bad = cfg.clone();
+    bad.temperature = f64::NAN;
+    assert!(bad.validate().is_err());
+    let _ = std::fs::remove_dir_all(d);
+}
