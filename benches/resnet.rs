@@ -51,5 +51,21 @@ fn resnet18_layers(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, resnet18, resnet18_layers);
+/// One MoCo v2 training step on the CPU engine (ResNet-18 CIFAR stem, MLP head, batch 64, K=4096, bn-splits 8):
+/// the figure compared with `scripts/bench_pytorch.py --only moco_v2_step`.
+fn moco_v2_step(c: &mut Criterion) {
+    use moco::train::{CpuEngine, Engine, Preset, TrainConfig};
+    let cfg = TrainConfig::preset(Preset::V2).with_batch(64);
+    let mut e = CpuEngine::new(&cfg).unwrap();
+    let len = 64 * 3 * 32 * 32;
+    let x1: Vec<f32> = (0..len).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+    let x2: Vec<f32> = (0..len).map(|i| ((i * 104729) % 1000) as f32 / 500.0 - 1.0).collect();
+    let mut g = c.benchmark_group("moco_v2_step_b64_k4096");
+    g.sample_size(10).warm_up_time(Duration::from_secs(3)).measurement_time(Duration::from_secs(20));
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("cpu", |b| b.iter(|| e.step(&x1, &x2, cfg.lr).unwrap().loss));
+    g.finish();
+}
+
+criterion_group!(benches, resnet18, resnet18_layers, moco_v2_step);
 criterion_main!(benches);

@@ -40,7 +40,7 @@ struct Args {
     /// Learning rate [0.06 x batch / 512]
     #[arg(long)]
     lr: Option<f64>,
-    /// Queue length K [4096; embedded default: 1024]
+    /// Queue length K [4096; embedded default: 256]. Keep K well below the training set size, or images meet their own older keys as negatives
     #[arg(long)]
     queue: Option<usize>,
     /// Queue storage: f32 or bf16 (f16 also accepted)
@@ -91,6 +91,12 @@ struct Args {
     /// Stop after this many steps in total (with a checkpoint, as Ctrl-C does)
     #[arg(long)]
     max_steps: Option<u64>,
+    /// Smallest crop area fraction of RandomResizedCrop [0.2]
+    #[arg(long)]
+    crop_min: Option<f64>,
+    /// No horizontal flip (for data whose classes are not mirror-symmetric, such as digits)
+    #[arg(long)]
+    no_flip: bool,
     /// No progress bar
     #[arg(long)]
     no_progress: bool,
@@ -115,7 +121,7 @@ fn run(a: Args) -> moco::Result<()> {
         // small defaults: about two minutes on 2 CPU cores
         cfg = cfg.with_batch(64);
         cfg.epochs = 3;
-        cfg.queue_len = 1024;
+        cfg.queue_len = 256; // well below the 1024 images, so no image meets its own older key as a negative
         cfg.lr = 0.06;
     }
     if let Some(b) = a.batch {
@@ -156,6 +162,14 @@ fn run(a: Args) -> moco::Result<()> {
         Preset::V1 => AugmentConfig::v1(cfg.image_size),
         Preset::V2 => AugmentConfig::v2(cfg.image_size),
     };
+    let mut aug = aug;
+    if let Some(c) = a.crop_min {
+        aug.crop_scale.0 = c;
+    }
+    if a.no_flip {
+        aug.flip_p = 0.0;
+    }
+    aug.validate()?;
     let (train_ds, test_ds) = (Arc::new(train_ds), Arc::new(test_ds));
 
     let mut engine: Box<dyn Engine> = match a.backend.as_str() {

@@ -218,6 +218,73 @@ def bench_resnet18(device, quick, only):
     emit(name, {"N": 64, "H": 32, "W": 32, "classes": 10}, time_fn(step, device, iters, warmup), device)
 
 
+def bench_moco_v2_step(device, quick, only):
+    """One MoCo v2 training step as facebookresearch/moco's CIFAR colab runs it (its SplitBatchNorm with 8 groups,
+    the MLP head, the per-parameter momentum loop, cat + CE loss, SGD, enqueue): ResNet-18 CIFAR stem, batch 64,
+    K=4096, dim 128, T=0.2. The same step as moco's `train::CpuEngine::step` (benches/resnet.rs, moco_v2_step)."""
+    name = "moco_v2_step_b64_k4096"
+    if only and only not in name:
+        return
+    import copy
+    import torch.nn as nn
+    import torch.nn.functional as F
+    import torchvision
+
+    class SplitBatchNorm(nn.BatchNorm2d):
+        def __init__(self, num_features, num_splits):
+            super().__init__(num_features)
+            self.num_splits = num_splits
+
+        def forward(self, x):
+            n, c, h, w = x.shape
+            if self.training:
+                rm = self.running_mean.repeat(self.num_splits)
+                rv = self.running_var.repeat(self.num_splits)
+                out = F.batch_norm(x.view(-1, c * self.num_splits, h, w), rm, rv, self.weight.repeat(self.num_splits),
+                                   self.bias.repeat(self.num_splits), True, self.momentum, self.eps).view(n, c, h, w)
+                self.running_mean.data.copy_(rm.view(self.num_splits, c).mean(dim=0))
+                self.running_var.data.copy_(rv.view(self.num_splits, c).mean(dim=0))
+                return out
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, self.momentum, self.eps)
+
+    def encoder():
+        m = torchvision.models.resnet18(num_classes=128, norm_layer=lambda c: SplitBatchNorm(c, 8))
+        m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        m.maxpool = nn.Identity()
+        m.fc = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), m.fc)
+        return m.to(device)
+
+    torch.manual_seed(0)
+    enc_q = encoder()
+    enc_k = copy.deepcopy(enc_q)
+    for p in enc_k.parameters():
+        p.requires_grad = False
+    opt = torch.optim.SGD(enc_q.parameters(), lr=0.0075, momentum=0.9, weight_decay=5e-4)
+    queue = F.normalize(torch.randn(128, 4096, device=device), dim=0)
+    ptr = [0]
+    x1, x2 = torch.randn(64, 3, 32, 32, device=device), torch.randn(64, 3, 32, 32, device=device)
+
+    def step():
+        q = F.normalize(enc_q(x1), dim=1)
+        with torch.no_grad():
+            for pq, pk in zip(enc_q.parameters(), enc_k.parameters()):
+                pk.data = pk.data * 0.99 + pq.data * 0.01
+            k = F.normalize(enc_k(x2), dim=1)
+        l_pos = torch.einsum("nc,nc->n", q, k).unsqueeze(-1)
+        l_neg = torch.einsum("nc,ck->nk", q, queue.clone().detach())
+        logits = torch.cat([l_pos, l_neg], dim=1) / 0.2
+        loss = F.cross_entropy(logits, torch.zeros(64, dtype=torch.long, device=device))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            queue[:, ptr[0]:ptr[0] + 64] = k.t()
+            ptr[0] = (ptr[0] + 64) % 4096
+
+    iters, warmup = (3, 1) if quick else (10, 2)
+    emit(name, {"N": 64, "K": 4096, "C": 128, "splits": 8}, time_fn(step, device, iters, warmup), device)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -236,6 +303,7 @@ def main():
     bench_moco_v3(device, args.quick, args.only)
     bench_ema(device, args.quick, args.only)
     bench_resnet18(device, args.quick, args.only)
+    bench_moco_v2_step(device, args.quick, args.only)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check, in one call on a lent GPU machine (torch, nvcc and ncu there; no cargo). Build first, here:
-#     scripts/build_device_bins.sh          # -> target/device-bin/{cuda_ops,cuda_layers,cuda_compile,contrastive}
+#     scripts/build_device_bins.sh          # -> target/device-bin/{cuda_ops,cuda_layers,cuda_optim,cuda_compile,contrastive}
 # then run this script there with carry ["target/device-bin"]. Within ~8 minutes it
 #   1. runs every CUDA op test against the f64 CPU reference (a missing device fails, it does not skip);
 #   2. compiles every kernel with the machine's NVRTC and ptxas (registers, spills);
@@ -30,6 +30,10 @@ step "CUDA op tests against the CPU reference"
 MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/cuda_ops" --test-threads=1 --nocapture 2>&1 | tee "$OUT/cuda_ops.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/cuda_layers" --test-threads=1 --nocapture 2>&1 | tee "$OUT/cuda_layers.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+
+step "CUDA optimiser tests against the CPU optimisers"
+MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/cuda_optim" --test-threads=1 --nocapture 2>&1 | tee "$OUT/cuda_optim.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 step "NVRTC + ptxas compile check (sm_80, sm_90)"

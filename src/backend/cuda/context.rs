@@ -23,12 +23,15 @@ pub const CONV_CU: &str = include_str!("../../../kernels/conv.cu");
 pub const NORM_CU: &str = include_str!("../../../kernels/norm.cu");
 /// `kernels/pool.cu`
 pub const POOL_CU: &str = include_str!("../../../kernels/pool.cu");
+/// `kernels/optim.cu`
+pub const OPTIM_CU: &str = include_str!("../../../kernels/optim.cu");
 
 const SOURCES: &[(&str, &str)] = &[
     ("contrastive.cu", CONTRASTIVE_CU),
     ("conv.cu", CONV_CU),
     ("ema.cu", EMA_CU),
     ("norm.cu", NORM_CU),
+    ("optim.cu", OPTIM_CU),
     ("pool.cu", POOL_CU),
     ("queue.cu", QUEUE_CU),
 ];
@@ -69,6 +72,7 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
             "add_forward",
         ],
     ),
+    ("optim.cu", &["sgd_step", "adamw_step", "lars_partial_norms", "lars_span_norms", "lars_update"]),
     ("queue.cu", &["enqueue_f32", "enqueue_packed16"]),
 ];
 

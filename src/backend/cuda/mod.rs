@@ -22,6 +22,8 @@ pub mod contrastive;
 pub mod conv;
 pub mod ema;
 pub mod norm;
+/// SGD, AdamW and LARS steps over flat parameter buffers (`kernels/optim.cu`).
+pub mod optim;
 pub mod pool;
 pub mod queue;
 

@@ -6,6 +6,8 @@ pub mod contrastive;
 pub mod conv;
 pub mod ema;
 pub mod norm;
+/// SGD, AdamW and LARS steps over flat parameter buffers (`shaders/optim.wgsl`).
+pub mod optim;
 pub mod pool;
 pub mod queue;
 
