@@ -192,7 +192,7 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
     summary.global_step = prog.global_step;
     let recs = read_jsonl(metrics.jsonl_path())?;
     let opts_plot = PlotOptions { title: format!("MoCo {:?} on {}", cfg.preset, engine.name()), ..PlotOptions::default() };
-    plot_training(opts.out_dir.join("curves.png"), &series(&recs, "global_step", "loss"), &series(&recs, "epoch", "knn_top1"), &opts_plot)?;
+    plot_training(opts.out_dir.join("curves.png"), &series(&recs, "global_step", "loss"), &series(&recs, "epoch", "knn_top1").iter().map(|&(e, a)| (e, a / 100.0)).collect::<Vec<_>>(), &opts_plot)?;
     if let Some(path) = &opts.export {
         state_file::export_backbone(path, engine.layout().config, &engine.state()?)?;
     }
