@@ -13,7 +13,8 @@
 
 use clap::Parser;
 use moco::data::{self, AugmentConfig, PairLoader, SyntheticConfig};
-use moco::train::{self, CpuEngine, Engine, Preset, RunOptions, TrainConfig};
+use moco::backend::wgpu::WgpuContext;
+use moco::train::{self, CpuEngine, Engine, Preset, RunOptions, TrainConfig, WgpuEngine};
 use moco::QueueDType;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +23,7 @@ use std::sync::Arc;
 #[derive(Parser, Debug)]
 #[command(about = "MoCo v1/v2 training of ResNet-18 (CIFAR stem) on moco's fused kernels")]
 struct Args {
-    /// auto (CUDA, then a GPU wgpu adapter, then the CPU), cpu, wgpu or cuda
+    /// auto (a hardware wgpu adapter, else the CPU), cpu, wgpu (any adapter, lavapipe included) or cuda (not yet)
     #[arg(long, default_value = "auto")]
     backend: String,
     /// CIFAR-10 binary folder or .bin file, or an image folder (one subfolder per class); default: embedded synthetic set
@@ -173,8 +174,17 @@ fn run(a: Args) -> moco::Result<()> {
     let (train_ds, test_ds) = (Arc::new(train_ds), Arc::new(test_ds));
 
     let mut engine: Box<dyn Engine> = match a.backend.as_str() {
-        "cpu" | "auto" => Box::new(CpuEngine::new(&cfg)?),
-        b => return Err(moco::Error::Unavailable(format!("backend {b}: this build trains on the CPU engine only (use --backend cpu)"))),
+        "cpu" => Box::new(CpuEngine::new(&cfg)?),
+        // any adapter, lavapipe included, when asked for by name
+        "wgpu" => Box::new(WgpuEngine::new(&WgpuContext::new(true)?, &cfg)?),
+        // the CUDA kernels (loss, EMA, queue, layers, optimisers) have no training engine yet
+        "cuda" => return Err(moco::Error::Unavailable("no CUDA training engine yet: use --backend wgpu or cpu".into())),
+        // auto: a hardware wgpu adapter, else the CPU
+        "auto" => match WgpuContext::new(false) {
+            Ok(ctx) => Box::new(WgpuEngine::new(&ctx, &cfg)?),
+            Err(_) => Box::new(CpuEngine::new(&cfg)?),
+        },
+        b => return Err(moco::Error::shape("--backend", "auto, cpu, wgpu or cuda", b.to_string())),
     };
     println!("moco: MoCo {:?} / ResNet-18 (CIFAR stem) on {}", preset, engine.name());
     println!("data: {source}: {} train, {} test images", train_ds.len(), test_ds.len());
