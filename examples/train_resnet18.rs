@@ -98,6 +98,9 @@ struct Args {
     /// No horizontal flip (for data whose classes are not mirror-symmetric, such as digits)
     #[arg(long)]
     no_flip: bool,
+    /// Also run the kNN monitor on the pooled 512-d backbone features (the colab's monitor uses the head output)
+    #[arg(long)]
+    knn_backbone: bool,
     /// No progress bar
     #[arg(long)]
     no_progress: bool,
@@ -225,7 +228,7 @@ fn run(a: Args) -> moco::Result<()> {
             stop.store(true, Ordering::SeqCst);
         });
     }
-    let opts = RunOptions { out_dir: a.out.clone(), resume: a.resume, progress: !a.no_progress, max_steps: a.max_steps, stop: Some(stop), no_knn: false, export: a.export.clone(), verbose: true };
+    let opts = RunOptions { out_dir: a.out.clone(), resume: a.resume, progress: !a.no_progress, max_steps: a.max_steps, stop: Some(stop), no_knn: false, export: a.export.clone(), verbose: true, knn_backbone: a.knn_backbone };
     let summary = train::train(&cfg, engine.as_mut(), train_ds.clone(), test_ds.clone(), aug.clone(), &opts)?;
     if summary.interrupted {
         println!("stopped at step {}; continue with --resume --out {}", summary.global_step, a.out.display());
@@ -234,6 +237,9 @@ fn run(a: Args) -> moco::Result<()> {
     println!("throughput: {:.1} pairs/s ({:.1} img/s)", summary.pairs_per_s, 2.0 * summary.pairs_per_s);
     if let (Some(first), Some(last)) = (summary.knn.first(), summary.knn.last()) {
         println!("kNN top-1: epoch {} {:.2}% -> epoch {} {:.2}% ({:+.2} points)", first.0, first.1, last.0, last.1, last.1 - first.1);
+    }
+    if let (Some(first), Some(last)) = (summary.knn_backbone.first(), summary.knn_backbone.last()) {
+        println!("kNN top-1 on backbone features: epoch {} {:.2}% -> epoch {} {:.2}% ({:+.2} points)", first.0, first.1, last.0, last.1, last.1 - first.1);
     }
     println!("metrics: {0}/metrics.jsonl, {0}/metrics.csv; curves: {0}/curves.png; checkpoint: {0}/checkpoint.safetensors", a.out.display());
     if let Some(p) = &a.export {
@@ -244,7 +250,7 @@ fn run(a: Args) -> moco::Result<()> {
     }
     if let Some(epochs) = a.linear_probe {
         let probe = train::linear_probe_on(engine.as_mut(), &cfg, &train_ds, &test_ds, &aug, epochs)?;
-        println!("linear probe ({epochs} epochs on frozen head outputs): train {:.2}%, test {:.2}%", probe.0, probe.1);
+        println!("linear probe ({epochs} epochs on frozen backbone features): train {:.2}%, test {:.2}%", probe.0, probe.1);
     }
     Ok(())
 }

@@ -94,7 +94,10 @@ fn cpu_and_wgpu_engines_agree() {
     assert!(rel(&sa.queue, &sb.queue) < 1e-2, "queue {}", rel(&sa.queue, &sb.queue));
     let n = 5;
     let x = &xq[..n * 3 * cfg.image_size * cfg.image_size];
-    let (ea, eb) = (c.embed(x, n).unwrap(), g.embed(x, n).unwrap());
+    let (ea, eb) = (c.embed(x, n, false).unwrap(), g.embed(x, n, false).unwrap());
+    assert!(rel(&ea, &eb) < 1e-2, "embeddings {}", rel(&ea, &eb));
+    let (ea, eb) = (c.embed(x, n, true).unwrap(), g.embed(x, n, true).unwrap());
+    assert_eq!(ea.len(), n * 512);
     assert!(rel(&ea, &eb) < 1e-2, "embeddings {}", rel(&ea, &eb));
 }
 

@@ -49,9 +49,9 @@ pub trait Engine {
     /// InfoNCE, backward, SGD, enqueue. With `symmetric`, both directions. A non-finite loss returns
     /// `Ok(stats)` with the non-finite value and changes nothing (the caller stops).
     fn step(&mut self, x_q: &[f32], x_k: &[f32], lr: f64) -> Result<StepStats>;
-    /// Eval-mode outputs of the query encoder (head included, as the colab's kNN monitor) for `n` images
-    /// `x: [n, 3, S, S]`; returns `[n, dim]`.
-    fn embed(&mut self, x: &[f32], n: usize) -> Result<Vec<f32>>;
+    /// Eval-mode features of the query encoder for `n` images `x: [n, 3, S, S]`: the head's output `[n, dim]`
+    /// (what the colab's kNN monitor uses), or with `backbone` the pooled backbone features `[n, 512]`.
+    fn embed(&mut self, x: &[f32], n: usize, backbone: bool) -> Result<Vec<f32>>;
     /// The state, copied to the host.
     fn state(&self) -> Result<EngineState>;
     /// Restores a state (shapes must match the layout).

@@ -34,6 +34,8 @@ pub struct RunOptions {
     pub export: Option<PathBuf>,
     /// Print per-epoch lines.
     pub verbose: bool,
+    /// Also run the kNN monitor on the pooled backbone features (`knn_backbone_top1` in the metrics).
+    pub knn_backbone: bool,
 }
 
 /// What a run did.
@@ -41,6 +43,8 @@ pub struct RunOptions {
 pub struct RunSummary {
     /// kNN top-1 (percent) per evaluated epoch, epoch 0 being the initialisation.
     pub knn: Vec<(usize, f64)>,
+    /// The same on the backbone features, when [`RunOptions::knn_backbone`].
+    pub knn_backbone: Vec<(usize, f64)>,
     /// Loss of every step run in this call.
     pub losses: Vec<f32>,
     /// True when the run stopped early (stop flag or `max_steps`); the checkpoint allows resuming.
@@ -55,32 +59,35 @@ fn checkpoint_path(dir: &Path) -> PathBuf {
     dir.join("checkpoint.safetensors")
 }
 
-/// Eval-mode encoder outputs `[len, dim]` and labels of a whole dataset (eval transform, batches of 256).
-pub fn embed_dataset(engine: &mut dyn Engine, ds: &Arc<Dataset>, aug: &AugmentConfig) -> Result<(Vec<f32>, Vec<u32>)> {
+/// Eval-mode encoder features and labels of a whole dataset (eval transform, batches of 256): head outputs
+/// `[len, dim]`, or pooled backbone features `[len, 512]` with `backbone`.
+pub fn embed_dataset(engine: &mut dyn Engine, ds: &Arc<Dataset>, aug: &AugmentConfig, backbone: bool) -> Result<(Vec<f32>, Vec<u32>)> {
     let eval_aug = AugmentConfig::eval(aug.size).with_normalization(aug.mean, aug.std);
     let (mut f, mut l) = (Vec::new(), Vec::new());
     for b in eval_batches(ds.clone(), eval_aug, 256)? {
         let b = b?;
-        f.extend(engine.embed(&b.x, b.batch_size)?);
+        f.extend(engine.embed(&b.x, b.batch_size, backbone)?);
         l.extend(b.labels.iter().map(|&v| v as u32));
     }
     Ok((f, l))
 }
 
-/// kNN top-1 (percent) of the engine's current encoder: bank = train set, queries = test set, eval transform.
-pub fn knn_eval(engine: &mut dyn Engine, cfg: &TrainConfig, train: &Arc<Dataset>, test: &Arc<Dataset>, aug: &AugmentConfig) -> Result<f64> {
-    let (bank, bank_l) = embed_dataset(engine, train, aug)?;
-    let (qf, ql) = embed_dataset(engine, test, aug)?;
+/// kNN top-1 (percent) of the engine's current encoder: bank = train set, queries = test set, eval transform;
+/// on the head outputs (the colab's monitor) or, with `backbone`, on the pooled backbone features.
+pub fn knn_eval(engine: &mut dyn Engine, cfg: &TrainConfig, train: &Arc<Dataset>, test: &Arc<Dataset>, aug: &AugmentConfig, backbone: bool) -> Result<f64> {
+    let (bank, bank_l) = embed_dataset(engine, train, aug, backbone)?;
+    let (qf, ql) = embed_dataset(engine, test, aug, backbone)?;
+    let d = if backbone { engine.layout().feature_dim } else { cfg.dim };
     let kc = KnnConfig { k: cfg.knn_k, t: cfg.knn_t as f32, ..KnnConfig::default() };
-    Ok(100.0 * knn_top1(&bank, &bank_l, &qf, &ql, cfg.dim, train.num_classes(), &kc)?)
+    Ok(100.0 * knn_top1(&bank, &bank_l, &qf, &ql, d, train.num_classes(), &kc)?)
 }
 
-/// Linear probe on the frozen encoder outputs: (train top-1, test top-1) in percent.
+/// Linear probe on the frozen backbone features (pooled, 512-d): (train top-1, test top-1) in percent.
 pub fn linear_probe_on(engine: &mut dyn Engine, cfg: &TrainConfig, train: &Arc<Dataset>, test: &Arc<Dataset>, aug: &AugmentConfig, epochs: usize) -> Result<(f64, f64)> {
-    let (tx, ty) = embed_dataset(engine, train, aug)?;
-    let (vx, vy) = embed_dataset(engine, test, aug)?;
+    let (tx, ty) = embed_dataset(engine, train, aug, true)?;
+    let (vx, vy) = embed_dataset(engine, test, aug, true)?;
     let pc = ProbeConfig { epochs, seed: cfg.seed, ..ProbeConfig::default() };
-    let r = linear_probe(&tx, &ty, &vx, &vy, cfg.dim, train.num_classes(), &pc)?;
+    let r = linear_probe(&tx, &ty, &vx, &vy, engine.layout().feature_dim, train.num_classes(), &pc)?;
     Ok((100.0 * r.train_top1, 100.0 * r.test_top1))
 }
 
@@ -107,11 +114,19 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
     } else {
         metrics = MetricsWriter::create(&opts.out_dir, "metrics")?;
         if do_knn {
-            let acc = knn_eval(engine, cfg, &train, &test, &aug)?;
+            let acc = knn_eval(engine, cfg, &train, &test, &aug, false)?;
             summary.knn.push((0, acc));
-            metrics.write(&Record::new().with_str("kind", "epoch").with("epoch", 0.0).with("global_step", 0.0).with("knn_top1", acc))?;
+            let mut rec = Record::new().with_str("kind", "epoch").with("epoch", 0.0).with("global_step", 0.0).with("knn_top1", acc);
+            let mut line = format!("epoch 0 (random init): kNN top-1 {acc:.2}%");
+            if opts.knn_backbone {
+                let b = knn_eval(engine, cfg, &train, &test, &aug, true)?;
+                summary.knn_backbone.push((0, b));
+                rec = rec.with("knn_backbone_top1", b);
+                line += &format!(" (backbone features {b:.2}%)");
+            }
+            metrics.write(&rec)?;
             if opts.verbose {
-                println!("epoch 0 (random init): kNN top-1 {acc:.2}%");
+                println!("{line}");
             }
         }
     }
@@ -174,13 +189,20 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
             rec = rec.with("loss_mean", epoch_loss.0 / epoch_loss.1 as f64);
         }
         if do_knn {
-            let acc = knn_eval(engine, cfg, &train, &test, &aug)?;
+            let acc = knn_eval(engine, cfg, &train, &test, &aug, false)?;
             summary.knn.push((prog.epoch, acc));
             rec = rec.with("knn_top1", acc);
+            let mut line = format!("epoch {}: loss {:.4}, kNN top-1 {acc:.2}%", prog.epoch, epoch_loss.0 / epoch_loss.1.max(1) as f64);
+            if opts.knn_backbone {
+                let b = knn_eval(engine, cfg, &train, &test, &aug, true)?;
+                summary.knn_backbone.push((prog.epoch, b));
+                rec = rec.with("knn_backbone_top1", b);
+                line += &format!(" (backbone features {b:.2}%)");
+            }
             if let Some(bar) = &bar {
-                bar.println(format!("epoch {}: loss {:.4}, kNN top-1 {acc:.2}%", prog.epoch, epoch_loss.0 / epoch_loss.1.max(1) as f64));
+                bar.println(line);
             } else if opts.verbose {
-                println!("epoch {}: loss {:.4}, kNN top-1 {acc:.2}%", prog.epoch, epoch_loss.0 / epoch_loss.1.max(1) as f64);
+                println!("{line}");
             }
         }
         metrics.write(&rec)?;

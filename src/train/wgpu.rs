@@ -139,19 +139,21 @@ impl Engine for WgpuEngine {
         Ok(stats)
     }
 
-    fn embed(&mut self, x: &[f32], n: usize) -> Result<Vec<f32>> {
+    fn embed(&mut self, x: &[f32], n: usize, backbone: bool) -> Result<Vec<f32>> {
         let img = 3 * self.cfg.image_size * self.cfg.image_size;
         crate::error::check_len_eq("embed", "x [n, 3, S, S]", n * img, x.len())?;
         copy_all(&self.ctx, &self.enc_q.params, &self.enc_eval.params);
         copy_all(&self.ctx, &self.enc_q.buffers, &self.enc_eval.buffers);
-        let mut out = Vec::with_capacity(n * self.cfg.dim);
+        let width = if backbone { self.enc_q.layout.feature_dim } else { self.cfg.dim };
+        let mut out = Vec::with_capacity(n * width);
         let mut batch = vec![0.0f32; EVAL_BATCH * img];
         for start in (0..n).step_by(EVAL_BATCH) {
             let m = (n - start).min(EVAL_BATCH);
             batch[..m * img].copy_from_slice(&x[start * img..(start + m) * img]);
             batch[m * img..].fill(0.0);
             let y = self.enc_eval.forward_host(&batch, false)?;
-            out.extend_from_slice(&y[..m * self.cfg.dim]);
+            let y = if backbone { self.enc_eval.read_features()? } else { y };
+            out.extend_from_slice(&y[..m * width]);
         }
         Ok(out)
     }
