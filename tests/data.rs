@@ -652,35 +652,6 @@ fn save_views_writes_a_png() {
 
 // ---------------------------------------------------------------------------------------------- throughput
 
-/// Throughput of v2 augmentation for 64 pairs at 32x32 (run with `--ignored --nocapture`).
-#[test]
-#[ignore]
-fn augmentation_throughput() {
-    let (train, _) = small_synthetic(640, 0, 0);
-    let train = Arc::new(train);
-    let blur = AugmentConfig {
-        blur_p: 0.5,
-        ..AugmentConfig::v2(32)
-    };
-    for (name, cfg) in [("v2", AugmentConfig::v2(32)), ("v2 + blur p=0.5", blur)] {
-        let loader = PairLoader::new(train.clone(), cfg, 64, 0).unwrap();
-        let _ = loader.batch(0, 0).unwrap();
-        let t = std::time::Instant::now();
-        let mut n = 0;
-        for step in 0..10 {
-            n += 2 * loader.batch(0, step).unwrap().batch_size;
-        }
-        let secs = t.elapsed().as_secs_f64();
-        println!(
-            "{name} 32x32, 64-pair batches, {} rayon threads: {:.0} views/s ({:.0} pairs/s, {:.2} ms per batch)",
-            rayon::current_num_threads(),
-            n as f64 / secs,
-            n as f64 / 2.0 / secs,
-            secs * 100.0
-        );
-    }
-}
-
 #[test]
 fn jitter_ops_match_their_definitions() {
     // Hue: a third of the circle turns red into green, a half into cyan.

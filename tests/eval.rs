@@ -258,30 +258,3 @@ fn probe_rejects_bad_inputs() {
     nan[0] = f32::INFINITY;
     assert!(bad(linear_probe(&nan, &y, &[], &[], 4, 2, &cfg)));
 }
-
-/// Timing of the kNN monitor at CIFAR-10 scale (M = 50000, Q = 10000, D = 512, k = 200):
-/// `cargo test --release --test eval -- --ignored --nocapture knn_timing`. `MOCO_KNN_SCALE` (default 1) divides M and Q.
-#[test]
-#[ignore]
-fn knn_timing() {
-    let scale: usize = std::env::var("MOCO_KNN_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-    let (m, q, d, c) = (50_000 / scale, 10_000 / scale, 512, 10);
-    let mut rng = StdRng::seed_from_u64(0);
-    let bank: Vec<f32> = (0..m * d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-    let bl: Vec<u32> = (0..m).map(|_| rng.random_range(0..c as u32)).collect();
-    let queries: Vec<f32> = (0..q * d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-    let ql: Vec<u32> = (0..q).map(|_| rng.random_range(0..c as u32)).collect();
-    let t0 = std::time::Instant::now();
-    let kb = KnnBank::new(&bank, &bl, d, c).unwrap();
-    let t1 = t0.elapsed();
-    let rep = kb.evaluate(&queries, &ql, &KnnConfig::default(), false).unwrap();
-    let t2 = t0.elapsed();
-    eprintln!(
-        "knn M={m} Q={q} D={d} k=200 threads={}: bank {:.3}s, evaluate {:.3}s ({:.1} GFLOP/s on the GEMM part), top-1 {:.3}",
-        rayon::current_num_threads(),
-        t1.as_secs_f64(),
-        (t2 - t1).as_secs_f64(),
-        2.0 * m as f64 * q as f64 * d as f64 / (t2 - t1).as_secs_f64() / 1e9,
-        rep.top1
-    );
-}
