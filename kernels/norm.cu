@@ -128,7 +128,7 @@ extern "C" __global__ void __launch_bounds__(256) bn_apply(Params P, const float
     const float a = gm * r;
     float v = inp[i] * a + (bt - mu * a);
     if ((P.flags & FLAG_ADD) != 0u) v += identity[i];
-    if ((P.flags & FLAG_RELU) != 0u) v = fmaxf(v, 0.0f);
+    if ((P.flags & FLAG_RELU) != 0u) v = v < 0.0f ? 0.0f : v; // NaN passes, as in torch
     out[i] = v;
 }
 

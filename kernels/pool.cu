@@ -160,7 +160,7 @@ extern "C" __global__ void __launch_bounds__(256) bias_backward(Params P, const 
 extern "C" __global__ void __launch_bounds__(256) relu_forward(Params P, const float* __restrict__ x, float* __restrict__ yout) {
     const unsigned int i = flat_index();
     if (i >= P.len) return;
-    yout[i] = fmaxf(x[i], 0.0f);
+    yout[i] = x[i] < 0.0f ? 0.0f : x[i]; // NaN passes, as in torch
 }
 
 // dx += dout . (out > 0), with out (the forward's output) as x (binding 1).

@@ -157,7 +157,7 @@ fn bn_apply(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg
         v += identity[i];
     }
     if ((P.flags & FLAG_RELU) != 0u) {
-        v = max(v, 0.0);
+        v = select(v, 0.0, v < 0.0); // NaN passes, as in torch
     }
     out[i] = v;
 }

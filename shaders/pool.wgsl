@@ -190,7 +190,7 @@ fn relu_forward(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id
     if (i >= P.len) {
         return;
     }
-    yout[i] = max(x[i], 0.0);
+    yout[i] = select(x[i], 0.0, x[i] < 0.0); // NaN passes, as in torch
 }
 
 // dx += dout · (out > 0), with out (the forward's output) at binding 1.

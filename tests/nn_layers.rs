@@ -558,3 +558,17 @@ fn bad_shapes_are_errors() {
     assert!(is_shape_err(nn::relu_forward(&mut [0.0; 4], &[0.0; 3], &s)));
     assert!(is_shape_err(nn::add_forward(&mut [0.0; 4], &[0.0; 4], &[0.0; 5], &s)));
 }
+
+/// ReLU keeps NaN (as torch does) in the plain and the fused BN epilogues, so a non-finite value is never hidden.
+#[test]
+fn relu_propagates_nan() {
+    use moco::backend::cpu::nn::{batchnorm_relu_forward_eval, relu_forward, BatchNormShape, EltwiseShape};
+    let x = [1.0f32, -2.0, f32::NAN, 0.5];
+    let mut y = [0.0f32; 4];
+    relu_forward(&mut y, &x, &EltwiseShape::new(4).unwrap()).unwrap();
+    assert!(y[0] == 1.0 && y[1] == 0.0 && y[2].is_nan() && y[3] == 0.5);
+    let s = BatchNormShape::new(1, 1, 4, 1).unwrap();
+    let mut out = [0.0f32; 4];
+    batchnorm_relu_forward_eval(&mut out, &x, &[0.0], &[1.0], None, None, &s).unwrap();
+    assert!(out[2].is_nan() && out[1] == 0.0);
+}

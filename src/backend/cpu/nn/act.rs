@@ -29,10 +29,20 @@ impl EltwiseShape {
     }
 }
 
-/// ReLU forward: `out = max(inp, 0)`.
+/// ReLU with PyTorch's NaN semantics: `relu(NaN) = NaN` (`f32::max(NaN, 0)` would give 0 and hide it).
+#[inline(always)]
+pub(crate) fn relu(x: f32) -> f32 {
+    if x < 0.0 {
+        0.0
+    } else {
+        x
+    }
+}
+
+/// ReLU forward: `out = max(inp, 0)`, NaN propagated (as torch).
 pub fn relu_forward(out: &mut [f32], inp: &[f32], shape: &EltwiseShape) -> Result<()> {
     shape.check(&[("out", out.len()), ("inp", inp.len())])?;
-    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, x)| *y = x.max(0.0)));
+    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, x)| *y = relu(*x)));
     Ok(())
 }
 

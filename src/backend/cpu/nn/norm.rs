@@ -115,10 +115,10 @@ fn apply(out: &mut [f32], inp: &[f32], scale: &[f32], shift: &[f32], epi: Epilog
             let (y, x) = (&mut y[ch * hw..(ch + 1) * hw], &x[ch * hw..(ch + 1) * hw]);
             match epi {
                 Epilogue::None => y.iter_mut().zip(x).for_each(|(y, x)| *y = x * a + b),
-                Epilogue::Relu => y.iter_mut().zip(x).for_each(|(y, x)| *y = (x * a + b).max(0.0)),
+                Epilogue::Relu => y.iter_mut().zip(x).for_each(|(y, x)| *y = super::act::relu(x * a + b)),
                 Epilogue::AddRelu(id) => {
                     let id = &id[(n * c + ch) * hw..(n * c + ch + 1) * hw];
-                    y.iter_mut().zip(x).zip(id).for_each(|((y, x), i)| *y = (x * a + b + i).max(0.0))
+                    y.iter_mut().zip(x).zip(id).for_each(|((y, x), i)| *y = super::act::relu(x * a + b + i))
                 }
             }
         }

@@ -120,7 +120,7 @@ pub fn batchnorm_forward_train(inp: &[f64], gamma: Option<&[f64]>, beta: Option<
                 if let Some(id) = identity {
                     y += id[idx];
                 }
-                out[idx] = if relu { y.max(0.0) } else { y };
+                out[idx] = if relu && y < 0.0 { 0.0 } else { y };
             }
         }
     }
@@ -150,7 +150,7 @@ pub fn batchnorm_forward_eval(inp: &[f64], gamma: Option<&[f64]>, beta: Option<&
                 if let Some(id) = identity {
                     y += id[idx];
                 }
-                out[idx] = if relu { y.max(0.0) } else { y };
+                out[idx] = if relu && y < 0.0 { 0.0 } else { y };
             }
         }
     }
@@ -219,7 +219,7 @@ pub fn batchnorm_backward(dout: &[f64], inp: &[f64], gamma: Option<&[f64]>, beta
 
 /// ReLU forward.
 pub fn relu_forward(inp: &[f64]) -> Vec<f64> {
-    inp.iter().map(|&x| x.max(0.0)).collect()
+    inp.iter().map(|&x| if x < 0.0 { 0.0 } else { x }).collect()
 }
 
 /// ReLU backward: `dout · (out > 0)`.
