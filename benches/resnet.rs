@@ -64,6 +64,15 @@ fn moco_v2_step(c: &mut Criterion) {
     g.sample_size(10).warm_up_time(Duration::from_secs(3)).measurement_time(Duration::from_secs(20));
     g.throughput(Throughput::Elements(64));
     g.bench_function("cpu", |b| b.iter(|| e.step(&x1, &x2, cfg.lr).unwrap().loss));
+    // the wgpu engine on a hardware adapter only (lavapipe takes minutes per step); on a lent GPU machine with a
+    // Vulkan driver this is the end-to-end step `scripts/device_check.sh` times beside PyTorch's with cuDNN
+    match moco::backend::wgpu::WgpuContext::new(false) {
+        Ok(ctx) => {
+            let mut w = moco::train::WgpuEngine::new(&ctx, &cfg).unwrap();
+            g.bench_function("wgpu", |b| b.iter(|| w.step(&x1, &x2, cfg.lr).unwrap().loss));
+        }
+        Err(e) => eprintln!("moco_v2_step/wgpu skipped: {e}"),
+    }
     g.finish();
 }
 

@@ -5,7 +5,9 @@
 #   1. runs every CUDA op test against the f64 CPU reference (a missing device fails, it does not skip);
 #   2. compiles every kernel with the machine's NVRTC and ptxas (registers, spills);
 #   3. times the CUDA benches and PyTorch's equivalents on the same GPU, in the same run;
-#   4. prints the side-by-side table. Everything also lands in $OUT (default target/device-out).
+#   4. times one MoCo v2 training step of the wgpu engine (if the machine has a Vulkan driver) beside
+#      PyTorch's step with cuDNN (bench_pytorch.py's moco_v2_step);
+#   5. prints the side-by-side table. Everything also lands in $OUT (default target/device-out).
 # It never changes clocks or other GPU settings.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +44,9 @@ MOCO_REQUIRE_CUDA_COMPILE=1 timeout 60 "$BIN/cuda_compile" --nocapture 2>&1 | te
 
 step "CUDA benches (criterion)"
 timeout 200 "$BIN/contrastive" --bench cuda 2>&1 | tee "$OUT/moco_cuda_bench.txt"
+
+step "End-to-end MoCo v2 training step (wgpu engine on the GPU's Vulkan driver; skipped without one)"
+timeout 120 "$BIN/resnet" --bench moco_v2_step 2>&1 | tee "$OUT/moco_step_bench.txt"
 
 step "PyTorch on the same GPU"
 timeout 150 python3 scripts/bench_pytorch.py --device cuda 2>&1 | tee "$OUT/torch_cuda.jsonl"
