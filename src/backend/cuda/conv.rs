@@ -11,78 +11,17 @@
 //! function runs asynchronously on `stream`.
 
 use super::context::{cfg, function};
+use crate::backend::plan::{conv_grid as grid, conv_revalidate as revalidate, ConvParams as Params};
 use crate::backend::cpu::nn::Conv2dShape;
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 use std::sync::Arc;
 
-const FILE: &str = "conv.cu";
-const TILE: usize = 64;
-/// Largest grid y and z, and the largest x the host uses before splitting over z (as on wgpu).
-const MAX_GROUPS: usize = 65535;
-
-/// `struct Params` of `kernels/conv.cu` (the uniform block of `shaders/conv.wgsl`), passed by value: the
-/// convolution and the GEMM it is computed as.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct Params {
-    n: u32,
-    c_in: u32,
-    h: u32,
-    w: u32,
-    c_out: u32,
-    kh: u32,
-    kw: u32,
-    stride: u32,
-    pad: u32,
-    oh: u32,
-    ow: u32,
-    gemm_m: u32,
-    gemm_n: u32,
-    gemm_k: u32,
-    pad0: u32,
-    pad1: u32,
-}
-
-// SAFETY: #[repr(C)] plain-old-data of sixteen u32 fields, the layout of `struct Params` in kernels/conv.cu.
+// SAFETY: #[repr(C)] plain-old-data of sixteen u32 fields (size and offsets asserted in plan.rs), the layout of
+// `struct Params` in kernels/conv.cu.
 unsafe impl DeviceRepr for Params {}
-const _: () = assert!(std::mem::size_of::<Params>() == 64 && std::mem::align_of::<Params>() == 4);
-const _: () = assert!(std::mem::offset_of!(Params, gemm_k) == 52);
 
-impl Params {
-    fn new(s: &Conv2dShape, gemm_m: usize, gemm_n: usize, gemm_k: usize) -> Self {
-        let u = |v: usize| v as u32; // every size is <= i32::MAX (Conv2dShape::new checks)
-        Self {
-            n: u(s.n),
-            c_in: u(s.c_in),
-            h: u(s.h),
-            w: u(s.w),
-            c_out: u(s.c_out),
-            kh: u(s.kh),
-            kw: u(s.kw),
-            stride: u(s.stride),
-            pad: u(s.pad),
-            oh: u(s.out_h()),
-            ow: u(s.out_w()),
-            gemm_m: u(gemm_m),
-            gemm_n: u(gemm_n),
-            gemm_k: u(gemm_k),
-            pad0: 0,
-            pad1: 0,
-        }
-    }
-}
-
-/// Re-validates a shape (its fields are public, so it may not have come from [`Conv2dShape::new`]).
-fn revalidate(s: &Conv2dShape) -> Result<Conv2dShape> {
-    let v = Conv2dShape::new(s.n, s.c_in, s.h, s.w, s.c_out, s.kh, s.kw, s.stride, s.pad)?;
-    // The kernels index in u32 with a few products of sizes (e.g. (oy*stride + ki) and C_out*KH*KW).
-    let taps = v.c_out.checked_mul(v.kh * v.kw).filter(|&t| t <= i32::MAX as usize);
-    if taps.is_none() || v.h + 2 * v.pad > i32::MAX as usize || v.w + 2 * v.pad > i32::MAX as usize {
-        return Err(Error::shape("conv2d", "C_out*KH*KW and H, W + 2*pad at most i32::MAX", format!("{v:?}")));
-    }
-    Ok(v)
-}
+const FILE: &str = "conv.cu";
 
 /// `Ok` when a view of `got` elements holds at least `elems` f32 (the wgpu backend's buffer-size rule).
 pub(super) fn check_f32(op: &'static str, name: &str, got: usize, elems: usize) -> Result<()> {
@@ -90,17 +29,6 @@ pub(super) fn check_f32(op: &'static str, name: &str, got: usize, elems: usize) 
         return Err(Error::shape(op, format!("{name} view of at least {elems} elements"), format!("{got} elements")));
     }
     Ok(())
-}
-
-/// The grid for a `gemm_m x gemm_n` output in 64x64 tiles: tiles over N split over x and z (each <= 65535),
-/// tiles over M on y (`tile_n0()` in the kernel flattens x and z).
-fn grid(op: &'static str, gemm_m: usize, gemm_n: usize) -> Result<(u32, u32, u32)> {
-    let (tm, tn) = (gemm_m.div_ceil(TILE), gemm_n.div_ceil(TILE));
-    let (x, z) = if tn <= MAX_GROUPS { (tn, 1) } else { (MAX_GROUPS, tn.div_ceil(MAX_GROUPS)) };
-    if tm > MAX_GROUPS || z > MAX_GROUPS {
-        return Err(Error::shape(op, format!("at most {} rows and {} columns in the GEMM", MAX_GROUPS * TILE, MAX_GROUPS * MAX_GROUPS * TILE), format!("{gemm_m} x {gemm_n}")));
-    }
-    Ok((x as u32, tm as u32, z as u32))
 }
 
 /// Conv2d forward: `out [N, C_out, OH, OW] = conv(inp [N, C_in, H, W], weight [C_out, C_in, KH, KW])`.

@@ -4,87 +4,18 @@
 //! `[C_out, C_in, KH, KW]`, forward overwrites `out`, backward accumulates into `dinp` and `dweight`.
 
 use super::context::{submit, AsGpuSlice, Dispatch, GpuSlice, WgpuContext};
+use crate::backend::plan::{conv_grid as grid, conv_revalidate as revalidate, ConvParams as Params};
 use crate::backend::cpu::nn::Conv2dShape;
 use crate::error::{Error, Result};
 
 /// `shaders/conv.wgsl`
 const SOURCE: &str = include_str!("../../../shaders/conv.wgsl");
-const TILE: usize = 64;
-const MAX_GROUPS: usize = 65535;
-
-/// The uniform block of `shaders/conv.wgsl` (`Params`): the convolution and the GEMM it is computed as.
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    c_in: u32,
-    h: u32,
-    w: u32,
-    c_out: u32,
-    kh: u32,
-    kw: u32,
-    stride: u32,
-    pad: u32,
-    oh: u32,
-    ow: u32,
-    gemm_m: u32,
-    gemm_n: u32,
-    gemm_k: u32,
-    pad0: u32,
-    pad1: u32,
-}
-
-impl Params {
-    fn new(s: &Conv2dShape, gemm_m: usize, gemm_n: usize, gemm_k: usize) -> Self {
-        let u = |v: usize| v as u32; // every size is <= i32::MAX (Conv2dShape::new checks)
-        Self {
-            n: u(s.n),
-            c_in: u(s.c_in),
-            h: u(s.h),
-            w: u(s.w),
-            c_out: u(s.c_out),
-            kh: u(s.kh),
-            kw: u(s.kw),
-            stride: u(s.stride),
-            pad: u(s.pad),
-            oh: u(s.out_h()),
-            ow: u(s.out_w()),
-            gemm_m: u(gemm_m),
-            gemm_n: u(gemm_n),
-            gemm_k: u(gemm_k),
-            pad0: 0,
-            pad1: 0,
-        }
-    }
-}
-
-/// Re-validates a shape (its fields are public, so it may not have come from [`Conv2dShape::new`]).
-fn revalidate(s: &Conv2dShape) -> Result<Conv2dShape> {
-    let v = Conv2dShape::new(s.n, s.c_in, s.h, s.w, s.c_out, s.kh, s.kw, s.stride, s.pad)?;
-    // The shaders index in u32 with a few products of sizes (e.g. (oy*stride + ki) and C_out*KH*KW).
-    let taps = v.c_out.checked_mul(v.kh * v.kw).filter(|&t| t <= i32::MAX as usize);
-    if taps.is_none() || v.h + 2 * v.pad > i32::MAX as usize || v.w + 2 * v.pad > i32::MAX as usize {
-        return Err(Error::shape("conv2d", "C_out*KH*KW and H, W + 2*pad at most i32::MAX", format!("{v:?}")));
-    }
-    Ok(v)
-}
 
 fn check_f32(op: &'static str, name: &str, buf: GpuSlice<'_>, elems: usize) -> Result<()> {
     if buf.size() < (elems * 4) as u64 {
         return Err(Error::shape(op, format!("{name} buffer of at least {} bytes ({elems} f32)", elems * 4), format!("{} bytes", buf.size())));
     }
     Ok(())
-}
-
-/// The grid for a `gemm_m x gemm_n` output in 64x64 tiles: tiles over N split over x and z (each <= 65535),
-/// tiles over M on y.
-fn grid(op: &'static str, gemm_m: usize, gemm_n: usize) -> Result<(u32, u32, u32)> {
-    let (tm, tn) = (gemm_m.div_ceil(TILE), gemm_n.div_ceil(TILE));
-    let (x, z) = if tn <= MAX_GROUPS { (tn, 1) } else { (MAX_GROUPS, tn.div_ceil(MAX_GROUPS)) };
-    if tm > MAX_GROUPS || z > MAX_GROUPS {
-        return Err(Error::shape(op, format!("at most {} rows and {} columns in the GEMM", MAX_GROUPS * TILE, MAX_GROUPS * MAX_GROUPS * TILE), format!("{gemm_m} x {gemm_n}")));
-    }
-    Ok((x as u32, tm as u32, z as u32))
 }
 
 /// Conv2d forward: `out [N, C_out, OH, OW] = conv(inp [N, C_in, H, W], weight [C_out, C_in, KH, KW])`.
