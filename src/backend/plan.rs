@@ -188,3 +188,50 @@ pub(crate) fn conv_grid(op: &'static str, gemm_m: usize, gemm_n: usize) -> crate
     }
     Ok((x as u32, tm as u32, z as u32))
 }
+
+/// The batch-norm kernels' parameter block (`struct Params` of `kernels/norm.cu`, the uniform block of
+/// `shaders/norm.wgsl`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct NormParams {
+    pub n: u32,
+    pub c: u32,
+    pub hw: u32,
+    pub groups: u32,
+    pub count: u32,
+    pub len: u32,
+    pub flags: u32,
+    pub _pad: u32,
+    pub eps: f32,
+    pub momentum: f32,
+    pub _pad2: [f32; 2],
+}
+const _: () = assert!(std::mem::size_of::<NormParams>() == 48 && std::mem::offset_of!(NormParams, eps) == 32);
+
+/// The pooling / linear / element-wise kernels' parameter block (`struct Params` of `kernels/pool.cu`, the uniform
+/// block of `shaders/pool.wgsl`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct PoolParams {
+    pub planes: u32,
+    pub h: u32,
+    pub w: u32,
+    pub oh: u32,
+    pub ow: u32,
+    pub k: u32,
+    pub stride: u32,
+    pub pad: u32,
+    pub m: u32,
+    pub nc: u32,
+    pub kk: u32,
+    pub flags: u32,
+    pub a_rs: u32,
+    pub a_cs: u32,
+    pub b_rs: u32,
+    pub b_cs: u32,
+    pub len: u32,
+    pub hw: u32,
+    pub inv_hw: f32,
+    pub _pad: u32,
+}
+const _: () = assert!(std::mem::size_of::<PoolParams>() == 80);

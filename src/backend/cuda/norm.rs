@@ -12,6 +12,7 @@
 use super::conv::check_f32;
 use super::context::{cfg, function, BLOCK};
 use crate::backend::cpu::nn::BatchNormShape;
+use crate::backend::plan::NormParams;
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DeviceRepr, LaunchArgs, PushKernelArg};
 use std::sync::Arc;
@@ -29,23 +30,6 @@ const FLAG_DBETA: u32 = 64;
 
 /// The device pointer passed for an absent optional tensor.
 static NULL_PTR: u64 = 0;
-
-/// `struct Params` of `kernels/norm.cu` (the uniform block of `shaders/norm.wgsl`), passed by value.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct NormParams {
-    n: u32,
-    c: u32,
-    hw: u32,
-    groups: u32,
-    count: u32,
-    len: u32,
-    flags: u32,
-    _pad: u32,
-    eps: f32,
-    momentum: f32,
-    _pad2: [f32; 2],
-}
 
 // SAFETY: #[repr(C)] plain-old-data (eight u32, four f32), the layout of `struct Params` in kernels/norm.cu.
 unsafe impl DeviceRepr for NormParams {}

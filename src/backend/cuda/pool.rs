@@ -8,6 +8,7 @@ use super::conv::check_f32 as check_len;
 use super::context::{cfg, function};
 use super::norm::{elem_grid, push_opt, push_opt_mut};
 use crate::backend::cpu::nn::{EltwiseShape, GlobalAvgPoolShape, LinearShape, MaxPool2dShape};
+use crate::backend::plan::PoolParams;
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
 use std::sync::Arc;
@@ -17,32 +18,6 @@ const FLAG_ACC: u32 = 1;
 const FLAG_BIAS: u32 = 2;
 /// GEMM tile: `gemm` runs (16, 16) blocks, one output per thread.
 const TILE: usize = 16;
-
-/// `struct Params` of `kernels/pool.cu` (the uniform block of `shaders/pool.wgsl`), passed by value.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct PoolParams {
-    planes: u32,
-    h: u32,
-    w: u32,
-    oh: u32,
-    ow: u32,
-    k: u32,
-    stride: u32,
-    pad: u32,
-    m: u32,
-    nc: u32,
-    kk: u32,
-    flags: u32,
-    a_rs: u32,
-    a_cs: u32,
-    b_rs: u32,
-    b_cs: u32,
-    len: u32,
-    hw: u32,
-    inv_hw: f32,
-    _pad: u32,
-}
 
 // SAFETY: #[repr(C)] plain-old-data (eighteen u32, one f32, one u32), the layout of `struct Params` in
 // kernels/pool.cu.

@@ -8,6 +8,7 @@
 
 use super::context::{grid_2d, submit, AsGpuSlice, Dispatch, GpuSlice, WgpuContext};
 use crate::backend::cpu::nn::BatchNormShape;
+use crate::backend::plan::NormParams;
 use crate::error::{Error, Result};
 
 const SOURCE: &str = include_str!("../../../shaders/norm.wgsl");
@@ -19,22 +20,6 @@ const FLAG_ADD: u32 = 8;
 const FLAG_EVAL: u32 = 16;
 const FLAG_DGAMMA: u32 = 32;
 const FLAG_DBETA: u32 = 64;
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct NormParams {
-    n: u32,
-    c: u32,
-    hw: u32,
-    groups: u32,
-    count: u32,
-    len: u32,
-    flags: u32,
-    _pad: u32,
-    eps: f32,
-    momentum: f32,
-    _pad2: [f32; 2],
-}
 
 /// What follows the normalisation in a fused forward (and is undone in backward).
 #[derive(Clone, Copy)]

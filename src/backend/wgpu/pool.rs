@@ -6,37 +6,13 @@
 use super::context::{grid_2d, AsGpuSlice, Dispatch, WgpuContext};
 use super::norm::run;
 use crate::backend::cpu::nn::{EltwiseShape, GlobalAvgPoolShape, LinearShape, MaxPool2dShape};
+use crate::backend::plan::PoolParams;
 use crate::error::{Error, Result};
 
 const SOURCE: &str = include_str!("../../../shaders/pool.wgsl");
 const FLAG_ACC: u32 = 1;
 const FLAG_BIAS: u32 = 2;
 const TILE: usize = 16;
-
-#[repr(C)]
-#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct PoolParams {
-    planes: u32,
-    h: u32,
-    w: u32,
-    oh: u32,
-    ow: u32,
-    k: u32,
-    stride: u32,
-    pad: u32,
-    m: u32,
-    nc: u32,
-    kk: u32,
-    flags: u32,
-    a_rs: u32,
-    a_cs: u32,
-    b_rs: u32,
-    b_cs: u32,
-    len: u32,
-    hw: u32,
-    inv_hw: f32,
-    _pad: u32,
-}
 
 fn check_bytes(op: &'static str, what: &str, buf: &dyn AsGpuSlice, elems: usize) -> Result<()> {
     let size = buf.as_gpu_slice().size();
