@@ -37,7 +37,7 @@ fn quick() -> bool {
 }
 
 fn wgpu() -> Option<Wgpu> {
-    Wgpu::new(true).map_err(|e| eprintln!("wgpu benches skipped: {e}")).ok()
+    Wgpu::new(moco::backend::Adapter::Any).map_err(|e| eprintln!("wgpu benches skipped: {e}")).ok()
 }
 
 fn infonce(c: &mut Criterion) {
@@ -58,13 +58,13 @@ fn infonce(c: &mut Criterion) {
         // lavapipe (a CPU adapter) takes ~12 s per call at K=65536: time it at K=4096 only
         let software = w.as_ref().is_some_and(|w| w.ctx.adapter_name.contains("llvmpipe"));
         if let (Some(w), true) = (&w, k <= if software { 4096 } else { 65536 }) {
-            let (qb, kb, qu) = (w.upload(&q).unwrap(), w.upload(&key).unwrap(), w.queue_from_f32(&queue, QueueDType::F32).unwrap());
+            let (qb, kb, qu) = (w.upload(&q).unwrap(), w.upload(&key).unwrap(), w.queue_from_f32(&queue, k, ch, QueueDType::F32).unwrap());
             let out = moco::backend::wgpu::InfoNceBuffers::new(&w.ctx, n, ch);
             g.bench_function(BenchmarkId::new(format!("wgpu_fused [{}]", w.ctx.adapter_name), k), |b| {
                 b.iter_custom(|iters| {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        moco::backend::wgpu::contrastive::infonce_async(&w.ctx, &out, &qb.buffer, &kb.buffer, &qu, &shape).unwrap();
+                        moco::backend::wgpu::contrastive::infonce_async(&w.ctx, &out, qb.buffer(), kb.buffer(), &qu, &shape).unwrap();
                     }
                     w.ctx.synchronize().unwrap();
                     start.elapsed()
@@ -106,7 +106,7 @@ fn ema(c: &mut Criterion) {
     g.throughput(Throughput::Bytes((RESNET50_PARAMS * 12) as u64));
     let q = data(RESNET50_PARAMS, 1);
     let mut k = data(RESNET50_PARAMS, 2);
-    g.bench_function("cpu_fused_flat", |b| b.iter(|| cpu::ema_update(&mut k, &q, 0.999).unwrap()));
+    g.bench_function("cpu_fused_flat", |b| { let shape = moco::EmaShape::new(RESNET50_PARAMS, 0.999).unwrap(); b.iter(|| cpu::ema_update(&mut k, &q, &shape).unwrap()) });
     // ResNet-50-like split: 161 tensors (sizes cycle through a few typical conv/bn shapes)
     let sizes = resnet50_like_sizes();
     let qs: Vec<Vec<f32>> = sizes.iter().map(|&s| data(s, 3)).collect();
@@ -193,13 +193,13 @@ fn cuda(c: &mut Criterion) {
         let (mut dq, mut rl) = (dev.upload(&vec![0.0; n * ch]).unwrap(), dev.upload(&vec![0.0; n]).unwrap());
         let mut stats = s.alloc_zeros::<u32>(cu::STATS_WORDS).unwrap();
         for dtype in [QueueDType::F32, QueueDType::BF16] {
-            let queue = dev.queue_from_f32(&host_queue, dtype).unwrap();
+            let queue = dev.queue_from_f32(&host_queue, k, ch, dtype).unwrap();
             g.bench_function(BenchmarkId::new(format!("infonce_fused_{}", dtype.name()), k), |b| {
                 b.iter_custom(|iters| time(iters, &mut || cu::infonce_async(&s, &mut dq, &mut rl, &mut stats, &q, &key, &queue, &shape).unwrap()))
             });
         }
         if k <= 65536 {
-            let queue = dev.queue_from_f32(&host_queue, QueueDType::F32).unwrap();
+            let queue = dev.queue_from_f32(&host_queue, k, ch, QueueDType::F32).unwrap();
             let lshape = moco::LogitsShape::new(n, ch, k).unwrap();
             let (mut lp, mut ln) = (dev.upload(&vec![0.0; n]).unwrap(), dev.upload(&vec![0.0; n * k]).unwrap());
             g.bench_function(BenchmarkId::new("logits_materialised", k), |b| {

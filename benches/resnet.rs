@@ -66,7 +66,7 @@ fn moco_v2_step(c: &mut Criterion) {
     g.bench_function("cpu", |b| b.iter(|| e.step(&x1, &x2, cfg.lr).unwrap().loss));
     // the wgpu engine on a hardware adapter only (lavapipe takes minutes per step); on a lent GPU machine with a
     // Vulkan driver this is the end-to-end step `scripts/device_check.sh` times beside PyTorch's with cuDNN
-    match moco::backend::wgpu::WgpuContext::new(false) {
+    match moco::backend::wgpu::WgpuContext::new(moco::backend::Adapter::HardwareOnly) {
         Ok(ctx) => {
             let mut w = moco::train::WgpuEngine::new(&ctx, &cfg).unwrap();
             g.bench_function("wgpu", |b| b.iter(|| w.step(&x1, &x2, cfg.lr).unwrap().loss));

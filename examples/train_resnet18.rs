@@ -180,11 +180,11 @@ fn run(a: Args) -> moco::Result<()> {
     let mut engine: Box<dyn Engine> = match a.backend.as_str() {
         "cpu" => Box::new(CpuEngine::new(&cfg)?),
         // any adapter, lavapipe included, when asked for by name
-        "wgpu" => Box::new(WgpuEngine::new(&WgpuContext::new(true)?, &cfg)?),
+        "wgpu" => Box::new(WgpuEngine::new(&WgpuContext::new(moco::backend::Adapter::Any)?, &cfg)?),
         // the CUDA kernels (loss, EMA, queue, layers, optimisers) have no training engine yet
         "cuda" => return Err(moco::Error::Unavailable("no CUDA training engine yet: use --backend wgpu or cpu".into())),
         // auto: a hardware wgpu adapter, else the CPU
-        "auto" => match WgpuContext::new(false) {
+        "auto" => match WgpuContext::new(moco::backend::Adapter::HardwareOnly) {
             Ok(ctx) => Box::new(WgpuEngine::new(&ctx, &cfg)?),
             Err(_) => Box::new(CpuEngine::new(&cfg)?),
         },

@@ -21,21 +21,25 @@
 struct EmaParams {
     unsigned int len;    // elements in q and k
     unsigned int stride; // total threads in the launch
-    float momentum;      // m in [0, 1]
-    unsigned int _pad;
+    float momentum;      // m in [0, 1], rounded from f64 on the host
+    float one_minus_m;   // 1 - m taken in f64 on the host, then rounded (as PyTorch's `1. - m`)
 };
+
+// k*m + q*(1-m) as PyTorch rounds it: two rounded products and a rounded sum (no FMA contraction).
+__device__ __forceinline__ float ema1(float k, float q, float m, float one_minus_m) {
+    return __fadd_rn(__fmul_rn(k, m), __fmul_rn(q, one_minus_m));
+}
 
 // k[i] = k[i] * m + q[i] * (1 - m) for i < len; grid-stride loop, so one launch covers any length.
 extern "C" __global__ void __launch_bounds__(256) ema_update(EmaParams P, const float* __restrict__ q, float* __restrict__ k) {
-    const float one_minus_m = 1.0f - P.momentum;
     for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < P.len; i += P.stride) {
-        k[i] = k[i] * P.momentum + q[i] * one_minus_m;
+        k[i] = ema1(k[i], q[i], P.momentum, P.one_minus_m);
     }
 }
 
 // One block per chunk of one tensor (see the metadata layout above). Vectorised (float4) when both buffers are
 // 16-byte aligned, scalar otherwise; the chunk start is a multiple of 4 elements, so alignment is per tensor.
-extern "C" __global__ void __launch_bounds__(256) ema_multi_tensor(const unsigned long long* __restrict__ meta, unsigned int n_tensors, float momentum) {
+extern "C" __global__ void __launch_bounds__(256) ema_multi_tensor(const unsigned long long* __restrict__ meta, unsigned int n_tensors, float momentum, float one_minus_momentum) {
     const unsigned long long map = meta[3ull * n_tensors + blockIdx.x];
     const unsigned int t = (unsigned int)(map & 0xffffffffull);
     const unsigned long long chunk = map >> 32;
@@ -46,7 +50,7 @@ extern "C" __global__ void __launch_bounds__(256) ema_multi_tensor(const unsigne
     if (start >= len) return;
     const unsigned int count = (unsigned int)min((unsigned long long)EMA_CHUNK, len - start);
     const float m = momentum;
-    const float one_minus_m = 1.0f - momentum;
+    const float one_minus_m = one_minus_momentum; // 1 - m taken in f64 on the host
     float* kc = k + start;
     const float* qc = q + start;
     if ((((unsigned long long)kc | (unsigned long long)qc) & 15ull) == 0ull) {
@@ -56,14 +60,14 @@ extern "C" __global__ void __launch_bounds__(256) ema_multi_tensor(const unsigne
         for (unsigned int i = threadIdx.x; i < n4; i += blockDim.x) {
             float4 kv = k4[i];
             const float4 qv = q4[i];
-            kv.x = kv.x * m + qv.x * one_minus_m;
-            kv.y = kv.y * m + qv.y * one_minus_m;
-            kv.z = kv.z * m + qv.z * one_minus_m;
-            kv.w = kv.w * m + qv.w * one_minus_m;
+            kv.x = ema1(kv.x, qv.x, m, one_minus_m);
+            kv.y = ema1(kv.y, qv.y, m, one_minus_m);
+            kv.z = ema1(kv.z, qv.z, m, one_minus_m);
+            kv.w = ema1(kv.w, qv.w, m, one_minus_m);
             k4[i] = kv;
         }
-        for (unsigned int i = n4 * 4u + threadIdx.x; i < count; i += blockDim.x) kc[i] = kc[i] * m + qc[i] * one_minus_m;
+        for (unsigned int i = n4 * 4u + threadIdx.x; i < count; i += blockDim.x) kc[i] = ema1(kc[i], qc[i], m, one_minus_m);
     } else {
-        for (unsigned int i = threadIdx.x; i < count; i += blockDim.x) kc[i] = kc[i] * m + qc[i] * one_minus_m;
+        for (unsigned int i = threadIdx.x; i < count; i += blockDim.x) kc[i] = ema1(kc[i], qc[i], m, one_minus_m);
     }
 }

@@ -7,6 +7,7 @@ Writes (all tensors float32, safetensors format) into tests/fixtures/:
   moco_v2_head_large.safetensors  same head at N=32, C=128, K=1000, T=0.07, seed 1 (no "l_neg")
   moco_v3_loss.safetensors        MoCo v3 symmetric contrastive loss (N=7, C=9, T=0.2, seed 2)
   ema.safetensors                 momentum (EMA) key-encoder update (1000 params, m=0.99, seed 3)
+  ema_momenta.safetensors         the same update at m in {0, 0.5, 0.99, 0.999, 0.9999, 1} (4099 params, seed 4)
 
 The math follows facebookresearch/moco `moco/builder.py` (MoCo.forward) and
 facebookresearch/moco-v3 `moco/builder.py` (MoCo.contrastive_loss / forward)
@@ -42,7 +43,8 @@ def scalar(x):
 
 def save(name, tensors):
     path = os.path.normpath(os.path.join(OUT_DIR, name))
-    tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in tensors.items()}
+    # float32, except float64 tensors kept as they are (the momenta of ema_momenta, which must not be rounded)
+    tensors = {k: v.detach().to(v.dtype if v.dtype == torch.float64 else torch.float32).contiguous() for k, v in tensors.items()}
     save_file(tensors, path)
     size = os.path.getsize(path)
     shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in tensors.items())
@@ -138,6 +140,23 @@ def ema(seed, numel, m):
     }
 
 
+EMA_MOMENTA = [0.0, 0.5, 0.99, 0.999, 0.9999, 1.0]
+
+
+def ema_momenta(seed, numel):
+    """MoCo's update `param_k * m + param_q * (1. - m)` with m a Python float (1 - m taken in double, as in
+    moco/builder.py and moco-v3), at the six momenta of EMA_MOMENTA; values spread over six decades."""
+    torch.manual_seed(seed)
+    scale = 10.0 ** torch.empty(numel).uniform_(-3.0, 3.0)
+    q = torch.randn(numel, dtype=torch.float32) * scale
+    k = torch.randn(numel, dtype=torch.float32) * scale.flip(0)
+    out = {"q": q, "k_before": k.clone(), "momenta": torch.tensor(EMA_MOMENTA, dtype=torch.float64)}
+    with torch.no_grad():
+        for i, m in enumerate(EMA_MOMENTA):
+            out[f"k_after_{i}"] = k * m + q * (1.0 - m)
+    return out
+
+
 def main():
     os.makedirs(OUT_DIR, exist_ok=True)
     save("moco_v2_head.safetensors", moco_v2_head(seed=0, n=6, c=10, k_len=13, t=0.2))
@@ -147,6 +166,7 @@ def main():
     )
     save("moco_v3_loss.safetensors", moco_v3_loss(seed=2, n=7, c=9, t=0.2))
     save("ema.safetensors", ema(seed=3, numel=1000, m=0.99))
+    save("ema_momenta.safetensors", ema_momenta(seed=4, numel=4099))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
 struct EmaParams {
     len: u32,        // elements in q and k
     stride: u32,     // total threads in the dispatch
-    momentum: f32,   // m in [0, 1]
-    _pad: u32,
+    momentum: f32,     // m in [0, 1], rounded from f64 on the host
+    one_minus_m: f32,  // 1 - m taken in f64 on the host, then rounded (as PyTorch's `1. - m`)
 }
 
 @group(0) @binding(0) var<uniform> P: EmaParams;
@@ -14,8 +14,7 @@ struct EmaParams {
 
 @compute @workgroup_size(256)
 fn ema_update(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let one_minus_m = 1.0 - P.momentum;
     for (var i = gid.x; i < P.len; i += P.stride) {
-        k[i] = k[i] * P.momentum + q[i] * one_minus_m;
+        k[i] = k[i] * P.momentum + q[i] * P.one_minus_m;
     }
 }

@@ -62,6 +62,7 @@ impl Error {
     }
 }
 
+#[cfg(feature = "cuda")]
 impl From<cudarc::driver::DriverError> for Error {
     fn from(e: cudarc::driver::DriverError) -> Self {
         Error::Cuda(format!("{e:?}"))

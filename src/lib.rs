@@ -13,7 +13,7 @@
 //! let q: Vec<f32> = (0..n * c).map(|i| (i as f32 * 0.37).sin()).collect();
 //! let key: Vec<f32> = (0..n * c).map(|i| (i as f32 * 0.11).cos()).collect();
 //! let cpu = Cpu;
-//! let queue = cpu.queue_from_f32(&vec![0.25; k * c], QueueDType::F32).unwrap();
+//! let queue = cpu.queue_from_f32(&vec![0.25; k * c], k, c, QueueDType::F32).unwrap();
 //! let shape = InfoNceShape::new(n, c, k, 0.2).unwrap();
 //! let (mut dq, mut row_loss) = (vec![0.0; n * c], vec![0.0; n]);
 //! let stats = cpu.infonce(&mut dq, &mut row_loss, &q, &key, &queue, &shape).unwrap();
@@ -22,16 +22,23 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+#[cfg(feature = "checkpoint")]
 pub mod checkpoint;
+#[cfg(feature = "train")]
 pub mod data;
 pub mod error;
+#[cfg(feature = "train")]
 pub mod eval;
 pub mod nn;
 pub mod optim;
+#[cfg(feature = "train")]
 pub mod report;
 pub mod shape;
+#[cfg(feature = "train")]
 pub mod train;
 
-pub use backend::{AnyBackend, Backend, Cpu, InfoNceStats, Wgpu};
+pub use backend::{AnyBackend, Backend, BackendKind, Cpu, InfoNceStats, QueueDims};
+#[cfg(feature = "wgpu")]
+pub use backend::Wgpu;
 pub use error::{Error, Result};
 pub use shape::{EmaShape, InfoNceShape, LogitsShape, QueueDType, QueueShape, SymmetricShape};

@@ -1,5 +1,34 @@
 //! Validated problem descriptions shared by every backend. An op validates its problem here once, before any
 //! backend code runs, so a backend never sees a size it could index out of bounds with.
+//!
+//! The fields are private: a shape exists only through its constructor, so neither a struct literal nor
+//! struct-update syntax can make an invalid one. Each of these is a compile error:
+//!
+//! ```compile_fail
+//! let s = moco::InfoNceShape::new(4, 8, 16, 0.2).unwrap();
+//! let bad = moco::InfoNceShape { n: 0, ..s };
+//! ```
+//! ```compile_fail
+//! let bad = moco::LogitsShape { n: 9, c: 8, k: 4 };
+//! ```
+//! ```compile_fail
+//! let s = moco::SymmetricShape::new(4, 8, 0.2).unwrap();
+//! let bad = moco::SymmetricShape { temperature: f32::NAN, ..s };
+//! ```
+//! ```compile_fail
+//! let s = moco::QueueShape::new(4, 8, 16, 0).unwrap();
+//! let bad = moco::QueueShape { ptr: 99, ..s };
+//! ```
+//! ```compile_fail
+//! let bad = moco::EmaShape { len: 4, momentum: 1.5 };
+//! ```
+//! while the constructors and getters work:
+//! ```
+//! let s = moco::InfoNceShape::new(4, 8, 16, 0.2)?;
+//! assert_eq!((s.n(), s.c(), s.k()), (4, 8, 16));
+//! assert!(moco::InfoNceShape::new(0, 8, 16, 0.2).is_err());
+//! # Ok::<(), moco::Error>(())
+//! ```
 
 use crate::error::{Error, Result};
 
@@ -53,31 +82,88 @@ fn check_u32(op: &'static str, what: &str, v: usize) -> Result<()> {
     Ok(())
 }
 
+/// The smallest temperature accepted. Logits `cos/T` then stay within ±1e6, far from the kernels' finite "masked"
+/// sentinel (-1e30, chosen so that differences of logits never make NaN); a smaller T let a logit of -1e37 pass for
+/// a masked one and turned the loss into -inf (found by `tests/no_panic.rs`). MoCo uses 0.07 to 0.2.
+pub const MIN_TEMPERATURE: f32 = 1e-6;
+/// The largest temperature accepted (MoCo v3's loss is scaled by 2T, which must stay finite).
+pub const MAX_TEMPERATURE: f32 = 1e6;
+
 fn check_temperature(op: &'static str, t: f32) -> Result<()> {
-    if !(t.is_finite() && t > 0.0) {
-        return Err(Error::shape(op, "finite temperature T > 0", format!("T = {t}")));
+    if !(MIN_TEMPERATURE..=MAX_TEMPERATURE).contains(&t) {
+        return Err(Error::shape(op, format!("temperature T in [{MIN_TEMPERATURE:e}, {MAX_TEMPERATURE:e}]"), format!("T = {t}")));
     }
     Ok(())
 }
+
+/// Row normalisation `x̂ = x / max(||x||, eps)` of `x: [rows, C]`: rows, C >= 1, `x, x̂: [rows*C]`, `inv_norm: [rows]`.
+pub fn check_normalize(rows: usize, c: usize, x: usize, x_hat: usize, inv_norm: usize) -> Result<()> {
+    let op = "normalize_rows";
+    check_positive(op, "rows", rows)?;
+    check_positive(op, "C", c)?;
+    check_u32(op, "rows*C", rows.saturating_mul(c))?;
+    check_len(op, "x [rows*C]", rows * c, x)?;
+    check_len(op, "x_hat [rows*C]", rows * c, x_hat)?;
+    check_len(op, "inv_norm [rows]", rows, inv_norm)
+}
+
+/// `K*C` for a queue of `k` keys of `c` features, both >= 1, optionally checked against a given element count.
+pub fn checked_kc(k: usize, c: usize, given: Option<usize>) -> Result<usize> {
+    let kc = k.checked_mul(c).filter(|_| k > 0 && c > 0);
+    match (kc, given) {
+        (Some(kc), None) => Ok(kc),
+        (Some(kc), Some(g)) if g == kc => Ok(kc),
+        _ => Err(Error::shape("queue", format!("K, C >= 1 and K*C = {} elements", k.saturating_mul(c)), format!("K = {k}, C = {c}{}", given.map(|g| format!(", {g} elements")).unwrap_or_default()))),
+    }
+}
+
+/// A queue's own K and C must be the problem's: a `[16, 8]` queue has as many elements as an `[8, 16]` one.
+fn check_queue_dims(op: &'static str, (k, c): (usize, usize), (queue_k, queue_c): (usize, usize)) -> Result<()> {
+    if (k, c) != (queue_k, queue_c) {
+        return Err(Error::shape(op, format!("a queue of K = {k} keys of C = {c}"), format!("a queue of K = {queue_k}, C = {queue_c}")));
+    }
+    Ok(())
+}
+
+/// Read-only accessors: the fields are private so that every value of a shape type went through its validating
+/// constructor (no struct literal or struct-update syntax can build an invalid one outside the crate).
+macro_rules! getters {
+    ($t:ty { $($(#[$doc:meta])* $f:ident: $ty:ty),* $(,)? }) => {
+        impl $t {
+            $($(#[$doc])* pub fn $f(&self) -> $ty { self.$f })*
+        }
+    };
+}
+
+getters!(EmaShape { /** Number of parameters. */ len: usize, /** Momentum m (f64). */ momentum: f64 });
+getters!(LogitsShape { /** Batch size N. */ n: usize, /** Feature dimension C. */ c: usize, /** Queue length K. */ k: usize });
+getters!(InfoNceShape { /** Batch size N. */ n: usize, /** Feature dimension C. */ c: usize, /** Queue length K. */ k: usize, /** Temperature T. */ temperature: f32 });
+getters!(SymmetricShape { /** Batch size N. */ n: usize, /** Feature dimension C. */ c: usize, /** Temperature T. */ temperature: f32 });
+getters!(QueueShape { /** Keys written, N. */ n: usize, /** Feature dimension C. */ c: usize, /** Queue length K. */ k: usize, /** Row of the first write. */ ptr: usize });
 
 /// EMA momentum update `k = m*k + (1-m)*q` over `len` elements.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EmaShape {
     /// Number of parameters.
-    pub len: usize,
-    /// Momentum m in [0, 1].
-    pub momentum: f32,
+    pub(crate) len: usize,
+    /// Momentum m in [0, 1], kept in f64 so that `1 - m` is taken in double precision, as PyTorch does.
+    pub(crate) momentum: f64,
 }
 
 impl EmaShape {
     /// Validates `len >= 1` and `m` finite in [0, 1].
-    pub fn new(len: usize, momentum: f32) -> Result<Self> {
+    pub fn new(len: usize, momentum: f64) -> Result<Self> {
         check_positive("ema", "len", len)?;
         check_u32("ema", "len", len)?;
         if !(momentum.is_finite() && (0.0..=1.0).contains(&momentum)) {
             return Err(Error::shape("ema", "momentum m in [0, 1]", format!("m = {momentum}")));
         }
         Ok(Self { len, momentum })
+    }
+    /// The two f32 weights `(m, 1 - m)`, with `1 - m` taken in f64 before rounding, as PyTorch's
+    /// `k * m + q * (1. - m)` does with a Python float m.
+    pub fn weights(&self) -> (f32, f32) {
+        (self.momentum as f32, (1.0 - self.momentum) as f32)
     }
     /// Checks the q and k buffer lengths.
     pub fn check(&self, q_len: usize, k_len: usize) -> Result<()> {
@@ -92,11 +178,11 @@ impl EmaShape {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LogitsShape {
     /// Batch size N.
-    pub n: usize,
+    pub(crate) n: usize,
     /// Feature dimension C.
-    pub c: usize,
+    pub(crate) c: usize,
     /// Queue length K.
-    pub k: usize,
+    pub(crate) k: usize,
 }
 
 impl LogitsShape {
@@ -120,6 +206,10 @@ impl LogitsShape {
         check_len("logits", "k [N*C]", self.n * self.c, k)?;
         check_len("logits", "queue [K*C]", self.k * self.c, queue)
     }
+    /// Checks a queue's own `(K, C)` against the problem's.
+    pub fn check_queue(&self, queue_kc: (usize, usize)) -> Result<()> {
+        check_queue_dims("logits", (self.k, self.c), queue_kc)
+    }
     /// Checks the lengths of the outputs `l_pos: [N]` and `l_neg: [N*K]`.
     pub fn check_outputs(&self, l_pos: usize, l_neg: usize) -> Result<()> {
         check_len("logits", "l_pos [N]", self.n, l_pos)?;
@@ -131,17 +221,17 @@ impl LogitsShape {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct InfoNceShape {
     /// Batch size N.
-    pub n: usize,
+    pub(crate) n: usize,
     /// Feature dimension C.
-    pub c: usize,
+    pub(crate) c: usize,
     /// Queue length K.
-    pub k: usize,
+    pub(crate) k: usize,
     /// Temperature T > 0.
-    pub temperature: f32,
+    pub(crate) temperature: f32,
 }
 
 impl InfoNceShape {
-    /// Validates N, C, K >= 1, K >= N and a finite T > 0.
+    /// Validates N, C, K >= 1, K >= N and T in [[`MIN_TEMPERATURE`], [`MAX_TEMPERATURE`]].
     pub fn new(n: usize, c: usize, k: usize, temperature: f32) -> Result<Self> {
         LogitsShape::new(n, c, k).map_err(|e| rename(e, "infonce"))?;
         check_temperature("infonce", temperature)?;
@@ -155,6 +245,10 @@ impl InfoNceShape {
     pub fn check_inputs(&self, q: usize, k: usize, queue: usize) -> Result<()> {
         self.logits().check_inputs(q, k, queue).map_err(|e| rename(e, "infonce"))
     }
+    /// Checks a queue's own `(K, C)` against the problem's.
+    pub fn check_queue(&self, queue_kc: (usize, usize)) -> Result<()> {
+        check_queue_dims("infonce", (self.k, self.c), queue_kc)
+    }
     /// Checks the lengths of the outputs `dq: [N*C]` and `row_loss: [N]`.
     pub fn check_outputs(&self, dq: usize, row_loss: usize) -> Result<()> {
         check_len("infonce", "dq [N*C]", self.n * self.c, dq)?;
@@ -166,15 +260,15 @@ impl InfoNceShape {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SymmetricShape {
     /// Batch size N.
-    pub n: usize,
+    pub(crate) n: usize,
     /// Feature dimension C.
-    pub c: usize,
+    pub(crate) c: usize,
     /// Temperature T > 0.
-    pub temperature: f32,
+    pub(crate) temperature: f32,
 }
 
 impl SymmetricShape {
-    /// Validates N, C >= 1 and a finite T > 0.
+    /// Validates N, C >= 1 and T in [[`MIN_TEMPERATURE`], [`MAX_TEMPERATURE`]].
     pub fn new(n: usize, c: usize, temperature: f32) -> Result<Self> {
         let op = "moco_v3_loss";
         check_positive(op, "N", n)?;
@@ -197,13 +291,13 @@ impl SymmetricShape {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueueShape {
     /// Keys to write, N <= K.
-    pub n: usize,
+    pub(crate) n: usize,
     /// Feature dimension C.
-    pub c: usize,
+    pub(crate) c: usize,
     /// Queue length K.
-    pub k: usize,
+    pub(crate) k: usize,
     /// Row at which the first key is written, ptr < K.
-    pub ptr: usize,
+    pub(crate) ptr: usize,
 }
 
 impl QueueShape {
@@ -229,6 +323,10 @@ impl QueueShape {
     pub fn check(&self, keys: usize, queue: usize) -> Result<()> {
         check_len("queue_enqueue", "keys [N*C]", self.n * self.c, keys)?;
         check_len("queue_enqueue", "queue [K*C]", self.k * self.c, queue)
+    }
+    /// Checks a queue's own `(K, C)` against the problem's.
+    pub fn check_queue(&self, queue_kc: (usize, usize)) -> Result<()> {
+        check_queue_dims("queue_enqueue", (self.k, self.c), queue_kc)
     }
 }
 

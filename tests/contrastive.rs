@@ -31,7 +31,7 @@ fn check_logits<B: Backend>(b: &B, n: usize, c: usize, k: usize, dtype: QueueDTy
     let (want_pos, want_neg) = cpu::reference::logits(&q, &key, &stored(&queue, dtype), n, c, k);
     let shape = LogitsShape::new(n, c, k).unwrap();
     let (mut lp, mut ln) = (b.alloc_nan(n).unwrap(), b.alloc_nan(n * k).unwrap());
-    let qu = b.queue_from_f32(&queue, dtype).unwrap();
+    let qu = b.queue_from_f32(&queue, k, c, dtype).unwrap();
     b.logits(&mut lp, &mut ln, &b.upload(&q).unwrap(), &b.upload(&key).unwrap(), &qu, &shape).unwrap();
     // tolerance: cosines in [-1, 1], f32 dot products of length C: 1e-5 + C * 2e-8
     let atol = 1e-5 + c as f64 * 2e-8;
@@ -48,7 +48,7 @@ fn check_infonce<B: Backend>(b: &B, n: usize, c: usize, k: usize, t: f32, dtype:
     let want = cpu::reference::infonce(&q, &key, &stored(&queue, dtype), n, c, k, t as f64);
     let shape = InfoNceShape::new(n, c, k, t).unwrap();
     let (mut dq, mut rl) = (b.alloc_nan(n * c).unwrap(), b.alloc_nan(n).unwrap());
-    let qu = b.queue_from_f32(&queue, dtype).unwrap();
+    let qu = b.queue_from_f32(&queue, k, c, dtype).unwrap();
     let stats = b.infonce(&mut dq, &mut rl, &b.upload(&q).unwrap(), &b.upload(&key).unwrap(), &qu, &shape).unwrap();
     let tag = format!("{} N={n} C={c} K={k} T={t} {dtype:?}", b.name());
     // tolerance: logits carry f32 rounding of ~1e-6 relative before the /T; loss and dq to 2e-5 relative of scale
@@ -135,11 +135,11 @@ fn fused_matches_unfused() {
         assert_close(&format!("{name} row_loss fused vs unfused"), &rl, &rl_u64, 1e-5, 1e-5);
     };
     let (mut dq, mut rl) = (vec![f32::NAN; n * c], vec![f32::NAN; n]);
-    let s = cpu().infonce(&mut dq, &mut rl, &q, &key, &cpu().queue_from_f32(&queue, QueueDType::F32).unwrap(), &shape).unwrap();
+    let s = cpu().infonce(&mut dq, &mut rl, &q, &key, &cpu().queue_from_f32(&queue, k, c, QueueDType::F32).unwrap(), &shape).unwrap();
     run("cpu".into(), s, dq, rl);
     if let Some(w) = wgpu_backend() {
         let (mut dq, mut rl) = (w.alloc_nan(n * c).unwrap(), w.alloc_nan(n).unwrap());
-        let s = w.infonce(&mut dq, &mut rl, &w.upload(&q).unwrap(), &w.upload(&key).unwrap(), &w.queue_from_f32(&queue, QueueDType::F32).unwrap(), &shape).unwrap();
+        let s = w.infonce(&mut dq, &mut rl, &w.upload(&q).unwrap(), &w.upload(&key).unwrap(), &w.queue_from_f32(&queue, k, c, QueueDType::F32).unwrap(), &shape).unwrap();
         run(w.name(), s, w.download(&dq).unwrap(), w.download(&rl).unwrap());
     }
     // v3

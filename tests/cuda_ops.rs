@@ -67,17 +67,17 @@ fn ema_matches_reference() {
     let Some(dev) = device("ema_matches_reference") else { return };
     let mut rng = StdRng::seed_from_u64(1);
     for len in [1usize, 7, 255, 256, 1000, 70_001, 300_000] {
-        for m in [0.0f32, 0.5, 0.999, 1.0] {
+        for m in [0.0f64, 0.5, 0.999, 1.0] {
             let (k0, q) = (random(&mut rng, len), random(&mut rng, len));
             let mut k = dev.upload(&k0).unwrap();
             let qb = dev.upload(&q).unwrap();
             dev.ema_update(&mut k, &qb, m).unwrap();
-            assert_close(&format!("ema len {len} m {m}"), &dev.download(&k).unwrap(), &reference::ema(&k0, &q, m as f64), 1e-6, 1e-6);
+            assert_close(&format!("ema len {len} m {m}"), &dev.download(&k).unwrap(), &reference::ema(&k0, &q, m), 1e-6, 1e-6);
             // the low-level call on the caller's buffers, applied to the result of the first
             let k1 = dev.download(&k).unwrap();
             let shape = EmaShape::new(len, m).unwrap();
             cuda::ema_update(&dev.stream, &mut k, &qb, &shape).unwrap();
-            assert_close(&format!("low-level ema len {len} m {m}"), &dev.download(&k).unwrap(), &reference::ema(&k1, &q, m as f64), 1e-6, 1e-6);
+            assert_close(&format!("low-level ema len {len} m {m}"), &dev.download(&k).unwrap(), &reference::ema(&k1, &q, m), 1e-6, 1e-6);
         }
     }
     let mut k = dev.upload(&[1.0; 4]).unwrap();
@@ -112,7 +112,7 @@ fn ema_multi_tensor_matches_reference() {
     let Some(dev) = device("ema_multi_tensor_matches_reference") else { return };
     let mut rng = StdRng::seed_from_u64(2);
     let lens = [1usize, 3, 10, 130, 8191, 8192, 8193, 20_000, 100_003, 5];
-    let m = 0.99f32;
+    let m = 0.99f64;
     let k0: Vec<Vec<f32>> = lens.iter().map(|&l| random(&mut rng, l)).collect();
     let q: Vec<Vec<f32>> = lens.iter().map(|&l| random(&mut rng, l)).collect();
     let mut kb: Vec<_> = k0.iter().map(|v| dev.upload(v).unwrap()).collect();
@@ -122,7 +122,7 @@ fn ema_multi_tensor_matches_reference() {
         cuda::ema_update_multi(&dev.stream, &mut pairs, m).unwrap();
     }
     for (i, kbuf) in kb.iter().enumerate() {
-        assert_close(&format!("ema_multi tensor {i} (len {})", lens[i]), &dev.download(kbuf).unwrap(), &reference::ema(&k0[i], &q[i], m as f64), 1e-6, 1e-6);
+        assert_close(&format!("ema_multi tensor {i} (len {})", lens[i]), &dev.download(kbuf).unwrap(), &reference::ema(&k0[i], &q[i], m), 1e-6, 1e-6);
     }
     // an empty list is a no-op; mismatched lengths fail before any work
     cuda::ema_update_multi(&dev.stream, &mut [], m).unwrap();
@@ -142,7 +142,7 @@ fn logits_match_reference() {
     for (n, c, kk) in SHAPES {
         for dt in DTYPES {
             let (q, k) = (random(&mut rng, n * c), random(&mut rng, n * c));
-            let queue = dev.queue_from_f32(&unit_rows(&mut rng, kk, c), dt).unwrap();
+            let queue = dev.queue_from_f32(&unit_rows(&mut rng, kk, c), kk, c, dt).unwrap();
             let stored = dev.queue_to_f32(&queue).unwrap();
             let shape = LogitsShape::new(n, c, kk).unwrap();
             let (mut l_pos, mut l_neg) = (dev.alloc_nan(n).unwrap(), dev.alloc_nan(n * kk).unwrap());
@@ -163,7 +163,7 @@ fn infonce_matches_reference() {
         for dt in DTYPES {
             for t in [0.07f32, 0.2] {
                 let (q, k) = (random(&mut rng, n * c), random(&mut rng, n * c));
-                let queue = dev.queue_from_f32(&unit_rows(&mut rng, kk, c), dt).unwrap();
+                let queue = dev.queue_from_f32(&unit_rows(&mut rng, kk, c), kk, c, dt).unwrap();
                 let stored = dev.queue_to_f32(&queue).unwrap();
                 let shape = InfoNceShape::new(n, c, kk, t).unwrap();
                 let (mut dq, mut row_loss) = (dev.alloc_nan(n * c).unwrap(), dev.alloc_nan(n).unwrap());
@@ -196,7 +196,7 @@ fn infonce_matches_reference() {
     // K < N and wrong buffer lengths are rejected before any launch
     assert!(InfoNceShape::new(4, 8, 3, 0.2).is_err());
     let shape = InfoNceShape::new(2, 4, 8, 0.2).unwrap();
-    let queue = dev.queue_from_f32(&[0.5; 32], QueueDType::F16).unwrap();
+    let queue = dev.queue_from_f32(&[0.5; 32], 8, 4, QueueDType::F16).unwrap();
     let (mut dq, mut rl) = (dev.alloc_nan(8).unwrap(), dev.alloc_nan(2).unwrap());
     assert!(dev.infonce(&mut dq, &mut rl, &dev.upload(&[1.0; 7]).unwrap(), &dev.upload(&[1.0; 8]).unwrap(), &queue, &shape).is_err());
 }
@@ -228,7 +228,7 @@ fn enqueue_wraps_and_matches_reference() {
     // ptr*C odd, where both segments touch the pair holding element ptr*C)
     for (n, c, kk, ptr) in [(1usize, 10usize, 1usize, 0usize), (3, 7, 10, 8), (5, 130, 37, 35), (4, 3, 5, 3), (37, 10, 37, 5), (2, 1, 9, 8), (64, 129, 1000, 990), (5, 3, 5, 3), (3, 5, 4, 1)] {
         for dt in DTYPES {
-            let mut queue = dev.queue_from_f32(&random(&mut rng, kk * c), dt).unwrap();
+            let mut queue = dev.queue_from_f32(&random(&mut rng, kk * c), kk, c, dt).unwrap();
             let before = dev.queue_to_f32(&queue).unwrap();
             let keys = random(&mut rng, n * c);
             let shape = QueueShape::new(n, c, kk, ptr).unwrap();
@@ -257,7 +257,7 @@ fn enqueue_wraps_and_matches_reference() {
         }
     }
     // the low-level call on a caller-owned f16 queue
-    let mut q = CudaQueue::from_f32(&dev.stream, &[0.0; 12], QueueDType::F16).unwrap();
+    let mut q = CudaQueue::from_f32(&dev.stream, &[0.0; 12], 4, 3, QueueDType::F16).unwrap();
     let keys = dev.upload(&[3.0, 4.0, 0.0, 0.0, 0.0, 2.0]).unwrap();
     let next = cuda::enqueue(&dev.stream, &mut q, &keys, &QueueShape::new(2, 3, 4, 3).unwrap()).unwrap();
     assert_eq!(next, 1);

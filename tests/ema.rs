@@ -4,10 +4,10 @@ use common::*;
 use moco::backend::{cpu, Backend};
 use proptest::prelude::*;
 
-fn check<B: Backend>(b: &B, len: usize, m: f32, seed: u64) {
+fn check<B: Backend>(b: &B, len: usize, m: f64, seed: u64) {
     let mut r = rng(seed);
     let (q, k0) = (uniform(&mut r, len), uniform(&mut r, len));
-    let want = cpu::reference::ema(&k0, &q, m as f64);
+    let want = cpu::reference::ema(&k0, &q, m);
     let mut k = b.upload(&k0).unwrap();
     let qb = b.upload(&q).unwrap();
     b.ema_update(&mut k, &qb, m).unwrap();
@@ -18,7 +18,7 @@ fn check<B: Backend>(b: &B, len: usize, m: f32, seed: u64) {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(cases(24)))]
     #[test]
-    fn ema_matches_reference(len in prop_oneof![1usize..10, 10usize..5000, Just(262_147usize)], m in prop_oneof![Just(0.0f32), Just(1.0f32), 0.0f32..1.0], seed in any::<u64>()) {
+    fn ema_matches_reference(len in prop_oneof![1usize..10, 10usize..5000, Just(262_147usize)], m in prop_oneof![Just(0.0f64), Just(1.0f64), Just(0.999), Just(0.9999), 0.0f64..1.0], seed in any::<u64>()) {
         check(&cpu(), len, m, seed);
         if let Some(w) = wgpu_backend() { check(&w, len, m, seed); }
     }
@@ -42,7 +42,7 @@ fn ema_multi_tensor_cpu() {
 fn ema_rejects_bad_input() {
     let c = cpu();
     let mut k = vec![0.0; 4];
-    for m in [-0.1f32, 1.5, f32::NAN, f32::INFINITY] {
+    for m in [-0.1f64, 1.5, -0.0 - 1e-300, 1.0 + f64::EPSILON, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
         assert!(c.ema_update(&mut k, &vec![0.0; 4], m).is_err(), "m = {m}");
     }
     assert!(c.ema_update(&mut k, &vec![0.0; 5], 0.9).is_err());
@@ -50,6 +50,6 @@ fn ema_rejects_bad_input() {
     if let Some(w) = wgpu_backend() {
         let mut kb = w.upload(&[0.0; 4]).unwrap();
         assert!(w.ema_update(&mut kb, &w.upload(&[0.0; 5]).unwrap(), 0.9).is_err());
-        assert!(w.ema_update(&mut kb, &w.upload(&[0.0; 4]).unwrap(), f32::NAN).is_err());
+        assert!(w.ema_update(&mut kb, &w.upload(&[0.0; 4]).unwrap(), f64::NAN).is_err());
     }
 }

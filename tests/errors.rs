@@ -37,13 +37,19 @@ fn wrong_lengths<B: Backend>(b: &B) {
     let shape = InfoNceShape::new(n, c, k, 0.2).unwrap();
     let q = b.upload(&vec![0.5; n * c]).unwrap();
     let short = b.upload(&vec![0.5; n * c - 1]).unwrap();
-    let queue = b.queue_from_f32(&vec![0.1; k * c], QueueDType::F32).unwrap();
-    let small_queue = b.queue_from_f32(&vec![0.1; k * c - 3], QueueDType::BF16).unwrap();
+    let queue = b.queue_from_f32(&vec![0.1; k * c], k, c, QueueDType::F32).unwrap();
+    let small_queue = b.queue_from_f32(&vec![0.1; (k - 1) * c], k - 1, c, QueueDType::BF16).unwrap();
+    // a queue built as [C, K] = [8, 16] has as many elements as the [16, 8] the problem needs: still rejected
+    let transposed_queue = b.queue_from_f32(&vec![0.1; k * c], c, k, QueueDType::F32).unwrap();
+    assert!(b.queue_from_f32(&vec![0.1; k * c - 3], k, c, QueueDType::F32).is_err(), "queue of K*C - 3 elements");
     let (mut dq, mut rl) = (b.alloc_nan(n * c).unwrap(), b.alloc_nan(n).unwrap());
     let name = b.name();
     assert!(matches!(b.infonce(&mut dq, &mut rl, &short, &q, &queue, &shape), Err(Error::Shape { .. })), "{name}: short q");
     assert!(matches!(b.infonce(&mut dq, &mut rl, &q, &short, &queue, &shape), Err(Error::Shape { .. })), "{name}: short k");
     assert!(matches!(b.infonce(&mut dq, &mut rl, &q, &q, &small_queue, &shape), Err(Error::Shape { .. })), "{name}: short queue");
+    let e = b.infonce(&mut dq, &mut rl, &q, &q, &transposed_queue, &shape).expect_err("transposed queue");
+    assert!(e.to_string().contains("K = 16 keys of C = 8") && e.to_string().contains("got a queue of K = 8, C = 16"), "{name}: {e}");
+    assert!(b.logits(&mut b.alloc_nan(n).unwrap(), &mut b.alloc_nan(n * k).unwrap(), &q, &q, &transposed_queue, &LogitsShape::new(n, c, k).unwrap()).is_err(), "{name}: transposed queue (logits)");
     let mut short_dq = b.alloc_nan(n * c - 1).unwrap();
     assert!(matches!(b.infonce(&mut short_dq, &mut rl, &q, &q, &queue, &shape), Err(Error::Shape { .. })), "{name}: short dq");
     let (mut lp, mut ln) = (b.alloc_nan(n).unwrap(), b.alloc_nan(n * k - 1).unwrap());
@@ -51,7 +57,9 @@ fn wrong_lengths<B: Backend>(b: &B) {
     let s3 = SymmetricShape::new(n, c, 0.2).unwrap();
     let mut d2 = b.alloc_nan(n * c).unwrap();
     assert!(b.moco_v3_loss(&mut dq, &mut d2, &q, &short, &q, &q, &s3).is_err(), "{name}: v3 short q2");
-    let mut qu = b.queue_from_f32(&vec![0.1; k * c], QueueDType::F16).unwrap();
+    let mut qu = b.queue_from_f32(&vec![0.1; k * c], k, c, QueueDType::F16).unwrap();
+    let mut transposed = b.queue_from_f32(&vec![0.1; k * c], c, k, QueueDType::F16).unwrap();
+    assert!(b.enqueue(&mut transposed, &q, &QueueShape::new(n, c, k, 3).unwrap()).is_err(), "{name}: enqueue into a transposed queue");
     assert!(b.enqueue(&mut qu, &short, &QueueShape::new(n, c, k, 3).unwrap()).is_err(), "{name}: short keys");
 }
 
@@ -82,6 +90,7 @@ fn zero_vectors_do_not_produce_nan() {
 }
 
 #[test]
+#[cfg(feature = "cuda")]
 fn missing_cuda_is_unavailable_not_a_panic() {
     match moco::backend::cuda::Cuda::new(0) {
         Ok(c) => eprintln!("CUDA present: {}", c.name()),

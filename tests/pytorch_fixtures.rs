@@ -39,7 +39,7 @@ fn check_v2<B: Backend>(b: &B, fx: &Fixture, with_logits: bool) {
     for dtype in [QueueDType::F32] {
         let shape = InfoNceShape::new(n, c, k, t).unwrap();
         let (mut dq, mut rl) = (b.alloc_nan(n * c).unwrap(), b.alloc_nan(n).unwrap());
-        let qu = b.queue_from_f32(&queue, dtype).unwrap();
+        let qu = b.queue_from_f32(&queue, k, c, dtype).unwrap();
         let stats = b.infonce(&mut dq, &mut rl, &b.upload(&q).unwrap(), &b.upload(&key).unwrap(), &qu, &shape).unwrap();
         let tag = format!("{} N={n} C={c} K={k}", b.name());
         let loss = fx.v("loss")[0];
@@ -100,16 +100,60 @@ fn moco_v3_loss_matches_pytorch() {
 #[test]
 fn ema_matches_pytorch() {
     let fx = Fixture::load("ema.safetensors");
-    let m = fx.v("momentum")[0];
+    let m = fx.v("momentum")[0] as f64; // stored as f32: 0.99f32, the m both sides use
     let want = f64s(&fx.v("k_after"));
     let c = cpu();
     let mut k = fx.v("k_before");
     c.ema_update(&mut k, &fx.v("q"), m).unwrap();
-    // torch computes 1-m in double before rounding: one f32 ulp apart at most
     assert_close("ema cpu vs torch", &k, &want, 3e-7, 2e-7);
     if let Some(w) = wgpu_backend() {
         let mut kb = w.upload(&fx.v("k_before")).unwrap();
         w.ema_update(&mut kb, &w.upload(&fx.v("q")).unwrap(), m).unwrap();
         assert_close("ema wgpu vs torch", &w.download(&kb).unwrap(), &want, 3e-7, 2e-7);
+    }
+}
+
+/// One f32 ulp at `x` (the spacing above |x|; the smallest subnormal at 0).
+fn ulp(x: f32) -> f64 {
+    let a = x.abs();
+    (f32::from_bits(a.to_bits() + 1) as f64) - a as f64
+}
+
+/// `k = k*m + q*(1-m)` with `1 - m` taken in f64 as PyTorch does with a Python float m, at six momenta up to 1,
+/// against torch's own result: within 2 ulps of the larger of the two terms, element by element (an f32 `1 - m`
+/// from a rounded m is off by up to 217 ulps at m = 0.999, and fails this).
+#[test]
+fn ema_matches_pytorch_at_six_momenta() {
+    let fx = Fixture::load("ema_momenta.safetensors");
+    let st = SafeTensors::deserialize(&fx.bytes).unwrap();
+    let momenta: Vec<f64> = bytemuck::pod_collect_to_vec(st.tensor("momenta").unwrap().data());
+    assert_eq!(momenta, [0.0, 0.5, 0.99, 0.999, 0.9999, 1.0]);
+    let (q, k0) = (fx.v("q"), fx.v("k_before"));
+    let check = |who: &str, i: usize, m: f64, got: &[f32]| {
+        let want = fx.v(&format!("k_after_{i}"));
+        let (wm, w1m) = (m as f32, (1.0 - m) as f32);
+        let mut worst = 0.0f64;
+        for j in 0..want.len() {
+            let tol = 2.0 * ulp((k0[j] * wm).abs().max((q[j] * w1m).abs()));
+            let err = (got[j] as f64 - want[j] as f64).abs();
+            assert!(err <= tol, "{who} m={m} [{j}]: got {} torch {} (|diff| {err:e} > 2 ulps {tol:e})", got[j], want[j]);
+            worst = worst.max(if tol > 0.0 { err / tol } else { 0.0 });
+        }
+        eprintln!("{who} m={m}: worst error {worst:.2} of the 2-ulp tolerance");
+    };
+    for (i, &m) in momenta.iter().enumerate() {
+        let mut k = k0.clone();
+        cpu().ema_update(&mut k, &q, m).unwrap();
+        check("cpu", i, m, &k);
+        // the multi-tensor form and the optimiser-free trainer path share the weights
+        let (mut ka, mut kb) = (k0[..1000].to_vec(), k0[1000..].to_vec());
+        moco::backend::cpu::ema_update_multi(&mut [(&mut ka, &q[..1000]), (&mut kb, &q[1000..])], m).unwrap();
+        ka.extend_from_slice(&kb);
+        check("cpu multi", i, m, &ka);
+        if let Some(w) = wgpu_backend() {
+            let mut kb = w.upload(&k0).unwrap();
+            w.ema_update(&mut kb, &w.upload(&q).unwrap(), m).unwrap();
+            check("wgpu", i, m, &w.download(&kb).unwrap());
+        }
     }
 }

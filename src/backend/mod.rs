@@ -5,205 +5,121 @@
 //! the device (the network, optimisers and trainer).
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod plan;
+#[cfg(feature = "wgpu")]
 pub mod wgpu;
 
+mod cpu_backend;
+#[cfg(feature = "wgpu")]
+mod wgpu_backend;
+
+pub use cpu_backend::{Cpu, CpuQueue};
 pub use plan::StreamPlan;
+#[cfg(feature = "wgpu")]
+pub use wgpu_backend::{Adapter, Wgpu, WgpuBuffer};
 
+#[allow(unused_imports)]
 use crate::error::{Error, Result};
-use crate::shape::{EmaShape, InfoNceShape, LogitsShape, QueueDType, QueueShape, SymmetricShape};
+use crate::shape::{InfoNceShape, LogitsShape, QueueDType, QueueShape, SymmetricShape};
 pub use cpu::InfoNceStats;
+use std::borrow::{Borrow, BorrowMut};
 
-/// A device the contrastive ops run on. Every method validates its problem before any device work and
-/// returns [`Error`] rather than panicking.
+/// Which kind of device a backend runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// The CPU (rayon + a fast GEMM).
+    Cpu,
+    /// wgpu (Vulkan, Metal, DX12; lavapipe in CI).
+    Wgpu,
+    /// CUDA through cudarc.
+    Cuda,
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::Wgpu => "wgpu",
+            BackendKind::Cuda => "cuda",
+        })
+    }
+}
+
+/// A queue `[K, C]` of keys that knows its own K, C and storage type, so an op can reject a queue of the wrong
+/// shape even when its element count fits (`[16, 8]` and `[8, 16]` hold as many).
+pub trait QueueDims {
+    /// Queue length K (keys).
+    fn k(&self) -> usize;
+    /// Feature dimension C.
+    fn c(&self) -> usize;
+    /// Storage type.
+    fn dtype(&self) -> QueueDType;
+}
+
+/// A device the contrastive ops run on. Every method validates its problem (through the one validation of
+/// [`crate::shape`], so the error text is the same on every backend) before any device work and returns
+/// [`Error`] rather than panicking.
+///
+/// Buffers are passed as anything that borrows the backend's [`Backend::Buffer`]: on the CPU that is `[f32]`, so a
+/// framework's own `&[f32]` / `&mut [f32]` (or a `Vec<f32>`) go in with no copy; on wgpu a [`WgpuBuffer`], on
+/// CUDA a `CudaSlice<f32>`.
 pub trait Backend {
-    /// An f32 buffer on the device.
-    type Buffer;
-    /// A queue `[K, C]` of keys, stored as f32, f16 or bf16.
-    type Queue;
+    /// An f32 buffer on the device, as the ops borrow it (`[f32]` on the CPU).
+    type Buffer: ?Sized;
+    /// An owned f32 buffer, as [`Backend::upload`] returns it (`Vec<f32>` on the CPU).
+    type OwnedBuffer: BorrowMut<Self::Buffer>;
+    /// A queue `[K, C]` of keys, stored as f32, f16 or bf16, that knows its K and C.
+    type Queue: QueueDims;
 
+    /// Which kind of device this is.
+    fn kind(&self) -> BackendKind;
     /// Human-readable device name.
     fn name(&self) -> String;
     /// A device buffer holding `data`.
-    fn upload(&self, data: &[f32]) -> Result<Self::Buffer>;
+    fn upload(&self, data: &[f32]) -> Result<Self::OwnedBuffer>;
     /// A device buffer of `len` elements, filled with NaN (so an unwritten output shows).
-    fn alloc_nan(&self, len: usize) -> Result<Self::Buffer> {
+    fn alloc_nan(&self, len: usize) -> Result<Self::OwnedBuffer> {
         self.upload(&vec![f32::NAN; len])
     }
     /// Copies a buffer to the host.
-    fn download(&self, buf: &Self::Buffer) -> Result<Vec<f32>>;
-    /// A queue holding `data` (`[K, C]`) converted to `dtype` (round to nearest even).
-    fn queue_from_f32(&self, data: &[f32], dtype: QueueDType) -> Result<Self::Queue>;
-    /// The queue's contents as f32.
+    fn download(&self, buf: &(impl Borrow<Self::Buffer> + ?Sized)) -> Result<Vec<f32>>;
+    /// A queue of `k` keys of `c` features holding `data` (`[K, C]`, one key per row) converted to `dtype`
+    /// (round to nearest even).
+    fn queue_from_f32(&self, data: &[f32], k: usize, c: usize, dtype: QueueDType) -> Result<Self::Queue>;
+    /// The queue's contents as f32, `[K, C]`.
     fn queue_to_f32(&self, queue: &Self::Queue) -> Result<Vec<f32>>;
+    /// A queue from the official MoCo layout `[C, K]` (one key per column, `queue[:, j]`).
+    fn queue_from_ck(&self, data_ck: &[f32], c: usize, k: usize, dtype: QueueDType) -> Result<Self::Queue> {
+        self.queue_from_f32(&cpu::queue_from_ck(data_ck, c, k)?, k, c, dtype)
+    }
+    /// The queue's contents as f32 in the official MoCo layout `[C, K]`.
+    fn queue_to_ck(&self, queue: &Self::Queue) -> Result<Vec<f32>> {
+        cpu::queue_to_ck(&self.queue_to_f32(queue)?, queue.k(), queue.c())
+    }
 
-    /// EMA momentum update `k = m*k + (1-m)*q` over the whole buffer. `k, q: [len]`.
-    fn ema_update(&self, k: &mut Self::Buffer, q: &Self::Buffer, momentum: f32) -> Result<()>;
+    /// EMA momentum update `k = m*k + (1-m)*q` over the whole buffer, `k, q: [len]`. `m` is an f64 and `1 - m`
+    /// is taken in f64 before rounding, as PyTorch does with a Python float.
+    fn ema_update(&self, k: &mut (impl BorrowMut<Self::Buffer> + ?Sized), q: &(impl Borrow<Self::Buffer> + ?Sized), momentum: f64) -> Result<()>;
     /// Normalised logits: `l_pos: [N]`, `l_neg: [N, K]` from raw `q, k: [N, C]` and the queue `[K, C]`.
-    fn logits(&self, l_pos: &mut Self::Buffer, l_neg: &mut Self::Buffer, q: &Self::Buffer, k: &Self::Buffer, queue: &Self::Queue, shape: &LogitsShape) -> Result<()>;
+    fn logits(&self, l_pos: &mut (impl BorrowMut<Self::Buffer> + ?Sized), l_neg: &mut (impl BorrowMut<Self::Buffer> + ?Sized), q: &(impl Borrow<Self::Buffer> + ?Sized), k: &(impl Borrow<Self::Buffer> + ?Sized), queue: &Self::Queue, shape: &LogitsShape) -> Result<()>;
     /// Fused streaming InfoNCE forward + backward: writes `dq: [N, C]`, `row_loss: [N]`, returns mean loss and acc counts.
-    fn infonce(&self, dq: &mut Self::Buffer, row_loss: &mut Self::Buffer, q: &Self::Buffer, k: &Self::Buffer, queue: &Self::Queue, shape: &InfoNceShape) -> Result<InfoNceStats>;
+    fn infonce(&self, dq: &mut (impl BorrowMut<Self::Buffer> + ?Sized), row_loss: &mut (impl BorrowMut<Self::Buffer> + ?Sized), q: &(impl Borrow<Self::Buffer> + ?Sized), k: &(impl Borrow<Self::Buffer> + ?Sized), queue: &Self::Queue, shape: &InfoNceShape) -> Result<InfoNceStats>;
     /// Fused MoCo v3 symmetric loss: writes `dq1, dq2: [N, C]`, returns the loss.
     #[allow(clippy::too_many_arguments)]
-    fn moco_v3_loss(&self, dq1: &mut Self::Buffer, dq2: &mut Self::Buffer, q1: &Self::Buffer, q2: &Self::Buffer, k1: &Self::Buffer, k2: &Self::Buffer, shape: &SymmetricShape) -> Result<f32>;
-    /// Enqueues raw `keys: [N, C]` (normalised on the way in) at `shape.ptr`, wrapping; returns the new pointer.
-    fn enqueue(&self, queue: &mut Self::Queue, keys: &Self::Buffer, shape: &QueueShape) -> Result<usize>;
-}
-
-/// The CPU backend (rayon + a fast GEMM). Always available.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Cpu;
-
-/// A queue in host memory.
-#[derive(Clone, Debug)]
-pub enum CpuQueue {
-    /// f32 storage.
-    F32(Vec<f32>),
-    /// f16 storage.
-    F16(Vec<half::f16>),
-    /// bf16 storage.
-    BF16(Vec<half::bf16>),
-}
-
-impl CpuQueue {
-    /// A read-only view.
-    pub fn view(&self) -> cpu::QueueView<'_> {
-        match self {
-            CpuQueue::F32(v) => cpu::QueueView::F32(v),
-            CpuQueue::F16(v) => cpu::QueueView::F16(v),
-            CpuQueue::BF16(v) => cpu::QueueView::BF16(v),
-        }
-    }
-    /// A mutable view.
-    pub fn view_mut(&mut self) -> cpu::QueueViewMut<'_> {
-        match self {
-            CpuQueue::F32(v) => cpu::QueueViewMut::F32(v),
-            CpuQueue::F16(v) => cpu::QueueViewMut::F16(v),
-            CpuQueue::BF16(v) => cpu::QueueViewMut::BF16(v),
-        }
-    }
-}
-
-impl Backend for Cpu {
-    type Buffer = Vec<f32>;
-    type Queue = CpuQueue;
-    fn name(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
-    }
-    fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
-        Ok(data.to_vec())
-    }
-    fn download(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
-        Ok(buf.clone())
-    }
-    fn queue_from_f32(&self, data: &[f32], dtype: QueueDType) -> Result<CpuQueue> {
-        Ok(match dtype {
-            QueueDType::F32 => CpuQueue::F32(data.to_vec()),
-            QueueDType::F16 => CpuQueue::F16(data.iter().map(|&v| half::f16::from_f32(v)).collect()),
-            QueueDType::BF16 => CpuQueue::BF16(data.iter().map(|&v| half::bf16::from_f32(v)).collect()),
-        })
-    }
-    fn queue_to_f32(&self, queue: &CpuQueue) -> Result<Vec<f32>> {
-        let v = queue.view();
-        Ok((0..v.len()).map(|i| v.get(i)).collect())
-    }
-    fn ema_update(&self, k: &mut Vec<f32>, q: &Vec<f32>, momentum: f32) -> Result<()> {
-        cpu::ema_update(k, q, momentum)
-    }
-    fn logits(&self, l_pos: &mut Vec<f32>, l_neg: &mut Vec<f32>, q: &Vec<f32>, k: &Vec<f32>, queue: &CpuQueue, shape: &LogitsShape) -> Result<()> {
-        cpu::logits(l_pos, l_neg, q, k, queue.view(), shape)
-    }
-    fn infonce(&self, dq: &mut Vec<f32>, row_loss: &mut Vec<f32>, q: &Vec<f32>, k: &Vec<f32>, queue: &CpuQueue, shape: &InfoNceShape) -> Result<InfoNceStats> {
-        cpu::infonce(dq, row_loss, q, k, queue.view(), shape)
-    }
-    fn moco_v3_loss(&self, dq1: &mut Vec<f32>, dq2: &mut Vec<f32>, q1: &Vec<f32>, q2: &Vec<f32>, k1: &Vec<f32>, k2: &Vec<f32>, shape: &SymmetricShape) -> Result<f32> {
-        cpu::moco_v3_loss(dq1, dq2, q1, q2, k1, k2, shape)
-    }
-    fn enqueue(&self, queue: &mut CpuQueue, keys: &Vec<f32>, shape: &QueueShape) -> Result<usize> {
-        cpu::enqueue(&mut queue.view_mut(), keys, shape)
-    }
-}
-
-/// The wgpu backend (Vulkan, Metal, DX12; lavapipe in CI).
-#[derive(Clone, Debug)]
-pub struct Wgpu {
-    /// Device, queue and pipeline cache.
-    pub ctx: wgpu::WgpuContext,
-}
-
-/// An f32 storage buffer with its element count.
-#[derive(Debug)]
-pub struct WgpuBuffer {
-    /// The buffer.
-    pub buffer: ::wgpu::Buffer,
-    /// Number of f32 elements.
-    pub len: usize,
-}
-
-impl Wgpu {
-    /// Opens a wgpu device; `allow_cpu` accepts a software adapter such as lavapipe.
-    pub fn new(allow_cpu: bool) -> Result<Self> {
-        Ok(Self { ctx: wgpu::WgpuContext::new(allow_cpu)? })
-    }
-}
-
-fn check_buf(op: &'static str, name: &str, got: usize, expected: usize) -> Result<()> {
-    if got != expected {
-        return Err(Error::shape(op, format!("{name} of {expected} elements"), format!("{got} elements")));
-    }
-    Ok(())
-}
-
-impl Backend for Wgpu {
-    type Buffer = WgpuBuffer;
-    type Queue = wgpu::WgpuQueue;
-    fn name(&self) -> String {
-        format!("wgpu: {}", self.ctx.adapter_name)
-    }
-    fn upload(&self, data: &[f32]) -> Result<WgpuBuffer> {
-        Ok(WgpuBuffer { buffer: self.ctx.upload("moco buffer", data), len: data.len() })
-    }
-    fn download(&self, buf: &WgpuBuffer) -> Result<Vec<f32>> {
-        self.ctx.read(&buf.buffer, buf.len)
-    }
-    fn queue_from_f32(&self, data: &[f32], dtype: QueueDType) -> Result<wgpu::WgpuQueue> {
-        Ok(wgpu::WgpuQueue::from_f32(&self.ctx, data, dtype))
-    }
-    fn queue_to_f32(&self, queue: &wgpu::WgpuQueue) -> Result<Vec<f32>> {
-        queue.to_f32(&self.ctx)
-    }
-    fn ema_update(&self, k: &mut WgpuBuffer, q: &WgpuBuffer, momentum: f32) -> Result<()> {
-        let shape = EmaShape::new(k.len, momentum)?;
-        shape.check(q.len, k.len)?;
-        wgpu::ema_update(&self.ctx, &k.buffer, &q.buffer, &shape)
-    }
-    fn logits(&self, l_pos: &mut WgpuBuffer, l_neg: &mut WgpuBuffer, q: &WgpuBuffer, k: &WgpuBuffer, queue: &wgpu::WgpuQueue, shape: &LogitsShape) -> Result<()> {
-        shape.check_inputs(q.len, k.len, queue.len)?;
-        shape.check_outputs(l_pos.len, l_neg.len)?;
-        wgpu::logits(&self.ctx, &l_pos.buffer, &l_neg.buffer, &q.buffer, &k.buffer, queue, shape)
-    }
-    fn infonce(&self, dq: &mut WgpuBuffer, row_loss: &mut WgpuBuffer, q: &WgpuBuffer, k: &WgpuBuffer, queue: &wgpu::WgpuQueue, shape: &InfoNceShape) -> Result<InfoNceStats> {
-        shape.check_inputs(q.len, k.len, queue.len)?;
-        shape.check_outputs(dq.len, row_loss.len)?;
-        let out = wgpu::InfoNceBuffers { dq: dq.buffer.clone(), row_loss: row_loss.buffer.clone(), stats: self.ctx.storage_buffer("moco stats", 16) };
-        wgpu::infonce(&self.ctx, &out, &q.buffer, &k.buffer, queue, shape)
-    }
-    fn moco_v3_loss(&self, dq1: &mut WgpuBuffer, dq2: &mut WgpuBuffer, q1: &WgpuBuffer, q2: &WgpuBuffer, k1: &WgpuBuffer, k2: &WgpuBuffer, shape: &SymmetricShape) -> Result<f32> {
-        shape.check(&[("q1", q1.len), ("q2", q2.len), ("k1", k1.len), ("k2", k2.len), ("dq1", dq1.len), ("dq2", dq2.len)])?;
-        wgpu::moco_v3_loss(&self.ctx, &dq1.buffer, &dq2.buffer, &q1.buffer, &q2.buffer, &k1.buffer, &k2.buffer, shape)
-    }
-    fn enqueue(&self, queue: &mut wgpu::WgpuQueue, keys: &WgpuBuffer, shape: &QueueShape) -> Result<usize> {
-        check_buf("queue_enqueue", "keys", keys.len, shape.n * shape.c)?;
-        wgpu::enqueue(&self.ctx, queue, &keys.buffer, shape)
-    }
+    fn moco_v3_loss(&self, dq1: &mut (impl BorrowMut<Self::Buffer> + ?Sized), dq2: &mut (impl BorrowMut<Self::Buffer> + ?Sized), q1: &(impl Borrow<Self::Buffer> + ?Sized), q2: &(impl Borrow<Self::Buffer> + ?Sized), k1: &(impl Borrow<Self::Buffer> + ?Sized), k2: &(impl Borrow<Self::Buffer> + ?Sized), shape: &SymmetricShape) -> Result<f32>;
+    /// Enqueues raw `keys: [N, C]` (normalised on the way in) at `shape.ptr()`, wrapping; returns the new pointer.
+    fn enqueue(&self, queue: &mut Self::Queue, keys: &(impl Borrow<Self::Buffer> + ?Sized), shape: &QueueShape) -> Result<usize>;
 }
 
 /// Which device a [`AnyBackend`] ended up on.
 pub enum AnyBackend {
     /// CUDA (a GPU with libcuda present).
+    #[cfg(feature = "cuda")]
     Cuda(cuda::Cuda),
-    /// wgpu on a hardware GPU adapter.
+    /// wgpu on a GPU adapter.
+    #[cfg(feature = "wgpu")]
     Wgpu(Wgpu),
     /// The CPU.
     Cpu(Cpu),
@@ -213,31 +129,62 @@ impl AnyBackend {
     /// Picks CUDA, then a wgpu GPU adapter (software adapters do not count), then the CPU.
     /// Each refusal is returned alongside, so a caller can say why a faster device was not used.
     pub fn auto() -> (Self, Vec<Error>) {
+        #[allow(unused_mut)]
         let mut why = Vec::new();
+        #[cfg(feature = "cuda")]
         match cuda::Cuda::new(0) {
             Ok(c) => return (AnyBackend::Cuda(c), why),
             Err(e) => why.push(e),
         }
-        match Wgpu::new(false) {
+        #[cfg(not(feature = "cuda"))]
+        why.push(Error::Unavailable("CUDA: this build has no `cuda` feature".into()));
+        #[cfg(feature = "wgpu")]
+        match Wgpu::new(Adapter::HardwareOnly) {
             Ok(w) => return (AnyBackend::Wgpu(w), why),
             Err(e) => why.push(e),
         }
+        #[cfg(not(feature = "wgpu"))]
+        why.push(Error::Unavailable("wgpu: this build has no `wgpu` feature".into()));
         (AnyBackend::Cpu(Cpu), why)
+    }
+    /// The backend by kind; for wgpu any adapter, software (lavapipe) included.
+    pub fn new(kind: BackendKind) -> Result<Self> {
+        match kind {
+            BackendKind::Cpu => Ok(AnyBackend::Cpu(Cpu)),
+            #[cfg(feature = "wgpu")]
+            BackendKind::Wgpu => Ok(AnyBackend::Wgpu(Wgpu::new(Adapter::Any)?)),
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda => Ok(AnyBackend::Cuda(cuda::Cuda::new(0)?)),
+            #[allow(unreachable_patterns)]
+            other => Err(Error::Unavailable(format!("{other}: this build of moco has no `{other}` cargo feature"))),
+        }
     }
     /// The backend by name: `cpu`, `wgpu` (any adapter, software included), `cuda`, or `auto`.
     pub fn by_name(name: &str) -> Result<Self> {
         match name {
-            "cpu" => Ok(AnyBackend::Cpu(Cpu)),
-            "wgpu" => Ok(AnyBackend::Wgpu(Wgpu::new(true)?)),
-            "cuda" => Ok(AnyBackend::Cuda(cuda::Cuda::new(0)?)),
+            "cpu" => Self::new(BackendKind::Cpu),
+            "wgpu" => Self::new(BackendKind::Wgpu),
+            "cuda" => Self::new(BackendKind::Cuda),
             "auto" => Ok(Self::auto().0),
             other => Err(Error::shape("backend", "one of cpu, wgpu, cuda, auto", other.to_string())),
+        }
+    }
+    /// Which kind of device this is.
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            #[cfg(feature = "cuda")]
+            AnyBackend::Cuda(_) => BackendKind::Cuda,
+            #[cfg(feature = "wgpu")]
+            AnyBackend::Wgpu(_) => BackendKind::Wgpu,
+            AnyBackend::Cpu(_) => BackendKind::Cpu,
         }
     }
     /// Device name.
     pub fn name(&self) -> String {
         match self {
+            #[cfg(feature = "cuda")]
             AnyBackend::Cuda(b) => b.name(),
+            #[cfg(feature = "wgpu")]
             AnyBackend::Wgpu(b) => b.name(),
             AnyBackend::Cpu(b) => b.name(),
         }

@@ -6,9 +6,11 @@ pub mod layout;
 pub mod resnet;
 pub mod resnet_layout;
 mod resnet_plan;
+#[cfg(feature = "wgpu")]
 pub mod resnet_wgpu;
 
 pub use layout::{Layout, ParamInfo, SplitMix64};
 pub use resnet::ResNetCpu;
+#[cfg(feature = "wgpu")]
 pub use resnet_wgpu::ResNetWgpu;
 pub use resnet_layout::{BlockSpec, Depth, ResNetConfig, ResNetLayout, Stem};

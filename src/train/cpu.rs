@@ -7,7 +7,7 @@ use crate::backend::{cpu, Backend, Cpu, CpuQueue};
 use crate::error::Result;
 use crate::nn::{ResNetCpu, ResNetLayout};
 use crate::optim::{Optimizer, Sgd, SgdConfig};
-use crate::shape::{InfoNceShape, QueueShape};
+use crate::shape::{EmaShape, InfoNceShape, QueueShape};
 
 /// Eval batch of [`CpuEngine::embed`].
 const EVAL_BATCH: usize = 128;
@@ -37,7 +37,7 @@ impl CpuEngine {
         enc_k.params.copy_from_slice(&enc_q.params);
         let enc_eval = ResNetCpu::new(ec, EVAL_BATCH, s, s, 1, cfg.seed)?;
         let opt = Sgd::new(SgdConfig::new(cfg.lr, cfg.sgd_momentum, cfg.weight_decay), enc_q.params.len())?;
-        let queue = Cpu.queue_from_f32(&initial_queue(cfg), cfg.queue_dtype)?;
+        let queue = Cpu.queue_from_f32(&initial_queue(cfg), cfg.queue_len, cfg.dim, cfg.queue_dtype)?;
         let n = cfg.batch_size;
         Ok(Self { cfg: cfg.clone(), enc_q, enc_k, enc_eval, opt, queue, ptr: 0, dq: vec![0.0; n * cfg.dim], row_loss: vec![0.0; n] })
     }
@@ -66,7 +66,7 @@ impl Engine for CpuEngine {
         let (n, dim) = (self.cfg.batch_size, self.cfg.dim);
         let shape = InfoNceShape::new(n, dim, self.cfg.queue_len, self.cfg.temperature as f32)?;
         // key encoder: EMA of the query encoder's parameters (not its BN statistics), then keys without grad
-        cpu::ema_update(&mut self.enc_k.params, &self.enc_q.params, self.cfg.momentum as f32)?;
+        cpu::ema_update(&mut self.enc_k.params, &self.enc_q.params, &EmaShape::new(self.enc_q.params.len(), self.cfg.momentum)?)?;
         let k2 = self.enc_k.forward(x_k, true)?.to_vec();
         let k1 = if self.cfg.symmetric { Some(self.enc_k.forward(x_q, true)?.to_vec()) } else { None };
         self.enc_q.zero_grad();
@@ -136,7 +136,7 @@ impl Engine for CpuEngine {
             buf.copy_from_slice(&s.momentum_buffer);
         }
         self.opt.set_steps(s.opt_steps);
-        self.queue = Cpu.queue_from_f32(&s.queue, self.cfg.queue_dtype)?;
+        self.queue = Cpu.queue_from_f32(&s.queue, self.cfg.queue_len, self.cfg.dim, self.cfg.queue_dtype)?;
         self.ptr = s.queue_ptr;
         self.enc_q.num_batches_tracked = s.q_tracked;
         self.enc_k.num_batches_tracked = s.k_tracked;

@@ -6,11 +6,13 @@ pub mod config;
 mod cpu;
 mod engine;
 mod run;
+#[cfg(feature = "wgpu")]
 mod wgpu;
 pub mod state_file;
 
 pub use config::{Preset, TrainConfig};
 pub use cpu::CpuEngine;
+#[cfg(feature = "wgpu")]
 pub use wgpu::WgpuEngine;
 pub use engine::{encoder_config, initial_queue, Engine, EngineState, StepStats};
 pub use run::{embed_dataset, knn_eval, linear_probe_on, train, RunOptions, RunSummary};

@@ -51,7 +51,7 @@ impl WgpuEngine {
         let enc_k = ResNetWgpu::new(ctx, ec, n, s, s, cfg.bn_splits, cfg.seed)?;
         let enc_eval = ResNetWgpu::new(ctx, ec, EVAL_BATCH, s, s, 1, cfg.seed)?;
         let opt = WgpuSgd::new(ctx, SgdConfig::new(cfg.lr, cfg.sgd_momentum, cfg.weight_decay), enc_q.layout.params.len)?;
-        let queue = WgpuQueue::from_f32(ctx, &initial_queue(cfg), cfg.queue_dtype);
+        let queue = WgpuQueue::from_f32(ctx, &initial_queue(cfg), cfg.queue_len, cfg.dim, cfg.queue_dtype)?;
         let img = (n * 3 * s * s * 4) as u64;
         let feat = (n * cfg.dim * 4) as u64;
         Ok(Self {
@@ -108,7 +108,7 @@ impl Engine for WgpuEngine {
         self.ctx.queue.write_buffer(&self.x_k, 0, bytemuck::cast_slice(x_k));
         let shape = InfoNceShape::new(n, dim, self.cfg.queue_len, self.cfg.temperature as f32)?;
         let len = self.enc_q.layout.params.len;
-        ema_update(&self.ctx, &self.enc_k.params, &self.enc_q.params, &EmaShape::new(len, self.cfg.momentum as f32)?)?;
+        ema_update(&self.ctx, &self.enc_k.params, &self.enc_q.params, &EmaShape::new(len, self.cfg.momentum)?)?;
         let out = self.enc_k.forward(&self.x_k, true)?;
         copy(&self.ctx, out, &self.k2);
         if self.cfg.symmetric {
@@ -190,7 +190,7 @@ impl Engine for WgpuEngine {
             None => {}
         }
         self.opt.set_steps(s.opt_steps);
-        self.queue = WgpuQueue::from_f32(&self.ctx, &s.queue, self.cfg.queue_dtype);
+        self.queue = WgpuQueue::from_f32(&self.ctx, &s.queue, self.cfg.queue_len, self.cfg.dim, self.cfg.queue_dtype)?;
         self.ptr = s.queue_ptr;
         self.enc_q.num_batches_tracked = s.q_tracked;
         self.enc_k.num_batches_tracked = s.k_tracked;

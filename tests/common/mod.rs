@@ -2,7 +2,13 @@
 //! index and both values.
 #![allow(dead_code)]
 
-use moco::backend::{Backend, Cpu, Wgpu};
+use moco::backend::{Backend, Cpu};
+#[cfg(feature = "wgpu")]
+pub use moco::backend::Wgpu;
+/// Without the `wgpu` feature there is no wgpu backend: [`wgpu_backend`] is always `None` (this alias only lets
+/// the generic tests compile).
+#[cfg(not(feature = "wgpu"))]
+pub type Wgpu = Cpu;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// Uniform values in [-1, 1).
@@ -29,12 +35,19 @@ pub fn cases(default: u32) -> u32 {
     std::env::var("MOCO_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+#[cfg(not(feature = "wgpu"))]
+pub fn wgpu_backend() -> Option<Wgpu> {
+    eprintln!("skipping wgpu: built without the `wgpu` feature");
+    None
+}
+
 /// The wgpu backend on any adapter, lavapipe included. With `MOCO_REQUIRE_WGPU=1` a missing adapter fails the
 /// test instead of skipping it.
+#[cfg(feature = "wgpu")]
 pub fn wgpu_backend() -> Option<Wgpu> {
     use std::sync::OnceLock;
     static CTX: OnceLock<Option<Wgpu>> = OnceLock::new();
-    CTX.get_or_init(|| match Wgpu::new(true) {
+    CTX.get_or_init(|| match Wgpu::new(moco::backend::Adapter::Any) {
         Ok(w) => {
             eprintln!("wgpu adapter: {}", w.ctx.adapter_name);
             Some(w)

@@ -29,8 +29,16 @@ pub struct InfoNceStats {
     pub top5: u32,
 }
 
-/// `out[r, :] = x[r, :] / max(||x[r, :]||, eps)`, `inv_norm[r] = 1 / max(||x[r, :]||, eps)`. `x, out: [rows, c]`.
-pub fn normalize_rows(out: &mut [f32], inv_norm: &mut [f32], x: &[f32], c: usize) {
+/// `out[r, :] = x[r, :] / max(||x[r, :]||, eps)`, `inv_norm[r] = 1 / max(||x[r, :]||, eps)`. `x, out: [rows, c]`,
+/// `inv_norm: [rows]` with `rows = inv_norm.len()`.
+pub fn normalize_rows(out: &mut [f32], inv_norm: &mut [f32], x: &[f32], c: usize) -> Result<()> {
+    crate::shape::check_normalize(inv_norm.len(), c, x.len(), out.len(), inv_norm.len())?;
+    normalize_unchecked(out, inv_norm, x, c);
+    Ok(())
+}
+
+/// [`normalize_rows`] for callers that validated the lengths.
+pub(crate) fn normalize_unchecked(out: &mut [f32], inv_norm: &mut [f32], x: &[f32], c: usize) {
     out.par_chunks_mut(c).zip(inv_norm.par_iter_mut()).zip(x.par_chunks(c)).for_each(|((o, inv), xr)| {
         let ss: f32 = xr.iter().map(|v| v * v).sum();
         let r = 1.0 / ss.sqrt().max(NORM_EPS);
@@ -62,8 +70,8 @@ pub fn logits(l_pos: &mut [f32], l_neg: &mut [f32], q: &[f32], k: &[f32], queue:
     let (n, c, kk) = (shape.n, shape.c, shape.k);
     let (mut qh, mut kh) = (vec![0.0; n * c], vec![0.0; n * c]);
     let (mut qi, mut ki) = (vec![0.0; n], vec![0.0; n]);
-    normalize_rows(&mut qh, &mut qi, q, c);
-    normalize_rows(&mut kh, &mut ki, k, c);
+    normalize_unchecked(&mut qh, &mut qi, q, c);
+    normalize_unchecked(&mut kh, &mut ki, k, c);
     row_dots(l_pos, &qh, &kh, c);
     let dst = SendPtr(l_neg.as_mut_ptr());
     let blocks: Vec<usize> = (0..kk).step_by(KEY_BLOCK).collect();
@@ -216,8 +224,8 @@ struct Prepared {
 fn prepare(q: &[f32], k: &[f32], n: usize, c: usize, inv_t: f32) -> Prepared {
     let (mut qh, mut kh) = (vec![0.0; n * c], vec![0.0; n * c]);
     let (mut q_inv, mut k_inv) = (vec![0.0; n], vec![0.0; n]);
-    normalize_rows(&mut qh, &mut q_inv, q, c);
-    normalize_rows(&mut kh, &mut k_inv, k, c);
+    normalize_unchecked(&mut qh, &mut q_inv, q, c);
+    normalize_unchecked(&mut kh, &mut k_inv, k, c);
     let mut s_pos = vec![0.0; n];
     row_dots(&mut s_pos, &qh, &kh, c);
     s_pos.iter_mut().for_each(|s| *s *= inv_t);

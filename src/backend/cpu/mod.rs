@@ -14,4 +14,4 @@ pub mod unfused;
 pub use contrastive::{infonce, logits, moco_v3_loss, normalize_rows, InfoNceStats};
 pub use ema::{ema_update, ema_update_multi};
 pub use queue::enqueue;
-pub use queue_view::{queue_from_ck, QueueView, QueueViewMut};
+pub use queue_view::{queue_from_ck, queue_to_ck, QueueView, QueueViewMut};

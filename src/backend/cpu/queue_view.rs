@@ -106,13 +106,23 @@ impl<'a> QueueViewMut<'a> {
 /// Converts a queue from the official MoCo layout `[C, K]` (one key per column, `queue[:, j]`) to this crate's
 /// `[K, C]` layout (one key per row), which makes enqueue a contiguous write and streams whole keys.
 pub fn queue_from_ck(queue_ck: &[f32], c: usize, k: usize) -> crate::Result<Vec<f32>> {
-    if c == 0 || k == 0 || queue_ck.len() != c * k {
-        return Err(crate::Error::shape("queue_from_ck", "a [C, K] buffer with C, K >= 1", format!("{} elements for C={c}, K={k}", queue_ck.len())));
-    }
+    crate::shape::checked_kc(k, c, Some(queue_ck.len()))?;
     let mut out = vec![0.0; c * k];
     for ci in 0..c {
         for j in 0..k {
             out[j * c + ci] = queue_ck[ci * k + j];
+        }
+    }
+    Ok(out)
+}
+
+/// Converts a queue from this crate's `[K, C]` layout (one key per row) back to the official `[C, K]`.
+pub fn queue_to_ck(queue_kc: &[f32], k: usize, c: usize) -> crate::Result<Vec<f32>> {
+    crate::shape::checked_kc(k, c, Some(queue_kc.len()))?;
+    let mut out = vec![0.0; c * k];
+    for j in 0..k {
+        for ci in 0..c {
+            out[ci * k + j] = queue_kc[j * c + ci];
         }
     }
     Ok(out)

@@ -2,7 +2,7 @@
 //! backward through each step, materialising the `N x (1+K)` logits and their gradient. It exists so the benches
 //! can show what fusion buys and so tests can check fused against unfused.
 
-use super::contrastive::{normalize_rows, InfoNceStats, NORM_EPS};
+use super::contrastive::{normalize_unchecked, InfoNceStats, NORM_EPS};
 use crate::error::Result;
 use crate::shape::{InfoNceShape, SymmetricShape};
 use rayon::prelude::*;
@@ -50,8 +50,8 @@ pub fn infonce(dq: &mut [f32], row_loss: &mut [f32], q: &[f32], k: &[f32], queue
     shape.check_outputs(dq.len(), row_loss.len())?;
     let (n, c, kk, t) = (shape.n, shape.c, shape.k, shape.temperature);
     let (mut qh, mut kh, mut qi, mut ki) = (vec![0.0; n * c], vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
-    normalize_rows(&mut qh, &mut qi, q, c);
-    normalize_rows(&mut kh, &mut ki, k, c);
+    normalize_unchecked(&mut qh, &mut qi, q, c);
+    normalize_unchecked(&mut kh, &mut ki, k, c);
     // l_pos [N, 1], l_neg [N, K]
     let l_pos: Vec<f32> = (0..n).map(|i| qh[i * c..(i + 1) * c].iter().zip(&kh[i * c..(i + 1) * c]).map(|(a, b)| a * b).sum()).collect();
     let mut l_neg = vec![0.0; n * kk];
@@ -88,8 +88,8 @@ pub fn infonce(dq: &mut [f32], row_loss: &mut [f32], q: &[f32], k: &[f32], queue
 
 fn v3_half(dq: &mut [f32], q: &[f32], k: &[f32], n: usize, c: usize, t: f32) -> f32 {
     let (mut qh, mut kh, mut qi, mut ki) = (vec![0.0; n * c], vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
-    normalize_rows(&mut qh, &mut qi, q, c);
-    normalize_rows(&mut kh, &mut ki, k, c);
+    normalize_unchecked(&mut qh, &mut qi, q, c);
+    normalize_unchecked(&mut kh, &mut ki, k, c);
     let mut logits = vec![0.0; n * n];
     par_gemm(&mut logits, &qh, &kh, n, n, c, true);
     logits.par_iter_mut().for_each(|v| *v /= t);

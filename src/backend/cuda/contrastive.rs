@@ -2,7 +2,8 @@
 //! The steps, the grid (`StreamPlan`) and the partial-buffer layout are those of the wgpu backend.
 
 use super::context::{cfg, function, MAX_GRID_X, MAX_GRID_YZ};
-use super::queue::CudaQueue;
+use super::queue::{CudaQueue, CudaQueueStorage};
+use crate::backend::QueueDims;
 use crate::backend::cpu::InfoNceStats;
 use crate::backend::plan::{KernelParams as Params, StreamPlan, GPU_TN};
 use crate::error::{Error, Result};
@@ -31,11 +32,7 @@ fn check_len(op: &'static str, name: &str, got: usize, expected: usize) -> Resul
 /// `x_hat[r, :] = x[r, :] / max(||x[r, :]||, 1e-12)` and `inv_norm[r] = 1 / max(||x[r, :]||, 1e-12)`.
 /// `x, x_hat: [rows, C]`, `inv_norm: [rows]`. Launches `normalize_rows`, one 256-thread block per row.
 pub fn normalize_rows(stream: &Arc<CudaStream>, x_hat: &mut CudaSlice<f32>, inv_norm: &mut CudaSlice<f32>, x: &CudaSlice<f32>, rows: usize, c: usize) -> Result<()> {
-    let op = "normalize_rows";
-    let elems = rows.checked_mul(c).filter(|&e| e <= u32::MAX as usize / 2).ok_or_else(|| Error::shape(op, "rows*C <= 2^31", format!("rows = {rows}, C = {c}")))?;
-    check_len(op, "x", x.len(), elems)?;
-    check_len(op, "x_hat", x_hat.len(), elems)?;
-    check_len(op, "inv_norm", inv_norm.len(), rows)?;
+    crate::shape::check_normalize(rows, c, x.len(), x_hat.len(), inv_norm.len())?;
     normalize(stream, x_hat, inv_norm, x, rows, c)
 }
 
@@ -88,6 +85,7 @@ fn positive(stream: &Arc<CudaStream>, p: &Params, q_hat: &CudaSlice<f32>, k_hat:
 pub fn logits(stream: &Arc<CudaStream>, l_pos: &mut CudaSlice<f32>, l_neg: &mut CudaSlice<f32>, q: &CudaSlice<f32>, k: &CudaSlice<f32>, queue: &CudaQueue, shape: &LogitsShape) -> Result<()> {
     let op = "logits";
     shape.check_inputs(q.len(), k.len(), queue.len())?;
+    shape.check_queue((queue.k(), queue.c()))?;
     shape.check_outputs(l_pos.len(), l_neg.len())?;
     let (n, c, kk) = (shape.n, shape.c, shape.k);
     if kk.div_ceil(64) > MAX_GRID_X || n.div_ceil(16) > MAX_GRID_YZ {
@@ -97,14 +95,14 @@ pub fn logits(stream: &Arc<CudaStream>, l_pos: &mut CudaSlice<f32>, l_neg: &mut 
     let p = Params::logits(n, c, kk);
     positive(stream, &p, &s.q_hat, &s.k_hat, l_pos, n)?;
     let grid = cfg((kk.div_ceil(64) as u32, n.div_ceil(16) as u32, 1));
-    match queue {
-        CudaQueue::F32(keys) => {
+    match &queue.storage {
+        CudaQueueStorage::F32(keys) => {
             let f = contrastive(stream, "negative_logits_f32")?;
             // SAFETY: negative_logits_f32(Params, const float* q_hat [N*C], const float* keys [K*C], float* l_neg
             // [N*K]); reads and writes are guarded by gi < N, gj < K, gc < C; lengths checked above.
             unsafe { stream.launch_builder(&f).arg(&p).arg(&s.q_hat).arg(keys).arg(l_neg).launch(grid) }?;
         }
-        CudaQueue::F16(keys) | CudaQueue::BF16(keys) => {
+        CudaQueueStorage::F16(keys) | CudaQueueStorage::BF16(keys) => {
             let name = if queue.code() == 1 { "negative_logits_f16" } else { "negative_logits_bf16" };
             let f = contrastive(stream, name)?;
             // SAFETY: negative_logits_{f16,bf16}(Params, const float* q_hat [N*C], const unsigned short* keys
@@ -124,10 +122,10 @@ enum Keys<'a> {
 
 impl<'a> Keys<'a> {
     fn of(queue: &'a CudaQueue) -> Self {
-        match queue {
-            CudaQueue::F32(b) => Keys::F32(b),
-            CudaQueue::F16(b) => Keys::F16(b),
-            CudaQueue::BF16(b) => Keys::BF16(b),
+        match &queue.storage {
+            CudaQueueStorage::F32(b) => Keys::F32(b),
+            CudaQueueStorage::F16(b) => Keys::F16(b),
+            CudaQueueStorage::BF16(b) => Keys::BF16(b),
         }
     }
 }
@@ -212,6 +210,7 @@ pub fn infonce_async(stream: &Arc<CudaStream>, dq: &mut CudaSlice<f32>, row_loss
     let op = "infonce";
     let (n, c) = (shape.n, shape.c);
     shape.check_inputs(q.len(), k.len(), queue.len())?;
+    shape.check_queue((queue.k(), queue.c()))?;
     shape.check_outputs(dq.len(), row_loss.len())?;
     check_len(op, "stats", stats.len(), STATS_WORDS)?;
     let plan = StreamPlan::new(n, shape.k, c);

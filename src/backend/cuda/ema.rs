@@ -14,10 +14,10 @@ struct EmaParams {
     len: u32,
     stride: u32,
     momentum: f32,
-    _pad: u32,
+    one_minus_m: f32,
 }
 
-// SAFETY: #[repr(C)] plain-old-data (u32, u32, f32, u32), the layout of `struct EmaParams` in kernels/ema.cu.
+// SAFETY: #[repr(C)] plain-old-data (u32, u32, f32, f32), the layout of `struct EmaParams` in kernels/ema.cu.
 unsafe impl DeviceRepr for EmaParams {}
 const _: () = assert!(std::mem::size_of::<EmaParams>() == 16);
 
@@ -33,7 +33,8 @@ pub const EMA_CHUNK: usize = 8192;
 pub fn ema_update(stream: &Arc<CudaStream>, k: &mut CudaSlice<f32>, q: &CudaSlice<f32>, shape: &EmaShape) -> Result<()> {
     shape.check(q.len(), k.len())?;
     let blocks = (shape.len as u32).div_ceil(BLOCK).clamp(1, EMA_BLOCKS);
-    let p = EmaParams { len: shape.len as u32, stride: blocks * BLOCK, momentum: shape.momentum, _pad: 0 };
+    let (m, one_minus_m) = shape.weights();
+    let p = EmaParams { len: shape.len as u32, stride: blocks * BLOCK, momentum: m, one_minus_m };
     let f = function(stream, "ema.cu", "ema_update")?;
     // SAFETY: ema_update(EmaParams, const float* q [len], float* k [len]); both slices hold exactly `len`
     // elements (shape.check above) and every thread touches only indices < len.
@@ -49,13 +50,15 @@ pub fn ema_update(stream: &Arc<CudaStream>, k: &mut CudaSlice<f32>, q: &CudaSlic
 /// chunk (`tensor | chunk << 32`); `ema_multi_tensor` runs one 256-thread block per chunk, which reads its chunk
 /// word, then its tensor's pointers and length. As on the CPU, an empty pair, a length mismatch or m outside
 /// [0, 1] fails before any work.
-pub fn ema_update_multi(stream: &Arc<CudaStream>, pairs: &mut [(&mut CudaSlice<f32>, &CudaSlice<f32>)], momentum: f32) -> Result<()> {
+pub fn ema_update_multi(stream: &Arc<CudaStream>, pairs: &mut [(&mut CudaSlice<f32>, &CudaSlice<f32>)], momentum: f64) -> Result<()> {
     // The validation of the CPU's ema_update_multi: every pair non-empty, of equal lengths, m in [0, 1].
+    let (mut m, mut one_minus_m) = (1.0f32, 0.0f32);
     for (i, (k, q)) in pairs.iter().enumerate() {
-        EmaShape::new(k.len(), momentum).and_then(|s| s.check(q.len(), k.len())).map_err(|e| match e {
+        let shape = EmaShape::new(k.len(), momentum).and_then(|s| s.check(q.len(), k.len()).map(|_| s)).map_err(|e| match e {
             Error::Shape { expected, got, .. } => Error::shape("ema_multi", format!("pair {i}: {expected}"), got),
             other => other,
         })?;
+        (m, one_minus_m) = shape.weights();
     }
     let chunk_counts: Vec<usize> = pairs.iter().map(|(k, _)| k.len().div_ceil(EMA_CHUNK)).collect();
     let n_chunks: usize = chunk_counts.iter().sum();
@@ -84,11 +87,11 @@ pub fn ema_update_multi(stream: &Arc<CudaStream>, pairs: &mut [(&mut CudaSlice<f
     }
     let meta_dev = stream.clone_htod(&meta)?;
     let f = function(stream, "ema.cu", "ema_multi_tensor")?;
-    // SAFETY: ema_multi_tensor(const u64* meta, unsigned n_tensors, float m). meta holds 3*n_tensors tensor words
+    // SAFETY: ema_multi_tensor(const u64* meta, unsigned n_tensors, float m, float one_minus_m). meta holds 3*n_tensors tensor words
     // (live device addresses of the borrowed k (exclusive) and q buffers and their lengths) then exactly one chunk
     // word per block; block b touches elements [chunk*EMA_CHUNK, min(+EMA_CHUNK, len)) of its tensor only. The
     // buffers outlive the launch: `guards` (dropped after it) record the stream's use of them.
-    unsafe { stream.launch_builder(&f).arg(&meta_dev).arg(&n_tensors).arg(&momentum).launch(cfg((n_chunks as u32, 1, 1))) }?;
+    unsafe { stream.launch_builder(&f).arg(&meta_dev).arg(&n_tensors).arg(&m).arg(&one_minus_m).launch(cfg((n_chunks as u32, 1, 1))) }?;
     drop(guards);
     Ok(())
 }

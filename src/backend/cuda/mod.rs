@@ -30,9 +30,10 @@ pub mod queue;
 pub use context::{check_driver, check_nvrtc, kernel_entry_points, kernel_sources};
 pub use contrastive::{infonce, infonce_async, logits, moco_v3_loss, normalize_rows, read_stats, STATS_WORDS};
 pub use ema::{ema_update, ema_update_multi, EMA_CHUNK};
-pub use queue::{enqueue, CudaQueue};
+pub use queue::{enqueue, CudaQueue, CudaQueueStorage};
 
-use crate::backend::{Backend, InfoNceStats};
+use crate::backend::{Backend, BackendKind, InfoNceStats};
+use std::borrow::{Borrow, BorrowMut};
 use crate::error::Result;
 use crate::shape::{EmaShape, InfoNceShape, LogitsShape, QueueDType, QueueShape, SymmetricShape};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
@@ -84,41 +85,47 @@ impl Cuda {
 
 impl Backend for Cuda {
     type Buffer = CudaSlice<f32>;
+    type OwnedBuffer = CudaSlice<f32>;
     type Queue = CudaQueue;
+    fn kind(&self) -> BackendKind {
+        BackendKind::Cuda
+    }
     fn name(&self) -> String {
         Cuda::name(self)
     }
     fn upload(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
         Ok(self.stream.clone_htod(data)?)
     }
-    fn download(&self, buf: &CudaSlice<f32>) -> Result<Vec<f32>> {
-        let out = self.stream.clone_dtoh(buf)?;
+    fn download(&self, buf: &(impl Borrow<CudaSlice<f32>> + ?Sized)) -> Result<Vec<f32>> {
+        let out = self.stream.clone_dtoh(buf.borrow())?;
         self.stream.synchronize()?;
         Ok(out)
     }
-    fn queue_from_f32(&self, data: &[f32], dtype: QueueDType) -> Result<CudaQueue> {
-        CudaQueue::from_f32(&self.stream, data, dtype)
+    fn queue_from_f32(&self, data: &[f32], k: usize, c: usize, dtype: QueueDType) -> Result<CudaQueue> {
+        CudaQueue::from_f32(&self.stream, data, k, c, dtype)
     }
     fn queue_to_f32(&self, queue: &CudaQueue) -> Result<Vec<f32>> {
         queue.to_f32(&self.stream)
     }
-    fn ema_update(&self, k: &mut CudaSlice<f32>, q: &CudaSlice<f32>, momentum: f32) -> Result<()> {
+    fn ema_update(&self, k: &mut (impl BorrowMut<CudaSlice<f32>> + ?Sized), q: &(impl Borrow<CudaSlice<f32>> + ?Sized), momentum: f64) -> Result<()> {
+        let (k, q) = (k.borrow_mut(), q.borrow());
         let shape = EmaShape::new(k.len(), momentum)?;
         ema::ema_update(&self.stream, k, q, &shape)
     }
-    fn logits(&self, l_pos: &mut CudaSlice<f32>, l_neg: &mut CudaSlice<f32>, q: &CudaSlice<f32>, k: &CudaSlice<f32>, queue: &CudaQueue, shape: &LogitsShape) -> Result<()> {
-        contrastive::logits(&self.stream, l_pos, l_neg, q, k, queue, shape)
+    fn logits(&self, l_pos: &mut (impl BorrowMut<CudaSlice<f32>> + ?Sized), l_neg: &mut (impl BorrowMut<CudaSlice<f32>> + ?Sized), q: &(impl Borrow<CudaSlice<f32>> + ?Sized), k: &(impl Borrow<CudaSlice<f32>> + ?Sized), queue: &CudaQueue, shape: &LogitsShape) -> Result<()> {
+        contrastive::logits(&self.stream, l_pos.borrow_mut(), l_neg.borrow_mut(), q.borrow(), k.borrow(), queue, shape)
     }
-    fn infonce(&self, dq: &mut CudaSlice<f32>, row_loss: &mut CudaSlice<f32>, q: &CudaSlice<f32>, k: &CudaSlice<f32>, queue: &CudaQueue, shape: &InfoNceShape) -> Result<InfoNceStats> {
+    fn infonce(&self, dq: &mut (impl BorrowMut<CudaSlice<f32>> + ?Sized), row_loss: &mut (impl BorrowMut<CudaSlice<f32>> + ?Sized), q: &(impl Borrow<CudaSlice<f32>> + ?Sized), k: &(impl Borrow<CudaSlice<f32>> + ?Sized), queue: &CudaQueue, shape: &InfoNceShape) -> Result<InfoNceStats> {
+        let (dq, row_loss, q, k) = (dq.borrow_mut(), row_loss.borrow_mut(), q.borrow(), k.borrow());
         shape.check_inputs(q.len(), k.len(), queue.len())?;
         shape.check_outputs(dq.len(), row_loss.len())?;
         let mut stats = self.stream.alloc_zeros::<u32>(STATS_WORDS)?;
         contrastive::infonce(&self.stream, dq, row_loss, &mut stats, q, k, queue, shape)
     }
-    fn moco_v3_loss(&self, dq1: &mut CudaSlice<f32>, dq2: &mut CudaSlice<f32>, q1: &CudaSlice<f32>, q2: &CudaSlice<f32>, k1: &CudaSlice<f32>, k2: &CudaSlice<f32>, shape: &SymmetricShape) -> Result<f32> {
-        contrastive::moco_v3_loss(&self.stream, dq1, dq2, q1, q2, k1, k2, shape)
+    fn moco_v3_loss(&self, dq1: &mut (impl BorrowMut<CudaSlice<f32>> + ?Sized), dq2: &mut (impl BorrowMut<CudaSlice<f32>> + ?Sized), q1: &(impl Borrow<CudaSlice<f32>> + ?Sized), q2: &(impl Borrow<CudaSlice<f32>> + ?Sized), k1: &(impl Borrow<CudaSlice<f32>> + ?Sized), k2: &(impl Borrow<CudaSlice<f32>> + ?Sized), shape: &SymmetricShape) -> Result<f32> {
+        contrastive::moco_v3_loss(&self.stream, dq1.borrow_mut(), dq2.borrow_mut(), q1.borrow(), q2.borrow(), k1.borrow(), k2.borrow(), shape)
     }
-    fn enqueue(&self, queue: &mut CudaQueue, keys: &CudaSlice<f32>, shape: &QueueShape) -> Result<usize> {
-        queue::enqueue(&self.stream, queue, keys, shape)
+    fn enqueue(&self, queue: &mut CudaQueue, keys: &(impl Borrow<CudaSlice<f32>> + ?Sized), shape: &QueueShape) -> Result<usize> {
+        queue::enqueue(&self.stream, queue, keys.borrow(), shape)
     }
 }

@@ -4,16 +4,17 @@ use super::context::{cfg, function, BLOCK, MAX_GRID_X};
 use super::contrastive::normalize;
 use crate::error::{Error, Result};
 use crate::backend::plan::QueueParams;
-use crate::shape::{QueueDType, QueueShape};
+use crate::backend::QueueDims;
+use crate::shape::{checked_kc, QueueDType, QueueShape};
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, PushKernelArg};
 use std::sync::Arc;
 
 /// A queue `[K, C]` of keys in device memory, one key per row. f16 and bf16 elements are stored as their raw
 /// 16-bit patterns (`half::f16::to_bits` / `half::bf16::to_bits`), one element per `u16`.
 ///
-/// The variants are public so a caller can wrap buffers it already owns.
+/// The storage of a device queue; a caller wraps buffers it already owns with [`CudaQueue::new`].
 #[derive(Debug)]
-pub enum CudaQueue {
+pub enum CudaQueueStorage {
     /// f32 storage, `K*C` elements.
     F32(CudaSlice<f32>),
     /// IEEE half bit patterns, `K*C` elements.
@@ -22,38 +23,73 @@ pub enum CudaQueue {
     BF16(CudaSlice<u16>),
 }
 
+/// A queue `[K, C]` in device memory that knows its K and C.
+#[derive(Debug)]
+pub struct CudaQueue {
+    pub(crate) storage: CudaQueueStorage,
+    k: usize,
+    c: usize,
+}
+
+impl QueueDims for CudaQueue {
+    fn k(&self) -> usize {
+        self.k
+    }
+    fn c(&self) -> usize {
+        self.c
+    }
+    fn dtype(&self) -> QueueDType {
+        CudaQueue::dtype(self)
+    }
+}
+
 impl CudaQueue {
-    /// Uploads f32 values `[K*C]`, converting to `dtype` on the host (round to nearest even).
-    pub fn from_f32(stream: &Arc<CudaStream>, values: &[f32], dtype: QueueDType) -> Result<Self> {
-        Ok(match dtype {
-            QueueDType::F32 => CudaQueue::F32(stream.clone_htod(values)?),
-            QueueDType::F16 => CudaQueue::F16(stream.clone_htod(&values.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect::<Vec<u16>>())?),
-            QueueDType::BF16 => CudaQueue::BF16(stream.clone_htod(&values.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect::<Vec<u16>>())?),
-        })
+    /// Takes `storage` (no copy) as a queue of `k` keys of `c` features; it must hold `K*C` elements.
+    pub fn new(storage: CudaQueueStorage, k: usize, c: usize) -> Result<Self> {
+        let len = match &storage {
+            CudaQueueStorage::F32(b) => b.len(),
+            CudaQueueStorage::F16(b) | CudaQueueStorage::BF16(b) => b.len(),
+        };
+        checked_kc(k, c, Some(len))?;
+        Ok(Self { storage, k, c })
+    }
+    /// Gives the storage back.
+    pub fn into_storage(self) -> CudaQueueStorage {
+        self.storage
+    }
+    /// Uploads f32 values `[K, C]`, converting to `dtype` on the host (round to nearest even).
+    pub fn from_f32(stream: &Arc<CudaStream>, values: &[f32], k: usize, c: usize, dtype: QueueDType) -> Result<Self> {
+        checked_kc(k, c, Some(values.len()))?;
+        let storage = match dtype {
+            QueueDType::F32 => CudaQueueStorage::F32(stream.clone_htod(values)?),
+            QueueDType::F16 => CudaQueueStorage::F16(stream.clone_htod(&values.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect::<Vec<u16>>())?),
+            QueueDType::BF16 => CudaQueueStorage::BF16(stream.clone_htod(&values.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect::<Vec<u16>>())?),
+        };
+        Self::new(storage, k, c)
     }
     /// Copies the queue back to the host as f32 (waits for the stream).
     pub fn to_f32(&self, stream: &Arc<CudaStream>) -> Result<Vec<f32>> {
-        let out = match self {
-            CudaQueue::F32(b) => stream.clone_dtoh(b)?,
-            CudaQueue::F16(b) => stream.clone_dtoh(b)?.into_iter().map(|v| half::f16::from_bits(v).to_f32()).collect(),
-            CudaQueue::BF16(b) => stream.clone_dtoh(b)?.into_iter().map(|v| half::bf16::from_bits(v).to_f32()).collect(),
+        let out = match &self.storage {
+            CudaQueueStorage::F32(b) => stream.clone_dtoh(b)?,
+            CudaQueueStorage::F16(b) => stream.clone_dtoh(b)?.into_iter().map(|v| half::f16::from_bits(v).to_f32()).collect(),
+            CudaQueueStorage::BF16(b) => stream.clone_dtoh(b)?.into_iter().map(|v| half::bf16::from_bits(v).to_f32()).collect(),
         };
         stream.synchronize()?;
         Ok(out)
     }
     /// Storage type.
     pub fn dtype(&self) -> QueueDType {
-        match self {
-            CudaQueue::F32(_) => QueueDType::F32,
-            CudaQueue::F16(_) => QueueDType::F16,
-            CudaQueue::BF16(_) => QueueDType::BF16,
+        match &self.storage {
+            CudaQueueStorage::F32(_) => QueueDType::F32,
+            CudaQueueStorage::F16(_) => QueueDType::F16,
+            CudaQueueStorage::BF16(_) => QueueDType::BF16,
         }
     }
     /// Number of elements (`K*C`).
     pub fn len(&self) -> usize {
-        match self {
-            CudaQueue::F32(b) => b.len(),
-            CudaQueue::F16(b) | CudaQueue::BF16(b) => b.len(),
+        match &self.storage {
+            CudaQueueStorage::F32(b) => b.len(),
+            CudaQueueStorage::F16(b) | CudaQueueStorage::BF16(b) => b.len(),
         }
     }
     /// True when the queue holds no element.
@@ -62,10 +98,10 @@ impl CudaQueue {
     }
     /// The dtype code of the kernels (`dtype` of `QueueParams`): 0 f32, 1 f16, 2 bf16.
     pub(crate) fn code(&self) -> u32 {
-        match self {
-            CudaQueue::F32(_) => 0,
-            CudaQueue::F16(_) => 1,
-            CudaQueue::BF16(_) => 2,
+        match &self.storage {
+            CudaQueueStorage::F32(_) => 0,
+            CudaQueueStorage::F16(_) => 1,
+            CudaQueueStorage::BF16(_) => 2,
         }
     }
 }
@@ -81,6 +117,7 @@ const _: () = assert!(std::mem::size_of::<QueueParams>() == 32 && std::mem::alig
 /// `enqueue_packed16` (one thread per element pair of the written range), 256 threads per block.
 pub fn enqueue(stream: &Arc<CudaStream>, queue: &mut CudaQueue, keys: &CudaSlice<f32>, shape: &QueueShape) -> Result<usize> {
     shape.check(keys.len(), queue.len())?;
+    shape.check_queue((queue.k(), queue.c()))?;
     let mut kh = stream.alloc_zeros::<f32>(shape.n * shape.c)?;
     let mut inv = stream.alloc_zeros::<f32>(shape.n)?;
     normalize(stream, &mut kh, &mut inv, keys, shape.n, shape.c)?;
@@ -91,14 +128,14 @@ pub fn enqueue(stream: &Arc<CudaStream>, queue: &mut CudaQueue, keys: &CudaSlice
         return Err(Error::shape("queue_enqueue", format!("at most {} blocks", MAX_GRID_X), format!("{blocks} blocks")));
     }
     let grid = cfg((blocks.max(1) as u32, 1, 1));
-    match queue {
-        CudaQueue::F32(q) => {
+    match &mut queue.storage {
+        CudaQueueStorage::F32(q) => {
             let f = function(stream, "queue.cu", "enqueue_f32")?;
             // SAFETY: enqueue_f32(QueueParams, const float* kh [N*C], float* queue [K*C]); threads idx < N*C read
             // kh[idx] and write row (ptr + idx/C) % K < K of the queue, all in bounds (shape.check above).
             unsafe { stream.launch_builder(&f).arg(&p).arg(&kh).arg(q).launch(grid) }?;
         }
-        CudaQueue::F16(q) | CudaQueue::BF16(q) => {
+        CudaQueueStorage::F16(q) | CudaQueueStorage::BF16(q) => {
             let f = function(stream, "queue.cu", "enqueue_packed16")?;
             // SAFETY: enqueue_packed16(QueueParams, const float* kh [N*C], unsigned short* queue [K*C]); thread t
             // handles elements 2w, 2w+1 and stores only those inside its segment of the written range (< K*C), so

@@ -33,11 +33,21 @@ impl std::fmt::Debug for WgpuContext {
     }
 }
 
+/// Which wgpu adapters may be opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Adapter {
+    /// Any adapter, software ones (Mesa's lavapipe, WARP) included.
+    Any,
+    /// A hardware GPU only; a software adapter counts as none.
+    HardwareOnly,
+}
+
 impl WgpuContext {
     /// Opens the first adapter wgpu offers (Vulkan, Metal, DX12 or GL), preferring a high-performance one.
-    /// With `allow_cpu = false`, a software adapter (lavapipe, WARP) counts as no adapter.
+    /// With [`Adapter::HardwareOnly`], a software adapter (lavapipe, WARP) counts as no adapter.
     /// Returns [`Error::Unavailable`] when there is none.
-    pub fn new(allow_cpu: bool) -> Result<Self> {
+    pub fn new(adapter_choice: Adapter) -> Result<Self> {
+        let allow_cpu = adapter_choice == Adapter::Any;
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
             power_preference: wgpu::PowerPreference::HighPerformance,

@@ -46,6 +46,7 @@ pub fn logits(ctx: &WgpuContext, l_pos: &wgpu::Buffer, l_neg: &wgpu::Buffer, q: 
     let op = "logits";
     let (n, c, kk) = (shape.n, shape.c, shape.k);
     shape.check_inputs(n * c, n * c, queue.len)?;
+    shape.check_queue((queue.k, queue.c))?;
     check_f32(op, "q", q, n * c)?;
     check_f32(op, "k", k, n * c)?;
     check_f32(op, "l_pos", l_pos, n)?;
@@ -127,6 +128,7 @@ pub fn infonce_async(ctx: &WgpuContext, out: &InfoNceBuffers, q: &wgpu::Buffer, 
     let op = "infonce";
     let (n, c) = (shape.n, shape.c);
     shape.check_inputs(n * c, n * c, queue.len)?;
+    shape.check_queue((queue.k, queue.c))?;
     check_f32(op, "q", q, n * c)?;
     check_f32(op, "k", k, n * c)?;
     check_f32(op, "dq", &out.dq, n * c)?;

@@ -10,7 +10,7 @@ struct EmaParams {
     len: u32,
     stride: u32,
     momentum: f32,
-    _pad: u32,
+    one_minus_m: f32,
 }
 
 /// Workgroups of the grid-stride EMA dispatch (256 threads each).
@@ -23,7 +23,8 @@ pub fn ema_update(ctx: &WgpuContext, k: &wgpu::Buffer, q: &wgpu::Buffer, shape: 
         return Err(Error::shape("ema", format!("q and k buffers of at least {need} bytes"), format!("q {} bytes, k {} bytes", q.size(), k.size())));
     }
     let groups = (shape.len as u32).div_ceil(256).clamp(1, EMA_WORKGROUPS);
-    let p = EmaParams { len: shape.len as u32, stride: groups * 256, momentum: shape.momentum, _pad: 0 };
+    let (m, one_minus_m) = shape.weights();
+    let p = EmaParams { len: shape.len as u32, stride: groups * 256, momentum: m, one_minus_m };
     ctx.scoped(|| {
         let pipeline = ctx.pipeline("ema", sources::EMA, "ema_update", None);
         submit(ctx, &[(bytemuck::bytes_of(&p), Dispatch { pipeline, buffers: vec![(1, GpuSlice::from(q)), (2, GpuSlice::from(k))], grid: (groups, 1, 1) })]);

@@ -11,7 +11,7 @@ pub mod optim;
 pub mod pool;
 pub mod queue;
 
-pub use context::{sources, AsGpuSlice, GpuSlice, WgpuContext, SLICE_ALIGN_BYTES};
+pub use context::{sources, Adapter, AsGpuSlice, GpuSlice, WgpuContext, SLICE_ALIGN_BYTES};
 pub use contrastive::{infonce, logits, moco_v3_loss, InfoNceBuffers};
 pub use ema::ema_update;
 pub use queue::{enqueue, WgpuQueue};

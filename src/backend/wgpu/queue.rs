@@ -3,28 +3,48 @@
 use super::context::{GpuSlice, grid_2d, sources, submit, Dispatch, WgpuContext};
 use crate::error::{Error, Result};
 use crate::backend::plan::QueueParams;
-use crate::shape::{QueueDType, QueueShape};
+use crate::backend::QueueDims;
+use crate::shape::{checked_kc, QueueDType, QueueShape};
 
 /// A queue `[K, C]` in a wgpu storage buffer. f16 and bf16 are packed two per u32 word (low half first).
 #[derive(Debug)]
 pub struct WgpuQueue {
-    /// The storage buffer.
-    pub buffer: wgpu::Buffer,
-    /// Storage type of the elements.
-    pub dtype: QueueDType,
-    /// Number of elements (K*C).
-    pub len: usize,
+    pub(crate) buffer: wgpu::Buffer,
+    pub(crate) dtype: QueueDType,
+    pub(crate) len: usize,
+    pub(crate) k: usize,
+    pub(crate) c: usize,
 }
 
 impl WgpuQueue {
-    /// Uploads f32 values, converting to `dtype` (round to nearest even) on the host.
-    pub fn from_f32(ctx: &WgpuContext, values: &[f32], dtype: QueueDType) -> Self {
+    /// Wraps a storage buffer the caller owns as a queue of `k` keys of `c` features (f16/bf16 packed two per
+    /// u32 word, low half first); the buffer must hold at least `K*C` elements of `dtype`.
+    pub fn from_buffer(buffer: wgpu::Buffer, k: usize, c: usize, dtype: QueueDType) -> Result<Self> {
+        let q = Self { buffer, dtype, len: checked_kc(k, c, None)?, k, c };
+        q.check_bytes("queue")?;
+        Ok(q)
+    }
+    /// Uploads `values: [K, C]`, converting to `dtype` (round to nearest even) on the host.
+    pub fn from_f32(ctx: &WgpuContext, values: &[f32], k: usize, c: usize, dtype: QueueDType) -> Result<Self> {
+        let len = checked_kc(k, c, Some(values.len()))?;
         let buffer = match dtype {
             QueueDType::F32 => ctx.upload("moco queue", values),
             QueueDType::F16 => ctx.upload("moco queue", &values.iter().map(|&v| half::f16::from_f32(v)).collect::<Vec<_>>()),
             QueueDType::BF16 => ctx.upload("moco queue", &values.iter().map(|&v| half::bf16::from_f32(v)).collect::<Vec<_>>()),
         };
-        Self { buffer, dtype, len: values.len() }
+        Ok(Self { buffer, dtype, len, k, c })
+    }
+    /// The storage buffer.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+    /// Number of elements (K*C).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// True when the queue holds no element (never, for a queue built by its constructors).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
     /// Reads the queue back as f32.
     pub fn to_f32(&self, ctx: &WgpuContext) -> Result<Vec<f32>> {
@@ -51,9 +71,22 @@ impl WgpuQueue {
     }
 }
 
+impl QueueDims for WgpuQueue {
+    fn k(&self) -> usize {
+        self.k
+    }
+    fn c(&self) -> usize {
+        self.c
+    }
+    fn dtype(&self) -> QueueDType {
+        self.dtype
+    }
+}
+
 /// Writes `keys: [N, C]` (raw; normalised here) into rows `ptr..ptr+N (mod K)` of the queue; returns the new pointer.
 pub fn enqueue(ctx: &WgpuContext, queue: &WgpuQueue, keys: &wgpu::Buffer, shape: &QueueShape) -> Result<usize> {
     shape.check(shape.n * shape.c, queue.len)?;
+    shape.check_queue((queue.k, queue.c))?;
     queue.check_bytes("queue_enqueue")?;
     if keys.size() < (shape.n * shape.c * 4) as u64 {
         return Err(Error::shape("queue_enqueue", format!("keys buffer of {} bytes", shape.n * shape.c * 4), format!("{} bytes", keys.size())));
