@@ -49,7 +49,8 @@ pub(crate) const FLAG_DECOUPLED: u32 = 8;
 /// the hyperparameters rounded to f32 exactly as the CPU references round them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub(crate) struct OptimParams {
+#[doc(hidden)]
+pub struct OptimParams {
     pub len: u32,
     pub stride: u32,
     pub flags: u32,
@@ -80,13 +81,15 @@ pub(crate) fn check_flat_len(op: &'static str, len: usize) -> Result<()> {
 }
 
 /// Threads of the grid-stride elementwise dispatch over `len` elements, and its workgroup count.
-pub(crate) fn elementwise_grid(len: usize) -> (u32, u32) {
+#[doc(hidden)]
+pub fn elementwise_grid(len: usize) -> (u32, u32) {
     let groups = (len as u32).div_ceil(256).clamp(1, OPTIM_WORKGROUPS);
     (groups, groups * 256)
 }
 
 /// The uniform block of `sgd_step` (validates `config` and `len`).
-pub(crate) fn sgd_params(config: &SgdConfig, len: usize, first_step: bool) -> Result<OptimParams> {
+#[doc(hidden)]
+pub fn sgd_params(config: &SgdConfig, len: usize, first_step: bool) -> Result<OptimParams> {
     config.validate()?;
     check_flat_len("sgd", len)?;
     let SgdConfig { lr, momentum, dampening, weight_decay, nesterov } = *config;
@@ -105,7 +108,8 @@ pub(crate) fn sgd_params(config: &SgdConfig, len: usize, first_step: bool) -> Re
 }
 
 /// The uniform block of `adamw_step` at 1-based `step` (validates `config` and `step`).
-pub(crate) fn adamw_params(config: &AdamWConfig, len: usize, step: u64) -> Result<OptimParams> {
+#[doc(hidden)]
+pub fn adamw_params(config: &AdamWConfig, len: usize, step: u64) -> Result<OptimParams> {
     config.validate()?;
     if step == 0 {
         return Err(Error::shape("adamw", "1-based step >= 1", "step = 0"));
@@ -134,7 +138,8 @@ pub(crate) fn adamw_params(config: &AdamWConfig, len: usize, step: u64) -> Resul
 }
 
 /// The uniform block of the LARS kernels (`count` set per dispatch).
-pub(crate) fn lars_params(config: &LarsConfig, len: usize) -> OptimParams {
+#[doc(hidden)]
+pub fn lars_params(config: &LarsConfig, len: usize) -> OptimParams {
     OptimParams {
         len: len as u32,
         lr: config.lr as f32,
@@ -147,7 +152,8 @@ pub(crate) fn lars_params(config: &LarsConfig, len: usize) -> OptimParams {
 
 /// The LARS tables the kernels walk: `segments[s] = [span, start, end, is_matrix]` (each span cut into pieces of
 /// at most [`LARS_CHUNK`] elements, in buffer order) and `spans[t] = [first segment, end segment, is_matrix, 0]`.
-pub(crate) fn lars_tables(spans: &ParamSpans) -> (Vec<[u32; 4]>, Vec<[u32; 4]>) {
+#[doc(hidden)]
+pub fn lars_tables(spans: &ParamSpans) -> (Vec<[u32; 4]>, Vec<[u32; 4]>) {
     let mut segs = Vec::with_capacity(spans.spans().len() + spans.len() / LARS_CHUNK);
     let mut table = Vec::with_capacity(spans.spans().len());
     for (t, s) in spans.spans().iter().enumerate() {
