@@ -5,10 +5,11 @@
 //     __syncthreads with real barrier semantics, warp shuffles / votes over 32 lanes, atomics, __ldg, the f32
 //     bit casts and the f16 conversion the kernels use, CUDA's min/max overloads and math intrinsics.
 //   - Blocks run one after another (in reverse order). The threads of a block are fibers (ucontext) run by a
-//     deterministic, deliberately adversarial scheduler: each thread runs until it reaches a barrier, a warp
-//     operation or its end; the threads start in reverse order and, after every barrier, resume in a fresh
-//     pseudo-random order. A missing __syncthreads therefore shows up as wrong results (a read of another thread's
-//     not-yet-written or already-overwritten shared data), not as luck.
+//     deterministic, deliberately adversarial scheduler: between two __syncthreads the warps run one after another,
+//     each as far as it gets (a warp runs ahead of the others, as it may on a GPU), the last warp first and then in
+//     a fresh pseudo-random order after every barrier; inside a warp each lane runs alone until its next warp
+//     operation, last lane first, then shuffled. A missing __syncthreads therefore shows up as wrong results (a
+//     read of another warp's not-yet-written or already-overwritten shared data), not as luck.
 //   - Every buffer is allocated with its exact byte length and the runner is built with AddressSanitizer, so an
 //     out-of-bounds global load or store aborts with ASan's report. __shared__ arrays live in the linker section
 //     `cuda_emu_shared`, instrumented by ASan too (-fsanitize-sections=cuda_emu_shared), and are filled with 0xFF
@@ -443,46 +444,53 @@ inline void run_block() {
         f.ctx.uc_link = nullptr;
         makecontext(&f.ctx, fiber_entry, 0);
     }
-    std::vector<unsigned int> order(n);
-    for (unsigned int t = 0; t < n; ++t) order[t] = n - 1u - t; // last warp, last lane first
+    // Between two block barriers, the warps run one after another, each as far as it can get (through its warp
+    // shuffles and votes) before the next starts: the first time last warp first, then in a fresh pseudo-random
+    // order; inside a warp, the lanes run one after another between two warp operations (last lane first, then
+    // shuffled). So a warp can run ahead of the others up to the next __syncthreads, as on a GPU, and a missing
+    // barrier between warps is exposed in both directions over the passes.
+    const unsigned int nwarps = (n + 31u) / 32u;
+    std::vector<unsigned int> warp_order(nwarps), lane_order(32);
+    for (unsigned int w = 0; w < nwarps; ++w) warp_order[w] = nwarps - 1u - w;
+    for (unsigned int l = 0; l < 32u; ++l) lane_order[l] = 31u - l;
     for (;;) {
-        for (unsigned int t : order) {
-            if (s.fibers[t].state == RUNNABLE) resume(t);
-        }
-        // every thread is now waiting or done: release complete warps first, then the block barrier
-        bool released = false;
-        for (unsigned int w0 = 0; w0 < n; w0 += 32u) {
+        for (unsigned int w : warp_order) {
+            const unsigned int w0 = w * 32u;
             const unsigned int w1 = w0 + 32u < n ? w0 + 32u : n;
-            unsigned int at_warp = 0, done = 0;
-            for (unsigned int t = w0; t < w1; ++t) {
-                at_warp += s.fibers[t].state == AT_WARP;
-                done += s.fibers[t].state == DONE;
-            }
-            if (at_warp == 0u) continue;
-            if (done > 0u) report_stuck("a warp shuffle/vote with a full mask was reached after some lanes of the warp returned");
-            if (at_warp == w1 - w0) {
-                for (unsigned int t = w0; t < w1; ++t) s.fibers[t].state = RUNNABLE;
-                released = true;
-            }
-        }
-        if (!released) {
-            unsigned int at_bar = 0, done = 0;
-            int line = -1;
-            for (unsigned int t = 0; t < n; ++t) {
-                const Fiber& f = s.fibers[t];
-                if (f.state == AT_BARRIER) {
-                    if (line >= 0 && f.line != line) report_stuck("threads wait at different __syncthreads calls");
-                    line = f.line;
-                    ++at_bar;
+            for (;;) {
+                for (unsigned int l : lane_order) {
+                    if (w0 + l < w1 && s.fibers[w0 + l].state == RUNNABLE) resume(w0 + l);
                 }
-                done += f.state == DONE;
+                unsigned int at_warp = 0, done = 0;
+                for (unsigned int t = w0; t < w1; ++t) {
+                    at_warp += s.fibers[t].state == AT_WARP;
+                    done += s.fibers[t].state == DONE;
+                }
+                if (at_warp == 0u) break;
+                if (done > 0u) report_stuck("a warp shuffle/vote with a full mask was reached after some lanes of the warp returned");
+                if (at_warp != w1 - w0) report_stuck("deadlock: some lanes of a warp wait at a shuffle/vote, others at __syncthreads");
+                for (unsigned int t = w0; t < w1; ++t) s.fibers[t].state = RUNNABLE;
+                shuffle_order(lane_order);
             }
-            if (done == n) return;
-            if (at_bar > 0u && done > 0u) report_stuck("__syncthreads reached after some threads of the block returned (undefined behaviour in CUDA)");
-            if (at_bar != n) report_stuck("deadlock: no thread can make progress");
-            for (unsigned int t = 0; t < n; ++t) s.fibers[t].state = RUNNABLE;
         }
-        shuffle_order(order);
+        // every thread is now at a block barrier or done
+        unsigned int at_bar = 0, done = 0;
+        int line = -1;
+        for (unsigned int t = 0; t < n; ++t) {
+            const Fiber& f = s.fibers[t];
+            if (f.state == AT_BARRIER) {
+                if (line >= 0 && f.line != line) report_stuck("threads wait at different __syncthreads calls");
+                line = f.line;
+                ++at_bar;
+            }
+            done += f.state == DONE;
+        }
+        if (done == n) return;
+        if (done > 0u) report_stuck("__syncthreads reached after some threads of the block returned (undefined behaviour in CUDA)");
+        if (at_bar != n) report_stuck("deadlock: no thread can make progress");
+        for (unsigned int t = 0; t < n; ++t) s.fibers[t].state = RUNNABLE;
+        shuffle_order(warp_order);
+        shuffle_order(lane_order);
     }
 }
 
