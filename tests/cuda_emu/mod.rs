@@ -258,19 +258,12 @@ impl Emu {
         let req_path = dir.join(format!("req-{}-{id}.bin", std::process::id()));
         let resp_path = dir.join(format!("resp-{}-{id}.bin", std::process::id()));
         std::fs::write(&req_path, &req).map_err(|e| e.to_string())?;
-        let out = Command::new(&exe)
-            .arg(&req_path)
-            .arg(&resp_path)
-            .env("ASAN_OPTIONS", "detect_leaks=0:halt_on_error=1:detect_stack_use_after_return=0:abort_on_error=0:allocator_may_return_null=0")
-            .env("MOCO_EMU_TIMEOUT", "300")
-            .output()
-            .map_err(|e| format!("running {}: {e}", exe.display()));
+        let result = run_runner(&exe, &req_path, &resp_path, dir.join(format!("err-{}-{id}.txt", std::process::id())));
         let _ = std::fs::remove_file(&req_path);
-        let out = out?;
-        let stderr: String = String::from_utf8_lossy(&out.stderr).lines().filter(|l| !l.contains("ASan doesn't fully support makecontext/swapcontext")).collect::<Vec<_>>().join("\n");
-        if !out.status.success() {
+        let (ok, status, stderr) = result?;
+        if !ok {
             let _ = std::fs::remove_file(&resp_path);
-            return Err(format!("{kernel} ({}) on grid {grid:?} x block {block:?} failed ({}):\n{}", path.file_name().unwrap().to_string_lossy(), out.status, stderr.trim()));
+            return Err(format!("{kernel} ({}) on grid {grid:?} x block {block:?} failed ({status}):\n{}", path.file_name().unwrap().to_string_lossy(), stderr.trim()));
         }
         let resp = std::fs::read(&resp_path).map_err(|e| e.to_string())?;
         let _ = std::fs::remove_file(&resp_path);
@@ -295,6 +288,71 @@ impl Emu {
             panic!("emulated launch failed: {e}");
         }
     }
+}
+
+/// Seconds a launch may take (`MOCO_EMU_TIMEOUT`, default 300).
+fn timeout_s() -> u64 {
+    std::env::var("MOCO_EMU_TIMEOUT").ok().and_then(|s| s.parse().ok()).unwrap_or(300)
+}
+
+/// Runs the runner on a request: `(success, status, stderr)`. The runner's stderr goes to a file (no pipe to
+/// fill); the launch is killed after [`timeout_s`]. When AddressSanitizer cannot start (the endless
+/// `AddressSanitizer:DEADLYSIGNAL` of older sanitizer runtimes under a kernel with more mmap randomisation bits),
+/// it runs again under `setarch -R` (address-space randomisation off).
+fn run_runner(exe: &Path, req: &Path, resp: &Path, err_path: PathBuf) -> Result<(bool, String, String), String> {
+    for no_aslr in [false, true] {
+        let mut cmd = if no_aslr {
+            let mut c = Command::new("setarch");
+            c.arg(std::env::consts::ARCH).arg("-R").arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        };
+        let err_file = std::fs::File::create(&err_path).map_err(|e| e.to_string())?;
+        let mut child = cmd
+            .arg(req)
+            .arg(resp)
+            .env("ASAN_OPTIONS", "detect_leaks=0:halt_on_error=1:detect_stack_use_after_return=0:abort_on_error=0")
+            .env("MOCO_EMU_TIMEOUT", timeout_s().to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(err_file)
+            .spawn()
+            .map_err(|e| format!("running {}: {e}", exe.display()))?;
+        let start = std::time::Instant::now();
+        let mut asan_stuck = false;
+        let status = loop {
+            if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+                break Some(st);
+            }
+            let elapsed = start.elapsed();
+            if elapsed.as_secs() >= timeout_s() + 5 {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            if elapsed.as_millis() > 200 && !no_aslr && std::fs::metadata(&err_path).map(|m| m.len()).unwrap_or(0) > 100_000 {
+                let text = std::fs::read_to_string(&err_path).unwrap_or_default();
+                if text.contains("AddressSanitizer:DEADLYSIGNAL") && !text.contains("ERROR: AddressSanitizer") {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    asan_stuck = true;
+                    break None;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(if elapsed.as_millis() < 100 { 1 } else { 10 }));
+        };
+        let raw = std::fs::read(&err_path).unwrap_or_default();
+        let _ = std::fs::remove_file(&err_path);
+        let stderr: String = String::from_utf8_lossy(&raw[..raw.len().min(200_000)]).lines().filter(|l| !l.contains("ASan doesn't fully support makecontext/swapcontext")).collect::<Vec<_>>().join("\n");
+        if asan_stuck {
+            continue;
+        }
+        return Ok(match status {
+            Some(st) => (st.success(), st.to_string(), stderr),
+            None => (false, format!("killed after {} s", timeout_s() + 5), stderr),
+        });
+    }
+    Err("AddressSanitizer cannot start, even under `setarch -R` (address-space randomisation off)".into())
 }
 
 /// Every `file/kernel` of `kernels/`.
