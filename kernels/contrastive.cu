@@ -49,9 +49,13 @@ struct Stats {
 // ---- key loads, one per queue storage type -------------------------------------------------------------------
 
 __device__ __forceinline__ float f16_bits_to_f32(unsigned short h) {
+#ifdef MOCO_CUDA_EMU // tests/cuda_emu/cuda_emu.h: the same exact conversion in portable C++
+    return moco_emu_f16_bits_to_f32(h);
+#else
     float f;
     asm("{ cvt.f32.f16 %0, %1; }" : "=f"(f) : "h"(h));
     return f;
+#endif
 }
 
 __device__ __forceinline__ float bf16_bits_to_f32(unsigned short h) {

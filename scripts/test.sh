@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The test command. Installs what the tests need when it is missing, then runs `cargo test --release`.
 #   - Mesa's lavapipe (a Vulkan driver on the CPU) so the WGSL kernels run without a GPU;
-#   - the NVRTC and ptxas PyPI wheels so every CUDA kernel is compiled for sm_80 and sm_90.
+#   - the NVRTC and ptxas PyPI wheels so every CUDA kernel is compiled for sm_80 and sm_90;
+#   - g++ (with AddressSanitizer) so every CUDA kernel also runs on the CPU (tests/cuda_emulated.rs).
 # Extra arguments go to cargo test. Environment:
 #   MOCO_REQUIRE_WGPU=1          fail (not skip) when no wgpu adapter is found (CI sets it)
-#   MOCO_REQUIRE_CUDA_COMPILE=1  fail when NVRTC/ptxas are missing (default here: 1)
+#   MOCO_REQUIRE_CUDA_COMPILE=1  fail when NVRTC/ptxas or g++ are missing (default here: 1)
 #   MOCO_PROPTEST_CASES=N        proptest cases per property (default 24)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,12 @@ if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
     log "installing Mesa lavapipe (mesa-vulkan-drivers, libvulkan1)"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+fi
+
+if ! command -v "${CXX:-g++}" >/dev/null 2>&1; then
+    log "installing g++ (builds the CPU emulation of the CUDA kernels, with AddressSanitizer)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq g++ >/dev/null
 fi
 
 CUDA_ENV="$(bash scripts/install_cuda_wheels.sh)"

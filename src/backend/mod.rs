@@ -8,6 +8,8 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod plan;
+#[doc(hidden)]
+pub mod optim_params;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 

@@ -5,7 +5,7 @@ use super::context::{cfg, function, MAX_GRID_X, MAX_GRID_YZ};
 use super::queue::{CudaQueue, CudaQueueStorage};
 use crate::backend::QueueDims;
 use crate::backend::cpu::InfoNceStats;
-use crate::backend::plan::{KernelParams as Params, StreamPlan, GPU_TN};
+use crate::backend::plan::{negative_logits_grid, positive_grid, row_grid, KernelParams as Params, StreamPlan, GPU_TN, REDUCE_GRID};
 use crate::error::{Error, Result};
 use crate::shape::{InfoNceShape, LogitsShape, SymmetricShape};
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DeviceRepr, PushKernelArg};
@@ -45,7 +45,7 @@ pub(crate) fn normalize(stream: &Arc<CudaStream>, x_hat: &mut CudaSlice<f32>, in
     let f = contrastive(stream, "normalize_rows")?;
     // SAFETY: normalize_rows(Params, const float* x [rows*C], float* x_hat [rows*C], float* inv_norm [rows]);
     // block r < rows reads and writes row r only; the lengths were checked by the caller.
-    unsafe { stream.launch_builder(&f).arg(&p).arg(x).arg(x_hat).arg(inv_norm).launch(cfg((rows as u32, 1, 1))) }?;
+    unsafe { stream.launch_builder(&f).arg(&p).arg(x).arg(x_hat).arg(inv_norm).launch(cfg(row_grid(rows))) }?;
     Ok(())
 }
 
@@ -72,7 +72,7 @@ fn positive(stream: &Arc<CudaStream>, p: &Params, q_hat: &CudaSlice<f32>, k_hat:
     let f = contrastive(stream, "positive_logits")?;
     // SAFETY: positive_logits(Params, const float* q_hat [N*C], const float* k_hat [N*C], float* s_pos [N]);
     // thread i < N reads row i of q_hat and k_hat and writes s_pos[i]; all buffers hold N rows.
-    unsafe { stream.launch_builder(&f).arg(p).arg(q_hat).arg(k_hat).arg(s_pos).launch(cfg((n.div_ceil(256) as u32, 1, 1))) }?;
+    unsafe { stream.launch_builder(&f).arg(p).arg(q_hat).arg(k_hat).arg(s_pos).launch(cfg(positive_grid(n))) }?;
     Ok(())
 }
 
@@ -94,7 +94,7 @@ pub fn logits(stream: &Arc<CudaStream>, l_pos: &mut CudaSlice<f32>, l_neg: &mut 
     let s = Scratch::normalized(stream, q, k, n, c)?;
     let p = Params::logits(n, c, kk);
     positive(stream, &p, &s.q_hat, &s.k_hat, l_pos, n)?;
-    let grid = cfg((kk.div_ceil(64) as u32, n.div_ceil(16) as u32, 1));
+    let grid = cfg(negative_logits_grid(n, kk));
     match &queue.storage {
         CudaQueueStorage::F32(keys) => {
             let f = contrastive(stream, "negative_logits_f32")?;
@@ -147,7 +147,7 @@ fn stream_loss(stream: &Arc<CudaStream>, s: &Scratch, keys: Keys, m: usize, n: u
     let mut rank = stream.alloc_zeros::<u32>(n)?;
     let mut partial = stream.alloc_zeros::<f32>(plan.splits * n * (3 + c))?;
     positive(stream, &p, &s.q_hat, &s.k_hat, &mut s_pos, n)?;
-    let grid = cfg((n.div_ceil(GPU_TN) as u32, plan.splits as u32, plan.slices as u32));
+    let grid = cfg(plan.partial_grid(n));
     let name = match keys {
         Keys::F32(_) => "infonce_partial_f32",
         Keys::F16(_) => "infonce_partial_f16",
@@ -181,12 +181,12 @@ fn stream_loss(stream: &Arc<CudaStream>, s: &Scratch, keys: Keys, m: usize, n: u
             .arg(&mut *dq)
             .arg(&mut *row_loss)
             .arg(&mut rank)
-            .launch(cfg((n as u32, 1, 1)))
+            .launch(cfg(row_grid(n)))
     }?;
     let f = contrastive(stream, "infonce_reduce")?;
     // SAFETY: infonce_reduce(Params, const float* row_loss [N], const unsigned* rank [N], Stats* stats [4 words]);
     // one block reads indices < N and thread 0 writes the four stats words.
-    unsafe { stream.launch_builder(&f).arg(&p).arg(&*row_loss).arg(&rank).arg(stats).launch(cfg((1, 1, 1))) }?;
+    unsafe { stream.launch_builder(&f).arg(&p).arg(&*row_loss).arg(&rank).arg(stats).launch(cfg(REDUCE_GRID)) }?;
     Ok(())
 }
 

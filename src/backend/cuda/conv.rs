@@ -11,7 +11,7 @@
 //! function runs asynchronously on `stream`.
 
 use super::context::{cfg, function};
-use crate::backend::plan::{conv_grid as grid, conv_revalidate as revalidate, ConvParams as Params};
+use crate::backend::plan::{conv_revalidate as revalidate, ConvParams as Params};
 use crate::backend::cpu::nn::Conv2dShape;
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
@@ -41,9 +41,8 @@ pub fn conv2d_forward(stream: &Arc<CudaStream>, out: &mut CudaViewMut<f32>, inp:
     check_f32(op, "out", out.len(), s.out_len())?;
     check_f32(op, "inp", inp.len(), s.inp_len())?;
     check_f32(op, "weight", weight.len(), s.weight_len())?;
-    let (m, n, k) = (s.c_out, s.n * s.out_h() * s.out_w(), s.c_in * s.kh * s.kw);
-    let g = grid(op, m, n)?;
-    let p = Params::new(&s, m, n, k);
+    let p = Params::forward(&s);
+    let g = p.grid(op)?;
     let f = function(stream, FILE, "conv2d_forward")?;
     // SAFETY: conv2d_forward(Params, const float* inp [N*C_in*H*W], const float* weight [C_out*C_in*KH*KW],
     // float* result [N*C_out*OH*OW]); the views hold at least those lengths (checked above); reads are guarded by
@@ -69,15 +68,12 @@ pub fn conv2d_backward(stream: &Arc<CudaStream>, dinp: Option<&mut CudaViewMut<f
     if let Some(d) = &dinp {
         check_f32(op, "dinp", d.len(), s.inp_len())?;
     }
-    let khw = s.kh * s.kw;
     // dweight: M = C_out, N = C_in*KH*KW, K = N*OH*OW
-    let (wm, wn, wk) = (s.c_out, s.c_in * khw, s.n * s.out_h() * s.out_w());
-    let wg = grid(op, wm, wn)?;
-    let wp = Params::new(&s, wm, wn, wk);
+    let wp = Params::backward_weight(&s);
+    let wg = wp.grid(op)?;
     // dinp: M = C_in, N = N*H*W, K = C_out*KH*KW
-    let (dm, dn, dk) = (s.c_in, s.n * s.h * s.w, s.c_out * khw);
-    let dg = grid(op, dm, dn)?;
-    let dp = Params::new(&s, dm, dn, dk);
+    let dp = Params::backward_data(&s);
+    let dg = dp.grid(op)?;
     let f = function(stream, FILE, "conv2d_backward_weight")?;
     // SAFETY: conv2d_backward_weight(Params, const float* inp [N*C_in*H*W], const float* dout [N*C_out*OH*OW],
     // float* result [C_out*C_in*KH*KW]); lengths checked above; each dweight element is read-modified-written by

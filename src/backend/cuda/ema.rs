@@ -1,44 +1,30 @@
 //! EMA momentum update on CUDA (`kernels/ema.cu`): one flat buffer, or a whole list of parameter tensors in one
 //! launch (multi-tensor apply).
 
-use super::context::{cfg, function, BLOCK, MAX_GRID_X};
+use super::context::{cfg, function, MAX_GRID_X};
+use crate::backend::plan::{ema_multi_chunk_map, EmaParams};
 use crate::error::{Error, Result};
 use crate::shape::EmaShape;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, PushKernelArg};
 use std::sync::Arc;
 
-/// `struct EmaParams` of `kernels/ema.cu` (and `shaders/ema.wgsl`), passed by value.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct EmaParams {
-    len: u32,
-    stride: u32,
-    momentum: f32,
-    one_minus_m: f32,
-}
-
 // SAFETY: #[repr(C)] plain-old-data (u32, u32, f32, f32), the layout of `struct EmaParams` in kernels/ema.cu.
 unsafe impl DeviceRepr for EmaParams {}
 const _: () = assert!(std::mem::size_of::<EmaParams>() == 16);
 
-/// Blocks of the grid-stride `ema_update` launch (256 threads each), as in the wgpu backend.
-const EMA_BLOCKS: u32 = 1024;
-
 /// Elements one block of `ema_multi_tensor` updates (`EMA_CHUNK` in `kernels/ema.cu`).
-pub const EMA_CHUNK: usize = 8192;
+pub use crate::backend::plan::EMA_CHUNK;
 
 /// `k = m*k + (1-m)*q` over `shape.len` elements. `k, q: [len]` f32. Runs asynchronously on `stream`.
 ///
 /// Launches `ema_update` with `min(ceil(len/256), 1024)` blocks of 256 threads (grid-stride loop).
 pub fn ema_update(stream: &Arc<CudaStream>, k: &mut CudaSlice<f32>, q: &CudaSlice<f32>, shape: &EmaShape) -> Result<()> {
     shape.check(q.len(), k.len())?;
-    let blocks = (shape.len as u32).div_ceil(BLOCK).clamp(1, EMA_BLOCKS);
-    let (m, one_minus_m) = shape.weights();
-    let p = EmaParams { len: shape.len as u32, stride: blocks * BLOCK, momentum: m, one_minus_m };
+    let (p, grid) = EmaParams::launch(shape);
     let f = function(stream, "ema.cu", "ema_update")?;
     // SAFETY: ema_update(EmaParams, const float* q [len], float* k [len]); both slices hold exactly `len`
     // elements (shape.check above) and every thread touches only indices < len.
-    unsafe { stream.launch_builder(&f).arg(&p).arg(q).arg(k).launch(cfg((blocks, 1, 1))) }?;
+    unsafe { stream.launch_builder(&f).arg(&p).arg(q).arg(k).launch(cfg(grid)) }?;
     Ok(())
 }
 
@@ -60,8 +46,9 @@ pub fn ema_update_multi(stream: &Arc<CudaStream>, pairs: &mut [(&mut CudaSlice<f
         })?;
         (m, one_minus_m) = shape.weights();
     }
-    let chunk_counts: Vec<usize> = pairs.iter().map(|(k, _)| k.len().div_ceil(EMA_CHUNK)).collect();
-    let n_chunks: usize = chunk_counts.iter().sum();
+    let lens: Vec<usize> = pairs.iter().map(|(k, _)| k.len()).collect();
+    let chunk_map = ema_multi_chunk_map(&lens);
+    let n_chunks = chunk_map.len();
     if n_chunks == 0 {
         return Ok(());
     }
@@ -80,11 +67,7 @@ pub fn ema_update_multi(stream: &Arc<CudaStream>, pairs: &mut [(&mut CudaSlice<f
         guards.push(kg);
         guards.push(qg);
     }
-    for (t, &count) in chunk_counts.iter().enumerate() {
-        for ch in 0..count {
-            meta.push(t as u64 | ((ch as u64) << 32));
-        }
-    }
+    meta.extend_from_slice(&chunk_map);
     let meta_dev = stream.clone_htod(&meta)?;
     let f = function(stream, "ema.cu", "ema_multi_tensor")?;
     // SAFETY: ema_multi_tensor(const u64* meta, unsigned n_tensors, float m, float one_minus_m). meta holds 3*n_tensors tensor words

@@ -10,9 +10,10 @@
 //! `coef`) is allocated on `stream`. Every function runs asynchronously on `stream`.
 
 use super::conv::check_f32;
-use super::context::{cfg, function, BLOCK};
+use super::context::{cfg, function};
 use crate::backend::cpu::nn::BatchNormShape;
-use crate::backend::plan::NormParams;
+use crate::backend::plan::norm_flags::{ADD as FLAG_ADD, BETA as FLAG_BETA, DBETA as FLAG_DBETA, DGAMMA as FLAG_DGAMMA, EVAL as FLAG_EVAL, GAMMA as FLAG_GAMMA, RELU as FLAG_RELU};
+use crate::backend::plan::{bn_channel_grid as channel_grid, bn_stat_grid as stat_grid, elem_grid, NormParams};
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DeviceRepr, LaunchArgs, PushKernelArg};
 use std::sync::Arc;
@@ -20,13 +21,6 @@ use std::sync::Arc;
 const FILE: &str = "norm.cu";
 const OP: &str = "batchnorm (cuda)";
 
-const FLAG_GAMMA: u32 = 1;
-const FLAG_BETA: u32 = 2;
-const FLAG_RELU: u32 = 4;
-const FLAG_ADD: u32 = 8;
-const FLAG_EVAL: u32 = 16;
-const FLAG_DGAMMA: u32 = 32;
-const FLAG_DBETA: u32 = 64;
 
 /// The device pointer passed for an absent optional tensor.
 static NULL_PTR: u64 = 0;
@@ -63,37 +57,8 @@ fn revalidate(s: &BatchNormShape) -> Result<BatchNormShape> {
     BatchNormShape::new(s.n, s.c, s.hw, s.groups)?.with_eps_momentum(s.eps, s.momentum)
 }
 
-/// The 2-D grid of `blocks` blocks (x <= 65535; the kernels flatten `blockIdx.x + blockIdx.y * gridDim.x`).
-pub(super) fn grid_2d(blocks: usize) -> (u32, u32, u32) {
-    if blocks <= 65535 {
-        (blocks.max(1) as u32, 1, 1)
-    } else {
-        (65535, blocks.div_ceil(65535) as u32, 1)
-    }
-}
-
-/// One 256-thread block per 256 elements of `len`.
-pub(super) fn elem_grid(len: usize) -> (u32, u32, u32) {
-    grid_2d(len.div_ceil(BLOCK as usize))
-}
-
-/// One block per (group, channel) statistic, or an error when there are too many.
-fn stat_grid(s: &BatchNormShape) -> Result<(u32, u32, u32)> {
-    let gcn = s.stats_len();
-    // the grid limit, and the kernels' u32 indexing of the [G*C, 3] coefficients
-    if gcn > 65535 * 65535 || gcn > u32::MAX as usize / 3 {
-        return Err(Error::shape(OP, "G*C <= (2^32 - 1)/3", format!("G*C = {gcn}")));
-    }
-    Ok(grid_2d(gcn))
-}
-
-/// One thread per channel.
-fn channel_grid(s: &BatchNormShape) -> (u32, u32, u32) {
-    (s.c.div_ceil(BLOCK as usize) as u32, 1, 1)
-}
-
 fn params(s: &BatchNormShape, flags: u32) -> NormParams {
-    NormParams { n: s.n as u32, c: s.c as u32, hw: s.hw as u32, groups: s.groups as u32, count: s.count() as u32, len: s.len() as u32, flags, _pad: 0, eps: s.eps, momentum: s.momentum, _pad2: [0.0; 2] }
+    NormParams::new(s, flags)
 }
 
 fn affine_flags(gamma: Option<&CudaView<f32>>, beta: Option<&CudaView<f32>>) -> u32 {

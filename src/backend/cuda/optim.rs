@@ -11,13 +11,13 @@
 //! bytes (12 without momentum, 16 on the first step), AdamW 28, LARS 28 (8 in the norm pass, 20 in the update).
 
 use super::context::{cfg, function, BLOCK, MAX_GRID_X};
-use crate::backend::wgpu::optim::{adamw_params, elementwise_grid, lars_params, lars_tables, sgd_params, OptimParams};
+use crate::backend::optim_params::{adamw_params, elementwise_grid, lars_params, lars_tables, sgd_params, OptimParams};
 use crate::error::{Error, Result};
 use crate::optim::{AdamWConfig, LarsConfig, ParamSpans, SgdConfig};
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 use std::sync::Arc;
 
-pub use crate::backend::wgpu::optim::{LARS_CHUNK, OPTIM_WORKGROUPS};
+pub use crate::backend::optim_params::{LARS_CHUNK, OPTIM_WORKGROUPS};
 
 const FILE: &str = "optim.cu";
 

@@ -6,18 +6,16 @@
 
 use super::conv::check_f32 as check_len;
 use super::context::{cfg, function};
-use super::norm::{elem_grid, push_opt, push_opt_mut};
+use super::norm::{push_opt, push_opt_mut};
 use crate::backend::cpu::nn::{EltwiseShape, GlobalAvgPoolShape, LinearShape, MaxPool2dShape};
-use crate::backend::plan::PoolParams;
+use crate::backend::plan::{elem_grid, GemmLaunch, PoolParams};
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
 use std::sync::Arc;
 
 const FILE: &str = "pool.cu";
-const FLAG_ACC: u32 = 1;
-const FLAG_BIAS: u32 = 2;
 /// GEMM tile: `gemm` runs (16, 16) blocks, one output per thread.
-const TILE: usize = 16;
+const TILE: usize = crate::backend::plan::GEMM_TILE;
 
 // SAFETY: #[repr(C)] plain-old-data (eighteen u32, one f32, one u32), the layout of `struct Params` in
 // kernels/pool.cu.
@@ -40,7 +38,7 @@ macro_rules! launch {
 }
 
 fn maxpool_params(s: &MaxPool2dShape) -> PoolParams {
-    PoolParams { planes: (s.n * s.c) as u32, h: s.h as u32, w: s.w as u32, oh: s.out_h() as u32, ow: s.out_w() as u32, k: s.k as u32, stride: s.stride as u32, pad: s.pad as u32, ..Default::default() }
+    PoolParams::maxpool(s)
 }
 
 /// Re-validates a shape (its fields are public; `pad <= k/2` keeps every window inside the plane). The output,
@@ -83,8 +81,7 @@ pub fn maxpool2d_backward(stream: &Arc<CudaStream>, dinp: &mut CudaViewMut<f32>,
 }
 
 fn avgpool_params(s: &GlobalAvgPoolShape) -> Result<PoolParams> {
-    let s = GlobalAvgPoolShape::new(s.n, s.c, s.hw)?;
-    Ok(PoolParams { planes: (s.n * s.c) as u32, hw: s.hw as u32, inv_hw: 1.0 / s.hw as f32, ..Default::default() })
+    PoolParams::avgpool(s)
 }
 
 /// Global average pooling forward: `out [N, C] = mean over HW of inp [N, C, HW]`. Launches `avgpool_forward`,
@@ -113,21 +110,17 @@ pub fn global_avgpool_backward(stream: &Arc<CudaStream>, dinp: &mut CudaViewMut<
     Ok(())
 }
 
-/// One strided GEMM `C[m, nc] (+)= A·B (+ bias)` (`gemm` in the kernel file): A(r, k) at `r*a_rs + k*a_cs`,
-/// B(k, c) at `k*b_rs + c*b_cs`, C row-major. (16, 16) blocks, one output each.
-#[allow(clippy::too_many_arguments)]
-fn gemm(stream: &Arc<CudaStream>, c: &mut CudaViewMut<f32>, a: &CudaView<f32>, (a_rs, a_cs): (usize, usize), b: &CudaView<f32>, (b_rs, b_cs): (usize, usize), bias: Option<&CudaView<f32>>, (m, nc, kk): (usize, usize, usize), acc: bool) -> Result<()> {
-    let (gx, gy) = (nc.div_ceil(TILE), m.div_ceil(TILE));
-    if gx > 65535 || gy > 65535 {
-        return Err(Error::shape("linear (cuda)", "at most 65535*16 rows and output columns per GEMM", format!("{m} x {nc}")));
-    }
-    let flags = if acc { FLAG_ACC } else { 0 } | if bias.is_some() { FLAG_BIAS } else { 0 };
-    let p = PoolParams { m: m as u32, nc: nc as u32, kk: kk as u32, flags, a_rs: a_rs as u32, a_cs: a_cs as u32, b_rs: b_rs as u32, b_cs: b_cs as u32, ..Default::default() };
+/// One strided GEMM `C[m, nc] (+)= A·B (+ bias)` (`gemm` in the kernel file) as described by `g`
+/// ([`GemmLaunch`]): A(r, k) at `r*a_rs + k*a_cs`, B(k, c) at `k*b_rs + c*b_cs`, C row-major. (16, 16) blocks,
+/// one output each.
+fn gemm(stream: &Arc<CudaStream>, c: &mut CudaViewMut<f32>, a: &CudaView<f32>, b: &CudaView<f32>, bias: Option<&CudaView<f32>>, g: GemmLaunch) -> Result<()> {
+    debug_assert_eq!(bias.is_some(), g.params.flags & crate::backend::plan::GEMM_FLAG_BIAS != 0);
+    let p = g.params;
     let f = function(stream, FILE, "gemm")?;
     let mut l = stream.launch_builder(&f);
     l.arg(&p).arg(a).arg(b).arg(c);
     push_opt(&mut l, bias);
-    let grid = LaunchConfig { grid_dim: (gx as u32, gy as u32, 1), block_dim: (TILE as u32, TILE as u32, 1), shared_mem_bytes: 0 };
+    let grid = LaunchConfig { grid_dim: g.grid, block_dim: g.block, shared_mem_bytes: 0 };
     // SAFETY: gemm(Params, const float* ga, const float* gb, float* gc [m*nc], const float* bias [nc]); the callers
     // checked that A and B hold every strided element (r < m, k < kk, c < nc) the kernel reads (reads are guarded
     // by those bounds) and C m*nc elements; bias is null exactly when FLAG_BIAS is clear and read only under it;
@@ -148,7 +141,7 @@ pub fn linear_forward(stream: &Arc<CudaStream>, out: &mut CudaViewMut<f32>, inp:
         check_len(op, "bias [OUT]", b.len(), s.out_f)?;
     }
     // A = inp (r, i) at r*IN + i; B (i, o) = weight[o*IN + i]
-    gemm(stream, out, inp, (s.in_f, 1), weight, (1, s.in_f), bias, (s.n, s.out_f, s.in_f), false)
+    gemm(stream, out, inp, weight, bias, GemmLaunch::linear_forward(&s, bias.is_some())?)
 }
 
 /// Linear backward: `dinp [N, IN] += dout · weight` (skipped when `None`), `dweight [OUT, IN] += doutᵀ · inp`,
@@ -173,19 +166,19 @@ pub fn linear_backward(stream: &Arc<CudaStream>, dinp: Option<&mut CudaViewMut<f
     }
     if let Some(dx) = dinp {
         // A = dout (r, o) at r*OUT + o; B (o, i) = weight[o*IN + i]
-        gemm(stream, dx, dout, (s.out_f, 1), weight, (s.in_f, 1), None, (s.n, s.in_f, s.out_f), true)?;
+        gemm(stream, dx, dout, weight, None, GemmLaunch::linear_backward_data(&s)?)?;
     }
     // A (o, r) = dout[r*OUT + o]; B (r, i) = inp[r*IN + i]
-    gemm(stream, dweight, dout, (1, s.out_f), inp, (s.in_f, 1), None, (s.out_f, s.in_f, s.n), true)?;
+    gemm(stream, dweight, dout, inp, None, GemmLaunch::linear_backward_weight(&s)?)?;
     if dbias.is_some() {
-        let p = PoolParams { m: s.n as u32, nc: s.out_f as u32, ..Default::default() };
+        let (p, bias_grid) = PoolParams::bias_backward(&s);
         let f = function(stream, FILE, "bias_backward")?;
         let mut l = stream.launch_builder(&f);
         l.arg(&p).arg(dout);
         push_opt_mut(&mut l, dbias);
         // SAFETY: bias_backward(Params, const float* dy [N*OUT], float* dx [OUT]); dbias is Some here (never null);
         // thread col < OUT reads column col of dout and updates dbias[col].
-        unsafe { l.launch(cfg(elem_grid(s.out_f))) }?;
+        unsafe { l.launch(cfg(bias_grid)) }?;
     }
     Ok(())
 }
@@ -195,7 +188,7 @@ fn elt(op: &'static str, s: &EltwiseShape, lens: &[(&str, usize)]) -> Result<Poo
     for &(what, len) in lens {
         check_len(op, what, len, s.len)?;
     }
-    Ok(PoolParams { len: s.len as u32, ..Default::default() })
+    Ok(PoolParams::eltwise(s.len))
 }
 
 /// ReLU forward: `out = max(inp, 0)`. Launches `relu_forward`, one thread per element.

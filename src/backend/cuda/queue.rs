@@ -1,6 +1,6 @@
 //! Ring-buffer enqueue on CUDA (`kernels/queue.cu`) and the queue buffer type.
 
-use super::context::{cfg, function, BLOCK, MAX_GRID_X};
+use super::context::{cfg, function, MAX_GRID_X};
 use super::contrastive::normalize;
 use crate::error::{Error, Result};
 use crate::backend::plan::QueueParams;
@@ -122,12 +122,11 @@ pub fn enqueue(stream: &Arc<CudaStream>, queue: &mut CudaQueue, keys: &CudaSlice
     let mut inv = stream.alloc_zeros::<f32>(shape.n)?;
     normalize(stream, &mut kh, &mut inv, keys, shape.n, shape.c)?;
     let p = QueueParams::new(shape, queue.code());
-    let total = p.total;
-    let blocks = (total as usize).div_ceil(BLOCK as usize);
-    if blocks > MAX_GRID_X {
-        return Err(Error::shape("queue_enqueue", format!("at most {} blocks", MAX_GRID_X), format!("{blocks} blocks")));
+    let blocks = p.grid();
+    if blocks.0 as usize > MAX_GRID_X {
+        return Err(Error::shape("queue_enqueue", format!("at most {} blocks", MAX_GRID_X), format!("{} blocks", blocks.0)));
     }
-    let grid = cfg((blocks.max(1) as u32, 1, 1));
+    let grid = cfg(blocks);
     match &mut queue.storage {
         CudaQueueStorage::F32(q) => {
             let f = function(stream, "queue.cu", "enqueue_f32")?;

@@ -1,0 +1,682 @@
+// CUDA device emulation on the CPU, for tests only (tests/cuda_emulated.rs): makes a header-free kernels/*.cu file
+// compile as C++17 with g++ and runs its kernels, as the CUDA toolkit's old device-emulation mode did.
+//
+//   - threadIdx / blockIdx / blockDim / gridDim, __shared__ (one copy, reused and re-poisoned per block),
+//     __syncthreads with real barrier semantics, warp shuffles / votes over 32 lanes, atomics, __ldg, the f32
+//     bit casts and the f16 conversion the kernels use, CUDA's min/max overloads and math intrinsics.
+//   - Blocks run one after another (in reverse order). The threads of a block are fibers (ucontext) run by a
+//     deterministic, deliberately adversarial scheduler: between two __syncthreads the warps run one after another,
+//     each as far as it gets (a warp runs ahead of the others, as it may on a GPU), the last warp first and then in
+//     a fresh pseudo-random order after every barrier; inside a warp each lane runs alone until its next warp
+//     operation, last lane first, then shuffled. A missing __syncthreads therefore shows up as wrong results (a
+//     read of another warp's not-yet-written or already-overwritten shared data), not as luck.
+//   - Every buffer is allocated with its exact byte length and the runner is built with AddressSanitizer, so an
+//     out-of-bounds global load or store aborts with ASan's report. __shared__ arrays live in the linker section
+//     `cuda_emu_shared`, instrumented by ASan too (-fsanitize-sections=cuda_emu_shared), and are filled with 0xFF
+//     bytes (a NaN for f32) before each block, so a read of shared memory that no thread of the block wrote is NaN.
+//   - Errors (deadlock at a barrier, threads at different barriers, a barrier or warp operation after some
+//     threads of the block/warp returned, a bad launch) print a message to stderr and exit with status 3.
+//
+// The kernel files stay as NVRTC compiles them; the one non-portable construct (inline PTX for cvt.f32.f16) has an
+// `#ifdef MOCO_CUDA_EMU` portable form in the kernel file.
+//
+// Two modes:
+//   MOCO_CUDA_EMU_LIST  only marks `__global__` and `__launch_bounds__` so that `g++ -E` lists the kernels of a file
+//                       (the test parses the preprocessed text, which also expands macro-generated kernels);
+//   otherwise           the full emulation plus a `main` that executes one launch request (see moco_emu::run).
+#pragma once
+
+#ifdef MOCO_CUDA_EMU_LIST
+
+#define __global__ __moco_global__
+#define __launch_bounds__(...) __moco_launch_bounds__(__VA_ARGS__)
+
+#else // the emulation
+
+#define MOCO_CUDA_EMU 1
+
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <cstddef>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+// ---- qualifiers ------------------------------------------------------------------------------------------------
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __noinline__ __attribute__((noinline))
+#define __launch_bounds__(...)
+#define __shared__ static __attribute__((section("cuda_emu_shared")))
+#define __constant__ static const
+
+// ---- vector types ----------------------------------------------------------------------------------------------
+
+struct uint3 { unsigned int x, y, z; };
+struct dim3 {
+    unsigned int x, y, z;
+    dim3(unsigned int x_ = 1, unsigned int y_ = 1, unsigned int z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct __attribute__((aligned(8))) float2 { float x, y; };
+struct __attribute__((aligned(16))) float4 { float x, y, z, w; };
+struct __attribute__((aligned(8))) uint2 { unsigned int x, y; };
+struct __attribute__((aligned(16))) uint4 { unsigned int x, y, z, w; };
+struct __attribute__((aligned(8))) int2 { int x, y; };
+struct __attribute__((aligned(16))) int4 { int x, y, z, w; };
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+inline uint2 make_uint2(unsigned int x, unsigned int y) { return uint2{x, y}; }
+inline uint4 make_uint4(unsigned int x, unsigned int y, unsigned int z, unsigned int w) { return uint4{x, y, z, w}; }
+
+// ---- built-in variables (set by the scheduler for the running fiber; external linkage, so the compiler reloads
+// them after every switch) --------------------------------------------------------------------------------------
+
+uint3 threadIdx, blockIdx;
+dim3 blockDim, gridDim;
+const int warpSize = 32;
+
+// ---- CUDA's min/max overloads and math intrinsics ----------------------------------------------------------------
+
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+inline unsigned int min(unsigned int a, unsigned int b) { return a < b ? a : b; }
+inline unsigned int max(unsigned int a, unsigned int b) { return a > b ? a : b; }
+inline long long min(long long a, long long b) { return a < b ? a : b; }
+inline long long max(long long a, long long b) { return a > b ? a : b; }
+inline unsigned long long min(unsigned long long a, unsigned long long b) { return a < b ? a : b; }
+inline unsigned long long max(unsigned long long a, unsigned long long b) { return a > b ? a : b; }
+inline float min(float a, float b) { return fminf(a, b); }
+inline float max(float a, float b) { return fmaxf(a, b); }
+
+inline float __uint_as_float(unsigned int u) { float f; memcpy(&f, &u, 4); return f; }
+inline unsigned int __float_as_uint(float f) { unsigned int u; memcpy(&u, &f, 4); return u; }
+inline float __int_as_float(int u) { float f; memcpy(&f, &u, 4); return f; }
+inline int __float_as_int(float f) { int u; memcpy(&u, &f, 4); return u; }
+inline float __expf(float x) { return expf(x); }
+inline float __logf(float x) { return logf(x); }
+inline float __powf(float x, float y) { return powf(x, y); }
+inline float __fdividef(float x, float y) { return x / y; }
+// round-to-nearest add and multiply that the compiler must not contract into an FMA (volatile blocks it)
+inline float __fadd_rn(float x, float y) { volatile float r = x + y; return r; }
+inline float __fmul_rn(float x, float y) { volatile float r = x * y; return r; }
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+inline float __frcp_rn(float x) { return 1.0f / x; }
+inline float __fsqrt_rn(float x) { return sqrtf(x); }
+inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
+template <typename T> inline T __ldg(const T* p) { return *p; }
+
+// IEEE half bits -> f32 (exact; what PTX cvt.f32.f16 computes).
+inline float moco_emu_f16_bits_to_f32(unsigned short h) {
+    const unsigned int sign = (unsigned int)(h & 0x8000u) << 16;
+    const unsigned int e = (h >> 10) & 0x1fu;
+    const unsigned int m = h & 0x3ffu;
+    unsigned int bits;
+    if (e == 0x1fu) {
+        bits = sign | 0x7f800000u | (m << 13);
+    } else if (e != 0u) {
+        bits = sign | ((e + 112u) << 23) | (m << 13);
+    } else if (m == 0u) {
+        bits = sign;
+    } else { // subnormal: m * 2^-24
+        const float v = (float)m * 5.9604644775390625e-8f;
+        bits = sign | __float_as_uint(v);
+    }
+    return __uint_as_float(bits);
+}
+
+// ---- the fiber scheduler -----------------------------------------------------------------------------------------
+
+extern "C" {
+// AddressSanitizer's fiber annotations (weak: absent when the runner is built without ASan).
+void __sanitizer_start_switch_fiber(void** fake_stack_save, const void* bottom, size_t size) __attribute__((weak));
+void __sanitizer_finish_switch_fiber(void* fake_stack_save, const void** bottom_old, size_t* size_old) __attribute__((weak));
+int __asan_address_is_poisoned(void const volatile* addr) __attribute__((weak));
+void __asan_unpoison_memory_region(void const volatile* addr, size_t size) __attribute__((weak));
+extern char __start_cuda_emu_shared[] __attribute__((weak));
+extern char __stop_cuda_emu_shared[] __attribute__((weak));
+}
+
+namespace moco_emu {
+
+[[noreturn]] __attribute__((format(printf, 1, 2))) inline void fail(const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "cuda_emu: error: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    fflush(stderr);
+    _exit(3);
+}
+
+enum State { RUNNABLE, AT_BARRIER, AT_WARP, DONE };
+
+struct Fiber {
+    ucontext_t ctx;
+    char* stack = nullptr;
+    State state = DONE;
+    uint3 idx{0, 0, 0};
+    int line = 0; // source line of the barrier / warp operation it waits at
+};
+
+const size_t STACK_BYTES = 256 * 1024;
+
+struct Sched {
+    std::vector<Fiber> fibers;
+    ucontext_t main_ctx;
+    int current = -1;
+    unsigned int nthreads = 0;
+    void (*body)(void**) = nullptr;
+    void** args = nullptr;
+    uint64_t rng = 0;
+    const char* kernel = "";
+    // warp exchange: one 64-bit slot per lane
+    std::vector<uint64_t> warp_slots;
+    // the addressable byte ranges of the shared-memory section (ASan redzones excluded)
+    std::vector<std::pair<char*, size_t>> shared_runs;
+    void* fake_stack = nullptr;
+    const void* main_stack_bottom = nullptr;
+    size_t main_stack_size = 0;
+};
+
+inline Sched& sched() {
+    static Sched s;
+    return s;
+}
+
+inline uint64_t next_rand() {
+    uint64_t& x = sched().rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return x;
+}
+
+// Switch from the running fiber back to the scheduler.
+inline void yield_to_scheduler() {
+    Sched& s = sched();
+    Fiber& f = s.fibers[(size_t)s.current];
+    void* fake = nullptr;
+    if (__sanitizer_start_switch_fiber) __sanitizer_start_switch_fiber(f.state == DONE ? nullptr : &fake, s.main_stack_bottom, s.main_stack_size);
+    swapcontext(&f.ctx, &s.main_ctx);
+    if (__sanitizer_finish_switch_fiber) __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+}
+
+inline void fiber_entry() {
+    Sched& s = sched();
+    if (__sanitizer_finish_switch_fiber) __sanitizer_finish_switch_fiber(nullptr, &s.main_stack_bottom, &s.main_stack_size);
+    s.body(s.args);
+    s.fibers[(size_t)s.current].state = DONE;
+    yield_to_scheduler();
+    fail("a finished thread was resumed");
+}
+
+inline void resume(unsigned int id) {
+    Sched& s = sched();
+    Fiber& f = s.fibers[id];
+    s.current = (int)id;
+    threadIdx = f.idx;
+    if (__sanitizer_start_switch_fiber) __sanitizer_start_switch_fiber(&s.fake_stack, f.stack, STACK_BYTES);
+    swapcontext(&s.main_ctx, &f.ctx);
+    if (__sanitizer_finish_switch_fiber) __sanitizer_finish_switch_fiber(s.fake_stack, nullptr, nullptr);
+    s.current = -1;
+}
+
+inline unsigned int linear_tid() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
+
+inline void check_in_kernel(const char* what) {
+    if (sched().current < 0) fail("%s called outside a kernel", what);
+}
+
+// __syncthreads: wait until every thread of the block has arrived.
+inline void syncthreads(int line) {
+    check_in_kernel("__syncthreads");
+    Sched& s = sched();
+    Fiber& f = s.fibers[(size_t)s.current];
+    f.state = AT_BARRIER;
+    f.line = line;
+    yield_to_scheduler();
+}
+
+// All non-exited lanes of the caller's warp meet here (the two halves of a shuffle or vote).
+inline void warp_barrier(unsigned int mask, int line, const char* what) {
+    check_in_kernel(what);
+    Sched& s = sched();
+    const unsigned int tid = linear_tid();
+    const unsigned int w0 = tid & ~31u;
+    const unsigned int lanes = s.nthreads - w0 < 32u ? s.nthreads - w0 : 32u;
+    const unsigned int present = lanes == 32u ? 0xffffffffu : ((1u << lanes) - 1u);
+    if ((mask & present) != present) fail("%s at line %d: mask 0x%08x does not name every lane of the warp (the emulator supports full-warp masks only)", what, line, mask);
+    Fiber& f = s.fibers[(size_t)s.current];
+    f.state = AT_WARP;
+    f.line = line;
+    yield_to_scheduler();
+}
+
+template <typename T> inline uint64_t to_slot(T v) {
+    static_assert(sizeof(T) <= 8, "shuffle of a type larger than 8 bytes");
+    uint64_t u = 0;
+    memcpy(&u, &v, sizeof(T));
+    return u;
+}
+template <typename T> inline T from_slot(uint64_t u) {
+    T v;
+    memcpy(&v, &u, sizeof(T));
+    return v;
+}
+
+// Exchange `v` across the warp; lane l receives the value of lane src(l) (or its own when src(l) < 0).
+template <typename T, typename Src> inline T shuffle(unsigned int mask, T v, Src src, int line, const char* what) {
+    Sched& s = sched();
+    const unsigned int tid = linear_tid();
+    const unsigned int w0 = tid & ~31u;
+    const unsigned int lane = tid & 31u;
+    s.warp_slots[tid] = to_slot(v);
+    warp_barrier(mask, line, what);
+    const int from = src((int)lane);
+    T r = v;
+    if (from >= 0) {
+        if (w0 + (unsigned int)from >= s.nthreads) fail("%s at line %d: lane %u reads lane %d, which does not exist", what, line, lane, from);
+        r = from_slot<T>(s.warp_slots[w0 + (unsigned int)from]);
+    }
+    warp_barrier(mask, line, what);
+    return r;
+}
+
+template <typename Pred> inline unsigned int vote(unsigned int mask, int pred, int line, const char* what) {
+    Sched& s = sched();
+    const unsigned int tid = linear_tid();
+    const unsigned int w0 = tid & ~31u;
+    s.warp_slots[tid] = pred ? 1u : 0u;
+    warp_barrier(mask, line, what);
+    unsigned int ballot = 0;
+    for (unsigned int l = 0; l < 32u && w0 + l < s.nthreads; ++l) {
+        if (s.warp_slots[w0 + l] != 0u) ballot |= 1u << l;
+    }
+    warp_barrier(mask, line, what);
+    return ballot & mask;
+}
+
+inline int seg_base(int lane, int width) { return lane / width * width; }
+
+} // namespace moco_emu
+
+#define __syncthreads() moco_emu::syncthreads(__LINE__)
+#define __syncwarp(...) moco_emu::warp_barrier(0xffffffffu, __LINE__, "__syncwarp")
+#define __threadfence() ((void)0)
+#define __threadfence_block() ((void)0)
+
+template <typename T> inline T moco_emu_shfl_xor(int line, unsigned int mask, T v, int lane_mask, int width = 32) {
+    return moco_emu::shuffle(mask, v, [=](int l) { const int s = l ^ lane_mask; return s >= moco_emu::seg_base(l, width) + width ? -1 : s; }, line, "__shfl_xor_sync");
+}
+template <typename T> inline T moco_emu_shfl_down(int line, unsigned int mask, T v, unsigned int delta, int width = 32) {
+    return moco_emu::shuffle(mask, v, [=](int l) { const int s = l + (int)delta; return s >= moco_emu::seg_base(l, width) + width ? -1 : s; }, line, "__shfl_down_sync");
+}
+template <typename T> inline T moco_emu_shfl_up(int line, unsigned int mask, T v, unsigned int delta, int width = 32) {
+    return moco_emu::shuffle(mask, v, [=](int l) { const int s = l - (int)delta; return s < moco_emu::seg_base(l, width) ? -1 : s; }, line, "__shfl_up_sync");
+}
+template <typename T> inline T moco_emu_shfl(int line, unsigned int mask, T v, int src, int width = 32) {
+    return moco_emu::shuffle(mask, v, [=](int l) { return moco_emu::seg_base(l, width) + (src % width); }, line, "__shfl_sync");
+}
+#define __shfl_xor_sync(...) moco_emu_shfl_xor(__LINE__, __VA_ARGS__)
+#define __shfl_down_sync(...) moco_emu_shfl_down(__LINE__, __VA_ARGS__)
+#define __shfl_up_sync(...) moco_emu_shfl_up(__LINE__, __VA_ARGS__)
+#define __shfl_sync(...) moco_emu_shfl(__LINE__, __VA_ARGS__)
+#define __ballot_sync(mask, p) moco_emu::vote<int>((mask), (p), __LINE__, "__ballot_sync")
+#define __any_sync(mask, p) (moco_emu::vote<int>((mask), (p), __LINE__, "__any_sync") != 0u)
+#define __all_sync(mask, p) (moco_emu::vote<int>((mask), (p), __LINE__, "__all_sync") == ((mask) & moco_emu_present_lanes()))
+inline unsigned int moco_emu_present_lanes() {
+    const unsigned int w0 = moco_emu::linear_tid() & ~31u;
+    const unsigned int lanes = moco_emu::sched().nthreads - w0 < 32u ? moco_emu::sched().nthreads - w0 : 32u;
+    return lanes == 32u ? 0xffffffffu : ((1u << lanes) - 1u);
+}
+
+// Atomics: fibers never interleave inside an expression, so a plain read-modify-write is atomic.
+template <typename T> inline T atomicAdd(T* p, T v) { const T old = *p; *p = old + v; return old; }
+template <typename T> inline T atomicSub(T* p, T v) { const T old = *p; *p = old - v; return old; }
+template <typename T> inline T atomicExch(T* p, T v) { const T old = *p; *p = v; return old; }
+template <typename T> inline T atomicMax(T* p, T v) { const T old = *p; *p = old > v ? old : v; return old; }
+template <typename T> inline T atomicMin(T* p, T v) { const T old = *p; *p = old < v ? old : v; return old; }
+template <typename T> inline T atomicCAS(T* p, T cmp, T v) { const T old = *p; if (old == cmp) *p = v; return old; }
+template <typename T> inline T atomicOr(T* p, T v) { const T old = *p; *p = old | v; return old; }
+template <typename T> inline T atomicAnd(T* p, T v) { const T old = *p; *p = old & v; return old; }
+
+// ---- kernels table and launch ----------------------------------------------------------------------------------
+
+namespace moco_emu {
+
+struct Kernel {
+    const char* name;
+    void (*call)(void**);
+    size_t nparams;
+    const size_t* sizes;
+    const bool* pointers;
+    unsigned int launch_bounds; // 0: none given
+};
+
+template <auto F, typename... A, size_t... I> inline void call_unpacked(void** args, std::index_sequence<I...>) {
+    F(*static_cast<std::remove_cv_t<A>*>(args[I])...);
+}
+
+template <auto F, typename... A> struct Thunk {
+    static void call(void** args) { call_unpacked<F, A...>(args, std::index_sequence_for<A...>{}); }
+};
+
+template <auto F, typename... A> inline Kernel make_kernel_impl(const char* name, unsigned int lb, void (*)(A...)) {
+    static const size_t sizes[] = {sizeof(A)..., 0};
+    static const bool pointers[] = {std::is_pointer<A>::value..., false};
+    return Kernel{name, &Thunk<F, A...>::call, sizeof...(A), sizes, pointers, lb};
+}
+
+template <auto F> inline Kernel make_kernel(const char* name, unsigned int lb) { return make_kernel_impl<F>(name, lb, F); }
+
+// The addressable bytes of the shared-memory section, found once (ASan's redzones between the arrays stay
+// poisoned, so an out-of-bounds shared access is reported).
+inline void find_shared_runs() {
+    Sched& s = sched();
+    if (!__start_cuda_emu_shared || !__stop_cuda_emu_shared) return;
+    char* p = __start_cuda_emu_shared;
+    char* end = __stop_cuda_emu_shared;
+    while (p < end) {
+        while (p < end && __asan_address_is_poisoned && __asan_address_is_poisoned(p)) ++p;
+        char* q = p;
+        while (q < end && !(__asan_address_is_poisoned && __asan_address_is_poisoned(q))) ++q;
+        if (q > p) s.shared_runs.push_back({p, (size_t)(q - p)});
+        p = q;
+    }
+}
+
+inline void poison_shared() {
+    for (auto& r : sched().shared_runs) memset(r.first, 0xff, r.second);
+}
+
+inline void shuffle_order(std::vector<unsigned int>& order) {
+    for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[next_rand() % i]);
+}
+
+inline const char* state_name(State st) {
+    switch (st) {
+    case RUNNABLE: return "runnable";
+    case AT_BARRIER: return "at __syncthreads";
+    case AT_WARP: return "at a warp shuffle/vote";
+    default: return "returned";
+    }
+}
+
+[[noreturn]] inline void report_stuck(const char* why) {
+    Sched& s = sched();
+    fprintf(stderr, "cuda_emu: error: kernel %s, block (%u, %u, %u): %s\n", s.kernel, blockIdx.x, blockIdx.y, blockIdx.z, why);
+    unsigned int shown = 0;
+    for (unsigned int t = 0; t < s.nthreads && shown < 12; ++t) {
+        const Fiber& f = s.fibers[t];
+        if (t == 0 || f.state != s.fibers[t - 1].state || f.line != s.fibers[t - 1].line) {
+            fprintf(stderr, "  thread %u (%u, %u, %u): %s (line %d)\n", t, f.idx.x, f.idx.y, f.idx.z, state_name(f.state), f.line);
+            ++shown;
+        }
+    }
+    fail("%s", why);
+}
+
+// Runs one block to completion.
+inline void run_block() {
+    Sched& s = sched();
+    const unsigned int n = s.nthreads;
+    for (unsigned int t = 0; t < n; ++t) {
+        Fiber& f = s.fibers[t];
+        f.idx = uint3{t % blockDim.x, (t / blockDim.x) % blockDim.y, t / (blockDim.x * blockDim.y)};
+        f.state = RUNNABLE;
+        f.line = 0;
+        if (__asan_unpoison_memory_region) __asan_unpoison_memory_region(f.stack, STACK_BYTES);
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = f.stack;
+        f.ctx.uc_stack.ss_size = STACK_BYTES;
+        f.ctx.uc_link = nullptr;
+        makecontext(&f.ctx, fiber_entry, 0);
+    }
+    // Between two block barriers, the warps run one after another, each as far as it can get (through its warp
+    // shuffles and votes) before the next starts: the first time last warp first, then in a fresh pseudo-random
+    // order; inside a warp, the lanes run one after another between two warp operations (last lane first, then
+    // shuffled). So a warp can run ahead of the others up to the next __syncthreads, as on a GPU, and a missing
+    // barrier between warps is exposed in both directions over the passes.
+    const unsigned int nwarps = (n + 31u) / 32u;
+    std::vector<unsigned int> warp_order(nwarps), lane_order(32);
+    for (unsigned int w = 0; w < nwarps; ++w) warp_order[w] = nwarps - 1u - w;
+    for (unsigned int l = 0; l < 32u; ++l) lane_order[l] = 31u - l;
+    for (;;) {
+        for (unsigned int w : warp_order) {
+            const unsigned int w0 = w * 32u;
+            const unsigned int w1 = w0 + 32u < n ? w0 + 32u : n;
+            for (;;) {
+                for (unsigned int l : lane_order) {
+                    if (w0 + l < w1 && s.fibers[w0 + l].state == RUNNABLE) resume(w0 + l);
+                }
+                unsigned int at_warp = 0, done = 0;
+                for (unsigned int t = w0; t < w1; ++t) {
+                    at_warp += s.fibers[t].state == AT_WARP;
+                    done += s.fibers[t].state == DONE;
+                }
+                if (at_warp == 0u) break;
+                if (done > 0u) report_stuck("a warp shuffle/vote with a full mask was reached after some lanes of the warp returned");
+                if (at_warp != w1 - w0) report_stuck("deadlock: some lanes of a warp wait at a shuffle/vote, others at __syncthreads");
+                for (unsigned int t = w0; t < w1; ++t) s.fibers[t].state = RUNNABLE;
+                shuffle_order(lane_order);
+            }
+        }
+        // every thread is now at a block barrier or done
+        unsigned int at_bar = 0, done = 0;
+        int line = -1;
+        for (unsigned int t = 0; t < n; ++t) {
+            const Fiber& f = s.fibers[t];
+            if (f.state == AT_BARRIER) {
+                if (line >= 0 && f.line != line) report_stuck("threads wait at different __syncthreads calls");
+                line = f.line;
+                ++at_bar;
+            }
+            done += f.state == DONE;
+        }
+        if (done == n) return;
+        if (done > 0u) report_stuck("__syncthreads reached after some threads of the block returned (undefined behaviour in CUDA)");
+        if (at_bar != n) report_stuck("deadlock: no thread can make progress");
+        for (unsigned int t = 0; t < n; ++t) s.fibers[t].state = RUNNABLE;
+        shuffle_order(warp_order);
+        shuffle_order(lane_order);
+    }
+}
+
+inline void launch(const Kernel& k, dim3 grid, dim3 block, void** args, uint64_t seed) {
+    Sched& s = sched();
+    const uint64_t threads = (uint64_t)block.x * block.y * block.z;
+    if (block.x == 0 || block.y == 0 || block.z == 0 || grid.x == 0 || grid.y == 0 || grid.z == 0) fail("launch of %s with an empty grid or block", k.name);
+    if (block.x > 1024 || block.y > 1024 || block.z > 64 || threads > 1024) fail("launch of %s: block (%u, %u, %u) exceeds CUDA's limits", k.name, block.x, block.y, block.z);
+    if (k.launch_bounds != 0 && threads > k.launch_bounds) fail("launch of %s: %llu threads per block exceed its __launch_bounds__(%u)", k.name, (unsigned long long)threads, k.launch_bounds);
+    if (grid.x > 2147483647u || grid.y > 65535u || grid.z > 65535u) fail("launch of %s: grid (%u, %u, %u) exceeds CUDA's limits", k.name, grid.x, grid.y, grid.z);
+    s.nthreads = (unsigned int)threads;
+    s.body = k.call;
+    s.args = args;
+    s.kernel = k.name;
+    s.rng = seed * 0x9e3779b97f4a7c15ull + 0x632be59bd9b4e019ull;
+    s.warp_slots.assign(((threads + 31u) / 32u) * 32u, 0);
+    while (s.fibers.size() < threads) {
+        Fiber f;
+        void* mem = mmap(nullptr, STACK_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (mem == MAP_FAILED) fail("mmap of a fiber stack failed");
+        f.stack = (char*)mem;
+        s.fibers.push_back(f);
+    }
+    blockDim = block;
+    gridDim = grid;
+    const uint64_t blocks = (uint64_t)grid.x * grid.y * grid.z;
+    for (uint64_t b = blocks; b-- > 0;) { // last block first
+        blockIdx = uint3{(unsigned int)(b % grid.x), (unsigned int)((b / grid.x) % grid.y), (unsigned int)(b / ((uint64_t)grid.x * grid.y))};
+        poison_shared();
+        run_block();
+    }
+}
+
+// ---- the launch request (written by tests/cuda_emu/mod.rs), little-endian -----------------------------------------
+//
+//   "MOCOEMU1", u32 name length, name, u32 grid[3], u32 block[3], u64 seed, u32 argument count, then per argument
+//   u32 kind: 0 value (u64 size, bytes), 1 buffer (u64 size, bytes, u32 patches, each: u64 offset in this buffer,
+//   u32 target argument, u64 byte offset in it: the target buffer's address plus that offset is stored as a u64 at
+//   the offset, the way a host writes device pointers into a metadata buffer), 2 null pointer. Arguments past the
+//   kernel's parameters must be buffers: side allocations that only pointer patches refer to.
+// The response holds, per buffer argument in order, u64 size and its bytes after the launch.
+
+struct Reader {
+    std::vector<unsigned char> data;
+    size_t pos = 0;
+    void need(size_t n) {
+        if (data.size() - pos < n) fail("truncated launch request");
+    }
+    uint32_t u32() {
+        need(4);
+        uint32_t v;
+        memcpy(&v, &data[pos], 4);
+        pos += 4;
+        return v;
+    }
+    uint64_t u64() {
+        need(8);
+        uint64_t v;
+        memcpy(&v, &data[pos], 8);
+        pos += 8;
+        return v;
+    }
+    const unsigned char* bytes(size_t n) {
+        need(n);
+        const unsigned char* p = &data[pos];
+        pos += n;
+        return p;
+    }
+};
+
+inline std::vector<unsigned char> read_file(const char* path) {
+    FILE* f = fopen(path, "rb");
+    if (!f) fail("cannot open %s", path);
+    std::vector<unsigned char> out;
+    unsigned char buf[1 << 16];
+    size_t got;
+    while ((got = fread(buf, 1, sizeof buf, f)) > 0) out.insert(out.end(), buf, buf + got);
+    fclose(f);
+    return out;
+}
+
+struct Arg {
+    uint32_t kind = 0;
+    size_t size = 0;
+    void* data = nullptr;   // value bytes or the buffer
+    void* pointer = nullptr; // for buffers and null: the pointer argument the kernel receives
+    std::vector<std::pair<uint64_t, std::pair<uint32_t, uint64_t>>> patches;
+};
+
+inline void timeout_handler(int) {
+    static const char msg[] = "cuda_emu: error: the launch timed out (an endless loop in a kernel?)\n";
+    ssize_t r = write(2, msg, sizeof msg - 1);
+    (void)r;
+    _exit(4);
+}
+
+inline int run(const Kernel* kernels, size_t count, int argc, char** argv) {
+    if (argc == 2 && strcmp(argv[1], "--list") == 0) {
+        for (size_t i = 0; i < count; ++i) printf("%s %zu %u\n", kernels[i].name, kernels[i].nparams, kernels[i].launch_bounds);
+        return 0;
+    }
+    if (argc != 3) fail("usage: %s REQUEST RESPONSE | --list", argv[0]);
+    const char* timeout = getenv("MOCO_EMU_TIMEOUT");
+    signal(SIGALRM, timeout_handler);
+    alarm(timeout ? (unsigned int)atoi(timeout) : 600u);
+    Reader r;
+    r.data = read_file(argv[1]);
+    if (memcmp(r.bytes(8), "MOCOEMU1", 8) != 0) fail("bad launch request magic");
+    const uint32_t name_len = r.u32();
+    const std::string name((const char*)r.bytes(name_len), name_len);
+    dim3 grid, block;
+    grid.x = r.u32(), grid.y = r.u32(), grid.z = r.u32();
+    block.x = r.u32(), block.y = r.u32(), block.z = r.u32();
+    const uint64_t seed = r.u64();
+    const Kernel* k = nullptr;
+    for (size_t i = 0; i < count; ++i) {
+        if (name == kernels[i].name) k = &kernels[i];
+    }
+    if (!k) fail("no kernel named %s in this file", name.c_str());
+    // the kernel's parameters, then side buffers that only pointer patches refer to
+    const uint32_t nargs = r.u32();
+    if (nargs < k->nparams) fail("%s takes %zu parameters, the launch passes %u", k->name, k->nparams, nargs);
+    std::vector<Arg> args(nargs);
+    for (uint32_t i = 0; i < nargs; ++i) {
+        Arg& a = args[i];
+        a.kind = r.u32();
+        if (i >= k->nparams && a.kind != 1u) fail("argument %u of %s: past the kernel's %zu parameters, only side buffers may follow", i, k->name, k->nparams);
+        if (a.kind == 0u) {
+            a.size = (size_t)r.u64();
+            if (i >= k->nparams || k->pointers[i]) fail("%s parameter %u is a pointer, the launch passes a %zu-byte value", k->name, i, a.size);
+            if (a.size != k->sizes[i]) fail("%s parameter %u has %zu bytes, the launch passes %zu", k->name, i, k->sizes[i], a.size);
+            a.data = malloc(a.size);
+            memcpy(a.data, r.bytes(a.size), a.size);
+        } else if (a.kind == 1u || a.kind == 2u) {
+            if (i < k->nparams && !k->pointers[i]) fail("%s parameter %u is a %zu-byte value, the launch passes a buffer", k->name, i, k->sizes[i]);
+            if (a.kind == 1u) {
+                a.size = (size_t)r.u64();
+                a.data = malloc(a.size); // exactly the buffer's length: ASan reports any access past it
+                if (a.size) memcpy(a.data, r.bytes(a.size), a.size);
+                const uint32_t np = r.u32();
+                for (uint32_t p = 0; p < np; ++p) {
+                    const uint64_t off = r.u64();
+                    const uint32_t target = r.u32();
+                    const uint64_t toff = r.u64();
+                    a.patches.push_back({off, {target, toff}});
+                }
+            }
+            a.pointer = a.data;
+        } else {
+            fail("bad argument kind %u", a.kind);
+        }
+    }
+    for (auto& a : args) {
+        for (auto& p : a.patches) {
+            if (p.second.first >= nargs || args[p.second.first].kind != 1u) fail("pointer patch to argument %u, which is not a buffer", p.second.first);
+            if (p.first + 8 > a.size) fail("pointer patch past the end of its buffer");
+            const uint64_t addr = (uint64_t)(uintptr_t)args[p.second.first].data + p.second.second;
+            memcpy((char*)a.data + p.first, &addr, 8);
+        }
+    }
+    std::vector<void*> argv_k(nargs);
+    for (uint32_t i = 0; i < k->nparams; ++i) argv_k[i] = args[i].kind == 0u ? args[i].data : (void*)&args[i].pointer;
+    find_shared_runs();
+    launch(*k, grid, block, argv_k.data(), seed);
+    FILE* out = fopen(argv[2], "wb");
+    if (!out) fail("cannot write %s", argv[2]);
+    for (auto& a : args) {
+        if (a.kind != 1u) continue;
+        const uint64_t size = a.size;
+        fwrite(&size, 8, 1, out);
+        if (size) fwrite(a.data, 1, a.size, out);
+    }
+    if (fclose(out) != 0) fail("writing %s failed", argv[2]);
+    return 0;
+}
+
+} // namespace moco_emu
+
+#define MOCO_EMU_KERNEL(name, bounds) moco_emu::make_kernel<&name>(#name, bounds)
+#define MOCO_EMU_MAIN(...)                                                                              \
+    static const moco_emu::Kernel moco_emu_kernels[] = {__VA_ARGS__};                                   \
+    int main(int argc, char** argv) {                                                                   \
+        return moco_emu::run(moco_emu_kernels, sizeof moco_emu_kernels / sizeof moco_emu_kernels[0], argc, argv); \
+    }
+
+#endif // MOCO_CUDA_EMU_LIST

@@ -1,0 +1,746 @@
+//! Every CUDA kernel of `kernels/`, executed on the CPU by the emulation of `tests/cuda_emu/` (fibers with real
+//! barriers and an adversarial schedule, NaN-poisoned shared memory, AddressSanitizer on every buffer), with the
+//! grids and parameter blocks of the CUDA host code (`moco::backend::plan`, the functions src/backend/cuda calls),
+//! and compared with the CPU references. Outputs are poisoned with NaN (0xFF bytes) before each launch, so an
+//! element a kernel fails to write fails the comparison.
+//!
+//! `every_kernel_runs_against_the_cpu_reference` fails when a kernel found in `kernels/` was never launched, so a new
+//! kernel needs an emulated case here. `MOCO_EMU_FILTER=word` runs only the cases whose name contains it (the
+//! coverage check is then skipped). Needs a C++17 compiler with AddressSanitizer (`g++`, or `CXX`); without one the
+//! tests print why and pass, unless `CI` or `MOCO_REQUIRE_CUDA_COMPILE=1` is set, when they fail.
+
+mod cuda_emu;
+
+use cuda_emu::{emu, Arg};
+use moco::backend::cpu::nn::{reference as nnref, BatchNormShape, Conv2dShape, GlobalAvgPoolShape, LinearShape, MaxPool2dShape};
+use moco::backend::cpu::reference;
+use moco::backend::plan::{self, norm_flags, ConvParams, EmaParams, GemmLaunch, KernelParams, NormParams, PoolParams, QueueParams, StreamPlan};
+use moco::backend::optim_params::{adamw_params, elementwise_grid, lars_params, lars_tables, sgd_params};
+use moco::optim::{AdamWConfig, LarsConfig, ParamSpan, ParamSpans, SgdConfig};
+use moco::{EmaShape, QueueShape};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const BLOCK: (u32, u32, u32) = (plan::CUDA_BLOCK, 1, 1);
+
+fn required() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false") || std::env::var("MOCO_REQUIRE_CUDA_COMPILE").is_ok_and(|v| v == "1")
+}
+
+/// False (and prints why) when there is no C++ compiler, unless the environment requires one.
+fn available(test: &str) -> bool {
+    match cuda_emu::compiler_version() {
+        Ok(_) => true,
+        Err(e) => {
+            assert!(!required(), "{test}: CI / MOCO_REQUIRE_CUDA_COMPILE=1 but the CUDA emulation cannot run: {e} (install g++)");
+            eprintln!("{test}: skipped: {e} (install g++ to run the CUDA kernels on the CPU)");
+            false
+        }
+    }
+}
+
+fn random(rng: &mut StdRng, len: usize) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn unit_rows(rng: &mut StdRng, rows: usize, c: usize) -> Vec<f32> {
+    let mut v = random(rng, rows * c);
+    for r in v.chunks_mut(c) {
+        let n = r.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        r.iter_mut().for_each(|x| *x /= n);
+    }
+    v
+}
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+fn max_abs(v: &[f64]) -> f64 {
+    v.iter().fold(0.0f64, |m, x| m.max(x.abs()))
+}
+
+/// `|got - want| <= atol + rtol*|want|` and finite, element-wise, naming the first bad index.
+#[track_caller]
+fn close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w).abs();
+        assert!(g.is_finite() && err <= atol + rtol * w.abs(), "{what}[{i}]: got {g}, want {w} (err {err:e}, atol {atol:e}, rtol {rtol:e})");
+    }
+}
+
+// ---- contrastive.cu -------------------------------------------------------------------------------------------
+
+const DTYPES: [(u32, &str); 3] = [(0, "f32"), (1, "f16"), (2, "bf16")];
+
+/// A key set as the kernels read it: f32 words or 16-bit patterns, and its f32 values.
+fn keys_arg(values: &[f32], dtype: u32) -> (Arg, Vec<f32>) {
+    match dtype {
+        0 => (Arg::f32(values), values.to_vec()),
+        1 => {
+            let bits: Vec<u16> = values.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+            let stored = bits.iter().map(|&b| half::f16::from_bits(b).to_f32()).collect();
+            (Arg::u16(&bits), stored)
+        }
+        _ => {
+            let bits: Vec<u16> = values.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
+            let stored = bits.iter().map(|&b| half::bf16::from_bits(b).to_f32()).collect();
+            (Arg::u16(&bits), stored)
+        }
+    }
+}
+
+/// `normalize_rows` as `cuda::contrastive::normalize` launches it: (x_hat, inv_norm).
+fn normalize(x: &[f32], rows: usize, c: usize) -> (Vec<f32>, Vec<f32>) {
+    let p = KernelParams::normalize(rows, c);
+    let mut a = [Arg::val(&p), Arg::f32(x), Arg::nan(rows * c), Arg::nan(rows)];
+    emu().run("contrastive.cu", "normalize_rows", plan::row_grid(rows), BLOCK, &mut a);
+    (a[2].as_f32(), a[3].as_f32())
+}
+
+fn positive(p: &KernelParams, q_hat: &[f32], k_hat: &[f32], n: usize) -> Vec<f32> {
+    let mut a = [Arg::val(p), Arg::f32(q_hat), Arg::f32(k_hat), Arg::nan(n)];
+    emu().run("contrastive.cu", "positive_logits", plan::positive_grid(n), BLOCK, &mut a);
+    a[3].as_f32()
+}
+
+fn case_normalize_rows() {
+    let mut rng = StdRng::seed_from_u64(7);
+    // C = 1, C not a multiple of 256 and above it, a zero row (norm clamped to 1e-12)
+    for (rows, c) in [(1usize, 1usize), (3, 10), (2, 700)] {
+        let mut x = random(&mut rng, rows * c);
+        x[..c].iter_mut().for_each(|v| *v = 0.0);
+        let (x_hat, inv) = normalize(&x, rows, c);
+        let norms: Vec<f64> = x.chunks(c).map(|r| r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt().max(1e-12)).collect();
+        let want_hat: Vec<f64> = x.iter().enumerate().map(|(i, &v)| v as f64 / norms[i / c]).collect();
+        close(&format!("normalize_rows rows={rows} C={c} x_hat"), &x_hat, &want_hat, 1e-6, 1e-5);
+        close(&format!("normalize_rows rows={rows} C={c} inv_norm"), &inv, &norms.iter().map(|n| 1.0 / n).collect::<Vec<_>>(), 0.0, 1e-5);
+    }
+}
+
+/// `logits` of src/backend/cuda/contrastive.rs: normalize q and k, positive_logits, negative_logits_<dtype>.
+fn case_logits() {
+    let mut rng = StdRng::seed_from_u64(3);
+    // N = 1; K not a multiple of the 64-key tile; N over one 16-row tile; C not a multiple of the 16-channel chunk
+    for (n, c, kk) in [(1usize, 10usize, 37usize), (17, 40, 130)] {
+        for (dt, suffix) in DTYPES {
+            let (q, k) = (random(&mut rng, n * c), random(&mut rng, n * c));
+            let (mut keys, stored) = keys_arg(&unit_rows(&mut rng, kk, c), dt);
+            let (q_hat, _) = normalize(&q, n, c);
+            let (k_hat, _) = normalize(&k, n, c);
+            let p = KernelParams::logits(n, c, kk);
+            let l_pos = positive(&p, &q_hat, &k_hat, n);
+            let mut a = [Arg::val(&p), Arg::f32(&q_hat), std::mem::replace(&mut keys, Arg::Null), Arg::nan(n * kk)];
+            emu().run("contrastive.cu", &format!("negative_logits_{suffix}"), plan::negative_logits_grid(n, kk), BLOCK, &mut a);
+            let (rp, rn) = reference::logits(&q, &k, &stored, n, c, kk);
+            let what = format!("logits N={n} C={c} K={kk} {suffix}");
+            close(&format!("{what} l_pos"), &l_pos, &rp, 2e-5, 1e-5);
+            close(&format!("{what} l_neg"), &a[3].as_f32(), &rn, 2e-5, 1e-5);
+        }
+    }
+}
+
+/// What `stream_loss` of src/backend/cuda/contrastive.rs computes: (dq, row_loss, [loss bits, top1, top5, 0]).
+#[allow(clippy::too_many_arguments)]
+fn stream_loss(q_hat: &[f32], k_hat: &[f32], q_inv: &[f32], keys: Arg, suffix: &str, m: usize, n: usize, c: usize, t: f32, loss_scale: f32, skip_diagonal: bool) -> (Vec<f32>, Vec<f32>, Vec<u32>, StreamPlan) {
+    let sp = StreamPlan::new(n, m, c);
+    let p = KernelParams::stream(&sp, n, m, c, t, loss_scale, skip_diagonal);
+    let s_pos = positive(&p, q_hat, k_hat, n);
+    let mut a = [Arg::val(&p), Arg::f32(q_hat), keys, Arg::f32(&s_pos), Arg::nan(sp.splits * n * (3 + c))];
+    emu().run("contrastive.cu", &format!("infonce_partial_{suffix}"), sp.partial_grid(n), BLOCK, &mut a);
+    let partial = a[4].as_f32();
+    let mut b = [Arg::val(&p), Arg::f32(q_hat), Arg::f32(k_hat), Arg::f32(&partial), Arg::f32(&s_pos), Arg::f32(q_inv), Arg::nan(n * c), Arg::nan(n), Arg::nan(n)];
+    emu().run("contrastive.cu", "infonce_combine", plan::row_grid(n), BLOCK, &mut b);
+    let (row_loss, rank) = (b[7].as_f32(), b[8].as_u32());
+    let mut r = [Arg::val(&p), Arg::f32(&row_loss), Arg::u32(&rank), Arg::nan(4)];
+    emu().run("contrastive.cu", "infonce_reduce", plan::REDUCE_GRID, BLOCK, &mut r);
+    (b[6].as_f32(), row_loss, r[3].as_u32(), sp)
+}
+
+/// Size of the gradient's terms before the projection cancels them: 2 / (T N min_i ||q_i||).
+fn natural_grad(q: &[f32], n: usize, c: usize, t: f64) -> f64 {
+    let min_norm = q.chunks(c).map(|r| r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt()).fold(f64::INFINITY, f64::min);
+    2.0 / (t * n as f64 * min_norm.max(1e-12))
+}
+
+fn case_infonce() {
+    let mut rng = StdRng::seed_from_u64(4);
+    // N = 1; two row tiles (N > 32) with C over one 256-channel slice; K with a partial last key tile and many splits
+    for (n, c, kk) in [(1usize, 10usize, 37usize), (33, 260, 70), (5, 20, 1000)] {
+        for (dt, suffix) in DTYPES {
+            let t = 0.07f32;
+            let (q, k) = (random(&mut rng, n * c), random(&mut rng, n * c));
+            let (keys, stored) = keys_arg(&unit_rows(&mut rng, kk, c), dt);
+            let (q_hat, q_inv) = normalize(&q, n, c);
+            let (k_hat, _) = normalize(&k, n, c);
+            let (dq, row_loss, stats, sp) = stream_loss(&q_hat, &k_hat, &q_inv, keys, suffix, kk, n, c, t, 1.0, false);
+            let r = reference::infonce(&q, &k, &stored, n, c, kk, t as f64);
+            let what = format!("infonce N={n} C={c} K={kk} {suffix} ({} splits, {} slices)", sp.splits, sp.slices);
+            let loss = f32::from_bits(stats[0]);
+            assert!((loss as f64 - r.loss).abs() <= 1e-4 * r.loss.abs().max(1.0), "{what}: loss {loss} vs {}", r.loss);
+            close(&format!("{what} row_loss"), &row_loss, &r.row_loss, 1e-4, 1e-4);
+            close(&format!("{what} dq"), &dq, &r.dq, 1e-3 * max_abs(&r.dq) + 1e-5 * natural_grad(&q, n, c, t as f64), 1e-3);
+            let ties: usize = r.near_ties.iter().map(|&t| t.min(5)).sum();
+            let want1 = r.rank.iter().filter(|&&x| x < 1).count();
+            let want5 = r.rank.iter().filter(|&&x| x < 5).count();
+            assert!((stats[1] as usize).abs_diff(want1) <= ties, "{what}: top1 {} vs {want1}", stats[1]);
+            assert!((stats[2] as usize).abs_diff(want5) <= ties, "{what}: top5 {} vs {want5}", stats[2]);
+            assert_eq!(stats[3], 0, "{what}: stats padding");
+        }
+    }
+}
+
+/// `moco_v3_loss` of src/backend/cuda/contrastive.rs: each half streams the normalised keys (m = N), diagonal skipped.
+fn case_moco_v3() {
+    let mut rng = StdRng::seed_from_u64(5);
+    for (n, c) in [(1usize, 10usize), (40, 30)] {
+        let t = 0.2f32;
+        let (q1, q2, k1, k2) = (random(&mut rng, n * c), random(&mut rng, n * c), random(&mut rng, n * c), random(&mut rng, n * c));
+        let mut total = 0.0f32;
+        let mut dqs = Vec::new();
+        for (q, k) in [(&q1, &k2), (&q2, &k1)] {
+            let (q_hat, q_inv) = normalize(q, n, c);
+            let (k_hat, _) = normalize(k, n, c);
+            let (dq, _, stats, _) = stream_loss(&q_hat, &k_hat, &q_inv, Arg::f32(&k_hat), "f32", n, n, c, t, 2.0 * t, true);
+            total += f32::from_bits(stats[0]);
+            dqs.push(dq);
+        }
+        let (rl, r1, r2) = reference::moco_v3_loss(&q1, &q2, &k1, &k2, n, c, t as f64);
+        let what = format!("moco_v3 N={n} C={c}");
+        assert!((total as f64 - rl).abs() <= 1e-4 * rl.abs().max(1.0), "{what}: loss {total} vs {rl}");
+        close(&format!("{what} dq1"), &dqs[0], &r1, 1e-3 * max_abs(&r1) + 1e-5 * natural_grad(&q1, n, c, 0.5), 1e-3);
+        close(&format!("{what} dq2"), &dqs[1], &r2, 1e-3 * max_abs(&r2) + 1e-5 * natural_grad(&q2, n, c, 0.5), 1e-3);
+    }
+}
+
+// ---- ema.cu ---------------------------------------------------------------------------------------------------
+
+fn case_ema_update() {
+    let mut rng = StdRng::seed_from_u64(1);
+    // one element, a partial block, more elements than the 1024-block grid covers (grid-stride loop)
+    for (len, m) in [(1usize, 0.5f64), (300, 0.999), (262_144 + 1000, 0.9)] {
+        let (k0, q) = (random(&mut rng, len), random(&mut rng, len));
+        let (p, grid) = EmaParams::launch(&EmaShape::new(len, m).unwrap());
+        let mut a = [Arg::val(&p), Arg::f32(&q), Arg::f32(&k0)];
+        emu().run("ema.cu", "ema_update", grid, BLOCK, &mut a);
+        close(&format!("ema_update len {len} m {m}"), &a[2].as_f32(), &reference::ema(&k0, &q, m), 1e-6, 1e-6);
+    }
+}
+
+/// `ema_update_multi`: the metadata buffer holds the buffers' addresses (pointer patches to side buffers), then
+/// the chunk map of `plan::ema_multi_chunk_map`. One k buffer starts 4 bytes into its allocation (scalar path).
+fn case_ema_multi_tensor() {
+    let mut rng = StdRng::seed_from_u64(2);
+    let lens = [1usize, 3, 8193, 5, 130];
+    let m = 0.99f64;
+    let (wm, w1m) = EmaShape::new(1, m).unwrap().weights(); // the (m, 1 - m) pair the host passes
+    let k0: Vec<Vec<f32>> = lens.iter().map(|&l| random(&mut rng, l)).collect();
+    let q: Vec<Vec<f32>> = lens.iter().map(|&l| random(&mut rng, l)).collect();
+    let chunk_map = plan::ema_multi_chunk_map(&lens);
+    let n = lens.len();
+    let mut meta: Vec<u64> = Vec::new();
+    let mut patches = Vec::new();
+    for (t, &len) in lens.iter().enumerate() {
+        // side buffers: arguments 4 + 2t (k) and 5 + 2t (q); tensor 4's k is misaligned by one float
+        let k_off = if t == 4 { 4 } else { 0 };
+        patches.push((meta.len() * 8, 4 + 2 * t, k_off));
+        patches.push((meta.len() * 8 + 8, 5 + 2 * t, 0));
+        meta.extend_from_slice(&[0, 0, len as u64]);
+    }
+    meta.extend_from_slice(&chunk_map);
+    let mut args = vec![Arg::Buf(bytemuck::cast_slice(&meta).to_vec(), patches), Arg::val(&(n as u32)), Arg::val(&wm), Arg::val(&w1m)];
+    for t in 0..n {
+        let k = if t == 4 { [&[7.0f32][..], &k0[t]].concat() } else { k0[t].clone() };
+        args.push(Arg::f32(&k));
+        args.push(Arg::f32(&q[t]));
+    }
+    emu().run("ema.cu", "ema_multi_tensor", (chunk_map.len() as u32, 1, 1), BLOCK, &mut args);
+    for t in 0..n {
+        let mut got = args[4 + 2 * t].as_f32();
+        if t == 4 {
+            assert_eq!(got.remove(0), 7.0, "the float before a misaligned tensor must stay untouched");
+        }
+        close(&format!("ema_multi_tensor tensor {t} (len {})", lens[t]), &got, &reference::ema(&k0[t], &q[t], m), 1e-6, 1e-6);
+    }
+}
+
+// ---- queue.cu -------------------------------------------------------------------------------------------------
+
+fn case_enqueue() {
+    let mut rng = StdRng::seed_from_u64(6);
+    // single row; wrap-around; odd C (16-bit pairs across rows); N = K with ptr*C odd
+    for (n, c, kk, ptr) in [(1usize, 10usize, 1usize, 0usize), (3, 7, 10, 8), (5, 3, 5, 3), (37, 10, 37, 5), (3, 5, 4, 1), (30, 9, 200, 190)] {
+        for (dt, suffix) in DTYPES {
+            let before_raw = random(&mut rng, kk * c);
+            let (queue, before) = keys_arg(&before_raw, dt);
+            let keys = random(&mut rng, n * c);
+            let shape = QueueShape::new(n, c, kk, ptr).unwrap();
+            let (kh, _) = normalize(&keys, n, c);
+            let p = QueueParams::new(&shape, dt);
+            let kernel = if dt == 0 { "enqueue_f32" } else { "enqueue_packed16" };
+            let mut a = [Arg::val(&p), Arg::f32(&kh), queue];
+            emu().run("queue.cu", kernel, p.grid(), BLOCK, &mut a);
+            let got: Vec<f32> = match dt {
+                0 => a[2].as_f32(),
+                1 => a[2].as_u16().iter().map(|&b| half::f16::from_bits(b).to_f32()).collect(),
+                _ => a[2].as_u16().iter().map(|&b| half::bf16::from_bits(b).to_f32()).collect(),
+            };
+            let (want, _) = reference::enqueue(&before_raw, &keys, n, c, kk, ptr);
+            let what = format!("enqueue N={n} C={c} K={kk} ptr={ptr} {suffix}");
+            let rtol = [1e-6, 1e-3, 8e-3][dt as usize];
+            for row in 0..kk {
+                let written = (row + kk - ptr) % kk < n;
+                for ch in 0..c {
+                    let i = row * c + ch;
+                    if written {
+                        let err = (got[i] as f64 - want[i]).abs();
+                        assert!(err <= 1e-6 + rtol * want[i].abs(), "{what}: element {i}: got {}, want {}", got[i], want[i]);
+                    } else {
+                        assert_eq!(got[i].to_bits(), before[i].to_bits(), "{what}: untouched element {i} changed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---- conv.cu --------------------------------------------------------------------------------------------------
+
+fn conv_shapes() -> Vec<Conv2dShape> {
+    vec![
+        // stride 2, padding, partial tiles everywhere, K = 27 (one full and one partial 16-deep chunk)
+        Conv2dShape::new(2, 3, 9, 7, 5, 3, 3, 2, 1).unwrap(),
+        // C_out = 70 (two M tiles of forward / backward-weight), KH != KW
+        Conv2dShape::new(1, 4, 6, 5, 70, 3, 2, 1, 1).unwrap(),
+        // C_in = 66 (two M tiles of backward-data), 1x1, N*H*W = 72 (two N tiles)
+        Conv2dShape::new(2, 66, 6, 6, 3, 1, 1, 1, 0).unwrap(),
+    ]
+}
+
+fn case_conv() {
+    let mut rng = StdRng::seed_from_u64(8);
+    for s in conv_shapes() {
+        let (inp, weight, dout) = (random(&mut rng, s.inp_len()), random(&mut rng, s.weight_len()), random(&mut rng, s.out_len()));
+        let (dw0, di0) = (random(&mut rng, s.weight_len()), random(&mut rng, s.inp_len()));
+        let what = format!("conv {s:?}");
+        let p = ConvParams::forward(&s);
+        let mut a = [Arg::val(&p), Arg::f32(&inp), Arg::f32(&weight), Arg::nan(s.out_len())];
+        emu().run("conv.cu", "conv2d_forward", p.grid("conv2d_forward").unwrap(), BLOCK, &mut a);
+        let want = nnref::conv2d_forward(&f64s(&inp), &f64s(&weight), &s);
+        close(&format!("{what} forward"), &a[3].as_f32(), &want, 1e-5, 1e-5);
+
+        let (want_dinp, want_dw) = nnref::conv2d_backward(&f64s(&dout), &f64s(&inp), &f64s(&weight), &s);
+        let wp = ConvParams::backward_weight(&s);
+        let mut a = [Arg::val(&wp), Arg::f32(&inp), Arg::f32(&dout), Arg::f32(&dw0)];
+        emu().run("conv.cu", "conv2d_backward_weight", wp.grid("conv2d_backward").unwrap(), BLOCK, &mut a);
+        let want: Vec<f64> = want_dw.iter().zip(&dw0).map(|(w, &d)| w + d as f64).collect();
+        close(&format!("{what} backward_weight (accumulated)"), &a[3].as_f32(), &want, 1e-5, 1e-5);
+
+        let dp = ConvParams::backward_data(&s);
+        let mut a = [Arg::val(&dp), Arg::f32(&weight), Arg::f32(&dout), Arg::f32(&di0)];
+        emu().run("conv.cu", "conv2d_backward_data", dp.grid("conv2d_backward").unwrap(), BLOCK, &mut a);
+        let want: Vec<f64> = want_dinp.iter().zip(&di0).map(|(w, &d)| w + d as f64).collect();
+        close(&format!("{what} backward_data (accumulated)"), &a[3].as_f32(), &want, 1e-5, 1e-5);
+    }
+}
+
+// ---- norm.cu --------------------------------------------------------------------------------------------------
+
+fn opt_arg(v: Option<&Vec<f32>>) -> Arg {
+    v.map_or(Arg::Null, |v| Arg::f32(v))
+}
+
+/// The launches of `forward_train`, `forward_eval` and `backward` in src/backend/cuda/norm.rs.
+fn case_batchnorm() {
+    let mut rng = StdRng::seed_from_u64(9);
+    // M = (N/G)*HW below 256 (idle threads), above it (several elements per thread); C above one 256-thread block
+    let shapes = [(4usize, 3usize, 70usize, 2usize), (2, 5, 300, 1), (2, 257, 1, 1)];
+    for (si, &(n, c, hw, g)) in shapes.iter().enumerate() {
+        let s = BatchNormShape::new(n, c, hw, g).unwrap().with_eps_momentum(1e-5, 0.1).unwrap();
+        // (affine, epilogue: 0 none, 1 relu, 2 add+relu), cycling through the variants per shape
+        let (affine, epi) = [(true, 2u32), (false, 1), (true, 0)][si];
+        let inp: Vec<f32> = random(&mut rng, s.len()).iter().map(|v| v * 2.0 + 0.5).collect();
+        let gamma = affine.then(|| random(&mut rng, c));
+        let beta = affine.then(|| random(&mut rng, c));
+        let identity = (epi == 2).then(|| random(&mut rng, s.len()));
+        let (rm0, rv0): (Vec<f32>, Vec<f32>) = (random(&mut rng, c), random(&mut rng, c).iter().map(|v| v.abs() + 0.5).collect());
+        let what = format!("batchnorm N={n} C={c} HW={hw} G={g} affine={affine} epilogue={epi}");
+        let mut flags = if affine { norm_flags::GAMMA | norm_flags::BETA } else { 0 };
+        flags |= [0, norm_flags::RELU, norm_flags::RELU | norm_flags::ADD][epi as usize];
+        let p = NormParams::new(&s, flags);
+        let stats = s.stats_len();
+        // bn_stats
+        let mut a = [Arg::val(&p), Arg::f32(&inp), Arg::nan(stats), Arg::nan(stats), Arg::nan(stats)];
+        emu().run("norm.cu", "bn_stats", plan::bn_stat_grid(&s).unwrap(), BLOCK, &mut a);
+        let (mean, rstd, var_gc) = (a[2].as_f32(), a[3].as_f32(), a[4].as_f32());
+        let g64 = gamma.as_ref().map(|v| f64s(v));
+        let b64 = beta.as_ref().map(|v| f64s(v));
+        let id64 = identity.as_ref().map(|v| f64s(v));
+        let r = nnref::batchnorm_forward_train(&f64s(&inp), g64.as_deref(), b64.as_deref(), &f64s(&rm0), &f64s(&rv0), id64.as_deref(), epi > 0, &s);
+        close(&format!("{what} mean"), &mean, &r.mean, 1e-5, 1e-5);
+        close(&format!("{what} rstd"), &rstd, &r.rstd, 1e-5, 1e-4);
+        // bn_running
+        let mut a = [Arg::val(&p), Arg::f32(&mean), Arg::f32(&var_gc), Arg::f32(&rm0), Arg::f32(&rv0)];
+        emu().run("norm.cu", "bn_running", plan::bn_channel_grid(&s), BLOCK, &mut a);
+        close(&format!("{what} running_mean"), &a[3].as_f32(), &r.running_mean, 1e-5, 1e-5);
+        close(&format!("{what} running_var"), &a[4].as_f32(), &r.running_var, 1e-5, 1e-4);
+        // bn_apply (train)
+        let mut a = [Arg::val(&p), Arg::f32(&inp), Arg::nan(s.len()), Arg::f32(&mean), Arg::f32(&rstd), opt_arg(gamma.as_ref()), opt_arg(beta.as_ref()), opt_arg(identity.as_ref())];
+        emu().run("norm.cu", "bn_apply", plan::elem_grid(s.len()), BLOCK, &mut a);
+        let out = a[2].as_f32();
+        close(&format!("{what} out"), &out, &r.out, 1e-4, 1e-4);
+        // bn_apply (eval)
+        let pe = NormParams::new(&s, flags | norm_flags::EVAL);
+        let mut a = [Arg::val(&pe), Arg::f32(&inp), Arg::nan(s.len()), Arg::f32(&rm0), Arg::f32(&rv0), opt_arg(gamma.as_ref()), opt_arg(beta.as_ref()), opt_arg(identity.as_ref())];
+        emu().run("norm.cu", "bn_apply", plan::elem_grid(s.len()), BLOCK, &mut a);
+        let want = nnref::batchnorm_forward_eval(&f64s(&inp), g64.as_deref(), b64.as_deref(), &f64s(&rm0), &f64s(&rv0), id64.as_deref(), epi > 0, &s);
+        close(&format!("{what} eval out"), &a[2].as_f32(), &want, 1e-4, 1e-4);
+        // backward: sums, coefficients, dx (accumulating into dinp, dgamma, dbeta, didentity)
+        let dout = random(&mut rng, s.len());
+        let mut bflags = if affine { norm_flags::GAMMA | norm_flags::DGAMMA | norm_flags::DBETA } else { 0 };
+        bflags |= [0, norm_flags::RELU, norm_flags::RELU | norm_flags::ADD][epi as usize];
+        let pb = NormParams::new(&s, bflags);
+        let y = (epi > 0).then(|| out.clone());
+        let mut a = [Arg::val(&pb), Arg::f32(&inp), Arg::f32(&dout), opt_arg(y.as_ref()), Arg::nan(stats * 2), Arg::f32(&mean), Arg::f32(&rstd)];
+        emu().run("norm.cu", "bn_backward_sums", plan::bn_stat_grid(&s).unwrap(), BLOCK, &mut a);
+        let sums = a[4].as_f32();
+        let (dg0, db0) = (random(&mut rng, c), random(&mut rng, c));
+        let dgb = affine.then(|| (dg0.clone(), db0.clone()));
+        let mut a = [Arg::val(&pb), opt_arg(gamma.as_ref()), Arg::f32(&sums), Arg::nan(stats * 3), opt_arg(dgb.as_ref().map(|d| &d.0)), opt_arg(dgb.as_ref().map(|d| &d.1)), Arg::f32(&rstd)];
+        emu().run("norm.cu", "bn_backward_coef", plan::bn_channel_grid(&s), BLOCK, &mut a);
+        let coef = a[3].as_f32();
+        let grads = nnref::batchnorm_backward(&f64s(&dout), &f64s(&inp), g64.as_deref(), b64.as_deref(), id64.as_deref(), epi > 0, &s);
+        if affine {
+            let want: Vec<f64> = grads.dgamma.iter().zip(&dg0).map(|(w, &d)| w + d as f64).collect();
+            close(&format!("{what} dgamma"), &a[4].as_f32(), &want, 1e-4, 1e-4);
+            let want: Vec<f64> = grads.dbeta.iter().zip(&db0).map(|(w, &d)| w + d as f64).collect();
+            close(&format!("{what} dbeta"), &a[5].as_f32(), &want, 1e-4, 1e-4);
+        }
+        let (di0, did0) = (random(&mut rng, s.len()), random(&mut rng, s.len()));
+        let mut a = [Arg::val(&pb), Arg::f32(&inp), Arg::f32(&dout), opt_arg(y.as_ref()), Arg::f32(&coef), Arg::f32(&di0), if epi == 2 { Arg::f32(&did0) } else { Arg::Null }, Arg::f32(&mean)];
+        emu().run("norm.cu", "bn_backward_dx", plan::elem_grid(s.len()), BLOCK, &mut a);
+        let want: Vec<f64> = grads.dinp.iter().zip(&di0).map(|(w, &d)| w + d as f64).collect();
+        close(&format!("{what} dinp"), &a[5].as_f32(), &want, 1e-4 * max_abs(&grads.dinp).max(1.0), 1e-4);
+        if epi == 2 {
+            let want: Vec<f64> = grads.didentity.iter().zip(&did0).map(|(w, &d)| w + d as f64).collect();
+            close(&format!("{what} didentity"), &a[6].as_f32(), &want, 1e-6, 1e-6);
+        }
+    }
+}
+
+// ---- pool.cu --------------------------------------------------------------------------------------------------
+
+fn case_maxpool() {
+    let mut rng = StdRng::seed_from_u64(10);
+    // stride 2 with padding (ResNet's stem), k = 2 with pad 1 (output larger than half), stride 1
+    for s in [MaxPool2dShape::new(2, 3, 7, 6, 3, 2, 1).unwrap(), MaxPool2dShape::new(1, 2, 5, 5, 2, 2, 1).unwrap(), MaxPool2dShape::new(1, 1, 4, 3, 3, 1, 1).unwrap()] {
+        let inp = random(&mut rng, s.inp_len());
+        let p = PoolParams::maxpool(&s);
+        let mut a = [Arg::val(&p), Arg::f32(&inp), Arg::nan(s.out_len()), Arg::nan(s.out_len())];
+        emu().run("pool.cu", "maxpool_forward", plan::elem_grid(s.out_len()), BLOCK, &mut a);
+        let (want, want_arg) = nnref::maxpool2d_forward(&f64s(&inp), &s);
+        let what = format!("maxpool {s:?}");
+        close(&format!("{what} forward"), &a[2].as_f32(), &want, 0.0, 0.0);
+        let argmax = a[3].as_u32();
+        assert_eq!(argmax, want_arg, "{what} argmax");
+        let (dout, di0) = (random(&mut rng, s.out_len()), random(&mut rng, s.inp_len()));
+        let mut a = [Arg::val(&p), Arg::u32(&argmax), Arg::f32(&dout), Arg::f32(&di0)];
+        emu().run("pool.cu", "maxpool_backward", plan::elem_grid(s.inp_len()), BLOCK, &mut a);
+        let want: Vec<f64> = nnref::maxpool2d_backward(&f64s(&dout), &f64s(&inp), &s).iter().zip(&di0).map(|(w, &d)| w + d as f64).collect();
+        close(&format!("{what} backward (accumulated)"), &a[3].as_f32(), &want, 1e-6, 1e-6);
+    }
+}
+
+fn case_avgpool() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for s in [GlobalAvgPoolShape::new(3, 100, 5).unwrap(), GlobalAvgPoolShape::new(1, 1, 49).unwrap()] {
+        let inp = random(&mut rng, s.n * s.c * s.hw);
+        let p = PoolParams::avgpool(&s).unwrap();
+        let mut a = [Arg::val(&p), Arg::f32(&inp), Arg::nan(s.n * s.c)];
+        emu().run("pool.cu", "avgpool_forward", plan::elem_grid(s.n * s.c), BLOCK, &mut a);
+        close(&format!("avgpool {s:?} forward"), &a[2].as_f32(), &nnref::global_avgpool_forward(&f64s(&inp), &s), 1e-6, 1e-5);
+        let (dout, di0) = (random(&mut rng, s.n * s.c), random(&mut rng, s.n * s.c * s.hw));
+        let mut a = [Arg::val(&p), Arg::f32(&dout), Arg::f32(&di0)];
+        emu().run("pool.cu", "avgpool_backward", plan::elem_grid(s.n * s.c * s.hw), BLOCK, &mut a);
+        let want: Vec<f64> = nnref::global_avgpool_backward(&f64s(&dout), &s).iter().zip(&di0).map(|(w, &d)| w + d as f64).collect();
+        close(&format!("avgpool {s:?} backward (accumulated)"), &a[2].as_f32(), &want, 1e-6, 1e-5);
+    }
+}
+
+fn gemm(g: &GemmLaunch, a: &[f32], b: &[f32], c: Arg, bias: Option<&Vec<f32>>) -> Vec<f32> {
+    let mut args = [Arg::val(&g.params), Arg::f32(a), Arg::f32(b), c, opt_arg(bias)];
+    emu().run("pool.cu", "gemm", g.grid, g.block, &mut args);
+    args[3].as_f32()
+}
+
+/// `linear_forward` / `linear_backward` of src/backend/cuda/pool.rs: three strided GEMMs and `bias_backward`.
+fn case_linear() {
+    let mut rng = StdRng::seed_from_u64(12);
+    // partial 16-tiles on every axis; K = 16 exactly; N = 1
+    for (n, in_f, out_f) in [(5usize, 37usize, 20usize), (17, 16, 33), (1, 3, 1)] {
+        let s = LinearShape::new(n, in_f, out_f).unwrap();
+        let (inp, weight, bias, dout) = (random(&mut rng, n * in_f), random(&mut rng, out_f * in_f), random(&mut rng, out_f), random(&mut rng, n * out_f));
+        let what = format!("linear N={n} IN={in_f} OUT={out_f}");
+        for with_bias in [true, false] {
+            let b = with_bias.then(|| bias.clone());
+            let out = gemm(&GemmLaunch::linear_forward(&s, with_bias).unwrap(), &inp, &weight, Arg::nan(n * out_f), b.as_ref());
+            let b64 = b.as_ref().map(|v| f64s(v));
+            close(&format!("{what} forward bias={with_bias}"), &out, &nnref::linear_forward(&f64s(&inp), &f64s(&weight), b64.as_deref(), &s), 1e-5, 1e-5);
+        }
+        let (want_dinp, want_dw, want_db) = nnref::linear_backward(&f64s(&dout), &f64s(&inp), &f64s(&weight), &s);
+        let (di0, dw0, db0) = (random(&mut rng, n * in_f), random(&mut rng, out_f * in_f), random(&mut rng, out_f));
+        let acc = |w: &[f64], d: &[f32]| -> Vec<f64> { w.iter().zip(d).map(|(w, &d)| w + d as f64).collect() };
+        let dinp = gemm(&GemmLaunch::linear_backward_data(&s).unwrap(), &dout, &weight, Arg::f32(&di0), None);
+        close(&format!("{what} dinp (accumulated)"), &dinp, &acc(&want_dinp, &di0), 1e-5, 1e-5);
+        let dw = gemm(&GemmLaunch::linear_backward_weight(&s).unwrap(), &dout, &inp, Arg::f32(&dw0), None);
+        close(&format!("{what} dweight (accumulated)"), &dw, &acc(&want_dw, &dw0), 1e-5, 1e-5);
+        let (p, grid) = PoolParams::bias_backward(&s);
+        let mut a = [Arg::val(&p), Arg::f32(&dout), Arg::f32(&db0)];
+        emu().run("pool.cu", "bias_backward", grid, BLOCK, &mut a);
+        close(&format!("{what} dbias (accumulated)"), &a[2].as_f32(), &acc(&want_db, &db0), 1e-5, 1e-5);
+    }
+}
+
+fn case_eltwise() {
+    let mut rng = StdRng::seed_from_u64(13);
+    for len in [1usize, 300] {
+        let (x, y, d0) = (random(&mut rng, len), random(&mut rng, len), random(&mut rng, len));
+        let p = PoolParams::eltwise(len);
+        let grid = plan::elem_grid(len);
+        let mut a = [Arg::val(&p), Arg::f32(&x), Arg::nan(len)];
+        emu().run("pool.cu", "relu_forward", grid, BLOCK, &mut a);
+        let out = a[2].as_f32();
+        close(&format!("relu_forward len {len}"), &out, &nnref::relu_forward(&f64s(&x)), 0.0, 0.0);
+        let mut a = [Arg::val(&p), Arg::f32(&out), Arg::f32(&y), Arg::f32(&d0)];
+        emu().run("pool.cu", "relu_backward", grid, BLOCK, &mut a);
+        let want: Vec<f64> = nnref::relu_backward(&f64s(&y), &f64s(&out)).iter().zip(&d0).map(|(w, &d)| w + d as f64).collect();
+        close(&format!("relu_backward len {len} (accumulated)"), &a[3].as_f32(), &want, 1e-7, 1e-7);
+        let mut a = [Arg::val(&p), Arg::f32(&x), Arg::nan(len), Arg::f32(&y)];
+        emu().run("pool.cu", "add_forward", grid, BLOCK, &mut a);
+        close(&format!("add_forward len {len}"), &a[2].as_f32(), &nnref::add_forward(&f64s(&x), &f64s(&y)), 1e-7, 1e-7);
+    }
+}
+
+// ---- optim.cu -------------------------------------------------------------------------------------------------
+
+/// Tolerance of the optimiser steps: the kernels follow the CPU references' f32 arithmetic.
+const OPT_RTOL: f64 = 8.0 * f32::EPSILON as f64;
+
+fn case_sgd() {
+    let mut rng = StdRng::seed_from_u64(14);
+    let configs = [SgdConfig::new(0.1, 0.0, 1e-2), SgdConfig::new(0.1, 0.9, 1e-4).with_nesterov(true), SgdConfig { lr: 0.05, momentum: 0.5, dampening: 0.3, weight_decay: 0.0, nesterov: false }];
+    for (ci, config) in configs.iter().enumerate() {
+        // more elements than the 2048-block grid covers on one config (grid-stride loop)
+        let len = if ci == 1 { 2048 * 256 + 77 } else { 1000 };
+        for first in [true, false] {
+            let (p0, g, m0) = (random(&mut rng, len), random(&mut rng, len), random(&mut rng, len));
+            let u = sgd_params(config, len, first).unwrap();
+            let (groups, _) = elementwise_grid(len);
+            let mom = if config.momentum == 0.0 { Arg::Null } else { Arg::f32(&m0) };
+            let mut a = [Arg::val(&u), Arg::f32(&p0), Arg::f32(&g), mom];
+            emu().run("optim.cu", "sgd_step", (groups, 1, 1), BLOCK, &mut a);
+            let (mut p, mut m) = (p0.clone(), m0.clone());
+            moco::optim::sgd_step(&mut p, &mut m, &g, config, first).unwrap();
+            let what = format!("sgd {config:?} len {len} first {first}");
+            close(&format!("{what} params"), &a[1].as_f32(), &f64s(&p), 1e-7, OPT_RTOL);
+            if config.momentum != 0.0 {
+                close(&format!("{what} momentum"), &a[3].as_f32(), &f64s(&m), 1e-7, OPT_RTOL);
+            }
+            if ci == 1 {
+                break;
+            }
+        }
+    }
+}
+
+fn case_adamw() {
+    let mut rng = StdRng::seed_from_u64(15);
+    for (config, step) in [(AdamWConfig::new(1e-3, 0.1), 1u64), (AdamWConfig { lr: 1e-2, beta1: 0.5, beta2: 0.9, eps: 1e-3, weight_decay: 0.0 }, 7)] {
+        let len = 777;
+        let (p0, g, m0) = (random(&mut rng, len), random(&mut rng, len), random(&mut rng, len));
+        let v0: Vec<f32> = random(&mut rng, len).iter().map(|v| v.abs()).collect();
+        let u = adamw_params(&config, len, step).unwrap();
+        let (groups, _) = elementwise_grid(len);
+        let mut a = [Arg::val(&u), Arg::f32(&p0), Arg::f32(&g), Arg::f32(&m0), Arg::f32(&v0)];
+        emu().run("optim.cu", "adamw_step", (groups, 1, 1), BLOCK, &mut a);
+        let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
+        moco::optim::adamw_step(&mut p, &mut m, &mut v, &g, &config, step).unwrap();
+        let what = format!("adamw {config:?} step {step}");
+        close(&format!("{what} params"), &a[1].as_f32(), &f64s(&p), 1e-7, OPT_RTOL);
+        close(&format!("{what} exp_avg"), &a[3].as_f32(), &f64s(&m), 1e-7, OPT_RTOL);
+        close(&format!("{what} exp_avg_sq"), &a[4].as_f32(), &f64s(&v), 1e-7, OPT_RTOL);
+    }
+}
+
+/// `lars_step` of src/backend/cuda/optim.rs: partial norms per segment, norms per span, update per segment.
+fn case_lars() {
+    let mut rng = StdRng::seed_from_u64(16);
+    // a span over two LARS_CHUNK segments, 1-d spans (no norms), a span of one element, a zero-gradient matrix
+    let lens = [(7usize, 1usize), (4097, 2), (1, 1), (300, 4), (64, 2)];
+    let mut spans = Vec::new();
+    let mut off = 0;
+    for &(len, ndim) in &lens {
+        spans.push(ParamSpan { offset: off, len, ndim });
+        off += len;
+    }
+    let spans = ParamSpans::new(spans).unwrap();
+    let len = spans.len();
+    let config = LarsConfig { lr: 0.3, weight_decay: 1e-2, momentum: 0.9, trust_coefficient: 0.001 };
+    let (p0, mu0) = (random(&mut rng, len), random(&mut rng, len));
+    let mut g = random(&mut rng, len);
+    let last = spans.spans().last().unwrap().range();
+    g[last].iter_mut().for_each(|x| *x = 0.0);
+    let (segs, table) = lars_tables(&spans);
+    let flat = |t: &[[u32; 4]]| t.iter().flatten().copied().collect::<Vec<u32>>();
+    let u = lars_params(&config, len);
+    let up = moco::backend::wgpu::optim::OptimParams { count: segs.len() as u32, ..u };
+    let us = moco::backend::wgpu::optim::OptimParams { count: table.len() as u32, ..u };
+    let mut a = [Arg::val(&up), Arg::f32(&p0), Arg::f32(&g), Arg::u32(&flat(&segs)), Arg::nan(2 * segs.len())];
+    emu().run("optim.cu", "lars_partial_norms", (segs.len() as u32, 1, 1), BLOCK, &mut a);
+    let partials = a[4].as_f32();
+    let mut a = [Arg::val(&us), Arg::u32(&flat(&table)), Arg::f32(&partials), Arg::nan(2 * table.len())];
+    emu().run("optim.cu", "lars_span_norms", (table.len() as u32, 1, 1), BLOCK, &mut a);
+    let norms = a[3].as_f32();
+    let mut want_norms = vec![[0.0f64; 2]; table.len()];
+    moco::optim::lars_norms(&mut want_norms, &p0, &g, &spans, config.weight_decay).unwrap();
+    close("lars norms_sq", &norms, &want_norms.iter().flatten().copied().collect::<Vec<_>>(), 1e-30, 1e-5);
+    let mut a = [Arg::val(&up), Arg::f32(&p0), Arg::f32(&g), Arg::f32(&mu0), Arg::u32(&flat(&segs)), Arg::f32(&norms)];
+    emu().run("optim.cu", "lars_update", (segs.len() as u32, 1, 1), BLOCK, &mut a);
+    let (mut p, mut mu) = (p0.clone(), mu0.clone());
+    moco::optim::lars_update(&mut p, &mut mu, &g, &want_norms, &spans, &config).unwrap();
+    // the trust ratio comes from f32 norms here and f64 norms in the reference
+    close("lars mu", &a[3].as_f32(), &f64s(&mu), 1e-6, 1e-5);
+    close("lars params", &a[1].as_f32(), &f64s(&p), 1e-6, 1e-5);
+}
+
+// ---- the test ---------------------------------------------------------------------------------------------------
+
+type Case = (&'static str, fn());
+
+const CASES: &[Case] = &[
+    ("contrastive: normalize_rows", case_normalize_rows),
+    ("contrastive: logits", case_logits),
+    ("contrastive: infonce", case_infonce),
+    ("contrastive: moco_v3", case_moco_v3),
+    ("ema: ema_update", case_ema_update),
+    ("ema: ema_multi_tensor", case_ema_multi_tensor),
+    ("queue: enqueue", case_enqueue),
+    ("conv: conv2d", case_conv),
+    ("norm: batchnorm", case_batchnorm),
+    ("pool: maxpool", case_maxpool),
+    ("pool: avgpool", case_avgpool),
+    ("pool: linear", case_linear),
+    ("pool: eltwise", case_eltwise),
+    ("optim: sgd", case_sgd),
+    ("optim: adamw", case_adamw),
+    ("optim: lars", case_lars),
+];
+
+#[test]
+fn every_kernel_runs_against_the_cpu_reference() {
+    if !available("every_kernel_runs_against_the_cpu_reference") {
+        return;
+    }
+    let filter = std::env::var("MOCO_EMU_FILTER").ok();
+    let cases: Vec<&Case> = CASES.iter().filter(|(name, _)| filter.as_deref().is_none_or(|f| name.contains(f))).collect();
+    let started = std::time::Instant::now();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failures = std::sync::Mutex::new(Vec::new());
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&&(name, case)) = cases.get(i) else { break };
+                let t = std::time::Instant::now();
+                match std::panic::catch_unwind(case) {
+                    Ok(()) => eprintln!("cuda_emulated: {name}: ok ({:.1} s)", t.elapsed().as_secs_f64()),
+                    Err(e) => {
+                        let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                        eprintln!("cuda_emulated: {name}: FAILED");
+                        failures.lock().unwrap().push(format!("{name}: {msg}"));
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    let executed = emu().executed();
+    eprintln!("cuda_emulated: {} launches of {} kernels in {:.1} s", executed.values().sum::<usize>(), executed.len(), started.elapsed().as_secs_f64());
+    assert!(failures.is_empty(), "{} emulated case(s) failed:\n\n{}", failures.len(), failures.join("\n\n"));
+    if filter.is_some() {
+        eprintln!("cuda_emulated: MOCO_EMU_FILTER set: coverage not checked");
+        return;
+    }
+    let all = cuda_emu::all_kernels().unwrap();
+    let missing: Vec<&String> = all.iter().filter(|k| !executed.contains_key(*k)).collect();
+    assert!(missing.is_empty(), "kernels in kernels/ never executed by the emulated test (add a case to tests/cuda_emulated.rs): {missing:?}");
+    // the host launches exactly the kernels the files define
+    let host: std::collections::BTreeSet<String> = moco::backend::cuda::kernel_entry_points().iter().flat_map(|(f, ks)| ks.iter().map(move |k| format!("{f}/{k}"))).collect();
+    assert_eq!(host, all, "cuda::kernel_entry_points() and the kernels found in kernels/ differ");
+}
+
+/// The emulator itself: an out-of-bounds global or shared read is reported by AddressSanitizer, a missing barrier
+/// gives a wrong result, warp shuffles and votes are right, and barrier misuse is reported.
+#[test]
+fn emulator_catches_broken_kernels() {
+    if !available("emulator_catches_broken_kernels") {
+        return;
+    }
+    let cu = cuda_emu::root().join("tests/cuda_emu/selftest.cu");
+    let cu = cu.to_str().unwrap();
+    let e = emu();
+    let x: Vec<f32> = (0..256).map(|i| i as f32 + 1.0).collect();
+
+    let mut a = [Arg::val(&100u32), Arg::f32(&x[..100]), Arg::nan(100)];
+    let err = e.launch(cu, "oob_read", (1, 1, 1), (256, 1, 1), &mut a).expect_err("an out-of-bounds read must fail");
+    assert!(err.contains("heap-buffer-overflow") && err.contains("selftest.cu"), "ASan must report the read past the buffer:\n{err}");
+
+    let mut a = [Arg::val(&1u32), Arg::nan(64)];
+    let err = e.launch(cu, "shared_oob", (1, 1, 1), (64, 1, 1), &mut a).expect_err("an out-of-bounds shared read must fail");
+    assert!(err.contains("global-buffer-overflow"), "ASan must report the shared read past the array:\n{err}");
+    let mut a = [Arg::val(&0u32), Arg::nan(64)];
+    e.run(cu, "shared_oob", (1, 1, 1), (64, 1, 1), &mut a);
+    assert_eq!(a[1].as_f32(), (0..64).map(|i| i as f32).collect::<Vec<_>>());
+
+    let want: Vec<f32> = x.iter().rev().copied().collect();
+    let mut a = [Arg::f32(&x), Arg::nan(256)];
+    e.run(cu, "reverse_sync", (2, 1, 1), (256, 1, 1), &mut a);
+    assert_eq!(a[1].as_f32(), want, "reverse with a barrier");
+    let mut a = [Arg::f32(&x), Arg::nan(256)];
+    e.run(cu, "reverse_nosync", (1, 1, 1), (256, 1, 1), &mut a);
+    assert_ne!(a[1].as_f32().iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "a missing barrier must give a wrong result");
+
+    let chunks = 3u32;
+    let xs: Vec<f32> = (0..64 * chunks).map(|i| (i % 7) as f32).collect();
+    let want_war: Vec<f32> = vec![(0..chunks as usize).map(|c| (0..64).map(|j| xs[c * 64 + j] * (j + 1) as f32).sum::<f32>()).sum(); 64];
+    let mut a = [Arg::val(&chunks), Arg::f32(&xs), Arg::nan(64)];
+    e.run(cu, "tile_war", (1, 1, 1), (64, 1, 1), &mut a);
+    assert_ne!(a[2].as_f32(), want_war, "a missing second barrier in a tiled loop must give a wrong result");
+
+    let xw: Vec<f32> = (0..128).map(|i| if i % 3 == 0 { -(i as f32) } else { i as f32 * 0.5 }).collect();
+    let mut a = [Arg::f32(&xw), Arg::nan(128 * 3), Arg::nan(4)];
+    e.run(cu, "warp_ops", (1, 1, 1), (128, 1, 1), &mut a);
+    let sums = a[1].as_f32();
+    let ballots = a[2].as_u32();
+    for w in 0..4 {
+        let s: f32 = xw[w * 32..w * 32 + 32].iter().sum();
+        let ballot = (0..32).fold(0u32, |b, l| b | (((xw[w * 32 + l] > 0.0) as u32) << l));
+        assert_eq!(ballots[w], ballot, "ballot of warp {w}");
+        for l in 0..32 {
+            let t = w * 32 + l;
+            assert!((sums[t * 3] - s).abs() <= 1e-3 && (sums[t * 3 + 1] - s).abs() <= 1e-3, "warp {w} lane {l}: sums {} {} vs {s}", sums[t * 3], sums[t * 3 + 1]);
+            assert_eq!(sums[t * 3 + 2], xw[w * 32 + 7], "shfl_sync broadcast of lane 7");
+        }
+    }
+
+    let err = e.launch(cu, "early_exit_barrier", (1, 1, 1), (64, 1, 1), &mut [Arg::nan(64)]).expect_err("a barrier after an early return must fail");
+    assert!(err.contains("after some threads of the block returned"), "{err}");
+    let err = e.launch(cu, "split_barriers", (1, 1, 1), (64, 1, 1), &mut [Arg::nan(64)]).expect_err("threads at different barriers must fail");
+    assert!(err.contains("different __syncthreads"), "{err}");
+    let err = e.launch(cu, "shared_oob", (1, 1, 1), (128, 1, 1), &mut [Arg::val(&0u32), Arg::nan(128)]).expect_err("a block over __launch_bounds__ must fail");
+    assert!(err.contains("__launch_bounds__(64)"), "{err}");
+    let err = e.launch(cu, "reverse_sync", (1, 1, 1), (256, 1, 1), &mut [Arg::val(&1u32), Arg::nan(256)]).expect_err("a value where a pointer is expected must fail");
+    assert!(err.contains("is a pointer"), "{err}");
+}
