@@ -7,6 +7,8 @@
 #   MOCO_REQUIRE_WGPU=1          fail (not skip) when no wgpu adapter is found (CI sets it)
 #   MOCO_REQUIRE_CUDA_COMPILE=1  fail when NVRTC/ptxas or g++ are missing (default here: 1)
 #   MOCO_PROPTEST_CASES=N        proptest cases per property (default 24)
+#   MOCO_FEATURE_MATRIX=0        skip the feature matrix (--no-default-features alone, + wgpu, + cuda) that runs
+#                                after the default test when no arguments are given
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,3 +39,12 @@ mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 
 log "cargo test --release $*"
 cargo test --release "$@"
+
+# The feature matrix (only for the plain command, not when arguments select tests): the kernels alone with no
+# GPU or trainer crates, and each GPU backend alone, each built and tested on its own.
+if [ "$#" -eq 0 ] && [ "${MOCO_FEATURE_MATRIX:-1}" = "1" ]; then
+    for features in "" "wgpu" "cuda"; do
+        log "cargo test --release --no-default-features ${features:+--features $features}"
+        cargo test --release --no-default-features ${features:+--features "$features"}
+    done
+fi

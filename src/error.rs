@@ -73,6 +73,7 @@ impl From<cudarc::driver::DriverError> for Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// `Ok` when a buffer holds `expected` elements, else [`Error::Shape`] naming it.
+#[cfg_attr(not(all(feature = "wgpu", feature = "train")), allow(dead_code))]
 pub(crate) fn check_len_eq(op: &'static str, what: &str, expected: usize, got: usize) -> Result<()> {
     if expected != got {
         return Err(Error::shape(op, format!("{what} of {expected} elements"), format!("{got} elements")));

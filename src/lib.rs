@@ -41,4 +41,4 @@ pub use backend::{AnyBackend, Backend, BackendKind, Cpu, InfoNceStats, QueueDims
 #[cfg(feature = "wgpu")]
 pub use backend::Wgpu;
 pub use error::{Error, Result};
-pub use shape::{EmaShape, InfoNceShape, LogitsShape, QueueDType, QueueShape, SymmetricShape};
+pub use shape::{EmaShape, InfoNceShape, LogitsShape, QueueDType, QueueShape, SymmetricShape, MAX_TEMPERATURE, MIN_TEMPERATURE};

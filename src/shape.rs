@@ -4,22 +4,22 @@
 //! The fields are private: a shape exists only through its constructor, so neither a struct literal nor
 //! struct-update syntax can make an invalid one. Each of these is a compile error:
 //!
-//! ```compile_fail
+//! ```compile_fail,E0451
 //! let s = moco::InfoNceShape::new(4, 8, 16, 0.2).unwrap();
 //! let bad = moco::InfoNceShape { n: 0, ..s };
 //! ```
-//! ```compile_fail
+//! ```compile_fail,E0451
 //! let bad = moco::LogitsShape { n: 9, c: 8, k: 4 };
 //! ```
-//! ```compile_fail
+//! ```compile_fail,E0451
 //! let s = moco::SymmetricShape::new(4, 8, 0.2).unwrap();
 //! let bad = moco::SymmetricShape { temperature: f32::NAN, ..s };
 //! ```
-//! ```compile_fail
+//! ```compile_fail,E0451
 //! let s = moco::QueueShape::new(4, 8, 16, 0).unwrap();
 //! let bad = moco::QueueShape { ptr: 99, ..s };
 //! ```
-//! ```compile_fail
+//! ```compile_fail,E0451
 //! let bad = moco::EmaShape { len: 4, momentum: 1.5 };
 //! ```
 //! while the constructors and getters work:

@@ -594,8 +594,8 @@ fn case_lars() {
     let (segs, table) = lars_tables(&spans);
     let flat = |t: &[[u32; 4]]| t.iter().flatten().copied().collect::<Vec<u32>>();
     let u = lars_params(&config, len);
-    let up = moco::backend::wgpu::optim::OptimParams { count: segs.len() as u32, ..u };
-    let us = moco::backend::wgpu::optim::OptimParams { count: table.len() as u32, ..u };
+    let up = moco::backend::optim_params::OptimParams { count: segs.len() as u32, ..u };
+    let us = moco::backend::optim_params::OptimParams { count: table.len() as u32, ..u };
     let mut a = [Arg::val(&up), Arg::f32(&p0), Arg::f32(&g), Arg::u32(&flat(&segs)), Arg::nan(2 * segs.len())];
     emu().run("optim.cu", "lars_partial_norms", (segs.len() as u32, 1, 1), BLOCK, &mut a);
     let partials = a[4].as_f32();

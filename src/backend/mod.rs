@@ -67,6 +67,26 @@ pub trait QueueDims {
 /// Buffers are passed as anything that borrows the backend's [`Backend::Buffer`]: on the CPU that is `[f32]`, so a
 /// framework's own `&[f32]` / `&mut [f32]` (or a `Vec<f32>`) go in with no copy; on wgpu a [`WgpuBuffer`], on
 /// CUDA a `CudaSlice<f32>`.
+///
+/// ```
+/// use moco::{Backend, BackendKind, Cpu, InfoNceShape, QueueDType, QueueShape};
+/// let (n, c, k) = (2, 4, 8);
+/// // a framework's own storage: sub-slices are read and written in place
+/// let (q, key) = (vec![0.5f32; n * c], vec![0.25f32; n * c]);
+/// let mut grads = vec![0.0f32; 2 * n * c];
+/// let mut row_loss = [0.0f32; 2];
+/// let queue_ck: Vec<f32> = (0..c * k).map(|i| (i as f32).sin()).collect();
+/// let mut queue = Cpu.queue_from_ck(&queue_ck, c, k, QueueDType::F32)?; // official [C, K] in, [K, C] kept
+/// let shape = InfoNceShape::new(n, c, k, 0.2)?;
+/// let stats = Cpu.infonce(&mut grads[n * c..], &mut row_loss[..], &q[..], &key[..], &queue, &shape)?;
+/// assert!(stats.loss.is_finite() && Cpu.kind() == BackendKind::Cpu);
+/// let ptr = Cpu.enqueue(&mut queue, &key[..], &QueueShape::new(n, c, k, 0)?)?;
+/// assert_eq!((ptr, Cpu.queue_to_ck(&queue)?.len()), (2, c * k));
+/// // a queue of the right element count but the wrong K and C is rejected
+/// let transposed = Cpu.queue_from_f32(&vec![0.0; c * k], c, k, QueueDType::F32)?;
+/// assert!(Cpu.infonce(&mut grads[..n * c], &mut row_loss[..], &q[..], &key[..], &transposed, &shape).is_err());
+/// # Ok::<(), moco::Error>(())
+/// ```
 pub trait Backend {
     /// An f32 buffer on the device, as the ops borrow it (`[f32]` on the CPU).
     type Buffer: ?Sized;
