@@ -9,8 +9,10 @@
 //! coverage check is then skipped). Needs a C++17 compiler with AddressSanitizer (`g++`, or `CXX`); without one the
 //! tests print why and pass, unless `CI` or `MOCO_REQUIRE_CUDA_COMPILE=1` is set, when they fail.
 
+mod common;
 mod cuda_emu;
 
+use common::{uniform as random, unit_rows};
 use cuda_emu::{emu, Arg};
 use moco::backend::cpu::nn::{reference as nnref, BatchNormShape, Conv2dShape, GlobalAvgPoolShape, LinearShape, MaxPool2dShape};
 use moco::backend::cpu::reference;
@@ -19,7 +21,7 @@ use moco::backend::optim_params::{adamw_params, elementwise_grid, lars_params, l
 use moco::optim::{AdamWConfig, LarsConfig, ParamSpan, ParamSpans, SgdConfig};
 use moco::{EmaShape, QueueShape};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 const BLOCK: (u32, u32, u32) = (plan::CUDA_BLOCK, 1, 1);
 
@@ -39,18 +41,6 @@ fn available(test: &str) -> bool {
     }
 }
 
-fn random(rng: &mut StdRng, len: usize) -> Vec<f32> {
-    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-}
-
-fn unit_rows(rng: &mut StdRng, rows: usize, c: usize) -> Vec<f32> {
-    let mut v = random(rng, rows * c);
-    for r in v.chunks_mut(c) {
-        let n = r.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-        r.iter_mut().for_each(|x| *x /= n);
-    }
-    v
-}
 
 fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()

@@ -11,9 +11,13 @@ pub const OPTIM_WORKGROUPS: u32 = 2048;
 /// span. `LARS_CHUNK` of `kernels/optim.cu` must match (the WGSL reads the segment table instead).
 pub const LARS_CHUNK: usize = 4096;
 
+/// `OptimParams.flags`: the first step (SGD's momentum buffer starts as the gradient)
 pub const FLAG_FIRST_STEP: u32 = 1;
+/// `OptimParams.flags`: Nesterov momentum
 pub const FLAG_NESTEROV: u32 = 2;
+/// `OptimParams.flags`: momentum != 0 (a momentum buffer is read and written)
 pub const FLAG_MOMENTUM: u32 = 4;
+/// `OptimParams.flags`: decoupled weight decay (AdamW)
 pub const FLAG_DECOUPLED: u32 = 8;
 
 /// `struct OptimParams` of `shaders/optim.wgsl` (the uniform block) and `kernels/optim.cu` (passed by value):
