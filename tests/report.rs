@@ -126,7 +126,7 @@ fn plot_writes_a_png_of_the_right_size() {
     let loss: Vec<(f64, f64)> = (0..500).map(|s| (s as f64, 9.0 * (-(s as f64) / 200.0).exp() + 0.3 * ((s * 7919 % 101) as f64 / 101.0))).collect();
     let knn: Vec<(f64, f64)> = (1..=20).map(|e| (e as f64, 0.1 + 0.7 * (1.0 - (-(e as f64) / 6.0).exp()))).chain([(21.0, f64::NAN)]).collect();
     let path = dir.join("sub/curves.png");
-    let opts = PlotOptions { title: "MoCo v2 / ResNet-18 / CIFAR-10".into(), width: 900, height: 700, smooth: 0 };
+    let opts = PlotOptions { title: "MoCo v2 / ResNet-18 / CIFAR-10".into(), width: 900, height: 700, smooth: 0, queue_full_step: Some(8.0), batch_size: Some(64) };
     plot_training(&path, &loss, &knn, &opts).unwrap();
     let img = image::open(&path).unwrap();
     assert_eq!((img.width(), img.height()), (900, 700));
