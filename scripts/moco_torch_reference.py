@@ -250,7 +250,8 @@ def main():
     ap.add_argument("--knn-k", type=int, default=200)
     ap.add_argument("--knn-t", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    # one thread: on shared cores, OpenMP's spinning threads made a step 5-10x slower than one thread (measured)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="JSONL log, one line per epoch")
     args = ap.parse_args()
     args.cos = not args.no_cosine
