@@ -159,6 +159,8 @@ fn interrupted_and_resumed_run_is_bit_identical_on_cpu() {
     let opts3 = RunOptions { out_dir: d2.clone(), no_knn: true, resume: true, ..RunOptions::default() };
     let s3 = train::train(&cfg, &mut e3, tr, te, aug, &opts3).unwrap();
     assert_eq!(s3.global_step, 8);
+    // where it resumed (the run prints this line with `verbose`)
+    assert_eq!(s3.resumed_from, Some(train::state_file::Progress { epoch: 0, step: 3, global_step: 3 }));
     let (a, b) = (e1.state().unwrap(), e3.state().unwrap());
     assert!(a == b, "resumed run differs from the uninterrupted one");
     assert_eq!(&s1.losses[3..], &s3.losses[..], "losses after the resume point");
