@@ -27,9 +27,9 @@ use std::time::Instant;
 /// The embedded default (no `--data`): chosen so that training ends in under 3 minutes on 2 CPU cores with a
 /// clear kNN gain over the random init (README, "What you see").
 mod demo {
-    /// The digits' native resolution: 4x fewer FLOPs than 16x16, so 12 epochs fit in the budget.
+    /// The digits' native resolution: 4x fewer FLOPs than 16x16, so 10 epochs fit in the budget.
     pub const IMAGE_SIZE: usize = 8;
-    pub const EPOCHS: usize = 12;
+    pub const EPOCHS: usize = 10;
     pub const BATCH: usize = 64;
     pub const QUEUE: usize = 512;
     pub const BN_SPLITS: usize = 2;
@@ -54,7 +54,7 @@ struct Args {
     /// Image side the network sees [--data: 32; embedded default: 8]
     #[arg(long)]
     image_size: Option<usize>,
-    /// Epochs [colab: 200; embedded default: 12]
+    /// Epochs [colab: 200; embedded default: 10]
     #[arg(long)]
     epochs: Option<usize>,
     /// Batch size [colab: 512; embedded default: 64]

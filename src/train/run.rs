@@ -218,10 +218,12 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
                 rec = rec.with("knn_backbone_top1", b);
                 line += &format!(" (backbone features {b:.2}%)");
             }
-            if let Some(bar) = &bar {
-                bar.println(line);
-            } else if opts.verbose {
-                println!("{line}");
+            // a bar drawing to a terminal prints above itself; a hidden one (stderr not a terminal) prints nothing,
+            // so the line goes to stdout
+            match &bar {
+                Some(bar) if !bar.is_hidden() => bar.println(line),
+                _ if opts.verbose => println!("{line}"),
+                _ => {}
             }
         }
         metrics.write(&rec)?;
