@@ -40,7 +40,8 @@ pub struct RunOptions {
 /// What a run did.
 #[derive(Clone, Debug, Default)]
 pub struct RunSummary {
-    /// kNN top-1 (percent) per evaluated epoch, epoch 0 being the initialisation.
+    /// kNN top-1 (percent) per evaluated epoch, epoch 0 being the initialisation (a resumed run includes the
+    /// epochs before its checkpoint, read back from the metrics).
     pub knn: Vec<(usize, f64)>,
     /// The same on the backbone features, when [`RunOptions::knn_backbone`].
     pub knn_backbone: Vec<(usize, f64)>,
@@ -130,6 +131,17 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
             );
         }
         metrics = MetricsWriter::resume(&opts.out_dir, "metrics", "global_step", prog.global_step as f64)?;
+        // the kNN of the epochs before the checkpoint (the random init among them), so the summary spans the run
+        for r in read_jsonl(metrics.jsonl_path())?.iter().filter(|r| r.get_str("kind") == Some("epoch")) {
+            if let Some(e) = r.get("epoch") {
+                if let Some(v) = r.get("knn_top1") {
+                    summary.knn.push((e as usize, v));
+                }
+                if let Some(v) = r.get("knn_backbone_top1") {
+                    summary.knn_backbone.push((e as usize, v));
+                }
+            }
+        }
     } else {
         metrics = MetricsWriter::create(&opts.out_dir, "metrics")?;
         if do_knn {
