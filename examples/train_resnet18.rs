@@ -150,7 +150,7 @@ fn main() {
     // in the environment." on a machine without a desktop session. Give it the private folder it asks for.
     let mut made: Option<PathBuf> = None;
     #[cfg(unix)]
-    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+    if !std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| std::path::Path::new(&d).is_dir()) {
         use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(format!("moco-xdg-runtime-{}", std::process::id()));
         if std::fs::create_dir_all(&dir).is_ok() && std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).is_ok() {
