@@ -7,13 +7,20 @@ use std::sync::Arc;
 use moco::data::{
     augment_pair, augment_view, denormalize_to_u8, eval_batches, eval_view, load, load_cifar_bin,
     load_cifar_dir, load_image_folder, load_image_folder_split, resized_crop, sample_crop,
-    sample_jitter, save_views, synthetic, AugmentConfig, ColorJitter, CounterRng, CropBox, Dataset,
+    sample_jitter, save_views, synthetic, write_cifar_bin, AugmentConfig, ColorJitter, CounterRng, CropBox, Dataset,
     ImageF32, PairLoader, SyntheticConfig, CIFAR_MEAN, CIFAR_STD,
 };
 use moco::Error;
 use proptest::prelude::*;
 
-const DIGITS: &str = "/work/shared/data/digits";
+/// The embedded digits written as a CIFAR-10 folder (`train.bin`, `test.bin`), as `--export-data` does.
+fn digits(name: &str) -> PathBuf {
+    let dir = temp_dir(name);
+    let (train, test) = moco::data::digits(32).unwrap();
+    write_cifar_bin(&train, dir.join("train.bin")).unwrap();
+    write_cifar_bin(&test, dir.join("test.bin")).unwrap();
+    dir
+}
 
 /// Proptest case count: `MOCO_PROPTEST_CASES` or 16.
 fn cases() -> u32 {
@@ -23,14 +30,9 @@ fn cases() -> u32 {
         .unwrap_or(16)
 }
 
-fn digits() -> Option<PathBuf> {
-    let p = PathBuf::from(DIGITS);
-    if p.join("train.bin").is_file() {
-        Some(p)
-    } else {
-        eprintln!("skipped: {DIGITS} not found");
-        None
-    }
+/// FNV-1a, 64 bits.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// A fresh empty folder under the target dir's tmp, unique per test.
@@ -58,9 +60,41 @@ fn random_image(seed: u64, h: usize, w: usize) -> Vec<u8> {
 
 // ---------------------------------------------------------------------------------------------- CIFAR loader
 
+/// The embedded set: 1,797 images at 8x8 (1,497 train, 300 test), 10 classes with the UCI set's class balance,
+/// upsampled at load time; at 32x32 it is byte for byte the published CIFAR-10-format copy (its FNV-1a hashes).
+#[test]
+fn embedded_digits_load_with_the_advertised_size_and_balance() {
+    let (labels, pixels) = moco::data::digits_native().unwrap();
+    assert_eq!((labels.len(), pixels.len()), (1797, 1797 * 64));
+    assert!(pixels.iter().all(|&v| v <= 16) && pixels.iter().any(|&v| v == 16));
+    let mut all = [0usize; 10];
+    labels.iter().for_each(|&l| all[l as usize] += 1);
+    assert_eq!(all, [178, 182, 177, 183, 181, 182, 181, 179, 174, 180], "the UCI digits' class balance");
+    for side in [8, 16, 32] {
+        let (train, test) = moco::data::digits(side).unwrap();
+        assert_eq!((train.len(), test.len(), train.height(), train.width(), train.num_classes()), (1497, 300, side, side, 10));
+        assert_eq!(train.class_counts(), vec![145, 149, 135, 161, 144, 156, 150, 156, 152, 149]);
+        assert_eq!(test.class_counts(), vec![33, 33, 42, 22, 37, 26, 31, 23, 22, 31]);
+        // grey: three equal planes
+        let img = train.image(0).unwrap();
+        let plane = side * side;
+        assert!(img[..plane] == img[plane..2 * plane] && img[..plane] == img[2 * plane..]);
+    }
+    // at the native side, the pixels are the stored values scaled to 0..255
+    let (native, _) = moco::data::digits(8).unwrap();
+    assert!(native.image(0).unwrap()[..64].iter().zip(&pixels[..64]).all(|(&a, &v)| a == ((v as f64 * 255.0 / 16.0).round_ties_even() as u8)));
+    assert!(moco::data::digits(7).is_err());
+    let dir = digits("digits_export");
+    assert_eq!(fnv1a(&std::fs::read(dir.join("train.bin")).unwrap()), 0xd747_2e3f_c845_83b4, "train.bin differs from the CIFAR copy");
+    assert_eq!(fnv1a(&std::fs::read(dir.join("test.bin")).unwrap()), 0xff77_8e2c_18d1_cf33, "test.bin differs from the CIFAR copy");
+    // `--data digits` names the embedded set
+    let (tr, te) = load("digits", 32).unwrap();
+    assert_eq!((tr.len(), te.len()), (1497, 300));
+}
+
 #[test]
 fn cifar_digits_counts_and_labels() {
-    let Some(dir) = digits() else { return };
+    let dir = digits("digits_counts");
     let train = load_cifar_bin(dir.join("train.bin")).unwrap();
     let test = load_cifar_bin(dir.join("test.bin")).unwrap();
     assert_eq!((train.len(), test.len()), (1497, 300));
@@ -729,8 +763,8 @@ fn sample_sheets_for_inspection() {
         )
         .unwrap();
     }
-    if let Some(d) = digits() {
-        let (train, _) = load_cifar_dir(d).unwrap();
+    {
+        let (train, _) = moco::data::digits(32).unwrap();
         let loader = PairLoader::new(Arc::new(train), AugmentConfig::colab_cifar(), 32, 1).unwrap();
         save_views(
             dir.join("views_digits.png"),

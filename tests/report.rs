@@ -124,9 +124,9 @@ fn plot_writes_a_png_of_the_right_size() {
     register_embedded_font().unwrap(); // idempotent
     let dir = tmp_dir("plot");
     let loss: Vec<(f64, f64)> = (0..500).map(|s| (s as f64, 9.0 * (-(s as f64) / 200.0).exp() + 0.3 * ((s * 7919 % 101) as f64 / 101.0))).collect();
-    let knn: Vec<(f64, f64)> = (1..=20).map(|e| (e as f64, 0.1 + 0.7 * (1.0 - (-(e as f64) / 6.0).exp()))).chain([(21.0, f64::NAN)]).collect();
+    let knn: Vec<(f64, f64)> = (0..=20).map(|e| (e as f64, 0.1 + 0.7 * (1.0 - (-(e as f64) / 6.0).exp()))).chain([(21.0, f64::NAN)]).collect();
     let path = dir.join("sub/curves.png");
-    let opts = PlotOptions { title: "MoCo v2 / ResNet-18 / CIFAR-10".into(), width: 900, height: 700, smooth: 0 };
+    let opts = PlotOptions { title: "MoCo v2 / ResNet-18 / CIFAR-10".into(), width: 900, height: 700, smooth: 0, queue_full_step: Some(8.0), batch_size: Some(64) };
     plot_training(&path, &loss, &knn, &opts).unwrap();
     let img = image::open(&path).unwrap();
     assert_eq!((img.width(), img.height()), (900, 700));
@@ -137,6 +137,10 @@ fn plot_writes_a_png_of_the_right_size() {
     let rgb = img.to_rgb8();
     let dark = (0..40).flat_map(|y| (0..900).map(move |x| (x, y))).filter(|&(x, y)| rgb.get_pixel(x, y).0.iter().all(|&c| c < 100)).count();
     assert!(dark > 100, "title text missing ({dark} dark pixels)");
+    // the queue-full line (orange) and the random-init cross (red) are drawn
+    let count = |c: [u8; 3]| rgb.pixels().filter(|p| p.0.iter().zip(c).all(|(&a, b)| a.abs_diff(b) < 8)).count();
+    assert!(count([220, 110, 20]) > 100, "queue-full marker missing");
+    assert!(count([200, 30, 30]) > 20, "random-init marker missing");
     // empty series, constant series
     plot_training(dir.join("empty.png"), &[], &[], &PlotOptions::default()).unwrap();
     plot_training(dir.join("flat.png"), &[(0.0, 1.0)], &[(1.0, 0.5)], &PlotOptions::default()).unwrap();

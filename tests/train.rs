@@ -159,6 +159,8 @@ fn interrupted_and_resumed_run_is_bit_identical_on_cpu() {
     let opts3 = RunOptions { out_dir: d2.clone(), no_knn: true, resume: true, ..RunOptions::default() };
     let s3 = train::train(&cfg, &mut e3, tr, te, aug, &opts3).unwrap();
     assert_eq!(s3.global_step, 8);
+    // where it resumed (the run prints this line with `verbose`)
+    assert_eq!(s3.resumed_from, Some(train::state_file::Progress { epoch: 0, step: 3, global_step: 3 }));
     let (a, b) = (e1.state().unwrap(), e3.state().unwrap());
     assert!(a == b, "resumed run differs from the uninterrupted one");
     assert_eq!(&s1.losses[3..], &s3.losses[..], "losses after the resume point");
@@ -203,4 +205,77 @@ fn bad_checkpoints_and_configs_are_errors() {
     bad.temperature = f64::NAN;
     assert!(bad.validate().is_err());
     let _ = std::fs::remove_dir_all(d);
+}
+
+/// Shuffle-BN (the colab's `_batch_shuffle_single_gpu` / `_batch_unshuffle_single_gpu`): with SplitBN groups
+/// `n % G`, key i is normalised in another group than query i for most i; the key encoder sees the batch in the
+/// shuffled order; the keys come back in batch order; the permutation is a pure function of (seed, step).
+#[test]
+fn shuffle_bn_moves_keys_to_other_bn_groups_and_unshuffles() {
+    use moco::train::shuffle::{encode_keys, KeyBatch, KeyShuffle};
+    let (n, groups) = (64, 8);
+    for step in 0..10 {
+        let s = KeyShuffle::draw(3, step, KeyBatch::K2, n);
+        let moved = (0..n).filter(|&i| s.key_group(i, groups) != i % groups).count();
+        // a random permutation leaves a sample in its query's group with probability 1/8: expect 56 of 64
+        assert!(moved > n / 2 + n / 4, "step {step}: only {moved} of {n} keys in another BN group");
+        assert_eq!(s, KeyShuffle::draw(3, step, KeyBatch::K2, n), "pure function of (seed, step)");
+    }
+    // the encoder sees x[idx_shuffle]; its rows come back as k[idx_unshuffle]
+    let s = KeyShuffle::draw(11, 5, KeyBatch::K1, 16);
+    let x: Vec<f32> = (0..16 * 3).map(|v| v as f32).collect(); // row i = [3i, 3i+1, 3i+2]
+    let mut seen = Vec::new();
+    let k = encode_keys(&x, 16, 2, Some(&s), |xs| {
+        seen = xs.chunks(3).map(|r| r[0] as usize / 3).collect();
+        Ok(xs.chunks(3).flat_map(|r| [r[0] * 2.0, r[2]]).collect())
+    })
+    .unwrap();
+    assert_eq!(seen, s.idx_shuffle, "the key encoder's input is x[idx_shuffle]");
+    assert_ne!(seen, (0..16).collect::<Vec<_>>());
+    let plain: Vec<f32> = x.chunks(3).flat_map(|r| [r[0] * 2.0, r[2]]).collect();
+    assert_eq!(k, plain, "unshuffle restores the batch order");
+    assert!(encode_keys(&x, 16, 2, Some(&KeyShuffle::draw(1, 0, KeyBatch::K2, 8)), |v| Ok(v.to_vec())).is_err());
+}
+
+/// In the engine: with one BN group the shuffle changes nothing but summation order (the keys come back in
+/// order: same loss); with SplitBN it changes the keys' statistics (another loss). Both engines draw the same
+/// permutation (tests `cpu_and_wgpu_engines_agree`, with shuffle on, and the bit-identical resume).
+#[test]
+fn shuffle_bn_in_the_cpu_engine() {
+    let mut cfg = fixed_batch_config();
+    let (xq, xk) = views(&cfg, 9);
+    let loss = |cfg: &TrainConfig| {
+        let mut e = CpuEngine::new(cfg).unwrap();
+        (0..2).map(|_| e.step(&xq, &xk, cfg.lr).unwrap().loss).collect::<Vec<f32>>()
+    };
+    cfg.bn_splits = 1;
+    assert!(cfg.shuffle_bn, "shuffle-BN is on by default");
+    let on = loss(&cfg);
+    cfg.shuffle_bn = false;
+    let off = loss(&cfg);
+    for (a, b) in on.iter().zip(&off) {
+        assert!((a - b).abs() <= 1e-4 * b.abs(), "one BN group: shuffled {on:?} vs not {off:?}");
+    }
+    cfg.bn_splits = 4;
+    let off = loss(&cfg);
+    cfg.shuffle_bn = true;
+    let on = loss(&cfg);
+    assert!((on[0] - off[0]).abs() > 1e-3, "SplitBN 4: shuffled {on:?} vs not {off:?}");
+}
+
+/// The colab's recipe, with no hidden lr scaling: lr 0.06 at every batch, cosine counted from 1 (the last epoch
+/// at lr 0), K 4096, m 0.99, T 0.1, wd 5e-4, SplitBN 8 with shuffle-BN; linear scaling only when asked.
+#[test]
+fn colab_defaults_and_no_hidden_lr_scaling() {
+    let c = TrainConfig::colab().with_batch(64);
+    assert_eq!((c.lr, c.queue_len, c.momentum, c.temperature, c.weight_decay, c.bn_splits, c.shuffle_bn), (0.06, 4096, 0.99, 0.1, 5e-4, 8, true));
+    assert_eq!(c.preset, moco::train::Preset::Colab);
+    assert_eq!(c.augmentation(), moco::data::AugmentConfig::colab_cifar());
+    assert!((c.lr_at(0).unwrap() - 0.06 * 0.5 * (1.0 + (std::f64::consts::PI / 200.0).cos())).abs() < 1e-15);
+    assert_eq!(c.lr_at(199).unwrap(), 0.0, "the colab's last epoch runs at lr 0");
+    let z = TrainConfig { cosine_from_one: false, ..c.clone() };
+    assert_eq!(z.lr_at(0).unwrap(), 0.06);
+    assert!((c.clone().scale_lr_linearly().lr - 0.06 * 64.0 / 512.0).abs() < 1e-15);
+    assert!(moco::train::Preset::parse("v3").is_err());
+    assert!(c.describe().contains("shuffle-BN on"));
 }

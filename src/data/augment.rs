@@ -167,6 +167,35 @@ impl AugmentConfig {
         self
     }
 
+    /// The pipeline in torchvision's terms, in the order it runs, e.g. for [`AugmentConfig::colab_cifar`]:
+    /// `RandomResizedCrop(32, scale=(0.08, 1)) > RandomApply(ColorJitter(0.4, 0.4, 0.4, 0.1), p=0.8) >
+    /// RandomGrayscale(0.2) > RandomHorizontalFlip(0.5) > Normalize(CIFAR-10 mean/std)`.
+    pub fn describe(&self) -> String {
+        let mut steps = Vec::new();
+        if self.random_crop {
+            steps.push(format!("RandomResizedCrop({}, scale=({}, {}))", self.size, self.crop_scale.0, self.crop_scale.1));
+        } else {
+            steps.push(format!("Resize({})", self.size));
+        }
+        let j = self.jitter;
+        let jitter = (self.jitter_p > 0.0 && (j.brightness, j.contrast, j.saturation, j.hue) != (0.0, 0.0, 0.0, 0.0))
+            .then(|| format!("RandomApply(ColorJitter({}, {}, {}, {}), p={})", j.brightness, j.contrast, j.saturation, j.hue, self.jitter_p));
+        let gray = (self.grayscale_p > 0.0).then(|| format!("RandomGrayscale({})", self.grayscale_p));
+        let (first, second) = if self.grayscale_before_jitter { (gray, jitter) } else { (jitter, gray) };
+        steps.extend(first);
+        steps.extend(second);
+        if self.blur_p > 0.0 {
+            steps.push(format!("RandomApply(GaussianBlur(sigma=({}, {})), p={})", self.blur_sigma.0, self.blur_sigma.1, self.blur_p));
+        }
+        // the flip runs last here; it commutes with the per-pixel jitter and grayscale (the colab flips second)
+        if self.flip_p > 0.0 {
+            steps.push(format!("RandomHorizontalFlip({})", self.flip_p));
+        }
+        let stats = if self.mean == CIFAR_MEAN && self.std == CIFAR_STD { "CIFAR-10 mean/std".to_string() } else { format!("mean {:?}, std {:?}", self.mean, self.std) };
+        steps.push(format!("Normalize({stats})"));
+        steps.join(" > ")
+    }
+
     /// Checks every field: size > 0, ranges ordered and positive, probabilities in `[0, 1]`,
     /// jitter strengths >= 0 (hue <= 0.5), std > 0, everything finite.
     pub fn validate(&self) -> Result<()> {

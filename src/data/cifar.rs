@@ -142,3 +142,28 @@ pub fn load_cifar_dir(dir: impl AsRef<Path>) -> Result<(Dataset, Dataset)> {
     }
     Ok((train, test))
 }
+
+/// Writes `ds` as one CIFAR-10 binary file (1 label byte and 3 x 32 x 32 pixel bytes a record), atomically (a
+/// temporary name, then a rename). The images must be 32x32 with labels below 10.
+pub fn write_cifar_bin(ds: &Dataset, path: impl AsRef<Path>) -> Result<()> {
+    let path = path.as_ref();
+    if ds.height() != CIFAR_SIDE || ds.width() != CIFAR_SIDE || ds.num_classes() > CIFAR_CLASSES {
+        return Err(Error::shape(
+            "write_cifar_bin",
+            format!("{CIFAR_SIDE}x{CIFAR_SIDE} images in at most {CIFAR_CLASSES} classes"),
+            format!("{}x{} images in {} classes", ds.height(), ds.width(), ds.num_classes()),
+        ));
+    }
+    let per = CIFAR_RECORD - 1;
+    let mut bytes = Vec::with_capacity(ds.len() * CIFAR_RECORD);
+    for (i, &label) in ds.labels().iter().enumerate() {
+        bytes.push(label as u8);
+        bytes.extend_from_slice(&ds.images()[i * per..(i + 1) * per]);
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    }
+    let tmp = path.with_extension("bin.tmp");
+    std::fs::write(&tmp, &bytes).map_err(|e| io_err(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+}

@@ -1,8 +1,10 @@
-//! Datasets (CIFAR-10 binary, image folders, an embedded synthetic set), augmentations and the prefetching pair loader.
+//! Datasets (the embedded handwritten digits, CIFAR-10 binary, image folders, a synthetic generator),
+//! augmentations and the prefetching pair loader.
 //!
 //! - [`Dataset`]: u8 images `[N, 3, H, W]` (CIFAR-10's plane order) and u16 labels `[N]`.
-//! - Loaders: [`load_cifar_bin`] / [`load_cifar_dir`], [`load_image_folder`] / [`load_image_folder_split`],
-//!   [`synthetic`], and [`load`], which picks one from what a path is.
+//! - Loaders: [`digits`] (embedded, real, 1,497 train / 300 test), [`load_cifar_bin`] / [`load_cifar_dir`]
+//!   (and [`write_cifar_bin`]), [`load_image_folder`] / [`load_image_folder_split`], [`synthetic`], and
+//!   [`load`], which picks one from what a path is (or `digits`).
 //! - [`augment`]: torchvision's `RandomResizedCrop`, `ColorJitter`, `RandomGrayscale`, `GaussianBlur`,
 //!   `RandomHorizontalFlip` and `Normalize`, with presets [`AugmentConfig::v1`], [`AugmentConfig::v2`],
 //!   [`AugmentConfig::colab_cifar`] and [`AugmentConfig::eval`].
@@ -25,6 +27,7 @@
 pub mod augment;
 pub mod cifar;
 pub mod dataset;
+pub mod digits;
 pub mod folder;
 pub mod loader;
 pub mod rng;
@@ -38,7 +41,8 @@ pub use augment::{
     sample_jitter, AugmentConfig, ColorJitter, CropBox, ImageF32, JitterParams, CIFAR_MEAN,
     CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD,
 };
-pub use cifar::{load_cifar_bin, load_cifar_dir, parse_cifar_bin};
+pub use cifar::{load_cifar_bin, load_cifar_dir, parse_cifar_bin, write_cifar_bin};
+pub use digits::{digits, digits_native, DIGITS_TEST, DIGITS_TRAIN};
 pub use dataset::Dataset;
 pub use folder::{load_image_folder, load_image_folder_split};
 pub use loader::{eval_batches, EvalBatch, EvalIter, PairBatch, PairIter, PairLoader};
@@ -50,6 +54,7 @@ use crate::error::{Error, Result};
 
 /// Loads `(train, test)` from what `path` is:
 ///
+/// - `digits` (when no file or folder of that name exists): the embedded handwritten digits at 32x32 ([`digits`]);
 /// - a file: one CIFAR-10 binary file, all train (the test set is empty);
 /// - a folder with `data_batch_1.bin` (.. `_5`) and `test_batch.bin`, or `train.bin` and `test.bin`
 ///   (also inside `cifar-10-batches-bin/`): CIFAR-10;
@@ -59,6 +64,9 @@ use crate::error::{Error, Result};
 /// A missing path is an [`Error::Io`]; anything else an [`Error::BadFile`] that says what was expected.
 pub fn load(path: impl AsRef<Path>, size: usize) -> Result<(Dataset, Dataset)> {
     let path = path.as_ref();
+    if path.as_os_str() == "digits" && !path.exists() {
+        return digits(32);
+    }
     let meta = std::fs::metadata(path).map_err(|e| Error::Io {
         path: path.display().to_string(),
         source: e,

@@ -1,5 +1,8 @@
 //! PNG training curves: one image, two panels stacked vertically: training loss per step (raw, light, and a
-//! trailing moving average, dark) and kNN top-1 per epoch (in percent).
+//! trailing moving average, dark) and kNN top-1 per epoch (in percent). The loss panel shades the first steps,
+//! taken while the queue still holds some of its random initial vectors, and marks the step from which it holds
+//! only real keys ([`PlotOptions::queue_full_step`]); the kNN panel marks the epoch-0 point as the random
+//! initialisation.
 //!
 //! plotters is built without system font lookup, so the text is drawn with DejaVu Sans embedded in the binary
 //! (`src/report/DejaVuSans.ttf`, licence in `src/report/DejaVuSans-LICENSE.txt`), registered once with plotters'
@@ -46,11 +49,15 @@ pub struct PlotOptions {
     pub height: u32,
     /// Trailing moving-average window over loss points; 0 picks `len / 50` (at least 1), 1 disables smoothing.
     pub smooth: usize,
+    /// Step from which the queue holds only real keys (shaded before, marked with a vertical line).
+    pub queue_full_step: Option<f64>,
+    /// Pairs per step, for the step axis's label.
+    pub batch_size: Option<usize>,
 }
 
 impl Default for PlotOptions {
     fn default() -> Self {
-        Self { title: "MoCo training".into(), width: 1000, height: 800, smooth: 0 }
+        Self { title: "MoCo training".into(), width: 1000, height: 800, smooth: 0, queue_full_step: None, batch_size: None }
     }
 }
 
@@ -114,8 +121,9 @@ fn draw(
     let pts: Vec<(f64, f64)> = loss.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
     let w = if opts.smooth == 0 { (pts.len() / 50).max(1) } else { opts.smooth };
     let smooth = moving_average(&pts, w);
-    let (x0, x1) = range(pts.iter().map(|p| p.0), 0.0, (0.0, 1.0));
+    let (x0, x1) = range(pts.iter().map(|p| p.0).chain(std::iter::once(0.0)), 0.0, (0.0, 1.0));
     let (y0, y1) = range(pts.iter().map(|p| p.1), 0.05, (0.0, 1.0));
+    let (y0, y1) = (y0.min(0.0), y1);
     let mut chart = ChartBuilder::on(&top)
         .caption("training loss", (FONT_FAMILY, 20))
         .margin(12)
@@ -124,12 +132,30 @@ fn draw(
         .build_cartesian_2d(x0..x1, y0..y1)?;
     chart
         .configure_mesh()
-        .x_desc("step")
+        .x_desc(match opts.batch_size {
+            Some(b) => format!("training step (optimiser steps of {b} pairs)"),
+            None => "training step (optimiser steps)".to_string(),
+        })
         .x_label_formatter(&tick)
-        .y_desc("loss")
+        .y_desc("InfoNCE loss (nats)")
         .label_style((FONT_FAMILY, 14))
         .axis_desc_style((FONT_FAMILY, 16))
         .draw()?;
+    if let Some(qf) = opts.queue_full_step.filter(|v| v.is_finite() && *v > x0) {
+        let grey = RGBColor(235, 235, 235);
+        let edge = qf.min(x1);
+        chart
+            .draw_series(std::iter::once(Rectangle::new([(x0, y0), (edge, y1)], grey.filled())))?
+            .label("queue still holds random initial vectors")
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], grey.filled()));
+        if qf <= x1 {
+            let orange = RGBColor(220, 110, 20);
+            chart
+                .draw_series(std::iter::once(PathElement::new([(qf, y0), (qf, y1)], orange.stroke_width(2))))?
+                .label(format!("queue full of real keys (step {qf:.0})"))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], orange.stroke_width(2)));
+        }
+    }
     if pts.is_empty() {
         chart.draw_series(std::iter::once(Text::new("no data", (0.45, 0.5), (FONT_FAMILY, 18))))?;
     } else {
@@ -148,24 +174,34 @@ fn draw(
     let (x0, x1) = range(acc.iter().map(|p| p.0), 0.02, (0.0, 1.0));
     let (y0, y1) = range(acc.iter().map(|p| p.1), 0.1, (0.0, 100.0));
     let mut chart = ChartBuilder::on(&bottom)
-        .caption("kNN top-1", (FONT_FAMILY, 20))
+        .caption("kNN top-1 on the test split (colab monitor)", (FONT_FAMILY, 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(x0..x1, y0.max(0.0)..y1.min(100.0).max(y0.max(0.0) + 1e-6))?;
     chart
         .configure_mesh()
-        .x_desc("epoch")
+        .x_desc("epoch (0 = random init, before training)")
         .x_label_formatter(&tick)
-        .y_desc("top-1 (%)")
+        .y_desc("kNN top-1 (%)")
         .label_style((FONT_FAMILY, 14))
         .axis_desc_style((FONT_FAMILY, 16))
         .draw()?;
     if acc.is_empty() {
         chart.draw_series(std::iter::once(Text::new("no data", ((x0 + x1) / 2.0, (y0 + y1) / 2.0), (FONT_FAMILY, 18))))?;
     } else {
-        chart.draw_series(LineSeries::new(acc.iter().copied(), green.stroke_width(2)))?;
-        chart.draw_series(acc.iter().map(|&p| Circle::new(p, 3, green.filled())))?;
+        chart.draw_series(LineSeries::new(acc.iter().copied(), green.stroke_width(2)))?.label("kNN top-1").legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], green.stroke_width(2)));
+        chart.draw_series(acc.iter().filter(|p| p.0 != 0.0).map(|&p| Circle::new(p, 3, green.filled())))?;
+        if let Some(&p0) = acc.iter().find(|p| p.0 == 0.0) {
+            let red = RGBColor(200, 30, 30);
+            chart
+                .draw_series(std::iter::once(Cross::new(p0, 7, red.stroke_width(3))))?
+                .label(format!("random init (epoch 0): {:.1}%", p0.1))
+                .legend(move |(x, y)| Cross::new((x + 8, y), 5, red.stroke_width(2)));
+            chart
+                .draw_series(std::iter::once(PathElement::new([(x0, p0.1), (x1, p0.1)], red.mix(0.5).stroke_width(1))))?;
+        }
+        chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).label_font((FONT_FAMILY, 14)).background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
     }
     root.present()?;
     Ok(())

@@ -1,5 +1,6 @@
-//! The training configuration: the defaults of facebookresearch/moco's CIFAR-10 colab, the v1/v2 presets, and
-//! the embedded quick demo; validated once, and written into every checkpoint as metadata.
+//! The training configuration: the defaults of facebookresearch/moco's CIFAR-10 colab
+//! (`colab/moco_cifar10_demo.ipynb`), the colab / v1 / v2 presets; validated once, and written into every
+//! checkpoint as metadata.
 
 use crate::error::{Error, Result};
 use crate::shape::QueueDType;
@@ -8,10 +9,35 @@ use std::collections::BTreeMap;
 /// MoCo version: heads, temperature and augmentation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Preset {
-    /// MoCo v1: linear head to `dim`, T = 0.07 in the paper (the colab uses 0.1), v1 augmentation.
+    /// The CIFAR-10 colab: linear head to `dim`, T = 0.1, the colab's augmentation
+    /// ([`crate::data::AugmentConfig::colab_cifar`]).
+    Colab,
+    /// MoCo v1: linear head to `dim`, T = 0.1 (the colab's; the paper's ImageNet runs use 0.07), MoCo v1's
+    /// ImageNet augmentation ([`crate::data::AugmentConfig::v1`]).
     V1,
     /// MoCo v2: MLP head (hidden = feature width), T = 0.2, v2 augmentation.
     V2,
+}
+
+impl Preset {
+    /// Parses `colab`, `v1` or `v2`; an error naming what is allowed otherwise.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "colab" => Ok(Preset::Colab),
+            "v1" => Ok(Preset::V1),
+            "v2" => Ok(Preset::V2),
+            p => Err(Error::shape("--preset", "colab, v1 or v2", p.to_string())),
+        }
+    }
+
+    /// The preset's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Colab => "colab",
+            Preset::V1 => "v1",
+            Preset::V2 => "v2",
+        }
+    }
 }
 
 /// Everything that defines a run. Field defaults: [`TrainConfig::colab`].
@@ -33,7 +59,7 @@ pub struct TrainConfig {
     pub temperature: f64,
     /// Batch size.
     pub batch_size: usize,
-    /// Learning rate at this batch size (the colab's 0.06 at 512, scaled linearly).
+    /// Learning rate (the colab's 0.06, not scaled with the batch; see [`TrainConfig::scale_lr_linearly`]).
     pub lr: f64,
     /// SGD momentum.
     pub sgd_momentum: f64,
@@ -43,6 +69,14 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Cosine schedule (else constant lr).
     pub cosine: bool,
+    /// How the cosine counts epochs. `true` (the colab's `adjust_learning_rate(epoch)` with `epoch` in
+    /// `1..=epochs`): the `e`-th epoch (from 0) runs at `lr * (1 + cos(pi (e + 1) / epochs)) / 2`, so the last
+    /// one runs at lr 0. `false`: at `lr * (1 + cos(pi e / epochs)) / 2`, the first epoch at the full lr and the
+    /// last one above 0.
+    pub cosine_from_one: bool,
+    /// Shuffle-BN: the key batch is permuted before the key encoder and put back after (the colab's
+    /// `_batch_shuffle_single_gpu` / `_batch_unshuffle_single_gpu`), see [`super::shuffle`].
+    pub shuffle_bn: bool,
     /// SplitBatchNorm groups (1: plain BN).
     pub bn_splits: usize,
     /// Symmetric loss (loss_12 + loss_21).
@@ -58,11 +92,12 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    /// The official CIFAR-10 colab: ResNet-18 (CIFAR stem), K=4096, m=0.99, T=0.1, lr 0.06 at batch 512, wd 5e-4,
-    /// 200 epochs, cosine, bn-splits 8, not symmetric, linear head to 128, kNN k=200 t=0.1.
+    /// The official CIFAR-10 colab: ResNet-18 (CIFAR stem), K=4096, m=0.99, T=0.1, lr 0.06 (at any batch), wd
+    /// 5e-4, 200 epochs, cosine counting epochs from 1, bn-splits 8 with shuffle-BN, batch 512, not symmetric,
+    /// linear head to 128, kNN k=200 t=0.1.
     pub fn colab() -> Self {
         Self {
-            preset: Preset::V1,
+            preset: Preset::Colab,
             dim: 128,
             mlp: false,
             queue_len: 4096,
@@ -75,6 +110,8 @@ impl TrainConfig {
             weight_decay: 5e-4,
             epochs: 200,
             cosine: true,
+            cosine_from_one: true,
+            shuffle_bn: true,
             bn_splits: 8,
             symmetric: false,
             image_size: 32,
@@ -84,7 +121,8 @@ impl TrainConfig {
         }
     }
 
-    /// A preset on top of the colab defaults: v1 keeps them; v2 adds the MLP head and T = 0.2.
+    /// A preset on top of the colab defaults: colab and v1 keep them (v1 differs in augmentation only); v2 adds
+    /// the MLP head and T = 0.2.
     pub fn preset(p: Preset) -> Self {
         let mut c = Self::colab();
         c.preset = p;
@@ -95,11 +133,72 @@ impl TrainConfig {
         c
     }
 
-    /// Sets the batch size and scales the learning rate linearly from the colab's 0.06 at 512.
+    /// Sets the batch size. The learning rate is left as it is: the colab does not scale it with the batch.
     pub fn with_batch(mut self, batch: usize) -> Self {
-        self.lr = self.lr * batch as f64 / self.batch_size as f64;
         self.batch_size = batch;
         self
+    }
+
+    /// Opt-in linear scaling (Goyal et al.; not what the colab does): `lr * batch / 512`.
+    pub fn scale_lr_linearly(mut self) -> Self {
+        self.lr = self.lr * self.batch_size as f64 / 512.0;
+        self
+    }
+
+    /// The learning rate of epoch `epoch` (counted from 0), as [`TrainConfig::cosine`] and
+    /// [`TrainConfig::cosine_from_one`] say.
+    pub fn lr_at(&self, epoch: usize) -> Result<f64> {
+        if !self.cosine {
+            return Ok(self.lr);
+        }
+        let e = epoch + usize::from(self.cosine_from_one);
+        crate::optim::LrSchedule::cosine(self.lr, self.epochs as f64)?.lr(e as f64)
+    }
+
+    /// The preset's augmentation at this image size: the colab's ([`AugmentConfig::colab_cifar`]), MoCo v1's
+    /// or v2's.
+    ///
+    /// [`AugmentConfig::colab_cifar`]: crate::data::AugmentConfig::colab_cifar
+    pub fn augmentation(&self) -> crate::data::AugmentConfig {
+        use crate::data::AugmentConfig;
+        match self.preset {
+            Preset::Colab => AugmentConfig::colab_cifar().with_size(self.image_size),
+            Preset::V1 => AugmentConfig::v1(self.image_size),
+            Preset::V2 => AugmentConfig::v2(self.image_size),
+        }
+    }
+
+    /// One line per setting, for the start of a run.
+    pub fn describe(&self) -> String {
+        let sched = match (self.cosine, self.cosine_from_one) {
+            (false, _) => "constant".to_string(),
+            (true, true) => format!("cosine over {} epochs counted from 1 as the colab (the last epoch runs at lr 0)", self.epochs),
+            (true, false) => format!("cosine over {} epochs counted from 0 (the first epoch at the full lr, the last above 0)", self.epochs),
+        };
+        format!(
+            "  preset {}: ResNet-18 (CIFAR stem), {} head to {}, T {}\n  epochs {}, batch {}, lr {} ({sched}), SGD momentum {}, wd {}\n  queue K {} ({:?}), key momentum m {}, symmetric loss {}\n  SplitBN {} groups of {}, shuffle-BN {}\n  image size {}x{}, kNN monitor k={} t={}, seed {}",
+            self.preset.name(),
+            if self.mlp { "MLP 512-512" } else { "linear 512" },
+            self.dim,
+            self.temperature,
+            self.epochs,
+            self.batch_size,
+            self.lr,
+            self.sgd_momentum,
+            self.weight_decay,
+            self.queue_len,
+            self.queue_dtype,
+            self.momentum,
+            self.symmetric,
+            self.bn_splits,
+            self.batch_size / self.bn_splits.max(1),
+            if self.shuffle_bn { "on" } else { "off" },
+            self.image_size,
+            self.image_size,
+            self.knn_k,
+            self.knn_t,
+            self.seed
+        )
     }
 
     /// Checks every field; the error names the field, what is allowed and what was given.
@@ -149,6 +248,8 @@ impl TrainConfig {
         put("weight_decay", self.weight_decay.to_string());
         put("epochs", self.epochs.to_string());
         put("cosine", self.cosine.to_string());
+        put("cosine_from_one", self.cosine_from_one.to_string());
+        put("shuffle_bn", self.shuffle_bn.to_string());
         put("bn_splits", self.bn_splits.to_string());
         put("symmetric", self.symmetric.to_string());
         put("image_size", self.image_size.to_string());

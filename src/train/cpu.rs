@@ -1,7 +1,9 @@
 //! The MoCo step on the CPU backend: [`ResNetCpu`] encoders, the fused streaming InfoNCE, the EMA and the
-//! ring-buffer enqueue of `backend::cpu`, and [`Sgd`] over the flat parameter buffer.
+//! ring-buffer enqueue of `backend::cpu`, and [`Sgd`] over the flat parameter buffer; shuffle-BN from
+//! [`super::shuffle`].
 
 use super::config::TrainConfig;
+use super::shuffle::{self, KeyBatch};
 use super::engine::{check_state, encoder_config, initial_queue, Engine, EngineState, StepStats};
 use crate::backend::{cpu, Backend, Cpu, CpuQueue};
 use crate::error::Result;
@@ -67,8 +69,11 @@ impl Engine for CpuEngine {
         let shape = InfoNceShape::new(n, dim, self.cfg.queue_len, self.cfg.temperature as f32)?;
         // key encoder: EMA of the query encoder's parameters (not its BN statistics), then keys without grad
         cpu::ema_update(&mut self.enc_k.params, &self.enc_q.params, &EmaShape::new(self.enc_q.params.len(), self.cfg.momentum)?)?;
-        let k2 = self.enc_k.forward(x_k, true)?.to_vec();
-        let k1 = if self.cfg.symmetric { Some(self.enc_k.forward(x_q, true)?.to_vec()) } else { None };
+        // keys with shuffle-BN: the permutation of this step comes from (seed, optimiser steps taken)
+        let step = self.opt.steps();
+        let enc_k = &mut self.enc_k;
+        let k2 = shuffle::encode_keys(x_k, n, dim, shuffle::for_step(&self.cfg, step, KeyBatch::K2).as_ref(), |x| Ok(enc_k.forward(x, true)?.to_vec()))?;
+        let k1 = if self.cfg.symmetric { Some(shuffle::encode_keys(x_q, n, dim, shuffle::for_step(&self.cfg, step, KeyBatch::K1).as_ref(), |x| Ok(enc_k.forward(x, true)?.to_vec()))?) } else { None };
         self.enc_q.zero_grad();
         let s12 = self.half(x_q, &k2, &shape)?;
         let mut stats = StepStats { loss: s12.loss, acc1: s12.top1 as f32, acc5: s12.top5 as f32 };

@@ -6,6 +6,7 @@ pub mod config;
 mod cpu;
 mod engine;
 mod run;
+pub mod shuffle;
 #[cfg(feature = "wgpu")]
 mod wgpu;
 pub mod state_file;
@@ -15,4 +16,4 @@ pub use cpu::CpuEngine;
 #[cfg(feature = "wgpu")]
 pub use wgpu::WgpuEngine;
 pub use engine::{encoder_config, initial_queue, Engine, EngineState, StepStats};
-pub use run::{embed_dataset, knn_eval, linear_probe_on, train, RunOptions, RunSummary};
+pub use run::{embed_dataset, knn_eval, linear_probe_on, queue_full_step, train, RunOptions, RunSummary};

@@ -8,7 +8,6 @@ use super::state_file::{self, Progress};
 use crate::data::{eval_batches, AugmentConfig, Dataset, PairLoader};
 use crate::error::{Error, Result};
 use crate::eval::{knn_top1, linear_probe, KnnConfig, ProbeConfig};
-use crate::optim::LrSchedule;
 use crate::report::{plot_training, read_jsonl, series, MetricsWriter, PlotOptions, Record};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,7 +40,8 @@ pub struct RunOptions {
 /// What a run did.
 #[derive(Clone, Debug, Default)]
 pub struct RunSummary {
-    /// kNN top-1 (percent) per evaluated epoch, epoch 0 being the initialisation.
+    /// kNN top-1 (percent) per evaluated epoch, epoch 0 being the initialisation (a resumed run includes the
+    /// epochs before its checkpoint, read back from the metrics).
     pub knn: Vec<(usize, f64)>,
     /// The same on the backbone features, when [`RunOptions::knn_backbone`].
     pub knn_backbone: Vec<(usize, f64)>,
@@ -53,6 +53,15 @@ pub struct RunSummary {
     pub pairs_per_s: f64,
     /// Where it stopped.
     pub global_step: u64,
+    /// Where a resumed run started (the checkpoint's progress).
+    pub resumed_from: Option<Progress>,
+}
+
+/// The first step after which the queue holds only real keys (none of the random initial vectors): K keys are
+/// enqueued after `ceil(K / keys per step)` steps.
+pub fn queue_full_step(cfg: &TrainConfig) -> u64 {
+    let per_step = cfg.batch_size * if cfg.symmetric { 2 } else { 1 };
+    cfg.queue_len.div_ceil(per_step.max(1)) as u64
 }
 
 fn checkpoint_path(dir: &Path) -> PathBuf {
@@ -101,7 +110,6 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
     if steps_per_epoch == 0 {
         return Err(Error::shape("train", format!("a training set of at least one batch ({} images)", cfg.batch_size), format!("{} images", train.len())));
     }
-    let sched = if cfg.cosine { LrSchedule::cosine(cfg.lr, cfg.epochs as f64)? } else { LrSchedule::constant(cfg.lr)? };
     let mut prog = Progress { epoch: 0, step: 0, global_step: 0 };
     let mut metrics;
     let mut summary = RunSummary::default();
@@ -110,7 +118,30 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
         let (state, p) = state_file::load(&ck_path, cfg, engine.layout())?;
         engine.load_state(&state)?;
         prog = p;
+        summary.resumed_from = Some(p);
+        if opts.verbose {
+            println!(
+                "resuming from {}: {} steps done; continuing at epoch {} of {}, step {} of {}",
+                ck_path.display(),
+                p.global_step,
+                p.epoch + 1,
+                cfg.epochs,
+                p.step + 1,
+                steps_per_epoch
+            );
+        }
         metrics = MetricsWriter::resume(&opts.out_dir, "metrics", "global_step", prog.global_step as f64)?;
+        // the kNN of the epochs before the checkpoint (the random init among them), so the summary spans the run
+        for r in read_jsonl(metrics.jsonl_path())?.iter().filter(|r| r.get_str("kind") == Some("epoch")) {
+            if let Some(e) = r.get("epoch") {
+                if let Some(v) = r.get("knn_top1") {
+                    summary.knn.push((e as usize, v));
+                }
+                if let Some(v) = r.get("knn_backbone_top1") {
+                    summary.knn_backbone.push((e as usize, v));
+                }
+            }
+        }
     } else {
         metrics = MetricsWriter::create(&opts.out_dir, "metrics")?;
         if do_knn {
@@ -141,7 +172,7 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
     let mut pairs = 0u64;
     let stop_requested = || opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
     'epochs: while prog.epoch < cfg.epochs {
-        let lr = sched.lr(prog.epoch as f64)?;
+        let lr = cfg.lr_at(prog.epoch)?;
         let mut epoch_loss = (0.0f64, 0usize);
         for batch in loader.epoch(prog.epoch, prog.step)? {
             let b = batch?;
@@ -199,10 +230,12 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
                 rec = rec.with("knn_backbone_top1", b);
                 line += &format!(" (backbone features {b:.2}%)");
             }
-            if let Some(bar) = &bar {
-                bar.println(line);
-            } else if opts.verbose {
-                println!("{line}");
+            // a bar drawing to a terminal prints above itself; a hidden one (stderr not a terminal) prints nothing,
+            // so the line goes to stdout
+            match &bar {
+                Some(bar) if !bar.is_hidden() => bar.println(line),
+                _ if opts.verbose => println!("{line}"),
+                _ => {}
             }
         }
         metrics.write(&rec)?;
@@ -213,7 +246,12 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
     summary.pairs_per_s = pairs as f64 / started.elapsed().as_secs_f64().max(1e-9);
     summary.global_step = prog.global_step;
     let recs = read_jsonl(metrics.jsonl_path())?;
-    let opts_plot = PlotOptions { title: format!("MoCo {:?} on {}", cfg.preset, engine.name()), ..PlotOptions::default() };
+    let opts_plot = PlotOptions {
+        title: format!("MoCo ({} preset) on {}", cfg.preset.name(), engine.name()),
+        queue_full_step: Some(queue_full_step(cfg) as f64),
+        batch_size: Some(cfg.batch_size),
+        ..PlotOptions::default()
+    };
     plot_training(opts.out_dir.join("curves.png"), &series(&recs, "global_step", "loss"), &series(&recs, "epoch", "knn_top1").iter().map(|&(e, a)| (e, a / 100.0)).collect::<Vec<_>>(), &opts_plot)?;
     if let Some(path) = &opts.export {
         state_file::export_backbone(path, engine.layout().config, &engine.state()?)?;

@@ -1,8 +1,10 @@
 //! The MoCo step on wgpu: [`ResNetWgpu`] encoders, the fused EMA, streaming InfoNCE and enqueue shaders, and
 //! [`WgpuSgd`], all on device buffers. The host sees the two input batches, the loss statistics and the
-//! features it checks for non-finite values (`[N, dim]`, to match the CPU engine's check).
+//! features it checks for non-finite values (`[N, dim]`, to match the CPU engine's check). Shuffle-BN from
+//! [`super::shuffle`], as the CPU engine.
 
 use super::config::TrainConfig;
+use super::shuffle::{self, KeyBatch};
 use super::engine::{check_state, encoder_config, initial_queue, Engine, EngineState, StepStats};
 use crate::backend::wgpu::{ema_update, enqueue, infonce, optim::WgpuSgd, GpuSlice, InfoNceBuffers, WgpuContext, WgpuQueue};
 use crate::error::{Error, Result};
@@ -26,6 +28,7 @@ pub struct WgpuEngine {
     ptr: usize,
     x_q: wgpu::Buffer,
     x_k: wgpu::Buffer,
+    x_shuffled: wgpu::Buffer,
     q: wgpu::Buffer,
     k1: wgpu::Buffer,
     k2: wgpu::Buffer,
@@ -65,6 +68,7 @@ impl WgpuEngine {
             ptr: 0,
             x_q: ctx.storage_buffer("moco x_q", img),
             x_k: ctx.storage_buffer("moco x_k", img),
+            x_shuffled: ctx.storage_buffer("moco x_k shuffled", img),
             q: ctx.storage_buffer("moco q", feat),
             k1: ctx.storage_buffer("moco k1", feat),
             k2: ctx.storage_buffer("moco k2", feat),
@@ -109,11 +113,26 @@ impl Engine for WgpuEngine {
         let shape = InfoNceShape::new(n, dim, self.cfg.queue_len, self.cfg.temperature as f32)?;
         let len = self.enc_q.layout.params.len;
         ema_update(&self.ctx, &self.enc_k.params, &self.enc_q.params, &EmaShape::new(len, self.cfg.momentum)?)?;
-        let out = self.enc_k.forward(&self.x_k, true)?;
-        copy(&self.ctx, out, &self.k2);
+        // keys with shuffle-BN (the permutation of this step from (seed, optimiser steps taken)): the shuffled
+        // batch is uploaded to its own buffer (x_q and x_k stay in batch order for the query halves), the keys
+        // come back to the host to be put in batch order, as the finiteness check reads them anyway
+        let step = self.opt.steps();
+        let mut pairs = vec![(x_k, KeyBatch::K2, self.k2.clone())];
         if self.cfg.symmetric {
-            let out = self.enc_k.forward(&self.x_q, true)?;
-            copy(&self.ctx, out, &self.k1);
+            pairs.push((x_q, KeyBatch::K1, self.k1.clone()));
+        }
+        for (x, which, dst) in pairs {
+            let perm = shuffle::for_step(&self.cfg, step, which);
+            let (ctx, enc_k, x_in) = (&self.ctx, &mut self.enc_k, &self.x_shuffled);
+            let k = shuffle::encode_keys(x, n, dim, perm.as_ref(), |xs| {
+                ctx.queue.write_buffer(x_in, 0, bytemuck::cast_slice(xs));
+                let out = enc_k.forward(x_in, true)?;
+                copy(ctx, out, &dst);
+                ctx.read(&dst, n * dim)
+            })?;
+            if perm.is_some() {
+                self.ctx.queue.write_buffer(&dst, 0, bytemuck::cast_slice(&k));
+            }
         }
         self.enc_q.zero_grad();
         let (xq, xk, k1, k2) = (self.x_q.clone(), self.x_k.clone(), self.k1.clone(), self.k2.clone());
