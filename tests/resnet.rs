@@ -192,7 +192,7 @@ fn cpu_step(case: &Case) -> impl FnOnce(&ResNetLayout, &[f32], &[f32], &[f32], &
         net.params.copy_from_slice(params);
         net.buffers.copy_from_slice(buffers);
         let logits = net.forward(x, true).unwrap().to_vec();
-        net.zero_grad();
+        net.zero_grad().unwrap();
         net.backward(&dlogits_of(&logits)).unwrap();
         let eval = net.forward(x, false).unwrap().to_vec();
         Outputs { logits, grads: net.grads.clone(), buffers: net.buffers.clone(), eval }
@@ -201,7 +201,7 @@ fn cpu_step(case: &Case) -> impl FnOnce(&ResNetLayout, &[f32], &[f32], &[f32], &
 
 fn wgpu_step(case: &Case, ctx: WgpuContext) -> impl FnOnce(&ResNetLayout, &[f32], &[f32], &[f32], &dyn Fn(&[f32]) -> Vec<f32>) -> Outputs + '_ {
     move |layout, params, buffers, x, dlogits_of| {
-        let mut net = ResNetWgpu::from_host(&ctx, layout.clone(), params, buffers, case.n, case.h, case.w, 1).unwrap();
+        let mut net = ResNetWgpu::from_host(ctx.clone(), layout.clone(), params, buffers, case.n, case.h, case.w, 1).unwrap();
         let logits = net.forward_host(x, true).unwrap();
         net.backward_host(&dlogits_of(&logits)).unwrap();
         let (grads, buffers) = (net.read_grads().unwrap(), net.read_buffers().unwrap());

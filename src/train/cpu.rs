@@ -69,7 +69,7 @@ impl Engine for CpuEngine {
         cpu::ema_update(&mut self.enc_k.params, &self.enc_q.params, &EmaShape::new(self.enc_q.params.len(), self.cfg.momentum)?)?;
         let k2 = self.enc_k.forward(x_k, true)?.to_vec();
         let k1 = if self.cfg.symmetric { Some(self.enc_k.forward(x_q, true)?.to_vec()) } else { None };
-        self.enc_q.zero_grad();
+        self.enc_q.zero_grad()?;
         let s12 = self.half(x_q, &k2, &shape)?;
         let mut stats = StepStats { loss: s12.loss, acc1: s12.top1 as f32, acc5: s12.top5 as f32 };
         let mut rows = n as f32;
