@@ -1,7 +1,7 @@
 //! [`Device`]: the layer kernels a network plan needs, on regions of device allocations. One executor
 //! ([`crate::nn::ResNet`]) runs a plan on any implementation: [`CpuDevice`](super::CpuDevice) (CPU slices),
 //! [`WgpuContext`](super::wgpu::WgpuContext) (`GpuSlice`s) and, with the `cuda` feature,
-//! [`CudaDevice`](super::cuda::CudaDevice) (`CudaView`/`CudaViewMut`s of one allocation). Each implementation
+//! [`Cuda`](super::cuda::Cuda) (`CudaView`/`CudaViewMut`s of one allocation). Each implementation
 //! only forwards to its backend's low-level functions (`backend::cpu::nn`, `backend::wgpu::{conv, norm, pool}`,
 //! `backend::cuda::{conv, norm, pool}`), which stay public for frameworks that own their memory.
 //!
@@ -13,6 +13,9 @@
 //!
 //! Backward kernels accumulate into their input gradients (`dinp += ...`, llm.c style), so a region read by two
 //! nodes (a residual block's input) gets both contributions; the executor zeroes the gradient allocation once.
+//!
+//! Next (engine unification): the optimisers' fused steps and the contrastive ops of [`super::Backend`] on the same
+//! views, so the MoCo step can be written once over `Device`.
 //!
 //! Next (ViT issue): `layernorm_forward/backward`, `attention_forward/backward`, `gelu_forward/backward` and
 //! `patch_embed_forward/backward` join the kernels below, with the same view arguments.

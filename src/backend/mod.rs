@@ -17,6 +17,8 @@ pub mod wgpu;
 
 mod cpu_backend;
 mod cpu_device;
+#[cfg(feature = "cuda")]
+mod cuda_device;
 #[cfg(feature = "wgpu")]
 mod wgpu_backend;
 #[cfg(feature = "wgpu")]

@@ -11,4 +11,6 @@ pub use layout::{Layout, ParamInfo, SplitMix64};
 pub use resnet::{ResNet, ResNetCpu};
 #[cfg(feature = "wgpu")]
 pub use resnet::ResNetWgpu;
+#[cfg(feature = "cuda")]
+pub use resnet::ResNetCuda;
 pub use resnet_layout::{BlockSpec, Depth, ResNetConfig, ResNetLayout, Stem};

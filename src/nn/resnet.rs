@@ -17,6 +17,10 @@ pub type ResNetCpu = ResNet<CpuDevice>;
 /// A ResNet on a wgpu device.
 #[cfg(feature = "wgpu")]
 pub type ResNetWgpu = ResNet<crate::backend::wgpu::WgpuContext>;
+/// A ResNet on a CUDA device (build it with [`ResNet::on`] / [`ResNet::from_host`] and a
+/// [`Cuda`](crate::backend::cuda::Cuda)).
+#[cfg(feature = "cuda")]
+pub type ResNetCuda = ResNet<crate::backend::cuda::Cuda>;
 
 /// A ResNet on device `D`, for one batch shape `[N, 3, H, W]`.
 pub struct ResNet<D: Device> {
