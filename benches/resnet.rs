@@ -17,7 +17,7 @@ fn resnet18(c: &mut Criterion) {
     g.bench_function("cpu_fwd_bwd", |b| {
         b.iter(|| {
             net.forward(&x, true).unwrap();
-            net.zero_grad();
+            net.zero_grad().unwrap();
             net.backward(&dout).unwrap();
         })
     });

@@ -37,7 +37,7 @@ pub mod shape;
 #[cfg(feature = "train")]
 pub mod train;
 
-pub use backend::{AnyBackend, Backend, BackendKind, Cpu, InfoNceStats, QueueDims};
+pub use backend::{AnyBackend, Backend, BackendKind, Cpu, CpuDevice, Device, InfoNceStats, QueueDims};
 #[cfg(feature = "wgpu")]
 pub use backend::Wgpu;
 pub use error::{Error, Result};

@@ -572,3 +572,19 @@ fn relu_propagates_nan() {
     batchnorm_relu_forward_eval(&mut out, &x, &[0.0], &[1.0], None, None, &s).unwrap();
     assert!(out[2].is_nan() && out[1] == 0.0);
 }
+
+#[test]
+fn device_split_checks_regions() {
+    use moco::backend::{CpuDevice, Device, Region};
+    let mut buf: Vec<f32> = (0..16).map(|i| i as f32).collect();
+    // disjoint written regions, overlapping reads: fine, and the views see the allocation
+    let ([a, b], [c, d]) = CpuDevice::split(&mut buf, [Region::new(0, 4), Region::new(12, 4)], [Region::new(4, 6), Region::new(6, 6)]).unwrap();
+    a.fill(-1.0);
+    b[0] = c[0] + d[0];
+    assert_eq!((buf[0], buf[12]), (-1.0, 10.0));
+    // a written region overlapping a read, or another write, or outside the allocation: an error, not a panic
+    assert!(matches!(CpuDevice::split(&mut buf, [Region::new(0, 4)], [Region::new(3, 2)]), Err(Error::Shape { .. })));
+    assert!(CpuDevice::split(&mut buf, [Region::new(0, 4), Region::new(2, 4)], []).is_err());
+    assert!(CpuDevice::split(&mut buf, [Region::new(14, 4)], []).is_err());
+    assert!(CpuDevice::view(&buf, Region::new(usize::MAX, 2)).is_err());
+}

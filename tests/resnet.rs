@@ -192,7 +192,7 @@ fn cpu_step(case: &Case) -> impl FnOnce(&ResNetLayout, &[f32], &[f32], &[f32], &
         net.params.copy_from_slice(params);
         net.buffers.copy_from_slice(buffers);
         let logits = net.forward(x, true).unwrap().to_vec();
-        net.zero_grad();
+        net.zero_grad().unwrap();
         net.backward(&dlogits_of(&logits)).unwrap();
         let eval = net.forward(x, false).unwrap().to_vec();
         Outputs { logits, grads: net.grads.clone(), buffers: net.buffers.clone(), eval }
@@ -201,7 +201,21 @@ fn cpu_step(case: &Case) -> impl FnOnce(&ResNetLayout, &[f32], &[f32], &[f32], &
 
 fn wgpu_step(case: &Case, ctx: WgpuContext) -> impl FnOnce(&ResNetLayout, &[f32], &[f32], &[f32], &dyn Fn(&[f32]) -> Vec<f32>) -> Outputs + '_ {
     move |layout, params, buffers, x, dlogits_of| {
-        let mut net = ResNetWgpu::from_host(&ctx, layout.clone(), params, buffers, case.n, case.h, case.w, 1).unwrap();
+        let mut net = ResNetWgpu::from_host(ctx.clone(), layout.clone(), params, buffers, case.n, case.h, case.w, 1).unwrap();
+        let logits = net.forward_host(x, true).unwrap();
+        net.backward_host(&dlogits_of(&logits)).unwrap();
+        let (grads, buffers) = (net.read_grads().unwrap(), net.read_buffers().unwrap());
+        let eval = net.forward_host(x, false).unwrap();
+        assert_eq!(net.num_batches_tracked, 1);
+        Outputs { logits, grads, buffers, eval }
+    }
+}
+
+/// The same step through the one executor on CUDA (the kernels share the WGSL tiling, so the wgpu tolerance).
+#[cfg(feature = "cuda")]
+fn cuda_step(case: &Case, cuda: moco::backend::cuda::Cuda) -> impl FnOnce(&ResNetLayout, &[f32], &[f32], &[f32], &dyn Fn(&[f32]) -> Vec<f32>) -> Outputs + '_ {
+    move |layout, params, buffers, x, dlogits_of| {
+        let mut net = moco::nn::ResNetCuda::from_host(cuda, layout.clone(), params, buffers, case.n, case.h, case.w, 1).unwrap();
         let logits = net.forward_host(x, true).unwrap();
         net.backward_host(&dlogits_of(&logits)).unwrap();
         let (grads, buffers) = (net.read_grads().unwrap(), net.read_buffers().unwrap());
@@ -250,4 +264,22 @@ fn resnet50_imagenet_runs_forward_backward() {
     assert!(net.forward(&x[1..], true).is_err());
     assert!(net.backward(&[0.0; 3]).is_err());
     assert!(ResNetCpu::new(cfg, 3, 64, 48, 2, 1).is_err(), "N % groups != 0");
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn resnet18_cifar_matches_pytorch_cuda() {
+    match moco::backend::cuda::Cuda::new(0) {
+        Ok(c) => check_case(&R18, WGPU_TOL, cuda_step(&R18, c)),
+        Err(e) => eprintln!("resnet18 on CUDA skipped: {e}"),
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn resnet50_imagenet_matches_pytorch_cuda() {
+    match moco::backend::cuda::Cuda::new(0) {
+        Ok(c) => check_case(&R50, WGPU_TOL, cuda_step(&R50, c)),
+        Err(e) => eprintln!("resnet50 on CUDA skipped: {e}"),
+    }
 }

@@ -2,9 +2,11 @@
 //!
 //! Two levels: each backend module exposes low-level functions on its own buffers (`&[f32]`, `wgpu::Buffer`,
 //! `CudaSlice<f32>`), and [`Backend`] wraps them behind an associated buffer type for code that is generic over
-//! the device (the network, optimisers and trainer).
+//! the device (the network, optimisers and trainer). [`Device`] (in [`device`]) is the layer-kernel trait the one
+//! network executor ([`crate::nn::ResNet`]) runs on: views of regions of device allocations.
 
 pub mod cpu;
+pub mod device;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod plan;
@@ -14,10 +16,17 @@ pub mod optim_params;
 pub mod wgpu;
 
 mod cpu_backend;
+mod cpu_device;
+#[cfg(feature = "cuda")]
+mod cuda_device;
 #[cfg(feature = "wgpu")]
 mod wgpu_backend;
+#[cfg(feature = "wgpu")]
+mod wgpu_device;
 
 pub use cpu_backend::{Cpu, CpuQueue};
+pub use cpu_device::CpuDevice;
+pub use device::{Device, Region};
 pub use plan::StreamPlan;
 #[cfg(feature = "wgpu")]
 pub use wgpu_backend::{Adapter, Wgpu, WgpuBuffer};

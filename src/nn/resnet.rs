@@ -1,221 +1,325 @@
-//! ResNet-18/50 on the CPU with explicit forward and backward (llm.c style): parameters, gradients and running
-//! statistics each in one flat buffer (layout in [`ResNetLayout`]), activations in one allocation sized once per
-//! batch shape. The network is a fixed list of nodes (conv, BN with its fused epilogue, pooling, fc) run forward in
-//! order and backward in reverse, gradients accumulating into one activation-gradient allocation.
+//! ResNet-18/50 with explicit forward and backward (llm.c style), ONE executor for every device: parameters,
+//! gradients and BN running statistics each in one flat allocation (layout in [`ResNetLayout`], every tensor
+//! 256-byte aligned so a GPU kernel binds it as a slice), activations and their gradients in one allocation each,
+//! sized once per batch shape. The network is the fixed node list of `resnet_plan.rs` (conv, BN with its fused
+//! epilogue, pooling, fc), run forward in order and backward in reverse on the kernels of a [`Device`], gradients
+//! accumulating into the one activation-gradient allocation.
 
+use super::layout::ParamInfo;
 use super::resnet_layout::{ResNetConfig, ResNetLayout};
-use super::resnet_plan::{Act, Epilogue, Node, Plan};
-use crate::backend::cpu::nn as k;
-use crate::error::Result;
+use super::resnet_plan::{Epilogue, Node, Plan};
+use crate::backend::device::{Device, EpilogueGrad, Region};
+use crate::backend::CpuDevice;
+use crate::error::{Error, Result};
 
-/// A ResNet on the CPU, for one batch shape `[N, 3, H, W]`.
-#[derive(Debug)]
-pub struct ResNetCpu {
-    /// Names, shapes and offsets of every tensor.
+/// A ResNet on the CPU (the slices of [`CpuDevice`]).
+pub type ResNetCpu = ResNet<CpuDevice>;
+/// A ResNet on a wgpu device.
+#[cfg(feature = "wgpu")]
+pub type ResNetWgpu = ResNet<crate::backend::wgpu::WgpuContext>;
+/// A ResNet on a CUDA device (build it with [`ResNet::on`] / [`ResNet::from_host`] and a
+/// [`Cuda`](crate::backend::cuda::Cuda)).
+#[cfg(feature = "cuda")]
+pub type ResNetCuda = ResNet<crate::backend::cuda::Cuda>;
+
+/// A ResNet on device `D`, for one batch shape `[N, 3, H, W]`.
+pub struct ResNet<D: Device> {
+    /// Names, shapes and offsets of every tensor (the same on every device).
     pub layout: ResNetLayout,
-    /// All parameters, one buffer (layout `layout.params`).
-    pub params: Vec<f32>,
-    /// Gradients of the parameters, same layout; backward accumulates, [`ResNetCpu::zero_grad`] clears.
-    pub grads: Vec<f32>,
-    /// BN running statistics (layout `layout.buffers`).
-    pub buffers: Vec<f32>,
+    /// The device the kernels run on.
+    pub dev: D,
+    /// All parameters `[layout.params.len]`, one allocation.
+    pub params: D::Buf,
+    /// Gradients of the parameters, same layout; backward accumulates, [`ResNet::zero_grad`] clears.
+    pub grads: D::Buf,
+    /// BN running statistics `[layout.buffers.len]`.
+    pub buffers: D::Buf,
     /// Times each BN was run in training mode (torchvision's `num_batches_tracked`, the same for every BN).
     pub num_batches_tracked: i64,
     plan: Plan,
-    acts: Vec<f32>,
-    dacts: Vec<f32>,
-    argmax: Vec<u32>,
-    scratch: Vec<f32>,
+    acts: D::Buf,
+    dacts: D::Buf,
+    argmax: D::IndexBuf,
 }
 
-impl ResNetCpu {
-    /// Builds the network of `config` for inputs `[n, 3, h, w]`, initialised as torchvision does (seeded).
-    /// `bn_groups` > 1 makes every BN a SplitBatchNorm over that many groups of the batch (MoCo's key encoder).
+impl<D: Device> std::fmt::Debug for ResNet<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResNet").field("device", &self.dev.name()).field("config", &self.layout.config).field("batch_shape", &self.batch_shape()).field("num_batches_tracked", &self.num_batches_tracked).finish_non_exhaustive()
+    }
+}
+
+fn reg(p: &ParamInfo) -> Region {
+    Region::new(p.offset, p.len())
+}
+
+fn check_len(op: &'static str, expected: usize, got: usize) -> Result<()> {
+    if expected != got {
+        return Err(Error::shape(op, format!("{expected} elements (the layout)"), format!("{got} elements")));
+    }
+    Ok(())
+}
+
+impl ResNet<CpuDevice> {
+    /// Builds the network of `config` on the CPU for inputs `[n, 3, h, w]`, initialised as torchvision does
+    /// (seeded). `bn_groups` > 1 makes every BN a SplitBatchNorm over that many groups of the batch (MoCo's key
+    /// encoder).
     pub fn new(config: ResNetConfig, n: usize, h: usize, w: usize, bn_groups: usize, seed: u64) -> Result<Self> {
+        Self::on(CpuDevice::new(), config, n, h, w, bn_groups, seed)
+    }
+}
+
+#[cfg(feature = "wgpu")]
+impl ResNet<crate::backend::wgpu::WgpuContext> {
+    /// Builds the network of `config` on `ctx` (the same initial values as [`ResNetCpu::new`] for the same seed).
+    pub fn new(ctx: &crate::backend::wgpu::WgpuContext, config: ResNetConfig, n: usize, h: usize, w: usize, bn_groups: usize, seed: u64) -> Result<Self> {
+        Self::on(ctx.clone(), config, n, h, w, bn_groups, seed)
+    }
+}
+
+impl<D: Device> ResNet<D> {
+    /// Builds the network of `config` on `dev` for inputs `[n, 3, h, w]` with torchvision's initialisation (the
+    /// same values on every device for the same seed). `bn_groups > 1`: SplitBatchNorm.
+    pub fn on(dev: D, config: ResNetConfig, n: usize, h: usize, w: usize, bn_groups: usize, seed: u64) -> Result<Self> {
         let layout = ResNetLayout::new(config)?;
         let mut params = vec![0.0; layout.params.len];
         let mut buffers = vec![0.0; layout.buffers.len];
         layout.init(&mut params, &mut buffers, seed)?;
+        Self::from_host(dev, layout, &params, &buffers, n, h, w, bn_groups)
+    }
+
+    /// A network on `dev` with the given parameters and running statistics (host buffers in `layout`'s layout).
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_host(mut dev: D, layout: ResNetLayout, params: &[f32], buffers: &[f32], n: usize, h: usize, w: usize, bn_groups: usize) -> Result<Self> {
+        check_len("resnet params", layout.params.len, params.len())?;
+        check_len("resnet buffers", layout.buffers.len, buffers.len())?;
         let plan = Plan::new(&layout, n, h, w, bn_groups)?;
-        let grads = vec![0.0; layout.params.len];
-        let (acts, dacts, argmax) = (vec![0.0; plan.acts_len], vec![0.0; plan.acts_len], vec![0; plan.argmax_len]);
-        Ok(Self { layout, params, grads, buffers, num_batches_tracked: 0, plan, acts, dacts, argmax, scratch: Vec::new() })
+        let (p, b, grads) = (dev.upload(params)?, dev.upload(buffers)?, dev.alloc(layout.params.len)?);
+        let (acts, dacts, argmax) = (dev.alloc(plan.acts_len)?, dev.alloc(plan.acts_len)?, dev.alloc_index(plan.argmax_len)?);
+        Ok(Self { layout, dev, params: p, grads, buffers: b, num_batches_tracked: 0, plan, acts, dacts, argmax })
     }
 
-    /// Elements of the activation allocation (for memory accounting).
-    pub fn activation_len(&self) -> usize {
-        self.acts.len()
-    }
-
-    /// Forward `x: [N, 3, H, W]`; returns the output: logits `[N, classes]`, or pooled features `[N, feature_dim]`
-    /// without `fc`. `train` uses batch statistics (and updates the running ones); otherwise running statistics.
-    pub fn forward(&mut self, x: &[f32], train: bool) -> Result<&[f32]> {
-        self.plan.check_input(x.len())?;
-        self.acts[self.plan.input.range()].copy_from_slice(x);
-        for node in &self.plan.nodes {
-            run_forward(node, &mut self.acts, &mut self.argmax, &self.params, &mut self.buffers, &mut self.scratch, train)?;
+    /// Re-plans for batch size `n` and `bn_groups` (same H, W), reallocating the activations; parameters are kept.
+    pub fn set_batch(&mut self, n: usize, bn_groups: usize) -> Result<()> {
+        if n == self.plan.n && self.plan.nodes.iter().all(|nd| !matches!(nd, Node::Bn { shape, .. } if shape.groups != bn_groups)) {
+            return Ok(());
         }
-        if train {
-            self.num_batches_tracked += 1;
-        }
-        Ok(&self.acts[self.plan.output.range()])
+        let plan = Plan::new(&self.layout, n, self.plan.h, self.plan.w, bn_groups)?;
+        (self.acts, self.dacts, self.argmax) = (self.dev.alloc(plan.acts_len)?, self.dev.alloc(plan.acts_len)?, self.dev.alloc_index(plan.argmax_len)?);
+        self.plan = plan;
+        Ok(())
     }
 
-    /// Backward from `dout` (gradient of the loss w.r.t. the output of the last forward, which must have been a
-    /// training forward). Accumulates into [`ResNetCpu::grads`]; returns the gradient w.r.t. the input.
-    pub fn backward(&mut self, dout: &[f32]) -> Result<&[f32]> {
-        self.plan.check_dout(dout.len())?;
-        self.dacts.fill(0.0);
-        self.dacts[self.plan.output.range()].copy_from_slice(dout);
-        for node in self.plan.nodes.iter().rev() {
-            run_backward(node, &self.acts, &mut self.dacts, &self.argmax, &self.params, &mut self.grads, &mut self.scratch)?;
-        }
-        Ok(&self.dacts[self.plan.input.range()])
-    }
-
-    /// Pooled backbone features `[N, feature_dim]` of the last forward (before `fc`).
-    pub fn features(&self) -> &[f32] {
-        &self.acts[self.plan.features.range()]
-    }
-
-    /// Batch shape `(N, H, W)` this network was planned for.
+    /// Batch shape `(N, H, W)` this network is planned for.
     pub fn batch_shape(&self) -> (usize, usize, usize) {
         (self.plan.n, self.plan.h, self.plan.w)
     }
 
+    /// Elements of the activation allocation (for memory accounting).
+    pub fn activation_len(&self) -> usize {
+        self.plan.acts_len
+    }
+
+    /// Forward `x: [N, 3, H, W]` (host slice on the CPU, a device buffer or slice on a GPU); returns the output:
+    /// logits / head output `[N, classes]`, or pooled features `[N, feature_dim]` without `fc`. `train` uses batch
+    /// statistics (and updates the running ones); otherwise running statistics.
+    pub fn forward(&mut self, x: &D::Input, train: bool) -> Result<D::Ref<'_>> {
+        let (x, len) = D::input(x);
+        self.plan.check_input(len)?;
+        let ([dst], []) = D::split(&mut self.acts, [self.plan.input], [])?;
+        self.dev.copy(dst, x)?;
+        self.run_forward(train)?;
+        D::view(&self.acts, self.plan.output)
+    }
+
+    /// [`ResNet::forward`] from host memory, returning the output on the host.
+    pub fn forward_host(&mut self, x: &[f32], train: bool) -> Result<Vec<f32>> {
+        self.plan.check_input(x.len())?;
+        self.dev.write(&mut self.acts, self.plan.input, x)?;
+        self.run_forward(train)?;
+        self.dev.read(&self.acts, self.plan.output)
+    }
+
+    /// The output of the last forward.
+    pub fn output(&self) -> D::Ref<'_> {
+        self.planned(self.plan.output)
+    }
+
+    /// Pooled backbone features `[N, feature_dim]` of the last forward (before `fc`; the kNN monitor's features).
+    pub fn features(&self) -> D::Ref<'_> {
+        self.planned(self.plan.features)
+    }
+
+    /// Pooled backbone features of the last forward, on the host.
+    pub fn read_features(&self) -> Result<Vec<f32>> {
+        self.dev.read(&self.acts, self.plan.features)
+    }
+
+    fn planned(&self, r: Region) -> D::Ref<'_> {
+        // The planner lays every region out inside `acts_len` at a multiple of TENSOR_ALIGN, and `acts` has
+        // `acts_len` elements: a failure here is a bug of the planner, not an input error.
+        D::view(&self.acts, r).expect("a planned region lies inside the activation allocation")
+    }
+
+    /// Backward from `dout` (the loss gradient w.r.t. the output of the last forward, which must have been a
+    /// training forward). Accumulates into [`ResNet::grads`]. The input gradient is not computed (nothing upstream
+    /// of the image needs it), which saves the first conv's backward-data pass.
+    pub fn backward(&mut self, dout: &D::Input) -> Result<()> {
+        let (d, len) = D::input(dout);
+        self.plan.check_dout(len)?;
+        self.dev.zero(&mut self.dacts)?;
+        let ([dst], []) = D::split(&mut self.dacts, [self.plan.output], [])?;
+        self.dev.copy(dst, d)?;
+        self.run_backward()
+    }
+
+    /// [`ResNet::backward`] from host memory.
+    pub fn backward_host(&mut self, dout: &[f32]) -> Result<()> {
+        self.plan.check_dout(dout.len())?;
+        self.dev.zero(&mut self.dacts)?;
+        self.dev.write(&mut self.dacts, self.plan.output, dout)?;
+        self.run_backward()
+    }
+
     /// Sets every parameter gradient to zero.
-    pub fn zero_grad(&mut self) {
-        self.grads.fill(0.0);
+    pub fn zero_grad(&mut self) -> Result<()> {
+        self.dev.zero(&mut self.grads)
+    }
+
+    /// Parameters on the host (`[layout.params.len]`).
+    pub fn read_params(&self) -> Result<Vec<f32>> {
+        self.dev.read(&self.params, Region::new(0, self.layout.params.len))
+    }
+
+    /// Gradients on the host.
+    pub fn read_grads(&self) -> Result<Vec<f32>> {
+        self.dev.read(&self.grads, Region::new(0, self.layout.params.len))
+    }
+
+    /// BN running statistics on the host.
+    pub fn read_buffers(&self) -> Result<Vec<f32>> {
+        self.dev.read(&self.buffers, Region::new(0, self.layout.buffers.len))
+    }
+
+    /// Overwrites the parameters from the host.
+    pub fn write_params(&mut self, params: &[f32]) -> Result<()> {
+        check_len("resnet params", self.layout.params.len, params.len())?;
+        self.dev.write(&mut self.params, Region::new(0, params.len()), params)
+    }
+
+    /// Overwrites the running statistics from the host.
+    pub fn write_buffers(&mut self, buffers: &[f32]) -> Result<()> {
+        check_len("resnet buffers", self.layout.buffers.len, buffers.len())?;
+        self.dev.write(&mut self.buffers, Region::new(0, buffers.len()), buffers)
+    }
+
+    fn run_forward(&mut self, train: bool) -> Result<()> {
+        for node in &self.plan.nodes {
+            forward_node(&mut self.dev, node, &mut self.acts, &mut self.argmax, &self.params, &mut self.buffers, train)?;
+        }
+        if train {
+            self.num_batches_tracked += 1;
+        }
+        Ok(())
+    }
+
+    fn run_backward(&mut self) -> Result<()> {
+        let input = self.plan.input;
+        for node in self.plan.nodes.iter().rev() {
+            backward_node(&mut self.dev, node, input, &self.acts, &mut self.dacts, &self.argmax, &self.params, &mut self.grads)?;
+        }
+        Ok(())
     }
 }
 
-/// `(&mut buf[a], &buf[b])` for disjoint regions.
-fn split_mut_ref(buf: &mut [f32], a: Act, b: Act) -> (&mut [f32], &[f32]) {
-    assert!(a.offset + a.len <= b.offset || b.offset + b.len <= a.offset, "activation regions overlap");
-    if a.offset < b.offset {
-        let (lo, hi) = buf.split_at_mut(b.offset);
-        (&mut lo[a.range()], &hi[..b.len])
-    } else {
-        let (lo, hi) = buf.split_at_mut(a.offset);
-        (&mut hi[..a.len], &lo[b.range()])
-    }
-}
-
-/// A mutable view of region `a` of the allocation starting at `base` with `len` elements.
-///
-/// # Safety
-/// `a` must lie inside the allocation, and no other live reference may overlap it.
-unsafe fn region_mut<'a>(base: *mut f32, len: usize, a: Act) -> &'a mut [f32] {
-    assert!(a.offset + a.len <= len);
-    std::slice::from_raw_parts_mut(base.add(a.offset), a.len)
-}
-
-/// A shared view of region `a` (see [`region_mut`]).
-///
-/// # Safety
-/// `a` must lie inside the allocation, and no live mutable reference may overlap it.
-unsafe fn region<'a>(base: *const f32, len: usize, a: Act) -> &'a [f32] {
-    assert!(a.offset + a.len <= len);
-    std::slice::from_raw_parts(base.add(a.offset), a.len)
-}
-
-fn run_forward(node: &Node, acts: &mut [f32], argmax: &mut [u32], params: &[f32], buffers: &mut [f32], scratch: &mut Vec<f32>, train: bool) -> Result<()> {
+/// One node forward: outputs into `acts` (and the argmax, and in training the running statistics in `stats`).
+fn forward_node<D: Device>(dev: &mut D, node: &Node, acts: &mut D::Buf, argmax: &mut D::IndexBuf, params: &D::Buf, stats: &mut D::Buf, train: bool) -> Result<()> {
     match node {
         Node::Conv { w, shape, inp, out } => {
-            let (o, i) = split_mut_ref(acts, *out, *inp);
-            k::conv2d_forward(o, scratch, i, &params[w.range()], shape)
+            let ([o], [i]) = D::split(acts, [*out], [*inp])?;
+            dev.conv2d_forward(o, i, D::view(params, reg(w))?, shape)
         }
         Node::Bn { gamma, beta, rm, rv, shape, inp, out, mean, rstd, epi } => {
-            let (g, b) = (Some(&params[gamma.range()]), Some(&params[beta.range()]));
-            let (base, len) = (acts.as_mut_ptr(), acts.len());
-            // SAFETY: the planner gives out, mean, rstd, inp and identity pairwise disjoint regions of `acts`.
-            let (o, m, r, i) = unsafe { (region_mut(base, len, *out), region_mut(base, len, *mean), region_mut(base, len, *rstd), region(base, len, *inp)) };
-            let (rm_r, rv_r) = (rm.range(), rv.range());
-            let (bm, bv) = buffers.split_at_mut(rv_r.start.max(rm_r.start));
-            let (running_mean, running_var) = if rm_r.start < rv_r.start { (&mut bm[rm_r], &mut bv[..rv.len()]) } else { (&mut bv[..rm.len()], &mut bm[rv_r]) };
-            match (epi, train) {
-                (Epilogue::None, true) => k::batchnorm_forward_train(o, m, r, running_mean, running_var, i, g, b, shape),
-                (Epilogue::Relu, true) => k::batchnorm_relu_forward_train(o, m, r, running_mean, running_var, i, g, b, shape),
-                (Epilogue::AddRelu(id), true) => {
-                    // SAFETY: as above
-                    let idv = unsafe { region(base, len, *id) };
-                    k::batchnorm_add_relu_forward_train(o, m, r, running_mean, running_var, i, idv, g, b, shape)
-                }
-                (Epilogue::None, false) => k::batchnorm_forward_eval(o, i, running_mean, running_var, g, b, shape),
-                (Epilogue::Relu, false) => k::batchnorm_relu_forward_eval(o, i, running_mean, running_var, g, b, shape),
-                (Epilogue::AddRelu(id), false) => {
-                    // SAFETY: as above
-                    let idv = unsafe { region(base, len, *id) };
-                    k::batchnorm_add_relu_forward_eval(o, i, idv, running_mean, running_var, g, b, shape)
-                }
+            let (g, b) = (Some(D::view(params, reg(gamma))?), Some(D::view(params, reg(beta))?));
+            // the identity of an add+ReLU epilogue is one more region read (otherwise `inp` again, unused)
+            let id = match epi {
+                Epilogue::AddRelu(id) => *id,
+                _ => *inp,
+            };
+            if train {
+                let ([o, m, r], [i, id]) = D::split(acts, [*out, *mean, *rstd], [*inp, id])?;
+                let ([rmv, rvv], []) = D::split(stats, [reg(rm), reg(rv)], [])?;
+                dev.batchnorm_forward_train(o, m, r, rmv, rvv, i, epi.map(|_| id), g, b, shape)
+            } else {
+                let ([o], [i, id]) = D::split(acts, [*out], [*inp, id])?;
+                let (rmv, rvv) = (D::view(stats, reg(rm))?, D::view(stats, reg(rv))?);
+                dev.batchnorm_forward_eval(o, i, epi.map(|_| id), rmv, rvv, g, b, shape)
             }
         }
         Node::MaxPool { shape, inp, out, argmax: a } => {
-            let (o, i) = split_mut_ref(acts, *out, *inp);
-            k::maxpool2d_forward(o, &mut argmax[*a..*a + out.len], i, shape)
+            let ([o], [i]) = D::split(acts, [*out], [*inp])?;
+            dev.maxpool2d_forward(o, D::index_mut(argmax, Region::new(*a, out.len))?, i, shape)
         }
         Node::AvgPool { shape, inp, out } => {
-            let (o, i) = split_mut_ref(acts, *out, *inp);
-            k::global_avgpool_forward(o, i, shape)
-        }
-        Node::Relu { shape, inp, out } => {
-            let (o, i) = split_mut_ref(acts, *out, *inp);
-            k::relu_forward(o, i, shape)
+            let ([o], [i]) = D::split(acts, [*out], [*inp])?;
+            dev.global_avgpool_forward(o, i, shape)
         }
         Node::Fc { w, b, shape, inp, out } => {
-            let (o, i) = split_mut_ref(acts, *out, *inp);
-            k::linear_forward(o, i, &params[w.range()], Some(&params[b.range()]), shape)
+            let ([o], [i]) = D::split(acts, [*out], [*inp])?;
+            dev.linear_forward(o, i, D::view(params, reg(w))?, Some(D::view(params, reg(b))?), shape)
+        }
+        Node::Relu { shape, inp, out } => {
+            let ([o], [i]) = D::split(acts, [*out], [*inp])?;
+            dev.relu_forward(o, i, shape)
         }
     }
 }
 
-fn run_backward(node: &Node, acts: &[f32], dacts: &mut [f32], argmax: &[u32], params: &[f32], grads: &mut [f32], scratch: &mut Vec<f32>) -> Result<()> {
+/// One node backward: input gradients accumulated into `dacts` (none for the network's `input`), parameter
+/// gradients into `grads`.
+#[allow(clippy::too_many_arguments)]
+fn backward_node<D: Device>(dev: &mut D, node: &Node, input: Region, acts: &D::Buf, dacts: &mut D::Buf, argmax: &D::IndexBuf, params: &D::Buf, grads: &mut D::Buf) -> Result<()> {
     match node {
         Node::Conv { w, shape, inp, out } => {
-            let (di, d_o) = split_mut_ref(dacts, *inp, *out);
-            k::conv2d_backward(Some(di), &mut grads[w.range()], scratch, d_o, &acts[inp.range()], &params[w.range()], shape)
+            let ([di], [d_o]) = D::split(dacts, [*inp], [*out])?;
+            let di = if *inp == input { None } else { Some(di) };
+            let ([dw], []) = D::split(grads, [reg(w)], [])?;
+            dev.conv2d_backward(di, dw, d_o, D::view(acts, *inp)?, D::view(params, reg(w))?, shape)
         }
         Node::Bn { gamma, beta, shape, inp, out, mean, rstd, epi, .. } => {
-            let (gr, br) = (gamma.range(), beta.range());
-            let (ga, gb) = grads.split_at_mut(br.start.max(gr.start));
-            let (dgamma, dbeta) = if gr.start < br.start { (&mut ga[gr], &mut gb[..beta.len()]) } else { (&mut gb[..gamma.len()], &mut ga[br]) };
-            let g = Some(&params[gamma.range()]);
-            let (m, r, i, o) = (&acts[mean.range()], &acts[rstd.range()], &acts[inp.range()], &acts[out.range()]);
+            let ([dg, db], []) = D::split(grads, [reg(gamma), reg(beta)], [])?;
+            let (i, o, m, r) = (D::view(acts, *inp)?, D::view(acts, *out)?, D::view(acts, *mean)?, D::view(acts, *rstd)?);
+            let g = Some(D::view(params, reg(gamma))?);
             match epi {
-                Epilogue::None => {
-                    let (di, d_o) = split_mut_ref(dacts, *inp, *out);
-                    k::batchnorm_backward(di, Some(dgamma), Some(dbeta), d_o, i, m, r, g, shape)
+                Epilogue::AddRelu(id) => {
+                    let ([di, did], [d_o]) = D::split(dacts, [*inp, *id], [*out])?;
+                    dev.batchnorm_backward(di, EpilogueGrad::AddRelu { out: o, didentity: did }, Some(dg), Some(db), d_o, i, m, r, g, shape)
                 }
                 Epilogue::Relu => {
-                    let (di, d_o) = split_mut_ref(dacts, *inp, *out);
-                    k::batchnorm_relu_backward(di, Some(dgamma), Some(dbeta), d_o, o, i, m, r, g, shape)
+                    let ([di], [d_o]) = D::split(dacts, [*inp], [*out])?;
+                    dev.batchnorm_backward(di, EpilogueGrad::Relu { out: o }, Some(dg), Some(db), d_o, i, m, r, g, shape)
                 }
-                Epilogue::AddRelu(id) => {
-                    let (base, len) = (dacts.as_mut_ptr(), dacts.len());
-                    // SAFETY: inp, identity and out are pairwise disjoint regions of `dacts`.
-                    let (di, did, d_o) = unsafe { (region_mut(base, len, *inp), region_mut(base, len, *id), region(base, len, *out)) };
-                    k::batchnorm_add_relu_backward(di, did, Some(dgamma), Some(dbeta), d_o, o, i, m, r, g, shape)
+                Epilogue::None => {
+                    let ([di], [d_o]) = D::split(dacts, [*inp], [*out])?;
+                    dev.batchnorm_backward(di, EpilogueGrad::None, Some(dg), Some(db), d_o, i, m, r, g, shape)
                 }
             }
         }
         Node::MaxPool { shape, inp, out, argmax: a } => {
-            let (di, d_o) = split_mut_ref(dacts, *inp, *out);
-            k::maxpool2d_backward(di, d_o, &argmax[*a..*a + out.len], shape)
+            let ([di], [d_o]) = D::split(dacts, [*inp], [*out])?;
+            dev.maxpool2d_backward(di, d_o, D::index_view(argmax, Region::new(*a, out.len))?, shape)
         }
         Node::AvgPool { shape, inp, out } => {
-            let (di, d_o) = split_mut_ref(dacts, *inp, *out);
-            k::global_avgpool_backward(di, d_o, shape)
-        }
-        Node::Relu { shape, inp, out } => {
-            let (di, d_o) = split_mut_ref(dacts, *inp, *out);
-            k::relu_backward(di, d_o, &acts[out.range()], shape)
+            let ([di], [d_o]) = D::split(dacts, [*inp], [*out])?;
+            dev.global_avgpool_backward(di, d_o, shape)
         }
         Node::Fc { w, b, shape, inp, out } => {
-            let (wr, brg) = (w.range(), b.range());
-            let (ga, gb) = grads.split_at_mut(brg.start.max(wr.start));
-            let (dw, db) = if wr.start < brg.start { (&mut ga[wr], &mut gb[..b.len()]) } else { (&mut gb[..w.len()], &mut ga[brg]) };
-            let (di, d_o) = split_mut_ref(dacts, *inp, *out);
-            k::linear_backward(Some(di), dw, Some(db), d_o, &acts[inp.range()], &params[w.range()], shape)
+            let ([dw, db], []) = D::split(grads, [reg(w), reg(b)], [])?;
+            let ([di], [d_o]) = D::split(dacts, [*inp], [*out])?;
+            dev.linear_backward(Some(di), dw, Some(db), d_o, D::view(acts, *inp)?, D::view(params, reg(w))?, shape)
+        }
+        Node::Relu { shape, inp, out } => {
+            let ([di], [d_o]) = D::split(dacts, [*inp], [*out])?;
+            dev.relu_backward(di, d_o, D::view(acts, *out)?, shape)
         }
     }
 }

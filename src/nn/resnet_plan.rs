@@ -1,35 +1,21 @@
-//! The ResNet as a fixed list of nodes over one activation allocation, shared by every backend's executor
-//! ([`super::ResNetCpu`], [`super::ResNetWgpu`]): the planner walks the architecture once per batch shape, gives
+//! The ResNet as a fixed list of nodes over one activation allocation, run by the one executor
+//! [`super::ResNet`] on any [`crate::backend::Device`]: the planner walks the architecture once per batch shape, gives
 //! each node its parameter tensors (offsets into the flat parameter and statistics buffers) and its regions of the
-//! activation allocation, and the executors run the nodes forward in order and backward in reverse.
+//! activation allocation, and the executor runs the nodes forward in order and backward in reverse.
 //!
 //! Every region starts at a multiple of [`TENSOR_ALIGN`] elements, so a GPU kernel can bind it as a slice.
 
 use super::layout::{ParamInfo, TENSOR_ALIGN};
 use super::resnet_layout::{ResNetLayout, Stem};
 use crate::backend::cpu::nn as k;
+use crate::backend::device::{self, Region};
 use crate::error::{Error, Result};
 
 /// A region of the activation allocation (elements).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Act {
-    pub offset: usize,
-    pub len: usize,
-}
+pub(crate) type Act = Region;
 
-impl Act {
-    pub fn range(&self) -> std::ops::Range<usize> {
-        self.offset..self.offset + self.len
-    }
-}
-
-/// What a batch-norm node does after normalising.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Epilogue {
-    None,
-    Relu,
-    AddRelu(Act),
-}
+/// What a batch-norm node does after normalising (the identity of `AddRelu` is an activation region).
+pub(crate) type Epilogue = device::Epilogue<Act>;
 
 /// One layer. Regions (`Act`) are disjoint; `argmax` is an offset into the u32 argmax allocation.
 #[derive(Clone, Debug)]

@@ -74,7 +74,7 @@ impl Engine for CpuEngine {
         let enc_k = &mut self.enc_k;
         let k2 = shuffle::encode_keys(x_k, n, dim, shuffle::for_step(&self.cfg, step, KeyBatch::K2).as_ref(), |x| Ok(enc_k.forward(x, true)?.to_vec()))?;
         let k1 = if self.cfg.symmetric { Some(shuffle::encode_keys(x_q, n, dim, shuffle::for_step(&self.cfg, step, KeyBatch::K1).as_ref(), |x| Ok(enc_k.forward(x, true)?.to_vec()))?) } else { None };
-        self.enc_q.zero_grad();
+        self.enc_q.zero_grad()?;
         let s12 = self.half(x_q, &k2, &shape)?;
         let mut stats = StepStats { loss: s12.loss, acc1: s12.top1 as f32, acc5: s12.top5 as f32 };
         let mut rows = n as f32;

@@ -134,7 +134,7 @@ impl Engine for WgpuEngine {
                 self.ctx.queue.write_buffer(&dst, 0, bytemuck::cast_slice(&k));
             }
         }
-        self.enc_q.zero_grad();
+        self.enc_q.zero_grad()?;
         let (xq, xk, k1, k2) = (self.x_q.clone(), self.x_k.clone(), self.k1.clone(), self.k2.clone());
         let s12 = self.half(&xq, &k2, &shape)?;
         let mut stats = StepStats { loss: s12.loss, acc1: s12.top1 as f32, acc5: s12.top5 as f32 };

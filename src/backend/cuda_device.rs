@@ -1,0 +1,178 @@
+//! [`Device`] on CUDA: allocations are `CudaSlice`s, views are `CudaView`/`CudaViewMut`s of one allocation, and
+//! every kernel is the `backend::cuda::{conv, norm, pool}` function of the same name, launched on [`Cuda::stream`].
+//!
+//! Compile-checked only: no machine this was written on has a GPU, and the ResNet fixtures have not yet been run
+//! through this implementation (the device check of issue 10 is where they will run).
+
+use super::cuda::{conv, norm, pool, Cuda};
+use super::device::{check_regions, Device, Epilogue, EpilogueGrad, Region};
+use super::BackendKind;
+use crate::backend::cpu::nn::{BatchNormShape, Conv2dShape, EltwiseShape, GlobalAvgPoolShape, LinearShape, MaxPool2dShape};
+use crate::error::{Error, Result};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+
+fn outside(op: &'static str, len: usize, at: Region) -> Error {
+    Error::shape(op, format!("a region inside the {len}-element allocation"), format!("elements {}..{}", at.offset, at.offset.saturating_add(at.len)))
+}
+
+/// Splits `v` at `mid` (checked by the caller), both halves living as long as `v` did.
+fn split_off<'a>(mut v: CudaViewMut<'a, f32>, mid: usize) -> Result<(CudaViewMut<'a, f32>, CudaViewMut<'a, f32>)> {
+    let len = v.len();
+    let (a, b) = v.try_split_at_mut(mid).ok_or_else(|| outside("cuda split", len, Region::new(0, mid)))?;
+    // SAFETY: a `CudaViewMut` holds a device pointer, a length and shared references to its allocation's events and
+    // stream; cudarc copies those references from `v`, so they are valid for `v`'s lifetime, and `CudaViewMut` has
+    // no `Drop`. The two halves cover disjoint elements of `v`, which is consumed here, so no other view of those
+    // elements exists. Only the borrow of the local `v` in cudarc's signature is lengthened back to `v`'s lifetime.
+    Ok(unsafe { (std::mem::transmute::<CudaViewMut<'_, f32>, CudaViewMut<'a, f32>>(a), std::mem::transmute::<CudaViewMut<'_, f32>, CudaViewMut<'a, f32>>(b)) })
+}
+
+impl Device for Cuda {
+    type Buf = CudaSlice<f32>;
+    type IndexBuf = CudaSlice<u32>;
+    type Ref<'a> = CudaView<'a, f32>;
+    type Mut<'a> = CudaViewMut<'a, f32>;
+    type IndexRef<'a> = CudaView<'a, u32>;
+    type IndexMut<'a> = CudaViewMut<'a, u32>;
+    type Input = CudaSlice<f32>;
+
+    fn kind(&self) -> BackendKind {
+        BackendKind::Cuda
+    }
+    fn name(&self) -> String {
+        Cuda::name(self)
+    }
+
+    fn alloc(&mut self, len: usize) -> Result<CudaSlice<f32>> {
+        Ok(self.stream.alloc_zeros::<f32>(len)?)
+    }
+    fn alloc_index(&mut self, len: usize) -> Result<CudaSlice<u32>> {
+        Ok(self.stream.alloc_zeros::<u32>(len)?)
+    }
+    fn upload(&mut self, data: &[f32]) -> Result<CudaSlice<f32>> {
+        Ok(self.stream.clone_htod(data)?)
+    }
+    fn buf_len(buf: &CudaSlice<f32>) -> usize {
+        buf.len()
+    }
+    fn zero(&mut self, buf: &mut CudaSlice<f32>) -> Result<()> {
+        Ok(self.stream.memset_zeros(buf)?)
+    }
+    fn write(&mut self, buf: &mut CudaSlice<f32>, at: Region, data: &[f32]) -> Result<()> {
+        crate::error::check_len_eq("cuda write", "data of the region's length", at.len, data.len())?;
+        let len = buf.len();
+        let mut dst = buf.try_slice_mut(at.range()).ok_or_else(|| outside("cuda write", len, at))?;
+        Ok(self.stream.memcpy_htod(data, &mut dst)?)
+    }
+    fn read(&self, buf: &CudaSlice<f32>, at: Region) -> Result<Vec<f32>> {
+        let src = buf.try_slice(at.range()).ok_or_else(|| outside("cuda read", buf.len(), at))?;
+        Ok(self.stream.clone_dtoh(&src)?)
+    }
+    fn copy(&mut self, mut dst: CudaViewMut<'_, f32>, src: CudaView<'_, f32>) -> Result<()> {
+        crate::error::check_len_eq("cuda copy", "a destination of the source's length", src.len(), dst.len())?;
+        Ok(self.stream.memcpy_dtod(&src, &mut dst)?)
+    }
+
+    fn input(x: &CudaSlice<f32>) -> (CudaView<'_, f32>, usize) {
+        (x.as_view(), x.len())
+    }
+    fn view(buf: &CudaSlice<f32>, at: Region) -> Result<CudaView<'_, f32>> {
+        buf.try_slice(at.range()).ok_or_else(|| outside("cuda view", buf.len(), at))
+    }
+    fn split<const W: usize, const R: usize>(buf: &mut CudaSlice<f32>, writes: [Region; W], reads: [Region; R]) -> Result<([CudaViewMut<'_, f32>; W], [CudaView<'_, f32>; R])> {
+        check_regions("cuda split", buf.len(), &writes, &reads)?;
+        // cut the allocation at the written regions, in offset order; the pieces between them become read-only
+        let mut order: [usize; W] = std::array::from_fn(|i| i);
+        order.sort_by_key(|&i| writes[i].offset);
+        let mut out: [Option<CudaViewMut<'_, f32>>; W] = std::array::from_fn(|_| None);
+        let mut gaps: Vec<(usize, CudaView<'_, f32>)> = Vec::with_capacity(W + 1);
+        let (mut rest, mut pos) = (buf.as_view_mut(), 0);
+        for i in order {
+            let start = writes[i].offset.max(pos);
+            let (gap, tail) = split_off(rest, start - pos)?;
+            gaps.push((pos, gap.into_view()));
+            let (w, tail) = split_off(tail, writes[i].len)?;
+            out[i] = Some(w);
+            (rest, pos) = (tail, start + writes[i].len);
+        }
+        gaps.push((pos, rest.into_view()));
+        let mut err = None;
+        let rd = reads.map(|r| {
+            let found = gaps.iter().find(|(off, g)| *off <= r.offset && r.offset + r.len <= off + g.len()).and_then(|(off, g)| g.try_slice(r.offset - off..r.offset - off + r.len));
+            found.unwrap_or_else(|| {
+                err.get_or_insert_with(|| Error::shape("cuda split", "read regions that do not straddle a written one", format!("elements {:?}", r.range())));
+                gaps[0].1.slice(0..0)
+            })
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+        let w: Vec<CudaViewMut<'_, f32>> = out.into_iter().flatten().collect();
+        let w: [CudaViewMut<'_, f32>; W] = w.try_into().map_err(|_| Error::shape("cuda split", format!("{W} written views"), "fewer"))?;
+        Ok((w, rd))
+    }
+    fn index_view(buf: &CudaSlice<u32>, at: Region) -> Result<CudaView<'_, u32>> {
+        buf.try_slice(at.range()).ok_or_else(|| outside("cuda index view", buf.len(), at))
+    }
+    fn index_mut(buf: &mut CudaSlice<u32>, at: Region) -> Result<CudaViewMut<'_, u32>> {
+        let len = buf.len();
+        buf.try_slice_mut(at.range()).ok_or_else(|| outside("cuda index view", len, at))
+    }
+
+    fn conv2d_forward(&mut self, mut out: CudaViewMut<'_, f32>, inp: CudaView<'_, f32>, weight: CudaView<'_, f32>, shape: &Conv2dShape) -> Result<()> {
+        conv::conv2d_forward(&self.stream, &mut out, &inp, &weight, shape)
+    }
+    fn conv2d_backward(&mut self, mut dinp: Option<CudaViewMut<'_, f32>>, mut dweight: CudaViewMut<'_, f32>, dout: CudaView<'_, f32>, inp: CudaView<'_, f32>, weight: CudaView<'_, f32>, shape: &Conv2dShape) -> Result<()> {
+        conv::conv2d_backward(&self.stream, dinp.as_mut(), &mut dweight, &dout, &inp, &weight, shape)
+    }
+    fn batchnorm_forward_train(&mut self, mut out: CudaViewMut<'_, f32>, mut mean: CudaViewMut<'_, f32>, mut rstd: CudaViewMut<'_, f32>, mut running_mean: CudaViewMut<'_, f32>, mut running_var: CudaViewMut<'_, f32>, inp: CudaView<'_, f32>, epilogue: Epilogue<CudaView<'_, f32>>, gamma: Option<CudaView<'_, f32>>, beta: Option<CudaView<'_, f32>>, shape: &BatchNormShape) -> Result<()> {
+        let (s, g, b) = (&self.stream, gamma.as_ref(), beta.as_ref());
+        match epilogue {
+            Epilogue::None => norm::batchnorm_forward_train(s, &mut out, &mut mean, &mut rstd, &mut running_mean, &mut running_var, &inp, g, b, shape),
+            Epilogue::Relu => norm::batchnorm_relu_forward_train(s, &mut out, &mut mean, &mut rstd, &mut running_mean, &mut running_var, &inp, g, b, shape),
+            Epilogue::AddRelu(id) => norm::batchnorm_add_relu_forward_train(s, &mut out, &mut mean, &mut rstd, &mut running_mean, &mut running_var, &inp, &id, g, b, shape),
+        }
+    }
+    fn batchnorm_forward_eval(&mut self, mut out: CudaViewMut<'_, f32>, inp: CudaView<'_, f32>, epilogue: Epilogue<CudaView<'_, f32>>, running_mean: CudaView<'_, f32>, running_var: CudaView<'_, f32>, gamma: Option<CudaView<'_, f32>>, beta: Option<CudaView<'_, f32>>, shape: &BatchNormShape) -> Result<()> {
+        let (s, g, b) = (&self.stream, gamma.as_ref(), beta.as_ref());
+        match epilogue {
+            Epilogue::None => norm::batchnorm_forward_eval(s, &mut out, &inp, &running_mean, &running_var, g, b, shape),
+            Epilogue::Relu => norm::batchnorm_relu_forward_eval(s, &mut out, &inp, &running_mean, &running_var, g, b, shape),
+            Epilogue::AddRelu(id) => norm::batchnorm_add_relu_forward_eval(s, &mut out, &inp, &id, &running_mean, &running_var, g, b, shape),
+        }
+    }
+    fn batchnorm_backward<'a>(&mut self, mut dinp: CudaViewMut<'a, f32>, epilogue: EpilogueGrad<CudaView<'a, f32>, CudaViewMut<'a, f32>>, mut dgamma: Option<CudaViewMut<'a, f32>>, mut dbeta: Option<CudaViewMut<'a, f32>>, dout: CudaView<'a, f32>, inp: CudaView<'a, f32>, mean: CudaView<'a, f32>, rstd: CudaView<'a, f32>, gamma: Option<CudaView<'a, f32>>, shape: &BatchNormShape) -> Result<()> {
+        let (s, dg, db, g) = (&self.stream, dgamma.as_mut(), dbeta.as_mut(), gamma.as_ref());
+        match epilogue {
+            EpilogueGrad::None => norm::batchnorm_backward(s, &mut dinp, dg, db, &dout, &inp, &mean, &rstd, g, shape),
+            EpilogueGrad::Relu { out } => norm::batchnorm_relu_backward(s, &mut dinp, dg, db, &dout, &out, &inp, &mean, &rstd, g, shape),
+            EpilogueGrad::AddRelu { out, mut didentity } => norm::batchnorm_add_relu_backward(s, &mut dinp, &mut didentity, dg, db, &dout, &out, &inp, &mean, &rstd, g, shape),
+        }
+    }
+    fn maxpool2d_forward(&mut self, mut out: CudaViewMut<'_, f32>, mut argmax: CudaViewMut<'_, u32>, inp: CudaView<'_, f32>, shape: &MaxPool2dShape) -> Result<()> {
+        pool::maxpool2d_forward(&self.stream, &mut out, &mut argmax, &inp, shape)
+    }
+    fn maxpool2d_backward(&mut self, mut dinp: CudaViewMut<'_, f32>, dout: CudaView<'_, f32>, argmax: CudaView<'_, u32>, shape: &MaxPool2dShape) -> Result<()> {
+        pool::maxpool2d_backward(&self.stream, &mut dinp, &dout, &argmax, shape)
+    }
+    fn global_avgpool_forward(&mut self, mut out: CudaViewMut<'_, f32>, inp: CudaView<'_, f32>, shape: &GlobalAvgPoolShape) -> Result<()> {
+        pool::global_avgpool_forward(&self.stream, &mut out, &inp, shape)
+    }
+    fn global_avgpool_backward(&mut self, mut dinp: CudaViewMut<'_, f32>, dout: CudaView<'_, f32>, shape: &GlobalAvgPoolShape) -> Result<()> {
+        pool::global_avgpool_backward(&self.stream, &mut dinp, &dout, shape)
+    }
+    fn linear_forward(&mut self, mut out: CudaViewMut<'_, f32>, inp: CudaView<'_, f32>, weight: CudaView<'_, f32>, bias: Option<CudaView<'_, f32>>, shape: &LinearShape) -> Result<()> {
+        pool::linear_forward(&self.stream, &mut out, &inp, &weight, bias.as_ref(), shape)
+    }
+    fn linear_backward(&mut self, mut dinp: Option<CudaViewMut<'_, f32>>, mut dweight: CudaViewMut<'_, f32>, mut dbias: Option<CudaViewMut<'_, f32>>, dout: CudaView<'_, f32>, inp: CudaView<'_, f32>, weight: CudaView<'_, f32>, shape: &LinearShape) -> Result<()> {
+        pool::linear_backward(&self.stream, dinp.as_mut(), &mut dweight, dbias.as_mut(), &dout, &inp, &weight, shape)
+    }
+    fn relu_forward(&mut self, mut out: CudaViewMut<'_, f32>, inp: CudaView<'_, f32>, shape: &EltwiseShape) -> Result<()> {
+        pool::relu_forward(&self.stream, &mut out, &inp, shape)
+    }
+    fn relu_backward(&mut self, mut dinp: CudaViewMut<'_, f32>, dout: CudaView<'_, f32>, out: CudaView<'_, f32>, shape: &EltwiseShape) -> Result<()> {
+        pool::relu_backward(&self.stream, &mut dinp, &dout, &out, shape)
+    }
+    fn add_forward(&mut self, mut out: CudaViewMut<'_, f32>, a: CudaView<'_, f32>, b: CudaView<'_, f32>, shape: &EltwiseShape) -> Result<()> {
+        pool::add_forward(&self.stream, &mut out, &a, &b, shape)
+    }
+}

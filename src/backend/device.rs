@@ -1,0 +1,217 @@
+//! [`Device`]: the layer kernels a network plan needs, on regions of device allocations. One executor
+//! ([`crate::nn::ResNet`]) runs a plan on any implementation: [`CpuDevice`](super::CpuDevice) (CPU slices),
+//! [`WgpuContext`](super::wgpu::WgpuContext) (`GpuSlice`s) and, with the `cuda` feature,
+//! [`Cuda`](super::cuda::Cuda) (`CudaView`/`CudaViewMut`s of one allocation). Each implementation
+//! only forwards to its backend's low-level functions (`backend::cpu::nn`, `backend::wgpu::{conv, norm, pool}`,
+//! `backend::cuda::{conv, norm, pool}`), which stay public for frameworks that own their memory.
+//!
+//! Why a trait beside [`super::Backend`] rather than more methods on it: the layer kernels address *regions of
+//! one allocation* (an output region and an input region of the activation buffer in one call), so they take
+//! views made by [`Device::split`] (written regions, checked disjoint from every other region of the call) rather
+//! than whole borrowed buffers; and they need per-device mutable state (the CPU's convolution scratch, reused
+//! across calls), hence `&mut self`, where `Backend` is `&self` on a unit `Cpu`.
+//!
+//! Backward kernels accumulate into their input gradients (`dinp += ...`, llm.c style), so a region read by two
+//! nodes (a residual block's input) gets both contributions; the executor zeroes the gradient allocation once.
+//!
+//! Next (engine unification): the optimisers' fused steps and the contrastive ops of [`super::Backend`] on the same
+//! views, so the MoCo step can be written once over `Device`.
+//!
+//! Next (ViT issue): `layernorm_forward/backward`, `attention_forward/backward`, `gelu_forward/backward` and
+//! `patch_embed_forward/backward` join the kernels below, with the same view arguments.
+
+use super::BackendKind;
+use crate::backend::cpu::nn::{BatchNormShape, Conv2dShape, EltwiseShape, GlobalAvgPoolShape, LinearShape, MaxPool2dShape};
+use crate::error::{Error, Result};
+
+/// A region of an allocation, in elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    /// First element.
+    pub offset: usize,
+    /// Number of elements.
+    pub len: usize,
+}
+
+impl Region {
+    /// `len` elements from `offset`.
+    pub fn new(offset: usize, len: usize) -> Self {
+        Self { offset, len }
+    }
+    /// The element range.
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.len
+    }
+    /// Whether the two regions share an element.
+    pub fn overlaps(&self, other: &Region) -> bool {
+        self.len > 0 && other.len > 0 && self.offset < other.offset + other.len && other.offset < self.offset + self.len
+    }
+}
+
+/// What a batch-norm kernel does after normalising: nothing, ReLU, or add a residual (`identity`) then ReLU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue<T> {
+    /// `out = bn(inp)`.
+    None,
+    /// `out = relu(bn(inp))`.
+    Relu,
+    /// `out = relu(bn(inp) + identity)`.
+    AddRelu(T),
+}
+
+impl<T> Epilogue<T> {
+    /// The same epilogue with the identity replaced by `f(identity)`.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Epilogue<U> {
+        match self {
+            Epilogue::None => Epilogue::None,
+            Epilogue::Relu => Epilogue::Relu,
+            Epilogue::AddRelu(t) => Epilogue::AddRelu(f(t)),
+        }
+    }
+}
+
+/// The batch-norm backward's view of its epilogue: what it re-reads (`out` after a ReLU) and where the residual's
+/// gradient goes (`didentity`, accumulated).
+pub enum EpilogueGrad<R, M> {
+    /// No epilogue.
+    None,
+    /// ReLU: the forward output `out`.
+    Relu {
+        /// Forward output.
+        out: R,
+    },
+    /// Add + ReLU: the forward output and the identity's gradient (accumulated).
+    AddRelu {
+        /// Forward output.
+        out: R,
+        /// Gradient of the residual input (`+=`).
+        didentity: M,
+    },
+}
+
+/// Checks that every region lies inside an allocation of `len` elements and that no written region overlaps any
+/// other region of the call (reads may overlap each other).
+pub fn check_regions(op: &'static str, len: usize, writes: &[Region], reads: &[Region]) -> Result<()> {
+    for r in writes.iter().chain(reads) {
+        if r.offset.checked_add(r.len).is_none_or(|end| end > len) {
+            return Err(Error::shape(op, format!("regions inside the {len}-element allocation"), format!("elements {}..{}", r.offset, r.offset.saturating_add(r.len))));
+        }
+    }
+    for (i, w) in writes.iter().enumerate() {
+        if let Some(o) = writes[i + 1..].iter().chain(reads).find(|o| w.overlaps(o)) {
+            return Err(Error::shape(op, "a written region disjoint from every other region of the call", format!("elements {:?} and {:?} overlap", w.range(), o.range())));
+        }
+    }
+    Ok(())
+}
+
+/// The layer kernels of a network plan, on views of device allocations.
+///
+/// Memory: `Buf` is one f32 allocation (parameters, gradients, activations), `IndexBuf` one u32 allocation (the
+/// max-pool argmax). A kernel reads [`Device::Ref`] views and writes [`Device::Mut`] views; [`Device::split`]
+/// makes both from one allocation at once, after checking that the written regions are disjoint from every other
+/// region it hands out, so one call can read one region of the activation buffer and write another.
+///
+/// Shapes are the validated problem descriptions of [`crate::backend::cpu::nn`], shared by every backend; each
+/// kernel checks its views' lengths against them and returns [`Error`] rather than panicking.
+pub trait Device {
+    /// One f32 allocation (`Vec<f32>`, `wgpu::Buffer`, `CudaSlice<f32>`).
+    type Buf;
+    /// One u32 allocation.
+    type IndexBuf;
+    /// A read-only region of a [`Device::Buf`] (`&[f32]`, `GpuSlice`, `CudaView<f32>`).
+    type Ref<'a>
+    where
+        Self: 'a;
+    /// A written region of a [`Device::Buf`] (`&mut [f32]`, `GpuSlice`, `CudaViewMut<f32>`).
+    type Mut<'a>
+    where
+        Self: 'a;
+    /// A read-only region of a [`Device::IndexBuf`].
+    type IndexRef<'a>
+    where
+        Self: 'a;
+    /// A written region of a [`Device::IndexBuf`].
+    type IndexMut<'a>
+    where
+        Self: 'a;
+    /// What a caller hands a network as its input or output gradient (`[f32]` on the CPU, a `wgpu::Buffer` or
+    /// `GpuSlice` on wgpu as `dyn AsGpuSlice`).
+    type Input: ?Sized;
+
+    /// Which kind of device this is.
+    fn kind(&self) -> BackendKind;
+    /// Human-readable device name.
+    fn name(&self) -> String;
+
+    // ---- memory ----
+
+    /// A zero-filled allocation of `len` f32.
+    fn alloc(&mut self, len: usize) -> Result<Self::Buf>;
+    /// A zero-filled allocation of `len` u32.
+    fn alloc_index(&mut self, len: usize) -> Result<Self::IndexBuf>;
+    /// An allocation holding `data`.
+    fn upload(&mut self, data: &[f32]) -> Result<Self::Buf>;
+    /// Elements of an allocation.
+    fn buf_len(buf: &Self::Buf) -> usize;
+    /// Sets every element of `buf` to zero.
+    fn zero(&mut self, buf: &mut Self::Buf) -> Result<()>;
+    /// Copies `data` from the host into region `at` of `buf` (`data.len() == at.len`).
+    fn write(&mut self, buf: &mut Self::Buf, at: Region, data: &[f32]) -> Result<()>;
+    /// Copies region `at` of `buf` to the host.
+    fn read(&self, buf: &Self::Buf, at: Region) -> Result<Vec<f32>>;
+    /// Device-side copy, `dst.len() == src.len()`.
+    fn copy(&mut self, dst: Self::Mut<'_>, src: Self::Ref<'_>) -> Result<()>;
+
+    // ---- views ----
+
+    /// The caller's input as a view, and its length in elements.
+    fn input(x: &Self::Input) -> (Self::Ref<'_>, usize);
+    /// A read-only view of region `at` of `buf`.
+    fn view(buf: &Self::Buf, at: Region) -> Result<Self::Ref<'_>>;
+    /// Views of `buf`: the `writes` regions writable, the `reads` regions read-only. Every region must lie inside
+    /// `buf`, and no written region may overlap another region of the call ([`check_regions`]).
+    #[allow(clippy::type_complexity)]
+    fn split<const W: usize, const R: usize>(buf: &mut Self::Buf, writes: [Region; W], reads: [Region; R]) -> Result<([Self::Mut<'_>; W], [Self::Ref<'_>; R])>;
+    /// A read-only view of region `at` of an index allocation.
+    fn index_view(buf: &Self::IndexBuf, at: Region) -> Result<Self::IndexRef<'_>>;
+    /// A writable view of region `at` of an index allocation.
+    fn index_mut(buf: &mut Self::IndexBuf, at: Region) -> Result<Self::IndexMut<'_>>;
+
+    // ---- layers: `out` first, inputs after, shape last ----
+
+    /// `out[N, Co, Ho, Wo] = conv2d(inp[N, Ci, H, W], weight[Co, Ci, Kh, Kw])` (no bias).
+    fn conv2d_forward(&mut self, out: Self::Mut<'_>, inp: Self::Ref<'_>, weight: Self::Ref<'_>, shape: &Conv2dShape) -> Result<()>;
+    /// Convolution backward: data (`dinp += ...`, skipped when `None`) and weight (`dweight += ...`).
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_backward(&mut self, dinp: Option<Self::Mut<'_>>, dweight: Self::Mut<'_>, dout: Self::Ref<'_>, inp: Self::Ref<'_>, weight: Self::Ref<'_>, shape: &Conv2dShape) -> Result<()>;
+    /// Training-mode batch norm (SplitBatchNorm when `shape.groups > 1`) with its epilogue: writes `out` and the
+    /// per-(group, channel) `mean`, `rstd` that backward reads, and updates the running statistics.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_forward_train(&mut self, out: Self::Mut<'_>, mean: Self::Mut<'_>, rstd: Self::Mut<'_>, running_mean: Self::Mut<'_>, running_var: Self::Mut<'_>, inp: Self::Ref<'_>, epilogue: Epilogue<Self::Ref<'_>>, gamma: Option<Self::Ref<'_>>, beta: Option<Self::Ref<'_>>, shape: &BatchNormShape) -> Result<()>;
+    /// Eval-mode batch norm (running statistics) with its epilogue.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_forward_eval(&mut self, out: Self::Mut<'_>, inp: Self::Ref<'_>, epilogue: Epilogue<Self::Ref<'_>>, running_mean: Self::Ref<'_>, running_var: Self::Ref<'_>, gamma: Option<Self::Ref<'_>>, beta: Option<Self::Ref<'_>>, shape: &BatchNormShape) -> Result<()>;
+    /// Batch-norm backward through its epilogue: `dinp`, `dgamma`, `dbeta` (and the identity's gradient) `+=`.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_backward<'a>(&mut self, dinp: Self::Mut<'a>, epilogue: EpilogueGrad<Self::Ref<'a>, Self::Mut<'a>>, dgamma: Option<Self::Mut<'a>>, dbeta: Option<Self::Mut<'a>>, dout: Self::Ref<'a>, inp: Self::Ref<'a>, mean: Self::Ref<'a>, rstd: Self::Ref<'a>, gamma: Option<Self::Ref<'a>>, shape: &BatchNormShape) -> Result<()>;
+    /// Max pooling, recording the argmax (flat input index) of every output.
+    fn maxpool2d_forward(&mut self, out: Self::Mut<'_>, argmax: Self::IndexMut<'_>, inp: Self::Ref<'_>, shape: &MaxPool2dShape) -> Result<()>;
+    /// Max-pool backward: `dinp[argmax] += dout`.
+    fn maxpool2d_backward(&mut self, dinp: Self::Mut<'_>, dout: Self::Ref<'_>, argmax: Self::IndexRef<'_>, shape: &MaxPool2dShape) -> Result<()>;
+    /// `out[N, C]` = mean over H*W of `inp[N, C, H*W]`.
+    fn global_avgpool_forward(&mut self, out: Self::Mut<'_>, inp: Self::Ref<'_>, shape: &GlobalAvgPoolShape) -> Result<()>;
+    /// Global average pool backward (`dinp +=`).
+    fn global_avgpool_backward(&mut self, dinp: Self::Mut<'_>, dout: Self::Ref<'_>, shape: &GlobalAvgPoolShape) -> Result<()>;
+    /// `out[N, O] = inp[N, I] weight[O, I]^T + bias[O]`.
+    fn linear_forward(&mut self, out: Self::Mut<'_>, inp: Self::Ref<'_>, weight: Self::Ref<'_>, bias: Option<Self::Ref<'_>>, shape: &LinearShape) -> Result<()>;
+    /// Linear backward: `dinp`, `dweight`, `dbias` `+=` (`dinp`, `dbias` skipped when `None`).
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward(&mut self, dinp: Option<Self::Mut<'_>>, dweight: Self::Mut<'_>, dbias: Option<Self::Mut<'_>>, dout: Self::Ref<'_>, inp: Self::Ref<'_>, weight: Self::Ref<'_>, shape: &LinearShape) -> Result<()>;
+    /// `out = max(inp, 0)`.
+    fn relu_forward(&mut self, out: Self::Mut<'_>, inp: Self::Ref<'_>, shape: &EltwiseShape) -> Result<()>;
+    /// `dinp += dout * (out > 0)`.
+    fn relu_backward(&mut self, dinp: Self::Mut<'_>, dout: Self::Ref<'_>, out: Self::Ref<'_>, shape: &EltwiseShape) -> Result<()>;
+    /// `out = a + b`.
+    fn add_forward(&mut self, out: Self::Mut<'_>, a: Self::Ref<'_>, b: Self::Ref<'_>, shape: &EltwiseShape) -> Result<()>;
+}

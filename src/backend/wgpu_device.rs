@@ -1,0 +1,174 @@
+//! [`Device`] on wgpu: allocations are storage buffers, views are [`GpuSlice`]s (regions 256-byte aligned, as the
+//! plans lay them out), and every kernel is the `backend::wgpu::{conv, norm, pool}` function of the same name.
+
+use super::device::{check_regions, Device, Epilogue, EpilogueGrad, Region};
+use super::wgpu::{conv, norm, pool, AsGpuSlice, GpuSlice, WgpuContext};
+use super::BackendKind;
+use crate::backend::cpu::nn::{BatchNormShape, Conv2dShape, EltwiseShape, GlobalAvgPoolShape, LinearShape, MaxPool2dShape};
+use crate::error::{Error, Result};
+
+fn bytes(elems: usize) -> u64 {
+    (elems.max(1) * 4) as u64
+}
+
+fn elems(buf: &wgpu::Buffer) -> usize {
+    (buf.size() / 4) as usize
+}
+
+fn opt<'a>(s: &'a Option<GpuSlice<'_>>) -> Option<&'a dyn AsGpuSlice> {
+    s.as_ref().map(|s| s as &dyn AsGpuSlice)
+}
+
+impl Device for WgpuContext {
+    type Buf = wgpu::Buffer;
+    type IndexBuf = wgpu::Buffer;
+    type Ref<'a> = GpuSlice<'a>;
+    type Mut<'a> = GpuSlice<'a>;
+    type IndexRef<'a> = GpuSlice<'a>;
+    type IndexMut<'a> = GpuSlice<'a>;
+    type Input = dyn AsGpuSlice;
+
+    fn kind(&self) -> BackendKind {
+        BackendKind::Wgpu
+    }
+    fn name(&self) -> String {
+        format!("wgpu: {}", self.adapter_name)
+    }
+
+    fn alloc(&mut self, len: usize) -> Result<wgpu::Buffer> {
+        // WebGPU zero-initialises new buffers
+        Ok(self.storage_buffer("moco f32 allocation", bytes(len)))
+    }
+    fn alloc_index(&mut self, len: usize) -> Result<wgpu::Buffer> {
+        Ok(self.storage_buffer("moco u32 allocation", bytes(len)))
+    }
+    fn upload(&mut self, data: &[f32]) -> Result<wgpu::Buffer> {
+        Ok(WgpuContext::upload(self, "moco f32 allocation", data))
+    }
+    fn buf_len(buf: &wgpu::Buffer) -> usize {
+        elems(buf)
+    }
+    fn zero(&mut self, buf: &mut wgpu::Buffer) -> Result<()> {
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("moco zero") });
+        enc.clear_buffer(buf, 0, None);
+        self.queue.submit([enc.finish()]);
+        Ok(())
+    }
+    fn write(&mut self, buf: &mut wgpu::Buffer, at: Region, data: &[f32]) -> Result<()> {
+        crate::error::check_len_eq("wgpu write", "data of the region's length", at.len, data.len())?;
+        check_regions("wgpu write", elems(buf), &[at], &[])?;
+        if !data.is_empty() {
+            self.queue.write_buffer(buf, (at.offset * 4) as u64, bytemuck::cast_slice(data));
+        }
+        Ok(())
+    }
+    fn read(&self, buf: &wgpu::Buffer, at: Region) -> Result<Vec<f32>> {
+        check_regions("wgpu read", elems(buf), &[], &[at])?;
+        if at.offset == 0 {
+            return WgpuContext::read(self, buf, at.len);
+        }
+        // copy the region to the front of a temporary buffer, then read that
+        let tmp = self.storage_buffer("moco region readback", bytes(at.len));
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("moco region") });
+        enc.copy_buffer_to_buffer(buf, (at.offset * 4) as u64, &tmp, 0, (at.len * 4) as u64);
+        self.queue.submit([enc.finish()]);
+        WgpuContext::read(self, &tmp, at.len)
+    }
+    fn copy(&mut self, dst: GpuSlice<'_>, src: GpuSlice<'_>) -> Result<()> {
+        if dst.size() != src.size() {
+            return Err(Error::shape("wgpu copy", format!("a destination of {} bytes", src.size()), format!("{} bytes", dst.size())));
+        }
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("moco copy") });
+        enc.copy_buffer_to_buffer(src.buffer(), src.offset(), dst.buffer(), dst.offset(), src.size());
+        self.queue.submit([enc.finish()]);
+        Ok(())
+    }
+
+    fn input(x: &dyn AsGpuSlice) -> (GpuSlice<'_>, usize) {
+        let s = x.as_gpu_slice();
+        (s, (s.size() / 4) as usize)
+    }
+    fn view(buf: &wgpu::Buffer, at: Region) -> Result<GpuSlice<'_>> {
+        GpuSlice::elems(buf, at.offset, at.len)
+    }
+    fn split<const W: usize, const R: usize>(buf: &mut wgpu::Buffer, writes: [Region; W], reads: [Region; R]) -> Result<([GpuSlice<'_>; W], [GpuSlice<'_>; R])> {
+        check_regions("wgpu split", elems(buf), &writes, &reads)?;
+        let buf = &*buf;
+        let mut err = None;
+        let mut one = |r: Region| {
+            GpuSlice::elems(buf, r.offset, r.len).unwrap_or_else(|e| {
+                err.get_or_insert(e);
+                GpuSlice::whole(buf)
+            })
+        };
+        let (w, rd) = (writes.map(&mut one), reads.map(&mut one));
+        match err {
+            Some(e) => Err(e),
+            None => Ok((w, rd)),
+        }
+    }
+    fn index_view(buf: &wgpu::Buffer, at: Region) -> Result<GpuSlice<'_>> {
+        GpuSlice::elems(buf, at.offset, at.len)
+    }
+    fn index_mut(buf: &mut wgpu::Buffer, at: Region) -> Result<GpuSlice<'_>> {
+        GpuSlice::elems(buf, at.offset, at.len)
+    }
+
+    fn conv2d_forward(&mut self, out: GpuSlice<'_>, inp: GpuSlice<'_>, weight: GpuSlice<'_>, shape: &Conv2dShape) -> Result<()> {
+        conv::conv2d_forward(self, &out, &inp, &weight, shape)
+    }
+    fn conv2d_backward(&mut self, dinp: Option<GpuSlice<'_>>, dweight: GpuSlice<'_>, dout: GpuSlice<'_>, inp: GpuSlice<'_>, weight: GpuSlice<'_>, shape: &Conv2dShape) -> Result<()> {
+        conv::conv2d_backward(self, opt(&dinp), &dweight, &dout, &inp, &weight, shape)
+    }
+    fn batchnorm_forward_train(&mut self, out: GpuSlice<'_>, mean: GpuSlice<'_>, rstd: GpuSlice<'_>, running_mean: GpuSlice<'_>, running_var: GpuSlice<'_>, inp: GpuSlice<'_>, epilogue: Epilogue<GpuSlice<'_>>, gamma: Option<GpuSlice<'_>>, beta: Option<GpuSlice<'_>>, shape: &BatchNormShape) -> Result<()> {
+        let (g, b) = (opt(&gamma), opt(&beta));
+        match epilogue {
+            Epilogue::None => norm::batchnorm_forward_train(self, &out, &mean, &rstd, &running_mean, &running_var, &inp, g, b, shape),
+            Epilogue::Relu => norm::batchnorm_relu_forward_train(self, &out, &mean, &rstd, &running_mean, &running_var, &inp, g, b, shape),
+            Epilogue::AddRelu(id) => norm::batchnorm_add_relu_forward_train(self, &out, &mean, &rstd, &running_mean, &running_var, &inp, &id, g, b, shape),
+        }
+    }
+    fn batchnorm_forward_eval(&mut self, out: GpuSlice<'_>, inp: GpuSlice<'_>, epilogue: Epilogue<GpuSlice<'_>>, running_mean: GpuSlice<'_>, running_var: GpuSlice<'_>, gamma: Option<GpuSlice<'_>>, beta: Option<GpuSlice<'_>>, shape: &BatchNormShape) -> Result<()> {
+        let (g, b) = (opt(&gamma), opt(&beta));
+        match epilogue {
+            Epilogue::None => norm::batchnorm_forward_eval(self, &out, &inp, &running_mean, &running_var, g, b, shape),
+            Epilogue::Relu => norm::batchnorm_relu_forward_eval(self, &out, &inp, &running_mean, &running_var, g, b, shape),
+            Epilogue::AddRelu(id) => norm::batchnorm_add_relu_forward_eval(self, &out, &inp, &id, &running_mean, &running_var, g, b, shape),
+        }
+    }
+    fn batchnorm_backward<'a>(&mut self, dinp: GpuSlice<'a>, epilogue: EpilogueGrad<GpuSlice<'a>, GpuSlice<'a>>, dgamma: Option<GpuSlice<'a>>, dbeta: Option<GpuSlice<'a>>, dout: GpuSlice<'a>, inp: GpuSlice<'a>, mean: GpuSlice<'a>, rstd: GpuSlice<'a>, gamma: Option<GpuSlice<'a>>, shape: &BatchNormShape) -> Result<()> {
+        let (dg, db, g) = (opt(&dgamma), opt(&dbeta), opt(&gamma));
+        match epilogue {
+            EpilogueGrad::None => norm::batchnorm_backward(self, &dinp, dg, db, &dout, &inp, &mean, &rstd, g, shape),
+            EpilogueGrad::Relu { out } => norm::batchnorm_relu_backward(self, &dinp, dg, db, &dout, &out, &inp, &mean, &rstd, g, shape),
+            EpilogueGrad::AddRelu { out, didentity } => norm::batchnorm_add_relu_backward(self, &dinp, &didentity, dg, db, &dout, &out, &inp, &mean, &rstd, g, shape),
+        }
+    }
+    fn maxpool2d_forward(&mut self, out: GpuSlice<'_>, argmax: GpuSlice<'_>, inp: GpuSlice<'_>, shape: &MaxPool2dShape) -> Result<()> {
+        pool::maxpool2d_forward(self, &out, &argmax, &inp, shape)
+    }
+    fn maxpool2d_backward(&mut self, dinp: GpuSlice<'_>, dout: GpuSlice<'_>, argmax: GpuSlice<'_>, shape: &MaxPool2dShape) -> Result<()> {
+        pool::maxpool2d_backward(self, &dinp, &dout, &argmax, shape)
+    }
+    fn global_avgpool_forward(&mut self, out: GpuSlice<'_>, inp: GpuSlice<'_>, shape: &GlobalAvgPoolShape) -> Result<()> {
+        pool::global_avgpool_forward(self, &out, &inp, shape)
+    }
+    fn global_avgpool_backward(&mut self, dinp: GpuSlice<'_>, dout: GpuSlice<'_>, shape: &GlobalAvgPoolShape) -> Result<()> {
+        pool::global_avgpool_backward(self, &dinp, &dout, shape)
+    }
+    fn linear_forward(&mut self, out: GpuSlice<'_>, inp: GpuSlice<'_>, weight: GpuSlice<'_>, bias: Option<GpuSlice<'_>>, shape: &LinearShape) -> Result<()> {
+        pool::linear_forward(self, &out, &inp, &weight, opt(&bias), shape)
+    }
+    fn linear_backward(&mut self, dinp: Option<GpuSlice<'_>>, dweight: GpuSlice<'_>, dbias: Option<GpuSlice<'_>>, dout: GpuSlice<'_>, inp: GpuSlice<'_>, weight: GpuSlice<'_>, shape: &LinearShape) -> Result<()> {
+        pool::linear_backward(self, opt(&dinp), &dweight, opt(&dbias), &dout, &inp, &weight, shape)
+    }
+    fn relu_forward(&mut self, out: GpuSlice<'_>, inp: GpuSlice<'_>, shape: &EltwiseShape) -> Result<()> {
+        pool::relu_forward(self, &out, &inp, shape)
+    }
+    fn relu_backward(&mut self, dinp: GpuSlice<'_>, dout: GpuSlice<'_>, out: GpuSlice<'_>, shape: &EltwiseShape) -> Result<()> {
+        pool::relu_backward(self, &dinp, &dout, &out, shape)
+    }
+    fn add_forward(&mut self, out: GpuSlice<'_>, a: GpuSlice<'_>, b: GpuSlice<'_>, shape: &EltwiseShape) -> Result<()> {
+        pool::add_forward(self, &out, &a, &b, shape)
+    }
+}
