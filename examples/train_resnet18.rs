@@ -40,7 +40,7 @@ mod demo {
 #[derive(Parser, Debug)]
 #[command(about = "MoCo v1/v2 training of ResNet-18 (CIFAR stem) on moco's fused kernels")]
 struct Args {
-    /// auto (a hardware wgpu adapter, else the CPU), cpu, wgpu (any adapter, lavapipe included) or cuda (not yet)
+    /// auto (CUDA, else a hardware wgpu adapter, else the CPU), cpu, wgpu (any adapter, lavapipe included) or cuda
     #[arg(long, default_value = "auto")]
     backend: String,
     /// `digits` (the embedded handwritten digits), `synthetic` (generated shapes), a CIFAR-10 binary folder or
@@ -171,7 +171,6 @@ fn main() {
 /// What the device probe found, and the engine it picked with the reason.
 fn pick_engine(backend: &str, cfg: &TrainConfig) -> moco::Result<(Box<dyn Engine>, String)> {
     let threads = rayon::current_num_threads();
-    let cuda_note = "CUDA: no training engine yet (the CUDA kernels are tested, not wired into a trainer)";
     match backend {
         "cpu" => Ok((Box::new(CpuEngine::new(cfg)?), format!("CPU engine ({threads} threads), as asked (--backend cpu); no GPU probe"))),
         "wgpu" => {
@@ -179,25 +178,74 @@ fn pick_engine(backend: &str, cfg: &TrainConfig) -> moco::Result<(Box<dyn Engine
             let name = ctx.adapter_name.clone();
             Ok((Box::new(WgpuEngine::new(&ctx, cfg)?), format!("wgpu engine on {name}, as asked (--backend wgpu)")))
         }
-        "cuda" => Err(moco::Error::Unavailable("no CUDA training engine yet: use --backend wgpu or cpu".into())),
-        "auto" => match WgpuContext::new(moco::backend::Adapter::HardwareOnly) {
-            Ok(ctx) => {
-                let name = ctx.adapter_name.clone();
-                Ok((Box::new(WgpuEngine::new(&ctx, cfg)?), format!("wgpu engine on {name} (a hardware GPU adapter); {cuda_note}")))
-            }
-            Err(e) => {
-                let why = match e {
-                    moco::Error::Unavailable(m) => m,
-                    other => other.to_string(),
-                };
-                Ok((
+        "cuda" => {
+            let cuda = open_cuda()?;
+            let name = cuda.name();
+            Ok((Box::new(cuda_engine(&cuda, cfg)?), format!("CUDA engine on {name}, as asked (--backend cuda)")))
+        }
+        "auto" => {
+            let cuda_why = match open_cuda() {
+                Ok(cuda) => {
+                    let name = cuda.name();
+                    return Ok((Box::new(cuda_engine(&cuda, cfg)?), format!("CUDA engine on {name} (a GPU with libcuda)")));
+                }
+                Err(e) => message(e),
+            };
+            match WgpuContext::new(moco::backend::Adapter::HardwareOnly) {
+                Ok(ctx) => {
+                    let name = ctx.adapter_name.clone();
+                    Ok((Box::new(WgpuEngine::new(&ctx, cfg)?), format!("wgpu engine on {name} (a hardware GPU adapter); not CUDA: {cuda_why}")))
+                }
+                Err(e) => Ok((
                     Box::new(CpuEngine::new(cfg)?),
-                    format!("CPU engine ({threads} threads). Not a GPU: {cuda_note}; wgpu: {why} (a software adapter such as lavapipe is slower than the CPU engine; --backend wgpu uses it anyway)"),
-                ))
+                    format!(
+                        "CPU engine ({threads} threads). Not a GPU: CUDA: {cuda_why}; wgpu: {} (a software adapter such as lavapipe is slower than the CPU engine; --backend wgpu uses it anyway)",
+                        message(e)
+                    ),
+                )),
             }
-        },
+        }
         b => Err(moco::Error::shape("--backend", "auto, cpu, wgpu or cuda", b.to_string())),
     }
+}
+
+/// An error's message without the `Unavailable` prefix.
+fn message(e: moco::Error) -> String {
+    match e {
+        moco::Error::Unavailable(m) => m,
+        other => other.to_string(),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn open_cuda() -> moco::Result<moco::backend::cuda::Cuda> {
+    moco::backend::cuda::Cuda::new(0)
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_engine(cuda: &moco::backend::cuda::Cuda, cfg: &TrainConfig) -> moco::Result<moco::train::CudaEngine> {
+    moco::train::CudaEngine::new(cuda, cfg)
+}
+
+/// Without the `cuda` feature there is no CUDA device to open.
+#[cfg(not(feature = "cuda"))]
+enum NoCuda {}
+
+#[cfg(not(feature = "cuda"))]
+impl NoCuda {
+    fn name(&self) -> String {
+        match *self {}
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda() -> moco::Result<NoCuda> {
+    Err(moco::Error::Unavailable("this build has no `cuda` feature".into()))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_engine(cuda: &NoCuda, _: &TrainConfig) -> moco::Result<CpuEngine> {
+    match *cuda {}
 }
 
 fn export_data(dir: &std::path::Path) -> moco::Result<()> {

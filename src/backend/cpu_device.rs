@@ -1,8 +1,10 @@
 //! [`Device`] on the CPU: allocations are `Vec`s, views are slices, and every kernel is the `backend::cpu::nn`
 //! function of the same name. The device owns the convolution scratch (im2col columns), reused across calls.
 
-use super::device::{check_regions, Device, Epilogue, EpilogueGrad, Region};
-use super::BackendKind;
+use super::device::{check_regions, no_momentum_buffer, Device, Epilogue, EpilogueGrad, MocoDevice, Region};
+use super::{Backend, BackendKind, Cpu, CpuQueue};
+use crate::optim::{Optimizer, Sgd, SgdConfig};
+use crate::shape::{EmaShape, InfoNceShape, QueueDType, QueueShape};
 use crate::backend::cpu::nn as k;
 use crate::backend::cpu::nn::{BatchNormShape, Conv2dShape, EltwiseShape, GlobalAvgPoolShape, LinearShape, MaxPool2dShape};
 use crate::error::Result;
@@ -157,5 +159,78 @@ impl Device for CpuDevice {
     }
     fn add_forward(&mut self, out: &mut [f32], a: &[f32], b: &[f32], shape: &EltwiseShape) -> Result<()> {
         k::add_forward(out, a, b, shape)
+    }
+}
+
+/// The InfoNCE outputs on the CPU: `dq`, the per-row loss and the statistics of the last call.
+#[derive(Debug, Clone)]
+pub struct CpuNce {
+    /// Gradient w.r.t. raw q, `[N, C]`.
+    pub dq: Vec<f32>,
+    /// Per-row loss `[N]`.
+    pub row_loss: Vec<f32>,
+    /// Loss and accuracy counts of the last call.
+    pub stats: crate::backend::InfoNceStats,
+}
+
+impl MocoDevice for CpuDevice {
+    type Queue = crate::backend::CpuQueue;
+    type Nce = CpuNce;
+    type Sgd = crate::optim::Sgd;
+
+    fn queue_from_f32(&mut self, data: &[f32], k: usize, c: usize, dtype: QueueDType) -> Result<CpuQueue> {
+        Cpu.queue_from_f32(data, k, c, dtype)
+    }
+    fn queue_to_f32(&self, queue: &CpuQueue) -> Result<Vec<f32>> {
+        Cpu.queue_to_f32(queue)
+    }
+    fn ema_update(&mut self, k: &mut Vec<f32>, q: &Vec<f32>, momentum: f64) -> Result<()> {
+        crate::backend::cpu::ema_update(k, q, &EmaShape::new(q.len(), momentum)?)
+    }
+    fn nce_buffers(&mut self, n: usize, c: usize) -> Result<CpuNce> {
+        Ok(CpuNce { dq: vec![0.0; n * c], row_loss: vec![0.0; n], stats: crate::backend::InfoNceStats { loss: f32::NAN, top1: 0, top5: 0 } })
+    }
+    fn infonce(&mut self, nce: &mut CpuNce, q: &Vec<f32>, k: &Vec<f32>, queue: &CpuQueue, shape: &InfoNceShape) -> Result<()> {
+        nce.stats = crate::backend::cpu::infonce(&mut nce.dq, &mut nce.row_loss, q, k, queue.view(), shape)?;
+        Ok(())
+    }
+    fn read_stats(&self, nce: &CpuNce) -> Result<crate::backend::InfoNceStats> {
+        Ok(nce.stats)
+    }
+    fn nce_dq(nce: &CpuNce) -> &[f32] {
+        &nce.dq
+    }
+    fn enqueue(&mut self, queue: &mut CpuQueue, keys: &Vec<f32>, shape: &QueueShape) -> Result<usize> {
+        crate::backend::cpu::enqueue(&mut queue.view_mut(), keys, shape)
+    }
+    fn sgd_new(&mut self, config: SgdConfig, len: usize) -> Result<Sgd> {
+        Sgd::new(config, len)
+    }
+    fn sgd_step(&mut self, opt: &mut Sgd, params: &mut Vec<f32>, grads: &Vec<f32>, lr: f64) -> Result<()> {
+        opt.set_lr(lr)?;
+        opt.step(params, grads)
+    }
+    fn sgd_steps(opt: &Sgd) -> u64 {
+        opt.steps()
+    }
+    fn sgd_set_steps(opt: &mut Sgd, steps: u64) {
+        opt.set_steps(steps)
+    }
+    fn sgd_read_momentum(&self, opt: &Sgd, len: usize) -> Result<Vec<f32>> {
+        let m = opt.momentum_buffer();
+        Ok(if m.is_empty() { vec![0.0; len] } else { m.to_vec() })
+    }
+    fn sgd_write_momentum(&mut self, opt: &mut Sgd, data: &[f32]) -> Result<()> {
+        if opt.momentum_buffer().is_empty() {
+            return no_momentum_buffer(data);
+        }
+        for (_, buf) in opt.state_mut() {
+            crate::error::check_len_eq("train state", "momentum buffer", buf.len(), data.len())?;
+            buf.copy_from_slice(data);
+        }
+        Ok(())
+    }
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
     }
 }

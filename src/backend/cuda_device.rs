@@ -4,8 +4,10 @@
 //! Compile-checked only: no machine this was written on has a GPU, and the ResNet fixtures have not yet been run
 //! through this implementation (the device check of issue 10 is where they will run).
 
-use super::cuda::{conv, norm, pool, Cuda};
-use super::device::{check_regions, Device, Epilogue, EpilogueGrad, Region};
+use super::cuda::{conv, norm, optim::CudaSgd, pool, Cuda, CudaQueue};
+use super::device::{check_regions, no_momentum_buffer, Device, Epilogue, EpilogueGrad, MocoDevice, Region};
+use crate::optim::SgdConfig;
+use crate::shape::{EmaShape, InfoNceShape, QueueDType, QueueShape};
 use super::BackendKind;
 use crate::backend::cpu::nn::{BatchNormShape, Conv2dShape, EltwiseShape, GlobalAvgPoolShape, LinearShape, MaxPool2dShape};
 use crate::error::{Error, Result};
@@ -174,5 +176,78 @@ impl Device for Cuda {
     }
     fn add_forward(&mut self, mut out: CudaViewMut<'_, f32>, a: CudaView<'_, f32>, b: CudaView<'_, f32>, shape: &EltwiseShape) -> Result<()> {
         pool::add_forward(&self.stream, &mut out, &a, &b, shape)
+    }
+}
+
+/// The InfoNCE outputs on CUDA: `dq [N, C]`, the per-row loss `[N]` and the four stats words.
+#[derive(Debug)]
+pub struct CudaNce {
+    /// Gradient w.r.t. raw q.
+    pub dq: CudaSlice<f32>,
+    /// Per-row loss.
+    pub row_loss: CudaSlice<f32>,
+    /// `[loss bits, top1, top5, pad]`.
+    pub stats: CudaSlice<u32>,
+}
+
+impl MocoDevice for Cuda {
+    type Queue = CudaQueue;
+    type Nce = CudaNce;
+    type Sgd = CudaSgd;
+
+    fn queue_from_f32(&mut self, data: &[f32], k: usize, c: usize, dtype: QueueDType) -> Result<CudaQueue> {
+        CudaQueue::from_f32(&self.stream, data, k, c, dtype)
+    }
+    fn queue_to_f32(&self, queue: &CudaQueue) -> Result<Vec<f32>> {
+        queue.to_f32(&self.stream)
+    }
+    fn ema_update(&mut self, k: &mut CudaSlice<f32>, q: &CudaSlice<f32>, momentum: f64) -> Result<()> {
+        super::cuda::ema_update(&self.stream, k, q, &EmaShape::new(q.len(), momentum)?)
+    }
+    fn nce_buffers(&mut self, n: usize, c: usize) -> Result<CudaNce> {
+        Ok(CudaNce { dq: self.stream.alloc_zeros::<f32>(n * c)?, row_loss: self.stream.alloc_zeros::<f32>(n)?, stats: self.stream.alloc_zeros::<u32>(super::cuda::STATS_WORDS)? })
+    }
+    fn infonce(&mut self, nce: &mut CudaNce, q: &CudaSlice<f32>, k: &CudaSlice<f32>, queue: &CudaQueue, shape: &InfoNceShape) -> Result<()> {
+        super::cuda::infonce_async(&self.stream, &mut nce.dq, &mut nce.row_loss, &mut nce.stats, q, k, queue, shape)
+    }
+    fn read_stats(&self, nce: &CudaNce) -> Result<crate::backend::InfoNceStats> {
+        super::cuda::read_stats(&self.stream, &nce.stats)
+    }
+    fn nce_dq(nce: &CudaNce) -> &CudaSlice<f32> {
+        &nce.dq
+    }
+    fn enqueue(&mut self, queue: &mut CudaQueue, keys: &CudaSlice<f32>, shape: &QueueShape) -> Result<usize> {
+        super::cuda::enqueue(&self.stream, queue, keys, shape)
+    }
+    fn sgd_new(&mut self, config: SgdConfig, len: usize) -> Result<CudaSgd> {
+        CudaSgd::new(&self.stream, config, len)
+    }
+    fn sgd_step(&mut self, opt: &mut CudaSgd, params: &mut CudaSlice<f32>, grads: &CudaSlice<f32>, lr: f64) -> Result<()> {
+        opt.set_lr(lr)?;
+        opt.step(&self.stream, &mut params.as_view_mut(), &grads.as_view())
+    }
+    fn sgd_steps(opt: &CudaSgd) -> u64 {
+        opt.steps()
+    }
+    fn sgd_set_steps(opt: &mut CudaSgd, steps: u64) {
+        opt.set_steps(steps)
+    }
+    fn sgd_read_momentum(&self, opt: &CudaSgd, len: usize) -> Result<Vec<f32>> {
+        match opt.momentum_buffer() {
+            Some(b) => Ok(self.stream.clone_dtoh(b)?),
+            None => Ok(vec![0.0; len]),
+        }
+    }
+    fn sgd_write_momentum(&mut self, opt: &mut CudaSgd, data: &[f32]) -> Result<()> {
+        match opt.momentum_buffer_mut() {
+            Some(b) => {
+                crate::error::check_len_eq("train state", "momentum buffer", b.len(), data.len())?;
+                Ok(self.stream.memcpy_htod(data, b)?)
+            }
+            None => no_momentum_buffer(data),
+        }
+    }
+    fn synchronize(&self) -> Result<()> {
+        Cuda::synchronize(self)
     }
 }

@@ -215,3 +215,63 @@ pub trait Device {
     /// `out = a + b`.
     fn add_forward(&mut self, out: Self::Mut<'_>, a: Self::Ref<'_>, b: Self::Ref<'_>, shape: &EltwiseShape) -> Result<()>;
 }
+
+/// What a MoCo step needs from a device beyond the layers: the queue, the EMA over a whole flat allocation, the
+/// fused InfoNCE forward + backward, the enqueue and the SGD step, each forwarding to the backend's existing
+/// low-level function (`backend::cpu::{ema_update, infonce, enqueue}` and [`crate::optim::Sgd`];
+/// `backend::wgpu::{ema_update, infonce_async, enqueue}` and `WgpuSgd`; `backend::cuda::{ema_update,
+/// infonce_async, enqueue}` and `CudaSgd`). [`crate::train::MocoEngine`] writes the step once over it.
+///
+/// A companion of [`Device`] rather than more methods on it: these ops carry per-backend state types (the queue
+/// with its storage dtype, the InfoNCE output buffers, the optimiser and its momentum buffer) that the layer
+/// executor never needs, so [`crate::nn::ResNet`] keeps its bound to the layer kernels, and a framework that only
+/// runs networks does not implement the trainer's ops. Every [`Device`] of the crate implements both.
+pub trait MocoDevice: Device + Clone {
+    /// A queue `[K, C]` of keys in its storage dtype.
+    type Queue;
+    /// The outputs of the fused InfoNCE: `dq [N, C]` (the query encoder's output gradient), the per-row loss and
+    /// the statistics (on the device until [`MocoDevice::read_stats`]).
+    type Nce;
+    /// SGD (momentum, weight decay) over one flat parameter allocation, with its momentum buffer and step count.
+    type Sgd;
+
+    /// A queue of `k` keys of `c` features holding `data` (`[K, C]`) converted to `dtype`.
+    fn queue_from_f32(&mut self, data: &[f32], k: usize, c: usize, dtype: crate::shape::QueueDType) -> Result<Self::Queue>;
+    /// The queue's contents as f32 `[K, C]`.
+    fn queue_to_f32(&self, queue: &Self::Queue) -> Result<Vec<f32>>;
+    /// `k = m*k + (1-m)*q` over the whole allocations (`1 - m` taken in f64).
+    fn ema_update(&mut self, k: &mut Self::Buf, q: &Self::Buf, momentum: f64) -> Result<()>;
+    /// InfoNCE outputs for batch `n`, dimension `c`.
+    fn nce_buffers(&mut self, n: usize, c: usize) -> Result<Self::Nce>;
+    /// Fused streaming InfoNCE forward + backward of raw `q, k: [N, C]` (whole allocations) against `queue`; the
+    /// results stay in `nce` (no host sync on a GPU).
+    fn infonce(&mut self, nce: &mut Self::Nce, q: &Self::Buf, k: &Self::Buf, queue: &Self::Queue, shape: &crate::shape::InfoNceShape) -> Result<()>;
+    /// The loss and accuracy counts of the last [`MocoDevice::infonce`] (the step's host sync).
+    fn read_stats(&self, nce: &Self::Nce) -> Result<crate::backend::InfoNceStats>;
+    /// `dq` of the last [`MocoDevice::infonce`], as a network's output gradient.
+    fn nce_dq(nce: &Self::Nce) -> &Self::Input;
+    /// Enqueues raw `keys: [N, C]` (normalised on the way in) at `shape.ptr()`, wrapping; returns the new pointer.
+    fn enqueue(&mut self, queue: &mut Self::Queue, keys: &Self::Buf, shape: &crate::shape::QueueShape) -> Result<usize>;
+    /// SGD over `len` parameters (momentum buffer zeroed).
+    fn sgd_new(&mut self, config: crate::optim::SgdConfig, len: usize) -> Result<Self::Sgd>;
+    /// One SGD step at learning rate `lr` on whole allocations `params`, `grads`.
+    fn sgd_step(&mut self, opt: &mut Self::Sgd, params: &mut Self::Buf, grads: &Self::Buf, lr: f64) -> Result<()>;
+    /// Steps taken.
+    fn sgd_steps(opt: &Self::Sgd) -> u64;
+    /// Sets the step count (resume).
+    fn sgd_set_steps(opt: &mut Self::Sgd, steps: u64);
+    /// The momentum buffer on the host (`len` zeros when SGD has no momentum).
+    fn sgd_read_momentum(&self, opt: &Self::Sgd, len: usize) -> Result<Vec<f32>>;
+    /// Restores the momentum buffer (an all-zero `data` is accepted without momentum).
+    fn sgd_write_momentum(&mut self, opt: &mut Self::Sgd, data: &[f32]) -> Result<()>;
+    /// Waits for every queued device operation.
+    fn synchronize(&self) -> Result<()>;
+}
+
+/// The error of restoring a non-zero momentum buffer into SGD without momentum.
+pub(crate) fn no_momentum_buffer(data: &[f32]) -> Result<()> {
+    if data.iter().any(|&v| v != 0.0) {
+        return Err(Error::shape("train state", "a zero momentum buffer (SGD momentum 0)", "a non-zero one"));
+    }
+    Ok(())
+}

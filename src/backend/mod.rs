@@ -25,8 +25,10 @@ mod wgpu_backend;
 mod wgpu_device;
 
 pub use cpu_backend::{Cpu, CpuQueue};
-pub use cpu_device::CpuDevice;
-pub use device::{Device, Region};
+pub use cpu_device::{CpuDevice, CpuNce};
+#[cfg(feature = "cuda")]
+pub use cuda_device::CudaNce;
+pub use device::{Device, MocoDevice, Region};
 pub use plan::StreamPlan;
 #[cfg(feature = "wgpu")]
 pub use wgpu_backend::{Adapter, Wgpu, WgpuBuffer};

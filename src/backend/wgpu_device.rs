@@ -1,8 +1,10 @@
 //! [`Device`] on wgpu: allocations are storage buffers, views are [`GpuSlice`]s (regions 256-byte aligned, as the
 //! plans lay them out), and every kernel is the `backend::wgpu::{conv, norm, pool}` function of the same name.
 
-use super::device::{check_regions, Device, Epilogue, EpilogueGrad, Region};
-use super::wgpu::{conv, norm, pool, AsGpuSlice, GpuSlice, WgpuContext};
+use super::device::{check_regions, no_momentum_buffer, Device, Epilogue, EpilogueGrad, MocoDevice, Region};
+use super::wgpu::{conv, norm, optim::WgpuSgd, pool, AsGpuSlice, GpuSlice, InfoNceBuffers, WgpuContext, WgpuQueue};
+use crate::optim::SgdConfig;
+use crate::shape::{EmaShape, InfoNceShape, QueueDType, QueueShape};
 use super::BackendKind;
 use crate::backend::cpu::nn::{BatchNormShape, Conv2dShape, EltwiseShape, GlobalAvgPoolShape, LinearShape, MaxPool2dShape};
 use crate::error::{Error, Result};
@@ -170,5 +172,68 @@ impl Device for WgpuContext {
     }
     fn add_forward(&mut self, out: GpuSlice<'_>, a: GpuSlice<'_>, b: GpuSlice<'_>, shape: &EltwiseShape) -> Result<()> {
         pool::add_forward(self, &out, &a, &b, shape)
+    }
+}
+
+impl MocoDevice for WgpuContext {
+    type Queue = WgpuQueue;
+    type Nce = InfoNceBuffers;
+    type Sgd = WgpuSgd;
+
+    fn queue_from_f32(&mut self, data: &[f32], k: usize, c: usize, dtype: QueueDType) -> Result<WgpuQueue> {
+        WgpuQueue::from_f32(self, data, k, c, dtype)
+    }
+    fn queue_to_f32(&self, queue: &WgpuQueue) -> Result<Vec<f32>> {
+        queue.to_f32(self)
+    }
+    fn ema_update(&mut self, k: &mut wgpu::Buffer, q: &wgpu::Buffer, momentum: f64) -> Result<()> {
+        super::wgpu::ema_update(self, k, q, &EmaShape::new(elems(q), momentum)?)
+    }
+    fn nce_buffers(&mut self, n: usize, c: usize) -> Result<InfoNceBuffers> {
+        Ok(InfoNceBuffers::new(self, n, c))
+    }
+    fn infonce(&mut self, nce: &mut InfoNceBuffers, q: &wgpu::Buffer, k: &wgpu::Buffer, queue: &WgpuQueue, shape: &InfoNceShape) -> Result<()> {
+        super::wgpu::contrastive::infonce_async(self, nce, q, k, queue, shape)
+    }
+    fn read_stats(&self, nce: &InfoNceBuffers) -> Result<crate::backend::InfoNceStats> {
+        nce.read_stats(self)
+    }
+    fn nce_dq(nce: &InfoNceBuffers) -> &(dyn AsGpuSlice + 'static) {
+        &nce.dq
+    }
+    fn enqueue(&mut self, queue: &mut WgpuQueue, keys: &wgpu::Buffer, shape: &QueueShape) -> Result<usize> {
+        super::wgpu::enqueue(self, queue, keys, shape)
+    }
+    fn sgd_new(&mut self, config: SgdConfig, len: usize) -> Result<WgpuSgd> {
+        WgpuSgd::new(self, config, len)
+    }
+    fn sgd_step(&mut self, opt: &mut WgpuSgd, params: &mut wgpu::Buffer, grads: &wgpu::Buffer, lr: f64) -> Result<()> {
+        opt.set_lr(lr)?;
+        opt.step(self, params, grads)
+    }
+    fn sgd_steps(opt: &WgpuSgd) -> u64 {
+        opt.steps()
+    }
+    fn sgd_set_steps(opt: &mut WgpuSgd, steps: u64) {
+        opt.set_steps(steps)
+    }
+    fn sgd_read_momentum(&self, opt: &WgpuSgd, len: usize) -> Result<Vec<f32>> {
+        match opt.momentum_buffer() {
+            Some(b) => WgpuContext::read(self, b, len),
+            None => Ok(vec![0.0; len]),
+        }
+    }
+    fn sgd_write_momentum(&mut self, opt: &mut WgpuSgd, data: &[f32]) -> Result<()> {
+        match opt.momentum_buffer() {
+            Some(b) => {
+                crate::error::check_len_eq("train state", "momentum buffer", elems(b), data.len())?;
+                self.queue.write_buffer(b, 0, bytemuck::cast_slice(data));
+                Ok(())
+            }
+            None => no_momentum_buffer(data),
+        }
+    }
+    fn synchronize(&self) -> Result<()> {
+        WgpuContext::synchronize(self)
     }
 }

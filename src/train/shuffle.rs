@@ -7,8 +7,8 @@
 //! longer shares its BN statistics, which the queue's negatives never do (MoCo paper, §3.3).
 //!
 //! The permutation is drawn from the run's counter-based RNG keyed by `(seed, optimiser step, which)`, so it is a
-//! pure function of the step: a resumed run draws the same permutations as an uninterrupted one. Both training
-//! engines ([`super::CpuEngine`], [`super::WgpuEngine`]) call [`encode_keys`]; this file is the only place
+//! pure function of the step: a resumed run draws the same permutations as an uninterrupted one. The training
+//! engine ([`super::MocoEngine`], on every device) calls [`encode_keys`]; this file is the only place
 //! the permutation exists.
 
 use crate::data::CounterRng;

@@ -243,6 +243,10 @@ impl CudaSgd {
     pub fn momentum_buffer(&self) -> Option<&CudaSlice<f32>> {
         self.momentum_buf.as_ref()
     }
+    /// The momentum buffer, writable (to restore it from a checkpoint).
+    pub fn momentum_buffer_mut(&mut self) -> Option<&mut CudaSlice<f32>> {
+        self.momentum_buf.as_mut()
+    }
     /// The learning rate of the next step.
     pub fn lr(&self) -> f64 {
         self.config.lr
