@@ -218,11 +218,12 @@ def bench_resnet18(device, quick, only):
     emit(name, {"N": 64, "H": 32, "W": 32, "classes": 10}, time_fn(step, device, iters, warmup), device)
 
 
-def bench_moco_v2_step(device, quick, only):
+def bench_moco_v2_step(device, quick, only, batch=64):
     """One MoCo v2 training step as facebookresearch/moco's CIFAR colab runs it (its SplitBatchNorm with 8 groups,
-    the MLP head, the per-parameter momentum loop, cat + CE loss, SGD, enqueue): ResNet-18 CIFAR stem, batch 64,
-    K=4096, dim 128, T=0.2. The same step as moco's `train::CpuEngine::step` (benches/resnet.rs, moco_v2_step)."""
-    name = "moco_v2_step_b64_k4096"
+    the MLP head, the per-parameter momentum loop, cat + CE loss, SGD, enqueue): ResNet-18 CIFAR stem, batch `batch`,
+    K=4096, dim 128, T=0.2. The same step as moco's `train::MocoEngine::step` (benches/resnet.rs, moco_v2_step;
+    tests/cuda_train.rs times the CUDA engine at batch 64 and 256)."""
+    name = f"moco_v2_step_b{batch}_k4096"
     if only and only not in name:
         return
     import copy
@@ -262,7 +263,7 @@ def bench_moco_v2_step(device, quick, only):
     opt = torch.optim.SGD(enc_q.parameters(), lr=0.0075, momentum=0.9, weight_decay=5e-4)
     queue = F.normalize(torch.randn(128, 4096, device=device), dim=0)
     ptr = [0]
-    x1, x2 = torch.randn(64, 3, 32, 32, device=device), torch.randn(64, 3, 32, 32, device=device)
+    x1, x2 = torch.randn(batch, 3, 32, 32, device=device), torch.randn(batch, 3, 32, 32, device=device)
 
     def step():
         q = F.normalize(enc_q(x1), dim=1)
@@ -273,16 +274,16 @@ def bench_moco_v2_step(device, quick, only):
         l_pos = torch.einsum("nc,nc->n", q, k).unsqueeze(-1)
         l_neg = torch.einsum("nc,ck->nk", q, queue.clone().detach())
         logits = torch.cat([l_pos, l_neg], dim=1) / 0.2
-        loss = F.cross_entropy(logits, torch.zeros(64, dtype=torch.long, device=device))
+        loss = F.cross_entropy(logits, torch.zeros(batch, dtype=torch.long, device=device))
         opt.zero_grad()
         loss.backward()
         opt.step()
         with torch.no_grad():
-            queue[:, ptr[0]:ptr[0] + 64] = k.t()
-            ptr[0] = (ptr[0] + 64) % 4096
+            queue[:, ptr[0]:ptr[0] + batch] = k.t()
+            ptr[0] = (ptr[0] + batch) % 4096
 
     iters, warmup = (3, 1) if quick else (10, 2)
-    emit(name, {"N": 64, "K": 4096, "C": 128, "splits": 8}, time_fn(step, device, iters, warmup), device)
+    emit(name, {"N": batch, "K": 4096, "C": 128, "splits": 8}, time_fn(step, device, iters, warmup), device)
 
 
 def main():
@@ -290,6 +291,7 @@ def main():
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--quick", action="store_true", help="fewer iterations, skip K=1048576")
     ap.add_argument("--only", default=None, help="run only cases whose name contains SUBSTR")
+    ap.add_argument("--moco-batch", default="64", help="comma-separated batch sizes of moco_v2_step (default 64)")
     args = ap.parse_args()
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -303,7 +305,8 @@ def main():
     bench_moco_v3(device, args.quick, args.only)
     bench_ema(device, args.quick, args.only)
     bench_resnet18(device, args.quick, args.only)
-    bench_moco_v2_step(device, args.quick, args.only)
+    for batch in [int(b) for b in args.moco_batch.split(",")]:
+        bench_moco_v2_step(device, args.quick, args.only, batch)
 
 
 if __name__ == "__main__":

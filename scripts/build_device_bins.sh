@@ -14,7 +14,7 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable"):
         print(m["target"]["name"], m["executable"])'
 }
-{ pick test --release --test cuda_ops --test cuda_layers --test cuda_optim --test cuda_compile; pick bench --bench contrastive --bench resnet; } | while read -r name exe; do
+{ pick test --release --test cuda_ops --test cuda_layers --test cuda_optim --test cuda_compile --test cuda_train; pick bench --bench contrastive --bench resnet; } | while read -r name exe; do
     cp "$exe" "$DEST/$name"
     strip "$DEST/$name" 2>/dev/null || true
     echo "$DEST/$name $(du -h "$DEST/$name" | cut -f1)" >&2

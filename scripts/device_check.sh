@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The GPU check, in one call on a lent GPU machine (torch, nvcc and ncu there; no cargo). Build first, here:
-#     scripts/build_device_bins.sh          # -> target/device-bin/{cuda_ops,cuda_layers,cuda_optim,cuda_compile,contrastive}
+#     scripts/build_device_bins.sh          # -> target/device-bin/{cuda_ops,cuda_layers,cuda_optim,cuda_compile,cuda_train,contrastive,resnet}
 # then run this script there with carry ["target/device-bin"]. Within ~8 minutes it
 #   1. runs every CUDA op test against the f64 CPU reference (a missing device fails, it does not skip);
 #   2. compiles every kernel with the machine's NVRTC and ptxas (registers, spills);
 #   3. times the CUDA benches and PyTorch's equivalents on the same GPU, in the same run;
-#   4. times one MoCo v2 training step of the wgpu engine (if the machine has a Vulkan driver) beside
-#      PyTorch's step with cuDNN (bench_pytorch.py's moco_v2_step);
+#   4. runs 20 MoCo v2 steps of the CUDA engine and of the CPU engine from the same seed on the same batches and
+#      FAILS unless every per-step loss agrees to 1e-3 relative (tests/cuda_train.rs), then times the CUDA
+#      engine's step at batch 64 and 256 beside PyTorch's step with cuDNN (bench_pytorch.py's moco_v2_step, same
+#      batches), and the wgpu engine's step if the machine has a Vulkan driver;
 #   5. prints the side-by-side table. Everything also lands in $OUT (default target/device-out).
 # It never changes clocks or other GPU settings.
 set -uo pipefail
@@ -44,6 +46,17 @@ MOCO_REQUIRE_CUDA_COMPILE=1 timeout 60 "$BIN/cuda_compile" --nocapture 2>&1 | te
 
 step "CUDA benches (criterion)"
 timeout 200 "$BIN/contrastive" --bench cuda 2>&1 | tee "$OUT/moco_cuda_bench.txt"
+
+step "End-to-end: 20 MoCo v2 steps, CUDA engine vs CPU engine (per-step losses to 1e-3 relative)"
+MOCO_REQUIRE_CUDA_DEVICE=1 timeout 240 "$BIN/cuda_train" --test-threads=1 --nocapture cuda_and_cpu_engines_agree 2>&1 | tee "$OUT/cuda_train.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+
+step "MoCo v2 step, CUDA engine vs PyTorch + cuDNN, batch 64 and 256 (K=4096, dim 128, 8 BN groups)"
+MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/cuda_train" --test-threads=1 --nocapture cuda_moco_v2_step_time 2>&1 | tee "$OUT/cuda_step.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+timeout 120 python3 scripts/bench_pytorch.py --device cuda --only moco_v2_step --moco-batch 64,256 2>&1 | tee "$OUT/torch_step.jsonl"
+echo "moco CUDA engine:"; grep -h '"moco_cuda_engine_v2_step' "$OUT/cuda_step.txt" || true
+echo "PyTorch + cuDNN:";  grep -h '"moco_v2_step' "$OUT/torch_step.jsonl" || true
 
 step "End-to-end MoCo v2 training step (wgpu engine on the GPU's Vulkan driver; skipped without one)"
 timeout 120 "$BIN/resnet" --bench moco_v2_step 2>&1 | tee "$OUT/moco_step_bench.txt"

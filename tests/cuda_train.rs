@@ -1,0 +1,94 @@
+//! The CUDA MoCo engine end to end (`train::CudaEngine`, the one `MocoEngine` on `Cuda`): 20 MoCo v2 steps of the
+//! CUDA engine and of the CPU engine from the same seed on the same batches must give per-step losses that agree
+//! to 1e-3 relative; then the CUDA step is timed at batch 64 and 256 (K = 4096, dim 128, 8 BN groups, the
+//! `moco_v2_step` of `scripts/bench_pytorch.py`). Without a CUDA device every test skips with the reason, unless
+//! `MOCO_REQUIRE_CUDA_DEVICE=1` (as `scripts/device_check.sh` runs it), when it fails.
+use moco::backend::cuda::Cuda;
+use moco::data::{synthetic, AugmentConfig, PairLoader, SyntheticConfig};
+use moco::train::{CpuEngine, CudaEngine, Engine, Preset, TrainConfig};
+use std::sync::Arc;
+use std::time::Instant;
+
+fn device(test: &str) -> Option<Cuda> {
+    match Cuda::new(0) {
+        Ok(c) => {
+            eprintln!("{test}: running on {}", c.name());
+            Some(c)
+        }
+        Err(e) => {
+            let required = std::env::var("MOCO_REQUIRE_CUDA_DEVICE").map(|v| v == "1").unwrap_or(false);
+            assert!(!required, "MOCO_REQUIRE_CUDA_DEVICE=1 but no CUDA device: {e}");
+            eprintln!("{test}: skipped: {e}");
+            None
+        }
+    }
+}
+
+/// MoCo v2 (MLP head, T = 0.2, v2 augmentation), batch `n`, K = 4096, dim 128, 8 BN groups, shuffle-BN on.
+fn v2(n: usize) -> TrainConfig {
+    let mut c = TrainConfig::preset(Preset::V2).with_batch(n);
+    c.queue_len = 4096;
+    c.dim = 128;
+    c.bn_splits = 8;
+    c.seed = 11;
+    c
+}
+
+/// `steps` pairs of views, one per step, from one synthetic data set.
+fn batches(cfg: &TrainConfig, steps: usize) -> Vec<(Vec<f32>, Vec<f32>)> {
+    let sc = SyntheticConfig { train: cfg.batch_size * steps, test: 0, seed: 3, size: cfg.image_size, ..SyntheticConfig::default() };
+    let (ds, _) = synthetic(&sc).unwrap();
+    let loader = PairLoader::new(Arc::new(ds), AugmentConfig::v2(cfg.image_size), cfg.batch_size, 3).unwrap();
+    (0..steps).map(|i| loader.batch(0, i).unwrap()).map(|b| (b.x_q, b.x_k)).collect()
+}
+
+#[test]
+fn cuda_and_cpu_engines_agree_for_20_moco_v2_steps() {
+    let Some(cuda) = device("cuda_and_cpu_engines_agree_for_20_moco_v2_steps") else { return };
+    let cfg = v2(32);
+    let data = batches(&cfg, 20);
+    let (mut c, mut g) = (CpuEngine::new(&cfg).unwrap(), CudaEngine::new(&cuda, &cfg).unwrap());
+    let mut worst = 0f64;
+    for (step, (xq, xk)) in data.iter().enumerate() {
+        let (a, b) = (c.step(xq, xk, cfg.lr).unwrap(), g.step(xq, xk, cfg.lr).unwrap());
+        let rel = ((a.loss - b.loss).abs() / a.loss.abs().max(1e-6)) as f64;
+        worst = worst.max(rel);
+        eprintln!("step {step:2}: cpu loss {:.6}  cuda loss {:.6}  rel {rel:.2e}  (acc@1 {:.1} / {:.1})", a.loss, b.loss, a.acc1, b.acc1);
+        assert!(a.loss.is_finite() && b.loss.is_finite(), "step {step}: non-finite loss (cpu {}, cuda {})", a.loss, b.loss);
+        assert!(rel <= 1e-3, "step {step}: cpu loss {} vs cuda {} (relative {rel:.2e} > 1e-3)", a.loss, b.loss);
+    }
+    let (sa, sb) = (c.state().unwrap(), g.state().unwrap());
+    assert_eq!((sa.queue_ptr, sa.opt_steps, sa.q_tracked, sa.k_tracked), (sb.queue_ptr, sb.opt_steps, sb.q_tracked, sb.k_tracked));
+    eprintln!("20 MoCo v2 steps: worst per-step relative loss difference {worst:.2e} (limit 1e-3)");
+    // the eval-mode embeddings of the kNN monitor run on the same engine
+    let n = 4;
+    let x = &data[0].0[..n * 3 * cfg.image_size * cfg.image_size];
+    let (ea, eb) = (c.embed(x, n, true).unwrap(), g.embed(x, n, true).unwrap());
+    let scale = ea.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    let err = ea.iter().zip(&eb).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale;
+    assert!(err < 1e-2, "backbone embeddings differ by {err:.2e} of the largest");
+}
+
+#[test]
+fn cuda_moco_v2_step_time() {
+    let Some(cuda) = device("cuda_moco_v2_step_time") else { return };
+    for n in [64, 256] {
+        let cfg = v2(n);
+        let data = batches(&cfg, 2);
+        let mut e = CudaEngine::new(&cuda, &cfg).unwrap();
+        for (xq, xk) in &data {
+            e.step(xq, xk, cfg.lr).unwrap(); // warm-up: module loads, first-step momentum init
+        }
+        let iters = 10;
+        let mut times = Vec::with_capacity(iters);
+        for i in 0..iters {
+            let (xq, xk) = &data[i % 2];
+            let t = Instant::now();
+            let s = e.step(xq, xk, cfg.lr).unwrap(); // returns after the stats readback: the step is done
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            assert!(s.loss.is_finite());
+        }
+        times.sort_by(f64::total_cmp);
+        println!("{{\"name\": \"moco_cuda_engine_v2_step_b{n}_k4096\", \"median_ms\": {:.3}, \"min_ms\": {:.3}, \"iters\": {iters}, \"device\": \"{}\"}}", times[iters / 2], times[0], cuda.name());
+    }
+}
