@@ -14,8 +14,8 @@
 //! Backward kernels accumulate into their input gradients (`dinp += ...`, llm.c style), so a region read by two
 //! nodes (a residual block's input) gets both contributions; the executor zeroes the gradient allocation once.
 //!
-//! Next (engine unification): the optimisers' fused steps and the contrastive ops of [`super::Backend`] on the same
-//! views, so the MoCo step can be written once over `Device`.
+//! [`MocoDevice`], a companion trait, adds what the MoCo step needs beyond the layers (queue, EMA, fused InfoNCE,
+//! enqueue, SGD), so [`crate::train::MocoEngine`] writes the step once for every device.
 //!
 //! Next (ViT issue): `layernorm_forward/backward`, `attention_forward/backward`, `gelu_forward/backward` and
 //! `patch_embed_forward/backward` join the kernels below, with the same view arguments.
