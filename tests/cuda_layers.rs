@@ -18,18 +18,7 @@ use moco::backend::cuda::{conv, norm, pool, Cuda};
 use rand::Rng;
 
 fn device(test: &str) -> Option<Cuda> {
-    match Cuda::new(0) {
-        Ok(c) => {
-            eprintln!("{test}: running on {}", c.name());
-            Some(c)
-        }
-        Err(e) => {
-            let required = std::env::var("MOCO_REQUIRE_CUDA_DEVICE").map(|v| v == "1").unwrap_or(false);
-            assert!(!required, "MOCO_REQUIRE_CUDA_DEVICE=1 but no CUDA device: {e}");
-            eprintln!("{test}: skipped: {e}");
-            None
-        }
-    }
+    common::cuda_device(test)
 }
 
 fn up<T: cudarc::driver::DeviceRepr>(dev: &Cuda, v: &[T]) -> CudaSlice<T> {

@@ -5,6 +5,7 @@
 //!
 //! Without a CUDA device (or libcuda / libnvrtc) every test prints the reason and passes, unless
 //! `MOCO_REQUIRE_CUDA_DEVICE=1`, when it fails.
+mod common;
 
 use moco::backend::cpu::reference;
 use moco::backend::cuda::{self, Cuda, CudaQueue};
@@ -15,18 +16,7 @@ use rand::{Rng, SeedableRng};
 const DTYPES: [QueueDType; 3] = [QueueDType::F32, QueueDType::F16, QueueDType::BF16];
 
 fn device(test: &str) -> Option<Cuda> {
-    match Cuda::new(0) {
-        Ok(c) => {
-            eprintln!("{test}: running on {}", c.name());
-            Some(c)
-        }
-        Err(e) => {
-            let required = std::env::var("MOCO_REQUIRE_CUDA_DEVICE").map(|v| v == "1").unwrap_or(false);
-            assert!(!required, "MOCO_REQUIRE_CUDA_DEVICE=1 but no CUDA device: {e}");
-            eprintln!("{test}: skipped: {e}");
-            None
-        }
-    }
+    common::cuda_device(test)
 }
 
 fn random(rng: &mut StdRng, len: usize) -> Vec<f32> {

@@ -9,6 +9,7 @@
 //!
 //! Without a CUDA device (or libcuda / libnvrtc) every test prints the reason and passes, unless
 //! `MOCO_REQUIRE_CUDA_DEVICE=1`, when it fails.
+mod common;
 
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut};
 use moco::backend::cuda::optim::{self as co, CudaAdamW, CudaLars, CudaLarsPlan, CudaSgd};
@@ -26,18 +27,7 @@ const ULPS: f64 = 8.0;
 const LARS_RTOL: f64 = 1e-5;
 
 fn device(test: &str) -> Option<Cuda> {
-    match Cuda::new(0) {
-        Ok(c) => {
-            eprintln!("{test}: running on {}", c.name());
-            Some(c)
-        }
-        Err(e) => {
-            let required = std::env::var("MOCO_REQUIRE_CUDA_DEVICE").map(|v| v == "1").unwrap_or(false);
-            assert!(!required, "MOCO_REQUIRE_CUDA_DEVICE=1 but no CUDA device: {e}");
-            eprintln!("{test}: skipped: {e}");
-            None
-        }
-    }
+    common::cuda_device(test)
 }
 
 fn cases(default: u32) -> u32 {

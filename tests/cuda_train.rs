@@ -3,6 +3,7 @@
 //! to 1e-3 relative; then the CUDA step is timed at batch 64 and 256 (K = 4096, dim 128, 8 BN groups, the
 //! `moco_v2_step` of `scripts/bench_pytorch.py`). Without a CUDA device every test skips with the reason, unless
 //! `MOCO_REQUIRE_CUDA_DEVICE=1` (as `scripts/device_check.sh` runs it), when it fails.
+mod common;
 use moco::backend::cuda::Cuda;
 use moco::data::{synthetic, AugmentConfig, PairLoader, SyntheticConfig};
 use moco::train::{CpuEngine, CudaEngine, Engine, Preset, TrainConfig};
@@ -10,18 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 fn device(test: &str) -> Option<Cuda> {
-    match Cuda::new(0) {
-        Ok(c) => {
-            eprintln!("{test}: running on {}", c.name());
-            Some(c)
-        }
-        Err(e) => {
-            let required = std::env::var("MOCO_REQUIRE_CUDA_DEVICE").map(|v| v == "1").unwrap_or(false);
-            assert!(!required, "MOCO_REQUIRE_CUDA_DEVICE=1 but no CUDA device: {e}");
-            eprintln!("{test}: skipped: {e}");
-            None
-        }
-    }
+    common::cuda_device(test)
 }
 
 /// MoCo v2 (MLP head, T = 0.2, v2 augmentation), batch `n`, K = 4096, dim 128, 8 BN groups, shuffle-BN on.

@@ -93,3 +93,21 @@ pub fn for_each_backend(mut cpu_f: impl FnMut(&Cpu), mut wgpu_f: impl FnMut(&Wgp
 pub fn name_of<B: Backend>(b: &B) -> String {
     b.name()
 }
+
+/// The CUDA device for `test`, or `None` (with the reason printed) when there is none. With
+/// `MOCO_REQUIRE_CUDA_DEVICE=1` (the device check) a missing device fails the test instead.
+#[cfg(feature = "cuda")]
+pub fn cuda_device(test: &str) -> Option<moco::backend::cuda::Cuda> {
+    match moco::backend::cuda::Cuda::new(0) {
+        Ok(c) => {
+            eprintln!("{test}: running on {}", c.name());
+            Some(c)
+        }
+        Err(e) => {
+            let required = std::env::var("MOCO_REQUIRE_CUDA_DEVICE").map(|v| v == "1").unwrap_or(false);
+            assert!(!required, "MOCO_REQUIRE_CUDA_DEVICE=1 but no CUDA device: {e}");
+            eprintln!("{test}: skipped: {e}");
+            None
+        }
+    }
+}
