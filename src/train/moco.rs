@@ -118,7 +118,9 @@ impl<D: MocoDevice> MocoEngine<D> {
         if !q.iter().chain(k_host).all(|v| v.is_finite()) {
             return Ok(InfoNceStats { loss: f32::NAN, top1: 0, top5: 0 });
         }
-        self.dev.write(&mut self.q, Region::new(0, q.len()), &q)?;
+        // q stays on the device: a device-side copy of the encoder's output region (no re-upload of the readback)
+        let ([dst], []) = D::split(&mut self.q, [Region::new(0, q.len())], [])?;
+        self.dev.copy(dst, self.enc_q.output())?;
         let k = if which == KeyBatch::K2 { &self.k2 } else { &self.k1 };
         self.dev.infonce(&mut self.nce, &self.q, k, &self.queue, shape)?;
         let stats = self.dev.read_stats(&self.nce)?;
