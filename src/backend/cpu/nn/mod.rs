@@ -1,5 +1,6 @@
 //! CPU layer kernels (forward and backward) for the networks: conv2d, batch norm (plain, split, fused with ReLU
-//! and with a residual add + ReLU), max and global average pooling, linear, ReLU and residual add.
+//! and with a residual add + ReLU), max and global average pooling, linear, ReLU and residual add; and the ViT's
+//! layer norm, exact GELU, attention core, sin-cos position embedding and patch im2col ([`vit`]).
 //!
 //! Conventions, as in the rest of the CPU backend (llm.c style):
 //! - tensors are NCHW f32, row-major, laid out as PyTorch lays them out (conv weight `[C_out, C_in, KH, KW]`,
@@ -18,6 +19,7 @@ pub mod norm;
 pub mod pool;
 pub mod act;
 pub mod reference;
+pub mod vit;
 
 pub use act::{add_forward, relu_backward, relu_forward, EltwiseShape};
 pub use conv::{conv2d_backward, conv2d_forward, Conv2dShape};
@@ -26,5 +28,9 @@ pub use norm::{
     batchnorm_add_relu_backward, batchnorm_add_relu_forward_eval, batchnorm_add_relu_forward_train, batchnorm_backward,
     batchnorm_forward_eval, batchnorm_forward_train, batchnorm_relu_backward, batchnorm_relu_forward_eval,
     batchnorm_relu_forward_train, BatchNormShape,
+};
+pub use vit::{
+    attention_backward, attention_forward, gelu_backward, gelu_forward, layernorm_backward, layernorm_forward, patch_im2col,
+    patch_im2col_backward, sincos_pos_embed_2d, AttentionShape, LayerNormShape, PatchShape, PosEmbedShape,
 };
 pub use pool::{global_avgpool_backward, global_avgpool_forward, maxpool2d_backward, maxpool2d_forward, GlobalAvgPoolShape, MaxPool2dShape};

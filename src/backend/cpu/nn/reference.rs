@@ -2,6 +2,7 @@
 //! f32 kernels against these, and these backward functions against central finite differences of these forward
 //! functions. Inputs are f64 (so a test can perturb them); shapes are the kernels' validated shape types.
 
+pub use super::vit::reference::*;
 use super::{BatchNormShape, Conv2dShape, GlobalAvgPoolShape, LinearShape, MaxPool2dShape};
 
 /// Converts f32 values to f64.
