@@ -15,52 +15,6 @@ fn f64v(v: &[f32]) -> Vec<f64> {
     r::to_f64(v)
 }
 
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-/// `want + base` element-wise (a backward accumulates into `base`).
-fn plus(want: &[f64], base: &[f32]) -> Vec<f64> {
-    want.iter().zip(base).map(|(w, b)| w + *b as f64).collect()
-}
-
-/// Central finite differences of `loss` with respect to every element of `x`, step `h`.
-fn fd(x: &[f64], h: f64, mut loss: impl FnMut(&[f64]) -> f64) -> Vec<f64> {
-    let mut x = x.to_vec();
-    (0..x.len())
-        .map(|i| {
-            let x0 = x[i];
-            x[i] = x0 + h;
-            let lp = loss(&x);
-            x[i] = x0 - h;
-            let lm = loss(&x);
-            x[i] = x0;
-            (lp - lm) / (2.0 * h)
-        })
-        .collect()
-}
-
-/// f64 comparison: `|got - want| <= atol + rtol*|want|`, naming the first bad index.
-#[track_caller]
-fn assert_close64(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let err = (g - w).abs();
-        assert!(err <= atol + rtol * w.abs(), "{what}[{i}]: got {g}, want {w} (|err| {err:.3e} > atol {atol:.1e} + rtol {rtol:.1e} * |want|)");
-    }
-}
-
-fn is_shape_err<T>(r: moco::Result<T>) -> bool {
-    matches!(r, Err(Error::Shape { .. }))
-}
-
-/// Finite-difference step and tolerance: f64 central differences with h = 1e-5 have truncation error
-/// O(h²·f''') ~ 1e-10 and rounding error ~ 1e-16·|L|/h ~ 1e-11·|L|; we accept 1e-6 of the gradient's scale.
-const FD_H: f64 = 1e-5;
-fn fd_tol(want: &[f64]) -> f64 {
-    1e-6 * (1.0 + max_abs(want))
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // conv2d
 

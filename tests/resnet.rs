@@ -6,8 +6,7 @@
 //! alternating-sign sum / first 16 values for large ones), the updated running statistics and the eval logits.
 mod common;
 
-use moco::backend::wgpu::WgpuContext;
-use moco::nn::{layout::name_uniform, Depth, ResNetConfig, ResNetCpu, ResNetLayout, ResNetWgpu, Stem};
+use moco::nn::{layout::name_uniform, Depth, ResNetConfig, ResNetCpu, ResNetLayout, Stem};
 use safetensors::SafeTensors;
 
 fn fill(name: &str, n: usize, scale: f64, shift: f64) -> Vec<f32> {
@@ -199,23 +198,11 @@ fn cpu_step(case: &Case) -> impl FnOnce(&ResNetLayout, &[f32], &[f32], &[f32], &
     }
 }
 
-fn wgpu_step(case: &Case, ctx: WgpuContext) -> impl FnOnce(&ResNetLayout, &[f32], &[f32], &[f32], &dyn Fn(&[f32]) -> Vec<f32>) -> Outputs + '_ {
+/// The step through the one executor on any device, from host parameters (the wgpu and CUDA cases; the CUDA
+/// kernels share the WGSL tiling, so both use the wgpu tolerance).
+fn device_step<'a, D: moco::backend::Device + 'a>(case: &'a Case, dev: D) -> impl FnOnce(&ResNetLayout, &[f32], &[f32], &[f32], &dyn Fn(&[f32]) -> Vec<f32>) -> Outputs + 'a {
     move |layout, params, buffers, x, dlogits_of| {
-        let mut net = ResNetWgpu::from_host(ctx.clone(), layout.clone(), params, buffers, case.n, case.h, case.w, 1).unwrap();
-        let logits = net.forward_host(x, true).unwrap();
-        net.backward_host(&dlogits_of(&logits)).unwrap();
-        let (grads, buffers) = (net.read_grads().unwrap(), net.read_buffers().unwrap());
-        let eval = net.forward_host(x, false).unwrap();
-        assert_eq!(net.num_batches_tracked, 1);
-        Outputs { logits, grads, buffers, eval }
-    }
-}
-
-/// The same step through the one executor on CUDA (the kernels share the WGSL tiling, so the wgpu tolerance).
-#[cfg(feature = "cuda")]
-fn cuda_step(case: &Case, cuda: moco::backend::cuda::Cuda) -> impl FnOnce(&ResNetLayout, &[f32], &[f32], &[f32], &dyn Fn(&[f32]) -> Vec<f32>) -> Outputs + '_ {
-    move |layout, params, buffers, x, dlogits_of| {
-        let mut net = moco::nn::ResNetCuda::from_host(cuda, layout.clone(), params, buffers, case.n, case.h, case.w, 1).unwrap();
+        let mut net = moco::nn::ResNet::from_host(dev, layout.clone(), params, buffers, case.n, case.h, case.w, 1).unwrap();
         let logits = net.forward_host(x, true).unwrap();
         net.backward_host(&dlogits_of(&logits)).unwrap();
         let (grads, buffers) = (net.read_grads().unwrap(), net.read_buffers().unwrap());
@@ -238,14 +225,14 @@ fn resnet50_imagenet_matches_pytorch_cpu() {
 #[test]
 fn resnet18_cifar_matches_pytorch_wgpu() {
     if let Some(w) = common::wgpu_backend() {
-        check_case(&R18, WGPU_TOL, wgpu_step(&R18, w.ctx.clone()));
+        check_case(&R18, WGPU_TOL, device_step(&R18, w.ctx.clone()));
     }
 }
 
 #[test]
 fn resnet50_imagenet_matches_pytorch_wgpu() {
     if let Some(w) = common::wgpu_backend() {
-        check_case(&R50, WGPU_TOL, wgpu_step(&R50, w.ctx.clone()));
+        check_case(&R50, WGPU_TOL, device_step(&R50, w.ctx.clone()));
     }
 }
 
@@ -270,7 +257,7 @@ fn resnet50_imagenet_runs_forward_backward() {
 #[test]
 fn resnet18_cifar_matches_pytorch_cuda() {
     match moco::backend::cuda::Cuda::new(0) {
-        Ok(c) => check_case(&R18, WGPU_TOL, cuda_step(&R18, c)),
+        Ok(c) => check_case(&R18, WGPU_TOL, device_step(&R18, c)),
         Err(e) => eprintln!("resnet18 on CUDA skipped: {e}"),
     }
 }
@@ -279,7 +266,7 @@ fn resnet18_cifar_matches_pytorch_cuda() {
 #[test]
 fn resnet50_imagenet_matches_pytorch_cuda() {
     match moco::backend::cuda::Cuda::new(0) {
-        Ok(c) => check_case(&R50, WGPU_TOL, cuda_step(&R50, c)),
+        Ok(c) => check_case(&R50, WGPU_TOL, device_step(&R50, c)),
         Err(e) => eprintln!("resnet50 on CUDA skipped: {e}"),
     }
 }
