@@ -6,7 +6,7 @@ use super::{Backend, BackendKind, Cpu, CpuQueue};
 use crate::optim::{Optimizer, Sgd, SgdConfig};
 use crate::shape::{EmaShape, InfoNceShape, QueueDType, QueueShape};
 use crate::backend::cpu::nn as k;
-use crate::backend::cpu::nn::{BatchNormShape, Conv2dShape, EltwiseShape, GlobalAvgPoolShape, LinearShape, MaxPool2dShape};
+use crate::backend::cpu::nn::{AttentionShape, BatchNormShape, Conv2dShape, EltwiseShape, GlobalAvgPoolShape, LayerNormShape, LinearShape, MaxPool2dShape, PatchShape, TokensShape};
 use crate::error::Result;
 
 /// The CPU as a [`Device`]: the CPU backend's layer kernels plus a scratch buffer that the convolutions reuse, so
@@ -159,6 +159,45 @@ impl Device for CpuDevice {
     }
     fn add_forward(&mut self, out: &mut [f32], a: &[f32], b: &[f32], shape: &EltwiseShape) -> Result<()> {
         k::add_forward(out, a, b, shape)
+    }
+    fn add_backward(&mut self, da: &mut [f32], db: &mut [f32], dout: &[f32], shape: &EltwiseShape) -> Result<()> {
+        k::add_backward(da, db, dout, shape)
+    }
+    fn layernorm_forward(&mut self, out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], inp: &[f32], gamma: &[f32], beta: &[f32], shape: &LayerNormShape) -> Result<()> {
+        k::layernorm_forward(out, mean, rstd, inp, gamma, beta, shape)
+    }
+    fn layernorm_backward(&mut self, dinp: &mut [f32], dgamma: &mut [f32], dbeta: &mut [f32], dout: &[f32], inp: &[f32], gamma: &[f32], mean: &[f32], rstd: &[f32], shape: &LayerNormShape) -> Result<()> {
+        k::layernorm_backward(dinp, dgamma, dbeta, dout, inp, gamma, mean, rstd, shape)
+    }
+    fn gelu_forward(&mut self, out: &mut [f32], inp: &[f32], shape: &EltwiseShape) -> Result<()> {
+        k::gelu_forward(out, inp, shape)
+    }
+    fn gelu_backward(&mut self, dinp: &mut [f32], dout: &[f32], inp: &[f32], shape: &EltwiseShape) -> Result<()> {
+        k::gelu_backward(dinp, dout, inp, shape)
+    }
+    fn attention_forward(&mut self, out: &mut [f32], att: &mut [f32], qkv: &[f32], shape: &AttentionShape) -> Result<()> {
+        k::attention_forward(out, att, qkv, shape)
+    }
+    fn attention_backward(&mut self, dqkv: &mut [f32], dout: &[f32], qkv: &[f32], att: &[f32], shape: &AttentionShape) -> Result<()> {
+        k::attention_backward(dqkv, dout, qkv, att, shape)
+    }
+    fn patch_im2col(&mut self, cols: &mut [f32], images: &[f32], shape: &PatchShape) -> Result<()> {
+        k::patch_im2col(cols, images, shape)
+    }
+    fn patch_im2col_backward(&mut self, dimages: &mut [f32], dcols: &[f32], shape: &PatchShape) -> Result<()> {
+        k::patch_im2col_backward(dimages, dcols, shape)
+    }
+    fn tokens_forward(&mut self, tokens: &mut [f32], patches: &[f32], cls: &[f32], pos: &[f32], shape: &TokensShape) -> Result<()> {
+        k::tokens_forward(tokens, patches, cls, pos, shape)
+    }
+    fn tokens_backward(&mut self, dpatches: Option<&mut [f32]>, dcls: Option<&mut [f32]>, dtokens: &[f32], shape: &TokensShape) -> Result<()> {
+        k::tokens_backward(dpatches, dcls, dtokens, shape)
+    }
+    fn cls_select_forward(&mut self, out: &mut [f32], tokens: &[f32], shape: &TokensShape) -> Result<()> {
+        k::cls_select_forward(out, tokens, shape)
+    }
+    fn cls_select_backward(&mut self, dtokens: &mut [f32], dout: &[f32], shape: &TokensShape) -> Result<()> {
+        k::cls_select_backward(dtokens, dout, shape)
     }
 }
 

@@ -9,7 +9,7 @@ use super::device::{check_regions, no_momentum_buffer, Device, Epilogue, Epilogu
 use crate::optim::SgdConfig;
 use crate::shape::{EmaShape, InfoNceShape, QueueDType, QueueShape};
 use super::BackendKind;
-use crate::backend::cpu::nn::{BatchNormShape, Conv2dShape, EltwiseShape, GlobalAvgPoolShape, LinearShape, MaxPool2dShape};
+use crate::backend::cpu::nn::{AttentionShape, BatchNormShape, Conv2dShape, EltwiseShape, GlobalAvgPoolShape, LayerNormShape, LinearShape, MaxPool2dShape, PatchShape, TokensShape};
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 
@@ -176,6 +176,46 @@ impl Device for Cuda {
     }
     fn add_forward(&mut self, mut out: CudaViewMut<'_, f32>, a: CudaView<'_, f32>, b: CudaView<'_, f32>, shape: &EltwiseShape) -> Result<()> {
         pool::add_forward(&self.stream, &mut out, &a, &b, shape)
+    }
+    // TODO(vit): the WGSL / CUDA ViT kernels replace these stubs.
+    fn add_backward(&mut self, _da: CudaViewMut<'_, f32>, _db: CudaViewMut<'_, f32>, _dout: CudaView<'_, f32>, _shape: &EltwiseShape) -> Result<()> {
+        Err(Error::Unavailable("add_backward: not implemented on this device yet (ViT kernels in progress)".into()))
+    }
+    fn layernorm_forward(&mut self, _out: CudaViewMut<'_, f32>, _mean: CudaViewMut<'_, f32>, _rstd: CudaViewMut<'_, f32>, _inp: CudaView<'_, f32>, _gamma: CudaView<'_, f32>, _beta: CudaView<'_, f32>, _shape: &LayerNormShape) -> Result<()> {
+        Err(Error::Unavailable("layernorm_forward: not implemented on this device yet (ViT kernels in progress)".into()))
+    }
+    fn layernorm_backward(&mut self, _dinp: CudaViewMut<'_, f32>, _dgamma: CudaViewMut<'_, f32>, _dbeta: CudaViewMut<'_, f32>, _dout: CudaView<'_, f32>, _inp: CudaView<'_, f32>, _gamma: CudaView<'_, f32>, _mean: CudaView<'_, f32>, _rstd: CudaView<'_, f32>, _shape: &LayerNormShape) -> Result<()> {
+        Err(Error::Unavailable("layernorm_backward: not implemented on this device yet (ViT kernels in progress)".into()))
+    }
+    fn gelu_forward(&mut self, _out: CudaViewMut<'_, f32>, _inp: CudaView<'_, f32>, _shape: &EltwiseShape) -> Result<()> {
+        Err(Error::Unavailable("gelu_forward: not implemented on this device yet (ViT kernels in progress)".into()))
+    }
+    fn gelu_backward(&mut self, _dinp: CudaViewMut<'_, f32>, _dout: CudaView<'_, f32>, _inp: CudaView<'_, f32>, _shape: &EltwiseShape) -> Result<()> {
+        Err(Error::Unavailable("gelu_backward: not implemented on this device yet (ViT kernels in progress)".into()))
+    }
+    fn attention_forward(&mut self, _out: CudaViewMut<'_, f32>, _att: CudaViewMut<'_, f32>, _qkv: CudaView<'_, f32>, _shape: &AttentionShape) -> Result<()> {
+        Err(Error::Unavailable("attention_forward: not implemented on this device yet (ViT kernels in progress)".into()))
+    }
+    fn attention_backward(&mut self, _dqkv: CudaViewMut<'_, f32>, _dout: CudaView<'_, f32>, _qkv: CudaView<'_, f32>, _att: CudaView<'_, f32>, _shape: &AttentionShape) -> Result<()> {
+        Err(Error::Unavailable("attention_backward: not implemented on this device yet (ViT kernels in progress)".into()))
+    }
+    fn patch_im2col(&mut self, _cols: CudaViewMut<'_, f32>, _images: CudaView<'_, f32>, _shape: &PatchShape) -> Result<()> {
+        Err(Error::Unavailable("patch_im2col: not implemented on this device yet (ViT kernels in progress)".into()))
+    }
+    fn patch_im2col_backward(&mut self, _dimages: CudaViewMut<'_, f32>, _dcols: CudaView<'_, f32>, _shape: &PatchShape) -> Result<()> {
+        Err(Error::Unavailable("patch_im2col_backward: not implemented on this device yet (ViT kernels in progress)".into()))
+    }
+    fn tokens_forward(&mut self, _tokens: CudaViewMut<'_, f32>, _patches: CudaView<'_, f32>, _cls: CudaView<'_, f32>, _pos: CudaView<'_, f32>, _shape: &TokensShape) -> Result<()> {
+        Err(Error::Unavailable("tokens_forward: not implemented on this device yet (ViT kernels in progress)".into()))
+    }
+    fn tokens_backward(&mut self, _dpatches: Option<CudaViewMut<'_, f32>>, _dcls: Option<CudaViewMut<'_, f32>>, _dtokens: CudaView<'_, f32>, _shape: &TokensShape) -> Result<()> {
+        Err(Error::Unavailable("tokens_backward: not implemented on this device yet (ViT kernels in progress)".into()))
+    }
+    fn cls_select_forward(&mut self, _out: CudaViewMut<'_, f32>, _tokens: CudaView<'_, f32>, _shape: &TokensShape) -> Result<()> {
+        Err(Error::Unavailable("cls_select_forward: not implemented on this device yet (ViT kernels in progress)".into()))
+    }
+    fn cls_select_backward(&mut self, _dtokens: CudaViewMut<'_, f32>, _dout: CudaView<'_, f32>, _shape: &TokensShape) -> Result<()> {
+        Err(Error::Unavailable("cls_select_backward: not implemented on this device yet (ViT kernels in progress)".into()))
     }
 }
 

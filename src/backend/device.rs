@@ -17,11 +17,11 @@
 //! [`MocoDevice`], a companion trait, adds what the MoCo step needs beyond the layers (queue, EMA, fused InfoNCE,
 //! enqueue, SGD), so [`crate::train::MocoEngine`] writes the step once for every device.
 //!
-//! Next (ViT issue): `layernorm_forward/backward`, `attention_forward/backward`, `gelu_forward/backward` and
-//! `patch_embed_forward/backward` join the kernels below, with the same view arguments.
+//! The ViT's kernels (layer norm, GELU, the attention core, the patch im2col, token assembly and the cls feature,
+//! the residual add's backward) take the same view arguments as ResNet's.
 
 use super::BackendKind;
-use crate::backend::cpu::nn::{BatchNormShape, Conv2dShape, EltwiseShape, GlobalAvgPoolShape, LinearShape, MaxPool2dShape};
+use crate::backend::cpu::nn::{AttentionShape, BatchNormShape, Conv2dShape, EltwiseShape, GlobalAvgPoolShape, LayerNormShape, LinearShape, MaxPool2dShape, PatchShape, TokensShape};
 use crate::error::{Error, Result};
 
 /// A region of an allocation, in elements.
@@ -214,6 +214,37 @@ pub trait Device {
     fn relu_backward(&mut self, dinp: Self::Mut<'_>, dout: Self::Ref<'_>, out: Self::Ref<'_>, shape: &EltwiseShape) -> Result<()>;
     /// `out = a + b`.
     fn add_forward(&mut self, out: Self::Mut<'_>, a: Self::Ref<'_>, b: Self::Ref<'_>, shape: &EltwiseShape) -> Result<()>;
+    /// `da += dout`, `db += dout`.
+    fn add_backward(&mut self, da: Self::Mut<'_>, db: Self::Mut<'_>, dout: Self::Ref<'_>, shape: &EltwiseShape) -> Result<()>;
+
+    // ---- ViT ----
+
+    /// `out[R, C] = layernorm(inp) * gamma + beta`, saving `mean, rstd: [R]`.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_forward(&mut self, out: Self::Mut<'_>, mean: Self::Mut<'_>, rstd: Self::Mut<'_>, inp: Self::Ref<'_>, gamma: Self::Ref<'_>, beta: Self::Ref<'_>, shape: &LayerNormShape) -> Result<()>;
+    /// Layer-norm backward: `dinp`, `dgamma`, `dbeta` `+=`.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_backward(&mut self, dinp: Self::Mut<'_>, dgamma: Self::Mut<'_>, dbeta: Self::Mut<'_>, dout: Self::Ref<'_>, inp: Self::Ref<'_>, gamma: Self::Ref<'_>, mean: Self::Ref<'_>, rstd: Self::Ref<'_>, shape: &LayerNormShape) -> Result<()>;
+    /// `out = gelu(inp)` (exact, erf).
+    fn gelu_forward(&mut self, out: Self::Mut<'_>, inp: Self::Ref<'_>, shape: &EltwiseShape) -> Result<()>;
+    /// `dinp += dout * gelu'(inp)`.
+    fn gelu_backward(&mut self, dinp: Self::Mut<'_>, dout: Self::Ref<'_>, inp: Self::Ref<'_>, shape: &EltwiseShape) -> Result<()>;
+    /// Attention core: `out [B, T, H*D]` and the saved probabilities `att [B, H, T, T]` from `qkv [B, T, 3, H, D]`.
+    fn attention_forward(&mut self, out: Self::Mut<'_>, att: Self::Mut<'_>, qkv: Self::Ref<'_>, shape: &AttentionShape) -> Result<()>;
+    /// Attention backward: `dqkv +=`.
+    fn attention_backward(&mut self, dqkv: Self::Mut<'_>, dout: Self::Ref<'_>, qkv: Self::Ref<'_>, att: Self::Ref<'_>, shape: &AttentionShape) -> Result<()>;
+    /// Patch im2col: `cols [B*P, C*p*p]` from `images [B, C, H, W]`.
+    fn patch_im2col(&mut self, cols: Self::Mut<'_>, images: Self::Ref<'_>, shape: &PatchShape) -> Result<()>;
+    /// Patch im2col backward: `dimages +=`.
+    fn patch_im2col_backward(&mut self, dimages: Self::Mut<'_>, dcols: Self::Ref<'_>, shape: &PatchShape) -> Result<()>;
+    /// Token assembly: `tokens [B, T, C]` from the cls token, the patch tokens `[B*P, C]` and `pos [T, C]`.
+    fn tokens_forward(&mut self, tokens: Self::Mut<'_>, patches: Self::Ref<'_>, cls: Self::Ref<'_>, pos: Self::Ref<'_>, shape: &TokensShape) -> Result<()>;
+    /// Token assembly backward: `dpatches`, `dcls` `+=` (each skipped when `None`).
+    fn tokens_backward(&mut self, dpatches: Option<Self::Mut<'_>>, dcls: Option<Self::Mut<'_>>, dtokens: Self::Ref<'_>, shape: &TokensShape) -> Result<()>;
+    /// The cls feature `out [B, C] = tokens[:, 0]`.
+    fn cls_select_forward(&mut self, out: Self::Mut<'_>, tokens: Self::Ref<'_>, shape: &TokensShape) -> Result<()>;
+    /// `dtokens[:, 0] += dout`.
+    fn cls_select_backward(&mut self, dtokens: Self::Mut<'_>, dout: Self::Ref<'_>, shape: &TokensShape) -> Result<()>;
 }
 
 /// What a MoCo step needs from a device beyond the layers: the queue, the EMA over a whole flat allocation, the

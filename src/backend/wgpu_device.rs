@@ -6,7 +6,7 @@ use super::wgpu::{conv, norm, optim::WgpuSgd, pool, AsGpuSlice, GpuSlice, InfoNc
 use crate::optim::SgdConfig;
 use crate::shape::{EmaShape, InfoNceShape, QueueDType, QueueShape};
 use super::BackendKind;
-use crate::backend::cpu::nn::{BatchNormShape, Conv2dShape, EltwiseShape, GlobalAvgPoolShape, LinearShape, MaxPool2dShape};
+use crate::backend::cpu::nn::{AttentionShape, BatchNormShape, Conv2dShape, EltwiseShape, GlobalAvgPoolShape, LayerNormShape, LinearShape, MaxPool2dShape, PatchShape, TokensShape};
 use crate::error::{Error, Result};
 
 fn bytes(elems: usize) -> u64 {
@@ -172,6 +172,46 @@ impl Device for WgpuContext {
     }
     fn add_forward(&mut self, out: GpuSlice<'_>, a: GpuSlice<'_>, b: GpuSlice<'_>, shape: &EltwiseShape) -> Result<()> {
         pool::add_forward(self, &out, &a, &b, shape)
+    }
+    // TODO(vit): the WGSL / CUDA ViT kernels replace these stubs.
+    fn add_backward(&mut self, _da: GpuSlice<'_>, _db: GpuSlice<'_>, _dout: GpuSlice<'_>, _shape: &EltwiseShape) -> Result<()> {
+        Err(Error::Unavailable("add_backward: not implemented on this device yet (ViT kernels in progress)".into()))
+    }
+    fn layernorm_forward(&mut self, _out: GpuSlice<'_>, _mean: GpuSlice<'_>, _rstd: GpuSlice<'_>, _inp: GpuSlice<'_>, _gamma: GpuSlice<'_>, _beta: GpuSlice<'_>, _shape: &LayerNormShape) -> Result<()> {
+        Err(Error::Unavailable("layernorm_forward: not implemented on this device yet (ViT kernels in progress)".into()))
+    }
+    fn layernorm_backward(&mut self, _dinp: GpuSlice<'_>, _dgamma: GpuSlice<'_>, _dbeta: GpuSlice<'_>, _dout: GpuSlice<'_>, _inp: GpuSlice<'_>, _gamma: GpuSlice<'_>, _mean: GpuSlice<'_>, _rstd: GpuSlice<'_>, _shape: &LayerNormShape) -> Result<()> {
+        Err(Error::Unavailable("layernorm_backward: not implemented on this device yet (ViT kernels in progress)".into()))
+    }
+    fn gelu_forward(&mut self, _out: GpuSlice<'_>, _inp: GpuSlice<'_>, _shape: &EltwiseShape) -> Result<()> {
+        Err(Error::Unavailable("gelu_forward: not implemented on this device yet (ViT kernels in progress)".into()))
+    }
+    fn gelu_backward(&mut self, _dinp: GpuSlice<'_>, _dout: GpuSlice<'_>, _inp: GpuSlice<'_>, _shape: &EltwiseShape) -> Result<()> {
+        Err(Error::Unavailable("gelu_backward: not implemented on this device yet (ViT kernels in progress)".into()))
+    }
+    fn attention_forward(&mut self, _out: GpuSlice<'_>, _att: GpuSlice<'_>, _qkv: GpuSlice<'_>, _shape: &AttentionShape) -> Result<()> {
+        Err(Error::Unavailable("attention_forward: not implemented on this device yet (ViT kernels in progress)".into()))
+    }
+    fn attention_backward(&mut self, _dqkv: GpuSlice<'_>, _dout: GpuSlice<'_>, _qkv: GpuSlice<'_>, _att: GpuSlice<'_>, _shape: &AttentionShape) -> Result<()> {
+        Err(Error::Unavailable("attention_backward: not implemented on this device yet (ViT kernels in progress)".into()))
+    }
+    fn patch_im2col(&mut self, _cols: GpuSlice<'_>, _images: GpuSlice<'_>, _shape: &PatchShape) -> Result<()> {
+        Err(Error::Unavailable("patch_im2col: not implemented on this device yet (ViT kernels in progress)".into()))
+    }
+    fn patch_im2col_backward(&mut self, _dimages: GpuSlice<'_>, _dcols: GpuSlice<'_>, _shape: &PatchShape) -> Result<()> {
+        Err(Error::Unavailable("patch_im2col_backward: not implemented on this device yet (ViT kernels in progress)".into()))
+    }
+    fn tokens_forward(&mut self, _tokens: GpuSlice<'_>, _patches: GpuSlice<'_>, _cls: GpuSlice<'_>, _pos: GpuSlice<'_>, _shape: &TokensShape) -> Result<()> {
+        Err(Error::Unavailable("tokens_forward: not implemented on this device yet (ViT kernels in progress)".into()))
+    }
+    fn tokens_backward(&mut self, _dpatches: Option<GpuSlice<'_>>, _dcls: Option<GpuSlice<'_>>, _dtokens: GpuSlice<'_>, _shape: &TokensShape) -> Result<()> {
+        Err(Error::Unavailable("tokens_backward: not implemented on this device yet (ViT kernels in progress)".into()))
+    }
+    fn cls_select_forward(&mut self, _out: GpuSlice<'_>, _tokens: GpuSlice<'_>, _shape: &TokensShape) -> Result<()> {
+        Err(Error::Unavailable("cls_select_forward: not implemented on this device yet (ViT kernels in progress)".into()))
+    }
+    fn cls_select_backward(&mut self, _dtokens: GpuSlice<'_>, _dout: GpuSlice<'_>, _shape: &TokensShape) -> Result<()> {
+        Err(Error::Unavailable("cls_select_backward: not implemented on this device yet (ViT kernels in progress)".into()))
     }
 }
 

@@ -64,3 +64,15 @@ pub fn add_forward(out: &mut [f32], a: &[f32], b: &[f32], shape: &EltwiseShape) 
     });
     Ok(())
 }
+
+/// Backward of [`add_forward`]: `da += dout`, `db += dout` (a residual branch and its skip).
+pub fn add_backward(da: &mut [f32], db: &mut [f32], dout: &[f32], shape: &EltwiseShape) -> Result<()> {
+    shape.check(&[("da", da.len()), ("db", db.len()), ("dout", dout.len())])?;
+    da.par_chunks_mut(CHUNK).zip(db.par_chunks_mut(CHUNK)).zip(dout.par_chunks(CHUNK)).for_each(|((da, db), g)| {
+        da.iter_mut().zip(db.iter_mut()).zip(g).for_each(|((a, b), g)| {
+            *a += g;
+            *b += g;
+        })
+    });
+    Ok(())
+}

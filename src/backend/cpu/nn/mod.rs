@@ -21,7 +21,7 @@ pub mod act;
 pub mod reference;
 pub mod vit;
 
-pub use act::{add_forward, relu_backward, relu_forward, EltwiseShape};
+pub use act::{add_backward, add_forward, relu_backward, relu_forward, EltwiseShape};
 pub use conv::{conv2d_backward, conv2d_forward, Conv2dShape};
 pub use linear::{linear_backward, linear_forward, LinearShape};
 pub use norm::{
@@ -30,7 +30,8 @@ pub use norm::{
     batchnorm_relu_forward_train, BatchNormShape,
 };
 pub use vit::{
-    attention_backward, attention_forward, gelu_backward, gelu_forward, layernorm_backward, layernorm_forward, patch_im2col,
-    patch_im2col_backward, sincos_pos_embed_2d, AttentionShape, LayerNormShape, PatchShape, PosEmbedShape,
+    attention_backward, attention_forward, cls_select_backward, cls_select_forward, gelu_backward, gelu_forward, layernorm_backward, layernorm_forward, patch_im2col,
+    patch_im2col_backward, sincos_pos_embed_2d, tokens_backward, tokens_forward, AttentionShape, LayerNormShape, PatchShape, PosEmbedShape,
+    TokensShape,
 };
 pub use pool::{global_avgpool_backward, global_avgpool_forward, maxpool2d_backward, maxpool2d_forward, GlobalAvgPoolShape, MaxPool2dShape};

@@ -561,3 +561,112 @@ pub fn patch_im2col_backward(dimages: &mut [f32], dcols: &[f32], shape: &PatchSh
     });
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// token assembly: cls token + patch tokens + position embedding, and the cls feature
+
+/// A validated token problem: `B` images of `T = 1 + P` tokens of `C` features; token 0 is the cls token.
+/// Used by [`tokens_forward`] (assembly) and [`cls_select_forward`] (the cls feature).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokensShape {
+    b: usize,
+    t: usize,
+    c: usize,
+}
+
+impl TokensShape {
+    /// Validates B >= 1, T >= 1 (the cls token; P = T - 1 patches may be 0), C >= 1 and the sizes.
+    pub fn new(b: usize, t: usize, c: usize) -> Result<Self> {
+        let op = "tokens";
+        check::positive(op, "B", b)?;
+        check::positive(op, "T", t)?;
+        check::positive(op, "C", c)?;
+        check::elems(op, "tokens", &[b, t, c])?;
+        Ok(Self { b, t, c })
+    }
+    /// Batch B.
+    pub fn b(&self) -> usize {
+        self.b
+    }
+    /// Tokens per image T (cls included).
+    pub fn t(&self) -> usize {
+        self.t
+    }
+    /// Features C.
+    pub fn c(&self) -> usize {
+        self.c
+    }
+    /// Patches per image P = T - 1.
+    pub fn patches(&self) -> usize {
+        self.t - 1
+    }
+    /// Length of the token tensor B*T*C.
+    pub fn len(&self) -> usize {
+        self.b * self.t * self.c
+    }
+    /// Always false.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// Token assembly (timm's `_pos_embed` with a cls token): `tokens [B, T, C]`, `tokens[b, 0] = cls + pos[0]`,
+/// `tokens[b, 1 + p] = patches[b*P + p] + pos[1 + p]`; `patches [B*P, C]`, `cls [C]`, `pos [T, C]`.
+pub fn tokens_forward(tokens: &mut [f32], patches: &[f32], cls: &[f32], pos: &[f32], shape: &TokensShape) -> Result<()> {
+    let s = *shape;
+    let op = "tokens_forward";
+    check::len(op, "tokens [B*T*C]", s.len(), tokens.len())?;
+    check::len(op, "patches [B*P*C]", s.b * s.patches() * s.c, patches.len())?;
+    check::len(op, "cls [C]", s.c, cls.len())?;
+    check::len(op, "pos [T*C]", s.t * s.c, pos.len())?;
+    tokens.par_chunks_mut(s.c).enumerate().for_each(|(row, dst)| {
+        let (b, t) = (row / s.t, row % s.t);
+        let src = if t == 0 { cls } else { &patches[(b * s.patches() + t - 1) * s.c..][..s.c] };
+        dst.iter_mut().zip(src).zip(&pos[t * s.c..][..s.c]).for_each(|((d, x), p)| *d = x + p);
+    });
+    Ok(())
+}
+
+/// Backward of [`tokens_forward`]: `dpatches [B*P, C] +=` the patch rows of `dtokens`, `dcls [C] +=` the sum over
+/// the batch of the cls rows (each skipped when `None`); the position embedding is fixed (no gradient).
+pub fn tokens_backward(dpatches: Option<&mut [f32]>, dcls: Option<&mut [f32]>, dtokens: &[f32], shape: &TokensShape) -> Result<()> {
+    let s = *shape;
+    let op = "tokens_backward";
+    check::len(op, "dtokens [B*T*C]", s.len(), dtokens.len())?;
+    if let Some(dp) = dpatches {
+        check::len(op, "dpatches [B*P*C]", s.b * s.patches() * s.c, dp.len())?;
+        if s.patches() > 0 {
+            dp.par_chunks_mut(s.c).enumerate().for_each(|(row, dst)| {
+                let (b, p) = (row / s.patches(), row % s.patches());
+                dst.iter_mut().zip(&dtokens[(b * s.t + 1 + p) * s.c..][..s.c]).for_each(|(d, g)| *d += g);
+            });
+        }
+    }
+    if let Some(dc) = dcls {
+        check::len(op, "dcls [C]", s.c, dc.len())?;
+        for b in 0..s.b {
+            dc.iter_mut().zip(&dtokens[b * s.t * s.c..][..s.c]).for_each(|(d, g)| *d += g);
+        }
+    }
+    Ok(())
+}
+
+/// The cls feature: `out [B, C] = tokens[:, 0]` of `tokens [B, T, C]`.
+pub fn cls_select_forward(out: &mut [f32], tokens: &[f32], shape: &TokensShape) -> Result<()> {
+    let s = *shape;
+    check::len("cls_select_forward", "out [B*C]", s.b * s.c, out.len())?;
+    check::len("cls_select_forward", "tokens [B*T*C]", s.len(), tokens.len())?;
+    out.chunks_mut(s.c).enumerate().for_each(|(b, dst)| dst.copy_from_slice(&tokens[b * s.t * s.c..][..s.c]));
+    Ok(())
+}
+
+/// Backward of [`cls_select_forward`]: `dtokens[:, 0] += dout [B, C]`.
+pub fn cls_select_backward(dtokens: &mut [f32], dout: &[f32], shape: &TokensShape) -> Result<()> {
+    let s = *shape;
+    check::len("cls_select_backward", "dtokens [B*T*C]", s.len(), dtokens.len())?;
+    check::len("cls_select_backward", "dout [B*C]", s.b * s.c, dout.len())?;
+    for (b, g) in dout.chunks(s.c).enumerate() {
+        dtokens[b * s.t * s.c..][..s.c].iter_mut().zip(g).for_each(|(d, g)| *d += g);
+    }
+    Ok(())
+}
