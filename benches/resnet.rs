@@ -6,7 +6,7 @@ use moco::nn::{Depth, ResNetConfig, ResNetCpu, Stem};
 use std::time::Duration;
 
 fn resnet18(c: &mut Criterion) {
-    let cfg = ResNetConfig { depth: Depth::R18, stem: Stem::Cifar, num_classes: Some(10), zero_init_residual: false, mlp_hidden: None };
+    let cfg = ResNetConfig { depth: Depth::R18, stem: Stem::Cifar, num_classes: Some(10), zero_init_residual: false, mlp_hidden: None, projector: None };
     let n = 64;
     let mut net = ResNetCpu::new(cfg, n, 32, 32, 1, 0).unwrap();
     let x: Vec<f32> = (0..n * 3 * 32 * 32).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 fn main() -> moco::Result<()> {
     let dir = std::env::args().nth(1).unwrap_or_else(|| "target/export".into());
     std::fs::create_dir_all(&dir).map_err(|e| moco::Error::Io { path: dir.clone(), source: e })?;
-    let cfg = ResNetConfig { depth: Depth::R18, stem: Stem::Cifar, num_classes: Some(10), zero_init_residual: false, mlp_hidden: None };
+    let cfg = ResNetConfig { depth: Depth::R18, stem: Stem::Cifar, num_classes: Some(10), zero_init_residual: false, mlp_hidden: None, projector: None };
     let mut net = ResNetCpu::new(cfg, 4, 32, 32, 1, 42)?;
     let x: Vec<f32> = name_uniform("export-input", 4 * 3 * 32 * 32).iter().map(|&v| v as f32).collect();
     net.forward(&x, true)?;

@@ -156,6 +156,7 @@ fn resnet18_with_torchvision_state_dict_names() {
         num_classes: Some(10),
         zero_init_residual: false,
         mlp_hidden: None,
+        projector: None,
     })
     .unwrap();
     let (mut p, mut b) = (vec![0.0; l.params.len], vec![0.0; l.buffers.len]);

@@ -62,8 +62,8 @@ const GRAD_TOL: f64 = 50.0;
 /// upstream effect of ReLU flips (1 % seen on conv1).
 const WGPU_TOL: f64 = 10.0;
 
-const R18: Case = Case { fixture: "resnet18_cifar", cfg: ResNetConfig { depth: Depth::R18, stem: Stem::Cifar, num_classes: Some(10), zero_init_residual: false, mlp_hidden: None }, n: 4, h: 32, w: 32, tensors: 62 };
-const R50: Case = Case { fixture: "resnet50_imagenet", cfg: ResNetConfig { depth: Depth::R50, stem: Stem::ImageNet, num_classes: Some(7), zero_init_residual: false, mlp_hidden: None }, n: 2, h: 128, w: 128, tensors: 161 };
+const R18: Case = Case { fixture: "resnet18_cifar", cfg: ResNetConfig { depth: Depth::R18, stem: Stem::Cifar, num_classes: Some(10), zero_init_residual: false, mlp_hidden: None, projector: None }, n: 4, h: 32, w: 32, tensors: 62 };
+const R50: Case = Case { fixture: "resnet50_imagenet", cfg: ResNetConfig { depth: Depth::R50, stem: Stem::ImageNet, num_classes: Some(7), zero_init_residual: false, mlp_hidden: None, projector: None }, n: 2, h: 128, w: 128, tensors: 161 };
 
 /// The fixture's weights (generator-defined, see the script) in `layout`'s flat buffer.
 fn fixture_params(layout: &ResNetLayout) -> Vec<f32> {
@@ -239,7 +239,7 @@ fn resnet50_imagenet_matches_pytorch_wgpu() {
 #[test]
 fn resnet50_imagenet_runs_forward_backward() {
     // shape check of the Bottleneck path and the ImageNet stem at a small input: finite outputs and gradients
-    let cfg = ResNetConfig { depth: Depth::R50, stem: Stem::ImageNet, num_classes: Some(7), zero_init_residual: true, mlp_hidden: None };
+    let cfg = ResNetConfig { depth: Depth::R50, stem: Stem::ImageNet, num_classes: Some(7), zero_init_residual: true, mlp_hidden: None, projector: None };
     let mut net = ResNetCpu::new(cfg, 2, 64, 48, 2, 1).unwrap();
     let x = fill("x50", 2 * 3 * 64 * 48, 1.0, 0.0);
     let out = net.forward(&x, true).unwrap().to_vec();

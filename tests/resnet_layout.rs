@@ -2,7 +2,7 @@
 use moco::nn::{Depth, ResNetConfig, ResNetLayout, Stem};
 
 fn layout(depth: Depth, stem: Stem, classes: Option<usize>) -> ResNetLayout {
-    ResNetLayout::new(ResNetConfig { depth, stem, num_classes: classes, zero_init_residual: false, mlp_hidden: None }).unwrap()
+    ResNetLayout::new(ResNetConfig { depth, stem, num_classes: classes, zero_init_residual: false, mlp_hidden: None, projector: None }).unwrap()
 }
 
 #[test]
@@ -46,7 +46,7 @@ fn names_follow_torchvision_order() {
 
 #[test]
 fn init_is_torchvision_like() {
-    let l = ResNetLayout::new(ResNetConfig { depth: Depth::R18, stem: Stem::Cifar, num_classes: Some(10), zero_init_residual: true, mlp_hidden: None }).unwrap();
+    let l = ResNetLayout::new(ResNetConfig { depth: Depth::R18, stem: Stem::Cifar, num_classes: Some(10), zero_init_residual: true, mlp_hidden: None, projector: None }).unwrap();
     let (mut p, mut b) = (vec![f32::NAN; l.params.len], vec![f32::NAN; l.buffers.len]);
     l.init(&mut p, &mut b, 0).unwrap();
     assert!(p.iter().chain(&b).all(|v| v.is_finite()));
@@ -59,7 +59,7 @@ fn init_is_torchvision_like() {
     assert!(p[l.params.get("layer1.0.bn1.weight").unwrap().range()].iter().all(|&v| v == 1.0));
     assert!(b[l.buffers.get("bn1.running_var").unwrap().range()].iter().all(|&v| v == 1.0));
     assert!(l.init(&mut p[1..], &mut b, 0).is_err());
-    assert!(ResNetLayout::new(ResNetConfig { depth: Depth::R18, stem: Stem::Cifar, num_classes: Some(0), zero_init_residual: false, mlp_hidden: None }).is_err());
+    assert!(ResNetLayout::new(ResNetConfig { depth: Depth::R18, stem: Stem::Cifar, num_classes: Some(0), zero_init_residual: false, mlp_hidden: None, projector: None }).is_err());
 }
 
 #[test]

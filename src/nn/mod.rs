@@ -1,16 +1,27 @@
 //! Layers with explicit forward and backward, and the models built from them: flat parameter layouts with
-//! torchvision names, the ResNet-18/50 layout and initialisation, its plan (node list), and ONE executor,
-//! [`ResNet<D>`](ResNet), that runs the plan forward and backward on any [`crate::backend::Device`].
+//! torchvision / timm names, the ResNet-18/50, ViT and MLP layouts and initialisations ([`Model`]), their plans
+//! (node lists), and ONE executor, [`Network<D, M>`](Network), that runs any plan forward and backward on any
+//! [`crate::backend::Device`].
 
 pub mod layout;
-pub mod resnet;
+pub mod mlp;
+pub mod model;
+pub mod network;
+#[doc(hidden)]
+pub mod plan;
 pub mod resnet_layout;
 mod resnet_plan;
+pub mod vit_layout;
+mod vit_plan;
 
 pub use layout::{Layout, ParamInfo, SplitMix64};
-pub use resnet::{ResNet, ResNetCpu};
+pub use mlp::{MlpLayout, MlpSpec};
+pub use model::Model;
+pub use network::{Mlp, Network, ResNet, ResNetCpu, Vit};
 #[cfg(feature = "wgpu")]
-pub use resnet::ResNetWgpu;
+pub use network::ResNetWgpu;
 #[cfg(feature = "cuda")]
-pub use resnet::ResNetCuda;
+pub use network::ResNetCuda;
 pub use resnet_layout::{BlockSpec, Depth, ResNetConfig, ResNetLayout, Stem};
+pub use vit_layout::{VitConfig, VitLayout};
+pub use vit_plan::LN_EPS;

@@ -37,12 +37,15 @@ pub struct ResNetConfig {
     /// `Sequential(Linear(feature_dim, hidden), ReLU, Linear(hidden, dim))`, tensors `fc.0.*` and `fc.2.*`, as
     /// facebookresearch/moco builds it. `None`: one linear `fc`.
     pub mlp_hidden: Option<usize>,
+    /// moco-v3's BN projector as the head (`fc.0`, `fc.1`, ...; `MoCo_ResNet`): replaces `num_classes` and
+    /// `mlp_hidden` when set.
+    pub projector: Option<super::mlp::MlpSpec>,
 }
 
 impl ResNetConfig {
     /// A plain torchvision ResNet (no MLP head, no zero-init).
     pub fn new(depth: Depth, stem: Stem, num_classes: Option<usize>) -> Self {
-        Self { depth, stem, num_classes, zero_init_residual: false, mlp_hidden: None }
+        Self { depth, stem, num_classes, zero_init_residual: false, mlp_hidden: None, projector: None }
     }
 }
 
@@ -126,6 +129,10 @@ impl ResNetLayout {
             }
         }
         l.feature_dim = in_ch;
+        if let Some(spec) = config.projector {
+            spec.push("fc", in_ch, &mut l.params, &mut l.buffers)?;
+            return Ok(l);
+        }
         match (config.num_classes, config.mlp_hidden) {
             (Some(classes), None) => {
                 l.params.push("fc.weight", &[classes, in_ch]);
@@ -165,6 +172,9 @@ impl ResNetLayout {
         };
         for t in &self.params.tensors {
             let out = &mut params[t.range()];
+            if self.config.projector.is_some() && t.name.starts_with("fc.") {
+                continue; // MlpSpec::init below
+            }
             if t.shape.len() == 4 {
                 let fan_out = t.shape[0] * t.shape[2] * t.shape[3];
                 let std = (2.0 / fan_out as f64).sqrt();
@@ -184,6 +194,27 @@ impl ResNetLayout {
         for t in &self.buffers.tensors {
             buffers[t.range()].fill(if t.name.ends_with("running_var") { 1.0 } else { 0.0 });
         }
+        if self.config.projector.is_some() {
+            super::mlp::MlpSpec::init("fc", &self.params, &self.buffers, params, buffers, seed);
+        }
         Ok(())
+    }
+}
+
+impl super::model::Model for ResNetLayout {
+    fn params(&self) -> &Layout {
+        &self.params
+    }
+    fn buffers(&self) -> &Layout {
+        &self.buffers
+    }
+    fn feature_dim(&self) -> usize {
+        self.feature_dim
+    }
+    fn init(&self, params: &mut [f32], buffers: &mut [f32], seed: u64) -> Result<()> {
+        ResNetLayout::init(self, params, buffers, seed)
+    }
+    fn plan(&self, n: usize, h: usize, w: usize, bn_groups: usize) -> Result<super::plan::Plan> {
+        super::resnet_plan::plan_resnet(self, n, h, w, bn_groups)
     }
 }

@@ -62,7 +62,7 @@ pub trait Engine {
 
 /// The encoder of a config: ResNet-18, CIFAR stem, head to `dim` (linear, or the v2 MLP with hidden 512).
 pub fn encoder_config(cfg: &TrainConfig) -> ResNetConfig {
-    ResNetConfig { depth: Depth::R18, stem: Stem::Cifar, num_classes: Some(cfg.dim), zero_init_residual: false, mlp_hidden: cfg.mlp.then_some(512) }
+    ResNetConfig { depth: Depth::R18, stem: Stem::Cifar, num_classes: Some(cfg.dim), zero_init_residual: false, mlp_hidden: cfg.mlp.then_some(512), projector: None }
 }
 
 /// The initial queue: `[K, dim]` rows of standard normals, L2-normalised (the colab's `randn` + `normalize`),

@@ -95,7 +95,7 @@ pub fn load(path: &Path, cfg: &TrainConfig, layout: &ResNetLayout) -> Result<(En
 /// with `strict=True` into `torchvision.models.resnet18()` after `conv1 = Conv2d(3, 64, 3, 1, 1, bias=False)`,
 /// `maxpool = Identity()` (the CIFAR stem) and `fc = Identity()` (the head is not part of the file).
 pub fn export_backbone(path: &Path, config: ResNetConfig, s: &EngineState) -> Result<()> {
-    let bb = ResNetLayout::new(ResNetConfig { num_classes: None, mlp_hidden: None, ..config })?;
+    let bb = ResNetLayout::new(ResNetConfig { num_classes: None, mlp_hidden: None, projector: None, ..config })?;
     let parts = [Part::new(&bb.params, &s.q_params[..bb.params.len]), Part::new(&bb.buffers, &s.q_buffers[..bb.buffers.len])];
     let scalars = checkpoint::num_batches_tracked(&bb.bn_layers, s.q_tracked);
     let mut meta = BTreeMap::new();

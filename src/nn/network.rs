@@ -1,17 +1,24 @@
-//! ResNet-18/50 with explicit forward and backward (llm.c style), ONE executor for every device: parameters,
-//! gradients and BN running statistics each in one flat allocation (layout in [`ResNetLayout`], every tensor
+//! The ONE executor: [`Network<D, M>`](Network) runs the plan of any [`Model`] (ResNet-18/50, the ViT, the MoCo v3
+//! predictor MLP) forward and backward on the kernels of any [`Device`], llm.c style: parameters, gradients and
+//! buffers (BN running statistics, fixed embeddings, frozen weights) each in one flat allocation (every tensor
 //! 256-byte aligned so a GPU kernel binds it as a slice), activations and their gradients in one allocation each,
-//! sized once per batch shape. The network is the fixed node list of `resnet_plan.rs` (conv, BN with its fused
-//! epilogue, pooling, fc), run forward in order and backward in reverse on the kernels of a [`Device`], gradients
-//! accumulating into the one activation-gradient allocation.
+//! sized once per batch shape. The network is the fixed node list of `plan.rs`, run forward in order and backward
+//! in reverse, gradients accumulating into the one activation-gradient allocation.
 
 use super::layout::ParamInfo;
 use super::resnet_layout::{ResNetConfig, ResNetLayout};
-use super::resnet_plan::{Epilogue, Node, Plan};
+use super::model::Model;
+use super::plan::{Epilogue, Node, Plan};
 use crate::backend::device::{Device, EpilogueGrad, Region};
 use crate::backend::CpuDevice;
 use crate::error::{Error, Result};
 
+/// A ResNet on device `D`.
+pub type ResNet<D> = Network<D, ResNetLayout>;
+/// A ViT (moco-v3's `vits.py`, optionally with its projector) on device `D`.
+pub type Vit<D> = Network<D, super::VitLayout>;
+/// A standalone MLP (moco-v3's predictor) on device `D`.
+pub type Mlp<D> = Network<D, super::MlpLayout>;
 /// A ResNet on the CPU (the slices of [`CpuDevice`]).
 pub type ResNetCpu = ResNet<CpuDevice>;
 /// A ResNet on a wgpu device.
@@ -22,17 +29,17 @@ pub type ResNetWgpu = ResNet<crate::backend::wgpu::WgpuContext>;
 #[cfg(feature = "cuda")]
 pub type ResNetCuda = ResNet<crate::backend::cuda::Cuda>;
 
-/// A ResNet on device `D`, for one batch shape `[N, 3, H, W]`.
-pub struct ResNet<D: Device> {
+/// Model `M` on device `D`, for one batch shape `[N, 3, H, W]` (`[N, in]` for an MLP).
+pub struct Network<D: Device, M: Model> {
     /// Names, shapes and offsets of every tensor (the same on every device).
-    pub layout: ResNetLayout,
+    pub layout: M,
     /// The device the kernels run on.
     pub dev: D,
-    /// All parameters `[layout.params.len]`, one allocation.
+    /// All parameters `[layout.params().len]`, one allocation.
     pub params: D::Buf,
-    /// Gradients of the parameters, same layout; backward accumulates, [`ResNet::zero_grad`] clears.
+    /// Gradients of the parameters, same layout; backward accumulates, [`Network::zero_grad`] clears.
     pub grads: D::Buf,
-    /// BN running statistics `[layout.buffers.len]`.
+    /// Buffers `[layout.buffers().len]`: BN running statistics, fixed embeddings, frozen weights.
     pub buffers: D::Buf,
     /// Times each BN was run in training mode (torchvision's `num_batches_tracked`, the same for every BN).
     pub num_batches_tracked: i64,
@@ -42,9 +49,9 @@ pub struct ResNet<D: Device> {
     argmax: D::IndexBuf,
 }
 
-impl<D: Device> std::fmt::Debug for ResNet<D> {
+impl<D: Device, M: Model> std::fmt::Debug for Network<D, M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResNet").field("device", &self.dev.name()).field("config", &self.layout.config).field("batch_shape", &self.batch_shape()).field("num_batches_tracked", &self.num_batches_tracked).finish_non_exhaustive()
+        f.debug_struct("Network").field("device", &self.dev.name()).field("model", &self.layout).field("batch_shape", &self.batch_shape()).field("num_batches_tracked", &self.num_batches_tracked).finish_non_exhaustive()
     }
 }
 
@@ -59,7 +66,7 @@ fn check_len(op: &'static str, expected: usize, got: usize) -> Result<()> {
     Ok(())
 }
 
-impl ResNet<CpuDevice> {
+impl Network<CpuDevice, ResNetLayout> {
     /// Builds the network of `config` on the CPU for inputs `[n, 3, h, w]`, initialised as torchvision does
     /// (seeded). `bn_groups` > 1 makes every BN a SplitBatchNorm over that many groups of the batch (MoCo's key
     /// encoder).
@@ -69,31 +76,38 @@ impl ResNet<CpuDevice> {
 }
 
 #[cfg(feature = "wgpu")]
-impl ResNet<crate::backend::wgpu::WgpuContext> {
+impl Network<crate::backend::wgpu::WgpuContext, ResNetLayout> {
     /// Builds the network of `config` on `ctx` (the same initial values as [`ResNetCpu::new`] for the same seed).
     pub fn new(ctx: &crate::backend::wgpu::WgpuContext, config: ResNetConfig, n: usize, h: usize, w: usize, bn_groups: usize, seed: u64) -> Result<Self> {
         Self::on(ctx.clone(), config, n, h, w, bn_groups, seed)
     }
 }
 
-impl<D: Device> ResNet<D> {
+impl<D: Device> Network<D, ResNetLayout> {
     /// Builds the network of `config` on `dev` for inputs `[n, 3, h, w]` with torchvision's initialisation (the
     /// same values on every device for the same seed). `bn_groups > 1`: SplitBatchNorm.
     pub fn on(dev: D, config: ResNetConfig, n: usize, h: usize, w: usize, bn_groups: usize, seed: u64) -> Result<Self> {
-        let layout = ResNetLayout::new(config)?;
-        let mut params = vec![0.0; layout.params.len];
-        let mut buffers = vec![0.0; layout.buffers.len];
+        Self::init_on(dev, ResNetLayout::new(config)?, n, h, w, bn_groups, seed)
+    }
+}
+
+impl<D: Device, M: Model> Network<D, M> {
+    /// Builds `layout`'s network on `dev` for inputs `[n, 3, h, w]`, initialised as its reference implementation
+    /// does (the same values on every device for the same seed).
+    pub fn init_on(dev: D, layout: M, n: usize, h: usize, w: usize, bn_groups: usize, seed: u64) -> Result<Self> {
+        let mut params = vec![0.0; layout.params().len];
+        let mut buffers = vec![0.0; layout.buffers().len];
         layout.init(&mut params, &mut buffers, seed)?;
         Self::from_host(dev, layout, &params, &buffers, n, h, w, bn_groups)
     }
 
     /// A network on `dev` with the given parameters and running statistics (host buffers in `layout`'s layout).
     #[allow(clippy::too_many_arguments)]
-    pub fn from_host(mut dev: D, layout: ResNetLayout, params: &[f32], buffers: &[f32], n: usize, h: usize, w: usize, bn_groups: usize) -> Result<Self> {
-        check_len("resnet params", layout.params.len, params.len())?;
-        check_len("resnet buffers", layout.buffers.len, buffers.len())?;
-        let plan = Plan::new(&layout, n, h, w, bn_groups)?;
-        let (p, b, grads) = (dev.upload(params)?, dev.upload(buffers)?, dev.alloc(layout.params.len)?);
+    pub fn from_host(mut dev: D, layout: M, params: &[f32], buffers: &[f32], n: usize, h: usize, w: usize, bn_groups: usize) -> Result<Self> {
+        check_len("network params", layout.params().len, params.len())?;
+        check_len("network buffers", layout.buffers().len, buffers.len())?;
+        let plan = layout.plan(n, h, w, bn_groups)?;
+        let (p, b, grads) = (dev.upload(params)?, dev.upload(buffers)?, dev.alloc(layout.params().len)?);
         let (acts, dacts, argmax) = (dev.alloc(plan.acts_len)?, dev.alloc(plan.acts_len)?, dev.alloc_index(plan.argmax_len)?);
         Ok(Self { layout, dev, params: p, grads, buffers: b, num_batches_tracked: 0, plan, acts, dacts, argmax })
     }
@@ -103,7 +117,7 @@ impl<D: Device> ResNet<D> {
         if n == self.plan.n && self.plan.nodes.iter().all(|nd| !matches!(nd, Node::Bn { shape, .. } if shape.groups != bn_groups)) {
             return Ok(());
         }
-        let plan = Plan::new(&self.layout, n, self.plan.h, self.plan.w, bn_groups)?;
+        let plan = self.layout.plan(n, self.plan.h, self.plan.w, bn_groups)?;
         (self.acts, self.dacts, self.argmax) = (self.dev.alloc(plan.acts_len)?, self.dev.alloc(plan.acts_len)?, self.dev.alloc_index(plan.argmax_len)?);
         self.plan = plan;
         Ok(())
@@ -131,7 +145,7 @@ impl<D: Device> ResNet<D> {
         D::view(&self.acts, self.plan.output)
     }
 
-    /// [`ResNet::forward`] from host memory, returning the output on the host.
+    /// [`Network::forward`] from host memory, returning the output on the host.
     pub fn forward_host(&mut self, x: &[f32], train: bool) -> Result<Vec<f32>> {
         self.plan.check_input(x.len())?;
         self.dev.write(&mut self.acts, self.plan.input, x)?;
@@ -161,8 +175,9 @@ impl<D: Device> ResNet<D> {
     }
 
     /// Backward from `dout` (the loss gradient w.r.t. the output of the last forward, which must have been a
-    /// training forward). Accumulates into [`ResNet::grads`]. The input gradient is not computed (nothing upstream
-    /// of the image needs it), which saves the first conv's backward-data pass.
+    /// training forward). Accumulates into [`Network::grads`]. The images' gradient is not computed (nothing
+    /// upstream of them needs it), which saves the first layer's input-gradient pass; an [`Mlp`]'s input gradient
+    /// is ([`Network::input_grad`]).
     pub fn backward(&mut self, dout: &D::Input) -> Result<()> {
         let (d, len) = D::input(dout);
         self.plan.check_dout(len)?;
@@ -172,12 +187,21 @@ impl<D: Device> ResNet<D> {
         self.run_backward()
     }
 
-    /// [`ResNet::backward`] from host memory.
+    /// [`Network::backward`] from host memory.
     pub fn backward_host(&mut self, dout: &[f32]) -> Result<()> {
         self.plan.check_dout(dout.len())?;
         self.dev.zero(&mut self.dacts)?;
         self.dev.write(&mut self.dacts, self.plan.output, dout)?;
         self.run_backward()
+    }
+
+    /// The gradient w.r.t. the input of the last backward, when the plan computes it (an [`Mlp`] fed by another
+    /// network: moco-v3's predictor); an error otherwise.
+    pub fn input_grad(&self) -> Result<D::Ref<'_>> {
+        if self.plan.no_grad.contains(&self.plan.input) {
+            return Err(Error::shape("network input_grad", "a network whose backward computes its input's gradient (an MLP)", "a network that skips it"));
+        }
+        D::view(&self.dacts, self.plan.input)
     }
 
     /// Sets every parameter gradient to zero.
@@ -187,28 +211,28 @@ impl<D: Device> ResNet<D> {
 
     /// Parameters on the host (`[layout.params.len]`).
     pub fn read_params(&self) -> Result<Vec<f32>> {
-        self.dev.read(&self.params, Region::new(0, self.layout.params.len))
+        self.dev.read(&self.params, Region::new(0, self.layout.params().len))
     }
 
     /// Gradients on the host.
     pub fn read_grads(&self) -> Result<Vec<f32>> {
-        self.dev.read(&self.grads, Region::new(0, self.layout.params.len))
+        self.dev.read(&self.grads, Region::new(0, self.layout.params().len))
     }
 
     /// BN running statistics on the host.
     pub fn read_buffers(&self) -> Result<Vec<f32>> {
-        self.dev.read(&self.buffers, Region::new(0, self.layout.buffers.len))
+        self.dev.read(&self.buffers, Region::new(0, self.layout.buffers().len))
     }
 
     /// Overwrites the parameters from the host.
     pub fn write_params(&mut self, params: &[f32]) -> Result<()> {
-        check_len("resnet params", self.layout.params.len, params.len())?;
+        check_len("network params", self.layout.params().len, params.len())?;
         self.dev.write(&mut self.params, Region::new(0, params.len()), params)
     }
 
     /// Overwrites the running statistics from the host.
     pub fn write_buffers(&mut self, buffers: &[f32]) -> Result<()> {
-        check_len("resnet buffers", self.layout.buffers.len, buffers.len())?;
+        check_len("network buffers", self.layout.buffers().len, buffers.len())?;
         self.dev.write(&mut self.buffers, Region::new(0, buffers.len()), buffers)
     }
 
@@ -223,9 +247,8 @@ impl<D: Device> ResNet<D> {
     }
 
     fn run_backward(&mut self) -> Result<()> {
-        let input = self.plan.input;
         for node in self.plan.nodes.iter().rev() {
-            backward_node(&mut self.dev, node, input, &self.acts, &mut self.dacts, &self.argmax, &self.params, &mut self.grads)?;
+            backward_node(&mut self.dev, node, &self.plan.no_grad, &self.acts, &mut self.dacts, &self.argmax, &self.params, &mut self.grads)?;
         }
         Ok(())
     }
@@ -239,7 +262,8 @@ fn forward_node<D: Device>(dev: &mut D, node: &Node, acts: &mut D::Buf, argmax: 
             dev.conv2d_forward(o, i, D::view(params, reg(w))?, shape)
         }
         Node::Bn { gamma, beta, rm, rv, shape, inp, out, mean, rstd, epi } => {
-            let (g, b) = (Some(D::view(params, reg(gamma))?), Some(D::view(params, reg(beta))?));
+            let g = gamma.as_ref().map(|t| D::view(params, reg(t))).transpose()?;
+            let b = beta.as_ref().map(|t| D::view(params, reg(t))).transpose()?;
             // the identity of an add+ReLU epilogue is one more region read (otherwise `inp` again, unused)
             let id = match epi {
                 Epilogue::AddRelu(id) => *id,
@@ -263,44 +287,81 @@ fn forward_node<D: Device>(dev: &mut D, node: &Node, acts: &mut D::Buf, argmax: 
             let ([o], [i]) = D::split(acts, [*out], [*inp])?;
             dev.global_avgpool_forward(o, i, shape)
         }
-        Node::Fc { w, b, shape, inp, out } => {
+        Node::Fc { w, b, frozen, shape, inp, out } => {
+            let store: &D::Buf = if *frozen { stats } else { params };
             let ([o], [i]) = D::split(acts, [*out], [*inp])?;
-            dev.linear_forward(o, i, D::view(params, reg(w))?, Some(D::view(params, reg(b))?), shape)
+            dev.linear_forward(o, i, D::view(store, reg(w))?, b.as_ref().map(|b| D::view(store, reg(b))).transpose()?, shape)
         }
         Node::Relu { shape, inp, out } => {
             let ([o], [i]) = D::split(acts, [*out], [*inp])?;
             dev.relu_forward(o, i, shape)
         }
+        Node::Add { shape, a, b, out } => {
+            let ([o], [a, b]) = D::split(acts, [*out], [*a, *b])?;
+            dev.add_forward(o, a, b, shape)
+        }
+        Node::Gelu { shape, inp, out } => {
+            let ([o], [i]) = D::split(acts, [*out], [*inp])?;
+            dev.gelu_forward(o, i, shape)
+        }
+        Node::LayerNorm { gamma, beta, shape, inp, out, mean, rstd } => {
+            let ([o, m, r], [i]) = D::split(acts, [*out, *mean, *rstd], [*inp])?;
+            dev.layernorm_forward(o, m, r, i, D::view(params, reg(gamma))?, D::view(params, reg(beta))?, shape)
+        }
+        Node::Attention { shape, qkv, out, att } => {
+            let ([o, a], [q]) = D::split(acts, [*out, *att], [*qkv])?;
+            dev.attention_forward(o, a, q, shape)
+        }
+        Node::PatchIm2col { shape, inp, out } => {
+            let ([o], [i]) = D::split(acts, [*out], [*inp])?;
+            dev.patch_im2col(o, i, shape)
+        }
+        Node::Tokens { cls, pos, shape, patches, out } => {
+            let ([o], [p]) = D::split(acts, [*out], [*patches])?;
+            dev.tokens_forward(o, p, D::view(params, reg(cls))?, D::view(stats, reg(pos))?, shape)
+        }
+        Node::ClsSelect { shape, inp, out } => {
+            let ([o], [i]) = D::split(acts, [*out], [*inp])?;
+            dev.cls_select_forward(o, i, shape)
+        }
     }
 }
 
-/// One node backward: input gradients accumulated into `dacts` (none for the network's `input`), parameter
-/// gradients into `grads`.
+/// One node backward: input gradients accumulated into `dacts` (none for regions in `no_grad`: the network's
+/// input unless the plan asks for its gradient, and what only a frozen layer reads), parameter gradients into
+/// `grads`.
 #[allow(clippy::too_many_arguments)]
-fn backward_node<D: Device>(dev: &mut D, node: &Node, input: Region, acts: &D::Buf, dacts: &mut D::Buf, argmax: &D::IndexBuf, params: &D::Buf, grads: &mut D::Buf) -> Result<()> {
+fn backward_node<D: Device>(dev: &mut D, node: &Node, no_grad: &[Region], acts: &D::Buf, dacts: &mut D::Buf, argmax: &D::IndexBuf, params: &D::Buf, grads: &mut D::Buf) -> Result<()> {
+    let skip = |r: &Region| no_grad.contains(r);
     match node {
         Node::Conv { w, shape, inp, out } => {
             let ([di], [d_o]) = D::split(dacts, [*inp], [*out])?;
-            let di = if *inp == input { None } else { Some(di) };
+            let di = if skip(inp) { None } else { Some(di) };
             let ([dw], []) = D::split(grads, [reg(w)], [])?;
             dev.conv2d_backward(di, dw, d_o, D::view(acts, *inp)?, D::view(params, reg(w))?, shape)
         }
         Node::Bn { gamma, beta, shape, inp, out, mean, rstd, epi, .. } => {
-            let ([dg, db], []) = D::split(grads, [reg(gamma), reg(beta)], [])?;
             let (i, o, m, r) = (D::view(acts, *inp)?, D::view(acts, *out)?, D::view(acts, *mean)?, D::view(acts, *rstd)?);
-            let g = Some(D::view(params, reg(gamma))?);
+            let g = gamma.as_ref().map(|t| D::view(params, reg(t))).transpose()?;
+            let (dg, db) = match (gamma, beta) {
+                (Some(gm), Some(bt)) => {
+                    let ([dg, db], []) = D::split(grads, [reg(gm), reg(bt)], [])?;
+                    (Some(dg), Some(db))
+                }
+                _ => (None, None),
+            };
             match epi {
                 Epilogue::AddRelu(id) => {
                     let ([di, did], [d_o]) = D::split(dacts, [*inp, *id], [*out])?;
-                    dev.batchnorm_backward(di, EpilogueGrad::AddRelu { out: o, didentity: did }, Some(dg), Some(db), d_o, i, m, r, g, shape)
+                    dev.batchnorm_backward(di, EpilogueGrad::AddRelu { out: o, didentity: did }, dg, db, d_o, i, m, r, g, shape)
                 }
                 Epilogue::Relu => {
                     let ([di], [d_o]) = D::split(dacts, [*inp], [*out])?;
-                    dev.batchnorm_backward(di, EpilogueGrad::Relu { out: o }, Some(dg), Some(db), d_o, i, m, r, g, shape)
+                    dev.batchnorm_backward(di, EpilogueGrad::Relu { out: o }, dg, db, d_o, i, m, r, g, shape)
                 }
                 Epilogue::None => {
                     let ([di], [d_o]) = D::split(dacts, [*inp], [*out])?;
-                    dev.batchnorm_backward(di, EpilogueGrad::None, Some(dg), Some(db), d_o, i, m, r, g, shape)
+                    dev.batchnorm_backward(di, EpilogueGrad::None, dg, db, d_o, i, m, r, g, shape)
                 }
             }
         }
@@ -312,14 +373,66 @@ fn backward_node<D: Device>(dev: &mut D, node: &Node, input: Region, acts: &D::B
             let ([di], [d_o]) = D::split(dacts, [*inp], [*out])?;
             dev.global_avgpool_backward(di, d_o, shape)
         }
-        Node::Fc { w, b, shape, inp, out } => {
-            let ([dw, db], []) = D::split(grads, [reg(w), reg(b)], [])?;
+        Node::Fc { w, b, frozen, shape, inp, out } => {
+            if *frozen {
+                // only the patch projection is frozen, and its input (the images' im2col) needs no gradient
+                if skip(inp) {
+                    return Ok(());
+                }
+                return Err(crate::error::Error::shape("network backward", "a frozen linear on an input without gradient", format!("{} reads a region that needs one", w.name)));
+            }
+            let (dw, db) = match b {
+                Some(b) => {
+                    let ([dw, db], []) = D::split(grads, [reg(w), reg(b)], [])?;
+                    (dw, Some(db))
+                }
+                None => {
+                    let ([dw], []) = D::split(grads, [reg(w)], [])?;
+                    (dw, None)
+                }
+            };
             let ([di], [d_o]) = D::split(dacts, [*inp], [*out])?;
-            dev.linear_backward(Some(di), dw, Some(db), d_o, D::view(acts, *inp)?, D::view(params, reg(w))?, shape)
+            let di = if skip(inp) { None } else { Some(di) };
+            dev.linear_backward(di, dw, db, d_o, D::view(acts, *inp)?, D::view(params, reg(w))?, shape)
         }
         Node::Relu { shape, inp, out } => {
             let ([di], [d_o]) = D::split(dacts, [*inp], [*out])?;
             dev.relu_backward(di, d_o, D::view(acts, *out)?, shape)
+        }
+        Node::Add { shape, a, b, out } => {
+            let ([da, db], [d_o]) = D::split(dacts, [*a, *b], [*out])?;
+            dev.add_backward(da, db, d_o, shape)
+        }
+        Node::Gelu { shape, inp, out } => {
+            let ([di], [d_o]) = D::split(dacts, [*inp], [*out])?;
+            dev.gelu_backward(di, d_o, D::view(acts, *inp)?, shape)
+        }
+        Node::LayerNorm { gamma, beta, shape, inp, out, mean, rstd } => {
+            let ([dg, db], []) = D::split(grads, [reg(gamma), reg(beta)], [])?;
+            let ([di], [d_o]) = D::split(dacts, [*inp], [*out])?;
+            let (i, m, r) = (D::view(acts, *inp)?, D::view(acts, *mean)?, D::view(acts, *rstd)?);
+            dev.layernorm_backward(di, dg, db, d_o, i, D::view(params, reg(gamma))?, m, r, shape)
+        }
+        Node::Attention { shape, qkv, out, att } => {
+            let ([dq], [d_o]) = D::split(dacts, [*qkv], [*out])?;
+            dev.attention_backward(dq, d_o, D::view(acts, *qkv)?, D::view(acts, *att)?, shape)
+        }
+        Node::PatchIm2col { shape, inp, out } => {
+            if skip(inp) {
+                return Ok(());
+            }
+            let ([di], [d_o]) = D::split(dacts, [*inp], [*out])?;
+            dev.patch_im2col_backward(di, d_o, shape)
+        }
+        Node::Tokens { cls, shape, patches, out, .. } => {
+            let ([dc], []) = D::split(grads, [reg(cls)], [])?;
+            let ([dp], [d_o]) = D::split(dacts, [*patches], [*out])?;
+            let dp = if skip(patches) { None } else { Some(dp) };
+            dev.tokens_backward(dp, Some(dc), d_o, shape)
+        }
+        Node::ClsSelect { shape, inp, out } => {
+            let ([di], [d_o]) = D::split(dacts, [*inp], [*out])?;
+            dev.cls_select_backward(di, d_o, shape)
         }
     }
 }
