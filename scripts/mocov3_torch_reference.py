@@ -17,9 +17,17 @@ too), symmetric loss ctr(q1, k2) + ctr(q2, k1), ctr = CE(normalize(q) @ normaliz
 momentum update of the parameters (not the BN buffers) before the keys. `stop_grad_conv1` freezes patch_embed.proj
 as moco-v3's `--stop-grad-conv1`.
 
-Used by scripts/make_vit_fixture.py and scripts/bench_pytorch.py (--only mocov3_vit_step).
+Used by scripts/make_vit_fixture.py and scripts/bench_pytorch.py (--only mocov3_vit_step). Run as a script, it
+writes a backbone + features pair for scripts/check_vit_export.py (0 training steps):
+
+    /tmp/torchvenv-lead/bin/python scripts/mocov3_torch_reference.py --export /tmp/vit_b.safetensors \\
+        --features /tmp/vit_f.safetensors [--img 32 --patch 8 --dim 64 --depth 2 --heads 4 --init fill|mocov3]
 """
+import argparse
 import copy
+import math
+import os
+import sys
 
 import torch
 import torch.nn as nn
@@ -129,6 +137,25 @@ class VisionTransformerMoCo(nn.Module):
             self.patch_embed.proj.weight.requires_grad = False
             self.patch_embed.proj.bias.requires_grad = False
 
+    @torch.no_grad()
+    def mocov3_init(self):
+        """`VisionTransformerMoCo.__init__`'s init: qkv uniform +-sqrt(6 / (out/3 + in)), other backbone Linears
+        xavier-uniform, biases 0, cls_token N(0, 1e-6), patch_embed uniform +-sqrt(6 / (3 p^2 + D)), bias 0. The
+        head keeps torch's default Linear init (moco-v3 replaces timm's head after this init)."""
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear) and not name.startswith("head"):
+                if "qkv" in name:
+                    val = math.sqrt(6.0 / float(m.weight.shape[0] // 3 + m.weight.shape[1]))
+                    nn.init.uniform_(m.weight, -val, val)
+                else:
+                    nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        w = self.patch_embed.proj.weight
+        val = math.sqrt(6.0 / float(3 * w.shape[2] * w.shape[3] + self.embed_dim))
+        nn.init.uniform_(w, -val, val)
+        nn.init.zeros_(self.patch_embed.proj.bias)
+
     def forward_features(self, x):
         """x: [B, 3, H, W] -> cls feature [B, D]."""
         x = self.patch_embed(x)  # [B, T-1, D]
@@ -153,6 +180,8 @@ class MoCoViT(nn.Module):
         self.base_encoder = VisionTransformerMoCo(mlp_dim=mlp_dim, out_dim=out_dim, **vit)
         self.momentum_encoder = copy.deepcopy(self.base_encoder)
         self.predictor = build_mlp(2, out_dim, mlp_dim, out_dim)
+        self.base_encoder.mocov3_init()
+        self.sync_momentum_encoder()
         for p in self.momentum_encoder.parameters():
             p.requires_grad = False
 
@@ -182,3 +211,40 @@ class MoCoViT(nn.Module):
             k2 = self.momentum_encoder(x2)
         loss = self.contrastive_loss(q1, k2) + self.contrastive_loss(q2, k1)
         return (loss, q1, q2, k1, k2) if return_qk else loss
+
+
+def main():
+    ap = argparse.ArgumentParser(description="write a backbone + features pair for scripts/check_vit_export.py")
+    ap.add_argument("--export", required=True, help="backbone safetensors (timm names, no head)")
+    ap.add_argument("--features", required=True, help="safetensors {x [n,3,H,W], features [n,D]}")
+    ap.add_argument("--img", type=int, default=32)
+    ap.add_argument("--patch", type=int, default=8)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--depth", type=int, default=2)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--n", type=int, default=5)
+    ap.add_argument("--init", choices=["fill", "mocov3"], default="fill",
+                    help="fill: make_vit_fixture.py's rules (every bias and LN parameter non-trivial); mocov3: its init")
+    args = ap.parse_args()
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = MoCoViT(mlp_dim=96, out_dim=32, img=args.img, patch=args.patch, dim=args.dim, depth=args.depth,
+                    heads=args.heads)
+    if args.init == "fill":
+        sys.path.insert(0, os.path.dirname(__file__))
+        from make_vit_fixture import init_weights
+
+        init_weights(model)
+    enc = model.base_encoder.eval()
+    x = torch.randn(args.n, 3, args.img, args.img)
+    with torch.no_grad():
+        feats = enc.forward_features(x)
+    save_file({k: v.contiguous() for k, v in enc.backbone_state_dict().items()}, args.export,
+              metadata={"num_heads": str(args.heads)})
+    save_file({"x": x, "features": feats.contiguous()}, args.features)
+    print(f"wrote {args.export} ({len(enc.backbone_state_dict())} tensors) and {args.features} ({tuple(feats.shape)})")
+
+
+if __name__ == "__main__":
+    main()
