@@ -18,7 +18,8 @@ NAME is the parameter's state-dict name in the base encoder (timm's backbone nam
   - every LayerNorm / BatchNorm1d weight: fill(NAME, shape, 0.1, 1.0); bias: fill(NAME, shape, 0.1)
     (head.7 and predictor.4 are BatchNorm1d(affine=False): no weight, no bias)
   - cls_token [1, 1, 64]: fill("cls_token", shape, 0.02)
-  - pos_embed: moco-v3's fixed sin-cos table, computed in f32 (stored as "pos_embed" [17, 64])
+  - pos_embed: moco-v3's fixed sin-cos table, computed in f32 (stored as "pos_embed" [17, 64]): row 0 (cls) zero,
+    row 1 + r*4 + c (patch at grid row r, column c) = [sin(r w), cos(r w), sin(c w), cos(c w)], w_d = 10000^(-d/16)
   - inputs: x1 = fill("x1", [4, 3, 32, 32], 1.0), x2 = fill("x2", [4, 3, 32, 32], 1.0)
   - the momentum encoder's parameters = the base encoder's (moco-v3's init); its momentum update is run with m = 1
     (the first step's update leaves it equal to the base encoder; m = 1 makes that exact in f32)
