@@ -14,10 +14,17 @@ Cases (math identical to facebookresearch/moco and moco-v3 builder.py):
                         torchvision resnet50() parameters (25.6M), m=0.999.
   ema_foreach_lerp      torch._foreach_lerp_(k_params, q_params, 1 - m).
   ema_flat_lerp         k_flat.lerp_(q_flat, 1 - m) on one flat 25.6M tensor.
+  resnet18_cifar_fwd_bwd, moco_v2_step_b{N}_k4096: see their docstrings.
+  mocov3_vit_step       (only with --only mocov3_vit) one moco-v3 main_moco.py training step of
+                        scripts/mocov3_torch_reference.py's MoCoViT: both views through base encoder +
+                        predictor, momentum update + keys, symmetric loss, AdamW. Shape flags
+                        --img --patch --dim --depth --heads --mlp-dim --out-dim --batch.
 
 Usage (from the repository root):
     /opt/torchvenv/bin/python scripts/bench_pytorch.py [--device cpu|cuda] [--quick]
-                                                       [--only SUBSTR]
+                                                       [--only SUBSTR] [--threads N]
+    /tmp/torchvenv-lead/bin/python scripts/bench_pytorch.py --only mocov3_vit --img 32 --patch 4 --dim 192 \
+        --depth 4 --heads 3 --mlp-dim 512 --out-dim 128 --batch 64
 --quick uses fewer iterations and skips K=1048576. The default CPU run takes a
 few minutes on a 2-core machine.
 """
@@ -286,13 +293,57 @@ def bench_moco_v2_step(device, quick, only, batch=64):
     emit(name, {"N": batch, "K": 4096, "C": 128, "splits": 8}, time_fn(step, device, iters, warmup), device)
 
 
+def bench_mocov3_vit_step(device, quick, only, args):
+    """One MoCo v3 ViT training step as moco-v3's main_moco.py `train` runs it (fp32, one process):
+    loss = model(x1, x2, m) (q1, q2 = predictor(base(x)), momentum update, k1, k2 = momentum(x) under no_grad,
+    ctr(q1, k2) + ctr(q2, k1)), zero_grad, backward, AdamW step over model.parameters() (lr 1.5e-4 * batch / 256,
+    wd 0.1, moco-v3's ViT recipe), m = 0.99, --stop-grad-conv1. Opt-in: runs only with --only mocov3_vit."""
+    name = "mocov3_vit_step"
+    if not only or only not in name:
+        return
+    import os
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from mocov3_torch_reference import MoCoViT
+
+    torch.manual_seed(0)
+    model = MoCoViT(T=0.2, mlp_dim=args.mlp_dim, out_dim=args.out_dim, img=args.img, patch=args.patch, dim=args.dim,
+                    depth=args.depth, heads=args.heads, stop_grad_conv1=True).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1.5e-4 * args.batch / 256, weight_decay=0.1)
+    x1 = torch.randn(args.batch, 3, args.img, args.img, device=device)
+    x2 = torch.randn(args.batch, 3, args.img, args.img, device=device)
+
+    def step():
+        loss = model(x1, x2, 0.99)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    params = {"N": args.batch, "img": args.img, "patch": args.patch, "D": args.dim, "depth": args.depth,
+              "heads": args.heads, "mlp_dim": args.mlp_dim, "out_dim": args.out_dim, "T": 0.2,
+              "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    iters, warmup = (3, 1) if quick else (10, 2)
+    emit(name, params, time_fn(step, device, iters, warmup), device)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--quick", action="store_true", help="fewer iterations, skip K=1048576")
     ap.add_argument("--only", default=None, help="run only cases whose name contains SUBSTR")
     ap.add_argument("--moco-batch", default="64", help="comma-separated batch sizes of moco_v2_step (default 64)")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    vit = ap.add_argument_group("mocov3_vit_step (with --only mocov3_vit)")
+    vit.add_argument("--img", type=int, default=32)
+    vit.add_argument("--patch", type=int, default=4)
+    vit.add_argument("--dim", type=int, default=192)
+    vit.add_argument("--depth", type=int, default=4)
+    vit.add_argument("--heads", type=int, default=3)
+    vit.add_argument("--mlp-dim", type=int, default=512)
+    vit.add_argument("--out-dim", type=int, default=128)
+    vit.add_argument("--batch", type=int, default=64)
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
 
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda requested but torch.cuda.is_available() is False")
@@ -307,6 +358,7 @@ def main():
     bench_resnet18(device, args.quick, args.only)
     for batch in [int(b) for b in args.moco_batch.split(",")]:
         bench_moco_v2_step(device, args.quick, args.only, batch)
+    bench_mocov3_vit_step(device, args.quick, args.only, args)
 
 
 if __name__ == "__main__":
