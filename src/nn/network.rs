@@ -44,9 +44,11 @@ pub struct Network<D: Device, M: Model> {
     /// Times each BN was run in training mode (torchvision's `num_batches_tracked`, the same for every BN).
     pub num_batches_tracked: i64,
     plan: Plan,
-    acts: D::Buf,
+    /// One activation allocation per slot ([`Network::set_slots`]); forward and backward use `acts[slot]`.
+    acts: Vec<D::Buf>,
     dacts: D::Buf,
-    argmax: D::IndexBuf,
+    argmax: Vec<D::IndexBuf>,
+    slot: usize,
 }
 
 impl<D: Device, M: Model> std::fmt::Debug for Network<D, M> {
@@ -109,7 +111,7 @@ impl<D: Device, M: Model> Network<D, M> {
         let plan = layout.plan(n, h, w, bn_groups)?;
         let (p, b, grads) = (dev.upload(params)?, dev.upload(buffers)?, dev.alloc(layout.params().len)?);
         let (acts, dacts, argmax) = (dev.alloc(plan.acts_len)?, dev.alloc(plan.acts_len)?, dev.alloc_index(plan.argmax_len)?);
-        Ok(Self { layout, dev, params: p, grads, buffers: b, num_batches_tracked: 0, plan, acts, dacts, argmax })
+        Ok(Self { layout, dev, params: p, grads, buffers: b, num_batches_tracked: 0, plan, acts: vec![acts], dacts, argmax: vec![argmax], slot: 0 })
     }
 
     /// Re-plans for batch size `n` and `bn_groups` (same H, W), reallocating the activations; parameters are kept.
@@ -118,8 +120,40 @@ impl<D: Device, M: Model> Network<D, M> {
             return Ok(());
         }
         let plan = self.layout.plan(n, self.plan.h, self.plan.w, bn_groups)?;
-        (self.acts, self.dacts, self.argmax) = (self.dev.alloc(plan.acts_len)?, self.dev.alloc(plan.acts_len)?, self.dev.alloc_index(plan.argmax_len)?);
+        let slots = self.acts.len();
+        (self.acts, self.argmax) = (Vec::new(), Vec::new());
+        for _ in 0..slots {
+            self.acts.push(self.dev.alloc(plan.acts_len)?);
+            self.argmax.push(self.dev.alloc_index(plan.argmax_len)?);
+        }
+        self.dacts = self.dev.alloc(plan.acts_len)?;
         self.plan = plan;
+        Ok(())
+    }
+
+    /// Keeps `slots` activation sets, so that several forwards can each be followed by their own backward (moco-v3
+    /// runs the query encoder on both views, then the symmetric loss, then both backwards, as autograd keeps both
+    /// graphs). Slot 0 is selected.
+    pub fn set_slots(&mut self, slots: usize) -> Result<()> {
+        if slots == 0 {
+            return Err(Error::shape("network slots", "at least 1 activation slot", "0"));
+        }
+        self.acts.truncate(slots);
+        self.argmax.truncate(slots);
+        while self.acts.len() < slots {
+            self.acts.push(self.dev.alloc(self.plan.acts_len)?);
+            self.argmax.push(self.dev.alloc_index(self.plan.argmax_len)?);
+        }
+        self.slot = 0;
+        Ok(())
+    }
+
+    /// Selects the activation slot that the next forward, backward and output views use.
+    pub fn use_slot(&mut self, slot: usize) -> Result<()> {
+        if slot >= self.acts.len() {
+            return Err(Error::shape("network slots", format!("a slot below {}", self.acts.len()), format!("slot {slot}")));
+        }
+        self.slot = slot;
         Ok(())
     }
 
@@ -139,18 +173,33 @@ impl<D: Device, M: Model> Network<D, M> {
     pub fn forward(&mut self, x: &D::Input, train: bool) -> Result<D::Ref<'_>> {
         let (x, len) = D::input(x);
         self.plan.check_input(len)?;
-        let ([dst], []) = D::split(&mut self.acts, [self.plan.input], [])?;
+        let ([dst], []) = D::split(&mut self.acts[self.slot], [self.plan.input], [])?;
         self.dev.copy(dst, x)?;
         self.run_forward(train)?;
-        D::view(&self.acts, self.plan.output)
+        D::view(&self.acts[self.slot], self.plan.output)
+    }
+
+    /// [`Network::forward`] from a view of another allocation (another network's output); the output stays on
+    /// the device ([`Network::output`]).
+    pub fn forward_view(&mut self, x: D::Ref<'_>, train: bool) -> Result<()> {
+        let ([dst], []) = D::split(&mut self.acts[self.slot], [self.plan.input], [])?;
+        self.dev.copy(dst, x)?;
+        self.run_forward(train)
     }
 
     /// [`Network::forward`] from host memory, returning the output on the host.
     pub fn forward_host(&mut self, x: &[f32], train: bool) -> Result<Vec<f32>> {
         self.plan.check_input(x.len())?;
-        self.dev.write(&mut self.acts, self.plan.input, x)?;
+        self.dev.write(&mut self.acts[self.slot], self.plan.input, x)?;
         self.run_forward(train)?;
-        self.dev.read(&self.acts, self.plan.output)
+        self.dev.read(&self.acts[self.slot], self.plan.output)
+    }
+
+    /// [`Network::forward`] from host memory, the output staying on the device ([`Network::output`]).
+    pub fn forward_upload(&mut self, x: &[f32], train: bool) -> Result<()> {
+        self.plan.check_input(x.len())?;
+        self.dev.write(&mut self.acts[self.slot], self.plan.input, x)?;
+        self.run_forward(train)
     }
 
     /// The output of the last forward.
@@ -165,13 +214,13 @@ impl<D: Device, M: Model> Network<D, M> {
 
     /// Pooled backbone features of the last forward, on the host.
     pub fn read_features(&self) -> Result<Vec<f32>> {
-        self.dev.read(&self.acts, self.plan.features)
+        self.dev.read(&self.acts[self.slot], self.plan.features)
     }
 
     fn planned(&self, r: Region) -> D::Ref<'_> {
         // The planner lays every region out inside `acts_len` at a multiple of TENSOR_ALIGN, and `acts` has
         // `acts_len` elements: a failure here is a bug of the planner, not an input error.
-        D::view(&self.acts, r).expect("a planned region lies inside the activation allocation")
+        D::view(&self.acts[self.slot], r).expect("a planned region lies inside the activation allocation")
     }
 
     /// Backward from `dout` (the loss gradient w.r.t. the output of the last forward, which must have been a
@@ -184,6 +233,14 @@ impl<D: Device, M: Model> Network<D, M> {
         self.dev.zero(&mut self.dacts)?;
         let ([dst], []) = D::split(&mut self.dacts, [self.plan.output], [])?;
         self.dev.copy(dst, d)?;
+        self.run_backward()
+    }
+
+    /// [`Network::backward`] from a view of another allocation (the gradient of the network fed by this one).
+    pub fn backward_view(&mut self, dout: D::Ref<'_>) -> Result<()> {
+        self.dev.zero(&mut self.dacts)?;
+        let ([dst], []) = D::split(&mut self.dacts, [self.plan.output], [])?;
+        self.dev.copy(dst, dout)?;
         self.run_backward()
     }
 
@@ -238,7 +295,7 @@ impl<D: Device, M: Model> Network<D, M> {
 
     fn run_forward(&mut self, train: bool) -> Result<()> {
         for node in &self.plan.nodes {
-            forward_node(&mut self.dev, node, &mut self.acts, &mut self.argmax, &self.params, &mut self.buffers, train)?;
+            forward_node(&mut self.dev, node, &mut self.acts[self.slot], &mut self.argmax[self.slot], &self.params, &mut self.buffers, train)?;
         }
         if train {
             self.num_batches_tracked += 1;
@@ -248,7 +305,7 @@ impl<D: Device, M: Model> Network<D, M> {
 
     fn run_backward(&mut self) -> Result<()> {
         for node in self.plan.nodes.iter().rev() {
-            backward_node(&mut self.dev, node, &self.plan.no_grad, &self.acts, &mut self.dacts, &self.argmax, &self.params, &mut self.grads)?;
+            backward_node(&mut self.dev, node, &self.plan.no_grad, &self.acts[self.slot], &mut self.dacts, &self.argmax[self.slot], &self.params, &mut self.grads)?;
         }
         Ok(())
     }
