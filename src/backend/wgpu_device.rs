@@ -1,8 +1,8 @@
 //! [`Device`] on wgpu: allocations are storage buffers, views are [`GpuSlice`]s (regions 256-byte aligned, as the
-//! plans lay them out), and every kernel is the `backend::wgpu::{conv, norm, pool}` function of the same name.
+//! plans lay them out), and every kernel is the `backend::wgpu::{conv, norm, pool, vit}` function of the same name.
 
 use super::device::{check_regions, no_momentum_buffer, Device, Epilogue, EpilogueGrad, MocoDevice, Region};
-use super::wgpu::{conv, norm, optim::WgpuSgd, pool, AsGpuSlice, GpuSlice, InfoNceBuffers, WgpuContext, WgpuQueue};
+use super::wgpu::{conv, norm, optim::WgpuSgd, pool, vit, AsGpuSlice, GpuSlice, InfoNceBuffers, WgpuContext, WgpuQueue};
 use crate::optim::SgdConfig;
 use crate::shape::{EmaShape, InfoNceShape, QueueDType, QueueShape};
 use super::BackendKind;
@@ -173,45 +173,44 @@ impl Device for WgpuContext {
     fn add_forward(&mut self, out: GpuSlice<'_>, a: GpuSlice<'_>, b: GpuSlice<'_>, shape: &EltwiseShape) -> Result<()> {
         pool::add_forward(self, &out, &a, &b, shape)
     }
-    // TODO(vit): the WGSL / CUDA ViT kernels replace these stubs.
-    fn add_backward(&mut self, _da: GpuSlice<'_>, _db: GpuSlice<'_>, _dout: GpuSlice<'_>, _shape: &EltwiseShape) -> Result<()> {
-        Err(Error::Unavailable("add_backward: not implemented on this device yet (ViT kernels in progress)".into()))
+    fn add_backward(&mut self, da: GpuSlice<'_>, db: GpuSlice<'_>, dout: GpuSlice<'_>, shape: &EltwiseShape) -> Result<()> {
+        vit::add_backward(self, &da, &db, &dout, shape)
     }
-    fn layernorm_forward(&mut self, _out: GpuSlice<'_>, _mean: GpuSlice<'_>, _rstd: GpuSlice<'_>, _inp: GpuSlice<'_>, _gamma: GpuSlice<'_>, _beta: GpuSlice<'_>, _shape: &LayerNormShape) -> Result<()> {
-        Err(Error::Unavailable("layernorm_forward: not implemented on this device yet (ViT kernels in progress)".into()))
+    fn layernorm_forward(&mut self, out: GpuSlice<'_>, mean: GpuSlice<'_>, rstd: GpuSlice<'_>, inp: GpuSlice<'_>, gamma: GpuSlice<'_>, beta: GpuSlice<'_>, shape: &LayerNormShape) -> Result<()> {
+        vit::layernorm_forward(self, &out, &mean, &rstd, &inp, &gamma, &beta, shape)
     }
-    fn layernorm_backward(&mut self, _dinp: GpuSlice<'_>, _dgamma: GpuSlice<'_>, _dbeta: GpuSlice<'_>, _dout: GpuSlice<'_>, _inp: GpuSlice<'_>, _gamma: GpuSlice<'_>, _mean: GpuSlice<'_>, _rstd: GpuSlice<'_>, _shape: &LayerNormShape) -> Result<()> {
-        Err(Error::Unavailable("layernorm_backward: not implemented on this device yet (ViT kernels in progress)".into()))
+    fn layernorm_backward(&mut self, dinp: GpuSlice<'_>, dgamma: GpuSlice<'_>, dbeta: GpuSlice<'_>, dout: GpuSlice<'_>, inp: GpuSlice<'_>, gamma: GpuSlice<'_>, mean: GpuSlice<'_>, rstd: GpuSlice<'_>, shape: &LayerNormShape) -> Result<()> {
+        vit::layernorm_backward(self, &dinp, &dgamma, &dbeta, &dout, &inp, &gamma, &mean, &rstd, shape)
     }
-    fn gelu_forward(&mut self, _out: GpuSlice<'_>, _inp: GpuSlice<'_>, _shape: &EltwiseShape) -> Result<()> {
-        Err(Error::Unavailable("gelu_forward: not implemented on this device yet (ViT kernels in progress)".into()))
+    fn gelu_forward(&mut self, out: GpuSlice<'_>, inp: GpuSlice<'_>, shape: &EltwiseShape) -> Result<()> {
+        vit::gelu_forward(self, &out, &inp, shape)
     }
-    fn gelu_backward(&mut self, _dinp: GpuSlice<'_>, _dout: GpuSlice<'_>, _inp: GpuSlice<'_>, _shape: &EltwiseShape) -> Result<()> {
-        Err(Error::Unavailable("gelu_backward: not implemented on this device yet (ViT kernels in progress)".into()))
+    fn gelu_backward(&mut self, dinp: GpuSlice<'_>, dout: GpuSlice<'_>, inp: GpuSlice<'_>, shape: &EltwiseShape) -> Result<()> {
+        vit::gelu_backward(self, &dinp, &dout, &inp, shape)
     }
-    fn attention_forward(&mut self, _out: GpuSlice<'_>, _att: GpuSlice<'_>, _qkv: GpuSlice<'_>, _shape: &AttentionShape) -> Result<()> {
-        Err(Error::Unavailable("attention_forward: not implemented on this device yet (ViT kernels in progress)".into()))
+    fn attention_forward(&mut self, out: GpuSlice<'_>, att: GpuSlice<'_>, qkv: GpuSlice<'_>, shape: &AttentionShape) -> Result<()> {
+        vit::attention_forward(self, &out, &att, &qkv, shape)
     }
-    fn attention_backward(&mut self, _dqkv: GpuSlice<'_>, _dout: GpuSlice<'_>, _qkv: GpuSlice<'_>, _att: GpuSlice<'_>, _shape: &AttentionShape) -> Result<()> {
-        Err(Error::Unavailable("attention_backward: not implemented on this device yet (ViT kernels in progress)".into()))
+    fn attention_backward(&mut self, dqkv: GpuSlice<'_>, dout: GpuSlice<'_>, qkv: GpuSlice<'_>, att: GpuSlice<'_>, shape: &AttentionShape) -> Result<()> {
+        vit::attention_backward(self, &dqkv, &dout, &qkv, &att, shape)
     }
-    fn patch_im2col(&mut self, _cols: GpuSlice<'_>, _images: GpuSlice<'_>, _shape: &PatchShape) -> Result<()> {
-        Err(Error::Unavailable("patch_im2col: not implemented on this device yet (ViT kernels in progress)".into()))
+    fn patch_im2col(&mut self, cols: GpuSlice<'_>, images: GpuSlice<'_>, shape: &PatchShape) -> Result<()> {
+        vit::patch_im2col(self, &cols, &images, shape)
     }
-    fn patch_im2col_backward(&mut self, _dimages: GpuSlice<'_>, _dcols: GpuSlice<'_>, _shape: &PatchShape) -> Result<()> {
-        Err(Error::Unavailable("patch_im2col_backward: not implemented on this device yet (ViT kernels in progress)".into()))
+    fn patch_im2col_backward(&mut self, dimages: GpuSlice<'_>, dcols: GpuSlice<'_>, shape: &PatchShape) -> Result<()> {
+        vit::patch_im2col_backward(self, &dimages, &dcols, shape)
     }
-    fn tokens_forward(&mut self, _tokens: GpuSlice<'_>, _patches: GpuSlice<'_>, _cls: GpuSlice<'_>, _pos: GpuSlice<'_>, _shape: &TokensShape) -> Result<()> {
-        Err(Error::Unavailable("tokens_forward: not implemented on this device yet (ViT kernels in progress)".into()))
+    fn tokens_forward(&mut self, tokens: GpuSlice<'_>, patches: GpuSlice<'_>, cls: GpuSlice<'_>, pos: GpuSlice<'_>, shape: &TokensShape) -> Result<()> {
+        vit::tokens_forward(self, &tokens, &patches, &cls, &pos, shape)
     }
-    fn tokens_backward(&mut self, _dpatches: Option<GpuSlice<'_>>, _dcls: Option<GpuSlice<'_>>, _dtokens: GpuSlice<'_>, _shape: &TokensShape) -> Result<()> {
-        Err(Error::Unavailable("tokens_backward: not implemented on this device yet (ViT kernels in progress)".into()))
+    fn tokens_backward(&mut self, dpatches: Option<GpuSlice<'_>>, dcls: Option<GpuSlice<'_>>, dtokens: GpuSlice<'_>, shape: &TokensShape) -> Result<()> {
+        vit::tokens_backward(self, opt(&dpatches), opt(&dcls), &dtokens, shape)
     }
-    fn cls_select_forward(&mut self, _out: GpuSlice<'_>, _tokens: GpuSlice<'_>, _shape: &TokensShape) -> Result<()> {
-        Err(Error::Unavailable("cls_select_forward: not implemented on this device yet (ViT kernels in progress)".into()))
+    fn cls_select_forward(&mut self, out: GpuSlice<'_>, tokens: GpuSlice<'_>, shape: &TokensShape) -> Result<()> {
+        vit::cls_select_forward(self, &out, &tokens, shape)
     }
-    fn cls_select_backward(&mut self, _dtokens: GpuSlice<'_>, _dout: GpuSlice<'_>, _shape: &TokensShape) -> Result<()> {
-        Err(Error::Unavailable("cls_select_backward: not implemented on this device yet (ViT kernels in progress)".into()))
+    fn cls_select_backward(&mut self, dtokens: GpuSlice<'_>, dout: GpuSlice<'_>, shape: &TokensShape) -> Result<()> {
+        vit::cls_select_backward(self, &dtokens, &dout, shape)
     }
 }
 

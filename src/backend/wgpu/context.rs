@@ -13,6 +13,8 @@ pub mod sources {
     pub const CONTRASTIVE: &str = include_str!("../../../shaders/contrastive.wgsl");
     /// `shaders/queue.wgsl`
     pub const QUEUE: &str = include_str!("../../../shaders/queue.wgsl");
+    /// `shaders/vit.wgsl`
+    pub const VIT: &str = include_str!("../../../shaders/vit.wgsl");
 }
 
 /// A wgpu device and queue with cached pipelines. Cheap to clone.
@@ -25,6 +27,8 @@ pub struct WgpuContext {
     /// Adapter name and backend, for logs.
     pub adapter_name: String,
     pipelines: Arc<Mutex<HashMap<(&'static str, &'static str, u32), wgpu::ComputePipeline>>>,
+    /// The attention backward's `ds [B, H, T, T]` scratch: one buffer, grown on demand and reused.
+    attention_scratch: Arc<Mutex<Option<wgpu::Buffer>>>,
 }
 
 impl std::fmt::Debug for WgpuContext {
@@ -79,7 +83,28 @@ impl WgpuContext {
     /// Wraps a device and queue the caller already owns (a framework's), so its buffers can be passed directly.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, adapter_name: String) -> Self {
         device.on_uncaptured_error(Arc::new(|e| eprintln!("moco: uncaptured wgpu error: {e}")));
-        Self { device, queue, adapter_name, pipelines: Arc::new(Mutex::new(HashMap::new())) }
+        Self { device, queue, adapter_name, pipelines: Arc::new(Mutex::new(HashMap::new())), attention_scratch: Arc::new(Mutex::new(None)) }
+    }
+
+    /// The attention backward's scratch buffer, at least `bytes` long: the one held by this context (shared by its
+    /// clones), replaced by a bigger one when too small. Work already queued on the old buffer keeps it alive, and
+    /// queue order makes reuse across calls safe.
+    pub(crate) fn attention_scratch(&self, bytes: u64) -> wgpu::Buffer {
+        let mut slot = self.attention_scratch.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some(b) if b.size() >= bytes => b.clone(),
+            _ => {
+                let b = self.storage_buffer("moco attention ds scratch", bytes);
+                *slot = Some(b.clone());
+                b
+            }
+        }
+    }
+
+    /// Bytes of the attention scratch held now (`None` before the first attention backward); for tests.
+    #[doc(hidden)]
+    pub fn attention_scratch_bytes(&self) -> Option<u64> {
+        self.attention_scratch.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|b| b.size())
     }
 
     /// The pipeline for `entry` of `source`, with `QUEUE_DTYPE = dtype` where the shader declares it.

@@ -10,6 +10,7 @@ pub mod norm;
 pub mod optim;
 pub mod pool;
 pub mod queue;
+pub mod vit;
 
 pub use context::{sources, Adapter, AsGpuSlice, GpuSlice, WgpuContext, SLICE_ALIGN_BYTES};
 pub use contrastive::{infonce, logits, moco_v3_loss, InfoNceBuffers};

@@ -14,7 +14,7 @@ const FLAG_ACC: u32 = 1;
 const FLAG_BIAS: u32 = 2;
 const TILE: usize = 16;
 
-fn check_bytes(op: &'static str, what: &str, buf: &dyn AsGpuSlice, elems: usize) -> Result<()> {
+pub(super) fn check_bytes(op: &'static str, what: &str, buf: &dyn AsGpuSlice, elems: usize) -> Result<()> {
     let size = buf.as_gpu_slice().size();
     if size < (elems * 4) as u64 {
         return Err(Error::shape(op, format!("{what} buffer of at least {} bytes ({elems} elements)", elems * 4), format!("{size} bytes")));
