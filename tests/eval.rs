@@ -179,9 +179,9 @@ proptest! {
 }
 
 #[test]
-fn knn_selection_survives_many_cuts_and_large_banks() {
-    // D = 2, bank rows on the unit circle at increasing (then decreasing) angle to the query: in ascending order
-    // every row beats the current k-th best, so the candidate buffer is cut again and again.
+fn knn_selection_is_exact_on_sorted_rows_equal_rows_and_large_banks() {
+    // D = 2, bank rows on the unit circle at increasing (then decreasing) angle to the query: sorted similarity
+    // rows, the worst case of a streaming heap and of a threshold from group maxima alike.
     let m = 5000;
     let angle = |i: usize| (i as f32 + 0.5) / m as f32 * 3.0;
     let asc: Vec<f32> = (0..m).flat_map(|i| { let a = 3.0 - angle(i); [a.cos(), a.sin()] }).collect();
@@ -196,6 +196,15 @@ fn knn_selection_survives_many_cuts_and_large_banks() {
             assert_eq!(got, kb.predict_reference(&queries, &cfg).unwrap(), "k={k}");
             assert_eq!(got, knn_brute(bank, &labels, &queries, 2, 4, k, 0.1), "k={k}");
         }
+    }
+    // Every bank row equal: all M similarities tie, the top k are the first k rows.
+    let same = vec![0.5f32; 3000 * 2];
+    let kb = KnnBank::new(&same, &labels[..3000], 2, 4).unwrap();
+    for k in [1usize, 7, 200, 3000] {
+        let cfg = KnnConfig { k, t: 0.1, block: 0 };
+        let got = kb.predict(&queries, &cfg).unwrap();
+        assert_eq!(got, kb.predict_reference(&queries, &cfg).unwrap(), "k={k}");
+        assert_eq!(got, knn_brute(&same, &labels[..3000], &queries, 2, 4, k, 0.1), "k={k}");
     }
     // A bank larger than the similarity budget's block: blocks of one query row against M rows.
     let (m, q, d, c) = (moco::eval::knn::SIM_BUDGET / 3 + 17, 5, 3, 10);

@@ -9,9 +9,10 @@
 //! - queries are taken in blocks of `b` rows ([`SIM_BUDGET`] / M by default, so `sim` stays at 16 MiB); for each
 //!   block **one GEMM against the whole bank** gives `sim [b, M] = q̂ · b̂ᵀ` (the crate's GEMM,
 //!   [`crate::backend::cpu::nn::linear_forward`], parallel inside);
-//! - every row then selects its top k in parallel: a scan appends the similarities above the current k-th best to
-//!   a buffer of `2k + 64`, which is cut back to the best k by `select_nth_unstable` when full (FAISS's
-//!   reservoir), so most of the row costs one vectorised compare;
+//! - every row then selects its top k in parallel, in two vectorised passes: the maxima of `G = min(4k, M)`
+//!   interleaved groups give a threshold `tau` (their k-th largest; k distinct elements reach it, so it is a lower
+//!   bound of the row's k-th largest), then the elements `>= tau` (a few more than k on real data) are collected
+//!   and `select_nth_unstable` keeps the best k. Exact, with the tie rule below;
 //! - the weights `exp((sim - sim_max) / t)` are summed per class in 2^-63 fixed point: the per-query factor
 //!   `exp(-sim_max / t)` does not change the argmax but keeps small temperatures from overflowing, and integer
 //!   sums make the vote independent of the order in which the neighbours were found.
@@ -141,66 +142,67 @@ fn rank(a: &(f32, u32), b: &(f32, u32)) -> Ordering {
     }
 }
 
-/// Top-k selection of one similarity row (see the module docs): a buffer of candidates, cut back to the best `k`
-/// whenever it reaches `2k + 64`.
+/// Top-k selection of one similarity row in two passes (see the module docs). Scratch reused across rows.
 struct TopK {
+    /// Maxima of the `G` interleaved groups, `[G]`.
+    maxes: Vec<f32>,
+    /// Candidates `(sim, bank index)`.
     buf: Vec<(f32, u32)>,
     k: usize,
 }
 
-/// Similarities compared at once against the current threshold.
+/// Similarities compared at once against the threshold.
 const LANES: usize = 16;
+
+/// Descending order on finite similarities (`-0.0 == 0.0`).
+#[inline]
+fn desc(a: &f32, b: &f32) -> Ordering {
+    if a > b {
+        Ordering::Less
+    } else if a < b {
+        Ordering::Greater
+    } else {
+        Ordering::Equal
+    }
+}
 
 impl TopK {
     fn new(k: usize) -> Self {
-        Self { buf: Vec::with_capacity(2 * k + 64), k }
+        Self { maxes: Vec::with_capacity(4 * k), buf: Vec::with_capacity(2 * k), k }
     }
 
     /// The best `min(k, row.len())` `(sim, index)` of `row` under [`rank`], in no particular order. `row` finite.
     fn select(&mut self, row: &[f32]) -> &[(f32, u32)] {
-        let k = self.k.min(row.len());
-        let buf = &mut self.buf;
-        buf.clear();
+        let m = row.len();
+        let k = self.k.min(m);
+        self.buf.clear();
         if k == 0 {
-            return buf;
+            return &self.buf;
         }
-        let full = 2 * k + 64;
-        // Keeps the best k of the buffer; the k-th similarity is the new threshold.
-        let cut = |buf: &mut Vec<(f32, u32)>| {
-            if buf.len() > k {
-                buf.select_nth_unstable_by(k - 1, rank);
-                buf.truncate(k);
+        // Pass 1: the maxima of G = min(4k, M) groups (index mod G). Their k-th largest, tau, is <= the row's k-th
+        // largest (k distinct elements reach it), so the top k all lie in {v >= tau}.
+        let g = (4 * k).min(m);
+        self.maxes.clear();
+        self.maxes.extend_from_slice(&row[..g]);
+        for chunk in row[g..].chunks(g) {
+            for (mx, &v) in self.maxes.iter_mut().zip(chunk) {
+                *mx = if v > *mx { v } else { *mx }; // vectorises (no NaN here)
             }
-        };
-        // After a cut, an entry equal to the threshold ranks after every kept one (its index is larger), so
-        // `v > tau` admits exactly the candidates that can still enter.
-        let mut tau = f32::NEG_INFINITY;
-        let push = |buf: &mut Vec<(f32, u32)>, tau: &mut f32, j: usize, v: f32| {
-            if v > *tau {
-                buf.push((v, j as u32));
-                if buf.len() == full {
-                    cut(buf);
-                    *tau = buf[k - 1].0;
-                }
-            }
-        };
-        let chunks = row.chunks_exact(LANES);
-        let rest = chunks.remainder();
-        for (c, chunk) in chunks.enumerate() {
-            // a branch-free, vectorised count: once the buffer has been cut, most chunks hold no candidate
-            let hits = chunk.iter().fold(0u32, |n, &v| n + u32::from(v > tau));
+        }
+        let (_, &mut tau, _) = self.maxes.select_nth_unstable_by(k - 1, desc);
+        // Pass 2: the candidates, a few more than k on real data; a vectorised count skips chunks without one.
+        for (c, chunk) in row.chunks(LANES).enumerate() {
+            let hits = chunk.iter().fold(0u32, |h, &v| h + u32::from(v >= tau));
             if hits > 0 {
-                for (i, &v) in chunk.iter().enumerate() {
-                    push(buf, &mut tau, c * LANES + i, v);
-                }
+                let base = c * LANES;
+                self.buf.extend(chunk.iter().enumerate().filter(|(_, &v)| v >= tau).map(|(i, &v)| (v, (base + i) as u32)));
             }
         }
-        let base = row.len() - rest.len();
-        for (i, &v) in rest.iter().enumerate() {
-            push(buf, &mut tau, base + i, v);
+        if self.buf.len() > k {
+            self.buf.select_nth_unstable_by(k - 1, rank);
+            self.buf.truncate(k);
         }
-        cut(buf);
-        buf
+        &self.buf
     }
 }
 
