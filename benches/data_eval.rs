@@ -1,6 +1,8 @@
 //! Throughput of the data pipeline and of the kNN monitor (figures in BENCHMARKS.md).
 //!
 //! `cargo bench --bench data_eval`; `MOCO_KNN_SCALE=N` divides the kNN sizes (M=50,000, Q=10,000, D=512).
+//! `knn_m10000_q1000_d128` compares `KnnBank::predict` (one GEMM per query block against the whole bank) with
+//! `KnnBank::predict_reference` (the former slab + heap path) at a fixed size.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use moco::data::{synthetic, AugmentConfig, PairLoader, SyntheticConfig};
@@ -47,5 +49,27 @@ fn knn(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, augmentation, knn);
+/// `predict` against `predict_reference`: bank of 10,000 rows, 1,000 queries, D = 128, 10 classes, k=200, t=0.1.
+fn knn_paths(c: &mut Criterion) {
+    let (m, q, d, classes) = (10_000, 1_000, 128, 10);
+    let mut s = 7u64;
+    let mut rnd = || {
+        s = moco::nn::SplitMix64::mix(s);
+        (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let bank: Vec<f32> = (0..m * d).map(|_| rnd()).collect();
+    let labels: Vec<u32> = (0..m as u32).map(|i| i % classes as u32).collect();
+    let queries: Vec<f32> = (0..q * d).map(|_| rnd()).collect();
+    let kb = KnnBank::new(&bank, &labels, d, classes).unwrap();
+    let cfg = KnnConfig::default();
+    assert_eq!(kb.predict(&queries, &cfg).unwrap(), kb.predict_reference(&queries, &cfg).unwrap());
+    let mut g = c.benchmark_group(format!("knn_m{m}_q{q}_d{d}"));
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    g.throughput(Throughput::Elements(q as u64));
+    g.bench_function("predict", |b| b.iter(|| kb.predict(&queries, &cfg).unwrap().len()));
+    g.bench_function("predict_reference", |b| b.iter(|| kb.predict_reference(&queries, &cfg).unwrap().len()));
+    g.finish();
+}
+
+criterion_group!(benches, augmentation, knn, knn_paths);
 criterion_main!(benches);

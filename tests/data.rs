@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use moco::data::{
-    augment_pair, augment_view, denormalize_to_u8, eval_batches, eval_view, load, load_cifar_bin,
-    load_cifar_dir, load_image_folder, load_image_folder_split, resized_crop, sample_crop,
+    augment_pair, augment_pair_views, augment_view, denormalize_to_u8, eval_batches, eval_view, load,
+    load_cifar_bin, load_cifar_dir, load_image_folder, load_image_folder_split, resized_crop, sample_crop,
     sample_jitter, save_views, synthetic, write_cifar_bin, AugmentConfig, ColorJitter, CounterRng, CropBox, Dataset,
-    ImageF32, PairLoader, SyntheticConfig, CIFAR_MEAN, CIFAR_STD,
+    ImageF32, PairLoader, SyntheticConfig, ViewPair, CIFAR_MEAN, CIFAR_STD, SOLARIZE_THRESHOLD,
 };
 use moco::Error;
 use proptest::prelude::*;
@@ -775,4 +775,179 @@ fn sample_sheets_for_inspection() {
         )
         .unwrap();
     }
+}
+
+// ---------------------------------------------------------------------------------------------- MoCo v3 views
+
+/// Bitwise equality of two f32 buffers.
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+#[test]
+fn solarize_matches_hand_values_and_pil_lut() {
+    // [3, 1, 4]: values around the threshold 128/255 = 0.50196.
+    let vals = [0.0, 0.25, 0.5, 127.0 / 255.0, 128.0 / 255.0, 0.6, 0.75, 1.0, 0.502, 0.1, 0.9, 0.5019];
+    let mut img = ImageF32::new(vals.to_vec(), 1, 4).unwrap();
+    img.solarize(SOLARIZE_THRESHOLD);
+    let want = [0.0, 0.25, 0.5, 127.0 / 255.0, 127.0 / 255.0, 0.4, 0.25, 0.0, 0.498, 0.1, 0.1, 0.5019];
+    for (i, (&g, &w)) in img.data().iter().zip(&want).enumerate() {
+        assert!((g - w).abs() < 1e-6, "value {i}: {g} vs {w}");
+    }
+    // On the u8 grid it is PIL's ImageOps.solarize LUT: v < 128 stays, v >= 128 becomes 255 - v.
+    let all: Vec<u8> = (0..=255u8).flat_map(|v| [v; 3]).collect();
+    let mut img = ImageF32::from_u8(&all, 16, 16).unwrap();
+    img.solarize(SOLARIZE_THRESHOLD);
+    for (&got, &v) in img.to_u8().iter().zip(&all) {
+        assert_eq!(got, if v < 128 { v } else { 255 - v }, "pixel {v}");
+    }
+}
+
+#[test]
+fn solarize_in_the_pipeline_runs_after_blur_and_before_normalize() {
+    // Only solarize (p = 1): the eval view with every value >= 128/255 inverted.
+    let src = random_image(5, 32, 32);
+    let cfg = AugmentConfig { solarize_p: 1.0, ..AugmentConfig::eval(32) };
+    let n = 3 * 32 * 32;
+    let mut got = vec![f32::NAN; n];
+    augment_view(&cfg, &src, 32, 32, &mut CounterRng::new(1, 2, 3, 0), &mut got).unwrap();
+    let mut img = ImageF32::from_u8(&src, 32, 32).unwrap();
+    img.solarize(SOLARIZE_THRESHOLD);
+    let mut want = vec![f32::NAN; n];
+    img.normalize_into(CIFAR_MEAN, CIFAR_STD, &mut want).unwrap();
+    assert!(same_bits(&got, &want));
+    // Blur then solarize (not the reverse): p = 1 for both, sigma fixed at 1.5.
+    let cfg = AugmentConfig { blur_p: 1.0, blur_sigma: (1.5, 1.5), solarize_p: 1.0, ..AugmentConfig::eval(32) };
+    augment_view(&cfg, &src, 32, 32, &mut CounterRng::new(1, 2, 3, 0), &mut got).unwrap();
+    let mut img = ImageF32::from_u8(&src, 32, 32).unwrap();
+    img.gaussian_blur(1.5);
+    img.solarize(SOLARIZE_THRESHOLD);
+    img.normalize_into(CIFAR_MEAN, CIFAR_STD, &mut want).unwrap();
+    assert!(same_bits(&got, &want));
+}
+
+#[test]
+fn mocov3_presets_follow_main_moco_and_validate() {
+    let (v1, v2) = (AugmentConfig::mocov3_view1(224), AugmentConfig::mocov3_view2(224));
+    for v in [&v1, &v2] {
+        v.validate().unwrap();
+        assert_eq!(v.crop_scale, (0.08, 1.0));
+        assert_eq!(v.jitter, ColorJitter::new(0.4, 0.4, 0.2, 0.1));
+        assert_eq!((v.jitter_p, v.grayscale_p, v.flip_p, v.grayscale_before_jitter), (0.8, 0.2, 0.5, false));
+        assert_eq!(v.blur_sigma, (0.1, 2.0));
+    }
+    assert_eq!((v1.blur_p, v1.solarize_p), (1.0, 0.0));
+    assert_eq!((v2.blur_p, v2.solarize_p), (0.1, 0.2));
+    // The blur stays on at CIFAR size (v2's preset switches it off there).
+    assert_eq!(AugmentConfig::mocov3_view1(32).blur_p, 1.0);
+    // Every older preset leaves solarize off.
+    for c in [AugmentConfig::v1(32), AugmentConfig::v2(224), AugmentConfig::colab_cifar(), AugmentConfig::eval(32)] {
+        assert_eq!(c.solarize_p, 0.0);
+        assert!(!c.describe().contains("Solarize"));
+    }
+    let d1 = v1.describe();
+    let d2 = v2.describe();
+    assert!(!d1.contains("Solarize") && d1.contains("GaussianBlur(sigma=(0.1, 2)), p=1)"), "{d1}");
+    assert!(d2.contains("RandomApply(Solarize(threshold=128/255), p=0.2)"), "{d2}");
+    // Order: blur, then solarize, then flip.
+    let (b, so, f) = (d2.find("GaussianBlur").unwrap(), d2.find("Solarize").unwrap(), d2.find("Flip").unwrap());
+    assert!(b < so && so < f, "{d2}");
+    for p in [f64::NAN, -0.1, 1.5, f64::INFINITY] {
+        let bad = AugmentConfig { solarize_p: p, ..AugmentConfig::mocov3_view2(32) };
+        assert!(bad.validate().is_err(), "solarize_p {p}");
+    }
+    let pair = ViewPair::mocov3(64);
+    pair.validate().unwrap();
+    assert_eq!(pair.size(), 64);
+    assert!(pair.describe().contains("view 1: ") && pair.describe().contains(" | view 2: "));
+    assert_eq!(ViewPair::same(AugmentConfig::v2(32)).describe(), AugmentConfig::v2(32).describe());
+    let mismatched = ViewPair { view1: AugmentConfig::mocov3_view1(32), view2: AugmentConfig::mocov3_view2(64) };
+    assert!(mismatched.validate().is_err());
+    let bad_view2 = ViewPair { view1: AugmentConfig::mocov3_view1(32), view2: AugmentConfig { solarize_p: f64::NAN, ..AugmentConfig::mocov3_view2(32) } };
+    assert!(bad_view2.validate().is_err());
+    let (train, _) = small_synthetic(40, 0, 2);
+    assert!(PairLoader::new(Arc::new(train), mismatched, 8, 0).is_err());
+}
+
+#[test]
+fn mocov3_views_blur_and_solarize_at_their_rates() {
+    // The coins are drawn whatever the probabilities, so a view was blurred (solarized) exactly when it differs
+    // from the same draw with blur_p = 0 (solarize_p = 0). Sigma is kept >= 1 here so that every blur changes
+    // the image (at sigma 0.1 the f32 kernel is the identity); the sigma range does not change the coins.
+    let n = 600usize;
+    let size = 32;
+    let sized = |c: AugmentConfig| AugmentConfig { blur_sigma: (1.0, 2.0), ..c };
+    let views = ViewPair { view1: sized(AugmentConfig::mocov3_view1(size)), view2: sized(AugmentConfig::mocov3_view2(size)) };
+    let no_blur = ViewPair {
+        view1: AugmentConfig { blur_p: 0.0, ..views.view1.clone() },
+        view2: AugmentConfig { blur_p: 0.0, ..views.view2.clone() },
+    };
+    let no_sol = ViewPair {
+        view1: AugmentConfig { solarize_p: 0.0, ..views.view1.clone() },
+        view2: AugmentConfig { solarize_p: 0.0, ..views.view2.clone() },
+    };
+    let per = 3 * size * size;
+    let mut buf = [(); 6].map(|_| vec![f32::NAN; per]);
+    let (mut blur, mut sol) = ([0usize; 2], [0usize; 2]);
+    for i in 0..n as u64 {
+        let src = random_image(i, 40, 36);
+        let [q, k, qb, kb, qs, ks] = &mut buf;
+        augment_pair_views(&views, &src, 40, 36, 7, 1, i, q, k).unwrap();
+        augment_pair_views(&no_blur, &src, 40, 36, 7, 1, i, qb, kb).unwrap();
+        augment_pair_views(&no_sol, &src, 40, 36, 7, 1, i, qs, ks).unwrap();
+        blur[0] += usize::from(!same_bits(q, qb));
+        blur[1] += usize::from(!same_bits(k, kb));
+        sol[0] += usize::from(!same_bits(q, qs));
+        sol[1] += usize::from(!same_bits(k, ks));
+    }
+    // Binomial bounds: mean n p, +- 4.5 standard deviations.
+    let within = |count: usize, p: f64| {
+        let (mean, sd) = (n as f64 * p, (n as f64 * p * (1.0 - p)).sqrt());
+        (count as f64 - mean).abs() <= 4.5 * sd
+    };
+    assert_eq!(blur[0], n, "view 1 blurs always (p = 1.0)");
+    assert!(within(blur[1], 0.1), "view 2 blurred {}/{n}, want ~0.1", blur[1]);
+    assert_eq!(sol[0], 0, "view 1 never solarizes");
+    assert!(within(sol[1], 0.2), "view 2 solarized {}/{n}, want ~0.2", sol[1]);
+    eprintln!("blur view1 {}/{n}, view2 {}/{n}; solarize view1 {}/{n}, view2 {}/{n}", blur[0], blur[1], sol[0], sol[1]);
+}
+
+#[test]
+fn pair_loader_with_two_configs_is_seeded_and_assigns_views() {
+    let (train, _) = small_synthetic(64, 0, 9);
+    let train = Arc::new(train);
+    let views = ViewPair::mocov3(32);
+    let loader = PairLoader::new(train.clone(), views.clone(), 16, 21).unwrap();
+    assert_eq!(loader.views(), &views);
+    assert_eq!(loader.augment_config(), &views.view1);
+    let b = loader.batch(2, 1).unwrap();
+    // Same seed: the same bytes, on any thread count and through the prefetching iterator.
+    let again = PairLoader::new(train.clone(), views.clone(), 16, 21).unwrap();
+    assert_eq!(again.batch(2, 1).unwrap(), b);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+    assert_eq!(pool.install(|| loader.batch(2, 1).unwrap()), b);
+    assert_eq!(loader.epoch(2, 1).unwrap().next().unwrap().unwrap(), b);
+    // Another seed: other views.
+    let other = PairLoader::new(train.clone(), views.clone(), 16, 22).unwrap().batch(2, 1).unwrap();
+    assert_ne!(other.x_q, b.x_q);
+    // x_q is view 1 (stream 0), x_k view 2 (stream 1).
+    let per = 3 * 32 * 32;
+    let (mut q, mut k) = (vec![f32::NAN; per], vec![f32::NAN; per]);
+    for (j, &i) in b.indices.iter().enumerate() {
+        let img = train.image(i).unwrap();
+        augment_view(&views.view1, img, 32, 32, &mut CounterRng::new(21, 2, i as u64, 0), &mut q).unwrap();
+        augment_view(&views.view2, img, 32, 32, &mut CounterRng::new(21, 2, i as u64, 1), &mut k).unwrap();
+        assert!(same_bits(&b.x_q[j * per..(j + 1) * per], &q), "sample {i}: x_q");
+        assert!(same_bits(&b.x_k[j * per..(j + 1) * per], &k), "sample {i}: x_k");
+    }
+    // One config is the same config twice, bit for bit (the v1/v2 path).
+    let one = PairLoader::new(train.clone(), AugmentConfig::v2(32), 16, 21).unwrap();
+    let twice = PairLoader::new(train, ViewPair::same(AugmentConfig::v2(32)), 16, 21).unwrap();
+    assert_eq!(one.batch(0, 3).unwrap(), twice.batch(0, 3).unwrap());
+    let cfg = AugmentConfig::v2(32);
+    let src = random_image(3, 32, 32);
+    let (mut q2, mut k2) = (vec![f32::NAN; per], vec![f32::NAN; per]);
+    augment_pair(&cfg, &src, 32, 32, 1, 2, 3, &mut q, &mut k).unwrap();
+    augment_pair_views(&ViewPair::same(cfg), &src, 32, 32, 1, 2, 3, &mut q2, &mut k2).unwrap();
+    assert!(same_bits(&q, &q2) && same_bits(&k, &k2));
 }

@@ -2,7 +2,10 @@
 //! on separable and random-label data; error paths.
 
 use moco::eval::{knn_top1, linear_probe, FeatureNorm, KnnBank, KnnConfig, ProbeConfig};
+mod common;
+
 use moco::Error;
+use proptest::prelude::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use safetensors::{Dtype, SafeTensors};
 
@@ -129,6 +132,86 @@ fn knn_ties_go_to_smaller_class_and_index() {
     let rep = kb.evaluate(&[50.0, 0.0, 0.0, 1e-3], &[1, 0], &KnnConfig { k: 2, t: 1e-4, block: 0 }, true).unwrap();
     assert_eq!(rep.predictions.unwrap(), vec![1, 0]);
     assert_eq!((rep.correct, rep.total, rep.top1), (2, 2, 1.0));
+}
+
+/// Random kNN inputs: `[M, D]` bank, labels, `[Q, D]` queries. `ties`: rows are zero or one-hot with +-1 (or +-3
+/// for queries), so every similarity is exactly 0, +-1 and exact ties are everywhere.
+fn knn_case(seed: u64, m: usize, q: usize, d: usize, c: usize, ties: bool) -> (Vec<f32>, Vec<u32>, Vec<f32>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rows = |n: usize, scale: f32| -> Vec<f32> {
+        let mut v = vec![0.0f32; n * d];
+        for r in v.chunks_mut(d) {
+            if ties {
+                if rng.random_range(0..8) > 0 {
+                    r[rng.random_range(0..d)] = if rng.random::<bool>() { scale } else { -scale };
+                }
+            } else {
+                r.iter_mut().for_each(|x| *x = rng.random_range(-1.0f32..1.0) * scale);
+            }
+        }
+        v
+    };
+    let bank = rows(m, 1.0);
+    let queries = rows(q, 3.0);
+    let labels = (0..m).map(|_| rng.random_range(0..c as u32)).collect();
+    (bank, labels, queries)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(common::cases(24)))]
+
+    /// One GEMM against the whole bank + buffered selection gives the predictions of the slab + heap path, on
+    /// awkward shapes (Q = 1, M < k, D = 1, blocks not dividing Q) and on exact ties.
+    #[test]
+    fn knn_predict_matches_reference(
+        seed in any::<u64>(), m in 1usize..400, q in 1usize..40, d in 1usize..20, c in 1usize..7,
+        k in 1usize..300, block in 0usize..9, ties in any::<bool>(),
+    ) {
+        let (bank, labels, queries) = knn_case(seed, m, q, d, c, ties);
+        let kb = KnnBank::new(&bank, &labels, d, c).unwrap();
+        let cfg = KnnConfig { k, t: 0.1, block };
+        let got = kb.predict(&queries, &cfg).unwrap();
+        prop_assert_eq!(&got, &kb.predict_reference(&queries, &cfg).unwrap());
+        if ties {
+            prop_assert_eq!(got, knn_brute(&bank, &labels, &queries, d, c, k, 0.1));
+        }
+    }
+}
+
+#[test]
+fn knn_selection_is_exact_on_sorted_rows_equal_rows_and_large_banks() {
+    // D = 2, bank rows on the unit circle at increasing (then decreasing) angle to the query: sorted similarity
+    // rows, the worst case of a streaming heap and of a threshold from group maxima alike.
+    let m = 5000;
+    let angle = |i: usize| (i as f32 + 0.5) / m as f32 * 3.0;
+    let asc: Vec<f32> = (0..m).flat_map(|i| { let a = 3.0 - angle(i); [a.cos(), a.sin()] }).collect();
+    let desc: Vec<f32> = (0..m).flat_map(|i| { let a = angle(i); [a.cos(), a.sin()] }).collect();
+    let labels: Vec<u32> = (0..m as u32).map(|i| (i / 7) % 4).collect();
+    let queries = [1.0f32, 0.0, 0.0, 2.0, -1.0, -1.0];
+    for bank in [&asc, &desc] {
+        let kb = KnnBank::new(bank, &labels, 2, 4).unwrap();
+        for k in [1usize, 3, 64, 200, 4999, 5000] {
+            let cfg = KnnConfig { k, t: 0.1, block: 0 };
+            let got = kb.predict(&queries, &cfg).unwrap();
+            assert_eq!(got, kb.predict_reference(&queries, &cfg).unwrap(), "k={k}");
+            assert_eq!(got, knn_brute(bank, &labels, &queries, 2, 4, k, 0.1), "k={k}");
+        }
+    }
+    // Every bank row equal: all M similarities tie, the top k are the first k rows.
+    let same = vec![0.5f32; 3000 * 2];
+    let kb = KnnBank::new(&same, &labels[..3000], 2, 4).unwrap();
+    for k in [1usize, 7, 200, 3000] {
+        let cfg = KnnConfig { k, t: 0.1, block: 0 };
+        let got = kb.predict(&queries, &cfg).unwrap();
+        assert_eq!(got, kb.predict_reference(&queries, &cfg).unwrap(), "k={k}");
+        assert_eq!(got, knn_brute(&same, &labels[..3000], &queries, 2, 4, k, 0.1), "k={k}");
+    }
+    // A bank larger than the similarity budget's block: blocks of one query row against M rows.
+    let (m, q, d, c) = (moco::eval::knn::SIM_BUDGET / 3 + 17, 5, 3, 10);
+    let (bank, labels, queries) = knn_case(11, m, q, d, c, false);
+    let kb = KnnBank::new(&bank, &labels, d, c).unwrap();
+    let cfg = KnnConfig { k: 200, t: 0.07, block: 0 };
+    assert_eq!(kb.predict(&queries, &cfg).unwrap(), kb.predict_reference(&queries, &cfg).unwrap());
 }
 
 #[test]

@@ -8,8 +8,11 @@
 //!    and their factors, [`ImageF32::color_jitter`] applies them (torchvision's tensor formulas, hue via HSV);
 //! 3. `RandomGrayscale(p)`: [`ImageF32::to_grayscale`] (luma 0.2989 R + 0.587 G + 0.114 B, 3 channels);
 //! 4. `RandomApply([GaussianBlur(sigma in [0.1, 2])], p)`: [`ImageF32::gaussian_blur`];
-//! 5. `RandomHorizontalFlip()`: [`ImageF32::hflip`];
-//! 6. `ToTensor()` + `Normalize(mean, std)`: [`ImageF32::normalize_into`].
+//! 5. `RandomApply([Solarize()], p)` (MoCo v3's second view): [`ImageF32::solarize`] at [`SOLARIZE_THRESHOLD`];
+//! 6. `RandomHorizontalFlip()`: [`ImageF32::hflip`];
+//! 7. `ToTensor()` + `Normalize(mean, std)`: [`ImageF32::normalize_into`].
+//!
+//! MoCo v3 augments the two views of a pair differently (`augmentation1` / `augmentation2`): see [`ViewPair`].
 //!
 //! Pixels are kept in f32 in `[0, 1]` throughout (torchvision's tensor path); the PIL path of the official code
 //! rounds to u8 after each step, which this does not imitate. The blur is an exact, normalised Gaussian of radius
@@ -28,6 +31,10 @@ pub const CIFAR_STD: [f32; 3] = [0.2023, 0.1994, 0.2010];
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// ImageNet channel standard deviations (`main_moco.py`).
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Threshold of MoCo v3's `Solarize` (PIL's `ImageOps.solarize(img)`, threshold 128 of 255) on `[0, 1]` pixels:
+/// `x >= 128 / 255` becomes `1 - x` (torchvision's `solarize`: `where(img >= threshold, invert(img), img)`).
+pub const SOLARIZE_THRESHOLD: f32 = 128.0 / 255.0;
 
 /// Luma weights of torchvision's `rgb_to_grayscale` (ITU-R 601-2).
 const LUMA: [f32; 3] = [0.2989, 0.587, 0.114];
@@ -87,6 +94,8 @@ pub struct AugmentConfig {
     pub blur_p: f64,
     /// Range of the blur's sigma, in output pixels.
     pub blur_sigma: (f64, f64),
+    /// Probability of solarizing (after the blur, before the flip), at [`SOLARIZE_THRESHOLD`].
+    pub solarize_p: f64,
     /// Probability of a horizontal flip.
     pub flip_p: f64,
     /// Per-channel mean subtracted at the end.
@@ -111,6 +120,7 @@ impl AugmentConfig {
             grayscale_before_jitter: true,
             blur_p: 0.0,
             blur_sigma: (0.1, 2.0),
+            solarize_p: 0.0,
             flip_p: 0.5,
             mean: CIFAR_MEAN,
             std: CIFAR_STD,
@@ -141,6 +151,34 @@ impl AugmentConfig {
         }
     }
 
+    /// MoCo v3's first view (`main_moco.py` `augmentation1`, BYOL's recipe): `RandomResizedCrop(size,
+    /// scale=(0.08, 1))` (the `--crop-min` default; the ResNet-50 recipes of `CONFIG.md` pass 0.2),
+    /// `RandomApply([ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8)`, `RandomGrayscale(0.2)`,
+    /// `RandomApply([GaussianBlur([0.1, 2])], p=1.0)`, `RandomHorizontalFlip()`. Unlike [`AugmentConfig::v2`] the
+    /// blur stays on at any size. Normalised with the CIFAR-10 statistics (`main_moco.py` uses ImageNet's:
+    /// [`AugmentConfig::with_normalization`]).
+    pub fn mocov3_view1(size: usize) -> Self {
+        AugmentConfig {
+            crop_scale: (0.08, 1.0),
+            jitter: ColorJitter::new(0.4, 0.4, 0.2, 0.1),
+            jitter_p: 0.8,
+            grayscale_before_jitter: false,
+            blur_p: 1.0,
+            solarize_p: 0.0,
+            ..AugmentConfig::v1(size)
+        }
+    }
+
+    /// MoCo v3's second view (`augmentation2`): [`AugmentConfig::mocov3_view1`] with the blur at `p=0.1` and
+    /// `RandomApply([Solarize()], p=0.2)` after it.
+    pub fn mocov3_view2(size: usize) -> Self {
+        AugmentConfig {
+            blur_p: 0.1,
+            solarize_p: 0.2,
+            ..AugmentConfig::mocov3_view1(size)
+        }
+    }
+
     /// No augmentation: resize to `size` if needed, then normalise (what [`eval_view`] does with any config).
     pub fn eval(size: usize) -> Self {
         AugmentConfig {
@@ -149,6 +187,7 @@ impl AugmentConfig {
             jitter_p: 0.0,
             grayscale_p: 0.0,
             blur_p: 0.0,
+            solarize_p: 0.0,
             flip_p: 0.0,
             ..AugmentConfig::v1(size)
         }
@@ -186,6 +225,9 @@ impl AugmentConfig {
         steps.extend(second);
         if self.blur_p > 0.0 {
             steps.push(format!("RandomApply(GaussianBlur(sigma=({}, {})), p={})", self.blur_sigma.0, self.blur_sigma.1, self.blur_p));
+        }
+        if self.solarize_p > 0.0 {
+            steps.push(format!("RandomApply(Solarize(threshold=128/255), p={})", self.solarize_p));
         }
         // the flip runs last here; it commutes with the per-pixel jitter and grayscale (the colab flips second)
         if self.flip_p > 0.0 {
@@ -230,6 +272,7 @@ impl AugmentConfig {
             ("jitter_p", self.jitter_p),
             ("grayscale_p", self.grayscale_p),
             ("blur_p", self.blur_p),
+            ("solarize_p", self.solarize_p),
             ("flip_p", self.flip_p),
         ] {
             if !(0.0..=1.0).contains(&p) {
@@ -774,6 +817,16 @@ impl ImageF32 {
         }
     }
 
+    /// torchvision's `solarize(img, threshold)` on `[0, 1]` pixels: every value `x >= threshold` becomes
+    /// `1 - x`, the others stay. MoCo v3 uses [`SOLARIZE_THRESHOLD`].
+    pub fn solarize(&mut self, threshold: f32) {
+        for x in self.data.iter_mut() {
+            if *x >= threshold {
+                *x = 1.0 - *x;
+            }
+        }
+    }
+
     /// Mirrors every row (`hflip`).
     pub fn hflip(&mut self) {
         if self.width == 0 {
@@ -886,7 +939,14 @@ pub fn augment_view(
     if blur {
         img.gaussian_blur(sigma);
     }
-    if rng.bernoulli(cfg.flip_p) {
+    let flip = rng.bernoulli(cfg.flip_p);
+    // Drawn after the flip so that every config without solarize keeps its stream; solarize is per pixel and
+    // commutes with the flip, so applying it first is main_moco.py's order.
+    let solarize = rng.bernoulli(cfg.solarize_p);
+    if solarize {
+        img.solarize(SOLARIZE_THRESHOLD);
+    }
+    if flip {
         img.hflip();
     }
     img.normalize_into(cfg.mean, cfg.std, out)
@@ -913,9 +973,87 @@ pub fn eval_view(
     img.normalize_into(cfg.mean, cfg.std, out)
 }
 
+/// The augmentations of the two views of a pair: view 1 makes the query `x_q`, view 2 the key `x_k`.
+/// MoCo v1/v2 and the colab use one config for both ([`ViewPair::same`], or `From<AugmentConfig>`); MoCo v3
+/// uses `augmentation1` / `augmentation2` ([`ViewPair::mocov3`]). Both views must have the same output size.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ViewPair {
+    /// The first view's (query's) augmentation.
+    pub view1: AugmentConfig,
+    /// The second view's (key's) augmentation.
+    pub view2: AugmentConfig,
+}
+
+impl ViewPair {
+    /// Two views of one config (MoCo v1/v2, the colab).
+    pub fn same(cfg: AugmentConfig) -> Self {
+        ViewPair { view1: cfg.clone(), view2: cfg }
+    }
+
+    /// MoCo v3's asymmetric pair: [`AugmentConfig::mocov3_view1`] and [`AugmentConfig::mocov3_view2`].
+    pub fn mocov3(size: usize) -> Self {
+        ViewPair { view1: AugmentConfig::mocov3_view1(size), view2: AugmentConfig::mocov3_view2(size) }
+    }
+
+    /// The output side S of both views.
+    pub fn size(&self) -> usize {
+        self.view1.size
+    }
+
+    /// Both configs valid ([`AugmentConfig::validate`]) and of the same output size.
+    pub fn validate(&self) -> Result<()> {
+        self.view1.validate()?;
+        self.view2.validate()?;
+        if self.view1.size != self.view2.size {
+            return Err(Error::shape(
+                "ViewPair",
+                "two views of the same size",
+                format!("{} and {}", self.view1.size, self.view2.size),
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`AugmentConfig::describe`] of the shared config, or `view 1: ... | view 2: ...` when they differ.
+    pub fn describe(&self) -> String {
+        if self.view1 == self.view2 {
+            self.view1.describe()
+        } else {
+            format!("view 1: {} | view 2: {}", self.view1.describe(), self.view2.describe())
+        }
+    }
+}
+
+impl From<AugmentConfig> for ViewPair {
+    fn from(cfg: AugmentConfig) -> Self {
+        ViewPair::same(cfg)
+    }
+}
+
+/// The two views of a MoCo pair for sample `index` at `epoch` with one config per view: view 0 (query,
+/// `views.view1`) from `CounterRng::new(seed, epoch, index, 0)`, view 1 (key, `views.view2`) from
+/// `CounterRng::new(seed, epoch, index, 1)`. The result depends only on these numbers, never on threads or
+/// call order. Checks the buffer lengths only; call [`ViewPair::validate`] once beforehand.
+#[allow(clippy::too_many_arguments)]
+pub fn augment_pair_views(
+    views: &ViewPair,
+    src: &[u8],
+    height: usize,
+    width: usize,
+    seed: u64,
+    epoch: u64,
+    index: u64,
+    out_q: &mut [f32],
+    out_k: &mut [f32],
+) -> Result<()> {
+    augment_view(&views.view1, src, height, width, &mut CounterRng::new(seed, epoch, index, 0), out_q)?;
+    augment_view(&views.view2, src, height, width, &mut CounterRng::new(seed, epoch, index, 1), out_k)
+}
+
 /// The two views of a MoCo pair for sample `index` at `epoch`: view 0 (query) from
 /// `CounterRng::new(seed, epoch, index, 0)`, view 1 (key) from `CounterRng::new(seed, epoch, index, 1)`.
-/// The result depends only on these numbers, never on threads or call order.
+/// The result depends only on these numbers, never on threads or call order. [`augment_pair_views`] with
+/// the same config for both views.
 #[allow(clippy::too_many_arguments)]
 pub fn augment_pair(
     cfg: &AugmentConfig,

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 
 use rayon::prelude::*;
 
-use super::augment::{augment_pair, eval_view, AugmentConfig};
+use super::augment::{augment_pair_views, eval_view, AugmentConfig, ViewPair};
 use super::dataset::Dataset;
 use super::rng::CounterRng;
 use crate::error::{Error, Result};
@@ -59,7 +59,7 @@ pub struct EvalBatch {
 #[derive(Clone, Debug)]
 pub struct PairLoader {
     dataset: Arc<Dataset>,
-    aug: Arc<AugmentConfig>,
+    views: Arc<ViewPair>,
     batch_size: usize,
     seed: u64,
     prefetch: usize,
@@ -67,14 +67,16 @@ pub struct PairLoader {
 
 impl PairLoader {
     /// A loader of `batch_size` pairs per step; an error for an invalid config, `batch_size == 0` or a dataset
-    /// smaller than one batch. Prefetch depth 2.
+    /// smaller than one batch. Prefetch depth 2. `aug` is one [`AugmentConfig`] for both views (MoCo v1/v2) or a
+    /// [`ViewPair`] of one config per view (MoCo v3: [`ViewPair::mocov3`]).
     pub fn new(
         dataset: Arc<Dataset>,
-        aug: AugmentConfig,
+        aug: impl Into<ViewPair>,
         batch_size: usize,
         seed: u64,
     ) -> Result<Self> {
-        aug.validate()?;
+        let views = aug.into();
+        views.validate()?;
         if batch_size == 0 || dataset.len() < batch_size {
             return Err(Error::shape(
                 "PairLoader::new",
@@ -91,7 +93,7 @@ impl PairLoader {
         }
         Ok(PairLoader {
             dataset,
-            aug: Arc::new(aug),
+            views: Arc::new(views),
             batch_size,
             seed,
             prefetch: 2,
@@ -114,9 +116,14 @@ impl PairLoader {
         self.batch_size
     }
 
-    /// The augmentation.
+    /// The augmentation of the first view (the query's; the only one when both views share it).
     pub fn augment_config(&self) -> &AugmentConfig {
-        &self.aug
+        &self.views.view1
+    }
+
+    /// The augmentations of both views.
+    pub fn views(&self) -> &ViewPair {
+        &self.views
     }
 
     /// The dataset.
@@ -145,7 +152,7 @@ impl PairLoader {
             ));
         }
         let b = self.batch_size;
-        let s = self.aug.size;
+        let s = self.views.size();
         let per = 3 * s * s;
         let indices: Vec<usize> = order[step * b..(step + 1) * b].to_vec();
         let (mut x_q, mut x_k) = (vec![0.0f32; b * per], vec![0.0f32; b * per]);
@@ -155,8 +162,8 @@ impl PairLoader {
             .zip(x_k.par_chunks_mut(per))
             .zip(indices.par_iter())
             .try_for_each(|((q, k), &i)| -> Result<()> {
-                augment_pair(
-                    &self.aug,
+                augment_pair_views(
+                    &self.views,
                     ds.image(i)?,
                     h,
                     w,
@@ -249,11 +256,13 @@ impl PairLoader {
         })
     }
 
-    /// Un-augmented batches of this loader's dataset, in order (see [`eval_batches`]).
+    /// Un-augmented batches of this loader's dataset, in order (see [`eval_batches`]), normalised as the first
+    /// view.
     pub fn eval_batches(&self, batch_size: usize) -> Result<EvalIter> {
+        let v1 = &self.views.view1;
         eval_batches(
             self.dataset.clone(),
-            AugmentConfig::eval(self.aug.size).with_normalization(self.aug.mean, self.aug.std),
+            AugmentConfig::eval(v1.size).with_normalization(v1.mean, v1.std),
             batch_size,
         )
     }

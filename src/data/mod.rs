@@ -6,8 +6,9 @@
 //!   (and [`write_cifar_bin`]), [`load_image_folder`] / [`load_image_folder_split`], [`synthetic`], and
 //!   [`load`], which picks one from what a path is (or `digits`).
 //! - [`augment`]: torchvision's `RandomResizedCrop`, `ColorJitter`, `RandomGrayscale`, `GaussianBlur`,
-//!   `RandomHorizontalFlip` and `Normalize`, with presets [`AugmentConfig::v1`], [`AugmentConfig::v2`],
-//!   [`AugmentConfig::colab_cifar`] and [`AugmentConfig::eval`].
+//!   `Solarize`, `RandomHorizontalFlip` and `Normalize`, with presets [`AugmentConfig::v1`], [`AugmentConfig::v2`],
+//!   [`AugmentConfig::colab_cifar`], [`AugmentConfig::mocov3_view1`] / [`AugmentConfig::mocov3_view2`] and
+//!   [`AugmentConfig::eval`]; a [`ViewPair`] gives each view of a pair its own config (MoCo v3).
 //! - [`PairLoader`]: shuffled two-view batches, augmented with rayon and prefetched on a background thread;
 //!   [`eval_batches`] for feature extraction.
 //! - [`save_views`]: a PNG grid of augmented pairs.
@@ -37,9 +38,9 @@ pub mod views;
 use std::path::Path;
 
 pub use augment::{
-    augment_pair, augment_view, denormalize_to_u8, eval_view, resized_crop, sample_crop,
-    sample_jitter, AugmentConfig, ColorJitter, CropBox, ImageF32, JitterParams, CIFAR_MEAN,
-    CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD,
+    augment_pair, augment_pair_views, augment_view, denormalize_to_u8, eval_view, resized_crop,
+    sample_crop, sample_jitter, AugmentConfig, ColorJitter, CropBox, ImageF32, JitterParams, ViewPair,
+    CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, SOLARIZE_THRESHOLD,
 };
 pub use cifar::{load_cifar_bin, load_cifar_dir, parse_cifar_bin, write_cifar_bin};
 pub use digits::{digits, digits_native, DIGITS_TEST, DIGITS_TRAIN};

@@ -5,13 +5,21 @@
 //! cosine `q̂ · b̂ᵀ`. For every query the `k` most similar bank rows vote for their class with weight
 //! `exp(sim / t)`; the class with the largest summed weight is the prediction.
 //!
-//! Implementation (CPU):
-//! - queries are split into blocks of `block` rows, processed in parallel with rayon;
-//! - each block streams the bank in slabs of [`BANK_SLAB`] rows: `sim [block, slab] = q̂ · b̂ᵀ` on the crate's GEMM
-//!   ([`crate::backend::cpu::nn::linear_forward`]), then every row updates a size-`k` min-heap of its best
-//!   `(sim, index)` pairs. Memory is `O(block * (slab + k))` per task, never `O(Q * M)`;
-//! - votes are summed in f64 as `exp((sim - sim_max) / t)`: the per-query factor `exp(-sim_max / t)` does not
-//!   change the argmax but keeps small temperatures from overflowing.
+//! Implementation (CPU), [`KnnBank::predict`]:
+//! - queries are taken in blocks of `b` rows ([`SIM_BUDGET`] / M by default, so `sim` stays at 16 MiB); for each
+//!   block **one GEMM against the whole bank** gives `sim [b, M] = q̂ · b̂ᵀ` (the crate's GEMM,
+//!   [`crate::backend::cpu::nn::linear_forward`], parallel inside);
+//! - every row then selects its top k in parallel, in two vectorised passes: the maxima of `G = min(4k, M)`
+//!   interleaved groups give a threshold `tau` (their k-th largest; k distinct elements reach it, so it is a lower
+//!   bound of the row's k-th largest), then the elements `>= tau` (a few more than k on real data) are collected
+//!   and `select_nth_unstable` keeps the best k. Exact, with the tie rule below;
+//! - the weights `exp((sim - sim_max) / t)` are summed per class in 2^-63 fixed point: the per-query factor
+//!   `exp(-sim_max / t)` does not change the argmax but keeps small temperatures from overflowing, and integer
+//!   sums make the vote independent of the order in which the neighbours were found.
+//!
+//! [`KnnBank::predict_reference`] is the former path (query blocks in parallel, the bank streamed in slabs of
+//! [`BANK_SLAB`] rows through a min-heap per query), kept for comparison: the same neighbours and the same vote,
+//! so the same predictions whenever both GEMM shapes give the same similarities.
 //!
 //! Tie rules (documented because f32 rounding decides near-ties differently across implementations):
 //! - at the k-th neighbour, equal similarities are broken towards the **smaller bank index**;
@@ -20,12 +28,18 @@
 //!   outcome). With f32 features exact ties are rare; near-ties (the k-th and (k+1)-th similarity within f32
 //!   rounding, or two class scores within ~1e-6 relative) may be decided differently from PyTorch.
 
+use std::cmp::Ordering;
+
 use crate::backend::cpu::nn::{linear_forward, LinearShape};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
-/// Bank rows per similarity slab: one GEMM computes `sim [block, BANK_SLAB]`.
+/// Bank rows per similarity slab of [`KnnBank::predict_reference`]: one GEMM computes `sim [block, BANK_SLAB]`.
 pub const BANK_SLAB: usize = 4096;
+
+/// Values of the similarity block `sim [b, M]` of [`KnnBank::predict`] (16 MiB of f32); a block has at least one
+/// row, so the bound is `max(SIM_BUDGET, M)`.
+pub const SIM_BUDGET: usize = 1 << 22;
 
 /// Hyperparameters of the kNN monitor. Defaults are the notebook's: `k = 200`, `t = 0.1`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -34,7 +48,8 @@ pub struct KnnConfig {
     pub k: usize,
     /// Temperature of the vote weights `exp(sim / t)`. Must be finite and > 0.
     pub t: f32,
-    /// Queries per parallel block; 0 picks one from Q and the rayon pool size (at most 128).
+    /// Queries per block: per GEMM in [`KnnBank::predict`] (0: [`SIM_BUDGET`] / M), per parallel task in
+    /// [`KnnBank::predict_reference`] (0: from Q and the rayon pool size, at most 128).
     pub block: usize,
 }
 
@@ -45,7 +60,7 @@ impl Default for KnnConfig {
 }
 
 impl KnnConfig {
-    fn validate(&self) -> Result<()> {
+    pub(super) fn validate(&self) -> Result<()> {
         let op = "knn";
         if self.k == 0 {
             return Err(Error::shape(op, "k >= 1", "k = 0"));
@@ -74,14 +89,14 @@ pub struct KnnReport {
 #[derive(Clone, Debug)]
 pub struct KnnBank {
     /// Normalised bank rows, `[M, D]`.
-    feats: Vec<f32>,
-    labels: Vec<u32>,
-    d: usize,
-    num_classes: usize,
+    pub(super) feats: Vec<f32>,
+    pub(super) labels: Vec<u32>,
+    pub(super) d: usize,
+    pub(super) num_classes: usize,
 }
 
 /// Checks that `x` holds whole rows of length `d` and only finite values; returns the row count.
-fn check_rows(what: &str, x: &[f32], d: usize) -> Result<usize> {
+pub(super) fn check_rows(what: &str, x: &[f32], d: usize) -> Result<usize> {
     let op = "knn";
     if x.len() % d != 0 {
         return Err(Error::shape(op, format!("{what} of length rows * D (D = {d})"), format!("length {}", x.len())));
@@ -104,7 +119,7 @@ fn check_labels(what: &str, labels: &[u32], rows: usize, num_classes: usize) -> 
 }
 
 /// `out[r] = x[r] / max(||x[r]||, 1e-12)` row by row (the same eps as `torch.nn.functional.normalize`).
-fn l2_normalise_into(out: &mut [f32], x: &[f32], d: usize) {
+pub(super) fn l2_normalise_into(out: &mut [f32], x: &[f32], d: usize) {
     for (o, r) in out.chunks_mut(d).zip(x.chunks(d)) {
         let ss: f64 = r.iter().map(|&v| (v as f64) * (v as f64)).sum();
         let inv = 1.0 / ss.sqrt().max(1e-12);
@@ -114,67 +129,105 @@ fn l2_normalise_into(out: &mut [f32], x: &[f32], d: usize) {
     }
 }
 
-/// Min-heap of the best `k` `(sim, bank index)` pairs seen so far. "Worse" means lower similarity, or equal
-/// similarity and a larger bank index, so the kept set is the top k under a total order.
+/// `Less` when `a` ranks before `b`: higher similarity, or equal similarity (`-0.0 == 0.0`) and a smaller bank
+/// index. A total order on finite similarities.
+#[inline]
+fn rank(a: &(f32, u32), b: &(f32, u32)) -> Ordering {
+    if a.0 > b.0 {
+        Ordering::Less
+    } else if a.0 < b.0 {
+        Ordering::Greater
+    } else {
+        a.1.cmp(&b.1)
+    }
+}
+
+/// Top-k selection of one similarity row in two passes (see the module docs). Scratch reused across rows.
 struct TopK {
-    items: Vec<(f32, u32)>,
+    /// Maxima of the `G` interleaved groups, `[G]`.
+    maxes: Vec<f32>,
+    /// Candidates `(sim, bank index)`.
+    buf: Vec<(f32, u32)>,
     k: usize,
 }
 
+/// Similarities compared at once against the threshold.
+const LANES: usize = 16;
+
+/// Descending order on finite similarities (`-0.0 == 0.0`).
 #[inline]
-fn worse(a: (f32, u32), b: (f32, u32)) -> bool {
-    a.0 < b.0 || (a.0 == b.0 && a.1 > b.1)
+fn desc(a: &f32, b: &f32) -> Ordering {
+    if a > b {
+        Ordering::Less
+    } else if a < b {
+        Ordering::Greater
+    } else {
+        Ordering::Equal
+    }
 }
 
 impl TopK {
     fn new(k: usize) -> Self {
-        Self { items: Vec::with_capacity(k), k }
+        Self { maxes: Vec::with_capacity(4 * k), buf: Vec::with_capacity(2 * k), k }
     }
 
-    fn clear(&mut self) {
-        self.items.clear();
-    }
-
-    #[inline]
-    fn push(&mut self, cand: (f32, u32)) {
-        if self.items.len() < self.k {
-            self.items.push(cand);
-            // sift up
-            let mut i = self.items.len() - 1;
-            while i > 0 {
-                let p = (i - 1) / 2;
-                if worse(self.items[i], self.items[p]) {
-                    self.items.swap(i, p);
-                    i = p;
-                } else {
-                    break;
-                }
+    /// The best `min(k, row.len())` `(sim, index)` of `row` under [`rank`], in no particular order. `row` finite.
+    fn select(&mut self, row: &[f32]) -> &[(f32, u32)] {
+        let m = row.len();
+        let k = self.k.min(m);
+        self.buf.clear();
+        if k == 0 {
+            return &self.buf;
+        }
+        // Pass 1: the maxima of G = min(4k, M) groups (index mod G). Their k-th largest, tau, is <= the row's k-th
+        // largest (k distinct elements reach it), so the top k all lie in {v >= tau}.
+        let g = (4 * k).min(m);
+        self.maxes.clear();
+        self.maxes.extend_from_slice(&row[..g]);
+        for chunk in row[g..].chunks(g) {
+            for (mx, &v) in self.maxes.iter_mut().zip(chunk) {
+                *mx = if v > *mx { v } else { *mx }; // vectorises (no NaN here)
             }
-        } else if worse(self.items[0], cand) {
-            self.items[0] = cand;
-            self.sift_down();
+        }
+        let (_, &mut tau, _) = self.maxes.select_nth_unstable_by(k - 1, desc);
+        // Pass 2: the candidates, a few more than k on real data; a vectorised count skips chunks without one.
+        for (c, chunk) in row.chunks(LANES).enumerate() {
+            let hits = chunk.iter().fold(0u32, |h, &v| h + u32::from(v >= tau));
+            if hits > 0 {
+                let base = c * LANES;
+                self.buf.extend(chunk.iter().enumerate().filter(|(_, &v)| v >= tau).map(|(i, &v)| (v, (base + i) as u32)));
+            }
+        }
+        if self.buf.len() > k {
+            self.buf.select_nth_unstable_by(k - 1, rank);
+            self.buf.truncate(k);
+        }
+        &self.buf
+    }
+}
+
+/// Fixed-point scale of the vote weights: a weight `exp((sim - sim_max) / t)` in `[0, 1]` counts as
+/// `floor(w * 2^63)`, so class scores are integer sums that do not depend on the order of the neighbours.
+const VOTE_SCALE: f64 = (1u64 << 63) as f64;
+
+/// The weighted vote of the neighbours `items` (`(sim, bank index)`, any order): class scores
+/// `sum exp((sim - sim_max) / t)` (`inv_t = 1 / t`) in fixed point ([`VOTE_SCALE`]), argmax with ties to the
+/// smaller class. `scores` is `[C]` scratch.
+pub(super) fn vote(items: &[(f32, u32)], labels: &[u32], scores: &mut [u128], inv_t: f64) -> u32 {
+    let smax = items.iter().map(|it| it.0).fold(f32::NEG_INFINITY, f32::max) as f64;
+    scores.fill(0);
+    for &(v, idx) in items {
+        let w = ((v as f64 - smax) * inv_t).exp(); // in [0, 1]
+        scores[labels[idx as usize] as usize] += (w * VOTE_SCALE) as u128;
+    }
+    // argmax, ties to the smaller class index (strict > keeps the first maximum)
+    let mut best = 0usize;
+    for c in 1..scores.len() {
+        if scores[c] > scores[best] {
+            best = c;
         }
     }
-
-    fn sift_down(&mut self) {
-        let n = self.items.len();
-        let mut i = 0;
-        loop {
-            let (l, r) = (2 * i + 1, 2 * i + 2);
-            let mut m = i;
-            if l < n && worse(self.items[l], self.items[m]) {
-                m = l;
-            }
-            if r < n && worse(self.items[r], self.items[m]) {
-                m = r;
-            }
-            if m == i {
-                break;
-            }
-            self.items.swap(i, m);
-            i = m;
-        }
-    }
+    best as u32
 }
 
 impl KnnBank {
@@ -226,6 +279,12 @@ impl KnnBank {
 
     /// The predicted class of every query row of `queries [Q, D]` (raw features; normalised here).
     /// `Q = 0` gives an empty vector.
+    ///
+    /// Blocks of queries go one after another: the block is normalised, one GEMM computes its similarity to the
+    /// whole bank, `sim [b, M]` (parallel inside the GEMM), then every row selects its top k and votes (parallel
+    /// over rows). The block is `cfg.block` rows (0: [`SIM_BUDGET`] / M, at most Q), capped so that `sim` holds at
+    /// most `max(SIM_BUDGET, M)` values. The same neighbours and vote as [`KnnBank::predict_reference`]. An error
+    /// when the bank has more than `i32::MAX` values (the GEMM's shape limit).
     pub fn predict(&self, queries: &[f32], cfg: &KnnConfig) -> Result<Vec<u32>> {
         cfg.validate()?;
         let q = check_rows("query features", queries, self.d)?;
@@ -233,54 +292,28 @@ impl KnnBank {
         if q == 0 {
             return Ok(preds);
         }
-        let block = if cfg.block > 0 {
-            cfg.block
-        } else {
-            q.div_ceil(4 * rayon::current_num_threads().max(1)).clamp(8, 128)
-        };
-        let d = self.d;
-        let m = self.len();
+        let (d, m) = (self.d, self.len());
         let k = cfg.k.min(m);
-        let slab = m.min(BANK_SLAB);
-        // Checked once here so the per-block GEMM shapes below cannot fail.
-        LinearShape::new(block.min(q), d, slab)?;
+        let cap = (SIM_BUDGET / m).max(1);
+        let block = if cfg.block > 0 { cfg.block.min(cap) } else { cap }.min(q);
         let inv_t = 1.0 / cfg.t as f64;
-        preds.par_chunks_mut(block).zip(queries.par_chunks(block * d)).try_for_each(|(pred, qraw)| -> Result<()> {
+        let mut qn = vec![0.0f32; block * d]; // [block, D] normalised queries
+        let mut sim = vec![0.0f32; block * m]; // [block, M]
+        for (pred, qraw) in preds.chunks_mut(block).zip(queries.chunks(block * d)) {
             let b = pred.len();
-            let mut qn = vec![0.0f32; b * d]; // [b, D] normalised queries
-            l2_normalise_into(&mut qn, qraw, d);
-            let mut sim = vec![0.0f32; b * slab]; // [b, slab]
-            let mut heaps: Vec<TopK> = (0..b).map(|_| TopK::new(k)).collect();
-            for s0 in (0..m).step_by(slab) {
-                let s = slab.min(m - s0);
-                let shape = LinearShape::new(b, d, s)?;
-                // sim [b, s] = q̂ [b, D] · bank[s0..s0+s] [s, D]ᵀ
-                linear_forward(&mut sim[..b * s], &qn, &self.feats[s0 * d..(s0 + s) * d], None, &shape)?;
-                for (r, heap) in heaps.iter_mut().enumerate() {
-                    for (j, &v) in sim[r * s..(r + 1) * s].iter().enumerate() {
-                        heap.push((v, (s0 + j) as u32));
+            let (qn, sim) = (&mut qn[..b * d], &mut sim[..b * m]);
+            qn.par_chunks_mut(d * 64).zip(qraw.par_chunks(d * 64)).for_each(|(o, x)| l2_normalise_into(o, x, d));
+            // sim [b, M] = q̂ [b, D] · bank [M, D]ᵀ
+            linear_forward(sim, qn, &self.feats, None, &LinearShape::new(b, d, m)?)?;
+            pred.par_chunks_mut(8).zip(sim.par_chunks(8 * m)).for_each_init(
+                || (TopK::new(k), vec![0u128; self.num_classes]),
+                |(top, scores), (p8, s8)| {
+                    for (p, row) in p8.iter_mut().zip(s8.chunks(m)) {
+                        *p = vote(top.select(row), &self.labels, scores, inv_t);
                     }
-                }
-            }
-            let mut scores = vec![0.0f64; self.num_classes];
-            for (p, heap) in pred.iter_mut().zip(heaps.iter_mut()) {
-                let smax = heap.items.iter().map(|it| it.0).fold(f32::NEG_INFINITY, f32::max) as f64;
-                scores.fill(0.0);
-                for &(v, idx) in &heap.items {
-                    scores[self.labels[idx as usize] as usize] += ((v as f64 - smax) * inv_t).exp();
-                }
-                // argmax, ties to the smaller class index (strict > keeps the first maximum)
-                let mut best = 0usize;
-                for c in 1..scores.len() {
-                    if scores[c] > scores[best] {
-                        best = c;
-                    }
-                }
-                *p = best as u32;
-                heap.clear();
-            }
-            Ok(())
-        })?;
+                },
+            );
+        }
         Ok(preds)
     }
 

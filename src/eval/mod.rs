@@ -9,6 +9,7 @@
 //! point validates its inputs and returns [`crate::Error::Shape`] instead of panicking.
 
 pub mod knn;
+mod knn_reference;
 pub mod linear_probe;
 
 pub use knn::{knn_top1, KnnBank, KnnConfig, KnnReport};
