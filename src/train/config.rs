@@ -17,16 +17,80 @@ pub enum Preset {
     V1,
     /// MoCo v2: MLP head (hidden = feature width), T = 0.2, v2 augmentation.
     V2,
+    /// MoCo v3 (facebookresearch/moco-v3): projector and predictor MLPs with BN, the symmetric loss
+    /// ctr(q1, k2) + ctr(q2, k1) (each CE x 2T, T = 0.2), no queue, a momentum encoder with the cosine momentum
+    /// schedule 0.99 -> 1, the asymmetric augmentation; on a ViT with AdamW (moco-v3's ViT recipe) or on a
+    /// ResNet-18 with LARS (solo-learn's CIFAR recipe).
+    V3,
+}
+
+/// The backbone a run trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelKind {
+    /// ResNet-18 with the CIFAR stem.
+    ResNet18,
+    /// moco-v3's ViT ([`TrainConfig::vit`]).
+    Vit,
+}
+
+impl ModelKind {
+    /// Parses `resnet18` or `vit`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "resnet18" => Ok(ModelKind::ResNet18),
+            "vit" => Ok(ModelKind::Vit),
+            m => Err(Error::shape("--model", "resnet18 or vit", m.to_string())),
+        }
+    }
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::ResNet18 => "resnet18",
+            ModelKind::Vit => "vit",
+        }
+    }
+}
+
+/// The optimiser of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptimizerKind {
+    /// SGD with momentum (MoCo v1/v2).
+    Sgd,
+    /// AdamW (moco-v3's ViT recipe).
+    AdamW,
+    /// LARS as moco-v3 defines it (weight decay and adaptation on matrices only).
+    Lars,
+}
+
+impl OptimizerKind {
+    /// Parses `sgd`, `adamw` or `lars`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "sgd" => Ok(OptimizerKind::Sgd),
+            "adamw" => Ok(OptimizerKind::AdamW),
+            "lars" => Ok(OptimizerKind::Lars),
+            o => Err(Error::shape("--optimizer", "sgd, adamw or lars", o.to_string())),
+        }
+    }
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::AdamW => "adamw",
+            OptimizerKind::Lars => "lars",
+        }
+    }
 }
 
 impl Preset {
-    /// Parses `colab`, `v1` or `v2`; an error naming what is allowed otherwise.
+    /// Parses `colab`, `v1`, `v2` or `v3`; an error naming what is allowed otherwise.
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "colab" => Ok(Preset::Colab),
             "v1" => Ok(Preset::V1),
             "v2" => Ok(Preset::V2),
-            p => Err(Error::shape("--preset", "colab, v1 or v2", p.to_string())),
+            "v3" => Ok(Preset::V3),
+            p => Err(Error::shape("--preset", "colab, v1, v2 or v3", p.to_string())),
         }
     }
 
@@ -36,6 +100,7 @@ impl Preset {
             Preset::Colab => "colab",
             Preset::V1 => "v1",
             Preset::V2 => "v2",
+            Preset::V3 => "v3",
         }
     }
 }
@@ -89,6 +154,19 @@ pub struct TrainConfig {
     pub knn_t: f64,
     /// Seed of everything random (initialisation, queue, shuffles, augmentations).
     pub seed: u64,
+    /// The backbone (ResNet-18, or the ViT of [`TrainConfig::vit`]).
+    pub model: ModelKind,
+    /// The ViT's geometry when `model` is [`ModelKind::Vit`] (its `projector` is built from `mlp_dim` and `dim`).
+    pub vit: crate::nn::VitConfig,
+    /// MoCo v3: hidden width of the projector and predictor MLPs (moco-v3's `mlp_dim`, 4096 there).
+    pub mlp_dim: usize,
+    /// The optimiser (v1/v2: SGD; v3: AdamW on a ViT, LARS on a ResNet).
+    pub optimizer: OptimizerKind,
+    /// Linear learning-rate warmup epochs before the half-cosine (v3; the lr is set every step).
+    pub warmup_epochs: usize,
+    /// The key encoder's momentum follows moco-v3's cosine `1 - (1 - m)(1 + cos(pi t / T)) / 2` from `momentum`
+    /// to 1 over the run, set every step.
+    pub momentum_cosine: bool,
 }
 
 impl TrainConfig {
@@ -118,7 +196,65 @@ impl TrainConfig {
             knn_k: 200,
             knn_t: 0.1,
             seed: 0,
+            model: ModelKind::ResNet18,
+            vit: crate::nn::VitConfig::cifar(),
+            mlp_dim: 512,
+            optimizer: OptimizerKind::Sgd,
+            warmup_epochs: 0,
+            momentum_cosine: false,
         }
+    }
+
+    /// MoCo v3 on `model`. ViT (moco-v3's `main_moco.py` recipe for ViTs): AdamW, lr 1.5e-4 x batch / 256, wd 0.1,
+    /// 40 warmup epochs of 300 then half-cosine, T 0.2, momentum 0.99 -> 1 (cosine), projector and predictor of
+    /// hidden width 1024 (moco-v3: 4096, see [`TrainConfig::mlp_dim`]) to 256, batch 256, the CIFAR-scale ViT
+    /// (32x32, patch 4, D 192, depth 4, 3 heads), frozen patch projection. ResNet-18 (solo-learn's CIFAR recipe
+    /// `scripts/pretrain/cifar/mocov3.yaml`): LARS lr 0.3 x batch / 256, wd 1e-6, 10 warmup epochs of 1000, the
+    /// same T, momentum schedule and head widths as the ViT (solo-learn: 4096), moco-v3's `MoCo_ResNet` heads.
+    pub fn v3(model: ModelKind) -> Self {
+        let base = Self { preset: Preset::V3, dim: 256, mlp_dim: 1024, temperature: 0.2, momentum: 0.99, momentum_cosine: true, batch_size: 256, shuffle_bn: false, bn_splits: 1, symmetric: true, cosine: true, cosine_from_one: false, model, ..Self::colab() };
+        match model {
+            ModelKind::Vit => Self { optimizer: OptimizerKind::AdamW, lr: 1.5e-4, weight_decay: 0.1, epochs: 300, warmup_epochs: 40, ..base },
+            ModelKind::ResNet18 => Self { optimizer: OptimizerKind::Lars, lr: 0.3, weight_decay: 1e-6, epochs: 1000, warmup_epochs: 10, ..base },
+        }
+    }
+
+    /// Whether this is a MoCo v3 run.
+    pub fn is_v3(&self) -> bool {
+        self.preset == Preset::V3
+    }
+
+    /// The learning rate at fractional epoch `epoch` (epoch + step / steps per epoch). v3: linear warmup then
+    /// half-cosine, set every step (moco-v3's `adjust_learning_rate`); v1/v2: [`TrainConfig::lr_at`] of the
+    /// epoch (set once per epoch, as the colab).
+    pub fn lr_at_step(&self, epoch: f64) -> Result<f64> {
+        if !self.is_v3() {
+            return self.lr_at(epoch.floor() as usize);
+        }
+        if !self.cosine {
+            return Ok(self.lr);
+        }
+        crate::optim::LrSchedule::warmup_cosine(self.lr, self.warmup_epochs as f64, self.epochs as f64)?.lr(epoch)
+    }
+
+    /// The key encoder's momentum at fractional epoch `epoch`: moco-v3's cosine schedule to 1 with
+    /// `momentum_cosine`, else `momentum`.
+    pub fn momentum_at(&self, epoch: f64) -> Result<f64> {
+        if !self.momentum_cosine {
+            return Ok(self.momentum);
+        }
+        crate::optim::MomentumSchedule::new(self.momentum, self.epochs as f64)?.momentum(epoch)
+    }
+
+    /// The ViT of a v3 run: [`TrainConfig::vit`] with the projector (3 layers, `mlp_dim` to `dim`, last BN).
+    pub fn vit_config(&self) -> crate::nn::VitConfig {
+        crate::nn::VitConfig { img_size: self.image_size, projector: Some(crate::nn::MlpSpec { layers: 3, hidden: self.mlp_dim, out: self.dim, last_bn: true }), ..self.vit }
+    }
+
+    /// moco-v3's predictor: 2 layers, `mlp_dim` hidden, last BN on the ViT (`MoCo_ViT`), off on the ResNet
+    /// (`MoCo_ResNet`).
+    pub fn predictor_spec(&self) -> crate::nn::MlpSpec {
+        crate::nn::MlpSpec { layers: 2, hidden: self.mlp_dim, out: self.dim, last_bn: self.model == ModelKind::Vit }
     }
 
     /// A preset on top of the colab defaults: colab and v1 keep them (v1 differs in augmentation only); v2 adds
@@ -165,6 +301,15 @@ impl TrainConfig {
             Preset::Colab => AugmentConfig::colab_cifar().with_size(self.image_size),
             Preset::V1 => AugmentConfig::v1(self.image_size),
             Preset::V2 => AugmentConfig::v2(self.image_size),
+            Preset::V3 => AugmentConfig::mocov3_view1(self.image_size),
+        }
+    }
+
+    /// The augmentation of the two views: moco-v3's asymmetric pair for v3, the same config twice otherwise.
+    pub fn views(&self) -> crate::data::ViewPair {
+        match self.preset {
+            Preset::V3 => crate::data::ViewPair::mocov3(self.image_size),
+            _ => crate::data::ViewPair::same(self.augmentation()),
         }
     }
 
@@ -175,6 +320,40 @@ impl TrainConfig {
             (true, true) => format!("cosine over {} epochs counted from 1 as the colab (the last epoch runs at lr 0)", self.epochs),
             (true, false) => format!("cosine over {} epochs counted from 0 (the first epoch at the full lr, the last above 0)", self.epochs),
         };
+        if self.is_v3() {
+            let backbone = match self.model {
+                ModelKind::Vit => {
+                    let v = self.vit_config();
+                    format!("ViT {}x{} patch {} ({} tokens), D {}, depth {}, {} heads, MLP ratio {}, patch projection {}", v.img_size, v.img_size, v.patch, v.tokens(), v.dim, v.depth, v.heads, v.mlp_ratio, if v.stop_grad_conv1 { "frozen" } else { "trained" })
+                }
+                ModelKind::ResNet18 => "ResNet-18 (CIFAR stem)".to_string(),
+            };
+            let sched = if self.cosine { format!("{} warmup epochs, then half-cosine, set every step", self.warmup_epochs) } else { "constant".to_string() };
+            let pred = self.predictor_spec();
+            return format!(
+                "  preset v3: {backbone}\n  projector {} layers {} -> {} (BN, last BN affine-free), predictor 2 layers {} -> {}{}\n  symmetric loss ctr(q1,k2)+ctr(q2,k1), T {}, no queue\n  epochs {}, batch {}, {} lr {} ({sched}), wd {}\n  key momentum {} {}\n  views: {}\n  image size {}x{}, kNN monitor k={} t={}, seed {}",
+                if self.model == ModelKind::Vit { 3 } else { 2 },
+                self.mlp_dim,
+                self.dim,
+                self.mlp_dim,
+                self.dim,
+                if pred.last_bn { " (last BN)" } else { " (no last BN)" },
+                self.temperature,
+                self.epochs,
+                self.batch_size,
+                self.optimizer.name(),
+                self.lr,
+                self.weight_decay,
+                self.momentum,
+                if self.momentum_cosine { "-> 1 (cosine, every step)" } else { "(constant)" },
+                self.views().describe(),
+                self.image_size,
+                self.image_size,
+                self.knn_k,
+                self.knn_t,
+                self.seed
+            );
+        }
         format!(
             "  preset {}: ResNet-18 (CIFAR stem), {} head to {}, T {}\n  epochs {}, batch {}, lr {} ({sched}), SGD momentum {}, wd {}\n  queue K {} ({:?}), key momentum m {}, symmetric loss {}\n  SplitBN {} groups of {}, shuffle-BN {}\n  image size {}x{}, kNN monitor k={} t={}, seed {}",
             self.preset.name(),
@@ -208,7 +387,17 @@ impl TrainConfig {
         if self.dim == 0 || self.batch_size == 0 || self.epochs == 0 || self.image_size < 8 {
             return Err(Error::shape(op, "dim, batch size, epochs >= 1 and image size >= 8", format!("dim {}, batch {}, epochs {}, image size {}", self.dim, self.batch_size, self.epochs, self.image_size)));
         }
-        if self.queue_len < self.batch_size * if self.symmetric { 2 } else { 1 } {
+        if self.is_v3() {
+            if self.mlp_dim == 0 || self.batch_size < 2 {
+                return Err(Error::shape(op, "mlp-dim >= 1 and a batch of at least 2 (BN in the heads)", format!("mlp-dim {}, batch {}", self.mlp_dim, self.batch_size)));
+            }
+            if self.warmup_epochs >= self.epochs && self.cosine {
+                return Err(Error::shape(op, "warmup epochs < epochs", format!("warmup {}, epochs {}", self.warmup_epochs, self.epochs)));
+            }
+            if self.model == ModelKind::Vit {
+                self.vit_config().validate()?;
+            }
+        } else if self.queue_len < self.batch_size * if self.symmetric { 2 } else { 1 } {
             return Err(Error::shape(op, "queue length K >= the keys enqueued per step (batch, or 2x batch with --symmetric)", format!("K = {}, batch {}", self.queue_len, self.batch_size)));
         }
         if !(0.0..=1.0).contains(&self.momentum) {
@@ -256,6 +445,17 @@ impl TrainConfig {
         put("knn_k", self.knn_k.to_string());
         put("knn_t", self.knn_t.to_string());
         put("seed", self.seed.to_string());
+        if self.is_v3() {
+            let v = self.vit;
+            put("model", self.model.name().to_string());
+            if self.model == ModelKind::Vit {
+                put("vit", format!("patch {} dim {} depth {} heads {} mlp_ratio {} stop_grad_conv1 {}", v.patch, v.dim, v.depth, v.heads, v.mlp_ratio, v.stop_grad_conv1));
+            }
+            put("mlp_dim", self.mlp_dim.to_string());
+            put("optimizer", self.optimizer.name().to_string());
+            put("warmup_epochs", self.warmup_epochs.to_string());
+            put("momentum_cosine", self.momentum_cosine.to_string());
+        }
         m
     }
 
