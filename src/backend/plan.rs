@@ -463,3 +463,6 @@ impl GemmLaunch {
         Self::new((s.out_f, s.in_f, s.n), (1, s.out_f), (s.in_f, 1), false, true)
     }
 }
+
+pub mod vit;
+pub use vit::{attention_grid, layernorm_row_grid, vit_elem_grid, VitParams, LN_BLOCK, VIT_BLOCK};
