@@ -816,6 +816,14 @@ fn case_add_backward() {
         same(&format!("add_backward len={len} da"), &a[1].as_f32(), &wa);
         same(&format!("add_backward len={len} db"), &a[2].as_f32(), &wb);
     }
+    // grid-stride: a grid smaller than the tensor, as vit_elem_grid gives above 65535*64 elements
+    let len = 1000;
+    let (dout, da0, db0) = (random(&mut rng, len), random(&mut rng, len), random(&mut rng, len));
+    let mut a = [Arg::val(&VitParams::eltwise(len)), Arg::f32(&da0), Arg::f32(&db0), Arg::f32(&dout)];
+    emu().run("vit.cu", "add_backward", (3, 1, 1), VB, &mut a);
+    let want: Vec<f32> = da0.iter().zip(&dout).map(|(a, g)| a + g).collect();
+    same("add_backward grid-stride", &a[1].as_f32(), &want);
+    assert_eq!(plan::vit_elem_grid(65535 * 64 + 1), (65535, 1, 1), "element grids are capped at 65535 blocks");
 }
 
 // ---- the test ---------------------------------------------------------------------------------------------------
