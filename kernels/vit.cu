@@ -8,45 +8,47 @@
 //
 // Header-free (compiled by NVRTC at run time, and by tests/cuda_compile.rs in CI): no #include at all.
 //
-// Scalars: every kernel takes `Params` (VitParams in src/backend/plan/vit.rs, 64 bytes) by value as its first
-// argument; the buffers follow in the order of the CPU function's arguments (outputs first).
-// Block sizes: 128 threads (LN_WG) for the layer-norm row kernels, 64 (WG) for every other kernel. Block-per-item
-// kernels take a 2-D grid (x <= 65535) flattened as blockIdx.x + blockIdx.y * gridDim.x; element and column
-// kernels loop grid-stride over a grid of at most 65535 blocks. Block reductions are shared-memory trees (no warp
-// shuffles, as the WGSL has no subgroup operations).
+// Scalars: every kernel takes the WGSL uniform block `Params` (VitParams in src/backend/plan.rs, same fields, same
+// order, 64 bytes) by value as its first argument; the buffers follow in the order of the CPU function's arguments
+// (outputs first).
+// Block sizes: 128 threads (LN_WG, VIT_WG_LN) for the layer-norm row kernels, 64 (WG, VIT_WG) for every other
+// kernel. All grids may be 2-D (x <= 65535), flattened as blockIdx.x + blockIdx.y * gridDim.x: one block per row /
+// query / key (vit_row_grid), one thread per element or column with a bounds guard (vit_elem_grid), and grid-stride
+// loops for GELU and add_backward (vit_stride_grid). Block reductions are shared-memory trees (no warp shuffles, as
+// the WGSL has no subgroup operations).
 
 #define LN_WG 128u
 #define WG 64u
 
 struct Params {
-    unsigned int rows;  // layer norm: R = B*T rows
-    unsigned int c;     // features per row / token C (attention: H*D)
-    unsigned int len;   // element-wise kernels: elements
-    unsigned int b;     // batch B
-    unsigned int t;     // tokens T (cls included)
-    unsigned int heads; // attention heads H
-    unsigned int hd;    // head dim D
-    unsigned int img_c; // image channels
-    unsigned int h;     // image height
-    unsigned int w;     // image width
-    unsigned int patch; // patch size p
-    unsigned int gw;    // patch grid columns W/p
-    unsigned int np;    // patches per image P
-    unsigned int cols;  // im2col columns img_c*p*p
-    float eps;          // layer-norm eps
-    float scale;        // attention scale 1/sqrt(D)
+    unsigned int len;        // elements of work (element-wise kernels, im2col, tokens, cls select)
+    unsigned int rows;       // layer norm: R = B*T rows
+    unsigned int c;          // features per row / token C (attention: H*D)
+    unsigned int b;          // batch B
+    unsigned int t;          // tokens T (cls included)
+    unsigned int heads;      // attention heads H
+    unsigned int head_dim;   // head dim D
+    unsigned int img_c;      // image channels
+    unsigned int h;          // image height
+    unsigned int w;          // image width
+    unsigned int patch_size; // patch size p
+    unsigned int patches;    // patches per image P
+    unsigned int cols;       // im2col columns img_c*p*p
+    unsigned int _pad;
+    float eps;               // layer-norm eps
+    float scale;             // attention scale 1/sqrt(D)
 };
 
 __device__ __forceinline__ unsigned int flat_block() {
     return blockIdx.x + blockIdx.y * gridDim.x;
 }
 
-// First element of this thread and the stride of a grid-stride loop over a 1-D grid of WG-thread blocks.
+// This thread's element (or column) in a grid of WG-thread blocks, and the stride of a grid-stride loop over it.
 __device__ __forceinline__ unsigned int first_elem() {
-    return blockIdx.x * WG + threadIdx.x;
+    return flat_block() * WG + threadIdx.x;
 }
 __device__ __forceinline__ unsigned int elem_stride() {
-    return gridDim.x * WG;
+    return gridDim.x * gridDim.y * WG;
 }
 
 // Shared-memory tree sum over the n threads of the block (n a power of two), returned to every thread. `red` holds
@@ -132,21 +134,21 @@ extern "C" __global__ void __launch_bounds__(128) layernorm_backward_dx(Params P
     }
 }
 
-// One thread per column c (64-thread blocks over C, grid-stride), rows in order 0..R (deterministic):
+// One thread per column c (64-thread blocks over C), rows in order 0..R (deterministic):
 // dgamma[c] += sum_r dout*xhat, dbeta[c] += sum_r dout.
 extern "C" __global__ void __launch_bounds__(64) layernorm_backward_params(Params P, float* __restrict__ dgamma, float* __restrict__ dbeta, const float* __restrict__ dout, const float* __restrict__ inp, const float* __restrict__ mean, const float* __restrict__ rstd) {
-    for (unsigned int c = first_elem(); c < P.c; c += elem_stride()) {
-        float sg = 0.0f;
-        float sb = 0.0f;
-        for (unsigned int r = 0; r < P.rows; ++r) {
-            const size_t o = (size_t)r * P.c + c;
-            const float dy = dout[o];
-            sg += dy * ((inp[o] - mean[r]) * rstd[r]);
-            sb += dy;
-        }
-        dgamma[c] += sg;
-        dbeta[c] += sb;
+    const unsigned int c = first_elem();
+    if (c >= P.c) return;
+    float sg = 0.0f;
+    float sb = 0.0f;
+    for (unsigned int r = 0; r < P.rows; ++r) {
+        const size_t o = (size_t)r * P.c + c;
+        const float dy = dout[o];
+        sg += dy * ((inp[o] - mean[r]) * rstd[r]);
+        sb += dy;
     }
+    dgamma[c] += sg;
+    dbeta[c] += sb;
 }
 
 // ---- GELU (exact, erf) -----------------------------------------------------------------------------------------
@@ -230,15 +232,15 @@ extern "C" __global__ void __launch_bounds__(64) attention_forward(Params P, flo
     const unsigned int h = bh % P.heads;
     const unsigned int b = bh / P.heads;
     const unsigned int c3 = 3u * P.c;
-    const float* q = qkv + (size_t)(b * P.t + i) * c3 + h * P.hd;
-    const float* kb = qkv + (size_t)b * P.t * c3 + P.c + h * P.hd; // k of token 0; token j at + j*3C
+    const float* q = qkv + (size_t)(b * P.t + i) * c3 + h * P.head_dim;
+    const float* kb = qkv + (size_t)b * P.t * c3 + P.c + h * P.head_dim; // k of token 0; token j at + j*3C
     const float* vb = kb + P.c;
     float* row = att + (size_t)blk * P.t;
     float mx = __uint_as_float(0xff800000u); // -inf
     for (unsigned int j = tid; j < P.t; j += WG) {
         const float* k = kb + (size_t)j * c3;
         float s = 0.0f;
-        for (unsigned int d = 0; d < P.hd; ++d) s += q[d] * k[d];
+        for (unsigned int d = 0; d < P.head_dim; ++d) s += q[d] * k[d];
         s *= P.scale;
         row[j] = s;
         mx = fmaxf(mx, s);
@@ -253,8 +255,8 @@ extern "C" __global__ void __launch_bounds__(64) attention_forward(Params P, flo
     const float inv = 1.0f / tree_sum(sum, red, WG);
     for (unsigned int j = tid; j < P.t; j += WG) row[j] *= inv;
     __syncthreads(); // the normalised row (global) is read by every thread below
-    float* o = out + (size_t)(b * P.t + i) * P.c + h * P.hd;
-    for (unsigned int d = tid; d < P.hd; d += WG) {
+    float* o = out + (size_t)(b * P.t + i) * P.c + h * P.head_dim;
+    for (unsigned int d = tid; d < P.head_dim; d += WG) {
         float acc = 0.0f;
         for (unsigned int j = 0; j < P.t; ++j) acc += row[j] * vb[(size_t)j * c3 + d];
         o[d] = acc;
@@ -273,8 +275,8 @@ extern "C" __global__ void __launch_bounds__(64) attention_backward_dq(Params P,
     const unsigned int h = bh % P.heads;
     const unsigned int b = bh / P.heads;
     const unsigned int c3 = 3u * P.c;
-    const float* dy = dout + (size_t)(b * P.t + i) * P.c + h * P.hd;
-    const float* kb = qkv + (size_t)b * P.t * c3 + P.c + h * P.hd;
+    const float* dy = dout + (size_t)(b * P.t + i) * P.c + h * P.head_dim;
+    const float* kb = qkv + (size_t)b * P.t * c3 + P.c + h * P.head_dim;
     const float* vb = kb + P.c;
     const float* prow = att + (size_t)blk * P.t;
     float* dsrow = ds + (size_t)blk * P.t;
@@ -282,15 +284,15 @@ extern "C" __global__ void __launch_bounds__(64) attention_backward_dq(Params P,
     for (unsigned int j = tid; j < P.t; j += WG) {
         const float* v = vb + (size_t)j * c3;
         float dp = 0.0f;
-        for (unsigned int d = 0; d < P.hd; ++d) dp += dy[d] * v[d];
+        for (unsigned int d = 0; d < P.head_dim; ++d) dp += dy[d] * v[d];
         dsrow[j] = dp;
         acc += prow[j] * dp;
     }
     acc = tree_sum(acc, red, WG);
     for (unsigned int j = tid; j < P.t; j += WG) dsrow[j] = prow[j] * (dsrow[j] - acc);
     __syncthreads(); // the ds row (global) is read by every thread below
-    float* dq = dqkv + (size_t)(b * P.t + i) * c3 + h * P.hd;
-    for (unsigned int d = tid; d < P.hd; d += WG) {
+    float* dq = dqkv + (size_t)(b * P.t + i) * c3 + h * P.head_dim;
+    for (unsigned int d = tid; d < P.head_dim; d += WG) {
         float g = 0.0f;
         for (unsigned int j = 0; j < P.t; ++j) g += dsrow[j] * kb[(size_t)j * c3 + d];
         dq[d] += P.scale * g;
@@ -308,12 +310,12 @@ extern "C" __global__ void __launch_bounds__(64) attention_backward_dkv(Params P
     const unsigned int h = bh % P.heads;
     const unsigned int b = bh / P.heads;
     const unsigned int c3 = 3u * P.c;
-    const float* qb = qkv + (size_t)b * P.t * c3 + h * P.hd; // q of token 0; token i at + i*3C
-    const float* dyb = dout + (size_t)b * P.t * P.c + h * P.hd;
+    const float* qb = qkv + (size_t)b * P.t * c3 + h * P.head_dim; // q of token 0; token i at + i*3C
+    const float* dyb = dout + (size_t)b * P.t * P.c + h * P.head_dim;
     const size_t col = (size_t)bh * P.t * P.t + j; // (b, h, i = 0, j); row i at + i*T
-    float* dk = dqkv + (size_t)(b * P.t + j) * c3 + P.c + h * P.hd;
+    float* dk = dqkv + (size_t)(b * P.t + j) * c3 + P.c + h * P.head_dim;
     float* dv = dk + P.c;
-    for (unsigned int d = tid; d < P.hd; d += WG) {
+    for (unsigned int d = tid; d < P.head_dim; d += WG) {
         float gk = 0.0f;
         float gv = 0.0f;
         for (unsigned int i = 0; i < P.t; ++i) {
@@ -329,79 +331,83 @@ extern "C" __global__ void __launch_bounds__(64) attention_backward_dkv(Params P
 // ---- patch embedding (im2col) -----------------------------------------------------------------------------------
 
 // One thread per element of cols [B*P, C*p*p]: row b*P + py*gw + px, column (ci*p + ky)*p + kx holds
-// images[b, ci, py*p + ky, px*p + kx] (images [B, C, H, W]).
+// images[b, ci, py*p + ky, px*p + kx] (images [B, C, H, W], gw = W/p).
 extern "C" __global__ void __launch_bounds__(64) patch_im2col(Params P, float* __restrict__ cols, const float* __restrict__ images) {
-    const unsigned int pp = P.patch * P.patch;
-    for (unsigned int o = first_elem(); o < P.len; o += elem_stride()) {
-        const unsigned int row = o / P.cols;
-        const unsigned int col = o % P.cols;
-        const unsigned int b = row / P.np;
-        const unsigned int m = row % P.np;
-        const unsigned int py = m / P.gw;
-        const unsigned int px = m % P.gw;
-        const unsigned int ci = col / pp;
-        const unsigned int ky = (col % pp) / P.patch;
-        const unsigned int kx = col % P.patch;
-        cols[o] = images[((b * P.img_c + ci) * P.h + py * P.patch + ky) * P.w + px * P.patch + kx];
-    }
+    const unsigned int o = first_elem();
+    if (o >= P.len) return;
+    const unsigned int p = P.patch_size;
+    const unsigned int gw = P.w / p;
+    const unsigned int row = o / P.cols;
+    const unsigned int col = o % P.cols;
+    const unsigned int b = row / P.patches;
+    const unsigned int m = row % P.patches;
+    const unsigned int ci = col / (p * p);
+    const unsigned int ky = (col / p) % p;
+    const unsigned int kx = col % p;
+    cols[o] = images[((b * P.img_c + ci) * P.h + (m / gw) * p + ky) * P.w + (m % gw) * p + kx];
 }
 
 // One thread per element of dimages [B, C, H, W], gathering the one cols element it came from: dimages += dcols.
 extern "C" __global__ void __launch_bounds__(64) patch_im2col_backward(Params P, float* __restrict__ dimages, const float* __restrict__ dcols) {
-    for (unsigned int e = first_elem(); e < P.len; e += elem_stride()) {
-        const unsigned int x = e % P.w;
-        const unsigned int y = (e / P.w) % P.h;
-        const unsigned int ci = (e / (P.w * P.h)) % P.img_c;
-        const unsigned int b = e / (P.w * P.h * P.img_c);
-        const unsigned int row = b * P.np + (y / P.patch) * P.gw + x / P.patch;
-        const unsigned int col = (ci * P.patch + y % P.patch) * P.patch + x % P.patch;
-        dimages[e] += dcols[row * P.cols + col];
-    }
+    const unsigned int e = first_elem();
+    if (e >= P.len) return;
+    const unsigned int p = P.patch_size;
+    const unsigned int x = e % P.w;
+    const unsigned int y = (e / P.w) % P.h;
+    const unsigned int ci = (e / (P.w * P.h)) % P.img_c;
+    const unsigned int b = e / (P.w * P.h * P.img_c);
+    const unsigned int row = b * P.patches + (y / p) * (P.w / p) + x / p;
+    const unsigned int col = (ci * p + y % p) * p + x % p;
+    dimages[e] += dcols[row * P.cols + col];
 }
 
 // ---- token assembly and the cls feature ----------------------------------------------------------------------
 //
-// tokens [B, T, C] (token 0: cls), patches [B*(T-1), C], cls [C], pos [T, C].
+// tokens [B, T, C] (token 0: cls), patches [B*P, C] with P = T - 1, cls [C], pos [T, C].
 
-// One thread per element of tokens: tokens[b, 0] = cls + pos[0], tokens[b, 1 + p] = patches[b*(T-1) + p] + pos[1 + p].
+// One thread per element of tokens: tokens[b, 0] = cls + pos[0], tokens[b, 1 + p] = patches[b*P + p] + pos[1 + p].
 extern "C" __global__ void __launch_bounds__(64) tokens_forward(Params P, float* __restrict__ tokens, const float* __restrict__ patches, const float* __restrict__ cls, const float* __restrict__ pos) {
-    for (unsigned int e = first_elem(); e < P.len; e += elem_stride()) {
-        const unsigned int c = e % P.c;
-        const unsigned int t = (e / P.c) % P.t;
-        const unsigned int b = e / (P.c * P.t);
-        const float x = t == 0u ? cls[c] : patches[(b * (P.t - 1u) + t - 1u) * P.c + c];
-        tokens[e] = x + pos[t * P.c + c];
-    }
+    const unsigned int e = first_elem();
+    if (e >= P.len) return;
+    const unsigned int c = e % P.c;
+    const unsigned int t = (e / P.c) % P.t;
+    const unsigned int b = e / (P.c * P.t);
+    const float x = t == 0u ? cls[c] : patches[(b * P.patches + t - 1u) * P.c + c];
+    tokens[e] = x + pos[t * P.c + c];
 }
 
-// One thread per element of dpatches [B*(T-1), C] (len = B*(T-1)*C): dpatches += the patch rows of dtokens.
+// One thread per element of dpatches [B*P, C] (len = B*P*C, P >= 1): dpatches += the patch rows of dtokens.
 extern "C" __global__ void __launch_bounds__(64) tokens_backward_patches(Params P, float* __restrict__ dpatches, const float* __restrict__ dtokens) {
-    for (unsigned int e = first_elem(); e < P.len; e += elem_stride()) {
-        const unsigned int c = e % P.c;
-        const unsigned int row = e / P.c;
-        const unsigned int b = row / (P.t - 1u);
-        const unsigned int p = row % (P.t - 1u);
-        dpatches[e] += dtokens[(b * P.t + 1u + p) * P.c + c];
-    }
+    const unsigned int e = first_elem();
+    if (e >= P.len) return;
+    const unsigned int c = e % P.c;
+    const unsigned int row = e / P.c;
+    const unsigned int b = row / P.patches;
+    const unsigned int p = row % P.patches;
+    dpatches[e] += dtokens[(b * P.t + 1u + p) * P.c + c];
 }
 
 // One thread per feature c: dcls[c] += dtokens[b, 0, c] for b in order 0..B (as the CPU adds them).
 extern "C" __global__ void __launch_bounds__(64) tokens_backward_cls(Params P, float* __restrict__ dcls, const float* __restrict__ dtokens) {
-    for (unsigned int c = first_elem(); c < P.c; c += elem_stride()) {
-        float acc = dcls[c];
-        for (unsigned int b = 0; b < P.b; ++b) acc += dtokens[b * P.t * P.c + c];
-        dcls[c] = acc;
-    }
+    const unsigned int c = first_elem();
+    if (c >= P.c) return;
+    float acc = dcls[c];
+    for (unsigned int b = 0; b < P.b; ++b) acc += dtokens[b * P.t * P.c + c];
+    dcls[c] = acc;
 }
 
 // One thread per element of out [B, C] (len = B*C): out[b, c] = tokens[b, 0, c].
 extern "C" __global__ void __launch_bounds__(64) cls_select_forward(Params P, float* __restrict__ out, const float* __restrict__ tokens) {
-    for (unsigned int e = first_elem(); e < P.len; e += elem_stride()) out[e] = tokens[(e / P.c) * P.t * P.c + e % P.c];
+    const unsigned int e = first_elem();
+    if (e >= P.len) return;
+    out[e] = tokens[(e / P.c) * P.t * P.c + e % P.c];
 }
 
 // One thread per element of dout [B, C]: dtokens[b, 0, c] += dout[b, c].
 extern "C" __global__ void __launch_bounds__(64) cls_select_backward(Params P, float* __restrict__ dtokens, const float* __restrict__ dout) {
-    for (unsigned int e = first_elem(); e < P.len; e += elem_stride()) dtokens[(e / P.c) * P.t * P.c + e % P.c] += dout[e];
+    const unsigned int e = first_elem();
+    if (e >= P.len) return;
+    dtokens[(e / P.c) * P.t * P.c + e % P.c] += dout[e];
 }
 
 // ---- residual add backward -------------------------------------------------------------------------------------

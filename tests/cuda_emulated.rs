@@ -607,8 +607,13 @@ fn case_lars() {
 
 // ---- vit.cu -----------------------------------------------------------------------------------------------------
 
-const VB: (u32, u32, u32) = (plan::VIT_BLOCK, 1, 1);
-const LB: (u32, u32, u32) = (plan::LN_BLOCK, 1, 1);
+const VB: (u32, u32, u32) = (plan::VIT_WG, 1, 1);
+const LB: (u32, u32, u32) = (plan::VIT_WG_LN, 1, 1);
+
+/// The parameter block of an element-wise ViT kernel over `len` elements.
+fn elt_params(len: usize) -> VitParams {
+    VitParams::eltwise(&EltwiseShape::new(len).unwrap()).unwrap()
+}
 
 /// `want + base` (a gradient accumulated into a pre-filled buffer).
 fn plus(want: &[f64], base: &[f32]) -> Vec<f64> {
@@ -631,12 +636,12 @@ fn case_layernorm() {
     // column blocks; a row with a large offset (two-pass variance)
     for (rows, c) in [(1usize, 1usize), (1, 5), (3, 130), (70, 33), (5, 257), (2, 128)] {
         let s = LayerNormShape::new(rows, c, 1e-6).unwrap();
-        let p = VitParams::layernorm(&s);
+        let p = VitParams::layernorm(&s).unwrap();
         let what = format!("layernorm R={rows} C={c}");
         let inp: Vec<f32> = random(&mut rng, s.len()).iter().enumerate().map(|(i, v)| v * 2.0 + if i / c == 0 { 30.0 } else { 0.5 }).collect();
         let (gamma, beta) = (random(&mut rng, c), random(&mut rng, c));
         let mut a = [Arg::val(&p), Arg::nan(s.len()), Arg::nan(rows), Arg::nan(rows), Arg::f32(&inp), Arg::f32(&gamma), Arg::f32(&beta)];
-        emu().run("vit.cu", "layernorm_forward", plan::layernorm_row_grid(&s), LB, &mut a);
+        emu().run("vit.cu", "layernorm_forward", plan::vit_row_grid(rows), LB, &mut a);
         let (out, mean, rstd) = (a[1].as_f32(), a[2].as_f32(), a[3].as_f32());
         let (ro, rm, rr) = vref::layernorm_forward(&f64s(&inp), &f64s(&gamma), &f64s(&beta), &s);
         close(&format!("{what} out"), &out, &ro, 1e-4, 1e-4);
@@ -647,7 +652,7 @@ fn case_layernorm() {
         let (di0, dg0, db0) = (random(&mut rng, s.len()), random(&mut rng, c), random(&mut rng, c));
         let (rdx, rdg, rdb) = vref::layernorm_backward(&f64s(&dout), &f64s(&inp), &f64s(&gamma), &s);
         let mut a = [Arg::val(&p), Arg::f32(&di0), Arg::f32(&dout), Arg::f32(&inp), Arg::f32(&gamma), Arg::f32(&mean), Arg::f32(&rstd)];
-        emu().run("vit.cu", "layernorm_backward_dx", plan::layernorm_row_grid(&s), LB, &mut a);
+        emu().run("vit.cu", "layernorm_backward_dx", plan::vit_row_grid(rows), LB, &mut a);
         close(&format!("{what} dinp"), &a[1].as_f32(), &plus(&rdx, &di0), 1e-4 * max_abs(&rdx).max(1.0), 1e-4);
         let mut a = [Arg::val(&p), Arg::f32(&dg0), Arg::f32(&db0), Arg::f32(&dout), Arg::f32(&inp), Arg::f32(&mean), Arg::f32(&rstd)];
         emu().run("vit.cu", "layernorm_backward_params", plan::vit_elem_grid(c), VB, &mut a);
@@ -669,10 +674,10 @@ fn case_gelu() {
         }
     }
     xs.extend([1e-30, -1e-38, 3.0e-9, 10.0, -30.0, f32::INFINITY, f32::NEG_INFINITY]);
-    let p = VitParams::eltwise(xs.len());
+    let p = elt_params(xs.len());
     let probe = cuda_emu::root().join("tests/cuda_emu/erf_probe.cu");
     let mut a = [Arg::val(&p), Arg::nan(xs.len()), Arg::f32(&xs)];
-    emu().run(probe.to_str().unwrap(), "erf_probe", plan::vit_elem_grid(xs.len()), VB, &mut a);
+    emu().run(probe.to_str().unwrap(), "erf_probe", plan::vit_stride_grid(xs.len()), VB, &mut a);
     let got = a[1].as_f32();
     let (mut max_err, mut at) = (0.0f64, 0.0f32);
     for (&x, &y) in xs.iter().zip(&got) {
@@ -683,7 +688,7 @@ fn case_gelu() {
     }
     eprintln!("cuda_emulated: vit.cu erf: max |err| vs f64 erf = {max_err:.3e} (at x = {at}) over {} points", xs.len());
     assert!(max_err < 2e-7, "erf: max abs error {max_err:e} at x = {at} (want < 2e-7)");
-    let mut a = [Arg::val(&VitParams::eltwise(1)), Arg::nan(1), Arg::f32(&[f32::NAN])];
+    let mut a = [Arg::val(&elt_params(1)), Arg::nan(1), Arg::f32(&[f32::NAN])];
     emu().run(probe.to_str().unwrap(), "erf_probe", (1, 1, 1), VB, &mut a);
     assert!(a[1].as_f32()[0].is_nan(), "erf(NaN) must be NaN");
 
@@ -691,9 +696,9 @@ fn case_gelu() {
     for len in [1usize, 63, 65, 1000] {
         let x: Vec<f32> = random(&mut rng, len).iter().map(|v| v * 6.0).collect();
         let s = EltwiseShape::new(len).unwrap();
-        let p = VitParams::eltwise(len);
+        let p = elt_params(len);
         let mut a = [Arg::val(&p), Arg::nan(len), Arg::f32(&x)];
-        emu().run("vit.cu", "gelu_forward", plan::vit_elem_grid(len), VB, &mut a);
+        emu().run("vit.cu", "gelu_forward", plan::vit_stride_grid(len), VB, &mut a);
         let out = a[1].as_f32();
         close(&format!("gelu_forward len={len}"), &out, &vref::gelu_forward(&f64s(&x)), 3e-7, 2e-6);
         let mut cpu = vec![f32::NAN; len];
@@ -701,7 +706,7 @@ fn case_gelu() {
         close(&format!("gelu_forward len={len} vs CPU"), &out, &f64s(&cpu), 3e-7, 2e-6);
         let (dout, di0) = (random(&mut rng, len), random(&mut rng, len));
         let mut a = [Arg::val(&p), Arg::f32(&di0), Arg::f32(&dout), Arg::f32(&x)];
-        emu().run("vit.cu", "gelu_backward", plan::vit_elem_grid(len), VB, &mut a);
+        emu().run("vit.cu", "gelu_backward", plan::vit_stride_grid(len), VB, &mut a);
         close(&format!("gelu_backward len={len}"), &a[1].as_f32(), &plus(&vref::gelu_backward(&f64s(&dout), &f64s(&x)), &di0), 1e-6, 2e-6);
     }
 }
@@ -712,8 +717,8 @@ fn case_attention() {
     // (B, T, H, D): T = 1; T in {5, 17, 65} (65 > the 64 threads: strided keys); head dims 16/32/64, odd, above 64
     for (b, t, h, d) in [(1usize, 1usize, 1usize, 16usize), (1, 5, 2, 32), (2, 17, 3, 7), (1, 65, 2, 16), (2, 5, 1, 64), (1, 17, 1, 65)] {
         let s = AttentionShape::new(b, t, h, d).unwrap();
-        let p = VitParams::attention(&s);
-        let grid = plan::attention_grid(&s);
+        let p = VitParams::attention(&s).unwrap();
+        let grid = plan::vit_row_grid(b * h * t);
         let what = format!("attention B={b} T={t} H={h} D={d}");
         let qkv: Vec<f32> = random(&mut rng, s.qkv_len()).iter().map(|v| v * 2.0).collect();
         let mut a = [Arg::val(&p), Arg::nan(s.out_len()), Arg::nan(s.att_len()), Arg::f32(&qkv)];
@@ -744,7 +749,7 @@ fn case_patch() {
     // p = 1; one patch per image; non-square grids and channel counts not a multiple of 4
     for (b, c, h, w, pt) in [(1usize, 1usize, 4usize, 4usize, 2usize), (2, 3, 6, 9, 3), (1, 2, 5, 5, 5), (3, 1, 4, 8, 1)] {
         let s = PatchShape::new(b, c, h, w, pt).unwrap();
-        let p = VitParams::patch(&s);
+        let p = VitParams::patch(&s).unwrap();
         let what = format!("patch B={b} C={c} H={h} W={w} p={pt}");
         let images = random(&mut rng, s.len());
         let mut a = [Arg::val(&p), Arg::nan(s.len()), Arg::f32(&images)];
@@ -771,7 +776,7 @@ fn case_tokens() {
         let what = format!("tokens B={b} T={t} C={c}");
         let plen = b * (t - 1) * c;
         let (patches, cls, pos) = (random(&mut rng, plen), random(&mut rng, c), random(&mut rng, t * c));
-        let mut a = [Arg::val(&VitParams::tokens(&s, s.len())), Arg::nan(s.len()), Arg::f32(&patches), Arg::f32(&cls), Arg::f32(&pos)];
+        let mut a = [Arg::val(&VitParams::tokens(&s, s.len()).unwrap()), Arg::nan(s.len()), Arg::f32(&patches), Arg::f32(&cls), Arg::f32(&pos)];
         emu().run("vit.cu", "tokens_forward", plan::vit_elem_grid(s.len()), VB, &mut a);
         let mut want = vec![f32::NAN; s.len()];
         moco::backend::cpu::nn::tokens_forward(&mut want, &patches, &cls, &pos, &s).unwrap();
@@ -780,23 +785,23 @@ fn case_tokens() {
         let (mut want_dp, mut want_dc) = (dp0.clone(), dc0.clone());
         moco::backend::cpu::nn::tokens_backward(Some(&mut want_dp), Some(&mut want_dc), &dtokens, &s).unwrap();
         if plen > 0 {
-            let mut a = [Arg::val(&VitParams::tokens(&s, plen)), Arg::f32(&dp0), Arg::f32(&dtokens)];
+            let mut a = [Arg::val(&VitParams::tokens(&s, plen).unwrap()), Arg::f32(&dp0), Arg::f32(&dtokens)];
             emu().run("vit.cu", "tokens_backward_patches", plan::vit_elem_grid(plen), VB, &mut a);
             same(&format!("{what} dpatches"), &a[1].as_f32(), &want_dp);
         }
-        let mut a = [Arg::val(&VitParams::tokens(&s, c)), Arg::f32(&dc0), Arg::f32(&dtokens)];
+        let mut a = [Arg::val(&VitParams::tokens(&s, c).unwrap()), Arg::f32(&dc0), Arg::f32(&dtokens)];
         emu().run("vit.cu", "tokens_backward_cls", plan::vit_elem_grid(c), VB, &mut a);
         same(&format!("{what} dcls"), &a[1].as_f32(), &want_dc);
         // the cls feature
         let n = b * c;
         let tokens = a[2].as_f32();
-        let mut a = [Arg::val(&VitParams::tokens(&s, n)), Arg::nan(n), Arg::f32(&tokens)];
+        let mut a = [Arg::val(&VitParams::tokens(&s, n).unwrap()), Arg::nan(n), Arg::f32(&tokens)];
         emu().run("vit.cu", "cls_select_forward", plan::vit_elem_grid(n), VB, &mut a);
         let mut want = vec![f32::NAN; n];
         moco::backend::cpu::nn::cls_select_forward(&mut want, &tokens, &s).unwrap();
         same(&format!("{what} cls feature"), &a[1].as_f32(), &want);
         let (dout, dt0) = (random(&mut rng, n), random(&mut rng, s.len()));
-        let mut a = [Arg::val(&VitParams::tokens(&s, n)), Arg::f32(&dt0), Arg::f32(&dout)];
+        let mut a = [Arg::val(&VitParams::tokens(&s, n).unwrap()), Arg::f32(&dt0), Arg::f32(&dout)];
         emu().run("vit.cu", "cls_select_backward", plan::vit_elem_grid(n), VB, &mut a);
         let mut want = dt0.clone();
         moco::backend::cpu::nn::cls_select_backward(&mut want, &dout, &s).unwrap();
@@ -809,21 +814,21 @@ fn case_add_backward() {
     let mut rng = StdRng::seed_from_u64(26);
     for len in [1usize, 65, 1000] {
         let (dout, da0, db0) = (random(&mut rng, len), random(&mut rng, len), random(&mut rng, len));
-        let mut a = [Arg::val(&VitParams::eltwise(len)), Arg::f32(&da0), Arg::f32(&db0), Arg::f32(&dout)];
-        emu().run("vit.cu", "add_backward", plan::vit_elem_grid(len), VB, &mut a);
+        let mut a = [Arg::val(&elt_params(len)), Arg::f32(&da0), Arg::f32(&db0), Arg::f32(&dout)];
+        emu().run("vit.cu", "add_backward", plan::vit_stride_grid(len), VB, &mut a);
         let (mut wa, mut wb) = (da0.clone(), db0.clone());
         moco::backend::cpu::nn::add_backward(&mut wa, &mut wb, &dout, &EltwiseShape::new(len).unwrap()).unwrap();
         same(&format!("add_backward len={len} da"), &a[1].as_f32(), &wa);
         same(&format!("add_backward len={len} db"), &a[2].as_f32(), &wb);
     }
-    // grid-stride: a grid smaller than the tensor, as vit_elem_grid gives above 65535*64 elements
+    // grid-stride: a grid smaller than the tensor, as vit_stride_grid gives above VIT_STRIDE_BLOCKS*64 elements
     let len = 1000;
     let (dout, da0, db0) = (random(&mut rng, len), random(&mut rng, len), random(&mut rng, len));
-    let mut a = [Arg::val(&VitParams::eltwise(len)), Arg::f32(&da0), Arg::f32(&db0), Arg::f32(&dout)];
+    let mut a = [Arg::val(&elt_params(len)), Arg::f32(&da0), Arg::f32(&db0), Arg::f32(&dout)];
     emu().run("vit.cu", "add_backward", (3, 1, 1), VB, &mut a);
     let want: Vec<f32> = da0.iter().zip(&dout).map(|(a, g)| a + g).collect();
     same("add_backward grid-stride", &a[1].as_f32(), &want);
-    assert_eq!(plan::vit_elem_grid(65535 * 64 + 1), (65535, 1, 1), "element grids are capped at 65535 blocks");
+    assert_eq!(plan::vit_stride_grid(plan::VIT_STRIDE_BLOCKS * 64 + 1), (plan::VIT_STRIDE_BLOCKS as u32, 1, 1), "grid-stride launches are capped");
 }
 
 // ---- the test ---------------------------------------------------------------------------------------------------

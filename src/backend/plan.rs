@@ -464,5 +464,93 @@ impl GemmLaunch {
     }
 }
 
-pub mod vit;
-pub use vit::{attention_grid, layernorm_row_grid, vit_elem_grid, VitParams, LN_BLOCK, VIT_BLOCK};
+// ---- ViT kernels (`shaders/vit.wgsl`, `kernels/vit.cu`) ------------------------------------------------------------
+
+/// Threads per workgroup / block of the layer-norm row kernels (`layernorm_forward`, `layernorm_backward_dx`).
+pub const VIT_WG_LN: u32 = 128;
+/// Threads per workgroup / block of every other ViT kernel.
+pub const VIT_WG: u32 = 64;
+/// Most workgroups of a grid-stride launch (`gelu_*`, `add_backward`).
+pub const VIT_STRIDE_BLOCKS: usize = 4096;
+
+/// The ViT kernels' parameter block (`struct Params` of `shaders/vit.wgsl` / `kernels/vit.cu`, 64 bytes); each
+/// constructor fills the fields its kernels read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[doc(hidden)]
+pub struct VitParams {
+    pub len: u32,
+    pub rows: u32,
+    pub c: u32,
+    pub b: u32,
+    pub t: u32,
+    pub heads: u32,
+    pub head_dim: u32,
+    pub img_c: u32,
+    pub h: u32,
+    pub w: u32,
+    pub patch_size: u32,
+    pub patches: u32,
+    pub cols: u32,
+    pub _pad: u32,
+    pub eps: f32,
+    pub scale: f32,
+}
+const _: () = assert!(std::mem::size_of::<VitParams>() == 64 && std::mem::offset_of!(VitParams, eps) == 56);
+
+/// The ViT kernels index in u32 with sums of in-range offsets: every tensor of a call must hold at most
+/// `i32::MAX` elements (checked by each constructor below before the kernels run).
+fn vit_u32(op: &'static str, lens: &[usize]) -> crate::Result<()> {
+    match lens.iter().find(|&&l| l > i32::MAX as usize) {
+        Some(l) => Err(crate::Error::shape(op, "tensors of at most 2^31 - 1 elements", format!("{l} elements"))),
+        None => Ok(()),
+    }
+}
+
+impl VitParams {
+    /// Layer norm over `[R, C]` (`layernorm_*`).
+    pub fn layernorm(s: &crate::backend::cpu::nn::LayerNormShape) -> crate::Result<Self> {
+        vit_u32("layernorm", &[s.len()])?;
+        Ok(Self { rows: s.rows() as u32, c: s.c() as u32, len: s.len() as u32, eps: s.eps(), ..Default::default() })
+    }
+    /// An element-wise kernel over `len` elements (`gelu_*`, `add_backward`).
+    pub fn eltwise(s: &crate::backend::cpu::nn::EltwiseShape) -> crate::Result<Self> {
+        vit_u32("eltwise", &[s.len])?;
+        Ok(Self { len: s.len as u32, ..Default::default() })
+    }
+    /// The attention core (`attention_*`).
+    pub fn attention(s: &crate::backend::cpu::nn::AttentionShape) -> crate::Result<Self> {
+        vit_u32("attention", &[s.qkv_len(), s.att_len()])?;
+        let u = |v: usize| v as u32;
+        Ok(Self { b: u(s.b()), t: u(s.t()), heads: u(s.heads()), head_dim: u(s.head_dim()), c: u(s.c()), len: u(s.out_len()), scale: s.scale(), ..Default::default() })
+    }
+    /// The patch im2col (`patch_im2col*`): `len` = B*C*H*W, the length of both images and cols.
+    pub fn patch(s: &crate::backend::cpu::nn::PatchShape) -> crate::Result<Self> {
+        vit_u32("patch_embed", &[s.len()])?;
+        let u = |v: usize| v as u32;
+        Ok(Self { b: u(s.b()), img_c: u(s.c()), h: u(s.h()), w: u(s.w()), patch_size: u(s.patch()), patches: u(s.patches()), cols: u(s.cols()), len: u(s.len()), ..Default::default() })
+    }
+    /// Token assembly and the cls feature (`tokens_*`, `cls_select_*`) with `len` elements of work (B*T*C for
+    /// `tokens_forward`, B*P*C for `tokens_backward_patches`, B*C for `cls_select_*`).
+    pub fn tokens(s: &crate::backend::cpu::nn::TokensShape, len: usize) -> crate::Result<Self> {
+        vit_u32("tokens", &[s.len()])?;
+        let u = |v: usize| v as u32;
+        Ok(Self { b: u(s.b()), t: u(s.t()), c: u(s.c()), patches: u(s.patches()), len: u(len), ..Default::default() })
+    }
+}
+
+/// One workgroup / block per row (`layernorm_forward`, `layernorm_backward_dx`) or per (b, h, token)
+/// (`attention_*`): `rows` groups over x and y.
+pub fn vit_row_grid(rows: usize) -> Grid {
+    grid_2d(rows)
+}
+
+/// One thread per element of `len` (64 per group).
+pub fn vit_elem_grid(len: usize) -> Grid {
+    grid_2d(len.div_ceil(VIT_WG as usize))
+}
+
+/// A grid-stride launch over `len` elements: at most [`VIT_STRIDE_BLOCKS`] groups of 64.
+pub fn vit_stride_grid(len: usize) -> Grid {
+    (len.div_ceil(VIT_WG as usize).clamp(1, VIT_STRIDE_BLOCKS) as u32, 1, 1)
+}

@@ -5,13 +5,14 @@
 //! function runs asynchronously on `stream`.
 //!
 //! Work split (the same as `shaders/vit.wgsl`): one 128-thread block per layer-norm row, one 64-thread block per
-//! attention (b, h, query) or (b, h, key), one thread per element or column (grid-stride) elsewhere; see
-//! [`crate::backend::plan::vit`].
+//! attention (b, h, query) or (b, h, key), one thread per element or column elsewhere (grid-stride for GELU and
+//! add_backward); see
+//! [`crate::backend::plan::VitParams`] and the `vit_*_grid` functions next to it.
 
 use super::conv::check_f32 as check_len;
 use super::context::function;
 use crate::backend::cpu::nn::{AttentionShape, EltwiseShape, LayerNormShape, PatchShape, TokensShape};
-use crate::backend::plan::{attention_grid, layernorm_row_grid, vit_elem_grid, Grid, VitParams, LN_BLOCK, VIT_BLOCK};
+use crate::backend::plan::{vit_elem_grid, vit_row_grid, vit_stride_grid, Grid, VitParams, VIT_WG, VIT_WG_LN};
 use crate::error::Result;
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
 use std::sync::Arc;
@@ -55,7 +56,7 @@ pub fn layernorm_forward(stream: &Arc<CudaStream>, out: &mut CudaViewMut<f32>, m
     // SAFETY: layernorm_forward(Params, float* out [R*C], float* mean [R], float* rstd [R], const float* inp [R*C],
     // const float* gamma [C], const float* beta [C]); block row < R touches row `row` of inp/out and index row of
     // mean/rstd, columns c < C (lengths checked above).
-    launch!(stream, "layernorm_forward", VitParams::layernorm(s), layernorm_row_grid(s), LN_BLOCK, out, mean, rstd, inp, gamma, beta);
+    launch!(stream, "layernorm_forward", VitParams::layernorm(s)?, vit_row_grid(s.rows()), VIT_WG_LN, out, mean, rstd, inp, gamma, beta);
     Ok(())
 }
 
@@ -73,14 +74,14 @@ pub fn layernorm_backward(stream: &Arc<CudaStream>, dinp: &mut CudaViewMut<f32>,
     check_len(op, "dbeta [C]", dbeta.len(), s.c())?;
     check_len(op, "mean [R]", mean.len(), s.rows())?;
     check_len(op, "rstd [R]", rstd.len(), s.rows())?;
-    let p = VitParams::layernorm(s);
+    let p = VitParams::layernorm(s)?;
     // SAFETY: layernorm_backward_dx(Params, float* dinp [R*C], const float* dout [R*C], const float* inp [R*C],
     // const float* gamma [C], const float* mean [R], const float* rstd [R]); block row < R touches its row only.
-    launch!(stream, "layernorm_backward_dx", p, layernorm_row_grid(s), LN_BLOCK, dinp, dout, inp, gamma, mean, rstd);
+    launch!(stream, "layernorm_backward_dx", p, vit_row_grid(s.rows()), VIT_WG_LN, dinp, dout, inp, gamma, mean, rstd);
     // SAFETY: layernorm_backward_params(Params, float* dgamma [C], float* dbeta [C], const float* dout [R*C],
     // const float* inp [R*C], const float* mean [R], const float* rstd [R]); thread c < C reads column c of every
     // row and updates index c.
-    launch!(stream, "layernorm_backward_params", p, vit_elem_grid(s.c()), VIT_BLOCK, dgamma, dbeta, dout, inp, mean, rstd);
+    launch!(stream, "layernorm_backward_params", p, vit_elem_grid(s.c()), VIT_WG, dgamma, dbeta, dout, inp, mean, rstd);
     Ok(())
 }
 
@@ -98,7 +99,7 @@ fn elt(op: &'static str, s: &EltwiseShape, lens: &[(&str, usize)]) -> Result<Elt
 pub fn gelu_forward(stream: &Arc<CudaStream>, out: &mut CudaViewMut<f32>, inp: &CudaView<f32>, shape: &EltwiseShape) -> Result<()> {
     let s = elt("gelu (cuda)", shape, &[("out", out.len()), ("inp", inp.len())])?;
     // SAFETY: gelu_forward(Params, float* out [len], const float* inp [len]); thread i < len touches index i.
-    launch!(stream, "gelu_forward", VitParams::eltwise(s.len), vit_elem_grid(s.len), VIT_BLOCK, out, inp);
+    launch!(stream, "gelu_forward", VitParams::eltwise(&s)?, vit_stride_grid(s.len), VIT_WG, out, inp);
     Ok(())
 }
 
@@ -106,7 +107,7 @@ pub fn gelu_forward(stream: &Arc<CudaStream>, out: &mut CudaViewMut<f32>, inp: &
 pub fn gelu_backward(stream: &Arc<CudaStream>, dinp: &mut CudaViewMut<f32>, dout: &CudaView<f32>, inp: &CudaView<f32>, shape: &EltwiseShape) -> Result<()> {
     let s = elt("gelu (cuda)", shape, &[("dinp", dinp.len()), ("dout", dout.len()), ("inp", inp.len())])?;
     // SAFETY: gelu_backward(Params, float* dinp [len], const float* dout [len], const float* inp [len]); index i < len.
-    launch!(stream, "gelu_backward", VitParams::eltwise(s.len), vit_elem_grid(s.len), VIT_BLOCK, dinp, dout, inp);
+    launch!(stream, "gelu_backward", VitParams::eltwise(&s)?, vit_stride_grid(s.len), VIT_WG, dinp, dout, inp);
     Ok(())
 }
 
@@ -114,7 +115,7 @@ pub fn gelu_backward(stream: &Arc<CudaStream>, dinp: &mut CudaViewMut<f32>, dout
 pub fn add_backward(stream: &Arc<CudaStream>, da: &mut CudaViewMut<f32>, db: &mut CudaViewMut<f32>, dout: &CudaView<f32>, shape: &EltwiseShape) -> Result<()> {
     let s = elt("add (cuda)", shape, &[("da", da.len()), ("db", db.len()), ("dout", dout.len())])?;
     // SAFETY: add_backward(Params, float* da [len], float* db [len], const float* dout [len]); index i < len.
-    launch!(stream, "add_backward", VitParams::eltwise(s.len), vit_elem_grid(s.len), VIT_BLOCK, da, db, dout);
+    launch!(stream, "add_backward", VitParams::eltwise(&s)?, vit_stride_grid(s.len), VIT_WG, da, db, dout);
     Ok(())
 }
 
@@ -130,7 +131,7 @@ pub fn attention_forward(stream: &Arc<CudaStream>, out: &mut CudaViewMut<f32>, a
     check_len(op, "att [B*H*T*T]", att.len(), s.att_len())?;
     // SAFETY: attention_forward(Params, float* out [B*T*C], float* att [B*H*T*T], const float* qkv [B*T*3C]); block
     // (b, h, i) < B*H*T writes att row (b, h, i) and out[b, i, h*D..(h+1)*D] and reads qkv rows of sample b.
-    launch!(stream, "attention_forward", VitParams::attention(s), attention_grid(s), VIT_BLOCK, out, att, qkv);
+    launch!(stream, "attention_forward", VitParams::attention(s)?, vit_row_grid(s.b() * s.heads() * s.t()), VIT_WG, out, att, qkv);
     Ok(())
 }
 
@@ -147,16 +148,16 @@ pub fn attention_backward(stream: &Arc<CudaStream>, dqkv: &mut CudaViewMut<f32>,
     check_len(op, "qkv [B*T*3C]", qkv.len(), s.qkv_len())?;
     check_len(op, "att [B*H*T*T]", att.len(), s.att_len())?;
     check_len(op, "ds scratch [B*H*T*T]", ds.len(), s.att_len())?;
-    let (p, grid) = (VitParams::attention(s), attention_grid(s));
+    let (p, grid) = (VitParams::attention(s)?, vit_row_grid(s.b() * s.heads() * s.t()));
     // SAFETY: attention_backward_dq(Params, float* dqkv [B*T*3C], float* ds [B*H*T*T], const float* dout [B*T*C],
     // const float* qkv [B*T*3C], const float* att [B*H*T*T]); block (b, h, i) writes ds row (b, h, i) and the dq
     // part of dqkv row (b, i) for head h only, and reads rows of sample b.
-    launch!(stream, "attention_backward_dq", p, grid, VIT_BLOCK, &mut *dqkv, &mut *ds, dout, qkv, att);
+    launch!(stream, "attention_backward_dq", p, grid, VIT_WG, &mut *dqkv, &mut *ds, dout, qkv, att);
     // SAFETY: attention_backward_dkv(Params, float* dqkv, const float* ds, const float* dout, const float* qkv,
     // const float* att), the same lengths; block (b, h, j) writes the dk and dv parts of dqkv row (b, j) for head h
     // only and reads column j of ds/att (b, h) and rows of sample b. Runs after the dq launch on the same stream.
     let ds = ds.as_view();
-    launch!(stream, "attention_backward_dkv", p, grid, VIT_BLOCK, dqkv, &ds, dout, qkv, att);
+    launch!(stream, "attention_backward_dkv", p, grid, VIT_WG, dqkv, &ds, dout, qkv, att);
     Ok(())
 }
 
@@ -170,7 +171,7 @@ pub fn patch_im2col(stream: &Arc<CudaStream>, cols: &mut CudaViewMut<f32>, image
     check_len(op, "cols [B*P*C*p*p]", cols.len(), s.len())?;
     // SAFETY: patch_im2col(Params, float* cols [len], const float* images [len]); element o < len of cols reads the
     // one image element it maps to (a permutation of 0..len).
-    launch!(stream, "patch_im2col", VitParams::patch(s), vit_elem_grid(s.len()), VIT_BLOCK, cols, images);
+    launch!(stream, "patch_im2col", VitParams::patch(s)?, vit_elem_grid(s.len()), VIT_WG, cols, images);
     Ok(())
 }
 
@@ -182,7 +183,7 @@ pub fn patch_im2col_backward(stream: &Arc<CudaStream>, dimages: &mut CudaViewMut
     check_len(op, "dcols [B*P*C*p*p]", dcols.len(), s.len())?;
     // SAFETY: patch_im2col_backward(Params, float* dimages [len], const float* dcols [len]); element e < len reads
     // the one cols element it came from.
-    launch!(stream, "patch_im2col_backward", VitParams::patch(s), vit_elem_grid(s.len()), VIT_BLOCK, dimages, dcols);
+    launch!(stream, "patch_im2col_backward", VitParams::patch(s)?, vit_elem_grid(s.len()), VIT_WG, dimages, dcols);
     Ok(())
 }
 
@@ -198,7 +199,7 @@ pub fn tokens_forward(stream: &Arc<CudaStream>, tokens: &mut CudaViewMut<f32>, p
     check_len(op, "pos [T*C]", pos.len(), s.t() * s.c())?;
     // SAFETY: tokens_forward(Params, float* tokens [B*T*C], const float* patches [B*P*C], const float* cls [C],
     // const float* pos [T*C]); element e < B*T*C reads cls (t = 0) or its patch row (t >= 1, so P >= 1) and pos.
-    launch!(stream, "tokens_forward", VitParams::tokens(s, s.len()), vit_elem_grid(s.len()), VIT_BLOCK, tokens, patches, cls, pos);
+    launch!(stream, "tokens_forward", VitParams::tokens(s, s.len())?, vit_elem_grid(s.len()), VIT_WG, tokens, patches, cls, pos);
     Ok(())
 }
 
@@ -218,12 +219,12 @@ pub fn tokens_backward(stream: &Arc<CudaStream>, dpatches: Option<&mut CudaViewM
     if let Some(dp) = dpatches.filter(|_| plen > 0) {
         // SAFETY: tokens_backward_patches(Params, float* dpatches [B*P*C], const float* dtokens [B*T*C]); element
         // e < B*P*C (P >= 1 here) reads dtokens row (b, 1 + p).
-        launch!(stream, "tokens_backward_patches", VitParams::tokens(s, plen), vit_elem_grid(plen), VIT_BLOCK, dp, dtokens);
+        launch!(stream, "tokens_backward_patches", VitParams::tokens(s, plen)?, vit_elem_grid(plen), VIT_WG, dp, dtokens);
     }
     if let Some(dc) = dcls {
         // SAFETY: tokens_backward_cls(Params, float* dcls [C], const float* dtokens [B*T*C]); thread c < C reads
         // dtokens[b, 0, c] for b < B and updates index c.
-        launch!(stream, "tokens_backward_cls", VitParams::tokens(s, s.c()), vit_elem_grid(s.c()), VIT_BLOCK, dc, dtokens);
+        launch!(stream, "tokens_backward_cls", VitParams::tokens(s, s.c())?, vit_elem_grid(s.c()), VIT_WG, dc, dtokens);
     }
     Ok(())
 }
@@ -236,7 +237,7 @@ pub fn cls_select_forward(stream: &Arc<CudaStream>, out: &mut CudaViewMut<f32>, 
     let n = s.b() * s.c();
     // SAFETY: cls_select_forward(Params, float* out [B*C], const float* tokens [B*T*C]); element e < B*C reads
     // tokens[b, 0, c].
-    launch!(stream, "cls_select_forward", VitParams::tokens(s, n), vit_elem_grid(n), VIT_BLOCK, out, tokens);
+    launch!(stream, "cls_select_forward", VitParams::tokens(s, n)?, vit_elem_grid(n), VIT_WG, out, tokens);
     Ok(())
 }
 
@@ -248,6 +249,6 @@ pub fn cls_select_backward(stream: &Arc<CudaStream>, dtokens: &mut CudaViewMut<f
     let n = s.b() * s.c();
     // SAFETY: cls_select_backward(Params, float* dtokens [B*T*C], const float* dout [B*C]); element e < B*C updates
     // dtokens[b, 0, c] (distinct per e).
-    launch!(stream, "cls_select_backward", VitParams::tokens(s, n), vit_elem_grid(n), VIT_BLOCK, dtokens, dout);
+    launch!(stream, "cls_select_backward", VitParams::tokens(s, n)?, vit_elem_grid(n), VIT_WG, dtokens, dout);
     Ok(())
 }
