@@ -74,12 +74,14 @@ fn find_ptxas() -> Option<PathBuf> {
 struct Usage {
     name: String,
     regs: u32,
+    /// Static shared memory per block, bytes.
+    smem: u32,
     stack: u32,
     spill_stores: u32,
     spill_loads: u32,
 }
 
-/// Per kernel: registers, stack frame (local memory, e.g. an accumulator array that is not in registers) and
+/// Per kernel: registers, static shared memory, stack frame (local memory, e.g. an accumulator array that is not in registers) and
 /// spills, parsed from `ptxas -v`.
 fn parse_ptxas(log: &str) -> Vec<Usage> {
     let mut out: Vec<Usage> = Vec::new();
@@ -98,6 +100,7 @@ fn parse_ptxas(log: &str) -> Vec<Usage> {
                 last.spill_loads = num_before(line, "bytes spill loads").unwrap_or(0);
             } else if line.contains("Used ") && line.contains(" registers") {
                 last.regs = num_before(line, " registers").unwrap_or(0);
+                last.smem = num_before(line, " bytes smem").unwrap_or(0);
             }
         }
     }
@@ -178,9 +181,9 @@ fn kernels_compile_with_nvrtc_and_ptxas() {
     }
     let _ = std::fs::remove_dir_all(&tmp);
     if !table.is_empty() {
-        println!("{:<6} {:<16} {:<24} {:>5} {:>6} {:>12} {:>11}", "arch", "file", "kernel", "regs", "stack", "spill stores", "spill loads");
+        println!("{:<6} {:<16} {:<26} {:>5} {:>6} {:>6} {:>12} {:>11}", "arch", "file", "kernel", "regs", "smem", "stack", "spill stores", "spill loads");
         for (arch, file, u) in &table {
-            println!("{arch:<6} {file:<16} {:<24} {:>5} {:>6} {:>12} {:>11}", u.name, u.regs, u.stack, u.spill_stores, u.spill_loads);
+            println!("{arch:<6} {file:<16} {:<26} {:>5} {:>6} {:>6} {:>12} {:>11}", u.name, u.regs, u.smem, u.stack, u.spill_stores, u.spill_loads);
         }
     }
     assert!(failures.is_empty(), "{} CUDA compile failure(s):\n{}", failures.len(), failures.join("\n"));

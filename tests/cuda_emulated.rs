@@ -14,9 +14,10 @@ mod cuda_emu;
 
 use common::{uniform as random, unit_rows};
 use cuda_emu::{emu, Arg};
-use moco::backend::cpu::nn::{reference as nnref, BatchNormShape, Conv2dShape, GlobalAvgPoolShape, LinearShape, MaxPool2dShape};
+use moco::backend::cpu::nn::vit::reference as vref;
+use moco::backend::cpu::nn::{reference as nnref, AttentionShape, BatchNormShape, Conv2dShape, EltwiseShape, GlobalAvgPoolShape, LayerNormShape, LinearShape, MaxPool2dShape, PatchShape, TokensShape};
 use moco::backend::cpu::reference;
-use moco::backend::plan::{self, norm_flags, ConvParams, EmaParams, GemmLaunch, KernelParams, NormParams, PoolParams, QueueParams, StreamPlan};
+use moco::backend::plan::{self, norm_flags, ConvParams, EmaParams, GemmLaunch, KernelParams, NormParams, PoolParams, QueueParams, StreamPlan, VitParams};
 use moco::backend::optim_params::{adamw_params, elementwise_grid, lars_params, lars_tables, sgd_params};
 use moco::optim::{AdamWConfig, LarsConfig, ParamSpan, ParamSpans, SgdConfig};
 use moco::{EmaShape, QueueShape};
@@ -604,6 +605,232 @@ fn case_lars() {
     close("lars params", &a[1].as_f32(), &f64s(&p), 1e-6, 1e-5);
 }
 
+// ---- vit.cu -----------------------------------------------------------------------------------------------------
+
+const VB: (u32, u32, u32) = (plan::VIT_WG, 1, 1);
+const LB: (u32, u32, u32) = (plan::VIT_WG_LN, 1, 1);
+
+/// The parameter block of an element-wise ViT kernel over `len` elements.
+fn elt_params(len: usize) -> VitParams {
+    VitParams::eltwise(&EltwiseShape::new(len).unwrap()).unwrap()
+}
+
+/// `want + base` (a gradient accumulated into a pre-filled buffer).
+fn plus(want: &[f64], base: &[f32]) -> Vec<f64> {
+    want.iter().zip(base).map(|(w, &b)| w + b as f64).collect()
+}
+
+/// Bit-exact equality (kernels that only move or add once, as the CPU does).
+#[track_caller]
+fn same(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(g.to_bits() == w.to_bits(), "{what}[{i}]: got {g}, want {w}");
+    }
+}
+
+/// The launches of `layernorm_forward` and `layernorm_backward` in src/backend/cuda/vit.rs.
+fn case_layernorm() {
+    let mut rng = StdRng::seed_from_u64(21);
+    // C = 1; C below, at and above the 128-thread block, not a multiple of 4; rows not a multiple of the 64-thread
+    // column blocks; a row with a large offset (two-pass variance)
+    for (rows, c) in [(1usize, 1usize), (1, 5), (3, 130), (70, 33), (5, 257), (2, 128)] {
+        let s = LayerNormShape::new(rows, c, 1e-6).unwrap();
+        let p = VitParams::layernorm(&s).unwrap();
+        let what = format!("layernorm R={rows} C={c}");
+        let inp: Vec<f32> = random(&mut rng, s.len()).iter().enumerate().map(|(i, v)| v * 2.0 + if i / c == 0 { 30.0 } else { 0.5 }).collect();
+        let (gamma, beta) = (random(&mut rng, c), random(&mut rng, c));
+        let mut a = [Arg::val(&p), Arg::nan(s.len()), Arg::nan(rows), Arg::nan(rows), Arg::f32(&inp), Arg::f32(&gamma), Arg::f32(&beta)];
+        emu().run("vit.cu", "layernorm_forward", plan::vit_row_grid(rows), LB, &mut a);
+        let (out, mean, rstd) = (a[1].as_f32(), a[2].as_f32(), a[3].as_f32());
+        let (ro, rm, rr) = vref::layernorm_forward(&f64s(&inp), &f64s(&gamma), &f64s(&beta), &s);
+        close(&format!("{what} out"), &out, &ro, 1e-4, 1e-4);
+        close(&format!("{what} mean"), &mean, &rm, 1e-5, 1e-6);
+        close(&format!("{what} rstd"), &rstd, &rr, 1e-5, 1e-4);
+        // backward into pre-filled gradients
+        let dout = random(&mut rng, s.len());
+        let (di0, dg0, db0) = (random(&mut rng, s.len()), random(&mut rng, c), random(&mut rng, c));
+        let (rdx, rdg, rdb) = vref::layernorm_backward(&f64s(&dout), &f64s(&inp), &f64s(&gamma), &s);
+        let mut a = [Arg::val(&p), Arg::f32(&di0), Arg::f32(&dout), Arg::f32(&inp), Arg::f32(&gamma), Arg::f32(&mean), Arg::f32(&rstd)];
+        emu().run("vit.cu", "layernorm_backward_dx", plan::vit_row_grid(rows), LB, &mut a);
+        close(&format!("{what} dinp"), &a[1].as_f32(), &plus(&rdx, &di0), 1e-4 * max_abs(&rdx).max(1.0), 1e-4);
+        let mut a = [Arg::val(&p), Arg::f32(&dg0), Arg::f32(&db0), Arg::f32(&dout), Arg::f32(&inp), Arg::f32(&mean), Arg::f32(&rstd)];
+        emu().run("vit.cu", "layernorm_backward_params", plan::vit_elem_grid(c), VB, &mut a);
+        close(&format!("{what} dgamma"), &a[1].as_f32(), &plus(&rdg, &dg0), 1e-4, 1e-4);
+        close(&format!("{what} dbeta"), &a[2].as_f32(), &plus(&rdb, &db0), 1e-5, 1e-5);
+    }
+}
+
+/// The erf of kernels/vit.cu (shared with shaders/vit.wgsl) against f64 erf over [-8, 8], ulp-spaced near 0, the
+/// branch points and the special values; then `gelu_forward` / `gelu_backward` as vit.rs launches them.
+fn case_gelu() {
+    // erf itself, through tests/cuda_emu/erf_probe.cu
+    let mut xs: Vec<f32> = (0..=160_000).map(|i| -8.0 + i as f32 * 1e-4).collect();
+    for b in [0.0f32, 2f32.powi(-28), 0.84375, 1.25, 1.0 / 0.35, 6.0] {
+        let mut v = b;
+        for _ in 0..8 {
+            xs.extend([v, -v]);
+            v = f32::from_bits(v.to_bits() + 1);
+        }
+    }
+    xs.extend([1e-30, -1e-38, 3.0e-9, 10.0, -30.0, f32::INFINITY, f32::NEG_INFINITY]);
+    let p = elt_params(xs.len());
+    let probe = cuda_emu::root().join("tests/cuda_emu/erf_probe.cu");
+    let mut a = [Arg::val(&p), Arg::nan(xs.len()), Arg::f32(&xs)];
+    emu().run(probe.to_str().unwrap(), "erf_probe", plan::vit_stride_grid(xs.len()), VB, &mut a);
+    let got = a[1].as_f32();
+    let (mut max_err, mut at) = (0.0f64, 0.0f32);
+    for (&x, &y) in xs.iter().zip(&got) {
+        let err = (y as f64 - libm::erf(x as f64)).abs();
+        if err > max_err {
+            (max_err, at) = (err, x);
+        }
+    }
+    eprintln!("cuda_emulated: vit.cu erf: max |err| vs f64 erf = {max_err:.3e} (at x = {at}) over {} points", xs.len());
+    assert!(max_err < 2e-7, "erf: max abs error {max_err:e} at x = {at} (want < 2e-7)");
+    let mut a = [Arg::val(&elt_params(1)), Arg::nan(1), Arg::f32(&[f32::NAN])];
+    emu().run(probe.to_str().unwrap(), "erf_probe", (1, 1, 1), VB, &mut a);
+    assert!(a[1].as_f32()[0].is_nan(), "erf(NaN) must be NaN");
+
+    let mut rng = StdRng::seed_from_u64(22);
+    for len in [1usize, 63, 65, 1000] {
+        let x: Vec<f32> = random(&mut rng, len).iter().map(|v| v * 6.0).collect();
+        let s = EltwiseShape::new(len).unwrap();
+        let p = elt_params(len);
+        let mut a = [Arg::val(&p), Arg::nan(len), Arg::f32(&x)];
+        emu().run("vit.cu", "gelu_forward", plan::vit_stride_grid(len), VB, &mut a);
+        let out = a[1].as_f32();
+        close(&format!("gelu_forward len={len}"), &out, &vref::gelu_forward(&f64s(&x)), 3e-7, 2e-6);
+        let mut cpu = vec![f32::NAN; len];
+        moco::backend::cpu::nn::gelu_forward(&mut cpu, &x, &s).unwrap();
+        close(&format!("gelu_forward len={len} vs CPU"), &out, &f64s(&cpu), 3e-7, 2e-6);
+        let (dout, di0) = (random(&mut rng, len), random(&mut rng, len));
+        let mut a = [Arg::val(&p), Arg::f32(&di0), Arg::f32(&dout), Arg::f32(&x)];
+        emu().run("vit.cu", "gelu_backward", plan::vit_stride_grid(len), VB, &mut a);
+        close(&format!("gelu_backward len={len}"), &a[1].as_f32(), &plus(&vref::gelu_backward(&f64s(&dout), &f64s(&x)), &di0), 1e-6, 2e-6);
+    }
+}
+
+/// The launches of `attention_forward` and `attention_backward` (dq then dkv, through the ds scratch).
+fn case_attention() {
+    let mut rng = StdRng::seed_from_u64(23);
+    // (B, T, H, D): T = 1; T in {5, 17, 65} (65 > the 64 threads: strided keys); head dims 16/32/64, odd, above 64
+    for (b, t, h, d) in [(1usize, 1usize, 1usize, 16usize), (1, 5, 2, 32), (2, 17, 3, 7), (1, 65, 2, 16), (2, 5, 1, 64), (1, 17, 1, 65)] {
+        let s = AttentionShape::new(b, t, h, d).unwrap();
+        let p = VitParams::attention(&s).unwrap();
+        let grid = plan::vit_row_grid(b * h * t);
+        let what = format!("attention B={b} T={t} H={h} D={d}");
+        let qkv: Vec<f32> = random(&mut rng, s.qkv_len()).iter().map(|v| v * 2.0).collect();
+        let mut a = [Arg::val(&p), Arg::nan(s.out_len()), Arg::nan(s.att_len()), Arg::f32(&qkv)];
+        emu().run("vit.cu", "attention_forward", grid, VB, &mut a);
+        let (out, att) = (a[1].as_f32(), a[2].as_f32());
+        let (ro, ra) = vref::attention_forward(&f64s(&qkv), &s);
+        close(&format!("{what} att"), &att, &ra, 1e-6, 1e-5);
+        close(&format!("{what} out"), &out, &ro, 1e-5, 1e-5);
+        let dout = random(&mut rng, s.out_len());
+        let dqkv0 = random(&mut rng, s.qkv_len());
+        let mut a = [Arg::val(&p), Arg::f32(&dqkv0), Arg::nan(s.att_len()), Arg::f32(&dout), Arg::f32(&qkv), Arg::f32(&att)];
+        emu().run("vit.cu", "attention_backward_dq", grid, VB, &mut a);
+        let (dq, ds) = (a[1].as_f32(), a[2].as_f32());
+        let mut a = [Arg::val(&p), Arg::f32(&dq), Arg::f32(&ds), Arg::f32(&dout), Arg::f32(&qkv), Arg::f32(&att)];
+        emu().run("vit.cu", "attention_backward_dkv", grid, VB, &mut a);
+        let want = vref::attention_backward(&f64s(&dout), &f64s(&qkv), &s);
+        close(&format!("{what} dqkv"), &a[1].as_f32(), &plus(&want, &dqkv0), 1e-5 * max_abs(&want).max(1.0), 1e-4);
+        // the CPU kernel agrees too
+        let mut cpu = dqkv0.clone();
+        moco::backend::cpu::nn::attention_backward(&mut cpu, &dout, &qkv, &att, &s).unwrap();
+        close(&format!("{what} dqkv vs CPU"), &a[1].as_f32(), &f64s(&cpu), 1e-5 * max_abs(&want).max(1.0), 1e-4);
+    }
+}
+
+/// `patch_im2col` and its backward against the CPU kernels (a permutation: bit-exact).
+fn case_patch() {
+    let mut rng = StdRng::seed_from_u64(24);
+    // p = 1; one patch per image; non-square grids and channel counts not a multiple of 4
+    for (b, c, h, w, pt) in [(1usize, 1usize, 4usize, 4usize, 2usize), (2, 3, 6, 9, 3), (1, 2, 5, 5, 5), (3, 1, 4, 8, 1)] {
+        let s = PatchShape::new(b, c, h, w, pt).unwrap();
+        let p = VitParams::patch(&s).unwrap();
+        let what = format!("patch B={b} C={c} H={h} W={w} p={pt}");
+        let images = random(&mut rng, s.len());
+        let mut a = [Arg::val(&p), Arg::nan(s.len()), Arg::f32(&images)];
+        emu().run("vit.cu", "patch_im2col", plan::vit_elem_grid(s.len()), VB, &mut a);
+        let mut want = vec![f32::NAN; s.len()];
+        moco::backend::cpu::nn::patch_im2col(&mut want, &images, &s).unwrap();
+        same(&format!("{what} cols"), &a[1].as_f32(), &want);
+        let (dcols, di0) = (random(&mut rng, s.len()), random(&mut rng, s.len()));
+        let mut a = [Arg::val(&p), Arg::f32(&di0), Arg::f32(&dcols)];
+        emu().run("vit.cu", "patch_im2col_backward", plan::vit_elem_grid(s.len()), VB, &mut a);
+        let mut want = di0.clone();
+        moco::backend::cpu::nn::patch_im2col_backward(&mut want, &dcols, &s).unwrap();
+        same(&format!("{what} dimages"), &a[1].as_f32(), &want);
+    }
+}
+
+/// Token assembly, the cls feature and their backwards, as vit.rs launches them, against the CPU kernels
+/// (bit-exact: the same additions in the same order).
+fn case_tokens() {
+    let mut rng = StdRng::seed_from_u64(25);
+    // T = 1 (no patches: tokens_backward_patches is skipped, as the host does); C not a multiple of 4, above 64
+    for (b, t, c) in [(1usize, 1usize, 3usize), (2, 5, 7), (3, 17, 65), (1, 65, 10)] {
+        let s = TokensShape::new(b, t, c).unwrap();
+        let what = format!("tokens B={b} T={t} C={c}");
+        let plen = b * (t - 1) * c;
+        let (patches, cls, pos) = (random(&mut rng, plen), random(&mut rng, c), random(&mut rng, t * c));
+        let mut a = [Arg::val(&VitParams::tokens(&s, s.len()).unwrap()), Arg::nan(s.len()), Arg::f32(&patches), Arg::f32(&cls), Arg::f32(&pos)];
+        emu().run("vit.cu", "tokens_forward", plan::vit_elem_grid(s.len()), VB, &mut a);
+        let mut want = vec![f32::NAN; s.len()];
+        moco::backend::cpu::nn::tokens_forward(&mut want, &patches, &cls, &pos, &s).unwrap();
+        same(&format!("{what} tokens"), &a[1].as_f32(), &want);
+        let (dtokens, dp0, dc0) = (random(&mut rng, s.len()), random(&mut rng, plen), random(&mut rng, c));
+        let (mut want_dp, mut want_dc) = (dp0.clone(), dc0.clone());
+        moco::backend::cpu::nn::tokens_backward(Some(&mut want_dp), Some(&mut want_dc), &dtokens, &s).unwrap();
+        if plen > 0 {
+            let mut a = [Arg::val(&VitParams::tokens(&s, plen).unwrap()), Arg::f32(&dp0), Arg::f32(&dtokens)];
+            emu().run("vit.cu", "tokens_backward_patches", plan::vit_elem_grid(plen), VB, &mut a);
+            same(&format!("{what} dpatches"), &a[1].as_f32(), &want_dp);
+        }
+        let mut a = [Arg::val(&VitParams::tokens(&s, c).unwrap()), Arg::f32(&dc0), Arg::f32(&dtokens)];
+        emu().run("vit.cu", "tokens_backward_cls", plan::vit_elem_grid(c), VB, &mut a);
+        same(&format!("{what} dcls"), &a[1].as_f32(), &want_dc);
+        // the cls feature
+        let n = b * c;
+        let tokens = a[2].as_f32();
+        let mut a = [Arg::val(&VitParams::tokens(&s, n).unwrap()), Arg::nan(n), Arg::f32(&tokens)];
+        emu().run("vit.cu", "cls_select_forward", plan::vit_elem_grid(n), VB, &mut a);
+        let mut want = vec![f32::NAN; n];
+        moco::backend::cpu::nn::cls_select_forward(&mut want, &tokens, &s).unwrap();
+        same(&format!("{what} cls feature"), &a[1].as_f32(), &want);
+        let (dout, dt0) = (random(&mut rng, n), random(&mut rng, s.len()));
+        let mut a = [Arg::val(&VitParams::tokens(&s, n).unwrap()), Arg::f32(&dt0), Arg::f32(&dout)];
+        emu().run("vit.cu", "cls_select_backward", plan::vit_elem_grid(n), VB, &mut a);
+        let mut want = dt0.clone();
+        moco::backend::cpu::nn::cls_select_backward(&mut want, &dout, &s).unwrap();
+        same(&format!("{what} dtokens"), &a[1].as_f32(), &want);
+    }
+}
+
+/// `add_backward` into pre-filled gradients.
+fn case_add_backward() {
+    let mut rng = StdRng::seed_from_u64(26);
+    for len in [1usize, 65, 1000] {
+        let (dout, da0, db0) = (random(&mut rng, len), random(&mut rng, len), random(&mut rng, len));
+        let mut a = [Arg::val(&elt_params(len)), Arg::f32(&da0), Arg::f32(&db0), Arg::f32(&dout)];
+        emu().run("vit.cu", "add_backward", plan::vit_stride_grid(len), VB, &mut a);
+        let (mut wa, mut wb) = (da0.clone(), db0.clone());
+        moco::backend::cpu::nn::add_backward(&mut wa, &mut wb, &dout, &EltwiseShape::new(len).unwrap()).unwrap();
+        same(&format!("add_backward len={len} da"), &a[1].as_f32(), &wa);
+        same(&format!("add_backward len={len} db"), &a[2].as_f32(), &wb);
+    }
+    // grid-stride: a grid smaller than the tensor, as vit_stride_grid gives above VIT_STRIDE_BLOCKS*64 elements
+    let len = 1000;
+    let (dout, da0, db0) = (random(&mut rng, len), random(&mut rng, len), random(&mut rng, len));
+    let mut a = [Arg::val(&elt_params(len)), Arg::f32(&da0), Arg::f32(&db0), Arg::f32(&dout)];
+    emu().run("vit.cu", "add_backward", (3, 1, 1), VB, &mut a);
+    let want: Vec<f32> = da0.iter().zip(&dout).map(|(a, g)| a + g).collect();
+    same("add_backward grid-stride", &a[1].as_f32(), &want);
+    assert_eq!(plan::vit_stride_grid(plan::VIT_STRIDE_BLOCKS * 64 + 1), (plan::VIT_STRIDE_BLOCKS as u32, 1, 1), "grid-stride launches are capped");
+}
+
 // ---- the test ---------------------------------------------------------------------------------------------------
 
 type Case = (&'static str, fn());
@@ -625,6 +852,12 @@ const CASES: &[Case] = &[
     ("optim: sgd", case_sgd),
     ("optim: adamw", case_adamw),
     ("optim: lars", case_lars),
+    ("vit: layernorm", case_layernorm),
+    ("vit: gelu", case_gelu),
+    ("vit: attention", case_attention),
+    ("vit: patch", case_patch),
+    ("vit: tokens", case_tokens),
+    ("vit: add_backward", case_add_backward),
 ];
 
 #[test]

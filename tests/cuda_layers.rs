@@ -8,6 +8,8 @@
 //! pre-filled with random values (gradients must accumulate). One test runs a chain of layers on views into one
 //! allocation at odd offsets, as a ResNet keeps its activations.
 //!
+//! The ViT layers (`kernels/vit.cu`) run through the `Device` impl of `Cuda` against the same CPU functions.
+//!
 //! Without a CUDA device (or libcuda / libnvrtc) every test prints the reason and passes, unless
 //! `MOCO_REQUIRE_CUDA_DEVICE=1`, when it fails.
 mod common;
@@ -636,5 +638,135 @@ fn errors_not_panics() {
     assert!(is_shape(pool::relu_forward(st, &mut small_m.as_view_mut(), &bv, &es)));
     assert!(is_shape(pool::relu_backward(st, &mut b1.as_view_mut(), &sv, &bv, &es)));
     assert!(is_shape(pool::add_forward(st, &mut b1.as_view_mut(), &bv, &sv, &es)));
+    dev.synchronize().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// ViT layers (`kernels/vit.cu`) through the `Device` impl of `Cuda`
+
+/// Every ViT method of `Device` on CUDA against the CPU functions: NaN-poisoned forward outputs, backward into
+/// pre-filled gradients, awkward shapes (T = 1, 5, 17, 65; odd head dims; C not a multiple of 4), and the attention
+/// backward run at a small then a larger T (the device's ds scratch grows) then the small one again (reused).
+#[test]
+fn vit_layers_through_the_device_trait() {
+    use moco::backend::cpu::nn::{AttentionShape, LayerNormShape, PatchShape, TokensShape};
+    use moco::backend::device::Device;
+    let Some(mut dev) = device("vit_layers_through_the_device_trait") else { return };
+    let mut r = rng(31);
+    // layer norm
+    for (rows, c) in [(1usize, 5usize), (70, 33), (3, 257)] {
+        let s = LayerNormShape::new(rows, c, 1e-6).unwrap();
+        let what = |t: &str| format!("layernorm {t} R={rows} C={c}");
+        let (inp, gamma, beta, dout) = (uniform(&mut r, s.len()), uniform(&mut r, c), uniform(&mut r, c), uniform(&mut r, s.len()));
+        let (di0, dg0, db0) = (uniform(&mut r, s.len()), uniform(&mut r, c), uniform(&mut r, c));
+        let (inp_b, gamma_b, beta_b, dout_b) = (up(&dev, &inp), up(&dev, &gamma), up(&dev, &beta), up(&dev, &dout));
+        let (mut out_b, mut mean_b, mut rstd_b) = (nans(&dev, s.len()), nans(&dev, rows), nans(&dev, rows));
+        dev.layernorm_forward(out_b.as_view_mut(), mean_b.as_view_mut(), rstd_b.as_view_mut(), inp_b.as_view(), gamma_b.as_view(), beta_b.as_view(), &s).unwrap();
+        let (mut out, mut mean, mut rstd) = (vec![0.0; s.len()], vec![0.0; rows], vec![0.0; rows]);
+        cpu::layernorm_forward(&mut out, &mut mean, &mut rstd, &inp, &gamma, &beta, &s).unwrap();
+        assert_close(&what("out"), &down(&dev, &out_b), &f64s(&out), 1e-4, 1e-4);
+        assert_close(&what("rstd"), &down(&dev, &rstd_b), &f64s(&rstd), 1e-5, 1e-4);
+        let (mut di_b, mut dg_b, mut db_b) = (up(&dev, &di0), up(&dev, &dg0), up(&dev, &db0));
+        dev.layernorm_backward(di_b.as_view_mut(), dg_b.as_view_mut(), db_b.as_view_mut(), dout_b.as_view(), inp_b.as_view(), gamma_b.as_view(), mean_b.as_view(), rstd_b.as_view(), &s).unwrap();
+        let (mut di, mut dg, mut db) = (di0.clone(), dg0.clone(), db0.clone());
+        cpu::layernorm_backward(&mut di, &mut dg, &mut db, &dout, &inp, &gamma, &mean, &rstd, &s).unwrap();
+        assert_close(&what("dinp"), &down(&dev, &di_b), &f64s(&di), 1e-4, 1e-4);
+        assert_close(&what("dgamma"), &down(&dev, &dg_b), &f64s(&dg), 1e-4, 1e-4);
+        assert_close(&what("dbeta"), &down(&dev, &db_b), &f64s(&db), 1e-4, 1e-4);
+    }
+    // GELU and the residual add's backward
+    for len in [1usize, 65, 100_003] {
+        let s = EltwiseShape::new(len).unwrap();
+        let x: Vec<f32> = uniform(&mut r, len).iter().map(|v| v * 6.0).collect();
+        let (dout, d0, d1) = (uniform(&mut r, len), uniform(&mut r, len), uniform(&mut r, len));
+        let (x_b, dout_b) = (up(&dev, &x), up(&dev, &dout));
+        let mut out_b = nans(&dev, len);
+        dev.gelu_forward(out_b.as_view_mut(), x_b.as_view(), &s).unwrap();
+        let mut want = vec![0.0; len];
+        cpu::gelu_forward(&mut want, &x, &s).unwrap();
+        assert_close(&format!("gelu len={len}"), &down(&dev, &out_b), &f64s(&want), 3e-7, 2e-6);
+        let mut di_b = up(&dev, &d0);
+        dev.gelu_backward(di_b.as_view_mut(), dout_b.as_view(), x_b.as_view(), &s).unwrap();
+        let mut want = d0.clone();
+        cpu::gelu_backward(&mut want, &dout, &x, &s).unwrap();
+        assert_close(&format!("gelu backward len={len}"), &down(&dev, &di_b), &f64s(&want), 1e-6, 2e-6);
+        let (mut da_b, mut db_b) = (up(&dev, &d0), up(&dev, &d1));
+        dev.add_backward(da_b.as_view_mut(), db_b.as_view_mut(), dout_b.as_view(), &s).unwrap();
+        let (mut wa, mut wb) = (d0.clone(), d1.clone());
+        cpu::add_backward(&mut wa, &mut wb, &dout, &s).unwrap();
+        assert_close(&format!("add_backward len={len} da"), &down(&dev, &da_b), &f64s(&wa), 0.0, 0.0);
+        assert_close(&format!("add_backward len={len} db"), &down(&dev, &db_b), &f64s(&wb), 0.0, 0.0);
+    }
+    // attention: small, larger (the ds scratch grows), small again (reused)
+    for (b, t, h, d) in [(1usize, 5usize, 2usize, 32usize), (2, 65, 3, 17), (1, 1, 1, 64), (2, 17, 2, 16)] {
+        let s = AttentionShape::new(b, t, h, d).unwrap();
+        let what = |w: &str| format!("attention {w} B={b} T={t} H={h} D={d}");
+        let qkv: Vec<f32> = uniform(&mut r, s.qkv_len()).iter().map(|v| v * 2.0).collect();
+        let (dout, dqkv0) = (uniform(&mut r, s.out_len()), uniform(&mut r, s.qkv_len()));
+        let (qkv_b, dout_b) = (up(&dev, &qkv), up(&dev, &dout));
+        let (mut out_b, mut att_b) = (nans(&dev, s.out_len()), nans(&dev, s.att_len()));
+        dev.attention_forward(out_b.as_view_mut(), att_b.as_view_mut(), qkv_b.as_view(), &s).unwrap();
+        let (mut out, mut att) = (vec![0.0; s.out_len()], vec![0.0; s.att_len()]);
+        cpu::attention_forward(&mut out, &mut att, &qkv, &s).unwrap();
+        assert_close(&what("att"), &down(&dev, &att_b), &f64s(&att), 1e-6, 1e-5);
+        assert_close(&what("out"), &down(&dev, &out_b), &f64s(&out), 1e-5, 1e-5);
+        let mut dqkv_b = up(&dev, &dqkv0);
+        dev.attention_backward(dqkv_b.as_view_mut(), dout_b.as_view(), qkv_b.as_view(), att_b.as_view(), &s).unwrap();
+        let mut want = dqkv0.clone();
+        cpu::attention_backward(&mut want, &dout, &qkv, &att, &s).unwrap();
+        assert_close(&what("dqkv"), &down(&dev, &dqkv_b), &f64s(&want), 1e-4, 1e-4);
+    }
+    // patch im2col (a permutation: exact)
+    for (b, c, h, w, p) in [(2usize, 3usize, 6usize, 9usize, 3usize), (1, 2, 32, 32, 4)] {
+        let s = PatchShape::new(b, c, h, w, p).unwrap();
+        let (images, dcols, d0) = (uniform(&mut r, s.len()), uniform(&mut r, s.len()), uniform(&mut r, s.len()));
+        let (img_b, dcols_b) = (up(&dev, &images), up(&dev, &dcols));
+        let mut cols_b = nans(&dev, s.len());
+        dev.patch_im2col(cols_b.as_view_mut(), img_b.as_view(), &s).unwrap();
+        let mut want = vec![0.0; s.len()];
+        cpu::patch_im2col(&mut want, &images, &s).unwrap();
+        assert_close(&format!("patch_im2col {s:?}"), &down(&dev, &cols_b), &f64s(&want), 0.0, 0.0);
+        let mut di_b = up(&dev, &d0);
+        dev.patch_im2col_backward(di_b.as_view_mut(), dcols_b.as_view(), &s).unwrap();
+        let mut want = d0.clone();
+        cpu::patch_im2col_backward(&mut want, &dcols, &s).unwrap();
+        assert_close(&format!("patch_im2col_backward {s:?}"), &down(&dev, &di_b), &f64s(&want), 0.0, 0.0);
+    }
+    // tokens and the cls feature (exact)
+    for (b, t, c) in [(1usize, 1usize, 3usize), (3, 17, 65)] {
+        let s = TokensShape::new(b, t, c).unwrap();
+        let plen = b * (t - 1) * c;
+        let (patches, cls, pos) = (uniform(&mut r, plen), uniform(&mut r, c), uniform(&mut r, t * c));
+        let (dtok, dp0, dc0, dfeat) = (uniform(&mut r, s.len()), uniform(&mut r, plen), uniform(&mut r, c), uniform(&mut r, b * c));
+        let (patches_b, cls_b, pos_b, dtok_b, dfeat_b) = (up(&dev, &patches), up(&dev, &cls), up(&dev, &pos), up(&dev, &dtok), up(&dev, &dfeat));
+        let mut tok_b = nans(&dev, s.len());
+        dev.tokens_forward(tok_b.as_view_mut(), patches_b.as_view(), cls_b.as_view(), pos_b.as_view(), &s).unwrap();
+        let mut tok = vec![0.0; s.len()];
+        cpu::tokens_forward(&mut tok, &patches, &cls, &pos, &s).unwrap();
+        assert_close(&format!("tokens {s:?}"), &down(&dev, &tok_b), &f64s(&tok), 0.0, 0.0);
+        let (mut dp_b, mut dc_b) = (up(&dev, &dp0), up(&dev, &dc0));
+        dev.tokens_backward(Some(dp_b.as_view_mut()), Some(dc_b.as_view_mut()), dtok_b.as_view(), &s).unwrap();
+        let (mut dp, mut dc) = (dp0.clone(), dc0.clone());
+        cpu::tokens_backward(Some(&mut dp), Some(&mut dc), &dtok, &s).unwrap();
+        assert_close(&format!("tokens dpatches {s:?}"), &down(&dev, &dp_b), &f64s(&dp), 0.0, 0.0);
+        assert_close(&format!("tokens dcls {s:?}"), &down(&dev, &dc_b), &f64s(&dc), 0.0, 0.0);
+        let mut feat_b = nans(&dev, b * c);
+        dev.cls_select_forward(feat_b.as_view_mut(), tok_b.as_view(), &s).unwrap();
+        let mut feat = vec![0.0; b * c];
+        cpu::cls_select_forward(&mut feat, &tok, &s).unwrap();
+        assert_close(&format!("cls feature {s:?}"), &down(&dev, &feat_b), &f64s(&feat), 0.0, 0.0);
+        let mut dt_b = up(&dev, &dtok);
+        dev.cls_select_backward(dt_b.as_view_mut(), dfeat_b.as_view(), &s).unwrap();
+        let mut dt = dtok.clone();
+        cpu::cls_select_backward(&mut dt, &dfeat, &s).unwrap();
+        assert_close(&format!("cls feature backward {s:?}"), &down(&dev, &dt_b), &f64s(&dt), 0.0, 0.0);
+    }
+    // short views are errors, not launches
+    let s = AttentionShape::new(1, 5, 2, 4).unwrap();
+    let (short, mut short_m, big, mut big_m) = (nans(&dev, 3), nans(&dev, 3), nans(&dev, 4096), nans(&dev, 4096));
+    let is_shape = |r: moco::Result<()>| matches!(r, Err(moco::Error::Shape { .. }));
+    assert!(is_shape(dev.attention_backward(short_m.as_view_mut(), big.as_view(), big.as_view(), big.as_view(), &s)));
+    assert!(is_shape(dev.attention_forward(big_m.as_view_mut(), short_m.as_view_mut(), big.as_view(), &s)));
+    assert!(is_shape(dev.gelu_forward(short_m.as_view_mut(), short.as_view(), &EltwiseShape::new(10).unwrap())));
     dev.synchronize().unwrap();
 }

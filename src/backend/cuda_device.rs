@@ -1,10 +1,10 @@
 //! [`Device`] on CUDA: allocations are `CudaSlice`s, views are `CudaView`/`CudaViewMut`s of one allocation, and
-//! every kernel is the `backend::cuda::{conv, norm, pool}` function of the same name, launched on [`Cuda::stream`].
+//! every kernel is the `backend::cuda::{conv, norm, pool, vit}` function of the same name, launched on [`Cuda::stream`].
 //!
 //! Compile-checked only: no machine this was written on has a GPU, and the ResNet fixtures have not yet been run
 //! through this implementation (the device check of issue 10 is where they will run).
 
-use super::cuda::{conv, norm, optim::CudaSgd, pool, Cuda, CudaQueue};
+use super::cuda::{conv, norm, optim::CudaSgd, pool, vit, Cuda, CudaQueue};
 use super::device::{check_regions, no_momentum_buffer, Device, Epilogue, EpilogueGrad, MocoDevice, Region};
 use crate::optim::SgdConfig;
 use crate::shape::{EmaShape, InfoNceShape, QueueDType, QueueShape};
@@ -177,45 +177,46 @@ impl Device for Cuda {
     fn add_forward(&mut self, mut out: CudaViewMut<'_, f32>, a: CudaView<'_, f32>, b: CudaView<'_, f32>, shape: &EltwiseShape) -> Result<()> {
         pool::add_forward(&self.stream, &mut out, &a, &b, shape)
     }
-    // TODO(vit): the WGSL / CUDA ViT kernels replace these stubs.
-    fn add_backward(&mut self, _da: CudaViewMut<'_, f32>, _db: CudaViewMut<'_, f32>, _dout: CudaView<'_, f32>, _shape: &EltwiseShape) -> Result<()> {
-        Err(Error::Unavailable("add_backward: not implemented on this device yet (ViT kernels in progress)".into()))
+    fn add_backward(&mut self, mut da: CudaViewMut<'_, f32>, mut db: CudaViewMut<'_, f32>, dout: CudaView<'_, f32>, shape: &EltwiseShape) -> Result<()> {
+        vit::add_backward(&self.stream, &mut da, &mut db, &dout, shape)
     }
-    fn layernorm_forward(&mut self, _out: CudaViewMut<'_, f32>, _mean: CudaViewMut<'_, f32>, _rstd: CudaViewMut<'_, f32>, _inp: CudaView<'_, f32>, _gamma: CudaView<'_, f32>, _beta: CudaView<'_, f32>, _shape: &LayerNormShape) -> Result<()> {
-        Err(Error::Unavailable("layernorm_forward: not implemented on this device yet (ViT kernels in progress)".into()))
+    fn layernorm_forward(&mut self, mut out: CudaViewMut<'_, f32>, mut mean: CudaViewMut<'_, f32>, mut rstd: CudaViewMut<'_, f32>, inp: CudaView<'_, f32>, gamma: CudaView<'_, f32>, beta: CudaView<'_, f32>, shape: &LayerNormShape) -> Result<()> {
+        vit::layernorm_forward(&self.stream, &mut out, &mut mean, &mut rstd, &inp, &gamma, &beta, shape)
     }
-    fn layernorm_backward(&mut self, _dinp: CudaViewMut<'_, f32>, _dgamma: CudaViewMut<'_, f32>, _dbeta: CudaViewMut<'_, f32>, _dout: CudaView<'_, f32>, _inp: CudaView<'_, f32>, _gamma: CudaView<'_, f32>, _mean: CudaView<'_, f32>, _rstd: CudaView<'_, f32>, _shape: &LayerNormShape) -> Result<()> {
-        Err(Error::Unavailable("layernorm_backward: not implemented on this device yet (ViT kernels in progress)".into()))
+    fn layernorm_backward(&mut self, mut dinp: CudaViewMut<'_, f32>, mut dgamma: CudaViewMut<'_, f32>, mut dbeta: CudaViewMut<'_, f32>, dout: CudaView<'_, f32>, inp: CudaView<'_, f32>, gamma: CudaView<'_, f32>, mean: CudaView<'_, f32>, rstd: CudaView<'_, f32>, shape: &LayerNormShape) -> Result<()> {
+        vit::layernorm_backward(&self.stream, &mut dinp, &mut dgamma, &mut dbeta, &dout, &inp, &gamma, &mean, &rstd, shape)
     }
-    fn gelu_forward(&mut self, _out: CudaViewMut<'_, f32>, _inp: CudaView<'_, f32>, _shape: &EltwiseShape) -> Result<()> {
-        Err(Error::Unavailable("gelu_forward: not implemented on this device yet (ViT kernels in progress)".into()))
+    fn gelu_forward(&mut self, mut out: CudaViewMut<'_, f32>, inp: CudaView<'_, f32>, shape: &EltwiseShape) -> Result<()> {
+        vit::gelu_forward(&self.stream, &mut out, &inp, shape)
     }
-    fn gelu_backward(&mut self, _dinp: CudaViewMut<'_, f32>, _dout: CudaView<'_, f32>, _inp: CudaView<'_, f32>, _shape: &EltwiseShape) -> Result<()> {
-        Err(Error::Unavailable("gelu_backward: not implemented on this device yet (ViT kernels in progress)".into()))
+    fn gelu_backward(&mut self, mut dinp: CudaViewMut<'_, f32>, dout: CudaView<'_, f32>, inp: CudaView<'_, f32>, shape: &EltwiseShape) -> Result<()> {
+        vit::gelu_backward(&self.stream, &mut dinp, &dout, &inp, shape)
     }
-    fn attention_forward(&mut self, _out: CudaViewMut<'_, f32>, _att: CudaViewMut<'_, f32>, _qkv: CudaView<'_, f32>, _shape: &AttentionShape) -> Result<()> {
-        Err(Error::Unavailable("attention_forward: not implemented on this device yet (ViT kernels in progress)".into()))
+    fn attention_forward(&mut self, mut out: CudaViewMut<'_, f32>, mut att: CudaViewMut<'_, f32>, qkv: CudaView<'_, f32>, shape: &AttentionShape) -> Result<()> {
+        vit::attention_forward(&self.stream, &mut out, &mut att, &qkv, shape)
     }
-    fn attention_backward(&mut self, _dqkv: CudaViewMut<'_, f32>, _dout: CudaView<'_, f32>, _qkv: CudaView<'_, f32>, _att: CudaView<'_, f32>, _shape: &AttentionShape) -> Result<()> {
-        Err(Error::Unavailable("attention_backward: not implemented on this device yet (ViT kernels in progress)".into()))
+    fn attention_backward(&mut self, mut dqkv: CudaViewMut<'_, f32>, dout: CudaView<'_, f32>, qkv: CudaView<'_, f32>, att: CudaView<'_, f32>, shape: &AttentionShape) -> Result<()> {
+        // the device's one ds [B, H, T, T] scratch, grown on demand
+        let mut ds = self.attn_ds.get(&self.stream, shape.att_len())?;
+        vit::attention_backward(&self.stream, &mut dqkv, &mut ds, &dout, &qkv, &att, shape)
     }
-    fn patch_im2col(&mut self, _cols: CudaViewMut<'_, f32>, _images: CudaView<'_, f32>, _shape: &PatchShape) -> Result<()> {
-        Err(Error::Unavailable("patch_im2col: not implemented on this device yet (ViT kernels in progress)".into()))
+    fn patch_im2col(&mut self, mut cols: CudaViewMut<'_, f32>, images: CudaView<'_, f32>, shape: &PatchShape) -> Result<()> {
+        vit::patch_im2col(&self.stream, &mut cols, &images, shape)
     }
-    fn patch_im2col_backward(&mut self, _dimages: CudaViewMut<'_, f32>, _dcols: CudaView<'_, f32>, _shape: &PatchShape) -> Result<()> {
-        Err(Error::Unavailable("patch_im2col_backward: not implemented on this device yet (ViT kernels in progress)".into()))
+    fn patch_im2col_backward(&mut self, mut dimages: CudaViewMut<'_, f32>, dcols: CudaView<'_, f32>, shape: &PatchShape) -> Result<()> {
+        vit::patch_im2col_backward(&self.stream, &mut dimages, &dcols, shape)
     }
-    fn tokens_forward(&mut self, _tokens: CudaViewMut<'_, f32>, _patches: CudaView<'_, f32>, _cls: CudaView<'_, f32>, _pos: CudaView<'_, f32>, _shape: &TokensShape) -> Result<()> {
-        Err(Error::Unavailable("tokens_forward: not implemented on this device yet (ViT kernels in progress)".into()))
+    fn tokens_forward(&mut self, mut tokens: CudaViewMut<'_, f32>, patches: CudaView<'_, f32>, cls: CudaView<'_, f32>, pos: CudaView<'_, f32>, shape: &TokensShape) -> Result<()> {
+        vit::tokens_forward(&self.stream, &mut tokens, &patches, &cls, &pos, shape)
     }
-    fn tokens_backward(&mut self, _dpatches: Option<CudaViewMut<'_, f32>>, _dcls: Option<CudaViewMut<'_, f32>>, _dtokens: CudaView<'_, f32>, _shape: &TokensShape) -> Result<()> {
-        Err(Error::Unavailable("tokens_backward: not implemented on this device yet (ViT kernels in progress)".into()))
+    fn tokens_backward(&mut self, mut dpatches: Option<CudaViewMut<'_, f32>>, mut dcls: Option<CudaViewMut<'_, f32>>, dtokens: CudaView<'_, f32>, shape: &TokensShape) -> Result<()> {
+        vit::tokens_backward(&self.stream, dpatches.as_mut(), dcls.as_mut(), &dtokens, shape)
     }
-    fn cls_select_forward(&mut self, _out: CudaViewMut<'_, f32>, _tokens: CudaView<'_, f32>, _shape: &TokensShape) -> Result<()> {
-        Err(Error::Unavailable("cls_select_forward: not implemented on this device yet (ViT kernels in progress)".into()))
+    fn cls_select_forward(&mut self, mut out: CudaViewMut<'_, f32>, tokens: CudaView<'_, f32>, shape: &TokensShape) -> Result<()> {
+        vit::cls_select_forward(&self.stream, &mut out, &tokens, shape)
     }
-    fn cls_select_backward(&mut self, _dtokens: CudaViewMut<'_, f32>, _dout: CudaView<'_, f32>, _shape: &TokensShape) -> Result<()> {
-        Err(Error::Unavailable("cls_select_backward: not implemented on this device yet (ViT kernels in progress)".into()))
+    fn cls_select_backward(&mut self, mut dtokens: CudaViewMut<'_, f32>, dout: CudaView<'_, f32>, shape: &TokensShape) -> Result<()> {
+        vit::cls_select_backward(&self.stream, &mut dtokens, &dout, shape)
     }
 }
 

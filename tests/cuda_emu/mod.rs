@@ -168,7 +168,14 @@ fn build_runner(cu: &Path) -> Result<PathBuf, String> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     source.hash(&mut h);
     std::fs::read(header()).map_err(|e| e.to_string())?.hash(&mut h);
-    std::fs::read(cu).map_err(|e| e.to_string())?.hash(&mut h);
+    let cu_text = std::fs::read_to_string(cu).map_err(|e| e.to_string())?;
+    cu_text.hash(&mut h);
+    // files the .cu includes itself (a test probe including a kernel file), so that editing them rebuilds it
+    for line in cu_text.lines() {
+        if let Some(inc) = line.trim().strip_prefix("#include \"").and_then(|r| r.split('"').next()) {
+            std::fs::read(cu.parent().unwrap_or(Path::new(".")).join(inc)).map_err(|e| format!("{}: #include \"{inc}\": {e}", cu.display()))?.hash(&mut h);
+        }
+    }
     CXXFLAGS.hash(&mut h);
     compiler_version()?.hash(&mut h);
     let stem = cu.file_stem().unwrap().to_string_lossy().into_owned();

@@ -25,6 +25,8 @@ pub const NORM_CU: &str = include_str!("../../../kernels/norm.cu");
 pub const POOL_CU: &str = include_str!("../../../kernels/pool.cu");
 /// `kernels/optim.cu`
 pub const OPTIM_CU: &str = include_str!("../../../kernels/optim.cu");
+/// `kernels/vit.cu`
+pub const VIT_CU: &str = include_str!("../../../kernels/vit.cu");
 
 const SOURCES: &[(&str, &str)] = &[
     ("contrastive.cu", CONTRASTIVE_CU),
@@ -34,6 +36,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("optim.cu", OPTIM_CU),
     ("pool.cu", POOL_CU),
     ("queue.cu", QUEUE_CU),
+    ("vit.cu", VIT_CU),
 ];
 
 const ENTRY_POINTS: &[(&str, &[&str])] = &[
@@ -74,6 +77,27 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
     ),
     ("optim.cu", &["sgd_step", "adamw_step", "lars_partial_norms", "lars_span_norms", "lars_update"]),
     ("queue.cu", &["enqueue_f32", "enqueue_packed16"]),
+    (
+        "vit.cu",
+        &[
+            "layernorm_forward",
+            "layernorm_backward_dx",
+            "layernorm_backward_params",
+            "gelu_forward",
+            "gelu_backward",
+            "attention_forward",
+            "attention_backward_dq",
+            "attention_backward_dkv",
+            "patch_im2col",
+            "patch_im2col_backward",
+            "tokens_forward",
+            "tokens_backward_patches",
+            "tokens_backward_cls",
+            "cls_select_forward",
+            "cls_select_backward",
+            "add_backward",
+        ],
+    ),
 ];
 
 /// Every CUDA source file of the crate as `(file name in kernels/, source)`, in the form NVRTC compiles it.

@@ -13,7 +13,8 @@
 //! ResNet layers, with the function names and argument order of the wgpu backend, on views into the caller's
 //! allocations (`&CudaView<f32>` inputs, `&mut CudaViewMut<f32>` outputs): [`conv`] (`conv2d_forward`,
 //! `conv2d_backward`), [`norm`] (`batchnorm_*`: train/eval, plain, ReLU and add + ReLU, backward) and [`pool`]
-//! (`maxpool2d_*`, `global_avgpool_*`, `linear_*`, `relu_*`, `add_forward`).
+//! (`maxpool2d_*`, `global_avgpool_*`, `linear_*`, `relu_*`, `add_forward`). ViT layers: [`vit`] (`layernorm_*`,
+//! `gelu_*`, `attention_*`, `patch_im2col*`, `tokens_*`, `cls_select_*`, `add_backward`).
 //!
 //! [`Error::Unavailable`]: crate::Error::Unavailable
 
@@ -26,6 +27,7 @@ pub mod norm;
 pub mod optim;
 pub mod pool;
 pub mod queue;
+pub mod vit;
 
 pub use context::{check_driver, check_nvrtc, kernel_entry_points, kernel_sources};
 pub use contrastive::{infonce, infonce_async, logits, moco_v3_loss, normalize_rows, read_stats, STATS_WORDS};
@@ -47,6 +49,39 @@ pub struct Cuda {
     /// The stream the [`Backend`] methods launch on (the context's default stream).
     pub stream: Arc<CudaStream>,
     name: String,
+    /// The attention backward's `ds [B, H, T, T]` scratch, grown on demand (see [`AttentionScratch`]).
+    pub(crate) attn_ds: AttentionScratch,
+}
+
+/// The attention backward's `ds` scratch of a [`Cuda`] device: one allocation, grown when a larger problem comes,
+/// reused otherwise. A clone of the device starts without one (two devices never share scratch).
+#[derive(Default)]
+pub(crate) struct AttentionScratch(Option<CudaSlice<f32>>);
+
+impl Clone for AttentionScratch {
+    fn clone(&self) -> Self {
+        Self(None)
+    }
+}
+
+impl std::fmt::Debug for AttentionScratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AttentionScratch({} elements)", self.0.as_ref().map_or(0, |s| s.len()))
+    }
+}
+
+impl AttentionScratch {
+    /// A view of at least `len` elements, (re)allocated on `stream` when the current one is smaller.
+    pub(crate) fn get(&mut self, stream: &Arc<CudaStream>, len: usize) -> Result<cudarc::driver::CudaViewMut<'_, f32>> {
+        if self.0.as_ref().is_none_or(|s| s.len() < len) {
+            self.0 = None; // free the old one first
+            self.0 = Some(stream.alloc_zeros::<f32>(len.max(1))?);
+        }
+        match self.0.as_mut() {
+            Some(s) => Ok(s.as_view_mut()),
+            None => Err(crate::Error::Unavailable("attention scratch: not allocated".into())),
+        }
+    }
 }
 
 impl Cuda {
@@ -59,7 +94,7 @@ impl Cuda {
         let dev = ctx.name().unwrap_or_else(|_| "unknown device".into());
         let (major, minor) = ctx.compute_capability()?;
         let stream = ctx.default_stream();
-        Ok(Self { ctx, stream, name: format!("cuda:{ordinal} {dev} (sm_{major}{minor})") })
+        Ok(Self { ctx, stream, name: format!("cuda:{ordinal} {dev} (sm_{major}{minor})"), attn_ds: AttentionScratch::default() })
     }
 
     /// Compiles and loads every kernel module now instead of on first use (NVRTC takes a second or two).
