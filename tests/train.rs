@@ -116,7 +116,7 @@ fn non_finite_loss_changes_nothing() {
     assert!(!st.loss.is_finite());
     let after = e.state().unwrap();
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>(); // NaN != NaN: compare bits
-    assert!(bits(&after.q_params) == bits(&s.q_params) && after.momentum_buffer == s.momentum_buffer && after.queue == s.queue && after.queue_ptr == s.queue_ptr);
+    assert!(bits(&after.q_params) == bits(&s.q_params) && after.opt_state == s.opt_state && after.queue == s.queue && after.queue_ptr == s.queue_ptr);
 
     let (tr, te) = data(&cfg);
     let d = tmp("nan");
@@ -129,6 +129,75 @@ fn non_finite_loss_changes_nothing() {
     let err = train::train(&cfg, &mut CpuEngine::new(&cfg).unwrap(), tr, te, AugmentConfig::v1(32), &opts).unwrap_err();
     assert!(matches!(err, Error::NonFinite { global_step: 0, .. }), "{err}");
     assert_eq!(std::fs::read(&ck).unwrap(), before, "the last good checkpoint is intact");
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// Checkpoints store each optimiser state tensor under `optimizer.<torch name>` (SGD: `momentum_buffer`, nothing
+/// without momentum) and load back exactly; files of format `moco-train/1` (SGD's buffer always present, zeros
+/// without momentum) still load; a state of the wrong shape is an error, in the engine and in `save`.
+#[test]
+fn optimizer_state_in_checkpoints_and_version_1_files() {
+    use moco::checkpoint::{self, Part};
+    use moco::nn::Layout;
+    use train::state_file::{self, Progress};
+    let cfg = small();
+    let mut e = CpuEngine::new(&cfg).unwrap();
+    let (xq, xk) = views(&cfg, 3);
+    e.step(&xq, &xk, cfg.lr).unwrap();
+    let s = e.state().unwrap();
+    assert!(s.opt_state.len() == 1 && s.opt_state[0].iter().any(|&v| v != 0.0), "SGD with momentum: one non-zero buffer");
+    // the engine rejects a state of the wrong shape and keeps its own
+    let p_len = e.layout().params.len;
+    for bad in [vec![], vec![vec![0.0; p_len]; 2], vec![vec![0.0; p_len - 1]]] {
+        let err = e.load_state(&train::EngineState { opt_state: bad, ..s.clone() }).unwrap_err();
+        assert!(matches!(&err, Error::Shape { .. }) && err.to_string().contains("momentum_buffer"), "{err}");
+    }
+    assert_eq!(e.state().unwrap(), s);
+    let layout = e.layout().clone();
+    let d = tmp("opt-state");
+    std::fs::create_dir_all(&d).unwrap();
+    let prog = Progress { epoch: 0, step: 1, global_step: 1 };
+    let opt_names = |path: &std::path::Path| -> Vec<String> { checkpoint::load(path).unwrap().names().into_iter().filter(|n| n.starts_with("optimizer.")).map(String::from).collect() };
+    // this format
+    let ck = d.join("v2.safetensors");
+    state_file::save(&ck, &cfg, &layout, &s, prog).unwrap();
+    assert_eq!(opt_names(&ck), ["optimizer.momentum_buffer"]);
+    assert_eq!(state_file::load(&ck, &cfg, &layout).unwrap(), (s.clone(), prog));
+    // version 1, written as its code wrote it
+    let write_v1 = |path: &std::path::Path, cfg: &TrainConfig, s: &train::EngineState, momentum_buffer: &[f32]| {
+        let (mut opt, mut queue) = (Layout::default(), Layout::default());
+        opt.push("momentum_buffer", &[layout.params.len]);
+        queue.push("queue", &[cfg.queue_len, cfg.dim]);
+        let parts = [
+            Part::new(&layout.params, &s.q_params).with_prefix("encoder_q."),
+            Part::new(&layout.buffers, &s.q_buffers).with_prefix("encoder_q."),
+            Part::new(&layout.params, &s.k_params).with_prefix("encoder_k."),
+            Part::new(&layout.buffers, &s.k_buffers).with_prefix("encoder_k."),
+            Part::new(&opt, momentum_buffer).with_prefix("optimizer."),
+            Part::new(&queue, &s.queue),
+        ];
+        let vals = [("epoch", 0), ("step", 1), ("global_step", 1), ("queue_ptr", s.queue_ptr as i64), ("opt_steps", s.opt_steps as i64), ("q_tracked", s.q_tracked), ("k_tracked", s.k_tracked)];
+        let scalars: Vec<(String, i64)> = vals.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let mut meta = cfg.to_metadata();
+        meta.insert("format".into(), "moco-train/1".into());
+        checkpoint::save(path, &parts, &scalars, &meta).unwrap();
+    };
+    let v1 = d.join("v1.safetensors");
+    write_v1(&v1, &cfg, &s, &s.opt_state[0]);
+    assert_eq!(state_file::load(&v1, &cfg, &layout).unwrap(), (s.clone(), prog), "version 1 with momentum");
+    // SGD without momentum: no state tensor now; version 1's zero buffer loads as none, a non-zero one is an error
+    let mut cfg0 = cfg.clone();
+    cfg0.sgd_momentum = 0.0;
+    let s0 = train::EngineState { opt_state: vec![], ..s.clone() };
+    assert!(state_file::save(&ck, &cfg0, &layout, &s, prog).is_err(), "a momentum buffer for SGD without momentum");
+    state_file::save(&ck, &cfg0, &layout, &s0, prog).unwrap();
+    assert!(opt_names(&ck).is_empty());
+    assert_eq!(state_file::load(&ck, &cfg0, &layout).unwrap(), (s0.clone(), prog));
+    write_v1(&v1, &cfg0, &s0, &vec![0.0; layout.params.len]);
+    assert_eq!(state_file::load(&v1, &cfg0, &layout).unwrap(), (s0.clone(), prog), "version 1 without momentum");
+    write_v1(&v1, &cfg0, &s0, &s.opt_state[0]);
+    let err = state_file::load(&v1, &cfg0, &layout).unwrap_err();
+    assert!(matches!(&err, Error::BadFile { reason, .. } if reason.contains("momentum_buffer")), "{err}");
     let _ = std::fs::remove_dir_all(d);
 }
 

@@ -1,10 +1,10 @@
 //! [`Device`] on the CPU: allocations are `Vec`s, views are slices, and every kernel is the `backend::cpu::nn`
 //! function of the same name. The device owns the convolution scratch (im2col columns), reused across calls.
 
-use super::device::{check_regions, no_momentum_buffer, Device, Epilogue, EpilogueGrad, MocoDevice, Region};
+use super::device::{check_regions, Device, Epilogue, EpilogueGrad, MocoDevice, Region};
 use super::{Backend, BackendKind, Cpu, CpuQueue};
-use crate::optim::{Optimizer, Sgd, SgdConfig};
-use crate::shape::{EmaShape, InfoNceShape, QueueDType, QueueShape};
+use crate::optim::{AdamW, Lars, Optimizer, OptimizerConfig, ParamSpans, Sgd};
+use crate::shape::{EmaShape, InfoNceShape, QueueDType, QueueShape, SymmetricShape};
 use crate::backend::cpu::nn as k;
 use crate::backend::cpu::nn::{AttentionShape, BatchNormShape, Conv2dShape, EltwiseShape, GlobalAvgPoolShape, LayerNormShape, LinearShape, MaxPool2dShape, PatchShape, TokensShape};
 use crate::error::Result;
@@ -212,10 +212,60 @@ pub struct CpuNce {
     pub stats: crate::backend::InfoNceStats,
 }
 
+/// The MoCo v3 loss outputs on the CPU.
+#[derive(Debug, Clone)]
+pub struct CpuV3Loss {
+    /// Gradient w.r.t. raw q1, `[N, C]`.
+    pub dq1: Vec<f32>,
+    /// Gradient w.r.t. raw q2, `[N, C]`.
+    pub dq2: Vec<f32>,
+    /// The loss of the last call (NaN before the first).
+    pub loss: f32,
+}
+
+/// An optimiser on the CPU: [`crate::optim`]'s [`Sgd`], [`AdamW`] or [`Lars`].
+#[derive(Debug, Clone)]
+pub enum CpuOpt {
+    /// SGD.
+    Sgd(Sgd),
+    /// AdamW.
+    AdamW(AdamW),
+    /// LARS.
+    Lars(Lars),
+}
+
+impl CpuOpt {
+    /// The one optimiser inside, through the [`Optimizer`] trait.
+    pub fn as_dyn(&self) -> &dyn Optimizer {
+        match self {
+            CpuOpt::Sgd(o) => o,
+            CpuOpt::AdamW(o) => o,
+            CpuOpt::Lars(o) => o,
+        }
+    }
+    /// The same, writable.
+    pub fn as_dyn_mut(&mut self) -> &mut dyn Optimizer {
+        match self {
+            CpuOpt::Sgd(o) => o,
+            CpuOpt::AdamW(o) => o,
+            CpuOpt::Lars(o) => o,
+        }
+    }
+    /// The configuration.
+    pub fn config(&self) -> OptimizerConfig {
+        match self {
+            CpuOpt::Sgd(o) => OptimizerConfig::Sgd(*o.config()),
+            CpuOpt::AdamW(o) => OptimizerConfig::AdamW(*o.config()),
+            CpuOpt::Lars(o) => OptimizerConfig::Lars(*o.config()),
+        }
+    }
+}
+
 impl MocoDevice for CpuDevice {
     type Queue = crate::backend::CpuQueue;
     type Nce = CpuNce;
-    type Sgd = crate::optim::Sgd;
+    type V3Loss = CpuV3Loss;
+    type Opt = CpuOpt;
 
     fn queue_from_f32(&mut self, data: &[f32], k: usize, c: usize, dtype: QueueDType) -> Result<CpuQueue> {
         Cpu.queue_from_f32(data, k, c, dtype)
@@ -242,30 +292,55 @@ impl MocoDevice for CpuDevice {
     fn enqueue(&mut self, queue: &mut CpuQueue, keys: &Vec<f32>, shape: &QueueShape) -> Result<usize> {
         crate::backend::cpu::enqueue(&mut queue.view_mut(), keys, shape)
     }
-    fn sgd_new(&mut self, config: SgdConfig, len: usize) -> Result<Sgd> {
-        Sgd::new(config, len)
+    fn v3_buffers(&mut self, n: usize, c: usize) -> Result<CpuV3Loss> {
+        Ok(CpuV3Loss { dq1: vec![0.0; n * c], dq2: vec![0.0; n * c], loss: f32::NAN })
     }
-    fn sgd_step(&mut self, opt: &mut Sgd, params: &mut Vec<f32>, grads: &Vec<f32>, lr: f64) -> Result<()> {
-        opt.set_lr(lr)?;
-        opt.step(params, grads)
+    fn moco_v3_loss(&mut self, out: &mut CpuV3Loss, q1: &Vec<f32>, q2: &Vec<f32>, k1: &Vec<f32>, k2: &Vec<f32>, shape: &SymmetricShape) -> Result<()> {
+        out.loss = crate::backend::cpu::moco_v3_loss(&mut out.dq1, &mut out.dq2, q1, q2, k1, k2, shape)?;
+        Ok(())
     }
-    fn sgd_steps(opt: &Sgd) -> u64 {
-        opt.steps()
+    fn read_v3_loss(&self, out: &CpuV3Loss) -> Result<f32> {
+        Ok(out.loss)
     }
-    fn sgd_set_steps(opt: &mut Sgd, steps: u64) {
-        opt.set_steps(steps)
+    fn v3_dq1(out: &CpuV3Loss) -> &[f32] {
+        &out.dq1
     }
-    fn sgd_read_momentum(&self, opt: &Sgd, len: usize) -> Result<Vec<f32>> {
-        let m = opt.momentum_buffer();
-        Ok(if m.is_empty() { vec![0.0; len] } else { m.to_vec() })
+    fn v3_dq2(out: &CpuV3Loss) -> &[f32] {
+        &out.dq2
     }
-    fn sgd_write_momentum(&mut self, opt: &mut Sgd, data: &[f32]) -> Result<()> {
-        if opt.momentum_buffer().is_empty() {
-            return no_momentum_buffer(data);
-        }
-        for (_, buf) in opt.state_mut() {
-            crate::error::check_len_eq("train state", "momentum buffer", buf.len(), data.len())?;
-            buf.copy_from_slice(data);
+    fn opt_new(&mut self, config: OptimizerConfig, spans: &ParamSpans) -> Result<CpuOpt> {
+        Ok(match config {
+            OptimizerConfig::Sgd(c) => CpuOpt::Sgd(Sgd::new(c, spans.len())?),
+            OptimizerConfig::AdamW(c) => CpuOpt::AdamW(AdamW::new(c, spans.len())?),
+            OptimizerConfig::Lars(c) => CpuOpt::Lars(Lars::new(c, spans.clone())?),
+        })
+    }
+    fn opt_step(&mut self, opt: &mut CpuOpt, params: &mut Vec<f32>, grads: &Vec<f32>, lr: f64) -> Result<()> {
+        let o = opt.as_dyn_mut();
+        o.set_lr(lr)?;
+        o.step(params, grads)
+    }
+    fn opt_steps(opt: &CpuOpt) -> u64 {
+        opt.as_dyn().steps()
+    }
+    fn opt_set_steps(opt: &mut CpuOpt, steps: u64) {
+        opt.as_dyn_mut().set_steps(steps)
+    }
+    fn opt_read_state(&self, opt: &CpuOpt) -> Result<Vec<Vec<f32>>> {
+        // SGD without momentum lends an empty buffer: not a state tensor
+        Ok(opt.as_dyn().state().into_iter().filter(|(_, b)| !b.is_empty()).map(|(_, b)| b.to_vec()).collect())
+    }
+    fn opt_write_state(&mut self, opt: &mut CpuOpt, state: &[Vec<f32>]) -> Result<()> {
+        // the parameters' length (SGD without momentum: no state, so no length to check)
+        let len = match opt {
+            CpuOpt::Sgd(o) => o.momentum_buffer().len(),
+            CpuOpt::AdamW(o) => o.exp_avg().len(),
+            CpuOpt::Lars(o) => o.spans().len(),
+        };
+        opt.config().check_state(len, state)?;
+        let bufs = opt.as_dyn_mut().state_mut().into_iter().filter(|(_, b)| !b.is_empty());
+        for ((_, buf), src) in bufs.zip(state) {
+            buf.copy_from_slice(src);
         }
         Ok(())
     }

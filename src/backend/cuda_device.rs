@@ -4,10 +4,10 @@
 //! Compile-checked only: no machine this was written on has a GPU, and the ResNet fixtures have not yet been run
 //! through this implementation (the device check of issue 10 is where they will run).
 
-use super::cuda::{conv, norm, optim::CudaSgd, pool, vit, Cuda, CudaQueue};
-use super::device::{check_regions, no_momentum_buffer, Device, Epilogue, EpilogueGrad, MocoDevice, Region};
-use crate::optim::SgdConfig;
-use crate::shape::{EmaShape, InfoNceShape, QueueDType, QueueShape};
+use super::cuda::{conv, norm, optim::{CudaAdamW, CudaLars, CudaSgd}, pool, vit, Cuda, CudaQueue};
+use super::device::{check_regions, Device, Epilogue, EpilogueGrad, MocoDevice, Region};
+use crate::optim::{OptimizerConfig, ParamSpans};
+use crate::shape::{EmaShape, InfoNceShape, QueueDType, QueueShape, SymmetricShape};
 use super::BackendKind;
 use crate::backend::cpu::nn::{AttentionShape, BatchNormShape, Conv2dShape, EltwiseShape, GlobalAvgPoolShape, LayerNormShape, LinearShape, MaxPool2dShape, PatchShape, TokensShape};
 use crate::error::{Error, Result};
@@ -231,10 +231,63 @@ pub struct CudaNce {
     pub stats: CudaSlice<u32>,
 }
 
+/// The MoCo v3 loss outputs on CUDA: `dq1, dq2 [N, C]` on the device and the loss that
+/// [`super::cuda::moco_v3_loss`] returned (it waits).
+#[derive(Debug)]
+pub struct CudaV3Loss {
+    /// Gradient w.r.t. raw q1.
+    pub dq1: CudaSlice<f32>,
+    /// Gradient w.r.t. raw q2.
+    pub dq2: CudaSlice<f32>,
+    /// The loss of the last call (NaN before the first).
+    pub loss: f32,
+}
+
+/// An optimiser on CUDA: [`CudaSgd`], [`CudaAdamW`] or [`CudaLars`].
+#[derive(Debug)]
+pub enum CudaOpt {
+    /// SGD.
+    Sgd(CudaSgd),
+    /// AdamW.
+    AdamW(CudaAdamW),
+    /// LARS.
+    Lars(CudaLars),
+}
+
+impl CudaOpt {
+    /// The configuration.
+    pub fn config(&self) -> OptimizerConfig {
+        match self {
+            CudaOpt::Sgd(o) => OptimizerConfig::Sgd(*o.config()),
+            CudaOpt::AdamW(o) => OptimizerConfig::AdamW(*o.config()),
+            CudaOpt::Lars(o) => OptimizerConfig::Lars(*o.config()),
+        }
+    }
+    /// The state buffers in [`OptimizerConfig::state_names`] order, each `[len]`.
+    pub fn state(&self) -> Vec<&CudaSlice<f32>> {
+        let named = match self {
+            CudaOpt::Sgd(o) => o.state(),
+            CudaOpt::AdamW(o) => o.state(),
+            CudaOpt::Lars(o) => o.state(),
+        };
+        named.into_iter().map(|(_, b)| b).collect()
+    }
+    /// The same, writable.
+    pub fn state_mut(&mut self) -> Vec<&mut CudaSlice<f32>> {
+        let named = match self {
+            CudaOpt::Sgd(o) => o.state_mut(),
+            CudaOpt::AdamW(o) => o.state_mut(),
+            CudaOpt::Lars(o) => o.state_mut(),
+        };
+        named.into_iter().map(|(_, b)| b).collect()
+    }
+}
+
 impl MocoDevice for Cuda {
     type Queue = CudaQueue;
     type Nce = CudaNce;
-    type Sgd = CudaSgd;
+    type V3Loss = CudaV3Loss;
+    type Opt = CudaOpt;
 
     fn queue_from_f32(&mut self, data: &[f32], k: usize, c: usize, dtype: QueueDType) -> Result<CudaQueue> {
         CudaQueue::from_f32(&self.stream, data, k, c, dtype)
@@ -260,33 +313,72 @@ impl MocoDevice for Cuda {
     fn enqueue(&mut self, queue: &mut CudaQueue, keys: &CudaSlice<f32>, shape: &QueueShape) -> Result<usize> {
         super::cuda::enqueue(&self.stream, queue, keys, shape)
     }
-    fn sgd_new(&mut self, config: SgdConfig, len: usize) -> Result<CudaSgd> {
-        CudaSgd::new(&self.stream, config, len)
+    fn v3_buffers(&mut self, n: usize, c: usize) -> Result<CudaV3Loss> {
+        let len = n.checked_mul(c).ok_or_else(|| Error::shape("moco_v3_loss", "N*C that fits usize", format!("N = {n}, C = {c}")))?;
+        Ok(CudaV3Loss { dq1: self.stream.alloc_zeros::<f32>(len)?, dq2: self.stream.alloc_zeros::<f32>(len)?, loss: f32::NAN })
     }
-    fn sgd_step(&mut self, opt: &mut CudaSgd, params: &mut CudaSlice<f32>, grads: &CudaSlice<f32>, lr: f64) -> Result<()> {
-        opt.set_lr(lr)?;
-        opt.step(&self.stream, &mut params.as_view_mut(), &grads.as_view())
+    fn moco_v3_loss(&mut self, out: &mut CudaV3Loss, q1: &CudaSlice<f32>, q2: &CudaSlice<f32>, k1: &CudaSlice<f32>, k2: &CudaSlice<f32>, shape: &SymmetricShape) -> Result<()> {
+        out.loss = super::cuda::moco_v3_loss(&self.stream, &mut out.dq1, &mut out.dq2, q1, q2, k1, k2, shape)?;
+        Ok(())
     }
-    fn sgd_steps(opt: &CudaSgd) -> u64 {
-        opt.steps()
+    fn read_v3_loss(&self, out: &CudaV3Loss) -> Result<f32> {
+        Ok(out.loss)
     }
-    fn sgd_set_steps(opt: &mut CudaSgd, steps: u64) {
-        opt.set_steps(steps)
+    fn v3_dq1(out: &CudaV3Loss) -> &CudaSlice<f32> {
+        &out.dq1
     }
-    fn sgd_read_momentum(&self, opt: &CudaSgd, len: usize) -> Result<Vec<f32>> {
-        match opt.momentum_buffer() {
-            Some(b) => Ok(self.stream.clone_dtoh(b)?),
-            None => Ok(vec![0.0; len]),
-        }
+    fn v3_dq2(out: &CudaV3Loss) -> &CudaSlice<f32> {
+        &out.dq2
     }
-    fn sgd_write_momentum(&mut self, opt: &mut CudaSgd, data: &[f32]) -> Result<()> {
-        match opt.momentum_buffer_mut() {
-            Some(b) => {
-                crate::error::check_len_eq("train state", "momentum buffer", b.len(), data.len())?;
-                Ok(self.stream.memcpy_htod(data, b)?)
+    fn opt_new(&mut self, config: OptimizerConfig, spans: &ParamSpans) -> Result<CudaOpt> {
+        Ok(match config {
+            OptimizerConfig::Sgd(c) => CudaOpt::Sgd(CudaSgd::new(&self.stream, c, spans.len())?),
+            OptimizerConfig::AdamW(c) => CudaOpt::AdamW(CudaAdamW::new(&self.stream, c, spans.len())?),
+            OptimizerConfig::Lars(c) => CudaOpt::Lars(CudaLars::new(&self.stream, c, spans.clone())?),
+        })
+    }
+    fn opt_step(&mut self, opt: &mut CudaOpt, params: &mut CudaSlice<f32>, grads: &CudaSlice<f32>, lr: f64) -> Result<()> {
+        let (p, g) = (&mut params.as_view_mut(), &grads.as_view());
+        match opt {
+            CudaOpt::Sgd(o) => {
+                o.set_lr(lr)?;
+                o.step(&self.stream, p, g)
             }
-            None => no_momentum_buffer(data),
+            CudaOpt::AdamW(o) => {
+                o.set_lr(lr)?;
+                o.step(&self.stream, p, g)
+            }
+            CudaOpt::Lars(o) => {
+                o.set_lr(lr)?;
+                o.step(&self.stream, p, g)
+            }
         }
+    }
+    fn opt_steps(opt: &CudaOpt) -> u64 {
+        match opt {
+            CudaOpt::Sgd(o) => o.steps(),
+            CudaOpt::AdamW(o) => o.steps(),
+            CudaOpt::Lars(o) => o.steps(),
+        }
+    }
+    fn opt_set_steps(opt: &mut CudaOpt, steps: u64) {
+        match opt {
+            CudaOpt::Sgd(o) => o.set_steps(steps),
+            CudaOpt::AdamW(o) => o.set_steps(steps),
+            CudaOpt::Lars(o) => o.set_steps(steps),
+        }
+    }
+    fn opt_read_state(&self, opt: &CudaOpt) -> Result<Vec<Vec<f32>>> {
+        opt.state().into_iter().map(|b| Ok(self.stream.clone_dtoh(b)?)).collect()
+    }
+    fn opt_write_state(&mut self, opt: &mut CudaOpt, state: &[Vec<f32>]) -> Result<()> {
+        // every state buffer is `[len]`; SGD without momentum has none (and expects none)
+        let len = opt.state().first().map_or(0, |b| b.len());
+        opt.config().check_state(len, state)?;
+        for (b, src) in opt.state_mut().into_iter().zip(state) {
+            self.stream.memcpy_htod(src, b)?;
+        }
+        Ok(())
     }
     fn synchronize(&self) -> Result<()> {
         Cuda::synchronize(self)

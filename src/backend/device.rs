@@ -15,7 +15,7 @@
 //! nodes (a residual block's input) gets both contributions; the executor zeroes the gradient allocation once.
 //!
 //! [`MocoDevice`], a companion trait, adds what the MoCo step needs beyond the layers (queue, EMA, fused InfoNCE,
-//! enqueue, SGD), so [`crate::train::MocoEngine`] writes the step once for every device.
+//! the v3 symmetric loss, enqueue, the optimisers), so [`crate::train::MocoEngine`] writes the step once for every device.
 //!
 //! The ViT's kernels (layer norm, GELU, the attention core, the patch im2col, token assembly and the cls feature,
 //! the residual add's backward) take the same view arguments as ResNet's.
@@ -248,23 +248,33 @@ pub trait Device {
 }
 
 /// What a MoCo step needs from a device beyond the layers: the queue, the EMA over a whole flat allocation, the
-/// fused InfoNCE forward + backward, the enqueue and the SGD step, each forwarding to the backend's existing
-/// low-level function (`backend::cpu::{ema_update, infonce, enqueue}` and [`crate::optim::Sgd`];
-/// `backend::wgpu::{ema_update, infonce_async, enqueue}` and `WgpuSgd`; `backend::cuda::{ema_update,
-/// infonce_async, enqueue}` and `CudaSgd`). [`crate::train::MocoEngine`] writes the step once over it.
+/// fused InfoNCE forward + backward (v1/v2), the fused symmetric loss (v3), the enqueue and the optimiser step,
+/// each forwarding to the backend's existing low-level function:
+///
+/// | op | CPU | wgpu | CUDA |
+/// |---|---|---|---|
+/// | EMA, InfoNCE, enqueue | `backend::cpu::{ema_update, infonce, enqueue}` | `backend::wgpu::{ema_update, infonce_async, enqueue}` | `backend::cuda::{ema_update, infonce_async, enqueue}` |
+/// | v3 loss | `backend::cpu::moco_v3_loss` | `backend::wgpu::moco_v3_loss` | `backend::cuda::moco_v3_loss` |
+/// | optimiser | [`crate::optim::{Sgd, AdamW, Lars}`](crate::optim) | `backend::wgpu::optim::{WgpuSgd, WgpuAdamW, WgpuLars}` | `backend::cuda::optim::{CudaSgd, CudaAdamW, CudaLars}` |
+///
+/// [`crate::train::MocoEngine`] writes the step once over it.
 ///
 /// A companion of [`Device`] rather than more methods on it: these ops carry per-backend state types (the queue
-/// with its storage dtype, the InfoNCE output buffers, the optimiser and its momentum buffer) that the layer
-/// executor never needs, so [`crate::nn::ResNet`] keeps its bound to the layer kernels, and a framework that only
-/// runs networks does not implement the trainer's ops. Every [`Device`] of the crate implements both.
+/// with its storage dtype, the loss outputs, the optimiser and its state) that the layer executor never needs, so
+/// [`crate::nn::ResNet`] keeps its bound to the layer kernels, and a framework that only runs networks does not
+/// implement the trainer's ops. Every [`Device`] of the crate implements both.
 pub trait MocoDevice: Device + Clone {
     /// A queue `[K, C]` of keys in its storage dtype.
     type Queue;
     /// The outputs of the fused InfoNCE: `dq [N, C]` (the query encoder's output gradient), the per-row loss and
     /// the statistics (on the device until [`MocoDevice::read_stats`]).
     type Nce;
-    /// SGD (momentum, weight decay) over one flat parameter allocation, with its momentum buffer and step count.
-    type Sgd;
+    /// The outputs of the MoCo v3 symmetric loss: `dq1, dq2 [N, C]` on the device, and the loss (see
+    /// [`MocoDevice::moco_v3_loss`]).
+    type V3Loss;
+    /// An optimiser (SGD, AdamW or LARS, [`crate::optim::OptimizerConfig`]) over one flat parameter allocation,
+    /// with its state tensors on the device and its step count.
+    type Opt;
 
     /// A queue of `k` keys of `c` features holding `data` (`[K, C]`) converted to `dtype`.
     fn queue_from_f32(&mut self, data: &[f32], k: usize, c: usize, dtype: crate::shape::QueueDType) -> Result<Self::Queue>;
@@ -283,26 +293,54 @@ pub trait MocoDevice: Device + Clone {
     fn nce_dq(nce: &Self::Nce) -> &Self::Input;
     /// Enqueues raw `keys: [N, C]` (normalised on the way in) at `shape.ptr()`, wrapping; returns the new pointer.
     fn enqueue(&mut self, queue: &mut Self::Queue, keys: &Self::Buf, shape: &crate::shape::QueueShape) -> Result<usize>;
-    /// SGD over `len` parameters (momentum buffer zeroed).
-    fn sgd_new(&mut self, config: crate::optim::SgdConfig, len: usize) -> Result<Self::Sgd>;
-    /// One SGD step at learning rate `lr` on whole allocations `params`, `grads`.
-    fn sgd_step(&mut self, opt: &mut Self::Sgd, params: &mut Self::Buf, grads: &Self::Buf, lr: f64) -> Result<()>;
+
+    // ---- MoCo v3: the symmetric in-batch loss ----
+
+    /// v3 loss outputs for batch `n`, dimension `c` (`dq1, dq2: [N, C]`).
+    fn v3_buffers(&mut self, n: usize, c: usize) -> Result<Self::V3Loss>;
+    /// MoCo v3's symmetric loss, forward and backward, fused (no `N x N` buffer): with `q̂, k̂` the L2-normalised
+    /// rows of raw `q1, q2, k1, k2: [N, C]` (whole allocations) and `T = shape.temperature()`,
+    ///
+    /// ```text
+    /// loss     = ctr(q1, k2) + ctr(q2, k1)
+    /// ctr(q,k) = 2T · CE(q̂ k̂ᵀ / T, arange(N))     CE averaged over the N rows (moco-v3's `* 2 * self.T`)
+    /// ```
+    ///
+    /// `out.dq1 = dloss/dq1` and `out.dq2 = dloss/dq2` (w.r.t. the raw features, through the normalisation) are
+    /// overwritten, not accumulated; the keys get no gradient (they come from the momentum encoder). The loss is
+    /// kept in `out` for [`MocoDevice::read_v3_loss`]. The backends' existing functions wait for the GPU and
+    /// return the loss, so on wgpu and CUDA this call synchronises (one wait per step, as the v1/v2 step's
+    /// [`MocoDevice::read_stats`]).
+    #[allow(clippy::too_many_arguments)]
+    fn moco_v3_loss(&mut self, out: &mut Self::V3Loss, q1: &Self::Buf, q2: &Self::Buf, k1: &Self::Buf, k2: &Self::Buf, shape: &crate::shape::SymmetricShape) -> Result<()>;
+    /// The loss of the last [`MocoDevice::moco_v3_loss`] (NaN before the first).
+    fn read_v3_loss(&self, out: &Self::V3Loss) -> Result<f32>;
+    /// `dq1` of the last [`MocoDevice::moco_v3_loss`], as a network's output gradient.
+    fn v3_dq1(out: &Self::V3Loss) -> &Self::Input;
+    /// `dq2` of the last [`MocoDevice::moco_v3_loss`], as a network's output gradient.
+    fn v3_dq2(out: &Self::V3Loss) -> &Self::Input;
+
+    // ---- the optimiser ----
+
+    /// The optimiser of `config` over the flat parameter allocation that `spans` tile (state zeroed, 0 steps
+    /// taken). LARS reads the spans (tensors with `ndim <= 1`, biases and norm weights, get neither weight decay
+    /// nor the trust ratio); SGD and AdamW only their total, `spans.len()`.
+    fn opt_new(&mut self, config: crate::optim::OptimizerConfig, spans: &crate::optim::ParamSpans) -> Result<Self::Opt>;
+    /// One step on whole allocations `params`, `grads` (`[spans.len()]` each) at learning rate `lr`, which
+    /// replaces the configuration's (and the previous step's) from this step on. AdamW's bias corrections use the
+    /// step count ([`MocoDevice::opt_steps`] + 1). A failed step counts no step.
+    fn opt_step(&mut self, opt: &mut Self::Opt, params: &mut Self::Buf, grads: &Self::Buf, lr: f64) -> Result<()>;
     /// Steps taken.
-    fn sgd_steps(opt: &Self::Sgd) -> u64;
-    /// Sets the step count (resume).
-    fn sgd_set_steps(opt: &mut Self::Sgd, steps: u64);
-    /// The momentum buffer on the host (`len` zeros when SGD has no momentum).
-    fn sgd_read_momentum(&self, opt: &Self::Sgd, len: usize) -> Result<Vec<f32>>;
-    /// Restores the momentum buffer (an all-zero `data` is accepted without momentum).
-    fn sgd_write_momentum(&mut self, opt: &mut Self::Sgd, data: &[f32]) -> Result<()>;
+    fn opt_steps(opt: &Self::Opt) -> u64;
+    /// Sets the step count (resume, with [`MocoDevice::opt_write_state`]).
+    fn opt_set_steps(opt: &mut Self::Opt, steps: u64);
+    /// The state tensors on the host, in the order of [`crate::optim::OptimizerConfig::state_names`], each
+    /// `[len]`: SGD `[momentum_buffer]` (`[]` without momentum), AdamW `[exp_avg, exp_avg_sq]`, LARS `[mu]`.
+    fn opt_read_state(&self, opt: &Self::Opt) -> Result<Vec<Vec<f32>>>;
+    /// Restores the state tensors (the layout of [`MocoDevice::opt_read_state`]); a wrong count or length is an
+    /// error naming what was expected and given, and changes nothing.
+    fn opt_write_state(&mut self, opt: &mut Self::Opt, state: &[Vec<f32>]) -> Result<()>;
+
     /// Waits for every queued device operation.
     fn synchronize(&self) -> Result<()>;
-}
-
-/// The error of restoring a non-zero momentum buffer into SGD without momentum.
-pub(crate) fn no_momentum_buffer(data: &[f32]) -> Result<()> {
-    if data.iter().any(|&v| v != 0.0) {
-        return Err(Error::shape("train state", "a zero momentum buffer (SGD momentum 0)", "a non-zero one"));
-    }
-    Ok(())
 }

@@ -25,10 +25,12 @@ mod wgpu_backend;
 mod wgpu_device;
 
 pub use cpu_backend::{Cpu, CpuQueue};
-pub use cpu_device::{CpuDevice, CpuNce};
+pub use cpu_device::{CpuDevice, CpuNce, CpuOpt, CpuV3Loss};
 #[cfg(feature = "cuda")]
-pub use cuda_device::CudaNce;
+pub use cuda_device::{CudaNce, CudaOpt, CudaV3Loss};
 pub use device::{Device, MocoDevice, Region};
+#[cfg(feature = "wgpu")]
+pub use wgpu_device::{WgpuOpt, WgpuV3Loss};
 pub use plan::StreamPlan;
 #[cfg(feature = "wgpu")]
 pub use wgpu_backend::{Adapter, Wgpu, WgpuBuffer};

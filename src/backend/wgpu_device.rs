@@ -1,10 +1,10 @@
 //! [`Device`] on wgpu: allocations are storage buffers, views are [`GpuSlice`]s (regions 256-byte aligned, as the
 //! plans lay them out), and every kernel is the `backend::wgpu::{conv, norm, pool, vit}` function of the same name.
 
-use super::device::{check_regions, no_momentum_buffer, Device, Epilogue, EpilogueGrad, MocoDevice, Region};
-use super::wgpu::{conv, norm, optim::WgpuSgd, pool, vit, AsGpuSlice, GpuSlice, InfoNceBuffers, WgpuContext, WgpuQueue};
-use crate::optim::SgdConfig;
-use crate::shape::{EmaShape, InfoNceShape, QueueDType, QueueShape};
+use super::device::{check_regions, Device, Epilogue, EpilogueGrad, MocoDevice, Region};
+use super::wgpu::{conv, norm, optim::{WgpuAdamW, WgpuLars, WgpuSgd}, pool, vit, AsGpuSlice, GpuSlice, InfoNceBuffers, WgpuContext, WgpuQueue};
+use crate::optim::{OptimizerConfig, ParamSpans};
+use crate::shape::{EmaShape, InfoNceShape, QueueDType, QueueShape, SymmetricShape};
 use super::BackendKind;
 use crate::backend::cpu::nn::{AttentionShape, BatchNormShape, Conv2dShape, EltwiseShape, GlobalAvgPoolShape, LayerNormShape, LinearShape, MaxPool2dShape, PatchShape, TokensShape};
 use crate::error::{Error, Result};
@@ -214,10 +214,66 @@ impl Device for WgpuContext {
     }
 }
 
+/// The MoCo v3 loss outputs on wgpu: `dq1, dq2 [N, C]` on the device and the loss that
+/// [`super::wgpu::moco_v3_loss`] returned (it waits).
+#[derive(Debug)]
+pub struct WgpuV3Loss {
+    /// Gradient w.r.t. raw q1.
+    pub dq1: wgpu::Buffer,
+    /// Gradient w.r.t. raw q2.
+    pub dq2: wgpu::Buffer,
+    /// The loss of the last call (NaN before the first).
+    pub loss: f32,
+}
+
+/// An optimiser on wgpu: [`WgpuSgd`], [`WgpuAdamW`] or [`WgpuLars`].
+#[derive(Debug)]
+pub enum WgpuOpt {
+    /// SGD.
+    Sgd(WgpuSgd),
+    /// AdamW.
+    AdamW(WgpuAdamW),
+    /// LARS.
+    Lars(WgpuLars),
+}
+
+impl WgpuOpt {
+    /// The configuration.
+    pub fn config(&self) -> OptimizerConfig {
+        match self {
+            WgpuOpt::Sgd(o) => OptimizerConfig::Sgd(*o.config()),
+            WgpuOpt::AdamW(o) => OptimizerConfig::AdamW(*o.config()),
+            WgpuOpt::Lars(o) => OptimizerConfig::Lars(*o.config()),
+        }
+    }
+    /// Parameters per step.
+    pub fn len(&self) -> usize {
+        match self {
+            WgpuOpt::Sgd(o) => o.len(),
+            WgpuOpt::AdamW(o) => o.len(),
+            WgpuOpt::Lars(o) => o.spans().len(),
+        }
+    }
+    /// Always false (`len >= 1`).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The state buffers in [`OptimizerConfig::state_names`] order, each `[len]`.
+    pub fn state(&self) -> Vec<&wgpu::Buffer> {
+        let named = match self {
+            WgpuOpt::Sgd(o) => o.state(),
+            WgpuOpt::AdamW(o) => o.state(),
+            WgpuOpt::Lars(o) => o.state(),
+        };
+        named.into_iter().map(|(_, b)| b).collect()
+    }
+}
+
 impl MocoDevice for WgpuContext {
     type Queue = WgpuQueue;
     type Nce = InfoNceBuffers;
-    type Sgd = WgpuSgd;
+    type V3Loss = WgpuV3Loss;
+    type Opt = WgpuOpt;
 
     fn queue_from_f32(&mut self, data: &[f32], k: usize, c: usize, dtype: QueueDType) -> Result<WgpuQueue> {
         WgpuQueue::from_f32(self, data, k, c, dtype)
@@ -243,34 +299,71 @@ impl MocoDevice for WgpuContext {
     fn enqueue(&mut self, queue: &mut WgpuQueue, keys: &wgpu::Buffer, shape: &QueueShape) -> Result<usize> {
         super::wgpu::enqueue(self, queue, keys, shape)
     }
-    fn sgd_new(&mut self, config: SgdConfig, len: usize) -> Result<WgpuSgd> {
-        WgpuSgd::new(self, config, len)
+    fn v3_buffers(&mut self, n: usize, c: usize) -> Result<WgpuV3Loss> {
+        let len = n.checked_mul(c).ok_or_else(|| Error::shape("moco_v3_loss", "N*C that fits usize", format!("N = {n}, C = {c}")))?;
+        Ok(WgpuV3Loss { dq1: self.storage_buffer("moco v3 dq1", bytes(len)), dq2: self.storage_buffer("moco v3 dq2", bytes(len)), loss: f32::NAN })
     }
-    fn sgd_step(&mut self, opt: &mut WgpuSgd, params: &mut wgpu::Buffer, grads: &wgpu::Buffer, lr: f64) -> Result<()> {
-        opt.set_lr(lr)?;
-        opt.step(self, params, grads)
+    fn moco_v3_loss(&mut self, out: &mut WgpuV3Loss, q1: &wgpu::Buffer, q2: &wgpu::Buffer, k1: &wgpu::Buffer, k2: &wgpu::Buffer, shape: &SymmetricShape) -> Result<()> {
+        // whole allocations of exactly N*C, as on the CPU and CUDA (the low-level function accepts longer buffers)
+        shape.check(&[("q1", elems(q1)), ("q2", elems(q2)), ("k1", elems(k1)), ("k2", elems(k2)), ("dq1", elems(&out.dq1)), ("dq2", elems(&out.dq2))])?;
+        out.loss = super::wgpu::moco_v3_loss(self, &out.dq1, &out.dq2, q1, q2, k1, k2, shape)?;
+        Ok(())
     }
-    fn sgd_steps(opt: &WgpuSgd) -> u64 {
-        opt.steps()
+    fn read_v3_loss(&self, out: &WgpuV3Loss) -> Result<f32> {
+        Ok(out.loss)
     }
-    fn sgd_set_steps(opt: &mut WgpuSgd, steps: u64) {
-        opt.set_steps(steps)
+    fn v3_dq1(out: &WgpuV3Loss) -> &(dyn AsGpuSlice + 'static) {
+        &out.dq1
     }
-    fn sgd_read_momentum(&self, opt: &WgpuSgd, len: usize) -> Result<Vec<f32>> {
-        match opt.momentum_buffer() {
-            Some(b) => WgpuContext::read(self, b, len),
-            None => Ok(vec![0.0; len]),
-        }
+    fn v3_dq2(out: &WgpuV3Loss) -> &(dyn AsGpuSlice + 'static) {
+        &out.dq2
     }
-    fn sgd_write_momentum(&mut self, opt: &mut WgpuSgd, data: &[f32]) -> Result<()> {
-        match opt.momentum_buffer() {
-            Some(b) => {
-                crate::error::check_len_eq("train state", "momentum buffer", elems(b), data.len())?;
-                self.queue.write_buffer(b, 0, bytemuck::cast_slice(data));
-                Ok(())
+    fn opt_new(&mut self, config: OptimizerConfig, spans: &ParamSpans) -> Result<WgpuOpt> {
+        Ok(match config {
+            OptimizerConfig::Sgd(c) => WgpuOpt::Sgd(WgpuSgd::new(self, c, spans.len())?),
+            OptimizerConfig::AdamW(c) => WgpuOpt::AdamW(WgpuAdamW::new(self, c, spans.len())?),
+            OptimizerConfig::Lars(c) => WgpuOpt::Lars(WgpuLars::new(self, c, spans.clone())?),
+        })
+    }
+    fn opt_step(&mut self, opt: &mut WgpuOpt, params: &mut wgpu::Buffer, grads: &wgpu::Buffer, lr: f64) -> Result<()> {
+        match opt {
+            WgpuOpt::Sgd(o) => {
+                o.set_lr(lr)?;
+                o.step(self, params, grads)
             }
-            None => no_momentum_buffer(data),
+            WgpuOpt::AdamW(o) => {
+                o.set_lr(lr)?;
+                o.step(self, params, grads)
+            }
+            WgpuOpt::Lars(o) => {
+                o.set_lr(lr)?;
+                o.step(self, params, grads)
+            }
         }
+    }
+    fn opt_steps(opt: &WgpuOpt) -> u64 {
+        match opt {
+            WgpuOpt::Sgd(o) => o.steps(),
+            WgpuOpt::AdamW(o) => o.steps(),
+            WgpuOpt::Lars(o) => o.steps(),
+        }
+    }
+    fn opt_set_steps(opt: &mut WgpuOpt, steps: u64) {
+        match opt {
+            WgpuOpt::Sgd(o) => o.set_steps(steps),
+            WgpuOpt::AdamW(o) => o.set_steps(steps),
+            WgpuOpt::Lars(o) => o.set_steps(steps),
+        }
+    }
+    fn opt_read_state(&self, opt: &WgpuOpt) -> Result<Vec<Vec<f32>>> {
+        opt.state().into_iter().map(|b| WgpuContext::read(self, b, opt.len())).collect()
+    }
+    fn opt_write_state(&mut self, opt: &mut WgpuOpt, state: &[Vec<f32>]) -> Result<()> {
+        opt.config().check_state(opt.len(), state)?;
+        for (b, src) in opt.state().into_iter().zip(state) {
+            self.queue.write_buffer(b, 0, bytemuck::cast_slice(src));
+        }
+        Ok(())
     }
     fn synchronize(&self) -> Result<()> {
         WgpuContext::synchronize(self)

@@ -141,6 +141,67 @@ impl ParamSpans {
     }
 }
 
+/// Which optimiser a run uses, with its hyperparameters: what [`crate::backend::MocoDevice::opt_new`] builds on
+/// any device. MoCo v1/v2 train with SGD; MoCo v3 with LARS (ResNet) or AdamW (ViT).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OptimizerConfig {
+    /// `torch.optim.SGD` ([`Sgd`]).
+    Sgd(SgdConfig),
+    /// `torch.optim.AdamW` ([`AdamW`]).
+    AdamW(AdamWConfig),
+    /// moco-v3's LARS ([`Lars`]; needs the tensors' [`ParamSpans`]).
+    Lars(LarsConfig),
+}
+
+impl OptimizerConfig {
+    /// Checks the hyperparameters of the chosen optimiser.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Self::Sgd(c) => c.validate(),
+            Self::AdamW(c) => c.validate(),
+            Self::Lars(c) => c.validate(),
+        }
+    }
+    /// `"sgd"`, `"adamw"` or `"lars"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Sgd(_) => "sgd",
+            Self::AdamW(_) => "adamw",
+            Self::Lars(_) => "lars",
+        }
+    }
+    /// The learning rate of the configuration.
+    pub fn lr(&self) -> f64 {
+        match self {
+            Self::Sgd(c) => c.lr,
+            Self::AdamW(c) => c.lr,
+            Self::Lars(c) => c.lr,
+        }
+    }
+    /// The state tensors the optimiser keeps, in order, by torch's names (each `[len]`, the parameters' length):
+    /// SGD `[momentum_buffer]` (`[]` with momentum 0), AdamW `[exp_avg, exp_avg_sq]`, LARS `[mu]`. Checkpoints
+    /// store each under `optimizer.<name>`.
+    pub fn state_names(&self) -> &'static [&'static str] {
+        match self {
+            Self::Sgd(c) if c.momentum == 0.0 => &[],
+            Self::Sgd(_) => &["momentum_buffer"],
+            Self::AdamW(_) => &["exp_avg", "exp_avg_sq"],
+            Self::Lars(_) => &["mu"],
+        }
+    }
+    /// Checks a state to restore (e.g. from a checkpoint) against [`OptimizerConfig::state_names`]: one tensor per
+    /// name, each of `len` elements. The error says what was expected and what was given.
+    pub fn check_state(&self, len: usize, state: &[Vec<f32>]) -> Result<()> {
+        let names = self.state_names();
+        if state.len() != names.len() || state.iter().any(|t| t.len() != len) {
+            let expected = if names.is_empty() { "no state tensors".to_string() } else { format!("{} state tensor(s) [{}] of {len} elements each", names.len(), names.join(", ")) };
+            let lens: Vec<usize> = state.iter().map(Vec::len).collect();
+            return Err(Error::shape("optimizer state", format!("{} ({expected})", self.name()), format!("{} tensor(s) of lengths {lens:?}", state.len())));
+        }
+        Ok(())
+    }
+}
+
 /// An optimiser that owns its state buffers and updates a flat parameter buffer in place.
 pub trait Optimizer {
     /// One step: updates `params: [len]` from `grads: [len]` (same layout) and the optimiser state.

@@ -3,6 +3,7 @@
 
 use super::config::TrainConfig;
 use crate::error::{Error, Result};
+use crate::optim::{OptimizerConfig, SgdConfig};
 use crate::nn::{Depth, ResNetConfig, ResNetLayout, SplitMix64, Stem};
 
 /// Scalars of one step.
@@ -27,9 +28,11 @@ pub struct EngineState {
     pub q_buffers: Vec<f32>,
     /// Key encoder BN running statistics.
     pub k_buffers: Vec<f32>,
-    /// SGD momentum buffer (`layout.params`).
-    pub momentum_buffer: Vec<f32>,
-    /// SGD steps taken.
+    /// The optimiser's state tensors, each `[layout.params]`, in the order of
+    /// [`crate::optim::OptimizerConfig::state_names`] of [`optimizer_config`] (SGD: the momentum buffer, or none
+    /// without momentum).
+    pub opt_state: Vec<Vec<f32>>,
+    /// Optimiser steps taken.
     pub opt_steps: u64,
     /// Queue `[K, dim]`, as f32.
     pub queue: Vec<f32>,
@@ -77,12 +80,18 @@ pub fn initial_queue(cfg: &TrainConfig) -> Vec<f32> {
     q
 }
 
+/// The optimiser of a run: MoCo v1/v2's SGD (`lr`, `sgd_momentum`, `weight_decay`). The lr of each step comes
+/// from the schedule ([`TrainConfig::lr_at`]) and replaces the config's.
+pub fn optimizer_config(cfg: &TrainConfig) -> OptimizerConfig {
+    OptimizerConfig::Sgd(SgdConfig::new(cfg.lr, cfg.sgd_momentum, cfg.weight_decay))
+}
+
 /// Checks a restored state against the layout and config.
 pub fn check_state(s: &EngineState, layout: &ResNetLayout, cfg: &TrainConfig) -> Result<()> {
     let (p, b, q) = (layout.params.len, layout.buffers.len, cfg.queue_len * cfg.dim);
-    let lens = [s.q_params.len(), s.k_params.len(), s.momentum_buffer.len(), s.q_buffers.len(), s.k_buffers.len(), s.queue.len()];
-    if lens != [p, p, p, b, b, q] || s.queue_ptr >= cfg.queue_len {
-        return Err(Error::shape("train state", format!("params {p} x3, buffers {b} x2, queue {q}, ptr < {}", cfg.queue_len), format!("{lens:?}, ptr {}", s.queue_ptr)));
+    let lens = [s.q_params.len(), s.k_params.len(), s.q_buffers.len(), s.k_buffers.len(), s.queue.len()];
+    if lens != [p, p, b, b, q] || s.queue_ptr >= cfg.queue_len {
+        return Err(Error::shape("train state", format!("params {p} x2, buffers {b} x2, queue {q}, ptr < {}", cfg.queue_len), format!("{lens:?}, ptr {}", s.queue_ptr)));
     }
-    Ok(())
+    optimizer_config(cfg).check_state(p, &s.opt_state)
 }

@@ -10,12 +10,12 @@
 //! [`Cuda`]: crate::backend::cuda::Cuda
 
 use super::config::TrainConfig;
-use super::engine::{check_state, encoder_config, initial_queue, Engine, EngineState, StepStats};
+use super::engine::{check_state, encoder_config, initial_queue, optimizer_config, Engine, EngineState, StepStats};
 use super::shuffle::{self, KeyBatch};
 use crate::backend::{CpuDevice, InfoNceStats, MocoDevice, Region};
 use crate::error::Result;
 use crate::nn::{ResNet, ResNetLayout};
-use crate::optim::SgdConfig;
+use crate::optim::ParamSpans;
 use crate::shape::{InfoNceShape, QueueShape};
 
 /// Eval batch of [`Engine::embed`].
@@ -38,7 +38,7 @@ pub struct MocoEngine<D: MocoDevice> {
     enc_q: ResNet<D>,
     enc_k: ResNet<D>,
     enc_eval: ResNet<D>,
-    opt: D::Sgd,
+    opt: D::Opt,
     queue: D::Queue,
     ptr: usize,
     /// Query features `[N, dim]` of the current half.
@@ -87,7 +87,7 @@ impl<D: MocoDevice> MocoEngine<D> {
         let enc_q = ResNet::on(dev.clone(), ec, n, s, s, cfg.bn_splits, cfg.seed)?;
         let enc_k = ResNet::on(dev.clone(), ec, n, s, s, cfg.bn_splits, cfg.seed)?;
         let enc_eval = ResNet::on(dev.clone(), ec, EVAL_BATCH, s, s, 1, cfg.seed)?;
-        let opt = dev.sgd_new(SgdConfig::new(cfg.lr, cfg.sgd_momentum, cfg.weight_decay), enc_q.layout.params.len)?;
+        let opt = dev.opt_new(optimizer_config(cfg), &ParamSpans::from_layout(&enc_q.layout.params)?)?;
         let queue = dev.queue_from_f32(&initial_queue(cfg), cfg.queue_len, dim, cfg.queue_dtype)?;
         let (q, k1, k2) = (dev.alloc(n * dim)?, dev.alloc(n * dim)?, dev.alloc(n * dim)?);
         let nce = dev.nce_buffers(n, dim)?;
@@ -153,7 +153,7 @@ impl<D: MocoDevice> Engine for MocoEngine<D> {
         // key encoder: EMA of the query encoder's parameters (not its BN statistics), then keys without grad
         self.dev.ema_update(&mut self.enc_k.params, &self.enc_q.params, self.cfg.momentum)?;
         // keys with shuffle-BN: the permutation of this step comes from (seed, optimiser steps taken)
-        let step = D::sgd_steps(&self.opt);
+        let step = D::opt_steps(&self.opt);
         let k2 = self.keys(x_k, step, KeyBatch::K2)?;
         let k1 = if self.cfg.symmetric { Some(self.keys(x_q, step, KeyBatch::K1)?) } else { None };
         self.enc_q.zero_grad()?;
@@ -170,7 +170,7 @@ impl<D: MocoDevice> Engine for MocoEngine<D> {
         if !stats.loss.is_finite() {
             return Ok(stats);
         }
-        self.dev.sgd_step(&mut self.opt, &mut self.enc_q.params, &self.enc_q.grads, lr)?;
+        self.dev.opt_step(&mut self.opt, &mut self.enc_q.params, &self.enc_q.grads, lr)?;
         // enqueue after the loss: k2 (and k1 first for the symmetric loss, as the colab's cat([k1, k2]))
         let qs = QueueShape::new(n, dim, self.cfg.queue_len, self.ptr)?;
         if self.cfg.symmetric {
@@ -205,8 +205,8 @@ impl<D: MocoDevice> Engine for MocoEngine<D> {
             k_params: self.enc_k.read_params()?,
             q_buffers: self.enc_q.read_buffers()?,
             k_buffers: self.enc_k.read_buffers()?,
-            momentum_buffer: self.dev.sgd_read_momentum(&self.opt, self.enc_q.layout.params.len)?,
-            opt_steps: D::sgd_steps(&self.opt),
+            opt_state: self.dev.opt_read_state(&self.opt)?,
+            opt_steps: D::opt_steps(&self.opt),
             queue: self.dev.queue_to_f32(&self.queue)?,
             queue_ptr: self.ptr,
             q_tracked: self.enc_q.num_batches_tracked,
@@ -220,8 +220,8 @@ impl<D: MocoDevice> Engine for MocoEngine<D> {
         self.enc_k.write_params(&s.k_params)?;
         self.enc_q.write_buffers(&s.q_buffers)?;
         self.enc_k.write_buffers(&s.k_buffers)?;
-        self.dev.sgd_write_momentum(&mut self.opt, &s.momentum_buffer)?;
-        D::sgd_set_steps(&mut self.opt, s.opt_steps);
+        self.dev.opt_write_state(&mut self.opt, &s.opt_state)?;
+        D::opt_set_steps(&mut self.opt, s.opt_steps);
         self.queue = self.dev.queue_from_f32(&s.queue, self.cfg.queue_len, self.cfg.dim, self.cfg.queue_dtype)?;
         self.ptr = s.queue_ptr;
         self.enc_q.num_batches_tracked = s.q_tracked;

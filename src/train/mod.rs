@@ -16,5 +16,5 @@ pub use moco::{CpuEngine, MocoEngine};
 pub use moco::CudaEngine;
 #[cfg(feature = "wgpu")]
 pub use moco::WgpuEngine;
-pub use engine::{encoder_config, initial_queue, Engine, EngineState, StepStats};
+pub use engine::{encoder_config, initial_queue, optimizer_config, Engine, EngineState, StepStats};
 pub use run::{embed_dataset, knn_eval, linear_probe_on, queue_full_step, train, RunOptions, RunSummary};

@@ -1,10 +1,15 @@
 //! The run checkpoint: query and key encoders (torchvision names under `encoder_q.` / `encoder_k.`, BN statistics
-//! included), the SGD momentum buffer, the queue and its pointer, epoch / step counters and the config, in one
-//! safetensors file written atomically. The augmentation and shuffle randomness is counter-based on
+//! included), the optimiser's state tensors under `optimizer.<torch name>` (SGD `momentum_buffer`, AdamW
+//! `exp_avg` and `exp_avg_sq`, LARS `mu`: [`crate::optim::OptimizerConfig::state_names`]), the queue and its
+//! pointer, epoch / step counters and the config, in one safetensors file written atomically.
+//!
+//! Format `moco-train/2`. Files of `moco-train/1` (which always held `optimizer.momentum_buffer`, zeros when SGD
+//! had no momentum) still load: with momentum the tensor is the same, without it must be all zeros and is
+//! dropped. The augmentation and shuffle randomness is counter-based on
 //! (seed, epoch, index), so (seed, epoch, step) is the whole RNG state.
 
 use super::config::TrainConfig;
-use super::engine::EngineState;
+use super::engine::{optimizer_config, EngineState};
 use crate::checkpoint::{self, LoadOptions, Part, PartMut};
 use crate::error::{Error, Result};
 use crate::nn::{Layout, ResNetConfig, ResNetLayout};
@@ -12,7 +17,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// File format tag in the metadata.
-pub const FORMAT: &str = "moco-train/1";
+pub const FORMAT: &str = "moco-train/2";
+
+/// The format before the optimiser state was generalised (SGD's momentum buffer always present).
+pub const FORMAT_V1: &str = "moco-train/1";
 
 /// Where the run is: the next step to run is `step` of `epoch`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,9 +33,16 @@ pub struct Progress {
     pub global_step: u64,
 }
 
-fn extra_layouts(layout: &ResNetLayout, cfg: &TrainConfig) -> (Layout, Layout) {
-    let mut opt = Layout::default();
-    opt.push("momentum_buffer", &[layout.params.len]);
+/// One single-tensor layout per optimiser state tensor (`names`, each `[params]`), and the queue's.
+fn extra_layouts(layout: &ResNetLayout, cfg: &TrainConfig, names: &[&str]) -> (Vec<Layout>, Layout) {
+    let opt = names
+        .iter()
+        .map(|name| {
+            let mut l = Layout::default();
+            l.push(*name, &[layout.params.len]);
+            l
+        })
+        .collect();
     let mut queue = Layout::default();
     queue.push("queue", &[cfg.queue_len, cfg.dim]);
     (opt, queue)
@@ -37,15 +52,17 @@ const SCALARS: [&str; 6] = ["epoch", "step", "global_step", "queue_ptr", "opt_st
 
 /// Writes the checkpoint atomically.
 pub fn save(path: &Path, cfg: &TrainConfig, layout: &ResNetLayout, s: &EngineState, p: Progress) -> Result<()> {
-    let (opt, queue) = extra_layouts(layout, cfg);
-    let parts = [
+    let names = optimizer_config(cfg).state_names();
+    optimizer_config(cfg).check_state(layout.params.len, &s.opt_state)?;
+    let (opt, queue) = extra_layouts(layout, cfg, names);
+    let mut parts = vec![
         Part::new(&layout.params, &s.q_params).with_prefix("encoder_q."),
         Part::new(&layout.buffers, &s.q_buffers).with_prefix("encoder_q."),
         Part::new(&layout.params, &s.k_params).with_prefix("encoder_k."),
         Part::new(&layout.buffers, &s.k_buffers).with_prefix("encoder_k."),
-        Part::new(&opt, &s.momentum_buffer).with_prefix("optimizer."),
-        Part::new(&queue, &s.queue),
     ];
+    parts.extend(opt.iter().zip(&s.opt_state).map(|(l, t)| Part::new(l, t).with_prefix("optimizer.")));
+    parts.push(Part::new(&queue, &s.queue));
     let vals = [p.epoch as i64, p.step as i64, p.global_step as i64, s.queue_ptr as i64, s.opt_steps as i64, s.q_tracked];
     let mut scalars: Vec<(String, i64)> = SCALARS.iter().zip(vals).map(|(k, v)| (k.to_string(), v)).collect();
     scalars.push(("k_tracked".into(), s.k_tracked));
@@ -59,29 +76,40 @@ pub fn save(path: &Path, cfg: &TrainConfig, layout: &ResNetLayout, s: &EngineSta
 pub fn load(path: &Path, cfg: &TrainConfig, layout: &ResNetLayout) -> Result<(EngineState, Progress)> {
     let ck = checkpoint::load(path)?;
     let bad = |reason: String| Error::BadFile { path: path.display().to_string(), reason };
-    if ck.meta("format") != Some(FORMAT) {
-        return Err(bad(format!("not a moco training checkpoint (metadata format {:?}, expected {FORMAT:?})", ck.meta("format"))));
+    let v1 = ck.meta("format") == Some(FORMAT_V1);
+    if ck.meta("format") != Some(FORMAT) && !v1 {
+        return Err(bad(format!("not a moco training checkpoint (metadata format {:?}, expected {FORMAT:?} or {FORMAT_V1:?})", ck.meta("format"))));
     }
     let diff = cfg.mismatches(ck.metadata());
     if !diff.is_empty() {
         return Err(bad(format!("checkpoint of another config: {}", diff.join("; "))));
     }
-    let (opt, queue) = extra_layouts(layout, cfg);
+    // version 1 always stored SGD's momentum buffer (zeros without momentum)
+    let names: &[&str] = if v1 { &["momentum_buffer"] } else { optimizer_config(cfg).state_names() };
+    let (opt, queue) = extra_layouts(layout, cfg, names);
     let (p, b, q) = (layout.params.len, layout.buffers.len, cfg.queue_len * cfg.dim);
-    let mut s = EngineState { q_params: vec![0.0; p], k_params: vec![0.0; p], q_buffers: vec![0.0; b], k_buffers: vec![0.0; b], momentum_buffer: vec![0.0; p], opt_steps: 0, queue: vec![0.0; q], queue_ptr: 0, q_tracked: 0, k_tracked: 0 };
-    let mut names: Vec<String> = SCALARS.iter().map(|s| s.to_string()).collect();
-    names.push("k_tracked".into());
+    let opt_state = vec![vec![0.0; p]; names.len()];
+    let mut s = EngineState { q_params: vec![0.0; p], k_params: vec![0.0; p], q_buffers: vec![0.0; b], k_buffers: vec![0.0; b], opt_state, opt_steps: 0, queue: vec![0.0; q], queue_ptr: 0, q_tracked: 0, k_tracked: 0 };
+    let mut scalars: Vec<String> = SCALARS.iter().map(|s| s.to_string()).collect();
+    scalars.push("k_tracked".into());
     let r = {
-        let mut parts = [
+        let mut parts = vec![
             PartMut::new(&layout.params, &mut s.q_params).with_prefix("encoder_q."),
             PartMut::new(&layout.buffers, &mut s.q_buffers).with_prefix("encoder_q."),
             PartMut::new(&layout.params, &mut s.k_params).with_prefix("encoder_k."),
             PartMut::new(&layout.buffers, &mut s.k_buffers).with_prefix("encoder_k."),
-            PartMut::new(&opt, &mut s.momentum_buffer).with_prefix("optimizer."),
-            PartMut::new(&queue, &mut s.queue),
         ];
-        ck.restore(&mut parts, &names, &LoadOptions::strict())?
+        parts.extend(opt.iter().zip(s.opt_state.iter_mut()).map(|(l, t)| PartMut::new(l, t).with_prefix("optimizer.")));
+        parts.push(PartMut::new(&queue, &mut s.queue));
+        ck.restore(&mut parts, &scalars, &LoadOptions::strict())?
     };
+    if v1 && optimizer_config(cfg).state_names().is_empty() {
+        // SGD without momentum: version 1's zero buffer is no state; a non-zero one cannot be restored
+        if s.opt_state.iter().flatten().any(|&v| v != 0.0) {
+            return Err(bad("a non-zero `optimizer.momentum_buffer` for SGD with momentum 0".into()));
+        }
+        s.opt_state.clear();
+    }
     let get = |k: &str| -> Result<i64> { r.scalars.get(k).copied().filter(|v| *v >= 0 || k.ends_with("tracked")).ok_or_else(|| bad(format!("scalar `{k}` missing or negative"))) };
     s.queue_ptr = get("queue_ptr")? as usize;
     s.opt_steps = get("opt_steps")? as u64;

@@ -269,6 +269,10 @@ impl CudaSgd {
     pub fn state(&self) -> Vec<(&'static str, &CudaSlice<f32>)> {
         self.momentum_buf.iter().map(|b| ("momentum_buffer", b)).collect()
     }
+    /// The state buffers, writable (to restore them from a checkpoint).
+    pub fn state_mut(&mut self) -> Vec<(&'static str, &mut CudaSlice<f32>)> {
+        self.momentum_buf.iter_mut().map(|b| ("momentum_buffer", b)).collect()
+    }
 }
 
 /// `torch.optim.AdamW` on CUDA over one flat parameter buffer, owning its two moment buffers: the CUDA twin of
@@ -328,6 +332,10 @@ impl CudaAdamW {
     /// The state buffers by torch's names (`exp_avg`, `exp_avg_sq`), each `[len]`.
     pub fn state(&self) -> Vec<(&'static str, &CudaSlice<f32>)> {
         vec![("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)]
+    }
+    /// The state buffers, writable (to restore them from a checkpoint).
+    pub fn state_mut(&mut self) -> Vec<(&'static str, &mut CudaSlice<f32>)> {
+        vec![("exp_avg", &mut self.exp_avg), ("exp_avg_sq", &mut self.exp_avg_sq)]
     }
 }
 
@@ -393,5 +401,9 @@ impl CudaLars {
     /// The state buffers by name (`mu`), each `[len]`.
     pub fn state(&self) -> Vec<(&'static str, &CudaSlice<f32>)> {
         vec![("mu", &self.mu)]
+    }
+    /// The state buffers, writable (to restore them from a checkpoint).
+    pub fn state_mut(&mut self) -> Vec<(&'static str, &mut CudaSlice<f32>)> {
+        vec![("mu", &mut self.mu)]
     }
 }
