@@ -15,9 +15,8 @@
 //! ```
 
 use clap::Parser;
-use moco::backend::wgpu::WgpuContext;
-use moco::data::{self, PairLoader, SyntheticConfig};
-use moco::train::{self, CpuEngine, Engine, Preset, RunOptions, TrainConfig, WgpuEngine};
+use moco::data::{self, PairLoader};
+use moco::train::{self, front, Preset, RunOptions, TrainConfig};
 use moco::QueueDType;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -142,22 +141,7 @@ struct Args {
 }
 
 fn main() {
-    // Compute needs Vulkan, Metal or DX12 only: the GL backend is not probed (WGPU_BACKEND, if set, wins).
-    if std::env::var_os("WGPU_BACKEND").is_none() {
-        std::env::set_var("WGPU_BACKEND", "vulkan,metal,dx12");
-    }
-    // Probing Vulkan loads Mesa's window-system code, which prints "error: XDG_RUNTIME_DIR is invalid or not set
-    // in the environment." on a machine without a desktop session. Give it the private folder it asks for.
-    let mut made: Option<PathBuf> = None;
-    #[cfg(unix)]
-    if !std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| std::path::Path::new(&d).is_dir()) {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("moco-xdg-runtime-{}", std::process::id()));
-        if std::fs::create_dir_all(&dir).is_ok() && std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).is_ok() {
-            std::env::set_var("XDG_RUNTIME_DIR", &dir);
-            made = Some(dir);
-        }
-    }
+    let made = front::prepare_env();
     let result = run(Args::parse());
     if let Some(dir) = made {
         let _ = std::fs::remove_dir(dir);
@@ -168,112 +152,14 @@ fn main() {
     }
 }
 
-/// What the device probe found, and the engine it picked with the reason.
-fn pick_engine(backend: &str, cfg: &TrainConfig) -> moco::Result<(Box<dyn Engine>, String)> {
-    let threads = rayon::current_num_threads();
-    match backend {
-        "cpu" => Ok((Box::new(CpuEngine::new(cfg)?), format!("CPU engine ({threads} threads), as asked (--backend cpu); no GPU probe"))),
-        "wgpu" => {
-            let ctx = WgpuContext::new(moco::backend::Adapter::Any)?;
-            let name = ctx.adapter_name.clone();
-            Ok((Box::new(WgpuEngine::new(&ctx, cfg)?), format!("wgpu engine on {name}, as asked (--backend wgpu)")))
-        }
-        "cuda" => {
-            let cuda = open_cuda()?;
-            let name = cuda.name();
-            Ok((Box::new(cuda_engine(&cuda, cfg)?), format!("CUDA engine on {name}, as asked (--backend cuda)")))
-        }
-        "auto" => {
-            let cuda_why = match open_cuda() {
-                Ok(cuda) => {
-                    let name = cuda.name();
-                    return Ok((Box::new(cuda_engine(&cuda, cfg)?), format!("CUDA engine on {name} (a GPU with libcuda)")));
-                }
-                Err(e) => message(e),
-            };
-            match WgpuContext::new(moco::backend::Adapter::HardwareOnly) {
-                Ok(ctx) => {
-                    let name = ctx.adapter_name.clone();
-                    Ok((Box::new(WgpuEngine::new(&ctx, cfg)?), format!("wgpu engine on {name} (a hardware GPU adapter); not CUDA: {cuda_why}")))
-                }
-                Err(e) => Ok((
-                    Box::new(CpuEngine::new(cfg)?),
-                    format!(
-                        "CPU engine ({threads} threads). Not a GPU: CUDA: {cuda_why}; wgpu: {} (a software adapter such as lavapipe is slower than the CPU engine; --backend wgpu uses it anyway)",
-                        message(e)
-                    ),
-                )),
-            }
-        }
-        b => Err(moco::Error::shape("--backend", "auto, cpu, wgpu or cuda", b.to_string())),
-    }
-}
-
-/// An error's message without the `Unavailable` prefix.
-fn message(e: moco::Error) -> String {
-    match e {
-        moco::Error::Unavailable(m) => m,
-        other => other.to_string(),
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn open_cuda() -> moco::Result<moco::backend::cuda::Cuda> {
-    moco::backend::cuda::Cuda::new(0)
-}
-
-#[cfg(feature = "cuda")]
-fn cuda_engine(cuda: &moco::backend::cuda::Cuda, cfg: &TrainConfig) -> moco::Result<moco::train::CudaEngine> {
-    moco::train::CudaEngine::new(cuda, cfg)
-}
-
-/// Without the `cuda` feature there is no CUDA device to open.
-#[cfg(not(feature = "cuda"))]
-enum NoCuda {}
-
-#[cfg(not(feature = "cuda"))]
-impl NoCuda {
-    fn name(&self) -> String {
-        match *self {}
-    }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn open_cuda() -> moco::Result<NoCuda> {
-    Err(moco::Error::Unavailable("this build has no `cuda` feature".into()))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_engine(cuda: &NoCuda, _: &TrainConfig) -> moco::Result<CpuEngine> {
-    match *cuda {}
-}
-
-fn export_data(dir: &std::path::Path) -> moco::Result<()> {
-    let (train, test) = data::digits(32)?;
-    data::write_cifar_bin(&train, dir.join("train.bin"))?;
-    data::write_cifar_bin(&test, dir.join("test.bin"))?;
-    let license = include_str!("../src/data/DIGITS-LICENSE.txt");
-    let text = format!(
-        "The embedded digits of the moco crate as CIFAR-10 binary: train.bin ({} records), test.bin ({} records), 32x32,\n\
-         8x8 originals upsampled bilinearly, grey in three channels. Read with `--data {}` or\n\
-         scripts/moco_torch_reference.py --data {}.\n\n{license}",
-        train.len(),
-        test.len(),
-        dir.display(),
-        dir.display()
-    );
-    std::fs::write(dir.join("LICENSE.txt"), text).map_err(|e| moco::Error::Io { path: dir.join("LICENSE.txt").display().to_string(), source: e })?;
-    println!("wrote {} and {} ({} + {} handwritten digits, CIFAR-10 binary, 32x32)", dir.join("train.bin").display(), dir.join("test.bin").display(), train.len(), test.len());
-    Ok(())
-}
-
 fn run(a: Args) -> moco::Result<()> {
     let t_start = Instant::now();
     if let Some(dir) = &a.export_data {
-        return export_data(dir);
+        return front::export_data(dir);
     }
     let preset = Preset::parse(&a.preset)?;
-    let mut cfg = TrainConfig::preset(preset);
+    // --preset v3 trains MoCo v3 on the ResNet-18 (examples/train_vit.rs has the ViT and the v3 flags)
+    let mut cfg = if preset == Preset::V3 { TrainConfig::v3(train::ModelKind::ResNet18) } else { TrainConfig::preset(preset) };
     let demo = a.data.is_none();
     if demo {
         cfg.image_size = demo::IMAGE_SIZE;
@@ -314,22 +200,8 @@ fn run(a: Args) -> moco::Result<()> {
     };
     cfg.validate()?;
 
-    let (train_ds, test_ds, source) = match a.data.as_deref() {
-        None | Some("digits") => {
-            let (tr, te) = data::digits(32)?;
-            (tr, te, "embedded handwritten digits (UCI via scikit-learn, BSD-3-Clause; 8x8 upsampled to 32x32)".to_string())
-        }
-        Some("synthetic") => {
-            let sizes = a.synthetic.clone().unwrap_or(vec![1024, 256]);
-            let sc = SyntheticConfig { train: sizes[0], test: sizes[1], size: cfg.image_size, seed: cfg.seed, ..SyntheticConfig::default() };
-            let (tr, te) = data::synthetic(&sc)?;
-            (tr, te, "synthetic shapes and textures (10 classes)".to_string())
-        }
-        Some(p) => {
-            let (tr, te) = data::load(p, cfg.image_size)?;
-            (tr, te, p.to_string())
-        }
-    };
+    let synthetic = a.synthetic.as_ref().map(|s| (s[0], s[1]));
+    let (train_ds, test_ds, source) = front::load_data(a.data.as_deref(), cfg.image_size, synthetic, cfg.seed)?;
     let mut aug = cfg.augmentation();
     if demo {
         aug.crop_scale.0 = demo::CROP_MIN;
@@ -344,8 +216,8 @@ fn run(a: Args) -> moco::Result<()> {
     aug.validate()?;
     let (train_ds, test_ds) = (Arc::new(train_ds), Arc::new(test_ds));
 
-    let (mut engine, why) = pick_engine(&a.backend, &cfg)?;
-    println!("moco: MoCo ({} preset) / ResNet-18 (CIFAR stem)", preset.name());
+    let (mut engine, why) = front::pick_engine(&a.backend, &cfg)?;
+    println!("moco: MoCo ({} preset) / {}", preset.name(), train::model_name(&cfg));
     println!("device: {why}");
     println!("data: {source}: {} train, {} test images (the test split is never trained on)", train_ds.len(), test_ds.len());
     if demo {
@@ -374,7 +246,7 @@ fn run(a: Args) -> moco::Result<()> {
             stop.store(true, Ordering::SeqCst);
         });
     }
-    if !a.resume {
+    if !a.resume && !cfg.is_v3() {
         println!("queue: {} random unit vectors at the start; full of real keys from step {} on (marked in curves.png)", cfg.queue_len, train::queue_full_step(&cfg));
     }
     let opts = RunOptions { out_dir: a.out.clone(), resume: a.resume, progress: !a.no_progress, max_steps: a.max_steps, stop: Some(stop), no_knn: false, export: a.export.clone(), verbose: true, knn_backbone: a.knn_backbone };

@@ -109,7 +109,7 @@ fn non_finite_loss_changes_nothing() {
     let mut e = CpuEngine::new(&cfg).unwrap();
     let (xq, xk) = views(&cfg, 2);
     let mut s = e.state().unwrap();
-    let fc = e.layout().params.get("fc.weight").unwrap().offset;
+    let fc = e.layouts().params.get("fc.weight").unwrap().offset;
     s.q_params[fc + 3] = f32::NAN;
     e.load_state(&s).unwrap();
     let st = e.step(&xq, &xk, cfg.lr).unwrap();
@@ -123,7 +123,7 @@ fn non_finite_loss_changes_nothing() {
     std::fs::create_dir_all(&d).unwrap();
     let ck = d.join("checkpoint.safetensors");
     let p = train::state_file::Progress { epoch: 0, step: 0, global_step: 0 };
-    train::state_file::save(&ck, &cfg, e.layout(), &s, p).unwrap();
+    train::state_file::save(&ck, &cfg, &e.layouts(), &s, p).unwrap();
     let before = std::fs::read(&ck).unwrap();
     let opts = RunOptions { out_dir: d.clone(), no_knn: true, resume: true, ..RunOptions::default() };
     let err = train::train(&cfg, &mut CpuEngine::new(&cfg).unwrap(), tr, te, AugmentConfig::v1(32), &opts).unwrap_err();
@@ -147,22 +147,23 @@ fn optimizer_state_in_checkpoints_and_version_1_files() {
     let s = e.state().unwrap();
     assert!(s.opt_state.len() == 1 && s.opt_state[0].iter().any(|&v| v != 0.0), "SGD with momentum: one non-zero buffer");
     // the engine rejects a state of the wrong shape and keeps its own
-    let p_len = e.layout().params.len;
+    let p_len = e.layouts().params.len;
     for bad in [vec![], vec![vec![0.0; p_len]; 2], vec![vec![0.0; p_len - 1]]] {
         let err = e.load_state(&train::EngineState { opt_state: bad, ..s.clone() }).unwrap_err();
         assert!(matches!(&err, Error::Shape { .. }) && err.to_string().contains("momentum_buffer"), "{err}");
     }
     assert_eq!(e.state().unwrap(), s);
-    let layout = e.layout().clone();
+    let layout = moco::nn::ResNetLayout::new(train::encoder_config(&cfg)).unwrap();
+    let layouts = train::EngineLayouts { params: &layout.params, buffers: &layout.buffers, predictor: None, feature_dim: layout.feature_dim };
     let d = tmp("opt-state");
     std::fs::create_dir_all(&d).unwrap();
     let prog = Progress { epoch: 0, step: 1, global_step: 1 };
     let opt_names = |path: &std::path::Path| -> Vec<String> { checkpoint::load(path).unwrap().names().into_iter().filter(|n| n.starts_with("optimizer.")).map(String::from).collect() };
     // this format
     let ck = d.join("v2.safetensors");
-    state_file::save(&ck, &cfg, &layout, &s, prog).unwrap();
+    state_file::save(&ck, &cfg, &layouts, &s, prog).unwrap();
     assert_eq!(opt_names(&ck), ["optimizer.momentum_buffer"]);
-    assert_eq!(state_file::load(&ck, &cfg, &layout).unwrap(), (s.clone(), prog));
+    assert_eq!(state_file::load(&ck, &cfg, &layouts).unwrap(), (s.clone(), prog));
     // version 1, written as its code wrote it
     let write_v1 = |path: &std::path::Path, cfg: &TrainConfig, s: &train::EngineState, momentum_buffer: &[f32]| {
         let (mut opt, mut queue) = (Layout::default(), Layout::default());
@@ -184,19 +185,19 @@ fn optimizer_state_in_checkpoints_and_version_1_files() {
     };
     let v1 = d.join("v1.safetensors");
     write_v1(&v1, &cfg, &s, &s.opt_state[0]);
-    assert_eq!(state_file::load(&v1, &cfg, &layout).unwrap(), (s.clone(), prog), "version 1 with momentum");
+    assert_eq!(state_file::load(&v1, &cfg, &layouts).unwrap(), (s.clone(), prog), "version 1 with momentum");
     // SGD without momentum: no state tensor now; version 1's zero buffer loads as none, a non-zero one is an error
     let mut cfg0 = cfg.clone();
     cfg0.sgd_momentum = 0.0;
     let s0 = train::EngineState { opt_state: vec![], ..s.clone() };
-    assert!(state_file::save(&ck, &cfg0, &layout, &s, prog).is_err(), "a momentum buffer for SGD without momentum");
-    state_file::save(&ck, &cfg0, &layout, &s0, prog).unwrap();
+    assert!(state_file::save(&ck, &cfg0, &layouts, &s, prog).is_err(), "a momentum buffer for SGD without momentum");
+    state_file::save(&ck, &cfg0, &layouts, &s0, prog).unwrap();
     assert!(opt_names(&ck).is_empty());
-    assert_eq!(state_file::load(&ck, &cfg0, &layout).unwrap(), (s0.clone(), prog));
+    assert_eq!(state_file::load(&ck, &cfg0, &layouts).unwrap(), (s0.clone(), prog));
     write_v1(&v1, &cfg0, &s0, &vec![0.0; layout.params.len]);
-    assert_eq!(state_file::load(&v1, &cfg0, &layout).unwrap(), (s0.clone(), prog), "version 1 without momentum");
+    assert_eq!(state_file::load(&v1, &cfg0, &layouts).unwrap(), (s0.clone(), prog), "version 1 without momentum");
     write_v1(&v1, &cfg0, &s0, &s.opt_state[0]);
-    let err = state_file::load(&v1, &cfg0, &layout).unwrap_err();
+    let err = state_file::load(&v1, &cfg0, &layouts).unwrap_err();
     assert!(matches!(&err, Error::BadFile { reason, .. } if reason.contains("momentum_buffer")), "{err}");
     let _ = std::fs::remove_dir_all(d);
 }

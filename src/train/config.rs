@@ -260,6 +260,9 @@ impl TrainConfig {
     /// A preset on top of the colab defaults: colab and v1 keep them (v1 differs in augmentation only); v2 adds
     /// the MLP head and T = 0.2.
     pub fn preset(p: Preset) -> Self {
+        if p == Preset::V3 {
+            return Self::v3(ModelKind::Vit);
+        }
         let mut c = Self::colab();
         c.preset = p;
         if p == Preset::V2 {

@@ -3,8 +3,10 @@
 
 use super::config::TrainConfig;
 use crate::error::{Error, Result};
-use crate::optim::{OptimizerConfig, SgdConfig};
-use crate::nn::{Depth, ResNetConfig, ResNetLayout, SplitMix64, Stem};
+use super::config::{ModelKind, OptimizerKind};
+use crate::nn::{Depth, Layout, MlpSpec, ResNetConfig, SplitMix64, Stem};
+use crate::optim::{AdamWConfig, LarsConfig, OptimizerConfig, SgdConfig};
+use std::path::Path;
 
 /// Scalars of one step.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -42,30 +44,67 @@ pub struct EngineState {
     pub q_tracked: i64,
     /// See `q_tracked`.
     pub k_tracked: i64,
+    /// MoCo v3's predictor: parameters, BN running statistics and optimiser state (empty for v1/v2).
+    pub pred_params: Vec<f32>,
+    /// See `pred_params`.
+    pub pred_buffers: Vec<f32>,
+    /// See `pred_params`.
+    pub pred_opt_state: Vec<Vec<f32>>,
 }
 
-/// One backend's MoCo v1/v2 training step and evaluation.
+/// The flat layouts behind an [`EngineState`]: the encoder's (both encoders share it) and, for MoCo v3, the
+/// predictor's.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineLayouts<'a> {
+    /// Encoder parameters.
+    pub params: &'a Layout,
+    /// Encoder buffers (BN running statistics, fixed embeddings, frozen weights).
+    pub buffers: &'a Layout,
+    /// The predictor's parameters and buffers (MoCo v3).
+    pub predictor: Option<(&'a Layout, &'a Layout)>,
+    /// Width of the backbone features.
+    pub feature_dim: usize,
+}
+
+/// One backend's MoCo training step (v1/v2 or v3, as the config says) and evaluation.
 pub trait Engine {
     /// Backend and device, for logs.
     fn name(&self) -> String;
-    /// One step on two views `x_q, x_k: [N, 3, S, S]` at learning rate `lr`: key-encoder EMA, forwards, fused
-    /// InfoNCE, backward, SGD, enqueue. With `symmetric`, both directions. A non-finite loss returns
-    /// `Ok(stats)` with the non-finite value and changes nothing (the caller stops).
-    fn step(&mut self, x_q: &[f32], x_k: &[f32], lr: f64) -> Result<StepStats>;
+    /// The run's configuration.
+    fn config(&self) -> &TrainConfig;
+    /// One step on two views `x_q, x_k: [N, 3, S, S]` at learning rate `lr` with key-encoder momentum
+    /// `momentum`. v1/v2: EMA, keys (shuffle-BN), fused InfoNCE against the queue, backward, optimiser, enqueue.
+    /// v3: EMA, keys of both views, queries of both views through the predictor, the fused symmetric loss, both
+    /// backwards, optimiser. A non-finite loss returns `Ok(stats)` with the non-finite value and changes nothing
+    /// that the step had not already changed before the loss (the caller stops and keeps the last checkpoint).
+    fn step_with(&mut self, x_q: &[f32], x_k: &[f32], lr: f64, momentum: f64) -> Result<StepStats>;
+    /// [`Engine::step_with`] at the config's constant momentum.
+    fn step(&mut self, x_q: &[f32], x_k: &[f32], lr: f64) -> Result<StepStats> {
+        let m = self.config().momentum;
+        self.step_with(x_q, x_k, lr, m)
+    }
     /// Eval-mode features of the query encoder for `n` images `x: [n, 3, S, S]`: the head's output `[n, dim]`
-    /// (what the colab's kNN monitor uses), or with `backbone` the pooled backbone features `[n, 512]`.
+    /// (what the colab's kNN monitor uses; v3: the projector's), or with `backbone` the backbone features.
     fn embed(&mut self, x: &[f32], n: usize, backbone: bool) -> Result<Vec<f32>>;
     /// The state, copied to the host.
     fn state(&self) -> Result<EngineState>;
-    /// Restores a state (shapes must match the layout).
+    /// Restores a state (shapes must match the layouts).
     fn load_state(&mut self, s: &EngineState) -> Result<()>;
-    /// The layout of either encoder.
-    fn layout(&self) -> &ResNetLayout;
+    /// The layouts of the state.
+    fn layouts(&self) -> EngineLayouts<'_>;
+    /// Writes the query encoder's backbone (no head) with the reference library's names: torchvision's for a
+    /// ResNet, timm's `VisionTransformer` for a ViT.
+    fn export_backbone(&self, path: &Path) -> Result<()>;
 }
 
-/// The encoder of a config: ResNet-18, CIFAR stem, head to `dim` (linear, or the v2 MLP with hidden 512).
+/// The ResNet encoder of a config: ResNet-18, CIFAR stem, head to `dim`: linear, or the v2 MLP with hidden 512;
+/// for v3 `MoCo_ResNet`'s projector (2 layers, `mlp_dim` hidden, last BN affine-free).
 pub fn encoder_config(cfg: &TrainConfig) -> ResNetConfig {
-    ResNetConfig { depth: Depth::R18, stem: Stem::Cifar, num_classes: Some(cfg.dim), zero_init_residual: false, mlp_hidden: cfg.mlp.then_some(512), projector: None }
+    let base = ResNetConfig { depth: Depth::R18, stem: Stem::Cifar, num_classes: Some(cfg.dim), zero_init_residual: false, mlp_hidden: cfg.mlp.then_some(512), projector: None };
+    if cfg.is_v3() {
+        return ResNetConfig { num_classes: None, mlp_hidden: None, projector: Some(MlpSpec { layers: 2, hidden: cfg.mlp_dim, out: cfg.dim, last_bn: true }), ..base };
+    }
+    base
 }
 
 /// The initial queue: `[K, dim]` rows of standard normals, L2-normalised (the colab's `randn` + `normalize`),
@@ -80,18 +119,50 @@ pub fn initial_queue(cfg: &TrainConfig) -> Vec<f32> {
     q
 }
 
-/// The optimiser of a run: MoCo v1/v2's SGD (`lr`, `sgd_momentum`, `weight_decay`). The lr of each step comes
-/// from the schedule ([`TrainConfig::lr_at`]) and replaces the config's.
+/// The optimiser of a run: SGD (`lr`, `sgd_momentum`, `weight_decay`; v1/v2), AdamW (`lr`, `weight_decay`,
+/// betas 0.9/0.999, eps 1e-8; v3 on a ViT) or LARS (moco-v3's: `lr`, `weight_decay`, momentum 0.9, trust 0.001;
+/// v3 on a ResNet). The lr of each step comes from the schedule and replaces the config's.
 pub fn optimizer_config(cfg: &TrainConfig) -> OptimizerConfig {
-    OptimizerConfig::Sgd(SgdConfig::new(cfg.lr, cfg.sgd_momentum, cfg.weight_decay))
+    match cfg.optimizer {
+        OptimizerKind::Sgd => OptimizerConfig::Sgd(SgdConfig::new(cfg.lr, cfg.sgd_momentum, cfg.weight_decay)),
+        OptimizerKind::AdamW => OptimizerConfig::AdamW(AdamWConfig::new(cfg.lr, cfg.weight_decay)),
+        OptimizerKind::Lars => OptimizerConfig::Lars(LarsConfig::new(cfg.lr, cfg.weight_decay)),
+    }
 }
 
-/// Checks a restored state against the layout and config.
-pub fn check_state(s: &EngineState, layout: &ResNetLayout, cfg: &TrainConfig) -> Result<()> {
-    let (p, b, q) = (layout.params.len, layout.buffers.len, cfg.queue_len * cfg.dim);
-    let lens = [s.q_params.len(), s.k_params.len(), s.q_buffers.len(), s.k_buffers.len(), s.queue.len()];
-    if lens != [p, p, b, b, q] || s.queue_ptr >= cfg.queue_len {
-        return Err(Error::shape("train state", format!("params {p} x2, buffers {b} x2, queue {q}, ptr < {}", cfg.queue_len), format!("{lens:?}, ptr {}", s.queue_ptr)));
+/// The queue's length in a state: `K * dim` for v1/v2, none for v3.
+pub fn queue_elems(cfg: &TrainConfig) -> usize {
+    if cfg.is_v3() {
+        0
+    } else {
+        cfg.queue_len * cfg.dim
     }
-    optimizer_config(cfg).check_state(p, &s.opt_state)
+}
+
+/// Checks a restored state against the layouts and config.
+pub fn check_state(s: &EngineState, layouts: &EngineLayouts<'_>, cfg: &TrainConfig) -> Result<()> {
+    let (p, b, q) = (layouts.params.len, layouts.buffers.len, queue_elems(cfg));
+    let (pp, pb) = layouts.predictor.map_or((0, 0), |(a, b)| (a.len, b.len));
+    let lens = [s.q_params.len(), s.k_params.len(), s.q_buffers.len(), s.k_buffers.len(), s.queue.len(), s.pred_params.len(), s.pred_buffers.len()];
+    if lens != [p, p, b, b, q, pp, pb] || (q > 0 && s.queue_ptr >= cfg.queue_len) {
+        return Err(Error::shape("train state", format!("params {p} x2, buffers {b} x2, queue {q}, predictor params {pp} and buffers {pb}, queue ptr < {}", cfg.queue_len), format!("{lens:?}, ptr {}", s.queue_ptr)));
+    }
+    optimizer_config(cfg).check_state(p, &s.opt_state)?;
+    if layouts.predictor.is_some() {
+        optimizer_config(cfg).check_state(pp, &s.pred_opt_state)?;
+    } else if !s.pred_opt_state.is_empty() {
+        return Err(Error::shape("train state", "no predictor optimiser state (v1/v2)", format!("{} tensors", s.pred_opt_state.len())));
+    }
+    Ok(())
+}
+
+/// The model a config trains, for messages.
+pub fn model_name(cfg: &TrainConfig) -> String {
+    match cfg.model {
+        ModelKind::ResNet18 => "ResNet-18 (CIFAR stem)".to_string(),
+        ModelKind::Vit => {
+            let v = cfg.vit_config();
+            format!("ViT (patch {}, D {}, depth {}, {} heads)", v.patch, v.dim, v.depth, v.heads)
+        }
+    }
 }

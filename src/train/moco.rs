@@ -1,61 +1,118 @@
-//! The MoCo v1/v2 step, written once over [`MocoDevice`]: two [`ResNet`] encoders (query, key) and an eval-mode
-//! copy for embeddings, the device's EMA, fused InfoNCE, enqueue and SGD, all on device allocations. The host
-//! sees the two input batches, the loss statistics (the step's sync) and the features `[N, dim]` it checks for
-//! non-finite values and puts back in batch order after shuffle-BN ([`super::shuffle`]).
+//! The MoCo step, written once over [`MocoDevice`] and once over the encoder [`Encoder`] (ResNet-18 or the ViT):
+//! query and key encoders (one executor, [`Network`]) and an eval-mode copy for embeddings, the device's EMA and
+//! optimiser, all on device allocations.
+//! - v1/v2: shuffle-BN keys ([`super::shuffle`]), the fused InfoNCE against the queue, enqueue.
+//! - v3 (moco-v3's `MoCo_ViT` / `MoCo_ResNet`): the predictor ([`Mlp`]), both views through the query encoder in
+//!   two activation slots, the fused symmetric loss, both backwards; no queue.
 //!
-//! [`CpuEngine`], [`WgpuEngine`] and [`CudaEngine`] are this engine on [`CpuDevice`], [`WgpuContext`] and
-//! [`Cuda`].
+//! The host sees the two input batches, the loss statistics (the step's sync) and the features `[N, dim]` it
+//! checks for non-finite values.
+//!
+//! [`CpuEngine`], [`WgpuEngine`] and [`CudaEngine`] are this engine with a ResNet on [`CpuDevice`],
+//! [`WgpuContext`] and [`Cuda`]; [`CpuVitEngine`] (and the wgpu / CUDA twins) with the ViT.
 //!
 //! [`WgpuContext`]: crate::backend::wgpu::WgpuContext
 //! [`Cuda`]: crate::backend::cuda::Cuda
 
 use super::config::TrainConfig;
-use super::engine::{check_state, encoder_config, initial_queue, optimizer_config, Engine, EngineState, StepStats};
+use super::config::ModelKind;
+use super::engine::{check_state, encoder_config, initial_queue, optimizer_config, Engine, EngineLayouts, EngineState, StepStats};
 use super::shuffle::{self, KeyBatch};
 use crate::backend::{CpuDevice, InfoNceStats, MocoDevice, Region};
-use crate::error::Result;
-use crate::nn::{ResNet, ResNetLayout};
+use crate::error::{Error, Result};
+use crate::nn::{Mlp, MlpLayout, Model, Network, ResNetLayout, VitLayout};
 use crate::optim::ParamSpans;
-use crate::shape::{InfoNceShape, QueueShape};
+use crate::shape::{InfoNceShape, QueueShape, SymmetricShape};
+use std::path::Path;
 
 /// Eval batch of [`Engine::embed`].
 const EVAL_BATCH: usize = 128;
 
-/// MoCo on the CPU.
+/// MoCo with a ResNet on the CPU.
 pub type CpuEngine = MocoEngine<CpuDevice>;
-/// MoCo on a wgpu device.
+/// MoCo with a ResNet on a wgpu device.
 #[cfg(feature = "wgpu")]
 pub type WgpuEngine = MocoEngine<crate::backend::wgpu::WgpuContext>;
-/// MoCo on a CUDA device.
+/// MoCo with a ResNet on a CUDA device.
 #[cfg(feature = "cuda")]
 pub type CudaEngine = MocoEngine<crate::backend::cuda::Cuda>;
+/// MoCo v3 with a ViT on the CPU.
+pub type CpuVitEngine = MocoEngine<CpuDevice, VitLayout>;
+/// MoCo v3 with a ViT on a wgpu device.
+#[cfg(feature = "wgpu")]
+pub type WgpuVitEngine = MocoEngine<crate::backend::wgpu::WgpuContext, VitLayout>;
+/// MoCo v3 with a ViT on a CUDA device.
+#[cfg(feature = "cuda")]
+pub type CudaVitEngine = MocoEngine<crate::backend::cuda::Cuda, VitLayout>;
 
-/// Query encoder, key encoder, an eval-mode copy for embeddings, SGD, the queue and the step's buffers on one
-/// device.
-pub struct MocoEngine<D: MocoDevice> {
+/// An encoder architecture the engine trains: its layout from the run's config, and its backbone export.
+pub trait Encoder: Model {
+    /// The encoder of `cfg` (head included: the v1/v2 head or the v3 projector).
+    fn for_config(cfg: &super::TrainConfig) -> Result<Self>;
+    /// Writes the backbone (no head) of `params`, `buffers` (this layout) under the reference library's names.
+    fn export_backbone(&self, path: &Path, params: &[f32], buffers: &[f32], tracked: i64) -> Result<()>;
+}
+
+impl Encoder for ResNetLayout {
+    fn for_config(cfg: &super::TrainConfig) -> Result<Self> {
+        if cfg.model != ModelKind::ResNet18 {
+            return Err(Error::shape("engine", "a ResNet-18 config for a ResNet engine", format!("model {}", cfg.model.name())));
+        }
+        ResNetLayout::new(encoder_config(cfg))
+    }
+    fn export_backbone(&self, path: &Path, params: &[f32], buffers: &[f32], tracked: i64) -> Result<()> {
+        super::state_file::export_resnet_backbone(path, self.config, params, buffers, tracked)
+    }
+}
+
+impl Encoder for VitLayout {
+    fn for_config(cfg: &super::TrainConfig) -> Result<Self> {
+        if cfg.model != ModelKind::Vit || !cfg.is_v3() {
+            return Err(Error::shape("engine", "a MoCo v3 ViT config (--preset v3 --model vit) for a ViT engine", format!("preset {}, model {}", cfg.preset.name(), cfg.model.name())));
+        }
+        VitLayout::new(cfg.vit_config())
+    }
+    fn export_backbone(&self, path: &Path, params: &[f32], buffers: &[f32], _tracked: i64) -> Result<()> {
+        super::state_file::export_vit_backbone(path, self, params, buffers)
+    }
+}
+
+/// MoCo v3's additions: the predictor, its optimiser, the symmetric loss's outputs and the second query buffer.
+struct V3Parts<D: MocoDevice> {
+    pred: Mlp<D>,
+    opt: D::Opt,
+    loss: D::V3Loss,
+    q2: D::Buf,
+}
+
+/// Query encoder, key encoder, an eval-mode copy for embeddings, the optimiser, the queue (v1/v2) or the
+/// predictor (v3), and the step's buffers on one device.
+pub struct MocoEngine<D: MocoDevice, M: Encoder = ResNetLayout> {
     cfg: TrainConfig,
     dev: D,
-    enc_q: ResNet<D>,
-    enc_k: ResNet<D>,
-    enc_eval: ResNet<D>,
+    enc_q: Network<D, M>,
+    enc_k: Network<D, M>,
+    enc_eval: Network<D, M>,
     opt: D::Opt,
-    queue: D::Queue,
+    /// v1/v2: the queue and the InfoNCE outputs.
+    queue: Option<(D::Queue, D::Nce)>,
     ptr: usize,
-    /// Query features `[N, dim]` of the current half.
+    /// v3: predictor, its optimiser, the symmetric loss.
+    v3: Option<V3Parts<D>>,
+    /// Query features `[N, dim]` of the current half (v3: of view 1).
     q: D::Buf,
     /// Keys `[N, dim]` of the query views (symmetric loss only) and of the key views, in batch order.
     k1: D::Buf,
     k2: D::Buf,
-    nce: D::Nce,
 }
 
-impl<D: MocoDevice> std::fmt::Debug for MocoEngine<D> {
+impl<D: MocoDevice, M: Encoder> std::fmt::Debug for MocoEngine<D, M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MocoEngine").field("device", &self.dev.name()).field("cfg", &self.cfg).field("queue_ptr", &self.ptr).finish_non_exhaustive()
     }
 }
 
-impl MocoEngine<CpuDevice> {
+impl<M: Encoder> MocoEngine<CpuDevice, M> {
     /// The engine on the CPU.
     pub fn new(cfg: &TrainConfig) -> Result<Self> {
         Self::on(CpuDevice::new(), cfg)
@@ -63,7 +120,7 @@ impl MocoEngine<CpuDevice> {
 }
 
 #[cfg(feature = "wgpu")]
-impl MocoEngine<crate::backend::wgpu::WgpuContext> {
+impl<M: Encoder> MocoEngine<crate::backend::wgpu::WgpuContext, M> {
     /// The engine on `ctx` (initialised as the CPU engine for the same seed).
     pub fn new(ctx: &crate::backend::wgpu::WgpuContext, cfg: &TrainConfig) -> Result<Self> {
         Self::on(ctx.clone(), cfg)
@@ -71,27 +128,38 @@ impl MocoEngine<crate::backend::wgpu::WgpuContext> {
 }
 
 #[cfg(feature = "cuda")]
-impl MocoEngine<crate::backend::cuda::Cuda> {
+impl<M: Encoder> MocoEngine<crate::backend::cuda::Cuda, M> {
     /// The engine on `cuda` (initialised as the CPU engine for the same seed).
     pub fn new(cuda: &crate::backend::cuda::Cuda, cfg: &TrainConfig) -> Result<Self> {
         Self::on(cuda.clone(), cfg)
     }
 }
 
-impl<D: MocoDevice> MocoEngine<D> {
-    /// Builds both encoders (the same torchvision initialisation from the seed, so the key encoder starts as a copy
-    /// of the query encoder), SGD and the queue from `cfg` on `dev`.
+impl<D: MocoDevice, M: Encoder> MocoEngine<D, M> {
+    /// Builds both encoders (the same initialisation from the seed, so the key encoder starts as a copy of the
+    /// query encoder), the optimiser, and the queue (v1/v2) or the predictor (v3) from `cfg` on `dev`.
     pub fn on(mut dev: D, cfg: &TrainConfig) -> Result<Self> {
         cfg.validate()?;
-        let (ec, s, n, dim) = (encoder_config(cfg), cfg.image_size, cfg.batch_size, cfg.dim);
-        let enc_q = ResNet::on(dev.clone(), ec, n, s, s, cfg.bn_splits, cfg.seed)?;
-        let enc_k = ResNet::on(dev.clone(), ec, n, s, s, cfg.bn_splits, cfg.seed)?;
-        let enc_eval = ResNet::on(dev.clone(), ec, EVAL_BATCH, s, s, 1, cfg.seed)?;
-        let opt = dev.opt_new(optimizer_config(cfg), &ParamSpans::from_layout(&enc_q.layout.params)?)?;
-        let queue = dev.queue_from_f32(&initial_queue(cfg), cfg.queue_len, dim, cfg.queue_dtype)?;
+        let layout = M::for_config(cfg)?;
+        let (s, n, dim) = (cfg.image_size, cfg.batch_size, cfg.dim);
+        let mut enc_q = Network::init_on(dev.clone(), layout.clone(), n, s, s, cfg.bn_splits, cfg.seed)?;
+        let enc_k = Network::init_on(dev.clone(), layout.clone(), n, s, s, cfg.bn_splits, cfg.seed)?;
+        let enc_eval = Network::init_on(dev.clone(), layout, EVAL_BATCH, s, s, 1, cfg.seed)?;
+        let opt = dev.opt_new(optimizer_config(cfg), &ParamSpans::from_layout(enc_q.layout.params())?)?;
         let (q, k1, k2) = (dev.alloc(n * dim)?, dev.alloc(n * dim)?, dev.alloc(n * dim)?);
-        let nce = dev.nce_buffers(n, dim)?;
-        Ok(Self { cfg: cfg.clone(), dev, enc_q, enc_k, enc_eval, opt, queue, ptr: 0, q, k1, k2, nce })
+        let (mut queue, mut v3) = (None, None);
+        if cfg.is_v3() {
+            enc_q.set_slots(2)?;
+            let pl = MlpLayout::new("predictor", dim, cfg.predictor_spec())?;
+            let mut pred = Network::init_on(dev.clone(), pl, n, 1, 1, cfg.bn_splits, cfg.seed ^ 0x5052_4544)?;
+            pred.set_slots(2)?;
+            let popt = dev.opt_new(optimizer_config(cfg), &ParamSpans::from_layout(pred.layout.params())?)?;
+            let loss = dev.v3_buffers(n, dim)?;
+            v3 = Some(V3Parts { pred, opt: popt, loss, q2: dev.alloc(n * dim)? });
+        } else {
+            queue = Some((dev.queue_from_f32(&initial_queue(cfg), cfg.queue_len, dim, cfg.queue_dtype)?, dev.nce_buffers(n, dim)?));
+        }
+        Ok(Self { cfg: cfg.clone(), dev, enc_q, enc_k, enc_eval, opt, queue, ptr: 0, v3, q, k1, k2 })
     }
 
     /// The device.
@@ -122,36 +190,21 @@ impl<D: MocoDevice> MocoEngine<D> {
         let ([dst], []) = D::split(&mut self.q, [Region::new(0, q.len())], [])?;
         self.dev.copy(dst, self.enc_q.output())?;
         let k = if which == KeyBatch::K2 { &self.k2 } else { &self.k1 };
-        self.dev.infonce(&mut self.nce, &self.q, k, &self.queue, shape)?;
-        let stats = self.dev.read_stats(&self.nce)?;
+        let (queue, nce) = self.queue.as_mut().ok_or_else(|| Error::shape("train step", "a v1/v2 engine (with a queue)", "a v3 engine"))?;
+        self.dev.infonce(nce, &self.q, k, queue, shape)?;
+        let stats = self.dev.read_stats(nce)?;
         if stats.loss.is_finite() {
-            self.enc_q.backward(D::nce_dq(&self.nce))?;
+            self.enc_q.backward(D::nce_dq(nce))?;
         }
         Ok(stats)
     }
 
-    /// Copies the query encoder's parameters and running statistics into the eval copy.
-    fn sync_eval(&mut self) -> Result<()> {
-        let (p, b) = (self.enc_q.layout.params.len, self.enc_q.layout.buffers.len);
-        let ([dst], []) = D::split(&mut self.enc_eval.params, [Region::new(0, p)], [])?;
-        self.dev.copy(dst, D::view(&self.enc_q.params, Region::new(0, p))?)?;
-        let ([dst], []) = D::split(&mut self.enc_eval.buffers, [Region::new(0, b)], [])?;
-        self.dev.copy(dst, D::view(&self.enc_q.buffers, Region::new(0, b))?)
-    }
-}
-
-impl<D: MocoDevice> Engine for MocoEngine<D> {
-    fn name(&self) -> String {
-        self.dev.name()
-    }
-
-    fn step(&mut self, x_q: &[f32], x_k: &[f32], lr: f64) -> Result<StepStats> {
-        let (n, dim, s) = (self.cfg.batch_size, self.cfg.dim, self.cfg.image_size);
-        crate::error::check_len_eq("train step", "x_q [N, 3, S, S]", n * 3 * s * s, x_q.len())?;
-        crate::error::check_len_eq("train step", "x_k [N, 3, S, S]", n * 3 * s * s, x_k.len())?;
+    /// The MoCo v1/v2 step.
+    fn step_v2(&mut self, x_q: &[f32], x_k: &[f32], lr: f64, momentum: f64) -> Result<StepStats> {
+        let (n, dim) = (self.cfg.batch_size, self.cfg.dim);
         let shape = InfoNceShape::new(n, dim, self.cfg.queue_len, self.cfg.temperature as f32)?;
         // key encoder: EMA of the query encoder's parameters (not its BN statistics), then keys without grad
-        self.dev.ema_update(&mut self.enc_k.params, &self.enc_q.params, self.cfg.momentum)?;
+        self.dev.ema_update(&mut self.enc_k.params, &self.enc_q.params, momentum)?;
         // keys with shuffle-BN: the permutation of this step comes from (seed, optimiser steps taken)
         let step = D::opt_steps(&self.opt);
         let k2 = self.keys(x_k, step, KeyBatch::K2)?;
@@ -172,20 +225,130 @@ impl<D: MocoDevice> Engine for MocoEngine<D> {
         }
         self.dev.opt_step(&mut self.opt, &mut self.enc_q.params, &self.enc_q.grads, lr)?;
         // enqueue after the loss: k2 (and k1 first for the symmetric loss, as the colab's cat([k1, k2]))
+        let (queue, _) = self.queue.as_mut().ok_or_else(|| Error::shape("train step", "a v1/v2 engine (with a queue)", "a v3 engine"))?;
         let qs = QueueShape::new(n, dim, self.cfg.queue_len, self.ptr)?;
         if self.cfg.symmetric {
-            self.ptr = self.dev.enqueue(&mut self.queue, &self.k1, &qs)?;
+            self.ptr = self.dev.enqueue(queue, &self.k1, &qs)?;
         }
         let qs = QueueShape::new(n, dim, self.cfg.queue_len, self.ptr)?;
-        self.ptr = self.dev.enqueue(&mut self.queue, &self.k2, &qs)?;
+        self.ptr = self.dev.enqueue(queue, &self.k2, &qs)?;
         Ok(stats)
+    }
+
+    /// The MoCo v3 step (moco-v3's `MoCo.forward` + `main_moco.py`'s train step): EMA of the momentum encoder,
+    /// keys k1, k2 of both views (train-mode BN, no gradient), queries q1, q2 = predictor(encoder(x)) in two
+    /// activation slots, the fused symmetric loss ctr(q1, k2) + ctr(q2, k1), both backwards, the optimiser on
+    /// the encoder and the predictor.
+    fn step_v3(&mut self, x1: &[f32], x2: &[f32], lr: f64, momentum: f64) -> Result<StepStats> {
+        let (n, dim) = (self.cfg.batch_size, self.cfg.dim);
+        let shape = SymmetricShape::new(n, dim, self.cfg.temperature as f32)?;
+        let v3 = self.v3.as_mut().ok_or_else(|| Error::shape("train step", "a v3 engine (with a predictor)", "a v1/v2 engine"))?;
+        self.dev.ema_update(&mut self.enc_k.params, &self.enc_q.params, momentum)?;
+        let all = Region::new(0, n * dim);
+        for (x, k) in [(x1, &mut self.k1), (x2, &mut self.k2)] {
+            self.enc_k.forward_upload(x, true)?;
+            let ([dst], []) = D::split(k, [all], [])?;
+            self.dev.copy(dst, self.enc_k.output())?;
+        }
+        for (slot, (x, q)) in [(x1, &mut self.q), (x2, &mut v3.q2)].into_iter().enumerate() {
+            self.enc_q.use_slot(slot)?;
+            self.enc_q.forward_upload(x, true)?;
+            v3.pred.use_slot(slot)?;
+            v3.pred.forward_view(self.enc_q.output(), true)?;
+            let ([dst], []) = D::split(q, [all], [])?;
+            self.dev.copy(dst, v3.pred.output())?;
+        }
+        // the features on the host: the finiteness check (the fused loss clamps its exponent arguments, so a NaN
+        // feature could pass as a finite loss) and the in-batch accuracy
+        let host = [&self.q, &v3.q2, &self.k1, &self.k2].map(|b| self.dev.read(b, all));
+        let [q1h, q2h, k1h, k2h] = host;
+        let (q1h, q2h, k1h, k2h) = (q1h?, q2h?, k1h?, k2h?);
+        if !q1h.iter().chain(&q2h).chain(&k1h).chain(&k2h).all(|v| v.is_finite()) {
+            return Ok(StepStats { loss: f32::NAN, acc1: 0.0, acc5: 0.0 });
+        }
+        self.dev.moco_v3_loss(&mut v3.loss, &self.q, &v3.q2, &self.k1, &self.k2, &shape)?;
+        let loss = self.dev.read_v3_loss(&v3.loss)?;
+        let (a1, a5) = in_batch_accuracy(&q1h, &k2h, n, dim);
+        let (b1, b5) = in_batch_accuracy(&q2h, &k1h, n, dim);
+        let stats = StepStats { loss, acc1: 50.0 * (a1 + b1), acc5: 50.0 * (a5 + b5) };
+        if !loss.is_finite() {
+            return Ok(stats);
+        }
+        self.enc_q.zero_grad()?;
+        v3.pred.zero_grad()?;
+        for slot in 0..2 {
+            v3.pred.use_slot(slot)?;
+            v3.pred.backward(if slot == 0 { D::v3_dq1(&v3.loss) } else { D::v3_dq2(&v3.loss) })?;
+            self.enc_q.use_slot(slot)?;
+            self.enc_q.backward_view(v3.pred.input_grad()?)?;
+        }
+        self.enc_q.use_slot(0)?;
+        v3.pred.use_slot(0)?;
+        self.dev.opt_step(&mut self.opt, &mut self.enc_q.params, &self.enc_q.grads, lr)?;
+        self.dev.opt_step(&mut v3.opt, &mut v3.pred.params, &v3.pred.grads, lr)?;
+        Ok(stats)
+    }
+
+    /// Copies the query encoder's parameters and running statistics into the eval copy.
+    fn sync_eval(&mut self) -> Result<()> {
+        let (p, b) = (self.enc_q.layout.params().len, self.enc_q.layout.buffers().len);
+        let ([dst], []) = D::split(&mut self.enc_eval.params, [Region::new(0, p)], [])?;
+        self.dev.copy(dst, D::view(&self.enc_q.params, Region::new(0, p))?)?;
+        let ([dst], []) = D::split(&mut self.enc_eval.buffers, [Region::new(0, b)], [])?;
+        self.dev.copy(dst, D::view(&self.enc_q.buffers, Region::new(0, b))?)
+    }
+}
+
+/// Top-1 and top-5 fractions of rows `i` whose key `i` is among the best matches of query `i` in the batch
+/// (`q, k: [N, C]` raw; cosine similarity).
+fn in_batch_accuracy(q: &[f32], k: &[f32], n: usize, c: usize) -> (f32, f32) {
+    let unit = |v: &[f32]| -> Vec<f64> {
+        v.chunks(c).flat_map(|r| {
+            let norm = r.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt().max(1e-12);
+            r.iter().map(move |x| *x as f64 / norm)
+        }).collect()
+    };
+    let (q, k) = (unit(q), unit(k));
+    let (mut top1, mut top5) = (0usize, 0usize);
+    for i in 0..n {
+        let qi = &q[i * c..][..c];
+        let sim = |j: usize| -> f64 { qi.iter().zip(&k[j * c..][..c]).map(|(a, b)| a * b).sum() };
+        let own = sim(i);
+        let better = (0..n).filter(|&j| j != i && sim(j) > own).count();
+        top1 += usize::from(better == 0);
+        top5 += usize::from(better < 5);
+    }
+    (top1 as f32 / n as f32, top5 as f32 / n as f32)
+}
+
+impl<D: MocoDevice, M: Encoder> Engine for MocoEngine<D, M> {
+    fn name(&self) -> String {
+        self.dev.name()
+    }
+
+    fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    fn step_with(&mut self, x_q: &[f32], x_k: &[f32], lr: f64, momentum: f64) -> Result<StepStats> {
+        let (n, s) = (self.cfg.batch_size, self.cfg.image_size);
+        crate::error::check_len_eq("train step", "x_q [N, 3, S, S]", n * 3 * s * s, x_q.len())?;
+        crate::error::check_len_eq("train step", "x_k [N, 3, S, S]", n * 3 * s * s, x_k.len())?;
+        if !(lr.is_finite() && lr >= 0.0) || !(0.0..=1.0).contains(&momentum) {
+            return Err(Error::shape("train step", "a finite lr >= 0 and a momentum in [0, 1]", format!("lr {lr}, momentum {momentum}")));
+        }
+        if self.cfg.is_v3() {
+            self.step_v3(x_q, x_k, lr, momentum)
+        } else {
+            self.step_v2(x_q, x_k, lr, momentum)
+        }
     }
 
     fn embed(&mut self, x: &[f32], n: usize, backbone: bool) -> Result<Vec<f32>> {
         let img = 3 * self.cfg.image_size * self.cfg.image_size;
         crate::error::check_len_eq("embed", "x [n, 3, S, S]", n * img, x.len())?;
         self.sync_eval()?;
-        let width = if backbone { self.enc_q.layout.feature_dim } else { self.cfg.dim };
+        let width = if backbone { self.enc_q.layout.feature_dim() } else { self.cfg.dim };
         let mut out = Vec::with_capacity(n * width);
         let mut batch = vec![0.0f32; EVAL_BATCH * img];
         for start in (0..n).step_by(EVAL_BATCH) {
@@ -200,6 +363,11 @@ impl<D: MocoDevice> Engine for MocoEngine<D> {
     }
 
     fn state(&self) -> Result<EngineState> {
+        let (queue, pred_params, pred_buffers, pred_opt_state) = match (&self.queue, &self.v3) {
+            (Some((q, _)), _) => (self.dev.queue_to_f32(q)?, Vec::new(), Vec::new(), Vec::new()),
+            (None, Some(v3)) => (Vec::new(), v3.pred.read_params()?, v3.pred.read_buffers()?, self.dev.opt_read_state(&v3.opt)?),
+            (None, None) => (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+        };
         Ok(EngineState {
             q_params: self.enc_q.read_params()?,
             k_params: self.enc_k.read_params()?,
@@ -207,29 +375,50 @@ impl<D: MocoDevice> Engine for MocoEngine<D> {
             k_buffers: self.enc_k.read_buffers()?,
             opt_state: self.dev.opt_read_state(&self.opt)?,
             opt_steps: D::opt_steps(&self.opt),
-            queue: self.dev.queue_to_f32(&self.queue)?,
+            queue,
             queue_ptr: self.ptr,
             q_tracked: self.enc_q.num_batches_tracked,
             k_tracked: self.enc_k.num_batches_tracked,
+            pred_params,
+            pred_buffers,
+            pred_opt_state,
         })
     }
 
     fn load_state(&mut self, s: &EngineState) -> Result<()> {
-        check_state(s, &self.enc_q.layout, &self.cfg)?;
+        check_state(s, &self.layouts(), &self.cfg)?;
         self.enc_q.write_params(&s.q_params)?;
         self.enc_k.write_params(&s.k_params)?;
         self.enc_q.write_buffers(&s.q_buffers)?;
         self.enc_k.write_buffers(&s.k_buffers)?;
         self.dev.opt_write_state(&mut self.opt, &s.opt_state)?;
         D::opt_set_steps(&mut self.opt, s.opt_steps);
-        self.queue = self.dev.queue_from_f32(&s.queue, self.cfg.queue_len, self.cfg.dim, self.cfg.queue_dtype)?;
+        if let Some((queue, _)) = &mut self.queue {
+            *queue = self.dev.queue_from_f32(&s.queue, self.cfg.queue_len, self.cfg.dim, self.cfg.queue_dtype)?;
+        }
+        if let Some(v3) = &mut self.v3 {
+            v3.pred.write_params(&s.pred_params)?;
+            v3.pred.write_buffers(&s.pred_buffers)?;
+            self.dev.opt_write_state(&mut v3.opt, &s.pred_opt_state)?;
+            D::opt_set_steps(&mut v3.opt, s.opt_steps);
+            v3.pred.num_batches_tracked = s.q_tracked;
+        }
         self.ptr = s.queue_ptr;
         self.enc_q.num_batches_tracked = s.q_tracked;
         self.enc_k.num_batches_tracked = s.k_tracked;
         self.dev.synchronize()
     }
 
-    fn layout(&self) -> &ResNetLayout {
-        &self.enc_q.layout
+    fn layouts(&self) -> EngineLayouts<'_> {
+        EngineLayouts {
+            params: self.enc_q.layout.params(),
+            buffers: self.enc_q.layout.buffers(),
+            predictor: self.v3.as_ref().map(|v3| (v3.pred.layout.params(), v3.pred.layout.buffers())),
+            feature_dim: self.enc_q.layout.feature_dim(),
+        }
+    }
+
+    fn export_backbone(&self, path: &Path) -> Result<()> {
+        self.enc_q.layout.export_backbone(path, &self.enc_q.read_params()?, &self.enc_q.read_buffers()?, self.enc_q.num_batches_tracked)
     }
 }

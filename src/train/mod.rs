@@ -1,20 +1,22 @@
-//! MoCo v1/v2 training on the crate's own kernels (the official CIFAR-10 colab's recipe): [`TrainConfig`],
-//! one [`Engine`], [`MocoEngine`], generic over the device ([`CpuEngine`], [`WgpuEngine`], [`CudaEngine`] with the
-//! `cuda` feature), and [`train`], the loop with kNN monitor,
-//! metrics, checkpoints, resume and export. `examples/train_resnet18.rs` is the command-line front end.
+//! MoCo training on the crate's own kernels: [`TrainConfig`] (v1/v2 as the official CIFAR-10 colab, v3 as
+//! moco-v3), one [`Engine`], [`MocoEngine`], generic over the device and the encoder ([`CpuEngine`],
+//! [`WgpuEngine`], [`CudaEngine`] with a ResNet; [`CpuVitEngine`] and its twins with the ViT), and [`train`], the
+//! loop with kNN monitor, metrics, checkpoints, resume and export. `examples/train_resnet18.rs` and
+//! `examples/train_vit.rs` are the command-line front ends, on [`front`].
 
 pub mod config;
 mod engine;
+pub mod front;
 mod moco;
 mod run;
 pub mod shuffle;
 pub mod state_file;
 
-pub use config::{Preset, TrainConfig};
-pub use moco::{CpuEngine, MocoEngine};
+pub use config::{ModelKind, OptimizerKind, Preset, TrainConfig};
+pub use moco::{CpuEngine, CpuVitEngine, Encoder, MocoEngine};
 #[cfg(feature = "cuda")]
-pub use moco::CudaEngine;
+pub use moco::{CudaEngine, CudaVitEngine};
 #[cfg(feature = "wgpu")]
-pub use moco::WgpuEngine;
-pub use engine::{encoder_config, initial_queue, optimizer_config, Engine, EngineState, StepStats};
+pub use moco::{WgpuEngine, WgpuVitEngine};
+pub use engine::{check_state, encoder_config, initial_queue, model_name, optimizer_config, Engine, EngineLayouts, EngineState, StepStats};
 pub use run::{embed_dataset, knn_eval, linear_probe_on, queue_full_step, train, RunOptions, RunSummary};

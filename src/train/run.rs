@@ -5,7 +5,7 @@
 use super::config::TrainConfig;
 use super::engine::Engine;
 use super::state_file::{self, Progress};
-use crate::data::{eval_batches, AugmentConfig, Dataset, PairLoader};
+use crate::data::{eval_batches, AugmentConfig, Dataset, PairLoader, ViewPair};
 use crate::error::{Error, Result};
 use crate::eval::{knn_top1, linear_probe, KnnConfig, ProbeConfig};
 use crate::report::{plot_training, read_jsonl, series, MetricsWriter, PlotOptions, Record};
@@ -86,7 +86,7 @@ pub fn embed_dataset(engine: &mut dyn Engine, ds: &Arc<Dataset>, aug: &AugmentCo
 pub fn knn_eval(engine: &mut dyn Engine, cfg: &TrainConfig, train: &Arc<Dataset>, test: &Arc<Dataset>, aug: &AugmentConfig, backbone: bool) -> Result<f64> {
     let (bank, bank_l) = embed_dataset(engine, train, aug, backbone)?;
     let (qf, ql) = embed_dataset(engine, test, aug, backbone)?;
-    let d = if backbone { engine.layout().feature_dim } else { cfg.dim };
+    let d = if backbone { engine.layouts().feature_dim } else { cfg.dim };
     let kc = KnnConfig { k: cfg.knn_k, t: cfg.knn_t as f32, ..KnnConfig::default() };
     Ok(100.0 * knn_top1(&bank, &bank_l, &qf, &ql, d, train.num_classes(), &kc)?)
 }
@@ -96,16 +96,20 @@ pub fn linear_probe_on(engine: &mut dyn Engine, cfg: &TrainConfig, train: &Arc<D
     let (tx, ty) = embed_dataset(engine, train, aug, true)?;
     let (vx, vy) = embed_dataset(engine, test, aug, true)?;
     let pc = ProbeConfig { epochs, seed: cfg.seed, ..ProbeConfig::default() };
-    let r = linear_probe(&tx, &ty, &vx, &vy, engine.layout().feature_dim, train.num_classes(), &pc)?;
+    let r = linear_probe(&tx, &ty, &vx, &vy, engine.layouts().feature_dim, train.num_classes(), &pc)?;
     Ok((100.0 * r.train_top1, 100.0 * r.test_top1))
 }
 
-/// Trains `engine` on `train` (kNN on `test`) as `cfg` says, writing into `opts.out_dir`.
-pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, test: Arc<Dataset>, aug: AugmentConfig, opts: &RunOptions) -> Result<RunSummary> {
+/// Trains `engine` on `train` (kNN on `test`) as `cfg` says, writing into `opts.out_dir`. `views`: one
+/// augmentation for both views (v1/v2), or one per view (v3's asymmetric pair, [`TrainConfig::views`]); the
+/// kNN monitor uses the first view's size and normalisation.
+pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, test: Arc<Dataset>, views: impl Into<ViewPair>, opts: &RunOptions) -> Result<RunSummary> {
     cfg.validate()?;
+    let views: ViewPair = views.into();
+    let aug = views.view1.clone();
     std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::Io { path: opts.out_dir.display().to_string(), source: e })?;
     let ck_path = checkpoint_path(&opts.out_dir);
-    let loader = PairLoader::new(train.clone(), aug.clone(), cfg.batch_size, cfg.seed)?;
+    let loader = PairLoader::new(train.clone(), views, cfg.batch_size, cfg.seed)?;
     let steps_per_epoch = loader.steps_per_epoch();
     if steps_per_epoch == 0 {
         return Err(Error::shape("train", format!("a training set of at least one batch ({} images)", cfg.batch_size), format!("{} images", train.len())));
@@ -115,7 +119,7 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
     let mut summary = RunSummary::default();
     let do_knn = !opts.no_knn && !test.is_empty();
     if opts.resume {
-        let (state, p) = state_file::load(&ck_path, cfg, engine.layout())?;
+        let (state, p) = state_file::load(&ck_path, cfg, &engine.layouts())?;
         engine.load_state(&state)?;
         prog = p;
         summary.resumed_from = Some(p);
@@ -172,12 +176,14 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
     let mut pairs = 0u64;
     let stop_requested = || opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
     'epochs: while prog.epoch < cfg.epochs {
-        let lr = cfg.lr_at(prog.epoch)?;
         let mut epoch_loss = (0.0f64, 0usize);
         for batch in loader.epoch(prog.epoch, prog.step)? {
             let b = batch?;
+            // v3 sets lr and momentum every step, at the fractional epoch (moco-v3's epoch + i / iters)
+            let at = prog.epoch as f64 + prog.step as f64 / steps_per_epoch as f64;
+            let (lr, momentum) = (cfg.lr_at_step(at)?, cfg.momentum_at(at)?);
             let t0 = Instant::now();
-            let st = engine.step(&b.x_q, &b.x_k, lr)?;
+            let st = engine.step_with(&b.x_q, &b.x_k, lr, momentum)?;
             if !st.loss.is_finite() {
                 if let Some(bar) = &bar {
                     bar.abandon();
@@ -200,6 +206,7 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
                     .with("acc1", st.acc1 as f64)
                     .with("acc5", st.acc5 as f64)
                     .with("lr", lr)
+                    .with("momentum", momentum)
                     .with("pairs_per_s", ips),
             )?;
             if let Some(bar) = &bar {
@@ -208,13 +215,13 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
             }
             if stop_requested() || opts.max_steps.is_some_and(|m| prog.global_step >= m) {
                 let p = if prog.step == steps_per_epoch { Progress { epoch: prog.epoch + 1, step: 0, ..prog } } else { prog };
-                state_file::save(&ck_path, cfg, engine.layout(), &engine.state()?, p)?;
+                state_file::save(&ck_path, cfg, &engine.layouts(), &engine.state()?, p)?;
                 summary.interrupted = true;
                 break 'epochs;
             }
         }
         prog = Progress { epoch: prog.epoch + 1, step: 0, global_step: prog.global_step };
-        state_file::save(&ck_path, cfg, engine.layout(), &engine.state()?, prog)?;
+        state_file::save(&ck_path, cfg, &engine.layouts(), &engine.state()?, prog)?;
         let mut rec = Record::new().with_str("kind", "epoch").with("epoch", prog.epoch as f64).with("global_step", prog.global_step as f64);
         if epoch_loss.1 > 0 {
             rec = rec.with("loss_mean", epoch_loss.0 / epoch_loss.1 as f64);
@@ -247,14 +254,14 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
     summary.global_step = prog.global_step;
     let recs = read_jsonl(metrics.jsonl_path())?;
     let opts_plot = PlotOptions {
-        title: format!("MoCo ({} preset) on {}", cfg.preset.name(), engine.name()),
-        queue_full_step: Some(queue_full_step(cfg) as f64),
+        title: format!("MoCo ({} preset, {}) on {}", cfg.preset.name(), super::engine::model_name(cfg), engine.name()),
+        queue_full_step: (!cfg.is_v3()).then(|| queue_full_step(cfg) as f64),
         batch_size: Some(cfg.batch_size),
         ..PlotOptions::default()
     };
     plot_training(opts.out_dir.join("curves.png"), &series(&recs, "global_step", "loss"), &series(&recs, "epoch", "knn_top1").iter().map(|&(e, a)| (e, a / 100.0)).collect::<Vec<_>>(), &opts_plot)?;
     if let Some(path) = &opts.export {
-        state_file::export_backbone(path, engine.layout().config, &engine.state()?)?;
+        engine.export_backbone(path)?;
     }
     Ok(summary)
 }

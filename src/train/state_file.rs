@@ -9,10 +9,10 @@
 //! (seed, epoch, index), so (seed, epoch, step) is the whole RNG state.
 
 use super::config::TrainConfig;
-use super::engine::{optimizer_config, EngineState};
+use super::engine::{optimizer_config, queue_elems, EngineLayouts, EngineState};
 use crate::checkpoint::{self, LoadOptions, Part, PartMut};
 use crate::error::{Error, Result};
-use crate::nn::{Layout, ResNetConfig, ResNetLayout};
+use crate::nn::{Layout, ResNetConfig, ResNetLayout, VitConfig, VitLayout};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -33,36 +33,51 @@ pub struct Progress {
     pub global_step: u64,
 }
 
-/// One single-tensor layout per optimiser state tensor (`names`, each `[params]`), and the queue's.
-fn extra_layouts(layout: &ResNetLayout, cfg: &TrainConfig, names: &[&str]) -> (Vec<Layout>, Layout) {
-    let opt = names
+/// One single-tensor layout per optimiser state tensor (`names`, each `[len]`).
+fn opt_layouts(len: usize, names: &[&str]) -> Vec<Layout> {
+    names
         .iter()
         .map(|name| {
             let mut l = Layout::default();
-            l.push(*name, &[layout.params.len]);
+            l.push(*name, &[len]);
             l
         })
-        .collect();
+        .collect()
+}
+
+/// The queue's layout (empty for v3).
+fn queue_layout(cfg: &TrainConfig) -> Layout {
     let mut queue = Layout::default();
-    queue.push("queue", &[cfg.queue_len, cfg.dim]);
-    (opt, queue)
+    if queue_elems(cfg) > 0 {
+        queue.push("queue", &[cfg.queue_len, cfg.dim]);
+    }
+    queue
 }
 
 const SCALARS: [&str; 6] = ["epoch", "step", "global_step", "queue_ptr", "opt_steps", "q_tracked"];
 
 /// Writes the checkpoint atomically.
-pub fn save(path: &Path, cfg: &TrainConfig, layout: &ResNetLayout, s: &EngineState, p: Progress) -> Result<()> {
+pub fn save(path: &Path, cfg: &TrainConfig, layouts: &EngineLayouts<'_>, s: &EngineState, p: Progress) -> Result<()> {
+    super::engine::check_state(s, layouts, cfg)?;
     let names = optimizer_config(cfg).state_names();
-    optimizer_config(cfg).check_state(layout.params.len, &s.opt_state)?;
-    let (opt, queue) = extra_layouts(layout, cfg, names);
+    let (opt, queue) = (opt_layouts(layouts.params.len, names), queue_layout(cfg));
     let mut parts = vec![
-        Part::new(&layout.params, &s.q_params).with_prefix("encoder_q."),
-        Part::new(&layout.buffers, &s.q_buffers).with_prefix("encoder_q."),
-        Part::new(&layout.params, &s.k_params).with_prefix("encoder_k."),
-        Part::new(&layout.buffers, &s.k_buffers).with_prefix("encoder_k."),
+        Part::new(layouts.params, &s.q_params).with_prefix("encoder_q."),
+        Part::new(layouts.buffers, &s.q_buffers).with_prefix("encoder_q."),
+        Part::new(layouts.params, &s.k_params).with_prefix("encoder_k."),
+        Part::new(layouts.buffers, &s.k_buffers).with_prefix("encoder_k."),
     ];
     parts.extend(opt.iter().zip(&s.opt_state).map(|(l, t)| Part::new(l, t).with_prefix("optimizer.")));
-    parts.push(Part::new(&queue, &s.queue));
+    let pred_opt = layouts.predictor.map(|(pp, _)| opt_layouts(pp.len, names)).unwrap_or_default();
+    if let Some((pp, pb)) = layouts.predictor {
+        // predictor tensors are named `predictor.*` already
+        parts.push(Part::new(pp, &s.pred_params));
+        parts.push(Part::new(pb, &s.pred_buffers));
+        parts.extend(pred_opt.iter().zip(&s.pred_opt_state).map(|(l, t)| Part::new(l, t).with_prefix("optimizer.predictor.")));
+    }
+    if queue_elems(cfg) > 0 {
+        parts.push(Part::new(&queue, &s.queue));
+    }
     let vals = [p.epoch as i64, p.step as i64, p.global_step as i64, s.queue_ptr as i64, s.opt_steps as i64, s.q_tracked];
     let mut scalars: Vec<(String, i64)> = SCALARS.iter().zip(vals).map(|(k, v)| (k.to_string(), v)).collect();
     scalars.push(("k_tracked".into(), s.k_tracked));
@@ -73,7 +88,7 @@ pub fn save(path: &Path, cfg: &TrainConfig, layout: &ResNetLayout, s: &EngineSta
 
 /// Reads a checkpoint of this config: the file must be a run checkpoint whose config matches `cfg` (except the
 /// number of epochs); every problem is an error naming the file.
-pub fn load(path: &Path, cfg: &TrainConfig, layout: &ResNetLayout) -> Result<(EngineState, Progress)> {
+pub fn load(path: &Path, cfg: &TrainConfig, layouts: &EngineLayouts<'_>) -> Result<(EngineState, Progress)> {
     let ck = checkpoint::load(path)?;
     let bad = |reason: String| Error::BadFile { path: path.display().to_string(), reason };
     let v1 = ck.meta("format") == Some(FORMAT_V1);
@@ -86,21 +101,31 @@ pub fn load(path: &Path, cfg: &TrainConfig, layout: &ResNetLayout) -> Result<(En
     }
     // version 1 always stored SGD's momentum buffer (zeros without momentum)
     let names: &[&str] = if v1 { &["momentum_buffer"] } else { optimizer_config(cfg).state_names() };
-    let (opt, queue) = extra_layouts(layout, cfg, names);
-    let (p, b, q) = (layout.params.len, layout.buffers.len, cfg.queue_len * cfg.dim);
+    let (p, b, q) = (layouts.params.len, layouts.buffers.len, queue_elems(cfg));
+    let (opt, queue) = (opt_layouts(p, names), queue_layout(cfg));
+    let (pp, pb) = layouts.predictor.map_or((0, 0), |(a, b)| (a.len, b.len));
+    let pred_opt = layouts.predictor.map(|(a, _)| opt_layouts(a.len, names)).unwrap_or_default();
     let opt_state = vec![vec![0.0; p]; names.len()];
-    let mut s = EngineState { q_params: vec![0.0; p], k_params: vec![0.0; p], q_buffers: vec![0.0; b], k_buffers: vec![0.0; b], opt_state, opt_steps: 0, queue: vec![0.0; q], queue_ptr: 0, q_tracked: 0, k_tracked: 0 };
+    let pred_opt_state = vec![vec![0.0; pp]; pred_opt.len()];
+    let mut s = EngineState { q_params: vec![0.0; p], k_params: vec![0.0; p], q_buffers: vec![0.0; b], k_buffers: vec![0.0; b], opt_state, opt_steps: 0, queue: vec![0.0; q], queue_ptr: 0, q_tracked: 0, k_tracked: 0, pred_params: vec![0.0; pp], pred_buffers: vec![0.0; pb], pred_opt_state };
     let mut scalars: Vec<String> = SCALARS.iter().map(|s| s.to_string()).collect();
     scalars.push("k_tracked".into());
     let r = {
         let mut parts = vec![
-            PartMut::new(&layout.params, &mut s.q_params).with_prefix("encoder_q."),
-            PartMut::new(&layout.buffers, &mut s.q_buffers).with_prefix("encoder_q."),
-            PartMut::new(&layout.params, &mut s.k_params).with_prefix("encoder_k."),
-            PartMut::new(&layout.buffers, &mut s.k_buffers).with_prefix("encoder_k."),
+            PartMut::new(layouts.params, &mut s.q_params).with_prefix("encoder_q."),
+            PartMut::new(layouts.buffers, &mut s.q_buffers).with_prefix("encoder_q."),
+            PartMut::new(layouts.params, &mut s.k_params).with_prefix("encoder_k."),
+            PartMut::new(layouts.buffers, &mut s.k_buffers).with_prefix("encoder_k."),
         ];
         parts.extend(opt.iter().zip(s.opt_state.iter_mut()).map(|(l, t)| PartMut::new(l, t).with_prefix("optimizer.")));
-        parts.push(PartMut::new(&queue, &mut s.queue));
+        if let Some((lp, lb)) = layouts.predictor {
+            parts.push(PartMut::new(lp, &mut s.pred_params));
+            parts.push(PartMut::new(lb, &mut s.pred_buffers));
+            parts.extend(pred_opt.iter().zip(s.pred_opt_state.iter_mut()).map(|(l, t)| PartMut::new(l, t).with_prefix("optimizer.predictor.")));
+        }
+        if q > 0 {
+            parts.push(PartMut::new(&queue, &mut s.queue));
+        }
         ck.restore(&mut parts, &scalars, &LoadOptions::strict())?
     };
     if v1 && optimizer_config(cfg).state_names().is_empty() {
@@ -119,14 +144,43 @@ pub fn load(path: &Path, cfg: &TrainConfig, layout: &ResNetLayout) -> Result<(En
     Ok((s, prog))
 }
 
-/// Writes the query encoder's backbone (no head) with torchvision's names and `num_batches_tracked`. It loads
+/// Writes a ResNet backbone (no head) with torchvision's names and `num_batches_tracked`, from the parameters and
+/// buffers of a network of `config` (the head's tensors come last in both layouts and are left out). It loads
 /// with `strict=True` into `torchvision.models.resnet18()` after `conv1 = Conv2d(3, 64, 3, 1, 1, bias=False)`,
-/// `maxpool = Identity()` (the CIFAR stem) and `fc = Identity()` (the head is not part of the file).
-pub fn export_backbone(path: &Path, config: ResNetConfig, s: &EngineState) -> Result<()> {
+/// `maxpool = Identity()` (the CIFAR stem) and `fc = Identity()`.
+pub fn export_resnet_backbone(path: &Path, config: ResNetConfig, params: &[f32], buffers: &[f32], tracked: i64) -> Result<()> {
     let bb = ResNetLayout::new(ResNetConfig { num_classes: None, mlp_hidden: None, projector: None, ..config })?;
-    let parts = [Part::new(&bb.params, &s.q_params[..bb.params.len]), Part::new(&bb.buffers, &s.q_buffers[..bb.buffers.len])];
-    let scalars = checkpoint::num_batches_tracked(&bb.bn_layers, s.q_tracked);
+    check_prefix("resnet export", bb.params.len, params.len(), bb.buffers.len, buffers.len())?;
+    let parts = [Part::new(&bb.params, &params[..bb.params.len]), Part::new(&bb.buffers, &buffers[..bb.buffers.len])];
+    let scalars = checkpoint::num_batches_tracked(&bb.bn_layers, tracked);
     let mut meta = BTreeMap::new();
     meta.insert("format".into(), "pt".into());
     checkpoint::save(path, &parts, &scalars, &meta)
+}
+
+/// The query encoder's backbone of a run state (see [`export_resnet_backbone`]).
+pub fn export_backbone(path: &Path, config: ResNetConfig, s: &EngineState) -> Result<()> {
+    export_resnet_backbone(path, config, &s.q_params, &s.q_buffers, s.q_tracked)
+}
+
+/// Writes a ViT backbone (no projector) with timm's `VisionTransformer` names (`cls_token`, `pos_embed`,
+/// `patch_embed.proj.*`, `blocks.N.*`, `norm.*`; the trainable tensors and the fixed ones alike) and metadata
+/// `num_heads`, from the parameters and buffers of `layout`'s network. It loads with `strict=True` into timm's
+/// `VisionTransformer(img_size, patch_size, embed_dim, depth, num_heads, qkv_bias=True, num_classes=0,
+/// global_pool='token', norm_layer=LayerNorm(eps=1e-6))` (scripts/check_vit_export.py).
+pub fn export_vit_backbone(path: &Path, layout: &VitLayout, params: &[f32], buffers: &[f32]) -> Result<()> {
+    let bb = VitLayout::new(VitConfig { projector: None, ..layout.config })?;
+    check_prefix("vit export", bb.params.len, params.len(), bb.buffers.len, buffers.len())?;
+    let parts = [Part::new(&bb.params, &params[..bb.params.len]), Part::new(&bb.buffers, &buffers[..bb.buffers.len])];
+    let mut meta = BTreeMap::new();
+    meta.insert("format".into(), "pt".into());
+    meta.insert("num_heads".into(), layout.config.heads.to_string());
+    checkpoint::save(path, &parts, &[], &meta)
+}
+
+fn check_prefix(op: &'static str, p: usize, got_p: usize, b: usize, got_b: usize) -> Result<()> {
+    if got_p < p || got_b < b {
+        return Err(Error::shape(op, format!("at least {p} parameters and {b} buffer values (the backbone)"), format!("{got_p} and {got_b}")));
+    }
+    Ok(())
 }
