@@ -232,6 +232,7 @@ fn run(a: Args) -> moco::Result<()> {
         println!("settings: preset v3 (moco-v3's recipe; flags override)");
     }
     println!("{}", cfg.describe());
+    println!("  views: {}", views.describe());
     println!("run folder: {}", a.out.display());
 
     if let Some(n) = a.save_views {

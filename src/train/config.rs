@@ -334,7 +334,7 @@ impl TrainConfig {
             let sched = if self.cosine { format!("{} warmup epochs, then half-cosine, set every step", self.warmup_epochs) } else { "constant".to_string() };
             let pred = self.predictor_spec();
             return format!(
-                "  preset v3: {backbone}\n  projector {} layers {} -> {} (BN, last BN affine-free), predictor 2 layers {} -> {}{}\n  symmetric loss ctr(q1,k2)+ctr(q2,k1), T {}, no queue\n  epochs {}, batch {}, {} lr {} ({sched}), wd {}\n  key momentum {} {}\n  views: {}\n  image size {}x{}, kNN monitor k={} t={}, seed {}",
+                "  preset v3: {backbone}\n  projector {} layers {} -> {} (BN, last BN affine-free), predictor 2 layers {} -> {}{}\n  symmetric loss ctr(q1,k2)+ctr(q2,k1), T {}, no queue\n  epochs {}, batch {}, {} lr {} ({sched}), wd {}\n  key momentum {} {}\n  image size {}x{}, kNN monitor k={} t={}, seed {}",
                 if self.model == ModelKind::Vit { 3 } else { 2 },
                 self.mlp_dim,
                 self.dim,
@@ -349,7 +349,6 @@ impl TrainConfig {
                 self.weight_decay,
                 self.momentum,
                 if self.momentum_cosine { "-> 1 (cosine, every step)" } else { "(constant)" },
-                self.views().describe(),
                 self.image_size,
                 self.image_size,
                 self.knn_k,
