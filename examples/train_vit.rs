@@ -198,6 +198,21 @@ fn config(a: &Args, demo: bool) -> moco::Result<TrainConfig> {
     Ok(cfg)
 }
 
+/// Writes `{x: [n, 3, S, S], features: [n, D]}` for 16 test images (eval transform) next to the exported
+/// backbone: what scripts/check_vit_export.py compares timm's features with.
+fn write_features(engine: &mut dyn train::Engine, cfg: &TrainConfig, test: &Arc<moco::data::Dataset>, aug: &moco::data::AugmentConfig, backbone: &std::path::Path) -> moco::Result<PathBuf> {
+    let eval = moco::data::AugmentConfig::eval(cfg.image_size).with_normalization(aug.mean, aug.std);
+    let b = moco::data::eval_batches(test.clone(), eval, 16)?.next().ok_or_else(|| moco::Error::shape("export", "a test set of at least one image", "an empty one"))??;
+    let f = engine.embed(&b.x, b.batch_size, true)?;
+    let mut io = moco::checkpoint::Layout::default();
+    io.push("x", &[b.batch_size, 3, cfg.image_size, cfg.image_size]);
+    io.push("features", &[b.batch_size, f.len() / b.batch_size]);
+    let data: Vec<f32> = b.x.iter().chain(&f).copied().collect();
+    let path = backbone.with_extension("features.safetensors");
+    moco::checkpoint::save(&path, &[moco::checkpoint::Part::new(&io, &data)], &[], &Default::default())?;
+    Ok(path)
+}
+
 fn run(a: Args) -> moco::Result<()> {
     let t_start = Instant::now();
     let demo = a.data.is_none();
@@ -268,8 +283,15 @@ fn run(a: Args) -> moco::Result<()> {
     }
     println!("metrics: {0}/metrics.jsonl, {0}/metrics.csv; curves: {0}/curves.png; checkpoint: {0}/checkpoint.safetensors", a.out.display());
     if let Some(p) = &a.export {
+        let feats = write_features(engine.as_mut(), &cfg, &test_ds, &views.view1, p)?;
         match cfg.model {
-            ModelKind::Vit => println!("backbone written to {} with timm's names; check: python scripts/check_vit_export.py {}", p.display(), p.display()),
+            ModelKind::Vit => println!(
+                "backbone written to {} with timm's names, and 16 test images with their eval-mode cls features to {}; check in PyTorch: python scripts/check_vit_export.py {} {}",
+                p.display(),
+                feats.display(),
+                p.display(),
+                feats.display()
+            ),
             ModelKind::ResNet18 => println!("backbone written to {} with torchvision's names (CIFAR stem, fc = Identity)", p.display()),
         }
     }
