@@ -53,6 +53,13 @@ MOCO_REQUIRE_CUDA_DEVICE=1 timeout 240 "$BIN/cuda_train" --test-threads=1 --noca
 
 step "MoCo v2 step, CUDA engine vs PyTorch + cuDNN, batch 64 and 256 (K=4096, dim 128, 8 BN groups)"
 MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/cuda_train" --test-threads=1 --nocapture cuda_moco_v2_step_time 2>&1 | tee "$OUT/cuda_step.txt"
+# MoCo v3 with the ViT: the CUDA engine against the CPU engine for 10 steps, then the step timed (batch 64, 256)
+MOCO_REQUIRE_CUDA_DEVICE=1 timeout 240 "$BIN/cuda_train" --test-threads=1 --nocapture cuda_and_cpu_vit_engines_agree 2>&1 | tee "$OUT/cuda_vit_train.txt"
+MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/cuda_train" --test-threads=1 --nocapture cuda_mocov3_vit_step_time 2>&1 | tee "$OUT/cuda_vit_step.txt"
+# the ViT kernels through the Device trait against the CPU (tests/cuda_layers.rs)
+MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/cuda_layers" --test-threads=1 --nocapture vit_layers 2>&1 | tee "$OUT/cuda_vit_layers.txt"
+# PyTorch's v3 ViT step on the GPU, the same shapes
+timeout 150 python3 scripts/bench_pytorch.py --device cuda --only mocov3_vit --img 32 --patch 4 --dim 192 --depth 4 --heads 3 --mlp-dim 512 --out-dim 128 --batch 64 2>&1 | tee "$OUT/torch_vit_step.txt" || true
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 timeout 120 python3 scripts/bench_pytorch.py --device cuda --only moco_v2_step --moco-batch 64,256 2>&1 | tee "$OUT/torch_step.jsonl"
 echo "moco CUDA engine:"; grep -h '"moco_cuda_engine_v2_step' "$OUT/cuda_step.txt" || true

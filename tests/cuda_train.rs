@@ -82,3 +82,50 @@ fn cuda_moco_v2_step_time() {
         println!("{{\"name\": \"moco_cuda_engine_v2_step_b{n}_k4096\", \"median_ms\": {:.3}, \"min_ms\": {:.3}, \"iters\": {iters}, \"device\": \"{}\"}}", times[iters / 2], times[0], cuda.name());
     }
 }
+
+/// MoCo v3 with the CIFAR-scale ViT (D 192, depth 4, 3 heads, patch 4, heads 512 -> 128), batch `n`.
+fn v3_vit(n: usize) -> TrainConfig {
+    let mut c = TrainConfig::v3(moco::train::ModelKind::Vit);
+    (c.mlp_dim, c.dim, c.batch_size, c.seed) = (512, 128, n, 11);
+    c.lr = 1.5e-4 * n as f64 / 256.0;
+    c
+}
+
+#[test]
+fn cuda_and_cpu_vit_engines_agree_for_10_moco_v3_steps() {
+    let Some(cuda) = device("cuda_and_cpu_vit_engines_agree_for_10_moco_v3_steps") else { return };
+    let cfg = v3_vit(16);
+    let data = batches(&cfg, 10);
+    let (mut c, mut g) = (moco::train::CpuVitEngine::new(&cfg).unwrap(), moco::train::CudaVitEngine::new(&cuda, &cfg).unwrap());
+    let mut worst = 0f64;
+    for (step, (xq, xk)) in data.iter().enumerate() {
+        let (a, b) = (c.step_with(xq, xk, cfg.lr, 0.99).unwrap(), g.step_with(xq, xk, cfg.lr, 0.99).unwrap());
+        let rel = ((a.loss - b.loss).abs() / a.loss.abs().max(1e-6)) as f64;
+        worst = worst.max(rel);
+        eprintln!("step {step:2}: cpu loss {:.6}  cuda loss {:.6}  rel {rel:.2e}", a.loss, b.loss);
+        assert!(a.loss.is_finite() && b.loss.is_finite() && rel <= 1e-3, "step {step}: cpu {} vs cuda {}", a.loss, b.loss);
+    }
+    eprintln!("10 MoCo v3 ViT steps: worst per-step relative loss difference {worst:.2e} (limit 1e-3)");
+}
+
+#[test]
+fn cuda_mocov3_vit_step_time() {
+    let Some(cuda) = device("cuda_mocov3_vit_step_time") else { return };
+    for n in [64, 256] {
+        let cfg = v3_vit(n);
+        let data = batches(&cfg, 2);
+        let mut e = moco::train::CudaVitEngine::new(&cuda, &cfg).unwrap();
+        for (xq, xk) in &data {
+            e.step_with(xq, xk, cfg.lr, 0.99).unwrap();
+        }
+        let mut times = Vec::new();
+        for i in 0..10 {
+            let (xq, xk) = &data[i % 2];
+            let t = Instant::now();
+            assert!(e.step_with(xq, xk, cfg.lr, 0.99).unwrap().loss.is_finite());
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        eprintln!("CUDA MoCo v3 ViT step, batch {n}: median {:.2} ms (min {:.2})", times[times.len() / 2], times[0]);
+    }
+}
