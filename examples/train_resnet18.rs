@@ -255,7 +255,13 @@ fn run(a: Args) -> moco::Result<()> {
         println!("stopped at step {}; continue with --resume --out {} (and the same flags)", summary.global_step, a.out.display());
         return Ok(());
     }
-    println!("throughput: {:.1} pairs/s ({:.1} img/s)", summary.pairs_per_s, 2.0 * summary.pairs_per_s);
+    println!(
+        "throughput: {:.1} pairs/s training (augmentation on, kNN and checkpoints excluded), {:.1} pairs/s of the bare step ({:.1} % apart); kNN monitor and checkpoints: {:.0} s",
+        summary.pairs_per_s,
+        summary.step_pairs_per_s,
+        100.0 * (1.0 - summary.pairs_per_s / summary.step_pairs_per_s.max(1e-9)),
+        summary.eval_secs
+    );
     if let (Some(first), Some(last)) = (summary.knn.first(), summary.knn.last()) {
         let init = if first.0 == 0 { "random init".to_string() } else { format!("epoch {} (resumed)", first.0) };
         println!("kNN top-1 on the test split: {init} {:.2}% -> epoch {} {:.2}% ({:+.2} points)", first.1, last.0, last.1, last.1 - first.1);

@@ -49,8 +49,13 @@ pub struct RunSummary {
     pub losses: Vec<f32>,
     /// True when the run stopped early (stop flag or `max_steps`); the checkpoint allows resuming.
     pub interrupted: bool,
-    /// Training throughput of this call, image pairs per second.
+    /// Training throughput of this call, image pairs per second: the wall time of the epochs' batches (waiting
+    /// for the prefetched augmentation included), the kNN monitor and the checkpoints excluded.
     pub pairs_per_s: f64,
+    /// The bare step's throughput: pairs per second of `Engine::step_with` alone.
+    pub step_pairs_per_s: f64,
+    /// Seconds spent in the kNN monitor (random init included) and writing checkpoints.
+    pub eval_secs: f64,
     /// Where it stopped.
     pub global_step: u64,
     /// Where a resumed run started (the checkpoint's progress).
@@ -118,6 +123,7 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
     let mut metrics;
     let mut summary = RunSummary::default();
     let do_knn = !opts.no_knn && !test.is_empty();
+    let eval_started = Instant::now();
     if opts.resume {
         let (state, p) = state_file::load(&ck_path, cfg, &engine.layouts())?;
         engine.load_state(&state)?;
@@ -172,11 +178,14 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
         b.set_position(prog.global_step);
         b
     });
-    let started = Instant::now();
-    let mut pairs = 0u64;
+    let (mut pairs, mut train_secs, mut step_secs) = (0u64, 0.0f64, 0.0f64);
+    let mut eval_secs = eval_started.elapsed().as_secs_f64();
     let stop_requested = || opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
     'epochs: while prog.epoch < cfg.epochs {
         let mut epoch_loss = (0.0f64, 0usize);
+        let mut batch_started = Instant::now();
+        let epoch_pairs = pairs;
+        let epoch_train = train_secs;
         for batch in loader.epoch(prog.epoch, prog.step)? {
             let b = batch?;
             // v3 sets lr and momentum every step, at the fractional epoch (moco-v3's epoch + i / iters)
@@ -190,7 +199,10 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
                 }
                 return Err(Error::NonFinite { epoch: prog.epoch, step: prog.step, global_step: prog.global_step, loss: st.loss });
             }
-            let ips = cfg.batch_size as f64 / t0.elapsed().as_secs_f64();
+            let dt = t0.elapsed().as_secs_f64();
+            let ips = cfg.batch_size as f64 / dt;
+            step_secs += dt;
+            train_secs += batch_started.elapsed().as_secs_f64();
             prog.step += 1;
             prog.global_step += 1;
             pairs += cfg.batch_size as u64;
@@ -219,10 +231,15 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
                 summary.interrupted = true;
                 break 'epochs;
             }
+            batch_started = Instant::now();
         }
+        let eval_started = Instant::now();
         prog = Progress { epoch: prog.epoch + 1, step: 0, global_step: prog.global_step };
         state_file::save(&ck_path, cfg, &engine.layouts(), &engine.state()?, prog)?;
         let mut rec = Record::new().with_str("kind", "epoch").with("epoch", prog.epoch as f64).with("global_step", prog.global_step as f64);
+        if train_secs > epoch_train {
+            rec = rec.with("train_pairs_per_s", (pairs - epoch_pairs) as f64 / (train_secs - epoch_train));
+        }
         if epoch_loss.1 > 0 {
             rec = rec.with("loss_mean", epoch_loss.0 / epoch_loss.1 as f64);
         }
@@ -245,12 +262,16 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
                 _ => {}
             }
         }
-        metrics.write(&rec)?;
+        let dt = eval_started.elapsed().as_secs_f64();
+        eval_secs += dt;
+        metrics.write(&rec.with("eval_s", dt))?;
     }
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    summary.pairs_per_s = pairs as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    summary.pairs_per_s = pairs as f64 / train_secs.max(1e-9);
+    summary.step_pairs_per_s = pairs as f64 / step_secs.max(1e-9);
+    summary.eval_secs = eval_secs;
     summary.global_step = prog.global_step;
     let recs = read_jsonl(metrics.jsonl_path())?;
     let opts_plot = PlotOptions {
