@@ -46,8 +46,9 @@ struct Args {
     /// .bin file, or an image folder (one subfolder per class). Default: the embedded digits with the demo settings
     #[arg(long)]
     data: Option<String>,
-    /// colab (the CIFAR-10 colab: linear head, T=0.1, its augmentation), v1 (MoCo v1's ImageNet augmentation) or
-    /// v2 (MLP head, T=0.2, v2 augmentation)
+    /// colab (the CIFAR-10 colab: linear head, T=0.1, its augmentation), v1 (MoCo v1's ImageNet augmentation),
+    /// v2 (MLP head, T=0.2, v2 augmentation) or v3 (MoCo v3 on this ResNet-18: LARS, projector and predictor, the
+    /// symmetric loss; `train_vit --model resnet18` has the v3 flags)
     #[arg(long, default_value = "colab")]
     preset: String,
     /// Image side the network sees [--data: 32; embedded default: 8]
@@ -198,6 +199,10 @@ fn run(a: Args) -> moco::Result<()> {
         "f16" => QueueDType::F16,
         d => return Err(moco::Error::shape("--queue-dtype", "f32, bf16 or f16", d.to_string())),
     };
+    if cfg.is_v3() {
+        // moco-v3 normalises over the whole batch (SyncBN) and has no shuffle-BN, no queue
+        (cfg.bn_splits, cfg.shuffle_bn, cfg.symmetric) = (a.bn_splits.unwrap_or(1), false, true);
+    }
     cfg.validate()?;
 
     let synthetic = a.synthetic.as_ref().map(|s| (s[0], s[1]));
@@ -256,7 +261,7 @@ fn run(a: Args) -> moco::Result<()> {
         return Ok(());
     }
     println!(
-        "throughput: {:.1} pairs/s training (augmentation on, kNN and checkpoints excluded), {:.1} pairs/s of the bare step ({:.1} % apart); kNN monitor and checkpoints: {:.0} s",
+        "throughput: {:.1} pairs/s training (augmentation on, kNN and checkpoints excluded); inside the step {:.1} pairs/s ({:.1} % waiting for batches; the prefetching augmentation shares the cores, so the bare step alone is measured by `cargo bench`); kNN monitor and checkpoints: {:.0} s",
         summary.pairs_per_s,
         summary.step_pairs_per_s,
         100.0 * (1.0 - summary.pairs_per_s / summary.step_pairs_per_s.max(1e-9)),

@@ -274,7 +274,7 @@ fn run(a: Args) -> moco::Result<()> {
         return Ok(());
     }
     println!(
-        "throughput: {:.1} pairs/s training (augmentation on, kNN and checkpoints excluded), {:.1} pairs/s of the bare step ({:.1} % apart); kNN monitor and checkpoints: {:.0} s",
+        "throughput: {:.1} pairs/s training (augmentation on, kNN and checkpoints excluded); inside the step {:.1} pairs/s ({:.1} % waiting for batches; the prefetching augmentation shares the cores, so the bare step alone is measured by `cargo bench`); kNN monitor and checkpoints: {:.0} s",
         summary.pairs_per_s,
         summary.step_pairs_per_s,
         100.0 * (1.0 - summary.pairs_per_s / summary.step_pairs_per_s.max(1e-9)),

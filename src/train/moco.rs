@@ -334,7 +334,7 @@ impl<D: MocoDevice, M: Encoder> Engine for MocoEngine<D, M> {
         let (n, s) = (self.cfg.batch_size, self.cfg.image_size);
         crate::error::check_len_eq("train step", "x_q [N, 3, S, S]", n * 3 * s * s, x_q.len())?;
         crate::error::check_len_eq("train step", "x_k [N, 3, S, S]", n * 3 * s * s, x_k.len())?;
-        if !(lr.is_finite() && lr >= 0.0) || !(0.0..=1.0).contains(&momentum) {
+        if !(lr.is_finite() && lr >= 0.0 && (0.0..=1.0).contains(&momentum)) {
             return Err(Error::shape("train step", "a finite lr >= 0 and a momentum in [0, 1]", format!("lr {lr}, momentum {momentum}")));
         }
         if self.cfg.is_v3() {
