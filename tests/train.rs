@@ -346,6 +346,7 @@ fn colab_defaults_and_no_hidden_lr_scaling() {
     let z = TrainConfig { cosine_from_one: false, ..c.clone() };
     assert_eq!(z.lr_at(0).unwrap(), 0.06);
     assert!((c.clone().scale_lr_linearly().lr - 0.06 * 64.0 / 512.0).abs() < 1e-15);
-    assert!(moco::train::Preset::parse("v3").is_err());
+    assert_eq!(moco::train::Preset::parse("v3").unwrap(), moco::train::Preset::V3);
+    assert!(moco::train::Preset::parse("v4").is_err());
     assert!(c.describe().contains("shuffle-BN on"));
 }
