@@ -44,7 +44,8 @@ impl WinoShape {
     fn tiles(&self) -> (usize, usize) {
         (self.oh().div_ceil(2), self.ow().div_ceil(2))
     }
-    /// Padded plane `[2*TH + 2, 2*TW + 2]`: covers every tile's 4x4 patch.
+    /// Padded plane `[2*TH + 2, 2, TW + 1]` (each row split into its even and its odd columns): covers every
+    /// tile's 4x4 patch.
     fn plane(&self) -> (usize, usize) {
         let (th, tw) = self.tiles();
         (2 * th + 2, 2 * tw + 2)
@@ -62,14 +63,33 @@ pub(crate) enum Filter {
 /// Scratch elements needed for `s` split into `tasks` tasks of at most `per` images.
 pub(crate) fn scratch_len(s: &WinoShape, per: usize, tasks: usize) -> usize {
     let (ph, pw) = s.plane();
-    let ld = block(s, per) * s.tiles().0 * s.tiles().1;
-    16 * s.c_out * s.c_in + tasks * (ph * pw + 16 * (s.c_in + s.c_out) * ld)
+    16 * s.c_out * s.c_in + tasks * task_len(s, blocking(s, per).2, ph * pw)
 }
 
-/// Images per block for a task of `per` images.
-fn block(s: &WinoShape, per: usize) -> usize {
+/// Per task: the padded plane, 12 rows of TW + 1 temporaries, `V` and `M`.
+fn task_len(s: &WinoShape, ld: usize, plane: usize) -> usize {
+    plane + 12 * (s.tiles().1 + 1) + 16 * (s.c_in + s.c_out) * ld
+}
+
+/// Target tile count `T` of one block (the GEMMs' column count): `MOCO_WINO_TILES` or [`TILE_COLS`].
+fn tile_cols() -> usize {
+    static T: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *T.get_or_init(|| std::env::var("MOCO_WINO_TILES").ok().and_then(|v| v.parse().ok()).filter(|&v| v > 0).unwrap_or(TILE_COLS))
+}
+
+/// How a task of `per` images is cut into blocks of about [`tile_cols`] tiles: `(images per block, tile rows per
+/// block, ld)`. A plane with at least that many tiles is cut into bands of tile rows (one image per block);
+/// smaller planes are grouped, whole, several images to a block. `ld` is the most tiles a block holds.
+fn blocking(s: &WinoShape, per: usize) -> (usize, usize, usize) {
     let (th, tw) = s.tiles();
-    (TILE_COLS / (th * tw)).clamp(1, per.max(1))
+    let target = tile_cols();
+    if th * tw >= target {
+        let rows = (target / tw).clamp(1, th);
+        (1, rows, rows * tw)
+    } else {
+        let bl = (target / (th * tw)).clamp(1, per.max(1));
+        (bl, th, bl * th * tw)
+    }
 }
 
 /// `u [C_out, 16, C_in]`: `G g Gᵀ` of every 3x3 filter, `G = [[1,0,0],[½,½,½],[½,-½,½],[0,0,1]]` (parallel over
@@ -127,101 +147,146 @@ pub(crate) fn winograd_3x3(out: &mut [f32], accumulate: bool, scratch: &mut Vec<
     }
     let (ph, pw) = s.plane();
     let (th, tw) = s.tiles();
-    let tpi = th * tw;
-    let bl = block(s, per);
-    let ld = bl * tpi;
+    let (bl, rows_per, ld) = blocking(s, per);
     let (oh, ow) = (s.oh(), s.ow());
     let (in_img, out_img) = (s.c_in * s.h * s.w, s.c_out * oh * ow);
-    let task_len = ph * pw + 16 * (s.c_in + s.c_out) * ld;
+    let task_len = task_len(s, ld, ph * pw);
     let (u, rest) = scratch[..need].split_at_mut(16 * s.c_out * s.c_in);
     transform_weights(u, weight, s, filter);
     let u: &[f32] = u;
     inp.par_chunks(per * in_img).zip(out.par_chunks_mut(per * out_img)).zip(rest.par_chunks_mut(task_len)).for_each(|((x, y), buf)| {
         let (plane, rest) = buf.split_at_mut(ph * pw);
+        let (tmp, rest) = rest.split_at_mut(12 * (tw + 1));
         let (v, m) = rest.split_at_mut(16 * s.c_in * ld);
         plane.fill(0.0);
         for (xb, yb) in x.chunks(bl * in_img).zip(y.chunks_mut(bl * out_img)) {
             let nb = xb.len() / in_img;
-            let nt = nb * tpi;
-            // v [16, C_in, ld]: Bᵀ d B of every tile of every channel of the block
-            for (b, x_n) in xb.chunks(in_img).enumerate() {
-                for (c, src) in x_n.chunks(s.h * s.w).enumerate() {
-                    for (r, row) in src.chunks(s.w).enumerate() {
-                        let at = (r + s.pad) * pw + s.pad;
-                        plane[at..at + s.w].copy_from_slice(row);
+            for ty0 in (0..th).step_by(rows_per) {
+                let ty1 = (ty0 + rows_per).min(th);
+                // tiles per image in this block, and in all
+                let tpb = (ty1 - ty0) * tw;
+                let nt = nb * tpb;
+                // padded rows 2ty0..2ty1+2 hold image rows r0..r1
+                let (r0, r1) = ((2 * ty0).saturating_sub(s.pad).min(s.h), (2 * ty1 + 2).saturating_sub(s.pad).min(s.h));
+                // v [16, C_in, ld]: Bᵀ d B of every tile of every channel of the block
+                for (b, x_n) in xb.chunks(in_img).enumerate() {
+                    for (c, src) in x_n.chunks(s.h * s.w).enumerate() {
+                        for r in r0..r1 {
+                            let row = &src[r * s.w..(r + 1) * s.w];
+                            let dst = &mut plane[(r + s.pad) * pw..(r + s.pad + 1) * pw];
+                            for (x, &val) in row.iter().enumerate() {
+                                let px = x + s.pad;
+                                dst[(px & 1) * (tw + 1) + px / 2] = val;
+                            }
+                        }
+                        input_tiles(v, c * ld + b * tpb, s.c_in * ld, plane, tmp, ty0, ty1, tw);
                     }
-                    input_tiles(v, c * ld + b * tpi, s.c_in * ld, plane, pw, th, tw);
                 }
-            }
-            // m[ξ] [C_out, nt] = u[ξ] [C_out, C_in] · v[ξ] [C_in, nt]
-            for xi in 0..16 {
-                let (mx, ux, vx) = (&mut m[xi * s.c_out * ld..(xi + 1) * s.c_out * ld], &u[xi * s.c_in..], &v[xi * s.c_in * ld..(xi + 1) * s.c_in * ld]);
-                // u[ξ] row co at co*16*C_in + ξ*C_in
-                gemm_strided(mx, ld, 1, ux, 16 * s.c_in, 1, vx, ld, 1, s.c_out, nt, s.c_in, 1.0, false, par_gemm);
-            }
-            // y (+)= Aᵀ m A, clipped to the output plane
-            for (b, y_n) in yb.chunks_mut(out_img).enumerate() {
-                for (c, dst) in y_n.chunks_mut(oh * ow).enumerate() {
-                    output_tiles(dst, oh, ow, m, c * ld + b * tpi, s.c_out * ld, th, tw, accumulate);
+                // m[ξ] [C_out, nt] = u[ξ] [C_out, C_in] · v[ξ] [C_in, nt]
+                for xi in 0..16 {
+                    let (mx, ux, vx) = (&mut m[xi * s.c_out * ld..(xi + 1) * s.c_out * ld], &u[xi * s.c_in..], &v[xi * s.c_in * ld..(xi + 1) * s.c_in * ld]);
+                    // u[ξ] row co at co*16*C_in + ξ*C_in
+                    gemm_strided(mx, ld, 1, ux, 16 * s.c_in, 1, vx, ld, 1, s.c_out, nt, s.c_in, 1.0, false, par_gemm);
+                }
+                // y (+)= Aᵀ m A, clipped to the output plane
+                for (b, y_n) in yb.chunks_mut(out_img).enumerate() {
+                    for (c, dst) in y_n.chunks_mut(oh * ow).enumerate() {
+                        output_tiles(dst, oh, ow, m, c * ld + b * tpb, s.c_out * ld, tmp, ty0, ty1, tw, accumulate);
+                    }
                 }
             }
         }
     });
 }
 
-/// Writes `Bᵀ d B` of every 4x4 patch of `plane [.., pw]` (tile (ty, tx) at `(2ty, 2tx)`) to
-/// `v[ξ * xs + at + ty*tw + tx]`, `Bᵀ = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]]`.
-fn input_tiles(v: &mut [f32], at: usize, xs: usize, plane: &[f32], pw: usize, th: usize, tw: usize) {
-    for ty in 0..th {
+/// Writes `Bᵀ d B` of every 4x4 patch of `plane [2*TH + 2, 2, TW + 1]` (tile (ty, tx) at rows `2ty..2ty+4`,
+/// padded columns `2tx..2tx+4`), for tile rows `ty0..ty1`, to `v[ξ * xs + at + (ty - ty0)*tw + tx]`,
+/// `Bᵀ = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]]`. With the columns split by parity, the row transform is
+/// elementwise and the column transform reads `even[tx], odd[tx], even[tx+1], odd[tx+1]`: both vectorise over tx.
+/// `tmp`: 8 rows of TW + 1.
+#[allow(clippy::too_many_arguments)]
+fn input_tiles(v: &mut [f32], at: usize, xs: usize, plane: &[f32], tmp: &mut [f32], ty0: usize, ty1: usize, tw: usize) {
+    let (hw, pw) = (tw + 1, 2 * tw + 2);
+    for ty in ty0..ty1 {
         let r = &plane[2 * ty * pw..(2 * ty + 4) * pw];
-        let (r0, r1, r2, r3) = (&r[..pw], &r[pw..2 * pw], &r[2 * pw..3 * pw], &r[3 * pw..]);
-        let base = at + ty * tw;
-        for tx in 0..tw {
-            let j = 2 * tx;
-            // t = Bᵀ d (columns j..j+4)
-            let mut t = [[0.0f32; 4]; 4];
-            for k in 0..4 {
-                let (a, b, c, d) = (r0[j + k], r1[j + k], r2[j + k], r3[j + k]);
-                t[0][k] = a - c;
-                t[1][k] = b + c;
-                t[2][k] = c - b;
-                t[3][k] = b - d;
+        // t[i] = (Bᵀ d)[i], both parities: tmp [4, 2, TW + 1]
+        {
+            let (r0, r1, r2, r3) = (&r[..pw], &r[pw..2 * pw], &r[2 * pw..3 * pw], &r[3 * pw..4 * pw]);
+            let (t0, rest) = tmp[..8 * hw].split_at_mut(pw);
+            let (t1, rest) = rest.split_at_mut(pw);
+            let (t2, t3) = rest.split_at_mut(pw);
+            for x in 0..pw {
+                let (a, b, c, d) = (r0[x], r1[x], r2[x], r3[x]);
+                t0[x] = a - c;
+                t1[x] = b + c;
+                t2[x] = c - b;
+                t3[x] = b - d;
             }
-            for (i, row) in t.iter().enumerate() {
-                let (a, b, c, d) = (row[0], row[1], row[2], row[3]);
-                let o = base + tx;
-                v[(4 * i) * xs + o] = a - c;
-                v[(4 * i + 1) * xs + o] = b + c;
-                v[(4 * i + 2) * xs + o] = c - b;
-                v[(4 * i + 3) * xs + o] = b - d;
+        }
+        let o = at + (ty - ty0) * tw;
+        for i in 0..4 {
+            let (e, od) = (&tmp[i * pw..i * pw + hw], &tmp[i * pw + hw..(i + 1) * pw]);
+            let (e0, e1, o0, o1) = (&e[..tw], &e[1..=tw], &od[..tw], &od[1..=tw]);
+            let (v0, rest) = v[(4 * i) * xs + o..].split_at_mut(xs);
+            let (v1, rest) = rest.split_at_mut(xs);
+            let (v2, v3) = rest.split_at_mut(xs);
+            let (v0, v1, v2, v3) = (&mut v0[..tw], &mut v1[..tw], &mut v2[..tw], &mut v3[..tw]);
+            for tx in 0..tw {
+                v0[tx] = e0[tx] - e1[tx];
+                v1[tx] = o0[tx] + e1[tx];
+                v2[tx] = e1[tx] - o0[tx];
+                v3[tx] = o0[tx] - o1[tx];
             }
         }
     }
 }
 
-/// `dst [oh, ow] (+)= Aᵀ m A` for every tile, `m[ξ * xs + at + ty*tw + tx]`, `Aᵀ = [[1,1,1,0],[0,1,-1,-1]]`;
-/// outputs past the plane's edge (odd OH/OW) are dropped.
+/// `dst [oh, ow] (+)= Aᵀ m A` for tile rows `ty0..ty1`, `m[ξ * xs + at + (ty - ty0)*tw + tx]`, `Aᵀ = [[1,1,1,0],[0,1,-1,-1]]`;
+/// outputs past the plane's edge (odd OH/OW) are dropped. Vectorised over tx into `tmp` (12 rows of TW + 1).
 #[allow(clippy::too_many_arguments)]
-fn output_tiles(dst: &mut [f32], oh: usize, ow: usize, m: &[f32], at: usize, xs: usize, th: usize, tw: usize, accumulate: bool) {
-    for ty in 0..th {
-        let base = at + ty * tw;
-        let rows = (oh - 2 * ty).min(2);
-        for tx in 0..tw {
-            let o = base + tx;
-            let g = |xi: usize| m[xi * xs + o];
-            // s = Aᵀ m: [2, 4]
-            let mut sr = [[0.0f32; 4]; 2];
-            for k in 0..4 {
-                let (a, b, c, d) = (g(k), g(4 + k), g(8 + k), g(12 + k));
-                sr[0][k] = a + b + c;
-                sr[1][k] = b - c - d;
+fn output_tiles(dst: &mut [f32], oh: usize, ow: usize, m: &[f32], at: usize, xs: usize, tmp: &mut [f32], ty0: usize, ty1: usize, tw: usize, accumulate: bool) {
+    for ty in ty0..ty1 {
+        let o = at + (ty - ty0) * tw;
+        let g = |xi: usize| &m[xi * xs + o..xi * xs + o + tw];
+        // s = Aᵀ m: tmp rows 0..4 (s0[k]) and 4..8 (s1[k]); y: rows 8..12 (y00, y01, y10, y11)
+        let (sr, y) = tmp.split_at_mut(8 * tw);
+        for k in 0..4 {
+            let (a, b, c, d) = (g(k), g(4 + k), g(8 + k), g(12 + k));
+            let (s0, s1) = sr.split_at_mut(4 * tw);
+            let (s0, s1) = (&mut s0[k * tw..(k + 1) * tw], &mut s1[k * tw..(k + 1) * tw]);
+            for tx in 0..tw {
+                s0[tx] = a[tx] + b[tx] + c[tx];
+                s1[tx] = b[tx] - c[tx] - d[tx];
             }
-            let cols = (ow - 2 * tx).min(2);
-            for (a, row) in sr.iter().enumerate().take(rows) {
-                let y = [row[0] + row[1] + row[2], row[1] - row[2] - row[3]];
-                let d = &mut dst[(2 * ty + a) * ow + 2 * tx..(2 * ty + a) * ow + 2 * tx + cols];
-                for (dv, yv) in d.iter_mut().zip(y) {
-                    *dv = if accumulate { *dv + yv } else { yv };
+        }
+        for r in 0..2 {
+            let sk = |k: usize| &sr[(4 * r + k) * tw..(4 * r + k + 1) * tw];
+            let (s0, s1, s2, s3) = (sk(0), sk(1), sk(2), sk(3));
+            let (ya, yb) = y[2 * r * tw..(2 * r + 2) * tw].split_at_mut(tw);
+            for tx in 0..tw {
+                ya[tx] = s0[tx] + s1[tx] + s2[tx];
+                yb[tx] = s1[tx] - s2[tx] - s3[tx];
+            }
+        }
+        for a in 0..(oh - 2 * ty).min(2) {
+            let (ya, yb) = (&y[2 * a * tw..(2 * a + 1) * tw], &y[(2 * a + 1) * tw..(2 * a + 2) * tw]);
+            let row = &mut dst[(2 * ty + a) * ow..(2 * ty + a + 1) * ow];
+            let full = ow / 2;
+            if accumulate {
+                for tx in 0..full {
+                    row[2 * tx] += ya[tx];
+                    row[2 * tx + 1] += yb[tx];
+                }
+                if ow % 2 == 1 {
+                    row[ow - 1] += ya[full];
+                }
+            } else {
+                for tx in 0..full {
+                    row[2 * tx] = ya[tx];
+                    row[2 * tx + 1] = yb[tx];
+                }
+                if ow % 2 == 1 {
+                    row[ow - 1] = ya[full];
                 }
             }
         }
