@@ -27,7 +27,7 @@
 //! [`conv2d_forward_with`] and [`conv2d_backward_with`] run a given algorithm.
 
 use super::check;
-use super::winograd::{winograd_3x3, Filter, WinoShape};
+use super::winograd::{winograd_3x3, winograd_3x3_dweight, Filter, WinoShape};
 use crate::backend::cpu::gemm::gemm_strided;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
@@ -393,7 +393,9 @@ fn backward_algo(dx: &mut [f32], dweight: &mut [f32], scratch: &mut Vec<f32>, do
     match algo {
         ConvAlgo::Im2col => backward_im2col(Some(dx), dweight, scratch, dout, inp, weight, s),
         ConvAlgo::Winograd => {
-            backward_im2col(None, dweight, scratch, dout, inp, weight, s);
+            // dweight [C_out, C_in, 3, 3] += Winograd adjoint of the forward pass
+            let fs = WinoShape { n: s.n, c_in: s.c_in, h: s.h, w: s.w, c_out: s.c_out, pad: s.pad };
+            winograd_3x3_dweight(dweight, scratch, dout, inp, &fs);
             // dinp [N, C_in, H, W] += dout [N, C_out, OH, OW] ⋆ flip(weight)ᵀ, padded by 2 - pad
             let ws = WinoShape { n: s.n, c_in: s.c_out, h: s.out_h(), w: s.out_w(), c_out: s.c_in, pad: 2 - s.pad };
             winograd_3x3(dx, true, scratch, dout, weight, &ws, Filter::FlippedTransposed);

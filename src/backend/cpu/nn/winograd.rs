@@ -131,16 +131,21 @@ fn transform_weights(u: &mut [f32], weight: &[f32], s: &WinoShape, filter: Filte
     });
 }
 
+/// `(images per task, tasks, whether the GEMMs run in parallel)`, as the im2col path splits the batch.
+fn split(n: usize) -> (usize, usize, bool) {
+    let t = rayon::current_num_threads().max(1);
+    if n >= t {
+        let per = n.div_ceil(t);
+        (per, n.div_ceil(per), false)
+    } else {
+        (n, 1, t > 1)
+    }
+}
+
 /// `out (+)= inp ⋆ w` (see [`WinoShape`]). Lengths must already be validated by the caller:
 /// `inp` N*C_in*H*W, `out` N*C_out*OH*OW, `weight` 9*C_out*C_in. `accumulate = false` overwrites `out`.
 pub(crate) fn winograd_3x3(out: &mut [f32], accumulate: bool, scratch: &mut Vec<f32>, inp: &[f32], weight: &[f32], s: &WinoShape, filter: Filter) {
-    let t = rayon::current_num_threads().max(1);
-    let (per, tasks, par_gemm) = if s.n >= t {
-        let per = s.n.div_ceil(t);
-        (per, s.n.div_ceil(per), false)
-    } else {
-        (s.n, 1, t > 1)
-    };
+    let (per, tasks, par_gemm) = split(s.n);
     let need = scratch_len(s, per, tasks);
     if scratch.len() < need {
         scratch.resize(need, 0.0);
@@ -166,22 +171,7 @@ pub(crate) fn winograd_3x3(out: &mut [f32], accumulate: bool, scratch: &mut Vec<
                 // tiles per image in this block, and in all
                 let tpb = (ty1 - ty0) * tw;
                 let nt = nb * tpb;
-                // padded rows 2ty0..2ty1+2 hold image rows r0..r1
-                let (r0, r1) = ((2 * ty0).saturating_sub(s.pad).min(s.h), (2 * ty1 + 2).saturating_sub(s.pad).min(s.h));
-                // v [16, C_in, ld]: Bᵀ d B of every tile of every channel of the block
-                for (b, x_n) in xb.chunks(in_img).enumerate() {
-                    for (c, src) in x_n.chunks(s.h * s.w).enumerate() {
-                        for r in r0..r1 {
-                            let row = &src[r * s.w..(r + 1) * s.w];
-                            let dst = &mut plane[(r + s.pad) * pw..(r + s.pad + 1) * pw];
-                            for (x, &val) in row.iter().enumerate() {
-                                let px = x + s.pad;
-                                dst[(px & 1) * (tw + 1) + px / 2] = val;
-                            }
-                        }
-                        input_tiles(v, c * ld + b * tpb, s.c_in * ld, plane, tmp, ty0, ty1, tw);
-                    }
-                }
+                input_block(v, plane, tmp, xb, s, ld, ty0, ty1);
                 // m[ξ] [C_out, nt] = u[ξ] [C_out, C_in] · v[ξ] [C_in, nt]
                 for xi in 0..16 {
                     let (mx, ux, vx) = (&mut m[xi * s.c_out * ld..(xi + 1) * s.c_out * ld], &u[xi * s.c_in..], &v[xi * s.c_in * ld..(xi + 1) * s.c_in * ld]);
@@ -197,6 +187,30 @@ pub(crate) fn winograd_3x3(out: &mut [f32], accumulate: bool, scratch: &mut Vec<
             }
         }
     });
+}
+
+/// `v [16, C_in, ld]`: `Bᵀ d B` of every tile in tile rows `ty0..ty1` of every channel of the images `xb`
+/// (image b's tiles at `b * (ty1 - ty0) * TW`), through the parity-split zero-padded `plane` (its padding stays
+/// zero: only image rows are ever written).
+#[allow(clippy::too_many_arguments)]
+fn input_block(v: &mut [f32], plane: &mut [f32], tmp: &mut [f32], xb: &[f32], s: &WinoShape, ld: usize, ty0: usize, ty1: usize) {
+    let (pw, tw) = (s.plane().1, s.tiles().1);
+    let tpb = (ty1 - ty0) * tw;
+    // padded rows 2ty0..2ty1+2 hold image rows r0..r1
+    let (r0, r1) = ((2 * ty0).saturating_sub(s.pad).min(s.h), (2 * ty1 + 2).saturating_sub(s.pad).min(s.h));
+    for (b, x_n) in xb.chunks(s.c_in * s.h * s.w).enumerate() {
+        for (c, src) in x_n.chunks(s.h * s.w).enumerate() {
+            for r in r0..r1 {
+                let row = &src[r * s.w..(r + 1) * s.w];
+                let dst = &mut plane[(r + s.pad) * pw..(r + s.pad + 1) * pw];
+                for (x, &val) in row.iter().enumerate() {
+                    let px = x + s.pad;
+                    dst[(px & 1) * (tw + 1) + px / 2] = val;
+                }
+            }
+            input_tiles(v, c * ld + b * tpb, s.c_in * ld, plane, tmp, ty0, ty1, tw);
+        }
+    }
 }
 
 /// Writes `Bᵀ d B` of every 4x4 patch of `plane [2*TH + 2, 2, TW + 1]` (tile (ty, tx) at rows `2ty..2ty+4`,
@@ -288,6 +302,108 @@ fn output_tiles(dst: &mut [f32], oh: usize, ow: usize, m: &[f32], at: usize, xs:
                 if ow % 2 == 1 {
                     row[ow - 1] = ya[full];
                 }
+            }
+        }
+    }
+}
+
+/// Weight gradient of the forward correlation `s` (weights as given, [`Filter::Direct`]):
+/// `dweight [C_out, C_in, 3, 3] += Gᵀ dU G` with `dU[ξ] [C_out, C_in] = Σ_tiles dM[ξ] · V[ξ]ᵀ`, `V = Bᵀ d B` the
+/// input tiles (as in forward) and `dM = A dy Aᵀ` the output-gradient tiles (the adjoint of the output
+/// transform): the adjoint of the forward pass, 16 GEMMs with inner dimension T per block. Each task sums its
+/// own `dU [16, C_out, C_in]`; the tasks' partials are then added in a fixed order (deterministic for a given
+/// thread count). `dout`: `[N, C_out, OH, OW]`; lengths validated by the caller.
+pub(crate) fn winograd_3x3_dweight(dweight: &mut [f32], scratch: &mut Vec<f32>, dout: &[f32], inp: &[f32], s: &WinoShape) {
+    let (per, tasks, par_gemm) = split(s.n);
+    let (ph, pw) = s.plane();
+    let (th, tw) = s.tiles();
+    let (bl, rows_per, ld) = blocking(s, per);
+    let (oh, ow) = (s.oh(), s.ow());
+    let (in_img, out_img) = (s.c_in * s.h * s.w, s.c_out * oh * ow);
+    let (du_len, dyp_len) = (16 * s.c_out * s.c_in, 4 * th * tw);
+    let task_len = task_len(s, ld, ph * pw) + dyp_len + du_len;
+    if scratch.len() < tasks * task_len {
+        scratch.resize(tasks * task_len, 0.0);
+    }
+    let scratch = &mut scratch[..tasks * task_len];
+    inp.par_chunks(per * in_img).zip(dout.par_chunks(per * out_img)).zip(scratch.par_chunks_mut(task_len)).for_each(|((x, dy), buf)| {
+        let (plane, rest) = buf.split_at_mut(ph * pw);
+        let (tmp, rest) = rest.split_at_mut(12 * (tw + 1));
+        let (v, rest) = rest.split_at_mut(16 * s.c_in * ld);
+        let (dm, rest) = rest.split_at_mut(16 * s.c_out * ld);
+        let (dyp, du) = rest.split_at_mut(dyp_len);
+        plane.fill(0.0);
+        // dyp [2TH, 2TW]: one output-gradient plane, zero past OH x OW (never written there)
+        dyp.fill(0.0);
+        let mut first = true;
+        for (xb, dyb) in x.chunks(bl * in_img).zip(dy.chunks(bl * out_img)) {
+            let nb = xb.len() / in_img;
+            for ty0 in (0..th).step_by(rows_per) {
+                let ty1 = (ty0 + rows_per).min(th);
+                let tpb = (ty1 - ty0) * tw;
+                let nt = nb * tpb;
+                input_block(v, plane, tmp, xb, s, ld, ty0, ty1);
+                // dm [16, C_out, ld]: A dy Aᵀ, A = [[1,0],[1,1],[1,-1],[0,-1]]
+                for (b, dy_n) in dyb.chunks(out_img).enumerate() {
+                    for (c, src) in dy_n.chunks(oh * ow).enumerate() {
+                        for r in 2 * ty0..(2 * ty1).min(oh) {
+                            dyp[r * 2 * tw..r * 2 * tw + ow].copy_from_slice(&src[r * ow..(r + 1) * ow]);
+                        }
+                        grad_tiles(dm, c * ld + b * tpb, s.c_out * ld, dyp, ty0, ty1, tw);
+                    }
+                }
+                // du[ξ] [C_out, C_in] (+)= dm[ξ] [C_out, nt] · v[ξ] [C_in, nt]ᵀ
+                for xi in 0..16 {
+                    let (dux, dmx, vx) = (&mut du[xi * s.c_out * s.c_in..(xi + 1) * s.c_out * s.c_in], &dm[xi * s.c_out * ld..(xi + 1) * s.c_out * ld], &v[xi * s.c_in * ld..(xi + 1) * s.c_in * ld]);
+                    gemm_strided(dux, s.c_in, 1, dmx, ld, 1, vx, 1, ld, s.c_out, s.c_in, nt, 1.0, !first, par_gemm);
+                }
+                first = false;
+            }
+        }
+    });
+    // dweight += Gᵀ (Σ_tasks du) G, per (co, ci)
+    let scratch: &[f32] = scratch;
+    let plane = s.c_out * s.c_in;
+    dweight.par_chunks_mut(9).enumerate().for_each(|(p, dw)| {
+        let mut d = [[0.0f32; 4]; 4];
+        for t in 0..tasks {
+            let du = &scratch[t * task_len + task_len - du_len..(t + 1) * task_len];
+            for (xi, v) in d.iter_mut().flatten().enumerate() {
+                *v += du[xi * plane + p];
+            }
+        }
+        // r = Gᵀ d: [3, 4]; Gᵀ = [[1,½,½,0],[0,½,-½,0],[0,½,½,1]]
+        let mut r = [[0.0f32; 4]; 3];
+        for j in 0..4 {
+            let (a, b, c, e) = (d[0][j], d[1][j], d[2][j], d[3][j]);
+            r[0][j] = a + 0.5 * (b + c);
+            r[1][j] = 0.5 * (b - c);
+            r[2][j] = 0.5 * (b + c) + e;
+        }
+        for (i, row) in r.iter().enumerate() {
+            let (a, b, c, e) = (row[0], row[1], row[2], row[3]);
+            dw[3 * i] += a + 0.5 * (b + c);
+            dw[3 * i + 1] += 0.5 * (b - c);
+            dw[3 * i + 2] += 0.5 * (b + c) + e;
+        }
+    });
+}
+
+/// `dm[ξ * xs + at + (ty - ty0)*tw + tx] = (A dy Aᵀ)[ξ]` for the 2x2 tiles of `dyp [2*TH, 2*TW]` in tile rows
+/// `ty0..ty1`, `A = [[1,0],[1,1],[1,-1],[0,-1]]`.
+#[allow(clippy::too_many_arguments)]
+fn grad_tiles(dm: &mut [f32], at: usize, xs: usize, dyp: &[f32], ty0: usize, ty1: usize, tw: usize) {
+    for ty in ty0..ty1 {
+        let (r0, r1) = (&dyp[2 * ty * 2 * tw..(2 * ty + 1) * 2 * tw], &dyp[(2 * ty + 1) * 2 * tw..(2 * ty + 2) * 2 * tw]);
+        let o = at + (ty - ty0) * tw;
+        for tx in 0..tw {
+            let (a, b, c, d) = (r0[2 * tx], r0[2 * tx + 1], r1[2 * tx], r1[2 * tx + 1]);
+            // p = A dy: rows [a, b], [a+c, b+d], [a-c, b-d], [-c, -d]; then each row (x0, x1) -> x0, x0+x1, x0-x1, -x1
+            for (i, (x0, x1)) in [(a, b), (a + c, b + d), (a - c, b - d), (-c, -d)].into_iter().enumerate() {
+                dm[(4 * i) * xs + o + tx] = x0;
+                dm[(4 * i + 1) * xs + o + tx] = x0 + x1;
+                dm[(4 * i + 2) * xs + o + tx] = x0 - x1;
+                dm[(4 * i + 3) * xs + o + tx] = -x1;
             }
         }
     }
