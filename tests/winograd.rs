@@ -1,4 +1,4 @@
-//! Winograd F(2x2, 3x3) convolutions on the CPU (forward, and the input gradient in backward) against the f64
+//! Winograd F(2x2, 3x3) convolutions on the CPU (forward; backward dinp and dweight) against the f64
 //! reference, forced with `conv2d_*_with(ConvAlgo::Winograd)` on awkward shapes (odd H/W, 1x1 planes, channel
 //! counts not multiples of 8, batch 1, pad 0/1/2), NaN-poisoned outputs and scratch, accumulation onto existing
 //! gradients; and the measured per-shape choice of `conv2d_forward` / `conv2d_backward` (first call times both,

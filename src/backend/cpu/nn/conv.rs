@@ -15,7 +15,7 @@
 //! otherwise the images run in turn and the GEMM itself is parallel.
 //!
 //! 3x3 stride-1 convolutions (pad <= 2) may instead run Winograd F(2x2, 3x3) ([`super::winograd`]): the forward
-//! pass, and in the backward pass the input gradient (`dweight` stays im2col + GEMM). Which algorithm a shape
+//! pass, and the backward pass with an input gradient (both `dinp` and `dweight`). Which algorithm a shape
 //! gets is MEASURED, not ruled: the first [`conv2d_forward`] / [`conv2d_backward`] call with a given shape (and
 //! rayon thread count, and whether `dinp` is wanted) runs both algorithms three times, alternating, takes the
 //! faster of the last two runs of each (the first warms caches and grows `scratch`), and caches the faster one
@@ -365,7 +365,7 @@ pub fn conv2d_backward(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &
 }
 
 /// [`conv2d_backward`] with a given algorithm for `dinp`; [`ConvAlgo::Winograd`] on a shape it does not apply to
-/// is an error (with `dinp = None` the algorithm is irrelevant: `dweight` is always im2col + GEMM).
+/// is an error (with `dinp = None`, the first layer, `dweight` is always im2col + GEMM).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward_with(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &mut Vec<f32>, dout: &[f32], inp: &[f32], weight: &[f32], algo: ConvAlgo, shape: &Conv2dShape) -> Result<()> {
     let s = *shape;
@@ -523,7 +523,7 @@ pub const AUTO_MIN_SUM: usize = 16;
 pub enum ConvAlgo {
     /// im2col + GEMM (every shape).
     Im2col,
-    /// Winograd F(2x2, 3x3) (3x3, stride 1, pad <= 2): the forward pass, or the input gradient in backward.
+    /// Winograd F(2x2, 3x3) (3x3, stride 1, pad <= 2): the forward pass, or `dinp` and `dweight` in backward.
     Winograd,
 }
 

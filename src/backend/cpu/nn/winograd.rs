@@ -8,7 +8,8 @@
 //! images, as in the im2col path) the scratch holds a zero-padded copy of one input plane, `V [16, C_in, T]` and
 //! `M [16, C_out, T]`; `U [C_out, 16, C_in]` is shared. Nothing is allocated per call once `scratch` has grown.
 //!
-//! The same kernel gives the input gradient of a 3x3 stride-1 convolution with padding `p <= 2`: `dinp` is the
+//! The weight gradient is the adjoint of the forward pass ([`winograd_3x3_dweight`]). The same forward kernel gives
+//! the input gradient of a 3x3 stride-1 convolution with padding `p <= 2`: `dinp` is the
 //! correlation of `dout` (padded by `2 - p`) with the flipped, transposed filter `w'[ci, co, i, j] =
 //! w[co, ci, 2-i, 2-j]`, accumulated into `dinp`.
 //!
