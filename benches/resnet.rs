@@ -23,6 +23,10 @@ fn resnet18(c: &mut Criterion) {
     });
     g.bench_function("cpu_fwd_eval", |b| b.iter(|| net.forward(&x, false).unwrap().len()));
     g.finish();
+    // the per-shape algorithm the convolutions measured at first use (module docs of backend::cpu::nn::conv)
+    for (s, pass, threads, algo) in moco::backend::cpu::nn::conv_algo_choices() {
+        eprintln!("conv choice: {}x{}x{}x{} -> {} pad {} {pass:?} ({threads} threads): {algo:?}", s.n, s.c_in, s.h, s.w, s.c_out, s.pad);
+    }
 }
 
 /// The convolutions of ResNet-18 (CIFAR stem) at batch 64, forward and backward, one by one; and BN + ReLU.
@@ -39,6 +43,14 @@ fn resnet18_layers(c: &mut Criterion) {
         g.throughput(Throughput::Elements((2 * s.n * s.c_out * s.out_h() * s.out_w() * s.c_in * kk * kk) as u64));
         g.bench_function(format!("{name}_fwd"), |b| b.iter(|| k::conv2d_forward(&mut out, &mut scratch, &x, &w, &s).unwrap()));
         g.bench_function(format!("{name}_bwd"), |b| b.iter(|| k::conv2d_backward(Some(&mut dx), &mut dw, &mut scratch, &dy, &x, &w, &s).unwrap()));
+        // both algorithms where Winograd applies (the plain names above run the measured choice)
+        if s.winograd_applies() {
+            for algo in [k::ConvAlgo::Im2col, k::ConvAlgo::Winograd] {
+                let a = format!("{algo:?}").to_lowercase();
+                g.bench_function(format!("{name}_fwd_{a}"), |b| b.iter(|| k::conv2d_forward_with(&mut out, &mut scratch, &x, &w, algo, &s).unwrap()));
+                g.bench_function(format!("{name}_bwd_{a}"), |b| b.iter(|| k::conv2d_backward_with(Some(&mut dx), &mut dw, &mut scratch, &dy, &x, &w, algo, &s).unwrap()));
+            }
+        }
     }
     let s = k::BatchNormShape::new(64, 64, 32 * 32, 1).unwrap();
     let (x, gamma, beta) = (data(s.len(), 4), vec![1.1f32; 64], vec![0.1f32; 64]);

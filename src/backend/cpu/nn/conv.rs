@@ -13,16 +13,32 @@
 //! Parallelism: with at least as many images as rayon threads, the batch is split into one contiguous range of
 //! images per thread, each with its own slice of `scratch` (columns, and a partial `dweight` in backward);
 //! otherwise the images run in turn and the GEMM itself is parallel.
+//!
+//! 3x3 stride-1 convolutions (pad <= 2) may instead run Winograd F(2x2, 3x3) ([`super::winograd`]): the forward
+//! pass, and the backward pass with an input gradient (both `dinp` and `dweight`). Which algorithm a shape
+//! gets is MEASURED, not ruled: the first [`conv2d_forward`] / [`conv2d_backward`] call with a given shape (and
+//! rayon thread count, and whether `dinp` is wanted) runs both algorithms three times, alternating, takes the
+//! faster of the last two runs of each (the first warms caches and grows `scratch`), and caches the faster one
+//! in a process-wide table ([`conv_algo_choices`] lists it); later calls look it up.
+//! The first call's results are those of the last run (the backward restores `dinp`/`dweight` from a one-time
+//! snapshot before each trial run, so it still accumulates exactly once). `MOCO_CONV_ALGO=im2col` or
+//! `=winograd` forces one algorithm wherever it applies (for benchmarking). Only layers whose summed channel
+//! count is at least [`AUTO_MIN_SUM`] are candidates (numerics, see there; the RGB stem stays im2col).
+//! [`conv2d_forward_with`] and [`conv2d_backward_with`] run a given algorithm.
 
 use super::check;
+use super::winograd::{winograd_3x3, winograd_3x3_dweight, Filter, WinoShape};
 use crate::backend::cpu::gemm::gemm_strided;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
 
 /// A validated 2-D convolution problem: `inp [N, C_in, H, W]`, `weight [C_out, C_in, KH, KW]`,
 /// `out [N, C_out, OH, OW]` with `OH = (H + 2*pad - KH) / stride + 1` (likewise OW). Zero padding, no bias,
 /// no dilation, no groups.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Conv2dShape {
     /// Batch N.
     pub n: usize,
@@ -100,6 +116,10 @@ impl Conv2dShape {
         } else {
             self.c_in * self.kh * self.kw * self.out_h() * self.out_w()
         }
+    }
+    /// Whether Winograd F(2x2, 3x3) applies: a 3x3 kernel, stride 1, pad <= 2.
+    pub fn winograd_applies(&self) -> bool {
+        self.kh == 3 && self.kw == 3 && self.stride == 1 && self.pad <= 2
     }
     fn check(&self, what: &[(&str, usize, usize)]) -> Result<()> {
         for &(name, expected, got) in what {
@@ -226,9 +246,65 @@ fn col2im_add_ld(img: &mut [f32], col: &[f32], ld: usize, s: &Conv2dShape) {
 /// Convolution forward: `out [N, C_out, OH, OW] = conv2d(inp [N, C_in, H, W], weight [C_out, C_in, KH, KW])`
 /// (overwrites `out`). `scratch` is grown as needed to hold one im2col matrix per task and may be reused across
 /// calls and layers.
+/// The algorithm is the measured choice for this shape (see the module documentation).
 pub fn conv2d_forward(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weight: &[f32], shape: &Conv2dShape) -> Result<()> {
     let s = *shape;
-    s.check(&[("inp [N*C_in*H*W]", s.inp_len(), inp.len()), ("weight [C_out*C_in*KH*KW]", s.weight_len(), weight.len()), ("out [N*C_out*OH*OW]", s.out_len(), out.len())])?;
+    check_forward(out, inp, weight, &s)?;
+    if !s.winograd_applies() || s.c_in < AUTO_MIN_SUM {
+        forward_im2col(out, scratch, inp, weight, &s);
+        return Ok(());
+    }
+    let key = (s, Pass::Forward);
+    let algo = match forced().or_else(|| chosen(key)) {
+        Some(a) => a,
+        None => {
+            let mut time = |a: ConvAlgo| {
+                let t = Instant::now();
+                forward_algo(out, scratch, inp, weight, &s, a);
+                t.elapsed()
+            };
+            let _ = (time(ConvAlgo::Im2col), time(ConvAlgo::Winograd));
+            let (ti, tw) = (time(ConvAlgo::Im2col), time(ConvAlgo::Winograd));
+            let (ti, tw) = (ti.min(time(ConvAlgo::Im2col)), tw.min(time(ConvAlgo::Winograd)));
+            // `out` now holds the Winograd result, which is as valid as the other
+            remember(key, if tw < ti { ConvAlgo::Winograd } else { ConvAlgo::Im2col });
+            return Ok(());
+        }
+    };
+    forward_algo(out, scratch, inp, weight, &s, algo);
+    Ok(())
+}
+
+/// [`conv2d_forward`] with a given algorithm; [`ConvAlgo::Winograd`] on a shape it does not apply to is an error.
+pub fn conv2d_forward_with(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weight: &[f32], algo: ConvAlgo, shape: &Conv2dShape) -> Result<()> {
+    let s = *shape;
+    check_forward(out, inp, weight, &s)?;
+    check_algo(algo, &s)?;
+    forward_algo(out, scratch, inp, weight, &s, algo);
+    Ok(())
+}
+
+fn check_forward(out: &[f32], inp: &[f32], weight: &[f32], s: &Conv2dShape) -> Result<()> {
+    s.check(&[("inp [N*C_in*H*W]", s.inp_len(), inp.len()), ("weight [C_out*C_in*KH*KW]", s.weight_len(), weight.len()), ("out [N*C_out*OH*OW]", s.out_len(), out.len())])
+}
+
+fn check_algo(algo: ConvAlgo, s: &Conv2dShape) -> Result<()> {
+    if algo == ConvAlgo::Winograd && !s.winograd_applies() {
+        return Err(Error::shape("conv2d", "a 3x3 stride-1 convolution with pad <= 2 for Winograd", format!("{s:?}")));
+    }
+    Ok(())
+}
+
+fn forward_algo(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weight: &[f32], s: &Conv2dShape, algo: ConvAlgo) {
+    match algo {
+        ConvAlgo::Im2col => forward_im2col(out, scratch, inp, weight, s),
+        ConvAlgo::Winograd => winograd_3x3(out, false, scratch, inp, weight, &WinoShape { n: s.n, c_in: s.c_in, h: s.h, w: s.w, c_out: s.c_out, pad: s.pad }, Filter::Direct),
+    }
+}
+
+/// `out = conv2d(inp, weight)` by im2col + GEMM (lengths validated by the caller).
+fn forward_im2col(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weight: &[f32], s: &Conv2dShape) {
+    let s = *s;
     let (k, ohw) = (s.c_in * s.kh * s.kw, s.out_h() * s.out_w());
     let (in_img, out_img, col_len) = (s.c_in * s.h * s.w, s.c_out * ohw, s.col_len().max(1));
     let (per, tasks, par_gemm) = plan(s.n);
@@ -247,28 +323,97 @@ pub fn conv2d_forward(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weig
             gemm_strided(y_n, ohw, 1, weight, k, 1, b, ohw, 1, s.c_out, ohw, k, 1.0, false, par_gemm);
         }
     });
-    Ok(())
 }
 
 /// Convolution backward: `dweight [C_out, C_in, KH, KW] += Σ_n dout_n · im2col(inp_n)ᵀ` and, when given,
 /// `dinp [N, C_in, H, W] += col2im(weightᵀ · dout_n)` (pass `None` for the first layer). `dout: [N, C_out, OH, OW]`.
 /// `scratch` is grown to hold, per task, one im2col matrix and one partial `dweight`.
+/// The algorithm for `dinp` is the measured choice for this shape (see the module documentation).
 pub fn conv2d_backward(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &mut Vec<f32>, dout: &[f32], inp: &[f32], weight: &[f32], shape: &Conv2dShape) -> Result<()> {
     let s = *shape;
+    check_backward(dinp.as_deref(), dweight, dout, inp, weight, &s)?;
+    let Some(dx) = dinp else {
+        backward_im2col(None, dweight, scratch, dout, inp, weight, &s);
+        return Ok(());
+    };
+    if !s.winograd_applies() || s.c_out < AUTO_MIN_SUM {
+        backward_im2col(Some(dx), dweight, scratch, dout, inp, weight, &s);
+        return Ok(());
+    }
+    let key = (s, Pass::BackwardData);
+    let algo = match forced().or_else(|| chosen(key)) {
+        Some(a) => a,
+        None => {
+            // one-time snapshot so that every trial run accumulates onto the caller's gradients
+            let (dx0, dw0) = (dx.to_vec(), dweight.to_vec());
+            let mut time = |a: ConvAlgo| {
+                dx.copy_from_slice(&dx0);
+                dweight.copy_from_slice(&dw0);
+                let t = Instant::now();
+                backward_algo(&mut *dx, &mut *dweight, scratch, dout, inp, weight, &s, a);
+                t.elapsed()
+            };
+            let _ = (time(ConvAlgo::Im2col), time(ConvAlgo::Winograd));
+            let (ti, tw) = (time(ConvAlgo::Im2col), time(ConvAlgo::Winograd));
+            let (ti, tw) = (ti.min(time(ConvAlgo::Im2col)), tw.min(time(ConvAlgo::Winograd)));
+            remember(key, if tw < ti { ConvAlgo::Winograd } else { ConvAlgo::Im2col });
+            return Ok(());
+        }
+    };
+    backward_algo(dx, dweight, scratch, dout, inp, weight, &s, algo);
+    Ok(())
+}
+
+/// [`conv2d_backward`] with a given algorithm for `dinp`; [`ConvAlgo::Winograd`] on a shape it does not apply to
+/// is an error (with `dinp = None`, the first layer, `dweight` is always im2col + GEMM).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward_with(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &mut Vec<f32>, dout: &[f32], inp: &[f32], weight: &[f32], algo: ConvAlgo, shape: &Conv2dShape) -> Result<()> {
+    let s = *shape;
+    check_backward(dinp.as_deref(), dweight, dout, inp, weight, &s)?;
+    check_algo(algo, &s)?;
+    match dinp {
+        Some(dx) => backward_algo(dx, dweight, scratch, dout, inp, weight, &s, algo),
+        None => backward_im2col(None, dweight, scratch, dout, inp, weight, &s),
+    }
+    Ok(())
+}
+
+fn check_backward(dinp: Option<&[f32]>, dweight: &[f32], dout: &[f32], inp: &[f32], weight: &[f32], s: &Conv2dShape) -> Result<()> {
     s.check(&[
         ("inp [N*C_in*H*W]", s.inp_len(), inp.len()),
         ("weight [C_out*C_in*KH*KW]", s.weight_len(), weight.len()),
         ("dout [N*C_out*OH*OW]", s.out_len(), dout.len()),
         ("dweight [C_out*C_in*KH*KW]", s.weight_len(), dweight.len()),
     ])?;
-    check::opt_len("conv2d", "dinp [N*C_in*H*W]", s.inp_len(), dinp.as_ref().map(|d| d.len()))?;
+    check::opt_len("conv2d", "dinp [N*C_in*H*W]", s.inp_len(), dinp.map(|d| d.len()))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_algo(dx: &mut [f32], dweight: &mut [f32], scratch: &mut Vec<f32>, dout: &[f32], inp: &[f32], weight: &[f32], s: &Conv2dShape, algo: ConvAlgo) {
+    match algo {
+        ConvAlgo::Im2col => backward_im2col(Some(dx), dweight, scratch, dout, inp, weight, s),
+        ConvAlgo::Winograd => {
+            // dweight [C_out, C_in, 3, 3] += Winograd adjoint of the forward pass
+            let fs = WinoShape { n: s.n, c_in: s.c_in, h: s.h, w: s.w, c_out: s.c_out, pad: s.pad };
+            winograd_3x3_dweight(dweight, scratch, dout, inp, &fs);
+            // dinp [N, C_in, H, W] += dout [N, C_out, OH, OW] ⋆ flip(weight)ᵀ, padded by 2 - pad
+            let ws = WinoShape { n: s.n, c_in: s.c_out, h: s.out_h(), w: s.out_w(), c_out: s.c_in, pad: 2 - s.pad };
+            winograd_3x3(dx, true, scratch, dout, weight, &ws, Filter::FlippedTransposed);
+        }
+    }
+}
+
+/// `dweight += ...` and optionally `dinp += ...` by im2col + GEMM (lengths validated by the caller).
+#[allow(clippy::too_many_arguments)]
+fn backward_im2col(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &mut Vec<f32>, dout: &[f32], inp: &[f32], weight: &[f32], s: &Conv2dShape) {
+    let s = *s;
     let (k, ohw) = (s.c_in * s.kh * s.kw, s.out_h() * s.out_w());
     let (in_img, out_img, col_len, wl) = (s.c_in * s.h * s.w, s.c_out * ohw, s.col_len().max(1), s.weight_len());
     let (per, tasks, par_gemm) = plan(s.n);
     let bl = block_images(&s, per);
     if bl > 1 {
         backward_blocked(dinp, dweight, scratch, dout, inp, weight, &s, per, tasks, bl, par_gemm);
-        return Ok(());
+        return;
     }
     let task_len = col_len + wl;
     if scratch.len() < tasks * task_len {
@@ -311,7 +456,6 @@ pub fn conv2d_backward(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &
         let part = &scratch[t * task_len + col_len..(t + 1) * task_len];
         dweight.par_iter_mut().zip(part.par_iter()).for_each(|(d, p)| *d += p);
     }
-    Ok(())
 }
 
 /// Backward over blocks of `bl` images: the block's columns `col [K, bl*OHW]` and its gathered output gradient
@@ -365,4 +509,65 @@ fn backward_blocked(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &mut
         let part = &scratch[t * task_len + col_len + dy_len..(t + 1) * task_len];
         dweight.par_iter_mut().zip(part.par_iter()).for_each(|(d, p)| *d += p);
     }
+}
+
+/// The measured choice considers Winograd only where the channel sum it transforms (C_in forward, C_out for the
+/// input gradient) has at least this many channels. Below that the GEMMs are degenerate (K = 3 for an RGB stem)
+/// and Winograd's transform error is not amortised over a long sum: on the ResNet-18 CIFAR fixture
+/// (tests/resnet.rs) a Winograd stem (3 -> 64) moves `bn1.weight`'s gradient past the fixture's tolerance
+/// (12 of 64 entries beyond 2e-3 of the largest), while every 64..512-channel layer passes.
+pub const AUTO_MIN_SUM: usize = 16;
+
+/// A convolution algorithm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvAlgo {
+    /// im2col + GEMM (every shape).
+    Im2col,
+    /// Winograd F(2x2, 3x3) (3x3, stride 1, pad <= 2): the forward pass, or `dinp` and `dweight` in backward.
+    Winograd,
+}
+
+/// Which pass a cached choice is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Pass {
+    /// `out = conv(inp, weight)`.
+    Forward,
+    /// The backward pass with an input gradient (`dweight` and `dinp`).
+    BackwardData,
+}
+
+type ChoiceKey = (Conv2dShape, Pass);
+
+/// The measured choices, per shape, pass and rayon thread count.
+fn table() -> &'static Mutex<HashMap<(ChoiceKey, usize), ConvAlgo>> {
+    static T: OnceLock<Mutex<HashMap<(ChoiceKey, usize), ConvAlgo>>> = OnceLock::new();
+    T.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn chosen(key: ChoiceKey) -> Option<ConvAlgo> {
+    let t = table().lock().unwrap_or_else(|e| e.into_inner());
+    t.get(&(key, rayon::current_num_threads())).copied()
+}
+
+fn remember(key: ChoiceKey, algo: ConvAlgo) {
+    let mut t = table().lock().unwrap_or_else(|e| e.into_inner());
+    t.insert((key, rayon::current_num_threads()), algo);
+}
+
+/// `MOCO_CONV_ALGO=im2col|winograd`, read once.
+fn forced() -> Option<ConvAlgo> {
+    static F: OnceLock<Option<ConvAlgo>> = OnceLock::new();
+    *F.get_or_init(|| match std::env::var("MOCO_CONV_ALGO").as_deref() {
+        Ok("im2col") => Some(ConvAlgo::Im2col),
+        Ok("winograd") => Some(ConvAlgo::Winograd),
+        _ => None,
+    })
+}
+
+/// The measured choices so far: `(shape, pass, rayon threads, algorithm)`, sorted for printing.
+pub fn conv_algo_choices() -> Vec<(Conv2dShape, Pass, usize, ConvAlgo)> {
+    let t = table().lock().unwrap_or_else(|e| e.into_inner());
+    let mut v: Vec<_> = t.iter().map(|(&((s, p), th), &a)| (s, p, th, a)).collect();
+    v.sort_by_key(|(s, p, th, _)| (s.c_in, s.h, s.w, s.c_out, s.n, s.pad, *p == Pass::BackwardData, *th));
+    v
 }

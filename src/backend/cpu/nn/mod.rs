@@ -1,4 +1,5 @@
-//! CPU layer kernels (forward and backward) for the networks: conv2d, batch norm (plain, split, fused with ReLU
+//! CPU layer kernels (forward and backward) for the networks: conv2d (im2col + GEMM, or Winograd F(2x2, 3x3)
+//! for 3x3 stride-1 layers where it measures faster), batch norm (plain, split, fused with ReLU
 //! and with a residual add + ReLU), max and global average pooling, linear, ReLU and residual add; and the ViT's
 //! layer norm, exact GELU, attention core, sin-cos position embedding and patch im2col ([`vit`]).
 //!
@@ -20,9 +21,10 @@ pub mod pool;
 pub mod act;
 pub mod reference;
 pub mod vit;
+mod winograd;
 
 pub use act::{add_backward, add_forward, relu_backward, relu_forward, EltwiseShape};
-pub use conv::{conv2d_backward, conv2d_forward, Conv2dShape};
+pub use conv::{conv2d_backward, conv2d_backward_with, conv2d_forward, conv2d_forward_with, conv_algo_choices, Conv2dShape, ConvAlgo, Pass as ConvPass};
 pub use linear::{linear_backward, linear_forward, LinearShape};
 pub use norm::{
     batchnorm_add_relu_backward, batchnorm_add_relu_forward_eval, batchnorm_add_relu_forward_train, batchnorm_backward,

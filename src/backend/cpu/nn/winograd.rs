@@ -1,0 +1,411 @@
+//! Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions (Lavin & Gray 2015): each 2x2 output tile is
+//! `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A` for its 4x4 input patch `d`, so a tile costs 16 multiplies per (C_in, C_out) pair
+//! instead of 36 (2.25x fewer), plus the transforms.
+//!
+//! Batched over tiles, the ⊙ becomes 16 independent GEMMs, one per position ξ of the 4x4 transformed tile:
+//! `M[ξ] [C_out, T] = U[ξ] [C_out, C_in] · V[ξ] [C_in, T]` with `U = G g Gᵀ` (the weights, transformed once per
+//! call), `V = Bᵀ d B` (the input tiles) and `T` the tiles of a block of images. Per task (a contiguous range of
+//! images, as in the im2col path) the scratch holds a zero-padded copy of one input plane, `V [16, C_in, T]` and
+//! `M [16, C_out, T]`; `U [C_out, 16, C_in]` is shared. Nothing is allocated per call once `scratch` has grown.
+//!
+//! The weight gradient is the adjoint of the forward pass ([`winograd_3x3_dweight`]). The same forward kernel gives
+//! the input gradient of a 3x3 stride-1 convolution with padding `p <= 2`: `dinp` is the
+//! correlation of `dout` (padded by `2 - p`) with the flipped, transposed filter `w'[ci, co, i, j] =
+//! w[co, ci, 2-i, 2-j]`, accumulated into `dinp`.
+//!
+//! Numerics: the transforms only add, subtract and halve, so the error stays close to that of the direct
+//! sum (at most ~1.6x on ResNet-18's layers; tests/winograd.rs states the bound against the f64 reference).
+
+use crate::backend::cpu::gemm::gemm_strided;
+use rayon::prelude::*;
+
+/// Target tile count `T` of one block of images (the GEMMs' column count).
+const TILE_COLS: usize = 512;
+
+/// A stride-1 3x3 correlation `out [N, C_out, OH, OW] (+)= inp [N, C_in, H, W] ⋆ w` with zero padding `pad`,
+/// `OH = H + 2*pad - 2` (>= 1).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WinoShape {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub pad: usize,
+}
+
+impl WinoShape {
+    fn oh(&self) -> usize {
+        self.h + 2 * self.pad - 2
+    }
+    fn ow(&self) -> usize {
+        self.w + 2 * self.pad - 2
+    }
+    /// Tile rows and columns.
+    fn tiles(&self) -> (usize, usize) {
+        (self.oh().div_ceil(2), self.ow().div_ceil(2))
+    }
+    /// Padded plane `[2*TH + 2, 2, TW + 1]` (each row split into its even and its odd columns): covers every
+    /// tile's 4x4 patch.
+    fn plane(&self) -> (usize, usize) {
+        let (th, tw) = self.tiles();
+        (2 * th + 2, 2 * tw + 2)
+    }
+}
+
+/// How the weights enter: as given (`[C_out, C_in, 3, 3]`, forward) or flipped and transposed (the weights of a
+/// forward convolution `[C_in', C_out', 3, 3]` = `[C_out, C_in, 3, 3]` of this correlation swapped: backward data).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Filter {
+    Direct,
+    FlippedTransposed,
+}
+
+/// Scratch elements needed for `s` split into `tasks` tasks of at most `per` images.
+pub(crate) fn scratch_len(s: &WinoShape, per: usize, tasks: usize) -> usize {
+    let (ph, pw) = s.plane();
+    16 * s.c_out * s.c_in + tasks * task_len(s, blocking(s, per).2, ph * pw)
+}
+
+/// Per task: the padded plane, 12 rows of TW + 1 temporaries, `V` and `M`.
+fn task_len(s: &WinoShape, ld: usize, plane: usize) -> usize {
+    plane + 12 * (s.tiles().1 + 1) + 16 * (s.c_in + s.c_out) * ld
+}
+
+/// Target tile count `T` of one block (the GEMMs' column count): `MOCO_WINO_TILES` or [`TILE_COLS`].
+fn tile_cols() -> usize {
+    static T: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *T.get_or_init(|| std::env::var("MOCO_WINO_TILES").ok().and_then(|v| v.parse().ok()).filter(|&v| v > 0).unwrap_or(TILE_COLS))
+}
+
+/// How a task of `per` images is cut into blocks of about [`tile_cols`] tiles: `(images per block, tile rows per
+/// block, ld)`. A plane with at least that many tiles is cut into bands of tile rows (one image per block);
+/// smaller planes are grouped, whole, several images to a block. `ld` is the most tiles a block holds.
+fn blocking(s: &WinoShape, per: usize) -> (usize, usize, usize) {
+    let (th, tw) = s.tiles();
+    let target = tile_cols();
+    if th * tw >= target {
+        let rows = (target / tw).clamp(1, th);
+        (1, rows, rows * tw)
+    } else {
+        let bl = (target / (th * tw)).clamp(1, per.max(1));
+        (bl, th, bl * th * tw)
+    }
+}
+
+/// `u [C_out, 16, C_in]`: `G g Gᵀ` of every 3x3 filter, `G = [[1,0,0],[½,½,½],[½,-½,½],[0,0,1]]` (parallel over
+/// output channels).
+fn transform_weights(u: &mut [f32], weight: &[f32], s: &WinoShape, filter: Filter) {
+    let (co_n, ci_n) = (s.c_out, s.c_in);
+    u.par_chunks_mut(16 * ci_n).enumerate().for_each(|(co, uc)| {
+        for ci in 0..ci_n {
+            let mut g = [0.0f32; 9];
+            match filter {
+                Filter::Direct => g.copy_from_slice(&weight[(co * ci_n + ci) * 9..(co * ci_n + ci + 1) * 9]),
+                Filter::FlippedTransposed => {
+                    // g[i, j] = w[ci, co, 2-i, 2-j], w: [C_in (= this C_out), C_out (= this C_in), 3, 3]... as a
+                    // forward convolution's weight [C_out_fwd = ci_n, C_in_fwd = co_n, 3, 3]
+                    let src = &weight[(ci * co_n + co) * 9..(ci * co_n + co + 1) * 9];
+                    for (k, v) in g.iter_mut().enumerate() {
+                        *v = src[8 - k];
+                    }
+                }
+            }
+            // t = G g: [4, 3]
+            let mut t = [[0.0f32; 3]; 4];
+            for j in 0..3 {
+                let (a, b, c) = (g[j], g[3 + j], g[6 + j]);
+                t[0][j] = a;
+                t[1][j] = 0.5 * (a + b + c);
+                t[2][j] = 0.5 * (a - b + c);
+                t[3][j] = c;
+            }
+            // t Gᵀ: [4, 4]
+            for (i, r) in t.iter().enumerate() {
+                let (a, b, c) = (r[0], r[1], r[2]);
+                let row = [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
+                for (j, v) in row.into_iter().enumerate() {
+                    uc[(i * 4 + j) * ci_n + ci] = v;
+                }
+            }
+        }
+    });
+}
+
+/// `(images per task, tasks, whether the GEMMs run in parallel)`, as the im2col path splits the batch.
+fn split(n: usize) -> (usize, usize, bool) {
+    let t = rayon::current_num_threads().max(1);
+    if n >= t {
+        let per = n.div_ceil(t);
+        (per, n.div_ceil(per), false)
+    } else {
+        (n, 1, t > 1)
+    }
+}
+
+/// `out (+)= inp ⋆ w` (see [`WinoShape`]). Lengths must already be validated by the caller:
+/// `inp` N*C_in*H*W, `out` N*C_out*OH*OW, `weight` 9*C_out*C_in. `accumulate = false` overwrites `out`.
+pub(crate) fn winograd_3x3(out: &mut [f32], accumulate: bool, scratch: &mut Vec<f32>, inp: &[f32], weight: &[f32], s: &WinoShape, filter: Filter) {
+    let (per, tasks, par_gemm) = split(s.n);
+    let need = scratch_len(s, per, tasks);
+    if scratch.len() < need {
+        scratch.resize(need, 0.0);
+    }
+    let (ph, pw) = s.plane();
+    let (th, tw) = s.tiles();
+    let (bl, rows_per, ld) = blocking(s, per);
+    let (oh, ow) = (s.oh(), s.ow());
+    let (in_img, out_img) = (s.c_in * s.h * s.w, s.c_out * oh * ow);
+    let task_len = task_len(s, ld, ph * pw);
+    let (u, rest) = scratch[..need].split_at_mut(16 * s.c_out * s.c_in);
+    transform_weights(u, weight, s, filter);
+    let u: &[f32] = u;
+    inp.par_chunks(per * in_img).zip(out.par_chunks_mut(per * out_img)).zip(rest.par_chunks_mut(task_len)).for_each(|((x, y), buf)| {
+        let (plane, rest) = buf.split_at_mut(ph * pw);
+        let (tmp, rest) = rest.split_at_mut(12 * (tw + 1));
+        let (v, m) = rest.split_at_mut(16 * s.c_in * ld);
+        plane.fill(0.0);
+        for (xb, yb) in x.chunks(bl * in_img).zip(y.chunks_mut(bl * out_img)) {
+            let nb = xb.len() / in_img;
+            for ty0 in (0..th).step_by(rows_per) {
+                let ty1 = (ty0 + rows_per).min(th);
+                // tiles per image in this block, and in all
+                let tpb = (ty1 - ty0) * tw;
+                let nt = nb * tpb;
+                input_block(v, plane, tmp, xb, s, ld, ty0, ty1);
+                // m[ξ] [C_out, nt] = u[ξ] [C_out, C_in] · v[ξ] [C_in, nt]
+                for xi in 0..16 {
+                    let (mx, ux, vx) = (&mut m[xi * s.c_out * ld..(xi + 1) * s.c_out * ld], &u[xi * s.c_in..], &v[xi * s.c_in * ld..(xi + 1) * s.c_in * ld]);
+                    // u[ξ] row co at co*16*C_in + ξ*C_in
+                    gemm_strided(mx, ld, 1, ux, 16 * s.c_in, 1, vx, ld, 1, s.c_out, nt, s.c_in, 1.0, false, par_gemm);
+                }
+                // y (+)= Aᵀ m A, clipped to the output plane
+                for (b, y_n) in yb.chunks_mut(out_img).enumerate() {
+                    for (c, dst) in y_n.chunks_mut(oh * ow).enumerate() {
+                        output_tiles(dst, oh, ow, m, c * ld + b * tpb, s.c_out * ld, tmp, ty0, ty1, tw, accumulate);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// `v [16, C_in, ld]`: `Bᵀ d B` of every tile in tile rows `ty0..ty1` of every channel of the images `xb`
+/// (image b's tiles at `b * (ty1 - ty0) * TW`), through the parity-split zero-padded `plane` (its padding stays
+/// zero: only image rows are ever written).
+#[allow(clippy::too_many_arguments)]
+fn input_block(v: &mut [f32], plane: &mut [f32], tmp: &mut [f32], xb: &[f32], s: &WinoShape, ld: usize, ty0: usize, ty1: usize) {
+    let (pw, tw) = (s.plane().1, s.tiles().1);
+    let tpb = (ty1 - ty0) * tw;
+    // padded rows 2ty0..2ty1+2 hold image rows r0..r1
+    let (r0, r1) = ((2 * ty0).saturating_sub(s.pad).min(s.h), (2 * ty1 + 2).saturating_sub(s.pad).min(s.h));
+    for (b, x_n) in xb.chunks(s.c_in * s.h * s.w).enumerate() {
+        for (c, src) in x_n.chunks(s.h * s.w).enumerate() {
+            for r in r0..r1 {
+                let row = &src[r * s.w..(r + 1) * s.w];
+                let dst = &mut plane[(r + s.pad) * pw..(r + s.pad + 1) * pw];
+                for (x, &val) in row.iter().enumerate() {
+                    let px = x + s.pad;
+                    dst[(px & 1) * (tw + 1) + px / 2] = val;
+                }
+            }
+            input_tiles(v, c * ld + b * tpb, s.c_in * ld, plane, tmp, ty0, ty1, tw);
+        }
+    }
+}
+
+/// Writes `Bᵀ d B` of every 4x4 patch of `plane [2*TH + 2, 2, TW + 1]` (tile (ty, tx) at rows `2ty..2ty+4`,
+/// padded columns `2tx..2tx+4`), for tile rows `ty0..ty1`, to `v[ξ * xs + at + (ty - ty0)*tw + tx]`,
+/// `Bᵀ = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]]`. With the columns split by parity, the row transform is
+/// elementwise and the column transform reads `even[tx], odd[tx], even[tx+1], odd[tx+1]`: both vectorise over tx.
+/// `tmp`: 8 rows of TW + 1.
+#[allow(clippy::too_many_arguments)]
+fn input_tiles(v: &mut [f32], at: usize, xs: usize, plane: &[f32], tmp: &mut [f32], ty0: usize, ty1: usize, tw: usize) {
+    let (hw, pw) = (tw + 1, 2 * tw + 2);
+    for ty in ty0..ty1 {
+        let r = &plane[2 * ty * pw..(2 * ty + 4) * pw];
+        // t[i] = (Bᵀ d)[i], both parities: tmp [4, 2, TW + 1]
+        {
+            let (r0, r1, r2, r3) = (&r[..pw], &r[pw..2 * pw], &r[2 * pw..3 * pw], &r[3 * pw..4 * pw]);
+            let (t0, rest) = tmp[..8 * hw].split_at_mut(pw);
+            let (t1, rest) = rest.split_at_mut(pw);
+            let (t2, t3) = rest.split_at_mut(pw);
+            for x in 0..pw {
+                let (a, b, c, d) = (r0[x], r1[x], r2[x], r3[x]);
+                t0[x] = a - c;
+                t1[x] = b + c;
+                t2[x] = c - b;
+                t3[x] = b - d;
+            }
+        }
+        let o = at + (ty - ty0) * tw;
+        for i in 0..4 {
+            let (e, od) = (&tmp[i * pw..i * pw + hw], &tmp[i * pw + hw..(i + 1) * pw]);
+            let (e0, e1, o0, o1) = (&e[..tw], &e[1..=tw], &od[..tw], &od[1..=tw]);
+            let (v0, rest) = v[(4 * i) * xs + o..].split_at_mut(xs);
+            let (v1, rest) = rest.split_at_mut(xs);
+            let (v2, v3) = rest.split_at_mut(xs);
+            let (v0, v1, v2, v3) = (&mut v0[..tw], &mut v1[..tw], &mut v2[..tw], &mut v3[..tw]);
+            for tx in 0..tw {
+                v0[tx] = e0[tx] - e1[tx];
+                v1[tx] = o0[tx] + e1[tx];
+                v2[tx] = e1[tx] - o0[tx];
+                v3[tx] = o0[tx] - o1[tx];
+            }
+        }
+    }
+}
+
+/// `dst [oh, ow] (+)= Aᵀ m A` for tile rows `ty0..ty1`, `m[ξ * xs + at + (ty - ty0)*tw + tx]`, `Aᵀ = [[1,1,1,0],[0,1,-1,-1]]`;
+/// outputs past the plane's edge (odd OH/OW) are dropped. Vectorised over tx into `tmp` (12 rows of TW + 1).
+#[allow(clippy::too_many_arguments)]
+fn output_tiles(dst: &mut [f32], oh: usize, ow: usize, m: &[f32], at: usize, xs: usize, tmp: &mut [f32], ty0: usize, ty1: usize, tw: usize, accumulate: bool) {
+    for ty in ty0..ty1 {
+        let o = at + (ty - ty0) * tw;
+        let g = |xi: usize| &m[xi * xs + o..xi * xs + o + tw];
+        // s = Aᵀ m: tmp rows 0..4 (s0[k]) and 4..8 (s1[k]); y: rows 8..12 (y00, y01, y10, y11)
+        let (sr, y) = tmp.split_at_mut(8 * tw);
+        for k in 0..4 {
+            let (a, b, c, d) = (g(k), g(4 + k), g(8 + k), g(12 + k));
+            let (s0, s1) = sr.split_at_mut(4 * tw);
+            let (s0, s1) = (&mut s0[k * tw..(k + 1) * tw], &mut s1[k * tw..(k + 1) * tw]);
+            for tx in 0..tw {
+                s0[tx] = a[tx] + b[tx] + c[tx];
+                s1[tx] = b[tx] - c[tx] - d[tx];
+            }
+        }
+        for r in 0..2 {
+            let sk = |k: usize| &sr[(4 * r + k) * tw..(4 * r + k + 1) * tw];
+            let (s0, s1, s2, s3) = (sk(0), sk(1), sk(2), sk(3));
+            let (ya, yb) = y[2 * r * tw..(2 * r + 2) * tw].split_at_mut(tw);
+            for tx in 0..tw {
+                ya[tx] = s0[tx] + s1[tx] + s2[tx];
+                yb[tx] = s1[tx] - s2[tx] - s3[tx];
+            }
+        }
+        for a in 0..(oh - 2 * ty).min(2) {
+            let (ya, yb) = (&y[2 * a * tw..(2 * a + 1) * tw], &y[(2 * a + 1) * tw..(2 * a + 2) * tw]);
+            let row = &mut dst[(2 * ty + a) * ow..(2 * ty + a + 1) * ow];
+            let full = ow / 2;
+            if accumulate {
+                for tx in 0..full {
+                    row[2 * tx] += ya[tx];
+                    row[2 * tx + 1] += yb[tx];
+                }
+                if ow % 2 == 1 {
+                    row[ow - 1] += ya[full];
+                }
+            } else {
+                for tx in 0..full {
+                    row[2 * tx] = ya[tx];
+                    row[2 * tx + 1] = yb[tx];
+                }
+                if ow % 2 == 1 {
+                    row[ow - 1] = ya[full];
+                }
+            }
+        }
+    }
+}
+
+/// Weight gradient of the forward correlation `s` (weights as given, [`Filter::Direct`]):
+/// `dweight [C_out, C_in, 3, 3] += Gᵀ dU G` with `dU[ξ] [C_out, C_in] = Σ_tiles dM[ξ] · V[ξ]ᵀ`, `V = Bᵀ d B` the
+/// input tiles (as in forward) and `dM = A dy Aᵀ` the output-gradient tiles (the adjoint of the output
+/// transform): the adjoint of the forward pass, 16 GEMMs with inner dimension T per block. Each task sums its
+/// own `dU [16, C_out, C_in]`; the tasks' partials are then added in a fixed order (deterministic for a given
+/// thread count). `dout`: `[N, C_out, OH, OW]`; lengths validated by the caller.
+pub(crate) fn winograd_3x3_dweight(dweight: &mut [f32], scratch: &mut Vec<f32>, dout: &[f32], inp: &[f32], s: &WinoShape) {
+    let (per, tasks, par_gemm) = split(s.n);
+    let (ph, pw) = s.plane();
+    let (th, tw) = s.tiles();
+    let (bl, rows_per, ld) = blocking(s, per);
+    let (oh, ow) = (s.oh(), s.ow());
+    let (in_img, out_img) = (s.c_in * s.h * s.w, s.c_out * oh * ow);
+    let (du_len, dyp_len) = (16 * s.c_out * s.c_in, 4 * th * tw);
+    let task_len = task_len(s, ld, ph * pw) + dyp_len + du_len;
+    if scratch.len() < tasks * task_len {
+        scratch.resize(tasks * task_len, 0.0);
+    }
+    let scratch = &mut scratch[..tasks * task_len];
+    inp.par_chunks(per * in_img).zip(dout.par_chunks(per * out_img)).zip(scratch.par_chunks_mut(task_len)).for_each(|((x, dy), buf)| {
+        let (plane, rest) = buf.split_at_mut(ph * pw);
+        let (tmp, rest) = rest.split_at_mut(12 * (tw + 1));
+        let (v, rest) = rest.split_at_mut(16 * s.c_in * ld);
+        let (dm, rest) = rest.split_at_mut(16 * s.c_out * ld);
+        let (dyp, du) = rest.split_at_mut(dyp_len);
+        plane.fill(0.0);
+        // dyp [2TH, 2TW]: one output-gradient plane, zero past OH x OW (never written there)
+        dyp.fill(0.0);
+        let mut first = true;
+        for (xb, dyb) in x.chunks(bl * in_img).zip(dy.chunks(bl * out_img)) {
+            let nb = xb.len() / in_img;
+            for ty0 in (0..th).step_by(rows_per) {
+                let ty1 = (ty0 + rows_per).min(th);
+                let tpb = (ty1 - ty0) * tw;
+                let nt = nb * tpb;
+                input_block(v, plane, tmp, xb, s, ld, ty0, ty1);
+                // dm [16, C_out, ld]: A dy Aᵀ, A = [[1,0],[1,1],[1,-1],[0,-1]]
+                for (b, dy_n) in dyb.chunks(out_img).enumerate() {
+                    for (c, src) in dy_n.chunks(oh * ow).enumerate() {
+                        for r in 2 * ty0..(2 * ty1).min(oh) {
+                            dyp[r * 2 * tw..r * 2 * tw + ow].copy_from_slice(&src[r * ow..(r + 1) * ow]);
+                        }
+                        grad_tiles(dm, c * ld + b * tpb, s.c_out * ld, dyp, ty0, ty1, tw);
+                    }
+                }
+                // du[ξ] [C_out, C_in] (+)= dm[ξ] [C_out, nt] · v[ξ] [C_in, nt]ᵀ
+                for xi in 0..16 {
+                    let (dux, dmx, vx) = (&mut du[xi * s.c_out * s.c_in..(xi + 1) * s.c_out * s.c_in], &dm[xi * s.c_out * ld..(xi + 1) * s.c_out * ld], &v[xi * s.c_in * ld..(xi + 1) * s.c_in * ld]);
+                    gemm_strided(dux, s.c_in, 1, dmx, ld, 1, vx, 1, ld, s.c_out, s.c_in, nt, 1.0, !first, par_gemm);
+                }
+                first = false;
+            }
+        }
+    });
+    // dweight += Gᵀ (Σ_tasks du) G, per (co, ci)
+    let scratch: &[f32] = scratch;
+    let plane = s.c_out * s.c_in;
+    dweight.par_chunks_mut(9).enumerate().for_each(|(p, dw)| {
+        let mut d = [[0.0f32; 4]; 4];
+        for t in 0..tasks {
+            let du = &scratch[t * task_len + task_len - du_len..(t + 1) * task_len];
+            for (xi, v) in d.iter_mut().flatten().enumerate() {
+                *v += du[xi * plane + p];
+            }
+        }
+        // r = Gᵀ d: [3, 4]; Gᵀ = [[1,½,½,0],[0,½,-½,0],[0,½,½,1]]
+        let mut r = [[0.0f32; 4]; 3];
+        for j in 0..4 {
+            let (a, b, c, e) = (d[0][j], d[1][j], d[2][j], d[3][j]);
+            r[0][j] = a + 0.5 * (b + c);
+            r[1][j] = 0.5 * (b - c);
+            r[2][j] = 0.5 * (b + c) + e;
+        }
+        for (i, row) in r.iter().enumerate() {
+            let (a, b, c, e) = (row[0], row[1], row[2], row[3]);
+            dw[3 * i] += a + 0.5 * (b + c);
+            dw[3 * i + 1] += 0.5 * (b - c);
+            dw[3 * i + 2] += 0.5 * (b + c) + e;
+        }
+    });
+}
+
+/// `dm[ξ * xs + at + (ty - ty0)*tw + tx] = (A dy Aᵀ)[ξ]` for the 2x2 tiles of `dyp [2*TH, 2*TW]` in tile rows
+/// `ty0..ty1`, `A = [[1,0],[1,1],[1,-1],[0,-1]]`.
+#[allow(clippy::too_many_arguments)]
+fn grad_tiles(dm: &mut [f32], at: usize, xs: usize, dyp: &[f32], ty0: usize, ty1: usize, tw: usize) {
+    for ty in ty0..ty1 {
+        let (r0, r1) = (&dyp[2 * ty * 2 * tw..(2 * ty + 1) * 2 * tw], &dyp[(2 * ty + 1) * 2 * tw..(2 * ty + 2) * 2 * tw]);
+        let o = at + (ty - ty0) * tw;
+        for tx in 0..tw {
+            let (a, b, c, d) = (r0[2 * tx], r0[2 * tx + 1], r1[2 * tx], r1[2 * tx + 1]);
+            // p = A dy: rows [a, b], [a+c, b+d], [a-c, b-d], [-c, -d]; then each row (x0, x1) -> x0, x0+x1, x0-x1, -x1
+            for (i, (x0, x1)) in [(a, b), (a + c, b + d), (a - c, b - d), (-c, -d)].into_iter().enumerate() {
+                dm[(4 * i) * xs + o + tx] = x0;
+                dm[(4 * i + 1) * xs + o + tx] = x0 + x1;
+                dm[(4 * i + 2) * xs + o + tx] = x0 - x1;
+                dm[(4 * i + 3) * xs + o + tx] = -x1;
+            }
+        }
+    }
+}
