@@ -83,7 +83,50 @@ pub fn save(path: &Path, cfg: &TrainConfig, layouts: &EngineLayouts<'_>, s: &Eng
     scalars.push(("k_tracked".into(), s.k_tracked));
     let mut meta = cfg.to_metadata();
     meta.insert("format".into(), FORMAT.into());
+    meta.insert(CONV_ALGO_KEY.into(), conv_choices_to_meta());
     checkpoint::save(path, &parts, &scalars, &meta)
+}
+
+/// Metadata key of the CPU convolutions' measured algorithm choices.
+const CONV_ALGO_KEY: &str = "cpu_conv_algorithms";
+
+/// The CPU convolutions' measured choices (im2col or Winograd per shape and pass, at this thread count) as
+/// `n,c_in,h,w,c_out,kh,kw,stride,pad,pass,algo;...`: a resumed run restores them, so it computes with the same
+/// algorithms as the run it continues (the two round differently) and resumes bit-identically.
+fn conv_choices_to_meta() -> String {
+    use crate::backend::cpu::nn::{conv_algo_choices, ConvAlgo, ConvPass};
+    let threads = rayon::current_num_threads();
+    conv_algo_choices()
+        .into_iter()
+        .filter(|c| c.2 == threads)
+        .map(|(s, p, _, a)| format!("{},{},{},{},{},{},{},{},{},{},{}", s.n, s.c_in, s.h, s.w, s.c_out, s.kh, s.kw, s.stride, s.pad, if p == ConvPass::Forward { "f" } else { "b" }, if a == ConvAlgo::Winograd { "w" } else { "i" }))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// Restores the choices written by [`conv_choices_to_meta`]; an entry that does not parse is an error naming it.
+fn restore_conv_choices(meta: &str) -> std::result::Result<(), String> {
+    use crate::backend::cpu::nn::{set_conv_algo_choice, Conv2dShape, ConvAlgo, ConvPass};
+    for entry in meta.split(';').filter(|e| !e.is_empty()) {
+        let f: Vec<&str> = entry.split(',').collect();
+        let nums: Vec<usize> = f.iter().take(9).filter_map(|v| v.parse().ok()).collect();
+        let (pass, algo) = match (f.get(9), f.get(10)) {
+            (Some(&"f"), Some(a)) => (ConvPass::Forward, *a),
+            (Some(&"b"), Some(a)) => (ConvPass::BackwardData, *a),
+            _ => return Err(format!("conv algorithm entry {entry:?}")),
+        };
+        let algo = match algo {
+            "w" => ConvAlgo::Winograd,
+            "i" => ConvAlgo::Im2col,
+            _ => return Err(format!("conv algorithm entry {entry:?}")),
+        };
+        if nums.len() != 9 || f.len() != 11 {
+            return Err(format!("conv algorithm entry {entry:?}"));
+        }
+        let shape = Conv2dShape::new(nums[0], nums[1], nums[2], nums[3], nums[4], nums[5], nums[6], nums[7], nums[8]).map_err(|e| format!("conv algorithm entry {entry:?}: {e}"))?;
+        set_conv_algo_choice(shape, pass, algo);
+    }
+    Ok(())
 }
 
 /// Reads a checkpoint of this config: the file must be a run checkpoint whose config matches `cfg` (except the
@@ -98,6 +141,9 @@ pub fn load(path: &Path, cfg: &TrainConfig, layouts: &EngineLayouts<'_>) -> Resu
     let diff = cfg.mismatches(ck.metadata());
     if !diff.is_empty() {
         return Err(bad(format!("checkpoint of another config: {}", diff.join("; "))));
+    }
+    if let Some(m) = ck.meta(CONV_ALGO_KEY) {
+        restore_conv_choices(m).map_err(|e| bad(format!("unreadable {e}")))?;
     }
     // version 1 always stored SGD's momentum buffer (zeros without momentum)
     let names: &[&str] = if v1 { &["momentum_buffer"] } else { optimizer_config(cfg).state_names() };

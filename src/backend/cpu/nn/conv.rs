@@ -554,6 +554,12 @@ fn remember(key: ChoiceKey, algo: ConvAlgo) {
     t.insert((key, rayon::current_num_threads()), algo);
 }
 
+/// Sets the choice for `shape` and `pass` at the current rayon thread count, as if it had been measured: a resumed
+/// run restores its checkpoint's choices so that it computes with the same algorithms (bit-identical resume).
+pub fn set_conv_algo_choice(shape: Conv2dShape, pass: Pass, algo: ConvAlgo) {
+    remember((shape, pass), algo);
+}
+
 /// `MOCO_CONV_ALGO=im2col|winograd`, read once.
 fn forced() -> Option<ConvAlgo> {
     static F: OnceLock<Option<ConvAlgo>> = OnceLock::new();
