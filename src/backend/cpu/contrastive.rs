@@ -377,3 +377,25 @@ pub fn moco_v3_loss(dq1: &mut [f32], dq2: &mut [f32], q1: &[f32], q2: &[f32], k1
     Ok(half(0) + half(1))
 }
 
+/// The GEMM floor of [`moco_v3_loss`]: per row tile of each half, the same two GEMMs (`s = q̂ k̂ᵀ`, then
+/// `dq = s k̂`) with the same routine, tiles, tasks and threads, but no normalisation and no softmax.
+/// `q1, q2, k1, k2: [N, C]`. For benchmarks: the loss's time over this one is its overhead.
+pub fn moco_v3_gemm_floor(q1: &[f32], q2: &[f32], k1: &[f32], k2: &[f32], shape: &SymmetricShape) -> Result<()> {
+    shape.check(&[("q1", q1.len()), ("q2", q2.len()), ("k1", k1.len()), ("k2", k2.len())])?;
+    let (n, c) = (shape.n, shape.c);
+    let rows = v3_rows(n);
+    let tasks: Vec<(&[f32], &[f32], usize)> = (0..n).step_by(rows).flat_map(|r0| [(q1, k2, r0), (q2, k1, r0)]).collect();
+    tasks.into_par_iter().for_each(|(q, k, r0)| {
+        let nr = rows.min(n - r0);
+        let mut dq = vec![0.0f32; nr * c];
+        V3_TILE.with_borrow_mut(|s| {
+            if s.len() < nr * n {
+                s.resize(nr * n, 0.0);
+            }
+            gemm_nt(s, n, &q[r0 * c..(r0 + nr) * c], c, k, c, nr, n, c, 1.0, false);
+            gemm_nn(&mut dq, c, s, n, k, c, nr, c, n, 1.0, false);
+        });
+        std::hint::black_box(&dq);
+    });
+    Ok(())
+}
