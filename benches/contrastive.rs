@@ -52,6 +52,9 @@ fn infonce(c: &mut Criterion) {
         g.throughput(Throughput::Elements(k as u64));
         let (mut dq, mut rl) = (vec![0.0; n * ch], vec![0.0; n]);
         g.bench_function(BenchmarkId::new("cpu_fused", k), |b| b.iter(|| cpu::infonce(&mut dq, &mut rl, &q, &key, cpu::QueueView::F32(&queue), &shape).unwrap()));
+        // the loss's bare GEMMs (same routine, tiles and threads, no softmax): the floor the fused loss is held to
+        let qh = unit_rows(n, ch, 1);
+        g.bench_function(BenchmarkId::new("cpu_gemm_floor", k), |b| b.iter(|| cpu::contrastive::infonce_gemm_floor(&qh, &queue, n, ch, k).unwrap()));
         let bf: Vec<half::bf16> = queue.iter().map(|&v| half::bf16::from_f32(v)).collect();
         g.bench_function(BenchmarkId::new("cpu_fused_bf16_queue", k), |b| b.iter(|| cpu::infonce(&mut dq, &mut rl, &q, &key, cpu::QueueView::BF16(&bf), &shape).unwrap()));
         g.bench_function(BenchmarkId::new("cpu_unfused", k), |b| b.iter(|| cpu::unfused::infonce(&mut dq, &mut rl, &q, &key, &queue, &shape).unwrap()));
@@ -84,6 +87,7 @@ fn moco_v3(c: &mut Criterion) {
         let shape = SymmetricShape::new(n, ch, t).unwrap();
         let (mut d1, mut d2) = (vec![0.0; n * ch], vec![0.0; n * ch]);
         g.bench_function(BenchmarkId::new("cpu_fused", n), |b| b.iter(|| cpu::moco_v3_loss(&mut d1, &mut d2, &q1, &q2, &k1, &k2, &shape).unwrap()));
+        g.bench_function(BenchmarkId::new("cpu_gemm_floor", n), |b| b.iter(|| cpu::contrastive::moco_v3_gemm_floor(&q1, &q2, &k1, &k2, &shape).unwrap()));
         g.bench_function(BenchmarkId::new("cpu_unfused", n), |b| b.iter(|| cpu::unfused::moco_v3_loss(&mut d1, &mut d2, &q1, &q2, &k1, &k2, &shape).unwrap()));
     }
     g.finish();

@@ -41,6 +41,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def skip(only, name):
+    """True when --only (comma-separated substrings) names none of this case."""
+    return bool(only) and not any(o in name for o in only.split(","))
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -77,7 +82,7 @@ def emit(name, params, times, device):
 # ---------------------------------------------------------------- MoCo v2 head
 def bench_moco_head(device, quick, only):
     name = "moco_head_fwd_bwd"
-    if only and only not in name:
+    if skip(only, name):
         return
     n, c, t = 256, 128, 0.2
     ks = [4096, 65536] if quick else [4096, 65536, 1048576]
@@ -114,7 +119,7 @@ def bench_moco_head(device, quick, only):
 # ---------------------------------------------------------------- MoCo v3 loss
 def bench_moco_v3(device, quick, only):
     name = "moco_v3_loss_fwd_bwd"
-    if only and only not in name:
+    if skip(only, name):
         return
     c, t = 256, 0.2
     criterion = nn.CrossEntropyLoss()
@@ -203,7 +208,7 @@ def bench_ema(device, quick, only):
 def bench_resnet18(device, quick, only):
     """ResNet-18 with the CIFAR stem (conv 3x3/1, no maxpool), 10 classes, batch 64 at 32x32: forward + backward."""
     name = "resnet18_cifar_fwd_bwd"
-    if only and only not in name:
+    if skip(only, name):
         return
     import torch.nn as nn
     import torchvision
@@ -231,7 +236,7 @@ def bench_moco_v2_step(device, quick, only, batch=64):
     K=4096, dim 128, T=0.2. The same step as moco's `train::MocoEngine::step` (benches/resnet.rs, moco_v2_step;
     tests/cuda_train.rs times the CUDA engine at batch 64 and 256)."""
     name = f"moco_v2_step_b{batch}_k4096"
-    if only and only not in name:
+    if skip(only, name):
         return
     import copy
     import torch.nn as nn
@@ -330,7 +335,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--quick", action="store_true", help="fewer iterations, skip K=1048576")
-    ap.add_argument("--only", default=None, help="run only cases whose name contains SUBSTR")
+    ap.add_argument("--only", default=None, help="run only cases whose name contains SUBSTR (comma-separated: any of them)")
     ap.add_argument("--moco-batch", default="64", help="comma-separated batch sizes of moco_v2_step (default 64)")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     vit = ap.add_argument_group("mocov3_vit_step (with --only mocov3_vit)")

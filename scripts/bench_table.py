@@ -80,6 +80,23 @@ def main():
         su = f"{uv / fv:.2f}x" if fv and uv else "n/a"
         ratio = f"{tv / fv:.2f}x" if fv and tv else "n/a"
         print(f"| {label} | {fmt(fv)} | {fmt(uv)} | {su} | {fmt(tv)} | {ratio} |")
+    floors = [
+        ("InfoNCE fwd+bwd, K=4096", "infonce_fwd_bwd/cpu_fused/4096", "infonce_fwd_bwd/cpu_gemm_floor/4096", "moco_head_fwd_bwd/4096"),
+        ("InfoNCE fwd+bwd, K=65536", "infonce_fwd_bwd/cpu_fused/65536", "infonce_fwd_bwd/cpu_gemm_floor/65536", "moco_head_fwd_bwd/65536"),
+        ("InfoNCE fwd+bwd, K=1048576", "infonce_fwd_bwd/cpu_fused/1048576", "infonce_fwd_bwd/cpu_gemm_floor/1048576", "moco_head_fwd_bwd/1048576"),
+        ("MoCo v3 loss fwd+bwd, N=1024", "moco_v3_loss_fwd_bwd/cpu_fused/1024", "moco_v3_loss_fwd_bwd/cpu_gemm_floor/1024", "moco_v3_loss_fwd_bwd/1024"),
+        ("MoCo v3 loss fwd+bwd, N=4096", "moco_v3_loss_fwd_bwd/cpu_fused/4096", "moco_v3_loss_fwd_bwd/cpu_gemm_floor/4096", "moco_v3_loss_fwd_bwd/4096"),
+    ]
+    rows = [(label, ours.get(f), ours.get(g), tmap.get(t)) for label, f, g, t in floors]
+    rows = [r for r in rows if r[1] is not None and r[2] is not None]
+    if rows:
+        print()
+        print("| loss | moco fused (ms) | PyTorch (ms) | PyTorch / moco | GEMM floor (ms) | moco / floor |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for label, fv, gv, tv in rows:
+            tv_s = f"{tv:.2f}" if tv is not None else "n/a"
+            ratio = f"{tv / fv:.2f}x" if tv is not None else "n/a"
+            print(f"| {label} | {fv:.2f} | {tv_s} | {ratio} | {gv:.2f} | {fv / gv:.2f}x |")
 
 
 if __name__ == "__main__":

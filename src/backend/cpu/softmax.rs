@@ -143,6 +143,62 @@ pub fn softmax_block(s_t: &mut [f32], nr: usize, st: &mut RowStates, s_pos: &[f3
     softmax_block_impl::<false>(s_t, nr, st, s_pos, scale, sc)
 }
 
+#[inline(always)]
+fn softmax_xent_row_impl<const FMA: bool>(s: &mut [f32], target: usize) -> f32 {
+    const L: usize = 8;
+    let st = s[target];
+    let body = s.len() / L * L;
+    let mut mx = [NEG; L];
+    for ch in s[..body].chunks_exact(L) {
+        for l in 0..L {
+            mx[l] = if ch[l] > mx[l] { ch[l] } else { mx[l] };
+        }
+    }
+    let mut m = NEG;
+    for &v in mx.iter().chain(&s[body..]) {
+        m = if v > m { v } else { m };
+    }
+    // a flat element-wise loop (vectorises like softmax_block's), then the sum in L lanes
+    for v in s.iter_mut() {
+        *v = fast_exp_impl::<FMA>(*v - m);
+    }
+    let mut sum = [0.0f32; L];
+    for ch in s[..body].chunks_exact(L) {
+        for l in 0..L {
+            sum[l] += ch[l];
+        }
+    }
+    let z: f32 = sum.iter().sum::<f32>() + s[body..].iter().sum::<f32>();
+    let inv = 1.0 / z;
+    for v in s.iter_mut() {
+        *v *= inv;
+    }
+    s[target] -= 1.0;
+    z.ln() + m - st
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_xent_row_avx2(s: &mut [f32], target: usize) -> f32 {
+    softmax_xent_row_impl::<true>(s, target)
+}
+
+/// Exact softmax cross-entropy of one full row of logits, in place: `s: [len]` logits in, `p - onehot(target)`
+/// (the gradient w.r.t. the logits) out; returns the row loss `logsumexp(s) - s[target]`. `target < len`.
+/// AVX2+FMA when present (checked once), else the baseline.
+pub fn softmax_xent_row(s: &mut [f32], target: usize) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static AVX2: OnceLock<bool> = OnceLock::new();
+        if *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            // SAFETY: avx2 and fma were detected on this CPU.
+            return unsafe { softmax_xent_row_avx2(s, target) };
+        }
+    }
+    softmax_xent_row_impl::<false>(s, target)
+}
+
 /// Merges the state of one row from two partials; returns (m, l, rank, factor for a's acc, factor for b's acc).
 pub fn merge_row(am: f32, al: f32, ar: u32, bm: f32, bl: f32, br: u32) -> (f32, f32, u32, f32, f32) {
     let m = am.max(bm);
