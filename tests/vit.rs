@@ -35,6 +35,7 @@ fn moco_v3_head_names() {
     let head: Vec<&str> = l.params.tensors.iter().map(|t| t.name.as_str()).filter(|n| n.starts_with("head.")).collect();
     assert_eq!(head, ["head.0.weight", "head.1.weight", "head.1.bias", "head.3.weight", "head.4.weight", "head.4.bias", "head.6.weight"]);
     assert!(l.buffers.get("head.7.running_var").is_ok() && l.params.get("head.7.weight").is_err());
+    assert!(MlpLayout::new("predictor", usize::MAX, MlpSpec { layers: 2, hidden: 12, out: 8, last_bn: true }).is_err());
     let pred = MlpLayout::new("predictor", 8, MlpSpec { layers: 2, hidden: 12, out: 8, last_bn: true }).unwrap();
     let names: Vec<&str> = pred.params.tensors.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["predictor.0.weight", "predictor.1.weight", "predictor.1.bias", "predictor.3.weight"]);
@@ -75,6 +76,13 @@ fn hostile_configs_are_errors() {
         VitConfig { depth: 0, ..base },
         VitConfig { mlp_ratio: 0, ..base },
         VitConfig { projector: Some(MlpSpec { layers: 0, hidden: 4, out: 4, last_bn: true }), ..base },
+        VitConfig { dim: usize::MAX / 2 + 1, heads: 1, ..base },
+        VitConfig { dim: 1 << 20, heads: 1, ..base },
+        VitConfig { img_size: 1 << 40, patch: 1, ..base },
+        VitConfig { depth: usize::MAX, ..base },
+        VitConfig { mlp_ratio: usize::MAX, ..base },
+        VitConfig { projector: Some(MlpSpec { layers: 3, hidden: 1 << 40, out: 4, last_bn: true }), ..base },
+        VitConfig { projector: Some(MlpSpec { layers: usize::MAX, hidden: 4, out: 4, last_bn: true }), ..base },
     ] {
         assert!(VitLayout::new(bad).is_err(), "{bad:?}");
     }

@@ -28,8 +28,12 @@ pub struct MlpSpec {
 impl MlpSpec {
     /// Checks the widths and depth.
     pub fn validate(&self) -> Result<()> {
-        if self.layers == 0 || self.hidden == 0 || self.out == 0 {
-            return Err(Error::shape("mlp", "layers, hidden and out >= 1", format!("layers {}, hidden {}, out {}", self.layers, self.hidden, self.out)));
+        if self.layers == 0 || self.hidden == 0 || self.out == 0 || self.layers > 64 {
+            return Err(Error::shape("mlp", "layers in 1..=64, hidden and out >= 1", format!("layers {}, hidden {}, out {}", self.layers, self.hidden, self.out)));
+        }
+        let fits = |a: usize, b: usize| a.checked_mul(b).is_some_and(|n| n <= i32::MAX as usize);
+        if !fits(self.hidden, self.hidden) || !fits(self.hidden, self.out) {
+            return Err(Error::shape("mlp", "weights of at most 2^31 - 1 elements", format!("hidden {}, out {}", self.hidden, self.out)));
         }
         Ok(())
     }
@@ -46,6 +50,9 @@ impl MlpSpec {
     /// Registers the tensors under `prefix` for an input of `in_dim` features.
     pub fn push(&self, prefix: &str, in_dim: usize, params: &mut Layout, buffers: &mut Layout) -> Result<()> {
         self.validate()?;
+        if in_dim.checked_mul(self.hidden.max(self.out)).is_none_or(|n| n > i32::MAX as usize) {
+            return Err(Error::shape("mlp", "a first weight of at most 2^31 - 1 elements", format!("in {in_dim}, hidden {}", self.hidden)));
+        }
         for (idx, i, o) in self.linears(in_dim) {
             params.push(format!("{prefix}.{idx}.weight"), &[o, i]);
             let last = idx == 3 * (self.layers - 1);

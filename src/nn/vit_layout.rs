@@ -50,7 +50,7 @@ impl VitConfig {
     /// Tokens per image, cls included: 1 + (img/patch)^2.
     pub fn tokens(&self) -> usize {
         let g = self.img_size / self.patch.max(1);
-        1 + g * g
+        g.saturating_mul(g).saturating_add(1)
     }
     /// Checks every size.
     pub fn validate(&self) -> Result<()> {
@@ -64,8 +64,15 @@ impl VitConfig {
         if self.dim % 4 != 0 {
             return bad("dim a multiple of 4 (the 2-D sin-cos position embedding)", format!("dim {}", self.dim));
         }
-        if self.depth == 0 || self.mlp_ratio == 0 {
-            return bad("depth and mlp_ratio >= 1", format!("depth {}, mlp_ratio {}", self.depth, self.mlp_ratio));
+        if self.depth == 0 || self.mlp_ratio == 0 || self.depth > 1024 {
+            return bad("depth in 1..=1024 and mlp_ratio >= 1", format!("depth {}, mlp_ratio {}", self.depth, self.mlp_ratio));
+        }
+        // every tensor (the widest is fc1's [ratio·D, D]; the patch projection [D, 3p²]; pos_embed [T, D]) must fit
+        // the kernels' i32 element counts
+        let fits = |dims: &[usize]| dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_some_and(|n| n <= i32::MAX as usize);
+        let grid = self.img_size / self.patch;
+        if !fits(&[self.dim, self.dim, self.mlp_ratio]) || !fits(&[self.dim, 3, self.patch, self.patch]) || !fits(&[grid, grid, self.dim]) || !fits(&[self.dim, 3 * self.dim]) {
+            return bad("tensors of at most 2^31 - 1 elements", format!("img_size {}, patch {}, dim {}, mlp_ratio {}", self.img_size, self.patch, self.dim, self.mlp_ratio));
         }
         if let Some(p) = self.projector {
             p.validate()?;
