@@ -19,7 +19,6 @@ use moco::data::{self, PairLoader};
 use moco::train::{self, front, Preset, RunOptions, TrainConfig};
 use moco::QueueDType;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -243,14 +242,7 @@ fn run(a: Args) -> moco::Result<()> {
         println!("wrote {n} augmented pairs to {}", path.display());
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        let _ = ctrlc::set_handler(move || {
-            eprintln!("\nCtrl-C: finishing the current step and writing a checkpoint");
-            stop.store(true, Ordering::SeqCst);
-        });
-    }
+    let stop = front::stop_on_ctrl_c();
     if !a.resume && !cfg.is_v3() {
         println!("queue: {} random unit vectors at the start; full of real keys from step {} on (marked in curves.png)", cfg.queue_len, train::queue_full_step(&cfg));
     }
@@ -260,21 +252,7 @@ fn run(a: Args) -> moco::Result<()> {
         println!("stopped at step {}; continue with --resume --out {} (and the same flags)", summary.global_step, a.out.display());
         return Ok(());
     }
-    println!(
-        "throughput: {:.1} pairs/s training (augmentation on, kNN and checkpoints excluded); inside the step {:.1} pairs/s ({:.1} % waiting for batches; the prefetching augmentation shares the cores, so the bare step alone is measured by `cargo bench`); kNN monitor and checkpoints: {:.0} s",
-        summary.pairs_per_s,
-        summary.step_pairs_per_s,
-        100.0 * (1.0 - summary.pairs_per_s / summary.step_pairs_per_s.max(1e-9)),
-        summary.eval_secs
-    );
-    if let (Some(first), Some(last)) = (summary.knn.first(), summary.knn.last()) {
-        let init = if first.0 == 0 { "random init".to_string() } else { format!("epoch {} (resumed)", first.0) };
-        println!("kNN top-1 on the test split: {init} {:.2}% -> epoch {} {:.2}% ({:+.2} points)", first.1, last.0, last.1, last.1 - first.1);
-    }
-    if let (Some(first), Some(last)) = (summary.knn_backbone.first(), summary.knn_backbone.last()) {
-        println!("kNN top-1 on backbone features: epoch {} {:.2}% -> epoch {} {:.2}% ({:+.2} points)", first.0, first.1, last.0, last.1, last.1 - first.1);
-    }
-    println!("metrics: {0}/metrics.jsonl, {0}/metrics.csv; curves: {0}/curves.png; checkpoint: {0}/checkpoint.safetensors", a.out.display());
+    front::print_summary(&summary, &a.out);
     if let Some(p) = &a.export {
         println!("backbone written to {}. In PyTorch:", p.display());
         println!("  m = torchvision.models.resnet18(); m.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)");

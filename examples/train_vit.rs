@@ -18,7 +18,6 @@ use clap::Parser;
 use moco::data::PairLoader;
 use moco::train::{self, front, ModelKind, OptimizerKind, RunOptions, TrainConfig};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -259,35 +258,14 @@ fn run(a: Args) -> moco::Result<()> {
         println!("wrote {n} augmented pairs to {}", path.display());
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        let _ = ctrlc::set_handler(move || {
-            eprintln!("\nCtrl-C: finishing the current step and writing a checkpoint");
-            stop.store(true, Ordering::SeqCst);
-        });
-    }
+    let stop = front::stop_on_ctrl_c();
     let opts = RunOptions { out_dir: a.out.clone(), resume: a.resume, progress: !a.no_progress, max_steps: a.max_steps, stop: Some(stop), no_knn: false, export: a.export.clone(), verbose: true, knn_backbone: a.knn_backbone };
     let summary = train::train(&cfg, engine.as_mut(), train_ds.clone(), test_ds.clone(), views.clone(), &opts)?;
     if summary.interrupted {
         println!("stopped at step {}; continue with --resume --out {} (and the same flags)", summary.global_step, a.out.display());
         return Ok(());
     }
-    println!(
-        "throughput: {:.1} pairs/s training (augmentation on, kNN and checkpoints excluded); inside the step {:.1} pairs/s ({:.1} % waiting for batches; the prefetching augmentation shares the cores, so the bare step alone is measured by `cargo bench`); kNN monitor and checkpoints: {:.0} s",
-        summary.pairs_per_s,
-        summary.step_pairs_per_s,
-        100.0 * (1.0 - summary.pairs_per_s / summary.step_pairs_per_s.max(1e-9)),
-        summary.eval_secs
-    );
-    if let (Some(first), Some(last)) = (summary.knn.first(), summary.knn.last()) {
-        let init = if first.0 == 0 { "random init".to_string() } else { format!("epoch {} (resumed)", first.0) };
-        println!("kNN top-1 on the test split: {init} {:.2}% -> epoch {} {:.2}% ({:+.2} points)", first.1, last.0, last.1, last.1 - first.1);
-    }
-    if let (Some(first), Some(last)) = (summary.knn_backbone.first(), summary.knn_backbone.last()) {
-        println!("kNN top-1 on backbone features: epoch {} {:.2}% -> epoch {} {:.2}% ({:+.2} points)", first.0, first.1, last.0, last.1, last.1 - first.1);
-    }
-    println!("metrics: {0}/metrics.jsonl, {0}/metrics.csv; curves: {0}/curves.png; checkpoint: {0}/checkpoint.safetensors", a.out.display());
+    front::print_summary(&summary, &a.out);
     if let Some(p) = &a.export {
         let feats = write_features(engine.as_mut(), &cfg, &test_ds, &views.view1, p)?;
         match cfg.model {

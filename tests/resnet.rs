@@ -6,12 +6,10 @@
 //! alternating-sign sum / first 16 values for large ones), the updated running statistics and the eval logits.
 mod common;
 
-use moco::nn::{layout::name_uniform, Depth, ResNetConfig, ResNetCpu, ResNetLayout, Stem};
+use moco::nn::{Depth, ResNetConfig, ResNetCpu, ResNetLayout, Stem};
 use safetensors::SafeTensors;
 
-fn fill(name: &str, n: usize, scale: f64, shift: f64) -> Vec<f32> {
-    name_uniform(name, n).iter().map(|u| (u * scale + shift) as f32).collect()
-}
+use common::name_fill as fill;
 
 fn tensor(st: &SafeTensors, name: &str) -> Vec<f32> {
     bytemuck::pod_collect_to_vec(st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}")).data())

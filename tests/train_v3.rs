@@ -5,7 +5,7 @@
 mod common;
 
 use moco::data::{synthetic, SyntheticConfig};
-use moco::nn::{layout::name_uniform, Layout, MlpSpec, Model, VitConfig};
+use moco::nn::{MlpSpec, Model, VitConfig};
 use moco::train::{self, CpuEngine, CpuVitEngine, Engine, ModelKind, RunOptions, TrainConfig};
 use moco::Error;
 use safetensors::SafeTensors;
@@ -18,35 +18,13 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
-fn fill(name: &str, n: usize, scale: f64, shift: f64) -> Vec<f32> {
-    name_uniform(name, n).iter().map(|u| (u * scale + shift) as f32).collect()
-}
+use common::name_fill as fill;
 
 fn tensor(st: &SafeTensors, name: &str) -> Vec<f32> {
     bytemuck::pod_collect_to_vec(st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}")).data())
 }
 
-/// The fixture's generator rules (scripts/make_vit_fixture.py) over a layout, keeping `pos_embed` and the running
-/// statistics of `base`.
-fn fixture_fill(layout: &Layout, base: &[f32]) -> Vec<f32> {
-    let mut out = base.to_vec();
-    for t in &layout.tensors {
-        let name = t.name.as_str();
-        let v = if name == "pos_embed" || name.contains("running_") {
-            continue;
-        } else if name == "cls_token" {
-            fill(name, t.len(), 0.02, 0.0)
-        } else if t.shape.len() >= 2 {
-            fill(name, t.len(), 1.0 / ((t.len() / t.shape[0]) as f64).sqrt(), 0.0)
-        } else if name.ends_with(".weight") && !name.starts_with("patch_embed") {
-            fill(name, t.len(), 0.1, 1.0)
-        } else {
-            fill(name, t.len(), 0.1, 0.0)
-        };
-        out[t.range()].copy_from_slice(&v);
-    }
-    out
-}
+use common::vit_fixture_fill as fixture_fill;
 
 /// The fixture's config as a v3 run.
 fn fixture_config() -> TrainConfig {

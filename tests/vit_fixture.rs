@@ -12,15 +12,13 @@ mod common;
 
 use moco::backend::cpu::moco_v3_loss;
 use moco::backend::{CpuDevice, Device};
-use moco::nn::{layout::name_uniform, Mlp, MlpLayout, MlpSpec, Model, Network, Vit, VitConfig, VitLayout};
+use moco::nn::{Mlp, MlpLayout, MlpSpec, Model, Network, Vit, VitConfig, VitLayout};
 use moco::SymmetricShape;
 use safetensors::SafeTensors;
 
 const N: usize = 4;
 
-fn fill(name: &str, n: usize, scale: f64, shift: f64) -> Vec<f32> {
-    name_uniform(name, n).iter().map(|u| (u * scale + shift) as f32).collect()
-}
+use common::name_fill as fill;
 
 fn tensor(st: &SafeTensors, name: &str) -> Vec<f32> {
     bytemuck::pod_collect_to_vec(st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}")).data())
@@ -39,24 +37,7 @@ fn predictor() -> MlpLayout {
 fn fixture_weights(m: &impl Model) -> (Vec<f32>, Vec<f32>) {
     let (mut p, mut b) = (vec![0.0; m.params().len], vec![0.0; m.buffers().len]);
     m.init(&mut p, &mut b, 0).unwrap();
-    for (layout, buf) in [(m.params(), &mut p), (m.buffers(), &mut b)] {
-        for t in &layout.tensors {
-            let name = t.name.as_str();
-            let v = if name == "pos_embed" || name.contains("running_") {
-                continue;
-            } else if name == "cls_token" {
-                fill(name, t.len(), 0.02, 0.0)
-            } else if t.shape.len() >= 2 {
-                fill(name, t.len(), 1.0 / ((t.len() / t.shape[0]) as f64).sqrt(), 0.0)
-            } else if name.ends_with(".weight") && !name.starts_with("patch_embed") {
-                fill(name, t.len(), 0.1, 1.0)
-            } else {
-                fill(name, t.len(), 0.1, 0.0)
-            };
-            buf[t.range()].copy_from_slice(&v);
-        }
-    }
-    (p, b)
+    (common::vit_fixture_fill(m.params(), &p), common::vit_fixture_fill(m.buffers(), &b))
 }
 
 struct Outputs {

@@ -189,9 +189,4 @@ impl Plan {
         }
         Ok(())
     }
-
-    /// The BN groups the plan was made with (1 without BN).
-    pub fn bn_groups(&self) -> usize {
-        self.nodes.iter().find_map(|nd| if let Node::Bn { shape, .. } = nd { Some(shape.groups) } else { None }).unwrap_or(1)
-    }
 }

@@ -10,7 +10,9 @@ use crate::backend::{CpuDevice, MocoDevice};
 use crate::data::{self, Dataset, SyntheticConfig};
 use crate::error::{Error, Result};
 use crate::nn::{ResNetLayout, VitLayout};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Prepares the process for a GPU probe: compute needs Vulkan, Metal or DX12 only (the GL backend is not probed;
 /// `WGPU_BACKEND`, if set, wins), and Mesa's window-system code wants a private `XDG_RUNTIME_DIR` on a machine
@@ -146,4 +148,35 @@ pub fn export_data(dir: &std::path::Path) -> Result<()> {
     std::fs::write(dir.join("LICENSE.txt"), text).map_err(|e| Error::Io { path: dir.join("LICENSE.txt").display().to_string(), source: e })?;
     println!("wrote {} and {} ({} + {} handwritten digits, CIFAR-10 binary, 32x32)", dir.join("train.bin").display(), dir.join("test.bin").display(), train.len(), test.len());
     Ok(())
+}
+
+/// A stop flag that Ctrl-C sets: the loop finishes the current step, writes a checkpoint and returns.
+pub fn stop_on_ctrl_c() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || {
+        eprintln!("\nCtrl-C: finishing the current step and writing a checkpoint");
+        flag.store(true, Ordering::SeqCst);
+    });
+    stop
+}
+
+/// Prints what a finished run did: throughput, evaluation time, the kNN gain over the start, and where the run
+/// folder's files are.
+pub fn print_summary(summary: &super::RunSummary, out: &Path) {
+    println!(
+        "throughput: {:.1} pairs/s training (augmentation on, kNN and checkpoints excluded); inside the step {:.1} pairs/s ({:.1} % waiting for batches; the prefetching augmentation shares the cores, so the bare step alone is measured by `cargo bench`); kNN monitor and checkpoints: {:.0} s",
+        summary.pairs_per_s,
+        summary.step_pairs_per_s,
+        100.0 * (1.0 - summary.pairs_per_s / summary.step_pairs_per_s.max(1e-9)),
+        summary.eval_secs
+    );
+    if let (Some(first), Some(last)) = (summary.knn.first(), summary.knn.last()) {
+        let init = if first.0 == 0 { "random init".to_string() } else { format!("epoch {} (resumed)", first.0) };
+        println!("kNN top-1 on the test split: {init} {:.2}% -> epoch {} {:.2}% ({:+.2} points)", first.1, last.0, last.1, last.1 - first.1);
+    }
+    if let (Some(first), Some(last)) = (summary.knn_backbone.first(), summary.knn_backbone.last()) {
+        println!("kNN top-1 on backbone features: epoch {} {:.2}% -> epoch {} {:.2}% ({:+.2} points)", first.0, first.1, last.0, last.1, last.1 - first.1);
+    }
+    println!("metrics: {0}/metrics.jsonl, {0}/metrics.csv; curves: {0}/curves.png; checkpoint: {0}/checkpoint.safetensors", out.display());
 }

@@ -204,11 +204,6 @@ pub fn export_resnet_backbone(path: &Path, config: ResNetConfig, params: &[f32],
     checkpoint::save(path, &parts, &scalars, &meta)
 }
 
-/// The query encoder's backbone of a run state (see [`export_resnet_backbone`]).
-pub fn export_backbone(path: &Path, config: ResNetConfig, s: &EngineState) -> Result<()> {
-    export_resnet_backbone(path, config, &s.q_params, &s.q_buffers, s.q_tracked)
-}
-
 /// Writes a ViT backbone (no projector) with timm's `VisionTransformer` names (`cls_token`, `pos_embed`,
 /// `patch_embed.proj.*`, `blocks.N.*`, `norm.*`; the trainable tensors and the fixed ones alike) and metadata
 /// `num_heads`, from the parameters and buffers of `layout`'s network. It loads with `strict=True` into timm's

@@ -159,3 +159,32 @@ pub const FD_H: f64 = 1e-5;
 pub fn fd_tol(want: &[f64]) -> f64 {
     1e-6 * (1.0 + max_abs(want))
 }
+
+/// `n` values `u·scale + shift` from the fixture scripts' name-seeded generator (`moco::nn::layout::name_uniform`,
+/// the `fill` of scripts/make_resnet_fixture.py), rounded to f32.
+pub fn name_fill(name: &str, n: usize, scale: f64, shift: f64) -> Vec<f32> {
+    moco::nn::layout::name_uniform(name, n).iter().map(|u| (u * scale + shift) as f32).collect()
+}
+
+/// The ViT fixture's weights (scripts/make_vit_fixture.py's rules) over `base`, a buffer in `layout` whose
+/// `pos_embed` and BN running statistics are kept: linear / conv weights U(±1/sqrt(fan_in)), LN / BN weights
+/// 1 ± 0.1, every bias ± 0.1, the cls token ± 0.02.
+pub fn vit_fixture_fill(layout: &moco::nn::Layout, base: &[f32]) -> Vec<f32> {
+    let mut out = base.to_vec();
+    for t in &layout.tensors {
+        let name = t.name.as_str();
+        let v = if name == "pos_embed" || name.contains("running_") {
+            continue;
+        } else if name == "cls_token" {
+            name_fill(name, t.len(), 0.02, 0.0)
+        } else if t.shape.len() >= 2 {
+            name_fill(name, t.len(), 1.0 / ((t.len() / t.shape[0]) as f64).sqrt(), 0.0)
+        } else if name.ends_with(".weight") && !name.starts_with("patch_embed") {
+            name_fill(name, t.len(), 0.1, 1.0)
+        } else {
+            name_fill(name, t.len(), 0.1, 0.0)
+        };
+        out[t.range()].copy_from_slice(&v);
+    }
+    out
+}

@@ -129,8 +129,9 @@ impl Conv2dShape {
     }
 }
 
-/// How the batch is split: `per` images per task, `tasks` tasks, and whether the GEMM itself runs in parallel.
-fn plan(n: usize) -> (usize, usize, bool) {
+/// How the batch is split: `per` images per task, `tasks` tasks, and whether the GEMM itself runs in parallel
+/// (the im2col and the Winograd paths split it the same way).
+pub(super) fn batch_split(n: usize) -> (usize, usize, bool) {
     let t = rayon::current_num_threads().max(1);
     if n >= t {
         let per = n.div_ceil(t);
@@ -258,16 +259,8 @@ pub fn conv2d_forward(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weig
     let algo = match forced().or_else(|| chosen(key)) {
         Some(a) => a,
         None => {
-            let mut time = |a: ConvAlgo| {
-                let t = Instant::now();
-                forward_algo(out, scratch, inp, weight, &s, a);
-                t.elapsed()
-            };
-            let _ = (time(ConvAlgo::Im2col), time(ConvAlgo::Winograd));
-            let (ti, tw) = (time(ConvAlgo::Im2col), time(ConvAlgo::Winograd));
-            let (ti, tw) = (ti.min(time(ConvAlgo::Im2col)), tw.min(time(ConvAlgo::Winograd)));
-            // `out` now holds the Winograd result, which is as valid as the other
-            remember(key, if tw < ti { ConvAlgo::Winograd } else { ConvAlgo::Im2col });
+            // `out` ends up holding the last trial's result, which is as valid as the other
+            remember(key, faster(|a| forward_algo(out, scratch, inp, weight, &s, a)));
             return Ok(());
         }
     };
@@ -307,7 +300,7 @@ fn forward_im2col(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weight: 
     let s = *s;
     let (k, ohw) = (s.c_in * s.kh * s.kw, s.out_h() * s.out_w());
     let (in_img, out_img, col_len) = (s.c_in * s.h * s.w, s.c_out * ohw, s.col_len().max(1));
-    let (per, tasks, par_gemm) = plan(s.n);
+    let (per, tasks, par_gemm) = batch_split(s.n);
     if scratch.len() < tasks * col_len {
         scratch.resize(tasks * col_len, 0.0);
     }
@@ -346,17 +339,14 @@ pub fn conv2d_backward(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &
         None => {
             // one-time snapshot so that every trial run accumulates onto the caller's gradients
             let (dx0, dw0) = (dx.to_vec(), dweight.to_vec());
-            let mut time = |a: ConvAlgo| {
-                dx.copy_from_slice(&dx0);
-                dweight.copy_from_slice(&dw0);
-                let t = Instant::now();
-                backward_algo(&mut *dx, &mut *dweight, scratch, dout, inp, weight, &s, a);
-                t.elapsed()
-            };
-            let _ = (time(ConvAlgo::Im2col), time(ConvAlgo::Winograd));
-            let (ti, tw) = (time(ConvAlgo::Im2col), time(ConvAlgo::Winograd));
-            let (ti, tw) = (ti.min(time(ConvAlgo::Im2col)), tw.min(time(ConvAlgo::Winograd)));
-            remember(key, if tw < ti { ConvAlgo::Winograd } else { ConvAlgo::Im2col });
+            remember(
+                key,
+                faster(|a| {
+                    dx.copy_from_slice(&dx0);
+                    dweight.copy_from_slice(&dw0);
+                    backward_algo(&mut *dx, &mut *dweight, scratch, dout, inp, weight, &s, a);
+                }),
+            );
             return Ok(());
         }
     };
@@ -409,7 +399,7 @@ fn backward_im2col(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &mut 
     let s = *s;
     let (k, ohw) = (s.c_in * s.kh * s.kw, s.out_h() * s.out_w());
     let (in_img, out_img, col_len, wl) = (s.c_in * s.h * s.w, s.c_out * ohw, s.col_len().max(1), s.weight_len());
-    let (per, tasks, par_gemm) = plan(s.n);
+    let (per, tasks, par_gemm) = batch_split(s.n);
     let bl = block_images(&s, per);
     if bl > 1 {
         backward_blocked(dinp, dweight, scratch, dout, inp, weight, &s, per, tasks, bl, par_gemm);
@@ -558,6 +548,24 @@ fn remember(key: ChoiceKey, algo: ConvAlgo) {
 /// run restores its checkpoint's choices so that it computes with the same algorithms (bit-identical resume).
 pub fn set_conv_algo_choice(shape: Conv2dShape, pass: Pass, algo: ConvAlgo) {
     remember((shape, pass), algo);
+}
+
+/// Runs `trial` with each algorithm three times, alternating (the first round warms caches and scratch), and
+/// returns the one with the smaller of its last two times.
+fn faster(mut trial: impl FnMut(ConvAlgo)) -> ConvAlgo {
+    let mut time = |a: ConvAlgo| {
+        let t = Instant::now();
+        trial(a);
+        t.elapsed()
+    };
+    let _ = (time(ConvAlgo::Im2col), time(ConvAlgo::Winograd));
+    let (ti, tw) = (time(ConvAlgo::Im2col), time(ConvAlgo::Winograd));
+    let (ti, tw) = (ti.min(time(ConvAlgo::Im2col)), tw.min(time(ConvAlgo::Winograd)));
+    if tw < ti {
+        ConvAlgo::Winograd
+    } else {
+        ConvAlgo::Im2col
+    }
 }
 
 /// `MOCO_CONV_ALGO=im2col|winograd`, read once.

@@ -132,21 +132,10 @@ fn transform_weights(u: &mut [f32], weight: &[f32], s: &WinoShape, filter: Filte
     });
 }
 
-/// `(images per task, tasks, whether the GEMMs run in parallel)`, as the im2col path splits the batch.
-fn split(n: usize) -> (usize, usize, bool) {
-    let t = rayon::current_num_threads().max(1);
-    if n >= t {
-        let per = n.div_ceil(t);
-        (per, n.div_ceil(per), false)
-    } else {
-        (n, 1, t > 1)
-    }
-}
-
 /// `out (+)= inp ⋆ w` (see [`WinoShape`]). Lengths must already be validated by the caller:
 /// `inp` N*C_in*H*W, `out` N*C_out*OH*OW, `weight` 9*C_out*C_in. `accumulate = false` overwrites `out`.
 pub(crate) fn winograd_3x3(out: &mut [f32], accumulate: bool, scratch: &mut Vec<f32>, inp: &[f32], weight: &[f32], s: &WinoShape, filter: Filter) {
-    let (per, tasks, par_gemm) = split(s.n);
+    let (per, tasks, par_gemm) = super::conv::batch_split(s.n);
     let need = scratch_len(s, per, tasks);
     if scratch.len() < need {
         scratch.resize(need, 0.0);
@@ -315,7 +304,7 @@ fn output_tiles(dst: &mut [f32], oh: usize, ow: usize, m: &[f32], at: usize, xs:
 /// own `dU [16, C_out, C_in]`; the tasks' partials are then added in a fixed order (deterministic for a given
 /// thread count). `dout`: `[N, C_out, OH, OW]`; lengths validated by the caller.
 pub(crate) fn winograd_3x3_dweight(dweight: &mut [f32], scratch: &mut Vec<f32>, dout: &[f32], inp: &[f32], s: &WinoShape) {
-    let (per, tasks, par_gemm) = split(s.n);
+    let (per, tasks, par_gemm) = super::conv::batch_split(s.n);
     let (ph, pw) = s.plane();
     let (th, tw) = s.tiles();
     let (bl, rows_per, ld) = blocking(s, per);
