@@ -10,6 +10,7 @@ pub mod queue_view;
 pub mod reference;
 pub mod softmax;
 pub mod unfused;
+pub(crate) mod vector;
 
 pub use contrastive::{infonce, logits, moco_v3_loss, normalize_rows, InfoNceStats};
 pub use ema::{ema_update, ema_update_multi};

@@ -17,6 +17,7 @@
 //! sum (at most ~1.6x on ResNet-18's layers; tests/winograd.rs states the bound against the f64 reference).
 
 use crate::backend::cpu::gemm::gemm_strided;
+use crate::backend::cpu::vector::vectorized;
 use rayon::prelude::*;
 
 /// Target tile count `T` of one block of images (the GEMMs' column count).
@@ -63,13 +64,107 @@ pub(crate) enum Filter {
 
 /// Scratch elements needed for `s` split into `tasks` tasks of at most `per` images.
 pub(crate) fn scratch_len(s: &WinoShape, per: usize, tasks: usize) -> usize {
-    let (ph, pw) = s.plane();
-    16 * s.c_out * s.c_in + tasks * task_len(s, blocking(s, per).2, ph * pw)
+    16 * s.c_out * s.c_in + tasks * task_len(s, per)
 }
 
-/// Per task: the padded plane, 12 rows of TW + 1 temporaries, `V` and `M`.
-fn task_len(s: &WinoShape, ld: usize, plane: usize) -> usize {
-    plane + 12 * (s.tiles().1 + 1) + 16 * (s.c_in + s.c_out) * ld
+/// Per task: the padded plane(s), the temporaries, `V` and `M`. Ordered by rows: one parity-split plane and 12
+/// rows of TW + 1; ordered by images: the block's planes image-innermost `[PH, PW, bl]` and one output plane per
+/// image `[2TH, 2TW, bl]`.
+fn task_len(s: &WinoShape, per: usize) -> usize {
+    let (ph, pw) = s.plane();
+    let (th, tw) = s.tiles();
+    let (bl, _, ld) = blocking(s, per);
+    let (plane, tmp) = match order(s, per) {
+        TileOrder::Rows => (ph * pw, 12 * (tw + 1)),
+        TileOrder::Images => (ph * pw * bl, 4 * th * tw * bl),
+    };
+    plane + tmp + 16 * (s.c_in + s.c_out) * ld
+}
+
+/// Where tile `t` of image `b` of a block sits in the block's `V` and `M` columns, and so which way the transforms
+/// vectorise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TileOrder {
+    /// `b * tiles_per_image + t`: along tile rows (large planes: TW is long).
+    Rows,
+    /// `t * nb + b`: across the block's `nb` images, 8 lanes at a time (small planes, where a tile row is a
+    /// handful of tiles).
+    Images,
+}
+
+/// [`TileOrder::Images`] when a block holds whole images, at least 8 of them (`MOCO_WINO_ORDER=rows|images`
+/// forces one where it applies).
+fn order(s: &WinoShape, per: usize) -> TileOrder {
+    static FORCED: std::sync::OnceLock<Option<TileOrder>> = std::sync::OnceLock::new();
+    let forced = *FORCED.get_or_init(|| match std::env::var("MOCO_WINO_ORDER").as_deref() {
+        Ok("rows") => Some(TileOrder::Rows),
+        Ok("images") => Some(TileOrder::Images),
+        _ => None,
+    });
+    let (bl, rows, _) = blocking(s, per);
+    let whole = rows == s.tiles().0;
+    match forced {
+        Some(TileOrder::Images) if whole => TileOrder::Images,
+        Some(_) => TileOrder::Rows,
+        None if whole && bl >= L => TileOrder::Images,
+        None => TileOrder::Rows,
+    }
+}
+
+/// Lanes of the image-innermost transforms (one AVX2 register).
+const L: usize = 8;
+type Lanes = [f32; L];
+
+/// Up to `n <= L` values from `src` (zeros past `n`).
+#[inline(always)]
+fn load(src: &[f32], n: usize) -> Lanes {
+    if n == L {
+        // a fixed-size copy: one vector load (a variable-length one would become a call to memcpy)
+        let v: &Lanes = src[..L].try_into().expect("L values");
+        *v
+    } else {
+        load_partial(src, n)
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn load_partial(src: &[f32], n: usize) -> Lanes {
+    let mut v = [0.0; L];
+    v[..n].copy_from_slice(&src[..n]);
+    v
+}
+
+/// The first `n <= L` lanes of `v` to `dst`.
+#[inline(always)]
+fn store(dst: &mut [f32], n: usize, v: &Lanes) {
+    if n == L {
+        let d: &mut Lanes = (&mut dst[..L]).try_into().expect("L values");
+        *d = *v;
+    } else {
+        store_partial(dst, n, v)
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn store_partial(dst: &mut [f32], n: usize, v: &Lanes) {
+    dst[..n].copy_from_slice(&v[..n]);
+}
+
+#[inline(always)]
+fn add(a: &Lanes, b: &Lanes) -> Lanes {
+    std::array::from_fn(|l| a[l] + b[l])
+}
+
+#[inline(always)]
+fn sub(a: &Lanes, b: &Lanes) -> Lanes {
+    std::array::from_fn(|l| a[l] - b[l])
+}
+
+#[inline(always)]
+fn neg(a: &Lanes) -> Lanes {
+    std::array::from_fn(|l| -a[l])
 }
 
 /// Target tile count `T` of one block (the GEMMs' column count): `MOCO_WINO_TILES` or [`TILE_COLS`].
@@ -94,42 +189,49 @@ fn blocking(s: &WinoShape, per: usize) -> (usize, usize, usize) {
 }
 
 /// `u [C_out, 16, C_in]`: `G g Gᵀ` of every 3x3 filter, `G = [[1,0,0],[½,½,½],[½,-½,½],[0,0,1]]` (parallel over
-/// output channels).
+/// output channels, 8 input channels at a time).
 fn transform_weights(u: &mut [f32], weight: &[f32], s: &WinoShape, filter: Filter) {
     let (co_n, ci_n) = (s.c_out, s.c_in);
-    u.par_chunks_mut(16 * ci_n).enumerate().for_each(|(co, uc)| {
-        for ci in 0..ci_n {
-            let mut g = [0.0f32; 9];
-            match filter {
-                Filter::Direct => g.copy_from_slice(&weight[(co * ci_n + ci) * 9..(co * ci_n + ci + 1) * 9]),
-                Filter::FlippedTransposed => {
-                    // g[i, j] = w[ci, co, 2-i, 2-j], w: [C_in (= this C_out), C_out (= this C_in), 3, 3]... as a
-                    // forward convolution's weight [C_out_fwd = ci_n, C_in_fwd = co_n, 3, 3]
-                    let src = &weight[(ci * co_n + co) * 9..(ci * co_n + co + 1) * 9];
-                    for (k, v) in g.iter_mut().enumerate() {
-                        *v = src[8 - k];
+    u.par_chunks_mut(16 * ci_n).enumerate().for_each(|(co, uc)| vectorized(#[inline(always)] || {
+        for ci0 in (0..ci_n).step_by(L) {
+            let n = (ci_n - ci0).min(L);
+            // g[k][l]: tap k of the filter (co, ci0 + l)
+            let mut g = [[0.0f32; L]; 9];
+            for l in 0..n {
+                let ci = ci0 + l;
+                match filter {
+                    Filter::Direct => {
+                        let src = &weight[(co * ci_n + ci) * 9..(co * ci_n + ci + 1) * 9];
+                        for k in 0..9 {
+                            g[k][l] = src[k];
+                        }
+                    }
+                    // g[i, j] = w[ci, co, 2-i, 2-j] of a forward weight [C_out_fwd = ci_n, C_in_fwd = co_n, 3, 3]
+                    Filter::FlippedTransposed => {
+                        let src = &weight[(ci * co_n + co) * 9..(ci * co_n + co + 1) * 9];
+                        for k in 0..9 {
+                            g[k][l] = src[8 - k];
+                        }
                     }
                 }
             }
+            let half = |a: &Lanes, b: &Lanes, c: &Lanes| -> (Lanes, Lanes) { (std::array::from_fn(|l| 0.5 * (a[l] + b[l] + c[l])), std::array::from_fn(|l| 0.5 * (a[l] - b[l] + c[l]))) };
             // t = G g: [4, 3]
-            let mut t = [[0.0f32; 3]; 4];
+            let mut t = [[[0.0f32; L]; 3]; 4];
             for j in 0..3 {
-                let (a, b, c) = (g[j], g[3 + j], g[6 + j]);
-                t[0][j] = a;
-                t[1][j] = 0.5 * (a + b + c);
-                t[2][j] = 0.5 * (a - b + c);
-                t[3][j] = c;
+                let (a, b, c) = (&g[j], &g[3 + j], &g[6 + j]);
+                let (p, m) = half(a, b, c);
+                (t[0][j], t[1][j], t[2][j], t[3][j]) = (*a, p, m, *c);
             }
             // t Gᵀ: [4, 4]
             for (i, r) in t.iter().enumerate() {
-                let (a, b, c) = (r[0], r[1], r[2]);
-                let row = [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
-                for (j, v) in row.into_iter().enumerate() {
-                    uc[(i * 4 + j) * ci_n + ci] = v;
+                let (p, m) = half(&r[0], &r[1], &r[2]);
+                for (j, v) in [r[0], p, m, r[2]].iter().enumerate() {
+                    store(&mut uc[(i * 4 + j) * ci_n + ci0..], n, v);
                 }
             }
         }
-    });
+    }));
 }
 
 /// `out (+)= inp ⋆ w` (see [`WinoShape`]). Lengths must already be validated by the caller:
@@ -145,17 +247,31 @@ pub(crate) fn winograd_3x3(out: &mut [f32], accumulate: bool, scratch: &mut Vec<
     let (bl, rows_per, ld) = blocking(s, per);
     let (oh, ow) = (s.oh(), s.ow());
     let (in_img, out_img) = (s.c_in * s.h * s.w, s.c_out * oh * ow);
-    let task_len = task_len(s, ld, ph * pw);
+    let order = order(s, per);
+    let (plane_len, tmp_len) = match order {
+        TileOrder::Rows => (ph * pw, 12 * (tw + 1)),
+        TileOrder::Images => (ph * pw * bl, 4 * th * tw * bl),
+    };
+    let task_len = task_len(s, per);
     let (u, rest) = scratch[..need].split_at_mut(16 * s.c_out * s.c_in);
     transform_weights(u, weight, s, filter);
     let u: &[f32] = u;
-    inp.par_chunks(per * in_img).zip(out.par_chunks_mut(per * out_img)).zip(rest.par_chunks_mut(task_len)).for_each(|((x, y), buf)| {
-        let (plane, rest) = buf.split_at_mut(ph * pw);
-        let (tmp, rest) = rest.split_at_mut(12 * (tw + 1));
+    inp.par_chunks(per * in_img).zip(out.par_chunks_mut(per * out_img)).zip(rest.par_chunks_mut(task_len)).for_each(|((x, y), buf)| vectorized(#[inline(always)] || {
+        let (plane, rest) = buf.split_at_mut(plane_len);
+        let (tmp, rest) = rest.split_at_mut(tmp_len);
         let (v, m) = rest.split_at_mut(16 * s.c_in * ld);
         plane.fill(0.0);
         for (xb, yb) in x.chunks(bl * in_img).zip(y.chunks_mut(bl * out_img)) {
             let nb = xb.len() / in_img;
+            if order == TileOrder::Images {
+                input_images(v, plane, xb, s, ld, nb);
+                for xi in 0..16 {
+                    let (mx, ux, vx) = (&mut m[xi * s.c_out * ld..(xi + 1) * s.c_out * ld], &u[xi * s.c_in..], &v[xi * s.c_in * ld..(xi + 1) * s.c_in * ld]);
+                    gemm_strided(mx, ld, 1, ux, 16 * s.c_in, 1, vx, ld, 1, s.c_out, nb * th * tw, s.c_in, 1.0, false, par_gemm);
+                }
+                output_images(yb, m, tmp, s, ld, nb, accumulate);
+                continue;
+            }
             for ty0 in (0..th).step_by(rows_per) {
                 let ty1 = (ty0 + rows_per).min(th);
                 // tiles per image in this block, and in all
@@ -176,13 +292,146 @@ pub(crate) fn winograd_3x3(out: &mut [f32], accumulate: bool, scratch: &mut Vec<
                 }
             }
         }
-    });
+    }));
+}
+
+/// [`TileOrder::Images`]: `v [16, C_in, ld]`, tile `t` of image `b` at column `t * nb + b`, `Bᵀ d B` of every
+/// tile of every channel of the `nb` images `xb`. Per channel the planes go to `xt [PH, PW, nb]` (zero-padded,
+/// image innermost), then every transform step is a vector op across the images.
+#[inline(always)]
+fn input_images(v: &mut [f32], xt: &mut [f32], xb: &[f32], s: &WinoShape, ld: usize, nb: usize) {
+    let ((_, pw), (th, tw)) = (s.plane(), s.tiles());
+    let (hw, xs) = (s.h * s.w, s.c_in * ld);
+    // the border stays zero: only image positions are written below
+    xt.fill(0.0);
+    for c in 0..s.c_in {
+        for b in 0..nb {
+            let src = &xb[(b * s.c_in + c) * hw..(b * s.c_in + c + 1) * hw];
+            for (r, row) in src.chunks_exact(s.w).enumerate() {
+                let at = ((r + s.pad) * pw + s.pad) * nb + b;
+                for (x, &val) in row.iter().enumerate() {
+                    xt[at + x * nb] = val;
+                }
+            }
+        }
+        for ty in 0..th {
+            for tx in 0..tw {
+                let col = c * ld + (ty * tw + tx) * nb;
+                for b0 in (0..nb).step_by(L) {
+                    let n = (nb - b0).min(L);
+                    let d = |i: usize, j: usize| load(&xt[((2 * ty + i) * pw + 2 * tx + j) * nb + b0..], n);
+                    // t = Bᵀ d per column j, then t B per row i: the same steps as input_tiles
+                    let mut t = [[[0.0f32; L]; 4]; 4];
+                    for j in 0..4 {
+                        let (a, b, c, e) = (d(0, j), d(1, j), d(2, j), d(3, j));
+                        (t[0][j], t[1][j], t[2][j], t[3][j]) = (sub(&a, &c), add(&b, &c), sub(&c, &b), sub(&b, &e));
+                    }
+                    for (i, r) in t.iter().enumerate() {
+                        let out = [sub(&r[0], &r[2]), add(&r[1], &r[2]), sub(&r[2], &r[1]), sub(&r[1], &r[3])];
+                        for (k, o) in out.iter().enumerate() {
+                            store(&mut v[(4 * i + k) * xs + col + b0..], n, o);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`TileOrder::Images`]: `yb [nb, C_out, OH, OW] (+)= Aᵀ m A` from `m [16, C_out, ld]` (column `t * nb + b`),
+/// through `yt [2TH, 2TW, nb]` per channel (the same steps as output_tiles, across the images), clipped to the
+/// plane.
+#[inline(always)]
+fn output_images(yb: &mut [f32], m: &[f32], yt: &mut [f32], s: &WinoShape, ld: usize, nb: usize, accumulate: bool) {
+    let ((th, tw), oh, ow) = (s.tiles(), s.oh(), s.ow());
+    let (ohw, xs, yw) = (oh * ow, s.c_out * ld, 2 * tw);
+    for c in 0..s.c_out {
+        for ty in 0..th {
+            for tx in 0..tw {
+                let col = c * ld + (ty * tw + tx) * nb;
+                for b0 in (0..nb).step_by(L) {
+                    let n = (nb - b0).min(L);
+                    let g = |xi: usize| load(&m[xi * xs + col + b0..], n);
+                    let (mut s0, mut s1) = ([[0.0f32; L]; 4], [[0.0f32; L]; 4]);
+                    for k in 0..4 {
+                        let (a, b, c, d) = (g(k), g(4 + k), g(8 + k), g(12 + k));
+                        s0[k] = add(&add(&a, &b), &c);
+                        s1[k] = sub(&sub(&b, &c), &d);
+                    }
+                    for (r, sr) in [s0, s1].iter().enumerate() {
+                        let ya = add(&add(&sr[0], &sr[1]), &sr[2]);
+                        let yc = sub(&sub(&sr[1], &sr[2]), &sr[3]);
+                        let at = ((2 * ty + r) * yw + 2 * tx) * nb + b0;
+                        store(&mut yt[at..], n, &ya);
+                        store(&mut yt[at + nb..], n, &yc);
+                    }
+                }
+            }
+        }
+        for (b, y_n) in yb.chunks_mut(s.c_out * ohw).enumerate() {
+            let dst = &mut y_n[c * ohw..(c + 1) * ohw];
+            for (r, row) in dst.chunks_exact_mut(ow).enumerate() {
+                let at = r * yw * nb + b;
+                if accumulate {
+                    for (x, y) in row.iter_mut().enumerate() {
+                        *y += yt[at + x * nb];
+                    }
+                } else {
+                    for (x, y) in row.iter_mut().enumerate() {
+                        *y = yt[at + x * nb];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`TileOrder::Images`]: `dm [16, C_out, ld]` (column `t * nb + b`) `= A dy Aᵀ` of every 2x2 tile of every
+/// channel of `dyb [nb, C_out, OH, OW]`, through `dyt [2TH, 2TW, nb]` per channel (zero past OH x OW).
+#[inline(always)]
+fn grad_images(dm: &mut [f32], dyt: &mut [f32], dyb: &[f32], s: &WinoShape, ld: usize, nb: usize) {
+    let ((th, tw), oh, ow) = (s.tiles(), s.oh(), s.ow());
+    let (ohw, xs, yw) = (oh * ow, s.c_out * ld, 2 * tw);
+    let dyt = &mut dyt[..2 * th * yw * nb];
+    if oh % 2 == 1 || ow % 2 == 1 {
+        dyt.fill(0.0);
+    }
+    for c in 0..s.c_out {
+        for b in 0..nb {
+            let src = &dyb[(b * s.c_out + c) * ohw..(b * s.c_out + c + 1) * ohw];
+            for (r, row) in src.chunks_exact(ow).enumerate() {
+                let at = r * yw * nb + b;
+                for (x, &val) in row.iter().enumerate() {
+                    dyt[at + x * nb] = val;
+                }
+            }
+        }
+        for ty in 0..th {
+            for tx in 0..tw {
+                let col = c * ld + (ty * tw + tx) * nb;
+                for b0 in (0..nb).step_by(L) {
+                    let n = (nb - b0).min(L);
+                    let at = (2 * ty * yw + 2 * tx) * nb + b0;
+                    let (a, b, c, d) = (load(&dyt[at..], n), load(&dyt[at + nb..], n), load(&dyt[at + yw * nb..], n), load(&dyt[at + (yw + 1) * nb..], n));
+                    // rows (x0, x1) of A dy, then each row -> x0, x0+x1, x0-x1, -x1 (as grad_tiles)
+                    let rows = [(a, b), (add(&a, &c), add(&b, &d)), (sub(&a, &c), sub(&b, &d)), (neg(&c), neg(&d))];
+                    for (i, (x0, x1)) in rows.iter().enumerate() {
+                        let out = [*x0, add(x0, x1), sub(x0, x1), neg(x1)];
+                        for (k, o) in out.iter().enumerate() {
+                            store(&mut dm[(4 * i + k) * xs + col + b0..], n, o);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `v [16, C_in, ld]`: `Bᵀ d B` of every tile in tile rows `ty0..ty1` of every channel of the images `xb`
 /// (image b's tiles at `b * (ty1 - ty0) * TW`), through the parity-split zero-padded `plane` (its padding stays
 /// zero: only image rows are ever written).
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn input_block(v: &mut [f32], plane: &mut [f32], tmp: &mut [f32], xb: &[f32], s: &WinoShape, ld: usize, ty0: usize, ty1: usize) {
     let (pw, tw) = (s.plane().1, s.tiles().1);
     let tpb = (ty1 - ty0) * tw;
@@ -191,15 +440,28 @@ fn input_block(v: &mut [f32], plane: &mut [f32], tmp: &mut [f32], xb: &[f32], s:
     for (b, x_n) in xb.chunks(s.c_in * s.h * s.w).enumerate() {
         for (c, src) in x_n.chunks(s.h * s.w).enumerate() {
             for r in r0..r1 {
-                let row = &src[r * s.w..(r + 1) * s.w];
-                let dst = &mut plane[(r + s.pad) * pw..(r + s.pad + 1) * pw];
-                for (x, &val) in row.iter().enumerate() {
-                    let px = x + s.pad;
-                    dst[(px & 1) * (tw + 1) + px / 2] = val;
-                }
+                split_row(&mut plane[(r + s.pad) * pw..(r + s.pad + 1) * pw], &src[r * s.w..(r + 1) * s.w], s.pad, tw + 1);
             }
             input_tiles(v, c * ld + b * tpb, s.c_in * ld, plane, tmp, ty0, ty1, tw);
         }
+    }
+}
+
+/// Writes image row `row` into a padded plane row `dst [2, half]` split by parity: padded column `px = x + pad`
+/// goes to `dst[(px & 1) * half + px / 2]`. Pairs `(row[2k], row[2k+1])` land at `k + pad/2` of one half and
+/// `k + (pad+1)/2` of the other, so the loop is a plain de-interleave (it vectorises).
+#[inline(always)]
+fn split_row(dst: &mut [f32], row: &[f32], pad: usize, half: usize) {
+    let (even, odd) = dst.split_at_mut(half);
+    let (first, second) = if pad % 2 == 0 { (even, odd) } else { (odd, even) };
+    let (first, second) = (&mut first[pad / 2..], &mut second[pad.div_ceil(2)..]);
+    let pairs = row.len() / 2;
+    for ((p, a), b) in row.chunks_exact(2).zip(first[..pairs].iter_mut()).zip(second[..pairs].iter_mut()) {
+        *a = p[0];
+        *b = p[1];
+    }
+    if row.len() % 2 == 1 {
+        first[pairs] = row[2 * pairs];
     }
 }
 
@@ -209,6 +471,7 @@ fn input_block(v: &mut [f32], plane: &mut [f32], tmp: &mut [f32], xb: &[f32], s:
 /// elementwise and the column transform reads `even[tx], odd[tx], even[tx+1], odd[tx+1]`: both vectorise over tx.
 /// `tmp`: 8 rows of TW + 1.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn input_tiles(v: &mut [f32], at: usize, xs: usize, plane: &[f32], tmp: &mut [f32], ty0: usize, ty1: usize, tw: usize) {
     let (hw, pw) = (tw + 1, 2 * tw + 2);
     for ty in ty0..ty1 {
@@ -248,6 +511,7 @@ fn input_tiles(v: &mut [f32], at: usize, xs: usize, plane: &[f32], tmp: &mut [f3
 /// `dst [oh, ow] (+)= Aᵀ m A` for tile rows `ty0..ty1`, `m[ξ * xs + at + (ty - ty0)*tw + tx]`, `Aᵀ = [[1,1,1,0],[0,1,-1,-1]]`;
 /// outputs past the plane's edge (odd OH/OW) are dropped. Vectorised over tx into `tmp` (12 rows of TW + 1).
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn output_tiles(dst: &mut [f32], oh: usize, ow: usize, m: &[f32], at: usize, xs: usize, tmp: &mut [f32], ty0: usize, ty1: usize, tw: usize, accumulate: bool) {
     for ty in ty0..ty1 {
         let o = at + (ty - ty0) * tw;
@@ -277,17 +541,17 @@ fn output_tiles(dst: &mut [f32], oh: usize, ow: usize, m: &[f32], at: usize, xs:
             let row = &mut dst[(2 * ty + a) * ow..(2 * ty + a + 1) * ow];
             let full = ow / 2;
             if accumulate {
-                for tx in 0..full {
-                    row[2 * tx] += ya[tx];
-                    row[2 * tx + 1] += yb[tx];
+                for ((r, a), b) in row.chunks_exact_mut(2).zip(&ya[..full]).zip(&yb[..full]) {
+                    r[0] += a;
+                    r[1] += b;
                 }
                 if ow % 2 == 1 {
                     row[ow - 1] += ya[full];
                 }
             } else {
-                for tx in 0..full {
-                    row[2 * tx] = ya[tx];
-                    row[2 * tx + 1] = yb[tx];
+                for ((r, a), b) in row.chunks_exact_mut(2).zip(&ya[..full]).zip(&yb[..full]) {
+                    r[0] = *a;
+                    r[1] = *b;
                 }
                 if ow % 2 == 1 {
                     row[ow - 1] = ya[full];
@@ -311,14 +575,19 @@ pub(crate) fn winograd_3x3_dweight(dweight: &mut [f32], scratch: &mut Vec<f32>, 
     let (oh, ow) = (s.oh(), s.ow());
     let (in_img, out_img) = (s.c_in * s.h * s.w, s.c_out * oh * ow);
     let (du_len, dyp_len) = (16 * s.c_out * s.c_in, 4 * th * tw);
-    let task_len = task_len(s, ld, ph * pw) + dyp_len + du_len;
+    let order = order(s, per);
+    let (plane_len, tmp_len) = match order {
+        TileOrder::Rows => (ph * pw, 12 * (tw + 1)),
+        TileOrder::Images => (ph * pw * bl, 4 * th * tw * bl),
+    };
+    let task_len = task_len(s, per) + dyp_len + du_len;
     if scratch.len() < tasks * task_len {
         scratch.resize(tasks * task_len, 0.0);
     }
     let scratch = &mut scratch[..tasks * task_len];
-    inp.par_chunks(per * in_img).zip(dout.par_chunks(per * out_img)).zip(scratch.par_chunks_mut(task_len)).for_each(|((x, dy), buf)| {
-        let (plane, rest) = buf.split_at_mut(ph * pw);
-        let (tmp, rest) = rest.split_at_mut(12 * (tw + 1));
+    inp.par_chunks(per * in_img).zip(dout.par_chunks(per * out_img)).zip(scratch.par_chunks_mut(task_len)).for_each(|((x, dy), buf)| vectorized(#[inline(always)] || {
+        let (plane, rest) = buf.split_at_mut(plane_len);
+        let (tmp, rest) = rest.split_at_mut(tmp_len);
         let (v, rest) = rest.split_at_mut(16 * s.c_in * ld);
         let (dm, rest) = rest.split_at_mut(16 * s.c_out * ld);
         let (dyp, du) = rest.split_at_mut(dyp_len);
@@ -328,6 +597,16 @@ pub(crate) fn winograd_3x3_dweight(dweight: &mut [f32], scratch: &mut Vec<f32>, 
         let mut first = true;
         for (xb, dyb) in x.chunks(bl * in_img).zip(dy.chunks(bl * out_img)) {
             let nb = xb.len() / in_img;
+            if order == TileOrder::Images {
+                input_images(v, plane, xb, s, ld, nb);
+                grad_images(dm, tmp, dyb, s, ld, nb);
+                for xi in 0..16 {
+                    let (dux, dmx, vx) = (&mut du[xi * s.c_out * s.c_in..(xi + 1) * s.c_out * s.c_in], &dm[xi * s.c_out * ld..(xi + 1) * s.c_out * ld], &v[xi * s.c_in * ld..(xi + 1) * s.c_in * ld]);
+                    gemm_strided(dux, s.c_in, 1, dmx, ld, 1, vx, 1, ld, s.c_out, s.c_in, nb * th * tw, 1.0, !first, par_gemm);
+                }
+                first = false;
+                continue;
+            }
             for ty0 in (0..th).step_by(rows_per) {
                 let ty1 = (ty0 + rows_per).min(th);
                 let tpb = (ty1 - ty0) * tw;
@@ -336,10 +615,16 @@ pub(crate) fn winograd_3x3_dweight(dweight: &mut [f32], scratch: &mut Vec<f32>, 
                 // dm [16, C_out, ld]: A dy Aᵀ, A = [[1,0],[1,1],[1,-1],[0,-1]]
                 for (b, dy_n) in dyb.chunks(out_img).enumerate() {
                     for (c, src) in dy_n.chunks(oh * ow).enumerate() {
-                        for r in 2 * ty0..(2 * ty1).min(oh) {
-                            dyp[r * 2 * tw..r * 2 * tw + ow].copy_from_slice(&src[r * ow..(r + 1) * ow]);
-                        }
-                        grad_tiles(dm, c * ld + b * tpb, s.c_out * ld, dyp, ty0, ty1, tw);
+                        // an even plane is its own padded copy
+                        let plane: &[f32] = if oh % 2 == 0 && ow % 2 == 0 {
+                            src
+                        } else {
+                            for r in 2 * ty0..(2 * ty1).min(oh) {
+                                dyp[r * 2 * tw..r * 2 * tw + ow].copy_from_slice(&src[r * ow..(r + 1) * ow]);
+                            }
+                            dyp
+                        };
+                        grad_tiles(dm, c * ld + b * tpb, s.c_out * ld, plane, tmp, ty0, ty1, tw);
                     }
                 }
                 // du[ξ] [C_out, C_in] (+)= dm[ξ] [C_out, nt] · v[ξ] [C_in, nt]ᵀ
@@ -350,50 +635,79 @@ pub(crate) fn winograd_3x3_dweight(dweight: &mut [f32], scratch: &mut Vec<f32>, 
                 first = false;
             }
         }
-    });
-    // dweight += Gᵀ (Σ_tasks du) G, per (co, ci)
+    }));
+    // dweight += Gᵀ (Σ_tasks du) G, per (co, ci), 8 filters at a time
     let scratch: &[f32] = scratch;
     let plane = s.c_out * s.c_in;
-    dweight.par_chunks_mut(9).enumerate().for_each(|(p, dw)| {
-        let mut d = [[0.0f32; 4]; 4];
+    dweight.par_chunks_mut(9 * L).enumerate().for_each(|(blk, dw)| vectorized(#[inline(always)] || {
+        let (p0, n) = (blk * L, dw.len() / 9);
+        let mut d = [[[0.0f32; L]; 4]; 4];
         for t in 0..tasks {
             let du = &scratch[t * task_len + task_len - du_len..(t + 1) * task_len];
             for (xi, v) in d.iter_mut().flatten().enumerate() {
-                *v += du[xi * plane + p];
+                *v = add(v, &load(&du[xi * plane + p0..], n));
             }
         }
         // r = Gᵀ d: [3, 4]; Gᵀ = [[1,½,½,0],[0,½,-½,0],[0,½,½,1]]
-        let mut r = [[0.0f32; 4]; 3];
+        let half = |v: &Lanes| -> Lanes { std::array::from_fn(|l| 0.5 * v[l]) };
+        let mut r = [[[0.0f32; L]; 4]; 3];
         for j in 0..4 {
-            let (a, b, c, e) = (d[0][j], d[1][j], d[2][j], d[3][j]);
-            r[0][j] = a + 0.5 * (b + c);
-            r[1][j] = 0.5 * (b - c);
-            r[2][j] = 0.5 * (b + c) + e;
+            let (a, b, c, e) = (&d[0][j], &d[1][j], &d[2][j], &d[3][j]);
+            r[0][j] = add(a, &half(&add(b, c)));
+            r[1][j] = half(&sub(b, c));
+            r[2][j] = add(&half(&add(b, c)), e);
         }
         for (i, row) in r.iter().enumerate() {
-            let (a, b, c, e) = (row[0], row[1], row[2], row[3]);
-            dw[3 * i] += a + 0.5 * (b + c);
-            dw[3 * i + 1] += 0.5 * (b - c);
-            dw[3 * i + 2] += 0.5 * (b + c) + e;
+            let (a, b, c, e) = (&row[0], &row[1], &row[2], &row[3]);
+            let out = [add(a, &half(&add(b, c))), half(&sub(b, c)), add(&half(&add(b, c)), e)];
+            for (k, o) in out.iter().enumerate() {
+                for l in 0..n {
+                    dw[9 * l + 3 * i + k] += o[l];
+                }
+            }
         }
-    });
+    }));
 }
 
 /// `dm[ξ * xs + at + (ty - ty0)*tw + tx] = (A dy Aᵀ)[ξ]` for the 2x2 tiles of `dyp [2*TH, 2*TW]` in tile rows
-/// `ty0..ty1`, `A = [[1,0],[1,1],[1,-1],[0,-1]]`.
+/// `ty0..ty1`, `A = [[1,0],[1,1],[1,-1],[0,-1]]`. Each tile row's two plane rows are de-interleaved into `tmp`
+/// (4 rows of TW: a = dy[0][0], b = dy[0][1], c = dy[1][0], d = dy[1][1] of every tile), then each of the 16
+/// outputs is one loop over tx (both vectorise).
 #[allow(clippy::too_many_arguments)]
-fn grad_tiles(dm: &mut [f32], at: usize, xs: usize, dyp: &[f32], ty0: usize, ty1: usize, tw: usize) {
+#[inline(always)]
+fn grad_tiles(dm: &mut [f32], at: usize, xs: usize, dyp: &[f32], tmp: &mut [f32], ty0: usize, ty1: usize, tw: usize) {
+    let pw = 2 * tw;
     for ty in ty0..ty1 {
-        let (r0, r1) = (&dyp[2 * ty * 2 * tw..(2 * ty + 1) * 2 * tw], &dyp[(2 * ty + 1) * 2 * tw..(2 * ty + 2) * 2 * tw]);
+        let (r0, r1) = (&dyp[2 * ty * pw..(2 * ty + 1) * pw], &dyp[(2 * ty + 1) * pw..(2 * ty + 2) * pw]);
+        let (a, rest) = tmp[..6 * tw].split_at_mut(tw);
+        let (b, rest) = rest.split_at_mut(tw);
+        let (c, rest) = rest.split_at_mut(tw);
+        let (d, rest) = rest.split_at_mut(tw);
+        let (x0, x1) = rest.split_at_mut(tw);
+        for ((((p, q), a), b), (c, d)) in r0.chunks_exact(2).zip(r1.chunks_exact(2)).zip(a.iter_mut()).zip(b.iter_mut()).zip(c.iter_mut().zip(d.iter_mut())) {
+            (*a, *b, *c, *d) = (p[0], p[1], q[0], q[1]);
+        }
         let o = at + (ty - ty0) * tw;
-        for tx in 0..tw {
-            let (a, b, c, d) = (r0[2 * tx], r0[2 * tx + 1], r1[2 * tx], r1[2 * tx + 1]);
-            // p = A dy: rows [a, b], [a+c, b+d], [a-c, b-d], [-c, -d]; then each row (x0, x1) -> x0, x0+x1, x0-x1, -x1
-            for (i, (x0, x1)) in [(a, b), (a + c, b + d), (a - c, b - d), (-c, -d)].into_iter().enumerate() {
-                dm[(4 * i) * xs + o + tx] = x0;
-                dm[(4 * i + 1) * xs + o + tx] = x0 + x1;
-                dm[(4 * i + 2) * xs + o + tx] = x0 - x1;
-                dm[(4 * i + 3) * xs + o + tx] = -x1;
+        // p = A dy: rows (x0, x1) = (a, b), (a+c, b+d), (a-c, b-d), (-c, -d); then each row -> x0, x0+x1, x0-x1, -x1
+        for i in 0..4 {
+            for t in 0..tw {
+                (x0[t], x1[t]) = match i {
+                    0 => (a[t], b[t]),
+                    1 => (a[t] + c[t], b[t] + d[t]),
+                    2 => (a[t] - c[t], b[t] - d[t]),
+                    _ => (-c[t], -d[t]),
+                };
+            }
+            let (d0, rest) = dm[(4 * i) * xs + o..].split_at_mut(xs);
+            let (d1, rest) = rest.split_at_mut(xs);
+            let (d2, d3) = rest.split_at_mut(xs);
+            let (d0, d1, d2, d3) = (&mut d0[..tw], &mut d1[..tw], &mut d2[..tw], &mut d3[..tw]);
+            for t in 0..tw {
+                let (u, v) = (x0[t], x1[t]);
+                d0[t] = u;
+                d1[t] = u + v;
+                d2[t] = u - v;
+                d3[t] = -v;
             }
         }
     }
