@@ -18,6 +18,7 @@
 //! `dx += gamma·rstd·(dy - Σdy/M - x̂·Σ(dy·x̂)/M)`, `dgamma += Σ dy·x̂`, `dbeta += Σ dy`; after a fused residual
 //! add, `didentity += dy`. Without affine parameters `gamma = 1` and there is no `dgamma`/`dbeta`.
 
+use crate::backend::cpu::vector::vectorized;
 use super::check;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
@@ -108,7 +109,7 @@ impl Epilogue<'_> {
 /// then the epilogue.
 fn apply(out: &mut [f32], inp: &[f32], scale: &[f32], shift: &[f32], epi: Epilogue, s: &BatchNormShape) {
     let (c, hw, g) = (s.c, s.hw, s.groups);
-    out.par_chunks_mut(c * hw).zip(inp.par_chunks(c * hw)).enumerate().for_each(|(n, (y, x))| {
+    out.par_chunks_mut(c * hw).zip(inp.par_chunks(c * hw)).enumerate().for_each(|(n, (y, x))| vectorized(#[inline(always)] || {
         let gi = n % g;
         for ch in 0..c {
             let (a, b) = (scale[gi * c + ch], shift[gi * c + ch]);
@@ -122,7 +123,7 @@ fn apply(out: &mut [f32], inp: &[f32], scale: &[f32], shift: &[f32], epi: Epilog
                 }
             }
         }
-    });
+    }));
 }
 
 /// Lanes of the partial sums (so the f32 sums vectorise; the order is fixed, so results are deterministic).
@@ -135,6 +136,7 @@ pub(crate) fn mask_pos(d: f32, y: f32) -> f32 {
 }
 
 /// `Σ x` with [`LANES`] partial sums.
+#[inline(always)]
 fn lane_sum(x: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let mut it = x.chunks_exact(LANES);
@@ -147,6 +149,7 @@ fn lane_sum(x: &[f32]) -> f32 {
 }
 
 /// `Σ (x - mu)²` with [`LANES`] partial sums.
+#[inline(always)]
 fn lane_sq_dev(x: &[f32], mu: f32) -> f32 {
     let mut acc = [0.0f32; LANES];
     let mut it = x.chunks_exact(LANES);
@@ -160,6 +163,7 @@ fn lane_sq_dev(x: &[f32], mu: f32) -> f32 {
 }
 
 /// `(Σ dy, Σ dy·(x - mu))` with `dy = dout`, masked by `y > 0` when `y` is given.
+#[inline(always)]
 fn lane_grad_sums(dout: &[f32], x: &[f32], y: Option<&[f32]>, mu: f32) -> (f32, f32) {
     let (mut a, mut b) = ([0.0f32; LANES], [0.0f32; LANES]);
     let (mut ra, mut rb) = (0.0f32, 0.0f32);
@@ -222,7 +226,7 @@ fn forward_train(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], running_me
     // two passes per statistic: mean, then Σ(x - mean)²; f32 sums per HW slice, accumulated in f64
     let stats: Vec<(f64, f64)> = (0..s.stats_len())
         .into_par_iter()
-        .map(|gc| {
+        .map(|gc| vectorized(#[inline(always)] || {
             let (gi, ch) = (gc / c, gc % c);
             let sum: f64 = slices(s, gi, ch).map(|o| lane_sum(&inp[o..o + hw]) as f64).sum();
             let mu = sum / m as f64;
@@ -231,7 +235,7 @@ fn forward_train(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], running_me
             // correct for the rounding of mu to f32: Σ(x-μ)² = Σ(x-μf)² - M (μ-μf)²
             let d = mu - muf as f64;
             (mu, (ss / m as f64 - d * d).max(0.0))
-        })
+        }))
         .collect();
     let mut scale = vec![0.0f32; s.stats_len()];
     let mut shift = vec![0.0f32; s.stats_len()];
@@ -299,7 +303,7 @@ fn backward(dinp: &mut [f32], didentity: Option<&mut [f32]>, dgamma: Option<&mut
     // per statistic: (Σ dy, Σ dy·x̂), dy = dout masked by out > 0 after a fused ReLU
     let sums: Vec<(f64, f64)> = (0..s.stats_len())
         .into_par_iter()
-        .map(|gc| {
+        .map(|gc| vectorized(#[inline(always)] || {
             let (gi, ch) = (gc / c, gc % c);
             let (mu, r) = (mean[gc], rstd[gc] as f64);
             let (mut sdy, mut sdyx) = (0.0f64, 0.0f64);
@@ -309,7 +313,7 @@ fn backward(dinp: &mut [f32], didentity: Option<&mut [f32]>, dgamma: Option<&mut
                 sdyx += b as f64 * r;
             }
             (sdy, sdyx)
-        })
+        }))
         .collect();
     let inv_m = 1.0 / m as f64;
     // dx = k1·dy - k1·Σdy/M - k1·x̂·Σ(dy·x̂)/M with k1 = gamma·rstd, written as dx = k1·dy + k2·(x - mean) + k3
@@ -330,7 +334,7 @@ fn backward(dinp: &mut [f32], didentity: Option<&mut [f32]>, dgamma: Option<&mut
         Some(d) => d.chunks_mut(c * hw).map(Some).collect(),
         None => (0..s.n).map(|_| None).collect(),
     };
-    dinp.par_chunks_mut(c * hw).zip(did_chunks.into_par_iter()).enumerate().for_each(|(n, (dx, mut did))| {
+    dinp.par_chunks_mut(c * hw).zip(did_chunks.into_par_iter()).enumerate().for_each(|(n, (dx, mut did))| vectorized(#[inline(always)] || {
         let gi = n % g;
         for ch in 0..c {
             let gc = gi * c + ch;
@@ -357,7 +361,7 @@ fn backward(dinp: &mut [f32], didentity: Option<&mut [f32]>, dgamma: Option<&mut
                 }
             }
         }
-    });
+    }));
     if let Some(dg) = dgamma {
         for ch in 0..c {
             dg[ch] += (0..g).map(|gi| sums[gi * c + ch].1).sum::<f64>() as f32;

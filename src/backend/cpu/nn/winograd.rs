@@ -167,6 +167,33 @@ fn neg(a: &Lanes) -> Lanes {
     std::array::from_fn(|l| -a[l])
 }
 
+/// `dst[(r * dst_row + x) * nb + b] = plane_b[r * w + x]` for the `nb` planes `src[plane_at(b)..][..h*w]`: a
+/// transpose to image-innermost, 8 images at a time (8 loads, one vector store).
+#[inline(always)]
+fn transpose_in(dst: &mut [f32], dst_row: usize, nb: usize, h: usize, w: usize, src: &[f32], plane_at: impl Fn(usize) -> usize) {
+    let hw = h * w;
+    for b0 in (0..nb).step_by(L) {
+        if nb - b0 == L {
+            let p: [&[f32]; L] = std::array::from_fn(|l| &src[plane_at(b0 + l)..plane_at(b0 + l) + hw]);
+            for r in 0..h {
+                for x in 0..w {
+                    let v: Lanes = std::array::from_fn(|l| p[l][r * w + x]);
+                    store(&mut dst[(r * dst_row + x) * nb + b0..], L, &v);
+                }
+            }
+        } else {
+            for b in b0..nb {
+                let p = &src[plane_at(b)..plane_at(b) + hw];
+                for r in 0..h {
+                    for x in 0..w {
+                        dst[(r * dst_row + x) * nb + b] = p[r * w + x];
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Target tile count `T` of one block (the GEMMs' column count): `MOCO_WINO_TILES` or [`TILE_COLS`].
 fn tile_cols() -> usize {
     static T: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -305,15 +332,7 @@ fn input_images(v: &mut [f32], xt: &mut [f32], xb: &[f32], s: &WinoShape, ld: us
     // the border stays zero: only image positions are written below
     xt.fill(0.0);
     for c in 0..s.c_in {
-        for b in 0..nb {
-            let src = &xb[(b * s.c_in + c) * hw..(b * s.c_in + c + 1) * hw];
-            for (r, row) in src.chunks_exact(s.w).enumerate() {
-                let at = ((r + s.pad) * pw + s.pad) * nb + b;
-                for (x, &val) in row.iter().enumerate() {
-                    xt[at + x * nb] = val;
-                }
-            }
-        }
+        transpose_in(&mut xt[(s.pad * pw + s.pad) * nb..], pw, nb, s.h, s.w, xb, |b| (b * s.c_in + c) * hw);
         for ty in 0..th {
             for tx in 0..tw {
                 let col = c * ld + (ty * tw + tx) * nb;
@@ -397,15 +416,7 @@ fn grad_images(dm: &mut [f32], dyt: &mut [f32], dyb: &[f32], s: &WinoShape, ld: 
         dyt.fill(0.0);
     }
     for c in 0..s.c_out {
-        for b in 0..nb {
-            let src = &dyb[(b * s.c_out + c) * ohw..(b * s.c_out + c + 1) * ohw];
-            for (r, row) in src.chunks_exact(ow).enumerate() {
-                let at = r * yw * nb + b;
-                for (x, &val) in row.iter().enumerate() {
-                    dyt[at + x * nb] = val;
-                }
-            }
-        }
+        transpose_in(dyt, yw, nb, oh, ow, dyb, |b| (b * s.c_out + c) * ohw);
         for ty in 0..th {
             for tx in 0..tw {
                 let col = c * ld + (ty * tw + tx) * nb;
@@ -447,6 +458,24 @@ fn input_block(v: &mut [f32], plane: &mut [f32], tmp: &mut [f32], xb: &[f32], s:
     }
 }
 
+/// `even[k] = src[2k]`, `odd[k] = src[2k + 1]` for `k < even.len()` (`== odd.len()`, `2 * len <= src.len()`),
+/// 8 pairs at a time (fixed-size arrays: the compiler turns them into shuffles).
+#[inline(always)]
+fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    let n = even.len().min(odd.len());
+    let full = n / L * L;
+    for ((p, e), o) in src[..2 * full].chunks_exact(2 * L).zip(even[..full].chunks_exact_mut(L)).zip(odd[..full].chunks_exact_mut(L)) {
+        let p: &[f32; 2 * L] = p.try_into().expect("2L values");
+        let (e, o): (&mut Lanes, &mut Lanes) = (e.try_into().expect("L values"), o.try_into().expect("L values"));
+        *e = std::array::from_fn(|l| p[2 * l]);
+        *o = std::array::from_fn(|l| p[2 * l + 1]);
+    }
+    for k in full..n {
+        even[k] = src[2 * k];
+        odd[k] = src[2 * k + 1];
+    }
+}
+
 /// Writes image row `row` into a padded plane row `dst [2, half]` split by parity: padded column `px = x + pad`
 /// goes to `dst[(px & 1) * half + px / 2]`. Pairs `(row[2k], row[2k+1])` land at `k + pad/2` of one half and
 /// `k + (pad+1)/2` of the other, so the loop is a plain de-interleave (it vectorises).
@@ -456,10 +485,7 @@ fn split_row(dst: &mut [f32], row: &[f32], pad: usize, half: usize) {
     let (first, second) = if pad % 2 == 0 { (even, odd) } else { (odd, even) };
     let (first, second) = (&mut first[pad / 2..], &mut second[pad.div_ceil(2)..]);
     let pairs = row.len() / 2;
-    for ((p, a), b) in row.chunks_exact(2).zip(first[..pairs].iter_mut()).zip(second[..pairs].iter_mut()) {
-        *a = p[0];
-        *b = p[1];
-    }
+    deinterleave(row, &mut first[..pairs], &mut second[..pairs]);
     if row.len() % 2 == 1 {
         first[pairs] = row[2 * pairs];
     }
@@ -684,9 +710,8 @@ fn grad_tiles(dm: &mut [f32], at: usize, xs: usize, dyp: &[f32], tmp: &mut [f32]
         let (c, rest) = rest.split_at_mut(tw);
         let (d, rest) = rest.split_at_mut(tw);
         let (x0, x1) = rest.split_at_mut(tw);
-        for ((((p, q), a), b), (c, d)) in r0.chunks_exact(2).zip(r1.chunks_exact(2)).zip(a.iter_mut()).zip(b.iter_mut()).zip(c.iter_mut().zip(d.iter_mut())) {
-            (*a, *b, *c, *d) = (p[0], p[1], q[0], q[1]);
-        }
+        deinterleave(r0, a, b);
+        deinterleave(r1, c, d);
         let o = at + (ty - ty0) * tw;
         // p = A dy: rows (x0, x1) = (a, b), (a+c, b+d), (a-c, b-d), (-c, -d); then each row -> x0, x0+x1, x0-x1, -x1
         for i in 0..4 {
