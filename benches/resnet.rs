@@ -45,7 +45,7 @@ fn resnet18_layers(c: &mut Criterion) {
         g.bench_function(format!("{name}_bwd"), |b| b.iter(|| k::conv2d_backward(Some(&mut dx), &mut dw, &mut scratch, &dy, &x, &w, &s).unwrap()));
         // both algorithms where Winograd applies (the plain names above run the measured choice)
         if s.winograd_applies() {
-            for algo in [k::ConvAlgo::Im2col, k::ConvAlgo::Winograd] {
+            for algo in [k::ConvAlgo::Im2col, k::ConvAlgo::Winograd, k::ConvAlgo::Winograd4x4] {
                 let a = format!("{algo:?}").to_lowercase();
                 g.bench_function(format!("{name}_fwd_{a}"), |b| b.iter(|| k::conv2d_forward_with(&mut out, &mut scratch, &x, &w, algo, &s).unwrap()));
                 g.bench_function(format!("{name}_bwd_{a}"), |b| b.iter(|| k::conv2d_backward_with(Some(&mut dx), &mut dw, &mut scratch, &dy, &x, &w, algo, &s).unwrap()));

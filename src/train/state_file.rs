@@ -99,7 +99,7 @@ fn conv_choices_to_meta() -> String {
     conv_algo_choices()
         .into_iter()
         .filter(|c| c.2 == threads)
-        .map(|(s, p, _, a)| format!("{},{},{},{},{},{},{},{},{},{},{}", s.n, s.c_in, s.h, s.w, s.c_out, s.kh, s.kw, s.stride, s.pad, if p == ConvPass::Forward { "f" } else { "b" }, if a == ConvAlgo::Winograd { "w" } else { "i" }))
+        .map(|(s, p, _, a)| format!("{},{},{},{},{},{},{},{},{},{},{}", s.n, s.c_in, s.h, s.w, s.c_out, s.kh, s.kw, s.stride, s.pad, if p == ConvPass::Forward { "f" } else { "b" }, match a { ConvAlgo::Im2col => "i", ConvAlgo::Winograd => "w", ConvAlgo::Winograd4x4 => "w4" }))
         .collect::<Vec<_>>()
         .join(";")
 }
@@ -117,6 +117,7 @@ fn restore_conv_choices(meta: &str) -> std::result::Result<(), String> {
         };
         let algo = match algo {
             "w" => ConvAlgo::Winograd,
+            "w4" => ConvAlgo::Winograd4x4,
             "i" => ConvAlgo::Im2col,
             _ => return Err(format!("conv algorithm entry {entry:?}")),
         };

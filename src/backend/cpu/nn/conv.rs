@@ -28,6 +28,7 @@
 
 use super::check;
 use super::winograd::{winograd_3x3, winograd_3x3_dweight, Filter, WinoShape};
+use super::winograd4::winograd4_3x3;
 use crate::backend::cpu::gemm::gemm_strided;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
@@ -282,7 +283,7 @@ fn check_forward(out: &[f32], inp: &[f32], weight: &[f32], s: &Conv2dShape) -> R
 }
 
 fn check_algo(algo: ConvAlgo, s: &Conv2dShape) -> Result<()> {
-    if algo == ConvAlgo::Winograd && !s.winograd_applies() {
+    if algo != ConvAlgo::Im2col && !s.winograd_applies() {
         return Err(Error::shape("conv2d", "a 3x3 stride-1 convolution with pad <= 2 for Winograd", format!("{s:?}")));
     }
     Ok(())
@@ -292,6 +293,7 @@ fn forward_algo(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weight: &[
     match algo {
         ConvAlgo::Im2col => forward_im2col(out, scratch, inp, weight, s),
         ConvAlgo::Winograd => winograd_3x3(out, false, scratch, inp, weight, &WinoShape { n: s.n, c_in: s.c_in, h: s.h, w: s.w, c_out: s.c_out, pad: s.pad }, Filter::Direct),
+        ConvAlgo::Winograd4x4 => winograd4_3x3(out, false, scratch, inp, weight, &WinoShape { n: s.n, c_in: s.c_in, h: s.h, w: s.w, c_out: s.c_out, pad: s.pad }, Filter::Direct),
     }
 }
 
@@ -382,13 +384,17 @@ fn check_backward(dinp: Option<&[f32]>, dweight: &[f32], dout: &[f32], inp: &[f3
 fn backward_algo(dx: &mut [f32], dweight: &mut [f32], scratch: &mut Vec<f32>, dout: &[f32], inp: &[f32], weight: &[f32], s: &Conv2dShape, algo: ConvAlgo) {
     match algo {
         ConvAlgo::Im2col => backward_im2col(Some(dx), dweight, scratch, dout, inp, weight, s),
-        ConvAlgo::Winograd => {
-            // dweight [C_out, C_in, 3, 3] += Winograd adjoint of the forward pass
+        ConvAlgo::Winograd | ConvAlgo::Winograd4x4 => {
+            // dweight [C_out, C_in, 3, 3] += Winograd F(2x2, 3x3) adjoint of the forward pass
             let fs = WinoShape { n: s.n, c_in: s.c_in, h: s.h, w: s.w, c_out: s.c_out, pad: s.pad };
             winograd_3x3_dweight(dweight, scratch, dout, inp, &fs);
             // dinp [N, C_in, H, W] += dout [N, C_out, OH, OW] ⋆ flip(weight)ᵀ, padded by 2 - pad
             let ws = WinoShape { n: s.n, c_in: s.c_out, h: s.out_h(), w: s.out_w(), c_out: s.c_in, pad: 2 - s.pad };
-            winograd_3x3(dx, true, scratch, dout, weight, &ws, Filter::FlippedTransposed);
+            if algo == ConvAlgo::Winograd4x4 {
+                winograd4_3x3(dx, true, scratch, dout, weight, &ws, Filter::FlippedTransposed);
+            } else {
+                winograd_3x3(dx, true, scratch, dout, weight, &ws, Filter::FlippedTransposed);
+            }
         }
     }
 }
@@ -515,6 +521,9 @@ pub enum ConvAlgo {
     Im2col,
     /// Winograd F(2x2, 3x3) (3x3, stride 1, pad <= 2): the forward pass, or `dinp` and `dweight` in backward.
     Winograd,
+    /// Winograd F(4x4, 3x3) (where F(2x2, 3x3) applies): the forward pass, or `dinp` in backward (with
+    /// `dweight` by F(2x2, 3x3)).
+    Winograd4x4,
 }
 
 /// Which pass a cached choice is for.
@@ -558,14 +567,19 @@ fn faster(mut trial: impl FnMut(ConvAlgo)) -> ConvAlgo {
         trial(a);
         t.elapsed()
     };
-    let _ = (time(ConvAlgo::Im2col), time(ConvAlgo::Winograd));
-    let (ti, tw) = (time(ConvAlgo::Im2col), time(ConvAlgo::Winograd));
-    let (ti, tw) = (ti.min(time(ConvAlgo::Im2col)), tw.min(time(ConvAlgo::Winograd)));
-    if tw < ti {
-        ConvAlgo::Winograd
-    } else {
-        ConvAlgo::Im2col
+    const ALGOS: [ConvAlgo; 3] = [ConvAlgo::Im2col, ConvAlgo::Winograd, ConvAlgo::Winograd4x4];
+    for a in ALGOS {
+        time(a);
     }
+    let mut best = [std::time::Duration::MAX; 3];
+    for _ in 0..2 {
+        for (b, a) in best.iter_mut().zip(ALGOS) {
+            *b = (*b).min(time(a));
+        }
+    }
+    // the first of equal times: im2col, then the algorithm with the smaller error
+    let i = (0..3).fold(0, |i, j| if best[j] < best[i] { j } else { i });
+    ALGOS[i]
 }
 
 /// `MOCO_CONV_ALGO=im2col|winograd`, read once.
@@ -574,6 +588,7 @@ fn forced() -> Option<ConvAlgo> {
     *F.get_or_init(|| match std::env::var("MOCO_CONV_ALGO").as_deref() {
         Ok("im2col") => Some(ConvAlgo::Im2col),
         Ok("winograd") => Some(ConvAlgo::Winograd),
+        Ok("winograd4x4") => Some(ConvAlgo::Winograd4x4),
         _ => None,
     })
 }

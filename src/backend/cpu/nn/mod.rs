@@ -22,6 +22,7 @@ pub mod act;
 pub mod reference;
 pub mod vit;
 mod winograd;
+mod winograd4;
 
 pub use act::{add_backward, add_forward, relu_backward, relu_forward, EltwiseShape};
 pub use conv::{conv2d_backward, conv2d_backward_with, conv2d_forward, conv2d_forward_with, conv_algo_choices, set_conv_algo_choice, Conv2dShape, ConvAlgo, Pass as ConvPass};

@@ -112,12 +112,12 @@ fn order(s: &WinoShape, per: usize) -> TileOrder {
 }
 
 /// Lanes of the image-innermost transforms (one AVX2 register).
-const L: usize = 8;
-type Lanes = [f32; L];
+pub(super) const L: usize = 8;
+pub(super) type Lanes = [f32; L];
 
 /// Up to `n <= L` values from `src` (zeros past `n`).
 #[inline(always)]
-fn load(src: &[f32], n: usize) -> Lanes {
+pub(super) fn load(src: &[f32], n: usize) -> Lanes {
     if n == L {
         // a fixed-size copy: one vector load (a variable-length one would become a call to memcpy)
         let v: &Lanes = src[..L].try_into().expect("L values");
@@ -137,7 +137,7 @@ fn load_partial(src: &[f32], n: usize) -> Lanes {
 
 /// The first `n <= L` lanes of `v` to `dst`.
 #[inline(always)]
-fn store(dst: &mut [f32], n: usize, v: &Lanes) {
+pub(super) fn store(dst: &mut [f32], n: usize, v: &Lanes) {
     if n == L {
         let d: &mut Lanes = (&mut dst[..L]).try_into().expect("L values");
         *d = *v;
@@ -153,12 +153,12 @@ fn store_partial(dst: &mut [f32], n: usize, v: &Lanes) {
 }
 
 #[inline(always)]
-fn add(a: &Lanes, b: &Lanes) -> Lanes {
+pub(super) fn add(a: &Lanes, b: &Lanes) -> Lanes {
     std::array::from_fn(|l| a[l] + b[l])
 }
 
 #[inline(always)]
-fn sub(a: &Lanes, b: &Lanes) -> Lanes {
+pub(super) fn sub(a: &Lanes, b: &Lanes) -> Lanes {
     std::array::from_fn(|l| a[l] - b[l])
 }
 
@@ -170,7 +170,7 @@ fn neg(a: &Lanes) -> Lanes {
 /// `dst[(r * dst_row + x) * nb + b] = plane_b[r * w + x]` for the `nb` planes `src[plane_at(b)..][..h*w]`: a
 /// transpose to image-innermost, 8 images at a time (8 loads, one vector store).
 #[inline(always)]
-fn transpose_in(dst: &mut [f32], dst_row: usize, nb: usize, h: usize, w: usize, src: &[f32], plane_at: impl Fn(usize) -> usize) {
+pub(super) fn transpose_in(dst: &mut [f32], dst_row: usize, nb: usize, h: usize, w: usize, src: &[f32], plane_at: impl Fn(usize) -> usize) {
     let hw = h * w;
     for b0 in (0..nb).step_by(L) {
         if nb - b0 == L {
@@ -195,7 +195,7 @@ fn transpose_in(dst: &mut [f32], dst_row: usize, nb: usize, h: usize, w: usize, 
 }
 
 /// Target tile count `T` of one block (the GEMMs' column count): `MOCO_WINO_TILES` or [`TILE_COLS`].
-fn tile_cols() -> usize {
+pub(super) fn tile_cols() -> usize {
     static T: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *T.get_or_init(|| std::env::var("MOCO_WINO_TILES").ok().and_then(|v| v.parse().ok()).filter(|&v| v > 0).unwrap_or(TILE_COLS))
 }
@@ -387,21 +387,7 @@ fn output_images(yb: &mut [f32], m: &[f32], yt: &mut [f32], s: &WinoShape, ld: u
                 }
             }
         }
-        for (b, y_n) in yb.chunks_mut(s.c_out * ohw).enumerate() {
-            let dst = &mut y_n[c * ohw..(c + 1) * ohw];
-            for (r, row) in dst.chunks_exact_mut(ow).enumerate() {
-                let at = r * yw * nb + b;
-                if accumulate {
-                    for (x, y) in row.iter_mut().enumerate() {
-                        *y += yt[at + x * nb];
-                    }
-                } else {
-                    for (x, y) in row.iter_mut().enumerate() {
-                        *y = yt[at + x * nb];
-                    }
-                }
-            }
-        }
+        transpose_out(yb, nb, oh, ow, yt, yw, accumulate, |b| (b * s.c_out + c) * ohw);
     }
 }
 
@@ -473,6 +459,28 @@ fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
     for k in full..n {
         even[k] = src[2 * k];
         odd[k] = src[2 * k + 1];
+    }
+}
+
+/// The adjoint layout move of [`transpose_in`]: `plane_b[r * w + x] (+)= src[(r * src_row + x) * nb + b]` for the
+/// `nb` planes `dst[plane_at(b)..][..h*w]`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) fn transpose_out(dst: &mut [f32], nb: usize, h: usize, w: usize, src: &[f32], src_row: usize, accumulate: bool, plane_at: impl Fn(usize) -> usize) {
+    for b in 0..nb {
+        let plane = &mut dst[plane_at(b)..plane_at(b) + h * w];
+        for (r, row) in plane.chunks_exact_mut(w).enumerate() {
+            let at = r * src_row * nb + b;
+            if accumulate {
+                for (x, y) in row.iter_mut().enumerate() {
+                    *y += src[at + x * nb];
+                }
+            } else {
+                for (x, y) in row.iter_mut().enumerate() {
+                    *y = src[at + x * nb];
+                }
+            }
+        }
     }
 }
 

@@ -1,0 +1,213 @@
+//! Winograd F(4x4, 3x3) for 3x3 stride-1 convolutions (Lavin & Gray 2015, interpolation points 0, ±1, ±2, ∞):
+//! each 4x4 output tile is `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A` for its 6x6 input patch `d`, 36 multiplies per
+//! (C_in, C_out) pair for 16 outputs: 4x fewer than the direct sum (F(2x2, 3x3): 2.25x).
+//!
+//! Batched as in [`super::winograd`]: 36 GEMMs per block, `M[ξ] [C_out, T] = U[ξ] [C_out, C_in] · V[ξ] [C_in, T]`,
+//! with the tiles of a block stored image-innermost (tile `t` of image `b` at column `t * nb + b`), so every
+//! transform step is one 8-lane vector op across 8 images. Used for the forward pass and, with the flipped and
+//! transposed filter, for the input gradient; the weight gradient stays F(2x2, 3x3) (a gradient does not need
+//! the forward's algorithm, only its value).
+//!
+//! Numerics: `G` holds 1/6, 1/12 and 1/24 and `Bᵀ`, `Aᵀ` hold 4, 5 and 8, so the rounding error is larger than
+//! F(2x2, 3x3)'s (which only adds and halves); tests/winograd.rs states the measured error against the f64
+//! reference, and the per-shape choice picks this algorithm only where it is faster.
+
+use super::winograd::{add, load, store, sub, tile_cols, transpose_in, transpose_out, Filter, Lanes, WinoShape, L};
+use crate::backend::cpu::gemm::gemm_strided;
+use crate::backend::cpu::vector::vectorized;
+use rayon::prelude::*;
+
+/// 4x4 output tiles: (rows, columns).
+fn tiles(s: &WinoShape) -> (usize, usize) {
+    ((s.h + 2 * s.pad - 2).div_ceil(4), (s.w + 2 * s.pad - 2).div_ceil(4))
+}
+
+/// The zero-padded plane `[4*TH + 2, 4*TW + 2]` covering every tile's 6x6 patch.
+fn plane(s: &WinoShape) -> (usize, usize) {
+    let (th, tw) = tiles(s);
+    (4 * th + 2, 4 * tw + 2)
+}
+
+/// Whole images per block (about [`tile_cols`] tiles, at most `per`) and the block's column count `ld`.
+fn blocking(s: &WinoShape, per: usize) -> (usize, usize) {
+    let (th, tw) = tiles(s);
+    let bl = (tile_cols() / (th * tw)).clamp(1, per.max(1));
+    (bl, bl * th * tw)
+}
+
+/// Per task: the block's padded planes `[PH, PW, bl]`, its output planes `[4TH, 4TW, bl]`, `V` and `M`.
+fn task_len(s: &WinoShape, per: usize) -> usize {
+    let ((ph, pw), (th, tw), (bl, ld)) = (plane(s), tiles(s), blocking(s, per));
+    ph * pw * bl + 16 * th * tw * bl + 36 * (s.c_in + s.c_out) * ld
+}
+
+/// Scratch elements needed for `s` split into `tasks` tasks of at most `per` images.
+pub(crate) fn scratch_len(s: &WinoShape, per: usize, tasks: usize) -> usize {
+    36 * s.c_out * s.c_in + tasks * task_len(s, per)
+}
+
+#[inline(always)]
+fn scale(a: &Lanes, k: f32) -> Lanes {
+    std::array::from_fn(|l| a[l] * k)
+}
+
+/// `G x` for one column `x = (a, b, c)` of a filter: `G = [[¼,0,0],[-⅙,-⅙,-⅙],[-⅙,⅙,-⅙],[1/24,1/12,⅙],[1/24,-1/12,⅙],[0,0,1]]`.
+#[inline(always)]
+fn g6(a: &Lanes, b: &Lanes, c: &Lanes) -> [Lanes; 6] {
+    let (ac, q) = (add(a, c), scale(a, 1.0 / 24.0));
+    let (r, t) = (scale(b, 1.0 / 12.0), scale(c, 1.0 / 6.0));
+    [scale(a, 0.25), scale(&add(&ac, b), -1.0 / 6.0), scale(&sub(&ac, b), -1.0 / 6.0), add(&add(&q, &r), &t), add(&sub(&q, &r), &t), *c]
+}
+
+/// `Bᵀ x` for one column of a 6x6 patch: `Bᵀ = [[4,0,-5,0,1,0],[0,-4,-4,1,1,0],[0,4,-4,-1,1,0],[0,-2,-1,2,1,0],
+/// [0,2,-1,-2,1,0],[0,4,0,-5,0,1]]`.
+#[inline(always)]
+fn bt6(d: &[Lanes; 6]) -> [Lanes; 6] {
+    let (d12, d34) = (add(&d[1], &d[2]), add(&d[3], &d[4]));
+    let (m12, m43) = (sub(&d[1], &d[2]), sub(&d[4], &d[3]));
+    let (d42, m31) = (sub(&d[4], &d[2]), sub(&d[3], &d[1]));
+    [
+        add(&sub(&scale(&d[0], 4.0), &scale(&d[2], 5.0)), &d[4]),
+        sub(&d34, &scale(&d12, 4.0)),
+        add(&m43, &scale(&m12, 4.0)),
+        add(&d42, &scale(&m31, 2.0)),
+        sub(&d42, &scale(&m31, 2.0)),
+        add(&sub(&scale(&d[1], 4.0), &scale(&d[3], 5.0)), &d[5]),
+    ]
+}
+
+/// `Aᵀ x` for one column of a 6x6 product tile: `Aᵀ = [[1,1,1,1,1,0],[0,1,-1,2,-2,0],[0,1,1,4,4,0],[0,1,-1,8,-8,1]]`.
+#[inline(always)]
+fn at6(m: &[Lanes; 6]) -> [Lanes; 4] {
+    let (p12, p34) = (add(&m[1], &m[2]), add(&m[3], &m[4]));
+    let (m12, m34) = (sub(&m[1], &m[2]), sub(&m[3], &m[4]));
+    [add(&add(&m[0], &p12), &p34), add(&m12, &scale(&m34, 2.0)), add(&p12, &scale(&p34, 4.0)), add(&add(&m12, &scale(&m34, 8.0)), &m[5])]
+}
+
+/// `u [C_out, 36, C_in]`: `G g Gᵀ` of every filter (8 input channels at a time; `filter` as in F(2x2, 3x3)).
+fn transform_weights(u: &mut [f32], weight: &[f32], s: &WinoShape, filter: Filter) {
+    let (co_n, ci_n) = (s.c_out, s.c_in);
+    u.par_chunks_mut(36 * ci_n).enumerate().for_each(|(co, uc)| vectorized(#[inline(always)] || {
+        for ci0 in (0..ci_n).step_by(L) {
+            let n = (ci_n - ci0).min(L);
+            let mut g = [[0.0f32; L]; 9];
+            for l in 0..n {
+                let ci = ci0 + l;
+                match filter {
+                    Filter::Direct => {
+                        let src = &weight[(co * ci_n + ci) * 9..(co * ci_n + ci + 1) * 9];
+                        for k in 0..9 {
+                            g[k][l] = src[k];
+                        }
+                    }
+                    Filter::FlippedTransposed => {
+                        let src = &weight[(ci * co_n + co) * 9..(ci * co_n + co + 1) * 9];
+                        for k in 0..9 {
+                            g[k][l] = src[8 - k];
+                        }
+                    }
+                }
+            }
+            // t = G g: [6, 3], then t Gᵀ: [6, 6]
+            let cols: [[Lanes; 6]; 3] = std::array::from_fn(|j| g6(&g[j], &g[3 + j], &g[6 + j]));
+            for i in 0..6 {
+                let row = g6(&cols[0][i], &cols[1][i], &cols[2][i]);
+                for (j, v) in row.iter().enumerate() {
+                    store(&mut uc[(6 * i + j) * ci_n + ci0..], n, v);
+                }
+            }
+        }
+    }));
+}
+
+/// `out (+)= inp ⋆ w` by F(4x4, 3x3) (see [`WinoShape`]; lengths validated by the caller; `accumulate = false`
+/// overwrites `out`).
+pub(crate) fn winograd4_3x3(out: &mut [f32], accumulate: bool, scratch: &mut Vec<f32>, inp: &[f32], weight: &[f32], s: &WinoShape, filter: Filter) {
+    let (per, tasks, par_gemm) = super::conv::batch_split(s.n);
+    let need = scratch_len(s, per, tasks);
+    if scratch.len() < need {
+        scratch.resize(need, 0.0);
+    }
+    let ((ph, pw), (th, tw), (bl, ld)) = (plane(s), tiles(s), blocking(s, per));
+    let (oh, ow) = (s.h + 2 * s.pad - 2, s.w + 2 * s.pad - 2);
+    let (in_img, out_img) = (s.c_in * s.h * s.w, s.c_out * oh * ow);
+    let task_len = task_len(s, per);
+    let (u, rest) = scratch[..need].split_at_mut(36 * s.c_out * s.c_in);
+    transform_weights(u, weight, s, filter);
+    let u: &[f32] = u;
+    inp.par_chunks(per * in_img).zip(out.par_chunks_mut(per * out_img)).zip(rest.par_chunks_mut(task_len)).for_each(|((x, y), buf)| vectorized(#[inline(always)] || {
+        let (xt, rest) = buf.split_at_mut(ph * pw * bl);
+        let (yt, rest) = rest.split_at_mut(16 * th * tw * bl);
+        let (v, m) = rest.split_at_mut(36 * s.c_in * ld);
+        for (xb, yb) in x.chunks(bl * in_img).zip(y.chunks_mut(bl * out_img)) {
+            let nb = xb.len() / in_img;
+            input_tiles(v, xt, xb, s, ld, nb);
+            // m[ξ] [C_out, nt] = u[ξ] [C_out, C_in] · v[ξ] [C_in, nt]; u[ξ] row co at co*36*C_in + ξ*C_in
+            for xi in 0..36 {
+                let (mx, ux, vx) = (&mut m[xi * s.c_out * ld..(xi + 1) * s.c_out * ld], &u[xi * s.c_in..], &v[xi * s.c_in * ld..(xi + 1) * s.c_in * ld]);
+                gemm_strided(mx, ld, 1, ux, 36 * s.c_in, 1, vx, ld, 1, s.c_out, nb * th * tw, s.c_in, 1.0, false, par_gemm);
+            }
+            output_tiles(yb, m, yt, s, ld, nb, accumulate);
+        }
+    }));
+}
+
+/// `v [36, C_in, ld]` (column `t * nb + b`): `Bᵀ d B` of every 6x6 patch of every channel of the `nb` images
+/// `xb`, through `xt [PH, PW, nb]` (the channel's zero-padded planes, image innermost).
+#[inline(always)]
+fn input_tiles(v: &mut [f32], xt: &mut [f32], xb: &[f32], s: &WinoShape, ld: usize, nb: usize) {
+    let ((ph, pw), (th, tw)) = (plane(s), tiles(s));
+    let (hw, xs) = (s.h * s.w, s.c_in * ld);
+    let xt = &mut xt[..ph * pw * nb];
+    // the border stays zero: only image positions are written below
+    xt.fill(0.0);
+    for c in 0..s.c_in {
+        transpose_in(&mut xt[(s.pad * pw + s.pad) * nb..], pw, nb, s.h, s.w, xb, |b| (b * s.c_in + c) * hw);
+        for ty in 0..th {
+            for tx in 0..tw {
+                let col = c * ld + (ty * tw + tx) * nb;
+                for b0 in (0..nb).step_by(L) {
+                    let n = (nb - b0).min(L);
+                    let at = (4 * ty * pw + 4 * tx) * nb + b0;
+                    // t = Bᵀ d (per column j), then each row of t times B
+                    let t: [[Lanes; 6]; 6] = std::array::from_fn(|j| bt6(&std::array::from_fn(|i| load(&xt[at + (i * pw + j) * nb..], n))));
+                    for i in 0..6 {
+                        let row = bt6(&std::array::from_fn(|j| t[j][i]));
+                        for (k, o) in row.iter().enumerate() {
+                            store(&mut v[(6 * i + k) * xs + col + b0..], n, o);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `yb [nb, C_out, OH, OW] (+)= Aᵀ m A` from `m [36, C_out, ld]` (column `t * nb + b`), through
+/// `yt [4TH, 4TW, nb]` per channel, clipped to the plane.
+#[inline(always)]
+fn output_tiles(yb: &mut [f32], m: &[f32], yt: &mut [f32], s: &WinoShape, ld: usize, nb: usize, accumulate: bool) {
+    let (th, tw) = tiles(s);
+    let (oh, ow) = (s.h + 2 * s.pad - 2, s.w + 2 * s.pad - 2);
+    let (ohw, xs, yw) = (oh * ow, s.c_out * ld, 4 * tw);
+    for c in 0..s.c_out {
+        for ty in 0..th {
+            for tx in 0..tw {
+                let col = c * ld + (ty * tw + tx) * nb;
+                for b0 in (0..nb).step_by(L) {
+                    let n = (nb - b0).min(L);
+                    // s = Aᵀ m (per column j): [4, 6], then each row of s times A: [4, 4]
+                    let sc: [[Lanes; 4]; 6] = std::array::from_fn(|j| at6(&std::array::from_fn(|i| load(&m[(6 * i + j) * xs + col + b0..], n))));
+                    for r in 0..4 {
+                        let row = at6(&std::array::from_fn(|j| sc[j][r]));
+                        let at = ((4 * ty + r) * yw + 4 * tx) * nb + b0;
+                        for (e, o) in row.iter().enumerate() {
+                            store(&mut yt[at + e * nb..], n, o);
+                        }
+                    }
+                }
+            }
+        }
+        transpose_out(yb, nb, oh, ow, yt, yw, accumulate, |b| (b * s.c_out + c) * ohw);
+    }
+}
