@@ -22,7 +22,9 @@
 //! in a process-wide table ([`conv_algo_choices`] lists it); later calls look it up.
 //! The first call's results are those of the last run (the backward restores `dinp`/`dweight` from a one-time
 //! snapshot before each trial run, so it still accumulates exactly once). `MOCO_CONV_ALGO=im2col` or
-//! `=winograd` forces one algorithm wherever it applies (for benchmarking). Only layers whose summed channel
+//! `=winograd` forces one algorithm wherever it applies (for benchmarking); `=winograd4x4` opts into F(4x4, 3x3)
+//! ([`super::winograd4`], [`ConvAlgo::Winograd4x4`]: fewer multiplies, larger rounding error, never chosen by
+//! the measurement). Only layers whose summed channel
 //! count is at least [`AUTO_MIN_SUM`] are candidates (numerics, see there; the RGB stem stays im2col).
 //! [`conv2d_forward_with`] and [`conv2d_backward_with`] run a given algorithm.
 

@@ -8,6 +8,12 @@
 //! images, as in the im2col path) the scratch holds a zero-padded copy of one input plane, `V [16, C_in, T]` and
 //! `M [16, C_out, T]`; `U [C_out, 16, C_in]` is shared. Nothing is allocated per call once `scratch` has grown.
 //!
+//! Two tile orders ([`TileOrder`]): large planes keep each image's tiles together and vectorise the transforms
+//! along tile rows; small planes (8x8 and 4x4 in ResNet-18, where a tile row is 2-4 tiles) batch at least 8
+//! whole images per block and store tile `t` of image `b` at column `t * nb + b`, so every transform step is
+//! one 8-lane op across 8 images (the planes are transposed to image-innermost first). Both run compiled for
+//! AVX2 when the CPU has it ([`crate::backend::cpu::vector`]; bit-identical results).
+//!
 //! The weight gradient is the adjoint of the forward pass ([`winograd_3x3_dweight`]). The same forward kernel gives
 //! the input gradient of a 3x3 stride-1 convolution with padding `p <= 2`: `dinp` is the
 //! correlation of `dout` (padded by `2 - p`) with the flipped, transposed filter `w'[ci, co, i, j] =
