@@ -221,33 +221,35 @@ fn blocking(s: &WinoShape, per: usize) -> (usize, usize, usize) {
     }
 }
 
+/// `g[k][l]`: tap k of the 3x3 filter (co, ci0 + l) of this correlation, for `l < n <= L` (zeros past `n`):
+/// [`Filter::Direct`] reads `weight [C_out, C_in, 3, 3]`; [`Filter::FlippedTransposed`] reads a forward weight
+/// `[C_out_fwd = C_in, C_in_fwd = C_out, 3, 3]` as `g[i, j] = w[ci, co, 2-i, 2-j]`.
+#[inline(always)]
+pub(super) fn gather_filters(weight: &[f32], co: usize, ci0: usize, n: usize, s: &WinoShape, filter: Filter) -> [Lanes; 9] {
+    let (co_n, ci_n) = (s.c_out, s.c_in);
+    let mut g = [[0.0f32; L]; 9];
+    for l in 0..n {
+        let ci = ci0 + l;
+        let (at, flip) = match filter {
+            Filter::Direct => ((co * ci_n + ci) * 9, false),
+            Filter::FlippedTransposed => ((ci * co_n + co) * 9, true),
+        };
+        let src = &weight[at..at + 9];
+        for (k, gk) in g.iter_mut().enumerate() {
+            gk[l] = src[if flip { 8 - k } else { k }];
+        }
+    }
+    g
+}
+
 /// `u [C_out, 16, C_in]`: `G g Gᵀ` of every 3x3 filter, `G = [[1,0,0],[½,½,½],[½,-½,½],[0,0,1]]` (parallel over
 /// output channels, 8 input channels at a time).
 fn transform_weights(u: &mut [f32], weight: &[f32], s: &WinoShape, filter: Filter) {
-    let (co_n, ci_n) = (s.c_out, s.c_in);
+    let ci_n = s.c_in;
     u.par_chunks_mut(16 * ci_n).enumerate().for_each(|(co, uc)| vectorized(#[inline(always)] || {
         for ci0 in (0..ci_n).step_by(L) {
             let n = (ci_n - ci0).min(L);
-            // g[k][l]: tap k of the filter (co, ci0 + l)
-            let mut g = [[0.0f32; L]; 9];
-            for l in 0..n {
-                let ci = ci0 + l;
-                match filter {
-                    Filter::Direct => {
-                        let src = &weight[(co * ci_n + ci) * 9..(co * ci_n + ci + 1) * 9];
-                        for k in 0..9 {
-                            g[k][l] = src[k];
-                        }
-                    }
-                    // g[i, j] = w[ci, co, 2-i, 2-j] of a forward weight [C_out_fwd = ci_n, C_in_fwd = co_n, 3, 3]
-                    Filter::FlippedTransposed => {
-                        let src = &weight[(ci * co_n + co) * 9..(ci * co_n + co + 1) * 9];
-                        for k in 0..9 {
-                            g[k][l] = src[8 - k];
-                        }
-                    }
-                }
-            }
+            let g = gather_filters(weight, co, ci0, n, s, filter);
             let half = |a: &Lanes, b: &Lanes, c: &Lanes| -> (Lanes, Lanes) { (std::array::from_fn(|l| 0.5 * (a[l] + b[l] + c[l])), std::array::from_fn(|l| 0.5 * (a[l] - b[l] + c[l]))) };
             // t = G g: [4, 3]
             let mut t = [[[0.0f32; L]; 3]; 4];

@@ -12,7 +12,7 @@
 //! F(2x2, 3x3)'s (which only adds and halves); tests/winograd.rs states the measured error against the f64
 //! reference, and the per-shape choice picks this algorithm only where it is faster.
 
-use super::winograd::{add, load, store, sub, tile_cols, transpose_in, transpose_out, Filter, Lanes, WinoShape, L};
+use super::winograd::{add, gather_filters, load, store, sub, tile_cols, transpose_in, transpose_out, Filter, Lanes, WinoShape, L};
 use crate::backend::cpu::gemm::gemm_strided;
 use crate::backend::cpu::vector::vectorized;
 use rayon::prelude::*;
@@ -86,28 +86,11 @@ fn at6(m: &[Lanes; 6]) -> [Lanes; 4] {
 
 /// `u [C_out, 36, C_in]`: `G g Gᵀ` of every filter (8 input channels at a time; `filter` as in F(2x2, 3x3)).
 fn transform_weights(u: &mut [f32], weight: &[f32], s: &WinoShape, filter: Filter) {
-    let (co_n, ci_n) = (s.c_out, s.c_in);
+    let ci_n = s.c_in;
     u.par_chunks_mut(36 * ci_n).enumerate().for_each(|(co, uc)| vectorized(#[inline(always)] || {
         for ci0 in (0..ci_n).step_by(L) {
             let n = (ci_n - ci0).min(L);
-            let mut g = [[0.0f32; L]; 9];
-            for l in 0..n {
-                let ci = ci0 + l;
-                match filter {
-                    Filter::Direct => {
-                        let src = &weight[(co * ci_n + ci) * 9..(co * ci_n + ci + 1) * 9];
-                        for k in 0..9 {
-                            g[k][l] = src[k];
-                        }
-                    }
-                    Filter::FlippedTransposed => {
-                        let src = &weight[(ci * co_n + co) * 9..(ci * co_n + co + 1) * 9];
-                        for k in 0..9 {
-                            g[k][l] = src[8 - k];
-                        }
-                    }
-                }
-            }
+            let g = gather_filters(weight, co, ci0, n, s, filter);
             // t = G g: [6, 3], then t Gᵀ: [6, 6]
             let cols: [[Lanes; 6]; 3] = std::array::from_fn(|j| g6(&g[j], &g[3 + j], &g[6 + j]));
             for i in 0..6 {
