@@ -291,11 +291,16 @@ fn check_algo(algo: ConvAlgo, s: &Conv2dShape) -> Result<()> {
     Ok(())
 }
 
+/// The Winograd problem of a 3x3 stride-1 convolution (the forward correlation).
+fn wino_shape(s: &Conv2dShape) -> WinoShape {
+    WinoShape { n: s.n, c_in: s.c_in, h: s.h, w: s.w, c_out: s.c_out, pad: s.pad }
+}
+
 fn forward_algo(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weight: &[f32], s: &Conv2dShape, algo: ConvAlgo) {
     match algo {
         ConvAlgo::Im2col => forward_im2col(out, scratch, inp, weight, s),
-        ConvAlgo::Winograd => winograd_3x3(out, false, scratch, inp, weight, &WinoShape { n: s.n, c_in: s.c_in, h: s.h, w: s.w, c_out: s.c_out, pad: s.pad }, Filter::Direct),
-        ConvAlgo::Winograd4x4 => winograd4_3x3(out, false, scratch, inp, weight, &WinoShape { n: s.n, c_in: s.c_in, h: s.h, w: s.w, c_out: s.c_out, pad: s.pad }, Filter::Direct),
+        ConvAlgo::Winograd => winograd_3x3(out, false, scratch, inp, weight, &wino_shape(s), Filter::Direct),
+        ConvAlgo::Winograd4x4 => winograd4_3x3(out, false, scratch, inp, weight, &wino_shape(s), Filter::Direct),
     }
 }
 
@@ -388,8 +393,7 @@ fn backward_algo(dx: &mut [f32], dweight: &mut [f32], scratch: &mut Vec<f32>, do
         ConvAlgo::Im2col => backward_im2col(Some(dx), dweight, scratch, dout, inp, weight, s),
         ConvAlgo::Winograd | ConvAlgo::Winograd4x4 => {
             // dweight [C_out, C_in, 3, 3] += Winograd F(2x2, 3x3) adjoint of the forward pass
-            let fs = WinoShape { n: s.n, c_in: s.c_in, h: s.h, w: s.w, c_out: s.c_out, pad: s.pad };
-            winograd_3x3_dweight(dweight, scratch, dout, inp, &fs);
+            winograd_3x3_dweight(dweight, scratch, dout, inp, &wino_shape(s));
             // dinp [N, C_in, H, W] += dout [N, C_out, OH, OW] ⋆ flip(weight)ᵀ, padded by 2 - pad
             let ws = WinoShape { n: s.n, c_in: s.c_out, h: s.out_h(), w: s.out_w(), c_out: s.c_in, pad: 2 - s.pad };
             if algo == ConvAlgo::Winograd4x4 {

@@ -298,21 +298,16 @@ pub(crate) fn winograd_3x3(out: &mut [f32], accumulate: bool, scratch: &mut Vec<
         plane.fill(0.0);
         for (xb, yb) in x.chunks(bl * in_img).zip(y.chunks_mut(bl * out_img)) {
             let nb = xb.len() / in_img;
-            if order == TileOrder::Images {
-                input_images(v, plane, xb, s, ld, nb);
-                for xi in 0..16 {
-                    let (mx, ux, vx) = (&mut m[xi * s.c_out * ld..(xi + 1) * s.c_out * ld], &u[xi * s.c_in..], &v[xi * s.c_in * ld..(xi + 1) * s.c_in * ld]);
-                    gemm_strided(mx, ld, 1, ux, 16 * s.c_in, 1, vx, ld, 1, s.c_out, nb * th * tw, s.c_in, 1.0, false, par_gemm);
-                }
-                output_images(yb, m, tmp, s, ld, nb, accumulate);
-                continue;
-            }
+            // one band of tile rows per block in the image order (its blocks hold whole images)
             for ty0 in (0..th).step_by(rows_per) {
                 let ty1 = (ty0 + rows_per).min(th);
                 // tiles per image in this block, and in all
                 let tpb = (ty1 - ty0) * tw;
                 let nt = nb * tpb;
-                input_block(v, plane, tmp, xb, s, ld, ty0, ty1);
+                match order {
+                    TileOrder::Images => input_images(v, plane, xb, s, ld, nb),
+                    TileOrder::Rows => input_block(v, plane, tmp, xb, s, ld, ty0, ty1),
+                }
                 // m[ξ] [C_out, nt] = u[ξ] [C_out, C_in] · v[ξ] [C_in, nt]
                 for xi in 0..16 {
                     let (mx, ux, vx) = (&mut m[xi * s.c_out * ld..(xi + 1) * s.c_out * ld], &u[xi * s.c_in..], &v[xi * s.c_in * ld..(xi + 1) * s.c_in * ld]);
@@ -320,9 +315,14 @@ pub(crate) fn winograd_3x3(out: &mut [f32], accumulate: bool, scratch: &mut Vec<
                     gemm_strided(mx, ld, 1, ux, 16 * s.c_in, 1, vx, ld, 1, s.c_out, nt, s.c_in, 1.0, false, par_gemm);
                 }
                 // y (+)= Aᵀ m A, clipped to the output plane
-                for (b, y_n) in yb.chunks_mut(out_img).enumerate() {
-                    for (c, dst) in y_n.chunks_mut(oh * ow).enumerate() {
-                        output_tiles(dst, oh, ow, m, c * ld + b * tpb, s.c_out * ld, tmp, ty0, ty1, tw, accumulate);
+                match order {
+                    TileOrder::Images => output_images(yb, m, tmp, s, ld, nb, accumulate),
+                    TileOrder::Rows => {
+                        for (b, y_n) in yb.chunks_mut(out_img).enumerate() {
+                            for (c, dst) in y_n.chunks_mut(oh * ow).enumerate() {
+                                output_tiles(dst, oh, ow, m, c * ld + b * tpb, s.c_out * ld, tmp, ty0, ty1, tw, accumulate);
+                            }
+                        }
                     }
                 }
             }
@@ -639,34 +639,32 @@ pub(crate) fn winograd_3x3_dweight(dweight: &mut [f32], scratch: &mut Vec<f32>, 
         let mut first = true;
         for (xb, dyb) in x.chunks(bl * in_img).zip(dy.chunks(bl * out_img)) {
             let nb = xb.len() / in_img;
-            if order == TileOrder::Images {
-                input_images(v, plane, xb, s, ld, nb);
-                grad_images(dm, tmp, dyb, s, ld, nb);
-                for xi in 0..16 {
-                    let (dux, dmx, vx) = (&mut du[xi * s.c_out * s.c_in..(xi + 1) * s.c_out * s.c_in], &dm[xi * s.c_out * ld..(xi + 1) * s.c_out * ld], &v[xi * s.c_in * ld..(xi + 1) * s.c_in * ld]);
-                    gemm_strided(dux, s.c_in, 1, dmx, ld, 1, vx, 1, ld, s.c_out, s.c_in, nb * th * tw, 1.0, !first, par_gemm);
-                }
-                first = false;
-                continue;
-            }
             for ty0 in (0..th).step_by(rows_per) {
                 let ty1 = (ty0 + rows_per).min(th);
                 let tpb = (ty1 - ty0) * tw;
                 let nt = nb * tpb;
-                input_block(v, plane, tmp, xb, s, ld, ty0, ty1);
-                // dm [16, C_out, ld]: A dy Aᵀ, A = [[1,0],[1,1],[1,-1],[0,-1]]
-                for (b, dy_n) in dyb.chunks(out_img).enumerate() {
-                    for (c, src) in dy_n.chunks(oh * ow).enumerate() {
-                        // an even plane is its own padded copy
-                        let plane: &[f32] = if oh % 2 == 0 && ow % 2 == 0 {
-                            src
-                        } else {
-                            for r in 2 * ty0..(2 * ty1).min(oh) {
-                                dyp[r * 2 * tw..r * 2 * tw + ow].copy_from_slice(&src[r * ow..(r + 1) * ow]);
+                // v: Bᵀ d B of the input tiles (as in forward); dm [16, C_out, ld]: A dy Aᵀ, A = [[1,0],[1,1],[1,-1],[0,-1]]
+                match order {
+                    TileOrder::Images => {
+                        input_images(v, plane, xb, s, ld, nb);
+                        grad_images(dm, tmp, dyb, s, ld, nb);
+                    }
+                    TileOrder::Rows => {
+                        input_block(v, plane, tmp, xb, s, ld, ty0, ty1);
+                        for (b, dy_n) in dyb.chunks(out_img).enumerate() {
+                            for (c, src) in dy_n.chunks(oh * ow).enumerate() {
+                                // an even plane is its own padded copy
+                                let plane: &[f32] = if oh % 2 == 0 && ow % 2 == 0 {
+                                    src
+                                } else {
+                                    for r in 2 * ty0..(2 * ty1).min(oh) {
+                                        dyp[r * 2 * tw..r * 2 * tw + ow].copy_from_slice(&src[r * ow..(r + 1) * ow]);
+                                    }
+                                    dyp
+                                };
+                                grad_tiles(dm, c * ld + b * tpb, s.c_out * ld, plane, tmp, ty0, ty1, tw);
                             }
-                            dyp
-                        };
-                        grad_tiles(dm, c * ld + b * tpb, s.c_out * ld, plane, tmp, ty0, ty1, tw);
+                        }
                     }
                 }
                 // du[ξ] [C_out, C_in] (+)= dm[ξ] [C_out, nt] · v[ξ] [C_in, nt]ᵀ
