@@ -1,4 +1,4 @@
-//! Winograd F(2x2, 3x3) and the opt-in F(4x4, 3x3) convolutions on the CPU (forward; backward dinp and dweight) against the f64
+//! Winograd F(2x2, 3x3) and F(4x4, 3x3) convolutions on the CPU (forward; backward dinp and dweight) against the f64
 //! reference, forced with `conv2d_*_with(ConvAlgo::Winograd)` on awkward shapes (odd H/W, 1x1 planes, channel
 //! counts not multiples of 8, batch 1, pad 0/1/2), NaN-poisoned outputs and scratch, accumulation onto existing
 //! gradients; and the measured per-shape choice of `conv2d_forward` / `conv2d_backward` (first call times both,
@@ -17,7 +17,9 @@ use proptest::prelude::*;
 
 /// F(4x4, 3x3)'s bound on max |err| / K against the f64 reference (values in [-1, 1)): measured 3.3e-7 to
 /// 4.9e-7 on ResNet-18's layers (`winograd_error_vs_reference`), ~20x F(2x2, 3x3)'s, and up to ~1.1e-6 on
-/// single-channel 9-term sums (the transform's own rounding is not amortised there).
+/// single-channel 9-term sums (the transform's own rounding is not amortised there). Its weight gradient is held
+/// to the same 1e-6 per summed term as the other algorithms: measured 1.6e-7 to 4.3e-7 on those layers (F(2x2):
+/// 2.0e-8 to 2.8e-8).
 const W4_TOL: f64 = 2e-6;
 
 fn nan(len: usize) -> Vec<f32> {
@@ -30,9 +32,9 @@ fn max_err(got: &[f32], want: &[f64]) -> f64 {
 }
 
 /// Forward and backward (dinp and dweight, accumulating) with `algo` against the reference; returns the max
-/// errors (forward, dinp) relative to K.
+/// errors (forward, dinp, dweight) relative to their term counts.
 #[allow(clippy::too_many_arguments)]
-fn check(n: usize, c_in: usize, h: usize, w: usize, c_out: usize, pad: usize, seed: u64, algo: ConvAlgo, tol_per_term: f64) -> Option<(f64, f64)> {
+fn check(n: usize, c_in: usize, h: usize, w: usize, c_out: usize, pad: usize, seed: u64, algo: ConvAlgo, tol_per_term: f64) -> Option<(f64, f64, f64)> {
     let s = Conv2dShape::new(n, c_in, h, w, c_out, 3, 3, 1, pad).ok()?;
     let tag = format!("{algo:?} {s:?}");
     let mut g = rng(seed);
@@ -54,12 +56,13 @@ fn check(n: usize, c_in: usize, h: usize, w: usize, c_out: usize, pad: usize, se
     let terms_dw = (n * s.out_h() * s.out_w()) as f64 + 1.0;
     let want_dx = plus(&want_dx, &dx0);
     assert_close(&format!("dinp {tag}"), &dx, &want_dx, tol_per_term * terms_dx, 0.0);
-    assert_close(&format!("dweight {tag}"), &dw, &plus(&want_dw, &dw0), 1e-6 * terms_dw, 0.0);
+    let want_dw = plus(&want_dw, &dw0);
+    assert_close(&format!("dweight {tag}"), &dw, &want_dw, 1e-6 * terms_dw, 0.0);
     // no dinp: dweight alone
     let mut dw2 = dw0.clone();
     nn::conv2d_backward_with(None, &mut dw2, &mut scratch, &dy, &x, &wt, algo, &s).unwrap();
-    assert_close(&format!("dweight (no dinp) {tag}"), &dw2, &plus(&want_dw, &dw0), 1e-6 * terms_dw, 0.0);
-    Some((max_err(&out, &want) / k, max_err(&dx, &want_dx) / terms_dx))
+    assert_close(&format!("dweight (no dinp) {tag}"), &dw2, &want_dw, 1e-6 * terms_dw, 0.0);
+    Some((max_err(&out, &want) / k, max_err(&dx, &want_dx) / terms_dx, max_err(&dw, &want_dw) / terms_dw))
 }
 
 proptest! {
@@ -83,9 +86,9 @@ fn winograd_fixed_awkward_shapes() {
     // at least 8 small planes per block, so their transforms run across the images (8 lanes and a partial group,
     // tasks of different sizes, odd planes clipped)
     for (i, &(n, ci, h, w, co, p)) in [(1, 1, 1, 1, 1, 1), (1, 3, 1, 1, 5, 1), (1, 9, 7, 5, 13, 1), (3, 17, 9, 3, 7, 1), (2, 5, 3, 3, 6, 0), (2, 4, 5, 6, 3, 2), (1, 2, 1, 9, 3, 2), (5, 12, 4, 4, 20, 1), (1, 64, 8, 8, 64, 1), (1, 3, 47, 45, 5, 1), (2, 2, 50, 33, 3, 0), (4, 3, 32, 32, 64, 1), (19, 9, 4, 4, 11, 1), (19, 5, 5, 3, 7, 1), (21, 16, 3, 7, 5, 2)].iter().enumerate() {
-        let (ef, ed) = check(n, ci, h, w, co, p, 100 + i as u64, ConvAlgo::Winograd, 2e-7).unwrap();
-        let (vf, vd) = check(n, ci, h, w, co, p, 300 + i as u64, ConvAlgo::Winograd4x4, W4_TOL).unwrap();
-        eprintln!("{n}x{ci}x{h}x{w} -> {co} pad {p}: max|err|/K fwd {ef:.2e} dinp {ed:.2e}  (4x4: fwd {vf:.2e} dinp {vd:.2e})");
+        let (ef, ed, ew) = check(n, ci, h, w, co, p, 100 + i as u64, ConvAlgo::Winograd, 2e-7).unwrap();
+        let (vf, vd, vw) = check(n, ci, h, w, co, p, 300 + i as u64, ConvAlgo::Winograd4x4, W4_TOL).unwrap();
+        eprintln!("{n}x{ci}x{h}x{w} -> {co} pad {p}: max|err|/K fwd {ef:.2e} dinp {ed:.2e} dweight {ew:.2e}  (4x4: fwd {vf:.2e} dinp {vd:.2e} dweight {vw:.2e})");
     }
 }
 
@@ -93,10 +96,10 @@ fn winograd_fixed_awkward_shapes() {
 fn winograd_error_vs_reference() {
     // ResNet-like layers, values in [-1, 1): max |err| / K for both algorithms, printed and bounded
     for (i, &(n, ci, hw, co)) in [(2, 64, 32, 64), (4, 128, 16, 128), (8, 256, 8, 256), (8, 512, 4, 512)].iter().enumerate() {
-        let (wf, wd) = check(n, ci, hw, hw, co, 1, 200 + i as u64, ConvAlgo::Winograd, 2e-7).unwrap();
-        let (cf, cd) = check(n, ci, hw, hw, co, 1, 200 + i as u64, ConvAlgo::Im2col, 1e-6).unwrap();
-        let (vf, vd) = check(n, ci, hw, hw, co, 1, 200 + i as u64, ConvAlgo::Winograd4x4, W4_TOL).unwrap();
-        eprintln!("{n}x{ci}x{hw}x{hw} -> {co}: max|err|/K  winograd fwd {wf:.2e} dinp {wd:.2e}   winograd4x4 fwd {vf:.2e} dinp {vd:.2e}   im2col fwd {cf:.2e} dinp {cd:.2e}");
+        let (wf, wd, ww) = check(n, ci, hw, hw, co, 1, 200 + i as u64, ConvAlgo::Winograd, 2e-7).unwrap();
+        let (cf, cd, cw) = check(n, ci, hw, hw, co, 1, 200 + i as u64, ConvAlgo::Im2col, 1e-6).unwrap();
+        let (vf, vd, vw) = check(n, ci, hw, hw, co, 1, 200 + i as u64, ConvAlgo::Winograd4x4, W4_TOL).unwrap();
+        eprintln!("{n}x{ci}x{hw}x{hw} -> {co}: max|err|/terms  winograd fwd {wf:.2e} dinp {wd:.2e} dweight {ww:.2e}   winograd4x4 fwd {vf:.2e} dinp {vd:.2e} dweight {vw:.2e}   im2col fwd {cf:.2e} dinp {cd:.2e} dweight {cw:.2e}");
     }
 }
 

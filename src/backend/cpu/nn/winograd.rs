@@ -201,9 +201,14 @@ pub(super) fn transpose_in(dst: &mut [f32], dst_row: usize, nb: usize, h: usize,
 }
 
 /// Target tile count `T` of one block (the GEMMs' column count): `MOCO_WINO_TILES` or [`TILE_COLS`].
-pub(super) fn tile_cols() -> usize {
+fn tile_cols() -> usize {
     static T: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *T.get_or_init(|| std::env::var("MOCO_WINO_TILES").ok().and_then(|v| v.parse().ok()).filter(|&v| v > 0).unwrap_or(TILE_COLS))
+    *T.get_or_init(|| env_tiles("MOCO_WINO_TILES", TILE_COLS))
+}
+
+/// A positive tile count from the environment variable `var` (a benchmarking switch), else `default`.
+pub(super) fn env_tiles(var: &str, default: usize) -> usize {
+    std::env::var(var).ok().and_then(|v| v.parse().ok()).filter(|&v| v > 0).unwrap_or(default)
 }
 
 /// How a task of `per` images is cut into blocks of about [`tile_cols`] tiles: `(images per block, tile rows per

@@ -4,15 +4,15 @@
 //!
 //! Batched as in [`super::winograd`]: 36 GEMMs per block, `M[ξ] [C_out, T] = U[ξ] [C_out, C_in] · V[ξ] [C_in, T]`,
 //! with the tiles of a block stored image-innermost (tile `t` of image `b` at column `t * nb + b`), so every
-//! transform step is one 8-lane vector op across 8 images. Used for the forward pass and, with the flipped and
-//! transposed filter, for the input gradient; the weight gradient stays F(2x2, 3x3) (a gradient does not need
-//! the forward's algorithm, only its value).
+//! transform step is one 8-lane vector op across 8 images. [`winograd4_3x3`] runs the forward pass and, with the
+//! flipped and transposed filter, the input gradient; [`winograd4_3x3_dweight`] is its adjoint, the weight
+//! gradient.
 //!
-//! Numerics: `G` holds 1/6, 1/12 and 1/24 and `Bᵀ`, `Aᵀ` hold 4, 5 and 8, so the rounding error is larger than
+//! Numerics: `G` holds 1/6, 1/12 and 1/24 and `Bᵀ`, `Aᵀ` hold 4, 5 and 8, so the rounding error is ~20x
 //! F(2x2, 3x3)'s (which only adds and halves); tests/winograd.rs states the measured error against the f64
-//! reference, and the per-shape choice picks this algorithm only where it is faster.
+//! reference. The measured per-shape choice tries it for the backward pass only (see [`super::conv`]).
 
-use super::winograd::{add, gather_filters, load, store, sub, tile_cols, transpose_in, transpose_out, Filter, Lanes, WinoShape, L};
+use super::winograd::{add, env_tiles, gather_filters, load, store, sub, transpose_in, transpose_out, Filter, Lanes, WinoShape, L};
 use crate::backend::cpu::gemm::gemm_strided;
 use crate::backend::cpu::vector::vectorized;
 use rayon::prelude::*;
@@ -28,10 +28,19 @@ fn plane(s: &WinoShape) -> (usize, usize) {
     (4 * th + 2, 4 * tw + 2)
 }
 
-/// Whole images per block (about [`tile_cols`] tiles, at most `per`) and the block's column count `ld`.
+/// Target tile count of one block. A block's 36 GEMMs each read `V[ξ] [C_in, T]` and write `M[ξ] [C_out, T]`,
+/// which the transforms wrote (read) just before: 128 tiles keep a 128-channel block's `V` and `M` in L2. Measured
+/// on ResNet-18's layers (batch 64, backward): 28.8 ms at 128 against 32.2 ms at 512 on 128 channels at 16x16,
+/// 25.3 against 26.3 ms on 256 at 8x8 (`MOCO_WINO4_TILES` overrides it, for benchmarking).
+const TILE_COLS4: usize = 128;
+
+/// Whole images per block (about [`TILE_COLS4`] tiles, but at least one 8-lane group, at most `per`) and the
+/// block's column count `ld`.
 fn blocking(s: &WinoShape, per: usize) -> (usize, usize) {
+    static T: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let target = *T.get_or_init(|| env_tiles("MOCO_WINO4_TILES", TILE_COLS4));
     let (th, tw) = tiles(s);
-    let bl = (tile_cols() / (th * tw)).clamp(1, per.max(1));
+    let bl = (target / (th * tw)).max(L).min(per.max(1));
     (bl, bl * th * tw)
 }
 
@@ -192,5 +201,115 @@ fn output_tiles(yb: &mut [f32], m: &[f32], yt: &mut [f32], s: &WinoShape, ld: us
             }
         }
         transpose_out(yb, nb, oh, ow, yt, yw, accumulate, |b| (b * s.c_out + c) * ohw);
+    }
+}
+
+/// `A y` for one column `y` of a 4x4 output-gradient tile (`A = (Aᵀ)ᵀ`, 6x4): the adjoint of [`at6`].
+#[inline(always)]
+fn a6(y: &[Lanes; 4]) -> [Lanes; 6] {
+    let (e, o) = (add(&y[0], &y[2]), add(&y[1], &y[3]));
+    let (e4, o2) = (add(&y[0], &scale(&y[2], 4.0)), add(&scale(&y[1], 2.0), &scale(&y[3], 8.0)));
+    [y[0], add(&e, &o), sub(&e, &o), add(&e4, &o2), sub(&e4, &o2), y[3]]
+}
+
+/// `Gᵀ d` for one column of a 6x6 gradient tile: the adjoint of [`g6`],
+/// `Gᵀ = [[¼,-⅙,-⅙,1/24,1/24,0],[0,-⅙,⅙,1/12,-1/12,0],[0,-⅙,-⅙,⅙,⅙,1]]`.
+#[inline(always)]
+fn gt6(d: &[Lanes; 6]) -> [Lanes; 3] {
+    let (p12, m21) = (add(&d[1], &d[2]), sub(&d[2], &d[1]));
+    let (p34, m34) = (add(&d[3], &d[4]), sub(&d[3], &d[4]));
+    [
+        add(&sub(&scale(&d[0], 0.25), &scale(&p12, 1.0 / 6.0)), &scale(&p34, 1.0 / 24.0)),
+        add(&scale(&m21, 1.0 / 6.0), &scale(&m34, 1.0 / 12.0)),
+        add(&scale(&sub(&p34, &p12), 1.0 / 6.0), &d[5]),
+    ]
+}
+
+/// Weight gradient of the forward correlation `s` ([`Filter::Direct`]) by F(4x4, 3x3): `dweight [C_out, C_in, 3, 3]
+/// += Gᵀ dU G` with `dU[ξ] [C_out, C_in] = Σ_tiles dM[ξ] · V[ξ]ᵀ`, `V = Bᵀ d B` (as in the forward pass) and
+/// `dM = A dy Aᵀ`: the adjoint of [`winograd4_3x3`], 36 GEMMs with inner dimension T per block. Each task sums its
+/// own `dU [36, C_out, C_in]`; the partials are added in task order (deterministic for a thread count).
+pub(crate) fn winograd4_3x3_dweight(dweight: &mut [f32], scratch: &mut Vec<f32>, dout: &[f32], inp: &[f32], s: &WinoShape) {
+    let (per, tasks, par_gemm) = super::conv::batch_split(s.n);
+    let ((ph, pw), (th, tw), (bl, ld)) = (plane(s), tiles(s), blocking(s, per));
+    let (oh, ow) = (s.h + 2 * s.pad - 2, s.w + 2 * s.pad - 2);
+    let (in_img, out_img) = (s.c_in * s.h * s.w, s.c_out * oh * ow);
+    let du_len = 36 * s.c_out * s.c_in;
+    let task_len = task_len(s, per) + du_len;
+    if scratch.len() < tasks * task_len {
+        scratch.resize(tasks * task_len, 0.0);
+    }
+    let scratch = &mut scratch[..tasks * task_len];
+    inp.par_chunks(per * in_img).zip(dout.par_chunks(per * out_img)).zip(scratch.par_chunks_mut(task_len)).for_each(|((x, dy), buf)| vectorized(#[inline(always)] || {
+        let (xt, rest) = buf.split_at_mut(ph * pw * bl);
+        let (yt, rest) = rest.split_at_mut(16 * th * tw * bl);
+        let (v, rest) = rest.split_at_mut(36 * s.c_in * ld);
+        let (dm, du) = rest.split_at_mut(36 * s.c_out * ld);
+        for (i, (xb, dyb)) in x.chunks(bl * in_img).zip(dy.chunks(bl * out_img)).enumerate() {
+            let nb = xb.len() / in_img;
+            input_tiles(v, xt, xb, s, ld, nb);
+            grad_tiles(dm, yt, dyb, s, ld, nb);
+            // du[ξ] [C_out, C_in] (+)= dm[ξ] [C_out, nt] · v[ξ] [C_in, nt]ᵀ
+            for xi in 0..36 {
+                let (dux, dmx, vx) = (&mut du[xi * s.c_out * s.c_in..(xi + 1) * s.c_out * s.c_in], &dm[xi * s.c_out * ld..(xi + 1) * s.c_out * ld], &v[xi * s.c_in * ld..(xi + 1) * s.c_in * ld]);
+                gemm_strided(dux, s.c_in, 1, dmx, ld, 1, vx, 1, ld, s.c_out, s.c_in, nb * th * tw, 1.0, i > 0, par_gemm);
+            }
+        }
+    }));
+    // dweight += Gᵀ (Σ_tasks du) G, per (co, ci), 8 filters at a time
+    let scratch: &[f32] = scratch;
+    let filters = s.c_out * s.c_in;
+    dweight.par_chunks_mut(9 * L).enumerate().for_each(|(blk, dw)| vectorized(#[inline(always)] || {
+        let (p0, n) = (blk * L, dw.len() / 9);
+        let mut d = [[[0.0f32; L]; 6]; 6];
+        for t in 0..tasks {
+            let du = &scratch[(t + 1) * task_len - du_len..(t + 1) * task_len];
+            for (xi, v) in d.iter_mut().flatten().enumerate() {
+                *v = add(v, &load(&du[xi * filters + p0..], n));
+            }
+        }
+        // r = Gᵀ d: [3, 6] (per column k), then each row of r times G: [3, 3]
+        let r: [[Lanes; 3]; 6] = std::array::from_fn(|k| gt6(&std::array::from_fn(|i| d[i][k])));
+        for i in 0..3 {
+            let row = gt6(&std::array::from_fn(|k| r[k][i]));
+            for (j, o) in row.iter().enumerate() {
+                for l in 0..n {
+                    dw[9 * l + 3 * i + j] += o[l];
+                }
+            }
+        }
+    }));
+}
+
+/// `dm [36, C_out, ld]` (column `t * nb + b`) `= A dy Aᵀ` of every 4x4 tile of every channel of `dyb [nb, C_out,
+/// OH, OW]`, through `yt [4TH, 4TW, nb]` per channel (zero past OH x OW).
+#[inline(always)]
+fn grad_tiles(dm: &mut [f32], yt: &mut [f32], dyb: &[f32], s: &WinoShape, ld: usize, nb: usize) {
+    let (th, tw) = tiles(s);
+    let (oh, ow) = (s.h + 2 * s.pad - 2, s.w + 2 * s.pad - 2);
+    let (ohw, xs, yw) = (oh * ow, s.c_out * ld, 4 * tw);
+    let yt = &mut yt[..4 * th * yw * nb];
+    if oh % 4 != 0 || ow % 4 != 0 {
+        yt.fill(0.0);
+    }
+    for c in 0..s.c_out {
+        transpose_in(yt, yw, nb, oh, ow, dyb, |b| (b * s.c_out + c) * ohw);
+        for ty in 0..th {
+            for tx in 0..tw {
+                let col = c * ld + (ty * tw + tx) * nb;
+                for b0 in (0..nb).step_by(L) {
+                    let n = (nb - b0).min(L);
+                    let at = (4 * ty * yw + 4 * tx) * nb + b0;
+                    // p = A dy (per column j): [6, 4], then each row of p times Aᵀ: [6, 6]
+                    let p: [[Lanes; 6]; 4] = std::array::from_fn(|j| a6(&std::array::from_fn(|r| load(&yt[at + (r * yw + j) * nb..], n))));
+                    for i in 0..6 {
+                        let row = a6(&std::array::from_fn(|j| p[j][i]));
+                        for (k, o) in row.iter().enumerate() {
+                            store(&mut dm[(6 * i + k) * xs + col + b0..], n, o);
+                        }
+                    }
+                }
+            }
+        }
     }
 }
