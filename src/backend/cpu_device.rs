@@ -109,6 +109,9 @@ impl Device for CpuDevice {
     fn conv2d_forward(&mut self, out: &mut [f32], inp: &[f32], weight: &[f32], shape: &Conv2dShape) -> Result<()> {
         k::conv2d_forward(out, &mut self.scratch, inp, weight, shape)
     }
+    fn conv2d_forward_no_grad(&mut self, out: &mut [f32], inp: &[f32], weight: &[f32], shape: &Conv2dShape) -> Result<()> {
+        k::conv2d_forward_no_grad(out, &mut self.scratch, inp, weight, shape)
+    }
     fn conv2d_backward(&mut self, dinp: Option<&mut [f32]>, dweight: &mut [f32], dout: &[f32], inp: &[f32], weight: &[f32], shape: &Conv2dShape) -> Result<()> {
         k::conv2d_backward(dinp, dweight, &mut self.scratch, dout, inp, weight, shape)
     }

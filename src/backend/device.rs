@@ -182,6 +182,12 @@ pub trait Device {
 
     /// `out[N, Co, Ho, Wo] = conv2d(inp[N, Ci, H, W], weight[Co, Ci, Kh, Kw])` (no bias).
     fn conv2d_forward(&mut self, out: Self::Mut<'_>, inp: Self::Ref<'_>, weight: Self::Ref<'_>, shape: &Conv2dShape) -> Result<()>;
+    /// [`Device::conv2d_forward`] for a network no backward pass runs through (a momentum encoder, embeddings):
+    /// a device may then pick a faster algorithm whose rounding error would upset gradients (the CPU's
+    /// F(4x4, 3x3)). The default is `conv2d_forward`.
+    fn conv2d_forward_no_grad(&mut self, out: Self::Mut<'_>, inp: Self::Ref<'_>, weight: Self::Ref<'_>, shape: &Conv2dShape) -> Result<()> {
+        self.conv2d_forward(out, inp, weight, shape)
+    }
     /// Convolution backward: data (`dinp += ...`, skipped when `None`) and weight (`dweight += ...`).
     #[allow(clippy::too_many_arguments)]
     fn conv2d_backward(&mut self, dinp: Option<Self::Mut<'_>>, dweight: Self::Mut<'_>, dout: Self::Ref<'_>, inp: Self::Ref<'_>, weight: Self::Ref<'_>, shape: &Conv2dShape) -> Result<()>;

@@ -49,6 +49,7 @@ pub struct Network<D: Device, M: Model> {
     dacts: D::Buf,
     argmax: Vec<D::IndexBuf>,
     slot: usize,
+    grad_free: bool,
 }
 
 impl<D: Device, M: Model> std::fmt::Debug for Network<D, M> {
@@ -111,7 +112,7 @@ impl<D: Device, M: Model> Network<D, M> {
         let plan = layout.plan(n, h, w, bn_groups)?;
         let (p, b, grads) = (dev.upload(params)?, dev.upload(buffers)?, dev.alloc(layout.params().len)?);
         let (acts, dacts, argmax) = (dev.alloc(plan.acts_len)?, dev.alloc(plan.acts_len)?, dev.alloc_index(plan.argmax_len)?);
-        Ok(Self { layout, dev, params: p, grads, buffers: b, num_batches_tracked: 0, plan, acts: vec![acts], dacts, argmax: vec![argmax], slot: 0 })
+        Ok(Self { layout, dev, params: p, grads, buffers: b, num_batches_tracked: 0, plan, acts: vec![acts], dacts, argmax: vec![argmax], slot: 0, grad_free: false })
     }
 
     /// Re-plans for batch size `n` and `bn_groups` (same H, W), reallocating the activations; parameters are kept.
@@ -129,6 +130,18 @@ impl<D: Device, M: Model> Network<D, M> {
         self.dacts = self.dev.alloc(plan.acts_len)?;
         self.plan = plan;
         Ok(())
+    }
+
+    /// Marks the network as one no backward pass runs through (a momentum encoder, an embedding copy), or clears
+    /// the mark: its forward passes may then use convolution algorithms that are faster but whose rounding error
+    /// would upset gradients ([`Device::conv2d_forward_no_grad`]), and its backward passes are an error.
+    pub fn set_grad_free(&mut self, grad_free: bool) {
+        self.grad_free = grad_free;
+    }
+
+    /// Whether [`Network::set_grad_free`] marked the network.
+    pub fn is_grad_free(&self) -> bool {
+        self.grad_free
     }
 
     /// Keeps `slots` activation sets, so that several forwards can each be followed by their own backward (moco-v3
@@ -295,7 +308,7 @@ impl<D: Device, M: Model> Network<D, M> {
 
     fn run_forward(&mut self, train: bool) -> Result<()> {
         for node in &self.plan.nodes {
-            forward_node(&mut self.dev, node, &mut self.acts[self.slot], &mut self.argmax[self.slot], &self.params, &mut self.buffers, train)?;
+            forward_node(&mut self.dev, node, &mut self.acts[self.slot], &mut self.argmax[self.slot], &self.params, &mut self.buffers, train, self.grad_free)?;
         }
         if train {
             self.num_batches_tracked += 1;
@@ -304,6 +317,9 @@ impl<D: Device, M: Model> Network<D, M> {
     }
 
     fn run_backward(&mut self) -> Result<()> {
+        if self.grad_free {
+            return Err(Error::shape("network backward", "a network not marked grad-free (set_grad_free(false))", "a grad-free network"));
+        }
         for node in self.plan.nodes.iter().rev() {
             backward_node(&mut self.dev, node, &self.plan.no_grad, &self.acts[self.slot], &mut self.dacts, &self.argmax[self.slot], &self.params, &mut self.grads)?;
         }
@@ -312,11 +328,16 @@ impl<D: Device, M: Model> Network<D, M> {
 }
 
 /// One node forward: outputs into `acts` (and the argmax, and in training the running statistics in `stats`).
-fn forward_node<D: Device>(dev: &mut D, node: &Node, acts: &mut D::Buf, argmax: &mut D::IndexBuf, params: &D::Buf, stats: &mut D::Buf, train: bool) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+fn forward_node<D: Device>(dev: &mut D, node: &Node, acts: &mut D::Buf, argmax: &mut D::IndexBuf, params: &D::Buf, stats: &mut D::Buf, train: bool, grad_free: bool) -> Result<()> {
     match node {
         Node::Conv { w, shape, inp, out } => {
             let ([o], [i]) = D::split(acts, [*out], [*inp])?;
-            dev.conv2d_forward(o, i, D::view(params, reg(w))?, shape)
+            if grad_free {
+                dev.conv2d_forward_no_grad(o, i, D::view(params, reg(w))?, shape)
+            } else {
+                dev.conv2d_forward(o, i, D::view(params, reg(w))?, shape)
+            }
         }
         Node::Bn { gamma, beta, rm, rv, shape, inp, out, mean, rstd, epi } => {
             let g = gamma.as_ref().map(|t| D::view(params, reg(t))).transpose()?;

@@ -143,8 +143,11 @@ impl<D: MocoDevice, M: Encoder> MocoEngine<D, M> {
         let layout = M::for_config(cfg)?;
         let (s, n, dim) = (cfg.image_size, cfg.batch_size, cfg.dim);
         let mut enc_q = Network::init_on(dev.clone(), layout.clone(), n, s, s, cfg.bn_splits, cfg.seed)?;
-        let enc_k = Network::init_on(dev.clone(), layout.clone(), n, s, s, cfg.bn_splits, cfg.seed)?;
-        let enc_eval = Network::init_on(dev.clone(), layout, EVAL_BATCH, s, s, 1, cfg.seed)?;
+        // the key encoder and the embedding copy run forward only (faster convolutions, see set_grad_free)
+        let mut enc_k = Network::init_on(dev.clone(), layout.clone(), n, s, s, cfg.bn_splits, cfg.seed)?;
+        enc_k.set_grad_free(true);
+        let mut enc_eval = Network::init_on(dev.clone(), layout, EVAL_BATCH, s, s, 1, cfg.seed)?;
+        enc_eval.set_grad_free(true);
         let opt = dev.opt_new(optimizer_config(cfg), &ParamSpans::from_layout(enc_q.layout.params())?)?;
         let (q, k1, k2) = (dev.alloc(n * dim)?, dev.alloc(n * dim)?, dev.alloc(n * dim)?);
         let (mut queue, mut v3) = (None, None);

@@ -99,7 +99,7 @@ fn conv_choices_to_meta() -> String {
     conv_algo_choices()
         .into_iter()
         .filter(|c| c.2 == threads)
-        .map(|(s, p, _, a)| format!("{},{},{},{},{},{},{},{},{},{},{}", s.n, s.c_in, s.h, s.w, s.c_out, s.kh, s.kw, s.stride, s.pad, if p == ConvPass::Forward { "f" } else { "b" }, match a { ConvAlgo::Im2col => "i", ConvAlgo::Winograd => "w", ConvAlgo::Winograd4x4 => "w4" }))
+        .map(|(s, p, _, a)| format!("{},{},{},{},{},{},{},{},{},{},{}", s.n, s.c_in, s.h, s.w, s.c_out, s.kh, s.kw, s.stride, s.pad, match p { ConvPass::Forward => "f", ConvPass::ForwardNoGrad => "n", ConvPass::BackwardData => "b" }, match a { ConvAlgo::Im2col => "i", ConvAlgo::Winograd => "w", ConvAlgo::Winograd4x4 => "w4" }))
         .collect::<Vec<_>>()
         .join(";")
 }
@@ -112,6 +112,7 @@ fn restore_conv_choices(meta: &str) -> std::result::Result<(), String> {
         let nums: Vec<usize> = f.iter().take(9).filter_map(|v| v.parse().ok()).collect();
         let (pass, algo) = match (f.get(9), f.get(10)) {
             (Some(&"f"), Some(a)) => (ConvPass::Forward, *a),
+            (Some(&"n"), Some(a)) => (ConvPass::ForwardNoGrad, *a),
             (Some(&"b"), Some(a)) => (ConvPass::BackwardData, *a),
             _ => return Err(format!("conv algorithm entry {entry:?}")),
         };

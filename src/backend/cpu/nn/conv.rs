@@ -23,13 +23,17 @@
 //! lists it); later calls look it up. The first call's results are those of the last run (the backward restores
 //! `dinp`/`dweight` from a one-time snapshot before each trial run, so it still accumulates exactly once).
 //!
-//! Why F(4x4, 3x3) is a candidate for the backward pass but not the forward one: its rounding error is ~20x
-//! F(2x2)'s (tests/winograd.rs). In the forward pass that error moves pre-activations across ReLU's kink and
-//! through batch norm, and the ResNet-18 fixture's gradients then miss PyTorch's by up to 9x their tolerance. In
-//! the backward pass the same error only perturbs gradient values, linearly: the fixture then uses under 1 % of
-//! its tolerance, as with F(2x2). `MOCO_CONV_ALGO=im2col`, `=winograd` or `=winograd4x4` forces one algorithm
-//! wherever it applies, forward included (for benchmarking). Only layers whose summed channel count is at least
-//! [`AUTO_MIN_SUM`] are candidates (numerics, see there; the RGB stem stays im2col).
+//! Why F(4x4, 3x3) is a candidate for the backward pass, and for a forward pass without gradients
+//! ([`conv2d_forward_no_grad`]: a momentum encoder, embeddings), but not for a forward pass that gradients
+//! follow: its rounding error is ~20x F(2x2)'s (tests/winograd.rs). In such a forward pass the error moves
+//! pre-activations across ReLU's kink and through batch norm, and the ResNet-18 fixture's gradients then miss
+//! PyTorch's by up to 9x their tolerance. In the backward pass the same error only perturbs gradient values,
+//! linearly: forced on every 3x3 layer, the ResNet-18 fixture still uses under 1 % of its tolerance, and the
+//! ResNet-50 one has a few more entries between 1x and 1.6x its tight bound, within its allowance for outliers
+//! (F(2x2): at most 0.76x apart from the one outlier both share). Without a backward pass nothing differentiates
+//! the output, which is then only ~5e-6 (relative) off. `MOCO_CONV_ALGO=im2col`, `=winograd` or `=winograd4x4`
+//! forces one algorithm wherever it applies, forward included (for benchmarking). Only layers whose summed
+//! channel count is at least [`AUTO_MIN_SUM`] are candidates (numerics, see there; the RGB stem stays im2col).
 //! [`conv2d_forward_with`] and [`conv2d_backward_with`] run a given algorithm.
 
 use super::check;
@@ -256,18 +260,30 @@ fn col2im_add_ld(img: &mut [f32], col: &[f32], ld: usize, s: &Conv2dShape) {
 /// calls and layers.
 /// The algorithm is the measured choice for this shape (see the module documentation).
 pub fn conv2d_forward(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weight: &[f32], shape: &Conv2dShape) -> Result<()> {
+    forward_measured(out, scratch, inp, weight, shape, Pass::Forward)
+}
+
+/// [`conv2d_forward`] for a network that no backward pass runs through (a momentum encoder, embeddings): the
+/// measured choice also tries F(4x4, 3x3), whose rounding error only matters where gradients follow (see the
+/// module documentation).
+pub fn conv2d_forward_no_grad(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weight: &[f32], shape: &Conv2dShape) -> Result<()> {
+    forward_measured(out, scratch, inp, weight, shape, Pass::ForwardNoGrad)
+}
+
+fn forward_measured(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weight: &[f32], shape: &Conv2dShape, pass: Pass) -> Result<()> {
     let s = *shape;
     check_forward(out, inp, weight, &s)?;
     if !s.winograd_applies() || s.c_in < AUTO_MIN_SUM {
         forward_im2col(out, scratch, inp, weight, &s);
         return Ok(());
     }
-    let key = (s, Pass::Forward);
+    let key = (s, pass);
     let algo = match forced().or_else(|| chosen(key)) {
         Some(a) => a,
         None => {
-            // `out` ends up holding the last trial's result, which is as valid as the other
-            remember(key, faster(&FORWARD_CANDIDATES, |a| forward_algo(out, scratch, inp, weight, &s, a)));
+            // `out` ends up holding the last trial's result, which is as valid as the others
+            let candidates: &[ConvAlgo] = if pass == Pass::ForwardNoGrad { &BACKWARD_CANDIDATES } else { &FORWARD_CANDIDATES };
+            remember(key, faster(candidates, |a| forward_algo(out, scratch, inp, weight, &s, a)));
             return Ok(());
         }
     };
@@ -544,6 +560,8 @@ pub enum ConvAlgo {
 pub enum Pass {
     /// `out = conv(inp, weight)`.
     Forward,
+    /// The same, in a network that no backward pass runs through ([`conv2d_forward_no_grad`]).
+    ForwardNoGrad,
     /// The backward pass with an input gradient (`dweight` and `dinp`).
     BackwardData,
 }
@@ -574,7 +592,7 @@ pub fn set_conv_algo_choice(shape: Conv2dShape, pass: Pass, algo: ConvAlgo) {
 
 /// What the measured choice tries for the forward pass (F(4x4) only on request: see the module notes).
 const FORWARD_CANDIDATES: [ConvAlgo; 2] = [ConvAlgo::Im2col, ConvAlgo::Winograd];
-/// What it tries for the backward pass with an input gradient.
+/// What it tries for the backward pass with an input gradient, and for a forward pass without gradients.
 const BACKWARD_CANDIDATES: [ConvAlgo; 3] = [ConvAlgo::Im2col, ConvAlgo::Winograd, ConvAlgo::Winograd4x4];
 
 /// Runs `trial` with each of `candidates` three times, alternating (the first round warms caches and scratch),

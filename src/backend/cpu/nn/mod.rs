@@ -25,7 +25,7 @@ mod winograd;
 mod winograd4;
 
 pub use act::{add_backward, add_forward, relu_backward, relu_forward, EltwiseShape};
-pub use conv::{conv2d_backward, conv2d_backward_with, conv2d_forward, conv2d_forward_with, conv_algo_choices, set_conv_algo_choice, Conv2dShape, ConvAlgo, Pass as ConvPass};
+pub use conv::{conv2d_backward, conv2d_backward_with, conv2d_forward, conv2d_forward_no_grad, conv2d_forward_with, conv_algo_choices, set_conv_algo_choice, Conv2dShape, ConvAlgo, Pass as ConvPass};
 pub use linear::{linear_backward, linear_forward, LinearShape};
 pub use norm::{
     batchnorm_add_relu_backward, batchnorm_add_relu_forward_eval, batchnorm_add_relu_forward_train, batchnorm_backward,
