@@ -6,6 +6,7 @@
 //! alternating-sign sum / first 16 values for large ones), the updated running statistics and the eval logits.
 mod common;
 
+use moco::backend::cpu::nn::{set_conv_algo_choice, Conv2dShape, ConvAlgo, ConvPass};
 use moco::nn::{Depth, ResNetConfig, ResNetCpu, ResNetLayout, Stem};
 use safetensors::SafeTensors;
 
@@ -267,4 +268,37 @@ fn resnet50_imagenet_matches_pytorch_cuda() {
         Ok(c) => check_case(&R50, WGPU_TOL, device_step(&R50, c)),
         Err(e) => eprintln!("resnet50 on CUDA skipped: {e}"),
     }
+}
+
+#[test]
+fn grad_free_network_matches_and_refuses_backward() {
+    // the fixture's ResNet-18 with batch 8: a grad-free copy (as MoCo's key encoder) may run F(4x4, 3x3) in its
+    // forward pass; its logits stay within the fixture's logit tolerance of the ordinary network's, and a backward
+    // pass through it is an error, not a panic
+    let (n, h, w) = (8, 32, 32);
+    // F(4x4) for every 3x3 stride-1 layer of the grad-free copy, as if measured faster (no other test uses batch 8)
+    for (c, hw) in [(64, 32), (128, 16), (256, 8), (512, 4)] {
+        let s = Conv2dShape::new(n, c, hw, hw, c, 3, 3, 1, 1).unwrap();
+        set_conv_algo_choice(s, ConvPass::ForwardNoGrad, ConvAlgo::Winograd4x4);
+    }
+    let mut net = ResNetCpu::new(R18.cfg, n, h, w, 1, 0).unwrap();
+    let params = fixture_params(&net.layout);
+    net.params.copy_from_slice(&params);
+    let mut free = ResNetCpu::new(R18.cfg, n, h, w, 1, 0).unwrap();
+    free.params.copy_from_slice(&params);
+    free.set_grad_free(true);
+    assert!(free.is_grad_free() && !net.is_grad_free());
+    let x = fill("input", n * 3 * h * w, 1.0, 0.0);
+    let want = net.forward(&x, true).unwrap().to_vec();
+    let scale = want.iter().fold(0f32, |a, b| a.max(b.abs())) as f64;
+    for call in 0..2 {
+        let got = free.forward(&x, true).unwrap().to_vec();
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            close(&format!("grad-free logits[{i}] call {call}"), *g as f64, *w as f64, 2e-4 * scale);
+        }
+    }
+    let err = free.backward(&vec![0.1; n * 10]).unwrap_err().to_string();
+    assert!(err.contains("grad-free"), "{err}");
+    free.set_grad_free(false);
+    free.backward(&vec![0.1; n * 10]).unwrap();
 }
