@@ -18,7 +18,7 @@
 //! forward pass and the backward pass with an input gradient (both `dinp` and `dweight`), and F(4x4, 3x3)
 //! ([`super::winograd4`]) for that backward pass only. Which algorithm a shape gets is MEASURED, not ruled: the
 //! first [`conv2d_forward`] / [`conv2d_backward`] call with a given shape (and rayon thread count, and whether
-//! `dinp` is wanted) runs each candidate three times, alternating, takes the fastest of the last two runs of each
+//! `dinp` is wanted) runs each candidate five times, alternating, takes the fastest of the last four runs of each
 //! (the first warms caches and grows `scratch`), and caches it in a process-wide table ([`conv_algo_choices`]
 //! lists it); later calls look it up. The first call's results are those of the last run (the backward restores
 //! `dinp`/`dweight` from a one-time snapshot before each trial run, so it still accumulates exactly once).
@@ -595,16 +595,23 @@ const FORWARD_CANDIDATES: [ConvAlgo; 2] = [ConvAlgo::Im2col, ConvAlgo::Winograd]
 /// What it tries for the backward pass with an input gradient, and for a forward pass without gradients.
 const BACKWARD_CANDIDATES: [ConvAlgo; 3] = [ConvAlgo::Im2col, ConvAlgo::Winograd, ConvAlgo::Winograd4x4];
 
-/// Runs `trial` with each of `candidates` three times, alternating (the first round warms caches and scratch),
-/// and returns the one with the smallest of its last two times (the first listed on a tie).
+/// Trial rounds of the measured choice: the first warms caches and grows `scratch`, the others are timed. Five
+/// (not three) because on a busy host two timed runs let a 25 % slower algorithm win about one time in two
+/// (seen on ResNet-18's 256-channel backward, F(2x2) against F(4x4)).
+const TRIAL_ROUNDS: usize = 5;
+
+/// Runs `trial` with each of `candidates` [`TRIAL_ROUNDS`] times, alternating (forward and reverse order in turn,
+/// so that none always runs after the same one), and returns the one with the smallest time after the first round
+/// (the first listed on a tie).
 fn faster(candidates: &[ConvAlgo], mut trial: impl FnMut(ConvAlgo)) -> ConvAlgo {
     let mut best = vec![Duration::MAX; candidates.len()];
-    for round in 0..3 {
-        for (&a, b) in candidates.iter().zip(&mut best) {
+    for round in 0..TRIAL_ROUNDS {
+        for k in 0..candidates.len() {
+            let i = if round % 2 == 0 { k } else { candidates.len() - 1 - k };
             let t = Instant::now();
-            trial(a);
+            trial(candidates[i]);
             if round > 0 {
-                *b = (*b).min(t.elapsed());
+                best[i] = best[i].min(t.elapsed());
             }
         }
     }
