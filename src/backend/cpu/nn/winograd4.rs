@@ -34,20 +34,24 @@ fn plane(s: &WinoShape) -> (usize, usize) {
 /// 25.3 against 26.3 ms on 256 at 8x8 (`MOCO_WINO4_TILES` overrides it, for benchmarking).
 const TILE_COLS4: usize = 128;
 
-/// Whole images per block (about [`TILE_COLS4`] tiles, but at least one 8-lane group, at most `per`) and the
-/// block's column count `ld`.
-fn blocking(s: &WinoShape, per: usize) -> (usize, usize) {
+/// How a task of `per` images is cut into blocks of about [`TILE_COLS4`] tiles: `(images per block, tile rows per
+/// band, ld)`. A block holds at least one 8-lane group of images (at most `per`); when that many whole planes hold
+/// more tiles than the target (32x32 planes: 64 tiles each), each block is cut into bands of tile rows, so that
+/// its `V` and `M` stay in L2. `ld` is the most tiles a band holds.
+fn blocking(s: &WinoShape, per: usize) -> (usize, usize, usize) {
     static T: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let target = *T.get_or_init(|| env_tiles("MOCO_WINO4_TILES", TILE_COLS4));
     let (th, tw) = tiles(s);
     let bl = (target / (th * tw)).max(L).min(per.max(1));
-    (bl, bl * th * tw)
+    let rows = (target / (bl * tw)).clamp(1, th);
+    (bl, rows, bl * rows * tw)
 }
 
-/// Per task: the block's padded planes `[PH, PW, bl]`, its output planes `[4TH, 4TW, bl]`, `V` and `M`.
+/// Per task: a band's padded input rows `[4R + 2, PW, bl]` and output rows `[4R, 4TW, bl]` (R tile rows), `V`
+/// and `M`.
 fn task_len(s: &WinoShape, per: usize) -> usize {
-    let ((ph, pw), (th, tw), (bl, ld)) = (plane(s), tiles(s), blocking(s, per));
-    ph * pw * bl + 16 * th * tw * bl + 36 * (s.c_in + s.c_out) * ld
+    let ((_, pw), (_, tw), (bl, rows, ld)) = (plane(s), tiles(s), blocking(s, per));
+    (4 * rows + 2) * pw * bl + 16 * rows * tw * bl + 36 * (s.c_in + s.c_out) * ld
 }
 
 /// Scratch elements needed for `s` split into `tasks` tasks of at most `per` images.
@@ -120,7 +124,7 @@ pub(crate) fn winograd4_3x3(out: &mut [f32], accumulate: bool, scratch: &mut Vec
     if scratch.len() < need {
         scratch.resize(need, 0.0);
     }
-    let ((ph, pw), (th, tw), (bl, ld)) = (plane(s), tiles(s), blocking(s, per));
+    let ((_, pw), (th, tw), (bl, rows, ld)) = (plane(s), tiles(s), blocking(s, per));
     let (oh, ow) = (s.h + 2 * s.pad - 2, s.w + 2 * s.pad - 2);
     let (in_img, out_img) = (s.c_in * s.h * s.w, s.c_out * oh * ow);
     let task_len = task_len(s, per);
@@ -128,34 +132,43 @@ pub(crate) fn winograd4_3x3(out: &mut [f32], accumulate: bool, scratch: &mut Vec
     transform_weights(u, weight, s, filter);
     let u: &[f32] = u;
     inp.par_chunks(per * in_img).zip(out.par_chunks_mut(per * out_img)).zip(rest.par_chunks_mut(task_len)).for_each(|((x, y), buf)| vectorized(#[inline(always)] || {
-        let (xt, rest) = buf.split_at_mut(ph * pw * bl);
-        let (yt, rest) = rest.split_at_mut(16 * th * tw * bl);
+        let (xt, rest) = buf.split_at_mut((4 * rows + 2) * pw * bl);
+        let (yt, rest) = rest.split_at_mut(16 * rows * tw * bl);
         let (v, m) = rest.split_at_mut(36 * s.c_in * ld);
         for (xb, yb) in x.chunks(bl * in_img).zip(y.chunks_mut(bl * out_img)) {
             let nb = xb.len() / in_img;
-            input_tiles(v, xt, xb, s, ld, nb);
-            // m[ξ] [C_out, nt] = u[ξ] [C_out, C_in] · v[ξ] [C_in, nt]; u[ξ] row co at co*36*C_in + ξ*C_in
-            for xi in 0..36 {
-                let (mx, ux, vx) = (&mut m[xi * s.c_out * ld..(xi + 1) * s.c_out * ld], &u[xi * s.c_in..], &v[xi * s.c_in * ld..(xi + 1) * s.c_in * ld]);
-                gemm_strided(mx, ld, 1, ux, 36 * s.c_in, 1, vx, ld, 1, s.c_out, nb * th * tw, s.c_in, 1.0, false, par_gemm);
+            for ty0 in (0..th).step_by(rows) {
+                let band = (ty0, (ty0 + rows).min(th));
+                input_tiles(v, xt, xb, s, ld, nb, band);
+                // m[ξ] [C_out, nt] = u[ξ] [C_out, C_in] · v[ξ] [C_in, nt]; u[ξ] row co at co*36*C_in + ξ*C_in
+                for xi in 0..36 {
+                    let (mx, ux, vx) = (&mut m[xi * s.c_out * ld..(xi + 1) * s.c_out * ld], &u[xi * s.c_in..], &v[xi * s.c_in * ld..(xi + 1) * s.c_in * ld]);
+                    gemm_strided(mx, ld, 1, ux, 36 * s.c_in, 1, vx, ld, 1, s.c_out, nb * (band.1 - band.0) * tw, s.c_in, 1.0, false, par_gemm);
+                }
+                output_tiles(yb, m, yt, s, ld, nb, band, accumulate);
             }
-            output_tiles(yb, m, yt, s, ld, nb, accumulate);
         }
     }));
 }
 
-/// `v [36, C_in, ld]` (column `t * nb + b`): `Bᵀ d B` of every 6x6 patch of every channel of the `nb` images
-/// `xb`, through `xt [PH, PW, nb]` (the channel's zero-padded planes, image innermost).
+/// `v [36, C_in, ld]` (column `((ty - ty0) * TW + tx) * nb + b`): `Bᵀ d B` of every 6x6 patch in tile rows
+/// `band = (ty0, ty1)` of every channel of the `nb` images `xb`, through `xt [4(ty1-ty0) + 2, PW, nb]` (the
+/// band's zero-padded rows of one channel's planes, image innermost).
 #[inline(always)]
-fn input_tiles(v: &mut [f32], xt: &mut [f32], xb: &[f32], s: &WinoShape, ld: usize, nb: usize) {
-    let ((ph, pw), (th, tw)) = (plane(s), tiles(s));
+fn input_tiles(v: &mut [f32], xt: &mut [f32], xb: &[f32], s: &WinoShape, ld: usize, nb: usize, band: (usize, usize)) {
+    let ((_, pw), (_, tw), (ty0, ty1)) = (plane(s), tiles(s), band);
     let (hw, xs) = (s.h * s.w, s.c_in * ld);
-    let xt = &mut xt[..ph * pw * nb];
-    // the border stays zero: only image positions are written below
+    // padded rows pr0..pr0 + rows of the plane; image rows r0..r1 fall inside them
+    let (pr0, rows) = (4 * ty0, 4 * (ty1 - ty0) + 2);
+    let (r0, r1) = ((pr0.max(s.pad) - s.pad).min(s.h), (pr0 + rows).saturating_sub(s.pad).min(s.h));
+    let xt = &mut xt[..rows * pw * nb];
+    // the border stays zero: every channel writes the same image positions below
     xt.fill(0.0);
     for c in 0..s.c_in {
-        transpose_in(&mut xt[(s.pad * pw + s.pad) * nb..], pw, nb, s.h, s.w, xb, |b| (b * s.c_in + c) * hw);
-        for ty in 0..th {
+        if r0 < r1 {
+            transpose_in(&mut xt[((r0 + s.pad - pr0) * pw + s.pad) * nb..], pw, nb, r1 - r0, s.w, xb, |b| (b * s.c_in + c) * hw + r0 * s.w);
+        }
+        for ty in 0..ty1 - ty0 {
             for tx in 0..tw {
                 let col = c * ld + (ty * tw + tx) * nb;
                 for b0 in (0..nb).step_by(L) {
@@ -175,15 +188,18 @@ fn input_tiles(v: &mut [f32], xt: &mut [f32], xb: &[f32], s: &WinoShape, ld: usi
     }
 }
 
-/// `yb [nb, C_out, OH, OW] (+)= Aᵀ m A` from `m [36, C_out, ld]` (column `t * nb + b`), through
-/// `yt [4TH, 4TW, nb]` per channel, clipped to the plane.
+/// `yb [nb, C_out, OH, OW] (+)= Aᵀ m A` for tile rows `band = (ty0, ty1)` from `m [36, C_out, ld]` (column
+/// `((ty - ty0) * TW + tx) * nb + b`), through `yt [4(ty1-ty0), 4TW, nb]` per channel, clipped to the plane.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn output_tiles(yb: &mut [f32], m: &[f32], yt: &mut [f32], s: &WinoShape, ld: usize, nb: usize, accumulate: bool) {
-    let (th, tw) = tiles(s);
+fn output_tiles(yb: &mut [f32], m: &[f32], yt: &mut [f32], s: &WinoShape, ld: usize, nb: usize, band: (usize, usize), accumulate: bool) {
+    let ((_, tw), (ty0, ty1)) = (tiles(s), band);
     let (oh, ow) = (s.h + 2 * s.pad - 2, s.w + 2 * s.pad - 2);
     let (ohw, xs, yw) = (oh * ow, s.c_out * ld, 4 * tw);
+    // output rows 4*ty0 .. r1 of the plane
+    let r1 = (4 * ty1).min(oh);
     for c in 0..s.c_out {
-        for ty in 0..th {
+        for ty in 0..ty1 - ty0 {
             for tx in 0..tw {
                 let col = c * ld + (ty * tw + tx) * nb;
                 for b0 in (0..nb).step_by(L) {
@@ -200,7 +216,7 @@ fn output_tiles(yb: &mut [f32], m: &[f32], yt: &mut [f32], s: &WinoShape, ld: us
                 }
             }
         }
-        transpose_out(yb, nb, oh, ow, yt, yw, accumulate, |b| (b * s.c_out + c) * ohw);
+        transpose_out(yb, nb, r1 - 4 * ty0, ow, yt, yw, accumulate, |b| (b * s.c_out + c) * ohw + 4 * ty0 * ow);
     }
 }
 
@@ -231,7 +247,7 @@ fn gt6(d: &[Lanes; 6]) -> [Lanes; 3] {
 /// own `dU [36, C_out, C_in]`; the partials are added in task order (deterministic for a thread count).
 pub(crate) fn winograd4_3x3_dweight(dweight: &mut [f32], scratch: &mut Vec<f32>, dout: &[f32], inp: &[f32], s: &WinoShape) {
     let (per, tasks, par_gemm) = super::conv::batch_split(s.n);
-    let ((ph, pw), (th, tw), (bl, ld)) = (plane(s), tiles(s), blocking(s, per));
+    let ((_, pw), (th, tw), (bl, rows, ld)) = (plane(s), tiles(s), blocking(s, per));
     let (oh, ow) = (s.h + 2 * s.pad - 2, s.w + 2 * s.pad - 2);
     let (in_img, out_img) = (s.c_in * s.h * s.w, s.c_out * oh * ow);
     let du_len = 36 * s.c_out * s.c_in;
@@ -241,18 +257,23 @@ pub(crate) fn winograd4_3x3_dweight(dweight: &mut [f32], scratch: &mut Vec<f32>,
     }
     let scratch = &mut scratch[..tasks * task_len];
     inp.par_chunks(per * in_img).zip(dout.par_chunks(per * out_img)).zip(scratch.par_chunks_mut(task_len)).for_each(|((x, dy), buf)| vectorized(#[inline(always)] || {
-        let (xt, rest) = buf.split_at_mut(ph * pw * bl);
-        let (yt, rest) = rest.split_at_mut(16 * th * tw * bl);
+        let (xt, rest) = buf.split_at_mut((4 * rows + 2) * pw * bl);
+        let (yt, rest) = rest.split_at_mut(16 * rows * tw * bl);
         let (v, rest) = rest.split_at_mut(36 * s.c_in * ld);
         let (dm, du) = rest.split_at_mut(36 * s.c_out * ld);
-        for (i, (xb, dyb)) in x.chunks(bl * in_img).zip(dy.chunks(bl * out_img)).enumerate() {
+        let mut first = true;
+        for (xb, dyb) in x.chunks(bl * in_img).zip(dy.chunks(bl * out_img)) {
             let nb = xb.len() / in_img;
-            input_tiles(v, xt, xb, s, ld, nb);
-            grad_tiles(dm, yt, dyb, s, ld, nb);
-            // du[ξ] [C_out, C_in] (+)= dm[ξ] [C_out, nt] · v[ξ] [C_in, nt]ᵀ
-            for xi in 0..36 {
-                let (dux, dmx, vx) = (&mut du[xi * s.c_out * s.c_in..(xi + 1) * s.c_out * s.c_in], &dm[xi * s.c_out * ld..(xi + 1) * s.c_out * ld], &v[xi * s.c_in * ld..(xi + 1) * s.c_in * ld]);
-                gemm_strided(dux, s.c_in, 1, dmx, ld, 1, vx, 1, ld, s.c_out, s.c_in, nb * th * tw, 1.0, i > 0, par_gemm);
+            for ty0 in (0..th).step_by(rows) {
+                let band = (ty0, (ty0 + rows).min(th));
+                input_tiles(v, xt, xb, s, ld, nb, band);
+                grad_tiles(dm, yt, dyb, s, ld, nb, band);
+                // du[ξ] [C_out, C_in] (+)= dm[ξ] [C_out, nt] · v[ξ] [C_in, nt]ᵀ
+                for xi in 0..36 {
+                    let (dux, dmx, vx) = (&mut du[xi * s.c_out * s.c_in..(xi + 1) * s.c_out * s.c_in], &dm[xi * s.c_out * ld..(xi + 1) * s.c_out * ld], &v[xi * s.c_in * ld..(xi + 1) * s.c_in * ld]);
+                    gemm_strided(dux, s.c_in, 1, dmx, ld, 1, vx, 1, ld, s.c_out, s.c_in, nb * (band.1 - band.0) * tw, 1.0, !first, par_gemm);
+                }
+                first = false;
             }
         }
     }));
@@ -281,20 +302,23 @@ pub(crate) fn winograd4_3x3_dweight(dweight: &mut [f32], scratch: &mut Vec<f32>,
     }));
 }
 
-/// `dm [36, C_out, ld]` (column `t * nb + b`) `= A dy Aᵀ` of every 4x4 tile of every channel of `dyb [nb, C_out,
-/// OH, OW]`, through `yt [4TH, 4TW, nb]` per channel (zero past OH x OW).
+/// `dm [36, C_out, ld]` (column `((ty - ty0) * TW + tx) * nb + b`) `= A dy Aᵀ` of every 4x4 tile in tile rows
+/// `band = (ty0, ty1)` of every channel of `dyb [nb, C_out, OH, OW]`, through `yt [4(ty1-ty0), 4TW, nb]` per
+/// channel (zero past OH x OW).
 #[inline(always)]
-fn grad_tiles(dm: &mut [f32], yt: &mut [f32], dyb: &[f32], s: &WinoShape, ld: usize, nb: usize) {
-    let (th, tw) = tiles(s);
+fn grad_tiles(dm: &mut [f32], yt: &mut [f32], dyb: &[f32], s: &WinoShape, ld: usize, nb: usize, band: (usize, usize)) {
+    let ((_, tw), (ty0, ty1)) = (tiles(s), band);
     let (oh, ow) = (s.h + 2 * s.pad - 2, s.w + 2 * s.pad - 2);
     let (ohw, xs, yw) = (oh * ow, s.c_out * ld, 4 * tw);
-    let yt = &mut yt[..4 * th * yw * nb];
-    if oh % 4 != 0 || ow % 4 != 0 {
+    // output rows 4*ty0 .. r1 of the plane; the rest of the band's rows and columns stay zero
+    let r1 = (4 * ty1).min(oh);
+    let yt = &mut yt[..4 * (ty1 - ty0) * yw * nb];
+    if r1 < 4 * ty1 || ow % 4 != 0 {
         yt.fill(0.0);
     }
     for c in 0..s.c_out {
-        transpose_in(yt, yw, nb, oh, ow, dyb, |b| (b * s.c_out + c) * ohw);
-        for ty in 0..th {
+        transpose_in(yt, yw, nb, r1 - 4 * ty0, ow, dyb, |b| (b * s.c_out + c) * ohw + 4 * ty0 * ow);
+        for ty in 0..ty1 - ty0 {
             for tx in 0..tw {
                 let col = c * ld + (ty * tw + tx) * nb;
                 for b0 in (0..nb).step_by(L) {
