@@ -16,7 +16,7 @@
 //!
 //! 3x3 stride-1 convolutions (pad <= 2) may instead run Winograd: F(2x2, 3x3) ([`super::winograd`]) for the
 //! forward pass and the backward pass with an input gradient (both `dinp` and `dweight`), and F(4x4, 3x3)
-//! ([`super::winograd4`]) for that backward pass only. Which algorithm a shape gets is MEASURED, not ruled: the
+//! ([`super::winograd4`]) for that backward pass and for forward passes without gradients. Which algorithm a shape gets is MEASURED, not ruled: the
 //! first [`conv2d_forward`] / [`conv2d_backward`] call with a given shape (and rayon thread count, and whether
 //! `dinp` is wanted) runs each candidate five times, alternating, takes the fastest of the last four runs of each
 //! (the first warms caches and grows `scratch`), and caches it in a process-wide table ([`conv_algo_choices`]
@@ -282,7 +282,7 @@ fn forward_measured(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weight
         Some(a) => a,
         None => {
             // `out` ends up holding the last trial's result, which is as valid as the others
-            let candidates: &[ConvAlgo] = if pass == Pass::ForwardNoGrad { &BACKWARD_CANDIDATES } else { &FORWARD_CANDIDATES };
+            let candidates: &[ConvAlgo] = if pass == Pass::ForwardNoGrad { &ALL_CANDIDATES } else { &FORWARD_CANDIDATES };
             remember(key, faster(candidates, |a| forward_algo(out, scratch, inp, weight, &s, a)));
             return Ok(());
         }
@@ -370,7 +370,7 @@ pub fn conv2d_backward(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &
             let (dx0, dw0) = (dx.to_vec(), dweight.to_vec());
             remember(
                 key,
-                faster(&BACKWARD_CANDIDATES, |a| {
+                faster(&ALL_CANDIDATES, |a| {
                     dx.copy_from_slice(&dx0);
                     dweight.copy_from_slice(&dw0);
                     backward_algo(&mut *dx, &mut *dweight, scratch, dout, inp, weight, &s, a);
@@ -550,8 +550,9 @@ pub enum ConvAlgo {
     Winograd,
     /// Winograd F(4x4, 3x3) (where F(2x2, 3x3) applies): the forward pass, or `dinp` and `dweight` in backward.
     /// 1.8x fewer multiplies than F(2x2, 3x3), but ~20x its rounding error (tests/winograd.rs): a measured
-    /// candidate for the backward pass only (see the module notes); the forward pass runs it only when asked
-    /// (`*_with`, `MOCO_CONV_ALGO=winograd4x4`, or [`set_conv_algo_choice`]).
+    /// candidate for the backward pass and for a forward pass without gradients (see the module notes); a forward
+    /// pass that gradients follow runs it only when asked (`*_with`, `MOCO_CONV_ALGO=winograd4x4`, or
+    /// [`set_conv_algo_choice`]).
     Winograd4x4,
 }
 
@@ -593,7 +594,7 @@ pub fn set_conv_algo_choice(shape: Conv2dShape, pass: Pass, algo: ConvAlgo) {
 /// What the measured choice tries for the forward pass (F(4x4) only on request: see the module notes).
 const FORWARD_CANDIDATES: [ConvAlgo; 2] = [ConvAlgo::Im2col, ConvAlgo::Winograd];
 /// What it tries for the backward pass with an input gradient, and for a forward pass without gradients.
-const BACKWARD_CANDIDATES: [ConvAlgo; 3] = [ConvAlgo::Im2col, ConvAlgo::Winograd, ConvAlgo::Winograd4x4];
+const ALL_CANDIDATES: [ConvAlgo; 3] = [ConvAlgo::Im2col, ConvAlgo::Winograd, ConvAlgo::Winograd4x4];
 
 /// Trial rounds of the measured choice: the first warms caches and grows `scratch`, the others are timed. Five
 /// (not three) because on a busy host two timed runs let a 25 % slower algorithm win about one time in two

@@ -681,33 +681,39 @@ pub(crate) fn winograd_3x3_dweight(dweight: &mut [f32], scratch: &mut Vec<f32>, 
             }
         }
     }));
-    // dweight += Gᵀ (Σ_tasks du) G, per (co, ci), 8 filters at a time
-    let scratch: &[f32] = scratch;
-    let plane = s.c_out * s.c_in;
+    reduce_dweight(dweight, scratch, tasks, task_len, gt4);
+}
+
+/// `Gᵀ d` for one column of a 4x4 gradient tile: `Gᵀ = [[1,½,½,0],[0,½,-½,0],[0,½,½,1]]`.
+#[inline(always)]
+fn gt4(d: &[Lanes; 4]) -> [Lanes; 3] {
+    let half = |v: &Lanes| -> Lanes { std::array::from_fn(|l| 0.5 * v[l]) };
+    let (a, b, c, e) = (&d[0], &d[1], &d[2], &d[3]);
+    [add(a, &half(&add(b, c))), half(&sub(b, c)), add(&half(&add(b, c)), e)]
+}
+
+/// `dweight [C_out * C_in, 3, 3] += Gᵀ (Σ_tasks dU) G` for every filter, 8 at a time: the last `X * X * C_out *
+/// C_in` values of task `t`'s slice `scratch[t * task_len..(t + 1) * task_len]` are its partial `dU [X, X, C_out *
+/// C_in]`, added in task order (deterministic for a thread count); `gt` is `Gᵀ` on one column, `[X] -> [3]`.
+pub(super) fn reduce_dweight<const X: usize>(dweight: &mut [f32], scratch: &[f32], tasks: usize, task_len: usize, gt: fn(&[Lanes; X]) -> [Lanes; 3]) {
+    let filters = dweight.len() / 9;
+    let du_len = X * X * filters;
     dweight.par_chunks_mut(9 * L).enumerate().for_each(|(blk, dw)| vectorized(#[inline(always)] || {
         let (p0, n) = (blk * L, dw.len() / 9);
-        let mut d = [[[0.0f32; L]; 4]; 4];
+        let mut d = [[[0.0f32; L]; X]; X];
         for t in 0..tasks {
-            let du = &scratch[t * task_len + task_len - du_len..(t + 1) * task_len];
+            let du = &scratch[(t + 1) * task_len - du_len..(t + 1) * task_len];
             for (xi, v) in d.iter_mut().flatten().enumerate() {
-                *v = add(v, &load(&du[xi * plane + p0..], n));
+                *v = add(v, &load(&du[xi * filters + p0..], n));
             }
         }
-        // r = Gᵀ d: [3, 4]; Gᵀ = [[1,½,½,0],[0,½,-½,0],[0,½,½,1]]
-        let half = |v: &Lanes| -> Lanes { std::array::from_fn(|l| 0.5 * v[l]) };
-        let mut r = [[[0.0f32; L]; 4]; 3];
-        for j in 0..4 {
-            let (a, b, c, e) = (&d[0][j], &d[1][j], &d[2][j], &d[3][j]);
-            r[0][j] = add(a, &half(&add(b, c)));
-            r[1][j] = half(&sub(b, c));
-            r[2][j] = add(&half(&add(b, c)), e);
-        }
-        for (i, row) in r.iter().enumerate() {
-            let (a, b, c, e) = (&row[0], &row[1], &row[2], &row[3]);
-            let out = [add(a, &half(&add(b, c))), half(&sub(b, c)), add(&half(&add(b, c)), e)];
-            for (k, o) in out.iter().enumerate() {
+        // r = Gᵀ d: [3, X] (per column k), then each row of r times G: [3, 3]
+        let r: [[Lanes; 3]; X] = std::array::from_fn(|k| gt(&std::array::from_fn(|i| d[i][k])));
+        for i in 0..3 {
+            let row = gt(&std::array::from_fn(|k| r[k][i]));
+            for (j, o) in row.iter().enumerate() {
                 for l in 0..n {
-                    dw[9 * l + 3 * i + k] += o[l];
+                    dw[9 * l + 3 * i + j] += o[l];
                 }
             }
         }

@@ -10,9 +10,10 @@
 //!
 //! Numerics: `G` holds 1/6, 1/12 and 1/24 and `Bᵀ`, `Aᵀ` hold 4, 5 and 8, so the rounding error is ~20x
 //! F(2x2, 3x3)'s (which only adds and halves); tests/winograd.rs states the measured error against the f64
-//! reference. The measured per-shape choice tries it for the backward pass only (see [`super::conv`]).
+//! reference. The measured per-shape choice tries it for the backward pass and for forward passes without
+//! gradients (see [`super::conv`]).
 
-use super::winograd::{add, env_tiles, gather_filters, load, store, sub, transpose_in, transpose_out, Filter, Lanes, WinoShape, L};
+use super::winograd::{add, env_tiles, gather_filters, load, reduce_dweight, store, sub, transpose_in, transpose_out, Filter, Lanes, WinoShape, L};
 use crate::backend::cpu::gemm::gemm_strided;
 use crate::backend::cpu::vector::vectorized;
 use rayon::prelude::*;
@@ -277,29 +278,7 @@ pub(crate) fn winograd4_3x3_dweight(dweight: &mut [f32], scratch: &mut Vec<f32>,
             }
         }
     }));
-    // dweight += Gᵀ (Σ_tasks du) G, per (co, ci), 8 filters at a time
-    let scratch: &[f32] = scratch;
-    let filters = s.c_out * s.c_in;
-    dweight.par_chunks_mut(9 * L).enumerate().for_each(|(blk, dw)| vectorized(#[inline(always)] || {
-        let (p0, n) = (blk * L, dw.len() / 9);
-        let mut d = [[[0.0f32; L]; 6]; 6];
-        for t in 0..tasks {
-            let du = &scratch[(t + 1) * task_len - du_len..(t + 1) * task_len];
-            for (xi, v) in d.iter_mut().flatten().enumerate() {
-                *v = add(v, &load(&du[xi * filters + p0..], n));
-            }
-        }
-        // r = Gᵀ d: [3, 6] (per column k), then each row of r times G: [3, 3]
-        let r: [[Lanes; 3]; 6] = std::array::from_fn(|k| gt6(&std::array::from_fn(|i| d[i][k])));
-        for i in 0..3 {
-            let row = gt6(&std::array::from_fn(|k| r[k][i]));
-            for (j, o) in row.iter().enumerate() {
-                for l in 0..n {
-                    dw[9 * l + 3 * i + j] += o[l];
-                }
-            }
-        }
-    }));
+    reduce_dweight(dweight, scratch, tasks, task_len, gt6);
 }
 
 /// `dm [36, C_out, ld]` (column `((ty - ty0) * TW + tx) * nb + b`) `= A dy Aᵀ` of every 4x4 tile in tile rows
