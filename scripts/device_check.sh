@@ -66,7 +66,7 @@ echo "moco CUDA engine:"; grep -h '"moco_cuda_engine_v2_step' "$OUT/cuda_step.tx
 echo "PyTorch + cuDNN:";  grep -h '"moco_v2_step' "$OUT/torch_step.jsonl" || true
 
 step "End-to-end MoCo v2 training step (wgpu engine on the GPU's Vulkan driver; skipped without one)"
-timeout 120 "$BIN/resnet" --bench moco_v2_step 2>&1 | tee "$OUT/moco_step_bench.txt"
+timeout 120 "$BIN/resnet" --bench "moco_v2_step_b64_k4096/wgpu" 2>&1 | tee "$OUT/moco_step_bench.txt"
 
 step "PyTorch on the same GPU"
 timeout 150 python3 scripts/bench_pytorch.py --device cuda 2>&1 | tee "$OUT/torch_cuda.jsonl"
