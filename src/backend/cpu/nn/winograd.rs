@@ -121,6 +121,22 @@ fn order(s: &WinoShape, per: usize) -> TileOrder {
 pub(super) const L: usize = 8;
 pub(super) type Lanes = [f32; L];
 
+/// `[f(0), .., f(N - 1)]`, always inlined. `std::array::from_fn` can stay an out-of-line call, and a call leaves
+/// the AVX2 context of [`vectorized`](crate::backend::cpu::vector::vectorized): its 6x6 tiles then ran on 4-wide
+/// SSE through the stack (11 % of a 64-channel F(4x4) backward pass in one profile).
+#[inline(always)]
+pub(super) fn arr<T: Copy, const N: usize>(mut f: impl FnMut(usize) -> T) -> [T; N] {
+    // no zero fill first (a 6x6 tile of lanes would be a memset call): each element is written once
+    let mut out = std::mem::MaybeUninit::<[T; N]>::uninit();
+    let first = out.as_mut_ptr().cast::<T>();
+    for i in 0..N {
+        // SAFETY: i < N, inside the array; T: Copy, so an early return by a panic in f leaks nothing
+        unsafe { first.add(i).write(f(i)) };
+    }
+    // SAFETY: all N elements were written above
+    unsafe { out.assume_init() }
+}
+
 /// Up to `n <= L` values from `src` (zeros past `n`).
 #[inline(always)]
 pub(super) fn load(src: &[f32], n: usize) -> Lanes {
@@ -160,17 +176,17 @@ fn store_partial(dst: &mut [f32], n: usize, v: &Lanes) {
 
 #[inline(always)]
 pub(super) fn add(a: &Lanes, b: &Lanes) -> Lanes {
-    std::array::from_fn(|l| a[l] + b[l])
+    arr(#[inline(always)] |l| a[l] + b[l])
 }
 
 #[inline(always)]
 pub(super) fn sub(a: &Lanes, b: &Lanes) -> Lanes {
-    std::array::from_fn(|l| a[l] - b[l])
+    arr(#[inline(always)] |l| a[l] - b[l])
 }
 
 #[inline(always)]
 fn neg(a: &Lanes) -> Lanes {
-    std::array::from_fn(|l| -a[l])
+    arr(#[inline(always)] |l| -a[l])
 }
 
 /// `dst[(r * dst_row + x) * nb + b] = plane_b[r * w + x]` for the `nb` planes `src[plane_at(b)..][..h*w]`: a
@@ -180,10 +196,10 @@ pub(super) fn transpose_in(dst: &mut [f32], dst_row: usize, nb: usize, h: usize,
     let hw = h * w;
     for b0 in (0..nb).step_by(L) {
         if nb - b0 == L {
-            let p: [&[f32]; L] = std::array::from_fn(|l| &src[plane_at(b0 + l)..plane_at(b0 + l) + hw]);
+            let p: [&[f32]; L] = arr(#[inline(always)] |l| &src[plane_at(b0 + l)..plane_at(b0 + l) + hw]);
             for r in 0..h {
                 for x in 0..w {
-                    let v: Lanes = std::array::from_fn(|l| p[l][r * w + x]);
+                    let v: Lanes = arr(#[inline(always)] |l| p[l][r * w + x]);
                     store(&mut dst[(r * dst_row + x) * nb + b0..], L, &v);
                 }
             }
@@ -255,7 +271,7 @@ fn transform_weights(u: &mut [f32], weight: &[f32], s: &WinoShape, filter: Filte
         for ci0 in (0..ci_n).step_by(L) {
             let n = (ci_n - ci0).min(L);
             let g = gather_filters(weight, co, ci0, n, s, filter);
-            let half = |a: &Lanes, b: &Lanes, c: &Lanes| -> (Lanes, Lanes) { (std::array::from_fn(|l| 0.5 * (a[l] + b[l] + c[l])), std::array::from_fn(|l| 0.5 * (a[l] - b[l] + c[l]))) };
+            let half = |a: &Lanes, b: &Lanes, c: &Lanes| -> (Lanes, Lanes) { (arr(#[inline(always)] |l| 0.5 * (a[l] + b[l] + c[l])), arr(#[inline(always)] |l| 0.5 * (a[l] - b[l] + c[l]))) };
             // t = G g: [4, 3]
             let mut t = [[[0.0f32; L]; 3]; 4];
             for j in 0..3 {
@@ -466,8 +482,8 @@ fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
     for ((p, e), o) in src[..2 * full].chunks_exact(2 * L).zip(even[..full].chunks_exact_mut(L)).zip(odd[..full].chunks_exact_mut(L)) {
         let p: &[f32; 2 * L] = p.try_into().expect("2L values");
         let (e, o): (&mut Lanes, &mut Lanes) = (e.try_into().expect("L values"), o.try_into().expect("L values"));
-        *e = std::array::from_fn(|l| p[2 * l]);
-        *o = std::array::from_fn(|l| p[2 * l + 1]);
+        *e = arr(#[inline(always)] |l| p[2 * l]);
+        *o = arr(#[inline(always)] |l| p[2 * l + 1]);
     }
     for k in full..n {
         even[k] = src[2 * k];
@@ -687,7 +703,7 @@ pub(crate) fn winograd_3x3_dweight(dweight: &mut [f32], scratch: &mut Vec<f32>, 
 /// `Gᵀ d` for one column of a 4x4 gradient tile: `Gᵀ = [[1,½,½,0],[0,½,-½,0],[0,½,½,1]]`.
 #[inline(always)]
 fn gt4(d: &[Lanes; 4]) -> [Lanes; 3] {
-    let half = |v: &Lanes| -> Lanes { std::array::from_fn(|l| 0.5 * v[l]) };
+    let half = |v: &Lanes| -> Lanes { arr(#[inline(always)] |l| 0.5 * v[l]) };
     let (a, b, c, e) = (&d[0], &d[1], &d[2], &d[3]);
     [add(a, &half(&add(b, c))), half(&sub(b, c)), add(&half(&add(b, c)), e)]
 }
@@ -708,9 +724,9 @@ pub(super) fn reduce_dweight<const X: usize>(dweight: &mut [f32], scratch: &[f32
             }
         }
         // r = Gᵀ d: [3, X] (per column k), then each row of r times G: [3, 3]
-        let r: [[Lanes; 3]; X] = std::array::from_fn(|k| gt(&std::array::from_fn(|i| d[i][k])));
+        let r: [[Lanes; 3]; X] = arr(#[inline(always)] |k| gt(&arr(#[inline(always)] |i| d[i][k])));
         for i in 0..3 {
-            let row = gt(&std::array::from_fn(|k| r[k][i]));
+            let row = gt(&arr(#[inline(always)] |k| r[k][i]));
             for (j, o) in row.iter().enumerate() {
                 for l in 0..n {
                     dw[9 * l + 3 * i + j] += o[l];

@@ -13,7 +13,7 @@
 //! reference. The measured per-shape choice tries it for the backward pass and for forward passes without
 //! gradients (see [`super::conv`]).
 
-use super::winograd::{add, env_tiles, gather_filters, load, reduce_dweight, store, sub, transpose_in, transpose_out, Filter, Lanes, WinoShape, L};
+use super::winograd::{add, arr, env_tiles, gather_filters, load, reduce_dweight, store, sub, transpose_in, transpose_out, Filter, Lanes, WinoShape, L};
 use crate::backend::cpu::gemm::gemm_strided;
 use crate::backend::cpu::vector::vectorized;
 use rayon::prelude::*;
@@ -62,7 +62,7 @@ pub(crate) fn scratch_len(s: &WinoShape, per: usize, tasks: usize) -> usize {
 
 #[inline(always)]
 fn scale(a: &Lanes, k: f32) -> Lanes {
-    std::array::from_fn(|l| a[l] * k)
+    arr(#[inline(always)] |l| a[l] * k)
 }
 
 /// `G x` for one column `x = (a, b, c)` of a filter: `G = [[¼,0,0],[-⅙,-⅙,-⅙],[-⅙,⅙,-⅙],[1/24,1/12,⅙],[1/24,-1/12,⅙],[0,0,1]]`.
@@ -106,7 +106,7 @@ fn transform_weights(u: &mut [f32], weight: &[f32], s: &WinoShape, filter: Filte
             let n = (ci_n - ci0).min(L);
             let g = gather_filters(weight, co, ci0, n, s, filter);
             // t = G g: [6, 3], then t Gᵀ: [6, 6]
-            let cols: [[Lanes; 6]; 3] = std::array::from_fn(|j| g6(&g[j], &g[3 + j], &g[6 + j]));
+            let cols: [[Lanes; 6]; 3] = arr(#[inline(always)] |j| g6(&g[j], &g[3 + j], &g[6 + j]));
             for i in 0..6 {
                 let row = g6(&cols[0][i], &cols[1][i], &cols[2][i]);
                 for (j, v) in row.iter().enumerate() {
@@ -176,9 +176,9 @@ fn input_tiles(v: &mut [f32], xt: &mut [f32], xb: &[f32], s: &WinoShape, ld: usi
                     let n = (nb - b0).min(L);
                     let at = (4 * ty * pw + 4 * tx) * nb + b0;
                     // t = Bᵀ d (per column j), then each row of t times B
-                    let t: [[Lanes; 6]; 6] = std::array::from_fn(|j| bt6(&std::array::from_fn(|i| load(&xt[at + (i * pw + j) * nb..], n))));
+                    let t: [[Lanes; 6]; 6] = arr(#[inline(always)] |j| bt6(&arr(#[inline(always)] |i| load(&xt[at + (i * pw + j) * nb..], n))));
                     for i in 0..6 {
-                        let row = bt6(&std::array::from_fn(|j| t[j][i]));
+                        let row = bt6(&arr(#[inline(always)] |j| t[j][i]));
                         for (k, o) in row.iter().enumerate() {
                             store(&mut v[(6 * i + k) * xs + col + b0..], n, o);
                         }
@@ -206,9 +206,9 @@ fn output_tiles(yb: &mut [f32], m: &[f32], yt: &mut [f32], s: &WinoShape, ld: us
                 for b0 in (0..nb).step_by(L) {
                     let n = (nb - b0).min(L);
                     // s = Aᵀ m (per column j): [4, 6], then each row of s times A: [4, 4]
-                    let sc: [[Lanes; 4]; 6] = std::array::from_fn(|j| at6(&std::array::from_fn(|i| load(&m[(6 * i + j) * xs + col + b0..], n))));
+                    let sc: [[Lanes; 4]; 6] = arr(#[inline(always)] |j| at6(&arr(#[inline(always)] |i| load(&m[(6 * i + j) * xs + col + b0..], n))));
                     for r in 0..4 {
-                        let row = at6(&std::array::from_fn(|j| sc[j][r]));
+                        let row = at6(&arr(#[inline(always)] |j| sc[j][r]));
                         let at = ((4 * ty + r) * yw + 4 * tx) * nb + b0;
                         for (e, o) in row.iter().enumerate() {
                             store(&mut yt[at + e * nb..], n, o);
@@ -304,9 +304,9 @@ fn grad_tiles(dm: &mut [f32], yt: &mut [f32], dyb: &[f32], s: &WinoShape, ld: us
                     let n = (nb - b0).min(L);
                     let at = (4 * ty * yw + 4 * tx) * nb + b0;
                     // p = A dy (per column j): [6, 4], then each row of p times Aᵀ: [6, 6]
-                    let p: [[Lanes; 6]; 4] = std::array::from_fn(|j| a6(&std::array::from_fn(|r| load(&yt[at + (r * yw + j) * nb..], n))));
+                    let p: [[Lanes; 6]; 4] = arr(#[inline(always)] |j| a6(&arr(#[inline(always)] |r| load(&yt[at + (r * yw + j) * nb..], n))));
                     for i in 0..6 {
-                        let row = a6(&std::array::from_fn(|j| p[j][i]));
+                        let row = a6(&arr(#[inline(always)] |j| p[j][i]));
                         for (k, o) in row.iter().enumerate() {
                             store(&mut dm[(6 * i + k) * xs + col + b0..], n, o);
                         }
