@@ -228,10 +228,17 @@ fn forward_train(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], running_me
         .into_par_iter()
         .map(|gc| vectorized(#[inline(always)] || {
             let (gi, ch) = (gc / c, gc % c);
-            let sum: f64 = slices(s, gi, ch).map(|o| lane_sum(&inp[o..o + hw]) as f64).sum();
+            // plain loops: an iterator's `sum` can stay an out-of-line call, outside the vectorised context
+            let mut sum = 0.0f64;
+            for o in slices(s, gi, ch) {
+                sum += lane_sum(&inp[o..o + hw]) as f64;
+            }
             let mu = sum / m as f64;
             let muf = mu as f32;
-            let ss: f64 = slices(s, gi, ch).map(|o| lane_sq_dev(&inp[o..o + hw], muf) as f64).sum();
+            let mut ss = 0.0f64;
+            for o in slices(s, gi, ch) {
+                ss += lane_sq_dev(&inp[o..o + hw], muf) as f64;
+            }
             // correct for the rounding of mu to f32: Σ(x-μ)² = Σ(x-μf)² - M (μ-μf)²
             let d = mu - muf as f64;
             (mu, (ss / m as f64 - d * d).max(0.0))
