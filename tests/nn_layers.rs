@@ -71,6 +71,17 @@ proptest! {
     }
 }
 
+/// Strided convolutions on planes wider than the proptest's: the 8-wide stride-2 gathers and scatters of im2col and
+/// col2im (with their one-by-one tails), the padded plane, stride 3, and a batch of small planes that the backward
+/// pass blocks (17 images: a partial block).
+#[test]
+fn conv2d_strided_wide_planes() {
+    let shapes = [(2, 3, 32, 33, 4, 3, 2, 1), (1, 2, 40, 37, 3, 7, 2, 3), (2, 5, 33, 17, 3, 1, 2, 0), (3, 4, 16, 16, 5, 3, 2, 0), (1, 2, 35, 70, 2, 3, 3, 1), (17, 3, 16, 16, 4, 3, 2, 1), (2, 2, 8, 8, 3, 3, 2, 1)];
+    for (i, &(n, c_in, h, w, c_out, k, st, p)) in shapes.iter().enumerate() {
+        check_conv(n, c_in, h, w, c_out, k, k, st, p, 40 + i as u64);
+    }
+}
+
 #[test]
 fn conv2d_fixed_shapes() {
     // every ResNet configuration with odd sizes, N = 1 and C = 1, and one batch larger than the thread count

@@ -37,7 +37,8 @@
 //! [`conv2d_forward_with`] and [`conv2d_backward_with`] run a given algorithm.
 
 use super::check;
-use super::winograd::{winograd_3x3, winograd_3x3_dweight, Filter, WinoShape};
+use super::winograd::{arr, winograd_3x3, winograd_3x3_dweight, Filter, WinoShape};
+use crate::backend::cpu::vector::vectorized;
 use super::winograd4::{winograd4_3x3, winograd4_3x3_dweight};
 use crate::backend::cpu::gemm::gemm_strided;
 use crate::error::{Error, Result};
@@ -179,13 +180,28 @@ fn valid_range(k_off: usize, pad: usize, stride: usize, in_len: usize, out_len: 
     (lo, hi.min(out_len).max(lo))
 }
 
-/// `col [C_in*KH*KW, OH*OW]` from one image `img [C_in, H, W]`; padding reads as zero.
-fn im2col(col: &mut [f32], img: &[f32], s: &Conv2dShape) {
-    im2col_ld(col, s.out_h() * s.out_w(), img, s)
+/// Elements of the zero-padded plane `[H + 2*pad, W + 2*pad]` a strided convolution's im2col and col2im go
+/// through (0 for stride 1, whose rows are contiguous copies).
+fn padded_plane_len(s: &Conv2dShape) -> usize {
+    if s.stride > 1 {
+        (s.h + 2 * s.pad) * (s.w + 2 * s.pad)
+    } else {
+        0
+    }
+}
+
+/// `col [C_in*KH*KW, OH*OW]` from one image `img [C_in, H, W]`; padding reads as zero. `plane`: at least
+/// [`padded_plane_len`] elements of scratch.
+fn im2col(col: &mut [f32], img: &[f32], s: &Conv2dShape, plane: &mut [f32]) {
+    im2col_ld(col, s.out_h() * s.out_w(), img, s, plane)
 }
 
 /// As [`im2col`], into the first `OH*OW` columns of a column matrix whose rows are `ld` elements apart.
-fn im2col_ld(col: &mut [f32], ld: usize, img: &[f32], s: &Conv2dShape) {
+fn im2col_ld(col: &mut [f32], ld: usize, img: &[f32], s: &Conv2dShape, plane: &mut [f32]) {
+    if s.stride > 1 {
+        vectorized(#[inline(always)] || im2col_strided(col, ld, img, s, plane));
+        return;
+    }
     let (oh, ow) = (s.out_h(), s.out_w());
     let ohw = oh * ow;
     for c in 0..s.c_in {
@@ -219,12 +235,16 @@ fn im2col_ld(col: &mut [f32], ld: usize, img: &[f32], s: &Conv2dShape) {
 }
 
 /// `img [C_in, H, W] += col2im(col)`: the adjoint of [`im2col`] (padding positions are dropped).
-fn col2im_add(img: &mut [f32], col: &[f32], s: &Conv2dShape) {
-    col2im_add_ld(img, col, s.out_h() * s.out_w(), s)
+fn col2im_add(img: &mut [f32], col: &[f32], s: &Conv2dShape, plane: &mut [f32]) {
+    col2im_add_ld(img, col, s.out_h() * s.out_w(), s, plane)
 }
 
 /// As [`col2im_add`], from the first `OH*OW` columns of a column matrix whose rows are `ld` elements apart.
-fn col2im_add_ld(img: &mut [f32], col: &[f32], ld: usize, s: &Conv2dShape) {
+fn col2im_add_ld(img: &mut [f32], col: &[f32], ld: usize, s: &Conv2dShape, plane: &mut [f32]) {
+    if s.stride > 1 {
+        vectorized(#[inline(always)] || col2im_add_strided(img, col, ld, s, plane));
+        return;
+    }
     let (oh, ow) = (s.out_h(), s.out_w());
     let ohw = oh * ow;
     for c in 0..s.c_in {
@@ -252,6 +272,104 @@ fn col2im_add_ld(img: &mut [f32], col: &[f32], ld: usize, s: &Conv2dShape) {
                 }
             }
         }
+    }
+}
+
+/// [`im2col_ld`] for stride > 1, through a zero-padded copy `plane [H + 2*pad, W + 2*pad]` of each input plane:
+/// every output row of a tap is then a strided walk along one padded row, with no clipping (small planes spent
+/// most of their time in the clipping of 4-wide rows).
+#[inline(always)]
+fn im2col_strided(col: &mut [f32], ld: usize, img: &[f32], s: &Conv2dShape, plane: &mut [f32]) {
+    let (oh, ow, pw) = (s.out_h(), s.out_w(), s.w + 2 * s.pad);
+    let plane = &mut plane[..padded_plane_len(s)];
+    // the border stays zero: every channel writes the same interior
+    plane.fill(0.0);
+    for (c, src) in img.chunks_exact(s.h * s.w).enumerate() {
+        for (r, row) in src.chunks_exact(s.w).enumerate() {
+            plane[(r + s.pad) * pw + s.pad..][..s.w].copy_from_slice(row);
+        }
+        for ki in 0..s.kh {
+            for kj in 0..s.kw {
+                let at = ((c * s.kh + ki) * s.kw + kj) * ld;
+                for (oy, dst) in col[at..at + oh * ow].chunks_exact_mut(ow).enumerate() {
+                    let prow = &plane[(oy * s.stride + ki) * pw + kj..][..(ow - 1) * s.stride + 1];
+                    if s.stride == 2 {
+                        gather_stride2(dst, prow);
+                    } else {
+                        for (ox, d) in dst.iter_mut().enumerate() {
+                            *d = prow[ox * s.stride];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col_strided`]: per channel, the taps' rows are added into the zeroed `plane`, whose interior
+/// is then added to `img`.
+#[inline(always)]
+fn col2im_add_strided(img: &mut [f32], col: &[f32], ld: usize, s: &Conv2dShape, plane: &mut [f32]) {
+    let (oh, ow, pw) = (s.out_h(), s.out_w(), s.w + 2 * s.pad);
+    let plane = &mut plane[..padded_plane_len(s)];
+    for (c, dst) in img.chunks_exact_mut(s.h * s.w).enumerate() {
+        plane.fill(0.0);
+        for ki in 0..s.kh {
+            for kj in 0..s.kw {
+                let at = ((c * s.kh + ki) * s.kw + kj) * ld;
+                for (oy, src) in col[at..at + oh * ow].chunks_exact(ow).enumerate() {
+                    let prow = &mut plane[(oy * s.stride + ki) * pw + kj..][..(ow - 1) * s.stride + 1];
+                    if s.stride == 2 {
+                        scatter_add_stride2(prow, src);
+                    } else {
+                        for (ox, v) in src.iter().enumerate() {
+                            prow[ox * s.stride] += v;
+                        }
+                    }
+                }
+            }
+        }
+        for (r, row) in dst.chunks_exact_mut(s.w).enumerate() {
+            for (d, v) in row.iter_mut().zip(&plane[(r + s.pad) * pw + s.pad..][..s.w]) {
+                *d += v;
+            }
+        }
+    }
+}
+
+/// `dst[i] = src[2i]` for `i < dst.len()` (`src.len() >= 2 * dst.len() - 1`): 8 at a time from 15-value windows
+/// (fixed-size arrays become shuffles), the rest one by one.
+#[inline(always)]
+fn gather_stride2(dst: &mut [f32], src: &[f32]) {
+    let mut i = 0;
+    while i + 8 <= dst.len() && 2 * i + 15 <= src.len() {
+        let p: &[f32; 15] = src[2 * i..2 * i + 15].try_into().expect("15 values");
+        let d: &mut [f32; 8] = (&mut dst[i..i + 8]).try_into().expect("8 values");
+        *d = arr(#[inline(always)] |l| p[2 * l]);
+        i += 8;
+    }
+    for (k, d) in dst.iter_mut().enumerate().skip(i) {
+        *d = src[2 * k];
+    }
+}
+
+/// `dst[2i] += src[i]`, the adjoint of [`gather_stride2`]: 8 at a time through 15-value windows of `dst` (the odd
+/// positions are written back unchanged), the rest one by one.
+#[inline(always)]
+fn scatter_add_stride2(dst: &mut [f32], src: &[f32]) {
+    let mut i = 0;
+    while i + 8 <= src.len() && 2 * i + 15 <= dst.len() {
+        let d: &mut [f32; 15] = (&mut dst[2 * i..2 * i + 15]).try_into().expect("15 values");
+        let v: &[f32; 8] = src[i..i + 8].try_into().expect("8 values");
+        let mut t = *d;
+        for l in 0..8 {
+            t[2 * l] += v[l];
+        }
+        *d = t;
+        i += 8;
+    }
+    for (k, v) in src.iter().enumerate().skip(i) {
+        dst[2 * k] += v;
     }
 }
 
@@ -329,16 +447,18 @@ fn forward_im2col(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weight: 
     let s = *s;
     let (k, ohw) = (s.c_in * s.kh * s.kw, s.out_h() * s.out_w());
     let (in_img, out_img, col_len) = (s.c_in * s.h * s.w, s.c_out * ohw, s.col_len().max(1));
+    let task_len = col_len + padded_plane_len(&s);
     let (per, tasks, par_gemm) = batch_split(s.n);
-    if scratch.len() < tasks * col_len {
-        scratch.resize(tasks * col_len, 0.0);
+    if scratch.len() < tasks * task_len {
+        scratch.resize(tasks * task_len, 0.0);
     }
-    inp.par_chunks(per * in_img).zip(out.par_chunks_mut(per * out_img)).zip(scratch.par_chunks_mut(col_len)).for_each(|((x, y), col)| {
+    inp.par_chunks(per * in_img).zip(out.par_chunks_mut(per * out_img)).zip(scratch.par_chunks_mut(task_len)).for_each(|((x, y), buf)| {
+        let (col, plane) = buf.split_at_mut(col_len);
         for (x_n, y_n) in x.chunks(in_img).zip(y.chunks_mut(out_img)) {
             let b: &[f32] = if s.is_pointwise() {
                 x_n
             } else {
-                im2col(col, x_n, &s);
+                im2col(col, x_n, &s, plane);
                 col
             };
             // y_n [C_out, OHW] = weight [C_out, K] · b [K, OHW]
@@ -438,59 +558,7 @@ fn backward_im2col(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &mut 
         backward_blocked(dinp, dweight, scratch, dout, inp, weight, &s, per, tasks, bl, par_gemm);
         return;
     }
-    let task_len = col_len + wl;
-    if scratch.len() < tasks * task_len {
-        scratch.resize(tasks * task_len, 0.0);
-    }
-    let dinp_chunks: Vec<Option<&mut [f32]>> = match dinp {
-        Some(d) => d.chunks_mut(per * in_img).map(Some).collect(),
-        None => (0..tasks).map(|_| None).collect(),
-    };
-    let scratch = &mut scratch[..tasks * task_len];
-    inp.par_chunks(per * in_img)
-        .zip(dout.par_chunks(per * out_img))
-        .zip(scratch.par_chunks_mut(task_len))
-        .zip(dinp_chunks.into_par_iter())
-        .for_each(|(((x, dy), buf), mut dx)| {
-            let (col, dw) = buf.split_at_mut(col_len);
-            for (i, (x_n, dy_n)) in x.chunks(in_img).zip(dy.chunks(out_img)).enumerate() {
-                let b: &[f32] = if s.is_pointwise() {
-                    x_n
-                } else {
-                    im2col(col, x_n, &s);
-                    col
-                };
-                // dw [C_out, K] (+)= dy_n [C_out, OHW] · b [K, OHW]ᵀ
-                gemm_strided(dw, k, 1, dy_n, ohw, 1, b, 1, ohw, s.c_out, k, ohw, 1.0, i > 0, par_gemm);
-                if let Some(dx) = dx.as_deref_mut() {
-                    let dx_n = &mut dx[i * in_img..(i + 1) * in_img];
-                    // [K, OHW] = weightᵀ [K, C_out] · dy_n [C_out, OHW]
-                    if s.is_pointwise() {
-                        gemm_strided(dx_n, ohw, 1, weight, 1, k, dy_n, ohw, 1, k, ohw, s.c_out, 1.0, true, par_gemm);
-                    } else {
-                        gemm_strided(col, ohw, 1, weight, 1, k, dy_n, ohw, 1, k, ohw, s.c_out, 1.0, false, par_gemm);
-                        col2im_add(dx_n, col, &s);
-                    }
-                }
-            }
-        });
-    // dweight += Σ_tasks partial dweight (fixed order: deterministic for a given thread count)
-    for t in 0..tasks {
-        let part = &scratch[t * task_len + col_len..(t + 1) * task_len];
-        dweight.par_iter_mut().zip(part.par_iter()).for_each(|(d, p)| *d += p);
-    }
-}
-
-/// Backward over blocks of `bl` images: the block's columns `col [K, bl*OHW]` and its gathered output gradient
-/// `dyb [C_out, bl*OHW]` give `dw (+)= dyb · colᵀ` in one GEMM and `dcol = weightᵀ · dyb` in another, which is
-/// scattered back per image by col2im.
-#[allow(clippy::too_many_arguments)]
-fn backward_blocked(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &mut Vec<f32>, dout: &[f32], inp: &[f32], weight: &[f32], s: &Conv2dShape, per: usize, tasks: usize, bl: usize, par_gemm: bool) {
-    let (k, ohw) = (s.c_in * s.kh * s.kw, s.out_h() * s.out_w());
-    let (in_img, out_img, wl) = (s.c_in * s.h * s.w, s.c_out * ohw, s.weight_len());
-    let ld = bl * ohw;
-    let (col_len, dy_len) = (k * ld, s.c_out * ld);
-    let task_len = col_len + dy_len + wl;
+    let task_len = col_len + wl + padded_plane_len(&s);
     if scratch.len() < tasks * task_len {
         scratch.resize(tasks * task_len, 0.0);
     }
@@ -505,12 +573,66 @@ fn backward_blocked(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &mut
         .zip(dinp_chunks.into_par_iter())
         .for_each(|(((x, dy), buf), mut dx)| {
             let (col, rest) = buf.split_at_mut(col_len);
-            let (dyb, dw) = rest.split_at_mut(dy_len);
+            let (dw, plane) = rest.split_at_mut(wl);
+            for (i, (x_n, dy_n)) in x.chunks(in_img).zip(dy.chunks(out_img)).enumerate() {
+                let b: &[f32] = if s.is_pointwise() {
+                    x_n
+                } else {
+                    im2col(col, x_n, &s, plane);
+                    col
+                };
+                // dw [C_out, K] (+)= dy_n [C_out, OHW] · b [K, OHW]ᵀ
+                gemm_strided(dw, k, 1, dy_n, ohw, 1, b, 1, ohw, s.c_out, k, ohw, 1.0, i > 0, par_gemm);
+                if let Some(dx) = dx.as_deref_mut() {
+                    let dx_n = &mut dx[i * in_img..(i + 1) * in_img];
+                    // [K, OHW] = weightᵀ [K, C_out] · dy_n [C_out, OHW]
+                    if s.is_pointwise() {
+                        gemm_strided(dx_n, ohw, 1, weight, 1, k, dy_n, ohw, 1, k, ohw, s.c_out, 1.0, true, par_gemm);
+                    } else {
+                        gemm_strided(col, ohw, 1, weight, 1, k, dy_n, ohw, 1, k, ohw, s.c_out, 1.0, false, par_gemm);
+                        col2im_add(dx_n, col, &s, plane);
+                    }
+                }
+            }
+        });
+    // dweight += Σ_tasks partial dweight (fixed order: deterministic for a given thread count)
+    for t in 0..tasks {
+        let part = &scratch[t * task_len + col_len..][..wl];
+        dweight.par_iter_mut().zip(part.par_iter()).for_each(|(d, p)| *d += p);
+    }
+}
+
+/// Backward over blocks of `bl` images: the block's columns `col [K, bl*OHW]` and its gathered output gradient
+/// `dyb [C_out, bl*OHW]` give `dw (+)= dyb · colᵀ` in one GEMM and `dcol = weightᵀ · dyb` in another, which is
+/// scattered back per image by col2im.
+#[allow(clippy::too_many_arguments)]
+fn backward_blocked(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &mut Vec<f32>, dout: &[f32], inp: &[f32], weight: &[f32], s: &Conv2dShape, per: usize, tasks: usize, bl: usize, par_gemm: bool) {
+    let (k, ohw) = (s.c_in * s.kh * s.kw, s.out_h() * s.out_w());
+    let (in_img, out_img, wl) = (s.c_in * s.h * s.w, s.c_out * ohw, s.weight_len());
+    let ld = bl * ohw;
+    let (col_len, dy_len) = (k * ld, s.c_out * ld);
+    let task_len = col_len + dy_len + wl + padded_plane_len(s);
+    if scratch.len() < tasks * task_len {
+        scratch.resize(tasks * task_len, 0.0);
+    }
+    let dinp_chunks: Vec<Option<&mut [f32]>> = match dinp {
+        Some(d) => d.chunks_mut(per * in_img).map(Some).collect(),
+        None => (0..tasks).map(|_| None).collect(),
+    };
+    let scratch = &mut scratch[..tasks * task_len];
+    inp.par_chunks(per * in_img)
+        .zip(dout.par_chunks(per * out_img))
+        .zip(scratch.par_chunks_mut(task_len))
+        .zip(dinp_chunks.into_par_iter())
+        .for_each(|(((x, dy), buf), mut dx)| {
+            let (col, rest) = buf.split_at_mut(col_len);
+            let (dyb, rest) = rest.split_at_mut(dy_len);
+            let (dw, plane) = rest.split_at_mut(wl);
             for (i, (xb, dyblk)) in x.chunks(bl * in_img).zip(dy.chunks(bl * out_img)).enumerate() {
                 let nb = xb.len() / in_img;
                 let cols = nb * ohw;
                 for (b, (x_n, dy_n)) in xb.chunks(in_img).zip(dyblk.chunks(out_img)).enumerate() {
-                    im2col_ld(&mut col[b * ohw..], ld, x_n, s);
+                    im2col_ld(&mut col[b * ohw..], ld, x_n, s, plane);
                     for (c, src) in dy_n.chunks(ohw).enumerate() {
                         dyb[c * ld + b * ohw..c * ld + (b + 1) * ohw].copy_from_slice(src);
                     }
@@ -522,14 +644,14 @@ fn backward_blocked(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &mut
                     gemm_strided(col, ld, 1, weight, 1, k, dyb, ld, 1, k, cols, s.c_out, 1.0, false, par_gemm);
                     let dxb = &mut dx[i * bl * in_img..(i * bl + nb) * in_img];
                     for (b, dx_n) in dxb.chunks_mut(in_img).enumerate() {
-                        col2im_add_ld(dx_n, &col[b * ohw..], ld, s);
+                        col2im_add_ld(dx_n, &col[b * ohw..], ld, s, plane);
                     }
                 }
             }
         });
     // dweight += Σ_tasks partial dweight (fixed order: deterministic for a given thread count)
     for t in 0..tasks {
-        let part = &scratch[t * task_len + col_len + dy_len..(t + 1) * task_len];
+        let part = &scratch[t * task_len + col_len + dy_len..][..wl];
         dweight.par_iter_mut().zip(part.par_iter()).for_each(|(d, p)| *d += p);
     }
 }
