@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check, in one call on a lent GPU machine (torch, nvcc and ncu there; no cargo). Build first, here:
-#     scripts/build_device_bins.sh          # -> target/device-bin/{cuda_ops,cuda_layers,cuda_optim,cuda_compile,cuda_train,contrastive,resnet}
+#     scripts/build_device_bins.sh          # -> target/device-bin/{cuda_ops,cuda_layers,cuda_optim,cuda_compile,cuda_train,resnet_fixture,vit_fixture,contrastive,resnet}
 # then run this script there with carry ["target/device-bin"]. Within ~8 minutes it
 #   1. runs every CUDA op test against the f64 CPU reference (a missing device fails, it does not skip);
 #   2. compiles every kernel with the machine's NVRTC and ptxas (registers, spills);
@@ -34,6 +34,15 @@ step "CUDA op tests against the CPU reference"
 MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/cuda_ops" --test-threads=1 --nocapture 2>&1 | tee "$OUT/cuda_ops.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/cuda_layers" --test-threads=1 --nocapture 2>&1 | tee "$OUT/cuda_layers.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+
+step "ResNet-18/50 and the MoCo v3 ViT on CUDA against the PyTorch fixtures"
+# the tests read tests/fixtures/ under the repository path they were built in: link this checkout there
+M="$(cat "$BIN/manifest_dir" 2>/dev/null || true)"
+if [ -n "$M" ] && [ ! -e "$M/tests/fixtures" ]; then mkdir -p "$(dirname "$M")" && ln -sfn "$PWD" "$M"; fi
+MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/resnet_fixture" --test-threads=1 --nocapture cuda 2>&1 | tee "$OUT/cuda_resnet_fixture.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/vit_fixture" --test-threads=1 --nocapture cuda 2>&1 | tee "$OUT/cuda_vit_fixture.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 step "CUDA optimiser tests against the CPU optimisers"

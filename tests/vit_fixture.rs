@@ -173,3 +173,13 @@ fn wgpu_matches_pytorch() {
     let x = inputs();
     check(&step(w.ctx.clone(), [&x[0], &x[1]]), 10.0);
 }
+
+/// The fixture's MoCo v3 ViT step on a CUDA device (`scripts/device_check.sh` runs it; skips with the reason
+/// elsewhere unless `MOCO_REQUIRE_CUDA_DEVICE=1`), at the wgpu tolerance.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_matches_pytorch() {
+    let Some(c) = common::cuda_device("vit cuda_matches_pytorch") else { return };
+    let x = inputs();
+    check(&step(c, [&x[0], &x[1]]), 10.0);
+}
