@@ -82,6 +82,19 @@ fn conv2d_strided_wide_planes() {
     }
 }
 
+/// A shape built as a struct literal skips `Conv2dShape::new`: the kernels check it again and return errors.
+#[test]
+fn conv2d_struct_literal_shapes_are_checked() {
+    let s = Conv2dShape::new(2, 3, 8, 8, 4, 3, 3, 2, 1).unwrap();
+    for bad in [Conv2dShape { stride: 0, ..s }, Conv2dShape { kh: 20, ..s }, Conv2dShape { c_in: 0, ..s }, Conv2dShape { pad: usize::MAX, ..s }] {
+        let (x, w, dy) = (vec![0.0; s.inp_len()], vec![0.0; s.weight_len()], vec![0.0; s.out_len()]);
+        let (mut out, mut dx, mut dw, mut scratch) = (vec![0.0; s.out_len()], vec![0.0; s.inp_len()], vec![0.0; s.weight_len()], Vec::new());
+        assert!(nn::conv2d_forward(&mut out, &mut scratch, &x, &w, &bad).is_err(), "{bad:?}");
+        assert!(nn::conv2d_backward(Some(&mut dx), &mut dw, &mut scratch, &dy, &x, &w, &bad).is_err(), "{bad:?}");
+        assert!(nn::conv2d_forward_with(&mut out, &mut scratch, &x, &w, nn::ConvAlgo::Im2col, &bad).is_err(), "{bad:?}");
+    }
+}
+
 #[test]
 fn conv2d_fixed_shapes() {
     // every ResNet configuration with odd sizes, N = 1 and C = 1, and one batch larger than the thread count

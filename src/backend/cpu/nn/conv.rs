@@ -133,6 +133,11 @@ impl Conv2dShape {
     pub fn winograd_applies(&self) -> bool {
         self.kh == 3 && self.kw == 3 && self.stride == 1 && self.pad <= 2
     }
+    /// The checks of [`Conv2dShape::new`] again: the fields are public, and a struct literal skips `new` (stride
+    /// 0, a kernel larger than the padded input). Runs before anything divides by the stride or sizes an output.
+    fn validate(&self) -> Result<()> {
+        Self::new(self.n, self.c_in, self.h, self.w, self.c_out, self.kh, self.kw, self.stride, self.pad).map(|_| ())
+    }
     fn check(&self, what: &[(&str, usize, usize)]) -> Result<()> {
         for &(name, expected, got) in what {
             check::len("conv2d", name, expected, got)?;
@@ -419,6 +424,7 @@ pub fn conv2d_forward_with(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32],
 }
 
 fn check_forward(out: &[f32], inp: &[f32], weight: &[f32], s: &Conv2dShape) -> Result<()> {
+    s.validate()?;
     s.check(&[("inp [N*C_in*H*W]", s.inp_len(), inp.len()), ("weight [C_out*C_in*KH*KW]", s.weight_len(), weight.len()), ("out [N*C_out*OH*OW]", s.out_len(), out.len())])
 }
 
@@ -518,6 +524,7 @@ pub fn conv2d_backward_with(dinp: Option<&mut [f32]>, dweight: &mut [f32], scrat
 }
 
 fn check_backward(dinp: Option<&[f32]>, dweight: &[f32], dout: &[f32], inp: &[f32], weight: &[f32], s: &Conv2dShape) -> Result<()> {
+    s.validate()?;
     s.check(&[
         ("inp [N*C_in*H*W]", s.inp_len(), inp.len()),
         ("weight [C_out*C_in*KH*KW]", s.weight_len(), weight.len()),
