@@ -38,9 +38,9 @@
 
 use super::check;
 use super::winograd::{arr, winograd_3x3, winograd_3x3_dweight, Filter, WinoShape};
-use crate::backend::cpu::vector::vectorized;
 use super::winograd4::{winograd4_3x3, winograd4_3x3_dweight};
 use crate::backend::cpu::gemm::gemm_strided;
+use crate::backend::cpu::vector::vectorized;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use std::collections::HashMap;
