@@ -176,13 +176,12 @@ fn block_images(s: &Conv2dShape, per: usize) -> usize {
     }
 }
 
-/// The range of output positions `o` for which `o*stride + k_off - pad` lies in `[0, in_len)`, clamped to
-/// `[0, out_len)`.
-fn valid_range(k_off: usize, pad: usize, stride: usize, in_len: usize, out_len: usize) -> (usize, usize) {
-    let lo = if pad > k_off { (pad - k_off).div_ceil(stride) } else { 0 };
-    let hi = if in_len + pad > k_off { (in_len + pad - k_off).div_ceil(stride) } else { 0 };
-    let lo = lo.min(out_len);
-    (lo, hi.min(out_len).max(lo))
+/// The range of output positions `o` of a stride-1 convolution for which `o + k_off - pad` lies in
+/// `[0, in_len)`, clamped to `[0, out_len)`.
+fn valid_range(k_off: usize, pad: usize, in_len: usize, out_len: usize) -> (usize, usize) {
+    let lo = pad.saturating_sub(k_off).min(out_len);
+    let hi = (in_len + pad).saturating_sub(k_off).min(out_len);
+    (lo, hi.max(lo))
 }
 
 /// Elements of the zero-padded plane `[H + 2*pad, W + 2*pad]` a strided convolution's im2col and col2im go
@@ -207,32 +206,27 @@ fn im2col_ld(col: &mut [f32], ld: usize, img: &[f32], s: &Conv2dShape, plane: &m
         vectorized(#[inline(always)] || im2col_strided(col, ld, img, s, plane));
         return;
     }
+    // stride 1: each tap's row is a clipped contiguous copy of an input row
     let (oh, ow) = (s.out_h(), s.out_w());
     let ohw = oh * ow;
     for c in 0..s.c_in {
-        let plane = &img[c * s.h * s.w..(c + 1) * s.h * s.w];
+        let chan = &img[c * s.h * s.w..(c + 1) * s.h * s.w];
         for ki in 0..s.kh {
-            let (ylo, yhi) = valid_range(ki, s.pad, s.stride, s.h, oh);
+            let (ylo, yhi) = valid_range(ki, s.pad, s.h, oh);
             for kj in 0..s.kw {
                 let r = (c * s.kh + ki) * s.kw + kj;
                 let row = &mut col[r * ld..r * ld + ohw];
-                let (xlo, xhi) = valid_range(kj, s.pad, s.stride, s.w, ow);
+                let (xlo, xhi) = valid_range(kj, s.pad, s.w, ow);
                 row[..ylo * ow].fill(0.0);
                 row[yhi * ow..].fill(0.0);
                 for oy in ylo..yhi {
-                    let iy = oy * s.stride + ki - s.pad;
-                    let src = &plane[iy * s.w..(iy + 1) * s.w];
+                    let iy = oy + ki - s.pad;
+                    let src = &chan[iy * s.w..(iy + 1) * s.w];
                     let dst = &mut row[oy * ow..(oy + 1) * ow];
                     dst[..xlo].fill(0.0);
                     dst[xhi..].fill(0.0);
-                    if s.stride == 1 {
-                        let x0 = xlo + kj - s.pad;
-                        dst[xlo..xhi].copy_from_slice(&src[x0..x0 + (xhi - xlo)]);
-                    } else {
-                        for (ox, d) in dst[xlo..xhi].iter_mut().enumerate() {
-                            *d = src[(ox + xlo) * s.stride + kj - s.pad];
-                        }
-                    }
+                    let x0 = xlo + kj - s.pad;
+                    dst[xlo..xhi].copy_from_slice(&src[x0..x0 + (xhi - xlo)]);
                 }
             }
         }
@@ -250,29 +244,23 @@ fn col2im_add_ld(img: &mut [f32], col: &[f32], ld: usize, s: &Conv2dShape, plane
         vectorized(#[inline(always)] || col2im_add_strided(img, col, ld, s, plane));
         return;
     }
+    // stride 1: each tap's row adds, clipped, onto a contiguous input row
     let (oh, ow) = (s.out_h(), s.out_w());
     let ohw = oh * ow;
     for c in 0..s.c_in {
-        let plane = &mut img[c * s.h * s.w..(c + 1) * s.h * s.w];
+        let chan = &mut img[c * s.h * s.w..(c + 1) * s.h * s.w];
         for ki in 0..s.kh {
-            let (ylo, yhi) = valid_range(ki, s.pad, s.stride, s.h, oh);
+            let (ylo, yhi) = valid_range(ki, s.pad, s.h, oh);
             for kj in 0..s.kw {
                 let r = (c * s.kh + ki) * s.kw + kj;
                 let row = &col[r * ld..r * ld + ohw];
-                let (xlo, xhi) = valid_range(kj, s.pad, s.stride, s.w, ow);
+                let (xlo, xhi) = valid_range(kj, s.pad, s.w, ow);
                 for oy in ylo..yhi {
-                    let iy = oy * s.stride + ki - s.pad;
-                    let dst = &mut plane[iy * s.w..(iy + 1) * s.w];
-                    let src = &row[oy * ow..(oy + 1) * ow];
-                    if s.stride == 1 {
-                        let x0 = xlo + kj - s.pad;
-                        for (d, v) in dst[x0..x0 + (xhi - xlo)].iter_mut().zip(&src[xlo..xhi]) {
-                            *d += v;
-                        }
-                    } else {
-                        for (ox, v) in src[xlo..xhi].iter().enumerate() {
-                            dst[(ox + xlo) * s.stride + kj - s.pad] += v;
-                        }
+                    let iy = oy + ki - s.pad;
+                    let dst = &mut chan[iy * s.w..(iy + 1) * s.w];
+                    let x0 = xlo + kj - s.pad;
+                    for (d, v) in dst[x0..x0 + (xhi - xlo)].iter_mut().zip(&row[oy * ow + xlo..oy * ow + xhi]) {
+                        *d += v;
                     }
                 }
             }
