@@ -1,5 +1,5 @@
-//! Normalised logits, streaming InfoNCE and MoCo v3 loss: every backend against the f64 reference, fused against
-//! unfused, and the reference gradients against central finite differences.
+//! Normalised logits, streaming InfoNCE and MoCo v3 loss: every backend (CPU, wgpu, and CUDA on a GPU or the emulated
+//! driver) against the f64 reference, fused against unfused, and the reference gradients against central finite differences.
 mod common;
 use common::*;
 use moco::backend::{cpu, Backend};
@@ -91,6 +91,7 @@ proptest! {
         let k = n + extra;
         check_logits(&cpu(), n, c, k, dtype, seed);
         if let Some(w) = wgpu_backend() { check_logits(&w, n, c, k, dtype, seed); }
+        if let Some(g) = cuda_backend() { check_logits(&g, n, c, k, dtype, seed); }
     }
 
     #[test]
@@ -98,12 +99,14 @@ proptest! {
         let k = n + extra;
         check_infonce(&cpu(), n, c, k, t, dtype, seed);
         if let Some(w) = wgpu_backend() { check_infonce(&w, n, c, k, t, dtype, seed); }
+        if let Some(g) = cuda_backend() { check_infonce(&g, n, c, k, t, dtype, seed); }
     }
 
     #[test]
     fn moco_v3_matches_reference(n in prop_oneof![Just(1usize), 2usize..80], c in prop_oneof![Just(3usize), 1usize..40, Just(256usize), Just(270usize)], t in prop_oneof![Just(0.2f32), 0.05f32..1.0], seed in any::<u64>()) {
         check_v3(&cpu(), n, c, t, seed);
         if let Some(w) = wgpu_backend() { check_v3(&w, n, c, t, seed); }
+        if let Some(g) = cuda_backend() { check_v3(&g, n, c, t, seed); }
     }
 }
 
@@ -115,6 +118,10 @@ fn infonce_many_splits_and_slices() {
     if let Some(w) = wgpu_backend() {
         check_infonce(&w, 70, 300, 5000, 0.2, QueueDType::F32, 1);
         check_infonce(&w, 33, 128, 9000, 0.07, QueueDType::F16, 2);
+    }
+    if let Some(g) = cuda_backend() {
+        check_infonce(&g, 70, 300, 5000, 0.2, QueueDType::F32, 1);
+        check_infonce(&g, 33, 128, 9000, 0.07, QueueDType::BF16, 2);
     }
 }
 
@@ -141,6 +148,11 @@ fn fused_matches_unfused() {
         let (mut dq, mut rl) = (w.alloc_nan(n * c).unwrap(), w.alloc_nan(n).unwrap());
         let s = w.infonce(&mut dq, &mut rl, &w.upload(&q).unwrap(), &w.upload(&key).unwrap(), &w.queue_from_f32(&queue, k, c, QueueDType::F32).unwrap(), &shape).unwrap();
         run(w.name(), s, w.download(&dq).unwrap(), w.download(&rl).unwrap());
+    }
+    if let Some(g) = cuda_backend() {
+        let (mut dq, mut rl) = (g.alloc_nan(n * c).unwrap(), g.alloc_nan(n).unwrap());
+        let s = g.infonce(&mut dq, &mut rl, &g.upload(&q).unwrap(), &g.upload(&key).unwrap(), &g.queue_from_f32(&queue, k, c, QueueDType::F32).unwrap(), &shape).unwrap();
+        run(g.name(), s, g.download(&dq).unwrap(), g.download(&rl).unwrap());
     }
     // v3
     let sh = SymmetricShape::new(n, c, t).unwrap();
@@ -192,6 +204,9 @@ fn large_temperature_range_is_stable() {
     check_infonce(&cpu(), 8, 16, 300, 0.001, QueueDType::F32, 5);
     if let Some(w) = wgpu_backend() {
         check_infonce(&w, 8, 16, 300, 0.001, QueueDType::F32, 5);
+    }
+    if let Some(g) = cuda_backend() {
+        check_infonce(&g, 8, 16, 300, 0.001, QueueDType::F32, 5);
     }
 }
 

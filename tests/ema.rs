@@ -1,4 +1,4 @@
-//! EMA momentum update: every backend against the f64 reference.
+//! EMA momentum update: every backend (CUDA on a GPU or the emulated driver included) against the f64 reference.
 mod common;
 use common::*;
 use moco::backend::{cpu, Backend};
@@ -21,6 +21,7 @@ proptest! {
     fn ema_matches_reference(len in prop_oneof![1usize..10, 10usize..5000, Just(262_147usize)], m in prop_oneof![Just(0.0f64), Just(1.0f64), Just(0.999), Just(0.9999), 0.0f64..1.0], seed in any::<u64>()) {
         check(&cpu(), len, m, seed);
         if let Some(w) = wgpu_backend() { check(&w, len, m, seed); }
+        if let Some(g) = cuda_backend() { check(&g, len, m, seed); }
     }
 }
 
@@ -51,5 +52,10 @@ fn ema_rejects_bad_input() {
         let mut kb = w.upload(&[0.0; 4]).unwrap();
         assert!(w.ema_update(&mut kb, &w.upload(&[0.0; 5]).unwrap(), 0.9).is_err());
         assert!(w.ema_update(&mut kb, &w.upload(&[0.0; 4]).unwrap(), f64::NAN).is_err());
+    }
+    if let Some(g) = cuda_backend() {
+        let mut kb = g.upload(&[0.0; 4]).unwrap();
+        assert!(g.ema_update(&mut kb, &g.upload(&[0.0; 5]).unwrap(), 0.9).is_err());
+        assert!(g.ema_update(&mut kb, &g.upload(&[0.0; 4]).unwrap(), f64::NAN).is_err());
     }
 }

@@ -1,4 +1,4 @@
-//! Ring-buffer enqueue: every backend and storage type against the f64 reference, with wrap-around and N = K.
+//! Ring-buffer enqueue: every backend (CUDA on a GPU or the emulated driver included) and storage type against the f64 reference, with wrap-around and N = K.
 mod common;
 use common::*;
 use moco::backend::{cpu, Backend};
@@ -43,6 +43,7 @@ proptest! {
         let ptr = ((k as f64 * ptr_frac) as usize).min(k - 1);
         check(&cpu(), n, c, k, ptr, dtype, seed);
         if let Some(w) = wgpu_backend() { check(&w, n, c, k, ptr, dtype, seed); }
+        if let Some(g) = cuda_backend() { check(&g, n, c, k, ptr, dtype, seed); }
     }
 }
 
@@ -66,6 +67,16 @@ fn enqueue_wraps_without_divisibility() {
                 p = w.enqueue(&mut queue, &w.upload(&keys).unwrap(), &QueueShape::new(4, 3, 10, p).unwrap()).unwrap();
             }
             assert_eq!(p, 0);
+        }
+        if let Some(g) = cuda_backend() {
+            let mut queue = g.queue_from_f32(&vec![0.0; 10 * 3], 10, 3, dtype).unwrap();
+            let mut p = 0;
+            for step in 0..5 {
+                let keys: Vec<f32> = (0..12).map(|i| (i + step) as f32 + 1.0).collect();
+                p = g.enqueue(&mut queue, &g.upload(&keys).unwrap(), &QueueShape::new(4, 3, 10, p).unwrap()).unwrap();
+            }
+            assert_eq!(p, 0);
+            check(&g, 4, 3, 10, 8, dtype, 1);
         }
         check(&cpu(), 4, 3, 10, 8, dtype, 1);
     }
@@ -111,6 +122,11 @@ fn ck_layout_round_trips_on_every_backend() {
             let q = w.queue_from_ck(&ck, c, k, dtype).unwrap();
             assert_eq!((q.k(), q.c(), q.dtype()), (k, c, dtype));
             check(format!("wgpu {dtype:?}"), w.queue_to_f32(&q).unwrap(), w.queue_to_ck(&q).unwrap());
+        }
+        if let Some(g) = cuda_backend() {
+            let q = g.queue_from_ck(&ck, c, k, dtype).unwrap();
+            assert_eq!((q.k(), q.c(), q.dtype()), (k, c, dtype));
+            check(format!("cuda {dtype:?}"), g.queue_to_f32(&q).unwrap(), g.queue_to_ck(&q).unwrap());
         }
         assert!(b.queue_from_ck(&ck[1..], c, k, dtype).is_err(), "short [C, K] buffer");
     }

@@ -9,6 +9,8 @@ pub use moco::backend::Wgpu;
 /// the generic tests compile).
 #[cfg(not(feature = "wgpu"))]
 pub type Wgpu = Cpu;
+#[cfg(feature = "cuda")]
+pub use moco::backend::cuda::Cuda;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// Uniform values in [-1, 1).
@@ -94,22 +96,72 @@ pub fn name_of<B: Backend>(b: &B) -> String {
     b.name()
 }
 
-/// The CUDA device for `test`, or `None` (with the reason printed) when there is none. With
-/// `MOCO_REQUIRE_CUDA_DEVICE=1` (the device check) a missing device fails the test instead.
+/// The CUDA driver and kernels of tests/cuda_emu (the emulated driver lives in `cuda_emu::driver`).
+#[cfg(feature = "cuda")]
+#[path = "../cuda_emu/mod.rs"]
+pub mod cuda_emu;
+
+/// The emulated CUDA driver when this process runs CUDA on it (no real libcuda, or `MOCO_CUDA_EMU=1`), installed on
+/// first use; `Ok(None)` on a machine with a real driver. Every CUDA test reaches the device through
+/// [`cuda_device`], so the same tests run on the emulated driver in CI and on a GPU's driver elsewhere.
+#[cfg(feature = "cuda")]
+pub fn cuda_driver() -> Result<Option<&'static cuda_emu::driver::Driver>, String> {
+    if !cuda_emu::driver::use_emulator() {
+        return Ok(None);
+    }
+    cuda_emu::driver::install().map(Some)
+}
+
+/// The CUDA device for `test`, or `None` (with the reason printed) when there is none: on a GPU machine the real
+/// device, elsewhere the emulated driver's. With `MOCO_REQUIRE_CUDA_DEVICE=1` (the device check) a missing device
+/// fails the test instead, and so does a missing emulated driver or NVRTC with `MOCO_REQUIRE_CUDA_COMPILE=1` (CI).
 #[cfg(feature = "cuda")]
 pub fn cuda_device(test: &str) -> Option<moco::backend::cuda::Cuda> {
+    let flag = |v: &str| std::env::var(v).map(|v| v == "1").unwrap_or(false);
+    let emulated = match cuda_driver() {
+        Ok(d) => d.is_some(),
+        Err(e) => {
+            assert!(!flag("MOCO_REQUIRE_CUDA_DEVICE") && !flag("MOCO_REQUIRE_CUDA_COMPILE"), "{test}: the emulated CUDA driver cannot be built: {e}");
+            eprintln!("{test}: skipped: no CUDA driver and the emulated one cannot be built: {e}");
+            return None;
+        }
+    };
     match moco::backend::cuda::Cuda::new(0) {
         Ok(c) => {
             eprintln!("{test}: running on {}", c.name());
             Some(c)
         }
         Err(e) => {
-            let required = std::env::var("MOCO_REQUIRE_CUDA_DEVICE").map(|v| v == "1").unwrap_or(false);
-            assert!(!required, "MOCO_REQUIRE_CUDA_DEVICE=1 but no CUDA device: {e}");
+            assert!(!flag("MOCO_REQUIRE_CUDA_DEVICE"), "MOCO_REQUIRE_CUDA_DEVICE=1 but no CUDA device: {e}");
+            assert!(!(emulated && flag("MOCO_REQUIRE_CUDA_COMPILE")), "{test}: the emulated CUDA driver is installed but the device does not open: {e}");
             eprintln!("{test}: skipped: {e}");
             None
         }
     }
+}
+
+/// The CUDA backend for the generic `Backend` tests (each prints once why it is absent; see [`cuda_device`]).
+#[cfg(feature = "cuda")]
+pub fn cuda_backend() -> Option<Cuda> {
+    use std::sync::OnceLock;
+    static DEV: OnceLock<Option<Cuda>> = OnceLock::new();
+    DEV.get_or_init(|| cuda_device("the CUDA backend")).clone()
+}
+
+/// Without the `cuda` feature there is no CUDA backend: [`cuda_backend`] is always `None` (this alias only lets the
+/// generic tests compile).
+#[cfg(not(feature = "cuda"))]
+pub type Cuda = Cpu;
+
+#[cfg(not(feature = "cuda"))]
+pub fn cuda_backend() -> Option<Cuda> {
+    None
+}
+
+/// Whether CUDA runs on the emulated driver in this process (then a test may shrink what it would run on a GPU).
+#[cfg(feature = "cuda")]
+pub fn cuda_is_emulated() -> bool {
+    cuda_emu::driver::use_emulator()
 }
 
 // ---- helpers of the layer tests (finite differences in f64, accumulation checks) ----

@@ -4,7 +4,9 @@
 //   - threadIdx / blockIdx / blockDim / gridDim, __shared__ (one copy, reused and re-poisoned per block),
 //     __syncthreads with real barrier semantics, warp shuffles / votes over 32 lanes, atomics, __ldg, the f32
 //     bit casts and the f16 conversion the kernels use, CUDA's min/max overloads and math intrinsics.
-//   - Blocks run one after another (in reverse order). The threads of a block are fibers (ucontext) run by a
+//   - Blocks run one after another (in reverse order). The threads of a block are fibers (a register switch on
+//     x86-64, ucontext elsewhere: swapcontext's signal-mask system call per switch made the emulated driver's
+//     InfoNCE test 2.4x slower, 56 s against 23 s) run by a
 //     deterministic, deliberately adversarial scheduler: between two __syncthreads the warps run one after another,
 //     each as far as it gets (a warp runs ahead of the others, as it may on a GPU), the last warp first and then in
 //     a fresh pseudo-random order after every barrier; inside a warp each lane runs alone until its next warp
@@ -20,10 +22,12 @@
 // The kernel files stay as NVRTC compiles them; the one non-portable construct (inline PTX for cvt.f32.f16) has an
 // `#ifdef MOCO_CUDA_EMU` portable form in the kernel file.
 //
-// Two modes:
-//   MOCO_CUDA_EMU_LIST  only marks `__global__` and `__launch_bounds__` so that `g++ -E` lists the kernels of a file
-//                       (the test parses the preprocessed text, which also expands macro-generated kernels);
-//   otherwise           the full emulation plus a `main` that executes one launch request (see moco_emu::run).
+// Three modes:
+//   MOCO_CUDA_EMU_LIST     only marks `__global__` and `__launch_bounds__` so that `g++ -E` lists the kernels of a
+//                          file (the test parses the preprocessed text, which also expands macro-generated kernels);
+//   MOCO_CUDA_EMU_LIBRARY  the emulation as a kernel library for the emulated CUDA driver (library_abi.h,
+//                          MOCO_EMU_LIBRARY): a failure ends the launch with a message instead of the process;
+//   otherwise              the full emulation plus a `main` that executes one launch request (see moco_emu::run).
 #pragma once
 
 #ifdef MOCO_CUDA_EMU_LIST
@@ -36,6 +40,7 @@
 #define MOCO_CUDA_EMU 1
 
 #include <math.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -152,21 +157,97 @@ extern char __stop_cuda_emu_shared[] __attribute__((weak));
 
 namespace moco_emu {
 
+#ifdef MOCO_CUDA_EMU_LIBRARY
+[[noreturn]] inline void lib_fail(const char* msg);
+#endif
+
 [[noreturn]] __attribute__((format(printf, 1, 2))) inline void fail(const char* fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
+#ifdef MOCO_CUDA_EMU_LIBRARY
+    // a kernel library ends the launch, not the process (the driver reports the message)
+    char msg[2048];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    lib_fail(msg);
+#else
     fprintf(stderr, "cuda_emu: error: ");
     vfprintf(stderr, fmt, ap);
     fprintf(stderr, "\n");
     va_end(ap);
     fflush(stderr);
     _exit(3);
+#endif
 }
 
 enum State { RUNNABLE, AT_BARRIER, AT_WARP, DONE };
 
+// ---- fiber contexts --------------------------------------------------------------------------------------------
+// A context is a saved stack pointer: switch_to pushes the callee-saved registers (and the SSE/x87 control words)
+// on the current stack, stores the stack pointer, loads the other one and pops its registers. No system call.
+#if defined(__x86_64__)
+struct Context {
+    void* sp = nullptr;
+};
+extern "C" void moco_emu_switch(void** save_sp, void* load_sp);
+__asm__(".text\n"
+        ".globl moco_emu_switch\n"
+        ".hidden moco_emu_switch\n"
+        ".type moco_emu_switch,@function\n"
+        "moco_emu_switch:\n"
+        "    pushq %rbp\n"
+        "    pushq %rbx\n"
+        "    pushq %r12\n"
+        "    pushq %r13\n"
+        "    pushq %r14\n"
+        "    pushq %r15\n"
+        "    subq $8, %rsp\n"
+        "    stmxcsr (%rsp)\n"
+        "    fnstcw 4(%rsp)\n"
+        "    movq %rsp, (%rdi)\n"
+        "    movq %rsi, %rsp\n"
+        "    ldmxcsr (%rsp)\n"
+        "    fldcw 4(%rsp)\n"
+        "    addq $8, %rsp\n"
+        "    popq %r15\n"
+        "    popq %r14\n"
+        "    popq %r13\n"
+        "    popq %r12\n"
+        "    popq %rbx\n"
+        "    popq %rbp\n"
+        "    ret\n"
+        ".size moco_emu_switch, .-moco_emu_switch\n");
+inline void switch_context(Context& from, Context& to) { moco_emu_switch(&from.sp, to.sp); }
+// A fresh context on `stack` that starts in `entry` (which must never return).
+inline void make_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
+    uint64_t* top = (uint64_t*)(((uintptr_t)(stack + bytes)) & ~(uintptr_t)15);
+    top[-1] = 0;                 // entry's return address (it never returns); entry starts with rsp = 8 mod 16
+    top[-2] = (uint64_t)entry;   // where the first switch's `ret` goes
+    for (int r = 3; r <= 8; ++r) top[-r] = 0; // rbp, rbx, r12-r15
+    uint32_t mxcsr;
+    uint16_t fpucw;
+    __asm__ volatile("stmxcsr %0" : "=m"(mxcsr));
+    __asm__ volatile("fnstcw %0" : "=m"(fpucw));
+    uint64_t ctl = (uint64_t)mxcsr | ((uint64_t)fpucw << 32);
+    top[-9] = ctl;
+    c.sp = &top[-9];
+}
+#else
+struct Context {
+    ucontext_t uc;
+};
+inline void switch_context(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+inline void make_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = bytes;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, entry, 0);
+}
+#endif
+
 struct Fiber {
-    ucontext_t ctx;
+    Context ctx;
     char* stack = nullptr;
     State state = DONE;
     uint3 idx{0, 0, 0};
@@ -177,7 +258,7 @@ const size_t STACK_BYTES = 256 * 1024;
 
 struct Sched {
     std::vector<Fiber> fibers;
-    ucontext_t main_ctx;
+    Context main_ctx;
     int current = -1;
     unsigned int nthreads = 0;
     void (*body)(void**) = nullptr;
@@ -191,6 +272,11 @@ struct Sched {
     void* fake_stack = nullptr;
     const void* main_stack_bottom = nullptr;
     size_t main_stack_size = 0;
+    // library mode: where a failing launch jumps back to, and why it failed
+    jmp_buf fail_jmp;
+    bool failed = false;
+    bool in_launch = false;
+    char fail_msg[4096] = {0};
 };
 
 inline Sched& sched() {
@@ -212,7 +298,7 @@ inline void yield_to_scheduler() {
     Fiber& f = s.fibers[(size_t)s.current];
     void* fake = nullptr;
     if (__sanitizer_start_switch_fiber) __sanitizer_start_switch_fiber(f.state == DONE ? nullptr : &fake, s.main_stack_bottom, s.main_stack_size);
-    swapcontext(&f.ctx, &s.main_ctx);
+    switch_context(f.ctx, s.main_ctx);
     if (__sanitizer_finish_switch_fiber) __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 }
 
@@ -231,9 +317,12 @@ inline void resume(unsigned int id) {
     s.current = (int)id;
     threadIdx = f.idx;
     if (__sanitizer_start_switch_fiber) __sanitizer_start_switch_fiber(&s.fake_stack, f.stack, STACK_BYTES);
-    swapcontext(&s.main_ctx, &f.ctx);
+    switch_context(s.main_ctx, f.ctx);
     if (__sanitizer_finish_switch_fiber) __sanitizer_finish_switch_fiber(s.fake_stack, nullptr, nullptr);
     s.current = -1;
+#ifdef MOCO_CUDA_EMU_LIBRARY
+    if (s.failed) longjmp(s.fail_jmp, 1); // back to lib_launch, on this (the scheduler's) stack
+#endif
 }
 
 inline unsigned int linear_tid() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
@@ -419,16 +508,16 @@ inline const char* state_name(State st) {
 
 [[noreturn]] inline void report_stuck(const char* why) {
     Sched& s = sched();
-    fprintf(stderr, "cuda_emu: error: kernel %s, block (%u, %u, %u): %s\n", s.kernel, blockIdx.x, blockIdx.y, blockIdx.z, why);
+    std::string msg = std::string("kernel ") + s.kernel + ", block (" + std::to_string(blockIdx.x) + ", " + std::to_string(blockIdx.y) + ", " + std::to_string(blockIdx.z) + "): " + why;
     unsigned int shown = 0;
     for (unsigned int t = 0; t < s.nthreads && shown < 12; ++t) {
         const Fiber& f = s.fibers[t];
         if (t == 0 || f.state != s.fibers[t - 1].state || f.line != s.fibers[t - 1].line) {
-            fprintf(stderr, "  thread %u (%u, %u, %u): %s (line %d)\n", t, f.idx.x, f.idx.y, f.idx.z, state_name(f.state), f.line);
+            msg += "\n  thread " + std::to_string(t) + " (" + std::to_string(f.idx.x) + ", " + std::to_string(f.idx.y) + ", " + std::to_string(f.idx.z) + "): " + state_name(f.state) + " (line " + std::to_string(f.line) + ")";
             ++shown;
         }
     }
-    fail("%s", why);
+    fail("%s", msg.c_str());
 }
 
 // Runs one block to completion.
@@ -441,11 +530,7 @@ inline void run_block() {
         f.state = RUNNABLE;
         f.line = 0;
         if (__asan_unpoison_memory_region) __asan_unpoison_memory_region(f.stack, STACK_BYTES);
-        getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = f.stack;
-        f.ctx.uc_stack.ss_size = STACK_BYTES;
-        f.ctx.uc_link = nullptr;
-        makecontext(&f.ctx, fiber_entry, 0);
+        make_context(f.ctx, f.stack, STACK_BYTES, fiber_entry);
     }
     // Between two block barriers, the warps run one after another, each as far as it can get (through its warp
     // shuffles and votes) before the next starts: the first time last warp first, then in a fresh pseudo-random
@@ -671,6 +756,87 @@ inline int run(const Kernel* kernels, size_t count, int argc, char** argv) {
 }
 
 } // namespace moco_emu
+
+// ---- library mode: the entry points of library_abi.h ---------------------------------------------------------------
+
+#ifdef MOCO_CUDA_EMU_LIBRARY
+#include "library_abi.h"
+
+namespace moco_emu {
+
+// Ends the running launch: from a thread (fiber), switch back to the scheduler, which jumps out (resume); from the
+// scheduler, jump out directly. Either way the jump lands in lib_launch on the scheduler's own stack.
+[[noreturn]] inline void lib_fail(const char* msg) {
+    Sched& s = sched();
+    if (!s.in_launch) {
+        fprintf(stderr, "cuda_emu: error outside a launch: %s\n", msg);
+        abort();
+    }
+    if (!s.failed) {
+        if (s.current >= 0) {
+            snprintf(s.fail_msg, sizeof s.fail_msg, "kernel %s, block (%u, %u, %u), thread (%u, %u, %u): %s", s.kernel, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z, msg);
+        } else {
+            snprintf(s.fail_msg, sizeof s.fail_msg, "%s", msg);
+        }
+    }
+    s.failed = true;
+    if (s.current >= 0) {
+        Fiber& f = s.fibers[(size_t)s.current];
+        f.state = DONE;
+        switch_context(f.ctx, s.main_ctx); // never resumed: resume() sees `failed` and jumps
+    }
+    longjmp(s.fail_jmp, 1);
+}
+
+inline void lib_fail_entry(const char* msg) { lib_fail(msg); }
+inline int lib_in_launch() { return sched().in_launch ? 1 : 0; }
+
+inline int lib_launch(const Kernel* kernels, size_t count, size_t k, const unsigned int g[3], const unsigned int b[3], void** args, unsigned long long seed, char* err, size_t errlen) {
+    Sched& s = sched();
+    if (k >= count) {
+        snprintf(err, errlen, "kernel index %zu out of range (%zu kernels)", k, count);
+        return 1;
+    }
+    static bool shared_found = false;
+    if (!shared_found) {
+        find_shared_runs();
+        shared_found = true;
+    }
+    s.failed = false;
+    s.fail_msg[0] = 0;
+    s.in_launch = true;
+    if (setjmp(s.fail_jmp) != 0) {
+        s.in_launch = false;
+        s.current = -1;
+        snprintf(err, errlen, "%s", s.fail_msg);
+        return 1;
+    }
+    launch(kernels[k], dim3(g[0], g[1], g[2]), dim3(b[0], b[1], b[2]), args, seed);
+    s.in_launch = false;
+    return 0;
+}
+
+} // namespace moco_emu
+
+#define MOCO_EMU_LIBRARY(...)                                                                                        \
+    static const moco_emu::Kernel moco_emu_kernels[] = {__VA_ARGS__};                                                \
+    static const size_t moco_emu_count = sizeof moco_emu_kernels / sizeof moco_emu_kernels[0];                       \
+    static int moco_emu_launch(size_t k, const unsigned int g[3], const unsigned int b[3], void** args, unsigned long long seed, char* err, size_t errlen) { \
+        return moco_emu::lib_launch(moco_emu_kernels, moco_emu_count, k, g, b, args, seed, err, errlen);            \
+    }                                                                                                                \
+    extern "C" __attribute__((visibility("default"))) const MocoEmuLibrary* moco_emu_library(void) {                 \
+        static MocoEmuKernelInfo infos[sizeof moco_emu_kernels / sizeof moco_emu_kernels[0]];                        \
+        static MocoEmuLibrary lib;                                                                                   \
+        if (lib.abi == 0) {                                                                                          \
+            for (size_t i = 0; i < moco_emu_count; ++i) {                                                            \
+                const moco_emu::Kernel& k = moco_emu_kernels[i];                                                     \
+                infos[i] = MocoEmuKernelInfo{k.name, k.nparams, k.sizes, k.pointers, k.launch_bounds};               \
+            }                                                                                                        \
+            lib = MocoEmuLibrary{MOCO_EMU_LIBRARY_ABI, moco_emu_count, infos, &moco_emu_launch, &moco_emu::lib_fail_entry, &moco_emu::lib_in_launch}; \
+        }                                                                                                            \
+        return &lib;                                                                                                 \
+    }
+#endif // MOCO_CUDA_EMU_LIBRARY
 
 #define MOCO_EMU_KERNEL(name, bounds) moco_emu::make_kernel<&name>(#name, bounds)
 #define MOCO_EMU_MAIN(...)                                                                              \

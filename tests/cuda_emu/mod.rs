@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod driver;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
