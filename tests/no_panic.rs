@@ -365,19 +365,10 @@ proptest! {
     }
 }
 
-/// The CUDA device when libcuda and a GPU are present (here: none; the reason is printed once).
+/// The CUDA device: a GPU's, or the emulated driver's (tests/cuda_emu/driver) where there is no GPU.
 #[cfg(feature = "cuda")]
 fn cuda_device() -> Option<moco::backend::cuda::Cuda> {
-    use std::sync::OnceLock;
-    static DEV: OnceLock<Option<moco::backend::cuda::Cuda>> = OnceLock::new();
-    DEV.get_or_init(|| match moco::backend::cuda::Cuda::new(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            eprintln!("no CUDA device, CUDA not exercised: {e}");
-            None
-        }
-    })
-    .clone()
+    common::cuda_backend()
 }
 
 /// The bypasses of the old public fields no longer compile; what is left is to check that the constructors and

@@ -119,9 +119,10 @@ pub fn build_library(cu: &Path) -> Result<PathBuf, String> {
     r.map(|_| out)
 }
 
-/// The driver and every kernel library, built (2 at a time).
+/// The driver and every kernel library (kernels/*.cu and the probe kernels), built (2 at a time).
 pub fn build_all() -> Result<(PathBuf, Vec<PathBuf>), String> {
-    let files = kernel_files();
+    let mut files = kernel_files();
+    files.push(root().join("tests/cuda_emu/driver_probe.cu")); // the driver's own tests (tests/cuda_emu_driver.rs)
     let libs: Vec<Result<PathBuf, String>> = std::thread::scope(|s| {
         let driver = s.spawn(build_driver);
         let chunks: Vec<_> = files.chunks(files.len().div_ceil(2).max(1)).map(|c| s.spawn(move || c.iter().map(|f| build_library(f)).collect::<Vec<_>>())).collect();
