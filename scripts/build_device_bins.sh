@@ -13,12 +13,14 @@ for line in sys.stdin:
     except Exception: continue
     if m.get("reason") == "compiler-artifact" and m.get("executable"):
         name = m["target"]["name"]
-        # the fixture test tests/resnet.rs shares its name with the bench benches/resnet.rs
+        # the tests tests/resnet.rs and tests/contrastive.rs share their names with benches
         if name == "resnet" and "test" in m["target"]["kind"]:
             name = "resnet_fixture"
+        if name == "contrastive" and "test" in m["target"]["kind"]:
+            name = "contrastive_ops"
         print(name, m["executable"])'
 }
-{ pick test --release --test cuda_ops --test cuda_layers --test cuda_optim --test cuda_compile --test cuda_train --test resnet --test vit_fixture; pick bench --bench contrastive --bench resnet; } | while read -r name exe; do
+{ pick test --release --test cuda_ops --test cuda_layers --test cuda_optim --test cuda_compile --test cuda_train --test resnet --test vit_fixture --test contrastive --test queue --test ema --test moco_device; pick bench --bench contrastive --bench resnet; } | while read -r name exe; do
     cp "$exe" "$DEST/$name"
     strip "$DEST/$name" 2>/dev/null || true
     echo "$DEST/$name $(du -h "$DEST/$name" | cut -f1)" >&2

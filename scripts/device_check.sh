@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check, in one call on a lent GPU machine (torch, nvcc and ncu there; no cargo). Build first, here:
-#     scripts/build_device_bins.sh          # -> target/device-bin/{cuda_ops,cuda_layers,cuda_optim,cuda_compile,cuda_train,resnet_fixture,vit_fixture,contrastive,resnet}
+#     scripts/build_device_bins.sh          # -> target/device-bin/{cuda_ops,cuda_layers,cuda_optim,cuda_compile,cuda_train,resnet_fixture,vit_fixture,contrastive_ops,queue,ema,moco_device,contrastive,resnet}
 # then run this script there with carry ["target/device-bin"]. Within ~8 minutes it
 #   1. runs every CUDA op test against the f64 CPU reference (a missing device fails, it does not skip);
 #   2. compiles every kernel with the machine's NVRTC and ptxas (registers, spills);
@@ -34,6 +34,14 @@ step "CUDA op tests against the CPU reference"
 MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/cuda_ops" --test-threads=1 --nocapture 2>&1 | tee "$OUT/cuda_ops.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/cuda_layers" --test-threads=1 --nocapture 2>&1 | tee "$OUT/cuda_layers.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+
+step "The suite CI runs on the emulated CUDA driver, here on the real one (Backend ops, MocoDevice ops, the small engine runs, checkpoints)"
+for t in contrastive_ops queue ema moco_device; do
+    MOCO_REQUIRE_CUDA_DEVICE=1 MOCO_CUDA_EMU=0 timeout 120 "$BIN/$t" --test-threads=1 2>&1 | tail -3 | tee "$OUT/$t.txt"
+    [ "${PIPESTATUS[0]}" = 0 ] || status=1
+done
+MOCO_REQUIRE_CUDA_DEVICE=1 MOCO_CUDA_EMU=0 timeout 120 "$BIN/cuda_train" --test-threads=1 --nocapture small_ checkpoints 2>&1 | tee "$OUT/cuda_train_small.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 step "ResNet-18/50 and the MoCo v3 ViT on CUDA against the PyTorch fixtures"

@@ -2,13 +2,16 @@
 # The test command. Installs what the tests need when it is missing, then runs `cargo test --release`.
 #   - Mesa's lavapipe (a Vulkan driver on the CPU) so the WGSL kernels run without a GPU;
 #   - the NVRTC and ptxas PyPI wheels so every CUDA kernel is compiled for sm_80 and sm_90;
-#   - g++ (with AddressSanitizer) so every CUDA kernel also runs on the CPU (tests/cuda_emulated.rs).
+#   - g++ (with AddressSanitizer) so every CUDA kernel also runs on the CPU (tests/cuda_emulated.rs), and the whole
+#     CUDA path, host code included, runs on the emulated CUDA driver (tests/cuda_emu/driver) where no GPU is.
 # Extra arguments go to cargo test. Environment:
 #   MOCO_REQUIRE_WGPU=1          fail (not skip) when no wgpu adapter is found (CI sets it)
 #   MOCO_REQUIRE_CUDA_COMPILE=1  fail when NVRTC/ptxas or g++ are missing (default here: 1)
 #   MOCO_PROPTEST_CASES=N        proptest cases per property (default 24)
 #   MOCO_FEATURE_MATRIX=0        skip the feature matrix (--no-default-features alone, + wgpu, + cuda) that runs
 #                                after the default test when no arguments are given
+#   MOCO_CUDA_EMU=1|0            force / forbid the emulated CUDA driver (default: used when no libcuda loads); the
+#                                feature matrix sets 0, since the default run already ran every CUDA test on it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,7 +47,7 @@ cargo test --release "$@"
 # GPU or trainer crates, and each GPU backend alone, each built and tested on its own.
 if [ "$#" -eq 0 ] && [ "${MOCO_FEATURE_MATRIX:-1}" = "1" ]; then
     for features in "" "wgpu" "cuda"; do
-        log "cargo test --release --no-default-features ${features:+--features $features}"
-        cargo test --release --no-default-features ${features:+--features "$features"}
+        log "cargo test --release --no-default-features ${features:+--features $features} (CUDA tests skip: MOCO_CUDA_EMU=0)"
+        MOCO_CUDA_EMU=0 cargo test --release --no-default-features ${features:+--features "$features"}
     done
 fi

@@ -289,34 +289,43 @@ fn small_moco_v3_vit_three_steps_match_the_cpu_engine() {
 }
 
 /// A checkpoint the CUDA engine writes loads into the CPU engine, and the reverse: the state read back is the
-/// state written, bit for bit, and the next step from it gives the same loss on both.
-#[test]
-fn checkpoints_cross_between_the_cuda_and_cpu_engines() {
+/// state written, bit for bit, and the next step from it gives the same loss on both engines. The state is the CPU
+/// engine's after one step (so the optimiser state and the queue are not their initial values); the CUDA engine
+/// then takes one step from what it loaded.
+fn checkpoints_cross<E1: Engine, E2: Engine>(cfg: &TrainConfig, mut c: E1, mut g: E2, mut c2: E1, what: &str) {
     use moco::train::state_file::{self, Progress};
-    let Some(cuda) = device("checkpoints_cross_between_the_cuda_and_cpu_engines") else { return };
-    let cfg = small_v2();
-    let data = batches(&cfg, 2);
-    let dir = std::env::temp_dir().join(format!("moco-cuda-ck-{}", std::process::id()));
+    let data = batches(cfg, 2);
+    let dir = std::env::temp_dir().join(format!("moco-cuda-ck-{}-{what}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let prog = Progress { epoch: 0, step: 1, global_step: 1 };
-    // CUDA -> file -> CPU
-    let mut g = CudaEngine::new(&cuda, &cfg).unwrap();
-    g.step(&data[0].0, &data[0].1, cfg.lr).unwrap();
-    let from_cuda = dir.join("from_cuda.safetensors");
-    state_file::save(&from_cuda, &cfg, &g.layouts(), &g.state().unwrap(), prog).unwrap();
-    let mut c = CpuEngine::new(&cfg).unwrap();
-    let (s, p) = state_file::load(&from_cuda, &cfg, &c.layouts()).unwrap();
-    assert_eq!(p, prog);
-    c.load_state(&s).unwrap();
-    assert_eq!(c.state().unwrap(), g.state().unwrap(), "the CPU engine holds exactly what the CUDA engine wrote");
-    let (a, b) = (c.step(&data[1].0, &data[1].1, cfg.lr).unwrap(), g.step(&data[1].0, &data[1].1, cfg.lr).unwrap());
-    assert!(((a.loss - b.loss).abs() / a.loss.abs()) <= 1e-3, "after CUDA -> CPU: cpu loss {} vs cuda {}", a.loss, b.loss);
+    c.step(&data[0].0, &data[0].1, cfg.lr).unwrap();
     // CPU -> file -> CUDA
     let from_cpu = dir.join("from_cpu.safetensors");
-    state_file::save(&from_cpu, &cfg, &c.layouts(), &c.state().unwrap(), prog).unwrap();
-    let mut g2 = CudaEngine::new(&cuda, &cfg).unwrap();
-    let (s, _) = state_file::load(&from_cpu, &cfg, &g2.layouts()).unwrap();
-    g2.load_state(&s).unwrap();
-    assert_eq!(g2.state().unwrap(), c.state().unwrap(), "the CUDA engine holds exactly what the CPU engine wrote");
+    state_file::save(&from_cpu, cfg, &c.layouts(), &c.state().unwrap(), prog).unwrap();
+    let (s, p) = state_file::load(&from_cpu, cfg, &g.layouts()).unwrap();
+    assert_eq!(p, prog);
+    g.load_state(&s).unwrap();
+    assert_eq!(g.state().unwrap(), c.state().unwrap(), "{what}: the CUDA engine holds exactly what the CPU engine wrote");
+    // CUDA -> file -> a fresh CPU engine
+    let from_cuda = dir.join("from_cuda.safetensors");
+    state_file::save(&from_cuda, cfg, &g.layouts(), &g.state().unwrap(), prog).unwrap();
+    let (s, _) = state_file::load(&from_cuda, cfg, &c2.layouts()).unwrap();
+    c2.load_state(&s).unwrap();
+    assert_eq!(c2.state().unwrap(), c.state().unwrap(), "{what}: the CPU engine holds exactly what the CUDA engine wrote");
+    // and both go on from it alike
+    let (a, b) = (c2.step(&data[1].0, &data[1].1, cfg.lr).unwrap(), g.step(&data[1].0, &data[1].1, cfg.lr).unwrap());
+    eprintln!("{what}: the step after the crossing: cpu loss {} cuda loss {}", a.loss, b.loss);
+    assert!(((a.loss - b.loss).abs() / a.loss.abs()) <= 1e-3, "{what}: after the crossing, cpu loss {} vs cuda {}", a.loss, b.loss);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn checkpoints_cross_between_the_cuda_and_cpu_engines() {
+    let Some(cuda) = device("checkpoints_cross_between_the_cuda_and_cpu_engines") else { return };
+    // MoCo v3 on the ViT (AdamW's two moments, the predictor), then MoCo v2 (SGD momentum, the queue and pointer)
+    let v3 = small_v3();
+    let (c, g, c2) = (moco::train::CpuVitEngine::new(&v3).unwrap(), moco::train::CudaVitEngine::new(&cuda, &v3).unwrap(), moco::train::CpuVitEngine::new(&v3).unwrap());
+    checkpoints_cross(&v3, c, g, c2, "v3 ViT");
+    let v2 = small_v2();
+    checkpoints_cross(&v2, CpuEngine::new(&v2).unwrap(), CudaEngine::new(&cuda, &v2).unwrap(), CpuEngine::new(&v2).unwrap(), "v2 ResNet-18");
 }
