@@ -26,7 +26,7 @@ for plant in "${PLANTS[@]}"; do
   cargo test --release --test "$test" -- "$filter" --test-threads=1 >"$log" 2>&1
   rc=$?
   git apply -R "$patch"
-  report="$(grep -m1 -E '^cuda_emu: error' "$log" | cut -c1-160)"
+  report="$(grep -m1 -o 'cuda_emu: error.*' "$log" | cut -c18-240)"
   panic="$(grep -m1 -A1 -E "panicked at" "$log" | tail -1 | cut -c1-160)"
   if [ $rc = 0 ]; then verdict="NOT CAUGHT"; missed=1; else verdict="caught"; fi
   rows+=("| $name | $test $filter | $verdict | ${report:-(no driver report)} | ${panic:-} |")
