@@ -104,6 +104,17 @@ fn use_after_free_is_an_illegal_address() {
     expect_report(driver, &["probe_add_one", "freed by cuMemFreeAsync"]);
 }
 
+/// `probe_fill`'s parameter block (`ProbeParams` in driver_probe.cu).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ProbeParams {
+    n: u32,
+    value: f32,
+    stride: u64,
+}
+// SAFETY: plain data laid out as the kernel's struct (the driver checks its 16 bytes against the module image)
+unsafe impl cudarc::driver::DeviceRepr for ProbeParams {}
+
 /// Two non-blocking streams; stream `a` writes `x`, stream `b` then scales `x` into `y`.
 fn two_streams(ctx: &Arc<CudaContext>, with_event: bool) -> Result<Vec<f32>, DriverError> {
     // SAFETY: the test orders the streams itself (or plants the missing order on purpose)
@@ -116,14 +127,6 @@ fn two_streams(ctx: &Arc<CudaContext>, with_event: bool) -> Result<Vec<f32>, Dri
     let mut y = b.alloc_zeros::<f32>(n)?;
     a.synchronize()?;
     b.synchronize()?;
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct ProbeParams {
-        n: u32,
-        value: f32,
-        stride: u64,
-    }
-    unsafe impl cudarc::driver::DeviceRepr for ProbeParams {}
     let p = ProbeParams { n: n as u32, value: 3.0, stride: 1 };
     unsafe { a.launch_builder(&fill).arg(&p).arg(&mut x).launch(LaunchConfig { grid_dim: (2, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 }) }?;
     if with_event {
@@ -276,14 +279,6 @@ fn parameter_layouts_come_from_the_module_image() {
         assert_eq!(f.max_threads_per_block().unwrap(), 128, "{route}: __launch_bounds__(128)");
         let s = ctx.default_stream();
         let mut x = s.alloc_zeros::<f32>(10).unwrap();
-        #[repr(C)]
-        #[derive(Clone, Copy)]
-        struct ProbeParams {
-            n: u32,
-            value: f32,
-            stride: u64,
-        }
-        unsafe impl cudarc::driver::DeviceRepr for ProbeParams {}
         let p = ProbeParams { n: 5, value: 7.0, stride: 2 };
         unsafe { s.launch_builder(&f).arg(&p).arg(&mut x).launch(LaunchConfig { grid_dim: (1, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 }) }.unwrap();
         let out = s.clone_dtoh(&x).unwrap();

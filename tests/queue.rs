@@ -47,38 +47,28 @@ proptest! {
     }
 }
 
+/// K = 10, N = 4 from pointer 0: the pointer goes 0, 4, 8, 2 (wrapped), 6, and back to 0 after five steps.
+fn wraps<B: Backend>(b: &B, dtype: QueueDType) {
+    let mut queue = b.queue_from_f32(&vec![0.0; 10 * 3], 10, 3, dtype).unwrap();
+    let mut ptr = 0;
+    for step in 0..5 {
+        let keys: Vec<f32> = (0..12).map(|i| (i + step) as f32 + 1.0).collect();
+        ptr = b.enqueue(&mut queue, &b.upload(&keys).unwrap(), &QueueShape::new(4, 3, 10, ptr).unwrap()).unwrap();
+    }
+    assert_eq!(ptr, 0, "{} {dtype:?}", b.name());
+    check(b, 4, 3, 10, 8, dtype, 1);
+}
+
 #[test]
 fn enqueue_wraps_without_divisibility() {
-    // K = 10, N = 4: pointer goes 0, 4, 8, 2 (wrapped), 6 ...
     for dtype in [QueueDType::F32, QueueDType::F16, QueueDType::BF16] {
-        let b = cpu();
-        let mut queue = b.queue_from_f32(&vec![0.0; 10 * 3], 10, 3, dtype).unwrap();
-        let mut ptr = 0;
-        for step in 0..5 {
-            let keys: Vec<f32> = (0..12).map(|i| (i + step) as f32 + 1.0).collect();
-            ptr = b.enqueue(&mut queue, &keys, &QueueShape::new(4, 3, 10, ptr).unwrap()).unwrap();
-        }
-        assert_eq!(ptr, 0);
+        wraps(&cpu(), dtype);
         if let Some(w) = wgpu_backend() {
-            let mut queue = w.queue_from_f32(&vec![0.0; 10 * 3], 10, 3, dtype).unwrap();
-            let mut p = 0;
-            for step in 0..5 {
-                let keys: Vec<f32> = (0..12).map(|i| (i + step) as f32 + 1.0).collect();
-                p = w.enqueue(&mut queue, &w.upload(&keys).unwrap(), &QueueShape::new(4, 3, 10, p).unwrap()).unwrap();
-            }
-            assert_eq!(p, 0);
+            wraps(&w, dtype);
         }
         if let Some(g) = cuda_backend() {
-            let mut queue = g.queue_from_f32(&vec![0.0; 10 * 3], 10, 3, dtype).unwrap();
-            let mut p = 0;
-            for step in 0..5 {
-                let keys: Vec<f32> = (0..12).map(|i| (i + step) as f32 + 1.0).collect();
-                p = g.enqueue(&mut queue, &g.upload(&keys).unwrap(), &QueueShape::new(4, 3, 10, p).unwrap()).unwrap();
-            }
-            assert_eq!(p, 0);
-            check(&g, 4, 3, 10, 8, dtype, 1);
+            wraps(&g, dtype);
         }
-        check(&cpu(), 4, 3, 10, 8, dtype, 1);
     }
 }
 
