@@ -1,46 +1,29 @@
-// Pooling, linear and element-wise layers, NCHW, as src/backend/cpu/nn/{pool,linear,act}.rs:
-// max pooling forward (value + argmax u32 inside the [H, W] plane) and backward (gather: each input pixel sums
-// dout over the windows whose argmax it is; deterministic, no atomics), global average pooling forward/backward,
-// a tiled GEMM with strided operands for linear forward/backward, the bias gradient, ReLU and the residual add.
-// Mirrors shaders/pool.wgsl: same names, same work split (one thread per output / input element / plane /
-// column; the GEMM computes T x T outputs per 16x16 block, K staged in T-deep chunks).
+// Pooling over NCHW planes, as src/ops/pool/cpu.rs: max pooling forward (value + argmax u32 inside the [H, W]
+// plane) and backward (gather: each input pixel sums dout over the windows whose argmax it is; deterministic, no
+// atomics), global average pooling forward/backward. Mirrors shaders/pool.wgsl: same names, same work split (one
+// thread per output / input element / plane).
 //
 // Header-free (compiled by NVRTC at run time, and by tests/cuda_compile.rs in CI): no #include at all.
 //
-// Scalars: every kernel takes the WGSL uniform block `Params` by value as its first argument (same fields, same
-// order, 80 bytes); the storage buffers the entry point uses follow in WGSL binding order.
-// Block sizes: gemm runs with a (16, 16) block (the WGSL @workgroup_size(16, 16)); every other kernel with 256
-// threads in x over a 2-D grid (flat index (blockIdx.x + blockIdx.y * gridDim.x) * 256 + threadIdx.x).
+// Scalars: every kernel takes the WGSL uniform block `PoolParams` by value as its first argument (same fields, same
+// order, 48 bytes); the storage buffers the entry point uses follow in WGSL binding order. 256 threads per block
+// over a 2-D grid (flat index (blockIdx.x + blockIdx.y * gridDim.x) * 256 + threadIdx.x).
 
 #define WG 256u
-#define T 16u         // GEMM tile (T x T outputs per block, T-deep K chunks)
-#define FLAG_ACC 1u   // GEMM: C += A.B (else C = A.B)
-#define FLAG_BIAS 2u  // GEMM: + bias[col]
 
-struct Params {
-    // pooling: planes = N*C; element-wise: len
-    unsigned int planes;
+struct PoolParams {
+    unsigned int planes; // N*C
     unsigned int h;
     unsigned int w;
     unsigned int oh;
     unsigned int ow;
-    unsigned int k;
+    unsigned int k;      // max-pool window (square)
     unsigned int stride;
     unsigned int pad;
-    // GEMM C[M, NC] (+)= A[M, K].B[K, NC] (+ bias[NC]); A(m, k) at m*a_rs + k*a_cs, B(k, n) at k*b_rs + n*b_cs,
-    // C row-major with row stride NC
-    unsigned int m;
-    unsigned int nc;
-    unsigned int kk;
-    unsigned int flags;
-    unsigned int a_rs;
-    unsigned int a_cs;
-    unsigned int b_rs;
-    unsigned int b_cs;
-    unsigned int len;
-    unsigned int hw;
-    float inv_hw;
-    unsigned int _pad;
+    unsigned int hw;     // average pool: H*W
+    float inv_hw;        // 1 / (H*W)
+    unsigned int _pad0;
+    unsigned int _pad1;
 };
 
 __device__ __forceinline__ unsigned int flat_index() {
@@ -48,7 +31,7 @@ __device__ __forceinline__ unsigned int flat_index() {
 }
 
 // One thread per output element: max over the window (padding never wins), first maximum in scan order.
-extern "C" __global__ void __launch_bounds__(256) maxpool_forward(Params P, const float* __restrict__ x, float* __restrict__ yout, unsigned int* __restrict__ argmax) {
+extern "C" __global__ void __launch_bounds__(256) maxpool_forward(PoolParams P, const float* __restrict__ x, float* __restrict__ yout, unsigned int* __restrict__ argmax) {
     const unsigned int o = flat_index();
     if (o >= P.planes * P.oh * P.ow) return;
     const unsigned int p = o / (P.oh * P.ow);
@@ -78,7 +61,7 @@ extern "C" __global__ void __launch_bounds__(256) maxpool_forward(Params P, cons
 
 // One thread per input pixel: dx += sum dout over the windows that contain it and whose argmax it is.
 // Indices outside the plane match no pixel (ignored).
-extern "C" __global__ void __launch_bounds__(256) maxpool_backward(Params P, const unsigned int* __restrict__ argmax_in, const float* __restrict__ dy, float* __restrict__ dx) {
+extern "C" __global__ void __launch_bounds__(256) maxpool_backward(PoolParams P, const unsigned int* __restrict__ argmax_in, const float* __restrict__ dy, float* __restrict__ dx) {
     const unsigned int i = flat_index();
     if (i >= P.planes * P.h * P.w) return;
     const unsigned int p = i / (P.h * P.w);
@@ -104,7 +87,7 @@ extern "C" __global__ void __launch_bounds__(256) maxpool_backward(Params P, con
 }
 
 // One thread per (n, c) plane: out = sum_HW x / HW.
-extern "C" __global__ void __launch_bounds__(256) avgpool_forward(Params P, const float* __restrict__ x, float* __restrict__ yout) {
+extern "C" __global__ void __launch_bounds__(256) avgpool_forward(PoolParams P, const float* __restrict__ x, float* __restrict__ yout) {
     const unsigned int p = flat_index();
     if (p >= P.planes) return;
     float s = 0.0f;
@@ -113,66 +96,8 @@ extern "C" __global__ void __launch_bounds__(256) avgpool_forward(Params P, cons
 }
 
 // One thread per input element: dx += dout[plane] / HW.
-extern "C" __global__ void __launch_bounds__(256) avgpool_backward(Params P, const float* __restrict__ dy, float* __restrict__ dx) {
+extern "C" __global__ void __launch_bounds__(256) avgpool_backward(PoolParams P, const float* __restrict__ dy, float* __restrict__ dx) {
     const unsigned int i = flat_index();
     if (i >= P.planes * P.hw) return;
     dx[i] += dy[i / P.hw] * P.inv_hw;
-}
-
-// C[M, NC] (+)= A.B (+ bias): T x T outputs per (16, 16) block, one per thread, K staged in T-deep chunks.
-// Out-of-range operands are not loaded (WGSL's select evaluates both sides under robust buffer access).
-extern "C" __global__ void __launch_bounds__(256) gemm(Params P, const float* __restrict__ ga, const float* __restrict__ gb, float* __restrict__ gc, const float* __restrict__ bias) {
-    __shared__ float ta[T * (T + 1u)]; // [T][T+1]: A tile, (row, k)
-    __shared__ float tb[T * (T + 1u)]; // [T][T+1]: B tile, (k, col)
-    const unsigned int lx = threadIdx.x;
-    const unsigned int ly = threadIdx.y;
-    const unsigned int row = blockIdx.y * T + ly;
-    const unsigned int col = blockIdx.x * T + lx;
-    float acc = 0.0f;
-    for (unsigned int k0 = 0; k0 < P.kk; k0 += T) {
-        const unsigned int ka = k0 + lx;
-        ta[ly * (T + 1u) + lx] = (row < P.m && ka < P.kk) ? ga[row * P.a_rs + ka * P.a_cs] : 0.0f;
-        const unsigned int kb = k0 + ly;
-        tb[ly * (T + 1u) + lx] = (kb < P.kk && col < P.nc) ? gb[kb * P.b_rs + col * P.b_cs] : 0.0f;
-        __syncthreads();
-#pragma unroll
-        for (unsigned int t = 0; t < T; ++t) acc += ta[ly * (T + 1u) + t] * tb[t * (T + 1u) + lx];
-        __syncthreads();
-    }
-    if (row < P.m && col < P.nc) {
-        const unsigned int o = row * P.nc + col;
-        if ((P.flags & FLAG_BIAS) != 0u) acc += bias[col];
-        if ((P.flags & FLAG_ACC) != 0u) acc += gc[o];
-        gc[o] = acc;
-    }
-}
-
-// One thread per column of dout [M, NC]: dx[col] += sum_rows dout[row, col] (the linear bias gradient).
-extern "C" __global__ void __launch_bounds__(256) bias_backward(Params P, const float* __restrict__ dy, float* __restrict__ dx) {
-    const unsigned int col = flat_index();
-    if (col >= P.nc) return;
-    float s = 0.0f;
-    for (unsigned int r = 0; r < P.m; ++r) s += dy[r * P.nc + col];
-    dx[col] += s;
-}
-
-// out = max(a, 0).
-extern "C" __global__ void __launch_bounds__(256) relu_forward(Params P, const float* __restrict__ x, float* __restrict__ yout) {
-    const unsigned int i = flat_index();
-    if (i >= P.len) return;
-    yout[i] = x[i] < 0.0f ? 0.0f : x[i]; // NaN passes, as in torch
-}
-
-// dx += dout . (out > 0), with out (the forward's output) as x (binding 1).
-extern "C" __global__ void __launch_bounds__(256) relu_backward(Params P, const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dx) {
-    const unsigned int i = flat_index();
-    if (i >= P.len) return;
-    dx[i] += (x[i] > 0.0f) ? dy[i] : 0.0f;
-}
-
-// out = a + b, with b as dy (binding 5).
-extern "C" __global__ void __launch_bounds__(256) add_forward(Params P, const float* __restrict__ x, float* __restrict__ yout, const float* __restrict__ dy) {
-    const unsigned int i = flat_index();
-    if (i >= P.len) return;
-    yout[i] = x[i] + dy[i];
 }

@@ -1,6 +1,6 @@
 // Ring-buffer enqueue of N normalised keys into a queue [K, C] (one key per row) at row ptr, wrapping.
 // Mirrors shaders/queue.wgsl: same kernel names, same parameter block `QueueParams` (passed by value), same
-// thread-to-element mapping. kh holds the keys already normalised by normalize_rows (contrastive.cu).
+// thread-to-element mapping. kh holds the keys already normalised by normalize_rows (normalize.cu).
 // Header-free (compiled by NVRTC at run time): no #include.
 //
 // 16-bit queues are `unsigned short*` (one element per 16-bit word). enqueue_packed16 keeps the WGSL mapping of one

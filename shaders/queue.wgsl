@@ -1,5 +1,5 @@
 // Ring-buffer enqueue of N normalised keys into a queue [K, C] (one key per row) at row ptr, wrapping.
-// Mirrors kernels/queue.cu. kh holds the keys already normalised by normalize_rows (contrastive.wgsl).
+// Mirrors kernels/queue.cu. kh holds the keys already normalised by normalize_rows (normalize.wgsl).
 // 16-bit queues are stored as u32 words holding two elements (element e in word e/2, low half first);
 // one thread owns one word and rebuilds both halves, so a row that shares a word with its neighbour is written
 // without a race. (When N = K and ptr*C is odd, the two segments share one word: both threads compute and write

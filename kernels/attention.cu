@@ -1,0 +1,165 @@
+// The attention core of a ViT block, as src/ops/attention/cpu.rs: scores, softmax and P.V in one block per query
+// row; the backward in two launches: dq with the ds scratch, then dk/dv per key row. Mirrors shaders/attention.wgsl:
+// same names, same work split (one block per query / key, threads over keys or head dims). Every backward
+// accumulates (`+=`) and is deterministic (no atomics: each block owns what it writes; sums run in index order).
+//
+// Header-free (compiled by NVRTC at run time, and by tests/cuda_compile.rs in CI): no #include at all.
+//
+// Scalars: every kernel takes the WGSL uniform block `AttentionParams` by value as its first argument (32 bytes);
+// the buffers follow in the order of the CPU function's arguments (outputs first). 64 threads per block, grids 2-D
+// (x <= 65535), flattened as blockIdx.x + blockIdx.y * gridDim.x. Block reductions are shared-memory trees.
+
+#define WG 64u
+
+struct AttentionParams {
+    unsigned int b;        // batch B
+    unsigned int t;        // tokens T (cls included)
+    unsigned int c;        // H*D
+    unsigned int heads;    // H
+    unsigned int head_dim; // D
+    float scale;           // 1/sqrt(D)
+    unsigned int _pad0;
+    unsigned int _pad1;
+};
+
+__device__ __forceinline__ unsigned int flat_block() {
+    return blockIdx.x + blockIdx.y * gridDim.x;
+}
+
+// Shared-memory tree sum over the n threads of the block (n a power of two), returned to every thread. `red` holds
+// n floats; the trailing barrier lets the caller reuse it.
+__device__ __forceinline__ float tree_sum(float v, float* red, unsigned int n) {
+    const unsigned int tid = threadIdx.x;
+    red[tid] = v;
+    __syncthreads();
+    for (unsigned int s = n >> 1; s > 0u; s >>= 1) {
+        if (tid < s) red[tid] += red[tid + s];
+        __syncthreads();
+    }
+    const float r = red[0];
+    __syncthreads();
+    return r;
+}
+
+// Shared-memory tree max, as tree_sum (fmaxf: a NaN operand is ignored, as f32::max on the CPU).
+__device__ __forceinline__ float tree_max(float v, float* red, unsigned int n) {
+    const unsigned int tid = threadIdx.x;
+    red[tid] = v;
+    __syncthreads();
+    for (unsigned int s = n >> 1; s > 0u; s >>= 1) {
+        if (tid < s) red[tid] = fmaxf(red[tid], red[tid + s]);
+        __syncthreads();
+    }
+    const float r = red[0];
+    __syncthreads();
+    return r;
+}
+
+// // qkv [B, T, 3, H, D]: token (b, t)'s row of 3C holds q at h*D, k at C + h*D, v at 2C + h*D; out [B, T, C];
+// att, ds [B, H, T, T].
+
+// One block of 64 threads per (b, h, query i): s_j = scale*q_i.k_j into att[b, h, i, :] (threads stride j by 64),
+// block max and sum, the row normalised in place, then out[b, i, h*D + d] = sum_j p_j v_j[d] (threads over d).
+extern "C" __global__ void __launch_bounds__(64) attention_forward(AttentionParams P, float* __restrict__ out, float* __restrict__ att, const float* __restrict__ qkv) {
+    __shared__ float red[WG];
+    const unsigned int tid = threadIdx.x;
+    const unsigned int blk = flat_block();
+    if (blk >= P.b * P.heads * P.t) return; // whole block
+    const unsigned int i = blk % P.t;
+    const unsigned int bh = blk / P.t;
+    const unsigned int h = bh % P.heads;
+    const unsigned int b = bh / P.heads;
+    const unsigned int c3 = 3u * P.c;
+    const float* q = qkv + (size_t)(b * P.t + i) * c3 + h * P.head_dim;
+    const float* kb = qkv + (size_t)b * P.t * c3 + P.c + h * P.head_dim; // k of token 0; token j at + j*3C
+    const float* vb = kb + P.c;
+    float* row = att + (size_t)blk * P.t;
+    float mx = __uint_as_float(0xff800000u); // -inf
+    for (unsigned int j = tid; j < P.t; j += WG) {
+        const float* k = kb + (size_t)j * c3;
+        float s = 0.0f;
+        for (unsigned int d = 0; d < P.head_dim; ++d) s += q[d] * k[d];
+        s *= P.scale;
+        row[j] = s;
+        mx = fmaxf(mx, s);
+    }
+    mx = tree_max(mx, red, WG);
+    float sum = 0.0f;
+    for (unsigned int j = tid; j < P.t; j += WG) {
+        const float e = expf(row[j] - mx);
+        row[j] = e;
+        sum += e;
+    }
+    const float inv = 1.0f / tree_sum(sum, red, WG);
+    for (unsigned int j = tid; j < P.t; j += WG) row[j] *= inv;
+    __syncthreads(); // the normalised row (global) is read by every thread below
+    float* o = out + (size_t)(b * P.t + i) * P.c + h * P.head_dim;
+    for (unsigned int d = tid; d < P.head_dim; d += WG) {
+        float acc = 0.0f;
+        for (unsigned int j = 0; j < P.t; ++j) acc += row[j] * vb[(size_t)j * c3 + d];
+        o[d] = acc;
+    }
+}
+// One block of 64 threads per (b, h, query i): dp_j = dout_i.v_j, ds_ij = p_ij (dp_j - sum_j p_ij dp_j) into the
+// scratch ds (indexed as att), then dq_i[d] += scale * sum_j ds_ij k_j[d]. The block owns its dq row.
+extern "C" __global__ void __launch_bounds__(64) attention_backward_dq(AttentionParams P, float* __restrict__ dqkv, float* __restrict__ ds, const float* __restrict__ dout, const float* __restrict__ qkv, const float* __restrict__ att) {
+    __shared__ float red[WG];
+    const unsigned int tid = threadIdx.x;
+    const unsigned int blk = flat_block();
+    if (blk >= P.b * P.heads * P.t) return; // whole block
+    const unsigned int i = blk % P.t;
+    const unsigned int bh = blk / P.t;
+    const unsigned int h = bh % P.heads;
+    const unsigned int b = bh / P.heads;
+    const unsigned int c3 = 3u * P.c;
+    const float* dy = dout + (size_t)(b * P.t + i) * P.c + h * P.head_dim;
+    const float* kb = qkv + (size_t)b * P.t * c3 + P.c + h * P.head_dim;
+    const float* vb = kb + P.c;
+    const float* prow = att + (size_t)blk * P.t;
+    float* dsrow = ds + (size_t)blk * P.t;
+    float acc = 0.0f;
+    for (unsigned int j = tid; j < P.t; j += WG) {
+        const float* v = vb + (size_t)j * c3;
+        float dp = 0.0f;
+        for (unsigned int d = 0; d < P.head_dim; ++d) dp += dy[d] * v[d];
+        dsrow[j] = dp;
+        acc += prow[j] * dp;
+    }
+    acc = tree_sum(acc, red, WG);
+    for (unsigned int j = tid; j < P.t; j += WG) dsrow[j] = prow[j] * (dsrow[j] - acc);
+    __syncthreads(); // the ds row (global) is read by every thread below
+    float* dq = dqkv + (size_t)(b * P.t + i) * c3 + h * P.head_dim;
+    for (unsigned int d = tid; d < P.head_dim; d += WG) {
+        float g = 0.0f;
+        for (unsigned int j = 0; j < P.t; ++j) g += dsrow[j] * kb[(size_t)j * c3 + d];
+        dq[d] += P.scale * g;
+    }
+}
+// One block of 64 threads per (b, h, key j), threads over d: dk_j[d] += scale * sum_i ds_ij q_i[d],
+// dv_j[d] += sum_i p_ij dout_i[d] (i in order). The block owns its dk and dv rows: no atomics.
+extern "C" __global__ void __launch_bounds__(64) attention_backward_dkv(AttentionParams P, float* __restrict__ dqkv, const float* __restrict__ ds, const float* __restrict__ dout, const float* __restrict__ qkv, const float* __restrict__ att) {
+    const unsigned int tid = threadIdx.x;
+    const unsigned int blk = flat_block();
+    if (blk >= P.b * P.heads * P.t) return;
+    const unsigned int j = blk % P.t;
+    const unsigned int bh = blk / P.t;
+    const unsigned int h = bh % P.heads;
+    const unsigned int b = bh / P.heads;
+    const unsigned int c3 = 3u * P.c;
+    const float* qb = qkv + (size_t)b * P.t * c3 + h * P.head_dim; // q of token 0; token i at + i*3C
+    const float* dyb = dout + (size_t)b * P.t * P.c + h * P.head_dim;
+    const size_t col = (size_t)bh * P.t * P.t + j; // (b, h, i = 0, j); row i at + i*T
+    float* dk = dqkv + (size_t)(b * P.t + j) * c3 + P.c + h * P.head_dim;
+    float* dv = dk + P.c;
+    for (unsigned int d = tid; d < P.head_dim; d += WG) {
+        float gk = 0.0f;
+        float gv = 0.0f;
+        for (unsigned int i = 0; i < P.t; ++i) {
+            const size_t a = col + (size_t)i * P.t;
+            gk += ds[a] * qb[(size_t)i * c3 + d];
+            gv += att[a] * dyb[(size_t)i * P.c + d];
+        }
+        dk[d] += P.scale * gk;
+        dv[d] += gv;
+    }
+}

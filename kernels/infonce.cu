@@ -1,0 +1,409 @@
+// Fused contrastive kernels on rows normalised by normalize.cu: positive logits, materialised negative logits, and
+// the streaming InfoNCE forward+backward (partial over key splits, combine, reduce). MoCo v3's in-batch loss runs
+// the same streaming kernels with the normalised keys as the key set and the diagonal skipped.
+// Mirrors shaders/infonce.wgsl: same names, same tiles (TN x TK logit tiles staged in CC-channel chunks,
+// 256 threads, ACC_MAX accumulators per thread), same partial-buffer layout.
+//
+// Header-free (compiled by NVRTC at run time, and by tests/cuda_compile.rs in CI): no #include at all.
+//
+// The queue is [M, C] row-major (one key per row). WGSL picks the storage with `override QUEUE_DTYPE`; here each
+// kernel that reads keys is instantiated once per storage type, with the type as a name suffix:
+//   negative_logits_f32 / _f16 / _bf16, infonce_partial_f32 / _f16 / _bf16
+// f32 keys are `const float*`, f16 and bf16 keys are `const unsigned short*` (one element per 16-bit word).
+//
+// Scalars: every kernel takes the WGSL uniform block `Params` by value as its first argument (same fields, same
+// order, 48 bytes); the host passes a #[repr(C)] copy of it (src/ops/infonce/params.rs).
+
+#define TN 32u          // q rows per block
+#define TK 32u          // keys per tile
+#define CC 16u          // channels per staged chunk
+#define WG 256u         // threads per block
+#define ACC_GROUPS 8u   // threads sharing one row's accumulator (WG / TN)
+#define ACC_MAX 32      // accumulators per thread: one slice covers ACC_GROUPS * ACC_MAX = 256 channels
+#define MAX_SPLITS 256u
+#define NEG (-1.0e30f)  // "minus infinity": masked logits and empty states
+#define MASKED (-1.0e29f)
+
+struct Params {
+    unsigned int n;              // rows of q
+    unsigned int c;              // feature dim
+    unsigned int m;              // keys streamed (K, or N for v3)
+    unsigned int splits;         // key splits
+    unsigned int keys_per_split; // multiple of TK
+    unsigned int skip_diagonal;  // 1: key j == row i is not streamed (v3)
+    unsigned int c_slice;        // channels per accumulator slice (grid z = slices)
+    unsigned int rows;           // rows of positive logits
+    float inv_t;                 // 1 / T
+    float grad_scale;            // scale of dL/dq^: loss_scale / (T N)
+    float loss_scale;            // 1 for InfoNCE, 2T for v3
+    unsigned int _pad;
+};
+
+struct Stats {
+    float loss;
+    unsigned int top1;
+    unsigned int top5;
+    unsigned int _pad;
+};
+
+// ---- key loads, one per queue storage type -------------------------------------------------------------------
+
+__device__ __forceinline__ float f16_bits_to_f32(unsigned short h) {
+#ifdef MOCO_CUDA_EMU // tests/cuda_emu/cuda_emu.h: the same exact conversion in portable C++
+    return moco_emu_f16_bits_to_f32(h);
+#else
+    float f;
+    asm("{ cvt.f32.f16 %0, %1; }" : "=f"(f) : "h"(h));
+    return f;
+#endif
+}
+
+__device__ __forceinline__ float bf16_bits_to_f32(unsigned short h) {
+    return __uint_as_float(((unsigned int)h) << 16);
+}
+
+// DT: 0 f32, 1 f16, 2 bf16 (the WGSL QUEUE_DTYPE codes).
+template <int DT> struct KeyType { typedef unsigned short T; };
+template <> struct KeyType<0> { typedef float T; };
+
+template <int DT> __device__ __forceinline__ float load_key(const typename KeyType<DT>::T* __restrict__ keys, unsigned int idx);
+template <> __device__ __forceinline__ float load_key<0>(const float* __restrict__ keys, unsigned int idx) {
+    return __ldg(keys + idx);
+}
+template <> __device__ __forceinline__ float load_key<1>(const unsigned short* __restrict__ keys, unsigned int idx) {
+    return f16_bits_to_f32(__ldg(keys + idx));
+}
+template <> __device__ __forceinline__ float load_key<2>(const unsigned short* __restrict__ keys, unsigned int idx) {
+    return bf16_bits_to_f32(__ldg(keys + idx));
+}
+
+// ---- block reductions (warp shuffles, then one value per warp through shared memory) -------------------------
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ unsigned int warp_sum_u(unsigned int v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Sum of `v` over the 256 threads, returned to every thread. `scratch` holds WG/32 floats.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    const unsigned int tid = threadIdx.x;
+    v = warp_sum(v);
+    __syncthreads(); // scratch may still be read from a previous call
+    if ((tid & 31u) == 0u) scratch[tid >> 5] = v;
+    __syncthreads();
+    float total = 0.0f;
+#pragma unroll
+    for (unsigned int w = 0; w < WG / 32u; ++w) total += scratch[w];
+    return total;
+}
+
+__device__ __forceinline__ unsigned int flat_block() {
+    return blockIdx.x + blockIdx.y * gridDim.x;
+}
+
+// ---- positive_logits -----------------------------------------------------------------------------------------
+
+// s_pos[i] = (q^_i . k^_i) * inv_t; one thread per row.
+extern "C" __global__ void __launch_bounds__(256) positive_logits(Params P, const float* __restrict__ q_hat, const float* __restrict__ k_hat, float* __restrict__ s_pos) {
+    const unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= P.n) return;
+    const float* qr = q_hat + (size_t)i * P.c;
+    const float* kr = k_hat + (size_t)i * P.c;
+    float s = 0.0f;
+    for (unsigned int ch = 0; ch < P.c; ++ch) s += qr[ch] * kr[ch];
+    s_pos[i] = s * P.inv_t;
+}
+
+// ---- negative_logits -----------------------------------------------------------------------------------------
+
+// l_neg[i, j] = q^_i . key_j: tiles of 16 rows x 64 keys, 4 outputs per thread. Grid (ceil(M/64), ceil(N/16)).
+template <int DT>
+__device__ __forceinline__ void negative_logits_impl(const Params& P, const float* __restrict__ q_hat, const typename KeyType<DT>::T* __restrict__ keys, float* __restrict__ l_neg) {
+    __shared__ float q_tile[16 * (CC + 1u)];
+    __shared__ float k_tile[64 * (CC + 1u)];
+    const unsigned int tid = threadIdx.x;
+    const unsigned int j0 = blockIdx.x * 64u;
+    const unsigned int i0 = blockIdx.y * 16u;
+    const unsigned int r = tid / 16u;         // row in tile
+    const unsigned int jc = (tid % 16u) * 4u; // first of 4 keys
+    float acc0 = 0.0f, acc1 = 0.0f, acc2 = 0.0f, acc3 = 0.0f;
+    for (unsigned int c0 = 0; c0 < P.c; c0 += CC) {
+        {
+            const unsigned int rr = tid / CC;
+            const unsigned int cc = tid % CC;
+            const unsigned int gi = i0 + rr;
+            const unsigned int gc = c0 + cc;
+            q_tile[rr * (CC + 1u) + cc] = (gi < P.n && gc < P.c) ? q_hat[gi * P.c + gc] : 0.0f;
+        }
+        for (unsigned int e = tid; e < 64u * CC; e += WG) {
+            const unsigned int kk = e / CC;
+            const unsigned int cc = e % CC;
+            const unsigned int gj = j0 + kk;
+            const unsigned int gc = c0 + cc;
+            float v = 0.0f;
+            if (gj < P.m && gc < P.c) v = load_key<DT>(keys, gj * P.c + gc);
+            k_tile[kk * (CC + 1u) + cc] = v;
+        }
+        __syncthreads();
+#pragma unroll
+        for (unsigned int cc = 0; cc < CC; ++cc) {
+            const float qv = q_tile[r * (CC + 1u) + cc];
+            acc0 += qv * k_tile[(jc + 0u) * (CC + 1u) + cc];
+            acc1 += qv * k_tile[(jc + 1u) * (CC + 1u) + cc];
+            acc2 += qv * k_tile[(jc + 2u) * (CC + 1u) + cc];
+            acc3 += qv * k_tile[(jc + 3u) * (CC + 1u) + cc];
+        }
+        __syncthreads();
+    }
+    const unsigned int gi = i0 + r;
+    if (gi < P.n) {
+        const float acc[4] = {acc0, acc1, acc2, acc3};
+#pragma unroll
+        for (unsigned int u = 0; u < 4u; ++u) {
+            const unsigned int gj = j0 + jc + u;
+            if (gj < P.m) l_neg[(size_t)gi * P.m + gj] = acc[u];
+        }
+    }
+}
+
+// ---- infonce_partial -----------------------------------------------------------------------------------------
+
+// One block: rows [blockIdx.x*TN, +TN) against keys of split blockIdx.y, accumulator slice blockIdx.z.
+// Streams TK keys at a time: logits tile (staged in CC-channel chunks), online softmax per row,
+// then acc[row, ch] = acc * scale + sum_j p_j key_j[ch].
+// partial: [splits, N, 3] states (m, l, bitcast rank) then [splits, N, C] acc.
+template <int DT>
+__device__ __forceinline__ void infonce_partial_impl(const Params& P, const float* __restrict__ q_hat, const typename KeyType<DT>::T* __restrict__ keys, const float* __restrict__ pos_logits, float* __restrict__ partial) {
+    __shared__ float q_tile[TN * (CC + 1u)];
+    __shared__ float k_tile[TK * (CC + 1u)];
+    __shared__ float p_tile[TN * (TK + 1u)];
+    __shared__ float row_scale[TN];
+    const unsigned int tid = threadIdx.x;
+    const unsigned int row0 = blockIdx.x * TN;
+    const unsigned int split = blockIdx.y;
+    const unsigned int c0 = blockIdx.z * P.c_slice;
+    const unsigned int c_end = min(c0 + P.c_slice, P.c);
+    const unsigned int j_begin = split * P.keys_per_split;
+    const unsigned int j_end = min(j_begin + P.keys_per_split, P.m);
+    const unsigned int sr = tid % TN;        // logit tile: row
+    const unsigned int sj = (tid / TN) * 4u; // logit tile: first of 4 keys
+    const unsigned int ar = tid % TN;        // accumulator: row
+    const unsigned int ag = tid / TN;        // accumulator: channel group, channels c0 + ag + ACC_GROUPS*t
+    unsigned int n_acc = 0u;
+    if (c0 + ag < c_end) n_acc = (c_end - c0 - ag + ACC_GROUPS - 1u) / ACC_GROUPS;
+    float acc[ACC_MAX];
+#pragma unroll
+    for (int t = 0; t < ACC_MAX; ++t) acc[t] = 0.0f;
+    float m_run = NEG;
+    float l_run = 0.0f;
+    unsigned int rank_run = 0u;
+    const unsigned int my_row = min(row0 + sr, P.n - 1u);
+    const float spos = pos_logits[my_row];
+    for (unsigned int jt = j_begin; jt < j_end; jt += TK) {
+        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+        for (unsigned int cc0 = 0; cc0 < P.c; cc0 += CC) {
+            for (unsigned int e = tid; e < TN * CC; e += WG) {
+                const unsigned int rr = e / CC;
+                const unsigned int cc = e % CC;
+                const unsigned int gi = row0 + rr;
+                const unsigned int gc = cc0 + cc;
+                q_tile[rr * (CC + 1u) + cc] = (gi < P.n && gc < P.c) ? q_hat[gi * P.c + gc] : 0.0f;
+                const unsigned int gj = jt + rr;
+                float v = 0.0f;
+                if (gj < j_end && gc < P.c) v = load_key<DT>(keys, gj * P.c + gc);
+                k_tile[rr * (CC + 1u) + cc] = v;
+            }
+            __syncthreads();
+#pragma unroll
+            for (unsigned int cc = 0; cc < CC; ++cc) {
+                const float qv = q_tile[sr * (CC + 1u) + cc];
+                s0 += qv * k_tile[(sj + 0u) * (CC + 1u) + cc];
+                s1 += qv * k_tile[(sj + 1u) * (CC + 1u) + cc];
+                s2 += qv * k_tile[(sj + 2u) * (CC + 1u) + cc];
+                s3 += qv * k_tile[(sj + 3u) * (CC + 1u) + cc];
+            }
+            __syncthreads();
+        }
+        {
+            const float s[4] = {s0, s1, s2, s3};
+#pragma unroll
+            for (unsigned int u = 0; u < 4u; ++u) {
+                const unsigned int j = jt + sj + u;
+                float v = s[u] * P.inv_t;
+                if (j >= j_end || (P.skip_diagonal == 1u && j == row0 + sr)) v = NEG;
+                p_tile[sr * (TK + 1u) + sj + u] = v;
+            }
+        }
+        __syncthreads();
+        if (tid < TN) {
+            float bmax = NEG;
+            for (unsigned int j = 0; j < TK; ++j) bmax = fmaxf(bmax, p_tile[tid * (TK + 1u) + j]);
+            const float m_new = fmaxf(m_run, bmax);
+            float sum = 0.0f;
+            for (unsigned int j = 0; j < TK; ++j) {
+                const float v = p_tile[tid * (TK + 1u) + j];
+                float e = 0.0f;
+                if (v > MASKED) {
+                    e = expf(v - m_new);
+                    rank_run += (v > spos) ? 1u : 0u;
+                }
+                p_tile[tid * (TK + 1u) + j] = e;
+                sum += e;
+            }
+            float scale = 1.0f;
+            if (m_new > MASKED) {
+                scale = (m_run <= MASKED) ? 0.0f : expf(m_run - m_new);
+                m_run = m_new;
+            }
+            l_run = l_run * scale + sum;
+            row_scale[tid] = scale;
+        }
+        __syncthreads();
+        const float sc = row_scale[ar];
+        const unsigned int j_count = min(TK, j_end - jt);
+#pragma unroll
+        for (int t = 0; t < ACC_MAX; ++t) {
+            if ((unsigned int)t < n_acc) acc[t] *= sc;
+        }
+        for (unsigned int j = 0; j < j_count; ++j) {
+            const float p = p_tile[ar * (TK + 1u) + j];
+            const unsigned int base = (jt + j) * P.c + c0 + ag;
+#pragma unroll
+            for (int t = 0; t < ACC_MAX; ++t) {
+                if ((unsigned int)t < n_acc) acc[t] += p * load_key<DT>(keys, base + ACC_GROUPS * (unsigned int)t);
+            }
+        }
+        __syncthreads();
+    }
+    const unsigned int i = row0 + ar;
+    if (i < P.n) {
+        const size_t acc_base = (size_t)P.splits * P.n * 3u + ((size_t)split * P.n + i) * P.c + c0 + ag;
+#pragma unroll
+        for (int t = 0; t < ACC_MAX; ++t) {
+            if ((unsigned int)t < n_acc) partial[acc_base + ACC_GROUPS * (unsigned int)t] = acc[t];
+        }
+    }
+    if (tid < TN && blockIdx.z == 0u && row0 + tid < P.n) {
+        const size_t st = ((size_t)split * P.n + row0 + tid) * 3u;
+        partial[st] = m_run;
+        partial[st + 1u] = l_run;
+        partial[st + 2u] = __uint_as_float(rank_run);
+    }
+}
+
+// Instantiations per queue storage type (the WGSL QUEUE_DTYPE override).
+#define MOCO_KEYED_KERNELS(SUFFIX, DT, KT)                                                                           \
+    extern "C" __global__ void __launch_bounds__(256) negative_logits_##SUFFIX(                                      \
+        Params P, const float* __restrict__ q_hat, const KT* __restrict__ keys, float* __restrict__ l_neg) {        \
+        negative_logits_impl<DT>(P, q_hat, keys, l_neg);                                                             \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(256) infonce_partial_##SUFFIX(                                      \
+        Params P, const float* __restrict__ q_hat, const KT* __restrict__ keys, const float* __restrict__ pos_logits, \
+        float* __restrict__ partial) {                                                                               \
+        infonce_partial_impl<DT>(P, q_hat, keys, pos_logits, partial);                                               \
+    }
+
+MOCO_KEYED_KERNELS(f32, 0, float)
+MOCO_KEYED_KERNELS(f16, 1, unsigned short)
+MOCO_KEYED_KERNELS(bf16, 2, unsigned short)
+
+// ---- infonce_combine -----------------------------------------------------------------------------------------
+
+// One block per row: merge the split states, add the positive logit, write row_loss, rank and
+// dq = (I - q^q^T)/||q|| . grad_scale . (sum_s w_s acc_s + (p0 - 1) k^).
+extern "C" __global__ void __launch_bounds__(256) infonce_combine(Params P, const float* __restrict__ q_hat, const float* __restrict__ k_hat, const float* __restrict__ partial, const float* __restrict__ pos_logits, const float* __restrict__ q_inv_norm, float* __restrict__ dq, float* __restrict__ row_loss, unsigned int* __restrict__ rank) {
+    __shared__ float split_weight[MAX_SPLITS];
+    __shared__ float row_consts[4]; // p0, 1/z, loss, unused
+    __shared__ float red[WG / 32u];
+    const unsigned int tid = threadIdx.x;
+    const unsigned int i = flat_block();
+    if (i >= P.n) return;
+    const float s0 = pos_logits[i];
+    // every thread finds the max (splits are few), then the weights are filled in parallel
+    float m = s0;
+    for (unsigned int s = 0; s < P.splits; ++s) m = fmaxf(m, partial[((size_t)s * P.n + i) * 3u]);
+    for (unsigned int s = tid; s < P.splits; s += WG) {
+        const float ms = partial[((size_t)s * P.n + i) * 3u];
+        split_weight[s] = (ms <= MASKED) ? 0.0f : expf(ms - m);
+    }
+    __syncthreads();
+    if (tid == 0u) {
+        float z = expf(s0 - m);
+        unsigned int rk = 0u;
+        for (unsigned int s = 0; s < P.splits; ++s) {
+            z += partial[((size_t)s * P.n + i) * 3u + 1u] * split_weight[s];
+            rk += __float_as_uint(partial[((size_t)s * P.n + i) * 3u + 2u]);
+        }
+        row_consts[0] = expf(s0 - m) / z;
+        row_consts[1] = 1.0f / z;
+        const float loss = logf(z) + m - s0;
+        row_loss[i] = loss;
+        rank[i] = rk;
+    }
+    __syncthreads();
+    const float p0 = row_consts[0];
+    const float inv_z = row_consts[1];
+    const size_t acc_base = (size_t)P.splits * P.n * 3u;
+    const size_t row = (size_t)i * P.c;
+    float dot = 0.0f;
+    for (unsigned int ch = tid; ch < P.c; ch += WG) {
+        float a = 0.0f;
+        for (unsigned int s = 0; s < P.splits; ++s) a += partial[acc_base + ((size_t)s * P.n + i) * P.c + ch] * split_weight[s];
+        const float g = P.grad_scale * (a * inv_z + (p0 - 1.0f) * k_hat[row + ch]);
+        dq[row + ch] = g;
+        dot += g * q_hat[row + ch];
+    }
+    const float d = block_sum(dot, red);
+    const float inv = q_inv_norm[i];
+    const bool projected = inv < 1.0e12f;
+    for (unsigned int ch = tid; ch < P.c; ch += WG) {
+        const float g = dq[row + ch];
+        dq[row + ch] = projected ? (g - q_hat[row + ch] * d) * inv : g * inv;
+    }
+}
+
+// ---- infonce_reduce ------------------------------------------------------------------------------------------
+
+// One block: mean loss (times loss_scale) and the acc@1 / acc@5 counts.
+extern "C" __global__ void __launch_bounds__(256) infonce_reduce(Params P, const float* __restrict__ row_loss, const unsigned int* __restrict__ rank, Stats* __restrict__ stats) {
+    __shared__ float red[WG / 32u];
+    __shared__ unsigned int red_u1[WG / 32u];
+    __shared__ unsigned int red_u5[WG / 32u];
+    const unsigned int tid = threadIdx.x;
+    float sum = 0.0f;
+    unsigned int c1 = 0u, c5 = 0u;
+    for (unsigned int i = tid; i < P.n; i += WG) {
+        sum += row_loss[i];
+        c1 += (rank[i] < 1u) ? 1u : 0u;
+        c5 += (rank[i] < 5u) ? 1u : 0u;
+    }
+    sum = warp_sum(sum);
+    c1 = warp_sum_u(c1);
+    c5 = warp_sum_u(c5);
+    if ((tid & 31u) == 0u) {
+        red[tid >> 5] = sum;
+        red_u1[tid >> 5] = c1;
+        red_u5[tid >> 5] = c5;
+    }
+    __syncthreads();
+    if (tid == 0u) {
+        float s = 0.0f;
+        unsigned int t1 = 0u, t5 = 0u;
+        for (unsigned int w = 0; w < WG / 32u; ++w) {
+            s += red[w];
+            t1 += red_u1[w];
+            t5 += red_u5[w];
+        }
+        stats->loss = s / (float)P.n * P.loss_scale;
+        stats->top1 = t1;
+        stats->top5 = t5;
+        stats->_pad = 0u;
+    }
+}

@@ -1,0 +1,211 @@
+//! [`Device`] on CUDA: allocations are `CudaSlice`s, views are `CudaView`/`CudaViewMut`s of one allocation, work
+//! runs on [`Cuda::stream`]. Kernels (`kernels/*.cu`) are compiled by NVRTC on first use for the device's compute
+//! capability and cached per context (one module per family). Nothing here panics on a machine without CUDA:
+//! [`Cuda::new`] checks that libcuda and libnvrtc can be loaded before any cudarc call, and returns
+//! [`Error::Unavailable`] when either is missing or no device is present.
+//!
+//! A framework that owns its memory passes `slice.as_view()` / `slice.as_view_mut()` of its `CudaSlice`s to the
+//! ops, or wraps its stream with [`Cuda::from_stream`].
+
+mod context;
+
+pub use context::{check_driver, check_nvrtc};
+pub(crate) use context::{cfg, function, BLOCK, MAX_GRID_X, MAX_GRID_YZ};
+
+use super::{check_regions, Device, DeviceKind, OpState, Region};
+use crate::error::{Error, Result};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut};
+use std::sync::Arc;
+
+/// A CUDA device: its (primary) context, the stream every op runs on, and the ops' state (a clone starts without:
+/// scratch is never shared between two devices). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Cuda {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    name: String,
+    state: OpState,
+}
+
+impl Cuda {
+    /// Opens device `ordinal`. Returns [`Error::Unavailable`] when libcuda or libnvrtc cannot be loaded or the
+    /// device does not exist; never panics.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        check_driver()?;
+        check_nvrtc()?;
+        let ctx = context::open_context(ordinal)?;
+        let stream = ctx.default_stream();
+        Self::from_stream(stream)
+    }
+
+    /// The device of a stream the caller owns (a framework's): every op of this device runs on it.
+    pub fn from_stream(stream: Arc<CudaStream>) -> Result<Self> {
+        let ctx = stream.context().clone();
+        let dev = context::no_panic("CUDA device name", || Ok(ctx.name().unwrap_or_else(|_| "unknown device".into())))?;
+        let (major, minor) = ctx.compute_capability()?;
+        Ok(Self { name: format!("cuda:{} {dev} (sm_{major}{minor})", ctx.ordinal()), ctx, stream, state: OpState::default() })
+    }
+
+    /// The device's context.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The stream every op of this device runs on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Compiles and loads every kernel family now instead of on first use (NVRTC takes a second or two).
+    pub fn warm_up(&self) -> Result<()> {
+        for family in crate::ops::KERNELS {
+            context::module(&self.ctx, family.cuda_file, family.cuda)?;
+        }
+        Ok(())
+    }
+
+    /// The per-device state of one op (see [`OpState`]).
+    pub fn op_state<T: Default + Send + 'static>(&mut self) -> &mut T {
+        self.state.get::<T>()
+    }
+}
+
+fn outside(op: &'static str, len: usize, at: Region) -> Error {
+    Error::shape(op, format!("a region inside the {len}-element allocation"), format!("elements {}..{}", at.offset, at.offset.saturating_add(at.len)))
+}
+
+/// Splits `v` at `mid` (checked by the caller), both halves living as long as `v` did.
+fn split_off<'a>(mut v: CudaViewMut<'a, f32>, mid: usize) -> Result<(CudaViewMut<'a, f32>, CudaViewMut<'a, f32>)> {
+    let len = v.len();
+    let (a, b) = v.try_split_at_mut(mid).ok_or_else(|| outside("cuda split", len, Region::new(0, mid)))?;
+    // SAFETY: a `CudaViewMut` holds a device pointer, a length and shared references to its allocation's events and
+    // stream; cudarc copies those references from `v`, so they are valid for `v`'s lifetime, and `CudaViewMut` has
+    // no `Drop`. The two halves cover disjoint elements of `v`, which is consumed here, so no other view of those
+    // elements exists. Only the borrow of the local `v` in cudarc's signature is lengthened back to `v`'s lifetime.
+    Ok(unsafe { (std::mem::transmute::<CudaViewMut<'_, f32>, CudaViewMut<'a, f32>>(a), std::mem::transmute::<CudaViewMut<'_, f32>, CudaViewMut<'a, f32>>(b)) })
+}
+
+impl Device for Cuda {
+    type Buf = CudaSlice<f32>;
+    type IndexBuf = CudaSlice<u32>;
+    type Ref<'a> = CudaView<'a, f32>;
+    type Mut<'a> = CudaViewMut<'a, f32>;
+    type IndexRef<'a> = CudaView<'a, u32>;
+    type IndexMut<'a> = CudaViewMut<'a, u32>;
+    type Input = CudaSlice<f32>;
+
+    fn kind(&self) -> DeviceKind {
+        DeviceKind::Cuda
+    }
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn alloc(&mut self, len: usize) -> Result<CudaSlice<f32>> {
+        Ok(self.stream.alloc_zeros::<f32>(len)?)
+    }
+    fn alloc_index(&mut self, len: usize) -> Result<CudaSlice<u32>> {
+        Ok(self.stream.alloc_zeros::<u32>(len)?)
+    }
+    fn upload(&mut self, data: &[f32]) -> Result<CudaSlice<f32>> {
+        Ok(self.stream.clone_htod(data)?)
+    }
+    fn buf_len(buf: &CudaSlice<f32>) -> usize {
+        buf.len()
+    }
+    fn index_len(buf: &CudaSlice<u32>) -> usize {
+        buf.len()
+    }
+    fn zero(&mut self, buf: &mut CudaSlice<f32>) -> Result<()> {
+        Ok(self.stream.memset_zeros(buf)?)
+    }
+    fn write(&mut self, buf: &mut CudaSlice<f32>, at: Region, data: &[f32]) -> Result<()> {
+        crate::error::check_len_eq("cuda write", "data of the region's length", at.len, data.len())?;
+        let len = buf.len();
+        let mut dst = buf.try_slice_mut(at.range()).ok_or_else(|| outside("cuda write", len, at))?;
+        Ok(self.stream.memcpy_htod(data, &mut dst)?)
+    }
+    fn read(&self, buf: &CudaSlice<f32>, at: Region) -> Result<Vec<f32>> {
+        let src = buf.try_slice(at.range()).ok_or_else(|| outside("cuda read", buf.len(), at))?;
+        let out = self.stream.clone_dtoh(&src)?;
+        self.stream.synchronize()?;
+        Ok(out)
+    }
+    fn read_index(&self, buf: &CudaSlice<u32>, at: Region) -> Result<Vec<u32>> {
+        let src = buf.try_slice(at.range()).ok_or_else(|| outside("cuda read", buf.len(), at))?;
+        let out = self.stream.clone_dtoh(&src)?;
+        self.stream.synchronize()?;
+        Ok(out)
+    }
+    fn copy(&mut self, mut dst: CudaViewMut<'_, f32>, src: CudaView<'_, f32>) -> Result<()> {
+        crate::error::check_len_eq("cuda copy", "a destination of the source's length", src.len(), dst.len())?;
+        Ok(self.stream.memcpy_dtod(&src, &mut dst)?)
+    }
+    fn synchronize(&self) -> Result<()> {
+        Ok(self.stream.synchronize()?)
+    }
+
+    fn input(x: &CudaSlice<f32>) -> (CudaView<'_, f32>, usize) {
+        (x.as_view(), x.len())
+    }
+    fn as_input(buf: &CudaSlice<f32>) -> &CudaSlice<f32> {
+        buf
+    }
+    fn ref_len(v: &CudaView<'_, f32>) -> usize {
+        v.len()
+    }
+    fn mut_len(v: &CudaViewMut<'_, f32>) -> usize {
+        v.len()
+    }
+    fn view(buf: &CudaSlice<f32>, at: Region) -> Result<CudaView<'_, f32>> {
+        buf.try_slice(at.range()).ok_or_else(|| outside("cuda view", buf.len(), at))
+    }
+    fn whole(buf: &CudaSlice<f32>) -> CudaView<'_, f32> {
+        buf.as_view()
+    }
+    fn whole_mut(buf: &mut CudaSlice<f32>) -> CudaViewMut<'_, f32> {
+        buf.as_view_mut()
+    }
+    fn split<const W: usize, const R: usize>(buf: &mut CudaSlice<f32>, writes: [Region; W], reads: [Region; R]) -> Result<([CudaViewMut<'_, f32>; W], [CudaView<'_, f32>; R])> {
+        check_regions("cuda split", buf.len(), &writes, &reads)?;
+        // cut the allocation at the written regions, in offset order; the pieces between them become read-only
+        let mut order: [usize; W] = std::array::from_fn(|i| i);
+        order.sort_by_key(|&i| writes[i].offset);
+        let mut out: [Option<CudaViewMut<'_, f32>>; W] = std::array::from_fn(|_| None);
+        let mut gaps: Vec<(usize, CudaView<'_, f32>)> = Vec::with_capacity(W + 1);
+        let (mut rest, mut pos) = (buf.as_view_mut(), 0);
+        for i in order {
+            let start = writes[i].offset.max(pos);
+            let (gap, tail) = split_off(rest, start - pos)?;
+            gaps.push((pos, gap.into_view()));
+            let (w, tail) = split_off(tail, writes[i].len)?;
+            out[i] = Some(w);
+            (rest, pos) = (tail, start + writes[i].len);
+        }
+        gaps.push((pos, rest.into_view()));
+        let mut err = None;
+        let rd = reads.map(|r| {
+            let found = gaps.iter().find(|(off, g)| *off <= r.offset && r.offset + r.len <= off + g.len()).and_then(|(off, g)| g.try_slice(r.offset - off..r.offset - off + r.len));
+            found.unwrap_or_else(|| {
+                err.get_or_insert_with(|| Error::shape("cuda split", "read regions that do not straddle a written one", format!("elements {:?}", r.range())));
+                gaps[0].1.slice(0..0)
+            })
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+        let w: Vec<CudaViewMut<'_, f32>> = out.into_iter().flatten().collect();
+        let w: [CudaViewMut<'_, f32>; W] = w.try_into().map_err(|_| Error::shape("cuda split", format!("{W} written views"), "fewer"))?;
+        Ok((w, rd))
+    }
+    fn index_view(buf: &CudaSlice<u32>, at: Region) -> Result<CudaView<'_, u32>> {
+        buf.try_slice(at.range()).ok_or_else(|| outside("cuda index view", buf.len(), at))
+    }
+    fn index_mut(buf: &mut CudaSlice<u32>, at: Region) -> Result<CudaViewMut<'_, u32>> {
+        let len = buf.len();
+        buf.try_slice_mut(at.range()).ok_or_else(|| outside("cuda index view", len, at))
+    }
+    fn index_whole_mut(buf: &mut CudaSlice<u32>) -> CudaViewMut<'_, u32> {
+        buf.as_view_mut()
+    }
+}

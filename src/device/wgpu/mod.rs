@@ -1,0 +1,155 @@
+//! [`Device`] on wgpu: allocations are storage buffers, views are [`GpuSlice`]s (regions 256-byte aligned, as the
+//! network plans lay them out). A framework wraps its own device with [`Wgpu::from_device`] and passes its buffers
+//! as `GpuSlice::whole(&buffer)`.
+
+mod context;
+mod dispatch;
+mod slice;
+
+pub use context::{Adapter, Wgpu};
+pub(crate) use dispatch::{grid_2d, submit, Dispatch};
+pub use slice::{AsGpuSlice, GpuSlice, SLICE_ALIGN_BYTES};
+
+use super::{check_regions, Device, DeviceKind, Region};
+use crate::error::{Error, Result};
+
+/// The former name of [`Wgpu`].
+#[deprecated(since = "0.2.0", note = "the wgpu device is `moco::device::Wgpu`")]
+pub type WgpuContext = Wgpu;
+
+pub(crate) fn bytes(elems: usize) -> u64 {
+    (elems.max(1) * 4) as u64
+}
+
+fn elems(buf: &wgpu::Buffer) -> usize {
+    (buf.size() / 4) as usize
+}
+
+impl Wgpu {
+    fn read_region<T: bytemuck::Pod>(&self, buf: &wgpu::Buffer, at: Region) -> Result<Vec<T>> {
+        check_regions("wgpu read", elems(buf), &[], &[at])?;
+        if at.offset == 0 {
+            return self.read_elems(buf, at.len);
+        }
+        // copy the region to the front of a temporary buffer, then read that
+        let tmp = self.storage_buffer("moco region readback", bytes(at.len));
+        let mut enc = self.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("moco region") });
+        enc.copy_buffer_to_buffer(buf, (at.offset * 4) as u64, &tmp, 0, (at.len * 4) as u64);
+        self.queue().submit([enc.finish()]);
+        self.read_elems(&tmp, at.len)
+    }
+}
+
+impl Device for Wgpu {
+    type Buf = wgpu::Buffer;
+    type IndexBuf = wgpu::Buffer;
+    type Ref<'a> = GpuSlice<'a>;
+    type Mut<'a> = GpuSlice<'a>;
+    type IndexRef<'a> = GpuSlice<'a>;
+    type IndexMut<'a> = GpuSlice<'a>;
+    type Input = dyn AsGpuSlice;
+
+    fn kind(&self) -> DeviceKind {
+        DeviceKind::Wgpu
+    }
+    fn name(&self) -> String {
+        format!("wgpu: {}", self.adapter_name())
+    }
+
+    fn alloc(&mut self, len: usize) -> Result<wgpu::Buffer> {
+        // WebGPU zero-initialises new buffers
+        Ok(self.storage_buffer("moco f32 allocation", bytes(len)))
+    }
+    fn alloc_index(&mut self, len: usize) -> Result<wgpu::Buffer> {
+        Ok(self.storage_buffer("moco u32 allocation", bytes(len)))
+    }
+    fn upload(&mut self, data: &[f32]) -> Result<wgpu::Buffer> {
+        Ok(self.upload_pod("moco f32 allocation", data))
+    }
+    fn buf_len(buf: &wgpu::Buffer) -> usize {
+        elems(buf)
+    }
+    fn index_len(buf: &wgpu::Buffer) -> usize {
+        elems(buf)
+    }
+    fn zero(&mut self, buf: &mut wgpu::Buffer) -> Result<()> {
+        let mut enc = self.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("moco zero") });
+        enc.clear_buffer(buf, 0, None);
+        self.queue().submit([enc.finish()]);
+        Ok(())
+    }
+    fn write(&mut self, buf: &mut wgpu::Buffer, at: Region, data: &[f32]) -> Result<()> {
+        crate::error::check_len_eq("wgpu write", "data of the region's length", at.len, data.len())?;
+        check_regions("wgpu write", elems(buf), &[at], &[])?;
+        if !data.is_empty() {
+            self.queue().write_buffer(buf, (at.offset * 4) as u64, bytemuck::cast_slice(data));
+        }
+        Ok(())
+    }
+    fn read(&self, buf: &wgpu::Buffer, at: Region) -> Result<Vec<f32>> {
+        self.read_region(buf, at)
+    }
+    fn read_index(&self, buf: &wgpu::Buffer, at: Region) -> Result<Vec<u32>> {
+        self.read_region(buf, at)
+    }
+    fn copy(&mut self, dst: GpuSlice<'_>, src: GpuSlice<'_>) -> Result<()> {
+        if dst.size() != src.size() {
+            return Err(Error::shape("wgpu copy", format!("a destination of {} bytes", src.size()), format!("{} bytes", dst.size())));
+        }
+        let mut enc = self.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("moco copy") });
+        enc.copy_buffer_to_buffer(src.buffer(), src.offset(), dst.buffer(), dst.offset(), src.size());
+        self.queue().submit([enc.finish()]);
+        Ok(())
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.device().poll(wgpu::PollType::wait_indefinitely()).map(|_| ()).map_err(|e| Error::Wgpu(format!("poll: {e}")))
+    }
+
+    fn input(x: &dyn AsGpuSlice) -> (GpuSlice<'_>, usize) {
+        let s = x.as_gpu_slice();
+        (s, (s.size() / 4) as usize)
+    }
+    fn as_input(buf: &wgpu::Buffer) -> &dyn AsGpuSlice {
+        buf
+    }
+    fn ref_len(v: &GpuSlice<'_>) -> usize {
+        (v.size() / 4) as usize
+    }
+    fn mut_len(v: &GpuSlice<'_>) -> usize {
+        (v.size() / 4) as usize
+    }
+    fn view(buf: &wgpu::Buffer, at: Region) -> Result<GpuSlice<'_>> {
+        GpuSlice::elems(buf, at.offset, at.len)
+    }
+    fn whole(buf: &wgpu::Buffer) -> GpuSlice<'_> {
+        GpuSlice::whole(buf)
+    }
+    fn whole_mut(buf: &mut wgpu::Buffer) -> GpuSlice<'_> {
+        GpuSlice::whole(buf)
+    }
+    fn split<const W: usize, const R: usize>(buf: &mut wgpu::Buffer, writes: [Region; W], reads: [Region; R]) -> Result<([GpuSlice<'_>; W], [GpuSlice<'_>; R])> {
+        check_regions("wgpu split", elems(buf), &writes, &reads)?;
+        let buf = &*buf;
+        let mut err = None;
+        let mut one = |r: Region| {
+            GpuSlice::elems(buf, r.offset, r.len).unwrap_or_else(|e| {
+                err.get_or_insert(e);
+                GpuSlice::whole(buf)
+            })
+        };
+        let (w, rd) = (writes.map(&mut one), reads.map(&mut one));
+        match err {
+            Some(e) => Err(e),
+            None => Ok((w, rd)),
+        }
+    }
+    fn index_view(buf: &wgpu::Buffer, at: Region) -> Result<GpuSlice<'_>> {
+        GpuSlice::elems(buf, at.offset, at.len)
+    }
+    fn index_mut(buf: &mut wgpu::Buffer, at: Region) -> Result<GpuSlice<'_>> {
+        GpuSlice::elems(buf, at.offset, at.len)
+    }
+    fn index_whole_mut(buf: &mut wgpu::Buffer) -> GpuSlice<'_> {
+        GpuSlice::whole(buf)
+    }
+}

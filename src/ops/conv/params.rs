@@ -1,0 +1,102 @@
+//! The parameter block and grids of `kernels/conv.cu` / `shaders/conv.wgsl`: each pass is a GEMM over the implicit
+//! im2col matrix, in 64x64 output tiles. Shared by the wgpu and CUDA launchers and the CUDA emulation test.
+
+use super::Conv2dShape;
+use crate::ops::launch::Grid;
+
+/// The conv kernels' parameter block (`struct Params` of `kernels/conv.cu`, the uniform block of
+/// `shaders/conv.wgsl`): the convolution and the GEMM it is computed as.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+#[doc(hidden)]
+pub struct ConvParams {
+    pub n: u32,
+    pub c_in: u32,
+    pub h: u32,
+    pub w: u32,
+    pub c_out: u32,
+    pub kh: u32,
+    pub kw: u32,
+    pub stride: u32,
+    pub pad: u32,
+    pub oh: u32,
+    pub ow: u32,
+    pub gemm_m: u32,
+    pub gemm_n: u32,
+    pub gemm_k: u32,
+    pub pad0: u32,
+    pub pad1: u32,
+}
+const _: () = assert!(std::mem::size_of::<ConvParams>() == 64 && std::mem::offset_of!(ConvParams, gemm_k) == 52);
+
+/// Output tile of the conv kernels (64x64, 16-deep K chunks, 256 threads with 4x4 micro-tiles).
+pub const CONV_TILE: usize = 64;
+
+impl ConvParams {
+    pub fn new(s: &Conv2dShape, gemm_m: usize, gemm_n: usize, gemm_k: usize) -> Self {
+        let u = |v: usize| v as u32; // every size is <= i32::MAX (conv_revalidate checks)
+        Self {
+            n: u(s.n),
+            c_in: u(s.c_in),
+            h: u(s.h),
+            w: u(s.w),
+            c_out: u(s.c_out),
+            kh: u(s.kh),
+            kw: u(s.kw),
+            stride: u(s.stride),
+            pad: u(s.pad),
+            oh: u(s.out_h()),
+            ow: u(s.out_w()),
+            gemm_m: u(gemm_m),
+            gemm_n: u(gemm_n),
+            gemm_k: u(gemm_k),
+            pad0: 0,
+            pad1: 0,
+        }
+    }
+}
+
+/// Re-validates a conv shape for the GPU kernels (its fields are public, so it may not come from
+/// `Conv2dShape::new`), which index in u32 with a few products of sizes (e.g. `(oy*stride + ki)`, `C_out*KH*KW`).
+#[doc(hidden)]
+pub fn conv_revalidate(s: &Conv2dShape) -> crate::Result<Conv2dShape> {
+    let v = Conv2dShape::new(s.n, s.c_in, s.h, s.w, s.c_out, s.kh, s.kw, s.stride, s.pad)?;
+    let taps = v.c_out.checked_mul(v.kh * v.kw).filter(|&t| t <= i32::MAX as usize);
+    if taps.is_none() || v.h + 2 * v.pad > i32::MAX as usize || v.w + 2 * v.pad > i32::MAX as usize {
+        return Err(crate::Error::shape("conv2d", "C_out*KH*KW and H, W + 2*pad at most i32::MAX", format!("{v:?}")));
+    }
+    Ok(v)
+}
+
+/// The conv grid for a `gemm_m x gemm_n` output in [`CONV_TILE`] tiles: tiles over N split over x and z (each at
+/// most 65535), tiles over M on y (`tile_n0()` in the kernels flattens x and z).
+#[doc(hidden)]
+pub fn conv_grid(op: &'static str, gemm_m: usize, gemm_n: usize) -> crate::Result<(u32, u32, u32)> {
+    const MAX: usize = 65535;
+    let (tm, tn) = (gemm_m.div_ceil(CONV_TILE), gemm_n.div_ceil(CONV_TILE));
+    let (x, z) = if tn <= MAX { (tn, 1) } else { (MAX, tn.div_ceil(MAX)) };
+    if tm > MAX || z > MAX {
+        return Err(crate::Error::shape(op, format!("at most {} rows and {} columns in the GEMM", MAX * CONV_TILE, MAX * MAX * CONV_TILE), format!("{gemm_m} x {gemm_n}")));
+    }
+    Ok((x as u32, tm as u32, z as u32))
+}
+
+impl ConvParams {
+    /// `conv2d_forward`: M = C_out, N = N*OH*OW, K = C_in*KH*KW.
+    pub fn forward(s: &Conv2dShape) -> Self {
+        Self::new(s, s.c_out, s.n * s.out_h() * s.out_w(), s.c_in * s.kh * s.kw)
+    }
+    /// `conv2d_backward_weight`: M = C_out, N = C_in*KH*KW, K = N*OH*OW.
+    pub fn backward_weight(s: &Conv2dShape) -> Self {
+        Self::new(s, s.c_out, s.c_in * s.kh * s.kw, s.n * s.out_h() * s.out_w())
+    }
+    /// `conv2d_backward_data`: M = C_in, N = N*H*W, K = C_out*KH*KW.
+    pub fn backward_data(s: &Conv2dShape) -> Self {
+        Self::new(s, s.c_in, s.n * s.h * s.w, s.c_out * s.kh * s.kw)
+    }
+    /// The grid of this GEMM ([`conv_grid`]).
+    pub fn grid(&self, op: &'static str) -> crate::Result<Grid> {
+        conv_grid(op, self.gemm_m as usize, self.gemm_n as usize)
+    }
+}
+

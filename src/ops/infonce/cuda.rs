@@ -1,0 +1,242 @@
+//! Fused contrastive ops on CUDA (`kernels/infonce.cu`): normalised logits, streaming InfoNCE and MoCo v3.
+//! The steps, the grid (`StreamPlan`) and the partial-buffer layout are those of the wgpu launcher.
+
+use super::params::{negative_logits_grid, positive_grid, row_grid, InfoNceParams as Params, StreamPlan, GPU_TN, REDUCE_GRID};
+use super::{check_stats, Infonce, InfoNceShape, InfoNceStats, LogitsShape, SymmetricShape, KERNELS, STATS_WORDS};
+use crate::device::cuda::{cfg, Cuda, MAX_GRID_X, MAX_GRID_YZ};
+use crate::error::{Error, Result};
+use crate::ops::normalize::{cuda::normalize_rows, NormalizeShape};
+use crate::ops::queue::cuda::{CudaQueue, CudaQueueStorage};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
+use std::sync::Arc;
+
+// SAFETY: #[repr(C)] plain-old-data of 4-byte fields, the layout of `struct Params` in kernels/contrastive.cu.
+unsafe impl DeviceRepr for Params {}
+const _: () = assert!(std::mem::size_of::<Params>() == 48 && std::mem::align_of::<Params>() == 4);
+
+fn kernel(stream: &Arc<CudaStream>, name: &'static str) -> Result<CudaFunction> {
+    KERNELS.cuda_function(stream, name)
+}
+
+/// Per-call scratch: normalised q and k and their inverse norms.
+struct Scratch {
+    q_hat: CudaSlice<f32>,
+    k_hat: CudaSlice<f32>,
+    q_inv: CudaSlice<f32>,
+    k_inv: CudaSlice<f32>,
+}
+
+impl Scratch {
+    /// Allocates the scratch and normalises `q, k: [N, C]` into it.
+    fn normalized(stream: &Arc<CudaStream>, q: &CudaView<'_, f32>, k: &CudaView<'_, f32>, n: usize, c: usize) -> Result<Self> {
+        let mut s = Self { q_hat: stream.alloc_zeros(n * c)?, k_hat: stream.alloc_zeros(n * c)?, q_inv: stream.alloc_zeros(n)?, k_inv: stream.alloc_zeros(n)? };
+        let shape = NormalizeShape::new(n, c)?;
+        normalize_rows(stream, &mut s.q_hat.as_view_mut(), &mut s.q_inv.as_view_mut(), q, &shape)?;
+        normalize_rows(stream, &mut s.k_hat.as_view_mut(), &mut s.k_inv.as_view_mut(), k, &shape)?;
+        Ok(s)
+    }
+}
+
+/// `s_pos[i] = q̂_i · k̂_i * inv_t`: `positive_logits`, one thread per row.
+fn positive(stream: &Arc<CudaStream>, p: &Params, q_hat: &CudaSlice<f32>, k_hat: &CudaSlice<f32>, s_pos: &mut CudaViewMut<'_, f32>, n: usize) -> Result<()> {
+    let f = kernel(stream, "positive_logits")?;
+    // SAFETY: positive_logits(Params, const float* q_hat [N*C], const float* k_hat [N*C], float* s_pos [N]);
+    // thread i < N reads row i of q_hat and k_hat and writes s_pos[i]; all buffers hold N rows.
+    unsafe { stream.launch_builder(&f).arg(p).arg(q_hat).arg(k_hat).arg(s_pos).launch(cfg(positive_grid(n))) }?;
+    Ok(())
+}
+
+/// Normalised logits: `l_pos: [N]`, `l_neg: [N, K]` from raw `q, k: [N, C]` and the queue `[K, C]` (used as stored).
+/// Runs asynchronously on `stream`.
+///
+/// Launches `normalize_rows` twice (grid N), `positive_logits` (grid ceil(N/256)) and `negative_logits_{f32,f16,bf16}`
+/// (grid (ceil(K/64), ceil(N/16)), a 16 x 64 tile per block), 256 threads per block.
+#[allow(clippy::too_many_arguments)]
+pub fn logits(stream: &Arc<CudaStream>, l_pos: &mut CudaViewMut<'_, f32>, l_neg: &mut CudaViewMut<'_, f32>, q: &CudaView<'_, f32>, k: &CudaView<'_, f32>, queue: &CudaQueue, shape: &LogitsShape) -> Result<()> {
+    let op = "logits";
+    shape.check_inputs(q.len(), k.len(), queue.len())?;
+    shape.check_queue(queue)?;
+    shape.check_outputs(l_pos.len(), l_neg.len())?;
+    let (n, c, kk) = (shape.n, shape.c, shape.k);
+    if kk.div_ceil(64) > MAX_GRID_X || n.div_ceil(16) > MAX_GRID_YZ {
+        return Err(Error::shape(op, format!("N <= {} for the materialising kernel", MAX_GRID_YZ * 16), format!("N = {n}, K = {kk}")));
+    }
+    let s = Scratch::normalized(stream, q, k, n, c)?;
+    let p = Params::logits(n, c, kk);
+    positive(stream, &p, &s.q_hat, &s.k_hat, l_pos, n)?;
+    let grid = cfg(negative_logits_grid(n, kk));
+    match &queue.storage {
+        CudaQueueStorage::F32(keys) => {
+            let f = kernel(stream, "negative_logits_f32")?;
+            // SAFETY: negative_logits_f32(Params, const float* q_hat [N*C], const float* keys [K*C], float* l_neg
+            // [N*K]); reads and writes are guarded by gi < N, gj < K, gc < C; lengths checked above.
+            unsafe { stream.launch_builder(&f).arg(&p).arg(&s.q_hat).arg(keys).arg(l_neg).launch(grid) }?;
+        }
+        CudaQueueStorage::F16(keys) | CudaQueueStorage::BF16(keys) => {
+            let name = if queue.code() == 1 { "negative_logits_f16" } else { "negative_logits_bf16" };
+            let f = kernel(stream, name)?;
+            // SAFETY: negative_logits_{f16,bf16}(Params, const float* q_hat [N*C], const unsigned short* keys
+            // [K*C], float* l_neg [N*K]); accesses guarded by gi < N, gj < K, gc < C; lengths checked above.
+            unsafe { stream.launch_builder(&f).arg(&p).arg(&s.q_hat).arg(keys).arg(l_neg).launch(grid) }?;
+        }
+    }
+    Ok(())
+}
+
+/// The key set streamed by the loss: the queue (any dtype) or, for MoCo v3, the normalised keys.
+enum Keys<'a> {
+    F32(&'a CudaSlice<f32>),
+    F16(&'a CudaSlice<u16>),
+    BF16(&'a CudaSlice<u16>),
+}
+
+impl<'a> Keys<'a> {
+    fn of(queue: &'a CudaQueue) -> Self {
+        match &queue.storage {
+            CudaQueueStorage::F32(b) => Keys::F32(b),
+            CudaQueueStorage::F16(b) => Keys::F16(b),
+            CudaQueueStorage::BF16(b) => Keys::BF16(b),
+        }
+    }
+}
+
+fn check_grid(op: &'static str, n: usize, plan: &StreamPlan) -> Result<()> {
+    if n.div_ceil(GPU_TN) > MAX_GRID_X || plan.splits > MAX_GRID_YZ || plan.slices > MAX_GRID_YZ {
+        return Err(Error::shape(op, format!("C <= {} (channel slices per launch)", MAX_GRID_YZ * plan.c_slice), format!("N = {n}, {} slices", plan.slices)));
+    }
+    Ok(())
+}
+
+/// The streaming loss over prepared q̂, k̂ (positives) and a key set `[m, C]`: `positive_logits`, `infonce_partial_*`
+/// (grid (ceil(N/32), splits, slices) of [`StreamPlan`]), `infonce_combine` (grid N) and `infonce_reduce` (one block).
+#[allow(clippy::too_many_arguments)]
+fn stream_loss(stream: &Arc<CudaStream>, s: &Scratch, keys: Keys, m: usize, n: usize, c: usize, t: f32, loss_scale: f32, skip_diagonal: bool, dq: &mut CudaViewMut<'_, f32>, row_loss: &mut CudaViewMut<'_, f32>, stats: &mut CudaViewMut<'_, u32>) -> Result<()> {
+    let plan = StreamPlan::new(n, m, c);
+    let p = Params::stream(&plan, n, m, c, t, loss_scale, skip_diagonal);
+    let mut s_pos = stream.alloc_zeros::<f32>(n)?;
+    let mut rank = stream.alloc_zeros::<u32>(n)?;
+    let mut partial = stream.alloc_zeros::<f32>(plan.splits * n * (3 + c))?;
+    positive(stream, &p, &s.q_hat, &s.k_hat, &mut s_pos.as_view_mut(), n)?;
+    let grid = cfg(plan.partial_grid(n));
+    let name = match keys {
+        Keys::F32(_) => "infonce_partial_f32",
+        Keys::F16(_) => "infonce_partial_f16",
+        Keys::BF16(_) => "infonce_partial_bf16",
+    };
+    let f = kernel(stream, name)?;
+    let mut launch = stream.launch_builder(&f);
+    launch.arg(&p).arg(&s.q_hat);
+    match keys {
+        Keys::F32(keys) => launch.arg(keys),
+        Keys::F16(keys) | Keys::BF16(keys) => launch.arg(keys),
+    };
+    launch.arg(&s_pos).arg(&mut partial);
+    // SAFETY: infonce_partial_{f32,f16,bf16}(Params, const float* q_hat [N*C], const T* keys [m*C] (float for f32,
+    // unsigned short for f16/bf16, matching `name`), const float* s_pos [N], float* partial [splits*N*(3+C)]);
+    // key reads are guarded by j < m, row reads by i < N, and block (x, y, z) writes the states and accumulators
+    // of rows < N, split y < splits and channels < C only.
+    unsafe { launch.launch(grid) }?;
+    let f = kernel(stream, "infonce_combine")?;
+    // SAFETY: infonce_combine(Params, q_hat [N*C], k_hat [N*C], partial [splits*N*(3+C)], s_pos [N], q_inv [N],
+    // dq [N*C], row_loss [N], rank [N]); block i < N touches row i of each and split states s < splits.
+    unsafe {
+        stream
+            .launch_builder(&f)
+            .arg(&p)
+            .arg(&s.q_hat)
+            .arg(&s.k_hat)
+            .arg(&partial)
+            .arg(&s_pos)
+            .arg(&s.q_inv)
+            .arg(&mut *dq)
+            .arg(&mut *row_loss)
+            .arg(&mut rank)
+            .launch(cfg(row_grid(n)))
+    }?;
+    let f = kernel(stream, "infonce_reduce")?;
+    // SAFETY: infonce_reduce(Params, const float* row_loss [N], const unsigned* rank [N], Stats* stats [4 words]);
+    // one block reads indices < N and thread 0 writes the four stats words.
+    unsafe { stream.launch_builder(&f).arg(&p).arg(&*row_loss).arg(&rank).arg(stats).launch(cfg(REDUCE_GRID)) }?;
+    Ok(())
+}
+
+/// Reads a stats buffer written by [`infonce_async`] (`[loss bits, top1, top5, pad]`); waits for the stream.
+pub fn read_stats(stream: &Arc<CudaStream>, stats: &CudaView<'_, u32>) -> Result<InfoNceStats> {
+    let raw = stream.clone_dtoh(stats)?;
+    stream.synchronize()?;
+    InfoNceStats::from_words(&raw)
+}
+
+/// Fused streaming InfoNCE forward + backward, asynchronous: writes `dq: [N, C]` (gradient w.r.t. raw q),
+/// `row_loss: [N]` and `stats: [4]` (u32 words: mean loss as f32 bits, acc@1 count, acc@5 count, 0).
+/// `q, k: [N, C]` raw f32, `queue: [K, C]`. Read the scalars with [`read_stats`].
+///
+/// Launches `normalize_rows` x2 (grid N), `positive_logits` (grid ceil(N/256)), `infonce_partial_{f32,f16,bf16}`
+/// (grid (ceil(N/32), splits, ceil(C/256)) of [`StreamPlan`]), `infonce_combine` (grid N) and `infonce_reduce`
+/// (one block), 256 threads per block. Allocates its scratch (q̂, k̂, norms, `[splits, N, 3+C]` partials) per call.
+#[allow(clippy::too_many_arguments)]
+pub fn infonce_async(stream: &Arc<CudaStream>, dq: &mut CudaViewMut<'_, f32>, row_loss: &mut CudaViewMut<'_, f32>, stats: &mut CudaViewMut<'_, u32>, q: &CudaView<'_, f32>, k: &CudaView<'_, f32>, queue: &CudaQueue, shape: &InfoNceShape) -> Result<()> {
+    let op = "infonce";
+    let (n, c) = (shape.n, shape.c);
+    shape.check_inputs(q.len(), k.len(), queue.len())?;
+    shape.check_queue(queue)?;
+    shape.check_outputs(dq.len(), row_loss.len())?;
+    check_stats(op, stats.len(), STATS_WORDS)?;
+    let plan = StreamPlan::new(n, shape.k, c);
+    check_grid(op, n, &plan)?;
+    let s = Scratch::normalized(stream, q, k, n, c)?;
+    stream_loss(stream, &s, Keys::of(queue), shape.k, n, c, shape.temperature, 1.0, false, dq, row_loss, stats)
+}
+
+/// [`infonce_async`], then waits and returns the mean loss and acc@1/acc@5 counts.
+#[allow(clippy::too_many_arguments)]
+pub fn infonce(stream: &Arc<CudaStream>, dq: &mut CudaViewMut<'_, f32>, row_loss: &mut CudaViewMut<'_, f32>, stats: &mut CudaViewMut<'_, u32>, q: &CudaView<'_, f32>, k: &CudaView<'_, f32>, queue: &CudaQueue, shape: &InfoNceShape) -> Result<InfoNceStats> {
+    infonce_async(stream, dq, row_loss, stats, q, k, queue, shape)?;
+    read_stats(stream, &stats.as_view())
+}
+
+/// Fused MoCo v3 loss `ctr(q1, k2) + ctr(q2, k1)` with `ctr = 2T · CE(q̂ k̂ᵀ / T, arange(N))`: writes
+/// `dq1, dq2: [N, C]` and `stats: [2 * STATS_WORDS]` (one block per direction), asynchronously. `q1, q2, k1, k2:
+/// [N, C]` raw f32.
+///
+/// Each half runs the InfoNCE launches of [`infonce_async`] with the normalised keys k̂ as the key set (`m = N`),
+/// the diagonal key j = i (the positive) skipped in `infonce_partial_f32` and added back as the positive logit by
+/// `infonce_combine`; `loss_scale = 2T`.
+#[allow(clippy::too_many_arguments)]
+pub fn moco_v3_loss_async(stream: &Arc<CudaStream>, dq1: &mut CudaViewMut<'_, f32>, dq2: &mut CudaViewMut<'_, f32>, stats: &mut CudaViewMut<'_, u32>, q1: &CudaView<'_, f32>, q2: &CudaView<'_, f32>, k1: &CudaView<'_, f32>, k2: &CudaView<'_, f32>, shape: &SymmetricShape) -> Result<()> {
+    let op = "moco_v3_loss";
+    let (n, c, t) = (shape.n, shape.c, shape.temperature);
+    shape.check(&[("q1", q1.len()), ("q2", q2.len()), ("k1", k1.len()), ("k2", k2.len()), ("dq1", dq1.len()), ("dq2", dq2.len())])?;
+    check_stats(op, stats.len(), 2 * STATS_WORDS)?;
+    let plan = StreamPlan::new(n, n, c);
+    check_grid(op, n, &plan)?;
+    let (mut st1, mut st2) = stats.split_at_mut(STATS_WORDS);
+    for (q, k, dq, st) in [(q1, k2, dq1, &mut st1), (q2, k1, dq2, &mut st2)] {
+        let s = Scratch::normalized(stream, q, k, n, c)?;
+        let mut row_loss = stream.alloc_zeros::<f32>(n)?;
+        stream_loss(stream, &s, Keys::F32(&s.k_hat), n, n, c, t, 2.0 * t, true, dq, &mut row_loss.as_view_mut(), st)?;
+    }
+    Ok(())
+}
+
+/// [`moco_v3_loss_async`], then waits and returns the loss.
+#[allow(clippy::too_many_arguments)]
+pub fn moco_v3_loss(stream: &Arc<CudaStream>, dq1: &mut CudaViewMut<'_, f32>, dq2: &mut CudaViewMut<'_, f32>, q1: &CudaView<'_, f32>, q2: &CudaView<'_, f32>, k1: &CudaView<'_, f32>, k2: &CudaView<'_, f32>, shape: &SymmetricShape) -> Result<f32> {
+    let mut stats = stream.alloc_zeros::<u32>(2 * STATS_WORDS)?;
+    moco_v3_loss_async(stream, dq1, dq2, &mut stats.as_view_mut(), q1, q2, k1, k2, shape)?;
+    let raw = stream.clone_dtoh(&stats)?;
+    stream.synchronize()?;
+    super::v3_loss_from_words(&raw)
+}
+
+impl Infonce for Cuda {
+    fn infonce(&mut self, mut dq: CudaViewMut<'_, f32>, mut row_loss: CudaViewMut<'_, f32>, mut stats: CudaViewMut<'_, u32>, q: CudaView<'_, f32>, k: CudaView<'_, f32>, queue: &CudaQueue, shape: &InfoNceShape) -> Result<()> {
+        infonce_async(self.stream(), &mut dq, &mut row_loss, &mut stats, &q, &k, queue, shape)
+    }
+    fn logits(&mut self, mut l_pos: CudaViewMut<'_, f32>, mut l_neg: CudaViewMut<'_, f32>, q: CudaView<'_, f32>, k: CudaView<'_, f32>, queue: &CudaQueue, shape: &LogitsShape) -> Result<()> {
+        logits(self.stream(), &mut l_pos, &mut l_neg, &q, &k, queue, shape)
+    }
+    fn moco_v3_loss(&mut self, mut dq1: CudaViewMut<'_, f32>, mut dq2: CudaViewMut<'_, f32>, mut stats: CudaViewMut<'_, u32>, q1: CudaView<'_, f32>, q2: CudaView<'_, f32>, k1: CudaView<'_, f32>, k2: CudaView<'_, f32>, shape: &SymmetricShape) -> Result<()> {
+        moco_v3_loss_async(self.stream(), &mut dq1, &mut dq2, &mut stats, &q1, &q2, &k1, &k2, shape)
+    }
+}

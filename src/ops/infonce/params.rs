@@ -1,0 +1,114 @@
+//! How the GPU launchers split the streaming loss over workgroups / thread blocks, and the parameter block of
+//! `kernels/infonce.cu` / `shaders/infonce.wgsl`. Shared by wgpu, CUDA and the CUDA emulation test, so all run the
+//! same tiling.
+
+use crate::ops::launch::{Grid, BLOCK};
+
+/// q rows per workgroup (`TN` in the kernels).
+pub const GPU_TN: usize = 32;
+/// Keys per tile (`TK`).
+pub const GPU_TK: usize = 32;
+/// Channels one accumulator slice covers (`ACC_GROUPS * ACC_MAX` = 8 * 32).
+pub const GPU_C_SLICE: usize = 256;
+/// Most key splits a row may have (`MAX_SPLITS`).
+pub const GPU_MAX_SPLITS: usize = 256;
+/// Workgroups to aim for, enough to fill a large GPU.
+const TARGET_WORKGROUPS: usize = 512;
+
+/// The grid of `infonce_partial`: (row tiles, key splits, channel slices).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamPlan {
+    /// Key splits (grid y).
+    pub splits: usize,
+    /// Keys per split, a multiple of the key tile (32).
+    pub keys_per_split: usize,
+    /// Channel slices (grid z); the logits are recomputed per slice when C > 256.
+    pub slices: usize,
+    /// Channels per slice.
+    pub c_slice: usize,
+}
+
+impl StreamPlan {
+    /// The plan for `n` rows, `m` keys, `c` channels.
+    pub fn new(n: usize, m: usize, c: usize) -> Self {
+        let row_tiles = n.div_ceil(GPU_TN).max(1);
+        let key_tiles = m.div_ceil(GPU_TK).max(1);
+        let want = TARGET_WORKGROUPS.div_ceil(row_tiles).clamp(1, GPU_MAX_SPLITS).min(key_tiles);
+        let tiles_per_split = key_tiles.div_ceil(want);
+        let keys_per_split = tiles_per_split * GPU_TK;
+        let splits = m.div_ceil(keys_per_split).max(1);
+        let c_slice = c.min(GPU_C_SLICE);
+        Self { splits, keys_per_split, slices: c.div_ceil(c_slice), c_slice }
+    }
+}
+
+/// The parameter block of every kernel in `infonce.wgsl` / `infonce.cu` (`struct Params`, 48 bytes).
+/// WGSL binds it as a uniform; CUDA takes it by value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+#[doc(hidden)]
+pub struct InfoNceParams {
+    pub n: u32,
+    pub c: u32,
+    pub m: u32,
+    pub splits: u32,
+    pub keys_per_split: u32,
+    pub skip_diagonal: u32,
+    pub c_slice: u32,
+    pub rows: u32,
+    pub inv_t: f32,
+    pub grad_scale: f32,
+    pub loss_scale: f32,
+    pub _pad: u32,
+}
+
+impl InfoNceParams {
+    /// For the materialising logits: unscaled cosines of `n` rows against `m` keys.
+    pub fn logits(n: usize, c: usize, m: usize) -> Self {
+        Self { n: n as u32, c: c as u32, m: m as u32, rows: n as u32, inv_t: 1.0, ..Default::default() }
+    }
+    /// For the streaming loss of `n` rows against `m` keys at temperature `t`, scaled by `loss_scale`
+    /// (1 for InfoNCE, 2T for MoCo v3, which also skips the diagonal).
+    pub fn stream(plan: &StreamPlan, n: usize, m: usize, c: usize, t: f32, loss_scale: f32, skip_diagonal: bool) -> Self {
+        Self {
+            n: n as u32,
+            c: c as u32,
+            m: m as u32,
+            splits: plan.splits as u32,
+            keys_per_split: plan.keys_per_split as u32,
+            skip_diagonal: skip_diagonal as u32,
+            c_slice: plan.c_slice as u32,
+            rows: n as u32,
+            inv_t: 1.0 / t,
+            grad_scale: loss_scale / (t * n as f32),
+            loss_scale,
+            _pad: 0,
+        }
+    }
+}
+
+
+impl StreamPlan {
+    /// The grid of `infonce_partial_*` for `n` rows: (row tiles, key splits, channel slices).
+    pub fn partial_grid(&self, n: usize) -> Grid {
+        (n.div_ceil(GPU_TN) as u32, self.splits as u32, self.slices as u32)
+    }
+}
+
+/// `infonce_combine`: one block per row.
+pub fn row_grid(rows: usize) -> Grid {
+    (rows as u32, 1, 1)
+}
+
+/// `positive_logits`: one thread per row.
+pub fn positive_grid(n: usize) -> Grid {
+    (n.div_ceil(BLOCK as usize) as u32, 1, 1)
+}
+
+/// `negative_logits_*`: one 16-row x 64-key tile per block, (key tiles, row tiles).
+pub fn negative_logits_grid(n: usize, k: usize) -> Grid {
+    (k.div_ceil(64) as u32, n.div_ceil(16) as u32, 1)
+}
+
+/// `infonce_reduce`: one block.
+pub const REDUCE_GRID: Grid = (1, 1, 1);

@@ -1,0 +1,55 @@
+//! Fully connected layer `out [N, OUT] = inp [N, IN] · weightᵀ + bias`, weight `[OUT, IN]` (torch layout), on the
+//! parallel GEMM.
+
+use super::gemm::gemm_strided;
+use super::LinearShape;
+use super::Linear;
+use crate::error::Result;
+use rayon::prelude::*;
+
+/// Linear forward: `out [N, OUT] = inp [N, IN] · weight [OUT, IN]ᵀ (+ bias [OUT])` (overwrites `out`).
+pub fn linear_forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]>, shape: &LinearShape) -> Result<()> {
+    let s = *shape;
+    check::len("linear", "inp [N*IN]", s.n * s.in_f, inp.len())?;
+    check::len("linear", "weight [OUT*IN]", s.out_f * s.in_f, weight.len())?;
+    check::len("linear", "out [N*OUT]", s.n * s.out_f, out.len())?;
+    check::opt_len("linear", "bias [OUT]", s.out_f, bias.map(|b| b.len()))?;
+    if let Some(b) = bias {
+        out.par_chunks_mut(s.out_f).for_each(|row| row.copy_from_slice(b));
+    }
+    // out [N, OUT] (+)= inp [N, IN] · weightᵀ: weight element (i, o) at o*IN + i
+    gemm_strided(out, s.out_f, 1, inp, s.in_f, 1, weight, 1, s.in_f, s.n, s.out_f, s.in_f, 1.0, bias.is_some(), true);
+    Ok(())
+}
+
+/// Linear backward: `dinp [N, IN] += dout · weight` (skipped when `None`), `dweight [OUT, IN] += doutᵀ · inp`,
+/// `dbias [OUT] += Σ_n dout` (skipped when `None`). `dout: [N, OUT]`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward(dinp: Option<&mut [f32]>, dweight: &mut [f32], dbias: Option<&mut [f32]>, dout: &[f32], inp: &[f32], weight: &[f32], shape: &LinearShape) -> Result<()> {
+    let s = *shape;
+    check::len("linear", "inp [N*IN]", s.n * s.in_f, inp.len())?;
+    check::len("linear", "weight [OUT*IN]", s.out_f * s.in_f, weight.len())?;
+    check::len("linear", "dout [N*OUT]", s.n * s.out_f, dout.len())?;
+    check::len("linear", "dweight [OUT*IN]", s.out_f * s.in_f, dweight.len())?;
+    check::opt_len("linear", "dinp [N*IN]", s.n * s.in_f, dinp.as_ref().map(|d| d.len()))?;
+    check::opt_len("linear", "dbias [OUT]", s.out_f, dbias.as_ref().map(|d| d.len()))?;
+    if let Some(dx) = dinp {
+        // dx [N, IN] += dout [N, OUT] · weight [OUT, IN]
+        gemm_strided(dx, s.in_f, 1, dout, s.out_f, 1, weight, s.in_f, 1, s.n, s.in_f, s.out_f, 1.0, true, true);
+    }
+    // dweight [OUT, IN] += doutᵀ [OUT, N] · inp [N, IN]
+    gemm_strided(dweight, s.in_f, 1, dout, 1, s.out_f, inp, s.in_f, 1, s.out_f, s.in_f, s.n, 1.0, true, true);
+    if let Some(db) = dbias {
+        db.par_iter_mut().enumerate().for_each(|(o, d)| *d += (0..s.n).map(|r| dout[r * s.out_f + o]).sum::<f32>());
+    }
+    Ok(())
+}
+
+impl Linear for crate::device::CpuDevice {
+    fn linear_forward(&mut self, out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]>, shape: &LinearShape) -> Result<()> {
+        linear_forward(out, inp, weight, bias, shape)
+    }
+    fn linear_backward(&mut self, dinp: Option<&mut [f32]>, dweight: &mut [f32], dbias: Option<&mut [f32]>, dout: &[f32], inp: &[f32], weight: &[f32], shape: &LinearShape) -> Result<()> {
+        linear_backward(dinp, dweight, dbias, dout, inp, weight, shape)
+    }
+}

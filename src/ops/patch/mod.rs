@@ -1,0 +1,201 @@
+//! A ViT's input side: the patch embedding's im2col (`cols [B*P, C*p*p]` from `images [B, C, H, W]`; the
+//! projection is a [`crate::ops::linear`] GEMM), the token assembly (`[cls; patches] + pos`), the fixed 2-D
+//! sin-cos position embedding, and the class-token feature `tokens[:, 0]` at the output.
+//!
+//! | | |
+//! |---|---|
+//! | shapes | [`PatchShape`], [`TokensShape`], [`PosEmbedShape`] |
+//! | CPU | [`cpu`]: `patch_im2col(_backward)`, `tokens_forward/backward`, `cls_select_forward/backward`, `sincos_pos_embed_2d` |
+//! | wgpu / CUDA | the same names in `shaders/patch.wgsl` / `kernels/patch.cu` |
+//! | reference | [`reference`] (f64; the patch embedding as a convolution) |
+
+pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod params;
+pub mod reference;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::ops::check::{elems, len, positive};
+
+pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("patch");
+
+/// A validated 2-D sin-cos position embedding: a `grid_h × grid_w` patch grid, width `dim` (a multiple of 4),
+/// output `[1 + grid_h*grid_w, dim]` (the cls row first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PosEmbedShape {
+    grid_h: usize,
+    grid_w: usize,
+    dim: usize,
+}
+
+impl PosEmbedShape {
+    /// Validates grid sizes >= 1, `dim >= 4` and `dim % 4 == 0` (moco-v3 asserts the same).
+    pub fn new(grid_h: usize, grid_w: usize, dim: usize) -> Result<Self> {
+        let op = "pos_embed";
+        positive(op, "grid_h", grid_h)?;
+        positive(op, "grid_w", grid_w)?;
+        positive(op, "dim", dim)?;
+        if dim % 4 != 0 {
+            return Err(Error::shape(op, "dim divisible by 4", format!("dim = {dim}")));
+        }
+        let p = elems(op, "grid", &[grid_h, grid_w])?;
+        elems(op, "pos_embed", &[p + 1, dim])?;
+        Ok(Self { grid_h, grid_w, dim })
+    }
+    /// Grid rows.
+    pub fn grid_h(&self) -> usize {
+        self.grid_h
+    }
+    /// Grid columns.
+    pub fn grid_w(&self) -> usize {
+        self.grid_w
+    }
+    /// Embedding width D.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+    /// Tokens: 1 + grid_h*grid_w.
+    pub fn tokens(&self) -> usize {
+        1 + self.grid_h * self.grid_w
+    }
+    /// Length of the output: tokens*dim.
+    pub fn len(&self) -> usize {
+        self.tokens() * self.dim
+    }
+    /// Always false.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// A validated patch embedding: images `[B, C, H, W]` (NCHW), patch `p` (conv kernel = stride = p, no padding;
+/// H and W multiples of p), patches `[B*P, C*p*p]` with P = (H/p)*(W/p).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PatchShape {
+    b: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    patch: usize,
+}
+
+impl PatchShape {
+    /// Validates all sizes >= 1 and H, W divisible by the patch.
+    pub fn new(b: usize, c: usize, h: usize, w: usize, patch: usize) -> Result<Self> {
+        let op = "patch_embed";
+        for (what, v) in [("B", b), ("C", c), ("H", h), ("W", w), ("patch", patch)] {
+            positive(op, what, v)?;
+        }
+        if h % patch != 0 || w % patch != 0 {
+            return Err(Error::shape(op, "H and W divisible by the patch size", format!("H = {h}, W = {w}, patch = {patch}")));
+        }
+        elems(op, "images", &[b, c, h, w])?;
+        Ok(Self { b, c, h, w, patch })
+    }
+    /// Batch B.
+    pub fn b(&self) -> usize {
+        self.b
+    }
+    /// Channels C.
+    pub fn c(&self) -> usize {
+        self.c
+    }
+    /// Image height H.
+    pub fn h(&self) -> usize {
+        self.h
+    }
+    /// Image width W.
+    pub fn w(&self) -> usize {
+        self.w
+    }
+    /// Patch size p.
+    pub fn patch(&self) -> usize {
+        self.patch
+    }
+    /// Patch grid (rows, columns): (H/p, W/p).
+    pub fn grid(&self) -> (usize, usize) {
+        (self.h / self.patch, self.w / self.patch)
+    }
+    /// Patches per image P.
+    pub fn patches(&self) -> usize {
+        let (gh, gw) = self.grid();
+        gh * gw
+    }
+    /// Columns of the patch matrix: C*p*p (the `IN` of the projection linear).
+    pub fn cols(&self) -> usize {
+        self.c * self.patch * self.patch
+    }
+    /// Length of the images: B*C*H*W (also the patch matrix's length: im2col is a permutation here).
+    pub fn len(&self) -> usize {
+        self.b * self.c * self.h * self.w
+    }
+    /// Always false.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// A validated token problem: `B` images of `T = 1 + P` tokens of `C` features; token 0 is the cls token.
+/// Used by [`tokens_forward`] (assembly) and [`cls_select_forward`] (the cls feature).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokensShape {
+    b: usize,
+    t: usize,
+    c: usize,
+}
+
+impl TokensShape {
+    /// Validates B >= 1, T >= 1 (the cls token; P = T - 1 patches may be 0), C >= 1 and the sizes.
+    pub fn new(b: usize, t: usize, c: usize) -> Result<Self> {
+        let op = "tokens";
+        positive(op, "B", b)?;
+        positive(op, "T", t)?;
+        positive(op, "C", c)?;
+        elems(op, "tokens", &[b, t, c])?;
+        Ok(Self { b, t, c })
+    }
+    /// Batch B.
+    pub fn b(&self) -> usize {
+        self.b
+    }
+    /// Tokens per image T (cls included).
+    pub fn t(&self) -> usize {
+        self.t
+    }
+    /// Features C.
+    pub fn c(&self) -> usize {
+        self.c
+    }
+    /// Patches per image P = T - 1.
+    pub fn patches(&self) -> usize {
+        self.t - 1
+    }
+    /// Length of the token tensor B*T*C.
+    pub fn len(&self) -> usize {
+        self.b * self.t * self.c
+    }
+    /// Always false.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// Patch embedding, token assembly and the class-token feature on a device; backwards accumulate.
+pub trait Patch: Device {
+    /// Patch im2col: `cols [B*P, C*p*p]` from `images [B, C, H, W]`.
+    fn patch_im2col(&mut self, cols: Self::Mut<'_>, images: Self::Ref<'_>, shape: &PatchShape) -> Result<()>;
+    /// Patch im2col backward: `dimages +=`.
+    fn patch_im2col_backward(&mut self, dimages: Self::Mut<'_>, dcols: Self::Ref<'_>, shape: &PatchShape) -> Result<()>;
+    /// Token assembly: `tokens [B, T, C]` from the cls token, the patch tokens `[B*P, C]` and `pos [T, C]`.
+    fn tokens_forward(&mut self, tokens: Self::Mut<'_>, patches: Self::Ref<'_>, cls: Self::Ref<'_>, pos: Self::Ref<'_>, shape: &TokensShape) -> Result<()>;
+    /// Token assembly backward: `dpatches`, `dcls` `+=` (each skipped when `None`).
+    fn tokens_backward(&mut self, dpatches: Option<Self::Mut<'_>>, dcls: Option<Self::Mut<'_>>, dtokens: Self::Ref<'_>, shape: &TokensShape) -> Result<()>;
+    /// The cls feature `out [B, C] = tokens[:, 0]`.
+    fn cls_select_forward(&mut self, out: Self::Mut<'_>, tokens: Self::Ref<'_>, shape: &TokensShape) -> Result<()>;
+    /// `dtokens[:, 0] += dout`.
+    fn cls_select_backward(&mut self, dtokens: Self::Mut<'_>, dout: Self::Ref<'_>, shape: &TokensShape) -> Result<()>;
+}

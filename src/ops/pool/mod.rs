@@ -1,0 +1,119 @@
+//! Pooling over NCHW planes: max pooling (the argmax inside the `[H, W]` plane saved for the backward pass, which
+//! gathers: each input pixel sums the output gradients of the windows whose maximum it is) and global average
+//! pooling `[N, C, H*W] -> [N, C]`. Backwards accumulate.
+//!
+//! | | |
+//! |---|---|
+//! | shapes | [`MaxPool2dShape`], [`GlobalAvgPoolShape`] |
+//! | CPU | [`cpu`] |
+//! | wgpu / CUDA | `maxpool_forward`, `maxpool_backward`, `avgpool_forward`, `avgpool_backward` of `shaders/pool.wgsl` / `kernels/pool.cu` |
+//! | reference | [`reference`] (f64) |
+
+pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod params;
+pub mod reference;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::ops::check::{elems, len, positive};
+
+pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("pool");
+
+/// A validated max-pooling problem: `inp [N, C, H, W]` -> `out [N, C, OH, OW]`, square `k x k` window, stride,
+/// padding (padding never wins: it acts as -inf), `OH = (H + 2*pad - k) / stride + 1` (floor mode, like torch's
+/// default). As in torch, `pad <= k/2`, so every window holds at least one input element.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaxPool2dShape {
+    /// Batch N.
+    pub n: usize,
+    /// Channels C.
+    pub c: usize,
+    /// Input height H.
+    pub h: usize,
+    /// Input width W.
+    pub w: usize,
+    /// Window size k (k x k).
+    pub k: usize,
+    /// Stride (both directions).
+    pub stride: usize,
+    /// Padding (both directions, both sides).
+    pub pad: usize,
+}
+
+impl MaxPool2dShape {
+    /// Validates sizes >= 1, `pad <= k/2`, an output of at least 1x1 and sizes within `i32::MAX` elements.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(n: usize, c: usize, h: usize, w: usize, k: usize, stride: usize, pad: usize) -> Result<Self> {
+        let op = "maxpool2d";
+        for (what, v) in [("N", n), ("C", c), ("H", h), ("W", w), ("k", k), ("stride", stride)] {
+            positive(op, what, v)?;
+        }
+        if pad > k / 2 {
+            return Err(Error::shape(op, format!("pad <= k/2 = {}", k / 2), format!("pad = {pad}")));
+        }
+        if h + 2 * pad < k || w + 2 * pad < k {
+            return Err(Error::shape(op, "window no larger than the padded input (output >= 1x1)", format!("{k}x{k} window on {h}x{w} input with pad {pad}")));
+        }
+        elems(op, "inp", &[n, c, h, w])?;
+        Ok(Self { n, c, h, w, k, stride, pad })
+    }
+    /// ResNet's stem pooling: 3x3, stride 2, padding 1.
+    pub fn resnet(n: usize, c: usize, h: usize, w: usize) -> Result<Self> {
+        Self::new(n, c, h, w, 3, 2, 1)
+    }
+    /// Output height.
+    pub fn out_h(&self) -> usize {
+        (self.h + 2 * self.pad - self.k) / self.stride + 1
+    }
+    /// Output width.
+    pub fn out_w(&self) -> usize {
+        (self.w + 2 * self.pad - self.k) / self.stride + 1
+    }
+    /// Elements of `inp`.
+    pub fn inp_len(&self) -> usize {
+        self.n * self.c * self.h * self.w
+    }
+    /// Elements of `out` (and of `argmax`).
+    pub fn out_len(&self) -> usize {
+        self.n * self.c * self.out_h() * self.out_w()
+    }
+}
+
+/// A validated global average pooling problem: `inp [N, C, HW]` -> `out [N, C]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GlobalAvgPoolShape {
+    /// Batch N.
+    pub n: usize,
+    /// Channels C.
+    pub c: usize,
+    /// Spatial size H*W.
+    pub hw: usize,
+}
+
+impl GlobalAvgPoolShape {
+    /// Validates N, C, HW >= 1 and sizes within `i32::MAX` elements.
+    pub fn new(n: usize, c: usize, hw: usize) -> Result<Self> {
+        let op = "global_avgpool";
+        for (what, v) in [("N", n), ("C", c), ("HW", hw)] {
+            positive(op, what, v)?;
+        }
+        elems(op, "inp", &[n, c, hw])?;
+        Ok(Self { n, c, hw })
+    }
+}
+
+/// Pooling on a device: `out` first, inputs after, shape last; backwards accumulate.
+pub trait Pool: Device {
+    /// Max pooling, recording the argmax (flat input index) of every output.
+    fn maxpool2d_forward(&mut self, out: Self::Mut<'_>, argmax: Self::IndexMut<'_>, inp: Self::Ref<'_>, shape: &MaxPool2dShape) -> Result<()>;
+    /// Max-pool backward: `dinp[argmax] += dout`.
+    fn maxpool2d_backward(&mut self, dinp: Self::Mut<'_>, dout: Self::Ref<'_>, argmax: Self::IndexRef<'_>, shape: &MaxPool2dShape) -> Result<()>;
+    /// `out[N, C]` = mean over H*W of `inp[N, C, H*W]`.
+    fn global_avgpool_forward(&mut self, out: Self::Mut<'_>, inp: Self::Ref<'_>, shape: &GlobalAvgPoolShape) -> Result<()>;
+    /// Global average pool backward (`dinp +=`).
+    fn global_avgpool_backward(&mut self, dinp: Self::Mut<'_>, dout: Self::Ref<'_>, shape: &GlobalAvgPoolShape) -> Result<()>;
+}
