@@ -55,7 +55,7 @@ __device__ __forceinline__ float tree_max(float v, float* red, unsigned int n) {
     return r;
 }
 
-// // qkv [B, T, 3, H, D]: token (b, t)'s row of 3C holds q at h*D, k at C + h*D, v at 2C + h*D; out [B, T, C];
+// qkv [B, T, 3, H, D]: token (b, t)'s row of 3C holds q at h*D, k at C + h*D, v at 2C + h*D; out [B, T, C];
 // att, ds [B, H, T, T].
 
 // One block of 64 threads per (b, h, query i): s_j = scale*q_i.k_j into att[b, h, i, :] (threads stride j by 64),

@@ -1,13 +1,13 @@
 // Batch normalisation over [N, C, HW] with G groups (sample n in group n % G, statistic (g, c) at g*C + c), as
-// src/backend/cpu/nn/norm.rs: statistics (one block per (group, channel), two-pass block reductions),
+// src/ops/batchnorm/cpu.rs: statistics (one block per (group, channel), two-pass block reductions),
 // running-statistic update, forward apply (train: batch statistics; eval: running statistics) with epilogues
 // none / relu / add+relu, and backward (per-statistic sums, per-channel coefficients, element-wise dx).
-// Mirrors shaders/norm.wgsl: same names, same work split. Optional tensors (gamma, beta, identity, dgamma, dbeta,
+// Mirrors shaders/batchnorm.wgsl: same names, same work split. Optional tensors (gamma, beta, identity, dgamma, dbeta,
 // didentity) are dummies when absent and gated by FLAG_* bits in P.flags.
 //
 // Header-free (compiled by NVRTC at run time, and by tests/cuda_compile.rs in CI): no #include at all.
 //
-// Scalars: every kernel takes the WGSL uniform block `Params` by value as its first argument (same fields, same
+// Scalars: every kernel takes the WGSL uniform block `BatchNormParams` by value as its first argument (same fields, same
 // order, 48 bytes); the storage buffers the entry point uses follow in WGSL binding order.
 // Block sizes: bn_stats, bn_apply, bn_backward_sums and bn_backward_dx assume 256 threads (WG); bn_running and
 // bn_backward_coef index by blockIdx.x * blockDim.x + threadIdx.x and so run with the WGSL's 64 (or any size).
@@ -22,7 +22,7 @@
 #define FLAG_DGAMMA 32u // dgamma given
 #define FLAG_DBETA 64u  // dbeta given
 
-struct Params {
+struct BatchNormParams {
     unsigned int n;
     unsigned int c;
     unsigned int hw;
@@ -41,7 +41,7 @@ __device__ __forceinline__ unsigned int flat_block() {
 }
 
 // Offset in [N, C, HW] of element e (0..M) of statistic (g, ch): sample g + (e / HW)*G, pixel e % HW.
-__device__ __forceinline__ unsigned int stat_offset(const Params& P, unsigned int g, unsigned int ch, unsigned int e) {
+__device__ __forceinline__ unsigned int stat_offset(const BatchNormParams& P, unsigned int g, unsigned int ch, unsigned int e) {
     const unsigned int nn = g + (e / P.hw) * P.groups;
     return (nn * P.c + ch) * P.hw + e % P.hw;
 }
@@ -66,7 +66,7 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
 }
 
 // One block per statistic (g, c): mean, then sum (x - mean)^2 (two passes); writes mean, rstd, biased var.
-extern "C" __global__ void __launch_bounds__(256) bn_stats(Params P, const float* __restrict__ inp, float* __restrict__ mean, float* __restrict__ rstd, float* __restrict__ var_gc) {
+extern "C" __global__ void __launch_bounds__(256) bn_stats(BatchNormParams P, const float* __restrict__ inp, float* __restrict__ mean, float* __restrict__ rstd, float* __restrict__ var_gc) {
     __shared__ float red_a[WG / 32u];
     const unsigned int tid = threadIdx.x;
     const unsigned int gc = flat_block();
@@ -90,7 +90,7 @@ extern "C" __global__ void __launch_bounds__(256) bn_stats(Params P, const float
 }
 
 // One thread per channel: running = (1 - m) running + m mean_g(stat), variance unbiased by M/(M-1).
-extern "C" __global__ void __launch_bounds__(256) bn_running(Params P, const float* __restrict__ mean, const float* __restrict__ var_gc, float* __restrict__ running_mean, float* __restrict__ running_var) {
+extern "C" __global__ void __launch_bounds__(256) bn_running(BatchNormParams P, const float* __restrict__ mean, const float* __restrict__ var_gc, float* __restrict__ running_mean, float* __restrict__ running_var) {
     const unsigned int ch = blockIdx.x * blockDim.x + threadIdx.x;
     if (ch >= P.c) return;
     float mu = 0.0f;
@@ -107,7 +107,7 @@ extern "C" __global__ void __launch_bounds__(256) bn_running(Params P, const flo
 }
 
 // One thread per element: out = (x - mean).rstd.gamma + beta (+ identity) (then ReLU).
-extern "C" __global__ void __launch_bounds__(256) bn_apply(Params P, const float* __restrict__ inp, float* __restrict__ out, const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ gamma, const float* __restrict__ beta, const float* __restrict__ identity) {
+extern "C" __global__ void __launch_bounds__(256) bn_apply(BatchNormParams P, const float* __restrict__ inp, float* __restrict__ out, const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ gamma, const float* __restrict__ beta, const float* __restrict__ identity) {
     const unsigned int i = flat_block() * WG + threadIdx.x;
     if (i >= P.len) return;
     const unsigned int ch = (i / P.hw) % P.c;
@@ -132,14 +132,14 @@ extern "C" __global__ void __launch_bounds__(256) bn_apply(Params P, const float
     out[i] = v;
 }
 
-__device__ __forceinline__ float masked_dy(const Params& P, const float* __restrict__ dout, const float* __restrict__ y, unsigned int i) {
+__device__ __forceinline__ float masked_dy(const BatchNormParams& P, const float* __restrict__ dout, const float* __restrict__ y, unsigned int i) {
     const float d = dout[i];
     if ((P.flags & FLAG_RELU) != 0u) return (y[i] > 0.0f) ? d : 0.0f;
     return d;
 }
 
 // One block per statistic (g, c): sum dy and sum dy.x^ over its M elements.
-extern "C" __global__ void __launch_bounds__(256) bn_backward_sums(Params P, const float* __restrict__ inp, const float* __restrict__ dout, const float* __restrict__ y, float* __restrict__ sums, const float* __restrict__ mean_in, const float* __restrict__ rstd_in) {
+extern "C" __global__ void __launch_bounds__(256) bn_backward_sums(BatchNormParams P, const float* __restrict__ inp, const float* __restrict__ dout, const float* __restrict__ y, float* __restrict__ sums, const float* __restrict__ mean_in, const float* __restrict__ rstd_in) {
     __shared__ float red_a[WG / 32u];
     __shared__ float red_b[WG / 32u];
     const unsigned int tid = threadIdx.x;
@@ -177,7 +177,7 @@ extern "C" __global__ void __launch_bounds__(256) bn_backward_sums(Params P, con
 }
 
 // One thread per channel: dx = k1.dy + k2.(x - mean) + k3 per (g, c); dgamma += sum_g sum dy.x^, dbeta += sum_g sum dy.
-extern "C" __global__ void __launch_bounds__(256) bn_backward_coef(Params P, const float* __restrict__ gamma, const float* __restrict__ sums, float* __restrict__ coef, float* __restrict__ dgamma, float* __restrict__ dbeta, const float* __restrict__ rstd_in) {
+extern "C" __global__ void __launch_bounds__(256) bn_backward_coef(BatchNormParams P, const float* __restrict__ gamma, const float* __restrict__ sums, float* __restrict__ coef, float* __restrict__ dgamma, float* __restrict__ dbeta, const float* __restrict__ rstd_in) {
     const unsigned int ch = blockIdx.x * blockDim.x + threadIdx.x;
     if (ch >= P.c) return;
     float gm = 1.0f;
@@ -202,7 +202,7 @@ extern "C" __global__ void __launch_bounds__(256) bn_backward_coef(Params P, con
 }
 
 // One thread per element: dinp += k1.dy + k2.(x - mean) + k3; after add+relu, didentity += dy.
-extern "C" __global__ void __launch_bounds__(256) bn_backward_dx(Params P, const float* __restrict__ inp, const float* __restrict__ dout, const float* __restrict__ y, const float* __restrict__ coef, float* __restrict__ dinp, float* __restrict__ didentity, const float* __restrict__ mean_in) {
+extern "C" __global__ void __launch_bounds__(256) bn_backward_dx(BatchNormParams P, const float* __restrict__ inp, const float* __restrict__ dout, const float* __restrict__ y, const float* __restrict__ coef, float* __restrict__ dinp, float* __restrict__ didentity, const float* __restrict__ mean_in) {
     const unsigned int i = flat_block() * WG + threadIdx.x;
     if (i >= P.len) return;
     const unsigned int ch = (i / P.hw) % P.c;

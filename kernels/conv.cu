@@ -12,7 +12,7 @@
 //
 // Header-free (compiled by NVRTC at run time, and by tests/cuda_compile.rs in CI): no #include at all.
 //
-// Scalars: every kernel takes the WGSL uniform block `Params` by value as its first argument (same fields, same
+// Scalars: every kernel takes the WGSL uniform block `ConvParams` by value as its first argument (same fields, same
 // order, 64 bytes); the storage buffers the entry point uses follow in WGSL binding order
 // (inp 1, weight 2, dout 3, result 4).
 
@@ -21,7 +21,7 @@
 #define TILE_K 16u
 #define WG 256u
 
-struct Params {
+struct ConvParams {
     unsigned int n;
     unsigned int c_in;
     unsigned int h;
@@ -41,7 +41,7 @@ struct Params {
 };
 
 // im2col element (row k = (ci, ki, kj), column j = (n, oy, ox)), 0 outside the image or the matrix.
-__device__ __forceinline__ float col_value(const Params& p, const float* __restrict__ inp, unsigned int k, unsigned int j) {
+__device__ __forceinline__ float col_value(const ConvParams& p, const float* __restrict__ inp, unsigned int k, unsigned int j) {
     const unsigned int khw = p.kh * p.kw;
     const unsigned int ohw = p.oh * p.ow;
     if (k >= p.c_in * khw || j >= p.n * ohw) return 0.0f;
@@ -60,7 +60,7 @@ __device__ __forceinline__ float col_value(const Params& p, const float* __restr
 }
 
 // The dout element that weight tap r = (co, ki, kj) meets at input pixel j = (n, iy, ix), 0 if none.
-__device__ __forceinline__ float dout_gather(const Params& p, const float* __restrict__ dout, unsigned int r, unsigned int j) {
+__device__ __forceinline__ float dout_gather(const ConvParams& p, const float* __restrict__ dout, unsigned int r, unsigned int j) {
     const unsigned int khw = p.kh * p.kw;
     const unsigned int hw = p.h * p.w;
     if (r >= p.c_out * khw || j >= p.n * hw) return 0.0f;
@@ -107,7 +107,7 @@ __device__ __forceinline__ unsigned int tile_n0() {
 }
 
 // out [N, C_out, OH, OW] = weight [C_out, K] . col [K, N*OH*OW]
-extern "C" __global__ void __launch_bounds__(256) conv2d_forward(Params p, const float* __restrict__ inp, const float* __restrict__ weight, float* __restrict__ result) {
+extern "C" __global__ void __launch_bounds__(256) conv2d_forward(ConvParams p, const float* __restrict__ inp, const float* __restrict__ weight, float* __restrict__ result) {
     __shared__ float a_tile[TILE_K * TILE_M];
     __shared__ float b_tile[TILE_K * TILE_N];
     const unsigned int lid = threadIdx.x;
@@ -152,7 +152,7 @@ extern "C" __global__ void __launch_bounds__(256) conv2d_forward(Params p, const
 }
 
 // dweight [C_out, K] += dout [C_out, N*OH*OW] . col^T [N*OH*OW, K]
-extern "C" __global__ void __launch_bounds__(256) conv2d_backward_weight(Params p, const float* __restrict__ inp, const float* __restrict__ dout, float* __restrict__ result) {
+extern "C" __global__ void __launch_bounds__(256) conv2d_backward_weight(ConvParams p, const float* __restrict__ inp, const float* __restrict__ dout, float* __restrict__ result) {
     __shared__ float a_tile[TILE_K * TILE_M];
     __shared__ float b_tile[TILE_K * TILE_N];
     const unsigned int lid = threadIdx.x;
@@ -198,7 +198,7 @@ extern "C" __global__ void __launch_bounds__(256) conv2d_backward_weight(Params 
 }
 
 // dinp [N, C_in, H, W] += sum_(co, ki, kj) weight[co, ci, ki, kj] . dout[n, co, (iy + pad - ki) / stride, ...]
-extern "C" __global__ void __launch_bounds__(256) conv2d_backward_data(Params p, const float* __restrict__ weight, const float* __restrict__ dout, float* __restrict__ result) {
+extern "C" __global__ void __launch_bounds__(256) conv2d_backward_data(ConvParams p, const float* __restrict__ weight, const float* __restrict__ dout, float* __restrict__ result) {
     __shared__ float a_tile[TILE_K * TILE_M];
     __shared__ float b_tile[TILE_K * TILE_N];
     const unsigned int lid = threadIdx.x;

@@ -16,7 +16,7 @@
 // Block b updates elements [chunk*EMA_CHUNK, min((chunk+1)*EMA_CHUNK, len_t)) of tensor t; the grid has exactly
 // one block per chunk, so every element of every tensor is written once.
 
-#define EMA_CHUNK 8192u // elements per block of ema_multi_tensor (must match EMA_CHUNK in src/backend/cuda/ema.rs)
+#define EMA_CHUNK 8192u // elements per block of ema_multi_tensor (must match EMA_CHUNK in src/ops/ema/params.rs)
 
 struct EmaParams {
     unsigned int len;    // elements in q and k

@@ -11,7 +11,7 @@
 //   negative_logits_f32 / _f16 / _bf16, infonce_partial_f32 / _f16 / _bf16
 // f32 keys are `const float*`, f16 and bf16 keys are `const unsigned short*` (one element per 16-bit word).
 //
-// Scalars: every kernel takes the WGSL uniform block `Params` by value as its first argument (same fields, same
+// Scalars: every kernel takes the WGSL uniform block `InfoNceParams` by value as its first argument (same fields, same
 // order, 48 bytes); the host passes a #[repr(C)] copy of it (src/ops/infonce/params.rs).
 
 #define TN 32u          // q rows per block
@@ -24,7 +24,7 @@
 #define NEG (-1.0e30f)  // "minus infinity": masked logits and empty states
 #define MASKED (-1.0e29f)
 
-struct Params {
+struct InfoNceParams {
     unsigned int n;              // rows of q
     unsigned int c;              // feature dim
     unsigned int m;              // keys streamed (K, or N for v3)
@@ -111,7 +111,7 @@ __device__ __forceinline__ unsigned int flat_block() {
 // ---- positive_logits -----------------------------------------------------------------------------------------
 
 // s_pos[i] = (q^_i . k^_i) * inv_t; one thread per row.
-extern "C" __global__ void __launch_bounds__(256) positive_logits(Params P, const float* __restrict__ q_hat, const float* __restrict__ k_hat, float* __restrict__ s_pos) {
+extern "C" __global__ void __launch_bounds__(256) positive_logits(InfoNceParams P, const float* __restrict__ q_hat, const float* __restrict__ k_hat, float* __restrict__ s_pos) {
     const unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= P.n) return;
     const float* qr = q_hat + (size_t)i * P.c;
@@ -125,7 +125,7 @@ extern "C" __global__ void __launch_bounds__(256) positive_logits(Params P, cons
 
 // l_neg[i, j] = q^_i . key_j: tiles of 16 rows x 64 keys, 4 outputs per thread. Grid (ceil(M/64), ceil(N/16)).
 template <int DT>
-__device__ __forceinline__ void negative_logits_impl(const Params& P, const float* __restrict__ q_hat, const typename KeyType<DT>::T* __restrict__ keys, float* __restrict__ l_neg) {
+__device__ __forceinline__ void negative_logits_impl(const InfoNceParams& P, const float* __restrict__ q_hat, const typename KeyType<DT>::T* __restrict__ keys, float* __restrict__ l_neg) {
     __shared__ float q_tile[16 * (CC + 1u)];
     __shared__ float k_tile[64 * (CC + 1u)];
     const unsigned int tid = threadIdx.x;
@@ -180,7 +180,7 @@ __device__ __forceinline__ void negative_logits_impl(const Params& P, const floa
 // then acc[row, ch] = acc * scale + sum_j p_j key_j[ch].
 // partial: [splits, N, 3] states (m, l, bitcast rank) then [splits, N, C] acc.
 template <int DT>
-__device__ __forceinline__ void infonce_partial_impl(const Params& P, const float* __restrict__ q_hat, const typename KeyType<DT>::T* __restrict__ keys, const float* __restrict__ pos_logits, float* __restrict__ partial) {
+__device__ __forceinline__ void infonce_partial_impl(const InfoNceParams& P, const float* __restrict__ q_hat, const typename KeyType<DT>::T* __restrict__ keys, const float* __restrict__ pos_logits, float* __restrict__ partial) {
     __shared__ float q_tile[TN * (CC + 1u)];
     __shared__ float k_tile[TK * (CC + 1u)];
     __shared__ float p_tile[TN * (TK + 1u)];
@@ -301,11 +301,11 @@ __device__ __forceinline__ void infonce_partial_impl(const Params& P, const floa
 // Instantiations per queue storage type (the WGSL QUEUE_DTYPE override).
 #define MOCO_KEYED_KERNELS(SUFFIX, DT, KT)                                                                           \
     extern "C" __global__ void __launch_bounds__(256) negative_logits_##SUFFIX(                                      \
-        Params P, const float* __restrict__ q_hat, const KT* __restrict__ keys, float* __restrict__ l_neg) {        \
+        InfoNceParams P, const float* __restrict__ q_hat, const KT* __restrict__ keys, float* __restrict__ l_neg) {        \
         negative_logits_impl<DT>(P, q_hat, keys, l_neg);                                                             \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(256) infonce_partial_##SUFFIX(                                      \
-        Params P, const float* __restrict__ q_hat, const KT* __restrict__ keys, const float* __restrict__ pos_logits, \
+        InfoNceParams P, const float* __restrict__ q_hat, const KT* __restrict__ keys, const float* __restrict__ pos_logits, \
         float* __restrict__ partial) {                                                                               \
         infonce_partial_impl<DT>(P, q_hat, keys, pos_logits, partial);                                               \
     }
@@ -318,7 +318,7 @@ MOCO_KEYED_KERNELS(bf16, 2, unsigned short)
 
 // One block per row: merge the split states, add the positive logit, write row_loss, rank and
 // dq = (I - q^q^T)/||q|| . grad_scale . (sum_s w_s acc_s + (p0 - 1) k^).
-extern "C" __global__ void __launch_bounds__(256) infonce_combine(Params P, const float* __restrict__ q_hat, const float* __restrict__ k_hat, const float* __restrict__ partial, const float* __restrict__ pos_logits, const float* __restrict__ q_inv_norm, float* __restrict__ dq, float* __restrict__ row_loss, unsigned int* __restrict__ rank) {
+extern "C" __global__ void __launch_bounds__(256) infonce_combine(InfoNceParams P, const float* __restrict__ q_hat, const float* __restrict__ k_hat, const float* __restrict__ partial, const float* __restrict__ pos_logits, const float* __restrict__ q_inv_norm, float* __restrict__ dq, float* __restrict__ row_loss, unsigned int* __restrict__ rank) {
     __shared__ float split_weight[MAX_SPLITS];
     __shared__ float row_consts[4]; // p0, 1/z, loss, unused
     __shared__ float red[WG / 32u];
@@ -372,7 +372,7 @@ extern "C" __global__ void __launch_bounds__(256) infonce_combine(Params P, cons
 // ---- infonce_reduce ------------------------------------------------------------------------------------------
 
 // One block: mean loss (times loss_scale) and the acc@1 / acc@5 counts.
-extern "C" __global__ void __launch_bounds__(256) infonce_reduce(Params P, const float* __restrict__ row_loss, const unsigned int* __restrict__ rank, Stats* __restrict__ stats) {
+extern "C" __global__ void __launch_bounds__(256) infonce_reduce(InfoNceParams P, const float* __restrict__ row_loss, const unsigned int* __restrict__ rank, Stats* __restrict__ stats) {
     __shared__ float red[WG / 32u];
     __shared__ unsigned int red_u1[WG / 32u];
     __shared__ unsigned int red_u5[WG / 32u];

@@ -11,7 +11,7 @@
 // 1 - lr*wd, lr / bc1, sqrt(bc2)) computed in f64 first, exactly as the CPU reference computes them. The
 // elementwise arithmetic follows the reference's order; NVRTC contracts a*b + c into FMAs (--fmad=true).
 //
-// LARS tables, built by the host (src/backend/wgpu/optim.rs `lars_tables`, shared by both backends):
+// LARS tables, built by the host (src/ops/optim/params.rs `lars_tables`, shared by both GPU devices):
 //   segments[s] = (span, first element, end element, 1 if the span has ndim > 1): each span cut into pieces of at
 //                 most LARS_CHUNK elements, span by span, in buffer order; one block per segment.
 //   spans[t]    = (first segment, end segment, 1 if ndim > 1, 0); one block per span.

@@ -66,7 +66,7 @@ extern "C" __global__ void __launch_bounds__(64) patch_im2col_backward(PatchPara
     dimages[e] += dcols[row * P.cols + col];
 }
 
-// // tokens [B, T, C] (token 0: cls), patches [B*P, C] with P = T - 1, cls [C], pos [T, C].
+// tokens [B, T, C] (token 0: cls), patches [B*P, C] with P = T - 1, cls [C], pos [T, C].
 
 // One thread per element of tokens: tokens[b, 0] = cls + pos[0], tokens[b, 1 + p] = patches[b*P + p] + pos[1 + p].
 extern "C" __global__ void __launch_bounds__(64) tokens_forward(PatchParams P, float* __restrict__ tokens, const float* __restrict__ patches, const float* __restrict__ cls, const float* __restrict__ pos) {

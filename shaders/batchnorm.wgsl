@@ -1,5 +1,5 @@
 // Batch normalisation over [N, C, HW] with G groups (sample n in group n % G, statistic (g, c) at g*C + c), as
-// src/backend/cpu/nn/norm.rs: statistics (one workgroup per (group, channel), two-pass tree reductions),
+// src/ops/batchnorm/cpu.rs: statistics (one workgroup per (group, channel), two-pass tree reductions),
 // running-statistic update, forward apply (train: batch statistics; eval: running statistics) with epilogues
 // none / relu / add+relu, and backward (per-statistic sums, per-channel coefficients, element-wise dx).
 // Optional tensors (gamma, beta, identity, dgamma, dbeta, didentity) are bound to dummies when absent and
@@ -14,7 +14,7 @@ const FLAG_EVAL: u32 = 16u;     // apply: mean/rstd bindings hold running_mean/r
 const FLAG_DGAMMA: u32 = 32u;   // dgamma given
 const FLAG_DBETA: u32 = 64u;    // dbeta given
 
-struct Params {
+struct BatchNormParams {
     n: u32,
     c: u32,
     hw: u32,
@@ -28,7 +28,7 @@ struct Params {
     _pad2: vec2<f32>,
 }
 
-@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(0) var<uniform> P: BatchNormParams;
 @group(0) @binding(1) var<storage, read_write> inp: array<f32>;                  // [N, C, HW]
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;            // [N, C, HW] (forward)
 @group(0) @binding(3) var<storage, read_write> mean: array<f32>;           // [G, C] (eval apply: running_mean [C])
@@ -106,7 +106,7 @@ fn bn_stats(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg
 }
 
 // One thread per channel: running = (1 - m) running + m mean_g(stat), variance unbiased by M/(M-1).
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn bn_running(@builtin(global_invocation_id) gid: vec3<u32>) {
     let ch = gid.x;
     if (ch >= P.c) {
@@ -205,7 +205,7 @@ fn bn_backward_sums(@builtin(local_invocation_index) tid: u32, @builtin(workgrou
 }
 
 // One thread per channel: dx = k1·dy + k2·(x - mean) + k3 per (g, c); dgamma += Σ_g Σdy·x̂, dbeta += Σ_g Σdy.
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn bn_backward_coef(@builtin(global_invocation_id) gid: vec3<u32>) {
     let ch = gid.x;
     if (ch >= P.c) {

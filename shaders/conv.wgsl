@@ -1,5 +1,5 @@
 // 2-D convolution (NCHW, weight [C_out, C_in, KH, KW], zero padding, no bias) as tiled implicit GEMMs.
-// Host code: src/backend/wgpu/conv.rs; CPU version: src/backend/cpu/nn/conv.rs (same names, im2col + GEMM).
+// Host code: src/ops/conv/wgpu.rs; CPU version: src/ops/conv/cpu/mod.rs (same names, im2col + GEMM).
 //
 // Every entry point computes one 64x64 tile of a GEMM C[M, N] = A[M, K] · B[K, N] with 256 threads, each owning
 // a 4x4 register micro-tile, stepping through K in 16-deep chunks staged in workgroup memory (2 x 4 KiB).
@@ -13,7 +13,7 @@
 // Each output element is owned by exactly one thread, so the backward kernels accumulate with a plain
 // read-modify-write. Grid: x * z tiles over N (x <= 65535, the host splits), y tiles over M.
 
-struct Params {
+struct ConvParams {
     n: u32,
     c_in: u32,
     h: u32,
@@ -36,7 +36,7 @@ const TILE_M: u32 = 64u;
 const TILE_N: u32 = 64u;
 const TILE_K: u32 = 16u;
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(0) var<uniform> p: ConvParams;
 // inp: [N, C_in, H, W]
 @group(0) @binding(1) var<storage, read_write> inp: array<f32>;
 // weight: [C_out, C_in, KH, KW]

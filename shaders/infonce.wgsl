@@ -19,7 +19,7 @@ const MAX_SPLITS: u32 = 256u;
 const NEG: f32 = -1.0e30; // "minus infinity": masked logits and empty states
 const MASKED: f32 = -1.0e29;
 
-struct Params {
+struct InfoNceParams {
     n: u32,              // rows of q
     c: u32,              // feature dim
     m: u32,              // keys streamed (K, or N for v3)
@@ -41,7 +41,7 @@ struct Stats {
     _pad: u32,
 }
 
-@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(0) var<uniform> P: InfoNceParams;
 @group(0) @binding(4) var<storage, read> q_hat: array<f32>;             // q̂: [N, C]
 @group(0) @binding(5) var<storage, read> k_hat: array<f32>;             // k̂: [N, C] positives
 @group(0) @binding(6) var<storage, read> keys_f32: array<f32>;          // keys: [M, C] (f32 storage)

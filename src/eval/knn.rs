@@ -8,7 +8,7 @@
 //! Implementation (CPU), [`KnnBank::predict`]:
 //! - queries are taken in blocks of `b` rows ([`SIM_BUDGET`] / M by default, so `sim` stays at 16 MiB); for each
 //!   block **one GEMM against the whole bank** gives `sim [b, M] = q̂ · b̂ᵀ` (the crate's GEMM,
-//!   [`crate::backend::cpu::nn::linear_forward`], parallel inside);
+//!   [`crate::ops::linear::cpu::linear_forward`], parallel inside);
 //! - every row then selects its top k in parallel, in two vectorised passes: the maxima of `G = min(4k, M)`
 //!   interleaved groups give a threshold `tau` (their k-th largest; k distinct elements reach it, so it is a lower
 //!   bound of the row's k-th largest), then the elements `>= tau` (a few more than k on real data) are collected
@@ -30,7 +30,7 @@
 
 use std::cmp::Ordering;
 
-use crate::backend::cpu::nn::{linear_forward, LinearShape};
+use crate::ops::linear::{cpu::linear_forward, LinearShape};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 

@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 
 use super::knn::{check_rows, l2_normalise_into, vote, KnnBank, KnnConfig, BANK_SLAB};
-use crate::backend::cpu::nn::{linear_forward, LinearShape};
+use crate::ops::linear::{cpu::linear_forward, LinearShape};
 use crate::error::Result;
 
 /// Min-heap of the best `k` `(sim, bank index)` pairs seen so far. "Worse" means lower similarity, or equal

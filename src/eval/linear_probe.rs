@@ -12,9 +12,9 @@
 //!   learning rate `lr_t = lr · ½ (1 + cos(π t / T))` over the `T = epochs × batches` steps, mini-batches from a
 //!   seeded shuffle of the train set every epoch. `W` and `b` start at zero (the problem is convex), so the seed
 //!   only drives the shuffle and the run is deterministic for a seed.
-//! - Matrix products use the crate's GEMM ([`crate::backend::cpu::nn::linear_forward`] / `linear_backward`).
+//! - Matrix products use the crate's GEMM ([`crate::ops::linear::cpu::linear_forward`] / `linear_backward`).
 
-use crate::backend::cpu::nn::{linear_backward, linear_forward, LinearShape};
+use crate::ops::linear::{cpu::{linear_backward, linear_forward}, LinearShape};
 use crate::error::{Error, Result};
 
 /// How features are normalised before the classifier.

@@ -1,7 +1,7 @@
 //! Layers with explicit forward and backward, and the models built from them: flat parameter layouts with
 //! torchvision / timm names, the ResNet-18/50, ViT and MLP layouts and initialisations ([`Model`]), their plans
 //! (node lists), and ONE executor, [`Network<D, M>`](Network), that runs any plan forward and backward on any
-//! [`crate::backend::Device`].
+//! [`crate::device::Device`] ([`Layers`]: the op families it needs).
 
 pub mod layout;
 pub mod mlp;
@@ -25,3 +25,19 @@ pub use network::ResNetCuda;
 pub use resnet_layout::{BlockSpec, Depth, ResNetConfig, ResNetLayout, Stem};
 pub use vit_layout::{VitConfig, VitLayout};
 pub use vit_plan::LN_EPS;
+
+use crate::device::Device;
+pub use crate::ops::attention::Attention;
+pub use crate::ops::batchnorm::BatchNorm;
+pub use crate::ops::conv::Conv;
+pub use crate::ops::eltwise::Eltwise;
+pub use crate::ops::layernorm::LayerNorm;
+pub use crate::ops::linear::Linear;
+pub use crate::ops::patch::Patch;
+pub use crate::ops::pool::Pool;
+
+/// The op families a network runs on (every device of [`crate::device`] has them all): what the executor
+/// [`Network`] asks of its device.
+pub trait Layers: Device + Conv + BatchNorm + Pool + Linear + Eltwise + LayerNorm + Attention + Patch {}
+
+impl<D: Device + Conv + BatchNorm + Pool + Linear + Eltwise + LayerNorm + Attention + Patch> Layers for D {}

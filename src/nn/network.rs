@@ -9,8 +9,9 @@ use super::layout::ParamInfo;
 use super::resnet_layout::{ResNetConfig, ResNetLayout};
 use super::model::Model;
 use super::plan::{Epilogue, Node, Plan};
-use crate::backend::device::{Device, EpilogueGrad, Region};
-use crate::backend::CpuDevice;
+use super::Layers;
+use crate::device::{CpuDevice, Device, Region};
+use crate::ops::batchnorm::EpilogueGrad;
 use crate::error::{Error, Result};
 
 /// A ResNet on device `D`.
@@ -23,11 +24,11 @@ pub type Mlp<D> = Network<D, super::MlpLayout>;
 pub type ResNetCpu = ResNet<CpuDevice>;
 /// A ResNet on a wgpu device.
 #[cfg(feature = "wgpu")]
-pub type ResNetWgpu = ResNet<crate::backend::wgpu::WgpuContext>;
+pub type ResNetWgpu = ResNet<crate::device::Wgpu>;
 /// A ResNet on a CUDA device (build it with [`ResNet::on`] / [`ResNet::from_host`] and a
-/// [`Cuda`](crate::backend::cuda::Cuda)).
+/// [`Cuda`](crate::device::Cuda)).
 #[cfg(feature = "cuda")]
-pub type ResNetCuda = ResNet<crate::backend::cuda::Cuda>;
+pub type ResNetCuda = ResNet<crate::device::Cuda>;
 
 /// Model `M` on device `D`, for one batch shape `[N, 3, H, W]` (`[N, in]` for an MLP).
 pub struct Network<D: Device, M: Model> {
@@ -52,7 +53,7 @@ pub struct Network<D: Device, M: Model> {
     grad_free: bool,
 }
 
-impl<D: Device, M: Model> std::fmt::Debug for Network<D, M> {
+impl<D: Layers, M: Model> std::fmt::Debug for Network<D, M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Network").field("device", &self.dev.name()).field("model", &self.layout).field("batch_shape", &self.batch_shape()).field("num_batches_tracked", &self.num_batches_tracked).finish_non_exhaustive()
     }
@@ -79,14 +80,14 @@ impl Network<CpuDevice, ResNetLayout> {
 }
 
 #[cfg(feature = "wgpu")]
-impl Network<crate::backend::wgpu::WgpuContext, ResNetLayout> {
+impl Network<crate::device::Wgpu, ResNetLayout> {
     /// Builds the network of `config` on `ctx` (the same initial values as [`ResNetCpu::new`] for the same seed).
-    pub fn new(ctx: &crate::backend::wgpu::WgpuContext, config: ResNetConfig, n: usize, h: usize, w: usize, bn_groups: usize, seed: u64) -> Result<Self> {
+    pub fn new(ctx: &crate::device::Wgpu, config: ResNetConfig, n: usize, h: usize, w: usize, bn_groups: usize, seed: u64) -> Result<Self> {
         Self::on(ctx.clone(), config, n, h, w, bn_groups, seed)
     }
 }
 
-impl<D: Device> Network<D, ResNetLayout> {
+impl<D: Layers> Network<D, ResNetLayout> {
     /// Builds the network of `config` on `dev` for inputs `[n, 3, h, w]` with torchvision's initialisation (the
     /// same values on every device for the same seed). `bn_groups > 1`: SplitBatchNorm.
     pub fn on(dev: D, config: ResNetConfig, n: usize, h: usize, w: usize, bn_groups: usize, seed: u64) -> Result<Self> {
@@ -94,7 +95,7 @@ impl<D: Device> Network<D, ResNetLayout> {
     }
 }
 
-impl<D: Device, M: Model> Network<D, M> {
+impl<D: Layers, M: Model> Network<D, M> {
     /// Builds `layout`'s network on `dev` for inputs `[n, 3, h, w]`, initialised as its reference implementation
     /// does (the same values on every device for the same seed).
     pub fn init_on(dev: D, layout: M, n: usize, h: usize, w: usize, bn_groups: usize, seed: u64) -> Result<Self> {
@@ -329,7 +330,7 @@ impl<D: Device, M: Model> Network<D, M> {
 
 /// One node forward: outputs into `acts` (and the argmax, and in training the running statistics in `stats`).
 #[allow(clippy::too_many_arguments)]
-fn forward_node<D: Device>(dev: &mut D, node: &Node, acts: &mut D::Buf, argmax: &mut D::IndexBuf, params: &D::Buf, stats: &mut D::Buf, train: bool, grad_free: bool) -> Result<()> {
+fn forward_node<D: Layers>(dev: &mut D, node: &Node, acts: &mut D::Buf, argmax: &mut D::IndexBuf, params: &D::Buf, stats: &mut D::Buf, train: bool, grad_free: bool) -> Result<()> {
     match node {
         Node::Conv { w, shape, inp, out } => {
             let ([o], [i]) = D::split(acts, [*out], [*inp])?;
@@ -409,7 +410,7 @@ fn forward_node<D: Device>(dev: &mut D, node: &Node, acts: &mut D::Buf, argmax: 
 /// input unless the plan asks for its gradient, and what only a frozen layer reads), parameter gradients into
 /// `grads`.
 #[allow(clippy::too_many_arguments)]
-fn backward_node<D: Device>(dev: &mut D, node: &Node, no_grad: &[Region], acts: &D::Buf, dacts: &mut D::Buf, argmax: &D::IndexBuf, params: &D::Buf, grads: &mut D::Buf) -> Result<()> {
+fn backward_node<D: Layers>(dev: &mut D, node: &Node, no_grad: &[Region], acts: &D::Buf, dacts: &mut D::Buf, argmax: &D::IndexBuf, params: &D::Buf, grads: &mut D::Buf) -> Result<()> {
     let skip = |r: &Region| no_grad.contains(r);
     match node {
         Node::Conv { w, shape, inp, out } => {

@@ -1,21 +1,21 @@
 //! A network as a fixed list of nodes over one activation allocation, run by the one executor
-//! [`super::Network`] on any [`crate::backend::Device`]. A model's planner ([`super::resnet_plan`],
+//! [`super::Network`] on any [`crate::device::Device`]. A model's planner ([`super::resnet_plan`],
 //! [`super::vit_plan`], [`super::mlp`]) walks the architecture once per batch shape with a [`Planner`], which gives
 //! each node its parameter tensors (offsets into the flat parameter and buffer allocations) and its regions of the
 //! activation allocation; the executor runs the nodes forward in order and backward in reverse.
 //!
 //! Every region starts at a multiple of [`TENSOR_ALIGN`] elements, so a GPU kernel can bind it as a slice.
 
+use crate::ops::{attention::AttentionShape, batchnorm::BatchNormShape, conv::Conv2dShape, eltwise::EltwiseShape, layernorm::LayerNormShape, linear::LinearShape, patch::{PatchShape, TokensShape}, pool::{GlobalAvgPoolShape, MaxPool2dShape}};
 use super::layout::{Layout, ParamInfo, TENSOR_ALIGN};
-use crate::backend::cpu::nn as k;
-use crate::backend::device::{self, Region};
+use crate::device::Region;
 use crate::error::{Error, Result};
 
 /// A region of the activation allocation (elements).
 pub type Act = Region;
 
 /// What a batch-norm node does after normalising (the identity of `AddRelu` is an activation region).
-pub type Epilogue = device::Epilogue<Act>;
+pub type Epilogue = crate::ops::batchnorm::Epilogue<Act>;
 
 /// One layer. Regions (`Act`) are disjoint; `argmax` is an offset into the u32 argmax allocation. Parameters
 /// (`ParamInfo`) are offsets into the parameter allocation, except the running statistics, the fixed position
@@ -23,31 +23,31 @@ pub type Epilogue = device::Epilogue<Act>;
 #[derive(Clone, Debug)]
 pub enum Node {
     /// Convolution without bias.
-    Conv { w: ParamInfo, shape: k::Conv2dShape, inp: Act, out: Act },
+    Conv { w: ParamInfo, shape: Conv2dShape, inp: Act, out: Act },
     /// Batch norm (BN2d, or BN1d with `hw = 1`) with its epilogue; `gamma`/`beta` absent with `affine=False`.
-    Bn { gamma: Option<ParamInfo>, beta: Option<ParamInfo>, rm: ParamInfo, rv: ParamInfo, shape: k::BatchNormShape, inp: Act, out: Act, mean: Act, rstd: Act, epi: Epilogue },
+    Bn { gamma: Option<ParamInfo>, beta: Option<ParamInfo>, rm: ParamInfo, rv: ParamInfo, shape: BatchNormShape, inp: Act, out: Act, mean: Act, rstd: Act, epi: Epilogue },
     /// Max pooling with its argmax.
-    MaxPool { shape: k::MaxPool2dShape, inp: Act, out: Act, argmax: usize },
+    MaxPool { shape: MaxPool2dShape, inp: Act, out: Act, argmax: usize },
     /// Global average pooling.
-    AvgPool { shape: k::GlobalAvgPoolShape, inp: Act, out: Act },
+    AvgPool { shape: GlobalAvgPoolShape, inp: Act, out: Act },
     /// Linear `out = inp w^T (+ b)`; `frozen`: `w`, `b` are in the buffer allocation and get no gradient.
-    Fc { w: ParamInfo, b: Option<ParamInfo>, frozen: bool, shape: k::LinearShape, inp: Act, out: Act },
+    Fc { w: ParamInfo, b: Option<ParamInfo>, frozen: bool, shape: LinearShape, inp: Act, out: Act },
     /// ReLU.
-    Relu { shape: k::EltwiseShape, inp: Act, out: Act },
+    Relu { shape: EltwiseShape, inp: Act, out: Act },
     /// Residual add `out = a + b`.
-    Add { shape: k::EltwiseShape, a: Act, b: Act, out: Act },
+    Add { shape: EltwiseShape, a: Act, b: Act, out: Act },
     /// Exact GELU.
-    Gelu { shape: k::EltwiseShape, inp: Act, out: Act },
+    Gelu { shape: EltwiseShape, inp: Act, out: Act },
     /// Layer norm with saved `mean`, `rstd`.
-    LayerNorm { gamma: ParamInfo, beta: ParamInfo, shape: k::LayerNormShape, inp: Act, out: Act, mean: Act, rstd: Act },
+    LayerNorm { gamma: ParamInfo, beta: ParamInfo, shape: LayerNormShape, inp: Act, out: Act, mean: Act, rstd: Act },
     /// Attention core over packed `qkv`, saving the probabilities `att`.
-    Attention { shape: k::AttentionShape, qkv: Act, out: Act, att: Act },
+    Attention { shape: AttentionShape, qkv: Act, out: Act, att: Act },
     /// Patch im2col of the images.
-    PatchIm2col { shape: k::PatchShape, inp: Act, out: Act },
+    PatchIm2col { shape: PatchShape, inp: Act, out: Act },
     /// Token assembly: cls token (a parameter) + patch tokens + the fixed position embedding (a buffer).
-    Tokens { cls: ParamInfo, pos: ParamInfo, shape: k::TokensShape, patches: Act, out: Act },
+    Tokens { cls: ParamInfo, pos: ParamInfo, shape: TokensShape, patches: Act, out: Act },
     /// The cls token's features.
-    ClsSelect { shape: k::TokensShape, inp: Act, out: Act },
+    ClsSelect { shape: TokensShape, inp: Act, out: Act },
 }
 
 /// The nodes of one network for one batch shape, and the sizes of the allocations they use.
@@ -117,7 +117,7 @@ impl<'a> Planner<'a> {
     pub fn conv_bn(&mut self, conv: &str, bn: &str, inp: Act, c_in: usize, h: usize, w: usize, stride: usize, epi: Epilogue) -> Result<(Act, usize, usize, usize)> {
         let wt = self.p(&format!("{conv}.weight"))?;
         let (c_out, kh) = (wt.shape[0], wt.shape[2]);
-        let shape = k::Conv2dShape::new(self.n, c_in, h, w, c_out, kh, kh, stride, kh / 2)?;
+        let shape = Conv2dShape::new(self.n, c_in, h, w, c_out, kh, kh, stride, kh / 2)?;
         let (oh, ow) = (shape.out_h(), shape.out_w());
         let conv_out = self.alloc(shape.out_len());
         self.nodes.push(Node::Conv { w: wt, shape, inp, out: conv_out });
@@ -126,7 +126,7 @@ impl<'a> Planner<'a> {
     }
     /// Batch norm `bn` over `inp [N, C, HW]` (affine when `bn.weight` exists); returns its output.
     pub fn bn(&mut self, bn: &str, inp: Act, c: usize, hw: usize, epi: Epilogue) -> Result<Act> {
-        let shape = k::BatchNormShape::new(self.n, c, hw, self.bn_groups)?;
+        let shape = BatchNormShape::new(self.n, c, hw, self.bn_groups)?;
         let (mean, rstd) = (self.alloc(shape.stats_len()), self.alloc(shape.stats_len()));
         let out = self.alloc(inp.len);
         let affine = self.has(&format!("{bn}.weight"));
@@ -147,7 +147,7 @@ impl<'a> Planner<'a> {
         if w.len() != out_f * in_f {
             return Err(Error::shape("plan", format!("{} of [{out_f}, {in_f}]", w.name), format!("{:?}", w.shape)));
         }
-        let shape = k::LinearShape::new(rows, in_f, out_f)?;
+        let shape = LinearShape::new(rows, in_f, out_f)?;
         let out = self.alloc(rows * out_f);
         self.nodes.push(Node::Fc { w, b, frozen, shape, inp, out });
         Ok((out, out_f))
@@ -155,13 +155,13 @@ impl<'a> Planner<'a> {
     /// An element-wise node over `inp` into a fresh region.
     pub fn relu(&mut self, inp: Act) -> Result<Act> {
         let out = self.alloc(inp.len);
-        self.nodes.push(Node::Relu { shape: k::EltwiseShape::new(inp.len)?, inp, out });
+        self.nodes.push(Node::Relu { shape: EltwiseShape::new(inp.len)?, inp, out });
         Ok(out)
     }
     /// `a + b` into a fresh region.
     pub fn add(&mut self, a: Act, b: Act) -> Result<Act> {
         let out = self.alloc(a.len);
-        self.nodes.push(Node::Add { shape: k::EltwiseShape::new(a.len)?, a, b, out });
+        self.nodes.push(Node::Add { shape: EltwiseShape::new(a.len)?, a, b, out });
         Ok(out)
     }
     /// Finishes the plan; `input_grad`: backward computes the input's gradient.

@@ -1,9 +1,9 @@
 //! The ResNet's plan: stem, residual blocks (BN epilogues fuse ReLU and the residual add), global pooling and the
 //! head (`fc`, the v2 MLP `fc.0`/`fc.2`, or moco-v3's BN projector under `fc`).
 
+use crate::ops::{pool::{GlobalAvgPoolShape, MaxPool2dShape}};
 use super::plan::{Epilogue, Node, Plan, Planner};
 use super::resnet_layout::{ResNetLayout, Stem};
-use crate::backend::cpu::nn as k;
 use crate::error::{Error, Result};
 use super::layout::TENSOR_ALIGN;
 
@@ -18,7 +18,7 @@ pub(crate) fn plan_resnet(layout: &ResNetLayout, n: usize, h: usize, w: usize, b
     let stride = if config.stem == Stem::ImageNet { 2 } else { 1 };
     let (mut x, mut c, mut hh, mut ww) = pl.conv_bn("conv1", "bn1", input, 3, h, w, stride, Epilogue::Relu)?;
     if config.stem == Stem::ImageNet {
-        let shape = k::MaxPool2dShape::resnet(n, c, hh, ww)?;
+        let shape = MaxPool2dShape::resnet(n, c, hh, ww)?;
         let out = pl.alloc(shape.out_len());
         pl.nodes.push(Node::MaxPool { shape, inp: x, out, argmax: pl.argmax });
         pl.argmax = (pl.argmax + shape.out_len()).next_multiple_of(TENSOR_ALIGN);
@@ -37,7 +37,7 @@ pub(crate) fn plan_resnet(layout: &ResNetLayout, n: usize, h: usize, w: usize, b
             (x, c, hh, ww) = pl.conv_bn(&format!("{pre}.conv2"), &format!("{pre}.bn2"), y, c1, h1, w1, 1, Epilogue::AddRelu(identity))?;
         }
     }
-    let shape = k::GlobalAvgPoolShape::new(n, c, hh * ww)?;
+    let shape = GlobalAvgPoolShape::new(n, c, hh * ww)?;
     let features = pl.alloc(n * c);
     pl.nodes.push(Node::AvgPool { shape, inp: x, out: features });
     let output = match (config.projector, config.num_classes, config.mlp_hidden) {

@@ -9,7 +9,7 @@ use super::layout::{Layout, SplitMix64, TENSOR_ALIGN};
 use super::mlp::MlpSpec;
 use super::model::Model;
 use super::plan::Plan;
-use crate::backend::cpu::nn::{sincos_pos_embed_2d, PosEmbedShape};
+use crate::ops::patch::{cpu::sincos_pos_embed_2d, PosEmbedShape};
 use crate::error::{Error, Result};
 
 /// A ViT: `img_size` square inputs of 3 channels cut into `patch`-sized patches, width `dim`, `depth` blocks of

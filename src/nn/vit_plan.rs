@@ -5,16 +5,16 @@
 //! The final LayerNorm runs on the cls rows only: LayerNorm is per token, so normalising all T tokens and then
 //! taking token 0 gives the same values and the same gradients, at 1/T of the cost.
 
+use crate::ops::{attention::AttentionShape, eltwise::EltwiseShape, layernorm::LayerNormShape, patch::{PatchShape, TokensShape}};
 use super::plan::{Act, Node, Plan, Planner};
 use super::vit_layout::VitLayout;
-use crate::backend::cpu::nn as k;
 use crate::error::{Error, Result};
 
 /// LayerNorm eps of moco-v3's ViT.
 pub const LN_EPS: f32 = 1e-6;
 
 fn layernorm(pl: &mut Planner<'_>, prefix: &str, inp: Act, rows: usize, c: usize) -> Result<Act> {
-    let shape = k::LayerNormShape::new(rows, c, LN_EPS)?;
+    let shape = LayerNormShape::new(rows, c, LN_EPS)?;
     let (out, mean, rstd) = (pl.alloc(inp.len), pl.alloc(rows), pl.alloc(rows));
     pl.nodes.push(Node::LayerNorm { gamma: pl.p(&format!("{prefix}.weight"))?, beta: pl.p(&format!("{prefix}.bias"))?, shape, inp, out, mean, rstd });
     Ok(out)
@@ -31,7 +31,7 @@ pub(crate) fn plan_vit(layout: &VitLayout, n: usize, h: usize, w: usize, bn_grou
     let mut pl = Planner::new(&layout.params, &layout.buffers, n, bn_groups);
     let input = pl.alloc(n * 3 * h * w);
     // patch embedding: im2col (a permutation) then the projection as a GEMM; the images need no gradient
-    let pshape = k::PatchShape::new(n, 3, h, w, c.patch)?;
+    let pshape = PatchShape::new(n, 3, h, w, c.patch)?;
     let cols = pl.alloc(pshape.len());
     pl.nodes.push(Node::PatchIm2col { shape: pshape, inp: input, out: cols });
     pl.no_grad.push(cols);
@@ -39,10 +39,10 @@ pub(crate) fn plan_vit(layout: &VitLayout, n: usize, h: usize, w: usize, bn_grou
     let (pw, pb) = (store("patch_embed.proj.weight")?, store("patch_embed.proj.bias")?);
     let (patches, _) = pl.linear_with(pw, Some(pb), c.stop_grad_conv1, cols, n * pshape.patches(), pshape.cols())?;
     // tokens [N, T, D]: cls + pos[0], patch + pos[1..]
-    let tshape = k::TokensShape::new(n, t, d)?;
+    let tshape = TokensShape::new(n, t, d)?;
     let mut x = pl.alloc(tshape.len());
     pl.nodes.push(Node::Tokens { cls: pl.p("cls_token")?, pos: pl.b("pos_embed")?, shape: tshape, patches, out: x });
-    let ashape = k::AttentionShape::new(n, t, c.heads, d / c.heads)?;
+    let ashape = AttentionShape::new(n, t, c.heads, d / c.heads)?;
     for i in 0..c.depth {
         let b = format!("blocks.{i}");
         // x = x + proj(attention(qkv(norm1(x))))
@@ -56,7 +56,7 @@ pub(crate) fn plan_vit(layout: &VitLayout, n: usize, h: usize, w: usize, bn_grou
         let y = layernorm(&mut pl, &format!("{b}.norm2"), x, rows, d)?;
         let (f, hid) = pl.linear(&format!("{b}.mlp.fc1"), y, rows, d)?;
         let g = pl.alloc(f.len);
-        pl.nodes.push(Node::Gelu { shape: k::EltwiseShape::new(f.len)?, inp: f, out: g });
+        pl.nodes.push(Node::Gelu { shape: EltwiseShape::new(f.len)?, inp: f, out: g });
         let (y, _) = pl.linear(&format!("{b}.mlp.fc2"), g, rows, hid)?;
         x = pl.add(x, y)?;
     }

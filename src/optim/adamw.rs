@@ -14,9 +14,9 @@
 //!
 //! Weight decay applies to every element (as `torch.optim.AdamW(model.parameters(), ...)` in moco-v3 does).
 
-use super::{check_buffer_len, check_len, check_nonneg, check_unit_open, Optimizer, OPTIM_CHUNK};
+pub use crate::ops::optim::cpu::adamw_step;
+use super::{check_buffer_len, check_len, check_nonneg, check_unit_open, Optimizer};
 use crate::error::{Error, Result};
-use rayon::prelude::*;
 
 /// Hyperparameters of [`AdamW`] (torch's defaults in [`AdamWConfig::new`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -49,50 +49,6 @@ impl AdamWConfig {
         }
         check_nonneg(op, "weight_decay", self.weight_decay)
     }
-}
-
-/// One AdamW step over flat buffers, the kernel of [`AdamW::step`].
-///
-/// `params, exp_avg, exp_avg_sq: [len]` are updated in place; `grads: [len]`. `step` is the 1-based index of
-/// this step (torch's `state['step']` after its increment), used by the bias corrections.
-pub fn adamw_step(params: &mut [f32], exp_avg: &mut [f32], exp_avg_sq: &mut [f32], grads: &[f32], config: &AdamWConfig, step: u64) -> Result<()> {
-    config.validate()?;
-    let op = "adamw";
-    if step == 0 {
-        return Err(Error::shape(op, "1-based step >= 1", "step = 0"));
-    }
-    let len = params.len();
-    check_buffer_len(op, len)?;
-    check_len(op, "grads", len, grads.len())?;
-    check_len(op, "exp_avg", len, exp_avg.len())?;
-    check_len(op, "exp_avg_sq", len, exp_avg_sq.len())?;
-    let AdamWConfig { lr, beta1, beta2, eps, weight_decay: wd } = *config;
-    // torch: Python floats (f64) for the scalars, rounded to f32 where they meet the tensors
-    let t = step.min(i32::MAX as u64) as i32;
-    let bc1 = 1.0 - beta1.powi(t);
-    let bc2 = 1.0 - beta2.powi(t);
-    let step_size = (lr / bc1) as f32;
-    let bc2_sqrt = bc2.sqrt() as f32;
-    let decay = (1.0 - lr * wd) as f32;
-    let decoupled = wd != 0.0;
-    let (one_minus_b1, beta2_f, one_minus_b2, eps) = ((1.0 - beta1) as f32, beta2 as f32, (1.0 - beta2) as f32, eps as f32);
-    params
-        .par_chunks_mut(OPTIM_CHUNK)
-        .zip(exp_avg.par_chunks_mut(OPTIM_CHUNK))
-        .zip(exp_avg_sq.par_chunks_mut(OPTIM_CHUNK))
-        .zip(grads.par_chunks(OPTIM_CHUNK))
-        .for_each(|(((pc, mc), vc), gc)| {
-            for (((p, m), v), &g) in pc.iter_mut().zip(mc.iter_mut()).zip(vc.iter_mut()).zip(gc) {
-                let pd = if decoupled { *p * decay } else { *p };
-                let mn = *m + one_minus_b1 * (g - *m);
-                let vn = *v * beta2_f + one_minus_b2 * g * g;
-                let denom = vn.sqrt() / bc2_sqrt + eps;
-                *m = mn;
-                *v = vn;
-                *p = pd - step_size * (mn / denom);
-            }
-        });
-    Ok(())
 }
 
 /// `torch.optim.AdamW` over one flat parameter buffer, owning its two moment buffers.

@@ -14,9 +14,9 @@
 //! With `momentum == 0` there is no buffer and `p -= lr * (g + wd * p)`. Weight decay applies to every element
 //! (as `torch.optim.SGD(model.parameters(), ...)` in MoCo v1/v2 does).
 
-use super::{check_buffer_len, check_len, check_nonneg, check_unit_closed, check_unit_open, Optimizer, OPTIM_CHUNK};
+pub use crate::ops::optim::cpu::sgd_step;
+use super::{check_buffer_len, check_len, check_nonneg, check_unit_closed, check_unit_open, Optimizer};
 use crate::error::{Error, Result};
-use rayon::prelude::*;
 
 /// Hyperparameters of [`Sgd`] (torch's names and defaults for those not given to [`SgdConfig::new`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -59,44 +59,6 @@ impl SgdConfig {
         }
         Ok(())
     }
-}
-
-/// One SGD step over flat buffers, the kernel of [`Sgd::step`].
-///
-/// `params: [len]` is updated in place; `momentum_buf: [len]` (or empty when `momentum == 0`) is the state;
-/// `grads: [len]`. `first_step` says the buffer holds nothing yet (torch's `momentum_buffer is None`): it is
-/// then set to `d_p` instead of being decayed.
-pub fn sgd_step(params: &mut [f32], momentum_buf: &mut [f32], grads: &[f32], config: &SgdConfig, first_step: bool) -> Result<()> {
-    config.validate()?;
-    let len = params.len();
-    check_buffer_len("sgd", len)?;
-    check_len("sgd", "grads", len, grads.len())?;
-    let SgdConfig { lr, momentum, dampening, weight_decay, nesterov } = *config;
-    // torch: Python floats, rounded to f32 where they meet the tensors (`1 - dampening` first, in f64)
-    let (lr, wd, one_minus_damp, momentum_f) = (lr as f32, weight_decay as f32, (1.0 - dampening) as f32, momentum as f32);
-    if momentum == 0.0 {
-        if !momentum_buf.is_empty() {
-            check_len("sgd", "momentum_buf (or empty when momentum = 0)", len, momentum_buf.len())?;
-        }
-        params.par_chunks_mut(OPTIM_CHUNK).zip(grads.par_chunks(OPTIM_CHUNK)).for_each(|(pc, gc)| {
-            for (p, &g) in pc.iter_mut().zip(gc) {
-                let d_p = g + wd * *p;
-                *p -= lr * d_p;
-            }
-        });
-        return Ok(());
-    }
-    check_len("sgd", "momentum_buf", len, momentum_buf.len())?;
-    params.par_chunks_mut(OPTIM_CHUNK).zip(momentum_buf.par_chunks_mut(OPTIM_CHUNK)).zip(grads.par_chunks(OPTIM_CHUNK)).for_each(|((pc, bc), gc)| {
-        for ((p, b), &g) in pc.iter_mut().zip(bc.iter_mut()).zip(gc) {
-            let d_p = g + wd * *p;
-            let buf = if first_step { d_p } else { momentum_f * *b + one_minus_damp * d_p };
-            *b = buf;
-            let upd = if nesterov { d_p + momentum_f * buf } else { buf };
-            *p -= lr * upd;
-        }
-    });
-    Ok(())
 }
 
 /// `torch.optim.SGD` over one flat parameter buffer, owning its momentum buffer.

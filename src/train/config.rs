@@ -3,7 +3,7 @@
 //! checkpoint as metadata.
 
 use crate::error::{Error, Result};
-use crate::shape::QueueDType;
+use crate::ops::queue::QueueDType;
 use std::collections::BTreeMap;
 
 /// MoCo version: heads, temperature and augmentation.

@@ -1,5 +1,5 @@
 //! What the trainer needs from a backend: one MoCo step, eval-mode embeddings, and the whole state (for
-//! checkpoints). [`super::MocoEngine`] implements it once for every [`crate::backend::MocoDevice`].
+//! checkpoints). [`super::MocoEngine`] implements it once for every [`TrainDevice`](super::TrainDevice).
 
 use super::config::TrainConfig;
 use crate::error::{Error, Result};

@@ -6,7 +6,8 @@
 use super::config::{ModelKind, TrainConfig};
 use super::engine::Engine;
 use super::moco::{Encoder, MocoEngine};
-use crate::backend::{CpuDevice, MocoDevice};
+use super::moco::TrainDevice;
+use crate::device::{CpuDevice, Device};
 use crate::data::{self, Dataset, SyntheticConfig};
 use crate::error::{Error, Result};
 use crate::nn::{ResNetLayout, VitLayout};
@@ -34,8 +35,8 @@ pub fn prepare_env() -> Option<PathBuf> {
 }
 
 /// The engine of `cfg` (its model) on `dev`.
-fn engine_on<D: MocoDevice + 'static>(dev: D, cfg: &TrainConfig) -> Result<Box<dyn Engine>> {
-    fn boxed<D: MocoDevice + 'static, M: Encoder + 'static>(dev: D, cfg: &TrainConfig) -> Result<Box<dyn Engine>> {
+fn engine_on<D: TrainDevice + 'static>(dev: D, cfg: &TrainConfig) -> Result<Box<dyn Engine>> {
+    fn boxed<D: TrainDevice + 'static, M: Encoder + 'static>(dev: D, cfg: &TrainConfig) -> Result<Box<dyn Engine>> {
         Ok(Box::new(MocoEngine::<D, M>::on(dev, cfg)?))
     }
     match cfg.model {
@@ -54,7 +55,7 @@ fn message(e: Error) -> String {
 
 #[cfg(feature = "cuda")]
 fn cuda_engine(cfg: &TrainConfig) -> Result<(Box<dyn Engine>, String)> {
-    let cuda = crate::backend::cuda::Cuda::new(0)?;
+    let cuda = crate::device::Cuda::new(0)?;
     let name = cuda.name();
     Ok((engine_on(cuda, cfg)?, name))
 }
@@ -66,9 +67,9 @@ fn cuda_engine(_: &TrainConfig) -> Result<(Box<dyn Engine>, String)> {
 
 #[cfg(feature = "wgpu")]
 fn wgpu_engine(cfg: &TrainConfig, hardware_only: bool) -> Result<(Box<dyn Engine>, String)> {
-    let adapter = if hardware_only { crate::backend::Adapter::HardwareOnly } else { crate::backend::Adapter::Any };
-    let ctx = crate::backend::wgpu::WgpuContext::new(adapter)?;
-    let name = ctx.adapter_name.clone();
+    let adapter = if hardware_only { crate::device::Adapter::HardwareOnly } else { crate::device::Adapter::Any };
+    let ctx = crate::device::Wgpu::new(adapter)?;
+    let name = ctx.adapter_name().to_string();
     Ok((engine_on(ctx, cfg)?, name))
 }
 

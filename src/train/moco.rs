@@ -1,4 +1,4 @@
-//! The MoCo step, written once over [`MocoDevice`] and once over the encoder [`Encoder`] (ResNet-18 or the ViT):
+//! The MoCo step, written once over [`TrainDevice`] and once over the encoder [`Encoder`] (ResNet-18 or the ViT):
 //! query and key encoders (one executor, [`Network`]) and an eval-mode copy for embeddings, the device's EMA and
 //! optimiser, all on device allocations.
 //! - v1/v2: shuffle-BN keys ([`super::shuffle`]), the fused InfoNCE against the queue, enqueue.
@@ -9,21 +9,27 @@
 //! checks for non-finite values.
 //!
 //! [`CpuEngine`], [`WgpuEngine`] and [`CudaEngine`] are this engine with a ResNet on [`CpuDevice`],
-//! [`WgpuContext`] and [`Cuda`]; [`CpuVitEngine`] (and the wgpu / CUDA twins) with the ViT.
-//!
-//! [`WgpuContext`]: crate::backend::wgpu::WgpuContext
-//! [`Cuda`]: crate::backend::cuda::Cuda
+//! `Wgpu` and `Cuda` ([`crate::device`]); [`CpuVitEngine`] (and the wgpu / CUDA twins) with the ViT.
 
 use super::config::TrainConfig;
 use super::config::ModelKind;
 use super::engine::{check_state, encoder_config, initial_queue, optimizer_config, Engine, EngineLayouts, EngineState, StepStats};
 use super::shuffle::{self, KeyBatch};
-use crate::backend::{CpuDevice, InfoNceStats, MocoDevice, Region};
+use crate::device::{CpuDevice, Region};
 use crate::error::{Error, Result};
-use crate::nn::{Mlp, MlpLayout, Model, Network, ResNetLayout, VitLayout};
+use crate::nn::{Layers, Mlp, MlpLayout, Model, Network, ResNetLayout, VitLayout};
+use crate::ops::ema::Ema;
+use crate::ops::infonce::{v3_loss_from_words, InfoNceShape, InfoNceStats, Infonce, SymmetricShape, STATS_WORDS};
+use crate::ops::optim::Optim;
+use crate::ops::queue::QueueShape;
 use crate::optim::ParamSpans;
-use crate::shape::{InfoNceShape, QueueShape, SymmetricShape};
 use std::path::Path;
+
+/// What the MoCo engine asks of its device: the layers of a network, the fused losses and the queue, the momentum
+/// update and the optimisers (every device of [`crate::device`] has them all).
+pub trait TrainDevice: Layers + Infonce + Ema + Optim {}
+
+impl<D: Layers + Infonce + Ema + Optim> TrainDevice for D {}
 
 /// Eval batch of [`Engine::embed`].
 const EVAL_BATCH: usize = 128;
@@ -32,18 +38,18 @@ const EVAL_BATCH: usize = 128;
 pub type CpuEngine = MocoEngine<CpuDevice>;
 /// MoCo with a ResNet on a wgpu device.
 #[cfg(feature = "wgpu")]
-pub type WgpuEngine = MocoEngine<crate::backend::wgpu::WgpuContext>;
+pub type WgpuEngine = MocoEngine<crate::device::Wgpu>;
 /// MoCo with a ResNet on a CUDA device.
 #[cfg(feature = "cuda")]
-pub type CudaEngine = MocoEngine<crate::backend::cuda::Cuda>;
+pub type CudaEngine = MocoEngine<crate::device::Cuda>;
 /// MoCo v3 with a ViT on the CPU.
 pub type CpuVitEngine = MocoEngine<CpuDevice, VitLayout>;
 /// MoCo v3 with a ViT on a wgpu device.
 #[cfg(feature = "wgpu")]
-pub type WgpuVitEngine = MocoEngine<crate::backend::wgpu::WgpuContext, VitLayout>;
+pub type WgpuVitEngine = MocoEngine<crate::device::Wgpu, VitLayout>;
 /// MoCo v3 with a ViT on a CUDA device.
 #[cfg(feature = "cuda")]
-pub type CudaVitEngine = MocoEngine<crate::backend::cuda::Cuda, VitLayout>;
+pub type CudaVitEngine = MocoEngine<crate::device::Cuda, VitLayout>;
 
 /// An encoder architecture the engine trains: its layout from the run's config, and its backbone export.
 pub trait Encoder: Model {
@@ -77,25 +83,26 @@ impl Encoder for VitLayout {
     }
 }
 
-/// MoCo v3's additions: the predictor, its optimiser, the symmetric loss's outputs and the second query buffer.
-struct V3Parts<D: MocoDevice> {
+/// MoCo v3's additions: the predictor, its optimiser, the second query and its gradient.
+struct V3Parts<D: TrainDevice> {
     pred: Mlp<D>,
     opt: D::Opt,
-    loss: D::V3Loss,
+    /// Queries `[N, dim]` of view 2 and the loss's gradients with respect to them.
     q2: D::Buf,
+    dq2: D::Buf,
 }
 
 /// Query encoder, key encoder, an eval-mode copy for embeddings, the optimiser, the queue (v1/v2) or the
 /// predictor (v3), and the step's buffers on one device.
-pub struct MocoEngine<D: MocoDevice, M: Encoder = ResNetLayout> {
+pub struct MocoEngine<D: TrainDevice, M: Encoder = ResNetLayout> {
     cfg: TrainConfig,
     dev: D,
     enc_q: Network<D, M>,
     enc_k: Network<D, M>,
     enc_eval: Network<D, M>,
     opt: D::Opt,
-    /// v1/v2: the queue and the InfoNCE outputs.
-    queue: Option<(D::Queue, D::Nce)>,
+    /// v1/v2: the queue.
+    queue: Option<D::Queue>,
     ptr: usize,
     /// v3: predictor, its optimiser, the symmetric loss.
     v3: Option<V3Parts<D>>,
@@ -104,9 +111,14 @@ pub struct MocoEngine<D: MocoDevice, M: Encoder = ResNetLayout> {
     /// Keys `[N, dim]` of the query views (symmetric loss only) and of the key views, in batch order.
     k1: D::Buf,
     k2: D::Buf,
+    /// The loss's outputs: `dq [N, dim]` (v3: of view 1), the per-row loss `[N]` (v1/v2), the statistics words
+    /// (`STATS_WORDS`, v3 two blocks).
+    dq: D::Buf,
+    row_loss: D::Buf,
+    stats: D::IndexBuf,
 }
 
-impl<D: MocoDevice, M: Encoder> std::fmt::Debug for MocoEngine<D, M> {
+impl<D: TrainDevice, M: Encoder> std::fmt::Debug for MocoEngine<D, M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MocoEngine").field("device", &self.dev.name()).field("cfg", &self.cfg).field("queue_ptr", &self.ptr).finish_non_exhaustive()
     }
@@ -120,22 +132,22 @@ impl<M: Encoder> MocoEngine<CpuDevice, M> {
 }
 
 #[cfg(feature = "wgpu")]
-impl<M: Encoder> MocoEngine<crate::backend::wgpu::WgpuContext, M> {
+impl<M: Encoder> MocoEngine<crate::device::Wgpu, M> {
     /// The engine on `ctx` (initialised as the CPU engine for the same seed).
-    pub fn new(ctx: &crate::backend::wgpu::WgpuContext, cfg: &TrainConfig) -> Result<Self> {
+    pub fn new(ctx: &crate::device::Wgpu, cfg: &TrainConfig) -> Result<Self> {
         Self::on(ctx.clone(), cfg)
     }
 }
 
 #[cfg(feature = "cuda")]
-impl<M: Encoder> MocoEngine<crate::backend::cuda::Cuda, M> {
+impl<M: Encoder> MocoEngine<crate::device::Cuda, M> {
     /// The engine on `cuda` (initialised as the CPU engine for the same seed).
-    pub fn new(cuda: &crate::backend::cuda::Cuda, cfg: &TrainConfig) -> Result<Self> {
+    pub fn new(cuda: &crate::device::Cuda, cfg: &TrainConfig) -> Result<Self> {
         Self::on(cuda.clone(), cfg)
     }
 }
 
-impl<D: MocoDevice, M: Encoder> MocoEngine<D, M> {
+impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
     /// Builds both encoders (the same initialisation from the seed, so the key encoder starts as a copy of the
     /// query encoder), the optimiser, and the queue (v1/v2) or the predictor (v3) from `cfg` on `dev`.
     pub fn on(mut dev: D, cfg: &TrainConfig) -> Result<Self> {
@@ -149,7 +161,9 @@ impl<D: MocoDevice, M: Encoder> MocoEngine<D, M> {
         let mut enc_eval = Network::init_on(dev.clone(), layout, EVAL_BATCH, s, s, 1, cfg.seed)?;
         enc_eval.set_grad_free(true);
         let opt = dev.opt_new(optimizer_config(cfg), &ParamSpans::from_layout(enc_q.layout.params())?)?;
-        let (q, k1, k2) = (dev.alloc(n * dim)?, dev.alloc(n * dim)?, dev.alloc(n * dim)?);
+        let (q, k1, k2, dq) = (dev.alloc(n * dim)?, dev.alloc(n * dim)?, dev.alloc(n * dim)?, dev.alloc(n * dim)?);
+        let row_loss = dev.alloc(n)?;
+        let stats = dev.alloc_index(2 * STATS_WORDS)?;
         let (mut queue, mut v3) = (None, None);
         if cfg.is_v3() {
             enc_q.set_slots(2)?;
@@ -157,12 +171,11 @@ impl<D: MocoDevice, M: Encoder> MocoEngine<D, M> {
             let mut pred = Network::init_on(dev.clone(), pl, n, 1, 1, cfg.bn_splits, cfg.seed ^ 0x5052_4544)?;
             pred.set_slots(2)?;
             let popt = dev.opt_new(optimizer_config(cfg), &ParamSpans::from_layout(pred.layout.params())?)?;
-            let loss = dev.v3_buffers(n, dim)?;
-            v3 = Some(V3Parts { pred, opt: popt, loss, q2: dev.alloc(n * dim)? });
+            v3 = Some(V3Parts { pred, opt: popt, q2: dev.alloc(n * dim)?, dq2: dev.alloc(n * dim)? });
         } else {
-            queue = Some((dev.queue_from_f32(&initial_queue(cfg), cfg.queue_len, dim, cfg.queue_dtype)?, dev.nce_buffers(n, dim)?));
+            queue = Some(dev.queue_from_f32(&initial_queue(cfg), cfg.queue_len, dim, cfg.queue_dtype)?);
         }
-        Ok(Self { cfg: cfg.clone(), dev, enc_q, enc_k, enc_eval, opt, queue, ptr: 0, v3, q, k1, k2 })
+        Ok(Self { cfg: cfg.clone(), dev, enc_q, enc_k, enc_eval, opt, queue, ptr: 0, v3, q, k1, k2, dq, row_loss, stats })
     }
 
     /// The device.
@@ -184,7 +197,7 @@ impl<D: MocoDevice, M: Encoder> MocoEngine<D, M> {
     /// Query forward of `x`, loss against the keys `k` (`k_host` their host copy), backward (accumulating).
     /// Non-finite features give a NaN loss and no backward (the fused loss clamps its exponent arguments, so a
     /// NaN feature could otherwise pass as a finite loss).
-    fn half(&mut self, x: &[f32], k_host: &[f32], which: KeyBatch, shape: &InfoNceShape) -> Result<InfoNceStats> {
+    fn query_half(&mut self, x: &[f32], k_host: &[f32], which: KeyBatch, shape: &InfoNceShape) -> Result<InfoNceStats> {
         let q = self.enc_q.forward_host(x, true)?;
         if !q.iter().chain(k_host).all(|v| v.is_finite()) {
             return Ok(InfoNceStats { loss: f32::NAN, top1: 0, top5: 0 });
@@ -193,11 +206,13 @@ impl<D: MocoDevice, M: Encoder> MocoEngine<D, M> {
         let ([dst], []) = D::split(&mut self.q, [Region::new(0, q.len())], [])?;
         self.dev.copy(dst, self.enc_q.output())?;
         let k = if which == KeyBatch::K2 { &self.k2 } else { &self.k1 };
-        let (queue, nce) = self.queue.as_mut().ok_or_else(|| Error::shape("train step", "a v1/v2 engine (with a queue)", "a v3 engine"))?;
-        self.dev.infonce(nce, &self.q, k, queue, shape)?;
-        let stats = self.dev.read_stats(nce)?;
+        let queue = self.queue.as_ref().ok_or_else(|| Error::shape("train step", "a v1/v2 engine (with a queue)", "a v3 engine"))?;
+        let stats_words = Region::new(0, STATS_WORDS);
+        let stats_view = D::index_mut(&mut self.stats, stats_words)?;
+        self.dev.infonce(D::whole_mut(&mut self.dq), D::whole_mut(&mut self.row_loss), stats_view, D::whole(&self.q), D::whole(k), queue, shape)?;
+        let stats = InfoNceStats::from_words(&self.dev.read_index(&self.stats, stats_words)?)?;
         if stats.loss.is_finite() {
-            self.enc_q.backward(D::nce_dq(nce))?;
+            self.enc_q.backward(D::as_input(&self.dq))?;
         }
         Ok(stats)
     }
@@ -207,17 +222,17 @@ impl<D: MocoDevice, M: Encoder> MocoEngine<D, M> {
         let (n, dim) = (self.cfg.batch_size, self.cfg.dim);
         let shape = InfoNceShape::new(n, dim, self.cfg.queue_len, self.cfg.temperature as f32)?;
         // key encoder: EMA of the query encoder's parameters (not its BN statistics), then keys without grad
-        self.dev.ema_update(&mut self.enc_k.params, &self.enc_q.params, momentum)?;
+        self.dev.ema(D::whole_mut(&mut self.enc_k.params), D::whole(&self.enc_q.params), momentum)?;
         // keys with shuffle-BN: the permutation of this step comes from (seed, optimiser steps taken)
         let step = D::opt_steps(&self.opt);
         let k2 = self.keys(x_k, step, KeyBatch::K2)?;
         let k1 = if self.cfg.symmetric { Some(self.keys(x_q, step, KeyBatch::K1)?) } else { None };
         self.enc_q.zero_grad()?;
-        let s12 = self.half(x_q, &k2, KeyBatch::K2, &shape)?;
+        let s12 = self.query_half(x_q, &k2, KeyBatch::K2, &shape)?;
         let mut stats = StepStats { loss: s12.loss, acc1: s12.top1 as f32, acc5: s12.top5 as f32 };
         let mut rows = n as f32;
         if let (Some(k1), true) = (&k1, s12.loss.is_finite()) {
-            let s21 = self.half(x_k, k1, KeyBatch::K1, &shape)?;
+            let s21 = self.query_half(x_k, k1, KeyBatch::K1, &shape)?;
             stats = StepStats { loss: stats.loss + s21.loss, acc1: stats.acc1 + s21.top1 as f32, acc5: stats.acc5 + s21.top5 as f32 };
             rows *= 2.0;
         }
@@ -228,13 +243,13 @@ impl<D: MocoDevice, M: Encoder> MocoEngine<D, M> {
         }
         self.dev.opt_step(&mut self.opt, &mut self.enc_q.params, &self.enc_q.grads, lr)?;
         // enqueue after the loss: k2 (and k1 first for the symmetric loss, as the colab's cat([k1, k2]))
-        let (queue, _) = self.queue.as_mut().ok_or_else(|| Error::shape("train step", "a v1/v2 engine (with a queue)", "a v3 engine"))?;
+        let queue = self.queue.as_mut().ok_or_else(|| Error::shape("train step", "a v1/v2 engine (with a queue)", "a v3 engine"))?;
         let qs = QueueShape::new(n, dim, self.cfg.queue_len, self.ptr)?;
         if self.cfg.symmetric {
-            self.ptr = self.dev.enqueue(queue, &self.k1, &qs)?;
+            self.ptr = self.dev.enqueue(queue, D::whole(&self.k1), &qs)?;
         }
         let qs = QueueShape::new(n, dim, self.cfg.queue_len, self.ptr)?;
-        self.ptr = self.dev.enqueue(queue, &self.k2, &qs)?;
+        self.ptr = self.dev.enqueue(queue, D::whole(&self.k2), &qs)?;
         Ok(stats)
     }
 
@@ -246,7 +261,7 @@ impl<D: MocoDevice, M: Encoder> MocoEngine<D, M> {
         let (n, dim) = (self.cfg.batch_size, self.cfg.dim);
         let shape = SymmetricShape::new(n, dim, self.cfg.temperature as f32)?;
         let v3 = self.v3.as_mut().ok_or_else(|| Error::shape("train step", "a v3 engine (with a predictor)", "a v1/v2 engine"))?;
-        self.dev.ema_update(&mut self.enc_k.params, &self.enc_q.params, momentum)?;
+        self.dev.ema(D::whole_mut(&mut self.enc_k.params), D::whole(&self.enc_q.params), momentum)?;
         let all = Region::new(0, n * dim);
         for (x, k) in [(x1, &mut self.k1), (x2, &mut self.k2)] {
             self.enc_k.forward_upload(x, true)?;
@@ -269,8 +284,10 @@ impl<D: MocoDevice, M: Encoder> MocoEngine<D, M> {
         if !q1h.iter().chain(&q2h).chain(&k1h).chain(&k2h).all(|v| v.is_finite()) {
             return Ok(StepStats { loss: f32::NAN, acc1: 0.0, acc5: 0.0 });
         }
-        self.dev.moco_v3_loss(&mut v3.loss, &self.q, &v3.q2, &self.k1, &self.k2, &shape)?;
-        let loss = self.dev.read_v3_loss(&v3.loss)?;
+        let stats_words = Region::new(0, 2 * STATS_WORDS);
+        let stats_view = D::index_mut(&mut self.stats, stats_words)?;
+        self.dev.moco_v3_loss(D::whole_mut(&mut self.dq), D::whole_mut(&mut v3.dq2), stats_view, D::whole(&self.q), D::whole(&v3.q2), D::whole(&self.k1), D::whole(&self.k2), &shape)?;
+        let loss = v3_loss_from_words(&self.dev.read_index(&self.stats, stats_words)?)?;
         let (a1, a5) = in_batch_accuracy(&q1h, &k2h, n, dim);
         let (b1, b5) = in_batch_accuracy(&q2h, &k1h, n, dim);
         let stats = StepStats { loss, acc1: 50.0 * (a1 + b1), acc5: 50.0 * (a5 + b5) };
@@ -281,7 +298,7 @@ impl<D: MocoDevice, M: Encoder> MocoEngine<D, M> {
         v3.pred.zero_grad()?;
         for slot in 0..2 {
             v3.pred.use_slot(slot)?;
-            v3.pred.backward(if slot == 0 { D::v3_dq1(&v3.loss) } else { D::v3_dq2(&v3.loss) })?;
+            v3.pred.backward(D::as_input(if slot == 0 { &self.dq } else { &v3.dq2 }))?;
             self.enc_q.use_slot(slot)?;
             self.enc_q.backward_view(v3.pred.input_grad()?)?;
         }
@@ -324,7 +341,7 @@ fn in_batch_accuracy(q: &[f32], k: &[f32], n: usize, c: usize) -> (f32, f32) {
     (top1 as f32 / n as f32, top5 as f32 / n as f32)
 }
 
-impl<D: MocoDevice, M: Encoder> Engine for MocoEngine<D, M> {
+impl<D: TrainDevice, M: Encoder> Engine for MocoEngine<D, M> {
     fn name(&self) -> String {
         self.dev.name()
     }
@@ -367,7 +384,7 @@ impl<D: MocoDevice, M: Encoder> Engine for MocoEngine<D, M> {
 
     fn state(&self) -> Result<EngineState> {
         let (queue, pred_params, pred_buffers, pred_opt_state) = match (&self.queue, &self.v3) {
-            (Some((q, _)), _) => (self.dev.queue_to_f32(q)?, Vec::new(), Vec::new(), Vec::new()),
+            (Some(q), _) => (self.dev.queue_to_f32(q)?, Vec::new(), Vec::new(), Vec::new()),
             (None, Some(v3)) => (Vec::new(), v3.pred.read_params()?, v3.pred.read_buffers()?, self.dev.opt_read_state(&v3.opt)?),
             (None, None) => (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
         };
@@ -396,7 +413,7 @@ impl<D: MocoDevice, M: Encoder> Engine for MocoEngine<D, M> {
         self.enc_k.write_buffers(&s.k_buffers)?;
         self.dev.opt_write_state(&mut self.opt, &s.opt_state)?;
         D::opt_set_steps(&mut self.opt, s.opt_steps);
-        if let Some((queue, _)) = &mut self.queue {
+        if let Some(queue) = &mut self.queue {
             *queue = self.dev.queue_from_f32(&s.queue, self.cfg.queue_len, self.cfg.dim, self.cfg.queue_dtype)?;
         }
         if let Some(v3) = &mut self.v3 {

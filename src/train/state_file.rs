@@ -94,7 +94,7 @@ const CONV_ALGO_KEY: &str = "cpu_conv_algorithms";
 /// `n,c_in,h,w,c_out,kh,kw,stride,pad,pass,algo;...`: a resumed run restores them, so it computes with the same
 /// algorithms as the run it continues (the two round differently) and resumes bit-identically.
 fn conv_choices_to_meta() -> String {
-    use crate::backend::cpu::nn::{conv_algo_choices, ConvAlgo, ConvPass};
+    use crate::ops::conv::{conv_algo_choices, ConvAlgo, ConvPass};
     let threads = rayon::current_num_threads();
     conv_algo_choices()
         .into_iter()
@@ -106,7 +106,7 @@ fn conv_choices_to_meta() -> String {
 
 /// Restores the choices written by [`conv_choices_to_meta`]; an entry that does not parse is an error naming it.
 fn restore_conv_choices(meta: &str) -> std::result::Result<(), String> {
-    use crate::backend::cpu::nn::{set_conv_algo_choice, Conv2dShape, ConvAlgo, ConvPass};
+    use crate::ops::conv::{set_conv_algo_choice, Conv2dShape, ConvAlgo, ConvPass};
     for entry in meta.split(';').filter(|e| !e.is_empty()) {
         let f: Vec<&str> = entry.split(',').collect();
         let nums: Vec<usize> = f.iter().take(9).filter_map(|v| v.parse().ok()).collect();

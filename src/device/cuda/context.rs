@@ -157,6 +157,11 @@ pub(crate) fn cfg(grid: (u32, u32, u32)) -> cudarc::driver::LaunchConfig {
     cudarc::driver::LaunchConfig { grid_dim: grid, block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
 
+/// A launch of `grid` blocks of `block` threads (families whose kernels use other block sizes).
+pub(crate) fn cfg_block(grid: (u32, u32, u32), block: u32) -> cudarc::driver::LaunchConfig {
+    cudarc::driver::LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: 0 }
+}
+
 /// Largest grid x of a 1-D launch of one block per item (CUDA allows 2^31 - 1).
 pub(crate) const MAX_GRID_X: usize = i32::MAX as usize;
 /// Largest grid y and z.

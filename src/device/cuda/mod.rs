@@ -10,7 +10,7 @@
 mod context;
 
 pub use context::{check_driver, check_nvrtc};
-pub(crate) use context::{cfg, function, BLOCK, MAX_GRID_X, MAX_GRID_YZ};
+pub(crate) use context::{cfg, cfg_block, function, BLOCK, MAX_GRID_X, MAX_GRID_YZ};
 
 use super::{check_regions, Device, DeviceKind, OpState, Region};
 use crate::error::{Error, Result};
@@ -208,4 +208,25 @@ impl Device for Cuda {
     fn index_whole_mut(buf: &mut CudaSlice<u32>) -> CudaViewMut<'_, u32> {
         buf.as_view_mut()
     }
+}
+
+/// The device pointer passed for an absent optional tensor (kernels gate every access to it by a flag).
+static NULL_PTR: u64 = 0;
+
+/// Pushes an optional input, or a null pointer.
+pub(crate) fn push_opt<'a, 'c: 'a>(b: &mut cudarc::driver::LaunchArgs<'a>, v: Option<&'a CudaView<'c, f32>>) {
+    use cudarc::driver::PushKernelArg;
+    match v {
+        Some(v) => b.arg(v),
+        None => b.arg(&NULL_PTR),
+    };
+}
+
+/// Pushes an optional output, or a null pointer.
+pub(crate) fn push_opt_mut<'a, 'c: 'a>(b: &mut cudarc::driver::LaunchArgs<'a>, v: Option<&'a mut CudaViewMut<'c, f32>>) {
+    use cudarc::driver::PushKernelArg;
+    match v {
+        Some(v) => b.arg(v),
+        None => b.arg(&NULL_PTR),
+    };
 }

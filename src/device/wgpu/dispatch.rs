@@ -1,6 +1,9 @@
 //! Recording and submitting dispatches: one compute pass per dispatch, the parameter block as a uniform.
 
 use super::{GpuSlice, Wgpu};
+use crate::error::Result;
+use crate::ops::launch::Grid;
+use crate::ops::KernelFamily;
 
 /// One dispatch: pipeline, bind-group entries (binding, buffer range), a uniform parameter block, and a grid.
 pub(crate) struct Dispatch<'a> {
@@ -40,11 +43,31 @@ pub(crate) fn submit(ctx: &Wgpu, params: &[(&[u8], Dispatch)]) {
     ctx.queue().submit([enc.finish()]);
 }
 
-/// Splits `groups` workgroups over x and y so neither exceeds the 65535 per-dimension limit.
-pub(crate) fn grid_2d(groups: u32) -> (u32, u32, u32) {
-    if groups <= 65535 {
-        (groups.max(1), 1, 1)
-    } else {
-        (65535, groups.div_ceil(65535), 1)
+/// One dispatch of a family's entry point: the entry, its parameter block, its buffers by binding, its grid.
+pub(crate) struct Launch<'a> {
+    pub entry: &'static str,
+    pub params: Vec<u8>,
+    pub buffers: Vec<(u32, GpuSlice<'a>)>,
+    pub grid: Grid,
+}
+
+impl<'a> Launch<'a> {
+    /// Entry point `entry` with parameter block `params` over `grid`.
+    pub fn new<P: bytemuck::Pod>(entry: &'static str, params: &P, buffers: Vec<(u32, GpuSlice<'a>)>, grid: Grid) -> Self {
+        Self { entry, params: bytemuck::bytes_of(params).to_vec(), buffers, grid }
+    }
+}
+
+impl Wgpu {
+    /// Records `launches` of `family` in order (one compute pass each) and submits them, inside an error scope.
+    pub(crate) fn run(&self, family: &KernelFamily, launches: Vec<Launch<'_>>) -> Result<()> {
+        self.scoped(|| {
+            let steps: Vec<(&[u8], Dispatch)> = launches
+                .iter()
+                .map(|l| (&l.params[..], Dispatch { pipeline: family.wgpu_pipeline(self, l.entry, None), buffers: l.buffers.clone(), grid: l.grid }))
+                .collect();
+            submit(self, &steps);
+            Ok(())
+        })
     }
 }

@@ -7,7 +7,7 @@ mod dispatch;
 mod slice;
 
 pub use context::{Adapter, Wgpu};
-pub(crate) use dispatch::{grid_2d, submit, Dispatch};
+pub(crate) use dispatch::{submit, Dispatch, Launch};
 pub use slice::{AsGpuSlice, GpuSlice, SLICE_ALIGN_BYTES};
 
 use super::{check_regions, Device, DeviceKind, Region};
@@ -107,16 +107,16 @@ impl Device for Wgpu {
 
     fn input(x: &dyn AsGpuSlice) -> (GpuSlice<'_>, usize) {
         let s = x.as_gpu_slice();
-        (s, (s.size() / 4) as usize)
+        (s, s.len())
     }
-    fn as_input(buf: &wgpu::Buffer) -> &dyn AsGpuSlice {
+    fn as_input(buf: &wgpu::Buffer) -> &(dyn AsGpuSlice + 'static) {
         buf
     }
     fn ref_len(v: &GpuSlice<'_>) -> usize {
-        (v.size() / 4) as usize
+        v.len()
     }
     fn mut_len(v: &GpuSlice<'_>) -> usize {
-        (v.size() / 4) as usize
+        v.len()
     }
     fn view(buf: &wgpu::Buffer, at: Region) -> Result<GpuSlice<'_>> {
         GpuSlice::elems(buf, at.offset, at.len)

@@ -15,13 +15,16 @@ pub const SLICE_ALIGN_BYTES: u64 = 256;
 pub struct GpuSlice<'a> {
     buffer: &'a wgpu::Buffer,
     offset: u64,
+    // bytes bound: at least 4 (WebGPU binds no empty range)
     size: u64,
+    // elements the view holds (may be 0)
+    len: usize,
 }
 
 impl<'a> GpuSlice<'a> {
     /// The whole buffer.
     pub fn whole(buffer: &'a wgpu::Buffer) -> Self {
-        Self { buffer, offset: 0, size: buffer.size() }
+        Self { buffer, offset: 0, size: buffer.size(), len: (buffer.size() / 4) as usize }
     }
     /// `len` f32 (or u32) elements starting at element `offset`. The byte offset must be a multiple of
     /// [`SLICE_ALIGN_BYTES`] (64 elements) and the range must lie inside the buffer.
@@ -34,9 +37,17 @@ impl<'a> GpuSlice<'a> {
                 format!("elements {offset}..{}", offset + len),
             ));
         }
-        Ok(Self { buffer, offset: off, size })
+        Ok(Self { buffer, offset: off, size, len })
     }
-    /// Size in bytes.
+    /// Length in 4-byte elements (f32 or u32): `len` of [`GpuSlice::elems`], or the whole buffer's.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// No elements (the binding still covers one, as WebGPU binds no empty range).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Size in bytes of the bound range.
     pub fn size(&self) -> u64 {
         self.size
     }

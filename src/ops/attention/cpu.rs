@@ -20,9 +20,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// Parallel over the batch.
 pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], shape: &AttentionShape) -> Result<()> {
     let s = *shape;
-    len("attention", "qkv [B*T*3C]", s.qkv_len(), qkv.len())?;
-    len("attention", "out [B*T*C]", s.out_len(), out.len())?;
-    len("attention", "att [B*H*T*T]", s.att_len(), att.len())?;
+    s.check_forward(out.len(), att.len(), qkv.len())?;
     let (t, hn, d, c) = (s.t, s.heads, s.head_dim, s.c());
     let scale = s.scale();
     out.par_chunks_mut(t * c).zip(att.par_chunks_mut(hn * t * t)).zip(qkv.par_chunks(t * 3 * c)).for_each(|((o, a), x)| {
@@ -64,10 +62,7 @@ pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], shape: &
 /// scratch tile per sample.
 pub fn attention_backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], att: &[f32], shape: &AttentionShape) -> Result<()> {
     let s = *shape;
-    len("attention", "dqkv [B*T*3C]", s.qkv_len(), dqkv.len())?;
-    len("attention", "dout [B*T*C]", s.out_len(), dout.len())?;
-    len("attention", "qkv [B*T*3C]", s.qkv_len(), qkv.len())?;
-    len("attention", "att [B*H*T*T]", s.att_len(), att.len())?;
+    s.check_backward(dqkv.len(), dout.len(), qkv.len(), att.len())?;
     let (t, hn, d, c) = (s.t, s.heads, s.head_dim, s.c());
     let scale = s.scale();
     dqkv.par_chunks_mut(t * 3 * c).zip(dout.par_chunks(t * c)).zip(qkv.par_chunks(t * 3 * c)).zip(att.par_chunks(hn * t * t)).for_each(|(((dx, dy), x), a)| {

@@ -18,7 +18,7 @@ pub mod reference;
 pub mod wgpu;
 
 use crate::device::Device;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ops::check::{elems, len, positive};
 
 pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("attention");
@@ -80,6 +80,19 @@ impl AttentionShape {
     /// The softmax scale `1/√D` (timm: `head_dim ** -0.5`).
     pub fn scale(&self) -> f32 {
         (1.0 / (self.head_dim as f64).sqrt()) as f32
+    }
+    /// Checks the forward's buffers: `out [B*T*C]`, `att [B*H*T*T]`, `qkv [B*T*3C]`.
+    pub(crate) fn check_forward(&self, out: usize, att: usize, qkv: usize) -> Result<()> {
+        len("attention", "qkv [B*T*3C]", self.qkv_len(), qkv)?;
+        len("attention", "out [B*T*C]", self.out_len(), out)?;
+        len("attention", "att [B*H*T*T]", self.att_len(), att)
+    }
+    /// Checks the backward's buffers: `dqkv, qkv [B*T*3C]`, `dout [B*T*C]`, `att [B*H*T*T]`.
+    pub(crate) fn check_backward(&self, dqkv: usize, dout: usize, qkv: usize, att: usize) -> Result<()> {
+        len("attention", "dqkv [B*T*3C]", self.qkv_len(), dqkv)?;
+        len("attention", "dout [B*T*C]", self.out_len(), dout)?;
+        len("attention", "qkv [B*T*3C]", self.qkv_len(), qkv)?;
+        len("attention", "att [B*H*T*T]", self.att_len(), att)
     }
 }
 

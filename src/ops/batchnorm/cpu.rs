@@ -5,30 +5,20 @@ use super::BatchNormShape;
 use crate::device::vector::vectorized;
 use super::{BatchNorm, Epilogue, EpilogueGrad};
 use crate::error::Result;
-use crate::ops::check;
 use crate::ops::eltwise::cpu::{mask_pos, relu};
 use rayon::prelude::*;
 
-/// What follows the normalisation in a fused forward.
-#[derive(Clone, Copy)]
-enum CpuEpilogue<'a> {
-    None,
-    Relu,
-    AddRelu(&'a [f32]),
-}
-
-impl CpuEpilogue<'_> {
-    fn check(&self, s: &BatchNormShape) -> Result<()> {
-        match self {
-            CpuEpilogue::AddRelu(id) => s.check_tensor("identity [N*C*HW]", id.len()),
-            _ => Ok(()),
-        }
+/// The identity's length of an add epilogue.
+fn identity_len(epi: &Epilogue<&[f32]>) -> Option<usize> {
+    match epi {
+        Epilogue::AddRelu(id) => Some(id.len()),
+        _ => None,
     }
 }
 
 /// Writes `out` for every sample from per-(group, channel) `scale` and `shift` (`[G, C]`): `out = x*scale + shift`,
 /// then the epilogue.
-fn apply(out: &mut [f32], inp: &[f32], scale: &[f32], shift: &[f32], epi: CpuEpilogue, s: &BatchNormShape) {
+fn apply(out: &mut [f32], inp: &[f32], scale: &[f32], shift: &[f32], epi: Epilogue<&[f32]>, s: &BatchNormShape) {
     let (c, hw, g) = (s.c, s.hw, s.groups);
     out.par_chunks_mut(c * hw).zip(inp.par_chunks(c * hw)).enumerate().for_each(|(n, (y, x))| vectorized(#[inline(always)] || {
         let gi = n % g;
@@ -36,9 +26,9 @@ fn apply(out: &mut [f32], inp: &[f32], scale: &[f32], shift: &[f32], epi: CpuEpi
             let (a, b) = (scale[gi * c + ch], shift[gi * c + ch]);
             let (y, x) = (&mut y[ch * hw..(ch + 1) * hw], &x[ch * hw..(ch + 1) * hw]);
             match epi {
-                CpuEpilogue::None => y.iter_mut().zip(x).for_each(|(y, x)| *y = x * a + b),
-                CpuEpilogue::Relu => y.iter_mut().zip(x).for_each(|(y, x)| *y = relu(x * a + b)),
-                CpuEpilogue::AddRelu(id) => {
+                Epilogue::None => y.iter_mut().zip(x).for_each(|(y, x)| *y = x * a + b),
+                Epilogue::Relu => y.iter_mut().zip(x).for_each(|(y, x)| *y = relu(x * a + b)),
+                Epilogue::AddRelu(id) => {
                     let id = &id[(n * c + ch) * hw..(n * c + ch + 1) * hw];
                     y.iter_mut().zip(x).zip(id).for_each(|((y, x), i)| *y = relu(x * a + b + i))
                 }
@@ -123,20 +113,9 @@ fn slices(s: &BatchNormShape, gi: usize, ch: usize) -> impl Iterator<Item = usiz
 }
 
 #[allow(clippy::too_many_arguments)]
-fn forward_train(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], running_mean: &mut [f32], running_var: &mut [f32], inp: &[f32], gamma: Option<&[f32]>, beta: Option<&[f32]>, epi: CpuEpilogue, s: &BatchNormShape) -> Result<()> {
-    s.check_tensor("inp [N*C*HW]", inp.len())?;
-    s.check_tensor("out [N*C*HW]", out.len())?;
-    check::len("batchnorm", "mean [G*C]", s.stats_len(), mean.len())?;
-    check::len("batchnorm", "rstd [G*C]", s.stats_len(), rstd.len())?;
-    s.check_channel("running_mean [C]", Some(running_mean.len()))?;
-    s.check_channel("running_var [C]", Some(running_var.len()))?;
-    s.check_channel("gamma [C]", gamma.map(|v| v.len()))?;
-    s.check_channel("beta [C]", beta.map(|v| v.len()))?;
-    epi.check(s)?;
+fn forward_train(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], running_mean: &mut [f32], running_var: &mut [f32], inp: &[f32], gamma: Option<&[f32]>, beta: Option<&[f32]>, epi: Epilogue<&[f32]>, s: &BatchNormShape) -> Result<()> {
+    s.check_train(out.len(), mean.len(), rstd.len(), running_mean.len(), running_var.len(), inp.len(), identity_len(&epi), gamma.map(|v| v.len()), beta.map(|v| v.len()))?;
     let m = s.count();
-    if m < 2 {
-        return Err(Error::shape("batchnorm", "more than one value per channel and group in training mode ((N/G)*HW >= 2)", format!("N = {}, G = {}, HW = {}", s.n, s.groups, s.hw)));
-    }
     let (c, hw) = (s.c, s.hw);
     // two passes per statistic: mean, then Σ(x - mean)²; f32 sums per HW slice, accumulated in f64
     let stats: Vec<(f64, f64)> = (0..s.stats_len())
@@ -185,14 +164,8 @@ fn forward_train(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], running_me
 }
 
 #[allow(clippy::too_many_arguments)]
-fn forward_eval(out: &mut [f32], inp: &[f32], running_mean: &[f32], running_var: &[f32], gamma: Option<&[f32]>, beta: Option<&[f32]>, epi: CpuEpilogue, s: &BatchNormShape) -> Result<()> {
-    s.check_tensor("inp [N*C*HW]", inp.len())?;
-    s.check_tensor("out [N*C*HW]", out.len())?;
-    s.check_channel("running_mean [C]", Some(running_mean.len()))?;
-    s.check_channel("running_var [C]", Some(running_var.len()))?;
-    s.check_channel("gamma [C]", gamma.map(|v| v.len()))?;
-    s.check_channel("beta [C]", beta.map(|v| v.len()))?;
-    epi.check(s)?;
+fn forward_eval(out: &mut [f32], inp: &[f32], running_mean: &[f32], running_var: &[f32], gamma: Option<&[f32]>, beta: Option<&[f32]>, epi: Epilogue<&[f32]>, s: &BatchNormShape) -> Result<()> {
+    s.check_eval(out.len(), inp.len(), identity_len(&epi), running_mean.len(), running_var.len(), gamma.map(|v| v.len()), beta.map(|v| v.len()))?;
     let one = BatchNormShape { groups: 1, ..*s };
     let mut scale = vec![0.0f32; s.c];
     let mut shift = vec![0.0f32; s.c];
@@ -209,18 +182,8 @@ fn forward_eval(out: &mut [f32], inp: &[f32], running_mean: &[f32], running_var:
 
 #[allow(clippy::too_many_arguments)]
 fn backward(dinp: &mut [f32], didentity: Option<&mut [f32]>, dgamma: Option<&mut [f32]>, dbeta: Option<&mut [f32]>, dout: &[f32], out: Option<&[f32]>, inp: &[f32], mean: &[f32], rstd: &[f32], gamma: Option<&[f32]>, s: &BatchNormShape) -> Result<()> {
-    s.check_tensor("dinp [N*C*HW]", dinp.len())?;
-    s.check_tensor("dout [N*C*HW]", dout.len())?;
-    s.check_tensor("inp [N*C*HW]", inp.len())?;
-    if let Some(o) = out {
-        s.check_tensor("out [N*C*HW]", o.len())?;
-    }
-    check::opt_len("batchnorm", "didentity [N*C*HW]", s.len(), didentity.as_ref().map(|d| d.len()))?;
-    check::len("batchnorm", "mean [G*C]", s.stats_len(), mean.len())?;
-    check::len("batchnorm", "rstd [G*C]", s.stats_len(), rstd.len())?;
-    s.check_channel("gamma [C]", gamma.map(|v| v.len()))?;
-    s.check_channel("dgamma [C]", dgamma.as_ref().map(|v| v.len()))?;
-    s.check_channel("dbeta [C]", dbeta.as_ref().map(|v| v.len()))?;
+    let opt = |v: Option<&&mut [f32]>| v.map(|v| v.len());
+    s.check_backward(dinp.len(), opt(didentity.as_ref()), opt(dgamma.as_ref()), opt(dbeta.as_ref()), dout.len(), out.map(|v| v.len()), inp.len(), mean.len(), rstd.len(), gamma.map(|v| v.len()))?;
     let (c, hw, m) = (s.c, s.hw, s.count());
     // per statistic: (Σ dy, Σ dy·x̂), dy = dout masked by out > 0 after a fused ReLU
     let sums: Vec<(f64, f64)> = (0..s.stats_len())
@@ -297,88 +260,23 @@ fn backward(dinp: &mut [f32], didentity: Option<&mut [f32]>, dgamma: Option<&mut
     Ok(())
 }
 
-/// Batch norm forward, training mode: `out [N, C, HW] = gamma·(inp - mean)·rstd + beta` with the statistics of
-/// each group; writes `mean, rstd: [G, C]` (kept for backward) and updates `running_mean, running_var: [C]`.
-/// `gamma, beta: [C]` or `None` (affine = false). Requires `(N/G)*HW >= 2`, as torch does.
-#[allow(clippy::too_many_arguments)]
-pub fn batchnorm_forward_train(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], running_mean: &mut [f32], running_var: &mut [f32], inp: &[f32], gamma: Option<&[f32]>, beta: Option<&[f32]>, shape: &BatchNormShape) -> Result<()> {
-    forward_train(out, mean, rstd, running_mean, running_var, inp, gamma, beta, CpuEpilogue::None, shape)
-}
-
-/// [`batchnorm_forward_train`] followed by ReLU: `out = relu(bn(inp))`.
-#[allow(clippy::too_many_arguments)]
-pub fn batchnorm_relu_forward_train(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], running_mean: &mut [f32], running_var: &mut [f32], inp: &[f32], gamma: Option<&[f32]>, beta: Option<&[f32]>, shape: &BatchNormShape) -> Result<()> {
-    forward_train(out, mean, rstd, running_mean, running_var, inp, gamma, beta, CpuEpilogue::Relu, shape)
-}
-
-/// [`batchnorm_forward_train`] followed by a residual add and ReLU: `out = relu(bn(inp) + identity)`,
-/// `identity: [N, C, HW]`.
-#[allow(clippy::too_many_arguments)]
-pub fn batchnorm_add_relu_forward_train(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], running_mean: &mut [f32], running_var: &mut [f32], inp: &[f32], identity: &[f32], gamma: Option<&[f32]>, beta: Option<&[f32]>, shape: &BatchNormShape) -> Result<()> {
-    forward_train(out, mean, rstd, running_mean, running_var, inp, gamma, beta, CpuEpilogue::AddRelu(identity), shape)
-}
-
-/// Batch norm forward, eval mode: `out [N, C, HW] = gamma·(inp - running_mean)/sqrt(running_var + eps) + beta`.
-/// Groups play no role.
-#[allow(clippy::too_many_arguments)]
-pub fn batchnorm_forward_eval(out: &mut [f32], inp: &[f32], running_mean: &[f32], running_var: &[f32], gamma: Option<&[f32]>, beta: Option<&[f32]>, shape: &BatchNormShape) -> Result<()> {
-    forward_eval(out, inp, running_mean, running_var, gamma, beta, CpuEpilogue::None, shape)
-}
-
-/// [`batchnorm_forward_eval`] followed by ReLU.
-#[allow(clippy::too_many_arguments)]
-pub fn batchnorm_relu_forward_eval(out: &mut [f32], inp: &[f32], running_mean: &[f32], running_var: &[f32], gamma: Option<&[f32]>, beta: Option<&[f32]>, shape: &BatchNormShape) -> Result<()> {
-    forward_eval(out, inp, running_mean, running_var, gamma, beta, CpuEpilogue::Relu, shape)
-}
-
-/// [`batchnorm_forward_eval`] followed by a residual add and ReLU: `out = relu(bn(inp) + identity)`.
-#[allow(clippy::too_many_arguments)]
-pub fn batchnorm_add_relu_forward_eval(out: &mut [f32], inp: &[f32], identity: &[f32], running_mean: &[f32], running_var: &[f32], gamma: Option<&[f32]>, beta: Option<&[f32]>, shape: &BatchNormShape) -> Result<()> {
-    forward_eval(out, inp, running_mean, running_var, gamma, beta, CpuEpilogue::AddRelu(identity), shape)
-}
-
-/// Backward of [`batchnorm_forward_train`]: `dinp += ...`, `dgamma += Σ dout·x̂`, `dbeta += Σ dout` (pass `None`
-/// to skip them, e.g. without affine parameters). `mean, rstd: [G, C]` as saved by the forward; `gamma` as given
-/// to it.
-#[allow(clippy::too_many_arguments)]
-pub fn batchnorm_backward(dinp: &mut [f32], dgamma: Option<&mut [f32]>, dbeta: Option<&mut [f32]>, dout: &[f32], inp: &[f32], mean: &[f32], rstd: &[f32], gamma: Option<&[f32]>, shape: &BatchNormShape) -> Result<()> {
-    backward(dinp, None, dgamma, dbeta, dout, None, inp, mean, rstd, gamma, shape)
-}
-
-/// Backward of [`batchnorm_relu_forward_train`]: as [`batchnorm_backward`] with `dout` masked by `out > 0`
-/// (`out` is the forward's output).
-#[allow(clippy::too_many_arguments)]
-pub fn batchnorm_relu_backward(dinp: &mut [f32], dgamma: Option<&mut [f32]>, dbeta: Option<&mut [f32]>, dout: &[f32], out: &[f32], inp: &[f32], mean: &[f32], rstd: &[f32], gamma: Option<&[f32]>, shape: &BatchNormShape) -> Result<()> {
-    backward(dinp, None, dgamma, dbeta, dout, Some(out), inp, mean, rstd, gamma, shape)
-}
-
-/// Backward of [`batchnorm_add_relu_forward_train`]: with `dy = dout·(out > 0)`, `didentity += dy` and the
-/// batch-norm backward of `dy` into `dinp`, `dgamma`, `dbeta`.
-#[allow(clippy::too_many_arguments)]
-pub fn batchnorm_add_relu_backward(dinp: &mut [f32], didentity: &mut [f32], dgamma: Option<&mut [f32]>, dbeta: Option<&mut [f32]>, dout: &[f32], out: &[f32], inp: &[f32], mean: &[f32], rstd: &[f32], gamma: Option<&[f32]>, shape: &BatchNormShape) -> Result<()> {
-    backward(dinp, Some(didentity), dgamma, dbeta, dout, Some(out), inp, mean, rstd, gamma, shape)
-}
-
+/// The training forward (`out = epilogue(gamma·(inp - mean)·rstd + beta)` with the statistics of each group; writes
+/// `mean, rstd: [G, C]`, updates `running_mean, running_var: [C]`; `(N/G)*HW >= 2`, as torch requires), the eval
+/// forward (running statistics; groups play no role) and the backward (`dinp`, `dgamma`, `dbeta`, `didentity +=`,
+/// `dout` masked by `out > 0` after a fused ReLU).
 impl BatchNorm for crate::device::CpuDevice {
     fn batchnorm_forward_train(&mut self, out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], running_mean: &mut [f32], running_var: &mut [f32], inp: &[f32], epilogue: Epilogue<&[f32]>, gamma: Option<&[f32]>, beta: Option<&[f32]>, shape: &BatchNormShape) -> Result<()> {
-        match epilogue {
-            Epilogue::None => batchnorm_forward_train(out, mean, rstd, running_mean, running_var, inp, gamma, beta, shape),
-            Epilogue::Relu => batchnorm_relu_forward_train(out, mean, rstd, running_mean, running_var, inp, gamma, beta, shape),
-            Epilogue::AddRelu(id) => batchnorm_add_relu_forward_train(out, mean, rstd, running_mean, running_var, inp, id, gamma, beta, shape),
-        }
+        forward_train(out, mean, rstd, running_mean, running_var, inp, gamma, beta, epilogue, shape)
     }
     fn batchnorm_forward_eval(&mut self, out: &mut [f32], inp: &[f32], epilogue: Epilogue<&[f32]>, running_mean: &[f32], running_var: &[f32], gamma: Option<&[f32]>, beta: Option<&[f32]>, shape: &BatchNormShape) -> Result<()> {
-        match epilogue {
-            Epilogue::None => batchnorm_forward_eval(out, inp, running_mean, running_var, gamma, beta, shape),
-            Epilogue::Relu => batchnorm_relu_forward_eval(out, inp, running_mean, running_var, gamma, beta, shape),
-            Epilogue::AddRelu(id) => batchnorm_add_relu_forward_eval(out, inp, id, running_mean, running_var, gamma, beta, shape),
-        }
+        forward_eval(out, inp, running_mean, running_var, gamma, beta, epilogue, shape)
     }
     fn batchnorm_backward<'a>(&mut self, dinp: &'a mut [f32], epilogue: EpilogueGrad<&'a [f32], &'a mut [f32]>, dgamma: Option<&'a mut [f32]>, dbeta: Option<&'a mut [f32]>, dout: &'a [f32], inp: &'a [f32], mean: &'a [f32], rstd: &'a [f32], gamma: Option<&'a [f32]>, shape: &BatchNormShape) -> Result<()> {
-        match epilogue {
-            EpilogueGrad::None => batchnorm_backward(dinp, dgamma, dbeta, dout, inp, mean, rstd, gamma, shape),
-            EpilogueGrad::Relu { out } => batchnorm_relu_backward(dinp, dgamma, dbeta, dout, out, inp, mean, rstd, gamma, shape),
-            EpilogueGrad::AddRelu { out, didentity } => batchnorm_add_relu_backward(dinp, didentity, dgamma, dbeta, dout, out, inp, mean, rstd, gamma, shape),
-        }
+        let (out, didentity) = match epilogue {
+            EpilogueGrad::None => (None, None),
+            EpilogueGrad::Relu { out } => (Some(out), None),
+            EpilogueGrad::AddRelu { out, didentity } => (Some(out), Some(didentity)),
+        };
+        backward(dinp, didentity, dgamma, dbeta, dout, out, inp, mean, rstd, gamma, shape)
     }
 }

@@ -36,7 +36,7 @@ pub mod wgpu;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::ops::check::{elems, len, positive};
+use crate::ops::check::{elems, len, opt_len, positive};
 
 pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("batchnorm");
 
@@ -97,11 +97,49 @@ impl BatchNormShape {
     pub fn stats_len(&self) -> usize {
         self.groups * self.c
     }
-    fn check_tensor(&self, what: &str, len: usize) -> Result<()> {
-        len("batchnorm", what, self.len(), len)
+    /// The same shape through the validating constructors (a struct literal may hold anything).
+    pub(crate) fn revalidate(&self) -> Result<Self> {
+        Self::new(self.n, self.c, self.hw, self.groups)?.with_eps_momentum(self.eps, self.momentum)
     }
-    fn check_channel(&self, what: &str, len: Option<usize>) -> Result<()> {
-        opt_len("batchnorm", what, self.c, len)
+    /// Checks the eval forward's buffers: `out, inp` (and `identity` of an add epilogue) `[N*C*HW]`, the rest `[C]`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn check_eval(&self, out: usize, inp: usize, identity: Option<usize>, running_mean: usize, running_var: usize, gamma: Option<usize>, beta: Option<usize>) -> Result<()> {
+        let op = "batchnorm";
+        len(op, "inp [N*C*HW]", self.len(), inp)?;
+        len(op, "out [N*C*HW]", self.len(), out)?;
+        opt_len(op, "identity [N*C*HW]", self.len(), identity)?;
+        len(op, "running_mean [C]", self.c, running_mean)?;
+        len(op, "running_var [C]", self.c, running_var)?;
+        opt_len(op, "gamma [C]", self.c, gamma)?;
+        opt_len(op, "beta [C]", self.c, beta)
+    }
+    /// Checks the training forward's buffers (as [`Self::check_eval`], and `mean, rstd: [G*C]`) and that every
+    /// statistic averages more than one value.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn check_train(&self, out: usize, mean: usize, rstd: usize, running_mean: usize, running_var: usize, inp: usize, identity: Option<usize>, gamma: Option<usize>, beta: Option<usize>) -> Result<()> {
+        self.check_eval(out, inp, identity, running_mean, running_var, gamma, beta)?;
+        len("batchnorm", "mean [G*C]", self.stats_len(), mean)?;
+        len("batchnorm", "rstd [G*C]", self.stats_len(), rstd)?;
+        if self.count() < 2 {
+            return Err(Error::shape("batchnorm", "more than one value per channel and group in training mode ((N/G)*HW >= 2)", format!("N = {}, G = {}, HW = {}", self.n, self.groups, self.hw)));
+        }
+        Ok(())
+    }
+    /// Checks the backward's buffers: `dinp, dout, inp` (`out` after a ReLU, `didentity` after an add)
+    /// `[N*C*HW]`, `mean, rstd: [G*C]`, `gamma, dgamma, dbeta: [C]` when given.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn check_backward(&self, dinp: usize, didentity: Option<usize>, dgamma: Option<usize>, dbeta: Option<usize>, dout: usize, out: Option<usize>, inp: usize, mean: usize, rstd: usize, gamma: Option<usize>) -> Result<()> {
+        let op = "batchnorm";
+        len(op, "dinp [N*C*HW]", self.len(), dinp)?;
+        len(op, "dout [N*C*HW]", self.len(), dout)?;
+        len(op, "inp [N*C*HW]", self.len(), inp)?;
+        opt_len(op, "out [N*C*HW]", self.len(), out)?;
+        opt_len(op, "didentity [N*C*HW]", self.len(), didentity)?;
+        len(op, "mean [G*C]", self.stats_len(), mean)?;
+        len(op, "rstd [G*C]", self.stats_len(), rstd)?;
+        opt_len(op, "gamma [C]", self.c, gamma)?;
+        opt_len(op, "dgamma [C]", self.c, dgamma)?;
+        opt_len(op, "dbeta [C]", self.c, dbeta)
     }
 }
 

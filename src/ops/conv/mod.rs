@@ -20,7 +20,7 @@ pub use cpu::{conv_algo_choices, set_conv_algo_choice, ConvAlgo, Pass as ConvPas
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::ops::check::{elems, len, positive};
+use crate::ops::check::{elems, len, opt_len, positive};
 
 pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("conv");
 
@@ -115,11 +115,21 @@ impl Conv2dShape {
     fn validate(&self) -> Result<()> {
         Self::new(self.n, self.c_in, self.h, self.w, self.c_out, self.kh, self.kw, self.stride, self.pad).map(|_| ())
     }
-    fn check(&self, what: &[(&str, usize, usize)]) -> Result<()> {
-        for &(name, expected, got) in what {
-            len("conv2d", name, expected, got)?;
-        }
-        Ok(())
+    /// Re-validates the shape, then checks the forward's buffers.
+    pub(crate) fn check_forward(&self, out: usize, inp: usize, weight: usize) -> Result<()> {
+        self.validate()?;
+        len("conv2d", "inp [N*C_in*H*W]", self.inp_len(), inp)?;
+        len("conv2d", "weight [C_out*C_in*KH*KW]", self.weight_len(), weight)?;
+        len("conv2d", "out [N*C_out*OH*OW]", self.out_len(), out)
+    }
+    /// Re-validates the shape, then checks the backward's buffers (`dinp` when given).
+    pub(crate) fn check_backward(&self, dinp: Option<usize>, dweight: usize, dout: usize, inp: usize, weight: usize) -> Result<()> {
+        self.validate()?;
+        len("conv2d", "inp [N*C_in*H*W]", self.inp_len(), inp)?;
+        len("conv2d", "weight [C_out*C_in*KH*KW]", self.weight_len(), weight)?;
+        len("conv2d", "dout [N*C_out*OH*OW]", self.out_len(), dout)?;
+        len("conv2d", "dweight [C_out*C_in*KH*KW]", self.weight_len(), dweight)?;
+        opt_len("conv2d", "dinp [N*C_in*H*W]", self.inp_len(), dinp)
     }
 }
 

@@ -4,7 +4,7 @@
 use super::Conv2dShape;
 use crate::ops::launch::Grid;
 
-/// The conv kernels' parameter block (`struct Params` of `kernels/conv.cu`, the uniform block of
+/// The conv kernels' parameter block (`struct ConvParams` of `kernels/conv.cu`, the uniform block of
 /// `shaders/conv.wgsl`): the convolution and the GEMM it is computed as.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]

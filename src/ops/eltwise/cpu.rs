@@ -29,7 +29,7 @@ pub fn relu_forward(out: &mut [f32], inp: &[f32], shape: &EltwiseShape) -> Resul
 pub fn relu_backward(dinp: &mut [f32], dout: &[f32], out: &[f32], shape: &EltwiseShape) -> Result<()> {
     shape.check(&[("dinp", dinp.len()), ("dout", dout.len()), ("out", out.len())])?;
     dinp.par_chunks_mut(CHUNK).zip(dout.par_chunks(CHUNK)).zip(out.par_chunks(CHUNK)).for_each(|((dx, dy), y)| {
-        dx.iter_mut().zip(dy).zip(y).for_each(|((dx, &dy), &y)| *dx += super::norm::mask_pos(dy, y))
+        dx.iter_mut().zip(dy).zip(y).for_each(|((dx, &dy), &y)| *dx += mask_pos(dy, y))
     });
     Ok(())
 }
@@ -80,17 +80,14 @@ pub(crate) fn gelu_grad(x: f32) -> f32 {
 
 /// GELU forward (exact erf form): `out = 0.5·inp·(1 + erf(inp/√2))`. Any layout.
 pub fn gelu_forward(out: &mut [f32], inp: &[f32], shape: &super::EltwiseShape) -> Result<()> {
-    len("gelu", "out", shape.len, out.len())?;
-    len("gelu", "inp", shape.len, inp.len())?;
+    shape.check(&[("out", out.len()), ("inp", inp.len())])?;
     out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = gelu(x)));
     Ok(())
 }
 
 /// GELU backward: `dinp += dout·(Φ(inp) + inp·φ(inp))`, `inp` the forward's input.
 pub fn gelu_backward(dinp: &mut [f32], dout: &[f32], inp: &[f32], shape: &super::EltwiseShape) -> Result<()> {
-    for (what, got) in [("dinp", dinp.len()), ("dout", dout.len()), ("inp", inp.len())] {
-        len("gelu", what, shape.len, got)?;
-    }
+    shape.check(&[("dinp", dinp.len()), ("dout", dout.len()), ("inp", inp.len())])?;
     dinp.par_chunks_mut(CHUNK).zip(dout.par_chunks(CHUNK)).zip(inp.par_chunks(CHUNK)).for_each(|((dx, dy), x)| {
         dx.iter_mut().zip(dy).zip(x).for_each(|((dx, &dy), &x)| *dx += dy * gelu_grad(x))
     });

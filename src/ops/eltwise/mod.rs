@@ -19,7 +19,7 @@ pub mod wgpu;
 
 use crate::device::Device;
 use crate::error::Result;
-use crate::ops::check::{elems, positive};
+use crate::ops::check::{elems, len, positive};
 
 pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("eltwise");
 
@@ -37,7 +37,8 @@ impl EltwiseShape {
         elems("eltwise", "tensor", &[len])?;
         Ok(Self { len })
     }
-    fn check(&self, what: &[(&str, usize)]) -> Result<()> {
+    /// Checks that every named buffer holds `len` elements.
+    pub(crate) fn check(&self, what: &[(&str, usize)]) -> Result<()> {
         for &(name, got) in what {
             len("eltwise", name, self.len, got)?;
         }

@@ -12,6 +12,7 @@ use crate::device::CpuDevice;
 use crate::error::Result;
 use crate::ops::linear::gemm::{gemm_nn, gemm_nt, gemm_tn};
 use crate::ops::normalize::cpu::{dot, normalize_unchecked};
+use crate::ops::normalize::NORM_EPS;
 use crate::ops::queue::{CpuQueue, QueueView};
 use rayon::prelude::*;
 

@@ -156,7 +156,7 @@ fn stream_loss(stream: &Arc<CudaStream>, s: &Scratch, keys: Keys, m: usize, n: u
     let f = kernel(stream, "infonce_reduce")?;
     // SAFETY: infonce_reduce(Params, const float* row_loss [N], const unsigned* rank [N], Stats* stats [4 words]);
     // one block reads indices < N and thread 0 writes the four stats words.
-    unsafe { stream.launch_builder(&f).arg(&p).arg(&*row_loss).arg(&rank).arg(stats).launch(cfg(REDUCE_GRID)) }?;
+    unsafe { stream.launch_builder(&f).arg(&p).arg(&row_loss.as_view()).arg(&rank).arg(stats).launch(cfg(REDUCE_GRID)) }?;
     Ok(())
 }
 
@@ -211,12 +211,12 @@ pub fn moco_v3_loss_async(stream: &Arc<CudaStream>, dq1: &mut CudaViewMut<'_, f3
     let plan = StreamPlan::new(n, n, c);
     check_grid(op, n, &plan)?;
     let (mut st1, mut st2) = stats.split_at_mut(STATS_WORDS);
-    for (q, k, dq, st) in [(q1, k2, dq1, &mut st1), (q2, k1, dq2, &mut st2)] {
-        let s = Scratch::normalized(stream, q, k, n, c)?;
-        let mut row_loss = stream.alloc_zeros::<f32>(n)?;
-        stream_loss(stream, &s, Keys::F32(&s.k_hat), n, n, c, t, 2.0 * t, true, dq, &mut row_loss.as_view_mut(), st)?;
-    }
-    Ok(())
+    // ctr(q1, k2) into dq1 and the first stats block, ctr(q2, k1) into dq2 and the second
+    let mut row_loss = stream.alloc_zeros::<f32>(n)?;
+    let s = Scratch::normalized(stream, q1, k2, n, c)?;
+    stream_loss(stream, &s, Keys::F32(&s.k_hat), n, n, c, t, 2.0 * t, true, dq1, &mut row_loss.as_view_mut(), &mut st1)?;
+    let s = Scratch::normalized(stream, q2, k1, n, c)?;
+    stream_loss(stream, &s, Keys::F32(&s.k_hat), n, n, c, t, 2.0 * t, true, dq2, &mut row_loss.as_view_mut(), &mut st2)
 }
 
 /// [`moco_v3_loss_async`], then waits and returns the loss.

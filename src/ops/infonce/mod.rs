@@ -26,7 +26,6 @@ pub mod unfused;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
-use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::ops::check::{fits_u32, getters, len, positive, rename};
 use crate::ops::normalize::Normalize;

@@ -42,7 +42,7 @@ impl StreamPlan {
     }
 }
 
-/// The parameter block of every kernel in `infonce.wgsl` / `infonce.cu` (`struct Params`, 48 bytes).
+/// The parameter block of every kernel in `infonce.wgsl` / `infonce.cu` (`struct InfoNceParams`, 48 bytes).
 /// WGSL binds it as a uniform; CUDA takes it by value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]

@@ -14,13 +14,7 @@ const LN_ROWS: usize = 32;
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_forward(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], inp: &[f32], gamma: &[f32], beta: &[f32], shape: &LayerNormShape) -> Result<()> {
     let s = *shape;
-    let op = "layernorm";
-    len(op, "inp [R*C]", s.len(), inp.len())?;
-    len(op, "out [R*C]", s.len(), out.len())?;
-    len(op, "mean [R]", s.rows, mean.len())?;
-    len(op, "rstd [R]", s.rows, rstd.len())?;
-    len(op, "gamma [C]", s.c, gamma.len())?;
-    len(op, "beta [C]", s.c, beta.len())?;
+    s.check_forward(out.len(), mean.len(), rstd.len(), inp.len(), gamma.len(), beta.len())?;
     let c = s.c;
     out.par_chunks_mut(LN_ROWS * c)
         .zip(inp.par_chunks(LN_ROWS * c))
@@ -47,15 +41,7 @@ pub fn layernorm_forward(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], in
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_backward(dinp: &mut [f32], dgamma: &mut [f32], dbeta: &mut [f32], dout: &[f32], inp: &[f32], gamma: &[f32], mean: &[f32], rstd: &[f32], shape: &LayerNormShape) -> Result<()> {
     let s = *shape;
-    let op = "layernorm";
-    len(op, "dinp [R*C]", s.len(), dinp.len())?;
-    len(op, "dout [R*C]", s.len(), dout.len())?;
-    len(op, "inp [R*C]", s.len(), inp.len())?;
-    len(op, "gamma [C]", s.c, gamma.len())?;
-    len(op, "dgamma [C]", s.c, dgamma.len())?;
-    len(op, "dbeta [C]", s.c, dbeta.len())?;
-    len(op, "mean [R]", s.rows, mean.len())?;
-    len(op, "rstd [R]", s.rows, rstd.len())?;
+    s.check_backward(dinp.len(), dgamma.len(), dbeta.len(), dout.len(), inp.len(), gamma.len(), mean.len(), rstd.len())?;
     let c = s.c;
     // per block of LN_ROWS rows: dinp in place, and the block's partial (dgamma, dbeta)
     let partials: Vec<(Vec<f32>, Vec<f32>)> = dinp

@@ -64,6 +64,29 @@ impl LayerNormShape {
     pub fn is_empty(&self) -> bool {
         false
     }
+    /// Checks the forward's buffers: `out, inp [R*C]`, `mean, rstd [R]`, `gamma, beta [C]`.
+    pub(crate) fn check_forward(&self, out: usize, mean: usize, rstd: usize, inp: usize, gamma: usize, beta: usize) -> Result<()> {
+        let op = "layernorm";
+        len(op, "inp [R*C]", self.len(), inp)?;
+        len(op, "out [R*C]", self.len(), out)?;
+        len(op, "mean [R]", self.rows, mean)?;
+        len(op, "rstd [R]", self.rows, rstd)?;
+        len(op, "gamma [C]", self.c, gamma)?;
+        len(op, "beta [C]", self.c, beta)
+    }
+    /// Checks the backward's buffers.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn check_backward(&self, dinp: usize, dgamma: usize, dbeta: usize, dout: usize, inp: usize, gamma: usize, mean: usize, rstd: usize) -> Result<()> {
+        let op = "layernorm";
+        len(op, "dinp [R*C]", self.len(), dinp)?;
+        len(op, "dout [R*C]", self.len(), dout)?;
+        len(op, "inp [R*C]", self.len(), inp)?;
+        len(op, "gamma [C]", self.c, gamma)?;
+        len(op, "mean [R]", self.rows, mean)?;
+        len(op, "rstd [R]", self.rows, rstd)?;
+        len(op, "dgamma [C]", self.c, dgamma)?;
+        len(op, "dbeta [C]", self.c, dbeta)
+    }
 }
 
 /// Layer norm on a device: `out` first, inputs after, shape last; the backward accumulates.

@@ -10,10 +10,7 @@ use rayon::prelude::*;
 /// Linear forward: `out [N, OUT] = inp [N, IN] · weight [OUT, IN]ᵀ (+ bias [OUT])` (overwrites `out`).
 pub fn linear_forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]>, shape: &LinearShape) -> Result<()> {
     let s = *shape;
-    check::len("linear", "inp [N*IN]", s.n * s.in_f, inp.len())?;
-    check::len("linear", "weight [OUT*IN]", s.out_f * s.in_f, weight.len())?;
-    check::len("linear", "out [N*OUT]", s.n * s.out_f, out.len())?;
-    check::opt_len("linear", "bias [OUT]", s.out_f, bias.map(|b| b.len()))?;
+    s.check_forward(out.len(), inp.len(), weight.len(), bias.map(|b| b.len()))?;
     if let Some(b) = bias {
         out.par_chunks_mut(s.out_f).for_each(|row| row.copy_from_slice(b));
     }
@@ -27,12 +24,7 @@ pub fn linear_forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option
 #[allow(clippy::too_many_arguments)]
 pub fn linear_backward(dinp: Option<&mut [f32]>, dweight: &mut [f32], dbias: Option<&mut [f32]>, dout: &[f32], inp: &[f32], weight: &[f32], shape: &LinearShape) -> Result<()> {
     let s = *shape;
-    check::len("linear", "inp [N*IN]", s.n * s.in_f, inp.len())?;
-    check::len("linear", "weight [OUT*IN]", s.out_f * s.in_f, weight.len())?;
-    check::len("linear", "dout [N*OUT]", s.n * s.out_f, dout.len())?;
-    check::len("linear", "dweight [OUT*IN]", s.out_f * s.in_f, dweight.len())?;
-    check::opt_len("linear", "dinp [N*IN]", s.n * s.in_f, dinp.as_ref().map(|d| d.len()))?;
-    check::opt_len("linear", "dbias [OUT]", s.out_f, dbias.as_ref().map(|d| d.len()))?;
+    s.check_backward(dinp.as_ref().map(|d| d.len()), dweight.len(), dbias.as_ref().map(|d| d.len()), dout.len(), inp.len(), weight.len())?;
     if let Some(dx) = dinp {
         // dx [N, IN] += dout [N, OUT] · weight [OUT, IN]
         gemm_strided(dx, s.in_f, 1, dout, s.out_f, 1, weight, s.in_f, 1, s.n, s.in_f, s.out_f, 1.0, true, true);

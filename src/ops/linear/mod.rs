@@ -20,7 +20,7 @@ pub mod wgpu;
 
 use crate::device::Device;
 use crate::error::Result;
-use crate::ops::check::{elems, positive};
+use crate::ops::check::{elems, len, opt_len, positive};
 
 pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("linear");
 
@@ -46,6 +46,28 @@ impl LinearShape {
         elems(op, "out", &[n, out_f])?;
         elems(op, "weight", &[out_f, in_f])?;
         Ok(Self { n, in_f, out_f })
+    }
+    /// The same shape through the validating constructor (a struct literal may hold anything).
+    pub(crate) fn revalidate(&self) -> Result<Self> {
+        Self::new(self.n, self.in_f, self.out_f)
+    }
+    /// Checks the forward's buffers: `out [N*OUT]`, `inp [N*IN]`, `weight [OUT*IN]`, `bias [OUT]` (when given).
+    pub(crate) fn check_forward(&self, out: usize, inp: usize, weight: usize, bias: Option<usize>) -> Result<()> {
+        let op = "linear";
+        len(op, "inp [N*IN]", self.n * self.in_f, inp)?;
+        len(op, "weight [OUT*IN]", self.out_f * self.in_f, weight)?;
+        len(op, "out [N*OUT]", self.n * self.out_f, out)?;
+        opt_len(op, "bias [OUT]", self.out_f, bias)
+    }
+    /// Checks the backward's buffers (`dinp`, `dbias` when given).
+    pub(crate) fn check_backward(&self, dinp: Option<usize>, dweight: usize, dbias: Option<usize>, dout: usize, inp: usize, weight: usize) -> Result<()> {
+        let op = "linear";
+        len(op, "inp [N*IN]", self.n * self.in_f, inp)?;
+        len(op, "weight [OUT*IN]", self.out_f * self.in_f, weight)?;
+        len(op, "dout [N*OUT]", self.n * self.out_f, dout)?;
+        len(op, "dweight [OUT*IN]", self.out_f * self.in_f, dweight)?;
+        opt_len(op, "dinp [N*IN]", self.n * self.in_f, dinp)?;
+        opt_len(op, "dbias [OUT]", self.out_f, dbias)
     }
 }
 

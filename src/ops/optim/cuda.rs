@@ -1,25 +1,24 @@
 //! Optimiser steps on CUDA (`kernels/optim.cu`): SGD, AdamW and LARS as fused kernels over flat parameter
 //! buffers, the same algorithms, uniform block, LARS tables and validation as the wgpu backend
-//! ([`crate::backend::wgpu::optim`]) and the CPU references of [`crate::optim`].
+//! (`src/ops/optim/wgpu.rs`) and the CPU references of [`crate::optim`].
 //!
 //! Buffers are cudarc views, so that a model's flat parameters and gradients may be two ranges of one allocation:
 //! `&CudaView<f32>` for what is only read (`slice.as_view()`, `slice.slice(a..b)`) and `&mut CudaViewMut<f32>`
 //! for what is updated (`slice.as_view_mut()`, `slice.slice_mut(a..b)`, `split_at_mut`); the borrow rules keep
 //! them disjoint. Each must hold exactly `len` f32. Every function runs asynchronously on `stream`.
 //!
-//! Memory traffic per parameter (the bandwidth floor; see [`crate::backend::wgpu::optim`] for the table): SGD 20
+//! Memory traffic per parameter (the bandwidth floor; see `src/ops/optim/wgpu.rs` for the table): SGD 20
 //! bytes (12 without momentum, 16 on the first step), AdamW 28, LARS 28 (8 in the norm pass, 20 in the update).
 
-use super::context::{cfg, function, BLOCK, MAX_GRID_X};
-use crate::backend::optim_params::{adamw_params, elementwise_grid, lars_params, lars_tables, sgd_params, OptimParams};
+use super::params::{adamw_params, elementwise_grid, lars_params, lars_tables, sgd_params, OptimParams};
+use super::KERNELS;
+use crate::device::cuda::{cfg, Cuda, BLOCK, MAX_GRID_X};
 use crate::error::{Error, Result};
-use crate::optim::{AdamWConfig, LarsConfig, ParamSpans, SgdConfig};
+use crate::optim::{AdamWConfig, LarsConfig, OptimizerConfig, ParamSpans, SgdConfig};
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 use std::sync::Arc;
 
-pub use crate::backend::optim_params::{LARS_CHUNK, OPTIM_WORKGROUPS};
 
-const FILE: &str = "optim.cu";
 
 // SAFETY: #[repr(C)] plain-old-data of four u32 and twelve f32 fields (size and offsets asserted next to its
 // definition in src/backend/wgpu/optim.rs), the layout of `struct OptimParams` in kernels/optim.cu.
@@ -48,7 +47,7 @@ pub fn sgd_step(stream: &Arc<CudaStream>, params: &mut CudaViewMut<f32>, momentu
     let u = sgd_params(config, len, first_step)?;
     check_view(op, "grads", grads.len(), len)?;
     let (groups, _) = elementwise_grid(len);
-    let f = function(stream, FILE, "sgd_step")?;
+    let f = KERNELS.cuda_function(stream, "sgd_step")?;
     if config.momentum == 0.0 {
         let null: u64 = 0;
         // SAFETY: sgd_step(OptimParams, float* params [len], const float* grads [len], float* momentum_buf). Both
@@ -78,7 +77,7 @@ pub fn adamw_step(stream: &Arc<CudaStream>, params: &mut CudaViewMut<f32>, exp_a
     check_view(op, "exp_avg", exp_avg.len(), len)?;
     check_view(op, "exp_avg_sq", exp_avg_sq.len(), len)?;
     let (groups, _) = elementwise_grid(len);
-    let f = function(stream, FILE, "adamw_step")?;
+    let f = KERNELS.cuda_function(stream, "adamw_step")?;
     // SAFETY: adamw_step(OptimParams, float* params, const float* grads, float* exp_avg, float* exp_avg_sq), each
     // [len]: all four views hold exactly `len` elements (checked above), are disjoint (exclusive borrows), and
     // every thread touches only indices < len.
@@ -87,7 +86,7 @@ pub fn adamw_step(stream: &Arc<CudaStream>, params: &mut CudaViewMut<f32>, exp_a
 }
 
 /// The device-side description of a LARS parameter buffer on CUDA: its [`ParamSpans`], the segment and span
-/// tables (as on wgpu: pieces of at most [`LARS_CHUNK`] elements, one block each) and the scratch buffers of the
+/// tables (as on wgpu: pieces of at most [`LARS_CHUNK`](super::params::LARS_CHUNK) elements, one block each) and the scratch buffers of the
 /// norm pass. Built once per model and reused every step.
 #[derive(Debug)]
 pub struct CudaLarsPlan {
@@ -141,8 +140,8 @@ impl CudaLarsPlan {
     }
     fn launch_norms(&mut self, stream: &Arc<CudaStream>, params: &CudaView<f32>, grads: &CudaView<f32>, u: OptimParams) -> Result<()> {
         let n_spans = self.spans.spans().len();
-        let fp = function(stream, FILE, "lars_partial_norms")?;
-        let fs = function(stream, FILE, "lars_span_norms")?;
+        let fp = KERNELS.cuda_function(stream, "lars_partial_norms")?;
+        let fs = KERNELS.cuda_function(stream, "lars_span_norms")?;
         let up = OptimParams { count: self.n_segments as u32, ..u };
         let us = OptimParams { count: n_spans as u32, ..u };
         // SAFETY: lars_partial_norms(OptimParams, const float* params [len], const float* grads [len],
@@ -157,7 +156,7 @@ impl CudaLarsPlan {
         Ok(())
     }
     fn launch_update(&self, stream: &Arc<CudaStream>, params: &mut CudaViewMut<f32>, mu: &mut CudaViewMut<f32>, grads: &CudaView<f32>, u: OptimParams) -> Result<()> {
-        let f = function(stream, FILE, "lars_update")?;
+        let f = KERNELS.cuda_function(stream, "lars_update")?;
         let u = OptimParams { count: self.n_segments as u32, ..u };
         // SAFETY: lars_update(OptimParams, float* params [len], const float* grads [len], float* mu [len],
         // const uint4* segments [count], const float2* norms_sq [spans]): params, mu, grads hold exactly len
@@ -405,5 +404,101 @@ impl CudaLars {
     /// The state buffers, writable (to restore them from a checkpoint).
     pub fn state_mut(&mut self) -> Vec<(&'static str, &mut CudaSlice<f32>)> {
         vec![("mu", &mut self.mu)]
+    }
+}
+
+
+/// An optimiser on CUDA: [`CudaSgd`], [`CudaAdamW`] or [`CudaLars`].
+#[derive(Debug)]
+pub enum CudaOpt {
+    /// SGD.
+    Sgd(CudaSgd),
+    /// AdamW.
+    AdamW(CudaAdamW),
+    /// LARS.
+    Lars(CudaLars),
+}
+
+impl CudaOpt {
+    /// The configuration.
+    pub fn config(&self) -> OptimizerConfig {
+        match self {
+            CudaOpt::Sgd(o) => OptimizerConfig::Sgd(*o.config()),
+            CudaOpt::AdamW(o) => OptimizerConfig::AdamW(*o.config()),
+            CudaOpt::Lars(o) => OptimizerConfig::Lars(*o.config()),
+        }
+    }
+    /// The state buffers in [`OptimizerConfig::state_names`] order, each `[len]`.
+    pub fn state(&self) -> Vec<&CudaSlice<f32>> {
+        let named = match self {
+            CudaOpt::Sgd(o) => o.state(),
+            CudaOpt::AdamW(o) => o.state(),
+            CudaOpt::Lars(o) => o.state(),
+        };
+        named.into_iter().map(|(_, b)| b).collect()
+    }
+    /// The same, writable.
+    pub fn state_mut(&mut self) -> Vec<&mut CudaSlice<f32>> {
+        let named = match self {
+            CudaOpt::Sgd(o) => o.state_mut(),
+            CudaOpt::AdamW(o) => o.state_mut(),
+            CudaOpt::Lars(o) => o.state_mut(),
+        };
+        named.into_iter().map(|(_, b)| b).collect()
+    }
+}
+
+
+impl super::Optim for Cuda {
+    type Opt = CudaOpt;
+    fn opt_new(&mut self, config: OptimizerConfig, spans: &ParamSpans) -> Result<CudaOpt> {
+        Ok(match config {
+            OptimizerConfig::Sgd(c) => CudaOpt::Sgd(CudaSgd::new(self.stream(), c, spans.len())?),
+            OptimizerConfig::AdamW(c) => CudaOpt::AdamW(CudaAdamW::new(self.stream(), c, spans.len())?),
+            OptimizerConfig::Lars(c) => CudaOpt::Lars(CudaLars::new(self.stream(), c, spans.clone())?),
+        })
+    }
+    fn opt_step(&mut self, opt: &mut CudaOpt, params: &mut CudaSlice<f32>, grads: &CudaSlice<f32>, lr: f64) -> Result<()> {
+        let (p, g) = (&mut params.as_view_mut(), &grads.as_view());
+        match opt {
+            CudaOpt::Sgd(o) => {
+                o.set_lr(lr)?;
+                o.step(self.stream(), p, g)
+            }
+            CudaOpt::AdamW(o) => {
+                o.set_lr(lr)?;
+                o.step(self.stream(), p, g)
+            }
+            CudaOpt::Lars(o) => {
+                o.set_lr(lr)?;
+                o.step(self.stream(), p, g)
+            }
+        }
+    }
+    fn opt_steps(opt: &CudaOpt) -> u64 {
+        match opt {
+            CudaOpt::Sgd(o) => o.steps(),
+            CudaOpt::AdamW(o) => o.steps(),
+            CudaOpt::Lars(o) => o.steps(),
+        }
+    }
+    fn opt_set_steps(opt: &mut CudaOpt, steps: u64) {
+        match opt {
+            CudaOpt::Sgd(o) => o.set_steps(steps),
+            CudaOpt::AdamW(o) => o.set_steps(steps),
+            CudaOpt::Lars(o) => o.set_steps(steps),
+        }
+    }
+    fn opt_read_state(&self, opt: &CudaOpt) -> Result<Vec<Vec<f32>>> {
+        opt.state().into_iter().map(|b| Ok(self.stream().clone_dtoh(b)?)).collect()
+    }
+    fn opt_write_state(&mut self, opt: &mut CudaOpt, state: &[Vec<f32>]) -> Result<()> {
+        // every state buffer is `[len]`; SGD without momentum has none (and expects none)
+        let len = opt.state().first().map_or(0, |b| b.len());
+        opt.config().check_state(len, state)?;
+        for (b, src) in opt.state_mut().into_iter().zip(state) {
+            self.stream().memcpy_htod(src, b)?;
+        }
+        Ok(())
     }
 }

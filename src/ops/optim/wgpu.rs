@@ -9,7 +9,7 @@
 //! Buffer arguments are `&dyn AsGpuSlice`: a whole `wgpu::Buffer` or a [`GpuSlice`] of a bigger one (a model's
 //! flat parameters and gradients may be two slices of one allocation). Each must hold exactly `len` f32, and no
 //! two of them may overlap. Every function only records and submits work; read results back with
-//! [`WgpuContext::read`].
+//! [`crate::Device::read`].
 //!
 //! # Memory traffic (the bandwidth floor)
 //!
@@ -23,18 +23,16 @@
 //! | `adamw_step` | p, g, m, v | p, m, v | 28 |
 //! | LARS (`lars_partial_norms` + `lars_update`) | p, g; then p, g, mu | p, mu | 28 (8 in pass 1, 20 in pass 2) |
 //!
-//! plus O(spans + len / [`LARS_CHUNK`]) bytes of LARS tables and partial sums. At a memory bandwidth `B`, one
+//! plus O(spans + len / [`LARS_CHUNK`](super::params::LARS_CHUNK)) bytes of LARS tables and partial sums. At a memory bandwidth `B`, one
 //! step over `n` parameters takes at least `bytes * n / B`: e.g. ResNet-50 (25.6 M parameters) with SGD moves
 //! 512 MB, about 0.11 ms at 4.8 TB/s (H200); ViT-B (86 M) with AdamW moves 2.4 GB, 0.5 ms.
 
-use super::context::{grid_2d, submit, AsGpuSlice, Dispatch, GpuSlice, WgpuContext};
-pub use crate::backend::optim_params::{LARS_CHUNK, OPTIM_WORKGROUPS};
-#[doc(hidden)]
-pub use crate::backend::optim_params::{adamw_params, elementwise_grid, lars_params, lars_tables, sgd_params, OptimParams};
+use super::params::{adamw_params, elementwise_grid, lars_params, lars_tables, sgd_params, OptimParams};
+use super::KERNELS;
+use crate::device::wgpu::{submit, AsGpuSlice, Dispatch, GpuSlice, Wgpu};
 use crate::error::{Error, Result};
-use crate::optim::{AdamWConfig, LarsConfig, ParamSpans, SgdConfig};
-
-const SOURCE: &str = include_str!("../../../shaders/optim.wgsl");
+use crate::ops::launch::grid_2d;
+use crate::optim::{AdamWConfig, LarsConfig, OptimizerConfig, ParamSpans, SgdConfig};
 
 
 /// Checks that `buf` holds exactly `len` f32.
@@ -63,7 +61,7 @@ fn check_disjoint(op: &'static str, slices: &[(&str, GpuSlice<'_>)]) -> Result<(
 /// `params: [len]` is updated in place, `grads: [len]` read; `momentum_buf: [len]` is the state, required when
 /// `config.momentum > 0` and ignored (may be `None`) when it is 0. `first_step` says the buffer holds nothing
 /// yet (torch's `momentum_buffer is None`): it is then set to `d_p` instead of being decayed.
-pub fn sgd_step(ctx: &WgpuContext, params: &dyn AsGpuSlice, momentum_buf: Option<&dyn AsGpuSlice>, grads: &dyn AsGpuSlice, config: &SgdConfig, first_step: bool) -> Result<()> {
+pub fn sgd_step(ctx: &Wgpu, params: &dyn AsGpuSlice, momentum_buf: Option<&dyn AsGpuSlice>, grads: &dyn AsGpuSlice, config: &SgdConfig, first_step: bool) -> Result<()> {
     let op = "sgd (wgpu)";
     let (p, g) = (params.as_gpu_slice(), grads.as_gpu_slice());
     let len = (p.size() / 4) as usize;
@@ -81,7 +79,7 @@ pub fn sgd_step(ctx: &WgpuContext, params: &dyn AsGpuSlice, momentum_buf: Option
     ctx.scoped(|| {
         let dummy = ctx.storage_buffer("moco sgd no momentum", 16);
         let b = named.get(2).map(|x| x.1).unwrap_or(GpuSlice::from(&dummy));
-        let pipeline = ctx.pipeline("optim", SOURCE, "sgd_step", None);
+        let pipeline = KERNELS.wgpu_pipeline(ctx, "sgd_step", None);
         submit(ctx, &[(bytemuck::bytes_of(&u), Dispatch { pipeline, buffers: vec![(1, p), (2, g), (3, b)], grid: (groups, 1, 1) })]);
         Ok(())
     })
@@ -91,7 +89,7 @@ pub fn sgd_step(ctx: &WgpuContext, params: &dyn AsGpuSlice, momentum_buf: Option
 ///
 /// `params, exp_avg, exp_avg_sq: [len]` are updated in place, `grads: [len]` read. `step` is the 1-based index of
 /// this step (torch's `state['step']` after its increment), used by the bias corrections.
-pub fn adamw_step(ctx: &WgpuContext, params: &dyn AsGpuSlice, exp_avg: &dyn AsGpuSlice, exp_avg_sq: &dyn AsGpuSlice, grads: &dyn AsGpuSlice, config: &AdamWConfig, step: u64) -> Result<()> {
+pub fn adamw_step(ctx: &Wgpu, params: &dyn AsGpuSlice, exp_avg: &dyn AsGpuSlice, exp_avg_sq: &dyn AsGpuSlice, grads: &dyn AsGpuSlice, config: &AdamWConfig, step: u64) -> Result<()> {
     let op = "adamw (wgpu)";
     let (p, m, v, g) = (params.as_gpu_slice(), exp_avg.as_gpu_slice(), exp_avg_sq.as_gpu_slice(), grads.as_gpu_slice());
     let len = (p.size() / 4) as usize;
@@ -103,7 +101,7 @@ pub fn adamw_step(ctx: &WgpuContext, params: &dyn AsGpuSlice, exp_avg: &dyn AsGp
     check_disjoint(op, &[("params", p), ("grads", g), ("exp_avg", m), ("exp_avg_sq", v)])?;
     let (groups, _) = elementwise_grid(len);
     ctx.scoped(|| {
-        let pipeline = ctx.pipeline("optim", SOURCE, "adamw_step", None);
+        let pipeline = KERNELS.wgpu_pipeline(ctx, "adamw_step", None);
         submit(ctx, &[(bytemuck::bytes_of(&u), Dispatch { pipeline, buffers: vec![(1, p), (2, g), (3, m), (4, v)], grid: (groups, 1, 1) })]);
         Ok(())
     })
@@ -124,7 +122,7 @@ pub struct LarsPlan {
 
 impl LarsPlan {
     /// Uploads the tables of `spans` and allocates the scratch buffers.
-    pub fn new(ctx: &WgpuContext, spans: &ParamSpans) -> Result<Self> {
+    pub fn new(ctx: &Wgpu, spans: &ParamSpans) -> Result<Self> {
         let (segs, table) = lars_tables(spans);
         if segs.len() > 65535 * 65535 || table.len() > 65535 * 65535 {
             return Err(Error::shape("lars (wgpu)", "at most 65535^2 segments and spans", format!("{} segments, {} spans", segs.len(), table.len())));
@@ -132,8 +130,8 @@ impl LarsPlan {
         ctx.scoped(|| {
             Ok(Self {
                 spans: spans.clone(),
-                segments: ctx.upload("moco lars segments", &segs),
-                span_table: ctx.upload("moco lars spans", &table),
+                segments: ctx.upload_pod("moco lars segments", &segs),
+                span_table: ctx.upload_pod("moco lars spans", &table),
                 partials: ctx.storage_buffer("moco lars partials", segs.len() as u64 * 8),
                 norms_sq: ctx.storage_buffer("moco lars norms", table.len() as u64 * 8),
                 n_segments: segs.len(),
@@ -144,7 +142,7 @@ impl LarsPlan {
     pub fn spans(&self) -> &ParamSpans {
         &self.spans
     }
-    /// Segments (pieces of at most [`LARS_CHUNK`] elements of one span): the workgroups of the norm and update
+    /// Segments (pieces of at most [`LARS_CHUNK`](super::params::LARS_CHUNK) elements of one span): the workgroups of the norm and update
     /// passes.
     pub fn segments(&self) -> usize {
         self.n_segments
@@ -155,48 +153,48 @@ impl LarsPlan {
         &self.norms_sq
     }
     /// [`LarsPlan::norms_sq`] read back to the host.
-    pub fn read_norms_sq(&self, ctx: &WgpuContext) -> Result<Vec<[f32; 2]>> {
-        let flat: Vec<f32> = ctx.read(&self.norms_sq, 2 * self.spans.spans().len())?;
+    pub fn read_norms_sq(&self, ctx: &Wgpu) -> Result<Vec<[f32; 2]>> {
+        let flat: Vec<f32> = ctx.read_elems(&self.norms_sq, 2 * self.spans.spans().len())?;
         Ok(flat.chunks_exact(2).map(|c| [c[0], c[1]]).collect())
     }
     fn check(&self, op: &'static str, p: &GpuSlice<'_>, g: &GpuSlice<'_>) -> Result<()> {
         check_slice(op, "params (the spans' total)", p, self.spans.len())?;
         check_slice(op, "grads", g, self.spans.len())
     }
-    fn norm_dispatches<'a>(&'a self, ctx: &WgpuContext, p: GpuSlice<'a>, g: GpuSlice<'a>, u: OptimParams) -> [(OptimParams, Dispatch<'a>); 2] {
+    fn norm_dispatches<'a>(&'a self, ctx: &Wgpu, p: GpuSlice<'a>, g: GpuSlice<'a>, u: OptimParams) -> [(OptimParams, Dispatch<'a>); 2] {
         let n_spans = self.spans.spans().len();
         [
             (
                 OptimParams { count: self.n_segments as u32, ..u },
                 Dispatch {
-                    pipeline: ctx.pipeline("optim", SOURCE, "lars_partial_norms", None),
+                    pipeline: KERNELS.wgpu_pipeline(ctx, "lars_partial_norms", None),
                     buffers: vec![(1, p), (2, g), (5, GpuSlice::from(&self.segments)), (7, GpuSlice::from(&self.partials))],
-                    grid: grid_2d(self.n_segments as u32),
+                    grid: grid_2d(self.n_segments),
                 },
             ),
             (
                 OptimParams { count: n_spans as u32, ..u },
                 Dispatch {
-                    pipeline: ctx.pipeline("optim", SOURCE, "lars_span_norms", None),
+                    pipeline: KERNELS.wgpu_pipeline(ctx, "lars_span_norms", None),
                     buffers: vec![(6, GpuSlice::from(&self.span_table)), (7, GpuSlice::from(&self.partials)), (8, GpuSlice::from(&self.norms_sq))],
-                    grid: grid_2d(n_spans as u32),
+                    grid: grid_2d(n_spans),
                 },
             ),
         ]
     }
-    fn update_dispatch<'a>(&'a self, ctx: &WgpuContext, p: GpuSlice<'a>, mu: GpuSlice<'a>, g: GpuSlice<'a>, u: OptimParams) -> (OptimParams, Dispatch<'a>) {
+    fn update_dispatch<'a>(&'a self, ctx: &Wgpu, p: GpuSlice<'a>, mu: GpuSlice<'a>, g: GpuSlice<'a>, u: OptimParams) -> (OptimParams, Dispatch<'a>) {
         (
             OptimParams { count: self.n_segments as u32, ..u },
             Dispatch {
-                pipeline: ctx.pipeline("optim", SOURCE, "lars_update", None),
+                pipeline: KERNELS.wgpu_pipeline(ctx, "lars_update", None),
                 buffers: vec![(1, p), (2, g), (3, mu), (5, GpuSlice::from(&self.segments)), (8, GpuSlice::from(&self.norms_sq))],
-                grid: grid_2d(self.n_segments as u32),
+                grid: grid_2d(self.n_segments),
             },
         )
     }
 }
 
-fn run(ctx: &WgpuContext, steps: Vec<(OptimParams, Dispatch)>) -> Result<()> {
+fn run(ctx: &Wgpu, steps: Vec<(OptimParams, Dispatch)>) -> Result<()> {
     ctx.scoped(|| {
         let (us, ds): (Vec<OptimParams>, Vec<Dispatch>) = steps.into_iter().unzip();
         let refs: Vec<(&[u8], Dispatch)> = us.iter().map(bytemuck::bytes_of).zip(ds).collect();
@@ -208,7 +206,7 @@ fn run(ctx: &WgpuContext, steps: Vec<(OptimParams, Dispatch)>) -> Result<()> {
 /// LARS pass 1 (`lars_partial_norms` then `lars_span_norms`): per span of `plan`, `(||p||^2, ||g + wd * p||^2)`
 /// into [`LarsPlan::norms_sq`] (zeros for 1-d spans), the GPU form of [`crate::optim::lars_norms`]. Partial sums
 /// per segment, then a fixed-order tree per span, in f32: deterministic, no atomics. `params, grads: [len]` read.
-pub fn lars_norms(ctx: &WgpuContext, plan: &LarsPlan, params: &dyn AsGpuSlice, grads: &dyn AsGpuSlice, weight_decay: f64) -> Result<()> {
+pub fn lars_norms(ctx: &Wgpu, plan: &LarsPlan, params: &dyn AsGpuSlice, grads: &dyn AsGpuSlice, weight_decay: f64) -> Result<()> {
     let op = "lars (wgpu)";
     LarsConfig { weight_decay, ..LarsConfig::new(0.0, 0.0) }.validate()?;
     let (p, g) = (params.as_gpu_slice(), grads.as_gpu_slice());
@@ -221,7 +219,7 @@ pub fn lars_norms(ctx: &WgpuContext, plan: &LarsPlan, params: &dyn AsGpuSlice, g
 /// LARS pass 2 (`lars_update`): `mu = momentum * mu + dp; p -= lr * mu` with `dp = (g + wd * p) * q` on spans with
 /// `ndim > 1`, `q` the trust ratio from [`LarsPlan::norms_sq`] (computed per span in the kernel), and `dp = g`
 /// otherwise; the GPU form of [`crate::optim::lars_update`]. `params, mu: [len]` updated, `grads: [len]` read.
-pub fn lars_update(ctx: &WgpuContext, plan: &LarsPlan, params: &dyn AsGpuSlice, mu: &dyn AsGpuSlice, grads: &dyn AsGpuSlice, config: &LarsConfig) -> Result<()> {
+pub fn lars_update(ctx: &Wgpu, plan: &LarsPlan, params: &dyn AsGpuSlice, mu: &dyn AsGpuSlice, grads: &dyn AsGpuSlice, config: &LarsConfig) -> Result<()> {
     let op = "lars (wgpu)";
     config.validate()?;
     let (p, m, g) = (params.as_gpu_slice(), mu.as_gpu_slice(), grads.as_gpu_slice());
@@ -233,7 +231,7 @@ pub fn lars_update(ctx: &WgpuContext, plan: &LarsPlan, params: &dyn AsGpuSlice, 
 
 /// One LARS step (both passes, three dispatches in one submission), the GPU form of [`crate::optim::lars_step`].
 /// `params, mu: [len]` updated, `grads: [len]` read; `plan` describes the spans and holds the norms.
-pub fn lars_step(ctx: &WgpuContext, plan: &LarsPlan, params: &dyn AsGpuSlice, mu: &dyn AsGpuSlice, grads: &dyn AsGpuSlice, config: &LarsConfig) -> Result<()> {
+pub fn lars_step(ctx: &Wgpu, plan: &LarsPlan, params: &dyn AsGpuSlice, mu: &dyn AsGpuSlice, grads: &dyn AsGpuSlice, config: &LarsConfig) -> Result<()> {
     let op = "lars (wgpu)";
     config.validate()?;
     let (p, m, g) = (params.as_gpu_slice(), mu.as_gpu_slice(), grads.as_gpu_slice());
@@ -271,13 +269,13 @@ pub struct WgpuSgd {
 impl WgpuSgd {
     /// An optimiser for a flat buffer of `len` parameters (momentum buffer zeroed on the device); validates the
     /// configuration.
-    pub fn new(ctx: &WgpuContext, config: SgdConfig, len: usize) -> Result<Self> {
+    pub fn new(ctx: &Wgpu, config: SgdConfig, len: usize) -> Result<Self> {
         sgd_params(&config, len, true)?;
         let momentum_buf = if config.momentum == 0.0 { None } else { Some(ctx.scoped(|| Ok(ctx.storage_buffer("moco sgd momentum_buffer", len as u64 * 4)))?) };
         Ok(Self { config, momentum_buf, steps: 0, len })
     }
     /// One step: updates `params: [len]` from `grads: [len]` and the momentum buffer.
-    pub fn step(&mut self, ctx: &WgpuContext, params: &dyn AsGpuSlice, grads: &dyn AsGpuSlice) -> Result<()> {
+    pub fn step(&mut self, ctx: &Wgpu, params: &dyn AsGpuSlice, grads: &dyn AsGpuSlice) -> Result<()> {
         check_slice("sgd (wgpu)", "params", &params.as_gpu_slice(), self.len)?;
         sgd_step(ctx, params, self.momentum_buf.as_ref().map(|b| b as &dyn AsGpuSlice), grads, &self.config, self.steps == 0)?;
         self.steps += 1;
@@ -337,14 +335,14 @@ pub struct WgpuAdamW {
 impl WgpuAdamW {
     /// An optimiser for a flat buffer of `len` parameters (moments zeroed on the device); validates the
     /// configuration.
-    pub fn new(ctx: &WgpuContext, config: AdamWConfig, len: usize) -> Result<Self> {
+    pub fn new(ctx: &Wgpu, config: AdamWConfig, len: usize) -> Result<Self> {
         adamw_params(&config, len, 1)?;
         let (exp_avg, exp_avg_sq) = ctx.scoped(|| Ok((ctx.storage_buffer("moco adamw exp_avg", len as u64 * 4), ctx.storage_buffer("moco adamw exp_avg_sq", len as u64 * 4))))?;
         Ok(Self { config, exp_avg, exp_avg_sq, steps: 0, len })
     }
     /// One step: updates `params: [len]` from `grads: [len]` and the moments (bias corrections at step
     /// `steps() + 1`).
-    pub fn step(&mut self, ctx: &WgpuContext, params: &dyn AsGpuSlice, grads: &dyn AsGpuSlice) -> Result<()> {
+    pub fn step(&mut self, ctx: &Wgpu, params: &dyn AsGpuSlice, grads: &dyn AsGpuSlice) -> Result<()> {
         check_slice("adamw (wgpu)", "params", &params.as_gpu_slice(), self.len)?;
         adamw_step(ctx, params, &self.exp_avg, &self.exp_avg_sq, grads, &self.config, self.steps + 1)?;
         self.steps += 1;
@@ -408,14 +406,14 @@ pub struct WgpuLars {
 impl WgpuLars {
     /// An optimiser for the flat buffer that `spans` tile (`mu` zeroed on the device); validates the
     /// configuration.
-    pub fn new(ctx: &WgpuContext, config: LarsConfig, spans: ParamSpans) -> Result<Self> {
+    pub fn new(ctx: &Wgpu, config: LarsConfig, spans: ParamSpans) -> Result<Self> {
         config.validate()?;
         let plan = LarsPlan::new(ctx, &spans)?;
         let mu = ctx.scoped(|| Ok(ctx.storage_buffer("moco lars mu", spans.len() as u64 * 4)))?;
         Ok(Self { config, plan, mu, steps: 0 })
     }
     /// One step (both passes): updates `params: [len]` from `grads: [len]` and `mu`.
-    pub fn step(&mut self, ctx: &WgpuContext, params: &dyn AsGpuSlice, grads: &dyn AsGpuSlice) -> Result<()> {
+    pub fn step(&mut self, ctx: &Wgpu, params: &dyn AsGpuSlice, grads: &dyn AsGpuSlice) -> Result<()> {
         lars_step(ctx, &self.plan, params, &self.mu, grads, &self.config)?;
         self.steps += 1;
         Ok(())
@@ -457,5 +455,101 @@ impl WgpuLars {
     /// The state buffers by name (`mu`), each `[len]`.
     pub fn state(&self) -> Vec<(&'static str, &wgpu::Buffer)> {
         vec![("mu", &self.mu)]
+    }
+}
+
+
+/// An optimiser on wgpu: [`WgpuSgd`], [`WgpuAdamW`] or [`WgpuLars`].
+#[derive(Debug)]
+pub enum WgpuOpt {
+    /// SGD.
+    Sgd(WgpuSgd),
+    /// AdamW.
+    AdamW(WgpuAdamW),
+    /// LARS.
+    Lars(WgpuLars),
+}
+
+impl WgpuOpt {
+    /// The configuration.
+    pub fn config(&self) -> OptimizerConfig {
+        match self {
+            WgpuOpt::Sgd(o) => OptimizerConfig::Sgd(*o.config()),
+            WgpuOpt::AdamW(o) => OptimizerConfig::AdamW(*o.config()),
+            WgpuOpt::Lars(o) => OptimizerConfig::Lars(*o.config()),
+        }
+    }
+    /// Parameters per step.
+    pub fn len(&self) -> usize {
+        match self {
+            WgpuOpt::Sgd(o) => o.len(),
+            WgpuOpt::AdamW(o) => o.len(),
+            WgpuOpt::Lars(o) => o.spans().len(),
+        }
+    }
+    /// Always false (`len >= 1`).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The state buffers in [`OptimizerConfig::state_names`] order, each `[len]`.
+    pub fn state(&self) -> Vec<&wgpu::Buffer> {
+        let named = match self {
+            WgpuOpt::Sgd(o) => o.state(),
+            WgpuOpt::AdamW(o) => o.state(),
+            WgpuOpt::Lars(o) => o.state(),
+        };
+        named.into_iter().map(|(_, b)| b).collect()
+    }
+}
+
+
+impl super::Optim for Wgpu {
+    type Opt = WgpuOpt;
+    fn opt_new(&mut self, config: OptimizerConfig, spans: &ParamSpans) -> Result<WgpuOpt> {
+        Ok(match config {
+            OptimizerConfig::Sgd(c) => WgpuOpt::Sgd(WgpuSgd::new(self, c, spans.len())?),
+            OptimizerConfig::AdamW(c) => WgpuOpt::AdamW(WgpuAdamW::new(self, c, spans.len())?),
+            OptimizerConfig::Lars(c) => WgpuOpt::Lars(WgpuLars::new(self, c, spans.clone())?),
+        })
+    }
+    fn opt_step(&mut self, opt: &mut WgpuOpt, params: &mut wgpu::Buffer, grads: &wgpu::Buffer, lr: f64) -> Result<()> {
+        match opt {
+            WgpuOpt::Sgd(o) => {
+                o.set_lr(lr)?;
+                o.step(self, params, grads)
+            }
+            WgpuOpt::AdamW(o) => {
+                o.set_lr(lr)?;
+                o.step(self, params, grads)
+            }
+            WgpuOpt::Lars(o) => {
+                o.set_lr(lr)?;
+                o.step(self, params, grads)
+            }
+        }
+    }
+    fn opt_steps(opt: &WgpuOpt) -> u64 {
+        match opt {
+            WgpuOpt::Sgd(o) => o.steps(),
+            WgpuOpt::AdamW(o) => o.steps(),
+            WgpuOpt::Lars(o) => o.steps(),
+        }
+    }
+    fn opt_set_steps(opt: &mut WgpuOpt, steps: u64) {
+        match opt {
+            WgpuOpt::Sgd(o) => o.set_steps(steps),
+            WgpuOpt::AdamW(o) => o.set_steps(steps),
+            WgpuOpt::Lars(o) => o.set_steps(steps),
+        }
+    }
+    fn opt_read_state(&self, opt: &WgpuOpt) -> Result<Vec<Vec<f32>>> {
+        opt.state().into_iter().map(|b| self.read_elems::<f32>(b, opt.len())).collect()
+    }
+    fn opt_write_state(&mut self, opt: &mut WgpuOpt, state: &[Vec<f32>]) -> Result<()> {
+        opt.config().check_state(opt.len(), state)?;
+        for (b, src) in opt.state().into_iter().zip(state) {
+            self.queue().write_buffer(b, 0, bytemuck::cast_slice(src));
+        }
+        Ok(())
     }
 }

@@ -3,6 +3,7 @@
 use super::{PatchShape, PosEmbedShape, TokensShape};
 use super::Patch;
 use crate::error::Result;
+use crate::ops::check::len;
 use rayon::prelude::*;
 
 /// moco-v3's `build_2d_sincos_position_embedding` (temperature 10000), cls row included: `out [1 + P, D]`.
@@ -39,9 +40,6 @@ pub fn sincos_pos_embed_2d(out: &mut [f32], shape: &PosEmbedShape) -> Result<()>
     Ok(())
 }
 
-/// Element-wise work is split into chunks of this many elements.
-const CHUNK: usize = 1 << 14;
-
 /// Patch im2col: `cols [B*P, C*p*p]` from `images [B, C, H, W]`. Row `b*P + py*(W/p) + px` (timm's
 /// `flatten(2).transpose(1, 2)` token order: row-major over the grid), column `(ci*p + ky)*p + kx` holds
 /// `images[b, ci, py*p + ky, px*p + kx]`. That column order is the torch conv weight `[D, C, p, p]` flattened, so
@@ -49,8 +47,7 @@ const CHUNK: usize = 1 << 14;
 /// permutation: every image element lands in exactly one place.
 pub fn patch_im2col(cols: &mut [f32], images: &[f32], shape: &PatchShape) -> Result<()> {
     let s = *shape;
-    len("patch_embed", "images [B*C*H*W]", s.len(), images.len())?;
-    len("patch_embed", "cols [B*P*C*p*p]", s.len(), cols.len())?;
+    s.check(("images", images.len()), ("cols", cols.len()))?;
     let (p, (_, gw), np) = (s.patch, s.grid(), s.patches());
     cols.par_chunks_mut(s.cols()).enumerate().for_each(|(row, dst)| {
         let (b, m) = (row / np, row % np);
@@ -69,8 +66,7 @@ pub fn patch_im2col(cols: &mut [f32], images: &[f32], shape: &PatchShape) -> Res
 /// moco-v3's frozen patch projection and image inputs, but cheap and it closes the layer).
 pub fn patch_im2col_backward(dimages: &mut [f32], dcols: &[f32], shape: &PatchShape) -> Result<()> {
     let s = *shape;
-    len("patch_embed", "dimages [B*C*H*W]", s.len(), dimages.len())?;
-    len("patch_embed", "dcols [B*P*C*p*p]", s.len(), dcols.len())?;
+    s.check(("dimages", dimages.len()), ("dcols", dcols.len()))?;
     let (p, (_, gw), np) = (s.patch, s.grid(), s.patches());
     let img = s.c * s.h * s.w;
     dimages.par_chunks_mut(img).enumerate().for_each(|(b, di)| {
@@ -92,11 +88,7 @@ pub fn patch_im2col_backward(dimages: &mut [f32], dcols: &[f32], shape: &PatchSh
 /// `tokens[b, 1 + p] = patches[b*P + p] + pos[1 + p]`; `patches [B*P, C]`, `cls [C]`, `pos [T, C]`.
 pub fn tokens_forward(tokens: &mut [f32], patches: &[f32], cls: &[f32], pos: &[f32], shape: &TokensShape) -> Result<()> {
     let s = *shape;
-    let op = "tokens_forward";
-    len(op, "tokens [B*T*C]", s.len(), tokens.len())?;
-    len(op, "patches [B*P*C]", s.b * s.patches() * s.c, patches.len())?;
-    len(op, "cls [C]", s.c, cls.len())?;
-    len(op, "pos [T*C]", s.t * s.c, pos.len())?;
+    s.check_forward(tokens.len(), patches.len(), cls.len(), pos.len())?;
     tokens.par_chunks_mut(s.c).enumerate().for_each(|(row, dst)| {
         let (b, t) = (row / s.t, row % s.t);
         let src = if t == 0 { cls } else { &patches[(b * s.patches() + t - 1) * s.c..][..s.c] };
@@ -109,10 +101,8 @@ pub fn tokens_forward(tokens: &mut [f32], patches: &[f32], cls: &[f32], pos: &[f
 /// the batch of the cls rows (each skipped when `None`); the position embedding is fixed (no gradient).
 pub fn tokens_backward(dpatches: Option<&mut [f32]>, dcls: Option<&mut [f32]>, dtokens: &[f32], shape: &TokensShape) -> Result<()> {
     let s = *shape;
-    let op = "tokens_backward";
-    len(op, "dtokens [B*T*C]", s.len(), dtokens.len())?;
+    s.check_backward(dpatches.as_ref().map(|d| d.len()), dcls.as_ref().map(|d| d.len()), dtokens.len())?;
     if let Some(dp) = dpatches {
-        len(op, "dpatches [B*P*C]", s.b * s.patches() * s.c, dp.len())?;
         if s.patches() > 0 {
             dp.par_chunks_mut(s.c).enumerate().for_each(|(row, dst)| {
                 let (b, p) = (row / s.patches(), row % s.patches());
@@ -121,7 +111,6 @@ pub fn tokens_backward(dpatches: Option<&mut [f32]>, dcls: Option<&mut [f32]>, d
         }
     }
     if let Some(dc) = dcls {
-        len(op, "dcls [C]", s.c, dc.len())?;
         for b in 0..s.b {
             dc.iter_mut().zip(&dtokens[b * s.t * s.c..][..s.c]).for_each(|(d, g)| *d += g);
         }
@@ -132,8 +121,7 @@ pub fn tokens_backward(dpatches: Option<&mut [f32]>, dcls: Option<&mut [f32]>, d
 /// The cls feature: `out [B, C] = tokens[:, 0]` of `tokens [B, T, C]`.
 pub fn cls_select_forward(out: &mut [f32], tokens: &[f32], shape: &TokensShape) -> Result<()> {
     let s = *shape;
-    len("cls_select_forward", "out [B*C]", s.b * s.c, out.len())?;
-    len("cls_select_forward", "tokens [B*T*C]", s.len(), tokens.len())?;
+    s.check_cls("cls_select_forward", ("out", out.len()), ("tokens", tokens.len()))?;
     out.chunks_mut(s.c).enumerate().for_each(|(b, dst)| dst.copy_from_slice(&tokens[b * s.t * s.c..][..s.c]));
     Ok(())
 }
@@ -141,8 +129,7 @@ pub fn cls_select_forward(out: &mut [f32], tokens: &[f32], shape: &TokensShape) 
 /// Backward of [`cls_select_forward`]: `dtokens[:, 0] += dout [B, C]`.
 pub fn cls_select_backward(dtokens: &mut [f32], dout: &[f32], shape: &TokensShape) -> Result<()> {
     let s = *shape;
-    len("cls_select_backward", "dtokens [B*T*C]", s.len(), dtokens.len())?;
-    len("cls_select_backward", "dout [B*C]", s.b * s.c, dout.len())?;
+    s.check_cls("cls_select_backward", ("dout", dout.len()), ("dtokens", dtokens.len()))?;
     for (b, g) in dout.chunks(s.c).enumerate() {
         dtokens[b * s.t * s.c..][..s.c].iter_mut().zip(g).for_each(|(d, g)| *d += g);
     }

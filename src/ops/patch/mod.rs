@@ -19,7 +19,7 @@ pub mod wgpu;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::ops::check::{elems, len, positive};
+use crate::ops::check::{elems, len, opt_len, positive};
 
 pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("patch");
 
@@ -137,6 +137,11 @@ impl PatchShape {
     pub fn is_empty(&self) -> bool {
         false
     }
+    /// Checks `images` (or `dimages`) `[B*C*H*W]` and `cols` (or `dcols`) `[B*P*C*p*p]`, the same length.
+    pub(crate) fn check(&self, images: (&str, usize), cols: (&str, usize)) -> Result<()> {
+        len("patch_embed", &format!("{} [B*C*H*W]", images.0), self.len(), images.1)?;
+        len("patch_embed", &format!("{} [B*P*C*p*p]", cols.0), self.len(), cols.1)
+    }
 }
 
 /// A validated token problem: `B` images of `T = 1 + P` tokens of `C` features; token 0 is the cls token.
@@ -181,6 +186,26 @@ impl TokensShape {
     /// Always false.
     pub fn is_empty(&self) -> bool {
         false
+    }
+    /// Checks the token assembly's buffers: `tokens [B*T*C]`, `patches [B*P*C]`, `cls [C]`, `pos [T*C]`.
+    pub(crate) fn check_forward(&self, tokens: usize, patches: usize, cls: usize, pos: usize) -> Result<()> {
+        let op = "tokens_forward";
+        len(op, "tokens [B*T*C]", self.len(), tokens)?;
+        len(op, "patches [B*P*C]", self.b * self.patches() * self.c, patches)?;
+        len(op, "cls [C]", self.c, cls)?;
+        len(op, "pos [T*C]", self.t * self.c, pos)
+    }
+    /// Checks the token assembly's backward: `dtokens [B*T*C]`, `dpatches [B*P*C]` and `dcls [C]` when given.
+    pub(crate) fn check_backward(&self, dpatches: Option<usize>, dcls: Option<usize>, dtokens: usize) -> Result<()> {
+        let op = "tokens_backward";
+        len(op, "dtokens [B*T*C]", self.len(), dtokens)?;
+        opt_len(op, "dpatches [B*P*C]", self.b * self.patches() * self.c, dpatches)?;
+        opt_len(op, "dcls [C]", self.c, dcls)
+    }
+    /// Checks the cls feature's buffers: `out` (or `dout`) `[B*C]` and `tokens` (or `dtokens`) `[B*T*C]`.
+    pub(crate) fn check_cls(&self, op: &'static str, out: (&str, usize), tokens: (&str, usize)) -> Result<()> {
+        len(op, &format!("{} [B*C]", out.0), self.b * self.c, out.1)?;
+        len(op, &format!("{} [B*T*C]", tokens.0), self.len(), tokens.1)
     }
 }
 

@@ -2,16 +2,14 @@
 
 use super::{GlobalAvgPoolShape, MaxPool2dShape};
 use super::Pool;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use rayon::prelude::*;
 
 /// Max pooling forward: `out [N, C, OH, OW]`, and `argmax [N, C, OH, OW]`, the index `ih*W + iw` of the winner
 /// inside its `[H, W]` plane (first maximum in scan order; a NaN wins, as in torch). `inp: [N, C, H, W]`.
 pub fn maxpool2d_forward(out: &mut [f32], argmax: &mut [u32], inp: &[f32], shape: &MaxPool2dShape) -> Result<()> {
     let s = *shape;
-    check::len("maxpool2d", "inp [N*C*H*W]", s.inp_len(), inp.len())?;
-    check::len("maxpool2d", "out [N*C*OH*OW]", s.out_len(), out.len())?;
-    check::len("maxpool2d", "argmax [N*C*OH*OW]", s.out_len(), argmax.len())?;
+    s.check(("inp", inp.len()), ("out", out.len()), argmax.len())?;
     let (oh, ow, hw) = (s.out_h(), s.out_w(), s.h * s.w);
     out.par_chunks_mut(oh * ow).zip(argmax.par_chunks_mut(oh * ow)).zip(inp.par_chunks(hw)).for_each(|((y, idx), x)| {
         for oy in 0..oh {
@@ -46,9 +44,7 @@ pub fn maxpool2d_forward(out: &mut [f32], argmax: &mut [u32], inp: &[f32], shape
 /// (before writing anything) if an index lies outside its plane.
 pub fn maxpool2d_backward(dinp: &mut [f32], dout: &[f32], argmax: &[u32], shape: &MaxPool2dShape) -> Result<()> {
     let s = *shape;
-    check::len("maxpool2d", "dinp [N*C*H*W]", s.inp_len(), dinp.len())?;
-    check::len("maxpool2d", "dout [N*C*OH*OW]", s.out_len(), dout.len())?;
-    check::len("maxpool2d", "argmax [N*C*OH*OW]", s.out_len(), argmax.len())?;
+    s.check(("dinp", dinp.len()), ("dout", dout.len()), argmax.len())?;
     let hw = s.h * s.w;
     if let Some(bad) = argmax.par_iter().find_any(|&&i| i as usize >= hw) {
         return Err(Error::shape("maxpool2d", format!("argmax indices < H*W = {hw}"), format!("index {bad}")));
@@ -65,8 +61,7 @@ pub fn maxpool2d_backward(dinp: &mut [f32], dout: &[f32], argmax: &[u32], shape:
 /// Global average pooling forward: `out [N, C] = mean over HW of inp [N, C, HW]`.
 pub fn global_avgpool_forward(out: &mut [f32], inp: &[f32], shape: &GlobalAvgPoolShape) -> Result<()> {
     let s = *shape;
-    check::len("global_avgpool", "inp [N*C*HW]", s.n * s.c * s.hw, inp.len())?;
-    check::len("global_avgpool", "out [N*C]", s.n * s.c, out.len())?;
+    s.check(("inp", inp.len()), ("out", out.len()))?;
     let inv = 1.0 / s.hw as f32;
     out.par_iter_mut().zip(inp.par_chunks(s.hw)).for_each(|(y, x)| *y = x.iter().sum::<f32>() * inv);
     Ok(())
@@ -75,8 +70,7 @@ pub fn global_avgpool_forward(out: &mut [f32], inp: &[f32], shape: &GlobalAvgPoo
 /// Global average pooling backward: `dinp [N, C, HW] += dout [N, C] / HW`.
 pub fn global_avgpool_backward(dinp: &mut [f32], dout: &[f32], shape: &GlobalAvgPoolShape) -> Result<()> {
     let s = *shape;
-    check::len("global_avgpool", "dinp [N*C*HW]", s.n * s.c * s.hw, dinp.len())?;
-    check::len("global_avgpool", "dout [N*C]", s.n * s.c, dout.len())?;
+    s.check(("dinp", dinp.len()), ("dout", dout.len()))?;
     let inv = 1.0 / s.hw as f32;
     dinp.par_chunks_mut(s.hw).zip(dout.par_iter()).for_each(|(dx, &g)| dx.iter_mut().for_each(|d| *d += g * inv));
     Ok(())

@@ -59,7 +59,9 @@ impl MaxPool2dShape {
             return Err(Error::shape(op, "window no larger than the padded input (output >= 1x1)", format!("{k}x{k} window on {h}x{w} input with pad {pad}")));
         }
         elems(op, "inp", &[n, c, h, w])?;
-        Ok(Self { n, c, h, w, k, stride, pad })
+        let s = Self { n, c, h, w, k, stride, pad };
+        elems(op, "out", &[n, c, s.out_h(), s.out_w()])?;
+        Ok(s)
     }
     /// ResNet's stem pooling: 3x3, stride 2, padding 1.
     pub fn resnet(n: usize, c: usize, h: usize, w: usize) -> Result<Self> {
@@ -80,6 +82,14 @@ impl MaxPool2dShape {
     /// Elements of `out` (and of `argmax`).
     pub fn out_len(&self) -> usize {
         self.n * self.c * self.out_h() * self.out_w()
+    }
+    /// Checks the buffer lengths of the forward (`out`, `argmax`, `inp`) or, with the same sizes, of the backward
+    /// (`dinp` for `inp`, `dout` for `out`).
+    pub(crate) fn check(&self, inp: (&str, usize), out: (&str, usize), argmax: usize) -> Result<()> {
+        let op = "maxpool2d";
+        len(op, &format!("{} [N*C*H*W]", inp.0), self.inp_len(), inp.1)?;
+        len(op, &format!("{} [N*C*OH*OW]", out.0), self.out_len(), out.1)?;
+        len(op, "argmax [N*C*OH*OW]", self.out_len(), argmax)
     }
 }
 
@@ -103,6 +113,12 @@ impl GlobalAvgPoolShape {
         }
         elems(op, "inp", &[n, c, hw])?;
         Ok(Self { n, c, hw })
+    }
+    /// Checks `inp` (or `dinp`) `[N*C*HW]` and `out` (or `dout`) `[N*C]`.
+    pub(crate) fn check(&self, inp: (&str, usize), out: (&str, usize)) -> Result<()> {
+        let op = "global_avgpool";
+        len(op, &format!("{} [N*C*HW]", inp.0), self.n * self.c * self.hw, inp.1)?;
+        len(op, &format!("{} [N*C]", out.0), self.n * self.c, out.1)
     }
 }
 

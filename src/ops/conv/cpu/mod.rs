@@ -42,7 +42,6 @@ pub(crate) mod winograd4;
 
 use super::Conv2dShape;
 use crate::device::vector::vectorized;
-use crate::ops::check;
 use crate::ops::linear::gemm::gemm_strided;
 use tasks::batch_split;
 use winograd::{arr, winograd_3x3, winograd_3x3_dweight, Filter, WinoShape};
@@ -278,7 +277,7 @@ pub fn conv2d_forward_no_grad(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f3
 
 fn forward_measured(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weight: &[f32], shape: &Conv2dShape, pass: Pass) -> Result<()> {
     let s = *shape;
-    check_forward(out, inp, weight, &s)?;
+    s.check_forward(out.len(), inp.len(), weight.len())?;
     if !s.winograd_applies() || s.c_in < AUTO_MIN_SUM {
         forward_im2col(out, scratch, inp, weight, &s);
         return Ok(());
@@ -300,15 +299,10 @@ fn forward_measured(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weight
 /// [`conv2d_forward`] with a given algorithm; [`ConvAlgo::Winograd`] on a shape it does not apply to is an error.
 pub fn conv2d_forward_with(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weight: &[f32], algo: ConvAlgo, shape: &Conv2dShape) -> Result<()> {
     let s = *shape;
-    check_forward(out, inp, weight, &s)?;
+    s.check_forward(out.len(), inp.len(), weight.len())?;
     check_algo(algo, &s)?;
     forward_algo(out, scratch, inp, weight, &s, algo);
     Ok(())
-}
-
-fn check_forward(out: &[f32], inp: &[f32], weight: &[f32], s: &Conv2dShape) -> Result<()> {
-    s.validate()?;
-    s.check(&[("inp [N*C_in*H*W]", s.inp_len(), inp.len()), ("weight [C_out*C_in*KH*KW]", s.weight_len(), weight.len()), ("out [N*C_out*OH*OW]", s.out_len(), out.len())])
 }
 
 fn check_algo(algo: ConvAlgo, s: &Conv2dShape) -> Result<()> {
@@ -362,7 +356,7 @@ fn forward_im2col(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weight: 
 /// The algorithm for `dinp` is the measured choice for this shape (see the module documentation).
 pub fn conv2d_backward(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &mut Vec<f32>, dout: &[f32], inp: &[f32], weight: &[f32], shape: &Conv2dShape) -> Result<()> {
     let s = *shape;
-    check_backward(dinp.as_deref(), dweight, dout, inp, weight, &s)?;
+    s.check_backward(dinp.as_deref().map(|d| d.len()), dweight.len(), dout.len(), inp.len(), weight.len())?;
     let Some(dx) = dinp else {
         backward_im2col(None, dweight, scratch, dout, inp, weight, &s);
         return Ok(());
@@ -397,24 +391,13 @@ pub fn conv2d_backward(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward_with(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &mut Vec<f32>, dout: &[f32], inp: &[f32], weight: &[f32], algo: ConvAlgo, shape: &Conv2dShape) -> Result<()> {
     let s = *shape;
-    check_backward(dinp.as_deref(), dweight, dout, inp, weight, &s)?;
+    s.check_backward(dinp.as_deref().map(|d| d.len()), dweight.len(), dout.len(), inp.len(), weight.len())?;
     check_algo(algo, &s)?;
     match dinp {
         Some(dx) => backward_algo(dx, dweight, scratch, dout, inp, weight, &s, algo),
         None => backward_im2col(None, dweight, scratch, dout, inp, weight, &s),
     }
     Ok(())
-}
-
-fn check_backward(dinp: Option<&[f32]>, dweight: &[f32], dout: &[f32], inp: &[f32], weight: &[f32], s: &Conv2dShape) -> Result<()> {
-    s.validate()?;
-    s.check(&[
-        ("inp [N*C_in*H*W]", s.inp_len(), inp.len()),
-        ("weight [C_out*C_in*KH*KW]", s.weight_len(), weight.len()),
-        ("dout [N*C_out*OH*OW]", s.out_len(), dout.len()),
-        ("dweight [C_out*C_in*KH*KW]", s.weight_len(), dweight.len()),
-    ])?;
-    check::opt_len("conv2d", "dinp [N*C_in*H*W]", s.inp_len(), dinp.map(|d| d.len()))
 }
 
 #[allow(clippy::too_many_arguments)]
