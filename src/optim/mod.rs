@@ -32,11 +32,13 @@
 //! ```
 
 pub mod adamw;
+mod device;
 pub mod lars;
 pub mod schedule;
 pub mod sgd;
 
 pub use adamw::{adamw_step, AdamW, AdamWConfig};
+pub use device::DeviceOptimizer;
 pub use lars::{lars_norms, lars_step, lars_update, trust_ratio, Lars, LarsConfig};
 pub use schedule::{LrSchedule, MomentumSchedule};
 pub use sgd::{sgd_step, Sgd, SgdConfig};
@@ -141,7 +143,7 @@ impl ParamSpans {
     }
 }
 
-/// Which optimiser a run uses, with its hyperparameters: what [`crate::backend::MocoDevice::opt_new`] builds on
+/// Which optimiser a run uses, with its hyperparameters: what [`DeviceOptimizer::new`] builds on
 /// any device. MoCo v1/v2 train with SGD; MoCo v3 with LARS (ResNet) or AdamW (ViT).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum OptimizerConfig {

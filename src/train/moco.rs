@@ -22,7 +22,7 @@ use crate::ops::ema::Ema;
 use crate::ops::infonce::{v3_loss_from_words, InfoNceShape, InfoNceStats, Infonce, SymmetricShape, STATS_WORDS};
 use crate::ops::optim::Optim;
 use crate::ops::queue::QueueShape;
-use crate::optim::ParamSpans;
+use crate::optim::{DeviceOptimizer, ParamSpans};
 use std::path::Path;
 
 /// What the MoCo engine asks of its device: the layers of a network, the fused losses and the queue, the momentum
@@ -86,7 +86,7 @@ impl Encoder for VitLayout {
 /// MoCo v3's additions: the predictor, its optimiser, the second query and its gradient.
 struct V3Parts<D: TrainDevice> {
     pred: Mlp<D>,
-    opt: D::Opt,
+    opt: DeviceOptimizer<D>,
     /// Queries `[N, dim]` of view 2 and the loss's gradients with respect to them.
     q2: D::Buf,
     dq2: D::Buf,
@@ -100,7 +100,7 @@ pub struct MocoEngine<D: TrainDevice, M: Encoder = ResNetLayout> {
     enc_q: Network<D, M>,
     enc_k: Network<D, M>,
     enc_eval: Network<D, M>,
-    opt: D::Opt,
+    opt: DeviceOptimizer<D>,
     /// v1/v2: the queue.
     queue: Option<D::Queue>,
     ptr: usize,
@@ -160,7 +160,7 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         enc_k.set_grad_free(true);
         let mut enc_eval = Network::init_on(dev.clone(), layout, EVAL_BATCH, s, s, 1, cfg.seed)?;
         enc_eval.set_grad_free(true);
-        let opt = dev.opt_new(optimizer_config(cfg), &ParamSpans::from_layout(enc_q.layout.params())?)?;
+        let opt = DeviceOptimizer::new(&mut dev, optimizer_config(cfg), &ParamSpans::from_layout(enc_q.layout.params())?)?;
         let (q, k1, k2, dq) = (dev.alloc(n * dim)?, dev.alloc(n * dim)?, dev.alloc(n * dim)?, dev.alloc(n * dim)?);
         let row_loss = dev.alloc(n)?;
         let stats = dev.alloc_index(2 * STATS_WORDS)?;
@@ -170,7 +170,7 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
             let pl = MlpLayout::new("predictor", dim, cfg.predictor_spec())?;
             let mut pred = Network::init_on(dev.clone(), pl, n, 1, 1, cfg.bn_splits, cfg.seed ^ 0x5052_4544)?;
             pred.set_slots(2)?;
-            let popt = dev.opt_new(optimizer_config(cfg), &ParamSpans::from_layout(pred.layout.params())?)?;
+            let popt = DeviceOptimizer::new(&mut dev, optimizer_config(cfg), &ParamSpans::from_layout(pred.layout.params())?)?;
             v3 = Some(V3Parts { pred, opt: popt, q2: dev.alloc(n * dim)?, dq2: dev.alloc(n * dim)? });
         } else {
             queue = Some(dev.queue_from_f32(&initial_queue(cfg), cfg.queue_len, dim, cfg.queue_dtype)?);
@@ -224,7 +224,7 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         // key encoder: EMA of the query encoder's parameters (not its BN statistics), then keys without grad
         self.dev.ema(D::whole_mut(&mut self.enc_k.params), D::whole(&self.enc_q.params), momentum)?;
         // keys with shuffle-BN: the permutation of this step comes from (seed, optimiser steps taken)
-        let step = D::opt_steps(&self.opt);
+        let step = self.opt.steps();
         let k2 = self.keys(x_k, step, KeyBatch::K2)?;
         let k1 = if self.cfg.symmetric { Some(self.keys(x_q, step, KeyBatch::K1)?) } else { None };
         self.enc_q.zero_grad()?;
@@ -241,7 +241,7 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         if !stats.loss.is_finite() {
             return Ok(stats);
         }
-        self.dev.opt_step(&mut self.opt, &mut self.enc_q.params, &self.enc_q.grads, lr)?;
+        self.opt.step(&mut self.dev, &mut self.enc_q.params, &self.enc_q.grads, lr)?;
         // enqueue after the loss: k2 (and k1 first for the symmetric loss, as the colab's cat([k1, k2]))
         let queue = self.queue.as_mut().ok_or_else(|| Error::shape("train step", "a v1/v2 engine (with a queue)", "a v3 engine"))?;
         let qs = QueueShape::new(n, dim, self.cfg.queue_len, self.ptr)?;
@@ -304,8 +304,8 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         }
         self.enc_q.use_slot(0)?;
         v3.pred.use_slot(0)?;
-        self.dev.opt_step(&mut self.opt, &mut self.enc_q.params, &self.enc_q.grads, lr)?;
-        self.dev.opt_step(&mut v3.opt, &mut v3.pred.params, &v3.pred.grads, lr)?;
+        self.opt.step(&mut self.dev, &mut self.enc_q.params, &self.enc_q.grads, lr)?;
+        v3.opt.step(&mut self.dev, &mut v3.pred.params, &v3.pred.grads, lr)?;
         Ok(stats)
     }
 
@@ -385,7 +385,7 @@ impl<D: TrainDevice, M: Encoder> Engine for MocoEngine<D, M> {
     fn state(&self) -> Result<EngineState> {
         let (queue, pred_params, pred_buffers, pred_opt_state) = match (&self.queue, &self.v3) {
             (Some(q), _) => (self.dev.queue_to_f32(q)?, Vec::new(), Vec::new(), Vec::new()),
-            (None, Some(v3)) => (Vec::new(), v3.pred.read_params()?, v3.pred.read_buffers()?, self.dev.opt_read_state(&v3.opt)?),
+            (None, Some(v3)) => (Vec::new(), v3.pred.read_params()?, v3.pred.read_buffers()?, v3.opt.read_state(&self.dev)?),
             (None, None) => (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
         };
         Ok(EngineState {
@@ -393,8 +393,8 @@ impl<D: TrainDevice, M: Encoder> Engine for MocoEngine<D, M> {
             k_params: self.enc_k.read_params()?,
             q_buffers: self.enc_q.read_buffers()?,
             k_buffers: self.enc_k.read_buffers()?,
-            opt_state: self.dev.opt_read_state(&self.opt)?,
-            opt_steps: D::opt_steps(&self.opt),
+            opt_state: self.opt.read_state(&self.dev)?,
+            opt_steps: self.opt.steps(),
             queue,
             queue_ptr: self.ptr,
             q_tracked: self.enc_q.num_batches_tracked,
@@ -411,16 +411,16 @@ impl<D: TrainDevice, M: Encoder> Engine for MocoEngine<D, M> {
         self.enc_k.write_params(&s.k_params)?;
         self.enc_q.write_buffers(&s.q_buffers)?;
         self.enc_k.write_buffers(&s.k_buffers)?;
-        self.dev.opt_write_state(&mut self.opt, &s.opt_state)?;
-        D::opt_set_steps(&mut self.opt, s.opt_steps);
+        self.opt.write_state(&mut self.dev, &s.opt_state)?;
+        self.opt.set_steps(s.opt_steps);
         if let Some(queue) = &mut self.queue {
             *queue = self.dev.queue_from_f32(&s.queue, self.cfg.queue_len, self.cfg.dim, self.cfg.queue_dtype)?;
         }
         if let Some(v3) = &mut self.v3 {
             v3.pred.write_params(&s.pred_params)?;
             v3.pred.write_buffers(&s.pred_buffers)?;
-            self.dev.opt_write_state(&mut v3.opt, &s.pred_opt_state)?;
-            D::opt_set_steps(&mut v3.opt, s.opt_steps);
+            v3.opt.write_state(&mut self.dev, &s.pred_opt_state)?;
+            v3.opt.set_steps(s.opt_steps);
             v3.pred.num_batches_tracked = s.q_tracked;
         }
         self.ptr = s.queue_ptr;

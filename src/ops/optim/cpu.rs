@@ -5,7 +5,6 @@
 
 use crate::device::CpuDevice;
 use crate::error::{Error, Result};
-use crate::optim::{AdamW, Lars, Optimizer, OptimizerConfig, Sgd};
 use crate::optim::{check_buffer_len, check_len, check_nonneg, AdamWConfig, LarsConfig, ParamSpan, ParamSpans, SgdConfig, OPTIM_CHUNK};
 use rayon::prelude::*;
 
@@ -211,81 +210,18 @@ pub fn lars_step(params: &mut [f32], mu: &mut [f32], grads: &[f32], spans: &Para
 
 
 
-/// An optimiser on the CPU: [`crate::optim`]'s [`Sgd`], [`AdamW`] or [`Lars`].
-#[derive(Debug, Clone)]
-pub enum CpuOpt {
-    /// SGD.
-    Sgd(Sgd),
-    /// AdamW.
-    AdamW(AdamW),
-    /// LARS.
-    Lars(Lars),
-}
-
-impl CpuOpt {
-    /// The one optimiser inside, through the [`Optimizer`] trait.
-    pub fn as_dyn(&self) -> &dyn Optimizer {
-        match self {
-            CpuOpt::Sgd(o) => o,
-            CpuOpt::AdamW(o) => o,
-            CpuOpt::Lars(o) => o,
-        }
-    }
-    /// The same, writable.
-    pub fn as_dyn_mut(&mut self) -> &mut dyn Optimizer {
-        match self {
-            CpuOpt::Sgd(o) => o,
-            CpuOpt::AdamW(o) => o,
-            CpuOpt::Lars(o) => o,
-        }
-    }
-    /// The configuration.
-    pub fn config(&self) -> OptimizerConfig {
-        match self {
-            CpuOpt::Sgd(o) => OptimizerConfig::Sgd(*o.config()),
-            CpuOpt::AdamW(o) => OptimizerConfig::AdamW(*o.config()),
-            CpuOpt::Lars(o) => OptimizerConfig::Lars(*o.config()),
-        }
-    }
-}
-
-
 impl super::Optim for CpuDevice {
-    type Opt = CpuOpt;
-    fn opt_new(&mut self, config: OptimizerConfig, spans: &ParamSpans) -> Result<CpuOpt> {
-        Ok(match config {
-            OptimizerConfig::Sgd(c) => CpuOpt::Sgd(Sgd::new(c, spans.len())?),
-            OptimizerConfig::AdamW(c) => CpuOpt::AdamW(AdamW::new(c, spans.len())?),
-            OptimizerConfig::Lars(c) => CpuOpt::Lars(Lars::new(c, spans.clone())?),
-        })
+    type LarsPlan = ParamSpans;
+    fn sgd_step(&mut self, params: &mut [f32], momentum_buf: Option<&mut [f32]>, grads: &[f32], config: &SgdConfig, first_step: bool) -> Result<()> {
+        sgd_step(params, momentum_buf.unwrap_or(&mut []), grads, config, first_step)
     }
-    fn opt_step(&mut self, opt: &mut CpuOpt, params: &mut Vec<f32>, grads: &Vec<f32>, lr: f64) -> Result<()> {
-        let o = opt.as_dyn_mut();
-        o.set_lr(lr)?;
-        o.step(params, grads)
+    fn adamw_step(&mut self, params: &mut [f32], exp_avg: &mut [f32], exp_avg_sq: &mut [f32], grads: &[f32], config: &AdamWConfig, step: u64) -> Result<()> {
+        adamw_step(params, exp_avg, exp_avg_sq, grads, config, step)
     }
-    fn opt_steps(opt: &CpuOpt) -> u64 {
-        opt.as_dyn().steps()
+    fn lars_plan(&mut self, spans: &ParamSpans) -> Result<ParamSpans> {
+        Ok(spans.clone())
     }
-    fn opt_set_steps(opt: &mut CpuOpt, steps: u64) {
-        opt.as_dyn_mut().set_steps(steps)
-    }
-    fn opt_read_state(&self, opt: &CpuOpt) -> Result<Vec<Vec<f32>>> {
-        // SGD without momentum lends an empty buffer: not a state tensor
-        Ok(opt.as_dyn().state().into_iter().filter(|(_, b)| !b.is_empty()).map(|(_, b)| b.to_vec()).collect())
-    }
-    fn opt_write_state(&mut self, opt: &mut CpuOpt, state: &[Vec<f32>]) -> Result<()> {
-        // the parameters' length (SGD without momentum: no state, so no length to check)
-        let len = match opt {
-            CpuOpt::Sgd(o) => o.momentum_buffer().len(),
-            CpuOpt::AdamW(o) => o.exp_avg().len(),
-            CpuOpt::Lars(o) => o.spans().len(),
-        };
-        opt.config().check_state(len, state)?;
-        let bufs = opt.as_dyn_mut().state_mut().into_iter().filter(|(_, b)| !b.is_empty());
-        for ((_, buf), src) in bufs.zip(state) {
-            buf.copy_from_slice(src);
-        }
-        Ok(())
+    fn lars_step(&mut self, plan: &mut ParamSpans, params: &mut [f32], mu: &mut [f32], grads: &[f32], config: &LarsConfig) -> Result<()> {
+        lars_step(params, mu, grads, plan, config)
     }
 }

@@ -8,8 +8,8 @@
 //! | wgpu / CUDA | `sgd_step`, `adamw_step`, `lars_partial_norms`, `lars_reduce_norms`, `lars_update` of `shaders/optim.wgsl` / `kernels/optim.cu` |
 //! | reference | the CPU steps, themselves checked against torch's fixtures (`tests/fixtures`) |
 //!
-//! [`Optim`] is what the training engine calls: an optimiser's state on the device (`Self::Opt`), one step with a
-//! learning rate, its step count and its state for checkpoints.
+//! [`Optim`] is the family's trait; [`crate::optim::DeviceOptimizer`], written once over it, owns an optimiser's
+//! state buffers on a device, its step count and its learning rate.
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
@@ -20,32 +20,25 @@ pub mod wgpu;
 
 use crate::device::Device;
 use crate::error::Result;
-use crate::optim::{OptimizerConfig, ParamSpans};
+use crate::optim::{AdamWConfig, LarsConfig, ParamSpans, SgdConfig};
 
 pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("optim");
 
-/// An optimiser over one flat parameter buffer on a device.
+/// The optimiser kernels on a device, over views of flat buffers (`params, grads` and each state tensor `[len]`,
+/// disjoint). [`crate::optim::DeviceOptimizer`] owns the state and calls these; a framework may call them on its
+/// own buffers.
 pub trait Optim: Device {
-    /// An optimiser (SGD, AdamW or LARS) over one flat parameter allocation, with its state tensors on the device
-    /// and its step count.
-    type Opt: Send;
-
-    /// The optimiser of `config` over the flat parameter allocation that `spans` tile (state zeroed, 0 steps
-    /// taken). LARS reads the spans (tensors with `ndim <= 1`, biases and norm weights, get neither weight decay
-    /// nor the trust ratio); SGD and AdamW only their total, `spans.len()`.
-    fn opt_new(&mut self, config: OptimizerConfig, spans: &ParamSpans) -> Result<Self::Opt>;
-    /// One step on whole allocations `params`, `grads` (`[spans.len()]` each) at learning rate `lr`, which
-    /// replaces the configuration's (and the previous step's) from this step on. AdamW's bias corrections use the
-    /// step count ([`Optim::opt_steps`] + 1). A failed step counts no step.
-    fn opt_step(&mut self, opt: &mut Self::Opt, params: &mut Self::Buf, grads: &Self::Buf, lr: f64) -> Result<()>;
-    /// Steps taken.
-    fn opt_steps(opt: &Self::Opt) -> u64;
-    /// Sets the step count (resume, with [`Optim::opt_write_state`]).
-    fn opt_set_steps(opt: &mut Self::Opt, steps: u64);
-    /// The state tensors on the host, in the order of [`OptimizerConfig::state_names`], each
-    /// `[len]`: SGD `[momentum_buffer]` (`[]` without momentum), AdamW `[exp_avg, exp_avg_sq]`, LARS `[mu]`.
-    fn opt_read_state(&self, opt: &Self::Opt) -> Result<Vec<Vec<f32>>>;
-    /// Restores the state tensors (the layout of [`Optim::opt_read_state`]); a wrong count or length is an
-    /// error naming what was expected and given, and changes nothing.
-    fn opt_write_state(&mut self, opt: &mut Self::Opt, state: &[Vec<f32>]) -> Result<()>;
+    /// LARS's per-device tables for one parameter layout (the spans on the CPU; segment and span tables and the
+    /// norm scratch on a GPU).
+    type LarsPlan: Send;
+    /// One SGD step (`torch.optim.SGD`): `params` updated, `momentum_buf` the state (`None` exactly when
+    /// `config.momentum == 0`), `first_step` when the buffer holds nothing yet.
+    fn sgd_step(&mut self, params: Self::Mut<'_>, momentum_buf: Option<Self::Mut<'_>>, grads: Self::Ref<'_>, config: &SgdConfig, first_step: bool) -> Result<()>;
+    /// One AdamW step (`torch.optim.AdamW`), `step` 1-based (bias corrections).
+    #[allow(clippy::too_many_arguments)]
+    fn adamw_step(&mut self, params: Self::Mut<'_>, exp_avg: Self::Mut<'_>, exp_avg_sq: Self::Mut<'_>, grads: Self::Ref<'_>, config: &AdamWConfig, step: u64) -> Result<()>;
+    /// The LARS tables of `spans`.
+    fn lars_plan(&mut self, spans: &ParamSpans) -> Result<Self::LarsPlan>;
+    /// One LARS step (moco-v3's `LARS`): the per-tensor norms, then the fused update of `params` and `mu`.
+    fn lars_step(&mut self, plan: &mut Self::LarsPlan, params: Self::Mut<'_>, mu: Self::Mut<'_>, grads: Self::Ref<'_>, config: &LarsConfig) -> Result<()>;
 }
