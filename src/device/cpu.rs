@@ -17,7 +17,7 @@ impl CpuDevice {
         Self::default()
     }
     /// The per-device state of one op (see [`OpState`]).
-    pub fn op_state<T: Default + Send + 'static>(&mut self) -> &mut T {
+    pub fn op_state<T: Default + Send + Sync + 'static>(&mut self) -> &mut T {
         self.state.get::<T>()
     }
 }

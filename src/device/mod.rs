@@ -189,11 +189,11 @@ pub trait Device: Clone {
 /// Per-device state that an op keeps between calls (the CPU convolutions' scratch and measured algorithm
 /// choices, the GPU attention backward's scratch), found by type so a device needs no field per op.
 #[derive(Default)]
-pub struct OpState(std::collections::HashMap<std::any::TypeId, Box<dyn std::any::Any + Send>>);
+pub struct OpState(std::collections::HashMap<std::any::TypeId, Box<dyn std::any::Any + Send + Sync>>);
 
 impl OpState {
     /// The state of type `T`, made with `T::default()` on first use.
-    pub fn get<T: Default + Send + 'static>(&mut self) -> &mut T {
+    pub fn get<T: Default + Send + Sync + 'static>(&mut self) -> &mut T {
         self.0.entry(std::any::TypeId::of::<T>()).or_insert_with(|| Box::new(T::default())).downcast_mut::<T>().unwrap_or_else(|| unreachable!("the map is keyed by the type"))
     }
 }

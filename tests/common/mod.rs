@@ -1,16 +1,9 @@
-//! Shared test helpers: random data, the backends under test, and an approximate comparison that names the
-//! index and both values.
-#![allow(dead_code)]
+//! Shared test helpers: random data, the devices under test (`on_every_device!` stamps a test on the CPU, wgpu and
+//! CUDA), and approximate comparisons that name the index and both values.
+#![allow(dead_code, unused_macros, unused_imports)]
 
-use moco::backend::{Backend, Cpu};
-#[cfg(feature = "wgpu")]
-pub use moco::backend::Wgpu;
-/// Without the `wgpu` feature there is no wgpu backend: [`wgpu_backend`] is always `None` (this alias only lets
-/// the generic tests compile).
-#[cfg(not(feature = "wgpu"))]
-pub type Wgpu = Cpu;
-#[cfg(feature = "cuda")]
-pub use moco::backend::cuda::Cuda;
+use moco::device::{Device, DeviceKind, Region};
+use moco::CpuDevice;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// Uniform values in [-1, 1).
@@ -37,21 +30,22 @@ pub fn cases(default: u32) -> u32 {
     std::env::var("MOCO_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// Without the `wgpu` feature there is no wgpu device.
 #[cfg(not(feature = "wgpu"))]
-pub fn wgpu_backend() -> Option<Wgpu> {
+pub fn wgpu_device() -> Option<CpuDevice> {
     eprintln!("skipping wgpu: built without the `wgpu` feature");
     None
 }
 
-/// The wgpu backend on any adapter, lavapipe included. With `MOCO_REQUIRE_WGPU=1` a missing adapter fails the
-/// test instead of skipping it.
+/// The wgpu device on any adapter, lavapipe included (one per test process, cloned). With `MOCO_REQUIRE_WGPU=1` a
+/// missing adapter fails the test instead of skipping it.
 #[cfg(feature = "wgpu")]
-pub fn wgpu_backend() -> Option<Wgpu> {
+pub fn wgpu_device() -> Option<moco::Wgpu> {
     use std::sync::OnceLock;
-    static CTX: OnceLock<Option<Wgpu>> = OnceLock::new();
-    CTX.get_or_init(|| match Wgpu::new(moco::backend::Adapter::Any) {
+    static CTX: OnceLock<Option<moco::Wgpu>> = OnceLock::new();
+    CTX.get_or_init(|| match moco::Wgpu::new(moco::Adapter::Any) {
         Ok(w) => {
-            eprintln!("wgpu adapter: {}", w.ctx.adapter_name);
+            eprintln!("wgpu adapter: {}", w.adapter_name());
             Some(w)
         }
         Err(e) => {
@@ -65,8 +59,54 @@ pub fn wgpu_backend() -> Option<Wgpu> {
     .clone()
 }
 
-pub fn cpu() -> Cpu {
-    Cpu
+/// Runs `f(&mut device, args...)` on the CPU device, on wgpu when there is an adapter, and on CUDA when there is a
+/// device (the real one on a GPU machine, the emulated driver's elsewhere); an absent device prints why it is
+/// skipped, and fails where CI requires it (`MOCO_REQUIRE_WGPU`, `MOCO_REQUIRE_CUDA_COMPILE`,
+/// `MOCO_REQUIRE_CUDA_DEVICE`). `f` is generic over the device: the test is written once.
+macro_rules! on_every_device {
+    ($test:expr, $f:expr $(, $arg:expr)* $(,)?) => {{
+        $f(&mut moco::CpuDevice::new() $(, $arg)*);
+        if let Some(w) = $crate::common::wgpu_device() {
+            $f(&mut w.clone() $(, $arg)*);
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(c) = $crate::common::cuda_device($test) {
+            $f(&mut c.clone() $(, $arg)*);
+        }
+        #[cfg(not(feature = "cuda"))]
+        eprintln!("{}: CUDA skipped: built without the `cuda` feature", $test);
+    }};
+}
+pub(crate) use on_every_device;
+
+/// Whether `dev` is the CPU (whose results the tests may require bit for bit).
+pub fn is_cpu<D: Device>(dev: &D) -> bool {
+    dev.kind() == DeviceKind::Cpu
+}
+
+/// A device allocation holding `data`.
+pub fn upload<D: Device>(dev: &mut D, data: &[f32]) -> D::Buf {
+    dev.upload(data).unwrap()
+}
+
+/// A device allocation of `len` NaNs (outputs are poisoned before a kernel runs, so an unwritten element shows).
+pub fn nans<D: Device>(dev: &mut D, len: usize) -> D::Buf {
+    dev.alloc_nan(len).unwrap()
+}
+
+/// The whole allocation on the host.
+pub fn host<D: Device>(dev: &D, buf: &D::Buf) -> Vec<f32> {
+    dev.read(buf, Region::new(0, D::buf_len(buf))).unwrap()
+}
+
+/// The whole u32 allocation on the host.
+pub fn host_index<D: Device>(dev: &D, buf: &D::IndexBuf) -> Vec<u32> {
+    dev.read_index(buf, Region::new(0, D::index_len(buf))).unwrap()
+}
+
+/// Bit patterns (for bit-identical comparisons).
+pub fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
 }
 
 /// Asserts `|got - want| <= atol + rtol * |want|` element-wise, naming the first bad index.
@@ -82,18 +122,6 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
 /// Largest absolute value (for scale-relative tolerances).
 pub fn max_abs(v: &[f64]) -> f64 {
     v.iter().fold(0.0, |a, b| a.max(b.abs()))
-}
-
-/// Runs `f` on the CPU backend and, when present, on wgpu.
-pub fn for_each_backend(mut cpu_f: impl FnMut(&Cpu), mut wgpu_f: impl FnMut(&Wgpu)) {
-    cpu_f(&Cpu);
-    if let Some(w) = wgpu_backend() {
-        wgpu_f(&w);
-    }
-}
-
-pub fn name_of<B: Backend>(b: &B) -> String {
-    b.name()
 }
 
 /// The CUDA driver and kernels of tests/cuda_emu (the emulated driver lives in `cuda_emu::driver`).
@@ -116,7 +144,7 @@ pub fn cuda_driver() -> Result<Option<&'static cuda_emu::driver::Driver>, String
 /// device, elsewhere the emulated driver's. With `MOCO_REQUIRE_CUDA_DEVICE=1` (the device check) a missing device
 /// fails the test instead, and so does a missing emulated driver or NVRTC with `MOCO_REQUIRE_CUDA_COMPILE=1` (CI).
 #[cfg(feature = "cuda")]
-pub fn cuda_device(test: &str) -> Option<moco::backend::cuda::Cuda> {
+pub fn cuda_device(test: &str) -> Option<moco::Cuda> {
     let flag = |v: &str| std::env::var(v).map(|v| v == "1").unwrap_or(false);
     let emulated = match cuda_driver() {
         Ok(d) => d.is_some(),
@@ -126,7 +154,7 @@ pub fn cuda_device(test: &str) -> Option<moco::backend::cuda::Cuda> {
             return None;
         }
     };
-    match moco::backend::cuda::Cuda::new(0) {
+    match moco::Cuda::new(0) {
         Ok(c) => {
             eprintln!("{test}: running on {}", c.name());
             Some(c)
@@ -138,24 +166,6 @@ pub fn cuda_device(test: &str) -> Option<moco::backend::cuda::Cuda> {
             None
         }
     }
-}
-
-/// The CUDA backend for the generic `Backend` tests (each prints once why it is absent; see [`cuda_device`]).
-#[cfg(feature = "cuda")]
-pub fn cuda_backend() -> Option<Cuda> {
-    use std::sync::OnceLock;
-    static DEV: OnceLock<Option<Cuda>> = OnceLock::new();
-    DEV.get_or_init(|| cuda_device("the CUDA backend")).clone()
-}
-
-/// Without the `cuda` feature there is no CUDA backend: [`cuda_backend`] is always `None` (this alias only lets the
-/// generic tests compile).
-#[cfg(not(feature = "cuda"))]
-pub type Cuda = Cpu;
-
-#[cfg(not(feature = "cuda"))]
-pub fn cuda_backend() -> Option<Cuda> {
-    None
 }
 
 /// Whether CUDA runs on the emulated driver in this process (then a test may shrink what it would run on a GPU).

@@ -65,7 +65,7 @@ impl Cuda {
     }
 
     /// The per-device state of one op (see [`OpState`]).
-    pub fn op_state<T: Default + Send + 'static>(&mut self) -> &mut T {
+    pub fn op_state<T: Default + Send + Sync + 'static>(&mut self) -> &mut T {
         self.state.get::<T>()
     }
 }

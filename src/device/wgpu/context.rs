@@ -87,7 +87,7 @@ impl Wgpu {
     }
 
     /// The per-device state of one op (see [`crate::device::OpState`]).
-    pub fn op_state<T: Default + Send + 'static>(&mut self) -> &mut T {
+    pub fn op_state<T: Default + Send + Sync + 'static>(&mut self) -> &mut T {
         self.state.get::<T>()
     }
 

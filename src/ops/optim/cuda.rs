@@ -14,7 +14,7 @@ use super::params::{adamw_params, elementwise_grid, lars_params, lars_tables, sg
 use super::KERNELS;
 use crate::device::cuda::{cfg, Cuda, BLOCK, MAX_GRID_X};
 use crate::error::{Error, Result};
-use crate::optim::{AdamWConfig, LarsConfig, OptimizerConfig, ParamSpans, SgdConfig};
+use crate::optim::{AdamWConfig, LarsConfig, ParamSpans, SgdConfig};
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 use std::sync::Arc;
 
@@ -197,14 +197,6 @@ pub fn lars_step(stream: &Arc<CudaStream>, plan: &mut CudaLarsPlan, params: &mut
     let u = lars_params(config, plan.spans.len());
     plan.launch_norms(stream, &params.as_view(), grads, u)?;
     plan.launch_update(stream, params, mu, grads, u)
-}
-
-/// A new learning rate: finite (in f64 and f32) and >= 0.
-fn check_lr(op: &'static str, lr: f64) -> Result<()> {
-    if !(lr.is_finite() && (lr as f32).is_finite() && lr >= 0.0) {
-        return Err(Error::shape(op, "finite lr >= 0", format!("lr = {lr}")));
-    }
-    Ok(())
 }
 
 impl super::Optim for Cuda {

@@ -32,7 +32,7 @@ use super::KERNELS;
 use crate::device::wgpu::{submit, AsGpuSlice, Dispatch, GpuSlice, Wgpu};
 use crate::error::{Error, Result};
 use crate::ops::launch::grid_2d;
-use crate::optim::{AdamWConfig, LarsConfig, OptimizerConfig, ParamSpans, SgdConfig};
+use crate::optim::{AdamWConfig, LarsConfig, ParamSpans, SgdConfig};
 
 
 /// Checks that `buf` holds exactly `len` f32.
@@ -242,14 +242,6 @@ pub fn lars_step(ctx: &Wgpu, plan: &LarsPlan, params: &dyn AsGpuSlice, mu: &dyn 
     let mut steps: Vec<_> = plan.norm_dispatches(ctx, p, g, u).into_iter().collect();
     steps.push(plan.update_dispatch(ctx, p, m, g, u));
     run(ctx, steps)
-}
-
-/// Validates a new learning rate against a configuration's own check (finite, >= 0).
-fn check_lr(op: &'static str, lr: f64) -> Result<()> {
-    if !(lr.is_finite() && (lr as f32).is_finite() && lr >= 0.0) {
-        return Err(Error::shape(op, "finite lr >= 0", format!("lr = {lr}")));
-    }
-    Ok(())
 }
 
 impl super::Optim for Wgpu {
