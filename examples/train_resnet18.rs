@@ -141,7 +141,7 @@ struct Args {
 }
 
 fn main() {
-    let made = front::prepare_env();
+    let made = cli::prepare_env();
     let result = run(Args::parse());
     if let Some(dir) = made {
         let _ = std::fs::remove_dir(dir);
@@ -155,7 +155,7 @@ fn main() {
 fn run(a: Args) -> moco::Result<()> {
     let t_start = Instant::now();
     if let Some(dir) = &a.export_data {
-        return front::export_data(dir);
+        return cli::export_data(dir);
     }
     let preset = Preset::parse(&a.preset)?;
     // --preset v3 trains MoCo v3 on the ResNet-18 (examples/train_vit.rs has the ViT and the v3 flags)
@@ -205,7 +205,7 @@ fn run(a: Args) -> moco::Result<()> {
     cfg.validate()?;
 
     let synthetic = a.synthetic.as_ref().map(|s| (s[0], s[1]));
-    let (train_ds, test_ds, source) = front::load_data(a.data.as_deref(), cfg.image_size, synthetic, cfg.seed)?;
+    let (train_ds, test_ds, source) = cli::load_data(a.data.as_deref(), cfg.image_size, synthetic, cfg.seed)?;
     let mut aug = cfg.augmentation();
     if demo {
         aug.crop_scale.0 = demo::CROP_MIN;
@@ -220,7 +220,7 @@ fn run(a: Args) -> moco::Result<()> {
     aug.validate()?;
     let (train_ds, test_ds) = (Arc::new(train_ds), Arc::new(test_ds));
 
-    let (mut engine, why) = front::pick_engine(&a.backend, &cfg)?;
+    let (mut engine, why) = cli::pick_engine(&a.backend, &cfg)?;
     println!("moco: MoCo ({} preset) / {}", preset.name(), train::model_name(&cfg));
     println!("device: {why}");
     println!("data: {source}: {} train, {} test images (the test split is never trained on)", train_ds.len(), test_ds.len());
@@ -242,7 +242,7 @@ fn run(a: Args) -> moco::Result<()> {
         println!("wrote {n} augmented pairs to {}", path.display());
     }
 
-    let stop = front::stop_on_ctrl_c();
+    let stop = cli::stop_on_ctrl_c();
     if !a.resume && !cfg.is_v3() {
         println!("queue: {} random unit vectors at the start; full of real keys from step {} on (marked in curves.png)", cfg.queue_len, train::queue_full_step(&cfg));
     }
@@ -252,7 +252,7 @@ fn run(a: Args) -> moco::Result<()> {
         println!("stopped at step {}; continue with --resume --out {} (and the same flags)", summary.global_step, a.out.display());
         return Ok(());
     }
-    front::print_summary(&summary, &a.out);
+    cli::print_summary(&summary, &a.out);
     if let Some(p) = &a.export {
         println!("backbone written to {}. In PyTorch:", p.display());
         println!("  m = torchvision.models.resnet18(); m.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)");

@@ -142,7 +142,7 @@ struct Args {
 }
 
 fn main() {
-    let made = front::prepare_env();
+    let made = cli::prepare_env();
     let result = run(Args::parse());
     if let Some(dir) = made {
         let _ = std::fs::remove_dir(dir);
@@ -216,7 +216,7 @@ fn run(a: Args) -> moco::Result<()> {
     let t_start = Instant::now();
     let demo = a.data.is_none();
     let cfg = config(&a, demo)?;
-    let (train_ds, test_ds, source) = front::load_data(a.data.as_deref(), cfg.image_size, None, cfg.seed)?;
+    let (train_ds, test_ds, source) = cli::load_data(a.data.as_deref(), cfg.image_size, None, cfg.seed)?;
     let mut views = cfg.views();
     for v in [&mut views.view1, &mut views.view2] {
         if demo {
@@ -233,7 +233,7 @@ fn run(a: Args) -> moco::Result<()> {
     views.validate()?;
     let (train_ds, test_ds) = (Arc::new(train_ds), Arc::new(test_ds));
 
-    let (mut engine, why) = front::pick_engine(&a.backend, &cfg)?;
+    let (mut engine, why) = cli::pick_engine(&a.backend, &cfg)?;
     println!("moco: MoCo v3 / {}", train::model_name(&cfg));
     println!("device: {why}");
     println!("data: {source}: {} train, {} test images (the test split is never trained on)", train_ds.len(), test_ds.len());
@@ -258,14 +258,14 @@ fn run(a: Args) -> moco::Result<()> {
         println!("wrote {n} augmented pairs to {}", path.display());
     }
 
-    let stop = front::stop_on_ctrl_c();
+    let stop = cli::stop_on_ctrl_c();
     let opts = RunOptions { out_dir: a.out.clone(), resume: a.resume, progress: !a.no_progress, max_steps: a.max_steps, stop: Some(stop), no_knn: false, export: a.export.clone(), verbose: true, knn_backbone: a.knn_backbone };
     let summary = train::train(&cfg, engine.as_mut(), train_ds.clone(), test_ds.clone(), views.clone(), &opts)?;
     if summary.interrupted {
         println!("stopped at step {}; continue with --resume --out {} (and the same flags)", summary.global_step, a.out.display());
         return Ok(());
     }
-    front::print_summary(&summary, &a.out);
+    cli::print_summary(&summary, &a.out);
     if let Some(p) = &a.export {
         let feats = write_features(engine.as_mut(), &cfg, &test_ds, &views.view1, p)?;
         match cfg.model {

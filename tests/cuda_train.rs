@@ -293,7 +293,7 @@ fn small_moco_v3_vit_three_steps_match_the_cpu_engine() {
 /// engine's after one step (so the optimiser state and the queue are not their initial values); the CUDA engine
 /// then takes one step from what it loaded.
 fn checkpoints_cross<E1: Engine, E2: Engine>(cfg: &TrainConfig, mut c: E1, mut g: E2, mut c2: E1, what: &str) {
-    use moco::train::state_file::{self, Progress};
+    use moco::train::run_checkpoint::{self, Progress};
     let data = batches(cfg, 2);
     let dir = std::env::temp_dir().join(format!("moco-cuda-ck-{}-{what}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -301,15 +301,15 @@ fn checkpoints_cross<E1: Engine, E2: Engine>(cfg: &TrainConfig, mut c: E1, mut g
     c.step(&data[0].0, &data[0].1, cfg.lr).unwrap();
     // CPU -> file -> CUDA
     let from_cpu = dir.join("from_cpu.safetensors");
-    state_file::save(&from_cpu, cfg, &c.layouts(), &c.state().unwrap(), prog).unwrap();
-    let (s, p) = state_file::load(&from_cpu, cfg, &g.layouts()).unwrap();
+    run_checkpoint::save(&from_cpu, cfg, &c.layouts(), &c.state().unwrap(), prog).unwrap();
+    let (s, p) = run_checkpoint::load(&from_cpu, cfg, &g.layouts()).unwrap();
     assert_eq!(p, prog);
     g.load_state(&s).unwrap();
     assert_eq!(g.state().unwrap(), c.state().unwrap(), "{what}: the CUDA engine holds exactly what the CPU engine wrote");
     // CUDA -> file -> a fresh CPU engine
     let from_cuda = dir.join("from_cuda.safetensors");
-    state_file::save(&from_cuda, cfg, &g.layouts(), &g.state().unwrap(), prog).unwrap();
-    let (s, _) = state_file::load(&from_cuda, cfg, &c2.layouts()).unwrap();
+    run_checkpoint::save(&from_cuda, cfg, &g.layouts(), &g.state().unwrap(), prog).unwrap();
+    let (s, _) = run_checkpoint::load(&from_cuda, cfg, &c2.layouts()).unwrap();
     c2.load_state(&s).unwrap();
     assert_eq!(c2.state().unwrap(), c.state().unwrap(), "{what}: the CPU engine holds exactly what the CUDA engine wrote");
     // and both go on from it alike

@@ -122,8 +122,8 @@ fn non_finite_loss_changes_nothing() {
     let d = tmp("nan");
     std::fs::create_dir_all(&d).unwrap();
     let ck = d.join("checkpoint.safetensors");
-    let p = train::state_file::Progress { epoch: 0, step: 0, global_step: 0 };
-    train::state_file::save(&ck, &cfg, &e.layouts(), &s, p).unwrap();
+    let p = train::run_checkpoint::Progress { epoch: 0, step: 0, global_step: 0 };
+    train::run_checkpoint::save(&ck, &cfg, &e.layouts(), &s, p).unwrap();
     let before = std::fs::read(&ck).unwrap();
     let opts = RunOptions { out_dir: d.clone(), no_knn: true, resume: true, ..RunOptions::default() };
     let err = train::train(&cfg, &mut CpuEngine::new(&cfg).unwrap(), tr, te, AugmentConfig::v1(32), &opts).unwrap_err();
@@ -139,7 +139,7 @@ fn non_finite_loss_changes_nothing() {
 fn optimizer_state_in_checkpoints_and_version_1_files() {
     use moco::checkpoint::{self, Part};
     use moco::nn::Layout;
-    use train::state_file::{self, Progress};
+    use train::run_checkpoint::{self, Progress};
     let cfg = small();
     let mut e = CpuEngine::new(&cfg).unwrap();
     let (xq, xk) = views(&cfg, 3);
@@ -161,9 +161,9 @@ fn optimizer_state_in_checkpoints_and_version_1_files() {
     let opt_names = |path: &std::path::Path| -> Vec<String> { checkpoint::load(path).unwrap().names().into_iter().filter(|n| n.starts_with("optimizer.")).map(String::from).collect() };
     // this format
     let ck = d.join("v2.safetensors");
-    state_file::save(&ck, &cfg, &layouts, &s, prog).unwrap();
+    run_checkpoint::save(&ck, &cfg, &layouts, &s, prog).unwrap();
     assert_eq!(opt_names(&ck), ["optimizer.momentum_buffer"]);
-    assert_eq!(state_file::load(&ck, &cfg, &layouts).unwrap(), (s.clone(), prog));
+    assert_eq!(run_checkpoint::load(&ck, &cfg, &layouts).unwrap(), (s.clone(), prog));
     // version 1, written as its code wrote it
     let write_v1 = |path: &std::path::Path, cfg: &TrainConfig, s: &train::EngineState, momentum_buffer: &[f32]| {
         let (mut opt, mut queue) = (Layout::default(), Layout::default());
@@ -185,19 +185,19 @@ fn optimizer_state_in_checkpoints_and_version_1_files() {
     };
     let v1 = d.join("v1.safetensors");
     write_v1(&v1, &cfg, &s, &s.opt_state[0]);
-    assert_eq!(state_file::load(&v1, &cfg, &layouts).unwrap(), (s.clone(), prog), "version 1 with momentum");
+    assert_eq!(run_checkpoint::load(&v1, &cfg, &layouts).unwrap(), (s.clone(), prog), "version 1 with momentum");
     // SGD without momentum: no state tensor now; version 1's zero buffer loads as none, a non-zero one is an error
     let mut cfg0 = cfg.clone();
     cfg0.sgd_momentum = 0.0;
     let s0 = train::EngineState { opt_state: vec![], ..s.clone() };
-    assert!(state_file::save(&ck, &cfg0, &layouts, &s, prog).is_err(), "a momentum buffer for SGD without momentum");
-    state_file::save(&ck, &cfg0, &layouts, &s0, prog).unwrap();
+    assert!(run_checkpoint::save(&ck, &cfg0, &layouts, &s, prog).is_err(), "a momentum buffer for SGD without momentum");
+    run_checkpoint::save(&ck, &cfg0, &layouts, &s0, prog).unwrap();
     assert!(opt_names(&ck).is_empty());
-    assert_eq!(state_file::load(&ck, &cfg0, &layouts).unwrap(), (s0.clone(), prog));
+    assert_eq!(run_checkpoint::load(&ck, &cfg0, &layouts).unwrap(), (s0.clone(), prog));
     write_v1(&v1, &cfg0, &s0, &vec![0.0; layout.params.len]);
-    assert_eq!(state_file::load(&v1, &cfg0, &layouts).unwrap(), (s0.clone(), prog), "version 1 without momentum");
+    assert_eq!(run_checkpoint::load(&v1, &cfg0, &layouts).unwrap(), (s0.clone(), prog), "version 1 without momentum");
     write_v1(&v1, &cfg0, &s0, &s.opt_state[0]);
-    let err = state_file::load(&v1, &cfg0, &layouts).unwrap_err();
+    let err = run_checkpoint::load(&v1, &cfg0, &layouts).unwrap_err();
     assert!(matches!(&err, Error::BadFile { reason, .. } if reason.contains("momentum_buffer")), "{err}");
     let _ = std::fs::remove_dir_all(d);
 }
@@ -230,7 +230,7 @@ fn interrupted_and_resumed_run_is_bit_identical_on_cpu() {
     let s3 = train::train(&cfg, &mut e3, tr, te, aug, &opts3).unwrap();
     assert_eq!(s3.global_step, 8);
     // where it resumed (the run prints this line with `verbose`)
-    assert_eq!(s3.resumed_from, Some(train::state_file::Progress { epoch: 0, step: 3, global_step: 3 }));
+    assert_eq!(s3.resumed_from, Some(train::run_checkpoint::Progress { epoch: 0, step: 3, global_step: 3 }));
     let (a, b) = (e1.state().unwrap(), e3.state().unwrap());
     assert!(a == b, "resumed run differs from the uninterrupted one");
     assert_eq!(&s1.losses[3..], &s3.losses[..], "losses after the resume point");

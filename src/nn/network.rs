@@ -59,7 +59,7 @@ impl<D: Layers, M: Model> std::fmt::Debug for Network<D, M> {
     }
 }
 
-fn reg(p: &ParamInfo) -> Region {
+fn region_of(p: &ParamInfo) -> Region {
     Region::new(p.offset, p.len())
 }
 
@@ -335,14 +335,14 @@ fn forward_node<D: Layers>(dev: &mut D, node: &Node, acts: &mut D::Buf, argmax: 
         Node::Conv { w, shape, inp, out } => {
             let ([o], [i]) = D::split(acts, [*out], [*inp])?;
             if grad_free {
-                dev.conv2d_forward_no_grad(o, i, D::view(params, reg(w))?, shape)
+                dev.conv2d_forward_no_grad(o, i, D::view(params, region_of(w))?, shape)
             } else {
-                dev.conv2d_forward(o, i, D::view(params, reg(w))?, shape)
+                dev.conv2d_forward(o, i, D::view(params, region_of(w))?, shape)
             }
         }
         Node::Bn { gamma, beta, rm, rv, shape, inp, out, mean, rstd, epi } => {
-            let g = gamma.as_ref().map(|t| D::view(params, reg(t))).transpose()?;
-            let b = beta.as_ref().map(|t| D::view(params, reg(t))).transpose()?;
+            let g = gamma.as_ref().map(|t| D::view(params, region_of(t))).transpose()?;
+            let b = beta.as_ref().map(|t| D::view(params, region_of(t))).transpose()?;
             // the identity of an add+ReLU epilogue is one more region read (otherwise `inp` again, unused)
             let id = match epi {
                 Epilogue::AddRelu(id) => *id,
@@ -350,11 +350,11 @@ fn forward_node<D: Layers>(dev: &mut D, node: &Node, acts: &mut D::Buf, argmax: 
             };
             if train {
                 let ([o, m, r], [i, id]) = D::split(acts, [*out, *mean, *rstd], [*inp, id])?;
-                let ([rmv, rvv], []) = D::split(stats, [reg(rm), reg(rv)], [])?;
+                let ([rmv, rvv], []) = D::split(stats, [region_of(rm), region_of(rv)], [])?;
                 dev.batchnorm_forward_train(o, m, r, rmv, rvv, i, epi.map(|_| id), g, b, shape)
             } else {
                 let ([o], [i, id]) = D::split(acts, [*out], [*inp, id])?;
-                let (rmv, rvv) = (D::view(stats, reg(rm))?, D::view(stats, reg(rv))?);
+                let (rmv, rvv) = (D::view(stats, region_of(rm))?, D::view(stats, region_of(rv))?);
                 dev.batchnorm_forward_eval(o, i, epi.map(|_| id), rmv, rvv, g, b, shape)
             }
         }
@@ -366,10 +366,10 @@ fn forward_node<D: Layers>(dev: &mut D, node: &Node, acts: &mut D::Buf, argmax: 
             let ([o], [i]) = D::split(acts, [*out], [*inp])?;
             dev.global_avgpool_forward(o, i, shape)
         }
-        Node::Fc { w, b, frozen, shape, inp, out } => {
+        Node::Linear { w, b, frozen, shape, inp, out } => {
             let store: &D::Buf = if *frozen { stats } else { params };
             let ([o], [i]) = D::split(acts, [*out], [*inp])?;
-            dev.linear_forward(o, i, D::view(store, reg(w))?, b.as_ref().map(|b| D::view(store, reg(b))).transpose()?, shape)
+            dev.linear_forward(o, i, D::view(store, region_of(w))?, b.as_ref().map(|b| D::view(store, region_of(b))).transpose()?, shape)
         }
         Node::Relu { shape, inp, out } => {
             let ([o], [i]) = D::split(acts, [*out], [*inp])?;
@@ -385,7 +385,7 @@ fn forward_node<D: Layers>(dev: &mut D, node: &Node, acts: &mut D::Buf, argmax: 
         }
         Node::LayerNorm { gamma, beta, shape, inp, out, mean, rstd } => {
             let ([o, m, r], [i]) = D::split(acts, [*out, *mean, *rstd], [*inp])?;
-            dev.layernorm_forward(o, m, r, i, D::view(params, reg(gamma))?, D::view(params, reg(beta))?, shape)
+            dev.layernorm_forward(o, m, r, i, D::view(params, region_of(gamma))?, D::view(params, region_of(beta))?, shape)
         }
         Node::Attention { shape, qkv, out, att } => {
             let ([o, a], [q]) = D::split(acts, [*out, *att], [*qkv])?;
@@ -397,7 +397,7 @@ fn forward_node<D: Layers>(dev: &mut D, node: &Node, acts: &mut D::Buf, argmax: 
         }
         Node::Tokens { cls, pos, shape, patches, out } => {
             let ([o], [p]) = D::split(acts, [*out], [*patches])?;
-            dev.tokens_forward(o, p, D::view(params, reg(cls))?, D::view(stats, reg(pos))?, shape)
+            dev.tokens_forward(o, p, D::view(params, region_of(cls))?, D::view(stats, region_of(pos))?, shape)
         }
         Node::ClsSelect { shape, inp, out } => {
             let ([o], [i]) = D::split(acts, [*out], [*inp])?;
@@ -416,15 +416,15 @@ fn backward_node<D: Layers>(dev: &mut D, node: &Node, no_grad: &[Region], acts: 
         Node::Conv { w, shape, inp, out } => {
             let ([di], [d_o]) = D::split(dacts, [*inp], [*out])?;
             let di = if skip(inp) { None } else { Some(di) };
-            let ([dw], []) = D::split(grads, [reg(w)], [])?;
-            dev.conv2d_backward(di, dw, d_o, D::view(acts, *inp)?, D::view(params, reg(w))?, shape)
+            let ([dw], []) = D::split(grads, [region_of(w)], [])?;
+            dev.conv2d_backward(di, dw, d_o, D::view(acts, *inp)?, D::view(params, region_of(w))?, shape)
         }
         Node::Bn { gamma, beta, shape, inp, out, mean, rstd, epi, .. } => {
             let (i, o, m, r) = (D::view(acts, *inp)?, D::view(acts, *out)?, D::view(acts, *mean)?, D::view(acts, *rstd)?);
-            let g = gamma.as_ref().map(|t| D::view(params, reg(t))).transpose()?;
+            let g = gamma.as_ref().map(|t| D::view(params, region_of(t))).transpose()?;
             let (dg, db) = match (gamma, beta) {
                 (Some(gm), Some(bt)) => {
-                    let ([dg, db], []) = D::split(grads, [reg(gm), reg(bt)], [])?;
+                    let ([dg, db], []) = D::split(grads, [region_of(gm), region_of(bt)], [])?;
                     (Some(dg), Some(db))
                 }
                 _ => (None, None),
@@ -452,7 +452,7 @@ fn backward_node<D: Layers>(dev: &mut D, node: &Node, no_grad: &[Region], acts: 
             let ([di], [d_o]) = D::split(dacts, [*inp], [*out])?;
             dev.global_avgpool_backward(di, d_o, shape)
         }
-        Node::Fc { w, b, frozen, shape, inp, out } => {
+        Node::Linear { w, b, frozen, shape, inp, out } => {
             if *frozen {
                 // only the patch projection is frozen, and its input (the images' im2col) needs no gradient
                 if skip(inp) {
@@ -462,17 +462,17 @@ fn backward_node<D: Layers>(dev: &mut D, node: &Node, no_grad: &[Region], acts: 
             }
             let (dw, db) = match b {
                 Some(b) => {
-                    let ([dw, db], []) = D::split(grads, [reg(w), reg(b)], [])?;
+                    let ([dw, db], []) = D::split(grads, [region_of(w), region_of(b)], [])?;
                     (dw, Some(db))
                 }
                 None => {
-                    let ([dw], []) = D::split(grads, [reg(w)], [])?;
+                    let ([dw], []) = D::split(grads, [region_of(w)], [])?;
                     (dw, None)
                 }
             };
             let ([di], [d_o]) = D::split(dacts, [*inp], [*out])?;
             let di = if skip(inp) { None } else { Some(di) };
-            dev.linear_backward(di, dw, db, d_o, D::view(acts, *inp)?, D::view(params, reg(w))?, shape)
+            dev.linear_backward(di, dw, db, d_o, D::view(acts, *inp)?, D::view(params, region_of(w))?, shape)
         }
         Node::Relu { shape, inp, out } => {
             let ([di], [d_o]) = D::split(dacts, [*inp], [*out])?;
@@ -487,10 +487,10 @@ fn backward_node<D: Layers>(dev: &mut D, node: &Node, no_grad: &[Region], acts: 
             dev.gelu_backward(di, d_o, D::view(acts, *inp)?, shape)
         }
         Node::LayerNorm { gamma, beta, shape, inp, out, mean, rstd } => {
-            let ([dg, db], []) = D::split(grads, [reg(gamma), reg(beta)], [])?;
+            let ([dg, db], []) = D::split(grads, [region_of(gamma), region_of(beta)], [])?;
             let ([di], [d_o]) = D::split(dacts, [*inp], [*out])?;
             let (i, m, r) = (D::view(acts, *inp)?, D::view(acts, *mean)?, D::view(acts, *rstd)?);
-            dev.layernorm_backward(di, dg, db, d_o, i, D::view(params, reg(gamma))?, m, r, shape)
+            dev.layernorm_backward(di, dg, db, d_o, i, D::view(params, region_of(gamma))?, m, r, shape)
         }
         Node::Attention { shape, qkv, out, att } => {
             let ([dq], [d_o]) = D::split(dacts, [*qkv], [*out])?;
@@ -504,7 +504,7 @@ fn backward_node<D: Layers>(dev: &mut D, node: &Node, no_grad: &[Region], acts: 
             dev.patch_im2col_backward(di, d_o, shape)
         }
         Node::Tokens { cls, shape, patches, out, .. } => {
-            let ([dc], []) = D::split(grads, [reg(cls)], [])?;
+            let ([dc], []) = D::split(grads, [region_of(cls)], [])?;
             let ([dp], [d_o]) = D::split(dacts, [*patches], [*out])?;
             let dp = if skip(patches) { None } else { Some(dp) };
             dev.tokens_backward(dp, Some(dc), d_o, shape)

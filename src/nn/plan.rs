@@ -31,7 +31,7 @@ pub enum Node {
     /// Global average pooling.
     AvgPool { shape: GlobalAvgPoolShape, inp: Act, out: Act },
     /// Linear `out = inp w^T (+ b)`; `frozen`: `w`, `b` are in the buffer allocation and get no gradient.
-    Fc { w: ParamInfo, b: Option<ParamInfo>, frozen: bool, shape: LinearShape, inp: Act, out: Act },
+    Linear { w: ParamInfo, b: Option<ParamInfo>, frozen: bool, shape: LinearShape, inp: Act, out: Act },
     /// ReLU.
     Relu { shape: EltwiseShape, inp: Act, out: Act },
     /// Residual add `out = a + b`.
@@ -101,11 +101,11 @@ impl<'a> Planner<'a> {
         Act { offset, len }
     }
     /// The parameter `name`.
-    pub fn p(&self, name: &str) -> Result<ParamInfo> {
+    pub fn param(&self, name: &str) -> Result<ParamInfo> {
         self.params.get(name).cloned()
     }
     /// The buffer `name`.
-    pub fn b(&self, name: &str) -> Result<ParamInfo> {
+    pub fn buffer(&self, name: &str) -> Result<ParamInfo> {
         self.buffers.get(name).cloned()
     }
     /// Whether a parameter `name` exists.
@@ -115,7 +115,7 @@ impl<'a> Planner<'a> {
     /// conv then BN(+epilogue); returns (BN output, channels, h, w).
     #[allow(clippy::too_many_arguments)]
     pub fn conv_bn(&mut self, conv: &str, bn: &str, inp: Act, c_in: usize, h: usize, w: usize, stride: usize, epi: Epilogue) -> Result<(Act, usize, usize, usize)> {
-        let wt = self.p(&format!("{conv}.weight"))?;
+        let wt = self.param(&format!("{conv}.weight"))?;
         let (c_out, kh) = (wt.shape[0], wt.shape[2]);
         let shape = Conv2dShape::new(self.n, c_in, h, w, c_out, kh, kh, stride, kh / 2)?;
         let (oh, ow) = (shape.out_h(), shape.out_w());
@@ -130,15 +130,15 @@ impl<'a> Planner<'a> {
         let (mean, rstd) = (self.alloc(shape.stats_len()), self.alloc(shape.stats_len()));
         let out = self.alloc(inp.len);
         let affine = self.has(&format!("{bn}.weight"));
-        let (gamma, beta) = if affine { (Some(self.p(&format!("{bn}.weight"))?), Some(self.p(&format!("{bn}.bias"))?)) } else { (None, None) };
-        let (rm, rv) = (self.b(&format!("{bn}.running_mean"))?, self.b(&format!("{bn}.running_var"))?);
+        let (gamma, beta) = if affine { (Some(self.param(&format!("{bn}.weight"))?), Some(self.param(&format!("{bn}.bias"))?)) } else { (None, None) };
+        let (rm, rv) = (self.buffer(&format!("{bn}.running_mean"))?, self.buffer(&format!("{bn}.running_var"))?);
         self.nodes.push(Node::Bn { gamma, beta, rm, rv, shape, inp, out, mean, rstd, epi });
         Ok(out)
     }
     /// Linear `prefix` over `rows` rows of `inp` (bias when `prefix.bias` exists); returns (output, out features).
     pub fn linear(&mut self, prefix: &str, inp: Act, rows: usize, in_f: usize) -> Result<(Act, usize)> {
-        let w = self.p(&format!("{prefix}.weight"))?;
-        let b = self.p(&format!("{prefix}.bias")).ok();
+        let w = self.param(&format!("{prefix}.weight"))?;
+        let b = self.param(&format!("{prefix}.bias")).ok();
         self.linear_with(w, b, false, inp, rows, in_f)
     }
     /// Linear with the given tensors (`frozen`: read from the buffer allocation, no gradient).
@@ -149,7 +149,7 @@ impl<'a> Planner<'a> {
         }
         let shape = LinearShape::new(rows, in_f, out_f)?;
         let out = self.alloc(rows * out_f);
-        self.nodes.push(Node::Fc { w, b, frozen, shape, inp, out });
+        self.nodes.push(Node::Linear { w, b, frozen, shape, inp, out });
         Ok((out, out_f))
     }
     /// An element-wise node over `inp` into a fresh region.

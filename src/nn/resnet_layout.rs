@@ -200,21 +200,3 @@ impl ResNetLayout {
         Ok(())
     }
 }
-
-impl super::model::Model for ResNetLayout {
-    fn params(&self) -> &Layout {
-        &self.params
-    }
-    fn buffers(&self) -> &Layout {
-        &self.buffers
-    }
-    fn feature_dim(&self) -> usize {
-        self.feature_dim
-    }
-    fn init(&self, params: &mut [f32], buffers: &mut [f32], seed: u64) -> Result<()> {
-        ResNetLayout::init(self, params, buffers, seed)
-    }
-    fn plan(&self, n: usize, h: usize, w: usize, bn_groups: usize) -> Result<super::plan::Plan> {
-        super::resnet_plan::plan_resnet(self, n, h, w, bn_groups)
-    }
-}

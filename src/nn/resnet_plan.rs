@@ -52,3 +52,22 @@ pub(crate) fn plan_resnet(layout: &ResNetLayout, n: usize, h: usize, w: usize, b
     };
     Ok(pl.finish(input, vec![n, 3, h, w], output, features, false, (h, w)))
 }
+
+/// The plan side of the layout: [`plan_resnet`] walks it.
+impl super::model::Model for ResNetLayout {
+    fn params(&self) -> &super::layout::Layout {
+        &self.params
+    }
+    fn buffers(&self) -> &super::layout::Layout {
+        &self.buffers
+    }
+    fn feature_dim(&self) -> usize {
+        self.feature_dim
+    }
+    fn init(&self, params: &mut [f32], buffers: &mut [f32], seed: u64) -> Result<()> {
+        ResNetLayout::init(self, params, buffers, seed)
+    }
+    fn plan(&self, n: usize, h: usize, w: usize, bn_groups: usize) -> Result<Plan> {
+        plan_resnet(self, n, h, w, bn_groups)
+    }
+}

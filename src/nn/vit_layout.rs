@@ -7,8 +7,6 @@
 
 use super::layout::{Layout, SplitMix64, TENSOR_ALIGN};
 use super::mlp::MlpSpec;
-use super::model::Model;
-use super::plan::Plan;
 use crate::ops::patch::{cpu::sincos_pos_embed_2d, PosEmbedShape};
 use crate::error::{Error, Result};
 
@@ -155,20 +153,11 @@ fn uniform(out: &mut [f32], name: &str, seed: u64, bound: f64) {
     out.iter_mut().for_each(|v| *v = ((rng.next_f64() * 2.0 - 1.0) * bound) as f32);
 }
 
-impl Model for VitLayout {
-    fn params(&self) -> &Layout {
-        &self.params
-    }
-    fn buffers(&self) -> &Layout {
-        &self.buffers
-    }
-    fn feature_dim(&self) -> usize {
-        self.config.dim
-    }
+impl VitLayout {
     /// `vits.py`'s initialisation: qkv U(±sqrt(6/(3D/3 + D))), the other backbone linears xavier-uniform, every
     /// backbone bias 0, LayerNorm 1/0, cls N(0, 1e-6), patch projection U(±sqrt(6/(3p² + D))) with bias 0, the
     /// fixed 2-D sin-cos `pos_embed`; the projector as PyTorch's defaults (it is built after `vits.py`'s init).
-    fn init(&self, params: &mut [f32], buffers: &mut [f32], seed: u64) -> Result<()> {
+    pub fn init_params(&self, params: &mut [f32], buffers: &mut [f32], seed: u64) -> Result<()> {
         super::model::check_init_lens("vit init", self, params, buffers)?;
         let (c, d) = (self.config, self.config.dim);
         for (t, in_buffers) in self.params.tensors.iter().map(|t| (t, false)).chain(self.buffers.tensors.iter().map(|t| (t, true))) {
@@ -198,8 +187,5 @@ impl Model for VitLayout {
             MlpSpec::init("head", &self.params, &self.buffers, params, buffers, seed);
         }
         Ok(())
-    }
-    fn plan(&self, n: usize, h: usize, w: usize, bn_groups: usize) -> Result<Plan> {
-        super::vit_plan::plan_vit(self, n, h, w, bn_groups)
     }
 }

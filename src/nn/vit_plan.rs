@@ -16,7 +16,7 @@ pub const LN_EPS: f32 = 1e-6;
 fn layernorm(pl: &mut Planner<'_>, prefix: &str, inp: Act, rows: usize, c: usize) -> Result<Act> {
     let shape = LayerNormShape::new(rows, c, LN_EPS)?;
     let (out, mean, rstd) = (pl.alloc(inp.len), pl.alloc(rows), pl.alloc(rows));
-    pl.nodes.push(Node::LayerNorm { gamma: pl.p(&format!("{prefix}.weight"))?, beta: pl.p(&format!("{prefix}.bias"))?, shape, inp, out, mean, rstd });
+    pl.nodes.push(Node::LayerNorm { gamma: pl.param(&format!("{prefix}.weight"))?, beta: pl.param(&format!("{prefix}.bias"))?, shape, inp, out, mean, rstd });
     Ok(out)
 }
 
@@ -35,13 +35,13 @@ pub(crate) fn plan_vit(layout: &VitLayout, n: usize, h: usize, w: usize, bn_grou
     let cols = pl.alloc(pshape.len());
     pl.nodes.push(Node::PatchIm2col { shape: pshape, inp: input, out: cols });
     pl.no_grad.push(cols);
-    let store = |name: &str| if c.stop_grad_conv1 { pl.b(name) } else { pl.p(name) };
+    let store = |name: &str| if c.stop_grad_conv1 { pl.buffer(name) } else { pl.param(name) };
     let (pw, pb) = (store("patch_embed.proj.weight")?, store("patch_embed.proj.bias")?);
     let (patches, _) = pl.linear_with(pw, Some(pb), c.stop_grad_conv1, cols, n * pshape.patches(), pshape.cols())?;
     // tokens [N, T, D]: cls + pos[0], patch + pos[1..]
     let tshape = TokensShape::new(n, t, d)?;
     let mut x = pl.alloc(tshape.len());
-    pl.nodes.push(Node::Tokens { cls: pl.p("cls_token")?, pos: pl.b("pos_embed")?, shape: tshape, patches, out: x });
+    pl.nodes.push(Node::Tokens { cls: pl.param("cls_token")?, pos: pl.buffer("pos_embed")?, shape: tshape, patches, out: x });
     let ashape = AttentionShape::new(n, t, c.heads, d / c.heads)?;
     for i in 0..c.depth {
         let b = format!("blocks.{i}");
@@ -69,4 +69,23 @@ pub(crate) fn plan_vit(layout: &VitLayout, n: usize, h: usize, w: usize, bn_grou
         None => features,
     };
     Ok(pl.finish(input, vec![n, 3, h, w], output, features, false, (h, w)))
+}
+
+/// The plan side of the layout: [`plan_vit`] walks it.
+impl super::model::Model for VitLayout {
+    fn params(&self) -> &super::layout::Layout {
+        &self.params
+    }
+    fn buffers(&self) -> &super::layout::Layout {
+        &self.buffers
+    }
+    fn feature_dim(&self) -> usize {
+        self.config.dim
+    }
+    fn init(&self, params: &mut [f32], buffers: &mut [f32], seed: u64) -> Result<()> {
+        self.init_params(params, buffers, seed)
+    }
+    fn plan(&self, n: usize, h: usize, w: usize, bn_groups: usize) -> Result<Plan> {
+        plan_vit(self, n, h, w, bn_groups)
+    }
 }

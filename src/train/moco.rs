@@ -67,7 +67,7 @@ impl Encoder for ResNetLayout {
         ResNetLayout::new(encoder_config(cfg))
     }
     fn export_backbone(&self, path: &Path, params: &[f32], buffers: &[f32], tracked: i64) -> Result<()> {
-        super::state_file::export_resnet_backbone(path, self.config, params, buffers, tracked)
+        super::run_checkpoint::export_resnet_backbone(path, self.config, params, buffers, tracked)
     }
 }
 
@@ -79,7 +79,7 @@ impl Encoder for VitLayout {
         VitLayout::new(cfg.vit_config())
     }
     fn export_backbone(&self, path: &Path, params: &[f32], buffers: &[f32], _tracked: i64) -> Result<()> {
-        super::state_file::export_vit_backbone(path, self, params, buffers)
+        super::run_checkpoint::export_vit_backbone(path, self, params, buffers)
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::config::TrainConfig;
 use super::engine::Engine;
-use super::state_file::{self, Progress};
+use super::run_checkpoint::{self, Progress};
 use crate::data::{eval_batches, AugmentConfig, Dataset, PairLoader, ViewPair};
 use crate::error::{Error, Result};
 use crate::eval::{knn_top1, linear_probe, KnnConfig, ProbeConfig};
@@ -125,7 +125,7 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
     let do_knn = !opts.no_knn && !test.is_empty();
     let eval_started = Instant::now();
     if opts.resume {
-        let (state, p) = state_file::load(&ck_path, cfg, &engine.layouts())?;
+        let (state, p) = run_checkpoint::load(&ck_path, cfg, &engine.layouts())?;
         engine.load_state(&state)?;
         prog = p;
         summary.resumed_from = Some(p);
@@ -227,7 +227,7 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
             }
             if stop_requested() || opts.max_steps.is_some_and(|m| prog.global_step >= m) {
                 let p = if prog.step == steps_per_epoch { Progress { epoch: prog.epoch + 1, step: 0, ..prog } } else { prog };
-                state_file::save(&ck_path, cfg, &engine.layouts(), &engine.state()?, p)?;
+                run_checkpoint::save(&ck_path, cfg, &engine.layouts(), &engine.state()?, p)?;
                 summary.interrupted = true;
                 break 'epochs;
             }
@@ -235,7 +235,7 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
         }
         let eval_started = Instant::now();
         prog = Progress { epoch: prog.epoch + 1, step: 0, global_step: prog.global_step };
-        state_file::save(&ck_path, cfg, &engine.layouts(), &engine.state()?, prog)?;
+        run_checkpoint::save(&ck_path, cfg, &engine.layouts(), &engine.state()?, prog)?;
         let mut rec = Record::new().with_str("kind", "epoch").with("epoch", prog.epoch as f64).with("global_step", prog.global_step as f64);
         if train_secs > epoch_train {
             rec = rec.with("train_pairs_per_s", (pairs - epoch_pairs) as f64 / (train_secs - epoch_train));
