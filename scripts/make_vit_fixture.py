@@ -55,7 +55,6 @@ as max |f32 - f64| / max |f64| per tensor, worst of each group (torch 2.15 CPU, 
 
     /tmp/torchvenv-lead/bin/python scripts/make_vit_fixture.py    # writes tests/fixtures/vit_mocov3.safetensors
 """
-import math
 import os
 import sys
 
@@ -65,32 +64,9 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
 from make_resnet_fixture import fill  # noqa: E402
-from mocov3_torch_reference import MoCoViT, sincos_pos_embed  # noqa: E402
+from mocov3_torch_reference import MoCoViT, init_weights, sincos_pos_embed  # noqa: E402
 
 CFG = dict(img=32, patch=8, dim=64, heads=4, depth=2, mlp_dim=96, out_dim=32, batch=4, T=0.2)
-
-
-def init_weights(model):
-    """The fill rules of the docstring, over the base encoder's and the predictor's parameters."""
-    named = [(n, m) for n, m in model.base_encoder.named_modules()]
-    named += [("predictor." + n if n else "predictor", m) for n, m in model.predictor.named_modules()]
-    with torch.no_grad():
-        for prefix, mod in named:
-            for pname, p in mod.named_parameters(recurse=False):
-                name = f"{prefix}.{pname}" if prefix else pname
-                if name == "pos_embed":
-                    continue
-                if name == "cls_token":
-                    p.copy_(fill(name, p.shape, 0.02))
-                elif isinstance(mod, (nn.Linear, nn.Conv2d)) and pname == "weight":
-                    p.copy_(fill(name, p.shape, 1.0 / math.sqrt(math.prod(p.shape[1:]))))
-                elif isinstance(mod, (nn.LayerNorm, nn.BatchNorm1d)) and pname == "weight":
-                    p.copy_(fill(name, p.shape, 0.1, 1.0))
-                elif pname == "bias":
-                    p.copy_(fill(name, p.shape, 0.1))
-                else:
-                    raise ValueError(f"no fill rule for {name}")
-    model.sync_momentum_encoder()
 
 
 def trainable(model):

@@ -215,6 +215,31 @@ class MoCoViT(nn.Module):
         return (loss, q1, q2, k1, k2) if return_qk else loss
 
 
+def init_weights(model):
+    """The fill rules of make_vit_fixture.py's docstring (name-seeded values, as the Rust tests fill them), over the base encoder's and the predictor's parameters."""
+    from make_resnet_fixture import fill  # the name-seeded generator the Rust tests share
+
+    named = [(n, m) for n, m in model.base_encoder.named_modules()]
+    named += [("predictor." + n if n else "predictor", m) for n, m in model.predictor.named_modules()]
+    with torch.no_grad():
+        for prefix, mod in named:
+            for pname, p in mod.named_parameters(recurse=False):
+                name = f"{prefix}.{pname}" if prefix else pname
+                if name == "pos_embed":
+                    continue
+                if name == "cls_token":
+                    p.copy_(fill(name, p.shape, 0.02))
+                elif isinstance(mod, (nn.Linear, nn.Conv2d)) and pname == "weight":
+                    p.copy_(fill(name, p.shape, 1.0 / math.sqrt(math.prod(p.shape[1:]))))
+                elif isinstance(mod, (nn.LayerNorm, nn.BatchNorm1d)) and pname == "weight":
+                    p.copy_(fill(name, p.shape, 0.1, 1.0))
+                elif pname == "bias":
+                    p.copy_(fill(name, p.shape, 0.1))
+                else:
+                    raise ValueError(f"no fill rule for {name}")
+    model.sync_momentum_encoder()
+
+
 def main():
     ap = argparse.ArgumentParser(description="write a backbone + features pair for scripts/check_vit_export.py")
     ap.add_argument("--export", required=True, help="backbone safetensors (timm names, no head)")
@@ -235,8 +260,6 @@ def main():
                     heads=args.heads)
     if args.init == "fill":
         sys.path.insert(0, os.path.dirname(__file__))
-        from make_vit_fixture import init_weights
-
         init_weights(model)
     enc = model.base_encoder.eval()
     x = torch.randn(args.n, 3, args.img, args.img)

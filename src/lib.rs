@@ -27,6 +27,9 @@
 //! ```
 #![warn(missing_docs)]
 
+/// moco 0.1's `backend` paths, re-exported from their new homes for this release.
+#[deprecated(since = "0.2.0", note = "ops live in `moco::ops::<family>` and devices in `moco::device`: see the README, Migrating from 0.1")]
+pub mod backend;
 #[cfg(feature = "checkpoint")]
 pub mod checkpoint;
 #[cfg(feature = "train")]
@@ -40,6 +43,9 @@ pub mod ops;
 pub mod optim;
 #[cfg(feature = "train")]
 pub mod report;
+/// moco 0.1's `shape` paths, re-exported from the op families for this release.
+#[deprecated(since = "0.2.0", note = "the shape types live in their op families (`moco::ops::<family>`) and at the crate root")]
+pub mod shape;
 #[cfg(feature = "train")]
 pub mod train;
 
@@ -52,3 +58,8 @@ pub use error::{Error, Result};
 pub use ops::ema::EmaShape;
 pub use ops::infonce::{InfoNceShape, InfoNceStats, LogitsShape, SymmetricShape, MAX_TEMPERATURE, MIN_TEMPERATURE};
 pub use ops::queue::{QueueDType, QueueDims, QueueShape};
+
+/// README's code blocks, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

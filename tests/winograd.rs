@@ -6,12 +6,12 @@
 //!
 //! Error vs the f64 reference (stated by `winograd_error_vs_reference`): for values in [-1, 1) the Winograd
 //! forward and input gradient stay within 2e-7 * K absolute (K = summed products: C_in*9 forward, C_out*9 for
-//! dinp), i.e. within the 1e-6 * K the im2col path is held to in tests/nn_layers.rs. Measured on ResNet-18's
+//! dinp), i.e. within the 1e-6 * K the im2col path is held to in tests/ops/conv.rs. Measured on ResNet-18's
 //! 3x3 layers (64..512 channels): max |err| / K about 1.7e-8 to 2.3e-8 for Winograd vs 1.1e-8 to 3.6e-8 for
 //! im2col (at most ~1.6x the im2col error).
 mod common;
 use common::*;
-use moco::backend::cpu::nn::{self, reference as r, Conv2dShape, ConvAlgo, ConvPass};
+use moco::ops::conv::{cpu as nn, reference as r, Conv2dShape, ConvAlgo, ConvPass};
 use moco::Error;
 use proptest::prelude::*;
 
@@ -24,6 +24,10 @@ const W4_TOL: f64 = 2e-6;
 
 fn nan(len: usize) -> Vec<f32> {
     vec![f32::NAN; len]
+}
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
 }
 
 /// Max |got - want| over the elements.
@@ -42,7 +46,7 @@ fn check(n: usize, c_in: usize, h: usize, w: usize, c_out: usize, pad: usize, se
     let mut out = nan(s.out_len());
     let mut scratch = nan(5);
     nn::conv2d_forward_with(&mut out, &mut scratch, &x, &wt, algo, &s).unwrap();
-    let want = r::conv2d_forward(&r::to_f64(&x), &r::to_f64(&wt), &s);
+    let want = r::conv2d_forward(&f64s(&x), &f64s(&wt), &s);
     let k = (c_in * 9) as f64;
     assert_close(&format!("fwd {tag}"), &out, &want, tol_per_term * k, 0.0);
 
@@ -51,7 +55,7 @@ fn check(n: usize, c_in: usize, h: usize, w: usize, c_out: usize, pad: usize, se
     let (mut dx, mut dw) = (dx0.clone(), dw0.clone());
     scratch.iter_mut().for_each(|v| *v = f32::NAN);
     nn::conv2d_backward_with(Some(&mut dx), &mut dw, &mut scratch, &dy, &x, &wt, algo, &s).unwrap();
-    let (want_dx, want_dw) = r::conv2d_backward(&r::to_f64(&dy), &r::to_f64(&x), &r::to_f64(&wt), &s);
+    let (want_dx, want_dw) = r::conv2d_backward(&f64s(&dy), &f64s(&x), &f64s(&wt), &s);
     let terms_dx = (c_out * 9) as f64 + 1.0;
     let terms_dw = (n * s.out_h() * s.out_w()) as f64 + 1.0;
     let want_dx = plus(&want_dx, &dx0);
@@ -105,13 +109,13 @@ fn winograd_error_vs_reference() {
 
 #[test]
 fn measured_choice_is_correct_and_accumulates_once() {
-    // channel counts at least nn::conv::AUTO_MIN_SUM (16): Winograd is a candidate
+    // channel counts at least nn::AUTO_MIN_SUM (16): Winograd is a candidate
     let s = Conv2dShape::new(3, 17, 7, 9, 19, 3, 3, 1, 1).unwrap();
     let mut g = rng(7);
     let (x, wt, dy) = (uniform(&mut g, s.inp_len()), uniform(&mut g, s.weight_len()), uniform(&mut g, s.out_len()));
     let (dx0, dw0) = (uniform(&mut g, s.inp_len()), uniform(&mut g, s.weight_len()));
-    let want = r::conv2d_forward(&r::to_f64(&x), &r::to_f64(&wt), &s);
-    let (want_dx, want_dw) = r::conv2d_backward(&r::to_f64(&dy), &r::to_f64(&x), &r::to_f64(&wt), &s);
+    let want = r::conv2d_forward(&f64s(&x), &f64s(&wt), &s);
+    let (want_dx, want_dw) = r::conv2d_backward(&f64s(&dy), &f64s(&x), &f64s(&wt), &s);
     let mut scratch = Vec::new();
     // the first call measures the candidates, the second uses the cached choice (the backward pass and the
     // forward pass without gradients may pick F(4x4), so they get its bound)

@@ -82,6 +82,12 @@ impl Device for CpuDevice {
         dst.copy_from_slice(data);
         Ok(())
     }
+    fn write_index(&mut self, buf: &mut Vec<u32>, at: Region, data: &[u32]) -> Result<()> {
+        crate::error::check_len_eq("cpu write_index", "data of the region's length", at.len, data.len())?;
+        check_regions("cpu write_index", buf.len(), &[at], &[])?;
+        buf[at.range()].copy_from_slice(data);
+        Ok(())
+    }
     fn read(&self, buf: &Vec<f32>, at: Region) -> Result<Vec<f32>> {
         Ok(region(buf, at)?.to_vec())
     }

@@ -145,6 +145,8 @@ pub trait Device: Clone {
     fn zero(&mut self, buf: &mut Self::Buf) -> Result<()>;
     /// Copies `data` from the host into region `at` of `buf` (`data.len() == at.len`).
     fn write(&mut self, buf: &mut Self::Buf, at: Region, data: &[f32]) -> Result<()>;
+    /// Copies `data` from the host into region `at` of an index allocation (`data.len() == at.len`).
+    fn write_index(&mut self, buf: &mut Self::IndexBuf, at: Region, data: &[u32]) -> Result<()>;
     /// Copies region `at` of `buf` to the host.
     fn read(&self, buf: &Self::Buf, at: Region) -> Result<Vec<f32>>;
     /// Copies region `at` of an index allocation to the host.

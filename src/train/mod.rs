@@ -13,7 +13,7 @@ pub mod shuffle;
 pub mod run_checkpoint;
 
 pub use config::{ModelKind, OptimizerKind, Preset, TrainConfig};
-pub use moco::{CpuEngine, CpuVitEngine, Encoder, MocoEngine};
+pub use moco::{CpuEngine, CpuVitEngine, Encoder, MocoEngine, TrainDevice};
 #[cfg(feature = "cuda")]
 pub use moco::{CudaEngine, CudaVitEngine};
 #[cfg(feature = "wgpu")]

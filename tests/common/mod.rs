@@ -250,3 +250,92 @@ pub fn vit_fixture_fill(layout: &moco::nn::Layout, base: &[f32]) -> Vec<f32> {
     }
     out
 }
+
+// ---- helpers of the ViT-layer op tests (tests/ops/{eltwise,layernorm,attention,patch}.rs) ----
+
+/// `v` in f64.
+pub fn to_f64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// `v·k + shift` element-wise.
+pub fn scaled(v: Vec<f32>, k: f32, shift: f32) -> Vec<f32> {
+    v.into_iter().map(|x| x * k + shift).collect()
+}
+
+/// `got` against both the CPU f32 kernel's result and the f64 reference, with the same tolerance.
+#[track_caller]
+pub fn close2(what: &str, got: &[f32], cpu: &[f32], want: &[f64], atol: f64, rtol: f64) {
+    assert_close(&format!("{what} (vs f64)"), got, want, atol, rtol);
+    assert_close(&format!("{what} (vs cpu f32)"), got, &to_f64(cpu), atol, rtol);
+}
+
+/// Bit-identical to the CPU kernel (NaN never equals, so an unwritten poisoned element fails).
+#[track_caller]
+pub fn assert_same(what: &str, got: &[f32], cpu: &[f32]) {
+    assert_eq!(got.len(), cpu.len(), "{what}: length");
+    if let Some(i) = got.iter().zip(cpu).position(|(a, b)| a.to_bits() != b.to_bits()) {
+        panic!("{what}[{i}]: device {} vs cpu {}", got[i], cpu[i]);
+    }
+}
+
+/// Whether `dev` is CUDA on the emulated driver (where a test may keep to the shapes the old CUDA tests ran).
+pub fn is_emulated_cuda<D: Device>(dev: &D) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        dev.kind() == DeviceKind::Cuda && cuda_is_emulated()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = dev;
+        false
+    }
+}
+
+/// A `Vec` of exactly `N` elements as an array.
+pub fn arr<T, const N: usize>(v: Vec<T>) -> [T; N] {
+    let n = v.len();
+    v.try_into().ok().unwrap_or_else(|| panic!("{n} values, not {N}"))
+}
+
+/// Calls `call(dev, written views, read views)` on fresh zeroed allocations, one per entry of `lens`, each viewed at
+/// exactly that many elements (a view may hold 0); the first `writes` are written views.
+pub fn with_views<D: Device + 'static, R>(dev: &mut D, lens: &[usize], writes: usize, call: impl FnOnce(&mut D, Vec<D::Mut<'_>>, Vec<D::Ref<'_>>) -> R) -> R {
+    // one element more than the view: a wgpu binding is never empty, and the longer view must fit too
+    let mut bufs: Vec<D::Buf> = lens.iter().map(|&n| dev.alloc(n + 1).unwrap()).collect();
+    let (w, r) = bufs.split_at_mut(writes);
+    let muts = w
+        .iter_mut()
+        .zip(lens)
+        .map(|(b, &n)| {
+            let ([m], []) = D::split(b, [Region::new(0, n)], []).unwrap();
+            m
+        })
+        .collect();
+    let refs = r.iter().zip(&lens[writes..]).map(|(b, &n)| D::view(b, Region::new(0, n)).unwrap()).collect();
+    call(dev, muts, refs)
+}
+
+/// The public-API length check of one op: with every view at its length (`lens`, buffers named `names` in the
+/// order of the op's arguments, the first `writes` written) the call succeeds; with any one view one element
+/// shorter (when it has one) or longer it is an `Error::Shape` whose message names that buffer, its length and
+/// the length given.
+#[track_caller]
+pub fn rejects_wrong_lengths<D: Device + 'static>(dev: &mut D, op: &str, names: &[&str], lens: &[usize], writes: usize, mut call: impl FnMut(&mut D, Vec<D::Mut<'_>>, Vec<D::Ref<'_>>) -> moco::Result<()>) {
+    assert_eq!(names.len(), lens.len(), "{op}: one name per buffer");
+    let name = dev.name();
+    with_views(dev, lens, writes, &mut call).unwrap_or_else(|e| panic!("{name}: {op} with the right lengths {lens:?}: {e}"));
+    for (i, &want) in lens.iter().enumerate() {
+        for got in [want.checked_sub(1), Some(want + 1)].into_iter().flatten() {
+            let mut bad = lens.to_vec();
+            bad[i] = got;
+            let r = with_views(dev, &bad, writes, &mut call);
+            let msg = match &r {
+                Err(e @ moco::Error::Shape { .. }) => e.to_string(),
+                other => panic!("{name}: {op} with {} of {got} elements instead of {want}: {other:?}, not a shape error", names[i]),
+            };
+            let (named, given) = (format!("{} of length {want}", names[i]), format!("length {got}"));
+            assert!(msg.contains(&named) && msg.contains(&given), "{name}: {op} with {} of {got} elements: the message does not name it ({named:?}, {given:?}): {msg}", names[i]);
+        }
+    }
+}

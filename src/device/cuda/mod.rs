@@ -125,6 +125,12 @@ impl Device for Cuda {
         let mut dst = buf.try_slice_mut(at.range()).ok_or_else(|| outside("cuda write", len, at))?;
         Ok(self.stream.memcpy_htod(data, &mut dst)?)
     }
+    fn write_index(&mut self, buf: &mut CudaSlice<u32>, at: Region, data: &[u32]) -> Result<()> {
+        crate::error::check_len_eq("cuda write_index", "data of the region's length", at.len, data.len())?;
+        let len = buf.len();
+        let mut dst = buf.try_slice_mut(at.range()).ok_or_else(|| outside("cuda write_index", len, at))?;
+        Ok(self.stream.memcpy_htod(data, &mut dst)?)
+    }
     fn read(&self, buf: &CudaSlice<f32>, at: Region) -> Result<Vec<f32>> {
         let src = buf.try_slice(at.range()).ok_or_else(|| outside("cuda read", buf.len(), at))?;
         let out = self.stream.clone_dtoh(&src)?;

@@ -86,6 +86,14 @@ impl Device for Wgpu {
         }
         Ok(())
     }
+    fn write_index(&mut self, buf: &mut wgpu::Buffer, at: Region, data: &[u32]) -> Result<()> {
+        crate::error::check_len_eq("wgpu write_index", "data of the region's length", at.len, data.len())?;
+        check_regions("wgpu write_index", elems(buf), &[at], &[])?;
+        if !data.is_empty() {
+            self.queue().write_buffer(buf, (at.offset * 4) as u64, bytemuck::cast_slice(data));
+        }
+        Ok(())
+    }
     fn read(&self, buf: &wgpu::Buffer, at: Region) -> Result<Vec<f32>> {
         self.read_region(buf, at)
     }
