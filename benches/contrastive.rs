@@ -1,10 +1,13 @@
-//! Criterion benches: each op fused against unfused on each available backend, at MoCo sizes.
+//! Criterion benches: each op fused against unfused on each available device, at MoCo sizes.
 //! N=256, C=128, K in {4096, 65536, 1048576}, T=0.2; v3 at N in {1024, 4096}, C=256; EMA at ResNet-50 size.
 //! `MOCO_BENCH_QUICK=1` skips the largest sizes. GPU benches time with `iter_custom` and sync before the clock stops.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use moco::backend::{cpu, Backend, Wgpu};
-use moco::shape::{InfoNceShape, QueueDType, SymmetricShape};
+use moco::device::Device;
+use moco::ops::ema::{self, Ema};
+use moco::ops::infonce::{cpu, unfused, Infonce, STATS_WORDS};
+use moco::ops::queue::{self, KeyQueue, QueueSlice, QueueSliceMut, QueueView, QueueViewMut};
+use moco::{InfoNceShape, QueueDType, SymmetricShape, Wgpu};
 use std::time::{Duration, Instant};
 
 /// ResNet-50's parameter count (torchvision), the EMA size.
@@ -37,7 +40,12 @@ fn quick() -> bool {
 }
 
 fn wgpu() -> Option<Wgpu> {
-    Wgpu::new(moco::backend::Adapter::Any).map_err(|e| eprintln!("wgpu benches skipped: {e}")).ok()
+    Wgpu::new(moco::Adapter::Any).map_err(|e| eprintln!("wgpu benches skipped: {e}")).ok()
+}
+
+/// A read-only view of the f32 queue `[k, c]` for the CPU ops.
+fn f32_view(queue: &[f32], k: usize, c: usize) -> QueueView<'_> {
+    QueueView::new(QueueSlice::F32(queue), k, c).unwrap()
 }
 
 fn infonce(c: &mut Criterion) {
@@ -51,25 +59,28 @@ fn infonce(c: &mut Criterion) {
         let shape = InfoNceShape::new(n, ch, k, t).unwrap();
         g.throughput(Throughput::Elements(k as u64));
         let (mut dq, mut rl) = (vec![0.0; n * ch], vec![0.0; n]);
-        g.bench_function(BenchmarkId::new("cpu_fused", k), |b| b.iter(|| cpu::infonce(&mut dq, &mut rl, &q, &key, cpu::QueueView::F32(&queue), &shape).unwrap()));
+        g.bench_function(BenchmarkId::new("cpu_fused", k), |b| b.iter(|| cpu::infonce(&mut dq, &mut rl, &q, &key, f32_view(&queue, k, ch), &shape).unwrap()));
         // the loss's bare GEMMs (same routine, tiles and threads, no softmax): the floor the fused loss is held to
         let qh = unit_rows(n, ch, 1);
-        g.bench_function(BenchmarkId::new("cpu_gemm_floor", k), |b| b.iter(|| cpu::contrastive::infonce_gemm_floor(&qh, &queue, n, ch, k).unwrap()));
+        g.bench_function(BenchmarkId::new("cpu_gemm_floor", k), |b| b.iter(|| cpu::infonce_gemm_floor(&qh, &queue, n, ch, k).unwrap()));
         let bf: Vec<half::bf16> = queue.iter().map(|&v| half::bf16::from_f32(v)).collect();
-        g.bench_function(BenchmarkId::new("cpu_fused_bf16_queue", k), |b| b.iter(|| cpu::infonce(&mut dq, &mut rl, &q, &key, cpu::QueueView::BF16(&bf), &shape).unwrap()));
-        g.bench_function(BenchmarkId::new("cpu_unfused", k), |b| b.iter(|| cpu::unfused::infonce(&mut dq, &mut rl, &q, &key, &queue, &shape).unwrap()));
+        let bf_view = QueueView::new(QueueSlice::BF16(&bf), k, ch).unwrap();
+        g.bench_function(BenchmarkId::new("cpu_fused_bf16_queue", k), |b| b.iter(|| cpu::infonce(&mut dq, &mut rl, &q, &key, bf_view, &shape).unwrap()));
+        g.bench_function(BenchmarkId::new("cpu_unfused", k), |b| b.iter(|| unfused::infonce(&mut dq, &mut rl, &q, &key, &queue, &shape).unwrap()));
         // lavapipe (a CPU adapter) takes ~12 s per call at K=65536: time it at K=4096 only
-        let software = w.as_ref().is_some_and(|w| w.ctx.adapter_name.contains("llvmpipe"));
+        let software = w.as_ref().is_some_and(|w| w.adapter_name().contains("llvmpipe"));
         if let (Some(w), true) = (&w, k <= if software { 4096 } else { 65536 }) {
+            let mut w = w.clone();
             let (qb, kb, qu) = (w.upload(&q).unwrap(), w.upload(&key).unwrap(), w.queue_from_f32(&queue, k, ch, QueueDType::F32).unwrap());
-            let out = moco::backend::wgpu::InfoNceBuffers::new(&w.ctx, n, ch);
-            g.bench_function(BenchmarkId::new(format!("wgpu_fused [{}]", w.ctx.adapter_name), k), |b| {
+            let (mut dqb, mut rlb, mut stats) = (w.alloc(n * ch).unwrap(), w.alloc(n).unwrap(), w.alloc_index(STATS_WORDS).unwrap());
+            g.bench_function(BenchmarkId::new(format!("wgpu_fused [{}]", w.adapter_name()), k), |b| {
                 b.iter_custom(|iters| {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        moco::backend::wgpu::contrastive::infonce_async(&w.ctx, &out, qb.buffer(), kb.buffer(), &qu, &shape).unwrap();
+                        // the fused loss, queued without reading its statistics back
+                        w.infonce(Wgpu::whole_mut(&mut dqb), Wgpu::whole_mut(&mut rlb), Wgpu::index_whole_mut(&mut stats), Wgpu::whole(&qb), Wgpu::whole(&kb), &qu, &shape).unwrap();
                     }
-                    w.ctx.synchronize().unwrap();
+                    w.synchronize().unwrap();
                     start.elapsed()
                 })
             });
@@ -87,8 +98,8 @@ fn moco_v3(c: &mut Criterion) {
         let shape = SymmetricShape::new(n, ch, t).unwrap();
         let (mut d1, mut d2) = (vec![0.0; n * ch], vec![0.0; n * ch]);
         g.bench_function(BenchmarkId::new("cpu_fused", n), |b| b.iter(|| cpu::moco_v3_loss(&mut d1, &mut d2, &q1, &q2, &k1, &k2, &shape).unwrap()));
-        g.bench_function(BenchmarkId::new("cpu_gemm_floor", n), |b| b.iter(|| cpu::contrastive::moco_v3_gemm_floor(&q1, &q2, &k1, &k2, &shape).unwrap()));
-        g.bench_function(BenchmarkId::new("cpu_unfused", n), |b| b.iter(|| cpu::unfused::moco_v3_loss(&mut d1, &mut d2, &q1, &q2, &k1, &k2, &shape).unwrap()));
+        g.bench_function(BenchmarkId::new("cpu_gemm_floor", n), |b| b.iter(|| cpu::moco_v3_gemm_floor(&q1, &q2, &k1, &k2, &shape).unwrap()));
+        g.bench_function(BenchmarkId::new("cpu_unfused", n), |b| b.iter(|| unfused::moco_v3_loss(&mut d1, &mut d2, &q1, &q2, &k1, &k2, &shape).unwrap()));
     }
     g.finish();
 }
@@ -110,7 +121,7 @@ fn ema(c: &mut Criterion) {
     g.throughput(Throughput::Bytes((RESNET50_PARAMS * 12) as u64));
     let q = data(RESNET50_PARAMS, 1);
     let mut k = data(RESNET50_PARAMS, 2);
-    g.bench_function("cpu_fused_flat", |b| { let shape = moco::EmaShape::new(RESNET50_PARAMS, 0.999).unwrap(); b.iter(|| cpu::ema_update(&mut k, &q, &shape).unwrap()) });
+    g.bench_function("cpu_fused_flat", |b| { let shape = moco::EmaShape::new(RESNET50_PARAMS, 0.999).unwrap(); b.iter(|| ema::cpu::ema_update(&mut k, &q, &shape).unwrap()) });
     // ResNet-50-like split: 161 tensors (sizes cycle through a few typical conv/bn shapes)
     let sizes = resnet50_like_sizes();
     let qs: Vec<Vec<f32>> = sizes.iter().map(|&s| data(s, 3)).collect();
@@ -119,19 +130,19 @@ fn ema(c: &mut Criterion) {
     g.bench_function("cpu_fused_multi_tensor", |b| {
         b.iter(|| {
             let mut pairs: Vec<(&mut [f32], &[f32])> = ks.iter_mut().zip(&qs).map(|(k, q)| (&mut k[..], &q[..])).collect();
-            cpu::ema_update_multi(&mut pairs, 0.999).unwrap()
+            ema::cpu::ema_update_multi(&mut pairs, 0.999).unwrap()
         })
     });
-    if let Some(w) = wgpu() {
+    if let Some(mut w) = wgpu() {
         let shape = moco::EmaShape::new(RESNET50_PARAMS, 0.999).unwrap();
-        let (kb, qb) = (w.ctx.upload("k", &k), w.ctx.upload("q", &q));
-        g.bench_function(format!("wgpu_fused_flat [{}]", w.ctx.adapter_name), |b| {
+        let (mut kb, qb) = (w.upload(&k).unwrap(), w.upload(&q).unwrap());
+        g.bench_function(format!("wgpu_fused_flat [{}]", w.adapter_name()), |b| {
             b.iter_custom(|iters| {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    moco::backend::wgpu::ema_update(&w.ctx, &kb, &qb, &shape).unwrap();
+                    w.ema_update(Wgpu::whole_mut(&mut kb), Wgpu::whole(&qb), &shape).unwrap();
                 }
-                w.ctx.synchronize().unwrap();
+                w.synchronize().unwrap();
                 start.elapsed()
             })
         });
@@ -155,12 +166,13 @@ fn logits_and_queue(c: &mut Criterion) {
     let (q, key, queue) = (data(n * ch, 1), data(n * ch, 2), unit_rows(k, ch, 3));
     let shape = moco::LogitsShape::new(n, ch, k).unwrap();
     let (mut lp, mut ln) = (vec![0.0; n], vec![0.0; n * k]);
-    g.bench_function("cpu_logits_materialised_k65536", |b| b.iter(|| cpu::logits(&mut lp, &mut ln, &q, &key, cpu::QueueView::F32(&queue), &shape).unwrap()));
+    g.bench_function("cpu_logits_materialised_k65536", |b| b.iter(|| cpu::logits(&mut lp, &mut ln, &q, &key, f32_view(&queue, k, ch), &shape).unwrap()));
     let mut qf = queue.clone();
     let mut ptr = 0;
     g.bench_function("cpu_enqueue_f32_n256", |b| {
         b.iter(|| {
-            ptr = cpu::enqueue(&mut cpu::QueueViewMut::F32(&mut qf), &key, &moco::QueueShape::new(n, ch, k, ptr).unwrap()).unwrap();
+            let mut view = QueueViewMut::new(QueueSliceMut::F32(&mut qf), k, ch).unwrap();
+            ptr = queue::cpu::enqueue(&mut view, &key, &moco::QueueShape::new(n, ch, k, ptr).unwrap()).unwrap();
         })
     });
     g.finish();
@@ -169,22 +181,23 @@ fn logits_and_queue(c: &mut Criterion) {
 /// CUDA: every fused op at the MoCo sizes, timed with `iter_custom` and a stream sync before the clock stops.
 /// Skipped with a printed reason when no CUDA device is present.
 fn cuda(c: &mut Criterion) {
-    use moco::backend::cuda::{self as cu, Cuda};
-    let dev = match Cuda::new(0).and_then(|d| d.warm_up().map(|_| d)) {
+    use moco::ops::{ema::cuda as ema_cu, infonce::cuda as cu};
+    use moco::Cuda;
+    let mut dev = match Cuda::new(0).and_then(|d| d.warm_up().map(|_| d)) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("cuda benches skipped: {e}");
             return;
         }
     };
-    let s = dev.stream.clone();
+    let s = dev.stream().clone();
     let time = |iters: u64, f: &mut dyn FnMut()| {
-        dev.synchronize().unwrap();
+        s.synchronize().unwrap();
         let start = Instant::now();
         for _ in 0..iters {
             f();
         }
-        dev.synchronize().unwrap();
+        s.synchronize().unwrap();
         start.elapsed()
     };
     let mut g = c.benchmark_group("cuda");
@@ -195,11 +208,11 @@ fn cuda(c: &mut Criterion) {
         let (q, key) = (dev.upload(&data(n * ch, 1)).unwrap(), dev.upload(&data(n * ch, 2)).unwrap());
         let host_queue = unit_rows(k, ch, 3);
         let (mut dq, mut rl) = (dev.upload(&vec![0.0; n * ch]).unwrap(), dev.upload(&vec![0.0; n]).unwrap());
-        let mut stats = s.alloc_zeros::<u32>(cu::STATS_WORDS).unwrap();
+        let mut stats = dev.alloc_index(STATS_WORDS).unwrap();
         for dtype in [QueueDType::F32, QueueDType::BF16] {
             let queue = dev.queue_from_f32(&host_queue, k, ch, dtype).unwrap();
             g.bench_function(BenchmarkId::new(format!("infonce_fused_{}", dtype.name()), k), |b| {
-                b.iter_custom(|iters| time(iters, &mut || cu::infonce_async(&s, &mut dq, &mut rl, &mut stats, &q, &key, &queue, &shape).unwrap()))
+                b.iter_custom(|iters| time(iters, &mut || cu::infonce_async(&s, &mut dq.as_view_mut(), &mut rl.as_view_mut(), &mut stats.as_view_mut(), &q.as_view(), &key.as_view(), &queue, &shape).unwrap()))
             });
         }
         if k <= 65536 {
@@ -207,33 +220,33 @@ fn cuda(c: &mut Criterion) {
             let lshape = moco::LogitsShape::new(n, ch, k).unwrap();
             let (mut lp, mut ln) = (dev.upload(&vec![0.0; n]).unwrap(), dev.upload(&vec![0.0; n * k]).unwrap());
             g.bench_function(BenchmarkId::new("logits_materialised", k), |b| {
-                b.iter_custom(|iters| time(iters, &mut || cu::logits(&s, &mut lp, &mut ln, &q, &key, &queue, &lshape).unwrap()))
+                b.iter_custom(|iters| time(iters, &mut || cu::logits(&s, &mut lp.as_view_mut(), &mut ln.as_view_mut(), &q.as_view(), &key.as_view(), &queue, &lshape).unwrap()))
             });
         }
     }
     for &n3 in &[1024usize, 4096] {
         let c3 = 256;
         let shape = SymmetricShape::new(n3, c3, t).unwrap();
-        let up = |seed| dev.upload(&data(n3 * c3, seed)).unwrap();
+        let mut up = |seed| dev.upload(&data(n3 * c3, seed)).unwrap();
         let (q1, q2, k1, k2) = (up(1), up(2), up(3), up(4));
         let (mut d1, mut d2) = (up(5), up(6));
         g.bench_function(BenchmarkId::new("moco_v3_fused", n3), |b| {
             b.iter_custom(|iters| time(iters, &mut || {
-                cu::moco_v3_loss(&s, &mut d1, &mut d2, &q1, &q2, &k1, &k2, &shape).unwrap();
+                cu::moco_v3_loss(&s, &mut d1.as_view_mut(), &mut d2.as_view_mut(), &q1.as_view(), &q2.as_view(), &k1.as_view(), &k2.as_view(), &shape).unwrap();
             }))
         });
     }
     let shape = moco::EmaShape::new(RESNET50_PARAMS, 0.999).unwrap();
     let (mut kb, qb) = (dev.upload(&data(RESNET50_PARAMS, 1)).unwrap(), dev.upload(&data(RESNET50_PARAMS, 2)).unwrap());
     g.throughput(Throughput::Bytes((RESNET50_PARAMS * 12) as u64));
-    g.bench_function("ema_flat_resnet50", |b| b.iter_custom(|iters| time(iters, &mut || cu::ema_update(&s, &mut kb, &qb, &shape).unwrap())));
+    g.bench_function("ema_flat_resnet50", |b| b.iter_custom(|iters| time(iters, &mut || ema_cu::ema_update(&s, &mut kb.as_view_mut(), &qb.as_view(), &shape).unwrap())));
     let sizes = resnet50_like_sizes();
     let qs: Vec<_> = sizes.iter().map(|&z| dev.upload(&data(z, 3)).unwrap()).collect();
     let mut ks: Vec<_> = sizes.iter().map(|&z| dev.upload(&data(z, 4)).unwrap()).collect();
     g.bench_function("ema_multi_tensor_resnet50", |b| {
         b.iter_custom(|iters| time(iters, &mut || {
-            let mut pairs: Vec<_> = ks.iter_mut().zip(&qs).map(|(k, q)| (k, q)).collect();
-            cu::ema_update_multi(&s, &mut pairs, 0.999).unwrap()
+            let mut pairs: Vec<_> = ks.iter_mut().zip(&qs).collect();
+            ema_cu::ema_update_multi(&s, &mut pairs, 0.999).unwrap()
         }))
     });
     g.finish();

@@ -23,20 +23,21 @@ fn resnet18(c: &mut Criterion) {
     });
     g.bench_function("cpu_fwd_eval", |b| b.iter(|| net.forward(&x, false).unwrap().len()));
     g.finish();
-    // the per-shape algorithm the convolutions measured at first use (module docs of backend::cpu::nn::conv)
-    for (s, pass, threads, algo) in moco::backend::cpu::nn::conv_algo_choices() {
+    // the per-shape algorithm the convolutions measured at first use (module docs of ops::conv::cpu)
+    for (s, pass, threads, algo) in moco::ops::conv::conv_algo_choices() {
         eprintln!("conv choice: {}x{}x{}x{} -> {} pad {} {pass:?} ({threads} threads): {algo:?}", s.n, s.c_in, s.h, s.w, s.c_out, s.pad);
     }
 }
 
 /// The convolutions of ResNet-18 (CIFAR stem) at batch 64, forward and backward, one by one; and BN + ReLU.
 fn resnet18_layers(c: &mut Criterion) {
-    use moco::backend::cpu::nn as k;
+    use moco::ops::batchnorm::{BatchNorm, BatchNormShape, Epilogue, EpilogueGrad};
+    use moco::ops::conv::{cpu as k, ConvAlgo, Conv2dShape};
     let mut g = c.benchmark_group("resnet18_layers_b64");
     g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
     let data = |len: usize, seed: usize| (0..len).map(|i| (((i + seed) * 7919) % 1000) as f32 / 500.0 - 1.0).collect::<Vec<f32>>();
     for (c_in, hw, c_out, kk, st, p) in [(3, 32, 64, 3, 1, 1), (64, 32, 64, 3, 1, 1), (64, 32, 128, 3, 2, 1), (128, 16, 256, 3, 2, 1), (256, 8, 512, 3, 2, 1), (128, 16, 128, 3, 1, 1), (256, 8, 256, 3, 1, 1), (512, 4, 512, 3, 1, 1), (256, 8, 512, 1, 2, 0)] {
-        let s = k::Conv2dShape::new(64, c_in, hw, hw, c_out, kk, kk, st, p).unwrap();
+        let s = Conv2dShape::new(64, c_in, hw, hw, c_out, kk, kk, st, p).unwrap();
         let (x, w, dy) = (data(s.inp_len(), 1), data(s.weight_len(), 2), data(s.out_len(), 3));
         let (mut out, mut dx, mut dw, mut scratch) = (vec![0.0; s.out_len()], vec![0.0; s.inp_len()], vec![0.0; s.weight_len()], Vec::new());
         let name = format!("conv{kk}x{kk}s{st}_{c_in}to{c_out}_{hw}x{hw}");
@@ -45,21 +46,23 @@ fn resnet18_layers(c: &mut Criterion) {
         g.bench_function(format!("{name}_bwd"), |b| b.iter(|| k::conv2d_backward(Some(&mut dx), &mut dw, &mut scratch, &dy, &x, &w, &s).unwrap()));
         // both algorithms where Winograd applies (the plain names above run the measured choice)
         if s.winograd_applies() {
-            for algo in [k::ConvAlgo::Im2col, k::ConvAlgo::Winograd, k::ConvAlgo::Winograd4x4] {
+            for algo in [ConvAlgo::Im2col, ConvAlgo::Winograd, ConvAlgo::Winograd4x4] {
                 let a = format!("{algo:?}").to_lowercase();
                 g.bench_function(format!("{name}_fwd_{a}"), |b| b.iter(|| k::conv2d_forward_with(&mut out, &mut scratch, &x, &w, algo, &s).unwrap()));
                 g.bench_function(format!("{name}_bwd_{a}"), |b| b.iter(|| k::conv2d_backward_with(Some(&mut dx), &mut dw, &mut scratch, &dy, &x, &w, algo, &s).unwrap()));
             }
         }
     }
-    let s = k::BatchNormShape::new(64, 64, 32 * 32, 1).unwrap();
+    // the CPU device's batch norm with the ReLU epilogue (the fused BN + ReLU of the old free functions)
+    let mut cpu = moco::CpuDevice::new();
+    let s = BatchNormShape::new(64, 64, 32 * 32, 1).unwrap();
     let (x, gamma, beta) = (data(s.len(), 4), vec![1.1f32; 64], vec![0.1f32; 64]);
     let (mut out, mut m, mut r, mut rm, mut rv, mut dx) = (vec![0.0; s.len()], vec![0.0; 64], vec![0.0; 64], vec![0.0; 64], vec![1.0; 64], vec![0.0; s.len()]);
     let (mut dg, mut db) = (vec![0.0; 64], vec![0.0; 64]);
     g.throughput(Throughput::Elements(s.len() as u64));
-    g.bench_function("bn_relu_64ch_32x32_fwd", |b| b.iter(|| k::batchnorm_relu_forward_train(&mut out, &mut m, &mut r, &mut rm, &mut rv, &x, Some(&gamma), Some(&beta), &s).unwrap()));
+    g.bench_function("bn_relu_64ch_32x32_fwd", |b| b.iter(|| cpu.batchnorm_forward_train(&mut out, &mut m, &mut r, &mut rm, &mut rv, &x, Epilogue::Relu, Some(&gamma), Some(&beta), &s).unwrap()));
     let dy = data(s.len(), 5);
-    g.bench_function("bn_relu_64ch_32x32_bwd", |b| b.iter(|| k::batchnorm_relu_backward(&mut dx, Some(&mut dg), Some(&mut db), &dy, &out, &x, &m, &r, Some(&gamma), &s).unwrap()));
+    g.bench_function("bn_relu_64ch_32x32_bwd", |b| b.iter(|| cpu.batchnorm_backward(&mut dx, EpilogueGrad::Relu { out: &out[..] }, Some(&mut dg), Some(&mut db), &dy, &x, &m, &r, Some(&gamma), &s).unwrap()));
     g.finish();
 }
 
@@ -78,9 +81,9 @@ fn moco_v2_step(c: &mut Criterion) {
     g.bench_function("cpu", |b| b.iter(|| e.step(&x1, &x2, cfg.lr).unwrap().loss));
     // the wgpu engine on a hardware adapter only (lavapipe takes minutes per step); on a lent GPU machine with a
     // Vulkan driver this is the end-to-end step `scripts/device_check.sh` times beside PyTorch's with cuDNN
-    match moco::backend::wgpu::WgpuContext::new(moco::backend::Adapter::HardwareOnly) {
-        Ok(ctx) => {
-            let mut w = moco::train::WgpuEngine::new(&ctx, &cfg).unwrap();
+    match moco::Wgpu::new(moco::Adapter::HardwareOnly) {
+        Ok(wgpu) => {
+            let mut w = moco::train::WgpuEngine::new(&wgpu, &cfg).unwrap();
             g.bench_function("wgpu", |b| b.iter(|| w.step(&x1, &x2, cfg.lr).unwrap().loss));
         }
         Err(e) => eprintln!("moco_v2_step/wgpu skipped: {e}"),

@@ -33,38 +33,38 @@ fn mocov3_vit_step(c: &mut Criterion) {
 
 /// The ViT's layers at the step's shape: where the time goes.
 fn vit_layers(c: &mut Criterion) {
-    use moco::backend::cpu::nn as k;
+    use moco::ops::{attention, eltwise, layernorm, linear};
     let (b, t, d, h) = (BATCH, 65, 192, 3);
     let rows = b * t;
     let data = |len: usize, seed: usize| (0..len).map(|i| (((i + seed) * 7919) % 1000) as f32 / 500.0 - 1.0).collect::<Vec<f32>>();
     let mut g = c.benchmark_group("vit_layers_b64_t65_d192");
     g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
     for (name, i, o) in [("qkv", d, 3 * d), ("proj", d, d), ("fc1", d, 4 * d), ("fc2", 4 * d, d)] {
-        let s = k::LinearShape::new(rows, i, o).unwrap();
+        let s = linear::LinearShape::new(rows, i, o).unwrap();
         let (x, w, bias, dy) = (data(rows * i, 1), data(o * i, 2), data(o, 3), data(rows * o, 4));
         let (mut y, mut dx, mut dw, mut db) = (vec![0.0; rows * o], vec![0.0; rows * i], vec![0.0; o * i], vec![0.0; o]);
         g.throughput(Throughput::Elements((2 * rows * i * o) as u64));
-        g.bench_function(format!("linear_{name}_fwd"), |bch| bch.iter(|| k::linear_forward(&mut y, &x, &w, Some(&bias), &s).unwrap()));
-        g.bench_function(format!("linear_{name}_bwd"), |bch| bch.iter(|| k::linear_backward(Some(&mut dx), &mut dw, Some(&mut db), &dy, &x, &w, &s).unwrap()));
+        g.bench_function(format!("linear_{name}_fwd"), |bch| bch.iter(|| linear::cpu::linear_forward(&mut y, &x, &w, Some(&bias), &s).unwrap()));
+        g.bench_function(format!("linear_{name}_bwd"), |bch| bch.iter(|| linear::cpu::linear_backward(Some(&mut dx), &mut dw, Some(&mut db), &dy, &x, &w, &s).unwrap()));
     }
-    let s = k::AttentionShape::new(b, t, h, d / h).unwrap();
+    let s = attention::AttentionShape::new(b, t, h, d / h).unwrap();
     let (qkv, dout) = (data(s.qkv_len(), 5), data(s.out_len(), 6));
     let (mut out, mut att, mut dqkv) = (vec![0.0; s.out_len()], vec![0.0; s.att_len()], vec![0.0; s.qkv_len()]);
     g.throughput(Throughput::Elements((4 * b * h * t * t * (d / h)) as u64));
-    g.bench_function("attention_fwd", |bch| bch.iter(|| k::attention_forward(&mut out, &mut att, &qkv, &s).unwrap()));
-    g.bench_function("attention_bwd", |bch| bch.iter(|| k::attention_backward(&mut dqkv, &dout, &qkv, &att, &s).unwrap()));
-    let s = k::LayerNormShape::new(rows, d, 1e-6).unwrap();
+    g.bench_function("attention_fwd", |bch| bch.iter(|| attention::cpu::attention_forward(&mut out, &mut att, &qkv, &s).unwrap()));
+    g.bench_function("attention_bwd", |bch| bch.iter(|| attention::cpu::attention_backward(&mut dqkv, &dout, &qkv, &att, &s).unwrap()));
+    let s = layernorm::LayerNormShape::new(rows, d, 1e-6).unwrap();
     let (x, gm, bt, dy) = (data(rows * d, 7), vec![1.0; d], vec![0.0; d], data(rows * d, 8));
     let (mut y, mut m, mut r, mut dx, mut dg, mut db) = (vec![0.0; rows * d], vec![0.0; rows], vec![0.0; rows], vec![0.0; rows * d], vec![0.0; d], vec![0.0; d]);
     g.throughput(Throughput::Elements((rows * d) as u64));
-    g.bench_function("layernorm_fwd", |bch| bch.iter(|| k::layernorm_forward(&mut y, &mut m, &mut r, &x, &gm, &bt, &s).unwrap()));
-    g.bench_function("layernorm_bwd", |bch| bch.iter(|| k::layernorm_backward(&mut dx, &mut dg, &mut db, &dy, &x, &gm, &m, &r, &s).unwrap()));
-    let s = k::EltwiseShape::new(rows * 4 * d).unwrap();
+    g.bench_function("layernorm_fwd", |bch| bch.iter(|| layernorm::cpu::layernorm_forward(&mut y, &mut m, &mut r, &x, &gm, &bt, &s).unwrap()));
+    g.bench_function("layernorm_bwd", |bch| bch.iter(|| layernorm::cpu::layernorm_backward(&mut dx, &mut dg, &mut db, &dy, &x, &gm, &m, &r, &s).unwrap()));
+    let s = eltwise::EltwiseShape::new(rows * 4 * d).unwrap();
     let (x, dy) = (data(s.len, 9), data(s.len, 10));
     let (mut y, mut dx) = (vec![0.0; s.len], vec![0.0; s.len]);
     g.throughput(Throughput::Elements(s.len as u64));
-    g.bench_function("gelu_fwd", |bch| bch.iter(|| k::gelu_forward(&mut y, &x, &s).unwrap()));
-    g.bench_function("gelu_bwd", |bch| bch.iter(|| k::gelu_backward(&mut dx, &dy, &x, &s).unwrap()));
+    g.bench_function("gelu_fwd", |bch| bch.iter(|| eltwise::cpu::gelu_forward(&mut y, &x, &s).unwrap()));
+    g.bench_function("gelu_bwd", |bch| bch.iter(|| eltwise::cpu::gelu_backward(&mut dx, &dy, &x, &s).unwrap()));
     g.finish();
 }
 

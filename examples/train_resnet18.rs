@@ -16,7 +16,7 @@
 
 use clap::Parser;
 use moco::data::{self, PairLoader};
-use moco::train::{self, front, Preset, RunOptions, TrainConfig};
+use moco::train::{self, cli, Preset, RunOptions, TrainConfig};
 use moco::QueueDType;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -16,7 +16,7 @@
 
 use clap::Parser;
 use moco::data::PairLoader;
-use moco::train::{self, front, ModelKind, OptimizerKind, RunOptions, TrainConfig};
+use moco::train::{self, cli, ModelKind, OptimizerKind, RunOptions, TrainConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;

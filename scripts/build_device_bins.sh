@@ -13,14 +13,18 @@ for line in sys.stdin:
     except Exception: continue
     if m.get("reason") == "compiler-artifact" and m.get("executable"):
         name = m["target"]["name"]
-        # the tests tests/resnet.rs and tests/contrastive.rs share their names with benches
+        # the test tests/resnet.rs shares its name with a bench
         if name == "resnet" and "test" in m["target"]["kind"]:
             name = "resnet_fixture"
-        if name == "contrastive" and "test" in m["target"]["kind"]:
-            name = "contrastive_ops"
         print(name, m["executable"])'
 }
-{ pick test --release --test cuda_ops --test cuda_layers --test cuda_optim --test cuda_compile --test cuda_train --test resnet --test vit_fixture --test contrastive --test queue --test ema --test moco_device; pick bench --bench contrastive --bench resnet; } | while read -r name exe; do
+# the op tests (tests/ops/: every family, the optimisers included), the compile check, the engines and the fixtures
+TESTS=(ops cuda_compile cuda_train resnet vit_fixture)
+args=()
+for t in "${TESTS[@]}"; do
+    if [ -f "tests/$t.rs" ] || [ -f "tests/$t/main.rs" ]; then args+=(--test "$t"); else echo "build_device_bins: no test target $t (skipped)" >&2; fi
+done
+{ pick test --release "${args[@]}"; pick bench --bench contrastive --bench resnet; } | while read -r name exe; do
     cp "$exe" "$DEST/$name"
     strip "$DEST/$name" 2>/dev/null || true
     echo "$DEST/$name $(du -h "$DEST/$name" | cut -f1)" >&2

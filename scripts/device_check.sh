@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check, in one call on a lent GPU machine (torch, nvcc and ncu there; no cargo). Build first, here:
-#     scripts/build_device_bins.sh          # -> target/device-bin/{cuda_ops,cuda_layers,cuda_optim,cuda_compile,cuda_train,resnet_fixture,vit_fixture,contrastive_ops,queue,ema,moco_device,contrastive,resnet}
+#     scripts/build_device_bins.sh          # -> target/device-bin/{ops,cuda_compile,cuda_train,resnet_fixture,vit_fixture,contrastive,resnet}
 # then run this script there with carry ["target/device-bin"]. Within ~8 minutes it
-#   1. runs every CUDA op test against the f64 CPU reference (a missing device fails, it does not skip);
+#   1. runs the op tests (tests/ops: every op family, the optimisers included, on the CPU, wgpu where the machine
+#      has a Vulkan driver, and the real CUDA device) against the f64 CPU reference (a missing device fails, it
+#      does not skip);
 #   2. compiles every kernel with the machine's NVRTC and ptxas (registers, spills);
 #   3. times the CUDA benches and PyTorch's equivalents on the same GPU, in the same run;
 #   4. runs 20 MoCo v2 steps of the CUDA engine and of the CPU engine from the same seed on the same batches and
@@ -30,17 +32,13 @@ export MOCO_PTXAS="${MOCO_PTXAS:-$(command -v ptxas || echo /usr/local/cuda/bin/
 step "device"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt"
 
-step "CUDA op tests against the CPU reference"
-MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/cuda_ops" --test-threads=1 --nocapture 2>&1 | tee "$OUT/cuda_ops.txt"
-[ "${PIPESTATUS[0]}" = 0 ] || status=1
-MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/cuda_layers" --test-threads=1 --nocapture 2>&1 | tee "$OUT/cuda_layers.txt"
+step "Op tests on every device against the CPU reference (tests/ops: the suite CI runs on the emulated CUDA driver, here on the real one)"
+# every family (infonce, queue, ema, conv, batchnorm, pool, linear, eltwise, layernorm, attention, patch, optim with
+# DeviceOptimizer) in one binary; the whole log in $OUT/ops.txt
+MOCO_REQUIRE_CUDA_DEVICE=1 MOCO_CUDA_EMU=0 MOCO_PROPTEST_CASES="${MOCO_PROPTEST_CASES:-8}" timeout 300 "$BIN/ops" --test-threads=1 2>&1 | tee "$OUT/ops.txt" | grep -E '^test result|FAILED|panicked'
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
-step "The suite CI runs on the emulated CUDA driver, here on the real one (Backend ops, MocoDevice ops, the small engine runs, checkpoints)"
-for t in contrastive_ops queue ema moco_device; do
-    MOCO_REQUIRE_CUDA_DEVICE=1 MOCO_CUDA_EMU=0 timeout 120 "$BIN/$t" --test-threads=1 2>&1 | tail -3 | tee "$OUT/$t.txt"
-    [ "${PIPESTATUS[0]}" = 0 ] || status=1
-done
+step "The small engine runs and checkpoints on the real driver (as CI runs them on the emulated one)"
 MOCO_REQUIRE_CUDA_DEVICE=1 MOCO_CUDA_EMU=0 timeout 120 "$BIN/cuda_train" --test-threads=1 --nocapture small_ checkpoints 2>&1 | tee "$OUT/cuda_train_small.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
@@ -51,10 +49,6 @@ if [ -n "$M" ] && [ ! -e "$M/tests/fixtures" ]; then mkdir -p "$(dirname "$M")" 
 MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/resnet_fixture" --test-threads=1 --nocapture cuda 2>&1 | tee "$OUT/cuda_resnet_fixture.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/vit_fixture" --test-threads=1 --nocapture cuda 2>&1 | tee "$OUT/cuda_vit_fixture.txt"
-[ "${PIPESTATUS[0]}" = 0 ] || status=1
-
-step "CUDA optimiser tests against the CPU optimisers"
-MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/cuda_optim" --test-threads=1 --nocapture 2>&1 | tee "$OUT/cuda_optim.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 step "NVRTC + ptxas compile check (sm_80, sm_90)"
@@ -73,8 +67,8 @@ MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/cuda_train" --test-threads=1 --noca
 # MoCo v3 with the ViT: the CUDA engine against the CPU engine for 10 steps, then the step timed (batch 64, 256)
 MOCO_REQUIRE_CUDA_DEVICE=1 timeout 240 "$BIN/cuda_train" --test-threads=1 --nocapture cuda_and_cpu_vit_engines_agree 2>&1 | tee "$OUT/cuda_vit_train.txt"
 MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/cuda_train" --test-threads=1 --nocapture cuda_mocov3_vit_step_time 2>&1 | tee "$OUT/cuda_vit_step.txt"
-# the ViT kernels through the Device trait against the CPU (tests/cuda_layers.rs)
-MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/cuda_layers" --test-threads=1 --nocapture vit_layers 2>&1 | tee "$OUT/cuda_vit_layers.txt"
+# (the ViT's kernels through the Device trait against the CPU ran with the op tests: tests/ops/{layernorm,
+# attention,patch,eltwise}.rs)
 # PyTorch's v3 ViT step on the GPU, the same shapes
 timeout 150 python3 scripts/bench_pytorch.py --device cuda --only mocov3_vit --img 32 --patch 4 --dim 192 --depth 4 --heads 3 --mlp-dim 512 --out-dim 128 --batch 64 2>&1 | tee "$OUT/torch_vit_step.txt" || true
 [ "${PIPESTATUS[0]}" = 0 ] || status=1

@@ -110,12 +110,14 @@ fn parse_ptxas(log: &str) -> Vec<Usage> {
 #[test]
 fn every_kernel_file_is_embedded() {
     let on_disk: BTreeSet<String> = kernel_files().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
-    let embedded: BTreeSet<String> = moco::backend::cuda::kernel_sources().iter().map(|(f, _)| f.to_string()).collect();
-    assert_eq!(on_disk, embedded, "kernels/ and cuda::kernel_sources() disagree");
-    for (file, src) in moco::backend::cuda::kernel_sources() {
+    let embedded: BTreeSet<String> = moco::ops::KERNELS.iter().map(|f| f.cuda_file.to_string()).collect();
+    assert_eq!(on_disk, embedded, "kernels/ and the families of moco::ops::KERNELS disagree");
+    for family in moco::ops::KERNELS {
+        let file = family.cuda_file;
+        assert_eq!(file, format!("{}.cu", family.name), "family {}: its CUDA file is named after it", family.name);
         let disk = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels").join(file)).unwrap();
-        assert_eq!(&disk, src, "{file}: embedded source differs from the file");
-        assert!(!src.lines().any(|l| l.trim_start().starts_with("#include")), "{file}: kernels must be header-free for NVRTC");
+        assert_eq!(disk, family.cuda, "{file}: embedded source differs from the file");
+        assert!(!family.cuda.lines().any(|l| l.trim_start().starts_with("#include")), "{file}: kernels must be header-free for NVRTC");
     }
 }
 
@@ -132,7 +134,8 @@ fn kernels_compile_with_nvrtc_and_ptxas() {
     }
     let tmp = std::env::temp_dir().join(format!("moco-cuda-compile-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
-    let entry_points = moco::backend::cuda::kernel_entry_points();
+    // what the CUDA device loads from each family's module
+    let entry_points: Vec<(&str, Vec<String>)> = moco::ops::KERNELS.iter().map(|f| (f.cuda_file, f.cuda_entry_points().into_iter().map(|k| k.to_string()).collect())).collect();
     let mut failures = Vec::new();
     let mut table = Vec::new();
     for path in kernel_files() {
@@ -154,7 +157,12 @@ fn kernels_compile_with_nvrtc_and_ptxas() {
             if let Some((_, names)) = entry_points.iter().find(|(f, _)| *f == file) {
                 for name in names.iter() {
                     if !ptx.contains(&format!(".entry {name}(")) {
-                        failures.push(format!("{file} {arch}: the host launches `{name}` but the PTX has no such entry"));
+                        failures.push(format!("{file} {arch}: the family lists the entry point `{name}` (KernelFamily::cuda_entry_points) but the PTX has no such entry"));
+                    }
+                }
+                for entry in ptx.split(".entry ").skip(1).map(|r| r.split('(').next().unwrap_or("").trim()) {
+                    if !names.iter().any(|k| k == entry) {
+                        failures.push(format!("{file} {arch}: the PTX has the entry `{entry}` but the family does not list it (KernelFamily::cuda_entry_points)"));
                     }
                 }
             }

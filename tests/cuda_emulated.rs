@@ -1,30 +1,53 @@
 //! Every CUDA kernel of `kernels/`, executed on the CPU by the emulation of `tests/cuda_emu/` (fibers with real
 //! barriers and an adversarial schedule, NaN-poisoned shared memory, AddressSanitizer on every buffer), with the
-//! grids and parameter blocks of the CUDA host code (`moco::backend::plan`, the functions src/backend/cuda calls),
-//! and compared with the CPU references. Outputs are poisoned with NaN (0xFF bytes) before each launch, so an
-//! element a kernel fails to write fails the comparison.
+//! parameter blocks and grids of the CUDA host code (`moco::ops::<family>::params`, what
+//! `src/ops/<family>/cuda.rs` launches, in its argument order), and compared with the CPU references. Outputs are
+//! poisoned with NaN (0xFF bytes) before each launch, so an element a kernel fails to write fails the comparison.
 //!
-//! `every_kernel_runs_against_the_cpu_reference` fails when a kernel found in `kernels/` was never launched, so a new
-//! kernel needs an emulated case here. `MOCO_EMU_FILTER=word` runs only the cases whose name contains it (the
-//! coverage check is then skipped). Needs a C++17 compiler with AddressSanitizer (`g++`, or `CXX`); without one the
-//! tests print why and pass, unless `CI` or `MOCO_REQUIRE_CUDA_COMPILE=1` is set, when they fail.
+//! `every_kernel_runs_against_the_cpu_reference` fails when a kernel of a family of `moco::ops::KERNELS` was never
+//! launched, so a new kernel needs an emulated case here. `MOCO_EMU_FILTER=word` runs only the cases whose name
+//! contains it (the coverage check is then skipped). Needs a C++17 compiler with AddressSanitizer (`g++`, or
+//! `CXX`); without one the tests print why and pass, unless `CI` or `MOCO_REQUIRE_CUDA_COMPILE=1` is set, when they
+//! fail.
 
 mod common;
-mod cuda_emu;
 
-use common::{uniform as random, unit_rows};
-use cuda_emu::{emu, Arg};
-use moco::backend::cpu::nn::vit::reference as vref;
-use moco::backend::cpu::nn::{reference as nnref, AttentionShape, BatchNormShape, Conv2dShape, EltwiseShape, GlobalAvgPoolShape, LayerNormShape, LinearShape, MaxPool2dShape, PatchShape, TokensShape};
-use moco::backend::cpu::reference;
-use moco::backend::plan::{self, norm_flags, ConvParams, EmaParams, GemmLaunch, KernelParams, NormParams, PoolParams, QueueParams, StreamPlan, VitParams};
-use moco::backend::optim_params::{adamw_params, elementwise_grid, lars_params, lars_tables, sgd_params};
+use common::cuda_emu::{self, emu, Arg};
+use common::{assert_close as close, max_abs, plus, uniform as random, unit_rows};
+use moco::ops::attention::{self, params::AttentionParams, AttentionShape};
+use moco::ops::batchnorm::{self, params::flags, params::BatchNormParams, BatchNormShape};
+use moco::ops::conv::{self, params::ConvParams, Conv2dShape};
+use moco::ops::eltwise::{self, params::EltwiseParams, EltwiseShape};
+use moco::ops::ema::{self, params::ema_multi_chunk_map, params::EmaParams};
+use moco::ops::infonce::{self, params::negative_logits_grid, params::positive_grid, params::row_grid, params::InfoNceParams, params::StreamPlan, params::REDUCE_GRID};
+use moco::ops::layernorm::{self, params::LayerNormParams, params::COL_BLOCK, params::ROW_BLOCK, LayerNormShape};
+use moco::ops::linear::{self, params::GemmLaunch, LinearShape};
+use moco::ops::normalize::{params::NormalizeParams, NormalizeShape};
+use moco::ops::optim::params::{adamw_params, elementwise_grid, lars_params, lars_tables, sgd_params, OptimParams};
+use moco::ops::patch::{self, params::PatchParams, PatchShape, TokensShape};
+use moco::ops::pool::{self, params::PoolParams, GlobalAvgPoolShape, MaxPool2dShape};
+use moco::ops::queue::{self, params::QueueParams};
 use moco::optim::{AdamWConfig, LarsConfig, ParamSpan, ParamSpans, SgdConfig};
 use moco::{EmaShape, QueueShape};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-const BLOCK: (u32, u32, u32) = (plan::CUDA_BLOCK, 1, 1);
+type Grid = (u32, u32, u32);
+
+/// The 256-thread block of every family but layernorm, attention and patch (`moco::ops::launch::BLOCK`, which is
+/// not public).
+const BLOCK: Grid = (256, 1, 1);
+/// The blocks of the layernorm row and column kernels, the attention kernels and the patch kernels.
+const LN_ROW: Grid = (ROW_BLOCK, 1, 1);
+const LN_COL: Grid = (COL_BLOCK, 1, 1);
+const ATT: Grid = (attention::params::BLOCK, 1, 1);
+const PATCH: Grid = (patch::params::BLOCK, 1, 1);
+
+/// `moco::ops::launch::elem_grid(len)` (one 256-thread block per 256 elements), which batch norm's `bn_apply` and
+/// `bn_backward_dx` launch with: the crate does not export it, and `EltwiseParams::launch` returns that very grid.
+fn elem_grid(len: usize) -> Grid {
+    EltwiseParams::launch(&EltwiseShape::new(len).unwrap()).unwrap().1
+}
 
 fn required() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false") || std::env::var("MOCO_REQUIRE_CUDA_COMPILE").is_ok_and(|v| v == "1")
@@ -42,26 +65,44 @@ fn available(test: &str) -> bool {
     }
 }
 
-
 fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
-fn max_abs(v: &[f64]) -> f64 {
-    v.iter().fold(0.0f64, |m, x| m.max(x.abs()))
-}
-
-/// `|got - want| <= atol + rtol*|want|` and finite, element-wise, naming the first bad index.
+/// Bit-exact equality (kernels that only move or add once, as the CPU does).
 #[track_caller]
-fn close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) {
+fn same(what: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let err = (g as f64 - w).abs();
-        assert!(g.is_finite() && err <= atol + rtol * w.abs(), "{what}[{i}]: got {g}, want {w} (err {err:e}, atol {atol:e}, rtol {rtol:e})");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(g.to_bits() == w.to_bits(), "{what}[{i}]: got {g}, want {w}");
     }
 }
 
-// ---- contrastive.cu -------------------------------------------------------------------------------------------
+// ---- normalize.cu ---------------------------------------------------------------------------------------------
+
+/// `normalize_rows` as `ops::normalize::cuda::normalize_rows` launches it: (x_hat, inv_norm).
+fn normalize(x: &[f32], rows: usize, c: usize) -> (Vec<f32>, Vec<f32>) {
+    let (p, grid) = NormalizeParams::launch(&NormalizeShape::new(rows, c).unwrap());
+    let mut a = [Arg::val(&p), Arg::f32(x), Arg::nan(rows * c), Arg::nan(rows)];
+    emu().run("normalize.cu", "normalize_rows", grid, BLOCK, &mut a);
+    (a[2].as_f32(), a[3].as_f32())
+}
+
+fn case_normalize_rows() {
+    let mut rng = StdRng::seed_from_u64(7);
+    // C = 1, C not a multiple of 256 and above it, a zero row (norm clamped to 1e-12)
+    for (rows, c) in [(1usize, 1usize), (3, 10), (2, 700)] {
+        let mut x = random(&mut rng, rows * c);
+        x[..c].iter_mut().for_each(|v| *v = 0.0);
+        let (x_hat, inv) = normalize(&x, rows, c);
+        let norms: Vec<f64> = x.chunks(c).map(|r| r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt().max(1e-12)).collect();
+        let want_hat: Vec<f64> = x.iter().enumerate().map(|(i, &v)| v as f64 / norms[i / c]).collect();
+        close(&format!("normalize_rows rows={rows} C={c} x_hat"), &x_hat, &want_hat, 1e-6, 1e-5);
+        close(&format!("normalize_rows rows={rows} C={c} inv_norm"), &inv, &norms.iter().map(|n| 1.0 / n).collect::<Vec<_>>(), 0.0, 1e-5);
+    }
+}
+
+// ---- infonce.cu -----------------------------------------------------------------------------------------------
 
 const DTYPES: [(u32, &str); 3] = [(0, "f32"), (1, "f16"), (2, "bf16")];
 
@@ -82,35 +123,13 @@ fn keys_arg(values: &[f32], dtype: u32) -> (Arg, Vec<f32>) {
     }
 }
 
-/// `normalize_rows` as `cuda::contrastive::normalize` launches it: (x_hat, inv_norm).
-fn normalize(x: &[f32], rows: usize, c: usize) -> (Vec<f32>, Vec<f32>) {
-    let p = KernelParams::normalize(rows, c);
-    let mut a = [Arg::val(&p), Arg::f32(x), Arg::nan(rows * c), Arg::nan(rows)];
-    emu().run("contrastive.cu", "normalize_rows", plan::row_grid(rows), BLOCK, &mut a);
-    (a[2].as_f32(), a[3].as_f32())
-}
-
-fn positive(p: &KernelParams, q_hat: &[f32], k_hat: &[f32], n: usize) -> Vec<f32> {
+fn positive(p: &InfoNceParams, q_hat: &[f32], k_hat: &[f32], n: usize) -> Vec<f32> {
     let mut a = [Arg::val(p), Arg::f32(q_hat), Arg::f32(k_hat), Arg::nan(n)];
-    emu().run("contrastive.cu", "positive_logits", plan::positive_grid(n), BLOCK, &mut a);
+    emu().run("infonce.cu", "positive_logits", positive_grid(n), BLOCK, &mut a);
     a[3].as_f32()
 }
 
-fn case_normalize_rows() {
-    let mut rng = StdRng::seed_from_u64(7);
-    // C = 1, C not a multiple of 256 and above it, a zero row (norm clamped to 1e-12)
-    for (rows, c) in [(1usize, 1usize), (3, 10), (2, 700)] {
-        let mut x = random(&mut rng, rows * c);
-        x[..c].iter_mut().for_each(|v| *v = 0.0);
-        let (x_hat, inv) = normalize(&x, rows, c);
-        let norms: Vec<f64> = x.chunks(c).map(|r| r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt().max(1e-12)).collect();
-        let want_hat: Vec<f64> = x.iter().enumerate().map(|(i, &v)| v as f64 / norms[i / c]).collect();
-        close(&format!("normalize_rows rows={rows} C={c} x_hat"), &x_hat, &want_hat, 1e-6, 1e-5);
-        close(&format!("normalize_rows rows={rows} C={c} inv_norm"), &inv, &norms.iter().map(|n| 1.0 / n).collect::<Vec<_>>(), 0.0, 1e-5);
-    }
-}
-
-/// `logits` of src/backend/cuda/contrastive.rs: normalize q and k, positive_logits, negative_logits_<dtype>.
+/// `logits` of src/ops/infonce/cuda.rs: normalize q and k, positive_logits, negative_logits_<dtype>.
 fn case_logits() {
     let mut rng = StdRng::seed_from_u64(3);
     // N = 1; K not a multiple of the 64-key tile; N over one 16-row tile; C not a multiple of the 16-channel chunk
@@ -120,11 +139,11 @@ fn case_logits() {
             let (mut keys, stored) = keys_arg(&unit_rows(&mut rng, kk, c), dt);
             let (q_hat, _) = normalize(&q, n, c);
             let (k_hat, _) = normalize(&k, n, c);
-            let p = KernelParams::logits(n, c, kk);
+            let p = InfoNceParams::logits(n, c, kk);
             let l_pos = positive(&p, &q_hat, &k_hat, n);
             let mut a = [Arg::val(&p), Arg::f32(&q_hat), std::mem::replace(&mut keys, Arg::Null), Arg::nan(n * kk)];
-            emu().run("contrastive.cu", &format!("negative_logits_{suffix}"), plan::negative_logits_grid(n, kk), BLOCK, &mut a);
-            let (rp, rn) = reference::logits(&q, &k, &stored, n, c, kk);
+            emu().run("infonce.cu", &format!("negative_logits_{suffix}"), negative_logits_grid(n, kk), BLOCK, &mut a);
+            let (rp, rn) = infonce::reference::logits(&q, &k, &stored, n, c, kk);
             let what = format!("logits N={n} C={c} K={kk} {suffix}");
             close(&format!("{what} l_pos"), &l_pos, &rp, 2e-5, 1e-5);
             close(&format!("{what} l_neg"), &a[3].as_f32(), &rn, 2e-5, 1e-5);
@@ -132,20 +151,20 @@ fn case_logits() {
     }
 }
 
-/// What `stream_loss` of src/backend/cuda/contrastive.rs computes: (dq, row_loss, [loss bits, top1, top5, 0]).
+/// What `stream_loss` of src/ops/infonce/cuda.rs computes: (dq, row_loss, [loss bits, top1, top5, 0]).
 #[allow(clippy::too_many_arguments)]
 fn stream_loss(q_hat: &[f32], k_hat: &[f32], q_inv: &[f32], keys: Arg, suffix: &str, m: usize, n: usize, c: usize, t: f32, loss_scale: f32, skip_diagonal: bool) -> (Vec<f32>, Vec<f32>, Vec<u32>, StreamPlan) {
     let sp = StreamPlan::new(n, m, c);
-    let p = KernelParams::stream(&sp, n, m, c, t, loss_scale, skip_diagonal);
+    let p = InfoNceParams::stream(&sp, n, m, c, t, loss_scale, skip_diagonal);
     let s_pos = positive(&p, q_hat, k_hat, n);
     let mut a = [Arg::val(&p), Arg::f32(q_hat), keys, Arg::f32(&s_pos), Arg::nan(sp.splits * n * (3 + c))];
-    emu().run("contrastive.cu", &format!("infonce_partial_{suffix}"), sp.partial_grid(n), BLOCK, &mut a);
+    emu().run("infonce.cu", &format!("infonce_partial_{suffix}"), sp.partial_grid(n), BLOCK, &mut a);
     let partial = a[4].as_f32();
     let mut b = [Arg::val(&p), Arg::f32(q_hat), Arg::f32(k_hat), Arg::f32(&partial), Arg::f32(&s_pos), Arg::f32(q_inv), Arg::nan(n * c), Arg::nan(n), Arg::nan(n)];
-    emu().run("contrastive.cu", "infonce_combine", plan::row_grid(n), BLOCK, &mut b);
+    emu().run("infonce.cu", "infonce_combine", row_grid(n), BLOCK, &mut b);
     let (row_loss, rank) = (b[7].as_f32(), b[8].as_u32());
     let mut r = [Arg::val(&p), Arg::f32(&row_loss), Arg::u32(&rank), Arg::nan(4)];
-    emu().run("contrastive.cu", "infonce_reduce", plan::REDUCE_GRID, BLOCK, &mut r);
+    emu().run("infonce.cu", "infonce_reduce", REDUCE_GRID, BLOCK, &mut r);
     (b[6].as_f32(), row_loss, r[3].as_u32(), sp)
 }
 
@@ -166,7 +185,7 @@ fn case_infonce() {
             let (q_hat, q_inv) = normalize(&q, n, c);
             let (k_hat, _) = normalize(&k, n, c);
             let (dq, row_loss, stats, sp) = stream_loss(&q_hat, &k_hat, &q_inv, keys, suffix, kk, n, c, t, 1.0, false);
-            let r = reference::infonce(&q, &k, &stored, n, c, kk, t as f64);
+            let r = infonce::reference::infonce(&q, &k, &stored, n, c, kk, t as f64);
             let what = format!("infonce N={n} C={c} K={kk} {suffix} ({} splits, {} slices)", sp.splits, sp.slices);
             let loss = f32::from_bits(stats[0]);
             assert!((loss as f64 - r.loss).abs() <= 1e-4 * r.loss.abs().max(1.0), "{what}: loss {loss} vs {}", r.loss);
@@ -182,7 +201,7 @@ fn case_infonce() {
     }
 }
 
-/// `moco_v3_loss` of src/backend/cuda/contrastive.rs: each half streams the normalised keys (m = N), diagonal skipped.
+/// `moco_v3_loss` of src/ops/infonce/cuda.rs: each half streams the normalised keys (m = N), diagonal skipped.
 fn case_moco_v3() {
     let mut rng = StdRng::seed_from_u64(5);
     for (n, c) in [(1usize, 10usize), (40, 30)] {
@@ -197,7 +216,7 @@ fn case_moco_v3() {
             total += f32::from_bits(stats[0]);
             dqs.push(dq);
         }
-        let (rl, r1, r2) = reference::moco_v3_loss(&q1, &q2, &k1, &k2, n, c, t as f64);
+        let (rl, r1, r2) = infonce::reference::moco_v3_loss(&q1, &q2, &k1, &k2, n, c, t as f64);
         let what = format!("moco_v3 N={n} C={c}");
         assert!((total as f64 - rl).abs() <= 1e-4 * rl.abs().max(1.0), "{what}: loss {total} vs {rl}");
         close(&format!("{what} dq1"), &dqs[0], &r1, 1e-3 * max_abs(&r1) + 1e-5 * natural_grad(&q1, n, c, 0.5), 1e-3);
@@ -215,12 +234,13 @@ fn case_ema_update() {
         let (p, grid) = EmaParams::launch(&EmaShape::new(len, m).unwrap());
         let mut a = [Arg::val(&p), Arg::f32(&q), Arg::f32(&k0)];
         emu().run("ema.cu", "ema_update", grid, BLOCK, &mut a);
-        close(&format!("ema_update len {len} m {m}"), &a[2].as_f32(), &reference::ema(&k0, &q, m), 1e-6, 1e-6);
+        close(&format!("ema_update len {len} m {m}"), &a[2].as_f32(), &ema::reference::ema(&k0, &q, m), 1e-6, 1e-6);
     }
 }
 
-/// `ema_update_multi`: the metadata buffer holds the buffers' addresses (pointer patches to side buffers), then
-/// the chunk map of `plan::ema_multi_chunk_map`. One k buffer starts 4 bytes into its allocation (scalar path).
+/// `ema_multi_tensor`: the metadata buffer holds the buffers' addresses (pointer patches to side buffers), then
+/// the chunk map of `ema::params::ema_multi_chunk_map`. One k buffer starts 4 bytes into its allocation (scalar
+/// path).
 fn case_ema_multi_tensor() {
     let mut rng = StdRng::seed_from_u64(2);
     let lens = [1usize, 3, 8193, 5, 130];
@@ -228,7 +248,7 @@ fn case_ema_multi_tensor() {
     let (wm, w1m) = EmaShape::new(1, m).unwrap().weights(); // the (m, 1 - m) pair the host passes
     let k0: Vec<Vec<f32>> = lens.iter().map(|&l| random(&mut rng, l)).collect();
     let q: Vec<Vec<f32>> = lens.iter().map(|&l| random(&mut rng, l)).collect();
-    let chunk_map = plan::ema_multi_chunk_map(&lens);
+    let chunk_map = ema_multi_chunk_map(&lens);
     let n = lens.len();
     let mut meta: Vec<u64> = Vec::new();
     let mut patches = Vec::new();
@@ -252,7 +272,7 @@ fn case_ema_multi_tensor() {
         if t == 4 {
             assert_eq!(got.remove(0), 7.0, "the float before a misaligned tensor must stay untouched");
         }
-        close(&format!("ema_multi_tensor tensor {t} (len {})", lens[t]), &got, &reference::ema(&k0[t], &q[t], m), 1e-6, 1e-6);
+        close(&format!("ema_multi_tensor tensor {t} (len {})", lens[t]), &got, &ema::reference::ema(&k0[t], &q[t], m), 1e-6, 1e-6);
     }
 }
 
@@ -277,7 +297,7 @@ fn case_enqueue() {
                 1 => a[2].as_u16().iter().map(|&b| half::f16::from_bits(b).to_f32()).collect(),
                 _ => a[2].as_u16().iter().map(|&b| half::bf16::from_bits(b).to_f32()).collect(),
             };
-            let (want, _) = reference::enqueue(&before_raw, &keys, n, c, kk, ptr);
+            let (want, _) = queue::reference::enqueue(&before_raw, &keys, n, c, kk, ptr);
             let what = format!("enqueue N={n} C={c} K={kk} ptr={ptr} {suffix}");
             let rtol = [1e-6, 1e-3, 8e-3][dt as usize];
             for row in 0..kk {
@@ -309,6 +329,7 @@ fn conv_shapes() -> Vec<Conv2dShape> {
     ]
 }
 
+/// The launches of `Conv for Cuda` (src/ops/conv/cuda.rs).
 fn case_conv() {
     let mut rng = StdRng::seed_from_u64(8);
     for s in conv_shapes() {
@@ -318,31 +339,30 @@ fn case_conv() {
         let p = ConvParams::forward(&s);
         let mut a = [Arg::val(&p), Arg::f32(&inp), Arg::f32(&weight), Arg::nan(s.out_len())];
         emu().run("conv.cu", "conv2d_forward", p.grid("conv2d_forward").unwrap(), BLOCK, &mut a);
-        let want = nnref::conv2d_forward(&f64s(&inp), &f64s(&weight), &s);
+        let want = conv::reference::conv2d_forward(&f64s(&inp), &f64s(&weight), &s);
         close(&format!("{what} forward"), &a[3].as_f32(), &want, 1e-5, 1e-5);
 
-        let (want_dinp, want_dw) = nnref::conv2d_backward(&f64s(&dout), &f64s(&inp), &f64s(&weight), &s);
+        let (want_dinp, want_dw) = conv::reference::conv2d_backward(&f64s(&dout), &f64s(&inp), &f64s(&weight), &s);
         let wp = ConvParams::backward_weight(&s);
         let mut a = [Arg::val(&wp), Arg::f32(&inp), Arg::f32(&dout), Arg::f32(&dw0)];
         emu().run("conv.cu", "conv2d_backward_weight", wp.grid("conv2d_backward").unwrap(), BLOCK, &mut a);
-        let want: Vec<f64> = want_dw.iter().zip(&dw0).map(|(w, &d)| w + d as f64).collect();
-        close(&format!("{what} backward_weight (accumulated)"), &a[3].as_f32(), &want, 1e-5, 1e-5);
+        close(&format!("{what} backward_weight (accumulated)"), &a[3].as_f32(), &plus(&want_dw, &dw0), 1e-5, 1e-5);
 
         let dp = ConvParams::backward_data(&s);
         let mut a = [Arg::val(&dp), Arg::f32(&weight), Arg::f32(&dout), Arg::f32(&di0)];
         emu().run("conv.cu", "conv2d_backward_data", dp.grid("conv2d_backward").unwrap(), BLOCK, &mut a);
-        let want: Vec<f64> = want_dinp.iter().zip(&di0).map(|(w, &d)| w + d as f64).collect();
-        close(&format!("{what} backward_data (accumulated)"), &a[3].as_f32(), &want, 1e-5, 1e-5);
+        close(&format!("{what} backward_data (accumulated)"), &a[3].as_f32(), &plus(&want_dinp, &di0), 1e-5, 1e-5);
     }
 }
 
-// ---- norm.cu --------------------------------------------------------------------------------------------------
+// ---- batchnorm.cu ---------------------------------------------------------------------------------------------
 
 fn opt_arg(v: Option<&Vec<f32>>) -> Arg {
     v.map_or(Arg::Null, |v| Arg::f32(v))
 }
 
-/// The launches of `forward_train`, `forward_eval` and `backward` in src/backend/cuda/norm.rs.
+/// The launches of `batchnorm_forward_train`, `batchnorm_forward_eval` and `batchnorm_backward` in
+/// src/ops/batchnorm/cuda.rs.
 fn case_batchnorm() {
     let mut rng = StdRng::seed_from_u64(9);
     // M = (N/G)*HW below 256 (idle threads), above it (several elements per thread); C above one 256-thread block
@@ -357,89 +377,90 @@ fn case_batchnorm() {
         let identity = (epi == 2).then(|| random(&mut rng, s.len()));
         let (rm0, rv0): (Vec<f32>, Vec<f32>) = (random(&mut rng, c), random(&mut rng, c).iter().map(|v| v.abs() + 0.5).collect());
         let what = format!("batchnorm N={n} C={c} HW={hw} G={g} affine={affine} epilogue={epi}");
-        let mut flags = if affine { norm_flags::GAMMA | norm_flags::BETA } else { 0 };
-        flags |= [0, norm_flags::RELU, norm_flags::RELU | norm_flags::ADD][epi as usize];
-        let p = NormParams::new(&s, flags);
+        let mut fl = if affine { flags::GAMMA | flags::BETA } else { 0 };
+        fl |= [0, flags::RELU, flags::RELU | flags::ADD][epi as usize];
+        // the statistics launches take the flag-less block, bn_apply the gamma/beta/epilogue flags
+        let p0 = BatchNormParams::new(&s, 0);
+        let p = BatchNormParams::new(&s, fl);
         let stats = s.stats_len();
+        let stat_grid = batchnorm::params::stat_grid(&s).unwrap();
+        let channel_grid = batchnorm::params::channel_grid(&s);
         // bn_stats
-        let mut a = [Arg::val(&p), Arg::f32(&inp), Arg::nan(stats), Arg::nan(stats), Arg::nan(stats)];
-        emu().run("norm.cu", "bn_stats", plan::bn_stat_grid(&s).unwrap(), BLOCK, &mut a);
+        let mut a = [Arg::val(&p0), Arg::f32(&inp), Arg::nan(stats), Arg::nan(stats), Arg::nan(stats)];
+        emu().run("batchnorm.cu", "bn_stats", stat_grid, BLOCK, &mut a);
         let (mean, rstd, var_gc) = (a[2].as_f32(), a[3].as_f32(), a[4].as_f32());
         let g64 = gamma.as_ref().map(|v| f64s(v));
         let b64 = beta.as_ref().map(|v| f64s(v));
         let id64 = identity.as_ref().map(|v| f64s(v));
-        let r = nnref::batchnorm_forward_train(&f64s(&inp), g64.as_deref(), b64.as_deref(), &f64s(&rm0), &f64s(&rv0), id64.as_deref(), epi > 0, &s);
+        let r = batchnorm::reference::batchnorm_forward_train(&f64s(&inp), g64.as_deref(), b64.as_deref(), &f64s(&rm0), &f64s(&rv0), id64.as_deref(), epi > 0, &s);
         close(&format!("{what} mean"), &mean, &r.mean, 1e-5, 1e-5);
         close(&format!("{what} rstd"), &rstd, &r.rstd, 1e-5, 1e-4);
         // bn_running
-        let mut a = [Arg::val(&p), Arg::f32(&mean), Arg::f32(&var_gc), Arg::f32(&rm0), Arg::f32(&rv0)];
-        emu().run("norm.cu", "bn_running", plan::bn_channel_grid(&s), BLOCK, &mut a);
+        let mut a = [Arg::val(&p0), Arg::f32(&mean), Arg::f32(&var_gc), Arg::f32(&rm0), Arg::f32(&rv0)];
+        emu().run("batchnorm.cu", "bn_running", channel_grid, BLOCK, &mut a);
         close(&format!("{what} running_mean"), &a[3].as_f32(), &r.running_mean, 1e-5, 1e-5);
         close(&format!("{what} running_var"), &a[4].as_f32(), &r.running_var, 1e-5, 1e-4);
         // bn_apply (train)
         let mut a = [Arg::val(&p), Arg::f32(&inp), Arg::nan(s.len()), Arg::f32(&mean), Arg::f32(&rstd), opt_arg(gamma.as_ref()), opt_arg(beta.as_ref()), opt_arg(identity.as_ref())];
-        emu().run("norm.cu", "bn_apply", plan::elem_grid(s.len()), BLOCK, &mut a);
+        emu().run("batchnorm.cu", "bn_apply", elem_grid(s.len()), BLOCK, &mut a);
         let out = a[2].as_f32();
         close(&format!("{what} out"), &out, &r.out, 1e-4, 1e-4);
         // bn_apply (eval)
-        let pe = NormParams::new(&s, flags | norm_flags::EVAL);
+        let pe = BatchNormParams::new(&s, fl | flags::EVAL);
         let mut a = [Arg::val(&pe), Arg::f32(&inp), Arg::nan(s.len()), Arg::f32(&rm0), Arg::f32(&rv0), opt_arg(gamma.as_ref()), opt_arg(beta.as_ref()), opt_arg(identity.as_ref())];
-        emu().run("norm.cu", "bn_apply", plan::elem_grid(s.len()), BLOCK, &mut a);
-        let want = nnref::batchnorm_forward_eval(&f64s(&inp), g64.as_deref(), b64.as_deref(), &f64s(&rm0), &f64s(&rv0), id64.as_deref(), epi > 0, &s);
+        emu().run("batchnorm.cu", "bn_apply", elem_grid(s.len()), BLOCK, &mut a);
+        let want = batchnorm::reference::batchnorm_forward_eval(&f64s(&inp), g64.as_deref(), b64.as_deref(), &f64s(&rm0), &f64s(&rv0), id64.as_deref(), epi > 0, &s);
         close(&format!("{what} eval out"), &a[2].as_f32(), &want, 1e-4, 1e-4);
         // backward: sums, coefficients, dx (accumulating into dinp, dgamma, dbeta, didentity)
         let dout = random(&mut rng, s.len());
-        let mut bflags = if affine { norm_flags::GAMMA | norm_flags::DGAMMA | norm_flags::DBETA } else { 0 };
-        bflags |= [0, norm_flags::RELU, norm_flags::RELU | norm_flags::ADD][epi as usize];
-        let pb = NormParams::new(&s, bflags);
+        let mut bflags = if affine { flags::GAMMA | flags::DGAMMA | flags::DBETA } else { 0 };
+        bflags |= [0, flags::RELU, flags::RELU | flags::ADD][epi as usize];
+        let pb = BatchNormParams::new(&s, bflags);
         let y = (epi > 0).then(|| out.clone());
         let mut a = [Arg::val(&pb), Arg::f32(&inp), Arg::f32(&dout), opt_arg(y.as_ref()), Arg::nan(stats * 2), Arg::f32(&mean), Arg::f32(&rstd)];
-        emu().run("norm.cu", "bn_backward_sums", plan::bn_stat_grid(&s).unwrap(), BLOCK, &mut a);
+        emu().run("batchnorm.cu", "bn_backward_sums", stat_grid, BLOCK, &mut a);
         let sums = a[4].as_f32();
         let (dg0, db0) = (random(&mut rng, c), random(&mut rng, c));
         let dgb = affine.then(|| (dg0.clone(), db0.clone()));
         let mut a = [Arg::val(&pb), opt_arg(gamma.as_ref()), Arg::f32(&sums), Arg::nan(stats * 3), opt_arg(dgb.as_ref().map(|d| &d.0)), opt_arg(dgb.as_ref().map(|d| &d.1)), Arg::f32(&rstd)];
-        emu().run("norm.cu", "bn_backward_coef", plan::bn_channel_grid(&s), BLOCK, &mut a);
+        emu().run("batchnorm.cu", "bn_backward_coef", channel_grid, BLOCK, &mut a);
         let coef = a[3].as_f32();
-        let grads = nnref::batchnorm_backward(&f64s(&dout), &f64s(&inp), g64.as_deref(), b64.as_deref(), id64.as_deref(), epi > 0, &s);
+        let grads = batchnorm::reference::batchnorm_backward(&f64s(&dout), &f64s(&inp), g64.as_deref(), b64.as_deref(), id64.as_deref(), epi > 0, &s);
         if affine {
-            let want: Vec<f64> = grads.dgamma.iter().zip(&dg0).map(|(w, &d)| w + d as f64).collect();
-            close(&format!("{what} dgamma"), &a[4].as_f32(), &want, 1e-4, 1e-4);
-            let want: Vec<f64> = grads.dbeta.iter().zip(&db0).map(|(w, &d)| w + d as f64).collect();
-            close(&format!("{what} dbeta"), &a[5].as_f32(), &want, 1e-4, 1e-4);
+            close(&format!("{what} dgamma"), &a[4].as_f32(), &plus(&grads.dgamma, &dg0), 1e-4, 1e-4);
+            close(&format!("{what} dbeta"), &a[5].as_f32(), &plus(&grads.dbeta, &db0), 1e-4, 1e-4);
         }
         let (di0, did0) = (random(&mut rng, s.len()), random(&mut rng, s.len()));
         let mut a = [Arg::val(&pb), Arg::f32(&inp), Arg::f32(&dout), opt_arg(y.as_ref()), Arg::f32(&coef), Arg::f32(&di0), if epi == 2 { Arg::f32(&did0) } else { Arg::Null }, Arg::f32(&mean)];
-        emu().run("norm.cu", "bn_backward_dx", plan::elem_grid(s.len()), BLOCK, &mut a);
-        let want: Vec<f64> = grads.dinp.iter().zip(&di0).map(|(w, &d)| w + d as f64).collect();
-        close(&format!("{what} dinp"), &a[5].as_f32(), &want, 1e-4 * max_abs(&grads.dinp).max(1.0), 1e-4);
+        emu().run("batchnorm.cu", "bn_backward_dx", elem_grid(s.len()), BLOCK, &mut a);
+        close(&format!("{what} dinp"), &a[5].as_f32(), &plus(&grads.dinp, &di0), 1e-4 * max_abs(&grads.dinp).max(1.0), 1e-4);
         if epi == 2 {
-            let want: Vec<f64> = grads.didentity.iter().zip(&did0).map(|(w, &d)| w + d as f64).collect();
-            close(&format!("{what} didentity"), &a[6].as_f32(), &want, 1e-6, 1e-6);
+            close(&format!("{what} didentity"), &a[6].as_f32(), &plus(&grads.didentity, &did0), 1e-6, 1e-6);
         }
     }
 }
 
 // ---- pool.cu --------------------------------------------------------------------------------------------------
 
+/// The launches of `Pool for Cuda` (src/ops/pool/cuda.rs).
 fn case_maxpool() {
     let mut rng = StdRng::seed_from_u64(10);
     // stride 2 with padding (ResNet's stem), k = 2 with pad 1 (output larger than half), stride 1
     for s in [MaxPool2dShape::new(2, 3, 7, 6, 3, 2, 1).unwrap(), MaxPool2dShape::new(1, 2, 5, 5, 2, 2, 1).unwrap(), MaxPool2dShape::new(1, 1, 4, 3, 3, 1, 1).unwrap()] {
         let inp = random(&mut rng, s.inp_len());
-        let p = PoolParams::maxpool(&s);
+        let p = PoolParams::maxpool(&s).unwrap();
         let mut a = [Arg::val(&p), Arg::f32(&inp), Arg::nan(s.out_len()), Arg::nan(s.out_len())];
-        emu().run("pool.cu", "maxpool_forward", plan::elem_grid(s.out_len()), BLOCK, &mut a);
-        let (want, want_arg) = nnref::maxpool2d_forward(&f64s(&inp), &s);
+        emu().run("pool.cu", "maxpool_forward", pool::params::maxpool_forward_grid(&s), BLOCK, &mut a);
+        let (want, want_arg) = pool::reference::maxpool2d_forward(&f64s(&inp), &s);
         let what = format!("maxpool {s:?}");
         close(&format!("{what} forward"), &a[2].as_f32(), &want, 0.0, 0.0);
         let argmax = a[3].as_u32();
         assert_eq!(argmax, want_arg, "{what} argmax");
         let (dout, di0) = (random(&mut rng, s.out_len()), random(&mut rng, s.inp_len()));
         let mut a = [Arg::val(&p), Arg::u32(&argmax), Arg::f32(&dout), Arg::f32(&di0)];
-        emu().run("pool.cu", "maxpool_backward", plan::elem_grid(s.inp_len()), BLOCK, &mut a);
-        let want: Vec<f64> = nnref::maxpool2d_backward(&f64s(&dout), &f64s(&inp), &s).iter().zip(&di0).map(|(w, &d)| w + d as f64).collect();
-        close(&format!("{what} backward (accumulated)"), &a[3].as_f32(), &want, 1e-6, 1e-6);
+        emu().run("pool.cu", "maxpool_backward", pool::params::maxpool_backward_grid(&s), BLOCK, &mut a);
+        let want = pool::reference::maxpool2d_backward(&f64s(&dout), &f64s(&inp), &s);
+        close(&format!("{what} backward (accumulated)"), &a[3].as_f32(), &plus(&want, &di0), 1e-6, 1e-6);
     }
 }
 
@@ -449,23 +470,25 @@ fn case_avgpool() {
         let inp = random(&mut rng, s.n * s.c * s.hw);
         let p = PoolParams::avgpool(&s).unwrap();
         let mut a = [Arg::val(&p), Arg::f32(&inp), Arg::nan(s.n * s.c)];
-        emu().run("pool.cu", "avgpool_forward", plan::elem_grid(s.n * s.c), BLOCK, &mut a);
-        close(&format!("avgpool {s:?} forward"), &a[2].as_f32(), &nnref::global_avgpool_forward(&f64s(&inp), &s), 1e-6, 1e-5);
+        emu().run("pool.cu", "avgpool_forward", pool::params::avgpool_forward_grid(&s), BLOCK, &mut a);
+        close(&format!("avgpool {s:?} forward"), &a[2].as_f32(), &pool::reference::global_avgpool_forward(&f64s(&inp), &s), 1e-6, 1e-5);
         let (dout, di0) = (random(&mut rng, s.n * s.c), random(&mut rng, s.n * s.c * s.hw));
         let mut a = [Arg::val(&p), Arg::f32(&dout), Arg::f32(&di0)];
-        emu().run("pool.cu", "avgpool_backward", plan::elem_grid(s.n * s.c * s.hw), BLOCK, &mut a);
-        let want: Vec<f64> = nnref::global_avgpool_backward(&f64s(&dout), &s).iter().zip(&di0).map(|(w, &d)| w + d as f64).collect();
-        close(&format!("avgpool {s:?} backward (accumulated)"), &a[2].as_f32(), &want, 1e-6, 1e-5);
+        emu().run("pool.cu", "avgpool_backward", pool::params::avgpool_backward_grid(&s), BLOCK, &mut a);
+        let want = pool::reference::global_avgpool_backward(&f64s(&dout), &s);
+        close(&format!("avgpool {s:?} backward (accumulated)"), &a[2].as_f32(), &plus(&want, &di0), 1e-6, 1e-5);
     }
 }
 
+// ---- linear.cu ------------------------------------------------------------------------------------------------
+
 fn gemm(g: &GemmLaunch, a: &[f32], b: &[f32], c: Arg, bias: Option<&Vec<f32>>) -> Vec<f32> {
     let mut args = [Arg::val(&g.params), Arg::f32(a), Arg::f32(b), c, opt_arg(bias)];
-    emu().run("pool.cu", "gemm", g.grid, g.block, &mut args);
+    emu().run("linear.cu", "gemm", g.grid, g.block, &mut args);
     args[3].as_f32()
 }
 
-/// `linear_forward` / `linear_backward` of src/backend/cuda/pool.rs: three strided GEMMs and `bias_backward`.
+/// `linear_forward` / `linear_backward` of src/ops/linear/cuda.rs: three strided GEMMs and `bias_backward`.
 fn case_linear() {
     let mut rng = StdRng::seed_from_u64(12);
     // partial 16-tiles on every axis; K = 16 exactly; N = 1
@@ -477,39 +500,115 @@ fn case_linear() {
             let b = with_bias.then(|| bias.clone());
             let out = gemm(&GemmLaunch::linear_forward(&s, with_bias).unwrap(), &inp, &weight, Arg::nan(n * out_f), b.as_ref());
             let b64 = b.as_ref().map(|v| f64s(v));
-            close(&format!("{what} forward bias={with_bias}"), &out, &nnref::linear_forward(&f64s(&inp), &f64s(&weight), b64.as_deref(), &s), 1e-5, 1e-5);
+            close(&format!("{what} forward bias={with_bias}"), &out, &linear::reference::linear_forward(&f64s(&inp), &f64s(&weight), b64.as_deref(), &s), 1e-5, 1e-5);
         }
-        let (want_dinp, want_dw, want_db) = nnref::linear_backward(&f64s(&dout), &f64s(&inp), &f64s(&weight), &s);
+        let (want_dinp, want_dw, want_db) = linear::reference::linear_backward(&f64s(&dout), &f64s(&inp), &f64s(&weight), &s);
         let (di0, dw0, db0) = (random(&mut rng, n * in_f), random(&mut rng, out_f * in_f), random(&mut rng, out_f));
-        let acc = |w: &[f64], d: &[f32]| -> Vec<f64> { w.iter().zip(d).map(|(w, &d)| w + d as f64).collect() };
         let dinp = gemm(&GemmLaunch::linear_backward_data(&s).unwrap(), &dout, &weight, Arg::f32(&di0), None);
-        close(&format!("{what} dinp (accumulated)"), &dinp, &acc(&want_dinp, &di0), 1e-5, 1e-5);
+        close(&format!("{what} dinp (accumulated)"), &dinp, &plus(&want_dinp, &di0), 1e-5, 1e-5);
         let dw = gemm(&GemmLaunch::linear_backward_weight(&s).unwrap(), &dout, &inp, Arg::f32(&dw0), None);
-        close(&format!("{what} dweight (accumulated)"), &dw, &acc(&want_dw, &dw0), 1e-5, 1e-5);
-        let (p, grid) = PoolParams::bias_backward(&s);
+        close(&format!("{what} dweight (accumulated)"), &dw, &plus(&want_dw, &dw0), 1e-5, 1e-5);
+        let (p, grid) = linear::params::bias_backward(&s);
         let mut a = [Arg::val(&p), Arg::f32(&dout), Arg::f32(&db0)];
-        emu().run("pool.cu", "bias_backward", grid, BLOCK, &mut a);
-        close(&format!("{what} dbias (accumulated)"), &a[2].as_f32(), &acc(&want_db, &db0), 1e-5, 1e-5);
+        emu().run("linear.cu", "bias_backward", grid, BLOCK, &mut a);
+        close(&format!("{what} dbias (accumulated)"), &a[2].as_f32(), &plus(&want_db, &db0), 1e-5, 1e-5);
     }
 }
 
+// ---- eltwise.cu -------------------------------------------------------------------------------------------------
+
+/// The parameter block and grid of an element-wise kernel over `len` elements (`EltwiseParams::launch`).
+fn elt(len: usize) -> (EltwiseParams, Grid) {
+    EltwiseParams::launch(&EltwiseShape::new(len).unwrap()).unwrap()
+}
+
+/// `relu_forward`, `relu_backward` and `add_forward` as `Eltwise for Cuda` launches them: `(params, outputs...,
+/// inputs...)`.
 fn case_eltwise() {
     let mut rng = StdRng::seed_from_u64(13);
     for len in [1usize, 300] {
         let (x, y, d0) = (random(&mut rng, len), random(&mut rng, len), random(&mut rng, len));
-        let p = PoolParams::eltwise(len);
-        let grid = plan::elem_grid(len);
-        let mut a = [Arg::val(&p), Arg::f32(&x), Arg::nan(len)];
-        emu().run("pool.cu", "relu_forward", grid, BLOCK, &mut a);
-        let out = a[2].as_f32();
-        close(&format!("relu_forward len {len}"), &out, &nnref::relu_forward(&f64s(&x)), 0.0, 0.0);
-        let mut a = [Arg::val(&p), Arg::f32(&out), Arg::f32(&y), Arg::f32(&d0)];
-        emu().run("pool.cu", "relu_backward", grid, BLOCK, &mut a);
-        let want: Vec<f64> = nnref::relu_backward(&f64s(&y), &f64s(&out)).iter().zip(&d0).map(|(w, &d)| w + d as f64).collect();
-        close(&format!("relu_backward len {len} (accumulated)"), &a[3].as_f32(), &want, 1e-7, 1e-7);
-        let mut a = [Arg::val(&p), Arg::f32(&x), Arg::nan(len), Arg::f32(&y)];
-        emu().run("pool.cu", "add_forward", grid, BLOCK, &mut a);
-        close(&format!("add_forward len {len}"), &a[2].as_f32(), &nnref::add_forward(&f64s(&x), &f64s(&y)), 1e-7, 1e-7);
+        let (p, grid) = elt(len);
+        let mut a = [Arg::val(&p), Arg::nan(len), Arg::f32(&x)];
+        emu().run("eltwise.cu", "relu_forward", grid, BLOCK, &mut a);
+        let out = a[1].as_f32();
+        close(&format!("relu_forward len {len}"), &out, &eltwise::reference::relu_forward(&f64s(&x)), 0.0, 0.0);
+        // relu_backward(dinp, dout = y, out)
+        let mut a = [Arg::val(&p), Arg::f32(&d0), Arg::f32(&y), Arg::f32(&out)];
+        emu().run("eltwise.cu", "relu_backward", grid, BLOCK, &mut a);
+        let want = eltwise::reference::relu_backward(&f64s(&y), &f64s(&out));
+        close(&format!("relu_backward len {len} (accumulated)"), &a[1].as_f32(), &plus(&want, &d0), 1e-7, 1e-7);
+        let mut a = [Arg::val(&p), Arg::nan(len), Arg::f32(&x), Arg::f32(&y)];
+        emu().run("eltwise.cu", "add_forward", grid, BLOCK, &mut a);
+        close(&format!("add_forward len {len}"), &a[1].as_f32(), &eltwise::reference::add_forward(&f64s(&x), &f64s(&y)), 1e-7, 1e-7);
+    }
+}
+
+/// The erf of kernels/eltwise.cu (shared with shaders/eltwise.wgsl) against f64 erf over [-8, 8], ulp-spaced near
+/// 0, the branch points and the special values; then `gelu_forward` / `gelu_backward` as `Eltwise for Cuda`
+/// launches them.
+fn case_gelu() {
+    // erf itself, through tests/cuda_emu/erf_probe.cu
+    let mut xs: Vec<f32> = (0..=160_000).map(|i| -8.0 + i as f32 * 1e-4).collect();
+    for b in [0.0f32, 2f32.powi(-28), 0.84375, 1.25, 1.0 / 0.35, 6.0] {
+        let mut v = b;
+        for _ in 0..8 {
+            xs.extend([v, -v]);
+            v = f32::from_bits(v.to_bits() + 1);
+        }
+    }
+    xs.extend([1e-30, -1e-38, 3.0e-9, 10.0, -30.0, f32::INFINITY, f32::NEG_INFINITY]);
+    let (p, grid) = elt(xs.len());
+    let probe = cuda_emu::root().join("tests/cuda_emu/erf_probe.cu");
+    let mut a = [Arg::val(&p), Arg::nan(xs.len()), Arg::f32(&xs)];
+    emu().run(probe.to_str().unwrap(), "erf_probe", grid, BLOCK, &mut a);
+    let got = a[1].as_f32();
+    let (mut max_err, mut at) = (0.0f64, 0.0f32);
+    for (&x, &y) in xs.iter().zip(&got) {
+        let err = (y as f64 - libm::erf(x as f64)).abs();
+        if err > max_err {
+            (max_err, at) = (err, x);
+        }
+    }
+    eprintln!("cuda_emulated: eltwise.cu erf: max |err| vs f64 erf = {max_err:.3e} (at x = {at}) over {} points", xs.len());
+    assert!(max_err < 2e-7, "erf: max abs error {max_err:e} at x = {at} (want < 2e-7)");
+    let (p1, grid1) = elt(1);
+    let mut a = [Arg::val(&p1), Arg::nan(1), Arg::f32(&[f32::NAN])];
+    emu().run(probe.to_str().unwrap(), "erf_probe", grid1, BLOCK, &mut a);
+    assert!(a[1].as_f32()[0].is_nan(), "erf(NaN) must be NaN");
+
+    let mut rng = StdRng::seed_from_u64(22);
+    // one element, one partial block, around and above a 256-thread block
+    for len in [1usize, 63, 65, 255, 257, 1000] {
+        let x: Vec<f32> = random(&mut rng, len).iter().map(|v| v * 6.0).collect();
+        let s = EltwiseShape::new(len).unwrap();
+        let (p, grid) = elt(len);
+        let mut a = [Arg::val(&p), Arg::nan(len), Arg::f32(&x)];
+        emu().run("eltwise.cu", "gelu_forward", grid, BLOCK, &mut a);
+        let out = a[1].as_f32();
+        close(&format!("gelu_forward len={len}"), &out, &eltwise::reference::gelu_forward(&f64s(&x)), 3e-7, 2e-6);
+        let mut cpu = vec![f32::NAN; len];
+        eltwise::cpu::gelu_forward(&mut cpu, &x, &s).unwrap();
+        close(&format!("gelu_forward len={len} vs CPU"), &out, &f64s(&cpu), 3e-7, 2e-6);
+        let (dout, di0) = (random(&mut rng, len), random(&mut rng, len));
+        let mut a = [Arg::val(&p), Arg::f32(&di0), Arg::f32(&dout), Arg::f32(&x)];
+        emu().run("eltwise.cu", "gelu_backward", grid, BLOCK, &mut a);
+        close(&format!("gelu_backward len={len}"), &a[1].as_f32(), &plus(&eltwise::reference::gelu_backward(&f64s(&dout), &f64s(&x)), &di0), 1e-6, 2e-6);
+    }
+}
+
+/// `add_backward` into pre-filled gradients, against the CPU kernel (bit-exact: one addition each).
+fn case_add_backward() {
+    let mut rng = StdRng::seed_from_u64(26);
+    for len in [1usize, 65, 256, 1000] {
+        let (dout, da0, db0) = (random(&mut rng, len), random(&mut rng, len), random(&mut rng, len));
+        let (p, grid) = elt(len);
+        let mut a = [Arg::val(&p), Arg::f32(&da0), Arg::f32(&db0), Arg::f32(&dout)];
+        emu().run("eltwise.cu", "add_backward", grid, BLOCK, &mut a);
+        let (mut wa, mut wb) = (da0.clone(), db0.clone());
+        eltwise::cpu::add_backward(&mut wa, &mut wb, &dout, &EltwiseShape::new(len).unwrap()).unwrap();
+        same(&format!("add_backward len={len} da"), &a[1].as_f32(), &wa);
+        same(&format!("add_backward len={len} db"), &a[2].as_f32(), &wb);
     }
 }
 
@@ -518,6 +617,7 @@ fn case_eltwise() {
 /// Tolerance of the optimiser steps: the kernels follow the CPU references' f32 arithmetic.
 const OPT_RTOL: f64 = 8.0 * f32::EPSILON as f64;
 
+/// `sgd_step` of src/ops/optim/cuda.rs (grid-stride, `elementwise_grid` blocks).
 fn case_sgd() {
     let mut rng = StdRng::seed_from_u64(14);
     let configs = [SgdConfig::new(0.1, 0.0, 1e-2), SgdConfig::new(0.1, 0.9, 1e-4).with_nesterov(true), SgdConfig { lr: 0.05, momentum: 0.5, dampening: 0.3, weight_decay: 0.0, nesterov: false }];
@@ -564,7 +664,7 @@ fn case_adamw() {
     }
 }
 
-/// `lars_step` of src/backend/cuda/optim.rs: partial norms per segment, norms per span, update per segment.
+/// `lars_step` of src/ops/optim/cuda.rs: partial norms per segment, norms per span, update per segment.
 fn case_lars() {
     let mut rng = StdRng::seed_from_u64(16);
     // a span over two LARS_CHUNK segments, 1-d spans (no norms), a span of one element, a zero-gradient matrix
@@ -585,8 +685,8 @@ fn case_lars() {
     let (segs, table) = lars_tables(&spans);
     let flat = |t: &[[u32; 4]]| t.iter().flatten().copied().collect::<Vec<u32>>();
     let u = lars_params(&config, len);
-    let up = moco::backend::optim_params::OptimParams { count: segs.len() as u32, ..u };
-    let us = moco::backend::optim_params::OptimParams { count: table.len() as u32, ..u };
+    let up = OptimParams { count: segs.len() as u32, ..u };
+    let us = OptimParams { count: table.len() as u32, ..u };
     let mut a = [Arg::val(&up), Arg::f32(&p0), Arg::f32(&g), Arg::u32(&flat(&segs)), Arg::nan(2 * segs.len())];
     emu().run("optim.cu", "lars_partial_norms", (segs.len() as u32, 1, 1), BLOCK, &mut a);
     let partials = a[4].as_f32();
@@ -605,111 +705,41 @@ fn case_lars() {
     close("lars params", &a[1].as_f32(), &f64s(&p), 1e-6, 1e-5);
 }
 
-// ---- vit.cu -----------------------------------------------------------------------------------------------------
+// ---- layernorm.cu -----------------------------------------------------------------------------------------------
 
-const VB: (u32, u32, u32) = (plan::VIT_WG, 1, 1);
-const LB: (u32, u32, u32) = (plan::VIT_WG_LN, 1, 1);
-
-/// The parameter block of an element-wise ViT kernel over `len` elements.
-fn elt_params(len: usize) -> VitParams {
-    VitParams::eltwise(&EltwiseShape::new(len).unwrap()).unwrap()
-}
-
-/// `want + base` (a gradient accumulated into a pre-filled buffer).
-fn plus(want: &[f64], base: &[f32]) -> Vec<f64> {
-    want.iter().zip(base).map(|(w, &b)| w + b as f64).collect()
-}
-
-/// Bit-exact equality (kernels that only move or add once, as the CPU does).
-#[track_caller]
-fn same(what: &str, got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(g.to_bits() == w.to_bits(), "{what}[{i}]: got {g}, want {w}");
-    }
-}
-
-/// The launches of `layernorm_forward` and `layernorm_backward` in src/backend/cuda/vit.rs.
+/// The launches of `layernorm_forward` and `layernorm_backward` in src/ops/layernorm/cuda.rs.
 fn case_layernorm() {
     let mut rng = StdRng::seed_from_u64(21);
     // C = 1; C below, at and above the 128-thread block, not a multiple of 4; rows not a multiple of the 64-thread
     // column blocks; a row with a large offset (two-pass variance)
     for (rows, c) in [(1usize, 1usize), (1, 5), (3, 130), (70, 33), (5, 257), (2, 128)] {
         let s = LayerNormShape::new(rows, c, 1e-6).unwrap();
-        let p = VitParams::layernorm(&s).unwrap();
+        let p = LayerNormParams::new(&s);
         let what = format!("layernorm R={rows} C={c}");
         let inp: Vec<f32> = random(&mut rng, s.len()).iter().enumerate().map(|(i, v)| v * 2.0 + if i / c == 0 { 30.0 } else { 0.5 }).collect();
         let (gamma, beta) = (random(&mut rng, c), random(&mut rng, c));
         let mut a = [Arg::val(&p), Arg::nan(s.len()), Arg::nan(rows), Arg::nan(rows), Arg::f32(&inp), Arg::f32(&gamma), Arg::f32(&beta)];
-        emu().run("vit.cu", "layernorm_forward", plan::vit_row_grid(rows), LB, &mut a);
+        emu().run("layernorm.cu", "layernorm_forward", layernorm::params::row_grid(&s), LN_ROW, &mut a);
         let (out, mean, rstd) = (a[1].as_f32(), a[2].as_f32(), a[3].as_f32());
-        let (ro, rm, rr) = vref::layernorm_forward(&f64s(&inp), &f64s(&gamma), &f64s(&beta), &s);
+        let (ro, rm, rr) = layernorm::reference::layernorm_forward(&f64s(&inp), &f64s(&gamma), &f64s(&beta), &s);
         close(&format!("{what} out"), &out, &ro, 1e-4, 1e-4);
         close(&format!("{what} mean"), &mean, &rm, 1e-5, 1e-6);
         close(&format!("{what} rstd"), &rstd, &rr, 1e-5, 1e-4);
         // backward into pre-filled gradients
         let dout = random(&mut rng, s.len());
         let (di0, dg0, db0) = (random(&mut rng, s.len()), random(&mut rng, c), random(&mut rng, c));
-        let (rdx, rdg, rdb) = vref::layernorm_backward(&f64s(&dout), &f64s(&inp), &f64s(&gamma), &s);
+        let (rdx, rdg, rdb) = layernorm::reference::layernorm_backward(&f64s(&dout), &f64s(&inp), &f64s(&gamma), &s);
         let mut a = [Arg::val(&p), Arg::f32(&di0), Arg::f32(&dout), Arg::f32(&inp), Arg::f32(&gamma), Arg::f32(&mean), Arg::f32(&rstd)];
-        emu().run("vit.cu", "layernorm_backward_dx", plan::vit_row_grid(rows), LB, &mut a);
+        emu().run("layernorm.cu", "layernorm_backward_dx", layernorm::params::row_grid(&s), LN_ROW, &mut a);
         close(&format!("{what} dinp"), &a[1].as_f32(), &plus(&rdx, &di0), 1e-4 * max_abs(&rdx).max(1.0), 1e-4);
         let mut a = [Arg::val(&p), Arg::f32(&dg0), Arg::f32(&db0), Arg::f32(&dout), Arg::f32(&inp), Arg::f32(&mean), Arg::f32(&rstd)];
-        emu().run("vit.cu", "layernorm_backward_params", plan::vit_elem_grid(c), VB, &mut a);
+        emu().run("layernorm.cu", "layernorm_backward_params", layernorm::params::col_grid(&s), LN_COL, &mut a);
         close(&format!("{what} dgamma"), &a[1].as_f32(), &plus(&rdg, &dg0), 1e-4, 1e-4);
         close(&format!("{what} dbeta"), &a[2].as_f32(), &plus(&rdb, &db0), 1e-5, 1e-5);
     }
 }
 
-/// The erf of kernels/vit.cu (shared with shaders/vit.wgsl) against f64 erf over [-8, 8], ulp-spaced near 0, the
-/// branch points and the special values; then `gelu_forward` / `gelu_backward` as vit.rs launches them.
-fn case_gelu() {
-    // erf itself, through tests/cuda_emu/erf_probe.cu
-    let mut xs: Vec<f32> = (0..=160_000).map(|i| -8.0 + i as f32 * 1e-4).collect();
-    for b in [0.0f32, 2f32.powi(-28), 0.84375, 1.25, 1.0 / 0.35, 6.0] {
-        let mut v = b;
-        for _ in 0..8 {
-            xs.extend([v, -v]);
-            v = f32::from_bits(v.to_bits() + 1);
-        }
-    }
-    xs.extend([1e-30, -1e-38, 3.0e-9, 10.0, -30.0, f32::INFINITY, f32::NEG_INFINITY]);
-    let p = elt_params(xs.len());
-    let probe = cuda_emu::root().join("tests/cuda_emu/erf_probe.cu");
-    let mut a = [Arg::val(&p), Arg::nan(xs.len()), Arg::f32(&xs)];
-    emu().run(probe.to_str().unwrap(), "erf_probe", plan::vit_stride_grid(xs.len()), VB, &mut a);
-    let got = a[1].as_f32();
-    let (mut max_err, mut at) = (0.0f64, 0.0f32);
-    for (&x, &y) in xs.iter().zip(&got) {
-        let err = (y as f64 - libm::erf(x as f64)).abs();
-        if err > max_err {
-            (max_err, at) = (err, x);
-        }
-    }
-    eprintln!("cuda_emulated: vit.cu erf: max |err| vs f64 erf = {max_err:.3e} (at x = {at}) over {} points", xs.len());
-    assert!(max_err < 2e-7, "erf: max abs error {max_err:e} at x = {at} (want < 2e-7)");
-    let mut a = [Arg::val(&elt_params(1)), Arg::nan(1), Arg::f32(&[f32::NAN])];
-    emu().run(probe.to_str().unwrap(), "erf_probe", (1, 1, 1), VB, &mut a);
-    assert!(a[1].as_f32()[0].is_nan(), "erf(NaN) must be NaN");
-
-    let mut rng = StdRng::seed_from_u64(22);
-    for len in [1usize, 63, 65, 1000] {
-        let x: Vec<f32> = random(&mut rng, len).iter().map(|v| v * 6.0).collect();
-        let s = EltwiseShape::new(len).unwrap();
-        let p = elt_params(len);
-        let mut a = [Arg::val(&p), Arg::nan(len), Arg::f32(&x)];
-        emu().run("vit.cu", "gelu_forward", plan::vit_stride_grid(len), VB, &mut a);
-        let out = a[1].as_f32();
-        close(&format!("gelu_forward len={len}"), &out, &vref::gelu_forward(&f64s(&x)), 3e-7, 2e-6);
-        let mut cpu = vec![f32::NAN; len];
-        moco::backend::cpu::nn::gelu_forward(&mut cpu, &x, &s).unwrap();
-        close(&format!("gelu_forward len={len} vs CPU"), &out, &f64s(&cpu), 3e-7, 2e-6);
-        let (dout, di0) = (random(&mut rng, len), random(&mut rng, len));
-        let mut a = [Arg::val(&p), Arg::f32(&di0), Arg::f32(&dout), Arg::f32(&x)];
-        emu().run("vit.cu", "gelu_backward", plan::vit_stride_grid(len), VB, &mut a);
-        close(&format!("gelu_backward len={len}"), &a[1].as_f32(), &plus(&vref::gelu_backward(&f64s(&dout), &f64s(&x)), &di0), 1e-6, 2e-6);
-    }
-}
+// ---- attention.cu -----------------------------------------------------------------------------------------------
 
 /// The launches of `attention_forward` and `attention_backward` (dq then dkv, through the ds scratch).
 fn case_attention() {
@@ -717,31 +747,32 @@ fn case_attention() {
     // (B, T, H, D): T = 1; T in {5, 17, 65} (65 > the 64 threads: strided keys); head dims 16/32/64, odd, above 64
     for (b, t, h, d) in [(1usize, 1usize, 1usize, 16usize), (1, 5, 2, 32), (2, 17, 3, 7), (1, 65, 2, 16), (2, 5, 1, 64), (1, 17, 1, 65)] {
         let s = AttentionShape::new(b, t, h, d).unwrap();
-        let p = VitParams::attention(&s).unwrap();
-        let grid = plan::vit_row_grid(b * h * t);
+        let (p, grid) = AttentionParams::launch(&s);
         let what = format!("attention B={b} T={t} H={h} D={d}");
         let qkv: Vec<f32> = random(&mut rng, s.qkv_len()).iter().map(|v| v * 2.0).collect();
         let mut a = [Arg::val(&p), Arg::nan(s.out_len()), Arg::nan(s.att_len()), Arg::f32(&qkv)];
-        emu().run("vit.cu", "attention_forward", grid, VB, &mut a);
+        emu().run("attention.cu", "attention_forward", grid, ATT, &mut a);
         let (out, att) = (a[1].as_f32(), a[2].as_f32());
-        let (ro, ra) = vref::attention_forward(&f64s(&qkv), &s);
+        let (ro, ra) = attention::reference::attention_forward(&f64s(&qkv), &s);
         close(&format!("{what} att"), &att, &ra, 1e-6, 1e-5);
         close(&format!("{what} out"), &out, &ro, 1e-5, 1e-5);
         let dout = random(&mut rng, s.out_len());
         let dqkv0 = random(&mut rng, s.qkv_len());
         let mut a = [Arg::val(&p), Arg::f32(&dqkv0), Arg::nan(s.att_len()), Arg::f32(&dout), Arg::f32(&qkv), Arg::f32(&att)];
-        emu().run("vit.cu", "attention_backward_dq", grid, VB, &mut a);
+        emu().run("attention.cu", "attention_backward_dq", grid, ATT, &mut a);
         let (dq, ds) = (a[1].as_f32(), a[2].as_f32());
         let mut a = [Arg::val(&p), Arg::f32(&dq), Arg::f32(&ds), Arg::f32(&dout), Arg::f32(&qkv), Arg::f32(&att)];
-        emu().run("vit.cu", "attention_backward_dkv", grid, VB, &mut a);
-        let want = vref::attention_backward(&f64s(&dout), &f64s(&qkv), &s);
+        emu().run("attention.cu", "attention_backward_dkv", grid, ATT, &mut a);
+        let want = attention::reference::attention_backward(&f64s(&dout), &f64s(&qkv), &s);
         close(&format!("{what} dqkv"), &a[1].as_f32(), &plus(&want, &dqkv0), 1e-5 * max_abs(&want).max(1.0), 1e-4);
         // the CPU kernel agrees too
         let mut cpu = dqkv0.clone();
-        moco::backend::cpu::nn::attention_backward(&mut cpu, &dout, &qkv, &att, &s).unwrap();
+        attention::cpu::attention_backward(&mut cpu, &dout, &qkv, &att, &s).unwrap();
         close(&format!("{what} dqkv vs CPU"), &a[1].as_f32(), &f64s(&cpu), 1e-5 * max_abs(&want).max(1.0), 1e-4);
     }
 }
+
+// ---- patch.cu ---------------------------------------------------------------------------------------------------
 
 /// `patch_im2col` and its backward against the CPU kernels (a permutation: bit-exact).
 fn case_patch() {
@@ -749,24 +780,24 @@ fn case_patch() {
     // p = 1; one patch per image; non-square grids and channel counts not a multiple of 4
     for (b, c, h, w, pt) in [(1usize, 1usize, 4usize, 4usize, 2usize), (2, 3, 6, 9, 3), (1, 2, 5, 5, 5), (3, 1, 4, 8, 1)] {
         let s = PatchShape::new(b, c, h, w, pt).unwrap();
-        let p = VitParams::patch(&s).unwrap();
+        let (p, grid) = PatchParams::im2col(&s);
         let what = format!("patch B={b} C={c} H={h} W={w} p={pt}");
         let images = random(&mut rng, s.len());
         let mut a = [Arg::val(&p), Arg::nan(s.len()), Arg::f32(&images)];
-        emu().run("vit.cu", "patch_im2col", plan::vit_elem_grid(s.len()), VB, &mut a);
+        emu().run("patch.cu", "patch_im2col", grid, PATCH, &mut a);
         let mut want = vec![f32::NAN; s.len()];
-        moco::backend::cpu::nn::patch_im2col(&mut want, &images, &s).unwrap();
+        patch::cpu::patch_im2col(&mut want, &images, &s).unwrap();
         same(&format!("{what} cols"), &a[1].as_f32(), &want);
         let (dcols, di0) = (random(&mut rng, s.len()), random(&mut rng, s.len()));
         let mut a = [Arg::val(&p), Arg::f32(&di0), Arg::f32(&dcols)];
-        emu().run("vit.cu", "patch_im2col_backward", plan::vit_elem_grid(s.len()), VB, &mut a);
+        emu().run("patch.cu", "patch_im2col_backward", grid, PATCH, &mut a);
         let mut want = di0.clone();
-        moco::backend::cpu::nn::patch_im2col_backward(&mut want, &dcols, &s).unwrap();
+        patch::cpu::patch_im2col_backward(&mut want, &dcols, &s).unwrap();
         same(&format!("{what} dimages"), &a[1].as_f32(), &want);
     }
 }
 
-/// Token assembly, the cls feature and their backwards, as vit.rs launches them, against the CPU kernels
+/// Token assembly, the cls feature and their backwards, as `Patch for Cuda` launches them, against the CPU kernels
 /// (bit-exact: the same additions in the same order).
 fn case_tokens() {
     let mut rng = StdRng::seed_from_u64(25);
@@ -774,91 +805,79 @@ fn case_tokens() {
     for (b, t, c) in [(1usize, 1usize, 3usize), (2, 5, 7), (3, 17, 65), (1, 65, 10)] {
         let s = TokensShape::new(b, t, c).unwrap();
         let what = format!("tokens B={b} T={t} C={c}");
-        let plen = b * (t - 1) * c;
+        let plen = b * s.patches() * c;
         let (patches, cls, pos) = (random(&mut rng, plen), random(&mut rng, c), random(&mut rng, t * c));
-        let mut a = [Arg::val(&VitParams::tokens(&s, s.len()).unwrap()), Arg::nan(s.len()), Arg::f32(&patches), Arg::f32(&cls), Arg::f32(&pos)];
-        emu().run("vit.cu", "tokens_forward", plan::vit_elem_grid(s.len()), VB, &mut a);
+        let (p, grid) = PatchParams::tokens(&s, s.len());
+        let mut a = [Arg::val(&p), Arg::nan(s.len()), Arg::f32(&patches), Arg::f32(&cls), Arg::f32(&pos)];
+        emu().run("patch.cu", "tokens_forward", grid, PATCH, &mut a);
         let mut want = vec![f32::NAN; s.len()];
-        moco::backend::cpu::nn::tokens_forward(&mut want, &patches, &cls, &pos, &s).unwrap();
+        patch::cpu::tokens_forward(&mut want, &patches, &cls, &pos, &s).unwrap();
         same(&format!("{what} tokens"), &a[1].as_f32(), &want);
         let (dtokens, dp0, dc0) = (random(&mut rng, s.len()), random(&mut rng, plen), random(&mut rng, c));
         let (mut want_dp, mut want_dc) = (dp0.clone(), dc0.clone());
-        moco::backend::cpu::nn::tokens_backward(Some(&mut want_dp), Some(&mut want_dc), &dtokens, &s).unwrap();
+        patch::cpu::tokens_backward(Some(&mut want_dp), Some(&mut want_dc), &dtokens, &s).unwrap();
         if plen > 0 {
-            let mut a = [Arg::val(&VitParams::tokens(&s, plen).unwrap()), Arg::f32(&dp0), Arg::f32(&dtokens)];
-            emu().run("vit.cu", "tokens_backward_patches", plan::vit_elem_grid(plen), VB, &mut a);
+            let (p, grid) = PatchParams::tokens(&s, plen);
+            let mut a = [Arg::val(&p), Arg::f32(&dp0), Arg::f32(&dtokens)];
+            emu().run("patch.cu", "tokens_backward_patches", grid, PATCH, &mut a);
             same(&format!("{what} dpatches"), &a[1].as_f32(), &want_dp);
         }
-        let mut a = [Arg::val(&VitParams::tokens(&s, c).unwrap()), Arg::f32(&dc0), Arg::f32(&dtokens)];
-        emu().run("vit.cu", "tokens_backward_cls", plan::vit_elem_grid(c), VB, &mut a);
+        let (p, grid) = PatchParams::tokens(&s, c);
+        let mut a = [Arg::val(&p), Arg::f32(&dc0), Arg::f32(&dtokens)];
+        emu().run("patch.cu", "tokens_backward_cls", grid, PATCH, &mut a);
         same(&format!("{what} dcls"), &a[1].as_f32(), &want_dc);
         // the cls feature
         let n = b * c;
         let tokens = a[2].as_f32();
-        let mut a = [Arg::val(&VitParams::tokens(&s, n).unwrap()), Arg::nan(n), Arg::f32(&tokens)];
-        emu().run("vit.cu", "cls_select_forward", plan::vit_elem_grid(n), VB, &mut a);
+        let (p, grid) = PatchParams::tokens(&s, n);
+        let mut a = [Arg::val(&p), Arg::nan(n), Arg::f32(&tokens)];
+        emu().run("patch.cu", "cls_select_forward", grid, PATCH, &mut a);
         let mut want = vec![f32::NAN; n];
-        moco::backend::cpu::nn::cls_select_forward(&mut want, &tokens, &s).unwrap();
+        patch::cpu::cls_select_forward(&mut want, &tokens, &s).unwrap();
         same(&format!("{what} cls feature"), &a[1].as_f32(), &want);
         let (dout, dt0) = (random(&mut rng, n), random(&mut rng, s.len()));
-        let mut a = [Arg::val(&VitParams::tokens(&s, n).unwrap()), Arg::f32(&dt0), Arg::f32(&dout)];
-        emu().run("vit.cu", "cls_select_backward", plan::vit_elem_grid(n), VB, &mut a);
+        let mut a = [Arg::val(&p), Arg::f32(&dt0), Arg::f32(&dout)];
+        emu().run("patch.cu", "cls_select_backward", grid, PATCH, &mut a);
         let mut want = dt0.clone();
-        moco::backend::cpu::nn::cls_select_backward(&mut want, &dout, &s).unwrap();
+        patch::cpu::cls_select_backward(&mut want, &dout, &s).unwrap();
         same(&format!("{what} dtokens"), &a[1].as_f32(), &want);
     }
-}
-
-/// `add_backward` into pre-filled gradients.
-fn case_add_backward() {
-    let mut rng = StdRng::seed_from_u64(26);
-    for len in [1usize, 65, 1000] {
-        let (dout, da0, db0) = (random(&mut rng, len), random(&mut rng, len), random(&mut rng, len));
-        let mut a = [Arg::val(&elt_params(len)), Arg::f32(&da0), Arg::f32(&db0), Arg::f32(&dout)];
-        emu().run("vit.cu", "add_backward", plan::vit_stride_grid(len), VB, &mut a);
-        let (mut wa, mut wb) = (da0.clone(), db0.clone());
-        moco::backend::cpu::nn::add_backward(&mut wa, &mut wb, &dout, &EltwiseShape::new(len).unwrap()).unwrap();
-        same(&format!("add_backward len={len} da"), &a[1].as_f32(), &wa);
-        same(&format!("add_backward len={len} db"), &a[2].as_f32(), &wb);
-    }
-    // grid-stride: a grid smaller than the tensor, as vit_stride_grid gives above VIT_STRIDE_BLOCKS*64 elements
-    let len = 1000;
-    let (dout, da0, db0) = (random(&mut rng, len), random(&mut rng, len), random(&mut rng, len));
-    let mut a = [Arg::val(&elt_params(len)), Arg::f32(&da0), Arg::f32(&db0), Arg::f32(&dout)];
-    emu().run("vit.cu", "add_backward", (3, 1, 1), VB, &mut a);
-    let want: Vec<f32> = da0.iter().zip(&dout).map(|(a, g)| a + g).collect();
-    same("add_backward grid-stride", &a[1].as_f32(), &want);
-    assert_eq!(plan::vit_stride_grid(plan::VIT_STRIDE_BLOCKS * 64 + 1), (plan::VIT_STRIDE_BLOCKS as u32, 1, 1), "grid-stride launches are capped");
 }
 
 // ---- the test ---------------------------------------------------------------------------------------------------
 
 type Case = (&'static str, fn());
 
+/// The cases, named `family: what` (the family of `moco::ops::KERNELS` whose file they launch).
 const CASES: &[Case] = &[
-    ("contrastive: normalize_rows", case_normalize_rows),
-    ("contrastive: logits", case_logits),
-    ("contrastive: infonce", case_infonce),
-    ("contrastive: moco_v3", case_moco_v3),
+    ("normalize: normalize_rows", case_normalize_rows),
+    ("infonce: logits", case_logits),
+    ("infonce: infonce", case_infonce),
+    ("infonce: moco_v3", case_moco_v3),
     ("ema: ema_update", case_ema_update),
     ("ema: ema_multi_tensor", case_ema_multi_tensor),
     ("queue: enqueue", case_enqueue),
     ("conv: conv2d", case_conv),
-    ("norm: batchnorm", case_batchnorm),
+    ("batchnorm: batchnorm", case_batchnorm),
     ("pool: maxpool", case_maxpool),
     ("pool: avgpool", case_avgpool),
-    ("pool: linear", case_linear),
-    ("pool: eltwise", case_eltwise),
+    ("linear: linear", case_linear),
+    ("eltwise: relu and add", case_eltwise),
+    ("eltwise: gelu", case_gelu),
+    ("eltwise: add_backward", case_add_backward),
+    ("layernorm: layernorm", case_layernorm),
+    ("attention: attention", case_attention),
+    ("patch: patch", case_patch),
+    ("patch: tokens", case_tokens),
     ("optim: sgd", case_sgd),
     ("optim: adamw", case_adamw),
     ("optim: lars", case_lars),
-    ("vit: layernorm", case_layernorm),
-    ("vit: gelu", case_gelu),
-    ("vit: attention", case_attention),
-    ("vit: patch", case_patch),
-    ("vit: tokens", case_tokens),
-    ("vit: add_backward", case_add_backward),
 ];
+
+/// The `.cu` files of `kernels/`, by name.
+fn files_on_disk() -> std::collections::BTreeSet<String> {
+    cuda_emu::kernel_files().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect()
+}
 
 #[test]
 fn every_kernel_runs_against_the_cpu_reference() {
@@ -891,17 +910,42 @@ fn every_kernel_runs_against_the_cpu_reference() {
     let failures = failures.into_inner().unwrap();
     let executed = emu().executed();
     eprintln!("cuda_emulated: {} launches of {} kernels in {:.1} s", executed.values().sum::<usize>(), executed.len(), started.elapsed().as_secs_f64());
+    let mut per_family: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    for (k, n) in &executed {
+        let file = k.split('/').next().unwrap_or("");
+        if let Some(f) = moco::ops::KERNELS.iter().find(|f| f.cuda_file == file) {
+            let e = per_family.entry(f.name).or_default();
+            e.0 += 1;
+            e.1 += n;
+        }
+    }
+    for (family, (kernels, launches)) in &per_family {
+        eprintln!("cuda_emulated: {family}: {kernels} kernels, {launches} launches");
+    }
     assert!(failures.is_empty(), "{} emulated case(s) failed:\n\n{}", failures.len(), failures.join("\n\n"));
     if filter.is_some() {
         eprintln!("cuda_emulated: MOCO_EMU_FILTER set: coverage not checked");
         return;
     }
+    // every family's file is in kernels/ and every file of kernels/ is a family's
+    let families: std::collections::BTreeSet<String> = moco::ops::KERNELS.iter().map(|f| f.cuda_file.to_string()).collect();
+    assert_eq!(families, files_on_disk(), "moco::ops::KERNELS and the .cu files of kernels/ differ");
+    // every `extern "C" __global__` of every family's file (macro-generated ones included) was launched
     let all = cuda_emu::all_kernels().unwrap();
     let missing: Vec<&String> = all.iter().filter(|k| !executed.contains_key(*k)).collect();
     assert!(missing.is_empty(), "kernels in kernels/ never executed by the emulated test (add a case to tests/cuda_emulated.rs): {missing:?}");
-    // the host launches exactly the kernels the files define
-    let host: std::collections::BTreeSet<String> = moco::backend::cuda::kernel_entry_points().iter().flat_map(|(f, ks)| ks.iter().map(move |k| format!("{f}/{k}"))).collect();
-    assert_eq!(host, all, "cuda::kernel_entry_points() and the kernels found in kernels/ differ");
+}
+
+/// What the crate says each family's file holds (`KernelFamily::cuda_entry_points`, which the CUDA device and its
+/// compile test rely on) is exactly the `extern "C" __global__` kernels g++ finds in the preprocessed file.
+#[test]
+fn the_families_entry_points_are_the_kernels_of_their_files() {
+    if !available("the_families_entry_points_are_the_kernels_of_their_files") {
+        return;
+    }
+    let host: std::collections::BTreeSet<String> = moco::ops::KERNELS.iter().flat_map(|f| f.cuda_entry_points().into_iter().map(move |k| format!("{}/{k}", f.cuda_file))).collect();
+    let all = cuda_emu::all_kernels().unwrap();
+    assert_eq!(host, all, "KernelFamily::cuda_entry_points() of moco::ops::KERNELS and the kernels found in kernels/ differ");
 }
 
 /// The emulator itself: an out-of-bounds global or shared read is reported by AddressSanitizer, a missing barrier

@@ -1,7 +1,9 @@
 //! Optimisers and schedules: SGD (plain and Nesterov), AdamW and moco-v3's LARS against the PyTorch fixtures of
 //! `scripts/make_optim_fixtures.py` over 5 steps (parameters and state after every step), LARS's per-span
 //! reduction across chunk boundaries against a naive per-tensor reference, schedule values at known points,
-//! and error cases (which must return `Error::Shape`, never panic).
+//! and error cases (which must return `Error::Shape`, never panic). These CPU steps (`moco::optim::{sgd_step,
+//! adamw_step, lars_step}`, the kernels of `moco::ops::optim::cpu`) are the reference of the device kernels and of
+//! `DeviceOptimizer` in tests/ops/optim.rs.
 mod common;
 use common::*;
 use moco::optim::schedule::{fractional_epoch, linear_scaled_lr};

@@ -5,8 +5,7 @@ mod common;
 use common::*;
 use moco::ops::ema::{cpu, Ema};
 use moco::ops::infonce::Infonce;
-use moco::ops::queue::KeyQueue;
-use moco::{Device, InfoNceShape, LogitsShape, QueueDType, SymmetricShape};
+use moco::{InfoNceShape, LogitsShape, QueueDType, SymmetricShape};
 use safetensors::SafeTensors;
 
 struct Fixture {

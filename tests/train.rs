@@ -1,12 +1,22 @@
-//! End-to-end training on the CPU and wgpu engines: the loss falls on a fixed batch, both engines agree, an interrupted and resumed run ends
-//! bit-identical to an uninterrupted one, a non-finite loss changes nothing, and bad checkpoints are errors.
+//! End-to-end training through the one engine on every device (`on_every_device!`: the CPU, wgpu and CUDA): the
+//! loss falls on a fixed batch, each device's engine agrees with the CPU engine; on the CPU an interrupted and
+//! resumed run ends bit-identical to an uninterrupted one, a non-finite loss changes nothing, and bad checkpoints
+//! are errors.
+#[macro_use]
 mod common;
 
 use moco::data::{synthetic, AugmentConfig, SyntheticConfig};
-use moco::train::{self, CpuEngine, Engine, RunOptions, TrainConfig, WgpuEngine};
+use moco::nn::Layers;
+use moco::ops::{ema::Ema, infonce::Infonce, optim::Optim};
+use moco::train::{self, CpuEngine, Engine, MocoEngine, RunOptions, TrainConfig};
 use moco::Error;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+/// What the engine asks of its device: `moco::train::TrainDevice`, which the crate does not export (it is declared
+/// in a private module), restated here over the public family traits.
+trait TrainDev: Layers + Infonce + Ema + Optim {}
+impl<D: Layers + Infonce + Ema + Optim> TrainDev for D {}
 
 /// A small, fast config: batch 16 in 2 BN groups, K = 64, dim 32.
 fn small() -> TrainConfig {
@@ -55,33 +65,29 @@ fn fixed_batch_config() -> TrainConfig {
     cfg
 }
 
-#[test]
-fn loss_falls_on_a_fixed_batch_cpu() {
+fn loss_falls_on<D: TrainDev>(dev: &mut D) {
     let cfg = fixed_batch_config();
-    loss_falls(&mut CpuEngine::new(&cfg).unwrap(), &cfg);
+    loss_falls(&mut MocoEngine::<D>::on(dev.clone(), &cfg).unwrap(), &cfg);
 }
 
 #[test]
-fn loss_falls_on_a_fixed_batch_wgpu() {
-    let Some(w) = common::wgpu_backend() else { return };
-    let cfg = fixed_batch_config();
-    loss_falls(&mut WgpuEngine::new(&w.ctx, &cfg).unwrap(), &cfg);
+fn loss_falls_on_a_fixed_batch() {
+    on_every_device!("loss_falls_on_a_fixed_batch", loss_falls_on);
 }
 
-/// The CPU and wgpu engines start from the same weights and queue: their first steps agree, and so do their
-/// states after two steps (to the shaders' summation order), and the eval-mode embeddings.
-#[test]
-fn cpu_and_wgpu_engines_agree() {
-    let Some(w) = common::wgpu_backend() else { return };
+/// The engine on `dev` and the CPU engine start from the same weights and queue: their first steps agree, and so
+/// do their states after two steps (to the shaders' summation order), and the eval-mode embeddings.
+fn agrees_with_the_cpu_engine<D: TrainDev>(dev: &mut D) {
     let mut cfg = fixed_batch_config();
     cfg.queue_len = 48;
     cfg.symmetric = true;
     cfg.queue_len = 64;
-    let (mut c, mut g) = (CpuEngine::new(&cfg).unwrap(), WgpuEngine::new(&w.ctx, &cfg).unwrap());
+    let (mut c, mut g) = (CpuEngine::new(&cfg).unwrap(), MocoEngine::<D>::on(dev.clone(), &cfg).unwrap());
+    let name = g.name();
     let (xq, xk) = views(&cfg, 5);
     for step in 0..2 {
         let (a, b) = (c.step(&xq, &xk, cfg.lr).unwrap(), g.step(&xq, &xk, cfg.lr).unwrap());
-        assert!((a.loss - b.loss).abs() <= 1e-3 * a.loss.abs(), "step {step}: cpu loss {} vs wgpu {}", a.loss, b.loss);
+        assert!((a.loss - b.loss).abs() <= 1e-3 * a.loss.abs(), "step {step}: cpu loss {} vs {name} {}", a.loss, b.loss);
     }
     let (sa, sb) = (c.state().unwrap(), g.state().unwrap());
     assert_eq!((sa.queue_ptr, sa.opt_steps, sa.q_tracked, sa.k_tracked), (sb.queue_ptr, sb.opt_steps, sb.q_tracked, sb.k_tracked));
@@ -90,15 +96,21 @@ fn cpu_and_wgpu_engines_agree() {
         e / x.iter().fold(0f32, |m, v| m.max(v.abs())) as f64
     };
     // parameters after two SGD steps: 1e-3 of the largest (ReLU flips move single gradients, see tests/resnet.rs)
-    assert!(rel(&sa.q_params, &sb.q_params) < 1e-3, "q params {}", rel(&sa.q_params, &sb.q_params));
-    assert!(rel(&sa.queue, &sb.queue) < 1e-2, "queue {}", rel(&sa.queue, &sb.queue));
+    assert!(rel(&sa.q_params, &sb.q_params) < 1e-3, "{name}: q params {}", rel(&sa.q_params, &sb.q_params));
+    assert!(rel(&sa.queue, &sb.queue) < 1e-2, "{name}: queue {}", rel(&sa.queue, &sb.queue));
     let n = 5;
     let x = &xq[..n * 3 * cfg.image_size * cfg.image_size];
     let (ea, eb) = (c.embed(x, n, false).unwrap(), g.embed(x, n, false).unwrap());
-    assert!(rel(&ea, &eb) < 1e-2, "embeddings {}", rel(&ea, &eb));
+    assert!(rel(&ea, &eb) < 1e-2, "{name}: embeddings {}", rel(&ea, &eb));
     let (ea, eb) = (c.embed(x, n, true).unwrap(), g.embed(x, n, true).unwrap());
     assert_eq!(ea.len(), n * 512);
-    assert!(rel(&ea, &eb) < 1e-2, "embeddings {}", rel(&ea, &eb));
+    assert!(rel(&ea, &eb) < 1e-2, "{name}: embeddings {}", rel(&ea, &eb));
+}
+
+/// (On the CPU itself this compares two CPU engines: a check of determinism across engine instances.)
+#[test]
+fn engines_agree_with_the_cpu_engine() {
+    on_every_device!("engines_agree_with_the_cpu_engine", agrees_with_the_cpu_engine);
 }
 
 /// A NaN in the head's weight makes the features and the loss NaN: the step reports it and changes nothing; the trainer stops with
@@ -309,7 +321,7 @@ fn shuffle_bn_moves_keys_to_other_bn_groups_and_unshuffles() {
 
 /// In the engine: with one BN group the shuffle changes nothing but summation order (the keys come back in
 /// order: same loss); with SplitBN it changes the keys' statistics (another loss). Both engines draw the same
-/// permutation (tests `cpu_and_wgpu_engines_agree`, with shuffle on, and the bit-identical resume).
+/// permutation (tests `engines_agree_with_the_cpu_engine`, with shuffle on, and the bit-identical resume).
 #[test]
 fn shuffle_bn_in_the_cpu_engine() {
     let mut cfg = fixed_batch_config();

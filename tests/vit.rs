@@ -1,11 +1,13 @@
-//! The ViT and the MLP heads through the one executor on the CPU: timm's names and moco-v3's init, the plan's
-//! behaviour (batch independence, eval = train for the BN-free backbone), gradients against finite differences
-//! of the network itself, and hostile configurations. The PyTorch fixture test is tests/vit_fixture.rs.
+//! The ViT and the MLP heads through the one executor: timm's names and moco-v3's init, the plan's behaviour
+//! (batch independence, eval = train for the BN-free backbone) and hostile configurations and arguments on every
+//! device (`on_every_device!`), gradients against finite differences of the network itself on the CPU. The
+//! PyTorch fixture test is tests/vit_fixture.rs.
 
+#[macro_use]
 mod common;
 
-use moco::backend::CpuDevice;
-use moco::nn::{Mlp, MlpLayout, MlpSpec, Model, Vit, VitConfig, VitLayout};
+use moco::nn::{Layers, Mlp, MlpLayout, MlpSpec, Model, Vit, VitConfig, VitLayout};
+use moco::CpuDevice;
 
 fn tiny(projector: bool) -> VitConfig {
     VitConfig { img_size: 8, patch: 4, dim: 16, depth: 2, heads: 2, mlp_ratio: 4, projector: projector.then_some(MlpSpec { layers: 3, hidden: 12, out: 8, last_bn: true }), stop_grad_conv1: true }
@@ -86,27 +88,37 @@ fn hostile_configs_are_errors() {
     ] {
         assert!(VitLayout::new(bad).is_err(), "{bad:?}");
     }
+    on_every_device!("hostile_configs_are_errors", hostile_arguments_are_errors);
+}
+
+/// A network for another image size or an empty batch is an error, and so are inputs and gradients of the wrong
+/// length and an input gradient before any backward, on `dev`.
+fn hostile_arguments_are_errors<D: Layers>(dev: &mut D) {
     let l = VitLayout::new(tiny(false)).unwrap();
-    assert!(Vit::init_on(CpuDevice::new(), l.clone(), 2, 16, 16, 1, 0).is_err());
-    assert!(Vit::init_on(CpuDevice::new(), l.clone(), 0, 8, 8, 1, 0).is_err());
-    let mut net = Vit::init_on(CpuDevice::new(), l, 2, 8, 8, 1, 0).unwrap();
+    assert!(Vit::init_on(dev.clone(), l.clone(), 2, 16, 16, 1, 0).is_err());
+    assert!(Vit::init_on(dev.clone(), l.clone(), 0, 8, 8, 1, 0).is_err());
+    let mut net = Vit::init_on(dev.clone(), l, 2, 8, 8, 1, 0).unwrap();
     assert!(net.forward_host(&[0.0; 5], true).is_err());
     assert!(net.backward_host(&[0.0; 5]).is_err());
     assert!(net.input_grad().is_err());
 }
 
-#[test]
-fn batch_rows_are_independent_and_eval_equals_train() {
+fn batch_rows_independent_on<D: Layers>(dev: &mut D) {
     let l = VitLayout::new(tiny(false)).unwrap();
     let x = common::uniform(&mut common::rng(11), 3 * 3 * 64);
-    let mut net3 = Vit::init_on(CpuDevice::new(), l.clone(), 3, 8, 8, 1, 5).unwrap();
+    let mut net3 = Vit::init_on(dev.clone(), l.clone(), 3, 8, 8, 1, 5).unwrap();
     let y3 = net3.forward_host(&x, true).unwrap();
     let y3_eval = net3.forward_host(&x, false).unwrap();
-    assert_eq!(y3, y3_eval, "no BN in the backbone: train and eval agree");
-    let mut net1 = Vit::init_on(CpuDevice::new(), l, 1, 8, 8, 1, 5).unwrap();
+    assert_eq!(y3, y3_eval, "{}: no BN in the backbone: train and eval agree", dev.name());
+    let mut net1 = Vit::init_on(dev.clone(), l, 1, 8, 8, 1, 5).unwrap();
     let y1 = net1.forward_host(&x[3 * 64..2 * 3 * 64], true).unwrap();
     let want: Vec<f64> = y3[16..32].iter().map(|&v| v as f64).collect();
-    common::assert_close("sample 1 alone vs in a batch of 3", &y1, &want, 1e-6, 1e-5);
+    common::assert_close(&format!("{}: sample 1 alone vs in a batch of 3", dev.name()), &y1, &want, 1e-6, 1e-5);
+}
+
+#[test]
+fn batch_rows_are_independent_and_eval_equals_train() {
+    on_every_device!("batch_rows_are_independent_and_eval_equals_train", batch_rows_independent_on);
 }
 
 /// Loss `sum(out * r)`: central differences of the network (f32, h = 1e-2 on O(1) values) against backward.

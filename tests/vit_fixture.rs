@@ -2,17 +2,18 @@
 //! plain-torch re-implementation of moco-v3's `vits.py` + `MoCo_ViT`, checked there against moco-v3's own code):
 //! one training step's forwards (q1, q2 through base + projector + predictor; k1, k2 through the momentum
 //! encoder), the symmetric loss, every parameter's gradient, the BN running statistics, and the eval-mode backbone
-//! feature and projector output, on the CPU and on wgpu, through the one executor.
+//! feature and projector output, on every device (`on_every_device!`: the CPU, wgpu, and CUDA, emulated without a
+//! GPU), through the one executor.
 //!
 //! The network is built the way a user builds it: `VitLayout`, `MlpLayout`, `Network::from_host` with weights
 //! from the fixture's generator, two activation slots for the two views, the predictor's input gradient fed to the
 //! encoder's backward.
 
+#[macro_use]
 mod common;
 
-use moco::backend::cpu::moco_v3_loss;
-use moco::backend::{CpuDevice, Device};
-use moco::nn::{Mlp, MlpLayout, MlpSpec, Model, Network, Vit, VitConfig, VitLayout};
+use moco::nn::{Layers, Mlp, MlpLayout, MlpSpec, Model, Network, Vit, VitConfig, VitLayout};
+use moco::ops::infonce::cpu::moco_v3_loss;
 use moco::SymmetricShape;
 use safetensors::SafeTensors;
 
@@ -52,8 +53,8 @@ struct Outputs {
     proj_eval: Vec<f32>,
 }
 
-/// One moco-v3 step's forwards and backward on `dev`.
-fn step<D: Device + Clone>(dev: D, x: [&[f32]; 2]) -> Outputs {
+/// One moco-v3 step's forwards and backward on `dev` (the loss on the host, from the CPU's fused loss).
+fn step<D: Layers>(dev: D, x: [&[f32]; 2]) -> Outputs {
     let (layout, pl) = (VitLayout::new(config()).unwrap(), predictor());
     let ((p, b), (pp, pb)) = (fixture_weights(&layout), fixture_weights(&pl));
     let mut enc: Vit<D> = Network::from_host(dev.clone(), layout.clone(), &p, &b, N, 32, 32, 1).unwrap();
@@ -160,26 +161,17 @@ fn inputs() -> [Vec<f32>; 2] {
     [fill("x1", N * 3 * 32 * 32, 1.0, 0.0), fill("x2", N * 3 * 32 * 32, 1.0, 0.0)]
 }
 
-#[test]
-fn cpu_matches_pytorch() {
+/// The fixture's step on `dev`: every tolerance as on the CPU there, 10x on a GPU (the shaders' and CUDA kernels'
+/// summation order).
+fn matches_pytorch<D: Layers>(dev: &mut D) {
     let x = inputs();
-    check(&step(CpuDevice::new(), [&x[0], &x[1]]), 1.0);
+    let tol = if common::is_cpu(dev) { 1.0 } else { 10.0 };
+    check(&step(dev.clone(), [&x[0], &x[1]]), tol);
 }
 
-#[cfg(feature = "wgpu")]
+/// `scripts/device_check.sh` runs it on a GPU (its filter `cuda` picks it; with `MOCO_REQUIRE_CUDA_DEVICE=1` a
+/// missing device fails, it does not skip).
 #[test]
-fn wgpu_matches_pytorch() {
-    let Some(w) = common::wgpu_backend() else { return };
-    let x = inputs();
-    check(&step(w.ctx.clone(), [&x[0], &x[1]]), 10.0);
-}
-
-/// The fixture's MoCo v3 ViT step on a CUDA device (`scripts/device_check.sh` runs it; skips with the reason
-/// elsewhere unless `MOCO_REQUIRE_CUDA_DEVICE=1`), at the wgpu tolerance.
-#[cfg(feature = "cuda")]
-#[test]
-fn cuda_matches_pytorch() {
-    let Some(c) = common::cuda_device("vit cuda_matches_pytorch") else { return };
-    let x = inputs();
-    check(&step(c, [&x[0], &x[1]]), 10.0);
+fn matches_pytorch_on_cpu_wgpu_and_cuda() {
+    on_every_device!("vit_fixture matches_pytorch_on_cpu_wgpu_and_cuda", matches_pytorch);
 }

@@ -15,10 +15,6 @@ use moco::CpuDevice;
 use proptest::prelude::*;
 use rand::Rng;
 
-fn f64s(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| x as f64).collect()
-}
-
 /// ResNet's convolutions (k, stride, pad): stem 7x7/2 p3, 3x3/1 p1, 3x3/2 p1, 1x1/1, 1x1/2; plus a 2x2 unpadded one.
 const CONVS: [(usize, usize, usize); 6] = [(7, 2, 3), (3, 1, 1), (3, 2, 1), (1, 1, 0), (1, 2, 0), (2, 1, 0)];
 
@@ -78,7 +74,7 @@ fn conv_case<D: Conv>(dev: &mut D, s: &Conv2dShape, seed: u64) {
     let dweight_only = host(dev, &dweight_only_b);
 
     // the f64 reference
-    let (inp64, w64, dout64) = (f64s(&inp), f64s(&weight), f64s(&dout));
+    let (inp64, w64, dout64) = (to_f64(&inp), to_f64(&weight), to_f64(&dout));
     let want_out = r::conv2d_forward(&inp64, &w64, s);
     let (gx, gw) = r::conv2d_backward(&dout64, &inp64, &w64, s);
     let (want_dinp, want_dw) = (plus(&gx, &dinp0), plus(&gw, &dweight0));
@@ -103,12 +99,12 @@ fn conv_case<D: Conv>(dev: &mut D, s: &Conv2dShape, seed: u64) {
         assert_close(&what("CPU kernel (poisoned scratch) dinp"), &w_dinp, &want_dinp, t.dx * k_d, 0.0);
         assert_close(&what("CPU kernel (poisoned scratch) dweight"), &w_dw, &want_dw, t.dw * k_w, 0.0);
     }
-    assert_close(&what("forward vs the CPU kernel"), &out, &f64s(&w_out), 2e-5 * k_fwd, 1e-5);
-    assert_close(&what("dinp vs the CPU kernel"), &dinp, &f64s(&w_dinp), 2e-5 * k_d, 1e-5);
-    assert_close(&what("dweight vs the CPU kernel"), &dweight, &f64s(&w_dw), 2e-5 * k_w, 1e-5);
+    assert_close(&what("forward vs the CPU kernel"), &out, &to_f64(&w_out), 2e-5 * k_fwd, 1e-5);
+    assert_close(&what("dinp vs the CPU kernel"), &dinp, &to_f64(&w_dinp), 2e-5 * k_d, 1e-5);
+    assert_close(&what("dweight vs the CPU kernel"), &dweight, &to_f64(&w_dw), 2e-5 * k_w, 1e-5);
     scratch.fill(f32::NAN);
     cpu::conv2d_backward(None, &mut w_dw, &mut scratch, &dout, &inp, &weight, s).unwrap();
-    assert_close(&what("dweight, second accumulation, vs the CPU kernel"), &dweight_twice, &f64s(&w_dw), 4e-5 * k_w, 1e-5);
+    assert_close(&what("dweight, second accumulation, vs the CPU kernel"), &dweight_twice, &to_f64(&w_dw), 4e-5 * k_w, 1e-5);
 }
 
 fn conv_cfg() -> impl Strategy<Value = (usize, usize, usize, usize)> {
@@ -207,7 +203,7 @@ fn conv2d_reference_backward_matches_finite_differences() {
     for (i, &(k, st, p)) in CONVS.iter().enumerate() {
         let s = Conv2dShape::new(2, 2, 7, 6, 3, k, k, st, p).unwrap();
         let mut g = rng(100 + i as u64);
-        let (x, wt, dy) = (f64s(&uniform(&mut g, s.inp_len())), f64s(&uniform(&mut g, s.weight_len())), f64s(&uniform(&mut g, s.out_len())));
+        let (x, wt, dy) = (to_f64(&uniform(&mut g, s.inp_len())), to_f64(&uniform(&mut g, s.weight_len())), to_f64(&uniform(&mut g, s.out_len())));
         let (dx, dw) = r::conv2d_backward(&dy, &x, &wt, &s);
         let fd_x = fd(&x, FD_H, |xp| dot(&r::conv2d_forward(xp, &wt, &s), &dy));
         let fd_w = fd(&wt, FD_H, |wp| dot(&r::conv2d_forward(&x, wp, &s), &dy));
@@ -230,61 +226,44 @@ fn conv2d_bad_shapes_are_errors() {
     assert!(is_shape_err(Conv2dShape::new(usize::MAX, usize::MAX, usize::MAX, usize::MAX, 1, 3, 3, 1, 1)));
 }
 
-/// `r` is a shape error whose expected side names `buf` (e.g. "inp [N*C_in*H*W] of length 384").
-#[track_caller]
-fn assert_names(r: moco::Result<()>, buf: &str, ctx: &str) {
-    match r {
-        Err(moco::Error::Shape { expected, got, .. }) => assert!(expected.starts_with(&format!("{buf} [")), "{ctx}: the error names `{expected}` (got {got}), not {buf}"),
-        other => panic!("{ctx}: must be a shape error naming {buf}, got {other:?}"),
-    }
-}
-
-/// `lens` with entry `i` one element longer (`delta = 1`) or shorter (`-1`).
-fn off_by(lens: &[usize], i: usize, delta: isize) -> Vec<usize> {
-    lens.iter().enumerate().map(|(j, &l)| if j == i { l.checked_add_signed(delta).unwrap() } else { l }).collect()
-}
-
 /// Views must hold exactly the elements the shape needs: one element more or less in any of them is a shape error
-/// that names that view, on every device (CPU slices, wgpu and CUDA views alike), and nothing runs.
-fn lengths_are_exact<D: Conv>(dev: &mut D) {
+/// that names that view, on every device (CPU slices, wgpu and CUDA views alike).
+fn lengths_are_exact<D: Conv + 'static>(dev: &mut D) {
     let s = Conv2dShape::new(2, 3, 8, 8, 4, 3, 3, 1, 1).unwrap();
-    let name = dev.name();
-    let fwd = [("out", s.out_len()), ("inp", s.inp_len()), ("weight", s.weight_len())];
-    let lens: Vec<usize> = fwd.iter().map(|f| f.1).collect();
-    for i in 0..fwd.len() {
-        for delta in [-1isize, 1] {
-            let l = off_by(&lens, i, delta);
-            let ctx = format!("conv2d_forward on {name}: {} {delta:+}", fwd[i].0);
-            let (mut out, inp, w) = (nans(dev, l[0]), nans(dev, l[1]), nans(dev, l[2]));
-            assert_names(dev.conv2d_forward(D::whole_mut(&mut out), D::whole(&inp), D::whole(&w), &s), fwd[i].0, &ctx);
-            assert_names(dev.conv2d_forward_no_grad(D::whole_mut(&mut out), D::whole(&inp), D::whole(&w), &s), fwd[i].0, &format!("{ctx} (no grad)"));
-        }
-    }
-    let bwd = [("dinp", s.inp_len()), ("dweight", s.weight_len()), ("dout", s.out_len()), ("inp", s.inp_len()), ("weight", s.weight_len())];
-    let lens: Vec<usize> = bwd.iter().map(|f| f.1).collect();
-    for i in 0..bwd.len() {
-        for delta in [-1isize, 1] {
-            let l = off_by(&lens, i, delta);
-            let ctx = format!("conv2d_backward on {name}: {} {delta:+}", bwd[i].0);
-            let (mut dinp, mut dw, dout, inp, w) = (nans(dev, l[0]), nans(dev, l[1]), nans(dev, l[2]), nans(dev, l[3]), nans(dev, l[4]));
-            assert_names(dev.conv2d_backward(Some(D::whole_mut(&mut dinp)), D::whole_mut(&mut dw), D::whole(&dout), D::whole(&inp), D::whole(&w), &s), bwd[i].0, &ctx);
-            if i > 0 {
-                assert_names(dev.conv2d_backward(None, D::whole_mut(&mut dw), D::whole(&dout), D::whole(&inp), D::whole(&w), &s), bwd[i].0, &format!("{ctx} (no dinp)"));
-            }
-        }
-    }
-    // with every length right, it runs (and without dinp only dweight is written)
-    let (mut out, inp, w, dout) = (nans(dev, s.out_len()), upload(dev, &vec![0.5; s.inp_len()]), upload(dev, &vec![0.25; s.weight_len()]), upload(dev, &vec![1.0; s.out_len()]));
-    dev.conv2d_forward(D::whole_mut(&mut out), D::whole(&inp), D::whole(&w), &s).unwrap();
-    let mut dw = upload(dev, &vec![0.0; s.weight_len()]);
-    dev.conv2d_backward(None, D::whole_mut(&mut dw), D::whole(&dout), D::whole(&inp), D::whole(&w), &s).unwrap();
+    let (x, w, y) = (s.inp_len(), s.weight_len(), s.out_len());
+    let (inp, weight, out) = ("inp [N*C_in*H*W]", "weight [C_out*C_in*KH*KW]", "out [N*C_out*OH*OW]");
+    rejects_wrong_lengths(dev, "conv2d_forward", &[out, inp, weight], &[y, x, w], 1, |dev, m, r| {
+        let ([o], [i, w]) = (arr(m), arr(r));
+        dev.conv2d_forward(o, i, w, &s)
+    });
+    rejects_wrong_lengths(dev, "conv2d_forward_no_grad", &[out, inp, weight], &[y, x, w], 1, |dev, m, r| {
+        let ([o], [i, w]) = (arr(m), arr(r));
+        dev.conv2d_forward_no_grad(o, i, w, &s)
+    });
+    let (dinp, dweight, dout) = ("dinp [N*C_in*H*W]", "dweight [C_out*C_in*KH*KW]", "dout [N*C_out*OH*OW]");
+    rejects_wrong_lengths(dev, "conv2d_backward", &[dinp, dweight, dout, inp, weight], &[x, w, y, x, w], 2, |dev, m, r| {
+        let ([dx, dw], [dy, i, w]) = (arr(m), arr(r));
+        dev.conv2d_backward(Some(dx), dw, dy, i, w, &s)
+    });
+    rejects_wrong_lengths(dev, "conv2d_backward without dinp", &[dweight, dout, inp, weight], &[w, y, x, w], 1, |dev, m, r| {
+        let ([dw], [dy, i, w]) = (arr(m), arr(r));
+        dev.conv2d_backward(None, dw, dy, i, w, &s)
+    });
     dev.synchronize().unwrap();
-    assert!(host(dev, &out).iter().chain(&host(dev, &dw)).all(|v| v.is_finite()), "conv2d on {name}: exact lengths run");
 }
 
 #[test]
 fn conv2d_lengths_are_exact() {
     on_every_device!("conv2d_lengths_are_exact", lengths_are_exact);
+}
+
+/// What `call` did when it was not the shape error it should have been: its result or its panic.
+fn not_a_shape_error(call: impl FnOnce() -> moco::Result<()>) -> Option<String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
+        Ok(Err(moco::Error::Shape { .. })) => None,
+        Ok(other) => Some(format!("returned {other:?}")),
+        Err(p) => Some(format!("panicked: {}", p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default())),
+    }
 }
 
 /// Shapes that `Conv2dShape::new` rejects, built as struct literals (the fields are public).
@@ -302,27 +281,54 @@ fn forged_shapes() -> Vec<Conv2dShape> {
     ]
 }
 
+/// Elements of `(inp, weight, out)` of a forged shape, by its own formulas where they can be evaluated (no division
+/// by a zero stride, no kernel beyond the padded input, no overflow, no huge allocation), else those of `fallback`.
+fn conv_lens(s: &Conv2dShape, fallback: &Conv2dShape) -> (usize, usize, usize) {
+    let side = |x: usize, k: usize| s.pad.checked_mul(2).and_then(|p| p.checked_add(x)).and_then(|p| p.checked_sub(k)).and_then(|v| v.checked_div(s.stride)).map(|v| v + 1);
+    let prod = |v: &[usize]| v.iter().try_fold(1usize, |a, &b| a.checked_mul(b)).filter(|&p| p <= 1 << 24);
+    let lens = side(s.h, s.kh).zip(side(s.w, s.kw)).and_then(|(oh, ow)| Some((prod(&[s.n, s.c_in, s.h, s.w])?, prod(&[s.c_out, s.c_in, s.kh, s.kw])?, prod(&[s.n, s.c_out, oh, ow])?)));
+    lens.unwrap_or((fallback.inp_len(), fallback.weight_len(), fallback.out_len()))
+}
+
 /// A shape built as a struct literal skips `Conv2dShape::new`: every entry point checks it again and returns a
-/// shape error (not a panic, not a launch), whatever the views hold (those of the valid shape here).
-fn struct_literal_shapes_are_errors<D: Conv>(dev: &mut D) {
+/// shape error (not a panic, not a launch), with views sized by the forged shape's own formulas where they can be
+/// evaluated (so that no length check can catch it first).
+fn struct_literal_shapes_are_errors<D: Conv + 'static>(dev: &mut D) {
     let s = Conv2dShape::new(2, 3, 8, 8, 4, 3, 3, 2, 1).unwrap();
     let name = dev.name();
-    let (inp, w, dout) = (nans(dev, s.inp_len()), nans(dev, s.weight_len()), nans(dev, s.out_len()));
-    let (mut out, mut dinp, mut dw) = (nans(dev, s.out_len()), nans(dev, s.inp_len()), nans(dev, s.weight_len()));
+    let mut failures = Vec::new();
     for bad in forged_shapes() {
-        let ctx = format!("conv2d on {name}: {bad:?}");
-        assert!(is_shape_err(dev.conv2d_forward(D::whole_mut(&mut out), D::whole(&inp), D::whole(&w), &bad)), "{ctx}: forward");
-        assert!(is_shape_err(dev.conv2d_forward_no_grad(D::whole_mut(&mut out), D::whole(&inp), D::whole(&w), &bad)), "{ctx}: forward (no grad)");
-        assert!(is_shape_err(dev.conv2d_backward(Some(D::whole_mut(&mut dinp)), D::whole_mut(&mut dw), D::whole(&dout), D::whole(&inp), D::whole(&w), &bad)), "{ctx}: backward");
-        assert!(is_shape_err(dev.conv2d_backward(None, D::whole_mut(&mut dw), D::whole(&dout), D::whole(&inp), D::whole(&w), &bad)), "{ctx}: backward without dinp");
+        let (x, w, y) = conv_lens(&bad, &s);
+        let mut check = |what: &str, f: Option<String>| {
+            if let Some(f) = f {
+                failures.push(format!("{what} {bad:?}: {f}"));
+            }
+        };
+        check("conv2d_forward", not_a_shape_error(|| with_views(dev, &[y, x, w], 1, |dev, m, r| {
+            let ([o], [i, w]) = (arr(m), arr(r));
+            dev.conv2d_forward(o, i, w, &bad)
+        })));
+        check("conv2d_forward_no_grad", not_a_shape_error(|| with_views(dev, &[y, x, w], 1, |dev, m, r| {
+            let ([o], [i, w]) = (arr(m), arr(r));
+            dev.conv2d_forward_no_grad(o, i, w, &bad)
+        })));
+        check("conv2d_backward", not_a_shape_error(|| with_views(dev, &[x, w, y, x, w], 2, |dev, m, r| {
+            let ([dx, dw], [dy, i, w]) = (arr(m), arr(r));
+            dev.conv2d_backward(Some(dx), dw, dy, i, w, &bad)
+        })));
+        check("conv2d_backward without dinp", not_a_shape_error(|| with_views(dev, &[w, y, x, w], 1, |dev, m, r| {
+            let ([dw], [dy, i, w]) = (arr(m), arr(r));
+            dev.conv2d_backward(None, dw, dy, i, w, &bad)
+        })));
     }
     dev.synchronize().unwrap();
+    assert!(failures.is_empty(), "{name}: struct-literal shapes that are not shape errors:\n{}", failures.join("\n"));
 }
 
 #[test]
 fn conv2d_struct_literal_shapes_are_errors() {
     on_every_device!("conv2d_struct_literal_shapes_are_errors", struct_literal_shapes_are_errors);
-    // and the CPU's entry points with a given algorithm
+    // and the CPU's entry points with a given algorithm (views of the valid shape's lengths)
     let s = Conv2dShape::new(2, 3, 8, 8, 4, 3, 3, 2, 1).unwrap();
     for bad in forged_shapes() {
         let (x, w, dy) = (vec![0.0; s.inp_len()], vec![0.0; s.weight_len()], vec![0.0; s.out_len()]);
@@ -447,16 +453,16 @@ fn layers_on_views<D: Conv + BatchNorm + Pool + Linear>(dev: &mut D) {
     let act_dev = host(dev, &act);
     let st_dev = host(dev, &stats);
     let part = |i: usize| &act_dev[act_r[i].range()];
-    assert_close(&what("conv out"), part(1), &f64s(&c_out), 2e-5 * 45.0, 1e-5);
-    assert_close(&what("bn mean"), &st_dev[st_r[0].range()], &f64s(&mean), 1e-5, 1e-5);
-    assert_close(&what("bn rstd"), &st_dev[st_r[1].range()], &f64s(&rstd), 1e-5, 1e-4);
-    assert_close(&what("bn running_mean"), &st_dev[st_r[2].range()], &f64s(&rm), 1e-6, 1e-5);
-    assert_close(&what("bn running_var"), &st_dev[st_r[3].range()], &f64s(&rv), 1e-6, 1e-5);
+    assert_close(&what("conv out"), part(1), &to_f64(&c_out), 2e-5 * 45.0, 1e-5);
+    assert_close(&what("bn mean"), &st_dev[st_r[0].range()], &to_f64(&mean), 1e-5, 1e-5);
+    assert_close(&what("bn rstd"), &st_dev[st_r[1].range()], &to_f64(&rstd), 1e-5, 1e-4);
+    assert_close(&what("bn running_mean"), &st_dev[st_r[2].range()], &to_f64(&rm), 1e-6, 1e-5);
+    assert_close(&what("bn running_var"), &st_dev[st_r[3].range()], &to_f64(&rv), 1e-6, 1e-5);
     assert!(st_dev.iter().enumerate().all(|(i, &v)| inside(&st_r, i) || v == -7.0), "{}", what("statistics guard overwritten"));
-    assert_close(&what("bn+relu out"), part(2), &f64s(&b_out), 1e-4, 1e-4);
-    assert_close(&what("maxpool out"), part(3), &f64s(&m_out), 1e-4, 1e-4);
-    assert_close(&what("gap out"), part(4), &f64s(&gap), 1e-4, 1e-4);
-    assert_close(&what("logits"), part(5), &f64s(&logits), 1e-4, 1e-4);
+    assert_close(&what("bn+relu out"), part(2), &to_f64(&b_out), 1e-4, 1e-4);
+    assert_close(&what("maxpool out"), part(3), &to_f64(&m_out), 1e-4, 1e-4);
+    assert_close(&what("gap out"), part(4), &to_f64(&gap), 1e-4, 1e-4);
+    assert_close(&what("logits"), part(5), &to_f64(&logits), 1e-4, 1e-4);
     for (i, &v) in act_dev.iter().enumerate() {
         assert!(inside(&act_r, i) || v == -7.0, "{}", what(&format!("activation guard element {i} overwritten ({v})")));
     }
@@ -492,11 +498,11 @@ fn layers_on_views<D: Conv + BatchNorm + Pool + Linear>(dev: &mut D) {
     pool::cpu::maxpool2d_backward(&mut w_dbn, &w_dpool, &m_idx, &mp_s).unwrap();
     let grad_dev = host(dev, &grads);
     let pgrad_dev = host(dev, &pgrads);
-    assert_close(&what("dgap"), &grad_dev[gr[1].range()], &f64s(&w_dgap), 1e-5, 1e-5);
-    assert_close(&what("dpool"), &grad_dev[gr[2].range()], &f64s(&w_dpool), 1e-5, 1e-5);
-    assert_close(&what("dbn"), &grad_dev[gr[3].range()], &f64s(&w_dbn), 1e-5, 1e-5);
-    assert_close(&what("dweight"), &pgrad_dev[par_r[3].range()], &f64s(&w_dw), 1e-5, 1e-5);
-    assert_close(&what("dbias"), &pgrad_dev[par_r[4].range()], &f64s(&w_db), 1e-5, 1e-5);
+    assert_close(&what("dgap"), &grad_dev[gr[1].range()], &to_f64(&w_dgap), 1e-5, 1e-5);
+    assert_close(&what("dpool"), &grad_dev[gr[2].range()], &to_f64(&w_dpool), 1e-5, 1e-5);
+    assert_close(&what("dbn"), &grad_dev[gr[3].range()], &to_f64(&w_dbn), 1e-5, 1e-5);
+    assert_close(&what("dweight"), &pgrad_dev[par_r[3].range()], &to_f64(&w_dw), 1e-5, 1e-5);
+    assert_close(&what("dbias"), &pgrad_dev[par_r[4].range()], &to_f64(&w_db), 1e-5, 1e-5);
     // nothing outside the gradient views moved
     for (i, (&a, &b)) in pgrad_dev.iter().zip(&pgrad_host).enumerate() {
         assert!(inside(&par_r[3..], i) || a == b, "{}", what(&format!("parameter gradient {i} outside the views changed")));

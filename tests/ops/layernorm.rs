@@ -121,7 +121,8 @@ fn vs_cpu_kernel<D: LayerNorm>(dev: &mut D) {
     let mut r = rng(31);
     for (rows, c) in [(1usize, 5usize), (70, 33), (3, 257)] {
         let s = LayerNormShape::new(rows, c, 1e-6).unwrap();
-        let what = |t: &str| format!("{} layernorm {t} R={rows} C={c}", dev.name());
+        let name = dev.name();
+        let what = |t: &str| format!("{name} layernorm {t} R={rows} C={c}");
         let (inp, gamma, beta, dout) = (uniform(&mut r, s.len()), uniform(&mut r, c), uniform(&mut r, c), uniform(&mut r, s.len()));
         let (di0, dg0, db0) = (uniform(&mut r, s.len()), uniform(&mut r, c), uniform(&mut r, c));
         let (inp_b, gamma_b, beta_b, dout_b) = (upload(dev, &inp), upload(dev, &gamma), upload(dev, &beta), upload(dev, &dout));

@@ -7,4 +7,5 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-mod ema;
+// one module per op family (tests/ops/<family>.rs), listed by build.rs from `families!` in src/ops/mod.rs
+include!(concat!(env!("OUT_DIR"), "/op_tests.rs"));

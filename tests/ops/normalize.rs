@@ -50,7 +50,7 @@ fn cpu_normalize_rows_matches_reference() {
     assert_close("cpu::normalize_rows inv_norm", &inv, &norms.iter().map(|n| 1.0 / n).collect::<Vec<_>>(), 0.0, 1e-5);
 }
 
-fn rejects_wrong_lengths<D: Normalize>(dev: &mut D) {
+fn rejects_bad_lengths<D: Normalize>(dev: &mut D) {
     let shape = NormalizeShape::new(2, 4).unwrap();
     let name = dev.name();
     // the old CUDA check: an x of 6 elements for 2 rows of 4
@@ -69,14 +69,29 @@ fn rejects_wrong_lengths<D: Normalize>(dev: &mut D) {
     assert!(NormalizeShape::new(0, 4).is_err() && NormalizeShape::new(2, 0).is_err());
 }
 
+/// Every view one element short or long, in turn, is a shape error naming that buffer and both lengths.
+fn lengths_named<D: Normalize + 'static>(dev: &mut D, rows: usize, c: usize) {
+    let shape = NormalizeShape::new(rows, c).unwrap();
+    rejects_wrong_lengths(dev, "normalize_rows", &["x_hat [rows*C]", "inv_norm [rows]", "x [rows*C]"], &[rows * c, rows, rows * c], 2, |dev, m, r| {
+        let [x_hat, inv] = arr(m);
+        let [x] = arr(r);
+        dev.normalize_rows(x_hat, inv, x, &shape)
+    });
+}
+
 #[test]
 fn normalize_rows_rejects_wrong_lengths() {
-    on_every_device!("normalize_rows_rejects_wrong_lengths", rejects_wrong_lengths);
+    on_every_device!("normalize_rows_rejects_wrong_lengths", rejects_bad_lengths);
+    // every length >= 2 here: a view one short of a length of 1 is empty, which wgpu does not refuse yet
+    // (`wgpu_zero_length_views_are_refused`)
+    for (rows, c) in [(2usize, 3usize), (5, 1), (3, 70)] {
+        on_every_device!("normalize_rows_rejects_wrong_lengths", lengths_named, rows, c);
+    }
     // the CPU low-level function takes its rows from inv_norm: x and x_hat must be rows * C
     let (mut h, mut i) = (vec![0.0; 8], vec![0.0; 2]);
     assert!(is_shape_err(cpu::normalize_rows(&mut h, &mut i, &[1.0; 9], 4)));
-    assert!(is_shape_err(cpu::normalize_rows(&mut vec![0.0; 9], &mut i, &[1.0; 8], 4)));
-    assert!(is_shape_err(cpu::normalize_rows(&mut h, &mut vec![0.0; 3], &[1.0; 8], 4)));
+    assert!(is_shape_err(cpu::normalize_rows(&mut [0.0; 9], &mut i, &[1.0; 8], 4)));
+    assert!(is_shape_err(cpu::normalize_rows(&mut h, &mut [0.0; 3], &[1.0; 8], 4)));
 }
 
 /// The wgpu low-level `normalize_rows` and `ema_update` want buffers of exactly the problem's length, as the CPU
@@ -125,4 +140,28 @@ fn wgpu_low_level_normalize_and_ema_take_exact_lengths() {
     let mut k_cpu = k0.clone();
     assert!(is_shape_err(ema::cpu::ema_update(&mut k_cpu, &q[..len], &es)), "cpu ema_update: k one element long");
     assert!(is_shape_err(ema::cpu::ema_update(&mut k_cpu[..len], &q, &es)), "cpu ema_update: q one element long");
+}
+
+/// LIBRARY BUG (src/ops/normalize/wgpu.rs, src/ops/ema/wgpu.rs): the wgpu ops measure a view by its bound bytes
+/// (`GpuSlice::size() / 4`, at least one element, as WebGPU binds no empty range) instead of `GpuSlice::len()`, so
+/// an empty view is taken for one element where the problem wants one: `inv_norm` of 0 elements for 1 row, or an
+/// EMA `k` / `q` of 0 elements for a length of 1, is accepted and the op writes the element after the view. The CPU
+/// and CUDA refuse both. Un-ignore once the wgpu checks use `len()`.
+#[test]
+#[ignore = "library bug: wgpu normalize_rows / ema_update accept an empty view for a length of 1"]
+fn wgpu_zero_length_views_are_refused() {
+    fn empty_views<D: Normalize + moco::ops::ema::Ema + 'static>(dev: &mut D) {
+        lengths_named(dev, 1, 3);
+        let name = dev.name();
+        let shape = moco::EmaShape::new(1, 0.9).unwrap();
+        for lens in [[0usize, 1], [1, 0]] {
+            let r = with_views(dev, &lens, 1, |dev, m, r| {
+                let [k] = arr(m);
+                let [q] = arr(r);
+                dev.ema_update(k, q, &shape)
+            });
+            assert!(is_shape_err(r), "{name}: ema_update of length 1 with views of {lens:?} elements (k, q)");
+        }
+    }
+    on_every_device!("wgpu_zero_length_views_are_refused", empty_views);
 }

@@ -101,9 +101,10 @@ impl BatchNormShape {
     pub(crate) fn revalidate(&self) -> Result<Self> {
         Self::new(self.n, self.c, self.hw, self.groups)?.with_eps_momentum(self.eps, self.momentum)
     }
-    /// Checks the eval forward's buffers: `out, inp` (and `identity` of an add epilogue) `[N*C*HW]`, the rest `[C]`.
+    /// Re-validates the shape, then checks the eval forward's buffers: `out, inp` (and `identity` of an add epilogue) `[N*C*HW]`, the rest `[C]`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn check_eval(&self, out: usize, inp: usize, identity: Option<usize>, running_mean: usize, running_var: usize, gamma: Option<usize>, beta: Option<usize>) -> Result<()> {
+        self.revalidate()?;
         let op = "batchnorm";
         len(op, "inp [N*C*HW]", self.len(), inp)?;
         len(op, "out [N*C*HW]", self.len(), out)?;
@@ -129,6 +130,7 @@ impl BatchNormShape {
     /// `[N*C*HW]`, `mean, rstd: [G*C]`, `gamma, dgamma, dbeta: [C]` when given.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn check_backward(&self, dinp: usize, didentity: Option<usize>, dgamma: Option<usize>, dbeta: Option<usize>, dout: usize, out: Option<usize>, inp: usize, mean: usize, rstd: usize, gamma: Option<usize>) -> Result<()> {
+        self.revalidate()?;
         let op = "batchnorm";
         len(op, "dinp [N*C*HW]", self.len(), dinp)?;
         len(op, "dout [N*C*HW]", self.len(), dout)?;

@@ -39,6 +39,7 @@ impl EltwiseShape {
     }
     /// Checks that every named buffer holds `len` elements.
     pub(crate) fn check(&self, what: &[(&str, usize)]) -> Result<()> {
+        Self::new(self.len)?; // the field is public: a struct literal may hold 0
         for &(name, got) in what {
             len("eltwise", name, self.len, got)?;
         }

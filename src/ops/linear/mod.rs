@@ -53,6 +53,7 @@ impl LinearShape {
     }
     /// Checks the forward's buffers: `out [N*OUT]`, `inp [N*IN]`, `weight [OUT*IN]`, `bias [OUT]` (when given).
     pub(crate) fn check_forward(&self, out: usize, inp: usize, weight: usize, bias: Option<usize>) -> Result<()> {
+        self.revalidate()?;
         let op = "linear";
         len(op, "inp [N*IN]", self.n * self.in_f, inp)?;
         len(op, "weight [OUT*IN]", self.out_f * self.in_f, weight)?;
@@ -61,6 +62,7 @@ impl LinearShape {
     }
     /// Checks the backward's buffers (`dinp`, `dbias` when given).
     pub(crate) fn check_backward(&self, dinp: Option<usize>, dweight: usize, dbias: Option<usize>, dout: usize, inp: usize, weight: usize) -> Result<()> {
+        self.revalidate()?;
         let op = "linear";
         len(op, "inp [N*IN]", self.n * self.in_f, inp)?;
         len(op, "weight [OUT*IN]", self.out_f * self.in_f, weight)?;

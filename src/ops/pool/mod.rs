@@ -86,6 +86,8 @@ impl MaxPool2dShape {
     /// Checks the buffer lengths of the forward (`out`, `argmax`, `inp`) or, with the same sizes, of the backward
     /// (`dinp` for `inp`, `dout` for `out`).
     pub(crate) fn check(&self, inp: (&str, usize), out: (&str, usize), argmax: usize) -> Result<()> {
+        // the fields are public: a struct literal may hold anything (stride 0, pad > k/2)
+        Self::new(self.n, self.c, self.h, self.w, self.k, self.stride, self.pad)?;
         let op = "maxpool2d";
         len(op, &format!("{} [N*C*H*W]", inp.0), self.inp_len(), inp.1)?;
         len(op, &format!("{} [N*C*OH*OW]", out.0), self.out_len(), out.1)?;
@@ -116,6 +118,7 @@ impl GlobalAvgPoolShape {
     }
     /// Checks `inp` (or `dinp`) `[N*C*HW]` and `out` (or `dout`) `[N*C]`.
     pub(crate) fn check(&self, inp: (&str, usize), out: (&str, usize)) -> Result<()> {
+        Self::new(self.n, self.c, self.hw)?;
         let op = "global_avgpool";
         len(op, &format!("{} [N*C*HW]", inp.0), self.n * self.c * self.hw, inp.1)?;
         len(op, &format!("{} [N*C]", out.0), self.n * self.c, out.1)

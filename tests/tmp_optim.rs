@@ -1,5 +1,0 @@
-#[macro_use]
-#[path = "common/mod.rs"]
-mod common;
-#[path = "ops/optim.rs"]
-mod optim;
