@@ -357,5 +357,6 @@ fn infonce_reduce(@builtin(local_invocation_index) tid: u32) {
         stats.loss = red[0] / f32(P.n) * P.loss_scale;
         stats.top1 = red_u1[0];
         stats.top5 = red_u5[0];
+        stats._pad = 0u;
     }
 }

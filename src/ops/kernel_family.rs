@@ -17,15 +17,48 @@ pub struct KernelFamily {
 }
 
 impl KernelFamily {
-    /// The `extern "C" __global__` kernels of the CUDA source, by name, in source order.
-    pub fn cuda_entry_points(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
+    /// The `extern "C" __global__` kernels of the CUDA source, by name, in source order; a kernel a macro stamps
+    /// per suffix (`name_##SUFFIX` in `#define M(SUFFIX, ...)`) is listed once per use of the macro (`M(f32, ...)`).
+    /// Comments are skipped.
+    pub fn cuda_entry_points(&self) -> Vec<String> {
+        // comments out (a `__global__` in a comment is no kernel), line continuations joined
+        let mut code = String::with_capacity(self.cuda.len());
         let mut rest = self.cuda;
-        while let Some(i) = rest.find("__global__") {
-            rest = &rest[i + "__global__".len()..];
-            let decl = rest.split('(').next().unwrap_or("");
-            if let Some(name) = decl.split_whitespace().last() {
+        while !rest.is_empty() {
+            if let Some(r) = rest.strip_prefix("//") {
+                rest = r.find('\n').map_or("", |i| &r[i..]);
+            } else if let Some(r) = rest.strip_prefix("/*") {
+                rest = r.find("*/").map_or("", |i| &r[i + 2..]);
+            } else {
+                let c = rest.chars().next().unwrap_or(' ');
+                code.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+        let code = code.replace("\\\n", " ");
+        let ident = |s: &str| -> String { s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '#').collect() };
+        let mut out = Vec::new();
+        for (at, _) in code.match_indices("__global__") {
+            let mut s = code[at + "__global__".len()..].trim_start();
+            s = s.strip_prefix("void").unwrap_or(s).trim_start();
+            if let Some(r) = s.strip_prefix("__launch_bounds__") {
+                s = r.find(')').map_or("", |i| &r[i + 1..]).trim_start();
+            }
+            let name = ident(s);
+            let Some((stem, param)) = name.split_once("##") else {
                 out.push(name);
+                continue;
+            };
+            // inside `#define MACRO(P0, P1, ...)`: the name at every use of the macro
+            let define = code[code[..at].rfind("#define").unwrap_or(0) + "#define".len()..].trim_start();
+            let macro_name = ident(define);
+            let params: Vec<&str> = define[macro_name.len()..].trim_start_matches('(').split(')').next().unwrap_or("").split(',').map(str::trim).collect();
+            let Some(index) = params.iter().position(|p| *p == param) else { continue };
+            for line in code.lines() {
+                let Some(args) = line.trim().strip_prefix(macro_name.as_str()).and_then(|r| r.trim_start().strip_prefix('(')) else { continue };
+                if let Some(arg) = args.split(')').next().unwrap_or("").split(',').nth(index) {
+                    out.push(format!("{stem}{}", arg.trim()));
+                }
             }
         }
         out

@@ -29,7 +29,8 @@
 
 pub(crate) mod check;
 pub mod kernel_family;
-pub(crate) mod launch;
+#[doc(hidden)]
+pub mod launch;
 
 pub use kernel_family::KernelFamily;
 

@@ -54,3 +54,28 @@ fn ema_rejects_bad_input() {
     on_every_device!("ema_rejects_bad_input", rejects_bad_input);
     assert!(EmaShape::new(0, 0.9).is_err());
 }
+
+/// CUDA's multi-tensor launch (one block per 8192-element chunk of any tensor) against the f64 reference, with a
+/// tensor longer than one chunk and one shorter than a warp; a pair of unequal lengths is an error naming it.
+#[cfg(feature = "cuda")]
+#[test]
+fn ema_multi_tensor_cuda() {
+    let Some(dev) = cuda_device("ema_multi_tensor_cuda") else { return };
+    let mut r = rng(8);
+    let lens = [1usize, 17, 8192 * 2 + 5, 3];
+    let qs: Vec<Vec<f32>> = lens.iter().map(|&l| uniform(&mut r, l)).collect();
+    let ks: Vec<Vec<f32>> = lens.iter().map(|&l| uniform(&mut r, l)).collect();
+    let want: Vec<Vec<f64>> = ks.iter().zip(&qs).map(|(k, q)| reference::ema(k, q, 0.99)).collect();
+    let s = dev.stream();
+    let mut kd: Vec<_> = ks.iter().map(|k| s.clone_htod(k).unwrap()).collect();
+    let qd: Vec<_> = qs.iter().map(|q| s.clone_htod(q).unwrap()).collect();
+    let mut pairs: Vec<_> = kd.iter_mut().zip(&qd).collect();
+    moco::ops::ema::cuda::ema_update_multi(s, &mut pairs, 0.99).unwrap();
+    for (k, w) in kd.iter().zip(&want) {
+        assert_close("ema_multi (cuda)", &s.clone_dtoh(k).unwrap(), w, 2e-7, 1e-6);
+    }
+    let mut short = s.clone_htod(&[0.0f32; 4]).unwrap();
+    let q5 = s.clone_htod(&[0.0f32; 5]).unwrap();
+    let err = moco::ops::ema::cuda::ema_update_multi(s, &mut [(&mut short, &q5)], 0.9).unwrap_err().to_string();
+    assert!(err.contains("pair 0"), "{err}");
+}

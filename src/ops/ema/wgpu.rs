@@ -5,12 +5,10 @@ use super::params::EmaParams;
 use super::{Ema, EmaShape, KERNELS};
 use crate::device::wgpu::{submit, Dispatch, GpuSlice, Wgpu};
 use crate::error::Result;
-use crate::ops::check::len;
 
 /// `k = m*k + (1-m)*q` over the `shape.len()` f32 elements of the two views (each exactly that long).
 pub fn ema_update(ctx: &Wgpu, k: GpuSlice<'_>, q: GpuSlice<'_>, shape: &EmaShape) -> Result<()> {
-    len("ema", "q (bytes)", shape.len() * 4, q.size() as usize)?;
-    len("ema", "k (bytes)", shape.len() * 4, k.size() as usize)?;
+    shape.check(q.len(), k.len())?;
     let (p, grid) = EmaParams::launch(shape);
     ctx.scoped(|| {
         let pipeline = KERNELS.wgpu_pipeline(ctx, "ema_update", None);

@@ -277,7 +277,9 @@ thread_local! {
 /// `s = q̂ k̂ᵀ / T` in one GEMM, the exact row softmax in place (`g = p - onehot(i)`; the positive is the
 /// diagonal), then `dq = (2/N) (g k̂)` in one GEMM, projected through the normalisation. Returns Σ row loss.
 #[allow(clippy::too_many_arguments)]
-fn v3_rows_task(dq: &mut [f32], s: &mut Vec<f32>, qh: &[f32], q_inv: &[f32], kh: &[f32], n: usize, c: usize, r0: usize, inv_t: f32) -> f64 {
+/// One row block of one half: its summed cross-entropy and its acc@1 / acc@5 counts (rows whose positive, the
+/// diagonal, has fewer than 1 / 5 keys strictly above it).
+fn v3_rows_task(dq: &mut [f32], s: &mut Vec<f32>, qh: &[f32], q_inv: &[f32], kh: &[f32], n: usize, c: usize, r0: usize, inv_t: f32) -> (f64, u32, u32) {
     let nr = dq.len() / c;
     if s.len() < nr * n {
         s.resize(nr * n, 0.0);
@@ -286,8 +288,12 @@ fn v3_rows_task(dq: &mut [f32], s: &mut Vec<f32>, qh: &[f32], q_inv: &[f32], kh:
     let q_blk = &qh[r0 * c..(r0 + nr) * c];
     // s: [nr, N] = q̂_blk [nr, C] · k̂ᵀ / T
     gemm_nt(s, n, q_blk, c, kh, c, nr, n, c, inv_t, false);
-    let mut total = 0.0f64;
+    let (mut total, mut top1, mut top5) = (0.0f64, 0u32, 0u32);
     for (r, row) in s.chunks_exact_mut(n).enumerate() {
+        let pos = row[r0 + r];
+        let above = row.iter().enumerate().filter(|&(j, &v)| j != r0 + r && v > pos).count();
+        top1 += u32::from(above < 1);
+        top5 += u32::from(above < 5);
         total += softmax_xent_row(row, r0 + r) as f64;
     }
     // dq: [nr, C] = (2/N) g [nr, N] · k̂ [N, C]   (d(2T · mean CE)/dq̂ = 2T / (T N) (...))
@@ -297,7 +303,7 @@ fn v3_rows_task(dq: &mut [f32], s: &mut Vec<f32>, qh: &[f32], q_inv: &[f32], kh:
         let dq_dot = dot(d, q_row);
         project_row(d, q_row, dq_dot, q_inv[r0 + r]);
     }
-    total
+    (total, top1, top5)
 }
 
 /// Fused MoCo v3 symmetric loss `ctr(q1, k2) + ctr(q2, k1)`, `ctr(q, k) = 2T · CE(q̂ k̂ᵀ / T, arange(N))`,
@@ -306,10 +312,18 @@ fn v3_rows_task(dq: &mut [f32], s: &mut Vec<f32>, qh: &[f32], q_inv: &[f32], kh:
 ///
 /// All inputs `[N, C]` raw. Writes `dq1, dq2: [N, C]` and returns the loss.
 pub fn moco_v3_loss(dq1: &mut [f32], dq2: &mut [f32], q1: &[f32], q2: &[f32], k1: &[f32], k2: &[f32], shape: &SymmetricShape) -> Result<f32> {
+    let [a, b] = moco_v3_loss_halves(dq1, dq2, q1, q2, k1, k2, shape)?;
+    Ok(a.loss + b.loss)
+}
+
+/// [`moco_v3_loss`] with the statistics of each direction: `[ctr(q1, k2), ctr(q2, k1)]`, each its loss (`2T · CE`)
+/// and its in-batch acc@1 / acc@5 counts.
+pub fn moco_v3_loss_halves(dq1: &mut [f32], dq2: &mut [f32], q1: &[f32], q2: &[f32], k1: &[f32], k2: &[f32], shape: &SymmetricShape) -> Result<[InfoNceStats; 2]> {
     shape.check(&[("q1", q1.len()), ("q2", q2.len()), ("k1", k1.len()), ("k2", k2.len()), ("dq1", dq1.len()), ("dq2", dq2.len())])?;
     let (n, c, t) = (shape.n, shape.c, shape.temperature);
     if n == 0 || c == 0 {
-        return Ok(0.0);
+        let zero = InfoNceStats { loss: 0.0, top1: 0, top5: 0 };
+        return Ok([zero, zero]);
     }
     let inv_t = 1.0 / t;
     // q̂, 1/||q||, k̂ of each half: half 0 is ctr(q1, k2), half 1 is ctr(q2, k1)
@@ -322,18 +336,19 @@ pub fn moco_v3_loss(dq1: &mut [f32], dq2: &mut [f32], q1: &[f32], q2: &[f32], k1
     let rows = v3_rows(n);
     let tasks: Vec<(usize, usize, &mut [f32])> =
         dq1.chunks_mut(rows * c).enumerate().map(|(b, d)| (0, b * rows, d)).chain(dq2.chunks_mut(rows * c).enumerate().map(|(b, d)| (1, b * rows, d))).collect();
-    let totals: Vec<(usize, f64)> = tasks
+    let totals: Vec<(usize, (f64, u32, u32))> = tasks
         .into_par_iter()
         .map(|(h, r0, d)| {
             let ((qh, q_inv), kh) = &halves[h];
             (h, V3_TILE.with_borrow_mut(|s| v3_rows_task(d, s, qh, q_inv, kh, n, c, r0, inv_t)))
         })
         .collect();
-    let half = |h: usize| -> f32 {
-        let total: f64 = totals.iter().filter(|(th, _)| *th == h).map(|(_, v)| v).sum();
-        (2.0 * t as f64 * total / n as f64) as f32
+    let half = |h: usize| -> InfoNceStats {
+        let mine = || totals.iter().filter(move |(th, _)| *th == h).map(|(_, v)| v);
+        let total: f64 = mine().map(|v| v.0).sum();
+        InfoNceStats { loss: (2.0 * t as f64 * total / n as f64) as f32, top1: mine().map(|v| v.1).sum(), top5: mine().map(|v| v.2).sum() }
     };
-    Ok(half(0) + half(1))
+    Ok([half(0), half(1)])
 }
 
 /// The GEMM floor of [`moco_v3_loss`]: per row tile of each half, the same two GEMMs (`s = q̂ k̂ᵀ`, then
@@ -370,10 +385,10 @@ impl Infonce for CpuDevice {
     }
     fn moco_v3_loss(&mut self, dq1: &mut [f32], dq2: &mut [f32], stats: &mut [u32], q1: &[f32], q2: &[f32], k1: &[f32], k2: &[f32], shape: &SymmetricShape) -> Result<()> {
         check_stats("moco_v3_loss", stats.len(), 2 * STATS_WORDS)?;
-        let loss = moco_v3_loss(dq1, dq2, q1, q2, k1, k2, shape)?;
-        // one block for the whole loss and a zero second block, so the sum of the two is the loss bit for bit
-        stats.fill(0);
-        stats[0] = loss.to_bits();
+        // one block per direction, as the GPUs write them (their f32 sum is moco_v3_loss's, bit for bit)
+        let [a, b] = moco_v3_loss_halves(dq1, dq2, q1, q2, k1, k2, shape)?;
+        stats[..STATS_WORDS].copy_from_slice(&a.to_words());
+        stats[STATS_WORDS..].copy_from_slice(&b.to_words());
         Ok(())
     }
 }

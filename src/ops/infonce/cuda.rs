@@ -10,7 +10,7 @@ use crate::ops::queue::cuda::{CudaQueue, CudaQueueStorage};
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 use std::sync::Arc;
 
-// SAFETY: #[repr(C)] plain-old-data of 4-byte fields, the layout of `struct Params` in kernels/contrastive.cu.
+// SAFETY: #[repr(C)] plain-old-data of 4-byte fields, the layout of `struct InfoNceParams` in kernels/infonce.cu.
 unsafe impl DeviceRepr for Params {}
 const _: () = assert!(std::mem::size_of::<Params>() == 48 && std::mem::align_of::<Params>() == 4);
 

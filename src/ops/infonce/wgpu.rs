@@ -13,7 +13,7 @@ use crate::ops::queue::wgpu::WgpuQueue;
 
 /// Elements of a view (f32 or u32 words).
 fn elems(v: &GpuSlice<'_>) -> usize {
-    v.size() as usize / 4
+    v.len()
 }
 
 /// Per-call scratch: normalised q and k and their inverse norms.

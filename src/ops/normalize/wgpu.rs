@@ -15,7 +15,7 @@ pub(crate) fn dispatch<'a>(ctx: &Wgpu, x_hat: GpuSlice<'a>, inv_norm: GpuSlice<'
 
 /// `x_hat[r, :] = x[r, :] / max(||x[r, :]||, 1e-12)`, `inv_norm[r] = 1 / max(||x[r, :]||, 1e-12)`.
 pub fn normalize_rows(ctx: &Wgpu, x_hat: GpuSlice<'_>, inv_norm: GpuSlice<'_>, x: GpuSlice<'_>, shape: &NormalizeShape) -> Result<()> {
-    shape.check(x.size() as usize / 4, x_hat.size() as usize / 4, inv_norm.size() as usize / 4)?;
+    shape.check(x.len(), x_hat.len(), inv_norm.len())?;
     ctx.scoped(|| {
         let (p, d) = dispatch(ctx, x_hat, inv_norm, x, shape);
         submit(ctx, &[(&p[..], d)]);

@@ -37,8 +37,8 @@ use crate::optim::{AdamWConfig, LarsConfig, ParamSpans, SgdConfig};
 
 /// Checks that `buf` holds exactly `len` f32.
 fn check_slice(op: &'static str, what: &str, buf: &GpuSlice<'_>, len: usize) -> Result<()> {
-    if buf.size() != len as u64 * 4 {
-        return Err(Error::shape(op, format!("{what} of exactly {len} f32 ({} bytes)", len * 4), format!("{} bytes", buf.size())));
+    if buf.len() != len {
+        return Err(Error::shape(op, format!("{what} of exactly {len} f32"), format!("{} f32", buf.len())));
     }
     Ok(())
 }
@@ -64,7 +64,7 @@ fn check_disjoint(op: &'static str, slices: &[(&str, GpuSlice<'_>)]) -> Result<(
 pub fn sgd_step(ctx: &Wgpu, params: &dyn AsGpuSlice, momentum_buf: Option<&dyn AsGpuSlice>, grads: &dyn AsGpuSlice, config: &SgdConfig, first_step: bool) -> Result<()> {
     let op = "sgd (wgpu)";
     let (p, g) = (params.as_gpu_slice(), grads.as_gpu_slice());
-    let len = (p.size() / 4) as usize;
+    let len = p.len();
     let u = sgd_params(config, len, first_step)?;
     check_slice(op, "params", &p, len)?;
     check_slice(op, "grads", &g, len)?;
@@ -92,7 +92,7 @@ pub fn sgd_step(ctx: &Wgpu, params: &dyn AsGpuSlice, momentum_buf: Option<&dyn A
 pub fn adamw_step(ctx: &Wgpu, params: &dyn AsGpuSlice, exp_avg: &dyn AsGpuSlice, exp_avg_sq: &dyn AsGpuSlice, grads: &dyn AsGpuSlice, config: &AdamWConfig, step: u64) -> Result<()> {
     let op = "adamw (wgpu)";
     let (p, m, v, g) = (params.as_gpu_slice(), exp_avg.as_gpu_slice(), exp_avg_sq.as_gpu_slice(), grads.as_gpu_slice());
-    let len = (p.size() / 4) as usize;
+    let len = p.len();
     let u = adamw_params(config, len, step)?;
     check_slice(op, "params", &p, len)?;
     check_slice(op, "grads", &g, len)?;

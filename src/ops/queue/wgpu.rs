@@ -83,7 +83,7 @@ impl QueueDims for WgpuQueue {
 /// Writes `keys: [N, C]` (raw; normalised here) into rows `ptr..ptr+N (mod K)` of the queue; returns the new pointer.
 /// `keys` must hold exactly N*C elements.
 pub fn enqueue(ctx: &Wgpu, queue: &mut WgpuQueue, keys: GpuSlice<'_>, shape: &QueueShape) -> Result<usize> {
-    shape.check(keys.size() as usize / 4, queue.len)?;
+    shape.check(keys.len(), queue.len)?;
     shape.check_queue(&*queue)?;
     queue.check_bytes("queue_enqueue")?;
     let (n, c) = (shape.n, shape.c);
