@@ -18,6 +18,7 @@
 //! | [`attention`] | the attention core (softmax(QKᵀ/√d) V, saved probabilities) |
 //! | [`patch`] | the ViT's patch im2col, token assembly and class-token feature |
 //! | [`optim`] | the SGD, AdamW and LARS steps over flat parameter buffers |
+//! | [`finite`] | the count of NaN and ±inf elements (the step's device-side finiteness check) |
 //!
 //! Conventions (llm.c style): tensors are row-major f32; functions put outputs first and the shape last; every
 //! call validates its buffer lengths against its shape type and returns [`crate::Error`] instead of panicking;
@@ -44,4 +45,4 @@ macro_rules! families {
     };
 }
 
-families!(normalize, infonce, queue, ema, conv, batchnorm, pool, linear, eltwise, layernorm, attention, patch, optim);
+families!(normalize, infonce, queue, ema, conv, batchnorm, pool, linear, eltwise, layernorm, attention, patch, optim, finite);

@@ -19,6 +19,7 @@ use crate::device::{CpuDevice, Region};
 use crate::error::{Error, Result};
 use crate::nn::{Layers, Mlp, MlpLayout, Model, Network, ResNetLayout, VitLayout};
 use crate::ops::ema::Ema;
+use crate::ops::finite::{Finite, FiniteShape};
 use crate::ops::infonce::{v3_loss_from_words, InfoNceShape, InfoNceStats, Infonce, SymmetricShape, STATS_WORDS};
 use crate::ops::optim::Optim;
 use crate::ops::queue::QueueShape;
@@ -27,9 +28,9 @@ use std::path::Path;
 
 /// What the MoCo engine asks of its device: the layers of a network, the fused losses and the queue, the momentum
 /// update and the optimisers (every device of [`crate::device`] has them all).
-pub trait TrainDevice: Layers + Infonce + Ema + Optim {}
+pub trait TrainDevice: Layers + Infonce + Ema + Optim + Finite {}
 
-impl<D: Layers + Infonce + Ema + Optim> TrainDevice for D {}
+impl<D: Layers + Infonce + Ema + Optim + Finite> TrainDevice for D {}
 
 /// Eval batch of [`Engine::embed`].
 const EVAL_BATCH: usize = 128;
@@ -116,6 +117,8 @@ pub struct MocoEngine<D: TrainDevice, M: Encoder = ResNetLayout> {
     dq: D::Buf,
     row_loss: D::Buf,
     stats: D::IndexBuf,
+    /// The count of non-finite query features `[1]`, read instead of the features.
+    nonfinite: D::IndexBuf,
 }
 
 impl<D: TrainDevice, M: Encoder> std::fmt::Debug for MocoEngine<D, M> {
@@ -163,7 +166,7 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         let opt = DeviceOptimizer::new(&mut dev, optimizer_config(cfg), &ParamSpans::from_layout(enc_q.layout.params())?)?;
         let (q, k1, k2, dq) = (dev.alloc(n * dim)?, dev.alloc(n * dim)?, dev.alloc(n * dim)?, dev.alloc(n * dim)?);
         let row_loss = dev.alloc(n)?;
-        let stats = dev.alloc_index(2 * STATS_WORDS)?;
+        let (stats, nonfinite) = (dev.alloc_index(2 * STATS_WORDS)?, dev.alloc_index(1)?);
         let (mut queue, mut v3) = (None, None);
         if cfg.is_v3() {
             enc_q.set_slots(2)?;
@@ -175,7 +178,7 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         } else {
             queue = Some(dev.queue_from_f32(&initial_queue(cfg), cfg.queue_len, dim, cfg.queue_dtype)?);
         }
-        Ok(Self { cfg: cfg.clone(), dev, enc_q, enc_k, enc_eval, opt, queue, ptr: 0, v3, q, k1, k2, dq, row_loss, stats })
+        Ok(Self { cfg: cfg.clone(), dev, enc_q, enc_k, enc_eval, opt, queue, ptr: 0, v3, q, k1, k2, dq, row_loss, stats, nonfinite })
     }
 
     /// The device.
@@ -198,13 +201,18 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
     /// Non-finite features give a NaN loss and no backward (the fused loss clamps its exponent arguments, so a
     /// NaN feature could otherwise pass as a finite loss).
     fn query_half(&mut self, x: &[f32], k_host: &[f32], which: KeyBatch, shape: &InfoNceShape) -> Result<InfoNceStats> {
-        let q = self.enc_q.forward_host(x, true)?;
-        if !q.iter().chain(k_host).all(|v| v.is_finite()) {
+        // q stays on the device (a device-side copy of the encoder's output region); its non-finite values are
+        // counted there, and one word comes back instead of the features
+        self.enc_q.forward_upload(x, true)?;
+        let all = Region::new(0, D::buf_len(&self.q));
+        let ([dst], []) = D::split(&mut self.q, [all], [])?;
+        self.dev.copy(dst, self.enc_q.output())?;
+        let one = Region::new(0, 1);
+        self.dev.write_index(&mut self.nonfinite, one, &[0])?;
+        self.dev.count_nonfinite(D::index_mut(&mut self.nonfinite, one)?, D::whole(&self.q), &FiniteShape::new(all.len)?)?;
+        if self.dev.read_index(&self.nonfinite, one)?[0] != 0 || !k_host.iter().all(|v| v.is_finite()) {
             return Ok(InfoNceStats { loss: f32::NAN, top1: 0, top5: 0 });
         }
-        // q stays on the device: a device-side copy of the encoder's output region (no re-upload of the readback)
-        let ([dst], []) = D::split(&mut self.q, [Region::new(0, q.len())], [])?;
-        self.dev.copy(dst, self.enc_q.output())?;
         let k = if which == KeyBatch::K2 { &self.k2 } else { &self.k1 };
         let queue = self.queue.as_ref().ok_or_else(|| Error::shape("train step", "a v1/v2 engine (with a queue)", "a v3 engine"))?;
         let stats_words = Region::new(0, STATS_WORDS);
