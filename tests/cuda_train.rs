@@ -12,7 +12,7 @@
 //! Without a CUDA device every test skips with the reason, unless `MOCO_REQUIRE_CUDA_DEVICE=1` (as
 //! `scripts/device_check.sh` runs it), when it fails.
 mod common;
-use moco::backend::cuda::Cuda;
+use moco::{Cuda, Device};
 use moco::data::{synthetic, AugmentConfig, PairLoader, SyntheticConfig};
 use moco::train::{CpuEngine, CudaEngine, Engine, Preset, TrainConfig};
 use std::sync::Arc;
