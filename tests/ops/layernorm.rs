@@ -221,3 +221,11 @@ fn layernorm_bad_shapes_are_errors() {
     assert!(is_shape_err(LayerNormShape::new(4, 4, f32::INFINITY)));
     assert!(is_shape_err(LayerNormShape::new(1 << 16, 1 << 16, 1e-6)));
 }
+
+/// The cases the old vit_layers / wgpu_vit property tests shrank to (C = 2: the variance of two values).
+#[test]
+fn layernorm_regressions() {
+    for (rows, seed) in [(30usize, 2354505826457727225u64), (93, 1591243472897584369), (65, 1803985277166875012)] {
+        on_every_device!("layernorm_regressions", layernorm_case, rows, 2, 1e-6f32, seed);
+    }
+}
