@@ -10,11 +10,12 @@ use moco::Error;
 fn split_checks_regions<D: Device>(dev: &mut D) {
     let data: Vec<f32> = (0..512).map(|i| i as f32).collect();
     let mut buf = upload(dev, &data);
+    let sevens = upload(dev, &[7.0; 64]);
     // disjoint written regions (256-byte aligned, as the plans lay them out), overlapping reads: fine
     {
-        let ([a, b], [c, d]) = D::split(&mut buf, [Region::new(0, 64), Region::new(384, 64)], [Region::new(64, 128), Region::new(128, 128)]).unwrap();
+        let ([a, b], [c, d]) = D::split(&mut buf, [Region::new(0, 64), Region::new(384, 64)], [Region::new(64, 64), Region::new(96, 64)]).unwrap();
         dev.copy(a, c).unwrap();
-        dev.copy(b, D::view(&upload(dev, &[7.0; 64]), Region::new(0, 64)).unwrap()).unwrap();
+        dev.copy(b, D::whole(&sevens)).unwrap();
         let _ = d;
     }
     let got = host(dev, &buf);
