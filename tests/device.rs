@@ -13,7 +13,7 @@ fn split_checks_regions<D: Device>(dev: &mut D) {
     let sevens = upload(dev, &[7.0; 64]);
     // disjoint written regions (256-byte aligned, as the plans lay them out), overlapping reads: fine
     {
-        let ([a, b], [c, d]) = D::split(&mut buf, [Region::new(0, 64), Region::new(384, 64)], [Region::new(64, 64), Region::new(96, 64)]).unwrap();
+        let ([a, b], [c, d]) = D::split(&mut buf, [Region::new(0, 64), Region::new(384, 64)], [Region::new(64, 64), Region::new(64, 128)]).unwrap();
         dev.copy(a, c).unwrap();
         dev.copy(b, D::whole(&sevens)).unwrap();
         let _ = d;
