@@ -101,13 +101,25 @@ impl Device for Wgpu {
         self.read_region(buf, at)
     }
     fn copy(&mut self, dst: GpuSlice<'_>, src: GpuSlice<'_>) -> Result<()> {
-        if dst.size() != src.size() {
-            return Err(Error::shape("wgpu copy", format!("a destination of {} bytes", src.size()), format!("{} bytes", dst.size())));
+        if dst.len() != src.len() {
+            return Err(Error::shape("wgpu copy", format!("a destination of the source's length of {} elements", src.len()), format!("{} elements", dst.len())));
         }
-        let mut enc = self.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("moco copy") });
-        enc.copy_buffer_to_buffer(src.buffer(), src.offset(), dst.buffer(), dst.offset(), src.size());
-        self.queue().submit([enc.finish()]);
-        Ok(())
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.scoped(|| {
+            let mut enc = self.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("moco copy") });
+            if src.buffer() == dst.buffer() {
+                // WebGPU copies only between two buffers: two regions of one go through a staging buffer
+                let staging = self.storage_buffer("moco copy staging", src.size());
+                enc.copy_buffer_to_buffer(src.buffer(), src.offset(), &staging, 0, src.size());
+                enc.copy_buffer_to_buffer(&staging, 0, dst.buffer(), dst.offset(), src.size());
+            } else {
+                enc.copy_buffer_to_buffer(src.buffer(), src.offset(), dst.buffer(), dst.offset(), src.size());
+            }
+            self.queue().submit([enc.finish()]);
+            Ok(())
+        })
     }
     fn synchronize(&self) -> Result<()> {
         self.device().poll(wgpu::PollType::wait_indefinitely()).map(|_| ()).map_err(|e| Error::Wgpu(format!("poll: {e}")))
