@@ -29,20 +29,27 @@ fn augmentation(c: &mut Criterion) {
     g.finish();
 }
 
-/// The kNN monitor: bank of M normalised features, Q queries, k=200, t=0.1.
-fn knn(c: &mut Criterion) {
-    let scale: usize = std::env::var("MOCO_KNN_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
-    let (m, q, d, classes) = (50_000 / scale, 10_000 / scale, 512, 10);
-    let mut s = 1u64;
+/// A bank of `m` rows and `q` queries of `d` uniform values in [-0.5, 0.5) from SplitMix64 at `seed` (the bank's
+/// rows first), labelled `i % classes`: the bank, the queries and their labels.
+fn knn_case(m: usize, q: usize, d: usize, classes: usize, seed: u64) -> (KnnBank, Vec<f32>, Vec<u32>) {
+    let mut s = seed;
     let mut rnd = || {
         s = moco::nn::SplitMix64::mix(s);
         (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
     };
     let bank: Vec<f32> = (0..m * d).map(|_| rnd()).collect();
-    let labels: Vec<u32> = (0..m as u32).map(|i| i % classes as u32).collect();
     let queries: Vec<f32> = (0..q * d).map(|_| rnd()).collect();
-    let qlabels: Vec<u32> = (0..q as u32).map(|i| i % classes as u32).collect();
+    let label = |i: u32| i % classes as u32;
+    let labels: Vec<u32> = (0..m as u32).map(label).collect();
     let kb = KnnBank::new(&bank, &labels, d, classes).unwrap();
+    (kb, queries, (0..q as u32).map(label).collect())
+}
+
+/// The kNN monitor: bank of M normalised features, Q queries, k=200, t=0.1.
+fn knn(c: &mut Criterion) {
+    let scale: usize = std::env::var("MOCO_KNN_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let (m, q, d, classes) = (50_000 / scale, 10_000 / scale, 512, 10);
+    let (kb, queries, qlabels) = knn_case(m, q, d, classes, 1);
     let mut g = c.benchmark_group(format!("knn_m{m}_q{q}_d{d}"));
     g.sample_size(10).measurement_time(Duration::from_secs(10));
     g.bench_function("evaluate", |b| b.iter(|| kb.evaluate(&queries, &qlabels, &KnnConfig::default(), false).unwrap().correct));
@@ -52,15 +59,7 @@ fn knn(c: &mut Criterion) {
 /// `predict` against `predict_reference`: bank of 10,000 rows, 1,000 queries, D = 128, 10 classes, k=200, t=0.1.
 fn knn_paths(c: &mut Criterion) {
     let (m, q, d, classes) = (10_000, 1_000, 128, 10);
-    let mut s = 7u64;
-    let mut rnd = || {
-        s = moco::nn::SplitMix64::mix(s);
-        (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-    };
-    let bank: Vec<f32> = (0..m * d).map(|_| rnd()).collect();
-    let labels: Vec<u32> = (0..m as u32).map(|i| i % classes as u32).collect();
-    let queries: Vec<f32> = (0..q * d).map(|_| rnd()).collect();
-    let kb = KnnBank::new(&bank, &labels, d, classes).unwrap();
+    let (kb, queries, _) = knn_case(m, q, d, classes, 7);
     let cfg = KnnConfig::default();
     assert_eq!(kb.predict(&queries, &cfg).unwrap(), kb.predict_reference(&queries, &cfg).unwrap());
     let mut g = c.benchmark_group(format!("knn_m{m}_q{q}_d{d}"));

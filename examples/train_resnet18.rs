@@ -15,24 +15,18 @@
 //! ```
 
 use clap::Parser;
-use moco::data::{self, PairLoader};
+use moco::data::ViewPair;
 use moco::train::{self, cli, Preset, RunOptions, TrainConfig};
 use moco::QueueDType;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
-/// The embedded default (no `--data`): chosen so that training ends in under 3 minutes on 2 CPU cores with a
-/// clear kNN gain over the random init (README, "What you see").
-mod demo {
-    /// The digits' native resolution: 4x fewer FLOPs than 16x16, so 10 epochs fit in the budget.
-    pub const IMAGE_SIZE: usize = 8;
-    pub const EPOCHS: usize = 10;
-    pub const BATCH: usize = 64;
-    pub const QUEUE: usize = 512;
-    pub const BN_SPLITS: usize = 2;
-    pub const LR: f64 = 0.06;
-    pub const CROP_MIN: f64 = 0.5;
+/// The embedded default (no `--data`): the colab's recipe at a size where training ends in under 3 minutes on 2
+/// CPU cores with a clear kNN gain over the random init (README, "What you see"): the digits' native 8x8 (4x fewer
+/// FLOPs than 16x16, so 10 epochs fit in the budget), batch 64, K 512, SplitBN 2, lr 0.06, cosine counted from 0.
+/// Crops and flips: [`cli::DEMO_CROP_MIN`].
+fn demo_config(cfg: TrainConfig) -> TrainConfig {
+    TrainConfig { image_size: 8, epochs: 10, queue_len: 512, bn_splits: 2, lr: 0.06, cosine_from_one: false, ..cfg.with_batch(64) }
 }
 
 #[derive(Parser, Debug)]
@@ -141,15 +135,7 @@ struct Args {
 }
 
 fn main() {
-    let made = cli::prepare_env();
-    let result = run(Args::parse());
-    if let Some(dir) = made {
-        let _ = std::fs::remove_dir(dir);
-    }
-    if let Err(e) = result {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    cli::main(run)
 }
 
 fn run(a: Args) -> moco::Result<()> {
@@ -162,13 +148,7 @@ fn run(a: Args) -> moco::Result<()> {
     let mut cfg = if preset == Preset::V3 { TrainConfig::v3(train::ModelKind::ResNet18) } else { TrainConfig::preset(preset) };
     let demo = a.data.is_none();
     if demo {
-        cfg.image_size = demo::IMAGE_SIZE;
-        cfg.epochs = demo::EPOCHS;
-        cfg = cfg.with_batch(demo::BATCH);
-        cfg.queue_len = demo::QUEUE;
-        cfg.bn_splits = demo::BN_SPLITS;
-        cfg.lr = demo::LR;
-        cfg.cosine_from_one = false;
+        cfg = demo_config(cfg);
     }
     cfg.image_size = a.image_size.unwrap_or(cfg.image_size);
     if let Some(b) = a.batch {
@@ -204,65 +184,20 @@ fn run(a: Args) -> moco::Result<()> {
     }
     cfg.validate()?;
 
-    let synthetic = a.synthetic.as_ref().map(|s| (s[0], s[1]));
-    let (train_ds, test_ds, source) = cli::load_data(a.data.as_deref(), cfg.image_size, synthetic, cfg.seed)?;
-    let mut aug = cfg.augmentation();
-    if demo {
-        aug.crop_scale.0 = demo::CROP_MIN;
-        aug.flip_p = 0.0;
-    }
-    if let Some(c) = a.crop_min {
-        aug.crop_scale.0 = c;
-    }
-    if a.no_flip {
-        aug.flip_p = 0.0;
-    }
-    aug.validate()?;
-    let (train_ds, test_ds) = (Arc::new(train_ds), Arc::new(test_ds));
-
-    let (mut engine, why) = cli::pick_engine(&a.backend, &cfg)?;
-    println!("moco: MoCo ({} preset) / {}", preset.name(), train::model_name(&cfg));
-    println!("device: {why}");
-    println!("data: {source}: {} train, {} test images (the test split is never trained on)", train_ds.len(), test_ds.len());
-    if demo {
-        println!("settings: the embedded default (no --data): the colab's recipe at a demo's size, with these changes: {}x{} images, {} epochs, batch {}, K {}, SplitBN {} (groups of {}), crops of {}-100 % and no flip (digits are small and not mirror-symmetric), cosine counted from 0", cfg.image_size, cfg.image_size, cfg.epochs, cfg.batch_size, cfg.queue_len, cfg.bn_splits, cfg.batch_size / cfg.bn_splits, demo::CROP_MIN);
+    let settings = if demo {
+        format!("the embedded default (no --data): the colab's recipe at a demo's size, with these changes: {}x{} images, {} epochs, batch {}, K {}, SplitBN {} (groups of {}), crops of {}-100 % and no flip (digits are small and not mirror-symmetric), cosine counted from 0", cfg.image_size, cfg.image_size, cfg.epochs, cfg.batch_size, cfg.queue_len, cfg.bn_splits, cfg.batch_size / cfg.bn_splits, cli::DEMO_CROP_MIN)
     } else {
-        println!("settings: preset {} (the colab's defaults; flags override){}", preset.name(), if a.lr_scale_linear { "; lr scaled linearly, batch / 512 (--lr-scale-linear)" } else { "" });
-    }
-    println!("{}", cfg.describe());
-    println!("  augmentation: {}", aug.describe());
-    println!("run folder: {}", a.out.display());
-
-    if let Some(n) = a.save_views {
-        std::fs::create_dir_all(&a.out).map_err(|e| moco::Error::Io { path: a.out.display().to_string(), source: e })?;
-        let loader = PairLoader::new(train_ds.clone(), aug.clone(), cfg.batch_size.max(n), cfg.seed)?;
-        let batch = loader.batch(0, 0)?;
-        let path = a.out.join("views.png");
-        data::save_views(&path, &batch, n, aug.mean, aug.std)?;
-        println!("wrote {n} augmented pairs to {}", path.display());
-    }
-
-    let stop = cli::stop_on_ctrl_c();
-    if !a.resume && !cfg.is_v3() {
-        println!("queue: {} random unit vectors at the start; full of real keys from step {} on (marked in curves.png)", cfg.queue_len, train::queue_full_step(&cfg));
-    }
-    let opts = RunOptions { out_dir: a.out.clone(), resume: a.resume, progress: !a.no_progress, max_steps: a.max_steps, stop: Some(stop), no_knn: false, export: a.export.clone(), verbose: true, knn_backbone: a.knn_backbone };
-    let summary = train::train(&cfg, engine.as_mut(), train_ds.clone(), test_ds.clone(), aug.clone(), &opts)?;
-    if summary.interrupted {
-        println!("stopped at step {}; continue with --resume --out {} (and the same flags)", summary.global_step, a.out.display());
-        return Ok(());
-    }
-    cli::print_summary(&summary, &a.out);
-    if let Some(p) = &a.export {
+        format!("preset {} (the colab's defaults; flags override){}", preset.name(), if a.lr_scale_linear { "; lr scaled linearly, batch / 512 (--lr-scale-linear)" } else { "" })
+    };
+    let intro = cli::Intro { title: format!("MoCo ({} preset)", preset.name()), settings, views_label: "augmentation" };
+    let run = RunOptions { out_dir: a.out, resume: a.resume, progress: !a.no_progress, max_steps: a.max_steps, export: a.export, verbose: true, knn_backbone: a.knn_backbone, ..RunOptions::default() };
+    let flags = cli::RunFlags { backend: a.backend, data: a.data, synthetic: a.synthetic.map(|s| (s[0], s[1])), crop_min: a.crop_min, no_flip: a.no_flip, save_views: a.save_views, linear_probe: a.linear_probe, run };
+    // one augmentation for both views, v3 included (train_vit has moco-v3's asymmetric pair)
+    cli::train_run(&cfg, ViewPair::same(cfg.augmentation()), &flags, &intro, t_start, |_, _, _, p| {
         println!("backbone written to {}. In PyTorch:", p.display());
         println!("  m = torchvision.models.resnet18(); m.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)");
         println!("  m.maxpool = torch.nn.Identity(); m.fc = torch.nn.Identity()");
         println!("  m.load_state_dict(safetensors.torch.load_file('{}'), strict=True)", p.display());
-    }
-    if let Some(epochs) = a.linear_probe {
-        let probe = train::linear_probe_on(engine.as_mut(), &cfg, &train_ds, &test_ds, &aug, epochs)?;
-        println!("linear probe ({epochs} epochs on frozen backbone features): train {:.2}%, test {:.2}%", probe.0, probe.1);
-    }
-    println!("done in {:.0} s", t_start.elapsed().as_secs_f64());
-    Ok(())
+        Ok(())
+    })
 }

@@ -15,25 +15,19 @@
 //! ```
 
 use clap::Parser;
-use moco::data::PairLoader;
 use moco::train::{self, cli, ModelKind, OptimizerKind, RunOptions, TrainConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 /// The embedded default (no `--data`): a ViT small enough that a run ends in a few minutes on 2 CPU cores with a
-/// clear kNN gain over the random init (README).
-mod demo {
-    pub const DIM: usize = 128;
-    pub const DEPTH: usize = 4;
-    pub const HEADS: usize = 4;
-    pub const MLP_DIM: usize = 512;
-    pub const OUT_DIM: usize = 128;
-    pub const EPOCHS: usize = 6;
-    pub const BATCH: usize = 64;
-    pub const LR: f64 = 1e-3;
-    pub const WARMUP: usize = 1;
-    pub const CROP_MIN: f64 = 0.5;
+/// clear kNN gain over the random init (README): D 128, depth 4, 4 heads, heads' hidden width 512 to 128, 6 epochs
+/// with 1 of warmup, batch 64, lr 1e-3 (ResNet: the recipe's 0.3 x batch / 256). Crops and flips:
+/// [`cli::DEMO_CROP_MIN`].
+fn demo_config(cfg: TrainConfig) -> TrainConfig {
+    let vit = moco::nn::VitConfig { dim: 128, depth: 4, heads: 4, ..cfg.vit };
+    let lr = if cfg.model == ModelKind::Vit { 1e-3 } else { 0.3 * 64.0 / 256.0 };
+    TrainConfig { vit, mlp_dim: 512, dim: 128, epochs: 6, batch_size: 64, warmup_epochs: 1, lr, ..cfg }
 }
 
 #[derive(Parser, Debug)]
@@ -142,30 +136,14 @@ struct Args {
 }
 
 fn main() {
-    let made = cli::prepare_env();
-    let result = run(Args::parse());
-    if let Some(dir) = made {
-        let _ = std::fs::remove_dir(dir);
-    }
-    if let Err(e) = result {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    cli::main(run)
 }
 
 fn config(a: &Args, demo: bool) -> moco::Result<TrainConfig> {
     let model = ModelKind::parse(&a.model)?;
     let mut cfg = TrainConfig::v3(model);
     if demo {
-        cfg.vit.dim = demo::DIM;
-        cfg.vit.depth = demo::DEPTH;
-        cfg.vit.heads = demo::HEADS;
-        cfg.mlp_dim = demo::MLP_DIM;
-        cfg.dim = demo::OUT_DIM;
-        cfg.epochs = demo::EPOCHS;
-        cfg.batch_size = demo::BATCH;
-        cfg.warmup_epochs = demo::WARMUP;
-        cfg.lr = if model == ModelKind::Vit { demo::LR } else { 0.3 * demo::BATCH as f64 / 256.0 };
+        cfg = demo_config(cfg);
     }
     cfg.vit.patch = a.patch.unwrap_or(cfg.vit.patch);
     cfg.vit.dim = a.dim.unwrap_or(cfg.vit.dim);
@@ -216,58 +194,19 @@ fn run(a: Args) -> moco::Result<()> {
     let t_start = Instant::now();
     let demo = a.data.is_none();
     let cfg = config(&a, demo)?;
-    let (train_ds, test_ds, source) = cli::load_data(a.data.as_deref(), cfg.image_size, None, cfg.seed)?;
-    let mut views = cfg.views();
-    for v in [&mut views.view1, &mut views.view2] {
-        if demo {
-            v.crop_scale.0 = demo::CROP_MIN;
-            v.flip_p = 0.0;
-        }
-        if let Some(c) = a.crop_min {
-            v.crop_scale.0 = c;
-        }
-        if a.no_flip {
-            v.flip_p = 0.0;
-        }
-    }
-    views.validate()?;
-    let (train_ds, test_ds) = (Arc::new(train_ds), Arc::new(test_ds));
-
-    let (mut engine, why) = cli::pick_engine(&a.backend, &cfg)?;
-    println!("moco: MoCo v3 / {}", train::model_name(&cfg));
-    println!("device: {why}");
-    println!("data: {source}: {} train, {} test images (the test split is never trained on)", train_ds.len(), test_ds.len());
-    if demo {
-        println!(
-            "settings: the embedded default (no --data): moco-v3's recipe at a demo's size, with these changes: ViT D {} depth {} heads {}, heads' hidden width {} to {}, {} epochs with {} of warmup, batch {}, lr {}, crops of {}-100 % and no flip (digits are small and not mirror-symmetric)",
-            cfg.vit.dim, cfg.vit.depth, cfg.vit.heads, cfg.mlp_dim, cfg.dim, cfg.epochs, cfg.warmup_epochs, cfg.batch_size, cfg.lr, demo::CROP_MIN
-        );
+    let settings = if demo {
+        format!(
+            "the embedded default (no --data): moco-v3's recipe at a demo's size, with these changes: ViT D {} depth {} heads {}, heads' hidden width {} to {}, {} epochs with {} of warmup, batch {}, lr {}, crops of {}-100 % and no flip (digits are small and not mirror-symmetric)",
+            cfg.vit.dim, cfg.vit.depth, cfg.vit.heads, cfg.mlp_dim, cfg.dim, cfg.epochs, cfg.warmup_epochs, cfg.batch_size, cfg.lr, cli::DEMO_CROP_MIN
+        )
     } else {
-        println!("settings: preset v3 (moco-v3's recipe; flags override)");
-    }
-    println!("{}", cfg.describe());
-    println!("  views: {}", views.describe());
-    println!("run folder: {}", a.out.display());
-
-    if let Some(n) = a.save_views {
-        std::fs::create_dir_all(&a.out).map_err(|e| moco::Error::Io { path: a.out.display().to_string(), source: e })?;
-        let loader = PairLoader::new(train_ds.clone(), views.clone(), cfg.batch_size.max(n), cfg.seed)?;
-        let batch = loader.batch(0, 0)?;
-        let path = a.out.join("views.png");
-        moco::data::save_views(&path, &batch, n, views.view1.mean, views.view1.std)?;
-        println!("wrote {n} augmented pairs to {}", path.display());
-    }
-
-    let stop = cli::stop_on_ctrl_c();
-    let opts = RunOptions { out_dir: a.out.clone(), resume: a.resume, progress: !a.no_progress, max_steps: a.max_steps, stop: Some(stop), no_knn: false, export: a.export.clone(), verbose: true, knn_backbone: a.knn_backbone };
-    let summary = train::train(&cfg, engine.as_mut(), train_ds.clone(), test_ds.clone(), views.clone(), &opts)?;
-    if summary.interrupted {
-        println!("stopped at step {}; continue with --resume --out {} (and the same flags)", summary.global_step, a.out.display());
-        return Ok(());
-    }
-    cli::print_summary(&summary, &a.out);
-    if let Some(p) = &a.export {
-        let feats = write_features(engine.as_mut(), &cfg, &test_ds, &views.view1, p)?;
+        "preset v3 (moco-v3's recipe; flags override)".to_string()
+    };
+    let intro = cli::Intro { title: "MoCo v3".to_string(), settings, views_label: "views" };
+    let run = RunOptions { out_dir: a.out, resume: a.resume, progress: !a.no_progress, max_steps: a.max_steps, export: a.export, verbose: true, knn_backbone: a.knn_backbone, ..RunOptions::default() };
+    let flags = cli::RunFlags { backend: a.backend, data: a.data, synthetic: None, crop_min: a.crop_min, no_flip: a.no_flip, save_views: a.save_views, linear_probe: a.linear_probe, run };
+    cli::train_run(&cfg, cfg.views(), &flags, &intro, t_start, |engine, test_ds, view1, p| {
+        let feats = write_features(engine, &cfg, test_ds, view1, p)?;
         match cfg.model {
             ModelKind::Vit => println!(
                 "backbone written to {} with timm's names, and 16 test images with their eval-mode cls features to {}; check in PyTorch: python scripts/check_vit_export.py {} {}",
@@ -278,11 +217,6 @@ fn run(a: Args) -> moco::Result<()> {
             ),
             ModelKind::ResNet18 => println!("backbone written to {} with torchvision's names (CIFAR stem, fc = Identity)", p.display()),
         }
-    }
-    if let Some(epochs) = a.linear_probe {
-        let probe = train::linear_probe_on(engine.as_mut(), &cfg, &train_ds, &test_ds, &views.view1, epochs)?;
-        println!("linear probe ({epochs} epochs on frozen backbone features): train {:.2}%, test {:.2}%", probe.0, probe.1);
-    }
-    println!("done in {:.0} s", t_start.elapsed().as_secs_f64());
-    Ok(())
+        Ok(())
+    })
 }

@@ -40,40 +40,41 @@ struct ConvParams {
     unsigned int _pad1;
 };
 
+// (i, y, x) of the index j = (i*H + y)*W + x of an [I, H, W] grid: a pixel (n, y, x), or a weight tap (c, ki, kj)
+// with (H, W) = (KH, KW).
+__device__ __forceinline__ uint3 unravel(unsigned int j, unsigned int h, unsigned int w) {
+    const unsigned int hw = h * w;
+    const unsigned int i = j / hw;
+    const unsigned int pix = j - i * hw;
+    const unsigned int y = pix / w;
+    return uint3{i, y, pix - y * w};
+}
+
+// Offset of channel c of item j = n*Q + q of an [N, C, Q] tensor (C = channels).
+__device__ __forceinline__ unsigned int channel_offset(unsigned int j, unsigned int c, unsigned int channels, unsigned int q) {
+    const unsigned int n = j / q;
+    return (n * channels + c) * q + (j - n * q);
+}
+
 // im2col element (row k = (ci, ki, kj), column j = (n, oy, ox)), 0 outside the image or the matrix.
 __device__ __forceinline__ float col_value(const ConvParams& p, const float* __restrict__ inp, unsigned int k, unsigned int j) {
     const unsigned int khw = p.kh * p.kw;
-    const unsigned int ohw = p.oh * p.ow;
-    if (k >= p.c_in * khw || j >= p.n * ohw) return 0.0f;
-    const unsigned int n = j / ohw;
-    const unsigned int pix = j - n * ohw;
-    const unsigned int oy = pix / p.ow;
-    const unsigned int ox = pix - oy * p.ow;
-    const unsigned int ci = k / khw;
-    const unsigned int kr = k - ci * khw;
-    const unsigned int ki = kr / p.kw;
-    const unsigned int kj = kr - ki * p.kw;
-    const int iy = (int)(oy * p.stride + ki) - (int)p.pad;
-    const int ix = (int)(ox * p.stride + kj) - (int)p.pad;
+    if (k >= p.c_in * khw || j >= p.n * p.oh * p.ow) return 0.0f;
+    const uint3 tap = unravel(k, p.kh, p.kw); // (ci, ki, kj)
+    const uint3 o = unravel(j, p.oh, p.ow);   // (n, oy, ox)
+    const int iy = (int)(o.y * p.stride + tap.y) - (int)p.pad;
+    const int ix = (int)(o.z * p.stride + tap.z) - (int)p.pad;
     if (iy < 0 || ix < 0 || iy >= (int)p.h || ix >= (int)p.w) return 0.0f;
-    return inp[((n * p.c_in + ci) * p.h + (unsigned int)iy) * p.w + (unsigned int)ix];
+    return inp[((o.x * p.c_in + tap.x) * p.h + (unsigned int)iy) * p.w + (unsigned int)ix];
 }
 
 // The dout element that weight tap r = (co, ki, kj) meets at input pixel j = (n, iy, ix), 0 if none.
 __device__ __forceinline__ float dout_gather(const ConvParams& p, const float* __restrict__ dout, unsigned int r, unsigned int j) {
-    const unsigned int khw = p.kh * p.kw;
-    const unsigned int hw = p.h * p.w;
-    if (r >= p.c_out * khw || j >= p.n * hw) return 0.0f;
-    const unsigned int co = r / khw;
-    const unsigned int kr = r - co * khw;
-    const unsigned int ki = kr / p.kw;
-    const unsigned int kj = kr - ki * p.kw;
-    const unsigned int n = j / hw;
-    const unsigned int pix = j - n * hw;
-    const unsigned int iy = pix / p.w;
-    const unsigned int ix = pix - iy * p.w;
-    const int ty = (int)(iy + p.pad) - (int)ki;
-    const int tx = (int)(ix + p.pad) - (int)kj;
+    if (r >= p.c_out * p.kh * p.kw || j >= p.n * p.h * p.w) return 0.0f;
+    const uint3 tap = unravel(r, p.kh, p.kw); // (co, ki, kj)
+    const uint3 i = unravel(j, p.h, p.w);     // (n, iy, ix)
+    const int ty = (int)(i.y + p.pad) - (int)tap.y;
+    const int tx = (int)(i.z + p.pad) - (int)tap.z;
     if (ty < 0 || tx < 0) return 0.0f;
     const unsigned int uy = (unsigned int)ty;
     const unsigned int ux = (unsigned int)tx;
@@ -81,12 +82,37 @@ __device__ __forceinline__ float dout_gather(const ConvParams& p, const float* _
     const unsigned int oy = uy / p.stride;
     const unsigned int ox = ux / p.stride;
     if (oy >= p.oh || ox >= p.ow) return 0.0f;
-    return dout[((n * p.c_out + co) * p.oh + oy) * p.ow + ox];
+    return dout[((i.x * p.c_out + tap.x) * p.oh + oy) * p.ow + ox];
 }
 
-// acc[i][c] += a_tile[kk, ty*4 + i] * b_tile[kk, tx*4 + c] over the 16-deep chunk.
-// A tile stored k-major: a_tile[kk * TILE_M + mm]; B tile: b_tile[kk * TILE_N + nn].
-__device__ __forceinline__ void multiply_tile(float (&acc)[4][4], const float* a_tile, const float* b_tile, unsigned int tx, unsigned int ty) {
+// The A element of each GEMM (0 outside the matrix), by kernel: weight rows (forward), dout [C_out, N*OH*OW]
+// (backward weight), weight[co, m, ki, kj] at k = (co, ki, kj) (backward data). The B elements are col_value (forward),
+// its transpose (backward weight) and dout_gather (backward data).
+__device__ __forceinline__ float a_forward(const ConvParams& p, const float* __restrict__ weight, unsigned int m, unsigned int k) {
+    if (m >= p.gemm_m || k >= p.gemm_k) return 0.0f;
+    return weight[m * p.gemm_k + k];
+}
+
+__device__ __forceinline__ float a_backward_weight(const ConvParams& p, const float* __restrict__ dout, unsigned int m, unsigned int k) {
+    if (m >= p.gemm_m || k >= p.gemm_k) return 0.0f;
+    return dout[channel_offset(k, m, p.c_out, p.oh * p.ow)];
+}
+
+__device__ __forceinline__ float a_backward_data(const ConvParams& p, const float* __restrict__ weight, unsigned int m, unsigned int k) {
+    if (m >= p.gemm_m || k >= p.gemm_k) return 0.0f;
+    return weight[channel_offset(k, m, p.c_in, p.kh * p.kw)];
+}
+
+// Slot of element e of a chunk read along k (e = mm * TILE_K + kk) in a k-major tile; a chunk read along m or n
+// (e = kk * TILE_N + nn) lands at slot e.
+__device__ __forceinline__ unsigned int k_major(unsigned int e) {
+    return (e % TILE_K) * TILE_M + e / TILE_K;
+}
+
+// acc[i][c] += a_tile[kk, ty*4 + i] * b_tile[kk, tx*4 + c] over the 16-deep chunk (tx, ty = lid % 16, lid / 16).
+__device__ __forceinline__ void multiply_tile(float (&acc)[4][4], const float* a_tile, const float* b_tile, unsigned int lid) {
+    const unsigned int tx = lid % 16u;
+    const unsigned int ty = lid / 16u;
 #pragma unroll
     for (unsigned int kk = 0; kk < TILE_K; ++kk) {
         const unsigned int ab = kk * TILE_M + ty * 4u;
@@ -101,149 +127,85 @@ __device__ __forceinline__ void multiply_tile(float (&acc)[4][4], const float* a
     }
 }
 
-// Tile index over N: x * z blocks (x <= 65535, the host splits).
-__device__ __forceinline__ unsigned int tile_n0() {
-    return (blockIdx.z * gridDim.x + blockIdx.x) * TILE_N;
+// The three GEMMs, by kernel (the GEMM template argument of conv_gemm and store_tile).
+#define FORWARD 0         // conv2d_forward
+#define BACKWARD_WEIGHT 1 // conv2d_backward_weight
+#define BACKWARD_DATA 2   // conv2d_backward_data
+
+// C[m, j] into result: out [N, C_out, OH, OW] overwritten (forward), dweight [C_out, K] or dinp [N, C_in, H, W]
+// accumulated (backward).
+template <int GEMM>
+__device__ __forceinline__ void store_result(const ConvParams& p, float* __restrict__ result, unsigned int m, unsigned int j, float v) {
+    if (GEMM == FORWARD) {
+        result[channel_offset(j, m, p.c_out, p.oh * p.ow)] = v;
+        return;
+    }
+    const unsigned int idx = GEMM == BACKWARD_DATA ? channel_offset(j, m, p.c_in, p.h * p.w) : m * p.gemm_n + j;
+    result[idx] = result[idx] + v;
+}
+
+// This thread's 4x4 micro-tile of the tile at (m0, j0), the elements inside C.
+template <int GEMM>
+__device__ __forceinline__ void store_tile(const ConvParams& p, float* __restrict__ result, const float (&acc)[4][4], unsigned int lid, unsigned int m0, unsigned int j0) {
+#pragma unroll
+    for (unsigned int i = 0; i < 4u; ++i) {
+        const unsigned int m = m0 + (lid / 16u) * 4u + i;
+#pragma unroll
+        for (unsigned int c = 0; c < 4u; ++c) {
+            const unsigned int j = j0 + (lid % 16u) * 4u + c;
+            if (m < p.gemm_m && j < p.gemm_n) store_result<GEMM>(p, result, m, j, acc[i][c]);
+        }
+    }
+}
+
+// Each kernel: the tile (m0, j0) = (blockIdx.y, blockIdx.x + blockIdx.z * gridDim.x) * 64, K in 16-deep chunks, 4
+// elements of A (from a) and 4 of B (from b) staged per thread and chunk.
+template <int GEMM>
+__device__ __forceinline__ void conv_gemm(const ConvParams& p, const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ result) {
+    __shared__ float a_tile[TILE_K * TILE_M];
+    __shared__ float b_tile[TILE_K * TILE_N];
+    const unsigned int lid = threadIdx.x;
+    const unsigned int m0 = blockIdx.y * TILE_M;
+    const unsigned int j0 = (blockIdx.z * gridDim.x + blockIdx.x) * TILE_N;
+    if (j0 >= p.gemm_n) return;
+    float acc[4][4] = {};
+    for (unsigned int k0 = 0; k0 < p.gemm_k; k0 += TILE_K) {
+#pragma unroll
+        for (unsigned int i = 0; i < 4u; ++i) {
+            const unsigned int e = lid + i * WG;
+            if (GEMM == FORWARD) {
+                // A = weight rows, read along k; B = im2col, read along output pixels
+                a_tile[k_major(e)] = a_forward(p, a, m0 + e / TILE_K, k0 + e % TILE_K);
+                b_tile[e] = col_value(p, b, k0 + e / TILE_N, j0 + e % TILE_N);
+            } else if (GEMM == BACKWARD_WEIGHT) {
+                // both operands read along the reduction (output pixels)
+                a_tile[k_major(e)] = a_backward_weight(p, a, m0 + e / TILE_K, k0 + e % TILE_K);
+                b_tile[k_major(e)] = col_value(p, b, j0 + e / TILE_K, k0 + e % TILE_K);
+            } else {
+                // A[ci, r = (co, ki, kj)] = weight[co, ci, ki, kj], read along the taps; B = dout gathered, read along
+                // input pixels
+                a_tile[k_major(e)] = a_backward_data(p, a, m0 + e / TILE_K, k0 + e % TILE_K);
+                b_tile[e] = dout_gather(p, b, k0 + e / TILE_N, j0 + e % TILE_N);
+            }
+        }
+        __syncthreads();
+        multiply_tile(acc, a_tile, b_tile, lid);
+        __syncthreads();
+    }
+    store_tile<GEMM>(p, result, acc, lid, m0, j0);
 }
 
 // out [N, C_out, OH, OW] = weight [C_out, K] . col [K, N*OH*OW]
 extern "C" __global__ void __launch_bounds__(256) conv2d_forward(ConvParams p, const float* __restrict__ inp, const float* __restrict__ weight, float* __restrict__ result) {
-    __shared__ float a_tile[TILE_K * TILE_M];
-    __shared__ float b_tile[TILE_K * TILE_N];
-    const unsigned int lid = threadIdx.x;
-    const unsigned int m0 = blockIdx.y * TILE_M;
-    const unsigned int j0 = tile_n0();
-    if (j0 >= p.gemm_n) return;
-    const unsigned int tx = lid % 16u;
-    const unsigned int ty = lid / 16u;
-    float acc[4][4] = {};
-    for (unsigned int k0 = 0; k0 < p.gemm_k; k0 += TILE_K) {
-#pragma unroll
-        for (unsigned int i = 0; i < 4u; ++i) {
-            const unsigned int e = lid + i * WG;
-            // A = weight rows, contiguous along k
-            const unsigned int ka = e % TILE_K;
-            const unsigned int ma = e / TILE_K;
-            float a = 0.0f;
-            if (m0 + ma < p.gemm_m && k0 + ka < p.gemm_k) a = weight[(m0 + ma) * p.gemm_k + k0 + ka];
-            a_tile[ka * TILE_M + ma] = a;
-            // B = im2col, contiguous along output pixels
-            const unsigned int nb = e % TILE_N;
-            const unsigned int kb = e / TILE_N;
-            b_tile[kb * TILE_N + nb] = col_value(p, inp, k0 + kb, j0 + nb);
-        }
-        __syncthreads();
-        multiply_tile(acc, a_tile, b_tile, tx, ty);
-        __syncthreads();
-    }
-    const unsigned int ohw = p.oh * p.ow;
-#pragma unroll
-    for (unsigned int i = 0; i < 4u; ++i) {
-        const unsigned int m = m0 + ty * 4u + i;
-#pragma unroll
-        for (unsigned int c = 0; c < 4u; ++c) {
-            const unsigned int j = j0 + tx * 4u + c;
-            if (m < p.gemm_m && j < p.gemm_n) {
-                const unsigned int n = j / ohw;
-                result[(n * p.c_out + m) * ohw + (j - n * ohw)] = acc[i][c];
-            }
-        }
-    }
+    conv_gemm<FORWARD>(p, weight, inp, result);
 }
 
 // dweight [C_out, K] += dout [C_out, N*OH*OW] . col^T [N*OH*OW, K]
 extern "C" __global__ void __launch_bounds__(256) conv2d_backward_weight(ConvParams p, const float* __restrict__ inp, const float* __restrict__ dout, float* __restrict__ result) {
-    __shared__ float a_tile[TILE_K * TILE_M];
-    __shared__ float b_tile[TILE_K * TILE_N];
-    const unsigned int lid = threadIdx.x;
-    const unsigned int m0 = blockIdx.y * TILE_M;
-    const unsigned int j0 = tile_n0();
-    if (j0 >= p.gemm_n) return;
-    const unsigned int tx = lid % 16u;
-    const unsigned int ty = lid / 16u;
-    const unsigned int ohw = p.oh * p.ow;
-    float acc[4][4] = {};
-    for (unsigned int k0 = 0; k0 < p.gemm_k; k0 += TILE_K) {
-#pragma unroll
-        for (unsigned int i = 0; i < 4u; ++i) {
-            const unsigned int e = lid + i * WG;
-            // both operands contiguous along the reduction (output pixels)
-            const unsigned int kk = e % TILE_K;
-            const unsigned int mn = e / TILE_K;
-            const unsigned int r = k0 + kk;
-            float a = 0.0f;
-            if (m0 + mn < p.gemm_m && r < p.gemm_k) {
-                const unsigned int n = r / ohw;
-                a = dout[(n * p.c_out + m0 + mn) * ohw + (r - n * ohw)];
-            }
-            a_tile[kk * TILE_M + mn] = a;
-            b_tile[kk * TILE_N + mn] = col_value(p, inp, j0 + mn, r);
-        }
-        __syncthreads();
-        multiply_tile(acc, a_tile, b_tile, tx, ty);
-        __syncthreads();
-    }
-#pragma unroll
-    for (unsigned int i = 0; i < 4u; ++i) {
-        const unsigned int m = m0 + ty * 4u + i;
-#pragma unroll
-        for (unsigned int c = 0; c < 4u; ++c) {
-            const unsigned int j = j0 + tx * 4u + c;
-            if (m < p.gemm_m && j < p.gemm_n) {
-                const unsigned int idx = m * p.gemm_n + j;
-                result[idx] = result[idx] + acc[i][c];
-            }
-        }
-    }
+    conv_gemm<BACKWARD_WEIGHT>(p, dout, inp, result);
 }
 
 // dinp [N, C_in, H, W] += sum_(co, ki, kj) weight[co, ci, ki, kj] . dout[n, co, (iy + pad - ki) / stride, ...]
 extern "C" __global__ void __launch_bounds__(256) conv2d_backward_data(ConvParams p, const float* __restrict__ weight, const float* __restrict__ dout, float* __restrict__ result) {
-    __shared__ float a_tile[TILE_K * TILE_M];
-    __shared__ float b_tile[TILE_K * TILE_N];
-    const unsigned int lid = threadIdx.x;
-    const unsigned int m0 = blockIdx.y * TILE_M;
-    const unsigned int j0 = tile_n0();
-    if (j0 >= p.gemm_n) return;
-    const unsigned int tx = lid % 16u;
-    const unsigned int ty = lid / 16u;
-    const unsigned int khw = p.kh * p.kw;
-    float acc[4][4] = {};
-    for (unsigned int k0 = 0; k0 < p.gemm_k; k0 += TILE_K) {
-#pragma unroll
-        for (unsigned int i = 0; i < 4u; ++i) {
-            const unsigned int e = lid + i * WG;
-            // A[ci, r = (co, ki, kj)] = weight[co, ci, ki, kj], contiguous along the taps
-            const unsigned int ka = e % TILE_K;
-            const unsigned int ma = e / TILE_K;
-            const unsigned int r = k0 + ka;
-            float a = 0.0f;
-            if (m0 + ma < p.gemm_m && r < p.gemm_k) {
-                const unsigned int co = r / khw;
-                a = weight[(co * p.c_in + m0 + ma) * khw + (r - co * khw)];
-            }
-            a_tile[ka * TILE_M + ma] = a;
-            // B[r, j = (n, iy, ix)] = dout gathered, contiguous along input pixels
-            const unsigned int nb = e % TILE_N;
-            const unsigned int kb = e / TILE_N;
-            b_tile[kb * TILE_N + nb] = dout_gather(p, dout, k0 + kb, j0 + nb);
-        }
-        __syncthreads();
-        multiply_tile(acc, a_tile, b_tile, tx, ty);
-        __syncthreads();
-    }
-    const unsigned int hw = p.h * p.w;
-#pragma unroll
-    for (unsigned int i = 0; i < 4u; ++i) {
-        const unsigned int m = m0 + ty * 4u + i;
-#pragma unroll
-        for (unsigned int c = 0; c < 4u; ++c) {
-            const unsigned int j = j0 + tx * 4u + c;
-            if (m < p.gemm_m && j < p.gemm_n) {
-                const unsigned int n = j / hw;
-                const unsigned int idx = (n * p.c_in + m) * hw + (j - n * hw);
-                result[idx] = result[idx] + acc[i][c];
-            }
-        }
-    }
+    conv_gemm<BACKWARD_DATA>(p, weight, dout, result);
 }

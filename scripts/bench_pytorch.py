@@ -32,6 +32,7 @@ few minutes on a 2-core machine.
 import argparse
 import copy
 import json
+import os
 import statistics
 import sys
 import time
@@ -39,6 +40,9 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mocov3_torch_reference import MoCoViT, add_vit_args  # noqa: E402
 
 
 def skip(only, name):
@@ -306,11 +310,6 @@ def bench_mocov3_vit_step(device, quick, only, args):
     name = "mocov3_vit_step"
     if not only or only not in name:
         return
-    import os
-
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from mocov3_torch_reference import MoCoViT
-
     torch.manual_seed(0)
     model = MoCoViT(T=0.2, mlp_dim=args.mlp_dim, out_dim=args.out_dim, img=args.img, patch=args.patch, dim=args.dim,
                     depth=args.depth, heads=args.heads, stop_grad_conv1=True).to(device).train()
@@ -339,11 +338,7 @@ def main():
     ap.add_argument("--moco-batch", default="64", help="comma-separated batch sizes of moco_v2_step (default 64)")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     vit = ap.add_argument_group("mocov3_vit_step (with --only mocov3_vit)")
-    vit.add_argument("--img", type=int, default=32)
-    vit.add_argument("--patch", type=int, default=4)
-    vit.add_argument("--dim", type=int, default=192)
-    vit.add_argument("--depth", type=int, default=4)
-    vit.add_argument("--heads", type=int, default=3)
+    add_vit_args(vit, img=32, patch=4, dim=192, depth=4, heads=3)
     vit.add_argument("--mlp-dim", type=int, default=512)
     vit.add_argument("--out-dim", type=int, default=128)
     vit.add_argument("--batch", type=int, default=64)

@@ -30,6 +30,19 @@ def parse_criterion(path):
     return out
 
 
+def loss_cases(head, infonce, v3):
+    """The loss rows as (label, our fused bench, our variant bench or None, PyTorch's case): the MoCo head (`head`
+    fwd+bwd) at each K, then the MoCo v3 loss at each N. `infonce(K)` and `v3(N)` name our two benches."""
+    return [(f"{head} fwd+bwd, K={k}", *infonce(k), f"moco_head_fwd_bwd/{k}") for k in (4096, 65536, 1048576)] + [
+        (f"MoCo v3 loss fwd+bwd, N={n}", *v3(n), f"moco_v3_loss_fwd_bwd/{n}") for n in (1024, 4096)
+    ]
+
+
+def cpu(group, variant):
+    """Our CPU benches of `group` at K or N: cpu_fused and cpu_`variant`."""
+    return lambda x: (f"{group}/cpu_fused/{x}", f"{group}/cpu_{variant}/{x}")
+
+
 def main():
     cuda = "--cuda" in sys.argv
     args = [a for a in sys.argv[1:] if a != "--cuda"]
@@ -44,23 +57,14 @@ def main():
         elif "N" in p and "v3" in key:
             key += f"/{p['N']}"
         tmap[key] = r["median_ms"]
-    pairs = [
-        ("MoCo head fwd+bwd, K=4096", "infonce_fwd_bwd/cpu_fused/4096", "infonce_fwd_bwd/cpu_unfused/4096", "moco_head_fwd_bwd/4096"),
-        ("MoCo head fwd+bwd, K=65536", "infonce_fwd_bwd/cpu_fused/65536", "infonce_fwd_bwd/cpu_unfused/65536", "moco_head_fwd_bwd/65536"),
-        ("MoCo head fwd+bwd, K=1048576", "infonce_fwd_bwd/cpu_fused/1048576", "infonce_fwd_bwd/cpu_unfused/1048576", "moco_head_fwd_bwd/1048576"),
-        ("MoCo v3 loss fwd+bwd, N=1024", "moco_v3_loss_fwd_bwd/cpu_fused/1024", "moco_v3_loss_fwd_bwd/cpu_unfused/1024", "moco_v3_loss_fwd_bwd/1024"),
-        ("MoCo v3 loss fwd+bwd, N=4096", "moco_v3_loss_fwd_bwd/cpu_fused/4096", "moco_v3_loss_fwd_bwd/cpu_unfused/4096", "moco_v3_loss_fwd_bwd/4096"),
+    pairs = loss_cases("MoCo head", cpu("infonce_fwd_bwd", "unfused"), cpu("moco_v3_loss_fwd_bwd", "unfused")) + [
         ("EMA ResNet-50 vs official loop", "ema_resnet50/cpu_fused_flat", "ema_resnet50/cpu_unfused_official_loop", "ema_official_loop"),
         ("EMA ResNet-50 vs _foreach_lerp_", "ema_resnet50/cpu_fused_multi_tensor", "ema_resnet50/cpu_unfused_official_loop", "ema_foreach_lerp"),
         ("EMA ResNet-50 vs flat lerp_", "ema_resnet50/cpu_fused_flat", "ema_resnet50/cpu_unfused_official_loop", "ema_flat_lerp"),
     ]
     if cuda:
-        pairs = [
-            (f"MoCo head fwd+bwd, K={k}", f"cuda/infonce_fused_f32/{k}", f"cuda/infonce_fused_bf16/{k}", f"moco_head_fwd_bwd/{k}")
-            for k in (4096, 65536, 1048576)
-        ] + [
-            (f"MoCo v3 loss fwd+bwd, N={n}", f"cuda/moco_v3_fused/{n}", None, f"moco_v3_loss_fwd_bwd/{n}") for n in (1024, 4096)
-        ] + [
+        infonce = lambda k: (f"cuda/infonce_fused_f32/{k}", f"cuda/infonce_fused_bf16/{k}")
+        pairs = loss_cases("MoCo head", infonce, lambda n: (f"cuda/moco_v3_fused/{n}", None)) + [
             ("EMA ResNet-50 vs official loop", "cuda/ema_flat_resnet50", "cuda/ema_multi_tensor_resnet50", "ema_official_loop"),
             ("EMA ResNet-50 vs _foreach_lerp_", "cuda/ema_multi_tensor_resnet50", None, "ema_foreach_lerp"),
             ("EMA ResNet-50 vs flat lerp_", "cuda/ema_flat_resnet50", None, "ema_flat_lerp"),
@@ -80,13 +84,7 @@ def main():
         su = f"{uv / fv:.2f}x" if fv and uv else "n/a"
         ratio = f"{tv / fv:.2f}x" if fv and tv else "n/a"
         print(f"| {label} | {fmt(fv)} | {fmt(uv)} | {su} | {fmt(tv)} | {ratio} |")
-    floors = [
-        ("InfoNCE fwd+bwd, K=4096", "infonce_fwd_bwd/cpu_fused/4096", "infonce_fwd_bwd/cpu_gemm_floor/4096", "moco_head_fwd_bwd/4096"),
-        ("InfoNCE fwd+bwd, K=65536", "infonce_fwd_bwd/cpu_fused/65536", "infonce_fwd_bwd/cpu_gemm_floor/65536", "moco_head_fwd_bwd/65536"),
-        ("InfoNCE fwd+bwd, K=1048576", "infonce_fwd_bwd/cpu_fused/1048576", "infonce_fwd_bwd/cpu_gemm_floor/1048576", "moco_head_fwd_bwd/1048576"),
-        ("MoCo v3 loss fwd+bwd, N=1024", "moco_v3_loss_fwd_bwd/cpu_fused/1024", "moco_v3_loss_fwd_bwd/cpu_gemm_floor/1024", "moco_v3_loss_fwd_bwd/1024"),
-        ("MoCo v3 loss fwd+bwd, N=4096", "moco_v3_loss_fwd_bwd/cpu_fused/4096", "moco_v3_loss_fwd_bwd/cpu_gemm_floor/4096", "moco_v3_loss_fwd_bwd/4096"),
-    ]
+    floors = loss_cases("InfoNCE", cpu("infonce_fwd_bwd", "gemm_floor"), cpu("moco_v3_loss_fwd_bwd", "gemm_floor"))
     rows = [(label, ours.get(f), ours.get(g), tmap.get(t)) for label, f, g, t in floors]
     rows = [r for r in rows if r[1] is not None and r[2] is not None]
     if rows:

@@ -240,15 +240,18 @@ def init_weights(model):
     model.sync_momentum_encoder()
 
 
+def add_vit_args(ap, img, patch, dim, depth, heads):
+    """`--img --patch --dim --depth --heads`, the shape of a `MoCoViT` (scripts/bench_pytorch.py takes them too),
+    with these defaults."""
+    for flag, default in (("--img", img), ("--patch", patch), ("--dim", dim), ("--depth", depth), ("--heads", heads)):
+        ap.add_argument(flag, type=int, default=default)
+
+
 def main():
     ap = argparse.ArgumentParser(description="write a backbone + features pair for scripts/check_vit_export.py")
     ap.add_argument("--export", required=True, help="backbone safetensors (timm names, no head)")
     ap.add_argument("--features", required=True, help="safetensors {x [n,3,H,W], features [n,D]}")
-    ap.add_argument("--img", type=int, default=32)
-    ap.add_argument("--patch", type=int, default=8)
-    ap.add_argument("--dim", type=int, default=64)
-    ap.add_argument("--depth", type=int, default=2)
-    ap.add_argument("--heads", type=int, default=4)
+    add_vit_args(ap, img=32, patch=8, dim=64, depth=2, heads=4)
     ap.add_argument("--n", type=int, default=5)
     ap.add_argument("--init", choices=["fill", "mocov3"], default="fill",
                     help="fill: make_vit_fixture.py's rules (every bias and LN parameter non-trivial); mocov3: its init")

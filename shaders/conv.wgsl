@@ -50,46 +50,47 @@ const TILE_K: u32 = 16u;
 var<workgroup> a_tile: array<f32, 1024>;
 var<workgroup> b_tile: array<f32, 1024>;
 
+// (i, y, x) of the index j = (i*H + y)*W + x of an [I, H, W] grid: a pixel (n, y, x), or a weight tap (c, ki, kj)
+// with (H, W) = (KH, KW).
+fn unravel(j: u32, h: u32, w: u32) -> vec3<u32> {
+    let hw = h * w;
+    let i = j / hw;
+    let pix = j - i * hw;
+    let y = pix / w;
+    return vec3<u32>(i, y, pix - y * w);
+}
+
+// Offset of channel c of item j = n*Q + q of an [N, C, Q] tensor (C = channels).
+fn channel_offset(j: u32, c: u32, channels: u32, q: u32) -> u32 {
+    let n = j / q;
+    return (n * channels + c) * q + (j - n * q);
+}
+
 // im2col element (row k = (ci, ki, kj), column j = (n, oy, ox)), 0 outside the image or the matrix.
 fn col_value(k: u32, j: u32) -> f32 {
     let khw = p.kh * p.kw;
-    let ohw = p.oh * p.ow;
-    if (k >= p.c_in * khw || j >= p.n * ohw) {
+    if (k >= p.c_in * khw || j >= p.n * p.oh * p.ow) {
         return 0.0;
     }
-    let n = j / ohw;
-    let pix = j - n * ohw;
-    let oy = pix / p.ow;
-    let ox = pix - oy * p.ow;
-    let ci = k / khw;
-    let kr = k - ci * khw;
-    let ki = kr / p.kw;
-    let kj = kr - ki * p.kw;
-    let iy = i32(oy * p.stride + ki) - i32(p.pad);
-    let ix = i32(ox * p.stride + kj) - i32(p.pad);
+    let tap = unravel(k, p.kh, p.kw); // (ci, ki, kj)
+    let o = unravel(j, p.oh, p.ow);   // (n, oy, ox)
+    let iy = i32(o.y * p.stride + tap.y) - i32(p.pad);
+    let ix = i32(o.z * p.stride + tap.z) - i32(p.pad);
     if (iy < 0 || ix < 0 || iy >= i32(p.h) || ix >= i32(p.w)) {
         return 0.0;
     }
-    return inp[((n * p.c_in + ci) * p.h + u32(iy)) * p.w + u32(ix)];
+    return inp[((o.x * p.c_in + tap.x) * p.h + u32(iy)) * p.w + u32(ix)];
 }
 
 // The dout element that weight tap r = (co, ki, kj) meets at input pixel j = (n, iy, ix), 0 if none.
 fn dout_gather(r: u32, j: u32) -> f32 {
-    let khw = p.kh * p.kw;
-    let hw = p.h * p.w;
-    if (r >= p.c_out * khw || j >= p.n * hw) {
+    if (r >= p.c_out * p.kh * p.kw || j >= p.n * p.h * p.w) {
         return 0.0;
     }
-    let co = r / khw;
-    let kr = r - co * khw;
-    let ki = kr / p.kw;
-    let kj = kr - ki * p.kw;
-    let n = j / hw;
-    let pix = j - n * hw;
-    let iy = pix / p.w;
-    let ix = pix - iy * p.w;
-    let ty = i32(iy + p.pad) - i32(ki);
-    let tx = i32(ix + p.pad) - i32(kj);
+    let tap = unravel(r, p.kh, p.kw); // (co, ki, kj)
+    let i = unravel(j, p.h, p.w);     // (n, iy, ix)
+    let ty = i32(i.y + p.pad) - i32(tap.y);
+    let tx = i32(i.z + p.pad) - i32(tap.z);
     if (ty < 0 || tx < 0) {
         return 0.0;
     }
@@ -103,11 +104,43 @@ fn dout_gather(r: u32, j: u32) -> f32 {
     if (oy >= p.oh || ox >= p.ow) {
         return 0.0;
     }
-    return dout[((n * p.c_out + co) * p.oh + oy) * p.ow + ox];
+    return dout[((i.x * p.c_out + tap.x) * p.oh + oy) * p.ow + ox];
 }
 
-// acc[i] += a_tile[kk, ty*4 + i] * b_tile[kk, tx*4 .. tx*4 + 4] over the 16-deep chunk.
-fn multiply_tile(acc: ptr<function, array<vec4<f32>, 4>>, tx: u32, ty: u32) {
+// The A element of each GEMM (0 outside the matrix), by entry point: weight rows (forward), dout [C_out, N*OH*OW]
+// (backward weight), weight[co, m, ki, kj] at k = (co, ki, kj) (backward data). The B elements are col_value (forward),
+// its transpose (backward weight) and dout_gather (backward data).
+fn a_forward(m: u32, k: u32) -> f32 {
+    if (m >= p.gemm_m || k >= p.gemm_k) {
+        return 0.0;
+    }
+    return weight[m * p.gemm_k + k];
+}
+
+fn a_backward_weight(m: u32, k: u32) -> f32 {
+    if (m >= p.gemm_m || k >= p.gemm_k) {
+        return 0.0;
+    }
+    return dout[channel_offset(k, m, p.c_out, p.oh * p.ow)];
+}
+
+fn a_backward_data(m: u32, k: u32) -> f32 {
+    if (m >= p.gemm_m || k >= p.gemm_k) {
+        return 0.0;
+    }
+    return weight[channel_offset(k, m, p.c_in, p.kh * p.kw)];
+}
+
+// Slot of element e of a chunk read along k (e = mm * TILE_K + kk) in a k-major tile; a chunk read along m or n
+// (e = kk * TILE_N + nn) lands at slot e.
+fn k_major(e: u32) -> u32 {
+    return (e % TILE_K) * TILE_M + e / TILE_K;
+}
+
+// acc[i] += a_tile[kk, ty*4 + i] * b_tile[kk, tx*4 .. tx*4 + 4] over the 16-deep chunk (tx, ty = lid % 16, lid / 16).
+fn multiply_tile(acc: ptr<function, array<vec4<f32>, 4>>, lid: u32) {
+    let tx = lid % 16u;
+    let ty = lid / 16u;
     for (var kk = 0u; kk < TILE_K; kk++) {
         let ab = kk * TILE_M + ty * 4u;
         let bb = kk * TILE_N + tx * 4u;
@@ -120,6 +153,41 @@ fn multiply_tile(acc: ptr<function, array<vec4<f32>, 4>>, tx: u32, ty: u32) {
     }
 }
 
+// The three GEMMs, by entry point (the `gemm` argument of store_tile).
+const FORWARD: u32 = 0u;         // conv2d_forward
+const BACKWARD_WEIGHT: u32 = 1u; // conv2d_backward_weight
+const BACKWARD_DATA: u32 = 2u;   // conv2d_backward_data
+
+// C[m, j] into result: out [N, C_out, OH, OW] overwritten (forward), dweight [C_out, K] or dinp [N, C_in, H, W]
+// accumulated (backward).
+fn store_result(gemm: u32, m: u32, j: u32, v: f32) {
+    if (gemm == FORWARD) {
+        result[channel_offset(j, m, p.c_out, p.oh * p.ow)] = v;
+        return;
+    }
+    var idx = m * p.gemm_n + j;
+    if (gemm == BACKWARD_DATA) {
+        idx = channel_offset(j, m, p.c_in, p.h * p.w);
+    }
+    result[idx] = result[idx] + v;
+}
+
+// This thread's 4x4 micro-tile of the tile at (m0, j0), the elements inside C.
+fn store_tile(gemm: u32, acc: array<vec4<f32>, 4>, lid: u32, m0: u32, j0: u32) {
+    for (var i = 0u; i < 4u; i++) {
+        let m = m0 + (lid / 16u) * 4u + i;
+        for (var c = 0u; c < 4u; c++) {
+            let j = j0 + (lid % 16u) * 4u + c;
+            if (m < p.gemm_m && j < p.gemm_n) {
+                store_result(gemm, m, j, acc[i][c]);
+            }
+        }
+    }
+}
+
+// Each entry point: the tile (m0, j0) = (wid.y, wid.x + wid.z * nwg.x) * 64, K in 16-deep chunks, 4 elements of A
+// and 4 of B staged per thread and chunk.
+
 // out [N, C_out, OH, OW] = weight [C_out, K] · col [K, N*OH*OW]
 @compute @workgroup_size(256)
 fn conv2d_forward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -128,40 +196,19 @@ fn conv2d_forward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
     if (j0 >= p.gemm_n) {
         return;
     }
-    let tx = lid % 16u;
-    let ty = lid / 16u;
     var acc: array<vec4<f32>, 4>;
     for (var k0 = 0u; k0 < p.gemm_k; k0 += TILE_K) {
         for (var i = 0u; i < 4u; i++) {
             let e = lid + i * 256u;
-            // A = weight rows, contiguous along k
-            let ka = e % TILE_K;
-            let ma = e / TILE_K;
-            var a = 0.0;
-            if (m0 + ma < p.gemm_m && k0 + ka < p.gemm_k) {
-                a = weight[(m0 + ma) * p.gemm_k + k0 + ka];
-            }
-            a_tile[ka * TILE_M + ma] = a;
-            // B = im2col, contiguous along output pixels
-            let nb = e % TILE_N;
-            let kb = e / TILE_N;
-            b_tile[kb * TILE_N + nb] = col_value(k0 + kb, j0 + nb);
+            // A = weight rows, read along k; B = im2col, read along output pixels
+            a_tile[k_major(e)] = a_forward(m0 + e / TILE_K, k0 + e % TILE_K);
+            b_tile[e] = col_value(k0 + e / TILE_N, j0 + e % TILE_N);
         }
         workgroupBarrier();
-        multiply_tile(&acc, tx, ty);
+        multiply_tile(&acc, lid);
         workgroupBarrier();
     }
-    let ohw = p.oh * p.ow;
-    for (var i = 0u; i < 4u; i++) {
-        let m = m0 + ty * 4u + i;
-        for (var c = 0u; c < 4u; c++) {
-            let j = j0 + tx * 4u + c;
-            if (m < p.gemm_m && j < p.gemm_n) {
-                let n = j / ohw;
-                result[(n * p.c_out + m) * ohw + (j - n * ohw)] = acc[i][c];
-            }
-        }
-    }
+    store_tile(FORWARD, acc, lid, m0, j0);
 }
 
 // dweight [C_out, K] += dout [C_out, N*OH*OW] · colᵀ [N*OH*OW, K]
@@ -172,39 +219,19 @@ fn conv2d_backward_weight(@builtin(local_invocation_index) lid: u32, @builtin(wo
     if (j0 >= p.gemm_n) {
         return;
     }
-    let tx = lid % 16u;
-    let ty = lid / 16u;
-    let ohw = p.oh * p.ow;
     var acc: array<vec4<f32>, 4>;
     for (var k0 = 0u; k0 < p.gemm_k; k0 += TILE_K) {
         for (var i = 0u; i < 4u; i++) {
             let e = lid + i * 256u;
-            // both operands contiguous along the reduction (output pixels)
-            let kk = e % TILE_K;
-            let mn = e / TILE_K;
-            let r = k0 + kk;
-            var a = 0.0;
-            if (m0 + mn < p.gemm_m && r < p.gemm_k) {
-                let n = r / ohw;
-                a = dout[(n * p.c_out + m0 + mn) * ohw + (r - n * ohw)];
-            }
-            a_tile[kk * TILE_M + mn] = a;
-            b_tile[kk * TILE_N + mn] = col_value(j0 + mn, r);
+            // both operands read along the reduction (output pixels)
+            a_tile[k_major(e)] = a_backward_weight(m0 + e / TILE_K, k0 + e % TILE_K);
+            b_tile[k_major(e)] = col_value(j0 + e / TILE_K, k0 + e % TILE_K);
         }
         workgroupBarrier();
-        multiply_tile(&acc, tx, ty);
+        multiply_tile(&acc, lid);
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let m = m0 + ty * 4u + i;
-        for (var c = 0u; c < 4u; c++) {
-            let j = j0 + tx * 4u + c;
-            if (m < p.gemm_m && j < p.gemm_n) {
-                let idx = m * p.gemm_n + j;
-                result[idx] = result[idx] + acc[i][c];
-            }
-        }
-    }
+    store_tile(BACKWARD_WEIGHT, acc, lid, m0, j0);
 }
 
 // dinp [N, C_in, H, W] += Σ_(co, ki, kj) weight[co, ci, ki, kj] · dout[n, co, (iy + pad - ki) / stride, ...]
@@ -215,42 +242,18 @@ fn conv2d_backward_data(@builtin(local_invocation_index) lid: u32, @builtin(work
     if (j0 >= p.gemm_n) {
         return;
     }
-    let tx = lid % 16u;
-    let ty = lid / 16u;
-    let khw = p.kh * p.kw;
     var acc: array<vec4<f32>, 4>;
     for (var k0 = 0u; k0 < p.gemm_k; k0 += TILE_K) {
         for (var i = 0u; i < 4u; i++) {
             let e = lid + i * 256u;
-            // A[ci, r = (co, ki, kj)] = weight[co, ci, ki, kj], contiguous along the taps
-            let ka = e % TILE_K;
-            let ma = e / TILE_K;
-            let r = k0 + ka;
-            var a = 0.0;
-            if (m0 + ma < p.gemm_m && r < p.gemm_k) {
-                let co = r / khw;
-                a = weight[(co * p.c_in + m0 + ma) * khw + (r - co * khw)];
-            }
-            a_tile[ka * TILE_M + ma] = a;
-            // B[r, j = (n, iy, ix)] = dout gathered, contiguous along input pixels
-            let nb = e % TILE_N;
-            let kb = e / TILE_N;
-            b_tile[kb * TILE_N + nb] = dout_gather(k0 + kb, j0 + nb);
+            // A[ci, r = (co, ki, kj)] = weight[co, ci, ki, kj], read along the taps; B = dout gathered, read along
+            // input pixels
+            a_tile[k_major(e)] = a_backward_data(m0 + e / TILE_K, k0 + e % TILE_K);
+            b_tile[e] = dout_gather(k0 + e / TILE_N, j0 + e % TILE_N);
         }
         workgroupBarrier();
-        multiply_tile(&acc, tx, ty);
+        multiply_tile(&acc, lid);
         workgroupBarrier();
     }
-    let hw = p.h * p.w;
-    for (var i = 0u; i < 4u; i++) {
-        let m = m0 + ty * 4u + i;
-        for (var c = 0u; c < 4u; c++) {
-            let j = j0 + tx * 4u + c;
-            if (m < p.gemm_m && j < p.gemm_n) {
-                let n = j / hw;
-                let idx = (n * p.c_in + m) * hw + (j - n * hw);
-                result[idx] = result[idx] + acc[i][c];
-            }
-        }
-    }
+    store_tile(BACKWARD_DATA, acc, lid, m0, j0);
 }

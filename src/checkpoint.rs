@@ -57,18 +57,6 @@ const MAX_HEADER: usize = 100_000_000;
 /// How many names an error lists before it says "and N more".
 const LIST_NAMES: usize = 8;
 
-fn display(path: &Path) -> String {
-    path.display().to_string()
-}
-
-fn bad(path: &Path, reason: impl Into<String>) -> Error {
-    Error::BadFile { path: display(path), reason: reason.into() }
-}
-
-fn io(path: &Path, source: std::io::Error) -> Error {
-    Error::Io { path: display(path), source }
-}
-
 fn list(names: &[String]) -> String {
     let mut s = names.iter().take(LIST_NAMES).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
     if names.len() > LIST_NAMES {
@@ -194,23 +182,23 @@ fn check_names<'n>(
         for t in &layout.tensors {
             let name = format!("{prefix}{}", t.name);
             if !seen.insert(name.clone()) {
-                return Err(bad(path, format!("tensor `{name}` would appear twice (check the parts' prefixes)")));
+                return Err(Error::bad_file(path, format!("tensor `{name}` would appear twice (check the parts' prefixes)")));
             }
         }
     }
     for s in scalars {
         if s.is_empty() || s == METADATA_KEY {
-            return Err(bad(path, format!("invalid scalar name `{s}`")));
+            return Err(Error::bad_file(path, format!("invalid scalar name `{s}`")));
         }
         if !seen.insert(s.to_string()) {
-            return Err(bad(path, format!("tensor `{s}` would appear twice (scalar and tensor, or two scalars)")));
+            return Err(Error::bad_file(path, format!("tensor `{s}` would appear twice (scalar and tensor, or two scalars)")));
         }
     }
     Ok(())
 }
 
-/// Appends `s` as a JSON string literal.
-fn json_str(out: &mut String, s: &str) {
+/// Appends `s` as a JSON string literal (also the metrics' JSON lines, [`crate::report`]).
+pub(crate) fn json_str(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
@@ -284,7 +272,7 @@ pub fn save(
         header.push(' ');
     }
     if header.len() > MAX_HEADER {
-        return Err(bad(
+        return Err(Error::bad_file(
             path,
             format!("header of {} bytes exceeds the safetensors limit of {MAX_HEADER}", header.len()),
         ));
@@ -323,7 +311,7 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// `path`. On failure the temporary file is removed and `path` is untouched.
 fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
     let Some(file_name) = path.file_name() else {
-        return Err(io(path, std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path")));
+        return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path")));
     };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -345,7 +333,7 @@ fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> std::io::Resu
             match std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
                 Ok(f) => break (tmp, f),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 16 => attempt += 1,
-                Err(e) => return Err(io(&tmp, e)),
+                Err(e) => return Err(Error::io(&tmp, e)),
             }
         }
     };
@@ -357,11 +345,11 @@ fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> std::io::Resu
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
-        return Err(io(&tmp, e));
+        return Err(Error::io(&tmp, e));
     }
     if let Err(e) = std::fs::rename(&tmp, path) {
         let _ = std::fs::remove_file(&tmp);
-        return Err(io(path, e));
+        return Err(Error::io(path, e));
     }
     // Make the rename itself durable. Some filesystems refuse to fsync a directory; the file is in place already.
     #[cfg(unix)]
@@ -447,7 +435,7 @@ pub struct Checkpoint {
 /// corrupt one (header length, JSON, offsets, data shorter or longer than declared) is [`Error::BadFile`].
 pub fn load(path: impl AsRef<Path>) -> Result<Checkpoint> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     Checkpoint::from_bytes(path, bytes)
 }
 
@@ -474,11 +462,11 @@ impl Checkpoint {
         let total = bytes.len();
         // Our own checks first, so the common corruptions get precise messages.
         let Some(len_bytes) = bytes.get(..8) else {
-            return Err(bad(path, format!("file is {total} bytes, too short for the 8-byte header length")));
+            return Err(Error::bad_file(path, format!("file is {total} bytes, too short for the 8-byte header length")));
         };
         let n = u64::from_le_bytes(len_bytes.try_into().unwrap_or([0; 8]));
         if n > MAX_HEADER as u64 {
-            return Err(bad(
+            return Err(Error::bad_file(
                 path,
                 format!(
                     "header length {n} exceeds the limit of {MAX_HEADER} bytes (corrupt or not a safetensors file)"
@@ -487,7 +475,7 @@ impl Checkpoint {
         }
         let n = n as usize;
         if n > total - 8 {
-            return Err(bad(path, format!("header declares {n} bytes but only {} follow (truncated file)", total - 8)));
+            return Err(Error::bad_file(path, format!("header declares {n} bytes but only {} follow (truncated file)", total - 8)));
         }
         // The safetensors crate parses the JSON and checks offsets and sizes. It returns errors for corrupt input;
         // catch_unwind is a last resort against an arithmetic overflow it could hit in builds with overflow checks.
@@ -504,9 +492,9 @@ impl Checkpoint {
                     }
                     e => format!("invalid safetensors header: {e}"),
                 };
-                return Err(bad(path, reason));
+                return Err(Error::bad_file(path, reason));
             }
-            Err(_) => return Err(bad(path, "invalid safetensors header (offsets overflow)")),
+            Err(_) => return Err(Error::bad_file(path, "invalid safetensors header (offsets overflow)")),
         };
         let data_start = 8 + n;
         let data_len = total - data_start;
@@ -515,7 +503,7 @@ impl Checkpoint {
             let (start, end) = info.data_offsets;
             // Already checked by the crate; checked again so no slice can ever go out of bounds.
             if start > end || end > data_len {
-                return Err(bad(
+                return Err(Error::bad_file(
                     path,
                     format!(
                         "tensor `{name}`: data offsets [{start}, {end}] outside the data section of {data_len} bytes"
@@ -558,7 +546,7 @@ impl Checkpoint {
     }
 
     fn err(&self, reason: impl Into<String>) -> Error {
-        bad(&self.path, reason)
+        Error::bad_file(&self.path, reason)
     }
 
     fn raw(&self, e: &TensorEntry) -> &[u8] {

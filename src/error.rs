@@ -60,6 +60,16 @@ impl Error {
     pub fn shape(op: &'static str, expected: impl Into<String>, got: impl Into<String>) -> Self {
         Error::Shape { op, expected: expected.into(), got: got.into() }
     }
+    /// [`Error::Io`] on the file `path`.
+    #[cfg_attr(not(feature = "checkpoint"), allow(dead_code))]
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        Error::Io { path: path.display().to_string(), source }
+    }
+    /// [`Error::BadFile`] for the file `path`.
+    #[cfg_attr(not(feature = "checkpoint"), allow(dead_code))]
+    pub(crate) fn bad_file(path: &std::path::Path, reason: impl Into<String>) -> Self {
+        Error::BadFile { path: path.display().to_string(), reason: reason.into() }
+    }
 }
 
 #[cfg(feature = "cuda")]

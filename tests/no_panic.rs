@@ -9,7 +9,7 @@
 //! their validating constructors: the fields are private, so a struct literal or `..shape` does not compile.
 mod common;
 use common::*;
-use moco::device::{Device, DeviceKind, Region};
+use moco::device::{Device, Region};
 use moco::ops::ema::{self, Ema};
 use moco::ops::infonce::{self, Infonce};
 use moco::ops::normalize::{self, Normalize, NormalizeShape};
@@ -152,19 +152,6 @@ fn read<D: Device>(dev: &D, b: &(D::Buf, usize)) -> Vec<f32> {
     dev.read(&b.0, Region::new(0, b.1)).unwrap()
 }
 
-/// Library bug (reported; pinned by `empty_views_are_refused_on_every_device`, ignored until it is fixed): the wgpu
-/// launchers of these families count a view's bound bytes (`GpuSlice::size() / 4`, at least one element), not its
-/// elements (`GpuSlice::len()`), so an empty view passes where one element is needed. This is the only mismatch
-/// tolerated, on wgpu only: every length exact except empty views (`Empty`, or `Short` of one) standing for one
-/// element.
-fn wgpu_empty_view_bug<D: Device>(b: &D, lens: &[Len], want: &[usize]) -> bool {
-    let bug = b.kind() == DeviceKind::Wgpu && lens.iter().zip(want).all(|(l, &e)| l.exact(e) || (l.apply(e) == 0 && e == 1));
-    if bug {
-        eprintln!("{}: an empty view accepted for one element (known wgpu bug): lengths {lens:?} for {want:?}", b.name());
-    }
-    bug
-}
-
 /// InfoNCE and logits through the family trait on device `b`.
 fn infonce_on<D: Infonce>(b: &mut D, p: &Problem) {
     let name = b.name();
@@ -188,7 +175,6 @@ fn infonce_on<D: Infonce>(b: &mut D, p: &Problem) {
     let r = b.infonce_now(mv::<D>(&mut dq), mv::<D>(&mut rl), rv::<D>(&qb), rv::<D>(&kb), &queue, &shape);
     match r {
         Err(e) => assert!(!exact, "{name}: infonce rejected a valid problem N={n} C={c} K={k} T={}: {e}", p.t),
-        Ok(_) if !exact && wgpu_empty_view_bug(b, &p.lens[..4], &[n * c, n * c, n * c, n]) => {}
         Ok(s) => {
             assert!(exact, "{name}: infonce accepted wrong buffer lengths {:?}", &p.lens[..4]);
             let stored = b.queue_to_f32(&queue).unwrap();
@@ -202,7 +188,6 @@ fn infonce_on<D: Infonce>(b: &mut D, p: &Problem) {
     let exact_l = p.lens[0].exact(n * c) && p.lens[1].exact(n * c) && p.lens[3].exact(n) && p.lens[4].exact(n * k);
     match b.logits(mv::<D>(&mut lp), mv::<D>(&mut ln), rv::<D>(&qb), rv::<D>(&kb), &queue, &lshape) {
         Err(e) => assert!(!exact_l, "{name}: logits rejected a valid problem: {e}"),
-        Ok(()) if !exact_l && wgpu_empty_view_bug(b, &[p.lens[0], p.lens[1], p.lens[3], p.lens[4]], &[n * c, n * c, n, n * k]) => {}
         Ok(()) => {
             assert!(exact_l, "{name}: logits accepted wrong buffer lengths");
             let (lp, ln) = (read(b, &lp), read(b, &ln));
@@ -233,7 +218,6 @@ fn v3_on<D: Infonce>(b: &mut D, p: &Problem) {
     let up: Vec<_> = bufs.iter().map(|v| up(b, v)).collect();
     match b.moco_v3_loss_now(mv::<D>(&mut d1), mv::<D>(&mut d2), rv::<D>(&up[0]), rv::<D>(&up[1]), rv::<D>(&up[2]), rv::<D>(&up[3]), &shape) {
         Err(e) => assert!(!exact, "{name}: v3 rejected a valid problem: {e}"),
-        Ok(_) if !exact && wgpu_empty_view_bug(b, &p.lens, &[n * c; 5]) => {}
         Ok(loss) => {
             assert!(exact, "{name}: v3 accepted wrong buffer lengths {:?}", p.lens);
             let want = p.comparable().then(|| infonce::reference::moco_v3_loss(&bufs[0], &bufs[1], &bufs[2], &bufs[3], n, c, p.t as f64).0);
@@ -254,7 +238,6 @@ fn queue_and_ema_on<D: KeyQueue + Ema>(b: &mut D, n: usize, c: usize, k: usize, 
             let kb = up(b, &keys);
             match b.enqueue(&mut queue, rv::<D>(&kb), &shape) {
                 Err(e) => assert!(!lens[0].exact(n * c), "{name}: enqueue rejected a valid problem: {e}"),
-                Ok(_) if !lens[0].exact(n * c) && wgpu_empty_view_bug(b, &lens[..1], &[n * c]) => {}
                 Ok(next) => {
                     assert!(lens[0].exact(n * c), "{name}: enqueue accepted {} keys for N*C = {}", keys.len(), n * c);
                     assert_eq!(next, (ptr + n) % k);
@@ -282,7 +265,7 @@ fn queue_and_ema_on<D: KeyQueue + Ema>(b: &mut D, n: usize, c: usize, k: usize, 
     match EmaShape::new(len, m) {
         Ok(s) => match b.ema_update(mv::<D>(&mut kb), rv::<D>(&qb), &s) {
             Err(e) => assert!(!ok_problem, "{name}: ema_update rejected len {len} m {m}: {e}"),
-            Ok(()) => assert!(ok_problem || wgpu_empty_view_bug(b, &lens[1..], &[len]), "{name}: ema_update accepted len {len} (q {}) m {m}", q.len()),
+            Ok(()) => assert!(ok_problem, "{name}: ema_update accepted len {len} (q {}) m {m}", q.len()),
         },
         Err(_) => assert!(len == 0 || !(0.0..=1.0).contains(&m), "EmaShape rejected len {len} m {m}"),
     }
@@ -307,7 +290,6 @@ fn normalize_on<D: Normalize>(b: &mut D, p: &Problem) {
     let exact = p.lens[0].exact(n * c) && p.lens[2].exact(n * c) && p.lens[3].exact(n);
     match b.normalize_rows(mv::<D>(&mut x_hat), mv::<D>(&mut inv), rv::<D>(&xb), &shape) {
         Err(e) => assert!(!exact, "{name}: normalize_rows rejected rows {n} C {c}: {e}"),
-        Ok(()) if !exact && wgpu_empty_view_bug(b, &[p.lens[0], p.lens[2], p.lens[3]], &[n * c, n * c, n]) => {}
         Ok(()) => {
             assert!(exact, "{name}: normalize_rows accepted wrong lengths {:?}", p.lens);
             let (got, got_inv) = (read(b, &x_hat), read(b, &inv));
@@ -525,7 +507,6 @@ fn empty_views_are_refused<D: Infonce + Ema>(b: &mut D) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "library bug: the wgpu launchers of infonce, logits, moco_v3_loss, enqueue, ema_update and normalize_rows check GpuSlice::size() / 4 (>= 1) instead of GpuSlice::len(), so they accept empty views"]
 fn empty_views_are_refused_on_every_device() {
     let mut accepted = Vec::new();
     on_every_device!("empty_views_are_refused_on_every_device", |b| accepted.extend(empty_views_are_refused(b)));

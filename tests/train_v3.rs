@@ -6,9 +6,8 @@
 mod common;
 
 use moco::data::{synthetic, SyntheticConfig};
-use moco::nn::{Layers, MlpSpec, Model, VitConfig, VitLayout};
-use moco::ops::{ema::Ema, infonce::Infonce, optim::Optim};
-use moco::train::{self, CpuEngine, CpuVitEngine, Engine, MocoEngine, ModelKind, RunOptions, TrainConfig};
+use moco::nn::{MlpSpec, Model, VitConfig, VitLayout};
+use moco::train::{self, CpuEngine, CpuVitEngine, Engine, MocoEngine, ModelKind, RunOptions, TrainConfig, TrainDevice};
 use moco::Error;
 use safetensors::SafeTensors;
 use std::path::PathBuf;
@@ -68,13 +67,8 @@ fn engine_matches_fixture(e: &mut dyn Engine, tol: f64) {
     assert_eq!(after.q_params, s.q_params, "lr 0: parameters unchanged");
 }
 
-/// What the engine asks of its device: `moco::train::TrainDevice`, which the crate does not export (it is declared
-/// in a private module), restated here over the public family traits.
-trait TrainDev: Layers + Infonce + Ema + Optim {}
-impl<D: Layers + Infonce + Ema + Optim> TrainDev for D {}
-
 /// The ViT engine on `dev` against the fixture: the CPU at the fixture's tolerances, a GPU at 10x (summation order).
-fn fixture_step_on<D: TrainDev>(dev: &mut D) {
+fn fixture_step_on<D: TrainDevice>(dev: &mut D) {
     let tol = if common::is_cpu(dev) { 1.0 } else { 10.0 };
     engine_matches_fixture(&mut MocoEngine::<D, VitLayout>::on(dev.clone(), &fixture_config()).unwrap(), tol);
 }

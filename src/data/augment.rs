@@ -1035,19 +1035,17 @@ impl From<AugmentConfig> for ViewPair {
 /// `CounterRng::new(seed, epoch, index, 1)`. The result depends only on these numbers, never on threads or
 /// call order. Checks the buffer lengths only; call [`ViewPair::validate`] once beforehand.
 #[allow(clippy::too_many_arguments)]
-pub fn augment_pair_views(
-    views: &ViewPair,
-    src: &[u8],
-    height: usize,
-    width: usize,
-    seed: u64,
-    epoch: u64,
-    index: u64,
-    out_q: &mut [f32],
-    out_k: &mut [f32],
-) -> Result<()> {
-    augment_view(&views.view1, src, height, width, &mut CounterRng::new(seed, epoch, index, 0), out_q)?;
-    augment_view(&views.view2, src, height, width, &mut CounterRng::new(seed, epoch, index, 1), out_k)
+pub fn augment_pair_views(views: &ViewPair, src: &[u8], height: usize, width: usize, seed: u64, epoch: u64, index: u64, out_q: &mut [f32], out_k: &mut [f32]) -> Result<()> {
+    augment_two_views([&views.view1, &views.view2], src, (height, width), (seed, epoch, index), [out_q, out_k])
+}
+
+/// View `v` (0, 1) of `cfgs` into `outs[v]`, drawing from `CounterRng::new(seed, epoch, index, v)`: what
+/// [`augment_pair_views`] and [`augment_pair`] both do.
+fn augment_two_views(cfgs: [&AugmentConfig; 2], src: &[u8], (height, width): (usize, usize), (seed, epoch, index): (u64, u64, u64), outs: [&mut [f32]; 2]) -> Result<()> {
+    for (view, (cfg, out)) in cfgs.into_iter().zip(outs).enumerate() {
+        augment_view(cfg, src, height, width, &mut CounterRng::new(seed, epoch, index, view as u64), out)?;
+    }
+    Ok(())
 }
 
 /// The two views of a MoCo pair for sample `index` at `epoch`: view 0 (query) from
@@ -1055,31 +1053,6 @@ pub fn augment_pair_views(
 /// The result depends only on these numbers, never on threads or call order. [`augment_pair_views`] with
 /// the same config for both views.
 #[allow(clippy::too_many_arguments)]
-pub fn augment_pair(
-    cfg: &AugmentConfig,
-    src: &[u8],
-    height: usize,
-    width: usize,
-    seed: u64,
-    epoch: u64,
-    index: u64,
-    out_q: &mut [f32],
-    out_k: &mut [f32],
-) -> Result<()> {
-    augment_view(
-        cfg,
-        src,
-        height,
-        width,
-        &mut CounterRng::new(seed, epoch, index, 0),
-        out_q,
-    )?;
-    augment_view(
-        cfg,
-        src,
-        height,
-        width,
-        &mut CounterRng::new(seed, epoch, index, 1),
-        out_k,
-    )
+pub fn augment_pair(cfg: &AugmentConfig, src: &[u8], height: usize, width: usize, seed: u64, epoch: u64, index: u64, out_q: &mut [f32], out_k: &mut [f32]) -> Result<()> {
+    augment_two_views([cfg, cfg], src, (height, width), (seed, epoch, index), [out_q, out_k])
 }

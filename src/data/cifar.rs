@@ -17,24 +17,10 @@ pub const CIFAR_RECORD: usize = 1 + 3 * CIFAR_SIDE * CIFAR_SIDE;
 /// Number of CIFAR-10 classes.
 pub const CIFAR_CLASSES: usize = 10;
 
-fn io_err(path: &Path, source: std::io::Error) -> Error {
-    Error::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
-fn bad(path: &Path, reason: impl Into<String>) -> Error {
-    Error::BadFile {
-        path: path.display().to_string(),
-        reason: reason.into(),
-    }
-}
-
 /// Parses the bytes of one CIFAR-10 binary file; `path` is only used to name the file in errors.
 pub fn parse_cifar_bin(bytes: &[u8], path: &Path) -> Result<Dataset> {
     if bytes.len() % CIFAR_RECORD != 0 {
-        return Err(bad(
+        return Err(Error::bad_file(
             path,
             format!(
                 "size {} is not a multiple of the {CIFAR_RECORD}-byte CIFAR-10 record ({} whole records and {} bytes left)",
@@ -49,7 +35,7 @@ pub fn parse_cifar_bin(bytes: &[u8], path: &Path) -> Result<Dataset> {
     let mut labels = Vec::with_capacity(n);
     for (i, rec) in bytes.chunks_exact(CIFAR_RECORD).enumerate() {
         if rec[0] as usize >= CIFAR_CLASSES {
-            return Err(bad(
+            return Err(Error::bad_file(
                 path,
                 format!(
                     "record {i} has label {}, expected 0..{}",
@@ -68,7 +54,7 @@ pub fn parse_cifar_bin(bytes: &[u8], path: &Path) -> Result<Dataset> {
 /// [`Error::BadFile`] naming the file; a missing file an [`Error::Io`].
 pub fn load_cifar_bin(path: impl AsRef<Path>) -> Result<Dataset> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     parse_cifar_bin(&bytes, path)
 }
 
@@ -132,7 +118,7 @@ fn class_names(dir: &Path) -> Option<Vec<String>> {
 pub fn load_cifar_dir(dir: impl AsRef<Path>) -> Result<(Dataset, Dataset)> {
     let dir = dir.as_ref();
     let (train_files, test_files) = cifar_dir_files(dir).ok_or_else(|| {
-        bad(dir, "not a CIFAR-10 folder: expected data_batch_1..5.bin + test_batch.bin, or train.bin + test.bin")
+        Error::bad_file(dir, "not a CIFAR-10 folder: expected data_batch_1..5.bin + test_batch.bin, or train.bin + test.bin")
     })?;
     let mut train = load_cifar_files(&train_files)?;
     let mut test = load_cifar_files(&test_files)?;
@@ -161,9 +147,9 @@ pub fn write_cifar_bin(ds: &Dataset, path: impl AsRef<Path>) -> Result<()> {
         bytes.extend_from_slice(&ds.images()[i * per..(i + 1) * per]);
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     let tmp = path.with_extension("bin.tmp");
-    std::fs::write(&tmp, &bytes).map_err(|e| io_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+    std::fs::write(&tmp, &bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }

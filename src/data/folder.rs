@@ -10,20 +10,6 @@ use rayon::prelude::*;
 use super::dataset::Dataset;
 use crate::error::{Error, Result};
 
-fn io_err(path: &Path, source: std::io::Error) -> Error {
-    Error::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
-fn bad(path: &Path, reason: impl Into<String>) -> Error {
-    Error::BadFile {
-        path: path.display().to_string(),
-        reason: reason.into(),
-    }
-}
-
 fn is_image(path: &Path) -> bool {
     path.is_file()
         && path
@@ -35,8 +21,8 @@ fn is_image(path: &Path) -> bool {
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
-        let entry = entry.map_err(|e| io_err(dir, e))?;
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
         let name = entry.file_name();
         if name.to_string_lossy().starts_with('.') {
             continue;
@@ -73,11 +59,11 @@ pub fn load_image_chw(path: &Path, size: usize) -> Result<Vec<u8>> {
             size.to_string(),
         ));
     }
-    let reader = image::ImageReader::open(path).map_err(|e| io_err(path, e))?;
-    let reader = reader.with_guessed_format().map_err(|e| io_err(path, e))?;
+    let reader = image::ImageReader::open(path).map_err(|e| Error::io(path, e))?;
+    let reader = reader.with_guessed_format().map_err(|e| Error::io(path, e))?;
     let img = reader
         .decode()
-        .map_err(|e| bad(path, format!("cannot decode image: {e}")))?;
+        .map_err(|e| Error::bad_file(path, format!("cannot decode image: {e}")))?;
     let mut rgb = img.to_rgb8();
     let s = size as u32;
     if rgb.width() != s || rgb.height() != s {
@@ -104,7 +90,7 @@ pub fn load_image_folder_with_classes(
     let mut files: Vec<(PathBuf, u16)> = Vec::new();
     for (name, dir) in class_dirs(root)? {
         let label = classes.iter().position(|c| *c == name).ok_or_else(|| {
-            bad(
+            Error::bad_file(
                 &dir,
                 format!("class folder {name:?} is not one of the known classes {classes:?}"),
             )
@@ -137,14 +123,14 @@ pub fn load_image_folder(root: impl AsRef<Path>, size: usize) -> Result<Dataset>
     let root = root.as_ref();
     let classes: Vec<String> = class_dirs(root)?.into_iter().map(|(n, _)| n).collect();
     if classes.is_empty() {
-        return Err(bad(
+        return Err(Error::bad_file(
             root,
             "no class folders (expected root/<class>/*.png|jpg|jpeg)",
         ));
     }
     let ds = load_image_folder_with_classes(root, size, &classes)?;
     if ds.is_empty() {
-        return Err(bad(
+        return Err(Error::bad_file(
             root,
             "no .png, .jpg or .jpeg images in the class folders",
         ));

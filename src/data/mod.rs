@@ -68,10 +68,7 @@ pub fn load(path: impl AsRef<Path>, size: usize) -> Result<(Dataset, Dataset)> {
     if path.as_os_str() == "digits" && !path.exists() {
         return digits(32);
     }
-    let meta = std::fs::metadata(path).map_err(|e| Error::Io {
-        path: path.display().to_string(),
-        source: e,
-    })?;
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if meta.is_file() {
         let train = load_cifar_bin(path)?;
         let test = Dataset::empty(train.height(), train.width(), train.num_classes(), None);
@@ -83,10 +80,9 @@ pub fn load(path: impl AsRef<Path>, size: usize) -> Result<(Dataset, Dataset)> {
     if meta.is_dir() && !folder::class_dirs(path)?.is_empty() {
         return load_image_folder_split(path, size);
     }
-    Err(Error::BadFile {
-        path: path.display().to_string(),
-        reason: "expected a CIFAR-10 .bin file, a CIFAR-10 folder (data_batch_*.bin or train.bin) or an image \
-                 folder (root/<class>/*.png|jpg|jpeg)"
-            .into(),
-    })
+    Err(Error::bad_file(
+        path,
+        "expected a CIFAR-10 .bin file, a CIFAR-10 folder (data_batch_*.bin or train.bin) or an image \
+         folder (root/<class>/*.png|jpg|jpeg)",
+    ))
 }

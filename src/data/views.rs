@@ -70,14 +70,8 @@ pub fn save_views(
         .ok_or_else(|| Error::shape("save_views", "a consistent pixel buffer", "a short buffer"))?;
     img.save_with_format(path, image::ImageFormat::Png)
         .map_err(|e| match e {
-            image::ImageError::IoError(source) => Error::Io {
-                path: path.display().to_string(),
-                source,
-            },
-            other => Error::BadFile {
-                path: path.display().to_string(),
-                reason: format!("cannot write PNG: {other}"),
-            },
+            image::ImageError::IoError(source) => Error::io(path, source),
+            other => Error::bad_file(path, format!("cannot write PNG: {other}")),
         })?;
     Ok((w32, h32))
 }

@@ -31,8 +31,12 @@
 use std::cmp::Ordering;
 
 use crate::ops::linear::{cpu::linear_forward, LinearShape};
+use super::{check_dims, check_labels, check_row_count, check_rows};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
+
+/// The op name of the kNN monitor's errors.
+const OP: &str = "knn";
 
 /// Bank rows per similarity slab of [`KnnBank::predict_reference`]: one GEMM computes `sim [block, BANK_SLAB]`.
 pub const BANK_SLAB: usize = 4096;
@@ -61,7 +65,7 @@ impl Default for KnnConfig {
 
 impl KnnConfig {
     pub(super) fn validate(&self) -> Result<()> {
-        let op = "knn";
+        let op = OP;
         if self.k == 0 {
             return Err(Error::shape(op, "k >= 1", "k = 0"));
         }
@@ -93,29 +97,6 @@ pub struct KnnBank {
     pub(super) labels: Vec<u32>,
     pub(super) d: usize,
     pub(super) num_classes: usize,
-}
-
-/// Checks that `x` holds whole rows of length `d` and only finite values; returns the row count.
-pub(super) fn check_rows(what: &str, x: &[f32], d: usize) -> Result<usize> {
-    let op = "knn";
-    if x.len() % d != 0 {
-        return Err(Error::shape(op, format!("{what} of length rows * D (D = {d})"), format!("length {}", x.len())));
-    }
-    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-        return Err(Error::shape(op, format!("finite {what}"), format!("{} at index {i}", x[i])));
-    }
-    Ok(x.len() / d)
-}
-
-fn check_labels(what: &str, labels: &[u32], rows: usize, num_classes: usize) -> Result<()> {
-    let op = "knn";
-    if labels.len() != rows {
-        return Err(Error::shape(op, format!("{what} of length {rows}"), format!("length {}", labels.len())));
-    }
-    if let Some(&l) = labels.iter().find(|&&l| l as usize >= num_classes) {
-        return Err(Error::shape(op, format!("{what} < num_classes = {num_classes}"), format!("label {l}")));
-    }
-    Ok(())
 }
 
 /// `out[r] = x[r] / max(||x[r]||, 1e-12)` row by row (the same eps as `torch.nn.functional.normalize`).
@@ -235,23 +216,15 @@ impl KnnBank {
     /// `0..num_classes`. Errors on `D = 0`, `M = 0`, lengths that do not fit, non-finite values or labels out of
     /// range.
     pub fn new(features: &[f32], labels: &[u32], d: usize, num_classes: usize) -> Result<Self> {
-        let op = "knn";
-        if d == 0 {
-            return Err(Error::shape(op, "feature dimension D >= 1", "D = 0"));
-        }
-        if num_classes == 0 {
-            return Err(Error::shape(op, "num_classes >= 1", "num_classes = 0"));
-        }
-        let m = check_rows("bank features", features, d)?;
+        check_dims(OP, d, num_classes)?;
+        let m = check_rows(OP, "bank features", features, d)?;
         if m == 0 {
-            return Err(Error::shape(op, "a bank of M >= 1 rows", "M = 0"));
+            return Err(Error::shape(OP, "a bank of M >= 1 rows", "M = 0"));
         }
-        if m > u32::MAX as usize {
-            return Err(Error::shape(op, format!("M <= {}", u32::MAX), format!("M = {m}")));
-        }
+        check_row_count(OP, "M", m)?;
         // Slabs of BANK_SLAB rows go through one GEMM each; its shape check bounds the slab's element count.
         LinearShape::new(1, d, m.min(BANK_SLAB))?;
-        check_labels("bank labels", labels, m, num_classes)?;
+        check_labels(OP, "bank labels", labels, m, num_classes)?;
         let mut feats = vec![0.0f32; features.len()];
         feats.par_chunks_mut(d * 256).zip(features.par_chunks(d * 256)).for_each(|(o, x)| l2_normalise_into(o, x, d));
         Ok(Self { feats, labels: labels.to_vec(), d, num_classes })
@@ -277,6 +250,12 @@ impl KnnBank {
         self.num_classes
     }
 
+    /// Validates `cfg` and the query features `[Q, D]`; returns Q.
+    pub(super) fn query_rows(&self, queries: &[f32], cfg: &KnnConfig) -> Result<usize> {
+        cfg.validate()?;
+        check_rows(OP, "query features", queries, self.d)
+    }
+
     /// The predicted class of every query row of `queries [Q, D]` (raw features; normalised here).
     /// `Q = 0` gives an empty vector.
     ///
@@ -286,8 +265,7 @@ impl KnnBank {
     /// most `max(SIM_BUDGET, M)` values. The same neighbours and vote as [`KnnBank::predict_reference`]. An error
     /// when the bank has more than `i32::MAX` values (the GEMM's shape limit).
     pub fn predict(&self, queries: &[f32], cfg: &KnnConfig) -> Result<Vec<u32>> {
-        cfg.validate()?;
-        let q = check_rows("query features", queries, self.d)?;
+        let q = self.query_rows(queries, cfg)?;
         let mut preds = vec![0u32; q];
         if q == 0 {
             return Ok(preds);
@@ -320,12 +298,11 @@ impl KnnBank {
     /// Top-1 accuracy of the kNN predictions of `queries [Q, D]` against `labels [Q]`; keeps the predictions
     /// when `keep_predictions`. Errors on `Q = 0` (accuracy undefined) as well as on bad shapes.
     pub fn evaluate(&self, queries: &[f32], labels: &[u32], cfg: &KnnConfig, keep_predictions: bool) -> Result<KnnReport> {
-        cfg.validate()?;
-        let q = check_rows("query features", queries, self.d)?;
+        let q = self.query_rows(queries, cfg)?;
         if q == 0 {
-            return Err(Error::shape("knn", "Q >= 1 queries", "Q = 0"));
+            return Err(Error::shape(OP, "Q >= 1 queries", "Q = 0"));
         }
-        check_labels("query labels", labels, q, self.num_classes)?;
+        check_labels(OP, "query labels", labels, q, self.num_classes)?;
         let preds = self.predict(queries, cfg)?;
         let correct = preds.iter().zip(labels).filter(|(p, l)| p == l).count();
         Ok(KnnReport {

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::knn::{check_rows, l2_normalise_into, vote, KnnBank, KnnConfig, BANK_SLAB};
+use super::knn::{l2_normalise_into, vote, KnnBank, KnnConfig, BANK_SLAB};
 use crate::ops::linear::{cpu::linear_forward, LinearShape};
 use crate::error::Result;
 
@@ -77,8 +77,7 @@ impl KnnBank {
     /// (one GEMM per slab) into a size-k min-heap per query. Memory `O(block * (slab + k))` per task. Kept to
     /// compare against (benches/data_eval.rs) and as a second implementation in tests.
     pub fn predict_reference(&self, queries: &[f32], cfg: &KnnConfig) -> Result<Vec<u32>> {
-        cfg.validate()?;
-        let q = check_rows("query features", queries, self.d)?;
+        let q = self.query_rows(queries, cfg)?;
         let mut preds = vec![0u32; q];
         if q == 0 {
             return Ok(preds);

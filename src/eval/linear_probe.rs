@@ -15,7 +15,10 @@
 //! - Matrix products use the crate's GEMM ([`crate::ops::linear::cpu::linear_forward`] / `linear_backward`).
 
 use crate::ops::linear::{cpu::{linear_backward, linear_forward}, LinearShape};
+use super::{check_dims, check_labels, check_row_count, check_rows};
 use crate::error::{Error, Result};
+
+const OP: &str = "linear_probe";
 
 /// How features are normalised before the classifier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -56,7 +59,7 @@ impl Default for ProbeConfig {
 
 impl ProbeConfig {
     fn validate(&self) -> Result<()> {
-        let op = "linear_probe";
+        let op = OP;
         if self.epochs == 0 {
             return Err(Error::shape(op, "epochs >= 1", "epochs = 0"));
         }
@@ -106,28 +109,6 @@ pub struct ProbeReport {
     pub epoch_loss: Vec<f64>,
     /// The trained classifier.
     pub classifier: LinearClassifier,
-}
-
-fn check_rows(what: &str, x: &[f32], d: usize) -> Result<usize> {
-    let op = "linear_probe";
-    if x.len() % d != 0 {
-        return Err(Error::shape(op, format!("{what} of length rows * D (D = {d})"), format!("length {}", x.len())));
-    }
-    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-        return Err(Error::shape(op, format!("finite {what}"), format!("{} at index {i}", x[i])));
-    }
-    Ok(x.len() / d)
-}
-
-fn check_labels(what: &str, labels: &[u32], rows: usize, num_classes: usize) -> Result<()> {
-    let op = "linear_probe";
-    if labels.len() != rows {
-        return Err(Error::shape(op, format!("{what} of length {rows}"), format!("length {}", labels.len())));
-    }
-    if let Some(&l) = labels.iter().find(|&&l| l as usize >= num_classes) {
-        return Err(Error::shape(op, format!("{what} < num_classes = {num_classes}"), format!("label {l}")));
-    }
-    Ok(())
 }
 
 /// SplitMix64: a small, seedable generator for the shuffle (the crate has no runtime `rand`).
@@ -184,14 +165,14 @@ impl LinearClassifier {
     /// Predicted class of every row of raw features `x [N, D]` (normalised here as in training); ties go to the
     /// smaller class index. Errors when `x` or the classifier's own buffers do not fit `D` and `C`.
     pub fn predict(&self, x: &[f32]) -> Result<Vec<u32>> {
-        let op = "linear_probe";
+        let op = OP;
         if self.d == 0 || self.num_classes == 0 {
             return Err(Error::shape(op, "D >= 1 and C >= 1", format!("D = {}, C = {}", self.d, self.num_classes)));
         }
         if self.norm == FeatureNorm::Standardize && (self.mean.len() != self.d || self.inv_std.len() != self.d) {
             return Err(Error::shape(op, format!("mean and inv_std of length D = {}", self.d), format!("lengths {} and {}", self.mean.len(), self.inv_std.len())));
         }
-        let n = check_rows("features", x, self.d)?;
+        let n = check_rows(OP, "features", x, self.d)?;
         let mut xn = x.to_vec();
         self.normalise(&mut xn);
         self.predict_normalised(&xn, n)
@@ -241,24 +222,16 @@ pub fn linear_probe(
     num_classes: usize,
     cfg: &ProbeConfig,
 ) -> Result<ProbeReport> {
-    let op = "linear_probe";
     cfg.validate()?;
-    if d == 0 {
-        return Err(Error::shape(op, "feature dimension D >= 1", "D = 0"));
-    }
-    if num_classes == 0 {
-        return Err(Error::shape(op, "num_classes >= 1", "num_classes = 0"));
-    }
-    let n = check_rows("train features", train_x, d)?;
+    check_dims(OP, d, num_classes)?;
+    let n = check_rows(OP, "train features", train_x, d)?;
     if n == 0 {
-        return Err(Error::shape(op, "N >= 1 train rows", "N = 0"));
+        return Err(Error::shape(OP, "N >= 1 train rows", "N = 0"));
     }
-    if n > u32::MAX as usize {
-        return Err(Error::shape(op, format!("N <= {}", u32::MAX), format!("N = {n}")));
-    }
-    check_labels("train labels", train_y, n, num_classes)?;
-    let q = check_rows("test features", test_x, d)?;
-    check_labels("test labels", test_y, q, num_classes)?;
+    check_row_count(OP, "N", n)?;
+    check_labels(OP, "train labels", train_y, n, num_classes)?;
+    let q = check_rows(OP, "test features", test_x, d)?;
+    check_labels(OP, "test labels", test_y, q, num_classes)?;
     let c = num_classes;
     let bs = cfg.batch_size.min(n);
 

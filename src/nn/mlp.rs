@@ -134,12 +134,7 @@ impl MlpLayout {
 }
 
 impl Model for MlpLayout {
-    fn params(&self) -> &Layout {
-        &self.params
-    }
-    fn buffers(&self) -> &Layout {
-        &self.buffers
-    }
+    super::model::layouts_in_fields!();
     fn feature_dim(&self) -> usize {
         self.spec.out
     }

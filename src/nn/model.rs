@@ -21,6 +21,20 @@ pub trait Model: Clone + std::fmt::Debug {
     fn plan(&self, n: usize, h: usize, w: usize, bn_groups: usize) -> Result<Plan>;
 }
 
+/// [`Model::params`] and [`Model::buffers`] for an architecture that keeps its two layouts in fields `params` and
+/// `buffers`.
+macro_rules! layouts_in_fields {
+    () => {
+        fn params(&self) -> &$crate::nn::Layout {
+            &self.params
+        }
+        fn buffers(&self) -> &$crate::nn::Layout {
+            &self.buffers
+        }
+    };
+}
+pub(crate) use layouts_in_fields;
+
 /// The error for init buffers of the wrong lengths.
 pub(crate) fn check_init_lens(op: &'static str, m: &impl Model, params: &[f32], buffers: &[f32]) -> Result<()> {
     let (p, b) = (m.params().len, m.buffers().len);

@@ -55,12 +55,7 @@ pub(crate) fn plan_resnet(layout: &ResNetLayout, n: usize, h: usize, w: usize, b
 
 /// The plan side of the layout: [`plan_resnet`] walks it.
 impl super::model::Model for ResNetLayout {
-    fn params(&self) -> &super::layout::Layout {
-        &self.params
-    }
-    fn buffers(&self) -> &super::layout::Layout {
-        &self.buffers
-    }
+    super::model::layouts_in_fields!();
     fn feature_dim(&self) -> usize {
         self.feature_dim
     }

@@ -73,12 +73,7 @@ pub(crate) fn plan_vit(layout: &VitLayout, n: usize, h: usize, w: usize, bn_grou
 
 /// The plan side of the layout: [`plan_vit`] walks it.
 impl super::model::Model for VitLayout {
-    fn params(&self) -> &super::layout::Layout {
-        &self.params
-    }
-    fn buffers(&self) -> &super::layout::Layout {
-        &self.buffers
-    }
+    super::model::layouts_in_fields!();
     fn feature_dim(&self) -> usize {
         self.config.dim
     }

@@ -12,11 +12,22 @@ pub(crate) fn positive(op: &'static str, what: &str, v: usize) -> Result<()> {
     Ok(())
 }
 
+/// [`positive`] for every `(what, v)`, in order.
+pub(crate) fn positives(op: &'static str, dims: &[(&str, usize)]) -> Result<()> {
+    dims.iter().try_for_each(|&(what, v)| positive(op, what, v))
+}
+
 pub(crate) fn len(op: &'static str, what: &str, expected: usize, got: usize) -> Result<()> {
     if expected != got {
         return Err(Error::shape(op, format!("{what} of length {expected}"), format!("length {got}")));
     }
     Ok(())
+}
+
+/// [`len`] for every `(what, expected, got)`, in order (the first mismatch is the error). `got` is a length, or an
+/// `Option` of one for a buffer that may be absent: `None` passes, as in [`opt_len`].
+pub(crate) fn lens<G: Copy + Into<Option<usize>>>(op: &'static str, checks: &[(&str, usize, G)]) -> Result<()> {
+    checks.iter().try_for_each(|&(what, expected, got)| opt_len(op, what, expected, got.into()))
 }
 
 /// `v` small enough for the GPU kernels' u32 index arithmetic (with a factor of two to spare).

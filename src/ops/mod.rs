@@ -29,6 +29,7 @@
 //! and wgpu devices, and the CUDA emulation test.
 
 pub(crate) mod check;
+pub(crate) mod window;
 pub mod kernel_family;
 #[doc(hidden)]
 pub mod launch;

@@ -88,24 +88,5 @@ impl Optimizer for AdamW {
         self.steps += 1;
         Ok(())
     }
-    fn lr(&self) -> f64 {
-        self.config.lr
-    }
-    fn set_lr(&mut self, lr: f64) -> Result<()> {
-        check_nonneg("adamw", "lr", lr)?;
-        self.config.lr = lr;
-        Ok(())
-    }
-    fn steps(&self) -> u64 {
-        self.steps
-    }
-    fn set_steps(&mut self, steps: u64) {
-        self.steps = steps;
-    }
-    fn state(&self) -> Vec<(&'static str, &[f32])> {
-        vec![("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)]
-    }
-    fn state_mut(&mut self) -> Vec<(&'static str, &mut [f32])> {
-        vec![("exp_avg", &mut self.exp_avg), ("exp_avg_sq", &mut self.exp_avg_sq)]
-    }
+    super::optimizer_plumbing!("adamw", "exp_avg" => exp_avg, "exp_avg_sq" => exp_avg_sq);
 }

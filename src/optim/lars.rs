@@ -95,24 +95,5 @@ impl Optimizer for Lars {
         self.steps += 1;
         Ok(())
     }
-    fn lr(&self) -> f64 {
-        self.config.lr
-    }
-    fn set_lr(&mut self, lr: f64) -> Result<()> {
-        check_nonneg("lars", "lr", lr)?;
-        self.config.lr = lr;
-        Ok(())
-    }
-    fn steps(&self) -> u64 {
-        self.steps
-    }
-    fn set_steps(&mut self, steps: u64) {
-        self.steps = steps;
-    }
-    fn state(&self) -> Vec<(&'static str, &[f32])> {
-        vec![("mu", &self.mu)]
-    }
-    fn state_mut(&mut self) -> Vec<(&'static str, &mut [f32])> {
-        vec![("mu", &mut self.mu)]
-    }
+    super::optimizer_plumbing!("lars", "mu" => mu);
 }

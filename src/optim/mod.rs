@@ -45,6 +45,7 @@ pub use sgd::{sgd_step, Sgd, SgdConfig};
 
 use crate::error::{Error, Result};
 use crate::nn::Layout;
+use crate::ops::check;
 
 /// Elements per rayon task in the elementwise passes: 128 KiB of each buffer, the analogue of a GPU grid's
 /// block of work.
@@ -222,24 +223,43 @@ pub trait Optimizer {
     fn state_mut(&mut self) -> Vec<(&'static str, &mut [f32])>;
 }
 
+/// The [`Optimizer`] methods that are the same for every optimiser here: the learning rate lives in
+/// `self.config.lr` (checked by [`check_nonneg`] under the optimiser's name `$op`), the step count in `self.steps`,
+/// and the state is the listed `Vec<f32>` fields under torch's names.
+macro_rules! optimizer_plumbing {
+    ($op:literal, $($name:literal => $field:ident),+) => {
+        fn lr(&self) -> f64 {
+            self.config.lr
+        }
+        fn set_lr(&mut self, lr: f64) -> $crate::error::Result<()> {
+            $crate::optim::check_nonneg($op, "lr", lr)?;
+            self.config.lr = lr;
+            Ok(())
+        }
+        fn steps(&self) -> u64 {
+            self.steps
+        }
+        fn set_steps(&mut self, steps: u64) {
+            self.steps = steps;
+        }
+        fn state(&self) -> Vec<(&'static str, &[f32])> {
+            vec![$(($name, &self.$field)),+]
+        }
+        fn state_mut(&mut self) -> Vec<(&'static str, &mut [f32])> {
+            vec![$(($name, &mut self.$field)),+]
+        }
+    };
+}
+use optimizer_plumbing;
+
 /// `len >= 1` and within 32-bit GPU indexing (the bound [`crate::EmaShape`] uses).
 pub(crate) fn check_buffer_len(op: &'static str, len: usize) -> Result<()> {
-    if len == 0 {
-        return Err(Error::shape(op, "len >= 1", "len = 0"));
-    }
-    if len > u32::MAX as usize / 2 {
-        return Err(Error::shape(op, format!("len <= {}", u32::MAX / 2), format!("len = {len}")));
-    }
-    Ok(())
+    check::positive(op, "len", len)?;
+    check::fits_u32(op, "len", len)
 }
 
-/// A buffer that must hold `expected` elements.
-pub(crate) fn check_len(op: &'static str, what: &str, expected: usize, got: usize) -> Result<()> {
-    if expected != got {
-        return Err(Error::shape(op, format!("{what} of length {expected}"), format!("length {got}")));
-    }
-    Ok(())
-}
+// A buffer that must hold `expected` elements: the ops' length check, under the name the optimisers use.
+pub(crate) use check::len as check_len;
 
 /// A hyperparameter `>= 0`, finite in f64 and in f32 (where it meets the tensors).
 pub(crate) fn check_nonneg(op: &'static str, what: &str, v: f64) -> Result<()> {

@@ -96,24 +96,5 @@ impl Optimizer for Sgd {
         self.steps += 1;
         Ok(())
     }
-    fn lr(&self) -> f64 {
-        self.config.lr
-    }
-    fn set_lr(&mut self, lr: f64) -> Result<()> {
-        check_nonneg("sgd", "lr", lr)?;
-        self.config.lr = lr;
-        Ok(())
-    }
-    fn steps(&self) -> u64 {
-        self.steps
-    }
-    fn set_steps(&mut self, steps: u64) {
-        self.steps = steps;
-    }
-    fn state(&self) -> Vec<(&'static str, &[f32])> {
-        vec![("momentum_buffer", &self.momentum_buf)]
-    }
-    fn state_mut(&mut self) -> Vec<(&'static str, &mut [f32])> {
-        vec![("momentum_buffer", &mut self.momentum_buf)]
-    }
+    super::optimizer_plumbing!("sgd", "momentum_buffer" => momentum_buf);
 }

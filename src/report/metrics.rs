@@ -12,6 +12,7 @@
 //! - every record is formatted into one buffer and handed to the OS with one `write_all` per file, unbuffered, so
 //!   a killed run keeps every line it finished. The reader skips a torn last line (no trailing newline).
 
+use crate::checkpoint::json_str;
 use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -97,12 +98,12 @@ impl Record {
             if i > 0 {
                 s.push(',');
             }
-            json_string(&mut s, k);
+            json_str(&mut s, k);
             s.push(':');
             match v {
                 Value::Num(x) if x.is_finite() => s.push_str(&fmt_num(*x)),
                 Value::Num(_) => s.push_str("null"),
-                Value::Str(t) => json_string(&mut s, t),
+                Value::Str(t) => json_str(&mut s, t),
             }
         }
         s.push('}');
@@ -132,22 +133,6 @@ fn fmt_num(x: f64) -> String {
     } else {
         format!("{x:?}")
     }
-}
-
-fn json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for ch in s.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 fn csv_cell(out: &mut String, s: &str) {
@@ -322,10 +307,6 @@ impl Parser<'_> {
     }
 }
 
-fn io_err(path: &Path, source: std::io::Error) -> Error {
-    Error::Io { path: path.display().to_string(), source }
-}
-
 /// Writes metrics records to `{dir}/{name}.jsonl` and `{dir}/{name}.csv`, one line per record, each handed to
 /// the OS as soon as it is written.
 #[derive(Debug)]
@@ -382,14 +363,14 @@ impl MetricsWriter {
         }
         for ext in ["jsonl", "csv"] {
             let (from, to) = (dir.join(format!("{tmp}.{ext}")), dir.join(format!("{name}.{ext}")));
-            std::fs::rename(&from, &to).map_err(|e| io_err(&to, e))?;
+            std::fs::rename(&from, &to).map_err(|e| Error::io(&to, e))?;
         }
         Self::append(dir, name)
     }
 
     fn open(dir: &Path, name: &str, append: bool) -> Result<Self> {
         check_name(name)?;
-        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let jsonl_path = dir.join(format!("{name}.jsonl"));
         let csv_path = dir.join(format!("{name}.csv"));
         let columns = if append { read_csv_header(&csv_path)? } else { None };
@@ -400,7 +381,7 @@ impl MetricsWriter {
             } else {
                 o.write(true).create(true).truncate(true);
             }
-            o.open(p).map_err(|e| io_err(p, e))
+            o.open(p).map_err(|e| Error::io(p, e))
         };
         Ok(Self { jsonl: open(&jsonl_path)?, csv: open(&csv_path)?, jsonl_path, csv_path, columns })
     }
@@ -414,7 +395,7 @@ impl MetricsWriter {
             csv_cell(&mut line, c);
         }
         line.push('\n');
-        self.csv.write_all(line.as_bytes()).map_err(|e| io_err(&self.csv_path, e))?;
+        self.csv.write_all(line.as_bytes()).map_err(|e| Error::io(&self.csv_path, e))?;
         self.columns = Some(cols);
         Ok(())
     }
@@ -423,8 +404,8 @@ impl MetricsWriter {
     pub fn write(&mut self, rec: &Record) -> Result<()> {
         let mut line = rec.to_json();
         line.push('\n');
-        self.jsonl.write_all(line.as_bytes()).map_err(|e| io_err(&self.jsonl_path, e))?;
-        self.jsonl.flush().map_err(|e| io_err(&self.jsonl_path, e))?;
+        self.jsonl.write_all(line.as_bytes()).map_err(|e| Error::io(&self.jsonl_path, e))?;
+        self.jsonl.flush().map_err(|e| Error::io(&self.jsonl_path, e))?;
         if self.columns.is_none() {
             self.write_header(rec.keys().map(String::from).collect())?;
         }
@@ -440,8 +421,8 @@ impl MetricsWriter {
             }
         }
         row.push('\n');
-        self.csv.write_all(row.as_bytes()).map_err(|e| io_err(&self.csv_path, e))?;
-        self.csv.flush().map_err(|e| io_err(&self.csv_path, e))
+        self.csv.write_all(row.as_bytes()).map_err(|e| Error::io(&self.csv_path, e))?;
+        self.csv.flush().map_err(|e| Error::io(&self.csv_path, e))
     }
 
     /// The CSV columns (None until the header is known).
@@ -465,10 +446,10 @@ fn read_csv_header(path: &Path) -> Result<Option<Vec<String>>> {
     let f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err(path, e)),
+        Err(e) => return Err(Error::io(path, e)),
     };
     let mut line = String::new();
-    BufReader::new(f).read_line(&mut line).map_err(|e| io_err(path, e))?;
+    BufReader::new(f).read_line(&mut line).map_err(|e| Error::io(path, e))?;
     let line = line.trim_end_matches(['\n', '\r']);
     Ok(if line.is_empty() { None } else { Some(csv_split(line)) })
 }
@@ -477,7 +458,7 @@ fn read_csv_header(path: &Path) -> Result<Option<Vec<String>>> {
 /// newline that does not parse (a write torn by a kill); any other bad line is [`Error::BadFile`] with its number.
 pub fn read_jsonl(path: impl AsRef<Path>) -> Result<Vec<Record>> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let complete = text.ends_with('\n');
     let lines: Vec<&str> = text.lines().collect();
     let mut out = Vec::with_capacity(lines.len());
@@ -488,7 +469,7 @@ pub fn read_jsonl(path: impl AsRef<Path>) -> Result<Vec<Record>> {
         match Record::from_json(line) {
             Ok(r) => out.push(r),
             Err(_) if i + 1 == lines.len() && !complete => {}
-            Err(reason) => return Err(Error::BadFile { path: path.display().to_string(), reason: format!("line {}: {reason}", i + 1) }),
+            Err(reason) => return Err(Error::bad_file(path, format!("line {}: {reason}", i + 1))),
         }
     }
     Ok(out)

@@ -218,7 +218,7 @@ pub fn plot_training(path: impl AsRef<Path>, loss: &[(f64, f64)], knn: &[(f64, f
         }
     }
     register_embedded_font()?;
-    let io = |e: std::io::Error| Error::Io { path: path.display().to_string(), source: e };
+    let io = |e: std::io::Error| Error::io(path, e);
     let (w, h) = (opts.width, opts.height);
     let mut buf = vec![0u8; w as usize * h as usize * 3];
     {
@@ -228,12 +228,12 @@ pub fn plot_training(path: impl AsRef<Path>, loss: &[(f64, f64)], knn: &[(f64, f
     }
     let img = image::RgbImage::from_raw(w, h, buf).ok_or_else(|| io(std::io::Error::other("plot buffer size")))?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.display().to_string(), source: e })?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     let file_name = path.file_name().ok_or_else(|| io(std::io::Error::other("no file name")))?;
     let tmp = path.with_file_name(format!(".{}.tmp", file_name.to_string_lossy()));
     img.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| match e {
-        image::ImageError::IoError(source) => Error::Io { path: tmp.display().to_string(), source },
+        image::ImageError::IoError(source) => Error::io(&tmp, source),
         other => io(std::io::Error::other(other.to_string())),
     })?;
     std::fs::rename(&tmp, path).map_err(io)

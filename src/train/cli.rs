@@ -1,19 +1,37 @@
-//! What the command-line front ends (`examples/train_resnet18.rs`, `examples/train_vit.rs`) share: the
-//! environment a headless Vulkan probe needs, the device probe that picks an engine for a config (ResNet or ViT,
-//! as `cfg.model` says) with the reason, and the data sources (`digits`, `synthetic`, a CIFAR-10 binary folder or
-//! an image folder).
+//! What the command-line front ends (`examples/train_resnet18.rs`, `examples/train_vit.rs`) share: [`main`] (the
+//! environment a headless Vulkan probe needs, the flags, the exit status), the device probe that picks an engine
+//! for a config (ResNet or ViT, as `cfg.model` says) with the reason, the data sources (`digits`, `synthetic`, a
+//! CIFAR-10 binary folder or an image folder), and [`train_run`], a run from its settled config to its last line.
+//! Each front end keeps its own flags (their help differs) and turns its preset and flags into a [`TrainConfig`].
 
 use super::config::{ModelKind, TrainConfig};
-use super::engine::Engine;
+use super::engine::{model_name, Engine};
 use super::moco::{Encoder, MocoEngine};
 use super::moco::TrainDevice;
+use super::run::{linear_probe_on, queue_full_step, train, RunOptions};
 use crate::device::{CpuDevice, Device};
-use crate::data::{self, Dataset, SyntheticConfig};
+use crate::data::{self, AugmentConfig, Dataset, PairLoader, SyntheticConfig, ViewPair};
 use crate::error::{Error, Result};
 use crate::nn::{ResNetLayout, VitLayout};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
+
+/// A front end's `main`: prepares the environment ([`prepare_env`]), parses the flags `A` (clap prints the help
+/// or a usage error and exits), runs `run` on them, removes the folder `prepare_env` made, and on an error prints
+/// `error: ...` to stderr and exits with status 1.
+pub fn main<A: clap::Parser>(run: impl FnOnce(A) -> Result<()>) {
+    let made = prepare_env();
+    let result = run(A::parse());
+    if let Some(dir) = made {
+        let _ = std::fs::remove_dir(dir);
+    }
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// Prepares the process for a GPU probe: compute needs Vulkan, Metal or DX12 only (the GL backend is not probed;
 /// `WGPU_BACKEND`, if set, wins), and Mesa's window-system code wants a private `XDG_RUNTIME_DIR` on a machine
@@ -180,4 +198,111 @@ pub fn print_summary(summary: &super::RunSummary, out: &Path) {
         println!("kNN top-1 on backbone features: epoch {} {:.2}% -> epoch {} {:.2}% ({:+.2} points)", first.0, first.1, last.0, last.1, last.1 - first.1);
     }
     println!("metrics: {0}/metrics.jsonl, {0}/metrics.csv; curves: {0}/curves.png; checkpoint: {0}/checkpoint.safetensors", out.display());
+}
+
+/// The smallest crop area fraction of the embedded default (no `--data`): the digits are small, so crops keep at
+/// least half of the image (and are never flipped: digits are not mirror-symmetric).
+pub const DEMO_CROP_MIN: f64 = 0.5;
+
+/// The flags both front ends take past their model's settings (each declares them with its own help and
+/// defaults): where the data comes from, how the views are cropped and flipped, and how the run is watched,
+/// stopped, exported and probed.
+#[derive(Clone, Debug)]
+pub struct RunFlags {
+    /// `--backend`: see [`pick_engine`].
+    pub backend: String,
+    /// `--data`: see [`load_data`]. `None`, the embedded default, also crops from [`DEMO_CROP_MIN`] and never flips.
+    pub data: Option<String>,
+    /// `--synthetic`: the (train, test) sizes of `--data synthetic`.
+    pub synthetic: Option<(usize, usize)>,
+    /// `--crop-min`: the smallest crop area fraction of both views.
+    pub crop_min: Option<f64>,
+    /// `--no-flip`: no horizontal flip in either view.
+    pub no_flip: bool,
+    /// `--save-views`: write a PNG grid of this many augmented pairs to `OUT/views.png` before training.
+    pub save_views: Option<usize>,
+    /// `--linear-probe`: train a linear classifier on the frozen backbone features for this many epochs at the end.
+    pub linear_probe: Option<usize>,
+    /// `--out`, `--resume`, `--no-progress`, `--max-steps`, `--export` and `--knn-backbone`; `stop` is set to
+    /// [`stop_on_ctrl_c`]'s flag.
+    pub run: RunOptions,
+}
+
+/// What a front end says about its run before it starts.
+#[derive(Clone, Debug)]
+pub struct Intro {
+    /// The method, on the first line: `moco: {title} / {model}`.
+    pub title: String,
+    /// Where the settings come from and what the front end changed: `settings: {settings}`.
+    pub settings: String,
+    /// What the views' line calls them: `  {views_label}: {views}`.
+    pub views_label: &'static str,
+}
+
+/// A front end's run once its config is settled: loads the data, crops and flips `views` as `flags` say, picks the
+/// engine, prints the run's settings, trains (see [`train`]) and reports: on an interruption, how to resume; else
+/// the summary ([`print_summary`]), `exported(engine, test set, view 1, path)` after `--export`, the linear probe
+/// and the time since `t_start`.
+pub fn train_run(
+    cfg: &TrainConfig,
+    mut views: ViewPair,
+    flags: &RunFlags,
+    intro: &Intro,
+    t_start: Instant,
+    exported: impl FnOnce(&mut dyn Engine, &Arc<Dataset>, &AugmentConfig, &Path) -> Result<()>,
+) -> Result<()> {
+    let (train_ds, test_ds, source) = load_data(flags.data.as_deref(), cfg.image_size, flags.synthetic, cfg.seed)?;
+    for v in [&mut views.view1, &mut views.view2] {
+        if flags.data.is_none() {
+            v.crop_scale.0 = DEMO_CROP_MIN;
+            v.flip_p = 0.0;
+        }
+        if let Some(c) = flags.crop_min {
+            v.crop_scale.0 = c;
+        }
+        if flags.no_flip {
+            v.flip_p = 0.0;
+        }
+    }
+    views.validate()?;
+    let (train_ds, test_ds) = (Arc::new(train_ds), Arc::new(test_ds));
+
+    let (mut engine, why) = pick_engine(&flags.backend, cfg)?;
+    println!("moco: {} / {}", intro.title, model_name(cfg));
+    println!("device: {why}");
+    println!("data: {source}: {} train, {} test images (the test split is never trained on)", train_ds.len(), test_ds.len());
+    println!("settings: {}", intro.settings);
+    println!("{}", cfg.describe());
+    println!("  {}: {}", intro.views_label, views.describe());
+    println!("run folder: {}", flags.run.out_dir.display());
+
+    if let Some(n) = flags.save_views {
+        std::fs::create_dir_all(&flags.run.out_dir).map_err(|e| Error::Io { path: flags.run.out_dir.display().to_string(), source: e })?;
+        let loader = PairLoader::new(train_ds.clone(), views.clone(), cfg.batch_size.max(n), cfg.seed)?;
+        let batch = loader.batch(0, 0)?;
+        let path = flags.run.out_dir.join("views.png");
+        data::save_views(&path, &batch, n, views.view1.mean, views.view1.std)?;
+        println!("wrote {n} augmented pairs to {}", path.display());
+    }
+
+    let stop = stop_on_ctrl_c();
+    if !flags.run.resume && !cfg.is_v3() {
+        println!("queue: {} random unit vectors at the start; full of real keys from step {} on (marked in curves.png)", cfg.queue_len, queue_full_step(cfg));
+    }
+    let opts = RunOptions { stop: Some(stop), ..flags.run.clone() };
+    let summary = train(cfg, engine.as_mut(), train_ds.clone(), test_ds.clone(), views.clone(), &opts)?;
+    if summary.interrupted {
+        println!("stopped at step {}; continue with --resume --out {} (and the same flags)", summary.global_step, flags.run.out_dir.display());
+        return Ok(());
+    }
+    print_summary(&summary, &flags.run.out_dir);
+    if let Some(p) = &flags.run.export {
+        exported(engine.as_mut(), &test_ds, &views.view1, p)?;
+    }
+    if let Some(epochs) = flags.linear_probe {
+        let probe = linear_probe_on(engine.as_mut(), cfg, &train_ds, &test_ds, &views.view1, epochs)?;
+        println!("linear probe ({epochs} epochs on frozen backbone features): train {:.2}%, test {:.2}%", probe.0, probe.1);
+    }
+    println!("done in {:.0} s", t_start.elapsed().as_secs_f64());
+    Ok(())
 }

@@ -112,7 +112,7 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
     cfg.validate()?;
     let views: ViewPair = views.into();
     let aug = views.view1.clone();
-    std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::Io { path: opts.out_dir.display().to_string(), source: e })?;
+    std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::io(&opts.out_dir, e))?;
     let ck_path = checkpoint_path(&opts.out_dir);
     let loader = PairLoader::new(train.clone(), views, cfg.batch_size, cfg.seed)?;
     let steps_per_epoch = loader.steps_per_epoch();

@@ -135,7 +135,7 @@ fn restore_conv_choices(meta: &str) -> std::result::Result<(), String> {
 /// number of epochs); every problem is an error naming the file.
 pub fn load(path: &Path, cfg: &TrainConfig, layouts: &EngineLayouts<'_>) -> Result<(EngineState, Progress)> {
     let ck = checkpoint::load(path)?;
-    let bad = |reason: String| Error::BadFile { path: path.display().to_string(), reason };
+    let bad = |reason: String| Error::bad_file(path, reason);
     let v1 = ck.meta("format") == Some(FORMAT_V1);
     if ck.meta("format") != Some(FORMAT) && !v1 {
         return Err(bad(format!("not a moco training checkpoint (metadata format {:?}, expected {FORMAT:?} or {FORMAT_V1:?})", ck.meta("format"))));

@@ -80,22 +80,23 @@ impl KeyShuffle {
     /// `x[idx_shuffle]`: rows of `row` values each.
     pub fn shuffle_rows(&self, x: &[f32], row: usize) -> Result<Vec<f32>> {
         crate::error::check_len_eq("shuffle-BN: shuffle", "x [N, row]", self.len() * row, x.len())?;
-        let mut out = Vec::with_capacity(x.len());
-        for &i in &self.idx_shuffle {
-            out.extend_from_slice(&x[i * row..(i + 1) * row]);
-        }
-        Ok(out)
+        Ok(gather_rows(x, &self.idx_shuffle, row))
     }
 
     /// `y[idx_unshuffle]`: back to the batch order.
     pub fn unshuffle_rows(&self, y: &[f32], row: usize) -> Result<Vec<f32>> {
         crate::error::check_len_eq("shuffle-BN: unshuffle", "y [N, row]", self.len() * row, y.len())?;
-        let mut out = Vec::with_capacity(y.len());
-        for &j in &self.idx_unshuffle {
-            out.extend_from_slice(&y[j * row..(j + 1) * row]);
-        }
-        Ok(out)
+        Ok(gather_rows(y, &self.idx_unshuffle, row))
     }
+}
+
+/// `x[idx]`: row `idx[r]` of `x` (rows of `row` values) as row `r` of the result.
+fn gather_rows(x: &[f32], idx: &[usize], row: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(idx.len() * row);
+    for &i in idx {
+        out.extend_from_slice(&x[i * row..(i + 1) * row]);
+    }
+    out
 }
 
 /// Keys `[n, dim]` of `x: [n, img]` in batch order, through `forward` (the key encoder in training mode). With

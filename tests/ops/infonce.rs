@@ -328,13 +328,11 @@ fn stats_words_written<D: Infonce>(dev: &mut D) {
     assert!(f32::from_bits(words[0]).is_finite() && words[1] <= words[2] && words[2] <= n as u32 && words[3] == 0, "{}: stats words {words:?}", dev.name());
 }
 
-/// LIBRARY BUG (shaders/infonce.wgsl `infonce_reduce`): the wgpu kernel writes `loss`, `top1` and `top5` but not
-/// `_pad`, so the fourth stats word keeps whatever the buffer held; the CPU (`InfoNceStats::to_words`) and CUDA
-/// (`stats->_pad = 0u`) write 0. Un-ignore once the shader sets `stats._pad = 0u`.
+/// Regression (fixed in shaders/infonce.wgsl `infonce_reduce`): the wgpu kernel wrote `loss`, `top1` and `top5`
+/// but not `_pad`, so the fourth stats word kept whatever the buffer held. Every device writes 0 there.
 #[test]
-#[ignore = "library bug: shaders/infonce.wgsl leaves the stats padding word unwritten"]
-fn wgpu_stats_padding_word_is_written() {
-    on_every_device!("wgpu_stats_padding_word_is_written", stats_words_written);
+fn stats_padding_word_is_written() {
+    on_every_device!("stats_padding_word_is_written", stats_words_written);
 }
 
 #[test]
@@ -592,14 +590,12 @@ fn infonce_rejects_a_wrong_queue_and_wrong_lengths() {
     assert!(SymmetricShape::new(0, 8, 0.2).is_err() && SymmetricShape::new(4, 0, 0.2).is_err());
 }
 
-/// LIBRARY BUG (src/ops/infonce/wgpu.rs `elems`): the wgpu ops measure a view by its bound bytes
-/// (`GpuSlice::size() / 4`, at least one element, as WebGPU binds no empty range) instead of `GpuSlice::len()`, so
-/// with N = 1 an empty `row_loss` or `l_pos` view is taken for one element and accepted (the op writes the element
-/// after the view). The CPU and CUDA refuse it. Un-ignore once the wgpu checks use `len()`.
+/// Regression (fixed in src/ops/infonce/wgpu.rs): the wgpu ops measured a view by its bound bytes (at least one
+/// element, as WebGPU binds no empty range) instead of `GpuSlice::len()`, so with N = 1 an empty `row_loss` or
+/// `l_pos` view was accepted and the element after it written. Every device refuses it.
 #[test]
-#[ignore = "library bug: wgpu infonce / logits accept an empty view for N = 1"]
-fn wgpu_zero_length_views_are_refused() {
-    on_every_device!("wgpu_zero_length_views_are_refused", lengths_named, 1, 5, 3);
+fn zero_length_views_are_refused() {
+    on_every_device!("zero_length_views_are_refused", lengths_named, 1, 5, 3);
 }
 
 /// The wgpu low-level ops want buffers of exactly the problem's length, as the CPU ones do: one element too many

@@ -142,14 +142,11 @@ fn wgpu_low_level_normalize_and_ema_take_exact_lengths() {
     assert!(is_shape_err(ema::cpu::ema_update(&mut k_cpu[..len], &q, &es)), "cpu ema_update: q one element long");
 }
 
-/// LIBRARY BUG (src/ops/normalize/wgpu.rs, src/ops/ema/wgpu.rs): the wgpu ops measure a view by its bound bytes
-/// (`GpuSlice::size() / 4`, at least one element, as WebGPU binds no empty range) instead of `GpuSlice::len()`, so
-/// an empty view is taken for one element where the problem wants one: `inv_norm` of 0 elements for 1 row, or an
-/// EMA `k` / `q` of 0 elements for a length of 1, is accepted and the op writes the element after the view. The CPU
-/// and CUDA refuse both. Un-ignore once the wgpu checks use `len()`.
+/// Regression (fixed in src/ops/normalize/wgpu.rs, src/ops/ema/wgpu.rs): the wgpu ops measured a view by its bound
+/// bytes (at least one element) instead of `GpuSlice::len()`, so an empty `inv_norm` for 1 row, or an EMA `k` / `q`
+/// of 0 elements for a length of 1, was accepted. Every device refuses both.
 #[test]
-#[ignore = "library bug: wgpu normalize_rows / ema_update accept an empty view for a length of 1"]
-fn wgpu_zero_length_views_are_refused() {
+fn zero_length_views_are_refused() {
     fn empty_views<D: Normalize + moco::ops::ema::Ema + 'static>(dev: &mut D) {
         lengths_named(dev, 1, 3);
         let name = dev.name();
@@ -163,5 +160,5 @@ fn wgpu_zero_length_views_are_refused() {
             assert!(is_shape_err(r), "{name}: ema_update of length 1 with views of {lens:?} elements (k, q)");
         }
     }
-    on_every_device!("wgpu_zero_length_views_are_refused", empty_views);
+    on_every_device!("zero_length_views_are_refused", empty_views);
 }

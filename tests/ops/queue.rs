@@ -173,14 +173,12 @@ fn enqueue_rejects_bad_shapes() {
     }
 }
 
-/// LIBRARY BUG (src/ops/queue/wgpu.rs `enqueue`): the keys' length is taken from the bound bytes
-/// (`GpuSlice::size() / 4`, at least one element) instead of `GpuSlice::len()`, so for N = C = 1 an empty keys view
-/// is accepted and the element after it is enqueued. The CPU and CUDA refuse it. Un-ignore once the check uses
-/// `len()`.
+/// Regression (fixed in src/ops/queue/wgpu.rs `enqueue`): the keys' length was taken from the bound bytes (at least
+/// one element) instead of `GpuSlice::len()`, so for N = C = 1 an empty keys view was accepted. Every device refuses
+/// it.
 #[test]
-#[ignore = "library bug: wgpu enqueue accepts an empty keys view for N*C = 1"]
-fn wgpu_zero_length_views_are_refused() {
-    on_every_device!("wgpu_zero_length_views_are_refused", lengths_named, 1, 1, 1);
+fn zero_length_views_are_refused() {
+    on_every_device!("zero_length_views_are_refused", lengths_named, 1, 1, 1);
 }
 
 /// The official `[C, K]` layout converts both ways on every device, and the queue keeps its K, C and dtype. Every

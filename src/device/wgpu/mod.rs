@@ -38,6 +38,16 @@ impl Wgpu {
         self.queue().submit([enc.finish()]);
         self.read_elems(&tmp, at.len)
     }
+
+    /// `data` (f32 or u32 words) into the region `at` of `buf`, after checking that it fits (`op` names the call).
+    fn write_region<T: bytemuck::Pod>(&self, op: &'static str, buf: &wgpu::Buffer, at: Region, data: &[T]) -> Result<()> {
+        crate::error::check_len_eq(op, "data of the region's length", at.len, data.len())?;
+        check_regions(op, elems(buf), &[at], &[])?;
+        if !data.is_empty() {
+            self.queue().write_buffer(buf, (at.offset * 4) as u64, bytemuck::cast_slice(data));
+        }
+        Ok(())
+    }
 }
 
 impl Device for Wgpu {
@@ -79,20 +89,10 @@ impl Device for Wgpu {
         Ok(())
     }
     fn write(&mut self, buf: &mut wgpu::Buffer, at: Region, data: &[f32]) -> Result<()> {
-        crate::error::check_len_eq("wgpu write", "data of the region's length", at.len, data.len())?;
-        check_regions("wgpu write", elems(buf), &[at], &[])?;
-        if !data.is_empty() {
-            self.queue().write_buffer(buf, (at.offset * 4) as u64, bytemuck::cast_slice(data));
-        }
-        Ok(())
+        self.write_region("wgpu write", buf, at, data)
     }
     fn write_index(&mut self, buf: &mut wgpu::Buffer, at: Region, data: &[u32]) -> Result<()> {
-        crate::error::check_len_eq("wgpu write_index", "data of the region's length", at.len, data.len())?;
-        check_regions("wgpu write_index", elems(buf), &[at], &[])?;
-        if !data.is_empty() {
-            self.queue().write_buffer(buf, (at.offset * 4) as u64, bytemuck::cast_slice(data));
-        }
-        Ok(())
+        self.write_region("wgpu write_index", buf, at, data)
     }
     fn read(&self, buf: &wgpu::Buffer, at: Region) -> Result<Vec<f32>> {
         self.read_region(buf, at)

@@ -19,7 +19,7 @@ pub mod wgpu;
 
 use crate::device::Device;
 use crate::error::Result;
-use crate::ops::check::{elems, len, positive};
+use crate::ops::check::{elems, getters, lens, positives};
 
 pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("attention");
 
@@ -34,32 +34,16 @@ pub struct AttentionShape {
     head_dim: usize,
 }
 
+getters!(AttentionShape { /** Batch B. */ b: usize, /** Tokens T (cls included). */ t: usize, /** Heads H. */ heads: usize, /** Head dimension D. */ head_dim: usize });
+
 impl AttentionShape {
     /// Validates B, T, H, D >= 1 and the sizes of `qkv` and `att`.
     pub fn new(b: usize, t: usize, heads: usize, head_dim: usize) -> Result<Self> {
         let op = "attention";
-        for (what, v) in [("B", b), ("T", t), ("heads H", heads), ("head dim D", head_dim)] {
-            positive(op, what, v)?;
-        }
+        positives(op, &[("B", b), ("T", t), ("heads H", heads), ("head dim D", head_dim)])?;
         elems(op, "qkv", &[b, t, 3, heads, head_dim])?;
         elems(op, "att", &[b, heads, t, t])?;
         Ok(Self { b, t, heads, head_dim })
-    }
-    /// Batch B.
-    pub fn b(&self) -> usize {
-        self.b
-    }
-    /// Tokens T (cls included).
-    pub fn t(&self) -> usize {
-        self.t
-    }
-    /// Heads H.
-    pub fn heads(&self) -> usize {
-        self.heads
-    }
-    /// Head dimension D.
-    pub fn head_dim(&self) -> usize {
-        self.head_dim
     }
     /// Model width C = H*D.
     pub fn c(&self) -> usize {
@@ -83,16 +67,12 @@ impl AttentionShape {
     }
     /// Checks the forward's buffers: `out [B*T*C]`, `att [B*H*T*T]`, `qkv [B*T*3C]`.
     pub(crate) fn check_forward(&self, out: usize, att: usize, qkv: usize) -> Result<()> {
-        len("attention", "qkv [B*T*3C]", self.qkv_len(), qkv)?;
-        len("attention", "out [B*T*C]", self.out_len(), out)?;
-        len("attention", "att [B*H*T*T]", self.att_len(), att)
+        lens("attention", &[("qkv [B*T*3C]", self.qkv_len(), qkv), ("out [B*T*C]", self.out_len(), out), ("att [B*H*T*T]", self.att_len(), att)])
     }
     /// Checks the backward's buffers: `dqkv, qkv [B*T*3C]`, `dout [B*T*C]`, `att [B*H*T*T]`.
     pub(crate) fn check_backward(&self, dqkv: usize, dout: usize, qkv: usize, att: usize) -> Result<()> {
-        len("attention", "dqkv [B*T*3C]", self.qkv_len(), dqkv)?;
-        len("attention", "dout [B*T*C]", self.out_len(), dout)?;
-        len("attention", "qkv [B*T*3C]", self.qkv_len(), qkv)?;
-        len("attention", "att [B*H*T*T]", self.att_len(), att)
+        let (q, o) = (self.qkv_len(), self.out_len());
+        lens("attention", &[("dqkv [B*T*3C]", q, dqkv), ("dout [B*T*C]", o, dout), ("qkv [B*T*3C]", q, qkv), ("att [B*H*T*T]", self.att_len(), att)])
     }
 }
 

@@ -36,7 +36,7 @@ pub mod wgpu;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::ops::check::{elems, len, opt_len, positive};
+use crate::ops::check::{elems, lens, positives};
 
 pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("batchnorm");
 
@@ -62,9 +62,7 @@ impl BatchNormShape {
     /// Validates N, C, HW, G >= 1, `N % G == 0` and the sizes; `eps = 1e-5`, `momentum = 0.1`.
     pub fn new(n: usize, c: usize, hw: usize, groups: usize) -> Result<Self> {
         let op = "batchnorm";
-        for (what, v) in [("N", n), ("C", c), ("HW", hw), ("groups G", groups)] {
-            positive(op, what, v)?;
-        }
+        positives(op, &[("N", n), ("C", c), ("HW", hw), ("groups G", groups)])?;
         if n % groups != 0 {
             return Err(Error::shape(op, format!("batch N divisible by the number of groups G = {groups}"), format!("N = {n}")));
         }
@@ -105,22 +103,16 @@ impl BatchNormShape {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn check_eval(&self, out: usize, inp: usize, identity: Option<usize>, running_mean: usize, running_var: usize, gamma: Option<usize>, beta: Option<usize>) -> Result<()> {
         self.revalidate()?;
-        let op = "batchnorm";
-        len(op, "inp [N*C*HW]", self.len(), inp)?;
-        len(op, "out [N*C*HW]", self.len(), out)?;
-        opt_len(op, "identity [N*C*HW]", self.len(), identity)?;
-        len(op, "running_mean [C]", self.c, running_mean)?;
-        len(op, "running_var [C]", self.c, running_var)?;
-        opt_len(op, "gamma [C]", self.c, gamma)?;
-        opt_len(op, "beta [C]", self.c, beta)
+        let (n, c) = (self.len(), self.c);
+        lens("batchnorm", &[("inp [N*C*HW]", n, Some(inp)), ("out [N*C*HW]", n, Some(out)), ("identity [N*C*HW]", n, identity)])?;
+        lens("batchnorm", &[("running_mean [C]", c, Some(running_mean)), ("running_var [C]", c, Some(running_var)), ("gamma [C]", c, gamma), ("beta [C]", c, beta)])
     }
     /// Checks the training forward's buffers (as [`Self::check_eval`], and `mean, rstd: [G*C]`) and that every
     /// statistic averages more than one value.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn check_train(&self, out: usize, mean: usize, rstd: usize, running_mean: usize, running_var: usize, inp: usize, identity: Option<usize>, gamma: Option<usize>, beta: Option<usize>) -> Result<()> {
         self.check_eval(out, inp, identity, running_mean, running_var, gamma, beta)?;
-        len("batchnorm", "mean [G*C]", self.stats_len(), mean)?;
-        len("batchnorm", "rstd [G*C]", self.stats_len(), rstd)?;
+        lens("batchnorm", &[("mean [G*C]", self.stats_len(), mean), ("rstd [G*C]", self.stats_len(), rstd)])?;
         if self.count() < 2 {
             return Err(Error::shape("batchnorm", "more than one value per channel and group in training mode ((N/G)*HW >= 2)", format!("N = {}, G = {}, HW = {}", self.n, self.groups, self.hw)));
         }
@@ -131,17 +123,9 @@ impl BatchNormShape {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn check_backward(&self, dinp: usize, didentity: Option<usize>, dgamma: Option<usize>, dbeta: Option<usize>, dout: usize, out: Option<usize>, inp: usize, mean: usize, rstd: usize, gamma: Option<usize>) -> Result<()> {
         self.revalidate()?;
-        let op = "batchnorm";
-        len(op, "dinp [N*C*HW]", self.len(), dinp)?;
-        len(op, "dout [N*C*HW]", self.len(), dout)?;
-        len(op, "inp [N*C*HW]", self.len(), inp)?;
-        opt_len(op, "out [N*C*HW]", self.len(), out)?;
-        opt_len(op, "didentity [N*C*HW]", self.len(), didentity)?;
-        len(op, "mean [G*C]", self.stats_len(), mean)?;
-        len(op, "rstd [G*C]", self.stats_len(), rstd)?;
-        opt_len(op, "gamma [C]", self.c, gamma)?;
-        opt_len(op, "dgamma [C]", self.c, dgamma)?;
-        opt_len(op, "dbeta [C]", self.c, dbeta)
+        let (n, g, c) = (self.len(), self.stats_len(), self.c);
+        lens("batchnorm", &[("dinp [N*C*HW]", n, Some(dinp)), ("dout [N*C*HW]", n, Some(dout)), ("inp [N*C*HW]", n, Some(inp)), ("out [N*C*HW]", n, out), ("didentity [N*C*HW]", n, didentity)])?;
+        lens("batchnorm", &[("mean [G*C]", g, Some(mean)), ("rstd [G*C]", g, Some(rstd)), ("gamma [C]", c, gamma), ("dgamma [C]", c, dgamma), ("dbeta [C]", c, dbeta)])
     }
 }
 

@@ -20,7 +20,8 @@ pub use cpu::{conv_algo_choices, set_conv_algo_choice, ConvAlgo, Pass as ConvPas
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::ops::check::{elems, len, opt_len, positive};
+use crate::ops::check::{elems, lens, positives};
+use crate::ops::window::out_len;
 
 pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("conv");
 
@@ -55,9 +56,7 @@ impl Conv2dShape {
     #[allow(clippy::too_many_arguments)]
     pub fn new(n: usize, c_in: usize, h: usize, w: usize, c_out: usize, kh: usize, kw: usize, stride: usize, pad: usize) -> Result<Self> {
         let op = "conv2d";
-        for (what, v) in [("N", n), ("C_in", c_in), ("H", h), ("W", w), ("C_out", c_out), ("KH", kh), ("KW", kw), ("stride", stride)] {
-            positive(op, what, v)?;
-        }
+        positives(op, &[("N", n), ("C_in", c_in), ("H", h), ("W", w), ("C_out", c_out), ("KH", kh), ("KW", kw), ("stride", stride)])?;
         let padded = |x: usize| pad.checked_mul(2).and_then(|p| p.checked_add(x));
         let (ph, pw) = match (padded(h), padded(w)) {
             (Some(a), Some(b)) => (a, b),
@@ -76,11 +75,11 @@ impl Conv2dShape {
     }
     /// Output height `(H + 2*pad - KH) / stride + 1`.
     pub fn out_h(&self) -> usize {
-        (self.h + 2 * self.pad - self.kh) / self.stride + 1
+        out_len(self.h, self.kh, self.stride, self.pad)
     }
     /// Output width `(W + 2*pad - KW) / stride + 1`.
     pub fn out_w(&self) -> usize {
-        (self.w + 2 * self.pad - self.kw) / self.stride + 1
+        out_len(self.w, self.kw, self.stride, self.pad)
     }
     /// Elements of `inp`: N*C_in*H*W.
     pub fn inp_len(&self) -> usize {
@@ -118,18 +117,14 @@ impl Conv2dShape {
     /// Re-validates the shape, then checks the forward's buffers.
     pub(crate) fn check_forward(&self, out: usize, inp: usize, weight: usize) -> Result<()> {
         self.validate()?;
-        len("conv2d", "inp [N*C_in*H*W]", self.inp_len(), inp)?;
-        len("conv2d", "weight [C_out*C_in*KH*KW]", self.weight_len(), weight)?;
-        len("conv2d", "out [N*C_out*OH*OW]", self.out_len(), out)
+        lens("conv2d", &[("inp [N*C_in*H*W]", self.inp_len(), inp), ("weight [C_out*C_in*KH*KW]", self.weight_len(), weight), ("out [N*C_out*OH*OW]", self.out_len(), out)])
     }
     /// Re-validates the shape, then checks the backward's buffers (`dinp` when given).
     pub(crate) fn check_backward(&self, dinp: Option<usize>, dweight: usize, dout: usize, inp: usize, weight: usize) -> Result<()> {
         self.validate()?;
-        len("conv2d", "inp [N*C_in*H*W]", self.inp_len(), inp)?;
-        len("conv2d", "weight [C_out*C_in*KH*KW]", self.weight_len(), weight)?;
-        len("conv2d", "dout [N*C_out*OH*OW]", self.out_len(), dout)?;
-        len("conv2d", "dweight [C_out*C_in*KH*KW]", self.weight_len(), dweight)?;
-        opt_len("conv2d", "dinp [N*C_in*H*W]", self.inp_len(), dinp)
+        let (i, w, o) = (self.inp_len(), self.weight_len(), self.out_len());
+        lens("conv2d", &[("inp [N*C_in*H*W]", i, Some(inp)), ("weight [C_out*C_in*KH*KW]", w, Some(weight)), ("dout [N*C_out*OH*OW]", o, Some(dout))])?;
+        lens("conv2d", &[("dweight [C_out*C_in*KH*KW]", w, Some(dweight)), ("dinp [N*C_in*H*W]", i, dinp)])
     }
 }
 

@@ -3,6 +3,7 @@
 //! test can perturb them).
 
 use super::Conv2dShape;
+use crate::ops::window::tap;
 
 /// Conv2d forward: `out [N, C_out, OH, OW]` from `inp [N, C_in, H, W]`, `weight [C_out, C_in, KH, KW]`.
 pub fn conv2d_forward(inp: &[f64], weight: &[f64], s: &Conv2dShape) -> Vec<f64> {
@@ -16,13 +17,10 @@ pub fn conv2d_forward(inp: &[f64], weight: &[f64], s: &Conv2dShape) -> Vec<f64> 
                     for ci in 0..s.c_in {
                         for ki in 0..s.kh {
                             for kj in 0..s.kw {
-                                let iy = (oy * s.stride + ki) as isize - s.pad as isize;
-                                let ix = (ox * s.stride + kj) as isize - s.pad as isize;
-                                if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
+                                let (Some(iy), Some(ix)) = (tap(oy, ki, s.stride, s.pad, s.h), tap(ox, kj, s.stride, s.pad, s.w)) else {
                                     continue;
-                                }
-                                let x = inp[((n * s.c_in + ci) * s.h + iy as usize) * s.w + ix as usize];
-                                acc += x * weight[((co * s.c_in + ci) * s.kh + ki) * s.kw + kj];
+                                };
+                                acc += inp[((n * s.c_in + ci) * s.h + iy) * s.w + ix] * weight[((co * s.c_in + ci) * s.kh + ki) * s.kw + kj];
                             }
                         }
                     }
@@ -47,12 +45,10 @@ pub fn conv2d_backward(dout: &[f64], inp: &[f64], weight: &[f64], s: &Conv2dShap
                     for ci in 0..s.c_in {
                         for ki in 0..s.kh {
                             for kj in 0..s.kw {
-                                let iy = (oy * s.stride + ki) as isize - s.pad as isize;
-                                let ix = (ox * s.stride + kj) as isize - s.pad as isize;
-                                if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
+                                let (Some(iy), Some(ix)) = (tap(oy, ki, s.stride, s.pad, s.h), tap(ox, kj, s.stride, s.pad, s.w)) else {
                                     continue;
-                                }
-                                let xi = ((n * s.c_in + ci) * s.h + iy as usize) * s.w + ix as usize;
+                                };
+                                let xi = ((n * s.c_in + ci) * s.h + iy) * s.w + ix;
                                 let wi = ((co * s.c_in + ci) * s.kh + ki) * s.kw + kj;
                                 dinp[xi] += g * weight[wi];
                                 dweight[wi] += g * inp[xi];

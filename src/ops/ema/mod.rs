@@ -21,7 +21,7 @@ pub mod wgpu;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::ops::check::{fits_u32, getters, len, positive};
+use crate::ops::check::{fits_u32, getters, lens, positive};
 
 pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("ema");
 
@@ -65,8 +65,7 @@ impl EmaShape {
     }
     /// Checks the q and k buffer lengths (elements).
     pub fn check(&self, q_len: usize, k_len: usize) -> Result<()> {
-        len("ema", "q", self.len, q_len)?;
-        len("ema", "k", self.len, k_len)
+        lens("ema", &[("q", self.len, q_len), ("k", self.len, k_len)])
     }
 }
 

@@ -17,7 +17,7 @@ pub mod wgpu;
 
 use crate::device::Device;
 use crate::error::Result;
-use crate::ops::check::{fits_u32, getters, len, positive};
+use crate::ops::check::{fits_u32, getters, lens, positive};
 use crate::ops::launch::{elem_grid, Grid};
 
 pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("finite");
@@ -39,8 +39,7 @@ impl FiniteShape {
     }
     /// Checks `count: [1]` and `x: [len]`.
     pub fn check(&self, count: usize, x: usize) -> Result<()> {
-        len("count_nonfinite", "count [1]", 1, count)?;
-        len("count_nonfinite", "x [len]", self.len, x)
+        lens("count_nonfinite", &[("count [1]", 1, count), ("x [len]", self.len, x)])
     }
     /// The kernels' parameter block and grid (one thread per element, 256 per group).
     pub(crate) fn launch(&self) -> (FiniteParams, Grid) {

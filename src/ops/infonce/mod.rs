@@ -27,7 +27,7 @@ pub mod unfused;
 pub mod wgpu;
 
 use crate::error::{Error, Result};
-use crate::ops::check::{fits_u32, getters, len, positive, rename};
+use crate::ops::check::{fits_u32, getters, len, lens, positives, rename};
 use crate::ops::normalize::Normalize;
 use crate::ops::queue::{check_queue_dims, KeyQueue, QueueDims};
 
@@ -136,9 +136,7 @@ impl LogitsShape {
     /// Validates N, C, K >= 1 and K >= N.
     pub fn new(n: usize, c: usize, k: usize) -> Result<Self> {
         let op = "logits";
-        positive(op, "N", n)?;
-        positive(op, "C", c)?;
-        positive(op, "K", k)?;
+        positives(op, &[("N", n), ("C", c), ("K", k)])?;
         if k < n {
             return Err(Error::shape(op, format!("queue length K >= batch N = {n}"), format!("K = {k}")));
         }
@@ -149,9 +147,7 @@ impl LogitsShape {
     }
     /// Checks the lengths of q, k and the queue (in elements).
     pub fn check_inputs(&self, q: usize, k: usize, queue: usize) -> Result<()> {
-        len("logits", "q [N*C]", self.n * self.c, q)?;
-        len("logits", "k [N*C]", self.n * self.c, k)?;
-        len("logits", "queue [K*C]", self.k * self.c, queue)
+        lens("logits", &[("q [N*C]", self.n * self.c, q), ("k [N*C]", self.n * self.c, k), ("queue [K*C]", self.k * self.c, queue)])
     }
     /// Checks a queue's own K and C against the problem's.
     pub fn check_queue(&self, queue: &impl QueueDims) -> Result<()> {
@@ -159,8 +155,7 @@ impl LogitsShape {
     }
     /// Checks the lengths of the outputs `l_pos: [N]` and `l_neg: [N*K]`.
     pub fn check_outputs(&self, l_pos: usize, l_neg: usize) -> Result<()> {
-        len("logits", "l_pos [N]", self.n, l_pos)?;
-        len("logits", "l_neg [N*K]", self.n * self.k, l_neg)
+        lens("logits", &[("l_pos [N]", self.n, l_pos), ("l_neg [N*K]", self.n * self.k, l_neg)])
     }
 }
 
@@ -185,8 +180,7 @@ impl InfoNceShape {
     }
     /// Checks the lengths of the outputs `dq: [N*C]` and `row_loss: [N]`.
     pub fn check_outputs(&self, dq: usize, row_loss: usize) -> Result<()> {
-        len("infonce", "dq [N*C]", self.n * self.c, dq)?;
-        len("infonce", "row_loss [N]", self.n, row_loss)
+        lens("infonce", &[("dq [N*C]", self.n * self.c, dq), ("row_loss [N]", self.n, row_loss)])
     }
 }
 
@@ -194,8 +188,7 @@ impl SymmetricShape {
     /// Validates N, C >= 1 and T in [[`MIN_TEMPERATURE`], [`MAX_TEMPERATURE`]].
     pub fn new(n: usize, c: usize, temperature: f32) -> Result<Self> {
         let op = "moco_v3_loss";
-        positive(op, "N", n)?;
-        positive(op, "C", c)?;
+        positives(op, &[("N", n), ("C", c)])?;
         fits_u32(op, "N*C", n.saturating_mul(c))?;
         fits_u32(op, "N*N", n.saturating_mul(n))?;
         check_temperature(op, temperature)?;

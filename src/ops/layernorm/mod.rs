@@ -19,7 +19,7 @@ pub mod wgpu;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::ops::check::{elems, len, positive};
+use crate::ops::check::{elems, getters, lens, positives};
 
 pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("layernorm");
 
@@ -32,29 +32,18 @@ pub struct LayerNormShape {
     eps: f32,
 }
 
+getters!(LayerNormShape { /** Rows R (tokens). */ rows: usize, /** Features C. */ c: usize, /** The eps added to the variance. */ eps: f32 });
+
 impl LayerNormShape {
     /// Validates R, C >= 1, a finite `eps > 0` (moco-v3 uses 1e-6) and the sizes.
     pub fn new(rows: usize, c: usize, eps: f32) -> Result<Self> {
         let op = "layernorm";
-        positive(op, "rows R", rows)?;
-        positive(op, "C", c)?;
+        positives(op, &[("rows R", rows), ("C", c)])?;
         elems(op, "inp", &[rows, c])?;
         if !(eps.is_finite() && eps > 0.0) {
             return Err(Error::shape(op, "finite eps > 0", format!("eps = {eps}")));
         }
         Ok(Self { rows, c, eps })
-    }
-    /// Rows R (tokens).
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-    /// Features C.
-    pub fn c(&self) -> usize {
-        self.c
-    }
-    /// The eps added to the variance.
-    pub fn eps(&self) -> f32 {
-        self.eps
     }
     /// Elements of `inp` and `out`: R*C.
     pub fn len(&self) -> usize {
@@ -66,26 +55,15 @@ impl LayerNormShape {
     }
     /// Checks the forward's buffers: `out, inp [R*C]`, `mean, rstd [R]`, `gamma, beta [C]`.
     pub(crate) fn check_forward(&self, out: usize, mean: usize, rstd: usize, inp: usize, gamma: usize, beta: usize) -> Result<()> {
-        let op = "layernorm";
-        len(op, "inp [R*C]", self.len(), inp)?;
-        len(op, "out [R*C]", self.len(), out)?;
-        len(op, "mean [R]", self.rows, mean)?;
-        len(op, "rstd [R]", self.rows, rstd)?;
-        len(op, "gamma [C]", self.c, gamma)?;
-        len(op, "beta [C]", self.c, beta)
+        let (n, r, c) = (self.len(), self.rows, self.c);
+        lens("layernorm", &[("inp [R*C]", n, inp), ("out [R*C]", n, out), ("mean [R]", r, mean), ("rstd [R]", r, rstd), ("gamma [C]", c, gamma), ("beta [C]", c, beta)])
     }
     /// Checks the backward's buffers.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn check_backward(&self, dinp: usize, dgamma: usize, dbeta: usize, dout: usize, inp: usize, gamma: usize, mean: usize, rstd: usize) -> Result<()> {
-        let op = "layernorm";
-        len(op, "dinp [R*C]", self.len(), dinp)?;
-        len(op, "dout [R*C]", self.len(), dout)?;
-        len(op, "inp [R*C]", self.len(), inp)?;
-        len(op, "gamma [C]", self.c, gamma)?;
-        len(op, "mean [R]", self.rows, mean)?;
-        len(op, "rstd [R]", self.rows, rstd)?;
-        len(op, "dgamma [C]", self.c, dgamma)?;
-        len(op, "dbeta [C]", self.c, dbeta)
+        let (n, r, c) = (self.len(), self.rows, self.c);
+        lens("layernorm", &[("dinp [R*C]", n, dinp), ("dout [R*C]", n, dout), ("inp [R*C]", n, inp), ("gamma [C]", c, gamma)])?;
+        lens("layernorm", &[("mean [R]", r, mean), ("rstd [R]", r, rstd), ("dgamma [C]", c, dgamma), ("dbeta [C]", c, dbeta)])
     }
 }
 

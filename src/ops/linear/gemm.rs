@@ -2,69 +2,23 @@
 //! the callers parallelise over their own tiles with rayon.
 
 /// `dst[m, n] = (accumulate ? dst : 0) + alpha * a[m, k] · b[n, k]ᵀ`, all row-major.
-/// `a_rs`, `b_rs`, `dst_rs` are row strides in elements.
+/// `a_rs`, `b_rs`, `dst_rs` are row strides in elements. [`gemm_strided`] with `b` read transposed.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_nt(dst: &mut [f32], dst_rs: usize, a: &[f32], a_rs: usize, b: &[f32], b_rs: usize, m: usize, n: usize, k: usize, alpha: f32, accumulate: bool) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(dst.len() >= (m - 1) * dst_rs + n && a.len() >= (m - 1) * a_rs + k && b.len() >= (n - 1) * b_rs + k);
-    // SAFETY: the assert above keeps every index the kernel touches inside the three slices.
-    unsafe {
-        gemm::gemm(
-            m, n, k,
-            dst.as_mut_ptr(), 1, dst_rs as isize, accumulate,
-            a.as_ptr(), 1, a_rs as isize,
-            b.as_ptr(), b_rs as isize, 1,
-            1.0, alpha, false, false, false, gemm::Parallelism::None,
-        );
-    }
+    gemm_strided(dst, dst_rs, 1, a, a_rs, 1, b, 1, b_rs, m, n, k, alpha, accumulate, false);
 }
 
-/// `dst[m, n] = (accumulate ? dst : 0) + alpha * a[m, k] · b[k, n]`, all row-major.
+/// `dst[m, n] = (accumulate ? dst : 0) + alpha * a[m, k] · b[k, n]`, all row-major ([`gemm_strided`] with unit
+/// column strides).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_nn(dst: &mut [f32], dst_rs: usize, a: &[f32], a_rs: usize, b: &[f32], b_rs: usize, m: usize, n: usize, k: usize, alpha: f32, accumulate: bool) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            for r in 0..m {
-                dst[r * dst_rs..r * dst_rs + n].fill(0.0);
-            }
-        }
-        return;
-    }
-    assert!(dst.len() >= (m - 1) * dst_rs + n && a.len() >= (m - 1) * a_rs + k && b.len() >= (k - 1) * b_rs + n);
-    // SAFETY: the assert above keeps every index the kernel touches inside the three slices.
-    unsafe {
-        gemm::gemm(
-            m, n, k,
-            dst.as_mut_ptr(), 1, dst_rs as isize, accumulate,
-            a.as_ptr(), 1, a_rs as isize,
-            b.as_ptr(), 1, b_rs as isize,
-            1.0, alpha, false, false, false, gemm::Parallelism::None,
-        );
-    }
+    gemm_strided(dst, dst_rs, 1, a, a_rs, 1, b, b_rs, 1, m, n, k, alpha, accumulate, false);
 }
 
-/// `dst[m, n] += aᵀ · b` with `a: [k, m]` and `b: [k, n]` row-major (a read transposed).
+/// `dst[m, n] += aᵀ · b` with `a: [k, m]` and `b: [k, n]` row-major (a read transposed; [`gemm_strided`]).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_tn(dst: &mut [f32], dst_rs: usize, a: &[f32], a_rs: usize, b: &[f32], b_rs: usize, m: usize, n: usize, k: usize) {
-    if m == 0 || n == 0 || k == 0 {
-        return;
-    }
-    assert!(dst.len() >= (m - 1) * dst_rs + n && a.len() >= (k - 1) * a_rs + m && b.len() >= (k - 1) * b_rs + n);
-    // SAFETY: the assert above keeps every index the kernel touches inside the three slices.
-    unsafe {
-        gemm::gemm(
-            m, n, k,
-            dst.as_mut_ptr(), 1, dst_rs as isize, true,
-            a.as_ptr(), a_rs as isize, 1,
-            b.as_ptr(), 1, b_rs as isize,
-            1.0, 1.0, false, false, false, gemm::Parallelism::None,
-        );
-    }
+    gemm_strided(dst, dst_rs, 1, a, 1, a_rs, b, b_rs, 1, m, n, k, 1.0, true, false);
 }
 
 /// General strided GEMM: `dst[i, j] = (accumulate ? dst[i, j] : 0) + alpha * Σ_p a[i, p] · b[p, j]` for

@@ -20,7 +20,7 @@ pub mod wgpu;
 
 use crate::device::Device;
 use crate::error::Result;
-use crate::ops::check::{elems, len, opt_len, positive};
+use crate::ops::check::{elems, lens, positives};
 
 pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("linear");
 
@@ -39,9 +39,7 @@ impl LinearShape {
     /// Validates N, IN, OUT >= 1 and sizes within `i32::MAX` elements.
     pub fn new(n: usize, in_f: usize, out_f: usize) -> Result<Self> {
         let op = "linear";
-        for (what, v) in [("N", n), ("IN", in_f), ("OUT", out_f)] {
-            positive(op, what, v)?;
-        }
+        positives(op, &[("N", n), ("IN", in_f), ("OUT", out_f)])?;
         elems(op, "inp", &[n, in_f])?;
         elems(op, "out", &[n, out_f])?;
         elems(op, "weight", &[out_f, in_f])?;
@@ -54,22 +52,15 @@ impl LinearShape {
     /// Checks the forward's buffers: `out [N*OUT]`, `inp [N*IN]`, `weight [OUT*IN]`, `bias [OUT]` (when given).
     pub(crate) fn check_forward(&self, out: usize, inp: usize, weight: usize, bias: Option<usize>) -> Result<()> {
         self.revalidate()?;
-        let op = "linear";
-        len(op, "inp [N*IN]", self.n * self.in_f, inp)?;
-        len(op, "weight [OUT*IN]", self.out_f * self.in_f, weight)?;
-        len(op, "out [N*OUT]", self.n * self.out_f, out)?;
-        opt_len(op, "bias [OUT]", self.out_f, bias)
+        let (i, w, o) = (self.n * self.in_f, self.out_f * self.in_f, self.n * self.out_f);
+        lens("linear", &[("inp [N*IN]", i, Some(inp)), ("weight [OUT*IN]", w, Some(weight)), ("out [N*OUT]", o, Some(out)), ("bias [OUT]", self.out_f, bias)])
     }
     /// Checks the backward's buffers (`dinp`, `dbias` when given).
     pub(crate) fn check_backward(&self, dinp: Option<usize>, dweight: usize, dbias: Option<usize>, dout: usize, inp: usize, weight: usize) -> Result<()> {
         self.revalidate()?;
-        let op = "linear";
-        len(op, "inp [N*IN]", self.n * self.in_f, inp)?;
-        len(op, "weight [OUT*IN]", self.out_f * self.in_f, weight)?;
-        len(op, "dout [N*OUT]", self.n * self.out_f, dout)?;
-        len(op, "dweight [OUT*IN]", self.out_f * self.in_f, dweight)?;
-        opt_len(op, "dinp [N*IN]", self.n * self.in_f, dinp)?;
-        opt_len(op, "dbias [OUT]", self.out_f, dbias)
+        let (i, w, o) = (self.n * self.in_f, self.out_f * self.in_f, self.n * self.out_f);
+        lens("linear", &[("inp [N*IN]", i, Some(inp)), ("weight [OUT*IN]", w, Some(weight)), ("dout [N*OUT]", o, Some(dout))])?;
+        lens("linear", &[("dweight [OUT*IN]", w, Some(dweight)), ("dinp [N*IN]", i, dinp), ("dbias [OUT]", self.out_f, dbias)])
     }
 }
 

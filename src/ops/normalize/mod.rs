@@ -19,7 +19,7 @@ pub mod wgpu;
 
 use crate::device::Device;
 use crate::error::Result;
-use crate::ops::check::{fits_u32, getters, len, positive};
+use crate::ops::check::{fits_u32, getters, lens, positives};
 
 pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("normalize");
 
@@ -39,17 +39,14 @@ impl NormalizeShape {
     /// Validates rows, C >= 1 (and rows*C within the kernels' u32 indexing).
     pub fn new(rows: usize, c: usize) -> Result<Self> {
         let op = "normalize_rows";
-        positive(op, "rows", rows)?;
-        positive(op, "C", c)?;
+        positives(op, &[("rows", rows), ("C", c)])?;
         fits_u32(op, "rows*C", rows.saturating_mul(c))?;
         Ok(Self { rows, c })
     }
     /// Checks `x, x_hat: [rows*C]` and `inv_norm: [rows]`.
     pub fn check(&self, x: usize, x_hat: usize, inv_norm: usize) -> Result<()> {
-        let op = "normalize_rows";
-        len(op, "x [rows*C]", self.rows * self.c, x)?;
-        len(op, "x_hat [rows*C]", self.rows * self.c, x_hat)?;
-        len(op, "inv_norm [rows]", self.rows, inv_norm)
+        let n = self.rows * self.c;
+        lens("normalize_rows", &[("x [rows*C]", n, x), ("x_hat [rows*C]", n, x_hat), ("inv_norm [rows]", self.rows, inv_norm)])
     }
 }
 

@@ -161,6 +161,17 @@ impl LarsPlan {
         check_slice(op, "params (the spans' total)", p, self.spans.len())?;
         check_slice(op, "grads", g, self.spans.len())
     }
+    /// The checks of the update pass ([`lars_update`], [`lars_step`]): `config`, then `params` and `grads` (as
+    /// [`LarsPlan::check`]), `mu` of the same length, and no two of them overlapping; gives back the three slices.
+    fn check_update<'b>(&self, config: &LarsConfig, params: &'b dyn AsGpuSlice, mu: &'b dyn AsGpuSlice, grads: &'b dyn AsGpuSlice) -> Result<(GpuSlice<'b>, GpuSlice<'b>, GpuSlice<'b>)> {
+        let op = "lars (wgpu)";
+        config.validate()?;
+        let (p, m, g) = (params.as_gpu_slice(), mu.as_gpu_slice(), grads.as_gpu_slice());
+        self.check(op, &p, &g)?;
+        check_slice(op, "mu", &m, self.spans.len())?;
+        check_disjoint(op, &[("params", p), ("mu", m), ("grads", g)])?;
+        Ok((p, m, g))
+    }
     fn norm_dispatches<'a>(&'a self, ctx: &Wgpu, p: GpuSlice<'a>, g: GpuSlice<'a>, u: OptimParams) -> [(OptimParams, Dispatch<'a>); 2] {
         let n_spans = self.spans.spans().len();
         [
@@ -220,24 +231,14 @@ pub fn lars_norms(ctx: &Wgpu, plan: &LarsPlan, params: &dyn AsGpuSlice, grads: &
 /// `ndim > 1`, `q` the trust ratio from [`LarsPlan::norms_sq`] (computed per span in the kernel), and `dp = g`
 /// otherwise; the GPU form of [`crate::optim::lars_update`]. `params, mu: [len]` updated, `grads: [len]` read.
 pub fn lars_update(ctx: &Wgpu, plan: &LarsPlan, params: &dyn AsGpuSlice, mu: &dyn AsGpuSlice, grads: &dyn AsGpuSlice, config: &LarsConfig) -> Result<()> {
-    let op = "lars (wgpu)";
-    config.validate()?;
-    let (p, m, g) = (params.as_gpu_slice(), mu.as_gpu_slice(), grads.as_gpu_slice());
-    plan.check(op, &p, &g)?;
-    check_slice(op, "mu", &m, plan.spans.len())?;
-    check_disjoint(op, &[("params", p), ("mu", m), ("grads", g)])?;
+    let (p, m, g) = plan.check_update(config, params, mu, grads)?;
     run(ctx, vec![plan.update_dispatch(ctx, p, m, g, lars_params(config, plan.spans.len()))])
 }
 
 /// One LARS step (both passes, three dispatches in one submission), the GPU form of [`crate::optim::lars_step`].
 /// `params, mu: [len]` updated, `grads: [len]` read; `plan` describes the spans and holds the norms.
 pub fn lars_step(ctx: &Wgpu, plan: &LarsPlan, params: &dyn AsGpuSlice, mu: &dyn AsGpuSlice, grads: &dyn AsGpuSlice, config: &LarsConfig) -> Result<()> {
-    let op = "lars (wgpu)";
-    config.validate()?;
-    let (p, m, g) = (params.as_gpu_slice(), mu.as_gpu_slice(), grads.as_gpu_slice());
-    plan.check(op, &p, &g)?;
-    check_slice(op, "mu", &m, plan.spans.len())?;
-    check_disjoint(op, &[("params", p), ("mu", m), ("grads", g)])?;
+    let (p, m, g) = plan.check_update(config, params, mu, grads)?;
     let u = lars_params(config, plan.spans.len());
     let mut steps: Vec<_> = plan.norm_dispatches(ctx, p, g, u).into_iter().collect();
     steps.push(plan.update_dispatch(ctx, p, m, g, u));

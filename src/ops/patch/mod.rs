@@ -19,7 +19,7 @@ pub mod wgpu;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::ops::check::{elems, len, opt_len, positive};
+use crate::ops::check::{elems, getters, lens, positives};
 
 pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("patch");
 
@@ -32,31 +32,19 @@ pub struct PosEmbedShape {
     dim: usize,
 }
 
+getters!(PosEmbedShape { /** Grid rows. */ grid_h: usize, /** Grid columns. */ grid_w: usize, /** Embedding width D. */ dim: usize });
+
 impl PosEmbedShape {
     /// Validates grid sizes >= 1, `dim >= 4` and `dim % 4 == 0` (moco-v3 asserts the same).
     pub fn new(grid_h: usize, grid_w: usize, dim: usize) -> Result<Self> {
         let op = "pos_embed";
-        positive(op, "grid_h", grid_h)?;
-        positive(op, "grid_w", grid_w)?;
-        positive(op, "dim", dim)?;
+        positives(op, &[("grid_h", grid_h), ("grid_w", grid_w), ("dim", dim)])?;
         if dim % 4 != 0 {
             return Err(Error::shape(op, "dim divisible by 4", format!("dim = {dim}")));
         }
         let p = elems(op, "grid", &[grid_h, grid_w])?;
         elems(op, "pos_embed", &[p + 1, dim])?;
         Ok(Self { grid_h, grid_w, dim })
-    }
-    /// Grid rows.
-    pub fn grid_h(&self) -> usize {
-        self.grid_h
-    }
-    /// Grid columns.
-    pub fn grid_w(&self) -> usize {
-        self.grid_w
-    }
-    /// Embedding width D.
-    pub fn dim(&self) -> usize {
-        self.dim
     }
     /// Tokens: 1 + grid_h*grid_w.
     pub fn tokens(&self) -> usize {
@@ -83,38 +71,18 @@ pub struct PatchShape {
     patch: usize,
 }
 
+getters!(PatchShape { /** Batch B. */ b: usize, /** Channels C. */ c: usize, /** Image height H. */ h: usize, /** Image width W. */ w: usize, /** Patch size p. */ patch: usize });
+
 impl PatchShape {
     /// Validates all sizes >= 1 and H, W divisible by the patch.
     pub fn new(b: usize, c: usize, h: usize, w: usize, patch: usize) -> Result<Self> {
         let op = "patch_embed";
-        for (what, v) in [("B", b), ("C", c), ("H", h), ("W", w), ("patch", patch)] {
-            positive(op, what, v)?;
-        }
+        positives(op, &[("B", b), ("C", c), ("H", h), ("W", w), ("patch", patch)])?;
         if h % patch != 0 || w % patch != 0 {
             return Err(Error::shape(op, "H and W divisible by the patch size", format!("H = {h}, W = {w}, patch = {patch}")));
         }
         elems(op, "images", &[b, c, h, w])?;
         Ok(Self { b, c, h, w, patch })
-    }
-    /// Batch B.
-    pub fn b(&self) -> usize {
-        self.b
-    }
-    /// Channels C.
-    pub fn c(&self) -> usize {
-        self.c
-    }
-    /// Image height H.
-    pub fn h(&self) -> usize {
-        self.h
-    }
-    /// Image width W.
-    pub fn w(&self) -> usize {
-        self.w
-    }
-    /// Patch size p.
-    pub fn patch(&self) -> usize {
-        self.patch
     }
     /// Patch grid (rows, columns): (H/p, W/p).
     pub fn grid(&self) -> (usize, usize) {
@@ -139,8 +107,7 @@ impl PatchShape {
     }
     /// Checks `images` (or `dimages`) `[B*C*H*W]` and `cols` (or `dcols`) `[B*P*C*p*p]`, the same length.
     pub(crate) fn check(&self, images: (&str, usize), cols: (&str, usize)) -> Result<()> {
-        len("patch_embed", &format!("{} [B*C*H*W]", images.0), self.len(), images.1)?;
-        len("patch_embed", &format!("{} [B*P*C*p*p]", cols.0), self.len(), cols.1)
+        lens("patch_embed", &[(format!("{} [B*C*H*W]", images.0).as_str(), self.len(), images.1), (format!("{} [B*P*C*p*p]", cols.0).as_str(), self.len(), cols.1)])
     }
 }
 
@@ -153,27 +120,15 @@ pub struct TokensShape {
     c: usize,
 }
 
+getters!(TokensShape { /** Batch B. */ b: usize, /** Tokens per image T (cls included). */ t: usize, /** Features C. */ c: usize });
+
 impl TokensShape {
     /// Validates B >= 1, T >= 1 (the cls token; P = T - 1 patches may be 0), C >= 1 and the sizes.
     pub fn new(b: usize, t: usize, c: usize) -> Result<Self> {
         let op = "tokens";
-        positive(op, "B", b)?;
-        positive(op, "T", t)?;
-        positive(op, "C", c)?;
+        positives(op, &[("B", b), ("T", t), ("C", c)])?;
         elems(op, "tokens", &[b, t, c])?;
         Ok(Self { b, t, c })
-    }
-    /// Batch B.
-    pub fn b(&self) -> usize {
-        self.b
-    }
-    /// Tokens per image T (cls included).
-    pub fn t(&self) -> usize {
-        self.t
-    }
-    /// Features C.
-    pub fn c(&self) -> usize {
-        self.c
     }
     /// Patches per image P = T - 1.
     pub fn patches(&self) -> usize {
@@ -189,23 +144,15 @@ impl TokensShape {
     }
     /// Checks the token assembly's buffers: `tokens [B*T*C]`, `patches [B*P*C]`, `cls [C]`, `pos [T*C]`.
     pub(crate) fn check_forward(&self, tokens: usize, patches: usize, cls: usize, pos: usize) -> Result<()> {
-        let op = "tokens_forward";
-        len(op, "tokens [B*T*C]", self.len(), tokens)?;
-        len(op, "patches [B*P*C]", self.b * self.patches() * self.c, patches)?;
-        len(op, "cls [C]", self.c, cls)?;
-        len(op, "pos [T*C]", self.t * self.c, pos)
+        lens("tokens_forward", &[("tokens [B*T*C]", self.len(), tokens), ("patches [B*P*C]", self.b * self.patches() * self.c, patches), ("cls [C]", self.c, cls), ("pos [T*C]", self.t * self.c, pos)])
     }
     /// Checks the token assembly's backward: `dtokens [B*T*C]`, `dpatches [B*P*C]` and `dcls [C]` when given.
     pub(crate) fn check_backward(&self, dpatches: Option<usize>, dcls: Option<usize>, dtokens: usize) -> Result<()> {
-        let op = "tokens_backward";
-        len(op, "dtokens [B*T*C]", self.len(), dtokens)?;
-        opt_len(op, "dpatches [B*P*C]", self.b * self.patches() * self.c, dpatches)?;
-        opt_len(op, "dcls [C]", self.c, dcls)
+        lens("tokens_backward", &[("dtokens [B*T*C]", self.len(), Some(dtokens)), ("dpatches [B*P*C]", self.b * self.patches() * self.c, dpatches), ("dcls [C]", self.c, dcls)])
     }
     /// Checks the cls feature's buffers: `out` (or `dout`) `[B*C]` and `tokens` (or `dtokens`) `[B*T*C]`.
     pub(crate) fn check_cls(&self, op: &'static str, out: (&str, usize), tokens: (&str, usize)) -> Result<()> {
-        len(op, &format!("{} [B*C]", out.0), self.b * self.c, out.1)?;
-        len(op, &format!("{} [B*T*C]", tokens.0), self.len(), tokens.1)
+        lens(op, &[(format!("{} [B*C]", out.0).as_str(), self.b * self.c, out.1), (format!("{} [B*T*C]", tokens.0).as_str(), self.len(), tokens.1)])
     }
 }
 

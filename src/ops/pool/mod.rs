@@ -19,7 +19,8 @@ pub mod wgpu;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::ops::check::{elems, len, positive};
+use crate::ops::check::{elems, lens, positives};
+use crate::ops::window::out_len;
 
 pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("pool");
 
@@ -49,9 +50,7 @@ impl MaxPool2dShape {
     #[allow(clippy::too_many_arguments)]
     pub fn new(n: usize, c: usize, h: usize, w: usize, k: usize, stride: usize, pad: usize) -> Result<Self> {
         let op = "maxpool2d";
-        for (what, v) in [("N", n), ("C", c), ("H", h), ("W", w), ("k", k), ("stride", stride)] {
-            positive(op, what, v)?;
-        }
+        positives(op, &[("N", n), ("C", c), ("H", h), ("W", w), ("k", k), ("stride", stride)])?;
         if pad > k / 2 {
             return Err(Error::shape(op, format!("pad <= k/2 = {}", k / 2), format!("pad = {pad}")));
         }
@@ -69,11 +68,11 @@ impl MaxPool2dShape {
     }
     /// Output height.
     pub fn out_h(&self) -> usize {
-        (self.h + 2 * self.pad - self.k) / self.stride + 1
+        out_len(self.h, self.k, self.stride, self.pad)
     }
     /// Output width.
     pub fn out_w(&self) -> usize {
-        (self.w + 2 * self.pad - self.k) / self.stride + 1
+        out_len(self.w, self.k, self.stride, self.pad)
     }
     /// Elements of `inp`.
     pub fn inp_len(&self) -> usize {
@@ -88,10 +87,7 @@ impl MaxPool2dShape {
     pub(crate) fn check(&self, inp: (&str, usize), out: (&str, usize), argmax: usize) -> Result<()> {
         // the fields are public: a struct literal may hold anything (stride 0, pad > k/2)
         Self::new(self.n, self.c, self.h, self.w, self.k, self.stride, self.pad)?;
-        let op = "maxpool2d";
-        len(op, &format!("{} [N*C*H*W]", inp.0), self.inp_len(), inp.1)?;
-        len(op, &format!("{} [N*C*OH*OW]", out.0), self.out_len(), out.1)?;
-        len(op, "argmax [N*C*OH*OW]", self.out_len(), argmax)
+        lens("maxpool2d", &[(format!("{} [N*C*H*W]", inp.0).as_str(), self.inp_len(), inp.1), (format!("{} [N*C*OH*OW]", out.0).as_str(), self.out_len(), out.1), ("argmax [N*C*OH*OW]", self.out_len(), argmax)])
     }
 }
 
@@ -110,18 +106,14 @@ impl GlobalAvgPoolShape {
     /// Validates N, C, HW >= 1 and sizes within `i32::MAX` elements.
     pub fn new(n: usize, c: usize, hw: usize) -> Result<Self> {
         let op = "global_avgpool";
-        for (what, v) in [("N", n), ("C", c), ("HW", hw)] {
-            positive(op, what, v)?;
-        }
+        positives(op, &[("N", n), ("C", c), ("HW", hw)])?;
         elems(op, "inp", &[n, c, hw])?;
         Ok(Self { n, c, hw })
     }
     /// Checks `inp` (or `dinp`) `[N*C*HW]` and `out` (or `dout`) `[N*C]`.
     pub(crate) fn check(&self, inp: (&str, usize), out: (&str, usize)) -> Result<()> {
         Self::new(self.n, self.c, self.hw)?;
-        let op = "global_avgpool";
-        len(op, &format!("{} [N*C*HW]", inp.0), self.n * self.c * self.hw, inp.1)?;
-        len(op, &format!("{} [N*C]", out.0), self.n * self.c, out.1)
+        lens("global_avgpool", &[(format!("{} [N*C*HW]", inp.0).as_str(), self.n * self.c * self.hw, inp.1), (format!("{} [N*C]", out.0).as_str(), self.n * self.c, out.1)])
     }
 }
 

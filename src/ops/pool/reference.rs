@@ -3,6 +3,7 @@
 //! test can perturb them).
 
 use super::{GlobalAvgPoolShape, MaxPool2dShape};
+use crate::ops::window::tap;
 
 /// Max pooling forward: `(out, argmax)` with the index `ih*W + iw` inside the plane (first maximum in scan order).
 pub fn maxpool2d_forward(inp: &[f64], s: &MaxPool2dShape) -> (Vec<f64>, Vec<u32>) {
@@ -16,12 +17,10 @@ pub fn maxpool2d_forward(inp: &[f64], s: &MaxPool2dShape) -> (Vec<f64>, Vec<u32>
                 let mut bi = usize::MAX;
                 for ki in 0..s.k {
                     for kj in 0..s.k {
-                        let iy = (oy * s.stride + ki) as isize - s.pad as isize;
-                        let ix = (ox * s.stride + kj) as isize - s.pad as isize;
-                        if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
+                        let (Some(iy), Some(ix)) = (tap(oy, ki, s.stride, s.pad, s.h), tap(ox, kj, s.stride, s.pad, s.w)) else {
                             continue;
-                        }
-                        let i = iy as usize * s.w + ix as usize;
+                        };
+                        let i = iy * s.w + ix;
                         let v = inp[p * s.h * s.w + i];
                         if bi == usize::MAX || v > best {
                             best = v;

@@ -1,7 +1,7 @@
 //! The queue in host memory, and the ring-buffer enqueue on the CPU.
 
 use super::view::{QueueSlice, QueueSliceMut, QueueView, QueueViewMut};
-use super::{checked_kc, KeyQueue, QueueDType, QueueDims, QueueShape};
+use super::{checked_kc, KeyQueue, QueueDType, QueueShape};
 use crate::device::CpuDevice;
 use crate::error::Result;
 use crate::ops::normalize::NORM_EPS;
@@ -9,8 +9,7 @@ use crate::ops::normalize::NORM_EPS;
 /// Writes the N keys, L2-normalised, into rows `ptr, ptr+1, ... (mod K)` of `queue: [K, C]` and returns the new
 /// pointer `(ptr + N) % K`. `keys: [N, C]` raw. Any `1 <= N <= K`; the write wraps around the end.
 pub fn enqueue(queue: &mut QueueViewMut, keys: &[f32], shape: &QueueShape) -> Result<usize> {
-    shape.check(keys.len(), queue.len())?;
-    shape.check_queue(&*queue)?;
+    shape.check_enqueue(keys.len(), queue.len(), &*queue)?;
     let c = shape.c;
     for r in 0..shape.n {
         let row = &keys[r * c..(r + 1) * c];
@@ -101,17 +100,7 @@ impl CpuQueue {
     }
 }
 
-impl QueueDims for CpuQueue {
-    fn k(&self) -> usize {
-        self.k
-    }
-    fn c(&self) -> usize {
-        self.c
-    }
-    fn dtype(&self) -> QueueDType {
-        self.view().dtype()
-    }
-}
+super::queue_dims!(CpuQueue, |q| q.view().dtype());
 
 impl KeyQueue for CpuDevice {
     type Queue = CpuQueue;

@@ -1,7 +1,7 @@
 //! Ring-buffer enqueue on CUDA (`kernels/queue.cu`) and the queue buffer type.
 
 use super::params::QueueParams;
-use super::{checked_kc, KeyQueue, QueueDType, QueueDims, QueueShape, KERNELS};
+use super::{checked_kc, KeyQueue, QueueDType, QueueShape, KERNELS};
 use crate::device::cuda::{cfg, Cuda, MAX_GRID_X};
 use crate::error::{Error, Result};
 use crate::ops::normalize::{cuda::normalize_rows, NormalizeShape};
@@ -30,17 +30,7 @@ pub struct CudaQueue {
     c: usize,
 }
 
-impl QueueDims for CudaQueue {
-    fn k(&self) -> usize {
-        self.k
-    }
-    fn c(&self) -> usize {
-        self.c
-    }
-    fn dtype(&self) -> QueueDType {
-        CudaQueue::dtype(self)
-    }
-}
+super::queue_dims!(CudaQueue, |q| CudaQueue::dtype(q));
 
 impl CudaQueue {
     /// Takes `storage` (no copy) as a queue of `k` keys of `c` features; it must hold `K*C` elements.
@@ -111,8 +101,7 @@ const _: () = assert!(std::mem::size_of::<QueueParams>() == 32 && std::mem::alig
 /// Launches `normalize_rows` (grid N) then `enqueue_f32` (one thread per element of the keys) or
 /// `enqueue_packed16` (one thread per element pair of the written range), 256 threads per block.
 pub fn enqueue(stream: &Arc<CudaStream>, queue: &mut CudaQueue, keys: &CudaView<'_, f32>, shape: &QueueShape) -> Result<usize> {
-    shape.check(keys.len(), queue.len())?;
-    shape.check_queue(queue)?;
+    shape.check_enqueue(keys.len(), queue.len(), queue)?;
     let mut kh = stream.alloc_zeros::<f32>(shape.n * shape.c)?;
     let mut inv = stream.alloc_zeros::<f32>(shape.n)?;
     normalize_rows(stream, &mut kh.as_view_mut(), &mut inv.as_view_mut(), keys, &NormalizeShape::new(shape.n, shape.c)?)?;

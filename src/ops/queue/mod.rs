@@ -27,7 +27,7 @@ pub use view::{queue_from_ck, queue_to_ck, QueueSlice, QueueSliceMut, QueueView,
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::ops::check::{fits_u32, getters, len, positive};
+use crate::ops::check::{fits_u32, getters, lens, positives};
 
 pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("queue");
 
@@ -80,6 +80,26 @@ pub trait QueueDims {
     fn dtype(&self) -> QueueDType;
 }
 
+/// [`QueueDims`] for a queue type that keeps its K and C in fields `k` and `c`; the storage type is `$dtype`, an
+/// expression of the queue `$q`.
+macro_rules! queue_dims {
+    ($t:ty, |$q:ident| $dtype:expr) => {
+        impl $crate::ops::queue::QueueDims for $t {
+            fn k(&self) -> usize {
+                self.k
+            }
+            fn c(&self) -> usize {
+                self.c
+            }
+            fn dtype(&self) -> $crate::ops::queue::QueueDType {
+                let $q = self;
+                $dtype
+            }
+        }
+    };
+}
+pub(crate) use queue_dims;
+
 /// `K*C` for a queue of `k` keys of `c` features, both >= 1, optionally checked against a given element count.
 pub fn checked_kc(k: usize, c: usize, given: Option<usize>) -> Result<usize> {
     let kc = k.checked_mul(c).filter(|_| k > 0 && c > 0);
@@ -118,8 +138,7 @@ impl QueueShape {
     /// Validates 1 <= N <= K, C >= 1 and ptr < K.
     pub fn new(n: usize, c: usize, k: usize, ptr: usize) -> Result<Self> {
         let op = "queue_enqueue";
-        positive(op, "N", n)?;
-        positive(op, "C", c)?;
+        positives(op, &[("N", n), ("C", c)])?;
         if k < n {
             return Err(Error::shape(op, format!("queue length K >= batch N = {n}"), format!("K = {k}")));
         }
@@ -135,12 +154,17 @@ impl QueueShape {
     }
     /// Checks the key and queue lengths (elements).
     pub fn check(&self, keys: usize, queue: usize) -> Result<()> {
-        len("queue_enqueue", "keys [N*C]", self.n * self.c, keys)?;
-        len("queue_enqueue", "queue [K*C]", self.k * self.c, queue)
+        lens("queue_enqueue", &[("keys [N*C]", self.n * self.c, keys), ("queue [K*C]", self.k * self.c, queue)])
     }
     /// Checks a queue's own K and C against the problem's.
     pub fn check_queue(&self, queue: &impl QueueDims) -> Result<()> {
         check_queue_dims("queue_enqueue", (self.k, self.c), queue)
+    }
+    /// The checks of every device's enqueue: the key and queue lengths ([`QueueShape::check`], `queue_len` in
+    /// elements), then the queue's own K and C ([`QueueShape::check_queue`]).
+    pub(crate) fn check_enqueue(&self, keys: usize, queue_len: usize, queue: &impl QueueDims) -> Result<()> {
+        self.check(keys, queue_len)?;
+        self.check_queue(queue)
     }
 }
 

@@ -2,7 +2,7 @@
 //! queue's K and C, so a view of a `[16, 8]` queue is refused by an op on an `[8, 16]` problem although both hold
 //! 128 elements. A framework's own slices go in without a copy: `QueueView::new(QueueSlice::F32(&data), k, c)`.
 
-use super::{checked_kc, QueueDType, QueueDims};
+use super::{checked_kc, QueueDType};
 use crate::error::Result;
 use half::{bf16, f16, slice::HalfFloatSliceExt};
 
@@ -61,28 +61,26 @@ impl<'a> QueueSlice<'a> {
     pub fn range_f32<'s>(&'s self, start: usize, len: usize, scratch: &'s mut Vec<f32>) -> &'s [f32] {
         match self {
             QueueSlice::F32(s) => &s[start..start + len],
-            QueueSlice::F16(s) => {
-                scratch.resize(len, 0.0);
-                s[start..start + len].convert_to_f32_slice(scratch);
-                &scratch[..]
-            }
-            QueueSlice::BF16(s) => {
-                scratch.resize(len, 0.0);
-                s[start..start + len].convert_to_f32_slice(scratch);
-                &scratch[..]
-            }
+            QueueSlice::F16(s) => widen_into(&s[start..start + len], scratch),
+            QueueSlice::BF16(s) => widen_into(&s[start..start + len], scratch),
         }
     }
+}
+
+/// `src` converted to f32 into `scratch` (resized to its length).
+fn widen_into<'s, H>(src: &[H], scratch: &'s mut Vec<f32>) -> &'s [f32]
+where
+    [H]: HalfFloatSliceExt,
+{
+    scratch.resize(src.len(), 0.0);
+    src.convert_to_f32_slice(scratch);
+    &scratch[..]
 }
 
 impl<'a> QueueSliceMut<'a> {
     /// Number of elements (K*C).
     pub fn len(&self) -> usize {
-        match self {
-            QueueSliceMut::F32(s) => s.len(),
-            QueueSliceMut::F16(s) => s.len(),
-            QueueSliceMut::BF16(s) => s.len(),
-        }
+        self.as_slice().len()
     }
     /// True when the queue holds no element.
     pub fn is_empty(&self) -> bool {
@@ -118,23 +116,34 @@ pub struct QueueView<'a> {
     pub(super) c: usize,
 }
 
+/// What both views have: the constructor from a slice of K*C elements, the length, and [`super::QueueDims`].
+macro_rules! view_basics {
+    ($view:ident, $slice:ident) => {
+        impl<'a> $view<'a> {
+            /// `slice` as a queue of `k` keys of `c` features; it must hold `k*c` elements.
+            pub fn new(slice: $slice<'a>, k: usize, c: usize) -> Result<Self> {
+                checked_kc(k, c, Some(slice.len()))?;
+                Ok(Self { slice, k, c })
+            }
+            /// Number of elements (K*C).
+            pub fn len(&self) -> usize {
+                self.slice.len()
+            }
+            #[doc = concat!("True when the queue holds no element (never, for a view made by [`", stringify!($view), "::new`]).")]
+            pub fn is_empty(&self) -> bool {
+                self.slice.is_empty()
+            }
+        }
+        super::queue_dims!($view<'_>, |q| q.slice.dtype());
+    };
+}
+
+view_basics!(QueueView, QueueSlice);
+
 impl<'a> QueueView<'a> {
-    /// `slice` as a queue of `k` keys of `c` features; it must hold `k*c` elements.
-    pub fn new(slice: QueueSlice<'a>, k: usize, c: usize) -> Result<Self> {
-        checked_kc(k, c, Some(slice.len()))?;
-        Ok(Self { slice, k, c })
-    }
     /// The elements.
     pub fn slice(&self) -> QueueSlice<'a> {
         self.slice
-    }
-    /// Number of elements (K*C).
-    pub fn len(&self) -> usize {
-        self.slice.len()
-    }
-    /// True when the queue holds no element (never, for a view made by [`QueueView::new`]).
-    pub fn is_empty(&self) -> bool {
-        self.slice.is_empty()
     }
     /// Element `idx` as f32.
     pub fn get(&self, idx: usize) -> f32 {
@@ -146,18 +155,6 @@ impl<'a> QueueView<'a> {
     }
 }
 
-impl QueueDims for QueueView<'_> {
-    fn k(&self) -> usize {
-        self.k
-    }
-    fn c(&self) -> usize {
-        self.c
-    }
-    fn dtype(&self) -> QueueDType {
-        self.slice.dtype()
-    }
-}
-
 /// A mutable queue `[K, C]`: its elements and its K and C.
 #[derive(Debug)]
 pub struct QueueViewMut<'a> {
@@ -166,20 +163,9 @@ pub struct QueueViewMut<'a> {
     pub(super) c: usize,
 }
 
+view_basics!(QueueViewMut, QueueSliceMut);
+
 impl<'a> QueueViewMut<'a> {
-    /// `slice` as a queue of `k` keys of `c` features; it must hold `k*c` elements.
-    pub fn new(slice: QueueSliceMut<'a>, k: usize, c: usize) -> Result<Self> {
-        checked_kc(k, c, Some(slice.len()))?;
-        Ok(Self { slice, k, c })
-    }
-    /// Number of elements (K*C).
-    pub fn len(&self) -> usize {
-        self.slice.len()
-    }
-    /// True when the queue holds no element (never, for a view made by [`QueueViewMut::new`]).
-    pub fn is_empty(&self) -> bool {
-        self.slice.is_empty()
-    }
     /// Writes `v` at `idx`, rounding to nearest-even for the 16-bit types.
     pub fn set(&mut self, idx: usize, v: f32) {
         self.slice.set(idx, v)
@@ -190,41 +176,28 @@ impl<'a> QueueViewMut<'a> {
     }
 }
 
-impl QueueDims for QueueViewMut<'_> {
-    fn k(&self) -> usize {
-        self.k
-    }
-    fn c(&self) -> usize {
-        self.c
-    }
-    fn dtype(&self) -> QueueDType {
-        self.slice.dtype()
-    }
-}
-
 /// Converts a queue of `k` keys of `c` features from the official MoCo layout `[C, K]` (one key per column,
 /// `queue[:, j]`) to this crate's `[K, C]` layout (one key per row), which makes enqueue a contiguous write and
 /// streams whole keys.
 pub fn queue_from_ck(queue_ck: &[f32], k: usize, c: usize) -> crate::Result<Vec<f32>> {
     checked_kc(k, c, Some(queue_ck.len()))?;
-    let mut out = vec![0.0; c * k];
-    for ci in 0..c {
-        for j in 0..k {
-            out[j * c + ci] = queue_ck[ci * k + j];
-        }
-    }
-    Ok(out)
+    Ok(transpose(queue_ck, c, k))
 }
 
 /// Converts a queue of `k` keys of `c` features from this crate's `[K, C]` layout (one key per row) back to the
 /// official `[C, K]`.
 pub fn queue_to_ck(queue_kc: &[f32], k: usize, c: usize) -> crate::Result<Vec<f32>> {
     checked_kc(k, c, Some(queue_kc.len()))?;
-    let mut out = vec![0.0; c * k];
-    for j in 0..k {
-        for ci in 0..c {
-            out[ci * k + j] = queue_kc[j * c + ci];
+    Ok(transpose(queue_kc, k, c))
+}
+
+/// The transpose `[cols, rows]` of the row-major matrix `m: [rows, cols]`.
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; rows * cols];
+    for r in 0..rows {
+        for j in 0..cols {
+            out[j * rows + r] = m[r * cols + j];
         }
     }
-    Ok(out)
+    out
 }

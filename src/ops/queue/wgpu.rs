@@ -1,7 +1,7 @@
 //! Ring-buffer enqueue on wgpu (`shaders/queue.wgsl`) and the queue buffer type.
 
 use super::params::QueueParams;
-use super::{checked_kc, KeyQueue, QueueDType, QueueDims, QueueShape, KERNELS};
+use super::{checked_kc, KeyQueue, QueueDType, QueueShape, KERNELS};
 use crate::device::wgpu::{submit, GpuSlice, Wgpu};
 use crate::error::{Error, Result};
 use crate::ops::launch::grid_2d;
@@ -68,23 +68,12 @@ impl WgpuQueue {
     }
 }
 
-impl QueueDims for WgpuQueue {
-    fn k(&self) -> usize {
-        self.k
-    }
-    fn c(&self) -> usize {
-        self.c
-    }
-    fn dtype(&self) -> QueueDType {
-        self.dtype
-    }
-}
+super::queue_dims!(WgpuQueue, |q| q.dtype);
 
 /// Writes `keys: [N, C]` (raw; normalised here) into rows `ptr..ptr+N (mod K)` of the queue; returns the new pointer.
 /// `keys` must hold exactly N*C elements.
 pub fn enqueue(ctx: &Wgpu, queue: &mut WgpuQueue, keys: GpuSlice<'_>, shape: &QueueShape) -> Result<usize> {
-    shape.check(keys.len(), queue.len)?;
-    shape.check_queue(&*queue)?;
+    shape.check_enqueue(keys.len(), queue.len, &*queue)?;
     queue.check_bytes("queue_enqueue")?;
     let (n, c) = (shape.n, shape.c);
     let kh = ctx.storage_buffer("moco k_hat", (n * c * 4) as u64);

@@ -119,6 +119,9 @@ fn im2col_ld(col: &mut [f32], ld: usize, img: &[f32], s: &Conv2dShape, plane: &m
                     let dst = &mut row[oy * ow..(oy + 1) * ow];
                     dst[..xlo].fill(0.0);
                     dst[xhi..].fill(0.0);
+                    if xhi == xlo {
+                        continue; // the kernel overhangs the whole row (kernel wider than the padded input)
+                    }
                     let x0 = xlo + kj - s.pad;
                     dst[xlo..xhi].copy_from_slice(&src[x0..x0 + (xhi - xlo)]);
                 }
@@ -152,6 +155,9 @@ fn col2im_add_ld(img: &mut [f32], col: &[f32], ld: usize, s: &Conv2dShape, plane
                 for oy in ylo..yhi {
                     let iy = oy + ki - s.pad;
                     let dst = &mut chan[iy * s.w..(iy + 1) * s.w];
+                    if xhi == xlo {
+                        continue;
+                    }
                     let x0 = xlo + kj - s.pad;
                     for (d, v) in dst[x0..x0 + (xhi - xlo)].iter_mut().zip(&row[oy * ow + xlo..oy * ow + xhi]) {
                         *d += v;
