@@ -19,14 +19,7 @@ pub struct Dataset {
 impl Dataset {
     /// Checks and wraps the buffers: `images.len() == labels.len() * 3 * height * width`, every label
     /// `< num_classes`, and `class_names` (if given) has `num_classes` entries.
-    pub fn new(
-        images: Vec<u8>,
-        labels: Vec<u16>,
-        height: usize,
-        width: usize,
-        num_classes: usize,
-        class_names: Option<Vec<String>>,
-    ) -> Result<Self> {
+    pub fn new(images: Vec<u8>, labels: Vec<u16>, height: usize, width: usize, num_classes: usize, class_names: Option<Vec<String>>) -> Result<Self> {
         const OP: &str = "Dataset::new";
         let per = 3 * height * width;
         if images.len() != labels.len() * per {

@@ -438,46 +438,68 @@ fn backward_im2col(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &mut 
         return;
     }
     let task_len = col_len + wl + padded_plane_len(&s);
-    if scratch.len() < tasks * task_len {
-        scratch.resize(tasks * task_len, 0.0);
-    }
-    let dinp_chunks: Vec<Option<&mut [f32]>> = match dinp {
-        Some(d) => d.chunks_mut(per * in_img).map(Some).collect(),
-        None => (0..tasks).map(|_| None).collect(),
-    };
-    let scratch = &mut scratch[..tasks * task_len];
-    inp.par_chunks(per * in_img)
-        .zip(dout.par_chunks(per * out_img))
-        .zip(scratch.par_chunks_mut(task_len))
-        .zip(dinp_chunks.into_par_iter())
-        .for_each(|(((x, dy), buf), mut dx)| {
-            let (col, rest) = buf.split_at_mut(col_len);
-            let (dw, plane) = rest.split_at_mut(wl);
-            for (i, (x_n, dy_n)) in x.chunks(in_img).zip(dy.chunks(out_img)).enumerate() {
-                let b: &[f32] = if s.is_pointwise() {
-                    x_n
+    let tasks_of = BackwardTasks { per, tasks, in_img, out_img, task_len, dw_at: col_len, dw_len: wl };
+    tasks_of.run(dinp, dweight, scratch, dout, inp, |x, dy, buf, mut dx| {
+        let (col, rest) = buf.split_at_mut(col_len);
+        let (dw, plane) = rest.split_at_mut(wl);
+        for (i, (x_n, dy_n)) in x.chunks(in_img).zip(dy.chunks(out_img)).enumerate() {
+            let b: &[f32] = if s.is_pointwise() {
+                x_n
+            } else {
+                im2col(col, x_n, &s, plane);
+                col
+            };
+            // dw [C_out, K] (+)= dy_n [C_out, OHW] · b [K, OHW]ᵀ
+            gemm_strided(dw, k, 1, dy_n, ohw, 1, b, 1, ohw, s.c_out, k, ohw, 1.0, i > 0, par_gemm);
+            if let Some(dx) = dx.as_deref_mut() {
+                let dx_n = &mut dx[i * in_img..(i + 1) * in_img];
+                // [K, OHW] = weightᵀ [K, C_out] · dy_n [C_out, OHW]
+                if s.is_pointwise() {
+                    gemm_strided(dx_n, ohw, 1, weight, 1, k, dy_n, ohw, 1, k, ohw, s.c_out, 1.0, true, par_gemm);
                 } else {
-                    im2col(col, x_n, &s, plane);
-                    col
-                };
-                // dw [C_out, K] (+)= dy_n [C_out, OHW] · b [K, OHW]ᵀ
-                gemm_strided(dw, k, 1, dy_n, ohw, 1, b, 1, ohw, s.c_out, k, ohw, 1.0, i > 0, par_gemm);
-                if let Some(dx) = dx.as_deref_mut() {
-                    let dx_n = &mut dx[i * in_img..(i + 1) * in_img];
-                    // [K, OHW] = weightᵀ [K, C_out] · dy_n [C_out, OHW]
-                    if s.is_pointwise() {
-                        gemm_strided(dx_n, ohw, 1, weight, 1, k, dy_n, ohw, 1, k, ohw, s.c_out, 1.0, true, par_gemm);
-                    } else {
-                        gemm_strided(col, ohw, 1, weight, 1, k, dy_n, ohw, 1, k, ohw, s.c_out, 1.0, false, par_gemm);
-                        col2im_add(dx_n, col, &s, plane);
-                    }
+                    gemm_strided(col, ohw, 1, weight, 1, k, dy_n, ohw, 1, k, ohw, s.c_out, 1.0, false, par_gemm);
+                    col2im_add(dx_n, col, &s, plane);
                 }
             }
-        });
-    // dweight += Σ_tasks partial dweight (fixed order: deterministic for a given thread count)
-    for t in 0..tasks {
-        let part = &scratch[t * task_len + col_len..][..wl];
-        dweight.par_iter_mut().zip(part.par_iter()).for_each(|(d, p)| *d += p);
+        }
+    });
+}
+
+/// How a backward pass splits the batch: `tasks` parallel tasks of `per` images (`in_img` / `out_img` floats each),
+/// each with `task_len` floats of scratch whose `[dw_at, dw_at + dw_len)` holds the task's partial `dweight`.
+struct BackwardTasks {
+    per: usize,
+    tasks: usize,
+    in_img: usize,
+    out_img: usize,
+    task_len: usize,
+    dw_at: usize,
+    dw_len: usize,
+}
+
+impl BackwardTasks {
+    /// Runs `task(x, dy, scratch, dx)` on every task in parallel (`x`, `dy`, `dx`: the task's images), then
+    /// `dweight += Σ_tasks partial dweight` in a fixed order (deterministic for a given thread count).
+    #[allow(clippy::type_complexity)]
+    fn run(&self, dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &mut Vec<f32>, dout: &[f32], inp: &[f32], task: impl Fn(&[f32], &[f32], &mut [f32], Option<&mut [f32]>) + Sync + Send) {
+        let (per, tasks, task_len) = (self.per, self.tasks, self.task_len);
+        if scratch.len() < tasks * task_len {
+            scratch.resize(tasks * task_len, 0.0);
+        }
+        let dinp_chunks: Vec<Option<&mut [f32]>> = match dinp {
+            Some(d) => d.chunks_mut(per * self.in_img).map(Some).collect(),
+            None => (0..tasks).map(|_| None).collect(),
+        };
+        let scratch = &mut scratch[..tasks * task_len];
+        inp.par_chunks(per * self.in_img)
+            .zip(dout.par_chunks(per * self.out_img))
+            .zip(scratch.par_chunks_mut(task_len))
+            .zip(dinp_chunks.into_par_iter())
+            .for_each(|(((x, dy), buf), dx)| task(x, dy, buf, dx));
+        for t in 0..tasks {
+            let part = &scratch[t * task_len + self.dw_at..][..self.dw_len];
+            dweight.par_iter_mut().zip(part.par_iter()).for_each(|(d, p)| *d += p);
+        }
     }
 }
 
@@ -491,48 +513,32 @@ fn backward_blocked(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &mut
     let ld = bl * ohw;
     let (col_len, dy_len) = (k * ld, s.c_out * ld);
     let task_len = col_len + dy_len + wl + padded_plane_len(s);
-    if scratch.len() < tasks * task_len {
-        scratch.resize(tasks * task_len, 0.0);
-    }
-    let dinp_chunks: Vec<Option<&mut [f32]>> = match dinp {
-        Some(d) => d.chunks_mut(per * in_img).map(Some).collect(),
-        None => (0..tasks).map(|_| None).collect(),
-    };
-    let scratch = &mut scratch[..tasks * task_len];
-    inp.par_chunks(per * in_img)
-        .zip(dout.par_chunks(per * out_img))
-        .zip(scratch.par_chunks_mut(task_len))
-        .zip(dinp_chunks.into_par_iter())
-        .for_each(|(((x, dy), buf), mut dx)| {
-            let (col, rest) = buf.split_at_mut(col_len);
-            let (dyb, rest) = rest.split_at_mut(dy_len);
-            let (dw, plane) = rest.split_at_mut(wl);
-            for (i, (xb, dyblk)) in x.chunks(bl * in_img).zip(dy.chunks(bl * out_img)).enumerate() {
-                let nb = xb.len() / in_img;
-                let cols = nb * ohw;
-                for (b, (x_n, dy_n)) in xb.chunks(in_img).zip(dyblk.chunks(out_img)).enumerate() {
-                    im2col_ld(&mut col[b * ohw..], ld, x_n, s, plane);
-                    for (c, src) in dy_n.chunks(ohw).enumerate() {
-                        dyb[c * ld + b * ohw..c * ld + (b + 1) * ohw].copy_from_slice(src);
-                    }
-                }
-                // dw [C_out, K] (+)= dyb [C_out, cols] · col [K, cols]ᵀ
-                gemm_strided(dw, k, 1, dyb, ld, 1, col, 1, ld, s.c_out, k, cols, 1.0, i > 0, par_gemm);
-                if let Some(dx) = dx.as_deref_mut() {
-                    // col [K, cols] = weightᵀ [K, C_out] · dyb [C_out, cols]
-                    gemm_strided(col, ld, 1, weight, 1, k, dyb, ld, 1, k, cols, s.c_out, 1.0, false, par_gemm);
-                    let dxb = &mut dx[i * bl * in_img..(i * bl + nb) * in_img];
-                    for (b, dx_n) in dxb.chunks_mut(in_img).enumerate() {
-                        col2im_add_ld(dx_n, &col[b * ohw..], ld, s, plane);
-                    }
+    let tasks_of = BackwardTasks { per, tasks, in_img, out_img, task_len, dw_at: col_len + dy_len, dw_len: wl };
+    tasks_of.run(dinp, dweight, scratch, dout, inp, |x, dy, buf, mut dx| {
+        let (col, rest) = buf.split_at_mut(col_len);
+        let (dyb, rest) = rest.split_at_mut(dy_len);
+        let (dw, plane) = rest.split_at_mut(wl);
+        for (i, (xb, dyblk)) in x.chunks(bl * in_img).zip(dy.chunks(bl * out_img)).enumerate() {
+            let nb = xb.len() / in_img;
+            let cols = nb * ohw;
+            for (b, (x_n, dy_n)) in xb.chunks(in_img).zip(dyblk.chunks(out_img)).enumerate() {
+                im2col_ld(&mut col[b * ohw..], ld, x_n, s, plane);
+                for (c, src) in dy_n.chunks(ohw).enumerate() {
+                    dyb[c * ld + b * ohw..c * ld + (b + 1) * ohw].copy_from_slice(src);
                 }
             }
-        });
-    // dweight += Σ_tasks partial dweight (fixed order: deterministic for a given thread count)
-    for t in 0..tasks {
-        let part = &scratch[t * task_len + col_len + dy_len..][..wl];
-        dweight.par_iter_mut().zip(part.par_iter()).for_each(|(d, p)| *d += p);
-    }
+            // dw [C_out, K] (+)= dyb [C_out, cols] · col [K, cols]ᵀ
+            gemm_strided(dw, k, 1, dyb, ld, 1, col, 1, ld, s.c_out, k, cols, 1.0, i > 0, par_gemm);
+            if let Some(dx) = dx.as_deref_mut() {
+                // col [K, cols] = weightᵀ [K, C_out] · dyb [C_out, cols]
+                gemm_strided(col, ld, 1, weight, 1, k, dyb, ld, 1, k, cols, s.c_out, 1.0, false, par_gemm);
+                let dxb = &mut dx[i * bl * in_img..(i * bl + nb) * in_img];
+                for (b, dx_n) in dxb.chunks_mut(in_img).enumerate() {
+                    col2im_add_ld(dx_n, &col[b * ohw..], ld, s, plane);
+                }
+            }
+        }
+    });
 }
 
 /// The measured choice considers Winograd only where the channel sum it transforms (C_in forward, C_out for the
