@@ -6,7 +6,7 @@
 //!   and a cosine schedule; the standard end-of-training evaluation.
 //!
 //! Features are row-major `[rows, D]` f32, raw encoder outputs; labels are `u32` in `0..num_classes`. Every entry
-//! point validates its inputs and returns [`crate::Error::Shape`] instead of panicking.
+//! point validates its inputs and returns [`crate::error::Error::Shape`] instead of panicking.
 
 pub mod knn;
 mod knn_reference;

@@ -21,7 +21,7 @@
 //! | [`finite`] | the count of NaN and ±inf elements (the step's device-side finiteness check) |
 //!
 //! Conventions (llm.c style): tensors are row-major f32; functions put outputs first and the shape last; every
-//! call validates its buffer lengths against its shape type and returns [`crate::Error`] instead of panicking;
+//! call validates its buffer lengths against its shape type and returns [`crate::error::Error`] instead of panicking;
 //! backward kernels accumulate into their gradients (`dinp += ...`), so gradients are zeroed once per step.
 //!
 //! Adding an op family: its folder, `kernels/<family>.cu`, `shaders/<family>.wgsl`, and its name in the

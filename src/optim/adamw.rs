@@ -15,41 +15,10 @@
 //! Weight decay applies to every element (as `torch.optim.AdamW(model.parameters(), ...)` in moco-v3 does).
 
 pub use crate::ops::optim::cpu::adamw_step;
-use super::{check_buffer_len, check_len, check_nonneg, check_unit_open, Optimizer};
-use crate::error::{Error, Result};
-
-/// Hyperparameters of [`AdamW`] (torch's defaults in [`AdamWConfig::new`]).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AdamWConfig {
-    /// Learning rate, finite and >= 0.
-    pub lr: f64,
-    /// Decay of the first moment, in [0, 1) (torch default 0.9).
-    pub beta1: f64,
-    /// Decay of the second moment, in [0, 1) (torch default 0.999).
-    pub beta2: f64,
-    /// Added to `sqrt(v_hat)`, finite and > 0 (torch default 1e-8).
-    pub eps: f64,
-    /// Decoupled weight decay, finite and >= 0 (torch default 1e-2).
-    pub weight_decay: f64,
-}
-
-impl AdamWConfig {
-    /// `lr` and `weight_decay` with torch's `betas = (0.9, 0.999)` and `eps = 1e-8`.
-    pub fn new(lr: f64, weight_decay: f64) -> Self {
-        Self { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay }
-    }
-    /// Checks every hyperparameter: finite, `lr >= 0`, betas in [0, 1), `eps > 0`, `weight_decay >= 0`.
-    pub fn validate(&self) -> Result<()> {
-        let op = "adamw";
-        check_nonneg(op, "lr", self.lr)?;
-        check_unit_open(op, "beta1", self.beta1)?;
-        check_unit_open(op, "beta2", self.beta2)?;
-        if !(self.eps.is_finite() && self.eps > 0.0) {
-            return Err(Error::shape(op, "finite eps > 0", format!("eps = {}", self.eps)));
-        }
-        check_nonneg(op, "weight_decay", self.weight_decay)
-    }
-}
+pub use crate::ops::optim::config::AdamWConfig;
+use super::Optimizer;
+use crate::ops::optim::config::{check_buffer_len, check_len};
+use crate::error::Result;
 
 /// `torch.optim.AdamW` over one flat parameter buffer, owning its two moment buffers.
 #[derive(Clone, Debug)]

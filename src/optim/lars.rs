@@ -21,37 +21,9 @@
 //! both `> 0` tests, so `q = 1`); nothing checks gradients.
 
 pub use crate::ops::optim::cpu::{lars_norms, lars_step, lars_update, trust_ratio};
-use super::{check_nonneg, check_unit_open, Optimizer, ParamSpans};
+pub use crate::ops::optim::config::LarsConfig;
+use super::{Optimizer, ParamSpans};
 use crate::error::Result;
-
-/// Hyperparameters of [`Lars`] (moco-v3's names; [`LarsConfig::new`] takes its defaults).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct LarsConfig {
-    /// Learning rate, finite and >= 0.
-    pub lr: f64,
-    /// Weight decay added to the gradient of tensors with `ndim > 1`, finite and >= 0.
-    pub weight_decay: f64,
-    /// Momentum in [0, 1) (moco-v3 default 0.9).
-    pub momentum: f64,
-    /// Trust coefficient, finite and >= 0 (moco-v3 default 0.001).
-    pub trust_coefficient: f64,
-}
-
-impl LarsConfig {
-    /// `lr` and `weight_decay` with moco-v3's `momentum = 0.9` and `trust_coefficient = 0.001`.
-    pub fn new(lr: f64, weight_decay: f64) -> Self {
-        Self { lr, weight_decay, momentum: 0.9, trust_coefficient: 0.001 }
-    }
-    /// Checks every hyperparameter: finite, `lr >= 0`, `weight_decay >= 0`, `momentum in [0, 1)`,
-    /// `trust_coefficient >= 0`.
-    pub fn validate(&self) -> Result<()> {
-        let op = "lars";
-        check_nonneg(op, "lr", self.lr)?;
-        check_nonneg(op, "weight_decay", self.weight_decay)?;
-        check_unit_open(op, "momentum", self.momentum)?;
-        check_nonneg(op, "trust_coefficient", self.trust_coefficient)
-    }
-}
 
 /// moco-v3's LARS over one flat parameter buffer described by [`ParamSpans`], owning its momentum `mu`.
 #[derive(Clone, Debug)]

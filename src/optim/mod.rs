@@ -45,104 +45,7 @@ pub use sgd::{sgd_step, Sgd, SgdConfig};
 
 use crate::error::{Error, Result};
 use crate::nn::Layout;
-use crate::ops::check;
-
-/// Elements per rayon task in the elementwise passes: 128 KiB of each buffer, the analogue of a GPU grid's
-/// block of work.
-pub const OPTIM_CHUNK: usize = 1 << 15;
-
-/// One tensor of a flat parameter buffer: elements `offset..offset + len`, with `ndim` dimensions.
-///
-/// `ndim` matters to LARS only: tensors with `ndim <= 1` (biases, BatchNorm / LayerNorm weights) get neither
-/// weight decay nor the trust ratio, as in moco-v3's `if p.ndim > 1`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ParamSpan {
-    /// Offset of the first element in the flat buffer.
-    pub offset: usize,
-    /// Number of elements (the product of the tensor's shape).
-    pub len: usize,
-    /// Number of dimensions of the tensor (1 for a bias, 2 for a linear weight, 4 for a conv weight).
-    pub ndim: usize,
-}
-
-impl ParamSpan {
-    /// The element range in the flat buffer.
-    pub fn range(&self) -> std::ops::Range<usize> {
-        self.offset..self.offset + self.len
-    }
-    /// True when LARS applies weight decay and the trust ratio (`ndim > 1`).
-    pub fn is_matrix(&self) -> bool {
-        self.ndim > 1
-    }
-}
-
-/// A validated list of [`ParamSpan`]s that tile a flat buffer: back to back from offset 0, each at least one
-/// element, in buffer order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ParamSpans {
-    spans: Vec<ParamSpan>,
-    len: usize,
-}
-
-impl ParamSpans {
-    /// Validates that `spans` tile `0..total` (each `offset` equals the previous end, each `len >= 1`, at least
-    /// one span) and that the total fits the GPU kernels' 32-bit indexing.
-    pub fn new(spans: Vec<ParamSpan>) -> Result<Self> {
-        let op = "param_spans";
-        if spans.is_empty() {
-            return Err(Error::shape(op, "at least one span", "no spans"));
-        }
-        let mut end = 0usize;
-        for (i, s) in spans.iter().enumerate() {
-            if s.offset != end {
-                return Err(Error::shape(op, format!("span {i} at offset {end} (back to back)"), format!("offset {}", s.offset)));
-            }
-            if s.len == 0 {
-                return Err(Error::shape(op, format!("span {i} with len >= 1"), "len 0"));
-            }
-            end = end.checked_add(s.len).ok_or_else(|| Error::shape(op, "a total length that fits usize", format!("overflow at span {i}")))?;
-        }
-        check_buffer_len(op, end)?;
-        Ok(Self { spans, len: end })
-    }
-    /// Spans from tensor shapes packed back to back (`ndim = shape.len()`, `len = product`).
-    pub fn from_shapes(shapes: &[&[usize]]) -> Result<Self> {
-        let mut offset = 0usize;
-        let mut spans = Vec::with_capacity(shapes.len());
-        for s in shapes {
-            let len = s.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| Error::shape("param_spans", "a shape whose product fits usize", format!("{s:?}")))?;
-            spans.push(ParamSpan { offset, len, ndim: s.len() });
-            offset = offset.saturating_add(len);
-        }
-        Self::new(spans)
-    }
-    /// Spans of every tensor of a model [`Layout`], in buffer order. A tensor's span runs to the next tensor's
-    /// offset, so the alignment gaps (zeros, with zero gradients) belong to the tensor before them and change no
-    /// norm.
-    pub fn from_layout(layout: &Layout) -> Result<Self> {
-        let mut ts: Vec<_> = layout.tensors.iter().filter(|t| !t.is_empty()).collect();
-        ts.sort_by_key(|t| t.offset);
-        let mut spans = Vec::with_capacity(ts.len());
-        for (i, t) in ts.iter().enumerate() {
-            let start = if i == 0 { 0 } else { t.offset };
-            let end = ts.get(i + 1).map_or(layout.len, |n| n.offset);
-            spans.push(ParamSpan { offset: start, len: end.saturating_sub(start), ndim: t.shape.len() });
-        }
-        Self::new(spans)
-    }
-    /// The spans, in buffer order.
-    pub fn spans(&self) -> &[ParamSpan] {
-        &self.spans
-    }
-    /// Total elements (the flat buffer length).
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    /// Always false: a validated list holds at least one element.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
+pub use crate::ops::optim::config::{ParamSpan, ParamSpans, OPTIM_CHUNK};
 
 /// Which optimiser a run uses, with its hyperparameters: what [`DeviceOptimizer::new`] builds on
 /// any device. MoCo v1/v2 train with SGD; MoCo v3 with LARS (ResNet) or AdamW (ViT).
@@ -232,7 +135,7 @@ macro_rules! optimizer_plumbing {
             self.config.lr
         }
         fn set_lr(&mut self, lr: f64) -> $crate::error::Result<()> {
-            $crate::optim::check_nonneg($op, "lr", lr)?;
+            $crate::ops::optim::config::check_nonneg($op, "lr", lr)?;
             self.config.lr = lr;
             Ok(())
         }
@@ -252,35 +155,20 @@ macro_rules! optimizer_plumbing {
 }
 use optimizer_plumbing;
 
-/// `len >= 1` and within 32-bit GPU indexing (the bound [`crate::EmaShape`] uses).
-pub(crate) fn check_buffer_len(op: &'static str, len: usize) -> Result<()> {
-    check::positive(op, "len", len)?;
-    check::fits_u32(op, "len", len)
-}
-
-// A buffer that must hold `expected` elements: the ops' length check, under the name the optimisers use.
-pub(crate) use check::len as check_len;
-
-/// A hyperparameter `>= 0`, finite in f64 and in f32 (where it meets the tensors).
-pub(crate) fn check_nonneg(op: &'static str, what: &str, v: f64) -> Result<()> {
-    if !(v.is_finite() && (v as f32).is_finite() && v >= 0.0) {
-        return Err(Error::shape(op, format!("finite {what} >= 0"), format!("{what} = {v}")));
+/// [`ParamSpans`] of a model: the constructor that knows [`Layout`] lives above the ops.
+impl ParamSpans {
+    /// Spans of every tensor of a model [`Layout`], in buffer order. A tensor's span runs to the next tensor's
+    /// offset, so the alignment gaps (zeros, with zero gradients) belong to the tensor before them and change no
+    /// norm.
+    pub fn from_layout(layout: &Layout) -> Result<Self> {
+        let mut ts: Vec<_> = layout.tensors.iter().filter(|t| !t.is_empty()).collect();
+        ts.sort_by_key(|t| t.offset);
+        let mut spans = Vec::with_capacity(ts.len());
+        for (i, t) in ts.iter().enumerate() {
+            let start = if i == 0 { 0 } else { t.offset };
+            let end = ts.get(i + 1).map_or(layout.len, |n| n.offset);
+            spans.push(ParamSpan { offset: start, len: end.saturating_sub(start), ndim: t.shape.len() });
+        }
+        Self::new(spans)
     }
-    Ok(())
-}
-
-/// A finite hyperparameter in `[0, 1)`.
-pub(crate) fn check_unit_open(op: &'static str, what: &str, v: f64) -> Result<()> {
-    if !(v.is_finite() && (0.0..1.0).contains(&v)) {
-        return Err(Error::shape(op, format!("{what} in [0, 1)"), format!("{what} = {v}")));
-    }
-    Ok(())
-}
-
-/// A finite hyperparameter in `[0, 1]`.
-pub(crate) fn check_unit_closed(op: &'static str, what: &str, v: f64) -> Result<()> {
-    if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
-        return Err(Error::shape(op, format!("{what} in [0, 1]"), format!("{what} = {v}")));
-    }
-    Ok(())
 }

@@ -15,51 +15,10 @@
 //! (as `torch.optim.SGD(model.parameters(), ...)` in MoCo v1/v2 does).
 
 pub use crate::ops::optim::cpu::sgd_step;
-use super::{check_buffer_len, check_len, check_nonneg, check_unit_closed, check_unit_open, Optimizer};
-use crate::error::{Error, Result};
-
-/// Hyperparameters of [`Sgd`] (torch's names and defaults for those not given to [`SgdConfig::new`]).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SgdConfig {
-    /// Learning rate, finite and >= 0.
-    pub lr: f64,
-    /// Momentum in [0, 1); 0 turns the momentum buffer off.
-    pub momentum: f64,
-    /// Dampening in [0, 1] (torch default 0); must be 0 with Nesterov.
-    pub dampening: f64,
-    /// L2 weight decay added to the gradient, finite and >= 0.
-    pub weight_decay: f64,
-    /// Nesterov momentum (needs momentum > 0 and dampening 0, as torch requires).
-    pub nesterov: bool,
-}
-
-impl SgdConfig {
-    /// `lr`, `momentum`, `weight_decay`; no dampening, no Nesterov. Validated by [`SgdConfig::validate`] when used.
-    pub fn new(lr: f64, momentum: f64, weight_decay: f64) -> Self {
-        Self { lr, momentum, dampening: 0.0, weight_decay, nesterov: false }
-    }
-    /// The same with Nesterov momentum on.
-    pub fn with_nesterov(self, nesterov: bool) -> Self {
-        Self { nesterov, ..self }
-    }
-    /// Checks every hyperparameter: finite, `lr >= 0`, `momentum in [0, 1)`, `dampening in [0, 1]`,
-    /// `weight_decay >= 0`, and for Nesterov `momentum > 0` and `dampening == 0`.
-    pub fn validate(&self) -> Result<()> {
-        let op = "sgd";
-        check_nonneg(op, "lr", self.lr)?;
-        check_unit_open(op, "momentum", self.momentum)?;
-        check_unit_closed(op, "dampening", self.dampening)?;
-        check_nonneg(op, "weight_decay", self.weight_decay)?;
-        if self.nesterov && !(self.momentum > 0.0 && self.dampening == 0.0) {
-            return Err(Error::shape(
-                op,
-                "Nesterov with momentum > 0 and dampening = 0",
-                format!("momentum = {}, dampening = {}", self.momentum, self.dampening),
-            ));
-        }
-        Ok(())
-    }
-}
+pub use crate::ops::optim::config::SgdConfig;
+use super::Optimizer;
+use crate::ops::optim::config::{check_buffer_len, check_len};
+use crate::error::Result;
 
 /// `torch.optim.SGD` over one flat parameter buffer, owning its momentum buffer.
 #[derive(Clone, Debug)]

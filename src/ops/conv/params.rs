@@ -59,11 +59,11 @@ impl ConvParams {
 /// Re-validates a conv shape for the GPU kernels (its fields are public, so it may not come from
 /// `Conv2dShape::new`), which index in u32 with a few products of sizes (e.g. `(oy*stride + ki)`, `C_out*KH*KW`).
 #[doc(hidden)]
-pub fn conv_revalidate(s: &Conv2dShape) -> crate::Result<Conv2dShape> {
+pub fn conv_revalidate(s: &Conv2dShape) -> crate::error::Result<Conv2dShape> {
     let v = Conv2dShape::new(s.n, s.c_in, s.h, s.w, s.c_out, s.kh, s.kw, s.stride, s.pad)?;
     let taps = v.c_out.checked_mul(v.kh * v.kw).filter(|&t| t <= i32::MAX as usize);
     if taps.is_none() || v.h + 2 * v.pad > i32::MAX as usize || v.w + 2 * v.pad > i32::MAX as usize {
-        return Err(crate::Error::shape("conv2d", "C_out*KH*KW and H, W + 2*pad at most i32::MAX", format!("{v:?}")));
+        return Err(crate::error::Error::shape("conv2d", "C_out*KH*KW and H, W + 2*pad at most i32::MAX", format!("{v:?}")));
     }
     Ok(v)
 }
@@ -71,12 +71,12 @@ pub fn conv_revalidate(s: &Conv2dShape) -> crate::Result<Conv2dShape> {
 /// The conv grid for a `gemm_m x gemm_n` output in [`CONV_TILE`] tiles: tiles over N split over x and z (each at
 /// most 65535), tiles over M on y (`tile_n0()` in the kernels flattens x and z).
 #[doc(hidden)]
-pub fn conv_grid(op: &'static str, gemm_m: usize, gemm_n: usize) -> crate::Result<(u32, u32, u32)> {
+pub fn conv_grid(op: &'static str, gemm_m: usize, gemm_n: usize) -> crate::error::Result<(u32, u32, u32)> {
     const MAX: usize = 65535;
     let (tm, tn) = (gemm_m.div_ceil(CONV_TILE), gemm_n.div_ceil(CONV_TILE));
     let (x, z) = if tn <= MAX { (tn, 1) } else { (MAX, tn.div_ceil(MAX)) };
     if tm > MAX || z > MAX {
-        return Err(crate::Error::shape(op, format!("at most {} rows and {} columns in the GEMM", MAX * CONV_TILE, MAX * MAX * CONV_TILE), format!("{gemm_m} x {gemm_n}")));
+        return Err(crate::error::Error::shape(op, format!("at most {} rows and {} columns in the GEMM", MAX * CONV_TILE, MAX * MAX * CONV_TILE), format!("{gemm_m} x {gemm_n}")));
     }
     Ok((x as u32, tm as u32, z as u32))
 }
@@ -95,7 +95,7 @@ impl ConvParams {
         Self::new(s, s.c_in, s.n * s.h * s.w, s.c_out * s.kh * s.kw)
     }
     /// The grid of this GEMM ([`conv_grid`]).
-    pub fn grid(&self, op: &'static str) -> crate::Result<Grid> {
+    pub fn grid(&self, op: &'static str) -> crate::error::Result<Grid> {
         conv_grid(op, self.gemm_m as usize, self.gemm_n as usize)
     }
 }

@@ -31,7 +31,7 @@ pub fn ema_update_multi(pairs: &mut [(&mut [f32], &[f32])], momentum: f64) -> Re
     let mut w = (1.0, 0.0);
     for (i, (k, q)) in pairs.iter().enumerate() {
         let shape = EmaShape::for_buffers(k.len(), q.len(), momentum).map_err(|e| match e {
-            crate::Error::Shape { expected, got, .. } => crate::Error::shape("ema_multi", format!("pair {i}: {expected}"), got),
+            crate::error::Error::Shape { expected, got, .. } => crate::error::Error::shape("ema_multi", format!("pair {i}: {expected}"), got),
             other => other,
         })?;
         w = shape.weights();

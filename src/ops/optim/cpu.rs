@@ -5,7 +5,7 @@
 
 use crate::device::CpuDevice;
 use crate::error::{Error, Result};
-use crate::optim::{check_buffer_len, check_len, check_nonneg, AdamWConfig, LarsConfig, ParamSpan, ParamSpans, SgdConfig, OPTIM_CHUNK};
+use super::config::{check_buffer_len, check_len, check_nonneg, AdamWConfig, LarsConfig, ParamSpan, ParamSpans, SgdConfig, OPTIM_CHUNK};
 use rayon::prelude::*;
 
 /// One SGD step over flat buffers, the kernel of [`Sgd::step`].

@@ -14,7 +14,7 @@ use super::params::{adamw_params, elementwise_grid, lars_params, lars_tables, sg
 use super::KERNELS;
 use crate::device::cuda::{cfg, Cuda, BLOCK, MAX_GRID_X};
 use crate::error::{Error, Result};
-use crate::optim::{AdamWConfig, LarsConfig, ParamSpans, SgdConfig};
+use super::config::{AdamWConfig, LarsConfig, ParamSpans, SgdConfig};
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 use std::sync::Arc;
 

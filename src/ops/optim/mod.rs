@@ -3,7 +3,7 @@
 //!
 //! | | |
 //! |---|---|
-//! | configuration | [`crate::optim::OptimizerConfig`] and [`crate::optim::ParamSpans`] |
+//! | shapes | [`config`]: [`ParamSpans`] and the hyperparameters ([`SgdConfig`], [`AdamWConfig`], [`LarsConfig`]) |
 //! | CPU | [`cpu`]: `sgd_step`, `adamw_step`, `lars_norms` + `lars_update` (the references) |
 //! | wgpu / CUDA | `sgd_step`, `adamw_step`, `lars_partial_norms`, `lars_reduce_norms`, `lars_update` of `shaders/optim.wgsl` / `kernels/optim.cu` |
 //! | reference | the CPU steps, themselves checked against torch's fixtures (`tests/fixtures`) |
@@ -11,6 +11,7 @@
 //! [`Optim`] is the family's trait; [`crate::optim::DeviceOptimizer`], written once over it, owns an optimiser's
 //! state buffers on a device, its step count and its learning rate.
 
+pub mod config;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -20,7 +21,7 @@ pub mod wgpu;
 
 use crate::device::Device;
 use crate::error::Result;
-use crate::optim::{AdamWConfig, LarsConfig, ParamSpans, SgdConfig};
+use config::{AdamWConfig, LarsConfig, ParamSpans, SgdConfig};
 
 pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("optim");
 

@@ -2,7 +2,7 @@
 //! CUDA emulation tests), so both backends launch the same thing. Hidden from the docs: it is plumbing.
 
 use crate::error::{Error, Result};
-use crate::optim::{AdamWConfig, LarsConfig, ParamSpans, SgdConfig};
+use super::config::{AdamWConfig, LarsConfig, ParamSpans, SgdConfig};
 
 /// Workgroups of the grid-stride `sgd_step` / `adamw_step` dispatches (256 threads each).
 pub const OPTIM_WORKGROUPS: u32 = 2048;

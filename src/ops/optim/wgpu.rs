@@ -9,7 +9,7 @@
 //! Buffer arguments are `&dyn AsGpuSlice`: a whole `wgpu::Buffer` or a [`GpuSlice`] of a bigger one (a model's
 //! flat parameters and gradients may be two slices of one allocation). Each must hold exactly `len` f32, and no
 //! two of them may overlap. Every function only records and submits work; read results back with
-//! [`crate::Device::read`].
+//! [`crate::device::Device::read`].
 //!
 //! # Memory traffic (the bandwidth floor)
 //!
@@ -32,7 +32,7 @@ use super::KERNELS;
 use crate::device::wgpu::{submit, AsGpuSlice, Dispatch, GpuSlice, Wgpu};
 use crate::error::{Error, Result};
 use crate::ops::launch::grid_2d;
-use crate::optim::{AdamWConfig, LarsConfig, ParamSpans, SgdConfig};
+use super::config::{AdamWConfig, LarsConfig, ParamSpans, SgdConfig};
 
 
 /// Checks that `buf` holds exactly `len` f32.

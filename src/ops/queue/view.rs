@@ -179,14 +179,14 @@ impl<'a> QueueViewMut<'a> {
 /// Converts a queue of `k` keys of `c` features from the official MoCo layout `[C, K]` (one key per column,
 /// `queue[:, j]`) to this crate's `[K, C]` layout (one key per row), which makes enqueue a contiguous write and
 /// streams whole keys.
-pub fn queue_from_ck(queue_ck: &[f32], k: usize, c: usize) -> crate::Result<Vec<f32>> {
+pub fn queue_from_ck(queue_ck: &[f32], k: usize, c: usize) -> crate::error::Result<Vec<f32>> {
     checked_kc(k, c, Some(queue_ck.len()))?;
     Ok(transpose(queue_ck, c, k))
 }
 
 /// Converts a queue of `k` keys of `c` features from this crate's `[K, C]` layout (one key per row) back to the
 /// official `[C, K]`.
-pub fn queue_to_ck(queue_kc: &[f32], k: usize, c: usize) -> crate::Result<Vec<f32>> {
+pub fn queue_to_ck(queue_kc: &[f32], k: usize, c: usize) -> crate::error::Result<Vec<f32>> {
     checked_kc(k, c, Some(queue_kc.len()))?;
     Ok(transpose(queue_kc, k, c))
 }
