@@ -2,8 +2,8 @@
 //! augmentations and the prefetching pair loader.
 //!
 //! - [`Dataset`]: u8 images `[N, 3, H, W]` (CIFAR-10's plane order) and u16 labels `[N]`.
-//! - Loaders: [`digits`] (embedded, real, 1,497 train / 300 test), [`load_cifar_bin`] / [`load_cifar_dir`]
-//!   (and [`write_cifar_bin`]), [`load_image_folder`] / [`load_image_folder_split`], [`synthetic`], and
+//! - Loaders: [`digits()`] (embedded, real, 1,497 train / 300 test), [`load_cifar_bin`] / [`load_cifar_dir`]
+//!   (and [`write_cifar_bin`]), [`load_image_folder`] / [`load_image_folder_split`], [`synthetic()`], and
 //!   [`load`], which picks one from what a path is (or `digits`).
 //! - [`augment`]: torchvision's `RandomResizedCrop`, `ColorJitter`, `RandomGrayscale`, `GaussianBlur`,
 //!   `Solarize`, `RandomHorizontalFlip` and `Normalize`, with presets [`AugmentConfig::v1`], [`AugmentConfig::v2`],
@@ -55,7 +55,7 @@ use crate::error::{Error, Result};
 
 /// Loads `(train, test)` from what `path` is:
 ///
-/// - `digits` (when no file or folder of that name exists): the embedded handwritten digits at 32x32 ([`digits`]);
+/// - `digits` (when no file or folder of that name exists): the embedded handwritten digits at 32x32 ([`digits()`]);
 /// - a file: one CIFAR-10 binary file, all train (the test set is empty);
 /// - a folder with `data_batch_1.bin` (.. `_5`) and `test_batch.bin`, or `train.bin` and `test.bin`
 ///   (also inside `cifar-10-batches-bin/`): CIFAR-10;

@@ -135,7 +135,7 @@ impl<D: Layers, M: Model> Network<D, M> {
 
     /// Marks the network as one no backward pass runs through (a momentum encoder, an embedding copy), or clears
     /// the mark: its forward passes may then use convolution algorithms that are faster but whose rounding error
-    /// would upset gradients ([`Device::conv2d_forward_no_grad`]), and its backward passes are an error.
+    /// would upset gradients ([`crate::ops::conv::Conv::conv2d_forward_no_grad`]), and its backward passes are an error.
     pub fn set_grad_free(&mut self, grad_free: bool) {
         self.grad_free = grad_free;
     }

@@ -1,6 +1,6 @@
 //! A network as a fixed list of nodes over one activation allocation, run by the one executor
-//! [`super::Network`] on any [`crate::device::Device`]. A model's planner ([`super::resnet_plan`],
-//! [`super::vit_plan`], [`super::mlp`]) walks the architecture once per batch shape with a [`Planner`], which gives
+//! [`super::Network`] on any [`crate::device::Device`]. A model's planner (`resnet_plan.rs`,
+//! `vit_plan.rs`, [`super::mlp`]) walks the architecture once per batch shape with a [`Planner`], which gives
 //! each node its parameter tensors (offsets into the flat parameter and buffer allocations) and its regions of the
 //! activation allocation; the executor runs the nodes forward in order and backward in reverse.
 //!

@@ -53,7 +53,7 @@ pub(crate) fn plan_resnet(layout: &ResNetLayout, n: usize, h: usize, w: usize, b
     Ok(pl.finish(input, vec![n, 3, h, w], output, features, false, (h, w)))
 }
 
-/// The plan side of the layout: [`plan_resnet`] walks it.
+/// The plan side of the layout: `plan_resnet` walks it.
 impl super::model::Model for ResNetLayout {
     super::model::layouts_in_fields!();
     fn feature_dim(&self) -> usize {

@@ -71,7 +71,7 @@ pub(crate) fn plan_vit(layout: &VitLayout, n: usize, h: usize, w: usize, bn_grou
     Ok(pl.finish(input, vec![n, 3, h, w], output, features, false, (h, w)))
 }
 
-/// The plan side of the layout: [`plan_vit`] walks it.
+/// The plan side of the layout: `plan_vit` walks it.
 impl super::model::Model for VitLayout {
     super::model::layouts_in_fields!();
     fn feature_dim(&self) -> usize {

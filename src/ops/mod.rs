@@ -25,7 +25,7 @@
 //! backward kernels accumulate into their gradients (`dinp += ...`), so gradients are zeroed once per step.
 //!
 //! Adding an op family: its folder, `kernels/<family>.cu`, `shaders/<family>.wgsl`, and its name in the
-//! [`families!`] list below, which declares the module and registers its kernels for build.rs (naga), the CUDA
+//! `families!` list below, which declares the module and registers its kernels for build.rs (naga), the CUDA
 //! and wgpu devices, and the CUDA emulation test.
 
 pub(crate) mod check;

@@ -1,7 +1,7 @@
 //! LARS exactly as facebookresearch/moco-v3 `moco/optimizer.py` (MoCo v3 trains ResNets with it:
 //! `lr 0.3 * batch / 256` or `0.6`, `weight_decay 1e-6` / `1.5e-6`, `momentum 0.9`, `trust_coefficient 0.001`).
 //!
-//! For each tensor (one [`ParamSpan`]) with `ndim > 1`:
+//! For each tensor (one [`super::ParamSpan`]) with `ndim > 1`:
 //!
 //! ```text
 //! dp = g + wd * p
@@ -13,7 +13,7 @@
 //! Then for every element `mu = momentum * mu + dp` (mu starts at 0) and `p = p - lr * mu`.
 //!
 //! A step is two passes, as a GPU does it: [`lars_norms`] reduces `||p||^2` and `||dp||^2` per span (partial
-//! sums per chunk of at most [`OPTIM_CHUNK`] elements, then a sum per span in a fixed order, in f64), and
+//! sums per chunk of at most [`super::OPTIM_CHUNK`] elements, then a sum per span in a fixed order, in f64), and
 //! [`lars_update`] is one fused elementwise pass that reads each span's trust ratio.
 //!
 //! The norms are accumulated in f64 (torch reduces in f32), the trust ratio is computed in f64 and rounded to f32;

@@ -7,7 +7,7 @@
 //! | shape | [`AttentionShape`] |
 //! | CPU | [`cpu::attention_forward`], [`cpu::attention_backward`] |
 //! | wgpu / CUDA | `attention_forward`, `attention_backward_dq`, `attention_backward_dkv` of `shaders/attention.wgsl` / `kernels/attention.cu` |
-//! | reference | [`reference`] (f64, textbook softmax) |
+//! | reference | [`reference`](mod@reference) (f64, textbook softmax) |
 
 pub mod cpu;
 #[cfg(feature = "cuda")]

@@ -24,7 +24,7 @@
 //! | shape | [`BatchNormShape`]; the fused epilogue [`Epilogue`] / [`EpilogueGrad`] |
 //! | CPU | [`cpu`]: `batchnorm_{,relu_,add_relu_}forward_{train,eval}` and their backwards |
 //! | wgpu / CUDA | `bn_stats`, `bn_running`, `bn_apply`, `bn_backward_sums`, `bn_backward_coef`, `bn_backward_dx` of `shaders/batchnorm.wgsl` / `kernels/batchnorm.cu` |
-//! | reference | [`reference`] (f64) |
+//! | reference | [`reference`](mod@reference) (f64) |
 
 pub mod cpu;
 #[cfg(feature = "cuda")]

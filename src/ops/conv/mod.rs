@@ -6,7 +6,7 @@
 //! | shape | [`Conv2dShape`] |
 //! | CPU | [`cpu`]: im2col + GEMM, Winograd F(2x2, 3x3) and F(4x4, 3x3), the algorithm measured per shape |
 //! | wgpu / CUDA | `conv2d_forward`, `conv2d_backward_weight`, `conv2d_backward_data` of `shaders/conv.wgsl` / `kernels/conv.cu`: implicit GEMMs in 64x64 tiles |
-//! | reference | [`reference`] (f64, direct loops) |
+//! | reference | [`reference`](mod@reference) (f64, direct loops) |
 
 pub mod cpu;
 #[cfg(feature = "cuda")]

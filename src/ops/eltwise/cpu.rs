@@ -35,7 +35,7 @@ pub fn relu_backward(dinp: &mut [f32], dout: &[f32], out: &[f32], shape: &Eltwis
 }
 
 /// Residual add forward: `out = a + b`. Its backward is the identity: `da += dout` and `db += dout` (no kernel
-/// needed; the fused [`super::batchnorm_add_relu_backward`] covers the ResNet block's add).
+/// needed; the batch norm backward with an [`crate::ops::batchnorm::EpilogueGrad`] covers the ResNet block's add).
 pub fn add_forward(out: &mut [f32], a: &[f32], b: &[f32], shape: &EltwiseShape) -> Result<()> {
     shape.check(&[("out", out.len()), ("a", a.len()), ("b", b.len())])?;
     out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).zip(b.par_chunks(CHUNK)).for_each(|((y, a), b)| {

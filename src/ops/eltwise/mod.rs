@@ -7,7 +7,7 @@
 //! | shape | [`EltwiseShape`] |
 //! | CPU | [`cpu`]: `relu_*`, `gelu_*`, `add_*` |
 //! | wgpu / CUDA | the same names in `shaders/eltwise.wgsl` / `kernels/eltwise.cu` |
-//! | reference | [`reference`] (f64; GELU through `libm::erf`) |
+//! | reference | [`reference`](mod@reference) (f64; GELU through `libm::erf`) |
 
 pub mod cpu;
 #[cfg(feature = "cuda")]

@@ -28,7 +28,7 @@ pub fn ema_update(stream: &Arc<CudaStream>, k: &mut CudaViewMut<'_, f32>, q: &Cu
 /// The multi-tensor form: `k_i = m*k_i + (1-m)*q_i` for every pair `(k_i, q_i)` of `pairs`, of any lengths
 /// (`k_i, q_i: [len_i]`), in one kernel launch. Runs asynchronously on `stream`.
 ///
-/// How it works (apex `multi_tensor_apply` style): every tensor is cut into chunks of [`EMA_CHUNK`](super::params::EMA_CHUNK) elements and
+/// How it works (apex `multi_tensor_apply` style): every tensor is cut into chunks of [`super::params::EMA_CHUNK`] elements and
 /// the host uploads one metadata buffer of u64 words, `[k_ptr, q_ptr, len]` per tensor followed by one word per
 /// chunk (`tensor | chunk << 32`); `ema_multi_tensor` runs one 256-thread block per chunk, which reads its chunk
 /// word, then its tensor's pointers and length. As on the CPU, an empty pair, a length mismatch or m outside

@@ -13,7 +13,7 @@
 //! | CPU | [`cpu::infonce`], [`cpu::logits`], [`cpu::moco_v3_loss`]; [`unfused`]: the materialised path |
 //! | wgpu | `wgpu::{infonce, logits, moco_v3_loss}` (`shaders/infonce.wgsl`) |
 //! | CUDA | `cuda::{infonce, logits, moco_v3_loss}` (`kernels/infonce.cu`) |
-//! | reference | [`reference`] (f64), with the loss alone in f64 for finite differences |
+//! | reference | [`reference`](mod@reference) (f64), with the loss alone in f64 for finite differences |
 //! | GPU tiling | [`params`]: [`params::StreamPlan`] and the 48-byte parameter block |
 
 pub mod cpu;
@@ -204,7 +204,7 @@ impl SymmetricShape {
 }
 
 /// The fused contrastive losses on a device. Nothing here waits for the device: the losses and accuracy counts
-/// land in a small u32 buffer (`stats`), read when the caller is ready ([`Device::read_index`] then
+/// land in a small u32 buffer (`stats`), read when the caller is ready ([`crate::device::Device::read_index`] then
 /// [`InfoNceStats::from_words`] / [`v3_loss_from_words`]), or at once with the `*_now` forms.
 pub trait Infonce: KeyQueue + Normalize {
     /// Fused streaming InfoNCE forward + backward of raw `q, k: [N, C]` against `queue: [K, C]`: writes

@@ -44,7 +44,7 @@ fn cross_entropy_backward(logits: &mut [f32], row_loss: &mut [f32], targets: &[u
     });
 }
 
-/// Unfused InfoNCE forward + backward. Same contract as [`super::contrastive::infonce`], f32 queue only.
+/// Unfused InfoNCE forward + backward. Same contract as [`super::cpu::infonce`], f32 queue only.
 pub fn infonce(dq: &mut [f32], row_loss: &mut [f32], q: &[f32], k: &[f32], queue: &[f32], shape: &InfoNceShape) -> Result<InfoNceStats> {
     shape.check_inputs(q.len(), k.len(), queue.len())?;
     shape.check_outputs(dq.len(), row_loss.len())?;

@@ -7,7 +7,7 @@
 //! | shape | [`LayerNormShape`] |
 //! | CPU | [`cpu::layernorm_forward`], [`cpu::layernorm_backward`] |
 //! | wgpu / CUDA | `layernorm_forward`, `layernorm_backward_dx`, `layernorm_backward_params` of `shaders/layernorm.wgsl` / `kernels/layernorm.cu` |
-//! | reference | [`reference`] (f64) |
+//! | reference | [`reference`](mod@reference) (f64) |
 
 pub mod cpu;
 #[cfg(feature = "cuda")]

@@ -7,7 +7,7 @@
 //! | shape | [`LinearShape`] |
 //! | CPU | [`cpu`], on [`gemm`] |
 //! | wgpu / CUDA | `gemm` (strided operands, optional bias and accumulation) and `bias_backward` of `shaders/linear.wgsl` / `kernels/linear.cu` |
-//! | reference | [`reference`] (f64) |
+//! | reference | [`reference`](mod@reference) (f64) |
 
 pub mod cpu;
 pub mod gemm;

@@ -122,7 +122,7 @@ pub(crate) fn check_unit_closed(op: &'static str, what: &str, v: f64) -> Result<
 // A buffer that must hold `expected` elements: the ops' length check, under the name the optimisers use.
 pub(crate) use check::len as check_len;
 
-/// Hyperparameters of [`Sgd`] (torch's names and defaults for those not given to [`SgdConfig::new`]).
+/// Hyperparameters of [`crate::optim::Sgd`] (torch's names and defaults for those not given to [`SgdConfig::new`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SgdConfig {
     /// Learning rate, finite and >= 0.
@@ -166,7 +166,7 @@ impl SgdConfig {
 }
 
 
-/// Hyperparameters of [`AdamW`] (torch's defaults in [`AdamWConfig::new`]).
+/// Hyperparameters of [`crate::optim::AdamW`] (torch's defaults in [`AdamWConfig::new`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWConfig {
     /// Learning rate, finite and >= 0.
@@ -200,7 +200,7 @@ impl AdamWConfig {
 }
 
 
-/// Hyperparameters of [`Lars`] (moco-v3's names; [`LarsConfig::new`] takes its defaults).
+/// Hyperparameters of [`crate::optim::Lars`] (moco-v3's names; [`LarsConfig::new`] takes its defaults).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LarsConfig {
     /// Learning rate, finite and >= 0.

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use super::config::{check_buffer_len, check_len, check_nonneg, AdamWConfig, LarsConfig, ParamSpan, ParamSpans, SgdConfig, OPTIM_CHUNK};
 use rayon::prelude::*;
 
-/// One SGD step over flat buffers, the kernel of [`Sgd::step`].
+/// One SGD step over flat buffers, the kernel of [`crate::optim::Sgd`]'s step.
 ///
 /// `params: [len]` is updated in place; `momentum_buf: [len]` (or empty when `momentum == 0`) is the state;
 /// `grads: [len]`. `first_step` says the buffer holds nothing yet (torch's `momentum_buffer is None`): it is
@@ -47,7 +47,7 @@ pub fn sgd_step(params: &mut [f32], momentum_buf: &mut [f32], grads: &[f32], con
 }
 
 
-/// One AdamW step over flat buffers, the kernel of [`AdamW::step`].
+/// One AdamW step over flat buffers, the kernel of [`crate::optim::AdamW`]'s step.
 ///
 /// `params, exp_avg, exp_avg_sq: [len]` are updated in place; `grads: [len]`. `step` is the 1-based index of
 /// this step (torch's `state['step']` after its increment), used by the bias corrections.

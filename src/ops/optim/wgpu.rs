@@ -3,8 +3,8 @@
 //! ([`crate::optim::sgd_step`], [`crate::optim::adamw_step`], [`crate::optim::lars_step`]).
 //!
 //! Two levels, as elsewhere in the crate: low-level functions that take the caller's buffers ([`sgd_step`],
-//! [`adamw_step`], [`lars_norms`], [`lars_update`], [`lars_step`]) and stateful optimisers that own their state
-//! buffers ([`WgpuSgd`], [`WgpuAdamW`], [`WgpuLars`]) with the API of [`crate::optim::Sgd`] and friends.
+//! [`adamw_step`], [`lars_norms`], [`lars_update`], [`lars_step`]) and, written once over every device,
+//! [`crate::optim::DeviceOptimizer`], which owns the state buffers.
 //!
 //! Buffer arguments are `&dyn AsGpuSlice`: a whole `wgpu::Buffer` or a [`GpuSlice`] of a bigger one (a model's
 //! flat parameters and gradients may be two slices of one allocation). Each must hold exactly `len` f32, and no

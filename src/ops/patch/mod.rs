@@ -7,7 +7,7 @@
 //! | shapes | [`PatchShape`], [`TokensShape`], [`PosEmbedShape`] |
 //! | CPU | [`cpu`]: `patch_im2col(_backward)`, `tokens_forward/backward`, `cls_select_forward/backward`, `sincos_pos_embed_2d` |
 //! | wgpu / CUDA | the same names in `shaders/patch.wgsl` / `kernels/patch.cu` |
-//! | reference | [`reference`] (f64; the patch embedding as a convolution) |
+//! | reference | [`reference`](mod@reference) (f64; the patch embedding as a convolution) |
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
@@ -112,7 +112,7 @@ impl PatchShape {
 }
 
 /// A validated token problem: `B` images of `T = 1 + P` tokens of `C` features; token 0 is the cls token.
-/// Used by [`tokens_forward`] (assembly) and [`cls_select_forward`] (the cls feature).
+/// Used by [`Patch::tokens_forward`] (assembly) and [`Patch::cls_select_forward`] (the cls feature).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TokensShape {
     b: usize,

@@ -7,7 +7,7 @@
 //! | shapes | [`MaxPool2dShape`], [`GlobalAvgPoolShape`] |
 //! | CPU | [`cpu`] |
 //! | wgpu / CUDA | `maxpool_forward`, `maxpool_backward`, `avgpool_forward`, `avgpool_backward` of `shaders/pool.wgsl` / `kernels/pool.cu` |
-//! | reference | [`reference`] (f64) |
+//! | reference | [`reference`](mod@reference) (f64) |
 
 pub mod cpu;
 #[cfg(feature = "cuda")]

@@ -14,9 +14,9 @@
 //! images per thread, each with its own slice of `scratch` (columns, and a partial `dweight` in backward);
 //! otherwise the images run in turn and the GEMM itself is parallel.
 //!
-//! 3x3 stride-1 convolutions (pad <= 2) may instead run Winograd: F(2x2, 3x3) ([`winograd`]) for the
+//! 3x3 stride-1 convolutions (pad <= 2) may instead run Winograd: F(2x2, 3x3) (`winograd.rs`) for the
 //! forward pass and the backward pass with an input gradient (both `dinp` and `dweight`), and F(4x4, 3x3)
-//! ([`winograd4`]) for that backward pass and for forward passes without gradients. Which algorithm a shape gets is MEASURED, not ruled: the
+//! (`winograd4.rs`) for that backward pass and for forward passes without gradients. Which algorithm a shape gets is MEASURED, not ruled: the
 //! first [`conv2d_forward`] / [`conv2d_backward`] call with a given shape (and rayon thread count, and whether
 //! `dinp` is wanted) runs each candidate five times, alternating, takes the fastest of the last four runs of each
 //! (the first warms caches and grows `scratch`), and caches it in a process-wide table ([`conv_algo_choices`]
