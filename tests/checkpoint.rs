@@ -98,6 +98,11 @@ fn bad_file_reason(r: moco::Result<impl std::fmt::Debug>, path: &Path) -> String
     }
 }
 
+/// The reason of the `BadFile` error (naming the checkpoint's file) that restoring `parts` from `ck` gives.
+fn restore_refusal(ck: &Checkpoint, parts: &mut [PartMut], scalars: &[String], opts: &LoadOptions) -> String {
+    bad_file_reason(ck.restore(parts, scalars, opts), ck.path())
+}
+
 #[test]
 fn round_trip_is_bit_exact_with_scalars_and_metadata() {
     let dir = TempDir::new("roundtrip");
@@ -187,14 +192,12 @@ fn resnet18_with_torchvision_state_dict_names() {
     assert_eq!(bits(&p2), bits(&p));
     assert_eq!(bits(&b2), bits(&b));
     assert!(r.scalars.values().all(|&v| v == 391));
-    let msg = ck
-        .restore(
-            &mut [PartMut::new(&l.params, &mut p2), PartMut::new(&l.buffers, &mut b2)],
-            &[],
-            &LoadOptions::strict(),
-        )
-        .unwrap_err()
-        .to_string();
+    let msg = restore_refusal(
+        &ck,
+        &mut [PartMut::new(&l.params, &mut p2), PartMut::new(&l.buffers, &mut b2)],
+        &[],
+        &LoadOptions::strict(),
+    );
     assert!(
         msg.contains("unexpected 20 tensor(s)") && msg.contains("num_batches_tracked") && msg.contains("and 12 more"),
         "{msg}"
@@ -208,14 +211,12 @@ fn resnet18_with_torchvision_state_dict_names() {
     assert_eq!(&pb[..], &p[..bb.params.len]);
     assert_eq!(r.skipped, vec!["fc.bias".to_string(), "fc.weight".to_string()]);
     assert_eq!(r.unexpected.len(), 40 + 20);
-    let msg = ck
-        .restore(
-            &mut [PartMut::new(&bb.params, &mut pb), PartMut::new(&bb.buffers, &mut b2)],
-            &names,
-            &LoadOptions::strict(),
-        )
-        .unwrap_err()
-        .to_string();
+    let msg = restore_refusal(
+        &ck,
+        &mut [PartMut::new(&bb.params, &mut pb), PartMut::new(&bb.buffers, &mut b2)],
+        &names,
+        &LoadOptions::strict(),
+    );
     assert!(
         msg.contains("unexpected 2 tensor(s)") && msg.contains("`fc.bias`") && msg.contains("`fc.weight`"),
         "{msg}"
@@ -274,10 +275,8 @@ fn strict_and_lenient_and_prefixes() {
 
     // only the query encoder: strict refuses the key encoder's tensors, lenient reports them
     let mut q3 = vec![0.0; l.len];
-    let reason = bad_file_reason(
-        ck.restore(&mut [PartMut::new(&l, &mut q3).with_prefix("encoder_q.")], &[], &LoadOptions::strict()),
-        &path,
-    );
+    let reason =
+        restore_refusal(&ck, &mut [PartMut::new(&l, &mut q3).with_prefix("encoder_q.")], &[], &LoadOptions::strict());
     assert!(reason.contains("unexpected 5 tensor(s)") && reason.contains("`encoder_k.conv1.weight`"), "{reason}");
     assert!(q3.iter().all(|&v| v == 0.0));
     let r =
@@ -298,13 +297,11 @@ fn strict_and_lenient_and_prefixes() {
     let mut big = small_layout(8);
     big.push("layer1.0.conv1.weight", &[4, 4, 3, 3]);
     let mut pb = vec![0.0; big.len];
-    let reason = bad_file_reason(
-        ck.restore(
-            &mut [PartMut::new(&big, &mut pb).with_prefix("encoder_q.")],
-            &["encoder_q.bn1.num_batches_tracked".to_string()],
-            &LoadOptions::lenient(),
-        ),
-        &path,
+    let reason = restore_refusal(
+        &ck,
+        &mut [PartMut::new(&big, &mut pb).with_prefix("encoder_q.")],
+        &["encoder_q.bn1.num_batches_tracked".to_string()],
+        &LoadOptions::lenient(),
     );
     assert!(
         reason.contains("missing 2 tensor(s)")
@@ -625,12 +622,12 @@ fn missing_file_and_wrong_tensors_name_file_and_tensor() {
     l.push("fc.weight", &[10, 4]);
     l.push("conv1.weight", &[4, 3, 3, 3]);
     let mut buf = vec![0.5; l.len];
-    let r = ck.restore(
+    let reason = restore_refusal(
+        &ck,
         &mut [PartMut::new(&l, &mut buf)],
         &["two".to_string(), "bn1.weight2".to_string()],
         &LoadOptions::strict(),
     );
-    let reason = bad_file_reason(r, &path);
     for needle in [
         "missing 2 tensor(s): `conv1.weight`, `bn1.weight2`",
         "tensor `bn1.weight`: expected shape [2, 2], file has [4]",

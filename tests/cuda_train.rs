@@ -88,6 +88,25 @@ fn embeddings_agree(c: &mut CpuEngine, g: &mut CudaEngine, x: &[f32], n: usize, 
     }
 }
 
+/// Milliseconds of `iters` timed calls of `step` (which returns the step's loss, asserted finite) alternating over
+/// the batches of `data`, after one untimed warm-up call per batch (module loads, first-step momentum init); sorted,
+/// fastest first.
+fn step_times_ms(data: &[(Vec<f32>, Vec<f32>)], iters: usize, mut step: impl FnMut(&[f32], &[f32]) -> moco::Result<f32>) -> Vec<f64> {
+    for (xq, xk) in data {
+        step(xq, xk).unwrap();
+    }
+    let mut times = Vec::with_capacity(iters);
+    for i in 0..iters {
+        let (xq, xk) = &data[i % data.len()];
+        let t = Instant::now();
+        let loss = step(xq, xk).unwrap();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        assert!(loss.is_finite(), "step {i}: loss {loss}");
+    }
+    times.sort_by(f64::total_cmp);
+    times
+}
+
 #[test]
 fn cuda_moco_v2_step_time() {
     let Some(cuda) = gpu("cuda_moco_v2_step_time") else { return };
@@ -95,19 +114,9 @@ fn cuda_moco_v2_step_time() {
         let cfg = v2(n);
         let data = batches(&cfg, 2);
         let mut e = CudaEngine::new(&cuda, &cfg).unwrap();
-        for (xq, xk) in &data {
-            e.step(xq, xk, cfg.lr).unwrap(); // warm-up: module loads, first-step momentum init
-        }
         let iters = 10;
-        let mut times = Vec::with_capacity(iters);
-        for i in 0..iters {
-            let (xq, xk) = &data[i % 2];
-            let t = Instant::now();
-            let s = e.step(xq, xk, cfg.lr).unwrap(); // returns after the stats readback: the step is done
-            times.push(t.elapsed().as_secs_f64() * 1e3);
-            assert!(s.loss.is_finite());
-        }
-        times.sort_by(f64::total_cmp);
+        // the step returns after the stats readback: the step is done
+        let times = step_times_ms(&data, iters, |xq, xk| e.step(xq, xk, cfg.lr).map(|s| s.loss));
         println!("{{\"name\": \"moco_cuda_engine_v2_step_b{n}_k4096\", \"median_ms\": {:.3}, \"min_ms\": {:.3}, \"iters\": {iters}, \"device\": \"{}\"}}", times[iters / 2], times[0], cuda.name());
     }
 }
@@ -144,17 +153,7 @@ fn cuda_mocov3_vit_step_time() {
         let cfg = v3_vit(n);
         let data = batches(&cfg, 2);
         let mut e = moco::train::CudaVitEngine::new(&cuda, &cfg).unwrap();
-        for (xq, xk) in &data {
-            e.step_with(xq, xk, cfg.lr, 0.99).unwrap();
-        }
-        let mut times = Vec::new();
-        for i in 0..10 {
-            let (xq, xk) = &data[i % 2];
-            let t = Instant::now();
-            assert!(e.step_with(xq, xk, cfg.lr, 0.99).unwrap().loss.is_finite());
-            times.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-        times.sort_by(f64::total_cmp);
+        let times = step_times_ms(&data, 10, |xq, xk| e.step_with(xq, xk, cfg.lr, 0.99).map(|s| s.loss));
         eprintln!("CUDA MoCo v3 ViT step, batch {n}: median {:.2} ms (min {:.2})", times[times.len() / 2], times[0]);
     }
 }

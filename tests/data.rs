@@ -558,16 +558,17 @@ fn views_are_identical_across_thread_counts() {
 
 // ---------------------------------------------------------------------------------------------- loader
 
+/// Every batch of a loader's iterator, failing on an error in making the iterator or any batch.
+fn all_batches<B, I: Iterator<Item = moco::Result<B>>>(iter: moco::Result<I>) -> Vec<B> {
+    iter.unwrap().collect::<moco::Result<_>>().unwrap()
+}
+
 #[test]
 fn pair_loader_shapes_views_and_resume() {
     let (train, _) = small_synthetic(70, 0, 1);
     let loader = PairLoader::new(Arc::new(train), AugmentConfig::colab_cifar(), 16, 42).unwrap();
     assert_eq!(loader.steps_per_epoch(), 4); // drop_last
-    let batches: Vec<_> = loader
-        .epoch(0, 0)
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let batches = all_batches(loader.epoch(0, 0));
     assert_eq!(batches.len(), 4);
     let mut seen = Vec::new();
     for (step, b) in batches.iter().enumerate() {
@@ -589,21 +590,13 @@ fn pair_loader_shapes_views_and_resume() {
     assert_ne!(seen, (0..64).collect::<Vec<_>>());
     assert_ne!(loader.epoch_order(0), loader.epoch_order(1));
     // Resume at (0, 2): the same batches as the full run, and as the synchronous call.
-    let resumed: Vec<_> = loader
-        .epoch(0, 2)
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let resumed = all_batches(loader.epoch(0, 2));
     assert_eq!(resumed.len(), 2);
     assert_eq!(resumed[0], batches[2]);
     assert_eq!(resumed[1], batches[3]);
     assert_eq!(loader.batch(0, 3).unwrap(), batches[3]);
     // Prefetching across epochs: resume at (0, 3) and run to the end of epoch 1.
-    let across: Vec<_> = loader
-        .epochs(0, 3, 2)
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let across = all_batches(loader.epochs(0, 3, 2));
     assert_eq!(
         across.iter().map(|b| (b.epoch, b.step)).collect::<Vec<_>>(),
         [(0, 3), (1, 0), (1, 1), (1, 2), (1, 3)]
@@ -629,10 +622,7 @@ fn pair_loader_shapes_views_and_resume() {
 fn eval_batches_cover_the_dataset_in_order() {
     let (_, test) = small_synthetic(0, 25, 2);
     let test = Arc::new(test);
-    let batches: Vec<_> = eval_batches(test.clone(), AugmentConfig::eval(32), 10)
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let batches = all_batches(eval_batches(test.clone(), AugmentConfig::eval(32), 10));
     assert_eq!(
         batches.iter().map(|b| b.batch_size).collect::<Vec<_>>(),
         [10, 10, 5]

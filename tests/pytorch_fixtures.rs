@@ -28,10 +28,6 @@ impl Fixture {
     }
 }
 
-fn f64s(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| x as f64).collect()
-}
-
 fn check_v2<D: Infonce>(b: &mut D, fx: &Fixture, with_logits: bool) {
     let (q, qs) = fx.get("q");
     let (queue, kqs) = fx.get("queue");
@@ -40,25 +36,23 @@ fn check_v2<D: Infonce>(b: &mut D, fx: &Fixture, with_logits: bool) {
     let key = fx.v("k");
     for dtype in [QueueDType::F32] {
         let shape = InfoNceShape::new(n, c, k, t).unwrap();
-        let (mut dq, mut rl) = (nans(b, n * c), nans(b, n));
-        let qu = b.queue_from_f32(&queue, k, c, dtype).unwrap();
-        let (qb, kb) = (upload(b, &q), upload(b, &key));
-        let stats = b.infonce_now(D::whole_mut(&mut dq), D::whole_mut(&mut rl), D::whole(&qb), D::whole(&kb), &qu, &shape).unwrap();
+        let inputs = InfoNceInputs::upload(b, &q, &key, &queue, &shape, dtype);
+        let (stats, dq, rl) = inputs.infonce(b, &shape);
         let tag = format!("{} N={n} C={c} K={k}", b.name());
         let loss = fx.v("loss")[0];
         // PyTorch's f32 against ours: 1e-5 relative on the loss, 1e-4 of the largest |dq| on the gradient
         assert!((stats.loss - loss).abs() <= 1e-5 * loss.abs().max(1.0), "{tag}: loss {} vs torch {loss}", stats.loss);
-        assert_close(&format!("row_loss {tag}"), &host(b, &rl), &f64s(&fx.v("row_loss")), 2e-5, 1e-5);
-        let dq_t = f64s(&fx.v("dq"));
-        assert_close(&format!("dq {tag}"), &host(b, &dq), &dq_t, 1e-4 * max_abs(&dq_t), 1e-4);
+        assert_close(&format!("row_loss {tag}"), &rl, &to_f64(&fx.v("row_loss")), 2e-5, 1e-5);
+        let dq_t = to_f64(&fx.v("dq"));
+        assert_close(&format!("dq {tag}"), &dq, &dq_t, 1e-4 * max_abs(&dq_t), 1e-4);
         assert_eq!(stats.top1 as f32, fx.v("top1")[0], "{tag}: top1");
         assert_eq!(stats.top5 as f32, fx.v("top5")[0], "{tag}: top5");
         let shape = LogitsShape::new(n, c, k).unwrap();
         let (mut lp, mut ln) = (nans(b, n), nans(b, n * k));
-        b.logits(D::whole_mut(&mut lp), D::whole_mut(&mut ln), D::whole(&qb), D::whole(&kb), &qu, &shape).unwrap();
-        assert_close(&format!("l_pos {tag}"), &host(b, &lp), &f64s(&fx.v("l_pos")), 2e-6, 0.0);
+        b.logits(D::whole_mut(&mut lp), D::whole_mut(&mut ln), D::whole(&inputs.q), D::whole(&inputs.k), &inputs.queue, &shape).unwrap();
+        assert_close(&format!("l_pos {tag}"), &host(b, &lp), &to_f64(&fx.v("l_pos")), 2e-6, 0.0);
         if with_logits {
-            assert_close(&format!("l_neg {tag}"), &host(b, &ln), &f64s(&fx.v("l_neg")), 2e-6, 0.0);
+            assert_close(&format!("l_neg {tag}"), &host(b, &ln), &to_f64(&fx.v("l_neg")), 2e-6, 0.0);
         }
     }
 }
@@ -75,7 +69,7 @@ fn check_v3<D: Infonce>(b: &mut D, fx: &Fixture) {
     let want = fx.v("loss")[0];
     assert!((loss - want).abs() <= 1e-5 * want.abs().max(1.0), "{}: v3 loss {loss} vs torch {want}", b.name());
     for (got, name) in [(&d1, "dq1"), (&d2, "dq2")] {
-        let w = f64s(&fx.v(name));
+        let w = to_f64(&fx.v(name));
         assert_close(&format!("{name} {}", b.name()), &host(b, got), &w, 1e-4 * max_abs(&w), 1e-4);
     }
 }
@@ -108,7 +102,7 @@ fn ema_on<D: Ema>(dev: &mut D, k_before: &[f32], q: &[f32], m: f64) -> Vec<f32> 
 
 fn ema_fixture<D: Ema>(dev: &mut D, fx: &Fixture) {
     let m = fx.v("momentum")[0] as f64; // stored as f32: 0.99f32, the m both sides use
-    let want = f64s(&fx.v("k_after"));
+    let want = to_f64(&fx.v("k_after"));
     let k = ema_on(dev, &fx.v("k_before"), &fx.v("q"), m);
     assert_close(&format!("ema {} vs torch", dev.name()), &k, &want, 3e-7, 2e-7);
 }

@@ -4,6 +4,7 @@
 //! are errors.
 #[macro_use]
 mod common;
+use common::training::{assert_resume_is_bit_identical, synthetic_sets};
 
 use moco::data::{synthetic, AugmentConfig, SyntheticConfig};
 use moco::train::{self, CpuEngine, Engine, MocoEngine, RunOptions, TrainConfig, TrainDevice};
@@ -227,37 +228,18 @@ fn optimizer_state_in_checkpoints_and_version_1_files() {
 }
 
 fn data(cfg: &TrainConfig) -> (Arc<moco::data::Dataset>, Arc<moco::data::Dataset>) {
-    let sc = SyntheticConfig { train: 4 * cfg.batch_size + 5, test: 20, seed: 3, ..SyntheticConfig::default() };
-    let (a, b) = synthetic(&sc).unwrap();
-    (Arc::new(a), Arc::new(b))
+    synthetic_sets(cfg, 5)
 }
 
 #[test]
 fn interrupted_and_resumed_run_is_bit_identical_on_cpu() {
     let cfg = small();
-    let (tr, te) = data(&cfg);
-    let aug = AugmentConfig::v1(32);
-    // uninterrupted: 2 epochs of 4 steps
-    let d1 = tmp("full");
-    let mut e1 = CpuEngine::new(&cfg).unwrap();
-    let opts = RunOptions { out_dir: d1.clone(), no_knn: true, ..RunOptions::default() };
-    let s1 = train::train(&cfg, &mut e1, tr.clone(), te.clone(), aug.clone(), &opts).unwrap();
-    assert_eq!(s1.global_step, 8);
-    // interrupted after 3 steps (mid-epoch), then resumed in a fresh engine
-    let d2 = tmp("resumed");
-    let mut e2 = CpuEngine::new(&cfg).unwrap();
-    let opts2 = RunOptions { out_dir: d2.clone(), no_knn: true, max_steps: Some(3), ..RunOptions::default() };
-    let s2 = train::train(&cfg, &mut e2, tr.clone(), te.clone(), aug.clone(), &opts2).unwrap();
-    assert!(s2.interrupted && s2.global_step == 3);
-    let mut e3 = CpuEngine::new(&cfg).unwrap();
-    let opts3 = RunOptions { out_dir: d2.clone(), no_knn: true, resume: true, ..RunOptions::default() };
-    let s3 = train::train(&cfg, &mut e3, tr, te, aug, &opts3).unwrap();
-    assert_eq!(s3.global_step, 8);
+    // uninterrupted: 2 epochs of 4 steps; interrupted after 3 steps (mid-epoch), then resumed in a fresh engine
+    let (d1, d2) = (tmp("full"), tmp("resumed"));
+    let full = RunOptions { out_dir: d1.clone(), no_knn: true, ..RunOptions::default() };
+    let (_, s3) = assert_resume_is_bit_identical(&cfg, || CpuEngine::new(&cfg).unwrap(), &data(&cfg), AugmentConfig::v1(32).into(), &full, &d2, 3, 8);
     // where it resumed (the run prints this line with `verbose`)
     assert_eq!(s3.resumed_from, Some(train::run_checkpoint::Progress { epoch: 0, step: 3, global_step: 3 }));
-    let (a, b) = (e1.state().unwrap(), e3.state().unwrap());
-    assert!(a == b, "resumed run differs from the uninterrupted one");
-    assert_eq!(&s1.losses[3..], &s3.losses[..], "losses after the resume point");
     // metrics of the resumed run: one record per step, no duplicates
     let recs = moco::report::read_jsonl(d2.join("metrics.jsonl")).unwrap();
     assert_eq!(recs.iter().filter(|r| r.get_str("kind") == Some("step")).count(), 8);

@@ -4,8 +4,8 @@
 //! states and arguments are errors.
 #[macro_use]
 mod common;
+use common::training::{assert_resume_is_bit_identical, synthetic_sets};
 
-use moco::data::{synthetic, SyntheticConfig};
 use moco::nn::{MlpSpec, Model, VitConfig, VitLayout};
 use moco::train::{self, CpuEngine, CpuVitEngine, Engine, MocoEngine, ModelKind, RunOptions, TrainConfig, TrainDevice};
 use moco::Error;
@@ -87,30 +87,17 @@ fn tiny_vit() -> TrainConfig {
 }
 
 fn data(cfg: &TrainConfig) -> (Arc<moco::data::Dataset>, Arc<moco::data::Dataset>) {
-    let sc = SyntheticConfig { train: 4 * cfg.batch_size + 3, test: 20, seed: 3, size: cfg.image_size, ..SyntheticConfig::default() };
-    let (a, b) = synthetic(&sc).unwrap();
-    (Arc::new(a), Arc::new(b))
+    synthetic_sets(cfg, 3)
 }
 
 #[test]
 fn interrupted_and_resumed_v3_run_is_bit_identical_on_cpu() {
     let cfg = tiny_vit();
-    let (tr, te) = data(&cfg);
-    let d1 = tmp("full");
-    let mut e1 = CpuVitEngine::new(&cfg).unwrap();
-    let s1 = train::train(&cfg, &mut e1, tr.clone(), te.clone(), cfg.views(), &RunOptions { out_dir: d1.clone(), ..RunOptions::default() }).unwrap();
-    assert_eq!(s1.global_step, 8);
+    let (d1, d2) = (tmp("full"), tmp("resumed"));
+    let full = RunOptions { out_dir: d1.clone(), ..RunOptions::default() };
+    let (s1, _) = assert_resume_is_bit_identical(&cfg, || CpuVitEngine::new(&cfg).unwrap(), &data(&cfg), cfg.views(), &full, &d2, 3, 8);
     assert!(s1.losses.iter().all(|l| l.is_finite()));
     assert_eq!(s1.knn.len(), 3, "kNN at the random init and after each epoch");
-    let d2 = tmp("resumed");
-    let mut e2 = CpuVitEngine::new(&cfg).unwrap();
-    let s2 = train::train(&cfg, &mut e2, tr.clone(), te.clone(), cfg.views(), &RunOptions { out_dir: d2.clone(), no_knn: true, max_steps: Some(3), ..RunOptions::default() }).unwrap();
-    assert!(s2.interrupted && s2.global_step == 3);
-    let mut e3 = CpuVitEngine::new(&cfg).unwrap();
-    let s3 = train::train(&cfg, &mut e3, tr, te, cfg.views(), &RunOptions { out_dir: d2.clone(), no_knn: true, resume: true, ..RunOptions::default() }).unwrap();
-    assert_eq!(s3.global_step, 8);
-    assert!(e1.state().unwrap() == e3.state().unwrap(), "resumed run differs from the uninterrupted one");
-    assert_eq!(&s1.losses[3..], &s3.losses[..]);
     // the checkpoint holds the predictor and AdamW's two moments for both networks
     let names = moco::checkpoint::load(d2.join("checkpoint.safetensors")).unwrap().names().into_iter().map(String::from).collect::<Vec<_>>();
     for n in ["predictor.0.weight", "optimizer.exp_avg", "optimizer.exp_avg_sq", "optimizer.predictor.exp_avg", "encoder_q.pos_embed", "encoder_k.blocks.0.attn.qkv.weight"] {

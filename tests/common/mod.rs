@@ -124,6 +124,10 @@ pub fn max_abs(v: &[f64]) -> f64 {
     v.iter().fold(0.0, |a, b| a.max(b.abs()))
 }
 
+/// Helpers of the training tests.
+#[cfg(feature = "train")]
+pub mod training;
+
 /// The CUDA driver and kernels of tests/cuda_emu (the emulated driver lives in `cuda_emu::driver`).
 #[cfg(feature = "cuda")]
 #[path = "../cuda_emu/mod.rs"]
@@ -299,8 +303,9 @@ pub fn arr<T, const N: usize>(v: Vec<T>) -> [T; N] {
 }
 
 /// Calls `call(dev, written views, read views)` on fresh zeroed allocations, one per entry of `lens`, each viewed at
-/// exactly that many elements (a view may hold 0); the first `writes` are written views.
-pub fn with_views<D: Device + 'static, R>(dev: &mut D, lens: &[usize], writes: usize, call: impl FnOnce(&mut D, Vec<D::Mut<'_>>, Vec<D::Ref<'_>>) -> R) -> R {
+/// exactly that many elements (a view may hold 0); the first `writes` are written views. The views share one
+/// lifetime, so an op whose arguments tie written and read views together (the batch-norm backward) fits too.
+pub fn with_views<D: Device + 'static, R>(dev: &mut D, lens: &[usize], writes: usize, call: impl for<'a> FnOnce(&mut D, Vec<D::Mut<'a>>, Vec<D::Ref<'a>>) -> R) -> R {
     // one element more than the view: a wgpu binding is never empty, and the longer view must fit too
     let mut bufs: Vec<D::Buf> = lens.iter().map(|&n| dev.alloc(n + 1).unwrap()).collect();
     let (w, r) = bufs.split_at_mut(writes);
@@ -321,7 +326,7 @@ pub fn with_views<D: Device + 'static, R>(dev: &mut D, lens: &[usize], writes: u
 /// shorter (when it has one) or longer it is an `Error::Shape` whose message names that buffer, its length and
 /// the length given.
 #[track_caller]
-pub fn rejects_wrong_lengths<D: Device + 'static>(dev: &mut D, op: &str, names: &[&str], lens: &[usize], writes: usize, mut call: impl FnMut(&mut D, Vec<D::Mut<'_>>, Vec<D::Ref<'_>>) -> moco::Result<()>) {
+pub fn rejects_wrong_lengths<D: Device + 'static>(dev: &mut D, op: &str, names: &[&str], lens: &[usize], writes: usize, mut call: impl for<'a> FnMut(&mut D, Vec<D::Mut<'a>>, Vec<D::Ref<'a>>) -> moco::Result<()>) {
     assert_eq!(names.len(), lens.len(), "{op}: one name per buffer");
     let name = dev.name();
     with_views(dev, lens, writes, &mut call).unwrap_or_else(|e| panic!("{name}: {op} with the right lengths {lens:?}: {e}"));
@@ -337,5 +342,70 @@ pub fn rejects_wrong_lengths<D: Device + 'static>(dev: &mut D, op: &str, names: 
             let (named, given) = (format!("{} of length {want}", names[i]), format!("length {got}"));
             assert!(msg.contains(&named) && msg.contains(&given), "{name}: {op} with {} of {got} elements: the message does not name it ({named:?}, {given:?}): {msg}", names[i]);
         }
+    }
+}
+
+/// What `call` did when it was not the shape error it should have been: its result or its panic (`None` when it was
+/// a shape error).
+pub fn not_a_shape_error(call: impl FnOnce() -> moco::Result<()>) -> Option<String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
+        Ok(Err(moco::Error::Shape { .. })) => None,
+        Ok(other) => Some(format!("returned {other:?}")),
+        Err(p) => Some(format!("panicked: {}", p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default())),
+    }
+}
+
+/// The calls with a forged shape (a struct literal that skips the validating constructor) that were not shape
+/// errors, collected so that one assertion names them all.
+#[derive(Default)]
+pub struct ForgedShapeFailures(Vec<String>);
+
+impl ForgedShapeFailures {
+    /// Records `what` (the op and the shape) when `call` is not a shape error: a result, or a panic.
+    pub fn check(&mut self, what: impl std::fmt::Display, call: impl FnOnce() -> moco::Result<()>) {
+        if let Some(f) = not_a_shape_error(call) {
+            self.0.push(format!("{what}: {f}"));
+        }
+    }
+
+    /// [`Self::check`] of `call` on fresh views of `lens` elements (through [`with_views`]).
+    pub fn check_views<D: Device + 'static>(&mut self, dev: &mut D, what: impl std::fmt::Display, lens: &[usize], writes: usize, call: impl for<'a> FnOnce(&mut D, Vec<D::Mut<'a>>, Vec<D::Ref<'a>>) -> moco::Result<()>) {
+        self.check(what, || with_views(dev, lens, writes, call));
+    }
+
+    /// Fails naming every recorded call, on the device named `device`.
+    #[track_caller]
+    pub fn assert_none(self, device: &str) {
+        assert!(self.0.is_empty(), "{device}: struct-literal shapes that are not shape errors:\n{}", self.0.join("\n"));
+    }
+}
+
+/// The reference gradient `grad` of `loss` at `x` matches central finite differences (step [`FD_H`], tolerance
+/// [`fd_tol`] of the differences' scale).
+#[track_caller]
+pub fn assert_matches_fd(what: &str, grad: &[f64], x: &[f64], loss: impl FnMut(&[f64]) -> f64) {
+    let want = fd(x, FD_H, loss);
+    assert_close64(what, grad, &want, fd_tol(&want), 0.0);
+}
+
+/// The InfoNCE inputs on a device: `q` and `k` (`[N, C]`) and the queue (`[K, C]`, stored in a given dtype).
+pub struct InfoNceInputs<D: moco::ops::infonce::Infonce> {
+    pub q: D::Buf,
+    pub k: D::Buf,
+    pub queue: D::Queue,
+}
+
+impl<D: moco::ops::infonce::Infonce> InfoNceInputs<D> {
+    /// `q`, `k` and `queue` (the `[K, C]` of `shape`, converted to `dtype`) on `dev`.
+    pub fn upload(dev: &mut D, q: &[f32], k: &[f32], queue: &[f32], shape: &moco::InfoNceShape, dtype: moco::QueueDType) -> Self {
+        let queue = dev.queue_from_f32(queue, shape.k(), shape.c(), dtype).unwrap();
+        InfoNceInputs { q: upload(dev, q), k: upload(dev, k), queue }
+    }
+
+    /// The fused InfoNCE into NaN-poisoned outputs: its stats, and `dq` and the row losses on the host.
+    pub fn infonce(&self, dev: &mut D, shape: &moco::InfoNceShape) -> (moco::InfoNceStats, Vec<f32>, Vec<f32>) {
+        let (mut dq, mut rl) = (nans(dev, shape.n() * shape.c()), nans(dev, shape.n()));
+        let stats = dev.infonce_now(D::whole_mut(&mut dq), D::whole_mut(&mut rl), D::whole(&self.q), D::whole(&self.k), &self.queue, shape).unwrap();
+        (stats, host(dev, &dq), host(dev, &rl))
     }
 }

@@ -6,7 +6,7 @@
 //! NaN-poisoned, ReLU keeps NaN, the reference backward matches finite differences, and bad shapes, struct-literal
 //! shapes and views one element off are errors naming what is wrong, never panics.
 use crate::common::*;
-use moco::device::{Device, Region};
+use moco::device::Device;
 use moco::ops::batchnorm::{reference as r, BatchNorm, BatchNormShape, Epilogue, EpilogueGrad};
 use moco::CpuDevice;
 use proptest::prelude::*;
@@ -219,17 +219,13 @@ fn batchnorm_reference_backward_matches_finite_differences() {
                 };
                 let (g, b) = if affine { (Some(&gamma[..]), Some(&beta[..])) } else { (None, None) };
                 let gr = r::batchnorm_backward(&dy, &x, g, b, use_id.then_some(&id[..]), relu, &s);
-                let fd_x = fd(&x, FD_H, |xp| fwd(xp, &id, &gamma, &beta));
-                assert_close64(&format!("bn dinp FD {tag}"), &gr.dinp, &fd_x, fd_tol(&fd_x), 0.0);
+                assert_matches_fd(&format!("bn dinp FD {tag}"), &gr.dinp, &x, |xp| fwd(xp, &id, &gamma, &beta));
                 if affine {
-                    let fd_g = fd(&gamma, FD_H, |gp| fwd(&x, &id, gp, &beta));
-                    let fd_b = fd(&beta, FD_H, |bp| fwd(&x, &id, &gamma, bp));
-                    assert_close64(&format!("bn dgamma FD {tag}"), &gr.dgamma, &fd_g, fd_tol(&fd_g), 0.0);
-                    assert_close64(&format!("bn dbeta FD {tag}"), &gr.dbeta, &fd_b, fd_tol(&fd_b), 0.0);
+                    assert_matches_fd(&format!("bn dgamma FD {tag}"), &gr.dgamma, &gamma, |gp| fwd(&x, &id, gp, &beta));
+                    assert_matches_fd(&format!("bn dbeta FD {tag}"), &gr.dbeta, &beta, |bp| fwd(&x, &id, &gamma, bp));
                 }
                 if use_id {
-                    let fd_i = fd(&id, FD_H, |ip| fwd(&x, ip, &gamma, &beta));
-                    assert_close64(&format!("bn didentity FD {tag}"), &gr.didentity, &fd_i, fd_tol(&fd_i), 0.0);
+                    assert_matches_fd(&format!("bn didentity FD {tag}"), &gr.didentity, &id, |ip| fwd(&x, ip, &gamma, &beta));
                 }
             }
         }
@@ -440,43 +436,6 @@ fn batchnorm_bad_shapes_are_errors() {
     assert!(is_shape_err(BatchNormShape::new(4, 2, 1, 1).unwrap().with_eps_momentum(1e-5, 1.5)));
 }
 
-/// `common::with_views` for an op whose views share one lifetime (the batch-norm backward's `'a`): the helper's
-/// callback takes written and read views of two independent lifetimes.
-fn with_views_one_lifetime<D: Device + 'static, R>(dev: &mut D, lens: &[usize], writes: usize, call: impl for<'a> FnOnce(&mut D, Vec<D::Mut<'a>>, Vec<D::Ref<'a>>) -> R) -> R {
-    let mut bufs: Vec<D::Buf> = lens.iter().map(|&n| dev.alloc(n + 1).unwrap()).collect();
-    let (w, r) = bufs.split_at_mut(writes);
-    let muts = w
-        .iter_mut()
-        .zip(lens)
-        .map(|(b, &n)| {
-            let ([m], []) = D::split(b, [Region::new(0, n)], []).unwrap();
-            m
-        })
-        .collect();
-    let refs = r.iter().zip(&lens[writes..]).map(|(b, &n)| D::view(b, Region::new(0, n)).unwrap()).collect();
-    call(dev, muts, refs)
-}
-
-/// `common::rejects_wrong_lengths` over [`with_views_one_lifetime`].
-#[track_caller]
-fn rejects_wrong_lengths_one_lifetime<D: Device + 'static>(dev: &mut D, op: &str, names: &[&str], lens: &[usize], writes: usize, mut call: impl for<'a> FnMut(&mut D, Vec<D::Mut<'a>>, Vec<D::Ref<'a>>) -> moco::Result<()>) {
-    assert_eq!(names.len(), lens.len(), "{op}: one name per buffer");
-    let name = dev.name();
-    with_views_one_lifetime(dev, lens, writes, &mut call).unwrap_or_else(|e| panic!("{name}: {op} with the right lengths {lens:?}: {e}"));
-    for (i, &want) in lens.iter().enumerate() {
-        for got in [want.checked_sub(1), Some(want + 1)].into_iter().flatten() {
-            let mut bad = lens.to_vec();
-            bad[i] = got;
-            let msg = match with_views_one_lifetime(dev, &bad, writes, &mut call) {
-                Err(e @ moco::Error::Shape { .. }) => e.to_string(),
-                other => panic!("{name}: {op} with {} of {got} elements instead of {want}: {other:?}, not a shape error", names[i]),
-            };
-            let (named, given) = (format!("{} of length {want}", names[i]), format!("length {got}"));
-            assert!(msg.contains(&named) && msg.contains(&given), "{name}: {op} with {} of {got} elements: the message does not name it ({named:?}, {given:?}): {msg}", names[i]);
-        }
-    }
-}
-
 /// Views must hold exactly the elements the shape needs: one element more or less in any of them (the identity,
 /// gamma, beta, dgamma, dbeta and didentity included) is a shape error that names that view, on every device.
 fn lengths_are_exact<D: BatchNorm + 'static>(dev: &mut D) {
@@ -497,11 +456,11 @@ fn lengths_are_exact<D: BatchNorm + 'static>(dev: &mut D) {
         dev.batchnorm_forward_eval(o, i, Epilogue::AddRelu(id), a, b, Some(g), Some(bt), &s)
     });
     let (dinp, didentity, dgamma, dbeta, dout) = ("dinp [N*C*HW]", "didentity [N*C*HW]", "dgamma [C]", "dbeta [C]", "dout [N*C*HW]");
-    rejects_wrong_lengths_one_lifetime(dev, "batchnorm_backward", &[dinp, didentity, dgamma, dbeta, out, dout, inp, mean, rstd, gamma], &[len, len, c, c, len, len, len, st, st, c], 4, |dev, m, r| {
+    rejects_wrong_lengths(dev, "batchnorm_backward", &[dinp, didentity, dgamma, dbeta, out, dout, inp, mean, rstd, gamma], &[len, len, c, c, len, len, len, st, st, c], 4, |dev, m, r| {
         let ([dx, did, dg, db], [y, dy, i, mn, rs, g]) = (arr(m), arr(r));
         dev.batchnorm_backward(dx, EpilogueGrad::AddRelu { out: y, didentity: did }, Some(dg), Some(db), dy, i, mn, rs, Some(g), &s)
     });
-    rejects_wrong_lengths_one_lifetime(dev, "batchnorm_backward after a ReLU, without affine", &[dinp, out, dout, inp, mean, rstd], &[len, len, len, len, st, st], 1, |dev, m, r| {
+    rejects_wrong_lengths(dev, "batchnorm_backward after a ReLU, without affine", &[dinp, out, dout, inp, mean, rstd], &[len, len, len, len, st, st], 1, |dev, m, r| {
         let ([dx], [y, dy, i, mn, rs]) = (arr(m), arr(r));
         dev.batchnorm_backward(dx, EpilogueGrad::Relu { out: y }, None, None, dy, i, mn, rs, None, &s)
     });
@@ -511,15 +470,6 @@ fn lengths_are_exact<D: BatchNorm + 'static>(dev: &mut D) {
 #[test]
 fn batchnorm_lengths_are_exact() {
     on_every_device!("batchnorm_lengths_are_exact", lengths_are_exact);
-}
-
-/// What `call` did when it was not the shape error it should have been: its result or its panic.
-fn not_a_shape_error(call: impl FnOnce() -> moco::Result<()>) -> Option<String> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
-        Ok(Err(moco::Error::Shape { .. })) => None,
-        Ok(other) => Some(format!("returned {other:?}")),
-        Err(p) => Some(format!("panicked: {}", p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default())),
-    }
 }
 
 /// Shapes that the validating constructors reject, built as struct literals (the fields are public).
@@ -544,39 +494,31 @@ fn forged_shapes() -> Vec<BatchNormShape> {
 /// length check can catch it first). And training with one value per statistic is an error (torch raises).
 fn struct_literal_shapes_are_errors<D: BatchNorm + 'static>(dev: &mut D) {
     let name = dev.name();
-    let mut failures = Vec::new();
+    let mut failures = ForgedShapeFailures::default();
     for bad in forged_shapes() {
         let (len, st, c) = (bad.n * bad.c * bad.hw, bad.groups * bad.c, bad.c);
-        let mut check = |what: &str, f: Option<String>| {
-            if let Some(f) = f {
-                failures.push(format!("{what} {bad:?}: {f}"));
-            }
-        };
-        check("batchnorm_forward_train", not_a_shape_error(|| with_views(dev, &[len, st, st, c, c, len, c, c], 5, |dev, m, r| {
+        failures.check_views(dev, format!("batchnorm_forward_train {bad:?}"), &[len, st, st, c, c, len, c, c], 5, |dev, m, r| {
             let ([o, m, rs, a, b], [i, g, bt]) = (arr(m), arr(r));
             dev.batchnorm_forward_train(o, m, rs, a, b, i, Epilogue::None, Some(g), Some(bt), &bad)
-        })));
-        check("batchnorm_forward_eval", not_a_shape_error(|| with_views(dev, &[len, len, c, c, c, c], 1, |dev, m, r| {
+        });
+        failures.check_views(dev, format!("batchnorm_forward_eval {bad:?}"), &[len, len, c, c, c, c], 1, |dev, m, r| {
             let ([o], [i, a, b, g, bt]) = (arr(m), arr(r));
             dev.batchnorm_forward_eval(o, i, Epilogue::Relu, a, b, Some(g), Some(bt), &bad)
-        })));
-        check("batchnorm_backward", not_a_shape_error(|| with_views_one_lifetime(dev, &[len, c, c, len, len, len, st, st, c], 3, |dev, m, r| {
+        });
+        failures.check_views(dev, format!("batchnorm_backward {bad:?}"), &[len, c, c, len, len, len, st, st, c], 3, |dev, m, r| {
             let ([dx, dg, db], [y, dy, i, mn, rs, g]) = (arr(m), arr(r));
             dev.batchnorm_backward(dx, EpilogueGrad::Relu { out: y }, Some(dg), Some(db), dy, i, mn, rs, Some(g), &bad)
-        })));
+        });
     }
     // training with one value per statistic: torch raises, we return an error
     for s in [BatchNormShape::new(1, 3, 1, 1).unwrap(), BatchNormShape::new(2, 2, 1, 2).unwrap()] {
-        let f = not_a_shape_error(|| with_views(dev, &[s.len(), s.stats_len(), s.stats_len(), s.c, s.c, s.len()], 5, |dev, m, r| {
+        failures.check_views(dev, format!("batchnorm_forward_train {s:?} (one value per statistic)"), &[s.len(), s.stats_len(), s.stats_len(), s.c, s.c, s.len()], 5, |dev, m, r| {
             let ([o, m, rs, a, b], [i]) = (arr(m), arr(r));
             dev.batchnorm_forward_train(o, m, rs, a, b, i, Epilogue::None, None, None, &s)
-        }));
-        if let Some(f) = f {
-            failures.push(format!("batchnorm_forward_train {s:?} (one value per statistic): {f}"));
-        }
+        });
     }
     dev.synchronize().unwrap();
-    assert!(failures.is_empty(), "{name}: struct-literal shapes that are not shape errors:\n{}", failures.join("\n"));
+    failures.assert_none(&name);
 }
 
 #[test]

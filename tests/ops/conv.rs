@@ -205,10 +205,8 @@ fn conv2d_reference_backward_matches_finite_differences() {
         let mut g = rng(100 + i as u64);
         let (x, wt, dy) = (to_f64(&uniform(&mut g, s.inp_len())), to_f64(&uniform(&mut g, s.weight_len())), to_f64(&uniform(&mut g, s.out_len())));
         let (dx, dw) = r::conv2d_backward(&dy, &x, &wt, &s);
-        let fd_x = fd(&x, FD_H, |xp| dot(&r::conv2d_forward(xp, &wt, &s), &dy));
-        let fd_w = fd(&wt, FD_H, |wp| dot(&r::conv2d_forward(&x, wp, &s), &dy));
-        assert_close64(&format!("conv dinp FD {s:?}"), &dx, &fd_x, fd_tol(&fd_x), 0.0);
-        assert_close64(&format!("conv dweight FD {s:?}"), &dw, &fd_w, fd_tol(&fd_w), 0.0);
+        assert_matches_fd(&format!("conv dinp FD {s:?}"), &dx, &x, |xp| dot(&r::conv2d_forward(xp, &wt, &s), &dy));
+        assert_matches_fd(&format!("conv dweight FD {s:?}"), &dw, &wt, |wp| dot(&r::conv2d_forward(&x, wp, &s), &dy));
     }
 }
 
@@ -257,15 +255,6 @@ fn conv2d_lengths_are_exact() {
     on_every_device!("conv2d_lengths_are_exact", lengths_are_exact);
 }
 
-/// What `call` did when it was not the shape error it should have been: its result or its panic.
-fn not_a_shape_error(call: impl FnOnce() -> moco::Result<()>) -> Option<String> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
-        Ok(Err(moco::Error::Shape { .. })) => None,
-        Ok(other) => Some(format!("returned {other:?}")),
-        Err(p) => Some(format!("panicked: {}", p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default())),
-    }
-}
-
 /// Shapes that `Conv2dShape::new` rejects, built as struct literals (the fields are public).
 fn forged_shapes() -> Vec<Conv2dShape> {
     let s = Conv2dShape::new(2, 3, 8, 8, 4, 3, 3, 2, 1).unwrap();
@@ -296,33 +285,28 @@ fn conv_lens(s: &Conv2dShape, fallback: &Conv2dShape) -> (usize, usize, usize) {
 fn struct_literal_shapes_are_errors<D: Conv + 'static>(dev: &mut D) {
     let s = Conv2dShape::new(2, 3, 8, 8, 4, 3, 3, 2, 1).unwrap();
     let name = dev.name();
-    let mut failures = Vec::new();
+    let mut failures = ForgedShapeFailures::default();
     for bad in forged_shapes() {
         let (x, w, y) = conv_lens(&bad, &s);
-        let mut check = |what: &str, f: Option<String>| {
-            if let Some(f) = f {
-                failures.push(format!("{what} {bad:?}: {f}"));
-            }
-        };
-        check("conv2d_forward", not_a_shape_error(|| with_views(dev, &[y, x, w], 1, |dev, m, r| {
+        failures.check_views(dev, format!("conv2d_forward {bad:?}"), &[y, x, w], 1, |dev, m, r| {
             let ([o], [i, w]) = (arr(m), arr(r));
             dev.conv2d_forward(o, i, w, &bad)
-        })));
-        check("conv2d_forward_no_grad", not_a_shape_error(|| with_views(dev, &[y, x, w], 1, |dev, m, r| {
+        });
+        failures.check_views(dev, format!("conv2d_forward_no_grad {bad:?}"), &[y, x, w], 1, |dev, m, r| {
             let ([o], [i, w]) = (arr(m), arr(r));
             dev.conv2d_forward_no_grad(o, i, w, &bad)
-        })));
-        check("conv2d_backward", not_a_shape_error(|| with_views(dev, &[x, w, y, x, w], 2, |dev, m, r| {
+        });
+        failures.check_views(dev, format!("conv2d_backward {bad:?}"), &[x, w, y, x, w], 2, |dev, m, r| {
             let ([dx, dw], [dy, i, w]) = (arr(m), arr(r));
             dev.conv2d_backward(Some(dx), dw, dy, i, w, &bad)
-        })));
-        check("conv2d_backward without dinp", not_a_shape_error(|| with_views(dev, &[w, y, x, w], 1, |dev, m, r| {
+        });
+        failures.check_views(dev, format!("conv2d_backward without dinp {bad:?}"), &[w, y, x, w], 1, |dev, m, r| {
             let ([dw], [dy, i, w]) = (arr(m), arr(r));
             dev.conv2d_backward(None, dw, dy, i, w, &bad)
-        })));
+        });
     }
     dev.synchronize().unwrap();
-    assert!(failures.is_empty(), "{name}: struct-literal shapes that are not shape errors:\n{}", failures.join("\n"));
+    failures.assert_none(&name);
 }
 
 #[test]

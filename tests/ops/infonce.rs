@@ -174,18 +174,15 @@ fn check_infonce<D: Infonce>(dev: &mut D, n: usize, c: usize, k: usize, t: f32, 
     let (q, key, queue) = (uniform(&mut r, n * c), uniform(&mut r, n * c), unit_rows(&mut r, k, c));
     let want = reference::infonce(&q, &key, &stored(&queue, dtype), n, c, k, t as f64);
     let shape = InfoNceShape::new(n, c, k, t).unwrap();
-    let (mut dq, mut rl) = (nans(dev, n * c), nans(dev, n));
-    let qu = dev.queue_from_f32(&queue, k, c, dtype).unwrap();
-    let (qb, kb) = (upload(dev, &q), upload(dev, &key));
-    let stats = dev.infonce_now(D::whole_mut(&mut dq), D::whole_mut(&mut rl), D::whole(&qb), D::whole(&kb), &qu, &shape).unwrap();
+    let (stats, dq, rl) = InfoNceInputs::upload(dev, &q, &key, &queue, &shape, dtype).infonce(dev, &shape);
     let tag = format!("{} N={n} C={c} K={k} T={t} {dtype:?}", dev.name());
     // tolerance: logits carry f32 rounding of ~1e-6 relative before the /T; loss and dq to 2e-5 relative of scale
     let loss_tol = 2e-5 * (1.0 + want.loss.abs()) * (0.2 / t as f64).max(1.0);
     assert!((stats.loss as f64 - want.loss).abs() <= loss_tol, "loss {tag}: got {}, want {}", stats.loss, want.loss);
-    assert_close(&format!("row_loss {tag}"), &host(dev, &rl), &want.row_loss, loss_tol, 2e-5);
+    assert_close(&format!("row_loss {tag}"), &rl, &want.row_loss, loss_tol, 2e-5);
     // dq: 1e-4 of its largest entry, plus 1e-5 of the terms before the cancellation in (I - q̂q̂ᵀ)/||q||
     let atol = 1e-4 * max_abs(&want.dq) * (0.2 / t as f64).max(1.0) + 1e-5 * natural_grad(&q, n, c, t as f64);
-    assert_close(&format!("dq {tag}"), &host(dev, &dq), &want.dq, atol, 1e-4);
+    assert_close(&format!("dq {tag}"), &dq, &want.dq, atol, 1e-4);
     // acc counts: exact, except that negatives within 1e-5 of the positive may rank either side
     let lo1 = want.rank.iter().zip(&want.near_ties).filter(|(r, t)| *r + *t < 1).count() as u32;
     let hi1 = want.rank.iter().filter(|&&r| r < 1).count() as u32;
@@ -348,17 +345,13 @@ struct Unfused {
 }
 
 fn fused_vs_unfused<D: Infonce>(dev: &mut D, q: &[f32], key: &[f32], queue: &[f32], shape: &InfoNceShape, u: &Unfused) {
-    let (n, c, k) = (shape.n(), shape.c(), shape.k());
     let name = dev.name();
-    let (mut dq, mut rl) = (nans(dev, n * c), nans(dev, n));
-    let qu = dev.queue_from_f32(queue, k, c, QueueDType::F32).unwrap();
-    let (qb, kb) = (upload(dev, q), upload(dev, key));
-    let stats = dev.infonce_now(D::whole_mut(&mut dq), D::whole_mut(&mut rl), D::whole(&qb), D::whole(&kb), &qu, shape).unwrap();
+    let (stats, dq, rl) = InfoNceInputs::upload(dev, q, key, queue, shape, QueueDType::F32).infonce(dev, shape);
     let su = u.stats;
     assert!((stats.loss - su.loss).abs() <= 1e-5 * su.loss.abs().max(1.0), "{name}: fused loss {} vs unfused {}", stats.loss, su.loss);
     assert_eq!((stats.top1, stats.top5), (su.top1, su.top5), "{name}: acc counts");
-    assert_close(&format!("{name} dq fused vs unfused"), &host(dev, &dq), &u.dq, 1e-4 * max_abs(&u.dq), 1e-4);
-    assert_close(&format!("{name} row_loss fused vs unfused"), &host(dev, &rl), &u.row_loss, 1e-5, 1e-5);
+    assert_close(&format!("{name} dq fused vs unfused"), &dq, &u.dq, 1e-4 * max_abs(&u.dq), 1e-4);
+    assert_close(&format!("{name} row_loss fused vs unfused"), &rl, &u.row_loss, 1e-5, 1e-5);
 }
 
 #[test]

@@ -113,12 +113,9 @@ fn linear_reference_backward_matches_finite_differences() {
     let mut g = rng(21);
     let (x, wt, b, dy) = (to_f64(&uniform(&mut g, 15)), to_f64(&uniform(&mut g, 20)), to_f64(&uniform(&mut g, 4)), to_f64(&uniform(&mut g, 12)));
     let (dx, dw, db) = r::linear_backward(&dy, &x, &wt, &s);
-    let fd_x = fd(&x, FD_H, |p| dot(&r::linear_forward(p, &wt, Some(&b), &s), &dy));
-    let fd_w = fd(&wt, FD_H, |p| dot(&r::linear_forward(&x, p, Some(&b), &s), &dy));
-    let fd_b = fd(&b, FD_H, |p| dot(&r::linear_forward(&x, &wt, Some(p), &s), &dy));
-    assert_close64("linear dinp FD", &dx, &fd_x, fd_tol(&fd_x), 0.0);
-    assert_close64("linear dweight FD", &dw, &fd_w, fd_tol(&fd_w), 0.0);
-    assert_close64("linear dbias FD", &db, &fd_b, fd_tol(&fd_b), 0.0);
+    assert_matches_fd("linear dinp FD", &dx, &x, |p| dot(&r::linear_forward(p, &wt, Some(&b), &s), &dy));
+    assert_matches_fd("linear dweight FD", &dw, &wt, |p| dot(&r::linear_forward(&x, p, Some(&b), &s), &dy));
+    assert_matches_fd("linear dbias FD", &db, &b, |p| dot(&r::linear_forward(&x, &wt, Some(p), &s), &dy));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -161,44 +158,27 @@ fn linear_lengths_are_exact() {
     on_every_device!("linear_lengths_are_exact", lengths_are_exact);
 }
 
-/// What `call` did when it was not the shape error it should have been: its result or its panic.
-fn not_a_shape_error(call: impl FnOnce() -> moco::Result<()>) -> Option<String> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
-        Ok(Err(moco::Error::Shape { .. })) => None,
-        Ok(other) => Some(format!("returned {other:?}")),
-        Err(p) => Some(format!("panicked: {}", p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default())),
-    }
-}
-
 /// Shapes that `LinearShape::new` rejects, built as struct literals (the fields are public): every entry point
 /// checks them again and returns a shape error, not a panic and not a launch, with views sized by the forged
 /// shape's own formulas (empty views where it has a zero size, so that no length check can catch it first).
 fn struct_literal_shapes_are_errors<D: Linear + 'static>(dev: &mut D) {
     let name = dev.name();
     let s = LinearShape::new(4, 8, 3).unwrap();
-    let mut failures = Vec::new();
+    let mut failures = ForgedShapeFailures::default();
     for bad in [LinearShape { n: 0, ..s }, LinearShape { in_f: 0, ..s }, LinearShape { out_f: 0, ..s }, LinearShape { n: 1 << 20, in_f: 1 << 20, ..s }] {
         let lens = |a: usize, b: usize| a.checked_mul(b).filter(|&v| v <= 1 << 24).unwrap_or(1);
         let (x, w, y, b) = (lens(bad.n, bad.in_f), lens(bad.out_f, bad.in_f), lens(bad.n, bad.out_f), bad.out_f);
-        if let Some(f) = not_a_shape_error(|| {
-            with_views(dev, &[y, x, w, b], 1, |dev, m, r| {
-                let ([o], [i, w, b]) = (arr(m), arr(r));
-                dev.linear_forward(o, i, w, Some(b), &bad)
-            })
-        }) {
-            failures.push(format!("linear_forward {bad:?}: {f}"));
-        }
-        if let Some(f) = not_a_shape_error(|| {
-            with_views(dev, &[x, w, b, y, x, w], 3, |dev, m, r| {
-                let ([dx, dw, db], [dy, i, w]) = (arr(m), arr(r));
-                dev.linear_backward(Some(dx), dw, Some(db), dy, i, w, &bad)
-            })
-        }) {
-            failures.push(format!("linear_backward {bad:?}: {f}"));
-        }
+        failures.check_views(dev, format!("linear_forward {bad:?}"), &[y, x, w, b], 1, |dev, m, r| {
+            let ([o], [i, w, b]) = (arr(m), arr(r));
+            dev.linear_forward(o, i, w, Some(b), &bad)
+        });
+        failures.check_views(dev, format!("linear_backward {bad:?}"), &[x, w, b, y, x, w], 3, |dev, m, r| {
+            let ([dx, dw, db], [dy, i, w]) = (arr(m), arr(r));
+            dev.linear_backward(Some(dx), dw, Some(db), dy, i, w, &bad)
+        });
     }
     dev.synchronize().unwrap();
-    assert!(failures.is_empty(), "{name}: struct-literal shapes that are not shape errors:\n{}", failures.join("\n"));
+    failures.assert_none(&name);
 }
 
 #[test]

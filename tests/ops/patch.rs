@@ -38,6 +38,18 @@ fn head<D: Device>(buf: &D::Buf, len: usize) -> D::Ref<'_> {
     D::view(buf, Region::new(0, len)).unwrap()
 }
 
+/// A one-input op on the device (`dev_op(dev, out, inp)`) and on the CPU kernel (`cpu_op(out, inp)`), each from
+/// `inp` into a copy of `out0` (NaN for a forward, the values a backward accumulates onto): the device's result and
+/// the CPU's.
+fn device_and_cpu<D: Device>(dev: &mut D, out0: &[f32], inp: &[f32], dev_op: impl FnOnce(&mut D, D::Mut<'_>, D::Ref<'_>) -> moco::Result<()>, cpu_op: impl FnOnce(&mut [f32], &[f32]) -> moco::Result<()>) -> (Vec<f32>, Vec<f32>) {
+    let ib = upload(dev, inp);
+    let mut ob = upload(dev, out0);
+    dev_op(dev, D::whole_mut(&mut ob), D::whole(&ib)).unwrap();
+    let mut cpu = out0.to_vec();
+    cpu_op(&mut cpu, inp).unwrap();
+    (host(dev, &ob), cpu)
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // position embedding (CPU)
 
@@ -111,24 +123,14 @@ fn patch_case<D: Patch>(dev: &mut D, b: usize, c: usize, gh: usize, gw: usize, p
     let tag = format!("{} {s:?}", dev.name());
     let mut g = rng(seed);
     let img = uniform(&mut g, s.len());
-    let ib = upload(dev, &img);
-    let mut cols = nans(dev, s.len());
-    dev.patch_im2col(D::whole_mut(&mut cols), D::whole(&ib), &s).unwrap();
-    let mut cc = vec![f32::NAN; s.len()];
-    cpu::patch_im2col(&mut cc, &img, &s).unwrap();
-    let got = host(dev, &cols);
+    let (got, cc) = device_and_cpu(dev, &vec![f32::NAN; s.len()], &img, |dev, cols, img| dev.patch_im2col(cols, img, &s), |cols, img| cpu::patch_im2col(cols, img, &s));
     // a permutation: exact
     assert_same(&format!("im2col {tag}"), &got, &cc);
     assert_close(&format!("im2col {tag} (vs f64)"), &got, &im2col64(&to_f64(&img), &s), 0.0, 0.0);
 
     // backward: a gather into pre-filled dimages; the f64 reference scatters dcols through the same index map
     let (dcols, base) = (uniform(&mut g, s.len()), uniform(&mut g, s.len()));
-    let dcb = upload(dev, &dcols);
-    let mut dib = upload(dev, &base);
-    dev.patch_im2col_backward(D::whole_mut(&mut dib), D::whole(&dcb), &s).unwrap();
-    let mut cdi = base.clone();
-    cpu::patch_im2col_backward(&mut cdi, &dcols, &s).unwrap();
-    let got = host(dev, &dib);
+    let (got, cdi) = device_and_cpu(dev, &base, &dcols, |dev, dimg, dcols| dev.patch_im2col_backward(dimg, dcols, &s), |dimg, dcols| cpu::patch_im2col_backward(dimg, dcols, &s));
     assert_same(&format!("im2col backward {tag}"), &got, &cdi);
     let idx: Vec<f64> = (0..s.len()).map(|i| i as f64).collect();
     let mut want = to_f64(&base);
@@ -151,11 +153,9 @@ proptest! {
 fn patch_fixed<D: Patch>(dev: &mut D) {
     // CIFAR (32x32, patch 4, 8x8 grid); ImageNet's patch 16 on a 3x2 grid; a 1x1 patch; a non-square 6x9 image in
     // patches of 3; 2 channels of CIFAR
-    patch_case(dev, 2, 3, 8, 8, 4, 1);
-    patch_case(dev, 1, 3, 3, 2, 16, 2);
-    patch_case(dev, 1, 5, 7, 3, 1, 3);
-    patch_case(dev, 2, 3, 2, 3, 3, 4);
-    patch_case(dev, 1, 2, 8, 8, 4, 5);
+    for (b, c, gh, gw, p, seed) in [(2, 3, 8, 8, 4, 1), (1, 3, 3, 2, 16, 2), (1, 5, 7, 3, 1, 3), (2, 3, 2, 3, 3, 4), (1, 2, 8, 8, 4, 5)] {
+        patch_case(dev, b, c, gh, gw, p, seed);
+    }
 }
 
 #[test]
@@ -274,12 +274,7 @@ fn tokens_case<D: Patch>(dev: &mut D, b: usize, t: usize, c: usize, seed: u64) {
     let want: Vec<f64> = (0..b * c).map(|e| ct[(e / c) * t * c + e % c] as f64).collect();
     assert_close(&format!("cls select {tag} (vs f64)"), &got, &want, 0.0, 0.0);
     let (dfeat, dt0) = (uniform(&mut g, b * c), uniform(&mut g, s.len()));
-    let dfb = upload(dev, &dfeat);
-    let mut dtb = upload(dev, &dt0);
-    dev.cls_select_backward(D::whole_mut(&mut dtb), D::whole(&dfb), &s).unwrap();
-    let mut cdt = dt0.clone();
-    cpu::cls_select_backward(&mut cdt, &dfeat, &s).unwrap();
-    let got = host(dev, &dtb);
+    let (got, cdt) = device_and_cpu(dev, &dt0, &dfeat, |dev, dtok, dfeat| dev.cls_select_backward(dtok, dfeat, &s), |dtok, dfeat| cpu::cls_select_backward(dtok, dfeat, &s));
     assert_same(&format!("cls select backward {tag}"), &got, &cdt);
     let mut want = to_f64(&dt0);
     for (e, &d) in dfeat.iter().enumerate() {

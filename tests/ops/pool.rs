@@ -163,14 +163,12 @@ fn pooling_reference_backward_matches_finite_differences() {
     let s = MaxPool2dShape::resnet(2, 2, 7, 6).unwrap();
     let mut g = rng(11);
     let (x, dy) = (to_f64(&uniform(&mut g, s.inp_len())), to_f64(&uniform(&mut g, s.out_len())));
-    let fd_x = fd(&x, FD_H, |xp| dot(&r::maxpool2d_forward(xp, &s).0, &dy));
     let got = r::maxpool2d_backward(&dy, &x, &s);
-    assert_close64("maxpool dinp FD", &got, &fd_x, fd_tol(&fd_x), 0.0);
+    assert_matches_fd("maxpool dinp FD", &got, &x, |xp| dot(&r::maxpool2d_forward(xp, &s).0, &dy));
 
     let s = GlobalAvgPoolShape::new(2, 3, 5).unwrap();
     let (x, dy) = (to_f64(&uniform(&mut g, 30)), to_f64(&uniform(&mut g, 6)));
-    let fd_x = fd(&x, FD_H, |xp| dot(&r::global_avgpool_forward(xp, &s), &dy));
-    assert_close64("avgpool dinp FD", &r::global_avgpool_backward(&dy, &s), &fd_x, fd_tol(&fd_x), 0.0);
+    assert_matches_fd("avgpool dinp FD", &r::global_avgpool_backward(&dy, &s), &x, |xp| dot(&r::global_avgpool_forward(xp, &s), &dy));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -250,15 +248,6 @@ fn pool_lengths_are_exact() {
     on_every_device!("pool_lengths_are_exact", lengths_are_exact);
 }
 
-/// What `call` did when it was not the shape error it should have been: its result or its panic.
-fn not_a_shape_error(call: impl FnOnce() -> moco::Result<()>) -> Option<String> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
-        Ok(Err(moco::Error::Shape { .. })) => None,
-        Ok(other) => Some(format!("returned {other:?}")),
-        Err(p) => Some(format!("panicked: {}", p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default())),
-    }
-}
-
 /// A view of `n` elements of a fresh allocation (of one element when it is empty: a wgpu binding never is).
 fn sized<D: Device>(dev: &mut D, n: usize) -> D::Buf {
     dev.alloc(n.max(1)).unwrap()
@@ -279,45 +268,37 @@ fn maxpool_lens(s: &MaxPool2dShape, fallback: &MaxPool2dShape) -> (usize, usize)
 /// shape's own formulas where they can be evaluated (so that no length check can catch it first).
 fn struct_literal_shapes_are_errors<D: Pool>(dev: &mut D) {
     let name = dev.name();
-    let mut failures = Vec::new();
+    let mut failures = ForgedShapeFailures::default();
     let mp = MaxPool2dShape::resnet(1, 2, 8, 8).unwrap();
     for bad in [MaxPool2dShape { pad: 3, ..mp }, MaxPool2dShape { stride: 0, ..mp }, MaxPool2dShape { k: 0, ..mp }, MaxPool2dShape { k: 20, pad: 0, ..mp }, MaxPool2dShape { c: 0, ..mp }, MaxPool2dShape { n: 0, ..mp }] {
         let (il, ol) = maxpool_lens(&bad, &mp);
         let (mut out, mut idx, inp, mut dinp, dout) = (sized(dev, ol), dev.alloc_index(ol.max(1)).unwrap(), sized(dev, il), sized(dev, il), sized(dev, ol));
         let (vo, vi) = (Region::new(0, ol), Region::new(0, il));
-        if let Some(f) = not_a_shape_error(|| {
+        failures.check(format!("maxpool2d_forward {bad:?}"), || {
             let ([o], []) = D::split(&mut out, [vo], [])?;
             dev.maxpool2d_forward(o, D::index_mut(&mut idx, vo)?, D::view(&inp, vi)?, &bad)
-        }) {
-            failures.push(format!("maxpool2d_forward {bad:?}: {f}"));
-        }
-        if let Some(f) = not_a_shape_error(|| {
+        });
+        failures.check(format!("maxpool2d_backward {bad:?}"), || {
             let ([d], []) = D::split(&mut dinp, [vi], [])?;
             dev.maxpool2d_backward(d, D::view(&dout, vo)?, D::index_view(&idx, vo)?, &bad)
-        }) {
-            failures.push(format!("maxpool2d_backward {bad:?}: {f}"));
-        }
+        });
     }
     let gs = GlobalAvgPoolShape::new(2, 3, 5).unwrap();
     for bad in [GlobalAvgPoolShape { hw: 0, ..gs }, GlobalAvgPoolShape { c: 0, ..gs }, GlobalAvgPoolShape { n: 0, ..gs }] {
         let (il, ol) = (bad.n * bad.c * bad.hw, bad.n * bad.c);
         let (mut out, inp, mut dinp, dout) = (sized(dev, ol), sized(dev, il), sized(dev, il), sized(dev, ol));
         let (vo, vi) = (Region::new(0, ol), Region::new(0, il));
-        if let Some(f) = not_a_shape_error(|| {
+        failures.check(format!("global_avgpool_forward {bad:?}"), || {
             let ([o], []) = D::split(&mut out, [vo], [])?;
             dev.global_avgpool_forward(o, D::view(&inp, vi)?, &bad)
-        }) {
-            failures.push(format!("global_avgpool_forward {bad:?}: {f}"));
-        }
-        if let Some(f) = not_a_shape_error(|| {
+        });
+        failures.check(format!("global_avgpool_backward {bad:?}"), || {
             let ([d], []) = D::split(&mut dinp, [vi], [])?;
             dev.global_avgpool_backward(d, D::view(&dout, vo)?, &bad)
-        }) {
-            failures.push(format!("global_avgpool_backward {bad:?}: {f}"));
-        }
+        });
     }
     dev.synchronize().unwrap();
-    assert!(failures.is_empty(), "{name}: struct-literal shapes that are not shape errors:\n{}", failures.join("\n"));
+    failures.assert_none(&name);
 }
 
 #[test]

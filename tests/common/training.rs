@@ -1,0 +1,36 @@
+//! Helpers of the training tests (tests/train.rs, tests/train_v3.rs): the synthetic data of a short run, and the
+//! check that an interrupted and resumed run ends bit-identical to an uninterrupted one.
+use moco::data::{synthetic, Dataset, SyntheticConfig, ViewPair};
+use moco::train::{self, Engine, RunOptions, RunSummary, TrainConfig};
+use std::path::Path;
+use std::sync::Arc;
+
+/// The synthetic `(train, test)` sets of a short run of `cfg`: four batches and `extra` images more (a partial
+/// batch, dropped) to train on, 20 test images, at the config's image size, seed 3.
+pub fn synthetic_sets(cfg: &TrainConfig, extra: usize) -> (Arc<Dataset>, Arc<Dataset>) {
+    let sc = SyntheticConfig { train: 4 * cfg.batch_size + extra, test: 20, seed: 3, size: cfg.image_size, ..SyntheticConfig::default() };
+    let (a, b) = synthetic(&sc).unwrap();
+    (Arc::new(a), Arc::new(b))
+}
+
+/// Trains `cfg` on `sets` uninterrupted in one engine (with the options `full`), and in `resumed_dir` (no kNN)
+/// interrupted after `stop` steps then resumed in a fresh engine: both end at step `steps`, the resumed engine in
+/// the uninterrupted one's state, and the resumed run's losses are the uninterrupted run's from `stop` on.
+/// Returns the summaries of the uninterrupted and the resumed run.
+#[allow(clippy::too_many_arguments)]
+pub fn assert_resume_is_bit_identical<E: Engine>(cfg: &TrainConfig, new_engine: impl Fn() -> E, sets: &(Arc<Dataset>, Arc<Dataset>), views: ViewPair, full: &RunOptions, resumed_dir: &Path, stop: u64, steps: u64) -> (RunSummary, RunSummary) {
+    let (tr, te) = sets;
+    let run = |e: &mut E, opts: &RunOptions| train::train(cfg, e, tr.clone(), te.clone(), views.clone(), opts).unwrap();
+    let mut e1 = new_engine();
+    let s1 = run(&mut e1, full);
+    assert_eq!(s1.global_step, steps);
+    let interrupted = RunOptions { out_dir: resumed_dir.to_path_buf(), no_knn: true, max_steps: Some(stop), ..RunOptions::default() };
+    let s2 = run(&mut new_engine(), &interrupted);
+    assert!(s2.interrupted && s2.global_step == stop, "interrupted after {} steps, not {stop}", s2.global_step);
+    let mut e3 = new_engine();
+    let s3 = run(&mut e3, &RunOptions { resume: true, max_steps: None, ..interrupted });
+    assert_eq!(s3.global_step, steps);
+    assert!(e1.state().unwrap() == e3.state().unwrap(), "resumed run differs from the uninterrupted one");
+    assert_eq!(&s1.losses[stop as usize..], &s3.losses[..], "losses after the resume point");
+    (s1, s3)
+}
