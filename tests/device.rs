@@ -39,12 +39,6 @@ fn index_buffers_round_trip<D: Device>(dev: &mut D) {
     assert!(dev.read_index(&ib, Region::new(7, 2)).is_err());
 }
 
-#[test]
-fn device_split_checks_regions() {
-    on_every_device!("device_split_checks_regions", split_checks_regions);
-}
+device_test!(device_split_checks_regions, split_checks_regions);
 
-#[test]
-fn device_index_buffers_round_trip() {
-    on_every_device!("device_index_buffers_round_trip", index_buffers_round_trip);
-}
+device_test!(device_index_buffers_round_trip, index_buffers_round_trip);

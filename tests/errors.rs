@@ -70,10 +70,7 @@ fn wrong_lengths<D: Infonce>(b: &mut D) {
     assert!(b.enqueue(&mut qu, sv(), &QueueShape::new(n, c, k, 3).unwrap()).is_err(), "{name}: short keys");
 }
 
-#[test]
-fn wrong_buffer_lengths_are_errors_on_every_device() {
-    on_every_device!("wrong_buffer_lengths_are_errors_on_every_device", wrong_lengths);
-}
+device_test!(wrong_buffer_lengths_are_errors_on_every_device, wrong_lengths);
 
 #[test]
 fn low_level_cpu_checks_lengths() {

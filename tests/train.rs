@@ -80,10 +80,7 @@ fn loss_falls_on<D: TrainDevice>(dev: &mut D) {
     loss_falls(&mut MocoEngine::<D>::on(dev.clone(), &cfg).unwrap(), &cfg);
 }
 
-#[test]
-fn loss_falls_on_a_fixed_batch() {
-    on_every_device!("loss_falls_on_a_fixed_batch", loss_falls_on);
-}
+device_test!(loss_falls_on_a_fixed_batch, loss_falls_on);
 
 /// The engine on `dev` and the CPU engine start from the same weights and queue: their first steps agree, and so
 /// do their states after two steps (to the shaders' summation order), and the eval-mode embeddings.
@@ -120,11 +117,10 @@ fn agrees_with_the_cpu_engine<D: TrainDevice>(dev: &mut D) {
     assert!(rel(&ea, &eb) < 1e-2, "{name}: embeddings {}", rel(&ea, &eb));
 }
 
-/// (On the CPU itself this compares two CPU engines: a check of determinism across engine instances.)
-#[test]
-fn engines_agree_with_the_cpu_engine() {
-    on_every_device!("engines_agree_with_the_cpu_engine", agrees_with_the_cpu_engine);
-}
+device_test!(
+    /// (On the CPU itself this compares two CPU engines: a check of determinism across engine instances.)
+    engines_agree_with_the_cpu_engine, agrees_with_the_cpu_engine
+);
 
 /// A NaN in the head's weight makes the features and the loss NaN: the step reports it and changes nothing; the trainer stops with
 /// `Error::NonFinite` and leaves the checkpoint as it was.

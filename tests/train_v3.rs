@@ -73,10 +73,7 @@ fn fixture_step_on<D: TrainDevice>(dev: &mut D) {
     engine_matches_fixture(&mut MocoEngine::<D, VitLayout>::on(dev.clone(), &fixture_config()).unwrap(), tol);
 }
 
-#[test]
-fn engine_step_matches_the_pytorch_fixture() {
-    on_every_device!("engine_step_matches_the_pytorch_fixture", fixture_step_on);
-}
+device_test!(engine_step_matches_the_pytorch_fixture, fixture_step_on);
 
 /// A tiny ViT run: 16x16 images, patch 4 (17 tokens), D 16, depth 1, 2 heads, heads 32 -> 16, batch 8.
 fn tiny_vit() -> TrainConfig {

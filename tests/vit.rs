@@ -116,10 +116,7 @@ fn batch_rows_independent_on<D: Layers>(dev: &mut D) {
     common::assert_close(&format!("{}: sample 1 alone vs in a batch of 3", dev.name()), &y1, &want, 1e-6, 1e-5);
 }
 
-#[test]
-fn batch_rows_are_independent_and_eval_equals_train() {
-    on_every_device!("batch_rows_are_independent_and_eval_equals_train", batch_rows_independent_on);
-}
+device_test!(batch_rows_are_independent_and_eval_equals_train, batch_rows_independent_on);
 
 /// Loss `sum(out * r)`: central differences of the network (f32, h = 1e-2 on O(1) values) against backward.
 fn fd_check<M: Model>(mut net: moco::nn::Network<CpuDevice, M>, x: &[f32], h: f32, tol: f32) {

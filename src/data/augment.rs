@@ -241,78 +241,23 @@ impl AugmentConfig {
     /// Checks every field: size > 0, ranges ordered and positive, probabilities in `[0, 1]`,
     /// jitter strengths >= 0 (hue <= 0.5), std > 0, everything finite.
     pub fn validate(&self) -> Result<()> {
-        const OP: &str = "AugmentConfig";
-        if self.size == 0 {
-            return Err(Error::shape(OP, "size > 0", "0"));
+        // `Err` naming the field, what it must be and what it is, unless `ok`
+        let ensure = |ok: bool, expected: String, got: String| if ok { Ok(()) } else { Err(Error::shape("AugmentConfig", expected, got)) };
+        ensure(self.size > 0, "size > 0".into(), "0".into())?;
+        let range_ok = |(lo, hi): (f64, f64)| lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi;
+        for (name, range) in [("crop_scale", self.crop_scale), ("crop_ratio", self.crop_ratio), ("blur_sigma", self.blur_sigma)] {
+            ensure(range_ok(range), format!("{name} 0 < lo <= hi"), format!("{range:?}"))?;
         }
-        let range_ok =
-            |(lo, hi): (f64, f64)| lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi;
-        if !range_ok(self.crop_scale) {
-            return Err(Error::shape(
-                OP,
-                "crop_scale 0 < lo <= hi",
-                format!("{:?}", self.crop_scale),
-            ));
-        }
-        if !range_ok(self.crop_ratio) {
-            return Err(Error::shape(
-                OP,
-                "crop_ratio 0 < lo <= hi",
-                format!("{:?}", self.crop_ratio),
-            ));
-        }
-        if !range_ok(self.blur_sigma) {
-            return Err(Error::shape(
-                OP,
-                "blur_sigma 0 < lo <= hi",
-                format!("{:?}", self.blur_sigma),
-            ));
-        }
-        for (name, p) in [
-            ("jitter_p", self.jitter_p),
-            ("grayscale_p", self.grayscale_p),
-            ("blur_p", self.blur_p),
-            ("solarize_p", self.solarize_p),
-            ("flip_p", self.flip_p),
-        ] {
-            if !(0.0..=1.0).contains(&p) {
-                return Err(Error::shape(
-                    OP,
-                    format!("{name} in [0, 1]"),
-                    format!("{p}"),
-                ));
-            }
+        for (name, p) in [("jitter_p", self.jitter_p), ("grayscale_p", self.grayscale_p), ("blur_p", self.blur_p), ("solarize_p", self.solarize_p), ("flip_p", self.flip_p)] {
+            ensure((0.0..=1.0).contains(&p), format!("{name} in [0, 1]"), format!("{p}"))?;
         }
         let j = self.jitter;
-        for (name, x) in [
-            ("brightness", j.brightness),
-            ("contrast", j.contrast),
-            ("saturation", j.saturation),
-        ] {
-            if !(x.is_finite() && x >= 0.0) {
-                return Err(Error::shape(
-                    OP,
-                    format!("jitter {name} >= 0"),
-                    format!("{x}"),
-                ));
-            }
+        for (name, x) in [("brightness", j.brightness), ("contrast", j.contrast), ("saturation", j.saturation)] {
+            ensure(x.is_finite() && x >= 0.0, format!("jitter {name} >= 0"), format!("{x}"))?;
         }
-        if !(0.0..=0.5).contains(&j.hue) {
-            return Err(Error::shape(
-                OP,
-                "jitter hue in [0, 0.5]",
-                format!("{}", j.hue),
-            ));
-        }
-        for c in 0..3 {
-            if !(self.mean[c].is_finite() && self.std[c].is_finite() && self.std[c] > 0.0) {
-                return Err(Error::shape(
-                    OP,
-                    "finite mean and std > 0",
-                    format!("mean {:?} std {:?}", self.mean, self.std),
-                ));
-            }
-        }
+        ensure((0.0..=0.5).contains(&j.hue), "jitter hue in [0, 0.5]".into(), format!("{}", j.hue))?;
+        let stats_ok = (0..3).all(|c| self.mean[c].is_finite() && self.std[c].is_finite() && self.std[c] > 0.0);
+        ensure(stats_ok, "finite mean and std > 0".into(), format!("mean {:?} std {:?}", self.mean, self.std))?;
         Ok(())
     }
 }

@@ -79,6 +79,20 @@ macro_rules! on_every_device {
 }
 pub(crate) use on_every_device;
 
+/// `#[test] fn $name()` running `$f(device, args...)` on every device ([`on_every_device!`]), as candle's
+/// `test_device!` stamps a test per device; the test's name is typed once. Doc comments go first, inside the call.
+macro_rules! device_test {
+    ($(#[$meta:meta])* $name:ident, $f:expr $(, $arg:expr)* $(,)?) => {
+        $(#[$meta])*
+        #[test]
+        fn $name() {
+            $crate::common::on_every_device!(stringify!($name), $f $(, $arg)*);
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use device_test;
+
 /// Whether `dev` is the CPU (whose results the tests may require bit for bit).
 pub fn is_cpu<D: Device>(dev: &D) -> bool {
     dev.kind() == DeviceKind::Cpu

@@ -64,10 +64,7 @@ fn fixed_shapes<D: Attention>(dev: &mut D) {
     }
 }
 
-#[test]
-fn attention_fixed_shapes_and_scratch() {
-    on_every_device!("attention_fixed_shapes_and_scratch", fixed_shapes);
-}
+device_test!(attention_fixed_shapes_and_scratch, fixed_shapes);
 
 /// Forward and backward against the CPU kernel at the CUDA test's shapes and tolerances: small, larger (the
 /// backward's scratch grows), small again (reused).
@@ -94,10 +91,7 @@ fn vs_cpu_kernel<D: Attention>(dev: &mut D) {
     }
 }
 
-#[test]
-fn attention_matches_cpu_kernel() {
-    on_every_device!("attention_matches_cpu_kernel", vs_cpu_kernel);
-}
+device_test!(attention_matches_cpu_kernel, vs_cpu_kernel);
 
 #[test]
 fn attention_reference_backward_matches_finite_differences() {
@@ -150,10 +144,7 @@ fn rejects_lengths<D: Attention + 'static>(dev: &mut D) {
     assert!(is_shape_err(bwd(dev, [4096, o, q, a])), "dqkv long");
 }
 
-#[test]
-fn attention_rejects_wrong_lengths() {
-    on_every_device!("attention_rejects_wrong_lengths", rejects_lengths);
-}
+device_test!(attention_rejects_wrong_lengths, rejects_lengths);
 
 #[test]
 fn attention_bad_shapes_are_errors() {
@@ -375,7 +366,4 @@ fn block_matches_cpu<D: Patch + LayerNorm + Linear + Attention + Eltwise>(dev: &
     }
 }
 
-#[test]
-fn vit_block_on_split_views_matches_cpu() {
-    on_every_device!("vit_block_on_split_views_matches_cpu", block_matches_cpu);
-}
+device_test!(vit_block_on_split_views_matches_cpu, block_matches_cpu);

@@ -158,10 +158,7 @@ fn fixed_shapes<D: BatchNorm>(dev: &mut D) {
     }
 }
 
-#[test]
-fn batchnorm_fixed_shapes() {
-    on_every_device!("batchnorm_fixed_shapes", fixed_shapes);
-}
+device_test!(batchnorm_fixed_shapes, fixed_shapes);
 
 /// moco's SplitBatchNorm, written out: each group g = n % G normalised alone; running stats are the mean over the
 /// G per-group torch updates. Checked on `dev` against per-group plain batch norms of the f64 reference.
@@ -195,10 +192,7 @@ fn split_running_stats<D: BatchNorm>(dev: &mut D) {
     assert_close(&format!("split running_var on {name}"), &rv, &rv_want, 1e-6, 1e-5);
 }
 
-#[test]
-fn split_batchnorm_running_stats_follow_moco() {
-    on_every_device!("split_batchnorm_running_stats_follow_moco", split_running_stats);
-}
+device_test!(split_batchnorm_running_stats_follow_moco, split_running_stats);
 
 #[test]
 fn batchnorm_reference_backward_matches_finite_differences() {
@@ -366,10 +360,7 @@ fn every_epilogue_groups_affine<D: BatchNorm>(dev: &mut D) {
     }
 }
 
-#[test]
-fn batchnorm_every_epilogue_groups_affine() {
-    on_every_device!("batchnorm_every_epilogue_groups_affine", every_epilogue_groups_affine);
-}
+device_test!(batchnorm_every_epilogue_groups_affine, every_epilogue_groups_affine);
 
 fn random_shapes<D: BatchNorm>(dev: &mut D) {
     let mut r = rng(11);
@@ -380,11 +371,10 @@ fn random_shapes<D: BatchNorm>(dev: &mut D) {
     }
 }
 
-/// 16 shapes drawn from a fixed seed (tests/cuda_layers.rs's set).
-#[test]
-fn batchnorm_random_shapes() {
-    on_every_device!("batchnorm_random_shapes", random_shapes);
-}
+device_test!(
+    /// 16 shapes drawn from a fixed seed (tests/cuda_layers.rs's set).
+    batchnorm_random_shapes, random_shapes
+);
 
 fn resnet_shapes<D: BatchNorm>(dev: &mut D) {
     if is_emulated_cuda(dev) {
@@ -400,10 +390,7 @@ fn resnet_shapes<D: BatchNorm>(dev: &mut D) {
     }
 }
 
-#[test]
-fn batchnorm_resnet_shapes() {
-    on_every_device!("batchnorm_resnet_shapes", resnet_shapes);
-}
+device_test!(batchnorm_resnet_shapes, resnet_shapes);
 
 /// ReLU keeps NaN (as torch does) in the fused batch-norm epilogues, so a non-finite value is never hidden.
 fn relu_keeps_nan<D: BatchNorm>(dev: &mut D) {
@@ -418,10 +405,7 @@ fn relu_keeps_nan<D: BatchNorm>(dev: &mut D) {
     }
 }
 
-#[test]
-fn batchnorm_relu_propagates_nan() {
-    on_every_device!("batchnorm_relu_propagates_nan", relu_keeps_nan);
-}
+device_test!(batchnorm_relu_propagates_nan, relu_keeps_nan);
 
 // ---------------------------------------------------------------------------------------------------------------
 // errors
@@ -467,10 +451,7 @@ fn lengths_are_exact<D: BatchNorm + 'static>(dev: &mut D) {
     dev.synchronize().unwrap();
 }
 
-#[test]
-fn batchnorm_lengths_are_exact() {
-    on_every_device!("batchnorm_lengths_are_exact", lengths_are_exact);
-}
+device_test!(batchnorm_lengths_are_exact, lengths_are_exact);
 
 /// Shapes that the validating constructors reject, built as struct literals (the fields are public).
 fn forged_shapes() -> Vec<BatchNormShape> {
@@ -521,7 +502,4 @@ fn struct_literal_shapes_are_errors<D: BatchNorm + 'static>(dev: &mut D) {
     failures.assert_none(&name);
 }
 
-#[test]
-fn batchnorm_struct_literal_shapes_are_errors() {
-    on_every_device!("batchnorm_struct_literal_shapes_are_errors", struct_literal_shapes_are_errors);
-}
+device_test!(batchnorm_struct_literal_shapes_are_errors, struct_literal_shapes_are_errors);

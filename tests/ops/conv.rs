@@ -157,12 +157,11 @@ fn fixed_shapes<D: Conv>(dev: &mut D) {
     }
 }
 
-/// Fixed corner cases: N = 1, odd sizes with stride 2, C_in = 3 with a 7x7 stem, 1x1 (pointwise and strided),
-/// sizes that straddle several 64x64 tiles and 16-deep K chunks, and every ResNet configuration on small planes.
-#[test]
-fn conv2d_fixed_shapes() {
-    on_every_device!("conv2d_fixed_shapes", fixed_shapes);
-}
+device_test!(
+    /// Fixed corner cases: N = 1, odd sizes with stride 2, C_in = 3 with a 7x7 stem, 1x1 (pointwise and strided),
+    /// sizes that straddle several 64x64 tiles and 16-deep K chunks, and every ResNet configuration on small planes.
+    conv2d_fixed_shapes, fixed_shapes
+);
 
 fn strided_wide_planes<D: Conv>(dev: &mut D) {
     let shapes = [(2, 3, 32, 33, 4, 3, 2, 1), (1, 2, 40, 37, 3, 7, 2, 3), (2, 5, 33, 17, 3, 1, 2, 0), (3, 4, 16, 16, 5, 3, 2, 0), (1, 2, 35, 70, 2, 3, 3, 1), (17, 3, 16, 16, 4, 3, 2, 1), (2, 2, 8, 8, 3, 3, 2, 1)];
@@ -171,13 +170,12 @@ fn strided_wide_planes<D: Conv>(dev: &mut D) {
     }
 }
 
-/// Strided convolutions on planes wider than the proptest's: the CPU's 8-wide stride-2 gathers and scatters of
-/// im2col and col2im (with their one-by-one tails), the padded plane, stride 3, and a batch of small planes that the
-/// CPU's backward pass blocks (17 images: a partial block).
-#[test]
-fn conv2d_strided_wide_planes() {
-    on_every_device!("conv2d_strided_wide_planes", strided_wide_planes);
-}
+device_test!(
+    /// Strided convolutions on planes wider than the proptest's: the CPU's 8-wide stride-2 gathers and scatters of
+    /// im2col and col2im (with their one-by-one tails), the padded plane, stride 3, and a batch of small planes that the
+    /// CPU's backward pass blocks (17 images: a partial block).
+    conv2d_strided_wide_planes, strided_wide_planes
+);
 
 fn random_shapes<D: Conv>(dev: &mut D) {
     let mut r = rng(7);
@@ -192,11 +190,10 @@ fn random_shapes<D: Conv>(dev: &mut D) {
     }
 }
 
-/// 24 shapes drawn from a fixed seed (tests/cuda_layers.rs's set).
-#[test]
-fn conv2d_random_shapes() {
-    on_every_device!("conv2d_random_shapes", random_shapes);
-}
+device_test!(
+    /// 24 shapes drawn from a fixed seed (tests/cuda_layers.rs's set).
+    conv2d_random_shapes, random_shapes
+);
 
 #[test]
 fn conv2d_reference_backward_matches_finite_differences() {
@@ -250,10 +247,7 @@ fn lengths_are_exact<D: Conv + 'static>(dev: &mut D) {
     dev.synchronize().unwrap();
 }
 
-#[test]
-fn conv2d_lengths_are_exact() {
-    on_every_device!("conv2d_lengths_are_exact", lengths_are_exact);
-}
+device_test!(conv2d_lengths_are_exact, lengths_are_exact);
 
 /// Shapes that `Conv2dShape::new` rejects, built as struct literals (the fields are public).
 fn forged_shapes() -> Vec<Conv2dShape> {
@@ -497,7 +491,4 @@ fn layers_on_views<D: Conv + BatchNorm + Pool + Linear>(dev: &mut D) {
     }
 }
 
-#[test]
-fn layers_on_views_into_one_allocation() {
-    on_every_device!("layers_on_views_into_one_allocation", layers_on_views);
-}
+device_test!(layers_on_views_into_one_allocation, layers_on_views);

@@ -86,10 +86,7 @@ fn relu_add_fixed<D: Eltwise>(dev: &mut D) {
     }
 }
 
-#[test]
-fn relu_and_add_fixed_lengths() {
-    on_every_device!("relu_and_add_fixed_lengths", relu_add_fixed);
-}
+device_test!(relu_and_add_fixed_lengths, relu_add_fixed);
 
 /// ReLU keeps NaN (as torch does), so a non-finite value is never hidden; on every device.
 fn relu_nan<D: Eltwise>(dev: &mut D) {
@@ -101,10 +98,7 @@ fn relu_nan<D: Eltwise>(dev: &mut D) {
     assert!(y[0] == 1.0 && y[1] == 0.0 && y[2].is_nan() && y[3] == 0.5, "{}: relu([1, -2, NaN, 0.5]) = {y:?}", dev.name());
 }
 
-#[test]
-fn relu_propagates_nan() {
-    on_every_device!("relu_propagates_nan", relu_nan);
-}
+device_test!(relu_propagates_nan, relu_nan);
 
 #[test]
 fn relu_and_add_reference_backward_matches_finite_differences() {
@@ -226,10 +220,7 @@ fn gelu_add_backward_vs_cpu<D: Eltwise>(dev: &mut D) {
     }
 }
 
-#[test]
-fn gelu_and_add_backward_match_cpu_kernels() {
-    on_every_device!("gelu_and_add_backward_match_cpu_kernels", gelu_add_backward_vs_cpu);
-}
+device_test!(gelu_and_add_backward_match_cpu_kernels, gelu_add_backward_vs_cpu);
 
 /// `erf` by its Maclaurin series, in f64 (|x| <= 2.5: the largest term is < 20, so cancellation costs < 1e-14).
 fn erf_series(x: f64) -> f64 {

@@ -160,10 +160,7 @@ fn logits_fixed<D: LowLevel>(dev: &mut D) {
     }
 }
 
-#[test]
-fn logits_match_reference_on_fixed_shapes() {
-    on_every_device!("logits_match_reference_on_fixed_shapes", logits_fixed);
-}
+device_test!(logits_match_reference_on_fixed_shapes, logits_fixed);
 
 // ---- streaming InfoNCE ----
 
@@ -325,17 +322,13 @@ fn stats_words_written<D: Infonce>(dev: &mut D) {
     assert!(f32::from_bits(words[0]).is_finite() && words[1] <= words[2] && words[2] <= n as u32 && words[3] == 0, "{}: stats words {words:?}", dev.name());
 }
 
-/// Regression (fixed in shaders/infonce.wgsl `infonce_reduce`): the wgpu kernel wrote `loss`, `top1` and `top5`
-/// but not `_pad`, so the fourth stats word kept whatever the buffer held. Every device writes 0 there.
-#[test]
-fn stats_padding_word_is_written() {
-    on_every_device!("stats_padding_word_is_written", stats_words_written);
-}
+device_test!(
+    /// Regression (fixed in shaders/infonce.wgsl `infonce_reduce`): the wgpu kernel wrote `loss`, `top1` and `top5`
+    /// but not `_pad`, so the fourth stats word kept whatever the buffer held. Every device writes 0 there.
+    stats_padding_word_is_written, stats_words_written
+);
 
-#[test]
-fn infonce_matches_reference_on_fixed_shapes() {
-    on_every_device!("infonce_matches_reference_on_fixed_shapes", infonce_fixed);
-}
+device_test!(infonce_matches_reference_on_fixed_shapes, infonce_fixed);
 
 /// The unfused CPU path's results, which every device's fused op must match.
 struct Unfused {
@@ -583,13 +576,12 @@ fn infonce_rejects_a_wrong_queue_and_wrong_lengths() {
     assert!(SymmetricShape::new(0, 8, 0.2).is_err() && SymmetricShape::new(4, 0, 0.2).is_err());
 }
 
-/// Regression (fixed in src/ops/infonce/wgpu.rs): the wgpu ops measured a view by its bound bytes (at least one
-/// element, as WebGPU binds no empty range) instead of `GpuSlice::len()`, so with N = 1 an empty `row_loss` or
-/// `l_pos` view was accepted and the element after it written. Every device refuses it.
-#[test]
-fn zero_length_views_are_refused() {
-    on_every_device!("zero_length_views_are_refused", lengths_named, 1, 5, 3);
-}
+device_test!(
+    /// Regression (fixed in src/ops/infonce/wgpu.rs): the wgpu ops measured a view by its bound bytes (at least one
+    /// element, as WebGPU binds no empty range) instead of `GpuSlice::len()`, so with N = 1 an empty `row_loss` or
+    /// `l_pos` view was accepted and the element after it written. Every device refuses it.
+    zero_length_views_are_refused, lengths_named, 1, 5, 3
+);
 
 /// The wgpu low-level ops want buffers of exactly the problem's length, as the CPU ones do: one element too many
 /// in any input, output or the stats is an error, and exact views of the same longer buffers are accepted.
@@ -777,7 +769,4 @@ fn v3_fixed<D: Infonce>(dev: &mut D) {
     }
 }
 
-#[test]
-fn moco_v3_loss_matches_reference_on_fixed_shapes() {
-    on_every_device!("moco_v3_loss_matches_reference_on_fixed_shapes", v3_fixed);
-}
+device_test!(moco_v3_loss_matches_reference_on_fixed_shapes, v3_fixed);

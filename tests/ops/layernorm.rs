@@ -111,10 +111,7 @@ fn fixed_shapes<D: LayerNorm>(dev: &mut D) {
     layernorm_case(dev, 257, 65, 1e-6, 6);
 }
 
-#[test]
-fn layernorm_fixed_shapes() {
-    on_every_device!("layernorm_fixed_shapes", fixed_shapes);
-}
+device_test!(layernorm_fixed_shapes, fixed_shapes);
 
 /// Forward and backward against the CPU kernel at the CUDA test's shapes and tolerances (centred inputs).
 fn vs_cpu_kernel<D: LayerNorm>(dev: &mut D) {
@@ -142,10 +139,7 @@ fn vs_cpu_kernel<D: LayerNorm>(dev: &mut D) {
     }
 }
 
-#[test]
-fn layernorm_matches_cpu_kernel() {
-    on_every_device!("layernorm_matches_cpu_kernel", vs_cpu_kernel);
-}
+device_test!(layernorm_matches_cpu_kernel, vs_cpu_kernel);
 
 #[test]
 fn layernorm_reference_backward_matches_finite_differences() {
@@ -203,10 +197,7 @@ fn rejects_lengths<D: LayerNorm + 'static>(dev: &mut D) {
     assert!(is_shape_err(bwd(dev, [1 << 16, 5, 5, 20, 20, 5, 4, 4])), "dinp long");
 }
 
-#[test]
-fn layernorm_rejects_wrong_lengths() {
-    on_every_device!("layernorm_rejects_wrong_lengths", rejects_lengths);
-}
+device_test!(layernorm_rejects_wrong_lengths, rejects_lengths);
 
 #[test]
 fn layernorm_bad_shapes_are_errors() {

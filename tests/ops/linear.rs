@@ -100,12 +100,11 @@ fn fixed_shapes<D: Linear>(dev: &mut D) {
     }
 }
 
-/// Fixed shapes: 33x70 -> 17 (no multiple of a tile), 1x1 -> 1 without bias or dinp, a 256x512 -> 128 layer, and
-/// 20 random ones.
-#[test]
-fn linear_fixed_shapes() {
-    on_every_device!("linear_fixed_shapes", fixed_shapes);
-}
+device_test!(
+    /// Fixed shapes: 33x70 -> 17 (no multiple of a tile), 1x1 -> 1 without bias or dinp, a 256x512 -> 128 layer, and
+    /// 20 random ones.
+    linear_fixed_shapes, fixed_shapes
+);
 
 #[test]
 fn linear_reference_backward_matches_finite_differences() {
@@ -153,10 +152,7 @@ fn lengths_are_exact<D: Linear + 'static>(dev: &mut D) {
     dev.synchronize().unwrap();
 }
 
-#[test]
-fn linear_lengths_are_exact() {
-    on_every_device!("linear_lengths_are_exact", lengths_are_exact);
-}
+device_test!(linear_lengths_are_exact, lengths_are_exact);
 
 /// Shapes that `LinearShape::new` rejects, built as struct literals (the fields are public): every entry point
 /// checks them again and returns a shape error, not a panic and not a launch, with views sized by the forged
@@ -181,7 +177,4 @@ fn struct_literal_shapes_are_errors<D: Linear + 'static>(dev: &mut D) {
     failures.assert_none(&name);
 }
 
-#[test]
-fn linear_struct_literal_shapes_are_errors() {
-    on_every_device!("linear_struct_literal_shapes_are_errors", struct_literal_shapes_are_errors);
-}
+device_test!(linear_struct_literal_shapes_are_errors, struct_literal_shapes_are_errors);

@@ -374,10 +374,7 @@ fn fixed_lengths<D: OptimDevice>(dev: &mut D) {
     lars_kernel_matches(dev, &mixed, 31, 4, true, &lars_variants());
 }
 
-#[test]
-fn optim_kernels_match_cpu_at_fixed_lengths() {
-    on_every_device!("optim_kernels_match_cpu_at_fixed_lengths", fixed_lengths);
-}
+device_test!(optim_kernels_match_cpu_at_fixed_lengths, fixed_lengths);
 
 /// More than 65535 LARS segments and spans: both grids go 2-D on wgpu (the y / z limit on CUDA).
 fn many_spans<D: OptimDevice>(dev: &mut D) {
@@ -391,10 +388,7 @@ fn many_spans<D: OptimDevice>(dev: &mut D) {
     lars_kernel_matches(dev, &spans, 40, 3, false, &[LarsConfig { lr: 0.5, weight_decay: 1e-2, momentum: 0.9, trust_coefficient: 0.5 }]);
 }
 
-#[test]
-fn lars_plan_of_many_spans() {
-    on_every_device!("lars_plan_of_many_spans", many_spans);
-}
+device_test!(lars_plan_of_many_spans, many_spans);
 
 /// Longer than 65535 * 256 elements: the grid-stride loop covers every element (two Nesterov steps through
 /// [`DeviceOptimizer`] against [`Sgd`]).
@@ -414,10 +408,7 @@ fn longer_than_one_grid<D: OptimDevice>(dev: &mut D) {
     compare(dev, &what, &host(dev, &params), &p, 2.0 * ULPS * EPS, 2.0 * ULPS * EPS);
 }
 
-#[test]
-fn sgd_longer_than_one_grid() {
-    on_every_device!("sgd_longer_than_one_grid", longer_than_one_grid);
-}
+device_test!(sgd_longer_than_one_grid, longer_than_one_grid);
 
 /// Bad lengths, missing buffers, plans of another layout and bad hyperparameters are errors, not panics, at
 /// both levels (the kernels and [`DeviceOptimizer`]).
@@ -492,10 +483,7 @@ fn errors<D: OptimDevice>(dev: &mut D) {
     dev.synchronize().unwrap();
 }
 
-#[test]
-fn optim_errors_not_panics() {
-    on_every_device!("optim_errors_not_panics", errors);
-}
+device_test!(optim_errors_not_panics, errors);
 
 /// wgpu views are `Copy`: two of one buffer can overlap, and the kernels refuse them (CUDA's and the CPU's borrow
 /// rules make this impossible to write).

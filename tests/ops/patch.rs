@@ -158,10 +158,7 @@ fn patch_fixed<D: Patch>(dev: &mut D) {
     }
 }
 
-#[test]
-fn patch_im2col_fixed_shapes() {
-    on_every_device!("patch_im2col_fixed_shapes", patch_fixed);
-}
+device_test!(patch_im2col_fixed_shapes, patch_fixed);
 
 /// im2col then the projection linear is the strided convolution of the f64 reference; the backward is the adjoint
 /// of the permutation (accumulated), and from zero exactly a permutation of dcols.
@@ -303,10 +300,7 @@ fn tokens_fixed<D: Patch>(dev: &mut D) {
     tokens_case(dev, 3, 17, 65, 6);
 }
 
-#[test]
-fn tokens_fixed_shapes() {
-    on_every_device!("tokens_fixed_shapes", tokens_fixed);
-}
+device_test!(tokens_fixed_shapes, tokens_fixed);
 
 /// P = 0 (T = 1, the cls token alone): the forward reads no patch (an empty view), the backward sums dcls over
 /// the batch and leaves an empty dpatches alone; a one-element patches view is an error naming it.
@@ -343,10 +337,7 @@ fn no_patches<D: Patch + 'static>(dev: &mut D) {
     assert!(msg.contains("dpatches [B*P*C] of length 0"), "{}: {msg}", dev.name());
 }
 
-#[test]
-fn tokens_with_no_patches() {
-    on_every_device!("tokens_with_no_patches", no_patches);
-}
+device_test!(tokens_with_no_patches, no_patches);
 
 // ---------------------------------------------------------------------------------------------------------------
 // errors
@@ -440,10 +431,7 @@ fn rejects_lengths<D: Patch + 'static>(dev: &mut D) {
     assert!(is_shape_err(r), "dtokens short");
 }
 
-#[test]
-fn patch_rejects_wrong_lengths() {
-    on_every_device!("patch_rejects_wrong_lengths", rejects_lengths);
-}
+device_test!(patch_rejects_wrong_lengths, rejects_lengths);
 
 #[test]
 fn patch_bad_shapes_are_errors() {

@@ -83,12 +83,11 @@ fn maxpool_shapes<D: Pool>(dev: &mut D) {
     }
 }
 
-/// Fixed shapes: a 1x1 plane, odd planes, ResNet's stem pooling (3x3/2 p1) at 56x56 with 64 channels, and 30
-/// random ones.
-#[test]
-fn maxpool_fixed_shapes() {
-    on_every_device!("maxpool_fixed_shapes", maxpool_shapes);
-}
+device_test!(
+    /// Fixed shapes: a 1x1 plane, odd planes, ResNet's stem pooling (3x3/2 p1) at 56x56 with 64 channels, and 30
+    /// random ones.
+    maxpool_fixed_shapes, maxpool_shapes
+);
 
 // ---------------------------------------------------------------------------------------------------------------
 // global average pooling
@@ -152,11 +151,10 @@ fn avgpool_shapes<D: Pool>(dev: &mut D) {
     }
 }
 
-/// Fixed shapes: ResNet's 7x7 head with 64 channels, a single element, and 20 random ones.
-#[test]
-fn global_avgpool_fixed_shapes() {
-    on_every_device!("global_avgpool_fixed_shapes", avgpool_shapes);
-}
+device_test!(
+    /// Fixed shapes: ResNet's 7x7 head with 64 channels, a single element, and 20 random ones.
+    global_avgpool_fixed_shapes, avgpool_shapes
+);
 
 #[test]
 fn pooling_reference_backward_matches_finite_differences() {
@@ -243,10 +241,7 @@ fn lengths_are_exact<D: Pool + 'static>(dev: &mut D) {
     dev.synchronize().unwrap();
 }
 
-#[test]
-fn pool_lengths_are_exact() {
-    on_every_device!("pool_lengths_are_exact", lengths_are_exact);
-}
+device_test!(pool_lengths_are_exact, lengths_are_exact);
 
 /// A view of `n` elements of a fresh allocation (of one element when it is empty: a wgpu binding never is).
 fn sized<D: Device>(dev: &mut D, n: usize) -> D::Buf {
@@ -301,10 +296,7 @@ fn struct_literal_shapes_are_errors<D: Pool>(dev: &mut D) {
     failures.assert_none(&name);
 }
 
-#[test]
-fn pool_struct_literal_shapes_are_errors() {
-    on_every_device!("pool_struct_literal_shapes_are_errors", struct_literal_shapes_are_errors);
-}
+device_test!(pool_struct_literal_shapes_are_errors, struct_literal_shapes_are_errors);
 
 /// The CPU's backward checks the saved argmax: an index outside its plane is an error before anything is written
 /// (the GPUs gather, so such an index is never read there).

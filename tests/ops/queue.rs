@@ -119,10 +119,7 @@ fn fixed_shapes_match<D: KeyQueue>(dev: &mut D) {
     }
 }
 
-#[test]
-fn enqueue_wraps_and_matches_reference_on_fixed_shapes() {
-    on_every_device!("enqueue_wraps_and_matches_reference_on_fixed_shapes", fixed_shapes_match);
-}
+device_test!(enqueue_wraps_and_matches_reference_on_fixed_shapes, fixed_shapes_match);
 
 fn rejects_bad_input<D: KeyQueue>(dev: &mut D) {
     let name = dev.name();
@@ -173,13 +170,12 @@ fn enqueue_rejects_bad_shapes() {
     }
 }
 
-/// Regression (fixed in src/ops/queue/wgpu.rs `enqueue`): the keys' length was taken from the bound bytes (at least
-/// one element) instead of `GpuSlice::len()`, so for N = C = 1 an empty keys view was accepted. Every device refuses
-/// it.
-#[test]
-fn zero_length_views_are_refused() {
-    on_every_device!("zero_length_views_are_refused", lengths_named, 1, 1, 1);
-}
+device_test!(
+    /// Regression (fixed in src/ops/queue/wgpu.rs `enqueue`): the keys' length was taken from the bound bytes (at least
+    /// one element) instead of `GpuSlice::len()`, so for N = C = 1 an empty keys view was accepted. Every device refuses
+    /// it.
+    zero_length_views_are_refused, lengths_named, 1, 1, 1
+);
 
 /// The official `[C, K]` layout converts both ways on every device, and the queue keeps its K, C and dtype. Every
 /// constructor and conversion takes `(k, c)` in that order: `queue_from_f32(data, k, c)`, `queue_from_ck(data_ck,
@@ -352,9 +348,8 @@ fn cuda_low_level_enqueue_on_a_caller_owned_queue() {
     assert!(CudaQueue::new(CudaQueueStorage::F32(dev.stream().clone_htod(&[0.0f32; 11]).unwrap()), 4, 3).is_err(), "11 elements for K=4, C=3");
 }
 
-/// The case proptest once shrank a failure of `enqueue_matches_reference` to (tests/queue.proptest-regressions),
-/// kept as a fixed case: N = K = 15, C = 128, pointer 0.
-#[test]
-fn enqueue_regressions() {
-    on_every_device!("enqueue_regressions", check, 15, 128, 15, 0, QueueDType::F32, 7374419366727228922);
-}
+device_test!(
+    /// The case proptest once shrank a failure of `enqueue_matches_reference` to (tests/queue.proptest-regressions),
+    /// kept as a fixed case: N = K = 15, C = 128, pointer 0.
+    enqueue_regressions, check, 15, 128, 15, 0, QueueDType::F32, 7374419366727228922
+);

@@ -155,11 +155,7 @@ impl SgdConfig {
         check_unit_closed(op, "dampening", self.dampening)?;
         check_nonneg(op, "weight_decay", self.weight_decay)?;
         if self.nesterov && !(self.momentum > 0.0 && self.dampening == 0.0) {
-            return Err(Error::shape(
-                op,
-                "Nesterov with momentum > 0 and dampening = 0",
-                format!("momentum = {}, dampening = {}", self.momentum, self.dampening),
-            ));
+            return Err(Error::shape(op, "Nesterov with momentum > 0 and dampening = 0", format!("momentum = {}, dampening = {}", self.momentum, self.dampening)));
         }
         Ok(())
     }

@@ -101,33 +101,43 @@ fn im2col_ld(col: &mut [f32], ld: usize, img: &[f32], s: &Conv2dShape, plane: &m
         return;
     }
     // stride 1: each tap's row is a clipped contiguous copy of an input row
-    let (oh, ow) = (s.out_h(), s.out_w());
-    let ohw = oh * ow;
-    for c in 0..s.c_in {
-        let chan = &img[c * s.h * s.w..(c + 1) * s.h * s.w];
-        for ki in 0..s.kh {
-            let (ylo, yhi) = valid_range(ki, s.pad, s.h, oh);
-            for kj in 0..s.kw {
-                let r = (c * s.kh + ki) * s.kw + kj;
-                let row = &mut col[r * ld..r * ld + ohw];
-                let (xlo, xhi) = valid_range(kj, s.pad, s.w, ow);
-                row[..ylo * ow].fill(0.0);
-                row[yhi * ow..].fill(0.0);
-                for oy in ylo..yhi {
-                    let iy = oy + ki - s.pad;
-                    let src = &chan[iy * s.w..(iy + 1) * s.w];
-                    let dst = &mut row[oy * ow..(oy + 1) * ow];
-                    dst[..xlo].fill(0.0);
-                    dst[xhi..].fill(0.0);
-                    if xhi == xlo {
-                        continue; // the kernel overhangs the whole row (kernel wider than the padded input)
-                    }
-                    let x0 = xlo + kj - s.pad;
-                    dst[xlo..xhi].copy_from_slice(&src[x0..x0 + (xhi - xlo)]);
-                }
-            }
+    let (hw, ow, ohw) = (s.h * s.w, s.out_w(), s.out_h() * s.out_w());
+    for t in stride1_taps(s) {
+        let chan = &img[t.c * hw..(t.c + 1) * hw];
+        let row = &mut col[t.r * ld..t.r * ld + ohw];
+        let ((ylo, yhi), (xlo, xhi)) = (t.rows, t.cols);
+        row[..ylo * ow].fill(0.0);
+        row[yhi * ow..].fill(0.0);
+        for oy in ylo..yhi {
+            let src = &chan[(oy + t.ki - s.pad) * s.w..][..s.w];
+            let dst = &mut row[oy * ow..(oy + 1) * ow];
+            dst[..xlo].fill(0.0);
+            dst[xhi..].fill(0.0);
+            dst[xlo..xhi].copy_from_slice(&src[t.x0..t.x0 + (xhi - xlo)]);
         }
     }
+}
+
+/// One tap `(c, ki, kj)` of a stride-1 convolution: its row `r = (c*KH + ki)*KW + kj` of the column matrix, the
+/// output rows `rows` and columns `cols` (half-open) where it reads inside the input (padding elsewhere), and the
+/// input column `x0` that output column `cols.0` reads (0 where `cols` is empty: a kernel wider than the padded row).
+struct Tap {
+    c: usize,
+    r: usize,
+    ki: usize,
+    rows: (usize, usize),
+    cols: (usize, usize),
+    x0: usize,
+}
+
+/// The taps of a stride-1 convolution in column-matrix row order.
+fn stride1_taps(s: &Conv2dShape) -> impl Iterator<Item = Tap> + '_ {
+    let (oh, ow) = (s.out_h(), s.out_w());
+    (0..s.c_in).flat_map(move |c| (0..s.kh).flat_map(move |ki| (0..s.kw).map(move |kj| (c, ki, kj)))).map(move |(c, ki, kj)| {
+        let cols = valid_range(kj, s.pad, s.w, ow);
+        let x0 = if cols.1 > cols.0 { cols.0 + kj - s.pad } else { 0 };
+        Tap { c, r: (c * s.kh + ki) * s.kw + kj, ki, rows: valid_range(ki, s.pad, s.h, oh), cols, x0 }
+    })
 }
 
 /// `img [C_in, H, W] += col2im(col)`: the adjoint of [`im2col`] (padding positions are dropped).
@@ -142,27 +152,15 @@ fn col2im_add_ld(img: &mut [f32], col: &[f32], ld: usize, s: &Conv2dShape, plane
         return;
     }
     // stride 1: each tap's row adds, clipped, onto a contiguous input row
-    let (oh, ow) = (s.out_h(), s.out_w());
-    let ohw = oh * ow;
-    for c in 0..s.c_in {
-        let chan = &mut img[c * s.h * s.w..(c + 1) * s.h * s.w];
-        for ki in 0..s.kh {
-            let (ylo, yhi) = valid_range(ki, s.pad, s.h, oh);
-            for kj in 0..s.kw {
-                let r = (c * s.kh + ki) * s.kw + kj;
-                let row = &col[r * ld..r * ld + ohw];
-                let (xlo, xhi) = valid_range(kj, s.pad, s.w, ow);
-                for oy in ylo..yhi {
-                    let iy = oy + ki - s.pad;
-                    let dst = &mut chan[iy * s.w..(iy + 1) * s.w];
-                    if xhi == xlo {
-                        continue;
-                    }
-                    let x0 = xlo + kj - s.pad;
-                    for (d, v) in dst[x0..x0 + (xhi - xlo)].iter_mut().zip(&row[oy * ow + xlo..oy * ow + xhi]) {
-                        *d += v;
-                    }
-                }
+    let (hw, ow, ohw) = (s.h * s.w, s.out_w(), s.out_h() * s.out_w());
+    for t in stride1_taps(s) {
+        let chan = &mut img[t.c * hw..(t.c + 1) * hw];
+        let row = &col[t.r * ld..t.r * ld + ohw];
+        let ((ylo, yhi), (xlo, xhi)) = (t.rows, t.cols);
+        for oy in ylo..yhi {
+            let dst = &mut chan[(oy + t.ki - s.pad) * s.w..][..s.w];
+            for (d, v) in dst[t.x0..t.x0 + (xhi - xlo)].iter_mut().zip(&row[oy * ow + xlo..oy * ow + xhi]) {
+                *d += v;
             }
         }
     }
