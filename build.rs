@@ -1,8 +1,9 @@
 //! Checks the kernel sources against the op families and validates every WGSL shader with naga, so a shader error
 //! fails `cargo build` with the shader's own message. The families are the `families!(...)` list of
 //! `src/ops/mod.rs`: each must have `kernels/<family>.cu` and `shaders/<family>.wgsl`, and no other `.cu` or
-//! `.wgsl` file may sit there unlisted. CUDA kernels are compiled at run time by NVRTC (for the present device's
-//! arch, cached per context) and checked in CI by `tests/cuda_compile.rs`.
+//! `.wgsl` file may sit there unlisted but the preludes `kernels/common.cuh` and `shaders/common.wgsl`, the helpers
+//! every family's source is joined to (src/ops/kernel_family.rs). CUDA kernels are compiled at run time by NVRTC
+//! (for the present device's arch, cached per context) and checked in CI by `tests/cuda_compile.rs`.
 
 use std::path::Path;
 
@@ -12,13 +13,17 @@ fn main() {
     println!("cargo:rerun-if-changed=src/ops/mod.rs");
     println!("cargo:rerun-if-changed=build.rs");
     let families = families();
-    check_files(&families, "kernels", "cu");
-    check_files(&families, "shaders", "wgsl");
+    check_files(&families, "kernels", "cu", CUDA_PRELUDE);
+    check_files(&families, "shaders", "wgsl", WGSL_PRELUDE);
     register_op_tests(&families);
     // naga is a build-dependency of the `wgpu` feature only
     #[cfg(feature = "wgpu")]
     validate_all(&families);
 }
+
+/// The prelude of each language: the one file of its folder that is no family's (see src/ops/kernel_family.rs).
+const CUDA_PRELUDE: &str = "kernels/common.cuh";
+const WGSL_PRELUDE: &str = "shaders/common.wgsl";
 
 /// The family names of `families!(a, b, ...)` in src/ops/mod.rs.
 fn families() -> Vec<String> {
@@ -44,10 +49,18 @@ fn register_op_tests(families: &[String]) {
     std::fs::write(format!("{dir}/op_tests.rs"), out).expect("OUT_DIR is writable");
 }
 
-/// Every family has `<dir>/<family>.<ext>`, and every `.<ext>` file of `<dir>` belongs to a family.
-fn check_files(families: &[String], dir: &str, ext: &str) {
+/// Every family has `<dir>/<family>.<ext>`, every `.<ext>` file of `<dir>` belongs to a family, and the prelude
+/// exists (its name is no family's).
+fn check_files(families: &[String], dir: &str, ext: &str, prelude: &str) {
     let mut problems = Vec::new();
+    println!("cargo:rerun-if-changed={prelude}");
+    if !Path::new(prelude).is_file() {
+        problems.push(format!("{prelude}, the helpers every family's source is joined to, is missing"));
+    }
     for f in families {
+        if Path::new(prelude) == Path::new(&format!("{dir}/{f}.{ext}")) {
+            problems.push(format!("`{f}` (src/ops/mod.rs) is the name of the prelude {prelude}: rename the family"));
+        }
         let path = format!("{dir}/{f}.{ext}");
         println!("cargo:rerun-if-changed={path}");
         if !Path::new(&path).exists() {
@@ -60,7 +73,7 @@ fn check_files(families: &[String], dir: &str, ext: &str) {
             continue;
         }
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
-        if !families.iter().any(|f| f == stem) {
+        if !families.iter().any(|f| f == stem) && path != Path::new(prelude) {
             problems.push(format!("{} belongs to no op family: add `{stem}` to `families!` in src/ops/mod.rs (with its folder), or remove it", path.display()));
         }
     }
@@ -69,9 +82,22 @@ fn check_files(families: &[String], dir: &str, ext: &str) {
     }
 }
 
+/// The prelude alone (so that its own errors name it), then each family's shader as wgpu compiles it: the family's
+/// file, a newline, the prelude (`KernelFamily::wgsl`).
 #[cfg(feature = "wgpu")]
 fn validate_all(families: &[String]) {
-    let failed: Vec<String> = families.iter().filter_map(|f| validate(Path::new(&format!("shaders/{f}.wgsl"))).err()).collect();
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let prelude = read(WGSL_PRELUDE);
+    let mut failed: Vec<String> = validate(&prelude, WGSL_PRELUDE).err().into_iter().collect();
+    for f in families {
+        let path = format!("shaders/{f}.wgsl");
+        let own = read(&path);
+        // lines past the family's own are the prelude's: say so in the name every message starts with
+        let name = format!("{path} (lines from {} on: {WGSL_PRELUDE})", own.lines().count() + 2);
+        if let Err(e) = validate(&format!("{own}\n{prelude}"), &name) {
+            failed.push(e);
+        }
+    }
     if !failed.is_empty() {
         for f in &failed {
             eprintln!("{f}");
@@ -80,12 +106,11 @@ fn validate_all(families: &[String]) {
     }
 }
 
+/// Parses and validates the WGSL `src`, named `name` in its messages.
 #[cfg(feature = "wgpu")]
-fn validate(path: &Path) -> Result<(), String> {
-    let src = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let name = path.display().to_string();
-    let module = naga::front::wgsl::parse_str(&src).map_err(|e| e.emit_to_string_with_path(&src, &name))?;
+fn validate(src: &str, name: &str) -> Result<(), String> {
+    let module = naga::front::wgsl::parse_str(src).map_err(|e| e.emit_to_string_with_path(src, name))?;
     let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
-    validator.validate(&module).map_err(|e| e.emit_to_string_with_path(&src, &name))?;
+    validator.validate(&module).map_err(|e| e.emit_to_string_with_path(src, name))?;
     Ok(())
 }

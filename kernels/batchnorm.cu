@@ -5,7 +5,8 @@
 // Mirrors shaders/batchnorm.wgsl: same names, same work split. Optional tensors (gamma, beta, identity, dgamma, dbeta,
 // didentity) are dummies when absent and gated by FLAG_* bits in P.flags.
 //
-// Header-free (compiled by NVRTC at run time, and by tests/cuda_compile.rs in CI): no #include at all.
+// Compiled after kernels/common.cuh (flat_block, flat_thread, block_sum) by NVRTC at run time, and by
+// tests/cuda_compile.rs in CI: no #include of its own.
 //
 // Scalars: every kernel takes the WGSL uniform block `BatchNormParams` by value as its first argument (same fields, same
 // order, 48 bytes); the storage buffers the entry point uses follow in WGSL binding order.
@@ -36,52 +37,32 @@ struct BatchNormParams {
     float _pad2[2];
 };
 
-__device__ __forceinline__ unsigned int flat_block() {
-    return blockIdx.x + blockIdx.y * gridDim.x;
+// Offset in [N, C, HW] of element e (0..M) of statistic gc = (g, ch): sample g + (e / HW)*G, pixel e % HW.
+__device__ __forceinline__ unsigned int stat_offset(const BatchNormParams& P, unsigned int gc, unsigned int e) {
+    const unsigned int nn = gc / P.c + (e / P.hw) * P.groups;
+    return (nn * P.c + gc % P.c) * P.hw + e % P.hw;
 }
 
-// Offset in [N, C, HW] of element e (0..M) of statistic (g, ch): sample g + (e / HW)*G, pixel e % HW.
-__device__ __forceinline__ unsigned int stat_offset(const BatchNormParams& P, unsigned int g, unsigned int ch, unsigned int e) {
-    const unsigned int nn = g + (e / P.hw) * P.groups;
-    return (nn * P.c + ch) * P.hw + e % P.hw;
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-// Sum of `v` over the 256 threads, returned to every thread. `scratch` holds WG/32 floats.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
-    const unsigned int tid = threadIdx.x;
-    v = warp_sum(v);
-    __syncthreads(); // scratch may still be read from a previous call
-    if ((tid & 31u) == 0u) scratch[tid >> 5] = v;
-    __syncthreads();
-    float total = 0.0f;
-#pragma unroll
-    for (unsigned int w = 0; w < WG / 32u; ++w) total += scratch[w];
-    return total;
+// The statistic (g, ch) at g*C + ch of element i of [N, C, HW]: sample i / (C*HW) in group (i / (C*HW)) % G.
+__device__ __forceinline__ unsigned int stat_of(const BatchNormParams& P, unsigned int i) {
+    return ((i / (P.hw * P.c)) % P.groups) * P.c + (i / P.hw) % P.c;
 }
 
 // One block per statistic (g, c): mean, then sum (x - mean)^2 (two passes); writes mean, rstd, biased var.
 extern "C" __global__ void __launch_bounds__(256) bn_stats(BatchNormParams P, const float* __restrict__ inp, float* __restrict__ mean, float* __restrict__ rstd, float* __restrict__ var_gc) {
-    __shared__ float red_a[WG / 32u];
+    __shared__ float red[WG / 32u];
     const unsigned int tid = threadIdx.x;
     const unsigned int gc = flat_block();
     if (gc >= P.groups * P.c) return;
-    const unsigned int g = gc / P.c;
-    const unsigned int ch = gc % P.c;
     float s = 0.0f;
-    for (unsigned int e = tid; e < P.count; e += WG) s += inp[stat_offset(P, g, ch, e)];
-    const float mu = block_sum(s, red_a) / (float)P.count;
+    for (unsigned int e = tid; e < P.count; e += WG) s += inp[stat_offset(P, gc, e)];
+    const float mu = block_sum<WG>(s, red) / (float)P.count;
     float ss = 0.0f;
     for (unsigned int e = tid; e < P.count; e += WG) {
-        const float d = inp[stat_offset(P, g, ch, e)] - mu;
+        const float d = inp[stat_offset(P, gc, e)] - mu;
         ss += d * d;
     }
-    const float v = block_sum(ss, red_a) / (float)P.count;
+    const float v = block_sum<WG>(ss, red) / (float)P.count;
     if (tid == 0u) {
         mean[gc] = mu;
         rstd[gc] = 1.0f / sqrtf(v + P.eps);
@@ -108,7 +89,7 @@ extern "C" __global__ void __launch_bounds__(256) bn_running(BatchNormParams P, 
 
 // One thread per element: out = (x - mean).rstd.gamma + beta (+ identity) (then ReLU).
 extern "C" __global__ void __launch_bounds__(256) bn_apply(BatchNormParams P, const float* __restrict__ inp, float* __restrict__ out, const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ gamma, const float* __restrict__ beta, const float* __restrict__ identity) {
-    const unsigned int i = flat_block() * WG + threadIdx.x;
+    const unsigned int i = flat_thread(WG);
     if (i >= P.len) return;
     const unsigned int ch = (i / P.hw) % P.c;
     float mu;
@@ -117,7 +98,7 @@ extern "C" __global__ void __launch_bounds__(256) bn_apply(BatchNormParams P, co
         mu = mean[ch];
         r = 1.0f / sqrtf(rstd[ch] + P.eps);
     } else {
-        const unsigned int gc = ((i / (P.hw * P.c)) % P.groups) * P.c + ch;
+        const unsigned int gc = stat_of(P, i);
         mu = mean[gc];
         r = rstd[gc];
     }
@@ -140,39 +121,24 @@ __device__ __forceinline__ float masked_dy(const BatchNormParams& P, const float
 
 // One block per statistic (g, c): sum dy and sum dy.x^ over its M elements.
 extern "C" __global__ void __launch_bounds__(256) bn_backward_sums(BatchNormParams P, const float* __restrict__ inp, const float* __restrict__ dout, const float* __restrict__ y, float* __restrict__ sums, const float* __restrict__ mean_in, const float* __restrict__ rstd_in) {
-    __shared__ float red_a[WG / 32u];
-    __shared__ float red_b[WG / 32u];
+    __shared__ float red[WG / 32u];
     const unsigned int tid = threadIdx.x;
     const unsigned int gc = flat_block();
     if (gc >= P.groups * P.c) return;
-    const unsigned int g = gc / P.c;
-    const unsigned int ch = gc % P.c;
     const float mu = mean_in[gc];
     float a = 0.0f;
     float b = 0.0f;
     for (unsigned int e = tid; e < P.count; e += WG) {
-        const unsigned int o = stat_offset(P, g, ch, e);
+        const unsigned int o = stat_offset(P, gc, e);
         const float d = masked_dy(P, dout, y, o);
         a += d;
         b += d * (inp[o] - mu);
     }
-    a = warp_sum(a);
-    b = warp_sum(b);
-    if ((tid & 31u) == 0u) {
-        red_a[tid >> 5] = a;
-        red_b[tid >> 5] = b;
-    }
-    __syncthreads();
+    a = block_sum<WG>(a, red);
+    b = block_sum<WG>(b, red);
     if (tid == 0u) {
-        float sa = 0.0f;
-        float sb = 0.0f;
-#pragma unroll
-        for (unsigned int w = 0; w < WG / 32u; ++w) {
-            sa += red_a[w];
-            sb += red_b[w];
-        }
-        sums[gc * 2u] = sa;
-        sums[gc * 2u + 1u] = sb * rstd_in[gc];
+        sums[gc * 2u] = a;
+        sums[gc * 2u + 1u] = b * rstd_in[gc];
     }
 }
 
@@ -203,10 +169,9 @@ extern "C" __global__ void __launch_bounds__(256) bn_backward_coef(BatchNormPara
 
 // One thread per element: dinp += k1.dy + k2.(x - mean) + k3; after add+relu, didentity += dy.
 extern "C" __global__ void __launch_bounds__(256) bn_backward_dx(BatchNormParams P, const float* __restrict__ inp, const float* __restrict__ dout, const float* __restrict__ y, const float* __restrict__ coef, float* __restrict__ dinp, float* __restrict__ didentity, const float* __restrict__ mean_in) {
-    const unsigned int i = flat_block() * WG + threadIdx.x;
+    const unsigned int i = flat_thread(WG);
     if (i >= P.len) return;
-    const unsigned int ch = (i / P.hw) % P.c;
-    const unsigned int gc = ((i / (P.hw * P.c)) % P.groups) * P.c + ch;
+    const unsigned int gc = stat_of(P, i);
     const float d = masked_dy(P, dout, y, i);
     dinp[i] += coef[gc * 3u] * d + coef[gc * 3u + 1u] * (inp[i] - mean_in[gc]) + coef[gc * 3u + 2u];
     if ((P.flags & FLAG_ADD) != 0u) didentity[i] += d;

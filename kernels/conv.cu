@@ -10,7 +10,8 @@
 // Each output element is owned by exactly one thread, so the backward kernels accumulate with a plain
 // read-modify-write. Grid: x * z tiles over N (x <= 65535, the host splits), y tiles over M.
 //
-// Header-free (compiled by NVRTC at run time, and by tests/cuda_compile.rs in CI): no #include at all.
+// Compiled after kernels/common.cuh by NVRTC at run time, and by tests/cuda_compile.rs in CI: no #include of its
+// own.
 //
 // Scalars: every kernel takes the WGSL uniform block `ConvParams` by value as its first argument (same fields, same
 // order, 64 bytes); the storage buffers the entry point uses follow in WGSL binding order

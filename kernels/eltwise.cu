@@ -1,7 +1,8 @@
 // Element-wise layers, as src/ops/eltwise/cpu.rs: ReLU forward and backward, the exact-erf GELU forward and backward,
 // and the residual add forward and backward. Mirrors shaders/eltwise.wgsl: same names, one thread per element.
 //
-// Header-free (compiled by NVRTC at run time, and by tests/cuda_compile.rs in CI): no #include at all.
+// Compiled after kernels/common.cuh (flat_thread) by NVRTC at run time, and by tests/cuda_compile.rs in CI: no
+// #include of its own.
 //
 // Scalars: every kernel takes the WGSL uniform block `EltwiseParams` by value as its first argument (16 bytes); the
 // buffers follow in the order of the CPU function's arguments (outputs first). 256 threads per block over a 2-D grid
@@ -16,20 +17,16 @@ struct EltwiseParams {
     unsigned int _pad2;
 };
 
-__device__ __forceinline__ unsigned int flat_index() {
-    return (blockIdx.x + blockIdx.y * gridDim.x) * WG + threadIdx.x;
-}
-
 // out = max(a, 0).
 extern "C" __global__ void __launch_bounds__(256) relu_forward(EltwiseParams P, float* __restrict__ out, const float* __restrict__ inp) {
-    const unsigned int i = flat_index();
+    const unsigned int i = flat_thread(WG);
     if (i >= P.len) return;
     out[i] = inp[i] < 0.0f ? 0.0f : inp[i]; // NaN passes, as in torch
 }
 
 // dinp += dout . (out > 0), with out the forward's output.
 extern "C" __global__ void __launch_bounds__(256) relu_backward(EltwiseParams P, float* __restrict__ dinp, const float* __restrict__ dout, const float* __restrict__ out) {
-    const unsigned int i = flat_index();
+    const unsigned int i = flat_thread(WG);
     if (i >= P.len) return;
     dinp[i] += (out[i] > 0.0f) ? dout[i] : 0.0f;
 }
@@ -81,7 +78,7 @@ __device__ __forceinline__ float moco_erf(float x) {
 
 // out = 0.5*x*(1 + erf(x/sqrt 2)), one thread per element.
 extern "C" __global__ void __launch_bounds__(256) gelu_forward(EltwiseParams P, float* __restrict__ out, const float* __restrict__ inp) {
-    const unsigned int i = flat_index();
+    const unsigned int i = flat_thread(WG);
     if (i < P.len) {
         const float x = inp[i];
         out[i] = 0.5f * x * (1.0f + moco_erf(x * FRAC_1_SQRT_2));
@@ -89,7 +86,7 @@ extern "C" __global__ void __launch_bounds__(256) gelu_forward(EltwiseParams P, 
 }
 // dinp += dout*(0.5*(1 + erf(x/sqrt 2)) + x*exp(-x^2/2)/sqrt(2 pi)), one thread per element.
 extern "C" __global__ void __launch_bounds__(256) gelu_backward(EltwiseParams P, float* __restrict__ dinp, const float* __restrict__ dout, const float* __restrict__ inp) {
-    const unsigned int i = flat_index();
+    const unsigned int i = flat_thread(WG);
     if (i < P.len) {
         const float x = inp[i];
         const float cdf = 0.5f * (1.0f + moco_erf(x * FRAC_1_SQRT_2));
@@ -99,14 +96,14 @@ extern "C" __global__ void __launch_bounds__(256) gelu_backward(EltwiseParams P,
 
 // out = a + b.
 extern "C" __global__ void __launch_bounds__(256) add_forward(EltwiseParams P, float* __restrict__ out, const float* __restrict__ a, const float* __restrict__ b) {
-    const unsigned int i = flat_index();
+    const unsigned int i = flat_thread(WG);
     if (i >= P.len) return;
     out[i] = a[i] + b[i];
 }
 
 // da += dout, db += dout, one thread per element.
 extern "C" __global__ void __launch_bounds__(256) add_backward(EltwiseParams P, float* __restrict__ da, float* __restrict__ db, const float* __restrict__ dout) {
-    const unsigned int i = flat_index();
+    const unsigned int i = flat_thread(WG);
     if (i < P.len) {
         const float g = dout[i];
         da[i] += g;

@@ -1,5 +1,5 @@
 // EMA momentum update of the key encoder: k = m*k + (1-m)*q.
-// Header-free (compiled by NVRTC at run time): no #include.
+// Compiled after kernels/common.cuh by NVRTC at run time: no #include of its own.
 //
 // ema_update mirrors shaders/ema.wgsl: one flat buffer, grid-stride loop, the WGSL uniform block `EmaParams` passed
 // by value.

@@ -4,7 +4,8 @@
 // Mirrors shaders/infonce.wgsl: same names, same tiles (TN x TK logit tiles staged in CC-channel chunks,
 // 256 threads, ACC_MAX accumulators per thread), same partial-buffer layout.
 //
-// Header-free (compiled by NVRTC at run time, and by tests/cuda_compile.rs in CI): no #include at all.
+// Compiled after kernels/common.cuh (flat_block, block_sum) by NVRTC at run time, and by tests/cuda_compile.rs in CI:
+// no #include of its own.
 //
 // The queue is [M, C] row-major (one key per row). WGSL picks the storage with `override QUEUE_DTYPE`; here each
 // kernel that reads keys is instantiated once per storage type, with the type as a name suffix:
@@ -77,35 +78,25 @@ template <> __device__ __forceinline__ float load_key<2>(const unsigned short* _
     return bf16_bits_to_f32(__ldg(keys + idx));
 }
 
-// ---- block reductions (warp shuffles, then one value per warp through shared memory) -------------------------
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
+// The key (DT storage) at row j, channel ch of keys [M, C], 0 for rows past j_end or channels past C.
+template <int DT> __device__ __forceinline__ float key_or_zero(const InfoNceParams& P, const typename KeyType<DT>::T* __restrict__ keys, unsigned int j, unsigned int j_end, unsigned int ch) {
+    return (j < j_end && ch < P.c) ? load_key<DT>(keys, j * P.c + ch) : 0.0f;
 }
 
-__device__ __forceinline__ unsigned int warp_sum_u(unsigned int v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
+// q^[i, ch], 0 for rows past N or channels past C.
+__device__ __forceinline__ float q_or_zero(const InfoNceParams& P, const float* __restrict__ q_hat, unsigned int i, unsigned int ch) {
+    return (i < P.n && ch < P.c) ? q_hat[i * P.c + ch] : 0.0f;
 }
 
-// Sum of `v` over the 256 threads, returned to every thread. `scratch` holds WG/32 floats.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
-    const unsigned int tid = threadIdx.x;
-    v = warp_sum(v);
-    __syncthreads(); // scratch may still be read from a previous call
-    if ((tid & 31u) == 0u) scratch[tid >> 5] = v;
-    __syncthreads();
-    float total = 0.0f;
+// acc[u] += q_tile[r, :] . k_tile[j + u, :] over one staged CC-channel chunk, u = 0..3 (both tiles [rows][CC + 1]),
+// channels in order.
+__device__ __forceinline__ void tile_dot4(const float* q_tile, const float* k_tile, unsigned int r, unsigned int j, float (&acc)[4]) {
 #pragma unroll
-    for (unsigned int w = 0; w < WG / 32u; ++w) total += scratch[w];
-    return total;
-}
-
-__device__ __forceinline__ unsigned int flat_block() {
-    return blockIdx.x + blockIdx.y * gridDim.x;
+    for (unsigned int cc = 0; cc < CC; ++cc) {
+        const float qv = q_tile[r * (CC + 1u) + cc];
+#pragma unroll
+        for (unsigned int u = 0; u < 4u; ++u) acc[u] += qv * k_tile[(j + u) * (CC + 1u) + cc];
+    }
 }
 
 // ---- positive_logits -----------------------------------------------------------------------------------------
@@ -133,38 +124,16 @@ __device__ __forceinline__ void negative_logits_impl(const InfoNceParams& P, con
     const unsigned int i0 = blockIdx.y * 16u;
     const unsigned int r = tid / 16u;         // row in tile
     const unsigned int jc = (tid % 16u) * 4u; // first of 4 keys
-    float acc0 = 0.0f, acc1 = 0.0f, acc2 = 0.0f, acc3 = 0.0f;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (unsigned int c0 = 0; c0 < P.c; c0 += CC) {
-        {
-            const unsigned int rr = tid / CC;
-            const unsigned int cc = tid % CC;
-            const unsigned int gi = i0 + rr;
-            const unsigned int gc = c0 + cc;
-            q_tile[rr * (CC + 1u) + cc] = (gi < P.n && gc < P.c) ? q_hat[gi * P.c + gc] : 0.0f;
-        }
-        for (unsigned int e = tid; e < 64u * CC; e += WG) {
-            const unsigned int kk = e / CC;
-            const unsigned int cc = e % CC;
-            const unsigned int gj = j0 + kk;
-            const unsigned int gc = c0 + cc;
-            float v = 0.0f;
-            if (gj < P.m && gc < P.c) v = load_key<DT>(keys, gj * P.c + gc);
-            k_tile[kk * (CC + 1u) + cc] = v;
-        }
+        q_tile[(tid / CC) * (CC + 1u) + tid % CC] = q_or_zero(P, q_hat, i0 + tid / CC, c0 + tid % CC);
+        for (unsigned int e = tid; e < 64u * CC; e += WG) k_tile[(e / CC) * (CC + 1u) + e % CC] = key_or_zero<DT>(P, keys, j0 + e / CC, P.m, c0 + e % CC);
         __syncthreads();
-#pragma unroll
-        for (unsigned int cc = 0; cc < CC; ++cc) {
-            const float qv = q_tile[r * (CC + 1u) + cc];
-            acc0 += qv * k_tile[(jc + 0u) * (CC + 1u) + cc];
-            acc1 += qv * k_tile[(jc + 1u) * (CC + 1u) + cc];
-            acc2 += qv * k_tile[(jc + 2u) * (CC + 1u) + cc];
-            acc3 += qv * k_tile[(jc + 3u) * (CC + 1u) + cc];
-        }
+        tile_dot4(q_tile, k_tile, r, jc, acc);
         __syncthreads();
     }
     const unsigned int gi = i0 + r;
     if (gi < P.n) {
-        const float acc[4] = {acc0, acc1, acc2, acc3};
 #pragma unroll
         for (unsigned int u = 0; u < 4u; ++u) {
             const unsigned int gj = j0 + jc + u;
@@ -207,39 +176,22 @@ __device__ __forceinline__ void infonce_partial_impl(const InfoNceParams& P, con
     const unsigned int my_row = min(row0 + sr, P.n - 1u);
     const float spos = pos_logits[my_row];
     for (unsigned int jt = j_begin; jt < j_end; jt += TK) {
-        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+        float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         for (unsigned int cc0 = 0; cc0 < P.c; cc0 += CC) {
             for (unsigned int e = tid; e < TN * CC; e += WG) {
-                const unsigned int rr = e / CC;
-                const unsigned int cc = e % CC;
-                const unsigned int gi = row0 + rr;
-                const unsigned int gc = cc0 + cc;
-                q_tile[rr * (CC + 1u) + cc] = (gi < P.n && gc < P.c) ? q_hat[gi * P.c + gc] : 0.0f;
-                const unsigned int gj = jt + rr;
-                float v = 0.0f;
-                if (gj < j_end && gc < P.c) v = load_key<DT>(keys, gj * P.c + gc);
-                k_tile[rr * (CC + 1u) + cc] = v;
+                q_tile[(e / CC) * (CC + 1u) + e % CC] = q_or_zero(P, q_hat, row0 + e / CC, cc0 + e % CC);
+                k_tile[(e / CC) * (CC + 1u) + e % CC] = key_or_zero<DT>(P, keys, jt + e / CC, j_end, cc0 + e % CC);
             }
             __syncthreads();
-#pragma unroll
-            for (unsigned int cc = 0; cc < CC; ++cc) {
-                const float qv = q_tile[sr * (CC + 1u) + cc];
-                s0 += qv * k_tile[(sj + 0u) * (CC + 1u) + cc];
-                s1 += qv * k_tile[(sj + 1u) * (CC + 1u) + cc];
-                s2 += qv * k_tile[(sj + 2u) * (CC + 1u) + cc];
-                s3 += qv * k_tile[(sj + 3u) * (CC + 1u) + cc];
-            }
+            tile_dot4(q_tile, k_tile, sr, sj, s);
             __syncthreads();
         }
-        {
-            const float s[4] = {s0, s1, s2, s3};
 #pragma unroll
-            for (unsigned int u = 0; u < 4u; ++u) {
-                const unsigned int j = jt + sj + u;
-                float v = s[u] * P.inv_t;
-                if (j >= j_end || (P.skip_diagonal == 1u && j == row0 + sr)) v = NEG;
-                p_tile[sr * (TK + 1u) + sj + u] = v;
-            }
+        for (unsigned int u = 0; u < 4u; ++u) {
+            const unsigned int j = jt + sj + u;
+            float v = s[u] * P.inv_t;
+            if (j >= j_end || (P.skip_diagonal == 1u && j == row0 + sr)) v = NEG;
+            p_tile[sr * (TK + 1u) + sj + u] = v;
         }
         __syncthreads();
         if (tid < TN) {
@@ -360,7 +312,7 @@ extern "C" __global__ void __launch_bounds__(256) infonce_combine(InfoNceParams 
         dq[row + ch] = g;
         dot += g * q_hat[row + ch];
     }
-    const float d = block_sum(dot, red);
+    const float d = block_sum<WG>(dot, red);
     const float inv = q_inv_norm[i];
     const bool projected = inv < 1.0e12f;
     for (unsigned int ch = tid; ch < P.c; ch += WG) {
@@ -374,8 +326,7 @@ extern "C" __global__ void __launch_bounds__(256) infonce_combine(InfoNceParams 
 // One block: mean loss (times loss_scale) and the acc@1 / acc@5 counts.
 extern "C" __global__ void __launch_bounds__(256) infonce_reduce(InfoNceParams P, const float* __restrict__ row_loss, const unsigned int* __restrict__ rank, Stats* __restrict__ stats) {
     __shared__ float red[WG / 32u];
-    __shared__ unsigned int red_u1[WG / 32u];
-    __shared__ unsigned int red_u5[WG / 32u];
+    __shared__ unsigned int red_u[WG / 32u];
     const unsigned int tid = threadIdx.x;
     float sum = 0.0f;
     unsigned int c1 = 0u, c5 = 0u;
@@ -384,26 +335,13 @@ extern "C" __global__ void __launch_bounds__(256) infonce_reduce(InfoNceParams P
         c1 += (rank[i] < 1u) ? 1u : 0u;
         c5 += (rank[i] < 5u) ? 1u : 0u;
     }
-    sum = warp_sum(sum);
-    c1 = warp_sum_u(c1);
-    c5 = warp_sum_u(c5);
-    if ((tid & 31u) == 0u) {
-        red[tid >> 5] = sum;
-        red_u1[tid >> 5] = c1;
-        red_u5[tid >> 5] = c5;
-    }
-    __syncthreads();
+    sum = block_sum<WG>(sum, red);
+    c1 = block_sum<WG>(c1, red_u);
+    c5 = block_sum<WG>(c5, red_u);
     if (tid == 0u) {
-        float s = 0.0f;
-        unsigned int t1 = 0u, t5 = 0u;
-        for (unsigned int w = 0; w < WG / 32u; ++w) {
-            s += red[w];
-            t1 += red_u1[w];
-            t5 += red_u5[w];
-        }
-        stats->loss = s / (float)P.n * P.loss_scale;
-        stats->top1 = t1;
-        stats->top5 = t5;
+        stats->loss = sum / (float)P.n * P.loss_scale;
+        stats->top1 = c1;
+        stats->top5 = c5;
         stats->_pad = 0u;
     }
 }

@@ -3,7 +3,8 @@
 // split (one block per row, one thread per column). Every backward accumulates (`+=`) and is deterministic (sums over
 // rows run in index order).
 //
-// Header-free (compiled by NVRTC at run time, and by tests/cuda_compile.rs in CI): no #include at all.
+// Compiled after kernels/common.cuh (flat_block, flat_thread, tree_sum) by NVRTC at run time, and by
+// tests/cuda_compile.rs in CI: no #include of its own.
 //
 // Scalars: every kernel takes the WGSL uniform block `LayerNormParams` by value as its first argument (16 bytes); the
 // buffers follow in the order of the CPU function's arguments (outputs first). Block sizes: 128 threads (LN_WG) for
@@ -20,30 +21,6 @@ struct LayerNormParams {
     float eps;
     unsigned int _pad0;
 };
-
-__device__ __forceinline__ unsigned int flat_block() {
-    return blockIdx.x + blockIdx.y * gridDim.x;
-}
-
-// This thread's column in a grid of WG-thread blocks.
-__device__ __forceinline__ unsigned int first_elem() {
-    return flat_block() * WG + threadIdx.x;
-}
-
-// Shared-memory tree sum over the n threads of the block (n a power of two), returned to every thread. `red` holds
-// n floats; the trailing barrier lets the caller reuse it.
-__device__ __forceinline__ float tree_sum(float v, float* red, unsigned int n) {
-    const unsigned int tid = threadIdx.x;
-    red[tid] = v;
-    __syncthreads();
-    for (unsigned int s = n >> 1; s > 0u; s >>= 1) {
-        if (tid < s) red[tid] += red[tid + s];
-        __syncthreads();
-    }
-    const float r = red[0];
-    __syncthreads();
-    return r;
-}
 
 // One block of 128 threads per row r of inp [R, C]: mean, then the biased variance from the row again (two passes);
 // out[r, :] = (x - mean)*rstd*gamma + beta, mean[r], rstd[r] = 1/sqrt(var + eps).
@@ -98,7 +75,7 @@ extern "C" __global__ void __launch_bounds__(128) layernorm_backward_dx(LayerNor
 // One thread per column c (64-thread blocks over C), rows in order 0..R (deterministic):
 // dgamma[c] += sum_r dout*xhat, dbeta[c] += sum_r dout.
 extern "C" __global__ void __launch_bounds__(64) layernorm_backward_params(LayerNormParams P, float* __restrict__ dgamma, float* __restrict__ dbeta, const float* __restrict__ dout, const float* __restrict__ inp, const float* __restrict__ mean, const float* __restrict__ rstd) {
-    const unsigned int c = first_elem();
+    const unsigned int c = flat_thread(WG);
     if (c >= P.c) return;
     float sg = 0.0f;
     float sb = 0.0f;

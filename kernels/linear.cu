@@ -2,7 +2,8 @@
 // (C[M, NC] (+)= A.B (+ bias), T x T outputs per 16x16 block, K staged in T-deep chunks), which runs linear forward
 // (with bias) and both backward products, and the bias gradient (column sums of dout). Mirrors shaders/linear.wgsl.
 //
-// Header-free (compiled by NVRTC at run time, and by tests/cuda_compile.rs in CI): no #include at all.
+// Compiled after kernels/common.cuh (flat_thread) by NVRTC at run time, and by tests/cuda_compile.rs in CI: no
+// #include of its own.
 //
 // Scalars: every kernel takes the WGSL uniform block `LinearParams` by value as its first argument (same fields, same
 // order, 32 bytes); the storage buffers follow in WGSL binding order. gemm runs with a (16, 16) block (the WGSL
@@ -25,10 +26,6 @@ struct LinearParams {
     unsigned int b_rs;
     unsigned int b_cs;
 };
-
-__device__ __forceinline__ unsigned int flat_index() {
-    return (blockIdx.x + blockIdx.y * gridDim.x) * WG + threadIdx.x;
-}
 
 // C[M, NC] (+)= A.B (+ bias): T x T outputs per (16, 16) block, one per thread, K staged in T-deep chunks.
 // Out-of-range operands are not loaded (WGSL's select evaluates both sides under robust buffer access).
@@ -60,7 +57,7 @@ extern "C" __global__ void __launch_bounds__(256) gemm(LinearParams P, const flo
 
 // One thread per column of dout [M, NC]: dx[col] += sum_rows dout[row, col] (the linear bias gradient).
 extern "C" __global__ void __launch_bounds__(256) bias_backward(LinearParams P, const float* __restrict__ dy, float* __restrict__ dx) {
-    const unsigned int col = flat_index();
+    const unsigned int col = flat_thread(WG);
     if (col >= P.nc) return;
     float s = 0.0f;
     for (unsigned int r = 0; r < P.m; ++r) s += dy[r * P.nc + col];

@@ -1,7 +1,7 @@
 // Row L2 normalisation x_hat[r, :] = x[r, :] / max(||x[r, :]||, 1e-12), and the inverse norms: what the fused
 // losses (infonce.cu) and the enqueue (queue.cu) run first on q and k. One 256-thread block per row.
 // Mirrors shaders/normalize.wgsl: same name, same parameter block, same reduction tree shape.
-// Header-free (compiled by NVRTC at run time): no #include.
+// Compiled after kernels/common.cuh (block_sum, flat_block); no #include.
 
 #define WG 256u
 
@@ -12,29 +12,11 @@ struct NormalizeParams {
     unsigned int _pad1;
 };
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-// Sum of `v` over the 256 threads, returned to every thread. `scratch` holds WG/32 floats.
-__device__ __forceinline__ float row_sum(float v, float* scratch) {
-    const unsigned int tid = threadIdx.x;
-    v = warp_sum(v);
-    if ((tid & 31u) == 0u) scratch[tid >> 5] = v;
-    __syncthreads();
-    float total = 0.0f;
-#pragma unroll
-    for (unsigned int w = 0; w < WG / 32u; ++w) total += scratch[w];
-    return total;
-}
-
 // x_hat[r, :] = x[r, :] / max(||x[r, :]||, 1e-12), inv_norm_out[r] = 1 / max(||x[r, :]||, 1e-12); one block per row.
 extern "C" __global__ void __launch_bounds__(256) normalize_rows(NormalizeParams P, const float* __restrict__ x, float* __restrict__ x_hat, float* __restrict__ inv_norm_out) {
     __shared__ float red[WG / 32u];
     const unsigned int tid = threadIdx.x;
-    const unsigned int r = blockIdx.x + blockIdx.y * gridDim.x;
+    const unsigned int r = flat_block();
     if (r >= P.rows) return;
     const float* xr = x + (size_t)r * P.c;
     float ss = 0.0f;
@@ -42,7 +24,7 @@ extern "C" __global__ void __launch_bounds__(256) normalize_rows(NormalizeParams
         const float v = xr[ch];
         ss += v * v;
     }
-    const float inv = 1.0f / fmaxf(sqrtf(row_sum(ss, red)), 1e-12f);
+    const float inv = 1.0f / fmaxf(sqrtf(block_sum<WG>(ss, red)), 1e-12f);
     float* outr = x_hat + (size_t)r * P.c;
     for (unsigned int ch = tid; ch < P.c; ch += WG) outr[ch] = xr[ch] * inv;
     if (tid == 0u) inv_norm_out[r] = inv;

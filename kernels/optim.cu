@@ -5,7 +5,8 @@
 //   lars_span_norms      LARS pass 1b: per span, the fixed-order sum of its segments' partials
 //   lars_update          LARS pass 2: trust ratio per span from its norms, then the momentum update
 // Mirrors shaders/optim.wgsl: same entry points, the WGSL uniform block `OptimParams` passed by value, same
-// algorithm and reduction order (so results are deterministic). Header-free (compiled by NVRTC): no #include.
+// algorithm and reduction order (so results are deterministic). Compiled after kernels/common.cuh
+// (flat_block, tree_sum) by NVRTC: no #include of its own.
 //
 // Hyperparameters arrive already rounded to f32 by the host, derived scalars (1 - dampening, 1 - beta2,
 // 1 - lr*wd, lr / bc1, sqrt(bc2)) computed in f64 first, exactly as the CPU reference computes them. The
@@ -81,28 +82,11 @@ extern "C" __global__ void __launch_bounds__(256) adamw_step(OptimParams P, floa
     }
 }
 
-// Index of this block in a grid of (x, y) blocks (the host launches 1-D; the WGSL needs 2-D).
-__device__ __forceinline__ unsigned int group_index() {
-    return blockIdx.x + blockIdx.y * gridDim.x;
-}
-
-// Deterministic tree reduction of red[0..WG) into red[0] (the order of shaders/optim.wgsl reduce_red).
-__device__ __forceinline__ void reduce_red(float2* red, unsigned int lid) {
-    __syncthreads();
-    for (unsigned int off = WG / 2u; off > 0u; off >>= 1) {
-        if (lid < off) {
-            red[lid].x += red[lid + off].x;
-            red[lid].y += red[lid + off].y;
-        }
-        __syncthreads();
-    }
-}
-
 // One block per segment: partials[s] = (sum p^2, sum (g + wd*p)^2) over its elements, (0, 0) for segments of 1-d
 // spans (which need no norms). params, grads: [len]; segments: [count]; partials: [count].
 extern "C" __global__ void __launch_bounds__(256) lars_partial_norms(OptimParams P, const float* __restrict__ params, const float* __restrict__ grads, const uint4* __restrict__ segments, float2* __restrict__ partials) {
     __shared__ float2 red[WG];
-    const unsigned int s = group_index();
+    const unsigned int s = flat_block();
     const unsigned int lid = threadIdx.x;
     if (s >= P.count) return;
     const uint4 seg = segments[s];
@@ -114,16 +98,15 @@ extern "C" __global__ void __launch_bounds__(256) lars_partial_norms(OptimParams
         acc.x += p * p;
         acc.y += dp * dp;
     }
-    red[lid] = acc;
-    reduce_red(red, lid);
-    if (lid == 0u) partials[s] = red[0];
+    acc = tree_sum(acc, red, WG);
+    if (lid == 0u) partials[s] = acc;
 }
 
 // One block per span: norms_sq[t] = the sum of its segments' partials (strided per thread, then a tree).
 // spans, norms_sq: [count]; partials: [segments].
 extern "C" __global__ void __launch_bounds__(256) lars_span_norms(OptimParams P, const uint4* __restrict__ spans, const float2* __restrict__ partials, float2* __restrict__ norms_sq) {
     __shared__ float2 red[WG];
-    const unsigned int t = group_index();
+    const unsigned int t = flat_block();
     const unsigned int lid = threadIdx.x;
     if (t >= P.count) return;
     const uint4 sp = spans[t];
@@ -133,9 +116,8 @@ extern "C" __global__ void __launch_bounds__(256) lars_span_norms(OptimParams P,
         acc.x += v.x;
         acc.y += v.y;
     }
-    red[lid] = acc;
-    reduce_red(red, lid);
-    if (lid == 0u) norms_sq[t] = red[0];
+    acc = tree_sum(acc, red, WG);
+    if (lid == 0u) norms_sq[t] = acc;
 }
 
 // The trust ratio of one span from its squared norms: trust * ||p|| / ||dp|| when both norms are > 0, else 1.
@@ -148,7 +130,7 @@ __device__ __forceinline__ float trust_ratio(float2 n, float trust) {
 // One block per segment: mu = momentum * mu + dp; p -= lr * mu, with dp = (g + wd*p) * q for spans with ndim > 1
 // (q = trust_ratio of the span's norms) and dp = g otherwise. params, mu: [len] updated; grads: [len].
 extern "C" __global__ void __launch_bounds__(256) lars_update(OptimParams P, float* __restrict__ params, const float* __restrict__ grads, float* __restrict__ mu, const uint4* __restrict__ segments, const float2* __restrict__ norms_sq) {
-    const unsigned int s = group_index();
+    const unsigned int s = flat_block();
     if (s >= P.count) return;
     const uint4 seg = segments[s];
     const bool matrix = seg.w != 0u;

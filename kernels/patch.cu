@@ -3,7 +3,8 @@
 // thread per element or column. Every backward accumulates (`+=`) and is deterministic (each thread owns what it
 // writes; the cls gradient sums the batch in index order).
 //
-// Header-free (compiled by NVRTC at run time, and by tests/cuda_compile.rs in CI): no #include at all.
+// Compiled after kernels/common.cuh (flat_thread) by NVRTC at run time, and by tests/cuda_compile.rs in CI: no
+// #include of its own.
 //
 // Scalars: every kernel takes the WGSL uniform block `PatchParams` by value as its first argument (48 bytes); the
 // buffers follow in the order of the CPU function's arguments (outputs first). 64 threads per block over a 2-D grid
@@ -26,19 +27,10 @@ struct PatchParams {
     unsigned int _pad1;
 };
 
-__device__ __forceinline__ unsigned int flat_block() {
-    return blockIdx.x + blockIdx.y * gridDim.x;
-}
-
-// This thread's element (or column) in a grid of WG-thread blocks.
-__device__ __forceinline__ unsigned int first_elem() {
-    return flat_block() * WG + threadIdx.x;
-}
-
 // One thread per element of cols [B*P, C*p*p]: row b*P + py*gw + px, column (ci*p + ky)*p + kx holds
 // images[b, ci, py*p + ky, px*p + kx] (images [B, C, H, W], gw = W/p).
 extern "C" __global__ void __launch_bounds__(64) patch_im2col(PatchParams P, float* __restrict__ cols, const float* __restrict__ images) {
-    const unsigned int o = first_elem();
+    const unsigned int o = flat_thread(WG);
     if (o >= P.len) return;
     const unsigned int p = P.patch_size;
     const unsigned int gw = P.w / p;
@@ -54,7 +46,7 @@ extern "C" __global__ void __launch_bounds__(64) patch_im2col(PatchParams P, flo
 
 // One thread per element of dimages [B, C, H, W], gathering the one cols element it came from: dimages += dcols.
 extern "C" __global__ void __launch_bounds__(64) patch_im2col_backward(PatchParams P, float* __restrict__ dimages, const float* __restrict__ dcols) {
-    const unsigned int e = first_elem();
+    const unsigned int e = flat_thread(WG);
     if (e >= P.len) return;
     const unsigned int p = P.patch_size;
     const unsigned int x = e % P.w;
@@ -70,7 +62,7 @@ extern "C" __global__ void __launch_bounds__(64) patch_im2col_backward(PatchPara
 
 // One thread per element of tokens: tokens[b, 0] = cls + pos[0], tokens[b, 1 + p] = patches[b*P + p] + pos[1 + p].
 extern "C" __global__ void __launch_bounds__(64) tokens_forward(PatchParams P, float* __restrict__ tokens, const float* __restrict__ patches, const float* __restrict__ cls, const float* __restrict__ pos) {
-    const unsigned int e = first_elem();
+    const unsigned int e = flat_thread(WG);
     if (e >= P.len) return;
     const unsigned int c = e % P.c;
     const unsigned int t = (e / P.c) % P.t;
@@ -81,7 +73,7 @@ extern "C" __global__ void __launch_bounds__(64) tokens_forward(PatchParams P, f
 
 // One thread per element of dpatches [B*P, C] (len = B*P*C, P >= 1): dpatches += the patch rows of dtokens.
 extern "C" __global__ void __launch_bounds__(64) tokens_backward_patches(PatchParams P, float* __restrict__ dpatches, const float* __restrict__ dtokens) {
-    const unsigned int e = first_elem();
+    const unsigned int e = flat_thread(WG);
     if (e >= P.len) return;
     const unsigned int c = e % P.c;
     const unsigned int row = e / P.c;
@@ -92,7 +84,7 @@ extern "C" __global__ void __launch_bounds__(64) tokens_backward_patches(PatchPa
 
 // One thread per feature c: dcls[c] += dtokens[b, 0, c] for b in order 0..B (as the CPU adds them).
 extern "C" __global__ void __launch_bounds__(64) tokens_backward_cls(PatchParams P, float* __restrict__ dcls, const float* __restrict__ dtokens) {
-    const unsigned int c = first_elem();
+    const unsigned int c = flat_thread(WG);
     if (c >= P.c) return;
     float acc = dcls[c];
     for (unsigned int b = 0; b < P.b; ++b) acc += dtokens[b * P.t * P.c + c];
@@ -101,14 +93,14 @@ extern "C" __global__ void __launch_bounds__(64) tokens_backward_cls(PatchParams
 
 // One thread per element of out [B, C] (len = B*C): out[b, c] = tokens[b, 0, c].
 extern "C" __global__ void __launch_bounds__(64) cls_select_forward(PatchParams P, float* __restrict__ out, const float* __restrict__ tokens) {
-    const unsigned int e = first_elem();
+    const unsigned int e = flat_thread(WG);
     if (e >= P.len) return;
     out[e] = tokens[(e / P.c) * P.t * P.c + e % P.c];
 }
 
 // One thread per element of dout [B, C]: dtokens[b, 0, c] += dout[b, c].
 extern "C" __global__ void __launch_bounds__(64) cls_select_backward(PatchParams P, float* __restrict__ dtokens, const float* __restrict__ dout) {
-    const unsigned int e = first_elem();
+    const unsigned int e = flat_thread(WG);
     if (e >= P.len) return;
     dtokens[(e / P.c) * P.t * P.c + e % P.c] += dout[e];
 }

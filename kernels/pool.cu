@@ -3,7 +3,8 @@
 // atomics), global average pooling forward/backward. Mirrors shaders/pool.wgsl: same names, same work split (one
 // thread per output / input element / plane).
 //
-// Header-free (compiled by NVRTC at run time, and by tests/cuda_compile.rs in CI): no #include at all.
+// Compiled after kernels/common.cuh (flat_thread) by NVRTC at run time, and by tests/cuda_compile.rs in CI: no
+// #include of its own.
 //
 // Scalars: every kernel takes the WGSL uniform block `PoolParams` by value as its first argument (same fields, same
 // order, 48 bytes); the storage buffers the entry point uses follow in WGSL binding order. 256 threads per block
@@ -26,13 +27,9 @@ struct PoolParams {
     unsigned int _pad1;
 };
 
-__device__ __forceinline__ unsigned int flat_index() {
-    return (blockIdx.x + blockIdx.y * gridDim.x) * WG + threadIdx.x;
-}
-
 // One thread per output element: max over the window (padding never wins), first maximum in scan order.
 extern "C" __global__ void __launch_bounds__(256) maxpool_forward(PoolParams P, const float* __restrict__ x, float* __restrict__ yout, unsigned int* __restrict__ argmax) {
-    const unsigned int o = flat_index();
+    const unsigned int o = flat_thread(WG);
     if (o >= P.planes * P.oh * P.ow) return;
     const unsigned int p = o / (P.oh * P.ow);
     const unsigned int oy = (o / P.ow) % P.oh;
@@ -62,7 +59,7 @@ extern "C" __global__ void __launch_bounds__(256) maxpool_forward(PoolParams P, 
 // One thread per input pixel: dx += sum dout over the windows that contain it and whose argmax it is.
 // Indices outside the plane match no pixel (ignored).
 extern "C" __global__ void __launch_bounds__(256) maxpool_backward(PoolParams P, const unsigned int* __restrict__ argmax_in, const float* __restrict__ dy, float* __restrict__ dx) {
-    const unsigned int i = flat_index();
+    const unsigned int i = flat_thread(WG);
     if (i >= P.planes * P.h * P.w) return;
     const unsigned int p = i / (P.h * P.w);
     const unsigned int q = i % (P.h * P.w);
@@ -88,7 +85,7 @@ extern "C" __global__ void __launch_bounds__(256) maxpool_backward(PoolParams P,
 
 // One thread per (n, c) plane: out = sum_HW x / HW.
 extern "C" __global__ void __launch_bounds__(256) avgpool_forward(PoolParams P, const float* __restrict__ x, float* __restrict__ yout) {
-    const unsigned int p = flat_index();
+    const unsigned int p = flat_thread(WG);
     if (p >= P.planes) return;
     float s = 0.0f;
     for (unsigned int j = 0; j < P.hw; ++j) s += x[p * P.hw + j];
@@ -97,7 +94,7 @@ extern "C" __global__ void __launch_bounds__(256) avgpool_forward(PoolParams P, 
 
 // One thread per input element: dx += dout[plane] / HW.
 extern "C" __global__ void __launch_bounds__(256) avgpool_backward(PoolParams P, const float* __restrict__ dy, float* __restrict__ dx) {
-    const unsigned int i = flat_index();
+    const unsigned int i = flat_thread(WG);
     if (i >= P.planes * P.hw) return;
     dx[i] += dy[i / P.hw] * P.inv_hw;
 }

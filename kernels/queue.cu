@@ -1,7 +1,7 @@
 // Ring-buffer enqueue of N normalised keys into a queue [K, C] (one key per row) at row ptr, wrapping.
 // Mirrors shaders/queue.wgsl: same kernel names, same parameter block `QueueParams` (passed by value), same
 // thread-to-element mapping. kh holds the keys already normalised by normalize_rows (normalize.cu).
-// Header-free (compiled by NVRTC at run time): no #include.
+// Compiled after kernels/common.cuh (flat_thread) by NVRTC at run time: no #include of its own.
 //
 // 16-bit queues are `unsigned short*` (one element per 16-bit word). enqueue_packed16 keeps the WGSL mapping of one
 // thread per pair of elements ("word" w = elements 2w, 2w+1; the first segment starts at the word holding element
@@ -52,10 +52,6 @@ __device__ __forceinline__ unsigned int f32_to_bf16_bits(float x) {
     return (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
 }
 
-__device__ __forceinline__ unsigned int flat_thread() {
-    return (blockIdx.x + blockIdx.y * gridDim.x) * blockDim.x + threadIdx.x;
-}
-
 // Normalised value stored at queue element e (row e / C, written by key (row - ptr) mod K, which must be < N).
 __device__ __forceinline__ float source_of(const QueueParams& P, const float* __restrict__ kh, unsigned int e) {
     const unsigned int row = e / P.c;
@@ -65,7 +61,7 @@ __device__ __forceinline__ float source_of(const QueueParams& P, const float* __
 
 // queue[(ptr + r) % K, ch] = kh[r, ch]; one thread per element of kh (total = N*C).
 extern "C" __global__ void __launch_bounds__(256) enqueue_f32(QueueParams P, const float* __restrict__ kh, float* __restrict__ queue) {
-    const unsigned int idx = flat_thread();
+    const unsigned int idx = flat_thread(blockDim.x);
     if (idx >= P.total) return;
     const unsigned int r = idx / P.c;
     const unsigned int ch = idx % P.c;
@@ -77,7 +73,7 @@ extern "C" __global__ void __launch_bounds__(256) enqueue_f32(QueueParams P, con
 // Segment A is elements [ptr*C, min(ptr+N, K)*C), segment B [0, (ptr+N-K)*C) (empty without wrap-around); they are
 // disjoint (N <= K), and a thread stores only the elements of its word that lie in its own segment.
 extern "C" __global__ void __launch_bounds__(256) enqueue_packed16(QueueParams P, const float* __restrict__ kh, unsigned short* __restrict__ queue) {
-    const unsigned int t = flat_thread();
+    const unsigned int t = flat_thread(blockDim.x);
     if (t >= P.total) return;
     const unsigned int end_a = min(P.ptr + P.n, P.k);
     // word index: first segment starts at the word holding element ptr*c, second at word 0

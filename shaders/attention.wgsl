@@ -36,39 +36,15 @@ struct AttentionParams {
 @group(0) @binding(5) var<storage, read_write> ds: array<f32>;   // [B, H, T, T] scratch (backward)
 @group(0) @binding(6) var<storage, read_write> dout: array<f32>; // [B, T, C]
 
-var<workgroup> red_a: array<f32, 64>;
-
-fn flat_workgroup(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wg.x + wg.y * nwg.x;
+// Workgroup id = (b*H + h)*T + row of a grid over (sample b, head h, query or key row): row, h and b.
+struct HeadRow {
+    row: u32,
+    h: u32,
+    b: u32,
 }
 
-// Tree sum of red_a[0..n) (n a power of two, every thread of the workgroup calls it); returns red_a[0] to all.
-fn sum_a(tid: u32, n: u32) -> f32 {
-    workgroupBarrier();
-    for (var s = n / 2u; s > 0u; s = s >> 1u) {
-        if (tid < s) {
-            red_a[tid] += red_a[tid + s];
-        }
-        workgroupBarrier();
-    }
-    let r = red_a[0];
-    workgroupBarrier();
-    return r;
-}
-
-
-// Tree max of red_a[0..n).
-fn max_a(tid: u32, n: u32) -> f32 {
-    workgroupBarrier();
-    for (var s = n / 2u; s > 0u; s = s >> 1u) {
-        if (tid < s) {
-            red_a[tid] = max(red_a[tid], red_a[tid + s]);
-        }
-        workgroupBarrier();
-    }
-    let r = red_a[0];
-    workgroupBarrier();
-    return r;
+fn head_row(id: u32) -> HeadRow {
+    return HeadRow(id % P.t, (id / P.t) % P.heads, id / (P.t * P.heads));
 }
 
 // Offset of q (which = 0), k (1) or v (2) of token t of sample b, head h, in qkv [B, T, 3, H, D].
@@ -76,21 +52,24 @@ fn qkv_at(b: u32, t: u32, which: u32, h: u32) -> u32 {
     return (b * P.t + t) * 3u * P.c + which * P.c + h * P.head_dim;
 }
 
+// Offset of head h of token t of sample b in out / dout [B, T, C].
+fn out_at(b: u32, t: u32, h: u32) -> u32 {
+    return (b * P.t + t) * P.c + h * P.head_dim;
+}
+
 @compute @workgroup_size(64)
 fn attention_forward(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let id = flat_workgroup(wg, nwg); // (b*H + h)*T + i
+    let id = flat_block(wg, nwg); // (b*H + h)*T + i
     if (id >= P.b * P.heads * P.t) {
         return;
     }
-    let i = id % P.t;
-    let h = (id / P.t) % P.heads;
-    let b = id / (P.t * P.heads);
+    let r = head_row(id); // query i = r.row
     let row = id * P.t; // att[b, h, i, :]
-    let q = qkv_at(b, i, 0u, h);
+    let q = qkv_at(r.b, r.row, 0u, r.h);
     // scores s_j = scale·q_i·k_j, threads over j
     var mx = -3.402823466e+38;
     for (var j = tid; j < P.t; j += WG) {
-        let k = qkv_at(b, j, 1u, h);
+        let k = qkv_at(r.b, j, 1u, r.h);
         var acc = 0.0;
         for (var d = 0u; d < P.head_dim; d += 1u) {
             acc += qkv[q + d] * qkv[k + d];
@@ -99,27 +78,25 @@ fn attention_forward(@builtin(local_invocation_index) tid: u32, @builtin(workgro
         att[row + j] = sc;
         mx = max(mx, sc);
     }
-    red_a[tid] = mx;
-    mx = max_a(tid, WG);
+    mx = tree_max(tid, mx, WG);
     var sum = 0.0;
     for (var j = tid; j < P.t; j += WG) {
         let e = exp(att[row + j] - mx);
         att[row + j] = e;
         sum += e;
     }
-    red_a[tid] = sum;
-    let inv = 1.0 / sum_a(tid, WG);
+    let inv = 1.0 / tree_sum(tid, sum, WG);
     for (var j = tid; j < P.t; j += WG) {
         att[row + j] *= inv;
     }
     // the row is read by every thread below
     storageBarrier();
     workgroupBarrier();
-    let o = (b * P.t + i) * P.c + h * P.head_dim;
+    let o = out_at(r.b, r.row, r.h);
     for (var d = tid; d < P.head_dim; d += WG) {
         var acc = 0.0;
         for (var j = 0u; j < P.t; j += 1u) {
-            acc += att[row + j] * qkv[qkv_at(b, j, 2u, h) + d];
+            acc += att[row + j] * qkv[qkv_at(r.b, j, 2u, r.h) + d];
         }
         out[o + d] = acc;
     }
@@ -127,19 +104,17 @@ fn attention_forward(@builtin(local_invocation_index) tid: u32, @builtin(workgro
 
 @compute @workgroup_size(64)
 fn attention_backward_dq(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let id = flat_workgroup(wg, nwg); // (b*H + h)*T + i
+    let id = flat_block(wg, nwg); // (b*H + h)*T + i
     if (id >= P.b * P.heads * P.t) {
         return;
     }
-    let i = id % P.t;
-    let h = (id / P.t) % P.heads;
-    let b = id / (P.t * P.heads);
+    let r = head_row(id); // query i = r.row
     let row = id * P.t;
-    let dy = (b * P.t + i) * P.c + h * P.head_dim; // dout_i
+    let dy = out_at(r.b, r.row, r.h); // dout_i
     // dp_j = dout_i·v_j into ds, and Σ_j p_ij dp_j
     var acc = 0.0;
     for (var j = tid; j < P.t; j += WG) {
-        let v = qkv_at(b, j, 2u, h);
+        let v = qkv_at(r.b, j, 2u, r.h);
         var dp = 0.0;
         for (var d = 0u; d < P.head_dim; d += 1u) {
             dp += dout[dy + d] * qkv[v + d];
@@ -147,18 +122,17 @@ fn attention_backward_dq(@builtin(local_invocation_index) tid: u32, @builtin(wor
         ds[row + j] = dp;
         acc += att[row + j] * dp;
     }
-    red_a[tid] = acc;
-    let rs = sum_a(tid, WG);
+    let rs = tree_sum(tid, acc, WG);
     for (var j = tid; j < P.t; j += WG) {
         ds[row + j] = att[row + j] * (ds[row + j] - rs);
     }
     storageBarrier();
     workgroupBarrier();
-    let dq = qkv_at(b, i, 0u, h);
+    let dq = qkv_at(r.b, r.row, 0u, r.h);
     for (var d = tid; d < P.head_dim; d += WG) {
         var g = 0.0;
         for (var j = 0u; j < P.t; j += 1u) {
-            g += ds[row + j] * qkv[qkv_at(b, j, 1u, h) + d];
+            g += ds[row + j] * qkv[qkv_at(r.b, j, 1u, r.h) + d];
         }
         dqkv[dq + d] += P.scale * g;
     }
@@ -166,22 +140,21 @@ fn attention_backward_dq(@builtin(local_invocation_index) tid: u32, @builtin(wor
 
 @compute @workgroup_size(64)
 fn attention_backward_dkv(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let id = flat_workgroup(wg, nwg); // (b*H + h)*T + j
+    let id = flat_block(wg, nwg); // (b*H + h)*T + j
     if (id >= P.b * P.heads * P.t) {
         return;
     }
-    let j = id % P.t;
-    let h = (id / P.t) % P.heads;
-    let b = id / (P.t * P.heads);
+    let r = head_row(id);
+    let j = r.row;
     let tile = (id - j) * P.t; // att[b, h, 0, 0]
-    let dk = qkv_at(b, j, 1u, h);
-    let dv = qkv_at(b, j, 2u, h);
+    let dk = qkv_at(r.b, j, 1u, r.h);
+    let dv = qkv_at(r.b, j, 2u, r.h);
     for (var d = tid; d < P.head_dim; d += WG) {
         var gk = 0.0;
         var gv = 0.0;
         for (var i = 0u; i < P.t; i += 1u) {
-            gk += ds[tile + i * P.t + j] * qkv[qkv_at(b, i, 0u, h) + d];
-            gv += att[tile + i * P.t + j] * dout[(b * P.t + i) * P.c + h * P.head_dim + d];
+            gk += ds[tile + i * P.t + j] * qkv[qkv_at(r.b, i, 0u, r.h) + d];
+            gv += att[tile + i * P.t + j] * dout[out_at(r.b, i, r.h) + d];
         }
         dqkv[dk + d] += P.scale * gk;
         dqkv[dv + d] += gv;

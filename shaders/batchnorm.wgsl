@@ -50,54 +50,35 @@ struct BatchNormParams {
 @group(0) @binding(19) var<storage, read_write> mean_in: array<f32>;             // [G, C] saved by the forward
 @group(0) @binding(20) var<storage, read_write> rstd_in: array<f32>;             // [G, C] saved by the forward
 
-var<workgroup> red_a: array<f32, 256>;
-var<workgroup> red_b: array<f32, 256>;
-
-fn flat_workgroup(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wg.x + wg.y * nwg.x;
+// Offset in [N, C, HW] of element e (0..M) of statistic gc = (g, ch): sample g + (e / HW)*G, pixel e % HW.
+fn stat_offset(gc: u32, e: u32) -> u32 {
+    let nn = gc / P.c + (e / P.hw) * P.groups;
+    return (nn * P.c + gc % P.c) * P.hw + e % P.hw;
 }
 
-// Offset in [N, C, HW] of element e (0..M) of statistic (g, ch): sample g + (e / HW)*G, pixel e % HW.
-fn stat_offset(g: u32, ch: u32, e: u32) -> u32 {
-    let nn = g + (e / P.hw) * P.groups;
-    return (nn * P.c + ch) * P.hw + e % P.hw;
-}
-
-fn reduce_a(tid: u32) -> f32 {
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (tid < s) {
-            red_a[tid] += red_a[tid + s];
-        }
-        workgroupBarrier();
-    }
-    let r = red_a[0];
-    workgroupBarrier();
-    return r;
+// The statistic (g, ch) at g*C + ch of element i of [N, C, HW]: sample i / (C*HW) in group (i / (C*HW)) % G.
+fn stat_of(i: u32) -> u32 {
+    return ((i / (P.hw * P.c)) % P.groups) * P.c + (i / P.hw) % P.c;
 }
 
 // One workgroup per statistic (g, c): mean, then Σ(x - mean)² (two passes); writes mean, rstd, biased var.
 @compute @workgroup_size(256)
 fn bn_stats(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let gc = flat_workgroup(wg, nwg);
+    let gc = flat_block(wg, nwg);
     if (gc >= P.groups * P.c) {
         return;
     }
-    let g = gc / P.c;
-    let ch = gc % P.c;
     var s = 0.0;
     for (var e = tid; e < P.count; e += WG) {
-        s += inp[stat_offset(g, ch, e)];
+        s += inp[stat_offset(gc, e)];
     }
-    red_a[tid] = s;
-    let mu = reduce_a(tid) / f32(P.count);
+    let mu = tree_sum(tid, s, WG) / f32(P.count);
     var ss = 0.0;
     for (var e = tid; e < P.count; e += WG) {
-        let d = inp[stat_offset(g, ch, e)] - mu;
+        let d = inp[stat_offset(gc, e)] - mu;
         ss += d * d;
     }
-    red_a[tid] = ss;
-    let v = reduce_a(tid) / f32(P.count);
+    let v = tree_sum(tid, ss, WG) / f32(P.count);
     if (tid == 0u) {
         mean[gc] = mu;
         rstd[gc] = 1.0 / sqrt(v + P.eps);
@@ -128,7 +109,7 @@ fn bn_running(@builtin(global_invocation_id) gid: vec3<u32>) {
 // One thread per element: out = (x - mean)·rstd·gamma + beta (+ identity) (then ReLU).
 @compute @workgroup_size(256)
 fn bn_apply(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_workgroup(wg, nwg) * WG + tid;
+    let i = flat_thread(tid, wg, nwg, WG);
     if (i >= P.len) {
         return;
     }
@@ -139,7 +120,7 @@ fn bn_apply(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg
         mu = mean[ch];
         r = 1.0 / sqrt(rstd[ch] + P.eps);
     } else {
-        let gc = ((i / (P.hw * P.c)) % P.groups) * P.c + ch;
+        let gc = stat_of(i);
         mu = mean[gc];
         r = rstd[gc];
     }
@@ -173,34 +154,23 @@ fn masked_dy(i: u32) -> f32 {
 // One workgroup per statistic (g, c): Σ dy and Σ dy·x̂ over its M elements.
 @compute @workgroup_size(256)
 fn bn_backward_sums(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let gc = flat_workgroup(wg, nwg);
+    let gc = flat_block(wg, nwg);
     if (gc >= P.groups * P.c) {
         return;
     }
-    let g = gc / P.c;
-    let ch = gc % P.c;
     let mu = mean_in[gc];
     var a = 0.0;
     var b = 0.0;
     for (var e = tid; e < P.count; e += WG) {
-        let o = stat_offset(g, ch, e);
+        let o = stat_offset(gc, e);
         let d = masked_dy(o);
         a += d;
         b += d * (inp[o] - mu);
     }
-    red_a[tid] = a;
-    red_b[tid] = b;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (tid < s) {
-            red_a[tid] += red_a[tid + s];
-            red_b[tid] += red_b[tid + s];
-        }
-        workgroupBarrier();
-    }
+    let ab = tree_sum2(tid, vec2<f32>(a, b), WG);
     if (tid == 0u) {
-        sums[gc * 2u] = red_a[0];
-        sums[gc * 2u + 1u] = red_b[0] * rstd_in[gc];
+        sums[gc * 2u] = ab.x;
+        sums[gc * 2u + 1u] = ab.y * rstd_in[gc];
     }
 }
 
@@ -241,12 +211,11 @@ fn bn_backward_coef(@builtin(global_invocation_id) gid: vec3<u32>) {
 // One thread per element: dinp += k1·dy + k2·(x - mean) + k3; after add+relu, didentity += dy.
 @compute @workgroup_size(256)
 fn bn_backward_dx(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_workgroup(wg, nwg) * WG + tid;
+    let i = flat_thread(tid, wg, nwg, WG);
     if (i >= P.len) {
         return;
     }
-    let ch = (i / P.hw) % P.c;
-    let gc = ((i / (P.hw * P.c)) % P.groups) * P.c + ch;
+    let gc = stat_of(i);
     let d = masked_dy(i);
     dinp[i] += coef[gc * 3u] * d + coef[gc * 3u + 1u] * (inp[i] - mean_in[gc]) + coef[gc * 3u + 2u];
     if ((P.flags & FLAG_ADD) != 0u) {

@@ -22,14 +22,10 @@ struct EltwiseParams {
 @group(0) @binding(7) var<storage, read_write> da: array<f32>;   // add backward: accumulated
 @group(0) @binding(8) var<storage, read_write> db: array<f32>;   // add backward: accumulated
 
-fn flat_index(tid: u32, wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (wg.x + wg.y * nwg.x) * WG + tid;
-}
-
 // out = max(inp, 0).
 @compute @workgroup_size(256)
 fn relu_forward(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(tid, wg, nwg);
+    let i = flat_thread(tid, wg, nwg, WG);
     if (i >= P.len) {
         return;
     }
@@ -39,7 +35,7 @@ fn relu_forward(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id
 // dinp += dout · (out > 0), with out the forward's output.
 @compute @workgroup_size(256)
 fn relu_backward(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(tid, wg, nwg);
+    let i = flat_thread(tid, wg, nwg, WG);
     if (i >= P.len) {
         return;
     }
@@ -105,7 +101,7 @@ const FRAC_1_SQRT_2PI: f32 = 0.39894228040143268;
 // out = 0.5·x·(1 + erf(x/√2)), one thread per element.
 @compute @workgroup_size(256)
 fn gelu_forward(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(tid, wg, nwg);
+    let i = flat_thread(tid, wg, nwg, WG);
     if (i >= P.len) {
         return;
     }
@@ -116,7 +112,7 @@ fn gelu_forward(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id
 // dinp += dout·(Φ(x) + x·φ(x)), one thread per element.
 @compute @workgroup_size(256)
 fn gelu_backward(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(tid, wg, nwg);
+    let i = flat_thread(tid, wg, nwg, WG);
     if (i >= P.len) {
         return;
     }
@@ -128,7 +124,7 @@ fn gelu_backward(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_i
 // out = a + b.
 @compute @workgroup_size(256)
 fn add_forward(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(tid, wg, nwg);
+    let i = flat_thread(tid, wg, nwg, WG);
     if (i >= P.len) {
         return;
     }
@@ -138,7 +134,7 @@ fn add_forward(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id)
 // da += dout, db += dout, one thread per element.
 @compute @workgroup_size(256)
 fn add_backward(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(tid, wg, nwg);
+    let i = flat_thread(tid, wg, nwg, WG);
     if (i >= P.len) {
         return;
     }

@@ -15,25 +15,16 @@ struct FiniteParams {
 @group(0) @binding(1) var<storage, read_write> count: array<atomic<u32>>; // [1], accumulated
 @group(0) @binding(2) var<storage, read_write> x: array<f32>;             // [len]
 
-var<workgroup> red: array<u32, 256>;
-
 // One thread per element of x: exponent bits all set (NaN or +-inf) counts 1.
 @compute @workgroup_size(256)
 fn count_nonfinite(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = (wg.x + wg.y * nwg.x) * WG + tid;
+    let i = flat_thread(tid, wg, nwg, WG);
     var bad = 0u;
     if (i < P.len) {
         bad = select(0u, 1u, (bitcast<u32>(x[i]) & 0x7f800000u) == 0x7f800000u);
     }
-    red[tid] = bad;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (tid < s) {
-            red[tid] += red[tid + s];
-        }
-        workgroupBarrier();
-    }
-    if (tid == 0u && red[0] != 0u) {
-        atomicAdd(&count[0], red[0]);
+    let total = tree_sum_u(tid, bad, WG);
+    if (tid == 0u && total != 0u) {
+        atomicAdd(&count[0], total);
     }
 }

@@ -68,12 +68,6 @@ fn load_key(idx: u32) -> f32 {
     return bitcast<f32>(bits << 16u);
 }
 
-fn flat_workgroup(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wg.x + wg.y * nwg.x;
-}
-
-var<workgroup> red: array<f32, 256>;
-
 // s_pos[i] = (q̂_i · k̂_i) * inv_t; one thread per row.
 @compute @workgroup_size(256)
 fn positive_logits(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -93,6 +87,32 @@ var<workgroup> k_tile: array<f32, 1088>;  // [2*TK][CC+1] (negative_logits uses 
 var<workgroup> p_tile: array<f32, 1056>;  // [TN][TK+1]: logits, then probabilities
 var<workgroup> row_scale: array<f32, 32>; // [TN]
 
+// The key at row j, channel ch of keys [M, C], 0 for rows past j_end or channels past C.
+fn key_or_zero(j: u32, j_end: u32, ch: u32) -> f32 {
+    var v = 0.0;
+    if (j < j_end && ch < P.c) {
+        v = load_key(j * P.c + ch);
+    }
+    return v;
+}
+
+// q̂[i, ch], 0 for rows past N or channels past C.
+fn q_or_zero(i: u32, ch: u32) -> f32 {
+    return select(0.0, q_hat[i * P.c + ch], i < P.n && ch < P.c);
+}
+
+// acc + (q_tile[r, :] · k_tile[j + u, :])_u over one staged CC-channel chunk, u = 0..3 (both tiles [rows][CC + 1]),
+// channels in order.
+fn tile_dot4(acc: vec4<f32>, r: u32, j: u32) -> vec4<f32> {
+    var a = acc;
+    for (var cc = 0u; cc < CC; cc += 1u) {
+        let qv = q_tile[r * (CC + 1u) + cc];
+        a += qv * vec4<f32>(k_tile[(j + 0u) * (CC + 1u) + cc], k_tile[(j + 1u) * (CC + 1u) + cc],
+                            k_tile[(j + 2u) * (CC + 1u) + cc], k_tile[(j + 3u) * (CC + 1u) + cc]);
+    }
+    return a;
+}
+
 // l_neg[i, j] = q̂_i · key_j: tiles of 16 rows x 64 keys, 4 outputs per thread.
 @compute @workgroup_size(256)
 fn negative_logits(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -102,30 +122,12 @@ fn negative_logits(@builtin(local_invocation_index) tid: u32, @builtin(workgroup
     let jc = (tid % 16u) * 4u;  // first of 4 keys
     var acc = vec4<f32>(0.0);
     for (var c0 = 0u; c0 < P.c; c0 += CC) {
-        {
-            let rr = tid / CC;
-            let cc = tid % CC;
-            let gi = i0 + rr;
-            let gc = c0 + cc;
-            q_tile[rr * (CC + 1u) + cc] = select(0.0, q_hat[gi * P.c + gc], gi < P.n && gc < P.c);
-        }
+        q_tile[(tid / CC) * (CC + 1u) + tid % CC] = q_or_zero(i0 + tid / CC, c0 + tid % CC);
         for (var e = tid; e < 64u * CC; e += WG) {
-            let kk = e / CC;
-            let cc = e % CC;
-            let gj = j0 + kk;
-            let gc = c0 + cc;
-            var v = 0.0;
-            if (gj < P.m && gc < P.c) {
-                v = load_key(gj * P.c + gc);
-            }
-            k_tile[kk * (CC + 1u) + cc] = v;
+            k_tile[(e / CC) * (CC + 1u) + e % CC] = key_or_zero(j0 + e / CC, P.m, c0 + e % CC);
         }
         workgroupBarrier();
-        for (var cc = 0u; cc < CC; cc += 1u) {
-            let qv = q_tile[r * (CC + 1u) + cc];
-            acc += qv * vec4<f32>(k_tile[(jc + 0u) * (CC + 1u) + cc], k_tile[(jc + 1u) * (CC + 1u) + cc],
-                                  k_tile[(jc + 2u) * (CC + 1u) + cc], k_tile[(jc + 3u) * (CC + 1u) + cc]);
-        }
+        acc = tile_dot4(acc, r, jc);
         workgroupBarrier();
     }
     let gi = i0 + r;
@@ -171,24 +173,11 @@ fn infonce_partial(@builtin(local_invocation_index) tid: u32, @builtin(workgroup
         var s = vec4<f32>(0.0);
         for (var cc0 = 0u; cc0 < P.c; cc0 += CC) {
             for (var e = tid; e < TN * CC; e += WG) {
-                let rr = e / CC;
-                let cc = e % CC;
-                let gi = row0 + rr;
-                let gc = cc0 + cc;
-                q_tile[rr * (CC + 1u) + cc] = select(0.0, q_hat[gi * P.c + gc], gi < P.n && gc < P.c);
-                let gj = jt + rr;
-                var v = 0.0;
-                if (gj < j_end && gc < P.c) {
-                    v = load_key(gj * P.c + gc);
-                }
-                k_tile[rr * (CC + 1u) + cc] = v;
+                q_tile[(e / CC) * (CC + 1u) + e % CC] = q_or_zero(row0 + e / CC, cc0 + e % CC);
+                k_tile[(e / CC) * (CC + 1u) + e % CC] = key_or_zero(jt + e / CC, j_end, cc0 + e % CC);
             }
             workgroupBarrier();
-            for (var cc = 0u; cc < CC; cc += 1u) {
-                let qv = q_tile[sr * (CC + 1u) + cc];
-                s += qv * vec4<f32>(k_tile[(sj + 0u) * (CC + 1u) + cc], k_tile[(sj + 1u) * (CC + 1u) + cc],
-                                    k_tile[(sj + 2u) * (CC + 1u) + cc], k_tile[(sj + 3u) * (CC + 1u) + cc]);
-            }
+            s = tile_dot4(s, sr, sj);
             workgroupBarrier();
         }
         for (var u = 0u; u < 4u; u += 1u) {
@@ -268,7 +257,7 @@ var<workgroup> row_consts: array<f32, 4>;      // p0, 1/z, loss, unused
 // dq = (I - q̂q̂ᵀ)/||q|| · grad_scale · (Σ_s w_s acc_s + (p0 - 1) k̂).
 @compute @workgroup_size(256)
 fn infonce_combine(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_workgroup(wg, nwg);
+    let i = flat_block(wg, nwg);
     if (i >= P.n) {
         return;
     }
@@ -310,15 +299,7 @@ fn infonce_combine(@builtin(local_invocation_index) tid: u32, @builtin(workgroup
         dq[i * P.c + ch] = g;
         dot += g * q_hat[i * P.c + ch];
     }
-    red[tid] = dot;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (tid < s) {
-            red[tid] += red[tid + s];
-        }
-        workgroupBarrier();
-    }
-    let d = red[0];
+    let d = tree_sum(tid, dot, WG);
     let inv = q_inv_norm[i];
     let projected = inv < 1.0e12;
     for (var ch = tid; ch < P.c; ch += WG) {
@@ -326,9 +307,6 @@ fn infonce_combine(@builtin(local_invocation_index) tid: u32, @builtin(workgroup
         dq[i * P.c + ch] = select(g * inv, (g - q_hat[i * P.c + ch] * d) * inv, projected);
     }
 }
-
-var<workgroup> red_u1: array<u32, 256>;
-var<workgroup> red_u5: array<u32, 256>;
 
 // One workgroup: mean loss (times loss_scale) and the acc@1 / acc@5 counts.
 @compute @workgroup_size(256)
@@ -341,22 +319,13 @@ fn infonce_reduce(@builtin(local_invocation_index) tid: u32) {
         c1 += select(0u, 1u, rank[i] < 1u);
         c5 += select(0u, 1u, rank[i] < 5u);
     }
-    red[tid] = sum;
-    red_u1[tid] = c1;
-    red_u5[tid] = c5;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (tid < s) {
-            red[tid] += red[tid + s];
-            red_u1[tid] += red_u1[tid + s];
-            red_u5[tid] += red_u5[tid + s];
-        }
-        workgroupBarrier();
-    }
+    let total = tree_sum(tid, sum, WG);
+    let top1 = tree_sum_u(tid, c1, WG);
+    let top5 = tree_sum_u(tid, c5, WG);
     if (tid == 0u) {
-        stats.loss = red[0] / f32(P.n) * P.loss_scale;
-        stats.top1 = red_u1[0];
-        stats.top5 = red_u5[0];
+        stats.loss = total / f32(P.n) * P.loss_scale;
+        stats.top1 = top1;
+        stats.top5 = top5;
         stats._pad = 0u;
     }
 }

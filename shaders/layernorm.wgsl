@@ -36,30 +36,9 @@ struct LayerNormParams {
 @group(0) @binding(9) var<storage, read_write> dgamma: array<f32>;  // [C], accumulated
 @group(0) @binding(10) var<storage, read_write> dbeta: array<f32>;  // [C], accumulated
 
-var<workgroup> red_a: array<f32, 128>;
-var<workgroup> red_b: array<f32, 128>;
-
-fn flat_workgroup(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wg.x + wg.y * nwg.x;
-}
-
-// Tree sum of red_a[0..n) (n a power of two, every thread of the workgroup calls it); returns red_a[0] to all.
-fn sum_a(tid: u32, n: u32) -> f32 {
-    workgroupBarrier();
-    for (var s = n / 2u; s > 0u; s = s >> 1u) {
-        if (tid < s) {
-            red_a[tid] += red_a[tid + s];
-        }
-        workgroupBarrier();
-    }
-    let r = red_a[0];
-    workgroupBarrier();
-    return r;
-}
-
 @compute @workgroup_size(128)
 fn layernorm_forward(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let r = flat_workgroup(wg, nwg);
+    let r = flat_block(wg, nwg);
     if (r >= P.rows) {
         return;
     }
@@ -68,15 +47,13 @@ fn layernorm_forward(@builtin(local_invocation_index) tid: u32, @builtin(workgro
     for (var c = tid; c < P.c; c += WG_LN) {
         s += inp[base + c];
     }
-    red_a[tid] = s;
-    let mu = sum_a(tid, WG_LN) / f32(P.c);
+    let mu = tree_sum(tid, s, WG_LN) / f32(P.c);
     var ss = 0.0;
     for (var c = tid; c < P.c; c += WG_LN) {
         let d = inp[base + c] - mu;
         ss += d * d;
     }
-    red_a[tid] = ss;
-    let rs = 1.0 / sqrt(sum_a(tid, WG_LN) / f32(P.c) + P.eps);
+    let rs = 1.0 / sqrt(tree_sum(tid, ss, WG_LN) / f32(P.c) + P.eps);
     for (var c = tid; c < P.c; c += WG_LN) {
         out[base + c] = (inp[base + c] - mu) * rs * gamma[c] + beta[c];
     }
@@ -88,7 +65,7 @@ fn layernorm_forward(@builtin(local_invocation_index) tid: u32, @builtin(workgro
 
 @compute @workgroup_size(128)
 fn layernorm_backward_dx(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let r = flat_workgroup(wg, nwg);
+    let r = flat_block(wg, nwg);
     if (r >= P.rows) {
         return;
     }
@@ -102,18 +79,9 @@ fn layernorm_backward_dx(@builtin(local_invocation_index) tid: u32, @builtin(wor
         sg += g;
         sgx += g * (inp[base + c] - mu) * rs;
     }
-    red_a[tid] = sg;
-    red_b[tid] = sgx;
-    workgroupBarrier();
-    for (var s = WG_LN / 2u; s > 0u; s = s >> 1u) {
-        if (tid < s) {
-            red_a[tid] += red_a[tid + s];
-            red_b[tid] += red_b[tid + s];
-        }
-        workgroupBarrier();
-    }
-    let m1 = red_a[0] / f32(P.c);
-    let m2 = red_b[0] / f32(P.c);
+    let m = tree_sum2(tid, vec2<f32>(sg, sgx), WG_LN) / f32(P.c);
+    let m1 = m.x;
+    let m2 = m.y;
     for (var c = tid; c < P.c; c += WG_LN) {
         let xh = (inp[base + c] - mu) * rs;
         dinp[base + c] += rs * (dout[base + c] * gamma[c] - m1 - xh * m2);
@@ -122,7 +90,7 @@ fn layernorm_backward_dx(@builtin(local_invocation_index) tid: u32, @builtin(wor
 
 @compute @workgroup_size(64)
 fn layernorm_backward_params(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let c = flat_workgroup(wg, nwg) * WG + tid;
+    let c = flat_thread(tid, wg, nwg, WG);
     if (c >= P.c) {
         return;
     }

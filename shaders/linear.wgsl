@@ -29,10 +29,6 @@ struct LinearParams {
 @group(0) @binding(5) var<storage, read_write> dy: array<f32>;   // bias_backward: dout [M, NC]
 @group(0) @binding(6) var<storage, read_write> dx: array<f32>;   // bias_backward: dbias [NC], accumulated
 
-fn flat_index(tid: u32, wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (wg.x + wg.y * nwg.x) * WG + tid;
-}
-
 var<workgroup> ta: array<f32, 272>; // [T][T+1]: A tile, (row, k)
 var<workgroup> tb: array<f32, 272>; // [T][T+1]: B tile, (k, col)
 
@@ -68,7 +64,7 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg:
 // One thread per column of dout [M, NC]: dx[col] += Σ_rows dout[row, col] (the linear bias gradient).
 @compute @workgroup_size(256)
 fn bias_backward(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let col = flat_index(tid, wg, nwg);
+    let col = flat_thread(tid, wg, nwg, WG);
     if (col >= P.nc) {
         return;
     }

@@ -17,12 +17,10 @@ struct NormalizeParams {
 @group(0) @binding(2) var<storage, read_write> x_hat: array<f32>;         // [rows, C]
 @group(0) @binding(3) var<storage, read_write> inv_norm_out: array<f32>;  // 1/max(||x||, eps) [rows]
 
-var<workgroup> red: array<f32, 256>;
-
 // One workgroup per row (rows over x and y of the dispatch).
 @compute @workgroup_size(256)
 fn normalize_rows(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let r = wg.x + wg.y * nwg.x;
+    let r = flat_block(wg, nwg);
     if (r >= P.rows) {
         return;
     }
@@ -31,15 +29,7 @@ fn normalize_rows(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_
         let v = x[r * P.c + ch];
         ss += v * v;
     }
-    red[tid] = ss;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (tid < s) {
-            red[tid] += red[tid + s];
-        }
-        workgroupBarrier();
-    }
-    let inv = 1.0 / max(sqrt(red[0]), 1e-12);
+    let inv = 1.0 / max(sqrt(tree_sum(tid, ss, WG)), 1e-12);
     for (var ch = tid; ch < P.c; ch += WG) {
         x_hat[r * P.c + ch] = x[r * P.c + ch] * inv;
     }

@@ -52,8 +52,6 @@ struct OptimParams {
 @group(0) @binding(7) var<storage, read_write> partials: array<vec2<f32>>; // [segments]: (sum p^2, sum dp^2)
 @group(0) @binding(8) var<storage, read_write> norms_sq: array<vec2<f32>>; // [spans]: (||p||^2, ||dp||^2)
 
-var<workgroup> red: array<vec2<f32>, WG>;
-
 // p -= lr * d_p with torch's momentum buffer; grid-stride loop, one dispatch covers any length.
 @compute @workgroup_size(256)
 fn sgd_step(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -102,27 +100,11 @@ fn adamw_step(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
-// Index of this workgroup in a grid of up to 65535 x 65535 (grid_2d on the host).
-fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wid.x + wid.y * nwg.x;
-}
-
-// Deterministic tree reduction of red[0..WG) into red[0]. Called in uniform control flow.
-fn reduce_red(lid: u32) {
-    workgroupBarrier();
-    for (var off = WG / 2u; off > 0u; off = off >> 1u) {
-        if (lid < off) {
-            red[lid] = red[lid] + red[lid + off];
-        }
-        workgroupBarrier();
-    }
-}
-
 // One workgroup per segment: partials[s] = (sum p^2, sum (g + wd*p)^2) over its elements, (0, 0) for segments
 // of 1-d spans (which need no norms).
 @compute @workgroup_size(256)
 fn lars_partial_norms(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let s = group_index(wid, nwg);
+    let s = flat_block(wid, nwg);
     if (s >= P.count) {
         return;
     }
@@ -137,17 +119,16 @@ fn lars_partial_norms(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
         let dp = grads[i] + P.weight_decay * p;
         acc += vec2<f32>(p * p, dp * dp);
     }
-    red[lid] = acc;
-    reduce_red(lid);
+    let n = tree_sum2(lid, acc, WG);
     if (lid == 0u) {
-        partials[s] = red[0];
+        partials[s] = n;
     }
 }
 
 // One workgroup per span: norms_sq[span] = the sum of its segments' partials (strided per thread, then a tree).
 @compute @workgroup_size(256)
 fn lars_span_norms(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let t = group_index(wid, nwg);
+    let t = flat_block(wid, nwg);
     if (t >= P.count) {
         return;
     }
@@ -156,10 +137,9 @@ fn lars_span_norms(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     for (var s = sp.x + lid; s < sp.y; s += WG) {
         acc += partials[s];
     }
-    red[lid] = acc;
-    reduce_red(lid);
+    let n = tree_sum2(lid, acc, WG);
     if (lid == 0u) {
-        norms_sq[t] = red[0];
+        norms_sq[t] = n;
     }
 }
 
@@ -177,7 +157,7 @@ fn trust_ratio(n: vec2<f32>) -> f32 {
 // ndim > 1 (q = trust_ratio of the span's norms) and dp = g otherwise.
 @compute @workgroup_size(256)
 fn lars_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let s = group_index(wid, nwg);
+    let s = flat_block(wid, nwg);
     if (s >= P.count) {
         return;
     }

@@ -40,14 +40,10 @@ struct PatchParams {
 @group(0) @binding(12) var<storage, read_write> out: array<f32>;      // [B, C]
 @group(0) @binding(13) var<storage, read_write> dout: array<f32>;     // [B, C]
 
-fn flat_workgroup(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wg.x + wg.y * nwg.x;
-}
-
 // One thread per element of cols: cols = images gathered.
 @compute @workgroup_size(64)
 fn patch_im2col(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let e = flat_workgroup(wg, nwg) * WG + tid;
+    let e = flat_thread(tid, wg, nwg, WG);
     if (e >= P.len) {
         return;
     }
@@ -66,7 +62,7 @@ fn patch_im2col(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id
 // One thread per element of dimages: dimages += the one dcols element it came from.
 @compute @workgroup_size(64)
 fn patch_im2col_backward(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let e = flat_workgroup(wg, nwg) * WG + tid;
+    let e = flat_thread(tid, wg, nwg, WG);
     if (e >= P.len) {
         return;
     }
@@ -85,7 +81,7 @@ fn patch_im2col_backward(@builtin(local_invocation_index) tid: u32, @builtin(wor
 // One thread per element of tokens: cls or patch row, plus pos[t].
 @compute @workgroup_size(64)
 fn tokens_forward(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let e = flat_workgroup(wg, nwg) * WG + tid;
+    let e = flat_thread(tid, wg, nwg, WG);
     if (e >= P.len) {
         return;
     }
@@ -104,7 +100,7 @@ fn tokens_forward(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_
 // One thread per element of dpatches : dpatches[b*P + p] += dtokens[b, 1 + p].
 @compute @workgroup_size(64)
 fn tokens_backward_patches(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let e = flat_workgroup(wg, nwg) * WG + tid;
+    let e = flat_thread(tid, wg, nwg, WG);
     if (e >= P.len) {
         return;
     }
@@ -118,7 +114,7 @@ fn tokens_backward_patches(@builtin(local_invocation_index) tid: u32, @builtin(w
 // One thread per c: dcls[c] += dtokens[b, 0, c] for b in order 0..B.
 @compute @workgroup_size(64)
 fn tokens_backward_cls(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let c = flat_workgroup(wg, nwg) * WG + tid;
+    let c = flat_thread(tid, wg, nwg, WG);
     if (c >= P.c) {
         return;
     }
@@ -132,7 +128,7 @@ fn tokens_backward_cls(@builtin(local_invocation_index) tid: u32, @builtin(workg
 // One thread per element of out [B, C]: out[b, c] = tokens[b, 0, c].
 @compute @workgroup_size(64)
 fn cls_select_forward(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let e = flat_workgroup(wg, nwg) * WG + tid;
+    let e = flat_thread(tid, wg, nwg, WG);
     if (e >= P.len) {
         return;
     }
@@ -142,7 +138,7 @@ fn cls_select_forward(@builtin(local_invocation_index) tid: u32, @builtin(workgr
 // One thread per element of dout [B, C]: dtokens[b, 0, c] += dout[b, c].
 @compute @workgroup_size(64)
 fn cls_select_backward(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let e = flat_workgroup(wg, nwg) * WG + tid;
+    let e = flat_thread(tid, wg, nwg, WG);
     if (e >= P.len) {
         return;
     }

@@ -28,14 +28,10 @@ struct PoolParams {
 @group(0) @binding(5) var<storage, read_write> dy: array<f32>;        // upstream gradient
 @group(0) @binding(6) var<storage, read_write> dx: array<f32>;        // accumulated input gradient
 
-fn flat_index(tid: u32, wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (wg.x + wg.y * nwg.x) * WG + tid;
-}
-
 // One thread per output element: max over the window (padding never wins), first maximum in scan order.
 @compute @workgroup_size(256)
 fn maxpool_forward(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let o = flat_index(tid, wg, nwg);
+    let o = flat_thread(tid, wg, nwg, WG);
     if (o >= P.planes * P.oh * P.ow) {
         return;
     }
@@ -68,7 +64,7 @@ fn maxpool_forward(@builtin(local_invocation_index) tid: u32, @builtin(workgroup
 // Indices outside the plane match no pixel (ignored).
 @compute @workgroup_size(256)
 fn maxpool_backward(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(tid, wg, nwg);
+    let i = flat_thread(tid, wg, nwg, WG);
     if (i >= P.planes * P.h * P.w) {
         return;
     }
@@ -98,7 +94,7 @@ fn maxpool_backward(@builtin(local_invocation_index) tid: u32, @builtin(workgrou
 // One thread per (n, c) plane: out = Σ_HW x / HW.
 @compute @workgroup_size(256)
 fn avgpool_forward(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let p = flat_index(tid, wg, nwg);
+    let p = flat_thread(tid, wg, nwg, WG);
     if (p >= P.planes) {
         return;
     }
@@ -112,7 +108,7 @@ fn avgpool_forward(@builtin(local_invocation_index) tid: u32, @builtin(workgroup
 // One thread per input element: dx += dout[plane] / HW.
 @compute @workgroup_size(256)
 fn avgpool_backward(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(tid, wg, nwg);
+    let i = flat_thread(tid, wg, nwg, WG);
     if (i >= P.planes * P.hw) {
         return;
     }

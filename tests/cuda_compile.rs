@@ -1,5 +1,6 @@
-//! Compiles every CUDA kernel of `kernels/` without a GPU: NVRTC to PTX for sm_80 and sm_90, then `ptxas -v` on the
-//! PTX, failing on any compiler error and on any register spill, and printing registers and spills per kernel.
+//! Compiles every CUDA kernel of `kernels/` without a GPU: NVRTC to PTX for sm_80 and sm_90 (each family's source as
+//! the crate embeds it, `kernels/common.cuh` first), then `ptxas -v` on the PTX, failing on any compiler error and on
+//! any register spill, and printing registers and spills per kernel.
 //!
 //! Needs libnvrtc on the loader path and a ptxas (`MOCO_PTXAS`, `PATH`, or the `nvidia-cuda-nvcc-cu12` wheel);
 //! `eval "$(scripts/install_cuda_wheels.sh)"` provides both. Without them the test prints why and passes, unless
@@ -107,17 +108,38 @@ fn parse_ptxas(log: &str) -> Vec<Usage> {
     out
 }
 
+/// The lines of a CUDA or WGSL text that are code (comments and blank lines left out; the preludes have no block
+/// comments).
+fn code_lines(src: &str) -> impl Iterator<Item = &str> {
+    src.lines().map(|l| l.split("//").next().unwrap_or("").trim()).filter(|l| !l.is_empty())
+}
+
 #[test]
 fn every_kernel_file_is_embedded() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |path: &str| std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
     let on_disk: BTreeSet<String> = kernel_files().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     let embedded: BTreeSet<String> = moco::ops::KERNELS.iter().map(|f| f.cuda_file.to_string()).collect();
     assert_eq!(on_disk, embedded, "kernels/ and the families of moco::ops::KERNELS disagree");
+    let (cuda_prelude, wgsl_prelude) = (read("kernels/common.cuh"), read("shaders/common.wgsl"));
+    assert_eq!(cuda_prelude, moco::ops::kernel_family::CUDA_PRELUDE, "kernels/common.cuh: embedded prelude differs from the file");
+    assert_eq!(wgsl_prelude, moco::ops::kernel_family::WGSL_PRELUDE, "shaders/common.wgsl: embedded prelude differs from the file");
+    // NVRTC gets one string (no include paths: the crate may run where kernels/ is not), and the prelude comes before
+    // the family's own macros: device functions only
+    for l in code_lines(&cuda_prelude) {
+        assert!(!l.starts_with('#') || l.starts_with("#pragma"), "kernels/common.cuh: `{l}`: no preprocessor directives but #pragma in the prelude");
+        assert!(!l.contains("__global__"), "kernels/common.cuh: `{l}`: no kernels in the prelude (every family would list them)");
+    }
+    assert!(!code_lines(&wgsl_prelude).any(|l| l.starts_with('@')), "shaders/common.wgsl: no entry points or bindings in the prelude");
     for family in moco::ops::KERNELS {
         let file = family.cuda_file;
         assert_eq!(file, format!("{}.cu", family.name), "family {}: its CUDA file is named after it", family.name);
-        let disk = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels").join(file)).unwrap();
-        assert_eq!(disk, family.cuda, "{file}: embedded source differs from the file");
-        assert!(!family.cuda.lines().any(|l| l.trim_start().starts_with("#include")), "{file}: kernels must be header-free for NVRTC");
+        let disk = read(&format!("kernels/{file}"));
+        assert_eq!(family.cuda, format!("#line 1 \"common.cuh\"\n{cuda_prelude}\n#line 1 \"{file}\"\n{disk}"), "{file}: embedded source differs from the prelude and the file");
+        assert!(!disk.lines().any(|l| l.trim_start().starts_with("#include")), "{file}: kernels must be header-free for NVRTC");
+        assert_eq!(family.wgsl_file, format!("{}.wgsl", family.name), "family {}: its WGSL file is named after it", family.name);
+        let disk = read(&format!("shaders/{}", family.wgsl_file));
+        assert_eq!(family.wgsl, format!("{disk}\n{wgsl_prelude}"), "{}: embedded source differs from the file and the prelude", family.wgsl_file);
     }
 }
 
@@ -138,12 +160,12 @@ fn kernels_compile_with_nvrtc_and_ptxas() {
     let entry_points: Vec<(&str, Vec<String>)> = moco::ops::KERNELS.iter().map(|f| (f.cuda_file, f.cuda_entry_points().into_iter().map(|k| k.to_string()).collect())).collect();
     let mut failures = Vec::new();
     let mut table = Vec::new();
-    for path in kernel_files() {
-        let file = path.file_name().unwrap().to_string_lossy().into_owned();
-        let src = std::fs::read_to_string(&path).unwrap();
+    for family in moco::ops::KERNELS {
+        let file = family.cuda_file.to_string();
+        let src = family.cuda;
         for &arch in ARCHS {
             let opts = cudarc::nvrtc::CompileOptions { arch: Some(arch), name: Some(file.clone()), ..Default::default() };
-            let ptx = match cudarc::nvrtc::compile_ptx_with_opts(&src, opts) {
+            let ptx = match cudarc::nvrtc::compile_ptx_with_opts(src, opts) {
                 Ok(p) => p.to_src(),
                 Err(cudarc::nvrtc::CompileError::CompileError { log, .. }) => {
                     failures.push(format!("NVRTC {file} {arch}:\n{}", log.to_string_lossy()));

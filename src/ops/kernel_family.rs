@@ -1,5 +1,19 @@
 //! One kernel family's sources: `kernels/<family>.cu` (CUDA C, compiled by NVRTC at run time) and
-//! `shaders/<family>.wgsl` (validated by naga at build time), embedded by [`kernel_family!`] from the family's name.
+//! `shaders/<family>.wgsl` (validated by naga at build time), embedded by [`kernel_family!`] from the family's name,
+//! each joined to its language's prelude of shared helpers, `kernels/common.cuh` and `shaders/common.wgsl`.
+//!
+//! One mechanism for every compiler: the prelude's text and the family's text make one source. CUDA needs the
+//! helpers declared first, so [`KernelFamily::cuda`] is the prelude, then `#line 1 "<family>.cu"` and the family's
+//! file: NVRTC's messages name `common.cuh` or the family's file with their own line numbers (the CUDA emulation in
+//! `tests/cuda_emu` includes `common.cuh` before the family's file, the same text). WGSL declarations may come in any
+//! order and WGSL has no `#line`, so [`KernelFamily::wgsl`] is the family's file first, its lines numbered as in the
+//! file, then the prelude (build.rs validates the prelude alone too, so an error in it names `shaders/common.wgsl`).
+
+/// `kernels/common.cuh`: the device helpers (grid indexing, block reductions) every CUDA source starts with.
+pub const CUDA_PRELUDE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/common.cuh"));
+/// `shaders/common.wgsl`: the helpers (grid indexing, workgroup reductions and their scratch) every WGSL source
+/// ends with.
+pub const WGSL_PRELUDE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl"));
 
 /// The CUDA C and WGSL sources of one op family.
 #[derive(Clone, Copy, Debug)]
@@ -8,18 +22,19 @@ pub struct KernelFamily {
     pub name: &'static str,
     /// `<name>.cu`: the file NVRTC compiles (its name in compile logs and the module cache).
     pub cuda_file: &'static str,
-    /// The CUDA C source.
+    /// The CUDA C source NVRTC compiles: `#line 1 "common.cuh"`, [`CUDA_PRELUDE`], a newline, `#line 1 "<name>.cu"`,
+    /// then the family's file.
     pub cuda: &'static str,
     /// `<name>.wgsl`.
     pub wgsl_file: &'static str,
-    /// The WGSL source.
+    /// The WGSL source wgpu compiles: the family's file, a newline, then [`WGSL_PRELUDE`].
     pub wgsl: &'static str,
 }
 
 impl KernelFamily {
     /// The `extern "C" __global__` kernels of the CUDA source, by name, in source order; a kernel a macro stamps
     /// per suffix (`name_##SUFFIX` in `#define M(SUFFIX, ...)`) is listed once per use of the macro (`M(f32, ...)`).
-    /// Comments are skipped.
+    /// Comments are skipped; the prelude has no kernels.
     pub fn cuda_entry_points(&self) -> Vec<String> {
         // comments out (a `__global__` in a comment is no kernel), line continuations joined
         let mut code = String::with_capacity(self.cuda.len());
@@ -65,15 +80,27 @@ impl KernelFamily {
     }
 }
 
-/// The sources of family `$name` (`kernels/$name.cu`, `shaders/$name.wgsl`).
+/// The sources of family `$name` (`kernels/$name.cu`, `shaders/$name.wgsl`), each joined to its prelude (see the
+/// module documentation; `tests/cuda_compile.rs` checks the texts against the files).
 macro_rules! kernel_family {
     ($name:literal) => {
         $crate::ops::kernel_family::KernelFamily {
             name: $name,
             cuda_file: concat!($name, ".cu"),
-            cuda: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/", $name, ".cu")),
+            cuda: concat!(
+                "#line 1 \"common.cuh\"\n",
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/common.cuh")),
+                "\n#line 1 \"",
+                $name,
+                ".cu\"\n",
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/", $name, ".cu"))
+            ),
             wgsl_file: concat!($name, ".wgsl"),
-            wgsl: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl")),
+            wgsl: concat!(
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl")),
+                "\n",
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl"))
+            ),
         }
     };
 }

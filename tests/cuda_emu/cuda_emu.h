@@ -627,26 +627,19 @@ struct Reader {
     void need(size_t n) {
         if (data.size() - pos < n) fail("truncated launch request");
     }
-    uint32_t u32() {
-        need(4);
-        uint32_t v;
-        memcpy(&v, &data[pos], 4);
-        pos += 4;
-        return v;
-    }
-    uint64_t u64() {
-        need(8);
-        uint64_t v;
-        memcpy(&v, &data[pos], 8);
-        pos += 8;
-        return v;
-    }
     const unsigned char* bytes(size_t n) {
         need(n);
         const unsigned char* p = &data[pos];
         pos += n;
         return p;
     }
+    template <typename T> T value() {
+        T v;
+        memcpy(&v, bytes(sizeof v), sizeof v);
+        return v;
+    }
+    uint32_t u32() { return value<uint32_t>(); }
+    uint64_t u64() { return value<uint64_t>(); }
 };
 
 inline std::vector<unsigned char> read_file(const char* path) {

@@ -5,6 +5,6 @@
 
 // y[i] = moco_erf(x[i]) for i < len, one thread per element (the launches of eltwise.cu: EltwiseParams::launch).
 extern "C" __global__ void __launch_bounds__(256) erf_probe(EltwiseParams P, float* __restrict__ y, const float* __restrict__ x) {
-    const unsigned int i = flat_index();
+    const unsigned int i = flat_thread(WG);
     if (i < P.len) y[i] = moco_erf(x[i]);
 }

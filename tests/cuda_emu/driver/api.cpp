@@ -41,9 +41,11 @@ CUresult enter(const char* fn, bool need_context) {
     return CUDA_SUCCESS;
 }
 
-#define ENTER(need_context)                                  \
+// The start of entry point `fn` (ENTER: the function it stands in): the driver's lock, then enter's checks.
+#define ENTER_AS(fn, need_context)                           \
     Lock lock_(state().mu);                                  \
-    if (CUresult e_ = enter(__func__, need_context)) return e_
+    if (CUresult e_ = enter(fn, need_context)) return e_
+#define ENTER(need_context) ENTER_AS(__func__, need_context)
 
 std::string hex(unsigned long long v) {
     char b[32];
@@ -564,40 +566,35 @@ EMU_API cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream strea
     return memcpy_unified(dst, src, n, s, false, __func__);
 }
 
+// cuMemsetD8/16/32_v2 (on the legacy stream) and cuMemsetD8/16/32Async: n elements of `elem` bytes set to v.
+static CUresult memset_entry(const char* fn, CUdeviceptr dst, uint32_t v, unsigned int elem, size_t n, CUstream stream) {
+    ENTER_AS(fn, true);
+    STREAM_OR_RETURN(s, stream);
+    return memset_op(dst, v, elem, n, s, fn);
+}
+
 EMU_API cuMemsetD8_v2(CUdeviceptr dst, unsigned char v, size_t n) {
-    ENTER(true);
-    STREAM_OR_RETURN(s, nullptr);
-    return memset_op(dst, v, 1, n, s, __func__);
+    return memset_entry(__func__, dst, v, 1, n, nullptr);
 }
 
 EMU_API cuMemsetD16_v2(CUdeviceptr dst, unsigned short v, size_t n) {
-    ENTER(true);
-    STREAM_OR_RETURN(s, nullptr);
-    return memset_op(dst, v, 2, n, s, __func__);
+    return memset_entry(__func__, dst, v, 2, n, nullptr);
 }
 
 EMU_API cuMemsetD32_v2(CUdeviceptr dst, unsigned int v, size_t n) {
-    ENTER(true);
-    STREAM_OR_RETURN(s, nullptr);
-    return memset_op(dst, v, 4, n, s, __func__);
+    return memset_entry(__func__, dst, v, 4, n, nullptr);
 }
 
 EMU_API cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, CUstream stream) {
-    ENTER(true);
-    STREAM_OR_RETURN(s, stream);
-    return memset_op(dst, v, 1, n, s, __func__);
+    return memset_entry(__func__, dst, v, 1, n, stream);
 }
 
 EMU_API cuMemsetD16Async(CUdeviceptr dst, unsigned short v, size_t n, CUstream stream) {
-    ENTER(true);
-    STREAM_OR_RETURN(s, stream);
-    return memset_op(dst, v, 2, n, s, __func__);
+    return memset_entry(__func__, dst, v, 2, n, stream);
 }
 
 EMU_API cuMemsetD32Async(CUdeviceptr dst, unsigned int v, size_t n, CUstream stream) {
-    ENTER(true);
-    STREAM_OR_RETURN(s, stream);
-    return memset_op(dst, v, 4, n, s, __func__);
+    return memset_entry(__func__, dst, v, 4, n, stream);
 }
 
 // ---- streams and events -----------------------------------------------------------------------------------------

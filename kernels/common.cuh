@@ -1,0 +1,78 @@
+// The device helpers of more than one family: grid indexing and block reductions. Compiled in front of every
+// kernels/<family>.cu: KernelFamily::cuda (src/ops/kernel_family.rs) is this file, `#line 1 "<family>.cu"`, then the
+// family's file, which NVRTC compiles as one source (compile errors name common.cuh or the family's file, with their
+// own line numbers); the CUDA emulation (tests/cuda_emu) includes this file before the family's. Mirrors
+// shaders/common.wgsl: same helper names.
+//
+// Device functions only: no kernels (`__global__`), no #include, no #define (a family's macros, WG among them, come
+// after this file, so every size here is a parameter).
+
+// This block's index in a 2-D grid (x <= 65535), flattened as blockIdx.x + blockIdx.y * gridDim.x.
+__device__ __forceinline__ unsigned int flat_block() {
+    return blockIdx.x + blockIdx.y * gridDim.x;
+}
+
+// This thread's element in a 2-D grid of `block`-thread blocks: flat_block() * block + threadIdx.x.
+__device__ __forceinline__ unsigned int flat_thread(unsigned int block) {
+    return flat_block() * block + threadIdx.x;
+}
+
+// ---- shared-memory tree reductions (the order of the WGSL's workgroup trees) ------------------------------------
+
+struct SumOp {
+    template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
+    __device__ __forceinline__ float2 operator()(float2 a, float2 b) const { return make_float2(a.x + b.x, a.y + b.y); }
+};
+
+// fmaxf: a NaN operand is ignored, as f32::max on the CPU.
+struct MaxOp {
+    __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+// `op` over the n threads of the block (n a power of two, every thread calls it), returned to every thread: a
+// shared-memory tree, red[t] = op(red[t], red[t + s]) for s = n/2, n/4, ..., 1. `red` holds n values; the trailing
+// barrier lets the caller reuse it.
+template <typename T, typename Op> __device__ __forceinline__ T tree_reduce(T v, T* red, unsigned int n, Op op) {
+    const unsigned int tid = threadIdx.x;
+    red[tid] = v;
+    __syncthreads();
+    for (unsigned int s = n >> 1; s > 0u; s >>= 1) {
+        if (tid < s) red[tid] = op(red[tid], red[tid + s]);
+        __syncthreads();
+    }
+    const T r = red[0];
+    __syncthreads();
+    return r;
+}
+
+template <typename T> __device__ __forceinline__ T tree_sum(T v, T* red, unsigned int n) {
+    return tree_reduce(v, red, n, SumOp());
+}
+
+__device__ __forceinline__ float tree_max(float v, float* red, unsigned int n) {
+    return tree_reduce(v, red, n, MaxOp());
+}
+
+// ---- warp-shuffle reductions (CUDA only: the WGSL has no subgroup operations and sums with trees) -----------------
+
+// Sum over the 32 lanes of the warp, returned to every lane (xor butterfly).
+template <typename T> __device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Sum of `v` over the n threads of the block (n a multiple of 32, every thread calls it), returned to every thread:
+// warp sums, then the n/32 warp sums in warp order. `scratch` holds n/32 values; the leading barrier lets the caller
+// reuse it right after a previous call.
+template <unsigned int N, typename T> __device__ __forceinline__ T block_sum(T v, T* scratch) {
+    const unsigned int tid = threadIdx.x;
+    v = warp_sum(v);
+    __syncthreads(); // scratch may still be read from a previous call
+    if ((tid & 31u) == 0u) scratch[tid >> 5] = v;
+    __syncthreads();
+    T total = 0;
+#pragma unroll
+    for (unsigned int w = 0; w < N / 32u; ++w) total += scratch[w];
+    return total;
+}
