@@ -74,6 +74,7 @@ timeout 150 python3 scripts/bench_pytorch.py --device cuda --only mocov3_vit --i
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 timeout 120 python3 scripts/bench_pytorch.py --device cuda --only moco_v2_step --moco-batch 64,256 2>&1 | tee "$OUT/torch_step.jsonl"
 echo "moco CUDA engine:"; grep -h '"moco_cuda_engine_v2_step' "$OUT/cuda_step.txt" || true
+echo "moco CUDA ViT engine:"; grep -h '"moco_cuda_engine_v3_vit_step' "$OUT/cuda_vit_step.txt" || true
 echo "PyTorch + cuDNN:";  grep -h '"moco_v2_step' "$OUT/torch_step.jsonl" || true
 
 step "End-to-end MoCo v2 training step (wgpu engine on the GPU's Vulkan driver; skipped without one)"

@@ -88,11 +88,12 @@ fn embeddings_agree(c: &mut CpuEngine, g: &mut CudaEngine, x: &[f32], n: usize, 
     }
 }
 
-/// Milliseconds of `iters` timed calls of `step` (which returns the step's loss, asserted finite) alternating over
-/// the batches of `data`, after one untimed warm-up call per batch (module loads, first-step momentum init); sorted,
-/// fastest first.
-fn step_times_ms(data: &[(Vec<f32>, Vec<f32>)], iters: usize, mut step: impl FnMut(&[f32], &[f32]) -> moco::Result<f32>) -> Vec<f64> {
-    for (xq, xk) in data {
+/// Times 10 calls of `step` (which returns the step's loss, asserted finite) alternating over two batches of `cfg`,
+/// after one untimed warm-up call per batch (module loads, first-step momentum init), and prints the median and the
+/// fastest as a JSON line named `name`. The step returns after its stats readback, so a call is a whole step.
+fn print_step_times(name: &str, cfg: &TrainConfig, device: &str, mut step: impl FnMut(&[f32], &[f32]) -> moco::Result<f32>) {
+    let (data, iters) = (batches(cfg, 2), 10);
+    for (xq, xk) in &data {
         step(xq, xk).unwrap();
     }
     let mut times = Vec::with_capacity(iters);
@@ -104,7 +105,7 @@ fn step_times_ms(data: &[(Vec<f32>, Vec<f32>)], iters: usize, mut step: impl FnM
         assert!(loss.is_finite(), "step {i}: loss {loss}");
     }
     times.sort_by(f64::total_cmp);
-    times
+    println!("{{\"name\": \"{name}\", \"median_ms\": {:.3}, \"min_ms\": {:.3}, \"iters\": {iters}, \"device\": \"{device}\"}}", times[iters / 2], times[0]);
 }
 
 #[test]
@@ -112,12 +113,8 @@ fn cuda_moco_v2_step_time() {
     let Some(cuda) = gpu("cuda_moco_v2_step_time") else { return };
     for n in [64, 256] {
         let cfg = v2(n);
-        let data = batches(&cfg, 2);
         let mut e = CudaEngine::new(&cuda, &cfg).unwrap();
-        let iters = 10;
-        // the step returns after the stats readback: the step is done
-        let times = step_times_ms(&data, iters, |xq, xk| e.step(xq, xk, cfg.lr).map(|s| s.loss));
-        println!("{{\"name\": \"moco_cuda_engine_v2_step_b{n}_k4096\", \"median_ms\": {:.3}, \"min_ms\": {:.3}, \"iters\": {iters}, \"device\": \"{}\"}}", times[iters / 2], times[0], cuda.name());
+        print_step_times(&format!("moco_cuda_engine_v2_step_b{n}_k4096"), &cfg, &cuda.name(), |xq, xk| e.step(xq, xk, cfg.lr).map(|s| s.loss));
     }
 }
 
@@ -151,10 +148,8 @@ fn cuda_mocov3_vit_step_time() {
     let Some(cuda) = gpu("cuda_mocov3_vit_step_time") else { return };
     for n in [64, 256] {
         let cfg = v3_vit(n);
-        let data = batches(&cfg, 2);
         let mut e = moco::train::CudaVitEngine::new(&cuda, &cfg).unwrap();
-        let times = step_times_ms(&data, 10, |xq, xk| e.step_with(xq, xk, cfg.lr, 0.99).map(|s| s.loss));
-        eprintln!("CUDA MoCo v3 ViT step, batch {n}: median {:.2} ms (min {:.2})", times[times.len() / 2], times[0]);
+        print_step_times(&format!("moco_cuda_engine_v3_vit_step_b{n}"), &cfg, &cuda.name(), |xq, xk| e.step_with(xq, xk, cfg.lr, 0.99).map(|s| s.loss));
     }
 }
 

@@ -139,7 +139,7 @@ fn non_finite_loss_changes_nothing() {
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>(); // NaN != NaN: compare bits
     assert!(bits(&after.q_params) == bits(&s.q_params) && after.opt_state == s.opt_state && after.queue == s.queue && after.queue_ptr == s.queue_ptr);
 
-    let (tr, te) = data(&cfg);
+    let (tr, te) = synthetic_sets(&cfg, 5);
     let d = tmp("nan");
     std::fs::create_dir_all(&d).unwrap();
     let ck = d.join("checkpoint.safetensors");
@@ -223,17 +223,13 @@ fn optimizer_state_in_checkpoints_and_version_1_files() {
     let _ = std::fs::remove_dir_all(d);
 }
 
-fn data(cfg: &TrainConfig) -> (Arc<moco::data::Dataset>, Arc<moco::data::Dataset>) {
-    synthetic_sets(cfg, 5)
-}
-
 #[test]
 fn interrupted_and_resumed_run_is_bit_identical_on_cpu() {
     let cfg = small();
     // uninterrupted: 2 epochs of 4 steps; interrupted after 3 steps (mid-epoch), then resumed in a fresh engine
     let (d1, d2) = (tmp("full"), tmp("resumed"));
     let full = RunOptions { out_dir: d1.clone(), no_knn: true, ..RunOptions::default() };
-    let (_, s3) = assert_resume_is_bit_identical(&cfg, || CpuEngine::new(&cfg).unwrap(), &data(&cfg), AugmentConfig::v1(32).into(), &full, &d2, 3, 8);
+    let (_, s3) = assert_resume_is_bit_identical(&cfg, || CpuEngine::new(&cfg).unwrap(), &synthetic_sets(&cfg, 5), AugmentConfig::v1(32).into(), &full, &d2, 3, 8);
     // where it resumed (the run prints this line with `verbose`)
     assert_eq!(s3.resumed_from, Some(train::run_checkpoint::Progress { epoch: 0, step: 3, global_step: 3 }));
     // metrics of the resumed run: one record per step, no duplicates
@@ -248,7 +244,7 @@ fn interrupted_and_resumed_run_is_bit_identical_on_cpu() {
 #[test]
 fn bad_checkpoints_and_configs_are_errors() {
     let cfg = small();
-    let (tr, te) = data(&cfg);
+    let (tr, te) = synthetic_sets(&cfg, 5);
     let aug = AugmentConfig::v1(32);
     let d = tmp("bad");
     let mut e = CpuEngine::new(&cfg).unwrap();

@@ -11,7 +11,6 @@ use moco::train::{self, CpuEngine, CpuVitEngine, Engine, MocoEngine, ModelKind, 
 use moco::Error;
 use safetensors::SafeTensors;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("moco-v3-{name}-{}", std::process::id()));
@@ -83,16 +82,12 @@ fn tiny_vit() -> TrainConfig {
     c
 }
 
-fn data(cfg: &TrainConfig) -> (Arc<moco::data::Dataset>, Arc<moco::data::Dataset>) {
-    synthetic_sets(cfg, 3)
-}
-
 #[test]
 fn interrupted_and_resumed_v3_run_is_bit_identical_on_cpu() {
     let cfg = tiny_vit();
     let (d1, d2) = (tmp("full"), tmp("resumed"));
     let full = RunOptions { out_dir: d1.clone(), ..RunOptions::default() };
-    let (s1, _) = assert_resume_is_bit_identical(&cfg, || CpuVitEngine::new(&cfg).unwrap(), &data(&cfg), cfg.views(), &full, &d2, 3, 8);
+    let (s1, _) = assert_resume_is_bit_identical(&cfg, || CpuVitEngine::new(&cfg).unwrap(), &synthetic_sets(&cfg, 3), cfg.views(), &full, &d2, 3, 8);
     assert!(s1.losses.iter().all(|l| l.is_finite()));
     assert_eq!(s1.knn.len(), 3, "kNN at the random init and after each epoch");
     // the checkpoint holds the predictor and AdamW's two moments for both networks
@@ -110,7 +105,7 @@ fn interrupted_and_resumed_v3_run_is_bit_identical_on_cpu() {
 fn v3_on_a_resnet_with_lars_trains() {
     let mut cfg = TrainConfig::v3(ModelKind::ResNet18);
     (cfg.mlp_dim, cfg.dim, cfg.batch_size, cfg.image_size, cfg.epochs, cfg.warmup_epochs, cfg.knn_k) = (64, 32, 8, 8, 1, 0, 10);
-    let (tr, te) = data(&cfg);
+    let (tr, te) = synthetic_sets(&cfg, 3);
     let mut e = CpuEngine::new(&cfg).unwrap();
     let names: Vec<&str> = e.layouts().params.tensors.iter().map(|t| t.name.as_str()).filter(|n| n.starts_with("fc.")).collect();
     assert_eq!(names, ["fc.0.weight", "fc.1.weight", "fc.1.bias", "fc.3.weight"], "MoCo_ResNet's projector");

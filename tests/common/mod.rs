@@ -423,3 +423,22 @@ impl<D: moco::ops::infonce::Infonce> InfoNceInputs<D> {
         (stats, host(dev, &dq), host(dev, &rl))
     }
 }
+
+/// Checks an enqueue into a `[K, C]` ring at `ptr` of `N` keys: the `N` rows from `ptr` (wrapping) hold `want` (the
+/// f64 reference) within `rtol` (the queue's storage type rounds the keys), every other element keeps its bits from
+/// `before`.
+#[allow(dead_code, clippy::too_many_arguments)]
+pub fn assert_enqueued(what: &str, got: &[f32], before: &[f32], want: &[f64], (n, c, k, ptr): (usize, usize, usize, usize), rtol: f64) {
+    for row in 0..k {
+        let written = (row + k - ptr) % k < n;
+        for ch in 0..c {
+            let i = row * c + ch;
+            if written {
+                let err = (got[i] as f64 - want[i]).abs();
+                assert!(err <= 1e-6 + rtol * want[i].abs(), "{what}: element {i}: got {}, want {}", got[i], want[i]);
+            } else {
+                assert_eq!(got[i].to_bits(), before[i].to_bits(), "{what}: untouched element {i} changed");
+            }
+        }
+    }
+}

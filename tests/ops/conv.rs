@@ -492,3 +492,40 @@ fn layers_on_views<D: Conv + BatchNorm + Pool + Linear>(dev: &mut D) {
 }
 
 device_test!(layers_on_views_into_one_allocation, layers_on_views);
+
+/// Regression: the first call with a shape measures the algorithms on the caller's buffers, and used to leave the
+/// LAST trial's result there (which rounds differently from the chosen algorithm's), so a run that measured in its
+/// first step and one that restored the choices from a checkpoint diverged: the CPU resume was not bit-identical
+/// whenever the host's load made the last-tried algorithm lose. The measured call must compute exactly what the
+/// chosen algorithm computes.
+#[test]
+fn measured_conv_call_returns_the_chosen_algorithms_result() {
+    // a shape no other test uses (the choices are process-wide), where Winograd applies and the measured choice runs
+    let s = Conv2dShape::new(2, 17, 9, 9, 19, 3, 3, 1, 1).unwrap();
+    let mut g = rng(31);
+    let (x, w, dy) = (uniform(&mut g, s.inp_len()), uniform(&mut g, s.weight_len()), uniform(&mut g, s.out_len()));
+    let chosen = |pass: moco::ops::conv::ConvPass| moco::ops::conv::conv_algo_choices().into_iter().find(|c| c.0 == s && c.1 == pass).map(|c| c.3).expect("a measured choice");
+    let mut scratch = Vec::new();
+    for (forward, no_grad) in [(true, false), (true, true), (false, false)] {
+        if forward {
+            let (mut measured, mut again) = (vec![f32::NAN; s.out_len()], vec![f32::NAN; s.out_len()]);
+            let pass = if no_grad { moco::ops::conv::ConvPass::ForwardNoGrad } else { moco::ops::conv::ConvPass::Forward };
+            if no_grad {
+                cpu::conv2d_forward_no_grad(&mut measured, &mut scratch, &x, &w, &s).unwrap();
+            } else {
+                cpu::conv2d_forward(&mut measured, &mut scratch, &x, &w, &s).unwrap();
+            }
+            cpu::conv2d_forward_with(&mut again, &mut scratch, &x, &w, chosen(pass), &s).unwrap();
+            assert!(measured.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()), "{pass:?}: the measured call's output is not the chosen {:?}'s", chosen(pass));
+        } else {
+            // backward accumulates: start both from the same nonzero gradients
+            let (dx0, dw0) = (uniform(&mut g, s.inp_len()), uniform(&mut g, s.weight_len()));
+            let (mut dx, mut dw, mut dx2, mut dw2) = (dx0.clone(), dw0.clone(), dx0.clone(), dw0);
+            cpu::conv2d_backward(Some(&mut dx), &mut dw, &mut scratch, &dy, &x, &w, &s).unwrap();
+            let algo = chosen(moco::ops::conv::ConvPass::BackwardData);
+            cpu::conv2d_backward_with(Some(&mut dx2), &mut dw2, &mut scratch, &dy, &x, &w, algo, &s).unwrap();
+            assert!(dx.iter().zip(&dx2).all(|(a, b)| a.to_bits() == b.to_bits()), "backward: dinp is not the chosen {algo:?}'s");
+            assert!(dw.iter().zip(&dw2).all(|(a, b)| a.to_bits() == b.to_bits()), "backward: dweight is not the chosen {algo:?}'s");
+        }
+    }
+}

@@ -103,18 +103,7 @@ fn fixed_shapes_match<D: KeyQueue>(dev: &mut D) {
                 QueueDType::F16 => 1e-3,
                 QueueDType::BF16 => 8e-3,
             };
-            let written: Vec<bool> = (0..kk).map(|row| (row + kk - ptr) % kk < n).collect();
-            for (row, &w) in written.iter().enumerate() {
-                for ch in 0..c {
-                    let i = row * c + ch;
-                    if w {
-                        let err = (got[i] as f64 - want[i]).abs();
-                        assert!(err <= 1e-6 + rtol * want[i].abs(), "{what}: element {i}: got {}, want {}", got[i], want[i]);
-                    } else {
-                        assert_eq!(got[i].to_bits(), before[i].to_bits(), "{what}: untouched element {i} changed");
-                    }
-                }
-            }
+            assert_enqueued(&what, &got, &before, &want, (n, c, kk, ptr), rtol);
         }
     }
 }

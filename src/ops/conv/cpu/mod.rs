@@ -290,10 +290,12 @@ fn forward_measured(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weight
     let algo = match forced().or_else(|| chosen(key)) {
         Some(a) => a,
         None => {
-            // `out` ends up holding the last trial's result, which is as valid as the others
             let candidates: &[ConvAlgo] = if pass == Pass::ForwardNoGrad { &ALL_CANDIDATES } else { &FORWARD_CANDIDATES };
-            remember(key, faster(candidates, |a| forward_algo(out, scratch, inp, weight, &s, a)));
-            return Ok(());
+            let algo = faster(candidates, |a| forward_algo(out, scratch, inp, weight, &s, a));
+            remember(key, algo);
+            // the result is the chosen algorithm's, never the last trial's: the algorithms round differently, and a
+            // run must compute the same whether this call measured or not (bit-identical resume)
+            algo
         }
     };
     forward_algo(out, scratch, inp, weight, &s, algo);
@@ -375,15 +377,16 @@ pub fn conv2d_backward(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &
         None => {
             // one-time snapshot so that every trial run accumulates onto the caller's gradients
             let (dx0, dw0) = (dx.to_vec(), dweight.to_vec());
-            remember(
-                key,
-                faster(&ALL_CANDIDATES, |a| {
-                    dx.copy_from_slice(&dx0);
-                    dweight.copy_from_slice(&dw0);
-                    backward_algo(&mut *dx, &mut *dweight, scratch, dout, inp, weight, &s, a);
-                }),
-            );
-            return Ok(());
+            let algo = faster(&ALL_CANDIDATES, |a| {
+                dx.copy_from_slice(&dx0);
+                dweight.copy_from_slice(&dw0);
+                backward_algo(&mut *dx, &mut *dweight, scratch, dout, inp, weight, &s, a);
+            });
+            remember(key, algo);
+            // as in the forward pass: the chosen algorithm's result, accumulated onto the caller's gradients
+            dx.copy_from_slice(&dx0);
+            dweight.copy_from_slice(&dw0);
+            algo
         }
     };
     backward_algo(dx, dweight, scratch, dout, inp, weight, &s, algo);

@@ -321,8 +321,7 @@ pub(crate) fn winograd_3x3(out: &mut [f32], accumulate: bool, scratch: &mut Vec<
         for (xb, yb) in x.chunks(bl * in_img).zip(y.chunks_mut(bl * out_img)) {
             let nb = xb.len() / in_img;
             // one band of tile rows per block in the image order (its blocks hold whole images)
-            for ty0 in (0..th).step_by(rows_per) {
-                let ty1 = (ty0 + rows_per).min(th);
+            for (ty0, ty1) in bands(th, rows_per) {
                 // tiles per image in this block, and in all
                 let tpb = (ty1 - ty0) * tw;
                 let nt = nb * tpb;
@@ -661,8 +660,7 @@ pub(crate) fn winograd_3x3_dweight(dweight: &mut [f32], scratch: &mut Vec<f32>, 
         let mut first = true;
         for (xb, dyb) in x.chunks(bl * in_img).zip(dy.chunks(bl * out_img)) {
             let nb = xb.len() / in_img;
-            for ty0 in (0..th).step_by(rows_per) {
-                let ty1 = (ty0 + rows_per).min(th);
+            for (ty0, ty1) in bands(th, rows_per) {
                 let tpb = (ty1 - ty0) * tw;
                 let nt = nb * tpb;
                 // v: Bᵀ d B of the input tiles (as in forward); dm [16, C_out, ld]: A dy Aᵀ, A = [[1,0],[1,1],[1,-1],[0,-1]]
@@ -778,4 +776,9 @@ fn grad_tiles(dm: &mut [f32], at: usize, xs: usize, dyp: &[f32], tmp: &mut [f32]
             }
         }
     }
+}
+
+/// The bands of `rows` tile rows (the last one shorter) that `th` tile rows split into: `(first, end)`.
+pub(super) fn bands(th: usize, rows: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..th).step_by(rows.max(1)).map(move |ty0| (ty0, (ty0 + rows).min(th)))
 }

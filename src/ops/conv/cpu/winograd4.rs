@@ -13,7 +13,7 @@
 //! reference. The measured per-shape choice tries it for the backward pass and for forward passes without
 //! gradients (see [`super`]).
 
-use super::winograd::{add, arr, env_tiles, gather_filters, load, reduce_dweight, store, sub, transpose_in, transpose_out, Filter, Lanes, WinoShape, L};
+use super::winograd::{add, arr, bands, env_tiles, gather_filters, load, reduce_dweight, store, sub, transpose_in, transpose_out, Filter, Lanes, WinoShape, L};
 use super::tasks::batch_split;
 use crate::device::vector::vectorized;
 use crate::ops::linear::gemm::gemm_strided;
@@ -139,8 +139,7 @@ pub(crate) fn winograd4_3x3(out: &mut [f32], accumulate: bool, scratch: &mut Vec
         let (v, m) = rest.split_at_mut(36 * s.c_in * ld);
         for (xb, yb) in x.chunks(bl * in_img).zip(y.chunks_mut(bl * out_img)) {
             let nb = xb.len() / in_img;
-            for ty0 in (0..th).step_by(rows) {
-                let band = (ty0, (ty0 + rows).min(th));
+            for band in bands(th, rows) {
                 input_tiles(v, xt, xb, s, ld, nb, band);
                 // m[ξ] [C_out, nt] = u[ξ] [C_out, C_in] · v[ξ] [C_in, nt]; u[ξ] row co at co*36*C_in + ξ*C_in
                 for xi in 0..36 {
@@ -266,8 +265,7 @@ pub(crate) fn winograd4_3x3_dweight(dweight: &mut [f32], scratch: &mut Vec<f32>,
         let mut first = true;
         for (xb, dyb) in x.chunks(bl * in_img).zip(dy.chunks(bl * out_img)) {
             let nb = xb.len() / in_img;
-            for ty0 in (0..th).step_by(rows) {
-                let band = (ty0, (ty0 + rows).min(th));
+            for band in bands(th, rows) {
                 input_tiles(v, xt, xb, s, ld, nb, band);
                 grad_tiles(dm, yt, dyb, s, ld, nb, band);
                 // du[ξ] [C_out, C_in] (+)= dm[ξ] [C_out, nt] · v[ξ] [C_in, nt]ᵀ
