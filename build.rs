@@ -2,7 +2,7 @@
 //! fails `cargo build` with the shader's own message. The families are the `families!(...)` list of
 //! `src/ops/mod.rs`: each must have `kernels/<family>.cu` and `shaders/<family>.wgsl`, and no other `.cu` or
 //! `.wgsl` file may sit there unlisted but the preludes `kernels/common.cuh` and `shaders/common.wgsl`, the helpers
-//! every family's source is joined to (src/ops/kernel_family.rs). CUDA kernels are compiled at run time by NVRTC
+//! every family's source is joined to (src/device/kernel_family.rs). CUDA kernels are compiled at run time by NVRTC
 //! (for the present device's arch, cached per context) and checked in CI by `tests/cuda_compile.rs`.
 
 use std::path::Path;
@@ -21,7 +21,7 @@ fn main() {
     validate_all(&families);
 }
 
-/// The prelude of each language: the one file of its folder that is no family's (see src/ops/kernel_family.rs).
+/// The prelude of each language: the one file of its folder that is no family's (see src/device/kernel_family.rs).
 const CUDA_PRELUDE: &str = "kernels/common.cuh";
 const WGSL_PRELUDE: &str = "shaders/common.wgsl";
 

@@ -122,8 +122,8 @@ fn every_kernel_file_is_embedded() {
     let embedded: BTreeSet<String> = moco::ops::KERNELS.iter().map(|f| f.cuda_file.to_string()).collect();
     assert_eq!(on_disk, embedded, "kernels/ and the families of moco::ops::KERNELS disagree");
     let (cuda_prelude, wgsl_prelude) = (read("kernels/common.cuh"), read("shaders/common.wgsl"));
-    assert_eq!(cuda_prelude, moco::ops::kernel_family::CUDA_PRELUDE, "kernels/common.cuh: embedded prelude differs from the file");
-    assert_eq!(wgsl_prelude, moco::ops::kernel_family::WGSL_PRELUDE, "shaders/common.wgsl: embedded prelude differs from the file");
+    assert_eq!(cuda_prelude, moco::device::kernel_family::CUDA_PRELUDE, "kernels/common.cuh: embedded prelude differs from the file");
+    assert_eq!(wgsl_prelude, moco::device::kernel_family::WGSL_PRELUDE, "shaders/common.wgsl: embedded prelude differs from the file");
     // NVRTC gets one string (no include paths: the crate may run where kernels/ is not), and the prelude comes before
     // the family's own macros: device functions only
     for l in code_lines(&cuda_prelude) {

@@ -16,6 +16,7 @@
 //! [`GpuSlice`]: wgpu::GpuSlice
 
 pub mod cpu;
+pub mod kernel_family;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod select;
@@ -24,6 +25,7 @@ pub(crate) mod vector;
 pub mod wgpu;
 
 pub use cpu::CpuDevice;
+pub use kernel_family::{Grid, KernelFamily};
 #[cfg(feature = "cuda")]
 pub use cuda::Cuda;
 pub use select::AnyDevice;

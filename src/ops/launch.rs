@@ -1,8 +1,7 @@
 //! Grid helpers shared by the GPU launchers of every family (wgpu and CUDA run the same grids, and the CUDA
 //! emulation test builds its launches with them).
 
-/// A grid `(x, y, z)` in workgroups / blocks.
-pub type Grid = (u32, u32, u32);
+pub use crate::device::Grid;
 
 /// Threads per block of the CUDA launches (and workgroup size of the WGSL kernels) unless a family says otherwise
 /// (`WG` in the kernels).

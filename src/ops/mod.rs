@@ -30,11 +30,10 @@
 
 pub(crate) mod check;
 pub(crate) mod window;
-pub mod kernel_family;
 #[doc(hidden)]
 pub mod launch;
 
-pub use kernel_family::KernelFamily;
+pub use crate::device::KernelFamily;
 
 /// Declares each op family's module and lists its kernels in [`KERNELS`].
 macro_rules! families {
@@ -47,3 +46,42 @@ macro_rules! families {
 }
 
 families!(normalize, infonce, queue, ema, conv, batchnorm, pool, linear, eltwise, layernorm, attention, patch, optim, finite);
+
+#[cfg(feature = "cuda")]
+impl crate::device::Cuda {
+    /// Compiles and loads every kernel family of [`KERNELS`] now instead of on first use (NVRTC takes a second or
+    /// two per family).
+    pub fn warm_up(&self) -> crate::error::Result<()> {
+        for family in KERNELS {
+            crate::device::cuda::module(self.context(), family.cuda_file, family.cuda)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(all(test, feature = "cuda"))]
+mod tests {
+    use super::KERNELS;
+    use crate::device::cuda::{check_nvrtc, compile};
+
+    /// `compile` yields an ELF CUBIN and a PTX with an entry for every `extern "C" __global__` of every family (no
+    /// GPU needed; skipped without NVRTC).
+    #[test]
+    fn compile_yields_cubin_and_ptx() {
+        if check_nvrtc().is_err() {
+            eprintln!("compile_yields_cubin_and_ptx: skipped: no libnvrtc");
+            return;
+        }
+        for family in KERNELS {
+            for (major, minor) in [(8, 0), (9, 0)] {
+                let c = compile(family.cuda_file, family.cuda, major, minor).unwrap_or_else(|e| panic!("{} sm_{major}{minor}: {e}", family.name));
+                let cubin = c.cubin.unwrap_or_else(|| panic!("{} sm_{major}{minor}: no CUBIN", family.name));
+                assert!(cubin.starts_with(b"\x7fELF"), "{} sm_{major}{minor}: CUBIN is not ELF", family.name);
+                assert!(c.ptx.contains(&format!(".target sm_{major}{minor}")), "{}: PTX target", family.name);
+                for name in family.cuda_entry_points() {
+                    assert!(c.ptx.contains(&format!(".entry {name}(")), "{} sm_{major}{minor}: no entry {name}", family.name);
+                }
+            }
+        }
+    }
+}

@@ -166,29 +166,3 @@ pub(crate) fn cfg_block(grid: (u32, u32, u32), block: u32) -> cudarc::driver::La
 pub(crate) const MAX_GRID_X: usize = i32::MAX as usize;
 /// Largest grid y and z.
 pub(crate) const MAX_GRID_YZ: usize = 65535;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `compile` yields an ELF CUBIN and a PTX with an entry for every `extern "C" __global__` of every family (no
-    /// GPU needed; skipped without NVRTC).
-    #[test]
-    fn compile_yields_cubin_and_ptx() {
-        if check_nvrtc().is_err() {
-            eprintln!("compile_yields_cubin_and_ptx: skipped: no libnvrtc");
-            return;
-        }
-        for family in crate::ops::KERNELS {
-            for (major, minor) in [(8, 0), (9, 0)] {
-                let c = compile(family.cuda_file, family.cuda, major, minor).unwrap_or_else(|e| panic!("{} sm_{major}{minor}: {e}", family.name));
-                let cubin = c.cubin.unwrap_or_else(|| panic!("{} sm_{major}{minor}: no CUBIN", family.name));
-                assert!(cubin.starts_with(b"\x7fELF"), "{} sm_{major}{minor}: CUBIN is not ELF", family.name);
-                assert!(c.ptx.contains(&format!(".target sm_{major}{minor}")), "{}: PTX target", family.name);
-                for name in family.cuda_entry_points() {
-                    assert!(c.ptx.contains(&format!(".entry {name}(")), "{} sm_{major}{minor}: no entry {name}", family.name);
-                }
-            }
-        }
-    }
-}

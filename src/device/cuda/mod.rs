@@ -10,7 +10,9 @@
 mod context;
 
 pub use context::{check_driver, check_nvrtc};
-pub(crate) use context::{cfg, cfg_block, function, BLOCK, MAX_GRID_X, MAX_GRID_YZ};
+#[cfg(test)]
+pub(crate) use context::compile;
+pub(crate) use context::{cfg, cfg_block, function, module, BLOCK, MAX_GRID_X, MAX_GRID_YZ};
 
 use super::{check_regions, Device, DeviceKind, OpState, Region};
 use crate::error::{Error, Result};
@@ -54,14 +56,6 @@ impl Cuda {
     /// The stream every op of this device runs on.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
-    }
-
-    /// Compiles and loads every kernel family now instead of on first use (NVRTC takes a second or two).
-    pub fn warm_up(&self) -> Result<()> {
-        for family in crate::ops::KERNELS {
-            context::module(&self.ctx, family.cuda_file, family.cuda)?;
-        }
-        Ok(())
     }
 
     /// The per-device state of one op (see [`OpState`]).

@@ -2,8 +2,7 @@
 
 use super::{GpuSlice, Wgpu};
 use crate::error::Result;
-use crate::ops::launch::Grid;
-use crate::ops::KernelFamily;
+use crate::device::kernel_family::{Grid, KernelFamily};
 
 /// One dispatch: pipeline, bind-group entries (binding, buffer range), a uniform parameter block, and a grid.
 pub(crate) struct Dispatch<'a> {

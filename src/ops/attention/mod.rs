@@ -21,7 +21,7 @@ use crate::device::Device;
 use crate::error::Result;
 use crate::ops::check::{elems, getters, lens, positives};
 
-pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("attention");
+pub(crate) const KERNELS: crate::ops::KernelFamily = crate::device::kernel_family::kernel_family!("attention");
 
 /// A validated attention problem (timm's `Attention` between its `qkv` and `proj` linears):
 /// `qkv: [B, T, 3, H, D]` (the `qkv` linear's output `[B, T, 3C]`, C = H*D), `out: [B, T, H, D]` = `[B, T, C]`

@@ -38,7 +38,7 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::ops::check::{elems, lens, positives};
 
-pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("batchnorm");
+pub(crate) const KERNELS: crate::ops::KernelFamily = crate::device::kernel_family::kernel_family!("batchnorm");
 
 /// A validated batch-norm problem: `inp, out: [N, C, HW]`, `G` groups of `N/G` samples, statistics `[G, C]`,
 /// parameters and running statistics `[C]`.

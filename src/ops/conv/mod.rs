@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::ops::check::{elems, lens, positives};
 use crate::ops::window::out_len;
 
-pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("conv");
+pub(crate) const KERNELS: crate::ops::KernelFamily = crate::device::kernel_family::kernel_family!("conv");
 
 /// A validated 2-D convolution problem: `inp [N, C_in, H, W]`, `weight [C_out, C_in, KH, KW]`,
 /// `out [N, C_out, OH, OW]` with `OH = (H + 2*pad - KH) / stride + 1` (likewise OW). Zero padding, no bias,

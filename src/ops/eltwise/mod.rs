@@ -21,7 +21,7 @@ use crate::device::Device;
 use crate::error::Result;
 use crate::ops::check::{elems, len, positive};
 
-pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("eltwise");
+pub(crate) const KERNELS: crate::ops::KernelFamily = crate::device::kernel_family::kernel_family!("eltwise");
 
 /// A validated element-wise problem over `len` elements (any layout).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

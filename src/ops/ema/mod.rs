@@ -23,7 +23,7 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::ops::check::{fits_u32, getters, lens, positive};
 
-pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("ema");
+pub(crate) const KERNELS: crate::ops::KernelFamily = crate::device::kernel_family::kernel_family!("ema");
 
 /// EMA momentum update `k = m*k + (1-m)*q` over `len` elements.
 ///

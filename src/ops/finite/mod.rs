@@ -20,7 +20,7 @@ use crate::error::Result;
 use crate::ops::check::{fits_u32, getters, lens, positive};
 use crate::ops::launch::{elem_grid, Grid};
 
-pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("finite");
+pub(crate) const KERNELS: crate::ops::KernelFamily = crate::device::kernel_family::kernel_family!("finite");
 
 /// A count over `x: [len]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

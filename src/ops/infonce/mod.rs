@@ -31,7 +31,7 @@ use crate::ops::check::{fits_u32, getters, len, lens, positives, rename};
 use crate::ops::normalize::Normalize;
 use crate::ops::queue::{check_queue_dims, KeyQueue, QueueDims};
 
-pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("infonce");
+pub(crate) const KERNELS: crate::ops::KernelFamily = crate::device::kernel_family::kernel_family!("infonce");
 
 /// The smallest temperature accepted. Logits `cos/T` then stay within ±1e6, far from the kernels' finite "masked"
 /// sentinel (-1e30, chosen so that differences of logits never make NaN); a smaller T let a logit of -1e37 pass for

@@ -21,7 +21,7 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::ops::check::{elems, getters, lens, positives};
 
-pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("layernorm");
+pub(crate) const KERNELS: crate::ops::KernelFamily = crate::device::kernel_family::kernel_family!("layernorm");
 
 /// A validated layer-norm problem: `inp, out: [R, C]` (R = B*T tokens), `gamma, beta: [C]`, saved
 /// `mean, rstd: [R]`, `rstd = 1/sqrt(var + eps)` with the biased variance (as torch's `nn.LayerNorm`).

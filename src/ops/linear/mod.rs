@@ -22,7 +22,7 @@ use crate::device::Device;
 use crate::error::Result;
 use crate::ops::check::{elems, lens, positives};
 
-pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("linear");
+pub(crate) const KERNELS: crate::ops::KernelFamily = crate::device::kernel_family::kernel_family!("linear");
 
 /// A validated linear problem: `inp [N, IN]`, `weight [OUT, IN]`, `bias [OUT]`, `out [N, OUT]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -21,7 +21,7 @@ use crate::device::Device;
 use crate::error::Result;
 use crate::ops::check::{fits_u32, getters, lens, positives};
 
-pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("normalize");
+pub(crate) const KERNELS: crate::ops::KernelFamily = crate::device::kernel_family::kernel_family!("normalize");
 
 /// Epsilon of `F.normalize`: rows are divided by `max(||x||, NORM_EPS)`.
 pub const NORM_EPS: f32 = 1e-12;

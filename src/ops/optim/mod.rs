@@ -23,7 +23,7 @@ use crate::device::Device;
 use crate::error::Result;
 use config::{AdamWConfig, LarsConfig, ParamSpans, SgdConfig};
 
-pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("optim");
+pub(crate) const KERNELS: crate::ops::KernelFamily = crate::device::kernel_family::kernel_family!("optim");
 
 /// The optimiser kernels on a device, over views of flat buffers (`params, grads` and each state tensor `[len]`,
 /// disjoint). [`crate::optim::DeviceOptimizer`] owns the state and calls these; a framework may call them on its

@@ -21,7 +21,7 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::ops::check::{elems, getters, lens, positives};
 
-pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("patch");
+pub(crate) const KERNELS: crate::ops::KernelFamily = crate::device::kernel_family::kernel_family!("patch");
 
 /// A validated 2-D sin-cos position embedding: a `grid_h × grid_w` patch grid, width `dim` (a multiple of 4),
 /// output `[1 + grid_h*grid_w, dim]` (the cls row first).

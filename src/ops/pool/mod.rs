@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::ops::check::{elems, lens, positives};
 use crate::ops::window::out_len;
 
-pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("pool");
+pub(crate) const KERNELS: crate::ops::KernelFamily = crate::device::kernel_family::kernel_family!("pool");
 
 /// A validated max-pooling problem: `inp [N, C, H, W]` -> `out [N, C, OH, OW]`, square `k x k` window, stride,
 /// padding (padding never wins: it acts as -inf), `OH = (H + 2*pad - k) / stride + 1` (floor mode, like torch's

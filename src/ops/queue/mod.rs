@@ -29,7 +29,7 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::ops::check::{fits_u32, getters, lens, positives};
 
-pub(crate) const KERNELS: crate::ops::KernelFamily = crate::ops::kernel_family::kernel_family!("queue");
+pub(crate) const KERNELS: crate::ops::KernelFamily = crate::device::kernel_family::kernel_family!("queue");
 
 /// Storage type of the queue of negative keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,5 +1,5 @@
 //! One kernel family's sources: `kernels/<family>.cu` (CUDA C, compiled by NVRTC at run time) and
-//! `shaders/<family>.wgsl` (validated by naga at build time), embedded by [`kernel_family!`] from the family's name,
+//! `shaders/<family>.wgsl` (validated by naga at build time), embedded by `kernel_family!` from the family's name,
 //! each joined to its language's prelude of shared helpers, `kernels/common.cuh` and `shaders/common.wgsl`.
 //!
 //! One mechanism for every compiler: the prelude's text and the family's text make one source. CUDA needs the
@@ -14,6 +14,9 @@ pub const CUDA_PRELUDE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), 
 /// `shaders/common.wgsl`: the helpers (grid indexing, workgroup reductions and their scratch) every WGSL source
 /// ends with.
 pub const WGSL_PRELUDE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl"));
+
+/// A grid `(x, y, z)` in workgroups / blocks.
+pub type Grid = (u32, u32, u32);
 
 /// The CUDA C and WGSL sources of one op family.
 #[derive(Clone, Copy, Debug)]
@@ -84,7 +87,7 @@ impl KernelFamily {
 /// module documentation; `tests/cuda_compile.rs` checks the texts against the files).
 macro_rules! kernel_family {
     ($name:literal) => {
-        $crate::ops::kernel_family::KernelFamily {
+        $crate::device::kernel_family::KernelFamily {
             name: $name,
             cuda_file: concat!($name, ".cu"),
             cuda: concat!(
@@ -109,7 +112,7 @@ pub(crate) use kernel_family;
 #[cfg(feature = "cuda")]
 impl KernelFamily {
     /// Kernel `name` of this family on the stream's context (the module compiled by NVRTC on first use, cached).
-    pub(crate) fn cuda_function(&self, stream: &std::sync::Arc<cudarc::driver::CudaStream>, name: &'static str) -> crate::Result<cudarc::driver::CudaFunction> {
+    pub(crate) fn cuda_function(&self, stream: &std::sync::Arc<cudarc::driver::CudaStream>, name: &'static str) -> crate::error::Result<cudarc::driver::CudaFunction> {
         crate::device::cuda::function(stream, self.cuda_file, self.cuda, name)
     }
 }
