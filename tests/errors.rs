@@ -4,6 +4,7 @@ use common::*;
 use moco::ops::infonce::{cpu, Infonce};
 use moco::ops::queue::{QueueSlice, QueueView};
 use moco::{InfoNceShape, LogitsShape, QueueDType, QueueShape, SymmetricShape};
+#[allow(unused_imports)] // Device: used by the GPU-only cases
 use moco::{Device, Error};
 
 #[test]

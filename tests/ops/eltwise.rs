@@ -8,6 +8,7 @@
 //! GPUs, 1e-7 on the CPU as before), add 1e-7 absolute + relative, GELU 1e-6 absolute + 1e-6 relative; the add's
 //! backward is bit-identical to the CPU kernel.
 use crate::common::*;
+#[allow(unused_imports)] // used by the GPU-only cases
 use moco::device::{Device, Region};
 use moco::ops::eltwise::{cpu, reference as r, Eltwise, EltwiseShape};
 use proptest::prelude::*;

@@ -42,6 +42,7 @@ impl FiniteShape {
         lens("count_nonfinite", &[("count [1]", 1, count), ("x [len]", self.len, x)])
     }
     /// The kernels' parameter block and grid (one thread per element, 256 per group).
+    #[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
     pub(crate) fn launch(&self) -> (FiniteParams, Grid) {
         (FiniteParams { len: self.len as u32, _pad: [0; 3] }, elem_grid(self.len))
     }
