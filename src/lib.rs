@@ -59,7 +59,7 @@ pub use ops::ema::EmaShape;
 pub use ops::infonce::{InfoNceShape, InfoNceStats, LogitsShape, SymmetricShape, MAX_TEMPERATURE, MIN_TEMPERATURE};
 pub use ops::queue::{QueueDType, QueueDims, QueueShape};
 
-/// README's code blocks, compiled and run as doc tests.
-#[cfg(doctest)]
+/// README's code blocks, compiled and run as doc tests (with the default features, which its examples use).
+#[cfg(all(doctest, feature = "wgpu", feature = "cuda", feature = "train"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
