@@ -1,6 +1,6 @@
-// Representation health, as src/ops/health/cpu.rs: from the L2-normalised q_hat, k_hat [N, d] and the f32 queue
-// [K, d], the statistics block [8] (alignment, uniformity, dim_std, pos_mean, neg_mean, neg_max, neg_row_max_mean,
-// gap) and the Gram matrix [g, g] of q_hat (g = min(N, d)) whose eigenvalues the host turns into the effective
+// Representation health, as src/ops/health/cpu.rs: from the L2-normalised q_hat, k_hat [N, d] and the queue
+// [K, d] (f32, f16 or bf16), the statistics block [8] (alignment, uniformity, dim_std, pos_mean, neg_mean,
+// neg_max, neg_row_max_mean, gap) and the Gram matrix [g, g] of q_hat (g = min(N, d)) whose eigenvalues the host turns into the effective
 // rank; and the key encoder's drift ||theta_k - theta_q|| / ||theta_q||. Definitions: src/ops/health/mod.rs.
 // Launch plan (order, grids, scratch): src/ops/health/params.rs.
 //
@@ -8,7 +8,7 @@
 // (tree_sum / tree_max of kernels/common.cuh, the order of the WGSL's workgroup trees). Every partial is written by
 // one block and summed by health_finish / drift_finish in a fixed order: deterministic, no float atomics.
 //
-// Compiled after kernels/common.cuh (flat_block, flat_thread, tree_sum, tree_max) by NVRTC at run time; no #include.
+// Compiled after kernels/common.cuh (flat_block, flat_thread, tree_sum, tree_max, load_key) by NVRTC at run time; no #include.
 // Scalars: `HealthParams` by value first (64 bytes), then the buffers in the order of the WGSL bindings (outputs
 // first).
 
@@ -30,7 +30,7 @@ struct HealthParams {
     unsigned int pair_blocks;    // entries of pair_part
     unsigned int len;            // drift: parameters per buffer
     unsigned int drift_blocks;   // drift: blocks of drift_partial
-    unsigned int _pad0;
+    unsigned int skip_diagonal;  // health_logits: 1 when the keys are k_hat itself (in-batch), key i of row i skipped
     unsigned int _pad1;
     unsigned int _pad2;
 };
@@ -103,7 +103,9 @@ extern "C" __global__ void __launch_bounds__(256) health_dims(HealthParams P, co
 // 16 rows of q_hat (blockIdx.x) against the keys of split blockIdx.y, a 16 x 16 tile of cosines per step (thread
 // (ty, tx): row ty, key tx of the tile, the d channels staged 16 at a time); each row's sum and max over the split
 // into logit_part[split, row, 0..2].
-extern "C" __global__ void __launch_bounds__(256) health_logits(HealthParams P, const float* __restrict__ q_hat, const float* __restrict__ keys, float* __restrict__ logit_part) {
+// DT: the queue's storage (0 f32, 1 f16, 2 bf16; load_key of common.cuh), one instantiation per type below.
+template <int DT>
+__device__ __forceinline__ void health_logits_impl(const HealthParams& P, const float* __restrict__ q_hat, const typename KeyType<DT>::T* __restrict__ keys, float* __restrict__ logit_part) {
     __shared__ float a_s[TS][TS + 1];
     __shared__ float b_s[TS][TS + 1];
     __shared__ float sum_s[TS][TS];
@@ -119,13 +121,13 @@ extern "C" __global__ void __launch_bounds__(256) health_logits(HealthParams P, 
         for (unsigned int c0 = 0u; c0 < P.d; c0 += TS) {
             const unsigned int c = c0 + tx;
             a_s[ty][tx] = (i < P.n && c < P.d) ? q_hat[i * P.d + c] : 0.0f;
-            b_s[ty][tx] = (kt + ty < kend && c < P.d) ? keys[(kt + ty) * P.d + c] : 0.0f;
+            b_s[ty][tx] = (kt + ty < kend && c < P.d) ? load_key<DT>(keys, (kt + ty) * P.d + c) : 0.0f;
             __syncthreads();
 #pragma unroll
             for (unsigned int u = 0u; u < TS; ++u) prod += a_s[ty][u] * b_s[tx][u];
             __syncthreads();
         }
-        if (kt + tx < kend) {
+        if (kt + tx < kend && !(P.skip_diagonal != 0u && kt + tx == i)) {
             rsum += prod;
             rmax = fmaxf(rmax, prod);
         }
@@ -143,6 +145,17 @@ extern "C" __global__ void __launch_bounds__(256) health_logits(HealthParams P, 
         logit_part[(blockIdx.y * P.n + i) * 2u + 1u] = m;
     }
 }
+
+// Instantiations per queue storage type (the WGSL QUEUE_DTYPE override).
+#define MOCO_HEALTH_LOGITS(SUFFIX, DT, KT)                                                                           \
+    extern "C" __global__ void __launch_bounds__(256) health_logits_##SUFFIX(                                        \
+        HealthParams P, const float* __restrict__ q_hat, const KT* __restrict__ keys, float* __restrict__ logit_part) { \
+        health_logits_impl<DT>(P, q_hat, keys, logit_part);                                                          \
+    }
+
+MOCO_HEALTH_LOGITS(f32, 0, float)
+MOCO_HEALTH_LOGITS(f16, 1, unsigned short)
+MOCO_HEALTH_LOGITS(bf16, 2, unsigned short)
 
 // One block: the partials of health_gram (pairs), health_dims and health_logits summed in a fixed order, the
 // statistics written by thread 0.
@@ -184,10 +197,13 @@ extern "C" __global__ void __launch_bounds__(256) health_finish(HealthParams P, 
         stats[1] = P.n < 2u ? quiet_nan() : logf(pairs / (0.5f * n * (n - 1.0f)));
         stats[2] = P.n < 2u ? quiet_nan() : std_align.x / (float)P.d;
         stats[3] = pos_mean;
-        stats[4] = neg.x / (n * (float)P.k);
-        stats[5] = neg_max;
-        stats[6] = row_max_mean;
-        stats[7] = pos_mean - row_max_mean;
+        // negatives per row: K, or N - 1 in-batch (none when N = 1: the four logit statistics are NaN)
+        const float negs = (float)(P.skip_diagonal != 0u ? P.k - 1u : P.k);
+        const bool none = negs == 0.0f;
+        stats[4] = none ? quiet_nan() : neg.x / (n * negs);
+        stats[5] = none ? quiet_nan() : neg_max;
+        stats[6] = none ? quiet_nan() : row_max_mean;
+        stats[7] = none ? quiet_nan() : pos_mean - row_max_mean;
     }
 }
 

@@ -1,6 +1,6 @@
-// Representation health, as src/ops/health/cpu.rs: from the L2-normalised q_hat, k_hat [N, d] and the f32 queue
-// [K, d], the statistics block [8] (alignment, uniformity, dim_std, pos_mean, neg_mean, neg_max, neg_row_max_mean,
-// gap) and the Gram matrix [g, g] of q_hat (g = min(N, d)); and the key encoder's drift. Definitions:
+// Representation health, as src/ops/health/cpu.rs: from the L2-normalised q_hat, k_hat [N, d] and the queue
+// [K, d] (f32, f16 or bf16), the statistics block [8] (alignment, uniformity, dim_std, pos_mean, neg_mean,
+// neg_max, neg_row_max_mean, gap) and the Gram matrix [g, g] of q_hat (g = min(N, d)); and the key encoder's drift. Definitions:
 // src/ops/health/mod.rs; launch plan: src/ops/health/params.rs; host code: src/ops/health/wgpu.rs.
 // Mirrors kernels/health.cu: same entry points, parameter block, tiles and reduction trees (the prelude's
 // tree_sum / tree_sum2 / tree_max); every partial is written by one workgroup and summed in a fixed order.
@@ -25,7 +25,7 @@ struct HealthParams {
     pair_blocks: u32,    // entries of pair_part
     len: u32,            // drift: parameters per buffer
     drift_blocks: u32,   // drift: workgroups of drift_partial
-    _pad0: u32,
+    skip_diagonal: u32,  // health_logits: 1 when the keys are k_hat itself (in-batch), key i of row i skipped
     _pad1: u32,
     _pad2: u32,
 }
@@ -35,7 +35,7 @@ struct HealthParams {
 @group(0) @binding(2) var<storage, read_write> gram: array<f32>;       // [g, g]
 @group(0) @binding(3) var<storage, read_write> q_hat: array<f32>;      // [N, d]
 @group(0) @binding(4) var<storage, read_write> k_hat: array<f32>;      // [N, d]
-@group(0) @binding(5) var<storage, read_write> keys: array<f32>;       // the queue [K, d]
+@group(0) @binding(5) var<storage, read> keys_f32: array<f32>;        // the queue [K, d] (f32 storage)
 @group(0) @binding(6) var<storage, read_write> dim_part: array<f32>;   // [d, 3]
 @group(0) @binding(7) var<storage, read_write> pair_part: array<f32>;  // [pair_blocks]
 @group(0) @binding(8) var<storage, read_write> logit_part: array<f32>; // [splits, N, 2]
@@ -43,6 +43,24 @@ struct HealthParams {
 @group(0) @binding(10) var<storage, read_write> theta_k: array<f32>;   // [len]
 @group(0) @binding(11) var<storage, read_write> theta_q: array<f32>;   // [len]
 @group(0) @binding(12) var<storage, read_write> drift_part: array<f32>; // [drift_blocks, 2]
+@group(0) @binding(13) var<storage, read> keys_words: array<u32>;     // the queue [K, d] (16-bit storage)
+
+// The queue's storage, set at pipeline creation (health_logits only): 0 f32 (read through keys_f32), 1 f16 and
+// 2 bf16 (read through keys_words, two elements per u32), as infonce.wgsl's.
+override QUEUE_DTYPE: u32 = 0u;
+
+// Element idx of the queue as f32.
+fn load_key(idx: u32) -> f32 {
+    if (QUEUE_DTYPE == 0u) {
+        return keys_f32[idx];
+    }
+    let word = keys_words[idx >> 1u];
+    let bits = select(word & 0xffffu, word >> 16u, (idx & 1u) == 1u);
+    if (QUEUE_DTYPE == 1u) {
+        return unpack2x16float(bits).x;
+    }
+    return bitcast<f32>(bits << 16u);
+}
 
 var<workgroup> a_s: array<f32, 272>; // [TS][TP]
 var<workgroup> b_s: array<f32, 272>;
@@ -163,7 +181,7 @@ fn health_logits(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_i
             }
             var b = 0.0;
             if (kt + ty < kend && c < P.d) {
-                b = keys[(kt + ty) * P.d + c];
+                b = load_key((kt + ty) * P.d + c);
             }
             a_s[ty * TP + tx] = a;
             b_s[ty * TP + tx] = b;
@@ -173,7 +191,7 @@ fn health_logits(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_i
             }
             workgroupBarrier();
         }
-        if (kt + tx < kend) {
+        if (kt + tx < kend && !(P.skip_diagonal != 0u && kt + tx == i)) {
             rsum += prod;
             rmax = max(rmax, prod);
         }
@@ -237,10 +255,19 @@ fn health_finish(@builtin(local_invocation_index) tid: u32) {
             stats[2] = std_align.x / f32(P.d);
         }
         stats[3] = pos_mean;
-        stats[4] = neg.x / (n * f32(P.k));
-        stats[5] = neg_max;
-        stats[6] = row_max_mean;
-        stats[7] = pos_mean - row_max_mean;
+        // negatives per row: K, or N - 1 in-batch (none when N = 1: the four logit statistics are NaN)
+        let negs = f32(select(P.k, P.k - 1u, P.skip_diagonal != 0u));
+        if (negs == 0.0) {
+            stats[4] = quiet_nan();
+            stats[5] = quiet_nan();
+            stats[6] = quiet_nan();
+            stats[7] = quiet_nan();
+        } else {
+            stats[4] = neg.x / (n * negs);
+            stats[5] = neg_max;
+            stats[6] = row_max_mean;
+            stats[7] = pos_mean - row_max_mean;
+        }
     }
 }
 

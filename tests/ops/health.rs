@@ -3,7 +3,8 @@
 //! multiple of 4 or of the 16-wide tiles, K not a multiple of any tile, both Gram orientations (N <= d and d < N),
 //! and identical rows (rank 1, std 0, uniformity 0); outputs NaN-poisoned; the drift over lengths around the
 //! 256-thread group; the host eigensolver on known spectra; wrong lengths, zero dimensions, a queue of the wrong
-//! K and d or storage type are shape errors naming what is wrong.
+//! K and d are shape errors naming what is wrong. The queue in f32, f16 and bf16; MoCo v3's in-batch negatives
+//! (the diagonal skipped; no negative at N = 1) against the same reference.
 use crate::common::*;
 use moco::ops::health::{effective_rank, jacobi_eigenvalues, rankme, reference, DriftShape, Health, HealthShape, HealthStats, HEALTH_WORDS};
 use moco::QueueDType;
@@ -43,20 +44,30 @@ fn gram64(q: &[f32], n: usize, d: usize) -> Vec<f64> {
 }
 
 /// Runs the op into NaN-poisoned outputs; returns the statistics and the Gram matrix.
-fn run<D: Health>(dev: &mut D, q: &[f32], kh: &[f32], queue: &[f32], shape: &HealthShape) -> (HealthStats, Vec<f32>) {
+fn run<D: Health>(dev: &mut D, q: &[f32], kh: &[f32], queue: &[f32], dtype: QueueDType, shape: &HealthShape) -> (HealthStats, Vec<f32>) {
     let (qb, kb) = (upload(dev, q), upload(dev, kh));
-    let qu = dev.queue_from_f32(queue, shape.k(), shape.d(), QueueDType::F32).unwrap();
+    let qu = dev.queue_from_f32(queue, shape.k(), shape.d(), dtype).unwrap();
     let (mut stats, mut gram) = (nans(dev, HEALTH_WORDS), nans(dev, shape.gram_len()));
     dev.health(D::whole_mut(&mut stats), D::whole_mut(&mut gram), D::whole(&qb), D::whole(&kb), &qu, shape).unwrap();
     (HealthStats::from_words(&host(dev, &stats)).unwrap(), host(dev, &gram))
 }
 
-fn matches_reference<D: Health>(dev: &mut D, n: usize, d: usize, k: usize, identical: bool, seed: u64) {
-    let what = format!("{}: N={n} d={d} K={k} identical={identical}", dev.name());
+/// The queue's values as its storage keeps them: rounded to f16 or bf16 and widened back.
+fn stored(queue: &[f32], dtype: QueueDType) -> Vec<f32> {
+    match dtype {
+        QueueDType::F32 => queue.to_vec(),
+        QueueDType::F16 => queue.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
+        QueueDType::BF16 => queue.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect(),
+    }
+}
+
+fn matches_reference<D: Health>(dev: &mut D, n: usize, d: usize, k: usize, identical: bool, dtype: QueueDType, seed: u64) {
+    let what = format!("{}: N={n} d={d} K={k} identical={identical} queue {}", dev.name(), dtype.name());
     let (q, kh, queue) = inputs(n, d, k, identical, seed);
     let shape = HealthShape::new(n, d, k).unwrap();
-    let want = reference::health(&q, &kh, &queue, n, d);
-    let (stats, gram) = run(dev, &q, &kh, &queue, &shape);
+    // the reference sees the keys the 16-bit storage holds; the kernels widen the same bits exactly
+    let want = reference::health(&q, &kh, &stored(&queue, dtype), n, d);
+    let (stats, gram) = run(dev, &q, &kh, &queue, dtype, &shape);
     // f32 sums of at most a few thousand terms of magnitude <= 4: 1e-4 absolute covers them with room
     for ((name, &got), want) in NAMES.iter().zip(&stats.to_words()).zip(want.words()) {
         if want.is_nan() {
@@ -90,8 +101,8 @@ fn matches_reference<D: Health>(dev: &mut D, n: usize, d: usize, k: usize, ident
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(cases(12)))]
     #[test]
-    fn health_matches_reference(n in prop_oneof![Just(1usize), 2usize..6, 15usize..41], d in prop_oneof![1usize..6, 7usize..20, 31usize..70], k in prop_oneof![1usize..5, 15usize..50, 250usize..300], identical in proptest::bool::weighted(0.2), seed in any::<u64>()) {
-        on_every_device!("health_matches_reference", matches_reference, n, d, k, identical, seed);
+    fn health_matches_reference(n in prop_oneof![Just(1usize), 2usize..6, 15usize..41], d in prop_oneof![1usize..6, 7usize..20, 31usize..70], k in prop_oneof![1usize..5, 15usize..50, 250usize..300], identical in proptest::bool::weighted(0.2), dtype in prop_oneof![Just(QueueDType::F32), Just(QueueDType::F16), Just(QueueDType::BF16)], seed in any::<u64>()) {
+        on_every_device!("health_matches_reference", matches_reference, n, d, k, identical, dtype, seed);
     }
 }
 
@@ -100,11 +111,14 @@ proptest! {
 /// emulated CUDA driver, where it would take minutes).
 fn fixed_shapes<D: Health>(dev: &mut D) {
     for (n, d, k, identical) in [(1, 1, 1, false), (1, 9, 33, false), (1, 9, 33, true), (8, 6, 17, true), (5, 12, 17, true), (33, 17, 47, false), (16, 16, 16, false)] {
-        matches_reference(dev, n, d, k, identical, 7);
+        matches_reference(dev, n, d, k, identical, QueueDType::F32, 7);
     }
+    // d odd: a 16-bit queue's rows straddle the 32-bit words the WGSL reads
+    matches_reference(dev, 5, 7, 9, false, QueueDType::F16, 8);
+    matches_reference(dev, 5, 7, 9, false, QueueDType::BF16, 9);
     if !is_emulated_cuda(dev) {
-        matches_reference(dev, 300, 260, 700, false, 11);
-        matches_reference(dev, 260, 300, 1000, false, 12);
+        matches_reference(dev, 300, 260, 700, false, QueueDType::F32, 11);
+        matches_reference(dev, 260, 300, 1000, false, QueueDType::BF16, 12);
     }
 }
 
@@ -115,9 +129,9 @@ fn collapse_is_visible<D: Health>(dev: &mut D) {
     let (n, d, k) = (32, 16, 64);
     let shape = HealthShape::new(n, d, k).unwrap();
     let (q, kh, queue) = inputs(n, d, k, false, 3);
-    let (healthy, hg) = run(dev, &q, &kh, &queue, &shape);
+    let (healthy, hg) = run(dev, &q, &kh, &queue, QueueDType::F32, &shape);
     let (qc, kc, _) = inputs(n, d, k, true, 3);
-    let (collapsed, cg) = run(dev, &qc, &kc, &queue, &shape);
+    let (collapsed, cg) = run(dev, &qc, &kc, &queue, QueueDType::F32, &shape);
     let (eh, ec) = (effective_rank(&hg, &shape).unwrap(), effective_rank(&cg, &shape).unwrap());
     assert!(eh > 8.0 && ec < 1.01, "{}: effective rank healthy {eh}, collapsed {ec}", dev.name());
     assert!(healthy.uniformity < -1.0 && collapsed.uniformity.abs() < 1e-6, "{}: uniformity {} vs {}", dev.name(), healthy.uniformity, collapsed.uniformity);
@@ -132,7 +146,7 @@ fn now_reads_back<D: Health>(dev: &mut D) {
     let (n, d, k) = (6, 10, 20);
     let shape = HealthShape::new(n, d, k).unwrap();
     let (q, kh, queue) = inputs(n, d, k, false, 5);
-    let (stats, gram) = run(dev, &q, &kh, &queue, &shape);
+    let (stats, gram) = run(dev, &q, &kh, &queue, QueueDType::F32, &shape);
     let (qb, kb) = (upload(dev, &q), upload(dev, &kh));
     let qu = dev.queue_from_f32(&queue, k, d, QueueDType::F32).unwrap();
     let report = dev.health_now(D::whole(&qb), D::whole(&kb), &qu, &shape).unwrap();
@@ -141,6 +155,62 @@ fn now_reads_back<D: Health>(dev: &mut D) {
 }
 
 device_test!(health_now_reads_back, now_reads_back);
+
+/// MoCo v3's in-batch negatives (key i of row i skipped) against the reference; the fixed-shape check that a
+/// queue shape and an in-batch shape are not swapped.
+fn in_batch_matches_reference<D: Health>(dev: &mut D, n: usize, d: usize, identical: bool, seed: u64) {
+    let what = format!("{}: in-batch N={n} d={d} identical={identical}", dev.name());
+    let (q, kh, _) = inputs(n, d, 1, identical, seed);
+    let shape = HealthShape::in_batch(n, d).unwrap();
+    let want = reference::health_in_batch(&q, &kh, n, d);
+    let (qb, kb) = (upload(dev, &q), upload(dev, &kh));
+    let (mut stats, mut gram) = (nans(dev, HEALTH_WORDS), nans(dev, shape.gram_len()));
+    dev.health_in_batch(D::whole_mut(&mut stats), D::whole_mut(&mut gram), D::whole(&qb), D::whole(&kb), &shape).unwrap();
+    let stats = host(dev, &stats);
+    for ((name, &got), want) in NAMES.iter().zip(&stats).zip(want.words()) {
+        if want.is_nan() {
+            assert!(got.is_nan(), "{what}: {name}: got {got}, want NaN");
+        } else {
+            assert_close(&format!("{what}: {name}"), &[got], &[want], 1e-4, 1e-4);
+        }
+    }
+    if n == 1 {
+        assert!(stats[4..].iter().all(|v| v.is_nan()), "{what}: no negative pair at N = 1: {stats:?}");
+    }
+    let erank = effective_rank(&host(dev, &gram), &shape).unwrap();
+    assert_close64(&format!("{what}: effective rank"), &[erank], &[want.effective_rank], 1e-6, 5e-3);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases(8)))]
+    #[test]
+    fn health_in_batch_matches_reference(n in prop_oneof![Just(1usize), 2usize..6, 15usize..41], d in prop_oneof![1usize..6, 7usize..20, 31usize..70], identical in proptest::bool::weighted(0.2), seed in any::<u64>()) {
+        on_every_device!("health_in_batch_matches_reference", in_batch_matches_reference, n, d, identical, seed);
+    }
+}
+
+fn in_batch_fixed<D: Health + 'static>(dev: &mut D) {
+    for (n, d) in [(1, 3), (2, 2), (17, 9), (33, 40)] {
+        in_batch_matches_reference(dev, n, d, false, 21);
+    }
+    // a shape of the other kind is refused by each op, naming what it wants
+    let (n, d) = (4, 6);
+    let (queue_shape, batch_shape) = (HealthShape::new(n, d, n).unwrap(), HealthShape::in_batch(n, d).unwrap());
+    assert!(batch_shape.is_in_batch() && !queue_shape.is_in_batch() && batch_shape.negatives() == 12 && queue_shape.negatives() == 16);
+    let queue = dev.queue_from_f32(&unit_rows(&mut rng(2), n, d), n, d, QueueDType::F32).unwrap();
+    let err = with_views(dev, &[HEALTH_WORDS, n * n, n * d, n * d], 2, |dev, m, r| {
+        let ([s, gm], [q, kh]) = (arr(m), arr(r));
+        dev.health(s, gm, q, kh, &queue, &batch_shape)
+    });
+    assert!(matches!(&err, Err(e) if e.to_string().contains("a queue shape")), "{}: health with an in-batch shape: {err:?}", dev.name());
+    let err = with_views(dev, &[HEALTH_WORDS, n * n, n * d, n * d], 2, |dev, m, r| {
+        let ([s, gm], [q, kh]) = (arr(m), arr(r));
+        dev.health_in_batch(s, gm, q, kh, &queue_shape)
+    });
+    assert!(matches!(&err, Err(e) if e.to_string().contains("an in-batch shape")), "{}: health_in_batch with a queue shape: {err:?}", dev.name());
+}
+
+device_test!(health_in_batch_fixed, in_batch_fixed);
 
 fn drift_matches_reference<D: Health>(dev: &mut D, len: usize, scale: f32, seed: u64) {
     let mut r = rng(seed);
@@ -190,14 +260,13 @@ fn lengths_are_exact<D: Health + 'static>(dev: &mut D) {
 
 device_test!(health_lengths_are_exact, lengths_are_exact);
 
-/// A queue of the wrong K and d (the same element count) or stored in 16 bits is a shape error that says so.
+/// A queue of the wrong K and d (the same element count) is a shape error that says so.
 fn rejects_wrong_queue<D: Health + 'static>(dev: &mut D) {
     let (n, d, k) = (4, 6, 8);
     let shape = HealthShape::new(n, d, k).unwrap();
     let data = unit_rows(&mut rng(2), k, d);
     let swapped = dev.queue_from_f32(&data, d, k, QueueDType::F32).unwrap();
-    let half = dev.queue_from_f32(&data, k, d, QueueDType::F16).unwrap();
-    for (queue, says) in [(&swapped, "K = 8"), (&half, "f16")] {
+    for (queue, says) in [(&swapped, "K = 8")] {
         let err = with_views(dev, &[HEALTH_WORDS, n * n, n * d, n * d], 2, |dev, m, r| {
             let ([s, gm], [q, kh]) = (arr(m), arr(r));
             dev.health(s, gm, q, kh, queue, &shape)

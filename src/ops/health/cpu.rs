@@ -3,8 +3,8 @@
 
 use super::{DriftShape, Health, HealthShape, HealthStats, HEALTH_WORDS};
 use crate::device::CpuDevice;
-use crate::error::{Error, Result};
-use crate::ops::queue::{CpuQueue, QueueDims, QueueSlice, QueueView};
+use crate::error::Result;
+use crate::ops::queue::{CpuQueue, QueueView};
 use rayon::prelude::*;
 
 /// `Σ a_c b_c` in f64.
@@ -17,15 +17,33 @@ fn dist64(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum()
 }
 
-/// Writes `stats: [HEALTH_WORDS]` and `gram: [g, g]` from `q_hat, k_hat: [N, d]` and the f32 queue `[K, d]`
-/// (see [`Health::health`]).
+/// Writes `stats: [HEALTH_WORDS]` and `gram: [g, g]` from `q_hat, k_hat: [N, d]` and the queue `[K, d]` (f32, f16 or
+/// bf16; see [`Health::health`]).
 pub fn health(stats: &mut [f32], gram: &mut [f32], q_hat: &[f32], k_hat: &[f32], queue: QueueView<'_>, shape: &HealthShape) -> Result<()> {
+    shape.check_kind(false)?;
     shape.check(stats.len(), gram.len(), q_hat.len(), k_hat.len(), queue.len())?;
     shape.check_queue(&queue)?;
-    let QueueSlice::F32(keys) = queue.slice() else {
-        return Err(Error::shape("health", "a queue stored in f32", format!("a queue stored in {}", queue.dtype().name())));
-    };
-    let (n, d, k) = (shape.n(), shape.d(), shape.k());
+    // the queue as f32 (borrowed for f32 storage, converted once for f16 / bf16)
+    let mut scratch = Vec::new();
+    let slice = queue.slice();
+    let keys = slice.range_f32(0, queue.len(), &mut scratch);
+    statistics(stats, gram, q_hat, k_hat, keys, shape);
+    Ok(())
+}
+
+/// Writes `stats` and `gram` with MoCo v3's in-batch negatives (the rows `k̂_j`, `j ≠ i`, of `k_hat`; see
+/// [`Health::health_in_batch`]).
+pub fn health_in_batch(stats: &mut [f32], gram: &mut [f32], q_hat: &[f32], k_hat: &[f32], shape: &HealthShape) -> Result<()> {
+    shape.check_kind(true)?;
+    shape.check(stats.len(), gram.len(), q_hat.len(), k_hat.len(), k_hat.len())?;
+    statistics(stats, gram, q_hat, k_hat, k_hat, shape);
+    Ok(())
+}
+
+/// The statistics against `keys: [K, d]` (key `i` of row `i` skipped for an in-batch shape); lengths checked.
+fn statistics(stats: &mut [f32], gram: &mut [f32], q_hat: &[f32], k_hat: &[f32], keys: &[f32], shape: &HealthShape) {
+    let skip_diagonal = shape.is_in_batch();
+    let (n, d) = (shape.n(), shape.d());
     fn row(x: &[f32], d: usize, i: usize) -> &[f32] {
         &x[i * d..(i + 1) * d]
     }
@@ -52,7 +70,7 @@ pub fn health(stats: &mut [f32], gram: &mut [f32], q_hat: &[f32], k_hat: &[f32],
         .into_par_iter()
         .map(|i| {
             let qi = row(q_hat, d, i);
-            keys.chunks_exact(d).fold((0.0, f64::NEG_INFINITY), |(s, m), u| {
+            keys.chunks_exact(d).enumerate().filter(|&(j, _)| !(skip_diagonal && j == i)).fold((0.0, f64::NEG_INFINITY), |(s, m), (_, u)| {
                 let v = dot64(qi, u);
                 (s + v, m.max(v))
             })
@@ -63,15 +81,18 @@ pub fn health(stats: &mut [f32], gram: &mut [f32], q_hat: &[f32], k_hat: &[f32],
     let neg_max = rows.iter().map(|r| r.1).fold(f64::NEG_INFINITY, f64::max);
     let pos_mean = pos / n as f64;
     let (nan, nf) = (f64::NAN, n as f64);
+    // no negative pair (in-batch, N = 1): the four logit statistics are NaN
+    let negatives = shape.negatives() as f64;
+    let none = negatives == 0.0;
     let s = HealthStats {
         alignment: (align / nf) as f32,
         uniformity: (if n < 2 { nan } else { (pairs / (0.5 * nf * (nf - 1.0))).ln() }) as f32,
         dim_std: (if n < 2 { nan } else { std_sum / d as f64 }) as f32,
         pos_mean: pos_mean as f32,
-        neg_mean: (neg_sum / (nf * k as f64)) as f32,
-        neg_max: neg_max as f32,
-        neg_row_max_mean: row_max_mean as f32,
-        gap: (pos_mean - row_max_mean) as f32,
+        neg_mean: (if none { nan } else { neg_sum / negatives }) as f32,
+        neg_max: (if none { nan } else { neg_max }) as f32,
+        neg_row_max_mean: (if none { nan } else { row_max_mean }) as f32,
+        gap: (if none { nan } else { pos_mean - row_max_mean }) as f32,
     };
     stats.copy_from_slice(&s.to_words()[..HEALTH_WORDS]);
 
@@ -90,7 +111,6 @@ pub fn health(stats: &mut [f32], gram: &mut [f32], q_hat: &[f32], k_hat: &[f32],
             }
         });
     }
-    Ok(())
 }
 
 /// `out[0] = ‖θ_k − θ_q‖ / ‖θ_q‖` (f64 sums) over `theta_k, theta_q: [len]`.
@@ -105,6 +125,10 @@ pub fn param_drift(out: &mut [f32], theta_k: &[f32], theta_q: &[f32], shape: &Dr
 impl Health for CpuDevice {
     fn health(&mut self, stats: &mut [f32], gram: &mut [f32], q_hat: &[f32], k_hat: &[f32], queue: &CpuQueue, shape: &HealthShape) -> Result<()> {
         health(stats, gram, q_hat, k_hat, queue.view(), shape)
+    }
+
+    fn health_in_batch(&mut self, stats: &mut [f32], gram: &mut [f32], q_hat: &[f32], k_hat: &[f32], shape: &HealthShape) -> Result<()> {
+        health_in_batch(stats, gram, q_hat, k_hat, shape)
     }
 
     fn param_drift(&mut self, out: &mut [f32], theta_k: &[f32], theta_q: &[f32], shape: &DriftShape) -> Result<()> {

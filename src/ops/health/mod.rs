@@ -12,7 +12,7 @@
 //! | `uniformity` | `log( (2 / (N(N−1))) Σ_{i<j} exp(−2 ‖q̂_i − q̂_j‖²) )` (Wang & Isola 2020, t = 2, over q̂); **NaN when N = 1** (no pair) |
 //! | `dim_std` | `(1/d) Σ_c std_i(q̂_ic)`, the unbiased (N − 1) standard deviation over the batch (SimSiam's collapse monitor: about `1/√d` healthy, 0 collapsed); **NaN when N = 1** |
 //! | `pos_mean` | `(1/N) Σ_i q̂_i · k̂_i` (positive cosine, temperature 1) |
-//! | `neg_mean` | `(1/(N K)) Σ_i Σ_j q̂_i · u_j` |
+//! | `neg_mean` | `(1/(N K)) Σ_i Σ_j q̂_i · u_j` (in-batch, [`HealthShape::in_batch`]: the keys `u_j = k̂_j`, `j ≠ i`, `N (N − 1)` pairs) |
 //! | `neg_max` | `max_{i,j} q̂_i · u_j` |
 //! | `neg_row_max_mean` | `(1/N) Σ_i max_j q̂_i · u_j` |
 //! | `gap` | `pos_mean − neg_row_max_mean` |
@@ -36,7 +36,7 @@
 //! | host | [`effective_rank`] (Jacobi in f64 on the Gram matrix) |
 //! | reference | [`reference`](mod@reference) (f64, from the definitions; the singular values by one-sided Jacobi on q̂ itself) |
 //!
-//! The queue must be stored in f32 (an f16 or bf16 queue is a shape error naming its storage type).
+//! The queue may be stored in f32, f16 or bf16 (its keys are read as f32, as the fused loss reads them).
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
@@ -49,7 +49,7 @@ pub mod wgpu;
 use crate::device::Region;
 use crate::error::{Error, Result};
 use crate::ops::check::{fits_u32, getters, len, lens, positives};
-use crate::ops::queue::{check_queue_dims, KeyQueue, QueueDType, QueueDims};
+use crate::ops::queue::{check_queue_dims, KeyQueue, QueueDims};
 
 pub(crate) const KERNELS: crate::ops::KernelFamily = crate::device::kernel_family::kernel_family!("health");
 
@@ -127,6 +127,7 @@ pub struct HealthShape {
     n: usize,
     d: usize,
     k: usize,
+    in_batch: bool,
 }
 
 getters!(HealthShape { /** Pairs (rows of q̂ and k̂), N. */ n: usize, /** Embedding dimension d. */ d: usize, /** Queue length K. */ k: usize });
@@ -143,7 +144,29 @@ impl HealthShape {
         if n.min(d) > MAX_GRAM {
             return Err(Error::shape(op, format!("min(N, d) <= {MAX_GRAM} (the Gram matrix the host diagonalises)"), format!("N = {n}, d = {d}")));
         }
-        Ok(Self { n, d, k })
+        Ok(Self { n, d, k, in_batch: false })
+    }
+    /// MoCo v3's problem, for [`Health::health_in_batch`]: the negatives of row `i` are the other keys `k̂_j`,
+    /// `j ≠ i`, of the batch (K = N; the four logit statistics are NaN when N = 1). Same limits as [`Self::new`].
+    pub fn in_batch(n: usize, d: usize) -> Result<Self> {
+        Ok(Self { in_batch: true, ..Self::new(n, d, n)? })
+    }
+    /// True for a shape of [`Self::in_batch`].
+    pub fn is_in_batch(&self) -> bool {
+        self.in_batch
+    }
+    /// Negative pairs: `N K`, or `N (N − 1)` in-batch.
+    pub fn negatives(&self) -> usize {
+        self.n * if self.in_batch { self.n - 1 } else { self.k }
+    }
+    /// Checks that the shape is of the kind an op takes: a queue shape for [`Health::health`], an in-batch one for
+    /// [`Health::health_in_batch`].
+    pub fn check_kind(&self, in_batch: bool) -> Result<()> {
+        if self.in_batch == in_batch {
+            return Ok(());
+        }
+        let (want, got) = if in_batch { ("an in-batch shape (HealthShape::in_batch)", "a queue shape (HealthShape::new)") } else { ("a queue shape (HealthShape::new)", "an in-batch shape (HealthShape::in_batch)") };
+        Err(Error::shape("health", want, got))
     }
     /// Side of the Gram matrix, `g = min(N, d)`.
     pub fn gram_side(&self) -> usize {
@@ -156,17 +179,16 @@ impl HealthShape {
     /// Re-validates the shape, then checks `stats: [HEALTH_WORDS]`, `gram: [g*g]`, `q_hat, k_hat: [N*d]`,
     /// `queue: [K*d]` (elements).
     pub fn check(&self, stats: usize, gram: usize, q_hat: usize, k_hat: usize, queue: usize) -> Result<()> {
+        if self.in_batch && self.k != self.n {
+            return Err(Error::shape("health", "an in-batch shape with K = N", format!("N = {}, K = {}", self.n, self.k)));
+        }
         Self::new(self.n, self.d, self.k)?;
         let (nd, kd) = (self.n * self.d, self.k * self.d);
         lens("health", &[("stats [8]", HEALTH_WORDS, stats), ("gram [g*g]", self.gram_len(), gram), ("q_hat [N*d]", nd, q_hat), ("k_hat [N*d]", nd, k_hat), ("queue [K*d]", kd, queue)])
     }
-    /// Checks a queue's own K, d and storage type (f32) against the problem's.
+    /// Checks a queue's own K and d against the problem's.
     pub fn check_queue(&self, queue: &impl QueueDims) -> Result<()> {
-        check_queue_dims("health", (self.k, self.d), queue)?;
-        if queue.dtype() != QueueDType::F32 {
-            return Err(Error::shape("health", "a queue stored in f32", format!("a queue stored in {}", queue.dtype().name())));
-        }
-        Ok(())
+        check_queue_dims("health", (self.k, self.d), queue)
     }
 }
 
@@ -283,8 +305,13 @@ pub fn jacobi_eigenvalues(mut a: Vec<f64>, n: usize) -> Vec<f64> {
 /// Representation health on a device. Nothing here waits for the device; [`Health::health_now`] reads back.
 pub trait Health: KeyQueue {
     /// Writes `stats: [HEALTH_WORDS]` ([`HealthStats`]) and `gram: [g, g]` (`g = min(N, d)`: `q̂ q̂ᵀ` when `N <= d`,
-    /// `q̂ᵀ q̂` otherwise) from the L2-normalised `q_hat, k_hat: [N, d]` and the f32 queue `[K, d]`.
+    /// `q̂ᵀ q̂` otherwise) from the L2-normalised `q_hat, k_hat: [N, d]` and the queue `[K, d]` (f32, f16 or
+    /// bf16).
     fn health(&mut self, stats: Self::Mut<'_>, gram: Self::Mut<'_>, q_hat: Self::Ref<'_>, k_hat: Self::Ref<'_>, queue: &Self::Queue, shape: &HealthShape) -> Result<()>;
+
+    /// As [`Health::health`] with MoCo v3's in-batch negatives: the negatives of row `i` are the rows `k̂_j`,
+    /// `j ≠ i`, of `k_hat` (`shape` from [`HealthShape::in_batch`]).
+    fn health_in_batch(&mut self, stats: Self::Mut<'_>, gram: Self::Mut<'_>, q_hat: Self::Ref<'_>, k_hat: Self::Ref<'_>, shape: &HealthShape) -> Result<()>;
 
     /// `out[0] = ‖θ_k − θ_q‖ / ‖θ_q‖` over `theta_k, theta_q: [len]` (`out: [1]`; not finite when `θ_q = 0`).
     fn param_drift(&mut self, out: Self::Mut<'_>, theta_k: Self::Ref<'_>, theta_q: Self::Ref<'_>, shape: &DriftShape) -> Result<()>;
@@ -295,8 +322,21 @@ pub trait Health: KeyQueue {
         let mut stats = self.alloc(HEALTH_WORDS)?;
         let mut gram = self.alloc(shape.gram_len())?;
         self.health(Self::whole_mut(&mut stats), Self::whole_mut(&mut gram), q_hat, k_hat, queue, shape)?;
-        let stats = HealthStats::from_words(&self.read(&stats, Region::new(0, HEALTH_WORDS))?)?;
-        let gram = self.read(&gram, Region::new(0, shape.gram_len()))?;
+        self.read_report(&stats, &gram, shape)
+    }
+
+    /// [`Health::health_in_batch`] into fresh buffers, read back as [`Health::health_now`] does.
+    fn health_in_batch_now(&mut self, q_hat: Self::Ref<'_>, k_hat: Self::Ref<'_>, shape: &HealthShape) -> Result<HealthReport> {
+        let mut stats = self.alloc(HEALTH_WORDS)?;
+        let mut gram = self.alloc(shape.gram_len())?;
+        self.health_in_batch(Self::whole_mut(&mut stats), Self::whole_mut(&mut gram), q_hat, k_hat, shape)?;
+        self.read_report(&stats, &gram, shape)
+    }
+
+    /// Reads back `stats: [HEALTH_WORDS]` and `gram: [g*g]` (waits for the device) and computes the effective rank.
+    fn read_report(&self, stats: &Self::Buf, gram: &Self::Buf, shape: &HealthShape) -> Result<HealthReport> {
+        let stats = HealthStats::from_words(&self.read(stats, Region::new(0, HEALTH_WORDS))?)?;
+        let gram = self.read(gram, Region::new(0, shape.gram_len()))?;
         Ok(HealthReport { stats, effective_rank: effective_rank(&gram, shape)? })
     }
 }

@@ -61,7 +61,10 @@ pub struct HealthParams {
     pub len: u32,
     /// Drift: blocks of `drift_partial` (entries of `drift_part` / 2).
     pub drift_blocks: u32,
-    pub _pad: [u32; 3],
+    /// `health_logits` / `health_finish`: 1 when the keys are `k̂` itself (MoCo v3's in-batch negatives), key `i`
+    /// of row `i` skipped.
+    pub skip_diagonal: u32,
+    pub _pad: [u32; 2],
 }
 
 const _: () = assert!(std::mem::size_of::<HealthParams>() == 64);
@@ -104,7 +107,7 @@ impl HealthPlan {
         let keys_per_split = key_tiles.div_ceil(want) * TILE;
         let splits = k.div_ceil(keys_per_split);
         let pair_blocks = row_tiles * row_tiles;
-        let base = HealthParams { n: n as u32, d: d as u32, k: k as u32, splits: splits as u32, keys_per_split: keys_per_split as u32, pair_blocks: pair_blocks as u32, ..Default::default() };
+        let base = HealthParams { n: n as u32, d: d as u32, k: k as u32, splits: splits as u32, keys_per_split: keys_per_split as u32, pair_blocks: pair_blocks as u32, skip_diagonal: shape.is_in_batch() as u32, ..Default::default() };
         // pairs of rows of q̂ [N, d]: element (r, t) at r*d + t
         let rows_mode = if n <= d { MODE_PAIRS | MODE_GRAM } else { MODE_PAIRS };
         let mut launches = vec![HealthLaunch { entry: "health_gram", params: HealthParams { rows: n as u32, red: d as u32, row_stride: d as u32, red_stride: 1, mode: rows_mode, ..base }, grid: (row_tiles as u32, row_tiles as u32, 1) }];

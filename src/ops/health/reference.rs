@@ -34,6 +34,16 @@ impl HealthRef {
 
 /// The statistics of `q_hat, k_hat: [n, d]` (as given, not normalised again) against `queue: [K, d]`.
 pub fn health(q_hat: &[f32], k_hat: &[f32], queue: &[f32], n: usize, d: usize) -> HealthRef {
+    statistics(q_hat, k_hat, queue, n, d, false)
+}
+
+/// The statistics with MoCo v3's in-batch negatives: the negatives of row `i` are the rows `k̂_j`, `j ≠ i`, of
+/// `k_hat` (the logit statistics are NaN when `n = 1`).
+pub fn health_in_batch(q_hat: &[f32], k_hat: &[f32], n: usize, d: usize) -> HealthRef {
+    statistics(q_hat, k_hat, k_hat, n, d, true)
+}
+
+fn statistics(q_hat: &[f32], k_hat: &[f32], queue: &[f32], n: usize, d: usize, skip_diagonal: bool) -> HealthRef {
     let rows = |x: &[f32]| -> Vec<Vec<f64>> { x.chunks_exact(d).map(|r| r.iter().map(|&v| v as f64).collect()).collect() };
     let (qr, kr, keys) = (rows(q_hat), rows(k_hat), rows(queue));
     let q = |i: usize| qr[i].as_slice();
@@ -75,10 +85,18 @@ pub fn health(q_hat: &[f32], k_hat: &[f32], queue: &[f32], n: usize, d: usize) -
     };
     // logits at temperature 1
     let pos_mean = (0..n).map(|i| dot(q(i), kk(i))).sum::<f64>() / nf;
-    let logits: Vec<Vec<f64>> = (0..n).map(|i| keys.iter().map(|u| dot(q(i), u)).collect()).collect();
-    let neg_mean = logits.iter().flatten().sum::<f64>() / (nf * keys.len() as f64);
-    let neg_max = logits.iter().flatten().copied().fold(f64::NEG_INFINITY, f64::max);
-    let neg_row_max_mean = logits.iter().map(|r| r.iter().copied().fold(f64::NEG_INFINITY, f64::max)).sum::<f64>() / nf;
+    // the negatives of each row: every key, or in-batch every other key
+    let logits: Vec<Vec<f64>> = (0..n).map(|i| keys.iter().enumerate().filter(|&(j, _)| !(skip_diagonal && j == i)).map(|(_, u)| dot(q(i), u)).collect()).collect();
+    let count = logits.iter().map(Vec::len).sum::<usize>();
+    let (neg_mean, neg_max, neg_row_max_mean) = if count == 0 {
+        (f64::NAN, f64::NAN, f64::NAN)
+    } else {
+        (
+            logits.iter().flatten().sum::<f64>() / count as f64,
+            logits.iter().flatten().copied().fold(f64::NEG_INFINITY, f64::max),
+            logits.iter().map(|r| r.iter().copied().fold(f64::NEG_INFINITY, f64::max)).sum::<f64>() / nf,
+        )
+    };
     let x: Vec<f64> = q_hat.iter().map(|&v| v as f64).collect();
     HealthRef {
         alignment,
