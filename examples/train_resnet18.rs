@@ -129,6 +129,8 @@ struct Args {
     /// Also run the kNN monitor on the pooled 512-d backbone features (the colab's monitor uses the head output)
     #[arg(long)]
     knn_backbone: bool,
+    #[command(flatten)]
+    health: cli::HealthArgs,
     /// No progress bar
     #[arg(long)]
     no_progress: bool,
@@ -190,7 +192,7 @@ fn run(a: Args) -> moco::Result<()> {
         format!("preset {} (the colab's defaults; flags override){}", preset.name(), if a.lr_scale_linear { "; lr scaled linearly, batch / 512 (--lr-scale-linear)" } else { "" })
     };
     let intro = cli::Intro { title: format!("MoCo ({} preset)", preset.name()), settings, views_label: "augmentation" };
-    let run = RunOptions { out_dir: a.out, resume: a.resume, progress: !a.no_progress, max_steps: a.max_steps, export: a.export, verbose: true, knn_backbone: a.knn_backbone, ..RunOptions::default() };
+    let run = RunOptions { out_dir: a.out, resume: a.resume, progress: !a.no_progress, max_steps: a.max_steps, export: a.export, verbose: true, knn_backbone: a.knn_backbone, health: a.health.options(), ..RunOptions::default() };
     let flags = cli::RunFlags { backend: a.backend, data: a.data, synthetic: a.synthetic.map(|s| (s[0], s[1])), crop_min: a.crop_min, no_flip: a.no_flip, save_views: a.save_views, linear_probe: a.linear_probe, run };
     // one augmentation for both views, v3 included (train_vit has moco-v3's asymmetric pair)
     cli::train_run(&cfg, ViewPair::same(cfg.augmentation()), &flags, &intro, t_start, |_, _, _, p| {

@@ -109,6 +109,8 @@ struct Args {
     /// Also run the kNN monitor on the backbone features (the default monitor uses the projector's output)
     #[arg(long)]
     knn_backbone: bool,
+    #[command(flatten)]
+    health: cli::HealthArgs,
     /// Seed of everything random [0]
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -203,7 +205,7 @@ fn run(a: Args) -> moco::Result<()> {
         "preset v3 (moco-v3's recipe; flags override)".to_string()
     };
     let intro = cli::Intro { title: "MoCo v3".to_string(), settings, views_label: "views" };
-    let run = RunOptions { out_dir: a.out, resume: a.resume, progress: !a.no_progress, max_steps: a.max_steps, export: a.export, verbose: true, knn_backbone: a.knn_backbone, ..RunOptions::default() };
+    let run = RunOptions { out_dir: a.out, resume: a.resume, progress: !a.no_progress, max_steps: a.max_steps, export: a.export, verbose: true, knn_backbone: a.knn_backbone, health: a.health.options(), ..RunOptions::default() };
     let flags = cli::RunFlags { backend: a.backend, data: a.data, synthetic: None, crop_min: a.crop_min, no_flip: a.no_flip, save_views: a.save_views, linear_probe: a.linear_probe, run };
     cli::train_run(&cfg, cfg.views(), &flags, &intro, t_start, |engine, test_ds, view1, p| {
         let feats = write_features(engine, &cfg, test_ds, view1, p)?;
