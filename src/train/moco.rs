@@ -96,8 +96,14 @@ struct V3Parts<D: TrainDevice> {
     dq2: D::Buf,
 }
 
+/// Where the parts of the health output buffer start: views bound by a wgpu shader start at multiples of 256 bytes.
+const HEALTH_STATS_AT: usize = 0;
+const HEALTH_DRIFT_AT: usize = 64;
+const HEALTH_GRAM_AT: usize = 128;
+
 /// The representation-health buffers: the step's normalised queries and positive keys, and the one output buffer
-/// read back per measurement (`[HEALTH_WORDS]` statistics, the drift `[1]`, the Gram matrix `[g*g]`).
+/// read back per measurement (`[HEALTH_WORDS]` statistics at 0, the drift `[1]` at 64, the Gram matrix `[g*g]` at
+/// 128).
 struct HealthBufs<D: TrainDevice> {
     q_hat: D::Buf,
     k_hat: D::Buf,
@@ -199,7 +205,7 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
             queue = Some(dev.queue_from_f32(&initial_queue(cfg), cfg.queue_len, dim, cfg.queue_dtype)?);
         }
         let gram = HealthShape::new(n, dim, 1)?.gram_len();
-        let health = HealthBufs { q_hat: dev.alloc(n * dim)?, k_hat: dev.alloc(n * dim)?, inv_norm: dev.alloc(n)?, out: dev.alloc(HEALTH_WORDS + 1 + gram)?, due: false, ready: false };
+        let health = HealthBufs { q_hat: dev.alloc(n * dim)?, k_hat: dev.alloc(n * dim)?, inv_norm: dev.alloc(n)?, out: dev.alloc(HEALTH_GRAM_AT + gram)?, due: false, ready: false };
         Ok(Self { cfg: cfg.clone(), dev, enc_q, enc_k, enc_eval, opt, queue, ptr: 0, v3, q, k1, k2, dq, row_loss, stats, nonfinite, health, last_half: KeyBatch::K2 })
     }
 
@@ -362,7 +368,7 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
             None => HealthShape::in_batch(n, dim)?,
         };
         let p = self.enc_q.layout.params().len;
-        let regions = [Region::new(0, HEALTH_WORDS), Region::new(HEALTH_WORDS, 1), Region::new(HEALTH_WORDS + 1, shape.gram_len())];
+        let regions = [Region::new(HEALTH_STATS_AT, HEALTH_WORDS), Region::new(HEALTH_DRIFT_AT, 1), Region::new(HEALTH_GRAM_AT, shape.gram_len())];
         let ([stats, drift, gram], []) = D::split(&mut h.out, regions, [])?;
         match &self.queue {
             Some(queue) => self.dev.health(stats, gram, D::whole(&h.q_hat), D::whole(&h.k_hat), queue, &shape)?,
@@ -439,12 +445,12 @@ impl<D: TrainDevice, M: Encoder> Engine for MocoEngine<D, M> {
         }
         let (n, dim) = (self.cfg.batch_size, self.cfg.dim);
         let shape = if self.cfg.is_v3() { HealthShape::in_batch(n, dim)? } else { HealthShape::new(n, dim, self.cfg.queue_len)? };
-        let words = self.dev.read(&self.health.out, Region::new(0, HEALTH_WORDS + 1 + shape.gram_len()))?;
-        let stats = HealthStats::from_words(&words[..HEALTH_WORDS])?;
-        let effective_rank = effective_rank(&words[HEALTH_WORDS + 1..], &shape)?;
+        let words = self.dev.read(&self.health.out, Region::new(0, HEALTH_GRAM_AT + shape.gram_len()))?;
+        let stats = HealthStats::from_words(&words[HEALTH_STATS_AT..HEALTH_STATS_AT + HEALTH_WORDS])?;
+        let effective_rank = effective_rank(&words[HEALTH_GRAM_AT..], &shape)?;
         let per_step = (n * if self.cfg.symmetric { 2 } else { 1 }) as u64;
         let queue_age = self.queue.is_some().then(|| queue_age(self.opt.steps(), per_step, self.cfg.queue_len as u64));
-        Ok(Some(HealthSnapshot { stats, effective_rank, key_drift: words[HEALTH_WORDS] as f64, queue_age }))
+        Ok(Some(HealthSnapshot { stats, effective_rank, key_drift: words[HEALTH_DRIFT_AT] as f64, queue_age }))
     }
 
     fn embed(&mut self, x: &[f32], n: usize, backbone: bool) -> Result<Vec<f32>> {
