@@ -21,14 +21,6 @@ use moco::QueueDType;
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// The embedded default (no `--data`): the colab's recipe at a size where training ends in under 3 minutes on 2
-/// CPU cores with a clear kNN gain over the random init (README, "What you see"): the digits' native 8x8 (4x fewer
-/// FLOPs than 16x16, so 10 epochs fit in the budget), batch 64, K 512, SplitBN 2, lr 0.06, cosine counted from 0.
-/// Crops and flips: [`cli::DEMO_CROP_MIN`].
-fn demo_config(cfg: TrainConfig) -> TrainConfig {
-    TrainConfig { image_size: 8, epochs: 10, queue_len: 512, bn_splits: 2, lr: 0.06, cosine_from_one: false, ..cfg.with_batch(64) }
-}
-
 #[derive(Parser, Debug)]
 #[command(about = "MoCo v1/v2 training of ResNet-18 (CIFAR stem) on moco's fused kernels")]
 struct Args {
@@ -150,7 +142,7 @@ fn run(a: Args) -> moco::Result<()> {
     let mut cfg = if preset == Preset::V3 { TrainConfig::v3(train::ModelKind::ResNet18) } else { TrainConfig::preset(preset) };
     let demo = a.data.is_none();
     if demo {
-        cfg = demo_config(cfg);
+        cfg = cli::resnet18_demo_config(cfg);
     }
     cfg.image_size = a.image_size.unwrap_or(cfg.image_size);
     if let Some(b) = a.batch {

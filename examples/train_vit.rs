@@ -20,16 +20,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// The embedded default (no `--data`): a ViT small enough that a run ends in a few minutes on 2 CPU cores with a
-/// clear kNN gain over the random init (README): D 128, depth 4, 4 heads, heads' hidden width 512 to 128, 6 epochs
-/// with 1 of warmup, batch 64, lr 1e-3 (ResNet: the recipe's 0.3 x batch / 256). Crops and flips:
-/// [`cli::DEMO_CROP_MIN`].
-fn demo_config(cfg: TrainConfig) -> TrainConfig {
-    let vit = moco::nn::VitConfig { dim: 128, depth: 4, heads: 4, ..cfg.vit };
-    let lr = if cfg.model == ModelKind::Vit { 1e-3 } else { 0.3 * 64.0 / 256.0 };
-    TrainConfig { vit, mlp_dim: 512, dim: 128, epochs: 6, batch_size: 64, warmup_epochs: 1, lr, ..cfg }
-}
-
 #[derive(Parser, Debug)]
 #[command(about = "MoCo v3 training of moco-v3's ViT (or a ResNet-18) on moco's fused kernels")]
 struct Args {
@@ -145,7 +135,7 @@ fn config(a: &Args, demo: bool) -> moco::Result<TrainConfig> {
     let model = ModelKind::parse(&a.model)?;
     let mut cfg = TrainConfig::v3(model);
     if demo {
-        cfg = demo_config(cfg);
+        cfg = cli::vit_demo_config(cfg);
     }
     cfg.vit.patch = a.patch.unwrap_or(cfg.vit.patch);
     cfg.vit.dim = a.dim.unwrap_or(cfg.vit.dim);
