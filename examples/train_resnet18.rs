@@ -21,14 +21,6 @@ use moco::QueueDType;
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// The embedded default (no `--data`): the colab's recipe at a size where training ends in under 3 minutes on 2
-/// CPU cores with a clear kNN gain over the random init (README, "What you see"): the digits' native 8x8 (4x fewer
-/// FLOPs than 16x16, so 10 epochs fit in the budget), batch 64, K 512, SplitBN 2, lr 0.06, cosine counted from 0.
-/// Crops and flips: [`cli::DEMO_CROP_MIN`].
-fn demo_config(cfg: TrainConfig) -> TrainConfig {
-    TrainConfig { image_size: 8, epochs: 10, queue_len: 512, bn_splits: 2, lr: 0.06, cosine_from_one: false, ..cfg.with_batch(64) }
-}
-
 #[derive(Parser, Debug)]
 #[command(about = "MoCo v1/v2 training of ResNet-18 (CIFAR stem) on moco's fused kernels")]
 struct Args {
@@ -129,6 +121,8 @@ struct Args {
     /// Also run the kNN monitor on the pooled 512-d backbone features (the colab's monitor uses the head output)
     #[arg(long)]
     knn_backbone: bool,
+    #[command(flatten)]
+    health: cli::HealthArgs,
     /// No progress bar
     #[arg(long)]
     no_progress: bool,
@@ -148,7 +142,7 @@ fn run(a: Args) -> moco::Result<()> {
     let mut cfg = if preset == Preset::V3 { TrainConfig::v3(train::ModelKind::ResNet18) } else { TrainConfig::preset(preset) };
     let demo = a.data.is_none();
     if demo {
-        cfg = demo_config(cfg);
+        cfg = cli::resnet18_demo_config(cfg);
     }
     cfg.image_size = a.image_size.unwrap_or(cfg.image_size);
     if let Some(b) = a.batch {
@@ -190,7 +184,7 @@ fn run(a: Args) -> moco::Result<()> {
         format!("preset {} (the colab's defaults; flags override){}", preset.name(), if a.lr_scale_linear { "; lr scaled linearly, batch / 512 (--lr-scale-linear)" } else { "" })
     };
     let intro = cli::Intro { title: format!("MoCo ({} preset)", preset.name()), settings, views_label: "augmentation" };
-    let run = RunOptions { out_dir: a.out, resume: a.resume, progress: !a.no_progress, max_steps: a.max_steps, export: a.export, verbose: true, knn_backbone: a.knn_backbone, ..RunOptions::default() };
+    let run = RunOptions { out_dir: a.out, resume: a.resume, progress: !a.no_progress, max_steps: a.max_steps, export: a.export, verbose: true, knn_backbone: a.knn_backbone, health: a.health.options(), ..RunOptions::default() };
     let flags = cli::RunFlags { backend: a.backend, data: a.data, synthetic: a.synthetic.map(|s| (s[0], s[1])), crop_min: a.crop_min, no_flip: a.no_flip, save_views: a.save_views, linear_probe: a.linear_probe, run };
     // one augmentation for both views, v3 included (train_vit has moco-v3's asymmetric pair)
     cli::train_run(&cfg, ViewPair::same(cfg.augmentation()), &flags, &intro, t_start, |_, _, _, p| {

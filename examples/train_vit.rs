@@ -20,16 +20,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// The embedded default (no `--data`): a ViT small enough that a run ends in a few minutes on 2 CPU cores with a
-/// clear kNN gain over the random init (README): D 128, depth 4, 4 heads, heads' hidden width 512 to 128, 6 epochs
-/// with 1 of warmup, batch 64, lr 1e-3 (ResNet: the recipe's 0.3 x batch / 256). Crops and flips:
-/// [`cli::DEMO_CROP_MIN`].
-fn demo_config(cfg: TrainConfig) -> TrainConfig {
-    let vit = moco::nn::VitConfig { dim: 128, depth: 4, heads: 4, ..cfg.vit };
-    let lr = if cfg.model == ModelKind::Vit { 1e-3 } else { 0.3 * 64.0 / 256.0 };
-    TrainConfig { vit, mlp_dim: 512, dim: 128, epochs: 6, batch_size: 64, warmup_epochs: 1, lr, ..cfg }
-}
-
 #[derive(Parser, Debug)]
 #[command(about = "MoCo v3 training of moco-v3's ViT (or a ResNet-18) on moco's fused kernels")]
 struct Args {
@@ -109,6 +99,8 @@ struct Args {
     /// Also run the kNN monitor on the backbone features (the default monitor uses the projector's output)
     #[arg(long)]
     knn_backbone: bool,
+    #[command(flatten)]
+    health: cli::HealthArgs,
     /// Seed of everything random [0]
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -143,7 +135,7 @@ fn config(a: &Args, demo: bool) -> moco::Result<TrainConfig> {
     let model = ModelKind::parse(&a.model)?;
     let mut cfg = TrainConfig::v3(model);
     if demo {
-        cfg = demo_config(cfg);
+        cfg = cli::vit_demo_config(cfg);
     }
     cfg.vit.patch = a.patch.unwrap_or(cfg.vit.patch);
     cfg.vit.dim = a.dim.unwrap_or(cfg.vit.dim);
@@ -203,7 +195,7 @@ fn run(a: Args) -> moco::Result<()> {
         "preset v3 (moco-v3's recipe; flags override)".to_string()
     };
     let intro = cli::Intro { title: "MoCo v3".to_string(), settings, views_label: "views" };
-    let run = RunOptions { out_dir: a.out, resume: a.resume, progress: !a.no_progress, max_steps: a.max_steps, export: a.export, verbose: true, knn_backbone: a.knn_backbone, ..RunOptions::default() };
+    let run = RunOptions { out_dir: a.out, resume: a.resume, progress: !a.no_progress, max_steps: a.max_steps, export: a.export, verbose: true, knn_backbone: a.knn_backbone, health: a.health.options(), ..RunOptions::default() };
     let flags = cli::RunFlags { backend: a.backend, data: a.data, synthetic: None, crop_min: a.crop_min, no_flip: a.no_flip, save_views: a.save_views, linear_probe: a.linear_probe, run };
     cli::train_run(&cfg, cfg.views(), &flags, &intro, t_start, |engine, test_ds, view1, p| {
         let feats = write_features(engine, &cfg, test_ds, view1, p)?;

@@ -76,3 +76,34 @@ template <unsigned int N, typename T> __device__ __forceinline__ T block_sum(T v
     for (unsigned int w = 0; w < N / 32u; ++w) total += scratch[w];
     return total;
 }
+
+// ---- key loads, one per queue storage type -------------------------------------------------------------------
+
+__device__ __forceinline__ float f16_bits_to_f32(unsigned short h) {
+#ifdef MOCO_CUDA_EMU // tests/cuda_emu/cuda_emu.h: the same exact conversion in portable C++
+    return moco_emu_f16_bits_to_f32(h);
+#else
+    float f;
+    asm("{ cvt.f32.f16 %0, %1; }" : "=f"(f) : "h"(h));
+    return f;
+#endif
+}
+
+__device__ __forceinline__ float bf16_bits_to_f32(unsigned short h) {
+    return __uint_as_float(((unsigned int)h) << 16);
+}
+
+// DT: 0 f32, 1 f16, 2 bf16 (the WGSL QUEUE_DTYPE codes).
+template <int DT> struct KeyType { typedef unsigned short T; };
+template <> struct KeyType<0> { typedef float T; };
+
+template <int DT> __device__ __forceinline__ float load_key(const typename KeyType<DT>::T* __restrict__ keys, unsigned int idx);
+template <> __device__ __forceinline__ float load_key<0>(const float* __restrict__ keys, unsigned int idx) {
+    return __ldg(keys + idx);
+}
+template <> __device__ __forceinline__ float load_key<1>(const unsigned short* __restrict__ keys, unsigned int idx) {
+    return f16_bits_to_f32(__ldg(keys + idx));
+}
+template <> __device__ __forceinline__ float load_key<2>(const unsigned short* __restrict__ keys, unsigned int idx) {
+    return bf16_bits_to_f32(__ldg(keys + idx));
+}

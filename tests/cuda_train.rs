@@ -60,6 +60,10 @@ fn cuda_and_cpu_engines_agree_for_20_moco_v2_steps() {
     embeddings_agree(&mut c, &mut g, x, n, "before the first step");
     let mut worst = 0f64;
     for (step, (xq, xk)) in data.iter().enumerate() {
+        if step == 2 {
+            c.request_health();
+            g.request_health();
+        }
         let (a, b) = (c.step(xq, xk, cfg.lr).unwrap(), g.step(xq, xk, cfg.lr).unwrap());
         let rel = ((a.loss - b.loss).abs() / a.loss.abs().max(1e-6)) as f64;
         worst = worst.max(rel);
@@ -134,6 +138,10 @@ fn cuda_and_cpu_vit_engines_agree_for_10_moco_v3_steps() {
     let (mut c, mut g) = (moco::train::CpuVitEngine::new(&cfg).unwrap(), moco::train::CudaVitEngine::new(&cuda, &cfg).unwrap());
     let mut worst = 0f64;
     for (step, (xq, xk)) in data.iter().enumerate() {
+        if step == 2 {
+            c.request_health();
+            g.request_health();
+        }
         let (a, b) = (c.step_with(xq, xk, cfg.lr, 0.99).unwrap(), g.step_with(xq, xk, cfg.lr, 0.99).unwrap());
         let rel = ((a.loss - b.loss).abs() / a.loss.abs().max(1e-6)) as f64;
         worst = worst.max(rel);
@@ -234,12 +242,19 @@ fn small_moco_v2_three_steps_match_the_cpu_engine() {
     let start = c.state().unwrap();
     g.load_state(&start).unwrap();
     for (step, (xq, xk)) in data.iter().enumerate() {
+        if step == 2 {
+            c.request_health();
+            g.request_health();
+        }
         let (a, b) = (c.step(xq, xk, cfg.lr).unwrap(), g.step(xq, xk, cfg.lr).unwrap());
         let rel = ((a.loss - b.loss).abs() / a.loss.abs().max(1e-6)) as f64;
         eprintln!("v2 step {step}: cpu loss {:.6}  cuda loss {:.6}  rel {rel:.2e}  (acc@1 {:.1} / {:.1})", a.loss, b.loss, a.acc1, b.acc1);
         // 1e-3: the CPU engine times its convolution algorithms on first use, so its own rounding varies by run
         assert!(a.loss.is_finite() && b.loss.is_finite() && rel <= 1e-3, "v2 step {step}: cpu loss {} vs cuda {} (relative {rel:.2e} > 1e-3)", a.loss, b.loss);
     }
+    // the health op on the CUDA engine's buffers (queue, queries, keys, both encoders) against the CPU engine's
+    let (ha, hb) = (c.take_health().unwrap().expect("cpu health"), g.take_health().unwrap().expect("cuda health"));
+    common::training::assert_health_agrees("v2 step 3 on CUDA", &ha, &hb);
     states_agree(&start, &c.state().unwrap(), &g.state().unwrap(), 1e-2, 1e-2, "v2 after 3 steps");
 }
 
@@ -252,11 +267,18 @@ fn small_moco_v3_vit_three_steps_match_the_cpu_engine() {
     let start = c.state().unwrap();
     g.load_state(&start).unwrap();
     for (step, (xq, xk)) in data.iter().enumerate() {
+        if step == 2 {
+            c.request_health();
+            g.request_health();
+        }
         let (a, b) = (c.step_with(xq, xk, cfg.lr, 0.99).unwrap(), g.step_with(xq, xk, cfg.lr, 0.99).unwrap());
         let rel = ((a.loss - b.loss).abs() / a.loss.abs().max(1e-6)) as f64;
         eprintln!("v3 step {step}: cpu loss {:.6}  cuda loss {:.6}  rel {rel:.2e}", a.loss, b.loss);
         assert!(a.loss.is_finite() && b.loss.is_finite() && rel <= 1e-5, "v3 step {step}: cpu loss {} vs cuda {} (relative {rel:.2e} > 1e-5)", a.loss, b.loss);
     }
+    // in-batch health (no queue) on the CUDA engine against the CPU engine's
+    let (ha, hb) = (c.take_health().unwrap().expect("cpu health"), g.take_health().unwrap().expect("cuda health"));
+    common::training::assert_health_agrees("v3 step 3 on CUDA", &ha, &hb);
     // the parameters whose true gradient is 0: the key third of each `attn.qkv.bias` (softmax ignores a shift
     // shared by all keys) and the last `norm.bias` (the projector's first BN removes a constant shift). AdamW turns
     // their gradients, rounding noise, into +-lr steps, different on every device (and between CPU summation

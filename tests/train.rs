@@ -96,8 +96,18 @@ fn agrees_with_the_cpu_engine<D: TrainDevice>(dev: &mut D) {
     let name = g.name();
     let (xq, xk) = views(&cfg, 5);
     for step in 0..2 {
+        if step == 1 {
+            c.request_health();
+            g.request_health();
+        }
         let (a, b) = (c.step(&xq, &xk, cfg.lr).unwrap(), g.step(&xq, &xk, cfg.lr).unwrap());
         assert!((a.loss - b.loss).abs() <= 1e-3 * a.loss.abs(), "step {step}: cpu loss {} vs {name} {}", a.loss, b.loss);
+        let (ha, hb) = (c.take_health().unwrap(), g.take_health().unwrap());
+        if step == 0 {
+            assert!(ha.is_none() && hb.is_none(), "{name}: health measured without a request");
+            continue;
+        }
+        common::training::assert_health_agrees(&name, &ha.expect("cpu health"), &hb.expect("device health"));
     }
     let (sa, sb) = (c.state().unwrap(), g.state().unwrap());
     assert_eq!((sa.queue_ptr, sa.opt_steps, sa.q_tracked, sa.k_tracked), (sb.queue_ptr, sb.opt_steps, sb.q_tracked, sb.k_tracked));

@@ -307,6 +307,32 @@ impl Parser<'_> {
     }
 }
 
+/// Appends the CSV header line of `cols` to `out`.
+fn header_line(out: &mut String, cols: &[String]) {
+    for (i, c) in cols.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        csv_cell(out, c);
+    }
+    out.push('\n');
+}
+
+/// Appends the CSV line of `rec` under `cols` to `out` (empty cells for missing keys).
+fn row_line(out: &mut String, cols: &[String], rec: &Record) {
+    for (i, c) in cols.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match rec.value(c) {
+            Some(Value::Num(x)) => out.push_str(&csv_num(*x)),
+            Some(Value::Str(s)) => csv_cell(out, s),
+            None => {}
+        }
+    }
+    out.push('\n');
+}
+
 /// Writes metrics records to `{dir}/{name}.jsonl` and `{dir}/{name}.csv`, one line per record, each handed to
 /// the OS as soon as it is written.
 #[derive(Debug)]
@@ -388,13 +414,7 @@ impl MetricsWriter {
 
     fn write_header(&mut self, cols: Vec<String>) -> Result<()> {
         let mut line = String::new();
-        for (i, c) in cols.iter().enumerate() {
-            if i > 0 {
-                line.push(',');
-            }
-            csv_cell(&mut line, c);
-        }
-        line.push('\n');
+        header_line(&mut line, &cols);
         self.csv.write_all(line.as_bytes()).map_err(|e| Error::io(&self.csv_path, e))?;
         self.columns = Some(cols);
         Ok(())
@@ -410,19 +430,35 @@ impl MetricsWriter {
             self.write_header(rec.keys().map(String::from).collect())?;
         }
         let mut row = String::new();
-        for (i, c) in self.columns.iter().flatten().enumerate() {
-            if i > 0 {
-                row.push(',');
-            }
-            match rec.value(c) {
-                Some(Value::Num(x)) => row.push_str(&csv_num(*x)),
-                Some(Value::Str(s)) => csv_cell(&mut row, s),
-                None => {}
-            }
-        }
-        row.push('\n');
+        row_line(&mut row, self.columns.as_deref().unwrap_or_default(), rec);
         self.csv.write_all(row.as_bytes()).map_err(|e| Error::io(&self.csv_path, e))?;
         self.csv.flush().map_err(|e| Error::io(&self.csv_path, e))
+    }
+
+    /// Fixes the CSV's columns (a record's keys outside them go to the JSONL only; a record without one leaves its
+    /// cell empty). Before anything is written it only sets the header; when the CSV already has other columns (a
+    /// resumed run of an older version), the CSV is rewritten from the JSONL under the new header (through a
+    /// temporary file and a rename).
+    pub fn set_columns(&mut self, cols: &[&str]) -> Result<()> {
+        let cols: Vec<String> = cols.iter().map(|c| c.to_string()).collect();
+        if self.columns.as_ref() == Some(&cols) {
+            return Ok(());
+        }
+        if self.columns.is_none() && std::fs::metadata(&self.csv_path).map_or(true, |m| m.len() == 0) {
+            return self.write_header(cols);
+        }
+        let records = read_jsonl(&self.jsonl_path)?;
+        let tmp = self.csv_path.with_extension("csv.columns-tmp");
+        let mut out = String::new();
+        header_line(&mut out, &cols);
+        for r in &records {
+            row_line(&mut out, &cols, r);
+        }
+        std::fs::write(&tmp, out).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, &self.csv_path).map_err(|e| Error::io(&self.csv_path, e))?;
+        self.csv = OpenOptions::new().append(true).open(&self.csv_path).map_err(|e| Error::io(&self.csv_path, e))?;
+        self.columns = Some(cols);
+        Ok(())
     }
 
     /// The CSV columns (None until the header is known).

@@ -10,4 +10,4 @@ pub mod metrics;
 pub mod plot;
 
 pub use metrics::{read_jsonl, series, MetricsWriter, Record, Value};
-pub use plot::{plot_training, register_embedded_font, PlotOptions, FONT_FAMILY};
+pub use plot::{plot_training, plot_training_with_health, register_embedded_font, HealthCurves, PlotOptions, FONT_FAMILY};

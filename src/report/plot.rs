@@ -1,4 +1,4 @@
-//! PNG training curves: one image, two panels stacked vertically: training loss per step (raw, light, and a
+//! PNG training curves: one image, two panels stacked vertically (three with [`plot_training_with_health`]): training loss per step (raw, light, and a
 //! trailing moving average, dark) and kNN top-1 per epoch (in percent). The loss panel shades the first steps,
 //! taken while the queue still holds some of its random initial vectors, and marks the step from which it holds
 //! only real keys ([`PlotOptions::queue_full_step`]); the kNN panel marks the epoch-0 point as the random
@@ -104,15 +104,117 @@ fn tick(v: &f64) -> String {
     }
 }
 
+/// The representation-health curves of the third panel, each `(step, value)`; non-finite points are skipped.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HealthCurves {
+    /// Effective rank (RankMe) of the batch's normalised queries.
+    pub effective_rank: Vec<(f64, f64)>,
+    /// Mean per-dimension std of the normalised queries.
+    pub dim_std: Vec<(f64, f64)>,
+    /// Alignment `E‖q̂ − k̂‖²`.
+    pub alignment: Vec<(f64, f64)>,
+    /// Uniformity `log E exp(−2‖x̂ − ŷ‖²)`.
+    pub uniformity: Vec<(f64, f64)>,
+    /// Step of the collapse alarm, marked on both charts.
+    pub alarm_step: Option<f64>,
+}
+
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+fn finite(pts: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    pts.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect()
+}
+
+/// One chart of the health panel: `left` on the left axis, `right` on a secondary axis, the alarm as a vertical
+/// red line.
+#[allow(clippy::too_many_arguments)]
+fn dual_axis_chart(
+    area: &Area<'_>,
+    caption: &str,
+    left: (&str, &str, &[(f64, f64)], RGBColor),
+    right: (&str, &str, &[(f64, f64)], RGBColor),
+    x_desc: &str,
+    alarm: Option<f64>,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let (l, r) = (finite(left.2), finite(right.2));
+    let (x0, x1) = range(l.iter().chain(&r).map(|p| p.0), 0.02, (0.0, 1.0));
+    let (y0, y1) = range(l.iter().map(|p| p.1), 0.08, (0.0, 1.0));
+    let (s0, s1) = range(r.iter().map(|p| p.1), 0.08, (0.0, 1.0));
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, (FONT_FAMILY, 18))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(62)
+        .right_y_label_area_size(62)
+        .build_cartesian_2d(x0..x1, y0..y1)?
+        .set_secondary_coord(x0..x1, s0..s1);
+    chart.configure_mesh().x_desc(x_desc).x_label_formatter(&tick).y_desc(left.1).y_label_formatter(&tick).label_style((FONT_FAMILY, 13)).axis_desc_style((FONT_FAMILY, 14)).draw()?;
+    chart.configure_secondary_axes().y_desc(right.1).y_label_formatter(&tick).label_style((FONT_FAMILY, 13)).axis_desc_style((FONT_FAMILY, 14)).draw()?;
+    if l.is_empty() && r.is_empty() {
+        chart.draw_series(std::iter::once(Text::new("no data", ((x0 + x1) / 2.0, (y0 + y1) / 2.0), (FONT_FAMILY, 18))))?;
+        return Ok(());
+    }
+    let (lc, rc) = (left.3, right.3);
+    chart.draw_series(LineSeries::new(l.iter().copied(), lc.stroke_width(2)))?.label(left.0).legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], lc.stroke_width(2)));
+    chart.draw_series(l.iter().map(|&p| Circle::new(p, 2, lc.filled())))?;
+    chart.draw_secondary_series(LineSeries::new(r.iter().copied(), rc.stroke_width(2)))?.label(right.0).legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], rc.stroke_width(2)));
+    chart.draw_secondary_series(r.iter().map(|&p| TriangleMarker::new(p, 3, rc.filled())))?;
+    if let Some(a) = alarm.filter(|a| a.is_finite()) {
+        let red = RGBColor(200, 30, 30);
+        chart
+            .draw_series(std::iter::once(PathElement::new([(a, y0), (a, y1)], red.stroke_width(2))))?
+            .label(format!("collapse alarm (step {a:.0})"))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], red.stroke_width(2)));
+    }
+    chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).label_font((FONT_FAMILY, 13)).background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    Ok(())
+}
+
+/// The third panel: rank and std on one chart, alignment and uniformity on the other.
+fn draw_health(area: &Area<'_>, h: &HealthCurves, x_desc: &str) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let (left, right) = area.split_horizontally(area.dim_in_pixel().0 / 2);
+    let (blue, orange, purple, teal) = (RGBColor(20, 70, 160), RGBColor(220, 110, 20), RGBColor(120, 40, 150), RGBColor(20, 130, 120));
+    dual_axis_chart(
+        &left,
+        "collapse: effective rank and per-dimension std",
+        ("effective rank", "effective rank (RankMe; 1 = collapsed)", &h.effective_rank, blue),
+        ("per-dimension std", "std of normalised embeddings (1/sqrt(d) healthy)", &h.dim_std, orange),
+        x_desc,
+        h.alarm_step,
+    )?;
+    dual_axis_chart(
+        &right,
+        "alignment and uniformity (Wang & Isola)",
+        ("alignment", "alignment E|q - k|^2 (squared distance, 0..4)", &h.alignment, purple),
+        ("uniformity", "uniformity (nats, <= 0; lower = more uniform)", &h.uniformity, teal),
+        x_desc,
+        h.alarm_step,
+    )
+}
+
 fn draw(
-    root: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    root: &Area<'_>,
     loss: &[(f64, f64)],
     knn: &[(f64, f64)],
+    health: Option<&HealthCurves>,
     opts: &PlotOptions,
 ) -> std::result::Result<(), Box<dyn std::error::Error>> {
     root.fill(&WHITE)?;
     let root = root.titled(&opts.title, (FONT_FAMILY, 28).into_font())?;
-    let (top, bottom) = root.split_vertically(root.dim_in_pixel().1 / 2);
+    let step_desc = match opts.batch_size {
+        Some(b) => format!("training step (optimiser steps of {b} pairs)"),
+        None => "training step (optimiser steps)".to_string(),
+    };
+    let h = root.dim_in_pixel().1;
+    let (top, bottom) = match health {
+        Some(curves) => {
+            let (top, rest) = root.split_vertically(h / 3);
+            let (middle, third) = rest.split_vertically(h / 3);
+            draw_health(&third, curves, &step_desc)?;
+            (top, middle)
+        }
+        None => root.split_vertically(h / 2),
+    };
     let light = RGBColor(160, 190, 230);
     let dark = RGBColor(20, 70, 160);
     let green = RGBColor(20, 130, 60);
@@ -132,10 +234,7 @@ fn draw(
         .build_cartesian_2d(x0..x1, y0..y1)?;
     chart
         .configure_mesh()
-        .x_desc(match opts.batch_size {
-            Some(b) => format!("training step (optimiser steps of {b} pairs)"),
-            None => "training step (optimiser steps)".to_string(),
-        })
+        .x_desc(step_desc.as_str())
         .x_label_formatter(&tick)
         .y_desc("InfoNCE loss (nats)")
         .label_style((FONT_FAMILY, 14))
@@ -211,7 +310,17 @@ fn draw(
 /// with top-1 a fraction in [0, 1] (what [`crate::eval::KnnReport::top1`] holds; drawn in percent). Non-finite
 /// points are skipped; an empty series gives an empty panel marked "no data". Creates the parent folder.
 pub fn plot_training(path: impl AsRef<Path>, loss: &[(f64, f64)], knn: &[(f64, f64)], opts: &PlotOptions) -> Result<()> {
-    let path = path.as_ref();
+    plot(path.as_ref(), loss, knn, None, opts)
+}
+
+/// [`plot_training`] with a third panel of representation health ([`HealthCurves`]): the effective rank and the
+/// per-dimension std on one chart (two labelled axes), alignment and uniformity on another, the collapse alarm
+/// marked on both.
+pub fn plot_training_with_health(path: impl AsRef<Path>, loss: &[(f64, f64)], knn: &[(f64, f64)], health: &HealthCurves, opts: &PlotOptions) -> Result<()> {
+    plot(path.as_ref(), loss, knn, Some(health), opts)
+}
+
+fn plot(path: &Path, loss: &[(f64, f64)], knn: &[(f64, f64)], health: Option<&HealthCurves>, opts: &PlotOptions) -> Result<()> {
     for (what, v) in [("width", opts.width), ("height", opts.height)] {
         if !(200..=8192).contains(&v) {
             return Err(Error::shape("plot_training", format!("{what} in 200..=8192 pixels"), format!("{what} = {v}")));
@@ -223,7 +332,7 @@ pub fn plot_training(path: impl AsRef<Path>, loss: &[(f64, f64)], knn: &[(f64, f
     let mut buf = vec![0u8; w as usize * h as usize * 3];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        draw(&root, loss, knn, opts)
+        draw(&root, loss, knn, health, opts)
             .map_err(|e| io(std::io::Error::other(format!("drawing the plot: {e}"))))?;
     }
     let img = image::RgbImage::from_raw(w, h, buf).ok_or_else(|| io(std::io::Error::other("plot buffer size")))?;

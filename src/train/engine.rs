@@ -83,6 +83,14 @@ pub trait Engine {
         let m = self.config().momentum;
         self.step_with(x_q, x_k, lr, m)
     }
+    /// Asks the next [`Engine::step_with`] to measure representation health on the device (inside the step, after
+    /// the optimiser and before the enqueue; nothing waits). Engines without it ignore the request.
+    fn request_health(&mut self) {}
+    /// The statistics the last step measured after [`Engine::request_health`], read back once; `None` when that
+    /// step measured none (not asked, a non-finite loss, or an engine without them).
+    fn take_health(&mut self) -> Result<Option<super::health::HealthSnapshot>> {
+        Ok(None)
+    }
     /// Eval-mode features of the query encoder for `n` images `x: [n, 3, S, S]`: the head's output `[n, dim]`
     /// (what the colab's kNN monitor uses; v3: the projector's), or with `backbone` the backbone features.
     fn embed(&mut self, x: &[f32], n: usize, backbone: bool) -> Result<Vec<f32>>;

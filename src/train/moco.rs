@@ -14,12 +14,15 @@
 use super::config::TrainConfig;
 use super::config::ModelKind;
 use super::engine::{check_state, encoder_config, initial_queue, optimizer_config, Engine, EngineLayouts, EngineState, StepStats};
+use super::health::{queue_age, HealthSnapshot};
 use super::shuffle::{self, KeyBatch};
 use crate::device::{CpuDevice, Region};
 use crate::error::{Error, Result};
 use crate::nn::{Layers, Mlp, MlpLayout, Model, Network, ResNetLayout, VitLayout};
 use crate::ops::ema::Ema;
 use crate::ops::finite::{Finite, FiniteShape};
+use crate::ops::health::{effective_rank, DriftShape, Health, HealthShape, HealthStats, HEALTH_WORDS};
+use crate::ops::normalize::NormalizeShape;
 use crate::ops::infonce::{v3_loss_from_words, InfoNceShape, InfoNceStats, Infonce, SymmetricShape, STATS_WORDS};
 use crate::ops::optim::Optim;
 use crate::ops::queue::QueueShape;
@@ -28,9 +31,9 @@ use std::path::Path;
 
 /// What the MoCo engine asks of its device: the layers of a network, the fused losses and the queue, the momentum
 /// update and the optimisers (every device of [`crate::device`] has them all).
-pub trait TrainDevice: Layers + Infonce + Ema + Optim + Finite {}
+pub trait TrainDevice: Layers + Infonce + Ema + Optim + Finite + Health {}
 
-impl<D: Layers + Infonce + Ema + Optim + Finite> TrainDevice for D {}
+impl<D: Layers + Infonce + Ema + Optim + Finite + Health> TrainDevice for D {}
 
 /// Eval batch of [`Engine::embed`].
 const EVAL_BATCH: usize = 128;
@@ -93,6 +96,25 @@ struct V3Parts<D: TrainDevice> {
     dq2: D::Buf,
 }
 
+/// Where the parts of the health output buffer start: views bound by a wgpu shader start at multiples of 256 bytes.
+const HEALTH_STATS_AT: usize = 0;
+const HEALTH_DRIFT_AT: usize = 64;
+const HEALTH_GRAM_AT: usize = 128;
+
+/// The representation-health buffers: the step's normalised queries and positive keys, and the one output buffer
+/// read back per measurement (`[HEALTH_WORDS]` statistics at 0, the drift `[1]` at 64, the Gram matrix `[g*g]` at
+/// 128).
+struct HealthBufs<D: TrainDevice> {
+    q_hat: D::Buf,
+    k_hat: D::Buf,
+    inv_norm: D::Buf,
+    out: D::Buf,
+    /// The next step computes the statistics ([`Engine::request_health`]).
+    due: bool,
+    /// The last step computed them and they were not read yet.
+    ready: bool,
+}
+
 /// Query encoder, key encoder, an eval-mode copy for embeddings, the optimiser, the queue (v1/v2) or the
 /// predictor (v3), and the step's buffers on one device.
 pub struct MocoEngine<D: TrainDevice, M: Encoder = ResNetLayout> {
@@ -119,6 +141,10 @@ pub struct MocoEngine<D: TrainDevice, M: Encoder = ResNetLayout> {
     stats: D::IndexBuf,
     /// The count of non-finite query features `[1]`, read instead of the features.
     nonfinite: D::IndexBuf,
+    /// Representation health, computed inside a step when asked.
+    health: HealthBufs<D>,
+    /// The keys of the last query half: its queries are in `q`, their positives in `k1` or `k2`.
+    last_half: KeyBatch,
 }
 
 impl<D: TrainDevice, M: Encoder> std::fmt::Debug for MocoEngine<D, M> {
@@ -178,7 +204,9 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         } else {
             queue = Some(dev.queue_from_f32(&initial_queue(cfg), cfg.queue_len, dim, cfg.queue_dtype)?);
         }
-        Ok(Self { cfg: cfg.clone(), dev, enc_q, enc_k, enc_eval, opt, queue, ptr: 0, v3, q, k1, k2, dq, row_loss, stats, nonfinite })
+        let gram = HealthShape::new(n, dim, 1)?.gram_len();
+        let health = HealthBufs { q_hat: dev.alloc(n * dim)?, k_hat: dev.alloc(n * dim)?, inv_norm: dev.alloc(n)?, out: dev.alloc(HEALTH_GRAM_AT + gram)?, due: false, ready: false };
+        Ok(Self { cfg: cfg.clone(), dev, enc_q, enc_k, enc_eval, opt, queue, ptr: 0, v3, q, k1, k2, dq, row_loss, stats, nonfinite, health, last_half: KeyBatch::K2 })
     }
 
     /// The device.
@@ -213,6 +241,7 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         if self.dev.read_index(&self.nonfinite, one)?[0] != 0 || !k_host.iter().all(|v| v.is_finite()) {
             return Ok(InfoNceStats { loss: f32::NAN, top1: 0, top5: 0 });
         }
+        self.last_half = which;
         let k = if which == KeyBatch::K2 { &self.k2 } else { &self.k1 };
         let queue = self.queue.as_ref().ok_or_else(|| Error::shape("train step", "a v1/v2 engine (with a queue)", "a v3 engine"))?;
         let stats_words = Region::new(0, STATS_WORDS);
@@ -250,6 +279,8 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
             return Ok(stats);
         }
         self.opt.step(&mut self.dev, &mut self.enc_q.params, &self.enc_q.grads, lr)?;
+        // the health statistics against the queue the loss saw, before this step's keys join it
+        self.measure_health()?;
         // enqueue after the loss: k2 (and k1 first for the symmetric loss, as the colab's cat([k1, k2]))
         let queue = self.queue.as_mut().ok_or_else(|| Error::shape("train step", "a v1/v2 engine (with a queue)", "a v3 engine"))?;
         let qs = QueueShape::new(n, dim, self.cfg.queue_len, self.ptr)?;
@@ -314,7 +345,39 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         v3.pred.use_slot(0)?;
         self.opt.step(&mut self.dev, &mut self.enc_q.params, &self.enc_q.grads, lr)?;
         v3.opt.step(&mut self.dev, &mut v3.pred.params, &v3.pred.grads, lr)?;
+        self.measure_health()?;
         Ok(stats)
+    }
+
+    /// When a measurement is due: the health op on the step's queries `q` (v3: of view 1, through the predictor)
+    /// and their positive keys (v1/v2: of the last query half; v3: `k2`), both normalised here, against the queue
+    /// (v1/v2) or the other keys of the batch (v3), and the key encoder's drift, into `health.out`. Queued on the
+    /// device; nothing waits.
+    fn measure_health(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.health.due) {
+            return Ok(());
+        }
+        let (n, dim) = (self.cfg.batch_size, self.cfg.dim);
+        let norm = NormalizeShape::new(n, dim)?;
+        let keys = if self.cfg.is_v3() || self.last_half == KeyBatch::K2 { &self.k2 } else { &self.k1 };
+        let h = &mut self.health;
+        self.dev.normalize_rows(D::whole_mut(&mut h.q_hat), D::whole_mut(&mut h.inv_norm), D::whole(&self.q), &norm)?;
+        self.dev.normalize_rows(D::whole_mut(&mut h.k_hat), D::whole_mut(&mut h.inv_norm), D::whole(keys), &norm)?;
+        let shape = match &self.queue {
+            Some(_) => HealthShape::new(n, dim, self.cfg.queue_len)?,
+            None => HealthShape::in_batch(n, dim)?,
+        };
+        let p = self.enc_q.layout.params().len;
+        let regions = [Region::new(HEALTH_STATS_AT, HEALTH_WORDS), Region::new(HEALTH_DRIFT_AT, 1), Region::new(HEALTH_GRAM_AT, shape.gram_len())];
+        let ([stats, drift, gram], []) = D::split(&mut h.out, regions, [])?;
+        match &self.queue {
+            Some(queue) => self.dev.health(stats, gram, D::whole(&h.q_hat), D::whole(&h.k_hat), queue, &shape)?,
+            None => self.dev.health_in_batch(stats, gram, D::whole(&h.q_hat), D::whole(&h.k_hat), &shape)?,
+        }
+        let (theta_k, theta_q) = (D::view(&self.enc_k.params, Region::new(0, p))?, D::view(&self.enc_q.params, Region::new(0, p))?);
+        self.dev.param_drift(drift, theta_k, theta_q, &DriftShape::new(p)?)?;
+        h.ready = true;
+        Ok(())
     }
 
     /// Copies the query encoder's parameters and running statistics into the eval copy.
@@ -370,6 +433,24 @@ impl<D: TrainDevice, M: Encoder> Engine for MocoEngine<D, M> {
         } else {
             self.step_v2(x_q, x_k, lr, momentum)
         }
+    }
+
+    fn request_health(&mut self) {
+        self.health.due = true;
+    }
+
+    fn take_health(&mut self) -> Result<Option<HealthSnapshot>> {
+        if !std::mem::take(&mut self.health.ready) {
+            return Ok(None);
+        }
+        let (n, dim) = (self.cfg.batch_size, self.cfg.dim);
+        let shape = if self.cfg.is_v3() { HealthShape::in_batch(n, dim)? } else { HealthShape::new(n, dim, self.cfg.queue_len)? };
+        let words = self.dev.read(&self.health.out, Region::new(0, HEALTH_GRAM_AT + shape.gram_len()))?;
+        let stats = HealthStats::from_words(&words[HEALTH_STATS_AT..HEALTH_STATS_AT + HEALTH_WORDS])?;
+        let effective_rank = effective_rank(&words[HEALTH_GRAM_AT..], &shape)?;
+        let per_step = (n * if self.cfg.symmetric { 2 } else { 1 }) as u64;
+        let queue_age = self.queue.is_some().then(|| queue_age(self.opt.steps(), per_step, self.cfg.queue_len as u64));
+        Ok(Some(HealthSnapshot { stats, effective_rank, key_drift: words[HEALTH_DRIFT_AT] as f64, queue_age }))
     }
 
     fn embed(&mut self, x: &[f32], n: usize, backbone: bool) -> Result<Vec<f32>> {

@@ -6,6 +6,7 @@
 
 pub mod config;
 mod engine;
+pub mod health;
 pub mod cli;
 mod moco;
 mod run;
@@ -19,6 +20,7 @@ pub use moco::{CudaEngine, CudaVitEngine};
 #[cfg(feature = "wgpu")]
 pub use moco::{WgpuEngine, WgpuVitEngine};
 pub use engine::{check_state, encoder_config, initial_queue, model_name, optimizer_config, Engine, EngineLayouts, EngineState, StepStats};
+pub use health::{CollapseAlarm, CollapseMonitor, HealthOptions, HealthSnapshot};
 pub use run::{embed_dataset, knn_eval, linear_probe_on, queue_full_step, train, RunOptions, RunSummary};
 
 /// The former name of [`cli`].

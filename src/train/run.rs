@@ -4,11 +4,12 @@
 
 use super::config::TrainConfig;
 use super::engine::Engine;
+use super::health::{CollapseAlarm, CollapseMonitor, HealthOptions, HealthSnapshot, HEALTH_COLUMNS};
 use super::run_checkpoint::{self, Progress};
 use crate::data::{eval_batches, AugmentConfig, Dataset, PairLoader, ViewPair};
 use crate::error::{Error, Result};
 use crate::eval::{knn_top1, linear_probe, KnnConfig, ProbeConfig};
-use crate::report::{plot_training, read_jsonl, series, MetricsWriter, PlotOptions, Record};
+use crate::report::{plot_training, plot_training_with_health, read_jsonl, series, HealthCurves, MetricsWriter, PlotOptions, Record};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -35,6 +36,8 @@ pub struct RunOptions {
     pub verbose: bool,
     /// Also run the kNN monitor on the pooled backbone features (`knn_backbone_top1` in the metrics).
     pub knn_backbone: bool,
+    /// Representation health: how often it is measured, the collapse alarm's thresholds, `--stop-on-collapse`.
+    pub health: HealthOptions,
 }
 
 /// What a run did.
@@ -60,6 +63,21 @@ pub struct RunSummary {
     pub global_step: u64,
     /// Where a resumed run started (the checkpoint's progress).
     pub resumed_from: Option<Progress>,
+    /// The collapse alarm, when it was raised (in this call or, for a resumed run, before).
+    pub alarm: Option<CollapseAlarm>,
+    /// True when the run stopped at the alarm ([`HealthOptions::stop_on_collapse`]); the checkpoint is the last
+    /// healthy measurement's.
+    pub stopped_on_collapse: bool,
+    /// Representation health measured in this call, by optimiser step.
+    pub health: Vec<(u64, HealthSnapshot)>,
+}
+
+/// The CSV columns of a run's metrics, every record kind's (a record fills the ones it has).
+pub const METRIC_COLUMNS: [&str; 15] = ["kind", "epoch", "step", "global_step", "loss", "acc1", "acc5", "lr", "momentum", "pairs_per_s", "knn_top1", "knn_backbone_top1", "train_pairs_per_s", "loss_mean", "eval_s"];
+
+/// [`METRIC_COLUMNS`], the health statistics ([`HEALTH_COLUMNS`]) and the alarm's fields.
+pub fn metric_columns() -> Vec<&'static str> {
+    METRIC_COLUMNS.iter().chain(HEALTH_COLUMNS.iter()).chain(["alarm_statistic", "alarm_value", "alarm_early"].iter()).copied().collect()
 }
 
 /// The first step after which the queue holds only real keys (none of the random initial vectors): K keys are
@@ -110,6 +128,7 @@ pub fn linear_probe_on(engine: &mut dyn Engine, cfg: &TrainConfig, train: &Arc<D
 /// kNN monitor uses the first view's size and normalisation.
 pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, test: Arc<Dataset>, views: impl Into<ViewPair>, opts: &RunOptions) -> Result<RunSummary> {
     cfg.validate()?;
+    opts.health.validate()?;
     let views: ViewPair = views.into();
     let aug = views.view1.clone();
     std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::io(&opts.out_dir, e))?;
@@ -121,6 +140,9 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
     }
     let mut prog = Progress { epoch: 0, step: 0, global_step: 0 };
     let mut metrics;
+    let mut monitor = CollapseMonitor::new(opts.health);
+    // with --stop-on-collapse: the state and progress of the last healthy measurement
+    let mut last_healthy: Option<(super::engine::EngineState, Progress)> = None;
     let mut summary = RunSummary::default();
     let do_knn = !opts.no_knn && !test.is_empty();
     let eval_started = Instant::now();
@@ -141,6 +163,16 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
             );
         }
         metrics = MetricsWriter::resume(&opts.out_dir, "metrics", "global_step", prog.global_step as f64)?;
+        metrics.set_columns(&metric_columns())?;
+        // the collapse monitor's early values (and an alarm already raised) from the measurements before the
+        // checkpoint
+        for r in read_jsonl(metrics.jsonl_path())?.iter().filter(|r| r.get_str("kind") == Some("step")) {
+            if let (Some(step), Some(h)) = (r.get("global_step"), HealthSnapshot::from_record(r)) {
+                if let Some(a) = monitor.observe(step as u64, &h) {
+                    summary.alarm = Some(a);
+                }
+            }
+        }
         // the kNN of the epochs before the checkpoint (the random init among them), so the summary spans the run
         for r in read_jsonl(metrics.jsonl_path())?.iter().filter(|r| r.get_str("kind") == Some("epoch")) {
             if let Some(e) = r.get("epoch") {
@@ -154,6 +186,7 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
         }
     } else {
         metrics = MetricsWriter::create(&opts.out_dir, "metrics")?;
+        metrics.set_columns(&metric_columns())?;
         if do_knn {
             let acc = knn_eval(engine, cfg, &train, &test, &aug, false)?;
             summary.knn.push((0, acc));
@@ -191,6 +224,10 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
             // v3 sets lr and momentum every step, at the fractional epoch (moco-v3's epoch + i / iters)
             let at = prog.epoch as f64 + prog.step as f64 / steps_per_epoch as f64;
             let (lr, momentum) = (cfg.lr_at_step(at)?, cfg.momentum_at(at)?);
+            let measure = opts.health.due(prog.global_step + 1);
+            if measure {
+                engine.request_health();
+            }
             let t0 = Instant::now();
             let st = engine.step_with(&b.x_q, &b.x_k, lr, momentum)?;
             if !st.loss.is_finite() {
@@ -208,19 +245,53 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
             pairs += cfg.batch_size as u64;
             summary.losses.push(st.loss);
             epoch_loss = (epoch_loss.0 + st.loss as f64, epoch_loss.1 + 1);
-            metrics.write(
-                &Record::new()
-                    .with_str("kind", "step")
-                    .with("epoch", prog.epoch as f64)
-                    .with("step", prog.step as f64)
-                    .with("global_step", prog.global_step as f64)
-                    .with("loss", st.loss as f64)
-                    .with("acc1", st.acc1 as f64)
-                    .with("acc5", st.acc5 as f64)
-                    .with("lr", lr)
-                    .with("momentum", momentum)
-                    .with("pairs_per_s", ips),
-            )?;
+            let mut rec = Record::new()
+                .with_str("kind", "step")
+                .with("epoch", prog.epoch as f64)
+                .with("step", prog.step as f64)
+                .with("global_step", prog.global_step as f64)
+                .with("loss", st.loss as f64)
+                .with("acc1", st.acc1 as f64)
+                .with("acc5", st.acc5 as f64)
+                .with("lr", lr)
+                .with("momentum", momentum)
+                .with("pairs_per_s", ips);
+            let mut alarm = None;
+            if measure {
+                if let Some(h) = engine.take_health()? {
+                    rec = h.record(rec);
+                    summary.health.push((prog.global_step, h));
+                    alarm = monitor.observe(prog.global_step, &h);
+                    if alarm.is_none() && opts.health.stop_on_collapse && !monitor.raised() {
+                        let p = if prog.step == steps_per_epoch { Progress { epoch: prog.epoch + 1, step: 0, ..prog } } else { prog };
+                        last_healthy = Some((engine.state()?, p));
+                    }
+                }
+            }
+            metrics.write(&rec)?;
+            if let Some(a) = alarm {
+                let line = format!("warning: {a}");
+                match &bar {
+                    Some(bar) if !bar.is_hidden() => bar.println(&line),
+                    _ => eprintln!("{line}"),
+                }
+                metrics.write(&Record::new().with_str("kind", "alarm").with("epoch", prog.epoch as f64).with("global_step", prog.global_step as f64).with_str("alarm_statistic", a.statistic).with("alarm_value", a.value).with("alarm_early", a.early))?;
+                summary.alarm = Some(a);
+                if opts.health.stop_on_collapse {
+                    // the checkpoint of the last healthy measurement (the metrics after it stay, for the record)
+                    if let Some((state, p)) = &last_healthy {
+                        run_checkpoint::save(&ck_path, cfg, &engine.layouts(), state, *p)?;
+                        let line = format!("stopped on collapse (--stop-on-collapse): checkpoint of step {} (the last healthy measurement) in {}", p.global_step, ck_path.display());
+                        match &bar {
+                            Some(bar) if !bar.is_hidden() => bar.println(&line),
+                            _ => eprintln!("{line}"),
+                        }
+                    }
+                    summary.interrupted = true;
+                    summary.stopped_on_collapse = true;
+                    break 'epochs;
+                }
+            }
             if let Some(bar) = &bar {
                 bar.set_position(prog.global_step);
                 bar.set_message(format!("epoch {} loss {:.4} acc@1 {:.1}% {:.0} img/s", prog.epoch + 1, st.loss, st.acc1, 2.0 * ips));
@@ -280,7 +351,20 @@ pub fn train(cfg: &TrainConfig, engine: &mut dyn Engine, train: Arc<Dataset>, te
         batch_size: Some(cfg.batch_size),
         ..PlotOptions::default()
     };
-    plot_training(opts.out_dir.join("curves.png"), &series(&recs, "global_step", "loss"), &series(&recs, "epoch", "knn_top1").iter().map(|&(e, a)| (e, a / 100.0)).collect::<Vec<_>>(), &opts_plot)?;
+    let (loss, knn) = (series(&recs, "global_step", "loss"), series(&recs, "epoch", "knn_top1").iter().map(|&(e, a)| (e, a / 100.0)).collect::<Vec<_>>());
+    let png = opts.out_dir.join("curves.png");
+    if opts.health.every > 0 {
+        let health = HealthCurves {
+            effective_rank: series(&recs, "global_step", "effective_rank"),
+            dim_std: series(&recs, "global_step", "dim_std"),
+            alignment: series(&recs, "global_step", "alignment"),
+            uniformity: series(&recs, "global_step", "uniformity"),
+            alarm_step: summary.alarm.as_ref().map(|a| a.step as f64),
+        };
+        plot_training_with_health(png, &loss, &knn, &health, &PlotOptions { height: 1200, ..opts_plot })?;
+    } else {
+        plot_training(png, &loss, &knn, &opts_plot)?;
+    }
     if let Some(path) = &opts.export {
         engine.export_backbone(path)?;
     }

@@ -34,3 +34,16 @@ pub fn assert_resume_is_bit_identical<E: Engine>(cfg: &TrainConfig, new_engine: 
     assert_eq!(&s1.losses[stop as usize..], &s3.losses[..], "losses after the resume point");
     (s1, s3)
 }
+
+/// Two engines' health snapshots of the same step agree: the statistics to 2e-3 (the features differ by the
+/// devices' summation order), the rank and the drift to 1 %, the queue age exactly.
+pub fn assert_health_agrees(name: &str, a: &moco::train::HealthSnapshot, b: &moco::train::HealthSnapshot) {
+    let (wa, wb) = (a.stats.to_words(), b.stats.to_words());
+    for (i, (x, y)) in wa.iter().zip(&wb).enumerate() {
+        assert!((x.is_nan() && y.is_nan()) || (x - y).abs() <= 2e-3 * x.abs().max(1.0), "{name}: health word {i}: cpu {x} vs {y} ({a:?} vs {b:?})");
+    }
+    assert!((a.effective_rank - b.effective_rank).abs() <= 1e-2 * a.effective_rank, "{name}: effective rank {} vs {}", a.effective_rank, b.effective_rank);
+    assert!((a.key_drift - b.key_drift).abs() <= 1e-2 * a.key_drift.abs() + 1e-7, "{name}: key drift {} vs {}", a.key_drift, b.key_drift);
+    assert_eq!(a.queue_age, b.queue_age, "{name}: queue age");
+    assert!(a.effective_rank >= 1.0 && a.stats.dim_std > 0.0, "{name}: a healthy step's statistics: {a:?}");
+}

@@ -48,12 +48,18 @@ pub(crate) struct Launch<'a> {
     pub params: Vec<u8>,
     pub buffers: Vec<(u32, GpuSlice<'a>)>,
     pub grid: Grid,
+    /// `QUEUE_DTYPE` of the pipeline, for entry points that read a queue ([`crate::ops::queue::QueueDType::code`]).
+    pub dtype: Option<u32>,
 }
 
 impl<'a> Launch<'a> {
     /// Entry point `entry` with parameter block `params` over `grid`.
     pub fn new<P: bytemuck::Pod>(entry: &'static str, params: &P, buffers: Vec<(u32, GpuSlice<'a>)>, grid: Grid) -> Self {
-        Self { entry, params: bytemuck::bytes_of(params).to_vec(), buffers, grid }
+        Self { entry, params: bytemuck::bytes_of(params).to_vec(), buffers, grid, dtype: None }
+    }
+    /// The same launch on the pipeline specialised for a queue stored as `dtype`.
+    pub fn with_queue_dtype(self, dtype: u32) -> Self {
+        Self { dtype: Some(dtype), ..self }
     }
 }
 
@@ -63,7 +69,7 @@ impl Wgpu {
         self.scoped(|| {
             let steps: Vec<(&[u8], Dispatch)> = launches
                 .iter()
-                .map(|l| (&l.params[..], Dispatch { pipeline: family.wgpu_pipeline(self, l.entry, None), buffers: l.buffers.clone(), grid: l.grid }))
+                .map(|l| (&l.params[..], Dispatch { pipeline: family.wgpu_pipeline(self, l.entry, l.dtype), buffers: l.buffers.clone(), grid: l.grid }))
                 .collect();
             submit(self, &steps);
             Ok(())
