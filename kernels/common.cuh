@@ -79,14 +79,17 @@ template <unsigned int N, typename T> __device__ __forceinline__ T block_sum(T v
 
 // ---- key loads, one per queue storage type -------------------------------------------------------------------
 
+// IEEE half bits -> f32, exact (what PTX cvt.f32.f16 computes), in portable code: the prelude has no
+// preprocessor directives, so the same lines run under NVRTC and on the CPU emulation of tests/cuda_emu. No
+// branches: the exponent and mantissa moved to their f32 positions are rebiased by one multiplication by 2^112
+// (exact for normal halves, and for subnormal ones, which land on f32 subnormals; NVRTC keeps denormals, no
+// -ftz), and exponent 31 (inf, NaN) is selected apart.
 __device__ __forceinline__ float f16_bits_to_f32(unsigned short h) {
-#ifdef MOCO_CUDA_EMU // tests/cuda_emu/cuda_emu.h: the same exact conversion in portable C++
-    return moco_emu_f16_bits_to_f32(h);
-#else
-    float f;
-    asm("{ cvt.f32.f16 %0, %1; }" : "=f"(f) : "h"(h));
-    return f;
-#endif
+    const unsigned int em = ((unsigned int)h & 0x7fffu) << 13;
+    const unsigned int sign = ((unsigned int)h & 0x8000u) << 16;
+    const float scaled = __uint_as_float(em) * 5.192296858534828e33f; // 2^112
+    const unsigned int mag = em >= 0x0f800000u ? (em | 0x7f800000u) : __float_as_uint(scaled);
+    return __uint_as_float(sign | mag);
 }
 
 __device__ __forceinline__ float bf16_bits_to_f32(unsigned short h) {
