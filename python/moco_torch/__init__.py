@@ -27,6 +27,8 @@ __all__ = [
     "V3Result",
     "ema_",
     "enqueue_",
+    "health",
+    "key_drift",
     "infonce",
     "logits",
     "moco_v3_loss",
@@ -242,6 +244,55 @@ def ema_(params_k: Sequence[torch.Tensor], params_q: Sequence[torch.Tensor], m: 
     if pairs:
         with torch.no_grad():
             _native.ema(pairs, float(m))
+
+
+class Health(NamedTuple):
+    """Representation health of a batch (README, "Representation health"; the definitions are moco::ops::health's)."""
+
+    alignment: float
+    uniformity: float
+    dim_std: float
+    pos_logit: float
+    neg_logit_mean: float
+    neg_logit_max: float
+    neg_row_max_mean: float
+    logit_gap: float
+    effective_rank: float
+
+
+def health(q, k, queue=None):
+    """The collapse statistics of a batch: ``q, k: [N, C]`` float32 (normalised here, as ``F.normalize``), the
+    negatives from ``queue: [K, C]`` (MoCo v1/v2) or, without a queue, the other keys of the batch (MoCo v3).
+    Alignment and uniformity (Wang & Isola 2020, uniformity NaN for N = 1), the per-dimension std, the logit
+    statistics at temperature 1, and RankMe's effective rank of q̂. No gradient."""
+    _tensor("q", q, ndim=2)
+    n, c = q.shape
+    _tensor("k", k, ndim=2)
+    _rows("k", k, n, c)
+    with torch.no_grad():
+        qh = torch.nn.functional.normalize(q.detach(), dim=1).contiguous()
+        kh = torch.nn.functional.normalize(k.detach(), dim=1).contiguous()
+        if queue is None:
+            stats, rank = _native.health(qh.data_ptr(), kh.data_ptr(), 0, 0, n, c, 0)
+        else:
+            kk, code = _queue(queue, c)
+            stats, rank = _native.health(qh.data_ptr(), kh.data_ptr(), queue.data_ptr(), code, n, c, kk)
+    return Health(*stats, rank)
+
+
+def key_drift(params_k: Sequence[torch.Tensor], params_q: Sequence[torch.Tensor]):
+    """The key encoder's drift ``‖θ_k − θ_q‖ / ‖θ_q‖`` over two lists of float32 parameter tensors (f64 sums)."""
+    params_k, params_q = list(params_k), list(params_q)
+    if len(params_k) != len(params_q):
+        raise ValueError(f"params_k, params_q: expected lists of the same length, got {len(params_k)} and {len(params_q)}")
+    pairs = []
+    for i, (pk, pq) in enumerate(zip(params_k, params_q)):
+        _tensor(f"params_k[{i}]", pk)
+        _tensor(f"params_q[{i}]", pq)
+        if pk.shape != pq.shape:
+            raise ValueError(f"params_k[{i}], params_q[{i}]: expected the same shape, got {tuple(pk.shape)} and {tuple(pq.shape)}")
+        pairs.append((pk.data_ptr(), pq.data_ptr(), pk.numel()))
+    return _native.param_drift(pairs)
 
 
 def queue_from_official(queue_ck):

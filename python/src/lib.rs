@@ -8,6 +8,8 @@
 use half::{bf16, f16};
 use moco::ops::queue::view::{QueueSlice, QueueSliceMut, QueueView, QueueViewMut};
 use moco::ops::ema::cpu as ema_cpu;
+use moco::ops::health::cpu as health_cpu;
+use moco::ops::health::{effective_rank, HealthShape, HEALTH_WORDS};
 use moco::ops::infonce::cpu as infonce_cpu;
 use moco::ops::queue::cpu as queue_cpu;
 use moco::{InfoNceShape, LogitsShape, QueueShape, SymmetricShape};
@@ -120,6 +122,40 @@ fn ema(pairs: Vec<(usize, usize, usize)>, momentum: f64) -> PyResult<()> {
     ema_cpu::ema_update_multi(&mut views, momentum).map_err(py_err)
 }
 
+/// Representation health of the normalised `q_hat, k_hat: [n, c]`: against the queue `[kk, c]` stored as `dtype`,
+/// or, with `kk = 0`, MoCo v3's in-batch negatives. Returns the eight statistics (alignment, uniformity, dim_std,
+/// pos_mean, neg_mean, neg_max, neg_row_max_mean, gap) and the effective rank.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn health(q_hat: usize, k_hat: usize, queue_ptr: usize, dtype: u32, n: usize, c: usize, kk: usize) -> PyResult<([f32; HEALTH_WORDS], f64)> {
+    let shape = if kk == 0 { HealthShape::in_batch(n, c) } else { HealthShape::new(n, c, kk) }.map_err(py_err)?;
+    let (mut stats, mut gram) = ([0.0f32; HEALTH_WORDS], vec![0.0f32; shape.gram_len()]);
+    // SAFETY: q_hat, k_hat [n*c] and the queue [kk*c] are checked tensors, only read.
+    unsafe {
+        let (q, k) = (f32s(q_hat, n * c), f32s(k_hat, n * c));
+        if kk == 0 {
+            health_cpu::health_in_batch(&mut stats, &mut gram, q, k, &shape)
+        } else {
+            health_cpu::health(&mut stats, &mut gram, q, k, queue_view(queue_ptr, dtype, kk, c)?, &shape)
+        }
+    }
+    .map_err(py_err)?;
+    Ok((stats, effective_rank(&gram, &shape).map_err(py_err)?))
+}
+
+/// The key encoder's drift `‖θ_k − θ_q‖ / ‖θ_q‖` over lists of `(k, q, len)` parameter tensors.
+#[pyfunction]
+fn param_drift(pairs: Vec<(usize, usize, usize)>) -> PyResult<f64> {
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for &(k, q, len) in &pairs {
+        // SAFETY: checked f32 tensors of `len` elements, only read.
+        let (k, q) = unsafe { (f32s(k, len), f32s(q, len)) };
+        diff += k.iter().zip(q).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum::<f64>();
+        norm += q.iter().map(|&b| (b as f64).powi(2)).sum::<f64>();
+    }
+    Ok(diff.sqrt() / norm.sqrt())
+}
+
 /// The crate's version, for `moco_torch.__version__`'s check.
 #[pyfunction]
 fn version() -> &'static str {
@@ -133,6 +169,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(moco_v3_loss, m)?)?;
     m.add_function(wrap_pyfunction!(enqueue, m)?)?;
     m.add_function(wrap_pyfunction!(ema, m)?)?;
+    m.add_function(wrap_pyfunction!(health, m)?)?;
+    m.add_function(wrap_pyfunction!(param_drift, m)?)?;
     m.add_function(wrap_pyfunction!(version, m)?)?;
     Ok(())
 }

@@ -190,3 +190,52 @@ def test_moco_loss_module_keeps_the_queue_in_its_state_dict():
     m2 = moco_torch.MoCoLoss(K=32, dim=8, T=0.2)
     m2.load_state_dict(sd)
     assert torch.equal(m2.queue, m.queue) and int(m2.queue_ptr) == 4
+
+
+def official_health(q, k, negatives, skip_diagonal):
+    """The statistics from their definitions, in float64."""
+    q = F.normalize(q.double(), dim=1)
+    k = F.normalize(k.double(), dim=1)
+    n = q.shape[0]
+    alignment = (q - k).pow(2).sum(dim=1).mean().item()
+    d2 = torch.cdist(q, q).pow(2)
+    iu = torch.triu_indices(n, n, 1)
+    uniformity = torch.log(torch.exp(-2 * d2[iu[0], iu[1]]).mean()).item() if n > 1 else float("nan")
+    dim_std = q.std(dim=0, unbiased=True).mean().item() if n > 1 else float("nan")
+    pos = (q * k).sum(dim=1).mean().item()
+    logits = q @ negatives.double().t()
+    if skip_diagonal:
+        logits = logits.masked_fill(torch.eye(n, dtype=torch.bool), float("-inf"))
+    finite = logits[torch.isfinite(logits)]
+    row_max = logits.max(dim=1).values
+    s = torch.linalg.svdvals(q)
+    p = s / s.sum()
+    p = p[p > 0]
+    rank = torch.exp(-(p * p.log()).sum()).item()
+    return [alignment, uniformity, dim_std, pos, finite.mean().item(), finite.max().item(), row_max.mean().item(), pos - row_max.mean().item(), rank]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,c,k", [(2, 5, 9), (16, 32, 100), (40, 17, 64)])
+def test_health_matches_the_definitions(n, c, k, dtype):
+    g = torch.Generator().manual_seed(n + c + k)
+    q, key = torch.randn(n, c, generator=g), torch.randn(n, c, generator=g)
+    queue = unit_queue(k, c, dtype, 9)
+    got = moco_torch.health(q, key, queue)
+    want = official_health(q, key, queue.float(), False)
+    for name, a, b in zip(got._fields, got, want):
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), f"{name}: {a} vs {b}"
+    # MoCo v3: in-batch negatives
+    got = moco_torch.health(q, key)
+    want = official_health(q, key, F.normalize(key, dim=1), True)
+    for name, a, b in zip(got._fields, got, want):
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), f"in-batch {name}: {a} vs {b}"
+
+
+def test_health_of_a_collapsed_batch_and_the_drift():
+    q = torch.ones(8, 16) + 1e-3 * torch.arange(16.0)
+    h = moco_torch.health(q, q.clone(), unit_queue(32, 16, torch.float32, 1))
+    assert abs(h.effective_rank - 1.0) < 1e-2 and h.dim_std < 1e-5 and h.alignment == 0.0
+    a, b = [torch.randn(10, 3), torch.randn(4)], [torch.randn(10, 3), torch.randn(4)]
+    want = (torch.cat([x.flatten() for x in a]).double() - torch.cat([x.flatten() for x in b]).double()).norm() / torch.cat([x.flatten() for x in b]).double().norm()
+    assert abs(moco_torch.key_drift(a, b) - want.item()) <= 1e-12 * want.item()
