@@ -12,6 +12,9 @@
 #                                after the default test when no arguments are given
 #   MOCO_CUDA_EMU=1|0            force / forbid the emulated CUDA driver (default: used when no libcuda loads); the
 #                                feature matrix sets 0, since the default run already ran every CUDA test on it
+#   MOCO_PYTHON=0                skip the Python package (python/: `pip install ./python` into a venv with PyTorch,
+#                                then its tests) that runs last when no arguments are given
+#   MOCO_PY_VENV=DIR             the venv for it (default target/pyvenv, kept between runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,4 +53,25 @@ if [ "$#" -eq 0 ] && [ "${MOCO_FEATURE_MATRIX:-1}" = "1" ]; then
         log "cargo test --release --no-default-features ${features:+--features $features} (CUDA tests skip: MOCO_CUDA_EMU=0)"
         MOCO_CUDA_EMU=0 cargo test --release --no-default-features ${features:+--features "$features"}
     done
+fi
+
+# The Python package, as README's "From PyTorch" installs it: a venv with PyTorch (CPU use; PyPI's wheel),
+# torchvision (the drop-in test runs the colab's ResNet model), pytest and maturin; `pip install ./python` builds
+# the extension with cargo; then python/tests (against PyTorch's own formulation, hostile inputs, the drop-in
+# into the colab's ModelMoCo, the README's command).
+if [ "$#" -eq 0 ] && [ "${MOCO_PYTHON:-1}" = "1" ]; then
+    if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
+        log "installing python3-venv"
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+    fi
+    VENV="${MOCO_PY_VENV:-target/pyvenv}"
+    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+    if ! "$VENV/bin/python" -c "import torch, torchvision, pytest, maturin" >/dev/null 2>&1; then
+        log "installing PyTorch, torchvision, pytest and maturin into $VENV"
+        "$VENV/bin/pip" install -q torch torchvision pytest maturin
+    fi
+    log "pip install ./python, then pytest python/tests"
+    "$VENV/bin/pip" install -q ./python
+    "$VENV/bin/pytest" -q python/tests
 fi
