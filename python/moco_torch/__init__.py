@@ -222,25 +222,32 @@ def enqueue_(queue, keys, ptr):
         return _native.enqueue(queue.data_ptr(), code, kk, c, keys.detach().data_ptr(), n, ptr)
 
 
-def ema_(params_k: Sequence[torch.Tensor], params_q: Sequence[torch.Tensor], m: float):
-    """The momentum update of the official code, ``param_k = param_k * m + param_q * (1. - m)``, over two lists of
-    float32 tensors (or ``nn.Parameter``), in place, as one multi-tensor call. m is a Python float in [0, 1]."""
+def _param_pairs(params_k, params_q, distinct):
+    """`(k_ptr, q_ptr, numel)` of two equally long lists of checked float32 tensors of equal shapes (`distinct`: the
+    two sides of a pair must not share memory)."""
     params_k, params_q = list(params_k), list(params_q)
     if len(params_k) != len(params_q):
         raise ValueError(f"params_k, params_q: expected lists of the same length, got {len(params_k)} and {len(params_q)}")
-    if isinstance(m, bool) or not isinstance(m, (int, float)):
-        raise TypeError(f"m: expected a Python float, got {type(m).__name__}")
-    if not (math.isfinite(m) and 0.0 <= m <= 1.0):
-        raise ValueError(f"m: expected a momentum in [0, 1], got {m}")
     pairs = []
     for i, (pk, pq) in enumerate(zip(params_k, params_q)):
         _tensor(f"params_k[{i}]", pk)
         _tensor(f"params_q[{i}]", pq)
         if pk.shape != pq.shape:
             raise ValueError(f"params_k[{i}], params_q[{i}]: expected the same shape, got {tuple(pk.shape)} and {tuple(pq.shape)}")
-        if pk.data_ptr() == pq.data_ptr():
+        if distinct and pk.data_ptr() == pq.data_ptr():
             raise ValueError(f"params_k[{i}], params_q[{i}]: expected two tensors, got the same memory twice")
         pairs.append((pk.data_ptr(), pq.data_ptr(), pk.numel()))
+    return pairs
+
+
+def ema_(params_k: Sequence[torch.Tensor], params_q: Sequence[torch.Tensor], m: float):
+    """The momentum update of the official code, ``param_k = param_k * m + param_q * (1. - m)``, over two lists of
+    float32 tensors (or ``nn.Parameter``), in place, as one multi-tensor call. m is a Python float in [0, 1]."""
+    if isinstance(m, bool) or not isinstance(m, (int, float)):
+        raise TypeError(f"m: expected a Python float, got {type(m).__name__}")
+    if not (math.isfinite(m) and 0.0 <= m <= 1.0):
+        raise ValueError(f"m: expected a momentum in [0, 1], got {m}")
+    pairs = _param_pairs(params_k, params_q, distinct=True)
     if pairs:
         with torch.no_grad():
             _native.ema(pairs, float(m))
@@ -282,17 +289,7 @@ def health(q, k, queue=None):
 
 def key_drift(params_k: Sequence[torch.Tensor], params_q: Sequence[torch.Tensor]):
     """The key encoder's drift ``‖θ_k − θ_q‖ / ‖θ_q‖`` over two lists of float32 parameter tensors (f64 sums)."""
-    params_k, params_q = list(params_k), list(params_q)
-    if len(params_k) != len(params_q):
-        raise ValueError(f"params_k, params_q: expected lists of the same length, got {len(params_k)} and {len(params_q)}")
-    pairs = []
-    for i, (pk, pq) in enumerate(zip(params_k, params_q)):
-        _tensor(f"params_k[{i}]", pk)
-        _tensor(f"params_q[{i}]", pq)
-        if pk.shape != pq.shape:
-            raise ValueError(f"params_k[{i}], params_q[{i}]: expected the same shape, got {tuple(pk.shape)} and {tuple(pq.shape)}")
-        pairs.append((pk.data_ptr(), pq.data_ptr(), pk.numel()))
-    return _native.param_drift(pairs)
+    return _native.param_drift(_param_pairs(params_k, params_q, distinct=False))
 
 
 def queue_from_official(queue_ck):
