@@ -123,6 +123,10 @@ struct Args {
     knn_backbone: bool,
     #[command(flatten)]
     health: cli::HealthArgs,
+    /// Time the CPU convolution algorithms of each new shape in this process instead of applying the fixed rule
+    /// (as cudnn.benchmark: sometimes faster, but two runs may then differ in their last bits)
+    #[arg(long)]
+    conv_benchmark: bool,
     /// No progress bar
     #[arg(long)]
     no_progress: bool,
@@ -148,7 +152,8 @@ fn run(a: Args) -> moco::Result<()> {
     if let Some(b) = a.batch {
         cfg = cfg.with_batch(b);
     }
-    cfg.epochs = a.epochs.unwrap_or(cfg.epochs);
+    // --preset v3's warmup follows a shorter --epochs (printed in the settings)
+    let warmup_note = a.epochs.and_then(|e| cfg.set_epochs_keeping_warmup_share(e));
     cfg.lr = a.lr.unwrap_or(cfg.lr);
     if a.lr_scale_linear {
         cfg = cfg.scale_lr_linearly();
@@ -170,7 +175,7 @@ fn run(a: Args) -> moco::Result<()> {
         "f32" => QueueDType::F32,
         "bf16" => QueueDType::BF16,
         "f16" => QueueDType::F16,
-        d => return Err(moco::Error::shape("--queue-dtype", "f32, bf16 or f16", d.to_string())),
+        d => return Err(moco::Error::settings("--queue-dtype", "f32, bf16 or f16", d.to_string())),
     };
     if cfg.is_v3() {
         // moco-v3 normalises over the whole batch (SyncBN) and has no shuffle-BN, no queue
@@ -178,14 +183,17 @@ fn run(a: Args) -> moco::Result<()> {
     }
     cfg.validate()?;
 
-    let settings = if demo {
+    let mut settings = if demo {
         format!("the embedded default (no --data): the colab's recipe at a demo's size, with these changes: {}x{} images, {} epochs, batch {}, K {}, SplitBN {} (groups of {}), crops of {}-100 % and no flip (digits are small and not mirror-symmetric), cosine counted from 0", cfg.image_size, cfg.image_size, cfg.epochs, cfg.batch_size, cfg.queue_len, cfg.bn_splits, cfg.batch_size / cfg.bn_splits, cli::DEMO_CROP_MIN)
     } else {
         format!("preset {} (the colab's defaults; flags override){}", preset.name(), if a.lr_scale_linear { "; lr scaled linearly, batch / 512 (--lr-scale-linear)" } else { "" })
     };
+    if let Some(note) = warmup_note {
+        settings = format!("{settings}; {note}");
+    }
     let intro = cli::Intro { title: format!("MoCo ({} preset)", preset.name()), settings, views_label: "augmentation" };
     let run = RunOptions { out_dir: a.out, resume: a.resume, progress: !a.no_progress, max_steps: a.max_steps, export: a.export, verbose: true, knn_backbone: a.knn_backbone, health: a.health.options(), ..RunOptions::default() };
-    let flags = cli::RunFlags { backend: a.backend, data: a.data, synthetic: a.synthetic.map(|s| (s[0], s[1])), crop_min: a.crop_min, no_flip: a.no_flip, save_views: a.save_views, linear_probe: a.linear_probe, run };
+    let flags = cli::RunFlags { backend: a.backend, data: a.data, synthetic: a.synthetic.map(|s| (s[0], s[1])), crop_min: a.crop_min, no_flip: a.no_flip, save_views: a.save_views, linear_probe: a.linear_probe, conv_benchmark: a.conv_benchmark, run };
     // one augmentation for both views, v3 included (train_vit has moco-v3's asymmetric pair)
     cli::train_run(&cfg, ViewPair::same(cfg.augmentation()), &flags, &intro, t_start, |_, _, _, p| {
         println!("backbone written to {}. In PyTorch:", p.display());

@@ -101,6 +101,10 @@ struct Args {
     knn_backbone: bool,
     #[command(flatten)]
     health: cli::HealthArgs,
+    /// Time the CPU convolution algorithms of each new shape in this process instead of applying the fixed rule
+    /// (as cudnn.benchmark: sometimes faster, but two runs may then differ in their last bits)
+    #[arg(long)]
+    conv_benchmark: bool,
     /// Seed of everything random [0]
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -131,7 +135,8 @@ fn main() {
     cli::main(run)
 }
 
-fn config(a: &Args, demo: bool) -> moco::Result<TrainConfig> {
+/// The run's config, and the warmup change a shorter `--epochs` made (for the settings line).
+fn config(a: &Args, demo: bool) -> moco::Result<(TrainConfig, Option<String>)> {
     let model = ModelKind::parse(&a.model)?;
     let mut cfg = TrainConfig::v3(model);
     if demo {
@@ -145,8 +150,12 @@ fn config(a: &Args, demo: bool) -> moco::Result<TrainConfig> {
     cfg.mlp_dim = a.mlp_dim.unwrap_or(cfg.mlp_dim);
     cfg.dim = a.out_dim.unwrap_or(cfg.dim);
     cfg.image_size = a.image_size.unwrap_or(cfg.image_size);
-    cfg.epochs = a.epochs.unwrap_or(cfg.epochs);
-    cfg.warmup_epochs = a.warmup_epochs.unwrap_or(cfg.warmup_epochs);
+    // the warmup follows a shorter --epochs unless it is given too (moco-v3's 40 of 300 become 1 of 10)
+    let mut warmup_note = None;
+    match (a.epochs, a.warmup_epochs) {
+        (Some(e), None) => warmup_note = cfg.set_epochs_keeping_warmup_share(e),
+        (e, w) => (cfg.epochs, cfg.warmup_epochs) = (e.unwrap_or(cfg.epochs), w.unwrap_or(cfg.warmup_epochs)),
+    }
     if let Some(b) = a.batch {
         // the recipe's lr is per 256 images: scale it with the batch unless --lr is given
         cfg.lr *= b as f64 / cfg.batch_size as f64;
@@ -164,7 +173,7 @@ fn config(a: &Args, demo: bool) -> moco::Result<TrainConfig> {
     cfg.knn_k = a.knn_k.unwrap_or(cfg.knn_k);
     cfg.seed = a.seed;
     cfg.validate()?;
-    Ok(cfg)
+    Ok((cfg, warmup_note))
 }
 
 /// Writes `{x: [n, 3, S, S], features: [n, D]}` for 16 test images (eval transform) next to the exported
@@ -185,8 +194,8 @@ fn write_features(engine: &mut dyn train::Engine, cfg: &TrainConfig, test: &Arc<
 fn run(a: Args) -> moco::Result<()> {
     let t_start = Instant::now();
     let demo = a.data.is_none();
-    let cfg = config(&a, demo)?;
-    let settings = if demo {
+    let (cfg, warmup_note) = config(&a, demo)?;
+    let mut settings = if demo {
         format!(
             "the embedded default (no --data): moco-v3's recipe at a demo's size, with these changes: ViT D {} depth {} heads {}, heads' hidden width {} to {}, {} epochs with {} of warmup, batch {}, lr {}, crops of {}-100 % and no flip (digits are small and not mirror-symmetric)",
             cfg.vit.dim, cfg.vit.depth, cfg.vit.heads, cfg.mlp_dim, cfg.dim, cfg.epochs, cfg.warmup_epochs, cfg.batch_size, cfg.lr, cli::DEMO_CROP_MIN
@@ -194,9 +203,12 @@ fn run(a: Args) -> moco::Result<()> {
     } else {
         "preset v3 (moco-v3's recipe; flags override)".to_string()
     };
+    if let Some(note) = warmup_note {
+        settings = format!("{settings}; {note}");
+    }
     let intro = cli::Intro { title: "MoCo v3".to_string(), settings, views_label: "views" };
     let run = RunOptions { out_dir: a.out, resume: a.resume, progress: !a.no_progress, max_steps: a.max_steps, export: a.export, verbose: true, knn_backbone: a.knn_backbone, health: a.health.options(), ..RunOptions::default() };
-    let flags = cli::RunFlags { backend: a.backend, data: a.data, synthetic: None, crop_min: a.crop_min, no_flip: a.no_flip, save_views: a.save_views, linear_probe: a.linear_probe, run };
+    let flags = cli::RunFlags { backend: a.backend, data: a.data, synthetic: None, crop_min: a.crop_min, no_flip: a.no_flip, save_views: a.save_views, linear_probe: a.linear_probe, conv_benchmark: a.conv_benchmark, run };
     cli::train_run(&cfg, cfg.views(), &flags, &intro, t_start, |engine, test_ds, view1, p| {
         let feats = write_features(engine, &cfg, test_ds, view1, p)?;
         match cfg.model {

@@ -13,6 +13,17 @@ pub enum Error {
         /// What it was given.
         got: String,
     },
+    /// A run's settings (a config struct, a front end's flags) do not fit together or are out of range; `setting`
+    /// names the field and its flag.
+    #[error("invalid settings: {setting}: expected {expected}, got {got}")]
+    Settings {
+        /// The setting(s) at fault, with the flag that sets them (`warmup_epochs (--warmup-epochs)`).
+        setting: &'static str,
+        /// What is allowed.
+        expected: String,
+        /// What was given.
+        got: String,
+    },
     /// A backend (CUDA driver, GPU adapter, NVRTC) cannot be used on this machine.
     #[error("backend unavailable: {0}")]
     Unavailable(String),
@@ -59,6 +70,10 @@ impl Error {
     /// Shorthand for [`Error::Shape`].
     pub fn shape(op: &'static str, expected: impl Into<String>, got: impl Into<String>) -> Self {
         Error::Shape { op, expected: expected.into(), got: got.into() }
+    }
+    /// Shorthand for [`Error::Settings`].
+    pub fn settings(setting: &'static str, expected: impl Into<String>, got: impl Into<String>) -> Self {
+        Error::Settings { setting, expected: expected.into(), got: got.into() }
     }
     /// [`Error::Io`] on the file `path`.
     #[cfg_attr(not(feature = "checkpoint"), allow(dead_code))]

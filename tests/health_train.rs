@@ -8,8 +8,10 @@ use moco::ops::health::HealthStats;
 use moco::report::{read_jsonl, Record};
 use moco::train::health::{queue_age, HEALTH_COLUMNS};
 use moco::train::{CollapseMonitor, HealthOptions, HealthSnapshot};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
+
+mod common;
+use common::front_door::{front_door, out_dir};
 
 fn snapshot(rank: f64, std: f32) -> HealthSnapshot {
     let stats = HealthStats { alignment: 0.5, uniformity: -2.0, dim_std: std, pos_mean: 0.8, neg_mean: 0.1, neg_max: 0.9, neg_row_max_mean: 0.7, gap: 0.1 };
@@ -100,29 +102,6 @@ fn a_snapshot_round_trips_through_a_metrics_record() {
     let rec = v3.record(Record::new());
     assert!(rec.get("queue_age").is_none() && rec.get("uniformity").is_none() && rec.get("dim_std").is_some());
     assert!(HealthSnapshot::from_record(&Record::new().with("loss", 1.0)).is_none());
-}
-
-/// The example binary `name` that `cargo test` built next to this test's binary (target/<profile>/examples).
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = profile_dir.join("examples").join(name);
-    assert!(path.is_file(), "{} is missing: `cargo test` builds the examples before it runs the tests", path.display());
-    path
-}
-
-fn out_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("moco-health-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-/// Runs a front door on the CPU with `args`; returns (status, stdout + stderr).
-fn front_door(name: &str, out: &Path, args: &[&str]) -> (bool, String) {
-    let o = Command::new(example(name)).args(["--backend", "cpu", "--no-progress", "--out"]).arg(out).args(args).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    eprintln!("{name} {args:?}:\n{text}");
-    (o.status.success(), text)
 }
 
 /// The `global_step` scalar of a run's checkpoint.

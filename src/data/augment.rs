@@ -242,7 +242,7 @@ impl AugmentConfig {
     /// jitter strengths >= 0 (hue <= 0.5), std > 0, everything finite.
     pub fn validate(&self) -> Result<()> {
         // `Err` naming the field, what it must be and what it is, unless `ok`
-        let ensure = |ok: bool, expected: String, got: String| if ok { Ok(()) } else { Err(Error::shape("AugmentConfig", expected, got)) };
+        let ensure = |ok: bool, expected: String, got: String| if ok { Ok(()) } else { Err(Error::settings("augmentation (AugmentConfig)", expected, got)) };
         ensure(self.size > 0, "size > 0".into(), "0".into())?;
         let range_ok = |(lo, hi): (f64, f64)| lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi;
         for (name, range) in [("crop_scale", self.crop_scale), ("crop_ratio", self.crop_ratio), ("blur_sigma", self.blur_sigma)] {
@@ -950,8 +950,8 @@ impl ViewPair {
         self.view1.validate()?;
         self.view2.validate()?;
         if self.view1.size != self.view2.size {
-            return Err(Error::shape(
-                "ViewPair",
+            return Err(Error::settings(
+                "views (ViewPair)",
                 "two views of the same size",
                 format!("{} and {}", self.view1.size, self.view2.size),
             ));

@@ -52,7 +52,7 @@ impl VitConfig {
     }
     /// Checks every size.
     pub fn validate(&self) -> Result<()> {
-        let bad = |what: &str, got: String| Err(Error::shape("vit", what.to_string(), got));
+        let bad = |what: &str, got: String| Err(Error::settings("vit (--patch, --dim, --heads, --depth, --image-size)", what.to_string(), got));
         if self.img_size == 0 || self.patch == 0 || self.img_size % self.patch != 0 {
             return bad("img_size a positive multiple of patch", format!("img_size {}, patch {}", self.img_size, self.patch));
         }

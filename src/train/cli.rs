@@ -124,7 +124,7 @@ pub fn pick_engine(backend: &str, cfg: &TrainConfig) -> Result<(Box<dyn Engine>,
                 )),
             }
         }
-        b => Err(Error::shape("--backend", "auto, cpu, wgpu or cuda", b.to_string())),
+        b => Err(Error::settings("--backend", "auto, cpu, wgpu or cuda", b.to_string())),
     }
 }
 
@@ -259,6 +259,9 @@ pub struct RunFlags {
     pub save_views: Option<usize>,
     /// `--linear-probe`: train a linear classifier on the frozen backbone features for this many epochs at the end.
     pub linear_probe: Option<usize>,
+    /// `--conv-benchmark`: time the CPU convolution algorithms per shape instead of the fixed rule
+    /// ([`crate::ops::conv::set_conv_benchmark`]).
+    pub conv_benchmark: bool,
     /// `--out`, `--resume`, `--no-progress`, `--max-steps`, `--export` and `--knn-backbone`; `stop` is set to
     /// [`stop_on_ctrl_c`]'s flag.
     pub run: RunOptions,
@@ -340,6 +343,10 @@ pub fn train_run(
     println!("data: {source}: {} train, {} test images (the test split is never trained on)", train_ds.len(), test_ds.len());
     println!("settings: {}", intro.settings);
     println!("{}", cfg.describe());
+    if flags.conv_benchmark {
+        crate::ops::conv::set_conv_benchmark(true);
+    }
+    println!("  convolution algorithms (CPU): {}{}", crate::ops::conv::conv_choice_description(), if flags.run.resume { "; the checkpoint's stored choices are restored" } else { "" });
     println!("  {}: {}", intro.views_label, views.describe());
     println!("run folder: {}", flags.run.out_dir.display());
 

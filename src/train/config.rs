@@ -39,7 +39,7 @@ impl ModelKind {
         match s {
             "resnet18" => Ok(ModelKind::ResNet18),
             "vit" => Ok(ModelKind::Vit),
-            m => Err(Error::shape("--model", "resnet18 or vit", m.to_string())),
+            m => Err(Error::settings("--model", "resnet18 or vit", m.to_string())),
         }
     }
     /// The name on the command line.
@@ -69,7 +69,7 @@ impl OptimizerKind {
             "sgd" => Ok(OptimizerKind::Sgd),
             "adamw" => Ok(OptimizerKind::AdamW),
             "lars" => Ok(OptimizerKind::Lars),
-            o => Err(Error::shape("--optimizer", "sgd, adamw or lars", o.to_string())),
+            o => Err(Error::settings("--optimizer", "sgd, adamw or lars", o.to_string())),
         }
     }
     /// The name on the command line.
@@ -90,7 +90,7 @@ impl Preset {
             "v1" => Ok(Preset::V1),
             "v2" => Ok(Preset::V2),
             "v3" => Ok(Preset::V3),
-            p => Err(Error::shape("--preset", "colab, v1, v2 or v3", p.to_string())),
+            p => Err(Error::settings("--preset", "colab, v1, v2 or v3", p.to_string())),
         }
     }
 
@@ -222,6 +222,22 @@ impl TrainConfig {
     /// Whether this is a MoCo v3 run.
     pub fn is_v3(&self) -> bool {
         self.preset == Preset::V3
+    }
+
+    /// Sets the number of epochs, keeping the warmup's share of the run where there is one (v3 with the cosine
+    /// schedule): the warmup becomes `round(warmup × epochs / old epochs)`, at least 1 and at most `epochs - 1`
+    /// (0 for a one-epoch run). moco-v3's 40 of 300 epochs become 1 of 10. Returns the change for the run's
+    /// settings block when the warmup moved. A front end that was given the warmup explicitly sets `epochs` and
+    /// `warmup_epochs` itself instead.
+    pub fn set_epochs_keeping_warmup_share(&mut self, epochs: usize) -> Option<String> {
+        let (old_epochs, old_warmup) = (self.epochs, self.warmup_epochs);
+        self.epochs = epochs;
+        if !(self.is_v3() && self.cosine) || old_warmup == 0 || old_epochs == 0 || epochs == old_epochs {
+            return None;
+        }
+        let scaled = (old_warmup as f64 * epochs as f64 / old_epochs as f64).round() as usize;
+        self.warmup_epochs = scaled.max(1).min(epochs.saturating_sub(1));
+        (self.warmup_epochs != old_warmup).then(|| format!("warmup scaled with --epochs: {old_warmup} of {old_epochs} epochs -> {} of {epochs} (--warmup-epochs sets it)", self.warmup_epochs))
     }
 
     /// The learning rate at fractional epoch `epoch` (epoch + step / steps per epoch). v3: linear warmup then
@@ -384,38 +400,37 @@ impl TrainConfig {
 
     /// Checks every field; the error names the field, what is allowed and what was given.
     pub fn validate(&self) -> Result<()> {
-        let op = "train config";
         let pos = |v: f64| v.is_finite() && v > 0.0;
         if self.dim == 0 || self.batch_size == 0 || self.epochs == 0 || self.image_size < 8 {
-            return Err(Error::shape(op, "dim, batch size, epochs >= 1 and image size >= 8", format!("dim {}, batch {}, epochs {}, image size {}", self.dim, self.batch_size, self.epochs, self.image_size)));
+            return Err(Error::settings("dim, batch_size, epochs, image_size (--out-dim, --batch, --epochs, --image-size)", "dim, batch size, epochs >= 1 and image size >= 8", format!("dim {}, batch {}, epochs {}, image size {}", self.dim, self.batch_size, self.epochs, self.image_size)));
         }
         if self.is_v3() {
             if self.mlp_dim == 0 || self.batch_size < 2 {
-                return Err(Error::shape(op, "mlp-dim >= 1 and a batch of at least 2 (BN in the heads)", format!("mlp-dim {}, batch {}", self.mlp_dim, self.batch_size)));
+                return Err(Error::settings("mlp_dim, batch_size (--mlp-dim, --batch)", "mlp-dim >= 1 and a batch of at least 2 (BN in the heads)", format!("mlp-dim {}, batch {}", self.mlp_dim, self.batch_size)));
             }
             if self.warmup_epochs >= self.epochs && self.cosine {
-                return Err(Error::shape(op, "warmup epochs < epochs", format!("warmup {}, epochs {}", self.warmup_epochs, self.epochs)));
+                return Err(Error::settings("warmup_epochs (--warmup-epochs)", "warmup epochs < epochs (with the cosine schedule)", format!("warmup {}, epochs {}", self.warmup_epochs, self.epochs)));
             }
             if self.model == ModelKind::Vit {
                 self.vit_config().validate()?;
             }
         } else if self.queue_len < self.batch_size * if self.symmetric { 2 } else { 1 } {
-            return Err(Error::shape(op, "queue length K >= the keys enqueued per step (batch, or 2x batch with --symmetric)", format!("K = {}, batch {}", self.queue_len, self.batch_size)));
+            return Err(Error::settings("queue_len (--queue)", "queue length K >= the keys enqueued per step (batch, or 2x batch with --symmetric)", format!("K = {}, batch {}", self.queue_len, self.batch_size)));
         }
         if !(0.0..=1.0).contains(&self.momentum) {
-            return Err(Error::shape(op, "momentum m in [0, 1]", format!("{}", self.momentum)));
+            return Err(Error::settings("momentum (--momentum)", "momentum m in [0, 1]", format!("{}", self.momentum)));
         }
         if !pos(self.temperature) || !pos(self.lr) || !pos(self.knn_t) {
-            return Err(Error::shape(op, "finite temperature, lr and kNN t > 0", format!("T {}, lr {}, knn-t {}", self.temperature, self.lr, self.knn_t)));
+            return Err(Error::settings("temperature, lr (--temperature, --lr), knn_t", "finite temperature, lr and kNN t > 0", format!("T {}, lr {}, knn-t {}", self.temperature, self.lr, self.knn_t)));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) || !(0.0..1.0).contains(&self.sgd_momentum) {
-            return Err(Error::shape(op, "weight decay >= 0 and SGD momentum in [0, 1)", format!("wd {}, momentum {}", self.weight_decay, self.sgd_momentum)));
+            return Err(Error::settings("weight_decay (--wd), sgd_momentum", "weight decay >= 0 and SGD momentum in [0, 1)", format!("wd {}, momentum {}", self.weight_decay, self.sgd_momentum)));
         }
         if self.bn_splits == 0 || self.batch_size % self.bn_splits != 0 || self.batch_size / self.bn_splits < 2 {
-            return Err(Error::shape(op, "bn-splits >= 1 dividing the batch into groups of at least 2", format!("bn-splits {}, batch {}", self.bn_splits, self.batch_size)));
+            return Err(Error::settings("bn_splits (--bn-splits)", "bn-splits >= 1 dividing the batch into groups of at least 2", format!("bn-splits {}, batch {}", self.bn_splits, self.batch_size)));
         }
         if self.knn_k == 0 {
-            return Err(Error::shape(op, "knn-k >= 1", "0"));
+            return Err(Error::settings("knn_k (--knn-k)", "knn-k >= 1", "0"));
         }
         Ok(())
     }

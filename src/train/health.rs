@@ -109,14 +109,14 @@ impl HealthOptions {
     pub fn validate(&self) -> Result<()> {
         for (name, v) in [("--collapse-rank-fraction", self.rank_fraction), ("--collapse-std-fraction", self.std_fraction)] {
             if !(v > 0.0 && v < 1.0) {
-                return Err(Error::shape("health options", format!("{name} in (0, 1)"), format!("{v}")));
+                return Err(Error::settings("health options", format!("{name} in (0, 1)"), format!("{v}")));
             }
         }
         if self.early == 0 {
-            return Err(Error::shape("health options", "--collapse-early >= 1 measurement", "0"));
+            return Err(Error::settings("health options", "--collapse-early >= 1 measurement", "0"));
         }
         if self.stop_on_collapse && self.every == 0 {
-            return Err(Error::shape("health options", "--health-every >= 1 with --stop-on-collapse (the alarm needs measurements)", "--health-every 0"));
+            return Err(Error::settings("health options", "--health-every >= 1 with --stop-on-collapse (the alarm needs measurements)", "--health-every 0"));
         }
         Ok(())
     }

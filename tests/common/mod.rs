@@ -140,6 +140,7 @@ pub fn max_abs(v: &[f64]) -> f64 {
 
 /// Helpers of the training tests.
 #[cfg(feature = "train")]
+pub mod front_door;
 pub mod training;
 
 /// The CUDA driver and kernels of tests/cuda_emu (the emulated driver lives in `cuda_emu::driver`).

@@ -4,7 +4,7 @@
 //! | | |
 //! |---|---|
 //! | shape | [`Conv2dShape`] |
-//! | CPU | [`cpu`]: im2col + GEMM, Winograd F(2x2, 3x3) and F(4x4, 3x3), the algorithm measured per shape |
+//! | CPU | [`cpu`]: im2col + GEMM, Winograd F(2x2, 3x3) and F(4x4, 3x3), the algorithm by a fixed rule per shape (timed on request) |
 //! | wgpu / CUDA | `conv2d_forward`, `conv2d_backward_weight`, `conv2d_backward_data` of `shaders/conv.wgsl` / `kernels/conv.cu`: implicit GEMMs in 64x64 tiles |
 //! | reference | [`reference`](mod@reference) (f64, direct loops) |
 
@@ -16,7 +16,7 @@ pub mod reference;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
-pub use cpu::{conv_algo_choices, set_conv_algo_choice, ConvAlgo, Pass as ConvPass};
+pub use cpu::{conv_algo_choices, conv_benchmark, conv_choice_description, ruled_conv_algo, set_conv_algo_choice, set_conv_benchmark, ConvAlgo, Pass as ConvPass};
 
 use crate::device::Device;
 use crate::error::{Error, Result};

@@ -16,12 +16,19 @@
 //!
 //! 3x3 stride-1 convolutions (pad <= 2) may instead run Winograd: F(2x2, 3x3) (`winograd.rs`) for the
 //! forward pass and the backward pass with an input gradient (both `dinp` and `dweight`), and F(4x4, 3x3)
-//! (`winograd4.rs`) for that backward pass and for forward passes without gradients. Which algorithm a shape gets is MEASURED, not ruled: the
-//! first [`conv2d_forward`] / [`conv2d_backward`] call with a given shape (and rayon thread count, and whether
-//! `dinp` is wanted) runs each candidate five times, alternating, takes the fastest of the last four runs of each
-//! (the first warms caches and grows `scratch`), and caches it in a process-wide table ([`conv_algo_choices`]
-//! lists it); later calls look it up. The first call's results are those of the last run (the backward restores
-//! `dinp`/`dweight` from a one-time snapshot before each trial run, so it still accumulates exactly once).
+//! (`winograd4.rs`) for that backward pass and for forward passes without gradients.
+//!
+//! Which algorithm a shape gets is, by default, a FIXED RULE ([`ruled_conv_algo`]): the same in every process, so
+//! that the same command and seed give bit-identical results (the algorithms round differently). The rule is
+//! what timing picked on ResNet-18's layers (BENCHMARKS.md, "Repeatable by default"). Timing the candidates
+//! instead is an opt-in, as `cudnn.benchmark` is ([`set_conv_benchmark`], `--conv-benchmark`): the first
+//! [`conv2d_forward`] / [`conv2d_backward`] call with a given shape (and rayon thread count, and whether `dinp` is
+//! wanted) then runs each candidate five times, alternating, and takes the fastest of the last four runs of each
+//! (the first warms caches and grows `scratch`). Either way the choice is cached in a process-wide table
+//! ([`conv_algo_choices`] lists it, a run checkpoint records it, [`set_conv_algo_choice`] restores it, and a
+//! stored choice wins over the rule and over timing). A timed call returns the chosen algorithm's result (the
+//! backward restores `dinp`/`dweight` from a one-time snapshot before each trial run, so it still accumulates
+//! exactly once).
 //!
 //! Why F(4x4, 3x3) is a candidate for the backward pass, and for a forward pass without gradients
 //! ([`conv2d_forward_no_grad`]: a momentum encoder, embeddings), but not for a forward pass that gradients
@@ -33,7 +40,8 @@
 //! (F(2x2): at most 0.76x apart from the one outlier both share). Without a backward pass nothing differentiates
 //! the output, which is then only ~5e-6 (relative) off. `MOCO_CONV_ALGO=im2col`, `=winograd` or `=winograd4x4`
 //! forces one algorithm wherever it applies, forward included (for benchmarking). Only layers whose summed
-//! channel count is at least [`AUTO_MIN_SUM`] are candidates (numerics, see there; the RGB stem stays im2col).
+//! channel count is at least [`AUTO_MIN_SUM`] get Winograd, by rule or by timing (numerics, see there; the RGB
+//! stem stays im2col).
 //! [`conv2d_forward_with`] and [`conv2d_backward_with`] run a given algorithm.
 
 mod tasks;
@@ -49,6 +57,7 @@ use winograd4::{winograd4_3x3, winograd4_3x3_dweight};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -267,19 +276,19 @@ fn scatter_add_stride2(dst: &mut [f32], src: &[f32]) {
 /// Convolution forward: `out [N, C_out, OH, OW] = conv2d(inp [N, C_in, H, W], weight [C_out, C_in, KH, KW])`
 /// (overwrites `out`). `scratch` is grown as needed to hold one im2col matrix per task and may be reused across
 /// calls and layers.
-/// The algorithm is the measured choice for this shape (see the module documentation).
+/// The algorithm is the rule's (or the timed) choice for this shape (see the module documentation).
 pub fn conv2d_forward(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weight: &[f32], shape: &Conv2dShape) -> Result<()> {
-    forward_measured(out, scratch, inp, weight, shape, Pass::Forward)
+    forward_chosen(out, scratch, inp, weight, shape, Pass::Forward)
 }
 
 /// [`conv2d_forward`] for a network that no backward pass runs through (a momentum encoder, embeddings): the
-/// measured choice also tries F(4x4, 3x3), whose rounding error only matters where gradients follow (see the
+/// choice may also be F(4x4, 3x3), whose rounding error only matters where gradients follow (see the
 /// module documentation).
 pub fn conv2d_forward_no_grad(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weight: &[f32], shape: &Conv2dShape) -> Result<()> {
-    forward_measured(out, scratch, inp, weight, shape, Pass::ForwardNoGrad)
+    forward_chosen(out, scratch, inp, weight, shape, Pass::ForwardNoGrad)
 }
 
-fn forward_measured(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weight: &[f32], shape: &Conv2dShape, pass: Pass) -> Result<()> {
+fn forward_chosen(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weight: &[f32], shape: &Conv2dShape, pass: Pass) -> Result<()> {
     let s = *shape;
     s.check_forward(out.len(), inp.len(), weight.len())?;
     if !s.winograd_applies() || s.c_in < AUTO_MIN_SUM {
@@ -289,6 +298,7 @@ fn forward_measured(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weight
     let key = (s, pass);
     let algo = match forced().or_else(|| chosen(key)) {
         Some(a) => a,
+        None if !conv_benchmark() => ruled_and_remembered(key),
         None => {
             let candidates: &[ConvAlgo] = if pass == Pass::ForwardNoGrad { &ALL_CANDIDATES } else { &FORWARD_CANDIDATES };
             let algo = faster(candidates, |a| forward_algo(out, scratch, inp, weight, &s, a));
@@ -359,7 +369,7 @@ fn forward_im2col(out: &mut [f32], scratch: &mut Vec<f32>, inp: &[f32], weight: 
 /// Convolution backward: `dweight [C_out, C_in, KH, KW] += Σ_n dout_n · im2col(inp_n)ᵀ` and, when given,
 /// `dinp [N, C_in, H, W] += col2im(weightᵀ · dout_n)` (pass `None` for the first layer). `dout: [N, C_out, OH, OW]`.
 /// `scratch` is grown to hold, per task, one im2col matrix and one partial `dweight`.
-/// The algorithm for `dinp` is the measured choice for this shape (see the module documentation).
+/// The algorithm for `dinp` is the rule's (or the timed) choice for this shape (see the module documentation).
 pub fn conv2d_backward(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &mut Vec<f32>, dout: &[f32], inp: &[f32], weight: &[f32], shape: &Conv2dShape) -> Result<()> {
     let s = *shape;
     s.check_backward(dinp.as_deref().map(|d| d.len()), dweight.len(), dout.len(), inp.len(), weight.len())?;
@@ -374,6 +384,7 @@ pub fn conv2d_backward(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &
     let key = (s, Pass::BackwardData);
     let algo = match forced().or_else(|| chosen(key)) {
         Some(a) => a,
+        None if !conv_benchmark() => ruled_and_remembered(key),
         None => {
             // one-time snapshot so that every trial run accumulates onto the caller's gradients
             let (dx0, dw0) = (dx.to_vec(), dweight.to_vec());
@@ -542,7 +553,7 @@ fn backward_blocked(dinp: Option<&mut [f32]>, dweight: &mut [f32], scratch: &mut
     });
 }
 
-/// The measured choice considers Winograd only where the channel sum it transforms (C_in forward, C_out for the
+/// The rule and the timed choice consider Winograd only where the channel sum it transforms (C_in forward, C_out for the
 /// input gradient) has at least this many channels. Below that the GEMMs are degenerate (K = 3 for an RGB stem)
 /// and Winograd's transform error is not amortised over a long sum: on the ResNet-18 CIFAR fixture
 /// (tests/resnet.rs) a Winograd stem (3 -> 64) moves `bn1.weight`'s gradient past the fixture's tolerance
@@ -557,7 +568,7 @@ pub enum ConvAlgo {
     /// Winograd F(2x2, 3x3) (3x3, stride 1, pad <= 2): the forward pass, or `dinp` and `dweight` in backward.
     Winograd,
     /// Winograd F(4x4, 3x3) (where F(2x2, 3x3) applies): the forward pass, or `dinp` and `dweight` in backward.
-    /// 1.8x fewer multiplies than F(2x2, 3x3), but ~20x its rounding error (tests/winograd.rs): a measured
+    /// 1.8x fewer multiplies than F(2x2, 3x3), but ~20x its rounding error (tests/winograd.rs): a
     /// candidate for the backward pass and for a forward pass without gradients (see the module notes); a forward
     /// pass that gradients follow runs it only when asked (`*_with`, `MOCO_CONV_ALGO=winograd4x4`, or
     /// [`set_conv_algo_choice`]).
@@ -577,7 +588,7 @@ pub enum Pass {
 
 type ChoiceKey = (Conv2dShape, Pass);
 
-/// The measured choices, per shape, pass and rayon thread count.
+/// The choices made so far, per shape, pass and rayon thread count.
 fn table() -> &'static Mutex<HashMap<(ChoiceKey, usize), ConvAlgo>> {
     static T: OnceLock<Mutex<HashMap<(ChoiceKey, usize), ConvAlgo>>> = OnceLock::new();
     T.get_or_init(|| Mutex::new(HashMap::new()))
@@ -593,18 +604,71 @@ fn remember(key: ChoiceKey, algo: ConvAlgo) {
     t.insert((key, rayon::current_num_threads()), algo);
 }
 
-/// Sets the choice for `shape` and `pass` at the current rayon thread count, as if it had been measured: a resumed
+/// Sets the choice for `shape` and `pass` at the current rayon thread count, as if the rule or timing had made it: a resumed
 /// run restores its checkpoint's choices so that it computes with the same algorithms (bit-identical resume).
 pub fn set_conv_algo_choice(shape: Conv2dShape, pass: Pass, algo: ConvAlgo) {
     remember((shape, pass), algo);
 }
 
-/// What the measured choice tries for the forward pass (F(4x4) only on request: see the module notes).
+/// The default algorithm of a shape and pass: a fixed rule, so that every process computes the same. It is what
+/// timing the candidates picked on ResNet-18's layers at batch 64 with the AVX-512 GEMM (BENCHMARKS.md,
+/// "Repeatable by default"):
+/// - im2col where Winograd does not apply (not 3x3 stride 1 pad <= 2) or the transformed channel sum (C_in
+///   forward, C_out for the input gradient) is under [`AUTO_MIN_SUM`];
+/// - a forward pass that gradients follow: F(2x2, 3x3) (F(4x4)'s rounding error is too large there, see the
+///   module notes);
+/// - a forward pass without gradients, and the backward pass with an input gradient: F(4x4, 3x3) where the output
+///   plane is at least 8x8, else F(2x2, 3x3) (a 4x4 plane is one F(4x4) tile per image, whose transforms then
+///   cost more than the multiplies they save).
+pub fn ruled_conv_algo(shape: &Conv2dShape, pass: Pass) -> ConvAlgo {
+    let sum = if pass == Pass::BackwardData { shape.c_out } else { shape.c_in };
+    if !shape.winograd_applies() || sum < AUTO_MIN_SUM {
+        return ConvAlgo::Im2col;
+    }
+    let large_plane = shape.out_h() >= 8 && shape.out_w() >= 8;
+    match pass {
+        Pass::Forward => ConvAlgo::Winograd,
+        Pass::ForwardNoGrad | Pass::BackwardData if large_plane => ConvAlgo::Winograd4x4,
+        Pass::ForwardNoGrad | Pass::BackwardData => ConvAlgo::Winograd,
+    }
+}
+
+fn ruled_and_remembered(key: ChoiceKey) -> ConvAlgo {
+    let algo = ruled_conv_algo(&key.0, key.1);
+    remember(key, algo);
+    algo
+}
+
+static BENCHMARK: AtomicBool = AtomicBool::new(false);
+
+/// Times the candidate algorithms of each new shape in this process instead of applying [`ruled_conv_algo`]
+/// (off by default, as `cudnn.benchmark` is): sometimes faster on a CPU unlike the one the rule was measured on,
+/// but the choice then depends on the host's load, and two runs of the same command may differ in their last
+/// bits and then in their trajectories. Choices already made (or restored from a checkpoint) stay.
+pub fn set_conv_benchmark(on: bool) {
+    BENCHMARK.store(on, Ordering::Relaxed);
+}
+
+/// Whether [`set_conv_benchmark`] is on.
+pub fn conv_benchmark() -> bool {
+    BENCHMARK.load(Ordering::Relaxed)
+}
+
+/// How this process picks the CPU convolution algorithms, for a run's settings block.
+pub fn conv_choice_description() -> String {
+    match forced() {
+        Some(a) => format!("{a:?} wherever it applies (MOCO_CONV_ALGO)"),
+        None if conv_benchmark() => "timed per shape in this process (--conv-benchmark; runs may differ in their last bits)".to_string(),
+        None => "a fixed rule per shape (repeatable; --conv-benchmark times the candidates instead)".to_string(),
+    }
+}
+
+/// What timing tries for the forward pass (F(4x4) only on request: see the module notes).
 const FORWARD_CANDIDATES: [ConvAlgo; 2] = [ConvAlgo::Im2col, ConvAlgo::Winograd];
-/// What it tries for the backward pass with an input gradient, and for a forward pass without gradients.
+/// What timing tries for the backward pass with an input gradient, and for a forward pass without gradients.
 const ALL_CANDIDATES: [ConvAlgo; 3] = [ConvAlgo::Im2col, ConvAlgo::Winograd, ConvAlgo::Winograd4x4];
 
-/// Trial rounds of the measured choice: the first warms caches and grows `scratch`, the others are timed. Five
+/// Trial rounds of the timed choice: the first warms caches and grows `scratch`, the others are timed. Five
 /// (not three) because on a busy host two timed runs let a 25 % slower algorithm win about one time in two
 /// (seen on ResNet-18's 256-channel backward, F(2x2) against F(4x4)).
 const TRIAL_ROUNDS: usize = 5;
@@ -639,11 +703,12 @@ fn forced() -> Option<ConvAlgo> {
     })
 }
 
-/// The measured choices so far: `(shape, pass, rayon threads, algorithm)`, sorted for printing.
+/// The choices so far (ruled, timed or restored): `(shape, pass, rayon threads, algorithm)`, sorted for printing.
 pub fn conv_algo_choices() -> Vec<(Conv2dShape, Pass, usize, ConvAlgo)> {
     let t = table().lock().unwrap_or_else(|e| e.into_inner());
     let mut v: Vec<_> = t.iter().map(|(&((s, p), th), &a)| (s, p, th, a)).collect();
-    v.sort_by_key(|(s, p, th, _)| (s.c_in, s.h, s.w, s.c_out, s.n, s.pad, *p == Pass::BackwardData, *th));
+    // a total order (the table is a HashMap): a checkpoint that records the choices is then byte-identical across runs
+    v.sort_by_key(|(s, p, th, _)| (s.c_in, s.h, s.w, s.c_out, s.n, s.kh, s.kw, s.stride, s.pad, *p as u8, *th));
     v
 }
 
