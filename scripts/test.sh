@@ -12,6 +12,10 @@
 #                                after the default test when no arguments are given
 #   MOCO_CUDA_EMU=1|0            force / forbid the emulated CUDA driver (default: used when no libcuda loads); the
 #                                feature matrix sets 0, since the default run already ran every CUDA test on it
+#   MOCO_FORCED_DISPATCH=0       skip the forced-dispatch runs: after the default test (which runs the CPU kernels on
+#                                the widest vector unit the machine has, AVX-512 where present), the CPU's op,
+#                                fixture and training tests run again with MOCO_CPU_ISA=avx2 and =scalar (CPU only:
+#                                MOCO_TEST_DEVICES=cpu)
 #   MOCO_PYTHON=0                skip the Python package (python/: `pip install ./python` into a venv with PyTorch,
 #                                then its tests) that runs last when no arguments are given
 #   MOCO_PY_VENV=DIR             the venv for it (default target/pyvenv, kept between runs)
@@ -45,6 +49,16 @@ mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 
 log "cargo test --release $*"
 cargo test --release "$@"
+
+# Every fixture and property test on each narrower dispatch path of the crate's own CPU kernels (the `gemm` crate
+# keeps its own choice), with the binaries the default test built.
+if [ "$#" -eq 0 ] && [ "${MOCO_FORCED_DISPATCH:-1}" = "1" ]; then
+    for isa in avx2 scalar; do
+        log "MOCO_CPU_ISA=$isa: the CPU's op, fixture and training tests (MOCO_TEST_DEVICES=cpu)"
+        MOCO_CPU_ISA="$isa" MOCO_TEST_DEVICES=cpu cargo test --release --test device --test ops --test pytorch_fixtures \
+            --test resnet --test vit_fixture --test vit --test winograd --test train_v3 --test optim
+    done
+fi
 
 # The feature matrix (only for the plain command, not when arguments select tests): the kernels alone with no
 # GPU or trainer crates, and each GPU backend alone, each built and tested on its own.

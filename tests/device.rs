@@ -42,3 +42,19 @@ fn index_buffers_round_trip<D: Device>(dev: &mut D) {
 device_test!(device_split_checks_regions, split_checks_regions);
 
 device_test!(device_index_buffers_round_trip, index_buffers_round_trip);
+
+/// `MOCO_CPU_ISA` (CI's forced-dispatch runs): the kernels run on the named instruction set when the CPU has it,
+/// and never on one wider than the CPU's.
+#[test]
+fn cpu_isa_is_the_forced_one_and_never_wider_than_the_cpu() {
+    use moco::device::{cpu_isa, detected_cpu_isa};
+    assert!(cpu_isa() <= detected_cpu_isa());
+    match std::env::var("MOCO_CPU_ISA").as_deref() {
+        Ok(v @ ("scalar" | "avx2" | "avx512")) => {
+            let forced = [moco::device::CpuIsa::Scalar, moco::device::CpuIsa::Avx2, moco::device::CpuIsa::Avx512].into_iter().find(|i| i.name() == v).unwrap();
+            assert_eq!(cpu_isa(), forced.min(detected_cpu_isa()), "MOCO_CPU_ISA={v}");
+            eprintln!("MOCO_CPU_ISA={v}: the kernels run on {}", cpu_isa().name());
+        }
+        _ => assert_eq!(cpu_isa(), detected_cpu_isa()),
+    }
+}

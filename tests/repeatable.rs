@@ -2,7 +2,7 @@
 //! process (the CPU convolutions' algorithm is a fixed rule per shape unless `--conv-benchmark` asks for timing),
 //! and a shortened recipe's warmup follows `--epochs`. Each front door runs twice here, in two processes.
 mod common;
-use common::front_door::{front_door, out_dir};
+use common::front_door::{front_door, front_door_env, out_dir};
 use std::path::Path;
 
 /// The metrics columns that hold wall-clock times (the only ones allowed to differ between two runs).
@@ -83,5 +83,26 @@ fn conv_benchmark_is_an_opt_in_the_settings_block_names() {
     let (ok, text) = front_door("train_resnet18", &out, &["--epochs", "1", "--max-steps", "2", "--health-every", "0", "--conv-benchmark"]);
     assert!(ok, "{text}");
     assert!(text.contains("convolution algorithms (CPU): timed per shape in this process (--conv-benchmark"), "{text}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// `MOCO_CPU_ISA` caps the vector unit of the crate's own kernels (CI's forced-dispatch runs); the device line
+/// names the one in use, and a value that is unknown or wider than the CPU is ignored with a warning, never a
+/// crash.
+#[test]
+fn moco_cpu_isa_forces_a_narrower_dispatch_and_the_device_line_names_it() {
+    let out = out_dir("cpu-isa");
+    let short = ["--epochs", "1", "--max-steps", "1", "--health-every", "0"];
+    let detected = moco::device::detected_cpu_isa().name();
+    let (ok, text) = front_door_env("train_resnet18", &out, &short, &[("MOCO_CPU_ISA", "scalar")]);
+    assert!(ok && text.contains("CPU engine (") && text.contains(" threads, scalar)"), "{text}");
+    for bad in ["sse9", "", "AVX2 "] {
+        let (ok, text) = front_door_env("train_resnet18", &out, &short, &[("MOCO_CPU_ISA", bad)]);
+        assert!(ok && text.contains("ignored: expected scalar, avx2 or avx512") && text.contains(&format!(" threads, {detected})")), "{bad:?}: {text}");
+    }
+    if detected != "avx512" {
+        let (ok, text) = front_door_env("train_resnet18", &out, &short, &[("MOCO_CPU_ISA", "avx512")]);
+        assert!(ok && text.contains(&format!("ignored: this CPU has {detected}, not avx512")), "{text}");
+    }
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -107,8 +107,9 @@ fn winograd_error_vs_reference() {
     }
 }
 
+/// Nothing in this test binary turns timing on (`set_conv_benchmark`): every choice here is the rule's.
 #[test]
-fn measured_choice_is_correct_and_accumulates_once() {
+fn default_choice_is_the_rule_correct_and_accumulates_once() {
     // channel counts at least nn::AUTO_MIN_SUM (16): Winograd is a candidate
     let s = Conv2dShape::new(3, 17, 7, 9, 19, 3, 3, 1, 1).unwrap();
     let mut g = rng(7);
@@ -117,7 +118,7 @@ fn measured_choice_is_correct_and_accumulates_once() {
     let want = r::conv2d_forward(&f64s(&x), &f64s(&wt), &s);
     let (want_dx, want_dw) = r::conv2d_backward(&f64s(&dy), &f64s(&x), &f64s(&wt), &s);
     let mut scratch = Vec::new();
-    // the first call measures the candidates, the second uses the cached choice (the backward pass and the
+    // the first call applies the rule, the second uses the cached choice (the backward pass and the
     // forward pass without gradients may pick F(4x4), so they get its bound)
     for call in 0..2 {
         let mut out = nan(s.out_len());
@@ -133,16 +134,45 @@ fn measured_choice_is_correct_and_accumulates_once() {
     }
     let choices = nn::conv_algo_choices();
     for pass in [ConvPass::Forward, ConvPass::ForwardNoGrad, ConvPass::BackwardData] {
-        assert!(choices.iter().any(|c| c.0 == s && c.1 == pass), "{pass:?} choice for {s:?} cached: {choices:?}");
+        let c = choices.iter().find(|c| c.0 == s && c.1 == pass).unwrap_or_else(|| panic!("{pass:?} choice for {s:?} cached: {choices:?}"));
+        assert_eq!(c.3, moco::ops::conv::ruled_conv_algo(&s, pass), "{pass:?}: the rule's choice");
     }
-    // a forward pass that gradients follow never gets F(4x4) from the measurement
+    assert!(!moco::ops::conv::conv_benchmark(), "timing is opt-in");
+    // a forward pass that gradients follow never gets F(4x4)
     assert!(!choices.iter().any(|c| c.1 == ConvPass::Forward && c.3 == ConvAlgo::Winograd4x4), "{choices:?}");
-    // an RGB stem (C_in = 3) is not a candidate: im2col, nothing measured or cached
+    // an RGB stem (C_in = 3) is not a candidate: im2col, nothing cached
     let stem = Conv2dShape::new(2, 3, 6, 6, 16, 3, 3, 1, 1).unwrap();
     let mut out = nan(stem.out_len());
     nn::conv2d_forward(&mut out, &mut scratch, &vec![0.5; stem.inp_len()], &vec![0.25; stem.weight_len()], &stem).unwrap();
     assert!(out.iter().all(|v| v.is_finite()));
-    assert!(!nn::conv_algo_choices().iter().any(|c| c.0 == stem), "stem measured");
+    assert!(!nn::conv_algo_choices().iter().any(|c| c.0 == stem), "stem cached");
+}
+
+/// The rule on ResNet-18's CIFAR layers at batch 64 (BENCHMARKS.md, "Repeatable by default", has the timings it
+/// follows), on the stem and on shapes Winograd does not apply to.
+#[test]
+fn the_rule_per_shape() {
+    use moco::ops::conv::ruled_conv_algo as rule;
+    let sh = |c: usize, hw: usize, k: usize, stride: usize, pad: usize| Conv2dShape::new(64, c, hw, hw, c, k, k, stride, pad).unwrap();
+    for (c, hw) in [(64, 32), (128, 16), (256, 8)] {
+        assert_eq!(rule(&sh(c, hw, 3, 1, 1), ConvPass::Forward), ConvAlgo::Winograd, "{c}@{hw}");
+        assert_eq!(rule(&sh(c, hw, 3, 1, 1), ConvPass::ForwardNoGrad), ConvAlgo::Winograd4x4, "{c}@{hw}");
+        assert_eq!(rule(&sh(c, hw, 3, 1, 1), ConvPass::BackwardData), ConvAlgo::Winograd4x4, "{c}@{hw}");
+    }
+    // a 4x4 plane is one F(4x4) tile: F(2x2)
+    for pass in [ConvPass::Forward, ConvPass::ForwardNoGrad, ConvPass::BackwardData] {
+        assert_eq!(rule(&sh(512, 4, 3, 1, 1), pass), ConvAlgo::Winograd, "{pass:?}");
+    }
+    // the RGB stem, stride 2, 1x1, pad 3: im2col; the channel sum is C_in forward and C_out for the input gradient
+    let stem = Conv2dShape::new(64, 3, 32, 32, 64, 3, 3, 1, 1).unwrap();
+    assert_eq!(rule(&stem, ConvPass::Forward), ConvAlgo::Im2col);
+    assert_eq!(rule(&stem, ConvPass::BackwardData), ConvAlgo::Winograd4x4);
+    assert_eq!(rule(&Conv2dShape::new(64, 64, 32, 32, 8, 3, 3, 1, 1).unwrap(), ConvPass::BackwardData), ConvAlgo::Im2col);
+    for s in [sh(64, 32, 3, 2, 1), sh(64, 32, 1, 1, 0), Conv2dShape::new(2, 64, 9, 9, 64, 3, 3, 1, 3).unwrap()] {
+        for pass in [ConvPass::Forward, ConvPass::ForwardNoGrad, ConvPass::BackwardData] {
+            assert_eq!(rule(&s, pass), ConvAlgo::Im2col, "{s:?} {pass:?}");
+        }
+    }
 }
 
 #[test]

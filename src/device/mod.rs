@@ -21,6 +21,7 @@ pub mod kernel_family;
 pub mod cuda;
 mod select;
 pub(crate) mod vector;
+pub use vector::{cpu_isa, detected_cpu_isa, CpuIsa};
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 

@@ -30,6 +30,7 @@
 //! and wgpu devices, and the CUDA emulation test.
 
 pub(crate) mod check;
+pub mod fastmath;
 pub(crate) mod window;
 #[doc(hidden)]
 pub mod launch;

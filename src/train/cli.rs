@@ -100,9 +100,10 @@ fn wgpu_engine(_: &TrainConfig, _: bool) -> Result<(Box<dyn Engine>, String)> {
 /// Picks the engine for `backend` (`auto`: CUDA, else a hardware wgpu adapter, else the CPU; `cpu`, `wgpu` (any
 /// adapter, lavapipe included) or `cuda`), and says what it found and why it chose.
 pub fn pick_engine(backend: &str, cfg: &TrainConfig) -> Result<(Box<dyn Engine>, String)> {
-    let threads = rayon::current_num_threads();
+    // the thread count and vector unit: what a CPU run's last bits depend on (README, "Repeatable runs")
+    let threads = format!("{} threads, {}", rayon::current_num_threads(), crate::device::cpu_isa().name());
     match backend {
-        "cpu" => Ok((engine_on(CpuDevice::new(), cfg)?, format!("CPU engine ({threads} threads), as asked (--backend cpu); no GPU probe"))),
+        "cpu" => Ok((engine_on(CpuDevice::new(), cfg)?, format!("CPU engine ({threads}), as asked (--backend cpu); no GPU probe"))),
         "wgpu" => {
             let (e, name) = wgpu_engine(cfg, false)?;
             Ok((e, format!("wgpu engine on {name}, as asked (--backend wgpu)")))
@@ -120,7 +121,7 @@ pub fn pick_engine(backend: &str, cfg: &TrainConfig) -> Result<(Box<dyn Engine>,
                 Ok((e, name)) => Ok((e, format!("wgpu engine on {name} (a hardware GPU adapter); not CUDA: {cuda_why}"))),
                 Err(e) => Ok((
                     engine_on(CpuDevice::new(), cfg)?,
-                    format!("CPU engine ({threads} threads). Not a GPU: CUDA: {cuda_why}; wgpu: {} (a software adapter such as lavapipe is slower than the CPU engine; --backend wgpu uses it anyway)", message(e)),
+                    format!("CPU engine ({threads}). Not a GPU: CUDA: {cuda_why}; wgpu: {} (a software adapter such as lavapipe is slower than the CPU engine; --backend wgpu uses it anyway)", message(e)),
                 )),
             }
         }

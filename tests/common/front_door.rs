@@ -21,7 +21,12 @@ pub fn out_dir(tag: &str) -> PathBuf {
 
 /// Runs the front door `name` on the CPU with `args`, writing to `out`; returns (status, stdout + stderr).
 pub fn front_door(name: &str, out: &Path, args: &[&str]) -> (bool, String) {
-    let o = Command::new(example(name)).args(["--backend", "cpu", "--no-progress", "--out"]).arg(out).args(args).output().unwrap();
+    front_door_env(name, out, args, &[])
+}
+
+/// [`front_door`] with environment variables set for the process.
+pub fn front_door_env(name: &str, out: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let o = Command::new(example(name)).args(["--backend", "cpu", "--no-progress", "--out"]).arg(out).args(args).envs(env.iter().copied()).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     eprintln!("{name} {args:?}:\n{text}");
     (o.status.success(), text)

@@ -59,22 +59,36 @@ pub fn wgpu_device() -> Option<moco::Wgpu> {
     .clone()
 }
 
+/// `MOCO_TEST_DEVICES=cpu`: the device tests run on the CPU only (CI's forced-dispatch runs, `MOCO_CPU_ISA`, which
+/// only change the CPU's kernels). Says so on stderr.
+pub fn cpu_only(test: &str) -> bool {
+    let only = std::env::var("MOCO_TEST_DEVICES").as_deref() == Ok("cpu");
+    if only {
+        eprintln!("{test}: wgpu and CUDA skipped: MOCO_TEST_DEVICES=cpu");
+    }
+    only
+}
+
 /// Runs `f(&mut device, args...)` on the CPU device, on wgpu when there is an adapter, and on CUDA when there is a
 /// device (the real one on a GPU machine, the emulated driver's elsewhere); an absent device prints why it is
 /// skipped, and fails where CI requires it (`MOCO_REQUIRE_WGPU`, `MOCO_REQUIRE_CUDA_COMPILE`,
-/// `MOCO_REQUIRE_CUDA_DEVICE`). `f` is generic over the device: the test is written once.
+/// `MOCO_REQUIRE_CUDA_DEVICE`). `MOCO_TEST_DEVICES=cpu` runs the CPU alone ([`cpu_only`]). `f` is generic over the
+/// device: the test is written once.
 macro_rules! on_every_device {
     ($test:expr, $f:expr $(, $arg:expr)* $(,)?) => {{
         $f(&mut moco::CpuDevice::new() $(, $arg)*);
-        if let Some(w) = $crate::common::wgpu_device() {
-            $f(&mut w.clone() $(, $arg)*);
+        if $crate::common::cpu_only($test) {
+        } else {
+            if let Some(w) = $crate::common::wgpu_device() {
+                $f(&mut w.clone() $(, $arg)*);
+            }
+            #[cfg(feature = "cuda")]
+            if let Some(c) = $crate::common::cuda_device($test) {
+                $f(&mut c.clone() $(, $arg)*);
+            }
+            #[cfg(not(feature = "cuda"))]
+            eprintln!("{}: CUDA skipped: built without the `cuda` feature", $test);
         }
-        #[cfg(feature = "cuda")]
-        if let Some(c) = $crate::common::cuda_device($test) {
-            $f(&mut c.clone() $(, $arg)*);
-        }
-        #[cfg(not(feature = "cuda"))]
-        eprintln!("{}: CUDA skipped: built without the `cuda` feature", $test);
     }};
 }
 pub(crate) use on_every_device;

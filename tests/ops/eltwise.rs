@@ -287,6 +287,40 @@ fn gpu_erf(w: &mut moco::Wgpu, x: &[f32]) -> Vec<f32> {
 }
 
 #[cfg(feature = "wgpu")]
+/// The CPU's vectorisable erf (`moco::ops::fastmath::fast_erf`, which the CPU GELU uses) on the same grid as the
+/// GPU's below: a dense grid over [-6.5, 6.5], both sides of its piece boundary (1) and of its clamp (4), tiny
+/// values, signed zeros, infinities and NaN.
+#[test]
+fn cpu_erf_accuracy() {
+    use moco::ops::fastmath::fast_erf;
+    let mut x: Vec<f32> = (-(13 << 16)..=(13 << 16)).map(|i| i as f32 / (1 << 17) as f32).collect();
+    for b in [1.0f32, 4.0, 2f32.powi(-28)] {
+        for k in -2000i32..=2000 {
+            let v = f32::from_bits((b.to_bits() as i32 + k) as u32);
+            x.extend([v, -v]);
+        }
+    }
+    x.extend([1e-30, -1e-30, 1e-8, 3.0e-5, 10.0, -10.0, 100.0, f32::MIN_POSITIVE, f32::MAX]);
+    let (mut max_abs, mut max_rel, mut at) = (0.0f64, 0.0f64, 0.0f32);
+    for &xi in &x {
+        let (got, want) = (fast_erf(xi) as f64, libm::erf(xi as f64));
+        let err = (got - want).abs();
+        if !(err <= max_abs) {
+            (max_abs, at) = (err, xi);
+        }
+        if want != 0.0 {
+            max_rel = max_rel.max(err / want.abs());
+        }
+    }
+    eprintln!("fast_erf: max |err| {max_abs:.3e} at x = {at}, max relative {max_rel:.3e}, over {} values", x.len());
+    assert!(max_abs < 1.5e-7, "fast_erf max abs error {max_abs:e} at x = {at}");
+    assert!(max_rel < 2e-7, "fast_erf max relative error {max_rel:e}");
+    assert_eq!((fast_erf(f32::INFINITY), fast_erf(f32::NEG_INFINITY)), (1.0, -1.0));
+    assert!(fast_erf(f32::NAN).is_nan());
+    assert_eq!((fast_erf(0.0).to_bits(), fast_erf(-0.0).to_bits()), (0.0f32.to_bits(), (-0.0f32).to_bits()));
+    assert!(x.iter().all(|&v| fast_erf(v) == -fast_erf(-v)), "odd");
+}
+
 #[test]
 fn erf_accuracy() {
     let Some(mut w) = wgpu_device() else { return };

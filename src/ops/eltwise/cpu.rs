@@ -2,6 +2,8 @@
 
 use super::EltwiseShape;
 use super::Eltwise;
+use crate::device::vector::vectorized;
+use crate::ops::fastmath::{fast_erf, fast_exp};
 use crate::error::Result;
 use rayon::prelude::*;
 
@@ -65,31 +67,32 @@ pub(crate) fn mask_pos(d: f32, y: f32) -> f32 {
 
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
-/// `gelu(x) = 0.5·x·(1 + erf(x/√2))`, torch's default (`approximate='none'`), with `libm::erff`.
+/// `gelu(x) = 0.5·x·(1 + erf(x/√2))`, torch's default (`approximate='none'`), with the vectorisable
+/// [`fast_erf`].
 #[inline(always)]
 pub(crate) fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+    0.5 * x * (1.0 + fast_erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 /// `gelu'(x) = Φ(x) + x·φ(x)`.
 #[inline(always)]
 pub(crate) fn gelu_grad(x: f32) -> f32 {
-    let cdf = 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
-    cdf + x * FRAC_1_SQRT_2PI * (-0.5 * x * x).exp()
+    let cdf = 0.5 * (1.0 + fast_erf(x * std::f32::consts::FRAC_1_SQRT_2));
+    cdf + x * FRAC_1_SQRT_2PI * fast_exp(-0.5 * x * x)
 }
 
-/// GELU forward (exact erf form): `out = 0.5·inp·(1 + erf(inp/√2))`. Any layout.
+/// GELU forward (exact erf form): `out = 0.5·inp·(1 + erf(inp/√2))`. Any layout. Runs on the widest vector unit.
 pub fn gelu_forward(out: &mut [f32], inp: &[f32], shape: &super::EltwiseShape) -> Result<()> {
     shape.check(&[("out", out.len()), ("inp", inp.len())])?;
-    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = gelu(x)));
+    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(y, x)| vectorized(|| y.iter_mut().zip(x).for_each(|(y, &x)| *y = gelu(x))));
     Ok(())
 }
 
-/// GELU backward: `dinp += dout·(Φ(inp) + inp·φ(inp))`, `inp` the forward's input.
+/// GELU backward: `dinp += dout·(Φ(inp) + inp·φ(inp))`, `inp` the forward's input. Runs on the widest vector unit.
 pub fn gelu_backward(dinp: &mut [f32], dout: &[f32], inp: &[f32], shape: &super::EltwiseShape) -> Result<()> {
     shape.check(&[("dinp", dinp.len()), ("dout", dout.len()), ("inp", inp.len())])?;
     dinp.par_chunks_mut(CHUNK).zip(dout.par_chunks(CHUNK)).zip(inp.par_chunks(CHUNK)).for_each(|((dx, dy), x)| {
-        dx.iter_mut().zip(dy).zip(x).for_each(|((dx, &dy), &x)| *dx += dy * gelu_grad(x))
+        vectorized(|| dx.iter_mut().zip(dy).zip(x).for_each(|((dx, &dy), &x)| *dx += dy * gelu_grad(x)))
     });
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! Vectorisable exp and the online-softmax step over one block of logits, compiled for AVX-512, AVX2+FMA and the
-//! baseline, picked once at run time.
+//! The online-softmax step over one block of logits (with [`fast_exp`], the vectorisable exp), compiled for
+//! AVX-512, AVX2+FMA and the baseline, picked at run time ([`crate::device::cpu_isa`]).
 //!
 //! The block is stored transposed, `s_t: [nb keys, nr rows]`, so every step is element-wise across rows: the
 //! running max, the exp, the sums and the rank counters vectorise without horizontal reductions.
@@ -8,41 +8,8 @@
 pub const NEG: f32 = -1.0e30;
 /// Logits at or below this are masked.
 pub const MASKED: f32 = -1.0e29;
-/// Logits below this give exactly 0 (exp(-87.3) is the smallest normal f32).
-const EXP_MIN: f32 = -87.3;
-
-/// exp(x) for x <= 88, relative error below 2e-7; exactly 0 below -87.3. Branch-free so loops vectorise.
-#[inline(always)]
-pub fn fast_exp(x: f32) -> f32 {
-    fast_exp_impl::<false>(x)
-}
-
-/// `a * b + c`, fused where the caller is compiled with FMA.
-#[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA { a.mul_add(b, c) } else { a * b + c }
-}
-
-#[inline(always)]
-fn fast_exp_impl<const FMA: bool>(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
-    let xc = if x < EXP_MIN { EXP_MIN } else if x > 88.0 { 88.0 } else { x };
-    // t = n + 1.5 * 2^23 holds the integer n = round(x / ln2) in its low mantissa bits: read it with integer ops
-    // (a float-to-int `as` cast would be scalarised for its saturation rules)
-    let t = madd::<FMA>(xc, LOG2E, ROUND);
-    let n = t - ROUND;
-    let n_bits = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
-    let r = madd::<FMA>(-n, LN2_LO, madd::<FMA>(-n, LN2_HI, xc)); // |r| <= ln2/2
-    let mut p = 1.0 / 5040.0;
-    for coef in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-        p = madd::<FMA>(p, r, coef);
-    }
-    let scale = f32::from_bits((n_bits.wrapping_add(127) << 23) as u32);
-    if x < EXP_MIN { 0.0 } else { p * scale }
-}
+pub use crate::ops::fastmath::fast_exp;
+use crate::ops::fastmath::fast_exp_impl;
 
 /// Running online-softmax state of `nr` rows: max `m`, sum `l` of exp(s - m), and the rank counters
 /// (logits seen that are greater than the row's positive logit).
@@ -120,23 +87,13 @@ unsafe fn softmax_block_avx2(s_t: &mut [f32], nr: usize, st: &mut RowStates, s_p
 pub fn softmax_block(s_t: &mut [f32], nr: usize, st: &mut RowStates, s_pos: &[f32], scale: &mut [f32], sc: &mut BlockScratch) {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::sync::OnceLock;
-        static LEVEL: OnceLock<u8> = OnceLock::new();
-        let level = *LEVEL.get_or_init(|| {
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq") {
-                2
-            } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                1
-            } else {
-                0
-            }
-        });
-        // SAFETY: the features each variant is compiled for were detected on this CPU.
+        use crate::device::{cpu_isa, CpuIsa};
+        // SAFETY: cpu_isa() is never wider than what was detected on this CPU.
         unsafe {
-            match level {
-                2 => return softmax_block_avx512(s_t, nr, st, s_pos, scale, sc),
-                1 => return softmax_block_avx2(s_t, nr, st, s_pos, scale, sc),
-                _ => {}
+            match cpu_isa() {
+                CpuIsa::Avx512 => return softmax_block_avx512(s_t, nr, st, s_pos, scale, sc),
+                CpuIsa::Avx2 => return softmax_block_avx2(s_t, nr, st, s_pos, scale, sc),
+                CpuIsa::Scalar => {}
             }
         }
     }
@@ -185,16 +142,12 @@ unsafe fn softmax_xent_row_avx2(s: &mut [f32], target: usize) -> f32 {
 
 /// Exact softmax cross-entropy of one full row of logits, in place: `s: [len]` logits in, `p - onehot(target)`
 /// (the gradient w.r.t. the logits) out; returns the row loss `logsumexp(s) - s[target]`. `target < len`.
-/// AVX2+FMA when present (checked once), else the baseline.
+/// AVX2+FMA when [`cpu_isa`](crate::device::cpu_isa) allows it, else the baseline.
 pub fn softmax_xent_row(s: &mut [f32], target: usize) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static AVX2: OnceLock<bool> = OnceLock::new();
-        if *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
-            // SAFETY: avx2 and fma were detected on this CPU.
-            return unsafe { softmax_xent_row_avx2(s, target) };
-        }
+    if crate::device::cpu_isa() >= crate::device::CpuIsa::Avx2 {
+        // SAFETY: cpu_isa() is never wider than what was detected on this CPU.
+        return unsafe { softmax_xent_row_avx2(s, target) };
     }
     softmax_xent_row_impl::<false>(s, target)
 }

@@ -7,6 +7,9 @@ use super::Linear;
 use crate::error::Result;
 use rayon::prelude::*;
 
+/// Outputs per task of the bias gradient.
+const DB_COLS: usize = 64;
+
 /// Linear forward: `out [N, OUT] = inp [N, IN] · weight [OUT, IN]ᵀ (+ bias [OUT])` (overwrites `out`).
 pub fn linear_forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]>, shape: &LinearShape) -> Result<()> {
     let s = *shape;
@@ -32,7 +35,17 @@ pub fn linear_backward(dinp: Option<&mut [f32]>, dweight: &mut [f32], dbias: Opt
     // dweight [OUT, IN] += doutᵀ [OUT, N] · inp [N, IN]
     gemm_strided(dweight, s.in_f, 1, dout, 1, s.out_f, inp, s.in_f, 1, s.out_f, s.in_f, s.n, 1.0, true, true);
     if let Some(db) = dbias {
-        db.par_iter_mut().enumerate().for_each(|(o, d)| *d += (0..s.n).map(|r| dout[r * s.out_f + o]).sum::<f32>());
+        // dbias [OUT] += Σ_n dout[n, :]: per block of DB_COLS outputs, the rows in order (each element's sum runs
+        // over n = 0, 1, ... as a per-element loop would), the contiguous row segments added lane-wise
+        db.par_chunks_mut(DB_COLS).enumerate().for_each(|(blk, d)| {
+            let o0 = blk * DB_COLS;
+            let mut acc = [0.0f32; DB_COLS];
+            let acc = &mut acc[..d.len()];
+            for row in dout.chunks_exact(s.out_f) {
+                acc.iter_mut().zip(&row[o0..o0 + d.len()]).for_each(|(a, v)| *a += v);
+            }
+            d.iter_mut().zip(acc.iter()).for_each(|(d, a)| *d += a);
+        });
     }
     Ok(())
 }
