@@ -2,13 +2,11 @@
 
 use super::AttentionShape;
 use super::Attention;
+use crate::device::vector::vectorized;
 use crate::error::Result;
+use crate::ops::fastmath::fast_exp;
+use crate::ops::linear::gemm::gemm_strided;
 use rayon::prelude::*;
-
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
 
 /// Attention forward: per sample b and head h, `att[b,h] = softmax_rows(q·kᵀ·scale)` (`[T, T]`, saved for the
 /// backward) and `out[b, t, h*D..(h+1)*D] = Σ_s att[b,h,t,s]·v_s`.
@@ -16,50 +14,69 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// **Materialised probabilities.** Each head's `[T, T]` probability tile is written to `att` and reused by the
 /// backward instead of being recomputed (flash-attention style). At the ViT's token counts this is small: 65 tokens
 /// (CIFAR, patch 4) give 65² = 4225 floats (17 KB) per head, 197 tokens (224², patch 16) 39 K floats (155 KB); the
-/// softmax is done in place on that tile (max-subtracted), so there is no separate pass over a large buffer.
-/// Parallel over the batch.
+/// softmax is done in place on that tile (max-subtracted, [`fast_exp`], on the widest vector unit), so there is no
+/// separate pass over a large buffer. The two products per head, `q·kᵀ` and `P·v`, are GEMMs on the strided views
+/// of `qkv` (the `gemm` crate's micro-kernels; no copies). Parallel over the batch.
 pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], shape: &AttentionShape) -> Result<()> {
     let s = *shape;
     s.check_forward(out.len(), att.len(), qkv.len())?;
     let (t, hn, d, c) = (s.t, s.heads, s.head_dim, s.c());
     let scale = s.scale();
     out.par_chunks_mut(t * c).zip(att.par_chunks_mut(hn * t * t)).zip(qkv.par_chunks(t * 3 * c)).for_each(|((o, a), x)| {
-        // x: [T, 3, H, D] of this sample; o: [T, H, D]; a: [H, T, T]
+        // x: [T, 3, H, D] of this sample (row stride 3C); o: [T, H, D] (row stride C); a: [H, T, T]
         for h in 0..hn {
             let a = &mut a[h * t * t..(h + 1) * t * t];
-            for i in 0..t {
-                let q = &x[i * 3 * c + h * d..][..d];
-                let row = &mut a[i * t..(i + 1) * t];
-                let mut mx = f32::NEG_INFINITY;
-                for (j, p) in row.iter_mut().enumerate() {
-                    let k = &x[j * 3 * c + c + h * d..][..d];
-                    *p = dot(q, k) * scale;
-                    mx = mx.max(*p);
-                }
-                let mut sum = 0.0f32;
-                for p in row.iter_mut() {
-                    *p = (*p - mx).exp();
-                    sum += *p;
-                }
-                let inv = 1.0 / sum;
-                row.iter_mut().for_each(|p| *p *= inv);
-                let oi = &mut o[i * c + h * d..][..d];
-                oi.iter_mut().for_each(|v| *v = 0.0);
-                for (j, &p) in row.iter().enumerate() {
-                    let v = &x[j * 3 * c + 2 * c + h * d..][..d];
-                    oi.iter_mut().zip(v).for_each(|(o, &v)| *o += p * v);
-                }
-            }
+            // a [T, T] = scale · q_h [T, D] · k_hᵀ
+            gemm_strided(a, t, 1, &x[h * d..], 3 * c, 1, &x[c + h * d..], 1, 3 * c, t, t, d, scale, false, false);
+            vectorized(#[inline(always)] || softmax_rows_in_place(a, t));
+            // o_h [T, D] = a · v_h
+            gemm_strided(&mut o[h * d..], c, 1, a, t, 1, &x[2 * c + h * d..], 3 * c, 1, t, d, t, 1.0, false, false);
         }
     });
     Ok(())
 }
 
+/// Lanes of the row max and sum: a float reduction into one accumulator stays scalar (Rust keeps the order of a
+/// float sum), so the max and the sum run in `L` independent lanes, combined in a fixed order at the end.
+const L: usize = 16;
+
+/// Each row of `a: [rows, t]` replaced by its softmax (max-subtracted): the max and the sum in [`L`] lanes, the
+/// exp in a loop of its own so that it vectorises.
+#[inline(always)]
+fn softmax_rows_in_place(a: &mut [f32], t: usize) {
+    for row in a.chunks_exact_mut(t) {
+        let body = t / L * L;
+        let mut mx = [f32::NEG_INFINITY; L];
+        for ch in row[..body].chunks_exact(L) {
+            for l in 0..L {
+                mx[l] = if ch[l] > mx[l] { ch[l] } else { mx[l] };
+            }
+        }
+        let mut m = f32::NEG_INFINITY;
+        for &v in mx.iter().chain(&row[body..]) {
+            m = if v > m { v } else { m };
+        }
+        for p in row.iter_mut() {
+            *p = fast_exp(*p - m);
+        }
+        let mut sum = [0.0f32; L];
+        for ch in row[..body].chunks_exact(L) {
+            for l in 0..L {
+                sum[l] += ch[l];
+            }
+        }
+        let inv = 1.0 / (sum.iter().sum::<f32>() + row[body..].iter().sum::<f32>());
+        for p in row.iter_mut() {
+            *p *= inv;
+        }
+    }
+}
+
 /// Attention backward: `dqkv [B, T, 3, H, D] +=` the gradients of q, k and v for upstream `dout [B, T, C]`, from
 /// the forward's `qkv` and saved `att`. Per (b, h), with `P = att[b,h]`:
 /// `dv_s += Σ_t P[t,s]·dout_t`, `dP[t,s] = dout_t·v_s`, `dS[t,s] = P[t,s]·(dP[t,s] - Σ_s' P[t,s']·dP[t,s'])`,
-/// `dq_t += scale·Σ_s dS[t,s]·k_s`, `dk_s += scale·Σ_t dS[t,s]·q_t`. Parallel over the batch; one `[T, T]`
-/// scratch tile per sample.
+/// `dq_t += scale·Σ_s dS[t,s]·k_s`, `dk_s += scale·Σ_t dS[t,s]·q_t`. The four products are GEMMs on strided views,
+/// `dS` runs on the widest vector unit; parallel over the batch, one `[T, T]` scratch tile per sample.
 pub fn attention_backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], att: &[f32], shape: &AttentionShape) -> Result<()> {
     let s = *shape;
     s.check_backward(dqkv.len(), dout.len(), qkv.len(), att.len())?;
@@ -69,41 +86,31 @@ pub fn attention_backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], att: &[f3
         let mut ds = vec![0.0f32; t * t];
         for h in 0..hn {
             let p = &a[h * t * t..(h + 1) * t * t];
-            // dS = P ⊙ (dP - rowsum(P ⊙ dP)), dP[i,j] = dout_i · v_j
-            for i in 0..t {
-                let dyi = &dy[i * c + h * d..][..d];
-                let (pr, dr) = (&p[i * t..(i + 1) * t], &mut ds[i * t..(i + 1) * t]);
-                let mut acc = 0.0f32;
-                for j in 0..t {
-                    let v = &x[j * 3 * c + 2 * c + h * d..][..d];
-                    dr[j] = dot(dyi, v);
-                    acc += pr[j] * dr[j];
+            // dP [T, T] = dout_h [T, D] · v_hᵀ, then dS = P ⊙ (dP - rowsum(P ⊙ dP)) in place
+            gemm_strided(&mut ds, t, 1, &dy[h * d..], c, 1, &x[2 * c + h * d..], 1, 3 * c, t, t, d, 1.0, false, false);
+            vectorized(#[inline(always)] || {
+                let body = t / L * L;
+                for (dr, pr) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
+                    // rowsum(P ⊙ dP) in L lanes (see softmax_rows_in_place)
+                    let mut lanes = [0.0f32; L];
+                    for (pc, dc) in pr[..body].chunks_exact(L).zip(dr[..body].chunks_exact(L)) {
+                        for l in 0..L {
+                            lanes[l] += pc[l] * dc[l];
+                        }
+                    }
+                    let mut acc = lanes.iter().sum::<f32>();
+                    for (&pv, &dv) in pr[body..].iter().zip(&dr[body..]) {
+                        acc += pv * dv;
+                    }
+                    for (dv, &pv) in dr.iter_mut().zip(pr) {
+                        *dv = pv * (*dv - acc);
+                    }
                 }
-                for j in 0..t {
-                    dr[j] = pr[j] * (dr[j] - acc);
-                }
-            }
-            for i in 0..t {
-                // dq_i += scale·Σ_j dS[i,j]·k_j
-                let dsr = &ds[i * t..(i + 1) * t];
-                for j in 0..t {
-                    let w = scale * dsr[j];
-                    let k = &x[j * 3 * c + c + h * d..][..d];
-                    dx[i * 3 * c + h * d..][..d].iter_mut().zip(k).for_each(|(g, &k)| *g += w * k);
-                }
-            }
-            for j in 0..t {
-                // dk_j += scale·Σ_i dS[i,j]·q_i ; dv_j += Σ_i P[i,j]·dout_i
-                for i in 0..t {
-                    let w = scale * ds[i * t + j];
-                    let pw = p[i * t + j];
-                    let q = &x[i * 3 * c + h * d..][..d];
-                    let dyi = &dy[i * c + h * d..][..d];
-                    let row = &mut dx[j * 3 * c..(j + 1) * 3 * c];
-                    row[c + h * d..][..d].iter_mut().zip(q).for_each(|(g, &q)| *g += w * q);
-                    row[2 * c + h * d..][..d].iter_mut().zip(dyi).for_each(|(g, &dyv)| *g += pw * dyv);
-                }
-            }
+            });
+            // dq_h += scale · dS · k_h ; dk_h += scale · dSᵀ · q_h ; dv_h += Pᵀ · dout_h
+            gemm_strided(&mut dx[h * d..], 3 * c, 1, &ds, t, 1, &x[c + h * d..], 3 * c, 1, t, d, t, scale, true, false);
+            gemm_strided(&mut dx[c + h * d..], 3 * c, 1, &ds, 1, t, &x[h * d..], 3 * c, 1, t, d, t, scale, true, false);
+            gemm_strided(&mut dx[2 * c + h * d..], 3 * c, 1, p, 1, t, &dy[h * d..], c, 1, t, d, t, 1.0, true, false);
         }
     });
     Ok(())

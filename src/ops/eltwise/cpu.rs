@@ -84,7 +84,14 @@ pub(crate) fn gelu_grad(x: f32) -> f32 {
 /// GELU forward (exact erf form): `out = 0.5·inp·(1 + erf(inp/√2))`. Any layout. Runs on the widest vector unit.
 pub fn gelu_forward(out: &mut [f32], inp: &[f32], shape: &super::EltwiseShape) -> Result<()> {
     shape.check(&[("out", out.len()), ("inp", inp.len())])?;
-    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(y, x)| vectorized(|| y.iter_mut().zip(x).for_each(|(y, &x)| *y = gelu(x))));
+    // plain loops in an inlined closure: the body must compile inside `vectorized`'s AVX-512/AVX2 function
+    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(y, x)| {
+        vectorized(#[inline(always)] || {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = gelu(x);
+            }
+        })
+    });
     Ok(())
 }
 
@@ -92,7 +99,11 @@ pub fn gelu_forward(out: &mut [f32], inp: &[f32], shape: &super::EltwiseShape) -
 pub fn gelu_backward(dinp: &mut [f32], dout: &[f32], inp: &[f32], shape: &super::EltwiseShape) -> Result<()> {
     shape.check(&[("dinp", dinp.len()), ("dout", dout.len()), ("inp", inp.len())])?;
     dinp.par_chunks_mut(CHUNK).zip(dout.par_chunks(CHUNK)).zip(inp.par_chunks(CHUNK)).for_each(|((dx, dy), x)| {
-        vectorized(|| dx.iter_mut().zip(dy).zip(x).for_each(|((dx, &dy), &x)| *dx += dy * gelu_grad(x)))
+        vectorized(#[inline(always)] || {
+            for ((dx, &dy), &x) in dx.iter_mut().zip(dy).zip(x) {
+                *dx += dy * gelu_grad(x);
+            }
+        })
     });
     Ok(())
 }
