@@ -11,7 +11,7 @@ table: median of the rounds per side, and PyTorch / ours (above 1: this crate is
 
 Threads: 2 on both sides (RAYON_NUM_THREADS and torch.set_num_threads through --threads).
 """
-import argparse, glob, json, os, re, statistics, subprocess, sys
+import argparse, json, os, re, statistics, subprocess, sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,11 +31,16 @@ LABEL = {
 }
 
 
-def bench_binary(name):
-    exes = [p for p in glob.glob(os.path.join(ROOT, "target/release/deps", f"{name}-*")) if os.access(p, os.X_OK) and not p.endswith(".d")]
-    if not exes:
-        sys.exit(f"no bench binary for {name}: run `cargo bench --bench {name} --no-run` first")
-    return max(exes, key=os.path.getmtime)
+def bench_binary(name, cache={}):
+    """The bench executable cargo built for benches/NAME.rs (asked from cargo: tests/NAME.rs builds a binary of the
+    same prefix in target/release/deps)."""
+    if name not in cache:
+        out = subprocess.run(["cargo", "bench", "--bench", name, "--no-run", "--message-format=json"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        exes = [m["executable"] for m in map(json.loads, out.splitlines()) if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == name]
+        if not exes:
+            sys.exit(f"cargo built no bench executable for {name}")
+        cache[name] = exes[-1]
+    return cache[name]
 
 
 def ours(bench, filt, threads):
