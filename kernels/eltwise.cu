@@ -31,7 +31,8 @@ extern "C" __global__ void __launch_bounds__(256) relu_backward(EltwiseParams P,
     dinp[i] += (out[i] > 0.0f) ? dout[i] : 0.0f;
 }
 
-// erf(x) for f32: the FreeBSD/musl s_erff.c algorithm (what libm::erff of the CPU kernels computes), written out so
+// erf(x) for f32: the FreeBSD/musl s_erff.c algorithm (libm::erff; the CPU's GELU uses the branch-free fast_erf of
+// src/ops/fastmath.rs, within 1.4e-7 of erf), written out so
 // that the WGSL (which has no erf) and this file evaluate the same formula; CUDA's erff is deliberately not used.
 // Branches at |x| < 2^-28, < 0.84375, < 1.25, < 1/0.35, < 6; at most 1-2 ulp from erf (tests/cuda_emulated.rs
 // states the measured error against f64).

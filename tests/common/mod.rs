@@ -152,9 +152,11 @@ pub fn max_abs(v: &[f64]) -> f64 {
     v.iter().fold(0.0, |a, b| a.max(b.abs()))
 }
 
-/// Helpers of the training tests.
+/// The front doors run as processes (tests/health_train.rs, tests/repeatable.rs).
 #[cfg(feature = "train")]
 pub mod front_door;
+/// Helpers of the training tests.
+#[cfg(feature = "train")]
 pub mod training;
 
 /// The CUDA driver and kernels of tests/cuda_emu (the emulated driver lives in `cuda_emu::driver`).
