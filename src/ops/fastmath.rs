@@ -73,3 +73,34 @@ pub fn fast_erf(x: f32) -> f32 {
     let e = if a < 1.0 { small } else { large };
     e.copysign(x)
 }
+
+/// `max(init, v[0], v[1], ...)` in `L` independent lanes, combined in a fixed order: a float reduction into one
+/// accumulator stays scalar (Rust keeps the order of float operations), lanes vectorise.
+#[inline(always)]
+pub(crate) fn lane_max<const L: usize>(v: &[f32], init: f32) -> f32 {
+    let body = v.len() / L * L;
+    let mut mx = [init; L];
+    for ch in v[..body].chunks_exact(L) {
+        for l in 0..L {
+            mx[l] = if ch[l] > mx[l] { ch[l] } else { mx[l] };
+        }
+    }
+    let mut m = init;
+    for &x in mx.iter().chain(&v[body..]) {
+        m = if x > m { x } else { m };
+    }
+    m
+}
+
+/// `Σ v` in `L` independent lanes (see [`lane_max`]): the lanes' sums in order, then the tail's.
+#[inline(always)]
+pub(crate) fn lane_sum<const L: usize>(v: &[f32]) -> f32 {
+    let body = v.len() / L * L;
+    let mut sum = [0.0f32; L];
+    for ch in v[..body].chunks_exact(L) {
+        for l in 0..L {
+            sum[l] += ch[l];
+        }
+    }
+    sum.iter().sum::<f32>() + v[body..].iter().sum::<f32>()
+}

@@ -4,7 +4,7 @@ use super::AttentionShape;
 use super::Attention;
 use crate::device::vector::vectorized;
 use crate::error::Result;
-use crate::ops::fastmath::fast_exp;
+use crate::ops::fastmath::{fast_exp, lane_max, lane_sum};
 use crate::ops::linear::gemm::gemm_strided;
 use rayon::prelude::*;
 
@@ -36,8 +36,7 @@ pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], shape: &
     Ok(())
 }
 
-/// Lanes of the row max and sum: a float reduction into one accumulator stays scalar (Rust keeps the order of a
-/// float sum), so the max and the sum run in `L` independent lanes, combined in a fixed order at the end.
+/// Lanes of the row max and sums (see [`lane_max`]).
 const L: usize = 16;
 
 /// Each row of `a: [rows, t]` replaced by its softmax (max-subtracted): the max and the sum in [`L`] lanes, the
@@ -45,27 +44,11 @@ const L: usize = 16;
 #[inline(always)]
 fn softmax_rows_in_place(a: &mut [f32], t: usize) {
     for row in a.chunks_exact_mut(t) {
-        let body = t / L * L;
-        let mut mx = [f32::NEG_INFINITY; L];
-        for ch in row[..body].chunks_exact(L) {
-            for l in 0..L {
-                mx[l] = if ch[l] > mx[l] { ch[l] } else { mx[l] };
-            }
-        }
-        let mut m = f32::NEG_INFINITY;
-        for &v in mx.iter().chain(&row[body..]) {
-            m = if v > m { v } else { m };
-        }
+        let m = lane_max::<L>(row, f32::NEG_INFINITY);
         for p in row.iter_mut() {
             *p = fast_exp(*p - m);
         }
-        let mut sum = [0.0f32; L];
-        for ch in row[..body].chunks_exact(L) {
-            for l in 0..L {
-                sum[l] += ch[l];
-            }
-        }
-        let inv = 1.0 / (sum.iter().sum::<f32>() + row[body..].iter().sum::<f32>());
+        let inv = 1.0 / lane_sum::<L>(row);
         for p in row.iter_mut() {
             *p *= inv;
         }
@@ -91,7 +74,7 @@ pub fn attention_backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], att: &[f3
             vectorized(#[inline(always)] || {
                 let body = t / L * L;
                 for (dr, pr) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
-                    // rowsum(P ⊙ dP) in L lanes (see softmax_rows_in_place)
+                    // rowsum(P ⊙ dP) in L lanes (as lane_sum does)
                     let mut lanes = [0.0f32; L];
                     for (pc, dc) in pr[..body].chunks_exact(L).zip(dr[..body].chunks_exact(L)) {
                         for l in 0..L {

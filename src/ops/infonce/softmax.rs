@@ -9,7 +9,7 @@ pub const NEG: f32 = -1.0e30;
 /// Logits at or below this are masked.
 pub const MASKED: f32 = -1.0e29;
 pub use crate::ops::fastmath::fast_exp;
-use crate::ops::fastmath::fast_exp_impl;
+use crate::ops::fastmath::{fast_exp_impl, lane_max, lane_sum};
 
 /// Running online-softmax state of `nr` rows: max `m`, sum `l` of exp(s - m), and the rank counters
 /// (logits seen that are greater than the row's positive logit).
@@ -102,30 +102,13 @@ pub fn softmax_block(s_t: &mut [f32], nr: usize, st: &mut RowStates, s_pos: &[f3
 
 #[inline(always)]
 fn softmax_xent_row_impl<const FMA: bool>(s: &mut [f32], target: usize) -> f32 {
-    const L: usize = 8;
     let st = s[target];
-    let body = s.len() / L * L;
-    let mut mx = [NEG; L];
-    for ch in s[..body].chunks_exact(L) {
-        for l in 0..L {
-            mx[l] = if ch[l] > mx[l] { ch[l] } else { mx[l] };
-        }
-    }
-    let mut m = NEG;
-    for &v in mx.iter().chain(&s[body..]) {
-        m = if v > m { v } else { m };
-    }
-    // a flat element-wise loop (vectorises like softmax_block's), then the sum in L lanes
+    // the max and the sum in 8 lanes, the exp in a flat element-wise loop (vectorises like softmax_block's)
+    let m = lane_max::<8>(s, NEG);
     for v in s.iter_mut() {
         *v = fast_exp_impl::<FMA>(*v - m);
     }
-    let mut sum = [0.0f32; L];
-    for ch in s[..body].chunks_exact(L) {
-        for l in 0..L {
-            sum[l] += ch[l];
-        }
-    }
-    let z: f32 = sum.iter().sum::<f32>() + s[body..].iter().sum::<f32>();
+    let z = lane_sum::<8>(s);
     let inv = 1.0 / z;
     for v in s.iter_mut() {
         *v *= inv;
