@@ -11,11 +11,15 @@ float32. Every op checks its tensors (device, dtype, contiguity, shape) and rais
 dtype) or ``ValueError`` (a wrong device, layout, shape or value) saying what it expected and what it got, before
 any memory is touched. Ops read and write the tensors' own memory: nothing is copied.
 
-This build runs the CPU kernels. A CUDA tensor raises ``ValueError``: the extension is built without CUDA.
+CPU tensors run the CPU kernels. CUDA tensors run the CUDA kernels on the tensors' device, queued on PyTorch's current
+stream of that device (``torch.cuda.current_stream(device)``) with no synchronisation, so they order with PyTorch's
+own work like any PyTorch op; the loss and the acc@1 / acc@5 counts then stay on the device (0-dim tensors) until
+you read them. The tensors of one call must all be on one device. A CUDA tensor raises ``ValueError`` when the
+extension was built without CUDA or the CUDA driver or NVRTC cannot be loaded (``cuda_status()`` says which).
 """
 
 import math
-from typing import List, NamedTuple, Sequence
+from typing import List, NamedTuple, Sequence, Union
 
 import torch
 
@@ -24,6 +28,7 @@ from . import _native
 __all__ = [
     "InfoNCEResult",
     "MoCoLoss",
+    "cuda_status",
     "V3Result",
     "ema_",
     "enqueue_",
@@ -41,18 +46,39 @@ __version__ = _native.version()
 _QUEUE_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
-def _tensor(name, t, dtypes=(torch.float32,), ndim=None):
-    """Checks that `t` is a contiguous CPU tensor of one of `dtypes` with `ndim` dimensions."""
+_CUDA_STATUS = None
+
+
+def cuda_status():
+    """``(True, device name)`` when CUDA tensors can run the CUDA kernels, else ``(False, why not)``: the extension
+    built without CUDA, or the CUDA driver (libcuda) or NVRTC not loadable, or no device. Never raises."""
+    global _CUDA_STATUS
+    if _CUDA_STATUS is None:
+        _CUDA_STATUS = _native.cuda_status() if _native.HAS_CUDA else (False, "this build of moco_torch has no CUDA (built with --no-default-features)")
+    return _CUDA_STATUS
+
+
+def _check_device(name, t, device):
+    """`t` is on `device` (the first tensor's) and that device can run the kernels."""
+    if device is not None and t.device != device:
+        raise ValueError(f"{name}: expected a tensor on {device} (as the first tensor), got one on {t.device}: move the tensors to one device")
+    if t.device.type == "cuda":
+        ok, why = cuda_status()
+        if not ok:
+            raise ValueError(f"{name}: expected a CPU tensor or a CUDA tensor with CUDA available, got one on {t.device}, but {why}")
+    elif t.device.type != "cpu":
+        raise ValueError(f"{name}: expected a CPU or CUDA tensor, got one on {t.device}")
+
+
+def _tensor(name, t, dtypes=(torch.float32,), ndim=None, device=None):
+    """Checks that `t` is a contiguous tensor of one of `dtypes` with `ndim` dimensions on `device` (any device that
+    runs the kernels when None)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in dtypes:
         want = " or ".join(str(d).replace("torch.", "") for d in dtypes)
         raise TypeError(f"{name}: expected dtype {want}, got {str(t.dtype).replace('torch.', '')}")
-    if t.device.type != "cpu":
-        raise ValueError(
-            f"{name}: expected a CPU tensor, got one on {t.device}: this build of moco_torch runs the CPU kernels "
-            "only (it has no CUDA); move the tensors with .cpu() or use PyTorch's own ops on the GPU"
-        )
+    _check_device(name, t, device)
     if ndim is not None and t.dim() != ndim:
         raise ValueError(f"{name}: expected {ndim} dimensions, got shape {tuple(t.shape)}")
     if not t.is_contiguous():
@@ -70,13 +96,18 @@ def _temperature(t):
     return float(t)
 
 
+def _stream(device):
+    """PyTorch's current stream on the CUDA `device`, as the raw CUstream handle."""
+    return torch.cuda.current_stream(device).cuda_stream
+
+
 def _rows(name, t, n, c):
     if tuple(t.shape) != (n, c):
         raise ValueError(f"{name}: expected shape ({n}, {c}) (as q), got {tuple(t.shape)}")
 
 
-def _queue(queue, c):
-    _tensor("queue", queue, tuple(_QUEUE_DTYPES), ndim=2)
+def _queue(queue, c, device=None):
+    _tensor("queue", queue, tuple(_QUEUE_DTYPES), ndim=2, device=device)
     if queue.shape[1] != c:
         raise ValueError(
             f"queue: expected shape (K, {c}) (the crate's [K, C] layout, one key per row), got {tuple(queue.shape)}; "
@@ -86,21 +117,27 @@ def _queue(queue, c):
 
 
 class InfoNCEResult(NamedTuple):
-    """The mean InfoNCE loss (a 0-dim tensor with a gradient for q) and the acc@1 / acc@5 counts (ints)."""
+    """The mean InfoNCE loss (a 0-dim tensor with a gradient for q) and the acc@1 / acc@5 counts: ints for CPU
+    tensors, 0-dim int32 tensors on the device for CUDA tensors (``int(r.top1)`` waits for the stream)."""
 
     loss: torch.Tensor
-    top1: int
-    top5: int
+    top1: Union[int, torch.Tensor]
+    top5: Union[int, torch.Tensor]
 
 
 def _infonce_native(q, k, queue, t):
-    """(loss, top1, top5, dq) of the checked tensors."""
+    """(loss tensor, top1, top5, dq) of the checked tensors; on CUDA, queued on the current stream."""
     n, c = q.shape
-    kk, code = _queue(queue, c)
+    kk, code = _queue(queue, c, q.device)
     dq = torch.empty_like(q)
-    row_loss = torch.empty(n, dtype=torch.float32)
+    row_loss = torch.empty(n, dtype=torch.float32, device=q.device)
+    if q.is_cuda:
+        # stats: [loss as f32 bits, acc@1, acc@5, 0], written on the device
+        stats = torch.empty(4, dtype=torch.int32, device=q.device)
+        _native.infonce_cuda(q.device.index, _stream(q.device), q.data_ptr(), k.data_ptr(), queue.data_ptr(), code, n, c, kk, t, dq.data_ptr(), row_loss.data_ptr(), stats.data_ptr())
+        return stats[0:1].view(torch.float32).reshape(()).clone(), stats[1], stats[2], dq
     loss, top1, top5 = _native.infonce(q.data_ptr(), k.data_ptr(), queue.data_ptr(), code, n, c, kk, t, dq.data_ptr(), row_loss.data_ptr())
-    return loss, top1, top5, dq
+    return torch.tensor(loss, dtype=torch.float32), top1, top5, dq
 
 
 class _InfoNCE(torch.autograd.Function):
@@ -109,7 +146,7 @@ class _InfoNCE(torch.autograd.Function):
         loss, top1, top5, dq = _infonce_native(q, k, queue, temperature)
         ctx.save_for_backward(dq)
         ctx.counts = (top1, top5)
-        return torch.tensor(loss, dtype=torch.float32)
+        return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
@@ -124,9 +161,9 @@ def infonce(q, k, queue, temperature=0.07):
     Only q gets a gradient (MoCo's stop-gradient on the keys and the queue)."""
     _tensor("q", q, ndim=2)
     n, c = q.shape
-    _tensor("k", k, ndim=2)
+    _tensor("k", k, ndim=2, device=q.device)
     _rows("k", k, n, c)
-    kk, _ = _queue(queue, c)
+    kk, _ = _queue(queue, c, q.device)
     if n > kk:
         raise ValueError(f"queue: expected K >= N = {n} keys, got K = {kk}")
     t = _temperature(temperature)
@@ -135,7 +172,7 @@ def infonce(q, k, queue, temperature=0.07):
         # the counts come from the same kernel call, kept on the autograd node
         return InfoNCEResult(loss, *loss.grad_fn.counts)
     loss, top1, top5, _ = _infonce_native(q.detach(), k.detach(), queue.detach(), t)
-    return InfoNCEResult(torch.tensor(loss, dtype=torch.float32), top1, top5)
+    return InfoNCEResult(loss, top1, top5)
 
 
 def logits(q, k, queue, temperature=None):
@@ -143,12 +180,16 @@ def logits(q, k, queue, temperature=None):
     against the queue, divided by T when given. No gradient (use ``infonce`` to train)."""
     _tensor("q", q, ndim=2)
     n, c = q.shape
-    _tensor("k", k, ndim=2)
+    _tensor("k", k, ndim=2, device=q.device)
     _rows("k", k, n, c)
-    kk, code = _queue(queue, c)
-    l_pos = torch.empty(n, dtype=torch.float32)
-    l_neg = torch.empty(n, kk, dtype=torch.float32)
-    _native.logits(q.data_ptr(), k.data_ptr(), queue.data_ptr(), code, n, c, kk, l_pos.data_ptr(), l_neg.data_ptr())
+    kk, code = _queue(queue, c, q.device)
+    l_pos = torch.empty(n, dtype=torch.float32, device=q.device)
+    l_neg = torch.empty(n, kk, dtype=torch.float32, device=q.device)
+    args = (q.data_ptr(), k.data_ptr(), queue.data_ptr(), code, n, c, kk, l_pos.data_ptr(), l_neg.data_ptr())
+    if q.is_cuda:
+        _native.logits_cuda(q.device.index, _stream(q.device), *args)
+    else:
+        _native.logits(*args)
     if temperature is not None:
         t = _temperature(temperature)
         l_pos /= t
@@ -158,18 +199,24 @@ def logits(q, k, queue, temperature=None):
 
 class V3Result(NamedTuple):
     """MoCo v3's loss (a 0-dim tensor with gradients for q1 and q2) and the in-batch acc@1 / acc@5 counts of
-    ``ctr(q1, k2)`` and ``ctr(q2, k1)``."""
+    ``ctr(q1, k2)`` and ``ctr(q2, k1)`` (ints for CPU tensors, 0-dim int32 device tensors for CUDA ones)."""
 
     loss: torch.Tensor
-    counts: List[int]
+    counts: List[Union[int, torch.Tensor]]
 
 
 def _v3_native(q1, q2, k1, k2, t):
-    """(loss, counts, dq1, dq2) of the checked tensors."""
+    """(loss tensor, counts, dq1, dq2) of the checked tensors; on CUDA, queued on the current stream."""
     n, c = q1.shape
     dq1, dq2 = torch.empty_like(q1), torch.empty_like(q2)
+    if q1.is_cuda:
+        # stats: the four words [loss bits, acc@1, acc@5, 0] of ctr(q1, k2), then those of ctr(q2, k1)
+        stats = torch.empty(8, dtype=torch.int32, device=q1.device)
+        _native.moco_v3_loss_cuda(q1.device.index, _stream(q1.device), q1.data_ptr(), q2.data_ptr(), k1.data_ptr(), k2.data_ptr(), n, c, t, dq1.data_ptr(), dq2.data_ptr(), stats.data_ptr())
+        words = stats.view(torch.float32)
+        return words[0] + words[4], [stats[1], stats[2], stats[5], stats[6]], dq1, dq2
     loss, counts = _native.moco_v3_loss(q1.data_ptr(), q2.data_ptr(), k1.data_ptr(), k2.data_ptr(), n, c, t, dq1.data_ptr(), dq2.data_ptr())
-    return loss, list(counts), dq1, dq2
+    return torch.tensor(loss, dtype=torch.float32), list(counts), dq1, dq2
 
 
 class _V3(torch.autograd.Function):
@@ -178,7 +225,7 @@ class _V3(torch.autograd.Function):
         loss, counts, dq1, dq2 = _v3_native(q1, q2, k1, k2, temperature)
         ctx.save_for_backward(dq1, dq2)
         ctx.counts = counts
-        return torch.tensor(loss, dtype=torch.float32)
+        return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
@@ -193,23 +240,24 @@ def moco_v3_loss(q1, q2, k1, k2, temperature=1.0):
     _tensor("q1", q1, ndim=2)
     n, c = q1.shape
     for name, t in (("q2", q2), ("k1", k1), ("k2", k2)):
-        _tensor(name, t, ndim=2)
+        _tensor(name, t, ndim=2, device=q1.device)
         _rows(name, t, n, c)
     t = _temperature(temperature)
     if torch.is_grad_enabled() and (q1.requires_grad or q2.requires_grad):
         loss = _V3.apply(q1, q2, k1.detach(), k2.detach(), t)
         return V3Result(loss, loss.grad_fn.counts)
     loss, counts, _, _ = _v3_native(q1.detach(), q2.detach(), k1.detach(), k2.detach(), t)
-    return V3Result(torch.tensor(loss, dtype=torch.float32), counts)
+    return V3Result(loss, counts)
 
 
 def enqueue_(queue, keys, ptr):
     """MoCo's ``_dequeue_and_enqueue``: writes the L2-normalised ``keys: [N, C]`` into ``queue: [K, C]`` from row
     ``ptr`` on, wrapping around the end (any N <= K); returns the new pointer ``(ptr + N) % K``. In place, no
-    gradient."""
+    gradient. ``ptr`` may be an int or a one-element tensor (read on the host, as the official code's
+    ``int(self.queue_ptr)``: for a CUDA tensor that waits for the stream)."""
     _tensor("keys", keys, ndim=2)
     n, c = keys.shape
-    kk, code = _queue(queue, c)
+    kk, code = _queue(queue, c, keys.device)
     if isinstance(ptr, torch.Tensor):
         ptr = int(ptr)
     if isinstance(ptr, bool) or not isinstance(ptr, int):
@@ -218,39 +266,47 @@ def enqueue_(queue, keys, ptr):
         raise ValueError(f"ptr: expected 0 <= ptr < K = {kk}, got {ptr}")
     if n > kk:
         raise ValueError(f"keys: expected N <= K = {kk} keys, got N = {n}")
+    args = (queue.data_ptr(), code, kk, c, keys.detach().data_ptr(), n, ptr)
     with torch.no_grad():
-        return _native.enqueue(queue.data_ptr(), code, kk, c, keys.detach().data_ptr(), n, ptr)
+        if keys.is_cuda:
+            return _native.enqueue_cuda(keys.device.index, _stream(keys.device), *args)
+        return _native.enqueue(*args)
 
 
 def _param_pairs(params_k, params_q, distinct):
-    """`(k_ptr, q_ptr, numel)` of two equally long lists of checked float32 tensors of equal shapes (`distinct`: the
-    two sides of a pair must not share memory)."""
+    """`(k_ptr, q_ptr, numel)` of two equally long lists of checked float32 tensors of equal shapes, all on the
+    first one's device (`distinct`: the two sides of a pair must not share memory); and that device."""
     params_k, params_q = list(params_k), list(params_q)
     if len(params_k) != len(params_q):
         raise ValueError(f"params_k, params_q: expected lists of the same length, got {len(params_k)} and {len(params_q)}")
-    pairs = []
+    pairs, device = [], None
     for i, (pk, pq) in enumerate(zip(params_k, params_q)):
-        _tensor(f"params_k[{i}]", pk)
-        _tensor(f"params_q[{i}]", pq)
+        _tensor(f"params_k[{i}]", pk, device=device)
+        device = pk.device
+        _tensor(f"params_q[{i}]", pq, device=device)
         if pk.shape != pq.shape:
             raise ValueError(f"params_k[{i}], params_q[{i}]: expected the same shape, got {tuple(pk.shape)} and {tuple(pq.shape)}")
         if distinct and pk.data_ptr() == pq.data_ptr():
             raise ValueError(f"params_k[{i}], params_q[{i}]: expected two tensors, got the same memory twice")
         pairs.append((pk.data_ptr(), pq.data_ptr(), pk.numel()))
-    return pairs
+    return pairs, device
 
 
 def ema_(params_k: Sequence[torch.Tensor], params_q: Sequence[torch.Tensor], m: float):
     """The momentum update of the official code, ``param_k = param_k * m + param_q * (1. - m)``, over two lists of
-    float32 tensors (or ``nn.Parameter``), in place, as one multi-tensor call. m is a Python float in [0, 1]."""
+    float32 tensors (or ``nn.Parameter``), in place, as one multi-tensor call (on CUDA, one launch on the current
+    stream). m is a Python float in [0, 1]."""
     if isinstance(m, bool) or not isinstance(m, (int, float)):
         raise TypeError(f"m: expected a Python float, got {type(m).__name__}")
     if not (math.isfinite(m) and 0.0 <= m <= 1.0):
         raise ValueError(f"m: expected a momentum in [0, 1], got {m}")
-    pairs = _param_pairs(params_k, params_q, distinct=True)
+    pairs, device = _param_pairs(params_k, params_q, distinct=True)
     if pairs:
         with torch.no_grad():
-            _native.ema(pairs, float(m))
+            if device.type == "cuda":
+                _native.ema_cuda(device.index, _stream(device), pairs, float(m))
+            else:
+                _native.ema(pairs, float(m))
 
 
 class Health(NamedTuple):
@@ -271,14 +327,18 @@ def health(q, k, queue=None):
     """The collapse statistics of a batch: ``q, k: [N, C]`` float32 (normalised here, as ``F.normalize``), the
     negatives from ``queue: [K, C]`` (MoCo v1/v2) or, without a queue, the other keys of the batch (MoCo v3).
     Alignment and uniformity (Wang & Isola 2020, uniformity NaN for N = 1), the per-dimension std, the logit
-    statistics at temperature 1, and RankMe's effective rank of q̂. No gradient."""
+    statistics at temperature 1, and RankMe's effective rank of q̂. No gradient. A diagnostic that runs on the CPU:
+    CUDA tensors are copied to the host (which waits for their stream)."""
     _tensor("q", q, ndim=2)
     n, c = q.shape
-    _tensor("k", k, ndim=2)
+    _tensor("k", k, ndim=2, device=q.device)
     _rows("k", k, n, c)
+    if queue is not None:
+        _queue(queue, c, q.device)
+    q, k, queue = (None if t is None else t.detach().cpu() for t in (q, k, queue))
     with torch.no_grad():
-        qh = torch.nn.functional.normalize(q.detach(), dim=1).contiguous()
-        kh = torch.nn.functional.normalize(k.detach(), dim=1).contiguous()
+        qh = torch.nn.functional.normalize(q, dim=1).contiguous()
+        kh = torch.nn.functional.normalize(k, dim=1).contiguous()
         if queue is None:
             stats, rank = _native.health(qh.data_ptr(), kh.data_ptr(), 0, 0, n, c, 0)
         else:
@@ -288,8 +348,14 @@ def health(q, k, queue=None):
 
 
 def key_drift(params_k: Sequence[torch.Tensor], params_q: Sequence[torch.Tensor]):
-    """The key encoder's drift ``‖θ_k − θ_q‖ / ‖θ_q‖`` over two lists of float32 parameter tensors (f64 sums)."""
-    return _native.param_drift(_param_pairs(params_k, params_q, distinct=False))
+    """The key encoder's drift ``‖θ_k − θ_q‖ / ‖θ_q‖`` over two lists of float32 parameter tensors (f64 sums; CUDA
+    tensors are copied to the host)."""
+    params_k, params_q = list(params_k), list(params_q)
+    pairs, device = _param_pairs(params_k, params_q, distinct=False)
+    if device is not None and device.type != "cpu":
+        params_k, params_q = [p.detach().cpu() for p in params_k], [p.detach().cpu() for p in params_q]
+        pairs, _ = _param_pairs(params_k, params_q, distinct=False)
+    return _native.param_drift(pairs)
 
 
 def queue_from_official(queue_ck):

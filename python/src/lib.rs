@@ -1,4 +1,5 @@
-//! `moco_torch._native`: moco's CPU kernels on memory that PyTorch owns. Every function takes the addresses of
+//! `moco_torch._native`: moco's kernels on memory that PyTorch owns. The CPU functions are here; the CUDA ones
+//! (`*_cuda`, on PyTorch's current stream) are in `cuda.rs`. Every function takes the addresses of
 //! tensors that `moco_torch` (the Python package) has already checked: on the CPU, contiguous, of the dtype and
 //! the element count the arguments say. Nothing is copied; outputs are written in place. The kernels' own shape
 //! checks still run (an `Err` becomes a `ValueError` naming what was expected and what was given).
@@ -16,10 +17,14 @@ use moco::{InfoNceShape, LogitsShape, QueueShape, SymmetricShape};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
-/// A crate error as a Python exception: shape and value errors are `ValueError`, the rest `RuntimeError`.
-fn py_err(e: moco::Error) -> PyErr {
+#[cfg(feature = "cuda")]
+mod cuda;
+
+/// A crate error as a Python exception: shape and value errors, and a device that cannot run (no driver, no
+/// NVRTC, no such device), are `ValueError`; the rest `RuntimeError`.
+pub(crate) fn py_err(e: moco::Error) -> PyErr {
     match e {
-        moco::Error::Shape { .. } => PyValueError::new_err(e.to_string()),
+        moco::Error::Shape { .. } | moco::Error::Unavailable(_) => PyValueError::new_err(e.to_string()),
         other => PyRuntimeError::new_err(other.to_string()),
     }
 }
@@ -172,5 +177,15 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(health, m)?)?;
     m.add_function(wrap_pyfunction!(param_drift, m)?)?;
     m.add_function(wrap_pyfunction!(version, m)?)?;
+    m.add("HAS_CUDA", cfg!(feature = "cuda"))?;
+    #[cfg(feature = "cuda")]
+    {
+        m.add_function(wrap_pyfunction!(cuda::cuda_status, m)?)?;
+        m.add_function(wrap_pyfunction!(cuda::infonce_cuda, m)?)?;
+        m.add_function(wrap_pyfunction!(cuda::logits_cuda, m)?)?;
+        m.add_function(wrap_pyfunction!(cuda::moco_v3_loss_cuda, m)?)?;
+        m.add_function(wrap_pyfunction!(cuda::enqueue_cuda, m)?)?;
+        m.add_function(wrap_pyfunction!(cuda::ema_cuda, m)?)?;
+    }
     Ok(())
 }

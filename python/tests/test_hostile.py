@@ -35,8 +35,11 @@ CASES = [
     ("T a string", lambda: mt.infonce(q, k, queue, "0.2"), TypeError, "temperature: expected a Python float, got str"),
     ("T a tensor", lambda: mt.infonce(q, k, queue, torch.tensor(0.2)), TypeError, "got Tensor"),
     ("T below the kernels' range", lambda: mt.infonce(q, k, queue, 1e-9), ValueError, "temperature"),
-    ("q on another device", lambda: mt.infonce(meta, k, queue, 0.2), ValueError, "expected a CPU tensor, got one on meta"),
-    ("k on another device", lambda: mt.infonce(q, meta, queue, 0.2), ValueError, "k: expected a CPU tensor"),
+    ("q on another device", lambda: mt.infonce(meta, k, queue, 0.2), ValueError, "expected a CPU or CUDA tensor, got one on meta"),
+    ("k on another device than q", lambda: mt.infonce(q, meta, queue, 0.2), ValueError, "k: expected a tensor on cpu (as the first tensor), got one on meta"),
+    ("queue on another device than q", lambda: mt.infonce(q, k, queue.to("meta"), 0.2), ValueError, "queue: expected a tensor on cpu"),
+    ("v3: k2 on another device than q1", lambda: mt.moco_v3_loss(q, q, k, meta, 0.2), ValueError, "k2: expected a tensor on cpu"),
+    ("enqueue: queue on another device than the keys", lambda: mt.enqueue_(queue.to("meta"), k, 0), ValueError, "queue: expected a tensor on cpu"),
     ("logits: queue of other C", lambda: mt.logits(q, k, torch.randn(16, 5), 0.2), ValueError, "queue: expected shape (K, 8)"),
     ("v3: q2 of other shape", lambda: mt.moco_v3_loss(q, q[:2], k, k, 0.2), ValueError, "q2: expected shape (4, 8)"),
     ("v3: k1 float64", lambda: mt.moco_v3_loss(q, q, k.double(), k, 0.2), TypeError, "k1: expected dtype float32"),
@@ -54,7 +57,9 @@ CASES = [
     ("ema: shapes differ", lambda: mt.ema_([q.clone()], [k[:3]], 0.9), ValueError, "same shape, got (4, 8) and (3, 8)"),
     ("ema: the same tensor twice", lambda: mt.ema_([q], [q], 0.9), ValueError, "same memory twice"),
     ("ema: float64 parameter", lambda: mt.ema_([q.double()], [k.double()], 0.9), TypeError, "params_k[0]: expected dtype float32"),
-    ("ema: on another device", lambda: mt.ema_([meta], [k], 0.9), ValueError, "params_k[0]: expected a CPU tensor"),
+    ("ema: on another device", lambda: mt.ema_([meta], [k], 0.9), ValueError, "params_k[0]: expected a CPU or CUDA tensor"),
+    ("ema: q on another device than k", lambda: mt.ema_([q.clone()], [meta], 0.9), ValueError, "params_q[0]: expected a tensor on cpu"),
+    ("ema: a later pair on another device", lambda: mt.ema_([q.clone(), meta], [k, meta], 0.9), ValueError, "params_k[1]: expected a tensor on cpu"),
     ("MoCoLoss: K = 0", lambda: mt.MoCoLoss(K=0, dim=8), ValueError, "positive ints"),
     ("MoCoLoss: float64 queue", lambda: mt.MoCoLoss(K=8, dim=8, dtype=torch.float64), TypeError, "float32, float16 or bfloat16"),
     ("MoCoLoss: T = 0", lambda: mt.MoCoLoss(K=8, dim=8, T=0), ValueError, "T > 0"),
@@ -68,9 +73,24 @@ def test_hostile_input_raises(what, call, exc, text):
     assert text in str(info.value), f"{what}: {info.value}"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device in this PyTorch: the meta-device cases above cover the check")
-def test_a_cuda_tensor_says_this_build_has_no_cuda():
-    with pytest.raises(ValueError, match="no CUDA"):
+def test_without_a_driver_cuda_status_says_why_and_the_cuda_entry_points_raise():
+    ok, why = mt.cuda_status()
+    if ok:
+        pytest.skip(f"this machine runs CUDA ({why}): test_cuda.py covers it")
+    assert why, "cuda_status gives a reason"
+    if mt._native.HAS_CUDA:
+        # the native CUDA entry point itself, as a CUDA tensor would reach it: no driver is a ValueError, no crash
+        with pytest.raises(ValueError, match="libcuda|CUDA"):
+            mt._native.infonce_cuda(0, 0, 1, 1, 1, 0, 1, 1, 1, 0.2, 1, 1, 1)
+        with pytest.raises(ValueError, match="libcuda|CUDA"):
+            mt._native.ema_cuda(0, 0, [(1, 2, 1)], 0.9)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device in this PyTorch")
+def test_a_cuda_tensor_without_cuda_in_moco_torch_says_why():
+    if mt.cuda_status()[0]:
+        pytest.skip("moco_torch runs CUDA here: test_cuda.py covers CUDA tensors")
+    with pytest.raises(ValueError, match="CUDA available, got one on cuda"):
         mt.infonce(q.cuda(), k.cuda(), queue.cuda(), 0.2)
 
 

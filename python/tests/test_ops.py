@@ -1,6 +1,7 @@
 """moco_torch against PyTorch's own formulation of each op (F.normalize, einsum, cat, / T, F.cross_entropy and
-autograd), on the CPU: the loss within 1e-5 relative, q's gradient within 1e-5 of its largest element, every
-queue dtype, N = 1, odd C, wrap-around enqueue, and the EMA bit-identical to the official update."""
+autograd), on CPU tensors and, where there is a GPU, CUDA tensors (the `device` fixture, conftest.py): the loss
+within 1e-5 relative, q's gradient within 1e-5 of its largest element, every queue dtype, N = 1, odd C, wrap-around
+enqueue, and the EMA bit-identical to the official update. The references run on the CPU."""
 
 import pytest
 import torch
@@ -44,6 +45,7 @@ def counts(logits, target):
 
 
 def assert_close(name, got, want, rel):
+    got, want = got.detach().cpu(), want.detach().cpu()
     scale = want.abs().max().item()
     err = (got - want).abs().max().item()
     assert err <= rel * max(scale, 1e-30), f"{name}: max |got - want| {err:.3e} > {rel:g} x {scale:.3e}"
@@ -55,40 +57,41 @@ SHAPES = [(1, 7, 33), (2, 1, 3), (8, 17, 64), (16, 128, 4096), (64, 128, 1000)]
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,c,k", SHAPES)
 @pytest.mark.parametrize("T", [0.07, 0.2, 1.0])
-def test_infonce_matches_the_official_formulation(n, c, k, dtype, T):
+def test_infonce_matches_the_official_formulation(n, c, k, dtype, T, device):
     g = torch.Generator().manual_seed(n * 1000 + c + k)
     q = torch.randn(n, c, generator=g, requires_grad=True)
     key = torch.randn(n, c, generator=g)
     queue = unit_queue(k, c, dtype, n + c)
     want, logits = official_infonce(q, key, queue, T)
     (want_grad,) = torch.autograd.grad(want, q)
-    r = moco_torch.infonce(q, key, queue, T)
-    (got_grad,) = torch.autograd.grad(r.loss, q)
+    qd, key, queue = q.detach().to(device).requires_grad_(), key.to(device), queue.to(device)
+    r = moco_torch.infonce(qd, key, queue, T)
+    (got_grad,) = torch.autograd.grad(r.loss, qd)
+    assert r.loss.device == device and got_grad.device == device
     assert abs(r.loss.item() - want.item()) <= 1e-5 * abs(want.item()), (r.loss.item(), want.item())
     assert_close("dq", got_grad, want_grad, 1e-5)
-    assert (r.top1, r.top5) == counts(logits, torch.zeros(n, dtype=torch.long))
+    assert (int(r.top1), int(r.top5)) == counts(logits, torch.zeros(n, dtype=torch.long))
     # backward through loss.backward() as well, with a scaled upstream gradient
-    q.grad = None
-    (3.0 * moco_torch.infonce(q, key, queue, T).loss).backward()
-    assert_close("3 dq", q.grad, 3.0 * want_grad, 1e-5)
+    (3.0 * moco_torch.infonce(qd, key, queue, T).loss).backward()
+    assert_close("3 dq", qd.grad, 3.0 * want_grad, 1e-5)
 
 
-def test_only_q_gets_a_gradient_and_no_grad_mode_works():
-    q = torch.randn(4, 8, requires_grad=True)
-    key = torch.randn(4, 8, requires_grad=True)
-    queue = unit_queue(16, 8, torch.float32, 1).requires_grad_()
+def test_only_q_gets_a_gradient_and_no_grad_mode_works(device):
+    q = torch.randn(4, 8, device=device, requires_grad=True)
+    key = torch.randn(4, 8, device=device, requires_grad=True)
+    queue = unit_queue(16, 8, torch.float32, 1).to(device).requires_grad_()
     moco_torch.infonce(q, key, queue, 0.2).loss.backward()
     assert q.grad is not None and key.grad is None and queue.grad is None
     with torch.no_grad():
         r = moco_torch.infonce(q, key, queue, 0.2)
-    want, logits = official_infonce(q.detach(), key.detach(), queue.detach(), 0.2)
+    want, logits = official_infonce(q.detach().cpu(), key.detach().cpu(), queue.detach().cpu(), 0.2)
     assert abs(r.loss.item() - want.item()) <= 1e-5 * want.item() and not r.loss.requires_grad
-    assert (r.top1, r.top5) == counts(logits, torch.zeros(4, dtype=torch.long))
+    assert (int(r.top1), int(r.top5)) == counts(logits, torch.zeros(4, dtype=torch.long))
 
 
 @pytest.mark.parametrize("n,c", [(1, 5), (2, 3), (9, 17), (64, 128), (256, 64)])
 @pytest.mark.parametrize("T", [0.2, 1.0])
-def test_moco_v3_loss_matches_moco_v3(n, c, T):
+def test_moco_v3_loss_matches_moco_v3(n, c, T, device):
     g = torch.Generator().manual_seed(n + c)
     q1, q2 = (torch.randn(n, c, generator=g, requires_grad=True) for _ in range(2))
     k1, k2 = (torch.randn(n, c, generator=g) for _ in range(2))
@@ -96,33 +99,37 @@ def test_moco_v3_loss_matches_moco_v3(n, c, T):
     b, lb = official_ctr(q2, k1, T)
     want = a + b
     w1, w2 = torch.autograd.grad(want, [q1, q2])
-    r = moco_torch.moco_v3_loss(q1, q2, k1, k2, T)
+    q1, q2 = (t.detach().to(device).requires_grad_() for t in (q1, q2))
+    r = moco_torch.moco_v3_loss(q1, q2, k1.to(device), k2.to(device), T)
     g1, g2 = torch.autograd.grad(r.loss, [q1, q2])
     assert abs(r.loss.item() - want.item()) <= 1e-5 * abs(want.item()), (r.loss.item(), want.item())
     assert_close("dq1", g1, w1, 1e-5)
     assert_close("dq2", g2, w2, 1e-5)
     diag = torch.arange(n)
-    assert r.counts == [*counts(la, diag), *counts(lb, diag)]
+    assert [int(x) for x in r.counts] == [*counts(la, diag), *counts(lb, diag)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_logits_match_the_official_logits(dtype):
+def test_logits_match_the_official_logits(dtype, device):
     q, key = torch.randn(5, 9), torch.randn(5, 9)
     queue = unit_queue(40, 9, dtype, 3)
     _, want = official_infonce(q, key, queue, 0.2)
-    l_pos, l_neg = moco_torch.logits(q, key, queue, 0.2)
+    l_pos, l_neg = moco_torch.logits(q.to(device), key.to(device), queue.to(device), 0.2)
+    assert l_pos.device == device
     assert l_pos.shape == (5, 1) and l_neg.shape == (5, 40)
     assert_close("logits", torch.cat([l_pos, l_neg], dim=1), want, 1e-5)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,k,ptr", [(4, 16, 0), (4, 16, 12), (5, 16, 14), (1, 3, 2), (16, 16, 0), (7, 10, 9)])
-def test_enqueue_writes_normalised_keys_with_wrap_around(n, k, ptr, dtype):
+def test_enqueue_writes_normalised_keys_with_wrap_around(n, k, ptr, dtype, device):
     c = 7
     queue = unit_queue(k, c, dtype, 5)
     before = queue.clone()
     keys = torch.randn(n, c)
-    new_ptr = moco_torch.enqueue_(queue, keys, ptr)
+    on_device = queue.to(device)
+    new_ptr = moco_torch.enqueue_(on_device, keys.to(device), ptr)
+    queue = on_device.cpu()
     assert new_ptr == (ptr + n) % k
     want = before.float().clone()
     rows = [(ptr + i) % k for i in range(n)]
@@ -133,35 +140,36 @@ def test_enqueue_writes_normalised_keys_with_wrap_around(n, k, ptr, dtype):
     assert torch.equal(queue[untouched], before[untouched])
 
 
-def test_enqueue_matches_the_official_dequeue_and_enqueue():
+def test_enqueue_matches_the_official_dequeue_and_enqueue(device):
     # the colab's _dequeue_and_enqueue on its [C, K] queue, K % N == 0
     C, K, N = 16, 32, 8
     official = F.normalize(torch.randn(C, K), dim=0)
-    ours = moco_torch.queue_from_official(official)
+    ours = moco_torch.queue_from_official(official.to(device))
     ptr_o, ptr = 0, 0
     for step in range(6):
         keys = F.normalize(torch.randn(N, C), dim=1)
         official[:, ptr_o:ptr_o + N] = keys.t()
         ptr_o = (ptr_o + N) % K
-        ptr = moco_torch.enqueue_(ours, keys, ptr)
+        ptr = moco_torch.enqueue_(ours, keys.to(device), ptr)
         assert ptr == ptr_o
         assert_close(f"step {step}", moco_torch.queue_to_official(ours), official, 1e-6)
 
 
-def test_ema_is_bit_identical_to_the_official_update():
+def test_ema_is_bit_identical_to_the_official_update(device):
     g = torch.Generator().manual_seed(7)
     shapes = [(64, 3, 3, 3), (64,), (1,), (128, 512), (7, 5)]
     for m in [0.99, 0.999, 0.0, 1.0, 0.5, 0.123456789]:
-        pk = [torch.randn(s, generator=g) for s in shapes]
-        pq = [torch.randn(s, generator=g) for s in shapes]
+        pk = [torch.randn(s, generator=g).to(device) for s in shapes]
+        pq = [torch.randn(s, generator=g).to(device) for s in shapes]
+        # the official update, on the same device (PyTorch's own kernels there)
         want = [a * m + b * (1.0 - m) for a, b in zip(pk, pq)]
         moco_torch.ema_(pk, pq, m)
         for i, (a, w) in enumerate(zip(pk, want)):
             assert torch.equal(a, w), f"m {m}: tensor {i} differs from param_k * m + param_q * (1. - m)"
 
 
-def test_ema_on_parameters_of_two_modules():
-    a, b = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
+def test_ema_on_parameters_of_two_modules(device):
+    a, b = torch.nn.Linear(5, 3).to(device), torch.nn.Linear(5, 3).to(device)
     want = [pk.detach() * 0.9 + pq.detach() * (1.0 - 0.9) for pk, pq in zip(a.parameters(), b.parameters())]
     moco_torch.ema_([p.data for p in a.parameters()], [p.data for p in b.parameters()], 0.9)
     assert all(torch.equal(p.detach(), w) for p, w in zip(a.parameters(), want))
@@ -173,12 +181,12 @@ def test_queue_layout_helpers_round_trip():
     assert kc.shape == (20, 8) and kc.is_contiguous() and torch.equal(moco_torch.queue_to_official(kc), ck)
 
 
-def test_moco_loss_module_keeps_the_queue_in_its_state_dict():
+def test_moco_loss_module_keeps_the_queue_in_its_state_dict(device):
     torch.manual_seed(0)
-    m = moco_torch.MoCoLoss(K=32, dim=8, T=0.2)
-    q, key = torch.randn(4, 8, requires_grad=True), torch.randn(4, 8)
+    m = moco_torch.MoCoLoss(K=32, dim=8, T=0.2).to(device)
+    q, key = torch.randn(4, 8, device=device, requires_grad=True), torch.randn(4, 8, device=device)
     queue0 = m.queue.clone()
-    want, _ = official_infonce(q, key, queue0, 0.2)
+    want, _ = official_infonce(q.detach().cpu(), key.cpu(), queue0.cpu(), 0.2)
     loss = m(q, key)
     assert abs(loss.item() - want.item()) <= 1e-5 * want.item()
     assert torch.equal(m.queue, queue0) and int(m.queue_ptr) == 0, "forward does not enqueue"
@@ -187,7 +195,7 @@ def test_moco_loss_module_keeps_the_queue_in_its_state_dict():
     assert_close("enqueued", m.queue[:4], F.normalize(key, dim=1), 1e-6)
     sd = m.state_dict()
     assert set(sd) == {"queue", "queue_ptr"}
-    m2 = moco_torch.MoCoLoss(K=32, dim=8, T=0.2)
+    m2 = moco_torch.MoCoLoss(K=32, dim=8, T=0.2).to(device)
     m2.load_state_dict(sd)
     assert torch.equal(m2.queue, m.queue) and int(m2.queue_ptr) == 4
 

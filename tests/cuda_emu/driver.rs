@@ -165,6 +165,20 @@ impl Driver {
     }
 }
 
+/// Where [`install`] records the driver and the kernel libraries it configured: the driver's path on the first
+/// line, one kernel library per line after it. Other processes that load the emulated driver themselves read it
+/// (the Python package's CUDA test, `python/tests/test_cuda_emulated.py`).
+pub fn manifest_path() -> PathBuf {
+    cache_dir().join("installed.txt")
+}
+
+fn write_manifest(driver: &Path, libs: &[PathBuf]) -> Result<(), String> {
+    let text: String = std::iter::once(driver).chain(libs.iter().map(|p| p.as_path())).map(|p| format!("{}\n", p.display())).collect();
+    let out = manifest_path();
+    let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &out)).map_err(|e| format!("writing {}: {e}", out.display()))
+}
+
 /// Builds the emulated driver and installs it in this process (once): every later `dlopen("libcuda.so")`, cudarc's
 /// included, gets it. Must run before cudarc loads a real driver; see [`use_emulator`].
 pub fn install() -> Result<&'static Driver, String> {
@@ -185,6 +199,7 @@ pub fn install() -> Result<&'static Driver, String> {
             if rc != 0 {
                 return Err(format!("configuring the emulated driver: {}", d.log()));
             }
+            write_manifest(&d.path, &libs)?;
             Ok(d)
         })
         .as_ref()
