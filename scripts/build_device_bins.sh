@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds, here, the binaries scripts/device_check.sh runs on a lent GPU machine (which has no cargo), and copies
-# them, stripped, to target/device-bin/ (with the build's repository path, for the fixture tests). Carry that folder with the device run (carry: ["target/device-bin"]).
+# them, stripped, to target/device-bin/ (with the build's repository path, for the fixture tests), and the
+# moco_torch wheel that scripts/device_bench.sh installs there (target/device-bin/wheels/; needs maturin: MATURIN,
+# else target/pyvenv's, else one on PATH). Carry that folder with the device run (carry: ["target/device-bin"]).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=target/device-bin
@@ -31,3 +33,10 @@ done
 done
 # the fixture tests read tests/fixtures/ at the path they were built in; device_check.sh links it there
 pwd > "$DEST/manifest_dir"
+# the Python package (abi3: any python3 >= 3.9 there), CUDA included
+MATURIN="${MATURIN:-$( [ -x target/pyvenv/bin/maturin ] && echo target/pyvenv/bin/maturin || command -v maturin || true)}"
+if [ -n "$MATURIN" ]; then
+    "$MATURIN" build --release --quiet --skip-auditwheel -m python/Cargo.toml -o "$DEST/wheels" >&2 && ls -l "$DEST"/wheels/*.whl >&2
+else
+    echo "build_device_bins: no maturin (set MATURIN): no wheel for device_bench.sh" >&2
+fi

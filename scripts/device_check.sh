@@ -21,13 +21,8 @@ mkdir -p "$OUT"
 status=0
 step() { echo; echo "=== $* ==="; }
 
-# libnvrtc for cudarc: the toolkit's, else the one torch ships; cudarc also wants the unversioned name
-LIBDIR="$(mktemp -d)"
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib $(python3 -c 'import nvidia.cuda_nvrtc as m, os; print(os.path.join(os.path.dirname(m.__file__), "lib"))' 2>/dev/null); do
-    so="$(ls "$d"/libnvrtc.so* 2>/dev/null | head -1)"
-    if [ -n "$so" ]; then ln -sf "$so" "$LIBDIR/libnvrtc.so"; export LD_LIBRARY_PATH="$LIBDIR:$d:${LD_LIBRARY_PATH:-}"; break; fi
-done
-export MOCO_PTXAS="${MOCO_PTXAS:-$(command -v ptxas || echo /usr/local/cuda/bin/ptxas)}"
+# libnvrtc for cudarc, ptxas
+source scripts/device_env.sh
 
 step "device"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt"

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The Python package (moco_torch) on a lent GPU, in one call of about 3 minutes (issue 26). Build first, here:
+#     scripts/build_device_bins.sh      # -> target/device-bin/, the wheel in target/device-bin/wheels/
+# then run this script there with carry ["target/device-bin"]. It
+#   1. installs the wheel (no dependencies: torch is the machine's) into $OUT/site;
+#   2. runs python/tests on CUDA tensors (test_ops.py's correctness cases through the `device` fixture, test_cuda.py's
+#      stream, device and no-wait checks, the hostile inputs, the drop-in) and FAILS if any CUDA case skips;
+#   3. times fused InfoNCE fwd+bwd against PyTorch eager on the same GPU (scripts/bench_python.py --device cuda)
+#      and on the CPU, and prints the tables. Everything also lands in $OUT (default target/device-out).
+# It never changes clocks or other GPU settings.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BIN="${MOCO_DEVICE_BIN:-target/device-bin}"
+OUT="${OUT:-target/device-out}"
+mkdir -p "$OUT"
+status=0
+step() { echo; echo "=== $* ==="; }
+source scripts/device_env.sh
+export PYTHONUNBUFFERED=1
+
+step "device"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt"
+
+step "install the moco_torch wheel built here"
+SITE="$(cd "$OUT" && pwd)/site"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$BIN"/wheels/moco_torch-*.whl || exit 1
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+python3 -c 'import moco_torch, torch; print("moco_torch", moco_torch.__version__, "cuda_status", moco_torch.cuda_status(), "torch", torch.__version__)' || exit 1
+
+step "python/tests on CPU and CUDA tensors (a CUDA case that skips fails the run)"
+timeout 300 python3 -m pytest -q -p no:cacheprovider -rs python/tests 2>&1 | tee "$OUT/pytest.txt" | tail -25
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+# (the reasons the `device` fixture and test_cuda.py give for skipping a CUDA case: conftest.py)
+if grep -E "^SKIPPED.*(PyTorch sees no CUDA device|moco_torch cannot run CUDA)" "$OUT/pytest.txt"; then
+    echo "device_bench: CUDA cases skipped on a GPU machine"; status=1
+fi
+
+step "fused InfoNCE fwd+bwd from Python: moco_torch vs PyTorch eager, CUDA tensors"
+timeout 120 python3 scripts/bench_python.py 30 --device cuda 2>&1 | tee "$OUT/bench_python_cuda.md"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+step "the same on CPU tensors (this machine's CPU)"
+timeout 120 python3 scripts/bench_python.py 5 2>&1 | tee "$OUT/bench_python_cpu.md"
+
+echo
+[ $status = 0 ] && echo "device_bench: PASS" || echo "device_bench: FAIL (see above)"
+exit $status
