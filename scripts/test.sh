@@ -71,8 +71,9 @@ fi
 
 # The Python package, as README's "From PyTorch" installs it: a venv with PyTorch (CPU use; PyPI's wheel),
 # torchvision (the drop-in test runs the colab's ResNet model), pytest and maturin; `pip install ./python` builds
-# the extension with cargo; then python/tests (against PyTorch's own formulation, hostile inputs, the drop-in
-# into the colab's ModelMoCo, the README's command).
+# the extension with cargo (CUDA launchers included); then python/tests (against PyTorch's own formulation, hostile
+# inputs, the drop-in into the colab's ModelMoCo, the README's command, and the extension's CUDA entry points on the
+# emulated driver that the cargo test above built: test_cuda_emulated.py).
 if [ "$#" -eq 0 ] && [ "${MOCO_PYTHON:-1}" = "1" ]; then
     if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
         log "installing python3-venv"
