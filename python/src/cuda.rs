@@ -26,19 +26,23 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::py_err;
 
-/// The primary context of device `ordinal`, opened once per process, event tracking off.
-fn context(ordinal: usize) -> PyResult<Arc<CudaContext>> {
-    static CONTEXTS: OnceLock<Mutex<HashMap<usize, Arc<CudaContext>>>> = OnceLock::new();
+/// The primary context of device `ordinal` and the device's name, opened once per process and kept (never
+/// released, so the context stays alive for PyTorch too), event tracking off. May leave the context current: callers
+/// hold a [`RestoreCurrent`].
+fn context(ordinal: usize) -> PyResult<(Arc<CudaContext>, String)> {
+    static CONTEXTS: OnceLock<Mutex<HashMap<usize, (Arc<CudaContext>, String)>>> = OnceLock::new();
     let mut contexts = CONTEXTS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(ctx) = contexts.get(&ordinal) {
-        return Ok(ctx.clone());
+    if let Some(entry) = contexts.get(&ordinal) {
+        return Ok(entry.clone());
     }
-    let ctx = moco::Cuda::new(ordinal).map_err(py_err)?.context().clone();
+    let dev = moco::Cuda::new(ordinal).map_err(py_err)?;
+    let ctx = dev.context().clone();
     // SAFETY: no CudaSlice of this context exists yet; every buffer used through it is either PyTorch's (ordered by
     // the stream it is used on) or the ops' per-call scratch, allocated, used and freed in order on one stream.
     unsafe { ctx.disable_event_tracking() };
-    contexts.insert(ordinal, ctx.clone());
-    Ok(ctx)
+    let entry = (ctx, moco::Device::name(&dev));
+    contexts.insert(ordinal, entry.clone());
+    Ok(entry)
 }
 
 /// Puts the calling thread's current CUDA context back when dropped.
@@ -69,7 +73,7 @@ impl Launch {
         // every driver call below needs libcuda, and cudarc panics without it: check first
         moco::device::cuda::check_driver().map_err(py_err)?;
         let restore = RestoreCurrent::save()?;
-        let ctx = context(device)?;
+        let (ctx, _) = context(device)?;
         ctx.bind_to_thread().map_err(|e| PyValueError::new_err(format!("CUDA device {device}: cannot make its context current: {e:?}")))?;
         // SAFETY: `stream` is PyTorch's current stream of this device (so of its primary context), alive during the
         // call; the work queued on it is ordered with PyTorch's by the stream itself.
@@ -149,12 +153,18 @@ impl BorrowedQueue {
 }
 
 /// Whether CUDA ops can run: `(true, device name of ordinal 0)` or `(false, why not)` (no driver, no NVRTC, no
-/// device). Never raises.
+/// device). Never raises; leaves the thread's current context as it was.
 #[pyfunction]
-pub fn cuda_status() -> (bool, String) {
-    match moco::Cuda::new(0) {
-        Ok(dev) => (true, moco::Device::name(&dev)),
-        Err(e) => (false, e.to_string()),
+pub fn cuda_status(py: Python<'_>) -> (bool, String) {
+    let status = || -> PyResult<String> {
+        moco::device::cuda::check_driver().map_err(py_err)?;
+        moco::device::cuda::check_nvrtc().map_err(py_err)?;
+        let _restore = RestoreCurrent::save()?;
+        Ok(context(0)?.1)
+    };
+    match status() {
+        Ok(name) => (true, name),
+        Err(e) => (false, e.value(py).to_string()),
     }
 }
 

@@ -128,9 +128,12 @@ def infonce_cuda(q, k, queue, T, stream=0):
     return words[0:1].view(torch.float32).item(), int(words[1]), int(words[2]), dq.cpu(), row_loss.cpu()
 
 
-def test_cuda_status_names_the_emulated_device():
-    ok, name = mt.cuda_status()
+def test_cuda_status_names_the_emulated_device_and_keeps_the_current_context():
+    check(drv.cuCtxSetCurrent(None))
+    ok, name = _native.cuda_status()
     assert ok and name.startswith("cuda:0"), name
+    assert current_context() is None
+    assert mt.cuda_status() == (ok, name)
 
 
 SHAPES = [(1, 7, 33), (2, 1, 3), (8, 17, 64), (16, 128, 1000)]
