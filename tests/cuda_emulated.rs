@@ -1009,3 +1009,96 @@ fn emulator_catches_broken_kernels() {
     let err = e.launch(cu, "reverse_sync", (1, 1, 1), (256, 1, 1), &mut [Arg::val(&1u32), Arg::nan(256)]).expect_err("a value where a pointer is expected must fail");
     assert!(err.contains("is a pointer"), "{err}");
 }
+
+/// The tensor-core and async-copy instructions of the emulation against the PTX ISA's fragment layouts
+/// (tests/cuda_emu/mma_probe.cu: one warp, operands from global memory): mma m16n8k16 (bf16, f16) and m16n8k8
+/// (TF32) give `a b + c` to f32 rounding, cvt.rna.tf32 rounds to nearest with ties away from zero, ldmatrix (and its
+/// .trans) deliver each lane its elements, and cp.async lands at its group's wait. A kernel with a fragment-layout
+/// bug (a[1], a[2] exchanged) or a missing wait (all but the newest group) gives a wrong result.
+#[test]
+fn tensor_core_instructions_follow_the_ptx_isa() {
+    if !available("tensor_core_instructions_follow_the_ptx_isa") {
+        return;
+    }
+    let cu = cuda_emu::root().join("tests/cuda_emu/mma_probe.cu");
+    let cu = cu.to_str().unwrap();
+    let e = emu();
+    let mut rng = 0x2545f4914f6cdd1du64;
+    let mut uniform = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    };
+    let a: Vec<f32> = (0..256).map(|_| uniform()).collect();
+    let b: Vec<f32> = (0..128).map(|_| uniform()).collect();
+    let c: Vec<f32> = (0..128).map(|_| uniform()).collect();
+    // d[i][j] = sum_k a[i][k] b[j][k] + c[i][j] in f64 from the operands as the instruction reads them
+    let reference = |a: &[f64], b: &[f64], c: &[f32], kk: usize| -> Vec<f32> {
+        (0..16 * 8).map(|ij| (c[ij] as f64 + (0..kk).map(|k| a[(ij / 8) * kk + k] * b[(ij % 8) * kk + k]).sum::<f64>()) as f32).collect()
+    };
+    let close = |what: &str, got: &[f32], want: &[f32]| {
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() <= 1e-6 * (1.0 + w.abs()), "{what}: element ({}, {}): {g} vs {w}", i / 8, i % 8);
+        }
+    };
+    for (fmt, name) in [(0u32, "bf16"), (1u32, "f16")] {
+        let bits = |v: &[f32]| -> Vec<u16> { v.iter().map(|&x| if fmt == 0 { half::bf16::from_f32(x).to_bits() } else { half::f16::from_f32(x).to_bits() }).collect() };
+        let back = |v: &[u16]| -> Vec<f64> { v.iter().map(|&h| if fmt == 0 { half::bf16::from_bits(h).to_f64() } else { half::f16::from_bits(h).to_f64() }).collect() };
+        let (ab, bb) = (bits(&a), bits(&b));
+        let want = reference(&back(&ab), &back(&bb), &c, 16);
+        let mut args = [Arg::val(&fmt), Arg::val(&0u32), Arg::u16(&ab), Arg::u16(&bb), Arg::f32(&c), Arg::nan(128)];
+        e.run(cu, "mma_probe", (1, 1, 1), (32, 1, 1), &mut args);
+        close(&format!("mma m16n8k16 {name}"), &args[5].as_f32(), &want);
+        let mut args = [Arg::val(&fmt), Arg::val(&1u32), Arg::u16(&ab), Arg::u16(&bb), Arg::f32(&c), Arg::nan(128)];
+        e.run(cu, "mma_probe", (1, 1, 1), (32, 1, 1), &mut args);
+        let wrong = args[5].as_f32().iter().zip(&want).filter(|(g, w)| (**g - **w).abs() > 1e-3).count();
+        assert!(wrong >= 64, "{name}: a[1] and a[2] exchanged must give a wrong tile, {wrong} of 128 elements differ");
+    }
+
+    // cvt.rna.tf32.f32: 10 mantissa bits, nearest, ties away from zero
+    let tie = f32::from_bits(0x3f80_1000); // 1 + 2^-11: halfway between two TF32 values
+    let xs = [1.0f32, tie, -tie, f32::from_bits(0x3f80_0fff), f32::from_bits(0x3f80_1001), 3.14159265, f32::INFINITY, -0.0, 1e-40];
+    let mut args = [Arg::val(&(xs.len() as u32)), Arg::f32(&xs), Arg::nan(xs.len())];
+    e.run(cu, "tf32_round_probe", (1, 1, 1), (32, 1, 1), &mut args);
+    let tf32 = |x: f32| if x.is_finite() { f32::from_bits((x.to_bits() + 0x1000) & 0xffff_e000) } else { x };
+    let got = args[2].as_f32();
+    assert_eq!(got[1], f32::from_bits(0x3f80_2000), "a tie rounds away from zero");
+    assert_eq!(got[2], -f32::from_bits(0x3f80_2000), "a negative tie rounds away from zero");
+    assert_eq!(got[3], 1.0);
+    for (x, g) in xs.iter().zip(&got) {
+        assert_eq!(g.to_bits(), tf32(*x).to_bits(), "tf32_round({x:e})");
+    }
+    // m16n8k8 TF32 on the rounded operands
+    let (a8, b8) = (&a[..128], &b[..64]);
+    let want = reference(&a8.iter().map(|&x| tf32(x) as f64).collect::<Vec<_>>(), &b8.iter().map(|&x| tf32(x) as f64).collect::<Vec<_>>(), &c, 8);
+    let mut args = [Arg::f32(a8), Arg::f32(b8), Arg::f32(&c), Arg::nan(128)];
+    e.run(cu, "tf32_probe", (1, 1, 1), (32, 1, 1), &mut args);
+    close("mma m16n8k8 tf32", &args[3].as_f32(), &want);
+
+    // ldmatrix: lane 4g + t gets row g, elements 2t, 2t+1 of each matrix (.trans: element g of rows 2t, 2t+1)
+    let m: Vec<u16> = (0..256).map(|i| i as u16 * 3 + 1).collect();
+    for trans in [0u32, 1] {
+        let mut args = [Arg::val(&trans), Arg::u16(&m), Arg::nan(128)];
+        e.run(cu, "ldmatrix_probe", (1, 1, 1), (32, 1, 1), &mut args);
+        let got = args[2].as_u32();
+        for lane in 0..32 {
+            let (g, t) = (lane / 4, lane % 4);
+            for i in 0..4 {
+                let el = |j: usize| if trans == 1 { m[i * 64 + (2 * t + j) * 8 + g] } else { m[i * 64 + g * 8 + 2 * t + j] } as u32;
+                assert_eq!(got[lane * 4 + i], el(0) | el(1) << 16, "ldmatrix trans={trans}: lane {lane} register {i}");
+            }
+        }
+    }
+
+    // cp.async + ldmatrix + mma: right with every group waited for, wrong when the newest group is left in flight
+    let (ab, bb): (Vec<u16>, Vec<u16>) = (a.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect(), b.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect());
+    let back = |v: &[u16]| -> Vec<f64> { v.iter().map(|&h| half::bf16::from_bits(h).to_f64()).collect() };
+    let want = reference(&back(&ab), &back(&bb), &[0.0; 128], 16);
+    let mut args = [Arg::val(&0u32), Arg::u16(&ab), Arg::u16(&bb), Arg::nan(128)];
+    e.run(cu, "cp_async_mma_probe", (1, 1, 1), (32, 1, 1), &mut args);
+    close("cp.async, ldmatrix, mma", &args[3].as_f32(), &want);
+    let mut args = [Arg::val(&1u32), Arg::u16(&ab), Arg::u16(&bb), Arg::nan(128)];
+    e.run(cu, "cp_async_mma_probe", (1, 1, 1), (32, 1, 1), &mut args);
+    assert!(args[3].as_f32().iter().all(|v| v.is_nan()), "operands read before their cp.async group was waited for must not be the data");
+}

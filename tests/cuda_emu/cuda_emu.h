@@ -67,6 +67,7 @@
 #define __launch_bounds__(...)
 #define __shared__ static __attribute__((section("cuda_emu_shared")))
 #define __constant__ static const
+#define __align__(n) __attribute__((aligned(n)))
 
 // ---- vector types ----------------------------------------------------------------------------------------------
 
@@ -267,6 +268,11 @@ struct Sched {
     const char* kernel = "";
     // warp exchange: one 64-bit slot per lane
     std::vector<uint64_t> warp_slots;
+    // the operand registers of a warp-wide tensor-core instruction: MMA_WORDS words per lane
+    std::vector<uint32_t> mma_regs;
+    // each thread's cp.async copies not yet completed, and the number of groups it committed (block-local)
+    std::vector<std::vector<struct AsyncCopy>> async_copies;
+    std::vector<unsigned int> async_groups;
     // the addressable byte ranges of the shared-memory section (ASan redzones excluded)
     std::vector<std::pair<char*, size_t>> shared_runs;
     void* fake_stack = nullptr;
@@ -278,6 +284,17 @@ struct Sched {
     bool in_launch = false;
     char fail_msg[4096] = {0};
 };
+
+// One cp.async of a thread: the source bytes read at issue (the zero-filled tail included), written to `dst` when
+// a cp.async.wait_group of that thread completes its group. Until then `dst` holds 0xFF bytes (NaN).
+struct AsyncCopy {
+    char* dst;
+    unsigned char bytes[16];
+    unsigned int size;
+    unsigned int group;
+};
+
+const unsigned int MMA_WORDS = 8;
 
 inline Sched& sched() {
     static Sched s;
@@ -402,9 +419,165 @@ template <typename Pred> inline unsigned int vote(unsigned int mask, int pred, i
 
 inline int seg_base(int lane, int width) { return lane / width * width; }
 
+// ---- tensor cores and asynchronous copies (sm_80+), with the PTX ISA's fragment layouts ------------------------
+//
+// The kernels call these through the same names as their inline-PTX wrappers (kernels/infonce.cu): mma_*, ldmatrix_*,
+// cp_async_*, tf32_round. Each warp-wide instruction is a warp operation (every lane of a full warp meets twice:
+// the operands are exchanged, then every lane computes its own part). Notation of the layouts: lane = 4 g + t
+// (g = lane / 4, the "groupID"; t = lane % 4, the "threadID_in_group").
+
+inline float bf16_bits(uint32_t h) { return __uint_as_float((h & 0xffffu) << 16); }
+inline float f16_bits(uint32_t h) { return moco_emu_f16_bits_to_f32((unsigned short)(h & 0xffffu)); }
+// what the tensor cores read of an f32 register holding a TF32 operand: the top 19 bits
+inline float tf32_bits(uint32_t u) { return __uint_as_float(u & 0xffffe000u); }
+
+inline uint32_t* mma_operands(const uint32_t* regs, unsigned int n, int line, const char* what) {
+    check_in_kernel(what);
+    Sched& s = sched();
+    const unsigned int tid = linear_tid();
+    if ((tid & ~31u) + 32u > s.nthreads) fail("%s at line %d: needs a full warp of 32 threads", what, line);
+    uint32_t* mine = &s.mma_regs[(size_t)tid * MMA_WORDS];
+    for (unsigned int i = 0; i < n; ++i) mine[i] = regs[i];
+    warp_barrier(0xffffffffu, line, what);
+    return &s.mma_regs[(size_t)(tid & ~31u) * MMA_WORDS]; // the warp's lane 0
+}
+
+// D = A B + C for one m16n8k16 tile: A 16x16 (row), B 16x8 (col), C/D 16x8 f32, in place in `acc`; `cvt` reads a
+// 16-bit operand. A: a[r] holds row g + 8 (r & 1), columns 2t + 8 (r >> 1) + {0, 1} (the lower column in the lower
+// half); B: b[r] holds column g, rows 2t + 8 r + {0, 1}; C/D: acc[i] is row g + 8 (i >> 1), column 2t + (i & 1).
+// The products are exact in f64 and summed there, rounded once to f32 (the hardware's rounding of its f32
+// accumulation differs within the tolerance of f32 sums).
+template <typename Cvt> inline void mma_m16n8k16(float (&acc)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], Cvt cvt, int line, const char* what) {
+    const uint32_t regs[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+    const uint32_t* warp = mma_operands(regs, 6, line, what);
+    const unsigned int lane = linear_tid() & 31u, g = lane >> 2, t = lane & 3u;
+    auto A = [&](unsigned int row, unsigned int col) {
+        const uint32_t v = warp[((row & 7u) * 4u + ((col & 7u) >> 1)) * MMA_WORDS + (row >> 3) + 2u * (col >> 3)];
+        return (double)cvt(col & 1u ? v >> 16 : v);
+    };
+    auto B = [&](unsigned int k, unsigned int col) {
+        const uint32_t v = warp[(col * 4u + ((k & 7u) >> 1)) * MMA_WORDS + 4u + (k >> 3)];
+        return (double)cvt(k & 1u ? v >> 16 : v);
+    };
+    float d[4];
+    for (unsigned int i = 0; i < 4u; ++i) {
+        const unsigned int row = g + 8u * (i >> 1), col = 2u * t + (i & 1u);
+        double sum = acc[i];
+        for (unsigned int k = 0; k < 16u; ++k) sum += A(row, k) * B(k, col);
+        d[i] = (float)sum;
+    }
+    warp_barrier(0xffffffffu, line, what); // every lane has read the operands before any reuses the exchange
+    for (unsigned int i = 0; i < 4u; ++i) acc[i] = d[i];
+}
+
+// D = A B + C for one m16n8k8 TF32 tile: A 16x8 (row), a[r] holds row g + 8 (r & 1), column t + 4 (r >> 1); B 8x8
+// (col), b[r] holds row t + 4 r, column g; C/D as m16n8k16. The operands are f32 registers of which the tensor
+// cores read the top 19 bits (round them first with tf32_round, as cvt.rna.tf32.f32).
+inline void mma_m16n8k8_tf32_emu(float (&acc)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], int line) {
+    const uint32_t regs[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+    const uint32_t* warp = mma_operands(regs, 6, line, "mma.sync.m16n8k8.tf32");
+    const unsigned int lane = linear_tid() & 31u, g = lane >> 2, t = lane & 3u;
+    float d[4];
+    for (unsigned int i = 0; i < 4u; ++i) {
+        const unsigned int row = g + 8u * (i >> 1), col = 2u * t + (i & 1u);
+        double sum = acc[i];
+        for (unsigned int k = 0; k < 8u; ++k) {
+            const double x = tf32_bits(warp[((row & 7u) * 4u + (k & 3u)) * MMA_WORDS + (row >> 3) + 2u * (k >> 2)]);
+            const double y = tf32_bits(warp[(col * 4u + (k & 3u)) * MMA_WORDS + 4u + (k >> 2)]);
+            sum += x * y;
+        }
+        d[i] = (float)sum;
+    }
+    warp_barrier(0xffffffffu, line, "mma.sync.m16n8k8.tf32");
+    for (unsigned int i = 0; i < 4u; ++i) acc[i] = d[i];
+}
+
+// cvt.rna.tf32.f32: round to the nearest TF32 value (10 mantissa bits), ties away from zero; NaN and inf kept.
+inline float tf32_round_emu(float x) {
+    const uint32_t u = __float_as_uint(x);
+    if ((u & 0x7f800000u) == 0x7f800000u) return x;
+    return __uint_as_float((u + 0x1000u) & 0xffffe000u);
+}
+
+// ldmatrix.sync.aligned.m8n8.x4(.trans).shared.b16: lanes 8 i .. 8 i + 7 give the shared addresses of rows 0..7 of
+// matrix i (16-byte aligned rows of eight 16-bit elements); r[i] of lane 4 g + t receives row g, elements 2t and
+// 2t + 1 of matrix i (with .trans: element g of rows 2t and 2t + 1, the transposed matrix's row g).
+inline void ldmatrix_x4_emu(uint32_t (&r)[4], const void* row, bool trans, int line) {
+    const char* what = trans ? "ldmatrix.x4.trans" : "ldmatrix.x4";
+    check_in_kernel(what);
+    Sched& s = sched();
+    const unsigned int tid = linear_tid(), w0 = tid & ~31u, lane = tid & 31u;
+    if (w0 + 32u > s.nthreads) fail("%s at line %d: needs a full warp of 32 threads", what, line);
+    if (((uintptr_t)row & 15u) != 0u) fail("%s at line %d: lane %u gives the row address %p, not 16-byte aligned", what, line, lane, row);
+    s.warp_slots[tid] = (uint64_t)(uintptr_t)row;
+    warp_barrier(0xffffffffu, line, what);
+    const unsigned int g = lane >> 2, t = lane & 3u;
+    uint32_t out[4];
+    for (unsigned int i = 0; i < 4u; ++i) {
+        uint16_t e[2];
+        for (unsigned int j = 0; j < 2u; ++j) {
+            const unsigned int src_row = trans ? 2u * t + j : g, col = trans ? g : 2u * t + j;
+            const uint16_t* p = (const uint16_t*)(uintptr_t)s.warp_slots[w0 + 8u * i + src_row];
+            e[j] = p[col];
+        }
+        out[i] = (uint32_t)e[0] | ((uint32_t)e[1] << 16);
+    }
+    warp_barrier(0xffffffffu, line, what);
+    for (unsigned int i = 0; i < 4u; ++i) r[i] = out[i];
+}
+
+// cp.async.cg.shared.global [dst], [src], 16, src_size: reads src_size (0..16) bytes now, zero-fills the rest, and
+// writes the 16 bytes to dst only when this thread's cp.async.wait_group completes the copy's group; dst holds 0xFF
+// bytes until then, so a read before the wait (or before the barrier after it, from another thread) sees NaN.
+inline void cp_async_16_emu(void* dst, const void* src, unsigned int src_size, int line) {
+    check_in_kernel("cp.async");
+    Sched& s = sched();
+    if (((uintptr_t)dst & 15u) != 0u || ((uintptr_t)src & 15u) != 0u) fail("cp.async at line %d: 16-byte copy from %p to %p, not 16-byte aligned", line, src, dst);
+    if (src_size > 16u) fail("cp.async at line %d: src_size %u > 16", line, src_size);
+    const unsigned int tid = linear_tid();
+    AsyncCopy c{(char*)dst, {0}, 16u, s.async_groups[tid]};
+    if (src_size > 0u) memcpy(c.bytes, src, src_size);
+    memset(dst, 0xff, 16);
+    s.async_copies[tid].push_back(c);
+}
+
+inline void cp_async_commit_emu() {
+    check_in_kernel("cp.async.commit_group");
+    ++sched().async_groups[linear_tid()];
+}
+
+// cp.async.wait_group n: completes every copy of this thread in a committed group older than its n newest ones.
+inline void cp_async_wait_emu(unsigned int n) {
+    check_in_kernel("cp.async.wait_group");
+    Sched& s = sched();
+    const unsigned int tid = linear_tid();
+    const unsigned int committed = s.async_groups[tid];
+    std::vector<AsyncCopy>& pending = s.async_copies[tid];
+    size_t kept = 0;
+    for (size_t i = 0; i < pending.size(); ++i) {
+        if (pending[i].group + n < committed) memcpy(pending[i].dst, pending[i].bytes, pending[i].size);
+        else pending[kept++] = pending[i];
+    }
+    pending.resize(kept);
+}
+
 } // namespace moco_emu
 
 #define __syncthreads() moco_emu::syncthreads(__LINE__)
+// the tensor-core and async-copy wrappers of the kernels (their inline PTX is compiled by NVRTC only)
+inline void mma_bf16_16816(float (&acc)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
+    moco_emu::mma_m16n8k16(acc, a, b, moco_emu::bf16_bits, 0, "mma.sync.m16n8k16.bf16");
+}
+inline void mma_f16_16816(float (&acc)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
+    moco_emu::mma_m16n8k16(acc, a, b, moco_emu::f16_bits, 0, "mma.sync.m16n8k16.f16");
+}
+inline void mma_tf32_1688(float (&acc)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) { moco_emu::mma_m16n8k8_tf32_emu(acc, a, b, 0); }
+inline float tf32_round(float x) { return moco_emu::tf32_round_emu(x); }
+inline void ldmatrix_x4(unsigned int (&r)[4], const void* row) { moco_emu::ldmatrix_x4_emu(r, row, false, 0); }
+inline void ldmatrix_x4_trans(unsigned int (&r)[4], const void* row) { moco_emu::ldmatrix_x4_emu(r, row, true, 0); }
+inline void cp_async_16(void* dst, const void* src, unsigned int src_size) { moco_emu::cp_async_16_emu(dst, src, src_size, 0); }
+inline void cp_async_commit() { moco_emu::cp_async_commit_emu(); }
+template <int N> inline void cp_async_wait() { moco_emu::cp_async_wait_emu((unsigned int)N); }
 #define __syncwarp(...) moco_emu::warp_barrier(0xffffffffu, __LINE__, "__syncwarp")
 #define __threadfence() ((void)0)
 #define __threadfence_block() ((void)0)
@@ -524,6 +697,8 @@ inline const char* state_name(State st) {
 inline void run_block() {
     Sched& s = sched();
     const unsigned int n = s.nthreads;
+    for (auto& pending : s.async_copies) pending.clear(); // a block's copies never reach the next block
+    s.async_groups.assign(n, 0u);
     for (unsigned int t = 0; t < n; ++t) {
         Fiber& f = s.fibers[t];
         f.idx = uint3{t % blockDim.x, (t / blockDim.x) % blockDim.y, t / (blockDim.x * blockDim.y)};
@@ -595,6 +770,8 @@ inline void launch(const Kernel& k, dim3 grid, dim3 block, void** args, uint64_t
     s.kernel = k.name;
     s.rng = seed * 0x9e3779b97f4a7c15ull + 0x632be59bd9b4e019ull;
     s.warp_slots.assign(((threads + 31u) / 32u) * 32u, 0);
+    s.mma_regs.assign((size_t)((threads + 31u) / 32u) * 32u * MMA_WORDS, 0);
+    s.async_copies.assign(threads, {});
     while (s.fibers.size() < threads) {
         Fiber f;
         void* mem = mmap(nullptr, STACK_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
