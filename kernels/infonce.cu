@@ -325,6 +325,128 @@ MOCO_KEYED_KERNELS(f32, 0, float)
 MOCO_KEYED_KERNELS(f16, 1, unsigned short)
 MOCO_KEYED_KERNELS(bf16, 2, unsigned short)
 
+// ---- negative_logits on tensor cores (sm_80+, 16-bit queues) ---------------------------------------------------
+//
+// l_neg[i, j] = q^_i . key_j with 16-bit operands and f32 accumulation: q^ rounded to the queue's format by
+// round_rows_to_16 (the 16-bit copy `q16: [N, C]`), the keys as stored. The error against the exact cosine is the
+// rounding of q^ (|q^_i| = |key_j| = 1: at most 2^-8 for bf16, 2^-11 for f16) plus the f32 sum's.
+//
+// Tiles: a block of MMA_WARPS = 4 warps computes 64 rows x 64 keys; warp w owns rows 16 w .. 16 w + 15 and all 64
+// keys: 8 m16n8 accumulator tiles, 32 f32 registers. The C axis goes in chunks of MMA_KC = 32 channels (two k16
+// steps): the chunk's q rows and key rows (64 + 64 rows of 64 bytes) are copied to shared memory by cp.async, two
+// stages deep (16 KB: the next chunk lands while this one is multiplied), and read by ldmatrix. A row's four
+// 16-byte pieces are stored at piece ^ ((row >> 1) & 3), so the 8 rows one ldmatrix phase reads hit 32 distinct
+// banks. Rows past N or K and channels past C are zero-filled by the copies (the host requires C % 8 == 0, so a
+// 16-byte piece is either all inside a row or all past its end). Registers: 32 accumulators, 4 + 8 operand words,
+// addresses: well under the 255 cap; two blocks of 128 threads per 32 KB of shared memory.
+//
+// The WGSL has no counterpart (no tensor-core instructions in core WGSL); on every other device the f32 kernel above
+// runs, which the bound holds a fortiori.
+#define MMA_WARPS 4u
+#define MMA_BM 64u    // rows per block
+#define MMA_BN 64u    // keys per block
+#define MMA_KC 32u    // channels per staged chunk
+#define MMA_ROW 32u   // 16-bit elements per staged row (= MMA_KC)
+
+// q16[i, c] = q^[i, c] rounded to nearest even in the 16-bit format DT (1 f16, 2 bf16; common.cuh's rounding).
+template <int DT> __device__ __forceinline__ unsigned short round_to_16(float x) {
+    return (unsigned short)(DT == 1 ? f32_to_f16_bits(x) : f32_to_bf16_bits(x));
+}
+
+// The shared-memory offset (in 16-bit elements) of piece `piece` (0..3, 8 elements each) of staged row `row`.
+__device__ __forceinline__ unsigned int swizzled(unsigned int row, unsigned int piece) {
+    return row * MMA_ROW + ((piece ^ ((row >> 1) & 3u)) << 3);
+}
+
+// Copies channels c0 .. c0 + 31 of rows r0 .. r0 + 63 of `src: [rows, C]` (16-bit) into `tile: [64][32]` (swizzled),
+// zero-filling rows >= rows and channels >= C: 256 pieces of 16 bytes, two per thread.
+__device__ __forceinline__ void stage_rows(unsigned short* tile, const unsigned short* __restrict__ src, unsigned int r0, unsigned int rows, unsigned int c, unsigned int c0) {
+#pragma unroll
+    for (unsigned int u = 0; u < 2u; ++u) {
+        const unsigned int e = threadIdx.x + u * (MMA_WARPS * 32u);
+        const unsigned int row = e >> 2, piece = e & 3u;
+        const unsigned int gr = r0 + row, gc = c0 + piece * 8u;
+        const bool inside = gr < rows && gc < c;
+        // a piece past the end copies 0 bytes (zero fill) from a valid address: the start of src
+        cp_async_16(tile + swizzled(row, piece), inside ? src + (size_t)gr * c + gc : src, inside ? 16u : 0u);
+    }
+}
+
+template <int DT>
+__device__ __forceinline__ void negative_logits_mma_impl(const InfoNceParams& P, const unsigned short* __restrict__ q16, const unsigned short* __restrict__ keys, float* __restrict__ l_neg) {
+    __shared__ __align__(16) unsigned short q_tile[2][MMA_BM * MMA_ROW];
+    __shared__ __align__(16) unsigned short k_tile[2][MMA_BN * MMA_ROW];
+    const unsigned int lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    const unsigned int i0 = blockIdx.y * MMA_BM, j0 = blockIdx.x * MMA_BN;
+    float acc[8][4];
+#pragma unroll
+    for (unsigned int nt = 0; nt < 8u; ++nt) {
+#pragma unroll
+        for (unsigned int e = 0; e < 4u; ++e) acc[nt][e] = 0.0f;
+    }
+    const unsigned int chunks = (P.c + MMA_KC - 1u) / MMA_KC;
+    stage_rows(q_tile[0], q16, i0, P.n, P.c, 0u);
+    stage_rows(k_tile[0], keys, j0, P.m, P.c, 0u);
+    cp_async_commit();
+    for (unsigned int ch = 0; ch < chunks; ++ch) {
+        const unsigned int buf = ch & 1u;
+        if (ch + 1u < chunks) { // the next chunk into the other stage, then wait for this one only
+            stage_rows(q_tile[buf ^ 1u], q16, i0, P.n, P.c, (ch + 1u) * MMA_KC);
+            stage_rows(k_tile[buf ^ 1u], keys, j0, P.m, P.c, (ch + 1u) * MMA_KC);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads(); // every thread's pieces of this stage have landed
+#pragma unroll
+        for (unsigned int ks = 0; ks < 2u; ++ks) {
+            // A (16 x 16 of the warp's rows): matrix i = lane / 8 is rows 8 (i & 1) + lane % 8, channels 8 (i >> 1)
+            unsigned int a[4];
+            const unsigned int arow = warp * 16u + 8u * ((lane >> 3) & 1u) + (lane & 7u);
+            ldmatrix_x4(a, q_tile[buf] + swizzled(arow, 2u * ks + (lane >> 4)));
+#pragma unroll
+            for (unsigned int np = 0; np < 4u; ++np) {
+                // B for key tiles 2 np and 2 np + 1: matrix i is keys 8 (2 np + (i >> 1)) + lane % 8, channels 8 (i & 1)
+                unsigned int b[4];
+                const unsigned int brow = 16u * np + 8u * (lane >> 4) + (lane & 7u);
+                ldmatrix_x4(b, k_tile[buf] + swizzled(brow, 2u * ks + ((lane >> 3) & 1u)));
+                const unsigned int b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+                if (DT == 2) {
+                    mma_bf16_16816(acc[2u * np], a, b0);
+                    mma_bf16_16816(acc[2u * np + 1u], a, b1);
+                } else {
+                    mma_f16_16816(acc[2u * np], a, b0);
+                    mma_f16_16816(acc[2u * np + 1u], a, b1);
+                }
+            }
+        }
+        __syncthreads(); // this stage is read before the next iteration refills it
+    }
+    const unsigned int g = lane >> 2, t = lane & 3u;
+#pragma unroll
+    for (unsigned int nt = 0; nt < 8u; ++nt) {
+#pragma unroll
+        for (unsigned int e = 0; e < 4u; ++e) {
+            const unsigned int gi = i0 + warp * 16u + g + 8u * (e >> 1), gj = j0 + nt * 8u + 2u * t + (e & 1u);
+            if (gi < P.n && gj < P.m) l_neg[(size_t)gi * P.m + gj] = acc[nt][e];
+        }
+    }
+}
+
+#define MOCO_MMA_KERNELS(SUFFIX, DT)                                                                                 \
+    extern "C" __global__ void __launch_bounds__(256) round_rows_to_##SUFFIX(InfoNceParams P, const float* __restrict__ x, unsigned short* __restrict__ y) { \
+        const unsigned int i = flat_thread(WG);                                                                      \
+        if (i < P.n * P.c) y[i] = round_to_16<DT>(x[i]);                                                             \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(128) negative_logits_mma_##SUFFIX(                                  \
+        InfoNceParams P, const unsigned short* __restrict__ q16, const unsigned short* __restrict__ keys, float* __restrict__ l_neg) { \
+        negative_logits_mma_impl<DT>(P, q16, keys, l_neg);                                                           \
+    }
+
+MOCO_MMA_KERNELS(f16, 1)
+MOCO_MMA_KERNELS(bf16, 2)
+
 // ---- infonce_combine -----------------------------------------------------------------------------------------
 
 // One block per row: merge the split states, add the positive logit, write row_loss, rank and

@@ -20,38 +20,6 @@ struct QueueParams {
     unsigned int _pad;
 };
 
-// f32 -> IEEE half bits, round to nearest even (the rounding of half::f16::from_f32).
-__device__ __forceinline__ unsigned int f32_to_f16_bits(float x) {
-    const unsigned int b = __float_as_uint(x);
-    const unsigned int sign = (b >> 16) & 0x8000u;
-    const unsigned int e8 = (b >> 23) & 0xffu;
-    unsigned int mant = b & 0x7fffffu;
-    if (e8 == 0xffu) return sign | 0x7c00u | (mant != 0u ? (0x200u | (mant >> 13)) : 0u);
-    const int e = (int)e8 - 112; // rebias 127 -> 15
-    if (e >= 31) return sign | 0x7c00u;
-    if (e <= 0) {
-        if (e < -10) return sign;
-        mant = mant | 0x800000u;
-        const unsigned int shift = (unsigned int)(14 - e);
-        unsigned int r = mant >> shift;
-        const unsigned int rem = mant & ((1u << shift) - 1u);
-        const unsigned int halfway = 1u << (shift - 1u);
-        if (rem > halfway || (rem == halfway && (r & 1u) == 1u)) r = r + 1u;
-        return sign | r;
-    }
-    unsigned int r = ((unsigned int)e << 10) | (mant >> 13);
-    const unsigned int rem = mant & 0x1fffu;
-    if (rem > 0x1000u || (rem == 0x1000u && (r & 1u) == 1u)) r = r + 1u;
-    return sign | r;
-}
-
-// f32 -> bf16 bits, round to nearest even; NaN stays NaN.
-__device__ __forceinline__ unsigned int f32_to_bf16_bits(float x) {
-    const unsigned int b = __float_as_uint(x);
-    if ((b & 0x7fffffffu) > 0x7f800000u) return (b >> 16) | 0x40u;
-    return (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
-}
-
 // Normalised value stored at queue element e (row e / C, written by key (row - ptr) mod K, which must be < N).
 __device__ __forceinline__ float source_of(const QueueParams& P, const float* __restrict__ kh, unsigned int e) {
     const unsigned int row = e / P.c;

@@ -56,7 +56,7 @@ pub use device::{AnyDevice, CpuDevice, Device, DeviceKind, Region};
 pub use device::{Adapter, Wgpu};
 pub use error::{Error, Result};
 pub use ops::ema::EmaShape;
-pub use ops::infonce::{InfoNceShape, InfoNceStats, LogitsShape, SymmetricShape, MAX_TEMPERATURE, MIN_TEMPERATURE};
+pub use ops::infonce::{InfoNceShape, InfoNceStats, LogitsShape, Precision, SymmetricShape, MAX_TEMPERATURE, MIN_TEMPERATURE};
 pub use ops::queue::{QueueDType, QueueDims, QueueShape};
 
 /// README's code blocks, compiled and run as doc tests (with the default features, which its examples use).

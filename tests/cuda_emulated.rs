@@ -20,7 +20,8 @@ use moco::ops::batchnorm::{self, params::flags, params::BatchNormParams, BatchNo
 use moco::ops::conv::{self, params::ConvParams, Conv2dShape};
 use moco::ops::eltwise::{self, params::EltwiseParams, EltwiseShape};
 use moco::ops::ema::{self, params::ema_multi_chunk_map, params::EmaParams};
-use moco::ops::infonce::{self, params::negative_logits_grid, params::positive_grid, params::row_grid, params::InfoNceParams, params::StreamPlan, params::REDUCE_GRID};
+use moco::ops::infonce::{self, params::negative_logits_grid, params::negative_logits_mma_grid, params::positive_grid, params::row_grid, params::InfoNceParams, params::StreamPlan, params::MMA_BLOCK, params::REDUCE_GRID, Precision};
+use moco::QueueDType;
 use moco::ops::layernorm::{self, params::LayerNormParams, params::COL_BLOCK, params::ROW_BLOCK, LayerNormShape};
 use moco::ops::linear::{self, params::GemmLaunch, LinearShape};
 use moco::ops::normalize::{params::NormalizeParams, NormalizeShape};
@@ -148,6 +149,45 @@ fn case_logits() {
             let what = format!("logits N={n} C={c} K={kk} {suffix}");
             close(&format!("{what} l_pos"), &l_pos, &rp, 2e-5, 1e-5);
             close(&format!("{what} l_neg"), &a[3].as_f32(), &rn, 2e-5, 1e-5);
+        }
+    }
+}
+
+/// `negative_logits_mma` of src/ops/infonce/cuda.rs (tensor cores, 16-bit queues): round_rows_to_<dtype>, then
+/// negative_logits_mma_<dtype>, against the f64 cosines of q̂ and the stored keys within `Precision::Half`'s bound;
+/// N = 1, N and K past one 64 tile and not multiples of it, C = 8 and C not a multiple of the 32-channel chunk.
+fn case_logits_mma() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for (n, c, kk) in [(1usize, 8usize, 5usize), (70, 40, 130), (17, 136, 64)] {
+        for (dt, suffix, dtype) in [(1u32, "f16", QueueDType::F16), (2, "bf16", QueueDType::BF16)] {
+            let q = random(&mut rng, n * c);
+            let (q_hat, _) = normalize(&q, n, c);
+            let (keys, stored) = keys_arg(&unit_rows(&mut rng, kk, c), dt);
+            let p = InfoNceParams::logits(n, c, kk);
+            let mut a = [Arg::val(&p), Arg::f32(&q_hat), Arg::u16(&vec![0xffff; n * c])];
+            emu().run("infonce.cu", &format!("round_rows_to_{suffix}"), elem_grid(n * c), BLOCK, &mut a);
+            let q16 = a[2].as_u16();
+            let want16: Vec<u16> = q_hat.iter().map(|&x| if dt == 1 { half::f16::from_f32(x).to_bits() } else { half::bf16::from_f32(x).to_bits() }).collect();
+            assert_eq!(q16, want16, "round_rows_to_{suffix}: round to nearest even, as half's from_f32");
+            let mut a = [Arg::val(&p), Arg::u16(&q16), keys, Arg::nan(n * kk)];
+            emu().run("infonce.cu", &format!("negative_logits_mma_{suffix}"), negative_logits_mma_grid(n, kk), (MMA_BLOCK, 1, 1), &mut a);
+            let got = a[3].as_f32();
+            // exact cosines of the normalised q (f64) and the keys as stored
+            let qn: Vec<f64> = (0..n).flat_map(|i| {
+                let row = &q[i * c..(i + 1) * c];
+                let norm = row.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+                row.iter().map(move |&x| x as f64 / norm).collect::<Vec<_>>()
+            }).collect();
+            for i in 0..n {
+                for j in 0..kk {
+                    let key = &stored[j * c..(j + 1) * c];
+                    let exact: f64 = (0..c).map(|ch| qn[i * c + ch] * key[ch] as f64).sum();
+                    let key_norm = key.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+                    let bound = Precision::Half.cosine_bound(dtype, c, key_norm);
+                    let err = (got[i * kk + j] as f64 - exact).abs();
+                    assert!(err <= bound, "logits mma N={n} C={c} K={kk} {suffix}: ({i}, {j}) = {} vs exact {exact}: error {err:.3e} > bound {bound:.3e}", got[i * kk + j]);
+                }
+            }
         }
     }
 }
@@ -842,6 +882,7 @@ type Case = (&'static str, fn());
 const CASES: &[Case] = &[
     ("normalize: normalize_rows", case_normalize_rows),
     ("infonce: logits", case_logits),
+    ("infonce: logits on tensor cores", case_logits_mma),
     ("infonce: infonce", case_infonce),
     ("infonce: moco_v3", case_moco_v3),
     ("ema: ema_update", case_ema_update),

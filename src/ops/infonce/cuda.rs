@@ -1,9 +1,10 @@
 //! Fused contrastive ops on CUDA (`kernels/infonce.cu`): normalised logits, streaming InfoNCE and MoCo v3.
 //! The steps, the grid (`StreamPlan`) and the partial-buffer layout are those of the wgpu launcher.
 
-use super::params::{negative_logits_grid, positive_grid, row_grid, InfoNceParams as Params, StreamPlan, GPU_TN, REDUCE_GRID};
-use super::{check_stats, Infonce, InfoNceShape, InfoNceStats, LogitsShape, SymmetricShape, KERNELS, STATS_WORDS};
-use crate::device::cuda::{cfg, Cuda, MAX_GRID_X, MAX_GRID_YZ};
+use super::params::{mma_logits_apply, negative_logits_grid, negative_logits_mma_grid, positive_grid, row_grid, InfoNceParams as Params, StreamPlan, GPU_TN, MMA_BLOCK, REDUCE_GRID};
+use super::{check_stats, Infonce, InfoNceShape, InfoNceStats, LogitsShape, Precision, SymmetricShape, KERNELS, STATS_WORDS};
+use crate::device::cuda::{cfg, cfg_block, Cuda, MAX_GRID_X, MAX_GRID_YZ};
+use crate::ops::launch::elem_grid;
 use crate::error::{Error, Result};
 use crate::ops::normalize::{cuda::normalize_rows, NormalizeShape};
 use crate::ops::queue::cuda::{CudaQueue, CudaQueueStorage};
@@ -64,6 +65,9 @@ pub fn logits(stream: &Arc<CudaStream>, l_pos: &mut CudaViewMut<'_, f32>, l_neg:
     let s = Scratch::normalized(stream, q, k, n, c)?;
     let p = Params::logits(n, c, kk);
     positive(stream, &p, &s.q_hat, &s.k_hat, l_pos, n)?;
+    if shape.precision() == Precision::Half && mma_logits_apply(c, queue.code()) && tensor_cores(stream)? {
+        return negative_logits_mma(stream, &p, &s.q_hat, queue, l_neg, n, c, kk);
+    }
     let grid = cfg(negative_logits_grid(n, kk));
     match &queue.storage {
         CudaQueueStorage::F32(keys) => {
@@ -80,6 +84,37 @@ pub fn logits(stream: &Arc<CudaStream>, l_pos: &mut CudaViewMut<'_, f32>, l_neg:
             unsafe { stream.launch_builder(&f).arg(&p).arg(&s.q_hat).arg(keys).arg(l_neg).launch(grid) }?;
         }
     }
+    Ok(())
+}
+
+/// Whether the device has the sm_80 tensor-core instructions (mma.sync bf16/f16, ldmatrix, cp.async).
+fn tensor_cores(stream: &Arc<CudaStream>) -> Result<bool> {
+    Ok(stream.context().compute_capability()?.0 >= 8)
+}
+
+/// `l_neg: [N, K]` on the tensor cores (a 16-bit queue, C % 8 == 0, sm_80+): `round_rows_to_{f16,bf16}` rounds q̂ to
+/// the queue's format (grid over N*C), then `negative_logits_mma_{f16,bf16}` (grid (ceil(K/64), ceil(N/64)), 128
+/// threads, a 64 x 64 tile per block).
+#[allow(clippy::too_many_arguments)]
+fn negative_logits_mma(stream: &Arc<CudaStream>, p: &Params, q_hat: &CudaSlice<f32>, queue: &CudaQueue, l_neg: &mut CudaViewMut<'_, f32>, n: usize, c: usize, kk: usize) -> Result<()> {
+    let (CudaQueueStorage::F16(keys) | CudaQueueStorage::BF16(keys)) = &queue.storage else {
+        return Err(Error::shape("logits", "a 16-bit queue for the tensor-core path", "an f32 queue"));
+    };
+    if n.div_ceil(super::params::MMA_TILE) > MAX_GRID_YZ || kk.div_ceil(super::params::MMA_TILE) > MAX_GRID_X {
+        return Err(Error::shape("logits", format!("N <= {}", MAX_GRID_YZ * super::params::MMA_TILE), format!("N = {n}, K = {kk}")));
+    }
+    let suffix = if queue.code() == 1 { "f16" } else { "bf16" };
+    let mut q16 = stream.alloc_zeros::<u16>(n * c)?;
+    let round = kernel(stream, if suffix == "f16" { "round_rows_to_f16" } else { "round_rows_to_bf16" })?;
+    // SAFETY: round_rows_to_*(Params, const float* x [N*C], unsigned short* y [N*C]); thread i < N*C reads x[i]
+    // and writes y[i]; both hold N*C elements.
+    unsafe { stream.launch_builder(&round).arg(p).arg(q_hat).arg(&mut q16).launch(cfg(elem_grid(n * c))) }?;
+    let f = kernel(stream, if suffix == "f16" { "negative_logits_mma_f16" } else { "negative_logits_mma_bf16" })?;
+    // SAFETY: negative_logits_mma_*(Params, const unsigned short* q16 [N*C], const unsigned short* keys [K*C], float*
+    // l_neg [N*K]); the cp.async copies read whole 16-byte pieces of rows < N (q16) or < K (keys) at channels < C
+    // (C % 8 == 0, checked by mma_logits_apply), and the stores are guarded by i < N, j < K; lengths checked by the
+    // caller.
+    unsafe { stream.launch_builder(&f).arg(p).arg(&q16).arg(keys).arg(l_neg).launch(cfg_block(negative_logits_mma_grid(n, kk), MMA_BLOCK)) }?;
     Ok(())
 }
 

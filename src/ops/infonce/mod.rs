@@ -29,7 +29,7 @@ pub mod wgpu;
 use crate::error::{Error, Result};
 use crate::ops::check::{fits_u32, getters, len, lens, positives, rename};
 use crate::ops::normalize::Normalize;
-use crate::ops::queue::{check_queue_dims, KeyQueue, QueueDims};
+use crate::ops::queue::{check_queue_dims, KeyQueue, QueueDType, QueueDims};
 
 pub(crate) const KERNELS: crate::ops::KernelFamily = crate::device::kernel_family::kernel_family!("infonce");
 
@@ -92,6 +92,37 @@ pub struct LogitsShape {
     n: usize,
     c: usize,
     k: usize,
+    precision: Precision,
+}
+
+/// The arithmetic an op may use, each with its error bound on a cosine `q̂·key` (`q̂` unit, the key as stored in the
+/// queue) against the exact (f64) value. A precision permits an arithmetic: a device or shape without it computes
+/// more accurately, within the same bound.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 operands and accumulation: within `(C + 8) · 2^-22` (the f32 sum's and the normalisation's rounding; what
+    /// every device computes).
+    #[default]
+    Fp32,
+    /// 16-bit operands in the queue's own format (q̂ rounded to it to nearest even) and f32 accumulation: the tensor
+    /// cores on CUDA sm_80 and newer, for f16 and bf16 queues with `C % 8 == 0`; elsewhere [`Precision::Fp32`].
+    /// Within `u · ‖key‖ + (C + 8) · 2^-22` with u = 2^-8 for a bf16 queue, 2^-11 for f16 (|q̂ − round(q̂)| ≤ u |q̂|
+    /// per element, and Cauchy–Schwarz), 0 for f32 queues.
+    Half,
+}
+
+impl Precision {
+    /// The bound on `|computed − exact|` of a cosine over `c` channels against a queue of `dtype` whose key has
+    /// norm `key_norm` (see each variant).
+    pub fn cosine_bound(self, dtype: QueueDType, c: usize, key_norm: f64) -> f64 {
+        let sum = (c + 8) as f64 * 2f64.powi(-22);
+        let u = match (self, dtype) {
+            (Precision::Half, QueueDType::BF16) => 2f64.powi(-8),
+            (Precision::Half, QueueDType::F16) => 2f64.powi(-11),
+            _ => 0.0,
+        };
+        u * key_norm + sum
+    }
 }
 
 /// InfoNCE over a queue with temperature (MoCo v1/v2): `q, k: [N, C]`, `queue: [K, C]`.
@@ -143,7 +174,15 @@ impl LogitsShape {
         for (w, v) in [("N", n), ("C", c), ("K", k), ("N*K", n.saturating_mul(k)), ("K*C", k.saturating_mul(c))] {
             fits_u32(op, w, v)?;
         }
-        Ok(Self { n, c, k })
+        Ok(Self { n, c, k, precision: Precision::Fp32 })
+    }
+    /// The same problem computed at `precision` (default [`Precision::Fp32`]).
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self { precision, ..self }
+    }
+    /// The arithmetic the logits may use.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
     /// Checks the lengths of q, k and the queue (in elements).
     pub fn check_inputs(&self, q: usize, k: usize, queue: usize) -> Result<()> {
@@ -168,7 +207,7 @@ impl InfoNceShape {
     }
     /// The logits problem this loss is built on.
     pub fn logits(&self) -> LogitsShape {
-        LogitsShape { n: self.n, c: self.c, k: self.k }
+        LogitsShape { n: self.n, c: self.c, k: self.k, precision: Precision::Fp32 }
     }
     /// Checks the lengths of q, k and the queue (in elements).
     pub fn check_inputs(&self, q: usize, k: usize, queue: usize) -> Result<()> {

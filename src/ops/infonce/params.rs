@@ -110,5 +110,21 @@ pub fn negative_logits_grid(n: usize, k: usize) -> Grid {
     (k.div_ceil(64) as u32, n.div_ceil(16) as u32, 1)
 }
 
+/// `negative_logits_mma_{f16,bf16}` (tensor cores): blocks of 64 rows x 64 keys.
+pub fn negative_logits_mma_grid(n: usize, k: usize) -> Grid {
+    (k.div_ceil(MMA_TILE) as u32, n.div_ceil(MMA_TILE) as u32, 1)
+}
+
+/// Rows and keys per block of the tensor-core logits (`MMA_BM`, `MMA_BN`).
+pub const MMA_TILE: usize = 64;
+/// Threads per block of the tensor-core kernels (`MMA_WARPS` warps).
+pub const MMA_BLOCK: u32 = 128;
+
+/// Whether the tensor-core logits can run: a 16-bit queue (`dtype_code` 1 f16, 2 bf16, the operands as stored) and
+/// `C % 8 == 0` (cp.async copies 16-byte pieces of each row, which must start on 16-byte boundaries).
+pub fn mma_logits_apply(c: usize, dtype_code: u32) -> bool {
+    (dtype_code == 1 || dtype_code == 2) && c % 8 == 0
+}
+
 /// `infonce_reduce`: one block.
 pub const REDUCE_GRID: Grid = (1, 1, 1);
