@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs NVRTC and ptxas from NVIDIA's PyPI wheels into a private venv (no CUDA toolkit, no GPU needed) and
+# Installs NVRTC, ptxas and nvdisasm from NVIDIA's PyPI wheels into a private venv (no CUDA toolkit, no GPU needed) and
 # prints the shell `export` lines that make them visible to cudarc and to tests/cuda_compile.rs:
 #
 #   eval "$(scripts/install_cuda_wheels.sh)"
@@ -9,13 +9,17 @@
 #
 # Environment:
 #   MOCO_CUDA_VENV            venv directory (default: $HOME/.cache/moco-cuda-venv)
-#   MOCO_CUDA_WHEEL_VERSION   pip version spec of both wheels (default: 12.8.*, matching cudarc's cuda-12080)
+#   MOCO_CUDA_WHEEL_VERSION   pip version spec of the NVRTC and nvcc (ptxas) wheels (default: 12.8.*, matching
+#                             cudarc's cuda-12080)
+#   MOCO_NVDISASM_VERSION     pip version spec of nvidia-cuda-nvdisasm (default: 13.*, the only series on PyPI; it
+#                             disassembles sm_80 and sm_90 cubins of any ptxas), for the machine-code check of
+#                             tests/cuda_compile.rs
 #   MOCO_CUDA_ENV_FILE        if set, the export lines are also written to this file
 set -euo pipefail
 
 VENV="${MOCO_CUDA_VENV:-$HOME/.cache/moco-cuda-venv}"
 VERSION="${MOCO_CUDA_WHEEL_VERSION:-12.8.*}"
-PKGS=("nvidia-cuda-nvrtc-cu12==${VERSION}" "nvidia-cuda-nvcc-cu12==${VERSION}")
+PKGS=("nvidia-cuda-nvrtc-cu12==${VERSION}" "nvidia-cuda-nvcc-cu12==${VERSION}" "nvidia-cuda-nvdisasm==${MOCO_NVDISASM_VERSION:-13.*}")
 
 log() { echo "install_cuda_wheels: $*" >&2; }
 
@@ -31,8 +35,9 @@ SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 NVRTC_DIR="$SITE/nvidia/cuda_nvrtc/lib"
 NVCC_DIR="$SITE/nvidia/cuda_nvcc"
 
+nvdisasm_path() { ls "$SITE"/nvidia/*/bin/nvdisasm 2>/dev/null | head -1; }
 have_all() {
-    [ -f "$NVRTC_DIR/libnvrtc.so.12" ] && [ -x "$NVCC_DIR/bin/ptxas" ]
+    [ -f "$NVRTC_DIR/libnvrtc.so.12" ] && [ -x "$NVCC_DIR/bin/ptxas" ] && [ -n "$(nvdisasm_path)" ]
 }
 
 if ! have_all; then
@@ -40,7 +45,7 @@ if ! have_all; then
     "$PY" -m pip install --quiet --disable-pip-version-check "${PKGS[@]}" >&2
 fi
 if ! have_all; then
-    log "the wheels installed but $NVRTC_DIR/libnvrtc.so.12 or $NVCC_DIR/bin/ptxas is missing"
+    log "the wheels installed but $NVRTC_DIR/libnvrtc.so.12, $NVCC_DIR/bin/ptxas or nvdisasm is missing"
     exit 1
 fi
 
@@ -61,6 +66,7 @@ esac
 
 OUT="export LD_LIBRARY_PATH='$LD'
 export MOCO_PTXAS='$NVCC_DIR/bin/ptxas'
+export MOCO_NVDISASM='$(nvdisasm_path)'
 export MOCO_NVRTC_LIB_DIR='$LINK_DIR'"
 if [ -n "${MOCO_CUDA_ENV_FILE:-}" ]; then
     printf '%s\n' "$OUT" >"$MOCO_CUDA_ENV_FILE"

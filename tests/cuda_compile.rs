@@ -1,6 +1,9 @@
 //! Compiles every CUDA kernel of `kernels/` without a GPU: NVRTC to PTX for sm_80 and sm_90 (each family's source as
 //! the crate embeds it, `kernels/common.cuh` first), then `ptxas -v` on the PTX, failing on any compiler error and on
-//! any register spill, and printing registers and spills per kernel.
+//! any register spill, and printing registers and spills per kernel. Then the machine code: each cubin disassembled
+//! by nvdisasm (`MOCO_NVDISASM`, `PATH`, or the `nvidia-cuda-nvdisasm` wheel), failing unless no kernel touches
+//! local memory (`LDL` / `STL`) and every tensor-core kernel (`*_mma_*`) has `HMMA`, `LDSM` and `LDGSTS`
+//! (mma.sync, ldmatrix, cp.async as the hardware runs them).
 //!
 //! Needs libnvrtc on the loader path and a ptxas (`MOCO_PTXAS`, `PATH`, or the `nvidia-cuda-nvcc-cu12` wheel);
 //! `eval "$(scripts/install_cuda_wheels.sh)"` provides both. Without them the test prints why and passes, unless
@@ -68,6 +71,43 @@ fn find_ptxas() -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// nvdisasm from `MOCO_NVDISASM`, then `PATH`, then the venv of scripts/install_cuda_wheels.sh.
+fn find_nvdisasm() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MOCO_NVDISASM").map(PathBuf::from) {
+        return is_executable(&p).then_some(p);
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        if let Some(p) = std::env::split_paths(&path).map(|d| d.join("nvdisasm")).find(|p| is_executable(p)) {
+            return Some(p);
+        }
+    }
+    let venv = std::env::var_os("MOCO_CUDA_VENV").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/moco-cuda-venv")))?;
+    let site = std::fs::read_dir(venv.join("lib")).ok()?.flatten().map(|e| e.path().join("site-packages/nvidia")).find(|p| p.is_dir())?;
+    std::fs::read_dir(site).ok()?.flatten().map(|e| e.path().join("bin/nvdisasm")).find(|p| is_executable(p))
+}
+
+/// The SASS instructions of each kernel of a cubin, from nvdisasm's `.text.<kernel>` sections: kernel -> opcodes
+/// (the mnemonic with its modifiers, `HMMA.16816.F32.BF16`).
+fn sass_by_kernel(listing: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut current: Option<String> = None;
+    for line in listing.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix(".section").filter(|r| r.starts_with(char::is_whitespace)) {
+            current = rest.trim().split(',').next().and_then(|s| s.trim().strip_prefix(".text.")).map(|s| s.to_string());
+            continue;
+        }
+        let Some(kernel) = current.as_ref() else { continue };
+        // "/*0080*/   @!P0 HMMA.16816.F32.BF16 R4, R8, R12, R4 ;"
+        let Some(code) = t.strip_prefix("/*").and_then(|r| r.split_once("*/")).map(|(_, c)| c.trim()) else { continue };
+        let code = if code.starts_with('@') { code.split_once(' ').map_or("", |(_, c)| c.trim()) } else { code };
+        if let Some(op) = code.split_whitespace().next() {
+            out.entry(kernel.clone()).or_default().push(op.trim_end_matches(';').to_string());
+        }
+    }
+    out
 }
 
 /// What `ptxas -v` says about one kernel.
@@ -154,6 +194,11 @@ fn kernels_compile_with_nvrtc_and_ptxas() {
     if ptxas.is_none() {
         skip("ptxas not found (MOCO_PTXAS, PATH, pip wheel nvidia-cuda-nvcc-cu12)");
     }
+    let nvdisasm = find_nvdisasm();
+    if nvdisasm.is_none() {
+        skip("nvdisasm not found (MOCO_NVDISASM, PATH, pip wheel nvidia-cuda-nvdisasm)");
+    }
+    let mut sass_table = Vec::new();
     let tmp = std::env::temp_dir().join(format!("moco-cuda-compile-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     // what the CUDA device loads from each family's module
@@ -191,7 +236,8 @@ fn kernels_compile_with_nvrtc_and_ptxas() {
             let Some(ptxas) = ptxas.as_ref() else { continue };
             let ptx_path = tmp.join(format!("{}.{arch}.ptx", file.trim_end_matches(".cu")));
             std::fs::write(&ptx_path, &ptx).unwrap();
-            let out = Command::new(ptxas).arg("-v").arg("--gpu-name").arg(arch).arg(&ptx_path).arg("-o").arg(tmp.join(format!("{file}.{arch}.cubin"))).output().expect("running ptxas");
+            let cubin = tmp.join(format!("{file}.{arch}.cubin"));
+            let out = Command::new(ptxas).arg("-v").arg("--gpu-name").arg(arch).arg(&ptx_path).arg("-o").arg(&cubin).output().expect("running ptxas");
             let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
             if !out.status.success() || log.contains("error") {
                 failures.push(format!("ptxas {file} {arch} ({}):\n{log}", out.status));
@@ -207,13 +253,48 @@ fn kernels_compile_with_nvrtc_and_ptxas() {
                 }
                 table.push((arch, file.clone(), u));
             }
+            let Some(nvdisasm) = nvdisasm.as_ref() else { continue };
+            let out = Command::new(nvdisasm).arg("-c").arg(&cubin).output().expect("running nvdisasm");
+            if !out.status.success() {
+                failures.push(format!("nvdisasm {file} {arch}: {}", String::from_utf8_lossy(&out.stderr)));
+                continue;
+            }
+            let sass = sass_by_kernel(&String::from_utf8_lossy(&out.stdout));
+            if sass.is_empty() {
+                failures.push(format!("nvdisasm {file} {arch}: no .text.<kernel> section in the listing"));
+            }
+            for (kernel, ops) in &sass {
+                let count = |prefix: &str| ops.iter().filter(|o| o.split('.').next() == Some(prefix)).count();
+                let (ldl, stl) = (count("LDL"), count("STL"));
+                if ldl + stl > 0 {
+                    failures.push(format!("{file} {arch} {kernel}: {ldl} LDL and {stl} STL instructions (local memory)"));
+                }
+                let (hmma, ldsm, ldgsts) = (count("HMMA"), count("LDSM"), count("LDGSTS"));
+                if kernel.contains("_mma_") && (hmma == 0 || ldsm == 0 || ldgsts == 0) {
+                    failures.push(format!("{file} {arch} {kernel}: a tensor-core kernel without HMMA ({hmma}), LDSM ({ldsm}) or LDGSTS ({ldgsts})"));
+                }
+                if kernel.contains("_mma_") || hmma + ldsm + ldgsts > 0 {
+                    sass_table.push(format!("{arch:<6} {file:<16} {kernel:<26} {:>6} {hmma:>5} {ldsm:>5} {ldgsts:>7} {ldl:>4} {stl:>4}", ops.len()));
+                }
+            }
         }
     }
-    let _ = std::fs::remove_dir_all(&tmp);
+    if failures.is_empty() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    } else {
+        eprintln!("cuda_compile: the PTX and cubins are kept in {} for inspection", tmp.display());
+    }
     if !table.is_empty() {
         println!("{:<6} {:<16} {:<26} {:>5} {:>6} {:>6} {:>12} {:>11}", "arch", "file", "kernel", "regs", "smem", "stack", "spill stores", "spill loads");
         for (arch, file, u) in &table {
             println!("{arch:<6} {file:<16} {:<26} {:>5} {:>6} {:>6} {:>12} {:>11}", u.name, u.regs, u.smem, u.stack, u.spill_stores, u.spill_loads);
+        }
+    }
+    if !sass_table.is_empty() {
+        println!("\nmachine code of the tensor-core kernels (nvdisasm):");
+        println!("{:<6} {:<16} {:<26} {:>6} {:>5} {:>5} {:>7} {:>4} {:>4}", "arch", "file", "kernel", "instrs", "HMMA", "LDSM", "LDGSTS", "LDL", "STL");
+        for row in &sass_table {
+            println!("{row}");
         }
     }
     assert!(failures.is_empty(), "{} CUDA compile failure(s):\n{}", failures.len(), failures.join("\n"));
