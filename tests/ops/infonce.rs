@@ -8,7 +8,7 @@ use crate::common::*;
 use moco::device::{Device, DeviceKind, Region};
 use moco::ops::infonce::{cpu, reference, softmax, unfused, v3_loss_from_words, Infonce, STATS_WORDS};
 use moco::ops::queue::{KeyQueue, QueueSlice, QueueView};
-use moco::{InfoNceShape, InfoNceStats, LogitsShape, QueueDType, QueueDims, SymmetricShape};
+use moco::{InfoNceShape, InfoNceStats, LogitsShape, Precision, QueueDType, QueueDims, SymmetricShape};
 use proptest::prelude::*;
 
 const DTYPES: [QueueDType; 3] = [QueueDType::F32, QueueDType::F16, QueueDType::BF16];
@@ -130,6 +130,54 @@ fn check_logits<D: Infonce>(dev: &mut D, n: usize, c: usize, k: usize, dtype: Qu
     assert_close(&format!("l_neg {tag}"), &host(dev, &ln), &want_neg, atol, 0.0);
 }
 
+/// The logits at [`Precision::Half`] (tensor cores on CUDA sm_80+ for 16-bit queues and C % 8 == 0; f32 elsewhere)
+/// within the precision's stated bound of the exact cosine, every element, outputs NaN-poisoned first.
+fn check_logits_half<D: Infonce>(dev: &mut D, n: usize, c: usize, k: usize, dtype: QueueDType, seed: u64) {
+    let mut r = rng(seed);
+    let (q, key, queue) = (uniform(&mut r, n * c), uniform(&mut r, n * c), unit_rows(&mut r, k, c));
+    let keys = stored(&queue, dtype);
+    let shape = LogitsShape::new(n, c, k).unwrap().with_precision(Precision::Half);
+    let (mut lp, mut ln) = (nans(dev, n), nans(dev, n * k));
+    let qu = dev.queue_from_f32(&queue, k, c, dtype).unwrap();
+    let (qb, kb) = (upload(dev, &q), upload(dev, &key));
+    dev.logits(D::whole_mut(&mut lp), D::whole_mut(&mut ln), D::whole(&qb), D::whole(&kb), &qu, &shape).unwrap();
+    let got = host(dev, &ln);
+    let unit = |x: &[f32]| -> Vec<f64> {
+        let norm = x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+        x.iter().map(|&v| v as f64 / norm).collect()
+    };
+    for i in 0..n {
+        let qi = unit(&q[i * c..(i + 1) * c]);
+        for j in 0..k {
+            let kj = &keys[j * c..(j + 1) * c];
+            let exact: f64 = qi.iter().zip(kj).map(|(a, &b)| a * b as f64).sum();
+            let bound = Precision::Half.cosine_bound(dtype, c, kj.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt());
+            let e = (got[i * k + j] as f64 - exact).abs();
+            assert!(e <= bound, "logits at Precision::Half on {} N={n} C={c} K={k} {dtype:?}: ({i}, {j}) = {} vs {exact}: error {e:.3e} > bound {bound:.3e}", dev.name(), got[i * k + j]);
+        }
+    }
+}
+
+/// On the emulated CUDA driver, the Half logits of a 16-bit queue with C % 8 == 0 run the tensor-core kernels (and
+/// the f32 ones otherwise).
+#[cfg(feature = "cuda")]
+#[test]
+fn half_logits_take_the_tensor_cores_on_cuda() {
+    let Some(mut dev) = cuda_device("half_logits_take_the_tensor_cores_on_cuda") else { return };
+    let Ok(Some(driver)) = cuda_driver() else {
+        eprintln!("half_logits_take_the_tensor_cores_on_cuda: a real driver: the kernel counts are the emulator's");
+        return;
+    };
+    let count = |k: &str| driver.launch_counts().get(k).copied().unwrap_or(0);
+    let before = (count("negative_logits_mma_bf16"), count("negative_logits_mma_f16"), count("negative_logits_bf16"));
+    check_logits_half(&mut dev, 9, 64, 70, QueueDType::BF16, 1);
+    check_logits_half(&mut dev, 3, 16, 8, QueueDType::F16, 2);
+    check_logits_half(&mut dev, 3, 12, 8, QueueDType::BF16, 3); // C % 8 != 0: the f32 kernel
+    let after = (count("negative_logits_mma_bf16"), count("negative_logits_mma_f16"), count("negative_logits_bf16"));
+    // (other tests of this process may launch the same kernels meanwhile: at least ours)
+    assert!(after.0 > before.0 && after.1 > before.1 && after.2 > before.2, "kernels launched (mma bf16, mma f16, f32 bf16): before {before:?}, after {after:?}");
+}
+
 /// (N, C, K) of tests/cuda_ops.rs: N = 1, C not a multiple of 16 or above one 256-channel slice, K not a multiple
 /// of 32.
 const SHAPES: [(usize, usize, usize); 6] = [(1, 10, 37), (5, 130, 100), (33, 300, 1000), (64, 128, 4097), (8, 20, 5000), (70, 513, 301)];
@@ -212,6 +260,12 @@ proptest! {
     fn logits_match_reference(n in 1usize..40, c in prop_oneof![1usize..8, 9usize..70, Just(128usize), Just(300usize)], extra in 0usize..100, dtype in dtype_strategy(), seed in any::<u64>()) {
         let k = n + extra;
         on_every_device!("logits_match_reference", check_logits, n, c, k, dtype, seed);
+    }
+
+    #[test]
+    fn logits_at_half_precision_hold_the_bound(n in prop_oneof![Just(1usize), 2usize..80], c in prop_oneof![Just(8usize), Just(16usize), Just(40usize), Just(128usize), 1usize..20], extra in prop_oneof![0usize..10, 50usize..150], dtype in dtype_strategy(), seed in any::<u64>()) {
+        let k = n + extra;
+        on_every_device!("logits_at_half_precision_hold_the_bound", check_logits_half, n, c, k, dtype, seed);
     }
 
     #[test]

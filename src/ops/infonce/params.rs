@@ -123,7 +123,7 @@ pub const MMA_BLOCK: u32 = 128;
 /// Whether the tensor-core logits can run: a 16-bit queue (`dtype_code` 1 f16, 2 bf16, the operands as stored) and
 /// `C % 8 == 0` (cp.async copies 16-byte pieces of each row, which must start on 16-byte boundaries).
 pub fn mma_logits_apply(c: usize, dtype_code: u32) -> bool {
-    (dtype_code == 1 || dtype_code == 2) && c % 8 == 0
+    (dtype_code == 1 || dtype_code == 2) && c.is_multiple_of(8)
 }
 
 /// `infonce_reduce`: one block.
