@@ -222,6 +222,15 @@ fn cuda(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new("logits_materialised", k), |b| {
                 b.iter_custom(|iters| time(iters, &mut || cu::logits(&s, &mut lp.as_view_mut(), &mut ln.as_view_mut(), &q.as_view(), &key.as_view(), &queue, &lshape).unwrap()))
             });
+            // a bf16 queue at each precision: Fp32 (CUDA cores) and Half (tensor cores on sm_80+); 2 N K C flops,
+            // K C 2 bytes of queue read and N K 4 bytes of logits written
+            let queue = dev.queue_from_f32(&host_queue, k, ch, QueueDType::BF16).unwrap();
+            for (name, precision) in [("fp32", moco::Precision::Fp32), ("half", moco::Precision::Half)] {
+                let lshape = lshape.with_precision(precision);
+                g.bench_function(BenchmarkId::new(format!("logits_materialised_bf16_{name}"), k), |b| {
+                    b.iter_custom(|iters| time(iters, &mut || cu::logits(&s, &mut lp.as_view_mut(), &mut ln.as_view_mut(), &q.as_view(), &key.as_view(), &queue, &lshape).unwrap()))
+                });
+            }
         }
     }
     for &n3 in &[1024usize, 4096] {

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# The Python package (moco_torch) on a lent GPU, in one call of about 3 minutes (issue 26). Build first, here:
+# The timings on a lent GPU that CI cannot take, in one call of about 4 minutes: the Python package (moco_torch,
+# issue 26) and the tensor-core kernels (issue 23). Build first, here:
 #     scripts/build_device_bins.sh      # -> target/device-bin/, the wheel in target/device-bin/wheels/
 # then run this script there with carry ["target/device-bin"]. It
 #   1. installs the wheel (no dependencies: torch is the machine's) into $OUT/site;
 #   2. runs python/tests on CUDA tensors (test_ops.py's correctness cases through the `device` fixture, test_cuda.py's
 #      stream, device and no-wait checks, the hostile inputs, the drop-in) and FAILS if any CUDA case skips;
 #   3. times fused InfoNCE fwd+bwd against PyTorch eager on the same GPU (scripts/bench_python.py --device cuda)
-#      and on the CPU, and prints the tables. Everything also lands in $OUT (default target/device-out).
+#      and on the CPU;
+#   4. runs the tensor-core logits through the op tests on the real driver (Precision::Half against its bound, and
+#      the kernels it picks) and times them against the f32 kernel (criterion, benches/contrastive.rs: N=256, C=128,
+#      K=4096 and 65536, bf16 queue), and prints the tables. Everything also lands in $OUT (default
+#      target/device-out).
 # It never changes clocks or other GPU settings.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +45,11 @@ timeout 120 python3 scripts/bench_python.py 30 --device cuda 2>&1 | tee "$OUT/be
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 step "the same on CPU tensors (this machine's CPU)"
 timeout 120 python3 scripts/bench_python.py 5 2>&1 | tee "$OUT/bench_python_cpu.md"
+
+step "tensor-core logits: the op tests on the real driver, then fp32 vs half (bf16 queue)"
+MOCO_REQUIRE_CUDA_DEVICE=1 MOCO_CUDA_EMU=0 MOCO_PROPTEST_CASES=8 timeout 120 "$BIN/ops" --test-threads=1 half 2>&1 | tee "$OUT/ops_half.txt" | grep -E '^test |test result|panicked'
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+timeout 120 "$BIN/contrastive" --bench 'cuda/logits_materialised' 2>&1 | tee "$OUT/logits_bench.txt" | grep -E '^cuda/|time:'
 
 echo
 [ $status = 0 ] && echo "device_bench: PASS" || echo "device_bench: FAIL (see above)"
