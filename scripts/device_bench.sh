@@ -15,11 +15,7 @@
 # It never changes clocks or other GPU settings.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-BIN="${MOCO_DEVICE_BIN:-target/device-bin}"
-OUT="${OUT:-target/device-out}"
-mkdir -p "$OUT"
-status=0
-step() { echo; echo "=== $* ==="; }
+# BIN, OUT, status, step; libnvrtc for cudarc, ptxas
 source scripts/device_env.sh
 export PYTHONUNBUFFERED=1
 
