@@ -434,6 +434,215 @@ __device__ __forceinline__ void negative_logits_mma_impl(const InfoNceParams& P,
     }
 }
 
+// ---- infonce_partial on tensor cores (sm_80+, 16-bit queues, C <= 128) ---------------------------------------
+//
+// infonce_partial's job (the same [splits, N, 3] states and [splits, N, C] accumulators, so infonce_combine and
+// infonce_reduce follow unchanged) as a flash-attention forward with the keys as both K and V. A block: 64 rows
+// (4 warps x 16) against the keys of one split (grid y), in tiles of 64 keys.
+//   - q16 (q^ rounded to the queue's format, round_rows_to_*) is staged once and held in registers as mma A
+//     fragments for the whole key stream: C / 16 k-steps x 4 words (32 registers at C = 128).
+//   - Each key tile [64 keys][C] is copied by cp.async into swizzled shared memory (rows of MMA_CMAX = 128 channels,
+//     piece ^ (row & 7)), two stages deep: 2 x 16 KB.
+//   - S = q^ K^T on the tensor cores (8 m16n8 tiles per warp), times 1/T, masked past the split's end and on the
+//     diagonal (v3); the rank counts and the online softmax on every lane: each lane holds 16 logits of row g and
+//     16 of row g + 8; the row max goes over the 4 lanes of the row (two xor shuffles); the row sums and ranks stay
+//     per lane until the end.
+//   - acc += P K on the tensor cores: the S accumulators are the P operand's A fragments (rounded to the 16-bit
+//     format), the key tile is the B operand through ldmatrix.trans (keys along k, channels along n): C / 8 tiles of
+//     m16n8, 64 registers at C = 128.
+// Error (Precision::Half): the logits as in negative_logits_mma (u |key| per cosine, times 1/T) and P rounded to
+// 16 bits (relative u per weight), both far inside the InfoNCE tolerance the precision states.
+#define MMA_CMAX 128u // channels a block holds (the host takes this path for C <= 128, C % 8 == 0)
+
+__device__ __forceinline__ unsigned int swizzled_wide(unsigned int row, unsigned int piece) {
+    return row * MMA_CMAX + ((piece ^ (row & 7u)) << 3);
+}
+
+// Copies rows r0 .. r0 + 63 (of `rows`), channels 0 .. C - 1 of src [rows, C] into tile [64][MMA_CMAX] (swizzled),
+// zero-filling rows past `rows` and pieces past C: 64 x 16 pieces of 16 bytes, 8 per thread.
+__device__ __forceinline__ void stage_wide(unsigned short* tile, const unsigned short* __restrict__ src, unsigned int r0, unsigned int rows, unsigned int c) {
+#pragma unroll
+    for (unsigned int u = 0; u < 8u; ++u) {
+        const unsigned int e = threadIdx.x + u * (MMA_WARPS * 32u);
+        const unsigned int row = e >> 4, piece = e & 15u;
+        const unsigned int gr = r0 + row, gc = piece * 8u;
+        const bool inside = gr < rows && gc < c;
+        cp_async_16(tile + swizzled_wide(row, piece), inside ? src + (size_t)gr * c + gc : src, inside ? 16u : 0u);
+    }
+}
+
+// Two f32 as the low and high 16-bit halves of one register, in the format DT, rounded to nearest even: one
+// cvt.rn.{bf16x2,f16x2}.f32 on sm_80+ (the portable rounding of common.cuh is branchy: inlined 32 times per key tile
+// it spilled registers), common.cuh's rounding elsewhere and in the CUDA emulation (the same results).
+template <int DT> __device__ __forceinline__ unsigned int pack_16(float lo, float hi) {
+#if defined(MOCO_CUDA_EMU) || __CUDA_ARCH__ < 800
+    return (unsigned int)round_to_16<DT>(lo) | ((unsigned int)round_to_16<DT>(hi) << 16);
+#else
+    unsigned int r;
+    if (DT == 2) asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    else asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#endif
+}
+
+template <int DT> __device__ __forceinline__ void mma_16816(float (&acc)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
+    if (DT == 2) mma_bf16_16816(acc, a, b);
+    else mma_f16_16816(acc, a, b);
+}
+
+template <int DT>
+__device__ __forceinline__ void infonce_partial_mma_impl(const InfoNceParams& P, const unsigned short* __restrict__ q16, const unsigned short* __restrict__ keys, const float* __restrict__ pos_logits, float* __restrict__ partial) {
+    __shared__ __align__(16) unsigned short k_tile[2][MMA_BN * MMA_CMAX];
+    const unsigned int lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3u;
+    const unsigned int row0 = blockIdx.x * MMA_BM, split = blockIdx.y;
+    const unsigned int j_begin = split * P.keys_per_split, j_end = min(j_begin + P.keys_per_split, P.m);
+    const unsigned int ksteps = (P.c + 15u) / 16u; // C / 16 rounded up (zero-filled past C)
+    // q^ rows of this block into stage 1 (free until the second key tile), then into registers
+    stage_wide(k_tile[1], q16, row0, P.n, P.c);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    unsigned int qa[MMA_CMAX / 16u][4];
+#pragma unroll
+    for (unsigned int ks = 0; ks < MMA_CMAX / 16u; ++ks) {
+        if (ks < ksteps) ldmatrix_x4(qa[ks], k_tile[1] + swizzled_wide(warp * 16u + 8u * ((lane >> 3) & 1u) + (lane & 7u), 2u * ks + (lane >> 4)));
+    }
+    __syncthreads(); // stage 1 is free again
+    const unsigned int rows[2] = {row0 + warp * 16u + g, row0 + warp * 16u + g + 8u};
+    const float spos[2] = {pos_logits[min(rows[0], P.n - 1u)], pos_logits[min(rows[1], P.n - 1u)]};
+    float m_run[2] = {NEG, NEG}, l_run[2] = {0.0f, 0.0f};
+    unsigned int rank_run[2] = {0u, 0u};
+    float acc[MMA_CMAX / 8u][4];
+#pragma unroll
+    for (unsigned int ct = 0; ct < MMA_CMAX / 8u; ++ct) {
+#pragma unroll
+        for (unsigned int e = 0; e < 4u; ++e) acc[ct][e] = 0.0f;
+    }
+    const unsigned int tiles = (j_end > j_begin) ? (j_end - j_begin + MMA_BN - 1u) / MMA_BN : 0u;
+    if (tiles > 0u) {
+        stage_wide(k_tile[0], keys, j_begin, j_end, P.c);
+        cp_async_commit();
+    }
+    for (unsigned int tile = 0; tile < tiles; ++tile) {
+        const unsigned int buf = tile & 1u, jt = j_begin + tile * MMA_BN;
+        if (tile + 1u < tiles) {
+            stage_wide(k_tile[buf ^ 1u], keys, jt + MMA_BN, j_end, P.c);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const unsigned short* kt = k_tile[buf];
+        // S = q^ K^T: s[nt][e] is row rows[e >> 1], key jt + 8 nt + 2 t + (e & 1)
+        float s[8][4];
+#pragma unroll
+        for (unsigned int nt = 0; nt < 8u; ++nt) {
+#pragma unroll
+            for (unsigned int e = 0; e < 4u; ++e) s[nt][e] = 0.0f;
+        }
+#pragma unroll
+        for (unsigned int ks = 0; ks < MMA_CMAX / 16u; ++ks) {
+            if (ks < ksteps) {
+#pragma unroll
+                for (unsigned int np = 0; np < 4u; ++np) {
+                    unsigned int b[4];
+                    ldmatrix_x4(b, kt + swizzled_wide(16u * np + 8u * (lane >> 4) + (lane & 7u), 2u * ks + ((lane >> 3) & 1u)));
+                    const unsigned int b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+                    mma_16816<DT>(s[2u * np], qa[ks], b0);
+                    mma_16816<DT>(s[2u * np + 1u], qa[ks], b1);
+                }
+            }
+        }
+        // logits, masks, ranks, the tile's row max over the row's 4 lanes
+        float tmax[2] = {NEG, NEG};
+#pragma unroll
+        for (unsigned int nt = 0; nt < 8u; ++nt) {
+#pragma unroll
+            for (unsigned int e = 0; e < 4u; ++e) {
+                const unsigned int j = jt + nt * 8u + 2u * t + (e & 1u), r = e >> 1;
+                float v = s[nt][e] * P.inv_t;
+                if (j >= j_end || (P.skip_diagonal == 1u && j == rows[r])) v = NEG;
+                s[nt][e] = v;
+                tmax[r] = fmaxf(tmax[r], v);
+            }
+        }
+        float scale[2];
+#pragma unroll
+        for (unsigned int r = 0; r < 2u; ++r) {
+            tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 1));
+            tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 2));
+            const float m_new = fmaxf(m_run[r], tmax[r]);
+            scale[r] = 1.0f;
+            if (m_new > MASKED) {
+                scale[r] = (m_run[r] <= MASKED) ? 0.0f : expf(m_run[r] - m_new);
+                m_run[r] = m_new;
+            }
+            l_run[r] *= scale[r];
+        }
+#pragma unroll
+        for (unsigned int nt = 0; nt < 8u; ++nt) {
+#pragma unroll
+            for (unsigned int e = 0; e < 4u; ++e) {
+                const unsigned int r = e >> 1;
+                const float v = s[nt][e];
+                float p = 0.0f;
+                if (v > MASKED) {
+                    p = expf(v - m_run[r]);
+                    rank_run[r] += (v > spos[r]) ? 1u : 0u;
+                }
+                s[nt][e] = p;
+                l_run[r] += p;
+            }
+        }
+#pragma unroll
+        for (unsigned int ct = 0; ct < MMA_CMAX / 8u; ++ct) {
+#pragma unroll
+            for (unsigned int e = 0; e < 4u; ++e) acc[ct][e] *= scale[e >> 1];
+        }
+        // acc += P K: P's A fragment for keys 16 kk .. 16 kk + 15 is s[2 kk] (keys 0..7) and s[2 kk + 1] (8..15)
+#pragma unroll
+        for (unsigned int kk = 0; kk < 4u; ++kk) {
+            const unsigned int pa[4] = {pack_16<DT>(s[2u * kk][0], s[2u * kk][1]), pack_16<DT>(s[2u * kk][2], s[2u * kk][3]), pack_16<DT>(s[2u * kk + 1u][0], s[2u * kk + 1u][1]), pack_16<DT>(s[2u * kk + 1u][2], s[2u * kk + 1u][3])};
+#pragma unroll
+            for (unsigned int cp = 0; cp < MMA_CMAX / 16u; ++cp) {
+                if (cp < ksteps) {
+                    // matrix i: keys 16 kk + 8 (i & 1) + lane % 8, channels 8 (2 cp + (i >> 1)); transposed
+                    unsigned int b[4];
+                    ldmatrix_x4_trans(b, kt + swizzled_wide(16u * kk + 8u * ((lane >> 3) & 1u) + (lane & 7u), 2u * cp + (lane >> 4)));
+                    const unsigned int b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+                    mma_16816<DT>(acc[2u * cp], pa, b0);
+                    mma_16816<DT>(acc[2u * cp + 1u], pa, b1);
+                }
+            }
+        }
+        __syncthreads(); // this stage is read before the next iteration refills it
+    }
+    // the row's sums and ranks over its 4 lanes, then the states (lane t = 0) and the accumulators
+#pragma unroll
+    for (unsigned int r = 0; r < 2u; ++r) {
+        l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
+        l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
+        rank_run[r] += __shfl_xor_sync(0xffffffffu, rank_run[r], 1);
+        rank_run[r] += __shfl_xor_sync(0xffffffffu, rank_run[r], 2);
+        if (t == 0u && rows[r] < P.n) {
+            const size_t st = ((size_t)split * P.n + rows[r]) * 3u;
+            partial[st] = m_run[r];
+            partial[st + 1u] = l_run[r];
+            partial[st + 2u] = __uint_as_float(rank_run[r]);
+        }
+    }
+    const size_t acc_base = (size_t)P.splits * P.n * 3u;
+#pragma unroll
+    for (unsigned int ct = 0; ct < MMA_CMAX / 8u; ++ct) {
+#pragma unroll
+        for (unsigned int e = 0; e < 4u; ++e) {
+            const unsigned int i = rows[e >> 1], ch = ct * 8u + 2u * t + (e & 1u);
+            if (i < P.n && ch < P.c) partial[acc_base + ((size_t)split * P.n + i) * P.c + ch] = acc[ct][e];
+        }
+    }
+}
+
 #define MOCO_MMA_KERNELS(SUFFIX, DT)                                                                                 \
     extern "C" __global__ void __launch_bounds__(256) round_rows_to_##SUFFIX(InfoNceParams P, const float* __restrict__ x, unsigned short* __restrict__ y) { \
         const unsigned int i = flat_thread(WG);                                                                      \
@@ -442,6 +651,11 @@ __device__ __forceinline__ void negative_logits_mma_impl(const InfoNceParams& P,
     extern "C" __global__ void __launch_bounds__(128) negative_logits_mma_##SUFFIX(                                  \
         InfoNceParams P, const unsigned short* __restrict__ q16, const unsigned short* __restrict__ keys, float* __restrict__ l_neg) { \
         negative_logits_mma_impl<DT>(P, q16, keys, l_neg);                                                           \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(128) infonce_partial_mma_##SUFFIX(                                  \
+        InfoNceParams P, const unsigned short* __restrict__ q16, const unsigned short* __restrict__ keys,             \
+        const float* __restrict__ pos_logits, float* __restrict__ partial) {                                         \
+        infonce_partial_mma_impl<DT>(P, q16, keys, pos_logits, partial);                                             \
     }
 
 MOCO_MMA_KERNELS(f16, 1)

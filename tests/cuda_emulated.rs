@@ -242,6 +242,73 @@ fn case_infonce() {
     }
 }
 
+/// The tensor-core InfoNCE (`stream_loss` with `mma`, src/ops/infonce/cuda.rs): positive_logits, round_rows_to_<dtype>,
+/// infonce_partial_mma_<dtype> (plan StreamPlan::mma), infonce_combine, infonce_reduce, against an f64 reference
+/// computed from what the tensor cores are given (q̂ rounded to the queue's format, the stored keys, the positive
+/// logits): the loss and row losses to f32 accuracy, dq within the rounding of the softmax weights to 16 bits
+/// (relative u each: u = 2^-8 bf16, 2^-11 f16, of the gradient's natural size) and the counts up to near-ties.
+/// N = 1, N past one 64-row tile, K with a partial last tile and several splits, C = 8, C % 16 != 0, C = 128; and
+/// plans of few splits (several key tiles per split, the online rescaling across tiles, a partial last tile).
+fn case_infonce_mma() {
+    let mut rng = StdRng::seed_from_u64(12);
+    for (n, c, kk, few_splits) in [(1usize, 8usize, 37usize, false), (70, 40, 300, false), (9, 128, 1000, false), (5, 24, 300, true), (66, 16, 200, true)] {
+        for (dt, suffix, u) in [(1u32, "f16", 2f64.powi(-11)), (2, "bf16", 2f64.powi(-8))] {
+            let t = 0.1f32;
+            let (q, k) = (random(&mut rng, n * c), random(&mut rng, n * c));
+            let (keys, stored) = keys_arg(&unit_rows(&mut rng, kk, c), dt);
+            let (q_hat, q_inv) = normalize(&q, n, c);
+            let (k_hat, _) = normalize(&k, n, c);
+            let sp = if few_splits { StreamPlan { splits: 2, keys_per_split: 192, slices: 1, c_slice: c } } else { StreamPlan::mma(n, kk, c) };
+            let p = InfoNceParams::stream(&sp, n, kk, c, t, 1.0, false);
+            let s_pos = positive(&p, &q_hat, &k_hat, n);
+            let mut a = [Arg::val(&p), Arg::f32(&q_hat), Arg::u16(&vec![0xffff; n * c])];
+            emu().run("infonce.cu", &format!("round_rows_to_{suffix}"), elem_grid(n * c), BLOCK, &mut a);
+            let q16 = a[2].as_u16();
+            let mut a = [Arg::val(&p), Arg::u16(&q16), keys, Arg::f32(&s_pos), Arg::nan(sp.splits * n * (3 + c))];
+            emu().run("infonce.cu", &format!("infonce_partial_mma_{suffix}"), sp.mma_partial_grid(n), (MMA_BLOCK, 1, 1), &mut a);
+            let partial = a[4].as_f32();
+            let mut b = [Arg::val(&p), Arg::f32(&q_hat), Arg::f32(&k_hat), Arg::f32(&partial), Arg::f32(&s_pos), Arg::f32(&q_inv), Arg::nan(n * c), Arg::nan(n), Arg::nan(n)];
+            emu().run("infonce.cu", "infonce_combine", row_grid(n), BLOCK, &mut b);
+            let (dq, row_loss, rank) = (b[6].as_f32(), b[7].as_f32(), b[8].as_u32());
+            let mut r = [Arg::val(&p), Arg::f32(&row_loss), Arg::u32(&rank), Arg::nan(4)];
+            emu().run("infonce.cu", "infonce_reduce", REDUCE_GRID, BLOCK, &mut r);
+            let stats = r[3].as_u32();
+            // the f64 reference on the tensor cores' inputs
+            let q16f: Vec<f64> = q16.iter().map(|&h| if dt == 1 { half::f16::from_bits(h).to_f64() } else { half::bf16::from_bits(h).to_f64() }).collect();
+            let inv_t = 1.0 / t as f64;
+            let what = format!("infonce mma N={n} C={c} K={kk} {suffix} ({} splits)", sp.splits);
+            let (mut loss_sum, mut top1, mut top5, mut ties) = (0.0f64, 0usize, 0usize, 0usize);
+            let scale = natural_grad(&q, n, c, t as f64);
+            for i in 0..n {
+                let neg: Vec<f64> = (0..kk).map(|j| (0..c).map(|ch| q16f[i * c + ch] * stored[j * c + ch] as f64).sum::<f64>() * inv_t).collect();
+                let sp0 = s_pos[i] as f64;
+                let m = neg.iter().copied().fold(sp0, f64::max);
+                let z = (sp0 - m).exp() + neg.iter().map(|v| (v - m).exp()).sum::<f64>();
+                let loss = z.ln() + m - sp0;
+                assert!((row_loss[i] as f64 - loss).abs() <= 2e-5 * loss.abs().max(1.0), "{what}: row {i} loss {} vs {loss}", row_loss[i]);
+                loss_sum += loss;
+                let above = neg.iter().filter(|&&v| v > sp0).count();
+                ties += neg.iter().filter(|&&v| (v - sp0).abs() < 1e-4).count().min(5);
+                top1 += (above < 1) as usize;
+                top5 += (above < 5) as usize;
+                // dq_i = grad_scale (sum_j p_j key_j / z + (p0 - 1) k̂_i), projected: (g - q̂ (g . q̂)) / ||q||
+                let p0 = (sp0 - m).exp() / z;
+                let gs = 1.0 / (t as f64 * n as f64);
+                let g: Vec<f64> = (0..c).map(|ch| gs * ((0..kk).map(|j| (neg[j] - m).exp() * stored[j * c + ch] as f64).sum::<f64>() / z + (p0 - 1.0) * k_hat[i * c + ch] as f64)).collect();
+                let d: f64 = (0..c).map(|ch| g[ch] * q_hat[i * c + ch] as f64).sum();
+                for ch in 0..c {
+                    let want = (g[ch] - q_hat[i * c + ch] as f64 * d) * q_inv[i] as f64;
+                    let err = (dq[i * c + ch] as f64 - want).abs();
+                    assert!(err <= 2.0 * u * scale + 1e-5 * scale, "{what}: dq[{i}, {ch}] = {} vs {want}: error {err:.3e} > {:.3e}", dq[i * c + ch], 2.0 * u * scale + 1e-5 * scale);
+                }
+            }
+            let loss = f32::from_bits(stats[0]) as f64;
+            assert!((loss - loss_sum / n as f64).abs() <= 2e-5 * loss.abs().max(1.0), "{what}: loss {loss} vs {}", loss_sum / n as f64);
+            assert!((stats[1] as usize).abs_diff(top1) <= ties && (stats[2] as usize).abs_diff(top5) <= ties, "{what}: counts {:?} vs {top1}, {top5}", &stats[1..3]);
+        }
+    }
+}
+
 /// `moco_v3_loss` of src/ops/infonce/cuda.rs: each half streams the normalised keys (m = N), diagonal skipped.
 fn case_moco_v3() {
     let mut rng = StdRng::seed_from_u64(5);
@@ -883,6 +950,7 @@ const CASES: &[Case] = &[
     ("normalize: normalize_rows", case_normalize_rows),
     ("infonce: logits", case_logits),
     ("infonce: logits on tensor cores", case_logits_mma),
+    ("infonce: infonce on tensor cores", case_infonce_mma),
     ("infonce: infonce", case_infonce),
     ("infonce: moco_v3", case_moco_v3),
     ("ema: ema_update", case_ema_update),

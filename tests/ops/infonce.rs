@@ -158,14 +158,14 @@ fn check_logits_half<D: Infonce>(dev: &mut D, n: usize, c: usize, k: usize, dtyp
     }
 }
 
-/// On the emulated CUDA driver, the Half logits of a 16-bit queue with C % 8 == 0 run the tensor-core kernels (and
-/// the f32 ones otherwise).
+/// On the emulated CUDA driver, the Half logits and InfoNCE of a 16-bit queue with C % 8 == 0 (and C <= 128 for the
+/// loss) run the tensor-core kernels, and the f32 ones otherwise.
 #[cfg(feature = "cuda")]
 #[test]
-fn half_logits_take_the_tensor_cores_on_cuda() {
-    let Some(mut dev) = cuda_device("half_logits_take_the_tensor_cores_on_cuda") else { return };
+fn half_precision_takes_the_tensor_cores_on_cuda() {
+    let Some(mut dev) = cuda_device("half_precision_takes_the_tensor_cores_on_cuda") else { return };
     let Ok(Some(driver)) = cuda_driver() else {
-        eprintln!("half_logits_take_the_tensor_cores_on_cuda: a real driver: the kernel counts are the emulator's");
+        eprintln!("half_precision_takes_the_tensor_cores_on_cuda: a real driver: the kernel counts are the emulator's");
         return;
     };
     let count = |k: &str| driver.launch_counts().get(k).copied().unwrap_or(0);
@@ -176,6 +176,51 @@ fn half_logits_take_the_tensor_cores_on_cuda() {
     let after = (count("negative_logits_mma_bf16"), count("negative_logits_mma_f16"), count("negative_logits_bf16"));
     // (other tests of this process may launch the same kernels meanwhile: at least ours)
     assert!(after.0 > before.0 && after.1 > before.1 && after.2 > before.2, "kernels launched (mma bf16, mma f16, f32 bf16): before {before:?}, after {after:?}");
+    let before = (count("infonce_partial_mma_bf16"), count("infonce_partial_mma_f16"), count("infonce_partial_bf16"));
+    check_infonce_half(&mut dev, 9, 64, 300, 0.1, QueueDType::BF16, 4);
+    check_infonce_half(&mut dev, 3, 128, 70, 0.1, QueueDType::F16, 5);
+    check_infonce_half(&mut dev, 3, 136, 70, 0.1, QueueDType::BF16, 6); // C > 128: the f32 kernel
+    let after = (count("infonce_partial_mma_bf16"), count("infonce_partial_mma_f16"), count("infonce_partial_bf16"));
+    assert!(after.0 > before.0 && after.1 > before.1 && after.2 > before.2, "kernels launched (infonce mma bf16, mma f16, f32 bf16): before {before:?}, after {after:?}");
+}
+
+/// InfoNCE at [`Precision::Half`] (tensor cores on CUDA sm_80+ for 16-bit queues, C % 8 == 0, C <= 128; f32
+/// elsewhere) against the f64 reference within the bounds that follow from the precision: each logit within
+/// δ/T (δ = [`Precision::cosine_bound`]), so the loss within 2δ/T; the softmax weights also rounded to 16 bits
+/// (relative u), so dq within (2δ/T + 2u) of its natural size 2/(T N min‖q‖); the counts up to negatives within
+/// 2δ/T of the positive.
+fn check_infonce_half<D: Infonce>(dev: &mut D, n: usize, c: usize, k: usize, t: f32, dtype: QueueDType, seed: u64) {
+    let mut r = rng(seed);
+    let (q, key, queue) = (uniform(&mut r, n * c), uniform(&mut r, n * c), unit_rows(&mut r, k, c));
+    let keys = stored(&queue, dtype);
+    let want = reference::infonce(&q, &key, &keys, n, c, k, t as f64);
+    let shape = InfoNceShape::new(n, c, k, t).unwrap().with_precision(Precision::Half);
+    let (stats, dq, rl) = InfoNceInputs::upload(dev, &q, &key, &queue, &shape, dtype).infonce(dev, &shape);
+    let tag = format!("Precision::Half on {} N={n} C={c} K={k} T={t} {dtype:?}", dev.name());
+    let key_norm = keys.chunks(c).map(|r| r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt()).fold(0.0, f64::max);
+    let delta = Precision::Half.cosine_bound(dtype, c, key_norm) / t as f64;
+    let u = match dtype {
+        QueueDType::BF16 => 2f64.powi(-8),
+        QueueDType::F16 => 2f64.powi(-11),
+        QueueDType::F32 => 0.0,
+    };
+    let loss_tol = 2.0 * delta + 2e-5 * (1.0 + want.loss.abs()) * (0.2 / t as f64).max(1.0);
+    assert!((stats.loss as f64 - want.loss).abs() <= loss_tol, "loss {tag}: got {}, want {} (bound {loss_tol:.3e})", stats.loss, want.loss);
+    assert_close(&format!("row_loss {tag}"), &rl, &want.row_loss, loss_tol, 0.0);
+    let atol = (2.0 * delta + 2.0 * u) * natural_grad(&q, n, c, t as f64) + 1e-4 * max_abs(&want.dq) * (0.2 / t as f64).max(1.0);
+    assert_close(&format!("dq {tag}"), &dq, &want.dq, atol, 0.0);
+    // counts: a negative within 2δ/T of the positive may rank either side
+    let (l_pos, l_neg) = reference::logits(&q, &key, &keys, n, c, k);
+    let (mut lo1, mut hi1, mut lo5, mut hi5) = (0u32, 0u32, 0u32, 0u32);
+    for i in 0..n {
+        let row = &l_neg[i * k..(i + 1) * k];
+        let above = row.iter().filter(|&&v| v > l_pos[i]).count();
+        let near = row.iter().filter(|&&v| ((v - l_pos[i]) / t as f64).abs() <= 2.0 * delta).count();
+        (lo1, hi1) = (lo1 + (above + near < 1) as u32, hi1 + (above.saturating_sub(near) < 1) as u32);
+        (lo5, hi5) = (lo5 + (above + near < 5) as u32, hi5 + (above.saturating_sub(near) < 5) as u32);
+    }
+    assert!((lo1..=hi1).contains(&stats.top1), "top1 {tag}: got {}, want {lo1}..={hi1}", stats.top1);
+    assert!((lo5..=hi5).contains(&stats.top5), "top5 {tag}: got {}, want {lo5}..={hi5}", stats.top5);
 }
 
 /// (N, C, K) of tests/cuda_ops.rs: N = 1, C not a multiple of 16 or above one 256-channel slice, K not a multiple
@@ -266,6 +311,12 @@ proptest! {
     fn logits_at_half_precision_hold_the_bound(n in prop_oneof![Just(1usize), 2usize..80], c in prop_oneof![Just(8usize), Just(16usize), Just(40usize), Just(128usize), 1usize..20], extra in prop_oneof![0usize..10, 50usize..150], dtype in dtype_strategy(), seed in any::<u64>()) {
         let k = n + extra;
         on_every_device!("logits_at_half_precision_hold_the_bound", check_logits_half, n, c, k, dtype, seed);
+    }
+
+    #[test]
+    fn infonce_at_half_precision_holds_the_bound(n in prop_oneof![Just(1usize), 2usize..90], c in prop_oneof![Just(8usize), Just(40usize), Just(128usize), Just(136usize), 1usize..20], extra in prop_oneof![0usize..10, 100usize..400], t in prop_oneof![Just(0.07f32), Just(0.2f32)], dtype in dtype_strategy(), seed in any::<u64>()) {
+        let k = n + extra;
+        on_every_device!("infonce_at_half_precision_holds_the_bound", check_infonce_half, n, c, k, t, dtype, seed);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Fused contrastive ops on CUDA (`kernels/infonce.cu`): normalised logits, streaming InfoNCE and MoCo v3.
 //! The steps, the grid (`StreamPlan`) and the partial-buffer layout are those of the wgpu launcher.
 
-use super::params::{mma_logits_apply, negative_logits_grid, negative_logits_mma_grid, positive_grid, row_grid, InfoNceParams as Params, StreamPlan, GPU_TN, MMA_BLOCK, REDUCE_GRID};
+use super::params::{mma_infonce_apply, mma_logits_apply, negative_logits_grid, negative_logits_mma_grid, positive_grid, row_grid, InfoNceParams as Params, StreamPlan, GPU_TN, MMA_BLOCK, REDUCE_GRID};
 use super::{check_stats, Infonce, InfoNceShape, InfoNceStats, LogitsShape, Precision, SymmetricShape, KERNELS, STATS_WORDS};
 use crate::device::cuda::{cfg, cfg_block, Cuda, MAX_GRID_X, MAX_GRID_YZ};
 use crate::ops::launch::elem_grid;
@@ -87,6 +87,16 @@ pub fn logits(stream: &Arc<CudaStream>, l_pos: &mut CudaViewMut<'_, f32>, l_neg:
     Ok(())
 }
 
+/// q̂ `[N*C]` rounded to nearest even in the 16-bit format `suffix` ("f16" / "bf16"): `round_rows_to_<suffix>`.
+fn round_rows(stream: &Arc<CudaStream>, p: &Params, q_hat: &CudaSlice<f32>, suffix: &str, len: usize) -> Result<CudaSlice<u16>> {
+    let mut q16 = stream.alloc_zeros::<u16>(len)?;
+    let round = kernel(stream, if suffix == "f16" { "round_rows_to_f16" } else { "round_rows_to_bf16" })?;
+    // SAFETY: round_rows_to_*(Params, const float* x [N*C], unsigned short* y [N*C]); thread i < N*C (= len, from
+    // p) reads x[i] and writes y[i]; both hold len elements.
+    unsafe { stream.launch_builder(&round).arg(p).arg(q_hat).arg(&mut q16).launch(cfg(elem_grid(len))) }?;
+    Ok(q16)
+}
+
 /// Whether the device has the sm_80 tensor-core instructions (mma.sync bf16/f16, ldmatrix, cp.async).
 fn tensor_cores(stream: &Arc<CudaStream>) -> Result<bool> {
     Ok(stream.context().compute_capability()?.0 >= 8)
@@ -104,11 +114,7 @@ fn negative_logits_mma(stream: &Arc<CudaStream>, p: &Params, q_hat: &CudaSlice<f
         return Err(Error::shape("logits", format!("N <= {}", MAX_GRID_YZ * super::params::MMA_TILE), format!("N = {n}, K = {kk}")));
     }
     let suffix = if queue.code() == 1 { "f16" } else { "bf16" };
-    let mut q16 = stream.alloc_zeros::<u16>(n * c)?;
-    let round = kernel(stream, if suffix == "f16" { "round_rows_to_f16" } else { "round_rows_to_bf16" })?;
-    // SAFETY: round_rows_to_*(Params, const float* x [N*C], unsigned short* y [N*C]); thread i < N*C reads x[i]
-    // and writes y[i]; both hold N*C elements.
-    unsafe { stream.launch_builder(&round).arg(p).arg(q_hat).arg(&mut q16).launch(cfg(elem_grid(n * c))) }?;
+    let q16 = round_rows(stream, p, q_hat, suffix, n * c)?;
     let f = kernel(stream, if suffix == "f16" { "negative_logits_mma_f16" } else { "negative_logits_mma_bf16" })?;
     // SAFETY: negative_logits_mma_*(Params, const unsigned short* q16 [N*C], const unsigned short* keys [K*C], float*
     // l_neg [N*K]); the cp.async copies read whole 16-byte pieces of rows < N (q16) or < K (keys) at channels < C
@@ -143,15 +149,35 @@ fn check_grid(op: &'static str, n: usize, plan: &StreamPlan) -> Result<()> {
 }
 
 /// The streaming loss over prepared q̂, k̂ (positives) and a key set `[m, C]`: `positive_logits`, `infonce_partial_*`
-/// (grid (ceil(N/32), splits, slices) of [`StreamPlan`]), `infonce_combine` (grid N) and `infonce_reduce` (one block).
+/// (grid (ceil(N/32), splits, slices) of [`StreamPlan`]) or, with `mma` (a 16-bit key set, C <= 128, C % 8 == 0,
+/// sm_80+), `round_rows_to_*` and `infonce_partial_mma_*` (grid (ceil(N/64), splits) of [`StreamPlan::mma`], 128
+/// threads), then `infonce_combine` (grid N) and `infonce_reduce` (one block).
 #[allow(clippy::too_many_arguments)]
-fn stream_loss(stream: &Arc<CudaStream>, s: &Scratch, keys: Keys, m: usize, n: usize, c: usize, t: f32, loss_scale: f32, skip_diagonal: bool, dq: &mut CudaViewMut<'_, f32>, row_loss: &mut CudaViewMut<'_, f32>, stats: &mut CudaViewMut<'_, u32>) -> Result<()> {
-    let plan = StreamPlan::new(n, m, c);
+fn stream_loss(stream: &Arc<CudaStream>, s: &Scratch, keys: Keys, m: usize, n: usize, c: usize, t: f32, loss_scale: f32, skip_diagonal: bool, mma: bool, dq: &mut CudaViewMut<'_, f32>, row_loss: &mut CudaViewMut<'_, f32>, stats: &mut CudaViewMut<'_, u32>) -> Result<()> {
+    let plan = if mma { StreamPlan::mma(n, m, c) } else { StreamPlan::new(n, m, c) };
     let p = Params::stream(&plan, n, m, c, t, loss_scale, skip_diagonal);
     let mut s_pos = stream.alloc_zeros::<f32>(n)?;
     let mut rank = stream.alloc_zeros::<u32>(n)?;
     let mut partial = stream.alloc_zeros::<f32>(plan.splits * n * (3 + c))?;
     positive(stream, &p, &s.q_hat, &s.k_hat, &mut s_pos.as_view_mut(), n)?;
+    if mma {
+        let (suffix, key16) = match keys {
+            Keys::F16(k) => ("f16", k),
+            Keys::BF16(k) => ("bf16", k),
+            Keys::F32(_) => return Err(Error::shape("infonce", "a 16-bit queue for the tensor-core path", "f32 keys")),
+        };
+        if n.div_ceil(super::params::MMA_TILE) > MAX_GRID_X {
+            return Err(Error::shape("infonce", format!("N <= {}", MAX_GRID_X * super::params::MMA_TILE), format!("N = {n}")));
+        }
+        let q16 = round_rows(stream, &p, &s.q_hat, suffix, n * c)?;
+        let f = kernel(stream, if suffix == "f16" { "infonce_partial_mma_f16" } else { "infonce_partial_mma_bf16" })?;
+        // SAFETY: infonce_partial_mma_*(Params, const unsigned short* q16 [N*C], const unsigned short* keys [m*C],
+        // const float* s_pos [N], float* partial [splits*N*(3+C)]); the cp.async copies read whole 16-byte pieces of
+        // rows < N (q16) or < m (keys) at channels < C (C % 8 == 0), and block (x, y) writes the states and
+        // accumulators of rows < N, split y < splits, channels < C only.
+        unsafe { stream.launch_builder(&f).arg(&p).arg(&q16).arg(key16).arg(&s_pos).arg(&mut partial).launch(cfg_block(plan.mma_partial_grid(n), MMA_BLOCK)) }?;
+        return combine_and_reduce(stream, &p, s, &partial, &s_pos, &mut rank, n, dq, row_loss, stats);
+    }
     let grid = cfg(plan.partial_grid(n));
     let name = match keys {
         Keys::F32(_) => "infonce_partial_f32",
@@ -171,27 +197,34 @@ fn stream_loss(stream: &Arc<CudaStream>, s: &Scratch, keys: Keys, m: usize, n: u
     // key reads are guarded by j < m, row reads by i < N, and block (x, y, z) writes the states and accumulators
     // of rows < N, split y < splits and channels < C only.
     unsafe { launch.launch(grid) }?;
+    combine_and_reduce(stream, &p, s, &partial, &s_pos, &mut rank, n, dq, row_loss, stats)
+}
+
+/// `infonce_combine` (grid N: the split states and accumulators of `partial` into row_loss, rank and dq) and
+/// `infonce_reduce` (one block: the stats words).
+#[allow(clippy::too_many_arguments)]
+fn combine_and_reduce(stream: &Arc<CudaStream>, p: &Params, s: &Scratch, partial: &CudaSlice<f32>, s_pos: &CudaSlice<f32>, rank: &mut CudaSlice<u32>, n: usize, dq: &mut CudaViewMut<'_, f32>, row_loss: &mut CudaViewMut<'_, f32>, stats: &mut CudaViewMut<'_, u32>) -> Result<()> {
     let f = kernel(stream, "infonce_combine")?;
     // SAFETY: infonce_combine(Params, q_hat [N*C], k_hat [N*C], partial [splits*N*(3+C)], s_pos [N], q_inv [N],
     // dq [N*C], row_loss [N], rank [N]); block i < N touches row i of each and split states s < splits.
     unsafe {
         stream
             .launch_builder(&f)
-            .arg(&p)
+            .arg(p)
             .arg(&s.q_hat)
             .arg(&s.k_hat)
-            .arg(&partial)
-            .arg(&s_pos)
+            .arg(partial)
+            .arg(s_pos)
             .arg(&s.q_inv)
             .arg(&mut *dq)
             .arg(&mut *row_loss)
-            .arg(&mut rank)
+            .arg(&mut *rank)
             .launch(cfg(row_grid(n)))
     }?;
     let f = kernel(stream, "infonce_reduce")?;
     // SAFETY: infonce_reduce(Params, const float* row_loss [N], const unsigned* rank [N], Stats* stats [4 words]);
     // one block reads indices < N and thread 0 writes the four stats words.
-    unsafe { stream.launch_builder(&f).arg(&p).arg(&row_loss.as_view()).arg(&rank).arg(stats).launch(cfg(REDUCE_GRID)) }?;
+    unsafe { stream.launch_builder(&f).arg(p).arg(&row_loss.as_view()).arg(&*rank).arg(stats).launch(cfg(REDUCE_GRID)) }?;
     Ok(())
 }
 
@@ -220,7 +253,8 @@ pub fn infonce_async(stream: &Arc<CudaStream>, dq: &mut CudaViewMut<'_, f32>, ro
     let plan = StreamPlan::new(n, shape.k, c);
     check_grid(op, n, &plan)?;
     let s = Scratch::normalized(stream, q, k, n, c)?;
-    stream_loss(stream, &s, Keys::of(queue), shape.k, n, c, shape.temperature, 1.0, false, dq, row_loss, stats)
+    let mma = shape.precision() == Precision::Half && mma_infonce_apply(c, queue.code()) && tensor_cores(stream)?;
+    stream_loss(stream, &s, Keys::of(queue), shape.k, n, c, shape.temperature, 1.0, false, mma, dq, row_loss, stats)
 }
 
 /// [`infonce_async`], then waits and returns the mean loss and acc@1/acc@5 counts.
@@ -249,9 +283,9 @@ pub fn moco_v3_loss_async(stream: &Arc<CudaStream>, dq1: &mut CudaViewMut<'_, f3
     // ctr(q1, k2) into dq1 and the first stats block, ctr(q2, k1) into dq2 and the second
     let mut row_loss = stream.alloc_zeros::<f32>(n)?;
     let s = Scratch::normalized(stream, q1, k2, n, c)?;
-    stream_loss(stream, &s, Keys::F32(&s.k_hat), n, n, c, t, 2.0 * t, true, dq1, &mut row_loss.as_view_mut(), &mut st1)?;
+    stream_loss(stream, &s, Keys::F32(&s.k_hat), n, n, c, t, 2.0 * t, true, false, dq1, &mut row_loss.as_view_mut(), &mut st1)?;
     let s = Scratch::normalized(stream, q2, k1, n, c)?;
-    stream_loss(stream, &s, Keys::F32(&s.k_hat), n, n, c, t, 2.0 * t, true, dq2, &mut row_loss.as_view_mut(), &mut st2)
+    stream_loss(stream, &s, Keys::F32(&s.k_hat), n, n, c, t, 2.0 * t, true, false, dq2, &mut row_loss.as_view_mut(), &mut st2)
 }
 
 /// [`moco_v3_loss_async`], then waits and returns the loss.

@@ -144,6 +144,7 @@ pub struct InfoNceShape {
     c: usize,
     k: usize,
     temperature: f32,
+    precision: Precision,
 }
 
 /// MoCo v3 symmetric in-batch loss `ctr(q1, k2) + ctr(q2, k1)`, each `q, k: [N, C]`.
@@ -203,7 +204,17 @@ impl InfoNceShape {
     pub fn new(n: usize, c: usize, k: usize, temperature: f32) -> Result<Self> {
         LogitsShape::new(n, c, k).map_err(|e| rename(e, "infonce"))?;
         check_temperature("infonce", temperature)?;
-        Ok(Self { n, c, k, temperature })
+        Ok(Self { n, c, k, temperature, precision: Precision::Fp32 })
+    }
+    /// The same problem computed at `precision` (default [`Precision::Fp32`]): its logits' bound is
+    /// [`Precision::cosine_bound`]; at [`Precision::Half`] the softmax weights are also rounded to the queue's 16-bit
+    /// format for the P·K product (relative u each).
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self { precision, ..self }
+    }
+    /// The arithmetic the loss may use.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
     /// The logits problem this loss is built on.
     pub fn logits(&self) -> LogitsShape {

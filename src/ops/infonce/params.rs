@@ -93,6 +93,19 @@ impl StreamPlan {
     pub fn partial_grid(&self, n: usize) -> Grid {
         (n.div_ceil(GPU_TN) as u32, self.splits as u32, self.slices as u32)
     }
+    /// The plan of `infonce_partial_mma_*` (tensor cores): rows and keys in tiles of [`MMA_TILE`], the whole C in
+    /// one block (C <= [`MMA_C_MAX`]), the splits chosen as [`StreamPlan::new`] chooses them.
+    pub fn mma(n: usize, m: usize, c: usize) -> Self {
+        let row_tiles = n.div_ceil(MMA_TILE).max(1);
+        let key_tiles = m.div_ceil(MMA_TILE).max(1);
+        let want = TARGET_WORKGROUPS.div_ceil(row_tiles).clamp(1, GPU_MAX_SPLITS).min(key_tiles);
+        let keys_per_split = key_tiles.div_ceil(want) * MMA_TILE;
+        Self { splits: m.div_ceil(keys_per_split).max(1), keys_per_split, slices: 1, c_slice: c }
+    }
+    /// The grid of `infonce_partial_mma_*`: (row tiles of 64, key splits, 1).
+    pub fn mma_partial_grid(&self, n: usize) -> Grid {
+        (n.div_ceil(MMA_TILE) as u32, self.splits as u32, 1)
+    }
 }
 
 /// `infonce_combine`: one block per row.
@@ -119,6 +132,14 @@ pub fn negative_logits_mma_grid(n: usize, k: usize) -> Grid {
 pub const MMA_TILE: usize = 64;
 /// Threads per block of the tensor-core kernels (`MMA_WARPS` warps).
 pub const MMA_BLOCK: u32 = 128;
+
+/// Most channels the tensor-core InfoNCE holds in one block (`MMA_CMAX`).
+pub const MMA_C_MAX: usize = 128;
+
+/// Whether the tensor-core InfoNCE can run: as [`mma_logits_apply`], and `C <= MMA_C_MAX`.
+pub fn mma_infonce_apply(c: usize, dtype_code: u32) -> bool {
+    mma_logits_apply(c, dtype_code) && c <= MMA_C_MAX
+}
 
 /// Whether the tensor-core logits can run: a 16-bit queue (`dtype_code` 1 f16, 2 bf16, the operands as stored) and
 /// `C % 8 == 0` (cp.async copies 16-byte pieces of each row, which must start on 16-byte boundaries).
