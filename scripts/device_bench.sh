@@ -8,9 +8,11 @@
 #      stream, device and no-wait checks, the hostile inputs, the drop-in) and FAILS if any CUDA case skips;
 #   3. times fused InfoNCE fwd+bwd against PyTorch eager on the same GPU (scripts/bench_python.py --device cuda)
 #      and on the CPU;
-#   4. runs the tensor-core logits through the op tests on the real driver (Precision::Half against its bound, and
-#      the kernels it picks) and times them against the f32 kernel (criterion, benches/contrastive.rs: N=256, C=128,
-#      K=4096 and 65536, bf16 queue), and prints the tables. Everything also lands in $OUT (default
+#   4. runs the tensor-core logits and InfoNCE through the op tests on the real driver (Precision::Half against its
+#      bound, and the kernels it picks) and times them against the f32 kernels (criterion, benches/contrastive.rs:
+#      N=256, C=128, K=4096 and 65536 for the logits, and 1,048,576 for the loss; bf16 queue), then PyTorch's losses
+#      on the same GPU at fp32, allow_tf32 and bf16 autocast and the bf16 GEMM floor (bench_torch_losses.py), and
+#      prints the tables. Everything also lands in $OUT (default
 #      target/device-out).
 # It never changes clocks or other GPU settings.
 set -uo pipefail
@@ -46,6 +48,10 @@ step "tensor-core logits: the op tests on the real driver, then fp32 vs half (bf
 MOCO_REQUIRE_CUDA_DEVICE=1 MOCO_CUDA_EMU=0 MOCO_PROPTEST_CASES=8 timeout 120 "$BIN/ops" --test-threads=1 half 2>&1 | tee "$OUT/ops_half.txt" | grep -E '^test |test result|panicked'
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 timeout 120 "$BIN/contrastive" --bench 'cuda/logits_materialised' 2>&1 | tee "$OUT/logits_bench.txt" | grep -E '^cuda/|time:'
+step "tensor-core InfoNCE: fused fwd+bwd, f32 queue, bf16 queue at Fp32 and at Half (N=256, C=128)"
+timeout 150 "$BIN/contrastive" --bench 'cuda/infonce_fused' 2>&1 | tee "$OUT/infonce_bench.txt" | grep -E '^cuda/|time:'
+step "PyTorch on the same GPU: the losses at fp32, allow_tf32 and bf16 autocast, and the bf16 GEMM floor"
+timeout 150 python3 scripts/bench_torch_losses.py 2>&1 | tee "$OUT/torch_losses.md"
 
 echo
 [ $status = 0 ] && echo "device_bench: PASS" || echo "device_bench: FAIL (see above)"
