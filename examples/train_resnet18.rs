@@ -57,6 +57,10 @@ struct Args {
     /// Queue storage: f32 or bf16 (f16 also accepted)
     #[arg(long, default_value = "f32")]
     queue_dtype: String,
+    /// Arithmetic of the fused InfoNCE: fp32, or half (16-bit operands on CUDA's tensor cores for a bf16/f16 queue,
+    /// with f32 accumulation; f32 on the CPU and wgpu; MoCo v2 only)
+    #[arg(long, default_value = "fp32")]
+    precision: String,
     /// Key-encoder momentum m [0.99]
     #[arg(long)]
     momentum: Option<f64>,
@@ -176,6 +180,11 @@ fn run(a: Args) -> moco::Result<()> {
         "bf16" => QueueDType::BF16,
         "f16" => QueueDType::F16,
         d => return Err(moco::Error::settings("--queue-dtype", "f32, bf16 or f16", d.to_string())),
+    };
+    cfg.precision = match a.precision.as_str() {
+        "fp32" => moco::Precision::Fp32,
+        "half" => moco::Precision::Half,
+        p => return Err(moco::Error::settings("--precision", "fp32 or half", p.to_string())),
     };
     if cfg.is_v3() {
         // moco-v3 normalises over the whole batch (SyncBN) and has no shuffle-BN, no queue

@@ -3,6 +3,7 @@
 //! checkpoint as metadata.
 
 use crate::error::{Error, Result};
+use crate::ops::infonce::Precision;
 use crate::ops::queue::QueueDType;
 use std::collections::BTreeMap;
 
@@ -118,6 +119,10 @@ pub struct TrainConfig {
     pub queue_len: usize,
     /// Queue storage.
     pub queue_dtype: QueueDType,
+    /// The arithmetic of the fused InfoNCE (`--precision`): [`Precision::Fp32`] (default) or [`Precision::Half`]
+    /// (16-bit operands on CUDA's tensor cores for an f16 / bf16 queue; f32 elsewhere). MoCo v3's loss has no Half
+    /// path: [`TrainConfig::validate`] refuses it there.
+    pub precision: Precision,
     /// Key-encoder momentum m.
     pub momentum: f64,
     /// Temperature T.
@@ -180,6 +185,7 @@ impl TrainConfig {
             mlp: false,
             queue_len: 4096,
             queue_dtype: QueueDType::F32,
+            precision: Precision::Fp32,
             momentum: 0.99,
             temperature: 0.1,
             batch_size: 512,
@@ -373,7 +379,7 @@ impl TrainConfig {
             );
         }
         format!(
-            "  preset {}: ResNet-18 (CIFAR stem), {} head to {}, T {}\n  epochs {}, batch {}, lr {} ({sched}), SGD momentum {}, wd {}\n  queue K {} ({:?}), key momentum m {}, symmetric loss {}\n  SplitBN {} groups of {}, shuffle-BN {}\n  image size {}x{}, kNN monitor k={} t={}, seed {}",
+            "  preset {}: ResNet-18 (CIFAR stem), {} head to {}, T {}\n  epochs {}, batch {}, lr {} ({sched}), SGD momentum {}, wd {}\n  queue K {} ({:?}{}), key momentum m {}, symmetric loss {}\n  SplitBN {} groups of {}, shuffle-BN {}\n  image size {}x{}, kNN monitor k={} t={}, seed {}",
             self.preset.name(),
             if self.mlp { "MLP 512-512" } else { "linear 512" },
             self.dim,
@@ -385,6 +391,7 @@ impl TrainConfig {
             self.weight_decay,
             self.queue_len,
             self.queue_dtype,
+            if self.precision == Precision::Fp32 { String::new() } else { format!(", loss at {:?} precision", self.precision) },
             self.momentum,
             self.symmetric,
             self.bn_splits,
@@ -432,6 +439,9 @@ impl TrainConfig {
         if self.knn_k == 0 {
             return Err(Error::settings("knn_k (--knn-k)", "knn-k >= 1", "0"));
         }
+        if self.precision != Precision::Fp32 && self.is_v3() {
+            return Err(Error::settings("precision (--precision)", "fp32 for MoCo v3 (its symmetric loss has no tensor-core path yet)", format!("{:?}", self.precision)));
+        }
         Ok(())
     }
 
@@ -446,6 +456,7 @@ impl TrainConfig {
         put("mlp", self.mlp.to_string());
         put("queue_len", self.queue_len.to_string());
         put("queue_dtype", format!("{:?}", self.queue_dtype));
+        put("precision", format!("{:?}", self.precision));
         put("momentum", self.momentum.to_string());
         put("temperature", self.temperature.to_string());
         put("batch_size", self.batch_size.to_string());
@@ -480,7 +491,9 @@ impl TrainConfig {
     pub fn mismatches(&self, meta: &BTreeMap<String, String>) -> Vec<String> {
         let mine = self.to_metadata();
         mine.iter()
-            .filter(|(k, _)| k.as_str() != "config.epochs")
+            // epochs may be extended, and the arithmetic of the loss may change (a checkpoint written before the
+            // precision existed has none)
+            .filter(|(k, _)| k.as_str() != "config.epochs" && k.as_str() != "config.precision")
             .filter_map(|(k, v)| match meta.get(k) {
                 Some(o) if o == v => None,
                 Some(o) => Some(format!("{}: checkpoint {o}, this run {v}", &k[7..])),

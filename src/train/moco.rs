@@ -257,7 +257,7 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
     /// The MoCo v1/v2 step.
     fn step_v2(&mut self, x_q: &[f32], x_k: &[f32], lr: f64, momentum: f64) -> Result<StepStats> {
         let (n, dim) = (self.cfg.batch_size, self.cfg.dim);
-        let shape = InfoNceShape::new(n, dim, self.cfg.queue_len, self.cfg.temperature as f32)?;
+        let shape = InfoNceShape::new(n, dim, self.cfg.queue_len, self.cfg.temperature as f32)?.with_precision(self.cfg.precision);
         // key encoder: EMA of the query encoder's parameters (not its BN statistics), then keys without grad
         self.dev.ema(D::whole_mut(&mut self.enc_k.params), D::whole(&self.enc_q.params), momentum)?;
         // keys with shuffle-BN: the permutation of this step comes from (seed, optimiser steps taken)
