@@ -57,8 +57,8 @@ struct Args {
     /// Queue storage: f32 or bf16 (f16 also accepted)
     #[arg(long, default_value = "f32")]
     queue_dtype: String,
-    /// Arithmetic of the fused InfoNCE: fp32, or half (16-bit operands on CUDA's tensor cores for a bf16/f16 queue,
-    /// with f32 accumulation; f32 on the CPU and wgpu; MoCo v2 only)
+    /// Arithmetic of the fused loss: fp32, or half (16-bit operands with f32 accumulation on CUDA's tensor cores: v1/v2
+    /// with a bf16/f16 queue, v3 with q and k in bf16; head dim <= 128 and a multiple of 8; f32 on the CPU and wgpu)
     #[arg(long, default_value = "fp32")]
     precision: String,
     /// Key-encoder momentum m [0.99]

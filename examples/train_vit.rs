@@ -54,6 +54,10 @@ struct Args {
     /// Output width of the projector and predictor [256; embedded default: 128]
     #[arg(long)]
     out_dim: Option<usize>,
+    /// Arithmetic of the fused loss: fp32, or half (q and k in bf16 with f32 accumulation on CUDA's tensor cores,
+    /// out-dim <= 128 and a multiple of 8; f32 on the CPU and wgpu)
+    #[arg(long, default_value = "fp32")]
+    precision: String,
     /// Image side [32]
     #[arg(long)]
     image_size: Option<usize>,
@@ -172,6 +176,11 @@ fn config(a: &Args, demo: bool) -> moco::Result<(TrainConfig, Option<String>)> {
     cfg.cosine = !a.no_cosine;
     cfg.knn_k = a.knn_k.unwrap_or(cfg.knn_k);
     cfg.seed = a.seed;
+    cfg.precision = match a.precision.as_str() {
+        "fp32" => moco::Precision::Fp32,
+        "half" => moco::Precision::Half,
+        p => return Err(moco::Error::settings("--precision", "fp32 or half", p.to_string())),
+    };
     cfg.validate()?;
     Ok((cfg, warmup_note))
 }

@@ -119,9 +119,9 @@ pub struct TrainConfig {
     pub queue_len: usize,
     /// Queue storage.
     pub queue_dtype: QueueDType,
-    /// The arithmetic of the fused InfoNCE (`--precision`): [`Precision::Fp32`] (default) or [`Precision::Half`]
-    /// (16-bit operands on CUDA's tensor cores for an f16 / bf16 queue; f32 elsewhere). MoCo v3's loss has no Half
-    /// path: [`TrainConfig::validate`] refuses it there.
+    /// The arithmetic of the fused losses (`--precision`): [`Precision::Fp32`] (default) or [`Precision::Half`]
+    /// (16-bit operands on CUDA's tensor cores: MoCo v1/v2 with an f16 / bf16 queue, MoCo v3 with q̂ and k̂ in bf16;
+    /// C % 8 == 0 and C <= 128; f32 elsewhere).
     pub precision: Precision,
     /// Key-encoder momentum m.
     pub momentum: f64,
@@ -356,7 +356,7 @@ impl TrainConfig {
             let sched = if self.cosine { format!("{} warmup epochs, then half-cosine, set every step", self.warmup_epochs) } else { "constant".to_string() };
             let pred = self.predictor_spec();
             return format!(
-                "  preset v3: {backbone}\n  projector {} layers {} -> {} (BN, last BN affine-free), predictor 2 layers {} -> {}{}\n  symmetric loss ctr(q1,k2)+ctr(q2,k1), T {}, no queue\n  epochs {}, batch {}, {} lr {} ({sched}), wd {}\n  key momentum {} {}\n  image size {}x{}, kNN monitor k={} t={}, seed {}",
+                "  preset v3: {backbone}\n  projector {} layers {} -> {} (BN, last BN affine-free), predictor 2 layers {} -> {}{}\n  symmetric loss ctr(q1,k2)+ctr(q2,k1), T {}{}, no queue\n  epochs {}, batch {}, {} lr {} ({sched}), wd {}\n  key momentum {} {}\n  image size {}x{}, kNN monitor k={} t={}, seed {}",
                 if self.model == ModelKind::Vit { 3 } else { 2 },
                 self.mlp_dim,
                 self.dim,
@@ -364,6 +364,7 @@ impl TrainConfig {
                 self.dim,
                 if pred.last_bn { " (last BN)" } else { " (no last BN)" },
                 self.temperature,
+                if self.precision == Precision::Fp32 { String::new() } else { format!(", loss at {:?} precision", self.precision) },
                 self.epochs,
                 self.batch_size,
                 self.optimizer.name(),
@@ -438,9 +439,6 @@ impl TrainConfig {
         }
         if self.knn_k == 0 {
             return Err(Error::settings("knn_k (--knn-k)", "knn-k >= 1", "0"));
-        }
-        if self.precision != Precision::Fp32 && self.is_v3() {
-            return Err(Error::settings("precision (--precision)", "fp32 for MoCo v3 (its symmetric loss has no tensor-core path yet)", format!("{:?}", self.precision)));
         }
         Ok(())
     }

@@ -298,7 +298,7 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
     /// the encoder and the predictor.
     fn step_v3(&mut self, x1: &[f32], x2: &[f32], lr: f64, momentum: f64) -> Result<StepStats> {
         let (n, dim) = (self.cfg.batch_size, self.cfg.dim);
-        let shape = SymmetricShape::new(n, dim, self.cfg.temperature as f32)?;
+        let shape = SymmetricShape::new(n, dim, self.cfg.temperature as f32)?.with_precision(self.cfg.precision);
         let v3 = self.v3.as_mut().ok_or_else(|| Error::shape("train step", "a v3 engine (with a predictor)", "a v1/v2 engine"))?;
         self.dev.ema(D::whole_mut(&mut self.enc_k.params), D::whole(&self.enc_q.params), momentum)?;
         let all = Region::new(0, n * dim);

@@ -159,7 +159,7 @@ fn check_logits_half<D: Infonce>(dev: &mut D, n: usize, c: usize, k: usize, dtyp
 }
 
 /// On the emulated CUDA driver, the Half logits and InfoNCE of a 16-bit queue with C % 8 == 0 (and C <= 128 for the
-/// loss) run the tensor-core kernels, and the f32 ones otherwise.
+/// losses) and MoCo v3's loss run the tensor-core kernels, and the f32 ones otherwise.
 #[cfg(feature = "cuda")]
 #[test]
 fn half_precision_takes_the_tensor_cores_on_cuda() {
@@ -182,6 +182,9 @@ fn half_precision_takes_the_tensor_cores_on_cuda() {
     check_infonce_half(&mut dev, 3, 136, 70, 0.1, QueueDType::BF16, 6); // C > 128: the f32 kernel
     let after = (count("infonce_partial_mma_bf16"), count("infonce_partial_mma_f16"), count("infonce_partial_bf16"));
     assert!(after.0 > before.0 && after.1 > before.1 && after.2 > before.2, "kernels launched (infonce mma bf16, mma f16, f32 bf16): before {before:?}, after {after:?}");
+    let before = count("infonce_partial_mma_bf16");
+    check_v3_half(&mut dev, 70, 64, 0.2, 7); // two directions, each on the tensor cores
+    assert!(count("infonce_partial_mma_bf16") >= before + 2, "v3 at Half: both directions on the tensor cores");
 }
 
 /// InfoNCE at [`Precision::Half`] (tensor cores on CUDA sm_80+ for 16-bit queues, C % 8 == 0, C <= 128; f32
@@ -221,6 +224,28 @@ fn check_infonce_half<D: Infonce>(dev: &mut D, n: usize, c: usize, k: usize, t: 
     }
     assert!((lo1..=hi1).contains(&stats.top1), "top1 {tag}: got {}, want {lo1}..={hi1}", stats.top1);
     assert!((lo5..=hi5).contains(&stats.top5), "top5 {tag}: got {}, want {lo5}..={hi5}", stats.top5);
+}
+
+/// MoCo v3's loss at [`Precision::Half`] (CUDA sm_80+, C % 8 == 0, C <= 128: q̂ and k̂ rounded to bf16 on the
+/// tensor cores; f32 elsewhere) within the bounds that follow: each logit within δ/T (δ =
+/// [`Precision::in_batch_cosine_bound`]), so each direction's 2T·CE within 4δ and the sum within 8δ; dq within
+/// (2δ/T + 2u) of its natural size 2T · 2/(T N min‖q‖), u = 2^-8.
+fn check_v3_half<D: Infonce>(dev: &mut D, n: usize, c: usize, t: f32, seed: u64) {
+    let mut r = rng(seed);
+    let (q1, q2, k1, k2) = (uniform(&mut r, n * c), uniform(&mut r, n * c), uniform(&mut r, n * c), uniform(&mut r, n * c));
+    let (want, w1, w2) = reference::moco_v3_loss(&q1, &q2, &k1, &k2, n, c, t as f64);
+    let shape = SymmetricShape::new(n, c, t).unwrap().with_precision(Precision::Half);
+    let (mut d1, mut d2) = (nans(dev, n * c), nans(dev, n * c));
+    let [b1, b2, b3, b4] = [&q1, &q2, &k1, &k2].map(|v| upload(dev, v));
+    let loss = dev.moco_v3_loss_now(D::whole_mut(&mut d1), D::whole_mut(&mut d2), D::whole(&b1), D::whole(&b2), D::whole(&b3), D::whole(&b4), &shape).unwrap();
+    let tag = format!("v3 at Precision::Half on {} N={n} C={c} T={t}", dev.name());
+    let delta = Precision::Half.in_batch_cosine_bound(c);
+    let loss_tol = 8.0 * delta + 2e-5 * (1.0 + want.abs());
+    assert!((loss as f64 - want).abs() <= loss_tol, "{tag}: loss {loss}, want {want} (bound {loss_tol:.3e})");
+    let natural = 2.0 * t as f64 * natural_grad(&q1, n, c, t as f64).max(natural_grad(&q2, n, c, t as f64));
+    let atol = (2.0 * delta / t as f64 + 2.0 * 2f64.powi(-8)) * natural + 1e-4 * max_abs(&w1).max(max_abs(&w2));
+    assert_close(&format!("{tag} dq1"), &host(dev, &d1), &w1, atol, 0.0);
+    assert_close(&format!("{tag} dq2"), &host(dev, &d2), &w2, atol, 0.0);
 }
 
 /// (N, C, K) of tests/cuda_ops.rs: N = 1, C not a multiple of 16 or above one 256-channel slice, K not a multiple
@@ -323,6 +348,11 @@ proptest! {
     fn infonce_matches_reference(n in prop_oneof![Just(1usize), 1usize..70], c in prop_oneof![Just(1usize), 2usize..40, Just(128usize), Just(257usize)], extra in prop_oneof![0usize..40, 200usize..700], t in prop_oneof![Just(0.07f32), Just(0.2f32), 0.05f32..1.0], dtype in dtype_strategy(), seed in any::<u64>()) {
         let k = n + extra;
         on_every_device!("infonce_matches_reference", check_infonce, n, c, k, t, dtype, seed);
+    }
+
+    #[test]
+    fn moco_v3_at_half_precision_holds_the_bound(n in prop_oneof![Just(1usize), 2usize..90], c in prop_oneof![Just(8usize), Just(64usize), Just(128usize), 1usize..20], t in prop_oneof![Just(0.2f32), Just(1.0f32)], seed in any::<u64>()) {
+        on_every_device!("moco_v3_at_half_precision_holds_the_bound", check_v3_half, n, c, t, seed);
     }
 
     #[test]

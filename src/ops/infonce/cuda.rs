@@ -282,10 +282,19 @@ pub fn moco_v3_loss_async(stream: &Arc<CudaStream>, dq1: &mut CudaViewMut<'_, f3
     let (mut st1, mut st2) = stats.split_at_mut(STATS_WORDS);
     // ctr(q1, k2) into dq1 and the first stats block, ctr(q2, k1) into dq2 and the second
     let mut row_loss = stream.alloc_zeros::<f32>(n)?;
-    let s = Scratch::normalized(stream, q1, k2, n, c)?;
-    stream_loss(stream, &s, Keys::F32(&s.k_hat), n, n, c, t, 2.0 * t, true, false, dq1, &mut row_loss.as_view_mut(), &mut st1)?;
-    let s = Scratch::normalized(stream, q2, k1, n, c)?;
-    stream_loss(stream, &s, Keys::F32(&s.k_hat), n, n, c, t, 2.0 * t, true, false, dq2, &mut row_loss.as_view_mut(), &mut st2)
+    // Half: the key set is k̂ rounded to bf16, and the tensor-core pass streams it
+    let mma = shape.precision() == Precision::Half && mma_infonce_apply(c, 2) && tensor_cores(stream)?;
+    let mut half = |q: &CudaView<'_, f32>, k: &CudaView<'_, f32>, dq: &mut CudaViewMut<'_, f32>, st: &mut CudaViewMut<'_, u32>| -> Result<()> {
+        let s = Scratch::normalized(stream, q, k, n, c)?;
+        if mma {
+            let k16 = round_rows(stream, &Params::logits(n, c, n), &s.k_hat, "bf16", n * c)?;
+            stream_loss(stream, &s, Keys::BF16(&k16), n, n, c, t, 2.0 * t, true, true, dq, &mut row_loss.as_view_mut(), st)
+        } else {
+            stream_loss(stream, &s, Keys::F32(&s.k_hat), n, n, c, t, 2.0 * t, true, false, dq, &mut row_loss.as_view_mut(), st)
+        }
+    };
+    half(q1, k2, dq1, &mut st1)?;
+    half(q2, k1, dq2, &mut st2)
 }
 
 /// [`moco_v3_loss_async`], then waits and returns the loss.

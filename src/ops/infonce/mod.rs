@@ -123,6 +123,12 @@ impl Precision {
         };
         u * key_norm + sum
     }
+    /// The bound of a cosine `q̂·k̂` of MoCo v3's in-batch loss (both unit, both rounded to bf16 at
+    /// [`Precision::Half`]): `2u + u² + (C + 8) · 2^-22` with u = 2^-8 (|q̃·k̃ − q̂·k̂| ≤ |q̃ − q̂| |k̃| + |k̃ − k̂|).
+    pub fn in_batch_cosine_bound(self, c: usize) -> f64 {
+        let u: f64 = if self == Precision::Half { 2f64.powi(-8) } else { 0.0 };
+        2.0 * u + u * u + (c + 8) as f64 * 2f64.powi(-22)
+    }
 }
 
 /// InfoNCE over a queue with temperature (MoCo v1/v2): `q, k: [N, C]`, `queue: [K, C]`.
@@ -158,6 +164,7 @@ pub struct SymmetricShape {
     n: usize,
     c: usize,
     temperature: f32,
+    precision: Precision,
 }
 
 getters!(LogitsShape { /** Batch size N. */ n: usize, /** Feature dimension C. */ c: usize, /** Queue length K. */ k: usize });
@@ -242,7 +249,17 @@ impl SymmetricShape {
         fits_u32(op, "N*C", n.saturating_mul(c))?;
         fits_u32(op, "N*N", n.saturating_mul(n))?;
         check_temperature(op, temperature)?;
-        Ok(Self { n, c, temperature })
+        Ok(Self { n, c, temperature, precision: Precision::Fp32 })
+    }
+    /// The same problem computed at `precision` (default [`Precision::Fp32`]). At [`Precision::Half`] both q̂ and
+    /// the keys k̂ are rounded to bf16 for the tensor cores (CUDA sm_80+, C % 8 == 0, C <= 128), so a logit's
+    /// cosine is within [`Precision::in_batch_cosine_bound`]; the softmax weights are rounded to bf16 too.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self { precision, ..self }
+    }
+    /// The arithmetic the loss may use.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
     /// Checks that each of the four inputs and two gradients holds N*C elements.
     pub fn check(&self, lens: &[(&str, usize)]) -> Result<()> {
