@@ -251,6 +251,19 @@ fn cuda(c: &mut Criterion) {
                 cu::moco_v3_loss(&s, &mut d1.as_view_mut(), &mut d2.as_view_mut(), &q1.as_view(), &q2.as_view(), &k1.as_view(), &k2.as_view(), &shape).unwrap();
             }))
         });
+        // C = 128, the widest the tensor-core pass holds: Fp32 and Half side by side
+        let c128 = 128;
+        let mut up = |seed| dev.upload(&data(n3 * c128, seed)).unwrap();
+        let (q1, q2, k1, k2) = (up(1), up(2), up(3), up(4));
+        let (mut d1, mut d2) = (up(5), up(6));
+        for (name, precision) in [("fp32", moco::Precision::Fp32), ("half", moco::Precision::Half)] {
+            let shape = SymmetricShape::new(n3, c128, t).unwrap().with_precision(precision);
+            g.bench_function(BenchmarkId::new(format!("moco_v3_fused_c128_{name}"), n3), |b| {
+                b.iter_custom(|iters| time(iters, &mut || {
+                    cu::moco_v3_loss(&s, &mut d1.as_view_mut(), &mut d2.as_view_mut(), &q1.as_view(), &q2.as_view(), &k1.as_view(), &k2.as_view(), &shape).unwrap();
+                }))
+            });
+        }
     }
     let shape = moco::EmaShape::new(RESNET50_PARAMS, 0.999).unwrap();
     let (mut kb, qb) = (dev.upload(&data(RESNET50_PARAMS, 1)).unwrap(), dev.upload(&data(RESNET50_PARAMS, 2)).unwrap());

@@ -1,6 +1,6 @@
 """PyTorch's side of the tensor-core comparison (issue 23), on one CUDA GPU: the official InfoNCE (F.normalize,
 einsum, cat, / T, F.cross_entropy, backward to q) at N=256, C=128, K = 4096, 65536 and 1,048,576, and moco-v3's
-symmetric loss at N = 1024 and 4096, C = 256, each in fp32 (PyTorch's default), with allow_tf32, and under bf16
+symmetric loss at N = 1024 and 4096, C = 256 and 128 (the widest the tensor-core pass holds), each in fp32 (PyTorch's default), with allow_tf32, and under bf16
 autocast; and torch.matmul in bf16 on the loss's two GEMMs (q̂ queueᵀ and P queue), the measured tensor-core floor.
 CUDA events around REPS steps after a warm-up; the median of 5 such runs. One markdown row per case.
 
@@ -83,12 +83,12 @@ def main():
         qb, qu, p = q.detach().bfloat16(), queue.bfloat16(), torch.rand(n, kk, device=dev, generator=g).bfloat16()
         print(f"| the two GEMMs (q̂ queueᵀ, P queue) K={kk} | torch.matmul bf16 | {timed(lambda: (qb @ qu.t(), p @ qu)):.3f} |")
         del queue, qu, p
-    c3 = 256
-    for n3 in [1024, 4096]:
-        q1, q2 = (torch.randn(n3, c3, device=dev, generator=g, requires_grad=True) for _ in range(2))
-        k1, k2 = (torch.randn(n3, c3, device=dev, generator=g) for _ in range(2))
-        for name, fn in modes(lambda: v3_step(q1, q2, k1, k2)):
-            print(f"| v3 loss N={n3} C={c3} fwd+bwd | {name} | {timed(fn):.3f} |")
+    for c3 in [256, 128]:
+        for n3 in [1024, 4096]:
+            q1, q2 = (torch.randn(n3, c3, device=dev, generator=g, requires_grad=True) for _ in range(2))
+            k1, k2 = (torch.randn(n3, c3, device=dev, generator=g) for _ in range(2))
+            for name, fn in modes(lambda: v3_step(q1, q2, k1, k2)):
+                print(f"| v3 loss N={n3} C={c3} fwd+bwd | {name} | {timed(fn):.3f} |")
 
 
 if __name__ == "__main__":

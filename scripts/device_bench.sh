@@ -50,6 +50,8 @@ MOCO_REQUIRE_CUDA_DEVICE=1 MOCO_CUDA_EMU=0 MOCO_PROPTEST_CASES=8 timeout 120 "$B
 timeout 120 "$BIN/contrastive" --bench 'cuda/logits_materialised' 2>&1 | tee "$OUT/logits_bench.txt" | grep -E '^cuda/|time:'
 step "tensor-core InfoNCE: fused fwd+bwd, f32 queue, bf16 queue at Fp32 and at Half (N=256, C=128)"
 timeout 150 "$BIN/contrastive" --bench 'cuda/infonce_fused' 2>&1 | tee "$OUT/infonce_bench.txt" | grep -E '^cuda/|time:'
+step "tensor-core v3 loss: C=256 (f32 only) and C=128 at Fp32 and Half, N=1024 and 4096"
+timeout 150 "$BIN/contrastive" --bench 'cuda/moco_v3_fused' 2>&1 | tee "$OUT/v3_bench.txt" | grep -E '^cuda/|time:'
 step "PyTorch on the same GPU: the losses at fp32, allow_tf32 and bf16 autocast, and the bf16 GEMM floor"
 timeout 150 python3 scripts/bench_torch_losses.py 2>&1 | tee "$OUT/torch_losses.md"
 
