@@ -261,13 +261,13 @@ fn small_moco_v2_three_steps_match_the_cpu_engine() {
 /// `--precision half` on the CUDA engine: MoCo v2 with a bf16 queue runs the tensor-core InfoNCE (on the emulated
 /// driver: `infonce_partial_mma_bf16` launched every step) and stays within the precision's stated bound of the CPU
 /// engine's loss (which computes in f32): each logit within δ/T, so the loss within 2δ/T, δ =
-/// `Precision::cosine_bound`, for the first step from the same state; the second step drifts with the first update
-/// and is held to 10x that. (Two steps: the engine on the emulated driver takes about a minute.)
+/// `Precision::cosine_bound`, for a step from the same state. (One step: the engine on the emulated driver is slow,
+/// and the op tests hold the bound on many shapes.)
 #[test]
 fn small_moco_v2_at_half_precision_takes_the_tensor_cores() {
     let Some(cuda) = device("small_moco_v2_at_half_precision_takes_the_tensor_cores") else { return };
     let cfg = TrainConfig { queue_dtype: moco::QueueDType::BF16, precision: moco::Precision::Half, ..small_v2() };
-    let data = batches(&cfg, 2);
+    let data = batches(&cfg, 1);
     let (mut c, mut g) = (CpuEngine::new(&cfg).unwrap(), CudaEngine::new(&cuda, &cfg).unwrap());
     g.load_state(&c.state().unwrap()).unwrap();
     let launches = || common::cuda_driver().ok().flatten().map(|d| d.launch_counts().get("infonce_partial_mma_bf16").copied().unwrap_or(0));
@@ -276,12 +276,12 @@ fn small_moco_v2_at_half_precision_takes_the_tensor_cores() {
     for (step, (xq, xk)) in data.iter().enumerate() {
         let (a, b) = (c.step(xq, xk, cfg.lr).unwrap(), g.step(xq, xk, cfg.lr).unwrap());
         let diff = (a.loss - b.loss).abs() as f64;
-        let limit = if step == 0 { bound } else { 10.0 * bound };
+        let limit = bound;
         eprintln!("v2 at Half, step {step}: cpu loss {:.6}  cuda loss {:.6}  |diff| {diff:.2e} (limit {limit:.2e})", a.loss, b.loss);
         assert!(b.loss.is_finite() && diff <= limit, "v2 at Half, step {step}: cpu {} vs cuda {}: {diff:.2e} > {limit:.2e}", a.loss, b.loss);
     }
     if let (Some(b0), Some(b1)) = (before, launches()) {
-        assert!(b1 >= b0 + 2, "the tensor-core InfoNCE ran each step: {b0} -> {b1} launches");
+        assert!(b1 > b0, "the tensor-core InfoNCE ran: {b0} -> {b1} launches");
     }
 }
 

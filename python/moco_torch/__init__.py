@@ -88,6 +88,16 @@ def _tensor(name, t, dtypes=(torch.float32,), ndim=None, device=None):
     return t
 
 
+_PRECISIONS = {"fp32": 0, "half": 1}
+
+
+def _precision(p):
+    """The precision code: "fp32" (default) or "half" (16-bit operands on the tensor cores for CUDA tensors)."""
+    if p not in _PRECISIONS:
+        raise ValueError(f"precision: expected 'fp32' or 'half', got {p!r}")
+    return _PRECISIONS[p]
+
+
 def _temperature(t):
     if isinstance(t, bool) or not isinstance(t, (int, float)):
         raise TypeError(f"temperature: expected a Python float, got {type(t).__name__}")
@@ -125,7 +135,7 @@ class InfoNCEResult(NamedTuple):
     top5: Union[int, torch.Tensor]
 
 
-def _infonce_native(q, k, queue, t):
+def _infonce_native(q, k, queue, t, precision=0):
     """(loss tensor, top1, top5, dq) of the checked tensors; on CUDA, queued on the current stream."""
     n, c = q.shape
     kk, code = _queue(queue, c, q.device)
@@ -134,7 +144,7 @@ def _infonce_native(q, k, queue, t):
     if q.is_cuda:
         # stats: [loss as f32 bits, acc@1, acc@5, 0], written on the device
         stats = torch.empty(4, dtype=torch.int32, device=q.device)
-        _native.infonce_cuda(q.device.index, _stream(q.device), q.data_ptr(), k.data_ptr(), queue.data_ptr(), code, n, c, kk, t, dq.data_ptr(), row_loss.data_ptr(), stats.data_ptr())
+        _native.infonce_cuda(q.device.index, _stream(q.device), q.data_ptr(), k.data_ptr(), queue.data_ptr(), code, n, c, kk, t, dq.data_ptr(), row_loss.data_ptr(), stats.data_ptr(), precision)
         return stats[0:1].view(torch.float32).reshape(()).clone(), stats[1], stats[2], dq
     loss, top1, top5 = _native.infonce(q.data_ptr(), k.data_ptr(), queue.data_ptr(), code, n, c, kk, t, dq.data_ptr(), row_loss.data_ptr())
     return torch.tensor(loss, dtype=torch.float32), top1, top5, dq
@@ -142,8 +152,8 @@ def _infonce_native(q, k, queue, t):
 
 class _InfoNCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, queue, temperature):
-        loss, top1, top5, dq = _infonce_native(q, k, queue, temperature)
+    def forward(ctx, q, k, queue, temperature, precision):
+        loss, top1, top5, dq = _infonce_native(q, k, queue, temperature, precision)
         ctx.save_for_backward(dq)
         ctx.counts = (top1, top5)
         return loss
@@ -151,14 +161,17 @@ class _InfoNCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         (dq,) = ctx.saved_tensors
-        return grad_loss * dq, None, None, None
+        return grad_loss * dq, None, None, None, None
 
 
-def infonce(q, k, queue, temperature=0.07):
+def infonce(q, k, queue, temperature=0.07, precision="fp32"):
     """MoCo's InfoNCE, fused: ``CrossEntropy(cat([q̂·k̂, q̂·queueᵀ]) / T, 0)`` averaged over the batch, forward and
     backward in one pass that never forms the N × (1 + K) logits. ``q, k: [N, C]`` float32 raw encoder outputs
     (normalised inside, as ``F.normalize``), ``queue: [K, C]`` (float32, float16 or bfloat16; K >= N), T > 0.
-    Only q gets a gradient (MoCo's stop-gradient on the keys and the queue)."""
+    Only q gets a gradient (MoCo's stop-gradient on the keys and the queue). ``precision="half"`` lets CUDA tensors
+    with an f16/bf16 queue (C % 8 == 0, C <= 128, sm_80+) run on the tensor cores: q̂ and the softmax weights in the
+    queue's format, f32 accumulation, each cosine within 2^-8 (bf16) or 2^-11 (f16) of the exact one
+    (``moco::Precision``); elsewhere it computes in f32."""
     _tensor("q", q, ndim=2)
     n, c = q.shape
     _tensor("k", k, ndim=2, device=q.device)
@@ -167,17 +180,20 @@ def infonce(q, k, queue, temperature=0.07):
     if n > kk:
         raise ValueError(f"queue: expected K >= N = {n} keys, got K = {kk}")
     t = _temperature(temperature)
+    p = _precision(precision)
     if torch.is_grad_enabled() and q.requires_grad:
-        loss = _InfoNCE.apply(q, k.detach(), queue.detach(), t)
+        loss = _InfoNCE.apply(q, k.detach(), queue.detach(), t, p)
         # the counts come from the same kernel call, kept on the autograd node
         return InfoNCEResult(loss, *loss.grad_fn.counts)
-    loss, top1, top5, _ = _infonce_native(q.detach(), k.detach(), queue.detach(), t)
+    loss, top1, top5, _ = _infonce_native(q.detach(), k.detach(), queue.detach(), t, p)
     return InfoNCEResult(loss, top1, top5)
 
 
-def logits(q, k, queue, temperature=None):
+def logits(q, k, queue, temperature=None, precision="fp32"):
     """The materialised logits of the official code: ``(l_pos [N, 1], l_neg [N, K])`` cosines of the normalised q, k
-    against the queue, divided by T when given. No gradient (use ``infonce`` to train)."""
+    against the queue, divided by T when given. No gradient (use ``infonce`` to train). ``precision="half"``: the
+    negatives on the tensor cores for CUDA tensors with an f16/bf16 queue and C % 8 == 0 (as ``infonce``)."""
+    p = _precision(precision)
     _tensor("q", q, ndim=2)
     n, c = q.shape
     _tensor("k", k, ndim=2, device=q.device)
@@ -187,7 +203,7 @@ def logits(q, k, queue, temperature=None):
     l_neg = torch.empty(n, kk, dtype=torch.float32, device=q.device)
     args = (q.data_ptr(), k.data_ptr(), queue.data_ptr(), code, n, c, kk, l_pos.data_ptr(), l_neg.data_ptr())
     if q.is_cuda:
-        _native.logits_cuda(q.device.index, _stream(q.device), *args)
+        _native.logits_cuda(q.device.index, _stream(q.device), *args, p)
     else:
         _native.logits(*args)
     if temperature is not None:
@@ -205,14 +221,14 @@ class V3Result(NamedTuple):
     counts: List[Union[int, torch.Tensor]]
 
 
-def _v3_native(q1, q2, k1, k2, t):
+def _v3_native(q1, q2, k1, k2, t, precision=0):
     """(loss tensor, counts, dq1, dq2) of the checked tensors; on CUDA, queued on the current stream."""
     n, c = q1.shape
     dq1, dq2 = torch.empty_like(q1), torch.empty_like(q2)
     if q1.is_cuda:
         # stats: the four words [loss bits, acc@1, acc@5, 0] of ctr(q1, k2), then those of ctr(q2, k1)
         stats = torch.empty(8, dtype=torch.int32, device=q1.device)
-        _native.moco_v3_loss_cuda(q1.device.index, _stream(q1.device), q1.data_ptr(), q2.data_ptr(), k1.data_ptr(), k2.data_ptr(), n, c, t, dq1.data_ptr(), dq2.data_ptr(), stats.data_ptr())
+        _native.moco_v3_loss_cuda(q1.device.index, _stream(q1.device), q1.data_ptr(), q2.data_ptr(), k1.data_ptr(), k2.data_ptr(), n, c, t, dq1.data_ptr(), dq2.data_ptr(), stats.data_ptr(), precision)
         words = stats.view(torch.float32)
         return words[0] + words[4], [stats[1], stats[2], stats[5], stats[6]], dq1, dq2
     loss, counts = _native.moco_v3_loss(q1.data_ptr(), q2.data_ptr(), k1.data_ptr(), k2.data_ptr(), n, c, t, dq1.data_ptr(), dq2.data_ptr())
@@ -221,8 +237,8 @@ def _v3_native(q1, q2, k1, k2, t):
 
 class _V3(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q1, q2, k1, k2, temperature):
-        loss, counts, dq1, dq2 = _v3_native(q1, q2, k1, k2, temperature)
+    def forward(ctx, q1, q2, k1, k2, temperature, precision):
+        loss, counts, dq1, dq2 = _v3_native(q1, q2, k1, k2, temperature, precision)
         ctx.save_for_backward(dq1, dq2)
         ctx.counts = counts
         return loss
@@ -230,23 +246,25 @@ class _V3(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         dq1, dq2 = ctx.saved_tensors
-        return grad_loss * dq1, grad_loss * dq2, None, None, None
+        return grad_loss * dq1, grad_loss * dq2, None, None, None, None
 
 
-def moco_v3_loss(q1, q2, k1, k2, temperature=1.0):
+def moco_v3_loss(q1, q2, k1, k2, temperature=1.0, precision="fp32"):
     """moco-v3's ``contrastive_loss(q1, k2) + contrastive_loss(q2, k1)``, each ``CE(q̂ k̂ᵀ / T, arange(N)) · 2T``,
     fused. All ``[N, C]`` float32 raw outputs (q: the predictor's, k: the momentum encoder's); only q1 and q2 get
-    gradients."""
+    gradients. ``precision="half"``: q̂ and k̂ in bf16 on the tensor cores for CUDA tensors (C % 8 == 0, C <= 128,
+    sm_80+), each cosine within about 2^-7 of the exact one; elsewhere f32."""
     _tensor("q1", q1, ndim=2)
     n, c = q1.shape
     for name, t in (("q2", q2), ("k1", k1), ("k2", k2)):
         _tensor(name, t, ndim=2, device=q1.device)
         _rows(name, t, n, c)
     t = _temperature(temperature)
+    p = _precision(precision)
     if torch.is_grad_enabled() and (q1.requires_grad or q2.requires_grad):
-        loss = _V3.apply(q1, q2, k1.detach(), k2.detach(), t)
+        loss = _V3.apply(q1, q2, k1.detach(), k2.detach(), t, p)
         return V3Result(loss, loss.grad_fn.counts)
-    loss, counts, _, _ = _v3_native(q1.detach(), q2.detach(), k1.detach(), k2.detach(), t)
+    loss, counts, _, _ = _v3_native(q1.detach(), q2.detach(), k1.detach(), k2.detach(), t, p)
     return V3Result(loss, counts)
 
 
@@ -376,11 +394,15 @@ class MoCoLoss(torch.nn.Module):
     gradient for q), and ``enqueue(keys)`` replaces the body of ``_dequeue_and_enqueue`` (any N <= K, wrapping).
     Kept apart, as in the official code, so that the symmetric loss enqueues ``cat([k1, k2])`` after both halves.
 
+    ``precision`` is ``infonce``'s ("fp32", or "half": tensor cores for CUDA tensors with an f16/bf16 queue).
+
     The queue (``[K, dim]``, the crate's layout) and its pointer are buffers, saved in ``state_dict``. It starts as
     the official code's ``F.normalize(torch.randn(dim, K), dim=0)``, transposed."""
 
-    def __init__(self, K=4096, dim=128, T=0.1, dtype=torch.float32):
+    def __init__(self, K=4096, dim=128, T=0.1, dtype=torch.float32, precision="fp32"):
         super().__init__()
+        _precision(precision)
+        self.precision = precision
         if dtype not in _QUEUE_DTYPES:
             raise TypeError(f"dtype: expected float32, float16 or bfloat16, got {dtype}")
         if not (isinstance(K, int) and isinstance(dim, int) and K >= 1 and dim >= 1):
@@ -392,7 +414,7 @@ class MoCoLoss(torch.nn.Module):
         self.top1, self.top5 = 0, 0
 
     def forward(self, q, k):
-        r = infonce(q, k, self.queue, self.T)
+        r = infonce(q, k, self.queue, self.T, self.precision)
         self.top1, self.top5 = r.top1, r.top5
         return r.loss
 

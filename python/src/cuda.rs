@@ -17,7 +17,7 @@ use moco::ops::infonce::cuda as infonce_ops;
 use moco::ops::infonce::STATS_WORDS;
 use moco::ops::queue::cuda as queue_ops;
 use moco::ops::queue::cuda::{CudaQueue, CudaQueueStorage};
-use moco::{InfoNceShape, LogitsShape, QueueShape, SymmetricShape};
+use moco::{InfoNceShape, LogitsShape, Precision, QueueShape, SymmetricShape};
 use cudarc::driver::{sys, CudaContext, CudaSlice, CudaStream, DeviceRepr};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -59,6 +59,15 @@ impl Drop for RestoreCurrent {
         // SAFETY: the saved context was current on this thread when the call began, so it is alive (a context that
         // PyTorch or the user created and did not destroy during a call of ours); null unbinds.
         let _ = unsafe { cudarc::driver::result::ctx::set_current(self.0.unwrap_or(std::ptr::null_mut())) };
+    }
+}
+
+/// The precision code of the Python layer: 0 `"fp32"`, 1 `"half"` (tensor cores where they apply).
+fn precision(code: u32) -> PyResult<Precision> {
+    match code {
+        0 => Ok(Precision::Fp32),
+        1 => Ok(Precision::Half),
+        p => Err(PyValueError::new_err(format!("precision code 0 (fp32) or 1 (half), got {p}"))),
     }
 }
 
@@ -169,11 +178,12 @@ pub fn cuda_status(py: Python<'_>) -> (bool, String) {
 }
 
 /// [`crate::infonce`] on CUDA, asynchronous: writes `dq: [n, c]`, `row_loss: [n]` and `stats: [4]` u32 words (mean
-/// loss as f32 bits, acc@1 count, acc@5 count, 0) on the stream.
+/// loss as f32 bits, acc@1 count, acc@5 count, 0) on the stream; `precision_code` as [`precision`].
 #[pyfunction]
+#[pyo3(signature = (device, stream, q, k, queue_ptr, dtype, n, c, kk, temperature, dq, row_loss, stats, precision_code = 0))]
 #[allow(clippy::too_many_arguments)]
-pub fn infonce_cuda(device: usize, stream: usize, q: usize, k: usize, queue_ptr: usize, dtype: u32, n: usize, c: usize, kk: usize, temperature: f64, dq: usize, row_loss: usize, stats: usize) -> PyResult<()> {
-    let shape = InfoNceShape::new(n, c, kk, temperature as f32).map_err(py_err)?;
+pub fn infonce_cuda(device: usize, stream: usize, q: usize, k: usize, queue_ptr: usize, dtype: u32, n: usize, c: usize, kk: usize, temperature: f64, dq: usize, row_loss: usize, stats: usize, precision_code: u32) -> PyResult<()> {
+    let shape = InfoNceShape::new(n, c, kk, temperature as f32).map_err(py_err)?.with_precision(precision(precision_code)?);
     let l = Launch::new(device, stream)?;
     // SAFETY: the Python caller checked every tensor (on `device`, contiguous, dtype, element counts); dq, row_loss
     // and stats are fresh outputs distinct from the inputs.
@@ -187,9 +197,10 @@ pub fn infonce_cuda(device: usize, stream: usize, q: usize, k: usize, queue_ptr:
 
 /// [`crate::logits`] on CUDA, asynchronous: `l_pos: [n]`, `l_neg: [n, kk]`.
 #[pyfunction]
+#[pyo3(signature = (device, stream, q, k, queue_ptr, dtype, n, c, kk, l_pos, l_neg, precision_code = 0))]
 #[allow(clippy::too_many_arguments)]
-pub fn logits_cuda(device: usize, stream: usize, q: usize, k: usize, queue_ptr: usize, dtype: u32, n: usize, c: usize, kk: usize, l_pos: usize, l_neg: usize) -> PyResult<()> {
-    let shape = LogitsShape::new(n, c, kk).map_err(py_err)?;
+pub fn logits_cuda(device: usize, stream: usize, q: usize, k: usize, queue_ptr: usize, dtype: u32, n: usize, c: usize, kk: usize, l_pos: usize, l_neg: usize, precision_code: u32) -> PyResult<()> {
+    let shape = LogitsShape::new(n, c, kk).map_err(py_err)?.with_precision(precision(precision_code)?);
     let l = Launch::new(device, stream)?;
     // SAFETY: as in `infonce_cuda`; l_pos [n] and l_neg [n*kk] are fresh outputs.
     unsafe {
@@ -203,9 +214,10 @@ pub fn logits_cuda(device: usize, stream: usize, q: usize, k: usize, queue_ptr: 
 /// [`crate::moco_v3_loss`] on CUDA, asynchronous: writes `dq1, dq2: [n, c]` and `stats: [8]` u32 words (the four
 /// words of `ctr(q1, k2)`, then those of `ctr(q2, k1)`).
 #[pyfunction]
+#[pyo3(signature = (device, stream, q1, q2, k1, k2, n, c, temperature, dq1, dq2, stats, precision_code = 0))]
 #[allow(clippy::too_many_arguments)]
-pub fn moco_v3_loss_cuda(device: usize, stream: usize, q1: usize, q2: usize, k1: usize, k2: usize, n: usize, c: usize, temperature: f64, dq1: usize, dq2: usize, stats: usize) -> PyResult<()> {
-    let shape = SymmetricShape::new(n, c, temperature as f32).map_err(py_err)?;
+pub fn moco_v3_loss_cuda(device: usize, stream: usize, q1: usize, q2: usize, k1: usize, k2: usize, n: usize, c: usize, temperature: f64, dq1: usize, dq2: usize, stats: usize, precision_code: u32) -> PyResult<()> {
+    let shape = SymmetricShape::new(n, c, temperature as f32).map_err(py_err)?.with_precision(precision(precision_code)?);
     let l = Launch::new(device, stream)?;
     let nc = n * c;
     // SAFETY: as in `infonce_cuda`; dq1, dq2 and stats are distinct fresh outputs.
