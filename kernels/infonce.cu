@@ -353,22 +353,52 @@ template <int DT> __device__ __forceinline__ unsigned short round_to_16(float x)
     return (unsigned short)(DT == 1 ? f32_to_f16_bits(x) : f32_to_bf16_bits(x));
 }
 
-// The shared-memory offset (in 16-bit elements) of piece `piece` (0..3, 8 elements each) of staged row `row`.
-__device__ __forceinline__ unsigned int swizzled(unsigned int row, unsigned int piece) {
-    return row * MMA_ROW + ((piece ^ ((row >> 1) & 3u)) << 3);
+// The shared-memory offset (in 16-bit elements) of piece `piece` (8 elements, 16 bytes) of row `row` of a staged
+// tile whose rows hold PIECES pieces (4: 64-byte rows, 16: 256-byte rows). The piece index is XORed with the row's
+// position among the 8 rows one ldmatrix phase reads, so those 8 rows hit 8 distinct 16-byte bank groups: with
+// 64-byte rows two rows share a 128-byte bank window, so rows 2x, 2x + 1 are told apart by the window and the pairs
+// by (row / 2) & 3; with 256-byte rows every row starts at bank 0, so row & 7.
+template <unsigned int PIECES> __device__ __forceinline__ unsigned int swizzled(unsigned int row, unsigned int piece) {
+    const unsigned int x = PIECES >= 8u ? (row & 7u) : ((row / (8u / PIECES)) & (PIECES - 1u));
+    return row * PIECES * 8u + ((piece ^ x) << 3);
 }
 
-// Copies channels c0 .. c0 + 31 of rows r0 .. r0 + 63 of `src: [rows, C]` (16-bit) into `tile: [64][32]` (swizzled),
-// zero-filling rows >= rows and channels >= C: 256 pieces of 16 bytes, two per thread.
-__device__ __forceinline__ void stage_rows(unsigned short* tile, const unsigned short* __restrict__ src, unsigned int r0, unsigned int rows, unsigned int c, unsigned int c0) {
+// Copies channels c0 .. c0 + 8 PIECES - 1 of rows r0 .. r0 + 63 of `src: [rows, C]` (16-bit) into `tile: [64][8
+// PIECES]` (swizzled), zero-filling rows >= rows and channels >= C: 64 PIECES pieces of 16 bytes, PIECES / 2 per
+// thread.
+template <unsigned int PIECES> __device__ __forceinline__ void stage_tile(unsigned short* tile, const unsigned short* __restrict__ src, unsigned int r0, unsigned int rows, unsigned int c, unsigned int c0) {
 #pragma unroll
-    for (unsigned int u = 0; u < 2u; ++u) {
+    for (unsigned int u = 0; u < PIECES / 2u; ++u) {
         const unsigned int e = threadIdx.x + u * (MMA_WARPS * 32u);
-        const unsigned int row = e >> 2, piece = e & 3u;
+        const unsigned int row = e / PIECES, piece = e % PIECES;
         const unsigned int gr = r0 + row, gc = c0 + piece * 8u;
         const bool inside = gr < rows && gc < c;
         // a piece past the end copies 0 bytes (zero fill) from a valid address: the start of src
-        cp_async_16(tile + swizzled(row, piece), inside ? src + (size_t)gr * c + gc : src, inside ? 16u : 0u);
+        cp_async_16(tile + swizzled<PIECES>(row, piece), inside ? src + (size_t)gr * c + gc : src, inside ? 16u : 0u);
+    }
+}
+
+template <int DT> __device__ __forceinline__ void mma_16816(float (&acc)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
+    if (DT == 2) mma_bf16_16816(acc, a, b);
+    else mma_f16_16816(acc, a, b);
+}
+
+// The A fragment (16 x 16) of the warp's rows 16 warp .. 16 warp + 15, channels 16 ks .. 16 ks + 15 of a staged
+// tile: matrix i = lane / 8 is rows 8 (i & 1) + lane % 8, channels 8 (i >> 1).
+template <unsigned int PIECES> __device__ __forceinline__ void load_a(unsigned int (&a)[4], const unsigned short* tile, unsigned int warp, unsigned int ks, unsigned int lane) {
+    ldmatrix_x4(a, tile + swizzled<PIECES>(warp * 16u + 8u * ((lane >> 3) & 1u) + (lane & 7u), 2u * ks + (lane >> 4)));
+}
+
+// s[nt] += A . keys^T for the 8 key tiles of a staged [64 keys][8 PIECES] tile, channels 16 ks .. 16 ks + 15. B for
+// key tiles 2 np and 2 np + 1: matrix i is keys 8 (2 np + (i >> 1)) + lane % 8, channels 8 (i & 1).
+template <int DT, unsigned int PIECES> __device__ __forceinline__ void qk_step(float (&s)[8][4], const unsigned int (&a)[4], const unsigned short* kt, unsigned int ks, unsigned int lane) {
+#pragma unroll
+    for (unsigned int np = 0; np < 4u; ++np) {
+        unsigned int b[4];
+        ldmatrix_x4(b, kt + swizzled<PIECES>(16u * np + 8u * (lane >> 4) + (lane & 7u), 2u * ks + ((lane >> 3) & 1u)));
+        const unsigned int b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+        mma_16816<DT>(s[2u * np], a, b0);
+        mma_16816<DT>(s[2u * np + 1u], a, b1);
     }
 }
 
@@ -385,14 +415,14 @@ __device__ __forceinline__ void negative_logits_mma_impl(const InfoNceParams& P,
         for (unsigned int e = 0; e < 4u; ++e) acc[nt][e] = 0.0f;
     }
     const unsigned int chunks = (P.c + MMA_KC - 1u) / MMA_KC;
-    stage_rows(q_tile[0], q16, i0, P.n, P.c, 0u);
-    stage_rows(k_tile[0], keys, j0, P.m, P.c, 0u);
+    stage_tile<MMA_ROW / 8u>(q_tile[0], q16, i0, P.n, P.c, 0u);
+    stage_tile<MMA_ROW / 8u>(k_tile[0], keys, j0, P.m, P.c, 0u);
     cp_async_commit();
     for (unsigned int ch = 0; ch < chunks; ++ch) {
         const unsigned int buf = ch & 1u;
         if (ch + 1u < chunks) { // the next chunk into the other stage, then wait for this one only
-            stage_rows(q_tile[buf ^ 1u], q16, i0, P.n, P.c, (ch + 1u) * MMA_KC);
-            stage_rows(k_tile[buf ^ 1u], keys, j0, P.m, P.c, (ch + 1u) * MMA_KC);
+            stage_tile<MMA_ROW / 8u>(q_tile[buf ^ 1u], q16, i0, P.n, P.c, (ch + 1u) * MMA_KC);
+            stage_tile<MMA_ROW / 8u>(k_tile[buf ^ 1u], keys, j0, P.m, P.c, (ch + 1u) * MMA_KC);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -401,25 +431,9 @@ __device__ __forceinline__ void negative_logits_mma_impl(const InfoNceParams& P,
         __syncthreads(); // every thread's pieces of this stage have landed
 #pragma unroll
         for (unsigned int ks = 0; ks < 2u; ++ks) {
-            // A (16 x 16 of the warp's rows): matrix i = lane / 8 is rows 8 (i & 1) + lane % 8, channels 8 (i >> 1)
             unsigned int a[4];
-            const unsigned int arow = warp * 16u + 8u * ((lane >> 3) & 1u) + (lane & 7u);
-            ldmatrix_x4(a, q_tile[buf] + swizzled(arow, 2u * ks + (lane >> 4)));
-#pragma unroll
-            for (unsigned int np = 0; np < 4u; ++np) {
-                // B for key tiles 2 np and 2 np + 1: matrix i is keys 8 (2 np + (i >> 1)) + lane % 8, channels 8 (i & 1)
-                unsigned int b[4];
-                const unsigned int brow = 16u * np + 8u * (lane >> 4) + (lane & 7u);
-                ldmatrix_x4(b, k_tile[buf] + swizzled(brow, 2u * ks + ((lane >> 3) & 1u)));
-                const unsigned int b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
-                if (DT == 2) {
-                    mma_bf16_16816(acc[2u * np], a, b0);
-                    mma_bf16_16816(acc[2u * np + 1u], a, b1);
-                } else {
-                    mma_f16_16816(acc[2u * np], a, b0);
-                    mma_f16_16816(acc[2u * np + 1u], a, b1);
-                }
-            }
+            load_a<MMA_ROW / 8u>(a, q_tile[buf], warp, ks, lane);
+            qk_step<DT, MMA_ROW / 8u>(acc, a, k_tile[buf], ks, lane);
         }
         __syncthreads(); // this stage is read before the next iteration refills it
     }
@@ -454,22 +468,8 @@ __device__ __forceinline__ void negative_logits_mma_impl(const InfoNceParams& P,
 // 16 bits (relative u per weight), both far inside the InfoNCE tolerance the precision states.
 #define MMA_CMAX 128u // channels a block holds (the host takes this path for C <= 128, C % 8 == 0)
 
-__device__ __forceinline__ unsigned int swizzled_wide(unsigned int row, unsigned int piece) {
-    return row * MMA_CMAX + ((piece ^ (row & 7u)) << 3);
-}
+#define WIDE (MMA_CMAX / 8u) // pieces per staged row of the wide tiles
 
-// Copies rows r0 .. r0 + 63 (of `rows`), channels 0 .. C - 1 of src [rows, C] into tile [64][MMA_CMAX] (swizzled),
-// zero-filling rows past `rows` and pieces past C: 64 x 16 pieces of 16 bytes, 8 per thread.
-__device__ __forceinline__ void stage_wide(unsigned short* tile, const unsigned short* __restrict__ src, unsigned int r0, unsigned int rows, unsigned int c) {
-#pragma unroll
-    for (unsigned int u = 0; u < 8u; ++u) {
-        const unsigned int e = threadIdx.x + u * (MMA_WARPS * 32u);
-        const unsigned int row = e >> 4, piece = e & 15u;
-        const unsigned int gr = r0 + row, gc = piece * 8u;
-        const bool inside = gr < rows && gc < c;
-        cp_async_16(tile + swizzled_wide(row, piece), inside ? src + (size_t)gr * c + gc : src, inside ? 16u : 0u);
-    }
-}
 
 // Two f32 as the low and high 16-bit halves of one register, in the format DT, rounded to nearest even: one
 // cvt.rn.{bf16x2,f16x2}.f32 on sm_80+ (the portable rounding of common.cuh is branchy: inlined 32 times per key tile
@@ -485,11 +485,6 @@ template <int DT> __device__ __forceinline__ unsigned int pack_16(float lo, floa
 #endif
 }
 
-template <int DT> __device__ __forceinline__ void mma_16816(float (&acc)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
-    if (DT == 2) mma_bf16_16816(acc, a, b);
-    else mma_f16_16816(acc, a, b);
-}
-
 template <int DT>
 __device__ __forceinline__ void infonce_partial_mma_impl(const InfoNceParams& P, const unsigned short* __restrict__ q16, const unsigned short* __restrict__ keys, const float* __restrict__ pos_logits, float* __restrict__ partial) {
     __shared__ __align__(16) unsigned short k_tile[2][MMA_BN * MMA_CMAX];
@@ -498,14 +493,14 @@ __device__ __forceinline__ void infonce_partial_mma_impl(const InfoNceParams& P,
     const unsigned int j_begin = split * P.keys_per_split, j_end = min(j_begin + P.keys_per_split, P.m);
     const unsigned int ksteps = (P.c + 15u) / 16u; // C / 16 rounded up (zero-filled past C)
     // q^ rows of this block into stage 1 (free until the second key tile), then into registers
-    stage_wide(k_tile[1], q16, row0, P.n, P.c);
+    stage_tile<WIDE>(k_tile[1], q16, row0, P.n, P.c, 0u);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
     unsigned int qa[MMA_CMAX / 16u][4];
 #pragma unroll
     for (unsigned int ks = 0; ks < MMA_CMAX / 16u; ++ks) {
-        if (ks < ksteps) ldmatrix_x4(qa[ks], k_tile[1] + swizzled_wide(warp * 16u + 8u * ((lane >> 3) & 1u) + (lane & 7u), 2u * ks + (lane >> 4)));
+        if (ks < ksteps) load_a<WIDE>(qa[ks], k_tile[1], warp, ks, lane);
     }
     __syncthreads(); // stage 1 is free again
     const unsigned int rows[2] = {row0 + warp * 16u + g, row0 + warp * 16u + g + 8u};
@@ -520,13 +515,13 @@ __device__ __forceinline__ void infonce_partial_mma_impl(const InfoNceParams& P,
     }
     const unsigned int tiles = (j_end > j_begin) ? (j_end - j_begin + MMA_BN - 1u) / MMA_BN : 0u;
     if (tiles > 0u) {
-        stage_wide(k_tile[0], keys, j_begin, j_end, P.c);
+        stage_tile<WIDE>(k_tile[0], keys, j_begin, j_end, P.c, 0u);
         cp_async_commit();
     }
     for (unsigned int tile = 0; tile < tiles; ++tile) {
         const unsigned int buf = tile & 1u, jt = j_begin + tile * MMA_BN;
         if (tile + 1u < tiles) {
-            stage_wide(k_tile[buf ^ 1u], keys, jt + MMA_BN, j_end, P.c);
+            stage_tile<WIDE>(k_tile[buf ^ 1u], keys, jt + MMA_BN, j_end, P.c, 0u);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -543,16 +538,7 @@ __device__ __forceinline__ void infonce_partial_mma_impl(const InfoNceParams& P,
         }
 #pragma unroll
         for (unsigned int ks = 0; ks < MMA_CMAX / 16u; ++ks) {
-            if (ks < ksteps) {
-#pragma unroll
-                for (unsigned int np = 0; np < 4u; ++np) {
-                    unsigned int b[4];
-                    ldmatrix_x4(b, kt + swizzled_wide(16u * np + 8u * (lane >> 4) + (lane & 7u), 2u * ks + ((lane >> 3) & 1u)));
-                    const unsigned int b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
-                    mma_16816<DT>(s[2u * np], qa[ks], b0);
-                    mma_16816<DT>(s[2u * np + 1u], qa[ks], b1);
-                }
-            }
+            if (ks < ksteps) qk_step<DT, WIDE>(s, qa[ks], kt, ks, lane);
         }
         // logits, masks, ranks, the tile's row max over the row's 4 lanes
         float tmax[2] = {NEG, NEG};
@@ -609,7 +595,7 @@ __device__ __forceinline__ void infonce_partial_mma_impl(const InfoNceParams& P,
                 if (cp < ksteps) {
                     // matrix i: keys 16 kk + 8 (i & 1) + lane % 8, channels 8 (2 cp + (i >> 1)); transposed
                     unsigned int b[4];
-                    ldmatrix_x4_trans(b, kt + swizzled_wide(16u * kk + 8u * ((lane >> 3) & 1u) + (lane & 7u), 2u * cp + (lane >> 4)));
+                    ldmatrix_x4_trans(b, kt + swizzled<WIDE>(16u * kk + 8u * ((lane >> 3) & 1u) + (lane & 7u), 2u * cp + (lane >> 4)));
                     const unsigned int b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
                     mma_16816<DT>(acc[2u * cp], pa, b0);
                     mma_16816<DT>(acc[2u * cp + 1u], pa, b1);
