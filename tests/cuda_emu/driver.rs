@@ -155,6 +155,11 @@ impl Driver {
         self.text(b"moco_emu_launch_counts\0").lines().filter_map(|l| l.split_once(' ')).map(|(k, n)| (k.to_string(), n.parse().unwrap_or(0))).collect()
     }
 
+    /// Calls made so far, per driver entry point (allocations, copies, synchronisations, launches as issued).
+    pub fn call_counts(&self) -> BTreeMap<String, u64> {
+        self.text(b"moco_emu_call_counts\0").lines().filter_map(|l| l.split_once(' ')).map(|(k, n)| (k.to_string(), n.parse().unwrap_or(0))).collect()
+    }
+
     /// Forgets a sticky error, queued work and the log (for the emulator's own tests of what it detects).
     pub fn reset(&self) {
         // SAFETY: `void moco_emu_reset(void)` (api.cpp).

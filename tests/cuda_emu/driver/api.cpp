@@ -35,6 +35,7 @@ bool trace() {
 CUresult enter(const char* fn, bool need_context) {
     emu::State& S = state();
     if (trace()) fprintf(stderr, "cuda_emu: %s\n", fn);
+    S.calls[fn] += 1;
     if (!S.initialized) return CUDA_ERROR_NOT_INITIALIZED;
     if (S.sticky != CUDA_SUCCESS) return S.sticky;
     if (need_context && tls_current == nullptr) return emu::report(CUDA_ERROR_INVALID_CONTEXT, std::string(fn) + " called with no current context on this thread", false);
@@ -995,6 +996,15 @@ extern "C" __attribute__((visibility("default"))) const char* moco_emu_launch_co
     static std::string out;
     out.clear();
     for (auto& [k, n] : state().launches) out += k + " " + std::to_string(n) + "\n";
+    return out.c_str();
+}
+
+// "entry-point calls\n" per driver entry point called so far (the implemented ones: every call that passed ENTER).
+extern "C" __attribute__((visibility("default"))) const char* moco_emu_call_counts(void) {
+    Lock lock(state().mu);
+    static std::string out;
+    out.clear();
+    for (auto& [k, n] : state().calls) out += k + " " + std::to_string(n) + "\n";
     return out.c_str();
 }
 

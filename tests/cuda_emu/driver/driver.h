@@ -186,6 +186,7 @@ struct State {
     uint64_t launch_counter = 0;
     uint64_t seed = 1;
     std::map<std::string, uint64_t> launches; // kernel -> launches that ran
+    std::map<std::string, uint64_t> calls;    // driver entry point -> calls made (launches counted when issued)
     std::vector<KernelLibrary> libraries;
     std::string library_dir;
 };

@@ -1,0 +1,74 @@
+//! What one MoCo step asks of the CUDA driver, counted on the emulated driver (tests/cuda_emu/driver counts every
+//! entry point it is called through): allocations, frees, copies, memsets, synchronisations and launches of one
+//! steady-state step (after a first step has allocated what it keeps), for the v2 engine (ResNet-18, shuffle-BN,
+//! queue) and the v3 engine (ViT, symmetric loss). A GPU step that waits for the host, or allocates, cannot be
+//! replayed as one graph and runs at the host's pace; this test prints the counts and holds the ones the step
+//! has brought to zero. One test in its own binary: the counts are per process.
+mod common;
+use moco::data::{synthetic, AugmentConfig, PairLoader, SyntheticConfig};
+use moco::train::{CudaEngine, CudaVitEngine, Engine, Preset, TrainConfig};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+fn small_v2() -> TrainConfig {
+    let mut c = TrainConfig::preset(Preset::V2).with_batch(8);
+    (c.image_size, c.queue_len, c.dim, c.bn_splits, c.seed) = (8, 64, 16, 2, 5);
+    c.shuffle_bn = true;
+    c
+}
+
+fn small_v3() -> TrainConfig {
+    let mut c = TrainConfig::v3(moco::train::ModelKind::Vit);
+    c.image_size = 16;
+    c.vit = moco::nn::VitConfig { img_size: 16, patch: 8, dim: 32, depth: 2, heads: 2, ..c.vit };
+    (c.mlp_dim, c.dim, c.batch_size, c.seed, c.lr) = (64, 16, 8, 5, 1e-3);
+    c
+}
+
+fn batches(cfg: &TrainConfig, steps: usize) -> Vec<(Vec<f32>, Vec<f32>)> {
+    let sc = SyntheticConfig { train: cfg.batch_size * steps, test: 0, seed: 3, size: cfg.image_size, ..SyntheticConfig::default() };
+    let (ds, _) = synthetic(&sc).unwrap();
+    let loader = PairLoader::new(Arc::new(ds), AugmentConfig::v2(cfg.image_size), cfg.batch_size, 3).unwrap();
+    (0..steps).map(|i| loader.batch(0, i).unwrap()).map(|b| (b.x_q, b.x_k)).collect()
+}
+
+/// The calls of the last step: counts after minus counts before.
+fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    after.iter().map(|(k, &n)| (k.clone(), n - before.get(k).copied().unwrap_or(0))).filter(|(_, n)| *n > 0).collect()
+}
+
+/// Sum of the counts of the entry points whose names start with one of `prefixes`.
+fn sum(calls: &BTreeMap<String, u64>, prefixes: &[&str]) -> u64 {
+    calls.iter().filter(|(k, _)| prefixes.iter().any(|p| k.starts_with(p))).map(|(_, n)| n).sum()
+}
+
+fn one_step_calls(name: &str, mut step: impl FnMut(usize) -> f32, driver: &common::cuda_emu::driver::Driver) -> BTreeMap<String, u64> {
+    assert!(step(0).is_finite(), "{name}: first step");
+    let before = driver.call_counts();
+    assert!(step(1).is_finite(), "{name}: second step");
+    let calls = delta(&before, &driver.call_counts());
+    let launches = sum(&calls, &["cuLaunchKernel"]);
+    eprintln!("{name}: one steady-state step calls the driver {} times: {launches} launches, {} allocations, {} frees, {} memsets, {} host-to-device copies, {} device-to-host copies, {} synchronisations",
+        calls.values().sum::<u64>(), sum(&calls, &["cuMemAlloc"]), sum(&calls, &["cuMemFree"]), sum(&calls, &["cuMemset"]), sum(&calls, &["cuMemcpyHtoD"]), sum(&calls, &["cuMemcpyDtoH"]), sum(&calls, &["cuStreamSynchronize", "cuCtxSynchronize", "cuEventSynchronize"]));
+    for (k, n) in &calls {
+        eprintln!("  {k:<32} {n}");
+    }
+    calls
+}
+
+#[test]
+fn one_steady_state_step_of_each_engine_counts_its_driver_calls() {
+    let Some(cuda) = common::cuda_device("one_steady_state_step_of_each_engine_counts_its_driver_calls") else { return };
+    let Ok(Some(driver)) = common::cuda_driver() else {
+        eprintln!("one_steady_state_step_of_each_engine_counts_its_driver_calls: skipped on a real driver (the counts come from the emulated one)");
+        return;
+    };
+    let cfg = small_v2();
+    let data = batches(&cfg, 2);
+    let mut g = CudaEngine::new(&cuda, &cfg).unwrap();
+    one_step_calls("MoCo v2 (ResNet-18)", |i| g.step(&data[i].0, &data[i].1, cfg.lr).unwrap().loss, driver);
+    let cfg = small_v3();
+    let data = batches(&cfg, 2);
+    let mut g = CudaVitEngine::new(&cuda, &cfg).unwrap();
+    one_step_calls("MoCo v3 (ViT)", |i| g.step(&data[i].0, &data[i].1, cfg.lr).unwrap().loss, driver);
+}
