@@ -53,12 +53,16 @@ fn one_step_calls(name: &str, mut step: impl FnMut(usize) -> f32, driver: &commo
     for (k, n) in &calls {
         eprintln!("  {k:<32} {n}");
     }
+    // the ops take their scratch from the device's reused workspace: a steady-state step allocates nothing
+    assert_eq!((sum(&calls, &["cuMemAlloc"]), sum(&calls, &["cuMemFree"])), (0, 0), "{name}: allocations and frees in a steady-state step");
     calls
 }
 
 #[test]
 fn one_steady_state_step_of_each_engine_counts_its_driver_calls() {
-    let Some(cuda) = common::cuda_device("one_steady_state_step_of_each_engine_counts_its_driver_calls") else { return };
+    let Some(mut cuda) = common::cuda_device("one_steady_state_step_of_each_engine_counts_its_driver_calls") else { return };
+    // count what a user's step asks for: no test poisoning of the scratch
+    cuda.set_scratch_poison(false);
     let Ok(Some(driver)) = common::cuda_driver() else {
         eprintln!("one_steady_state_step_of_each_engine_counts_its_driver_calls: skipped on a real driver (the counts come from the emulated one)");
         return;

@@ -190,8 +190,10 @@ pub fn cuda_device(test: &str) -> Option<moco::Cuda> {
         }
     };
     match moco::Cuda::new(0) {
-        Ok(c) => {
+        Ok(mut c) => {
             eprintln!("{test}: running on {}", c.name());
+            // the ops' reused scratch reads as NaN until a kernel writes it, as a new allocation does
+            c.set_scratch_poison(true);
             Some(c)
         }
         Err(e) => {

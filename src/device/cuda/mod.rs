@@ -8,10 +8,12 @@
 //! ops, or wraps its stream with [`Cuda::from_stream`].
 
 mod context;
+mod workspace;
 
 pub use context::{check_driver, check_nvrtc};
 #[cfg(test)]
 pub(crate) use context::compile;
+pub(crate) use workspace::Workspace;
 pub(crate) use context::{cfg, cfg_block, function, module, BLOCK, MAX_GRID_X, MAX_GRID_YZ};
 
 use super::{check_regions, Device, DeviceKind, OpState, Region};
@@ -27,6 +29,8 @@ pub struct Cuda {
     stream: Arc<CudaStream>,
     name: String,
     state: OpState,
+    /// Fill every scratch hand-out with NaN first ([`Cuda::set_scratch_poison`]).
+    poison_scratch: bool,
 }
 
 impl Cuda {
@@ -45,7 +49,7 @@ impl Cuda {
         let ctx = stream.context().clone();
         let dev = context::no_panic("CUDA device name", || Ok(ctx.name().unwrap_or_else(|_| "unknown device".into())))?;
         let (major, minor) = ctx.compute_capability()?;
-        Ok(Self { name: format!("cuda:{} {dev} (sm_{major}{minor})", ctx.ordinal()), ctx, stream, state: OpState::default() })
+        Ok(Self { name: format!("cuda:{} {dev} (sm_{major}{minor})", ctx.ordinal()), ctx, stream, state: OpState::default(), poison_scratch: false })
     }
 
     /// The device's context.
@@ -56,6 +60,21 @@ impl Cuda {
     /// The stream every op of this device runs on.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    /// Fills the ops' reused scratch with 0xFF bytes (NaN as f32) before each op takes it, so that a kernel that
+    /// reads scratch it did not write shows NaN: for tests (one memset per op call). Clones made after the call
+    /// inherit it.
+    pub fn set_scratch_poison(&mut self, on: bool) {
+        self.poison_scratch = on;
+    }
+
+    /// The stream and this device's reused op scratch (see [`Workspace`]).
+    pub(crate) fn workspace(&mut self) -> (Arc<CudaStream>, &mut Workspace) {
+        let (stream, poison) = (self.stream.clone(), self.poison_scratch);
+        let ws = self.state.get::<Workspace>();
+        ws.set_poison(poison);
+        (stream, ws)
     }
 
     /// The per-device state of one op (see [`OpState`]).

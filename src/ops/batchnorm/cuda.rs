@@ -1,7 +1,7 @@
 //! Batch norm on CUDA (`kernels/batchnorm.cu`): the launch sequence of `src/ops/batchnorm/wgpu.rs` (statistics,
 //! running update, apply; backward sums, coefficients, gradient). Absent optional tensors are passed as null
-//! pointers, which the kernels never dereference (every access is gated by a flag). Per-call scratch (`var_gc`,
-//! `sums`, `coef`) is allocated on the device's stream; everything runs asynchronously on it.
+//! pointers, which the kernels never dereference (every access is gated by a flag). The scratch (`var_gc`, `sums`,
+//! `coef`) is the device's reused workspace (each element written before it is read); everything runs on its stream.
 
 use super::params::{channel_grid, flags, stat_grid, BatchNormParams};
 use super::{BatchNorm, BatchNormShape, Epilogue, EpilogueGrad, KERNELS};
@@ -58,14 +58,16 @@ impl BatchNorm for Cuda {
         let (epi, identity) = epilogue_flags(&epilogue);
         s.check_train(out.len(), mean.len(), rstd.len(), running_mean.len(), running_var.len(), inp.len(), identity.map(|v| v.len()), gamma.as_ref().map(|v| v.len()), beta.as_ref().map(|v| v.len()))?;
         let grid = stat_grid(&s)?;
-        let stream = self.stream();
+        let (stream, ws) = self.workspace();
+        let stream = &stream;
         let p = BatchNormParams::new(&s, 0);
-        let mut var_gc = stream.alloc_zeros::<f32>(s.stats_len())?;
+        let [mut var_gc] = ws.f32s.take(stream, [s.stats_len()])?;
         let f = KERNELS.cuda_function(stream, "bn_stats")?;
         // SAFETY: bn_stats(BatchNormParams, const float* inp [len], float* mean [G*C], float* rstd [G*C], float*
         // var_gc [G*C]); lengths checked above; block gc < G*C reads the M = count elements of its statistic
         // (stat_offset < len) and thread 0 writes index gc.
         unsafe { stream.launch_builder(&f).arg(&p).arg(&inp).arg(&mut mean).arg(&mut rstd).arg(&mut var_gc).launch(cfg(grid)) }?;
+        let var_gc = var_gc.into_view();
         let f = KERNELS.cuda_function(stream, "bn_running")?;
         // SAFETY: bn_running(BatchNormParams, const float* mean [G*C], const float* var_gc [G*C], float*
         // running_mean [C], float* running_var [C]); thread ch < C reads (g, ch) for g < G and updates index ch;
@@ -93,9 +95,9 @@ impl BatchNorm for Cuda {
         let grid = stat_grid(&s)?;
         let fl = flag(gamma.is_some(), flags::GAMMA) | flag(out.is_some(), flags::RELU) | flag(didentity.is_some(), flags::ADD) | flag(dgamma.is_some(), flags::DGAMMA) | flag(dbeta.is_some(), flags::DBETA);
         let p = BatchNormParams::new(&s, fl);
-        let stream = self.stream();
-        let mut sums = stream.alloc_zeros::<f32>(s.stats_len() * 2)?;
-        let mut coef = stream.alloc_zeros::<f32>(s.stats_len() * 3)?;
+        let (stream, ws) = self.workspace();
+        let stream = &stream;
+        let [mut sums, mut coef] = ws.f32s.take(stream, [s.stats_len() * 2, s.stats_len() * 3])?;
 
         let f = KERNELS.cuda_function(stream, "bn_backward_sums")?;
         let mut b = stream.launch_builder(&f);
@@ -108,6 +110,7 @@ impl BatchNorm for Cuda {
         // sums[2gc..2gc+2].
         unsafe { b.launch(cfg(grid)) }?;
 
+        let sums = sums.into_view();
         let f = KERNELS.cuda_function(stream, "bn_backward_coef")?;
         let mut b = stream.launch_builder(&f);
         b.arg(&p);
@@ -122,6 +125,7 @@ impl BatchNorm for Cuda {
         // touches channel ch and statistics (g, ch).
         unsafe { b.launch(cfg(channel_grid(&s))) }?;
 
+        let coef = coef.into_view();
         let f = KERNELS.cuda_function(stream, "bn_backward_dx")?;
         let mut b = stream.launch_builder(&f);
         b.arg(&p).arg(&inp).arg(&dout);

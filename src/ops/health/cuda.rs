@@ -3,7 +3,7 @@
 
 use super::params::{drift_plan, HealthLaunch, HealthParams, HealthPlan};
 use super::{DriftShape, Health, HealthShape, KERNELS};
-use crate::device::cuda::{cfg, Cuda};
+use crate::device::cuda::{cfg, Cuda, Workspace};
 use crate::error::Result;
 use crate::ops::queue::cuda::{CudaQueue, CudaQueueStorage};
 use cudarc::driver::{CudaFunction, CudaStream, CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
@@ -36,26 +36,35 @@ fn kernel(stream: &Arc<CudaStream>, l: &HealthLaunch, keys: &Keys<'_, '_>) -> Re
 /// Writes `stats: [HEALTH_WORDS]` and `gram: [g, g]` from `q_hat, k_hat: [N, d]` and the queue `[K, d]` (f32, f16 or
 /// bf16; see [`Health::health`]), asynchronously on `stream`.
 pub fn health(stream: &Arc<CudaStream>, stats: &mut CudaViewMut<'_, f32>, gram: &mut CudaViewMut<'_, f32>, q_hat: &CudaView<'_, f32>, k_hat: &CudaView<'_, f32>, queue: &CudaQueue, shape: &HealthShape) -> Result<()> {
+    health_in(stream, &mut Workspace::default(), stats, gram, q_hat, k_hat, queue, shape)
+}
+
+/// [`health`] with its partial sums in `ws`.
+#[allow(clippy::too_many_arguments)]
+fn health_in(stream: &Arc<CudaStream>, ws: &mut Workspace, stats: &mut CudaViewMut<'_, f32>, gram: &mut CudaViewMut<'_, f32>, q_hat: &CudaView<'_, f32>, k_hat: &CudaView<'_, f32>, queue: &CudaQueue, shape: &HealthShape) -> Result<()> {
     shape.check_kind(false)?;
     shape.check(stats.len(), gram.len(), q_hat.len(), k_hat.len(), queue.len())?;
     shape.check_queue(queue)?;
-    run(stream, stats, gram, q_hat, k_hat, Keys::Queue(queue), shape)
+    run(stream, ws, stats, gram, q_hat, k_hat, Keys::Queue(queue), shape)
 }
 
 /// Writes `stats` and `gram` with MoCo v3's in-batch negatives (the rows `k̂_j`, `j ≠ i`, of `k_hat`; see
 /// [`Health::health_in_batch`]), asynchronously on `stream`.
 pub fn health_in_batch(stream: &Arc<CudaStream>, stats: &mut CudaViewMut<'_, f32>, gram: &mut CudaViewMut<'_, f32>, q_hat: &CudaView<'_, f32>, k_hat: &CudaView<'_, f32>, shape: &HealthShape) -> Result<()> {
+    health_in_batch_in(stream, &mut Workspace::default(), stats, gram, q_hat, k_hat, shape)
+}
+
+/// [`health_in_batch`] with its partial sums in `ws`.
+fn health_in_batch_in(stream: &Arc<CudaStream>, ws: &mut Workspace, stats: &mut CudaViewMut<'_, f32>, gram: &mut CudaViewMut<'_, f32>, q_hat: &CudaView<'_, f32>, k_hat: &CudaView<'_, f32>, shape: &HealthShape) -> Result<()> {
     shape.check_kind(true)?;
     shape.check(stats.len(), gram.len(), q_hat.len(), k_hat.len(), k_hat.len())?;
-    run(stream, stats, gram, q_hat, k_hat, Keys::InBatch(k_hat), shape)
+    run(stream, ws, stats, gram, q_hat, k_hat, Keys::InBatch(k_hat), shape)
 }
 
 /// The plan's launches (lengths checked).
-fn run(stream: &Arc<CudaStream>, stats: &mut CudaViewMut<'_, f32>, gram: &mut CudaViewMut<'_, f32>, q_hat: &CudaView<'_, f32>, k_hat: &CudaView<'_, f32>, keys: Keys<'_, '_>, shape: &HealthShape) -> Result<()> {
+fn run(stream: &Arc<CudaStream>, ws: &mut Workspace, stats: &mut CudaViewMut<'_, f32>, gram: &mut CudaViewMut<'_, f32>, q_hat: &CudaView<'_, f32>, k_hat: &CudaView<'_, f32>, keys: Keys<'_, '_>, shape: &HealthShape) -> Result<()> {
     let plan = HealthPlan::new(shape);
-    let mut dim_part = stream.alloc_zeros::<f32>(plan.dim_part)?;
-    let mut pair_part = stream.alloc_zeros::<f32>(plan.pair_part)?;
-    let mut logit_part = stream.alloc_zeros::<f32>(plan.logit_part)?;
+    let [mut dim_part, mut pair_part, mut logit_part] = ws.f32s.take(stream, [plan.dim_part, plan.pair_part, plan.logit_part])?;
     for l in &plan.launches {
         let f = kernel(stream, l, &keys)?;
         let (p, grid) = (&l.params, cfg(l.grid));
@@ -91,6 +100,7 @@ fn run(stream: &Arc<CudaStream>, stats: &mut CudaViewMut<'_, f32>, gram: &mut Cu
             // [pair_blocks], const float* logit_part [splits*N*2]); one block, reads within those lengths, thread 0
             // writes the eight words.
             _ => {
+                let (dim_part, pair_part, logit_part) = (dim_part.as_view(), pair_part.as_view(), logit_part.as_view());
                 unsafe { stream.launch_builder(&f).arg(p).arg(&mut *stats).arg(&dim_part).arg(&pair_part).arg(&logit_part).launch(grid) }?;
             }
         }
@@ -100,9 +110,14 @@ fn run(stream: &Arc<CudaStream>, stats: &mut CudaViewMut<'_, f32>, gram: &mut Cu
 
 /// `out[0] = ‖θ_k − θ_q‖ / ‖θ_q‖` over `theta_k, theta_q: [len]`, asynchronously on `stream`.
 pub fn param_drift(stream: &Arc<CudaStream>, out: &mut CudaViewMut<'_, f32>, theta_k: &CudaView<'_, f32>, theta_q: &CudaView<'_, f32>, shape: &DriftShape) -> Result<()> {
+    param_drift_in(stream, &mut Workspace::default(), out, theta_k, theta_q, shape)
+}
+
+/// [`param_drift`] with its partial sums in `ws`.
+fn param_drift_in(stream: &Arc<CudaStream>, ws: &mut Workspace, out: &mut CudaViewMut<'_, f32>, theta_k: &CudaView<'_, f32>, theta_q: &CudaView<'_, f32>, shape: &DriftShape) -> Result<()> {
     shape.check(out.len(), theta_k.len(), theta_q.len())?;
     let ([partial, finish], part_len) = drift_plan(shape);
-    let mut part = stream.alloc_zeros::<f32>(part_len)?;
+    let [mut part] = ws.f32s.take(stream, [part_len])?;
     let f = KERNELS.cuda_function(stream, partial.entry)?;
     // SAFETY: drift_partial(HealthParams, const float* theta_k [len], const float* theta_q [len], float* drift_part
     // [2 * blocks]); grid-stride reads below len, block b writes drift_part[2b..2b+2], b < blocks.
@@ -110,20 +125,24 @@ pub fn param_drift(stream: &Arc<CudaStream>, out: &mut CudaViewMut<'_, f32>, the
     let f = KERNELS.cuda_function(stream, finish.entry)?;
     // SAFETY: drift_finish(HealthParams, float* out [1], const float* drift_part [2 * blocks]); one block, thread 0
     // writes out[0].
+    let part = part.as_view();
     unsafe { stream.launch_builder(&f).arg(&finish.params).arg(&mut *out).arg(&part).launch(cfg(finish.grid)) }?;
     Ok(())
 }
 
 impl Health for Cuda {
     fn health(&mut self, mut stats: CudaViewMut<'_, f32>, mut gram: CudaViewMut<'_, f32>, q_hat: CudaView<'_, f32>, k_hat: CudaView<'_, f32>, queue: &CudaQueue, shape: &HealthShape) -> Result<()> {
-        health(self.stream(), &mut stats, &mut gram, &q_hat, &k_hat, queue, shape)
+        let (stream, ws) = self.workspace();
+        health_in(&stream, ws, &mut stats, &mut gram, &q_hat, &k_hat, queue, shape)
     }
 
     fn health_in_batch(&mut self, mut stats: CudaViewMut<'_, f32>, mut gram: CudaViewMut<'_, f32>, q_hat: CudaView<'_, f32>, k_hat: CudaView<'_, f32>, shape: &HealthShape) -> Result<()> {
-        health_in_batch(self.stream(), &mut stats, &mut gram, &q_hat, &k_hat, shape)
+        let (stream, ws) = self.workspace();
+        health_in_batch_in(&stream, ws, &mut stats, &mut gram, &q_hat, &k_hat, shape)
     }
 
     fn param_drift(&mut self, mut out: CudaViewMut<'_, f32>, theta_k: CudaView<'_, f32>, theta_q: CudaView<'_, f32>, shape: &DriftShape) -> Result<()> {
-        param_drift(self.stream(), &mut out, &theta_k, &theta_q, shape)
+        let (stream, ws) = self.workspace();
+        param_drift_in(&stream, ws, &mut out, &theta_k, &theta_q, shape)
     }
 }

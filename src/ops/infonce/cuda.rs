@@ -3,12 +3,12 @@
 
 use super::params::{mma_infonce_apply, mma_logits_apply, negative_logits_grid, negative_logits_mma_grid, positive_grid, row_grid, InfoNceParams as Params, StreamPlan, GPU_TN, MMA_BLOCK, REDUCE_GRID};
 use super::{check_stats, Infonce, InfoNceShape, InfoNceStats, LogitsShape, Precision, SymmetricShape, KERNELS, STATS_WORDS};
-use crate::device::cuda::{cfg, cfg_block, Cuda, MAX_GRID_X, MAX_GRID_YZ};
+use crate::device::cuda::{cfg, cfg_block, Cuda, Workspace, MAX_GRID_X, MAX_GRID_YZ};
 use crate::ops::launch::elem_grid;
 use crate::error::{Error, Result};
 use crate::ops::normalize::{cuda::normalize_rows, NormalizeShape};
 use crate::ops::queue::cuda::{CudaQueue, CudaQueueStorage};
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaStream, CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 use std::sync::Arc;
 
 // SAFETY: #[repr(C)] plain-old-data of 4-byte fields, the layout of `struct InfoNceParams` in kernels/infonce.cu.
@@ -19,27 +19,47 @@ fn kernel(stream: &Arc<CudaStream>, name: &'static str) -> Result<CudaFunction> 
     KERNELS.cuda_function(stream, name)
 }
 
-/// Per-call scratch: normalised q and k and their inverse norms.
-struct Scratch {
-    q_hat: CudaSlice<f32>,
-    k_hat: CudaSlice<f32>,
-    q_inv: CudaSlice<f32>,
-    k_inv: CudaSlice<f32>,
+/// The scratch of one call, carved from a [`Workspace`] (the device's, reused from call to call, or a call's own):
+/// q̂, k̂ `[N, C]` and q's inverse norms `[N]`; for the streaming loss the positive logits `[N]`, the split
+/// partials `[splits, N, 3+C]`, a per-row loss `[N]` (MoCo v3's; v1/v2 write the caller's) and the ranks `[N]`; on
+/// the tensor cores q̂ (and MoCo v3's k̂) rounded to 16 bits `[N, C]`. Every element is written before it is read.
+struct Scratch<'w> {
+    q_hat: CudaView<'w, f32>,
+    k_hat: CudaView<'w, f32>,
+    q_inv: CudaView<'w, f32>,
+    s_pos: CudaViewMut<'w, f32>,
+    partial: CudaViewMut<'w, f32>,
+    row_loss: CudaViewMut<'w, f32>,
+    rank: CudaViewMut<'w, u32>,
+    q16: CudaViewMut<'w, u16>,
+    k16: CudaViewMut<'w, u16>,
 }
 
-impl Scratch {
-    /// Allocates the scratch and normalises `q, k: [N, C]` into it.
-    fn normalized(stream: &Arc<CudaStream>, q: &CudaView<'_, f32>, k: &CudaView<'_, f32>, n: usize, c: usize) -> Result<Self> {
-        let mut s = Self { q_hat: stream.alloc_zeros(n * c)?, k_hat: stream.alloc_zeros(n * c)?, q_inv: stream.alloc_zeros(n)?, k_inv: stream.alloc_zeros(n)? };
+/// What a call needs beyond q̂, k̂ and the norms: `(partials, rounded q̂ and k̂ elements)`.
+#[derive(Clone, Copy, Default)]
+struct Extra {
+    partial: usize,
+    q16: usize,
+    k16: usize,
+}
+
+impl<'w> Scratch<'w> {
+    /// Takes the scratch from `ws` and normalises `q, k: [N, C]` into it.
+    #[allow(clippy::too_many_arguments)]
+    fn normalized(stream: &Arc<CudaStream>, ws: &'w mut Workspace, q: &CudaView<'_, f32>, k: &CudaView<'_, f32>, n: usize, c: usize, extra: Extra) -> Result<Self> {
+        let Workspace { f32s, u32s, u16s } = ws;
+        let [mut q_hat, mut k_hat, mut q_inv, mut k_inv, s_pos, partial, row_loss] = f32s.take(stream, [n * c, n * c, n, n, n, extra.partial, n])?;
+        let [rank] = u32s.take(stream, [n])?;
+        let [q16, k16] = u16s.take(stream, [extra.q16, extra.k16])?;
         let shape = NormalizeShape::new(n, c)?;
-        normalize_rows(stream, &mut s.q_hat.as_view_mut(), &mut s.q_inv.as_view_mut(), q, &shape)?;
-        normalize_rows(stream, &mut s.k_hat.as_view_mut(), &mut s.k_inv.as_view_mut(), k, &shape)?;
-        Ok(s)
+        normalize_rows(stream, &mut q_hat, &mut q_inv, q, &shape)?;
+        normalize_rows(stream, &mut k_hat, &mut k_inv, k, &shape)?;
+        Ok(Self { q_hat: q_hat.into_view(), k_hat: k_hat.into_view(), q_inv: q_inv.into_view(), s_pos, partial, row_loss, rank, q16, k16 })
     }
 }
 
 /// `s_pos[i] = q̂_i · k̂_i * inv_t`: `positive_logits`, one thread per row.
-fn positive(stream: &Arc<CudaStream>, p: &Params, q_hat: &CudaSlice<f32>, k_hat: &CudaSlice<f32>, s_pos: &mut CudaViewMut<'_, f32>, n: usize) -> Result<()> {
+fn positive(stream: &Arc<CudaStream>, p: &Params, q_hat: &CudaView<'_, f32>, k_hat: &CudaView<'_, f32>, s_pos: &mut CudaViewMut<'_, f32>, n: usize) -> Result<()> {
     let f = kernel(stream, "positive_logits")?;
     // SAFETY: positive_logits(Params, const float* q_hat [N*C], const float* k_hat [N*C], float* s_pos [N]);
     // thread i < N reads row i of q_hat and k_hat and writes s_pos[i]; all buffers hold N rows.
@@ -54,6 +74,12 @@ fn positive(stream: &Arc<CudaStream>, p: &Params, q_hat: &CudaSlice<f32>, k_hat:
 /// (grid (ceil(K/64), ceil(N/16)), a 16 x 64 tile per block), 256 threads per block.
 #[allow(clippy::too_many_arguments)]
 pub fn logits(stream: &Arc<CudaStream>, l_pos: &mut CudaViewMut<'_, f32>, l_neg: &mut CudaViewMut<'_, f32>, q: &CudaView<'_, f32>, k: &CudaView<'_, f32>, queue: &CudaQueue, shape: &LogitsShape) -> Result<()> {
+    logits_in(stream, &mut Workspace::default(), l_pos, l_neg, q, k, queue, shape)
+}
+
+/// [`logits`] with its scratch from `ws`.
+#[allow(clippy::too_many_arguments)]
+fn logits_in(stream: &Arc<CudaStream>, ws: &mut Workspace, l_pos: &mut CudaViewMut<'_, f32>, l_neg: &mut CudaViewMut<'_, f32>, q: &CudaView<'_, f32>, k: &CudaView<'_, f32>, queue: &CudaQueue, shape: &LogitsShape) -> Result<()> {
     let op = "logits";
     shape.check_inputs(q.len(), k.len(), queue.len())?;
     shape.check_queue(queue)?;
@@ -62,11 +88,12 @@ pub fn logits(stream: &Arc<CudaStream>, l_pos: &mut CudaViewMut<'_, f32>, l_neg:
     if kk.div_ceil(64) > MAX_GRID_X || n.div_ceil(16) > MAX_GRID_YZ {
         return Err(Error::shape(op, format!("N <= {} for the materialising kernel", MAX_GRID_YZ * 16), format!("N = {n}, K = {kk}")));
     }
-    let s = Scratch::normalized(stream, q, k, n, c)?;
+    let mma = shape.precision() == Precision::Half && mma_logits_apply(c, queue.code()) && tensor_cores(stream)?;
+    let mut s = Scratch::normalized(stream, ws, q, k, n, c, Extra { q16: if mma { n * c } else { 0 }, ..Extra::default() })?;
     let p = Params::logits(n, c, kk);
     positive(stream, &p, &s.q_hat, &s.k_hat, l_pos, n)?;
-    if shape.precision() == Precision::Half && mma_logits_apply(c, queue.code()) && tensor_cores(stream)? {
-        return negative_logits_mma(stream, &p, &s.q_hat, queue, l_neg, n, c, kk);
+    if mma {
+        return negative_logits_mma(stream, &p, &s.q_hat, &mut s.q16, queue, l_neg, n, c, kk);
     }
     let grid = cfg(negative_logits_grid(n, kk));
     match &queue.storage {
@@ -88,13 +115,12 @@ pub fn logits(stream: &Arc<CudaStream>, l_pos: &mut CudaViewMut<'_, f32>, l_neg:
 }
 
 /// q̂ `[N*C]` rounded to nearest even in the 16-bit format `suffix` ("f16" / "bf16"): `round_rows_to_<suffix>`.
-fn round_rows(stream: &Arc<CudaStream>, p: &Params, q_hat: &CudaSlice<f32>, suffix: &str, len: usize) -> Result<CudaSlice<u16>> {
-    let mut q16 = stream.alloc_zeros::<u16>(len)?;
+fn round_rows(stream: &Arc<CudaStream>, p: &Params, q_hat: &CudaView<'_, f32>, q16: &mut CudaViewMut<'_, u16>, suffix: &str, len: usize) -> Result<()> {
     let round = kernel(stream, if suffix == "f16" { "round_rows_to_f16" } else { "round_rows_to_bf16" })?;
     // SAFETY: round_rows_to_*(Params, const float* x [N*C], unsigned short* y [N*C]); thread i < N*C (= len, from
     // p) reads x[i] and writes y[i]; both hold len elements.
-    unsafe { stream.launch_builder(&round).arg(p).arg(q_hat).arg(&mut q16).launch(cfg(elem_grid(len))) }?;
-    Ok(q16)
+    unsafe { stream.launch_builder(&round).arg(p).arg(q_hat).arg(q16).launch(cfg(elem_grid(len))) }?;
+    Ok(())
 }
 
 /// Whether the device has the sm_80 tensor-core instructions (mma.sync bf16/f16, ldmatrix, cp.async).
@@ -106,7 +132,7 @@ fn tensor_cores(stream: &Arc<CudaStream>) -> Result<bool> {
 /// the queue's format (grid over N*C), then `negative_logits_mma_{f16,bf16}` (grid (ceil(K/64), ceil(N/64)), 128
 /// threads, a 64 x 64 tile per block).
 #[allow(clippy::too_many_arguments)]
-fn negative_logits_mma(stream: &Arc<CudaStream>, p: &Params, q_hat: &CudaSlice<f32>, queue: &CudaQueue, l_neg: &mut CudaViewMut<'_, f32>, n: usize, c: usize, kk: usize) -> Result<()> {
+fn negative_logits_mma(stream: &Arc<CudaStream>, p: &Params, q_hat: &CudaView<'_, f32>, q16: &mut CudaViewMut<'_, u16>, queue: &CudaQueue, l_neg: &mut CudaViewMut<'_, f32>, n: usize, c: usize, kk: usize) -> Result<()> {
     let (CudaQueueStorage::F16(keys) | CudaQueueStorage::BF16(keys)) = &queue.storage else {
         return Err(Error::shape("logits", "a 16-bit queue for the tensor-core path", "an f32 queue"));
     };
@@ -114,7 +140,8 @@ fn negative_logits_mma(stream: &Arc<CudaStream>, p: &Params, q_hat: &CudaSlice<f
         return Err(Error::shape("logits", format!("N <= {}", MAX_GRID_YZ * super::params::MMA_TILE), format!("N = {n}, K = {kk}")));
     }
     let suffix = if queue.code() == 1 { "f16" } else { "bf16" };
-    let q16 = round_rows(stream, p, q_hat, suffix, n * c)?;
+    round_rows(stream, p, q_hat, q16, suffix, n * c)?;
+    let q16 = q16.as_view();
     let f = kernel(stream, if suffix == "f16" { "negative_logits_mma_f16" } else { "negative_logits_mma_bf16" })?;
     // SAFETY: negative_logits_mma_*(Params, const unsigned short* q16 [N*C], const unsigned short* keys [K*C], float*
     // l_neg [N*K]); the cp.async copies read whole 16-byte pieces of rows < N (q16) or < K (keys) at channels < C
@@ -124,21 +151,12 @@ fn negative_logits_mma(stream: &Arc<CudaStream>, p: &Params, q_hat: &CudaSlice<f
     Ok(())
 }
 
-/// The key set streamed by the loss: the queue (any dtype) or, for MoCo v3, the normalised keys.
-enum Keys<'a> {
-    F32(&'a CudaSlice<f32>),
-    F16(&'a CudaSlice<u16>),
-    BF16(&'a CudaSlice<u16>),
-}
-
-impl<'a> Keys<'a> {
-    fn of(queue: &'a CudaQueue) -> Self {
-        match &queue.storage {
-            CudaQueueStorage::F32(b) => Keys::F32(b),
-            CudaQueueStorage::F16(b) => Keys::F16(b),
-            CudaQueueStorage::BF16(b) => Keys::BF16(b),
-        }
-    }
+/// The key set streamed by the loss: the queue (any dtype) or, for MoCo v3, the normalised keys k̂ of the call's
+/// scratch (as f32, or rounded to bf16 for the tensor cores).
+enum KeySet<'a> {
+    Queue(&'a CudaQueue),
+    KHat,
+    KHat16,
 }
 
 fn check_grid(op: &'static str, n: usize, plan: &StreamPlan) -> Result<()> {
@@ -151,59 +169,70 @@ fn check_grid(op: &'static str, n: usize, plan: &StreamPlan) -> Result<()> {
 /// The streaming loss over prepared q̂, k̂ (positives) and a key set `[m, C]`: `positive_logits`, `infonce_partial_*`
 /// (grid (ceil(N/32), splits, slices) of [`StreamPlan`]) or, with `mma` (a 16-bit key set, C <= 128, C % 8 == 0,
 /// sm_80+), `round_rows_to_*` and `infonce_partial_mma_*` (grid (ceil(N/64), splits) of [`StreamPlan::mma`], 128
-/// threads), then `infonce_combine` (grid N) and `infonce_reduce` (one block).
+/// threads), then `infonce_combine` (grid N) and `infonce_reduce` (one block). `row_loss`: the caller's, or (None)
+/// the scratch's.
 #[allow(clippy::too_many_arguments)]
-fn stream_loss(stream: &Arc<CudaStream>, s: &Scratch, keys: Keys, m: usize, n: usize, c: usize, t: f32, loss_scale: f32, skip_diagonal: bool, mma: bool, dq: &mut CudaViewMut<'_, f32>, row_loss: &mut CudaViewMut<'_, f32>, stats: &mut CudaViewMut<'_, u32>) -> Result<()> {
-    let plan = if mma { StreamPlan::mma(n, m, c) } else { StreamPlan::new(n, m, c) };
-    let p = Params::stream(&plan, n, m, c, t, loss_scale, skip_diagonal);
-    let mut s_pos = stream.alloc_zeros::<f32>(n)?;
-    let mut rank = stream.alloc_zeros::<u32>(n)?;
-    let mut partial = stream.alloc_zeros::<f32>(plan.splits * n * (3 + c))?;
-    positive(stream, &p, &s.q_hat, &s.k_hat, &mut s_pos.as_view_mut(), n)?;
+fn stream_loss(stream: &Arc<CudaStream>, s: &mut Scratch<'_>, plan: &StreamPlan, keys: KeySet, m: usize, n: usize, c: usize, t: f32, loss_scale: f32, skip_diagonal: bool, mma: bool, dq: &mut CudaViewMut<'_, f32>, row_loss: Option<&mut CudaViewMut<'_, f32>>, stats: &mut CudaViewMut<'_, u32>) -> Result<()> {
+    let p = Params::stream(plan, n, m, c, t, loss_scale, skip_diagonal);
+    let Scratch { q_hat, k_hat, q_inv, s_pos, partial, row_loss: own_row_loss, rank, q16, k16 } = s;
+    let mut row_loss = match row_loss {
+        Some(r) => r.slice_mut(..),
+        None => own_row_loss.slice_mut(..),
+    };
+    let row_loss = &mut row_loss;
+    positive(stream, &p, q_hat, k_hat, s_pos, n)?;
+    let s_pos = s_pos.as_view();
+    let queue = match keys {
+        KeySet::Queue(queue) => Some(&queue.storage),
+        KeySet::KHat | KeySet::KHat16 => None,
+    };
     if mma {
-        let (suffix, key16) = match keys {
-            Keys::F16(k) => ("f16", k),
-            Keys::BF16(k) => ("bf16", k),
-            Keys::F32(_) => return Err(Error::shape("infonce", "a 16-bit queue for the tensor-core path", "f32 keys")),
+        let (suffix, key16) = match (queue, &keys) {
+            (Some(CudaQueueStorage::F16(k)), _) => ("f16", k.as_view()),
+            (Some(CudaQueueStorage::BF16(k)), _) => ("bf16", k.as_view()),
+            (None, KeySet::KHat16) => ("bf16", k16.as_view()),
+            _ => return Err(Error::shape("infonce", "a 16-bit key set for the tensor-core path", "f32 keys")),
         };
         if n.div_ceil(super::params::MMA_TILE) > MAX_GRID_X {
             return Err(Error::shape("infonce", format!("N <= {}", MAX_GRID_X * super::params::MMA_TILE), format!("N = {n}")));
         }
-        let q16 = round_rows(stream, &p, &s.q_hat, suffix, n * c)?;
+        round_rows(stream, &p, q_hat, q16, suffix, n * c)?;
+        let q16 = q16.as_view();
         let f = kernel(stream, if suffix == "f16" { "infonce_partial_mma_f16" } else { "infonce_partial_mma_bf16" })?;
         // SAFETY: infonce_partial_mma_*(Params, const unsigned short* q16 [N*C], const unsigned short* keys [m*C],
         // const float* s_pos [N], float* partial [splits*N*(3+C)]); the cp.async copies read whole 16-byte pieces of
         // rows < N (q16) or < m (keys) at channels < C (C % 8 == 0), and block (x, y) writes the states and
         // accumulators of rows < N, split y < splits, channels < C only.
-        unsafe { stream.launch_builder(&f).arg(&p).arg(&q16).arg(key16).arg(&s_pos).arg(&mut partial).launch(cfg_block(plan.mma_partial_grid(n), MMA_BLOCK)) }?;
-        return combine_and_reduce(stream, &p, s, &partial, &s_pos, &mut rank, n, dq, row_loss, stats);
+        unsafe { stream.launch_builder(&f).arg(&p).arg(&q16).arg(&key16).arg(&s_pos).arg(&mut *partial).launch(cfg_block(plan.mma_partial_grid(n), MMA_BLOCK)) }?;
+        return combine_and_reduce(stream, &p, q_hat, k_hat, q_inv, &partial.as_view(), &s_pos, rank, n, dq, row_loss, stats);
     }
     let grid = cfg(plan.partial_grid(n));
-    let name = match keys {
-        Keys::F32(_) => "infonce_partial_f32",
-        Keys::F16(_) => "infonce_partial_f16",
-        Keys::BF16(_) => "infonce_partial_bf16",
+    let name = match queue {
+        Some(CudaQueueStorage::F32(_)) | None => "infonce_partial_f32",
+        Some(CudaQueueStorage::F16(_)) => "infonce_partial_f16",
+        Some(CudaQueueStorage::BF16(_)) => "infonce_partial_bf16",
     };
     let f = kernel(stream, name)?;
     let mut launch = stream.launch_builder(&f);
-    launch.arg(&p).arg(&s.q_hat);
-    match keys {
-        Keys::F32(keys) => launch.arg(keys),
-        Keys::F16(keys) | Keys::BF16(keys) => launch.arg(keys),
+    launch.arg(&p).arg(&*q_hat);
+    match queue {
+        Some(CudaQueueStorage::F32(keys)) => launch.arg(keys),
+        Some(CudaQueueStorage::F16(keys) | CudaQueueStorage::BF16(keys)) => launch.arg(keys),
+        None => launch.arg(&*k_hat),
     };
-    launch.arg(&s_pos).arg(&mut partial);
-    // SAFETY: infonce_partial_{f32,f16,bf16}(Params, const float* q_hat [N*C], const T* keys [m*C] (float for f32,
-    // unsigned short for f16/bf16, matching `name`), const float* s_pos [N], float* partial [splits*N*(3+C)]);
-    // key reads are guarded by j < m, row reads by i < N, and block (x, y, z) writes the states and accumulators
-    // of rows < N, split y < splits and channels < C only.
+    launch.arg(&s_pos).arg(&mut *partial);
+    // SAFETY: infonce_partial_{f32,f16,bf16}(Params, const float* q_hat [N*C], const T* keys [m*C] (float for f32
+    // and for k̂, unsigned short for f16/bf16, matching `name`), const float* s_pos [N], float* partial
+    // [splits*N*(3+C)]); key reads are guarded by j < m, row reads by i < N, and block (x, y, z) writes the states
+    // and accumulators of rows < N, split y < splits and channels < C only.
     unsafe { launch.launch(grid) }?;
-    combine_and_reduce(stream, &p, s, &partial, &s_pos, &mut rank, n, dq, row_loss, stats)
+    combine_and_reduce(stream, &p, q_hat, k_hat, q_inv, &partial.as_view(), &s_pos, rank, n, dq, row_loss, stats)
 }
 
 /// `infonce_combine` (grid N: the split states and accumulators of `partial` into row_loss, rank and dq) and
 /// `infonce_reduce` (one block: the stats words).
 #[allow(clippy::too_many_arguments)]
-fn combine_and_reduce(stream: &Arc<CudaStream>, p: &Params, s: &Scratch, partial: &CudaSlice<f32>, s_pos: &CudaSlice<f32>, rank: &mut CudaSlice<u32>, n: usize, dq: &mut CudaViewMut<'_, f32>, row_loss: &mut CudaViewMut<'_, f32>, stats: &mut CudaViewMut<'_, u32>) -> Result<()> {
+fn combine_and_reduce(stream: &Arc<CudaStream>, p: &Params, q_hat: &CudaView<'_, f32>, k_hat: &CudaView<'_, f32>, q_inv: &CudaView<'_, f32>, partial: &CudaView<'_, f32>, s_pos: &CudaView<'_, f32>, rank: &mut CudaViewMut<'_, u32>, n: usize, dq: &mut CudaViewMut<'_, f32>, row_loss: &mut CudaViewMut<'_, f32>, stats: &mut CudaViewMut<'_, u32>) -> Result<()> {
     let f = kernel(stream, "infonce_combine")?;
     // SAFETY: infonce_combine(Params, q_hat [N*C], k_hat [N*C], partial [splits*N*(3+C)], s_pos [N], q_inv [N],
     // dq [N*C], row_loss [N], rank [N]); block i < N touches row i of each and split states s < splits.
@@ -211,20 +240,21 @@ fn combine_and_reduce(stream: &Arc<CudaStream>, p: &Params, s: &Scratch, partial
         stream
             .launch_builder(&f)
             .arg(p)
-            .arg(&s.q_hat)
-            .arg(&s.k_hat)
+            .arg(q_hat)
+            .arg(k_hat)
             .arg(partial)
             .arg(s_pos)
-            .arg(&s.q_inv)
+            .arg(q_inv)
             .arg(&mut *dq)
             .arg(&mut *row_loss)
             .arg(&mut *rank)
             .launch(cfg(row_grid(n)))
     }?;
+    let (row_loss, rank) = (row_loss.as_view(), rank.as_view());
     let f = kernel(stream, "infonce_reduce")?;
     // SAFETY: infonce_reduce(Params, const float* row_loss [N], const unsigned* rank [N], Stats* stats [4 words]);
     // one block reads indices < N and thread 0 writes the four stats words.
-    unsafe { stream.launch_builder(&f).arg(p).arg(&row_loss.as_view()).arg(&*rank).arg(stats).launch(cfg(REDUCE_GRID)) }?;
+    unsafe { stream.launch_builder(&f).arg(p).arg(&row_loss).arg(&rank).arg(stats).launch(cfg(REDUCE_GRID)) }?;
     Ok(())
 }
 
@@ -244,17 +274,24 @@ pub fn read_stats(stream: &Arc<CudaStream>, stats: &CudaView<'_, u32>) -> Result
 /// (one block), 256 threads per block. Allocates its scratch (q̂, k̂, norms, `[splits, N, 3+C]` partials) per call.
 #[allow(clippy::too_many_arguments)]
 pub fn infonce_async(stream: &Arc<CudaStream>, dq: &mut CudaViewMut<'_, f32>, row_loss: &mut CudaViewMut<'_, f32>, stats: &mut CudaViewMut<'_, u32>, q: &CudaView<'_, f32>, k: &CudaView<'_, f32>, queue: &CudaQueue, shape: &InfoNceShape) -> Result<()> {
+    infonce_in(stream, &mut Workspace::default(), dq, row_loss, stats, q, k, queue, shape)
+}
+
+/// [`infonce_async`] with its scratch from `ws`.
+#[allow(clippy::too_many_arguments)]
+fn infonce_in(stream: &Arc<CudaStream>, ws: &mut Workspace, dq: &mut CudaViewMut<'_, f32>, row_loss: &mut CudaViewMut<'_, f32>, stats: &mut CudaViewMut<'_, u32>, q: &CudaView<'_, f32>, k: &CudaView<'_, f32>, queue: &CudaQueue, shape: &InfoNceShape) -> Result<()> {
     let op = "infonce";
     let (n, c) = (shape.n, shape.c);
     shape.check_inputs(q.len(), k.len(), queue.len())?;
     shape.check_queue(queue)?;
     shape.check_outputs(dq.len(), row_loss.len())?;
     check_stats(op, stats.len(), STATS_WORDS)?;
-    let plan = StreamPlan::new(n, shape.k, c);
-    check_grid(op, n, &plan)?;
-    let s = Scratch::normalized(stream, q, k, n, c)?;
+    check_grid(op, n, &StreamPlan::new(n, shape.k, c))?;
     let mma = shape.precision() == Precision::Half && mma_infonce_apply(c, queue.code()) && tensor_cores(stream)?;
-    stream_loss(stream, &s, Keys::of(queue), shape.k, n, c, shape.temperature, 1.0, false, mma, dq, row_loss, stats)
+    let plan = if mma { StreamPlan::mma(n, shape.k, c) } else { StreamPlan::new(n, shape.k, c) };
+    let extra = Extra { partial: plan.splits * n * (3 + c), q16: if mma { n * c } else { 0 }, k16: 0 };
+    let mut s = Scratch::normalized(stream, ws, q, k, n, c, extra)?;
+    stream_loss(stream, &mut s, &plan, KeySet::Queue(queue), shape.k, n, c, shape.temperature, 1.0, false, mma, dq, Some(row_loss), stats)
 }
 
 /// [`infonce_async`], then waits and returns the mean loss and acc@1/acc@5 counts.
@@ -273,28 +310,34 @@ pub fn infonce(stream: &Arc<CudaStream>, dq: &mut CudaViewMut<'_, f32>, row_loss
 /// `infonce_combine`; `loss_scale = 2T`.
 #[allow(clippy::too_many_arguments)]
 pub fn moco_v3_loss_async(stream: &Arc<CudaStream>, dq1: &mut CudaViewMut<'_, f32>, dq2: &mut CudaViewMut<'_, f32>, stats: &mut CudaViewMut<'_, u32>, q1: &CudaView<'_, f32>, q2: &CudaView<'_, f32>, k1: &CudaView<'_, f32>, k2: &CudaView<'_, f32>, shape: &SymmetricShape) -> Result<()> {
+    moco_v3_loss_in(stream, &mut Workspace::default(), dq1, dq2, stats, q1, q2, k1, k2, shape)
+}
+
+/// [`moco_v3_loss_async`] with its scratch from `ws`.
+#[allow(clippy::too_many_arguments)]
+fn moco_v3_loss_in(stream: &Arc<CudaStream>, ws: &mut Workspace, dq1: &mut CudaViewMut<'_, f32>, dq2: &mut CudaViewMut<'_, f32>, stats: &mut CudaViewMut<'_, u32>, q1: &CudaView<'_, f32>, q2: &CudaView<'_, f32>, k1: &CudaView<'_, f32>, k2: &CudaView<'_, f32>, shape: &SymmetricShape) -> Result<()> {
     let op = "moco_v3_loss";
     let (n, c, t) = (shape.n, shape.c, shape.temperature);
     shape.check(&[("q1", q1.len()), ("q2", q2.len()), ("k1", k1.len()), ("k2", k2.len()), ("dq1", dq1.len()), ("dq2", dq2.len())])?;
     check_stats(op, stats.len(), 2 * STATS_WORDS)?;
-    let plan = StreamPlan::new(n, n, c);
-    check_grid(op, n, &plan)?;
+    check_grid(op, n, &StreamPlan::new(n, n, c))?;
     let (mut st1, mut st2) = stats.split_at_mut(STATS_WORDS);
-    // ctr(q1, k2) into dq1 and the first stats block, ctr(q2, k1) into dq2 and the second
-    let mut row_loss = stream.alloc_zeros::<f32>(n)?;
     // Half: the key set is k̂ rounded to bf16, and the tensor-core pass streams it
     let mma = shape.precision() == Precision::Half && mma_infonce_apply(c, 2) && tensor_cores(stream)?;
-    let mut half = |q: &CudaView<'_, f32>, k: &CudaView<'_, f32>, dq: &mut CudaViewMut<'_, f32>, st: &mut CudaViewMut<'_, u32>| -> Result<()> {
-        let s = Scratch::normalized(stream, q, k, n, c)?;
+    let plan = if mma { StreamPlan::mma(n, n, c) } else { StreamPlan::new(n, n, c) };
+    let rounded = if mma { n * c } else { 0 };
+    let extra = Extra { partial: plan.splits * n * (3 + c), q16: rounded, k16: rounded };
+    // ctr(q1, k2) into dq1 and the first stats block, ctr(q2, k1) into dq2 and the second (the second half takes
+    // the same scratch after the first half's kernels, in stream order)
+    for (q, k, mut dq, st) in [(q1, k2, dq1.slice_mut(..), &mut st1), (q2, k1, dq2.slice_mut(..), &mut st2)] {
+        let mut s = Scratch::normalized(stream, ws, q, k, n, c, extra)?;
         if mma {
-            let k16 = round_rows(stream, &Params::logits(n, c, n), &s.k_hat, "bf16", n * c)?;
-            stream_loss(stream, &s, Keys::BF16(&k16), n, n, c, t, 2.0 * t, true, true, dq, &mut row_loss.as_view_mut(), st)
-        } else {
-            stream_loss(stream, &s, Keys::F32(&s.k_hat), n, n, c, t, 2.0 * t, true, false, dq, &mut row_loss.as_view_mut(), st)
+            round_rows(stream, &Params::logits(n, c, n), &s.k_hat, &mut s.k16, "bf16", n * c)?;
         }
-    };
-    half(q1, k2, dq1, &mut st1)?;
-    half(q2, k1, dq2, &mut st2)
+        let keys = if mma { KeySet::KHat16 } else { KeySet::KHat };
+        stream_loss(stream, &mut s, &plan, keys, n, n, c, t, 2.0 * t, true, mma, &mut dq, None, st)?;
+    }
+    Ok(())
 }
 
 /// [`moco_v3_loss_async`], then waits and returns the loss.
@@ -309,12 +352,15 @@ pub fn moco_v3_loss(stream: &Arc<CudaStream>, dq1: &mut CudaViewMut<'_, f32>, dq
 
 impl Infonce for Cuda {
     fn infonce(&mut self, mut dq: CudaViewMut<'_, f32>, mut row_loss: CudaViewMut<'_, f32>, mut stats: CudaViewMut<'_, u32>, q: CudaView<'_, f32>, k: CudaView<'_, f32>, queue: &CudaQueue, shape: &InfoNceShape) -> Result<()> {
-        infonce_async(self.stream(), &mut dq, &mut row_loss, &mut stats, &q, &k, queue, shape)
+        let (stream, ws) = self.workspace();
+        infonce_in(&stream, ws, &mut dq, &mut row_loss, &mut stats, &q, &k, queue, shape)
     }
     fn logits(&mut self, mut l_pos: CudaViewMut<'_, f32>, mut l_neg: CudaViewMut<'_, f32>, q: CudaView<'_, f32>, k: CudaView<'_, f32>, queue: &CudaQueue, shape: &LogitsShape) -> Result<()> {
-        logits(self.stream(), &mut l_pos, &mut l_neg, &q, &k, queue, shape)
+        let (stream, ws) = self.workspace();
+        logits_in(&stream, ws, &mut l_pos, &mut l_neg, &q, &k, queue, shape)
     }
     fn moco_v3_loss(&mut self, mut dq1: CudaViewMut<'_, f32>, mut dq2: CudaViewMut<'_, f32>, mut stats: CudaViewMut<'_, u32>, q1: CudaView<'_, f32>, q2: CudaView<'_, f32>, k1: CudaView<'_, f32>, k2: CudaView<'_, f32>, shape: &SymmetricShape) -> Result<()> {
-        moco_v3_loss_async(self.stream(), &mut dq1, &mut dq2, &mut stats, &q1, &q2, &k1, &k2, shape)
+        let (stream, ws) = self.workspace();
+        moco_v3_loss_in(&stream, ws, &mut dq1, &mut dq2, &mut stats, &q1, &q2, &k1, &k2, shape)
     }
 }

@@ -2,7 +2,7 @@
 
 use super::params::QueueParams;
 use super::{checked_kc, KeyQueue, QueueDType, QueueShape, KERNELS};
-use crate::device::cuda::{cfg, Cuda, MAX_GRID_X};
+use crate::device::cuda::{cfg, Cuda, Workspace, MAX_GRID_X};
 use crate::error::{Error, Result};
 use crate::ops::normalize::{cuda::normalize_rows, NormalizeShape};
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, DeviceRepr, PushKernelArg};
@@ -101,10 +101,15 @@ const _: () = assert!(std::mem::size_of::<QueueParams>() == 32 && std::mem::alig
 /// Launches `normalize_rows` (grid N) then `enqueue_f32` (one thread per element of the keys) or
 /// `enqueue_packed16` (one thread per element pair of the written range), 256 threads per block.
 pub fn enqueue(stream: &Arc<CudaStream>, queue: &mut CudaQueue, keys: &CudaView<'_, f32>, shape: &QueueShape) -> Result<usize> {
+    enqueue_in(stream, &mut Workspace::default(), queue, keys, shape)
+}
+
+/// [`enqueue`] with its scratch (the normalised keys and their norms) from `ws`.
+fn enqueue_in(stream: &Arc<CudaStream>, ws: &mut Workspace, queue: &mut CudaQueue, keys: &CudaView<'_, f32>, shape: &QueueShape) -> Result<usize> {
     shape.check_enqueue(keys.len(), queue.len(), queue)?;
-    let mut kh = stream.alloc_zeros::<f32>(shape.n * shape.c)?;
-    let mut inv = stream.alloc_zeros::<f32>(shape.n)?;
-    normalize_rows(stream, &mut kh.as_view_mut(), &mut inv.as_view_mut(), keys, &NormalizeShape::new(shape.n, shape.c)?)?;
+    let [mut kh, mut inv] = ws.f32s.take(stream, [shape.n * shape.c, shape.n])?;
+    normalize_rows(stream, &mut kh, &mut inv, keys, &NormalizeShape::new(shape.n, shape.c)?)?;
+    let kh = kh.into_view();
     let p = QueueParams::new(shape, queue.code());
     let blocks = p.grid();
     if blocks.0 as usize > MAX_GRID_X {
@@ -138,6 +143,7 @@ impl KeyQueue for Cuda {
         queue.to_f32(self.stream())
     }
     fn enqueue(&mut self, queue: &mut CudaQueue, keys: CudaView<'_, f32>, shape: &QueueShape) -> Result<usize> {
-        enqueue(self.stream(), queue, &keys, shape)
+        let (stream, ws) = self.workspace();
+        enqueue_in(&stream, ws, queue, &keys, shape)
     }
 }
