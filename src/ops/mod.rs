@@ -19,6 +19,7 @@
 //! | [`patch`] | the ViT's patch im2col, token assembly and class-token feature |
 //! | [`optim`] | the SGD, AdamW and LARS steps over flat parameter buffers |
 //! | [`finite`] | the count of NaN and ±inf elements (the step's device-side finiteness check) |
+//! | [`gather`] | the row gather `out[r] = x[idx[r]]` (shuffle-BN on the device) |
 //! | [`health`] | representation health: alignment, uniformity, per-dimension std, logit statistics, the Gram matrix for the effective rank, the key encoder's drift |
 //!
 //! Conventions (llm.c style): tensors are row-major f32; functions put outputs first and the shape last; every
@@ -47,7 +48,7 @@ macro_rules! families {
     };
 }
 
-families!(normalize, infonce, queue, ema, conv, batchnorm, pool, linear, eltwise, layernorm, attention, patch, optim, finite, health);
+families!(normalize, infonce, queue, ema, conv, batchnorm, pool, linear, eltwise, layernorm, attention, patch, optim, finite, health, gather);
 
 #[cfg(feature = "cuda")]
 impl crate::device::Cuda {

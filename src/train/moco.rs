@@ -5,8 +5,9 @@
 //! - v3 (moco-v3's `MoCo_ViT` / `MoCo_ResNet`): the predictor ([`Mlp`]), both views through the query encoder in
 //!   two activation slots, the fused symmetric loss, both backwards; no queue.
 //!
-//! The host sees the two input batches, the loss statistics (the step's sync) and the features `[N, dim]` it
-//! checks for non-finite values.
+//! The host sends the two input batches (and shuffle-BN's permutation) and reads back, once per loss, the loss
+//! statistics with the count of non-finite features (counted on the device): the step's only synchronisation
+//! (v1/v2 with the symmetric loss: one per direction). The keys and features stay on the device.
 //!
 //! [`CpuEngine`], [`WgpuEngine`] and [`CudaEngine`] are this engine with a ResNet on [`CpuDevice`],
 //! `Wgpu` and `Cuda` ([`crate::device`]); [`CpuVitEngine`] (and the wgpu / CUDA twins) with the ViT.
@@ -21,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::nn::{Layers, Mlp, MlpLayout, Model, Network, ResNetLayout, VitLayout};
 use crate::ops::ema::Ema;
 use crate::ops::finite::{Finite, FiniteShape};
+use crate::ops::gather::{Gather, GatherShape};
 use crate::ops::health::{effective_rank, DriftShape, Health, HealthShape, HealthStats, HEALTH_WORDS};
 use crate::ops::normalize::NormalizeShape;
 use crate::ops::infonce::{v3_loss_from_words, InfoNceShape, InfoNceStats, Infonce, SymmetricShape, STATS_WORDS};
@@ -31,9 +33,20 @@ use std::path::Path;
 
 /// What the MoCo engine asks of its device: the layers of a network, the fused losses and the queue, the momentum
 /// update and the optimisers (every device of [`crate::device`] has them all).
-pub trait TrainDevice: Layers + Infonce + Ema + Optim + Finite + Health {}
+pub trait TrainDevice: Layers + Infonce + Ema + Optim + Finite + Health + Gather {}
 
-impl<D: Layers + Infonce + Ema + Optim + Finite + Health> TrainDevice for D {}
+impl<D: Layers + Infonce + Ema + Optim + Finite + Health + Gather> TrainDevice for D {}
+
+/// Where the step's non-finite count sits in the statistics buffer: after the loss words (v3: both directions'),
+/// so that one read returns the loss, the accuracy counts and the finiteness check together. At 64 words: a view
+/// of a wgpu buffer starts at a multiple of 256 bytes.
+const NONFINITE_AT: usize = 64;
+const _: () = assert!(NONFINITE_AT >= 2 * STATS_WORDS);
+
+/// The start of k1's inverse permutation in `unshuffle`, after k2's (`n` rounded up to 64: wgpu's view alignment).
+fn k1_unshuffle_at(n: usize) -> usize {
+    n.div_ceil(64) * 64
+}
 
 /// Eval batch of [`Engine::embed`].
 const EVAL_BATCH: usize = 128;
@@ -135,12 +148,14 @@ pub struct MocoEngine<D: TrainDevice, M: Encoder = ResNetLayout> {
     k1: D::Buf,
     k2: D::Buf,
     /// The loss's outputs: `dq [N, dim]` (v3: of view 1), the per-row loss `[N]` (v1/v2), the statistics words
-    /// (`STATS_WORDS`, v3 two blocks).
+    /// (`STATS_WORDS`, v3 two blocks) and at [`NONFINITE_AT`] the count of non-finite features, read instead of the
+    /// features: one read per loss.
     dq: D::Buf,
     row_loss: D::Buf,
     stats: D::IndexBuf,
-    /// The count of non-finite query features `[1]`, read instead of the features.
-    nonfinite: D::IndexBuf,
+    /// Shuffle-BN's inverse permutations `[N]` (k2's at 0, k1's at [`k1_unshuffle_at`]): the keys are gathered back into batch order
+    /// on the device.
+    unshuffle: D::IndexBuf,
     /// Representation health, computed inside a step when asked.
     health: HealthBufs<D>,
     /// The keys of the last query half: its queries are in `q`, their positives in `k1` or `k2`.
@@ -192,7 +207,7 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         let opt = DeviceOptimizer::new(&mut dev, optimizer_config(cfg), &ParamSpans::from_layout(enc_q.layout.params())?)?;
         let (q, k1, k2, dq) = (dev.alloc(n * dim)?, dev.alloc(n * dim)?, dev.alloc(n * dim)?, dev.alloc(n * dim)?);
         let row_loss = dev.alloc(n)?;
-        let (stats, nonfinite) = (dev.alloc_index(2 * STATS_WORDS)?, dev.alloc_index(1)?);
+        let (stats, unshuffle) = (dev.alloc_index(NONFINITE_AT + 1)?, dev.alloc_index(k1_unshuffle_at(n) + n)?);
         let (mut queue, mut v3) = (None, None);
         if cfg.is_v3() {
             enc_q.set_slots(2)?;
@@ -206,7 +221,7 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         }
         let gram = HealthShape::new(n, dim, 1)?.gram_len();
         let health = HealthBufs { q_hat: dev.alloc(n * dim)?, k_hat: dev.alloc(n * dim)?, inv_norm: dev.alloc(n)?, out: dev.alloc(HEALTH_GRAM_AT + gram)?, due: false, ready: false };
-        Ok(Self { cfg: cfg.clone(), dev, enc_q, enc_k, enc_eval, opt, queue, ptr: 0, v3, q, k1, k2, dq, row_loss, stats, nonfinite, health, last_half: KeyBatch::K2 })
+        Ok(Self { cfg: cfg.clone(), dev, enc_q, enc_k, enc_eval, opt, queue, ptr: 0, v3, q, k1, k2, dq, row_loss, stats, unshuffle, health, last_half: KeyBatch::K2 })
     }
 
     /// The device.
@@ -215,39 +230,53 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
     }
 
     /// Keys `[N, dim]` of `x` in batch order through the key encoder (training mode), with shuffle-BN's
-    /// permutation `which` of optimiser step `step`; on the host (for the finiteness check) and in `dst`.
-    fn keys(&mut self, x: &[f32], step: u64, which: KeyBatch) -> Result<Vec<f32>> {
+    /// permutation `which` of optimiser step `step`, into `k2` (or `k1`): the host shuffles the images it uploads
+    /// (`x[idx_shuffle]`), the device gathers the keys back (`k[idx_unshuffle]`). Nothing is read back.
+    fn keys(&mut self, x: &[f32], step: u64, which: KeyBatch) -> Result<()> {
         let (n, dim) = (self.cfg.batch_size, self.cfg.dim);
-        let enc_k = &mut self.enc_k;
-        let k = shuffle::encode_keys(x, n, dim, shuffle::for_step(&self.cfg, step, which).as_ref(), |xs| enc_k.forward_host(xs, true))?;
+        let img = if n == 0 { 0 } else { x.len() / n };
+        crate::error::check_len_eq("shuffle-BN: keys", "x [N, img]", n * img, x.len())?;
         let dst = if which == KeyBatch::K2 { &mut self.k2 } else { &mut self.k1 };
-        self.dev.write(dst, Region::new(0, n * dim), &k)?;
-        Ok(k)
+        let all = Region::new(0, n * dim);
+        match shuffle::for_step(&self.cfg, step, which) {
+            Some(s) => {
+                self.enc_k.forward_upload(&s.shuffle_rows(x, img)?, true)?;
+                let at = Region::new(if which == KeyBatch::K2 { 0 } else { k1_unshuffle_at(n) }, n);
+                let inverse: Vec<u32> = s.idx_unshuffle.iter().map(|&i| i as u32).collect();
+                self.dev.write_index(&mut self.unshuffle, at, &inverse)?;
+                let ([dst], []) = D::split(dst, [all], [])?;
+                self.dev.gather_rows(dst, D::index_view(&self.unshuffle, at)?, self.enc_k.output(), &GatherShape::new(n, n, dim)?)?;
+            }
+            None => {
+                self.enc_k.forward_upload(x, true)?;
+                let ([dst], []) = D::split(dst, [all], [])?;
+                self.dev.copy(dst, self.enc_k.output())?;
+            }
+        }
+        Ok(())
     }
 
-    /// Query forward of `x`, loss against the keys `k` (`k_host` their host copy), backward (accumulating).
-    /// Non-finite features give a NaN loss and no backward (the fused loss clamps its exponent arguments, so a
-    /// NaN feature could otherwise pass as a finite loss).
-    fn query_half(&mut self, x: &[f32], k_host: &[f32], which: KeyBatch, shape: &InfoNceShape) -> Result<InfoNceStats> {
-        // q stays on the device (a device-side copy of the encoder's output region); its non-finite values are
-        // counted there, and one word comes back instead of the features
+    /// Query forward of `x`, loss against the keys of `which`, backward (accumulating). The step's one read: the
+    /// loss statistics and the count of non-finite queries and keys, after the loss. Non-finite features give a NaN
+    /// loss and no backward (the fused loss clamps its exponent arguments, so a NaN feature could otherwise pass as
+    /// a finite loss).
+    fn query_half(&mut self, x: &[f32], which: KeyBatch, shape: &InfoNceShape) -> Result<InfoNceStats> {
+        // q stays on the device (a device-side copy of the encoder's output region)
         self.enc_q.forward_upload(x, true)?;
         let all = Region::new(0, D::buf_len(&self.q));
         let ([dst], []) = D::split(&mut self.q, [all], [])?;
         self.dev.copy(dst, self.enc_q.output())?;
-        let one = Region::new(0, 1);
-        self.dev.write_index(&mut self.nonfinite, one, &[0])?;
-        self.dev.count_nonfinite(D::index_mut(&mut self.nonfinite, one)?, D::whole(&self.q), &FiniteShape::new(all.len)?)?;
-        if self.dev.read_index(&self.nonfinite, one)?[0] != 0 || !k_host.iter().all(|v| v.is_finite()) {
+        let k = if which == KeyBatch::K2 { &self.k2 } else { &self.k1 };
+        count_nonfinite(&mut self.dev, &mut self.stats, &[&self.q, k])?;
+        let queue = self.queue.as_ref().ok_or_else(|| Error::shape("train step", "a v1/v2 engine (with a queue)", "a v3 engine"))?;
+        let stats_view = D::index_mut(&mut self.stats, Region::new(0, STATS_WORDS))?;
+        self.dev.infonce(D::whole_mut(&mut self.dq), D::whole_mut(&mut self.row_loss), stats_view, D::whole(&self.q), D::whole(k), queue, shape)?;
+        let words = self.dev.read_index(&self.stats, Region::new(0, NONFINITE_AT + 1))?;
+        if words[NONFINITE_AT] != 0 {
             return Ok(InfoNceStats { loss: f32::NAN, top1: 0, top5: 0 });
         }
+        let stats = InfoNceStats::from_words(&words[..STATS_WORDS])?;
         self.last_half = which;
-        let k = if which == KeyBatch::K2 { &self.k2 } else { &self.k1 };
-        let queue = self.queue.as_ref().ok_or_else(|| Error::shape("train step", "a v1/v2 engine (with a queue)", "a v3 engine"))?;
-        let stats_words = Region::new(0, STATS_WORDS);
-        let stats_view = D::index_mut(&mut self.stats, stats_words)?;
-        self.dev.infonce(D::whole_mut(&mut self.dq), D::whole_mut(&mut self.row_loss), stats_view, D::whole(&self.q), D::whole(k), queue, shape)?;
-        let stats = InfoNceStats::from_words(&self.dev.read_index(&self.stats, stats_words)?)?;
         if stats.loss.is_finite() {
             self.enc_q.backward(D::as_input(&self.dq))?;
         }
@@ -262,14 +291,16 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         self.dev.ema(D::whole_mut(&mut self.enc_k.params), D::whole(&self.enc_q.params), momentum)?;
         // keys with shuffle-BN: the permutation of this step comes from (seed, optimiser steps taken)
         let step = self.opt.steps();
-        let k2 = self.keys(x_k, step, KeyBatch::K2)?;
-        let k1 = if self.cfg.symmetric { Some(self.keys(x_q, step, KeyBatch::K1)?) } else { None };
+        self.keys(x_k, step, KeyBatch::K2)?;
+        if self.cfg.symmetric {
+            self.keys(x_q, step, KeyBatch::K1)?;
+        }
         self.enc_q.zero_grad()?;
-        let s12 = self.query_half(x_q, &k2, KeyBatch::K2, &shape)?;
+        let s12 = self.query_half(x_q, KeyBatch::K2, &shape)?;
         let mut stats = StepStats { loss: s12.loss, acc1: s12.top1 as f32, acc5: s12.top5 as f32 };
         let mut rows = n as f32;
-        if let (Some(k1), true) = (&k1, s12.loss.is_finite()) {
-            let s21 = self.query_half(x_k, k1, KeyBatch::K1, &shape)?;
+        if self.cfg.symmetric && s12.loss.is_finite() {
+            let s21 = self.query_half(x_k, KeyBatch::K1, &shape)?;
             stats = StepStats { loss: stats.loss + s21.loss, acc1: stats.acc1 + s21.top1 as f32, acc5: stats.acc5 + s21.top5 as f32 };
             rows *= 2.0;
         }
@@ -315,21 +346,19 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
             let ([dst], []) = D::split(q, [all], [])?;
             self.dev.copy(dst, v3.pred.output())?;
         }
-        // the features on the host: the finiteness check (the fused loss clamps its exponent arguments, so a NaN
-        // feature could pass as a finite loss) and the in-batch accuracy
-        let host = [&self.q, &v3.q2, &self.k1, &self.k2].map(|b| self.dev.read(b, all));
-        let [q1h, q2h, k1h, k2h] = host;
-        let (q1h, q2h, k1h, k2h) = (q1h?, q2h?, k1h?, k2h?);
-        if !q1h.iter().chain(&q2h).chain(&k1h).chain(&k2h).all(|v| v.is_finite()) {
+        // the finiteness of the four feature sets (the fused loss clamps its exponent arguments, so a NaN feature
+        // could pass as a finite loss) counted on the device, and read with the loss and the in-batch accuracy
+        // counts (rank of the positive among the batch's keys, as `in_batch_accuracy`): the step's one read
+        count_nonfinite(&mut self.dev, &mut self.stats, &[&self.q, &v3.q2, &self.k1, &self.k2])?;
+        let stats_view = D::index_mut(&mut self.stats, Region::new(0, 2 * STATS_WORDS))?;
+        self.dev.moco_v3_loss(D::whole_mut(&mut self.dq), D::whole_mut(&mut v3.dq2), stats_view, D::whole(&self.q), D::whole(&v3.q2), D::whole(&self.k1), D::whole(&self.k2), &shape)?;
+        let words = self.dev.read_index(&self.stats, Region::new(0, NONFINITE_AT + 1))?;
+        if words[NONFINITE_AT] != 0 {
             return Ok(StepStats { loss: f32::NAN, acc1: 0.0, acc5: 0.0 });
         }
-        let stats_words = Region::new(0, 2 * STATS_WORDS);
-        let stats_view = D::index_mut(&mut self.stats, stats_words)?;
-        self.dev.moco_v3_loss(D::whole_mut(&mut self.dq), D::whole_mut(&mut v3.dq2), stats_view, D::whole(&self.q), D::whole(&v3.q2), D::whole(&self.k1), D::whole(&self.k2), &shape)?;
-        let loss = v3_loss_from_words(&self.dev.read_index(&self.stats, stats_words)?)?;
-        let (a1, a5) = in_batch_accuracy(&q1h, &k2h, n, dim);
-        let (b1, b5) = in_batch_accuracy(&q2h, &k1h, n, dim);
-        let stats = StepStats { loss, acc1: 50.0 * (a1 + b1), acc5: 50.0 * (a5 + b5) };
+        let loss = v3_loss_from_words(&words[..2 * STATS_WORDS])?;
+        let (a, b) = (InfoNceStats::from_words(&words[..STATS_WORDS])?, InfoNceStats::from_words(&words[STATS_WORDS..2 * STATS_WORDS])?);
+        let stats = StepStats { loss, acc1: 50.0 * (a.top1 + b.top1) as f32 / n as f32, acc5: 50.0 * (a.top5 + b.top5) as f32 / n as f32 };
         if !loss.is_finite() {
             return Ok(stats);
         }
@@ -390,26 +419,15 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
     }
 }
 
-/// Top-1 and top-5 fractions of rows `i` whose key `i` is among the best matches of query `i` in the batch
-/// (`q, k: [N, C]` raw; cosine similarity).
-fn in_batch_accuracy(q: &[f32], k: &[f32], n: usize, c: usize) -> (f32, f32) {
-    let unit = |v: &[f32]| -> Vec<f64> {
-        v.chunks(c).flat_map(|r| {
-            let norm = r.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt().max(1e-12);
-            r.iter().map(move |x| *x as f64 / norm)
-        }).collect()
-    };
-    let (q, k) = (unit(q), unit(k));
-    let (mut top1, mut top5) = (0usize, 0usize);
-    for i in 0..n {
-        let qi = &q[i * c..][..c];
-        let sim = |j: usize| -> f64 { qi.iter().zip(&k[j * c..][..c]).map(|(a, b)| a * b).sum() };
-        let own = sim(i);
-        let better = (0..n).filter(|&j| j != i && sim(j) > own).count();
-        top1 += usize::from(better == 0);
-        top5 += usize::from(better < 5);
+/// Zeroes the step's non-finite count (`stats[NONFINITE_AT]`) and counts the non-finite values of `bufs` into it,
+/// on the device.
+fn count_nonfinite<D: TrainDevice>(dev: &mut D, stats: &mut D::IndexBuf, bufs: &[&D::Buf]) -> Result<()> {
+    let one = Region::new(NONFINITE_AT, 1);
+    dev.write_index(stats, one, &[0])?;
+    for b in bufs {
+        dev.count_nonfinite(D::index_mut(stats, one)?, D::whole(b), &FiniteShape::new(D::buf_len(b))?)?;
     }
-    (top1 as f32 / n as f32, top5 as f32 / n as f32)
+    Ok(())
 }
 
 impl<D: TrainDevice, M: Encoder> Engine for MocoEngine<D, M> {
@@ -529,5 +547,49 @@ impl<D: TrainDevice, M: Encoder> Engine for MocoEngine<D, M> {
 
     fn export_backbone(&self, path: &Path) -> Result<()> {
         self.enc_q.layout.export_backbone(path, &self.enc_q.read_params()?, &self.enc_q.read_buffers()?, self.enc_q.num_batches_tracked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ops::infonce::{cpu::moco_v3_loss_halves, SymmetricShape};
+
+    /// Top-1 and top-5 fractions of rows `i` whose key `i` is among the best matches of query `i` in the batch
+    /// (`q, k: [N, C]` raw; cosine similarity).
+    fn in_batch_accuracy(q: &[f32], k: &[f32], n: usize, c: usize) -> (f32, f32) {
+        let unit = |v: &[f32]| -> Vec<f64> {
+            v.chunks(c).flat_map(|r| {
+                let norm = r.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt().max(1e-12);
+                r.iter().map(move |x| *x as f64 / norm)
+            }).collect()
+        };
+        let (q, k) = (unit(q), unit(k));
+        let (mut top1, mut top5) = (0usize, 0usize);
+        for i in 0..n {
+            let qi = &q[i * c..][..c];
+            let sim = |j: usize| -> f64 { qi.iter().zip(&k[j * c..][..c]).map(|(a, b)| a * b).sum() };
+            let own = sim(i);
+            let better = (0..n).filter(|&j| j != i && sim(j) > own).count();
+            top1 += usize::from(better == 0);
+            top5 += usize::from(better < 5);
+        }
+        (top1 as f32 / n as f32, top5 as f32 / n as f32)
+    }
+
+    /// The v3 step reports the accuracy counts of the fused loss (the rank of the positive key among the batch's
+    /// keys): they are the in-batch accuracy measured on the host in f64 (random features: no near ties).
+    #[test]
+    fn the_v3_loss_counts_are_the_in_batch_accuracy() {
+        let (n, c) = (37, 12);
+        let mut rng = crate::nn::SplitMix64(9);
+        let mut draw = || (0..n * c).map(|_| rng.normal() as f32).collect::<Vec<f32>>();
+        let (q1, q2, k1, k2) = (draw(), draw(), draw(), draw());
+        let (mut d1, mut d2) = (vec![0.0; n * c], vec![0.0; n * c]);
+        let [a, b] = moco_v3_loss_halves(&mut d1, &mut d2, &q1, &q2, &k1, &k2, &SymmetricShape::new(n, c, 0.2).unwrap()).unwrap();
+        for (s, (q, k)) in [(a, (&q1, &k2)), (b, (&q2, &k1))] {
+            let (top1, top5) = in_batch_accuracy(q, k, n, c);
+            assert_eq!((s.top1 as f32 / n as f32, s.top5 as f32 / n as f32), (top1, top5));
+            assert!(s.top5 > s.top1);
+        }
     }
 }
