@@ -4,11 +4,14 @@
 // 2 x 4 KiB). The im2col matrix is never materialised: B (or A) is gathered from the image while loading the tile.
 //
 //   conv2d_forward          M = C_out, N = N*OH*OW, K = C_in*KH*KW   out    = weight . col          (overwrites)
-//   conv2d_backward_weight  M = C_out, N = C_in*KH*KW, K = N*OH*OW   dweight += dout . col^T
+//   conv2d_backward_weight  M = C_out, N = C_in*KH*KW, K = N*OH*OW   partial[s] = dout . col^T over K range s
+//   conv2d_backward_weight_reduce                                    dweight += sum over s of partial[s]
 //   conv2d_backward_data    M = C_in,  N = N*H*W,  K = C_out*KH*KW   dinp   += gather of weight . dout (no atomics)
 //
 // Each output element is owned by exactly one thread, so the backward kernels accumulate with a plain
-// read-modify-write. Grid: x * z tiles over N (x <= 65535, the host splits), y tiles over M.
+// read-modify-write. Grid: x * z tiles over N (x <= 65535, the host splits), y tiles over M; the weight gradient
+// instead uses z for its K ranges (split-K, src/ops/conv/params.rs `wgrad_split`: its GEMM has few tiles and a long
+// K), each block writing its partial tile, and the reduce kernel sums the ranges in order (deterministic).
 //
 // Compiled after kernels/common.cuh by NVRTC at run time, and by tests/cuda_compile.rs in CI: no #include of its
 // own.
@@ -37,8 +40,8 @@ struct ConvParams {
     unsigned int gemm_m;
     unsigned int gemm_n;
     unsigned int gemm_k;
-    unsigned int _pad0;
-    unsigned int _pad1;
+    unsigned int k_splits; // K ranges (split-K of the weight gradient; 1 otherwise)
+    unsigned int k_chunk;  // K per range, a multiple of TILE_K
 };
 
 // (i, y, x) of the index j = (i*H + y)*W + x of an [I, H, W] grid: a pixel (n, y, x), or a weight tap (c, ki, kj)
@@ -133,44 +136,52 @@ __device__ __forceinline__ void multiply_tile(float (&acc)[4][4], const float* a
 #define BACKWARD_WEIGHT 1 // conv2d_backward_weight
 #define BACKWARD_DATA 2   // conv2d_backward_data
 
-// C[m, j] into result: out [N, C_out, OH, OW] overwritten (forward), dweight [C_out, K] or dinp [N, C_in, H, W]
-// accumulated (backward).
+// C[m, j] into result: out [N, C_out, OH, OW] overwritten (forward), the partial tile of K range `split`
+// [k_splits, C_out, C_in*KH*KW] overwritten (backward weight), dinp [N, C_in, H, W] accumulated (backward data).
 template <int GEMM>
-__device__ __forceinline__ void store_result(const ConvParams& p, float* __restrict__ result, unsigned int m, unsigned int j, float v) {
+__device__ __forceinline__ void store_result(const ConvParams& p, float* __restrict__ result, unsigned int m, unsigned int j, unsigned int split, float v) {
     if (GEMM == FORWARD) {
         result[channel_offset(j, m, p.c_out, p.oh * p.ow)] = v;
-        return;
+    } else if (GEMM == BACKWARD_WEIGHT) {
+        result[(split * p.gemm_m + m) * p.gemm_n + j] = v;
+    } else {
+        const unsigned int idx = channel_offset(j, m, p.c_in, p.h * p.w);
+        result[idx] = result[idx] + v;
     }
-    const unsigned int idx = GEMM == BACKWARD_DATA ? channel_offset(j, m, p.c_in, p.h * p.w) : m * p.gemm_n + j;
-    result[idx] = result[idx] + v;
 }
 
 // This thread's 4x4 micro-tile of the tile at (m0, j0), the elements inside C.
 template <int GEMM>
-__device__ __forceinline__ void store_tile(const ConvParams& p, float* __restrict__ result, const float (&acc)[4][4], unsigned int lid, unsigned int m0, unsigned int j0) {
+__device__ __forceinline__ void store_tile(const ConvParams& p, float* __restrict__ result, const float (&acc)[4][4], unsigned int lid, unsigned int m0, unsigned int j0, unsigned int split) {
 #pragma unroll
     for (unsigned int i = 0; i < 4u; ++i) {
         const unsigned int m = m0 + (lid / 16u) * 4u + i;
 #pragma unroll
         for (unsigned int c = 0; c < 4u; ++c) {
             const unsigned int j = j0 + (lid % 16u) * 4u + c;
-            if (m < p.gemm_m && j < p.gemm_n) store_result<GEMM>(p, result, m, j, acc[i][c]);
+            if (m < p.gemm_m && j < p.gemm_n) store_result<GEMM>(p, result, m, j, split, acc[i][c]);
         }
     }
 }
 
-// Each kernel: the tile (m0, j0) = (blockIdx.y, blockIdx.x + blockIdx.z * gridDim.x) * 64, K in 16-deep chunks, 4
-// elements of A (from a) and 4 of B (from b) staged per thread and chunk.
+// Each kernel: the tile (m0, j0) = (blockIdx.y, blockIdx.x + blockIdx.z * gridDim.x) * 64 (the weight gradient:
+// (blockIdx.y, blockIdx.x) * 64 and K range blockIdx.z), K in 16-deep chunks, 4 elements of A (from a) and 4 of B
+// (from b) staged per thread and chunk.
 template <int GEMM>
 __device__ __forceinline__ void conv_gemm(const ConvParams& p, const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ result) {
     __shared__ float a_tile[TILE_K * TILE_M];
     __shared__ float b_tile[TILE_K * TILE_N];
     const unsigned int lid = threadIdx.x;
     const unsigned int m0 = blockIdx.y * TILE_M;
-    const unsigned int j0 = (blockIdx.z * gridDim.x + blockIdx.x) * TILE_N;
+    const unsigned int split = GEMM == BACKWARD_WEIGHT ? blockIdx.z : 0u;
+    const unsigned int j0 = (GEMM == BACKWARD_WEIGHT ? blockIdx.x : blockIdx.z * gridDim.x + blockIdx.x) * TILE_N;
     if (j0 >= p.gemm_n) return;
+    // K range [k_begin, k_end): chunks of TILE_K from k_begin (k_chunk is a multiple of TILE_K, so a chunk never
+    // crosses into the next range; loads past gemm_k read 0)
+    const unsigned int k_begin = split * p.k_chunk;
+    const unsigned int k_end = min(p.gemm_k, k_begin + p.k_chunk);
     float acc[4][4] = {};
-    for (unsigned int k0 = 0; k0 < p.gemm_k; k0 += TILE_K) {
+    for (unsigned int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
 #pragma unroll
         for (unsigned int i = 0; i < 4u; ++i) {
             const unsigned int e = lid + i * WG;
@@ -193,7 +204,7 @@ __device__ __forceinline__ void conv_gemm(const ConvParams& p, const float* __re
         multiply_tile(acc, a_tile, b_tile, lid);
         __syncthreads();
     }
-    store_tile<GEMM>(p, result, acc, lid, m0, j0);
+    store_tile<GEMM>(p, result, acc, lid, m0, j0, split);
 }
 
 // out [N, C_out, OH, OW] = weight [C_out, K] . col [K, N*OH*OW]
@@ -201,9 +212,19 @@ extern "C" __global__ void __launch_bounds__(256) conv2d_forward(ConvParams p, c
     conv_gemm<FORWARD>(p, weight, inp, result);
 }
 
-// dweight [C_out, K] += dout [C_out, N*OH*OW] . col^T [N*OH*OW, K]
-extern "C" __global__ void __launch_bounds__(256) conv2d_backward_weight(ConvParams p, const float* __restrict__ inp, const float* __restrict__ dout, float* __restrict__ result) {
-    conv_gemm<BACKWARD_WEIGHT>(p, dout, inp, result);
+// partial [k_splits, C_out, K] = dout [C_out, N*OH*OW] . col^T [N*OH*OW, K], each over its K range of N*OH*OW
+extern "C" __global__ void __launch_bounds__(256) conv2d_backward_weight(ConvParams p, const float* __restrict__ inp, const float* __restrict__ dout, float* __restrict__ partial) {
+    conv_gemm<BACKWARD_WEIGHT>(p, dout, inp, partial);
+}
+
+// dweight [C_out, K] += the K ranges' partials summed in range order, one thread per element
+extern "C" __global__ void __launch_bounds__(256) conv2d_backward_weight_reduce(ConvParams p, const float* __restrict__ partial, float* __restrict__ result) {
+    const unsigned int e = flat_thread(WG);
+    const unsigned int len = p.gemm_m * p.gemm_n;
+    if (e >= len) return;
+    float sum = 0.0f;
+    for (unsigned int s = 0; s < p.k_splits; ++s) sum += partial[s * len + e];
+    result[e] = result[e] + sum;
 }
 
 // dinp [N, C_in, H, W] += sum_(co, ki, kj) weight[co, ci, ki, kj] . dout[n, co, (iy + pad - ki) / stride, ...]

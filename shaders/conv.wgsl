@@ -6,12 +6,14 @@
 // The im2col matrix is never materialised: B (or A) is gathered from the image while loading the tile.
 //
 //   conv2d_forward          M = C_out, N = N*OH*OW, K = C_in*KH*KW   out    = weight · col          (overwrites)
-//   conv2d_backward_weight  M = C_out, N = C_in*KH*KW, K = N*OH*OW   dweight += dout · colᵀ
+//   conv2d_backward_weight  M = C_out, N = C_in*KH*KW, K = N*OH*OW   partial[s] = dout · colᵀ over K range s
+//   conv2d_backward_weight_reduce                                    dweight += Σ_s partial[s] (in range order)
 //   conv2d_backward_data    M = C_in,  N = N*H*W,  K = C_out*KH*KW   dinp   += gather of weight · dout (no atomics:
 //                           each input pixel sums over the (c_out, kh, kw) whose window covers it; deterministic)
 //
 // Each output element is owned by exactly one thread, so the backward kernels accumulate with a plain
-// read-modify-write. Grid: x * z tiles over N (x <= 65535, the host splits), y tiles over M.
+// read-modify-write. Grid: x * z tiles over N (x <= 65535, the host splits), y tiles over M; the weight gradient
+// instead uses z for its K ranges (split-K, src/ops/conv/params.rs `wgrad_split`), as kernels/conv.cu.
 
 struct ConvParams {
     n: u32,
@@ -28,8 +30,8 @@ struct ConvParams {
     gemm_m: u32,
     gemm_n: u32,
     gemm_k: u32,
-    _pad0: u32,
-    _pad1: u32,
+    k_splits: u32, // K ranges (split-K of the weight gradient; 1 otherwise)
+    k_chunk: u32,  // K per range, a multiple of TILE_K
 }
 
 const TILE_M: u32 = 64u;
@@ -43,8 +45,10 @@ const TILE_K: u32 = 16u;
 @group(0) @binding(2) var<storage, read_write> weight: array<f32>;
 // dout: [N, C_out, OH, OW]
 @group(0) @binding(3) var<storage, read_write> dout: array<f32>;
-// out (forward) / dweight / dinp, by entry point
+// out (forward) / dweight (the reduce) / dinp, by entry point
 @group(0) @binding(4) var<storage, read_write> result: array<f32>;
+// the weight gradient's partial tiles: [k_splits, C_out, C_in*KH*KW]
+@group(0) @binding(5) var<storage, read_write> partial: array<f32>;
 
 // A tile stored k-major: a_tile[kk * TILE_M + mm]; B tile: b_tile[kk * TILE_N + nn].
 var<workgroup> a_tile: array<f32, 1024>;
@@ -158,21 +162,21 @@ const FORWARD: u32 = 0u;         // conv2d_forward
 const BACKWARD_WEIGHT: u32 = 1u; // conv2d_backward_weight
 const BACKWARD_DATA: u32 = 2u;   // conv2d_backward_data
 
-// C[m, j] into result: out [N, C_out, OH, OW] overwritten (forward), dweight [C_out, K] or dinp [N, C_in, H, W]
-// accumulated (backward).
+// C[m, j] into result: out [N, C_out, OH, OW] overwritten (forward), dinp [N, C_in, H, W] accumulated (backward
+// data).
 fn store_result(gemm: u32, m: u32, j: u32, v: f32) {
     if (gemm == FORWARD) {
         result[channel_offset(j, m, p.c_out, p.oh * p.ow)] = v;
         return;
     }
-    var idx = m * p.gemm_n + j;
-    if (gemm == BACKWARD_DATA) {
-        idx = channel_offset(j, m, p.c_in, p.h * p.w);
-    }
+    let idx = channel_offset(j, m, p.c_in, p.h * p.w);
     result[idx] = result[idx] + v;
 }
 
-// This thread's 4x4 micro-tile of the tile at (m0, j0), the elements inside C.
+// This thread's 4x4 micro-tile of the tile at (m0, j0), the elements inside C: into result (forward, backward
+// data), or (backward weight) into the partial tile of K range `split`, [k_splits, C_out, C_in*KH*KW], overwritten.
+// (kernels/conv.cu stores both through store_result: here the partial store is its own branch so that only the
+// weight gradient's entry point binds `partial`, WGSL deriving each entry point's bindings from what it uses.)
 fn store_tile(gemm: u32, acc: array<vec4<f32>, 4>, lid: u32, m0: u32, j0: u32) {
     for (var i = 0u; i < 4u; i++) {
         let m = m0 + (lid / 16u) * 4u + i;
@@ -180,6 +184,18 @@ fn store_tile(gemm: u32, acc: array<vec4<f32>, 4>, lid: u32, m0: u32, j0: u32) {
             let j = j0 + (lid % 16u) * 4u + c;
             if (m < p.gemm_m && j < p.gemm_n) {
                 store_result(gemm, m, j, acc[i][c]);
+            }
+        }
+    }
+}
+
+fn store_partial_tile(acc: array<vec4<f32>, 4>, lid: u32, m0: u32, j0: u32, split: u32) {
+    for (var i = 0u; i < 4u; i++) {
+        let m = m0 + (lid / 16u) * 4u + i;
+        for (var c = 0u; c < 4u; c++) {
+            let j = j0 + (lid % 16u) * 4u + c;
+            if (m < p.gemm_m && j < p.gemm_n) {
+                partial[(split * p.gemm_m + m) * p.gemm_n + j] = acc[i][c];
             }
         }
     }
@@ -211,16 +227,21 @@ fn conv2d_forward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
     store_tile(FORWARD, acc, lid, m0, j0);
 }
 
-// dweight [C_out, K] += dout [C_out, N*OH*OW] · colᵀ [N*OH*OW, K]
+// partial [k_splits, C_out, K] = dout [C_out, N*OH*OW] · colᵀ [N*OH*OW, K], each over its K range of N*OH*OW:
+// the tile (m0, j0) = (wid.y, wid.x) * 64, the range wid.z
 @compute @workgroup_size(256)
 fn conv2d_backward_weight(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let m0 = wid.y * TILE_M;
-    let j0 = (wid.z * nwg.x + wid.x) * TILE_N;
+    let j0 = wid.x * TILE_N;
+    let split = wid.z;
     if (j0 >= p.gemm_n) {
         return;
     }
+    // K range [k_begin, k_end) in chunks of TILE_K (k_chunk is a multiple of it; loads past gemm_k read 0)
+    let k_begin = split * p.k_chunk;
+    let k_end = min(p.gemm_k, k_begin + p.k_chunk);
     var acc: array<vec4<f32>, 4>;
-    for (var k0 = 0u; k0 < p.gemm_k; k0 += TILE_K) {
+    for (var k0 = k_begin; k0 < k_end; k0 += TILE_K) {
         for (var i = 0u; i < 4u; i++) {
             let e = lid + i * 256u;
             // both operands read along the reduction (output pixels)
@@ -231,7 +252,22 @@ fn conv2d_backward_weight(@builtin(local_invocation_index) lid: u32, @builtin(wo
         multiply_tile(&acc, lid);
         workgroupBarrier();
     }
-    store_tile(BACKWARD_WEIGHT, acc, lid, m0, j0);
+    store_partial_tile(acc, lid, m0, j0, split);
+}
+
+// dweight [C_out, K] += the K ranges' partials summed in range order, one thread per element
+@compute @workgroup_size(256)
+fn conv2d_backward_weight_reduce(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = flat_thread(lid, wid, nwg, 256u);
+    let len = p.gemm_m * p.gemm_n;
+    if (e >= len) {
+        return;
+    }
+    var sum = 0.0;
+    for (var s = 0u; s < p.k_splits; s++) {
+        sum += partial[s * len + e];
+    }
+    result[e] = result[e] + sum;
 }
 
 // dinp [N, C_in, H, W] += Σ_(co, ki, kj) weight[co, ci, ki, kj] · dout[n, co, (iy + pad - ki) / stride, ...]

@@ -423,6 +423,8 @@ fn conv_shapes() -> Vec<Conv2dShape> {
         Conv2dShape::new(1, 4, 6, 5, 70, 3, 2, 1, 1).unwrap(),
         // C_in = 66 (two M tiles of backward-data), 1x1, N*H*W = 72 (two N tiles)
         Conv2dShape::new(2, 66, 6, 6, 3, 1, 1, 1, 0).unwrap(),
+        // the weight gradient over 2 K ranges (K = 675: 512 and a short 163)
+        Conv2dShape::new(3, 2, 15, 15, 4, 3, 3, 1, 1).unwrap(),
     ]
 }
 
@@ -440,10 +442,15 @@ fn case_conv() {
         close(&format!("{what} forward"), &a[3].as_f32(), &want, 1e-5, 1e-5);
 
         let (want_dinp, want_dw) = conv::reference::conv2d_backward(&f64s(&dout), &f64s(&inp), &f64s(&weight), &s);
+        // the weight gradient: partial tiles of each K range (NaN-poisoned first), then their ordered sum
         let wp = ConvParams::backward_weight(&s);
-        let mut a = [Arg::val(&wp), Arg::f32(&inp), Arg::f32(&dout), Arg::f32(&dw0)];
-        emu().run("conv.cu", "conv2d_backward_weight", wp.grid("conv2d_backward").unwrap(), BLOCK, &mut a);
-        close(&format!("{what} backward_weight (accumulated)"), &a[3].as_f32(), &plus(&want_dw, &dw0), 1e-5, 1e-5);
+        let mut a = [Arg::val(&wp), Arg::f32(&inp), Arg::f32(&dout), Arg::nan(wp.partial_len())];
+        emu().run("conv.cu", "conv2d_backward_weight", wp.backward_weight_grid("conv2d_backward").unwrap(), BLOCK, &mut a);
+        let partial = a[3].as_f32();
+        assert!(partial.iter().all(|v| v.is_finite()), "{what}: every partial element written ({} K ranges)", wp.k_splits);
+        let mut a = [Arg::val(&wp), Arg::f32(&partial), Arg::f32(&dw0)];
+        emu().run("conv.cu", "conv2d_backward_weight_reduce", wp.backward_weight_reduce_grid(), BLOCK, &mut a);
+        close(&format!("{what} backward_weight over {} K ranges (accumulated)", wp.k_splits), &a[2].as_f32(), &plus(&want_dw, &dw0), 1e-5, 1e-5);
 
         let dp = ConvParams::backward_data(&s);
         let mut a = [Arg::val(&dp), Arg::f32(&weight), Arg::f32(&dout), Arg::f32(&di0)];

@@ -8,32 +8,9 @@
 //! frees, 91 memsets, 3 reads and synchronisations), v3 1369 (323, 51, 57, 5). One test in its own binary: the
 //! counts are per process.
 mod common;
-use moco::data::{synthetic, AugmentConfig, PairLoader, SyntheticConfig};
-use moco::train::{CudaEngine, CudaVitEngine, Engine, Preset, TrainConfig};
+use common::training::{small_v2, small_v3, view_batches as batches};
+use moco::train::{CudaEngine, CudaVitEngine, Engine};
 use std::collections::BTreeMap;
-use std::sync::Arc;
-
-fn small_v2() -> TrainConfig {
-    let mut c = TrainConfig::preset(Preset::V2).with_batch(8);
-    (c.image_size, c.queue_len, c.dim, c.bn_splits, c.seed) = (8, 64, 16, 2, 5);
-    c.shuffle_bn = true;
-    c
-}
-
-fn small_v3() -> TrainConfig {
-    let mut c = TrainConfig::v3(moco::train::ModelKind::Vit);
-    c.image_size = 16;
-    c.vit = moco::nn::VitConfig { img_size: 16, patch: 8, dim: 32, depth: 2, heads: 2, ..c.vit };
-    (c.mlp_dim, c.dim, c.batch_size, c.seed, c.lr) = (64, 16, 8, 5, 1e-3);
-    c
-}
-
-fn batches(cfg: &TrainConfig, steps: usize) -> Vec<(Vec<f32>, Vec<f32>)> {
-    let sc = SyntheticConfig { train: cfg.batch_size * steps, test: 0, seed: 3, size: cfg.image_size, ..SyntheticConfig::default() };
-    let (ds, _) = synthetic(&sc).unwrap();
-    let loader = PairLoader::new(Arc::new(ds), AugmentConfig::v2(cfg.image_size), cfg.batch_size, 3).unwrap();
-    (0..steps).map(|i| loader.batch(0, i).unwrap()).map(|b| (b.x_q, b.x_k)).collect()
-}
 
 /// The calls of the last step: counts after minus counts before.
 fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {

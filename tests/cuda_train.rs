@@ -13,9 +13,7 @@
 //! `scripts/device_check.sh` runs it), when it fails.
 mod common;
 use moco::{Cuda, Device};
-use moco::data::{synthetic, AugmentConfig, PairLoader, SyntheticConfig};
 use moco::train::{CpuEngine, CudaEngine, Engine, Preset, TrainConfig};
-use std::sync::Arc;
 use std::time::Instant;
 
 fn device(test: &str) -> Option<Cuda> {
@@ -41,13 +39,7 @@ fn v2(n: usize) -> TrainConfig {
     c
 }
 
-/// `steps` pairs of views, one per step, from one synthetic data set.
-fn batches(cfg: &TrainConfig, steps: usize) -> Vec<(Vec<f32>, Vec<f32>)> {
-    let sc = SyntheticConfig { train: cfg.batch_size * steps, test: 0, seed: 3, size: cfg.image_size, ..SyntheticConfig::default() };
-    let (ds, _) = synthetic(&sc).unwrap();
-    let loader = PairLoader::new(Arc::new(ds), AugmentConfig::v2(cfg.image_size), cfg.batch_size, 3).unwrap();
-    (0..steps).map(|i| loader.batch(0, i).unwrap()).map(|b| (b.x_q, b.x_k)).collect()
-}
+use common::training::view_batches as batches;
 
 #[test]
 fn cuda_and_cpu_engines_agree_for_20_moco_v2_steps() {
@@ -164,23 +156,8 @@ fn cuda_mocov3_vit_step_time() {
 
 // ---- small configurations: the whole engine on the emulated driver in CI, and on a GPU ----
 
-/// MoCo v2 at a size the emulated driver runs in seconds: ResNet-18 (CIFAR stem) at 8x8, batch 8, SplitBN 2
-/// (groups of 4) with shuffle-BN, the MLP head to 16, K 64.
-fn small_v2() -> TrainConfig {
-    let mut c = TrainConfig::preset(Preset::V2).with_batch(8);
-    (c.image_size, c.queue_len, c.dim, c.bn_splits, c.seed) = (8, 64, 16, 2, 5);
-    c.shuffle_bn = true;
-    c
-}
-
-/// MoCo v3 on a small ViT: 16x16 with patch 8 (4 patches + cls), D 32, depth 2, 2 heads, heads 64 -> 16, batch 8.
-fn small_v3() -> TrainConfig {
-    let mut c = TrainConfig::v3(moco::train::ModelKind::Vit);
-    c.image_size = 16;
-    c.vit = moco::nn::VitConfig { img_size: 16, patch: 8, dim: 32, depth: 2, heads: 2, ..c.vit };
-    (c.mlp_dim, c.dim, c.batch_size, c.seed, c.lr) = (64, 16, 8, 5, 1e-3);
-    c
-}
+// (small_v2, small_v3: tests/common/training.rs, shared with tests/cuda_step_calls.rs)
+use common::training::{small_v2, small_v3};
 
 /// `max |a - b| / max |a|`.
 fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {

@@ -1,6 +1,6 @@
 //! Helpers of the training tests (tests/train.rs, tests/train_v3.rs): the synthetic data of a short run, and the
 //! check that an interrupted and resumed run ends bit-identical to an uninterrupted one.
-use moco::data::{synthetic, Dataset, SyntheticConfig, ViewPair};
+use moco::data::{synthetic, AugmentConfig, Dataset, PairLoader, SyntheticConfig, ViewPair};
 use moco::train::{self, Engine, RunOptions, RunSummary, TrainConfig};
 use std::path::Path;
 use std::sync::Arc;
@@ -46,4 +46,32 @@ pub fn assert_health_agrees(name: &str, a: &moco::train::HealthSnapshot, b: &moc
     assert!((a.key_drift - b.key_drift).abs() <= 1e-2 * a.key_drift.abs() + 1e-7, "{name}: key drift {} vs {}", a.key_drift, b.key_drift);
     assert_eq!(a.queue_age, b.queue_age, "{name}: queue age");
     assert!(a.effective_rank >= 1.0 && a.stats.dim_std > 0.0, "{name}: a healthy step's statistics: {a:?}");
+}
+
+// ---- the small configurations of the CUDA engine tests (the emulated driver runs them in seconds) ----
+
+/// MoCo v2 at a size the emulated driver runs in seconds: ResNet-18 (CIFAR stem) at 8x8, batch 8, SplitBN 2
+/// (groups of 4) with shuffle-BN, the MLP head to 16, K 64.
+pub fn small_v2() -> TrainConfig {
+    let mut c = TrainConfig::preset(moco::train::Preset::V2).with_batch(8);
+    (c.image_size, c.queue_len, c.dim, c.bn_splits, c.seed) = (8, 64, 16, 2, 5);
+    c.shuffle_bn = true;
+    c
+}
+
+/// MoCo v3 on a small ViT: 16x16 with patch 8 (4 patches + cls), D 32, depth 2, 2 heads, heads 64 -> 16, batch 8.
+pub fn small_v3() -> TrainConfig {
+    let mut c = TrainConfig::v3(moco::train::ModelKind::Vit);
+    c.image_size = 16;
+    c.vit = moco::nn::VitConfig { img_size: 16, patch: 8, dim: 32, depth: 2, heads: 2, ..c.vit };
+    (c.mlp_dim, c.dim, c.batch_size, c.seed, c.lr) = (64, 16, 8, 5, 1e-3);
+    c
+}
+
+/// `steps` pairs of views, one per step, from one synthetic data set.
+pub fn view_batches(cfg: &TrainConfig, steps: usize) -> Vec<(Vec<f32>, Vec<f32>)> {
+    let sc = SyntheticConfig { train: cfg.batch_size * steps, test: 0, seed: 3, size: cfg.image_size, ..SyntheticConfig::default() };
+    let (ds, _) = synthetic(&sc).unwrap();
+    let loader = PairLoader::new(Arc::new(ds), AugmentConfig::v2(cfg.image_size), cfg.batch_size, 3).unwrap();
+    (0..steps).map(|i| loader.batch(0, i).unwrap()).map(|b| (b.x_q, b.x_k)).collect()
 }

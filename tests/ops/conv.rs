@@ -142,6 +142,7 @@ fn fixed_shapes<D: Conv>(dev: &mut D) {
         (2, 33, 10, 11, 65, 3, 3, 1, 1), // K = 297: many 16-deep chunks, partial last one
         (1, 2, 5, 8, 3, 2, 3, 3, 0),     // non-square kernel, stride 3
         (4, 64, 8, 8, 64, 3, 3, 1, 1),   // a ResNet stage-1 block at a small resolution
+        (8, 16, 16, 16, 70, 3, 3, 1, 1), // the GPUs' weight gradient over 4 K ranges of 512 (2 x 3 tiles)
         (1, 1, 1, 1, 1, 1, 1, 1, 0),     // the smallest problem
     ]
     .iter()
@@ -194,6 +195,24 @@ device_test!(
     /// 24 shapes drawn from a fixed seed (tests/cuda_layers.rs's set).
     conv2d_random_shapes, random_shapes
 );
+
+/// The GPUs' split-K of the weight gradient: ranges that cover K exactly once (none empty, each a multiple of the
+/// 16-deep chunk), about 512 blocks when K is long enough, one range for short K, and the fixed and wide-plane
+/// shapes above exercise 2 to 5 ranges with a short last one (`conv2d_fixed_shapes`, `conv2d_strided_wide_planes`).
+#[test]
+fn conv2d_weight_gradient_k_ranges_cover_k() {
+    use moco::ops::conv::params::{wgrad_split, ConvParams, CONV_TILE_K};
+    for (tiles, mn, k) in [(1, 1, 1), (1, 27, 15), (9, 64 * 576, 65_536), (9, 64 * 576, 262_144), (576, 512 * 4608, 4096), (2, 70 * 144, 2048), (1, 8, 2450), (3, 100, 100_000_000)] {
+        let (ranges, chunk) = wgrad_split(tiles, mn, k);
+        assert!(ranges >= 1 && chunk % CONV_TILE_K == 0 && chunk * ranges >= k && chunk * (ranges - 1) < k, "tiles {tiles}, K {k}: {ranges} ranges of {chunk}");
+        assert!(ranges * mn <= 1 << 28 && ranges <= 65535, "tiles {tiles}: {ranges} ranges of {mn}");
+        if k >= 512 * 512 / tiles.max(1) && tiles < 512 {
+            assert!(ranges * tiles >= 256, "tiles {tiles}, K {k}: only {} blocks", ranges * tiles);
+        }
+    }
+    let p = ConvParams::backward_weight(&Conv2dShape::new(8, 16, 16, 16, 70, 3, 3, 1, 1).unwrap());
+    assert_eq!((p.k_splits, p.k_chunk, p.partial_len()), (4, 512, 4 * 70 * 144));
+}
 
 #[test]
 fn conv2d_reference_backward_matches_finite_differences() {

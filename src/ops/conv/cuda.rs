@@ -1,6 +1,6 @@
 //! 2-D convolution on CUDA (`kernels/conv.cu`): the launches of `src/ops/conv/wgpu.rs` (64x64 block tiles, 16-deep K
-//! chunks, 256 threads with 4x4 register micro-tiles; im2col gathered on the fly), asynchronous on the device's
-//! stream.
+//! chunks, 256 threads with 4x4 register micro-tiles; im2col gathered on the fly; the weight gradient split over K
+//! into partial tiles, in the device's reused scratch, and reduced in order), asynchronous on the device's stream.
 
 use super::params::{conv_revalidate, ConvParams};
 use super::{Conv, Conv2dShape, KERNELS};
@@ -29,13 +29,21 @@ impl Conv for Cuda {
         shape.check_backward(dinp.as_ref().map(|d| d.len()), dweight.len(), dout.len(), inp.len(), weight.len())?;
         let s = conv_revalidate(shape)?;
         let (wp, dp) = (ConvParams::backward_weight(&s), ConvParams::backward_data(&s));
-        let (wg, dg) = (wp.grid("conv2d_backward")?, dp.grid("conv2d_backward")?);
-        let stream = self.stream();
+        let (wg, dg) = (wp.backward_weight_grid("conv2d_backward")?, dp.grid("conv2d_backward")?);
+        let (stream, ws) = self.workspace();
+        let stream = &stream;
+        let [mut partial] = ws.f32s.take(stream, [wp.partial_len()])?;
         let f = KERNELS.cuda_function(stream, "conv2d_backward_weight")?;
         // SAFETY: conv2d_backward_weight(ConvParams, const float* inp [N*C_in*H*W], const float* dout [N*C_out*OH*OW],
-        // float* result [C_out*C_in*KH*KW]); lengths checked above; each dweight element is read-modified-written by
-        // exactly one thread, guarded by m < C_out and j < C_in*KH*KW.
-        unsafe { stream.launch_builder(&f).arg(&wp).arg(&inp).arg(&dout).arg(&mut dweight).launch(cfg(wg)) }?;
+        // float* partial [k_splits*C_out*C_in*KH*KW]); lengths checked above; block (x, y, z) writes the elements
+        // m < C_out, j < C_in*KH*KW of its tile in partial tile z < k_splits (grid z), each by one thread.
+        unsafe { stream.launch_builder(&f).arg(&wp).arg(&inp).arg(&dout).arg(&mut partial).launch(cfg(wg)) }?;
+        let partial = partial.into_view();
+        let f = KERNELS.cuda_function(stream, "conv2d_backward_weight_reduce")?;
+        // SAFETY: conv2d_backward_weight_reduce(ConvParams, const float* partial [k_splits*C_out*C_in*KH*KW], float*
+        // result [C_out*C_in*KH*KW]); thread e < C_out*C_in*KH*KW reads partial[s * len + e], s < k_splits, and
+        // updates result[e]; every partial element was written by the launch before (each tile of each range).
+        unsafe { stream.launch_builder(&f).arg(&wp).arg(&partial).arg(&mut dweight).launch(cfg(wp.backward_weight_reduce_grid())) }?;
         if let Some(mut d) = dinp {
             let f = KERNELS.cuda_function(stream, "conv2d_backward_data")?;
             // SAFETY: conv2d_backward_data(ConvParams, const float* weight [C_out*C_in*KH*KW], const float* dout

@@ -24,13 +24,41 @@ pub struct ConvParams {
     pub gemm_m: u32,
     pub gemm_n: u32,
     pub gemm_k: u32,
-    pub pad0: u32,
-    pub pad1: u32,
+    /// K ranges of the GEMM, one block per (tile, range) (split-K of the weight gradient; 1 for the other passes).
+    pub k_splits: u32,
+    /// Length of each K range: a multiple of the 16-deep chunk (the last range may be shorter).
+    pub k_chunk: u32,
 }
-const _: () = assert!(std::mem::size_of::<ConvParams>() == 64 && std::mem::offset_of!(ConvParams, gemm_k) == 52);
+const _: () = assert!(std::mem::size_of::<ConvParams>() == 64 && std::mem::offset_of!(ConvParams, gemm_k) == 52 && std::mem::offset_of!(ConvParams, k_chunk) == 60);
 
 /// Output tile of the conv kernels (64x64, 16-deep K chunks, 256 threads with 4x4 micro-tiles).
 pub const CONV_TILE: usize = 64;
+/// Depth of one K chunk of the conv kernels.
+pub const CONV_TILE_K: usize = 16;
+
+/// Blocks the weight gradient's split-K aims at. Its GEMM has few output tiles (M = C_out, N = C_in*KH*KW:
+/// ResNet-18's layer1 has 1 x 9 tiles of 64x64) and a long reduction (K = N*OH*OW: 65,536 at batch 64, 4,096
+/// chunks), so one block per tile leaves most of a GPU idle (an H100 has 132 SMs) and each block walks the whole
+/// K. Cutting K into ranges gives one block per (tile, range); each writes its partial tile, and
+/// `conv2d_backward_weight_reduce` adds the ranges in range order into dweight: deterministic, and the same on
+/// every GPU (the rule depends on the shape only, not on the device's SM count). 512 blocks fill 132 SMs about
+/// four deep.
+pub const WGRAD_TARGET_BLOCKS: usize = 512;
+/// The shortest K range: 32 chunks, so that a block's loads (2 x 4 KiB per chunk) dwarf its 16 KiB partial store
+/// and the reduction's reads.
+pub const WGRAD_MIN_K: usize = 512;
+/// At most this many partial elements (1 GiB of f32) in the scratch: fewer ranges beyond it.
+pub const WGRAD_MAX_PARTIAL: usize = 1 << 28;
+
+/// The weight gradient's K ranges for a `tiles`-tile output of `mn` elements and reduction `gemm_k`:
+/// `(ranges, range length)`, the length a multiple of [`CONV_TILE_K`] and no range empty.
+pub fn wgrad_split(tiles: usize, mn: usize, gemm_k: usize) -> (usize, usize) {
+    let want = WGRAD_TARGET_BLOCKS.div_ceil(tiles.max(1));
+    let most = gemm_k.div_ceil(WGRAD_MIN_K).min(WGRAD_MAX_PARTIAL / mn.max(1)).clamp(1, 65535);
+    let ranges = want.clamp(1, most);
+    let chunk = gemm_k.div_ceil(ranges).div_ceil(CONV_TILE_K).max(1) * CONV_TILE_K;
+    (gemm_k.div_ceil(chunk).max(1), chunk)
+}
 
 impl ConvParams {
     pub fn new(s: &Conv2dShape, gemm_m: usize, gemm_n: usize, gemm_k: usize) -> Self {
@@ -50,8 +78,8 @@ impl ConvParams {
             gemm_m: u(gemm_m),
             gemm_n: u(gemm_n),
             gemm_k: u(gemm_k),
-            pad0: 0,
-            pad1: 0,
+            k_splits: 1,
+            k_chunk: u(gemm_k.div_ceil(CONV_TILE_K).max(1) * CONV_TILE_K),
         }
     }
 }
@@ -86,9 +114,27 @@ impl ConvParams {
     pub fn forward(s: &Conv2dShape) -> Self {
         Self::new(s, s.c_out, s.n * s.out_h() * s.out_w(), s.c_in * s.kh * s.kw)
     }
-    /// `conv2d_backward_weight`: M = C_out, N = C_in*KH*KW, K = N*OH*OW.
+    /// `conv2d_backward_weight`: M = C_out, N = C_in*KH*KW, K = N*OH*OW, K cut into ranges by [`wgrad_split`].
     pub fn backward_weight(s: &Conv2dShape) -> Self {
-        Self::new(s, s.c_out, s.c_in * s.kh * s.kw, s.n * s.out_h() * s.out_w())
+        let (m, n, k) = (s.c_out, s.c_in * s.kh * s.kw, s.n * s.out_h() * s.out_w());
+        let (ranges, chunk) = wgrad_split(m.div_ceil(CONV_TILE) * n.div_ceil(CONV_TILE), m * n, k);
+        Self { k_splits: ranges as u32, k_chunk: chunk as u32, ..Self::new(s, m, n, k) }
+    }
+    /// The weight gradient's partial tiles `[k_splits, C_out, C_in*KH*KW]`: the scratch's length.
+    pub fn partial_len(&self) -> usize {
+        self.k_splits as usize * self.gemm_m as usize * self.gemm_n as usize
+    }
+    /// The grid of `conv2d_backward_weight`: (tiles over N, tiles over M, K ranges); N = C_in*KH*KW tiles fit x.
+    pub fn backward_weight_grid(&self, op: &'static str) -> crate::error::Result<Grid> {
+        let (tm, tn) = ((self.gemm_m as usize).div_ceil(CONV_TILE), (self.gemm_n as usize).div_ceil(CONV_TILE));
+        if tm > 65535 || tn > 65535 {
+            return Err(crate::error::Error::shape(op, format!("at most {} output and input channel taps", 65535 * CONV_TILE), format!("{} x {}", self.gemm_m, self.gemm_n)));
+        }
+        Ok((tn as u32, tm as u32, self.k_splits))
+    }
+    /// The grid of `conv2d_backward_weight_reduce`: one thread per dweight element.
+    pub fn backward_weight_reduce_grid(&self) -> Grid {
+        crate::ops::launch::elem_grid(self.gemm_m as usize * self.gemm_n as usize)
     }
     /// `conv2d_backward_data`: M = C_in, N = N*H*W, K = C_out*KH*KW.
     pub fn backward_data(s: &Conv2dShape) -> Self {

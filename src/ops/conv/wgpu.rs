@@ -1,11 +1,19 @@
 //! 2-D convolution on wgpu (`shaders/conv.wgsl`): forward, backward-data and backward-weight as tiled implicit
 //! GEMMs (64x64 workgroup tiles, 16-deep K chunks, 256 threads with 4x4 register micro-tiles; im2col gathered on
-//! the fly).
+//! the fly; the weight gradient split over K into partial tiles, in a scratch buffer kept per device, and reduced
+//! in order).
 
 use super::params::{conv_revalidate, ConvParams};
 use super::{Conv, Conv2dShape, KERNELS};
 use crate::device::wgpu::{GpuSlice, Launch, Wgpu};
 use crate::error::Result;
+
+/// The weight gradient's partial tiles, kept per device and grown to the largest layer (each op's commands are
+/// submitted in order, so the next conv's writes follow this one's reads).
+#[derive(Default)]
+struct WgradScratch {
+    partial: Option<wgpu::Buffer>,
+}
 
 impl Conv for Wgpu {
     fn conv2d_forward(&mut self, out: GpuSlice<'_>, inp: GpuSlice<'_>, weight: GpuSlice<'_>, shape: &Conv2dShape) -> Result<()> {
@@ -19,8 +27,21 @@ impl Conv for Wgpu {
         shape.check_backward(dinp.map(|d| d.len()), dweight.len(), dout.len(), inp.len(), weight.len())?;
         let s = conv_revalidate(shape)?;
         let (wp, dp) = (ConvParams::backward_weight(&s), ConvParams::backward_data(&s));
-        let (wg, dg) = (wp.grid("conv2d_backward")?, dp.grid("conv2d_backward")?);
-        let mut launches = vec![Launch::new("conv2d_backward_weight", &wp, vec![(1, inp), (3, dout), (4, dweight)], wg)];
+        let (wg, dg) = (wp.backward_weight_grid("conv2d_backward")?, dp.grid("conv2d_backward")?);
+        let bytes = (wp.partial_len() * 4) as u64;
+        let partial = match self.op_state::<WgradScratch>().partial.clone() {
+            Some(b) if b.size() >= bytes => b,
+            _ => {
+                let b = self.storage_buffer("moco conv wgrad partial", bytes);
+                self.op_state::<WgradScratch>().partial = Some(b.clone());
+                b
+            }
+        };
+        let part = GpuSlice::from(&partial);
+        let mut launches = vec![
+            Launch::new("conv2d_backward_weight", &wp, vec![(1, inp), (3, dout), (5, part)], wg),
+            Launch::new("conv2d_backward_weight_reduce", &wp, vec![(5, part), (4, dweight)], wp.backward_weight_reduce_grid()),
+        ];
         if let Some(d) = dinp {
             launches.push(Launch::new("conv2d_backward_data", &dp, vec![(2, weight), (3, dout), (4, d)], dg));
         }
