@@ -19,6 +19,7 @@ use super::health::{queue_age, HealthSnapshot};
 use super::shuffle::{self, KeyBatch};
 use crate::device::{CpuDevice, Region};
 use crate::error::{Error, Result};
+use crate::nn::layout::TENSOR_ALIGN;
 use crate::nn::{Layers, Mlp, MlpLayout, Model, Network, ResNetLayout, VitLayout};
 use crate::ops::ema::Ema;
 use crate::ops::finite::{Finite, FiniteShape};
@@ -38,14 +39,14 @@ pub trait TrainDevice: Layers + Infonce + Ema + Optim + Finite + Health + Gather
 impl<D: Layers + Infonce + Ema + Optim + Finite + Health + Gather> TrainDevice for D {}
 
 /// Where the step's non-finite count sits in the statistics buffer: after the loss words (v3: both directions'),
-/// so that one read returns the loss, the accuracy counts and the finiteness check together. At 64 words: a view
-/// of a wgpu buffer starts at a multiple of 256 bytes.
-const NONFINITE_AT: usize = 64;
+/// so that one read returns the loss, the accuracy counts and the finiteness check together. At a tensor start
+/// ([`TENSOR_ALIGN`]: the offset a wgpu view needs).
+const NONFINITE_AT: usize = TENSOR_ALIGN;
 const _: () = assert!(NONFINITE_AT >= 2 * STATS_WORDS);
 
-/// The start of k1's inverse permutation in `unshuffle`, after k2's (`n` rounded up to 64: wgpu's view alignment).
+/// The start of k1's inverse permutation in `unshuffle`, after k2's (at the next tensor start).
 fn k1_unshuffle_at(n: usize) -> usize {
-    n.div_ceil(64) * 64
+    n.next_multiple_of(TENSOR_ALIGN)
 }
 
 /// Eval batch of [`Engine::embed`].
@@ -153,8 +154,8 @@ pub struct MocoEngine<D: TrainDevice, M: Encoder = ResNetLayout> {
     dq: D::Buf,
     row_loss: D::Buf,
     stats: D::IndexBuf,
-    /// Shuffle-BN's inverse permutations `[N]` (k2's at 0, k1's at [`k1_unshuffle_at`]): the keys are gathered back into batch order
-    /// on the device.
+    /// Shuffle-BN's inverse permutations `[N]` (k2's at 0, k1's at [`k1_unshuffle_at`]): the keys are gathered
+    /// back into batch order on the device.
     unshuffle: D::IndexBuf,
     /// Representation health, computed inside a step when asked.
     health: HealthBufs<D>,
@@ -234,8 +235,8 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
     /// (`x[idx_shuffle]`), the device gathers the keys back (`k[idx_unshuffle]`). Nothing is read back.
     fn keys(&mut self, x: &[f32], step: u64, which: KeyBatch) -> Result<()> {
         let (n, dim) = (self.cfg.batch_size, self.cfg.dim);
-        let img = if n == 0 { 0 } else { x.len() / n };
-        crate::error::check_len_eq("shuffle-BN: keys", "x [N, img]", n * img, x.len())?;
+        // (shuffle_rows and the encoder's input check the batch's length)
+        let img = x.len() / n.max(1);
         let dst = if which == KeyBatch::K2 { &mut self.k2 } else { &mut self.k1 };
         let all = Region::new(0, n * dim);
         match shuffle::for_step(&self.cfg, step, which) {

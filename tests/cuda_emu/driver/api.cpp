@@ -990,22 +990,25 @@ extern "C" __attribute__((visibility("default"))) const char* moco_emu_log(void)
     return copy.c_str();
 }
 
+// "name count\n" per entry of `counts`, in a buffer of its own that stays valid until the next call with it.
+static const char* counts_text(const std::map<std::string, uint64_t>& counts, std::string& out) {
+    out.clear();
+    for (auto& [k, n] : counts) out += k + " " + std::to_string(n) + "\n";
+    return out.c_str();
+}
+
 // "kernel launches\n" per kernel that ran.
 extern "C" __attribute__((visibility("default"))) const char* moco_emu_launch_counts(void) {
     Lock lock(state().mu);
     static std::string out;
-    out.clear();
-    for (auto& [k, n] : state().launches) out += k + " " + std::to_string(n) + "\n";
-    return out.c_str();
+    return counts_text(state().launches, out);
 }
 
-// "entry-point calls\n" per driver entry point called so far (the implemented ones: every call that passed ENTER).
+// "entry-point calls\n" per driver entry point called so far (every call that reached ENTER's checks).
 extern "C" __attribute__((visibility("default"))) const char* moco_emu_call_counts(void) {
     Lock lock(state().mu);
     static std::string out;
-    out.clear();
-    for (auto& [k, n] : state().calls) out += k + " " + std::to_string(n) + "\n";
-    return out.c_str();
+    return counts_text(state().calls, out);
 }
 
 // For the emulator's own tests: forget a sticky error, queued work and the log, as a fresh device would.
