@@ -91,5 +91,39 @@ fn moco_v2_step(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, resnet18, resnet18_layers, moco_v2_step);
+/// The wgpu engine's MoCo v2 and v3 steps at the tests' small sizes on any adapter, lavapipe included (set
+/// `MOCO_BENCH_WGPU_ANY=1`): the before/after check that a change to the wgpu recording path does not slow the
+/// CI's correctness vehicle. v2: ResNet-18 CIFAR stem at 8x8, batch 16, K 64, dim 16; v3: ViT 16x16 patch 8,
+/// D 32, depth 2, batch 8.
+fn moco_step_small_wgpu(c: &mut Criterion) {
+    use moco::train::{Engine, ModelKind, Preset, TrainConfig, WgpuEngine, WgpuVitEngine};
+    if std::env::var_os("MOCO_BENCH_WGPU_ANY").is_none() {
+        return;
+    }
+    let wgpu = match moco::Wgpu::new(moco::Adapter::Any) {
+        Ok(w) => w,
+        Err(e) => return eprintln!("moco_step_small_wgpu skipped: {e}"),
+    };
+    let mut v2 = TrainConfig::preset(Preset::V2).with_batch(16);
+    (v2.image_size, v2.queue_len, v2.dim, v2.bn_splits) = (8, 64, 16, 2);
+    let mut v3 = TrainConfig::v3(ModelKind::Vit);
+    v3.image_size = 16;
+    v3.vit = moco::nn::VitConfig { img_size: 16, patch: 8, dim: 32, depth: 2, heads: 2, ..v3.vit };
+    (v3.mlp_dim, v3.dim, v3.batch_size, v3.lr) = (64, 16, 8, 1e-3);
+    let mut g = c.benchmark_group("moco_step_small_wgpu");
+    g.sample_size(10).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(10));
+    let engines: [(&str, &TrainConfig, Box<dyn Engine>); 2] = [
+        ("v2_b16_8x8", &v2, Box::new(WgpuEngine::new(&wgpu, &v2).unwrap())),
+        ("v3_vit_b8_16x16", &v3, Box::new(WgpuVitEngine::new(&wgpu, &v3).unwrap())),
+    ];
+    for (name, cfg, mut e) in engines {
+        let len = cfg.batch_size * 3 * cfg.image_size * cfg.image_size;
+        let x1: Vec<f32> = (0..len).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        let x2: Vec<f32> = (0..len).map(|i| ((i * 104729) % 1000) as f32 / 500.0 - 1.0).collect();
+        g.bench_function(name, |b| b.iter(|| e.step(&x1, &x2, cfg.lr).unwrap().loss));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, resnet18, resnet18_layers, moco_v2_step, moco_step_small_wgpu);
 criterion_main!(benches);

@@ -53,7 +53,7 @@ pub mod train;
 pub use device::Cuda;
 pub use device::{AnyDevice, CpuDevice, Device, DeviceKind, Region};
 #[cfg(feature = "wgpu")]
-pub use device::{Adapter, Wgpu};
+pub use device::{Adapter, Wgpu, WgpuCounters};
 pub use error::{Error, Result};
 pub use ops::ema::EmaShape;
 pub use ops::infonce::{InfoNceShape, InfoNceStats, LogitsShape, Precision, SymmetricShape, MAX_TEMPERATURE, MIN_TEMPERATURE};

@@ -381,3 +381,46 @@ fn the_loss_precision_is_a_setting_that_resume_may_change() {
     };
     assert_eq!(run(&small()), run(&half));
 }
+
+/// What one steady-state step asks of wgpu, counted by the device (`Wgpu::counters`): the engine records the
+/// step's work into one command encoder and submits it at the step's one read, the loss statistics (a symmetric
+/// v2 step reads once per query half), with every buffer and bind group made by the steps before. Before the
+/// shared recorder (2026-12-07) each op submitted its own command buffer and made its parameter buffer and bind
+/// groups per dispatch, and many made scratch buffers per call.
+#[test]
+fn a_steady_state_wgpu_step_is_one_submission_per_read_and_makes_nothing() {
+    use common::training::{small_v2, small_v3, view_batches};
+    use moco::train::{WgpuEngine, WgpuVitEngine};
+    if common::wgpu_device().is_none() {
+        return;
+    }
+    // a device of its own, so that its counters are this test's
+    let wgpu = moco::Wgpu::new(moco::Adapter::Any).unwrap();
+    let mut symmetric = small_v2();
+    (symmetric.symmetric, symmetric.shuffle_bn) = (true, false);
+    let engines: [(&str, TrainConfig, Box<dyn Engine>, u64); 3] = [
+        ("v2 shuffle-BN", small_v2(), Box::new(WgpuEngine::new(&wgpu, &small_v2()).unwrap()), 1),
+        ("v2 symmetric", symmetric.clone(), Box::new(WgpuEngine::new(&wgpu, &symmetric).unwrap()), 2),
+        ("v3 ViT", small_v3(), Box::new(WgpuVitEngine::new(&wgpu, &small_v3()).unwrap()), 1),
+    ];
+    for (name, cfg, mut e, reads) in engines {
+        let data = view_batches(&cfg, 4);
+        // the first steps make the scratch, grow the arena to a step's parameter blocks and uploads, and make
+        // the bind groups of a submission that starts with a step's backward
+        for (xq, xk) in &data[..3] {
+            assert!(e.step(xq, xk, cfg.lr).unwrap().loss.is_finite(), "{name}: warm-up step");
+        }
+        let before = wgpu.counters();
+        assert!(e.step(&data[3].0, &data[3].1, cfg.lr).unwrap().loss.is_finite(), "{name}: counted step");
+        let after = wgpu.counters();
+        let step = moco::WgpuCounters {
+            submissions: after.submissions - before.submissions,
+            dispatches: after.dispatches - before.dispatches,
+            buffers: after.buffers - before.buffers,
+            bind_groups: after.bind_groups - before.bind_groups,
+        };
+        eprintln!("{name}: one steady-state step: {step:?}");
+        assert!(step.dispatches > 50, "{name}: a step's dispatches counted: {step:?}");
+        assert_eq!((step.submissions, step.buffers, step.bind_groups), (reads, 0, 0), "{name}: (submissions, buffers made, bind groups made) in a steady-state step");
+    }
+}

@@ -31,7 +31,7 @@ pub use kernel_family::{Grid, KernelFamily};
 pub use cuda::Cuda;
 pub use select::AnyDevice;
 #[cfg(feature = "wgpu")]
-pub use wgpu::{Adapter, Wgpu};
+pub use wgpu::{Adapter, Wgpu, WgpuCounters};
 
 use crate::error::{Error, Result};
 
@@ -162,6 +162,10 @@ pub trait Device: Clone {
     fn copy(&mut self, dst: Self::Mut<'_>, src: Self::Ref<'_>) -> Result<()>;
     /// Waits for every queued device operation.
     fn synchronize(&self) -> Result<()>;
+    /// Lets ops leave their work queued for one later submission (at the next read or [`Device::synchronize`])
+    /// instead of submitting it per call: the training engine's step. A no-op where launches are already
+    /// asynchronous and batched by the driver (CPU, CUDA streams); on wgpu see `Wgpu::defer_submissions`.
+    fn defer_submissions(&mut self, _on: bool) {}
 
     // ---- views ----
 

@@ -197,6 +197,8 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
     /// query encoder), the optimiser, and the queue (v1/v2) or the predictor (v3) from `cfg` on `dev`.
     pub fn on(mut dev: D, cfg: &TrainConfig) -> Result<Self> {
         cfg.validate()?;
+        // the step's work goes out at its reads (wgpu: one submission per step), on this handle and its clones
+        dev.defer_submissions(true);
         let layout = M::for_config(cfg)?;
         let (s, n, dim) = (cfg.image_size, cfg.batch_size, cfg.dim);
         let mut enc_q = Network::init_on(dev.clone(), layout.clone(), n, s, s, cfg.bn_splits, cfg.seed)?;

@@ -1,19 +1,48 @@
 //! The wgpu device: adapter, device, queue and a pipeline cache, built once and reused. Setup follows wgpu's
 //! hello_compute: instance, adapter, device, shader module, pipeline (auto layout), bind group, dispatch.
 
+use super::recorder::{Recorder, WgpuCounters};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-/// A wgpu device: the device and queue, the pipeline cache (shared by clones) and the ops' state (a clone starts
-/// without: scratch is never shared between two devices). Cheap to clone.
-#[derive(Clone)]
+/// A wgpu device: the device and queue, the pipeline cache and the command recorder (both shared by clones),
+/// and the ops' state and scratch buffers (a clone starts without: scratch is never shared between two devices).
+/// Cheap to clone.
 pub struct Wgpu {
     device: wgpu::Device,
     queue: wgpu::Queue,
     adapter_name: String,
     pipelines: Arc<Mutex<HashMap<(&'static str, &'static str, u32), wgpu::ComputePipeline>>>,
+    // one encoder for all clones, so work is submitted in call order
+    recorder: Arc<Mutex<Recorder>>,
+    // buffers created through this device and its clones
+    buffers_created: Arc<AtomicU64>,
+    // WebGPU's `min_uniform_buffer_offset_alignment` of this device
+    uniform_align: u64,
+    // per clone: whether ops leave their work recorded for a later submission
+    deferred: bool,
+    scratch: Arc<Mutex<HashMap<&'static str, wgpu::Buffer>>>,
     state: crate::device::OpState,
+}
+
+impl Clone for Wgpu {
+    /// The same device, queue, pipelines and recorder, deferring as this handle does; no op state or scratch yet.
+    fn clone(&self) -> Self {
+        Self {
+            device: self.device.clone(),
+            queue: self.queue.clone(),
+            adapter_name: self.adapter_name.clone(),
+            pipelines: self.pipelines.clone(),
+            recorder: self.recorder.clone(),
+            buffers_created: self.buffers_created.clone(),
+            uniform_align: self.uniform_align,
+            deferred: self.deferred,
+            scratch: Default::default(),
+            state: Default::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Wgpu {
@@ -68,7 +97,86 @@ impl Wgpu {
     /// Wraps a device and queue the caller already owns (a framework's), so its buffers can be passed directly.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, adapter_name: String) -> Self {
         device.on_uncaptured_error(Arc::new(|e| eprintln!("moco: uncaptured wgpu error: {e}")));
-        Self { device, queue, adapter_name, pipelines: Arc::new(Mutex::new(HashMap::new())), state: Default::default() }
+        let uniform_align = u64::from(device.limits().min_uniform_buffer_offset_alignment).max(16);
+        Self {
+            device,
+            queue,
+            adapter_name,
+            pipelines: Default::default(),
+            recorder: Default::default(),
+            buffers_created: Default::default(),
+            uniform_align,
+            deferred: false,
+            scratch: Default::default(),
+            state: Default::default(),
+        }
+    }
+
+    /// Whether this handle's ops leave their work recorded instead of submitting it at the end of each call.
+    /// Off by default, so that a framework sharing the queue sees an op's work submitted when the call returns.
+    /// On, the work goes out in one submission at the next read, [`Wgpu::flush`] or
+    /// [`crate::device::Device::synchronize`] (from any clone); the training engine's step runs this way, and
+    /// its bind groups are then made once and reused. Only this handle changes, and the clones made from it later.
+    pub fn defer_submissions(&mut self, on: bool) {
+        self.deferred = on;
+    }
+
+    /// Whether this handle defers its submissions ([`Wgpu::defer_submissions`]).
+    pub fn is_deferred(&self) -> bool {
+        self.deferred
+    }
+
+    /// Submits the work recorded and not yet submitted (by this handle or a clone); does not wait for it.
+    pub fn flush(&self) -> Result<()> {
+        self.recorder().flush(self)
+    }
+
+    /// What this device and its clones have done so far: submissions, dispatches, buffers and bind groups made.
+    pub fn counters(&self) -> WgpuCounters {
+        WgpuCounters { buffers: self.buffers_created.load(Ordering::Relaxed), ..self.recorder().counters }
+    }
+
+    pub(crate) fn recorder(&self) -> MutexGuard<'_, Recorder> {
+        self.recorder.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn uniform_align(&self) -> u64 {
+        self.uniform_align
+    }
+
+    /// Records commands with `f` into the shared encoder, after the work already recorded; submits unless this
+    /// handle defers.
+    pub(crate) fn encode(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) -> Result<()> {
+        let mut rec = self.recorder();
+        f(rec.encoder(self));
+        rec.end_op(self)
+    }
+
+    /// This handle's scratch buffer `name`, at least `bytes` long: made once and reused by later calls (grown when
+    /// a call needs more). A scratch buffer holds nothing between two ops; the dispatches of one submission run
+    /// in order, so ops recorded one after the other may share it.
+    pub(crate) fn scratch(&self, name: &'static str, bytes: u64) -> wgpu::Buffer {
+        let mut pool = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes = bytes.div_ceil(4).max(1) * 4;
+        match pool.get(name) {
+            Some(b) if b.size() >= bytes => b.clone(),
+            _ => {
+                let b = self.storage_buffer(name, bytes);
+                pool.insert(name, b.clone());
+                b
+            }
+        }
+    }
+
+    /// A 16-byte storage buffer bound where a kernel's optional input is absent (never read by it).
+    pub(crate) fn dummy(&self) -> wgpu::Buffer {
+        self.scratch("moco dummy", 16)
+    }
+
+    /// A buffer of `size` bytes with `usage`, counted in [`Wgpu::counters`].
+    pub(crate) fn create_buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        self.buffers_created.fetch_add(1, Ordering::Relaxed);
+        self.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage, mapped_at_creation: false })
     }
 
     /// The wgpu device the buffers live on.
@@ -114,12 +222,7 @@ impl Wgpu {
 
     /// A storage buffer of `bytes` bytes (rounded up to 4), usable as kernel input, output and copy source/target.
     pub fn storage_buffer(&self, label: &str, bytes: u64) -> wgpu::Buffer {
-        self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size: bytes.div_ceil(4).max(1) * 4,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        })
+        self.create_buffer(label, bytes.div_ceil(4).max(1) * 4, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST)
     }
 
     /// A storage buffer holding `data`.
@@ -134,34 +237,22 @@ impl Wgpu {
         buf
     }
 
-    /// Copies the first `bytes` bytes of `buf` back to the host (copy, submit, map_async, poll).
+    /// Copies the first `bytes` bytes of `buf` back to the host, after the work recorded so far (which this
+    /// submits), and waits for it.
     pub fn read_bytes(&self, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        self.read_bytes_at(buf, 0, bytes)
+    }
+
+    /// Copies `bytes` bytes of `buf` from byte `offset` (a multiple of 4) back to the host.
+    pub(crate) fn read_bytes_at(&self, buf: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
         let size = bytes.div_ceil(4) * 4;
         if size == 0 {
             return Ok(Vec::new());
         }
-        if size > buf.size() {
-            return Err(Error::shape("wgpu read", format!("at most {} bytes", buf.size()), format!("{bytes} bytes")));
+        if offset % 4 != 0 || offset + size > buf.size() {
+            return Err(Error::shape("wgpu read", format!("a 4-byte aligned range inside the {}-byte buffer", buf.size()), format!("bytes {offset}..{}", offset + bytes)));
         }
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("moco readback"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
-        enc.copy_buffer_to_buffer(buf, 0, &staging, 0, size);
-        self.queue.submit([enc.finish()]);
-        let slice = staging.slice(..);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Wgpu(format!("poll: {e}")))?;
-        rx.recv().map_err(|e| Error::Wgpu(format!("map_async: {e}")))?.map_err(|e| Error::Wgpu(format!("map_async: {e}")))?;
-        let data = slice.get_mapped_range().map_err(|e| Error::Wgpu(format!("map: {e}")))?.to_vec();
-        staging.unmap();
-        let mut data = data;
+        let mut data = self.recorder().read(self, buf, offset, size)?;
         data.truncate(bytes as usize);
         Ok(data)
     }

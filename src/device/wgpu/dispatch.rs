@@ -1,4 +1,4 @@
-//! Recording and submitting dispatches: one compute pass per dispatch, the parameter block as a uniform.
+//! Recording dispatches: one compute pass per dispatch, the parameter block as a uniform (see `recorder`).
 
 use super::{GpuSlice, Wgpu};
 use crate::error::Result;
@@ -11,35 +11,15 @@ pub(crate) struct Dispatch<'a> {
     pub grid: (u32, u32, u32),
 }
 
-/// Records the dispatches in one compute pass each (so storage writes are visible to the next) and submits.
-/// `params` is the uniform block bound at binding 0 of every dispatch.
-pub(crate) fn submit(ctx: &Wgpu, params: &[(&[u8], Dispatch)]) {
-    let mut enc = ctx.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("moco") });
-    let mut keep = Vec::new();
+/// Records the dispatches in order, one compute pass each (so storage writes are visible to the next), with
+/// their parameter blocks bound at binding 0; submits unless the device defers. Errors of the recording surface
+/// here on an immediate device, at the submission on a deferred one.
+pub(crate) fn submit(ctx: &Wgpu, params: &[(&[u8], Dispatch)]) -> Result<()> {
+    let mut rec = ctx.recorder();
     for (p, d) in params {
-        let ubuf = ctx.device().create_buffer(&wgpu::BufferDescriptor {
-            label: Some("moco params"),
-            size: (p.len() as u64).div_ceil(16) * 16,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut padded = p.to_vec();
-        padded.resize(ubuf.size() as usize, 0);
-        ctx.queue().write_buffer(&ubuf, 0, &padded);
-        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: ubuf.as_entire_binding() }];
-        for (b, buf) in &d.buffers {
-            entries.push(wgpu::BindGroupEntry { binding: *b, resource: buf.binding() });
-        }
-        let bg = ctx.device().create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &d.pipeline.get_bind_group_layout(0), entries: &entries });
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
-            pass.set_pipeline(&d.pipeline);
-            pass.set_bind_group(0, &bg, &[]);
-            pass.dispatch_workgroups(d.grid.0, d.grid.1, d.grid.2);
-        }
-        keep.push(ubuf);
+        rec.dispatch(ctx, &d.pipeline, p, &d.buffers, d.grid)?;
     }
-    ctx.queue().submit([enc.finish()]);
+    rec.end_op(ctx)
 }
 
 /// One dispatch of a family's entry point: the entry, its parameter block, its buffers by binding, its grid.
@@ -71,8 +51,7 @@ impl Wgpu {
                 .iter()
                 .map(|l| (&l.params[..], Dispatch { pipeline: family.wgpu_pipeline(self, l.entry, l.dtype), buffers: l.buffers.clone(), grid: l.grid }))
                 .collect();
-            submit(self, &steps);
-            Ok(())
+            submit(self, &steps)
         })
     }
 }

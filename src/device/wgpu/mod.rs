@@ -4,9 +4,11 @@
 
 mod context;
 mod dispatch;
+mod recorder;
 mod slice;
 
 pub use context::{Adapter, Wgpu};
+pub use recorder::WgpuCounters;
 pub(crate) use dispatch::{submit, Dispatch, Launch};
 pub use slice::{AsGpuSlice, GpuSlice, SLICE_ALIGN_BYTES};
 
@@ -28,25 +30,26 @@ fn elems(buf: &wgpu::Buffer) -> usize {
 impl Wgpu {
     fn read_region<T: bytemuck::Pod>(&self, buf: &wgpu::Buffer, at: Region) -> Result<Vec<T>> {
         check_regions("wgpu read", elems(buf), &[], &[at])?;
-        if at.offset == 0 {
-            return self.read_elems(buf, at.len);
-        }
-        // copy the region to the front of a temporary buffer, then read that
-        let tmp = self.storage_buffer("moco region readback", bytes(at.len));
-        let mut enc = self.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("moco region") });
-        enc.copy_buffer_to_buffer(buf, (at.offset * 4) as u64, &tmp, 0, (at.len * 4) as u64);
-        self.queue().submit([enc.finish()]);
-        self.read_elems(&tmp, at.len)
+        let bytes = self.read_bytes_at(buf, (at.offset * 4) as u64, (at.len * 4) as u64)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
     /// `data` (f32 or u32 words) into the region `at` of `buf`, after checking that it fits (`op` names the call).
+    /// With work recorded and not yet submitted, the data is copied in after it (through the recorder's arena).
     fn write_region<T: bytemuck::Pod>(&self, op: &'static str, buf: &wgpu::Buffer, at: Region, data: &[T]) -> Result<()> {
         crate::error::check_len_eq(op, "data of the region's length", at.len, data.len())?;
         check_regions(op, elems(buf), &[at], &[])?;
-        if !data.is_empty() {
-            self.queue().write_buffer(buf, (at.offset * 4) as u64, bytemuck::cast_slice(data));
+        if data.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let mut rec = self.recorder();
+        if rec.pending() {
+            rec.upload(self, buf, (at.offset * 4) as u64, bytemuck::cast_slice(data))?;
+            rec.end_op(self)
+        } else {
+            self.queue().write_buffer(buf, (at.offset * 4) as u64, bytemuck::cast_slice(data));
+            Ok(())
+        }
     }
 }
 
@@ -83,10 +86,7 @@ impl Device for Wgpu {
         elems(buf)
     }
     fn zero(&mut self, buf: &mut wgpu::Buffer) -> Result<()> {
-        let mut enc = self.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("moco zero") });
-        enc.clear_buffer(buf, 0, None);
-        self.queue().submit([enc.finish()]);
-        Ok(())
+        self.encode(|enc| enc.clear_buffer(buf, 0, None))
     }
     fn write(&mut self, buf: &mut wgpu::Buffer, at: Region, data: &[f32]) -> Result<()> {
         self.write_region("wgpu write", buf, at, data)
@@ -107,21 +107,23 @@ impl Device for Wgpu {
         if src.is_empty() {
             return Ok(());
         }
+        // WebGPU copies only between two buffers: two regions of one go through a scratch buffer
+        let staging = (src.buffer() == dst.buffer()).then(|| self.scratch("moco copy staging", src.size()));
         self.scoped(|| {
-            let mut enc = self.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("moco copy") });
-            if src.buffer() == dst.buffer() {
-                // WebGPU copies only between two buffers: two regions of one go through a staging buffer
-                let staging = self.storage_buffer("moco copy staging", src.size());
-                enc.copy_buffer_to_buffer(src.buffer(), src.offset(), &staging, 0, src.size());
-                enc.copy_buffer_to_buffer(&staging, 0, dst.buffer(), dst.offset(), src.size());
-            } else {
-                enc.copy_buffer_to_buffer(src.buffer(), src.offset(), dst.buffer(), dst.offset(), src.size());
-            }
-            self.queue().submit([enc.finish()]);
-            Ok(())
+            self.encode(|enc| match &staging {
+                Some(staging) => {
+                    enc.copy_buffer_to_buffer(src.buffer(), src.offset(), staging, 0, src.size());
+                    enc.copy_buffer_to_buffer(staging, 0, dst.buffer(), dst.offset(), src.size());
+                }
+                None => enc.copy_buffer_to_buffer(src.buffer(), src.offset(), dst.buffer(), dst.offset(), src.size()),
+            })
         })
     }
+    fn defer_submissions(&mut self, on: bool) {
+        Wgpu::defer_submissions(self, on)
+    }
     fn synchronize(&self) -> Result<()> {
+        self.flush()?;
         self.device().poll(wgpu::PollType::wait_indefinitely()).map(|_| ()).map_err(|e| Error::Wgpu(format!("poll: {e}")))
     }
 

@@ -7,9 +7,6 @@ use super::{Attention, AttentionShape, KERNELS};
 use crate::device::wgpu::{GpuSlice, Launch, Wgpu};
 use crate::error::Result;
 
-/// The backward's `ds` scratch of a [`Wgpu`] device (kept in its op state).
-#[derive(Default)]
-struct DsScratch(Option<wgpu::Buffer>);
 
 impl Attention for Wgpu {
     fn attention_forward(&mut self, out: GpuSlice<'_>, att: GpuSlice<'_>, qkv: GpuSlice<'_>, shape: &AttentionShape) -> Result<()> {
@@ -21,11 +18,7 @@ impl Attention for Wgpu {
         shape.check_backward(dqkv.len(), dout.len(), qkv.len(), att.len())?;
         let (p, grid) = AttentionParams::launch(shape);
         let bytes = (shape.att_len() * 4) as u64;
-        if self.op_state::<DsScratch>().0.as_ref().is_none_or(|b| b.size() < bytes) {
-            let fresh = self.storage_buffer("moco attention ds", bytes);
-            self.op_state::<DsScratch>().0 = Some(fresh);
-        }
-        let Some(ds) = self.op_state::<DsScratch>().0.clone() else { unreachable!("allocated above") };
+        let ds = self.scratch("moco attention ds", bytes);
         let ds = GpuSlice::elems(&ds, 0, shape.att_len())?;
         let bufs = vec![(4, dqkv), (5, ds), (6, dout), (3, qkv), (2, att)];
         self.run(&KERNELS, vec![Launch::new("attention_backward_dq", &p, bufs.clone(), grid), Launch::new("attention_backward_dkv", &p, bufs, grid)])

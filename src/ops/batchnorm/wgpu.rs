@@ -44,8 +44,8 @@ impl BatchNorm for Wgpu {
         let (epi, identity) = epilogue_flags(&epilogue);
         s.check_train(out.len(), mean.len(), rstd.len(), running_mean.len(), running_var.len(), inp.len(), len(identity), len(gamma), len(beta))?;
         let grid = stat_grid(&s)?;
-        let var_gc = self.storage_buffer("moco bn var", (s.stats_len() * 4) as u64);
-        let dummy = self.storage_buffer("moco bn dummy", 16);
+        let var_gc = self.scratch("moco bn var", (s.stats_len() * 4) as u64);
+        let dummy = self.dummy();
         let (var_gc, dummy) = (GpuSlice::from(&var_gc), GpuSlice::from(&dummy));
         let p = BatchNormParams::new(&s, 0);
         self.run(
@@ -62,7 +62,7 @@ impl BatchNorm for Wgpu {
         let s = shape.revalidate()?;
         let (epi, identity) = epilogue_flags(&epilogue);
         s.check_eval(out.len(), inp.len(), len(identity), running_mean.len(), running_var.len(), len(gamma), len(beta))?;
-        let dummy = self.storage_buffer("moco bn dummy", 16);
+        let dummy = self.dummy();
         self.run(&KERNELS, vec![apply(out, inp, running_mean, running_var, gamma, beta, identity, GpuSlice::from(&dummy), &s, epi | flags::EVAL)])
     }
 
@@ -75,9 +75,9 @@ impl BatchNorm for Wgpu {
         };
         s.check_backward(dinp.len(), len(didentity), len(dgamma), len(dbeta), dout.len(), len(out), inp.len(), mean.len(), rstd.len(), len(gamma))?;
         let grid = stat_grid(&s)?;
-        let sums = self.storage_buffer("moco bn sums", (s.stats_len() * 2 * 4) as u64);
-        let coef = self.storage_buffer("moco bn coef", (s.stats_len() * 3 * 4) as u64);
-        let dummy = self.storage_buffer("moco bn dummy", 16);
+        let sums = self.scratch("moco bn sums", (s.stats_len() * 2 * 4) as u64);
+        let coef = self.scratch("moco bn coef", (s.stats_len() * 3 * 4) as u64);
+        let dummy = self.dummy();
         let (sums, coef, dummy) = (GpuSlice::from(&sums), GpuSlice::from(&coef), GpuSlice::from(&dummy));
         let fl = flag(gamma.is_some(), flags::GAMMA) | flag(out.is_some(), flags::RELU) | flag(didentity.is_some(), flags::ADD) | flag(dgamma.is_some(), flags::DGAMMA) | flag(dbeta.is_some(), flags::DBETA);
         let p = BatchNormParams::new(&s, fl);

@@ -8,13 +8,6 @@ use super::{Conv, Conv2dShape, KERNELS};
 use crate::device::wgpu::{GpuSlice, Launch, Wgpu};
 use crate::error::Result;
 
-/// The weight gradient's partial tiles, kept per device and grown to the largest layer (each op's commands are
-/// submitted in order, so the next conv's writes follow this one's reads).
-#[derive(Default)]
-struct WgradScratch {
-    partial: Option<wgpu::Buffer>,
-}
-
 impl Conv for Wgpu {
     fn conv2d_forward(&mut self, out: GpuSlice<'_>, inp: GpuSlice<'_>, weight: GpuSlice<'_>, shape: &Conv2dShape) -> Result<()> {
         shape.check_forward(out.len(), inp.len(), weight.len())?;
@@ -29,14 +22,8 @@ impl Conv for Wgpu {
         let (wp, dp) = (ConvParams::backward_weight(&s), ConvParams::backward_data(&s));
         let (wg, dg) = (wp.backward_weight_grid("conv2d_backward")?, dp.grid("conv2d_backward")?);
         let bytes = (wp.partial_len() * 4) as u64;
-        let partial = match self.op_state::<WgradScratch>().partial.clone() {
-            Some(b) if b.size() >= bytes => b,
-            _ => {
-                let b = self.storage_buffer("moco conv wgrad partial", bytes);
-                self.op_state::<WgradScratch>().partial = Some(b.clone());
-                b
-            }
-        };
+        // the device's scratch, grown to the largest layer (the next conv's writes follow this one's reads)
+        let partial = self.scratch("moco conv wgrad partial", bytes);
         let part = GpuSlice::from(&partial);
         let mut launches = vec![
             Launch::new("conv2d_backward_weight", &wp, vec![(1, inp), (3, dout), (5, part)], wg),

@@ -12,8 +12,7 @@ pub fn ema_update(ctx: &Wgpu, k: GpuSlice<'_>, q: GpuSlice<'_>, shape: &EmaShape
     let (p, grid) = EmaParams::launch(shape);
     ctx.scoped(|| {
         let pipeline = KERNELS.wgpu_pipeline(ctx, "ema_update", None);
-        submit(ctx, &[(bytemuck::bytes_of(&p), Dispatch { pipeline, buffers: vec![(1, q), (2, k)], grid })]);
-        Ok(())
+        submit(ctx, &[(bytemuck::bytes_of(&p), Dispatch { pipeline, buffers: vec![(1, q), (2, k)], grid })])
     })
 }
 

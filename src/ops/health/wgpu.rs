@@ -34,9 +34,9 @@ pub fn health_in_batch(ctx: &Wgpu, stats: GpuSlice<'_>, gram: GpuSlice<'_>, q_ha
 #[allow(clippy::too_many_arguments)]
 fn run(ctx: &Wgpu, stats: GpuSlice<'_>, gram: GpuSlice<'_>, q_hat: GpuSlice<'_>, k_hat: GpuSlice<'_>, keys: GpuSlice<'_>, dtype: u32, shape: &HealthShape) -> Result<()> {
     let plan = HealthPlan::new(shape);
-    let dim_part = ctx.storage_buffer("moco health dim_part", (plan.dim_part * 4) as u64);
-    let pair_part = ctx.storage_buffer("moco health pair_part", (plan.pair_part * 4) as u64);
-    let logit_part = ctx.storage_buffer("moco health logit_part", (plan.logit_part * 4) as u64);
+    let dim_part = ctx.scratch("moco health dim_part", (plan.dim_part * 4) as u64);
+    let pair_part = ctx.scratch("moco health pair_part", (plan.pair_part * 4) as u64);
+    let logit_part = ctx.scratch("moco health logit_part", (plan.logit_part * 4) as u64);
     let (dims, pairs, logits) = (GpuSlice::from(&dim_part), GpuSlice::from(&pair_part), GpuSlice::from(&logit_part));
     let launches = plan
         .launches
@@ -56,7 +56,7 @@ fn run(ctx: &Wgpu, stats: GpuSlice<'_>, gram: GpuSlice<'_>, q_hat: GpuSlice<'_>,
 pub fn param_drift(ctx: &Wgpu, out: GpuSlice<'_>, theta_k: GpuSlice<'_>, theta_q: GpuSlice<'_>, shape: &DriftShape) -> Result<()> {
     shape.check(out.len(), theta_k.len(), theta_q.len())?;
     let ([partial, finish], part_len) = drift_plan(shape);
-    let part = ctx.storage_buffer("moco drift_part", (part_len * 4) as u64);
+    let part = ctx.scratch("moco drift_part", (part_len * 4) as u64);
     let p = GpuSlice::from(&part);
     ctx.run(&KERNELS, vec![launch(&partial, vec![(10, theta_k), (11, theta_q), (12, p)]), launch(&finish, vec![(9, out), (12, p)])])
 }

@@ -16,7 +16,7 @@ fn elems(v: &GpuSlice<'_>) -> usize {
     v.len()
 }
 
-/// Per-call scratch: normalised q and k and their inverse norms.
+/// Scratch of one call (the device's, reused by later calls): normalised q and k and their inverse norms.
 struct Scratch {
     q_hat: wgpu::Buffer,
     k_hat: wgpu::Buffer,
@@ -29,10 +29,10 @@ type Step<'a> = (Vec<u8>, Dispatch<'a>);
 impl Scratch {
     fn new(ctx: &Wgpu, n: usize, c: usize) -> Self {
         Self {
-            q_hat: ctx.storage_buffer("moco q_hat", (n * c * 4) as u64),
-            k_hat: ctx.storage_buffer("moco k_hat", (n * c * 4) as u64),
-            q_inv: ctx.storage_buffer("moco q_inv_norm", (n * 4) as u64),
-            k_inv: ctx.storage_buffer("moco k_inv_norm", (n * 4) as u64),
+            q_hat: ctx.scratch("moco q_hat", (n * c * 4) as u64),
+            k_hat: ctx.scratch("moco k_hat", (n * c * 4) as u64),
+            q_inv: ctx.scratch("moco q_inv_norm", (n * 4) as u64),
+            k_inv: ctx.scratch("moco k_inv_norm", (n * 4) as u64),
         }
     }
     /// The two `normalize_rows` dispatches: q into q̂, k into k̂.
@@ -42,9 +42,9 @@ impl Scratch {
     }
 }
 
-fn run(ctx: &Wgpu, steps: Vec<Step>) {
+fn run(ctx: &Wgpu, steps: Vec<Step>) -> Result<()> {
     let refs: Vec<(&[u8], Dispatch)> = steps.iter().map(|(p, d)| (&p[..], Dispatch { pipeline: d.pipeline.clone(), buffers: d.buffers.clone(), grid: d.grid })).collect();
-    submit(ctx, &refs);
+    submit(ctx, &refs)
 }
 
 /// Normalised logits: `l_pos: [N]`, `l_neg: [N, K]` from `q, k: [N, C]` and the queue `[K, C]`; every view exactly
@@ -66,8 +66,7 @@ pub fn logits(ctx: &Wgpu, l_pos: GpuSlice<'_>, l_neg: GpuSlice<'_>, q: GpuSlice<
         let mut steps = s.normalize_steps(ctx, q, k, &NormalizeShape::new(n, c)?);
         steps.push((bytemuck::bytes_of(&p).to_vec(), Dispatch { pipeline: KERNELS.wgpu_pipeline(ctx, "positive_logits", dt), buffers: vec![(4, GpuSlice::from(&s.q_hat)), (5, GpuSlice::from(&s.k_hat)), (9, l_pos)], grid: ((n as u32).div_ceil(256), 1, 1) }));
         steps.push((bytemuck::bytes_of(&p).to_vec(), Dispatch { pipeline: KERNELS.wgpu_pipeline(ctx, "negative_logits", dt), buffers: vec![(4, GpuSlice::from(&s.q_hat)), (6, GpuSlice::from(queue.buffer())), (7, GpuSlice::from(queue.buffer())), (15, l_neg)], grid: ((kk as u32).div_ceil(64), (n as u32).div_ceil(16), 1) }));
-        run(ctx, steps);
-        Ok(())
+        run(ctx, steps)
     })
 }
 
@@ -87,7 +86,7 @@ struct StreamScratch {
 
 impl StreamScratch {
     fn new(ctx: &Wgpu, plan: &StreamPlan, n: usize, c: usize) -> Self {
-        Self { s_pos: ctx.storage_buffer("moco s_pos", (n * 4) as u64), rank: ctx.storage_buffer("moco rank", (n * 4) as u64), partial: ctx.storage_buffer("moco partial", (plan.splits * n * (3 + c) * 4) as u64) }
+        Self { s_pos: ctx.scratch("moco s_pos", (n * 4) as u64), rank: ctx.scratch("moco rank", (n * 4) as u64), partial: ctx.scratch("moco partial", (plan.splits * n * (3 + c) * 4) as u64) }
     }
 }
 
@@ -132,8 +131,7 @@ pub fn infonce(ctx: &Wgpu, dq: GpuSlice<'_>, row_loss: GpuSlice<'_>, stats: GpuS
     ctx.scoped(|| {
         let mut steps = s.normalize_steps(ctx, q, k, &NormalizeShape::new(n, c)?);
         steps.extend(stream_steps(ctx, &s, GpuSlice::from(queue.buffer()), queue.code(), shape.k, n, c, shape.temperature, 1.0, false, &ss, Outputs { dq, row_loss, stats }));
-        run(ctx, steps);
-        Ok(())
+        run(ctx, steps)
     })
 }
 
@@ -153,8 +151,8 @@ pub fn moco_v3_loss(ctx: &Wgpu, dq1: GpuSlice<'_>, dq2: GpuSlice<'_>, stats: Gpu
     let plan = StreamPlan::new(n, n, c);
     let s = Scratch::new(ctx, n, c);
     let ss = StreamScratch::new(ctx, &plan, n, c);
-    let row_loss = ctx.storage_buffer("moco row_loss", (n * 4) as u64);
-    let blocks = [0, 1].map(|_| ctx.storage_buffer("moco v3 stats", (STATS_WORDS * 4) as u64));
+    let row_loss = ctx.scratch("moco row_loss", (n * 4) as u64);
+    let blocks = ["moco v3 stats 1", "moco v3 stats 2"].map(|name| ctx.scratch(name, (STATS_WORDS * 4) as u64));
     ctx.scoped(|| {
         let mut steps = Vec::new();
         let norm = NormalizeShape::new(n, c)?;
@@ -162,13 +160,12 @@ pub fn moco_v3_loss(ctx: &Wgpu, dq1: GpuSlice<'_>, dq2: GpuSlice<'_>, stats: Gpu
             steps.extend(s.normalize_steps(ctx, q, k, &norm));
             steps.extend(stream_steps(ctx, &s, GpuSlice::from(&s.k_hat), 0, n, n, c, t, 2.0 * t, true, &ss, Outputs { dq, row_loss: GpuSlice::from(&row_loss), stats: GpuSlice::from(st) }));
         }
-        run(ctx, steps);
-        let mut enc = ctx.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("moco v3 stats") });
-        for (i, b) in blocks.iter().enumerate() {
-            enc.copy_buffer_to_buffer(b, 0, stats.buffer(), stats.offset() + (i * STATS_WORDS * 4) as u64, (STATS_WORDS * 4) as u64);
-        }
-        ctx.queue().submit([enc.finish()]);
-        Ok(())
+        run(ctx, steps)?;
+        ctx.encode(|enc| {
+            for (i, b) in blocks.iter().enumerate() {
+                enc.copy_buffer_to_buffer(b, 0, stats.buffer(), stats.offset() + (i * STATS_WORDS * 4) as u64, (STATS_WORDS * 4) as u64);
+            }
+        })
     })
 }
 

@@ -17,14 +17,14 @@ impl Linear for Wgpu {
         let s = shape.revalidate()?;
         s.check_forward(out.len(), inp.len(), weight.len(), bias.map(|b| b.len()))?;
         let g = GemmLaunch::linear_forward(&s, bias.is_some())?;
-        let dummy = self.storage_buffer("moco gemm dummy bias", 16);
+        let dummy = self.dummy();
         self.run(&KERNELS, vec![gemm(g, out, inp, weight, bias.unwrap_or(GpuSlice::from(&dummy)))])
     }
     fn linear_backward(&mut self, dinp: Option<GpuSlice<'_>>, dweight: GpuSlice<'_>, dbias: Option<GpuSlice<'_>>, dout: GpuSlice<'_>, inp: GpuSlice<'_>, weight: GpuSlice<'_>, shape: &LinearShape) -> Result<()> {
         let s = shape.revalidate()?;
         s.check_backward(dinp.map(|d| d.len()), dweight.len(), dbias.map(|d| d.len()), dout.len(), inp.len(), weight.len())?;
         let (data, wgrad) = (GemmLaunch::linear_backward_data(&s)?, GemmLaunch::linear_backward_weight(&s)?);
-        let dummy = self.storage_buffer("moco gemm dummy bias", 16);
+        let dummy = self.dummy();
         let dummy = GpuSlice::from(&dummy);
         let mut launches = Vec::new();
         if let Some(dx) = dinp {

@@ -18,8 +18,7 @@ pub fn normalize_rows(ctx: &Wgpu, x_hat: GpuSlice<'_>, inv_norm: GpuSlice<'_>, x
     shape.check(x.len(), x_hat.len(), inv_norm.len())?;
     ctx.scoped(|| {
         let (p, d) = dispatch(ctx, x_hat, inv_norm, x, shape);
-        submit(ctx, &[(&p[..], d)]);
-        Ok(())
+        submit(ctx, &[(&p[..], d)])
     })
 }
 

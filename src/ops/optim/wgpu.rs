@@ -77,11 +77,10 @@ pub fn sgd_step(ctx: &Wgpu, params: &dyn AsGpuSlice, momentum_buf: Option<&dyn A
     check_disjoint(op, &named)?;
     let (groups, _) = elementwise_grid(len);
     ctx.scoped(|| {
-        let dummy = ctx.storage_buffer("moco sgd no momentum", 16);
+        let dummy = ctx.dummy();
         let b = named.get(2).map(|x| x.1).unwrap_or(GpuSlice::from(&dummy));
         let pipeline = KERNELS.wgpu_pipeline(ctx, "sgd_step", None);
-        submit(ctx, &[(bytemuck::bytes_of(&u), Dispatch { pipeline, buffers: vec![(1, p), (2, g), (3, b)], grid: (groups, 1, 1) })]);
-        Ok(())
+        submit(ctx, &[(bytemuck::bytes_of(&u), Dispatch { pipeline, buffers: vec![(1, p), (2, g), (3, b)], grid: (groups, 1, 1) })])
     })
 }
 
@@ -102,8 +101,7 @@ pub fn adamw_step(ctx: &Wgpu, params: &dyn AsGpuSlice, exp_avg: &dyn AsGpuSlice,
     let (groups, _) = elementwise_grid(len);
     ctx.scoped(|| {
         let pipeline = KERNELS.wgpu_pipeline(ctx, "adamw_step", None);
-        submit(ctx, &[(bytemuck::bytes_of(&u), Dispatch { pipeline, buffers: vec![(1, p), (2, g), (3, m), (4, v)], grid: (groups, 1, 1) })]);
-        Ok(())
+        submit(ctx, &[(bytemuck::bytes_of(&u), Dispatch { pipeline, buffers: vec![(1, p), (2, g), (3, m), (4, v)], grid: (groups, 1, 1) })])
     })
 }
 
@@ -209,8 +207,7 @@ fn run(ctx: &Wgpu, steps: Vec<(OptimParams, Dispatch)>) -> Result<()> {
     ctx.scoped(|| {
         let (us, ds): (Vec<OptimParams>, Vec<Dispatch>) = steps.into_iter().unzip();
         let refs: Vec<(&[u8], Dispatch)> = us.iter().map(bytemuck::bytes_of).zip(ds).collect();
-        submit(ctx, &refs);
-        Ok(())
+        submit(ctx, &refs)
     })
 }
 

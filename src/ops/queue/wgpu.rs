@@ -76,16 +76,15 @@ pub fn enqueue(ctx: &Wgpu, queue: &mut WgpuQueue, keys: GpuSlice<'_>, shape: &Qu
     shape.check_enqueue(keys.len(), queue.len, &*queue)?;
     queue.check_bytes("queue_enqueue")?;
     let (n, c) = (shape.n, shape.c);
-    let kh = ctx.storage_buffer("moco k_hat", (n * c * 4) as u64);
-    let inv = ctx.storage_buffer("moco k_inv_norm", (n * 4) as u64);
+    let kh = ctx.scratch("moco k_hat", (n * c * 4) as u64);
+    let inv = ctx.scratch("moco k_inv_norm", (n * 4) as u64);
     let p = QueueParams::new(shape, queue.code());
     let entry = if queue.dtype == QueueDType::F32 { "enqueue_f32" } else { "enqueue_packed16" };
     let binding = if queue.dtype == QueueDType::F32 { 2 } else { 3 };
     ctx.scoped(|| {
         let (np, nd) = crate::ops::normalize::wgpu::dispatch(ctx, GpuSlice::from(&kh), GpuSlice::from(&inv), keys, &NormalizeShape::new(n, c)?);
         let ep = KERNELS.wgpu_pipeline(ctx, entry, None);
-        submit(ctx, &[(&np[..], nd), (bytemuck::bytes_of(&p), crate::device::wgpu::Dispatch { pipeline: ep, buffers: vec![(1, GpuSlice::from(&kh)), (binding, GpuSlice::from(&queue.buffer))], grid: grid_2d(p.total.div_ceil(256) as usize) })]);
-        Ok(())
+        submit(ctx, &[(&np[..], nd), (bytemuck::bytes_of(&p), crate::device::wgpu::Dispatch { pipeline: ep, buffers: vec![(1, GpuSlice::from(&kh)), (binding, GpuSlice::from(&queue.buffer))], grid: grid_2d(p.total.div_ceil(256) as usize) })])
     })?;
     Ok(shape.next_ptr())
 }
