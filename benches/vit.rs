@@ -28,6 +28,15 @@ fn mocov3_vit_step(c: &mut Criterion) {
     g.sample_size(10).warm_up_time(Duration::from_secs(3)).measurement_time(Duration::from_secs(20));
     g.throughput(Throughput::Elements(BATCH as u64));
     g.bench_function("cpu", |b| b.iter(|| e.step_with(&x1, &x2, cfg.lr, 0.99).unwrap().loss));
+    // the wgpu engine on a hardware adapter only (lavapipe takes minutes per step at this size): the figure
+    // scripts/device_wgpu.sh compares with PyTorch + cuDNN on a lent GPU's Vulkan driver
+    match moco::Wgpu::new(moco::Adapter::HardwareOnly) {
+        Ok(wgpu) => {
+            let mut w = moco::train::WgpuVitEngine::new(&wgpu, &cfg).unwrap();
+            g.bench_function("wgpu", |b| b.iter(|| w.step_with(&x1, &x2, cfg.lr, 0.99).unwrap().loss));
+        }
+        Err(e) => eprintln!("mocov3_vit_step_b64/wgpu skipped: {e}"),
+    }
     g.finish();
 }
 

@@ -131,6 +131,10 @@ struct Args {
     /// (as cudnn.benchmark: sometimes faster, but two runs may then differ in their last bits)
     #[arg(long)]
     conv_benchmark: bool,
+    /// Profile N training steps instead of training: a per-layer table of GPU times where the device has
+    /// timestamps (wgpu adapters with timestamp queries), else says why, with the wall time per step
+    #[arg(long, value_name = "N")]
+    profile_steps: Option<u64>,
     /// No progress bar
     #[arg(long)]
     no_progress: bool,
@@ -202,7 +206,7 @@ fn run(a: Args) -> moco::Result<()> {
     }
     let intro = cli::Intro { title: format!("MoCo ({} preset)", preset.name()), settings, views_label: "augmentation" };
     let run = RunOptions { out_dir: a.out, resume: a.resume, progress: !a.no_progress, max_steps: a.max_steps, export: a.export, verbose: true, knn_backbone: a.knn_backbone, health: a.health.options(), ..RunOptions::default() };
-    let flags = cli::RunFlags { backend: a.backend, data: a.data, synthetic: a.synthetic.map(|s| (s[0], s[1])), crop_min: a.crop_min, no_flip: a.no_flip, save_views: a.save_views, linear_probe: a.linear_probe, conv_benchmark: a.conv_benchmark, run };
+    let flags = cli::RunFlags { backend: a.backend, data: a.data, synthetic: a.synthetic.map(|s| (s[0], s[1])), crop_min: a.crop_min, no_flip: a.no_flip, save_views: a.save_views, linear_probe: a.linear_probe, conv_benchmark: a.conv_benchmark, profile_steps: a.profile_steps, run };
     // one augmentation for both views, v3 included (train_vit has moco-v3's asymmetric pair)
     cli::train_run(&cfg, ViewPair::same(cfg.augmentation()), &flags, &intro, t_start, |_, _, _, p| {
         println!("backbone written to {}. In PyTorch:", p.display());

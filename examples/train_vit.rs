@@ -109,6 +109,10 @@ struct Args {
     /// (as cudnn.benchmark: sometimes faster, but two runs may then differ in their last bits)
     #[arg(long)]
     conv_benchmark: bool,
+    /// Profile N training steps instead of training: a per-layer table of GPU times where the device has
+    /// timestamps (wgpu adapters with timestamp queries), else says why, with the wall time per step
+    #[arg(long, value_name = "N")]
+    profile_steps: Option<u64>,
     /// Seed of everything random [0]
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -217,7 +221,7 @@ fn run(a: Args) -> moco::Result<()> {
     }
     let intro = cli::Intro { title: "MoCo v3".to_string(), settings, views_label: "views" };
     let run = RunOptions { out_dir: a.out, resume: a.resume, progress: !a.no_progress, max_steps: a.max_steps, export: a.export, verbose: true, knn_backbone: a.knn_backbone, health: a.health.options(), ..RunOptions::default() };
-    let flags = cli::RunFlags { backend: a.backend, data: a.data, synthetic: None, crop_min: a.crop_min, no_flip: a.no_flip, save_views: a.save_views, linear_probe: a.linear_probe, conv_benchmark: a.conv_benchmark, run };
+    let flags = cli::RunFlags { backend: a.backend, data: a.data, synthetic: None, crop_min: a.crop_min, no_flip: a.no_flip, save_views: a.save_views, linear_probe: a.linear_probe, conv_benchmark: a.conv_benchmark, profile_steps: a.profile_steps, run };
     cli::train_run(&cfg, cfg.views(), &flags, &intro, t_start, |engine, test_ds, view1, p| {
         let feats = write_features(engine, &cfg, test_ds, view1, p)?;
         match cfg.model {

@@ -7,8 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=target/device-bin
 rm -rf "$DEST" && mkdir -p "$DEST"
-pick() { # $1: cargo subcommand args; prints "name path" for each executable artifact
-    cargo "$@" --no-run --message-format=json 2>/dev/null | python3 -c '
+pick() { # $@: cargo subcommand and args; prints "name path" for each executable artifact
+    cargo "$@" --message-format=json 2>/dev/null | python3 -c '
 import json, sys
 for line in sys.stdin:
     try: m = json.loads(line)
@@ -26,7 +26,8 @@ args=()
 for t in "${TESTS[@]}"; do
     if [ -f "tests/$t.rs" ] || [ -f "tests/$t/main.rs" ]; then args+=(--test "$t"); else echo "build_device_bins: no test target $t (skipped)" >&2; fi
 done
-{ pick test --release "${args[@]}"; pick bench --bench contrastive --bench resnet; } | while read -r name exe; do
+# (and the front doors, for the wgpu profile of scripts/device_wgpu.sh)
+{ pick test --no-run --release "${args[@]}"; pick bench --no-run --bench contrastive --bench resnet --bench vit; pick build --release --example train_resnet18 --example train_vit; } | while read -r name exe; do
     cp "$exe" "$DEST/$name"
     strip "$DEST/$name" 2>/dev/null || true
     echo "$DEST/$name $(du -h "$DEST/$name" | cut -f1)" >&2

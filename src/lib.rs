@@ -51,7 +51,7 @@ pub mod train;
 
 #[cfg(feature = "cuda")]
 pub use device::Cuda;
-pub use device::{AnyDevice, CpuDevice, Device, DeviceKind, Region};
+pub use device::{AnyDevice, CpuDevice, Device, DeviceKind, ProfileRow, Region};
 #[cfg(feature = "wgpu")]
 pub use device::{Adapter, Wgpu, WgpuCounters};
 pub use error::{Error, Result};

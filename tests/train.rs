@@ -424,3 +424,44 @@ fn a_steady_state_wgpu_step_is_one_submission_per_read_and_makes_nothing() {
         assert_eq!((step.submissions, step.buffers, step.bind_groups), (reads, 0, 0), "{name}: (submissions, buffers made, bind groups made) in a steady-state step");
     }
 }
+
+/// `--profile-steps`: with timestamps (where the adapter offers them) every dispatch of the profiled steps is
+/// timed under its scope (the layers of each network, the loss, the optimiser, ...); without, the engine says why.
+/// The CPU engine has no GPU times and says so.
+#[test]
+fn a_profile_times_every_dispatch_by_layer_or_says_why_not() {
+    use common::training::{small_v2, view_batches};
+    use moco::train::WgpuEngine;
+    let cfg = small_v2();
+    let data = view_batches(&cfg, 3);
+    let err = CpuEngine::new(&cfg).unwrap().start_profile().unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)) && err.to_string().contains("no per-layer GPU times"), "{err}");
+    if common::wgpu_device().is_none() {
+        return;
+    }
+    let wgpu = moco::Wgpu::new(moco::Adapter::Any).unwrap();
+    let mut e = WgpuEngine::new(&wgpu, &cfg).unwrap();
+    assert!(e.step(&data[0].0, &data[0].1, cfg.lr).unwrap().loss.is_finite());
+    if let Err(err) = e.start_profile() {
+        eprintln!("{}: {err}", wgpu.adapter_name());
+        assert!(matches!(err, Error::Unavailable(_)) && err.to_string().contains("timestamp"), "{err}");
+        return;
+    }
+    let before = wgpu.counters();
+    for (xq, xk) in &data[1..] {
+        assert!(e.step(xq, xk, cfg.lr).unwrap().loss.is_finite());
+    }
+    let rows = e.take_profile().unwrap();
+    let dispatches = wgpu.counters().dispatches - before.dispatches;
+    let table = moco::train::cli::profile_table(&rows, 2);
+    let lines: Vec<&str> = table.lines().collect();
+    eprintln!("{}\n...\n{}", lines[..lines.len().min(12)].join("\n"), lines[lines.len() - 1]);
+    assert!(lines[0].starts_with("scope") && lines[lines.len() - 1].starts_with("total") && lines.len() == rows.len() + 2, "{table}");
+    assert_eq!(rows.iter().map(|r| r.dispatches).sum::<u64>(), dispatches, "every dispatch timed once");
+    for scope in ["ema", "encoder_k fwd  0 conv", "encoder_q fwd  0 conv", "encoder_q bwd  0 conv", "loss", "optimizer", "enqueue"] {
+        assert!(rows.iter().any(|r| r.scope == scope), "scope {scope} in {rows:?}");
+    }
+    assert!(rows.iter().all(|r| r.gpu_ms.is_finite() && r.gpu_ms >= 0.0) && rows.iter().map(|r| r.gpu_ms).sum::<f64>() > 0.0, "{rows:?}");
+    // the profile ended: the next step records no timestamps
+    assert!(!wgpu.profiling() && e.take_profile().unwrap().is_empty());
+}

@@ -96,6 +96,18 @@ pub fn check_regions(op: &'static str, len: usize, writes: &[Region], reads: &[R
     Ok(())
 }
 
+/// One scope of a profile ([`Device::take_profile`]): a layer, the loss or the optimiser, its summed GPU time and
+/// the dispatches it made.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProfileRow {
+    /// The scope's name, e.g. `encoder_q fwd  3 conv`.
+    pub scope: String,
+    /// GPU time summed over the profiled steps, in milliseconds (from each dispatch's pass timestamps).
+    pub gpu_ms: f64,
+    /// Dispatches timed.
+    pub dispatches: u64,
+}
+
 /// A device: its memory (f32 and u32 allocations), views of regions of them, copies and synchronisation. The
 /// kernels are the op families' traits ([`crate::ops`]), implemented by each device.
 pub trait Device: Clone {
@@ -166,6 +178,24 @@ pub trait Device: Clone {
     /// instead of submitting it per call: the training engine's step. A no-op where launches are already
     /// asynchronous and batched by the driver (CPU, CUDA streams); on wgpu see `Wgpu::defer_submissions`.
     fn defer_submissions(&mut self, _on: bool) {}
+
+    // ---- profile (`--profile-steps`) ----
+
+    /// Starts timing the device's work with GPU timestamps, per scope ([`Device::profile_scope`]); an error
+    /// saying why where the device has none.
+    fn start_profile(&mut self) -> Result<()> {
+        Err(crate::error::Error::Unavailable(format!("{} records no per-layer GPU times (timestamps are read on wgpu adapters that offer them)", self.name())))
+    }
+    /// Whether a profile runs: callers build scope names only then.
+    fn profiling(&self) -> bool {
+        false
+    }
+    /// Names the work queued from now on in a running profile.
+    fn profile_scope(&self, _name: &str) {}
+    /// Ends the profile: each scope's GPU time and dispatches, in order of first use.
+    fn take_profile(&mut self) -> Result<Vec<ProfileRow>> {
+        Ok(Vec::new())
+    }
 
     // ---- views ----
 

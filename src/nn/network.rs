@@ -51,6 +51,7 @@ pub struct Network<D: Device, M: Model> {
     argmax: Vec<D::IndexBuf>,
     slot: usize,
     grad_free: bool,
+    profile_name: &'static str,
 }
 
 impl<D: Layers, M: Model> std::fmt::Debug for Network<D, M> {
@@ -113,7 +114,7 @@ impl<D: Layers, M: Model> Network<D, M> {
         let plan = layout.plan(n, h, w, bn_groups)?;
         let (p, b, grads) = (dev.upload(params)?, dev.upload(buffers)?, dev.alloc(layout.params().len)?);
         let (acts, dacts, argmax) = (dev.alloc(plan.acts_len)?, dev.alloc(plan.acts_len)?, dev.alloc_index(plan.argmax_len)?);
-        Ok(Self { layout, dev, params: p, grads, buffers: b, num_batches_tracked: 0, plan, acts: vec![acts], dacts, argmax: vec![argmax], slot: 0, grad_free: false })
+        Ok(Self { layout, dev, params: p, grads, buffers: b, num_batches_tracked: 0, plan, acts: vec![acts], dacts, argmax: vec![argmax], slot: 0, grad_free: false, profile_name: "net" })
     }
 
     /// Re-plans for batch size `n` and `bn_groups` (same H, W), reallocating the activations; parameters are kept.
@@ -307,8 +308,21 @@ impl<D: Layers, M: Model> Network<D, M> {
         self.dev.write(&mut self.buffers, Region::new(0, buffers.len()), buffers)
     }
 
+    /// The name a profile gives this network's layers (`encoder_q fwd  3 conv`); `net` until set.
+    pub fn set_profile_name(&mut self, name: &'static str) {
+        self.profile_name = name;
+    }
+
+    /// Names the profile scope of node `i` in direction `dir`, while a profile runs.
+    fn scope(&self, dir: &str, i: usize, node: &Node) {
+        if self.dev.profiling() {
+            self.dev.profile_scope(&format!("{} {dir} {i:>2} {}", self.profile_name, node.kind()));
+        }
+    }
+
     fn run_forward(&mut self, train: bool) -> Result<()> {
-        for node in &self.plan.nodes {
+        for (i, node) in self.plan.nodes.iter().enumerate() {
+            self.scope("fwd", i, node);
             forward_node(&mut self.dev, node, &mut self.acts[self.slot], &mut self.argmax[self.slot], &self.params, &mut self.buffers, train, self.grad_free)?;
         }
         if train {
@@ -321,7 +335,8 @@ impl<D: Layers, M: Model> Network<D, M> {
         if self.grad_free {
             return Err(Error::shape("network backward", "a network not marked grad-free (set_grad_free(false))", "a grad-free network"));
         }
-        for node in self.plan.nodes.iter().rev() {
+        for (i, node) in self.plan.nodes.iter().enumerate().rev() {
+            self.scope("bwd", i, node);
             backward_node(&mut self.dev, node, &self.plan.no_grad, &self.acts[self.slot], &mut self.dacts, &self.argmax[self.slot], &self.params, &mut self.grads)?;
         }
         Ok(())

@@ -50,6 +50,27 @@ pub enum Node {
     ClsSelect { shape: TokensShape, inp: Act, out: Act },
 }
 
+impl Node {
+    /// The layer's kind, for a profile's scope names: `conv`, `bn`, `linear`, ...
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Node::Conv { .. } => "conv",
+            Node::Bn { .. } => "bn",
+            Node::MaxPool { .. } => "maxpool",
+            Node::AvgPool { .. } => "avgpool",
+            Node::Linear { .. } => "linear",
+            Node::Relu { .. } => "relu",
+            Node::Add { .. } => "add",
+            Node::Gelu { .. } => "gelu",
+            Node::LayerNorm { .. } => "layernorm",
+            Node::Attention { .. } => "attention",
+            Node::PatchIm2col { .. } => "patch_im2col",
+            Node::Tokens { .. } => "tokens",
+            Node::ClsSelect { .. } => "cls_select",
+        }
+    }
+}
+
 /// The nodes of one network for one batch shape, and the sizes of the allocations they use.
 #[derive(Clone, Debug)]
 pub struct Plan {

@@ -263,6 +263,8 @@ pub struct RunFlags {
     /// `--conv-benchmark`: time the CPU convolution algorithms per shape instead of the fixed rule
     /// ([`crate::ops::conv::set_conv_benchmark`]).
     pub conv_benchmark: bool,
+    /// `--profile-steps`: profile this many steps instead of training ([`profile_steps`]).
+    pub profile_steps: Option<u64>,
     /// `--out`, `--resume`, `--no-progress`, `--max-steps`, `--export` and `--knn-backbone`; `stop` is set to
     /// [`stop_on_ctrl_c`]'s flag.
     pub run: RunOptions,
@@ -360,6 +362,9 @@ pub fn train_run(
         println!("wrote {n} augmented pairs to {}", path.display());
     }
 
+    if let Some(steps) = flags.profile_steps {
+        return profile_steps(engine.as_mut(), cfg, train_ds, views, steps);
+    }
     let stop = stop_on_ctrl_c();
     if !flags.run.resume && !cfg.is_v3() {
         println!("queue: {} random unit vectors at the start; full of real keys from step {} on (marked in curves.png)", cfg.queue_len, queue_full_step(cfg));
@@ -385,4 +390,54 @@ pub fn train_run(
     }
     println!("done in {:.0} s", t_start.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// `--profile-steps N`: one warm-up step, then `steps` steps on the first batches of `train_ds`, profiled; prints
+/// the wall time per step and, where the engine's device has GPU timestamps, a table of each scope's GPU time per
+/// step (layers as `encoder_q fwd  3 conv`: network, direction, node, kind), slowest first. Trains nothing else.
+pub fn profile_steps(engine: &mut dyn Engine, cfg: &TrainConfig, train_ds: Arc<Dataset>, views: ViewPair, steps: u64) -> Result<()> {
+    if steps == 0 {
+        return Err(Error::shape("--profile-steps", "at least 1 step", "0"));
+    }
+    let loader = PairLoader::new(train_ds, views, cfg.batch_size, cfg.seed)?;
+    let batches = loader.steps_per_epoch().max(1);
+    let batch = |i: u64| loader.batch((i as usize) / batches, (i as usize) % batches);
+    let b = batch(0)?;
+    engine.step(&b.x_q, &b.x_k, cfg.lr)?;
+    let profiled = engine.start_profile();
+    if let Err(e) = &profiled {
+        println!("profile: no per-layer GPU times: {e}");
+    }
+    let t0 = Instant::now();
+    for i in 1..=steps {
+        let b = batch(i)?;
+        let s = engine.step(&b.x_q, &b.x_k, cfg.lr)?;
+        if !s.loss.is_finite() {
+            let step = (i as usize) % batches;
+            return Err(Error::NonFinite { epoch: (i as usize) / batches, step, global_step: i + 1, loss: s.loss });
+        }
+    }
+    let rows = if profiled.is_ok() { engine.take_profile()? } else { Vec::new() };
+    let wall_ms = t0.elapsed().as_secs_f64() * 1e3 / steps as f64;
+    println!("profile: {steps} steps on {}: {wall_ms:.2} ms per step (wall clock{})", engine.name(), if profiled.is_ok() { ", timestamps on: each submission waits for the GPU" } else { "" });
+    if rows.is_empty() {
+        return Ok(());
+    }
+    print!("{}", profile_table(&rows, steps));
+    Ok(())
+}
+
+/// The profile's table: each scope's GPU time per step, its share, and its dispatches per step, slowest first,
+/// then the total.
+pub fn profile_table(rows: &[crate::device::ProfileRow], steps: u64) -> String {
+    let total: f64 = rows.iter().map(|r| r.gpu_ms).sum();
+    let mut sorted: Vec<_> = rows.iter().collect();
+    sorted.sort_by(|a, b| b.gpu_ms.total_cmp(&a.gpu_ms));
+    let per = steps.max(1) as f64;
+    let mut out = format!("{:<36} {:>12} {:>7} {:>14}\n", "scope", "GPU ms/step", "share", "dispatches/step");
+    for r in sorted {
+        out += &format!("{:<36} {:>12.3} {:>6.1}% {:>14.1}\n", r.scope, r.gpu_ms / per, 100.0 * r.gpu_ms / total.max(f64::MIN_POSITIVE), r.dispatches as f64 / per);
+    }
+    out += &format!("{:<36} {:>12.3} {:>6.1}% {:>14.1}\n", "total", total / per, 100.0, rows.iter().map(|r| r.dispatches).sum::<u64>() as f64 / per);
+    out
 }

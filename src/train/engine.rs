@@ -91,6 +91,15 @@ pub trait Engine {
     fn take_health(&mut self) -> Result<Option<super::health::HealthSnapshot>> {
         Ok(None)
     }
+    /// Starts a per-layer profile of the steps that follow (GPU timestamps; `--profile-steps`): an error saying why
+    /// where the engine's device has none.
+    fn start_profile(&mut self) -> Result<()> {
+        Err(crate::error::Error::Unavailable(format!("{} records no per-layer GPU times", self.name())))
+    }
+    /// Ends the profile: each scope's (layer's, the loss's, the optimiser's) GPU time and dispatches.
+    fn take_profile(&mut self) -> Result<Vec<crate::device::ProfileRow>> {
+        Ok(Vec::new())
+    }
     /// Eval-mode features of the query encoder for `n` images `x: [n, 3, S, S]`: the head's output `[n, dim]`
     /// (what the colab's kNN monitor uses; v3: the projector's), or with `backbone` the backbone features.
     fn embed(&mut self, x: &[f32], n: usize, backbone: bool) -> Result<Vec<f32>>;

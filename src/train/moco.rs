@@ -207,6 +207,9 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         enc_k.set_grad_free(true);
         let mut enc_eval = Network::init_on(dev.clone(), layout, EVAL_BATCH, s, s, 1, cfg.seed)?;
         enc_eval.set_grad_free(true);
+        enc_q.set_profile_name("encoder_q");
+        enc_k.set_profile_name("encoder_k");
+        enc_eval.set_profile_name("encoder_eval");
         let opt = DeviceOptimizer::new(&mut dev, optimizer_config(cfg), &ParamSpans::from_layout(enc_q.layout.params())?)?;
         let (q, k1, k2, dq) = (dev.alloc(n * dim)?, dev.alloc(n * dim)?, dev.alloc(n * dim)?, dev.alloc(n * dim)?);
         let row_loss = dev.alloc(n)?;
@@ -217,6 +220,7 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
             let pl = MlpLayout::new("predictor", dim, cfg.predictor_spec())?;
             let mut pred = Network::init_on(dev.clone(), pl, n, 1, 1, cfg.bn_splits, cfg.seed ^ 0x5052_4544)?;
             pred.set_slots(2)?;
+            pred.set_profile_name("predictor");
             let popt = DeviceOptimizer::new(&mut dev, optimizer_config(cfg), &ParamSpans::from_layout(pred.layout.params())?)?;
             v3 = Some(V3Parts { pred, opt: popt, q2: dev.alloc(n * dim)?, dq2: dev.alloc(n * dim)? });
         } else {
@@ -270,6 +274,7 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         let ([dst], []) = D::split(&mut self.q, [all], [])?;
         self.dev.copy(dst, self.enc_q.output())?;
         let k = if which == KeyBatch::K2 { &self.k2 } else { &self.k1 };
+        self.dev.profile_scope("loss");
         count_nonfinite(&mut self.dev, &mut self.stats, &[&self.q, k])?;
         let queue = self.queue.as_ref().ok_or_else(|| Error::shape("train step", "a v1/v2 engine (with a queue)", "a v3 engine"))?;
         let stats_view = D::index_mut(&mut self.stats, Region::new(0, STATS_WORDS))?;
@@ -291,6 +296,7 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         let (n, dim) = (self.cfg.batch_size, self.cfg.dim);
         let shape = InfoNceShape::new(n, dim, self.cfg.queue_len, self.cfg.temperature as f32)?.with_precision(self.cfg.precision);
         // key encoder: EMA of the query encoder's parameters (not its BN statistics), then keys without grad
+        self.dev.profile_scope("ema");
         self.dev.ema(D::whole_mut(&mut self.enc_k.params), D::whole(&self.enc_q.params), momentum)?;
         // keys with shuffle-BN: the permutation of this step comes from (seed, optimiser steps taken)
         let step = self.opt.steps();
@@ -312,9 +318,11 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         if !stats.loss.is_finite() {
             return Ok(stats);
         }
+        self.dev.profile_scope("optimizer");
         self.opt.step(&mut self.dev, &mut self.enc_q.params, &self.enc_q.grads, lr)?;
         // the health statistics against the queue the loss saw, before this step's keys join it
         self.measure_health()?;
+        self.dev.profile_scope("enqueue");
         // enqueue after the loss: k2 (and k1 first for the symmetric loss, as the colab's cat([k1, k2]))
         let queue = self.queue.as_mut().ok_or_else(|| Error::shape("train step", "a v1/v2 engine (with a queue)", "a v3 engine"))?;
         let qs = QueueShape::new(n, dim, self.cfg.queue_len, self.ptr)?;
@@ -334,6 +342,7 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         let (n, dim) = (self.cfg.batch_size, self.cfg.dim);
         let shape = SymmetricShape::new(n, dim, self.cfg.temperature as f32)?.with_precision(self.cfg.precision);
         let v3 = self.v3.as_mut().ok_or_else(|| Error::shape("train step", "a v3 engine (with a predictor)", "a v1/v2 engine"))?;
+        self.dev.profile_scope("ema");
         self.dev.ema(D::whole_mut(&mut self.enc_k.params), D::whole(&self.enc_q.params), momentum)?;
         let all = Region::new(0, n * dim);
         for (x, k) in [(x1, &mut self.k1), (x2, &mut self.k2)] {
@@ -352,6 +361,7 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         // the finiteness of the four feature sets (the fused loss clamps its exponent arguments, so a NaN feature
         // could pass as a finite loss) counted on the device, and read with the loss and the in-batch accuracy
         // counts (rank of the positive among the batch's keys, as `in_batch_accuracy`): the step's one read
+        self.dev.profile_scope("loss");
         count_nonfinite(&mut self.dev, &mut self.stats, &[&self.q, &v3.q2, &self.k1, &self.k2])?;
         let stats_view = D::index_mut(&mut self.stats, Region::new(0, 2 * STATS_WORDS))?;
         self.dev.moco_v3_loss(D::whole_mut(&mut self.dq), D::whole_mut(&mut v3.dq2), stats_view, D::whole(&self.q), D::whole(&v3.q2), D::whole(&self.k1), D::whole(&self.k2), &shape)?;
@@ -375,6 +385,7 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         }
         self.enc_q.use_slot(0)?;
         v3.pred.use_slot(0)?;
+        self.dev.profile_scope("optimizer");
         self.opt.step(&mut self.dev, &mut self.enc_q.params, &self.enc_q.grads, lr)?;
         v3.opt.step(&mut self.dev, &mut v3.pred.params, &v3.pred.grads, lr)?;
         self.measure_health()?;
@@ -390,6 +401,7 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
             return Ok(());
         }
         let (n, dim) = (self.cfg.batch_size, self.cfg.dim);
+        self.dev.profile_scope("health");
         let norm = NormalizeShape::new(n, dim)?;
         let keys = if self.cfg.is_v3() || self.last_half == KeyBatch::K2 { &self.k2 } else { &self.k1 };
         let h = &mut self.health;
@@ -458,6 +470,14 @@ impl<D: TrainDevice, M: Encoder> Engine for MocoEngine<D, M> {
 
     fn request_health(&mut self) {
         self.health.due = true;
+    }
+
+    fn start_profile(&mut self) -> Result<()> {
+        self.dev.start_profile()
+    }
+
+    fn take_profile(&mut self) -> Result<Vec<crate::device::ProfileRow>> {
+        self.dev.take_profile()
     }
 
     fn take_health(&mut self) -> Result<Option<HealthSnapshot>> {

@@ -1,7 +1,7 @@
 //! The wgpu device: adapter, device, queue and a pipeline cache, built once and reused. Setup follows wgpu's
 //! hello_compute: instance, adapter, device, shader module, pipeline (auto layout), bind group, dispatch.
 
-use super::recorder::{Recorder, WgpuCounters};
+use super::recorder::{Profiler, Recorder, WgpuCounters};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,7 +81,8 @@ impl Wgpu {
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("moco"),
-            required_features: wgpu::Features::empty(),
+            // timestamps where the adapter has them, for a profile (`Wgpu::start_profile`)
+            required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
             required_limits: wgpu::Limits {
                 max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
                 max_buffer_size: limits.max_buffer_size,
@@ -134,6 +135,40 @@ impl Wgpu {
     /// What this device and its clones have done so far: submissions, dispatches, buffers and bind groups made.
     pub fn counters(&self) -> WgpuCounters {
         WgpuCounters { buffers: self.buffers_created.load(Ordering::Relaxed), ..self.recorder().counters }
+    }
+
+    /// Starts timing every dispatch with GPU timestamps, by scope ([`Wgpu::profile_scope`]); each submission then
+    /// waits for the GPU to read its times. An error saying why where the device has no timestamp queries.
+    pub fn start_profile(&self) -> Result<()> {
+        if !self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Err(Error::Unavailable(format!("{} offers no timestamp queries (wgpu's TIMESTAMP_QUERY), so there are no per-layer GPU times", self.adapter_name)));
+        }
+        self.flush()?;
+        let profiler = Profiler::new(self);
+        self.recorder().profiler = Some(profiler);
+        Ok(())
+    }
+
+    /// Whether a profile runs ([`Wgpu::start_profile`]).
+    pub fn profiling(&self) -> bool {
+        self.recorder().profiler.is_some()
+    }
+
+    /// Names the dispatches recorded from now on in a running profile (a layer, the loss, the optimiser); a no-op
+    /// without one.
+    pub fn profile_scope(&self, name: &str) {
+        if let Some(p) = &mut self.recorder().profiler {
+            p.enter(name);
+        }
+    }
+
+    /// Ends the profile: submits and times what is recorded, and returns the GPU time and dispatches of each
+    /// scope, in order of first use (empty without a profile).
+    pub fn take_profile(&self) -> Result<Vec<crate::device::ProfileRow>> {
+        let mut rec = self.recorder();
+        rec.flush(self)?;
+        let rows = rec.profiler.take().map(|p| p.rows).unwrap_or_default();
+        Ok(rows.into_iter().filter(|r| r.2 > 0).map(|(scope, ns, dispatches)| crate::device::ProfileRow { scope, gpu_ms: ns * 1e-6, dispatches }).collect())
     }
 
     pub(crate) fn recorder(&self) -> MutexGuard<'_, Recorder> {

@@ -122,6 +122,18 @@ impl Device for Wgpu {
     fn defer_submissions(&mut self, on: bool) {
         Wgpu::defer_submissions(self, on)
     }
+    fn start_profile(&mut self) -> Result<()> {
+        Wgpu::start_profile(self)
+    }
+    fn profiling(&self) -> bool {
+        Wgpu::profiling(self)
+    }
+    fn profile_scope(&self, name: &str) {
+        Wgpu::profile_scope(self, name)
+    }
+    fn take_profile(&mut self) -> Result<Vec<super::ProfileRow>> {
+        Wgpu::take_profile(self)
+    }
     fn synchronize(&self) -> Result<()> {
         self.flush()?;
         self.device().poll(wgpu::PollType::wait_indefinitely()).map(|_| ()).map_err(|e| Error::Wgpu(format!("poll: {e}")))

@@ -54,6 +54,81 @@ pub(crate) struct Recorder {
     /// `MAP_READ | COPY_DST`, grown to the largest read.
     readback: Option<wgpu::Buffer>,
     pub(crate) counters: WgpuCounters,
+    /// GPU timestamps around every dispatch, while a profile runs.
+    pub(crate) profiler: Option<Profiler>,
+}
+
+/// Dispatches a profile times per submission: two timestamps each fill one query set.
+const PROFILED_PER_SUBMISSION: u32 = wgpu::QUERY_SET_MAX_QUERIES / 2;
+
+/// Timestamps at the start and end of each dispatch's compute pass, by the scope the dispatch was recorded in
+/// ([`Wgpu::profile_scope`]): resolved and read back at each submission (profiling waits for the GPU there).
+pub(crate) struct Profiler {
+    queries: wgpu::QuerySet,
+    /// `QUERY_RESOLVE | COPY_SRC`: the resolved ticks, `[2 * dispatches]` u64.
+    resolved: wgpu::Buffer,
+    /// `MAP_READ | COPY_DST`: their copy on the host side.
+    host: wgpu::Buffer,
+    /// The scope of each dispatch recorded in the open submission.
+    pending: Vec<usize>,
+    /// The scope dispatches are recorded in now (an index into `rows`).
+    pub(crate) scope: usize,
+    /// Per scope, in order of first use: name, GPU nanoseconds, dispatches.
+    pub(crate) rows: Vec<(String, f64, u64)>,
+}
+
+impl Profiler {
+    pub(crate) fn new(ctx: &Wgpu) -> Self {
+        let n = u64::from(2 * PROFILED_PER_SUBMISSION);
+        Self {
+            queries: ctx.device().create_query_set(&wgpu::QuerySetDescriptor { label: Some("moco profile"), ty: wgpu::QueryType::Timestamp, count: 2 * PROFILED_PER_SUBMISSION }),
+            resolved: ctx.create_buffer("moco profile resolved", 8 * n, wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC),
+            host: ctx.create_buffer("moco profile readback", 8 * n, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
+            pending: Vec::new(),
+            scope: 0,
+            rows: vec![("(unscoped)".to_string(), 0.0, 0)],
+        }
+    }
+
+    /// Makes `name` the scope of the dispatches recorded from now on.
+    pub(crate) fn enter(&mut self, name: &str) {
+        self.scope = match self.rows.iter().position(|r| r.0 == name) {
+            Some(i) => i,
+            None => {
+                self.rows.push((name.to_string(), 0.0, 0));
+                self.rows.len() - 1
+            }
+        };
+    }
+}
+
+impl Profiler {
+    /// Waits for the submission just made, and adds its `timed` dispatches' GPU times to their scopes.
+    fn collect(&mut self, ctx: &Wgpu, timed: u64) -> Result<()> {
+        let words = map_read(ctx, &self.host, 16 * timed)?;
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&words);
+        let period = f64::from(ctx.queue().get_timestamp_period());
+        for (scope, t) in self.pending.drain(..).zip(ticks.chunks_exact(2)) {
+            let row = &mut self.rows[scope];
+            row.1 += t[1].saturating_sub(t[0]) as f64 * period;
+            row.2 += 1;
+        }
+        Ok(())
+    }
+}
+
+/// The first `size` bytes of a `MAP_READ` buffer, after waiting for the work submitted so far.
+fn map_read(ctx: &Wgpu, buf: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+    let slice = buf.slice(..size);
+    let (tx, rx) = std::sync::mpsc::channel();
+    slice.map_async(wgpu::MapMode::Read, move |r| {
+        let _ = tx.send(r);
+    });
+    ctx.device().poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Wgpu(format!("poll: {e}")))?;
+    rx.recv().map_err(|e| Error::Wgpu(format!("map_async: {e}")))?.map_err(|e| Error::Wgpu(format!("map_async: {e}")))?;
+    let data = slice.get_mapped_range().map_err(|e| Error::Wgpu(format!("map: {e}")))?.to_vec();
+    buf.unmap();
+    Ok(data)
 }
 
 impl Recorder {
@@ -97,10 +172,20 @@ impl Recorder {
     /// Records one dispatch of `pipeline` over `grid`, its parameter block `params` bound at binding 0 and
     /// `buffers` at theirs, in a compute pass of its own (so its storage writes are visible to the next).
     pub(crate) fn dispatch(&mut self, ctx: &Wgpu, pipeline: &wgpu::ComputePipeline, params: &[u8], buffers: &[(u32, super::GpuSlice<'_>)], grid: (u32, u32, u32)) -> Result<()> {
+        // a profile's query set is full: submit (before staging, so the parameter block goes with its dispatch)
+        if self.profiler.as_ref().is_some_and(|p| p.pending.len() as u32 == PROFILED_PER_SUBMISSION) {
+            self.flush(ctx)?;
+        }
         let size = (params.len() as u64).max(1).div_ceil(16) * 16;
         let (arena, offset) = self.stage(ctx, params, size, ctx.uniform_align())?;
         let bind_group = self.bind_group(ctx, pipeline, &arena, offset, size, buffers);
-        let mut pass = self.encoder(ctx).begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+        let timestamps = self.profiler.as_mut().map(|p| {
+            let i = 2 * p.pending.len() as u32;
+            p.pending.push(p.scope);
+            (p.queries.clone(), i)
+        });
+        let timestamp_writes = timestamps.as_ref().map(|(q, i)| wgpu::ComputePassTimestampWrites { query_set: q, beginning_of_pass_write_index: Some(*i), end_of_pass_write_index: Some(i + 1) });
+        let mut pass = self.encoder(ctx).begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(grid.0, grid.1, grid.2);
@@ -151,12 +236,21 @@ impl Recorder {
             ctx.queue().write_buffer(arena, 0, &self.host);
         }
         self.host.clear();
-        let Some(encoder) = self.encoder.take() else { return Ok(()) };
+        let Some(mut encoder) = self.encoder.take() else { return Ok(()) };
+        let timed = self.profiler.as_ref().map_or(0, |p| p.pending.len() as u64);
+        if let (Some(p), true) = (&self.profiler, timed > 0) {
+            encoder.resolve_query_set(&p.queries, 0..2 * timed as u32, &p.resolved, 0);
+            encoder.copy_buffer_to_buffer(&p.resolved, 0, &p.host, 0, 16 * timed);
+        }
         self.counters.submissions += 1;
         ctx.scoped(|| {
             ctx.queue().submit([encoder.finish()]);
             Ok(())
-        })
+        })?;
+        match &mut self.profiler {
+            Some(p) if timed > 0 => p.collect(ctx, timed),
+            _ => Ok(()),
+        }
     }
 
     /// Ends an op: submits unless the device defers.
@@ -177,15 +271,6 @@ impl Recorder {
         let staging = self.readback.clone().ok_or_else(|| Error::Wgpu("the readback buffer was not created".into()))?;
         self.encoder(ctx).copy_buffer_to_buffer(src, offset, &staging, 0, size);
         self.flush(ctx)?;
-        let slice = staging.slice(..size);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        ctx.device().poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Wgpu(format!("poll: {e}")))?;
-        rx.recv().map_err(|e| Error::Wgpu(format!("map_async: {e}")))?.map_err(|e| Error::Wgpu(format!("map_async: {e}")))?;
-        let data = slice.get_mapped_range().map_err(|e| Error::Wgpu(format!("map: {e}")))?.to_vec();
-        staging.unmap();
-        Ok(data)
+        map_read(ctx, &staging, size)
     }
 }
