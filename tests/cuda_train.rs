@@ -349,3 +349,28 @@ fn checkpoints_cross_between_the_cuda_and_cpu_engines() {
     let v2 = small_v2();
     checkpoints_cross(&v2, CpuEngine::new(&v2).unwrap(), CudaEngine::new(&cuda, &v2).unwrap(), CpuEngine::new(&v2).unwrap(), "v2 ResNet-18");
 }
+
+/// `--profile-steps` on CUDA: events on the stream where the scope changes; every scope of the step (the layers
+/// of both encoders, the EMA, the loss, the optimiser, the enqueue) gets its time, and the intervals add up to the
+/// profiled work. On the emulated driver the times are the emulation's (cuEventElapsedTime there reads the host
+/// clock when each recording runs).
+#[test]
+fn a_cuda_profile_times_each_scope_between_events() {
+    let Some(cuda) = device("a_cuda_profile_times_each_scope_between_events") else { return };
+    let cfg = small_v2();
+    // one profiled step (an emulated step takes tens of seconds)
+    let data = batches(&cfg, 1);
+    let mut g = CudaEngine::new(&cuda, &cfg).unwrap();
+    g.start_profile().unwrap();
+    assert!(g.step(&data[0].0, &data[0].1, cfg.lr).unwrap().loss.is_finite());
+    let rows = g.take_profile().unwrap();
+    let table = moco::train::cli::profile_table(&rows, 1);
+    let lines: Vec<&str> = table.lines().collect();
+    eprintln!("{}\n...\n{}", lines[..lines.len().min(12)].join("\n"), lines[lines.len() - 1]);
+    for scope in ["ema", "encoder_k fwd  0 conv", "encoder_q fwd  0 conv", "encoder_q bwd  0 conv", "loss", "optimizer", "enqueue"] {
+        let row = rows.iter().find(|r| r.scope == scope).unwrap_or_else(|| panic!("scope {scope} in {rows:?}"));
+        assert!(row.count >= 1 && row.gpu_ms.is_finite() && row.gpu_ms >= 0.0, "{row:?}");
+    }
+    assert!(rows.iter().map(|r| r.gpu_ms).sum::<f64>() > 0.0, "{rows:?}");
+    assert!(!g.take_profile().unwrap().iter().any(|r| r.count > 0), "the profile ended");
+}

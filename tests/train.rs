@@ -415,7 +415,7 @@ fn a_steady_state_wgpu_step_is_one_submission_per_read_and_makes_nothing() {
         let after = wgpu.counters();
         let step = moco::WgpuCounters {
             submissions: after.submissions - before.submissions,
-            dispatches: after.dispatches - before.dispatches,
+            dispatches: after.count - before.dispatches,
             buffers: after.buffers - before.buffers,
             bind_groups: after.bind_groups - before.bind_groups,
         };
@@ -457,7 +457,7 @@ fn a_profile_times_every_dispatch_by_layer_or_says_why_not() {
     let lines: Vec<&str> = table.lines().collect();
     eprintln!("{}\n...\n{}", lines[..lines.len().min(12)].join("\n"), lines[lines.len() - 1]);
     assert!(lines[0].starts_with("scope") && lines[lines.len() - 1].starts_with("total") && lines.len() == rows.len() + 2, "{table}");
-    assert_eq!(rows.iter().map(|r| r.dispatches).sum::<u64>(), dispatches, "every dispatch timed once");
+    assert_eq!(rows.iter().map(|r| r.count).sum::<u64>(), dispatches, "every dispatch timed once");
     for scope in ["ema", "encoder_k fwd  0 conv", "encoder_q fwd  0 conv", "encoder_q bwd  0 conv", "loss", "optimizer", "enqueue"] {
         assert!(rows.iter().any(|r| r.scope == scope), "scope {scope} in {rows:?}");
     }

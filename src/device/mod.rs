@@ -97,15 +97,16 @@ pub fn check_regions(op: &'static str, len: usize, writes: &[Region], reads: &[R
 }
 
 /// One scope of a profile ([`Device::take_profile`]): a layer, the loss or the optimiser, its summed GPU time and
-/// the dispatches it made.
+/// what it timed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProfileRow {
     /// The scope's name, e.g. `encoder_q fwd  3 conv`.
     pub scope: String,
     /// GPU time summed over the profiled steps, in milliseconds (from each dispatch's pass timestamps).
     pub gpu_ms: f64,
-    /// Dispatches timed.
-    pub dispatches: u64,
+    /// What was timed: on wgpu the dispatches (each between its pass's two timestamps); on CUDA the intervals
+    /// (the scope's entries, each from the event that starts it to the next).
+    pub count: u64,
 }
 
 /// A device: its memory (f32 and u32 allocations), views of regions of them, copies and synchronisation. The
@@ -184,7 +185,7 @@ pub trait Device: Clone {
     /// Starts timing the device's work with GPU timestamps, per scope ([`Device::profile_scope`]); an error
     /// saying why where the device has none.
     fn start_profile(&mut self) -> Result<()> {
-        Err(crate::error::Error::Unavailable(format!("{} records no per-layer GPU times (timestamps are read on wgpu adapters that offer them)", self.name())))
+        Err(crate::error::Error::Unavailable(format!("{} records no per-layer GPU times (wgpu adapters with timestamp queries and CUDA devices do)", self.name())))
     }
     /// Whether a profile runs: callers build scope names only then.
     fn profiling(&self) -> bool {
@@ -192,7 +193,7 @@ pub trait Device: Clone {
     }
     /// Names the work queued from now on in a running profile.
     fn profile_scope(&self, _name: &str) {}
-    /// Ends the profile: each scope's GPU time and dispatches, in order of first use.
+    /// Ends the profile: each scope's GPU time and count, in order of first use.
     fn take_profile(&mut self) -> Result<Vec<ProfileRow>> {
         Ok(Vec::new())
     }

@@ -427,17 +427,17 @@ pub fn profile_steps(engine: &mut dyn Engine, cfg: &TrainConfig, train_ds: Arc<D
     Ok(())
 }
 
-/// The profile's table: each scope's GPU time per step, its share, and its dispatches per step, slowest first,
-/// then the total.
+/// The profile's table: each scope's GPU time per step, its share, and its count per step (wgpu: dispatches;
+/// CUDA: intervals), slowest first, then the total.
 pub fn profile_table(rows: &[crate::device::ProfileRow], steps: u64) -> String {
     let total: f64 = rows.iter().map(|r| r.gpu_ms).sum();
     let mut sorted: Vec<_> = rows.iter().collect();
     sorted.sort_by(|a, b| b.gpu_ms.total_cmp(&a.gpu_ms));
     let per = steps.max(1) as f64;
-    let mut out = format!("{:<36} {:>12} {:>7} {:>14}\n", "scope", "GPU ms/step", "share", "dispatches/step");
+    let mut out = format!("{:<36} {:>12} {:>7} {:>14}\n", "scope", "GPU ms/step", "share", "count/step");
     for r in sorted {
-        out += &format!("{:<36} {:>12.3} {:>6.1}% {:>14.1}\n", r.scope, r.gpu_ms / per, 100.0 * r.gpu_ms / total.max(f64::MIN_POSITIVE), r.dispatches as f64 / per);
+        out += &format!("{:<36} {:>12.3} {:>6.1}% {:>14.1}\n", r.scope, r.gpu_ms / per, 100.0 * r.gpu_ms / total.max(f64::MIN_POSITIVE), r.count as f64 / per);
     }
-    out += &format!("{:<36} {:>12.3} {:>6.1}% {:>14.1}\n", "total", total / per, 100.0, rows.iter().map(|r| r.dispatches).sum::<u64>() as f64 / per);
+    out += &format!("{:<36} {:>12.3} {:>6.1}% {:>14.1}\n", "total", total / per, 100.0, rows.iter().map(|r| r.count).sum::<u64>() as f64 / per);
     out
 }

@@ -8,6 +8,7 @@
 //! ops, or wraps its stream with [`Cuda::from_stream`].
 
 mod context;
+mod profile;
 mod workspace;
 
 pub use context::{check_driver, check_nvrtc};
@@ -31,6 +32,8 @@ pub struct Cuda {
     state: OpState,
     /// Fill every scratch hand-out with NaN first ([`Cuda::set_scratch_poison`]).
     poison_scratch: bool,
+    /// The running profile's events (`--profile-steps`), shared by clones.
+    profile: profile::Profile,
 }
 
 impl Cuda {
@@ -49,7 +52,7 @@ impl Cuda {
         let ctx = stream.context().clone();
         let dev = context::no_panic("CUDA device name", || Ok(ctx.name().unwrap_or_else(|_| "unknown device".into())))?;
         let (major, minor) = ctx.compute_capability()?;
-        Ok(Self { name: format!("cuda:{} {dev} (sm_{major}{minor})", ctx.ordinal()), ctx, stream, state: OpState::default(), poison_scratch: false })
+        Ok(Self { name: format!("cuda:{} {dev} (sm_{major}{minor})", ctx.ordinal()), ctx, stream, state: OpState::default(), poison_scratch: false, profile: Default::default() })
     }
 
     /// The device's context.
@@ -159,6 +162,18 @@ impl Device for Cuda {
     fn copy(&mut self, mut dst: CudaViewMut<'_, f32>, src: CudaView<'_, f32>) -> Result<()> {
         crate::error::check_len_eq("cuda copy", "a destination of the source's length", src.len(), dst.len())?;
         Ok(self.stream.memcpy_dtod(&src, &mut dst)?)
+    }
+    fn start_profile(&mut self) -> Result<()> {
+        self.profile.start(&self.stream)
+    }
+    fn profiling(&self) -> bool {
+        self.profile.running()
+    }
+    fn profile_scope(&self, name: &str) {
+        self.profile.enter(&self.stream, name)
+    }
+    fn take_profile(&mut self) -> Result<Vec<super::ProfileRow>> {
+        self.profile.take(&self.stream)
     }
     fn synchronize(&self) -> Result<()> {
         Ok(self.stream.synchronize()?)

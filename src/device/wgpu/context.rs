@@ -168,7 +168,7 @@ impl Wgpu {
         let mut rec = self.recorder();
         rec.flush(self)?;
         let rows = rec.profiler.take().map(|p| p.rows).unwrap_or_default();
-        Ok(rows.into_iter().filter(|r| r.2 > 0).map(|(scope, ns, dispatches)| crate::device::ProfileRow { scope, gpu_ms: ns * 1e-6, dispatches }).collect())
+        Ok(rows.into_iter().filter(|r| r.2 > 0).map(|(scope, ns, dispatches)| crate::device::ProfileRow { scope, gpu_ms: ns * 1e-6, count: dispatches }).collect())
     }
 
     pub(crate) fn recorder(&self) -> MutexGuard<'_, Recorder> {

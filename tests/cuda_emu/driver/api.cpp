@@ -740,6 +740,27 @@ EMU_API cuEventSynchronize(CUevent event) {
     return emu::host_waits_for(state().streams[e->stream].get(), e->seq, e->clock);
 }
 
+// The emulated time between two events: the host's clock when each recording ran (the emulation runs a stream's
+// work when something waits for it, so an interval is the emulated time of the work between the two records).
+// As the driver: both must have been recorded with timing (no CU_EVENT_DISABLE_TIMING), outside a capture, and
+// have completed (else CUDA_ERROR_NOT_READY).
+EMU_API cuEventElapsedTime(float* ms, CUevent start, CUevent end) {
+    ENTER(true);
+    if (!ms) return invalid("cuEventElapsedTime: null");
+    emu::Event* a = find_event(start);
+    emu::Event* b = find_event(end);
+    if (!a || !b) return emu::report(CUDA_ERROR_INVALID_HANDLE, "cuEventElapsedTime: invalid event", false);
+    if ((a->flags | b->flags) & 0x2u /* CU_EVENT_DISABLE_TIMING */) return emu::report(CUDA_ERROR_INVALID_HANDLE, "cuEventElapsedTime: an event created with CU_EVENT_DISABLE_TIMING", false);
+    if (!a->recorded || !b->recorded || a->captured_in || b->captured_in) return emu::report(CUDA_ERROR_INVALID_HANDLE, "cuEventElapsedTime: an event not recorded on a stream", false);
+    if (a->done_generation < a->generation || b->done_generation < b->generation) return CUDA_ERROR_NOT_READY;
+    *ms = (float)(b->done_ms - a->done_ms);
+    return CUDA_SUCCESS;
+}
+
+EMU_API cuEventElapsedTime_v2(float* ms, CUevent start, CUevent end) {
+    return cuEventElapsedTime(ms, start, end);
+}
+
 // ---- modules and launches ----------------------------------------------------------------------------------------
 
 EMU_API cuModuleLoadData(CUmodule* out, const void* image) {

@@ -150,6 +150,7 @@ struct Event {
     Clock clock;
     uint64_t generation = 0;     // recordings so far
     uint64_t done_generation = 0; // the recording that last ran
+    double done_ms = 0.0;         // when it ran: the host's steady clock in milliseconds (cuEventElapsedTime)
     bool query_answered_not_ready = false;
     Graph* captured_in = nullptr; // recorded inside this stream capture
 };

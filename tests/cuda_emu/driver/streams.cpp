@@ -2,6 +2,7 @@
 #include "driver.h"
 #include "launch_accesses.h"
 
+#include <chrono>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -327,6 +328,7 @@ bool execute(Op& op) {
         return true;
     case Op::RECORD:
         op.event->done_generation = std::max(op.event->done_generation, op.record_generation);
+        op.event->done_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
         return true;
     }
     return true;
