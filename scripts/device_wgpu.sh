@@ -8,7 +8,8 @@
 #      ViT step (D 192, depth 4, 3 heads, patch 4, batch 64, benches/vit.rs) on the GPU's Vulkan adapter;
 #   3. the CUDA engine's same steps, and PyTorch eager + cuDNN's (scripts/bench_pytorch.py), in the same call;
 #   4. prints a per-layer GPU-time profile of both wgpu steps (`--profile-steps 5` through the front doors, on
-#      synthetic data at the benches' shapes), or why there is none;
+#      synthetic data at the benches' shapes), or why there is none, and the CUDA engine's (issue 24's profile of
+#      today's step);
 #   5. ends with the steps' table. Everything also lands in $OUT (default target/device-out).
 # It never changes clocks or other GPU settings.
 set -uo pipefail
@@ -49,6 +50,10 @@ step "wgpu per-layer profile: MoCo v2, ResNet-18, batch 64 (5 steps)"
 timeout 120 "$BIN/train_resnet18" --backend wgpu --preset v2 --data synthetic --image-size 32 --batch 64 --queue 4096 --profile-steps 5 --out "$OUT/profile_v2" 2>&1 | tee "$OUT/wgpu_profile_v2.txt" | tail -60
 step "wgpu per-layer profile: MoCo v3, ViT, batch 64 (5 steps)"
 timeout 120 "$BIN/train_vit" --backend wgpu --data synthetic --image-size 32 --patch 4 --dim 192 --depth 4 --heads 3 --mlp-dim 512 --out-dim 128 --batch 64 --profile-steps 5 --out "$OUT/profile_vit" 2>&1 | tee "$OUT/wgpu_profile_vit.txt" | tail -60
+
+step "CUDA per-layer profile: MoCo v2, ResNet-18, batch 64, and MoCo v3, ViT, batch 64 (5 steps each)"
+timeout 90 "$BIN/train_resnet18" --backend cuda --preset v2 --data synthetic --image-size 32 --batch 64 --queue 4096 --profile-steps 5 --out "$OUT/profile_cuda_v2" 2>&1 | tee "$OUT/cuda_profile_v2.txt" | tail -40
+timeout 90 "$BIN/train_vit" --backend cuda --data synthetic --image-size 32 --patch 4 --dim 192 --depth 4 --heads 3 --mlp-dim 512 --out-dim 128 --batch 64 --profile-steps 5 --out "$OUT/profile_cuda_vit" 2>&1 | tee "$OUT/cuda_profile_vit.txt" | tail -40
 
 step "table: one training step, batch 64 (ms; criterion's mean for moco, the scripts' median for PyTorch)"
 echo "wgpu engine (Vulkan):"; grep -hE "^(moco_v2_step_b64_k4096|mocov3_vit_step_b64)/wgpu" -A1 "$OUT/wgpu_v2_step.txt" "$OUT/wgpu_vit_step.txt" || echo "  (no adapter: see the Vulkan step)"
