@@ -58,3 +58,46 @@ fn cpu_isa_is_the_forced_one_and_never_wider_than_the_cpu() {
         _ => assert_eq!(cpu_isa(), detected_cpu_isa()),
     }
 }
+
+/// The wgpu recorder (one command encoder for a device and its clones): work recorded by a handle that defers
+/// its submissions goes out, in call order, with the next op of an immediate clone or at a read; a host write
+/// after recorded work lands after it (staged through the arena, which grows mid-submission when a write is
+/// larger than it); and a deferred op submits nothing.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_deferred_work_keeps_call_order_across_clones_writes_and_reads() {
+    use moco::device::wgpu::GpuSlice;
+    use moco::ops::ema::{Ema, EmaShape};
+    let Some(base) = wgpu_device() else { return };
+    let mut deferred = base.clone();
+    deferred.defer_submissions(true);
+    let mut immediate = base.clone();
+    assert!(deferred.is_deferred() && !immediate.is_deferred() && deferred.clone().is_deferred());
+    let n = 1000;
+    let mut k = deferred.upload(&vec![1.0; n]).unwrap();
+    let q = deferred.upload(&vec![3.0; n]).unwrap();
+    let shape = EmaShape::new(n, 0.5).unwrap();
+    let before = base.counters();
+    // k = 0.5 k + 0.5 q = 2 everywhere: recorded, not submitted
+    deferred.ema_update(GpuSlice::whole(&k), GpuSlice::whole(&q), &shape).unwrap();
+    assert_eq!(base.counters().submissions, before.submissions, "a deferred op submits nothing");
+    // a host write after it lands after it: k[0..64] = 9
+    deferred.write(&mut k, Region::new(0, 64), &[9.0; 64]).unwrap();
+    assert_eq!(base.counters().submissions, before.submissions, "a deferred write submits nothing");
+    // an immediate clone's op goes after both, and submits all three at once
+    immediate.ema_update(GpuSlice::whole(&k), GpuSlice::whole(&q), &shape).unwrap();
+    assert_eq!(base.counters().submissions, before.submissions + 1, "one submission for the three");
+    let got = immediate.read(&k, Region::new(0, n)).unwrap();
+    assert!(got[..64].iter().all(|&v| v == 6.0) && got[64..].iter().all(|&v| v == 2.5), "call order: {:?} .. {:?}", &got[..2], &got[n - 2..]);
+    // a write larger than the arena while work is pending: submitted in two, still in order
+    let big: Vec<f32> = (0..(1usize << 20)).map(|i| i as f32).collect();
+    let mut b = deferred.alloc(big.len()).unwrap();
+    deferred.ema_update(GpuSlice::whole(&k), GpuSlice::whole(&q), &shape).unwrap();
+    deferred.write(&mut b, Region::new(0, big.len()), &big).unwrap();
+    deferred.ema_update(GpuSlice::whole(&k), GpuSlice::whole(&q), &shape).unwrap();
+    assert_eq!(deferred.read(&b, Region::new(0, big.len())).unwrap(), big);
+    let got = deferred.read(&k, Region::new(0, n)).unwrap();
+    assert!(got[..64].iter().all(|&v| v == 0.25 * 6.0 + 0.75 * 3.0) && got[64..].iter().all(|&v| v == 0.25 * 2.5 + 0.75 * 3.0), "{:?}", &got[..2]);
+    // reads of any 4-byte aligned region
+    assert_eq!(deferred.read(&b, Region::new(7, 3)).unwrap(), vec![7.0, 8.0, 9.0]);
+}

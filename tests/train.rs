@@ -415,7 +415,7 @@ fn a_steady_state_wgpu_step_is_one_submission_per_read_and_makes_nothing() {
         let after = wgpu.counters();
         let step = moco::WgpuCounters {
             submissions: after.submissions - before.submissions,
-            dispatches: after.count - before.dispatches,
+            dispatches: after.dispatches - before.dispatches,
             buffers: after.buffers - before.buffers,
             bind_groups: after.bind_groups - before.bind_groups,
         };

@@ -419,7 +419,7 @@ pub fn profile_steps(engine: &mut dyn Engine, cfg: &TrainConfig, train_ds: Arc<D
     }
     let rows = if profiled.is_ok() { engine.take_profile()? } else { Vec::new() };
     let wall_ms = t0.elapsed().as_secs_f64() * 1e3 / steps as f64;
-    println!("profile: {steps} step{} on {}: {wall_ms:.2} ms per step (wall clock{})", if steps == 1 { "" } else { "s" }, engine.name(), if profiled.is_ok() { ", timestamps on: each submission waits for the GPU" } else { "" });
+    println!("profile: {steps} step{} on {}: {wall_ms:.2} ms per step, {:.1} pairs/s (wall clock{})", if steps == 1 { "" } else { "s" }, engine.name(), 1e3 * cfg.batch_size as f64 / wall_ms, if profiled.is_ok() { ", timestamps on: each submission waits for the GPU" } else { "" });
     if rows.is_empty() {
         return Ok(());
     }
