@@ -60,51 +60,85 @@ __device__ __forceinline__ unsigned int channel_offset(unsigned int j, unsigned 
     return (n * channels + c) * q + (j - n * q);
 }
 
-// im2col element (row k = (ci, ki, kj), column j = (n, oy, ox)), 0 outside the image or the matrix.
-__device__ __forceinline__ float col_value(const ConvParams& p, const float* __restrict__ inp, unsigned int k, unsigned int j) {
-    const unsigned int khw = p.kh * p.kw;
-    if (k >= p.c_in * khw || j >= p.n * p.oh * p.ow) return 0.0f;
-    const uint3 tap = unravel(k, p.kh, p.kw); // (ci, ki, kj)
-    const uint3 o = unravel(j, p.oh, p.ow);   // (n, oy, ox)
-    const int iy = (int)(o.y * p.stride + tap.y) - (int)p.pad;
-    const int ix = (int)(o.z * p.stride + tap.z) - (int)p.pad;
-    if (iy < 0 || ix < 0 || iy >= (int)p.h || ix >= (int)p.w) return 0.0f;
-    return inp[((o.x * p.c_in + tap.x) * p.h + (unsigned int)iy) * p.w + (unsigned int)ix];
+// Gather offsets. A thread's gathered operand is fixed along one GEMM dimension for the whole K loop (its column
+// of B in the forward and backward data, its four tap rows of B in the weight gradient) and shared by its four
+// elements along the other within a chunk (the pixel of the weight gradient, the tap of A's row offsets), so the
+// divisions that decompose an index run once per thread, or once per chunk, not for every element (the WGSL
+// shaders do the same, shaders/conv.wgsl).
+
+// A tap k = (c, ki, kj) of a [C, KH, KW] weight, and whether k < C*KH*KW (w = 1).
+__device__ __forceinline__ uint4 tap_of(const ConvParams& p, unsigned int k, unsigned int channels) {
+    if (k >= channels * p.kh * p.kw) return uint4{0u, 0u, 0u, 0u};
+    const uint3 t = unravel(k, p.kh, p.kw);
+    return uint4{t.x, t.y, t.z, 1u};
 }
 
-// The dout element that weight tap r = (co, ki, kj) meets at input pixel j = (n, iy, ix), 0 if none.
-__device__ __forceinline__ float dout_gather(const ConvParams& p, const float* __restrict__ dout, unsigned int r, unsigned int j) {
-    if (r >= p.c_out * p.kh * p.kw || j >= p.n * p.h * p.w) return 0.0f;
-    const uint3 tap = unravel(r, p.kh, p.kw); // (co, ki, kj)
-    const uint3 i = unravel(j, p.h, p.w);     // (n, iy, ix)
-    const int ty = (int)(i.y + p.pad) - (int)tap.y;
-    const int tx = (int)(i.z + p.pad) - (int)tap.z;
-    if (ty < 0 || tx < 0) return 0.0f;
-    const unsigned int uy = (unsigned int)ty;
-    const unsigned int ux = (unsigned int)tx;
-    if (uy % p.stride != 0u || ux % p.stride != 0u) return 0.0f;
-    const unsigned int oy = uy / p.stride;
-    const unsigned int ox = ux / p.stride;
+// The window of output pixel j = (n, oy, ox) on the input: image offset n*C_in*H*W, top-left corner (y0, x0) (may
+// be negative), and whether j < N*OH*OW.
+struct Window {
+    unsigned int base;
+    int y0;
+    int x0;
+    unsigned int valid;
+};
+
+__device__ __forceinline__ Window window_of(const ConvParams& p, unsigned int j) {
+    if (j >= p.n * p.oh * p.ow) return Window{0u, 0, 0, 0u};
+    const uint3 o = unravel(j, p.oh, p.ow);
+    return Window{o.x * p.c_in * p.h * p.w, (int)(o.y * p.stride) - (int)p.pad, (int)(o.z * p.stride) - (int)p.pad, 1u};
+}
+
+// im2col element (row: tap t = (ci, ki, kj), column: window w), 0 outside the image or the matrix.
+__device__ __forceinline__ float col_at(const ConvParams& p, const float* __restrict__ inp, uint4 t, Window w) {
+    const int iy = w.y0 + (int)t.y;
+    const int ix = w.x0 + (int)t.z;
+    if (t.w == 0u || w.valid == 0u || iy < 0 || ix < 0 || iy >= (int)p.h || ix >= (int)p.w) return 0.0f;
+    return inp[w.base + (t.x * p.h + (unsigned int)iy) * p.w + (unsigned int)ix];
+}
+
+// Input pixel j = (n, iy, ix) as the backward data gathers for it: dout's image offset n*C_out*OH*OW, (iy + pad,
+// ix + pad), and whether j < N*H*W (w = 1).
+__device__ __forceinline__ uint4 pixel_of(const ConvParams& p, unsigned int j) {
+    if (j >= p.n * p.h * p.w) return uint4{0u, 0u, 0u, 0u};
+    const uint3 i = unravel(j, p.h, p.w);
+    return uint4{i.x * p.c_out * p.oh * p.ow, i.y + p.pad, i.z + p.pad, 1u};
+}
+
+// The dout element that tap t = (co, ki, kj) meets at pixel q (pixel_of), 0 if none.
+__device__ __forceinline__ float dout_at(const ConvParams& p, const float* __restrict__ dout, uint4 t, uint4 q) {
+    if (t.w == 0u || q.w == 0u || q.y < t.y || q.z < t.z) return 0.0f;
+    const unsigned int uy = q.y - t.y;
+    const unsigned int ux = q.z - t.z;
+    unsigned int oy = uy;
+    unsigned int ox = ux;
+    if (p.stride != 1u) {
+        if (uy % p.stride != 0u || ux % p.stride != 0u) return 0.0f;
+        oy = uy / p.stride;
+        ox = ux / p.stride;
+    }
     if (oy >= p.oh || ox >= p.ow) return 0.0f;
-    return dout[((i.x * p.c_out + tap.x) * p.oh + oy) * p.ow + ox];
+    return dout[q.x + (t.x * p.oh + oy) * p.ow + ox];
 }
 
-// The A element of each GEMM (0 outside the matrix), by kernel: weight rows (forward), dout [C_out, N*OH*OW]
-// (backward weight), weight[co, m, ki, kj] at k = (co, ki, kj) (backward data). The B elements are col_value (forward),
-// its transpose (backward weight) and dout_gather (backward data).
+// Offset of column k of an A operand stored as [N, C, Q] with rows c (dout [N, C_out, OH*OW] for the weight
+// gradient, weight [C_out, C_in, KH*KW] for the backward data): row m's element is at offset + m*q, or
+// 0xffffffff past the matrix's K.
+__device__ __forceinline__ unsigned int column_offset(const ConvParams& p, unsigned int k, unsigned int channels, unsigned int q) {
+    if (k >= p.gemm_k) return 0xffffffffu;
+    const unsigned int n = k / q;
+    return n * channels * q + (k - n * q);
+}
+
+// Row m of an A operand at column offset a_col (column_offset), row stride q; 0 outside the matrix.
+__device__ __forceinline__ float a_at(const ConvParams& p, const float* __restrict__ a, unsigned int a_col, unsigned int m, unsigned int q) {
+    if (m >= p.gemm_m || a_col == 0xffffffffu) return 0.0f;
+    return a[a_col + m * q];
+}
+
+// The A element of the forward: weight rows (0 outside the matrix).
 __device__ __forceinline__ float a_forward(const ConvParams& p, const float* __restrict__ weight, unsigned int m, unsigned int k) {
     if (m >= p.gemm_m || k >= p.gemm_k) return 0.0f;
     return weight[m * p.gemm_k + k];
-}
-
-__device__ __forceinline__ float a_backward_weight(const ConvParams& p, const float* __restrict__ dout, unsigned int m, unsigned int k) {
-    if (m >= p.gemm_m || k >= p.gemm_k) return 0.0f;
-    return dout[channel_offset(k, m, p.c_out, p.oh * p.ow)];
-}
-
-__device__ __forceinline__ float a_backward_data(const ConvParams& p, const float* __restrict__ weight, unsigned int m, unsigned int k) {
-    if (m >= p.gemm_m || k >= p.gemm_k) return 0.0f;
-    return weight[channel_offset(k, m, p.c_in, p.kh * p.kw)];
 }
 
 // Slot of element e of a chunk read along k (e = mm * TILE_K + kk) in a k-major tile; a chunk read along m or n
@@ -180,24 +214,39 @@ __device__ __forceinline__ void conv_gemm(const ConvParams& p, const float* __re
     // crosses into the next range; loads past gemm_k read 0)
     const unsigned int k_begin = split * p.k_chunk;
     const unsigned int k_end = min(p.gemm_k, k_begin + p.k_chunk);
+    // what stays fixed for this thread over the K loop: its B column (forward: the window of output pixel
+    // j0 + lid % TILE_N; backward data: input pixel j0 + lid % TILE_N; e % TILE_N = lid % TILE_N for its four
+    // elements), or its four B rows (weight gradient: the taps j0 + e / TILE_K)
+    const Window win = GEMM == FORWARD ? window_of(p, j0 + lid % TILE_N) : Window{0u, 0, 0, 0u};
+    const uint4 pix = GEMM == BACKWARD_DATA ? pixel_of(p, j0 + lid % TILE_N) : uint4{0u, 0u, 0u, 0u};
+    uint4 taps[4];
+#pragma unroll
+    for (unsigned int i = 0; i < 4u; ++i) taps[i] = GEMM == BACKWARD_WEIGHT ? tap_of(p, j0 + (lid + i * WG) / TILE_K, p.c_in) : uint4{0u, 0u, 0u, 0u};
+    const unsigned int khw = p.kh * p.kw;
+    const unsigned int ohw = p.oh * p.ow;
     float acc[4][4] = {};
     for (unsigned int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
+        // the weight gradient's pixel k of the chunk and the backward data's tap: the same for the thread's four
+        // elements (e % TILE_K = lid % TILE_K)
+        const unsigned int k = k0 + lid % TILE_K;
+        const Window k_win = GEMM == BACKWARD_WEIGHT ? window_of(p, k) : Window{0u, 0, 0, 0u};
+        const unsigned int a_col = GEMM == BACKWARD_WEIGHT ? column_offset(p, k, p.c_out, ohw) : GEMM == BACKWARD_DATA ? column_offset(p, k, p.c_in, khw) : 0u;
 #pragma unroll
         for (unsigned int i = 0; i < 4u; ++i) {
             const unsigned int e = lid + i * WG;
             if (GEMM == FORWARD) {
                 // A = weight rows, read along k; B = im2col, read along output pixels
                 a_tile[k_major(e)] = a_forward(p, a, m0 + e / TILE_K, k0 + e % TILE_K);
-                b_tile[e] = col_value(p, b, k0 + e / TILE_N, j0 + e % TILE_N);
+                b_tile[e] = col_at(p, b, tap_of(p, k0 + e / TILE_N, p.c_in), win);
             } else if (GEMM == BACKWARD_WEIGHT) {
                 // both operands read along the reduction (output pixels)
-                a_tile[k_major(e)] = a_backward_weight(p, a, m0 + e / TILE_K, k0 + e % TILE_K);
-                b_tile[k_major(e)] = col_value(p, b, j0 + e / TILE_K, k0 + e % TILE_K);
+                a_tile[k_major(e)] = a_at(p, a, a_col, m0 + e / TILE_K, ohw);
+                b_tile[k_major(e)] = col_at(p, b, taps[i], k_win);
             } else {
                 // A[ci, r = (co, ki, kj)] = weight[co, ci, ki, kj], read along the taps; B = dout gathered, read along
                 // input pixels
-                a_tile[k_major(e)] = a_backward_data(p, a, m0 + e / TILE_K, k0 + e % TILE_K);
-                b_tile[e] = dout_gather(p, b, k0 + e / TILE_N, j0 + e % TILE_N);
+                a_tile[k_major(e)] = a_at(p, a, a_col, m0 + e / TILE_K, khw);
+                b_tile[e] = dout_at(p, b, tap_of(p, k0 + e / TILE_N, p.c_out), pix);
             }
         }
         __syncthreads();

@@ -70,69 +70,109 @@ fn channel_offset(j: u32, c: u32, channels: u32, q: u32) -> u32 {
     return (n * channels + c) * q + (j - n * q);
 }
 
-// im2col element (row k = (ci, ki, kj), column j = (n, oy, ox)), 0 outside the image or the matrix.
-fn col_value(k: u32, j: u32) -> f32 {
-    let khw = p.kh * p.kw;
-    if (k >= p.c_in * khw || j >= p.n * p.oh * p.ow) {
-        return 0.0;
+// Gather offsets. A thread's gathered operand is fixed along one GEMM dimension for the whole K loop (its column
+// of B in the forward and backward data, its four tap rows of B in the weight gradient) and shared by its four
+// elements along the other within a chunk (the pixel of the weight gradient, the tap of A's row offsets), so the
+// divisions that decompose an index run once per thread, or once per chunk, not for every element (the CUDA
+// kernels do the same, kernels/conv.cu).
+
+// A tap k = (c, ki, kj) of a [C, KH, KW] weight, and whether k < C*KH*KW (w = 1).
+fn tap_of(k: u32, channels: u32) -> vec4<u32> {
+    if (k >= channels * p.kh * p.kw) {
+        return vec4<u32>(0u, 0u, 0u, 0u);
     }
-    let tap = unravel(k, p.kh, p.kw); // (ci, ki, kj)
-    let o = unravel(j, p.oh, p.ow);   // (n, oy, ox)
-    let iy = i32(o.y * p.stride + tap.y) - i32(p.pad);
-    let ix = i32(o.z * p.stride + tap.z) - i32(p.pad);
-    if (iy < 0 || ix < 0 || iy >= i32(p.h) || ix >= i32(p.w)) {
-        return 0.0;
-    }
-    return inp[((o.x * p.c_in + tap.x) * p.h + u32(iy)) * p.w + u32(ix)];
+    let t = unravel(k, p.kh, p.kw);
+    return vec4<u32>(t, 1u);
 }
 
-// The dout element that weight tap r = (co, ki, kj) meets at input pixel j = (n, iy, ix), 0 if none.
-fn dout_gather(r: u32, j: u32) -> f32 {
-    if (r >= p.c_out * p.kh * p.kw || j >= p.n * p.h * p.w) {
+// The window of output pixel j = (n, oy, ox) on the input: image offset n*C_in*H*W, top-left corner (y0, x0) (may
+// be negative), and whether j < N*OH*OW (w = 1).
+struct Window {
+    base: u32,
+    y0: i32,
+    x0: i32,
+    valid: u32,
+}
+
+fn window_of(j: u32) -> Window {
+    if (j >= p.n * p.oh * p.ow) {
+        return Window(0u, 0, 0, 0u);
+    }
+    let o = unravel(j, p.oh, p.ow);
+    return Window(o.x * p.c_in * p.h * p.w, i32(o.y * p.stride) - i32(p.pad), i32(o.z * p.stride) - i32(p.pad), 1u);
+}
+
+// im2col element (row: tap t = (ci, ki, kj), column: window w), 0 outside the image or the matrix.
+fn col_at(t: vec4<u32>, w: Window) -> f32 {
+    let iy = w.y0 + i32(t.y);
+    let ix = w.x0 + i32(t.z);
+    if (t.w == 0u || w.valid == 0u || iy < 0 || ix < 0 || iy >= i32(p.h) || ix >= i32(p.w)) {
         return 0.0;
     }
-    let tap = unravel(r, p.kh, p.kw); // (co, ki, kj)
-    let i = unravel(j, p.h, p.w);     // (n, iy, ix)
-    let ty = i32(i.y + p.pad) - i32(tap.y);
-    let tx = i32(i.z + p.pad) - i32(tap.z);
-    if (ty < 0 || tx < 0) {
+    return inp[w.base + (t.x * p.h + u32(iy)) * p.w + u32(ix)];
+}
+
+// Input pixel j = (n, iy, ix) as the backward data gathers for it: dout's image offset n*C_out*OH*OW, (iy + pad,
+// ix + pad), and whether j < N*H*W (w = 1).
+fn pixel_of(j: u32) -> vec4<u32> {
+    if (j >= p.n * p.h * p.w) {
+        return vec4<u32>(0u, 0u, 0u, 0u);
+    }
+    let i = unravel(j, p.h, p.w);
+    return vec4<u32>(i.x * p.c_out * p.oh * p.ow, i.y + p.pad, i.z + p.pad, 1u);
+}
+
+// The dout element that tap t = (co, ki, kj) meets at pixel q (pixel_of), 0 if none.
+fn dout_at(t: vec4<u32>, q: vec4<u32>) -> f32 {
+    if (t.w == 0u || q.w == 0u || q.y < t.y || q.z < t.z) {
         return 0.0;
     }
-    let uy = u32(ty);
-    let ux = u32(tx);
-    if (uy % p.stride != 0u || ux % p.stride != 0u) {
-        return 0.0;
+    let uy = q.y - t.y;
+    let ux = q.z - t.z;
+    var oy = uy;
+    var ox = ux;
+    if (p.stride != 1u) {
+        if (uy % p.stride != 0u || ux % p.stride != 0u) {
+            return 0.0;
+        }
+        oy = uy / p.stride;
+        ox = ux / p.stride;
     }
-    let oy = uy / p.stride;
-    let ox = ux / p.stride;
     if (oy >= p.oh || ox >= p.ow) {
         return 0.0;
     }
-    return dout[((i.x * p.c_out + tap.x) * p.oh + oy) * p.ow + ox];
+    return dout[q.x + (t.x * p.oh + oy) * p.ow + ox];
 }
 
-// The A element of each GEMM (0 outside the matrix), by entry point: weight rows (forward), dout [C_out, N*OH*OW]
-// (backward weight), weight[co, m, ki, kj] at k = (co, ki, kj) (backward data). The B elements are col_value (forward),
-// its transpose (backward weight) and dout_gather (backward data).
+// Offset of column k of an A operand stored as [N, C, Q] with rows c (dout [N, C_out, OH*OW] for the weight
+// gradient, weight [C_out, C_in, KH*KW] for the backward data): row m's element is at offset + m*q, or
+// 0xffffffff past the matrix's K.
+fn column_offset(k: u32, channels: u32, q: u32) -> u32 {
+    if (k >= p.gemm_k) {
+        return 0xffffffffu;
+    }
+    let n = k / q;
+    return n * channels * q + (k - n * q);
+}
+
+// Element e of the weight gradient's chunk: A = dout[m0 + e / TILE_K] at the chunk's pixel (column offset a_col),
+// B = im2col at tap t and the chunk's window; both k-major.
+fn stage_weight_grad(e: u32, m0: u32, a_col: u32, t: vec4<u32>, win: Window) {
+    let m = m0 + e / TILE_K;
+    var a = 0.0;
+    if (m < p.gemm_m && a_col != 0xffffffffu) {
+        a = dout[a_col + m * p.oh * p.ow];
+    }
+    a_tile[k_major(e)] = a;
+    b_tile[k_major(e)] = col_at(t, win);
+}
+
+// The A element of the forward: weight rows (0 outside the matrix).
 fn a_forward(m: u32, k: u32) -> f32 {
     if (m >= p.gemm_m || k >= p.gemm_k) {
         return 0.0;
     }
     return weight[m * p.gemm_k + k];
-}
-
-fn a_backward_weight(m: u32, k: u32) -> f32 {
-    if (m >= p.gemm_m || k >= p.gemm_k) {
-        return 0.0;
-    }
-    return dout[channel_offset(k, m, p.c_out, p.oh * p.ow)];
-}
-
-fn a_backward_data(m: u32, k: u32) -> f32 {
-    if (m >= p.gemm_m || k >= p.gemm_k) {
-        return 0.0;
-    }
-    return weight[channel_offset(k, m, p.c_in, p.kh * p.kw)];
 }
 
 // Slot of element e of a chunk read along k (e = mm * TILE_K + kk) in a k-major tile; a chunk read along m or n
@@ -212,13 +252,15 @@ fn conv2d_forward(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_
     if (j0 >= p.gemm_n) {
         return;
     }
+    // this thread's B column (e % TILE_N = lid % TILE_N for its four elements), the same in every chunk
+    let win = window_of(j0 + lid % TILE_N);
     var acc: array<vec4<f32>, 4>;
     for (var k0 = 0u; k0 < p.gemm_k; k0 += TILE_K) {
         for (var i = 0u; i < 4u; i++) {
             let e = lid + i * 256u;
             // A = weight rows, read along k; B = im2col, read along output pixels
             a_tile[k_major(e)] = a_forward(m0 + e / TILE_K, k0 + e % TILE_K);
-            b_tile[e] = col_value(k0 + e / TILE_N, j0 + e % TILE_N);
+            b_tile[e] = col_at(tap_of(k0 + e / TILE_N, p.c_in), win);
         }
         workgroupBarrier();
         multiply_tile(&acc, lid);
@@ -240,14 +282,23 @@ fn conv2d_backward_weight(@builtin(local_invocation_index) lid: u32, @builtin(wo
     // K range [k_begin, k_end) in chunks of TILE_K (k_chunk is a multiple of it; loads past gemm_k read 0)
     let k_begin = split * p.k_chunk;
     let k_end = min(p.gemm_k, k_begin + p.k_chunk);
+    // this thread's four B rows: the taps j0 + e / TILE_K (e = lid + 256 i), the same in every chunk (four
+    // values, not an array: no dynamically indexed private memory)
+    let t0 = tap_of(j0 + lid / TILE_K, p.c_in);
+    let t1 = tap_of(j0 + (lid + 256u) / TILE_K, p.c_in);
+    let t2 = tap_of(j0 + (lid + 512u) / TILE_K, p.c_in);
+    let t3 = tap_of(j0 + (lid + 768u) / TILE_K, p.c_in);
     var acc: array<vec4<f32>, 4>;
     for (var k0 = k_begin; k0 < k_end; k0 += TILE_K) {
-        for (var i = 0u; i < 4u; i++) {
-            let e = lid + i * 256u;
-            // both operands read along the reduction (output pixels)
-            a_tile[k_major(e)] = a_backward_weight(m0 + e / TILE_K, k0 + e % TILE_K);
-            b_tile[k_major(e)] = col_value(j0 + e / TILE_K, k0 + e % TILE_K);
-        }
+        // both operands read along the reduction (output pixels): this thread's pixel k of the chunk
+        // (e % TILE_K = lid % TILE_K) is the same for its four elements
+        let k = k0 + lid % TILE_K;
+        let win = window_of(k);
+        let a_col = column_offset(k, p.c_out, p.oh * p.ow);
+        stage_weight_grad(lid, m0, a_col, t0, win);
+        stage_weight_grad(lid + 256u, m0, a_col, t1, win);
+        stage_weight_grad(lid + 512u, m0, a_col, t2, win);
+        stage_weight_grad(lid + 768u, m0, a_col, t3, win);
         workgroupBarrier();
         multiply_tile(&acc, lid);
         workgroupBarrier();
@@ -278,14 +329,23 @@ fn conv2d_backward_data(@builtin(local_invocation_index) lid: u32, @builtin(work
     if (j0 >= p.gemm_n) {
         return;
     }
+    // this thread's B column: input pixel j0 + lid % TILE_N, the same in every chunk
+    let pix = pixel_of(j0 + lid % TILE_N);
+    let khw = p.kh * p.kw;
     var acc: array<vec4<f32>, 4>;
     for (var k0 = 0u; k0 < p.gemm_k; k0 += TILE_K) {
+        // A[ci, r = (co, ki, kj)] = weight[co, ci, ki, kj], read along the taps: this thread's tap r of the chunk
+        // (e % TILE_K = lid % TILE_K) is the same for its four elements; B = dout gathered, read along input pixels
+        let a_col = column_offset(k0 + lid % TILE_K, p.c_in, khw);
         for (var i = 0u; i < 4u; i++) {
             let e = lid + i * 256u;
-            // A[ci, r = (co, ki, kj)] = weight[co, ci, ki, kj], read along the taps; B = dout gathered, read along
-            // input pixels
-            a_tile[k_major(e)] = a_backward_data(m0 + e / TILE_K, k0 + e % TILE_K);
-            b_tile[e] = dout_gather(k0 + e / TILE_N, j0 + e % TILE_N);
+            let m = m0 + e / TILE_K;
+            var a = 0.0;
+            if (m < p.gemm_m && a_col != 0xffffffffu) {
+                a = weight[a_col + m * khw];
+            }
+            a_tile[k_major(e)] = a;
+            b_tile[e] = dout_at(tap_of(k0 + e / TILE_N, p.c_out), pix);
         }
         workgroupBarrier();
         multiply_tile(&acc, lid);

@@ -273,8 +273,10 @@ fn kernels_compile_with_nvrtc_and_ptxas() {
                 if kernel.contains("_mma_") && (hmma == 0 || ldsm == 0 || ldgsts == 0) {
                     failures.push(format!("{file} {arch} {kernel}: a tensor-core kernel without HMMA ({hmma}), LDSM ({ldsm}) or LDGSTS ({ldgsts})"));
                 }
-                if kernel.contains("_mma_") || hmma + ldsm + ldgsts > 0 {
-                    sass_table.push(format!("{arch:<6} {file:<16} {kernel:<26} {:>6} {hmma:>5} {ldsm:>5} {ldgsts:>7} {ldl:>4} {stl:>4}", ops.len()));
+                // the tensor-core kernels, and the convolutions (their gathers' integer divisions: a 32-bit division
+                // by a run-time divisor is a sequence around one MUFU.RCP, the only MUFU in those kernels)
+                if kernel.contains("_mma_") || hmma + ldsm + ldgsts > 0 || kernel.starts_with("conv2d_") {
+                    sass_table.push(format!("{arch:<6} {file:<16} {kernel:<30} {:>6} {hmma:>5} {ldsm:>5} {ldgsts:>7} {ldl:>4} {stl:>4} {:>5}", ops.len(), count("MUFU")));
                 }
             }
         }
@@ -291,8 +293,8 @@ fn kernels_compile_with_nvrtc_and_ptxas() {
         }
     }
     if !sass_table.is_empty() {
-        println!("\nmachine code of the tensor-core kernels (nvdisasm):");
-        println!("{:<6} {:<16} {:<26} {:>6} {:>5} {:>5} {:>7} {:>4} {:>4}", "arch", "file", "kernel", "instrs", "HMMA", "LDSM", "LDGSTS", "LDL", "STL");
+        println!("\nmachine code of the tensor-core kernels and the convolutions (nvdisasm):");
+        println!("{:<6} {:<16} {:<30} {:>6} {:>5} {:>5} {:>7} {:>4} {:>4} {:>5}", "arch", "file", "kernel", "instrs", "HMMA", "LDSM", "LDGSTS", "LDL", "STL", "MUFU");
         for row in &sass_table {
             println!("{row}");
         }
