@@ -22,7 +22,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { echo "[test.sh] $*" >&2; }
+T0=$(date +%s)
+log() { echo "[test.sh +$(( $(date +%s) - T0 ))s] $*" >&2; }
+# Disk: the CI machine's free space varies (once a few hundred MB). Each stage logs what target/ holds and what is
+# free, test executables are deleted once no later stage runs them, and pip keeps no wheel cache.
+disk() { log "disk: target/ $(du -sh target 2>/dev/null | cut -f1), free $(df -h --output=avail . | tail -1 | tr -d ' ')"; }
+# The test executables (and their line tables) that cargo test built under target/release/deps: the largest part
+# of target/. Libraries, build scripts and the emulated CUDA driver (target/tmp) stay, so the next build reuses them.
+prune_test_binaries() {
+    find target/release/deps -maxdepth 1 -type f -perm -u+x ! -name '*.so' ! -name '*.rlib' ! -name '*.rmeta' -delete 2>/dev/null || true
+    disk
+}
+export PIP_NO_CACHE_DIR=1
 SUDO=""
 if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
 
@@ -49,6 +60,7 @@ mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 
 log "cargo test --release $*"
 cargo test --release "$@"
+disk
 
 # Every fixture and property test on each narrower dispatch path of the crate's own CPU kernels (the `gemm` crate
 # keeps its own choice), with the binaries the default test built.
@@ -59,6 +71,7 @@ if [ "$#" -eq 0 ] && [ "${MOCO_FORCED_DISPATCH:-1}" = "1" ]; then
             --test resnet --test vit_fixture --test vit --test winograd --test train_v3 --test optim
     done
 fi
+if [ "$#" -eq 0 ]; then prune_test_binaries; fi
 
 # The feature matrix (only for the plain command, not when arguments select tests): the kernels alone with no
 # GPU or trainer crates, and each GPU backend alone, each built and tested on its own.
@@ -66,6 +79,7 @@ if [ "$#" -eq 0 ] && [ "${MOCO_FEATURE_MATRIX:-1}" = "1" ]; then
     for features in "" "wgpu" "cuda"; do
         log "cargo test --release --no-default-features ${features:+--features $features} (CUDA tests skip: MOCO_CUDA_EMU=0)"
         MOCO_CUDA_EMU=0 cargo test --release --no-default-features ${features:+--features "$features"}
+        prune_test_binaries
     done
 fi
 
@@ -86,7 +100,9 @@ if [ "$#" -eq 0 ] && [ "${MOCO_PYTHON:-1}" = "1" ]; then
         log "installing PyTorch, torchvision, pytest and maturin into $VENV"
         "$VENV/bin/pip" install -q torch torchvision pytest maturin
     fi
+    disk
     log "pip install ./python, then pytest python/tests"
     "$VENV/bin/pip" install -q ./python
     "$VENV/bin/pytest" -q python/tests
+    disk
 fi
