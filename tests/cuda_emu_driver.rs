@@ -294,13 +294,15 @@ fn parameter_layouts_come_from_the_module_image() {
 /// library (implemented, or a stub that fails with its name) and an upgrade that adds some fails here.
 #[test]
 fn every_entry_point_cudarc_can_load_exists() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = std::process::Command::new(cargo).args(["metadata", "--format-version", "1", "--offline"]).current_dir(env!("CARGO_MANIFEST_DIR")).output().expect("cargo metadata");
-    let meta = String::from_utf8_lossy(&out.stdout);
-    let at = meta.find("\"name\":\"cudarc\"").expect("cudarc in cargo metadata");
-    let mp = meta[at..].find("\"manifest_path\":\"").expect("its manifest path") + at + "\"manifest_path\":\"".len();
-    let manifest = &meta[mp..mp + meta[mp..].find('"').unwrap()];
-    let sys = std::path::Path::new(manifest).parent().unwrap().join("src/driver/sys/mod.rs");
+    // cudarc's source, from the version Cargo.lock pins and cargo's registry (no `cargo metadata`: offline it
+    // needs every platform's packages, which a fresh machine's registry does not hold)
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).expect("Cargo.lock");
+    let at = lock.find("name = \"cudarc\"\nversion = \"").expect("cudarc in Cargo.lock") + "name = \"cudarc\"\nversion = \"".len();
+    let version = &lock[at..at + lock[at..].find('"').unwrap()];
+    let cargo_home = std::env::var_os("CARGO_HOME").map(std::path::PathBuf::from).unwrap_or_else(|| std::path::Path::new(&std::env::var_os("HOME").expect("HOME")).join(".cargo"));
+    let registries = std::fs::read_dir(cargo_home.join("registry/src")).unwrap_or_else(|e| panic!("{}: {e}", cargo_home.join("registry/src").display()));
+    let crate_dir = registries.filter_map(|r| Some(r.ok()?.path().join(format!("cudarc-{version}")))).find(|p| p.is_dir()).unwrap_or_else(|| panic!("cudarc-{version} in {}/registry/src", cargo_home.display()));
+    let sys = crate_dir.join("src/driver/sys/mod.rs");
     let text = std::fs::read_to_string(&sys).unwrap_or_else(|e| panic!("{}: {e}", sys.display()));
     let mut cudarc: Vec<&str> = text.split("load::<_F>(\"").skip(1).map(|r| &r[..r.find('"').unwrap()]).collect();
     cudarc.sort();
