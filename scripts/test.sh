@@ -8,8 +8,9 @@
 #   MOCO_REQUIRE_WGPU=1          fail (not skip) when no wgpu adapter is found (CI sets it)
 #   MOCO_REQUIRE_CUDA_COMPILE=1  fail when NVRTC/ptxas or g++ are missing (default here: 1)
 #   MOCO_PROPTEST_CASES=N        proptest cases per property (default 24)
-#   MOCO_FEATURE_MATRIX=0        skip the feature matrix (--no-default-features alone, + wgpu, + cuda) that runs
-#                                after the default test when no arguments are given
+#   MOCO_FEATURE_MATRIX=0        skip the feature matrix (--no-default-features alone, + wgpu, + cuda; unit and
+#                                integration tests, 8 proptest cases) that runs after the default test when no
+#                                arguments are given
 #   MOCO_CUDA_EMU=1|0            force / forbid the emulated CUDA driver (default: used when no libcuda loads); the
 #                                feature matrix sets 0, since the default run already ran every CUDA test on it
 #   MOCO_FORCED_DISPATCH=0       skip the forced-dispatch runs: after the default test (which runs the CPU kernels on
@@ -77,8 +78,10 @@ if [ "$#" -eq 0 ]; then prune_test_binaries; fi
 # GPU or trainer crates, and each GPU backend alone, each built and tested on its own.
 if [ "$#" -eq 0 ] && [ "${MOCO_FEATURE_MATRIX:-1}" = "1" ]; then
     for features in "" "wgpu" "cuda"; do
-        log "cargo test --release --no-default-features ${features:+--features $features} (CUDA tests skip: MOCO_CUDA_EMU=0)"
-        MOCO_CUDA_EMU=0 cargo test --release --no-default-features ${features:+--features "$features"}
+        # the doc tests and the full proptest case count already ran in the default test: here each configuration's
+        # unit and integration tests, with 8 cases per property (CI's time limit)
+        log "cargo test --release --no-default-features ${features:+--features $features} --tests (CUDA tests skip: MOCO_CUDA_EMU=0)"
+        MOCO_CUDA_EMU=0 MOCO_PROPTEST_CASES=8 cargo test --release --no-default-features ${features:+--features "$features"} --tests
         prune_test_binaries
     done
 fi
