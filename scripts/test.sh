@@ -100,12 +100,24 @@ if [ "$#" -eq 0 ] && [ "${MOCO_PYTHON:-1}" = "1" ]; then
     VENV="${MOCO_PY_VENV:-target/pyvenv}"
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
     if ! "$VENV/bin/python" -c "import torch, torchvision, pytest, maturin" >/dev/null 2>&1; then
-        log "installing PyTorch, torchvision, pytest and maturin into $VENV"
-        "$VENV/bin/pip" install -q torch torchvision pytest maturin
+        # Everything pip resolves for them but triton (torch.compile's compiler: 1 GB installed, which no test uses;
+        # torch imports without it): resolved once with --dry-run, then installed as pinned with --no-deps.
+        log "installing PyTorch, torchvision, pytest and maturin into $VENV (not triton)"
+        "$VENV/bin/pip" install -q --dry-run --report "$VENV/resolved.json" torch torchvision pytest maturin
+        mapfile -t PY_PKGS < <("$VENV/bin/python" - "$VENV/resolved.json" <<'PY'
+import json, sys
+for item in json.load(open(sys.argv[1]))["install"]:
+    meta = item["metadata"]
+    if meta["name"].lower() != "triton":
+        print(meta["name"] + "==" + meta["version"])
+PY
+)
+        "$VENV/bin/pip" install -q --no-deps "${PY_PKGS[@]}"
     fi
     disk
     log "pip install ./python, then pytest python/tests"
-    "$VENV/bin/pip" install -q ./python
+    # --no-deps: its one dependency, torch, is there; pip would otherwise add torch's triton back
+    "$VENV/bin/pip" install -q --no-deps ./python
     "$VENV/bin/pytest" -q python/tests
     disk
 fi
