@@ -5,7 +5,7 @@
 // shaders/common.wgsl: same helper names.
 //
 // Device functions only: no kernels (`__global__`), no #include, no #define (a family's macros, WG among them, come
-// after this file, so every size here is a parameter).
+// after this file, so every size here is a parameter); #if/#ifndef only around the inline-PTX wrappers at the end.
 
 // This block's index in a 2-D grid (x <= 65535), flattened as blockIdx.x + blockIdx.y * gridDim.x.
 __device__ __forceinline__ unsigned int flat_block() {
@@ -144,3 +144,102 @@ template <> __device__ __forceinline__ float load_key<1>(const unsigned short* _
 template <> __device__ __forceinline__ float load_key<2>(const unsigned short* __restrict__ keys, unsigned int idx) {
     return bf16_bits_to_f32(__ldg(keys + idx));
 }
+
+// ---- tensor cores and asynchronous copies (sm_80+) -------------------------------------------------------------
+//
+// One inline-PTX wrapper per instruction. The CUDA emulation (tests/cuda_emu/cuda_emu.h) defines the same names with
+// the PTX ISA's fragment layouts, so these are the only lines it does not compile. Below sm_80 they trap: the
+// host launches the tensor-core kernels (infonce.cu, conv.cu) only on sm_80 and newer (a module must still compile
+// for older devices). No WGSL mirror: WebGPU has no such instructions (the wgpu issue's cooperative matrices are
+// the nearest).
+//   mma_bf16_16816 / mma_f16_16816: D = A B + D, m16n8k16, A row-major, B column-major, 16-bit operands, f32 acc;
+//   mma_tf32_1688: the same for m16n8k8 with TF32 operands (f32 registers, rounded by tf32_round);
+//   ldmatrix_x4(_trans): four 8x8 b16 matrices from shared memory, lanes 8i..8i+7 give matrix i's row addresses;
+//   cp_async_16: a 16-byte global -> shared copy that zero-fills past src_size bytes (cp.async.cg); cp_async_4 the
+//   same for 4 bytes (cp.async.ca: .cg copies only 16), src_size 0 or 4; both with
+//   cp_async_commit (close the thread's group) and cp_async_wait<N> (all but the N newest groups landed).
+#ifndef MOCO_CUDA_EMU
+__device__ __forceinline__ void mma_bf16_16816(float (&acc)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();
+#endif
+}
+__device__ __forceinline__ void mma_f16_16816(float (&acc)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();
+#endif
+}
+__device__ __forceinline__ void mma_tf32_1688(float (&acc)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();
+#endif
+}
+__device__ __forceinline__ float tf32_round(float x) {
+#if __CUDA_ARCH__ >= 800
+    unsigned int r;
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+    return __uint_as_float(r);
+#else
+    __trap();
+    return 0.0f;
+#endif
+}
+__device__ __forceinline__ void ldmatrix_x4(unsigned int (&r)[4], const void* row) {
+#if __CUDA_ARCH__ >= 800
+    const unsigned int a = (unsigned int)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+#else
+    __trap();
+#endif
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned int (&r)[4], const void* row) {
+#if __CUDA_ARCH__ >= 800
+    const unsigned int a = (unsigned int)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+#else
+    __trap();
+#endif
+}
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, unsigned int src_size) {
+#if __CUDA_ARCH__ >= 800
+    const unsigned int a = (unsigned int)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(src), "r"(src_size) : "memory");
+#else
+    __trap();
+#endif
+}
+__device__ __forceinline__ void cp_async_4(void* dst, const void* src, unsigned int src_size) {
+#if __CUDA_ARCH__ >= 800
+    const unsigned int a = (unsigned int)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(a), "l"(src), "r"(src_size) : "memory");
+#else
+    __trap();
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#else
+    __trap();
+#endif
+}
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#else
+    __trap();
+#endif
+}
+#endif

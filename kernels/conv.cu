@@ -88,12 +88,18 @@ __device__ __forceinline__ Window window_of(const ConvParams& p, unsigned int j)
     return Window{o.x * p.c_in * p.h * p.w, (int)(o.y * p.stride) - (int)p.pad, (int)(o.z * p.stride) - (int)p.pad, 1u};
 }
 
-// im2col element (row: tap t = (ci, ki, kj), column: window w), 0 outside the image or the matrix.
-__device__ __forceinline__ float col_at(const ConvParams& p, const float* __restrict__ inp, uint4 t, Window w) {
+// The gathers return the element's address, or null where the im2col (or transposed) matrix holds a zero: the
+// CUDA-core kernels load through it (load_or_zero), the tensor-core kernels copy through it (cp.async, zero-filled).
+__device__ __forceinline__ float load_or_zero(const float* __restrict__ at) {
+    return at != nullptr ? *at : 0.0f;
+}
+
+// im2col element (row: tap t = (ci, ki, kj), column: window w); null outside the image or the matrix.
+__device__ __forceinline__ const float* col_at(const ConvParams& p, const float* __restrict__ inp, uint4 t, Window w) {
     const int iy = w.y0 + (int)t.y;
     const int ix = w.x0 + (int)t.z;
-    if (t.w == 0u || w.valid == 0u || iy < 0 || ix < 0 || iy >= (int)p.h || ix >= (int)p.w) return 0.0f;
-    return inp[w.base + (t.x * p.h + (unsigned int)iy) * p.w + (unsigned int)ix];
+    if (t.w == 0u || w.valid == 0u || iy < 0 || ix < 0 || iy >= (int)p.h || ix >= (int)p.w) return nullptr;
+    return inp + w.base + (t.x * p.h + (unsigned int)iy) * p.w + (unsigned int)ix;
 }
 
 // Input pixel j = (n, iy, ix) as the backward data gathers for it: dout's image offset n*C_out*OH*OW, (iy + pad,
@@ -104,20 +110,20 @@ __device__ __forceinline__ uint4 pixel_of(const ConvParams& p, unsigned int j) {
     return uint4{i.x * p.c_out * p.oh * p.ow, i.y + p.pad, i.z + p.pad, 1u};
 }
 
-// The dout element that tap t = (co, ki, kj) meets at pixel q (pixel_of), 0 if none.
-__device__ __forceinline__ float dout_at(const ConvParams& p, const float* __restrict__ dout, uint4 t, uint4 q) {
-    if (t.w == 0u || q.w == 0u || q.y < t.y || q.z < t.z) return 0.0f;
+// The dout element that tap t = (co, ki, kj) meets at pixel q (pixel_of), null if none.
+__device__ __forceinline__ const float* dout_at(const ConvParams& p, const float* __restrict__ dout, uint4 t, uint4 q) {
+    if (t.w == 0u || q.w == 0u || q.y < t.y || q.z < t.z) return nullptr;
     const unsigned int uy = q.y - t.y;
     const unsigned int ux = q.z - t.z;
     unsigned int oy = uy;
     unsigned int ox = ux;
     if (p.stride != 1u) {
-        if (uy % p.stride != 0u || ux % p.stride != 0u) return 0.0f;
+        if (uy % p.stride != 0u || ux % p.stride != 0u) return nullptr;
         oy = uy / p.stride;
         ox = ux / p.stride;
     }
-    if (oy >= p.oh || ox >= p.ow) return 0.0f;
-    return dout[q.x + (t.x * p.oh + oy) * p.ow + ox];
+    if (oy >= p.oh || ox >= p.ow) return nullptr;
+    return dout + q.x + (t.x * p.oh + oy) * p.ow + ox;
 }
 
 // Offset of column k of an A operand stored as [N, C, Q] with rows c (dout [N, C_out, OH*OW] for the weight
@@ -129,22 +135,16 @@ __device__ __forceinline__ unsigned int column_offset(const ConvParams& p, unsig
     return n * channels * q + (k - n * q);
 }
 
-// Row m of an A operand at column offset a_col (column_offset), row stride q; 0 outside the matrix.
-__device__ __forceinline__ float a_at(const ConvParams& p, const float* __restrict__ a, unsigned int a_col, unsigned int m, unsigned int q) {
-    if (m >= p.gemm_m || a_col == 0xffffffffu) return 0.0f;
-    return a[a_col + m * q];
+// Row m of an A operand at column offset a_col (column_offset), row stride q; null outside the matrix.
+__device__ __forceinline__ const float* a_at(const ConvParams& p, const float* __restrict__ a, unsigned int a_col, unsigned int m, unsigned int q) {
+    if (m >= p.gemm_m || a_col == 0xffffffffu) return nullptr;
+    return a + a_col + m * q;
 }
 
-// The A element of the forward: weight rows (0 outside the matrix).
-__device__ __forceinline__ float a_forward(const ConvParams& p, const float* __restrict__ weight, unsigned int m, unsigned int k) {
-    if (m >= p.gemm_m || k >= p.gemm_k) return 0.0f;
-    return weight[m * p.gemm_k + k];
-}
-
-// Slot of element e of a chunk read along k (e = mm * TILE_K + kk) in a k-major tile; a chunk read along m or n
-// (e = kk * TILE_N + nn) lands at slot e.
-__device__ __forceinline__ unsigned int k_major(unsigned int e) {
-    return (e % TILE_K) * TILE_M + e / TILE_K;
+// The A element of the forward: weight rows (null outside the matrix).
+__device__ __forceinline__ const float* a_forward(const ConvParams& p, const float* __restrict__ weight, unsigned int m, unsigned int k) {
+    if (m >= p.gemm_m || k >= p.gemm_k) return nullptr;
+    return weight + m * p.gemm_k + k;
 }
 
 // acc[i][c] += a_tile[kk, ty*4 + i] * b_tile[kk, tx*4 + c] over the 16-deep chunk (tx, ty = lid % 16, lid / 16).
@@ -198,62 +198,208 @@ __device__ __forceinline__ void store_tile(const ConvParams& p, float* __restric
     }
 }
 
-// Each kernel: the tile (m0, j0) = (blockIdx.y, blockIdx.x + blockIdx.z * gridDim.x) * 64 (the weight gradient:
-// (blockIdx.y, blockIdx.x) * 64 and K range blockIdx.z), K in 16-deep chunks, 4 elements of A (from a) and 4 of B
-// (from b) staged per thread and chunk.
+// What a block and thread keep over the K loop: the tile (m0, j0) = (blockIdx.y, blockIdx.x + blockIdx.z * gridDim.x)
+// * 64 (the weight gradient: (blockIdx.y, blockIdx.x) * 64 and K range blockIdx.z), the K range [k_begin, k_end)
+// (chunks of TILE_K from k_begin; k_chunk is a multiple of TILE_K, so a chunk never crosses into the next range;
+// loads past gemm_k read 0), and this thread's fixed gather operand: its B column (forward: the window of output
+// pixel j0 + lid % TILE_N; backward data: input pixel j0 + lid % TILE_N; e % TILE_N = lid % TILE_N for its four
+// elements), or its four B rows (weight gradient: the taps j0 + e / TILE_K).
+struct BlockTile {
+    unsigned int m0;
+    unsigned int j0;
+    unsigned int split;
+    unsigned int k_begin;
+    unsigned int k_end;
+    Window win;
+    uint4 pix;
+    uint4 taps[4];
+};
+
+template <int GEMM>
+__device__ __forceinline__ BlockTile block_tile(const ConvParams& p, unsigned int lid) {
+    BlockTile t;
+    t.m0 = blockIdx.y * TILE_M;
+    t.split = GEMM == BACKWARD_WEIGHT ? blockIdx.z : 0u;
+    t.j0 = (GEMM == BACKWARD_WEIGHT ? blockIdx.x : blockIdx.z * gridDim.x + blockIdx.x) * TILE_N;
+    t.k_begin = t.split * p.k_chunk;
+    t.k_end = min(p.gemm_k, t.k_begin + p.k_chunk);
+    t.win = GEMM == FORWARD ? window_of(p, t.j0 + lid % TILE_N) : Window{0u, 0, 0, 0u};
+    t.pix = GEMM == BACKWARD_DATA ? pixel_of(p, t.j0 + lid % TILE_N) : uint4{0u, 0u, 0u, 0u};
+#pragma unroll
+    for (unsigned int i = 0; i < 4u; ++i) t.taps[i] = GEMM == BACKWARD_WEIGHT ? tap_of(p, t.j0 + (lid + i * WG) / TILE_K, p.c_in) : uint4{0u, 0u, 0u, 0u};
+    return t;
+}
+
+// This thread's 4 elements of A (from a) and 4 of B (from b) of the chunk at k0: put(mm, kk, at_a, kb, nb, at_b)
+// for each, with A's element (m0 + mm, k0 + kk) and B's (k0 + kb, j0 + nb) as addresses (null: zero). A is read
+// along k in all three GEMMs (e = mm * TILE_K + kk); B along n in the forward and backward data (e = kb * TILE_N +
+// nb), along k in the weight gradient.
+template <int GEMM, typename Put>
+__device__ __forceinline__ void gather_chunk(const ConvParams& p, const float* __restrict__ a, const float* __restrict__ b, const BlockTile& t, unsigned int k0, unsigned int lid, Put put) {
+    // the weight gradient's pixel k of the chunk and the backward data's tap: the same for the thread's four
+    // elements (e % TILE_K = lid % TILE_K)
+    const unsigned int k = k0 + lid % TILE_K;
+    const unsigned int khw = p.kh * p.kw;
+    const unsigned int ohw = p.oh * p.ow;
+    const Window k_win = GEMM == BACKWARD_WEIGHT ? window_of(p, k) : Window{0u, 0, 0, 0u};
+    const unsigned int a_col = GEMM == BACKWARD_WEIGHT ? column_offset(p, k, p.c_out, ohw) : GEMM == BACKWARD_DATA ? column_offset(p, k, p.c_in, khw) : 0u;
+#pragma unroll
+    for (unsigned int i = 0; i < 4u; ++i) {
+        const unsigned int e = lid + i * WG;
+        const unsigned int mm = e / TILE_K;
+        const unsigned int kk = e % TILE_K;
+        if (GEMM == FORWARD) {
+            // A = weight rows; B = im2col, read along output pixels
+            put(mm, kk, a_forward(p, a, t.m0 + mm, k0 + kk), e / TILE_N, e % TILE_N, col_at(p, b, tap_of(p, k0 + e / TILE_N, p.c_in), t.win));
+        } else if (GEMM == BACKWARD_WEIGHT) {
+            // both operands read along the reduction (output pixels)
+            put(mm, kk, a_at(p, a, a_col, t.m0 + mm, ohw), kk, mm, col_at(p, b, t.taps[i], k_win));
+        } else {
+            // A[ci, r = (co, ki, kj)] = weight[co, ci, ki, kj], read along the taps; B = dout gathered, read along
+            // input pixels
+            put(mm, kk, a_at(p, a, a_col, t.m0 + mm, khw), e / TILE_N, e % TILE_N, dout_at(p, b, tap_of(p, k0 + e / TILE_N, p.c_out), t.pix));
+        }
+    }
+}
+
+// The CUDA-core kernels: 4 elements of A and 4 of B staged per thread and chunk into k-major tiles, a 4x4
+// micro-tile of FMAs per thread.
 template <int GEMM>
 __device__ __forceinline__ void conv_gemm(const ConvParams& p, const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ result) {
     __shared__ float a_tile[TILE_K * TILE_M];
     __shared__ float b_tile[TILE_K * TILE_N];
     const unsigned int lid = threadIdx.x;
-    const unsigned int m0 = blockIdx.y * TILE_M;
-    const unsigned int split = GEMM == BACKWARD_WEIGHT ? blockIdx.z : 0u;
-    const unsigned int j0 = (GEMM == BACKWARD_WEIGHT ? blockIdx.x : blockIdx.z * gridDim.x + blockIdx.x) * TILE_N;
-    if (j0 >= p.gemm_n) return;
-    // K range [k_begin, k_end): chunks of TILE_K from k_begin (k_chunk is a multiple of TILE_K, so a chunk never
-    // crosses into the next range; loads past gemm_k read 0)
-    const unsigned int k_begin = split * p.k_chunk;
-    const unsigned int k_end = min(p.gemm_k, k_begin + p.k_chunk);
-    // what stays fixed for this thread over the K loop: its B column (forward: the window of output pixel
-    // j0 + lid % TILE_N; backward data: input pixel j0 + lid % TILE_N; e % TILE_N = lid % TILE_N for its four
-    // elements), or its four B rows (weight gradient: the taps j0 + e / TILE_K)
-    const Window win = GEMM == FORWARD ? window_of(p, j0 + lid % TILE_N) : Window{0u, 0, 0, 0u};
-    const uint4 pix = GEMM == BACKWARD_DATA ? pixel_of(p, j0 + lid % TILE_N) : uint4{0u, 0u, 0u, 0u};
-    uint4 taps[4];
-#pragma unroll
-    for (unsigned int i = 0; i < 4u; ++i) taps[i] = GEMM == BACKWARD_WEIGHT ? tap_of(p, j0 + (lid + i * WG) / TILE_K, p.c_in) : uint4{0u, 0u, 0u, 0u};
-    const unsigned int khw = p.kh * p.kw;
-    const unsigned int ohw = p.oh * p.ow;
+    const BlockTile t = block_tile<GEMM>(p, lid);
+    if (t.j0 >= p.gemm_n) return;
     float acc[4][4] = {};
-    for (unsigned int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
-        // the weight gradient's pixel k of the chunk and the backward data's tap: the same for the thread's four
-        // elements (e % TILE_K = lid % TILE_K)
-        const unsigned int k = k0 + lid % TILE_K;
-        const Window k_win = GEMM == BACKWARD_WEIGHT ? window_of(p, k) : Window{0u, 0, 0, 0u};
-        const unsigned int a_col = GEMM == BACKWARD_WEIGHT ? column_offset(p, k, p.c_out, ohw) : GEMM == BACKWARD_DATA ? column_offset(p, k, p.c_in, khw) : 0u;
-#pragma unroll
-        for (unsigned int i = 0; i < 4u; ++i) {
-            const unsigned int e = lid + i * WG;
-            if (GEMM == FORWARD) {
-                // A = weight rows, read along k; B = im2col, read along output pixels
-                a_tile[k_major(e)] = a_forward(p, a, m0 + e / TILE_K, k0 + e % TILE_K);
-                b_tile[e] = col_at(p, b, tap_of(p, k0 + e / TILE_N, p.c_in), win);
-            } else if (GEMM == BACKWARD_WEIGHT) {
-                // both operands read along the reduction (output pixels)
-                a_tile[k_major(e)] = a_at(p, a, a_col, m0 + e / TILE_K, ohw);
-                b_tile[k_major(e)] = col_at(p, b, taps[i], k_win);
-            } else {
-                // A[ci, r = (co, ki, kj)] = weight[co, ci, ki, kj], read along the taps; B = dout gathered, read along
-                // input pixels
-                a_tile[k_major(e)] = a_at(p, a, a_col, m0 + e / TILE_K, khw);
-                b_tile[e] = dout_at(p, b, tap_of(p, k0 + e / TILE_N, p.c_out), pix);
-            }
-        }
+    for (unsigned int k0 = t.k_begin; k0 < t.k_end; k0 += TILE_K) {
+        gather_chunk<GEMM>(p, a, b, t, k0, lid, [&](unsigned int mm, unsigned int kk, const float* at_a, unsigned int kb, unsigned int nb, const float* at_b) {
+            a_tile[kk * TILE_M + mm] = load_or_zero(at_a);
+            b_tile[kb * TILE_N + nb] = load_or_zero(at_b);
+        });
         __syncthreads();
         multiply_tile(acc, a_tile, b_tile, lid);
         __syncthreads();
     }
-    store_tile<GEMM>(p, result, acc, lid, m0, j0, split);
+    store_tile<GEMM>(p, result, acc, lid, t.m0, t.j0, t.split);
+}
+
+// ---- the same GEMMs on tensor cores (sm_80+): conv2d_*_mma_tf32 and conv2d_*_mma_tf32x3 -------------------------
+//
+// The block tile, grid, split-K and gathers are the CUDA-core kernels' (one host-side plan for both); inside a block:
+//  - Tiles are stored k-contiguous, A as [m][k] and B as [n][k], rows padded to TC_ROW = 20 floats (80 bytes): an
+//    8x8 b16 matrix of ldmatrix is then 8 rows x 4 f32, exactly a TF32 fragment's quarter (lane 4g + t gets row g,
+//    element t), and the eight 16-byte rows of one ldmatrix phase start at banks 0, 20, 8, 28, 16, 4, 24, 12: no
+//    two on the same bank. (Unpadded, rows 64 bytes apart would put rows 0 and 2 on the same banks.)
+//  - Each of the 8 warps owns a 16 x 32 piece of the 64 x 64 tile: one m16 block and four n8 blocks, so per 8-deep
+//    k step one ldmatrix.x4 for A, two for B, and 4 mma.sync.m16n8k8 (TF32) or 12 (TF32X3). 16 f32 accumulators per
+//    thread, as in the CUDA-core kernels; with the fragments (4 + 8 words, doubled for TF32X3's hi and lo halves)
+//    and the gather state this stays well under 128 registers, so two blocks (512 threads) fit an SM's 64 K
+//    registers.
+//  - The gathers go global -> shared by cp.async (4 bytes each, zero-filled where the gather has no element): two
+//    stages, so chunk c + 1 is in flight while chunk c multiplies. 2 stages x 2 tiles x 64 x 20 x 4 B = 20 KB of
+//    static shared memory (under the 48 KB static limit; several blocks per SM).
+// Why 4-byte copies and not 16: the gathered elements (im2col windows, strided dout taps) are not contiguous in
+// general, and zero-fill at 4 bytes keeps the one gather for both kernel kinds.
+// TF32: operands rounded to TF32 (cvt.rna, as cuBLAS and cuDNN do), f32 accumulation. TF32X3: each operand split
+// as x = hi + lo, both TF32 (x - hi is exact in f32), and a b ~ lo_a hi_b + hi_a lo_b + hi_a hi_b, the small terms
+// first; the dropped lo_a lo_b is under 2^-22 |a b|, so the result has f32's accuracy at three tensor-core products
+// per product (the bounds: src/ops/conv/mod.rs, ConvPrecision).
+#define TC_ROW 20u
+
+struct TcStage {
+    float a[TILE_M * TC_ROW]; // A chunk [m][k], k < TILE_K used
+    float b[TILE_N * TC_ROW]; // B chunk [n][k]
+};
+
+// Issues this thread's copies of the chunk at k0 into st, as one cp.async group.
+template <int GEMM>
+__device__ __forceinline__ void copy_chunk(const ConvParams& p, const float* __restrict__ a, const float* __restrict__ b, const BlockTile& t, unsigned int k0, unsigned int lid, TcStage& st) {
+    gather_chunk<GEMM>(p, a, b, t, k0, lid, [&](unsigned int mm, unsigned int kk, const float* at_a, unsigned int kb, unsigned int nb, const float* at_b) {
+        // src_size 0 copies nothing and fills zeros; the source address must still be a valid one (the tensor's start)
+        cp_async_4(&st.a[mm * TC_ROW + kk], at_a != nullptr ? at_a : a, at_a != nullptr ? 4u : 0u);
+        cp_async_4(&st.b[nb * TC_ROW + kb], at_b != nullptr ? at_b : b, at_b != nullptr ? 4u : 0u);
+    });
+    cp_async_commit();
+}
+
+// A fragment register (f32 bits) as TF32: the value rounded (hi), and for TF32X3 the remainder rounded (lo).
+__device__ __forceinline__ void split_tf32(unsigned int x, unsigned int& hi, unsigned int& lo) {
+    const float v = __uint_as_float(x);
+    const float h = tf32_round(v);
+    hi = __float_as_uint(h);
+    lo = __float_as_uint(tf32_round(v - h));
+}
+
+// acc[nt] += A[warp's 16 rows, k step] B[k step, warp's n8 block nt] over the chunk's two 8-deep k steps.
+template <bool X3>
+__device__ __forceinline__ void multiply_chunk_mma(float (&acc)[4][4], const TcStage& st, unsigned int warp_m, unsigned int warp_n, unsigned int lane) {
+    const unsigned int mat = lane / 8u; // the ldmatrix matrix this lane addresses a row of
+    const unsigned int row = lane % 8u;
+#pragma unroll
+    for (unsigned int ks = 0; ks < TILE_K; ks += 8u) {
+        // A: matrices (rows +0 / +8) x (k +0 / +4) -> a[0..3] = (g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4)
+        unsigned int a_raw[4];
+        ldmatrix_x4(a_raw, &st.a[(warp_m + row + 8u * (mat & 1u)) * TC_ROW + ks + 4u * (mat >> 1)]);
+        // B: n8 blocks (2 h, 2 h + 1) x (k +0 / +4) -> b_raw[h][0..3] = b0, b1 of block 2 h, then of 2 h + 1
+        unsigned int b_raw[2][4];
+#pragma unroll
+        for (unsigned int h = 0; h < 2u; ++h) ldmatrix_x4(b_raw[h], &st.b[(warp_n + 16u * h + 8u * (mat >> 1) + row) * TC_ROW + ks + 4u * (mat & 1u)]);
+        unsigned int a_hi[4], a_lo[4];
+#pragma unroll
+        for (unsigned int r = 0; r < 4u; ++r) split_tf32(a_raw[r], a_hi[r], a_lo[r]);
+#pragma unroll
+        for (unsigned int nt = 0; nt < 4u; ++nt) {
+            unsigned int b_hi[2], b_lo[2];
+#pragma unroll
+            for (unsigned int r = 0; r < 2u; ++r) split_tf32(b_raw[nt / 2u][2u * (nt % 2u) + r], b_hi[r], b_lo[r]);
+            if (X3) {
+                mma_tf32_1688(acc[nt], a_lo, b_hi);
+                mma_tf32_1688(acc[nt], a_hi, b_lo);
+            }
+            mma_tf32_1688(acc[nt], a_hi, b_hi);
+        }
+    }
+}
+
+template <int GEMM, bool X3>
+__device__ __forceinline__ void conv_gemm_mma(const ConvParams& p, const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ result) {
+    __shared__ __align__(16) TcStage stages[2];
+    const unsigned int lid = threadIdx.x;
+    const BlockTile t = block_tile<GEMM>(p, lid);
+    if (t.j0 >= p.gemm_n) return;
+    const unsigned int lane = lid % 32u;
+    const unsigned int warp_m = (lid / 32u) % 4u * 16u; // the warp's rows and columns within the tile
+    const unsigned int warp_n = (lid / 32u) / 4u * 32u;
+    float acc[4][4] = {};
+    unsigned int stage = 0u;
+    if (t.k_begin < t.k_end) copy_chunk<GEMM>(p, a, b, t, t.k_begin, lid, stages[0]);
+    for (unsigned int k0 = t.k_begin; k0 < t.k_end; k0 += TILE_K) {
+        // the next chunk's copies go into the other stage, which every warp finished reading before the barrier
+        // that ended the last iteration; then wait for this chunk's group only
+        if (k0 + TILE_K < t.k_end) {
+            copy_chunk<GEMM>(p, a, b, t, k0 + TILE_K, lid, stages[stage ^ 1u]);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        multiply_chunk_mma<X3>(acc, stages[stage], warp_m, warp_n, lane);
+        __syncthreads();
+        stage ^= 1u;
+    }
+    // C fragment: acc[nt][i] is row g + 8 (i / 2), column 2 t + i % 2 of n8 block nt
+    const unsigned int g = lane / 4u;
+    const unsigned int tq = lane % 4u;
+#pragma unroll
+    for (unsigned int nt = 0; nt < 4u; ++nt) {
+#pragma unroll
+        for (unsigned int i = 0; i < 4u; ++i) {
+            const unsigned int m = t.m0 + warp_m + g + 8u * (i / 2u);
+            const unsigned int j = t.j0 + warp_n + 8u * nt + 2u * tq + i % 2u;
+            if (m < p.gemm_m && j < p.gemm_n) store_result<GEMM>(p, result, m, j, t.split, acc[nt][i]);
+        }
+    }
 }
 
 // out [N, C_out, OH, OW] = weight [C_out, K] . col [K, N*OH*OW]
@@ -279,4 +425,25 @@ extern "C" __global__ void __launch_bounds__(256) conv2d_backward_weight_reduce(
 // dinp [N, C_in, H, W] += sum_(co, ki, kj) weight[co, ci, ki, kj] . dout[n, co, (iy + pad - ki) / stride, ...]
 extern "C" __global__ void __launch_bounds__(256) conv2d_backward_data(ConvParams p, const float* __restrict__ weight, const float* __restrict__ dout, float* __restrict__ result) {
     conv_gemm<BACKWARD_DATA>(p, weight, dout, result);
+}
+
+// The tensor-core kernels (sm_80+; same arguments, grids and results as the CUDA-core ones above, at the arithmetic
+// their suffix names: ConvPrecision::Tf32 and ConvPrecision::Tf32x3 in src/ops/conv/mod.rs).
+extern "C" __global__ void __launch_bounds__(256) conv2d_forward_mma_tf32(ConvParams p, const float* __restrict__ inp, const float* __restrict__ weight, float* __restrict__ result) {
+    conv_gemm_mma<FORWARD, false>(p, weight, inp, result);
+}
+extern "C" __global__ void __launch_bounds__(256) conv2d_forward_mma_tf32x3(ConvParams p, const float* __restrict__ inp, const float* __restrict__ weight, float* __restrict__ result) {
+    conv_gemm_mma<FORWARD, true>(p, weight, inp, result);
+}
+extern "C" __global__ void __launch_bounds__(256) conv2d_backward_weight_mma_tf32(ConvParams p, const float* __restrict__ inp, const float* __restrict__ dout, float* __restrict__ partial) {
+    conv_gemm_mma<BACKWARD_WEIGHT, false>(p, dout, inp, partial);
+}
+extern "C" __global__ void __launch_bounds__(256) conv2d_backward_weight_mma_tf32x3(ConvParams p, const float* __restrict__ inp, const float* __restrict__ dout, float* __restrict__ partial) {
+    conv_gemm_mma<BACKWARD_WEIGHT, true>(p, dout, inp, partial);
+}
+extern "C" __global__ void __launch_bounds__(256) conv2d_backward_data_mma_tf32(ConvParams p, const float* __restrict__ weight, const float* __restrict__ dout, float* __restrict__ result) {
+    conv_gemm_mma<BACKWARD_DATA, false>(p, weight, dout, result);
+}
+extern "C" __global__ void __launch_bounds__(256) conv2d_backward_data_mma_tf32x3(ConvParams p, const float* __restrict__ weight, const float* __restrict__ dout, float* __restrict__ result) {
+    conv_gemm_mma<BACKWARD_DATA, true>(p, weight, dout, result);
 }

@@ -17,7 +17,7 @@ use common::cuda_emu::{self, emu, Arg};
 use common::{assert_close as close, assert_enqueued, max_abs, plus, uniform as random, unit_rows};
 use moco::ops::attention::{self, params::AttentionParams, AttentionShape};
 use moco::ops::batchnorm::{self, params::flags, params::BatchNormParams, BatchNormShape};
-use moco::ops::conv::{self, params::ConvParams, Conv2dShape};
+use moco::ops::conv::{self, params::ConvParams, Conv2dShape, ConvPrecision};
 use moco::ops::eltwise::{self, params::EltwiseParams, EltwiseShape};
 use moco::ops::ema::{self, params::ema_multi_chunk_map, params::EmaParams};
 use moco::ops::infonce::{self, params::negative_logits_grid, params::negative_logits_mma_grid, params::positive_grid, params::row_grid, params::InfoNceParams, params::StreamPlan, params::MMA_BLOCK, params::REDUCE_GRID, Precision};
@@ -428,34 +428,63 @@ fn conv_shapes() -> Vec<Conv2dShape> {
     ]
 }
 
-/// The launches of `Conv for Cuda` (src/ops/conv/cuda.rs).
+/// `|got − want| <= bound · abs + 2^-22 |want|` per element: a precision's bound on the products' sum (`abs` is the
+/// same sum of |a·b|), plus one f32 rounding of the accumulation into a non-zero start.
+fn within_bound(what: &str, got: &[f32], want: &[f64], abs: &[f64], bound: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, ((&g, &w), &a)) in got.iter().zip(want).zip(abs).enumerate() {
+        let err = (g as f64 - w).abs();
+        let limit = bound * a + 2f64.powi(-22) * w.abs();
+        assert!(err <= limit, "{what}: element {i}: got {g}, want {w}, error {err:e} > bound {limit:e} ({bound:e} x sum |a b| {a:e})");
+    }
+}
+
+fn abs64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|x| x.abs() as f64).collect()
+}
+
+/// The launches of `Conv for Cuda` (src/ops/conv/cuda.rs), at each [`ConvPrecision`]: the CUDA-core kernels against
+/// the f64 reference at f32's tolerance, the tensor-core ones (`_mma_tf32x3`, `_mma_tf32`) within their
+/// precision's bound.
 fn case_conv() {
     let mut rng = StdRng::seed_from_u64(8);
     for s in conv_shapes() {
         let (inp, weight, dout) = (random(&mut rng, s.inp_len()), random(&mut rng, s.weight_len()), random(&mut rng, s.out_len()));
         let (dw0, di0) = (random(&mut rng, s.weight_len()), random(&mut rng, s.inp_len()));
-        let what = format!("conv {s:?}");
-        let p = ConvParams::forward(&s);
-        let mut a = [Arg::val(&p), Arg::f32(&inp), Arg::f32(&weight), Arg::nan(s.out_len())];
-        emu().run("conv.cu", "conv2d_forward", p.grid("conv2d_forward").unwrap(), BLOCK, &mut a);
         let want = conv::reference::conv2d_forward(&f64s(&inp), &f64s(&weight), &s);
-        close(&format!("{what} forward"), &a[3].as_f32(), &want, 1e-5, 1e-5);
-
+        let abs_out = conv::reference::conv2d_forward(&abs64(&inp), &abs64(&weight), &s);
         let (want_dinp, want_dw) = conv::reference::conv2d_backward(&f64s(&dout), &f64s(&inp), &f64s(&weight), &s);
-        // the weight gradient: partial tiles of each K range (NaN-poisoned first), then their ordered sum
-        let wp = ConvParams::backward_weight(&s);
-        let mut a = [Arg::val(&wp), Arg::f32(&inp), Arg::f32(&dout), Arg::nan(wp.partial_len())];
-        emu().run("conv.cu", "conv2d_backward_weight", wp.backward_weight_grid("conv2d_backward").unwrap(), BLOCK, &mut a);
-        let partial = a[3].as_f32();
-        assert!(partial.iter().all(|v| v.is_finite()), "{what}: every partial element written ({} K ranges)", wp.k_splits);
-        let mut a = [Arg::val(&wp), Arg::f32(&partial), Arg::f32(&dw0)];
-        emu().run("conv.cu", "conv2d_backward_weight_reduce", wp.backward_weight_reduce_grid(), BLOCK, &mut a);
-        close(&format!("{what} backward_weight over {} K ranges (accumulated)", wp.k_splits), &a[2].as_f32(), &plus(&want_dw, &dw0), 1e-5, 1e-5);
+        let (abs_dinp, abs_dw) = conv::reference::conv2d_backward(&abs64(&dout), &abs64(&inp), &abs64(&weight), &s);
+        let (k_fwd, k_wgrad, k_dgrad) = (s.c_in * s.kh * s.kw, s.n * s.out_h() * s.out_w(), s.c_out * s.kh * s.kw);
+        for (precision, suffix) in [(ConvPrecision::Fp32, ""), (ConvPrecision::Tf32x3, "_mma_tf32x3"), (ConvPrecision::Tf32, "_mma_tf32")] {
+            let what = format!("conv {s:?} {precision:?}");
+            let check = |what: &str, got: &[f32], want: &[f64], abs: &[f64], k: usize| {
+                if precision == ConvPrecision::Fp32 {
+                    close(what, got, want, 1e-5, 1e-5);
+                } else {
+                    within_bound(what, got, want, abs, precision.bound(k));
+                }
+            };
+            let p = ConvParams::forward(&s);
+            let mut a = [Arg::val(&p), Arg::f32(&inp), Arg::f32(&weight), Arg::nan(s.out_len())];
+            emu().run("conv.cu", &format!("conv2d_forward{suffix}"), p.grid("conv2d_forward").unwrap(), BLOCK, &mut a);
+            check(&format!("{what} forward"), &a[3].as_f32(), &want, &abs_out, k_fwd);
 
-        let dp = ConvParams::backward_data(&s);
-        let mut a = [Arg::val(&dp), Arg::f32(&weight), Arg::f32(&dout), Arg::f32(&di0)];
-        emu().run("conv.cu", "conv2d_backward_data", dp.grid("conv2d_backward").unwrap(), BLOCK, &mut a);
-        close(&format!("{what} backward_data (accumulated)"), &a[3].as_f32(), &plus(&want_dinp, &di0), 1e-5, 1e-5);
+            // the weight gradient: partial tiles of each K range (NaN-poisoned first), then their ordered sum
+            let wp = ConvParams::backward_weight(&s);
+            let mut a = [Arg::val(&wp), Arg::f32(&inp), Arg::f32(&dout), Arg::nan(wp.partial_len())];
+            emu().run("conv.cu", &format!("conv2d_backward_weight{suffix}"), wp.backward_weight_grid("conv2d_backward").unwrap(), BLOCK, &mut a);
+            let partial = a[3].as_f32();
+            assert!(partial.iter().all(|v| v.is_finite()), "{what}: every partial element written ({} K ranges)", wp.k_splits);
+            let mut a = [Arg::val(&wp), Arg::f32(&partial), Arg::f32(&dw0)];
+            emu().run("conv.cu", "conv2d_backward_weight_reduce", wp.backward_weight_reduce_grid(), BLOCK, &mut a);
+            check(&format!("{what} backward_weight over {} K ranges (accumulated)", wp.k_splits), &a[2].as_f32(), &plus(&want_dw, &dw0), &abs_dw, k_wgrad);
+
+            let dp = ConvParams::backward_data(&s);
+            let mut a = [Arg::val(&dp), Arg::f32(&weight), Arg::f32(&dout), Arg::f32(&di0)];
+            emu().run("conv.cu", &format!("conv2d_backward_data{suffix}"), dp.grid("conv2d_backward").unwrap(), BLOCK, &mut a);
+            check(&format!("{what} backward_data (accumulated)"), &a[3].as_f32(), &plus(&want_dinp, &di0), &abs_dinp, k_dgrad);
+        }
     }
 }
 

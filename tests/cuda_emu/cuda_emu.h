@@ -541,6 +541,19 @@ inline void cp_async_16_emu(void* dst, const void* src, unsigned int src_size, i
     s.async_copies[tid].push_back(c);
 }
 
+// cp.async.ca.shared.global [dst], [src], 4, src_size: as cp_async_16_emu for one 4-byte element (src_size 0 or 4).
+inline void cp_async_4_emu(void* dst, const void* src, unsigned int src_size, int line) {
+    check_in_kernel("cp.async");
+    Sched& s = sched();
+    if (((uintptr_t)dst & 3u) != 0u || ((uintptr_t)src & 3u) != 0u) fail("cp.async at line %d: 4-byte copy from %p to %p, not 4-byte aligned", line, src, dst);
+    if (src_size != 0u && src_size != 4u) fail("cp.async at line %d: src_size %u, expected 0 or 4", line, src_size);
+    const unsigned int tid = linear_tid();
+    AsyncCopy c{(char*)dst, {0}, 4u, s.async_groups[tid]};
+    if (src_size > 0u) memcpy(c.bytes, src, src_size);
+    memset(dst, 0xff, 4);
+    s.async_copies[tid].push_back(c);
+}
+
 inline void cp_async_commit_emu() {
     check_in_kernel("cp.async.commit_group");
     ++sched().async_groups[linear_tid()];
@@ -576,6 +589,7 @@ inline float tf32_round(float x) { return moco_emu::tf32_round_emu(x); }
 inline void ldmatrix_x4(unsigned int (&r)[4], const void* row) { moco_emu::ldmatrix_x4_emu(r, row, false, 0); }
 inline void ldmatrix_x4_trans(unsigned int (&r)[4], const void* row) { moco_emu::ldmatrix_x4_emu(r, row, true, 0); }
 inline void cp_async_16(void* dst, const void* src, unsigned int src_size) { moco_emu::cp_async_16_emu(dst, src, src_size, 0); }
+inline void cp_async_4(void* dst, const void* src, unsigned int src_size) { moco_emu::cp_async_4_emu(dst, src, src_size, 0); }
 inline void cp_async_commit() { moco_emu::cp_async_commit_emu(); }
 template <int N> inline void cp_async_wait() { moco_emu::cp_async_wait_emu((unsigned int)N); }
 #define __syncwarp(...) moco_emu::warp_barrier(0xffffffffu, __LINE__, "__syncwarp")

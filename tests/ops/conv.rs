@@ -196,6 +196,88 @@ device_test!(
     conv2d_random_shapes, random_shapes
 );
 
+/// The convolution on `dev` at its current arithmetic: forward, and the backward into pre-filled gradients, each
+/// output within `bound(k)` of its products' `Σ |a·b|` (the same convolution on |inputs|) plus one f32 rounding of
+/// the accumulation into the pre-filled value.
+#[cfg(feature = "cuda")]
+fn conv_within_bound(dev: &mut moco::Cuda, s: &Conv2dShape, seed: u64, bound: impl Fn(usize) -> f64) {
+    type D = moco::Cuda;
+    let name = dev.name();
+    let mut g = rng(seed);
+    let (inp, weight, dout) = (uniform(&mut g, s.inp_len()), uniform(&mut g, s.weight_len()), uniform(&mut g, s.out_len()));
+    let (dinp0, dweight0) = (uniform(&mut g, s.inp_len()), uniform(&mut g, s.weight_len()));
+    let (inp_b, weight_b, dout_b) = (upload(dev, &inp), upload(dev, &weight), upload(dev, &dout));
+    let mut out_b = nans(dev, s.out_len());
+    dev.conv2d_forward(D::whole_mut(&mut out_b), D::whole(&inp_b), D::whole(&weight_b), s).unwrap();
+    let (mut dinp_b, mut dweight_b) = (upload(dev, &dinp0), upload(dev, &dweight0));
+    dev.conv2d_backward(Some(D::whole_mut(&mut dinp_b)), D::whole_mut(&mut dweight_b), D::whole(&dout_b), D::whole(&inp_b), D::whole(&weight_b), s).unwrap();
+    let abs = |v: &[f32]| v.iter().map(|x| x.abs() as f64).collect::<Vec<_>>();
+    let (inp64, w64, dout64) = (to_f64(&inp), to_f64(&weight), to_f64(&dout));
+    let want_out = r::conv2d_forward(&inp64, &w64, s);
+    let abs_out = r::conv2d_forward(&abs(&inp), &abs(&weight), s);
+    let (gx, gw) = r::conv2d_backward(&dout64, &inp64, &w64, s);
+    let (abs_gx, abs_gw) = r::conv2d_backward(&abs(&dout), &abs(&inp), &abs(&weight), s);
+    let (want_dinp, want_dw) = (plus(&gx, &dinp0), plus(&gw, &dweight0));
+    let checks = [
+        ("forward", host(dev, &out_b), want_out, abs_out, s.c_in * s.kh * s.kw),
+        ("dinp", host(dev, &dinp_b), want_dinp, abs_gx, s.c_out * s.kh * s.kw),
+        ("dweight", host(dev, &dweight_b), want_dw, abs_gw, s.n * s.out_h() * s.out_w()),
+    ];
+    for (what, got, want, abs, k) in checks {
+        let b = bound(k);
+        for (i, ((&g, &w), &a)) in got.iter().zip(&want).zip(&abs).enumerate() {
+            let (err, limit) = ((g as f64 - w).abs(), b * a + 2f64.powi(-22) * w.abs());
+            assert!(err <= limit, "conv2d {what} on {name} at {:?} {s:?}: element {i}: got {g}, want {w}: error {err:.3e} > bound {limit:.3e}", dev.conv_precision());
+        }
+    }
+}
+
+/// On the emulated CUDA driver (sm_90), [`ConvPrecision::Tf32x3`] and [`ConvPrecision::Tf32`] run the tensor-core
+/// kernels (counted by the driver), each within its stated bound on the fixed shapes' corners (stride 2 and 3,
+/// the 7x7 stem, pointwise, K of many chunks, split-K over 4 ranges, the 1x1x1 problem), and the default stays
+/// the f32 kernels.
+#[cfg(feature = "cuda")]
+#[test]
+fn conv2d_tensor_cores_on_cuda_within_their_bounds() {
+    use moco::ConvPrecision;
+    let test = "conv2d_tensor_cores_on_cuda_within_their_bounds";
+    let Some(mut dev) = cuda_device(test) else { return };
+    assert_eq!(dev.conv_precision(), ConvPrecision::Fp32, "the default arithmetic");
+    let shapes = [(1, 3, 15, 13, 8, 7, 7, 2, 3), (2, 5, 9, 9, 7, 3, 3, 2, 1), (1, 17, 6, 5, 70, 1, 1, 1, 0), (2, 33, 10, 11, 65, 3, 3, 1, 1), (1, 2, 5, 8, 3, 2, 3, 3, 0), (8, 16, 16, 16, 70, 3, 3, 1, 1), (1, 1, 1, 1, 1, 1, 1, 1, 0)];
+    let launches = |kernel: &str| cuda_driver().ok().flatten().map(|d| d.launch_counts().get(kernel).copied().unwrap_or(0));
+    for precision in [ConvPrecision::Tf32x3, ConvPrecision::Tf32] {
+        dev.set_conv_precision(precision);
+        let kernel = if precision == ConvPrecision::Tf32 { "conv2d_backward_weight_mma_tf32" } else { "conv2d_backward_weight_mma_tf32x3" };
+        let before = launches(kernel);
+        for (i, &(n, c_in, h, w, c_out, kh, kw, stride, pad)) in shapes.iter().enumerate() {
+            let s = Conv2dShape::new(n, c_in, h, w, c_out, kh, kw, stride, pad).unwrap();
+            conv_within_bound(&mut dev, &s, 3000 + i as u64, |k| precision.bound(k));
+        }
+        if let (Some(b), Some(a)) = (before, launches(kernel)) {
+            assert!(a >= b + shapes.len() as u64, "{precision:?}: {kernel} launched {} times for {} shapes", a - b, shapes.len());
+        }
+    }
+    // a clone inherits the setting; Fp32 again is the f32 kernels within f32's bound
+    assert_eq!(dev.clone().conv_precision(), ConvPrecision::Tf32);
+    dev.set_conv_precision(ConvPrecision::Fp32);
+    conv_within_bound(&mut dev, &Conv2dShape::new(2, 33, 10, 11, 65, 3, 3, 1, 1).unwrap(), 3100, |k| ConvPrecision::Fp32.bound(k));
+}
+
+/// The bounds are ordered (f32 < 3xTF32 < TF32 for every K), and the command line's names parse; anything else is a
+/// settings error naming the flag.
+#[test]
+fn conv_precisions_parse_and_their_bounds_are_ordered() {
+    use moco::ConvPrecision;
+    for k in [1, 27, 576, 65_536] {
+        assert!(ConvPrecision::Fp32.bound(k) < ConvPrecision::Tf32x3.bound(k) && ConvPrecision::Tf32x3.bound(k) < ConvPrecision::Tf32.bound(k), "K = {k}");
+    }
+    assert_eq!(ConvPrecision::parse("--conv-precision", "tf32x3").unwrap(), ConvPrecision::Tf32x3);
+    assert_eq!(ConvPrecision::parse("--conv-precision", "tf32").unwrap(), ConvPrecision::Tf32);
+    assert_eq!(ConvPrecision::parse("--conv-precision", "fp32").unwrap(), ConvPrecision::Fp32);
+    let e = ConvPrecision::parse("--conv-precision", "bf16").unwrap_err().to_string();
+    assert!(e.contains("--conv-precision") && e.contains("bf16") && e.contains("tf32x3"), "{e}");
+}
+
 /// The GPUs' split-K of the weight gradient: ranges that cover K exactly once (none empty, each a multiple of the
 /// 16-deep chunk), about 512 blocks when K is long enough, one range for short K, and the fixed and wide-plane
 /// shapes above exercise 2 to 5 ranges with a short last one (`conv2d_fixed_shapes`, `conv2d_strided_wide_planes`).

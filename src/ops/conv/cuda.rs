@@ -1,9 +1,11 @@
 //! 2-D convolution on CUDA (`kernels/conv.cu`): the launches of `src/ops/conv/wgpu.rs` (64x64 block tiles, 16-deep K
-//! chunks, 256 threads with 4x4 register micro-tiles; im2col gathered on the fly; the weight gradient split over K
-//! into partial tiles, in the device's reused scratch, and reduced in order), asynchronous on the device's stream.
+//! chunks, 256 threads; im2col gathered on the fly; the weight gradient split over K into partial tiles, in the
+//! device's reused scratch, and reduced in order), asynchronous on the device's stream. The kernels are the f32
+//! CUDA-core ones (4x4 register micro-tiles) or, at the device's [`ConvPrecision`] `Tf32x3` / `Tf32` on sm_80 and
+//! newer, the tensor-core ones of the same tiles, grid and arguments (`_mma_tf32x3`, `_mma_tf32`).
 
 use super::params::{conv_revalidate, ConvParams};
-use super::{Conv, Conv2dShape, KERNELS};
+use super::{Conv, Conv2dShape, ConvPrecision, KERNELS};
 use crate::device::cuda::{cfg, Cuda};
 use crate::error::Result;
 use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
@@ -12,13 +14,25 @@ use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 // `struct ConvParams` in kernels/conv.cu.
 unsafe impl DeviceRepr for ConvParams {}
 
+/// The kernel of `[fp32, tf32x3, tf32]` at the device's convolution arithmetic: a tensor-core one on sm_80 and newer.
+fn kernel(dev: &Cuda, [fp32, tf32x3, tf32]: [&'static str; 3]) -> Result<&'static str> {
+    if dev.context().compute_capability()?.0 < 8 {
+        return Ok(fp32);
+    }
+    Ok(match dev.conv_precision() {
+        ConvPrecision::Fp32 => fp32,
+        ConvPrecision::Tf32x3 => tf32x3,
+        ConvPrecision::Tf32 => tf32,
+    })
+}
+
 impl Conv for Cuda {
     fn conv2d_forward(&mut self, mut out: CudaViewMut<'_, f32>, inp: CudaView<'_, f32>, weight: CudaView<'_, f32>, shape: &Conv2dShape) -> Result<()> {
         shape.check_forward(out.len(), inp.len(), weight.len())?;
         let s = conv_revalidate(shape)?;
         let p = ConvParams::forward(&s);
         let g = p.grid("conv2d_forward")?;
-        let f = KERNELS.cuda_function(self.stream(), "conv2d_forward")?;
+        let f = KERNELS.cuda_function(self.stream(), kernel(self, ["conv2d_forward", "conv2d_forward_mma_tf32x3", "conv2d_forward_mma_tf32"])?)?;
         // SAFETY: conv2d_forward(ConvParams, const float* inp [N*C_in*H*W], const float* weight [C_out*C_in*KH*KW],
         // float* result [N*C_out*OH*OW]); lengths checked above; reads are guarded by the GEMM bounds and the image
         // bounds (col_value), writes by m < C_out and j < N*OH*OW.
@@ -30,10 +44,14 @@ impl Conv for Cuda {
         let s = conv_revalidate(shape)?;
         let (wp, dp) = (ConvParams::backward_weight(&s), ConvParams::backward_data(&s));
         let (wg, dg) = (wp.backward_weight_grid("conv2d_backward")?, dp.grid("conv2d_backward")?);
+        let (weight_kernel, data_kernel) = (
+            kernel(self, ["conv2d_backward_weight", "conv2d_backward_weight_mma_tf32x3", "conv2d_backward_weight_mma_tf32"])?,
+            kernel(self, ["conv2d_backward_data", "conv2d_backward_data_mma_tf32x3", "conv2d_backward_data_mma_tf32"])?,
+        );
         let (stream, ws) = self.workspace();
         let stream = &stream;
         let [mut partial] = ws.f32s.take(stream, [wp.partial_len()])?;
-        let f = KERNELS.cuda_function(stream, "conv2d_backward_weight")?;
+        let f = KERNELS.cuda_function(stream, weight_kernel)?;
         // SAFETY: conv2d_backward_weight(ConvParams, const float* inp [N*C_in*H*W], const float* dout [N*C_out*OH*OW],
         // float* partial [k_splits*C_out*C_in*KH*KW]); lengths checked above; block (x, y, z) writes the elements
         // m < C_out, j < C_in*KH*KW of its tile in partial tile z < k_splits (grid z), each by one thread.
@@ -45,7 +63,7 @@ impl Conv for Cuda {
         // updates result[e]; every partial element was written by the launch before (each tile of each range).
         unsafe { stream.launch_builder(&f).arg(&wp).arg(&partial).arg(&mut dweight).launch(cfg(wp.backward_weight_reduce_grid())) }?;
         if let Some(mut d) = dinp {
-            let f = KERNELS.cuda_function(stream, "conv2d_backward_data")?;
+            let f = KERNELS.cuda_function(stream, data_kernel)?;
             // SAFETY: conv2d_backward_data(ConvParams, const float* weight [C_out*C_in*KH*KW], const float* dout
             // [N*C_out*OH*OW], float* result [N*C_in*H*W]); lengths checked above; dout reads are guarded by
             // dout_gather (oy < OH, ox < OW), each dinp element is owned by one thread (m < C_in, j < N*H*W).
