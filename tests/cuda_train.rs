@@ -262,6 +262,40 @@ fn small_moco_v2_at_half_precision_takes_the_tensor_cores() {
     }
 }
 
+/// `--conv-precision` on the CUDA engine: the config's arithmetic reaches every network's convolutions (on the
+/// emulated driver: the forward, weight-gradient and input-gradient tensor-core kernels launched), and a step from
+/// the CPU engine's state stays as close to its loss as the f32 kernels do (1e-3, the limit of
+/// `small_moco_v2_three_steps_match_the_cpu_engine`; the CPU computes in f32). One step at 3xTF32 only: the
+/// emulation of the warp-wide mma is slow (two steps at each precision took 350 s here); the op tests hold both
+/// tensor-core arithmetics to their bounds on many shapes (`tests/ops/conv.rs`), and TF32 measured on this
+/// configuration 1.96e-3 and 5.64e-3 relative after one and two steps (2026-12-07).
+#[test]
+fn small_moco_v2_with_tensor_core_convolutions() {
+    let Some(cuda) = device("small_moco_v2_with_tensor_core_convolutions") else { return };
+    let (precision, limit, suffix) = (moco::ConvPrecision::Tf32x3, 1e-3, "_mma_tf32x3");
+    let cfg = TrainConfig { conv_precision: precision, ..small_v2() };
+    let data = batches(&cfg, 1);
+    let (mut c, mut g) = (CpuEngine::new(&cfg).unwrap(), CudaEngine::new(&cuda, &cfg).unwrap());
+    let start = c.state().unwrap();
+    g.load_state(&start).unwrap();
+    let kernels = ["conv2d_forward", "conv2d_backward_weight", "conv2d_backward_data"].map(|k| format!("{k}{suffix}"));
+    let launches = || common::cuda_driver().ok().flatten().map(|d| kernels.clone().map(|k| d.launch_counts().get(&k).copied().unwrap_or(0)));
+    let before = launches();
+    let (xq, xk) = &data[0];
+    let (a, b) = (c.step(xq, xk, cfg.lr).unwrap(), g.step(xq, xk, cfg.lr).unwrap());
+    let rel = ((a.loss - b.loss).abs() / a.loss.abs().max(1e-6)) as f64;
+    eprintln!("v2 with convolutions at {precision:?}: cpu loss {:.6}  cuda loss {:.6}  rel {rel:.2e} (limit {limit:.0e})", a.loss, b.loss);
+    assert!(b.loss.is_finite() && rel <= limit, "{precision:?}: cpu {} vs cuda {} (relative {rel:.2e} > {limit:.0e})", a.loss, b.loss);
+    // the backward ran too: the state moved as the CPU engine's did (reading it runs the queued work, which the
+    // emulated driver counts when it runs), and its kernels were the tensor-core ones
+    states_agree(&start, &c.state().unwrap(), &g.state().unwrap(), 1e-2, 1e-2, "v2 with 3xTF32 convolutions after a step");
+    if let (Some(b0), Some(b1)) = (before, launches()) {
+        for i in 0..3 {
+            assert!(b1[i] > b0[i], "{precision:?}: {} launched {} -> {} times", kernels[i], b0[i], b1[i]);
+        }
+    }
+}
+
 #[test]
 fn small_moco_v3_vit_three_steps_match_the_cpu_engine() {
     let Some(cuda) = device("small_moco_v3_vit_three_steps_match_the_cpu_engine") else { return };

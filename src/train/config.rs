@@ -3,6 +3,7 @@
 //! checkpoint as metadata.
 
 use crate::error::{Error, Result};
+use crate::ops::conv::ConvPrecision;
 use crate::ops::infonce::Precision;
 use crate::ops::queue::QueueDType;
 use std::collections::BTreeMap;
@@ -123,6 +124,10 @@ pub struct TrainConfig {
     /// (16-bit operands on CUDA's tensor cores: MoCo v1/v2 with an f16 / bf16 queue, MoCo v3 with q̂ and k̂ in bf16;
     /// C % 8 == 0 and C <= 128; f32 elsewhere).
     pub precision: Precision,
+    /// The arithmetic of the convolutions on CUDA (`--conv-precision`): [`ConvPrecision::Fp32`] (default),
+    /// [`ConvPrecision::Tf32x3`] or [`ConvPrecision::Tf32`] (tensor cores, sm_80+). The CPU and wgpu engines compute
+    /// in f32 whatever it says.
+    pub conv_precision: ConvPrecision,
     /// Key-encoder momentum m.
     pub momentum: f64,
     /// Temperature T.
@@ -186,6 +191,7 @@ impl TrainConfig {
             queue_len: 4096,
             queue_dtype: QueueDType::F32,
             precision: Precision::Fp32,
+            conv_precision: ConvPrecision::Fp32,
             momentum: 0.99,
             temperature: 0.1,
             batch_size: 512,
@@ -338,8 +344,16 @@ impl TrainConfig {
         }
     }
 
-    /// One line per setting, for the start of a run.
+    /// One line per setting, for the start of a run; a last line for convolutions not at f32.
     pub fn describe(&self) -> String {
+        let mut lines = self.describe_recipe();
+        if self.conv_precision != ConvPrecision::Fp32 {
+            lines.push_str(&format!("\n  convolutions at {:?} on CUDA's tensor cores (sm_80+; f32 elsewhere)", self.conv_precision));
+        }
+        lines
+    }
+
+    fn describe_recipe(&self) -> String {
         let sched = match (self.cosine, self.cosine_from_one) {
             (false, _) => "constant".to_string(),
             (true, true) => format!("cosine over {} epochs counted from 1 as the colab (the last epoch runs at lr 0)", self.epochs),
@@ -455,6 +469,7 @@ impl TrainConfig {
         put("queue_len", self.queue_len.to_string());
         put("queue_dtype", format!("{:?}", self.queue_dtype));
         put("precision", format!("{:?}", self.precision));
+        put("conv_precision", format!("{:?}", self.conv_precision));
         put("momentum", self.momentum.to_string());
         put("temperature", self.temperature.to_string());
         put("batch_size", self.batch_size.to_string());
@@ -489,9 +504,9 @@ impl TrainConfig {
     pub fn mismatches(&self, meta: &BTreeMap<String, String>) -> Vec<String> {
         let mine = self.to_metadata();
         mine.iter()
-            // epochs may be extended, and the arithmetic of the loss may change (a checkpoint written before the
-            // precision existed has none)
-            .filter(|(k, _)| k.as_str() != "config.epochs" && k.as_str() != "config.precision")
+            // epochs may be extended, and the arithmetic of the loss and the convolutions may change (a checkpoint
+            // written before either existed has none)
+            .filter(|(k, _)| !["config.epochs", "config.precision", "config.conv_precision"].contains(&k.as_str()))
             .filter_map(|(k, v)| match meta.get(k) {
                 Some(o) if o == v => None,
                 Some(o) => Some(format!("{}: checkpoint {o}, this run {v}", &k[7..])),

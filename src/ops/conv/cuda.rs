@@ -39,6 +39,9 @@ impl Conv for Cuda {
         unsafe { self.stream().launch_builder(&f).arg(&p).arg(&inp).arg(&weight).arg(&mut out).launch(cfg(g)) }?;
         Ok(())
     }
+    fn set_conv_precision(&mut self, precision: ConvPrecision) {
+        Cuda::set_conv_precision(self, precision);
+    }
     fn conv2d_backward(&mut self, dinp: Option<CudaViewMut<'_, f32>>, mut dweight: CudaViewMut<'_, f32>, dout: CudaView<'_, f32>, inp: CudaView<'_, f32>, weight: CudaView<'_, f32>, shape: &Conv2dShape) -> Result<()> {
         shape.check_backward(dinp.as_ref().map(|d| d.len()), dweight.len(), dout.len(), inp.len(), weight.len())?;
         let s = conv_revalidate(shape)?;

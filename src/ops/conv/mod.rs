@@ -179,6 +179,9 @@ pub trait Conv: Device {
     fn conv2d_forward_no_grad(&mut self, out: Self::Mut<'_>, inp: Self::Ref<'_>, weight: Self::Ref<'_>, shape: &Conv2dShape) -> Result<()> {
         self.conv2d_forward(out, inp, weight, shape)
     }
+    /// Sets the arithmetic of this device's convolutions (and of the clones made after the call): the CUDA device's
+    /// [`crate::Cuda::set_conv_precision`]. The CPU and wgpu compute in f32 whatever it says (the default, a no-op).
+    fn set_conv_precision(&mut self, _precision: ConvPrecision) {}
     /// Convolution backward: data (`dinp += ...`, skipped when `None`) and weight (`dweight += ...`).
     #[allow(clippy::too_many_arguments)]
     fn conv2d_backward(&mut self, dinp: Option<Self::Mut<'_>>, dweight: Self::Mut<'_>, dout: Self::Ref<'_>, inp: Self::Ref<'_>, weight: Self::Ref<'_>, shape: &Conv2dShape) -> Result<()>;
