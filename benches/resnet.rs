@@ -29,6 +29,9 @@ fn resnet18(c: &mut Criterion) {
     }
 }
 
+/// ResNet-18's (CIFAR stem) convolutions, (C_in, H = W, C_out, kernel, stride, pad): the per-layer benches.
+const LAYERS: [(usize, usize, usize, usize, usize, usize); 9] = [(3, 32, 64, 3, 1, 1), (64, 32, 64, 3, 1, 1), (64, 32, 128, 3, 2, 1), (128, 16, 256, 3, 2, 1), (256, 8, 512, 3, 2, 1), (128, 16, 128, 3, 1, 1), (256, 8, 256, 3, 1, 1), (512, 4, 512, 3, 1, 1), (256, 8, 512, 1, 2, 0)];
+
 /// The convolutions of ResNet-18 (CIFAR stem) at batch 64, forward and backward, one by one; and BN + ReLU.
 fn resnet18_layers(c: &mut Criterion) {
     use moco::ops::batchnorm::{BatchNorm, BatchNormShape, Epilogue, EpilogueGrad};
@@ -36,7 +39,7 @@ fn resnet18_layers(c: &mut Criterion) {
     let mut g = c.benchmark_group("resnet18_layers_b64");
     g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
     let data = |len: usize, seed: usize| (0..len).map(|i| (((i + seed) * 7919) % 1000) as f32 / 500.0 - 1.0).collect::<Vec<f32>>();
-    for (c_in, hw, c_out, kk, st, p) in [(3, 32, 64, 3, 1, 1), (64, 32, 64, 3, 1, 1), (64, 32, 128, 3, 2, 1), (128, 16, 256, 3, 2, 1), (256, 8, 512, 3, 2, 1), (128, 16, 128, 3, 1, 1), (256, 8, 256, 3, 1, 1), (512, 4, 512, 3, 1, 1), (256, 8, 512, 1, 2, 0)] {
+    for (c_in, hw, c_out, kk, st, p) in LAYERS {
         let s = Conv2dShape::new(64, c_in, hw, hw, c_out, kk, kk, st, p).unwrap();
         let (x, w, dy) = (data(s.inp_len(), 1), data(s.weight_len(), 2), data(s.out_len(), 3));
         let (mut out, mut dx, mut dw, mut scratch) = (vec![0.0; s.out_len()], vec![0.0; s.inp_len()], vec![0.0; s.weight_len()], Vec::new());
@@ -65,6 +68,54 @@ fn resnet18_layers(c: &mut Criterion) {
     g.bench_function("bn_relu_64ch_32x32_bwd", |b| b.iter(|| cpu.batchnorm_backward(&mut dx, EpilogueGrad::Relu { out: &out[..] }, Some(&mut dg), Some(&mut db), &dy, &x, &m, &r, Some(&gamma), &s).unwrap()));
     g.finish();
 }
+
+/// ResNet-18's convolutions at batch 64 on CUDA, forward and backward (weight and input gradients), at each
+/// `ConvPrecision`: the per-layer table beside cuDNN's (`scripts/bench_pytorch.py --only conv_layers --device cuda`,
+/// same shapes and names). A real GPU only: skipped without one.
+#[cfg(feature = "cuda")]
+fn resnet18_layers_cuda(c: &mut Criterion) {
+    use moco::ops::conv::{Conv, Conv2dShape};
+    use moco::{ConvPrecision, Cuda, Device};
+    let mut dev = match Cuda::new(0).and_then(|d| d.warm_up().map(|_| d)) {
+        Ok(d) => d,
+        Err(e) => return eprintln!("resnet18_layers_cuda skipped: {e}"),
+    };
+    let data = |len: usize, seed: usize| (0..len).map(|i| (((i + seed) * 7919) % 1000) as f32 / 500.0 - 1.0).collect::<Vec<f32>>();
+    let mut g = c.benchmark_group("resnet18_layers_cuda_b64");
+    g.sample_size(20).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
+    for (c_in, hw, c_out, kk, st, p) in LAYERS {
+        let s = Conv2dShape::new(64, c_in, hw, hw, c_out, kk, kk, st, p).unwrap();
+        let (x, w, dy) = (dev.upload(&data(s.inp_len(), 1)).unwrap(), dev.upload(&data(s.weight_len(), 2)).unwrap(), dev.upload(&data(s.out_len(), 3)).unwrap());
+        let (mut out, mut dx, mut dw) = (dev.alloc(s.out_len()).unwrap(), dev.alloc(s.inp_len()).unwrap(), dev.alloc(s.weight_len()).unwrap());
+        let name = format!("conv{kk}x{kk}s{st}_{c_in}to{c_out}_{hw}x{hw}");
+        g.throughput(Throughput::Elements((2 * s.n * s.c_out * s.out_h() * s.out_w() * s.c_in * kk * kk) as u64));
+        for precision in [ConvPrecision::Fp32, ConvPrecision::Tf32x3, ConvPrecision::Tf32] {
+            dev.set_conv_precision(precision);
+            let tag = format!("{precision:?}").to_lowercase();
+            g.bench_function(format!("{name}_fwd_{tag}"), |b| b.iter_custom(|iters| time_on(&mut dev, iters, &mut |d| d.conv2d_forward(out.as_view_mut(), x.as_view(), w.as_view(), &s).unwrap())));
+            g.bench_function(format!("{name}_bwd_{tag}"), |b| {
+                b.iter_custom(|iters| time_on(&mut dev, iters, &mut |d| d.conv2d_backward(Some(dx.as_view_mut()), dw.as_view_mut(), dy.as_view(), x.as_view(), w.as_view(), &s).unwrap()))
+            });
+        }
+    }
+    g.finish();
+}
+
+/// `iters` calls of `f` on `dev`, from an idle stream to an idle stream.
+#[cfg(feature = "cuda")]
+fn time_on(dev: &mut moco::Cuda, iters: u64, f: &mut dyn FnMut(&mut moco::Cuda)) -> Duration {
+    use moco::Device;
+    dev.synchronize().unwrap();
+    let start = std::time::Instant::now();
+    for _ in 0..iters {
+        f(dev);
+    }
+    dev.synchronize().unwrap();
+    start.elapsed()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn resnet18_layers_cuda(_: &mut Criterion) {}
 
 /// One MoCo v2 training step on the CPU engine (ResNet-18 CIFAR stem, MLP head, batch 64, K=4096, bn-splits 8):
 /// the figure compared with `scripts/bench_pytorch.py --only moco_v2_step`.
@@ -125,5 +176,5 @@ fn moco_step_small_wgpu(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, resnet18, resnet18_layers, moco_v2_step, moco_step_small_wgpu);
+criterion_group!(benches, resnet18, resnet18_layers, resnet18_layers_cuda, moco_v2_step, moco_step_small_wgpu);
 criterion_main!(benches);

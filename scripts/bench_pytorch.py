@@ -15,6 +15,10 @@ Cases (math identical to facebookresearch/moco and moco-v3 builder.py):
   ema_foreach_lerp      torch._foreach_lerp_(k_params, q_params, 1 - m).
   ema_flat_lerp         k_flat.lerp_(q_flat, 1 - m) on one flat 25.6M tensor.
   resnet18_cifar_fwd_bwd, moco_v2_step_b{N}_k4096: see their docstrings.
+  conv_layer            (only with --only conv_layers) ResNet-18's (CIFAR stem) convolutions at batch 64, one by
+                        one: forward, and backward (input and weight gradients) through autograd, with
+                        cudnn.allow_tf32 off (fp32) and on (tf32, PyTorch's default); named as
+                        benches/resnet.rs's resnet18_layers_cuda, e.g. conv3x3s1_64to64_32x32_fwd_fp32.
   mocov3_vit_step       (only with --only mocov3_vit) one moco-v3 main_moco.py training step of
                         scripts/mocov3_torch_reference.py's MoCoViT: both views through base encoder +
                         predictor, momentum update + keys, symmetric loss, AdamW. Shape flags
@@ -329,6 +333,34 @@ def bench_mocov3_vit_step(device, quick, only, args):
     iters, warmup = (3, 1) if quick else (10, 2)
     emit(name, params, time_fn(step, device, iters, warmup), device)
 
+# ---------------------------------------------------------------- ResNet-18's convolutions, one by one
+# (C_in, H = W, C_out, kernel, stride, pad): benches/resnet.rs's LAYERS
+CONV_LAYERS = [(3, 32, 64, 3, 1, 1), (64, 32, 64, 3, 1, 1), (64, 32, 128, 3, 2, 1), (128, 16, 256, 3, 2, 1), (256, 8, 512, 3, 2, 1),
+               (128, 16, 128, 3, 1, 1), (256, 8, 256, 3, 1, 1), (512, 4, 512, 3, 1, 1), (256, 8, 512, 1, 2, 0)]
+
+
+def bench_conv_layers(device, quick, only):
+    """Opt-in (--only conv_layers): each layer's forward and backward (both gradients) at fp32 and tf32 cuDNN."""
+    if not only or "conv_layers" not in only:
+        return
+    iters, warmup = (5, 2) if quick else (20, 5)
+    g = torch.Generator().manual_seed(0)
+    for (c_in, hw, c_out, k, st, p) in CONV_LAYERS:
+        x = torch.rand(64, c_in, hw, hw, generator=g).mul_(2).sub_(1).to(device).requires_grad_(True)
+        w = torch.rand(c_out, c_in, k, k, generator=g).mul_(2).sub_(1).to(device).requires_grad_(True)
+        oh = (hw + 2 * p - k) // st + 1
+        dy = torch.rand(64, c_out, oh, oh, generator=g).mul_(2).sub_(1).to(device)
+        name = f"conv{k}x{k}s{st}_{c_in}to{c_out}_{hw}x{hw}"
+        for prec in ("fp32", "tf32"):
+            torch.backends.cudnn.allow_tf32 = prec == "tf32"
+            fwd = lambda: F.conv2d(x.detach(), w.detach(), stride=st, padding=p)
+            out = F.conv2d(x, w, stride=st, padding=p)
+            bwd = lambda: torch.autograd.grad(out, (x, w), dy, retain_graph=True)
+            for pass_, fn in (("fwd", fwd), ("bwd", bwd)):
+                params = {"layer": name, "pass": pass_, "precision": prec, "batch": 64}
+                emit(f"conv_layer/{name}_{pass_}_{prec}", params, time_fn(fn, device, iters, warmup), device)
+    torch.backends.cudnn.allow_tf32 = False
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -359,6 +391,7 @@ def main():
     for batch in [int(b) for b in args.moco_batch.split(",")]:
         bench_moco_v2_step(device, args.quick, args.only, batch)
     bench_mocov3_vit_step(device, args.quick, args.only, args)
+    bench_conv_layers(device, args.quick, args.only)
 
 
 if __name__ == "__main__":

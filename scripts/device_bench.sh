@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The timings on a lent GPU that CI cannot take, in one call of about 4 minutes: the Python package (moco_torch,
-# issue 26) and the tensor-core kernels (issue 23). Build first, here:
+# The timings on a lent GPU that CI cannot take, in one call of about 6 minutes: the Python package (moco_torch,
+# issue 26), the tensor-core kernels (issue 23) and the convolutions per layer (issue 24). Build first, here:
 #     scripts/build_device_bins.sh      # -> target/device-bin/, the wheel in target/device-bin/wheels/
 # then run this script there with carry ["target/device-bin"]. It
 #   1. installs the wheel (no dependencies: torch is the machine's) into $OUT/site;
@@ -12,8 +12,10 @@
 #      bound, and the kernels it picks) and times them against the f32 kernels (criterion, benches/contrastive.rs:
 #      N=256, C=128, K=4096 and 65536 for the logits, and 1,048,576 for the loss; bf16 queue), then PyTorch's losses
 #      on the same GPU at fp32, allow_tf32 and bf16 autocast and the bf16 GEMM floor (bench_torch_losses.py), and
-#      prints the tables. Everything also lands in $OUT (default
-#      target/device-out).
+#      prints the tables;
+#   5. times ResNet-18's convolutions layer by layer on CUDA at fp32, 3xTF32 and TF32 (issue 24; benches/resnet.rs
+#      resnet18_layers_cuda) beside cuDNN at fp32 and TF32 (bench_pytorch.py --only conv_layers), and prints the
+#      per-layer table. Everything also lands in $OUT (default target/device-out).
 # It never changes clocks or other GPU settings.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -54,6 +56,11 @@ step "tensor-core v3 loss: C=256 (f32 only) and C=128 at Fp32 and Half, N=1024 a
 timeout 150 "$BIN/contrastive" --bench 'cuda/moco_v3_fused' 2>&1 | tee "$OUT/v3_bench.txt" | grep -E '^cuda/|time:'
 step "PyTorch on the same GPU: the losses at fp32, allow_tf32 and bf16 autocast, and the bf16 GEMM floor"
 timeout 150 python3 scripts/bench_torch_losses.py 2>&1 | tee "$OUT/torch_losses.md"
+
+step "ResNet-18's convolutions on CUDA, layer by layer at batch 64: ours at fp32, 3xTF32 and TF32 beside cuDNN at fp32 and TF32"
+timeout 150 "$BIN/resnet" --bench resnet18_layers_cuda 2>&1 | tee "$OUT/conv_layers_bench.txt" | grep -E '^resnet18_layers_cuda|time:'
+timeout 120 python3 scripts/bench_pytorch.py --device cuda --only conv_layers 2>&1 | tee "$OUT/torch_conv_layers.jsonl" | tail -3
+python3 scripts/bench_table.py --conv-layers "$OUT/conv_layers_bench.txt" "$OUT/torch_conv_layers.jsonl" | tee "$OUT/conv_layers.md"
 
 echo
 [ $status = 0 ] && echo "device_bench: PASS" || echo "device_bench: FAIL (see above)"

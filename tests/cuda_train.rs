@@ -107,10 +107,13 @@ fn print_step_times(name: &str, cfg: &TrainConfig, device: &str, mut step: impl 
 #[test]
 fn cuda_moco_v2_step_time() {
     let Some(cuda) = gpu("cuda_moco_v2_step_time") else { return };
-    for n in [64, 256] {
-        let cfg = v2(n);
-        let mut e = CudaEngine::new(&cuda, &cfg).unwrap();
-        print_step_times(&format!("moco_cuda_engine_v2_step_b{n}_k4096"), &cfg, &cuda.name(), |xq, xk| e.step(xq, xk, cfg.lr).map(|s| s.loss));
+    // the convolutions at each arithmetic (`--conv-precision`): f32 CUDA cores, 3xTF32 and TF32 tensor cores
+    for (precision, suffix) in [(moco::ConvPrecision::Fp32, ""), (moco::ConvPrecision::Tf32x3, "_tf32x3"), (moco::ConvPrecision::Tf32, "_tf32")] {
+        for n in [64, 256] {
+            let cfg = TrainConfig { conv_precision: precision, ..v2(n) };
+            let mut e = CudaEngine::new(&cuda, &cfg).unwrap();
+            print_step_times(&format!("moco_cuda_engine_v2_step_b{n}_k4096{suffix}"), &cfg, &cuda.name(), |xq, xk| e.step(xq, xk, cfg.lr).map(|s| s.loss));
+        }
     }
 }
 
