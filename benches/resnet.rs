@@ -70,12 +70,12 @@ fn resnet18_layers(c: &mut Criterion) {
 }
 
 /// ResNet-18's convolutions at batch 64 on CUDA, forward and backward (weight and input gradients), at each
-/// `ConvPrecision`: the per-layer table beside cuDNN's (`scripts/bench_pytorch.py --only conv_layers --device cuda`,
+/// `MatmulPrecision`: the per-layer table beside cuDNN's (`scripts/bench_pytorch.py --only conv_layers --device cuda`,
 /// same shapes and names). A real GPU only: skipped without one.
 #[cfg(feature = "cuda")]
 fn resnet18_layers_cuda(c: &mut Criterion) {
     use moco::ops::conv::{Conv, Conv2dShape};
-    use moco::{ConvPrecision, Cuda, Device};
+    use moco::{MatmulPrecision, Cuda, Device};
     let mut dev = match Cuda::new(0).and_then(|d| d.warm_up().map(|_| d)) {
         Ok(d) => d,
         Err(e) => return eprintln!("resnet18_layers_cuda skipped: {e}"),
@@ -89,8 +89,8 @@ fn resnet18_layers_cuda(c: &mut Criterion) {
         let (mut out, mut dx, mut dw) = (dev.alloc(s.out_len()).unwrap(), dev.alloc(s.inp_len()).unwrap(), dev.alloc(s.weight_len()).unwrap());
         let name = format!("conv{kk}x{kk}s{st}_{c_in}to{c_out}_{hw}x{hw}");
         g.throughput(Throughput::Elements((2 * s.n * s.c_out * s.out_h() * s.out_w() * s.c_in * kk * kk) as u64));
-        for precision in [ConvPrecision::Fp32, ConvPrecision::Tf32x3, ConvPrecision::Tf32] {
-            dev.set_conv_precision(precision);
+        for precision in [MatmulPrecision::Fp32, MatmulPrecision::Tf32x3, MatmulPrecision::Tf32] {
+            dev.set_matmul_precision(precision);
             let tag = format!("{precision:?}").to_lowercase();
             g.bench_function(format!("{name}_fwd_{tag}"), |b| b.iter_custom(|iters| time_on(&mut dev, iters, &mut |d| d.conv2d_forward(out.as_view_mut(), x.as_view(), w.as_view(), &s).unwrap())));
             g.bench_function(format!("{name}_bwd_{tag}"), |b| {

@@ -64,7 +64,7 @@ struct Args {
     /// Arithmetic of the convolutions on CUDA: fp32 (CUDA cores), tf32x3 (tensor cores with split operands, f32's
     /// accuracy) or tf32 (tensor cores, 10-bit mantissas, as cuDNN's default in PyTorch); sm_80+, f32 elsewhere
     #[arg(long, default_value = "fp32")]
-    conv_precision: String,
+    matmul_precision: String,
     /// Key-encoder momentum m [0.99]
     #[arg(long)]
     momentum: Option<f64>,
@@ -194,7 +194,7 @@ fn run(a: Args) -> moco::Result<()> {
         "half" => moco::Precision::Half,
         p => return Err(moco::Error::settings("--precision", "fp32 or half", p.to_string())),
     };
-    cfg.conv_precision = moco::ConvPrecision::parse("--conv-precision", &a.conv_precision)?;
+    cfg.matmul_precision = moco::MatmulPrecision::parse("--matmul-precision", &a.matmul_precision)?;
     if cfg.is_v3() {
         // moco-v3 normalises over the whole batch (SyncBN) and has no shuffle-BN, no queue
         (cfg.bn_splits, cfg.shuffle_bn, cfg.symmetric) = (a.bn_splits.unwrap_or(1), false, true);

@@ -304,7 +304,7 @@ __device__ __forceinline__ void conv_gemm(const ConvParams& p, const float* __re
 // TF32: operands rounded to TF32 (cvt.rna, as cuBLAS and cuDNN do), f32 accumulation. TF32X3: each operand split
 // as x = hi + lo, both TF32 (x - hi is exact in f32), and a b ~ lo_a hi_b + hi_a lo_b + hi_a hi_b, the small terms
 // first; the dropped lo_a lo_b is under 2^-22 |a b|, so the result has f32's accuracy at three tensor-core products
-// per product (the bounds: src/ops/conv/mod.rs, ConvPrecision).
+// per product (the bounds: src/ops/conv/mod.rs, MatmulPrecision).
 #define TC_ROW 20u
 
 struct TcStage {
@@ -428,7 +428,7 @@ extern "C" __global__ void __launch_bounds__(256) conv2d_backward_data(ConvParam
 }
 
 // The tensor-core kernels (sm_80+; same arguments, grids and results as the CUDA-core ones above, at the arithmetic
-// their suffix names: ConvPrecision::Tf32 and ConvPrecision::Tf32x3 in src/ops/conv/mod.rs).
+// their suffix names: MatmulPrecision::Tf32 and MatmulPrecision::Tf32x3 in src/ops/conv/mod.rs).
 extern "C" __global__ void __launch_bounds__(256) conv2d_forward_mma_tf32(ConvParams p, const float* __restrict__ inp, const float* __restrict__ weight, float* __restrict__ result) {
     conv_gemm_mma<FORWARD, false>(p, weight, inp, result);
 }

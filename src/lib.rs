@@ -55,7 +55,7 @@ pub use device::{AnyDevice, CpuDevice, Device, DeviceKind, ProfileRow, Region};
 #[cfg(feature = "wgpu")]
 pub use device::{Adapter, Wgpu, WgpuCounters};
 pub use error::{Error, Result};
-pub use ops::conv::ConvPrecision;
+pub use ops::precision::MatmulPrecision;
 pub use ops::ema::EmaShape;
 pub use ops::infonce::{InfoNceShape, InfoNceStats, LogitsShape, Precision, SymmetricShape, MAX_TEMPERATURE, MIN_TEMPERATURE};
 pub use ops::queue::{QueueDType, QueueDims, QueueShape};

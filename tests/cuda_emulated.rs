@@ -17,7 +17,8 @@ use common::cuda_emu::{self, emu, Arg};
 use common::{assert_close as close, assert_enqueued, max_abs, plus, uniform as random, unit_rows};
 use moco::ops::attention::{self, params::AttentionParams, AttentionShape};
 use moco::ops::batchnorm::{self, params::flags, params::BatchNormParams, BatchNormShape};
-use moco::ops::conv::{self, params::ConvParams, Conv2dShape, ConvPrecision};
+use moco::ops::conv::{self, params::ConvParams, Conv2dShape};
+use moco::MatmulPrecision;
 use moco::ops::eltwise::{self, params::EltwiseParams, EltwiseShape};
 use moco::ops::ema::{self, params::ema_multi_chunk_map, params::EmaParams};
 use moco::ops::infonce::{self, params::negative_logits_grid, params::negative_logits_mma_grid, params::positive_grid, params::row_grid, params::InfoNceParams, params::StreamPlan, params::MMA_BLOCK, params::REDUCE_GRID, Precision};
@@ -443,7 +444,7 @@ fn abs64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|x| x.abs() as f64).collect()
 }
 
-/// The launches of `Conv for Cuda` (src/ops/conv/cuda.rs), at each [`ConvPrecision`]: the CUDA-core kernels against
+/// The launches of `Conv for Cuda` (src/ops/conv/cuda.rs), at each [`MatmulPrecision`]: the CUDA-core kernels against
 /// the f64 reference at f32's tolerance, the tensor-core ones (`_mma_tf32x3`, `_mma_tf32`) within their
 /// precision's bound.
 fn case_conv() {
@@ -456,10 +457,10 @@ fn case_conv() {
         let (want_dinp, want_dw) = conv::reference::conv2d_backward(&f64s(&dout), &f64s(&inp), &f64s(&weight), &s);
         let (abs_dinp, abs_dw) = conv::reference::conv2d_backward(&abs64(&dout), &abs64(&inp), &abs64(&weight), &s);
         let (k_fwd, k_wgrad, k_dgrad) = (s.c_in * s.kh * s.kw, s.n * s.out_h() * s.out_w(), s.c_out * s.kh * s.kw);
-        for (precision, suffix) in [(ConvPrecision::Fp32, ""), (ConvPrecision::Tf32x3, "_mma_tf32x3"), (ConvPrecision::Tf32, "_mma_tf32")] {
+        for (precision, suffix) in [(MatmulPrecision::Fp32, ""), (MatmulPrecision::Tf32x3, "_mma_tf32x3"), (MatmulPrecision::Tf32, "_mma_tf32")] {
             let what = format!("conv {s:?} {precision:?}");
             let check = |what: &str, got: &[f32], want: &[f64], abs: &[f64], k: usize| {
-                if precision == ConvPrecision::Fp32 {
+                if precision == MatmulPrecision::Fp32 {
                     close(what, got, want, 1e-5, 1e-5);
                 } else {
                     within_bound(what, got, want, abs, precision.bound(k));

@@ -107,10 +107,10 @@ fn print_step_times(name: &str, cfg: &TrainConfig, device: &str, mut step: impl 
 #[test]
 fn cuda_moco_v2_step_time() {
     let Some(cuda) = gpu("cuda_moco_v2_step_time") else { return };
-    // the convolutions at each arithmetic (`--conv-precision`): f32 CUDA cores, 3xTF32 and TF32 tensor cores
-    for (precision, suffix) in [(moco::ConvPrecision::Fp32, ""), (moco::ConvPrecision::Tf32x3, "_tf32x3"), (moco::ConvPrecision::Tf32, "_tf32")] {
+    // the convolutions at each arithmetic (`--matmul-precision`): f32 CUDA cores, 3xTF32 and TF32 tensor cores
+    for (precision, suffix) in [(moco::MatmulPrecision::Fp32, ""), (moco::MatmulPrecision::Tf32x3, "_tf32x3"), (moco::MatmulPrecision::Tf32, "_tf32")] {
         for n in [64, 256] {
-            let cfg = TrainConfig { conv_precision: precision, ..v2(n) };
+            let cfg = TrainConfig { matmul_precision: precision, ..v2(n) };
             let mut e = CudaEngine::new(&cuda, &cfg).unwrap();
             print_step_times(&format!("moco_cuda_engine_v2_step_b{n}_k4096{suffix}"), &cfg, &cuda.name(), |xq, xk| e.step(xq, xk, cfg.lr).map(|s| s.loss));
         }
@@ -265,7 +265,7 @@ fn small_moco_v2_at_half_precision_takes_the_tensor_cores() {
     }
 }
 
-/// `--conv-precision` on the CUDA engine: the config's arithmetic reaches every network's convolutions (on the
+/// `--matmul-precision` on the CUDA engine: the config's arithmetic reaches every network's convolutions (on the
 /// emulated driver: the forward, weight-gradient and input-gradient tensor-core kernels launched), and a step from
 /// the CPU engine's state stays as close to its loss as the f32 kernels do (1e-3, the limit of
 /// `small_moco_v2_three_steps_match_the_cpu_engine`; the CPU computes in f32). One step at 3xTF32 only: the
@@ -275,8 +275,8 @@ fn small_moco_v2_at_half_precision_takes_the_tensor_cores() {
 #[test]
 fn small_moco_v2_with_tensor_core_convolutions() {
     let Some(cuda) = device("small_moco_v2_with_tensor_core_convolutions") else { return };
-    let (precision, limit, suffix) = (moco::ConvPrecision::Tf32x3, 1e-3, "_mma_tf32x3");
-    let cfg = TrainConfig { conv_precision: precision, ..small_v2() };
+    let (precision, limit, suffix) = (moco::MatmulPrecision::Tf32x3, 1e-3, "_mma_tf32x3");
+    let cfg = TrainConfig { matmul_precision: precision, ..small_v2() };
     let data = batches(&cfg, 1);
     let (mut c, mut g) = (CpuEngine::new(&cfg).unwrap(), CudaEngine::new(&cuda, &cfg).unwrap());
     let start = c.state().unwrap();

@@ -374,11 +374,11 @@ fn the_loss_precision_is_a_setting_that_resume_may_change() {
     assert!(small().mismatches(&old).is_empty(), "a checkpoint from before the precision existed resumes");
     TrainConfig { precision: moco::Precision::Half, ..TrainConfig::v3(moco::train::ModelKind::ResNet18) }.validate().unwrap();
     // the convolutions' arithmetic likewise: recorded, printed when not f32, free to change on resume
-    let tf32 = TrainConfig { conv_precision: moco::ConvPrecision::Tf32, ..small() };
-    assert_eq!(tf32.to_metadata().get("config.conv_precision").map(String::as_str), Some("Tf32"));
+    let tf32 = TrainConfig { matmul_precision: moco::MatmulPrecision::Tf32, ..small() };
+    assert_eq!(tf32.to_metadata().get("config.matmul_precision").map(String::as_str), Some("Tf32"));
     assert!(small().mismatches(&tf32.to_metadata()).is_empty());
     let mut old = small().to_metadata();
-    old.remove("config.conv_precision");
+    old.remove("config.matmul_precision");
     assert!(small().mismatches(&old).is_empty(), "a checkpoint from before the conv precision existed resumes");
     assert!(tf32.describe().contains("convolutions at Tf32") && !small().describe().contains("convolutions at"));
     // the CPU engine: the same steps at either precision, bit for bit

@@ -179,6 +179,10 @@ pub trait Device: Clone {
     /// instead of submitting it per call: the training engine's step. A no-op where launches are already
     /// asynchronous and batched by the driver (CPU, CUDA streams); on wgpu see `Wgpu::defer_submissions`.
     fn defer_submissions(&mut self, _on: bool) {}
+    /// Sets the arithmetic of this device's f32 matrix products, convolutions and linear layers (and of the clones
+    /// made after the call): the CUDA device's [`Cuda::set_matmul_precision`](crate::Cuda::set_matmul_precision).
+    /// The CPU and wgpu compute in f32 whatever it says (the default, a no-op).
+    fn set_matmul_precision(&mut self, _precision: crate::ops::precision::MatmulPrecision) {}
 
     // ---- profile (`--profile-steps`) ----
 

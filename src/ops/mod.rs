@@ -32,6 +32,7 @@
 
 pub(crate) mod check;
 pub mod fastmath;
+pub mod precision;
 pub(crate) mod window;
 #[doc(hidden)]
 pub mod launch;

@@ -3,7 +3,7 @@
 //! checkpoint as metadata.
 
 use crate::error::{Error, Result};
-use crate::ops::conv::ConvPrecision;
+use crate::ops::precision::MatmulPrecision;
 use crate::ops::infonce::Precision;
 use crate::ops::queue::QueueDType;
 use std::collections::BTreeMap;
@@ -124,10 +124,10 @@ pub struct TrainConfig {
     /// (16-bit operands on CUDA's tensor cores: MoCo v1/v2 with an f16 / bf16 queue, MoCo v3 with q̂ and k̂ in bf16;
     /// C % 8 == 0 and C <= 128; f32 elsewhere).
     pub precision: Precision,
-    /// The arithmetic of the convolutions on CUDA (`--conv-precision`): [`ConvPrecision::Fp32`] (default),
-    /// [`ConvPrecision::Tf32x3`] or [`ConvPrecision::Tf32`] (tensor cores, sm_80+). The CPU and wgpu engines compute
+    /// The arithmetic of the convolutions on CUDA (`--matmul-precision`): [`MatmulPrecision::Fp32`] (default),
+    /// [`MatmulPrecision::Tf32x3`] or [`MatmulPrecision::Tf32`] (tensor cores, sm_80+). The CPU and wgpu engines compute
     /// in f32 whatever it says.
-    pub conv_precision: ConvPrecision,
+    pub matmul_precision: MatmulPrecision,
     /// Key-encoder momentum m.
     pub momentum: f64,
     /// Temperature T.
@@ -191,7 +191,7 @@ impl TrainConfig {
             queue_len: 4096,
             queue_dtype: QueueDType::F32,
             precision: Precision::Fp32,
-            conv_precision: ConvPrecision::Fp32,
+            matmul_precision: MatmulPrecision::Fp32,
             momentum: 0.99,
             temperature: 0.1,
             batch_size: 512,
@@ -347,8 +347,8 @@ impl TrainConfig {
     /// One line per setting, for the start of a run; a last line for convolutions not at f32.
     pub fn describe(&self) -> String {
         let mut lines = self.describe_recipe();
-        if self.conv_precision != ConvPrecision::Fp32 {
-            lines.push_str(&format!("\n  convolutions at {:?} on CUDA's tensor cores (sm_80+; f32 elsewhere)", self.conv_precision));
+        if self.matmul_precision != MatmulPrecision::Fp32 {
+            lines.push_str(&format!("\n  convolutions at {:?} on CUDA's tensor cores (sm_80+; f32 elsewhere)", self.matmul_precision));
         }
         lines
     }
@@ -469,7 +469,7 @@ impl TrainConfig {
         put("queue_len", self.queue_len.to_string());
         put("queue_dtype", format!("{:?}", self.queue_dtype));
         put("precision", format!("{:?}", self.precision));
-        put("conv_precision", format!("{:?}", self.conv_precision));
+        put("matmul_precision", format!("{:?}", self.matmul_precision));
         put("momentum", self.momentum.to_string());
         put("temperature", self.temperature.to_string());
         put("batch_size", self.batch_size.to_string());
@@ -506,7 +506,7 @@ impl TrainConfig {
         mine.iter()
             // epochs may be extended, and the arithmetic of the loss and the convolutions may change (a checkpoint
             // written before either existed has none)
-            .filter(|(k, _)| !["config.epochs", "config.precision", "config.conv_precision"].contains(&k.as_str()))
+            .filter(|(k, _)| !["config.epochs", "config.precision", "config.matmul_precision"].contains(&k.as_str()))
             .filter_map(|(k, v)| match meta.get(k) {
                 Some(o) if o == v => None,
                 Some(o) => Some(format!("{}: checkpoint {o}, this run {v}", &k[7..])),

@@ -34,8 +34,8 @@ pub struct Cuda {
     poison_scratch: bool,
     /// The running profile's events (`--profile-steps`), shared by clones.
     profile: profile::Profile,
-    /// The convolutions' arithmetic ([`Cuda::set_conv_precision`]).
-    conv_precision: crate::ops::conv::ConvPrecision,
+    /// The convolutions' arithmetic ([`Cuda::set_matmul_precision`]).
+    matmul_precision: crate::ops::precision::MatmulPrecision,
 }
 
 impl Cuda {
@@ -54,7 +54,7 @@ impl Cuda {
         let ctx = stream.context().clone();
         let dev = context::no_panic("CUDA device name", || Ok(ctx.name().unwrap_or_else(|_| "unknown device".into())))?;
         let (major, minor) = ctx.compute_capability()?;
-        Ok(Self { name: format!("cuda:{} {dev} (sm_{major}{minor})", ctx.ordinal()), ctx, stream, state: OpState::default(), poison_scratch: false, profile: Default::default(), conv_precision: Default::default() })
+        Ok(Self { name: format!("cuda:{} {dev} (sm_{major}{minor})", ctx.ordinal()), ctx, stream, state: OpState::default(), poison_scratch: false, profile: Default::default(), matmul_precision: Default::default() })
     }
 
     /// The device's context.
@@ -74,17 +74,17 @@ impl Cuda {
         self.poison_scratch = on;
     }
 
-    /// The arithmetic of this device's convolutions (default [`ConvPrecision::Fp32`](crate::ConvPrecision::Fp32)):
-    /// the tensor-core kernels at [`ConvPrecision::Tf32x3`](crate::ConvPrecision::Tf32x3) or
-    /// [`ConvPrecision::Tf32`](crate::ConvPrecision::Tf32) on sm_80 and newer (elsewhere the f32 kernels, more
+    /// The arithmetic of this device's convolutions (default [`MatmulPrecision::Fp32`](crate::MatmulPrecision::Fp32)):
+    /// the tensor-core kernels at [`MatmulPrecision::Tf32x3`](crate::MatmulPrecision::Tf32x3) or
+    /// [`MatmulPrecision::Tf32`](crate::MatmulPrecision::Tf32) on sm_80 and newer (elsewhere the f32 kernels, more
     /// accurate). Clones made after the call inherit it.
-    pub fn set_conv_precision(&mut self, precision: crate::ops::conv::ConvPrecision) {
-        self.conv_precision = precision;
+    pub fn set_matmul_precision(&mut self, precision: crate::ops::precision::MatmulPrecision) {
+        self.matmul_precision = precision;
     }
 
-    /// The arithmetic set by [`Cuda::set_conv_precision`].
-    pub fn conv_precision(&self) -> crate::ops::conv::ConvPrecision {
-        self.conv_precision
+    /// The arithmetic set by [`Cuda::set_matmul_precision`].
+    pub fn matmul_precision(&self) -> crate::ops::precision::MatmulPrecision {
+        self.matmul_precision
     }
 
     /// The stream and this device's reused op scratch (see [`Workspace`]).
@@ -117,6 +117,9 @@ fn split_off<'a>(mut v: CudaViewMut<'a, f32>, mid: usize) -> Result<(CudaViewMut
 }
 
 impl Device for Cuda {
+    fn set_matmul_precision(&mut self, precision: crate::ops::precision::MatmulPrecision) {
+        Cuda::set_matmul_precision(self, precision);
+    }
     type Buf = CudaSlice<f32>;
     type IndexBuf = CudaSlice<u32>;
     type Ref<'a> = CudaView<'a, f32>;

@@ -1,11 +1,12 @@
 //! 2-D convolution on CUDA (`kernels/conv.cu`): the launches of `src/ops/conv/wgpu.rs` (64x64 block tiles, 16-deep K
 //! chunks, 256 threads; im2col gathered on the fly; the weight gradient split over K into partial tiles, in the
 //! device's reused scratch, and reduced in order), asynchronous on the device's stream. The kernels are the f32
-//! CUDA-core ones (4x4 register micro-tiles) or, at the device's [`ConvPrecision`] `Tf32x3` / `Tf32` on sm_80 and
+//! CUDA-core ones (4x4 register micro-tiles) or, at the device's [`MatmulPrecision`] `Tf32x3` / `Tf32` on sm_80 and
 //! newer, the tensor-core ones of the same tiles, grid and arguments (`_mma_tf32x3`, `_mma_tf32`).
 
 use super::params::{conv_revalidate, ConvParams};
-use super::{Conv, Conv2dShape, ConvPrecision, KERNELS};
+use super::{Conv, Conv2dShape, KERNELS};
+use crate::ops::precision::MatmulPrecision;
 use crate::device::cuda::{cfg, Cuda};
 use crate::error::Result;
 use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
@@ -19,10 +20,10 @@ fn kernel(dev: &Cuda, [fp32, tf32x3, tf32]: [&'static str; 3]) -> Result<&'stati
     if dev.context().compute_capability()?.0 < 8 {
         return Ok(fp32);
     }
-    Ok(match dev.conv_precision() {
-        ConvPrecision::Fp32 => fp32,
-        ConvPrecision::Tf32x3 => tf32x3,
-        ConvPrecision::Tf32 => tf32,
+    Ok(match dev.matmul_precision() {
+        MatmulPrecision::Fp32 => fp32,
+        MatmulPrecision::Tf32x3 => tf32x3,
+        MatmulPrecision::Tf32 => tf32,
     })
 }
 
@@ -38,9 +39,6 @@ impl Conv for Cuda {
         // bounds (col_value), writes by m < C_out and j < N*OH*OW.
         unsafe { self.stream().launch_builder(&f).arg(&p).arg(&inp).arg(&weight).arg(&mut out).launch(cfg(g)) }?;
         Ok(())
-    }
-    fn set_conv_precision(&mut self, precision: ConvPrecision) {
-        Cuda::set_conv_precision(self, precision);
     }
     fn conv2d_backward(&mut self, dinp: Option<CudaViewMut<'_, f32>>, mut dweight: CudaViewMut<'_, f32>, dout: CudaView<'_, f32>, inp: CudaView<'_, f32>, weight: CudaView<'_, f32>, shape: &Conv2dShape) -> Result<()> {
         shape.check_backward(dinp.as_ref().map(|d| d.len()), dweight.len(), dout.len(), inp.len(), weight.len())?;

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | shape | [`Conv2dShape`] |
 //! | CPU | [`cpu`]: im2col + GEMM, Winograd F(2x2, 3x3) and F(4x4, 3x3), the algorithm by a fixed rule per shape (timed on request) |
-//! | wgpu / CUDA | `conv2d_forward`, `conv2d_backward_weight`, `conv2d_backward_data` of `shaders/conv.wgsl` / `kernels/conv.cu`: implicit GEMMs in 64x64 tiles; on CUDA also on tensor cores (`_mma_tf32x3`, `_mma_tf32`, [`ConvPrecision`]) |
+//! | wgpu / CUDA | `conv2d_forward`, `conv2d_backward_weight`, `conv2d_backward_data` of `shaders/conv.wgsl` / `kernels/conv.cu`: implicit GEMMs in 64x64 tiles; on CUDA also on tensor cores (`_mma_tf32x3`, `_mma_tf32`, [`crate::MatmulPrecision`]) |
 //! | reference | [`reference`](mod@reference) (f64, direct loops) |
 
 pub mod cpu;
@@ -128,47 +128,6 @@ impl Conv2dShape {
     }
 }
 
-/// The arithmetic of a device's convolutions: the CUDA device's [`crate::Cuda::set_conv_precision`] (PyTorch's
-/// `torch.backends.cudnn.allow_tf32` is the same choice). The CPU and wgpu always compute in f32. Each variant
-/// states its bound on `|computed − exact|` of one output, a sum of `k` products `a·b` (the GEMM's reduction:
-/// `C_in·KH·KW` for the forward, `N·OH·OW` for the weight gradient, `C_out·KH·KW` for the input gradient), as a
-/// multiple of `Σ |a·b|`: [`ConvPrecision::bound`]. Tensor cores need sm_80 or newer; elsewhere every variant
-/// computes as [`ConvPrecision::Fp32`], within its own bound.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum ConvPrecision {
-    /// f32 FMAs on the CUDA cores (the default): the f32 sum's rounding, `(k + 2)·2^-24`.
-    #[default]
-    Fp32,
-    /// Tensor cores with split operands (3xTF32: each operand `x = hi + lo`, both TF32, three products per
-    /// product): f32's accuracy, `3·2^-22 + (k + 2)·2^-23` (the dropped `lo·lo` and the rounded `lo`s, then the
-    /// tensor cores' f32 accumulation, whose rounding is not specified as round-to-nearest: one 2^-23 per add).
-    Tf32x3,
-    /// Tensor cores with TF32 operands (10-bit mantissas, rounded to nearest) and f32 accumulation, as cuDNN's
-    /// default in PyTorch: `2^-10 + 2^-22 + (k + 2)·2^-23`.
-    Tf32,
-}
-
-impl ConvPrecision {
-    /// The bound of one output over `k` products, as a multiple of `Σ |a·b|` (see each variant).
-    pub fn bound(self, k: usize) -> f64 {
-        let sum = (k + 2) as f64;
-        match self {
-            ConvPrecision::Fp32 => sum * 2f64.powi(-24),
-            ConvPrecision::Tf32x3 => 3.0 * 2f64.powi(-22) + sum * 2f64.powi(-23),
-            ConvPrecision::Tf32 => 2f64.powi(-10) + 2f64.powi(-22) + sum * 2f64.powi(-23),
-        }
-    }
-    /// Parses a command line's name: `fp32`, `tf32x3` or `tf32`.
-    pub fn parse(flag: &'static str, name: &str) -> Result<Self> {
-        match name {
-            "fp32" => Ok(ConvPrecision::Fp32),
-            "tf32x3" => Ok(ConvPrecision::Tf32x3),
-            "tf32" => Ok(ConvPrecision::Tf32),
-            other => Err(Error::settings(flag, "fp32, tf32x3 or tf32", other.to_string())),
-        }
-    }
-}
-
 /// The convolution on a device: `out` first, inputs after, shape last; the backward accumulates.
 pub trait Conv: Device {
     /// `out[N, Co, Ho, Wo] = conv2d(inp[N, Ci, H, W], weight[Co, Ci, Kh, Kw])` (no bias).
@@ -179,9 +138,6 @@ pub trait Conv: Device {
     fn conv2d_forward_no_grad(&mut self, out: Self::Mut<'_>, inp: Self::Ref<'_>, weight: Self::Ref<'_>, shape: &Conv2dShape) -> Result<()> {
         self.conv2d_forward(out, inp, weight, shape)
     }
-    /// Sets the arithmetic of this device's convolutions (and of the clones made after the call): the CUDA device's
-    /// [`crate::Cuda::set_conv_precision`]. The CPU and wgpu compute in f32 whatever it says (the default, a no-op).
-    fn set_conv_precision(&mut self, _precision: ConvPrecision) {}
     /// Convolution backward: data (`dinp += ...`, skipped when `None`) and weight (`dweight += ...`).
     #[allow(clippy::too_many_arguments)]
     fn conv2d_backward(&mut self, dinp: Option<Self::Mut<'_>>, dweight: Self::Mut<'_>, dout: Self::Ref<'_>, inp: Self::Ref<'_>, weight: Self::Ref<'_>, shape: &Conv2dShape) -> Result<()>;
