@@ -61,8 +61,9 @@ struct Args {
     /// with a bf16/f16 queue, v3 with q and k in bf16; head dim <= 128 and a multiple of 8; f32 on the CPU and wgpu)
     #[arg(long, default_value = "fp32")]
     precision: String,
-    /// Arithmetic of the convolutions on CUDA: fp32 (CUDA cores), tf32x3 (tensor cores with split operands, f32's
-    /// accuracy) or tf32 (tensor cores, 10-bit mantissas, as cuDNN's default in PyTorch); sm_80+, f32 elsewhere
+    /// Arithmetic of the convolutions and linear layers on CUDA: fp32 (CUDA cores), tf32x3 (tensor cores with split
+    /// operands, f32's accuracy) or tf32 (tensor cores, 10-bit mantissas, as cuDNN's default in PyTorch); sm_80+, f32
+    /// elsewhere
     #[arg(long, default_value = "fp32")]
     matmul_precision: String,
     /// Key-encoder momentum m [0.99]

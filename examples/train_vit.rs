@@ -58,6 +58,11 @@ struct Args {
     /// out-dim <= 128 and a multiple of 8; f32 on the CPU and wgpu)
     #[arg(long, default_value = "fp32")]
     precision: String,
+    /// Arithmetic of the linear layers (and convolutions, with --model resnet18) on CUDA: fp32 (CUDA cores), tf32x3
+    /// (tensor cores with split operands, f32's accuracy) or tf32 (tensor cores, 10-bit mantissas); sm_80+, f32
+    /// elsewhere
+    #[arg(long, default_value = "fp32")]
+    matmul_precision: String,
     /// Image side [32]
     #[arg(long)]
     image_size: Option<usize>,
@@ -185,6 +190,7 @@ fn config(a: &Args, demo: bool) -> moco::Result<(TrainConfig, Option<String>)> {
         "half" => moco::Precision::Half,
         p => return Err(moco::Error::settings("--precision", "fp32 or half", p.to_string())),
     };
+    cfg.matmul_precision = moco::MatmulPrecision::parse("--matmul-precision", &a.matmul_precision)?;
     cfg.validate()?;
     Ok((cfg, warmup_note))
 }

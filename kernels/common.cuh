@@ -243,3 +243,106 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 #endif
 }
 #endif
+
+// ---- a 64 x 64 block tile on tensor cores (conv.cu, linear.cu) -------------------------------------------------
+//
+// A 256-thread block's product of a 64 x 64 output tile, in 16-deep chunks staged in shared memory (MmaStage64),
+// on mma.sync.m16n8k8 with TF32 operands:
+//  - Tiles are stored k-contiguous, A as [m][k] and B as [n][k], rows padded to 20 floats (80 bytes, mma_slot): an
+//    8x8 b16 matrix of ldmatrix is then 8 rows x 4 f32, exactly a TF32 fragment's quarter (lane 4g + t gets row g,
+//    element t), and the eight 16-byte rows of one ldmatrix phase start at banks 0, 20, 8, 28, 16, 4, 24, 12: no
+//    two on the same bank. (Unpadded, rows 64 bytes apart would put rows 0 and 2 on the same banks.)
+//  - Each of the 8 warps owns a 16 x 32 piece of the tile: one m16 block and four n8 blocks, so per 8-deep k step
+//    one ldmatrix.x4 for A, two for B, and 4 mma (TF32) or 12 (TF32X3). 16 f32 accumulators per thread; with the
+//    fragments (4 + 8 words, doubled for TF32X3's hi and lo halves) and a caller's gather state this stays well
+//    under 128 registers, so two blocks (512 threads) fit an SM's 64 K registers. Two stages are 20 KB of static
+//    shared memory (under the 48 KB static limit; several blocks per SM).
+//  - TF32: operands rounded to TF32 (cvt.rna, as cuBLAS and cuDNN do), f32 accumulation. TF32X3: each operand split
+//    as x = hi + lo, both TF32 (x - hi is exact in f32), and a b ~ lo_a hi_b + hi_a lo_b + hi_a hi_b, the small
+//    terms first; the dropped lo_a lo_b is under 2^-22 |a b|, so the result has f32's accuracy at three
+//    tensor-core products per product (the bounds: src/ops/precision.rs, MatmulPrecision).
+// mma_pipeline64 runs the K loop over a caller's copies (cp.async, two stages); mma_acc_at64 says which output each
+// accumulator holds.
+struct MmaStage64 {
+    float a[64u * 20u]; // A chunk [m][k], k < 16 used
+    float b[64u * 20u]; // B chunk [n][k]
+};
+
+// Slot of (row, k) in an MmaStage64 tile: row m of A or n of B, k < 16.
+__device__ __forceinline__ unsigned int mma_slot(unsigned int row, unsigned int k) {
+    return row * 20u + k;
+}
+
+// A fragment register (f32 bits) as TF32: the value rounded (hi), and for TF32X3 the remainder rounded (lo).
+__device__ __forceinline__ void split_tf32(unsigned int x, unsigned int& hi, unsigned int& lo) {
+    const float v = __uint_as_float(x);
+    const float h = tf32_round(v);
+    hi = __float_as_uint(h);
+    lo = __float_as_uint(tf32_round(v - h));
+}
+
+// acc[nt] += A[warp's 16 rows, chunk] B[chunk, warp's n8 block nt] over the chunk's two 8-deep k steps (lid: the
+// thread's index in the 256-thread block).
+template <bool X3>
+__device__ __forceinline__ void mma_chunk64(float (&acc)[4][4], const MmaStage64& st, unsigned int lid) {
+    const unsigned int lane = lid % 32u;
+    const unsigned int warp_m = (lid / 32u) % 4u * 16u; // the warp's rows and columns within the tile
+    const unsigned int warp_n = (lid / 32u) / 4u * 32u;
+    const unsigned int mat = lane / 8u; // the ldmatrix matrix this lane addresses a row of
+    const unsigned int row = lane % 8u;
+#pragma unroll
+    for (unsigned int ks = 0; ks < 16u; ks += 8u) {
+        // A: matrices (rows +0 / +8) x (k +0 / +4) -> a[0..3] = (g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4)
+        unsigned int a_raw[4];
+        ldmatrix_x4(a_raw, &st.a[mma_slot(warp_m + row + 8u * (mat & 1u), ks + 4u * (mat >> 1))]);
+        // B: n8 blocks (2 h, 2 h + 1) x (k +0 / +4) -> b_raw[h][0..3] = b0, b1 of block 2 h, then of 2 h + 1
+        unsigned int b_raw[2][4];
+#pragma unroll
+        for (unsigned int h = 0; h < 2u; ++h) ldmatrix_x4(b_raw[h], &st.b[mma_slot(warp_n + 16u * h + 8u * (mat >> 1) + row, ks + 4u * (mat & 1u))]);
+        unsigned int a_hi[4], a_lo[4];
+#pragma unroll
+        for (unsigned int r = 0; r < 4u; ++r) split_tf32(a_raw[r], a_hi[r], a_lo[r]);
+#pragma unroll
+        for (unsigned int nt = 0; nt < 4u; ++nt) {
+            unsigned int b_hi[2], b_lo[2];
+#pragma unroll
+            for (unsigned int r = 0; r < 2u; ++r) split_tf32(b_raw[nt / 2u][2u * (nt % 2u) + r], b_hi[r], b_lo[r]);
+            if (X3) {
+                mma_tf32_1688(acc[nt], a_lo, b_hi);
+                mma_tf32_1688(acc[nt], a_hi, b_lo);
+            }
+            mma_tf32_1688(acc[nt], a_hi, b_hi);
+        }
+    }
+}
+
+// The (row, column) within the 64 x 64 tile of accumulator acc[nt][i] of thread lid (the C fragment: row g + 8
+// (i / 2), column 2 t + i % 2 of n8 block nt, lane = 4 g + t).
+__device__ __forceinline__ uint2 mma_acc_at64(unsigned int lid, unsigned int nt, unsigned int i) {
+    const unsigned int lane = lid % 32u;
+    const unsigned int warp_m = (lid / 32u) % 4u * 16u;
+    const unsigned int warp_n = (lid / 32u) / 4u * 32u;
+    return uint2{warp_m + lane / 4u + 8u * (i / 2u), warp_n + 8u * nt + 2u * (lane % 4u) + i % 2u};
+}
+
+// acc += the block's product over K in [k_begin, k_end), 16-deep chunks: copy(k0, stage) issues this thread's
+// cp.async copies of the chunk at k0 into the stage and commits them as one group. Two stages: the next chunk's
+// copies go into the other stage (which every warp finished reading before the barrier that ended the last
+// iteration), then the thread waits for this chunk's group only.
+template <bool X3, typename Copy>
+__device__ __forceinline__ void mma_pipeline64(float (&acc)[4][4], MmaStage64 (&stages)[2], unsigned int k_begin, unsigned int k_end, unsigned int lid, Copy copy) {
+    unsigned int stage = 0u;
+    if (k_begin < k_end) copy(k_begin, stages[0]);
+    for (unsigned int k0 = k_begin; k0 < k_end; k0 += 16u) {
+        if (k0 + 16u < k_end) {
+            copy(k0 + 16u, stages[stage ^ 1u]);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        mma_chunk64<X3>(acc, stages[stage], lid);
+        __syncthreads();
+        stage ^= 1u;
+    }
+}

@@ -286,117 +286,43 @@ __device__ __forceinline__ void conv_gemm(const ConvParams& p, const float* __re
 
 // ---- the same GEMMs on tensor cores (sm_80+): conv2d_*_mma_tf32 and conv2d_*_mma_tf32x3 -------------------------
 //
-// The block tile, grid, split-K and gathers are the CUDA-core kernels' (one host-side plan for both); inside a block:
-//  - Tiles are stored k-contiguous, A as [m][k] and B as [n][k], rows padded to TC_ROW = 20 floats (80 bytes): an
-//    8x8 b16 matrix of ldmatrix is then 8 rows x 4 f32, exactly a TF32 fragment's quarter (lane 4g + t gets row g,
-//    element t), and the eight 16-byte rows of one ldmatrix phase start at banks 0, 20, 8, 28, 16, 4, 24, 12: no
-//    two on the same bank. (Unpadded, rows 64 bytes apart would put rows 0 and 2 on the same banks.)
-//  - Each of the 8 warps owns a 16 x 32 piece of the 64 x 64 tile: one m16 block and four n8 blocks, so per 8-deep
-//    k step one ldmatrix.x4 for A, two for B, and 4 mma.sync.m16n8k8 (TF32) or 12 (TF32X3). 16 f32 accumulators per
-//    thread, as in the CUDA-core kernels; with the fragments (4 + 8 words, doubled for TF32X3's hi and lo halves)
-//    and the gather state this stays well under 128 registers, so two blocks (512 threads) fit an SM's 64 K
-//    registers.
-//  - The gathers go global -> shared by cp.async (4 bytes each, zero-filled where the gather has no element): two
-//    stages, so chunk c + 1 is in flight while chunk c multiplies. 2 stages x 2 tiles x 64 x 20 x 4 B = 20 KB of
-//    static shared memory (under the 48 KB static limit; several blocks per SM).
+// The block tile, grid, split-K and gathers are the CUDA-core kernels' (one host-side plan for both); inside a block
+// the chunk product is common.cuh's mma_chunk64 (tiles k-contiguous in MmaStage64, read by ldmatrix; each warp
+// 16 x 32 of the tile; 4 mma.sync.m16n8k8 per 8-deep step at TF32, 12 at TF32X3; the arithmetic and the register
+// and shared-memory budget are described there). The gathers go global -> shared by cp.async (4 bytes each,
+// zero-filled where the gather has no element), two stages, so chunk c + 1 is in flight while chunk c multiplies.
 // Why 4-byte copies and not 16: the gathered elements (im2col windows, strided dout taps) are not contiguous in
 // general, and zero-fill at 4 bytes keeps the one gather for both kernel kinds.
-// TF32: operands rounded to TF32 (cvt.rna, as cuBLAS and cuDNN do), f32 accumulation. TF32X3: each operand split
-// as x = hi + lo, both TF32 (x - hi is exact in f32), and a b ~ lo_a hi_b + hi_a lo_b + hi_a hi_b, the small terms
-// first; the dropped lo_a lo_b is under 2^-22 |a b|, so the result has f32's accuracy at three tensor-core products
-// per product (the bounds: src/ops/conv/mod.rs, MatmulPrecision).
-#define TC_ROW 20u
-
-struct TcStage {
-    float a[TILE_M * TC_ROW]; // A chunk [m][k], k < TILE_K used
-    float b[TILE_N * TC_ROW]; // B chunk [n][k]
-};
+// WGSL has no tensor-core instruction (the wgpu issue's cooperative matrices are the nearest), so these kernels
+// have no shader mirror; the shaders' gathers return values where these return addresses (WGSL has no nullable
+// pointer into a storage buffer).
 
 // Issues this thread's copies of the chunk at k0 into st, as one cp.async group.
 template <int GEMM>
-__device__ __forceinline__ void copy_chunk(const ConvParams& p, const float* __restrict__ a, const float* __restrict__ b, const BlockTile& t, unsigned int k0, unsigned int lid, TcStage& st) {
+__device__ __forceinline__ void copy_chunk(const ConvParams& p, const float* __restrict__ a, const float* __restrict__ b, const BlockTile& t, unsigned int k0, unsigned int lid, MmaStage64& st) {
     gather_chunk<GEMM>(p, a, b, t, k0, lid, [&](unsigned int mm, unsigned int kk, const float* at_a, unsigned int kb, unsigned int nb, const float* at_b) {
         // src_size 0 copies nothing and fills zeros; the source address must still be a valid one (the tensor's start)
-        cp_async_4(&st.a[mm * TC_ROW + kk], at_a != nullptr ? at_a : a, at_a != nullptr ? 4u : 0u);
-        cp_async_4(&st.b[nb * TC_ROW + kb], at_b != nullptr ? at_b : b, at_b != nullptr ? 4u : 0u);
+        cp_async_4(&st.a[mma_slot(mm, kk)], at_a != nullptr ? at_a : a, at_a != nullptr ? 4u : 0u);
+        cp_async_4(&st.b[mma_slot(nb, kb)], at_b != nullptr ? at_b : b, at_b != nullptr ? 4u : 0u);
     });
     cp_async_commit();
 }
 
-// A fragment register (f32 bits) as TF32: the value rounded (hi), and for TF32X3 the remainder rounded (lo).
-__device__ __forceinline__ void split_tf32(unsigned int x, unsigned int& hi, unsigned int& lo) {
-    const float v = __uint_as_float(x);
-    const float h = tf32_round(v);
-    hi = __float_as_uint(h);
-    lo = __float_as_uint(tf32_round(v - h));
-}
-
-// acc[nt] += A[warp's 16 rows, k step] B[k step, warp's n8 block nt] over the chunk's two 8-deep k steps.
-template <bool X3>
-__device__ __forceinline__ void multiply_chunk_mma(float (&acc)[4][4], const TcStage& st, unsigned int warp_m, unsigned int warp_n, unsigned int lane) {
-    const unsigned int mat = lane / 8u; // the ldmatrix matrix this lane addresses a row of
-    const unsigned int row = lane % 8u;
-#pragma unroll
-    for (unsigned int ks = 0; ks < TILE_K; ks += 8u) {
-        // A: matrices (rows +0 / +8) x (k +0 / +4) -> a[0..3] = (g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4)
-        unsigned int a_raw[4];
-        ldmatrix_x4(a_raw, &st.a[(warp_m + row + 8u * (mat & 1u)) * TC_ROW + ks + 4u * (mat >> 1)]);
-        // B: n8 blocks (2 h, 2 h + 1) x (k +0 / +4) -> b_raw[h][0..3] = b0, b1 of block 2 h, then of 2 h + 1
-        unsigned int b_raw[2][4];
-#pragma unroll
-        for (unsigned int h = 0; h < 2u; ++h) ldmatrix_x4(b_raw[h], &st.b[(warp_n + 16u * h + 8u * (mat >> 1) + row) * TC_ROW + ks + 4u * (mat & 1u)]);
-        unsigned int a_hi[4], a_lo[4];
-#pragma unroll
-        for (unsigned int r = 0; r < 4u; ++r) split_tf32(a_raw[r], a_hi[r], a_lo[r]);
-#pragma unroll
-        for (unsigned int nt = 0; nt < 4u; ++nt) {
-            unsigned int b_hi[2], b_lo[2];
-#pragma unroll
-            for (unsigned int r = 0; r < 2u; ++r) split_tf32(b_raw[nt / 2u][2u * (nt % 2u) + r], b_hi[r], b_lo[r]);
-            if (X3) {
-                mma_tf32_1688(acc[nt], a_lo, b_hi);
-                mma_tf32_1688(acc[nt], a_hi, b_lo);
-            }
-            mma_tf32_1688(acc[nt], a_hi, b_hi);
-        }
-    }
-}
-
 template <int GEMM, bool X3>
 __device__ __forceinline__ void conv_gemm_mma(const ConvParams& p, const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ result) {
-    __shared__ __align__(16) TcStage stages[2];
+    __shared__ __align__(16) MmaStage64 stages[2];
     const unsigned int lid = threadIdx.x;
     const BlockTile t = block_tile<GEMM>(p, lid);
     if (t.j0 >= p.gemm_n) return;
-    const unsigned int lane = lid % 32u;
-    const unsigned int warp_m = (lid / 32u) % 4u * 16u; // the warp's rows and columns within the tile
-    const unsigned int warp_n = (lid / 32u) / 4u * 32u;
     float acc[4][4] = {};
-    unsigned int stage = 0u;
-    if (t.k_begin < t.k_end) copy_chunk<GEMM>(p, a, b, t, t.k_begin, lid, stages[0]);
-    for (unsigned int k0 = t.k_begin; k0 < t.k_end; k0 += TILE_K) {
-        // the next chunk's copies go into the other stage, which every warp finished reading before the barrier
-        // that ended the last iteration; then wait for this chunk's group only
-        if (k0 + TILE_K < t.k_end) {
-            copy_chunk<GEMM>(p, a, b, t, k0 + TILE_K, lid, stages[stage ^ 1u]);
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
-        multiply_chunk_mma<X3>(acc, stages[stage], warp_m, warp_n, lane);
-        __syncthreads();
-        stage ^= 1u;
-    }
-    // C fragment: acc[nt][i] is row g + 8 (i / 2), column 2 t + i % 2 of n8 block nt
-    const unsigned int g = lane / 4u;
-    const unsigned int tq = lane % 4u;
+    mma_pipeline64<X3>(acc, stages, t.k_begin, t.k_end, lid, [&](unsigned int k0, MmaStage64& st) { copy_chunk<GEMM>(p, a, b, t, k0, lid, st); });
 #pragma unroll
     for (unsigned int nt = 0; nt < 4u; ++nt) {
 #pragma unroll
         for (unsigned int i = 0; i < 4u; ++i) {
-            const unsigned int m = t.m0 + warp_m + g + 8u * (i / 2u);
-            const unsigned int j = t.j0 + warp_n + 8u * nt + 2u * tq + i % 2u;
+            const uint2 at = mma_acc_at64(lid, nt, i);
+            const unsigned int m = t.m0 + at.x;
+            const unsigned int j = t.j0 + at.y;
             if (m < p.gemm_m && j < p.gemm_n) store_result<GEMM>(p, result, m, j, t.split, acc[nt][i]);
         }
     }

@@ -7,7 +7,7 @@
 //
 // Scalars: every kernel takes the WGSL uniform block `LinearParams` by value as its first argument (same fields, same
 // order, 32 bytes); the storage buffers follow in WGSL binding order. gemm runs with a (16, 16) block (the WGSL
-// @workgroup_size(16, 16)); bias_backward with 256 threads in x over a 2-D grid.
+// @workgroup_size(16, 16)); gemm_mma_* and bias_backward with 256 threads in x, over 2-D grids.
 
 #define WG 256u
 #define T 16u         // GEMM tile (T x T outputs per block, T-deep K chunks)
@@ -53,6 +53,63 @@ extern "C" __global__ void __launch_bounds__(256) gemm(LinearParams P, const flo
         if ((P.flags & FLAG_ACC) != 0u) acc += gc[o];
         gc[o] = acc;
     }
+}
+
+// The same GEMM on tensor cores (sm_80+; MatmulPrecision::Tf32x3 and Tf32, src/ops/precision.rs): 64 x 64 output
+// tiles per 256-thread block, K in 16-deep chunks through common.cuh's mma_pipeline64 (ldmatrix fragments, two
+// cp.async stages). Each operand is copied along its contiguous dimension where that is K (A with a_cs = 1, B with
+// b_rs = 1: 16 consecutive k per row, so a warp reads two 64-byte runs), else along M or N (64 consecutive rows).
+// 4-byte copies, zero-filled outside the matrix, so any strides work. Same arguments, flags and results as gemm;
+// launched with 256 threads in x (GemmLaunch::mma_grid). No WGSL mirror: WebGPU has no tensor-core instruction.
+template <bool X3>
+__device__ __forceinline__ void gemm_mma(const LinearParams& P, const float* __restrict__ ga, const float* __restrict__ gb, float* __restrict__ gc, const float* __restrict__ bias) {
+    __shared__ __align__(16) MmaStage64 stages[2];
+    const unsigned int lid = threadIdx.x;
+    const unsigned int m0 = blockIdx.y * 64u;
+    const unsigned int n0 = blockIdx.x * 64u;
+    const bool a_along_k = P.a_cs == 1u;
+    const bool b_along_k = P.b_rs == 1u;
+    float acc[4][4] = {};
+    mma_pipeline64<X3>(acc, stages, 0u, P.kk, lid, [&](unsigned int k0, MmaStage64& st) {
+#pragma unroll
+        for (unsigned int i = 0; i < 4u; ++i) {
+            const unsigned int e = lid + i * WG;
+            // A element (m0 + r, k0 + k) and B element (k0 + kb, n0 + c)
+            const unsigned int r = a_along_k ? e / 16u : e % 64u;
+            const unsigned int k = a_along_k ? e % 16u : e / 64u;
+            const unsigned int c = b_along_k ? e / 16u : e % 64u;
+            const unsigned int kb = b_along_k ? e % 16u : e / 64u;
+            const bool a_in = m0 + r < P.m && k0 + k < P.kk;
+            const bool b_in = n0 + c < P.nc && k0 + kb < P.kk;
+            // src_size 0 copies nothing and fills zeros; the source address must still be a valid one
+            cp_async_4(&st.a[mma_slot(r, k)], a_in ? ga + (m0 + r) * P.a_rs + (k0 + k) * P.a_cs : ga, a_in ? 4u : 0u);
+            cp_async_4(&st.b[mma_slot(c, kb)], b_in ? gb + (k0 + kb) * P.b_rs + (n0 + c) * P.b_cs : gb, b_in ? 4u : 0u);
+        }
+        cp_async_commit();
+    });
+#pragma unroll
+    for (unsigned int nt = 0; nt < 4u; ++nt) {
+#pragma unroll
+        for (unsigned int i = 0; i < 4u; ++i) {
+            const uint2 at = mma_acc_at64(lid, nt, i);
+            const unsigned int row = m0 + at.x;
+            const unsigned int col = n0 + at.y;
+            if (row < P.m && col < P.nc) {
+                const unsigned int o = row * P.nc + col;
+                float v = acc[nt][i];
+                if ((P.flags & FLAG_BIAS) != 0u) v += bias[col];
+                if ((P.flags & FLAG_ACC) != 0u) v += gc[o];
+                gc[o] = v;
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) gemm_mma_tf32(LinearParams P, const float* __restrict__ ga, const float* __restrict__ gb, float* __restrict__ gc, const float* __restrict__ bias) {
+    gemm_mma<false>(P, ga, gb, gc, bias);
+}
+extern "C" __global__ void __launch_bounds__(256) gemm_mma_tf32x3(LinearParams P, const float* __restrict__ ga, const float* __restrict__ gb, float* __restrict__ gc, const float* __restrict__ bias) {
+    gemm_mma<true>(P, ga, gb, gc, bias);
 }
 
 // One thread per column of dout [M, NC]: dx[col] += sum_rows dout[row, col] (the linear bias gradient).

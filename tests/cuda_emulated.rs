@@ -14,7 +14,7 @@
 mod common;
 
 use common::cuda_emu::{self, emu, Arg};
-use common::{assert_close as close, assert_enqueued, max_abs, plus, uniform as random, unit_rows};
+use common::{assert_close as close, assert_enqueued, assert_within_bound as within_bound, max_abs, plus, uniform as random, unit_rows};
 use moco::ops::attention::{self, params::AttentionParams, AttentionShape};
 use moco::ops::batchnorm::{self, params::flags, params::BatchNormParams, BatchNormShape};
 use moco::ops::conv::{self, params::ConvParams, Conv2dShape};
@@ -429,17 +429,6 @@ fn conv_shapes() -> Vec<Conv2dShape> {
     ]
 }
 
-/// `|got − want| <= bound · abs + 2^-22 |want|` per element: a precision's bound on the products' sum (`abs` is the
-/// same sum of |a·b|), plus one f32 rounding of the accumulation into a non-zero start.
-fn within_bound(what: &str, got: &[f32], want: &[f64], abs: &[f64], bound: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, ((&g, &w), &a)) in got.iter().zip(want).zip(abs).enumerate() {
-        let err = (g as f64 - w).abs();
-        let limit = bound * a + 2f64.powi(-22) * w.abs();
-        assert!(err <= limit, "{what}: element {i}: got {g}, want {w}, error {err:e} > bound {limit:e} ({bound:e} x sum |a b| {a:e})");
-    }
-}
-
 fn abs64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|x| x.abs() as f64).collect()
 }
@@ -620,6 +609,40 @@ fn gemm(g: &GemmLaunch, a: &[f32], b: &[f32], c: Arg, bias: Option<&Vec<f32>>) -
     let mut args = [Arg::val(&g.params), Arg::f32(a), Arg::f32(b), c, opt_arg(bias)];
     emu().run("linear.cu", "gemm", g.grid, g.block, &mut args);
     args[3].as_f32()
+}
+
+/// The tensor-core GEMM `kernel` (`gemm_mma_tf32x3`, `gemm_mma_tf32`) on `g`'s 64 x 64 grid.
+fn gemm_mma(kernel: &str, g: &GemmLaunch, a: &[f32], b: &[f32], c: Arg, bias: Option<&Vec<f32>>) -> Vec<f32> {
+    let mut args = [Arg::val(&g.params), Arg::f32(a), Arg::f32(b), c, opt_arg(bias)];
+    let (grid, block) = g.mma_grid();
+    emu().run("linear.cu", kernel, grid, block, &mut args);
+    args[3].as_f32()
+}
+
+/// The linear layer's three GEMMs on the tensor-core kernels, each within its precision's bound of the f64
+/// reference (`within_bound`: the same products on |operands| give `Σ |a·b|`); partial 64-tiles on every axis, K
+/// not a multiple of 16, N = 1.
+fn case_linear_mma() {
+    let mut rng = StdRng::seed_from_u64(13);
+    let abs = |v: &[f32]| v.iter().map(|x| x.abs() as f64).collect::<Vec<f64>>();
+    for (n, in_f, out_f) in [(70usize, 37usize, 65usize), (1, 3, 1), (5, 16, 20)] {
+        let s = LinearShape::new(n, in_f, out_f).unwrap();
+        let (inp, weight, bias, dout) = (random(&mut rng, n * in_f), random(&mut rng, out_f * in_f), random(&mut rng, out_f), random(&mut rng, n * out_f));
+        let (di0, dw0) = (random(&mut rng, n * in_f), random(&mut rng, out_f * in_f));
+        let want = linear::reference::linear_forward(&f64s(&inp), &f64s(&weight), Some(&f64s(&bias)), &s);
+        let abs_out = linear::reference::linear_forward(&abs(&inp), &abs(&weight), None, &s);
+        let (want_dinp, want_dw, _) = linear::reference::linear_backward(&f64s(&dout), &f64s(&inp), &f64s(&weight), &s);
+        let (abs_dinp, abs_dw, _) = linear::reference::linear_backward(&abs(&dout), &abs(&inp), &abs(&weight), &s);
+        for (precision, kernel) in [(MatmulPrecision::Tf32x3, "gemm_mma_tf32x3"), (MatmulPrecision::Tf32, "gemm_mma_tf32")] {
+            let what = format!("linear N={n} IN={in_f} OUT={out_f} {precision:?}");
+            let out = gemm_mma(kernel, &GemmLaunch::linear_forward(&s, true).unwrap(), &inp, &weight, Arg::nan(n * out_f), Some(&bias));
+            within_bound(&format!("{what} forward"), &out, &want, &abs_out, precision.bound(in_f));
+            let dinp = gemm_mma(kernel, &GemmLaunch::linear_backward_data(&s).unwrap(), &dout, &weight, Arg::f32(&di0), None);
+            within_bound(&format!("{what} dinp (accumulated)"), &dinp, &plus(&want_dinp, &di0), &abs_dinp, precision.bound(out_f));
+            let dw = gemm_mma(kernel, &GemmLaunch::linear_backward_weight(&s).unwrap(), &dout, &inp, Arg::f32(&dw0), None);
+            within_bound(&format!("{what} dweight (accumulated)"), &dw, &plus(&want_dw, &dw0), &abs_dw, precision.bound(n));
+        }
+    }
 }
 
 /// `linear_forward` / `linear_backward` of src/ops/linear/cuda.rs: three strided GEMMs and `bias_backward`.
@@ -998,6 +1021,7 @@ const CASES: &[Case] = &[
     ("pool: maxpool", case_maxpool),
     ("pool: avgpool", case_avgpool),
     ("linear: linear", case_linear),
+    ("linear: linear on tensor cores", case_linear_mma),
     ("eltwise: relu and add", case_eltwise),
     ("eltwise: gelu", case_gelu),
     ("eltwise: add_backward", case_add_backward),

@@ -373,14 +373,14 @@ fn the_loss_precision_is_a_setting_that_resume_may_change() {
     old.remove("config.precision");
     assert!(small().mismatches(&old).is_empty(), "a checkpoint from before the precision existed resumes");
     TrainConfig { precision: moco::Precision::Half, ..TrainConfig::v3(moco::train::ModelKind::ResNet18) }.validate().unwrap();
-    // the convolutions' arithmetic likewise: recorded, printed when not f32, free to change on resume
+    // the matrix products' arithmetic likewise: recorded, printed when not f32, free to change on resume
     let tf32 = TrainConfig { matmul_precision: moco::MatmulPrecision::Tf32, ..small() };
     assert_eq!(tf32.to_metadata().get("config.matmul_precision").map(String::as_str), Some("Tf32"));
     assert!(small().mismatches(&tf32.to_metadata()).is_empty());
     let mut old = small().to_metadata();
     old.remove("config.matmul_precision");
     assert!(small().mismatches(&old).is_empty(), "a checkpoint from before the conv precision existed resumes");
-    assert!(tf32.describe().contains("convolutions at Tf32") && !small().describe().contains("convolutions at"));
+    assert!(tf32.describe().contains("linear layers) at Tf32") && !small().describe().contains("matrix products"));
     // the CPU engine: the same steps at either precision, bit for bit
     let (x_q, x_k) = views(&small(), 3);
     let run = |cfg: &TrainConfig| {
@@ -388,7 +388,7 @@ fn the_loss_precision_is_a_setting_that_resume_may_change() {
         (0..2).map(|_| e.step(&x_q, &x_k, cfg.lr).unwrap().loss.to_bits()).collect::<Vec<_>>()
     };
     assert_eq!(run(&small()), run(&half));
-    assert_eq!(run(&small()), run(&tf32), "the CPU's convolutions are f32 at any conv precision");
+    assert_eq!(run(&small()), run(&tf32), "the CPU's matrix products are f32 at any matmul precision");
 }
 
 /// What one steady-state step asks of wgpu, counted by the device (`Wgpu::counters`): the engine records the

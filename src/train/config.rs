@@ -124,9 +124,9 @@ pub struct TrainConfig {
     /// (16-bit operands on CUDA's tensor cores: MoCo v1/v2 with an f16 / bf16 queue, MoCo v3 with q̂ and k̂ in bf16;
     /// C % 8 == 0 and C <= 128; f32 elsewhere).
     pub precision: Precision,
-    /// The arithmetic of the convolutions on CUDA (`--matmul-precision`): [`MatmulPrecision::Fp32`] (default),
-    /// [`MatmulPrecision::Tf32x3`] or [`MatmulPrecision::Tf32`] (tensor cores, sm_80+). The CPU and wgpu engines compute
-    /// in f32 whatever it says.
+    /// The arithmetic of the f32 matrix products, convolutions and linear layers, on CUDA (`--matmul-precision`):
+    /// [`MatmulPrecision::Fp32`] (default), [`MatmulPrecision::Tf32x3`] or [`MatmulPrecision::Tf32`] (tensor cores,
+    /// sm_80+). The CPU and wgpu engines compute in f32 whatever it says.
     pub matmul_precision: MatmulPrecision,
     /// Key-encoder momentum m.
     pub momentum: f64,
@@ -344,11 +344,11 @@ impl TrainConfig {
         }
     }
 
-    /// One line per setting, for the start of a run; a last line for convolutions not at f32.
+    /// One line per setting, for the start of a run; a last line for matrix products not at f32.
     pub fn describe(&self) -> String {
         let mut lines = self.describe_recipe();
         if self.matmul_precision != MatmulPrecision::Fp32 {
-            lines.push_str(&format!("\n  convolutions at {:?} on CUDA's tensor cores (sm_80+; f32 elsewhere)", self.matmul_precision));
+            lines.push_str(&format!("\n  matrix products (convolutions, linear layers) at {:?} on CUDA's tensor cores (sm_80+; f32 elsewhere)", self.matmul_precision));
         }
         lines
     }

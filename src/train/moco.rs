@@ -199,7 +199,7 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         cfg.validate()?;
         // the step's work goes out at its reads (wgpu: one submission per step), on this handle and its clones
         dev.defer_submissions(true);
-        // the convolutions' arithmetic (CUDA; the CPU and wgpu compute in f32), inherited by the clones below
+        // the matrix products' arithmetic (CUDA; the CPU and wgpu compute in f32), inherited by the clones below
         dev.set_matmul_precision(cfg.matmul_precision);
         let layout = M::for_config(cfg)?;
         let (s, n, dim) = (cfg.image_size, cfg.batch_size, cfg.dim);

@@ -147,6 +147,17 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
     }
 }
 
+/// `|got − want| <= bound · abs + 2^-22 |want|` element-wise: a [`moco::MatmulPrecision`]'s bound on a sum of
+/// products (`abs` is the same sum of |a·b|), plus one f32 rounding of an accumulation into a non-zero start.
+#[track_caller]
+pub fn assert_within_bound(what: &str, got: &[f32], want: &[f64], abs: &[f64], bound: f64) {
+    assert_eq!((got.len(), abs.len()), (want.len(), want.len()), "{what}: lengths");
+    for (i, ((&g, &w), &a)) in got.iter().zip(want).zip(abs).enumerate() {
+        let (err, limit) = ((g as f64 - w).abs(), bound * a + 2f64.powi(-22) * w.abs());
+        assert!(err <= limit, "{what}[{i}]: got {g}, want {w}: error {err:.3e} > bound {limit:.3e} ({bound:.3e} x sum |a b| {a:.3e})");
+    }
+}
+
 /// Largest absolute value (for scale-relative tolerances).
 pub fn max_abs(v: &[f64]) -> f64 {
     v.iter().fold(0.0, |a, b| a.max(b.abs()))

@@ -224,11 +224,7 @@ fn conv_within_bound(dev: &mut moco::Cuda, s: &Conv2dShape, seed: u64, bound: im
         ("dweight", host(dev, &dweight_b), want_dw, abs_gw, s.n * s.out_h() * s.out_w()),
     ];
     for (what, got, want, abs, k) in checks {
-        let b = bound(k);
-        for (i, ((&g, &w), &a)) in got.iter().zip(&want).zip(&abs).enumerate() {
-            let (err, limit) = ((g as f64 - w).abs(), b * a + 2f64.powi(-22) * w.abs());
-            assert!(err <= limit, "conv2d {what} on {name} at {:?} {s:?}: element {i}: got {g}, want {w}: error {err:.3e} > bound {limit:.3e}", dev.matmul_precision());
-        }
+        assert_within_bound(&format!("conv2d {what} on {name} at {:?} {s:?}", dev.matmul_precision()), &got, &want, &abs, bound(k));
     }
 }
 

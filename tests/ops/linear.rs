@@ -75,6 +75,47 @@ fn linear_case<D: Linear>(dev: &mut D, n: usize, in_f: usize, out_f: usize, with
     assert_close(&what("dbias vs the CPU"), &db, &to_f64(&w_db), 2e-6 * long, 1e-5);
 }
 
+/// On the emulated CUDA driver (sm_90), [`moco::MatmulPrecision::Tf32x3`] and `Tf32` run the linear layer's GEMMs
+/// on the tensor-core kernels (counted by the driver), each product within its precision's bound of the f64
+/// reference (the same products on |operands| give `Σ |a·b|`; the bias gradient stays f32 column sums), on shapes
+/// with partial 64-tiles, K not a multiple of 16, N = 1, and a 256 x 512 x 128 layer.
+#[cfg(feature = "cuda")]
+#[test]
+fn linear_tensor_cores_on_cuda_within_their_bounds() {
+    use moco::{Cuda, Device, MatmulPrecision};
+    type D = Cuda;
+    let Some(mut dev) = cuda_device("linear_tensor_cores_on_cuda_within_their_bounds") else { return };
+    let launches = |k: &str| cuda_driver().ok().flatten().map(|d| d.launch_counts().get(k).copied().unwrap_or(0));
+    let abs = |v: &[f32]| v.iter().map(|x| x.abs() as f64).collect::<Vec<f64>>();
+    for (precision, kernel) in [(MatmulPrecision::Tf32x3, "gemm_mma_tf32x3"), (MatmulPrecision::Tf32, "gemm_mma_tf32")] {
+        dev.set_matmul_precision(precision);
+        let before = launches(kernel);
+        for (i, &(n, in_f, out_f)) in [(70usize, 37usize, 65usize), (1, 3, 1), (256, 512, 128)].iter().enumerate() {
+            let s = LinearShape::new(n, in_f, out_f).unwrap();
+            let what = |t: &str| format!("linear on CUDA at {precision:?} {s:?}: {t}");
+            let mut g = rng(4000 + i as u64);
+            let (x, w, b, dy) = (uniform(&mut g, n * in_f), uniform(&mut g, out_f * in_f), uniform(&mut g, out_f), uniform(&mut g, n * out_f));
+            let (dx0, dw0, db0) = (uniform(&mut g, n * in_f), uniform(&mut g, out_f * in_f), uniform(&mut g, out_f));
+            let (xb, wb, bb, dyb) = (upload(&mut dev, &x), upload(&mut dev, &w), upload(&mut dev, &b), upload(&mut dev, &dy));
+            let mut out = nans(&mut dev, n * out_f);
+            dev.linear_forward(D::whole_mut(&mut out), D::whole(&xb), D::whole(&wb), Some(D::whole(&bb)), &s).unwrap();
+            let (mut dxb, mut dwb, mut dbb) = (upload(&mut dev, &dx0), upload(&mut dev, &dw0), upload(&mut dev, &db0));
+            dev.linear_backward(Some(D::whole_mut(&mut dxb)), D::whole_mut(&mut dwb), Some(D::whole_mut(&mut dbb)), D::whole(&dyb), D::whole(&xb), D::whole(&wb), &s).unwrap();
+            let b64 = to_f64(&b);
+            let want = r::linear_forward(&to_f64(&x), &to_f64(&w), Some(&b64[..]), &s);
+            assert_within_bound(&what("out"), &host(&dev, &out), &want, &r::linear_forward(&abs(&x), &abs(&w), None, &s), precision.bound(in_f));
+            let (gx, gw, gb) = r::linear_backward(&to_f64(&dy), &to_f64(&x), &to_f64(&w), &s);
+            let (ax, aw, _) = r::linear_backward(&abs(&dy), &abs(&x), &abs(&w), &s);
+            assert_within_bound(&what("dinp"), &host(&dev, &dxb), &plus(&gx, &dx0), &ax, precision.bound(out_f));
+            assert_within_bound(&what("dweight"), &host(&dev, &dwb), &plus(&gw, &dw0), &aw, precision.bound(n));
+            assert_close(&what("dbias"), &host(&dev, &dbb), &plus(&gb, &db0), 1e-6 * (n + 1) as f64, 1e-5);
+        }
+        if let (Some(b0), Some(b1)) = (before, launches(kernel)) {
+            assert!(b1 >= b0 + 9, "{precision:?}: {kernel} launched {} times for 3 shapes x 3 products", b1 - b0);
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(cases(16)))]
 

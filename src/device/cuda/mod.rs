@@ -34,7 +34,7 @@ pub struct Cuda {
     poison_scratch: bool,
     /// The running profile's events (`--profile-steps`), shared by clones.
     profile: profile::Profile,
-    /// The convolutions' arithmetic ([`Cuda::set_matmul_precision`]).
+    /// The f32 matrix products' arithmetic ([`Cuda::set_matmul_precision`]).
     matmul_precision: crate::ops::precision::MatmulPrecision,
 }
 
@@ -74,10 +74,10 @@ impl Cuda {
         self.poison_scratch = on;
     }
 
-    /// The arithmetic of this device's convolutions (default [`MatmulPrecision::Fp32`](crate::MatmulPrecision::Fp32)):
-    /// the tensor-core kernels at [`MatmulPrecision::Tf32x3`](crate::MatmulPrecision::Tf32x3) or
-    /// [`MatmulPrecision::Tf32`](crate::MatmulPrecision::Tf32) on sm_80 and newer (elsewhere the f32 kernels, more
-    /// accurate). Clones made after the call inherit it.
+    /// The arithmetic of this device's f32 matrix products, the convolutions' and the linear layers' GEMMs (default
+    /// [`MatmulPrecision::Fp32`](crate::MatmulPrecision::Fp32)): the tensor-core kernels at
+    /// [`MatmulPrecision::Tf32x3`](crate::MatmulPrecision::Tf32x3) or [`MatmulPrecision::Tf32`](crate::MatmulPrecision::Tf32)
+    /// on sm_80 and newer (elsewhere the f32 kernels, more accurate). Clones made after the call inherit it.
     pub fn set_matmul_precision(&mut self, precision: crate::ops::precision::MatmulPrecision) {
         self.matmul_precision = precision;
     }

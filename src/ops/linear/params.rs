@@ -50,6 +50,12 @@ impl GemmLaunch {
         let params = LinearParams { m: u(m), nc: u(nc), kk: u(kk), flags, a_rs: u(a_rs), a_cs: u(a_cs), b_rs: u(b_rs), b_cs: u(b_cs) };
         Ok(Self { params, grid: (gx as u32, gy as u32, 1), block: (GEMM_TILE as u32, GEMM_TILE as u32, 1) })
     }
+    /// The grid and block of the tensor-core kernels (`gemm_mma_tf32`, `gemm_mma_tf32x3`): 64 x 64 output tiles of
+    /// 256 threads (within the 16 x 16 grid's limits that [`GemmLaunch::new`] checked).
+    pub fn mma_grid(&self) -> (Grid, Grid) {
+        let (m, nc) = (self.params.m as usize, self.params.nc as usize);
+        ((nc.div_ceil(64) as u32, m.div_ceil(64) as u32, 1), (256, 1, 1))
+    }
     /// Linear forward `out [N, OUT] = inp [N, IN] . weight [OUT, IN]^T (+ bias)`: A = inp, B(i, o) = weight[o*IN + i].
     pub fn linear_forward(s: &LinearShape, bias: bool) -> Result<Self> {
         Self::new((s.n, s.out_f, s.in_f), (s.in_f, 1), (1, s.in_f), bias, false)
