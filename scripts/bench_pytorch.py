@@ -73,9 +73,13 @@ def time_fn(fn, device, iters, warmup):
     return times
 
 
+# "_torch_tf32_defaults" when --cuda-tf32 defaults (PyTorch's own TF32 defaults instead of fp32 everywhere)
+NAME_SUFFIX = ""
+
+
 def emit(name, params, times, device):
     rec = {
-        "name": name,
+        "name": name + NAME_SUFFIX,
         "params": params,
         "median_ms": round(statistics.median(times), 4),
         "min_ms": round(min(times), 4),
@@ -374,15 +378,21 @@ def main():
     vit.add_argument("--mlp-dim", type=int, default=512)
     vit.add_argument("--out-dim", type=int, default=128)
     vit.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--cuda-tf32", choices=["off", "defaults"], default="off",
+                    help="off (default): fp32 everywhere (cudnn.allow_tf32 and cuda.matmul.allow_tf32 False); defaults: "
+                         "PyTorch's own defaults (TF32 convolutions, fp32 matmuls), the names get _torch_tf32_defaults")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda requested but torch.cuda.is_available() is False")
     device = torch.device(args.device)
-    if device.type == "cuda":
+    if device.type == "cuda" and args.cuda_tf32 == "off":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
+    if args.cuda_tf32 == "defaults":
+        global NAME_SUFFIX
+        NAME_SUFFIX = "_torch_tf32_defaults"
 
     bench_moco_head(device, args.quick, args.only)
     bench_moco_v3(device, args.quick, args.only)

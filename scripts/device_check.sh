@@ -50,6 +50,9 @@ timeout 200 "$BIN/contrastive" --bench cuda 2>&1 | tee "$OUT/moco_cuda_bench.txt
 step "End-to-end: 20 MoCo v2 steps, CUDA engine vs CPU engine (per-step losses to 1e-3 relative)"
 MOCO_REQUIRE_CUDA_DEVICE=1 timeout 240 "$BIN/cuda_train" --test-threads=1 --nocapture cuda_and_cpu_engines_agree 2>&1 | tee "$OUT/cuda_train.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
+# the tensor-core arithmetics against the f32 kernels over 20 steps (issue 24's stated tolerances)
+MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/cuda_train" --test-threads=1 --nocapture cuda_tensor_core_runs_stay_near_fp32 2>&1 | tee "$OUT/cuda_train_tf32.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 step "MoCo v2 step, CUDA engine vs PyTorch + cuDNN, batch 64 and 256 (K=4096, dim 128, 8 BN groups)"
 MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/cuda_train" --test-threads=1 --nocapture cuda_moco_v2_step_time 2>&1 | tee "$OUT/cuda_step.txt"
@@ -62,9 +65,12 @@ MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/cuda_train" --test-threads=1 --noca
 timeout 150 python3 scripts/bench_pytorch.py --device cuda --only mocov3_vit --img 32 --patch 4 --dim 192 --depth 4 --heads 3 --mlp-dim 512 --out-dim 128 --batch 64 2>&1 | tee "$OUT/torch_vit_step.txt" || true
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 timeout 120 python3 scripts/bench_pytorch.py --device cuda --only moco_v2_step --moco-batch 64,256 2>&1 | tee "$OUT/torch_step.jsonl"
+# PyTorch at its own defaults (TF32 convolutions), the match for ours at --matmul-precision tf32 (issue 24)
+timeout 120 python3 scripts/bench_pytorch.py --device cuda --cuda-tf32 defaults --only moco_v2_step --moco-batch 64,256 2>&1 | tee -a "$OUT/torch_step.jsonl"
+timeout 150 python3 scripts/bench_pytorch.py --device cuda --cuda-tf32 defaults --only mocov3_vit --img 32 --patch 4 --dim 192 --depth 4 --heads 3 --mlp-dim 512 --out-dim 128 --batch 64 2>&1 | tee -a "$OUT/torch_vit_step.txt" || true
 echo "moco CUDA engine:"; grep -h '"moco_cuda_engine_v2_step' "$OUT/cuda_step.txt" || true
 echo "moco CUDA ViT engine:"; grep -h '"moco_cuda_engine_v3_vit_step' "$OUT/cuda_vit_step.txt" || true
-echo "PyTorch + cuDNN:";  grep -h '"moco_v2_step' "$OUT/torch_step.jsonl" || true
+echo "PyTorch + cuDNN (fp32, then at PyTorch's TF32 defaults):";  grep -h '"moco_v2_step' "$OUT/torch_step.jsonl" || true
 
 step "End-to-end MoCo v2 training step (wgpu engine on the GPU's Vulkan driver; skipped without one)"
 timeout 120 "$BIN/resnet" --bench "moco_v2_step_b64_k4096/wgpu" 2>&1 | tee "$OUT/moco_step_bench.txt"

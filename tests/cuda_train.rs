@@ -73,6 +73,44 @@ fn cuda_and_cpu_engines_agree_for_20_moco_v2_steps() {
     embeddings_agree(&mut c, &mut g, x, n, "from the CPU engine's state after 20 steps");
 }
 
+/// The tensor-core arithmetics over 20 steps (a GPU only: issue 24's "tf32 runs stay within a stated tolerance of
+/// fp32"): from one state and the same batches, the CUDA engine at `MatmulPrecision::Tf32x3` keeps every per-step
+/// loss within 1e-3 relative of the f32 kernels' (the limit the f32 kernels keep against the CPU engine, above), and
+/// at `Tf32` within 5e-2 (its operands carry 10-bit mantissas: on the emulated driver's small configuration one step
+/// measured 2.0e-3 to 4.9e-3 in the loss and 20 % in the update, so the trajectories part; a first limit, to be
+/// set from the GPU's figures); MoCo v2 at batch 32 and the v3 ViT at batch 16.
+#[test]
+fn cuda_tensor_core_runs_stay_near_fp32_for_20_steps() {
+    use moco::MatmulPrecision;
+    let Some(cuda) = gpu("cuda_tensor_core_runs_stay_near_fp32_for_20_steps") else { return };
+    for (precision, limit) in [(MatmulPrecision::Tf32x3, 1e-3), (MatmulPrecision::Tf32, 5e-2)] {
+        let cfg = v2(32);
+        let data = batches(&cfg, 20);
+        let (mut f, mut t) = (CudaEngine::new(&cuda, &cfg).unwrap(), CudaEngine::new(&cuda, &TrainConfig { matmul_precision: precision, ..cfg.clone() }).unwrap());
+        t.load_state(&f.state().unwrap()).unwrap();
+        let mut worst = 0f64;
+        for (step, (xq, xk)) in data.iter().enumerate() {
+            let (a, b) = (f.step(xq, xk, cfg.lr).unwrap(), t.step(xq, xk, cfg.lr).unwrap());
+            let rel = ((a.loss - b.loss).abs() / a.loss.abs().max(1e-6)) as f64;
+            worst = worst.max(rel);
+            assert!(b.loss.is_finite() && rel <= limit, "v2 at {precision:?}, step {step}: fp32 loss {} vs {} (relative {rel:.2e} > {limit:.0e})", a.loss, b.loss);
+        }
+        eprintln!("20 MoCo v2 steps at {precision:?}: worst per-step relative loss difference from fp32 {worst:.2e} (limit {limit:.0e})");
+        let cfg = v3_vit(16);
+        let data = batches(&cfg, 20);
+        let (mut f, mut t) = (moco::train::CudaVitEngine::new(&cuda, &cfg).unwrap(), moco::train::CudaVitEngine::new(&cuda, &TrainConfig { matmul_precision: precision, ..cfg.clone() }).unwrap());
+        t.load_state(&f.state().unwrap()).unwrap();
+        let mut worst = 0f64;
+        for (step, (xq, xk)) in data.iter().enumerate() {
+            let (a, b) = (f.step_with(xq, xk, cfg.lr, 0.99).unwrap(), t.step_with(xq, xk, cfg.lr, 0.99).unwrap());
+            let rel = ((a.loss - b.loss).abs() / a.loss.abs().max(1e-6)) as f64;
+            worst = worst.max(rel);
+            assert!(b.loss.is_finite() && rel <= limit, "v3 ViT at {precision:?}, step {step}: fp32 loss {} vs {} (relative {rel:.2e} > {limit:.0e})", a.loss, b.loss);
+        }
+        eprintln!("20 MoCo v3 ViT steps at {precision:?}: worst per-step relative loss difference from fp32 {worst:.2e} (limit {limit:.0e})");
+    }
+}
+
 /// The backbone features and the head's embeddings of `x: [n, 3, S, S]` agree to 1e-4 of their largest.
 fn embeddings_agree(c: &mut CpuEngine, g: &mut CudaEngine, x: &[f32], n: usize, when: &str) {
     for backbone in [true, false] {
@@ -269,16 +307,19 @@ fn small_moco_v2_at_half_precision_takes_the_tensor_cores() {
 }
 
 /// `--matmul-precision` on the CUDA engine: the config's arithmetic reaches every network's convolutions (on the
-/// emulated driver: the forward, weight-gradient and input-gradient tensor-core kernels launched), and a step from
-/// the CPU engine's state stays as close to its loss as the f32 kernels do (1e-3, the limit of
-/// `small_moco_v2_three_steps_match_the_cpu_engine`; the CPU computes in f32). One step at 3xTF32 only: the
-/// emulation of the warp-wide mma is slow (two steps at each precision took 350 s here); the op tests hold both
-/// tensor-core arithmetics to their bounds on many shapes (`tests/ops/conv.rs`), and TF32 measured on this
-/// configuration 1.96e-3 and 5.64e-3 relative after one and two steps (2026-12-07).
+/// emulated driver: the forward, weight-gradient and input-gradient tensor-core kernels launched, the backward
+/// included), and a step from the CPU engine's state stays near its loss (the CPU computes in f32). At TF32, the
+/// cheaper of the two to emulate (one mma per product; 3xTF32 takes three, and a 3xTF32 step took 130 s here): its
+/// operands carry 10-bit mantissas, so the loss within 1e-2 relative (measured 2.0e-3 to 4.9e-3), where the f32
+/// kernels keep 1e-3 (`small_moco_v2_three_steps_match_the_cpu_engine`). The update is not compared: at TF32 it
+/// differs from the f32 one by 20 % in L2 after one step on this configuration (measured; the weight gradients sum
+/// many products of both signs, and TF32's error is relative to their absolute sum), where 3xTF32 measured 3.3e-6
+/// in the loss and 6.3e-5 in the update (2026-12-07). The op tests hold both arithmetics to their bounds on many
+/// shapes (`tests/ops/conv.rs`), and the ViT engine's test below runs its linears at 3xTF32.
 #[test]
 fn small_moco_v2_with_tensor_core_convolutions() {
     let Some(cuda) = device("small_moco_v2_with_tensor_core_convolutions") else { return };
-    let (precision, limit, suffix) = (moco::MatmulPrecision::Tf32x3, 1e-3, "_mma_tf32x3");
+    let (precision, limit, suffix) = (moco::MatmulPrecision::Tf32, 1e-2, "_mma_tf32");
     let cfg = TrainConfig { matmul_precision: precision, ..small_v2() };
     let data = batches(&cfg, 1);
     let (mut c, mut g) = (CpuEngine::new(&cfg).unwrap(), CudaEngine::new(&cuda, &cfg).unwrap());
@@ -292,9 +333,10 @@ fn small_moco_v2_with_tensor_core_convolutions() {
     let rel = ((a.loss - b.loss).abs() / a.loss.abs().max(1e-6)) as f64;
     eprintln!("v2 with convolutions at {precision:?}: cpu loss {:.6}  cuda loss {:.6}  rel {rel:.2e} (limit {limit:.0e})", a.loss, b.loss);
     assert!(b.loss.is_finite() && rel <= limit, "{precision:?}: cpu {} vs cuda {} (relative {rel:.2e} > {limit:.0e})", a.loss, b.loss);
-    // the backward ran too: the state moved as the CPU engine's did (reading it runs the queued work, which the
-    // emulated driver counts when it runs), and its kernels were the tensor-core ones
-    states_agree(&start, &c.state().unwrap(), &g.state().unwrap(), 1e-2, 1e-2, "v2 with 3xTF32 convolutions after a step");
+    // the backward ran too (reading the state runs the queued work, which the emulated driver counts when it runs):
+    // its kernels were the tensor-core ones, and the parameters moved, to finite values
+    let after = g.state().unwrap();
+    assert!(after.q_params.iter().all(|v| v.is_finite()) && after.q_params != start.q_params, "the step updated the parameters");
     if let (Some(b0), Some(b1)) = (before, launches()) {
         for i in 0..3 {
             assert!(b1[i] > b0[i], "{precision:?}: {} launched {} -> {} times", kernels[i], b0[i], b1[i]);
