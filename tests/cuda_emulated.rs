@@ -14,7 +14,7 @@
 mod common;
 
 use common::cuda_emu::{self, emu, Arg};
-use common::{assert_close as close, assert_enqueued, assert_within_bound as within_bound, max_abs, plus, uniform as random, unit_rows};
+use common::{abs64, assert_close as close, assert_enqueued, assert_within_bound as within_bound, max_abs, plus, uniform as random, unit_rows};
 use moco::ops::attention::{self, params::AttentionParams, AttentionShape};
 use moco::ops::batchnorm::{self, params::flags, params::BatchNormParams, BatchNormShape};
 use moco::ops::conv::{self, params::ConvParams, Conv2dShape};
@@ -429,10 +429,6 @@ fn conv_shapes() -> Vec<Conv2dShape> {
     ]
 }
 
-fn abs64(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|x| x.abs() as f64).collect()
-}
-
 /// The launches of `Conv for Cuda` (src/ops/conv/cuda.rs), at each [`MatmulPrecision`]: the CUDA-core kernels against
 /// the f64 reference at f32's tolerance, the tensor-core ones (`_mma_tf32x3`, `_mma_tf32`) within their
 /// precision's bound.
@@ -624,15 +620,14 @@ fn gemm_mma(kernel: &str, g: &GemmLaunch, a: &[f32], b: &[f32], c: Arg, bias: Op
 /// not a multiple of 16, N = 1.
 fn case_linear_mma() {
     let mut rng = StdRng::seed_from_u64(13);
-    let abs = |v: &[f32]| v.iter().map(|x| x.abs() as f64).collect::<Vec<f64>>();
     for (n, in_f, out_f) in [(70usize, 37usize, 65usize), (1, 3, 1), (5, 16, 20)] {
         let s = LinearShape::new(n, in_f, out_f).unwrap();
         let (inp, weight, bias, dout) = (random(&mut rng, n * in_f), random(&mut rng, out_f * in_f), random(&mut rng, out_f), random(&mut rng, n * out_f));
         let (di0, dw0) = (random(&mut rng, n * in_f), random(&mut rng, out_f * in_f));
         let want = linear::reference::linear_forward(&f64s(&inp), &f64s(&weight), Some(&f64s(&bias)), &s);
-        let abs_out = linear::reference::linear_forward(&abs(&inp), &abs(&weight), None, &s);
+        let abs_out = linear::reference::linear_forward(&abs64(&inp), &abs64(&weight), None, &s);
         let (want_dinp, want_dw, _) = linear::reference::linear_backward(&f64s(&dout), &f64s(&inp), &f64s(&weight), &s);
-        let (abs_dinp, abs_dw, _) = linear::reference::linear_backward(&abs(&dout), &abs(&inp), &abs(&weight), &s);
+        let (abs_dinp, abs_dw, _) = linear::reference::linear_backward(&abs64(&dout), &abs64(&inp), &abs64(&weight), &s);
         for (precision, kernel) in [(MatmulPrecision::Tf32x3, "gemm_mma_tf32x3"), (MatmulPrecision::Tf32, "gemm_mma_tf32")] {
             let what = format!("linear N={n} IN={in_f} OUT={out_f} {precision:?}");
             let out = gemm_mma(kernel, &GemmLaunch::linear_forward(&s, true).unwrap(), &inp, &weight, Arg::nan(n * out_f), Some(&bias));

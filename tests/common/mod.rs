@@ -147,6 +147,11 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
     }
 }
 
+/// `|v|` in f64: run through a reference, the sum of |a·b| that a [`moco::MatmulPrecision`] bound scales.
+pub fn abs64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|x| x.abs() as f64).collect()
+}
+
 /// `|got − want| <= bound · abs + 2^-22 |want|` element-wise: a [`moco::MatmulPrecision`]'s bound on a sum of
 /// products (`abs` is the same sum of |a·b|), plus one f32 rounding of an accumulation into a non-zero start.
 #[track_caller]

@@ -211,12 +211,11 @@ fn conv_within_bound(dev: &mut moco::Cuda, s: &Conv2dShape, seed: u64, bound: im
     dev.conv2d_forward(D::whole_mut(&mut out_b), D::whole(&inp_b), D::whole(&weight_b), s).unwrap();
     let (mut dinp_b, mut dweight_b) = (upload(dev, &dinp0), upload(dev, &dweight0));
     dev.conv2d_backward(Some(D::whole_mut(&mut dinp_b)), D::whole_mut(&mut dweight_b), D::whole(&dout_b), D::whole(&inp_b), D::whole(&weight_b), s).unwrap();
-    let abs = |v: &[f32]| v.iter().map(|x| x.abs() as f64).collect::<Vec<_>>();
     let (inp64, w64, dout64) = (to_f64(&inp), to_f64(&weight), to_f64(&dout));
     let want_out = r::conv2d_forward(&inp64, &w64, s);
-    let abs_out = r::conv2d_forward(&abs(&inp), &abs(&weight), s);
+    let abs_out = r::conv2d_forward(&abs64(&inp), &abs64(&weight), s);
     let (gx, gw) = r::conv2d_backward(&dout64, &inp64, &w64, s);
-    let (abs_gx, abs_gw) = r::conv2d_backward(&abs(&dout), &abs(&inp), &abs(&weight), s);
+    let (abs_gx, abs_gw) = r::conv2d_backward(&abs64(&dout), &abs64(&inp), &abs64(&weight), s);
     let (want_dinp, want_dw) = (plus(&gx, &dinp0), plus(&gw, &dweight0));
     let checks = [
         ("forward", host(dev, &out_b), want_out, abs_out, s.c_in * s.kh * s.kw),

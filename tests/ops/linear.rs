@@ -86,7 +86,6 @@ fn linear_tensor_cores_on_cuda_within_their_bounds() {
     type D = Cuda;
     let Some(mut dev) = cuda_device("linear_tensor_cores_on_cuda_within_their_bounds") else { return };
     let launches = |k: &str| cuda_driver().ok().flatten().map(|d| d.launch_counts().get(k).copied().unwrap_or(0));
-    let abs = |v: &[f32]| v.iter().map(|x| x.abs() as f64).collect::<Vec<f64>>();
     for (precision, kernel) in [(MatmulPrecision::Tf32x3, "gemm_mma_tf32x3"), (MatmulPrecision::Tf32, "gemm_mma_tf32")] {
         dev.set_matmul_precision(precision);
         let before = launches(kernel);
@@ -103,9 +102,9 @@ fn linear_tensor_cores_on_cuda_within_their_bounds() {
             dev.linear_backward(Some(D::whole_mut(&mut dxb)), D::whole_mut(&mut dwb), Some(D::whole_mut(&mut dbb)), D::whole(&dyb), D::whole(&xb), D::whole(&wb), &s).unwrap();
             let b64 = to_f64(&b);
             let want = r::linear_forward(&to_f64(&x), &to_f64(&w), Some(&b64[..]), &s);
-            assert_within_bound(&what("out"), &host(&dev, &out), &want, &r::linear_forward(&abs(&x), &abs(&w), None, &s), precision.bound(in_f));
+            assert_within_bound(&what("out"), &host(&dev, &out), &want, &r::linear_forward(&abs64(&x), &abs64(&w), None, &s), precision.bound(in_f));
             let (gx, gw, gb) = r::linear_backward(&to_f64(&dy), &to_f64(&x), &to_f64(&w), &s);
-            let (ax, aw, _) = r::linear_backward(&abs(&dy), &abs(&x), &abs(&w), &s);
+            let (ax, aw, _) = r::linear_backward(&abs64(&dy), &abs64(&x), &abs64(&w), &s);
             assert_within_bound(&what("dinp"), &host(&dev, &dxb), &plus(&gx, &dx0), &ax, precision.bound(out_f));
             assert_within_bound(&what("dweight"), &host(&dev, &dwb), &plus(&gw, &dw0), &aw, precision.bound(n));
             assert_close(&what("dbias"), &host(&dev, &dbb), &plus(&gb, &db0), 1e-6 * (n + 1) as f64, 1e-5);

@@ -87,6 +87,12 @@ impl Cuda {
         self.matmul_precision
     }
 
+    /// The arithmetic the matrix-product kernels run at: the one set, on sm_80 and newer (the tensor cores'
+    /// instructions); [`MatmulPrecision::Fp32`](crate::MatmulPrecision::Fp32) below.
+    pub(crate) fn matmul_arithmetic(&self) -> Result<crate::ops::precision::MatmulPrecision> {
+        Ok(if self.ctx.compute_capability()?.0 >= 8 { self.matmul_precision } else { Default::default() })
+    }
+
     /// The stream and this device's reused op scratch (see [`Workspace`]).
     pub(crate) fn workspace(&mut self) -> (Arc<CudaStream>, &mut Workspace) {
         let (stream, poison) = (self.stream.clone(), self.poison_scratch);

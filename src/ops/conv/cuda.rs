@@ -15,12 +15,9 @@ use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 // `struct ConvParams` in kernels/conv.cu.
 unsafe impl DeviceRepr for ConvParams {}
 
-/// The kernel of `[fp32, tf32x3, tf32]` at the device's convolution arithmetic: a tensor-core one on sm_80 and newer.
+/// The kernel of `[fp32, tf32x3, tf32]` at the device's arithmetic (`Cuda::matmul_arithmetic`).
 fn kernel(dev: &Cuda, [fp32, tf32x3, tf32]: [&'static str; 3]) -> Result<&'static str> {
-    if dev.context().compute_capability()?.0 < 8 {
-        return Ok(fp32);
-    }
-    Ok(match dev.matmul_precision() {
+    Ok(match dev.matmul_arithmetic()? {
         MatmulPrecision::Fp32 => fp32,
         MatmulPrecision::Tf32x3 => tf32x3,
         MatmulPrecision::Tf32 => tf32,

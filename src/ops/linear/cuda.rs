@@ -16,11 +16,10 @@ unsafe impl DeviceRepr for LinearParams {}
 fn gemm(dev: &Cuda, g: GemmLaunch, c: &mut CudaViewMut<f32>, a: &CudaView<f32>, b: &CudaView<f32>, bias: Option<&CudaView<f32>>) -> Result<()> {
     debug_assert_eq!(bias.is_some(), g.params.flags & GEMM_FLAG_BIAS != 0);
     let stream = dev.stream();
-    let tensor_cores = dev.context().compute_capability()?.0 >= 8;
-    let (name, (grid, block)) = match dev.matmul_precision() {
-        MatmulPrecision::Tf32x3 if tensor_cores => ("gemm_mma_tf32x3", g.mma_grid()),
-        MatmulPrecision::Tf32 if tensor_cores => ("gemm_mma_tf32", g.mma_grid()),
-        _ => ("gemm", (g.grid, g.block)),
+    let (name, (grid, block)) = match dev.matmul_arithmetic()? {
+        MatmulPrecision::Tf32x3 => ("gemm_mma_tf32x3", g.mma_grid()),
+        MatmulPrecision::Tf32 => ("gemm_mma_tf32", g.mma_grid()),
+        MatmulPrecision::Fp32 => ("gemm", (g.grid, g.block)),
     };
     let f = KERNELS.cuda_function(stream, name)?;
     let mut l = stream.launch_builder(&f);
