@@ -66,6 +66,10 @@ struct Args {
     /// elsewhere
     #[arg(long, default_value = "fp32")]
     matmul_precision: String,
+    /// On CUDA, launch the step's kernels one by one instead of capturing the step once as a CUDA graph and
+    /// replaying it (the same results; for debugging and profiling)
+    #[arg(long)]
+    no_graph: bool,
     /// Key-encoder momentum m [0.99]
     #[arg(long)]
     momentum: Option<f64>,
@@ -196,6 +200,7 @@ fn run(a: Args) -> moco::Result<()> {
         p => return Err(moco::Error::settings("--precision", "fp32 or half", p.to_string())),
     };
     cfg.matmul_precision = moco::MatmulPrecision::parse("--matmul-precision", &a.matmul_precision)?;
+    cfg.cuda_graph = !a.no_graph;
     if cfg.is_v3() {
         // moco-v3 normalises over the whole batch (SyncBN) and has no shuffle-BN, no queue
         (cfg.bn_splits, cfg.shuffle_bn, cfg.symmetric) = (a.bn_splits.unwrap_or(1), false, true);

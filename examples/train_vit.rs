@@ -63,6 +63,10 @@ struct Args {
     /// elsewhere
     #[arg(long, default_value = "fp32")]
     matmul_precision: String,
+    /// On CUDA, launch the step's kernels one by one instead of capturing the step once as a CUDA graph and
+    /// replaying it (the same results; for debugging and profiling)
+    #[arg(long)]
+    no_graph: bool,
     /// Image side [32]
     #[arg(long)]
     image_size: Option<usize>,
@@ -191,6 +195,7 @@ fn config(a: &Args, demo: bool) -> moco::Result<(TrainConfig, Option<String>)> {
         p => return Err(moco::Error::settings("--precision", "fp32 or half", p.to_string())),
     };
     cfg.matmul_precision = moco::MatmulPrecision::parse("--matmul-precision", &a.matmul_precision)?;
+    cfg.cuda_graph = !a.no_graph;
     cfg.validate()?;
     Ok((cfg, warmup_note))
 }

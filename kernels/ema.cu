@@ -2,7 +2,9 @@
 // Compiled after kernels/common.cuh by NVRTC at run time: no #include of its own.
 //
 // ema_update mirrors shaders/ema.wgsl: one flat buffer, grid-stride loop, the WGSL uniform block `EmaParams` passed
-// by value.
+// by value. `live`, when not null, points at the launch's parameters in device memory and replaces P: a captured
+// CUDA graph replays the launch with the momentum of each step, written there by the host before the replay (the
+// WGSL block is a buffer already).
 //
 // ema_multi_tensor (CUDA only) updates a whole list of (k, q) buffer pairs of arbitrary lengths in one launch, in
 // the style of apex's multi_tensor_apply. The host cuts every tensor into chunks of EMA_CHUNK elements and uploads
@@ -31,7 +33,8 @@ __device__ __forceinline__ float ema1(float k, float q, float m, float one_minus
 }
 
 // k[i] = k[i] * m + q[i] * (1 - m) for i < len; grid-stride loop, so one launch covers any length.
-extern "C" __global__ void __launch_bounds__(256) ema_update(EmaParams P, const float* __restrict__ q, float* __restrict__ k) {
+extern "C" __global__ void __launch_bounds__(256) ema_update(EmaParams P, const EmaParams* __restrict__ live, const float* __restrict__ q, float* __restrict__ k) {
+    if (live != nullptr) P = *live;
     for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < P.len; i += P.stride) {
         k[i] = ema1(k[i], q[i], P.momentum, P.one_minus_m);
     }

@@ -12,6 +12,12 @@
 // 1 - lr*wd, lr / bc1, sqrt(bc2)) computed in f64 first, exactly as the CPU reference computes them. The
 // elementwise arithmetic follows the reference's order; NVRTC contracts a*b + c into FMAs (--fmad=true).
 //
+// Captured steps (CUDA graphs): sgd_step, adamw_step and lars_update take `live`, when not null the launch's
+// OptimParams in device memory, which replaces P (lr and AdamW's bias corrections change every step; the host writes
+// them before each replay), and `skip`, when not null a count the step wrote on the device (its non-finite
+// features): when it is not zero the step changes nothing, as the host skips the optimiser after a non-finite loss.
+// WGSL has neither: its parameter block is a buffer already and its steps are not replayed.
+//
 // LARS tables, built by the host (src/ops/optim/params.rs `lars_tables`, shared by both GPU devices):
 //   segments[s] = (span, first element, end element, 1 if the span has ndim > 1): each span cut into pieces of at
 //                 most LARS_CHUNK elements, span by span, in buffer order; one block per segment.
@@ -45,7 +51,9 @@ struct OptimParams {
 
 // params, momentum_buf: [len] updated in place (momentum_buf unused, may be null, without FLAG_MOMENTUM);
 // grads: [len]. Grid-stride loop, one launch covers any length.
-extern "C" __global__ void __launch_bounds__(256) sgd_step(OptimParams P, float* __restrict__ params, const float* __restrict__ grads, float* __restrict__ momentum_buf) {
+extern "C" __global__ void __launch_bounds__(256) sgd_step(OptimParams P, const OptimParams* __restrict__ live, const unsigned int* __restrict__ skip, float* __restrict__ params, const float* __restrict__ grads, float* __restrict__ momentum_buf) {
+    if (live != nullptr) P = *live;
+    if (skip != nullptr && *skip != 0u) return;
     const bool has_momentum = (P.flags & FLAG_MOMENTUM) != 0u;
     const bool first = (P.flags & FLAG_FIRST_STEP) != 0u;
     const bool nesterov = (P.flags & FLAG_NESTEROV) != 0u;
@@ -65,7 +73,9 @@ extern "C" __global__ void __launch_bounds__(256) sgd_step(OptimParams P, float*
 
 // params, exp_avg, exp_avg_sq: [len] updated in place; grads: [len]. Bias corrections folded into step_size and
 // bc2_sqrt by the host.
-extern "C" __global__ void __launch_bounds__(256) adamw_step(OptimParams P, float* __restrict__ params, const float* __restrict__ grads, float* __restrict__ exp_avg, float* __restrict__ exp_avg_sq) {
+extern "C" __global__ void __launch_bounds__(256) adamw_step(OptimParams P, const OptimParams* __restrict__ live, const unsigned int* __restrict__ skip, float* __restrict__ params, const float* __restrict__ grads, float* __restrict__ exp_avg, float* __restrict__ exp_avg_sq) {
+    if (live != nullptr) P = *live;
+    if (skip != nullptr && *skip != 0u) return;
     const bool decoupled = (P.flags & FLAG_DECOUPLED) != 0u;
     for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < P.len; i += P.stride) {
         const float p = params[i];
@@ -129,7 +139,9 @@ __device__ __forceinline__ float trust_ratio(float2 n, float trust) {
 
 // One block per segment: mu = momentum * mu + dp; p -= lr * mu, with dp = (g + wd*p) * q for spans with ndim > 1
 // (q = trust_ratio of the span's norms) and dp = g otherwise. params, mu: [len] updated; grads: [len].
-extern "C" __global__ void __launch_bounds__(256) lars_update(OptimParams P, float* __restrict__ params, const float* __restrict__ grads, float* __restrict__ mu, const uint4* __restrict__ segments, const float2* __restrict__ norms_sq) {
+extern "C" __global__ void __launch_bounds__(256) lars_update(OptimParams P, const OptimParams* __restrict__ live, const unsigned int* __restrict__ skip, float* __restrict__ params, const float* __restrict__ grads, float* __restrict__ mu, const uint4* __restrict__ segments, const float2* __restrict__ norms_sq) {
+    if (live != nullptr) P = *live;
+    if (skip != nullptr && *skip != 0u) return;
     const unsigned int s = flat_block();
     if (s >= P.count) return;
     const uint4 seg = segments[s];

@@ -3,6 +3,12 @@
 // thread-to-element mapping. kh holds the keys already normalised by normalize_rows (normalize.cu).
 // Compiled after kernels/common.cuh (flat_thread) by NVRTC at run time: no #include of its own.
 //
+// Captured steps (CUDA graphs): `live`, when not null, points at the launch's QueueParams in device memory and
+// replaces P (the pointer moves every step; the host writes it before each replay, and launches enough threads for
+// any ptr); `skip`, when not null, is a count that the step wrote on the device (its non-finite features): when it
+// is not zero nothing is written, as the host skips the enqueue of a non-finite step. WGSL has neither: its
+// parameter block is a buffer already and its steps are not replayed.
+//
 // 16-bit queues are `unsigned short*` (one element per 16-bit word). enqueue_packed16 keeps the WGSL mapping of one
 // thread per pair of elements ("word" w = elements 2w, 2w+1; the first segment starts at the word holding element
 // ptr*C, the second at word 0), but CUDA can store 16 bits, so a thread writes only the elements of its own segment
@@ -28,7 +34,9 @@ __device__ __forceinline__ float source_of(const QueueParams& P, const float* __
 }
 
 // queue[(ptr + r) % K, ch] = kh[r, ch]; one thread per element of kh (total = N*C).
-extern "C" __global__ void __launch_bounds__(256) enqueue_f32(QueueParams P, const float* __restrict__ kh, float* __restrict__ queue) {
+extern "C" __global__ void __launch_bounds__(256) enqueue_f32(QueueParams P, const QueueParams* __restrict__ live, const unsigned int* __restrict__ skip, const float* __restrict__ kh, float* __restrict__ queue) {
+    if (live != nullptr) P = *live;
+    if (skip != nullptr && *skip != 0u) return;
     const unsigned int idx = flat_thread(blockDim.x);
     if (idx >= P.total) return;
     const unsigned int r = idx / P.c;
@@ -40,7 +48,9 @@ extern "C" __global__ void __launch_bounds__(256) enqueue_f32(QueueParams P, con
 // 16-bit queue (f16 when dtype == 1, bf16 otherwise); one thread per element pair (total = words of both segments).
 // Segment A is elements [ptr*C, min(ptr+N, K)*C), segment B [0, (ptr+N-K)*C) (empty without wrap-around); they are
 // disjoint (N <= K), and a thread stores only the elements of its word that lie in its own segment.
-extern "C" __global__ void __launch_bounds__(256) enqueue_packed16(QueueParams P, const float* __restrict__ kh, unsigned short* __restrict__ queue) {
+extern "C" __global__ void __launch_bounds__(256) enqueue_packed16(QueueParams P, const QueueParams* __restrict__ live, const unsigned int* __restrict__ skip, const float* __restrict__ kh, unsigned short* __restrict__ queue) {
+    if (live != nullptr) P = *live;
+    if (skip != nullptr && *skip != 0u) return;
     const unsigned int t = flat_thread(blockDim.x);
     if (t >= P.total) return;
     const unsigned int end_a = min(P.ptr + P.n, P.k);

@@ -184,6 +184,41 @@ pub trait Device: Clone {
     /// The CPU and wgpu compute in f32 whatever it says (the default, a no-op).
     fn set_matmul_precision(&mut self, _precision: crate::ops::precision::MatmulPrecision) {}
 
+    // ---- captured steps (CUDA graphs) ----
+
+    /// A handle for an engine that captures its steps ([`Device::begin_capture`]): on CUDA a device on a stream of
+    /// its own (capture needs a created stream) with its own capture state; elsewhere a clone.
+    fn for_capture(&self) -> Result<Self> {
+        Ok(self.clone())
+    }
+    /// Whether [`Device::begin_capture`] works on this handle (a CUDA device from [`Device::for_capture`]).
+    fn can_capture(&self) -> bool {
+        false
+    }
+    /// Starts recording the work issued from now on, which does not run, until [`Device::end_capture`]. The ops
+    /// whose parameters change every step (the EMA, the optimisers, the enqueue) then read them from device memory
+    /// at each replay, and change nothing when the count at `skip` (the step's non-finite features) is not zero.
+    fn begin_capture(&mut self, _skip: Self::IndexRef<'_>) -> Result<()> {
+        Err(Error::Unavailable(format!("{} does not capture steps", self.name())))
+    }
+    /// Ends the recording; with `keep`, keeps it and runs it once (the captured work has not run yet), without,
+    /// discards it.
+    fn end_capture(&mut self, _keep: bool) -> Result<()> {
+        Err(Error::Unavailable(format!("{} does not capture steps", self.name())))
+    }
+    /// Starts a replay of the captured step: the step-varying ops called until [`Device::end_replay`] record their
+    /// parameters and launch nothing. `false` (nothing started) when there is no valid capture: capture anew.
+    fn begin_replay(&mut self) -> Result<bool> {
+        Ok(false)
+    }
+    /// Ends a replay: with `ok`, checks that the ops recorded what the capture took, then writes their parameters
+    /// and launches the captured step (queued, not waited for).
+    fn end_replay(&mut self, _ok: bool) -> Result<()> {
+        Err(Error::Unavailable(format!("{} does not capture steps", self.name())))
+    }
+    /// Forgets the captured step (its buffers changed).
+    fn drop_capture(&mut self) {}
+
     // ---- profile (`--profile-steps`) ----
 
     /// Starts timing the device's work with GPU timestamps, per scope ([`Device::profile_scope`]); an error

@@ -128,6 +128,9 @@ pub struct TrainConfig {
     /// [`MatmulPrecision::Fp32`] (default), [`MatmulPrecision::Tf32x3`] or [`MatmulPrecision::Tf32`] (tensor cores,
     /// sm_80+). The CPU and wgpu engines compute in f32 whatever it says.
     pub matmul_precision: MatmulPrecision,
+    /// CUDA: capture the training step once as a CUDA graph and replay it (default), instead of launching its
+    /// kernels one by one (`--no-graph`). The same results either way; the CPU and wgpu engines ignore it.
+    pub cuda_graph: bool,
     /// Key-encoder momentum m.
     pub momentum: f64,
     /// Temperature T.
@@ -192,6 +195,7 @@ impl TrainConfig {
             queue_dtype: QueueDType::F32,
             precision: Precision::Fp32,
             matmul_precision: MatmulPrecision::Fp32,
+            cuda_graph: true,
             momentum: 0.99,
             temperature: 0.1,
             batch_size: 512,
@@ -344,11 +348,14 @@ impl TrainConfig {
         }
     }
 
-    /// One line per setting, for the start of a run; a last line for matrix products not at f32.
+    /// One line per setting, for the start of a run; last lines for matrix products not at f32 and for `--no-graph`.
     pub fn describe(&self) -> String {
         let mut lines = self.describe_recipe();
         if self.matmul_precision != MatmulPrecision::Fp32 {
             lines.push_str(&format!("\n  matrix products (convolutions, linear layers) at {:?} on CUDA's tensor cores (sm_80+; f32 elsewhere)", self.matmul_precision));
+        }
+        if !self.cuda_graph {
+            lines.push_str("\n  CUDA steps launched op by op (--no-graph), not captured as a graph");
         }
         lines
     }

@@ -161,6 +161,11 @@ pub struct MocoEngine<D: TrainDevice, M: Encoder = ResNetLayout> {
     health: HealthBufs<D>,
     /// The keys of the last query half: its queries are in `q`, their positives in `k1` or `k2`.
     last_half: KeyBatch,
+    /// The step's inputs from the host, `[4, N, 3, S, S]` ([`Staged`]), written before its device work.
+    inputs: D::Buf,
+    /// An eager step ran since the engine was built or restored: its kernels are loaded and its scratch grown, so
+    /// the next step can be captured.
+    warm: bool,
 }
 
 impl<D: TrainDevice, M: Encoder> std::fmt::Debug for MocoEngine<D, M> {
@@ -195,8 +200,10 @@ impl<M: Encoder> MocoEngine<crate::device::Cuda, M> {
 impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
     /// Builds both encoders (the same initialisation from the seed, so the key encoder starts as a copy of the
     /// query encoder), the optimiser, and the queue (v1/v2) or the predictor (v3) from `cfg` on `dev`.
-    pub fn on(mut dev: D, cfg: &TrainConfig) -> Result<Self> {
+    pub fn on(dev: D, cfg: &TrainConfig) -> Result<Self> {
         cfg.validate()?;
+        // a device of its own for an engine whose steps are captured (CUDA: its own stream and captured step)
+        let mut dev = if cfg.cuda_graph { dev.for_capture()? } else { dev };
         // the step's work goes out at its reads (wgpu: one submission per step), on this handle and its clones
         dev.defer_submissions(true);
         // the matrix products' arithmetic (CUDA; the CPU and wgpu compute in f32), inherited by the clones below
@@ -230,7 +237,8 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         }
         let gram = HealthShape::new(n, dim, 1)?.gram_len();
         let health = HealthBufs { q_hat: dev.alloc(n * dim)?, k_hat: dev.alloc(n * dim)?, inv_norm: dev.alloc(n)?, out: dev.alloc(HEALTH_GRAM_AT + gram)?, due: false, ready: false };
-        Ok(Self { cfg: cfg.clone(), dev, enc_q, enc_k, enc_eval, opt, queue, ptr: 0, v3, q, k1, k2, dq, row_loss, stats, unshuffle, health, last_half: KeyBatch::K2 })
+        let inputs = dev.alloc(STAGED_BATCHES * n * 3 * s * s)?;
+        Ok(Self { cfg: cfg.clone(), dev, enc_q, enc_k, enc_eval, opt, queue, ptr: 0, v3, q, k1, k2, dq, row_loss, stats, unshuffle, health, last_half: KeyBatch::K2, inputs, warm: false })
     }
 
     /// The device.
@@ -238,40 +246,65 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         &self.dev
     }
 
-    /// Keys `[N, dim]` of `x` in batch order through the key encoder (training mode), with shuffle-BN's
-    /// permutation `which` of optimiser step `step`, into `k2` (or `k1`): the host shuffles the images it uploads
-    /// (`x[idx_shuffle]`), the device gathers the keys back (`k[idx_unshuffle]`). Nothing is read back.
-    fn keys(&mut self, x: &[f32], step: u64, which: KeyBatch) -> Result<()> {
-        let (n, dim) = (self.cfg.batch_size, self.cfg.dim);
-        // (shuffle_rows and the encoder's input check the batch's length)
-        let img = x.len() / n.max(1);
+    /// Writes what the step reads from the host before any of its device work: both views into `inputs`, with
+    /// shuffle-BN the key encoder's shuffled batches of them (`x[idx_shuffle]`, the permutation of this optimiser
+    /// step) and their inverse permutations into `unshuffle`, and the non-finite count to zero. The work that
+    /// follows reads nothing from the host, so that it can be captured once and replayed after each `stage`.
+    fn stage(&mut self, x_q: &[f32], x_k: &[f32]) -> Result<()> {
+        let (n, img) = (self.cfg.batch_size, self.image_len());
+        self.dev.write(&mut self.inputs, staged_region(Staged::Q, n, img), x_q)?;
+        self.dev.write(&mut self.inputs, staged_region(Staged::K, n, img), x_k)?;
+        if !self.cfg.is_v3() {
+            let step = self.opt.steps();
+            for (which, x) in [(KeyBatch::K2, x_k), (KeyBatch::K1, x_q)] {
+                if which == KeyBatch::K1 && !self.cfg.symmetric {
+                    continue;
+                }
+                if let Some(s) = shuffle::for_step(&self.cfg, step, which) {
+                    self.dev.write(&mut self.inputs, staged_region(Staged::shuffled(which), n, img), &s.shuffle_rows(x, img)?)?;
+                    let inverse: Vec<u32> = s.idx_unshuffle.iter().map(|&i| i as u32).collect();
+                    self.dev.write_index(&mut self.unshuffle, unshuffle_region(which, n), &inverse)?;
+                }
+            }
+        }
+        self.dev.write_index(&mut self.stats, Region::new(NONFINITE_AT, 1), &[0])
+    }
+
+    /// Elements of one image `[3, S, S]`.
+    fn image_len(&self) -> usize {
+        3 * self.cfg.image_size * self.cfg.image_size
+    }
+
+    /// Keys `[N, dim]` of the staged view of `which` in batch order through the key encoder (training mode), into
+    /// `k2` (or `k1`); with shuffle-BN from the staged shuffled batch, gathered back on the device
+    /// (`k[idx_unshuffle]`). Nothing is read back.
+    fn keys(&mut self, which: KeyBatch) -> Result<()> {
+        let (n, dim, img) = (self.cfg.batch_size, self.cfg.dim, self.image_len());
         let dst = if which == KeyBatch::K2 { &mut self.k2 } else { &mut self.k1 };
         let all = Region::new(0, n * dim);
-        match shuffle::for_step(&self.cfg, step, which) {
-            Some(s) => {
-                self.enc_k.forward_upload(&s.shuffle_rows(x, img)?, true)?;
-                let at = Region::new(if which == KeyBatch::K2 { 0 } else { k1_unshuffle_at(n) }, n);
-                let inverse: Vec<u32> = s.idx_unshuffle.iter().map(|&i| i as u32).collect();
-                self.dev.write_index(&mut self.unshuffle, at, &inverse)?;
-                let ([dst], []) = D::split(dst, [all], [])?;
-                self.dev.gather_rows(dst, D::index_view(&self.unshuffle, at)?, self.enc_k.output(), &GatherShape::new(n, n, dim)?)?;
-            }
-            None => {
-                self.enc_k.forward_upload(x, true)?;
-                let ([dst], []) = D::split(dst, [all], [])?;
-                self.dev.copy(dst, self.enc_k.output())?;
-            }
+        let shuffled = self.cfg.shuffle_bn;
+        let at = if shuffled { Staged::shuffled(which) } else { Staged::view(which) };
+        self.enc_k.forward_view(D::view(&self.inputs, staged_region(at, n, img))?, true)?;
+        let ([dst], []) = D::split(dst, [all], [])?;
+        if shuffled {
+            let perm = unshuffle_region(which, n);
+            self.dev.gather_rows(dst, D::index_view(&self.unshuffle, perm)?, self.enc_k.output(), &GatherShape::new(n, n, dim)?)?;
+        } else {
+            self.dev.copy(dst, self.enc_k.output())?;
         }
         Ok(())
     }
 
-    /// Query forward of `x`, loss against the keys of `which`, backward (accumulating). The step's one read: the
-    /// loss statistics and the count of non-finite queries and keys, after the loss. Non-finite features give a NaN
+    /// Query forward of the staged view `at`, the loss against the keys of `which` into statistics block `block`,
+    /// and the backward (accumulating). The non-finite queries and keys are added to the step's count. Eager
+    /// (`deferred` false): the step's read, of the loss statistics and the count; non-finite features give a NaN
     /// loss and no backward (the fused loss clamps its exponent arguments, so a NaN feature could otherwise pass as
-    /// a finite loss).
-    fn query_half(&mut self, x: &[f32], which: KeyBatch, shape: &InfoNceShape) -> Result<InfoNceStats> {
+    /// a finite loss). Deferred (a captured step): nothing is read, the backward always runs, and the optimiser and
+    /// the enqueue skip their writes on the device when the count is not zero; returns `None`.
+    fn query_half(&mut self, at: Staged, which: KeyBatch, block: usize, shape: &InfoNceShape, deferred: bool) -> Result<Option<InfoNceStats>> {
+        let (n, img) = (self.cfg.batch_size, self.image_len());
         // q stays on the device (a device-side copy of the encoder's output region)
-        self.enc_q.forward_upload(x, true)?;
+        self.enc_q.forward_view(D::view(&self.inputs, staged_region(at, n, img))?, true)?;
         let all = Region::new(0, D::buf_len(&self.q));
         let ([dst], []) = D::split(&mut self.q, [all], [])?;
         self.dev.copy(dst, self.enc_q.output())?;
@@ -279,82 +312,102 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         self.dev.profile_scope("loss");
         count_nonfinite(&mut self.dev, &mut self.stats, &[&self.q, k])?;
         let queue = self.queue.as_ref().ok_or_else(|| Error::shape("train step", "a v1/v2 engine (with a queue)", "a v3 engine"))?;
-        let stats_view = D::index_mut(&mut self.stats, Region::new(0, STATS_WORDS))?;
+        let stats_view = D::index_mut(&mut self.stats, Region::new(block * STATS_WORDS, STATS_WORDS))?;
         self.dev.infonce(D::whole_mut(&mut self.dq), D::whole_mut(&mut self.row_loss), stats_view, D::whole(&self.q), D::whole(k), queue, shape)?;
+        if deferred {
+            self.last_half = which;
+            self.enc_q.backward(D::as_input(&self.dq))?;
+            return Ok(None);
+        }
         let words = self.dev.read_index(&self.stats, Region::new(0, NONFINITE_AT + 1))?;
         if words[NONFINITE_AT] != 0 {
-            return Ok(InfoNceStats { loss: f32::NAN, top1: 0, top5: 0 });
+            return Ok(Some(InfoNceStats { loss: f32::NAN, top1: 0, top5: 0 }));
         }
-        let stats = InfoNceStats::from_words(&words[..STATS_WORDS])?;
+        let stats = InfoNceStats::from_words(&words[block * STATS_WORDS..(block + 1) * STATS_WORDS])?;
         self.last_half = which;
         if stats.loss.is_finite() {
             self.enc_q.backward(D::as_input(&self.dq))?;
         }
-        Ok(stats)
+        Ok(Some(stats))
     }
 
-    /// The MoCo v1/v2 step.
-    fn step_v2(&mut self, x_q: &[f32], x_k: &[f32], lr: f64, momentum: f64) -> Result<StepStats> {
+    /// The MoCo v1/v2 step's device work (after [`MocoEngine::stage`]); its statistics when eager, `None` when
+    /// deferred (read them from `stats` after the work, [`v2_stats_from_words`]).
+    fn step_v2(&mut self, lr: f64, momentum: f64, deferred: bool) -> Result<Option<StepStats>> {
         let (n, dim) = (self.cfg.batch_size, self.cfg.dim);
         let shape = InfoNceShape::new(n, dim, self.cfg.queue_len, self.cfg.temperature as f32)?.with_precision(self.cfg.precision);
         // key encoder: EMA of the query encoder's parameters (not its BN statistics), then keys without grad
         self.dev.profile_scope("ema");
         self.dev.ema(D::whole_mut(&mut self.enc_k.params), D::whole(&self.enc_q.params), momentum)?;
         // keys with shuffle-BN: the permutation of this step comes from (seed, optimiser steps taken)
-        let step = self.opt.steps();
-        self.keys(x_k, step, KeyBatch::K2)?;
+        self.keys(KeyBatch::K2)?;
         if self.cfg.symmetric {
-            self.keys(x_q, step, KeyBatch::K1)?;
+            self.keys(KeyBatch::K1)?;
         }
         self.enc_q.zero_grad()?;
-        let s12 = self.query_half(x_q, KeyBatch::K2, &shape)?;
-        let mut stats = StepStats { loss: s12.loss, acc1: s12.top1 as f32, acc5: s12.top5 as f32 };
-        let mut rows = n as f32;
-        if self.cfg.symmetric && s12.loss.is_finite() {
-            let s21 = self.query_half(x_k, KeyBatch::K1, &shape)?;
-            stats = StepStats { loss: stats.loss + s21.loss, acc1: stats.acc1 + s21.top1 as f32, acc5: stats.acc5 + s21.top5 as f32 };
-            rows *= 2.0;
+        let mut halves = Vec::with_capacity(2);
+        halves.extend(self.query_half(Staged::Q, KeyBatch::K2, 0, &shape, deferred)?);
+        // (both halves run even after a non-finite first half, so that an eager and a captured step change the same
+        // state: the second half's forward updates BN's running statistics)
+        if self.cfg.symmetric {
+            halves.extend(self.query_half(Staged::K, KeyBatch::K1, 1, &shape, deferred)?);
         }
-        stats.acc1 *= 100.0 / rows;
-        stats.acc5 *= 100.0 / rows;
-        if !stats.loss.is_finite() {
+        let stats = (!deferred).then(|| v2_stats(&halves, n));
+        if stats.is_some_and(|s| !s.loss.is_finite()) {
             return Ok(stats);
         }
         self.dev.profile_scope("optimizer");
-        self.opt.step(&mut self.dev, &mut self.enc_q.params, &self.enc_q.grads, lr)?;
+        self.optimizer_steps(lr)?;
         // the health statistics against the queue the loss saw, before this step's keys join it
         self.measure_health()?;
         self.dev.profile_scope("enqueue");
-        // enqueue after the loss: k2 (and k1 first for the symmetric loss, as the colab's cat([k1, k2]))
+        self.enqueue_keys()?;
+        Ok(stats)
+    }
+
+    /// The optimiser step of the query encoder (and of the predictor, v3).
+    fn optimizer_steps(&mut self, lr: f64) -> Result<()> {
+        self.opt.step(&mut self.dev, &mut self.enc_q.params, &self.enc_q.grads, lr)?;
+        if let Some(v3) = &mut self.v3 {
+            v3.opt.step(&mut self.dev, &mut v3.pred.params, &v3.pred.grads, lr)?;
+        }
+        Ok(())
+    }
+
+    /// Enqueues the step's keys after the loss: k2 (and k1 first for the symmetric loss, as the colab's
+    /// `cat([k1, k2])`).
+    fn enqueue_keys(&mut self) -> Result<()> {
+        let (n, dim) = (self.cfg.batch_size, self.cfg.dim);
         let queue = self.queue.as_mut().ok_or_else(|| Error::shape("train step", "a v1/v2 engine (with a queue)", "a v3 engine"))?;
-        let qs = QueueShape::new(n, dim, self.cfg.queue_len, self.ptr)?;
         if self.cfg.symmetric {
+            let qs = QueueShape::new(n, dim, self.cfg.queue_len, self.ptr)?;
             self.ptr = self.dev.enqueue(queue, D::whole(&self.k1), &qs)?;
         }
         let qs = QueueShape::new(n, dim, self.cfg.queue_len, self.ptr)?;
         self.ptr = self.dev.enqueue(queue, D::whole(&self.k2), &qs)?;
-        Ok(stats)
+        Ok(())
     }
 
-    /// The MoCo v3 step (moco-v3's `MoCo.forward` + `main_moco.py`'s train step): EMA of the momentum encoder,
-    /// keys k1, k2 of both views (train-mode BN, no gradient), queries q1, q2 = predictor(encoder(x)) in two
-    /// activation slots, the fused symmetric loss ctr(q1, k2) + ctr(q2, k1), both backwards, the optimiser on
-    /// the encoder and the predictor.
-    fn step_v3(&mut self, x1: &[f32], x2: &[f32], lr: f64, momentum: f64) -> Result<StepStats> {
-        let (n, dim) = (self.cfg.batch_size, self.cfg.dim);
+    /// The MoCo v3 step's device work (moco-v3's `MoCo.forward` + `main_moco.py`'s train step, after
+    /// [`MocoEngine::stage`]): EMA of the momentum encoder, keys k1, k2 of both views (train-mode BN, no gradient),
+    /// queries q1, q2 = predictor(encoder(x)) in two activation slots, the fused symmetric loss ctr(q1, k2) +
+    /// ctr(q2, k1), both backwards, the optimiser on the encoder and the predictor. Its statistics when eager,
+    /// `None` when deferred (as [`MocoEngine::step_v2`]).
+    fn step_v3(&mut self, lr: f64, momentum: f64, deferred: bool) -> Result<Option<StepStats>> {
+        let (n, dim, img) = (self.cfg.batch_size, self.cfg.dim, self.image_len());
         let shape = SymmetricShape::new(n, dim, self.cfg.temperature as f32)?.with_precision(self.cfg.precision);
         let v3 = self.v3.as_mut().ok_or_else(|| Error::shape("train step", "a v3 engine (with a predictor)", "a v1/v2 engine"))?;
         self.dev.profile_scope("ema");
         self.dev.ema(D::whole_mut(&mut self.enc_k.params), D::whole(&self.enc_q.params), momentum)?;
         let all = Region::new(0, n * dim);
-        for (x, k) in [(x1, &mut self.k1), (x2, &mut self.k2)] {
-            self.enc_k.forward_upload(x, true)?;
+        for (at, k) in [(Staged::Q, &mut self.k1), (Staged::K, &mut self.k2)] {
+            self.enc_k.forward_view(D::view(&self.inputs, staged_region(at, n, img))?, true)?;
             let ([dst], []) = D::split(k, [all], [])?;
             self.dev.copy(dst, self.enc_k.output())?;
         }
-        for (slot, (x, q)) in [(x1, &mut self.q), (x2, &mut v3.q2)].into_iter().enumerate() {
+        for (slot, (at, q)) in [(Staged::Q, &mut self.q), (Staged::K, &mut v3.q2)].into_iter().enumerate() {
             self.enc_q.use_slot(slot)?;
-            self.enc_q.forward_upload(x, true)?;
+            self.enc_q.forward_view(D::view(&self.inputs, staged_region(at, n, img))?, true)?;
             v3.pred.use_slot(slot)?;
             v3.pred.forward_view(self.enc_q.output(), true)?;
             let ([dst], []) = D::split(q, [all], [])?;
@@ -367,14 +420,11 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         count_nonfinite(&mut self.dev, &mut self.stats, &[&self.q, &v3.q2, &self.k1, &self.k2])?;
         let stats_view = D::index_mut(&mut self.stats, Region::new(0, 2 * STATS_WORDS))?;
         self.dev.moco_v3_loss(D::whole_mut(&mut self.dq), D::whole_mut(&mut v3.dq2), stats_view, D::whole(&self.q), D::whole(&v3.q2), D::whole(&self.k1), D::whole(&self.k2), &shape)?;
-        let words = self.dev.read_index(&self.stats, Region::new(0, NONFINITE_AT + 1))?;
-        if words[NONFINITE_AT] != 0 {
-            return Ok(StepStats { loss: f32::NAN, acc1: 0.0, acc5: 0.0 });
-        }
-        let loss = v3_loss_from_words(&words[..2 * STATS_WORDS])?;
-        let (a, b) = (InfoNceStats::from_words(&words[..STATS_WORDS])?, InfoNceStats::from_words(&words[STATS_WORDS..2 * STATS_WORDS])?);
-        let stats = StepStats { loss, acc1: 50.0 * (a.top1 + b.top1) as f32 / n as f32, acc5: 50.0 * (a.top5 + b.top5) as f32 / n as f32 };
-        if !loss.is_finite() {
+        let stats = match deferred {
+            true => None,
+            false => Some(v3_stats_from_words(&self.dev.read_index(&self.stats, Region::new(0, NONFINITE_AT + 1))?, n)?),
+        };
+        if stats.is_some_and(|s| !s.loss.is_finite()) {
             return Ok(stats);
         }
         self.enc_q.zero_grad()?;
@@ -388,10 +438,70 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         self.enc_q.use_slot(0)?;
         v3.pred.use_slot(0)?;
         self.dev.profile_scope("optimizer");
-        self.opt.step(&mut self.dev, &mut self.enc_q.params, &self.enc_q.grads, lr)?;
-        v3.opt.step(&mut self.dev, &mut v3.pred.params, &v3.pred.grads, lr)?;
+        self.optimizer_steps(lr)?;
         self.measure_health()?;
         Ok(stats)
+    }
+
+    /// The host side of a replayed step: the ops whose parameters change every step, called in the order the
+    /// captured step called them (they record their parameters and launch nothing), and the host's counters that
+    /// the step advances (BN's `num_batches_tracked`, the optimisers' steps, the queue pointer).
+    fn replay_host(&mut self, lr: f64, momentum: f64) -> Result<()> {
+        self.dev.ema(D::whole_mut(&mut self.enc_k.params), D::whole(&self.enc_q.params), momentum)?;
+        let views = if self.cfg.is_v3() || self.cfg.symmetric { 2 } else { 1 };
+        self.enc_k.num_batches_tracked += views;
+        self.enc_q.num_batches_tracked += views;
+        if let Some(v3) = &mut self.v3 {
+            v3.pred.num_batches_tracked += 2;
+        }
+        self.optimizer_steps(lr)?;
+        if self.queue.is_some() {
+            self.last_half = if self.cfg.symmetric { KeyBatch::K1 } else { KeyBatch::K2 };
+            self.enqueue_keys()?;
+        }
+        Ok(())
+    }
+
+    /// One step after [`MocoEngine::stage`]: eager (the ops launched one by one, the loss read before the
+    /// backward), or on a device that captures (CUDA, `cuda_graph` on) from the second step on, captured once and
+    /// replayed, the statistics read once after the whole step. A step that measures health or is profiled runs
+    /// eagerly.
+    fn run_step(&mut self, lr: f64, momentum: f64) -> Result<StepStats> {
+        let n = self.cfg.batch_size;
+        let captured = self.cfg.cuda_graph && self.dev.can_capture() && self.warm && !self.health.due && !self.dev.profiling();
+        if !captured {
+            let stats = if self.cfg.is_v3() { self.step_v3(lr, momentum, false)? } else { self.step_v2(lr, momentum, false)? };
+            self.warm = true;
+            return stats.ok_or_else(|| Error::Cuda("eager step without statistics".into()));
+        }
+        // the host's bookkeeping of the work the device skips after non-finite features (see below)
+        let before = (self.opt.steps(), self.v3.as_ref().map(|v| v.opt.steps()), self.ptr);
+        if self.dev.begin_replay()? {
+            let host = self.replay_host(lr, momentum);
+            self.dev.end_replay(host.is_ok())?;
+            host?;
+        } else {
+            let skip = D::index_view(&self.stats, Region::new(NONFINITE_AT, 1))?;
+            self.dev.begin_capture(skip)?;
+            let work = if self.cfg.is_v3() { self.step_v3(lr, momentum, true) } else { self.step_v2(lr, momentum, true) };
+            let ended = self.dev.end_capture(work.is_ok());
+            work?;
+            ended?;
+        }
+        let words = self.dev.read_index(&self.stats, Region::new(0, NONFINITE_AT + 1))?;
+        if words[NONFINITE_AT] != 0 {
+            // the optimisers and the enqueue changed nothing on the device (their `skip` count), as an eager step
+            // skips them: neither do the host's step counts and queue pointer
+            self.opt.set_steps(before.0);
+            if let (Some(v3), Some(steps)) = (&mut self.v3, before.1) {
+                v3.opt.set_steps(steps);
+            }
+            self.ptr = before.2;
+        }
+        if self.cfg.is_v3() {
+            return v3_stats_from_words(&words, n);
+        }
+        v2_stats_from_words(&words, n, self.cfg.symmetric)
     }
 
     /// When a measurement is due: the health op on the step's queries `q` (v3: of view 1, through the predictor)
@@ -436,15 +546,83 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
     }
 }
 
-/// Zeroes the step's non-finite count (`stats[NONFINITE_AT]`) and counts the non-finite values of `bufs` into it,
-/// on the device.
+/// Adds the count of non-finite values of `bufs` to the step's non-finite count (`stats[NONFINITE_AT]`, zeroed by
+/// [`MocoEngine::stage`]), on the device.
 fn count_nonfinite<D: TrainDevice>(dev: &mut D, stats: &mut D::IndexBuf, bufs: &[&D::Buf]) -> Result<()> {
     let one = Region::new(NONFINITE_AT, 1);
-    dev.write_index(stats, one, &[0])?;
     for b in bufs {
         dev.count_nonfinite(D::index_mut(stats, one)?, D::whole(b), &FiniteShape::new(D::buf_len(b))?)?;
     }
     Ok(())
+}
+
+/// The step's statistics from the halves' loss statistics (v1/v2; the second half with the symmetric loss): the
+/// loss summed, the accuracies in percent over all rows.
+fn v2_stats(halves: &[InfoNceStats], n: usize) -> StepStats {
+    let rows = (n * halves.len().max(1)) as f32;
+    let (loss, top1, top5) = halves.iter().fold((0.0f32, 0u64, 0u64), |(l, a, b), h| (l + h.loss, a + h.top1 as u64, b + h.top5 as u64));
+    StepStats { loss, acc1: top1 as f32 * 100.0 / rows, acc5: top5 as f32 * 100.0 / rows }
+}
+
+/// The v1/v2 step's statistics from the words of `stats` read after a deferred step: a NaN loss when any feature
+/// was non-finite.
+fn v2_stats_from_words(words: &[u32], n: usize, symmetric: bool) -> Result<StepStats> {
+    if words[NONFINITE_AT] != 0 {
+        return Ok(StepStats { loss: f32::NAN, acc1: 0.0, acc5: 0.0 });
+    }
+    let mut halves = vec![InfoNceStats::from_words(&words[..STATS_WORDS])?];
+    if symmetric {
+        halves.push(InfoNceStats::from_words(&words[STATS_WORDS..2 * STATS_WORDS])?);
+    }
+    Ok(v2_stats(&halves, n))
+}
+
+/// The v3 step's statistics from the words of `stats`: the symmetric loss and the in-batch accuracies of both
+/// directions, or a NaN loss when any feature was non-finite.
+fn v3_stats_from_words(words: &[u32], n: usize) -> Result<StepStats> {
+    if words[NONFINITE_AT] != 0 {
+        return Ok(StepStats { loss: f32::NAN, acc1: 0.0, acc5: 0.0 });
+    }
+    let loss = v3_loss_from_words(&words[..2 * STATS_WORDS])?;
+    let (a, b) = (InfoNceStats::from_words(&words[..STATS_WORDS])?, InfoNceStats::from_words(&words[STATS_WORDS..2 * STATS_WORDS])?);
+    Ok(StepStats { loss, acc1: 50.0 * (a.top1 + b.top1) as f32 / n as f32, acc5: 50.0 * (a.top5 + b.top5) as f32 / n as f32 })
+}
+
+/// Where a view's batch sits in the engine's staged inputs (each `[N, 3, S, S]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Staged {
+    /// The query view (v3: view 1).
+    Q = 0,
+    /// The key view (v3: view 2).
+    K = 1,
+    /// The key view shuffled for the key encoder (shuffle-BN).
+    KShuffled = 2,
+    /// The query view shuffled for the key encoder (shuffle-BN, symmetric loss).
+    QShuffled = 3,
+}
+
+/// Batches in the staged inputs.
+const STAGED_BATCHES: usize = 4;
+
+impl Staged {
+    /// The view whose keys are `which`, unshuffled.
+    fn view(which: KeyBatch) -> Self {
+        if which == KeyBatch::K2 { Staged::K } else { Staged::Q }
+    }
+    /// The view whose keys are `which`, shuffled.
+    fn shuffled(which: KeyBatch) -> Self {
+        if which == KeyBatch::K2 { Staged::KShuffled } else { Staged::QShuffled }
+    }
+}
+
+/// The region of batch `at` in the staged inputs, for `n` images of `img` elements.
+fn staged_region(at: Staged, n: usize, img: usize) -> Region {
+    Region::new(at as usize * n * img, n * img)
+}
+
+/// The inverse permutation of `which` in `unshuffle` (k2's at 0, k1's at [`k1_unshuffle_at`]).
+fn unshuffle_region(which: KeyBatch, n: usize) -> Region {
+    Region::new(if which == KeyBatch::K2 { 0 } else { k1_unshuffle_at(n) }, n)
 }
 
 impl<D: TrainDevice, M: Encoder> Engine for MocoEngine<D, M> {
@@ -463,11 +641,8 @@ impl<D: TrainDevice, M: Encoder> Engine for MocoEngine<D, M> {
         if !(lr.is_finite() && lr >= 0.0 && (0.0..=1.0).contains(&momentum)) {
             return Err(Error::shape("train step", "a finite lr >= 0 and a momentum in [0, 1]", format!("lr {lr}, momentum {momentum}")));
         }
-        if self.cfg.is_v3() {
-            self.step_v3(x_q, x_k, lr, momentum)
-        } else {
-            self.step_v2(x_q, x_k, lr, momentum)
-        }
+        self.stage(x_q, x_k)?;
+        self.run_step(lr, momentum)
     }
 
     fn request_health(&mut self) {
@@ -556,6 +731,8 @@ impl<D: TrainDevice, M: Encoder> Engine for MocoEngine<D, M> {
             v3.pred.num_batches_tracked = s.q_tracked;
         }
         self.ptr = s.queue_ptr;
+        // the queue is a new allocation: a captured step would write the old one
+        self.dev.drop_capture();
         self.enc_q.num_batches_tracked = s.q_tracked;
         self.enc_k.num_batches_tracked = s.k_tracked;
         self.dev.synchronize()

@@ -8,12 +8,14 @@
 //! ops, or wraps its stream with [`Cuda::from_stream`].
 
 mod context;
+mod graph;
 mod profile;
 mod workspace;
 
 pub use context::{check_driver, check_nvrtc};
 #[cfg(test)]
 pub(crate) use context::compile;
+pub(crate) use graph::Live;
 pub(crate) use workspace::Workspace;
 pub(crate) use context::{cfg, cfg_block, function, module, BLOCK, MAX_GRID_X, MAX_GRID_YZ};
 
@@ -36,6 +38,8 @@ pub struct Cuda {
     profile: profile::Profile,
     /// The f32 matrix products' arithmetic ([`Cuda::set_matmul_precision`]).
     matmul_precision: crate::ops::precision::MatmulPrecision,
+    /// The captured step of an engine's device ([`Device::for_capture`]; `None` elsewhere), shared by its clones.
+    step_graph: Option<Arc<std::sync::Mutex<graph::StepGraph>>>,
 }
 
 impl Cuda {
@@ -54,7 +58,7 @@ impl Cuda {
         let ctx = stream.context().clone();
         let dev = context::no_panic("CUDA device name", || Ok(ctx.name().unwrap_or_else(|_| "unknown device".into())))?;
         let (major, minor) = ctx.compute_capability()?;
-        Ok(Self { name: format!("cuda:{} {dev} (sm_{major}{minor})", ctx.ordinal()), ctx, stream, state: OpState::default(), poison_scratch: false, profile: Default::default(), matmul_precision: Default::default() })
+        Ok(Self { name: format!("cuda:{} {dev} (sm_{major}{minor})", ctx.ordinal()), ctx, stream, state: OpState::default(), poison_scratch: false, profile: Default::default(), matmul_precision: Default::default(), step_graph: None })
     }
 
     /// The device's context.
@@ -93,6 +97,20 @@ impl Cuda {
         Ok(if self.ctx.compute_capability()?.0 >= 8 { self.matmul_precision } else { Default::default() })
     }
 
+    /// How an op whose parameter block `block` changes every step runs now ([`Live`]): by value, reading it from
+    /// the captured step's arena, or only recording it for a replay.
+    pub(crate) fn live<T: bytemuck::Pod>(&self, block: &T) -> Result<Live> {
+        match &self.step_graph {
+            None => Ok(Live::Eager),
+            Some(g) => g.lock().map_err(|_| Error::Cuda("step graph lock poisoned".into()))?.live(&self.stream, bytemuck::bytes_of(block)),
+        }
+    }
+
+    fn with_graph<T>(&self, f: impl FnOnce(&mut graph::StepGraph) -> Result<T>) -> Result<T> {
+        let g = self.step_graph.as_ref().ok_or_else(|| Error::Unavailable(format!("{}: a step is captured only on a device from for_capture", self.name)))?;
+        f(&mut *g.lock().map_err(|_| Error::Cuda("step graph lock poisoned".into()))?)
+    }
+
     /// The stream and this device's reused op scratch (see [`Workspace`]).
     pub(crate) fn workspace(&mut self) -> (Arc<CudaStream>, &mut Workspace) {
         let (stream, poison) = (self.stream.clone(), self.poison_scratch);
@@ -125,6 +143,44 @@ fn split_off<'a>(mut v: CudaViewMut<'a, f32>, mid: usize) -> Result<(CudaViewMut
 impl Device for Cuda {
     fn set_matmul_precision(&mut self, precision: crate::ops::precision::MatmulPrecision) {
         Cuda::set_matmul_precision(self, precision);
+    }
+    fn for_capture(&self) -> Result<Self> {
+        // SAFETY: from here on the context's new allocations record no cudarc events. Every `Cuda` runs all its
+        // work on its one stream (clones share it), and buffers are not shared between devices of different
+        // streams; the engine that captures owns its buffers. (A captured stream may not wait on events recorded
+        // before the capture, which cudarc's tracking would make it do.)
+        unsafe { self.ctx.disable_event_tracking() };
+        let stream = self.ctx.new_stream()?;
+        Ok(Self { stream, state: OpState::default(), profile: Default::default(), step_graph: Some(Default::default()), ..self.clone() })
+    }
+    fn can_capture(&self) -> bool {
+        self.step_graph.is_some()
+    }
+    fn begin_capture(&mut self, skip: CudaView<'_, u32>) -> Result<()> {
+        use cudarc::driver::DevicePtr;
+        let at = skip.device_ptr(&self.stream).0;
+        let stream = self.stream.clone();
+        self.with_graph(|g| g.begin_capture(&stream, at))
+    }
+    fn end_capture(&mut self, keep: bool) -> Result<()> {
+        let stream = self.stream.clone();
+        self.with_graph(|g| g.end_capture(&stream, keep))
+    }
+    fn begin_replay(&mut self) -> Result<bool> {
+        if self.step_graph.is_none() {
+            return Ok(false);
+        }
+        self.with_graph(|g| g.begin_replay())
+    }
+    fn end_replay(&mut self, ok: bool) -> Result<()> {
+        let stream = self.stream.clone();
+        self.with_graph(|g| g.end_replay(&stream, ok))
+    }
+    fn drop_capture(&mut self) {
+        let _ = self.with_graph(|g| {
+            g.drop_graph();
+            Ok(())
+        });
     }
     type Buf = CudaSlice<f32>;
     type IndexBuf = CudaSlice<u32>;

@@ -16,6 +16,15 @@ use std::sync::Arc;
 /// kernels load 16-byte pieces; the vectorised ones 8 or 16).
 const ALIGN_BYTES: usize = 256;
 
+/// Growths of any workspace in this process: a captured step holds the addresses of the scratch it used, so a growth
+/// after its capture (a larger op outside the step) means it must be captured again ([`super::graph`]).
+static GROWTHS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// [`GROWTHS`] now.
+pub(crate) fn growths() -> u64 {
+    GROWTHS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// One element type's growing allocation.
 #[derive(Debug)]
 pub(crate) struct Arena<T: DeviceRepr> {
@@ -46,6 +55,7 @@ impl<T: DeviceRepr + ValidAsZeroBits> Arena<T> {
             let grown = total.max(self.buf.as_ref().map_or(0, |b| b.len() + b.len() / 2));
             self.buf = None;
             self.buf = Some(stream.alloc_zeros::<T>(grown.max(1))?);
+            GROWTHS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let buf = self.buf.as_mut().ok_or_else(|| Error::Cuda("scratch allocation missing after growth".into()))?;
         if self.poison && total > 0 {

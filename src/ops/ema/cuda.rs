@@ -3,7 +3,7 @@
 
 use super::params::{ema_multi_chunk_map, EmaParams, EMA_CHUNK};
 use super::{Ema, EmaShape, KERNELS};
-use crate::device::cuda::{cfg, Cuda, MAX_GRID_X};
+use crate::device::cuda::{cfg, Cuda, Live, MAX_GRID_X};
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, PushKernelArg};
 use std::sync::Arc;
@@ -17,11 +17,17 @@ const _: () = assert!(std::mem::size_of::<EmaParams>() == 16);
 /// Launches `ema_update` with `min(ceil(len/256), 1024)` blocks of 256 threads (grid-stride loop).
 pub fn ema_update(stream: &Arc<CudaStream>, k: &mut CudaViewMut<'_, f32>, q: &CudaView<'_, f32>, shape: &EmaShape) -> Result<()> {
     shape.check(q.len(), k.len())?;
+    launch_ema(stream, k, q, shape, Live::Eager)
+}
+
+fn launch_ema(stream: &Arc<CudaStream>, k: &mut CudaViewMut<'_, f32>, q: &CudaView<'_, f32>, shape: &EmaShape, live: Live) -> Result<()> {
     let (p, grid) = EmaParams::launch(shape);
+    let (live, _) = live.args();
     let f = KERNELS.cuda_function(stream, "ema_update")?;
-    // SAFETY: ema_update(EmaParams, const float* q [len], float* k [len]); both slices hold exactly `len`
-    // elements (shape.check above) and every thread touches only indices < len.
-    unsafe { stream.launch_builder(&f).arg(&p).arg(q).arg(k).launch(cfg(grid)) }?;
+    // SAFETY: ema_update(EmaParams, const EmaParams* live, const float* q [len], float* k [len]); both slices
+    // hold exactly `len` elements (checked by the caller) and every thread touches only indices < len; `live` is
+    // null or the device address of a captured step's block for this same length (`Cuda::live`).
+    unsafe { stream.launch_builder(&f).arg(&p).arg(&live).arg(q).arg(k).launch(cfg(grid)) }?;
     Ok(())
 }
 
@@ -78,6 +84,10 @@ pub fn ema_update_multi(stream: &Arc<CudaStream>, pairs: &mut [(&mut CudaSlice<f
 
 impl Ema for Cuda {
     fn ema_update(&mut self, mut k: CudaViewMut<'_, f32>, q: CudaView<'_, f32>, shape: &EmaShape) -> Result<()> {
-        ema_update(self.stream(), &mut k, &q, shape)
+        shape.check(q.len(), k.len())?;
+        match self.live(&EmaParams::launch(shape).0)? {
+            Live::Recorded => Ok(()),
+            live => launch_ema(self.stream(), &mut k, &q, shape, live),
+        }
     }
 }

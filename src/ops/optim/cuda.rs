@@ -12,7 +12,7 @@
 
 use super::params::{adamw_params, elementwise_grid, lars_params, lars_tables, sgd_params, OptimParams};
 use super::KERNELS;
-use crate::device::cuda::{cfg, Cuda, BLOCK, MAX_GRID_X};
+use crate::device::cuda::{cfg, Cuda, Live, BLOCK, MAX_GRID_X};
 use crate::error::{Error, Result};
 use super::config::{AdamWConfig, LarsConfig, ParamSpans, SgdConfig};
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
@@ -42,26 +42,42 @@ fn check_view(op: &'static str, what: &str, got: usize, len: usize) -> Result<()
 /// yet (torch's `momentum_buffer is None`). Launches `sgd_step`, a grid-stride loop of
 /// `min(ceil(len / 256), OPTIM_WORKGROUPS)` blocks of 256 threads.
 pub fn sgd_step(stream: &Arc<CudaStream>, params: &mut CudaViewMut<f32>, momentum_buf: Option<&mut CudaViewMut<f32>>, grads: &CudaView<f32>, config: &SgdConfig, first_step: bool) -> Result<()> {
+    sgd_step_live(stream, params, momentum_buf, grads, config, first_step, |_| Ok(Live::Eager))
+}
+
+/// [`sgd_step`], its parameter block passed through `live` (a captured step's, see [`Cuda::live`]).
+fn sgd_step_live(stream: &Arc<CudaStream>, params: &mut CudaViewMut<f32>, momentum_buf: Option<&mut CudaViewMut<f32>>, grads: &CudaView<f32>, config: &SgdConfig, first_step: bool, live: impl FnOnce(&OptimParams) -> Result<Live>) -> Result<()> {
     let op = "sgd (cuda)";
     let len = params.len();
     let u = sgd_params(config, len, first_step)?;
     check_view(op, "grads", grads.len(), len)?;
+    let buf = match momentum_buf {
+        Some(b) => {
+            check_view(op, "momentum_buf", b.len(), len)?;
+            Some(b)
+        }
+        None if config.momentum != 0.0 => return Err(Error::shape(op, "a momentum buffer when momentum > 0", "None")),
+        None => None,
+    };
+    let (live, skip) = match live(&u)? {
+        Live::Recorded => return Ok(()),
+        l => l.args(),
+    };
     let (groups, _) = elementwise_grid(len);
     let f = KERNELS.cuda_function(stream, "sgd_step")?;
-    if config.momentum == 0.0 {
+    let Some(buf) = buf.filter(|_| config.momentum != 0.0) else {
         let null: u64 = 0;
-        // SAFETY: sgd_step(OptimParams, float* params [len], const float* grads [len], float* momentum_buf). Both
-        // views hold exactly `len` elements (checked above) and every thread touches only indices < len; without
-        // FLAG_MOMENTUM (momentum == 0) the kernel never reads momentum_buf, so a null pointer (8 bytes, as a
-        // float*) is passed.
-        unsafe { stream.launch_builder(&f).arg(&u).arg(params).arg(grads).arg(&null).launch(cfg((groups, 1, 1))) }?;
+        // SAFETY: sgd_step(OptimParams, const OptimParams* live, const unsigned* skip, float* params [len], const
+        // float* grads [len], float* momentum_buf). Both views hold exactly `len` elements (checked above) and
+        // every thread touches only indices < len; without FLAG_MOMENTUM (momentum == 0) the kernel never reads
+        // momentum_buf, so a null pointer (8 bytes, as a float*) is passed. `live` and `skip` are null or a
+        // captured step's block for this same length and its count word (`Cuda::live`).
+        unsafe { stream.launch_builder(&f).arg(&u).arg(&live).arg(&skip).arg(params).arg(grads).arg(&null).launch(cfg((groups, 1, 1))) }?;
         return Ok(());
-    }
-    let buf = momentum_buf.ok_or_else(|| Error::shape(op, "a momentum buffer when momentum > 0", "None"))?;
-    check_view(op, "momentum_buf", buf.len(), len)?;
+    };
     // SAFETY: as above, with momentum_buf a live view of exactly `len` elements; the three views are disjoint
     // (two exclusive borrows and a shared one).
-    unsafe { stream.launch_builder(&f).arg(&u).arg(params).arg(grads).arg(buf).launch(cfg((groups, 1, 1))) }?;
+    unsafe { stream.launch_builder(&f).arg(&u).arg(&live).arg(&skip).arg(params).arg(grads).arg(buf).launch(cfg((groups, 1, 1))) }?;
     Ok(())
 }
 
@@ -70,18 +86,29 @@ pub fn sgd_step(stream: &Arc<CudaStream>, params: &mut CudaViewMut<f32>, momentu
 /// `params, exp_avg, exp_avg_sq: [len]` are updated in place, `grads: [len]` read; `step` is the 1-based index of
 /// this step, used by the bias corrections. Launches `adamw_step` (grid-stride, as [`sgd_step`]).
 pub fn adamw_step(stream: &Arc<CudaStream>, params: &mut CudaViewMut<f32>, exp_avg: &mut CudaViewMut<f32>, exp_avg_sq: &mut CudaViewMut<f32>, grads: &CudaView<f32>, config: &AdamWConfig, step: u64) -> Result<()> {
+    adamw_step_live(stream, params, exp_avg, exp_avg_sq, grads, config, step, |_| Ok(Live::Eager))
+}
+
+/// [`adamw_step`], its parameter block passed through `live` (a captured step's, see [`Cuda::live`]).
+#[allow(clippy::too_many_arguments)]
+fn adamw_step_live(stream: &Arc<CudaStream>, params: &mut CudaViewMut<f32>, exp_avg: &mut CudaViewMut<f32>, exp_avg_sq: &mut CudaViewMut<f32>, grads: &CudaView<f32>, config: &AdamWConfig, step: u64, live: impl FnOnce(&OptimParams) -> Result<Live>) -> Result<()> {
     let op = "adamw (cuda)";
     let len = params.len();
     let u = adamw_params(config, len, step)?;
     check_view(op, "grads", grads.len(), len)?;
     check_view(op, "exp_avg", exp_avg.len(), len)?;
     check_view(op, "exp_avg_sq", exp_avg_sq.len(), len)?;
+    let (live, skip) = match live(&u)? {
+        Live::Recorded => return Ok(()),
+        l => l.args(),
+    };
     let (groups, _) = elementwise_grid(len);
     let f = KERNELS.cuda_function(stream, "adamw_step")?;
-    // SAFETY: adamw_step(OptimParams, float* params, const float* grads, float* exp_avg, float* exp_avg_sq), each
-    // [len]: all four views hold exactly `len` elements (checked above), are disjoint (exclusive borrows), and
-    // every thread touches only indices < len.
-    unsafe { stream.launch_builder(&f).arg(&u).arg(params).arg(grads).arg(exp_avg).arg(exp_avg_sq).launch(cfg((groups, 1, 1))) }?;
+    // SAFETY: adamw_step(OptimParams, const OptimParams* live, const unsigned* skip, float* params, const float*
+    // grads, float* exp_avg, float* exp_avg_sq), each [len]: all four views hold exactly `len` elements (checked
+    // above), are disjoint (exclusive borrows), and every thread touches only indices < len; `live` and `skip` are
+    // null or a captured step's block for this same length and its count word (`Cuda::live`).
+    unsafe { stream.launch_builder(&f).arg(&u).arg(&live).arg(&skip).arg(params).arg(grads).arg(exp_avg).arg(exp_avg_sq).launch(cfg((groups, 1, 1))) }?;
     Ok(())
 }
 
@@ -155,14 +182,20 @@ impl CudaLarsPlan {
         unsafe { stream.launch_builder(&fs).arg(&us).arg(&self.span_table).arg(&self.partials).arg(&mut self.norms_sq).launch(cfg((n_spans as u32, 1, 1))) }?;
         Ok(())
     }
-    fn launch_update(&self, stream: &Arc<CudaStream>, params: &mut CudaViewMut<f32>, mu: &mut CudaViewMut<f32>, grads: &CudaView<f32>, u: OptimParams) -> Result<()> {
+    /// The parameter block of `lars_update` for `u`.
+    fn update_params(&self, u: OptimParams) -> OptimParams {
+        OptimParams { count: self.n_segments as u32, ..u }
+    }
+    fn launch_update(&self, stream: &Arc<CudaStream>, params: &mut CudaViewMut<f32>, mu: &mut CudaViewMut<f32>, grads: &CudaView<f32>, u: OptimParams, live: Live) -> Result<()> {
         let f = KERNELS.cuda_function(stream, "lars_update")?;
-        let u = OptimParams { count: self.n_segments as u32, ..u };
-        // SAFETY: lars_update(OptimParams, float* params [len], const float* grads [len], float* mu [len],
-        // const uint4* segments [count], const float2* norms_sq [spans]): params, mu, grads hold exactly len
-        // elements (checked by the caller) and are disjoint (borrows); segment ranges lie in 0..len and their span
-        // indices in 0..spans; one block per segment.
-        unsafe { stream.launch_builder(&f).arg(&u).arg(params).arg(grads).arg(mu).arg(&self.segments).arg(&self.norms_sq).launch(cfg((self.n_segments as u32, 1, 1))) }?;
+        let u = self.update_params(u);
+        let (live, skip) = live.args();
+        // SAFETY: lars_update(OptimParams, const OptimParams* live, const unsigned* skip, float* params [len], const
+        // float* grads [len], float* mu [len], const uint4* segments [count], const float2* norms_sq [spans]):
+        // params, mu, grads hold exactly len elements (checked by the caller) and are disjoint (borrows); segment
+        // ranges lie in 0..len and their span indices in 0..spans; one block per segment. `live` and `skip` are
+        // null or a captured step's block for this same plan and its count word (`Cuda::live`).
+        unsafe { stream.launch_builder(&f).arg(&u).arg(&live).arg(&skip).arg(params).arg(grads).arg(mu).arg(&self.segments).arg(&self.norms_sq).launch(cfg((self.n_segments as u32, 1, 1))) }?;
         Ok(())
     }
 }
@@ -185,33 +218,43 @@ pub fn lars_update(stream: &Arc<CudaStream>, plan: &CudaLarsPlan, params: &mut C
     config.validate()?;
     plan.check("lars (cuda)", params.len(), grads.len())?;
     check_view("lars (cuda)", "mu", mu.len(), plan.spans.len())?;
-    plan.launch_update(stream, params, mu, grads, lars_params(config, plan.spans.len()))
+    plan.launch_update(stream, params, mu, grads, lars_params(config, plan.spans.len()), Live::Eager)
 }
 
 /// One LARS step (both passes, three launches), the CUDA form of [`crate::optim::lars_step`]. `params, mu: [len]`
 /// updated, `grads: [len]` read; `plan` describes the spans and holds the norms.
 pub fn lars_step(stream: &Arc<CudaStream>, plan: &mut CudaLarsPlan, params: &mut CudaViewMut<f32>, mu: &mut CudaViewMut<f32>, grads: &CudaView<f32>, config: &LarsConfig) -> Result<()> {
+    lars_step_live(stream, plan, params, mu, grads, config, |_| Ok(Live::Eager))
+}
+
+/// [`lars_step`], the update's parameter block passed through `live` (a captured step's, see [`Cuda::live`]; the
+/// norm pass reads only the constant weight decay).
+fn lars_step_live(stream: &Arc<CudaStream>, plan: &mut CudaLarsPlan, params: &mut CudaViewMut<f32>, mu: &mut CudaViewMut<f32>, grads: &CudaView<f32>, config: &LarsConfig, live: impl FnOnce(&OptimParams) -> Result<Live>) -> Result<()> {
     config.validate()?;
     plan.check("lars (cuda)", params.len(), grads.len())?;
     check_view("lars (cuda)", "mu", mu.len(), plan.spans.len())?;
     let u = lars_params(config, plan.spans.len());
+    let live = live(&plan.update_params(u))?;
+    if live == Live::Recorded {
+        return Ok(());
+    }
     plan.launch_norms(stream, &params.as_view(), grads, u)?;
-    plan.launch_update(stream, params, mu, grads, u)
+    plan.launch_update(stream, params, mu, grads, u, live)
 }
 
 impl super::Optim for Cuda {
     type LarsPlan = CudaLarsPlan;
     fn sgd_step(&mut self, mut params: CudaViewMut<'_, f32>, momentum_buf: Option<CudaViewMut<'_, f32>>, grads: CudaView<'_, f32>, config: &SgdConfig, first_step: bool) -> Result<()> {
         let mut m = momentum_buf;
-        sgd_step(self.stream(), &mut params, m.as_mut(), &grads, config, first_step)
+        sgd_step_live(self.stream(), &mut params, m.as_mut(), &grads, config, first_step, |u| self.live(u))
     }
     fn adamw_step(&mut self, mut params: CudaViewMut<'_, f32>, mut exp_avg: CudaViewMut<'_, f32>, mut exp_avg_sq: CudaViewMut<'_, f32>, grads: CudaView<'_, f32>, config: &AdamWConfig, step: u64) -> Result<()> {
-        adamw_step(self.stream(), &mut params, &mut exp_avg, &mut exp_avg_sq, &grads, config, step)
+        adamw_step_live(self.stream(), &mut params, &mut exp_avg, &mut exp_avg_sq, &grads, config, step, |u| self.live(u))
     }
     fn lars_plan(&mut self, spans: &ParamSpans) -> Result<CudaLarsPlan> {
         CudaLarsPlan::new(self.stream(), spans)
     }
     fn lars_step(&mut self, plan: &mut CudaLarsPlan, mut params: CudaViewMut<'_, f32>, mut mu: CudaViewMut<'_, f32>, grads: CudaView<'_, f32>, config: &LarsConfig) -> Result<()> {
-        lars_step(self.stream(), plan, &mut params, &mut mu, &grads, config)
+        lars_step_live(self.stream(), plan, &mut params, &mut mu, &grads, config, |u| self.live(u))
     }
 }

@@ -2,7 +2,7 @@
 
 use super::params::QueueParams;
 use super::{checked_kc, KeyQueue, QueueDType, QueueShape, KERNELS};
-use crate::device::cuda::{cfg, Cuda, Workspace, MAX_GRID_X};
+use crate::device::cuda::{cfg, Cuda, Live, Workspace, MAX_GRID_X};
 use crate::error::{Error, Result};
 use crate::ops::normalize::{cuda::normalize_rows, NormalizeShape};
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, DeviceRepr, PushKernelArg};
@@ -101,34 +101,44 @@ const _: () = assert!(std::mem::size_of::<QueueParams>() == 32 && std::mem::alig
 /// Launches `normalize_rows` (grid N) then `enqueue_f32` (one thread per element of the keys) or
 /// `enqueue_packed16` (one thread per element pair of the written range), 256 threads per block.
 pub fn enqueue(stream: &Arc<CudaStream>, queue: &mut CudaQueue, keys: &CudaView<'_, f32>, shape: &QueueShape) -> Result<usize> {
-    enqueue_in(stream, &mut Workspace::default(), queue, keys, shape)
+    enqueue_in(stream, &mut Workspace::default(), queue, keys, shape, |_| Ok(Live::Eager))
 }
 
-/// [`enqueue`] with its scratch (the normalised keys and their norms) from `ws`.
-fn enqueue_in(stream: &Arc<CudaStream>, ws: &mut Workspace, queue: &mut CudaQueue, keys: &CudaView<'_, f32>, shape: &QueueShape) -> Result<usize> {
+/// [`enqueue`] with its scratch (the normalised keys and their norms) from `ws`, its parameter block passed through
+/// `live` (a captured step's, see [`Cuda::live`]: the pointer moves every step, so the grid then covers any pointer).
+fn enqueue_in(stream: &Arc<CudaStream>, ws: &mut Workspace, queue: &mut CudaQueue, keys: &CudaView<'_, f32>, shape: &QueueShape, live: impl FnOnce(&QueueParams) -> Result<Live>) -> Result<usize> {
     shape.check_enqueue(keys.len(), queue.len(), queue)?;
-    let [mut kh, mut inv] = ws.f32s.take(stream, [shape.n * shape.c, shape.n])?;
-    normalize_rows(stream, &mut kh, &mut inv, keys, &NormalizeShape::new(shape.n, shape.c)?)?;
-    let kh = kh.into_view();
     let p = QueueParams::new(shape, queue.code());
-    let blocks = p.grid();
+    let live = live(&p)?;
+    let blocks = match live {
+        Live::Recorded => return Ok(shape.next_ptr()),
+        Live::Eager => p.grid(),
+        Live::Capture { .. } => p.grid_for_any_ptr(),
+    };
     if blocks.0 as usize > MAX_GRID_X {
         return Err(Error::shape("queue_enqueue", format!("at most {} blocks", MAX_GRID_X), format!("{} blocks", blocks.0)));
     }
+    let [mut kh, mut inv] = ws.f32s.take(stream, [shape.n * shape.c, shape.n])?;
+    normalize_rows(stream, &mut kh, &mut inv, keys, &NormalizeShape::new(shape.n, shape.c)?)?;
+    let kh = kh.into_view();
+    let (live, skip) = live.args();
     let grid = cfg(blocks);
     match &mut queue.storage {
         CudaQueueStorage::F32(q) => {
             let f = KERNELS.cuda_function(stream, "enqueue_f32")?;
-            // SAFETY: enqueue_f32(QueueParams, const float* kh [N*C], float* queue [K*C]); threads idx < N*C read
-            // kh[idx] and write row (ptr + idx/C) % K < K of the queue, all in bounds (shape.check above).
-            unsafe { stream.launch_builder(&f).arg(&p).arg(&kh).arg(q).launch(grid) }?;
+            // SAFETY: enqueue_f32(QueueParams, const QueueParams* live, const unsigned* skip, const float* kh [N*C],
+            // float* queue [K*C]); threads idx < N*C read kh[idx] and write row (ptr + idx/C) % K < K of the queue,
+            // all in bounds (shape.check above). `live` and `skip` are null or a captured step's block for this same
+            // shape at another pointer and its count word (`Cuda::live`).
+            unsafe { stream.launch_builder(&f).arg(&p).arg(&live).arg(&skip).arg(&kh).arg(q).launch(grid) }?;
         }
         CudaQueueStorage::F16(q) | CudaQueueStorage::BF16(q) => {
             let f = KERNELS.cuda_function(stream, "enqueue_packed16")?;
-            // SAFETY: enqueue_packed16(QueueParams, const float* kh [N*C], unsigned short* queue [K*C]); thread t
-            // handles elements 2w, 2w+1 and stores only those inside its segment of the written range (< K*C), so
-            // it reads kh only at rows r < N.
-            unsafe { stream.launch_builder(&f).arg(&p).arg(&kh).arg(q).launch(grid) }?;
+            // SAFETY: enqueue_packed16(QueueParams, const QueueParams* live, const unsigned* skip, const float* kh
+            // [N*C], unsigned short* queue [K*C]); thread t handles elements 2w, 2w+1 and stores only those inside
+            // its segment of the written range (< K*C), so it reads kh only at rows r < N; threads past `total`
+            // return. `live` and `skip` as for enqueue_f32.
+            unsafe { stream.launch_builder(&f).arg(&p).arg(&live).arg(&skip).arg(&kh).arg(q).launch(grid) }?;
         }
     }
     Ok(shape.next_ptr())
@@ -143,7 +153,9 @@ impl KeyQueue for Cuda {
         queue.to_f32(self.stream())
     }
     fn enqueue(&mut self, queue: &mut CudaQueue, keys: CudaView<'_, f32>, shape: &QueueShape) -> Result<usize> {
+        shape.check_enqueue(keys.len(), queue.len(), queue)?;
+        let live = self.live(&QueueParams::new(shape, queue.code()))?;
         let (stream, ws) = self.workspace();
-        enqueue_in(&stream, ws, queue, &keys, shape)
+        enqueue_in(&stream, ws, queue, &keys, shape, |_| Ok(live))
     }
 }

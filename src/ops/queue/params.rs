@@ -34,4 +34,10 @@ impl QueueParams {
     pub fn grid(&self) -> Grid {
         (self.total.div_ceil(BLOCK).max(1), 1, 1)
     }
+    /// A grid that covers [`QueueParams::grid`] at every pointer (a captured enqueue replays at the next ones): N*C
+    /// elements (f32), or the words of two segments of N*C elements in all, at most N*C/2 + 2 (16-bit).
+    pub fn grid_for_any_ptr(&self) -> Grid {
+        let threads = if self.dtype == 0 { self.n * self.c } else { (self.n * self.c) / 2 + 2 };
+        (threads.div_ceil(BLOCK).max(1), 1, 1)
+    }
 }
