@@ -54,6 +54,11 @@ MOCO_REQUIRE_CUDA_DEVICE=1 timeout 240 "$BIN/cuda_train" --test-threads=1 --noca
 MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/cuda_train" --test-threads=1 --nocapture cuda_tensor_core_runs_stay_near_fp32 2>&1 | tee "$OUT/cuda_train_tf32.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
+# the captured step (a CUDA graph, the default) on a real driver: bit-identical to the eager one, and the v2 replay
+# against the CPU engine
+MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/cuda_train" --test-threads=1 --nocapture captured_cuda_steps_equal_eager_ones small_moco_v2_three_steps 2>&1 | tee "$OUT/cuda_graph.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+
 step "MoCo v2 step, CUDA engine vs PyTorch + cuDNN, batch 64 and 256 (K=4096, dim 128, 8 BN groups)"
 MOCO_REQUIRE_CUDA_DEVICE=1 timeout 120 "$BIN/cuda_train" --test-threads=1 --nocapture cuda_moco_v2_step_time 2>&1 | tee "$OUT/cuda_step.txt"
 # MoCo v3 with the ViT: the CUDA engine against the CPU engine for 10 steps, then the step timed (batch 64, 256)

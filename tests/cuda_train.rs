@@ -142,13 +142,22 @@ fn print_step_times(name: &str, cfg: &TrainConfig, device: &str, mut step: impl 
     println!("{{\"name\": \"{name}\", \"median_ms\": {:.3}, \"min_ms\": {:.3}, \"iters\": {iters}, \"device\": \"{device}\"}}", times[iters / 2], times[0]);
 }
 
+/// The timed step variants: the matrix products' arithmetic, the name's suffix, and whether the step is captured.
+const STEP_VARIANTS: [(moco::MatmulPrecision, &str, bool); 4] = [
+    (moco::MatmulPrecision::Fp32, "", true),
+    (moco::MatmulPrecision::Fp32, "_nograph", false),
+    (moco::MatmulPrecision::Tf32x3, "_tf32x3", true),
+    (moco::MatmulPrecision::Tf32, "_tf32", true),
+];
+
 #[test]
 fn cuda_moco_v2_step_time() {
     let Some(cuda) = gpu("cuda_moco_v2_step_time") else { return };
     // the matrix products at each arithmetic (`--matmul-precision`): f32 CUDA cores, 3xTF32 and TF32 tensor cores
-    for (precision, suffix) in [(moco::MatmulPrecision::Fp32, ""), (moco::MatmulPrecision::Tf32x3, "_tf32x3"), (moco::MatmulPrecision::Tf32, "_tf32")] {
+    // (and at f32 with the kernels launched one by one, --no-graph, against the default captured step)
+    for (precision, suffix, graph) in STEP_VARIANTS {
         for n in [64, 256] {
-            let cfg = TrainConfig { matmul_precision: precision, ..v2(n) };
+            let cfg = TrainConfig { matmul_precision: precision, cuda_graph: graph, ..v2(n) };
             let mut e = CudaEngine::new(&cuda, &cfg).unwrap();
             print_step_times(&format!("moco_cuda_engine_v2_step_b{n}_k4096{suffix}"), &cfg, &cuda.name(), |xq, xk| e.step(xq, xk, cfg.lr).map(|s| s.loss));
         }
@@ -188,9 +197,9 @@ fn cuda_and_cpu_vit_engines_agree_for_10_moco_v3_steps() {
 fn cuda_mocov3_vit_step_time() {
     let Some(cuda) = gpu("cuda_mocov3_vit_step_time") else { return };
     // the linear layers at each arithmetic (`--matmul-precision`)
-    for (precision, suffix) in [(moco::MatmulPrecision::Fp32, ""), (moco::MatmulPrecision::Tf32x3, "_tf32x3"), (moco::MatmulPrecision::Tf32, "_tf32")] {
+    for (precision, suffix, graph) in STEP_VARIANTS {
         for n in [64, 256] {
-            let cfg = TrainConfig { matmul_precision: precision, ..v3_vit(n) };
+            let cfg = TrainConfig { matmul_precision: precision, cuda_graph: graph, ..v3_vit(n) };
             let mut e = moco::train::CudaVitEngine::new(&cuda, &cfg).unwrap();
             print_step_times(&format!("moco_cuda_engine_v3_vit_step_b{n}{suffix}"), &cfg, &cuda.name(), |xq, xk| e.step_with(xq, xk, cfg.lr, 0.99).map(|s| s.loss));
         }

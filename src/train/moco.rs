@@ -5,9 +5,10 @@
 //! - v3 (moco-v3's `MoCo_ViT` / `MoCo_ResNet`): the predictor ([`Mlp`]), both views through the query encoder in
 //!   two activation slots, the fused symmetric loss, both backwards; no queue.
 //!
-//! The host sends the two input batches (and shuffle-BN's permutation) and reads back, once per loss, the loss
-//! statistics with the count of non-finite features (counted on the device): the step's only synchronisation
-//! (v1/v2 with the symmetric loss: one per direction). The keys and features stay on the device.
+//! The host stages the two input batches (and shuffle-BN's permutations) before the step's device work, which then
+//! reads nothing from the host; the step's one read is the loss statistics with the count of non-finite features
+//! (counted on the device), after the loss (eager: before the backward; a captured CUDA step: after the whole step,
+//! see [`crate::train::TrainConfig::cuda_graph`]). The keys and features stay on the device.
 //!
 //! [`CpuEngine`], [`WgpuEngine`] and [`CudaEngine`] are this engine with a ResNet on [`CpuDevice`],
 //! `Wgpu` and `Cuda` ([`crate::device`]); [`CpuVitEngine`] (and the wgpu / CUDA twins) with the ViT.
@@ -41,13 +42,11 @@ impl<D: Layers + Infonce + Ema + Optim + Finite + Health + Gather> TrainDevice f
 /// Where the step's non-finite count sits in the statistics buffer: after the loss words (v3: both directions'),
 /// so that one read returns the loss, the accuracy counts and the finiteness check together. At a tensor start
 /// ([`TENSOR_ALIGN`]: the offset a wgpu view needs).
-const NONFINITE_AT: usize = TENSOR_ALIGN;
-const _: () = assert!(NONFINITE_AT >= 2 * STATS_WORDS);
-
-/// The start of k1's inverse permutation in `unshuffle`, after k2's (at the next tensor start).
-fn k1_unshuffle_at(n: usize) -> usize {
-    n.next_multiple_of(TENSOR_ALIGN)
-}
+const NONFINITE_AT: usize = 2 * TENSOR_ALIGN;
+/// Where the second query half's loss statistics sit (v1/v2 with the symmetric loss; the first's at 0, v3's two
+/// directions at 0 and `STATS_WORDS`), at a tensor start.
+const HALF2_AT: usize = TENSOR_ALIGN;
+const _: () = assert!(HALF2_AT >= 2 * STATS_WORDS && NONFINITE_AT >= HALF2_AT + STATS_WORDS);
 
 /// Eval batch of [`Engine::embed`].
 const EVAL_BATCH: usize = 128;
@@ -149,19 +148,21 @@ pub struct MocoEngine<D: TrainDevice, M: Encoder = ResNetLayout> {
     k1: D::Buf,
     k2: D::Buf,
     /// The loss's outputs: `dq [N, dim]` (v3: of view 1), the per-row loss `[N]` (v1/v2), the statistics words
-    /// (`STATS_WORDS`, v3 two blocks) and at [`NONFINITE_AT`] the count of non-finite features, read instead of the
-    /// features: one read per loss.
+    /// (`STATS_WORDS` at 0, the symmetric v2's second half at [`HALF2_AT`], v3's two blocks at 0) and at
+    /// [`NONFINITE_AT`] the count of non-finite features, read instead of the features: one read per loss (eager)
+    /// or per step (captured).
     dq: D::Buf,
     row_loss: D::Buf,
     stats: D::IndexBuf,
-    /// Shuffle-BN's inverse permutations `[N]` (k2's at 0, k1's at [`k1_unshuffle_at`]): the keys are gathered
-    /// back into batch order on the device.
-    unshuffle: D::IndexBuf,
+    /// Shuffle-BN's permutations and their inverses ([`perm_region`]): the key encoder's batches are shuffled and
+    /// its keys gathered back into batch order on the device.
+    perms: D::IndexBuf,
     /// Representation health, computed inside a step when asked.
     health: HealthBufs<D>,
     /// The keys of the last query half: its queries are in `q`, their positives in `k1` or `k2`.
     last_half: KeyBatch,
-    /// The step's inputs from the host, `[4, N, 3, S, S]` ([`Staged`]), written before its device work.
+    /// The step's inputs from the host, four batches `[N, 3, S, S]` ([`Staged`], [`staged_region`]), written
+    /// before its device work.
     inputs: D::Buf,
     /// An eager step ran since the engine was built or restored: its kernels are loaded and its scratch grown, so
     /// the next step can be captured.
@@ -222,7 +223,7 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         let opt = DeviceOptimizer::new(&mut dev, optimizer_config(cfg), &ParamSpans::from_layout(enc_q.layout.params())?)?;
         let (q, k1, k2, dq) = (dev.alloc(n * dim)?, dev.alloc(n * dim)?, dev.alloc(n * dim)?, dev.alloc(n * dim)?);
         let row_loss = dev.alloc(n)?;
-        let (stats, unshuffle) = (dev.alloc_index(NONFINITE_AT + 1)?, dev.alloc_index(k1_unshuffle_at(n) + n)?);
+        let (stats, perms) = (dev.alloc_index(NONFINITE_AT + 1)?, dev.alloc_index(4 * n.next_multiple_of(TENSOR_ALIGN))?);
         let (mut queue, mut v3) = (None, None);
         if cfg.is_v3() {
             enc_q.set_slots(2)?;
@@ -237,8 +238,8 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         }
         let gram = HealthShape::new(n, dim, 1)?.gram_len();
         let health = HealthBufs { q_hat: dev.alloc(n * dim)?, k_hat: dev.alloc(n * dim)?, inv_norm: dev.alloc(n)?, out: dev.alloc(HEALTH_GRAM_AT + gram)?, due: false, ready: false };
-        let inputs = dev.alloc(STAGED_BATCHES * n * 3 * s * s)?;
-        Ok(Self { cfg: cfg.clone(), dev, enc_q, enc_k, enc_eval, opt, queue, ptr: 0, v3, q, k1, k2, dq, row_loss, stats, unshuffle, health, last_half: KeyBatch::K2, inputs, warm: false })
+        let inputs = dev.alloc(STAGED_BATCHES * (n * 3 * s * s).next_multiple_of(TENSOR_ALIGN))?;
+        Ok(Self { cfg: cfg.clone(), dev, enc_q, enc_k, enc_eval, opt, queue, ptr: 0, v3, q, k1, k2, dq, row_loss, stats, perms, health, last_half: KeyBatch::K2, inputs, warm: false })
     }
 
     /// The device.
@@ -247,8 +248,8 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
     }
 
     /// Writes what the step reads from the host before any of its device work: both views into `inputs`, with
-    /// shuffle-BN the key encoder's shuffled batches of them (`x[idx_shuffle]`, the permutation of this optimiser
-    /// step) and their inverse permutations into `unshuffle`, and the non-finite count to zero. The work that
+    /// shuffle-BN the permutations of this optimiser step and their inverses into `perms`, and the non-finite count
+    /// to zero. The work that
     /// follows reads nothing from the host, so that it can be captured once and replayed after each `stage`.
     fn stage(&mut self, x_q: &[f32], x_k: &[f32]) -> Result<()> {
         let (n, img) = (self.cfg.batch_size, self.image_len());
@@ -256,14 +257,15 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         self.dev.write(&mut self.inputs, staged_region(Staged::K, n, img), x_k)?;
         if !self.cfg.is_v3() {
             let step = self.opt.steps();
-            for (which, x) in [(KeyBatch::K2, x_k), (KeyBatch::K1, x_q)] {
+            for which in [KeyBatch::K2, KeyBatch::K1] {
                 if which == KeyBatch::K1 && !self.cfg.symmetric {
                     continue;
                 }
                 if let Some(s) = shuffle::for_step(&self.cfg, step, which) {
-                    self.dev.write(&mut self.inputs, staged_region(Staged::shuffled(which), n, img), &s.shuffle_rows(x, img)?)?;
-                    let inverse: Vec<u32> = s.idx_unshuffle.iter().map(|&i| i as u32).collect();
-                    self.dev.write_index(&mut self.unshuffle, unshuffle_region(which, n), &inverse)?;
+                    for (perm, idx) in [(Perm::Shuffle, &s.idx_shuffle), (Perm::Unshuffle, &s.idx_unshuffle)] {
+                        let idx: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+                        self.dev.write_index(&mut self.perms, perm_region(which, perm, n), &idx)?;
+                    }
                 }
             }
         }
@@ -276,32 +278,37 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
     }
 
     /// Keys `[N, dim]` of the staged view of `which` in batch order through the key encoder (training mode), into
-    /// `k2` (or `k1`); with shuffle-BN from the staged shuffled batch, gathered back on the device
-    /// (`k[idx_unshuffle]`). Nothing is read back.
+    /// `k2` (or `k1`); with shuffle-BN the images are shuffled (`x[idx_shuffle]`) and the keys gathered back
+    /// (`k[idx_unshuffle]`), both on the device. Nothing is read back.
     fn keys(&mut self, which: KeyBatch) -> Result<()> {
         let (n, dim, img) = (self.cfg.batch_size, self.cfg.dim, self.image_len());
         let dst = if which == KeyBatch::K2 { &mut self.k2 } else { &mut self.k1 };
         let all = Region::new(0, n * dim);
         let shuffled = self.cfg.shuffle_bn;
         let at = if shuffled { Staged::shuffled(which) } else { Staged::view(which) };
+        if shuffled {
+            let (to, from) = (staged_region(at, n, img), staged_region(Staged::view(which), n, img));
+            let ([to], [from]) = D::split(&mut self.inputs, [to], [from])?;
+            self.dev.gather_rows(to, D::index_view(&self.perms, perm_region(which, Perm::Shuffle, n))?, from, &GatherShape::new(n, n, img)?)?;
+        }
         self.enc_k.forward_view(D::view(&self.inputs, staged_region(at, n, img))?, true)?;
         let ([dst], []) = D::split(dst, [all], [])?;
         if shuffled {
-            let perm = unshuffle_region(which, n);
-            self.dev.gather_rows(dst, D::index_view(&self.unshuffle, perm)?, self.enc_k.output(), &GatherShape::new(n, n, dim)?)?;
+            let perm = perm_region(which, Perm::Unshuffle, n);
+            self.dev.gather_rows(dst, D::index_view(&self.perms, perm)?, self.enc_k.output(), &GatherShape::new(n, n, dim)?)?;
         } else {
             self.dev.copy(dst, self.enc_k.output())?;
         }
         Ok(())
     }
 
-    /// Query forward of the staged view `at`, the loss against the keys of `which` into statistics block `block`,
+    /// Query forward of the staged view `at`, the loss against the keys of `which` into the statistics at `stats_at`,
     /// and the backward (accumulating). The non-finite queries and keys are added to the step's count. Eager
     /// (`deferred` false): the step's read, of the loss statistics and the count; non-finite features give a NaN
     /// loss and no backward (the fused loss clamps its exponent arguments, so a NaN feature could otherwise pass as
     /// a finite loss). Deferred (a captured step): nothing is read, the backward always runs, and the optimiser and
     /// the enqueue skip their writes on the device when the count is not zero; returns `None`.
-    fn query_half(&mut self, at: Staged, which: KeyBatch, block: usize, shape: &InfoNceShape, deferred: bool) -> Result<Option<InfoNceStats>> {
+    fn query_half(&mut self, at: Staged, which: KeyBatch, stats_at: usize, shape: &InfoNceShape, deferred: bool) -> Result<Option<InfoNceStats>> {
         let (n, img) = (self.cfg.batch_size, self.image_len());
         // q stays on the device (a device-side copy of the encoder's output region)
         self.enc_q.forward_view(D::view(&self.inputs, staged_region(at, n, img))?, true)?;
@@ -312,7 +319,7 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         self.dev.profile_scope("loss");
         count_nonfinite(&mut self.dev, &mut self.stats, &[&self.q, k])?;
         let queue = self.queue.as_ref().ok_or_else(|| Error::shape("train step", "a v1/v2 engine (with a queue)", "a v3 engine"))?;
-        let stats_view = D::index_mut(&mut self.stats, Region::new(block * STATS_WORDS, STATS_WORDS))?;
+        let stats_view = D::index_mut(&mut self.stats, Region::new(stats_at, STATS_WORDS))?;
         self.dev.infonce(D::whole_mut(&mut self.dq), D::whole_mut(&mut self.row_loss), stats_view, D::whole(&self.q), D::whole(k), queue, shape)?;
         if deferred {
             self.last_half = which;
@@ -323,7 +330,7 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         if words[NONFINITE_AT] != 0 {
             return Ok(Some(InfoNceStats { loss: f32::NAN, top1: 0, top5: 0 }));
         }
-        let stats = InfoNceStats::from_words(&words[block * STATS_WORDS..(block + 1) * STATS_WORDS])?;
+        let stats = InfoNceStats::from_words(&words[stats_at..stats_at + STATS_WORDS])?;
         self.last_half = which;
         if stats.loss.is_finite() {
             self.enc_q.backward(D::as_input(&self.dq))?;
@@ -350,7 +357,7 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         // (both halves run even after a non-finite first half, so that an eager and a captured step change the same
         // state: the second half's forward updates BN's running statistics)
         if self.cfg.symmetric {
-            halves.extend(self.query_half(Staged::K, KeyBatch::K1, 1, &shape, deferred)?);
+            halves.extend(self.query_half(Staged::K, KeyBatch::K1, HALF2_AT, &shape, deferred)?);
         }
         let stats = (!deferred).then(|| v2_stats(&halves, n));
         if stats.is_some_and(|s| !s.loss.is_finite()) {
@@ -572,7 +579,7 @@ fn v2_stats_from_words(words: &[u32], n: usize, symmetric: bool) -> Result<StepS
     }
     let mut halves = vec![InfoNceStats::from_words(&words[..STATS_WORDS])?];
     if symmetric {
-        halves.push(InfoNceStats::from_words(&words[STATS_WORDS..2 * STATS_WORDS])?);
+        halves.push(InfoNceStats::from_words(&words[HALF2_AT..HALF2_AT + STATS_WORDS])?);
     }
     Ok(v2_stats(&halves, n))
 }
@@ -615,14 +622,26 @@ impl Staged {
     }
 }
 
-/// The region of batch `at` in the staged inputs, for `n` images of `img` elements.
+/// The region of batch `at` in the staged inputs, for `n` images of `img` elements: each batch at a tensor start
+/// (a wgpu view's offset).
 fn staged_region(at: Staged, n: usize, img: usize) -> Region {
-    Region::new(at as usize * n * img, n * img)
+    Region::new(at as usize * (n * img).next_multiple_of(TENSOR_ALIGN), n * img)
 }
 
-/// The inverse permutation of `which` in `unshuffle` (k2's at 0, k1's at [`k1_unshuffle_at`]).
-fn unshuffle_region(which: KeyBatch, n: usize) -> Region {
-    Region::new(if which == KeyBatch::K2 { 0 } else { k1_unshuffle_at(n) }, n)
+/// Shuffle-BN's permutation of a key batch, or its inverse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Perm {
+    /// `idx_shuffle`: the key encoder's batch is `x[idx_shuffle]`.
+    Shuffle = 0,
+    /// `idx_unshuffle`: the keys in batch order are `k[idx_unshuffle]`.
+    Unshuffle = 1,
+}
+
+/// Where `perm` of `which` sits in `perms` (`[4][N]`, each at a tensor start: k2's shuffle, k2's unshuffle, k1's
+/// shuffle, k1's unshuffle).
+fn perm_region(which: KeyBatch, perm: Perm, n: usize) -> Region {
+    let slot = 2 * (which as usize) + perm as usize;
+    Region::new(slot * n.next_multiple_of(TENSOR_ALIGN), n)
 }
 
 impl<D: TrainDevice, M: Encoder> Engine for MocoEngine<D, M> {

@@ -8,9 +8,10 @@
 //!
 //! The permutation is drawn from the run's counter-based RNG keyed by `(seed, optimiser step, which)`, so it is a
 //! pure function of the step: a resumed run draws the same permutations as an uninterrupted one. The training
-//! engine ([`super::MocoEngine`], on every device) uploads `x[idx_shuffle]` ([`KeyShuffle::shuffle_rows`]) and
-//! gathers the keys back on the device with `idx_unshuffle` ([`crate::ops::gather`]), so the keys never come back
-//! to the host; [`encode_keys`] is the same computation on the host (its reference, tested in tests/train.rs).
+//! engine ([`super::MocoEngine`], on every device) uploads the batch and both permutations, gathers `x[idx_shuffle]`
+//! and the keys back (`k[idx_unshuffle]`) on the device ([`crate::ops::gather`]), so that neither the shuffled batch
+//! nor the keys pass through the host; [`encode_keys`] is the same computation on the host (its reference, tested in
+//! tests/train.rs).
 
 use crate::data::CounterRng;
 use crate::error::{Error, Result};

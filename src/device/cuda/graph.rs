@@ -10,8 +10,8 @@
 //! blocks are copied into the arena and the graph is launched ([`StepGraph`]).
 //!
 //! A captured step holds the addresses of everything it touched. The engine that captures owns its buffers; the
-//! ops' reused scratch can grow when a larger op runs outside the step, which is counted
-//! ([`super::workspace::growths`]): a replay after a growth refuses, and the engine captures again.
+//! ops' reused scratch can grow when a larger op runs outside the step, which the device counts
+//! ([`super::workspace::Growths`]): a replay after a growth refuses, and the engine captures again.
 
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, DevicePtr};
@@ -66,7 +66,7 @@ pub(crate) struct StepGraph {
     arena: Option<CudaSlice<u32>>,
     skip: u64,
     graph: Option<CudaGraph>,
-    /// [`super::workspace::growths`] when the graph was captured.
+    /// The device's scratch growths when the graph was captured.
     growths: u64,
 }
 
@@ -86,7 +86,7 @@ impl StepGraph {
             Mode::Off => Ok(Live::Eager),
             Mode::Capture => {
                 let at = self.words.len();
-                if at + len > ARENA_WORDS {
+                if at + len.next_multiple_of(SLOT_ALIGN_WORDS) > ARENA_WORDS {
                     return Err(Error::Cuda(format!("captured step: at most {ARENA_WORDS} words of per-step parameters, got {}", at + len)));
                 }
                 self.push(&padded);
@@ -114,7 +114,7 @@ impl StepGraph {
     }
 
     /// Starts capturing `stream`'s work; `skip` is the device address of the step's non-finite count.
-    pub(crate) fn begin_capture(&mut self, stream: &Arc<CudaStream>, skip: u64) -> Result<()> {
+    pub(crate) fn begin_capture(&mut self, stream: &Arc<CudaStream>, skip: u64, growths: u64) -> Result<()> {
         if self.mode != Mode::Off {
             return Err(Error::Cuda(format!("begin capture: the device is in {:?} mode", self.mode)));
         }
@@ -122,15 +122,16 @@ impl StepGraph {
             self.arena = Some(stream.alloc_zeros::<u32>(ARENA_WORDS)?);
         }
         self.graph = None;
-        (self.words, self.slots, self.taken, self.skip, self.growths) = (Vec::new(), Vec::new(), 0, skip, super::workspace::growths());
+        (self.words, self.slots, self.taken, self.skip, self.growths) = (Vec::new(), Vec::new(), 0, skip, growths);
         stream.begin_capture(cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
         self.mode = Mode::Capture;
         Ok(())
     }
 
     /// Ends the capture. With `keep` (the step's host code succeeded) the graph is instantiated and launched once:
-    /// the captured work has not run yet. Without, the capture is discarded.
-    pub(crate) fn end_capture(&mut self, stream: &Arc<CudaStream>, keep: bool) -> Result<()> {
+    /// the captured work has not run yet. Without, the capture is discarded. `growths`: the device's scratch growths
+    /// now (none may have happened during the capture).
+    pub(crate) fn end_capture(&mut self, stream: &Arc<CudaStream>, keep: bool, growths: u64) -> Result<()> {
         if self.mode != Mode::Capture {
             return Err(Error::Cuda(format!("end capture: the device is in {:?} mode", self.mode)));
         }
@@ -139,7 +140,7 @@ impl StepGraph {
         if !keep {
             return Ok(());
         }
-        if super::workspace::growths() != self.growths {
+        if growths != self.growths {
             return Err(Error::Cuda("captured step: the ops' scratch grew during the capture (an allocation cannot be captured)".into()));
         }
         self.graph = Some(graph.ok_or_else(|| Error::Cuda("captured step: the driver returned no graph".into()))?);
@@ -148,11 +149,11 @@ impl StepGraph {
 
     /// Starts the host side of a replay: `false` when there is no graph to replay (never captured, dropped, or
     /// captured before the ops' scratch grew), so the caller captures anew.
-    pub(crate) fn begin_replay(&mut self) -> Result<bool> {
+    pub(crate) fn begin_replay(&mut self, growths: u64) -> Result<bool> {
         if self.mode != Mode::Off {
             return Err(Error::Cuda(format!("begin replay: the device is in {:?} mode", self.mode)));
         }
-        if self.graph.is_none() || super::workspace::growths() != self.growths {
+        if self.graph.is_none() || growths != self.growths {
             self.graph = None;
             return Ok(false);
         }
@@ -184,7 +185,8 @@ impl StepGraph {
         };
         if !self.words.is_empty() {
             // (ARENA_WORDS bounds `words` at capture; a replay records the same slots)
-            let mut dst = arena.slice_mut(0..self.words.len());
+            let len = arena.len();
+            let mut dst = arena.try_slice_mut(0..self.words.len()).ok_or_else(|| Error::Cuda(format!("captured step: {} words of per-step parameters for an arena of {len}", self.words.len())))?;
             stream.memcpy_htod(&self.words, &mut dst)?;
         }
         graph.launch()?;

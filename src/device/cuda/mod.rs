@@ -38,8 +38,12 @@ pub struct Cuda {
     profile: profile::Profile,
     /// The f32 matrix products' arithmetic ([`Cuda::set_matmul_precision`]).
     matmul_precision: crate::ops::precision::MatmulPrecision,
+    /// The device's compute capability (major), asked once: the kernels' choice reads it at every launch.
+    sm_major: i32,
     /// The captured step of an engine's device ([`Device::for_capture`]; `None` elsewhere), shared by its clones.
     step_graph: Option<Arc<std::sync::Mutex<graph::StepGraph>>>,
+    /// The growths of this device's and its clones' scratch (a captured step must not outlive its scratch).
+    growths: workspace::Growths,
 }
 
 impl Cuda {
@@ -58,7 +62,7 @@ impl Cuda {
         let ctx = stream.context().clone();
         let dev = context::no_panic("CUDA device name", || Ok(ctx.name().unwrap_or_else(|_| "unknown device".into())))?;
         let (major, minor) = ctx.compute_capability()?;
-        Ok(Self { name: format!("cuda:{} {dev} (sm_{major}{minor})", ctx.ordinal()), ctx, stream, state: OpState::default(), poison_scratch: false, profile: Default::default(), matmul_precision: Default::default(), step_graph: None })
+        Ok(Self { name: format!("cuda:{} {dev} (sm_{major}{minor})", ctx.ordinal()), ctx, stream, state: OpState::default(), poison_scratch: false, profile: Default::default(), matmul_precision: Default::default(), sm_major: major, step_graph: None, growths: Default::default() })
     }
 
     /// The device's context.
@@ -94,7 +98,7 @@ impl Cuda {
     /// The arithmetic the matrix-product kernels run at: the one set, on sm_80 and newer (the tensor cores'
     /// instructions); [`MatmulPrecision::Fp32`](crate::MatmulPrecision::Fp32) below.
     pub(crate) fn matmul_arithmetic(&self) -> Result<crate::ops::precision::MatmulPrecision> {
-        Ok(if self.ctx.compute_capability()?.0 >= 8 { self.matmul_precision } else { Default::default() })
+        Ok(if self.sm_major >= 8 { self.matmul_precision } else { Default::default() })
     }
 
     /// How an op whose parameter block `block` changes every step runs now ([`Live`]): by value, reading it from
@@ -106,16 +110,19 @@ impl Cuda {
         }
     }
 
-    fn with_graph<T>(&self, f: impl FnOnce(&mut graph::StepGraph) -> Result<T>) -> Result<T> {
+    /// Runs `f` on the captured step's state with the device's scratch growths so far.
+    fn with_graph<T>(&self, f: impl FnOnce(&mut graph::StepGraph, u64) -> Result<T>) -> Result<T> {
         let g = self.step_graph.as_ref().ok_or_else(|| Error::Unavailable(format!("{}: a step is captured only on a device from for_capture", self.name)))?;
-        f(&mut *g.lock().map_err(|_| Error::Cuda("step graph lock poisoned".into()))?)
+        let growths = self.growths.load(std::sync::atomic::Ordering::Relaxed);
+        f(&mut *g.lock().map_err(|_| Error::Cuda("step graph lock poisoned".into()))?, growths)
     }
 
     /// The stream and this device's reused op scratch (see [`Workspace`]).
     pub(crate) fn workspace(&mut self) -> (Arc<CudaStream>, &mut Workspace) {
-        let (stream, poison) = (self.stream.clone(), self.poison_scratch);
+        let (stream, poison, growths) = (self.stream.clone(), self.poison_scratch, self.growths.clone());
         let ws = self.state.get::<Workspace>();
         ws.set_poison(poison);
+        ws.set_growths(&growths);
         (stream, ws)
     }
 
@@ -151,7 +158,7 @@ impl Device for Cuda {
         // before the capture, which cudarc's tracking would make it do.)
         unsafe { self.ctx.disable_event_tracking() };
         let stream = self.ctx.new_stream()?;
-        Ok(Self { stream, state: OpState::default(), profile: Default::default(), step_graph: Some(Default::default()), ..self.clone() })
+        Ok(Self { stream, state: OpState::default(), profile: Default::default(), step_graph: Some(Default::default()), growths: Default::default(), ..self.clone() })
     }
     fn can_capture(&self) -> bool {
         self.step_graph.is_some()
@@ -160,24 +167,24 @@ impl Device for Cuda {
         use cudarc::driver::DevicePtr;
         let at = skip.device_ptr(&self.stream).0;
         let stream = self.stream.clone();
-        self.with_graph(|g| g.begin_capture(&stream, at))
+        self.with_graph(|g, grown| g.begin_capture(&stream, at, grown))
     }
     fn end_capture(&mut self, keep: bool) -> Result<()> {
         let stream = self.stream.clone();
-        self.with_graph(|g| g.end_capture(&stream, keep))
+        self.with_graph(|g, grown| g.end_capture(&stream, keep, grown))
     }
     fn begin_replay(&mut self) -> Result<bool> {
         if self.step_graph.is_none() {
             return Ok(false);
         }
-        self.with_graph(|g| g.begin_replay())
+        self.with_graph(|g, grown| g.begin_replay(grown))
     }
     fn end_replay(&mut self, ok: bool) -> Result<()> {
         let stream = self.stream.clone();
-        self.with_graph(|g| g.end_replay(&stream, ok))
+        self.with_graph(|g, _| g.end_replay(&stream, ok))
     }
     fn drop_capture(&mut self) {
-        let _ = self.with_graph(|g| {
+        let _ = self.with_graph(|g, _| {
             g.drop_graph();
             Ok(())
         });

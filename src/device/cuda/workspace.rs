@@ -16,25 +16,22 @@ use std::sync::Arc;
 /// kernels load 16-byte pieces; the vectorised ones 8 or 16).
 const ALIGN_BYTES: usize = 256;
 
-/// Growths of any workspace in this process: a captured step holds the addresses of the scratch it used, so a growth
-/// after its capture (a larger op outside the step) means it must be captured again ([`super::graph`]).
-static GROWTHS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// [`GROWTHS`] now.
-pub(crate) fn growths() -> u64 {
-    GROWTHS.load(std::sync::atomic::Ordering::Relaxed)
-}
+/// Counts the growths of the workspaces of one device and its clones: a captured step holds the addresses of the
+/// scratch it used, so a growth after its capture (a larger op outside the step) means it must be captured again
+/// ([`super::graph`]).
+pub(crate) type Growths = Arc<std::sync::atomic::AtomicU64>;
 
 /// One element type's growing allocation.
 #[derive(Debug)]
 pub(crate) struct Arena<T: DeviceRepr> {
     buf: Option<CudaSlice<T>>,
     poison: bool,
+    growths: Growths,
 }
 
 impl<T: DeviceRepr> Default for Arena<T> {
     fn default() -> Self {
-        Self { buf: None, poison: false }
+        Self { buf: None, poison: false, growths: Default::default() }
     }
 }
 
@@ -55,7 +52,7 @@ impl<T: DeviceRepr + ValidAsZeroBits> Arena<T> {
             let grown = total.max(self.buf.as_ref().map_or(0, |b| b.len() + b.len() / 2));
             self.buf = None;
             self.buf = Some(stream.alloc_zeros::<T>(grown.max(1))?);
-            GROWTHS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.growths.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let buf = self.buf.as_mut().ok_or_else(|| Error::Cuda("scratch allocation missing after growth".into()))?;
         if self.poison && total > 0 {
@@ -99,5 +96,11 @@ pub(crate) struct Workspace {
 impl Workspace {
     pub(crate) fn set_poison(&mut self, on: bool) {
         (self.f32s.poison, self.u32s.poison, self.u16s.poison) = (on, on, on);
+    }
+    /// Counts this workspace's growths in `growths` (the device's, shared by its clones).
+    pub(crate) fn set_growths(&mut self, growths: &Growths) {
+        if !Arc::ptr_eq(&self.f32s.growths, growths) {
+            (self.f32s.growths, self.u32s.growths, self.u16s.growths) = (growths.clone(), growths.clone(), growths.clone());
+        }
     }
 }
