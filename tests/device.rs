@@ -43,6 +43,36 @@ device_test!(device_split_checks_regions, split_checks_regions);
 
 device_test!(device_index_buffers_round_trip, index_buffers_round_trip);
 
+/// The step-capture methods out of order, twice, or where the device cannot capture: errors, never panics, and the
+/// device works afterwards. Only a CUDA device from `for_capture` captures (the CPU and wgpu return a clone that
+/// cannot).
+fn capture_misuse_is_an_error<D: Device>(dev: &mut D) {
+    let name = dev.name();
+    let stats = dev.alloc_index(4).unwrap();
+    let count = || D::index_view(&stats, Region::new(0, 1)).unwrap();
+    assert!(!dev.can_capture(), "{name}: a plain device captures nothing");
+    assert!(dev.begin_capture(count()).is_err() && dev.end_capture(true).is_err() && dev.end_replay(true).is_err(), "{name}");
+    assert!(!dev.begin_replay().unwrap(), "{name}: nothing to replay");
+    let mut cap = dev.for_capture().unwrap();
+    if cap.can_capture() {
+        let stats = cap.alloc_index(4).unwrap();
+        let count = || D::index_view(&stats, Region::new(0, 1)).unwrap();
+        assert!(cap.end_capture(true).is_err() && cap.end_replay(true).is_err(), "{name}: ending what never began");
+        assert!(!cap.begin_replay().unwrap(), "{name}: nothing captured yet");
+        cap.begin_capture(count()).unwrap();
+        assert!(cap.begin_capture(count()).is_err(), "{name}: a second capture inside the first");
+        assert!(cap.begin_replay().is_err(), "{name}: a replay inside a capture");
+        cap.end_capture(false).unwrap();
+        assert!(!cap.begin_replay().unwrap(), "{name}: a discarded capture replays nothing");
+    }
+    cap.drop_capture();
+    let mut buf = upload(&mut cap, &[1.0, 2.0, 3.0, 4.0]);
+    cap.write(&mut buf, Region::new(1, 2), &[5.0, 6.0]).unwrap();
+    assert_eq!(host(&cap, &buf), vec![1.0, 5.0, 6.0, 4.0], "{name}: the capture handle after the misuse");
+}
+
+device_test!(device_capture_misuse_is_an_error, capture_misuse_is_an_error);
+
 /// `MOCO_CPU_ISA` (CI's forced-dispatch runs): the kernels run on the named instruction set when the CPU has it,
 /// and never on one wider than the CPU's.
 #[test]
