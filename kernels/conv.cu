@@ -8,6 +8,12 @@
 //   conv2d_backward_weight_reduce                                    dweight += sum over s of partial[s]
 //   conv2d_backward_data    M = C_in,  N = N*H*W,  K = C_out*KH*KW   dinp   += gather of weight . dout (no atomics)
 //
+// The backward data at stride s > 1 runs in s*s phases, one launch each (src/ops/conv/params.rs
+// `ConvParams::backward_data`): the input pixels (iy, ix) with iy = ph_y (mod s), ix = ph_x (mod s) meet only the taps
+// ky = (ph_y + pad) (mod s), kx = (ph_x + pad) (mod s), so a phase's GEMM has N = N * its pixels and K = C_out * its
+// taps, and the zero taps of the transposed convolution (three quarters of them at stride 2) are never gathered.
+// A phase without taps (a 1x1 kernel at stride 2 has one phase of four) adds nothing and is not launched.
+//
 // Each output element is owned by exactly one thread, so the backward kernels accumulate with a plain
 // read-modify-write. Grid: x * z tiles over N (x <= 65535, the host splits), y tiles over M; the weight gradient
 // instead uses z for its K ranges (split-K, src/ops/conv/params.rs `wgrad_split`: its GEMM has few tiles and a long
@@ -17,7 +23,7 @@
 // own.
 //
 // Scalars: every kernel takes the WGSL uniform block `ConvParams` by value as its first argument (same fields, same
-// order, 64 bytes); the storage buffers the entry point uses follow in WGSL binding order
+// order, 96 bytes); the storage buffers the entry point uses follow in WGSL binding order
 // (inp 1, weight 2, dout 3, result 4).
 
 #define TILE_M 64u
@@ -42,6 +48,17 @@ struct ConvParams {
     unsigned int gemm_k;
     unsigned int k_splits; // K ranges (split-K of the weight gradient; 1 otherwise)
     unsigned int k_chunk;  // K per range, a multiple of TILE_K
+    // The backward data's phase (see below): input pixels (ph_y + stride*a, ph_x + stride*b) on a ph_h x ph_w grid,
+    // taps (ph_ky + stride*ty, ph_kx + stride*tx) on a ph_kh x ph_kw grid. The whole convolution (0, 0, H, W, 0, 0,
+    // KH, KW) at stride 1, and in the other passes.
+    unsigned int ph_y;
+    unsigned int ph_x;
+    unsigned int ph_h;
+    unsigned int ph_w;
+    unsigned int ph_ky;
+    unsigned int ph_kx;
+    unsigned int ph_kh;
+    unsigned int ph_kw;
 };
 
 // (i, y, x) of the index j = (i*H + y)*W + x of an [I, H, W] grid: a pixel (n, y, x), or a weight tap (c, ki, kj)
@@ -102,12 +119,28 @@ __device__ __forceinline__ const float* col_at(const ConvParams& p, const float*
     return inp + w.base + (t.x * p.h + (unsigned int)iy) * p.w + (unsigned int)ix;
 }
 
-// Input pixel j = (n, iy, ix) as the backward data gathers for it: dout's image offset n*C_out*OH*OW, (iy + pad,
-// ix + pad), and whether j < N*H*W (w = 1).
+// Input pixel j = (n, a, b) of the phase's grid, at (iy, ix) = (ph_y + stride*a, ph_x + stride*b), as the backward
+// data gathers for it: dout's image offset n*C_out*OH*OW, (iy + pad, ix + pad), and whether j < N*ph_h*ph_w (w = 1).
 __device__ __forceinline__ uint4 pixel_of(const ConvParams& p, unsigned int j) {
-    if (j >= p.n * p.h * p.w) return uint4{0u, 0u, 0u, 0u};
-    const uint3 i = unravel(j, p.h, p.w);
-    return uint4{i.x * p.c_out * p.oh * p.ow, i.y + p.pad, i.z + p.pad, 1u};
+    if (j >= p.n * p.ph_h * p.ph_w) return uint4{0u, 0u, 0u, 0u};
+    const uint3 i = unravel(j, p.ph_h, p.ph_w);
+    return uint4{i.x * p.c_out * p.oh * p.ow, p.ph_y + p.stride * i.y + p.pad, p.ph_x + p.stride * i.z + p.pad, 1u};
+}
+
+// Tap k = (co, ty, tx) of the phase's grid: (co, ph_ky + stride*ty, ph_kx + stride*tx), and whether k < C_out*ph_kh*
+// ph_kw (w = 1).
+__device__ __forceinline__ uint4 phase_tap_of(const ConvParams& p, unsigned int k) {
+    if (k >= p.c_out * p.ph_kh * p.ph_kw) return uint4{0u, 0u, 0u, 0u};
+    const uint3 t = unravel(k, p.ph_kh, p.ph_kw);
+    return uint4{t.x, p.ph_ky + p.stride * t.y, p.ph_kx + p.stride * t.z, 1u};
+}
+
+// Offset of the backward data's A column k (the phase's tap k) in weight [C_out, C_in, KH*KW]: row ci's element is
+// at offset + ci*KH*KW, or 0xffffffff past the GEMM's K.
+__device__ __forceinline__ unsigned int phase_column_offset(const ConvParams& p, unsigned int k) {
+    const uint4 t = phase_tap_of(p, k);
+    if (t.w == 0u || k >= p.gemm_k) return 0xffffffffu;
+    return t.x * p.c_in * p.kh * p.kw + t.y * p.kw + t.z;
 }
 
 // The dout element that tap t = (co, ki, kj) meets at pixel q (pixel_of), null if none.
@@ -179,7 +212,9 @@ __device__ __forceinline__ void store_result(const ConvParams& p, float* __restr
     } else if (GEMM == BACKWARD_WEIGHT) {
         result[(split * p.gemm_m + m) * p.gemm_n + j] = v;
     } else {
-        const unsigned int idx = channel_offset(j, m, p.c_in, p.h * p.w);
+        // pixel j = (n, a, b) of the phase
+        const uint3 i = unravel(j, p.ph_h, p.ph_w);
+        const unsigned int idx = ((i.x * p.c_in + m) * p.h + p.ph_y + p.stride * i.y) * p.w + p.ph_x + p.stride * i.z;
         result[idx] = result[idx] + v;
     }
 }
@@ -242,7 +277,7 @@ __device__ __forceinline__ void gather_chunk(const ConvParams& p, const float* _
     const unsigned int khw = p.kh * p.kw;
     const unsigned int ohw = p.oh * p.ow;
     const Window k_win = GEMM == BACKWARD_WEIGHT ? window_of(p, k) : Window{0u, 0, 0, 0u};
-    const unsigned int a_col = GEMM == BACKWARD_WEIGHT ? column_offset(p, k, p.c_out, ohw) : GEMM == BACKWARD_DATA ? column_offset(p, k, p.c_in, khw) : 0u;
+    const unsigned int a_col = GEMM == BACKWARD_WEIGHT ? column_offset(p, k, p.c_out, ohw) : GEMM == BACKWARD_DATA ? phase_column_offset(p, k) : 0u;
 #pragma unroll
     for (unsigned int i = 0; i < 4u; ++i) {
         const unsigned int e = lid + i * WG;
@@ -255,9 +290,9 @@ __device__ __forceinline__ void gather_chunk(const ConvParams& p, const float* _
             // both operands read along the reduction (output pixels)
             put(mm, kk, a_at(p, a, a_col, t.m0 + mm, ohw), kk, mm, col_at(p, b, t.taps[i], k_win));
         } else {
-            // A[ci, r = (co, ki, kj)] = weight[co, ci, ki, kj], read along the taps; B = dout gathered, read along
-            // input pixels
-            put(mm, kk, a_at(p, a, a_col, t.m0 + mm, khw), e / TILE_N, e % TILE_N, dout_at(p, b, tap_of(p, k0 + e / TILE_N, p.c_out), t.pix));
+            // A[ci, r = (co, ki, kj)] = weight[co, ci, ki, kj], read along the phase's taps; B = dout gathered, read
+            // along the phase's input pixels
+            put(mm, kk, a_at(p, a, a_col, t.m0 + mm, khw), e / TILE_N, e % TILE_N, dout_at(p, b, phase_tap_of(p, k0 + e / TILE_N), t.pix));
         }
     }
 }

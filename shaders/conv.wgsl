@@ -11,6 +11,9 @@
 //   conv2d_backward_data    M = C_in,  N = N*H*W,  K = C_out*KH*KW   dinp   += gather of weight · dout (no atomics:
 //                           each input pixel sums over the (c_out, kh, kw) whose window covers it; deterministic)
 //
+// The backward data at stride s > 1 runs in s*s phases, one dispatch each, so that no zero tap is gathered (see
+// kernels/conv.cu and src/ops/conv/params.rs `ConvParams::backward_data`).
+//
 // Each output element is owned by exactly one thread, so the backward kernels accumulate with a plain
 // read-modify-write. Grid: x * z tiles over N (x <= 65535, the host splits), y tiles over M; the weight gradient
 // instead uses z for its K ranges (split-K, src/ops/conv/params.rs `wgrad_split`), as kernels/conv.cu.
@@ -32,6 +35,16 @@ struct ConvParams {
     gemm_k: u32,
     k_splits: u32, // K ranges (split-K of the weight gradient; 1 otherwise)
     k_chunk: u32,  // K per range, a multiple of TILE_K
+    // the backward data's phase, as kernels/conv.cu: input pixels (ph_y + stride*a, ph_x + stride*b) on a
+    // ph_h x ph_w grid, taps (ph_ky + stride*ty, ph_kx + stride*tx) on a ph_kh x ph_kw grid
+    ph_y: u32,
+    ph_x: u32,
+    ph_h: u32,
+    ph_w: u32,
+    ph_ky: u32,
+    ph_kx: u32,
+    ph_kh: u32,
+    ph_kw: u32,
 }
 
 const TILE_M: u32 = 64u;
@@ -112,14 +125,34 @@ fn col_at(t: vec4<u32>, w: Window) -> f32 {
     return inp[w.base + (t.x * p.h + u32(iy)) * p.w + u32(ix)];
 }
 
-// Input pixel j = (n, iy, ix) as the backward data gathers for it: dout's image offset n*C_out*OH*OW, (iy + pad,
-// ix + pad), and whether j < N*H*W (w = 1).
+// Input pixel j = (n, a, b) of the phase's grid, at (iy, ix) = (ph_y + stride*a, ph_x + stride*b), as the backward
+// data gathers for it: dout's image offset n*C_out*OH*OW, (iy + pad, ix + pad), and whether j < N*ph_h*ph_w (w = 1).
 fn pixel_of(j: u32) -> vec4<u32> {
-    if (j >= p.n * p.h * p.w) {
+    if (j >= p.n * p.ph_h * p.ph_w) {
         return vec4<u32>(0u, 0u, 0u, 0u);
     }
-    let i = unravel(j, p.h, p.w);
-    return vec4<u32>(i.x * p.c_out * p.oh * p.ow, i.y + p.pad, i.z + p.pad, 1u);
+    let i = unravel(j, p.ph_h, p.ph_w);
+    return vec4<u32>(i.x * p.c_out * p.oh * p.ow, p.ph_y + p.stride * i.y + p.pad, p.ph_x + p.stride * i.z + p.pad, 1u);
+}
+
+// Tap k = (co, ty, tx) of the phase's grid: (co, ph_ky + stride*ty, ph_kx + stride*tx), and whether
+// k < C_out*ph_kh*ph_kw (w = 1).
+fn phase_tap_of(k: u32) -> vec4<u32> {
+    if (k >= p.c_out * p.ph_kh * p.ph_kw) {
+        return vec4<u32>(0u, 0u, 0u, 0u);
+    }
+    let t = unravel(k, p.ph_kh, p.ph_kw);
+    return vec4<u32>(t.x, p.ph_ky + p.stride * t.y, p.ph_kx + p.stride * t.z, 1u);
+}
+
+// Offset of the backward data's A column k (the phase's tap k) in weight [C_out, C_in, KH*KW]: row ci's element is
+// at offset + ci*KH*KW, or 0xffffffff past the GEMM's K.
+fn phase_column_offset(k: u32) -> u32 {
+    let t = phase_tap_of(k);
+    if (t.w == 0u || k >= p.gemm_k) {
+        return 0xffffffffu;
+    }
+    return t.x * p.c_in * p.kh * p.kw + t.y * p.kw + t.z;
 }
 
 // The dout element that tap t = (co, ki, kj) meets at pixel q (pixel_of), 0 if none.
@@ -209,7 +242,9 @@ fn store_result(gemm: u32, m: u32, j: u32, v: f32) {
         result[channel_offset(j, m, p.c_out, p.oh * p.ow)] = v;
         return;
     }
-    let idx = channel_offset(j, m, p.c_in, p.h * p.w);
+    // pixel j = (n, a, b) of the backward data's phase
+    let i = unravel(j, p.ph_h, p.ph_w);
+    let idx = ((i.x * p.c_in + m) * p.h + p.ph_y + p.stride * i.y) * p.w + p.ph_x + p.stride * i.z;
     result[idx] = result[idx] + v;
 }
 
@@ -329,14 +364,14 @@ fn conv2d_backward_data(@builtin(local_invocation_index) lid: u32, @builtin(work
     if (j0 >= p.gemm_n) {
         return;
     }
-    // this thread's B column: input pixel j0 + lid % TILE_N, the same in every chunk
+    // this thread's B column: the phase's input pixel j0 + lid % TILE_N, the same in every chunk
     let pix = pixel_of(j0 + lid % TILE_N);
     let khw = p.kh * p.kw;
     var acc: array<vec4<f32>, 4>;
     for (var k0 = 0u; k0 < p.gemm_k; k0 += TILE_K) {
-        // A[ci, r = (co, ki, kj)] = weight[co, ci, ki, kj], read along the taps: this thread's tap r of the chunk
+        // A[ci, r = (co, ki, kj)] = weight[co, ci, ki, kj], read along the phase's taps: this thread's tap r of the chunk
         // (e % TILE_K = lid % TILE_K) is the same for its four elements; B = dout gathered, read along input pixels
-        let a_col = column_offset(k0 + lid % TILE_K, p.c_in, khw);
+        let a_col = phase_column_offset(k0 + lid % TILE_K);
         for (var i = 0u; i < 4u; i++) {
             let e = lid + i * 256u;
             let m = m0 + e / TILE_K;
@@ -345,7 +380,7 @@ fn conv2d_backward_data(@builtin(local_invocation_index) lid: u32, @builtin(work
                 a = weight[a_col + m * khw];
             }
             a_tile[k_major(e)] = a;
-            b_tile[e] = dout_at(tap_of(k0 + e / TILE_N, p.c_out), pix);
+            b_tile[e] = dout_at(phase_tap_of(k0 + e / TILE_N), pix);
         }
         workgroupBarrier();
         multiply_tile(&acc, lid);

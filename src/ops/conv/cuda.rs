@@ -40,8 +40,9 @@ impl Conv for Cuda {
     fn conv2d_backward(&mut self, dinp: Option<CudaViewMut<'_, f32>>, mut dweight: CudaViewMut<'_, f32>, dout: CudaView<'_, f32>, inp: CudaView<'_, f32>, weight: CudaView<'_, f32>, shape: &Conv2dShape) -> Result<()> {
         shape.check_backward(dinp.as_ref().map(|d| d.len()), dweight.len(), dout.len(), inp.len(), weight.len())?;
         let s = conv_revalidate(shape)?;
-        let (wp, dp) = (ConvParams::backward_weight(&s), ConvParams::backward_data(&s));
-        let (wg, dg) = (wp.backward_weight_grid("conv2d_backward")?, dp.grid("conv2d_backward")?);
+        let (wp, phases) = (ConvParams::backward_weight(&s), ConvParams::backward_data(&s));
+        let wg = wp.backward_weight_grid("conv2d_backward")?;
+        let data_grids = phases.iter().map(|dp| dp.grid("conv2d_backward")).collect::<Result<Vec<_>>>()?;
         let (weight_kernel, data_kernel) = (
             kernel(self, ["conv2d_backward_weight", "conv2d_backward_weight_mma_tf32x3", "conv2d_backward_weight_mma_tf32"])?,
             kernel(self, ["conv2d_backward_data", "conv2d_backward_data_mma_tf32x3", "conv2d_backward_data_mma_tf32"])?,
@@ -62,10 +63,14 @@ impl Conv for Cuda {
         unsafe { stream.launch_builder(&f).arg(&wp).arg(&partial).arg(&mut dweight).launch(cfg(wp.backward_weight_reduce_grid())) }?;
         if let Some(mut d) = dinp {
             let f = KERNELS.cuda_function(stream, data_kernel)?;
-            // SAFETY: conv2d_backward_data(ConvParams, const float* weight [C_out*C_in*KH*KW], const float* dout
-            // [N*C_out*OH*OW], float* result [N*C_in*H*W]); lengths checked above; dout reads are guarded by
-            // dout_gather (oy < OH, ox < OW), each dinp element is owned by one thread (m < C_in, j < N*H*W).
-            unsafe { stream.launch_builder(&f).arg(&dp).arg(&weight).arg(&dout).arg(&mut d).launch(cfg(dg)) }?;
+            for (dp, dg) in phases.iter().zip(data_grids) {
+                // SAFETY: conv2d_backward_data(ConvParams, const float* weight [C_out*C_in*KH*KW], const float* dout
+                // [N*C_out*OH*OW], float* result [N*C_in*H*W]); lengths checked above; dout reads are guarded by
+                // dout_at (oy < OH, ox < OW), weight reads by the phase's taps (< KH, KW); each dinp element of the
+                // phase (m < C_in, j < N*ph_h*ph_w: pixel (ph_y + stride*a, ph_x + stride*b) < (H, W)) is owned by
+                // one thread, and the phases' pixels are disjoint.
+                unsafe { stream.launch_builder(&f).arg(dp).arg(&weight).arg(&dout).arg(&mut d).launch(cfg(dg)) }?;
+            }
         }
         Ok(())
     }

@@ -28,8 +28,19 @@ pub struct ConvParams {
     pub k_splits: u32,
     /// Length of each K range: a multiple of the 16-deep chunk (the last range may be shorter).
     pub k_chunk: u32,
+    /// The backward data's phase ([`ConvParams::backward_data`]): its input pixels `(ph_y + stride*a, ph_x +
+    /// stride*b)` on a `ph_h x ph_w` grid and its taps `(ph_ky + stride*ty, ph_kx + stride*tx)` on a `ph_kh x ph_kw`
+    /// grid; the whole convolution `(0, 0, H, W, 0, 0, KH, KW)` in the other passes.
+    pub ph_y: u32,
+    pub ph_x: u32,
+    pub ph_h: u32,
+    pub ph_w: u32,
+    pub ph_ky: u32,
+    pub ph_kx: u32,
+    pub ph_kh: u32,
+    pub ph_kw: u32,
 }
-const _: () = assert!(std::mem::size_of::<ConvParams>() == 64 && std::mem::offset_of!(ConvParams, gemm_k) == 52 && std::mem::offset_of!(ConvParams, k_chunk) == 60);
+const _: () = assert!(std::mem::size_of::<ConvParams>() == 96 && std::mem::offset_of!(ConvParams, gemm_k) == 52 && std::mem::offset_of!(ConvParams, k_chunk) == 60 && std::mem::offset_of!(ConvParams, ph_kw) == 92);
 
 /// Output tile of the conv kernels (64x64, 16-deep K chunks, 256 threads with 4x4 micro-tiles).
 pub const CONV_TILE: usize = 64;
@@ -80,6 +91,14 @@ impl ConvParams {
             gemm_k: u(gemm_k),
             k_splits: 1,
             k_chunk: u(gemm_k.div_ceil(CONV_TILE_K).max(1) * CONV_TILE_K),
+            ph_y: 0,
+            ph_x: 0,
+            ph_h: u(s.h),
+            ph_w: u(s.w),
+            ph_ky: 0,
+            ph_kx: 0,
+            ph_kh: u(s.kh),
+            ph_kw: u(s.kw),
         }
     }
 }
@@ -136,9 +155,30 @@ impl ConvParams {
     pub fn backward_weight_reduce_grid(&self) -> Grid {
         crate::ops::launch::elem_grid(self.gemm_m as usize * self.gemm_n as usize)
     }
-    /// `conv2d_backward_data`: M = C_in, N = N*H*W, K = C_out*KH*KW.
-    pub fn backward_data(s: &Conv2dShape) -> Self {
-        Self::new(s, s.c_in, s.n * s.h * s.w, s.c_out * s.kh * s.kw)
+    /// `conv2d_backward_data`, one launch per phase: M = C_in, N = N * the phase's pixels, K = C_out * its taps.
+    ///
+    /// At stride `s` input pixel `iy` meets dout row `oy = (iy + pad - ky) / s` only for the taps `ky` with
+    /// `ky = iy + pad (mod s)`: the `s*s` phases `(iy mod s, ix mod s)` each meet their own taps, `ceil((KH -
+    /// ky0) / s)` of them per axis from `ky0 = (ph_y + pad) mod s`, so that no zero of the transposed convolution is
+    /// gathered (at stride 2 a 3x3 kernel has 1, 2, 2 and 4 taps in its four phases, not 9 each). Phases without
+    /// taps or pixels are left out (they add nothing to dinp). At stride 1 the one phase is the whole convolution.
+    pub fn backward_data(s: &Conv2dShape) -> Vec<Self> {
+        let st = s.stride.max(1);
+        let count = |len: usize, first: usize| if first < len { (len - first).div_ceil(st) } else { 0 };
+        let mut phases = Vec::with_capacity(st * st);
+        for ph_y in 0..st {
+            for ph_x in 0..st {
+                let (ph_ky, ph_kx) = ((ph_y + s.pad) % st, (ph_x + s.pad) % st);
+                let (ph_h, ph_w, ph_kh, ph_kw) = (count(s.h, ph_y), count(s.w, ph_x), count(s.kh, ph_ky), count(s.kw, ph_kx));
+                if ph_h * ph_w * ph_kh * ph_kw == 0 {
+                    continue;
+                }
+                let u = |v: usize| v as u32;
+                let base = Self::new(s, s.c_in, s.n * ph_h * ph_w, s.c_out * ph_kh * ph_kw);
+                phases.push(Self { ph_y: u(ph_y), ph_x: u(ph_x), ph_h: u(ph_h), ph_w: u(ph_w), ph_ky: u(ph_ky), ph_kx: u(ph_kx), ph_kh: u(ph_kh), ph_kw: u(ph_kw), ..base });
+            }
+        }
+        phases
     }
     /// The grid of this GEMM ([`conv_grid`]).
     pub fn grid(&self, op: &'static str) -> crate::error::Result<Grid> {
@@ -146,3 +186,41 @@ impl ConvParams {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The backward data's phases partition the input pixels, each meets only the taps of its residue, and
+    /// together they gather each (pixel, tap) pair the transposed convolution can reach once: 1 + 2 + 2 + 4 taps
+    /// for a 3x3 kernel at stride 2, one phase of four for a 1x1 one, the whole convolution at stride 1.
+    #[test]
+    fn backward_data_phases_partition_pixels_and_taps() {
+        for (shape, taps) in [((2, 3, 9, 7, 5, 3, 3, 2, 1), vec![1, 2, 2, 4]), ((2, 5, 7, 5, 3, 1, 1, 2, 0), vec![1]), ((1, 2, 6, 6, 2, 3, 3, 1, 1), vec![9]), ((1, 2, 8, 8, 2, 3, 3, 3, 1), vec![1, 1, 1, 1, 1, 1, 1, 1, 1])] {
+            let (n, ci, h, w, co, kh, kw, st, pad) = shape;
+            let s = Conv2dShape::new(n, ci, h, w, co, kh, kw, st, pad).unwrap();
+            let phases = ConvParams::backward_data(&s);
+            let got: Vec<u32> = phases.iter().map(|p| p.ph_kh * p.ph_kw).collect();
+            assert_eq!(got, taps, "{shape:?}: taps per phase");
+            let mut seen = vec![0u32; h * w];
+            for p in &phases {
+                assert_eq!((p.gemm_n, p.gemm_k), (n as u32 * p.ph_h * p.ph_w, co as u32 * p.ph_kh * p.ph_kw), "{shape:?}");
+                for a in 0..p.ph_h {
+                    for b in 0..p.ph_w {
+                        let (iy, ix) = ((p.ph_y + p.stride * a) as usize, (p.ph_x + p.stride * b) as usize);
+                        seen[iy * w + ix] += 1;
+                        // every tap of the phase lands on a whole output row and column for this pixel
+                        for ty in 0..p.ph_kh {
+                            let ky = p.ph_ky + p.stride * ty;
+                            assert!(ky < kh as u32 && (iy as i64 + p.pad as i64 - ky as i64).rem_euclid(p.stride as i64) == 0, "{shape:?}: tap {ky} at row {iy}");
+                        }
+                    }
+                }
+            }
+            // pixels of a phase without taps get nothing, as the transposed convolution gives them nothing
+            let untouched = seen.iter().filter(|&&c| c == 0).count();
+            assert!(seen.iter().all(|&c| c <= 1), "{shape:?}: a pixel in two phases");
+            assert_eq!(untouched == 0, kh >= st && kw >= st, "{shape:?}: {untouched} pixels in no phase");
+        }
+    }
+}

@@ -19,8 +19,9 @@ impl Conv for Wgpu {
     fn conv2d_backward(&mut self, dinp: Option<GpuSlice<'_>>, dweight: GpuSlice<'_>, dout: GpuSlice<'_>, inp: GpuSlice<'_>, weight: GpuSlice<'_>, shape: &Conv2dShape) -> Result<()> {
         shape.check_backward(dinp.map(|d| d.len()), dweight.len(), dout.len(), inp.len(), weight.len())?;
         let s = conv_revalidate(shape)?;
-        let (wp, dp) = (ConvParams::backward_weight(&s), ConvParams::backward_data(&s));
-        let (wg, dg) = (wp.backward_weight_grid("conv2d_backward")?, dp.grid("conv2d_backward")?);
+        let (wp, phases) = (ConvParams::backward_weight(&s), ConvParams::backward_data(&s));
+        let wg = wp.backward_weight_grid("conv2d_backward")?;
+        let data_grids = phases.iter().map(|dp| dp.grid("conv2d_backward")).collect::<Result<Vec<_>>>()?;
         let bytes = (wp.partial_len() * 4) as u64;
         // the device's scratch, grown to the largest layer (the next conv's writes follow this one's reads)
         let partial = self.scratch("moco conv wgrad partial", bytes);
@@ -30,7 +31,10 @@ impl Conv for Wgpu {
             Launch::new("conv2d_backward_weight_reduce", &wp, vec![(5, part), (4, dweight)], wp.backward_weight_reduce_grid()),
         ];
         if let Some(d) = dinp {
-            launches.push(Launch::new("conv2d_backward_data", &dp, vec![(2, weight), (3, dout), (4, d)], dg));
+            // one dispatch per phase of the stride (ConvParams::backward_data); their pixels are disjoint
+            for (dp, dg) in phases.iter().zip(data_grids) {
+                launches.push(Launch::new("conv2d_backward_data", dp, vec![(2, weight), (3, dout), (4, d)], dg));
+            }
         }
         self.run(&KERNELS, launches)
     }
