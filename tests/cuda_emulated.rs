@@ -335,15 +335,24 @@ fn case_moco_v3() {
 
 // ---- ema.cu ---------------------------------------------------------------------------------------------------
 
+/// A parameter block in device memory, as a captured step's `live` argument reads it.
+fn live_block<T: bytemuck::Pod>(p: &T) -> Arg {
+    Arg::u32(bytemuck::cast_slice(bytemuck::bytes_of(p)))
+}
+
 fn case_ema_update() {
     let mut rng = StdRng::seed_from_u64(1);
     // one element, a partial block, more elements than the 1024-block grid covers (grid-stride loop)
     for (len, m) in [(1usize, 0.5f64), (300, 0.999), (262_144 + 1000, 0.9)] {
         let (k0, q) = (random(&mut rng, len), random(&mut rng, len));
         let (p, grid) = EmaParams::launch(&EmaShape::new(len, m).unwrap());
-        let mut a = [Arg::val(&p), Arg::f32(&q), Arg::f32(&k0)];
-        emu().run("ema.cu", "ema_update", grid, BLOCK, &mut a);
-        close(&format!("ema_update len {len} m {m}"), &a[2].as_f32(), &ema::reference::ema(&k0, &q, m), 1e-6, 1e-6);
+        // by value, then (a captured step) from device memory with a decoy by-value momentum
+        let decoy = EmaParams { momentum: 0.25, one_minus_m: 0.75, ..p };
+        for (by_value, live, how) in [(p, Arg::Null, "by value"), (decoy, live_block(&p), "live")] {
+            let mut a = [Arg::val(&by_value), live, Arg::f32(&q), Arg::f32(&k0)];
+            emu().run("ema.cu", "ema_update", grid, BLOCK, &mut a);
+            close(&format!("ema_update len {len} m {m} {how}"), &a[3].as_f32(), &ema::reference::ema(&k0, &q, m), 1e-6, 1e-6);
+        }
     }
 }
 
@@ -399,12 +408,21 @@ fn case_enqueue() {
             let (kh, _) = normalize(&keys, n, c);
             let p = QueueParams::new(&shape, dt);
             let kernel = if dt == 0 { "enqueue_f32" } else { "enqueue_packed16" };
-            let mut a = [Arg::val(&p), Arg::f32(&kh), queue];
+            // a captured step's launch: the block (its pointer) from device memory over a grid for any pointer,
+            // the by-value block another pointer's; with a non-zero skip count nothing is written
+            let decoy = QueueParams::new(&QueueShape::new(n, c, kk, (ptr + 1) % kk).unwrap(), dt);
+            let mut a = [Arg::val(&decoy), live_block(&p), Arg::u32(&[1]), Arg::f32(&kh), queue.clone()];
+            emu().run("queue.cu", kernel, p.grid_for_any_ptr(), BLOCK, &mut a);
+            assert_eq!(a[4].bytes(), queue.bytes(), "enqueue N={n} C={c} K={kk} ptr={ptr} {suffix}: a skipped launch wrote");
+            let mut live = [Arg::val(&decoy), live_block(&p), Arg::u32(&[0]), Arg::f32(&kh), queue.clone()];
+            emu().run("queue.cu", kernel, p.grid_for_any_ptr(), BLOCK, &mut live);
+            let mut a = [Arg::val(&p), Arg::Null, Arg::Null, Arg::f32(&kh), queue];
             emu().run("queue.cu", kernel, p.grid(), BLOCK, &mut a);
+            assert_eq!(live[4].bytes(), a[4].bytes(), "enqueue N={n} C={c} K={kk} ptr={ptr} {suffix}: the live launch differs");
             let got: Vec<f32> = match dt {
-                0 => a[2].as_f32(),
-                1 => a[2].as_u16().iter().map(|&b| half::f16::from_bits(b).to_f32()).collect(),
-                _ => a[2].as_u16().iter().map(|&b| half::bf16::from_bits(b).to_f32()).collect(),
+                0 => a[4].as_f32(),
+                1 => a[4].as_u16().iter().map(|&b| half::f16::from_bits(b).to_f32()).collect(),
+                _ => a[4].as_u16().iter().map(|&b| half::bf16::from_bits(b).to_f32()).collect(),
             };
             let (want, _) = queue::reference::enqueue(&before_raw, &keys, n, c, kk, ptr);
             let what = format!("enqueue N={n} C={c} K={kk} ptr={ptr} {suffix}");
@@ -788,15 +806,22 @@ fn case_sgd() {
             let (p0, g, m0) = (random(&mut rng, len), random(&mut rng, len), random(&mut rng, len));
             let u = sgd_params(config, len, first).unwrap();
             let (groups, _) = elementwise_grid(len);
-            let mom = if config.momentum == 0.0 { Arg::Null } else { Arg::f32(&m0) };
-            let mut a = [Arg::val(&u), Arg::f32(&p0), Arg::f32(&g), mom];
-            emu().run("optim.cu", "sgd_step", (groups, 1, 1), BLOCK, &mut a);
+            let mom = || if config.momentum == 0.0 { Arg::Null } else { Arg::f32(&m0) };
+            // by value; from device memory with a decoy lr (a captured step); skipped (its count not zero)
+            let decoy = OptimParams { lr: 7.0, ..u };
+            let mut skipped = [Arg::val(&u), live_block(&u), Arg::u32(&[3]), Arg::f32(&p0), Arg::f32(&g), mom()];
+            emu().run("optim.cu", "sgd_step", (groups, 1, 1), BLOCK, &mut skipped);
+            assert_eq!(skipped[3].as_f32(), p0, "sgd: a skipped step changed the parameters");
             let (mut p, mut m) = (p0.clone(), m0.clone());
             moco::optim::sgd_step(&mut p, &mut m, &g, config, first).unwrap();
-            let what = format!("sgd {config:?} len {len} first {first}");
-            close(&format!("{what} params"), &a[1].as_f32(), &f64s(&p), 1e-7, OPT_RTOL);
-            if config.momentum != 0.0 {
-                close(&format!("{what} momentum"), &a[3].as_f32(), &f64s(&m), 1e-7, OPT_RTOL);
+            for (by_value, live, how) in [(u, Arg::Null, "by value"), (decoy, live_block(&u), "live")] {
+                let mut a = [Arg::val(&by_value), live, Arg::Null, Arg::f32(&p0), Arg::f32(&g), mom()];
+                emu().run("optim.cu", "sgd_step", (groups, 1, 1), BLOCK, &mut a);
+                let what = format!("sgd {config:?} len {len} first {first} {how}");
+                close(&format!("{what} params"), &a[3].as_f32(), &f64s(&p), 1e-7, OPT_RTOL);
+                if config.momentum != 0.0 {
+                    close(&format!("{what} momentum"), &a[5].as_f32(), &f64s(&m), 1e-7, OPT_RTOL);
+                }
             }
             if ci == 1 {
                 break;
@@ -813,14 +838,21 @@ fn case_adamw() {
         let v0: Vec<f32> = random(&mut rng, len).iter().map(|v| v.abs()).collect();
         let u = adamw_params(&config, len, step).unwrap();
         let (groups, _) = elementwise_grid(len);
-        let mut a = [Arg::val(&u), Arg::f32(&p0), Arg::f32(&g), Arg::f32(&m0), Arg::f32(&v0)];
-        emu().run("optim.cu", "adamw_step", (groups, 1, 1), BLOCK, &mut a);
         let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
         moco::optim::adamw_step(&mut p, &mut m, &mut v, &g, &config, step).unwrap();
-        let what = format!("adamw {config:?} step {step}");
-        close(&format!("{what} params"), &a[1].as_f32(), &f64s(&p), 1e-7, OPT_RTOL);
-        close(&format!("{what} exp_avg"), &a[3].as_f32(), &f64s(&m), 1e-7, OPT_RTOL);
-        close(&format!("{what} exp_avg_sq"), &a[4].as_f32(), &f64s(&v), 1e-7, OPT_RTOL);
+        // by value, and from device memory with decoy bias corrections (a captured step's next step)
+        let decoy = OptimParams { step_size: 3.0, bc2_sqrt: 0.5, decay: 0.9, ..u };
+        for (by_value, live, how) in [(u, Arg::Null, "by value"), (decoy, live_block(&u), "live")] {
+            let mut a = [Arg::val(&by_value), live, Arg::Null, Arg::f32(&p0), Arg::f32(&g), Arg::f32(&m0), Arg::f32(&v0)];
+            emu().run("optim.cu", "adamw_step", (groups, 1, 1), BLOCK, &mut a);
+            let what = format!("adamw {config:?} step {step} {how}");
+            close(&format!("{what} params"), &a[3].as_f32(), &f64s(&p), 1e-7, OPT_RTOL);
+            close(&format!("{what} exp_avg"), &a[5].as_f32(), &f64s(&m), 1e-7, OPT_RTOL);
+            close(&format!("{what} exp_avg_sq"), &a[6].as_f32(), &f64s(&v), 1e-7, OPT_RTOL);
+        }
+        let mut skipped = [Arg::val(&u), Arg::Null, Arg::u32(&[1]), Arg::f32(&p0), Arg::f32(&g), Arg::f32(&m0), Arg::f32(&v0)];
+        emu().run("optim.cu", "adamw_step", (groups, 1, 1), BLOCK, &mut skipped);
+        assert_eq!((skipped[3].as_f32(), skipped[5].as_f32()), (p0.clone(), m0.clone()), "adamw: a skipped step changed its tensors");
     }
 }
 
@@ -856,13 +888,19 @@ fn case_lars() {
     let mut want_norms = vec![[0.0f64; 2]; table.len()];
     moco::optim::lars_norms(&mut want_norms, &p0, &g, &spans, config.weight_decay).unwrap();
     close("lars norms_sq", &norms, &want_norms.iter().flatten().copied().collect::<Vec<_>>(), 1e-30, 1e-5);
-    let mut a = [Arg::val(&up), Arg::f32(&p0), Arg::f32(&g), Arg::f32(&mu0), Arg::u32(&flat(&segs)), Arg::f32(&norms)];
-    emu().run("optim.cu", "lars_update", (segs.len() as u32, 1, 1), BLOCK, &mut a);
     let (mut p, mut mu) = (p0.clone(), mu0.clone());
     moco::optim::lars_update(&mut p, &mut mu, &g, &want_norms, &spans, &config).unwrap();
-    // the trust ratio comes from f32 norms here and f64 norms in the reference
-    close("lars mu", &a[3].as_f32(), &f64s(&mu), 1e-6, 1e-5);
-    close("lars params", &a[1].as_f32(), &f64s(&p), 1e-6, 1e-5);
+    // by value, and from device memory with a decoy lr (a captured step)
+    for (by_value, live, how) in [(up, Arg::Null, "by value"), (OptimParams { lr: 5.0, ..up }, live_block(&up), "live")] {
+        let mut a = [Arg::val(&by_value), live, Arg::Null, Arg::f32(&p0), Arg::f32(&g), Arg::f32(&mu0), Arg::u32(&flat(&segs)), Arg::f32(&norms)];
+        emu().run("optim.cu", "lars_update", (segs.len() as u32, 1, 1), BLOCK, &mut a);
+        // the trust ratio comes from f32 norms here and f64 norms in the reference
+        close(&format!("lars mu {how}"), &a[5].as_f32(), &f64s(&mu), 1e-6, 1e-5);
+        close(&format!("lars params {how}"), &a[3].as_f32(), &f64s(&p), 1e-6, 1e-5);
+    }
+    let mut skipped = [Arg::val(&up), Arg::Null, Arg::u32(&[2]), Arg::f32(&p0), Arg::f32(&g), Arg::f32(&mu0), Arg::u32(&flat(&segs)), Arg::f32(&norms)];
+    emu().run("optim.cu", "lars_update", (segs.len() as u32, 1, 1), BLOCK, &mut skipped);
+    assert_eq!(skipped[3].as_f32(), p0, "lars: a skipped update changed the parameters");
 }
 
 // ---- layernorm.cu -----------------------------------------------------------------------------------------------
