@@ -327,10 +327,10 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
             return Ok(None);
         }
         let words = self.dev.read_index(&self.stats, Region::new(0, NONFINITE_AT + 1))?;
+        let stats = half_stats(&words, stats_at)?;
         if words[NONFINITE_AT] != 0 {
-            return Ok(Some(InfoNceStats { loss: f32::NAN, top1: 0, top5: 0 }));
+            return Ok(Some(stats));
         }
-        let stats = InfoNceStats::from_words(&words[stats_at..stats_at + STATS_WORDS])?;
         self.last_half = which;
         if stats.loss.is_finite() {
             self.enc_q.backward(D::as_input(&self.dq))?;
@@ -574,14 +574,20 @@ fn v2_stats(halves: &[InfoNceStats], n: usize) -> StepStats {
 /// The v1/v2 step's statistics from the words of `stats` read after a deferred step: a NaN loss when any feature
 /// was non-finite.
 fn v2_stats_from_words(words: &[u32], n: usize, symmetric: bool) -> Result<StepStats> {
-    if words[NONFINITE_AT] != 0 {
-        return Ok(StepStats { loss: f32::NAN, acc1: 0.0, acc5: 0.0 });
-    }
-    let mut halves = vec![InfoNceStats::from_words(&words[..STATS_WORDS])?];
+    let mut halves = vec![half_stats(words, 0)?];
     if symmetric {
-        halves.push(InfoNceStats::from_words(&words[HALF2_AT..HALF2_AT + STATS_WORDS])?);
+        halves.push(half_stats(words, HALF2_AT)?);
     }
     Ok(v2_stats(&halves, n))
+}
+
+/// One query half's loss statistics from the words of `stats` at `at`, or a NaN loss (no counts) when any feature
+/// was non-finite.
+fn half_stats(words: &[u32], at: usize) -> Result<InfoNceStats> {
+    if words[NONFINITE_AT] != 0 {
+        return Ok(InfoNceStats { loss: f32::NAN, top1: 0, top5: 0 });
+    }
+    InfoNceStats::from_words(&words[at..at + STATS_WORDS])
 }
 
 /// The v3 step's statistics from the words of `stats`: the symmetric loss and the in-batch accuracies of both

@@ -101,15 +101,14 @@ const _: () = assert!(std::mem::size_of::<QueueParams>() == 32 && std::mem::alig
 /// Launches `normalize_rows` (grid N) then `enqueue_f32` (one thread per element of the keys) or
 /// `enqueue_packed16` (one thread per element pair of the written range), 256 threads per block.
 pub fn enqueue(stream: &Arc<CudaStream>, queue: &mut CudaQueue, keys: &CudaView<'_, f32>, shape: &QueueShape) -> Result<usize> {
-    enqueue_in(stream, &mut Workspace::default(), queue, keys, shape, |_| Ok(Live::Eager))
+    enqueue_in(stream, &mut Workspace::default(), queue, keys, shape, Live::Eager)
 }
 
-/// [`enqueue`] with its scratch (the normalised keys and their norms) from `ws`, its parameter block passed through
-/// `live` (a captured step's, see [`Cuda::live`]: the pointer moves every step, so the grid then covers any pointer).
-fn enqueue_in(stream: &Arc<CudaStream>, ws: &mut Workspace, queue: &mut CudaQueue, keys: &CudaView<'_, f32>, shape: &QueueShape, live: impl FnOnce(&QueueParams) -> Result<Live>) -> Result<usize> {
+/// [`enqueue`] with its scratch (the normalised keys and their norms) from `ws`, run as `live` says (a captured
+/// step's parameter block, see [`Cuda::live`]: the pointer moves every step, so the grid then covers any pointer).
+fn enqueue_in(stream: &Arc<CudaStream>, ws: &mut Workspace, queue: &mut CudaQueue, keys: &CudaView<'_, f32>, shape: &QueueShape, live: Live) -> Result<usize> {
     shape.check_enqueue(keys.len(), queue.len(), queue)?;
     let p = QueueParams::new(shape, queue.code());
-    let live = live(&p)?;
     let blocks = match live {
         Live::Recorded => return Ok(shape.next_ptr()),
         Live::Eager => p.grid(),
@@ -156,6 +155,6 @@ impl KeyQueue for Cuda {
         shape.check_enqueue(keys.len(), queue.len(), queue)?;
         let live = self.live(&QueueParams::new(shape, queue.code()))?;
         let (stream, ws) = self.workspace();
-        enqueue_in(&stream, ws, queue, &keys, shape, |_| Ok(live))
+        enqueue_in(&stream, ws, queue, &keys, shape, live)
     }
 }
