@@ -89,7 +89,7 @@ fn resnet18_layers_cuda(c: &mut Criterion) {
         let (mut out, mut dx, mut dw) = (dev.alloc(s.out_len()).unwrap(), dev.alloc(s.inp_len()).unwrap(), dev.alloc(s.weight_len()).unwrap());
         let name = format!("conv{kk}x{kk}s{st}_{c_in}to{c_out}_{hw}x{hw}");
         g.throughput(Throughput::Elements((2 * s.n * s.c_out * s.out_h() * s.out_w() * s.c_in * kk * kk) as u64));
-        for precision in [MatmulPrecision::Fp32, MatmulPrecision::Tf32x3, MatmulPrecision::Tf32] {
+        for precision in [MatmulPrecision::Fp32, MatmulPrecision::Tf32x3, MatmulPrecision::Tf32, MatmulPrecision::Bf16] {
             dev.set_matmul_precision(precision);
             let tag = format!("{precision:?}").to_lowercase();
             g.bench_function(format!("{name}_fwd_{tag}"), |b| b.iter_custom(|iters| time_on(&mut dev, iters, &mut |d| d.conv2d_forward(out.as_view_mut(), x.as_view(), w.as_view(), &s).unwrap())));

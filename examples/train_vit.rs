@@ -59,8 +59,8 @@ struct Args {
     #[arg(long, default_value = "fp32")]
     precision: String,
     /// Arithmetic of the linear layers (and convolutions, with --model resnet18) on CUDA: fp32 (CUDA cores), tf32x3
-    /// (tensor cores with split operands, f32's accuracy) or tf32 (tensor cores, 10-bit mantissas); sm_80+, f32
-    /// elsewhere
+    /// (tensor cores with split operands, f32's accuracy), tf32 (tensor cores, 10-bit mantissas) or bf16 (tensor
+    /// cores, bf16 operands, as PyTorch's bf16 autocast); sm_80+, f32 elsewhere
     #[arg(long, default_value = "fp32")]
     matmul_precision: String,
     /// On CUDA, launch the step's kernels one by one instead of capturing the step once as a CUDA graph and

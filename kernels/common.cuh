@@ -154,6 +154,7 @@ template <> __device__ __forceinline__ float load_key<2>(const unsigned short* _
 // the nearest).
 //   mma_bf16_16816 / mma_f16_16816: D = A B + D, m16n8k16, A row-major, B column-major, 16-bit operands, f32 acc;
 //   mma_tf32_1688: the same for m16n8k8 with TF32 operands (f32 registers, rounded by tf32_round);
+//   pack_bf16x2: two f32 rounded to nearest-even bf16 in one register, lo in bits 0..15 (cvt.rn.bf16x2.f32);
 //   ldmatrix_x4(_trans): four 8x8 b16 matrices from shared memory, lanes 8i..8i+7 give matrix i's row addresses;
 //   cp_async_16: a 16-byte global -> shared copy that zero-fills past src_size bytes (cp.async.cg); cp_async_4 the
 //   same for 4 bytes (cp.async.ca: .cg copies only 16), src_size 0 or 4; both with
@@ -194,6 +195,16 @@ __device__ __forceinline__ float tf32_round(float x) {
 #else
     __trap();
     return 0.0f;
+#endif
+}
+__device__ __forceinline__ unsigned int pack_bf16x2(float lo, float hi) {
+#if __CUDA_ARCH__ >= 800
+    unsigned int r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#else
+    __trap();
+    return 0u;
 #endif
 }
 __device__ __forceinline__ void ldmatrix_x4(unsigned int (&r)[4], const void* row) {
@@ -261,8 +272,14 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 //    as x = hi + lo, both TF32 (x - hi is exact in f32), and a b ~ lo_a hi_b + hi_a lo_b + hi_a hi_b, the small
 //    terms first; the dropped lo_a lo_b is under 2^-22 |a b|, so the result has f32's accuracy at three
 //    tensor-core products per product (the bounds: src/ops/precision.rs, MatmulPrecision).
+//  - BF16: operands rounded to nearest-even bf16 (8-bit significands) and f32 accumulation, one m16n8k16 per n8 block
+//    and chunk: 4 mma per 16-deep chunk against TF32's 8, at twice TF32's rate per instruction on sm_80 and sm_90.
+//    The chunk stays f32 in shared memory (the same copies, stages and ldmatrix reads as TF32); the fragments are
+//    rounded and packed in registers (pack_bf16x2), so the operands' memory traffic is f32's.
 // mma_pipeline64 runs the K loop over a caller's copies (cp.async, two stages); mma_acc_at64 says which output each
 // accumulator holds.
+enum MmaArith { MMA_TF32 = 0, MMA_TF32X3 = 1, MMA_BF16 = 2 };
+
 struct MmaStage64 {
     float a[64u * 20u]; // A chunk [m][k], k < 16 used
     float b[64u * 20u]; // B chunk [n][k]
@@ -281,15 +298,43 @@ __device__ __forceinline__ void split_tf32(unsigned int x, unsigned int& hi, uns
     lo = __float_as_uint(tf32_round(v - h));
 }
 
-// acc[nt] += A[warp's 16 rows, chunk] B[chunk, warp's n8 block nt] over the chunk's two 8-deep k steps (lid: the
-// thread's index in the 256-thread block).
-template <bool X3>
+// acc[nt] += A[warp's 16 rows, chunk] B[chunk, warp's n8 block nt] in bf16: the chunk's 16 k as one m16n8k16 step.
+// One ldmatrix.x4 over 8 rows x 16 k gives lane 4 g + t the f32 at k = t, t + 4, t + 8, t + 12 of row g, and a
+// bf16 register holds two k's: mma's k pair (2 t, 2 t + 1) is taken as (t, t + 4), and (2 t + 8, 2 t + 9) as
+// (t + 8, t + 12), in A and B alike. That renames the reduction's index (one fixed bijection of the 16 k), so the
+// product is the same sum of the same terms.
+__device__ __forceinline__ void mma_chunk64_bf16(float (&acc)[4][4], const MmaStage64& st, unsigned int warp_m, unsigned int warp_n, unsigned int mat, unsigned int row) {
+    unsigned int top[4], bottom[4]; // rows g and g + 8 of the warp's 16: [i] = k 4 i + t
+    ldmatrix_x4(top, &st.a[mma_slot(warp_m + row, 4u * mat)]);
+    ldmatrix_x4(bottom, &st.a[mma_slot(warp_m + 8u + row, 4u * mat)]);
+    const unsigned int a[4] = {
+        pack_bf16x2(__uint_as_float(top[0]), __uint_as_float(top[1])),
+        pack_bf16x2(__uint_as_float(bottom[0]), __uint_as_float(bottom[1])),
+        pack_bf16x2(__uint_as_float(top[2]), __uint_as_float(top[3])),
+        pack_bf16x2(__uint_as_float(bottom[2]), __uint_as_float(bottom[3])),
+    };
+#pragma unroll
+    for (unsigned int nt = 0; nt < 4u; ++nt) {
+        unsigned int col[4]; // column g of n8 block nt: [i] = k 4 i + t
+        ldmatrix_x4(col, &st.b[mma_slot(warp_n + 8u * nt + row, 4u * mat)]);
+        const unsigned int b[2] = {pack_bf16x2(__uint_as_float(col[0]), __uint_as_float(col[1])), pack_bf16x2(__uint_as_float(col[2]), __uint_as_float(col[3]))};
+        mma_bf16_16816(acc[nt], a, b);
+    }
+}
+
+// acc[nt] += A[warp's 16 rows, chunk] B[chunk, warp's n8 block nt] at arithmetic ARITH: TF32 and TF32X3 over the
+// chunk's two 8-deep k steps, BF16 in one 16-deep step (lid: the thread's index in the 256-thread block).
+template <MmaArith ARITH>
 __device__ __forceinline__ void mma_chunk64(float (&acc)[4][4], const MmaStage64& st, unsigned int lid) {
     const unsigned int lane = lid % 32u;
     const unsigned int warp_m = (lid / 32u) % 4u * 16u; // the warp's rows and columns within the tile
     const unsigned int warp_n = (lid / 32u) / 4u * 32u;
     const unsigned int mat = lane / 8u; // the ldmatrix matrix this lane addresses a row of
     const unsigned int row = lane % 8u;
+    if (ARITH == MMA_BF16) {
+        mma_chunk64_bf16(acc, st, warp_m, warp_n, mat, row);
+        return;
+    }
 #pragma unroll
     for (unsigned int ks = 0; ks < 16u; ks += 8u) {
         // A: matrices (rows +0 / +8) x (k +0 / +4) -> a[0..3] = (g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4)
@@ -307,7 +352,7 @@ __device__ __forceinline__ void mma_chunk64(float (&acc)[4][4], const MmaStage64
             unsigned int b_hi[2], b_lo[2];
 #pragma unroll
             for (unsigned int r = 0; r < 2u; ++r) split_tf32(b_raw[nt / 2u][2u * (nt % 2u) + r], b_hi[r], b_lo[r]);
-            if (X3) {
+            if (ARITH == MMA_TF32X3) {
                 mma_tf32_1688(acc[nt], a_lo, b_hi);
                 mma_tf32_1688(acc[nt], a_hi, b_lo);
             }
@@ -329,7 +374,7 @@ __device__ __forceinline__ uint2 mma_acc_at64(unsigned int lid, unsigned int nt,
 // cp.async copies of the chunk at k0 into the stage and commits them as one group. Two stages: the next chunk's
 // copies go into the other stage (which every warp finished reading before the barrier that ended the last
 // iteration), then the thread waits for this chunk's group only.
-template <bool X3, typename Copy>
+template <MmaArith ARITH, typename Copy>
 __device__ __forceinline__ void mma_pipeline64(float (&acc)[4][4], MmaStage64 (&stages)[2], unsigned int k_begin, unsigned int k_end, unsigned int lid, Copy copy) {
     unsigned int stage = 0u;
     if (k_begin < k_end) copy(k_begin, stages[0]);
@@ -341,7 +386,7 @@ __device__ __forceinline__ void mma_pipeline64(float (&acc)[4][4], MmaStage64 (&
             cp_async_wait<0>();
         }
         __syncthreads();
-        mma_chunk64<X3>(acc, stages[stage], lid);
+        mma_chunk64<ARITH>(acc, stages[stage], lid);
         __syncthreads();
         stage ^= 1u;
     }

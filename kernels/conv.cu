@@ -319,12 +319,12 @@ __device__ __forceinline__ void conv_gemm(const ConvParams& p, const float* __re
     store_tile<GEMM>(p, result, acc, lid, t.m0, t.j0, t.split);
 }
 
-// ---- the same GEMMs on tensor cores (sm_80+): conv2d_*_mma_tf32 and conv2d_*_mma_tf32x3 -------------------------
+// ---- the same GEMMs on tensor cores (sm_80+): conv2d_*_mma_tf32, _mma_tf32x3 and _mma_bf16 ----------------------
 //
 // The block tile, grid, split-K and gathers are the CUDA-core kernels' (one host-side plan for both); inside a block
 // the chunk product is common.cuh's mma_chunk64 (tiles k-contiguous in MmaStage64, read by ldmatrix; each warp
-// 16 x 32 of the tile; 4 mma.sync.m16n8k8 per 8-deep step at TF32, 12 at TF32X3; the arithmetic and the register
-// and shared-memory budget are described there). The gathers go global -> shared by cp.async (4 bytes each,
+// 16 x 32 of the tile; 4 mma.sync.m16n8k8 per 8-deep step at TF32, 12 at TF32X3, 4 m16n8k16 per 16-deep chunk at
+// BF16; the arithmetic and the register and shared-memory budget are described there). The gathers go global -> shared by cp.async (4 bytes each,
 // zero-filled where the gather has no element), two stages, so chunk c + 1 is in flight while chunk c multiplies.
 // Why 4-byte copies and not 16: the gathered elements (im2col windows, strided dout taps) are not contiguous in
 // general, and zero-fill at 4 bytes keeps the one gather for both kernel kinds.
@@ -343,14 +343,14 @@ __device__ __forceinline__ void copy_chunk(const ConvParams& p, const float* __r
     cp_async_commit();
 }
 
-template <int GEMM, bool X3>
+template <int GEMM, MmaArith ARITH>
 __device__ __forceinline__ void conv_gemm_mma(const ConvParams& p, const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ result) {
     __shared__ __align__(16) MmaStage64 stages[2];
     const unsigned int lid = threadIdx.x;
     const BlockTile t = block_tile<GEMM>(p, lid);
     if (t.j0 >= p.gemm_n) return;
     float acc[4][4] = {};
-    mma_pipeline64<X3>(acc, stages, t.k_begin, t.k_end, lid, [&](unsigned int k0, MmaStage64& st) { copy_chunk<GEMM>(p, a, b, t, k0, lid, st); });
+    mma_pipeline64<ARITH>(acc, stages, t.k_begin, t.k_end, lid, [&](unsigned int k0, MmaStage64& st) { copy_chunk<GEMM>(p, a, b, t, k0, lid, st); });
 #pragma unroll
     for (unsigned int nt = 0; nt < 4u; ++nt) {
 #pragma unroll
@@ -391,20 +391,29 @@ extern "C" __global__ void __launch_bounds__(256) conv2d_backward_data(ConvParam
 // The tensor-core kernels (sm_80+; same arguments, grids and results as the CUDA-core ones above, at the arithmetic
 // their suffix names: MatmulPrecision::Tf32 and MatmulPrecision::Tf32x3 in src/ops/conv/mod.rs).
 extern "C" __global__ void __launch_bounds__(256) conv2d_forward_mma_tf32(ConvParams p, const float* __restrict__ inp, const float* __restrict__ weight, float* __restrict__ result) {
-    conv_gemm_mma<FORWARD, false>(p, weight, inp, result);
+    conv_gemm_mma<FORWARD, MMA_TF32>(p, weight, inp, result);
 }
 extern "C" __global__ void __launch_bounds__(256) conv2d_forward_mma_tf32x3(ConvParams p, const float* __restrict__ inp, const float* __restrict__ weight, float* __restrict__ result) {
-    conv_gemm_mma<FORWARD, true>(p, weight, inp, result);
+    conv_gemm_mma<FORWARD, MMA_TF32X3>(p, weight, inp, result);
 }
 extern "C" __global__ void __launch_bounds__(256) conv2d_backward_weight_mma_tf32(ConvParams p, const float* __restrict__ inp, const float* __restrict__ dout, float* __restrict__ partial) {
-    conv_gemm_mma<BACKWARD_WEIGHT, false>(p, dout, inp, partial);
+    conv_gemm_mma<BACKWARD_WEIGHT, MMA_TF32>(p, dout, inp, partial);
 }
 extern "C" __global__ void __launch_bounds__(256) conv2d_backward_weight_mma_tf32x3(ConvParams p, const float* __restrict__ inp, const float* __restrict__ dout, float* __restrict__ partial) {
-    conv_gemm_mma<BACKWARD_WEIGHT, true>(p, dout, inp, partial);
+    conv_gemm_mma<BACKWARD_WEIGHT, MMA_TF32X3>(p, dout, inp, partial);
 }
 extern "C" __global__ void __launch_bounds__(256) conv2d_backward_data_mma_tf32(ConvParams p, const float* __restrict__ weight, const float* __restrict__ dout, float* __restrict__ result) {
-    conv_gemm_mma<BACKWARD_DATA, false>(p, weight, dout, result);
+    conv_gemm_mma<BACKWARD_DATA, MMA_TF32>(p, weight, dout, result);
 }
 extern "C" __global__ void __launch_bounds__(256) conv2d_backward_data_mma_tf32x3(ConvParams p, const float* __restrict__ weight, const float* __restrict__ dout, float* __restrict__ result) {
-    conv_gemm_mma<BACKWARD_DATA, true>(p, weight, dout, result);
+    conv_gemm_mma<BACKWARD_DATA, MMA_TF32X3>(p, weight, dout, result);
+}
+extern "C" __global__ void __launch_bounds__(256) conv2d_forward_mma_bf16(ConvParams p, const float* __restrict__ inp, const float* __restrict__ weight, float* __restrict__ result) {
+    conv_gemm_mma<FORWARD, MMA_BF16>(p, weight, inp, result);
+}
+extern "C" __global__ void __launch_bounds__(256) conv2d_backward_weight_mma_bf16(ConvParams p, const float* __restrict__ inp, const float* __restrict__ dout, float* __restrict__ partial) {
+    conv_gemm_mma<BACKWARD_WEIGHT, MMA_BF16>(p, dout, inp, partial);
+}
+extern "C" __global__ void __launch_bounds__(256) conv2d_backward_data_mma_bf16(ConvParams p, const float* __restrict__ weight, const float* __restrict__ dout, float* __restrict__ result) {
+    conv_gemm_mma<BACKWARD_DATA, MMA_BF16>(p, weight, dout, result);
 }

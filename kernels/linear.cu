@@ -55,13 +55,13 @@ extern "C" __global__ void __launch_bounds__(256) gemm(LinearParams P, const flo
     }
 }
 
-// The same GEMM on tensor cores (sm_80+; MatmulPrecision::Tf32x3 and Tf32, src/ops/precision.rs): 64 x 64 output
+// The same GEMM on tensor cores (sm_80+; MatmulPrecision::Tf32x3, Tf32 and Bf16, src/ops/precision.rs): 64 x 64 output
 // tiles per 256-thread block, K in 16-deep chunks through common.cuh's mma_pipeline64 (ldmatrix fragments, two
 // cp.async stages). Each operand is copied along its contiguous dimension where that is K (A with a_cs = 1, B with
 // b_rs = 1: 16 consecutive k per row, so a warp reads two 64-byte runs), else along M or N (64 consecutive rows).
 // 4-byte copies, zero-filled outside the matrix, so any strides work. Same arguments, flags and results as gemm;
 // launched with 256 threads in x (GemmLaunch::mma_grid). No WGSL mirror: WebGPU has no tensor-core instruction.
-template <bool X3>
+template <MmaArith ARITH>
 __device__ __forceinline__ void gemm_mma(const LinearParams& P, const float* __restrict__ ga, const float* __restrict__ gb, float* __restrict__ gc, const float* __restrict__ bias) {
     __shared__ __align__(16) MmaStage64 stages[2];
     const unsigned int lid = threadIdx.x;
@@ -70,7 +70,7 @@ __device__ __forceinline__ void gemm_mma(const LinearParams& P, const float* __r
     const bool a_along_k = P.a_cs == 1u;
     const bool b_along_k = P.b_rs == 1u;
     float acc[4][4] = {};
-    mma_pipeline64<X3>(acc, stages, 0u, P.kk, lid, [&](unsigned int k0, MmaStage64& st) {
+    mma_pipeline64<ARITH>(acc, stages, 0u, P.kk, lid, [&](unsigned int k0, MmaStage64& st) {
 #pragma unroll
         for (unsigned int i = 0; i < 4u; ++i) {
             const unsigned int e = lid + i * WG;
@@ -106,10 +106,13 @@ __device__ __forceinline__ void gemm_mma(const LinearParams& P, const float* __r
 }
 
 extern "C" __global__ void __launch_bounds__(256) gemm_mma_tf32(LinearParams P, const float* __restrict__ ga, const float* __restrict__ gb, float* __restrict__ gc, const float* __restrict__ bias) {
-    gemm_mma<false>(P, ga, gb, gc, bias);
+    gemm_mma<MMA_TF32>(P, ga, gb, gc, bias);
 }
 extern "C" __global__ void __launch_bounds__(256) gemm_mma_tf32x3(LinearParams P, const float* __restrict__ ga, const float* __restrict__ gb, float* __restrict__ gc, const float* __restrict__ bias) {
-    gemm_mma<true>(P, ga, gb, gc, bias);
+    gemm_mma<MMA_TF32X3>(P, ga, gb, gc, bias);
+}
+extern "C" __global__ void __launch_bounds__(256) gemm_mma_bf16(LinearParams P, const float* __restrict__ ga, const float* __restrict__ gb, float* __restrict__ gc, const float* __restrict__ bias) {
+    gemm_mma<MMA_BF16>(P, ga, gb, gc, bias);
 }
 
 // One thread per column of dout [M, NC]: dx[col] += sum_rows dout[row, col] (the linear bias gradient).

@@ -17,8 +17,9 @@ Cases (math identical to facebookresearch/moco and moco-v3 builder.py):
   resnet18_cifar_fwd_bwd, moco_v2_step_b{N}_k4096: see their docstrings.
   conv_layer            (only with --only conv_layers) ResNet-18's (CIFAR stem) convolutions at batch 64, one by
                         one: forward, and backward (input and weight gradients) through autograd, with
-                        cudnn.allow_tf32 off (fp32) and on (tf32, PyTorch's default); named as
-                        benches/resnet.rs's resnet18_layers_cuda, e.g. conv3x3s1_64to64_32x32_fwd_fp32.
+                        cudnn.allow_tf32 off (fp32) and on (tf32, PyTorch's default), and under bf16 autocast
+                        (bf16); named as benches/resnet.rs's resnet18_layers_cuda, e.g.
+                        conv3x3s1_64to64_32x32_fwd_fp32.
   mocov3_vit_step       (only with --only mocov3_vit) one moco-v3 main_moco.py training step of
                         scripts/mocov3_torch_reference.py's MoCoViT: both views through base encoder +
                         predictor, momentum update + keys, symmetric loss, AdamW. Shape flags
@@ -73,8 +74,17 @@ def time_fn(fn, device, iters, warmup):
     return times
 
 
-# "_torch_tf32_defaults" when --cuda-tf32 defaults (PyTorch's own TF32 defaults instead of fp32 everywhere)
+# "_torch_tf32_defaults" when --cuda-tf32 defaults (PyTorch's own TF32 defaults instead of fp32 everywhere), then
+# "_autocast_bf16" when --autocast bf16
 NAME_SUFFIX = ""
+# --autocast bf16: the training steps' forward passes and losses under torch.autocast(dtype=torch.bfloat16), as
+# moco-v3's main_moco.py trains (its GradScaler does nothing in bf16); the backward and the optimiser outside it
+AUTOCAST = False
+
+
+def autocast(device):
+    """The steps' forward context: bf16 autocast with --autocast bf16, else nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=AUTOCAST)
 
 
 def emit(name, params, times, device):
@@ -290,20 +300,21 @@ def bench_moco_v2_step(device, quick, only, batch=64):
     x1, x2 = torch.randn(batch, 3, 32, 32, device=device), torch.randn(batch, 3, 32, 32, device=device)
 
     def step():
-        q = F.normalize(enc_q(x1), dim=1)
-        with torch.no_grad():
-            for pq, pk in zip(enc_q.parameters(), enc_k.parameters()):
-                pk.data = pk.data * 0.99 + pq.data * 0.01
-            k = F.normalize(enc_k(x2), dim=1)
-        l_pos = torch.einsum("nc,nc->n", q, k).unsqueeze(-1)
-        l_neg = torch.einsum("nc,ck->nk", q, queue.clone().detach())
-        logits = torch.cat([l_pos, l_neg], dim=1) / 0.2
-        loss = F.cross_entropy(logits, torch.zeros(batch, dtype=torch.long, device=device))
+        with autocast(device):
+            q = F.normalize(enc_q(x1), dim=1)
+            with torch.no_grad():
+                for pq, pk in zip(enc_q.parameters(), enc_k.parameters()):
+                    pk.data = pk.data * 0.99 + pq.data * 0.01
+                k = F.normalize(enc_k(x2), dim=1)
+            l_pos = torch.einsum("nc,nc->n", q, k).unsqueeze(-1)
+            l_neg = torch.einsum("nc,ck->nk", q, queue.clone().detach())
+            logits = torch.cat([l_pos, l_neg], dim=1) / 0.2
+            loss = F.cross_entropy(logits, torch.zeros(batch, dtype=torch.long, device=device))
         opt.zero_grad()
         loss.backward()
         opt.step()
         with torch.no_grad():
-            queue[:, ptr[0]:ptr[0] + batch] = k.t()
+            queue[:, ptr[0]:ptr[0] + batch] = k.t().float()
             ptr[0] = (ptr[0] + batch) % 4096
 
     iters, warmup = (3, 1) if quick else (10, 2)
@@ -326,7 +337,8 @@ def bench_mocov3_vit_step(device, quick, only, args):
     x2 = torch.randn(args.batch, 3, args.img, args.img, device=device)
 
     def step():
-        loss = model(x1, x2, 0.99)
+        with autocast(device):
+            loss = model(x1, x2, 0.99)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -344,7 +356,8 @@ CONV_LAYERS = [(3, 32, 64, 3, 1, 1), (64, 32, 64, 3, 1, 1), (64, 32, 128, 3, 2, 
 
 
 def bench_conv_layers(device, quick, only):
-    """Opt-in (--only conv_layers): each layer's forward and backward (both gradients) at fp32 and tf32 cuDNN."""
+    """Opt-in (--only conv_layers): each layer's forward and backward (both gradients) at fp32 and tf32 cuDNN, and
+    under bf16 autocast (the convolution in bf16, f32 accumulation; its gradients flow back to the f32 leaves)."""
     if not only or "conv_layers" not in only:
         return
     iters, warmup = (5, 2) if quick else (20, 5)
@@ -355,11 +368,18 @@ def bench_conv_layers(device, quick, only):
         oh = (hw + 2 * p - k) // st + 1
         dy = torch.rand(64, c_out, oh, oh, generator=g).mul_(2).sub_(1).to(device)
         name = f"conv{k}x{k}s{st}_{c_in}to{c_out}_{hw}x{hw}"
-        for prec in ("fp32", "tf32"):
+        for prec in ("fp32", "tf32", "bf16"):
             torch.backends.cudnn.allow_tf32 = prec == "tf32"
-            fwd = lambda: F.conv2d(x.detach(), w.detach(), stride=st, padding=p)
-            out = F.conv2d(x, w, stride=st, padding=p)
-            bwd = lambda: torch.autograd.grad(out, (x, w), dy, retain_graph=True)
+            cast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=prec == "bf16")
+
+            def fwd():
+                with cast:
+                    return F.conv2d(x.detach(), w.detach(), stride=st, padding=p)
+
+            with cast:
+                out = F.conv2d(x, w, stride=st, padding=p)
+            dy_out = dy.to(out.dtype)
+            bwd = lambda: torch.autograd.grad(out, (x, w), dy_out, retain_graph=True)
             for pass_, fn in (("fwd", fwd), ("bwd", bwd)):
                 params = {"layer": name, "pass": pass_, "precision": prec, "batch": 64}
                 emit(f"conv_layer/{name}_{pass_}_{prec}", params, time_fn(fn, device, iters, warmup), device)
@@ -381,6 +401,9 @@ def main():
     ap.add_argument("--cuda-tf32", choices=["off", "defaults"], default="off",
                     help="off (default): fp32 everywhere (cudnn.allow_tf32 and cuda.matmul.allow_tf32 False); defaults: "
                          "PyTorch's own defaults (TF32 convolutions, fp32 matmuls), the names get _torch_tf32_defaults")
+    ap.add_argument("--autocast", choices=["off", "bf16"], default="off",
+                    help="bf16: the moco_v2_step and mocov3_vit_step forwards and losses under bf16 autocast (the names "
+                         "get _autocast_bf16)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -390,9 +413,12 @@ def main():
     if device.type == "cuda" and args.cuda_tf32 == "off":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
+    global NAME_SUFFIX, AUTOCAST
     if args.cuda_tf32 == "defaults":
-        global NAME_SUFFIX
         NAME_SUFFIX = "_torch_tf32_defaults"
+    if args.autocast == "bf16":
+        AUTOCAST = True
+        NAME_SUFFIX += "_autocast_bf16"
 
     bench_moco_head(device, args.quick, args.only)
     bench_moco_v3(device, args.quick, args.only)

@@ -10,7 +10,7 @@ TORCH.jsonl is scripts/bench_pytorch.py output. Prints a markdown table with rat
     python3 scripts/bench_table.py --conv-layers BENCH_OUT.txt TORCH.jsonl
 
 the per-layer table of ResNet-18's convolutions on CUDA: benches/resnet.rs's resnet18_layers_cuda (fp32, tf32x3,
-tf32) beside bench_pytorch.py --only conv_layers (cuDNN at fp32 and tf32).
+tf32, bf16) beside bench_pytorch.py --only conv_layers (cuDNN at fp32 and tf32, and under bf16 autocast).
 """
 import json
 import re
@@ -49,7 +49,7 @@ def cpu(group, variant):
 
 
 def conv_layers(ours, torch_rows):
-    """One row per layer and pass: ours at each precision, cuDNN at fp32 and tf32, and the like-for-like ratios."""
+    """One row per layer and pass: ours at each precision, cuDNN at fp32, tf32 and bf16, and the like-for-like ratios."""
     cudnn = {r["name"].split("/", 1)[1]: r["median_ms"] for r in torch_rows if r["name"].startswith("conv_layer/")}
     layers = []
     for key in cudnn:
@@ -58,12 +58,12 @@ def conv_layers(ours, torch_rows):
             layers.append(base)
     fmt = lambda v: f"{v:.3f}" if v is not None else "n/a"
     ratio = lambda t, o: f"{t / o:.2f}x" if t and o else "n/a"
-    print("| layer, pass (batch 64) | moco fp32 (ms) | moco tf32x3 (ms) | moco tf32 (ms) | cuDNN fp32 (ms) | cuDNN tf32 (ms) | cuDNN / moco, fp32 | cuDNN tf32 / moco tf32x3 | cuDNN / moco, tf32 |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| layer, pass (batch 64) | moco fp32 (ms) | moco tf32x3 (ms) | moco tf32 (ms) | moco bf16 (ms) | cuDNN fp32 (ms) | cuDNN tf32 (ms) | cuDNN bf16 (ms) | cuDNN / moco, fp32 | cuDNN tf32 / moco tf32x3 | cuDNN / moco, tf32 | cuDNN / moco, bf16 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for base in layers:
-        m = {p: ours.get(f"resnet18_layers_cuda_b64/{base}_{p}") for p in ("fp32", "tf32x3", "tf32")}
-        t = {p: cudnn.get(f"{base}_{p}") for p in ("fp32", "tf32")}
-        print(f"| {base} | {fmt(m['fp32'])} | {fmt(m['tf32x3'])} | {fmt(m['tf32'])} | {fmt(t['fp32'])} | {fmt(t['tf32'])} | {ratio(t['fp32'], m['fp32'])} | {ratio(t['tf32'], m['tf32x3'])} | {ratio(t['tf32'], m['tf32'])} |")
+        m = {p: ours.get(f"resnet18_layers_cuda_b64/{base}_{p}") for p in ("fp32", "tf32x3", "tf32", "bf16")}
+        t = {p: cudnn.get(f"{base}_{p}") for p in ("fp32", "tf32", "bf16")}
+        print(f"| {base} | {fmt(m['fp32'])} | {fmt(m['tf32x3'])} | {fmt(m['tf32'])} | {fmt(m['bf16'])} | {fmt(t['fp32'])} | {fmt(t['tf32'])} | {fmt(t['bf16'])} | {ratio(t['fp32'], m['fp32'])} | {ratio(t['tf32'], m['tf32x3'])} | {ratio(t['tf32'], m['tf32'])} | {ratio(t['bf16'], m['bf16'])} |")
 
 
 def main():

@@ -73,9 +73,12 @@ timeout 120 python3 scripts/bench_pytorch.py --device cuda --only moco_v2_step -
 # PyTorch at its own defaults (TF32 convolutions), the match for ours at --matmul-precision tf32 (issue 24)
 timeout 120 python3 scripts/bench_pytorch.py --device cuda --cuda-tf32 defaults --only moco_v2_step --moco-batch 64,256 2>&1 | tee -a "$OUT/torch_step.jsonl"
 timeout 150 python3 scripts/bench_pytorch.py --device cuda --cuda-tf32 defaults --only mocov3_vit --img 32 --patch 4 --dim 192 --depth 4 --heads 3 --mlp-dim 512 --out-dim 128 --batch 64 2>&1 | tee -a "$OUT/torch_vit_step.txt" || true
+# PyTorch under bf16 autocast (its defaults otherwise), the match for ours at --matmul-precision bf16 (`_bf16`)
+timeout 120 python3 scripts/bench_pytorch.py --device cuda --cuda-tf32 defaults --autocast bf16 --only moco_v2_step --moco-batch 64,256 2>&1 | tee -a "$OUT/torch_step.jsonl"
+timeout 150 python3 scripts/bench_pytorch.py --device cuda --cuda-tf32 defaults --autocast bf16 --only mocov3_vit --img 32 --patch 4 --dim 192 --depth 4 --heads 3 --mlp-dim 512 --out-dim 128 --batch 64 2>&1 | tee -a "$OUT/torch_vit_step.txt" || true
 echo "moco CUDA engine:"; grep -h '"moco_cuda_engine_v2_step' "$OUT/cuda_step.txt" || true
 echo "moco CUDA ViT engine:"; grep -h '"moco_cuda_engine_v3_vit_step' "$OUT/cuda_vit_step.txt" || true
-echo "PyTorch + cuDNN (fp32, then at PyTorch's TF32 defaults):";  grep -h '"moco_v2_step' "$OUT/torch_step.jsonl" || true
+echo "PyTorch + cuDNN (fp32, at PyTorch's TF32 defaults, under bf16 autocast):";  grep -h '"moco_v2_step' "$OUT/torch_step.jsonl" || true
 
 step "End-to-end MoCo v2 training step (wgpu engine on the GPU's Vulkan driver; skipped without one)"
 timeout 120 "$BIN/resnet" --bench "moco_v2_step_b64_k4096/wgpu" 2>&1 | tee "$OUT/moco_step_bench.txt"

@@ -450,7 +450,7 @@ fn conv_shapes() -> Vec<Conv2dShape> {
 }
 
 /// The launches of `Conv for Cuda` (src/ops/conv/cuda.rs), at each [`MatmulPrecision`]: the CUDA-core kernels against
-/// the f64 reference at f32's tolerance, the tensor-core ones (`_mma_tf32x3`, `_mma_tf32`) within their
+/// the f64 reference at f32's tolerance, the tensor-core ones (`_mma_tf32x3`, `_mma_tf32`, `_mma_bf16`) within their
 /// precision's bound.
 fn case_conv() {
     let mut rng = StdRng::seed_from_u64(8);
@@ -462,7 +462,7 @@ fn case_conv() {
         let (want_dinp, want_dw) = conv::reference::conv2d_backward(&f64s(&dout), &f64s(&inp), &f64s(&weight), &s);
         let (abs_dinp, abs_dw) = conv::reference::conv2d_backward(&abs64(&dout), &abs64(&inp), &abs64(&weight), &s);
         let (k_fwd, k_wgrad, k_dgrad) = (s.c_in * s.kh * s.kw, s.n * s.out_h() * s.out_w(), s.c_out * s.kh * s.kw);
-        for (precision, suffix) in [(MatmulPrecision::Fp32, ""), (MatmulPrecision::Tf32x3, "_mma_tf32x3"), (MatmulPrecision::Tf32, "_mma_tf32")] {
+        for (precision, suffix) in [(MatmulPrecision::Fp32, ""), (MatmulPrecision::Tf32x3, "_mma_tf32x3"), (MatmulPrecision::Tf32, "_mma_tf32"), (MatmulPrecision::Bf16, "_mma_bf16")] {
             let what = format!("conv {s:?} {precision:?}");
             let check = |what: &str, got: &[f32], want: &[f64], abs: &[f64], k: usize| {
                 if precision == MatmulPrecision::Fp32 {
@@ -654,7 +654,7 @@ fn case_linear_mma() {
         let abs_out = linear::reference::linear_forward(&abs64(&inp), &abs64(&weight), None, &s);
         let (want_dinp, want_dw, _) = linear::reference::linear_backward(&f64s(&dout), &f64s(&inp), &f64s(&weight), &s);
         let (abs_dinp, abs_dw, _) = linear::reference::linear_backward(&abs64(&dout), &abs64(&inp), &abs64(&weight), &s);
-        for (precision, kernel) in [(MatmulPrecision::Tf32x3, "gemm_mma_tf32x3"), (MatmulPrecision::Tf32, "gemm_mma_tf32")] {
+        for (precision, kernel) in [(MatmulPrecision::Tf32x3, "gemm_mma_tf32x3"), (MatmulPrecision::Tf32, "gemm_mma_tf32"), (MatmulPrecision::Bf16, "gemm_mma_bf16")] {
             let what = format!("linear N={n} IN={in_f} OUT={out_f} {precision:?}");
             let out = gemm_mma(kernel, &GemmLaunch::linear_forward(&s, true).unwrap(), &inp, &weight, Arg::nan(n * out_f), Some(&bias));
             within_bound(&format!("{what} forward"), &out, &want, &abs_out, precision.bound(in_f));
@@ -1280,6 +1280,23 @@ fn tensor_core_instructions_follow_the_ptx_isa() {
     for (x, g) in xs.iter().zip(&got) {
         assert_eq!(g.to_bits(), tf32(*x).to_bits(), "tf32_round({x:e})");
     }
+    // cvt.rn.bf16x2.f32: the first value in the low half, each rounded to the nearest bf16 with ties to even (as
+    // half::bf16::from_f32), past the largest bf16 to inf, a NaN to the canonical 0x7fff
+    let up = f32::from_bits(0x3f81_8000); // 1 + 3·2^-8: a tie between 1 + 2^-7 and 1 + 2^-6, to the even one
+    let xs = [1.0f32, f32::from_bits(0x3f80_8000), up, -up, f32::from_bits(0x3f80_8001), 3.14159265, f32::MAX, -0.0, 1e-40, f32::INFINITY, f32::NAN, -2.5];
+    let mut args = [Arg::val(&(xs.len() as u32 / 2)), Arg::f32(&xs), Arg::nan(xs.len() / 2)];
+    e.run(cu, "bf16x2_probe", (1, 1, 1), (32, 1, 1), &mut args);
+    let got = args[2].as_u32();
+    assert_eq!(got[0] & 0xffff, 0x3f80, "1 + 2^-8 is a tie: to the even 1.0");
+    assert_eq!(got[1], 0xbf82_3f82, "1 + 3·2^-8 is a tie: to the even 1 + 2^-6, both signs");
+    for (i, pair) in xs.chunks(2).enumerate() {
+        for (half, &x) in pair.iter().enumerate() {
+            let bits = (got[i] >> (16 * half)) & 0xffff;
+            let want = if x.is_nan() { 0x7fff } else { half::bf16::from_f32(x).to_bits() as u32 };
+            assert_eq!(bits, want, "pack_bf16x2: {x:e} (register {i}, half {half})");
+        }
+    }
+
     // m16n8k8 TF32 on the rounded operands
     let (a8, b8) = (&a[..128], &b[..64]);
     let want = reference(&a8.iter().map(|&x| tf32(x) as f64).collect::<Vec<_>>(), &b8.iter().map(|&x| tf32(x) as f64).collect::<Vec<_>>(), &c, 8);

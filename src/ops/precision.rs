@@ -22,6 +22,12 @@ pub enum MatmulPrecision {
     /// Tensor cores with TF32 operands (10-bit mantissas, rounded to nearest) and f32 accumulation, as cuDNN's
     /// default in PyTorch: `2^-10 + 2^-22 + (k + 2)·2^-23`.
     Tf32,
+    /// Tensor cores with bf16 operands (8-bit significands, rounded to nearest even) and f32 accumulation: the
+    /// matrix products of PyTorch's bf16 autocast, at twice TF32's tensor-core rate. The operands are rounded in
+    /// registers; activations, weights and gradients stay f32 in memory. A rounded operand is within 2^-8 of its
+    /// value, relatively (half a unit in the last of 8 bits), a product within `(1 + 2^-8)^2 − 1`:
+    /// `2^-7 + 2^-16 + (k + 2)·2^-23`.
+    Bf16,
 }
 
 impl MatmulPrecision {
@@ -32,15 +38,17 @@ impl MatmulPrecision {
             MatmulPrecision::Fp32 => sum * 2f64.powi(-24),
             MatmulPrecision::Tf32x3 => 3.0 * 2f64.powi(-22) + sum * 2f64.powi(-23),
             MatmulPrecision::Tf32 => 2f64.powi(-10) + 2f64.powi(-22) + sum * 2f64.powi(-23),
+            MatmulPrecision::Bf16 => 2f64.powi(-7) + 2f64.powi(-16) + sum * 2f64.powi(-23),
         }
     }
-    /// Parses a command line's name: `fp32`, `tf32x3` or `tf32`.
+    /// Parses a command line's name: `fp32`, `tf32x3`, `tf32` or `bf16`.
     pub fn parse(flag: &'static str, name: &str) -> Result<Self> {
         match name {
             "fp32" => Ok(MatmulPrecision::Fp32),
             "tf32x3" => Ok(MatmulPrecision::Tf32x3),
             "tf32" => Ok(MatmulPrecision::Tf32),
-            other => Err(Error::settings(flag, "fp32, tf32x3 or tf32", other.to_string())),
+            "bf16" => Ok(MatmulPrecision::Bf16),
+            other => Err(Error::settings(flag, "fp32, tf32x3, tf32 or bf16", format!("{other:?}"))),
         }
     }
 }

@@ -125,8 +125,8 @@ pub struct TrainConfig {
     /// C % 8 == 0 and C <= 128; f32 elsewhere).
     pub precision: Precision,
     /// The arithmetic of the f32 matrix products, convolutions and linear layers, on CUDA (`--matmul-precision`):
-    /// [`MatmulPrecision::Fp32`] (default), [`MatmulPrecision::Tf32x3`] or [`MatmulPrecision::Tf32`] (tensor cores,
-    /// sm_80+). The CPU and wgpu engines compute in f32 whatever it says.
+    /// [`MatmulPrecision::Fp32`] (default), [`MatmulPrecision::Tf32x3`], [`MatmulPrecision::Tf32`] or
+    /// [`MatmulPrecision::Bf16`] (tensor cores, sm_80+). The CPU and wgpu engines compute in f32 whatever it says.
     pub matmul_precision: MatmulPrecision,
     /// CUDA: capture the training step once as a CUDA graph and replay it (default), instead of launching its
     /// kernels one by one (`--no-graph`). The same results either way; the CPU and wgpu engines ignore it.

@@ -421,9 +421,9 @@ inline int seg_base(int lane, int width) { return lane / width * width; }
 
 // ---- tensor cores and asynchronous copies (sm_80+), with the PTX ISA's fragment layouts ------------------------
 //
-// The kernels call these through the same names as their inline-PTX wrappers (kernels/infonce.cu): mma_*, ldmatrix_*,
-// cp_async_*, tf32_round. Each warp-wide instruction is a warp operation (every lane of a full warp meets twice:
-// the operands are exchanged, then every lane computes its own part). Notation of the layouts: lane = 4 g + t
+// The kernels call these through the same names as their inline-PTX wrappers (kernels/common.cuh): mma_*,
+// ldmatrix_*, cp_async_*, tf32_round, pack_bf16x2. Each warp-wide instruction is a warp operation (every lane of a
+// full warp meets twice: the operands are exchanged, then every lane computes its own part). Notation of the layouts: lane = 4 g + t
 // (g = lane / 4, the "groupID"; t = lane % 4, the "threadID_in_group").
 
 inline float bf16_bits(uint32_t h) { return __uint_as_float((h & 0xffffu) << 16); }
@@ -497,6 +497,14 @@ inline float tf32_round_emu(float x) {
     const uint32_t u = __float_as_uint(x);
     if ((u & 0x7f800000u) == 0x7f800000u) return x;
     return __uint_as_float((u + 0x1000u) & 0xffffe000u);
+}
+
+// cvt.rn.bf16x2.f32: each f32 rounded to the nearest bf16, ties to even (overflow to inf); a NaN becomes the
+// canonical bf16 NaN 0x7fff, as the instruction's.
+inline uint32_t bf16_round_bits(float x) {
+    const uint32_t u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fffu;
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
 }
 
 // ldmatrix.sync.aligned.m8n8.x4(.trans).shared.b16: lanes 8 i .. 8 i + 7 give the shared addresses of rows 0..7 of
@@ -586,6 +594,7 @@ inline void mma_f16_16816(float (&acc)[4], const unsigned int (&a)[4], const uns
 }
 inline void mma_tf32_1688(float (&acc)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) { moco_emu::mma_m16n8k8_tf32_emu(acc, a, b, 0); }
 inline float tf32_round(float x) { return moco_emu::tf32_round_emu(x); }
+inline unsigned int pack_bf16x2(float lo, float hi) { return moco_emu::bf16_round_bits(lo) | (moco_emu::bf16_round_bits(hi) << 16); }
 inline void ldmatrix_x4(unsigned int (&r)[4], const void* row) { moco_emu::ldmatrix_x4_emu(r, row, false, 0); }
 inline void ldmatrix_x4_trans(unsigned int (&r)[4], const void* row) { moco_emu::ldmatrix_x4_emu(r, row, true, 0); }
 inline void cp_async_16(void* dst, const void* src, unsigned int src_size) { moco_emu::cp_async_16_emu(dst, src, src_size, 0); }

@@ -48,6 +48,11 @@ extern "C" __global__ void __launch_bounds__(32) tf32_round_probe(unsigned int n
     for (unsigned int i = threadIdx.x; i < n; i += 32u) y[i] = tf32_round(x[i]);
 }
 
+// y[i] = pack_bf16x2(x[2 i], x[2 i + 1]) for i < n (cvt.rn.bf16x2.f32: x[2 i] in the low half).
+extern "C" __global__ void __launch_bounds__(32) bf16x2_probe(unsigned int n, const float* __restrict__ x, unsigned int* __restrict__ y) {
+    for (unsigned int i = threadIdx.x; i < n; i += 32u) y[i] = pack_bf16x2(x[2u * i], x[2u * i + 1u]);
+}
+
 // out[lane * 4 + i] = register i of ldmatrix(_trans).x4 over m: four 8x8 b16 matrices [4][8][8], staged in shared
 // memory; lane l gives the address of row l % 8 of matrix l / 8.
 extern "C" __global__ void __launch_bounds__(32) ldmatrix_probe(unsigned int trans, const unsigned short* __restrict__ m, unsigned int* __restrict__ out) {

@@ -227,7 +227,7 @@ fn conv_within_bound(dev: &mut moco::Cuda, s: &Conv2dShape, seed: u64, bound: im
     }
 }
 
-/// On the emulated CUDA driver (sm_90), [`MatmulPrecision::Tf32x3`] and [`MatmulPrecision::Tf32`] run the tensor-core
+/// On the emulated CUDA driver (sm_90), [`MatmulPrecision::Tf32x3`], [`MatmulPrecision::Tf32`] and [`MatmulPrecision::Bf16`] run the tensor-core
 /// kernels (counted by the driver), each within its stated bound on the fixed shapes' corners (stride 2 and 3,
 /// the 7x7 stem, pointwise, K of many chunks, split-K over 4 ranges, the 1x1x1 problem), and the default stays
 /// the f32 kernels.
@@ -240,9 +240,13 @@ fn conv2d_tensor_cores_on_cuda_within_their_bounds() {
     assert_eq!(dev.matmul_precision(), MatmulPrecision::Fp32, "the default arithmetic");
     let shapes = [(1, 3, 15, 13, 8, 7, 7, 2, 3), (2, 5, 9, 9, 7, 3, 3, 2, 1), (1, 17, 6, 5, 70, 1, 1, 1, 0), (2, 33, 10, 11, 65, 3, 3, 1, 1), (1, 2, 5, 8, 3, 2, 3, 3, 0), (8, 16, 16, 16, 70, 3, 3, 1, 1), (1, 1, 1, 1, 1, 1, 1, 1, 0)];
     let launches = |kernel: &str| cuda_driver().ok().flatten().map(|d| d.launch_counts().get(kernel).copied().unwrap_or(0));
-    for precision in [MatmulPrecision::Tf32x3, MatmulPrecision::Tf32] {
+    for precision in [MatmulPrecision::Tf32x3, MatmulPrecision::Tf32, MatmulPrecision::Bf16] {
         dev.set_matmul_precision(precision);
-        let kernel = if precision == MatmulPrecision::Tf32 { "conv2d_backward_weight_mma_tf32" } else { "conv2d_backward_weight_mma_tf32x3" };
+        let kernel = match precision {
+            MatmulPrecision::Tf32x3 => "conv2d_backward_weight_mma_tf32x3",
+            MatmulPrecision::Tf32 => "conv2d_backward_weight_mma_tf32",
+            _ => "conv2d_backward_weight_mma_bf16",
+        };
         let before = launches(kernel);
         for (i, &(n, c_in, h, w, c_out, kh, kw, stride, pad)) in shapes.iter().enumerate() {
             let s = Conv2dShape::new(n, c_in, h, w, c_out, kh, kw, stride, pad).unwrap();
@@ -253,24 +257,28 @@ fn conv2d_tensor_cores_on_cuda_within_their_bounds() {
         }
     }
     // a clone inherits the setting; Fp32 again is the f32 kernels within f32's bound
-    assert_eq!(dev.clone().matmul_precision(), MatmulPrecision::Tf32);
+    assert_eq!(dev.clone().matmul_precision(), MatmulPrecision::Bf16);
     dev.set_matmul_precision(MatmulPrecision::Fp32);
     conv_within_bound(&mut dev, &Conv2dShape::new(2, 33, 10, 11, 65, 3, 3, 1, 1).unwrap(), 3100, |k| MatmulPrecision::Fp32.bound(k));
 }
 
-/// The bounds are ordered (f32 < 3xTF32 < TF32 for every K), and the command line's names parse; anything else is a
-/// settings error naming the flag.
+/// The bounds are ordered (f32 < 3xTF32 < TF32 < bf16 for every K), and the command line's names parse; anything else
+/// is a settings error naming the flag.
 #[test]
 fn matmul_precisions_parse_and_their_bounds_are_ordered() {
     use moco::MatmulPrecision;
     for k in [1, 27, 576, 65_536] {
-        assert!(MatmulPrecision::Fp32.bound(k) < MatmulPrecision::Tf32x3.bound(k) && MatmulPrecision::Tf32x3.bound(k) < MatmulPrecision::Tf32.bound(k), "K = {k}");
+        let bounds = [MatmulPrecision::Fp32, MatmulPrecision::Tf32x3, MatmulPrecision::Tf32, MatmulPrecision::Bf16].map(|p| p.bound(k));
+        assert!(bounds.windows(2).all(|w| w[0] < w[1]), "K = {k}: {bounds:?}");
     }
     assert_eq!(MatmulPrecision::parse("--matmul-precision", "tf32x3").unwrap(), MatmulPrecision::Tf32x3);
     assert_eq!(MatmulPrecision::parse("--matmul-precision", "tf32").unwrap(), MatmulPrecision::Tf32);
     assert_eq!(MatmulPrecision::parse("--matmul-precision", "fp32").unwrap(), MatmulPrecision::Fp32);
-    let e = MatmulPrecision::parse("--matmul-precision", "bf16").unwrap_err().to_string();
-    assert!(e.contains("--matmul-precision") && e.contains("bf16") && e.contains("tf32x3"), "{e}");
+    assert_eq!(MatmulPrecision::parse("--matmul-precision", "bf16").unwrap(), MatmulPrecision::Bf16);
+    for bad in ["fp16", "BF16", ""] {
+        let e = MatmulPrecision::parse("--matmul-precision", bad).unwrap_err().to_string();
+        assert!(e.contains("--matmul-precision") && e.contains(&format!("\"{bad}\"")) && e.contains("tf32x3") && e.contains("bf16"), "{e}");
+    }
 }
 
 /// The GPUs' split-K of the weight gradient: ranges that cover K exactly once (none empty, each a multiple of the

@@ -75,7 +75,7 @@ fn linear_case<D: Linear>(dev: &mut D, n: usize, in_f: usize, out_f: usize, with
     assert_close(&what("dbias vs the CPU"), &db, &to_f64(&w_db), 2e-6 * long, 1e-5);
 }
 
-/// On the emulated CUDA driver (sm_90), [`moco::MatmulPrecision::Tf32x3`] and `Tf32` run the linear layer's GEMMs
+/// On the emulated CUDA driver (sm_90), [`moco::MatmulPrecision::Tf32x3`], `Tf32` and `Bf16` run the linear layer's GEMMs
 /// on the tensor-core kernels (counted by the driver), each product within its precision's bound of the f64
 /// reference (the same products on |operands| give `Σ |a·b|`; the bias gradient stays f32 column sums), on shapes
 /// with partial 64-tiles, K not a multiple of 16, N = 1, and a 256 x 512 x 128 layer.
@@ -86,7 +86,7 @@ fn linear_tensor_cores_on_cuda_within_their_bounds() {
     type D = Cuda;
     let Some(mut dev) = cuda_device("linear_tensor_cores_on_cuda_within_their_bounds") else { return };
     let launches = |k: &str| cuda_driver().ok().flatten().map(|d| d.launch_counts().get(k).copied().unwrap_or(0));
-    for (precision, kernel) in [(MatmulPrecision::Tf32x3, "gemm_mma_tf32x3"), (MatmulPrecision::Tf32, "gemm_mma_tf32")] {
+    for (precision, kernel) in [(MatmulPrecision::Tf32x3, "gemm_mma_tf32x3"), (MatmulPrecision::Tf32, "gemm_mma_tf32"), (MatmulPrecision::Bf16, "gemm_mma_bf16")] {
         dev.set_matmul_precision(precision);
         let before = launches(kernel);
         for (i, &(n, in_f, out_f)) in [(70usize, 37usize, 65usize), (1, 3, 1), (256, 512, 128)].iter().enumerate() {

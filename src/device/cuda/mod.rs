@@ -84,8 +84,8 @@ impl Cuda {
 
     /// The arithmetic of this device's f32 matrix products, the convolutions' and the linear layers' GEMMs (default
     /// [`MatmulPrecision::Fp32`](crate::MatmulPrecision::Fp32)): the tensor-core kernels at
-    /// [`MatmulPrecision::Tf32x3`](crate::MatmulPrecision::Tf32x3) or [`MatmulPrecision::Tf32`](crate::MatmulPrecision::Tf32)
-    /// on sm_80 and newer (elsewhere the f32 kernels, more accurate). Clones made after the call inherit it.
+    /// [`MatmulPrecision::Tf32x3`](crate::MatmulPrecision::Tf32x3), [`MatmulPrecision::Tf32`](crate::MatmulPrecision::Tf32)
+    /// or [`MatmulPrecision::Bf16`](crate::MatmulPrecision::Bf16) on sm_80 and newer (elsewhere the f32 kernels, more accurate). Clones made after the call inherit it.
     pub fn set_matmul_precision(&mut self, precision: crate::ops::precision::MatmulPrecision) {
         self.matmul_precision = precision;
     }

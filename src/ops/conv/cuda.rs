@@ -1,8 +1,9 @@
 //! 2-D convolution on CUDA (`kernels/conv.cu`): the launches of `src/ops/conv/wgpu.rs` (64x64 block tiles, 16-deep K
 //! chunks, 256 threads; im2col gathered on the fly; the weight gradient split over K into partial tiles, in the
 //! device's reused scratch, and reduced in order), asynchronous on the device's stream. The kernels are the f32
-//! CUDA-core ones (4x4 register micro-tiles) or, at the device's [`MatmulPrecision`] `Tf32x3` / `Tf32` on sm_80 and
-//! newer, the tensor-core ones of the same tiles, grid and arguments (`_mma_tf32x3`, `_mma_tf32`).
+//! CUDA-core ones (4x4 register micro-tiles) or, at the device's [`MatmulPrecision`] `Tf32x3` / `Tf32` / `Bf16` on
+//! sm_80 and newer, the tensor-core ones of the same tiles, grid and arguments (`_mma_tf32x3`, `_mma_tf32`,
+//! `_mma_bf16`).
 
 use super::params::{conv_revalidate, ConvParams};
 use super::{Conv, Conv2dShape, KERNELS};
@@ -15,12 +16,13 @@ use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 // `struct ConvParams` in kernels/conv.cu.
 unsafe impl DeviceRepr for ConvParams {}
 
-/// The kernel of `[fp32, tf32x3, tf32]` at the device's arithmetic (`Cuda::matmul_arithmetic`).
-fn kernel(dev: &Cuda, [fp32, tf32x3, tf32]: [&'static str; 3]) -> Result<&'static str> {
+/// The kernel of `[fp32, tf32x3, tf32, bf16]` at the device's arithmetic (`Cuda::matmul_arithmetic`).
+fn kernel(dev: &Cuda, [fp32, tf32x3, tf32, bf16]: [&'static str; 4]) -> Result<&'static str> {
     Ok(match dev.matmul_arithmetic()? {
         MatmulPrecision::Fp32 => fp32,
         MatmulPrecision::Tf32x3 => tf32x3,
         MatmulPrecision::Tf32 => tf32,
+        MatmulPrecision::Bf16 => bf16,
     })
 }
 
@@ -30,7 +32,7 @@ impl Conv for Cuda {
         let s = conv_revalidate(shape)?;
         let p = ConvParams::forward(&s);
         let g = p.grid("conv2d_forward")?;
-        let f = KERNELS.cuda_function(self.stream(), kernel(self, ["conv2d_forward", "conv2d_forward_mma_tf32x3", "conv2d_forward_mma_tf32"])?)?;
+        let f = KERNELS.cuda_function(self.stream(), kernel(self, ["conv2d_forward", "conv2d_forward_mma_tf32x3", "conv2d_forward_mma_tf32", "conv2d_forward_mma_bf16"])?)?;
         // SAFETY: conv2d_forward(ConvParams, const float* inp [N*C_in*H*W], const float* weight [C_out*C_in*KH*KW],
         // float* result [N*C_out*OH*OW]); lengths checked above; reads are guarded by the GEMM bounds and the image
         // bounds (col_value), writes by m < C_out and j < N*OH*OW.
@@ -44,8 +46,8 @@ impl Conv for Cuda {
         let wg = wp.backward_weight_grid("conv2d_backward")?;
         let data_grids = phases.iter().map(|dp| dp.grid("conv2d_backward")).collect::<Result<Vec<_>>>()?;
         let (weight_kernel, data_kernel) = (
-            kernel(self, ["conv2d_backward_weight", "conv2d_backward_weight_mma_tf32x3", "conv2d_backward_weight_mma_tf32"])?,
-            kernel(self, ["conv2d_backward_data", "conv2d_backward_data_mma_tf32x3", "conv2d_backward_data_mma_tf32"])?,
+            kernel(self, ["conv2d_backward_weight", "conv2d_backward_weight_mma_tf32x3", "conv2d_backward_weight_mma_tf32", "conv2d_backward_weight_mma_bf16"])?,
+            kernel(self, ["conv2d_backward_data", "conv2d_backward_data_mma_tf32x3", "conv2d_backward_data_mma_tf32", "conv2d_backward_data_mma_bf16"])?,
         );
         let (stream, ws) = self.workspace();
         let stream = &stream;

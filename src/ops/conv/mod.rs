@@ -5,7 +5,7 @@
 //! |---|---|
 //! | shape | [`Conv2dShape`] |
 //! | CPU | [`cpu`]: im2col + GEMM, Winograd F(2x2, 3x3) and F(4x4, 3x3), the algorithm by a fixed rule per shape (timed on request) |
-//! | wgpu / CUDA | `conv2d_forward`, `conv2d_backward_weight`, `conv2d_backward_data` of `shaders/conv.wgsl` / `kernels/conv.cu`: implicit GEMMs in 64x64 tiles; on CUDA also on tensor cores (`_mma_tf32x3`, `_mma_tf32`, [`crate::MatmulPrecision`]) |
+//! | wgpu / CUDA | `conv2d_forward`, `conv2d_backward_weight`, `conv2d_backward_data` of `shaders/conv.wgsl` / `kernels/conv.cu`: implicit GEMMs in 64x64 tiles; on CUDA also on tensor cores (`_mma_tf32x3`, `_mma_tf32`, `_mma_bf16`, [`crate::MatmulPrecision`]) |
 //! | reference | [`reference`](mod@reference) (f64, direct loops) |
 
 pub mod cpu;

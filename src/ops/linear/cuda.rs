@@ -1,5 +1,6 @@
 //! The linear layer on CUDA (`kernels/linear.cu`): the launches of `src/ops/linear/wgpu.rs`, asynchronous on the
-//! device's stream; the GEMMs at the device's [`MatmulPrecision`] (`Tf32x3` and `Tf32` on the tensor cores, sm_80+).
+//! device's stream; the GEMMs at the device's [`MatmulPrecision`] (`Tf32x3`, `Tf32` and `Bf16` on the tensor cores,
+//! sm_80+).
 
 use super::params::{bias_backward, GemmLaunch, LinearParams, GEMM_FLAG_BIAS};
 use super::{Linear, LinearShape, KERNELS};
@@ -19,6 +20,7 @@ fn gemm(dev: &Cuda, g: GemmLaunch, c: &mut CudaViewMut<f32>, a: &CudaView<f32>, 
     let (name, (grid, block)) = match dev.matmul_arithmetic()? {
         MatmulPrecision::Tf32x3 => ("gemm_mma_tf32x3", g.mma_grid()),
         MatmulPrecision::Tf32 => ("gemm_mma_tf32", g.mma_grid()),
+        MatmulPrecision::Bf16 => ("gemm_mma_bf16", g.mma_grid()),
         MatmulPrecision::Fp32 => ("gemm", (g.grid, g.block)),
     };
     let f = KERNELS.cuda_function(stream, name)?;

@@ -50,7 +50,7 @@ impl GemmLaunch {
         let params = LinearParams { m: u(m), nc: u(nc), kk: u(kk), flags, a_rs: u(a_rs), a_cs: u(a_cs), b_rs: u(b_rs), b_cs: u(b_cs) };
         Ok(Self { params, grid: (gx as u32, gy as u32, 1), block: (GEMM_TILE as u32, GEMM_TILE as u32, 1) })
     }
-    /// The grid and block of the tensor-core kernels (`gemm_mma_tf32`, `gemm_mma_tf32x3`): 64 x 64 output tiles of
+    /// The grid and block of the tensor-core kernels (`gemm_mma_tf32`, `gemm_mma_tf32x3`, `gemm_mma_bf16`): 64 x 64 output tiles of
     /// 256 threads (within the 16 x 16 grid's limits that [`GemmLaunch::new`] checked).
     pub fn mma_grid(&self) -> (Grid, Grid) {
         let (m, nc) = (self.params.m as usize, self.params.nc as usize);
