@@ -58,7 +58,8 @@ struct Args {
     #[arg(long, default_value = "f32")]
     queue_dtype: String,
     /// Arithmetic of the fused loss: fp32, or half (16-bit operands with f32 accumulation on CUDA's tensor cores: v1/v2
-    /// with a bf16/f16 queue, v3 with q and k in bf16; head dim <= 128 and a multiple of 8; f32 on the CPU and wgpu)
+    /// in the queue's format, bf16 for an f32 queue, v3 with q and k in bf16; head dim <= 128 and a multiple of 8; f32
+    /// on the CPU and wgpu)
     #[arg(long, default_value = "fp32")]
     precision: String,
     /// Arithmetic of the convolutions and linear layers on CUDA: fp32 (CUDA cores), tf32x3 (tensor cores with split

@@ -169,9 +169,10 @@ def infonce(q, k, queue, temperature=0.07, precision="fp32"):
     backward in one pass that never forms the N × (1 + K) logits. ``q, k: [N, C]`` float32 raw encoder outputs
     (normalised inside, as ``F.normalize``), ``queue: [K, C]`` (float32, float16 or bfloat16; K >= N), T > 0.
     Only q gets a gradient (MoCo's stop-gradient on the keys and the queue). ``precision="half"`` lets CUDA tensors
-    with an f16/bf16 queue (C % 8 == 0, C <= 128, sm_80+) run on the tensor cores: q̂ and the softmax weights in the
-    queue's format, f32 accumulation, each cosine within 2^-8 (bf16) or 2^-11 (f16) of the exact one
-    (``moco::Precision``); elsewhere it computes in f32."""
+    (C % 8 == 0, C <= 128, sm_80+) run on the tensor cores: q̂ and the softmax weights in an f16/bf16 queue's format,
+    or in bf16 with a float32 queue (rounded to bf16 by the call), f32 accumulation, each cosine within 2^-8 (bf16),
+    2^-11 (f16) or 2^-7 + 2^-16 (float32 queue) of the exact one (``moco::Precision``); elsewhere it computes in
+    f32."""
     _tensor("q", q, ndim=2)
     n, c = q.shape
     _tensor("k", k, ndim=2, device=q.device)
@@ -192,7 +193,7 @@ def infonce(q, k, queue, temperature=0.07, precision="fp32"):
 def logits(q, k, queue, temperature=None, precision="fp32"):
     """The materialised logits of the official code: ``(l_pos [N, 1], l_neg [N, K])`` cosines of the normalised q, k
     against the queue, divided by T when given. No gradient (use ``infonce`` to train). ``precision="half"``: the
-    negatives on the tensor cores for CUDA tensors with an f16/bf16 queue and C % 8 == 0 (as ``infonce``)."""
+    negatives on the tensor cores for CUDA tensors with C % 8 == 0 (as ``infonce``)."""
     p = _precision(precision)
     _tensor("q", q, ndim=2)
     n, c = q.shape
@@ -394,7 +395,7 @@ class MoCoLoss(torch.nn.Module):
     gradient for q), and ``enqueue(keys)`` replaces the body of ``_dequeue_and_enqueue`` (any N <= K, wrapping).
     Kept apart, as in the official code, so that the symmetric loss enqueues ``cat([k1, k2])`` after both halves.
 
-    ``precision`` is ``infonce``'s ("fp32", or "half": tensor cores for CUDA tensors with an f16/bf16 queue).
+    ``precision`` is ``infonce``'s ("fp32", or "half": tensor cores for CUDA tensors, 16-bit operands).
 
     The queue (``[K, dim]``, the crate's layout) and its pointer are buffers, saved in ``state_dict``. It starts as
     the official code's ``F.normalize(torch.randn(dim, K), dim=0)``, transposed."""

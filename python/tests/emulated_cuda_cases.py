@@ -156,19 +156,20 @@ def test_infonce_matches_the_official_formulation(n, c, kk, dtype):
     assert abs(row_loss.mean().item() - want.item()) <= 1e-5 * abs(want.item())
 
 
-@pytest.mark.parametrize("dtype,u", [(torch.bfloat16, 2.0**-8), (torch.float16, 2.0**-11)])
+@pytest.mark.parametrize("dtype,u", [(torch.bfloat16, 2.0**-8), (torch.float16, 2.0**-11), (torch.float32, 2.0**-7 + 2.0**-16)])
 def test_half_precision_runs_the_tensor_cores_within_its_bound(dtype, u):
-    """precision_code 1 (``precision="half"``): the tensor-core pass for a 16-bit queue, the loss within 2 delta / T of
-    the official formulation (delta = u + (C + 8) 2^-22 per cosine, moco::Precision::cosine_bound)."""
+    """precision_code 1 (``precision="half"``): the tensor-core pass for a 16-bit queue (a float32 queue rounded to
+    bf16 first), the loss within 2 delta / T of the official formulation (delta = u + (C + 8) 2^-22 per cosine, u the
+    relative bound of moco::Precision::cosine_bound)."""
     n, c, kk, T = 20, 64, 300, 0.1
     g = torch.Generator().manual_seed(5)
     q, key, queue = torch.randn(n, c, generator=g), torch.randn(n, c, generator=g), unit_queue(kk, c, dtype, 6)
     want, _ = official_infonce(q, key, queue, T)
     dev = [DeviceTensor.of(t) for t in (q, key, queue)]
     dq, row_loss, stats = DeviceTensor((n, c), torch.float32), DeviceTensor((n,), torch.float32), DeviceTensor((4,), torch.int32)
-    kernel = "infonce_partial_mma_" + ("bf16" if dtype == torch.bfloat16 else "f16")
+    kernel = "infonce_partial_mma_" + ("f16" if dtype == torch.float16 else "bf16")
     before = launches().get(kernel, 0)
-    code = {torch.float16: 1, torch.bfloat16: 2}[dtype]
+    code = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}[dtype]
     _native.infonce_cuda(0, 0, dev[0].addr, dev[1].addr, dev[2].addr, code, n, c, kk, T, dq.addr, row_loss.addr, stats.addr, 1)
     loss = stats.cpu()[0:1].view(torch.float32).item()
     assert launches().get(kernel, 0) == before + 1, "the tensor-core pass ran"

@@ -121,8 +121,8 @@ pub struct TrainConfig {
     /// Queue storage.
     pub queue_dtype: QueueDType,
     /// The arithmetic of the fused losses (`--precision`): [`Precision::Fp32`] (default) or [`Precision::Half`]
-    /// (16-bit operands on CUDA's tensor cores: MoCo v1/v2 with an f16 / bf16 queue, MoCo v3 with q̂ and k̂ in bf16;
-    /// C % 8 == 0 and C <= 128; f32 elsewhere).
+    /// (16-bit operands on CUDA's tensor cores: MoCo v1/v2 in the queue's format, bf16 for an f32 queue, MoCo v3 with
+    /// q̂ and k̂ in bf16; C % 8 == 0 and C <= 128; f32 elsewhere).
     pub precision: Precision,
     /// The arithmetic of the f32 matrix products, convolutions and linear layers, on CUDA (`--matmul-precision`):
     /// [`MatmulPrecision::Fp32`] (default), [`MatmulPrecision::Tf32x3`], [`MatmulPrecision::Tf32`] or

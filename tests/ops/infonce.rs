@@ -158,8 +158,8 @@ fn check_logits_half<D: Infonce>(dev: &mut D, n: usize, c: usize, k: usize, dtyp
     }
 }
 
-/// On the emulated CUDA driver, the Half logits and InfoNCE of a 16-bit queue with C % 8 == 0 (and C <= 128 for the
-/// losses) and MoCo v3's loss run the tensor-core kernels, and the f32 ones otherwise.
+/// On the emulated CUDA driver, the Half logits and InfoNCE with C % 8 == 0 (and C <= 128 for the losses) and MoCo
+/// v3's loss run the tensor-core kernels (an f32 queue rounded to bf16 first), and the f32 ones otherwise.
 #[cfg(feature = "cuda")]
 #[test]
 fn half_precision_takes_the_tensor_cores_on_cuda() {
@@ -176,12 +176,22 @@ fn half_precision_takes_the_tensor_cores_on_cuda() {
     let after = (count("negative_logits_mma_bf16"), count("negative_logits_mma_f16"), count("negative_logits_bf16"));
     // (other tests of this process may launch the same kernels meanwhile: at least ours)
     assert!(after.0 > before.0 && after.1 > before.1 && after.2 > before.2, "kernels launched (mma bf16, mma f16, f32 bf16): before {before:?}, after {after:?}");
+    // an f32 queue: rounded to bf16 (round_rows_to_bf16 for q̂ and for the queue), then the bf16 tensor-core kernel
+    let before = (count("negative_logits_mma_bf16"), count("round_rows_to_bf16"));
+    check_logits_half(&mut dev, 5, 24, 70, QueueDType::F32, 8);
+    let after = (count("negative_logits_mma_bf16"), count("round_rows_to_bf16"));
+    assert!(after.0 > before.0 && after.1 >= before.1 + 2, "f32 queue at Half: (mma bf16, rounds) before {before:?}, after {after:?}");
     let before = (count("infonce_partial_mma_bf16"), count("infonce_partial_mma_f16"), count("infonce_partial_bf16"));
     check_infonce_half(&mut dev, 9, 64, 300, 0.1, QueueDType::BF16, 4);
     check_infonce_half(&mut dev, 3, 128, 70, 0.1, QueueDType::F16, 5);
     check_infonce_half(&mut dev, 3, 136, 70, 0.1, QueueDType::BF16, 6); // C > 128: the f32 kernel
     let after = (count("infonce_partial_mma_bf16"), count("infonce_partial_mma_f16"), count("infonce_partial_bf16"));
     assert!(after.0 > before.0 && after.1 > before.1 && after.2 > before.2, "kernels launched (infonce mma bf16, mma f16, f32 bf16): before {before:?}, after {after:?}");
+    let before = (count("infonce_partial_mma_bf16"), count("infonce_partial_f32"));
+    check_infonce_half(&mut dev, 9, 64, 300, 0.07, QueueDType::F32, 9); // an f32 queue, rounded: the tensor cores
+    check_infonce_half(&mut dev, 2, 20, 40, 0.2, QueueDType::F32, 10); // C % 8 != 0: the f32 kernel
+    let after = (count("infonce_partial_mma_bf16"), count("infonce_partial_f32"));
+    assert!(after.0 > before.0 && after.1 > before.1, "f32 queue at Half: (infonce mma bf16, f32 kernel) before {before:?}, after {after:?}");
     let before = count("infonce_partial_mma_bf16");
     check_v3_half(&mut dev, 70, 64, 0.2, 7); // two directions, each on the tensor cores
     assert!(count("infonce_partial_mma_bf16") >= before + 2, "v3 at Half: both directions on the tensor cores");
@@ -202,15 +212,16 @@ fn check_infonce_half<D: Infonce>(dev: &mut D, n: usize, c: usize, k: usize, t: 
     let tag = format!("Precision::Half on {} N={n} C={c} K={k} T={t} {dtype:?}", dev.name());
     let key_norm = keys.chunks(c).map(|r| r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt()).fold(0.0, f64::max);
     let delta = Precision::Half.cosine_bound(dtype, c, key_norm) / t as f64;
-    let u = match dtype {
-        QueueDType::BF16 => 2f64.powi(-8),
-        QueueDType::F16 => 2f64.powi(-11),
-        QueueDType::F32 => 0.0,
+    // u: the softmax weights' rounding (the keys' format; bf16 for an f32 queue, whose keys are rounded too: key_u)
+    let (u, key_u) = match dtype {
+        QueueDType::BF16 => (2f64.powi(-8), 0.0),
+        QueueDType::F16 => (2f64.powi(-11), 0.0),
+        QueueDType::F32 => (2f64.powi(-8), 2f64.powi(-8)),
     };
     let loss_tol = 2.0 * delta + 2e-5 * (1.0 + want.loss.abs()) * (0.2 / t as f64).max(1.0);
     assert!((stats.loss as f64 - want.loss).abs() <= loss_tol, "loss {tag}: got {}, want {} (bound {loss_tol:.3e})", stats.loss, want.loss);
     assert_close(&format!("row_loss {tag}"), &rl, &want.row_loss, loss_tol, 0.0);
-    let atol = (2.0 * delta + 2.0 * u) * natural_grad(&q, n, c, t as f64) + 1e-4 * max_abs(&want.dq) * (0.2 / t as f64).max(1.0);
+    let atol = (2.0 * delta + 2.0 * u + key_u) * natural_grad(&q, n, c, t as f64) + 1e-4 * max_abs(&want.dq) * (0.2 / t as f64).max(1.0);
     assert_close(&format!("dq {tag}"), &dq, &want.dq, atol, 0.0);
     // counts: a negative within 2δ/T of the positive may rank either side
     let (l_pos, l_neg) = reference::logits(&q, &key, &keys, n, c, k);

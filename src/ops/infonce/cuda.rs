@@ -22,7 +22,8 @@ fn kernel(stream: &Arc<CudaStream>, name: &'static str) -> Result<CudaFunction> 
 /// The scratch of one call, carved from a [`Workspace`] (the device's, reused from call to call, or a call's own):
 /// q̂, k̂ `[N, C]` and q's inverse norms `[N]`; for the streaming loss the positive logits `[N]`, the split
 /// partials `[splits, N, 3+C]`, a per-row loss `[N]` (MoCo v3's; v1/v2 write the caller's) and the ranks `[N]`; on
-/// the tensor cores q̂ (and MoCo v3's k̂) rounded to 16 bits `[N, C]`. Every element is written before it is read.
+/// the tensor cores q̂ rounded to 16 bits `[N, C]`, and MoCo v3's k̂ `[N, C]` or an f32 queue `[K, C]` rounded to bf16.
+/// Every element is written before it is read.
 struct Scratch<'w> {
     q_hat: CudaView<'w, f32>,
     k_hat: CudaView<'w, f32>,
@@ -88,12 +89,15 @@ fn logits_in(stream: &Arc<CudaStream>, ws: &mut Workspace, l_pos: &mut CudaViewM
     if kk.div_ceil(64) > MAX_GRID_X || n.div_ceil(16) > MAX_GRID_YZ {
         return Err(Error::shape(op, format!("N <= {} for the materialising kernel", MAX_GRID_YZ * 16), format!("N = {n}, K = {kk}")));
     }
-    let mma = shape.precision() == Precision::Half && mma_logits_apply(c, queue.code()) && tensor_cores(stream)?;
-    let mut s = Scratch::normalized(stream, ws, q, k, n, c, Extra { q16: if mma { n * c } else { 0 }, ..Extra::default() })?;
+    let mma = shape.precision() == Precision::Half && mma_logits_apply(c, mma_code(queue)) && tensor_cores(stream)?;
+    let extra = Extra { q16: if mma { n * c } else { 0 }, k16: if mma { rounded_queue_len(queue) } else { 0 }, ..Extra::default() };
+    let mut s = Scratch::normalized(stream, ws, q, k, n, c, extra)?;
     let p = Params::logits(n, c, kk);
     positive(stream, &p, &s.q_hat, &s.k_hat, l_pos, n)?;
     if mma {
-        return negative_logits_mma(stream, &p, &s.q_hat, &mut s.q16, queue, l_neg, n, c, kk);
+        let Scratch { q_hat, q16, k16, .. } = &mut s;
+        let (suffix, keys) = keys16(stream, queue, k16, kk, c)?;
+        return negative_logits_mma(stream, &p, q_hat, q16, suffix, &keys, l_neg, n, c, kk);
     }
     let grid = cfg(negative_logits_grid(n, kk));
     match &queue.storage {
@@ -123,23 +127,51 @@ fn round_rows(stream: &Arc<CudaStream>, p: &Params, q_hat: &CudaView<'_, f32>, q
     Ok(())
 }
 
+/// The 16-bit format (1 f16, 2 bf16) the tensor cores read `queue` in at [`Precision::Half`]: a 16-bit queue's own;
+/// bf16 for an f32 queue, rounded per call ([`keys16`]).
+fn mma_code(queue: &CudaQueue) -> u32 {
+    match queue.code() {
+        0 => 2,
+        code => code,
+    }
+}
+
+/// The scratch elements [`keys16`] takes for `queue`: `K*C` for an f32 queue, none for a 16-bit one.
+fn rounded_queue_len(queue: &CudaQueue) -> usize {
+    match &queue.storage {
+        CudaQueueStorage::F32(keys) => keys.len(),
+        CudaQueueStorage::F16(_) | CudaQueueStorage::BF16(_) => 0,
+    }
+}
+
+/// The queue `[kk, C]` as the tensor cores read it at [`Precision::Half`], with its format's kernel suffix: a 16-bit
+/// queue as stored; an f32 queue rounded to nearest-even bf16 into `k16` (`round_rows_to_bf16`, one pass: 4 bytes
+/// read and 2 written per element, against the f32 kernels' 4 read per element and tile; the keys then carry bf16's
+/// rounding too, [`Precision::cosine_bound`]).
+fn keys16<'a>(stream: &Arc<CudaStream>, queue: &'a CudaQueue, k16: &'a mut CudaViewMut<'_, u16>, kk: usize, c: usize) -> Result<(&'static str, CudaView<'a, u16>)> {
+    match &queue.storage {
+        CudaQueueStorage::F16(keys) => Ok(("f16", keys.as_view())),
+        CudaQueueStorage::BF16(keys) => Ok(("bf16", keys.as_view())),
+        CudaQueueStorage::F32(keys) => {
+            round_rows(stream, &Params::logits(kk, c, kk), &keys.as_view(), k16, "bf16", kk * c)?;
+            Ok(("bf16", k16.as_view()))
+        }
+    }
+}
+
 /// Whether the device has the sm_80 tensor-core instructions (mma.sync bf16/f16, ldmatrix, cp.async).
 fn tensor_cores(stream: &Arc<CudaStream>) -> Result<bool> {
     Ok(stream.context().compute_capability()?.0 >= 8)
 }
 
-/// `l_neg: [N, K]` on the tensor cores (a 16-bit queue, C % 8 == 0, sm_80+): `round_rows_to_{f16,bf16}` rounds q̂ to
-/// the queue's format (grid over N*C), then `negative_logits_mma_{f16,bf16}` (grid (ceil(K/64), ceil(N/64)), 128
-/// threads, a 64 x 64 tile per block).
+/// `l_neg: [N, K]` on the tensor cores (16-bit keys `[K, C]` in the format `suffix`, C % 8 == 0, sm_80+):
+/// `round_rows_to_{f16,bf16}` rounds q̂ to the keys' format (grid over N*C), then `negative_logits_mma_{f16,bf16}`
+/// (grid (ceil(K/64), ceil(N/64)), 128 threads, a 64 x 64 tile per block).
 #[allow(clippy::too_many_arguments)]
-fn negative_logits_mma(stream: &Arc<CudaStream>, p: &Params, q_hat: &CudaView<'_, f32>, q16: &mut CudaViewMut<'_, u16>, queue: &CudaQueue, l_neg: &mut CudaViewMut<'_, f32>, n: usize, c: usize, kk: usize) -> Result<()> {
-    let (CudaQueueStorage::F16(keys) | CudaQueueStorage::BF16(keys)) = &queue.storage else {
-        return Err(Error::shape("logits", "a 16-bit queue for the tensor-core path", "an f32 queue"));
-    };
+fn negative_logits_mma(stream: &Arc<CudaStream>, p: &Params, q_hat: &CudaView<'_, f32>, q16: &mut CudaViewMut<'_, u16>, suffix: &str, keys: &CudaView<'_, u16>, l_neg: &mut CudaViewMut<'_, f32>, n: usize, c: usize, kk: usize) -> Result<()> {
     if n.div_ceil(super::params::MMA_TILE) > MAX_GRID_YZ || kk.div_ceil(super::params::MMA_TILE) > MAX_GRID_X {
         return Err(Error::shape("logits", format!("N <= {}", MAX_GRID_YZ * super::params::MMA_TILE), format!("N = {n}, K = {kk}")));
     }
-    let suffix = if queue.code() == 1 { "f16" } else { "bf16" };
     round_rows(stream, p, q_hat, q16, suffix, n * c)?;
     let q16 = q16.as_view();
     let f = kernel(stream, if suffix == "f16" { "negative_logits_mma_f16" } else { "negative_logits_mma_bf16" })?;
@@ -151,12 +183,12 @@ fn negative_logits_mma(stream: &Arc<CudaStream>, p: &Params, q_hat: &CudaView<'_
     Ok(())
 }
 
-/// The key set streamed by the loss: the queue (any dtype) or, for MoCo v3, the normalised keys k̂ of the call's
-/// scratch (as f32, or rounded to bf16 for the tensor cores).
+/// The key set streamed by the loss: the queue (any dtype), MoCo v3's normalised keys k̂ of the call's scratch (as
+/// f32), or the scratch's 16-bit keys for the tensor cores (k̂, or an f32 queue, rounded to bf16).
 enum KeySet<'a> {
     Queue(&'a CudaQueue),
     KHat,
-    KHat16,
+    Rounded16,
 }
 
 fn check_grid(op: &'static str, n: usize, plan: &StreamPlan) -> Result<()> {
@@ -184,13 +216,13 @@ fn stream_loss(stream: &Arc<CudaStream>, s: &mut Scratch<'_>, plan: &StreamPlan,
     let s_pos = s_pos.as_view();
     let queue = match keys {
         KeySet::Queue(queue) => Some(&queue.storage),
-        KeySet::KHat | KeySet::KHat16 => None,
+        KeySet::KHat | KeySet::Rounded16 => None,
     };
     if mma {
         let (suffix, key16) = match (queue, &keys) {
             (Some(CudaQueueStorage::F16(k)), _) => ("f16", k.as_view()),
             (Some(CudaQueueStorage::BF16(k)), _) => ("bf16", k.as_view()),
-            (None, KeySet::KHat16) => ("bf16", k16.as_view()),
+            (None, KeySet::Rounded16) => ("bf16", k16.as_view()),
             _ => return Err(Error::shape("infonce", "a 16-bit key set for the tensor-core path", "f32 keys")),
         };
         if n.div_ceil(super::params::MMA_TILE) > MAX_GRID_X {
@@ -287,11 +319,19 @@ fn infonce_in(stream: &Arc<CudaStream>, ws: &mut Workspace, dq: &mut CudaViewMut
     shape.check_outputs(dq.len(), row_loss.len())?;
     check_stats(op, stats.len(), STATS_WORDS)?;
     check_grid(op, n, &StreamPlan::new(n, shape.k, c))?;
-    let mma = shape.precision() == Precision::Half && mma_infonce_apply(c, queue.code()) && tensor_cores(stream)?;
+    let mma = shape.precision() == Precision::Half && mma_infonce_apply(c, mma_code(queue)) && tensor_cores(stream)?;
     let plan = if mma { StreamPlan::mma(n, shape.k, c) } else { StreamPlan::new(n, shape.k, c) };
-    let extra = Extra { partial: plan.splits * n * (3 + c), q16: if mma { n * c } else { 0 }, k16: 0 };
+    let rounded = if mma { rounded_queue_len(queue) } else { 0 };
+    let extra = Extra { partial: plan.splits * n * (3 + c), q16: if mma { n * c } else { 0 }, k16: rounded };
     let mut s = Scratch::normalized(stream, ws, q, k, n, c, extra)?;
-    stream_loss(stream, &mut s, &plan, KeySet::Queue(queue), shape.k, n, c, shape.temperature, 1.0, false, mma, dq, Some(row_loss), stats)
+    let keys = if rounded > 0 {
+        // an f32 queue at Half: its bf16 copy in the scratch is the key set
+        keys16(stream, queue, &mut s.k16, shape.k, c)?;
+        KeySet::Rounded16
+    } else {
+        KeySet::Queue(queue)
+    };
+    stream_loss(stream, &mut s, &plan, keys, shape.k, n, c, shape.temperature, 1.0, false, mma, dq, Some(row_loss), stats)
 }
 
 /// [`infonce_async`], then waits and returns the mean loss and acc@1/acc@5 counts.
@@ -334,7 +374,7 @@ fn moco_v3_loss_in(stream: &Arc<CudaStream>, ws: &mut Workspace, dq1: &mut CudaV
         if mma {
             round_rows(stream, &Params::logits(n, c, n), &s.k_hat, &mut s.k16, "bf16", n * c)?;
         }
-        let keys = if mma { KeySet::KHat16 } else { KeySet::KHat };
+        let keys = if mma { KeySet::Rounded16 } else { KeySet::KHat };
         stream_loss(stream, &mut s, &plan, keys, n, n, c, t, 2.0 * t, true, mma, &mut dq, None, st)?;
     }
     Ok(())

@@ -104,10 +104,12 @@ pub enum Precision {
     /// every device computes).
     #[default]
     Fp32,
-    /// 16-bit operands in the queue's own format (q̂ rounded to it to nearest even) and f32 accumulation: the tensor
-    /// cores on CUDA sm_80 and newer, for f16 and bf16 queues with `C % 8 == 0`; elsewhere [`Precision::Fp32`].
-    /// Within `u · ‖key‖ + (C + 8) · 2^-22` with u = 2^-8 for a bf16 queue, 2^-11 for f16 (|q̂ − round(q̂)| ≤ u |q̂|
-    /// per element, and Cauchy–Schwarz), 0 for f32 queues.
+    /// 16-bit operands and f32 accumulation: the tensor cores on CUDA sm_80 and newer, with `C % 8 == 0`; elsewhere
+    /// [`Precision::Fp32`]. A 16-bit queue is read as stored and q̂ rounded to its format (to nearest even): within
+    /// `u · ‖key‖ + (C + 8) · 2^-22` with u = 2^-8 for a bf16 queue, 2^-11 for f16 (|q̂ − round(q̂)| ≤ u |q̂| per
+    /// element, and Cauchy–Schwarz). An f32 queue is rounded to bf16 by the call (one pass over it, into the
+    /// device's scratch), and q̂ too: within `(2u + u²) · ‖key‖ + (C + 8) · 2^-22`, u = 2^-8 (|q̃·k̃ − q̂·k| ≤
+    /// |q̃ − q̂| |k̃| + |k̃ − k|).
     Half,
 }
 
@@ -116,12 +118,14 @@ impl Precision {
     /// norm `key_norm` (see each variant).
     pub fn cosine_bound(self, dtype: QueueDType, c: usize, key_norm: f64) -> f64 {
         let sum = (c + 8) as f64 * 2f64.powi(-22);
-        let u = match (self, dtype) {
-            (Precision::Half, QueueDType::BF16) => 2f64.powi(-8),
+        let u8 = 2f64.powi(-8);
+        let relative = match (self, dtype) {
+            (Precision::Half, QueueDType::BF16) => u8,
             (Precision::Half, QueueDType::F16) => 2f64.powi(-11),
-            _ => 0.0,
+            (Precision::Half, QueueDType::F32) => 2.0 * u8 + u8 * u8,
+            (Precision::Fp32, _) => 0.0,
         };
-        u * key_norm + sum
+        relative * key_norm + sum
     }
     /// The bound of a cosine `q̂·k̂` of MoCo v3's in-batch loss (both unit, both rounded to bf16 at
     /// [`Precision::Half`]): `2u + u² + (C + 8) · 2^-22` with u = 2^-8 (|q̃·k̃ − q̂·k̂| ≤ |q̃ − q̂| |k̃| + |k̃ − k̂|).
