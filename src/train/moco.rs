@@ -167,6 +167,20 @@ pub struct MocoEngine<D: TrainDevice, M: Encoder = ResNetLayout> {
     /// An eager step ran since the engine was built or restored: its kernels are loaded and its scratch grown, so
     /// the next step can be captured.
     warm: bool,
+    /// Why the device refused to capture the step, once it did: the engine then runs every step eagerly (as
+    /// `--no-graph`), with the same results.
+    graph_refused: Option<String>,
+}
+
+/// The host's counters a step advances (the optimisers' steps, BN's `num_batches_tracked`, the queue pointer, the
+/// last query half), taken before a captured step so that a capture the device refused can be undone.
+#[derive(Clone, Copy)]
+struct HostCounters {
+    steps: u64,
+    v3_steps: Option<u64>,
+    ptr: usize,
+    tracked: (i64, i64, Option<i64>),
+    last_half: KeyBatch,
 }
 
 impl<D: TrainDevice, M: Encoder> std::fmt::Debug for MocoEngine<D, M> {
@@ -239,12 +253,41 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
         let gram = HealthShape::new(n, dim, 1)?.gram_len();
         let health = HealthBufs { q_hat: dev.alloc(n * dim)?, k_hat: dev.alloc(n * dim)?, inv_norm: dev.alloc(n)?, out: dev.alloc(HEALTH_GRAM_AT + gram)?, due: false, ready: false };
         let inputs = dev.alloc(STAGED_BATCHES * (n * 3 * s * s).next_multiple_of(TENSOR_ALIGN))?;
-        Ok(Self { cfg: cfg.clone(), dev, enc_q, enc_k, enc_eval, opt, queue, ptr: 0, v3, q, k1, k2, dq, row_loss, stats, perms, health, last_half: KeyBatch::K2, inputs, warm: false })
+        Ok(Self { cfg: cfg.clone(), dev, enc_q, enc_k, enc_eval, opt, queue, ptr: 0, v3, q, k1, k2, dq, row_loss, stats, perms, health, last_half: KeyBatch::K2, inputs, warm: false, graph_refused: None })
     }
 
     /// The device.
     pub fn device(&self) -> &D {
         &self.dev
+    }
+
+    /// Why the device refused to capture the step as a graph, if it did (the driver's error): from then on every
+    /// step runs eagerly, with the same results (as `--no-graph`).
+    pub fn graph_refused(&self) -> Option<&str> {
+        self.graph_refused.as_deref()
+    }
+
+    fn host_counters(&self) -> HostCounters {
+        HostCounters {
+            steps: self.opt.steps(),
+            v3_steps: self.v3.as_ref().map(|v| v.opt.steps()),
+            ptr: self.ptr,
+            tracked: (self.enc_q.num_batches_tracked, self.enc_k.num_batches_tracked, self.v3.as_ref().map(|v| v.pred.num_batches_tracked)),
+            last_half: self.last_half,
+        }
+    }
+
+    fn restore_host_counters(&mut self, c: HostCounters) {
+        self.opt.set_steps(c.steps);
+        if let (Some(v3), Some(steps)) = (&mut self.v3, c.v3_steps) {
+            v3.opt.set_steps(steps);
+        }
+        self.ptr = c.ptr;
+        (self.enc_q.num_batches_tracked, self.enc_k.num_batches_tracked) = (c.tracked.0, c.tracked.1);
+        if let (Some(v3), Some(tracked)) = (&mut self.v3, c.tracked.2) {
+            v3.pred.num_batches_tracked = tracked;
+        }
+        self.last_half = c.last_half;
     }
 
     /// Writes what the step reads from the host before any of its device work: both views into `inputs`, with
@@ -475,40 +518,54 @@ impl<D: TrainDevice, M: Encoder> MocoEngine<D, M> {
     /// eagerly.
     fn run_step(&mut self, lr: f64, momentum: f64) -> Result<StepStats> {
         let n = self.cfg.batch_size;
-        let captured = self.cfg.cuda_graph && self.dev.can_capture() && self.warm && !self.health.due && !self.dev.profiling();
+        let captured = self.cfg.cuda_graph && self.dev.can_capture() && self.warm && !self.health.due && !self.dev.profiling() && self.graph_refused.is_none();
         if !captured {
-            let stats = if self.cfg.is_v3() { self.step_v3(lr, momentum, false)? } else { self.step_v2(lr, momentum, false)? };
-            self.warm = true;
-            return stats.ok_or_else(|| Error::Cuda("eager step without statistics".into()));
+            return self.eager_step(lr, momentum);
         }
         // the host's bookkeeping of the work the device skips after non-finite features (see below)
-        let before = (self.opt.steps(), self.v3.as_ref().map(|v| v.opt.steps()), self.ptr);
+        let before = self.host_counters();
         if self.dev.begin_replay()? {
             let host = self.replay_host(lr, momentum);
             self.dev.end_replay(host.is_ok())?;
             host?;
-        } else {
-            let skip = D::index_view(&self.stats, Region::new(NONFINITE_AT, 1))?;
-            self.dev.begin_capture(skip)?;
-            let work = if self.cfg.is_v3() { self.step_v3(lr, momentum, true) } else { self.step_v2(lr, momentum, true) };
-            let ended = self.dev.end_capture(work.is_ok());
-            work?;
-            ended?;
+        } else if let Err(refused) = self.capture_step(lr, momentum) {
+            // Nothing of the step ran (a capture records work without running it, and its first launch failed or
+            // never came): undo the host's counters the recording advanced, and run this step and every later one
+            // eagerly. A step the host code itself rejects fails again eagerly, with its own error.
+            self.restore_host_counters(before);
+            self.dev.drop_capture();
+            eprintln!("warning: the device refused to capture the training step as a CUDA graph ({refused}); every step runs its kernels one by one from now on, with the same results (as --no-graph)");
+            self.graph_refused = Some(refused.to_string());
+            return self.eager_step(lr, momentum);
         }
         let words = self.dev.read_index(&self.stats, Region::new(0, NONFINITE_AT + 1))?;
         if words[NONFINITE_AT] != 0 {
             // the optimisers and the enqueue changed nothing on the device (their `skip` count), as an eager step
             // skips them: neither do the host's step counts and queue pointer
-            self.opt.set_steps(before.0);
-            if let (Some(v3), Some(steps)) = (&mut self.v3, before.1) {
-                v3.opt.set_steps(steps);
-            }
-            self.ptr = before.2;
+            let (tracked, last_half) = (self.host_counters().tracked, self.last_half);
+            self.restore_host_counters(HostCounters { tracked, last_half, ..before });
         }
         if self.cfg.is_v3() {
             return v3_stats_from_words(&words, n);
         }
         v2_stats_from_words(&words, n, self.cfg.symmetric)
+    }
+
+    /// One step with its kernels launched one by one, the loss read before the backward.
+    fn eager_step(&mut self, lr: f64, momentum: f64) -> Result<StepStats> {
+        let stats = if self.cfg.is_v3() { self.step_v3(lr, momentum, false)? } else { self.step_v2(lr, momentum, false)? };
+        self.warm = true;
+        stats.ok_or_else(|| Error::Cuda("eager step without statistics".into()))
+    }
+
+    /// Records the step's device work as a graph (nothing runs) and launches it once.
+    fn capture_step(&mut self, lr: f64, momentum: f64) -> Result<()> {
+        let skip = D::index_view(&self.stats, Region::new(NONFINITE_AT, 1))?;
+        self.dev.begin_capture(skip)?;
+        let work = if self.cfg.is_v3() { self.step_v3(lr, momentum, true) } else { self.step_v2(lr, momentum, true) };
+        let ended = self.dev.end_capture(work.is_ok());
+        work?;
+        ended
     }
 
     /// When a measurement is due: the health op on the step's queries `q` (v3: of view 1, through the predictor)

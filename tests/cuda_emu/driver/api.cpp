@@ -870,6 +870,10 @@ EMU_API cuStreamBeginCapture_v2(CUstream stream, int mode) {
     STREAM_OR_RETURN(s, stream);
     if (s->id == 0) return emu::report(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuStreamBeginCapture on the legacy default stream", false);
     if (s->capture) return emu::report(CUDA_ERROR_ILLEGAL_STATE, "cuStreamBeginCapture: the stream is already being captured", false);
+    if (state().refuse_begin > 0) {
+        --state().refuse_begin;
+        return emu::report(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuStreamBeginCapture: refused (planted by moco_emu_refuse_captures)", false);
+    }
     auto g = std::make_unique<emu::Graph>();
     g->capture_stream = s->id;
     s->capture = g.get();
@@ -885,6 +889,10 @@ EMU_API cuStreamEndCapture(CUstream stream, CUgraph* out) {
     if (!s->capture) return emu::report(CUDA_ERROR_ILLEGAL_STATE, "cuStreamEndCapture: the stream is not being captured", false);
     emu::Graph* g = s->capture;
     s->capture = nullptr;
+    if (state().refuse_end > 0) {
+        --state().refuse_end;
+        g->invalidated = true;
+    }
     if (g->invalidated) {
         *out = nullptr;
         return emu::report(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, "cuStreamEndCapture: the capture was invalidated by an illegal call during it", false);
@@ -1030,6 +1038,15 @@ extern "C" __attribute__((visibility("default"))) const char* moco_emu_call_coun
     Lock lock(state().mu);
     static std::string out;
     return counts_text(state().calls, out);
+}
+
+// Plants refusals: the next `begin` cuStreamBeginCapture calls fail (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED), and the
+// next `end` captures end invalidated (CUDA_ERROR_STREAM_CAPTURE_INVALIDATED), as a real driver answers work it cannot
+// capture. Process-wide: a test that plants them runs alone in its process.
+extern "C" __attribute__((visibility("default"))) void moco_emu_refuse_captures(uint32_t begin, uint32_t end) {
+    Lock lock(state().mu);
+    state().refuse_begin = begin;
+    state().refuse_end = end;
 }
 
 // For the emulator's own tests: forget a sticky error, queued work and the log, as a fresh device would.

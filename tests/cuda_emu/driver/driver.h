@@ -185,6 +185,10 @@ struct State {
     Clock host; // what the host has seen complete
     Context context;
     uint64_t launch_counter = 0;
+    // refusals planted by a test (moco_emu_refuse_captures): the next `refuse_begin` cuStreamBeginCapture calls fail,
+    // and the next `refuse_end` captures end invalidated, as a real driver refuses work it cannot capture
+    uint32_t refuse_begin = 0;
+    uint32_t refuse_end = 0;
     uint64_t seed = 1;
     std::map<std::string, uint64_t> launches; // kernel -> launches that ran
     std::map<std::string, uint64_t> calls;    // driver entry point -> calls made (launches counted when issued)
