@@ -66,6 +66,24 @@ fn resnet18_layers(c: &mut Criterion) {
     g.bench_function("bn_relu_64ch_32x32_fwd", |b| b.iter(|| cpu.batchnorm_forward_train(&mut out, &mut m, &mut r, &mut rm, &mut rv, &x, Epilogue::Relu, Some(&gamma), Some(&beta), &s).unwrap()));
     let dy = data(s.len(), 5);
     g.bench_function("bn_relu_64ch_32x32_bwd", |b| b.iter(|| cpu.batchnorm_backward(&mut dx, EpilogueGrad::Relu { out: &out[..] }, Some(&mut dg), Some(&mut db), &dy, &x, &m, &r, Some(&gamma), &s).unwrap()));
+    // the same batch norm forward (train) on any wgpu adapter, lavapipe included (one op, not a step): the
+    // statistics pass and the apply, to the device's idle
+    match moco::Wgpu::new(moco::Adapter::Any) {
+        Ok(mut w) => {
+            use moco::Device;
+            type W = moco::Wgpu;
+            let (xw, gw, bw) = (w.upload(&x).unwrap(), w.upload(&gamma).unwrap(), w.upload(&beta).unwrap());
+            let (mut ow, mut mw, mut rw) = (w.alloc(s.len()).unwrap(), w.alloc(64).unwrap(), w.alloc(64).unwrap());
+            let (mut rmw, mut rvw) = (w.upload(&rm).unwrap(), w.upload(&rv).unwrap());
+            g.bench_function("bn_relu_64ch_32x32_fwd_wgpu", |b| {
+                b.iter(|| {
+                    w.batchnorm_forward_train(W::whole_mut(&mut ow), W::whole_mut(&mut mw), W::whole_mut(&mut rw), W::whole_mut(&mut rmw), W::whole_mut(&mut rvw), W::whole(&xw), Epilogue::Relu, Some(W::whole(&gw)), Some(W::whole(&bw)), &s).unwrap();
+                    w.synchronize().unwrap()
+                })
+            });
+        }
+        Err(e) => eprintln!("bn_relu_64ch_32x32_fwd_wgpu skipped: {e}"),
+    }
     g.finish();
 }
 

@@ -1,7 +1,8 @@
 // Batch normalisation over [N, C, HW] with G groups (sample n in group n % G, statistic (g, c) at g*C + c), as
-// src/ops/batchnorm/cpu.rs: statistics (one block per (group, channel), two-pass block reductions),
-// running-statistic update, forward apply (train: batch statistics; eval: running statistics) with epilogues
-// none / relu / add+relu, and backward (per-statistic sums, per-channel coefficients, element-wise dx).
+// src/ops/batchnorm/cpu.rs: statistics (one block per (group, channel), one pass: per-thread shifted sums merged as
+// moments over the block), running-statistic update, forward apply (train: batch statistics; eval: running
+// statistics) with epilogues none / relu / add+relu, and backward (per-statistic sums, per-channel coefficients,
+// element-wise dx).
 // Mirrors shaders/batchnorm.wgsl: same names, same work split. Optional tensors (gamma, beta, identity, dgamma, dbeta,
 // didentity) are dummies when absent and gated by FLAG_* bits in P.flags.
 //
@@ -48,23 +49,73 @@ __device__ __forceinline__ unsigned int stat_of(const BatchNormParams& P, unsign
     return ((i / (P.hw * P.c)) % P.groups) * P.c + (i / P.hw) % P.c;
 }
 
-// One block per statistic (g, c): mean, then sum (x - mean)^2 (two passes); writes mean, rstd, biased var.
+// The count, mean and sum of squared deviations (m2) of a set of values.
+struct Moments {
+    float n;
+    float mean;
+    float m2;
+};
+
+// The moments of the union of two sets (Chan, Golub and LeVeque's pairwise update): the means' difference d
+// weighted by the counts, m2 = m2_a + m2_b + d^2 n_a n_b / n. An empty set is the identity.
+__device__ __forceinline__ Moments merge_moments(Moments a, Moments b) {
+    if (b.n == 0.0f) return a;
+    if (a.n == 0.0f) return b;
+    const float n = a.n + b.n;
+    const float d = b.mean - a.mean;
+    const float wb = b.n / n;
+    return Moments{n, a.mean + d * wb, a.m2 + b.m2 + d * d * a.n * wb};
+}
+
+// The moments of this thread's elements e = tid, tid + WG, ... < count of statistic gc, in one pass, their mean
+// relative to `base` (the statistic's first element: the merges then subtract means of the values' spread, not of
+// their magnitude, which would cost the variance the bits f32 spends on the magnitude). The sums are of x - k, k
+// the thread's first element, so that s2 - s1^2 / n cancels nothing unless k lies far off the thread's others.
+__device__ __forceinline__ Moments thread_moments(const BatchNormParams& P, const float* __restrict__ inp, unsigned int gc, unsigned int tid, float base) {
+    const float k = tid < P.count ? inp[stat_offset(P, gc, tid)] : 0.0f;
+    float s1 = 0.0f;
+    float s2 = 0.0f;
+    float n = 0.0f;
+    for (unsigned int e = tid; e < P.count; e += WG) {
+        const float d = inp[stat_offset(P, gc, e)] - k;
+        s1 += d;
+        s2 += d * d;
+        n += 1.0f;
+    }
+    if (n == 0.0f) return Moments{0.0f, 0.0f, 0.0f};
+    return Moments{n, (k - base) + s1 / n, fmaxf(s2 - s1 * (s1 / n), 0.0f)};
+}
+
+// The moments over the block's WG threads, returned to every thread: xor butterflies within each warp (lane 0's
+// result is kept), then the warps' moments merged in warp order. The tree of the WGSL mirror merges in another
+// order (the same set, other roundings).
+__device__ __forceinline__ Moments block_moments(Moments m, Moments* scratch) {
+    const unsigned int tid = threadIdx.x;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const Moments other = {__shfl_xor_sync(0xffffffffu, m.n, o), __shfl_xor_sync(0xffffffffu, m.mean, o), __shfl_xor_sync(0xffffffffu, m.m2, o)};
+        m = merge_moments(m, other);
+    }
+    if ((tid & 31u) == 0u) scratch[tid >> 5] = m;
+    __syncthreads();
+    Moments total = scratch[0];
+#pragma unroll
+    for (unsigned int w = 1; w < WG / 32u; ++w) total = merge_moments(total, scratch[w]);
+    return total;
+}
+
+// One block per statistic (g, c), one pass over its M elements (thread_moments, block_moments); writes mean, rstd
+// and the biased variance m2 / M.
 extern "C" __global__ void __launch_bounds__(256) bn_stats(BatchNormParams P, const float* __restrict__ inp, float* __restrict__ mean, float* __restrict__ rstd, float* __restrict__ var_gc) {
-    __shared__ float red[WG / 32u];
+    __shared__ Moments red[WG / 32u];
     const unsigned int tid = threadIdx.x;
     const unsigned int gc = flat_block();
     if (gc >= P.groups * P.c) return;
-    float s = 0.0f;
-    for (unsigned int e = tid; e < P.count; e += WG) s += inp[stat_offset(P, gc, e)];
-    const float mu = block_sum<WG>(s, red) / (float)P.count;
-    float ss = 0.0f;
-    for (unsigned int e = tid; e < P.count; e += WG) {
-        const float d = inp[stat_offset(P, gc, e)] - mu;
-        ss += d * d;
-    }
-    const float v = block_sum<WG>(ss, red) / (float)P.count;
+    const float base = inp[stat_offset(P, gc, 0u)];
+    const Moments m = block_moments(thread_moments(P, inp, gc, tid, base), red);
+    const float v = m.m2 / (float)P.count;
     if (tid == 0u) {
-        mean[gc] = mu;
+        mean[gc] = base + m.mean;
         rstd[gc] = 1.0f / sqrtf(v + P.eps);
         var_gc[gc] = v;
     }

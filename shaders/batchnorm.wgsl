@@ -1,7 +1,8 @@
 // Batch normalisation over [N, C, HW] with G groups (sample n in group n % G, statistic (g, c) at g*C + c), as
-// src/ops/batchnorm/cpu.rs: statistics (one workgroup per (group, channel), two-pass tree reductions),
-// running-statistic update, forward apply (train: batch statistics; eval: running statistics) with epilogues
-// none / relu / add+relu, and backward (per-statistic sums, per-channel coefficients, element-wise dx).
+// src/ops/batchnorm/cpu.rs: statistics (one workgroup per (group, channel), one pass: per-invocation shifted sums
+// merged as moments over the workgroup), running-statistic update, forward apply (train: batch statistics; eval:
+// running statistics) with epilogues none / relu / add+relu, and backward (per-statistic sums, per-channel
+// coefficients, element-wise dx).
 // Optional tensors (gamma, beta, identity, dgamma, dbeta, didentity) are bound to dummies when absent and
 // gated by FLAG_* bits in P.flags.
 
@@ -61,26 +62,76 @@ fn stat_of(i: u32) -> u32 {
     return ((i / (P.hw * P.c)) % P.groups) * P.c + (i / P.hw) % P.c;
 }
 
-// One workgroup per statistic (g, c): mean, then Σ(x - mean)² (two passes); writes mean, rstd, biased var.
+// The moments (count, mean, m2: the sum of squared deviations) of each invocation's elements, for the tree.
+var<workgroup> red_m: array<vec3<f32>, 256>;
+
+// The moments of the union of two sets (Chan, Golub and LeVeque's pairwise update): the means' difference d
+// weighted by the counts, m2 = m2_a + m2_b + d² n_a n_b / n. An empty set is the identity.
+fn merge_moments(a: vec3<f32>, b: vec3<f32>) -> vec3<f32> {
+    if (b.x == 0.0) {
+        return a;
+    }
+    if (a.x == 0.0) {
+        return b;
+    }
+    let n = a.x + b.x;
+    let d = b.y - a.y;
+    let wb = b.x / n;
+    return vec3<f32>(n, a.y + d * wb, a.z + b.z + d * d * a.x * wb);
+}
+
+// The moments of this invocation's elements e = tid, tid + WG, ... < count of statistic gc, in one pass, their mean
+// relative to `base` (the statistic's first element: the merges then subtract means of the values' spread, not of
+// their magnitude). The sums are of x - k, k the invocation's first element, so that s2 - s1² / n cancels nothing
+// unless k lies far off the invocation's others.
+fn thread_moments(gc: u32, tid: u32, base: f32) -> vec3<f32> {
+    var k = 0.0;
+    if (tid < P.count) {
+        k = inp[stat_offset(gc, tid)];
+    }
+    var s1 = 0.0;
+    var s2 = 0.0;
+    var n = 0.0;
+    for (var e = tid; e < P.count; e += WG) {
+        let d = inp[stat_offset(gc, e)] - k;
+        s1 += d;
+        s2 += d * d;
+        n += 1.0;
+    }
+    if (n == 0.0) {
+        return vec3<f32>(0.0, 0.0, 0.0);
+    }
+    return vec3<f32>(n, (k - base) + s1 / n, max(s2 - s1 * (s1 / n), 0.0));
+}
+
+// The moments over the workgroup's WG invocations, returned to every invocation: a tree, red_m[t] merged with
+// red_m[t + s] for s = WG/2, ..., 1 (kernels/batchnorm.cu merges warps by butterflies, then in order: the same set,
+// other roundings).
+fn tree_moments(tid: u32, m: vec3<f32>) -> vec3<f32> {
+    red_m[tid] = m;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+        if (tid < s) {
+            red_m[tid] = merge_moments(red_m[tid], red_m[tid + s]);
+        }
+        workgroupBarrier();
+    }
+    return red_m[0];
+}
+
+// One workgroup per statistic (g, c), one pass over its M elements (thread_moments, tree_moments); writes mean, rstd
+// and the biased variance m2 / M.
 @compute @workgroup_size(256)
 fn bn_stats(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let gc = flat_block(wg, nwg);
     if (gc >= P.groups * P.c) {
         return;
     }
-    var s = 0.0;
-    for (var e = tid; e < P.count; e += WG) {
-        s += inp[stat_offset(gc, e)];
-    }
-    let mu = tree_sum(tid, s, WG) / f32(P.count);
-    var ss = 0.0;
-    for (var e = tid; e < P.count; e += WG) {
-        let d = inp[stat_offset(gc, e)] - mu;
-        ss += d * d;
-    }
-    let v = tree_sum(tid, ss, WG) / f32(P.count);
+    let base = inp[stat_offset(gc, 0u)];
+    let m = tree_moments(tid, thread_moments(gc, tid, base));
+    let v = m.z / f32(P.count);
     if (tid == 0u) {
-        mean[gc] = mu;
+        mean[gc] = base + m.y;
         rstd[gc] = 1.0 / sqrt(v + P.eps);
         var_gc[gc] = v;
     }

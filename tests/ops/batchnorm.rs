@@ -194,6 +194,32 @@ fn split_running_stats<D: BatchNorm>(dev: &mut D) {
 
 device_test!(split_batchnorm_running_stats_follow_moco, split_running_stats);
 
+/// The statistics keep f32's accuracy where a one-pass sum of squares loses it: values of mean 1000 and spread 0.01
+/// (Σx² / M − mean² would cancel all but 2 bits of the variance), over more elements than one GPU block's threads
+/// (M = 2·300), with the first element an outlier (the GPU kernels' shift is each thread's first element) in one
+/// statistic. The biased variance is read back as running_var (momentum 1: the unbiased batch variance) and the
+/// mean from the saved statistics, each within 1e-4 relative of the f64 reference.
+fn statistics_keep_f32_accuracy<D: BatchNorm>(dev: &mut D) {
+    let (n, c, hw) = (2, 3, 300);
+    let s = BatchNormShape::new(n, c, hw, 1).unwrap().with_eps_momentum(1e-5, 1.0).unwrap();
+    let mut g = rng(21);
+    let mut x: Vec<f32> = (0..s.len()).map(|_| 1000.0 + 0.01 * g.random_range(-1.0f32..1.0)).collect();
+    x[hw] = 1000.5; // channel 1's first element (sample 0): 50 spreads off its mean
+    let (xb, mut out, mut mean, mut rstd) = (upload(dev, &x), nans(dev, s.len()), nans(dev, c), nans(dev, c));
+    let (mut rm, mut rv) = (upload(dev, &vec![0.0; c]), upload(dev, &vec![1.0; c]));
+    dev.batchnorm_forward_train(D::whole_mut(&mut out), D::whole_mut(&mut mean), D::whole_mut(&mut rstd), D::whole_mut(&mut rm), D::whole_mut(&mut rv), D::whole(&xb), Epilogue::None, None, None, &s).unwrap();
+    let (got_mean, got_var) = (host(dev, &mean), host(dev, &rv));
+    for ch in 0..c {
+        let vals: Vec<f64> = (0..n).flat_map(|i| x[(i * c + ch) * hw..(i * c + ch + 1) * hw].iter().map(|&v| v as f64)).collect();
+        let m = vals.iter().sum::<f64>() / vals.len() as f64;
+        let var = vals.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (vals.len() - 1) as f64;
+        let (em, ev) = ((got_mean[ch] as f64 - m).abs() / m, (got_var[ch] as f64 - var).abs() / var);
+        assert!(em <= 1e-6 && ev <= 1e-4, "{} channel {ch}: mean {} vs {m} (rel {em:.1e}), unbiased var {} vs {var} (rel {ev:.1e})", dev.name(), got_mean[ch], got_var[ch]);
+    }
+}
+
+device_test!(batchnorm_statistics_keep_f32_accuracy, statistics_keep_f32_accuracy);
+
 #[test]
 fn batchnorm_reference_backward_matches_finite_differences() {
     for &(n_per, groups, c, hw) in &[(4, 1, 2, 1), (2, 2, 3, 4), (3, 3, 2, 3)] {
