@@ -388,32 +388,19 @@ extern "C" __global__ void __launch_bounds__(256) conv2d_backward_data(ConvParam
     conv_gemm<BACKWARD_DATA>(p, weight, dout, result);
 }
 
-// The tensor-core kernels (sm_80+; same arguments, grids and results as the CUDA-core ones above, at the arithmetic
-// their suffix names: MatmulPrecision::Tf32 and MatmulPrecision::Tf32x3 in src/ops/conv/mod.rs).
-extern "C" __global__ void __launch_bounds__(256) conv2d_forward_mma_tf32(ConvParams p, const float* __restrict__ inp, const float* __restrict__ weight, float* __restrict__ result) {
-    conv_gemm_mma<FORWARD, MMA_TF32>(p, weight, inp, result);
-}
-extern "C" __global__ void __launch_bounds__(256) conv2d_forward_mma_tf32x3(ConvParams p, const float* __restrict__ inp, const float* __restrict__ weight, float* __restrict__ result) {
-    conv_gemm_mma<FORWARD, MMA_TF32X3>(p, weight, inp, result);
-}
-extern "C" __global__ void __launch_bounds__(256) conv2d_backward_weight_mma_tf32(ConvParams p, const float* __restrict__ inp, const float* __restrict__ dout, float* __restrict__ partial) {
-    conv_gemm_mma<BACKWARD_WEIGHT, MMA_TF32>(p, dout, inp, partial);
-}
-extern "C" __global__ void __launch_bounds__(256) conv2d_backward_weight_mma_tf32x3(ConvParams p, const float* __restrict__ inp, const float* __restrict__ dout, float* __restrict__ partial) {
-    conv_gemm_mma<BACKWARD_WEIGHT, MMA_TF32X3>(p, dout, inp, partial);
-}
-extern "C" __global__ void __launch_bounds__(256) conv2d_backward_data_mma_tf32(ConvParams p, const float* __restrict__ weight, const float* __restrict__ dout, float* __restrict__ result) {
-    conv_gemm_mma<BACKWARD_DATA, MMA_TF32>(p, weight, dout, result);
-}
-extern "C" __global__ void __launch_bounds__(256) conv2d_backward_data_mma_tf32x3(ConvParams p, const float* __restrict__ weight, const float* __restrict__ dout, float* __restrict__ result) {
-    conv_gemm_mma<BACKWARD_DATA, MMA_TF32X3>(p, weight, dout, result);
-}
-extern "C" __global__ void __launch_bounds__(256) conv2d_forward_mma_bf16(ConvParams p, const float* __restrict__ inp, const float* __restrict__ weight, float* __restrict__ result) {
-    conv_gemm_mma<FORWARD, MMA_BF16>(p, weight, inp, result);
-}
-extern "C" __global__ void __launch_bounds__(256) conv2d_backward_weight_mma_bf16(ConvParams p, const float* __restrict__ inp, const float* __restrict__ dout, float* __restrict__ partial) {
-    conv_gemm_mma<BACKWARD_WEIGHT, MMA_BF16>(p, dout, inp, partial);
-}
-extern "C" __global__ void __launch_bounds__(256) conv2d_backward_data_mma_bf16(ConvParams p, const float* __restrict__ weight, const float* __restrict__ dout, float* __restrict__ result) {
-    conv_gemm_mma<BACKWARD_DATA, MMA_BF16>(p, weight, dout, result);
-}
+// The tensor-core kernels (sm_80+; same arguments, grids and results as the CUDA-core ones above) at the arithmetic
+// their suffix names: MatmulPrecision::Tf32, Tf32x3 and Bf16 (src/ops/precision.rs).
+#define MOCO_CONV_MMA_KERNELS(SUFFIX, ARITH)                                                                         \
+    extern "C" __global__ void __launch_bounds__(256) conv2d_forward_mma_##SUFFIX(ConvParams p, const float* __restrict__ inp, const float* __restrict__ weight, float* __restrict__ result) { \
+        conv_gemm_mma<FORWARD, ARITH>(p, weight, inp, result);                                                      \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(256) conv2d_backward_weight_mma_##SUFFIX(ConvParams p, const float* __restrict__ inp, const float* __restrict__ dout, float* __restrict__ partial) { \
+        conv_gemm_mma<BACKWARD_WEIGHT, ARITH>(p, dout, inp, partial);                                               \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(256) conv2d_backward_data_mma_##SUFFIX(ConvParams p, const float* __restrict__ weight, const float* __restrict__ dout, float* __restrict__ result) { \
+        conv_gemm_mma<BACKWARD_DATA, ARITH>(p, weight, dout, result);                                               \
+    }
+
+MOCO_CONV_MMA_KERNELS(tf32, MMA_TF32)
+MOCO_CONV_MMA_KERNELS(tf32x3, MMA_TF32X3)
+MOCO_CONV_MMA_KERNELS(bf16, MMA_BF16)
