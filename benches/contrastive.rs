@@ -220,6 +220,16 @@ fn cuda(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new(format!("infonce_fused_{}_half", dtype.name()), k), |b| {
                 b.iter_custom(|iters| time(iters, &mut || cu::infonce_async(&s, &mut dq.as_view_mut(), &mut rl.as_view_mut(), &mut stats.as_view_mut(), &q.as_view(), &key.as_view(), &queue, &half).unwrap()))
             });
+            // an f32 queue on the TF32 tensor cores (sm_80+): 4 N K C flops, three mma per product at tf32x3; K C 4
+            // bytes of queue per row block
+            if dtype == QueueDType::F32 {
+                for (name, precision) in [("tf32x3", moco::Precision::Tf32x3), ("tf32", moco::Precision::Tf32)] {
+                    let tf32 = shape.with_precision(precision);
+                    g.bench_function(BenchmarkId::new(format!("infonce_fused_f32_{name}"), k), |b| {
+                        b.iter_custom(|iters| time(iters, &mut || cu::infonce_async(&s, &mut dq.as_view_mut(), &mut rl.as_view_mut(), &mut stats.as_view_mut(), &q.as_view(), &key.as_view(), &queue, &tf32).unwrap()))
+                    });
+                }
+            }
         }
         if k <= 65536 {
             let queue = dev.queue_from_f32(&host_queue, k, ch, QueueDType::F32).unwrap();
@@ -228,6 +238,13 @@ fn cuda(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new("logits_materialised", k), |b| {
                 b.iter_custom(|iters| time(iters, &mut || cu::logits(&s, &mut lp.as_view_mut(), &mut ln.as_view_mut(), &q.as_view(), &key.as_view(), &queue, &lshape).unwrap()))
             });
+            // the f32 queue on the TF32 tensor cores (sm_80+)
+            for (name, precision) in [("tf32x3", moco::Precision::Tf32x3), ("tf32", moco::Precision::Tf32)] {
+                let lshape = lshape.with_precision(precision);
+                g.bench_function(BenchmarkId::new(format!("logits_materialised_f32_{name}"), k), |b| {
+                    b.iter_custom(|iters| time(iters, &mut || cu::logits(&s, &mut lp.as_view_mut(), &mut ln.as_view_mut(), &q.as_view(), &key.as_view(), &queue, &lshape).unwrap()))
+                });
+            }
             // a bf16 queue at each precision: Fp32 (CUDA cores) and Half (tensor cores on sm_80+); 2 N K C flops,
             // K C 2 bytes of queue read and N K 4 bytes of logits written
             let queue = dev.queue_from_f32(&host_queue, k, ch, QueueDType::BF16).unwrap();
@@ -250,12 +267,12 @@ fn cuda(c: &mut Criterion) {
                 cu::moco_v3_loss(&s, &mut d1.as_view_mut(), &mut d2.as_view_mut(), &q1.as_view(), &q2.as_view(), &k1.as_view(), &k2.as_view(), &shape).unwrap();
             }))
         });
-        // C = 128, the widest the tensor-core pass holds: Fp32 and Half side by side
+        // C = 128, the widest the tensor-core passes hold: each precision side by side
         let c128 = 128;
         let mut up = |seed| dev.upload(&data(n3 * c128, seed)).unwrap();
         let (q1, q2, k1, k2) = (up(1), up(2), up(3), up(4));
         let (mut d1, mut d2) = (up(5), up(6));
-        for (name, precision) in [("fp32", moco::Precision::Fp32), ("half", moco::Precision::Half)] {
+        for (name, precision) in [("fp32", moco::Precision::Fp32), ("tf32x3", moco::Precision::Tf32x3), ("tf32", moco::Precision::Tf32), ("half", moco::Precision::Half)] {
             let shape = SymmetricShape::new(n3, c128, t).unwrap().with_precision(precision);
             g.bench_function(BenchmarkId::new(format!("moco_v3_fused_c128_{name}"), n3), |b| {
                 b.iter_custom(|iters| time(iters, &mut || {

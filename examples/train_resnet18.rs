@@ -57,9 +57,10 @@ struct Args {
     /// Queue storage: f32 or bf16 (f16 also accepted)
     #[arg(long, default_value = "f32")]
     queue_dtype: String,
-    /// Arithmetic of the fused loss: fp32, or half (16-bit operands with f32 accumulation on CUDA's tensor cores: v1/v2
-    /// in the queue's format, bf16 for an f32 queue, v3 with q and k in bf16; head dim <= 128 and a multiple of 8; f32
-    /// on the CPU and wgpu)
+    /// Arithmetic of the fused loss: fp32, tf32x3 (tensor cores with split operands, f32's accuracy) or tf32 (tensor
+    /// cores, 10-bit mantissas) for an f32 queue or v3, head dim <= 128 and a multiple of 4; or half (16-bit operands
+    /// with f32 accumulation on CUDA's tensor cores: v1/v2 in the queue's format, bf16 for an f32 queue, v3 with q and
+    /// k in bf16; head dim <= 128 and a multiple of 8). CUDA sm_80+; f32 on the CPU and wgpu
     #[arg(long, default_value = "fp32")]
     precision: String,
     /// Arithmetic of the convolutions and linear layers on CUDA: fp32 (CUDA cores), tf32x3 (tensor cores with split
@@ -195,11 +196,7 @@ fn run(a: Args) -> moco::Result<()> {
         "f16" => QueueDType::F16,
         d => return Err(moco::Error::settings("--queue-dtype", "f32, bf16 or f16", d.to_string())),
     };
-    cfg.precision = match a.precision.as_str() {
-        "fp32" => moco::Precision::Fp32,
-        "half" => moco::Precision::Half,
-        p => return Err(moco::Error::settings("--precision", "fp32 or half", p.to_string())),
-    };
+    cfg.precision = moco::Precision::parse("--precision", &a.precision)?;
     cfg.matmul_precision = moco::MatmulPrecision::parse("--matmul-precision", &a.matmul_precision)?;
     cfg.cuda_graph = !a.no_graph;
     if cfg.is_v3() {

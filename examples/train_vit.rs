@@ -54,8 +54,9 @@ struct Args {
     /// Output width of the projector and predictor [256; embedded default: 128]
     #[arg(long)]
     out_dim: Option<usize>,
-    /// Arithmetic of the fused loss: fp32, or half (q and k in bf16 with f32 accumulation on CUDA's tensor cores,
-    /// out-dim <= 128 and a multiple of 8; f32 on the CPU and wgpu)
+    /// Arithmetic of the fused loss: fp32, tf32x3 (tensor cores with split operands, f32's accuracy; out-dim <= 128
+    /// and a multiple of 4), tf32 (tensor cores, 10-bit mantissas; the same shapes), or half (q and k in bf16 with f32
+    /// accumulation on CUDA's tensor cores, out-dim <= 128 and a multiple of 8). CUDA sm_80+; f32 on the CPU and wgpu
     #[arg(long, default_value = "fp32")]
     precision: String,
     /// Arithmetic of the linear layers (and convolutions, with --model resnet18) on CUDA: fp32 (CUDA cores), tf32x3
@@ -189,11 +190,7 @@ fn config(a: &Args, demo: bool) -> moco::Result<(TrainConfig, Option<String>)> {
     cfg.cosine = !a.no_cosine;
     cfg.knn_k = a.knn_k.unwrap_or(cfg.knn_k);
     cfg.seed = a.seed;
-    cfg.precision = match a.precision.as_str() {
-        "fp32" => moco::Precision::Fp32,
-        "half" => moco::Precision::Half,
-        p => return Err(moco::Error::settings("--precision", "fp32 or half", p.to_string())),
-    };
+    cfg.precision = moco::Precision::parse("--precision", &a.precision)?;
     cfg.matmul_precision = moco::MatmulPrecision::parse("--matmul-precision", &a.matmul_precision)?;
     cfg.cuda_graph = !a.no_graph;
     cfg.validate()?;

@@ -298,6 +298,17 @@ __device__ __forceinline__ void split_tf32(unsigned int x, unsigned int& hi, uns
     lo = __float_as_uint(tf32_round(v - h));
 }
 
+// acc += A B on one m16n8k8 step at ARITH (MMA_TF32 or MMA_TF32X3) from split operands (hi, and lo for TF32X3);
+// TF32X3 adds the small products first (lo_a hi_b, hi_a lo_b).
+template <MmaArith ARITH>
+__device__ __forceinline__ void mma_tf32_split(float (&acc)[4], const unsigned int (&a_hi)[4], const unsigned int (&a_lo)[4], const unsigned int (&b_hi)[2], const unsigned int (&b_lo)[2]) {
+    if (ARITH == MMA_TF32X3) {
+        mma_tf32_1688(acc, a_lo, b_hi);
+        mma_tf32_1688(acc, a_hi, b_lo);
+    }
+    mma_tf32_1688(acc, a_hi, b_hi);
+}
+
 // acc[nt] += A[warp's 16 rows, chunk] B[chunk, warp's n8 block nt] in bf16: the chunk's 16 k as one m16n8k16 step.
 // One ldmatrix.x4 over 8 rows x 16 k gives lane 4 g + t the f32 at k = t, t + 4, t + 8, t + 12 of row g, and a
 // bf16 register holds two k's: mma's k pair (2 t, 2 t + 1) is taken as (t, t + 4), and (2 t + 8, 2 t + 9) as
@@ -352,11 +363,7 @@ __device__ __forceinline__ void mma_chunk64(float (&acc)[4][4], const MmaStage64
             unsigned int b_hi[2], b_lo[2];
 #pragma unroll
             for (unsigned int r = 0; r < 2u; ++r) split_tf32(b_raw[nt / 2u][2u * (nt % 2u) + r], b_hi[r], b_lo[r]);
-            if (ARITH == MMA_TF32X3) {
-                mma_tf32_1688(acc[nt], a_lo, b_hi);
-                mma_tf32_1688(acc[nt], a_hi, b_lo);
-            }
-            mma_tf32_1688(acc[nt], a_hi, b_hi);
+            mma_tf32_split<ARITH>(acc[nt], a_hi, a_lo, b_hi, b_lo);
         }
     }
 }

@@ -400,6 +400,88 @@ template <int DT> __device__ __forceinline__ unsigned int pack_16(float lo, floa
 #endif
 }
 
+// The online softmax of one key tile on the tensor cores' S accumulators (NT m16n8 tiles: s[nt][e] is row
+// rows[e >> 1], key jt + 8 nt + 2 t + (e & 1)): the logits scaled by 1/T and masked past the split's end and on the
+// diagonal (v3), the keys above the positive counted, the running max and sum updated (the row's max over its 4
+// lanes by two xor shuffles; the sums and ranks stay per lane until store_partial), the P K accumulators (ACC
+// m16n8 tiles of the same rows) rescaled, and the weights p = exp(s - m) left in s (0 where masked).
+template <unsigned int NT, unsigned int ACC>
+__device__ __forceinline__ void online_softmax_tile(const InfoNceParams& P, float (&s)[NT][4], float (&acc)[ACC][4], unsigned int jt, unsigned int j_end, unsigned int t, const unsigned int (&rows)[2], const float (&spos)[2], float (&m_run)[2], float (&l_run)[2], unsigned int (&rank_run)[2]) {
+    float tmax[2] = {NEG, NEG};
+#pragma unroll
+    for (unsigned int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (unsigned int e = 0; e < 4u; ++e) {
+            const unsigned int j = jt + nt * 8u + 2u * t + (e & 1u), r = e >> 1;
+            float v = s[nt][e] * P.inv_t;
+            if (j >= j_end || (P.skip_diagonal == 1u && j == rows[r])) v = NEG;
+            s[nt][e] = v;
+            tmax[r] = fmaxf(tmax[r], v);
+        }
+    }
+    float scale[2];
+#pragma unroll
+    for (unsigned int r = 0; r < 2u; ++r) {
+        tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 1));
+        tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 2));
+        const float m_new = fmaxf(m_run[r], tmax[r]);
+        scale[r] = 1.0f;
+        if (m_new > MASKED) {
+            scale[r] = (m_run[r] <= MASKED) ? 0.0f : expf(m_run[r] - m_new);
+            m_run[r] = m_new;
+        }
+        l_run[r] *= scale[r];
+    }
+#pragma unroll
+    for (unsigned int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (unsigned int e = 0; e < 4u; ++e) {
+            const unsigned int r = e >> 1;
+            const float v = s[nt][e];
+            float p = 0.0f;
+            if (v > MASKED) {
+                p = expf(v - m_run[r]);
+                rank_run[r] += (v > spos[r]) ? 1u : 0u;
+            }
+            s[nt][e] = p;
+            l_run[r] += p;
+        }
+    }
+#pragma unroll
+    for (unsigned int ct = 0; ct < ACC; ++ct) {
+#pragma unroll
+        for (unsigned int e = 0; e < 4u; ++e) acc[ct][e] *= scale[e >> 1];
+    }
+}
+
+// A tensor-core block's results for its split: each row's sum and rank over its 4 lanes, the states (max, sum,
+// rank) written by lane t = 0, then the accumulators acc[ct][e] (row rows[e >> 1], channel 8 ct + 2 t + (e & 1)).
+template <unsigned int ACC>
+__device__ __forceinline__ void store_partial(const InfoNceParams& P, float* __restrict__ partial, const float (&acc)[ACC][4], unsigned int split, unsigned int t, const unsigned int (&rows)[2], const float (&m_run)[2], float (&l_run)[2], unsigned int (&rank_run)[2]) {
+#pragma unroll
+    for (unsigned int r = 0; r < 2u; ++r) {
+        l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
+        l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
+        rank_run[r] += __shfl_xor_sync(0xffffffffu, rank_run[r], 1);
+        rank_run[r] += __shfl_xor_sync(0xffffffffu, rank_run[r], 2);
+        if (t == 0u && rows[r] < P.n) {
+            const size_t st = ((size_t)split * P.n + rows[r]) * 3u;
+            partial[st] = m_run[r];
+            partial[st + 1u] = l_run[r];
+            partial[st + 2u] = __uint_as_float(rank_run[r]);
+        }
+    }
+    const size_t acc_base = (size_t)P.splits * P.n * 3u;
+#pragma unroll
+    for (unsigned int ct = 0; ct < ACC; ++ct) {
+#pragma unroll
+        for (unsigned int e = 0; e < 4u; ++e) {
+            const unsigned int i = rows[e >> 1], ch = ct * 8u + 2u * t + (e & 1u);
+            if (i < P.n && ch < P.c) partial[acc_base + ((size_t)split * P.n + i) * P.c + ch] = acc[ct][e];
+        }
+    }
+}
+
 template <int DT>
 __device__ __forceinline__ void infonce_partial_mma_impl(const InfoNceParams& P, const unsigned short* __restrict__ q16, const unsigned short* __restrict__ keys, const float* __restrict__ pos_logits, float* __restrict__ partial) {
     __shared__ __align__(16) unsigned short k_tile[2][MMA_BN * MMA_CMAX];
@@ -455,52 +537,7 @@ __device__ __forceinline__ void infonce_partial_mma_impl(const InfoNceParams& P,
         for (unsigned int ks = 0; ks < MMA_CMAX / 16u; ++ks) {
             if (ks < ksteps) qk_step<DT, WIDE>(s, qa[ks], kt, ks, lane);
         }
-        // logits, masks, ranks, the tile's row max over the row's 4 lanes
-        float tmax[2] = {NEG, NEG};
-#pragma unroll
-        for (unsigned int nt = 0; nt < 8u; ++nt) {
-#pragma unroll
-            for (unsigned int e = 0; e < 4u; ++e) {
-                const unsigned int j = jt + nt * 8u + 2u * t + (e & 1u), r = e >> 1;
-                float v = s[nt][e] * P.inv_t;
-                if (j >= j_end || (P.skip_diagonal == 1u && j == rows[r])) v = NEG;
-                s[nt][e] = v;
-                tmax[r] = fmaxf(tmax[r], v);
-            }
-        }
-        float scale[2];
-#pragma unroll
-        for (unsigned int r = 0; r < 2u; ++r) {
-            tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 1));
-            tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 2));
-            const float m_new = fmaxf(m_run[r], tmax[r]);
-            scale[r] = 1.0f;
-            if (m_new > MASKED) {
-                scale[r] = (m_run[r] <= MASKED) ? 0.0f : expf(m_run[r] - m_new);
-                m_run[r] = m_new;
-            }
-            l_run[r] *= scale[r];
-        }
-#pragma unroll
-        for (unsigned int nt = 0; nt < 8u; ++nt) {
-#pragma unroll
-            for (unsigned int e = 0; e < 4u; ++e) {
-                const unsigned int r = e >> 1;
-                const float v = s[nt][e];
-                float p = 0.0f;
-                if (v > MASKED) {
-                    p = expf(v - m_run[r]);
-                    rank_run[r] += (v > spos[r]) ? 1u : 0u;
-                }
-                s[nt][e] = p;
-                l_run[r] += p;
-            }
-        }
-#pragma unroll
-        for (unsigned int ct = 0; ct < MMA_CMAX / 8u; ++ct) {
-#pragma unroll
-            for (unsigned int e = 0; e < 4u; ++e) acc[ct][e] *= scale[e >> 1];
-        }
+        online_softmax_tile(P, s, acc, jt, j_end, t, rows, spos, m_run, l_run, rank_run);
         // acc += P K: P's A fragment for keys 16 kk .. 16 kk + 15 is s[2 kk] (keys 0..7) and s[2 kk + 1] (8..15)
 #pragma unroll
         for (unsigned int kk = 0; kk < 4u; ++kk) {
@@ -519,29 +556,7 @@ __device__ __forceinline__ void infonce_partial_mma_impl(const InfoNceParams& P,
         }
         __syncthreads(); // this stage is read before the next iteration refills it
     }
-    // the row's sums and ranks over its 4 lanes, then the states (lane t = 0) and the accumulators
-#pragma unroll
-    for (unsigned int r = 0; r < 2u; ++r) {
-        l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
-        l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
-        rank_run[r] += __shfl_xor_sync(0xffffffffu, rank_run[r], 1);
-        rank_run[r] += __shfl_xor_sync(0xffffffffu, rank_run[r], 2);
-        if (t == 0u && rows[r] < P.n) {
-            const size_t st = ((size_t)split * P.n + rows[r]) * 3u;
-            partial[st] = m_run[r];
-            partial[st + 1u] = l_run[r];
-            partial[st + 2u] = __uint_as_float(rank_run[r]);
-        }
-    }
-    const size_t acc_base = (size_t)P.splits * P.n * 3u;
-#pragma unroll
-    for (unsigned int ct = 0; ct < MMA_CMAX / 8u; ++ct) {
-#pragma unroll
-        for (unsigned int e = 0; e < 4u; ++e) {
-            const unsigned int i = rows[e >> 1], ch = ct * 8u + 2u * t + (e & 1u);
-            if (i < P.n && ch < P.c) partial[acc_base + ((size_t)split * P.n + i) * P.c + ch] = acc[ct][e];
-        }
-    }
+    store_partial(P, partial, acc, split, t, rows, m_run, l_run, rank_run);
 }
 
 #define MOCO_MMA_KERNELS(SUFFIX, DT)                                                                                 \
@@ -561,6 +576,227 @@ __device__ __forceinline__ void infonce_partial_mma_impl(const InfoNceParams& P,
 
 MOCO_MMA_KERNELS(f16, 1)
 MOCO_MMA_KERNELS(bf16, 2)
+
+// ---- infonce_partial and negative_logits on tensor cores for f32 keys (sm_80+, TF32 and 3xTF32) -------------
+//
+// The 16-bit kernels' algorithm with f32 keys on mma.sync.m16n8k8 (TF32 operands, f32 accumulation), at ARITH
+// MMA_TF32 (each operand rounded to TF32: Precision::Tf32) or MMA_TF32X3 (each operand split as hi + lo, three
+// products: f32's accuracy, Precision::Tf32x3; split_loss below). The host takes these kernels for f32 keys (the
+// queue, or MoCo v3's k^) with C % 4 == 0 and C <= 128.
+// Tiles, by the budget:
+//   - shared memory: a key tile is F32_BN = 32 keys x 128 channels of f32, 16 KB, rows padded to F32_ROW = 132
+//     floats (528 bytes, 16-byte aligned for cp.async); two stages take 33.8 KB, under the 48 KB of static shared
+//     memory. 64 keys, as the 16-bit kernels take, would need 67.6 KB (the dynamic opt-in).
+//   - registers: q^ is held as raw f32 A fragments for the whole key stream, 4 per 8 channels (64 at C = 128; split
+//     per use, since TF32X3's hi and lo together would take 128); the P K accumulators 4 per 8 channels (64); S of
+//     32 keys 4 per 8 keys (16): about 150 of the 255 a thread may have at 128 threads per block.
+//   - shared-memory banks: S's B fragment (key g, channels t and t + 4) is read by ldmatrix.x4: an 8x8 b16 matrix is
+//     8 keys x 4 f32, a TF32 fragment's quarter, and the row stride 132 = 4 (mod 32) words puts the 8 rows of a
+//     phase on distinct 4-bank groups. P K's B (keys along k, channels along n) is a transposed 32-bit read, which
+//     ldmatrix (b16 only) cannot do: each lane reads its two words by LDS.32 at keys 2 t, 2 t + 1 and channel g,
+//     banks 8 t + g + const, 32 distinct. Padding, not a swizzle: with 4-byte elements the pad serves both reads.
+//   - P's A fragment comes from S's accumulators with no shuffle: TF32's A wants (row g, k t) and (row g, k t + 4)
+//     where S holds (row g, keys 2 t and 2 t + 1). P K sums over the keys in any order, so within each 8-key step
+//     k = t stands for key 2 t and k = t + 4 for key 2 t + 1, and B reads the same keys.
+// WGSL has no tensor-core instruction: on every other device the f32 kernels above run (within any bound here).
+#define F32_BN 32u              // keys per tile
+#define F32_ROW (MMA_CMAX + 4u) // floats per staged key row (128 channels and a 4-float pad)
+
+// Copies channels 0 .. 127 of rows r0 .. r0 + 31 of src: [rows, C] (f32) into tile [32][F32_ROW], zero-filling
+// rows >= rows and channels >= C: 1024 pieces of 16 bytes (C % 4 == 0), 8 per thread.
+__device__ __forceinline__ void stage_f32_tile(float* tile, const float* __restrict__ src, unsigned int r0, unsigned int rows, unsigned int c) {
+#pragma unroll
+    for (unsigned int u = 0; u < F32_BN * (MMA_CMAX / 4u) / (MMA_WARPS * 32u); ++u) {
+        const unsigned int e = threadIdx.x + u * (MMA_WARPS * 32u);
+        const unsigned int row = e / (MMA_CMAX / 4u), ch = (e % (MMA_CMAX / 4u)) * 4u;
+        const bool inside = r0 + row < rows && ch < c;
+        // a piece past the end copies 0 bytes (zero fill) from a valid address: the start of src
+        cp_async_16(tile + row * F32_ROW + ch, inside ? src + (size_t)(r0 + row) * c + ch : src, inside ? 16u : 0u);
+    }
+}
+
+// The warp's q^ rows as TF32 A fragments, from global memory: qa[ks] = (g, 8 ks + t), (g + 8, 8 ks + t), (g, 8 ks
+// + t + 4), (g + 8, 8 ks + t + 4) of rows[0] = g, rows[1] = g + 8; 0 past N and C. Rounded to TF32 here at MMA_TF32
+// (then used as they are), raw at MMA_TF32X3 (split per use).
+template <MmaArith ARITH>
+__device__ __forceinline__ void load_q_tf32(float (&qa)[MMA_CMAX / 8u][4], const InfoNceParams& P, const float* __restrict__ q_hat, const unsigned int (&rows)[2], unsigned int t) {
+#pragma unroll
+    for (unsigned int ks = 0; ks < MMA_CMAX / 8u; ++ks) {
+#pragma unroll
+        for (unsigned int r = 0; r < 4u; ++r) {
+            const float v = q_or_zero(P, q_hat, rows[r & 1u], 8u * ks + t + 4u * (r >> 1));
+            qa[ks][r] = ARITH == MMA_TF32 ? tf32_round(v) : v;
+        }
+    }
+}
+
+// The operands' halves. TF32: hi = x rounded to nearest (cvt.rna, as tf32_round; feeding only mma, ptxas makes it an
+// add of half a TF32 ulp, the tensor cores dropping the low 13 bits). TF32X3: hi = x truncated to TF32 (one and:
+// |x - hi| < 2^-10 |x|), lo = x - hi (exact in f32), read by the tensor cores truncated too (|lo - lo'| < 2^-10 |lo|
+// < 2^-20 |x|): a product within 3 2^-20 of a b (the dropped lo lo and the two truncated lo's), at two instructions
+// per split where rounding both halves takes eight (the split of every operand of every product is the kernel's
+// largest cost after the mma). NaN stays NaN (the and keeps a NaN's top mantissa bits or makes it inf; lo = NaN).
+template <MmaArith ARITH>
+__device__ __forceinline__ void split_loss(unsigned int x, unsigned int& hi, unsigned int& lo) {
+    if (ARITH == MMA_TF32) {
+        hi = __float_as_uint(tf32_round(__uint_as_float(x)));
+        lo = 0u;
+    } else {
+        hi = x & 0xffffe000u;
+        lo = __float_as_uint(__uint_as_float(x) - __uint_as_float(hi));
+    }
+}
+
+// split_loss of q^'s fragments, which are the same for every key tile: the compiler must split them again at every
+// use, since hoisting their TF32X3 halves out of the key loop holds 128 registers beside the 64 accumulators (ptxas
+// then spills); a volatile and stays in the loop. At TF32 they were rounded once by load_q_tf32 and are used as
+// they are.
+template <MmaArith ARITH>
+__device__ __forceinline__ void split_q(const float (&x)[4], unsigned int (&hi)[4], unsigned int (&lo)[4]) {
+#pragma unroll
+    for (unsigned int r = 0; r < 4u; ++r) {
+        unsigned int h = __float_as_uint(x[r]);
+#if !defined(MOCO_CUDA_EMU) && __CUDA_ARCH__ >= 800
+        if (ARITH == MMA_TF32X3) asm volatile("and.b32 %0, %1, 0xffffe000;\n" : "=r"(h) : "r"(h));
+#else
+        if (ARITH == MMA_TF32X3) h &= 0xffffe000u;
+#endif
+        hi[r] = h;
+        lo[r] = ARITH == MMA_TF32X3 ? __float_as_uint(x[r] - __uint_as_float(h)) : 0u;
+    }
+}
+
+// acc += A B on one m16n8k8 step, A split, B raw (f32 bits b0, b1) split here by split_loss.
+template <MmaArith ARITH>
+__device__ __forceinline__ void mma_loss(float (&acc)[4], const unsigned int (&a_hi)[4], const unsigned int (&a_lo)[4], unsigned int b0, unsigned int b1) {
+    unsigned int b_hi[2], b_lo[2];
+    split_loss<ARITH>(b0, b_hi[0], b_lo[0]);
+    split_loss<ARITH>(b1, b_hi[1], b_lo[1]);
+    mma_tf32_split<ARITH>(acc, a_hi, a_lo, b_hi, b_lo);
+}
+
+// s[nt] = q^ K^T for the 4 key tiles (8 keys each) of a staged [32 keys][F32_ROW] tile, over ksteps 8-channel steps.
+// B for key tiles 2 np and 2 np + 1 by one ldmatrix.x4: matrix i is keys 8 (2 np + (i >> 1)) + lane % 8, channels
+// 8 ks + 4 (i & 1).
+template <MmaArith ARITH>
+__device__ __forceinline__ void qk_tile_tf32(float (&s)[F32_BN / 8u][4], const float (&qa)[MMA_CMAX / 8u][4], const float* kt, unsigned int ksteps, unsigned int lane) {
+#pragma unroll
+    for (unsigned int nt = 0; nt < F32_BN / 8u; ++nt) {
+#pragma unroll
+        for (unsigned int e = 0; e < 4u; ++e) s[nt][e] = 0.0f;
+    }
+#pragma unroll
+    for (unsigned int ks = 0; ks < MMA_CMAX / 8u; ++ks) {
+        if (ks < ksteps) {
+            unsigned int a_hi[4], a_lo[4];
+            split_q<ARITH>(qa[ks], a_hi, a_lo);
+#pragma unroll
+            for (unsigned int np = 0; np < F32_BN / 16u; ++np) {
+                unsigned int b[4];
+                ldmatrix_x4(b, kt + (16u * np + 8u * (lane >> 4) + (lane & 7u)) * F32_ROW + 8u * ks + 4u * ((lane >> 3) & 1u));
+                mma_loss<ARITH>(s[2u * np], a_hi, a_lo, b[0], b[1]);
+                mma_loss<ARITH>(s[2u * np + 1u], a_hi, a_lo, b[2], b[3]);
+            }
+        }
+    }
+}
+
+template <MmaArith ARITH>
+__device__ __forceinline__ void negative_logits_mma_f32_impl(const InfoNceParams& P, const float* __restrict__ q_hat, const float* __restrict__ keys, float* __restrict__ l_neg) {
+    __shared__ __align__(16) float k_tile[F32_BN * F32_ROW];
+    const unsigned int lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3u;
+    const unsigned int j0 = blockIdx.x * F32_BN;
+    const unsigned int rows[2] = {blockIdx.y * MMA_BM + warp * 16u + g, blockIdx.y * MMA_BM + warp * 16u + g + 8u};
+    stage_f32_tile(k_tile, keys, j0, P.m, P.c);
+    cp_async_commit();
+    float qa[MMA_CMAX / 8u][4];
+    load_q_tf32<ARITH>(qa, P, q_hat, rows, t); // while the keys land
+    cp_async_wait<0>();
+    __syncthreads();
+    float s[F32_BN / 8u][4];
+    qk_tile_tf32<ARITH>(s, qa, k_tile, (P.c + 7u) / 8u, lane);
+#pragma unroll
+    for (unsigned int nt = 0; nt < F32_BN / 8u; ++nt) {
+#pragma unroll
+        for (unsigned int e = 0; e < 4u; ++e) {
+            const unsigned int i = rows[e >> 1], j = j0 + nt * 8u + 2u * t + (e & 1u);
+            if (i < P.n && j < P.m) l_neg[(size_t)i * P.m + j] = s[nt][e];
+        }
+    }
+}
+
+// infonce_partial's job on f32 keys: the flash-style pass of infonce_partial_mma_impl (the same states,
+// accumulators, masks and online softmax) with 32-key tiles and q^ as f32 fragments.
+template <MmaArith ARITH>
+__device__ __forceinline__ void infonce_partial_mma_f32_impl(const InfoNceParams& P, const float* __restrict__ q_hat, const float* __restrict__ keys, const float* __restrict__ pos_logits, float* __restrict__ partial) {
+    __shared__ __align__(16) float k_tile[2][F32_BN * F32_ROW];
+    const unsigned int lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3u;
+    const unsigned int row0 = blockIdx.x * MMA_BM, split = blockIdx.y;
+    const unsigned int j_begin = split * P.keys_per_split, j_end = min(j_begin + P.keys_per_split, P.m);
+    const unsigned int ksteps = (P.c + 7u) / 8u; // C / 8 rounded up (zero-filled past C)
+    const unsigned int tiles = (j_end > j_begin) ? (j_end - j_begin + F32_BN - 1u) / F32_BN : 0u;
+    if (tiles > 0u) {
+        stage_f32_tile(k_tile[0], keys, j_begin, j_end, P.c);
+        cp_async_commit();
+    }
+    const unsigned int rows[2] = {row0 + warp * 16u + g, row0 + warp * 16u + g + 8u};
+    float qa[MMA_CMAX / 8u][4];
+    load_q_tf32<ARITH>(qa, P, q_hat, rows, t);
+    const float spos[2] = {pos_logits[min(rows[0], P.n - 1u)], pos_logits[min(rows[1], P.n - 1u)]};
+    float m_run[2] = {NEG, NEG}, l_run[2] = {0.0f, 0.0f};
+    unsigned int rank_run[2] = {0u, 0u};
+    float acc[MMA_CMAX / 8u][4];
+#pragma unroll
+    for (unsigned int ct = 0; ct < MMA_CMAX / 8u; ++ct) {
+#pragma unroll
+        for (unsigned int e = 0; e < 4u; ++e) acc[ct][e] = 0.0f;
+    }
+    for (unsigned int tile = 0; tile < tiles; ++tile) {
+        const unsigned int buf = tile & 1u, jt = j_begin + tile * F32_BN;
+        if (tile + 1u < tiles) {
+            stage_f32_tile(k_tile[buf ^ 1u], keys, jt + F32_BN, j_end, P.c);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const float* kt = k_tile[buf];
+        float s[F32_BN / 8u][4]; // s[nt][e]: row rows[e >> 1], key jt + 8 nt + 2 t + (e & 1)
+        qk_tile_tf32<ARITH>(s, qa, kt, ksteps, lane);
+        online_softmax_tile(P, s, acc, jt, j_end, t, rows, spos, m_run, l_run, rank_run);
+        // acc += P K, 8 keys per step: k = t is key 8 kk + 2 t, k = t + 4 key 8 kk + 2 t + 1 (see above)
+#pragma unroll
+        for (unsigned int kk = 0; kk < F32_BN / 8u; ++kk) {
+            const float pa[4] = {s[kk][0], s[kk][2], s[kk][1], s[kk][3]};
+            unsigned int p_hi[4], p_lo[4];
+#pragma unroll
+            for (unsigned int r = 0; r < 4u; ++r) split_loss<ARITH>(__float_as_uint(pa[r]), p_hi[r], p_lo[r]);
+            const float* key = kt + (8u * kk + 2u * t) * F32_ROW + g; // keys 8 kk + 2 t (+1), channel g (+ 8 ct)
+#pragma unroll
+            for (unsigned int ct = 0; ct < MMA_CMAX / 8u; ++ct) {
+                if (ct < ksteps) mma_loss<ARITH>(acc[ct], p_hi, p_lo, __float_as_uint(key[8u * ct]), __float_as_uint(key[F32_ROW + 8u * ct]));
+            }
+        }
+        __syncthreads(); // this stage is read before the next iteration refills it
+    }
+    store_partial(P, partial, acc, split, t, rows, m_run, l_run, rank_run);
+}
+
+#define MOCO_TF32_KERNELS(SUFFIX, ARITH)                                                                             \
+    extern "C" __global__ void __launch_bounds__(128) negative_logits_mma_##SUFFIX(                                  \
+        InfoNceParams P, const float* __restrict__ q_hat, const float* __restrict__ keys, float* __restrict__ l_neg) { \
+        negative_logits_mma_f32_impl<ARITH>(P, q_hat, keys, l_neg);                                                  \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(128) infonce_partial_mma_##SUFFIX(                                  \
+        InfoNceParams P, const float* __restrict__ q_hat, const float* __restrict__ keys,                            \
+        const float* __restrict__ pos_logits, float* __restrict__ partial) {                                         \
+        infonce_partial_mma_f32_impl<ARITH>(P, q_hat, keys, pos_logits, partial);                                    \
+    }
+
+MOCO_TF32_KERNELS(tf32, MMA_TF32)
+MOCO_TF32_KERNELS(tf32x3, MMA_TF32X3)
+
 
 // ---- infonce_combine -----------------------------------------------------------------------------------------
 

@@ -93,6 +93,8 @@ def main():
         infonce = lambda k: (f"cuda/infonce_fused_f32/{k}", f"cuda/infonce_fused_bf16/{k}")
         # at Precision::Half (tensor cores): an f32 queue (rounded to bf16 by the call) and a bf16 queue
         half = [(f"MoCo head fwd+bwd at Half, f32 queue, K={k}", f"cuda/infonce_fused_f32_half/{k}", f"cuda/infonce_fused_bf16_half/{k}", f"moco_head_fwd_bwd/{k}") for k in (4096, 65536, 1048576)]
+        # an f32 queue on the TF32 tensor cores: Tf32x3 (f32's accuracy), with Tf32 as the variant
+        half += [(f"MoCo head fwd+bwd at Tf32x3 (variant Tf32), f32 queue, K={k}", f"cuda/infonce_fused_f32_tf32x3/{k}", f"cuda/infonce_fused_f32_tf32/{k}", f"moco_head_fwd_bwd/{k}") for k in (4096, 65536, 1048576)]
         pairs = loss_cases("MoCo head", infonce, lambda n: (f"cuda/moco_v3_fused/{n}", None)) + half + [
             ("EMA ResNet-50 vs official loop", "cuda/ema_flat_resnet50", "cuda/ema_multi_tensor_resnet50", "ema_official_loop"),
             ("EMA ResNet-50 vs _foreach_lerp_", "cuda/ema_multi_tensor_resnet50", None, "ema_foreach_lerp"),

@@ -8,9 +8,10 @@
 #      stream, device and no-wait checks, the hostile inputs, the drop-in) and FAILS if any CUDA case skips;
 #   3. times fused InfoNCE fwd+bwd against PyTorch eager on the same GPU (scripts/bench_python.py --device cuda)
 #      and on the CPU;
-#   4. runs the tensor-core logits and InfoNCE through the op tests on the real driver (Precision::Half against its
-#      bound, and the kernels it picks) and times them against the f32 kernels (criterion, benches/contrastive.rs:
-#      N=256, C=128, K=4096 and 65536 for the logits, and 1,048,576 for the loss; bf16 queue), then PyTorch's losses
+#   4. runs the tensor-core logits and InfoNCE through the op tests on the real driver (Precision::Half, Tf32x3 and
+#      Tf32 against their bounds, and the kernels they pick) and times them against the f32 kernels (criterion,
+#      benches/contrastive.rs: N=256, C=128, K=4096 and 65536 for the logits, and 1,048,576 for the loss; f32 queue
+#      at Fp32, Tf32x3, Tf32 and Half, bf16 queue at Fp32 and Half), then PyTorch's losses
 #      on the same GPU at fp32, allow_tf32 and bf16 autocast and the bf16 GEMM floor (bench_torch_losses.py), and
 #      prints the tables;
 #   5. times ResNet-18's convolutions layer by layer on CUDA at fp32, 3xTF32 and TF32 (issue 24; benches/resnet.rs
@@ -46,13 +47,15 @@ timeout 120 python3 scripts/bench_python.py 30 --device cuda 2>&1 | tee "$OUT/be
 step "the same on CPU tensors (this machine's CPU)"
 timeout 120 python3 scripts/bench_python.py 5 2>&1 | tee "$OUT/bench_python_cpu.md"
 
-step "tensor-core logits: the op tests on the real driver, then fp32 vs half (bf16 queue)"
+step "tensor-core logits: the op tests on the real driver, then each precision"
 MOCO_REQUIRE_CUDA_DEVICE=1 MOCO_CUDA_EMU=0 MOCO_PROPTEST_CASES=8 timeout 120 "$BIN/ops" --test-threads=1 half 2>&1 | tee "$OUT/ops_half.txt" | grep -E '^test |test result|panicked'
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
+MOCO_REQUIRE_CUDA_DEVICE=1 MOCO_CUDA_EMU=0 MOCO_PROPTEST_CASES=8 timeout 120 "$BIN/ops" --test-threads=1 tf32 2>&1 | tee "$OUT/ops_tf32.txt" | grep -E '^test |test result|panicked'
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
 timeout 120 "$BIN/contrastive" --bench 'cuda/logits_materialised' 2>&1 | tee "$OUT/logits_bench.txt" | grep -E '^cuda/|time:'
-step "tensor-core InfoNCE: fused fwd+bwd, f32 queue, bf16 queue at Fp32 and at Half (N=256, C=128)"
+step "tensor-core InfoNCE: fused fwd+bwd, f32 queue at Fp32, Tf32x3, Tf32 and Half, bf16 queue at Fp32 and Half (N=256, C=128)"
 timeout 150 "$BIN/contrastive" --bench 'cuda/infonce_fused' 2>&1 | tee "$OUT/infonce_bench.txt" | grep -E '^cuda/|time:'
-step "tensor-core v3 loss: C=256 (f32 only) and C=128 at Fp32 and Half, N=1024 and 4096"
+step "tensor-core v3 loss: C=256 (f32 only) and C=128 at Fp32, Tf32x3, Tf32 and Half, N=1024 and 4096"
 timeout 150 "$BIN/contrastive" --bench 'cuda/moco_v3_fused' 2>&1 | tee "$OUT/v3_bench.txt" | grep -E '^cuda/|time:'
 step "PyTorch on the same GPU: the losses at fp32, allow_tf32 and bf16 autocast, and the bf16 GEMM floor"
 timeout 150 python3 scripts/bench_torch_losses.py 2>&1 | tee "$OUT/torch_losses.md"

@@ -21,7 +21,7 @@ use moco::ops::conv::{self, params::ConvParams, Conv2dShape};
 use moco::MatmulPrecision;
 use moco::ops::eltwise::{self, params::EltwiseParams, EltwiseShape};
 use moco::ops::ema::{self, params::ema_multi_chunk_map, params::EmaParams};
-use moco::ops::infonce::{self, params::negative_logits_grid, params::negative_logits_mma_grid, params::positive_grid, params::row_grid, params::InfoNceParams, params::StreamPlan, params::MMA_BLOCK, params::REDUCE_GRID, Precision};
+use moco::ops::infonce::{self, params::negative_logits_grid, params::negative_logits_mma_f32_grid, params::negative_logits_mma_grid, params::positive_grid, params::row_grid, params::InfoNceParams, params::StreamPlan, params::MMA_BLOCK, params::REDUCE_GRID, Precision};
 use moco::QueueDType;
 use moco::ops::layernorm::{self, params::LayerNormParams, params::COL_BLOCK, params::ROW_BLOCK, LayerNormShape};
 use moco::ops::linear::{self, params::GemmLaunch, LinearShape};
@@ -305,6 +305,121 @@ fn case_infonce_mma() {
             }
             let loss = f32::from_bits(stats[0]) as f64;
             assert!((loss - loss_sum / n as f64).abs() <= 2e-5 * loss.abs().max(1.0), "{what}: loss {loss} vs {}", loss_sum / n as f64);
+            assert!((stats[1] as usize).abs_diff(top1) <= ties && (stats[2] as usize).abs_diff(top5) <= ties, "{what}: counts {:?} vs {top1}, {top5}", &stats[1..3]);
+        }
+    }
+}
+
+/// `x` rounded to TF32 as `cvt.rna.tf32.f32` does (10 mantissa bits, ties away from zero), for the references of
+/// the TF32 kernels.
+fn tf32(x: f32) -> f32 {
+    f32::from_bits(x.to_bits().wrapping_add(0x1000) & 0xffff_e000)
+}
+
+/// The operands the TF32 kernels multiply at `precision`: rounded to TF32 at `Tf32`, as they are at `Tf32x3` (whose
+/// split products are f32-accurate).
+fn tf32_operands(x: &[f32], precision: Precision) -> Vec<f64> {
+    x.iter().map(|&v| if precision == Precision::Tf32 { tf32(v) as f64 } else { v as f64 }).collect()
+}
+
+const TF32_KERNELS: [(Precision, &str); 2] = [(Precision::Tf32x3, "tf32x3"), (Precision::Tf32, "tf32")];
+
+/// `negative_logits_tf32` of src/ops/infonce/cuda.rs (TF32 tensor cores, f32 keys): negative_logits_mma_<tf32x3,
+/// tf32> against the f64 cosines of the normalised q and the keys within each precision's `cosine_bound`; N = 1, N
+/// and K past one tile and not multiples of it, C = 4, C % 8 == 4, C = 128.
+fn case_logits_mma_tf32() {
+    let mut rng = StdRng::seed_from_u64(13);
+    for (n, c, kk) in [(1usize, 4usize, 5usize), (70, 36, 130), (17, 128, 64)] {
+        for (precision, suffix) in TF32_KERNELS {
+            let q = random(&mut rng, n * c);
+            let (q_hat, _) = normalize(&q, n, c);
+            let keys = unit_rows(&mut rng, kk, c);
+            let p = InfoNceParams::logits(n, c, kk);
+            let mut a = [Arg::val(&p), Arg::f32(&q_hat), Arg::f32(&keys), Arg::nan(n * kk)];
+            emu().run("infonce.cu", &format!("negative_logits_mma_{suffix}"), negative_logits_mma_f32_grid(n, kk), (MMA_BLOCK, 1, 1), &mut a);
+            let got = a[3].as_f32();
+            for i in 0..n {
+                let row = &q[i * c..(i + 1) * c];
+                let norm = row.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+                for j in 0..kk {
+                    let key = &keys[j * c..(j + 1) * c];
+                    let exact: f64 = (0..c).map(|ch| row[ch] as f64 / norm * key[ch] as f64).sum();
+                    let bound = precision.cosine_bound(QueueDType::F32, c, key.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt());
+                    let err = (got[i * kk + j] as f64 - exact).abs();
+                    assert!(err <= bound, "logits {suffix} N={n} C={c} K={kk}: ({i}, {j}) = {} vs exact {exact}: error {err:.3e} > bound {bound:.3e}", got[i * kk + j]);
+                }
+            }
+        }
+    }
+}
+
+/// The TF32 tensor-core InfoNCE (`stream_loss` on `Path::Tf32`, src/ops/infonce/cuda.rs): positive_logits,
+/// infonce_partial_mma_<tf32x3, tf32> (plan StreamPlan::mma_f32), infonce_combine, infonce_reduce, against an f64
+/// reference computed from what the tensor cores are given (q̂ and the keys rounded to TF32 at `Tf32`, as they are
+/// at `Tf32x3`): the row losses within twice the logits' bound over T, dq within the rounding of the softmax
+/// weights to TF32 at `Tf32` (relative 2^-11 each) and f32's accuracy at `Tf32x3`, the counts up to near-ties.
+/// The queue (m = K) and MoCo v3's half (the keys k̂, m = N, the diagonal skipped, loss scaled by 2T). N = 1, N
+/// past one 64-row tile, K with a partial last 32-key tile and several splits, C = 4, C % 8 == 4, C = 128; and
+/// plans of few splits (several key tiles per split, the online rescaling across tiles).
+fn case_infonce_mma_tf32() {
+    let mut rng = StdRng::seed_from_u64(14);
+    for (n, c, kk, few_splits, v3) in [(1usize, 4usize, 37usize, false, false), (70, 36, 300, false, false), (9, 128, 1000, false, false), (5, 20, 300, true, false), (66, 16, 66, true, true), (40, 128, 40, false, true)] {
+        for (precision, suffix) in TF32_KERNELS {
+            let t = 0.1f32;
+            let (q, k) = (random(&mut rng, n * c), random(&mut rng, n * c));
+            let (q_hat, q_inv) = normalize(&q, n, c);
+            let (k_hat, _) = normalize(&k, n, c);
+            let keys = if v3 { k_hat.clone() } else { unit_rows(&mut rng, kk, c) };
+            let loss_scale = if v3 { 2.0 * t } else { 1.0 };
+            // few splits: two, of whole 32-key tiles, the second partial
+            let half = (kk / 2).div_ceil(32) * 32;
+            let sp = if few_splits { StreamPlan { splits: kk.div_ceil(half), keys_per_split: half, slices: 1, c_slice: c } } else { StreamPlan::mma_f32(n, kk, c) };
+            let p = InfoNceParams::stream(&sp, n, kk, c, t, loss_scale, v3);
+            let s_pos = positive(&p, &q_hat, &k_hat, n);
+            let mut a = [Arg::val(&p), Arg::f32(&q_hat), Arg::f32(&keys), Arg::f32(&s_pos), Arg::nan(sp.splits * n * (3 + c))];
+            emu().run("infonce.cu", &format!("infonce_partial_mma_{suffix}"), sp.mma_partial_grid(n), (MMA_BLOCK, 1, 1), &mut a);
+            let partial = a[4].as_f32();
+            let mut b = [Arg::val(&p), Arg::f32(&q_hat), Arg::f32(&k_hat), Arg::f32(&partial), Arg::f32(&s_pos), Arg::f32(&q_inv), Arg::nan(n * c), Arg::nan(n), Arg::nan(n)];
+            emu().run("infonce.cu", "infonce_combine", row_grid(n), BLOCK, &mut b);
+            let (dq, row_loss, rank) = (b[6].as_f32(), b[7].as_f32(), b[8].as_u32());
+            let mut r = [Arg::val(&p), Arg::f32(&row_loss), Arg::u32(&rank), Arg::nan(4)];
+            emu().run("infonce.cu", "infonce_reduce", REDUCE_GRID, BLOCK, &mut r);
+            let stats = r[3].as_u32();
+            // the f64 reference on the tensor cores' operands
+            let (qt, kt) = (tf32_operands(&q_hat, precision), tf32_operands(&keys, precision));
+            let inv_t = 1.0 / t as f64;
+            let what = format!("infonce {suffix} N={n} C={c} K={kk} v3={v3} ({} splits)", sp.splits);
+            // Tf32x3's products are f32-accurate: its logits' bound over T (at Tf32 the reference rounds as the kernel)
+            let delta = if precision == Precision::Tf32x3 { precision.cosine_bound(QueueDType::F32, c, 1.0) * inv_t } else { 1e-5 };
+            let (u, scale) = (if precision == Precision::Tf32 { 2f64.powi(-11) } else { 0.0 }, natural_grad(&q, n, c, t as f64));
+            let (mut loss_sum, mut top1, mut top5, mut ties) = (0.0f64, 0usize, 0usize, 0usize);
+            for i in 0..n {
+                let streamed: Vec<usize> = (0..kk).filter(|&j| !(v3 && j == i)).collect();
+                let neg: Vec<f64> = streamed.iter().map(|&j| (0..c).map(|ch| qt[i * c + ch] * kt[j * c + ch]).sum::<f64>() * inv_t).collect();
+                let sp0 = s_pos[i] as f64;
+                let m = neg.iter().copied().fold(sp0, f64::max);
+                let z = (sp0 - m).exp() + neg.iter().map(|v| (v - m).exp()).sum::<f64>();
+                let loss = z.ln() + m - sp0; // the row's CE; the mean is scaled by loss_scale (infonce_reduce)
+                assert!((row_loss[i] as f64 - loss).abs() <= (2.0 * delta + 2e-5) * loss.abs().max(1.0), "{what}: row {i} loss {} vs {loss}", row_loss[i]);
+                loss_sum += loss;
+                let above = neg.iter().filter(|&&v| v > sp0).count();
+                ties += neg.iter().filter(|&&v| (v - sp0).abs() < 1e-3).count().min(5);
+                top1 += (above < 1) as usize;
+                top5 += (above < 5) as usize;
+                // dq_i = grad_scale (sum_j p_j key_j / z + (p0 - 1) k̂_i), projected: (g - q̂ (g . q̂)) / ||q||
+                let p0 = (sp0 - m).exp() / z;
+                let gs = loss_scale as f64 / (t as f64 * n as f64);
+                let g: Vec<f64> = (0..c).map(|ch| gs * (streamed.iter().zip(&neg).map(|(&j, v)| (v - m).exp() * kt[j * c + ch]).sum::<f64>() / z + (p0 - 1.0) * k_hat[i * c + ch] as f64)).collect();
+                let d: f64 = (0..c).map(|ch| g[ch] * q_hat[i * c + ch] as f64).sum();
+                let bound = (2.0 * u + 4.0 * delta + 1e-5) * scale * loss_scale as f64;
+                for ch in 0..c {
+                    let want = (g[ch] - q_hat[i * c + ch] as f64 * d) * q_inv[i] as f64;
+                    let err = (dq[i * c + ch] as f64 - want).abs();
+                    assert!(err <= bound, "{what}: dq[{i}, {ch}] = {} vs {want}: error {err:.3e} > {bound:.3e}", dq[i * c + ch]);
+                }
+            }
+            let (loss, want) = (f32::from_bits(stats[0]) as f64, loss_sum / n as f64 * loss_scale as f64);
+            assert!((loss - want).abs() <= (2.0 * delta + 2e-5) * loss_scale as f64 * want.abs().max(1.0), "{what}: loss {loss} vs {want}");
             assert!((stats[1] as usize).abs_diff(top1) <= ties && (stats[2] as usize).abs_diff(top5) <= ties, "{what}: counts {:?} vs {top1}, {top5}", &stats[1..3]);
         }
     }
@@ -1052,6 +1167,8 @@ const CASES: &[Case] = &[
     ("infonce: logits", case_logits),
     ("infonce: logits on tensor cores", case_logits_mma),
     ("infonce: infonce on tensor cores", case_infonce_mma),
+    ("infonce: logits on tf32 tensor cores", case_logits_mma_tf32),
+    ("infonce: infonce on tf32 tensor cores", case_infonce_mma_tf32),
     ("infonce: infonce", case_infonce),
     ("infonce: moco_v3", case_moco_v3),
     ("ema: ema_update", case_ema_update),

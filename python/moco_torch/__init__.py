@@ -88,13 +88,14 @@ def _tensor(name, t, dtypes=(torch.float32,), ndim=None, device=None):
     return t
 
 
-_PRECISIONS = {"fp32": 0, "half": 1}
+_PRECISIONS = {"fp32": 0, "half": 1, "tf32x3": 2, "tf32": 3}
 
 
 def _precision(p):
-    """The precision code: "fp32" (default) or "half" (16-bit operands on the tensor cores for CUDA tensors)."""
-    if p not in _PRECISIONS:
-        raise ValueError(f"precision: expected 'fp32' or 'half', got {p!r}")
+    """The precision code: "fp32" (default), "tf32x3" or "tf32" (TF32 tensor cores for float32 keys, CUDA tensors), or
+    "half" (16-bit operands on the tensor cores for CUDA tensors)."""
+    if not isinstance(p, str) or p not in _PRECISIONS:
+        raise ValueError(f"precision: expected 'fp32', 'tf32x3', 'tf32' or 'half', got {p!r}")
     return _PRECISIONS[p]
 
 
@@ -172,7 +173,9 @@ def infonce(q, k, queue, temperature=0.07, precision="fp32"):
     (C % 8 == 0, C <= 128, sm_80+) run on the tensor cores: q̂ and the softmax weights in an f16/bf16 queue's format,
     or in bf16 with a float32 queue (rounded to bf16 by the call), f32 accumulation, each cosine within 2^-8 (bf16),
     2^-11 (f16) or 2^-7 + 2^-16 (float32 queue) of the exact one (``moco::Precision``); elsewhere it computes in
-    f32."""
+    f32. ``precision="tf32x3"`` (f32's accuracy: each operand split into two TF32 halves, three products) and
+    ``"tf32"`` (10-bit mantissas, PyTorch's ``allow_tf32``) run a float32 queue on the TF32 tensor cores (C % 4 == 0,
+    C <= 128, sm_80+); other queues and devices compute in f32."""
     _tensor("q", q, ndim=2)
     n, c = q.shape
     _tensor("k", k, ndim=2, device=q.device)
@@ -193,7 +196,8 @@ def infonce(q, k, queue, temperature=0.07, precision="fp32"):
 def logits(q, k, queue, temperature=None, precision="fp32"):
     """The materialised logits of the official code: ``(l_pos [N, 1], l_neg [N, K])`` cosines of the normalised q, k
     against the queue, divided by T when given. No gradient (use ``infonce`` to train). ``precision="half"``: the
-    negatives on the tensor cores for CUDA tensors with C % 8 == 0 (as ``infonce``)."""
+    negatives on the tensor cores for CUDA tensors with C % 8 == 0; ``"tf32x3"`` and ``"tf32"`` for a float32 queue
+    with C % 4 == 0, C <= 128 (as ``infonce``)."""
     p = _precision(precision)
     _tensor("q", q, ndim=2)
     n, c = q.shape
@@ -254,7 +258,8 @@ def moco_v3_loss(q1, q2, k1, k2, temperature=1.0, precision="fp32"):
     """moco-v3's ``contrastive_loss(q1, k2) + contrastive_loss(q2, k1)``, each ``CE(q̂ k̂ᵀ / T, arange(N)) · 2T``,
     fused. All ``[N, C]`` float32 raw outputs (q: the predictor's, k: the momentum encoder's); only q1 and q2 get
     gradients. ``precision="half"``: q̂ and k̂ in bf16 on the tensor cores for CUDA tensors (C % 8 == 0, C <= 128,
-    sm_80+), each cosine within about 2^-7 of the exact one; elsewhere f32."""
+    sm_80+), each cosine within about 2^-7 of the exact one; ``"tf32x3"`` and ``"tf32"``: k̂ as float32 on the TF32
+    tensor cores (C % 4 == 0, C <= 128, sm_80+); elsewhere f32."""
     _tensor("q1", q1, ndim=2)
     n, c = q1.shape
     for name, t in (("q2", q2), ("k1", k1), ("k2", k2)):
@@ -395,7 +400,8 @@ class MoCoLoss(torch.nn.Module):
     gradient for q), and ``enqueue(keys)`` replaces the body of ``_dequeue_and_enqueue`` (any N <= K, wrapping).
     Kept apart, as in the official code, so that the symmetric loss enqueues ``cat([k1, k2])`` after both halves.
 
-    ``precision`` is ``infonce``'s ("fp32", or "half": tensor cores for CUDA tensors, 16-bit operands).
+    ``precision`` is ``infonce``'s ("fp32"; "tf32x3" or "tf32": TF32 tensor cores for a float32 queue on CUDA; or
+    "half": tensor cores for CUDA tensors, 16-bit operands).
 
     The queue (``[K, dim]``, the crate's layout) and its pointer are buffers, saved in ``state_dict``. It starts as
     the official code's ``F.normalize(torch.randn(dim, K), dim=0)``, transposed."""

@@ -62,12 +62,15 @@ impl Drop for RestoreCurrent {
     }
 }
 
-/// The precision code of the Python layer: 0 `"fp32"`, 1 `"half"` (tensor cores where they apply).
+/// The precision code of the Python layer: 0 `"fp32"`, 1 `"half"`, 2 `"tf32x3"`, 3 `"tf32"` (tensor cores where they
+/// apply).
 fn precision(code: u32) -> PyResult<Precision> {
     match code {
         0 => Ok(Precision::Fp32),
         1 => Ok(Precision::Half),
-        p => Err(PyValueError::new_err(format!("precision code 0 (fp32) or 1 (half), got {p}"))),
+        2 => Ok(Precision::Tf32x3),
+        3 => Ok(Precision::Tf32),
+        p => Err(PyValueError::new_err(format!("precision code 0 (fp32), 1 (half), 2 (tf32x3) or 3 (tf32), got {p}"))),
     }
 }
 

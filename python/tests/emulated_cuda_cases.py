@@ -176,7 +176,26 @@ def test_half_precision_runs_the_tensor_cores_within_its_bound(dtype, u):
     bound = 2 * (u * 1.01 + (c + 8) * 2.0**-22) / T
     assert abs(loss - want.item()) <= bound, (loss, want.item(), bound)
     with pytest.raises(ValueError, match="precision code"):
-        _native.infonce_cuda(0, 0, dev[0].addr, dev[1].addr, dev[2].addr, code, n, c, kk, T, dq.addr, row_loss.addr, stats.addr, 2)
+        _native.infonce_cuda(0, 0, dev[0].addr, dev[1].addr, dev[2].addr, code, n, c, kk, T, dq.addr, row_loss.addr, stats.addr, 9)
+
+
+@pytest.mark.parametrize("code,kernel,relative", [(2, "infonce_partial_mma_tf32x3", 3 * 2.0**-20 + (36 + 2) * 2.0**-23), (3, "infonce_partial_mma_tf32", 2 * 2.0**-11 + 2.0**-22 + (36 + 2) * 2.0**-23)])
+def test_tf32_precisions_run_the_tensor_cores_within_their_bound(code, kernel, relative):
+    """precision codes 2 (``"tf32x3"``) and 3 (``"tf32"``): a float32 queue on the TF32 tensor-core pass (C = 36: a
+    multiple of 4, not of 8), the loss within 2 delta / T of the official formulation (delta = relative + (C + 8)
+    2^-22 per cosine, moco::Precision::cosine_bound of a unit key)."""
+    n, c, kk, T = 20, 36, 300, 0.1
+    g = torch.Generator().manual_seed(7)
+    q, key, queue = torch.randn(n, c, generator=g), torch.randn(n, c, generator=g), unit_queue(kk, c, torch.float32, 8)
+    want, _ = official_infonce(q, key, queue, T)
+    dev = [DeviceTensor.of(t) for t in (q, key, queue)]
+    dq, row_loss, stats = DeviceTensor((n, c), torch.float32), DeviceTensor((n,), torch.float32), DeviceTensor((4,), torch.int32)
+    before = launches().get(kernel, 0)
+    _native.infonce_cuda(0, 0, dev[0].addr, dev[1].addr, dev[2].addr, 0, n, c, kk, T, dq.addr, row_loss.addr, stats.addr, code)
+    loss = stats.cpu()[0:1].view(torch.float32).item()
+    assert launches().get(kernel, 0) == before + 1, "the tensor-core pass ran"
+    bound = 2 * (relative * 1.01 + (c + 8) * 2.0**-22) / T
+    assert abs(loss - want.item()) <= bound, (loss, want.item(), bound)
 
 
 def test_logits_match_the_official_formulation():

@@ -76,14 +76,16 @@ def test_infonce_matches_the_official_formulation(n, c, k, dtype, T, device):
     assert_close("3 dq", qd.grad, 3.0 * want_grad, 1e-5)
 
 
-def test_half_precision_is_the_same_computation_on_the_cpu():
-    """The CPU has no 16-bit arithmetic: precision="half" permits the tensor cores, it never requires less accuracy,
-    so on CPU tensors it gives what "fp32" gives, bit for bit."""
+@pytest.mark.parametrize("precision", ["half", "tf32x3", "tf32"])
+@pytest.mark.parametrize("queue_dtype", [torch.bfloat16, torch.float32])
+def test_tensor_core_precisions_are_the_same_computation_on_the_cpu(precision, queue_dtype):
+    """The CPU has no 16-bit or TF32 arithmetic: precision="half", "tf32x3" and "tf32" permit the tensor cores, they
+    never require less accuracy, so on CPU tensors they give what "fp32" gives, bit for bit."""
     g = torch.Generator().manual_seed(3)
-    q, key, queue = torch.randn(6, 16, generator=g), torch.randn(6, 16, generator=g), unit_queue(40, 16, torch.bfloat16, 2)
-    a, b = moco_torch.infonce(q, key, queue, 0.2), moco_torch.infonce(q, key, queue, 0.2, precision="half")
+    q, key, queue = torch.randn(6, 16, generator=g), torch.randn(6, 16, generator=g), unit_queue(40, 16, queue_dtype, 2)
+    a, b = moco_torch.infonce(q, key, queue, 0.2), moco_torch.infonce(q, key, queue, 0.2, precision=precision)
     assert a.loss.item() == b.loss.item() and (a.top1, a.top5) == (b.top1, b.top5)
-    assert moco_torch.moco_v3_loss(q, q, key, key, 0.2).loss.item() == moco_torch.moco_v3_loss(q, q, key, key, 0.2, precision="half").loss.item()
+    assert moco_torch.moco_v3_loss(q, q, key, key, 0.2).loss.item() == moco_torch.moco_v3_loss(q, q, key, key, 0.2, precision=precision).loss.item()
 
 
 def test_only_q_gets_a_gradient_and_no_grad_mode_works(device):

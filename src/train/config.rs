@@ -120,9 +120,10 @@ pub struct TrainConfig {
     pub queue_len: usize,
     /// Queue storage.
     pub queue_dtype: QueueDType,
-    /// The arithmetic of the fused losses (`--precision`): [`Precision::Fp32`] (default) or [`Precision::Half`]
-    /// (16-bit operands on CUDA's tensor cores: MoCo v1/v2 in the queue's format, bf16 for an f32 queue, MoCo v3 with
-    /// q̂ and k̂ in bf16; C % 8 == 0 and C <= 128; f32 elsewhere).
+    /// The arithmetic of the fused losses (`--precision`): [`Precision::Fp32`] (default), [`Precision::Tf32x3`] or
+    /// [`Precision::Tf32`] (TF32 tensor cores for an f32 queue and MoCo v3's keys; C % 4 == 0 and C <= 128), or
+    /// [`Precision::Half`] (16-bit operands on CUDA's tensor cores: MoCo v1/v2 in the queue's format, bf16 for an f32
+    /// queue, MoCo v3 with q̂ and k̂ in bf16; C % 8 == 0 and C <= 128). CUDA sm_80+; f32 elsewhere.
     pub precision: Precision,
     /// The arithmetic of the f32 matrix products, convolutions and linear layers, on CUDA (`--matmul-precision`):
     /// [`MatmulPrecision::Fp32`] (default), [`MatmulPrecision::Tf32x3`], [`MatmulPrecision::Tf32`] or

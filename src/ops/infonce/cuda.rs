@@ -1,7 +1,7 @@
 //! Fused contrastive ops on CUDA (`kernels/infonce.cu`): normalised logits, streaming InfoNCE and MoCo v3.
 //! The steps, the grid (`StreamPlan`) and the partial-buffer layout are those of the wgpu launcher.
 
-use super::params::{mma_infonce_apply, mma_logits_apply, negative_logits_grid, negative_logits_mma_grid, positive_grid, row_grid, InfoNceParams as Params, StreamPlan, GPU_TN, MMA_BLOCK, REDUCE_GRID};
+use super::params::{mma_f32_apply, mma_infonce_apply, mma_logits_apply, negative_logits_grid, negative_logits_mma_f32_grid, negative_logits_mma_grid, positive_grid, row_grid, InfoNceParams as Params, StreamPlan, GPU_TN, MMA_BLOCK, MMA_F32_KEYS, MMA_TILE, REDUCE_GRID};
 use super::{check_stats, Infonce, InfoNceShape, InfoNceStats, LogitsShape, Precision, SymmetricShape, KERNELS, STATS_WORDS};
 use crate::device::cuda::{cfg, cfg_block, Cuda, Workspace, MAX_GRID_X, MAX_GRID_YZ};
 use crate::ops::launch::elem_grid;
@@ -89,11 +89,15 @@ fn logits_in(stream: &Arc<CudaStream>, ws: &mut Workspace, l_pos: &mut CudaViewM
     if kk.div_ceil(64) > MAX_GRID_X || n.div_ceil(16) > MAX_GRID_YZ {
         return Err(Error::shape(op, format!("N <= {} for the materialising kernel", MAX_GRID_YZ * 16), format!("N = {n}, K = {kk}")));
     }
-    let mma = shape.precision() == Precision::Half && mma_logits_apply(c, mma_code(queue)) && tensor_cores(stream)?;
+    let path = Path::choose(stream, shape.precision(), queue.code() == 0, c, mma_logits_apply(c, mma_code(queue)))?;
+    let mma = path == Path::Half;
     let extra = Extra { q16: if mma { n * c } else { 0 }, k16: if mma { rounded_queue_len(queue) } else { 0 }, ..Extra::default() };
     let mut s = Scratch::normalized(stream, ws, q, k, n, c, extra)?;
     let p = Params::logits(n, c, kk);
     positive(stream, &p, &s.q_hat, &s.k_hat, l_pos, n)?;
+    if let (Path::Tf32 { x3 }, CudaQueueStorage::F32(keys)) = (path, &queue.storage) {
+        return negative_logits_tf32(stream, &p, &s.q_hat, &keys.as_view(), l_neg, n, kk, x3);
+    }
     if mma {
         let Scratch { q_hat, q16, k16, .. } = &mut s;
         let (suffix, keys) = keys16(stream, queue, k16, kk, c)?;
@@ -169,8 +173,8 @@ fn tensor_cores(stream: &Arc<CudaStream>) -> Result<bool> {
 /// (grid (ceil(K/64), ceil(N/64)), 128 threads, a 64 x 64 tile per block).
 #[allow(clippy::too_many_arguments)]
 fn negative_logits_mma(stream: &Arc<CudaStream>, p: &Params, q_hat: &CudaView<'_, f32>, q16: &mut CudaViewMut<'_, u16>, suffix: &str, keys: &CudaView<'_, u16>, l_neg: &mut CudaViewMut<'_, f32>, n: usize, c: usize, kk: usize) -> Result<()> {
-    if n.div_ceil(super::params::MMA_TILE) > MAX_GRID_YZ || kk.div_ceil(super::params::MMA_TILE) > MAX_GRID_X {
-        return Err(Error::shape("logits", format!("N <= {}", MAX_GRID_YZ * super::params::MMA_TILE), format!("N = {n}, K = {kk}")));
+    if n.div_ceil(MMA_TILE) > MAX_GRID_YZ || kk.div_ceil(MMA_TILE) > MAX_GRID_X {
+        return Err(Error::shape("logits", format!("N <= {}", MAX_GRID_YZ * MMA_TILE), format!("N = {n}, K = {kk}")));
     }
     round_rows(stream, p, q_hat, q16, suffix, n * c)?;
     let q16 = q16.as_view();
@@ -180,6 +184,56 @@ fn negative_logits_mma(stream: &Arc<CudaStream>, p: &Params, q_hat: &CudaView<'_
     // (C % 8 == 0, checked by mma_logits_apply), and the stores are guarded by i < N, j < K; lengths checked by the
     // caller.
     unsafe { stream.launch_builder(&f).arg(p).arg(&q16).arg(keys).arg(l_neg).launch(cfg_block(negative_logits_mma_grid(n, kk), MMA_BLOCK)) }?;
+    Ok(())
+}
+
+/// The kernels a call takes for its logits (and the loss's partial pass).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    /// f32 FMAs on the CUDA cores (`*_f32`, `*_f16`, `*_bf16`).
+    Cores,
+    /// 16-bit operands on the tensor cores (`*_mma_f16`, `*_mma_bf16`): [`Precision::Half`].
+    Half,
+    /// f32 keys on the TF32 tensor cores (`*_mma_tf32x3` when `x3`, else `*_mma_tf32`): [`Precision::Tf32x3`],
+    /// [`Precision::Tf32`].
+    Tf32 { x3: bool },
+}
+
+impl Path {
+    /// `precision`'s tensor cores where the device (sm_80+), the keys (`f32_keys`: an f32 queue or MoCo v3's k̂) and
+    /// C allow them (`half_fits`: the 16-bit kernels' shape rule; the TF32 kernels' is [`mma_f32_apply`]); else the
+    /// CUDA cores, which hold every precision's bound.
+    fn choose(stream: &Arc<CudaStream>, precision: Precision, f32_keys: bool, c: usize, half_fits: bool) -> Result<Self> {
+        let want = match precision {
+            Precision::Half if half_fits => Path::Half,
+            Precision::Tf32x3 | Precision::Tf32 if f32_keys && mma_f32_apply(c) => Path::Tf32 { x3: precision == Precision::Tf32x3 },
+            _ => return Ok(Path::Cores),
+        };
+        Ok(if tensor_cores(stream)? { want } else { Path::Cores })
+    }
+    /// The loss's plan on this path.
+    fn plan(self, n: usize, m: usize, c: usize) -> StreamPlan {
+        match self {
+            Path::Cores => StreamPlan::new(n, m, c),
+            Path::Half => StreamPlan::mma(n, m, c),
+            Path::Tf32 { .. } => StreamPlan::mma_f32(n, m, c),
+        }
+    }
+}
+
+/// `l_neg: [N, K]` on the TF32 tensor cores (f32 keys `[K, C]`, C % 4 == 0, C <= 128, sm_80+):
+/// `negative_logits_mma_{tf32x3,tf32}` (grid (ceil(K/32), ceil(N/64)), 128 threads, a 64 x 32 tile per block).
+#[allow(clippy::too_many_arguments)]
+fn negative_logits_tf32(stream: &Arc<CudaStream>, p: &Params, q_hat: &CudaView<'_, f32>, keys: &CudaView<'_, f32>, l_neg: &mut CudaViewMut<'_, f32>, n: usize, kk: usize, x3: bool) -> Result<()> {
+    if n.div_ceil(MMA_TILE) > MAX_GRID_YZ || kk.div_ceil(MMA_F32_KEYS) > MAX_GRID_X {
+        return Err(Error::shape("logits", format!("N <= {} and K <= {}", MAX_GRID_YZ * MMA_TILE, MAX_GRID_X * MMA_F32_KEYS), format!("N = {n}, K = {kk}")));
+    }
+    let f = kernel(stream, if x3 { "negative_logits_mma_tf32x3" } else { "negative_logits_mma_tf32" })?;
+    // SAFETY: negative_logits_mma_{tf32,tf32x3}(Params, const float* q_hat [N*C], const float* keys [K*C], float*
+    // l_neg [N*K]); the cp.async copies read whole 16-byte pieces of key rows < K at channels < C (C % 4 == 0,
+    // checked by mma_f32_apply), q_hat reads are guarded by i < N, ch < C, and the stores by i < N, j < K; lengths
+    // checked by the caller.
+    unsafe { stream.launch_builder(&f).arg(p).arg(q_hat).arg(keys).arg(l_neg).launch(cfg_block(negative_logits_mma_f32_grid(n, kk), MMA_BLOCK)) }?;
     Ok(())
 }
 
@@ -201,10 +255,11 @@ fn check_grid(op: &'static str, n: usize, plan: &StreamPlan) -> Result<()> {
 /// The streaming loss over prepared q̂, k̂ (positives) and a key set `[m, C]`: `positive_logits`, `infonce_partial_*`
 /// (grid (ceil(N/32), splits, slices) of [`StreamPlan`]) or, with `mma` (a 16-bit key set, C <= 128, C % 8 == 0,
 /// sm_80+), `round_rows_to_*` and `infonce_partial_mma_*` (grid (ceil(N/64), splits) of [`StreamPlan::mma`], 128
-/// threads), then `infonce_combine` (grid N) and `infonce_reduce` (one block). `row_loss`: the caller's, or (None)
-/// the scratch's.
+/// threads), or on [`Path::Tf32`] (f32 keys) `infonce_partial_mma_{tf32x3,tf32}` (grid of [`StreamPlan::mma_f32`]),
+/// then `infonce_combine` (grid N) and `infonce_reduce` (one block). `row_loss`: the caller's, or (None) the
+/// scratch's.
 #[allow(clippy::too_many_arguments)]
-fn stream_loss(stream: &Arc<CudaStream>, s: &mut Scratch<'_>, plan: &StreamPlan, keys: KeySet, m: usize, n: usize, c: usize, t: f32, loss_scale: f32, skip_diagonal: bool, mma: bool, dq: &mut CudaViewMut<'_, f32>, row_loss: Option<&mut CudaViewMut<'_, f32>>, stats: &mut CudaViewMut<'_, u32>) -> Result<()> {
+fn stream_loss(stream: &Arc<CudaStream>, s: &mut Scratch<'_>, plan: &StreamPlan, keys: KeySet, m: usize, n: usize, c: usize, t: f32, loss_scale: f32, skip_diagonal: bool, path: Path, dq: &mut CudaViewMut<'_, f32>, row_loss: Option<&mut CudaViewMut<'_, f32>>, stats: &mut CudaViewMut<'_, u32>) -> Result<()> {
     let p = Params::stream(plan, n, m, c, t, loss_scale, skip_diagonal);
     let Scratch { q_hat, k_hat, q_inv, s_pos, partial, row_loss: own_row_loss, rank, q16, k16 } = s;
     let mut row_loss = match row_loss {
@@ -218,15 +273,35 @@ fn stream_loss(stream: &Arc<CudaStream>, s: &mut Scratch<'_>, plan: &StreamPlan,
         KeySet::Queue(queue) => Some(&queue.storage),
         KeySet::KHat | KeySet::Rounded16 => None,
     };
-    if mma {
+    if let Path::Tf32 { x3 } = path {
+        if n.div_ceil(MMA_TILE) > MAX_GRID_X {
+            return Err(Error::shape("infonce", format!("N <= {}", MAX_GRID_X * MMA_TILE), format!("N = {n}")));
+        }
+        let f = kernel(stream, if x3 { "infonce_partial_mma_tf32x3" } else { "infonce_partial_mma_tf32" })?;
+        let mut launch = stream.launch_builder(&f);
+        launch.arg(&p).arg(&*q_hat);
+        match (queue, &keys) {
+            (Some(CudaQueueStorage::F32(k)), _) => launch.arg(k),
+            (None, KeySet::KHat) => launch.arg(&*k_hat),
+            _ => return Err(Error::shape("infonce", "f32 keys for the TF32 tensor-core path", "16-bit keys")),
+        };
+        launch.arg(&s_pos).arg(&mut *partial);
+        // SAFETY: infonce_partial_mma_{tf32,tf32x3}(Params, const float* q_hat [N*C], const float* keys [m*C], const
+        // float* s_pos [N], float* partial [splits*N*(3+C)]); the cp.async copies read whole 16-byte pieces of key
+        // rows < m at channels < C (C % 4 == 0), q_hat reads are guarded by i < N, ch < C, and block (x, y) writes
+        // the states and accumulators of rows < N, split y < splits, channels < C only.
+        unsafe { launch.launch(cfg_block(plan.mma_partial_grid(n), MMA_BLOCK)) }?;
+        return combine_and_reduce(stream, &p, q_hat, k_hat, q_inv, &partial.as_view(), &s_pos, rank, n, dq, row_loss, stats);
+    }
+    if path == Path::Half {
         let (suffix, key16) = match (queue, &keys) {
             (Some(CudaQueueStorage::F16(k)), _) => ("f16", k.as_view()),
             (Some(CudaQueueStorage::BF16(k)), _) => ("bf16", k.as_view()),
             (None, KeySet::Rounded16) => ("bf16", k16.as_view()),
             _ => return Err(Error::shape("infonce", "a 16-bit key set for the tensor-core path", "f32 keys")),
         };
-        if n.div_ceil(super::params::MMA_TILE) > MAX_GRID_X {
-            return Err(Error::shape("infonce", format!("N <= {}", MAX_GRID_X * super::params::MMA_TILE), format!("N = {n}")));
+        if n.div_ceil(MMA_TILE) > MAX_GRID_X {
+            return Err(Error::shape("infonce", format!("N <= {}", MAX_GRID_X * MMA_TILE), format!("N = {n}")));
         }
         round_rows(stream, &p, q_hat, q16, suffix, n * c)?;
         let q16 = q16.as_view();
@@ -319,8 +394,9 @@ fn infonce_in(stream: &Arc<CudaStream>, ws: &mut Workspace, dq: &mut CudaViewMut
     shape.check_outputs(dq.len(), row_loss.len())?;
     check_stats(op, stats.len(), STATS_WORDS)?;
     check_grid(op, n, &StreamPlan::new(n, shape.k, c))?;
-    let mma = shape.precision() == Precision::Half && mma_infonce_apply(c, mma_code(queue)) && tensor_cores(stream)?;
-    let plan = if mma { StreamPlan::mma(n, shape.k, c) } else { StreamPlan::new(n, shape.k, c) };
+    let path = Path::choose(stream, shape.precision(), queue.code() == 0, c, mma_infonce_apply(c, mma_code(queue)))?;
+    let mma = path == Path::Half;
+    let plan = path.plan(n, shape.k, c);
     let rounded = if mma { rounded_queue_len(queue) } else { 0 };
     let extra = Extra { partial: plan.splits * n * (3 + c), q16: if mma { n * c } else { 0 }, k16: rounded };
     let mut s = Scratch::normalized(stream, ws, q, k, n, c, extra)?;
@@ -331,7 +407,7 @@ fn infonce_in(stream: &Arc<CudaStream>, ws: &mut Workspace, dq: &mut CudaViewMut
     } else {
         KeySet::Queue(queue)
     };
-    stream_loss(stream, &mut s, &plan, keys, shape.k, n, c, shape.temperature, 1.0, false, mma, dq, Some(row_loss), stats)
+    stream_loss(stream, &mut s, &plan, keys, shape.k, n, c, shape.temperature, 1.0, false, path, dq, Some(row_loss), stats)
 }
 
 /// [`infonce_async`], then waits and returns the mean loss and acc@1/acc@5 counts.
@@ -362,9 +438,10 @@ fn moco_v3_loss_in(stream: &Arc<CudaStream>, ws: &mut Workspace, dq1: &mut CudaV
     check_stats(op, stats.len(), 2 * STATS_WORDS)?;
     check_grid(op, n, &StreamPlan::new(n, n, c))?;
     let (mut st1, mut st2) = stats.split_at_mut(STATS_WORDS);
-    // Half: the key set is k̂ rounded to bf16, and the tensor-core pass streams it
-    let mma = shape.precision() == Precision::Half && mma_infonce_apply(c, 2) && tensor_cores(stream)?;
-    let plan = if mma { StreamPlan::mma(n, n, c) } else { StreamPlan::new(n, n, c) };
+    // Half: the key set is k̂ rounded to bf16, and the tensor-core pass streams it; Tf32x3 and Tf32 stream k̂ as it is
+    let path = Path::choose(stream, shape.precision(), true, c, mma_infonce_apply(c, 2))?;
+    let mma = path == Path::Half;
+    let plan = path.plan(n, n, c);
     let rounded = if mma { n * c } else { 0 };
     let extra = Extra { partial: plan.splits * n * (3 + c), q16: rounded, k16: rounded };
     // ctr(q1, k2) into dq1 and the first stats block, ctr(q2, k1) into dq2 and the second (the second half takes
@@ -375,7 +452,7 @@ fn moco_v3_loss_in(stream: &Arc<CudaStream>, ws: &mut Workspace, dq1: &mut CudaV
             round_rows(stream, &Params::logits(n, c, n), &s.k_hat, &mut s.k16, "bf16", n * c)?;
         }
         let keys = if mma { KeySet::Rounded16 } else { KeySet::KHat };
-        stream_loss(stream, &mut s, &plan, keys, n, n, c, t, 2.0 * t, true, mma, &mut dq, None, st)?;
+        stream_loss(stream, &mut s, &plan, keys, n, n, c, t, 2.0 * t, true, path, &mut dq, None, st)?;
     }
     Ok(())
 }

@@ -104,6 +104,17 @@ pub enum Precision {
     /// every device computes).
     #[default]
     Fp32,
+    /// Tensor cores with split operands (3xTF32: each operand `x = hi + lo`, hi its TF32 truncation, three products
+    /// per product) for f32 keys on CUDA sm_80 and newer, with `C % 4 == 0` and `C <= 128`; elsewhere
+    /// [`Precision::Fp32`]. f32's accuracy: within `(3·2^-20 + (C + 2)·2^-23) · ‖key‖ + (C + 8) · 2^-22` (the dropped
+    /// `lo·lo` and the tensor cores' truncation of each `lo`, 2^-20 relative each; then their f32 accumulation, one
+    /// 2^-23 per add; and the normalisation's rounding).
+    Tf32x3,
+    /// Tensor cores with TF32 operands (10-bit mantissas, rounded to nearest) and f32 accumulation, for f32 keys as
+    /// [`Precision::Tf32x3`], PyTorch's `allow_tf32`: q̂ and the key rounded (u = 2^-11 each), within
+    /// `(2u + u² + (C + 2)·2^-23) · ‖key‖ + (C + 8) · 2^-22`; the softmax weights are rounded to TF32 too for
+    /// the P·K product (relative u each).
+    Tf32,
     /// 16-bit operands and f32 accumulation: the tensor cores on CUDA sm_80 and newer, with `C % 8 == 0`; elsewhere
     /// [`Precision::Fp32`]. A 16-bit queue is read as stored and q̂ rounded to its format (to nearest even): within
     /// `u · ‖key‖ + (C + 8) · 2^-22` with u = 2^-8 for a bf16 queue, 2^-11 for f16 (|q̂ − round(q̂)| ≤ u |q̂| per
@@ -118,20 +129,39 @@ impl Precision {
     /// norm `key_norm` (see each variant).
     pub fn cosine_bound(self, dtype: QueueDType, c: usize, key_norm: f64) -> f64 {
         let sum = (c + 8) as f64 * 2f64.powi(-22);
-        let u8 = 2f64.powi(-8);
+        let (u8, u11) = (2f64.powi(-8), 2f64.powi(-11));
         let relative = match (self, dtype) {
             (Precision::Half, QueueDType::BF16) => u8,
             (Precision::Half, QueueDType::F16) => 2f64.powi(-11),
             (Precision::Half, QueueDType::F32) => 2.0 * u8 + u8 * u8,
+            (Precision::Tf32x3, _) => 3.0 * 2f64.powi(-20) + (c + 2) as f64 * 2f64.powi(-23),
+            (Precision::Tf32, _) => 2.0 * u11 + u11 * u11 + (c + 2) as f64 * 2f64.powi(-23),
             (Precision::Fp32, _) => 0.0,
         };
         relative * key_norm + sum
     }
     /// The bound of a cosine `q̂·k̂` of MoCo v3's in-batch loss (both unit, both rounded to bf16 at
     /// [`Precision::Half`]): `2u + u² + (C + 8) · 2^-22` with u = 2^-8 (|q̃·k̃ − q̂·k̂| ≤ |q̃ − q̂| |k̃| + |k̃ − k̂|).
+    /// At [`Precision::Tf32x3`] and [`Precision::Tf32`] the keys are the unit k̂ in f32: [`Precision::cosine_bound`]
+    /// with `‖key‖ = 1`.
     pub fn in_batch_cosine_bound(self, c: usize) -> f64 {
-        let u: f64 = if self == Precision::Half { 2f64.powi(-8) } else { 0.0 };
-        2.0 * u + u * u + (c + 8) as f64 * 2f64.powi(-22)
+        match self {
+            Precision::Half => {
+                let u = 2f64.powi(-8);
+                2.0 * u + u * u + (c + 8) as f64 * 2f64.powi(-22)
+            }
+            other => other.cosine_bound(QueueDType::F32, c, 1.0),
+        }
+    }
+    /// Parses a command line's name: `fp32`, `tf32x3`, `tf32` or `half`.
+    pub fn parse(flag: &'static str, name: &str) -> Result<Self> {
+        match name {
+            "fp32" => Ok(Precision::Fp32),
+            "tf32x3" => Ok(Precision::Tf32x3),
+            "tf32" => Ok(Precision::Tf32),
+            "half" => Ok(Precision::Half),
+            other => Err(Error::settings(flag, "fp32, tf32x3, tf32 or half", format!("{other:?}"))),
+        }
     }
 }
 

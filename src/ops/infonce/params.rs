@@ -96,10 +96,18 @@ impl StreamPlan {
     /// The plan of `infonce_partial_mma_*` (tensor cores): rows and keys in tiles of [`MMA_TILE`], the whole C in
     /// one block (C <= [`MMA_C_MAX`]), the splits chosen as [`StreamPlan::new`] chooses them.
     pub fn mma(n: usize, m: usize, c: usize) -> Self {
+        Self::mma_tiled(n, m, c, MMA_TILE)
+    }
+    /// The plan of `infonce_partial_mma_{tf32,tf32x3}` (f32 keys): as [`StreamPlan::mma`] with key tiles of
+    /// [`MMA_F32_KEYS`].
+    pub fn mma_f32(n: usize, m: usize, c: usize) -> Self {
+        Self::mma_tiled(n, m, c, MMA_F32_KEYS)
+    }
+    fn mma_tiled(n: usize, m: usize, c: usize, key_tile: usize) -> Self {
         let row_tiles = n.div_ceil(MMA_TILE).max(1);
-        let key_tiles = m.div_ceil(MMA_TILE).max(1);
+        let key_tiles = m.div_ceil(key_tile).max(1);
         let want = TARGET_WORKGROUPS.div_ceil(row_tiles).clamp(1, GPU_MAX_SPLITS).min(key_tiles);
-        let keys_per_split = key_tiles.div_ceil(want) * MMA_TILE;
+        let keys_per_split = key_tiles.div_ceil(want) * key_tile;
         Self { splits: m.div_ceil(keys_per_split).max(1), keys_per_split, slices: 1, c_slice: c }
     }
     /// The grid of `infonce_partial_mma_*`: (row tiles of 64, key splits, 1).
@@ -126,6 +134,21 @@ pub fn negative_logits_grid(n: usize, k: usize) -> Grid {
 /// `negative_logits_mma_{f16,bf16}` (tensor cores): blocks of 64 rows x 64 keys.
 pub fn negative_logits_mma_grid(n: usize, k: usize) -> Grid {
     (k.div_ceil(MMA_TILE) as u32, n.div_ceil(MMA_TILE) as u32, 1)
+}
+
+/// `negative_logits_mma_{tf32,tf32x3}` (f32 keys): blocks of 64 rows x 32 keys.
+pub fn negative_logits_mma_f32_grid(n: usize, k: usize) -> Grid {
+    (k.div_ceil(MMA_F32_KEYS) as u32, n.div_ceil(MMA_TILE) as u32, 1)
+}
+
+/// Keys per tile of the TF32 tensor-core kernels (`F32_BN`: two stages of 32 f32 keys x 128 channels fit the 48 KB
+/// of static shared memory).
+pub const MMA_F32_KEYS: usize = 32;
+
+/// Whether the TF32 tensor-core kernels (f32 keys) can run: `C % 4 == 0` (cp.async copies 16-byte pieces of each
+/// row) and `C <= MMA_C_MAX` (the block holds the whole C).
+pub fn mma_f32_apply(c: usize) -> bool {
+    c.is_multiple_of(4) && c <= MMA_C_MAX
 }
 
 /// Rows and keys per block of the tensor-core logits (`MMA_BM`, `MMA_BN`).
