@@ -380,6 +380,31 @@ fn small_moco_v3_vit_with_tensor_core_linears() {
     }
 }
 
+/// `--precision tf32x3` on the CUDA ViT engine: MoCo v3's loss streams k̂ (f32) through the TF32 tensor-core pass
+/// (on the emulated driver: `infonce_partial_mma_tf32x3` launched for both directions), and a step from the CPU
+/// engine's state stays within the precision's bound of its loss: each direction's 2T·CE within 4δ, the sum within
+/// 8δ, δ = `Precision::in_batch_cosine_bound` (f32's accuracy: 1.1e-5 per cosine at C = 16), plus f32's rounding.
+#[test]
+fn small_moco_v3_vit_at_tf32x3_precision_takes_the_tensor_cores() {
+    let Some(cuda) = device("small_moco_v3_vit_at_tf32x3_precision_takes_the_tensor_cores") else { return };
+    let cfg = TrainConfig { precision: moco::Precision::Tf32x3, ..small_v3() };
+    let data = batches(&cfg, 1);
+    let (mut c, mut g) = (moco::train::CpuVitEngine::new(&cfg).unwrap(), moco::train::CudaVitEngine::new(&cuda, &cfg).unwrap());
+    g.load_state(&c.state().unwrap()).unwrap();
+    let launches = || common::cuda_driver().ok().flatten().map(|d| d.launch_counts().get("infonce_partial_mma_tf32x3").copied().unwrap_or(0));
+    let before = launches();
+    let (xq, xk) = &data[0];
+    let (a, b) = (c.step_with(xq, xk, cfg.lr, 0.99).unwrap(), g.step_with(xq, xk, cfg.lr, 0.99).unwrap());
+    let limit = 8.0 * moco::Precision::Tf32x3.in_batch_cosine_bound(cfg.dim) + 1e-5 * a.loss.abs() as f64;
+    let diff = (a.loss - b.loss).abs() as f64;
+    eprintln!("v3 ViT at Tf32x3: cpu loss {:.6}  cuda loss {:.6}  |diff| {diff:.2e} (limit {limit:.2e})", a.loss, b.loss);
+    assert!(b.loss.is_finite() && diff <= limit, "v3 ViT at Tf32x3: cpu {} vs cuda {}: {diff:.2e} > {limit:.2e}", a.loss, b.loss);
+    g.state().unwrap();
+    if let (Some(b0), Some(b1)) = (before, launches()) {
+        assert!(b1 >= b0 + 2, "the TF32 tensor-core loss ran for both directions: {b0} -> {b1} launches");
+    }
+}
+
 #[test]
 fn small_moco_v3_vit_three_steps_match_the_cpu_engine() {
     let Some(cuda) = device("small_moco_v3_vit_three_steps_match_the_cpu_engine") else { return };

@@ -994,3 +994,22 @@ fn v3_fixed<D: Infonce>(dev: &mut D) {
 }
 
 device_test!(moco_v3_loss_matches_reference_on_fixed_shapes, v3_fixed);
+
+/// The loss precisions' bounds are ordered (f32 < 3xTF32 < TF32 for an f32 queue, every C; Half's for a rounded f32
+/// queue above TF32's), and the command line's names parse; anything else is a settings error naming the flag.
+#[test]
+fn loss_precisions_parse_and_their_bounds_are_ordered() {
+    for c in [1, 16, 128, 256] {
+        let bounds = [Precision::Fp32, Precision::Tf32x3, Precision::Tf32, Precision::Half].map(|p| p.cosine_bound(QueueDType::F32, c, 1.0));
+        assert!(bounds.windows(2).all(|w| w[0] < w[1]), "C = {c}: {bounds:?}");
+        let in_batch = [Precision::Fp32, Precision::Tf32x3, Precision::Tf32, Precision::Half].map(|p| p.in_batch_cosine_bound(c));
+        assert!(in_batch.windows(2).all(|w| w[0] < w[1]), "C = {c}: {in_batch:?}");
+    }
+    for (name, want) in [("fp32", Precision::Fp32), ("tf32x3", Precision::Tf32x3), ("tf32", Precision::Tf32), ("half", Precision::Half)] {
+        assert_eq!(Precision::parse("--precision", name).unwrap(), want);
+    }
+    for bad in ["fp16", "TF32", "", "bf16"] {
+        let e = Precision::parse("--precision", bad).unwrap_err().to_string();
+        assert!(e.contains("--precision") && e.contains(&format!("\"{bad}\"")) && e.contains("tf32x3") && e.contains("half"), "{e}");
+    }
+}
