@@ -400,87 +400,114 @@ template <int DT> __device__ __forceinline__ unsigned int pack_16(float lo, floa
 #endif
 }
 
-// The online softmax of one key tile on the tensor cores' S accumulators (NT m16n8 tiles: s[nt][e] is row
-// rows[e >> 1], key jt + 8 nt + 2 t + (e & 1)): the logits scaled by 1/T and masked past the split's end and on the
-// diagonal (v3), the keys above the positive counted, the running max and sum updated (the row's max over its 4
-// lanes by two xor shuffles; the sums and ranks stay per lane until store_partial), the P K accumulators (ACC
-// m16n8 tiles of the same rows) rescaled, and the weights p = exp(s - m) left in s (0 where masked).
-template <unsigned int NT, unsigned int ACC>
-__device__ __forceinline__ void online_softmax_tile(const InfoNceParams& P, float (&s)[NT][4], float (&acc)[ACC][4], unsigned int jt, unsigned int j_end, unsigned int t, const unsigned int (&rows)[2], const float (&spos)[2], float (&m_run)[2], float (&l_run)[2], unsigned int (&rank_run)[2]) {
-    float tmax[2] = {NEG, NEG};
-#pragma unroll
-    for (unsigned int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-        for (unsigned int e = 0; e < 4u; ++e) {
-            const unsigned int j = jt + nt * 8u + 2u * t + (e & 1u), r = e >> 1;
-            float v = s[nt][e] * P.inv_t;
-            if (j >= j_end || (P.skip_diagonal == 1u && j == rows[r])) v = NEG;
-            s[nt][e] = v;
-            tmax[r] = fmaxf(tmax[r], v);
-        }
-    }
-    float scale[2];
-#pragma unroll
-    for (unsigned int r = 0; r < 2u; ++r) {
-        tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 1));
-        tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 2));
-        const float m_new = fmaxf(m_run[r], tmax[r]);
-        scale[r] = 1.0f;
-        if (m_new > MASKED) {
-            scale[r] = (m_run[r] <= MASKED) ? 0.0f : expf(m_run[r] - m_new);
-            m_run[r] = m_new;
-        }
-        l_run[r] *= scale[r];
-    }
-#pragma unroll
-    for (unsigned int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-        for (unsigned int e = 0; e < 4u; ++e) {
-            const unsigned int r = e >> 1;
-            const float v = s[nt][e];
-            float p = 0.0f;
-            if (v > MASKED) {
-                p = expf(v - m_run[r]);
-                rank_run[r] += (v > spos[r]) ? 1u : 0u;
-            }
-            s[nt][e] = p;
-            l_run[r] += p;
-        }
-    }
-#pragma unroll
-    for (unsigned int ct = 0; ct < ACC; ++ct) {
-#pragma unroll
-        for (unsigned int e = 0; e < 4u; ++e) acc[ct][e] *= scale[e >> 1];
-    }
-}
-
-// A tensor-core block's results for its split: each row's sum and rank over its 4 lanes, the states (max, sum,
-// rank) written by lane t = 0, then the accumulators acc[ct][e] (row rows[e >> 1], channel 8 ct + 2 t + (e & 1)).
+// A warp's running state over the key stream in the tensor-core flash pass: its lane's two rows (rows[0] = 16 warp
+// + g, rows[1] = + 8 of the block's), their positive logits, running max, sum and rank, and the P K accumulators
+// (ACC m16n8 tiles: acc[ct][e] is row rows[e >> 1], channel 8 ct + 2 t + (e & 1)).
 template <unsigned int ACC>
-__device__ __forceinline__ void store_partial(const InfoNceParams& P, float* __restrict__ partial, const float (&acc)[ACC][4], unsigned int split, unsigned int t, const unsigned int (&rows)[2], const float (&m_run)[2], float (&l_run)[2], unsigned int (&rank_run)[2]) {
+struct FlashRows {
+    unsigned int rows[2];
+    float spos[2], m_run[2], l_run[2];
+    unsigned int rank_run[2];
+    float acc[ACC][4];
+
+    __device__ __forceinline__ FlashRows(const InfoNceParams& P, const float* __restrict__ pos_logits, unsigned int row0, unsigned int warp, unsigned int g) {
 #pragma unroll
-    for (unsigned int r = 0; r < 2u; ++r) {
-        l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
-        l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
-        rank_run[r] += __shfl_xor_sync(0xffffffffu, rank_run[r], 1);
-        rank_run[r] += __shfl_xor_sync(0xffffffffu, rank_run[r], 2);
-        if (t == 0u && rows[r] < P.n) {
-            const size_t st = ((size_t)split * P.n + rows[r]) * 3u;
-            partial[st] = m_run[r];
-            partial[st + 1u] = l_run[r];
-            partial[st + 2u] = __uint_as_float(rank_run[r]);
+        for (unsigned int r = 0; r < 2u; ++r) {
+            rows[r] = row0 + warp * 16u + g + 8u * r;
+            spos[r] = pos_logits[min(rows[r], P.n - 1u)];
+            m_run[r] = NEG;
+            l_run[r] = 0.0f;
+            rank_run[r] = 0u;
+        }
+#pragma unroll
+        for (unsigned int ct = 0; ct < ACC; ++ct) {
+#pragma unroll
+            for (unsigned int e = 0; e < 4u; ++e) acc[ct][e] = 0.0f;
         }
     }
-    const size_t acc_base = (size_t)P.splits * P.n * 3u;
-#pragma unroll
-    for (unsigned int ct = 0; ct < ACC; ++ct) {
-#pragma unroll
-        for (unsigned int e = 0; e < 4u; ++e) {
-            const unsigned int i = rows[e >> 1], ch = ct * 8u + 2u * t + (e & 1u);
-            if (i < P.n && ch < P.c) partial[acc_base + ((size_t)split * P.n + i) * P.c + ch] = acc[ct][e];
+
+    // The online softmax of one key tile on the tensor cores' S accumulators (NT m16n8 tiles: s[nt][e] is row
+    // rows[e >> 1], key jt + 8 nt + 2 t + (e & 1)): the logits scaled by 1/T and masked past the split's end and on
+    // the diagonal (v3), the keys above the positive counted, the running max and sum updated (the row's max over
+    // its 4 lanes by two xor shuffles; the sums and ranks stay per lane until store), the accumulators rescaled, and
+    // the weights p = exp(s - m) left in s (0 where masked).
+    template <unsigned int NT>
+    __device__ __forceinline__ void softmax_tile(const InfoNceParams& P, float (&s)[NT][4], unsigned int jt, unsigned int j_end, unsigned int t) {
+        float tmax[2] = {NEG, NEG};
+    #pragma unroll
+        for (unsigned int nt = 0; nt < NT; ++nt) {
+    #pragma unroll
+            for (unsigned int e = 0; e < 4u; ++e) {
+                const unsigned int j = jt + nt * 8u + 2u * t + (e & 1u), r = e >> 1;
+                float v = s[nt][e] * P.inv_t;
+                if (j >= j_end || (P.skip_diagonal == 1u && j == rows[r])) v = NEG;
+                s[nt][e] = v;
+                tmax[r] = fmaxf(tmax[r], v);
+            }
+        }
+        float scale[2];
+    #pragma unroll
+        for (unsigned int r = 0; r < 2u; ++r) {
+            tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 1));
+            tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 2));
+            const float m_new = fmaxf(m_run[r], tmax[r]);
+            scale[r] = 1.0f;
+            if (m_new > MASKED) {
+                scale[r] = (m_run[r] <= MASKED) ? 0.0f : expf(m_run[r] - m_new);
+                m_run[r] = m_new;
+            }
+            l_run[r] *= scale[r];
+        }
+    #pragma unroll
+        for (unsigned int nt = 0; nt < NT; ++nt) {
+    #pragma unroll
+            for (unsigned int e = 0; e < 4u; ++e) {
+                const unsigned int r = e >> 1;
+                const float v = s[nt][e];
+                float p = 0.0f;
+                if (v > MASKED) {
+                    p = expf(v - m_run[r]);
+                    rank_run[r] += (v > spos[r]) ? 1u : 0u;
+                }
+                s[nt][e] = p;
+                l_run[r] += p;
+            }
+        }
+    #pragma unroll
+        for (unsigned int ct = 0; ct < ACC; ++ct) {
+    #pragma unroll
+            for (unsigned int e = 0; e < 4u; ++e) acc[ct][e] *= scale[e >> 1];
         }
     }
-}
+
+    // The block's results for its split: each row's sum and rank over its 4 lanes, the states (max, sum, rank)
+    // written by lane t = 0, then the accumulators.
+    __device__ __forceinline__ void store(const InfoNceParams& P, float* __restrict__ partial, unsigned int split, unsigned int t) {
+
+    #pragma unroll
+        for (unsigned int r = 0; r < 2u; ++r) {
+            l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
+            l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
+            rank_run[r] += __shfl_xor_sync(0xffffffffu, rank_run[r], 1);
+            rank_run[r] += __shfl_xor_sync(0xffffffffu, rank_run[r], 2);
+            if (t == 0u && rows[r] < P.n) {
+                const size_t st = ((size_t)split * P.n + rows[r]) * 3u;
+                partial[st] = m_run[r];
+                partial[st + 1u] = l_run[r];
+                partial[st + 2u] = __uint_as_float(rank_run[r]);
+            }
+        }
+        const size_t acc_base = (size_t)P.splits * P.n * 3u;
+    #pragma unroll
+        for (unsigned int ct = 0; ct < ACC; ++ct) {
+    #pragma unroll
+            for (unsigned int e = 0; e < 4u; ++e) {
+                const unsigned int i = rows[e >> 1], ch = ct * 8u + 2u * t + (e & 1u);
+                if (i < P.n && ch < P.c) partial[acc_base + ((size_t)split * P.n + i) * P.c + ch] = acc[ct][e];
+            }
+        }
+    }
+};
 
 template <int DT>
 __device__ __forceinline__ void infonce_partial_mma_impl(const InfoNceParams& P, const unsigned short* __restrict__ q16, const unsigned short* __restrict__ keys, const float* __restrict__ pos_logits, float* __restrict__ partial) {
@@ -500,16 +527,8 @@ __device__ __forceinline__ void infonce_partial_mma_impl(const InfoNceParams& P,
         if (ks < ksteps) load_a<WIDE>(qa[ks], k_tile[1], warp, ks, lane);
     }
     __syncthreads(); // stage 1 is free again
-    const unsigned int rows[2] = {row0 + warp * 16u + g, row0 + warp * 16u + g + 8u};
-    const float spos[2] = {pos_logits[min(rows[0], P.n - 1u)], pos_logits[min(rows[1], P.n - 1u)]};
-    float m_run[2] = {NEG, NEG}, l_run[2] = {0.0f, 0.0f};
-    unsigned int rank_run[2] = {0u, 0u};
-    float acc[MMA_CMAX / 8u][4];
-#pragma unroll
-    for (unsigned int ct = 0; ct < MMA_CMAX / 8u; ++ct) {
-#pragma unroll
-        for (unsigned int e = 0; e < 4u; ++e) acc[ct][e] = 0.0f;
-    }
+    FlashRows<MMA_CMAX / 8u> st(P, pos_logits, row0, warp, g);
+    float (&acc)[MMA_CMAX / 8u][4] = st.acc;
     const unsigned int tiles = (j_end > j_begin) ? (j_end - j_begin + MMA_BN - 1u) / MMA_BN : 0u;
     if (tiles > 0u) {
         stage_tile<WIDE>(k_tile[0], keys, j_begin, j_end, P.c, 0u);
@@ -537,7 +556,7 @@ __device__ __forceinline__ void infonce_partial_mma_impl(const InfoNceParams& P,
         for (unsigned int ks = 0; ks < MMA_CMAX / 16u; ++ks) {
             if (ks < ksteps) qk_step<DT, WIDE>(s, qa[ks], kt, ks, lane);
         }
-        online_softmax_tile(P, s, acc, jt, j_end, t, rows, spos, m_run, l_run, rank_run);
+        st.softmax_tile(P, s, jt, j_end, t);
         // acc += P K: P's A fragment for keys 16 kk .. 16 kk + 15 is s[2 kk] (keys 0..7) and s[2 kk + 1] (8..15)
 #pragma unroll
         for (unsigned int kk = 0; kk < 4u; ++kk) {
@@ -556,7 +575,7 @@ __device__ __forceinline__ void infonce_partial_mma_impl(const InfoNceParams& P,
         }
         __syncthreads(); // this stage is read before the next iteration refills it
     }
-    store_partial(P, partial, acc, split, t, rows, m_run, l_run, rank_run);
+    st.store(P, partial, split, t);
 }
 
 #define MOCO_MMA_KERNELS(SUFFIX, DT)                                                                                 \
@@ -739,18 +758,10 @@ __device__ __forceinline__ void infonce_partial_mma_f32_impl(const InfoNceParams
         stage_f32_tile(k_tile[0], keys, j_begin, j_end, P.c);
         cp_async_commit();
     }
-    const unsigned int rows[2] = {row0 + warp * 16u + g, row0 + warp * 16u + g + 8u};
+    FlashRows<MMA_CMAX / 8u> st(P, pos_logits, row0, warp, g);
+    float (&acc)[MMA_CMAX / 8u][4] = st.acc;
     float qa[MMA_CMAX / 8u][4];
-    load_q_tf32<ARITH>(qa, P, q_hat, rows, t);
-    const float spos[2] = {pos_logits[min(rows[0], P.n - 1u)], pos_logits[min(rows[1], P.n - 1u)]};
-    float m_run[2] = {NEG, NEG}, l_run[2] = {0.0f, 0.0f};
-    unsigned int rank_run[2] = {0u, 0u};
-    float acc[MMA_CMAX / 8u][4];
-#pragma unroll
-    for (unsigned int ct = 0; ct < MMA_CMAX / 8u; ++ct) {
-#pragma unroll
-        for (unsigned int e = 0; e < 4u; ++e) acc[ct][e] = 0.0f;
-    }
+    load_q_tf32<ARITH>(qa, P, q_hat, st.rows, t);
     for (unsigned int tile = 0; tile < tiles; ++tile) {
         const unsigned int buf = tile & 1u, jt = j_begin + tile * F32_BN;
         if (tile + 1u < tiles) {
@@ -764,7 +775,7 @@ __device__ __forceinline__ void infonce_partial_mma_f32_impl(const InfoNceParams
         const float* kt = k_tile[buf];
         float s[F32_BN / 8u][4]; // s[nt][e]: row rows[e >> 1], key jt + 8 nt + 2 t + (e & 1)
         qk_tile_tf32<ARITH>(s, qa, kt, ksteps, lane);
-        online_softmax_tile(P, s, acc, jt, j_end, t, rows, spos, m_run, l_run, rank_run);
+        st.softmax_tile(P, s, jt, j_end, t);
         // acc += P K, 8 keys per step: k = t is key 8 kk + 2 t, k = t + 4 key 8 kk + 2 t + 1 (see above)
 #pragma unroll
         for (unsigned int kk = 0; kk < F32_BN / 8u; ++kk) {
@@ -780,7 +791,7 @@ __device__ __forceinline__ void infonce_partial_mma_f32_impl(const InfoNceParams
         }
         __syncthreads(); // this stage is read before the next iteration refills it
     }
-    store_partial(P, partial, acc, split, t, rows, m_run, l_run, rank_run);
+    st.store(P, partial, split, t);
 }
 
 #define MOCO_TF32_KERNELS(SUFFIX, ARITH)                                                                             \

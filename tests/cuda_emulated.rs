@@ -201,13 +201,20 @@ fn stream_loss(q_hat: &[f32], k_hat: &[f32], q_inv: &[f32], keys: Arg, suffix: &
     let s_pos = positive(&p, q_hat, k_hat, n);
     let mut a = [Arg::val(&p), Arg::f32(q_hat), keys, Arg::f32(&s_pos), Arg::nan(sp.splits * n * (3 + c))];
     emu().run("infonce.cu", &format!("infonce_partial_{suffix}"), sp.partial_grid(n), BLOCK, &mut a);
-    let partial = a[4].as_f32();
-    let mut b = [Arg::val(&p), Arg::f32(q_hat), Arg::f32(k_hat), Arg::f32(&partial), Arg::f32(&s_pos), Arg::f32(q_inv), Arg::nan(n * c), Arg::nan(n), Arg::nan(n)];
+    let (dq, row_loss, stats) = combine_and_reduce(&p, q_hat, k_hat, &a[4].as_f32(), &s_pos, q_inv, n, c);
+    (dq, row_loss, stats, sp)
+}
+
+/// `combine_and_reduce` of src/ops/infonce/cuda.rs: infonce_combine (the split states and accumulators of `partial`
+/// into dq, row_loss and rank) and infonce_reduce (the stats words): (dq, row_loss, stats).
+#[allow(clippy::too_many_arguments)]
+fn combine_and_reduce(p: &InfoNceParams, q_hat: &[f32], k_hat: &[f32], partial: &[f32], s_pos: &[f32], q_inv: &[f32], n: usize, c: usize) -> (Vec<f32>, Vec<f32>, Vec<u32>) {
+    let mut b = [Arg::val(p), Arg::f32(q_hat), Arg::f32(k_hat), Arg::f32(partial), Arg::f32(s_pos), Arg::f32(q_inv), Arg::nan(n * c), Arg::nan(n), Arg::nan(n)];
     emu().run("infonce.cu", "infonce_combine", row_grid(n), BLOCK, &mut b);
     let (row_loss, rank) = (b[7].as_f32(), b[8].as_u32());
-    let mut r = [Arg::val(&p), Arg::f32(&row_loss), Arg::u32(&rank), Arg::nan(4)];
+    let mut r = [Arg::val(p), Arg::f32(&row_loss), Arg::u32(&rank), Arg::nan(4)];
     emu().run("infonce.cu", "infonce_reduce", REDUCE_GRID, BLOCK, &mut r);
-    (b[6].as_f32(), row_loss, r[3].as_u32(), sp)
+    (b[6].as_f32(), row_loss, r[3].as_u32())
 }
 
 /// Size of the gradient's terms before the projection cancels them: 2 / (T N min_i ||q_i||).
@@ -267,13 +274,7 @@ fn case_infonce_mma() {
             let q16 = a[2].as_u16();
             let mut a = [Arg::val(&p), Arg::u16(&q16), keys, Arg::f32(&s_pos), Arg::nan(sp.splits * n * (3 + c))];
             emu().run("infonce.cu", &format!("infonce_partial_mma_{suffix}"), sp.mma_partial_grid(n), (MMA_BLOCK, 1, 1), &mut a);
-            let partial = a[4].as_f32();
-            let mut b = [Arg::val(&p), Arg::f32(&q_hat), Arg::f32(&k_hat), Arg::f32(&partial), Arg::f32(&s_pos), Arg::f32(&q_inv), Arg::nan(n * c), Arg::nan(n), Arg::nan(n)];
-            emu().run("infonce.cu", "infonce_combine", row_grid(n), BLOCK, &mut b);
-            let (dq, row_loss, rank) = (b[6].as_f32(), b[7].as_f32(), b[8].as_u32());
-            let mut r = [Arg::val(&p), Arg::f32(&row_loss), Arg::u32(&rank), Arg::nan(4)];
-            emu().run("infonce.cu", "infonce_reduce", REDUCE_GRID, BLOCK, &mut r);
-            let stats = r[3].as_u32();
+            let (dq, row_loss, stats) = combine_and_reduce(&p, &q_hat, &k_hat, &a[4].as_f32(), &s_pos, &q_inv, n, c);
             // the f64 reference on the tensor cores' inputs
             let q16f: Vec<f64> = q16.iter().map(|&h| if dt == 1 { half::f16::from_bits(h).to_f64() } else { half::bf16::from_bits(h).to_f64() }).collect();
             let inv_t = 1.0 / t as f64;
@@ -378,13 +379,7 @@ fn case_infonce_mma_tf32() {
             let s_pos = positive(&p, &q_hat, &k_hat, n);
             let mut a = [Arg::val(&p), Arg::f32(&q_hat), Arg::f32(&keys), Arg::f32(&s_pos), Arg::nan(sp.splits * n * (3 + c))];
             emu().run("infonce.cu", &format!("infonce_partial_mma_{suffix}"), sp.mma_partial_grid(n), (MMA_BLOCK, 1, 1), &mut a);
-            let partial = a[4].as_f32();
-            let mut b = [Arg::val(&p), Arg::f32(&q_hat), Arg::f32(&k_hat), Arg::f32(&partial), Arg::f32(&s_pos), Arg::f32(&q_inv), Arg::nan(n * c), Arg::nan(n), Arg::nan(n)];
-            emu().run("infonce.cu", "infonce_combine", row_grid(n), BLOCK, &mut b);
-            let (dq, row_loss, rank) = (b[6].as_f32(), b[7].as_f32(), b[8].as_u32());
-            let mut r = [Arg::val(&p), Arg::f32(&row_loss), Arg::u32(&rank), Arg::nan(4)];
-            emu().run("infonce.cu", "infonce_reduce", REDUCE_GRID, BLOCK, &mut r);
-            let stats = r[3].as_u32();
+            let (dq, row_loss, stats) = combine_and_reduce(&p, &q_hat, &k_hat, &a[4].as_f32(), &s_pos, &q_inv, n, c);
             // the f64 reference on the tensor cores' operands
             let (qt, kt) = (tf32_operands(&q_hat, precision), tf32_operands(&keys, precision));
             let inv_t = 1.0 / t as f64;
