@@ -9,7 +9,7 @@
 //
 // The queue is [M, C] row-major (one key per row). WGSL picks the storage with `override QUEUE_DTYPE`; here each
 // kernel that reads keys is instantiated once per storage type, with the type as a name suffix:
-//   negative_logits_f32 / _f16 / _bf16, infonce_partial_f32 / _f16 / _bf16
+//   negative_logits_f32 / _f16 / _bf16, infonce_partial_f32 / _f16 / _bf16, infonce_partial_c128_f32 / _f16 / _bf16
 // f32 keys are `const float*`, f16 and bf16 keys are `const unsigned short*` (one element per 16-bit word).
 //
 // Scalars: every kernel takes the WGSL uniform block `InfoNceParams` by value as its first argument (same fields, same
@@ -224,6 +224,115 @@ __device__ __forceinline__ void infonce_partial_impl(const InfoNceParams& P, con
     }
 }
 
+// ---- infonce_partial_c128: the streaming pass for C <= 128, each key read from memory once ---------------------
+//
+// infonce_partial's job (the same plan, grid, masks and partial layout) for C <= 128, where a row's whole feature
+// fits 8 threads' registers. Mirrors shaders/infonce.wgsl's infonce_partial_c128 (same names, tiles and order of
+// sums):
+//   - 256 threads = TN = 32 rows x 8 lanes, a row's lanes adjacent (r = tid / 8, g = tid % 8). Lane g holds its
+//     row's q^ at channels g + 8u (u < RU = 16) in registers for the whole key stream, and the accumulators of the
+//     same channels.
+//   - A tile of RK = 8 keys x 128 channels is staged in shared memory once (key_res, 4 KB) and serves both
+//     products: each lane's partial dot products with the 8 keys over its 16 channels, summed over the row's lanes
+//     through shared memory (row_part, rows padded to 9: the lanes' reads of one key's partials hit distinct banks;
+//     9 KB), then acc += p K from the same tile.
+//   - After the sum, lane g holds the logit of (row, key g); the online softmax runs on every thread: each lane reads
+//     its row's 8 logits (row_logits, 1 KB) and takes the max (the row's 8 lanes compute the same value), takes the
+//     weight of its own key once (row_weights, 1 KB), then sums the row's 8 weights, and counts its own key against
+//     the positive. 15 KB of shared memory (WGSL's budget is 16 KB).
+// The row's 8 lanes sit in one warp, so __shfl_xor_sync could sum the partials without row_part; WGSL needs the
+// SUBGROUP feature for that, which not every adapter has, so both use shared memory (one algorithm, one order of
+// sums).
+#define RK 8u    // keys per tile
+#define RC 128u  // channels of the staged tile (C <= RC)
+#define RU 16u   // channels per lane (RC / 8)
+
+template <int DT>
+__device__ __forceinline__ void infonce_partial_c128_impl(const InfoNceParams& P, const float* __restrict__ q_hat, const typename KeyType<DT>::T* __restrict__ keys, const float* __restrict__ pos_logits, float* __restrict__ partial) {
+    __shared__ float key_res[RK * RC];       // [RK][RC]: the key tile
+    __shared__ float row_part[TN * RK * 9u]; // [TN][RK][9]: partial logits per lane, then the lanes' ranks
+    __shared__ float row_logits[TN * RK];    // [TN][RK]
+    __shared__ float row_weights[TN * RK];   // [TN][RK]: exp(logit - max)
+    const unsigned int tid = threadIdx.x, r = tid / 8u, g = tid % 8u;
+    const unsigned int row = blockIdx.x * TN + r, split = blockIdx.y;
+    const unsigned int j_begin = split * P.keys_per_split, j_end = min(j_begin + P.keys_per_split, P.m);
+    float qr[RU], acc[RU]; // q^[row, g + 8u]; sum_j p_j key_j[g + 8u]
+#pragma unroll
+    for (unsigned int u = 0; u < RU; ++u) {
+        qr[u] = q_or_zero(P, q_hat, row, g + 8u * u);
+        acc[u] = 0.0f;
+    }
+    const float spos = pos_logits[min(row, P.n - 1u)];
+    float m_run = NEG, l_run = 0.0f;
+    unsigned int rank_run = 0u;
+    for (unsigned int jt = j_begin; jt < j_end; jt += RK) {
+        for (unsigned int e = tid; e < RK * RC; e += WG) key_res[e] = key_or_zero<DT>(P, keys, jt + e / RC, j_end, e % RC);
+        __syncthreads();
+#pragma unroll
+        for (unsigned int j = 0; j < RK; ++j) {
+            float d = 0.0f;
+#pragma unroll
+            for (unsigned int u = 0; u < RU; ++u) d += qr[u] * key_res[j * RC + g + 8u * u];
+            row_part[(r * RK + j) * 9u + g] = d;
+        }
+        __syncthreads();
+        // lane g: the logit of key jt + g, its lanes' partials summed in lane order
+        float v = 0.0f;
+#pragma unroll
+        for (unsigned int l = 0; l < 8u; ++l) v += row_part[(r * RK + g) * 9u + l];
+        v *= P.inv_t;
+        const unsigned int j = jt + g;
+        if (j >= j_end || (P.skip_diagonal == 1u && j == row)) v = NEG;
+        if (v > MASKED && v > spos) rank_run += 1u;
+        row_logits[r * RK + g] = v;
+        __syncthreads();
+        // every lane: the row's max over the tile (the same value on the row's 8 lanes) and the rescaling
+        float tmax = NEG;
+#pragma unroll
+        for (unsigned int l = 0; l < RK; ++l) tmax = fmaxf(tmax, row_logits[r * RK + l]);
+        const float m_new = fmaxf(m_run, tmax);
+        float scale = 1.0f;
+        if (m_new > MASKED) {
+            scale = (m_run <= MASKED) ? 0.0f : expf(m_run - m_new);
+            m_run = m_new;
+        }
+        // lane g: the weight of its own key, once
+        row_weights[r * RK + g] = v > MASKED ? expf(v - m_run) : 0.0f;
+        __syncthreads();
+        l_run *= scale;
+#pragma unroll
+        for (unsigned int u = 0; u < RU; ++u) acc[u] *= scale;
+#pragma unroll
+        for (unsigned int l = 0; l < RK; ++l) {
+            const float p = row_weights[r * RK + l];
+            l_run += p;
+#pragma unroll
+            for (unsigned int u = 0; u < RU; ++u) acc[u] += p * key_res[l * RC + g + 8u * u];
+        }
+        __syncthreads(); // the tile, partials, logits and weights are read before the next tile overwrites them
+    }
+    // each lane counted its own keys: the row's rank is the sum over its 8 lanes
+    row_part[r * 9u + g] = __uint_as_float(rank_run);
+    __syncthreads();
+    if (row < P.n) {
+        if (g == 0u) {
+            unsigned int rank_row = 0u;
+#pragma unroll
+            for (unsigned int l = 0; l < 8u; ++l) rank_row += __float_as_uint(row_part[r * 9u + l]);
+            const size_t st = ((size_t)split * P.n + row) * 3u;
+            partial[st] = m_run;
+            partial[st + 1u] = l_run;
+            partial[st + 2u] = __uint_as_float(rank_row);
+        }
+        const size_t acc_base = (size_t)P.splits * P.n * 3u + ((size_t)split * P.n + row) * P.c;
+#pragma unroll
+        for (unsigned int u = 0; u < RU; ++u) {
+            const unsigned int ch = g + 8u * u;
+            if (ch < P.c) partial[acc_base + ch] = acc[u];
+        }
+    }
+}
+
 // Instantiations per queue storage type (the WGSL QUEUE_DTYPE override).
 #define MOCO_KEYED_KERNELS(SUFFIX, DT, KT)                                                                           \
     extern "C" __global__ void __launch_bounds__(256) negative_logits_##SUFFIX(                                      \
@@ -234,6 +343,11 @@ __device__ __forceinline__ void infonce_partial_impl(const InfoNceParams& P, con
         InfoNceParams P, const float* __restrict__ q_hat, const KT* __restrict__ keys, const float* __restrict__ pos_logits, \
         float* __restrict__ partial) {                                                                               \
         infonce_partial_impl<DT>(P, q_hat, keys, pos_logits, partial);                                               \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(256, 2) infonce_partial_c128_##SUFFIX(                              \
+        InfoNceParams P, const float* __restrict__ q_hat, const KT* __restrict__ keys, const float* __restrict__ pos_logits, \
+        float* __restrict__ partial) {                                                                               \
+        infonce_partial_c128_impl<DT>(P, q_hat, keys, pos_logits, partial);                                          \
     }
 
 MOCO_KEYED_KERNELS(f32, 0, float)

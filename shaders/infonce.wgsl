@@ -250,6 +250,132 @@ fn infonce_partial(@builtin(local_invocation_index) tid: u32, @builtin(workgroup
     }
 }
 
+// ---- infonce_partial_c128: the streaming pass for C <= 128, each key read from memory once ---------------------
+//
+// The job of infonce_partial (the same plan, grid, masks and [splits, N, 3] states / [splits, N, C] accumulators)
+// for C <= 128, where a row's whole feature fits 8 invocations' registers:
+//   - 256 invocations = TN = 32 rows x 8 lanes, a row's lanes adjacent (r = tid / 8, g = tid % 8). Lane g holds its
+//     row's q̂ at channels g + 8u (u < RU = 16) for the whole key stream, and the accumulators of the same channels.
+//   - A tile of RK = 8 keys x 128 channels is staged in workgroup memory once (key_res, 4 KB) and serves both
+//     products: each lane's partial dot products with the 8 keys over its 16 channels, summed over the row's lanes
+//     through workgroup memory (row_part, rows padded to 9 so that the lanes' reads of one key's partials hit
+//     distinct banks: 9 KB), then acc += p K from the same tile.
+//   - After the sum, lane g holds the logit of (row, key g); the online softmax runs on every invocation: each lane
+//     reads its row's 8 logits (row_logits, 1 KB) and takes the max (the row's 8 lanes compute the same value), takes
+//     the weight of its own key once (row_weights, 1 KB), then sums the row's 8 weights, and counts its own key
+//     against the positive.
+// 15 KB of workgroup memory, within the 16 KB every adapter offers. Subgroup sums could replace row_part where the
+// adapter has SUBGROUP; not done yet. Mirrored by infonce_partial_c128_* in kernels/infonce.cu.
+const RK: u32 = 8u;     // keys per tile
+const RC: u32 = 128u;   // channels of the staged tile (C <= RC)
+const RU: u32 = 16u;    // channels per lane (RC / 8)
+
+var<workgroup> key_res: array<f32, 1024>;   // [RK][RC]: the key tile
+var<workgroup> row_part: array<f32, 2304>;  // [TN][RK][9]: partial logits per lane, then the lanes' ranks
+var<workgroup> row_logits: array<f32, 256>; // [TN][RK]
+var<workgroup> row_weights: array<f32, 256>; // [TN][RK]: exp(logit - max)
+
+@compute @workgroup_size(256)
+fn infonce_partial_c128(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let r = tid / 8u;
+    let g = tid % 8u;
+    let row = wg.x * TN + r;
+    let split = wg.y;
+    let j_begin = split * P.keys_per_split;
+    let j_end = min(j_begin + P.keys_per_split, P.m);
+    var qr: array<f32, 16>;  // q̂[row, g + 8u]
+    var acc: array<f32, 16>; // Σ_j p_j key_j[g + 8u]
+    for (var u = 0u; u < RU; u += 1u) {
+        qr[u] = q_or_zero(row, g + 8u * u);
+        acc[u] = 0.0;
+    }
+    let spos = pos_logits[min(row, P.n - 1u)];
+    var m_run = NEG;
+    var l_run = 0.0;
+    var rank_run = 0u;
+    for (var jt = j_begin; jt < j_end; jt += RK) {
+        for (var e = tid; e < RK * RC; e += WG) {
+            key_res[e] = key_or_zero(jt + e / RC, j_end, e % RC);
+        }
+        workgroupBarrier();
+        for (var j = 0u; j < RK; j += 1u) {
+            var d = 0.0;
+            for (var u = 0u; u < RU; u += 1u) {
+                d += qr[u] * key_res[j * RC + g + 8u * u];
+            }
+            row_part[(r * RK + j) * 9u + g] = d;
+        }
+        workgroupBarrier();
+        // lane g: the logit of key jt + g, its lanes' partials summed in lane order
+        var v = 0.0;
+        for (var l = 0u; l < 8u; l += 1u) {
+            v += row_part[(r * RK + g) * 9u + l];
+        }
+        v *= P.inv_t;
+        let j = jt + g;
+        if (j >= j_end || (P.skip_diagonal == 1u && j == row)) {
+            v = NEG;
+        }
+        if (v > MASKED && v > spos) {
+            rank_run += 1u;
+        }
+        row_logits[r * RK + g] = v;
+        workgroupBarrier();
+        // every lane: the row's max over the tile (the same value on the row's 8 lanes) and the rescaling
+        var tmax = NEG;
+        for (var l = 0u; l < RK; l += 1u) {
+            tmax = max(tmax, row_logits[r * RK + l]);
+        }
+        let m_new = max(m_run, tmax);
+        var scale = 1.0;
+        if (m_new > MASKED) {
+            scale = select(exp(m_run - m_new), 0.0, m_run <= MASKED);
+            m_run = m_new;
+        }
+        // lane g: the weight of its own key, once
+        var p_own = 0.0;
+        if (v > MASKED) {
+            p_own = exp(v - m_run);
+        }
+        row_weights[r * RK + g] = p_own;
+        workgroupBarrier();
+        l_run *= scale;
+        for (var u = 0u; u < RU; u += 1u) {
+            acc[u] *= scale;
+        }
+        for (var l = 0u; l < RK; l += 1u) {
+            let p = row_weights[r * RK + l];
+            l_run += p;
+            for (var u = 0u; u < RU; u += 1u) {
+                acc[u] += p * key_res[l * RC + g + 8u * u];
+            }
+        }
+        workgroupBarrier(); // the tile, partials, logits and weights are read before the next tile overwrites them
+    }
+    // each lane counted its own keys: the row's rank is the sum over its 8 lanes
+    row_part[r * 9u + g] = bitcast<f32>(rank_run);
+    workgroupBarrier();
+    if (row < P.n) {
+        if (g == 0u) {
+            var rank_row = 0u;
+            for (var l = 0u; l < 8u; l += 1u) {
+                rank_row += bitcast<u32>(row_part[r * 9u + l]);
+            }
+            let st = (split * P.n + row) * 3u;
+            partial[st] = m_run;
+            partial[st + 1u] = l_run;
+            partial[st + 2u] = bitcast<f32>(rank_row);
+        }
+        let acc_base = P.splits * P.n * 3u + (split * P.n + row) * P.c;
+        for (var u = 0u; u < RU; u += 1u) {
+            let ch = g + 8u * u;
+            if (ch < P.c) {
+                partial[acc_base + ch] = acc[u];
+            }
+        }
+    }
+}
+
 var<workgroup> split_weight: array<f32, 256>; // [MAX_SPLITS]
 var<workgroup> row_consts: array<f32, 4>;      // p0, 1/z, loss, unused
 

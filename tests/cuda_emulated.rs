@@ -21,7 +21,7 @@ use moco::ops::conv::{self, params::ConvParams, Conv2dShape};
 use moco::MatmulPrecision;
 use moco::ops::eltwise::{self, params::EltwiseParams, EltwiseShape};
 use moco::ops::ema::{self, params::ema_multi_chunk_map, params::EmaParams};
-use moco::ops::infonce::{self, params::negative_logits_grid, params::negative_logits_mma_f32_grid, params::negative_logits_mma_grid, params::positive_grid, params::row_grid, params::InfoNceParams, params::StreamPlan, params::MMA_BLOCK, params::REDUCE_GRID, Precision};
+use moco::ops::infonce::{self, params, params::negative_logits_grid, params::negative_logits_mma_f32_grid, params::negative_logits_mma_grid, params::positive_grid, params::row_grid, params::InfoNceParams, params::StreamPlan, params::MMA_BLOCK, params::REDUCE_GRID, Precision};
 use moco::QueueDType;
 use moco::ops::layernorm::{self, params::LayerNormParams, params::COL_BLOCK, params::ROW_BLOCK, LayerNormShape};
 use moco::ops::linear::{self, params::GemmLaunch, LinearShape};
@@ -200,7 +200,8 @@ fn stream_loss(q_hat: &[f32], k_hat: &[f32], q_inv: &[f32], keys: Arg, suffix: &
     let p = InfoNceParams::stream(&sp, n, m, c, t, loss_scale, skip_diagonal);
     let s_pos = positive(&p, q_hat, k_hat, n);
     let mut a = [Arg::val(&p), Arg::f32(q_hat), keys, Arg::f32(&s_pos), Arg::nan(sp.splits * n * (3 + c))];
-    emu().run("infonce.cu", &format!("infonce_partial_{suffix}"), sp.partial_grid(n), BLOCK, &mut a);
+    // the kernel the host takes: infonce_partial_c128_* for C <= 128, infonce_partial_* beyond
+    emu().run("infonce.cu", &format!("{}_{suffix}", params::partial_kernel(c)), sp.partial_grid(n), BLOCK, &mut a);
     let (dq, row_loss, stats) = combine_and_reduce(&p, q_hat, k_hat, &a[4].as_f32(), &s_pos, q_inv, n, c);
     (dq, row_loss, stats, sp)
 }
@@ -225,8 +226,9 @@ fn natural_grad(q: &[f32], n: usize, c: usize, t: f64) -> f64 {
 
 fn case_infonce() {
     let mut rng = StdRng::seed_from_u64(4);
-    // N = 1; two row tiles (N > 32) with C over one 256-channel slice; K with a partial last key tile and many splits
-    for (n, c, kk) in [(1usize, 10usize, 37usize), (33, 260, 70), (5, 20, 1000)] {
+    // N = 1; two row tiles (N > 32) with C over one 256-channel slice; K with a partial last key tile and many
+    // splits; C = 128 (the last of infonce_partial_c128, with two row tiles) and 129 (the first of infonce_partial)
+    for (n, c, kk) in [(1usize, 10usize, 37usize), (33, 260, 70), (5, 20, 1000), (40, 128, 75), (3, 129, 50)] {
         for (dt, suffix) in DTYPES {
             let t = 0.07f32;
             let (q, k) = (random(&mut rng, n * c), random(&mut rng, n * c));

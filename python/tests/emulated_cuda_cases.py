@@ -274,7 +274,7 @@ def test_work_queued_on_a_foreign_stream_runs_in_its_order_with_no_synchronisati
     assert launches() == before, "the op waited for its kernels (a synchronisation inside the call)"
     check(drv.cuStreamSynchronize(stream), "cuStreamSynchronize")
     ran = {k: v - before.get(k, 0) for k, v in launches().items() if v != before.get(k, 0)}
-    assert ran.get("infonce_partial_f16", 0) >= 1 and ran.get("infonce_reduce") == 1, ran
+    assert ran.get("infonce_partial_c128_f16", 0) >= 1 and ran.get("infonce_reduce") == 1, ran
     loss = stats.cpu()[0:1].view(torch.float32).item()
     assert abs(loss - want.item()) <= 1e-5 * abs(want.item())
     assert emu_log() == "", emu_log()

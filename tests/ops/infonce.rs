@@ -188,10 +188,10 @@ fn half_precision_takes_the_tensor_cores_on_cuda() {
     check_infonce_at(&mut dev, Precision::Half, 3, 136, 70, 0.1, QueueDType::BF16, 6); // C > 128: the f32 kernel
     let after = (count("infonce_partial_mma_bf16"), count("infonce_partial_mma_f16"), count("infonce_partial_bf16"));
     assert!(after.0 > before.0 && after.1 > before.1 && after.2 > before.2, "kernels launched (infonce mma bf16, mma f16, f32 bf16): before {before:?}, after {after:?}");
-    let before = (count("infonce_partial_mma_bf16"), count("infonce_partial_f32"));
+    let before = (count("infonce_partial_mma_bf16"), count("infonce_partial_c128_f32"));
     check_infonce_at(&mut dev, Precision::Half, 9, 64, 300, 0.07, QueueDType::F32, 9); // an f32 queue, rounded: the tensor cores
-    check_infonce_at(&mut dev, Precision::Half, 2, 20, 40, 0.2, QueueDType::F32, 10); // C % 8 != 0: the f32 kernel
-    let after = (count("infonce_partial_mma_bf16"), count("infonce_partial_f32"));
+    check_infonce_at(&mut dev, Precision::Half, 2, 20, 40, 0.2, QueueDType::F32, 10); // C % 8 != 0: the f32 kernel (C <= 128)
+    let after = (count("infonce_partial_mma_bf16"), count("infonce_partial_c128_f32"));
     assert!(after.0 > before.0 && after.1 > before.1, "f32 queue at Half: (infonce mma bf16, f32 kernel) before {before:?}, after {after:?}");
     let before = count("infonce_partial_mma_bf16");
     check_v3_at(&mut dev, Precision::Half, 70, 64, 0.2, 7); // two directions, each on the tensor cores

@@ -1,7 +1,7 @@
 //! Fused contrastive ops on CUDA (`kernels/infonce.cu`): normalised logits, streaming InfoNCE and MoCo v3.
 //! The steps, the grid (`StreamPlan`) and the partial-buffer layout are those of the wgpu launcher.
 
-use super::params::{mma_f32_apply, mma_infonce_apply, mma_logits_apply, negative_logits_grid, negative_logits_mma_f32_grid, negative_logits_mma_grid, positive_grid, row_grid, InfoNceParams as Params, StreamPlan, GPU_TN, MMA_BLOCK, MMA_F32_KEYS, MMA_TILE, REDUCE_GRID};
+use super::params::{partial_kernel, mma_f32_apply, mma_infonce_apply, mma_logits_apply, negative_logits_grid, negative_logits_mma_f32_grid, negative_logits_mma_grid, positive_grid, row_grid, InfoNceParams as Params, StreamPlan, GPU_TN, MMA_BLOCK, MMA_F32_KEYS, MMA_TILE, REDUCE_GRID};
 use super::{check_stats, Infonce, InfoNceShape, InfoNceStats, LogitsShape, Precision, SymmetricShape, KERNELS, STATS_WORDS};
 use crate::device::cuda::{cfg, cfg_block, Cuda, Workspace, MAX_GRID_X, MAX_GRID_YZ};
 use crate::ops::launch::elem_grid;
@@ -314,10 +314,15 @@ fn stream_loss(stream: &Arc<CudaStream>, s: &mut Scratch<'_>, plan: &StreamPlan,
         return combine_and_reduce(stream, &p, q_hat, k_hat, q_inv, &partial.as_view(), &s_pos, rank, n, dq, row_loss, stats);
     }
     let grid = cfg(plan.partial_grid(n));
-    let name = match queue {
-        Some(CudaQueueStorage::F32(_)) | None => "infonce_partial_f32",
-        Some(CudaQueueStorage::F16(_)) => "infonce_partial_f16",
-        Some(CudaQueueStorage::BF16(_)) => "infonce_partial_bf16",
+    // the keys' storage, and C <= 128 (each key tile read once) or any C (params::partial_kernel)
+    let resident = partial_kernel(c) == "infonce_partial_c128";
+    let name = match (queue, resident) {
+        (Some(CudaQueueStorage::F32(_)) | None, true) => "infonce_partial_c128_f32",
+        (Some(CudaQueueStorage::F16(_)), true) => "infonce_partial_c128_f16",
+        (Some(CudaQueueStorage::BF16(_)), true) => "infonce_partial_c128_bf16",
+        (Some(CudaQueueStorage::F32(_)) | None, false) => "infonce_partial_f32",
+        (Some(CudaQueueStorage::F16(_)), false) => "infonce_partial_f16",
+        (Some(CudaQueueStorage::BF16(_)), false) => "infonce_partial_bf16",
     };
     let f = kernel(stream, name)?;
     let mut launch = stream.launch_builder(&f);
@@ -328,7 +333,7 @@ fn stream_loss(stream: &Arc<CudaStream>, s: &mut Scratch<'_>, plan: &StreamPlan,
         None => launch.arg(&*k_hat),
     };
     launch.arg(&s_pos).arg(&mut *partial);
-    // SAFETY: infonce_partial_{f32,f16,bf16}(Params, const float* q_hat [N*C], const T* keys [m*C] (float for f32
+    // SAFETY: infonce_partial{,_c128}_{f32,f16,bf16}(Params, const float* q_hat [N*C], const T* keys [m*C] (float for f32
     // and for k̂, unsigned short for f16/bf16, matching `name`), const float* s_pos [N], float* partial
     // [splits*N*(3+C)]); key reads are guarded by j < m, row reads by i < N, and block (x, y, z) writes the states
     // and accumulators of rows < N, split y < splits and channels < C only.

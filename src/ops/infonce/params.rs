@@ -42,6 +42,21 @@ impl StreamPlan {
     }
 }
 
+/// Most channels of `infonce_partial_c128` (`RC` in the kernels): up to this many, the streaming pass holds a row's
+/// q̂ in registers and reads each key tile from memory once.
+pub const GPU_C_RESIDENT: usize = 128;
+
+/// The streaming pass of the f32 kernels for `c` channels: `infonce_partial_c128` for C <= [`GPU_C_RESIDENT`] (one
+/// channel slice), else `infonce_partial` (channel slices of [`GPU_C_SLICE`], the logits staged in chunks). Both
+/// take [`StreamPlan::new`]'s plan and grid and write the same partials.
+pub fn partial_kernel(c: usize) -> &'static str {
+    if c <= GPU_C_RESIDENT {
+        "infonce_partial_c128"
+    } else {
+        "infonce_partial"
+    }
+}
+
 /// The parameter block of every kernel in `infonce.wgsl` / `infonce.cu` (`struct InfoNceParams`, 48 bytes).
 /// WGSL binds it as a uniform; CUDA takes it by value.
 #[repr(C)]

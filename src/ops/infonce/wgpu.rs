@@ -2,7 +2,7 @@
 //! steps, the grid ([`StreamPlan`]) and the partial-buffer layout are those of the CUDA launcher; each op records
 //! its dispatches (the row normalisation of [`crate::ops::normalize`] first) in one submission.
 
-use super::params::{InfoNceParams as Params, StreamPlan, GPU_TN};
+use super::params::{partial_kernel, InfoNceParams as Params, StreamPlan, GPU_TN};
 use super::{check_stats, Infonce, InfoNceShape, InfoNceStats, LogitsShape, SymmetricShape, KERNELS, STATS_WORDS};
 use crate::device::wgpu::{submit, Dispatch, GpuSlice, Wgpu};
 use crate::device::{Device, Region};
@@ -100,7 +100,7 @@ fn stream_steps<'a>(ctx: &Wgpu, s: &'a Scratch, keys: GpuSlice<'a>, dtype: u32, 
     let (s_pos, partial, rank) = (GpuSlice::from(&ss.s_pos), GpuSlice::from(&ss.partial), GpuSlice::from(&ss.rank));
     vec![
         (pb.clone(), Dispatch { pipeline: pipe("positive_logits"), buffers: vec![(4, GpuSlice::from(&s.q_hat)), (5, GpuSlice::from(&s.k_hat)), (9, s_pos)], grid: ((n as u32).div_ceil(256), 1, 1) }),
-        (pb.clone(), Dispatch { pipeline: pipe("infonce_partial"), buffers: vec![(4, GpuSlice::from(&s.q_hat)), (6, keys), (7, keys), (8, partial), (16, s_pos)], grid: (n.div_ceil(GPU_TN) as u32, plan.splits as u32, plan.slices as u32) }),
+        (pb.clone(), Dispatch { pipeline: pipe(partial_kernel(c)), buffers: vec![(4, GpuSlice::from(&s.q_hat)), (6, keys), (7, keys), (8, partial), (16, s_pos)], grid: (n.div_ceil(GPU_TN) as u32, plan.splits as u32, plan.slices as u32) }),
         (pb.clone(), Dispatch { pipeline: pipe("infonce_combine"), buffers: vec![(4, GpuSlice::from(&s.q_hat)), (5, GpuSlice::from(&s.k_hat)), (8, partial), (10, out.dq), (11, out.row_loss), (12, rank), (13, GpuSlice::from(&s.q_inv)), (16, s_pos)], grid: grid_2d(n) }),
         (pb, Dispatch { pipeline: pipe("infonce_reduce"), buffers: vec![(11, out.row_loss), (12, rank), (14, out.stats)], grid: (1, 1, 1) }),
     ]
