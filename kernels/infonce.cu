@@ -1,8 +1,10 @@
 // Fused contrastive kernels on rows normalised by normalize.cu: positive logits, materialised negative logits, and
 // the streaming InfoNCE forward+backward (partial over key splits, combine, reduce). MoCo v3's in-batch loss runs
 // the same streaming kernels with the normalised keys as the key set and the diagonal skipped.
-// Mirrors shaders/infonce.wgsl: same names, same tiles (TN x TK logit tiles staged in CC-channel chunks,
-// 256 threads, ACC_MAX accumulators per thread), same partial-buffer layout.
+// Mirrors shaders/infonce.wgsl: same names, same tiles (infonce_partial_c128 for C <= 128: 8-key tiles staged once,
+// q^ in registers; infonce_partial for larger C: TN x TK logit tiles staged in CC-channel chunks, 256 threads,
+// ACC_MAX accumulators per thread), same partial-buffer layout. The tensor-core kernels (sm_80+) have no WGSL
+// counterpart.
 //
 // Compiled after kernels/common.cuh (flat_block, block_sum) by NVRTC at run time, and by tests/cuda_compile.rs in CI:
 // no #include of its own.

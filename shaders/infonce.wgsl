@@ -1,8 +1,9 @@
 // Fused contrastive kernels on rows normalised by normalize.wgsl: positive logits, materialised negative logits,
 // and the streaming InfoNCE forward+backward (partial over key splits, combine, reduce). MoCo v3's in-batch loss
 // runs the same streaming kernels with the normalised keys as the key set and the diagonal skipped.
-// Mirrors kernels/infonce.cu: same names, same tiles (TN x TK logit tiles staged in CC-channel chunks,
-// 256 threads, ACC_MAX accumulators per thread). Bindings 1-3 are unused (they were the row normalisation's).
+// Mirrors kernels/infonce.cu: same names, same tiles (infonce_partial_c128 for C <= 128: 8-key tiles staged once,
+// q̂ in registers; infonce_partial for larger C: TN x TK logit tiles staged in CC-channel chunks, 256 threads,
+// ACC_MAX accumulators per thread). Bindings 1-3 are unused (they were the row normalisation's).
 //
 // The queue is [M, C] row-major (one key per row). QUEUE_DTYPE picks its storage at pipeline creation:
 // 0 f32 (read through keys_f32), 1 f16 and 2 bf16 (read through keys_words, two elements per u32).

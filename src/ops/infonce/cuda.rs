@@ -252,8 +252,9 @@ fn check_grid(op: &'static str, n: usize, plan: &StreamPlan) -> Result<()> {
     Ok(())
 }
 
-/// The streaming loss over prepared q̂, k̂ (positives) and a key set `[m, C]`: `positive_logits`, `infonce_partial_*`
-/// (grid (ceil(N/32), splits, slices) of [`StreamPlan`]) or, with `mma` (a 16-bit key set, C <= 128, C % 8 == 0,
+/// The streaming loss over prepared q̂, k̂ (positives) and a key set `[m, C]`: `positive_logits`,
+/// `infonce_partial_c128_*` (C <= 128) or `infonce_partial_*` (grid (ceil(N/32), splits, slices) of [`StreamPlan`];
+/// [`partial_kernel`]) or, on [`Path::Half`] (a 16-bit key set, C <= 128, C % 8 == 0,
 /// sm_80+), `round_rows_to_*` and `infonce_partial_mma_*` (grid (ceil(N/64), splits) of [`StreamPlan::mma`], 128
 /// threads), or on [`Path::Tf32`] (f32 keys) `infonce_partial_mma_{tf32x3,tf32}` (grid of [`StreamPlan::mma_f32`]),
 /// then `infonce_combine` (grid N) and `infonce_reduce` (one block). `row_loss`: the caller's, or (None) the
