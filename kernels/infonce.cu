@@ -550,9 +550,9 @@ struct FlashRows {
     template <unsigned int NT>
     __device__ __forceinline__ void softmax_tile(const InfoNceParams& P, float (&s)[NT][4], unsigned int jt, unsigned int j_end, unsigned int t) {
         float tmax[2] = {NEG, NEG};
-    #pragma unroll
+#pragma unroll
         for (unsigned int nt = 0; nt < NT; ++nt) {
-    #pragma unroll
+#pragma unroll
             for (unsigned int e = 0; e < 4u; ++e) {
                 const unsigned int j = jt + nt * 8u + 2u * t + (e & 1u), r = e >> 1;
                 float v = s[nt][e] * P.inv_t;
@@ -562,7 +562,7 @@ struct FlashRows {
             }
         }
         float scale[2];
-    #pragma unroll
+#pragma unroll
         for (unsigned int r = 0; r < 2u; ++r) {
             tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 1));
             tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 2));
@@ -574,9 +574,9 @@ struct FlashRows {
             }
             l_run[r] *= scale[r];
         }
-    #pragma unroll
+#pragma unroll
         for (unsigned int nt = 0; nt < NT; ++nt) {
-    #pragma unroll
+#pragma unroll
             for (unsigned int e = 0; e < 4u; ++e) {
                 const unsigned int r = e >> 1;
                 const float v = s[nt][e];
@@ -589,9 +589,9 @@ struct FlashRows {
                 l_run[r] += p;
             }
         }
-    #pragma unroll
+#pragma unroll
         for (unsigned int ct = 0; ct < ACC; ++ct) {
-    #pragma unroll
+#pragma unroll
             for (unsigned int e = 0; e < 4u; ++e) acc[ct][e] *= scale[e >> 1];
         }
     }
@@ -600,7 +600,7 @@ struct FlashRows {
     // written by lane t = 0, then the accumulators.
     __device__ __forceinline__ void store(const InfoNceParams& P, float* __restrict__ partial, unsigned int split, unsigned int t) {
 
-    #pragma unroll
+#pragma unroll
         for (unsigned int r = 0; r < 2u; ++r) {
             l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
             l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
@@ -614,9 +614,9 @@ struct FlashRows {
             }
         }
         const size_t acc_base = (size_t)P.splits * P.n * 3u;
-    #pragma unroll
+#pragma unroll
         for (unsigned int ct = 0; ct < ACC; ++ct) {
-    #pragma unroll
+#pragma unroll
             for (unsigned int e = 0; e < 4u; ++e) {
                 const unsigned int i = rows[e >> 1], ch = ct * 8u + 2u * t + (e & 1u);
                 if (i < P.n && ch < P.c) partial[acc_base + ((size_t)split * P.n + i) * P.c + ch] = acc[ct][e];
